@@ -1,0 +1,2 @@
+//! Herald's control plane.
+pub mod store;

@@ -1,0 +1,197 @@
+//! The store contract as executable checks. Every [`Store`] implementation must pass
+//! [`check_all`]; the end-to-end tests run it against a real etcd and the embedded store.
+//! Each check works under its own `prefix`, so it can share a store with other data.
+
+use std::time::Duration;
+
+use super::{Compare, Op, Store, Txn, TxnOutcome, WatchEvent, WatchReceiver};
+
+/// Runs every check under `prefix` (which should be unused).
+pub async fn check_all(store: &Store, prefix: &str) {
+    revisions_and_compare(store, &format!("{prefix}/cas/")).await;
+    listing_and_paging(store, &format!("{prefix}/list/")).await;
+    watch_history_and_live(store, &format!("{prefix}/watch/")).await;
+}
+
+async fn commit(store: &Store, txn: Txn) -> i64 {
+    match store.txn(txn).await.expect("txn") {
+        TxnOutcome::Committed { revision } => revision,
+        TxnOutcome::Conflict => panic!("unexpected conflict"),
+    }
+}
+
+/// Creates are conditional on absence, updates on the mod revision; revisions only grow.
+async fn revisions_and_compare(store: &Store, prefix: &str) {
+    let key = format!("{prefix}a");
+    let create = || {
+        Txn::default()
+            .when(Compare::Absent(key.clone()))
+            .then(Op::Put(key.clone(), b"one".to_vec()))
+    };
+    let rev1 = commit(store, create()).await;
+    assert_eq!(
+        store.txn(create()).await.expect("txn"),
+        TxnOutcome::Conflict
+    );
+
+    let kv = store.get(&key).await.expect("get").expect("present");
+    assert_eq!((kv.value.as_slice(), kv.mod_revision), (&b"one"[..], rev1));
+
+    let update = |rev| {
+        Txn::default()
+            .when(Compare::ModRevision(key.clone(), rev))
+            .then(Op::Put(key.clone(), b"two".to_vec()))
+    };
+    let rev2 = commit(store, update(rev1)).await;
+    assert!(rev2 > rev1, "revisions grow: {rev2} > {rev1}");
+    assert_eq!(
+        store.txn(update(rev1)).await.expect("txn"),
+        TxnOutcome::Conflict
+    );
+    assert_eq!(
+        store.get(&key).await.expect("get").expect("present").value,
+        b"two"
+    );
+
+    // Several writes in one txn share one revision; a delete of a missing key is harmless.
+    let other = format!("{prefix}b");
+    let rev3 = commit(
+        store,
+        Txn::default()
+            .when(Compare::ModRevision(key.clone(), rev2))
+            .then(Op::Delete(key.clone()))
+            .then(Op::Put(other.clone(), b"x".to_vec()))
+            .then(Op::Delete(format!("{prefix}missing"))),
+    )
+    .await;
+    assert!(store.get(&key).await.expect("get").is_none());
+    assert_eq!(
+        store
+            .get(&other)
+            .await
+            .expect("get")
+            .expect("b")
+            .mod_revision,
+        rev3
+    );
+    assert_eq!(
+        store
+            .txn(Txn::default().when(Compare::ModRevision(key.clone(), rev2)))
+            .await
+            .expect("txn"),
+        TxnOutcome::Conflict,
+        "a deleted key matches no revision"
+    );
+}
+
+/// Listing returns keys in order with a revision at least as new as the writes; pages resume
+/// strictly after the last key.
+async fn listing_and_paging(store: &Store, prefix: &str) {
+    let mut last = 0;
+    for i in 0..7 {
+        last = commit(
+            store,
+            Txn::default().then(Op::Put(format!("{prefix}k{i}"), vec![i])),
+        )
+        .await;
+    }
+    // A key that shares the prefix's text but not its "directory" must not be listed.
+    let outside = prefix.trim_end_matches('/').to_owned() + "x";
+    commit(store, Txn::default().then(Op::Put(outside, vec![]))).await;
+
+    let (all, revision) = store.list(prefix).await.expect("list");
+    assert!(revision >= last);
+    let keys: Vec<_> = all.iter().map(|kv| kv.key.clone()).collect();
+    let expected: Vec<_> = (0..7).map(|i| format!("{prefix}k{i}")).collect();
+    assert_eq!(keys, expected);
+
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .list_page(prefix, after.as_deref(), 3)
+            .await
+            .expect("page");
+        assert!(page.len() <= 3);
+        let Some(tail) = page.last() else { break };
+        after = Some(tail.key.clone());
+        paged.extend(page.into_iter().map(|kv| kv.key));
+    }
+    assert_eq!(paged, expected);
+}
+
+/// A watch from an old revision replays history, then follows live changes, deletes included.
+async fn watch_history_and_live(store: &Store, prefix: &str) {
+    let k1 = format!("{prefix}one");
+    let k2 = format!("{prefix}two");
+    let rev1 = commit(
+        store,
+        Txn::default().then(Op::Put(k1.clone(), b"1".to_vec())),
+    )
+    .await;
+    // Writes outside the prefix are not seen.
+    commit(
+        store,
+        Txn::default().then(Op::Put(
+            format!("{}-elsewhere", prefix.trim_end_matches('/')),
+            vec![],
+        )),
+    )
+    .await;
+    let rev2 = commit(
+        store,
+        Txn::default().then(Op::Put(k2.clone(), b"2".to_vec())),
+    )
+    .await;
+
+    let mut watch = store.watch(prefix, rev1).await.expect("watch");
+    let first = next(&mut watch).await;
+    assert_eq!(first.revision, rev1);
+    assert!(
+        matches!(&first.events[..], [WatchEvent::Put(kv)] if kv.key == k1 && kv.mod_revision == rev1)
+    );
+    let second = next(&mut watch).await;
+    assert_eq!(second.revision, rev2);
+
+    let rev3 = commit(store, Txn::default().then(Op::Delete(k1.clone()))).await;
+    let third = next(&mut watch).await;
+    assert_eq!(third.revision, rev3);
+    assert_eq!(third.events, vec![WatchEvent::Delete { key: k1 }]);
+
+    // A watch from the next revision sees only what comes after.
+    let mut later = store.watch(prefix, rev3 + 1).await.expect("watch");
+    let rev4 = commit(
+        store,
+        Txn::default().then(Op::Put(k2.clone(), b"3".to_vec())),
+    )
+    .await;
+    assert_eq!(next(&mut later).await.revision, rev4);
+    assert_eq!(next(&mut watch).await.revision, rev4);
+}
+
+async fn next(watch: &mut WatchReceiver) -> super::WatchBatch {
+    tokio::time::timeout(Duration::from_secs(10), watch.recv())
+        .await
+        .expect("a watch batch within 10 s")
+        .expect("the watch is open")
+        .expect("no watch error")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn embedded_store_keeps_the_contract() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::embedded(dir.path()).await.expect("open");
+        check_all(&store, "/t").await;
+
+        // Reopening keeps data and revisions.
+        let (before, rev) = store.list("/t/").await.expect("list");
+        drop(store);
+        let store = Store::embedded(dir.path()).await.expect("reopen");
+        let (after, rev_after) = store.list("/t/").await.expect("list");
+        assert_eq!((before, rev), (after, rev_after));
+    }
+}

@@ -1,0 +1,430 @@
+//! [`super::Store`] in one redb file (`config.redb`), for `herald dev` and single-node installs.
+//!
+//! Layout:
+//! - `kv`: key → `mod_revision` (8 bytes, little-endian) followed by the value.
+//! - `log`: revision → that revision's changes (see [`encode_changes`]), the watch history.
+//! - `meta`: `revision` (the last committed revision) and `compacted` (the oldest revision the
+//!   log still holds).
+//!
+//! Every [`Txn`] is one redb write transaction committed with immediate durability (fsync), so
+//! a write acknowledged to a caller survives a crash. Commits and the broadcast that wakes
+//! watchers happen under one lock, so watchers see revisions in order. The log keeps the last
+//! [`LOG_KEEP`] revisions; a watch from before that answers [`StoreError::Compacted`].
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{broadcast, mpsc};
+
+use super::{
+    Compare, KeyValue, Op, StoreError, Txn, TxnOutcome, WatchBatch, WatchEvent, WatchReceiver,
+};
+
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const META_REVISION: &str = "revision";
+const META_COMPACTED: &str = "compacted";
+
+/// How many revisions of history the log keeps for watchers.
+pub const LOG_KEEP: u64 = 10_000;
+/// Revisions removed from the log at once when it outgrows [`LOG_KEEP`].
+const LOG_TRIM: u64 = 1_000;
+/// Buffered batches per watcher.
+const WATCH_BUFFER: usize = 256;
+/// Batches kept for watchers that fall behind before they re-read the log.
+const BROADCAST_BUFFER: usize = 1024;
+
+/// The embedded store. Cloning shares the open file.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    /// Held across commit and broadcast so watchers receive revisions in order.
+    commit_lock: Mutex<()>,
+    /// Every committed revision's changes, unfiltered.
+    changes: broadcast::Sender<Arc<WatchBatch>>,
+}
+
+impl EmbeddedStore {
+    /// Opens `dir/config.redb`, creating the directory and file when missing.
+    pub async fn open(dir: &Path) -> Result<Self, StoreError> {
+        let dir = dir.to_owned();
+        blocking(move || {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| embedded(format!("{}: {e}", dir.display())))?;
+            let db = Database::create(dir.join("config.redb")).map_err(embedded)?;
+            let txn = db.begin_write().map_err(embedded)?;
+            {
+                txn.open_table(KV).map_err(embedded)?;
+                txn.open_table(LOG).map_err(embedded)?;
+                txn.open_table(META).map_err(embedded)?;
+            }
+            txn.commit().map_err(embedded)?;
+            let (changes, _) = broadcast::channel(BROADCAST_BUFFER);
+            Ok(EmbeddedStore {
+                inner: Arc::new(Inner {
+                    db,
+                    commit_lock: Mutex::new(()),
+                    changes,
+                }),
+            })
+        })
+        .await
+    }
+
+    pub(super) async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let inner = self.inner.clone();
+        let key = key.to_owned();
+        blocking(move || {
+            let txn = inner.db.begin_read().map_err(embedded)?;
+            let table = txn.open_table(KV).map_err(embedded)?;
+            let value = table.get(key.as_str()).map_err(embedded)?;
+            value.map(|v| decode_kv(&key, v.value())).transpose()
+        })
+        .await
+    }
+
+    pub(super) async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64), StoreError> {
+        let inner = self.inner.clone();
+        let prefix = prefix.to_owned();
+        blocking(move || {
+            let txn = inner.db.begin_read().map_err(embedded)?;
+            let revision = current_revision(&txn.open_table(META).map_err(embedded)?)?;
+            let table = txn.open_table(KV).map_err(embedded)?;
+            let kvs = scan(&table, &prefix, None, usize::MAX)?;
+            Ok((kvs, revision))
+        })
+        .await
+    }
+
+    pub(super) async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        let inner = self.inner.clone();
+        let prefix = prefix.to_owned();
+        let after = after.map(str::to_owned);
+        blocking(move || {
+            let txn = inner.db.begin_read().map_err(embedded)?;
+            let table = txn.open_table(KV).map_err(embedded)?;
+            scan(&table, &prefix, after.as_deref(), limit)
+        })
+        .await
+    }
+
+    pub(super) async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        let inner = self.inner.clone();
+        blocking(move || inner.commit(txn)).await
+    }
+
+    pub(super) async fn watch(
+        &self,
+        prefix: &str,
+        from_revision: i64,
+    ) -> Result<WatchReceiver, StoreError> {
+        // Subscribe before reading the log, so no revision falls between the two.
+        let mut live = self.inner.changes.subscribe();
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let prefix = prefix.to_owned();
+        let from = u64::try_from(from_revision.max(1)).unwrap_or(1);
+        // Check compaction up front so the caller gets the error from `watch` itself.
+        let history = {
+            let inner = self.inner.clone();
+            let prefix = prefix.clone();
+            blocking(move || inner.read_log(&prefix, from)).await?
+        };
+        // The task must not keep the store open: when the last handle goes, the broadcast
+        // closes and the task ends.
+        let inner: Weak<Inner> = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut next = from;
+            for batch in history {
+                next = batch.revision as u64 + 1;
+                if tx.send(Ok(batch)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                match live.recv().await {
+                    Ok(batch) if (batch.revision as u64) < next => continue,
+                    Ok(batch) => {
+                        next = batch.revision as u64 + 1;
+                        if let Some(batch) = filter_batch(&batch, &prefix) {
+                            if tx.send(Ok(batch)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Fell behind the live feed: catch up from the log instead.
+                        let Some(inner) = inner.upgrade() else { return };
+                        let prefix = prefix.clone();
+                        let read = blocking(move || inner.read_log(&prefix, next)).await;
+                        match read {
+                            Ok(batches) => {
+                                for batch in batches {
+                                    next = batch.revision as u64 + 1;
+                                    if tx.send(Ok(batch)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                            Err(err) => {
+                                let _ = tx.send(Err(err)).await;
+                                return;
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+impl Inner {
+    fn commit(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        let _order = self
+            .commit_lock
+            .lock()
+            .map_err(|_| embedded("commit lock poisoned"))?;
+        let write = self.db.begin_write().map_err(embedded)?;
+        let batch = {
+            let mut kv = write.open_table(KV).map_err(embedded)?;
+            for compare in &txn.compares {
+                let holds = match compare {
+                    Compare::Absent(key) => kv.get(key.as_str()).map_err(embedded)?.is_none(),
+                    Compare::ModRevision(key, rev) => {
+                        match kv.get(key.as_str()).map_err(embedded)? {
+                            Some(v) => decode_kv(key, v.value())?.mod_revision == *rev,
+                            None => false,
+                        }
+                    }
+                };
+                if !holds {
+                    return Ok(TxnOutcome::Conflict);
+                }
+            }
+            let mut meta = write.open_table(META).map_err(embedded)?;
+            let revision = current_revision(&meta)? + 1;
+            let mut events = Vec::with_capacity(txn.ops.len());
+            for op in txn.ops {
+                match op {
+                    Op::Put(key, value) => {
+                        kv.insert(key.as_str(), encode_kv(revision, &value).as_slice())
+                            .map_err(embedded)?;
+                        events.push(WatchEvent::Put(KeyValue {
+                            key,
+                            value,
+                            mod_revision: revision,
+                        }));
+                    }
+                    Op::Delete(key) => {
+                        if kv.remove(key.as_str()).map_err(embedded)?.is_some() {
+                            events.push(WatchEvent::Delete { key });
+                        }
+                    }
+                }
+            }
+            let rev = revision as u64;
+            let mut log = write.open_table(LOG).map_err(embedded)?;
+            log.insert(rev, encode_changes(&events).as_slice())
+                .map_err(embedded)?;
+            meta.insert(META_REVISION, rev).map_err(embedded)?;
+            let compacted = meta
+                .get(META_COMPACTED)
+                .map_err(embedded)?
+                .map_or(1, |v| v.value());
+            if rev.saturating_sub(compacted) >= LOG_KEEP + LOG_TRIM {
+                let keep_from = compacted + LOG_TRIM;
+                log.retain_in(compacted..keep_from, |_, _| false)
+                    .map_err(embedded)?;
+                meta.insert(META_COMPACTED, keep_from).map_err(embedded)?;
+            }
+            WatchBatch { revision, events }
+        };
+        write.commit().map_err(embedded)?;
+        let revision = batch.revision;
+        // No receivers is fine: nobody is watching.
+        let _ = self.changes.send(Arc::new(batch));
+        Ok(TxnOutcome::Committed { revision })
+    }
+
+    /// The logged changes under `prefix` from revision `from` on (revisions with none omitted).
+    fn read_log(&self, prefix: &str, from: u64) -> Result<Vec<WatchBatch>, StoreError> {
+        let txn = self.db.begin_read().map_err(embedded)?;
+        let meta = txn.open_table(META).map_err(embedded)?;
+        let compacted = meta
+            .get(META_COMPACTED)
+            .map_err(embedded)?
+            .map_or(1, |v| v.value());
+        if from < compacted {
+            return Err(StoreError::Compacted {
+                requested: from as i64,
+                compacted: compacted as i64,
+            });
+        }
+        let log = txn.open_table(LOG).map_err(embedded)?;
+        let mut batches = Vec::new();
+        for entry in log.range(from..).map_err(embedded)? {
+            let (rev, changes) = entry.map_err(embedded)?;
+            let batch = WatchBatch {
+                revision: rev.value() as i64,
+                events: decode_changes(changes.value(), rev.value() as i64)?,
+            };
+            if let Some(batch) = filter_batch(&batch, prefix) {
+                batches.push(batch);
+            }
+        }
+        Ok(batches)
+    }
+}
+
+fn scan(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<KeyValue>, StoreError> {
+    let mut out = Vec::new();
+    let start = after.unwrap_or(prefix);
+    for entry in table.range(start..).map_err(embedded)? {
+        if out.len() >= limit {
+            break;
+        }
+        let (key, value) = entry.map_err(embedded)?;
+        let key = key.value();
+        if !key.starts_with(prefix) {
+            break;
+        }
+        if Some(key) == after {
+            continue;
+        }
+        out.push(decode_kv(key, value.value())?);
+    }
+    Ok(out)
+}
+
+fn current_revision(meta: &impl ReadableTable<&'static str, u64>) -> Result<i64, StoreError> {
+    Ok(meta
+        .get(META_REVISION)
+        .map_err(embedded)?
+        .map_or(0, |v| v.value() as i64))
+}
+
+fn filter_batch(batch: &WatchBatch, prefix: &str) -> Option<WatchBatch> {
+    let events: Vec<WatchEvent> = batch
+        .events
+        .iter()
+        .filter(|event| match event {
+            WatchEvent::Put(kv) => kv.key.starts_with(prefix),
+            WatchEvent::Delete { key } => key.starts_with(prefix),
+        })
+        .cloned()
+        .collect();
+    (!events.is_empty()).then_some(WatchBatch {
+        revision: batch.revision,
+        events,
+    })
+}
+
+fn encode_kv(revision: i64, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + value.len());
+    out.extend_from_slice(&revision.to_le_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+fn decode_kv(key: &str, stored: &[u8]) -> Result<KeyValue, StoreError> {
+    let (rev, value) = stored
+        .split_first_chunk::<8>()
+        .ok_or_else(|| embedded(format!("record of {key} is truncated")))?;
+    Ok(KeyValue {
+        key: key.to_owned(),
+        value: value.to_vec(),
+        mod_revision: i64::from_le_bytes(*rev),
+    })
+}
+
+/// A revision's changes: for each, a tag byte (`P`ut or `D`elete), the key (u32 LE length +
+/// bytes) and, for puts, the value (u32 LE length + bytes).
+fn encode_changes(events: &[WatchEvent]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let field = |out: &mut Vec<u8>, bytes: &[u8]| {
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(bytes);
+    };
+    for event in events {
+        match event {
+            WatchEvent::Put(kv) => {
+                out.push(b'P');
+                field(&mut out, kv.key.as_bytes());
+                field(&mut out, &kv.value);
+            }
+            WatchEvent::Delete { key } => {
+                out.push(b'D');
+                field(&mut out, key.as_bytes());
+            }
+        }
+    }
+    out
+}
+
+fn decode_changes(mut bytes: &[u8], revision: i64) -> Result<Vec<WatchEvent>, StoreError> {
+    fn field<'a>(bytes: &mut &'a [u8]) -> Result<&'a [u8], StoreError> {
+        let (len, rest) = bytes
+            .split_first_chunk::<4>()
+            .ok_or_else(|| embedded("log record truncated"))?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(embedded("log record truncated"));
+        }
+        let (value, rest) = rest.split_at(len);
+        *bytes = rest;
+        Ok(value)
+    }
+    let key_of = |raw: &[u8]| {
+        String::from_utf8(raw.to_vec()).map_err(|_| embedded("log record key is not UTF-8"))
+    };
+    let mut events = Vec::new();
+    while let Some((tag, rest)) = bytes.split_first() {
+        bytes = rest;
+        match tag {
+            b'P' => {
+                let key = key_of(field(&mut bytes)?)?;
+                let value = field(&mut bytes)?.to_vec();
+                events.push(WatchEvent::Put(KeyValue {
+                    key,
+                    value,
+                    mod_revision: revision,
+                }));
+            }
+            b'D' => events.push(WatchEvent::Delete {
+                key: key_of(field(&mut bytes)?)?,
+            }),
+            other => return Err(embedded(format!("log record has unknown tag {other}"))),
+        }
+    }
+    Ok(events)
+}
+
+fn embedded(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Embedded(err.to_string())
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| embedded(format!("store task failed: {e}")))?
+}

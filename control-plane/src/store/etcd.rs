@@ -1,0 +1,185 @@
+//! [`super::Store`] on etcd: keys and revisions are etcd's own; a [`Txn`] is one etcd
+//! transaction, and a watch is one etcd watch forwarded into a channel.
+
+use etcd_client::{
+    Client, Compare as EtcdCompare, CompareOp, EventType, GetOptions, SortOrder, SortTarget,
+    Txn as EtcdTxn, TxnOp, WatchOptions,
+};
+use tokio::sync::mpsc;
+
+use super::{
+    Compare, KeyValue, Op, StoreError, Txn, TxnOutcome, WatchBatch, WatchEvent, WatchReceiver,
+    prefix_end,
+};
+
+/// Buffered watch batches per watcher before the watch task waits for the reader.
+const WATCH_BUFFER: usize = 256;
+
+/// A connection to an etcd cluster.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+}
+
+impl EtcdStore {
+    /// Connects to the cluster; any of `endpoints` may answer.
+    pub async fn connect(endpoints: &[String]) -> Result<Self, StoreError> {
+        let client = Client::connect(endpoints, None).await?;
+        Ok(EtcdStore { client })
+    }
+
+    pub(super) async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let resp = self.client.kv_client().get(key, None).await?;
+        resp.kvs().first().map(to_key_value).transpose()
+    }
+
+    pub(super) async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64), StoreError> {
+        let resp = self
+            .client
+            .kv_client()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        let kvs = resp
+            .kvs()
+            .iter()
+            .map(to_key_value)
+            .collect::<Result<_, _>>()?;
+        Ok((kvs, revision))
+    }
+
+    pub(super) async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        // Start just after `after`: the smallest key greater than it is `after` + "\0".
+        let start = match after {
+            Some(after) => format!("{after}\0"),
+            None => prefix.to_owned(),
+        };
+        let options = GetOptions::new()
+            .with_range(prefix_end(prefix))
+            .with_sort(SortTarget::Key, SortOrder::Ascend)
+            .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
+        let resp = self.client.kv_client().get(start, Some(options)).await?;
+        resp.kvs().iter().map(to_key_value).collect()
+    }
+
+    pub(super) async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        let compares: Vec<EtcdCompare> = txn
+            .compares
+            .into_iter()
+            .map(|compare| match compare {
+                // A key that does not exist has create_revision 0.
+                Compare::Absent(key) => EtcdCompare::create_revision(key, CompareOp::Equal, 0),
+                Compare::ModRevision(key, rev) => {
+                    EtcdCompare::mod_revision(key, CompareOp::Equal, rev)
+                }
+            })
+            .collect();
+        let ops: Vec<TxnOp> = txn
+            .ops
+            .into_iter()
+            .map(|op| match op {
+                Op::Put(key, value) => TxnOp::put(key, value, None),
+                Op::Delete(key) => TxnOp::delete(key, None),
+            })
+            .collect();
+        let resp = self
+            .client
+            .kv_client()
+            .txn(EtcdTxn::new().when(compares).and_then(ops))
+            .await?;
+        if !resp.succeeded() {
+            return Ok(TxnOutcome::Conflict);
+        }
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        Ok(TxnOutcome::Committed { revision })
+    }
+
+    pub(super) async fn watch(
+        &self,
+        prefix: &str,
+        from_revision: i64,
+    ) -> Result<WatchReceiver, StoreError> {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from_revision);
+        let mut stream = self
+            .client
+            .watch_client()
+            .watch(prefix, Some(options))
+            .await?;
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(async move {
+            loop {
+                let item = match stream.message().await {
+                    Ok(Some(resp)) if resp.compact_revision() > 0 => Err(StoreError::Compacted {
+                        requested: from_revision,
+                        compacted: resp.compact_revision(),
+                    }),
+                    Ok(Some(resp)) if resp.canceled() => Err(StoreError::Invalid(format!(
+                        "etcd cancelled the watch: {}",
+                        resp.cancel_reason()
+                    ))),
+                    Ok(Some(resp)) if resp.events().is_empty() => continue,
+                    Ok(Some(resp)) => to_batches(&resp),
+                    Ok(None) => Err(StoreError::Invalid("etcd ended the watch".into())),
+                    Err(err) => Err(StoreError::Etcd(err)),
+                };
+                match item {
+                    Ok(batches) => {
+                        for batch in batches {
+                            if tx.send(Ok(batch)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        let _ = tx.send(Err(err)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+/// Splits one etcd watch response (which may span several revisions) into per-revision batches.
+fn to_batches(resp: &etcd_client::WatchResponse) -> Result<Vec<WatchBatch>, StoreError> {
+    let mut batches: Vec<WatchBatch> = Vec::new();
+    for event in resp.events() {
+        let Some(kv) = event.kv() else { continue };
+        let revision = kv.mod_revision();
+        let change = match event.event_type() {
+            EventType::Put => WatchEvent::Put(to_key_value(kv)?),
+            EventType::Delete => WatchEvent::Delete {
+                key: key_string(kv.key())?,
+            },
+        };
+        match batches.last_mut() {
+            Some(batch) if batch.revision == revision => batch.events.push(change),
+            _ => batches.push(WatchBatch {
+                revision,
+                events: vec![change],
+            }),
+        }
+    }
+    Ok(batches)
+}
+
+fn to_key_value(kv: &etcd_client::KeyValue) -> Result<KeyValue, StoreError> {
+    Ok(KeyValue {
+        key: key_string(kv.key())?,
+        value: kv.value().to_vec(),
+        mod_revision: kv.mod_revision(),
+    })
+}
+
+fn key_string(key: &[u8]) -> Result<String, StoreError> {
+    String::from_utf8(key.to_vec())
+        .map_err(|_| StoreError::Invalid("a key under the herald prefix is not UTF-8".into()))
+}

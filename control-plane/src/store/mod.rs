@@ -1,0 +1,230 @@
+//! The config store: a small key-value interface with etcd's semantics, implemented by etcd
+//! itself and by an embedded single-file store for `herald dev` and single-node installs.
+//!
+//! Semantics both implementations keep (checked by one conformance suite run against both):
+//! - Every committed write (a [`Txn`]) gets one new store-wide revision; revisions only grow.
+//! - Each key remembers the revision that last modified it (`mod_revision`), the basis of
+//!   optimistic concurrency: a [`Txn`] commits only if all of its [`Compare`]s hold.
+//! - [`Store::watch`] delivers every change under a prefix from a given revision on, in revision
+//!   order, each revision's changes in one [`WatchBatch`]; history older than the store keeps
+//!   answers [`StoreError::Compacted`], and the watcher must start again from a fresh listing.
+
+mod embedded;
+mod etcd;
+
+use std::path::Path;
+
+use tokio::sync::mpsc;
+
+pub use self::embedded::EmbeddedStore;
+pub use self::etcd::EtcdStore;
+
+/// A stored key with its value and revisions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The full key.
+    pub key: String,
+    /// The value bytes (a protobuf message for Herald's records).
+    pub value: Vec<u8>,
+    /// The revision of the last write to this key.
+    pub mod_revision: i64,
+}
+
+/// A condition of a [`Txn`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Compare {
+    /// The key does not exist.
+    Absent(String),
+    /// The key exists and was last written at this revision.
+    ModRevision(String, i64),
+}
+
+/// A write of a [`Txn`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Set the key to the value.
+    Put(String, Vec<u8>),
+    /// Remove the key (no-op when absent).
+    Delete(String),
+}
+
+/// An atomic, conditional write: all `ops` apply at one new revision if every compare holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Txn {
+    /// Conditions that must all hold.
+    pub compares: Vec<Compare>,
+    /// Writes applied when they do.
+    pub ops: Vec<Op>,
+}
+
+impl Txn {
+    /// Adds a condition.
+    pub fn when(mut self, compare: Compare) -> Self {
+        self.compares.push(compare);
+        self
+    }
+
+    /// Adds a write.
+    pub fn then(mut self, op: Op) -> Self {
+        self.ops.push(op);
+        self
+    }
+}
+
+/// The result of a [`Txn`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxnOutcome {
+    /// The writes were applied at this revision.
+    Committed {
+        /// The revision of the write.
+        revision: i64,
+    },
+    /// A compare did not hold; nothing was written.
+    Conflict,
+}
+
+/// One change seen by a watch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// The key was created or changed.
+    Put(KeyValue),
+    /// The key was removed.
+    Delete {
+        /// The removed key.
+        key: String,
+    },
+}
+
+/// All changes under the watched prefix made by one revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchBatch {
+    /// The revision of these changes.
+    pub revision: i64,
+    /// The changes, in the order they were written.
+    pub events: Vec<WatchEvent>,
+}
+
+/// A running watch: batches in revision order until an error ends it.
+pub type WatchReceiver = mpsc::Receiver<Result<WatchBatch, StoreError>>;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// etcd could not be reached or refused the request.
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    /// The embedded store's file could not be read or written.
+    #[error("embedded store: {0}")]
+    Embedded(String),
+    /// The history a watch asked for is gone.
+    #[error("revision {requested} is compacted (oldest kept: {compacted})")]
+    Compacted {
+        /// The revision asked for.
+        requested: i64,
+        /// The oldest revision still kept.
+        compacted: i64,
+    },
+    /// The store broke its own contract (a key that is not UTF-8, a watch that ended).
+    #[error("store: {0}")]
+    Invalid(String),
+}
+
+impl StoreError {
+    /// True when the failure is the store being unreachable, so a retry may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Etcd(_))
+    }
+}
+
+/// The config store Herald runs on.
+#[derive(Clone)]
+pub enum Store {
+    /// An etcd cluster (production).
+    Etcd(EtcdStore),
+    /// A single file (development, single node).
+    Embedded(EmbeddedStore),
+}
+
+impl Store {
+    /// Connects to etcd at the given endpoints.
+    pub async fn etcd(endpoints: &[String]) -> Result<Self, StoreError> {
+        Ok(Store::Etcd(EtcdStore::connect(endpoints).await?))
+    }
+
+    /// Opens (or creates) the embedded store in `dir`.
+    pub async fn embedded(dir: &Path) -> Result<Self, StoreError> {
+        Ok(Store::Embedded(EmbeddedStore::open(dir).await?))
+    }
+
+    /// Reads one key.
+    pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        match self {
+            Store::Etcd(s) => s.get(key).await,
+            Store::Embedded(s) => s.get(key).await,
+        }
+    }
+
+    /// Lists every key under `prefix`, in key order, with the store revision of the listing.
+    pub async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64), StoreError> {
+        match self {
+            Store::Etcd(s) => s.list(prefix).await,
+            Store::Embedded(s) => s.list(prefix).await,
+        }
+    }
+
+    /// Lists up to `limit` keys under `prefix` that sort after `after` (exclusive; `None` starts
+    /// at the beginning), in key order.
+    pub async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        match self {
+            Store::Etcd(s) => s.list_page(prefix, after, limit).await,
+            Store::Embedded(s) => s.list_page(prefix, after, limit).await,
+        }
+    }
+
+    /// Applies a conditional write.
+    pub async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        match self {
+            Store::Etcd(s) => s.txn(txn).await,
+            Store::Embedded(s) => s.txn(txn).await,
+        }
+    }
+
+    /// Watches `prefix` from `from_revision` (inclusive) on.
+    pub async fn watch(
+        &self,
+        prefix: &str,
+        from_revision: i64,
+    ) -> Result<WatchReceiver, StoreError> {
+        match self {
+            Store::Etcd(s) => s.watch(prefix, from_revision).await,
+            Store::Embedded(s) => s.watch(prefix, from_revision).await,
+        }
+    }
+
+    /// A short name for logs: `etcd` or `embedded`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Etcd(_) => "etcd",
+            Store::Embedded(_) => "embedded",
+        }
+    }
+}
+
+/// The first key after every key that starts with `prefix` (etcd's range end for a prefix).
+pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+pub mod conformance;

@@ -1,0 +1,22 @@
+//! Herald's domain rules, shared by the control plane, the agent and the CLI so that no rule is
+//! written twice.
+//!
+//! - [`validate`] and [`limits`]: what callers may send (tenants, ids, URLs, payloads, headers).
+//! - [`event_type`]: event type grammar and the patterns subscriptions select events with.
+//! - [`ids`]: sortable prefixed ids (`evt_…`, `sub_…`, `agt_…`).
+//! - [`signing`]: Standard Webhooks secrets, signatures and verification.
+//! - [`format`] and [`xml`]: the body a subscription receives, JSON or XML.
+//! - [`retry`]: retry schedules and jitter.
+//! - [`subscription`]: a validated subscription, as the delivery path uses it.
+
+pub mod event_type;
+pub mod format;
+pub mod ids;
+pub mod limits;
+pub mod retry;
+pub mod signing;
+pub mod subscription;
+pub mod validate;
+pub mod xml;
+
+pub use validate::ValidationError;

@@ -1,0 +1,146 @@
+//! A subscription as the delivery path uses it: every field already validated and parsed
+//! (URL, event filter, secrets, schedule), so an agent never re-checks a rule at send time.
+//! Built from the wire message in exactly one place (`herald_proto::convert::subscription`).
+
+use std::time::{Duration, SystemTime};
+
+use crate::event_type::EventFilter;
+use crate::format::PayloadFormat;
+use crate::retry::RetrySchedule;
+use crate::signing::SigningSecret;
+
+/// Per-attempt timeout when a subscription sets none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+/// The longest per-attempt timeout a subscription may set.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long replaced secrets keep signing after a rotation, by default.
+pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
+/// How many signing secrets a subscription may hold at once (the current one plus those in
+/// their rotation grace period).
+pub const MAX_SECRETS: usize = 8;
+/// How many regions a subscription may name.
+pub const MAX_REGIONS: usize = 32;
+
+/// A validated webhook endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscription {
+    /// `sub_…`.
+    pub id: String,
+    /// The owner; only this tenant's events reach the endpoint.
+    pub tenant: String,
+    /// Where requests go.
+    pub url: url::Url,
+    /// Which event types it receives.
+    pub filter: EventFilter,
+    /// The body format.
+    pub format: PayloadFormat,
+    /// Signing secrets, newest first.
+    pub secrets: Vec<Secret>,
+    /// Extra request headers, validated against the reserved names.
+    pub headers: Vec<(String, String)>,
+    /// Per-attempt timeout.
+    pub timeout: Duration,
+    /// When to try again after failures.
+    pub retry: RetrySchedule,
+    /// Disabled subscriptions receive nothing.
+    pub enabled: bool,
+    /// Regions whose agents deliver it; empty means all.
+    pub regions: Vec<String>,
+    /// The store revision of this version.
+    pub revision: i64,
+}
+
+/// A signing secret and, once replaced by a rotation, when it stops signing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Secret {
+    /// The key.
+    pub secret: SigningSecret,
+    /// `None` while it is current.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl Subscription {
+    /// Whether an event of this tenant and type goes to this subscription.
+    pub fn accepts(&self, tenant: &str, event_type: &str) -> bool {
+        self.enabled && self.tenant == tenant && self.filter.matches(event_type)
+    }
+
+    /// Whether agents of `region` deliver this subscription.
+    pub fn serves_region(&self, region: &str) -> bool {
+        self.regions.is_empty() || self.regions.iter().any(|r| r == region)
+    }
+
+    /// The secrets that sign a request sent at `now`: every secret not yet expired.
+    pub fn signing_secrets(&self, now: SystemTime) -> Vec<SigningSecret> {
+        self.secrets
+            .iter()
+            .filter(|s| s.expires_at.is_none_or(|at| at > now))
+            .map(|s| s.secret.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subscription() -> Subscription {
+        Subscription {
+            id: "sub_1".into(),
+            tenant: "shop-1".into(),
+            url: url::Url::parse("https://example.com/hook").expect("url"),
+            filter: EventFilter::parse(&["order.*"]).expect("filter"),
+            format: PayloadFormat::Json,
+            secrets: vec![],
+            headers: vec![],
+            timeout: DEFAULT_TIMEOUT,
+            retry: RetrySchedule::default(),
+            enabled: true,
+            regions: vec![],
+            revision: 1,
+        }
+    }
+
+    #[test]
+    fn accepts_only_its_tenant_and_types_while_enabled() {
+        let mut sub = subscription();
+        assert!(sub.accepts("shop-1", "order.created"));
+        assert!(!sub.accepts("shop-2", "order.created"));
+        assert!(!sub.accepts("shop-1", "product.created"));
+        sub.enabled = false;
+        assert!(!sub.accepts("shop-1", "order.created"));
+    }
+
+    #[test]
+    fn expired_secrets_stop_signing() {
+        let now = SystemTime::now();
+        let mut sub = subscription();
+        let current = SigningSecret::generate();
+        let old = SigningSecret::generate();
+        let gone = SigningSecret::generate();
+        sub.secrets = vec![
+            Secret {
+                secret: current.clone(),
+                expires_at: None,
+            },
+            Secret {
+                secret: old.clone(),
+                expires_at: Some(now + Duration::from_secs(60)),
+            },
+            Secret {
+                secret: gone,
+                expires_at: Some(now - Duration::from_secs(1)),
+            },
+        ];
+        assert_eq!(sub.signing_secrets(now), vec![current, old]);
+    }
+
+    #[test]
+    fn regions_scope_delivery() {
+        let mut sub = subscription();
+        assert!(sub.serves_region("eu-1"));
+        sub.regions = vec!["us-1".into()];
+        assert!(!sub.serves_region("eu-1"));
+        assert!(sub.serves_region("us-1"));
+    }
+}

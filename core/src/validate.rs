@@ -1,0 +1,497 @@
+//! Validation of the fields callers send: tenants, event ids, URLs, payloads, custom headers,
+//! descriptions, ordering keys and attributes.
+//!
+//! Each function checks one field and returns a [`ValidationError`] naming that field, so every
+//! edge (gRPC, CLI, config) reports the same problem in the same words. The functions never echo
+//! a value that may be secret (header values, URLs with credentials) or unbounded (anything that
+//! failed its length check). Limits come from [`limits`].
+
+pub use crate::limits;
+
+use limits::{
+    MAX_ATTRIBUTE_KEY_LEN, MAX_ATTRIBUTE_VALUE_LEN, MAX_ATTRIBUTES, MAX_DESCRIPTION_LEN,
+    MAX_EVENT_ID_LEN, MAX_HEADER_VALUE_LEN, MAX_HEADERS, MAX_ORDERING_KEY_LEN, MAX_TENANT_LEN,
+    MAX_URL_LEN,
+};
+
+/// A field that breaks one of Herald's rules: which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ValidationError {
+    /// The field's name as callers know it, such as `tenant` or `url`.
+    pub field: String,
+    /// What is wrong, in lowercase words.
+    pub reason: String,
+}
+
+impl ValidationError {
+    /// Builds an error for `field` explaining `reason`.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Header names Herald sets itself or that belong to the HTTP connection; subscriptions may not
+/// override them.
+const RESERVED_HEADERS: [&str; 10] = [
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "content-type",
+    "content-length",
+    "host",
+    "user-agent",
+    "transfer-encoding",
+    "connection",
+    "traceparent",
+];
+
+/// Checks a tenant name: 1 to [`MAX_TENANT_LEN`] characters of `[A-Za-z0-9_.-]`.
+///
+/// Tenants are part of etcd keys, so `/` and anything else outside that set is refused.
+pub fn tenant(value: &str) -> Result<(), ValidationError> {
+    identifier("tenant", value, MAX_TENANT_LEN, |c| {
+        c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
+    })
+}
+
+/// Checks an event id: 1 to [`MAX_EVENT_ID_LEN`] characters of `[A-Za-z0-9_.:-]`.
+///
+/// The id is sent as the `webhook-id` header and signed, so it stays plain ASCII.
+pub fn event_id(value: &str) -> Result<(), ValidationError> {
+    identifier("id", value, MAX_EVENT_ID_LEN, |c| {
+        c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')
+    })
+}
+
+/// Checks that `value` is non-empty, at most `max` bytes and made only of `allowed` characters.
+fn identifier(
+    field: &str,
+    value: &str,
+    max: usize,
+    allowed: impl Fn(char) -> bool,
+) -> Result<(), ValidationError> {
+    if value.is_empty() {
+        return Err(ValidationError::new(field, "must not be empty"));
+    }
+    if value.len() > max {
+        return Err(ValidationError::new(
+            field,
+            format!("is {} bytes, longer than the limit of {max}", value.len()),
+        ));
+    }
+    if let Some(bad) = value.chars().find(|&c| !allowed(c)) {
+        return Err(ValidationError::new(
+            field,
+            format!("{value:?} contains the character {bad:?}, which is not allowed"),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses and checks a delivery URL.
+///
+/// The URL must be at most [`MAX_URL_LEN`] bytes, use `https` (or `http` when `allow_http`),
+/// name a host, and carry neither credentials (`user:pass@`, which would leak into logs) nor a
+/// fragment (which is never sent to the server).
+pub fn url(value: &str, allow_http: bool) -> Result<url::Url, ValidationError> {
+    const FIELD: &str = "url";
+    if value.len() > MAX_URL_LEN {
+        return Err(ValidationError::new(
+            FIELD,
+            format!(
+                "is {} bytes, longer than the limit of {MAX_URL_LEN}",
+                value.len()
+            ),
+        ));
+    }
+    let parsed = url::Url::parse(value)
+        .map_err(|e| ValidationError::new(FIELD, format!("is not a valid URL: {e}")))?;
+    match parsed.scheme() {
+        "https" => {}
+        "http" if allow_http => {}
+        "http" => {
+            return Err(ValidationError::new(
+                FIELD,
+                "must use https (http is not allowed here)",
+            ));
+        }
+        other => {
+            let allowed = if allow_http { "http or https" } else { "https" };
+            return Err(ValidationError::new(
+                FIELD,
+                format!("scheme {other:?} is not allowed, use {allowed}"),
+            ));
+        }
+    }
+    if parsed.host().is_none() {
+        return Err(ValidationError::new(FIELD, "must name a host"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(ValidationError::new(
+            FIELD,
+            "must not contain credentials (user:password@)",
+        ));
+    }
+    if parsed.fragment().is_some() {
+        return Err(ValidationError::new(
+            FIELD,
+            "must not contain a fragment (#...)",
+        ));
+    }
+    Ok(parsed)
+}
+
+/// Checks an event payload: at most `max_bytes` bytes, and one JSON document (any JSON value).
+///
+/// The size is checked before parsing so an oversized payload costs nothing to refuse.
+pub fn json_payload(bytes: &[u8], max_bytes: usize) -> Result<serde_json::Value, ValidationError> {
+    const FIELD: &str = "payload";
+    if bytes.len() > max_bytes {
+        return Err(ValidationError::new(
+            FIELD,
+            format!(
+                "is {} bytes, larger than the limit of {max_bytes} bytes",
+                bytes.len()
+            ),
+        ));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| ValidationError::new(FIELD, format!("is not a valid JSON document: {e}")))
+}
+
+/// Checks a subscription's custom headers.
+///
+/// At most [`MAX_HEADERS`] headers; names are HTTP token names made of ASCII letters, digits and
+/// `-`, not reserved (Herald's own `webhook-*` headers, `content-type`, hop-by-hop headers, ...,
+/// compared case-insensitively) and not repeated; values are visible ASCII or spaces (so no CR or
+/// LF) and at most [`MAX_HEADER_VALUE_LEN`] bytes. Values are never echoed: they often hold
+/// credentials.
+pub fn custom_headers<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<(), ValidationError> {
+    const FIELD: &str = "headers";
+    let mut seen: Vec<&str> = Vec::new();
+    for (name, value) in headers {
+        if seen.len() == MAX_HEADERS {
+            return Err(ValidationError::new(
+                FIELD,
+                format!("more than {MAX_HEADERS} headers"),
+            ));
+        }
+        if name.is_empty() {
+            return Err(ValidationError::new(FIELD, "a header name is empty"));
+        }
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(ValidationError::new(
+                FIELD,
+                format!("header name {name:?} may only contain ASCII letters, digits and '-'"),
+            ));
+        }
+        if RESERVED_HEADERS
+            .iter()
+            .any(|reserved| reserved.eq_ignore_ascii_case(name))
+        {
+            return Err(ValidationError::new(
+                FIELD,
+                format!("header {name:?} is reserved and set by herald"),
+            ));
+        }
+        if seen.iter().any(|other| other.eq_ignore_ascii_case(name)) {
+            return Err(ValidationError::new(
+                FIELD,
+                format!("header {name:?} is given more than once"),
+            ));
+        }
+        if value.len() > MAX_HEADER_VALUE_LEN {
+            return Err(ValidationError::new(
+                FIELD,
+                format!(
+                    "value of header {name:?} is {} bytes, longer than the limit of {MAX_HEADER_VALUE_LEN}",
+                    value.len()
+                ),
+            ));
+        }
+        if !value.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+            return Err(ValidationError::new(
+                FIELD,
+                format!("value of header {name:?} may only contain visible ASCII and spaces"),
+            ));
+        }
+        seen.push(name);
+    }
+    Ok(())
+}
+
+/// Checks a subscription description: at most [`MAX_DESCRIPTION_LEN`] bytes.
+pub fn description(value: &str) -> Result<(), ValidationError> {
+    max_len("description", value, MAX_DESCRIPTION_LEN)
+}
+
+/// Checks an event's ordering key: at most [`MAX_ORDERING_KEY_LEN`] bytes (empty means none).
+pub fn ordering_key(value: &str) -> Result<(), ValidationError> {
+    max_len("ordering_key", value, MAX_ORDERING_KEY_LEN)
+}
+
+/// Checks an event's attributes: at most [`MAX_ATTRIBUTES`] entries, keys 1 to
+/// [`MAX_ATTRIBUTE_KEY_LEN`] bytes, values at most [`MAX_ATTRIBUTE_VALUE_LEN`] bytes.
+pub fn attributes<'a>(
+    attributes: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<(), ValidationError> {
+    const FIELD: &str = "attributes";
+    for (count, (key, value)) in attributes.into_iter().enumerate() {
+        if count == MAX_ATTRIBUTES {
+            return Err(ValidationError::new(
+                FIELD,
+                format!("more than {MAX_ATTRIBUTES} attributes"),
+            ));
+        }
+        if key.is_empty() {
+            return Err(ValidationError::new(FIELD, "an attribute key is empty"));
+        }
+        if key.len() > MAX_ATTRIBUTE_KEY_LEN {
+            return Err(ValidationError::new(
+                FIELD,
+                format!(
+                    "an attribute key is {} bytes, longer than the limit of {MAX_ATTRIBUTE_KEY_LEN}",
+                    key.len()
+                ),
+            ));
+        }
+        if value.len() > MAX_ATTRIBUTE_VALUE_LEN {
+            return Err(ValidationError::new(
+                FIELD,
+                format!(
+                    "value of attribute {key:?} is {} bytes, longer than the limit of {MAX_ATTRIBUTE_VALUE_LEN}",
+                    value.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `value` is at most `max` bytes.
+fn max_len(field: &str, value: &str, max: usize) -> Result<(), ValidationError> {
+    if value.len() > max {
+        return Err(ValidationError::new(
+            field,
+            format!("is {} bytes, longer than the limit of {max}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_message_names_the_field() {
+        let err = ValidationError::new("tenant", "must not be empty");
+        assert_eq!(err.to_string(), "tenant: must not be empty");
+    }
+
+    #[test]
+    fn tenant_rules() {
+        for ok in ["acme", "Acme_EU-1.prod", &"a".repeat(MAX_TENANT_LEN)] {
+            assert_eq!(tenant(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "acme/eu",
+            "acme eu",
+            "acme:eu",
+            "ac\u{e9}me",
+            &"a".repeat(MAX_TENANT_LEN + 1),
+        ] {
+            let err = tenant(bad).unwrap_err();
+            assert_eq!(err.field, "tenant", "{bad}");
+        }
+    }
+
+    #[test]
+    fn event_id_rules() {
+        for ok in ["evt_01J", "order:42.v1-a", &"x".repeat(MAX_EVENT_ID_LEN)] {
+            assert_eq!(event_id(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "a/b", "a b", "a\nb", &"x".repeat(MAX_EVENT_ID_LEN + 1)] {
+            assert_eq!(event_id(bad).unwrap_err().field, "id", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn url_accepts_https_and_http_only_when_allowed() {
+        let parsed = url("https://example.com/hooks?x=1", false).unwrap();
+        assert_eq!(parsed.host_str(), Some("example.com"));
+        assert!(url("http://localhost:8080/h", true).is_ok());
+        let err = url("http://localhost:8080/h", false).unwrap_err();
+        assert_eq!(err.field, "url");
+        assert!(err.reason.contains("https"), "{err}");
+    }
+
+    #[test]
+    fn url_refusals() {
+        let long = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN));
+        for bad in [
+            "",
+            "not a url",
+            "ftp://example.com/",
+            "file:///etc/passwd",
+            "https://user:pass@example.com/",
+            "https://user@example.com/",
+            "https://example.com/#frag",
+            "https://example.com/#",
+            "unix:/run/sock",
+            long.as_str(),
+        ] {
+            assert_eq!(url(bad, true).unwrap_err().field, "url", "{bad}");
+        }
+    }
+
+    #[test]
+    fn url_errors_do_not_echo_credentials() {
+        let err = url("https://alice:s3cret@example.com/", false).unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn json_payload_accepts_any_json_value() {
+        for ok in [
+            &b"{\"a\":1}"[..],
+            b"[1,2]",
+            b"\"text\"",
+            b"42",
+            b"null",
+            b" true \n",
+        ] {
+            assert!(json_payload(ok, 100).is_ok(), "{ok:?}");
+        }
+        assert_eq!(
+            json_payload(b"{\"a\":[1]}", 100).unwrap(),
+            serde_json::json!({"a": [1]})
+        );
+    }
+
+    #[test]
+    fn json_payload_checks_size_before_parsing() {
+        let err = json_payload(b"not json at all", 5).unwrap_err();
+        assert_eq!(err.field, "payload");
+        assert_eq!(err.reason, "is 15 bytes, larger than the limit of 5 bytes");
+        assert!(json_payload(b"12345", 5).is_ok());
+    }
+
+    #[test]
+    fn json_payload_reports_where_parsing_failed() {
+        let err = json_payload(b"{\n  \"a\": }", 100).unwrap_err();
+        assert_eq!(err.field, "payload");
+        assert!(err.reason.contains("line 2"), "{err}");
+        for bad in [&b""[..], b"{} {}", b"{\"a\":1", b"\xff"] {
+            assert!(json_payload(bad, 100).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn custom_headers_accepts_ordinary_headers() {
+        let value = "v".repeat(MAX_HEADER_VALUE_LEN);
+        assert_eq!(
+            custom_headers([
+                ("X-Api-Key", "abc 123 !~"),
+                ("authorization", "Bearer t"),
+                ("X-Long", value.as_str()),
+                ("x-empty", ""),
+            ]),
+            Ok(())
+        );
+        assert_eq!(custom_headers([]), Ok(()));
+    }
+
+    #[test]
+    fn custom_headers_refuses_reserved_names_in_any_case() {
+        for name in RESERVED_HEADERS {
+            let upper = name.to_ascii_uppercase();
+            let err = custom_headers([(upper.as_str(), "x")]).unwrap_err();
+            assert_eq!(err.field, "headers");
+            assert!(err.reason.contains("reserved"), "{err}");
+        }
+        assert!(custom_headers([("Webhook-Signature", "v1,x")]).is_err());
+    }
+
+    #[test]
+    fn custom_headers_refusals() {
+        let long = "v".repeat(MAX_HEADER_VALUE_LEN + 1);
+        let cases: [(&str, &str); 8] = [
+            ("", "x"),
+            ("x header", "x"),
+            ("x_header", "x"),
+            ("x:y", "x"),
+            ("x-a", "line\r\nInjected: 1"),
+            ("x-a", "tab\there"),
+            ("x-a", "caf\u{e9}"),
+            ("x-a", long.as_str()),
+        ];
+        for (name, value) in cases {
+            assert!(
+                custom_headers([(name, value)]).is_err(),
+                "{name:?}: {value:?}"
+            );
+        }
+        assert!(custom_headers([("X-A", "1"), ("x-a", "2")]).is_err());
+    }
+
+    #[test]
+    fn custom_headers_limits_the_count() {
+        let names: Vec<String> = (0..=MAX_HEADERS).map(|i| format!("x-h{i}")).collect();
+        let headers = names.iter().map(|n| (n.as_str(), "v"));
+        assert!(custom_headers(headers.clone().take(MAX_HEADERS)).is_ok());
+        assert!(custom_headers(headers).is_err());
+    }
+
+    #[test]
+    fn custom_header_errors_do_not_echo_values() {
+        let err = custom_headers([("x-token", "s3cret\n")]).unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn length_limits() {
+        assert!(description(&"d".repeat(MAX_DESCRIPTION_LEN)).is_ok());
+        assert_eq!(
+            description(&"d".repeat(MAX_DESCRIPTION_LEN + 1))
+                .unwrap_err()
+                .field,
+            "description"
+        );
+        assert!(ordering_key("").is_ok());
+        assert!(ordering_key(&"k".repeat(MAX_ORDERING_KEY_LEN)).is_ok());
+        assert_eq!(
+            ordering_key(&"k".repeat(MAX_ORDERING_KEY_LEN + 1))
+                .unwrap_err()
+                .field,
+            "ordering_key"
+        );
+    }
+
+    #[test]
+    fn attribute_rules() {
+        let key = "k".repeat(MAX_ATTRIBUTE_KEY_LEN);
+        let value = "v".repeat(MAX_ATTRIBUTE_VALUE_LEN);
+        assert!(attributes([("region", "eu"), (key.as_str(), value.as_str())]).is_ok());
+        let long_key = "k".repeat(MAX_ATTRIBUTE_KEY_LEN + 1);
+        let long_value = "v".repeat(MAX_ATTRIBUTE_VALUE_LEN + 1);
+        for (k, v) in [
+            ("", "x"),
+            (long_key.as_str(), "x"),
+            ("k", long_value.as_str()),
+        ] {
+            assert_eq!(attributes([(k, v)]).unwrap_err().field, "attributes");
+        }
+        let keys: Vec<String> = (0..=MAX_ATTRIBUTES).map(|i| format!("k{i}")).collect();
+        let all = keys.iter().map(|k| (k.as_str(), "v"));
+        assert!(attributes(all.clone().take(MAX_ATTRIBUTES)).is_ok());
+        assert!(attributes(all).is_err());
+    }
+}

@@ -1,0 +1,11 @@
+//! The `herald.v1` gRPC API: the code generated from `herald/v1/herald.proto` (checked in under
+//! `src/gen/`, kept honest by `tests/bootstrap.rs`) and the conversions between wire messages
+//! and Herald's domain types.
+
+/// Generated messages, clients and servers of package `herald.v1`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    include!("gen/herald.v1.rs");
+}
+
+pub mod convert;
