@@ -1,1 +1,220 @@
-//! herald-agent
+//! Herald's agent: runs beside the services that emit events, accepts them over gRPC
+//! (`herald.v1.Events`), and delivers each to every subscribed URL, signed, with retries,
+//! reporting every attempt to the control plane. Subscriptions arrive over the config stream
+//! from the control plane.
+//!
+//! [`run`] is the whole agent; `main` only parses [`Config`] and calls it.
+
+pub mod backoff;
+pub mod config_watch;
+pub mod control_plane;
+pub mod delivery;
+pub mod emit;
+pub mod listen;
+pub mod reporter;
+pub mod routes;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::limits::DEFAULT_MAX_PAYLOAD_BYTES;
+use herald_proto::v1::events_server::EventsServer;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config_watch::Identity;
+use crate::control_plane::ControlPlane;
+use crate::delivery::Dispatcher;
+use crate::emit::EmitService;
+use crate::listen::{ListenAddr, Listener};
+use crate::reporter::Reporter;
+use crate::routes::Routes;
+
+/// The default `Emit` listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7701";
+
+/// Agent settings; every flag is also an environment variable.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Config {
+    /// Control-plane URLs, comma-separated; tried in turn.
+    #[arg(
+        long = "control-plane",
+        env = "HERALD_CONTROL_PLANE",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7700"
+    )]
+    pub control_plane: Vec<String>,
+    /// Where applications reach Emit: host:port or unix:/path.
+    #[arg(long, env = "HERALD_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: ListenAddr,
+    /// Directory for the agent's state (its id).
+    #[arg(long, env = "HERALD_DATA_DIR", default_value = "herald-data/agent")]
+    pub data_dir: PathBuf,
+    /// Agent id; by default one is made on first start and kept in --data-dir.
+    #[arg(long, env = "HERALD_AGENT_ID")]
+    pub id: Option<String>,
+    /// The region this agent runs in.
+    #[arg(long, env = "HERALD_REGION", default_value = "default")]
+    pub region: String,
+    /// The node this agent runs on.
+    #[arg(long, env = "HERALD_NODE", default_value = "local")]
+    pub node: String,
+    /// Extra trust roots (PEM) for receivers' certificates.
+    #[arg(long, env = "HERALD_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Deliver to http:// URLs too (development only).
+    #[arg(long, env = "HERALD_ALLOW_HTTP")]
+    pub allow_http: bool,
+    /// The largest event payload accepted, in bytes.
+    #[arg(long, env = "HERALD_MAX_PAYLOAD_BYTES", default_value_t = DEFAULT_MAX_PAYLOAD_BYTES)]
+    pub max_payload_bytes: usize,
+    /// Attempts in flight at once, across all subscriptions.
+    #[arg(long, env = "HERALD_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+    /// How long an event id is remembered to drop duplicates.
+    #[arg(long, env = "HERALD_DEDUP_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub dedup_window: Duration,
+    /// How long shutdown waits for attempts in flight and report flushing.
+    #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The data directory is unusable.
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The delivery client could not be built.
+    #[error(transparent)]
+    Client(#[from] delivery::client::ClientError),
+    /// The gRPC server failed.
+    #[error("grpc server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Runs the agent on `listener` until `shutdown` completes; then stops accepting events,
+/// lets attempts in flight finish and flushes reports, within the grace period.
+pub async fn run(
+    config: Config,
+    listener: Listener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let id = match &config.id {
+        Some(id) => id.clone(),
+        None => agent_id(&config.data_dir)?,
+    };
+    tracing::info!(agent = %id, region = %config.region, listen = %config.listen, "agent starting");
+    let client = delivery::client::build(config.ca_file.as_deref())?;
+    let control_plane = ControlPlane::new(config.control_plane.clone());
+    let stop = CancellationToken::new();
+    let (routes_tx, routes) = watch::channel(Arc::new(Routes::default()));
+    let identity = Identity {
+        id: id.clone(),
+        node: config.node.clone(),
+        region: config.region.clone(),
+        tenants: vec![],
+    };
+    let watcher = tokio::spawn(config_watch::run(
+        control_plane.clone(),
+        identity,
+        routes_tx,
+        stop.clone(),
+    ));
+    let reports_stop = CancellationToken::new();
+    let (reporter, reporter_task) = Reporter::start(
+        control_plane,
+        id.clone(),
+        reports_stop.clone(),
+        config.shutdown_grace,
+    );
+    let dispatcher = Dispatcher::new(
+        client,
+        routes.clone(),
+        reporter,
+        id,
+        config.allow_http,
+        config.max_in_flight,
+        stop.clone(),
+    );
+    let service = EventsServer::new(EmitService::new(
+        routes,
+        dispatcher.clone(),
+        config.max_payload_bytes,
+        config.dedup_window,
+    ));
+
+    let serving = stop.clone();
+    let router = tonic::transport::Server::builder().add_service(service);
+    let server = async move {
+        match listener {
+            Listener::Tcp(l) => {
+                router
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(l),
+                        serving.cancelled_owned(),
+                    )
+                    .await
+            }
+            #[cfg(unix)]
+            Listener::Unix(l) => {
+                router
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::UnixListenerStream::new(l),
+                        serving.cancelled_owned(),
+                    )
+                    .await
+            }
+        }
+    };
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result?,
+        () = shutdown => {}
+    }
+    tracing::info!("shutting down: no new events; finishing attempts in flight");
+    stop.cancel();
+    let grace = config.shutdown_grace;
+    let drained = tokio::time::timeout(grace, async {
+        let _ = (&mut server).await;
+        dispatcher.drain().await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(?grace, "grace period over with attempts still in flight");
+    }
+    reports_stop.cancel();
+    let _ = tokio::time::timeout(grace, reporter_task).await;
+    watcher.abort();
+    Ok(())
+}
+
+/// The agent's id from `dir/agent-id`, made and saved on first start.
+fn agent_id(dir: &Path) -> Result<String, Error> {
+    let fail = |source| Error::DataDir {
+        path: dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let path = dir.join("agent-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(fail(err)),
+    }
+    let id = herald_core::ids::new_agent_id();
+    // Written to a temporary file and renamed, so a crash never leaves half an id.
+    let tmp = dir.join("agent-id.tmp");
+    std::fs::write(&tmp, &id).map_err(fail)?;
+    std::fs::rename(&tmp, &path).map_err(fail)?;
+    Ok(id)
+}

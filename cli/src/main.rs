@@ -1,1 +1,79 @@
-fn main() {}
+//! `herald`: the operator CLI. Manages subscriptions, reads the delivery log, lists agents,
+//! emits test events, and runs `herald dev` (everything in one process, for trying Herald).
+//!
+//! Exit codes: 0 success, 1 the operation failed (the message says why), 2 bad usage.
+
+mod agents;
+mod connect;
+mod deliveries;
+mod dev;
+mod emit;
+mod output;
+mod subscription;
+
+use clap::{Parser, Subcommand};
+
+use crate::output::Format;
+
+/// Herald: signed webhook delivery with retries and central logs.
+#[derive(Parser)]
+#[command(name = "herald", version, about)]
+struct Cli {
+    /// The control plane's gRPC URL.
+    #[arg(
+        long,
+        global = true,
+        env = "HERALD_CONTROL_PLANE",
+        default_value = "http://127.0.0.1:7700"
+    )]
+    control_plane: String,
+    /// The agent's gRPC URL (http://host:port or unix:/path), for `emit`.
+    #[arg(
+        long,
+        global = true,
+        env = "HERALD_AGENT",
+        default_value = "http://127.0.0.1:7701"
+    )]
+    agent: String,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, env = "HERALD_OUTPUT", value_enum, default_value_t = Format::Table)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage subscriptions (webhook endpoints).
+    #[command(subcommand, alias = "subscriptions", alias = "sub")]
+    Subscription(subscription::Command),
+    /// Read the central delivery log.
+    #[command(subcommand, alias = "delivery")]
+    Deliveries(deliveries::Command),
+    /// See the agents connected to the control plane.
+    #[command(subcommand, alias = "agent")]
+    Agents(agents::Command),
+    /// Emit an event through an agent.
+    Emit(emit::Args),
+    /// Run Herald in one process: control plane, agent and a receiver that prints webhooks.
+    Dev(dev::Args),
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Subscription(cmd) => subscription::run(cmd, &cli.control_plane, cli.output).await,
+        Command::Deliveries(cmd) => deliveries::run(cmd, &cli.control_plane, cli.output).await,
+        Command::Agents(cmd) => agents::run(cmd, &cli.control_plane, cli.output).await,
+        Command::Emit(args) => emit::run(args, &cli.agent, cli.output).await,
+        Command::Dev(args) => dev::run(args).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

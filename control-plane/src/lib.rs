@@ -1,2 +1,133 @@
-//! Herald's control plane.
+//! Herald's control plane: stores subscriptions in the config store (etcd, or an embedded
+//! file), streams them to agents, stores every delivery attempt the agents report, and serves
+//! the operator API (`herald.v1.Subscriptions`, `Deliveries`, `Agents`).
+//!
+//! [`run`] is the whole server; `main` only parses [`Config`] and calls it, so tests and
+//! `herald dev` run the real thing in-process on a listener of their choosing.
+
+pub mod attempts;
+pub mod fleet;
+pub mod grpc;
+pub mod hub;
+pub mod keys;
 pub mod store;
+pub mod subscriptions;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use herald_proto::v1::agent_control_server::AgentControlServer;
+use herald_proto::v1::agents_server::AgentsServer;
+use herald_proto::v1::deliveries_server::DeliveriesServer;
+use herald_proto::v1::subscriptions_server::SubscriptionsServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::attempts::{AttemptLog, LogError};
+use crate::fleet::Fleet;
+use crate::hub::ConfigHub;
+use crate::store::{Store, StoreError};
+use crate::subscriptions::Subscriptions;
+
+/// The default gRPC listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
+
+/// Control-plane settings; every flag is also an environment variable.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Config {
+    /// Address of the gRPC API (operators and agents).
+    #[arg(long, env = "HERALD_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// etcd endpoints, comma-separated; without them the embedded store in --data-dir is used.
+    #[arg(long, env = "HERALD_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// Directory for the delivery log (and the embedded config store).
+    #[arg(
+        long,
+        env = "HERALD_DATA_DIR",
+        default_value = "herald-data/control-plane"
+    )]
+    pub data_dir: PathBuf,
+    /// Accept http:// subscription URLs (for development and private networks).
+    #[arg(long, env = "HERALD_ALLOW_HTTP")]
+    pub allow_http: bool,
+    /// How long shutdown waits for open calls and streams to finish.
+    #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// Why the control plane stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config store could not be opened.
+    #[error("config store: {0}")]
+    Store(#[from] StoreError),
+    /// The delivery log could not be opened.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The gRPC server failed.
+    #[error("grpc server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Opens the stores and serves on `listener` until `shutdown` completes, then drains open
+/// calls and streams for at most the configured grace period.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let store = if config.etcd.is_empty() {
+        let dir = config.data_dir.join("config");
+        tracing::info!(dir = %dir.display(), "using the embedded config store (no --etcd given)");
+        Store::embedded(&dir).await?
+    } else {
+        tracing::info!(endpoints = ?config.etcd, "using etcd");
+        Store::etcd(&config.etcd).await?
+    };
+    let log = AttemptLog::open(&config.data_dir)?;
+    let stop = CancellationToken::new();
+    let hub = ConfigHub::start(store.clone(), stop.clone());
+    let fleet = Fleet::default();
+
+    let registry = Subscriptions::new(store, config.allow_http);
+    let server = tonic::transport::Server::builder()
+        .add_service(SubscriptionsServer::new(grpc::SubscriptionsService::new(
+            registry,
+        )))
+        .add_service(DeliveriesServer::new(grpc::DeliveriesService::new(
+            log.clone(),
+            stop.clone(),
+        )))
+        .add_service(AgentsServer::new(grpc::AgentsService::new(
+            fleet.clone(),
+            hub.clone(),
+        )))
+        .add_service(AgentControlServer::new(grpc::AgentControlService::new(
+            hub,
+            fleet,
+            log,
+            stop.clone(),
+        )))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            stop.clone().cancelled_owned(),
+        );
+    tracing::info!(addr = %config.listen, "control plane serving");
+
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result.map_err(Error::from),
+        () = shutdown => {}
+    }
+    tracing::info!("shutting down: draining calls and streams");
+    stop.cancel();
+    match tokio::time::timeout(config.shutdown_grace, server).await {
+        Ok(result) => result?,
+        Err(_) => tracing::warn!(grace = ?config.shutdown_grace, "grace period over; closing"),
+    }
+    Ok(())
+}

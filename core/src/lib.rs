@@ -7,6 +7,7 @@
 //! - [`signing`]: Standard Webhooks secrets, signatures and verification.
 //! - [`format`] and [`xml`]: the body a subscription receives, JSON or XML.
 //! - [`retry`]: retry schedules and jitter.
+//! - [`shutdown`]: the signals every binary stops on.
 //! - [`subscription`]: a validated subscription, as the delivery path uses it.
 
 pub mod event_type;
@@ -14,6 +15,7 @@ pub mod format;
 pub mod ids;
 pub mod limits;
 pub mod retry;
+pub mod shutdown;
 pub mod signing;
 pub mod subscription;
 pub mod validate;

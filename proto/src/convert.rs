@@ -237,7 +237,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut pb::Subscription)>)> = vec![
+        type Breaker = Box<dyn Fn(&mut pb::Subscription)>;
+        let cases: Vec<(&str, Breaker)> = vec![
             ("tenant", Box::new(|s| s.tenant.clear())),
             ("url", Box::new(|s| s.url = "not a url".into())),
             ("url", Box::new(|s| s.url = "http://shop.example/".into())),

@@ -9,3 +9,6 @@ pub mod v1 {
 }
 
 pub mod convert;
+
+/// The well-known types the API uses (`Timestamp`, `Duration`).
+pub use prost_types;

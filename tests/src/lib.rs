@@ -5,6 +5,8 @@
 //! - [`Etcd`]: a real etcd server on free loopback ports ([`etcd`]);
 //! - [`TestCa`]: a throwaway CA and the TLS configs that use it ([`tls`]);
 //! - [`Receiver`]: an HTTPS webhook receiver whose answers can be scripted ([`receiver`]);
+//! - [`ControlPlane`], [`Agent`]: Herald's servers in-process on real sockets ([`herald`]);
+//! - [`World`]: all of the above started together ([`world`]);
 //! - [`eventually`]: waiting for a condition with a deadline ([`wait`]).
 //!
 //! Scenarios live in `tests/tests/` and read like stories built from these handles.
@@ -12,11 +14,15 @@
 #![forbid(unsafe_code)]
 
 pub mod etcd;
+pub mod herald;
 pub mod receiver;
 pub mod tls;
 pub mod wait;
+pub mod world;
 
 pub use etcd::Etcd;
+pub use herald::{Agent, AgentOptions, ConfigStore, ControlPlane, event, subscription};
 pub use receiver::{ReceivedRequest, Receiver, Response};
 pub use tls::TestCa;
 pub use wait::eventually;
+pub use world::{World, secret_of, signature_verifies};

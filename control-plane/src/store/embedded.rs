@@ -156,10 +156,10 @@ impl EmbeddedStore {
                     Ok(batch) if (batch.revision as u64) < next => continue,
                     Ok(batch) => {
                         next = batch.revision as u64 + 1;
-                        if let Some(batch) = filter_batch(&batch, &prefix) {
-                            if tx.send(Ok(batch)).await.is_err() {
-                                return;
-                            }
+                        if let Some(batch) = filter_batch(&batch, &prefix)
+                            && tx.send(Ok(batch)).await.is_err()
+                        {
+                            return;
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {

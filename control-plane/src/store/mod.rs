@@ -140,7 +140,7 @@ impl StoreError {
 #[derive(Clone)]
 pub enum Store {
     /// An etcd cluster (production).
-    Etcd(EtcdStore),
+    Etcd(Box<EtcdStore>),
     /// A single file (development, single node).
     Embedded(EmbeddedStore),
 }
@@ -148,7 +148,7 @@ pub enum Store {
 impl Store {
     /// Connects to etcd at the given endpoints.
     pub async fn etcd(endpoints: &[String]) -> Result<Self, StoreError> {
-        Ok(Store::Etcd(EtcdStore::connect(endpoints).await?))
+        Ok(Store::Etcd(Box::new(EtcdStore::connect(endpoints).await?)))
     }
 
     /// Opens (or creates) the embedded store in `dir`.

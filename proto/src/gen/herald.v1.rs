@@ -114,7 +114,8 @@ pub struct Subscription {
 /// A Standard Webhooks signing secret.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SigningSecret {
-    /// `whsec_<base64>`. Returned on create and rotate only.
+    /// `whsec_<base64>`. Returned on create, on rotate, and by Get with `show_secrets`;
+    /// blank elsewhere.
     #[prost(string, tag = "1")]
     pub secret: ::prost::alloc::string::String,
     #[prost(message, optional, tag = "2")]
@@ -132,8 +133,8 @@ pub struct RetryPolicy {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct CreateSubscriptionRequest {
-    /// `id`, `secrets`, `revision`, `created_at`, `updated_at` and `disabled_*` are ignored;
-    /// `enabled` defaults to true.
+    /// `id`, `secrets`, `enabled`, `revision`, `created_at`, `updated_at` and `disabled_*` are
+    /// set by the control plane: a new subscription gets one secret and starts enabled.
     #[prost(message, optional, tag = "1")]
     pub subscription: ::core::option::Option<Subscription>,
 }
@@ -141,6 +142,9 @@ pub struct CreateSubscriptionRequest {
 pub struct GetSubscriptionRequest {
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
+    /// Include the signing secrets' values (otherwise blank, as in List).
+    #[prost(bool, tag = "2")]
+    pub show_secrets: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ListSubscriptionsRequest {

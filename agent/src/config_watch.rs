@@ -1,0 +1,122 @@
+//! Keeps the agent's routing table current: one task holds the config stream to the control
+//! plane open, applies each update atomically, acks (or nacks, keeping the last good table),
+//! and reconnects with backoff and jitter. Everyone else reads the table from a
+//! `tokio::sync::watch`. After every reconnect the control plane sends a full snapshot, so
+//! changes made while the agent was away — deletions included — are never missed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_proto::v1 as pb;
+use herald_proto::v1::agent_control_client::AgentControlClient;
+use herald_proto::v1::config_request::Kind;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::control_plane::ControlPlane;
+use crate::routes::Routes;
+
+/// Who this agent is, as told to the control plane.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// Agent id.
+    pub id: String,
+    /// Node name.
+    pub node: String,
+    /// Region.
+    pub region: String,
+    /// Tenants it emits for (empty: all).
+    pub tenants: Vec<String>,
+}
+
+/// Runs the config stream until `shutdown`.
+pub async fn run(
+    control_plane: ControlPlane,
+    identity: Identity,
+    routes: watch::Sender<Arc<Routes>>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    loop {
+        let session = follow(&control_plane, &identity, &routes, &mut backoff);
+        let result = tokio::select! {
+            () = shutdown.cancelled() => return,
+            result = session => result,
+        };
+        if let Err(err) = result {
+            tracing::warn!(error = %err, "config stream lost; reconnecting");
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// One stream session: hello, then updates until the stream ends.
+async fn follow(
+    control_plane: &ControlPlane,
+    identity: &Identity,
+    routes: &watch::Sender<Arc<Routes>>,
+    backoff: &mut Backoff,
+) -> Result<(), String> {
+    let (url, channel) = control_plane.connect().await?;
+    let (tx, rx) = mpsc::channel(16);
+    let hello = pb::AgentHello {
+        agent_id: identity.id.clone(),
+        node: identity.node.clone(),
+        region: identity.region.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        tenants: identity.tenants.clone(),
+        event_type_prefixes: vec![],
+        last_revision: routes.borrow().revision,
+    };
+    let send = |kind| pb::ConfigRequest { kind: Some(kind) };
+    tx.send(send(Kind::Hello(hello)))
+        .await
+        .map_err(|_| "config stream closed")?;
+    let mut updates = AgentControlClient::new(channel)
+        .stream_config(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("{url}: {}", s.message()))?
+        .into_inner();
+    tracing::info!(control_plane = %url, "config stream open");
+    loop {
+        let update = match updates.message().await {
+            Ok(Some(update)) => update,
+            Ok(None) => return Err(format!("{url} ended the config stream")),
+            Err(status) => return Err(format!("{url}: {}", status.message())),
+        };
+        let applied = routes.borrow().apply(&update);
+        let reply = match applied {
+            Ok(table) => {
+                let revision = table.revision;
+                let count = table.len();
+                routes.send_replace(Arc::new(table));
+                if update.snapshot {
+                    backoff.reset();
+                }
+                tracing::debug!(
+                    revision,
+                    subscriptions = count,
+                    snapshot = update.snapshot,
+                    "config applied"
+                );
+                Kind::Ack(pb::ConfigAck { revision })
+            }
+            Err(err) => {
+                tracing::warn!(revision = update.revision, error = %err, "config refused; keeping the last good config");
+                Kind::Nack(pb::ConfigNack {
+                    revision: update.revision,
+                    reason: err.to_string(),
+                })
+            }
+        };
+        tx.send(send(reply))
+            .await
+            .map_err(|_| "config stream closed")?;
+    }
+}

@@ -1,0 +1,48 @@
+//! Connections to the control plane: the configured endpoints tried in turn, so an agent given
+//! several replicas (`--control-plane URL1,URL2`) moves on when one is down.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+/// How long to wait for a connection to a control-plane replica.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The control-plane endpoints, tried round-robin.
+#[derive(Clone, Debug)]
+pub struct ControlPlane {
+    endpoints: Arc<Vec<String>>,
+    next: Arc<AtomicUsize>,
+}
+
+impl ControlPlane {
+    /// The endpoints (URLs like `http://127.0.0.1:7700`).
+    pub fn new(endpoints: Vec<String>) -> Self {
+        ControlPlane {
+            endpoints: Arc::new(endpoints),
+            next: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Connects to the next endpoint in turn; the error names it.
+    pub async fn connect(&self) -> Result<(String, Channel), String> {
+        if self.endpoints.is_empty() {
+            return Err("no control-plane endpoint configured".into());
+        }
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
+        let url = self.endpoints[index].clone();
+        let endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| format!("{url}: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        Ok((url, channel))
+    }
+}

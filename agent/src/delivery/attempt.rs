@@ -1,0 +1,154 @@
+//! One delivery attempt: render the body, sign it, POST it, read a bounded part of the answer.
+//! The bytes signed are the bytes sent; the signature is made fresh for each attempt because
+//! `webhook-timestamp` is the time of the attempt.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use herald_core::signing::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, signature_header};
+use herald_core::subscription::Subscription;
+
+use super::classify::AttemptResult;
+
+/// The most response body read from a receiver.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// The part of the response body kept for the log.
+pub const MAX_EXCERPT_BYTES: usize = 4 * 1024;
+
+/// What one attempt did, for classification and the report.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Status or error kind.
+    pub result: AttemptResult,
+    /// A human-readable error, when there was one.
+    pub error: String,
+    /// The start of the response body.
+    pub excerpt: String,
+    /// When the attempt started.
+    pub started_at: SystemTime,
+    /// How long it took.
+    pub duration: Duration,
+}
+
+/// The event data an attempt needs.
+pub struct EventRef<'a> {
+    /// `webhook-id`.
+    pub id: &'a str,
+    /// The payload as emitted (JSON).
+    pub payload: &'a [u8],
+}
+
+/// Sends one attempt of `event` to `sub`.
+pub async fn send(client: &reqwest::Client, sub: &Subscription, event: EventRef<'_>) -> Outcome {
+    let started_at = SystemTime::now();
+    let clock = tokio::time::Instant::now();
+    let finish = |result, error: String, excerpt: String| Outcome {
+        result,
+        error,
+        excerpt,
+        started_at,
+        duration: clock.elapsed(),
+    };
+    let body = match sub.format.render_body(event.payload) {
+        Ok(body) => body,
+        Err(err) => {
+            return finish(
+                AttemptResult::Error { kind: "render" },
+                err.to_string(),
+                String::new(),
+            );
+        }
+    };
+    let timestamp = started_at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let signature = signature_header(&sub.signing_secrets(started_at), event.id, timestamp, &body);
+    let mut request = client
+        .post(sub.url.clone())
+        .timeout(sub.timeout)
+        .header(reqwest::header::CONTENT_TYPE, sub.format.content_type())
+        .header(HEADER_ID, event.id)
+        .header(HEADER_TIMESTAMP, timestamp.to_string())
+        .header(HEADER_SIGNATURE, signature);
+    for (name, value) in &sub.headers {
+        request = request.header(name, value);
+    }
+    let mut response = match request.body(body).send().await {
+        Ok(response) => response,
+        Err(err) => {
+            let kind = error_kind(&err);
+            return finish(
+                AttemptResult::Error { kind },
+                error_chain(&err),
+                String::new(),
+            );
+        }
+    };
+    let code = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let location = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    // Read at most MAX_RESPONSE_BYTES; a receiver's body never grows our memory unbounded.
+    let mut read = Vec::new();
+    let mut error = String::new();
+    while read.len() < MAX_RESPONSE_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => read.extend_from_slice(&chunk),
+            Ok(None) => break,
+            Err(err) => {
+                error = format!("reading response: {}", error_chain(&err));
+                break;
+            }
+        }
+    }
+    if let Some(location) = location.filter(|_| (300..400).contains(&code)) {
+        error = format!("redirect to {location} not followed");
+    }
+    read.truncate(MAX_EXCERPT_BYTES);
+    let excerpt = String::from_utf8_lossy(&read).into_owned();
+    finish(AttemptResult::Status { code, retry_after }, error, excerpt)
+}
+
+/// The kind of a transport error, for the log: `timeout`, `tls`, `dns`, `connect`, `request`.
+fn error_kind(err: &reqwest::Error) -> &'static str {
+    if err.is_timeout() {
+        return "timeout";
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            return "tls";
+        }
+        let text = e.to_string();
+        if text.contains("dns error") || text.contains("failed to lookup address") {
+            return "dns";
+        }
+        source = e.source();
+    }
+    if err.is_connect() {
+        "connect"
+    } else {
+        "request"
+    }
+}
+
+/// The error with its causes, `a: b: c`.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text
+}

@@ -1,0 +1,185 @@
+//! The agent's routing table: the subscriptions it delivers, validated and indexed by tenant,
+//! at one config revision. Immutable: a config update builds a new table, which replaces the
+//! old one atomically in the `watch` channel every reader borrows from.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use herald_core::subscription::Subscription;
+use herald_proto::convert;
+use herald_proto::v1 as pb;
+
+/// Why a config update was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A subscription in the update is invalid; the agent keeps its previous table.
+    #[error("subscription {id} is invalid: {source}")]
+    Invalid {
+        /// The subscription.
+        id: String,
+        /// What is wrong.
+        #[source]
+        source: herald_core::ValidationError,
+    },
+    /// A delta does not follow the revision the agent holds.
+    #[error("update to revision {update} is older than the applied revision {applied}")]
+    Stale {
+        /// The update's revision.
+        update: i64,
+        /// The agent's revision.
+        applied: i64,
+    },
+}
+
+/// Subscriptions by id and by tenant, at one revision.
+#[derive(Debug, Default)]
+pub struct Routes {
+    /// The config revision this table reflects.
+    pub revision: i64,
+    /// False until the first snapshot (from the control plane or the disk cache) arrived.
+    pub loaded: bool,
+    by_id: HashMap<String, Arc<Subscription>>,
+    by_tenant: HashMap<String, Vec<Arc<Subscription>>>,
+}
+
+impl Routes {
+    /// A table holding `subscriptions`.
+    fn new(revision: i64, by_id: HashMap<String, Arc<Subscription>>) -> Self {
+        let mut by_tenant: HashMap<String, Vec<Arc<Subscription>>> = HashMap::new();
+        for sub in by_id.values() {
+            by_tenant
+                .entry(sub.tenant.clone())
+                .or_default()
+                .push(sub.clone());
+        }
+        for subs in by_tenant.values_mut() {
+            subs.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        Routes {
+            revision,
+            loaded: true,
+            by_id,
+            by_tenant,
+        }
+    }
+
+    /// The subscription with this id.
+    pub fn get(&self, id: &str) -> Option<&Arc<Subscription>> {
+        self.by_id.get(id)
+    }
+
+    /// How many subscriptions the table holds.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// The enabled subscriptions an event of this tenant and type goes to, ordered by id.
+    pub fn matching(&self, tenant: &str, event_type: &str) -> Vec<Arc<Subscription>> {
+        self.by_tenant
+            .get(tenant)
+            .map(|subs| {
+                subs.iter()
+                    .filter(|s| s.accepts(tenant, event_type))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The table after `update`, or why the update is refused (the caller keeps this one).
+    pub fn apply(&self, update: &pb::ConfigUpdate) -> Result<Routes, ApplyError> {
+        if !update.snapshot && update.revision < self.revision {
+            return Err(ApplyError::Stale {
+                update: update.revision,
+                applied: self.revision,
+            });
+        }
+        let mut by_id = if update.snapshot {
+            HashMap::new()
+        } else {
+            self.by_id.clone()
+        };
+        for id in &update.removals {
+            by_id.remove(id);
+        }
+        for wire in &update.upserts {
+            // URL scheme and target policy are the delivery's to enforce; here, the record.
+            let sub = convert::subscription(wire, true).map_err(|source| ApplyError::Invalid {
+                id: wire.id.clone(),
+                source,
+            })?;
+            by_id.insert(sub.id.clone(), Arc::new(sub));
+        }
+        Ok(Routes::new(update.revision, by_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::signing::SigningSecret;
+
+    fn wire(id: &str, tenant: &str, types: &[&str]) -> pb::Subscription {
+        pb::Subscription {
+            id: id.into(),
+            tenant: tenant.into(),
+            url: "https://example.com/h".into(),
+            event_types: types.iter().map(|t| t.to_string()).collect(),
+            secrets: vec![pb::SigningSecret {
+                secret: SigningSecret::generate().expose(),
+                ..Default::default()
+            }],
+            enabled: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn snapshot_then_delta() {
+        let snapshot = pb::ConfigUpdate {
+            revision: 5,
+            snapshot: true,
+            upserts: vec![
+                wire("sub_a", "t1", &["order.*"]),
+                wire("sub_b", "t1", &["product.created"]),
+                wire("sub_c", "t2", &["*"]),
+            ],
+            removals: vec![],
+        };
+        let routes = Routes::default().apply(&snapshot).expect("snapshot");
+        let ids =
+            |subs: Vec<Arc<Subscription>>| subs.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(routes.matching("t1", "order.created")), ["sub_a"]);
+        assert_eq!(ids(routes.matching("t1", "product.created")), ["sub_b"]);
+        assert!(routes.matching("t3", "order.created").is_empty());
+
+        let mut disabled = wire("sub_a", "t1", &["order.*"]);
+        disabled.enabled = false;
+        let delta = pb::ConfigUpdate {
+            revision: 6,
+            snapshot: false,
+            upserts: vec![disabled],
+            removals: vec!["sub_b".into()],
+        };
+        let next = routes.apply(&delta).expect("delta");
+        assert!(next.matching("t1", "order.created").is_empty());
+        assert!(next.get("sub_b").is_none());
+        assert_eq!(next.len(), 2);
+
+        let stale = pb::ConfigUpdate {
+            revision: 5,
+            ..delta.clone()
+        };
+        assert!(matches!(next.apply(&stale), Err(ApplyError::Stale { .. })));
+
+        let mut bad = delta;
+        bad.revision = 7;
+        bad.upserts = vec![wire("sub_d", "t1", &["Not A Type"])];
+        assert!(matches!(next.apply(&bad), Err(ApplyError::Invalid { .. })));
+    }
+}

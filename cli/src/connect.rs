@@ -1,0 +1,47 @@
+//! gRPC channels to the control plane and the agent, over TCP (`http://host:port`) or a Unix
+//! socket (`unix:/path`).
+
+use anyhow::Context;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Connects to `url`.
+pub async fn channel(url: &str) -> anyhow::Result<Channel> {
+    if let Some(path) = url.strip_prefix("unix:") {
+        let path = path.to_owned();
+        // The URI is required by the API but unused: the connector dials the socket.
+        let endpoint = Endpoint::try_from("http://[::1]:0")?;
+        return endpoint
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await
+            .with_context(|| format!("cannot connect to {url}"));
+    }
+    Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("{url} is not a valid URL"))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {url}"))
+}
+
+/// A readable error for a failed call: the status code in words and the server's message.
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
+    let code = match status.code() {
+        tonic::Code::InvalidArgument => "invalid argument",
+        tonic::Code::NotFound => "not found",
+        tonic::Code::FailedPrecondition => "failed precondition",
+        tonic::Code::Aborted => "aborted",
+        tonic::Code::Unavailable => "unavailable",
+        tonic::Code::PermissionDenied => "permission denied",
+        tonic::Code::Unauthenticated => "unauthenticated",
+        tonic::Code::ResourceExhausted => "resource exhausted",
+        tonic::Code::DeadlineExceeded => "deadline exceeded",
+        _ => "error",
+    };
+    anyhow::anyhow!("{code}: {}", status.message())
+}

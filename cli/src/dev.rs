@@ -1,0 +1,250 @@
+//! `herald dev`: Herald in one process for trying it out with nothing installed — the control
+//! plane on the embedded store, an agent, and an inspection receiver that prints every webhook
+//! it gets and whether its signature verifies. Plain http:// and loopback targets are allowed
+//! here only.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use herald_agent::listen::{ListenAddr, Listener};
+use herald_core::signing::{self, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, SigningSecret};
+use herald_proto::v1 as pb;
+use herald_proto::v1::subscriptions_client::SubscriptionsClient;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::connect::channel;
+
+/// How long the dev servers get to drain on Ctrl-C.
+const GRACE: Duration = Duration::from_secs(5);
+/// How much of a webhook body the receiver prints.
+const MAX_PRINTED_BODY: usize = 2048;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Control-plane gRPC address.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    control_plane_listen: SocketAddr,
+    /// Agent (Emit) gRPC address.
+    #[arg(long, default_value = "127.0.0.1:7701")]
+    agent_listen: SocketAddr,
+    /// Inspection receiver address.
+    #[arg(long, default_value = "127.0.0.1:7702")]
+    receiver_listen: SocketAddr,
+    /// Where dev state is kept (subscriptions and the delivery log survive restarts).
+    #[arg(long, env = "HERALD_DEV_DATA_DIR", default_value = ".herald-dev")]
+    data_dir: PathBuf,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,herald_control_plane=info,herald_agent=info".into()),
+        )
+        .init();
+    let bind = |addr: SocketAddr, what: &'static str| async move {
+        TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} for the {what} (is another herald dev running?)")
+        })
+    };
+    let cp_listener = bind(args.control_plane_listen, "control plane").await?;
+    let agent_listener = bind(args.agent_listen, "agent").await?;
+    let receiver_listener = bind(args.receiver_listen, "receiver").await?;
+    let control_plane_url = format!("http://{}", args.control_plane_listen);
+
+    let stop = CancellationToken::new();
+    let cp_config = herald_control_plane::Config {
+        listen: args.control_plane_listen,
+        etcd: vec![],
+        data_dir: args.data_dir.join("control-plane"),
+        allow_http: true,
+        shutdown_grace: GRACE,
+    };
+    let control_plane = tokio::spawn(herald_control_plane::run(
+        cp_config,
+        cp_listener,
+        stop.clone().cancelled_owned(),
+    ));
+    let agent_config = herald_agent::Config {
+        control_plane: vec![control_plane_url.clone()],
+        listen: ListenAddr::Tcp(args.agent_listen),
+        data_dir: args.data_dir.join("agent"),
+        id: None,
+        region: "dev".into(),
+        node: "local".into(),
+        ca_file: None,
+        allow_http: true,
+        max_payload_bytes: herald_core::limits::DEFAULT_MAX_PAYLOAD_BYTES,
+        max_in_flight: 256,
+        dedup_window: Duration::from_secs(24 * 60 * 60),
+        shutdown_grace: GRACE,
+    };
+    let agent = tokio::spawn(herald_agent::run(
+        agent_config,
+        Listener::Tcp(agent_listener),
+        stop.clone().cancelled_owned(),
+    ));
+    let inspector = Arc::new(Inspector {
+        control_plane: control_plane_url.clone(),
+        port: args.receiver_listen.port(),
+    });
+    let app = axum::Router::new().fallback(inspect).with_state(inspector);
+    let receiver = tokio::spawn(
+        axum::serve(receiver_listener, app)
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future(),
+    );
+
+    let receiver_url = format!("http://{}/hooks/orders", args.receiver_listen);
+    let agent_url = format!("http://{}", args.agent_listen);
+    println!(
+        "Herald dev is running (state in {dir}; Ctrl-C to stop)\n\
+         \n  control plane  {control_plane_url}\n  agent (Emit)   {agent_url}\n  receiver       http://{receiver} — prints every webhook it gets\n\
+         \nIn another terminal, try:\n\
+         \n  herald subscription create --tenant shop-1 --url {receiver_url} --events 'order.*' --format json\
+         \n  herald emit --tenant shop-1 --type order.created --data '{{\"order_id\": 42, \"total\": \"19.99\"}}'\
+         \n  herald deliveries list --tenant shop-1\n\
+         \n(`herald` is `cargo run -q --bin herald --` from the repository.)\n",
+        dir = args.data_dir.display(),
+        receiver = args.receiver_listen,
+    );
+
+    herald_core::shutdown::signal().await;
+    println!("stopping…");
+    stop.cancel();
+    let (cp, agent, receiver) = tokio::join!(control_plane, agent, receiver);
+    cp.context("control plane task")??;
+    agent.context("agent task")??;
+    receiver.context("receiver task")??;
+    Ok(())
+}
+
+/// The inspection receiver's state: where to look up subscriptions' secrets.
+struct Inspector {
+    control_plane: String,
+    port: u16,
+}
+
+impl Inspector {
+    /// Which subscriptions pointing at this URL signed the request, if any.
+    async fn verify(&self, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> anyhow::Result<String> {
+        let header = |name| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .with_context(|| format!("no {name} header"))
+        };
+        let id = header(HEADER_ID)?;
+        let timestamp: i64 = header(HEADER_TIMESTAMP)?
+            .parse()
+            .context("bad webhook-timestamp")?;
+        let signature = header(HEADER_SIGNATURE)?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if !signing::verify_timestamp(timestamp, now, 5 * 60) {
+            anyhow::bail!("webhook-timestamp is more than 5 minutes away from now");
+        }
+        let mut client = SubscriptionsClient::new(channel(&self.control_plane).await?);
+        let target = uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut page_token = String::new();
+        let mut checked = 0;
+        loop {
+            let page = client
+                .list_subscriptions(pb::ListSubscriptionsRequest {
+                    tenant: String::new(),
+                    page_size: 1000,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            for sub in page.subscriptions {
+                let Ok(url) = url_parts(&sub.url) else {
+                    continue;
+                };
+                if url != (self.port, target.to_owned()) {
+                    continue;
+                }
+                checked += 1;
+                let full = client
+                    .get_subscription(pb::GetSubscriptionRequest {
+                        id: sub.id.clone(),
+                        show_secrets: true,
+                    })
+                    .await?
+                    .into_inner();
+                let secrets: Vec<SigningSecret> = full
+                    .secrets
+                    .iter()
+                    .filter_map(|s| SigningSecret::parse(&s.secret).ok())
+                    .collect();
+                if signing::verify(&secrets, signature, id, timestamp, body) {
+                    return Ok(format!("signature verified (subscription {})", sub.id));
+                }
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        anyhow::bail!(
+            "signature does NOT verify against the {checked} subscription(s) pointing here"
+        )
+    }
+}
+
+/// The port and path+query of a URL, to match requests to subscriptions.
+fn url_parts(text: &str) -> anyhow::Result<(u16, String)> {
+    let url = url::Url::parse(text)?;
+    let port = url.port_or_known_default().unwrap_or(0);
+    let mut path = url.path().to_owned();
+    if let Some(query) = url.query() {
+        path.push('?');
+        path.push_str(query);
+    }
+    Ok((port, path))
+}
+
+async fn inspect(
+    State(inspector): State<Arc<Inspector>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let verdict = match inspector.verify(&uri, &headers, &body).await {
+        Ok(ok) => format!("✔ {ok}"),
+        Err(err) => format!("✘ {err:#}"),
+    };
+    let show = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned()
+    };
+    let text = String::from_utf8_lossy(&body[..body.len().min(MAX_PRINTED_BODY)]).into_owned();
+    let body_text = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .filter(|t| t.len() <= MAX_PRINTED_BODY)
+        .unwrap_or(text);
+    println!(
+        "── webhook received: {method} {uri}\n   webhook-id: {}\n   content-type: {}\n   {verdict}\n{}\n",
+        show(HEADER_ID),
+        show("content-type"),
+        body_text
+            .lines()
+            .map(|l| format!("   {l}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    StatusCode::NO_CONTENT
+}

@@ -1,0 +1,79 @@
+//! `herald emit`: sends one event through an agent, as an application would.
+
+use anyhow::Context;
+use herald_proto::v1 as pb;
+use herald_proto::v1::events_client::EventsClient;
+use serde_json::json;
+
+use crate::connect::{channel, status_error};
+use crate::output::{self, Format};
+
+/// The largest `@file` payload read (the agent enforces its own, possibly lower, limit).
+const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The tenant the event belongs to.
+    #[arg(long)]
+    tenant: String,
+    /// The event type, e.g. order.created.
+    #[arg(long = "type")]
+    event_type: String,
+    /// The JSON payload, or @path to read it from a file (@- for standard input).
+    #[arg(long)]
+    data: String,
+    /// An idempotency key (default: assigned by the agent).
+    #[arg(long, default_value = "")]
+    id: String,
+    /// Deliver in order with other events of this key.
+    #[arg(long, default_value = "")]
+    ordering_key: String,
+}
+
+pub async fn run(args: Args, agent: &str, format: Format) -> anyhow::Result<()> {
+    let payload = match args.data.strip_prefix('@') {
+        Some("-") => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(std::io::stdin(), MAX_FILE_BYTES),
+                &mut buf,
+            )
+            .context("reading standard input")?;
+            buf
+        }
+        Some(path) => {
+            let len = std::fs::metadata(path)
+                .with_context(|| format!("reading {path}"))?
+                .len();
+            if len > MAX_FILE_BYTES {
+                anyhow::bail!("{path} is {len} bytes; the limit is {MAX_FILE_BYTES}");
+            }
+            std::fs::read(path).with_context(|| format!("reading {path}"))?
+        }
+        None => args.data.into_bytes(),
+    };
+    let mut client = EventsClient::new(channel(agent).await?);
+    let response = client
+        .emit(pb::EmitRequest {
+            event: Some(pb::Event {
+                id: args.id,
+                tenant: args.tenant,
+                r#type: args.event_type,
+                payload,
+                ordering_key: args.ordering_key,
+                ..Default::default()
+            }),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    output::object(
+        format,
+        &json!({
+            "event_id": response.event_id,
+            "matched": response.matched,
+            "duplicate": response.duplicate,
+        }),
+    );
+    Ok(())
+}

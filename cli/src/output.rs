@@ -1,0 +1,192 @@
+//! How results are printed: a table for people (`-o table`, the default) or JSON for scripts
+//! (`-o json`). Each resource turns itself into a JSON value once; the table is built from it.
+
+use herald_proto::convert::{std_duration, system_time};
+use herald_proto::v1 as pb;
+use serde_json::{Value, json};
+
+/// The output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns.
+    Table,
+    /// One JSON document.
+    Json,
+}
+
+/// Prints one object: JSON, or `key: value` lines.
+pub fn object(format: Format, value: &Value) {
+    match format {
+        Format::Json => println!("{}", pretty(value)),
+        Format::Table => {
+            if let Value::Object(map) = value {
+                let width = map.keys().map(String::len).max().unwrap_or(0);
+                for (key, value) in map {
+                    println!("{key:width$}  {}", cell(value));
+                }
+            }
+        }
+    }
+}
+
+/// Prints a list: a JSON array (under `key`, with `next_page_token` when given), or a table of
+/// `columns`.
+pub fn list(format: Format, key: &str, items: &[Value], columns: &[&str], next_page_token: &str) {
+    match format {
+        Format::Json => {
+            let mut doc = json!({ key: items });
+            if !next_page_token.is_empty() {
+                doc["next_page_token"] = json!(next_page_token);
+            }
+            println!("{}", pretty(&doc));
+        }
+        Format::Table => {
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|item| columns.iter().map(|c| cell(&item[*c])).collect())
+                .collect();
+            let widths: Vec<usize> = columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    rows.iter()
+                        .map(|r| r[i].len())
+                        .chain([c.len()])
+                        .max()
+                        .unwrap_or(0)
+                })
+                .collect();
+            let line = |cells: Vec<String>| {
+                let parts: Vec<String> = cells
+                    .iter()
+                    .zip(&widths)
+                    .map(|(c, w)| format!("{c:w$}"))
+                    .collect();
+                println!("{}", parts.join("  ").trim_end());
+            };
+            line(columns.iter().map(|c| c.to_uppercase()).collect());
+            for row in rows {
+                line(row);
+            }
+            if !next_page_token.is_empty() {
+                println!("(more: --page-token {next_page_token})");
+            }
+        }
+    }
+}
+
+fn pretty(value: &Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+}
+
+fn cell(value: &Value) -> String {
+    match value {
+        Value::Null => "-".into(),
+        Value::String(s) if s.is_empty() => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// RFC 3339 text of a wire timestamp.
+pub fn time(ts: Option<&herald_proto::prost_types::Timestamp>) -> Value {
+    ts.map_or(Value::Null, |ts| {
+        json!(humantime::format_rfc3339_millis(system_time(ts)).to_string())
+    })
+}
+
+/// A subscription; secrets only when `show_secrets` (and only where the server sent them).
+pub fn subscription(sub: &pb::Subscription, show_secrets: bool) -> Value {
+    let format = match pb::Format::try_from(sub.format) {
+        Ok(pb::Format::Xml) => "xml",
+        _ => "json",
+    };
+    let retry = herald_proto::convert::retry_schedule(sub.retry.as_ref())
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    let mut value = json!({
+        "id": sub.id,
+        "tenant": sub.tenant,
+        "url": sub.url,
+        "events": sub.event_types,
+        "format": format,
+        "enabled": sub.enabled,
+        "disabled_reason": sub.disabled_reason,
+        "description": sub.description,
+        "headers": sub.headers,
+        "timeout": sub.timeout.as_ref().and_then(std_duration).map(|d| humantime::format_duration(d).to_string()),
+        "retry_schedule": retry,
+        "regions": sub.regions,
+        "revision": sub.revision,
+        "created_at": time(sub.created_at.as_ref()),
+        "updated_at": time(sub.updated_at.as_ref()),
+    });
+    if show_secrets {
+        if let Some(current) = sub.secrets.first().filter(|s| !s.secret.is_empty()) {
+            value["secret"] = json!(current.secret);
+        }
+        value["secrets"] = sub
+            .secrets
+            .iter()
+            .filter(|s| !s.secret.is_empty())
+            .map(|s| json!({"secret": s.secret, "expires_at": time(s.expires_at.as_ref())}))
+            .collect();
+    }
+    value
+}
+
+/// An attempt.
+pub fn attempt(a: &pb::Attempt) -> Value {
+    let outcome = match pb::Outcome::try_from(a.outcome) {
+        Ok(pb::Outcome::Delivered) => "delivered",
+        Ok(pb::Outcome::Retrying) => "retrying",
+        Ok(pb::Outcome::Failed) => "failed",
+        Ok(pb::Outcome::Skipped) => "skipped",
+        _ => "unknown",
+    };
+    let duration_ms = a
+        .duration
+        .as_ref()
+        .and_then(std_duration)
+        .map_or(0, |d| d.as_millis() as u64);
+    let result = if a.status_code != 0 {
+        a.status_code.to_string()
+    } else {
+        a.error_kind.clone()
+    };
+    json!({
+        "started_at": time(a.started_at.as_ref()),
+        "event_id": a.event_id,
+        "subscription_id": a.subscription_id,
+        "tenant": a.tenant,
+        "event_type": a.event_type,
+        "attempt": a.attempt,
+        "status_code": a.status_code,
+        "result": result,
+        "error_kind": a.error_kind,
+        "error": a.error,
+        "duration_ms": duration_ms,
+        "outcome": outcome,
+        "next_attempt_at": time(a.next_attempt_at.as_ref()),
+        "agent_id": a.agent_id,
+        "url": a.url,
+        "response_excerpt": a.response_excerpt,
+    })
+}
+
+/// An agent.
+pub fn agent(a: &pb::AgentInfo) -> Value {
+    json!({
+        "id": a.id,
+        "region": a.region,
+        "node": a.node,
+        "version": a.version,
+        "connected": a.connected,
+        "applied_revision": a.applied_revision,
+        "lag": (a.current_revision - a.applied_revision).max(0),
+        "last_nack": a.last_nack,
+        "connected_since": time(a.connected_since.as_ref()),
+        "last_seen": time(a.last_seen.as_ref()),
+    })
+}

@@ -1,0 +1,279 @@
+//! `herald subscription …`: create, read, change and remove webhook endpoints.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use herald_core::retry::RetrySchedule;
+use herald_proto::convert::{duration, retry_policy};
+use herald_proto::v1 as pb;
+use herald_proto::v1::subscriptions_client::SubscriptionsClient;
+
+use crate::connect::{channel, status_error};
+use crate::output::{self, Format};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Create a subscription; prints it with its id and signing secret.
+    Create(CreateArgs),
+    /// Show one subscription.
+    Get {
+        /// Subscription id (sub_…).
+        id: String,
+        /// Include the signing secrets.
+        #[arg(long)]
+        show_secret: bool,
+    },
+    /// List subscriptions.
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Subscriptions per page (at most 1000).
+        #[arg(long, default_value_t = 100)]
+        page_size: u32,
+        /// Continue from a previous page.
+        #[arg(long, default_value = "")]
+        page_token: String,
+    },
+    /// Change a subscription; fails if someone else changed it since it was read.
+    Update(UpdateArgs),
+    /// Delete a subscription.
+    Delete {
+        /// Subscription id.
+        id: String,
+        /// Only if the stored revision is still this one.
+        #[arg(long, default_value_t = 0)]
+        revision: i64,
+    },
+    /// Resume delivery to a subscription.
+    Enable {
+        /// Subscription id.
+        id: String,
+    },
+    /// Stop delivery to a subscription.
+    Disable {
+        /// Subscription id.
+        id: String,
+        /// Why (recorded; default "manual").
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Add a new signing secret; the old one keeps signing during the grace period.
+    RotateSecret {
+        /// Subscription id.
+        id: String,
+        /// How long the old secret keeps signing.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        grace: Duration,
+    },
+}
+
+/// Fields shared by create and update.
+#[derive(clap::Args)]
+pub struct Fields {
+    /// Event types and patterns, comma-separated: order.created,order.*,*.
+    #[arg(long, value_delimiter = ',')]
+    events: Option<Vec<String>>,
+    /// Body format: json or xml.
+    #[arg(long)]
+    format: Option<String>,
+    /// A description for operators.
+    #[arg(long)]
+    description: Option<String>,
+    /// An extra request header, NAME=VALUE (repeatable).
+    #[arg(long = "header", value_name = "NAME=VALUE")]
+    headers: Vec<String>,
+    /// The delays between attempts, e.g. 5s,5m,30m (attempts = delays + 1).
+    #[arg(long)]
+    retry_schedule: Option<String>,
+    /// Per-attempt timeout, e.g. 15s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Regions whose agents deliver it, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    regions: Option<Vec<String>>,
+}
+
+#[derive(clap::Args)]
+pub struct CreateArgs {
+    /// The tenant whose events it receives.
+    #[arg(long)]
+    tenant: String,
+    /// The endpoint URL.
+    #[arg(long)]
+    url: String,
+    #[command(flatten)]
+    fields: Fields,
+}
+
+#[derive(clap::Args)]
+pub struct UpdateArgs {
+    /// Subscription id.
+    id: String,
+    /// The endpoint URL.
+    #[arg(long)]
+    url: Option<String>,
+    /// The revision you read (default: the current one, read just before the update).
+    #[arg(long)]
+    revision: Option<i64>,
+    #[command(flatten)]
+    fields: Fields,
+}
+
+impl Fields {
+    fn apply(self, sub: &mut pb::Subscription) -> anyhow::Result<()> {
+        if let Some(events) = self.events {
+            sub.event_types = events.into_iter().map(|e| e.trim().to_owned()).collect();
+        }
+        if let Some(format) = self.format {
+            let format = herald_core::format::PayloadFormat::parse(&format)?;
+            sub.format = herald_proto::convert::wire_format(format) as i32;
+        }
+        if let Some(description) = self.description {
+            sub.description = description;
+        }
+        for header in self.headers {
+            let (name, value) = header
+                .split_once('=')
+                .with_context(|| format!("--header {header:?}: expected NAME=VALUE"))?;
+            sub.headers.insert(name.trim().to_owned(), value.to_owned());
+        }
+        if let Some(schedule) = self.retry_schedule {
+            sub.retry = Some(retry_policy(&RetrySchedule::parse(&schedule)?));
+        }
+        if let Some(timeout) = self.timeout {
+            sub.timeout = Some(duration(timeout));
+        }
+        if let Some(regions) = self.regions {
+            sub.regions = regions;
+        }
+        Ok(())
+    }
+}
+
+pub async fn run(cmd: Command, url: &str, format: Format) -> anyhow::Result<()> {
+    let mut client = SubscriptionsClient::new(channel(url).await?);
+    match cmd {
+        Command::Create(args) => {
+            let mut sub = pb::Subscription {
+                tenant: args.tenant,
+                url: args.url,
+                ..Default::default()
+            };
+            args.fields.apply(&mut sub)?;
+            if sub.event_types.is_empty() {
+                anyhow::bail!("--events is required: the event types to receive, e.g. 'order.*'");
+            }
+            let created = client
+                .create_subscription(pb::CreateSubscriptionRequest {
+                    subscription: Some(sub),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            output::object(format, &output::subscription(&created, true));
+        }
+        Command::Get { id, show_secret } => {
+            let sub = client
+                .get_subscription(pb::GetSubscriptionRequest {
+                    id,
+                    show_secrets: show_secret,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            output::object(format, &output::subscription(&sub, show_secret));
+        }
+        Command::List {
+            tenant,
+            page_size,
+            page_token,
+        } => {
+            let page = client
+                .list_subscriptions(pb::ListSubscriptionsRequest {
+                    tenant: tenant.unwrap_or_default(),
+                    page_size,
+                    page_token,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let items: Vec<_> = page
+                .subscriptions
+                .iter()
+                .map(|s| output::subscription(s, false))
+                .collect();
+            output::list(
+                format,
+                "subscriptions",
+                &items,
+                &[
+                    "id", "tenant", "url", "events", "format", "enabled", "revision",
+                ],
+                &page.next_page_token,
+            );
+        }
+        Command::Update(args) => {
+            let mut sub = client
+                .get_subscription(pb::GetSubscriptionRequest {
+                    id: args.id,
+                    show_secrets: false,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let expected_revision = args.revision.unwrap_or(sub.revision);
+            if let Some(url) = args.url {
+                sub.url = url;
+            }
+            args.fields.apply(&mut sub)?;
+            let updated = client
+                .update_subscription(pb::UpdateSubscriptionRequest {
+                    subscription: Some(sub),
+                    expected_revision,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            output::object(format, &output::subscription(&updated, false));
+        }
+        Command::Delete { id, revision } => {
+            client
+                .delete_subscription(pb::DeleteSubscriptionRequest {
+                    id: id.clone(),
+                    expected_revision: revision,
+                })
+                .await
+                .map_err(status_error)?;
+            output::object(format, &serde_json::json!({ "deleted": id }));
+        }
+        Command::Enable { id } => {
+            let sub = client
+                .enable_subscription(pb::EnableSubscriptionRequest { id })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            output::object(format, &output::subscription(&sub, false));
+        }
+        Command::Disable { id, reason } => {
+            let sub = client
+                .disable_subscription(pb::DisableSubscriptionRequest { id, reason })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            output::object(format, &output::subscription(&sub, false));
+        }
+        Command::RotateSecret { id, grace } => {
+            let sub = client
+                .rotate_secret(pb::RotateSecretRequest {
+                    id,
+                    grace: Some(duration(grace)),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            output::object(format, &output::subscription(&sub, true));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,365 @@
+//! The central delivery log: every attempt reported by any agent, stored once, queryable by
+//! subscription, tenant, event, outcome and time, and followed live by `TailAttempts`.
+//!
+//! Layout (one redb file, `attempts.redb`):
+//! - `attempts`: sequence number → `herald.v1.Attempt` (protobuf). Sequence numbers grow with
+//!   arrival, so "newest first" is a reverse scan.
+//! - `attempt_ids`: `event_id \0 subscription_id \0 attempt` → sequence number. A report seen
+//!   again (an agent re-sending after a lost ack) finds its id here and is not stored twice.
+//! - `by_subscription`, `by_event`: (id, sequence) → (), for the two common lookups.
+//!
+//! A batch is one write transaction, committed durably before the agent's ack is sent.
+//! Response excerpts and error texts are bounded by the agent, and bounded again here.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use herald_proto::convert::system_time;
+use herald_proto::v1 as pb;
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::broadcast;
+
+const ATTEMPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("attempts");
+const ATTEMPT_IDS: TableDefinition<&str, u64> = TableDefinition::new("attempt_ids");
+const BY_SUBSCRIPTION: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_subscription");
+const BY_EVENT: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_event");
+
+/// The largest page a query returns.
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// The page size when the caller names none.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Records examined by one query before it returns what it has with a continuation token,
+/// so a query with a rare filter stays bounded in time.
+const MAX_SCAN: usize = 100_000;
+/// The longest response excerpt and error text kept.
+pub const MAX_TEXT: usize = 4096;
+/// Attempts kept for live tails that fall behind.
+const TAIL_BUFFER: usize = 4096;
+
+/// Why the delivery log failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The file could not be read or written.
+    #[error("delivery log: {0}")]
+    Storage(String),
+    /// A query's arguments are wrong.
+    #[error("{0}")]
+    InvalidQuery(String),
+}
+
+impl From<LogError> for tonic::Status {
+    fn from(err: LogError) -> Self {
+        match err {
+            LogError::InvalidQuery(_) => tonic::Status::invalid_argument(err.to_string()),
+            LogError::Storage(_) => tonic::Status::internal(err.to_string()),
+        }
+    }
+}
+
+fn storage(err: impl std::fmt::Display) -> LogError {
+    LogError::Storage(err.to_string())
+}
+
+/// The delivery log; cloning shares it.
+#[derive(Clone)]
+pub struct AttemptLog {
+    db: Arc<Database>,
+    tail: broadcast::Sender<Arc<pb::Attempt>>,
+}
+
+/// A page of attempts, newest first.
+pub struct Page {
+    /// The attempts.
+    pub attempts: Vec<pb::Attempt>,
+    /// Where the next page starts; empty on the last.
+    pub next_page_token: String,
+}
+
+impl AttemptLog {
+    /// Opens (or creates) `dir/attempts.redb`.
+    pub fn open(dir: &Path) -> Result<Self, LogError> {
+        std::fs::create_dir_all(dir).map_err(|e| storage(format!("{}: {e}", dir.display())))?;
+        let db = Database::create(dir.join("attempts.redb")).map_err(storage)?;
+        let txn = db.begin_write().map_err(storage)?;
+        {
+            txn.open_table(ATTEMPTS).map_err(storage)?;
+            txn.open_table(ATTEMPT_IDS).map_err(storage)?;
+            txn.open_table(BY_SUBSCRIPTION).map_err(storage)?;
+            txn.open_table(BY_EVENT).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        let (tail, _) = broadcast::channel(TAIL_BUFFER);
+        Ok(AttemptLog {
+            db: Arc::new(db),
+            tail,
+        })
+    }
+
+    /// Stores a batch durably, skipping attempts already stored; returns how many were new.
+    pub async fn insert(&self, attempts: Vec<pb::Attempt>) -> Result<usize, LogError> {
+        let db = self.db.clone();
+        let stored = tokio::task::spawn_blocking(move || insert_batch(&db, attempts))
+            .await
+            .map_err(storage)??;
+        let count = stored.len();
+        for attempt in stored {
+            // No tail listening is fine.
+            let _ = self.tail.send(Arc::new(attempt));
+        }
+        Ok(count)
+    }
+
+    /// Attempts matching `filter`, newest first, a page at a time.
+    pub async fn list(
+        &self,
+        filter: pb::AttemptFilter,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page, LogError> {
+        let before = if page_token.is_empty() {
+            u64::MAX
+        } else {
+            page_token.parse::<u64>().map_err(|_| {
+                LogError::InvalidQuery("page_token: is not from this listing".into())
+            })?
+        };
+        let size = match page_size as usize {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || query(&db, &Filter::new(filter), before, size))
+            .await
+            .map_err(storage)?
+    }
+
+    /// Every attempt stored from now on.
+    pub fn follow(&self) -> broadcast::Receiver<Arc<pb::Attempt>> {
+        self.tail.subscribe()
+    }
+}
+
+fn attempt_id(a: &pb::Attempt) -> String {
+    format!("{}\0{}\0{}", a.event_id, a.subscription_id, a.attempt)
+}
+
+fn bound(text: &mut String) {
+    if text.len() > MAX_TEXT {
+        let mut end = MAX_TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
+
+fn insert_batch(db: &Database, attempts: Vec<pb::Attempt>) -> Result<Vec<pb::Attempt>, LogError> {
+    let txn = db.begin_write().map_err(storage)?;
+    let mut stored = Vec::with_capacity(attempts.len());
+    {
+        let mut records = txn.open_table(ATTEMPTS).map_err(storage)?;
+        let mut ids = txn.open_table(ATTEMPT_IDS).map_err(storage)?;
+        let mut by_sub = txn.open_table(BY_SUBSCRIPTION).map_err(storage)?;
+        let mut by_event = txn.open_table(BY_EVENT).map_err(storage)?;
+        let mut seq = records
+            .last()
+            .map_err(storage)?
+            .map_or(0, |(k, _)| k.value());
+        for mut attempt in attempts {
+            let id = attempt_id(&attempt);
+            if ids.get(id.as_str()).map_err(storage)?.is_some() {
+                continue;
+            }
+            bound(&mut attempt.response_excerpt);
+            bound(&mut attempt.error);
+            seq += 1;
+            records
+                .insert(seq, attempt.encode_to_vec().as_slice())
+                .map_err(storage)?;
+            ids.insert(id.as_str(), seq).map_err(storage)?;
+            by_sub
+                .insert((attempt.subscription_id.as_str(), seq), ())
+                .map_err(storage)?;
+            by_event
+                .insert((attempt.event_id.as_str(), seq), ())
+                .map_err(storage)?;
+            stored.push(attempt);
+        }
+    }
+    txn.commit().map_err(storage)?;
+    Ok(stored)
+}
+
+/// A query filter, with times converted once.
+pub struct Filter {
+    wire: pb::AttemptFilter,
+    since: Option<SystemTime>,
+    until: Option<SystemTime>,
+}
+
+impl Filter {
+    /// Prepares a wire filter.
+    pub fn new(wire: pb::AttemptFilter) -> Self {
+        Filter {
+            since: wire.since.as_ref().map(system_time),
+            until: wire.until.as_ref().map(system_time),
+            wire,
+        }
+    }
+
+    /// Whether an attempt passes.
+    pub fn matches(&self, a: &pb::Attempt) -> bool {
+        let f = &self.wire;
+        let started = a.started_at.as_ref().map(system_time);
+        (f.subscription_id.is_empty() || f.subscription_id == a.subscription_id)
+            && (f.tenant.is_empty() || f.tenant == a.tenant)
+            && (f.event_id.is_empty() || f.event_id == a.event_id)
+            && (f.outcome == pb::Outcome::Unspecified as i32 || f.outcome == a.outcome)
+            && self
+                .since
+                .is_none_or(|since| started.is_some_and(|t| t >= since))
+            && self
+                .until
+                .is_none_or(|until| started.is_some_and(|t| t < until))
+    }
+}
+
+fn query(db: &Database, filter: &Filter, before: u64, size: usize) -> Result<Page, LogError> {
+    let txn = db.begin_read().map_err(storage)?;
+    let records = txn.open_table(ATTEMPTS).map_err(storage)?;
+    // Pick the narrowest index the filter allows; the rest of the filter is applied per record.
+    let seqs: Box<dyn Iterator<Item = Result<u64, LogError>>> =
+        if !filter.wire.subscription_id.is_empty() {
+            let table = txn.open_table(BY_SUBSCRIPTION).map_err(storage)?;
+            let id = filter.wire.subscription_id.as_str();
+            let range = table.range((id, 0)..(id, before)).map_err(storage)?;
+            Box::new(
+                range
+                    .rev()
+                    .map(|e| e.map(|(k, _)| k.value().1).map_err(storage)),
+            )
+        } else if !filter.wire.event_id.is_empty() {
+            let table = txn.open_table(BY_EVENT).map_err(storage)?;
+            let id = filter.wire.event_id.as_str();
+            let range = table.range((id, 0)..(id, before)).map_err(storage)?;
+            Box::new(
+                range
+                    .rev()
+                    .map(|e| e.map(|(k, _)| k.value().1).map_err(storage)),
+            )
+        } else {
+            let range = records.range(..before).map_err(storage)?;
+            Box::new(
+                range
+                    .rev()
+                    .map(|e| e.map(|(k, _)| k.value()).map_err(storage)),
+            )
+        };
+    let mut attempts = Vec::new();
+    let mut last_seen = None;
+    for (scanned, seq) in seqs.enumerate() {
+        let seq = seq?;
+        if attempts.len() == size || scanned == MAX_SCAN {
+            // More may follow: continue from here next time.
+            return Ok(Page {
+                attempts,
+                next_page_token: last_seen.map(|s: u64| s.to_string()).unwrap_or_default(),
+            });
+        }
+        last_seen = Some(seq);
+        let Some(record) = records.get(seq).map_err(storage)? else {
+            continue;
+        };
+        let attempt = pb::Attempt::decode(record.value()).map_err(storage)?;
+        if filter.matches(&attempt) {
+            attempts.push(attempt);
+        }
+    }
+    Ok(Page {
+        attempts,
+        next_page_token: String::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_proto::convert::timestamp;
+
+    fn attempt(event: &str, sub: &str, n: u32, outcome: pb::Outcome) -> pb::Attempt {
+        pb::Attempt {
+            event_id: event.into(),
+            subscription_id: sub.into(),
+            tenant: "shop-1".into(),
+            attempt: n,
+            outcome: outcome as i32,
+            started_at: Some(timestamp(SystemTime::now())),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn stores_once_and_pages_newest_first() {
+        let dir = tempfile::tempdir().expect("dir");
+        let log = AttemptLog::open(dir.path()).expect("open");
+        let batch: Vec<_> = (0..5)
+            .map(|i| attempt(&format!("evt_{i}"), "sub_a", 1, pb::Outcome::Delivered))
+            .chain([attempt("evt_x", "sub_b", 1, pb::Outcome::Retrying)])
+            .collect();
+        assert_eq!(log.insert(batch.clone()).await.expect("insert"), 6);
+        assert_eq!(
+            log.insert(batch).await.expect("insert again"),
+            0,
+            "idempotent"
+        );
+
+        let by_sub = pb::AttemptFilter {
+            subscription_id: "sub_a".into(),
+            ..Default::default()
+        };
+        let first = log.list(by_sub.clone(), 2, "").await.expect("page 1");
+        let ids: Vec<_> = first.attempts.iter().map(|a| a.event_id.as_str()).collect();
+        assert_eq!(ids, ["evt_4", "evt_3"]);
+        let second = log
+            .list(by_sub.clone(), 2, &first.next_page_token)
+            .await
+            .expect("page 2");
+        let ids: Vec<_> = second
+            .attempts
+            .iter()
+            .map(|a| a.event_id.as_str())
+            .collect();
+        assert_eq!(ids, ["evt_2", "evt_1"]);
+        let third = log
+            .list(by_sub, 2, &second.next_page_token)
+            .await
+            .expect("page 3");
+        assert_eq!(third.attempts.len(), 1);
+        assert!(third.next_page_token.is_empty());
+
+        let retrying = pb::AttemptFilter {
+            outcome: pb::Outcome::Retrying as i32,
+            ..Default::default()
+        };
+        let page = log.list(retrying, 10, "").await.expect("by outcome");
+        assert_eq!(page.attempts.len(), 1);
+        assert_eq!(page.attempts[0].subscription_id, "sub_b");
+
+        let future = pb::AttemptFilter {
+            since: Some(timestamp(
+                SystemTime::now() + std::time::Duration::from_secs(60),
+            )),
+            ..Default::default()
+        };
+        assert!(
+            log.list(future, 10, "")
+                .await
+                .expect("by time")
+                .attempts
+                .is_empty()
+        );
+        assert!(log.list(Default::default(), 10, "garbage").await.is_err());
+    }
+}

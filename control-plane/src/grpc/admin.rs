@@ -1,0 +1,245 @@
+//! The operator-facing services: Subscriptions, Deliveries and Agents.
+
+use std::pin::Pin;
+
+use futures_util::Stream;
+use herald_proto::convert::std_duration;
+use herald_proto::v1 as pb;
+use herald_proto::v1::agents_server::Agents;
+use herald_proto::v1::deliveries_server::Deliveries;
+use herald_proto::v1::subscriptions_server::Subscriptions as SubscriptionsApi;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::attempts::{AttemptLog, Filter};
+use crate::fleet::Fleet;
+use crate::hub::ConfigHub;
+use crate::subscriptions::{Subscriptions, redact};
+
+/// `herald.v1.Subscriptions`.
+pub struct SubscriptionsService {
+    registry: Subscriptions,
+}
+
+impl SubscriptionsService {
+    /// The service over a registry.
+    pub fn new(registry: Subscriptions) -> Self {
+        SubscriptionsService { registry }
+    }
+}
+
+fn required<T>(value: Option<T>, field: &str) -> Result<T, Status> {
+    value.ok_or_else(|| Status::invalid_argument(format!("{field}: is required")))
+}
+
+#[tonic::async_trait]
+impl SubscriptionsApi for SubscriptionsService {
+    async fn create_subscription(
+        &self,
+        request: Request<pb::CreateSubscriptionRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        let sub = required(request.into_inner().subscription, "subscription")?;
+        let created = self.registry.create(sub).await?;
+        tracing::info!(id = %created.id, tenant = %created.tenant, "subscription created");
+        Ok(Response::new(created))
+    }
+
+    async fn get_subscription(
+        &self,
+        request: Request<pb::GetSubscriptionRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        let request = request.into_inner();
+        let sub = self.registry.get(&request.id).await?;
+        Ok(Response::new(if request.show_secrets {
+            sub
+        } else {
+            redact(sub)
+        }))
+    }
+
+    async fn list_subscriptions(
+        &self,
+        request: Request<pb::ListSubscriptionsRequest>,
+    ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
+        let request = request.into_inner();
+        let page = self
+            .registry
+            .list(&request.tenant, request.page_size, &request.page_token)
+            .await?;
+        Ok(Response::new(pb::ListSubscriptionsResponse {
+            subscriptions: page.subscriptions.into_iter().map(redact).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn update_subscription(
+        &self,
+        request: Request<pb::UpdateSubscriptionRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        let request = request.into_inner();
+        let sub = required(request.subscription, "subscription")?;
+        let updated = self.registry.update(sub, request.expected_revision).await?;
+        tracing::info!(id = %updated.id, revision = updated.revision, "subscription updated");
+        Ok(Response::new(redact(updated)))
+    }
+
+    async fn delete_subscription(
+        &self,
+        request: Request<pb::DeleteSubscriptionRequest>,
+    ) -> Result<Response<pb::DeleteSubscriptionResponse>, Status> {
+        let request = request.into_inner();
+        self.registry
+            .delete(&request.id, request.expected_revision)
+            .await?;
+        tracing::info!(id = %request.id, "subscription deleted");
+        Ok(Response::new(pb::DeleteSubscriptionResponse {}))
+    }
+
+    async fn enable_subscription(
+        &self,
+        request: Request<pb::EnableSubscriptionRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        let sub = self.registry.enable(&request.into_inner().id).await?;
+        tracing::info!(id = %sub.id, "subscription enabled");
+        Ok(Response::new(redact(sub)))
+    }
+
+    async fn disable_subscription(
+        &self,
+        request: Request<pb::DisableSubscriptionRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        let request = request.into_inner();
+        let sub = self.registry.disable(&request.id, &request.reason).await?;
+        tracing::info!(id = %sub.id, reason = %sub.disabled_reason, "subscription disabled");
+        Ok(Response::new(redact(sub)))
+    }
+
+    async fn rotate_secret(
+        &self,
+        request: Request<pb::RotateSecretRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        let request = request.into_inner();
+        let grace = match &request.grace {
+            None => None,
+            Some(d) => Some(
+                std_duration(d)
+                    .ok_or_else(|| Status::invalid_argument("grace: must not be negative"))?,
+            ),
+        };
+        let sub = self.registry.rotate_secret(&request.id, grace).await?;
+        tracing::info!(id = %sub.id, "subscription secret rotated");
+        Ok(Response::new(sub))
+    }
+}
+
+/// `herald.v1.Deliveries`.
+pub struct DeliveriesService {
+    log: AttemptLog,
+    shutdown: CancellationToken,
+}
+
+impl DeliveriesService {
+    /// The service over the delivery log; tails end on `shutdown`.
+    pub fn new(log: AttemptLog, shutdown: CancellationToken) -> Self {
+        DeliveriesService { log, shutdown }
+    }
+}
+
+type AttemptStream = Pin<Box<dyn Stream<Item = Result<pb::Attempt, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Deliveries for DeliveriesService {
+    async fn list_attempts(
+        &self,
+        request: Request<pb::ListAttemptsRequest>,
+    ) -> Result<Response<pb::ListAttemptsResponse>, Status> {
+        let request = request.into_inner();
+        let page = self
+            .log
+            .list(
+                request.filter.unwrap_or_default(),
+                request.page_size,
+                &request.page_token,
+            )
+            .await?;
+        Ok(Response::new(pb::ListAttemptsResponse {
+            attempts: page.attempts,
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    type TailAttemptsStream = AttemptStream;
+
+    async fn tail_attempts(
+        &self,
+        request: Request<pb::TailAttemptsRequest>,
+    ) -> Result<Response<Self::TailAttemptsStream>, Status> {
+        let filter = Filter::new(request.into_inner().filter.unwrap_or_default());
+        let mut attempts = self.log.follow();
+        let shutdown = self.shutdown.clone();
+        let stream = async_stream(move |tx| async move {
+            loop {
+                let attempt = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    next = attempts.recv() => next,
+                };
+                match attempt {
+                    Ok(attempt) if filter.matches(&attempt) => {
+                        if tx.send(Ok((*attempt).clone())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(missed)) => {
+                        let status = Status::data_loss(format!(
+                            "the tail fell behind and skipped {missed} attempts; list them with ListAttempts"
+                        ));
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+/// Runs `produce` as a task feeding a stream through a small channel; the task ends when the
+/// client goes away.
+pub(crate) fn async_stream<T, F, Fut>(produce: F) -> Pin<Box<dyn Stream<Item = T> + Send>>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(produce(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// `herald.v1.Agents`.
+pub struct AgentsService {
+    fleet: Fleet,
+    hub: ConfigHub,
+}
+
+impl AgentsService {
+    /// The service over the fleet registry.
+    pub fn new(fleet: Fleet, hub: ConfigHub) -> Self {
+        AgentsService { fleet, hub }
+    }
+}
+
+#[tonic::async_trait]
+impl Agents for AgentsService {
+    async fn list_agents(
+        &self,
+        _request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: self.fleet.list(self.hub.revision()),
+        }))
+    }
+}

@@ -1,0 +1,309 @@
+//! `herald.v1.AgentControl`: the agents' two streams.
+//!
+//! Config: the agent says hello; it gets a snapshot of the subscriptions it may deliver (its
+//! interest: tenants, event-type prefixes, region), then each change as it happens, then a
+//! fresh snapshot whenever it fell behind or the hub re-listed the store. Acks and nacks are
+//! recorded in the fleet registry.
+//!
+//! Reports: each batch of attempts is stored durably in the delivery log, then acked by id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_proto::v1 as pb;
+use herald_proto::v1::agent_control_server::AgentControl;
+use herald_proto::v1::config_request::Kind;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::admin::async_stream;
+use crate::attempts::AttemptLog;
+use crate::fleet::Fleet;
+use crate::hub::{Change, ConfigHub, Snapshot};
+
+/// How long an agent has to say hello after opening its config stream.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most attempts one report batch may carry.
+pub const MAX_REPORT_BATCH: usize = 1000;
+/// The most interest entries (tenants plus prefixes) an agent may name.
+const MAX_INTEREST: usize = 1000;
+
+/// `herald.v1.AgentControl`.
+pub struct AgentControlService {
+    hub: ConfigHub,
+    fleet: Fleet,
+    log: AttemptLog,
+    shutdown: CancellationToken,
+}
+
+impl AgentControlService {
+    /// The service; streams end on `shutdown`.
+    pub fn new(hub: ConfigHub, fleet: Fleet, log: AttemptLog, shutdown: CancellationToken) -> Self {
+        AgentControlService {
+            hub,
+            fleet,
+            log,
+            shutdown,
+        }
+    }
+}
+
+type Outbound<T> = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentControl for AgentControlService {
+    type StreamConfigStream = Outbound<pb::ConfigUpdate>;
+
+    async fn stream_config(
+        &self,
+        request: Request<Streaming<pb::ConfigRequest>>,
+    ) -> Result<Response<Self::StreamConfigStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))??;
+        let Some(pb::ConfigRequest {
+            kind: Some(Kind::Hello(hello)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument(
+                "the first message must be a hello",
+            ));
+        };
+        let interest = Interest::new(&hello)?;
+        let (hub, fleet, shutdown) = (self.hub.clone(), self.fleet.clone(), self.shutdown.clone());
+        tokio::select! {
+            () = hub.ready() => {}
+            () = shutdown.cancelled() => return Err(Status::unavailable("shutting down")),
+        }
+        fleet.connected(&hello);
+        tracing::info!(agent = %hello.agent_id, region = %hello.region, "agent connected");
+        let agent = hello.agent_id;
+        let stream = async_stream(move |tx| async move {
+            follow(
+                &hub,
+                &fleet,
+                &agent,
+                &interest,
+                &mut inbound,
+                &tx,
+                &shutdown,
+            )
+            .await;
+            fleet.disconnected(&agent);
+            tracing::info!(agent = %agent, "agent disconnected");
+        });
+        Ok(Response::new(stream))
+    }
+
+    type ReportAttemptsStream = Outbound<pb::ReportAck>;
+
+    async fn report_attempts(
+        &self,
+        request: Request<Streaming<pb::ReportBatch>>,
+    ) -> Result<Response<Self::ReportAttemptsStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (log, shutdown) = (self.log.clone(), self.shutdown.clone());
+        let stream = async_stream(move |tx| async move {
+            loop {
+                let batch = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    batch = inbound.message() => batch,
+                };
+                let batch = match batch {
+                    Ok(Some(batch)) => batch,
+                    Ok(None) | Err(_) => return,
+                };
+                if batch.attempts.len() > MAX_REPORT_BATCH {
+                    let status = Status::invalid_argument(format!(
+                        "a report batch carries at most {MAX_REPORT_BATCH} attempts"
+                    ));
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+                let ack = match log.insert(batch.attempts).await {
+                    Ok(_) => Ok(pb::ReportAck {
+                        batch_id: batch.batch_id,
+                    }),
+                    Err(err) => {
+                        tracing::error!(error = %err, "cannot store attempt reports");
+                        Err(Status::unavailable(format!("cannot store reports: {err}")))
+                    }
+                };
+                let failed = ack.is_err();
+                if tx.send(ack).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+/// Sends the snapshot, then changes, until the agent or the server goes away.
+async fn follow(
+    hub: &ConfigHub,
+    fleet: &Fleet,
+    agent: &str,
+    interest: &Interest,
+    inbound: &mut Streaming<pb::ConfigRequest>,
+    tx: &mpsc::Sender<Result<pb::ConfigUpdate, Status>>,
+    shutdown: &CancellationToken,
+) {
+    let (snapshot, mut changes) = hub.subscribe();
+    if tx.send(Ok(interest.snapshot(&snapshot))).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            message = inbound.message() => match message {
+                Ok(Some(pb::ConfigRequest { kind: Some(Kind::Ack(ack)) })) => {
+                    fleet.acked(agent, ack.revision);
+                }
+                Ok(Some(pb::ConfigRequest { kind: Some(Kind::Nack(nack)) })) => {
+                    tracing::warn!(agent, revision = nack.revision, reason = %nack.reason, "agent refused config");
+                    fleet.nacked(agent, nack.revision, &nack.reason);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return,
+            },
+            change = changes.recv() => {
+                let update = match change {
+                    Ok(change) if !change.resync => interest.delta(&change),
+                    Ok(_) | Err(RecvError::Lagged(_)) => {
+                        // Re-listed or fell behind: start over from a fresh snapshot.
+                        let (snapshot, fresh) = hub.subscribe();
+                        changes = fresh;
+                        Some(interest.snapshot(&snapshot))
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                if let Some(update) = update
+                    && tx.send(Ok(update)).await.is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// What an agent may deliver: the subscriptions it is sent.
+struct Interest {
+    tenants: Vec<String>,
+    prefixes: Vec<String>,
+    region: String,
+}
+
+impl Interest {
+    fn new(hello: &pb::AgentHello) -> Result<Self, Status> {
+        if hello.agent_id.is_empty() || hello.agent_id.len() > 128 {
+            return Err(Status::invalid_argument("agent_id: 1 to 128 bytes"));
+        }
+        if hello.tenants.len() + hello.event_type_prefixes.len() > MAX_INTEREST {
+            return Err(Status::invalid_argument(format!(
+                "interest: at most {MAX_INTEREST} tenants and prefixes"
+            )));
+        }
+        Ok(Interest {
+            tenants: hello.tenants.clone(),
+            prefixes: hello.event_type_prefixes.clone(),
+            region: hello.region.clone(),
+        })
+    }
+
+    fn sees(&self, sub: &pb::Subscription) -> bool {
+        let tenant = self.tenants.is_empty() || self.tenants.contains(&sub.tenant);
+        let region = sub.regions.is_empty() || sub.regions.contains(&self.region);
+        let types = self.prefixes.is_empty()
+            || sub
+                .event_types
+                .iter()
+                .any(|p| self.prefixes.iter().any(|q| pattern_overlaps(p, q)));
+        tenant && region && types
+    }
+
+    fn snapshot(&self, snapshot: &Snapshot) -> pb::ConfigUpdate {
+        pb::ConfigUpdate {
+            revision: snapshot.revision,
+            snapshot: true,
+            upserts: snapshot
+                .subscriptions
+                .values()
+                .filter(|s| self.sees(s))
+                .map(|s| (**s).clone())
+                .collect(),
+            removals: vec![],
+        }
+    }
+
+    /// The change as this agent sees it; `None` when it concerns nothing the agent holds.
+    fn delta(&self, change: &Arc<Change>) -> Option<pb::ConfigUpdate> {
+        let mut update = pb::ConfigUpdate {
+            revision: change.revision,
+            snapshot: false,
+            upserts: vec![],
+            removals: change.removals.clone(),
+        };
+        for sub in &change.upserts {
+            if self.sees(sub) {
+                update.upserts.push((**sub).clone());
+            } else {
+                // It may have been visible before this change (a region or tenant moved).
+                update.removals.push(sub.id.clone());
+            }
+        }
+        // Removals of subscriptions the agent never held are harmless but useless when the
+        // agent filters by interest; without a filter every removal concerns it.
+        (!update.upserts.is_empty() || !update.removals.is_empty()).then_some(update)
+    }
+}
+
+/// Whether a subscription's event-type pattern can match an event type starting with `prefix`.
+fn pattern_overlaps(pattern: &str, prefix: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    let fixed = pattern.strip_suffix(".*").unwrap_or(pattern);
+    fixed.starts_with(prefix)
+        || (pattern.ends_with(".*") && prefix.starts_with(&format!("{fixed}.")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_overlap_prefixes() {
+        assert!(pattern_overlaps("*", "order."));
+        assert!(pattern_overlaps("order.created", "order."));
+        assert!(pattern_overlaps("order.*", "order."));
+        assert!(pattern_overlaps("order.*", "order.line."));
+        assert!(!pattern_overlaps("product.*", "order."));
+        assert!(!pattern_overlaps("product.created", "order"));
+    }
+
+    #[test]
+    fn interest_filters_tenants_and_regions() {
+        let interest = Interest::new(&pb::AgentHello {
+            agent_id: "agt_1".into(),
+            region: "eu".into(),
+            tenants: vec!["a".into()],
+            ..Default::default()
+        })
+        .expect("valid hello");
+        let sub = |tenant: &str, regions: &[&str]| pb::Subscription {
+            tenant: tenant.into(),
+            regions: regions.iter().map(|r| r.to_string()).collect(),
+            event_types: vec!["*".into()],
+            ..Default::default()
+        };
+        assert!(interest.sees(&sub("a", &[])));
+        assert!(interest.sees(&sub("a", &["eu"])));
+        assert!(!interest.sees(&sub("a", &["us"])));
+        assert!(!interest.sees(&sub("b", &[])));
+    }
+}

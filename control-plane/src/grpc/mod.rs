@@ -1,0 +1,8 @@
+//! The gRPC edge of the control plane: each service turns requests into calls on the
+//! registry, the hub, the delivery log or the fleet, and their errors into statuses.
+
+mod admin;
+mod agent_control;
+
+pub use admin::{AgentsService, DeliveriesService, SubscriptionsService};
+pub use agent_control::AgentControlService;

@@ -1,0 +1,182 @@
+//! The config hub: one watch on the store per control-plane replica, feeding every agent
+//! stream. It holds the current subscriptions in memory with the store revision they reflect,
+//! and broadcasts each change; an agent stream takes a snapshot and subscribes under one lock,
+//! so it misses nothing between the two. The store is never read per agent.
+//!
+//! When the watch fails (store unreachable, history compacted) the hub lists everything again,
+//! replaces its state, and broadcasts a resync, after which every stream sends a fresh snapshot
+//! (so deletions made during the gap are not missed).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use herald_proto::v1 as pb;
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::keys;
+use crate::store::{Store, WatchEvent};
+use crate::subscriptions::decode;
+
+/// Changes kept for streams that fall behind; a stream further behind gets a fresh snapshot.
+const CHANGE_BUFFER: usize = 4096;
+/// Wait between attempts to re-establish the watch.
+const RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// One store revision's subscription changes.
+#[derive(Debug)]
+pub struct Change {
+    /// The store revision.
+    pub revision: i64,
+    /// Subscriptions created or updated.
+    pub upserts: Vec<Arc<pb::Subscription>>,
+    /// Ids of subscriptions deleted.
+    pub removals: Vec<String>,
+    /// The hub re-listed the store: streams must send a fresh snapshot, not a delta.
+    pub resync: bool,
+}
+
+/// All subscriptions at one revision.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// The store revision.
+    pub revision: i64,
+    /// By id.
+    pub subscriptions: BTreeMap<String, Arc<pb::Subscription>>,
+}
+
+/// The hub; cloning shares it.
+#[derive(Clone)]
+pub struct ConfigHub {
+    state: Arc<RwLock<Snapshot>>,
+    changes: broadcast::Sender<Arc<Change>>,
+    /// The revision the hub has caught up to (0 before the first listing).
+    revision: watch::Receiver<i64>,
+}
+
+impl ConfigHub {
+    /// Starts following the store. The hub is usable at once; [`ConfigHub::ready`] waits for
+    /// the first listing.
+    pub fn start(store: Store, shutdown: CancellationToken) -> Self {
+        let state = Arc::new(RwLock::new(Snapshot::default()));
+        let (changes, _) = broadcast::channel(CHANGE_BUFFER);
+        let (revision_tx, revision) = watch::channel(0);
+        let hub = ConfigHub {
+            state,
+            changes,
+            revision,
+        };
+        let follower = hub.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = follower.follow(store, revision_tx) => {}
+                () = shutdown.cancelled() => {}
+            }
+        });
+        hub
+    }
+
+    /// Waits until the hub has loaded the store once.
+    pub async fn ready(&self) {
+        let mut revision = self.revision.clone();
+        let _ = revision.wait_for(|r| *r > 0).await;
+    }
+
+    /// The revision the hub reflects.
+    pub fn revision(&self) -> i64 {
+        *self.revision.borrow()
+    }
+
+    /// The current state and a receiver of every change after it.
+    pub fn subscribe(&self) -> (Snapshot, broadcast::Receiver<Arc<Change>>) {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        (state.clone(), self.changes.subscribe())
+    }
+
+    /// Lists, then watches, forever; re-lists after any watch failure.
+    async fn follow(&self, store: Store, revision_tx: watch::Sender<i64>) {
+        let mut first = true;
+        loop {
+            match self.follow_once(&store, &revision_tx, first).await {
+                Ok(()) => {}
+                Err(err) => tracing::warn!(error = %err, "config watch failed; re-listing"),
+            }
+            first = false;
+            tokio::time::sleep(RETRY_DELAY).await;
+        }
+    }
+
+    async fn follow_once(
+        &self,
+        store: &Store,
+        revision_tx: &watch::Sender<i64>,
+        first: bool,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let (kvs, revision) = store.list(keys::SUBSCRIPTIONS).await?;
+        let mut subscriptions = BTreeMap::new();
+        for kv in &kvs {
+            match decode(kv) {
+                Ok(sub) => {
+                    subscriptions.insert(sub.id.clone(), Arc::new(sub));
+                }
+                Err(err) => tracing::error!(error = %err, "skipping unreadable subscription"),
+            }
+        }
+        let mut watch = store.watch(keys::SUBSCRIPTIONS, revision + 1).await?;
+        {
+            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+            *state = Snapshot {
+                revision,
+                subscriptions,
+            };
+            if !first {
+                let _ = self.changes.send(Arc::new(Change {
+                    revision,
+                    upserts: vec![],
+                    removals: vec![],
+                    resync: true,
+                }));
+            }
+        }
+        revision_tx.send_replace(revision.max(1));
+        tracing::info!(revision, subscriptions = kvs.len(), "config loaded");
+        while let Some(batch) = watch.recv().await {
+            let batch = batch?;
+            let mut change = Change {
+                revision: batch.revision,
+                upserts: vec![],
+                removals: vec![],
+                resync: false,
+            };
+            for event in batch.events {
+                match event {
+                    WatchEvent::Put(kv) => match decode(&kv) {
+                        Ok(sub) => change.upserts.push(Arc::new(sub)),
+                        Err(err) => {
+                            tracing::error!(error = %err, "skipping unreadable subscription")
+                        }
+                    },
+                    WatchEvent::Delete { key } => {
+                        if let Some(id) = keys::id_of_subscription_key(&key) {
+                            change.removals.push(id.to_owned());
+                        }
+                    }
+                }
+            }
+            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+            state.revision = change.revision;
+            for sub in &change.upserts {
+                state.subscriptions.insert(sub.id.clone(), sub.clone());
+            }
+            for id in &change.removals {
+                state.subscriptions.remove(id);
+            }
+            // Sent under the lock, so a subscriber's snapshot and its first change line up.
+            let _ = self.changes.send(Arc::new(change));
+            drop(state);
+            revision_tx.send_replace(batch.revision);
+        }
+        Err("the store ended the watch".into())
+    }
+}

@@ -1,0 +1,50 @@
+//! Where Herald's records live in the config store. Everything sits under one prefix so an
+//! etcd cluster can be shared and `etcdctl get --prefix /herald/v1/` shows it all.
+//!
+//! - `/herald/v1/subscriptions/<tenant>/<id>` → a `herald.v1.Subscription` (protobuf); its etcd
+//!   mod_revision is the subscription's `revision`. Grouped by tenant so listing one tenant is
+//!   one range read.
+//! - `/herald/v1/subscription-ids/<id>` → the tenant, so a subscription is found by id alone.
+//!   Written in the same transaction as the record.
+
+/// The root of every Herald key.
+pub const ROOT: &str = "/herald/v1/";
+/// The prefix of all subscription records; the config hub watches it.
+pub const SUBSCRIPTIONS: &str = "/herald/v1/subscriptions/";
+const SUBSCRIPTION_IDS: &str = "/herald/v1/subscription-ids/";
+
+/// The record key of a subscription.
+pub fn subscription(tenant: &str, id: &str) -> String {
+    format!("{SUBSCRIPTIONS}{tenant}/{id}")
+}
+
+/// The prefix of one tenant's subscriptions.
+pub fn tenant_subscriptions(tenant: &str) -> String {
+    format!("{SUBSCRIPTIONS}{tenant}/")
+}
+
+/// The id-index key of a subscription.
+pub fn subscription_id(id: &str) -> String {
+    format!("{SUBSCRIPTION_IDS}{id}")
+}
+
+/// The subscription id at the end of a record key.
+pub fn id_of_subscription_key(key: &str) -> Option<&str> {
+    key.strip_prefix(SUBSCRIPTIONS)?
+        .rsplit_once('/')
+        .map(|(_, id)| id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        let key = subscription("shop-1", "sub_1");
+        assert_eq!(key, "/herald/v1/subscriptions/shop-1/sub_1");
+        assert!(key.starts_with(&tenant_subscriptions("shop-1")));
+        assert_eq!(id_of_subscription_key(&key), Some("sub_1"));
+        assert_eq!(id_of_subscription_key("/other/x"), None);
+    }
+}

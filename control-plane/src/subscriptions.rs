@@ -1,0 +1,395 @@
+//! Subscriptions in the config store: create, read, list, update and the state changes
+//! (enable, disable, rotate secret), each a revision-checked transaction so two operators
+//! cannot overwrite each other silently. Every record is validated by
+//! `herald_proto::convert::subscription` before it is written.
+
+use std::time::{Duration, SystemTime};
+
+use herald_core::ValidationError;
+use herald_core::ids::new_subscription_id;
+use herald_core::signing::SigningSecret;
+use herald_core::subscription::{DEFAULT_ROTATION_GRACE, MAX_SECRETS};
+use herald_proto::convert::{self, system_time, timestamp};
+use herald_proto::v1 as pb;
+use prost::Message;
+
+use crate::keys;
+use crate::store::{Compare, KeyValue, Op, Store, StoreError, Txn, TxnOutcome};
+
+/// The largest page a list call returns.
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// The page size when the caller names none.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Attempts at a read-modify-write before giving up under contention.
+const MAX_CAS_ATTEMPTS: usize = 8;
+/// The longest rotation grace period.
+const MAX_ROTATION_GRACE: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// Why a subscription operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscriptionError {
+    /// The request is malformed.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// No subscription has this id.
+    #[error("subscription {0} not found")]
+    NotFound(String),
+    /// The stored revision is not the one the caller read.
+    #[error("subscription {id} was changed: expected revision {expected}, stored {actual}")]
+    StaleRevision {
+        /// The subscription.
+        id: String,
+        /// What the caller sent.
+        expected: i64,
+        /// What is stored.
+        actual: i64,
+    },
+    /// Concurrent writers kept winning.
+    #[error("subscription {0} is being changed concurrently; try again")]
+    Contended(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored record could not be decoded.
+    #[error("stored record {key} is corrupt: {reason}")]
+    Corrupt {
+        /// The store key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl From<SubscriptionError> for tonic::Status {
+    fn from(err: SubscriptionError) -> Self {
+        use tonic::Status;
+        match &err {
+            SubscriptionError::Invalid(_) => Status::invalid_argument(err.to_string()),
+            SubscriptionError::NotFound(_) => Status::not_found(err.to_string()),
+            SubscriptionError::StaleRevision { .. } => Status::failed_precondition(err.to_string()),
+            SubscriptionError::Contended(_) => Status::aborted(err.to_string()),
+            SubscriptionError::Store(store) if store.is_unavailable() => {
+                Status::unavailable(format!("config store unavailable: {err}"))
+            }
+            SubscriptionError::Store(_) | SubscriptionError::Corrupt { .. } => {
+                Status::internal(err.to_string())
+            }
+        }
+    }
+}
+
+/// The subscription registry over a config store.
+#[derive(Clone)]
+pub struct Subscriptions {
+    store: Store,
+    allow_http: bool,
+}
+
+/// A page of subscriptions.
+pub struct Page {
+    /// The subscriptions, in key order.
+    pub subscriptions: Vec<pb::Subscription>,
+    /// Where the next page starts; empty on the last.
+    pub next_page_token: String,
+}
+
+impl Subscriptions {
+    /// A registry on `store`; `allow_http` admits `http://` endpoint URLs.
+    pub fn new(store: Store, allow_http: bool) -> Self {
+        Subscriptions { store, allow_http }
+    }
+
+    /// Creates a subscription: assigns its id and first signing secret; it starts enabled.
+    pub async fn create(
+        &self,
+        request: pb::Subscription,
+    ) -> Result<pb::Subscription, SubscriptionError> {
+        let now = SystemTime::now();
+        let mut sub = pb::Subscription {
+            id: new_subscription_id(),
+            secrets: vec![pb::SigningSecret {
+                secret: SigningSecret::generate().expose(),
+                created_at: Some(timestamp(now)),
+                expires_at: None,
+            }],
+            enabled: true,
+            disabled_reason: String::new(),
+            disabled_at: None,
+            created_at: Some(timestamp(now)),
+            updated_at: Some(timestamp(now)),
+            revision: 0,
+            ..request
+        };
+        convert::subscription(&sub, self.allow_http)?;
+        let key = keys::subscription(&sub.tenant, &sub.id);
+        let index = keys::subscription_id(&sub.id);
+        let txn = Txn::default()
+            .when(Compare::Absent(key.clone()))
+            .when(Compare::Absent(index.clone()))
+            .then(Op::Put(key, sub.encode_to_vec()))
+            .then(Op::Put(index, sub.tenant.clone().into_bytes()));
+        match self.store.txn(txn).await? {
+            TxnOutcome::Committed { revision } => {
+                sub.revision = revision;
+                Ok(sub)
+            }
+            // A fresh ULID id collides only if the clock and randomness both repeat.
+            TxnOutcome::Conflict => Err(SubscriptionError::Contended(sub.id)),
+        }
+    }
+
+    /// Reads a subscription by id.
+    pub async fn get(&self, id: &str) -> Result<pb::Subscription, SubscriptionError> {
+        Ok(self.read(id).await?.0)
+    }
+
+    /// Lists subscriptions of one tenant (or all, for an empty tenant), a page at a time.
+    pub async fn list(
+        &self,
+        tenant: &str,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page, SubscriptionError> {
+        let prefix = if tenant.is_empty() {
+            keys::SUBSCRIPTIONS.to_owned()
+        } else {
+            herald_core::validate::tenant(tenant)?;
+            keys::tenant_subscriptions(tenant)
+        };
+        let after = if page_token.is_empty() {
+            None
+        } else if page_token.starts_with(&prefix) {
+            Some(page_token)
+        } else {
+            return Err(ValidationError::new("page_token", "is not from this listing").into());
+        };
+        let size = match page_size as usize {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let kvs = self.store.list_page(&prefix, after, size).await?;
+        let next_page_token = match kvs.last() {
+            Some(last) if kvs.len() == size => last.key.clone(),
+            _ => String::new(),
+        };
+        let subscriptions = kvs.iter().map(decode).collect::<Result<_, _>>()?;
+        Ok(Page {
+            subscriptions,
+            next_page_token,
+        })
+    }
+
+    /// Replaces the mutable fields of a subscription, if it is still at `expected_revision`.
+    pub async fn update(
+        &self,
+        request: pb::Subscription,
+        expected_revision: i64,
+    ) -> Result<pb::Subscription, SubscriptionError> {
+        if expected_revision <= 0 {
+            return Err(ValidationError::new(
+                "expected_revision",
+                "is required: send the revision you read",
+            )
+            .into());
+        }
+        let (current, kv) = self.read(&request.id).await?;
+        if !request.tenant.is_empty() && request.tenant != current.tenant {
+            return Err(ValidationError::new("tenant", "cannot change").into());
+        }
+        if kv.mod_revision != expected_revision {
+            return Err(SubscriptionError::StaleRevision {
+                id: current.id,
+                expected: expected_revision,
+                actual: kv.mod_revision,
+            });
+        }
+        let updated = pb::Subscription {
+            url: request.url,
+            event_types: request.event_types,
+            format: request.format,
+            headers: request.headers,
+            timeout: request.timeout,
+            retry: request.retry,
+            description: request.description,
+            labels: request.labels,
+            regions: request.regions,
+            updated_at: Some(timestamp(SystemTime::now())),
+            ..current
+        };
+        self.write(updated, &kv).await?.ok_or_else(|| {
+            // Someone wrote between our read and our write.
+            SubscriptionError::StaleRevision {
+                id: request.id,
+                expected: expected_revision,
+                actual: expected_revision + 1,
+            }
+        })
+    }
+
+    /// Deletes a subscription; with a non-zero `expected_revision`, only if it still matches.
+    pub async fn delete(&self, id: &str, expected_revision: i64) -> Result<(), SubscriptionError> {
+        let (current, kv) = self.read(id).await?;
+        if expected_revision != 0 && kv.mod_revision != expected_revision {
+            return Err(SubscriptionError::StaleRevision {
+                id: id.to_owned(),
+                expected: expected_revision,
+                actual: kv.mod_revision,
+            });
+        }
+        let txn = Txn::default()
+            .when(Compare::ModRevision(kv.key.clone(), kv.mod_revision))
+            .then(Op::Delete(kv.key))
+            .then(Op::Delete(keys::subscription_id(&current.id)));
+        match self.store.txn(txn).await? {
+            TxnOutcome::Committed { .. } => Ok(()),
+            TxnOutcome::Conflict => Err(SubscriptionError::Contended(id.to_owned())),
+        }
+    }
+
+    /// Turns delivery to a subscription on again.
+    pub async fn enable(&self, id: &str) -> Result<pb::Subscription, SubscriptionError> {
+        self.modify(id, |sub, now| {
+            sub.enabled = true;
+            sub.disabled_reason.clear();
+            sub.disabled_at = None;
+            sub.updated_at = Some(timestamp(now));
+            Ok(())
+        })
+        .await
+    }
+
+    /// Stops delivery to a subscription, recording why.
+    pub async fn disable(
+        &self,
+        id: &str,
+        reason: &str,
+    ) -> Result<pb::Subscription, SubscriptionError> {
+        let reason = match reason.trim() {
+            "" => "manual".to_owned(),
+            r if r.len() > 256 => {
+                return Err(ValidationError::new("reason", "at most 256 bytes").into());
+            }
+            r => r.to_owned(),
+        };
+        self.modify(id, move |sub, now| {
+            sub.enabled = false;
+            sub.disabled_reason = reason.clone();
+            sub.disabled_at = Some(timestamp(now));
+            sub.updated_at = Some(timestamp(now));
+            Ok(())
+        })
+        .await
+    }
+
+    /// Adds a new signing secret; the current ones keep signing for `grace`, then expire.
+    pub async fn rotate_secret(
+        &self,
+        id: &str,
+        grace: Option<Duration>,
+    ) -> Result<pb::Subscription, SubscriptionError> {
+        let grace = grace.unwrap_or(DEFAULT_ROTATION_GRACE);
+        if grace > MAX_ROTATION_GRACE {
+            return Err(ValidationError::new("grace", "at most 30 days").into());
+        }
+        self.modify(id, move |sub, now| {
+            let expires = timestamp(now + grace);
+            // Drop secrets already expired; give current ones the grace period.
+            sub.secrets
+                .retain(|s| s.expires_at.as_ref().is_none_or(|at| system_time(at) > now));
+            for old in &mut sub.secrets {
+                if old.expires_at.is_none() {
+                    old.expires_at = Some(expires);
+                }
+            }
+            sub.secrets.insert(
+                0,
+                pb::SigningSecret {
+                    secret: SigningSecret::generate().expose(),
+                    created_at: Some(timestamp(now)),
+                    expires_at: None,
+                },
+            );
+            sub.secrets.truncate(MAX_SECRETS);
+            sub.updated_at = Some(timestamp(now));
+            Ok(())
+        })
+        .await
+    }
+
+    /// Reads the record and its store entry.
+    async fn read(&self, id: &str) -> Result<(pb::Subscription, KeyValue), SubscriptionError> {
+        herald_core::validate::event_id(id).map_err(|e| ValidationError::new("id", e.reason))?;
+        let not_found = || SubscriptionError::NotFound(id.to_owned());
+        let index = self
+            .store
+            .get(&keys::subscription_id(id))
+            .await?
+            .ok_or_else(not_found)?;
+        let tenant = String::from_utf8(index.value).map_err(|_| SubscriptionError::Corrupt {
+            key: index.key,
+            reason: "tenant is not UTF-8".into(),
+        })?;
+        let kv = self
+            .store
+            .get(&keys::subscription(&tenant, id))
+            .await?
+            .ok_or_else(not_found)?;
+        Ok((decode(&kv)?, kv))
+    }
+
+    /// Writes `sub` over `kv` if `kv` is still current; `None` when it is not.
+    async fn write(
+        &self,
+        mut sub: pb::Subscription,
+        kv: &KeyValue,
+    ) -> Result<Option<pb::Subscription>, SubscriptionError> {
+        sub.revision = 0;
+        convert::subscription(&sub, self.allow_http)?;
+        let txn = Txn::default()
+            .when(Compare::ModRevision(kv.key.clone(), kv.mod_revision))
+            .then(Op::Put(kv.key.clone(), sub.encode_to_vec()));
+        match self.store.txn(txn).await? {
+            TxnOutcome::Committed { revision } => {
+                sub.revision = revision;
+                Ok(Some(sub))
+            }
+            TxnOutcome::Conflict => Ok(None),
+        }
+    }
+
+    /// Read-modify-write, retried when another writer got in between.
+    async fn modify(
+        &self,
+        id: &str,
+        change: impl Fn(&mut pb::Subscription, SystemTime) -> Result<(), SubscriptionError>,
+    ) -> Result<pb::Subscription, SubscriptionError> {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let (mut sub, kv) = self.read(id).await?;
+            change(&mut sub, SystemTime::now())?;
+            if let Some(written) = self.write(sub, &kv).await? {
+                return Ok(written);
+            }
+        }
+        Err(SubscriptionError::Contended(id.to_owned()))
+    }
+}
+
+/// Decodes a stored record, setting its revision from the store.
+pub fn decode(kv: &KeyValue) -> Result<pb::Subscription, SubscriptionError> {
+    let mut sub =
+        pb::Subscription::decode(kv.value.as_slice()).map_err(|e| SubscriptionError::Corrupt {
+            key: kv.key.clone(),
+            reason: e.to_string(),
+        })?;
+    sub.revision = kv.mod_revision;
+    Ok(sub)
+}
+
+/// The subscription with its secret values blanked (times kept), for answers that must not
+/// reveal them.
+pub fn redact(mut sub: pb::Subscription) -> pb::Subscription {
+    for secret in &mut sub.secrets {
+        secret.secret.clear();
+    }
+    sub
+}

@@ -1,0 +1,306 @@
+//! Herald's own servers as test handles: a control plane and an agent running in-process on
+//! real loopback sockets, each stopped (gracefully, through its shutdown future) when the
+//! handle is stopped or dropped, and each re-raising a server error or panic on `stop`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use herald_agent::listen::{ListenAddr, Listener};
+use herald_proto::v1 as pb;
+use herald_proto::v1::agents_client::AgentsClient;
+use herald_proto::v1::deliveries_client::DeliveriesClient;
+use herald_proto::v1::events_client::EventsClient;
+use herald_proto::v1::subscriptions_client::SubscriptionsClient;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// Shutdown grace for test servers: short, so a failing drain shows quickly.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// Where a control plane keeps its config.
+#[derive(Clone, Debug)]
+pub enum ConfigStore {
+    /// A real etcd at these endpoints.
+    Etcd(Vec<String>),
+    /// The embedded file store.
+    Embedded,
+}
+
+/// A control plane running in-process.
+pub struct ControlPlane {
+    url: String,
+    stop: CancellationToken,
+    task: Option<JoinHandle<Result<(), herald_control_plane::Error>>>,
+    _dir: TempDir,
+}
+
+impl ControlPlane {
+    /// Starts a control plane on a free port.
+    pub async fn start(store: ConfigStore) -> anyhow::Result<Self> {
+        init_logs();
+        let dir = tempfile::tempdir()?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let config = herald_control_plane::Config {
+            listen: addr,
+            etcd: match store {
+                ConfigStore::Etcd(endpoints) => endpoints,
+                ConfigStore::Embedded => vec![],
+            },
+            data_dir: dir.path().to_owned(),
+            allow_http: false,
+            shutdown_grace: GRACE,
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(herald_control_plane::run(
+            config,
+            listener,
+            stop.clone().cancelled_owned(),
+        ));
+        Ok(ControlPlane {
+            url: format!("http://{addr}"),
+            stop,
+            task: Some(task),
+            _dir: dir,
+        })
+    }
+
+    /// The gRPC URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A `Subscriptions` client.
+    pub async fn subscriptions(&self) -> anyhow::Result<SubscriptionsClient<Channel>> {
+        Ok(SubscriptionsClient::new(connect(&self.url).await?))
+    }
+
+    /// A `Deliveries` client.
+    pub async fn deliveries(&self) -> anyhow::Result<DeliveriesClient<Channel>> {
+        Ok(DeliveriesClient::new(connect(&self.url).await?))
+    }
+
+    /// An `Agents` client.
+    pub async fn agents(&self) -> anyhow::Result<AgentsClient<Channel>> {
+        Ok(AgentsClient::new(connect(&self.url).await?))
+    }
+
+    /// Creates a subscription and returns it (with its secret).
+    pub async fn create(&self, sub: pb::Subscription) -> anyhow::Result<pb::Subscription> {
+        Ok(self
+            .subscriptions()
+            .await?
+            .create_subscription(pb::CreateSubscriptionRequest {
+                subscription: Some(sub),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Every stored attempt matching `filter`, newest first.
+    pub async fn attempts(&self, filter: pb::AttemptFilter) -> anyhow::Result<Vec<pb::Attempt>> {
+        let mut client = self.deliveries().await?;
+        let mut all = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = client
+                .list_attempts(pb::ListAttemptsRequest {
+                    filter: Some(filter.clone()),
+                    page_size: 1000,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            all.extend(page.attempts);
+            if page.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// Waits until every connected agent has applied at least `revision`.
+    pub async fn wait_applied(&self, revision: i64, timeout: Duration) -> anyhow::Result<()> {
+        crate::eventually(
+            timeout,
+            &format!("agents to apply revision {revision}"),
+            || async {
+                let agents = self
+                    .agents()
+                    .await?
+                    .list_agents(pb::ListAgentsRequest {})
+                    .await?
+                    .into_inner()
+                    .agents;
+                let connected: Vec<_> = agents.iter().filter(|a| a.connected).collect();
+                Ok((!connected.is_empty()
+                    && connected.iter().all(|a| a.applied_revision >= revision))
+                .then_some(()))
+            },
+        )
+        .await
+    }
+
+    /// Stops gracefully and reports how the server ended.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        join(self.task.take()).await
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Agent settings a test may change.
+#[derive(Clone, Debug, Default)]
+pub struct AgentOptions {
+    /// Extra trust roots (the test CA).
+    pub ca_file: Option<PathBuf>,
+    /// Region.
+    pub region: Option<String>,
+}
+
+/// An agent running in-process.
+pub struct Agent {
+    url: String,
+    stop: CancellationToken,
+    task: Option<JoinHandle<Result<(), herald_agent::Error>>>,
+    _dir: TempDir,
+}
+
+impl Agent {
+    /// Starts an agent on a free port, connected to `control_plane`.
+    pub async fn start(control_plane: &str, options: AgentOptions) -> anyhow::Result<Self> {
+        init_logs();
+        let dir = tempfile::tempdir()?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let config = herald_agent::Config {
+            control_plane: vec![control_plane.to_owned()],
+            listen: ListenAddr::Tcp(addr),
+            data_dir: dir.path().to_owned(),
+            id: None,
+            region: options.region.unwrap_or_else(|| "test".into()),
+            node: "test-node".into(),
+            ca_file: options.ca_file,
+            allow_http: false,
+            max_payload_bytes: herald_core::limits::DEFAULT_MAX_PAYLOAD_BYTES,
+            max_in_flight: 256,
+            dedup_window: Duration::from_secs(3600),
+            shutdown_grace: GRACE,
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(herald_agent::run(
+            config,
+            Listener::Tcp(listener),
+            stop.clone().cancelled_owned(),
+        ));
+        Ok(Agent {
+            url: format!("http://{addr}"),
+            stop,
+            task: Some(task),
+            _dir: dir,
+        })
+    }
+
+    /// The gRPC URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// An `Events` client.
+    pub async fn events(&self) -> anyhow::Result<EventsClient<Channel>> {
+        Ok(EventsClient::new(connect(&self.url).await?))
+    }
+
+    /// Emits one event, retrying while the agent has no config yet (it answers UNAVAILABLE).
+    pub async fn emit(&self, event: pb::Event) -> anyhow::Result<pb::EmitResponse> {
+        let client = self.events().await?;
+        crate::eventually(
+            Duration::from_secs(10),
+            "the agent to accept events",
+            || {
+                let mut client = client.clone();
+                let event = event.clone();
+                async move {
+                    match client.emit(pb::EmitRequest { event: Some(event) }).await {
+                        Ok(response) => Ok(Some(response.into_inner())),
+                        Err(status) if status.code() == tonic::Code::Unavailable => Ok(None),
+                        Err(status) => Err(status.into()),
+                    }
+                }
+            },
+        )
+        .await
+    }
+
+    /// Stops gracefully and reports how the agent ended.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        join(self.task.take()).await
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A gRPC channel to `url`.
+pub async fn connect(url: &str) -> anyhow::Result<Channel> {
+    tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {url}"))
+}
+
+async fn join<E: std::error::Error + Send + Sync + 'static>(
+    task: Option<JoinHandle<Result<(), E>>>,
+) -> anyhow::Result<()> {
+    let Some(task) = task else { return Ok(()) };
+    match tokio::time::timeout(GRACE * 2, task).await {
+        Err(_) => anyhow::bail!("server did not stop within {:?}", GRACE * 2),
+        Ok(Err(join)) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+        Ok(Err(join)) => Err(join.into()),
+        Ok(Ok(result)) => result.map_err(Into::into),
+    }
+}
+
+/// Logs from servers in tests, filtered by `RUST_LOG` (default: warnings), shown by the test
+/// runner for failing tests.
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A subscription request: `tenant` receives `events` at `url`.
+pub fn subscription(tenant: &str, url: &str, events: &[&str]) -> pb::Subscription {
+    pb::Subscription {
+        tenant: tenant.into(),
+        url: url.into(),
+        event_types: events.iter().map(|e| e.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// An event of `tenant` and `event_type` with a JSON payload.
+pub fn event(tenant: &str, event_type: &str, payload: &serde_json::Value) -> pb::Event {
+    pb::Event {
+        tenant: tenant.into(),
+        r#type: event_type.into(),
+        payload: payload.to_string().into_bytes(),
+        ..Default::default()
+    }
+}

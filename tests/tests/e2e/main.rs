@@ -1,0 +1,6 @@
+//! Herald's end-to-end scenarios, in one test binary. Each drives real servers over real
+//! sockets: etcd, the control plane, the agent and an HTTPS receiver (see `herald-tests`).
+
+mod delivery;
+mod store;
+mod subscriptions;

@@ -1,0 +1,298 @@
+//! The subscription API: validation, revisions, not-found, secrets; and `Emit`'s validation.
+
+use herald_proto::v1 as pb;
+use herald_tests::{ConfigStore, ControlPlane, Etcd, World, event, subscription};
+use serde_json::json;
+use tonic::Code;
+
+#[tokio::test]
+async fn invalid_input_is_refused_with_invalid_argument_naming_the_field() -> anyhow::Result<()> {
+    let etcd = Etcd::start().await?;
+    let cp = ControlPlane::start(ConfigStore::Etcd(vec![etcd.endpoint()])).await?;
+    let mut admin = cp.subscriptions().await?;
+    let good = subscription("shop-1", "https://shop.example/hooks", &["order.*"]);
+    let cases: Vec<(&str, pb::Subscription)> = vec![
+        (
+            "url",
+            pb::Subscription {
+                url: "not a url".into(),
+                ..good.clone()
+            },
+        ),
+        (
+            "url",
+            pb::Subscription {
+                url: "http://shop.example/plain".into(),
+                ..good.clone()
+            },
+        ),
+        (
+            "format",
+            pb::Subscription {
+                format: 9,
+                ..good.clone()
+            },
+        ),
+        (
+            "event_types",
+            pb::Subscription {
+                event_types: vec!["Order Created".into()],
+                ..good.clone()
+            },
+        ),
+        (
+            "event_types",
+            pb::Subscription {
+                event_types: vec![],
+                ..good.clone()
+            },
+        ),
+        (
+            "tenant",
+            pb::Subscription {
+                tenant: String::new(),
+                ..good.clone()
+            },
+        ),
+    ];
+    for (field, bad) in cases {
+        let status = admin
+            .create_subscription(pb::CreateSubscriptionRequest {
+                subscription: Some(bad),
+            })
+            .await
+            .expect_err(field);
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(
+            status.message().starts_with(field),
+            "{field}: {}",
+            status.message()
+        );
+    }
+    let missing = admin
+        .create_subscription(pb::CreateSubscriptionRequest { subscription: None })
+        .await
+        .expect_err("no subscription");
+    assert_eq!(missing.code(), Code::InvalidArgument);
+    Ok(())
+}
+
+#[tokio::test]
+async fn revisions_guard_updates_and_unknown_ids_are_not_found() -> anyhow::Result<()> {
+    let etcd = Etcd::start().await?;
+    let cp = ControlPlane::start(ConfigStore::Etcd(vec![etcd.endpoint()])).await?;
+    let mut admin = cp.subscriptions().await?;
+    let created = cp
+        .create(subscription(
+            "shop-1",
+            "https://shop.example/hooks",
+            &["order.*"],
+        ))
+        .await?;
+
+    let read = admin
+        .get_subscription(pb::GetSubscriptionRequest {
+            id: created.id.clone(),
+            show_secrets: false,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(read.revision, created.revision);
+    assert!(
+        read.secrets.iter().all(|s| s.secret.is_empty()),
+        "secrets hidden unless asked"
+    );
+    let shown = admin
+        .get_subscription(pb::GetSubscriptionRequest {
+            id: created.id.clone(),
+            show_secrets: true,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(shown.secrets[0].secret, created.secrets[0].secret);
+
+    let first = admin
+        .update_subscription(pb::UpdateSubscriptionRequest {
+            subscription: Some(pb::Subscription {
+                description: "first".into(),
+                ..read.clone()
+            }),
+            expected_revision: read.revision,
+        })
+        .await?
+        .into_inner();
+    assert!(first.revision > read.revision);
+    assert_eq!(first.description, "first");
+
+    // A second writer who read the old revision is refused, not silently overwriting.
+    let stale = admin
+        .update_subscription(pb::UpdateSubscriptionRequest {
+            subscription: Some(pb::Subscription {
+                description: "second".into(),
+                ..read.clone()
+            }),
+            expected_revision: read.revision,
+        })
+        .await
+        .expect_err("stale revision");
+    assert_eq!(stale.code(), Code::FailedPrecondition, "{stale:?}");
+
+    let stale_delete = admin
+        .delete_subscription(pb::DeleteSubscriptionRequest {
+            id: created.id.clone(),
+            expected_revision: read.revision,
+        })
+        .await
+        .expect_err("stale delete");
+    assert_eq!(stale_delete.code(), Code::FailedPrecondition);
+
+    for call in ["get", "enable", "delete"] {
+        let id = "sub_doesnotexist".to_owned();
+        let status = match call {
+            "get" => admin
+                .get_subscription(pb::GetSubscriptionRequest {
+                    id,
+                    show_secrets: false,
+                })
+                .await
+                .map(|_| ()),
+            "enable" => admin
+                .enable_subscription(pb::EnableSubscriptionRequest { id })
+                .await
+                .map(|_| ()),
+            _ => admin
+                .delete_subscription(pb::DeleteSubscriptionRequest {
+                    id,
+                    expected_revision: 0,
+                })
+                .await
+                .map(|_| ()),
+        }
+        .expect_err(call);
+        assert_eq!(status.code(), Code::NotFound, "{call}: {status:?}");
+    }
+
+    // Rotation adds a secret and keeps the old one signing for the grace period.
+    let rotated = admin
+        .rotate_secret(pb::RotateSecretRequest {
+            id: created.id.clone(),
+            grace: None,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(rotated.secrets.len(), 2);
+    assert_ne!(rotated.secrets[0].secret, created.secrets[0].secret);
+    assert_eq!(rotated.secrets[1].secret, created.secrets[0].secret);
+    assert!(rotated.secrets[1].expires_at.is_some());
+
+    // Listing pages through every subscription of a tenant.
+    for i in 0..5 {
+        cp.create(subscription(
+            "shop-9",
+            &format!("https://shop.example/{i}"),
+            &["*"],
+        ))
+        .await?;
+    }
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = admin
+            .list_subscriptions(pb::ListSubscriptionsRequest {
+                tenant: "shop-9".into(),
+                page_size: 2,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        assert!(page.subscriptions.len() <= 2);
+        seen.extend(page.subscriptions.into_iter().map(|s| s.url));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        (0..5)
+            .map(|i| format!("https://shop.example/{i}"))
+            .collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn emit_refuses_invalid_events() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    let mut events = world.agent.events().await?;
+    let good = event("shop-1", "order.created", &json!({"ok": true}));
+    let cases: Vec<(&str, pb::Event)> = vec![
+        (
+            "payload",
+            pb::Event {
+                payload: b"{not json".to_vec(),
+                ..good.clone()
+            },
+        ),
+        (
+            "payload",
+            pb::Event {
+                payload: vec![b' '; 300 * 1024],
+                ..good.clone()
+            },
+        ),
+        (
+            "type",
+            pb::Event {
+                r#type: "order".into(),
+                ..good.clone()
+            },
+        ),
+        (
+            "tenant",
+            pb::Event {
+                tenant: String::new(),
+                ..good.clone()
+            },
+        ),
+        (
+            "id",
+            pb::Event {
+                id: "has spaces".into(),
+                ..good.clone()
+            },
+        ),
+    ];
+    for (field, bad) in cases {
+        let status = events
+            .emit(pb::EmitRequest { event: Some(bad) })
+            .await
+            .expect_err(field);
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(
+            status.message().starts_with(field),
+            "{field}: {}",
+            status.message()
+        );
+    }
+    let batch = events
+        .emit_batch(pb::EmitBatchRequest {
+            events: vec![
+                good.clone(),
+                pb::Event {
+                    r#type: "x".into(),
+                    ..good
+                },
+            ],
+        })
+        .await
+        .expect_err("one bad event rejects the batch");
+    assert_eq!(batch.code(), Code::InvalidArgument);
+    assert!(
+        batch.message().starts_with("events[1]"),
+        "{}",
+        batch.message()
+    );
+    Ok(())
+}
