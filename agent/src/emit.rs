@@ -1,49 +1,43 @@
 //! `herald.v1.Events`: where applications hand events to Herald. An event is validated (bad
 //! input answers `INVALID_ARGUMENT` naming the field, and nothing is kept), given an id when it
-//! has none, matched to subscriptions by tenant and type, and handed to the dispatcher; the
-//! answer says how many subscriptions matched and whether the id was seen before.
+//! has none, matched to subscriptions by tenant and type, and written with one delivery task
+//! per match to the durable queue; only then does the call answer. A full queue answers
+//! `RESOURCE_EXHAUSTED`; nothing is dropped silently.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use herald_core::ids::new_event_id;
-use herald_proto::convert::{invalid_argument, validate_event};
+use herald_proto::convert::{invalid_argument, timestamp, validate_event};
 use herald_proto::v1 as pb;
 use herald_proto::v1::events_server::Events;
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use crate::delivery::{Dispatcher, QueuedEvent};
+use crate::queue::{NewEvent, Queue};
 use crate::routes::Routes;
 
 /// The most events one `EmitBatch` may carry.
 pub const MAX_BATCH: usize = 1000;
-/// Event ids remembered for duplicate detection, at most.
-const MAX_REMEMBERED: usize = 1_000_000;
 
 /// `herald.v1.Events`.
 pub struct EmitService {
     routes: watch::Receiver<Arc<Routes>>,
-    dispatcher: Dispatcher,
+    queue: Queue,
     max_payload_bytes: usize,
-    seen: Mutex<SeenIds>,
 }
 
 impl EmitService {
-    /// The service; ids are remembered for `dedup_window`.
+    /// The service.
     pub fn new(
         routes: watch::Receiver<Arc<Routes>>,
-        dispatcher: Dispatcher,
+        queue: Queue,
         max_payload_bytes: usize,
-        dedup_window: Duration,
     ) -> Self {
         EmitService {
             routes,
-            dispatcher,
+            queue,
             max_payload_bytes,
-            seen: Mutex::new(SeenIds::new(dedup_window)),
         }
     }
 
@@ -51,40 +45,43 @@ impl EmitService {
         validate_event(event, self.max_payload_bytes).map_err(invalid_argument)
     }
 
-    /// Accepts one validated event.
-    fn accept(&self, event: pb::Event, routes: &Routes) -> pb::EmitResponse {
-        let id = if event.id.is_empty() {
-            new_event_id()
-        } else {
-            event.id
-        };
-        let matches = routes.matching(&event.tenant, &event.r#type);
-        let matched = u32::try_from(matches.len()).unwrap_or(u32::MAX);
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(first) = seen.get(&id) {
-            return pb::EmitResponse {
-                event_id: id,
-                matched: first,
-                duplicate: true,
-            };
+    /// The event with its id and time filled in, and the subscriptions it goes to.
+    fn prepare(mut event: pb::Event, routes: &Routes) -> NewEvent {
+        if event.id.is_empty() {
+            event.id = new_event_id();
         }
-        seen.insert(id.clone(), matched);
-        drop(seen);
-        let queued = Arc::new(QueuedEvent {
-            id: id.clone(),
-            tenant: event.tenant,
-            event_type: event.r#type,
-            payload: event.payload,
-        });
-        for sub in matches {
-            self.dispatcher.dispatch(queued.clone(), sub.id.clone());
+        if event.occurred_at.is_none() {
+            event.occurred_at = Some(timestamp(SystemTime::now()));
         }
-        tracing::debug!(event = %id, matched, "event accepted");
-        pb::EmitResponse {
-            event_id: id,
-            matched,
-            duplicate: false,
+        let subscriptions = routes
+            .matching(&event.tenant, &event.r#type)
+            .iter()
+            .map(|s| s.id.clone())
+            .collect();
+        NewEvent {
+            event,
+            subscriptions,
         }
+    }
+
+    /// Stores the events and answers for each.
+    async fn store(&self, events: Vec<pb::Event>) -> Result<Vec<pb::EmitResponse>, Status> {
+        let routes = self.loaded_routes()?;
+        let prepared: Vec<NewEvent> = events
+            .into_iter()
+            .map(|e| Self::prepare(e, &routes))
+            .collect();
+        let ids: Vec<String> = prepared.iter().map(|e| e.event.id.clone()).collect();
+        let accepted = self.queue.accept(prepared).await?;
+        Ok(ids
+            .into_iter()
+            .zip(accepted)
+            .map(|(event_id, a)| pb::EmitResponse {
+                event_id,
+                matched: a.matched,
+                duplicate: a.duplicate,
+            })
+            .collect())
     }
 
     fn loaded_routes(&self) -> Result<Arc<Routes>, Status> {
@@ -109,8 +106,11 @@ impl Events for EmitService {
             .event
             .ok_or_else(|| Status::invalid_argument("event: is required"))?;
         self.check(&event)?;
-        let routes = self.loaded_routes()?;
-        Ok(Response::new(self.accept(event, &routes)))
+        let mut results = self.store(vec![event]).await?;
+        let result = results
+            .pop()
+            .ok_or_else(|| Status::internal("the queue answered nothing"))?;
+        Ok(Response::new(result))
     }
 
     async fn emit_batch(
@@ -129,71 +129,7 @@ impl Events for EmitService {
                 Status::invalid_argument(format!("events[{index}].{}", s.message()))
             })?;
         }
-        let routes = self.loaded_routes()?;
-        let results = events
-            .into_iter()
-            .map(|e| self.accept(e, &routes))
-            .collect();
+        let results = self.store(events).await?;
         Ok(Response::new(pb::EmitBatchResponse { results }))
-    }
-}
-
-/// Event ids accepted within the dedup window, with their match counts.
-struct SeenIds {
-    window: Duration,
-    ids: HashMap<String, u32>,
-    order: VecDeque<(Instant, String)>,
-}
-
-impl SeenIds {
-    fn new(window: Duration) -> Self {
-        SeenIds {
-            window,
-            ids: HashMap::new(),
-            order: VecDeque::new(),
-        }
-    }
-
-    fn get(&mut self, id: &str) -> Option<u32> {
-        self.expire();
-        self.ids.get(id).copied()
-    }
-
-    fn insert(&mut self, id: String, matched: u32) {
-        if self.order.len() >= MAX_REMEMBERED
-            && let Some((_, oldest)) = self.order.pop_front()
-        {
-            self.ids.remove(&oldest);
-        }
-        self.order.push_back((Instant::now(), id.clone()));
-        self.ids.insert(id, matched);
-    }
-
-    fn expire(&mut self) {
-        let now = Instant::now();
-        while let Some((at, _)) = self.order.front() {
-            if now.duration_since(*at) < self.window {
-                break;
-            }
-            if let Some((_, id)) = self.order.pop_front() {
-                self.ids.remove(&id);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn ids_are_remembered_for_the_window() {
-        let mut seen = SeenIds::new(Duration::from_secs(60));
-        seen.insert("evt_1".into(), 2);
-        assert_eq!(seen.get("evt_1"), Some(2));
-        tokio::time::advance(Duration::from_secs(59)).await;
-        assert_eq!(seen.get("evt_1"), Some(2));
-        tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(seen.get("evt_1"), None);
     }
 }

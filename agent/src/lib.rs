@@ -6,11 +6,13 @@
 //! [`run`] is the whole agent; `main` only parses [`Config`] and calls it.
 
 pub mod backoff;
+pub mod config_cache;
 pub mod config_watch;
 pub mod control_plane;
 pub mod delivery;
 pub mod emit;
 pub mod listen;
+pub mod queue;
 pub mod reporter;
 pub mod routes;
 
@@ -23,14 +25,14 @@ use herald_core::limits::DEFAULT_MAX_PAYLOAD_BYTES;
 use herald_proto::v1::events_server::EventsServer;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config_watch::Identity;
 use crate::control_plane::ControlPlane;
-use crate::delivery::Dispatcher;
+use crate::delivery::{Dispatcher, DispatcherParts};
 use crate::emit::EmitService;
 use crate::listen::{ListenAddr, Listener};
-use crate::reporter::Reporter;
-use crate::routes::Routes;
+use crate::queue::{Queue, QueueConfig};
 
 /// The default `Emit` listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7701";
@@ -49,7 +51,7 @@ pub struct Config {
     /// Where applications reach Emit: host:port or unix:/path.
     #[arg(long, env = "HERALD_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: ListenAddr,
-    /// Directory for the agent's state (its id).
+    /// Directory for the agent's state: its id, the durable queue, the config cache.
     #[arg(long, env = "HERALD_DATA_DIR", default_value = "herald-data/agent")]
     pub data_dir: PathBuf,
     /// Agent id; by default one is made on first start and kept in --data-dir.
@@ -70,12 +72,25 @@ pub struct Config {
     /// The largest event payload accepted, in bytes.
     #[arg(long, env = "HERALD_MAX_PAYLOAD_BYTES", default_value_t = DEFAULT_MAX_PAYLOAD_BYTES)]
     pub max_payload_bytes: usize,
-    /// Attempts in flight at once, across all subscriptions.
+    /// Attempts in flight at once, across all subscriptions (0 pauses delivery).
     #[arg(long, env = "HERALD_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
     /// How long an event id is remembered to drop duplicates.
     #[arg(long, env = "HERALD_DEDUP_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
     pub dedup_window: Duration,
+    /// How long accepted events are kept (for replay), delivered or not.
+    #[arg(long, env = "HERALD_RETENTION", default_value = "72h", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+    /// The most events the queue holds; past it Emit answers RESOURCE_EXHAUSTED.
+    #[arg(long, env = "HERALD_MAX_QUEUE_EVENTS", default_value_t = 1_000_000)]
+    pub max_queue_events: u64,
+    /// The most payload bytes the queue holds; past it Emit answers RESOURCE_EXHAUSTED.
+    #[arg(long, env = "HERALD_MAX_QUEUE_BYTES", default_value_t = 1 << 30)]
+    pub max_queue_bytes: u64,
+    /// Fsync every queue commit before answering Emit. Off risks losing acknowledged events
+    /// on a power loss (not on a process crash); for benchmarks and throwaway setups.
+    #[arg(long, env = "HERALD_FSYNC", default_value_t = true, action = clap::ArgAction::Set)]
+    pub fsync: bool,
     /// How long shutdown waits for attempts in flight and report flushing.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -93,6 +108,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The durable queue could not be opened.
+    #[error(transparent)]
+    Queue(#[from] queue::QueueError),
     /// The delivery client could not be built.
     #[error(transparent)]
     Client(#[from] delivery::client::ClientError),
@@ -114,15 +132,38 @@ pub async fn run(
     };
     tracing::info!(agent = %id, region = %config.region, listen = %config.listen, "agent starting");
     let client = delivery::client::build(config.ca_file.as_deref())?;
+    let queue = Queue::open(
+        &config.data_dir,
+        QueueConfig {
+            max_events: config.max_queue_events,
+            max_bytes: config.max_queue_bytes,
+            retention: config.retention,
+            dedup_window: config.dedup_window,
+            durable: config.fsync,
+        },
+    )?;
     let control_plane = ControlPlane::new(config.control_plane.clone());
     let stop = CancellationToken::new();
-    let (routes_tx, routes) = watch::channel(Arc::new(Routes::default()));
+    let cached = config_cache::load(&config.data_dir);
+    if let Some(routes) = &cached {
+        tracing::info!(
+            revision = routes.revision,
+            subscriptions = routes.len(),
+            "delivering with the cached config until the control plane answers"
+        );
+    }
+    let (routes_tx, routes) = watch::channel(Arc::new(cached.unwrap_or_default()));
     let identity = Identity {
         id: id.clone(),
         node: config.node.clone(),
         region: config.region.clone(),
         tenants: vec![],
     };
+    let background = TaskTracker::new();
+    background.spawn(config_cache::keep_saved(
+        config.data_dir.clone(),
+        routes.clone(),
+    ));
     let watcher = tokio::spawn(config_watch::run(
         control_plane.clone(),
         identity,
@@ -130,26 +171,29 @@ pub async fn run(
         stop.clone(),
     ));
     let reports_stop = CancellationToken::new();
-    let (reporter, reporter_task) = Reporter::start(
+    let reporter = tokio::spawn(reporter::run(
         control_plane,
         id.clone(),
+        queue.clone(),
         reports_stop.clone(),
         config.shutdown_grace,
-    );
-    let dispatcher = Dispatcher::new(
-        client,
-        routes.clone(),
-        reporter,
-        id,
-        config.allow_http,
-        config.max_in_flight,
+    ));
+    background.spawn(sweep(queue.clone(), stop.clone()));
+    let dispatcher = Dispatcher::start(
+        DispatcherParts {
+            client,
+            routes: routes.clone(),
+            queue: queue.clone(),
+            agent_id: id,
+            allow_http: config.allow_http,
+            max_in_flight: config.max_in_flight,
+        },
         stop.clone(),
     );
     let service = EventsServer::new(EmitService::new(
         routes,
-        dispatcher.clone(),
+        queue.clone(),
         config.max_payload_bytes,
-        config.dedup_window,
     ));
 
     let serving = stop.clone();
@@ -191,10 +235,32 @@ pub async fn run(
     if drained.is_err() {
         tracing::warn!(?grace, "grace period over with attempts still in flight");
     }
+    if let Err(err) = queue.flush().await {
+        tracing::warn!(error = %err, "queue flush failed");
+    }
     reports_stop.cancel();
-    let _ = tokio::time::timeout(grace, reporter_task).await;
+    let _ = tokio::time::timeout(grace + Duration::from_secs(1), reporter).await;
     watcher.abort();
+    background.close();
     Ok(())
+}
+
+/// How often events past retention are removed.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Removes events past retention, periodically, until `stop`.
+async fn sweep(queue: Queue, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(SWEEP_EVERY) => {}
+        }
+        match queue.sweep().await {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(removed, "events past retention removed"),
+            Err(err) => tracing::warn!(error = %err, "retention sweep failed"),
+        }
+    }
 }
 
 /// The agent's id from `dir/agent-id`, made and saved on first start.

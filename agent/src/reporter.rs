@@ -1,12 +1,12 @@
-//! Sends attempt reports to the control plane in batches over the report stream, and keeps
-//! each batch until the control plane acks it; batches not acked when a stream breaks are sent
-//! again on the next one (the control plane stores attempts idempotently, so a resend is not
-//! a duplicate in the central log).
+//! Sends the queue's report outbox to the control plane and removes reports once acked.
 //!
-//! The unacked backlog is bounded in memory ([`MAX_BACKLOG`] attempts); past it the oldest
-//! reports are dropped with a warning.
+//! Reports are written to the outbox in the same commit as the attempt's outcome, so they
+//! survive crashes; this task only reads them in order, sends them in batches over the report
+//! stream (a few batches ahead of the acks), and deletes a batch when the control plane acks
+//! it. After a broken stream it starts again from the oldest unacked report; the control plane
+//! stores attempts idempotently, so a resent report is not a duplicate in the central log.
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use herald_proto::v1 as pb;
@@ -17,193 +17,106 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::control_plane::ControlPlane;
+use crate::queue::Queue;
 
-/// Attempts per batch.
+/// Reports per batch.
 pub const BATCH_SIZE: usize = 500;
-/// How long a partial batch waits for more attempts.
-const BATCH_DELAY: Duration = Duration::from_millis(20);
-/// Unacked attempts kept at most.
-pub const MAX_BACKLOG: usize = 200_000;
-/// Reports queued between deliveries and the reporter task.
-const CHANNEL: usize = 10_000;
+/// Batches sent and not yet acked, at most.
+const WINDOW: usize = 8;
+/// How often the outbox is looked at even without a wake-up.
+const POLL: Duration = Duration::from_secs(1);
 
-/// The handle deliveries report through.
-#[derive(Clone)]
-pub struct Reporter {
-    tx: mpsc::Sender<pb::Attempt>,
-}
-
-impl Reporter {
-    /// Starts the reporter task; it flushes what it can when `shutdown` fires and `done` is
-    /// given back when it has finished.
-    pub fn start(
-        control_plane: ControlPlane,
-        agent_id: String,
-        shutdown: CancellationToken,
-        grace: Duration,
-    ) -> (Reporter, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(CHANNEL);
-        let task = tokio::spawn(run(control_plane, agent_id, rx, shutdown, grace));
-        (Reporter { tx }, task)
-    }
-
-    /// Queues a report.
-    pub async fn report(&self, attempt: pb::Attempt) {
-        // The task only ends at shutdown; a report after that has nowhere to go.
-        let _ = self.tx.send(attempt).await;
-    }
-}
-
-struct Backlog {
-    next_id: u64,
-    /// Batches sent (or to send) and not yet acked, oldest first.
-    unacked: VecDeque<pb::ReportBatch>,
-    /// Attempts waiting to form a batch.
-    forming: Vec<pb::Attempt>,
-    agent_id: String,
-}
-
-impl Backlog {
-    fn len(&self) -> usize {
-        self.unacked.iter().map(|b| b.attempts.len()).sum::<usize>() + self.forming.len()
-    }
-
-    fn seal(&mut self) -> Option<pb::ReportBatch> {
-        if self.forming.is_empty() {
-            return None;
-        }
-        self.next_id += 1;
-        let batch = pb::ReportBatch {
-            batch_id: self.next_id,
-            agent_id: self.agent_id.clone(),
-            attempts: std::mem::take(&mut self.forming),
-        };
-        self.unacked.push_back(batch.clone());
-        while self.len() > MAX_BACKLOG {
-            if let Some(dropped) = self.unacked.pop_front() {
-                tracing::warn!(
-                    attempts = dropped.attempts.len(),
-                    "report backlog full; dropping the oldest reports"
-                );
-            }
-        }
-        Some(batch)
-    }
-}
-
-async fn run(
+/// Runs the reporter until `shutdown`; then keeps sending until the outbox is empty or `grace`
+/// has passed (what remains stays in the outbox for the next start).
+pub async fn run(
     control_plane: ControlPlane,
     agent_id: String,
-    mut rx: mpsc::Receiver<pb::Attempt>,
+    queue: Queue,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    let mut backlog = Backlog {
-        next_id: 0,
-        unacked: VecDeque::new(),
-        forming: Vec::new(),
-        agent_id,
-    };
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::pin!(deadline);
     loop {
+        let session = session(&control_plane, &agent_id, &queue, &shutdown, &mut backoff);
         let result = tokio::select! {
-            () = shutdown.cancelled() => break,
-            result = session(&control_plane, &mut backlog, &mut rx, &mut backoff, None) => result,
+            () = &mut deadline => break,
+            result = session => result,
         };
-        if let Err(err) = result {
-            tracing::warn!(error = %err, "report stream lost; reconnecting");
+        match result {
+            Ok(()) => break,
+            Err(err) => tracing::warn!(error = %err, "report stream lost; reconnecting"),
         }
-        let delay = backoff.next_delay();
-        // Keep accepting reports while disconnected.
-        let sleep = tokio::time::sleep(delay);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = &mut sleep => break,
-                Some(attempt) = rx.recv() => {
-                    backlog.forming.push(attempt);
-                    if backlog.forming.len() >= BATCH_SIZE {
-                        backlog.seal();
-                    }
-                }
-            }
+        tokio::select! {
+            () = &mut deadline => break,
+            () = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }
-    // Shutdown: take what is queued and try to deliver the backlog within the grace period.
-    rx.close();
-    while let Some(attempt) = rx.recv().await {
-        backlog.forming.push(attempt);
-    }
-    backlog.seal();
-    if backlog.unacked.is_empty() {
-        return;
-    }
-    let flush = session(
-        &control_plane,
-        &mut backlog,
-        &mut rx,
-        &mut backoff,
-        Some(()),
-    );
-    match tokio::time::timeout(grace, flush).await {
-        Ok(Ok(())) => tracing::info!("attempt reports flushed"),
-        Ok(Err(err)) => {
-            tracing::warn!(error = %err, pending = backlog.len(), "could not flush attempt reports")
-        }
-        Err(_) => tracing::warn!(
-            pending = backlog.len(),
-            "grace period over before attempt reports were flushed"
+    match queue.pending_reports() {
+        Ok(0) => tracing::debug!("attempt reports flushed"),
+        Ok(n) => tracing::warn!(
+            pending = n,
+            "attempt reports left in the outbox for the next start"
         ),
+        Err(err) => tracing::warn!(error = %err, "cannot count pending reports"),
     }
 }
 
-/// One report stream: resend the unacked backlog, then batch new reports, until the stream
-/// breaks. With `drain`, return once the backlog is acked.
+/// One report stream, until it breaks (error) or, after shutdown, the outbox is empty (ok).
 async fn session(
     control_plane: &ControlPlane,
-    backlog: &mut Backlog,
-    rx: &mut mpsc::Receiver<pb::Attempt>,
+    agent_id: &str,
+    queue: &Queue,
+    shutdown: &CancellationToken,
     backoff: &mut Backoff,
-    drain: Option<()>,
 ) -> Result<(), String> {
     let (url, channel) = control_plane.connect().await?;
-    let (tx, out) = mpsc::channel(64);
+    let (tx, out) = mpsc::channel(WINDOW);
     let mut acks = AgentControlClient::new(channel)
         .report_attempts(ReceiverStream::new(out))
         .await
         .map_err(|s| format!("{url}: {}", s.message()))?
         .into_inner();
-    for batch in backlog.unacked.iter().cloned() {
-        tx.send(batch).await.map_err(|_| "report stream closed")?;
-    }
-    let mut flush = tokio::time::interval(BATCH_DELAY);
+    // Batch id (its last sequence number) → its first sequence number.
+    let mut unacked: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut sent_up_to = 0;
     loop {
-        if drain.is_some() && backlog.unacked.is_empty() {
+        while unacked.len() < WINDOW {
+            let reports = queue
+                .reports(sent_up_to, BATCH_SIZE)
+                .map_err(|e| e.to_string())?;
+            let (Some(&(first, _)), Some(&(last, _))) = (reports.first(), reports.last()) else {
+                break;
+            };
+            let batch = pb::ReportBatch {
+                batch_id: last,
+                agent_id: agent_id.to_owned(),
+                attempts: reports.into_iter().map(|(_, a)| a).collect(),
+            };
+            tx.send(batch).await.map_err(|_| "report stream closed")?;
+            unacked.insert(last, first);
+            sent_up_to = last;
+        }
+        if shutdown.is_cancelled() && unacked.is_empty() {
             return Ok(());
         }
         tokio::select! {
             ack = acks.message() => match ack {
                 Ok(Some(ack)) => {
                     backoff.reset();
-                    backlog.unacked.retain(|b| b.batch_id != ack.batch_id);
+                    if let Some(first) = unacked.remove(&ack.batch_id) {
+                        queue.ack_reports(first, ack.batch_id).await.map_err(|e| e.to_string())?;
+                    }
                 }
                 Ok(None) => return Err(format!("{url} ended the report stream")),
                 Err(status) => return Err(format!("{url}: {}", status.message())),
             },
-            Some(attempt) = rx.recv(), if drain.is_none() => {
-                backlog.forming.push(attempt);
-                if backlog.forming.len() >= BATCH_SIZE
-                    && let Some(batch) = backlog.seal()
-                {
-                    tx.send(batch).await.map_err(|_| "report stream closed")?;
-                }
-            }
-            _ = flush.tick(), if drain.is_none() => {
-                if let Some(batch) = backlog.seal() {
-                    tx.send(batch).await.map_err(|_| "report stream closed")?;
-                }
-            }
+            () = queue.reports_added() => {}
+            () = tokio::time::sleep(POLL) => {}
         }
     }
 }

@@ -40,11 +40,17 @@ pub struct Routes {
     pub loaded: bool,
     by_id: HashMap<String, Arc<Subscription>>,
     by_tenant: HashMap<String, Vec<Arc<Subscription>>>,
+    /// The records as received, so the table can be saved and restored (static stability).
+    wire: HashMap<String, Arc<pb::Subscription>>,
 }
 
 impl Routes {
     /// A table holding `subscriptions`.
-    fn new(revision: i64, by_id: HashMap<String, Arc<Subscription>>) -> Self {
+    fn new(
+        revision: i64,
+        by_id: HashMap<String, Arc<Subscription>>,
+        wire: HashMap<String, Arc<pb::Subscription>>,
+    ) -> Self {
         let mut by_tenant: HashMap<String, Vec<Arc<Subscription>>> = HashMap::new();
         for sub in by_id.values() {
             by_tenant
@@ -60,6 +66,7 @@ impl Routes {
             loaded: true,
             by_id,
             by_tenant,
+            wire,
         }
     }
 
@@ -99,23 +106,39 @@ impl Routes {
                 applied: self.revision,
             });
         }
-        let mut by_id = if update.snapshot {
-            HashMap::new()
+        let (mut by_id, mut wire) = if update.snapshot {
+            (HashMap::new(), HashMap::new())
         } else {
-            self.by_id.clone()
+            (self.by_id.clone(), self.wire.clone())
         };
         for id in &update.removals {
             by_id.remove(id);
+            wire.remove(id);
         }
-        for wire in &update.upserts {
+        for wire_sub in &update.upserts {
             // URL scheme and target policy are the delivery's to enforce; here, the record.
-            let sub = convert::subscription(wire, true).map_err(|source| ApplyError::Invalid {
-                id: wire.id.clone(),
-                source,
-            })?;
+            let sub =
+                convert::subscription(wire_sub, true).map_err(|source| ApplyError::Invalid {
+                    id: wire_sub.id.clone(),
+                    source,
+                })?;
+            wire.insert(sub.id.clone(), Arc::new(wire_sub.clone()));
             by_id.insert(sub.id.clone(), Arc::new(sub));
         }
-        Ok(Routes::new(update.revision, by_id))
+        Ok(Routes::new(update.revision, by_id, wire))
+    }
+
+    /// The whole table as a snapshot update, as the control plane would send it.
+    pub fn to_snapshot(&self) -> pb::ConfigUpdate {
+        let mut upserts: Vec<pb::Subscription> =
+            self.wire.values().map(|s| (**s).clone()).collect();
+        upserts.sort_by(|a, b| a.id.cmp(&b.id));
+        pb::ConfigUpdate {
+            revision: self.revision,
+            snapshot: true,
+            upserts,
+            removals: vec![],
+        }
     }
 }
 
@@ -170,6 +193,13 @@ mod tests {
         assert!(next.matching("t1", "order.created").is_empty());
         assert!(next.get("sub_b").is_none());
         assert_eq!(next.len(), 2);
+
+        // A saved table restores to the same table.
+        let restored = Routes::default()
+            .apply(&next.to_snapshot())
+            .expect("restore");
+        assert_eq!(restored.revision, 6);
+        assert_eq!(restored.to_snapshot(), next.to_snapshot());
 
         let stale = pb::ConfigUpdate {
             revision: 5,

@@ -84,6 +84,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_payload_bytes: herald_core::limits::DEFAULT_MAX_PAYLOAD_BYTES,
         max_in_flight: 256,
         dedup_window: Duration::from_secs(24 * 60 * 60),
+        retention: Duration::from_secs(72 * 60 * 60),
+        max_queue_events: 1_000_000,
+        max_queue_bytes: 1 << 30,
+        fsync: true,
         shutdown_grace: GRACE,
     };
     let agent = tokio::spawn(herald_agent::run(

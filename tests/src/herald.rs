@@ -33,6 +33,7 @@ pub enum ConfigStore {
 /// A control plane running in-process.
 pub struct ControlPlane {
     url: String,
+    config: herald_control_plane::Config,
     stop: CancellationToken,
     task: Option<JoinHandle<Result<(), herald_control_plane::Error>>>,
     _dir: TempDir,
@@ -57,16 +58,35 @@ impl ControlPlane {
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(herald_control_plane::run(
-            config,
+            config.clone(),
             listener,
             stop.clone().cancelled_owned(),
         ));
         Ok(ControlPlane {
             url: format!("http://{addr}"),
+            config,
             stop,
             task: Some(task),
             _dir: dir,
         })
+    }
+
+    /// Stops gracefully, keeping the address and data, for [`ControlPlane::resume`].
+    pub async fn pause(&mut self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        join(self.task.take()).await
+    }
+
+    /// Starts again on the same address and data after [`ControlPlane::pause`].
+    pub async fn resume(&mut self) -> anyhow::Result<()> {
+        let listener = TcpListener::bind(self.config.listen).await?;
+        self.stop = CancellationToken::new();
+        self.task = Some(tokio::spawn(herald_control_plane::run(
+            self.config.clone(),
+            listener,
+            self.stop.clone().cancelled_owned(),
+        )));
+        Ok(())
     }
 
     /// The gRPC URL.
@@ -165,11 +185,15 @@ pub struct AgentOptions {
     pub ca_file: Option<PathBuf>,
     /// Region.
     pub region: Option<String>,
+    /// Queue bound in events (default one million).
+    pub max_queue_events: Option<u64>,
 }
 
 /// An agent running in-process.
 pub struct Agent {
     url: String,
+    config: herald_agent::Config,
+    addr: std::net::SocketAddr,
     stop: CancellationToken,
     task: Option<JoinHandle<Result<(), herald_agent::Error>>>,
     _dir: TempDir,
@@ -194,20 +218,49 @@ impl Agent {
             max_payload_bytes: herald_core::limits::DEFAULT_MAX_PAYLOAD_BYTES,
             max_in_flight: 256,
             dedup_window: Duration::from_secs(3600),
+            retention: Duration::from_secs(3600),
+            max_queue_events: options.max_queue_events.unwrap_or(1_000_000),
+            max_queue_bytes: 1 << 30,
+            fsync: true,
             shutdown_grace: GRACE,
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(herald_agent::run(
-            config,
+            config.clone(),
             Listener::Tcp(listener),
             stop.clone().cancelled_owned(),
         ));
         Ok(Agent {
             url: format!("http://{addr}"),
+            config,
+            addr,
             stop,
             task: Some(task),
             _dir: dir,
         })
+    }
+
+    /// The agent's data directory (queue, config cache, id).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.config.data_dir
+    }
+
+    /// Stops gracefully, keeping the address and data, for [`Agent::resume`].
+    pub async fn pause(&mut self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        join(self.task.take()).await
+    }
+
+    /// Starts again on the same address and data after [`Agent::pause`].
+    pub async fn resume(&mut self) -> anyhow::Result<()> {
+        let listener = TcpListener::bind(self.addr).await?;
+        self.stop = CancellationToken::new();
+        self.task = Some(tokio::spawn(herald_agent::run(
+            self.config.clone(),
+            Listener::Tcp(listener),
+            self.stop.clone().cancelled_owned(),
+        )));
+        Ok(())
     }
 
     /// The gRPC URL.

@@ -1,11 +1,13 @@
-//! Delivery: for each (event, subscription) pair, attempts until the receiver accepts it, the
-//! schedule runs out, or the subscription goes away; every attempt is reported.
+//! Delivery: takes due tasks from the durable queue, makes one attempt each, and records the
+//! outcome (done, or the next due time) together with the attempt's report.
 //!
 //! - [`classify`] decides what an attempt's result means (pure).
 //! - [`attempt`] sends one signed request.
 //! - [`client`] is the HTTPS client all attempts share.
-//! - [`Dispatcher`] runs deliveries concurrently, bounded by a global limit, re-reading the
-//!   subscription before every attempt so a deleted or disabled one stops at once.
+//! - [`Dispatcher`] is the scheduler: it hands due tasks to attempts, at most `max_in_flight`
+//!   at once, and re-reads the subscription before every attempt so a deleted or disabled one
+//!   stops at once. A retry is a task moved to a later due time in the queue, so it survives
+//!   restarts; nothing waits in memory.
 
 pub mod attempt;
 pub mod classify;
@@ -18,30 +20,22 @@ use herald_core::retry::{JITTER, jittered};
 use herald_core::subscription::Subscription;
 use herald_proto::convert::{duration, timestamp};
 use herald_proto::v1 as pb;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::attempt::EventRef;
 use self::classify::{Verdict, classify};
 use crate::backoff::unit_random;
-use crate::reporter::Reporter;
+use crate::queue::{Next, Queue, Task, now_ms, to_ms};
 use crate::routes::Routes;
 
-/// An accepted event, shared by its deliveries.
-#[derive(Debug)]
-pub struct QueuedEvent {
-    /// The event id (`webhook-id`).
-    pub id: String,
-    /// Tenant.
-    pub tenant: String,
-    /// Event type.
-    pub event_type: String,
-    /// The payload as emitted.
-    pub payload: Vec<u8>,
-}
+/// The most tasks taken from the queue in one read.
+const MAX_TAKE: usize = 512;
+/// The longest the scheduler sleeps without looking at the queue.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 
-/// Runs deliveries.
+/// Runs deliveries from the queue.
 #[derive(Clone)]
 pub struct Dispatcher {
     inner: Arc<Inner>,
@@ -50,49 +44,57 @@ pub struct Dispatcher {
 struct Inner {
     client: reqwest::Client,
     routes: watch::Receiver<Arc<Routes>>,
-    reporter: Reporter,
+    queue: Queue,
     agent_id: String,
     allow_http: bool,
-    /// Attempts in flight at once, across all subscriptions.
-    in_flight: Semaphore,
+    /// Attempts in flight at once, across all subscriptions; 0 pauses delivery.
+    max_in_flight: usize,
+    permits: Arc<Semaphore>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
 
+/// What a dispatcher needs.
+pub struct DispatcherParts {
+    /// The HTTPS client.
+    pub client: reqwest::Client,
+    /// The routing table.
+    pub routes: watch::Receiver<Arc<Routes>>,
+    /// The durable queue.
+    pub queue: Queue,
+    /// This agent's id, in reports.
+    pub agent_id: String,
+    /// Deliver to http:// URLs.
+    pub allow_http: bool,
+    /// Attempts in flight at most (0 pauses delivery; events are still accepted).
+    pub max_in_flight: usize,
+}
+
 impl Dispatcher {
-    /// A dispatcher sending through `client`.
-    pub fn new(
-        client: reqwest::Client,
-        routes: watch::Receiver<Arc<Routes>>,
-        reporter: Reporter,
-        agent_id: String,
-        allow_http: bool,
-        max_in_flight: usize,
-        shutdown: CancellationToken,
-    ) -> Self {
-        Dispatcher {
+    /// Starts the scheduler; it stops taking tasks when `shutdown` fires.
+    pub fn start(parts: DispatcherParts, shutdown: CancellationToken) -> Self {
+        let dispatcher = Dispatcher {
             inner: Arc::new(Inner {
-                client,
-                routes,
-                reporter,
-                agent_id,
-                allow_http,
-                in_flight: Semaphore::new(max_in_flight),
+                permits: Arc::new(Semaphore::new(parts.max_in_flight)),
+                client: parts.client,
+                routes: parts.routes,
+                queue: parts.queue,
+                agent_id: parts.agent_id,
+                allow_http: parts.allow_http,
+                max_in_flight: parts.max_in_flight,
                 tasks: TaskTracker::new(),
                 shutdown,
             }),
-        }
-    }
-
-    /// Starts delivering `event` to subscription `subscription_id`.
-    pub fn dispatch(&self, event: Arc<QueuedEvent>, subscription_id: String) {
-        let inner = self.inner.clone();
-        self.inner
+        };
+        let scheduler = dispatcher.inner.clone();
+        dispatcher
+            .inner
             .tasks
-            .spawn(async move { inner.deliver(&event, &subscription_id).await });
+            .spawn(async move { scheduler.schedule().await });
+        dispatcher
     }
 
-    /// Waits for attempts in flight to finish (deliveries waiting for a retry stop at once).
+    /// Waits for the scheduler to stop and attempts in flight to finish and be recorded.
     pub async fn drain(&self) {
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
@@ -100,87 +102,156 @@ impl Dispatcher {
 }
 
 impl Inner {
-    async fn deliver(&self, event: &QueuedEvent, subscription_id: &str) {
-        let mut number = 0u32;
+    async fn schedule(self: Arc<Self>) {
+        if self.max_in_flight == 0 {
+            tracing::warn!("max-in-flight is 0: delivery is paused; events are queued");
+            return;
+        }
         loop {
-            if self.shutdown.is_cancelled() {
-                return;
-            }
-            number += 1;
-            let Ok(permit) = self.in_flight.acquire().await else {
-                return;
-            };
-            let sub = self.routes.borrow().get(subscription_id).cloned();
-            let Some(sub) = sub.filter(|s| s.enabled) else {
-                let reason = "subscription removed or disabled";
-                self.report(event, subscription_id, None, number, skipped(reason))
-                    .await;
-                return;
-            };
-            if sub.url.scheme() == "http" && !self.allow_http {
-                let refusal = refused("http:// targets are not allowed (--allow-http)");
-                self.report(event, subscription_id, Some(&sub), number, refusal)
-                    .await;
-                return;
-            }
-            let sent = attempt::send(
-                &self.client,
-                &sub,
-                EventRef {
-                    id: &event.id,
-                    payload: &event.payload,
-                },
-            )
-            .await;
-            drop(permit);
-            let verdict = classify(&sent.result, SystemTime::now());
-            let next = match &verdict {
-                Verdict::Delivered | Verdict::Gone => None,
-                Verdict::Retry(after) => sub.retry.delay_after(number).map(|scheduled| {
-                    let delay = jittered(scheduled, JITTER, unit_random());
-                    after.map_or(delay, |after| delay.max(after))
-                }),
-            };
-            let (outcome, next_at) = match (&verdict, next) {
-                (Verdict::Delivered, _) => (pb::Outcome::Delivered, None),
-                (_, Some(delay)) => (pb::Outcome::Retrying, Some(SystemTime::now() + delay)),
-                (_, None) => (pb::Outcome::Failed, None),
-            };
-            let mut report = Report::from_attempt(&sent, outcome, next_at);
-            if verdict == Verdict::Gone {
-                report.error = "receiver answered 410 Gone".into();
-            }
-            match &verdict {
-                Verdict::Delivered => {
-                    tracing::debug!(event = %event.id, subscription = %sub.id, attempt = number, "delivered")
-                }
-                _ => {
-                    tracing::info!(event = %event.id, subscription = %sub.id, attempt = number, outcome = ?outcome, error = %report.error, "attempt failed")
-                }
-            }
-            self.report(event, subscription_id, Some(&sub), number, report)
-                .await;
-            let Some(delay) = next else { return };
-            tokio::select! {
+            let permit = tokio::select! {
                 () = self.shutdown.cancelled() => return,
-                () = tokio::time::sleep(delay) => {}
+                permit = self.permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            };
+            let limit = (1 + self.permits.available_permits()).min(MAX_TAKE);
+            let due = match self.queue.due(now_ms(), limit) {
+                Ok(due) => due,
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot read the queue");
+                    Vec::new()
+                }
+            };
+            if due.is_empty() {
+                drop(permit);
+                let wait = match self.queue.next_due() {
+                    Ok(Some(at)) => {
+                        Duration::from_millis(at.saturating_sub(now_ms())).min(IDLE_CHECK)
+                    }
+                    _ => IDLE_CHECK,
+                };
+                tokio::select! {
+                    () = self.shutdown.cancelled() => return,
+                    () = self.queue.tasks_changed() => {}
+                    () = tokio::time::sleep(wait) => {}
+                }
+                continue;
+            }
+            let mut permit = Some(permit);
+            for task in due {
+                // Only this loop takes permits, so the ones counted above are still free.
+                let Some(permit) = permit
+                    .take()
+                    .or_else(|| self.permits.clone().try_acquire_owned().ok())
+                else {
+                    break;
+                };
+                let inner = self.clone();
+                self.tasks
+                    .spawn(async move { inner.deliver(task, permit).await });
             }
         }
     }
 
-    async fn report(
+    /// One attempt of `task`, recorded in the queue with its report.
+    async fn deliver(&self, task: Task, permit: OwnedSemaphorePermit) {
+        let number = task.attempts + 1;
+        let (next, report) = self.attempt(&task, number).await;
+        drop(permit);
+        if let Err(err) = self.queue.complete(task, next, report).await {
+            tracing::error!(error = %err, "cannot record an attempt");
+        }
+    }
+
+    async fn attempt(&self, task: &Task, number: u32) -> (Next, pb::Attempt) {
+        let stored = match self.queue.event(&task.event_id) {
+            Ok(Some(stored)) => stored,
+            Ok(None) => {
+                let report = skipped("the event is past retention");
+                return (Next::Done, self.report(task, None, None, number, report));
+            }
+            Err(err) => {
+                // Try again shortly: the queue's file is having trouble.
+                tracing::error!(error = %err, "cannot read a queued event");
+                let report = Report {
+                    outcome: pb::Outcome::Retrying,
+                    ..refused(&err.to_string())
+                };
+                let retry = now_ms() + 5_000;
+                return (
+                    Next::RetryAt(retry),
+                    self.report(task, None, None, number, report),
+                );
+            }
+        };
+        let event = &stored.event;
+        let sub = self.routes.borrow().get(&task.subscription_id).cloned();
+        let Some(sub) = sub.filter(|s| s.enabled) else {
+            let report = skipped("subscription removed or disabled");
+            return (
+                Next::Done,
+                self.report(task, Some(event), None, number, report),
+            );
+        };
+        if sub.url.scheme() == "http" && !self.allow_http {
+            let report = refused("http:// targets are not allowed (--allow-http)");
+            return (
+                Next::Done,
+                self.report(task, Some(event), Some(&sub), number, report),
+            );
+        }
+        let sent = attempt::send(
+            &self.client,
+            &sub,
+            EventRef {
+                id: &event.id,
+                payload: &event.payload,
+            },
+        )
+        .await;
+        let verdict = classify(&sent.result, SystemTime::now());
+        let delay = match &verdict {
+            Verdict::Delivered | Verdict::Gone => None,
+            Verdict::Retry(after) => sub.retry.delay_after(number).map(|scheduled| {
+                let delay = jittered(scheduled, JITTER, unit_random());
+                after.map_or(delay, |after| delay.max(after))
+            }),
+        };
+        let (outcome, next_at) = match (&verdict, delay) {
+            (Verdict::Delivered, _) => (pb::Outcome::Delivered, None),
+            (_, Some(delay)) => (pb::Outcome::Retrying, Some(SystemTime::now() + delay)),
+            (_, None) => (pb::Outcome::Failed, None),
+        };
+        let mut report = Report::from_attempt(&sent, outcome, next_at);
+        if verdict == Verdict::Gone {
+            report.error = "receiver answered 410 Gone".into();
+        }
+        if verdict == Verdict::Delivered {
+            tracing::debug!(event = %event.id, subscription = %sub.id, attempt = number, "delivered");
+        } else {
+            tracing::info!(event = %event.id, subscription = %sub.id, attempt = number, outcome = ?outcome, error = %report.error, "attempt failed");
+        }
+        let next = next_at.map_or(Next::Done, |at| Next::RetryAt(to_ms(at)));
+        (
+            next,
+            self.report(task, Some(event), Some(&sub), number, report),
+        )
+    }
+
+    fn report(
         &self,
-        event: &QueuedEvent,
-        subscription_id: &str,
+        task: &Task,
+        event: Option<&pb::Event>,
         sub: Option<&Subscription>,
         number: u32,
         report: Report,
-    ) {
-        let attempt = pb::Attempt {
-            event_id: event.id.clone(),
-            subscription_id: subscription_id.to_owned(),
-            tenant: event.tenant.clone(),
-            event_type: event.event_type.clone(),
+    ) -> pb::Attempt {
+        pb::Attempt {
+            event_id: task.event_id.clone(),
+            subscription_id: task.subscription_id.clone(),
+            tenant: event.map(|e| e.tenant.clone()).unwrap_or_default(),
+            event_type: event.map(|e| e.r#type.clone()).unwrap_or_default(),
             attempt: number,
             agent_id: self.agent_id.clone(),
             started_at: Some(timestamp(report.started_at)),
@@ -192,8 +263,7 @@ impl Inner {
             next_attempt_at: report.next_at.map(timestamp),
             response_excerpt: report.excerpt,
             url: sub.map(|s| s.url.to_string()).unwrap_or_default(),
-        };
-        self.reporter.report(attempt).await;
+        }
     }
 }
 

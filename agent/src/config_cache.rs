@@ -1,0 +1,87 @@
+//! The last good config on disk (static stability): an agent that restarts while the control
+//! plane or etcd is unreachable delivers with the subscriptions it last applied, and catches up
+//! when the stream is back (the control plane sends a full snapshot on every connection).
+//!
+//! The file `config-cache.pb` holds one `herald.v1.ConfigUpdate` snapshot. It is replaced
+//! atomically (written to a temporary file, synced, renamed), at most every [`DEBOUNCE`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_proto::v1 as pb;
+use prost::Message;
+use tokio::sync::watch;
+
+use crate::routes::Routes;
+
+/// The shortest time between two writes of the cache.
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
+/// The largest cache file read back (a corrupt or foreign file must not exhaust memory).
+const MAX_CACHE_BYTES: u64 = 1 << 30;
+
+/// The cache file in `dir`.
+pub fn path(dir: &Path) -> PathBuf {
+    dir.join("config-cache.pb")
+}
+
+/// Reads the cached table; `None` when there is none or it is unreadable (said in the log).
+pub fn load(dir: &Path) -> Option<Routes> {
+    let path = path(dir);
+    let len = std::fs::metadata(&path).ok()?.len();
+    if len > MAX_CACHE_BYTES {
+        tracing::warn!(path = %path.display(), len, "config cache too large; ignoring it");
+        return None;
+    }
+    let bytes = std::fs::read(&path).ok()?;
+    let update = match pb::ConfigUpdate::decode(bytes.as_slice()) {
+        Ok(update) => update,
+        Err(err) => {
+            tracing::warn!(path = %path.display(), error = %err, "config cache unreadable; ignoring it");
+            return None;
+        }
+    };
+    match Routes::default().apply(&update) {
+        Ok(routes) => Some(routes),
+        Err(err) => {
+            tracing::warn!(path = %path.display(), error = %err, "config cache invalid; ignoring it");
+            None
+        }
+    }
+}
+
+/// Writes the table to the cache atomically.
+pub fn save(dir: &Path, routes: &Routes) -> std::io::Result<()> {
+    let path = path(dir);
+    let tmp = path.with_extension("pb.tmp");
+    let bytes = routes.to_snapshot().encode_to_vec();
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, &bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    if let Ok(dir) = std::fs::File::open(dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// Saves every new table (debounced) until the routes channel closes.
+pub async fn keep_saved(dir: PathBuf, mut routes: watch::Receiver<Arc<Routes>>) {
+    let mut saved = routes.borrow().revision;
+    while routes.changed().await.is_ok() {
+        tokio::time::sleep(DEBOUNCE).await;
+        let table = routes.borrow_and_update().clone();
+        if !table.loaded || (table.revision == saved && saved != 0) {
+            continue;
+        }
+        let dir = dir.clone();
+        let revision = table.revision;
+        match tokio::task::spawn_blocking(move || save(&dir, &table)).await {
+            Ok(Ok(())) => saved = revision,
+            Ok(Err(err)) => tracing::warn!(error = %err, "cannot save the config cache"),
+            Err(err) => tracing::warn!(error = %err, "config cache task failed"),
+        }
+    }
+}

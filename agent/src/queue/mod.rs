@@ -1,0 +1,444 @@
+//! The agent's durable queue: accepted events, their pending deliveries (with persistent retry
+//! times), and the outbox of attempt reports not yet acknowledged by the control plane.
+//!
+//! # On disk
+//! One redb file, `queue.redb`, in the agent's data directory:
+//!
+//! | table | key | value |
+//! | --- | --- | --- |
+//! | `events` | event id | accepted-at (u64 ms, LE) · matched count (u32, LE) · `herald.v1.Event` |
+//! | `accepted` | (accepted-at ms, event id) | () — the retention sweep's order |
+//! | `tasks` | (due ms, seq) | attempts made (u32, LE) · event id length (u16, LE) · event id · subscription id |
+//! | `outbox` | seq | `herald.v1.Attempt` |
+//! | `meta` | name | u64: `seq` (last sequence number), `events` and `bytes` (what `events` holds) |
+//!
+//! A delivery is a task keyed by the time it is due, so "what is due now" is a range read and a
+//! retry is a move to a later key: retry timers survive restarts, with their attempt counts.
+//!
+//! # Writes and fsync
+//! One writer thread owns every write. It takes all commands waiting in its channel (up to
+//! [`MAX_GROUP`]), applies them in one write transaction and commits it once — with an fsync
+//! when `durable` is set (the default) — and only then answers the callers. Concurrent `Emit`
+//! calls therefore share commits (group commit): durability costs one fsync per group, not per
+//! event. An event and all of its tasks are written in the same transaction; an `EmitBatch` is
+//! all-or-nothing. A finished attempt's task update and its report are written together too.
+//!
+//! # Recovery
+//! redb commits are atomic: after a crash (even mid-commit, a torn write) the file opens at the
+//! last completed commit. Everything acknowledged is in it. Attempts that were in flight at the
+//! crash were never recorded as done, so their tasks are due again and are retried — the only
+//! way a receiver can see an event twice (at-least-once delivery).
+//!
+//! # Limits
+//! The queue refuses new events with [`QueueError::Full`] when it holds `max_events` events or
+//! `max_bytes` of payload (delivered events count until the retention sweep removes them), and
+//! with [`QueueError::Storage`] when the disk refuses writes. Nothing already accepted is lost.
+
+mod writer;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use herald_proto::v1 as pb;
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use self::writer::Command;
+
+const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
+const ACCEPTED: TableDefinition<(u64, &str), ()> = TableDefinition::new("accepted");
+const TASKS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("tasks");
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const META_SEQ: &str = "seq";
+const META_EVENTS: &str = "events";
+const META_BYTES: &str = "bytes";
+
+/// The most commands applied in one commit.
+pub const MAX_GROUP: usize = 4096;
+/// Commands waiting for the writer before callers wait for room.
+const WRITER_CHANNEL: usize = 16 * 1024;
+
+/// Queue settings.
+#[derive(Clone, Debug)]
+pub struct QueueConfig {
+    /// At most this many events stored (pending and retained).
+    pub max_events: u64,
+    /// At most this many payload bytes stored.
+    pub max_bytes: u64,
+    /// How long events are kept after acceptance (for replay and duplicate detection).
+    pub retention: Duration,
+    /// An event id seen within this window is a duplicate.
+    pub dedup_window: Duration,
+    /// Fsync every commit (turning it off risks losing acknowledged events on power loss).
+    pub durable: bool,
+}
+
+/// Why the queue refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The queue is at its configured bound.
+    #[error("the agent's queue is full ({0}); retry later")]
+    Full(String),
+    /// The disk or file failed (full disk, I/O error).
+    #[error("the agent's queue cannot write: {0}")]
+    Storage(String),
+    /// The queue is shutting down.
+    #[error("the agent's queue is closed")]
+    Closed,
+}
+
+impl From<QueueError> for tonic::Status {
+    fn from(err: QueueError) -> Self {
+        match &err {
+            QueueError::Full(_) => tonic::Status::resource_exhausted(err.to_string()),
+            QueueError::Storage(msg) if is_disk_full(msg) => {
+                tonic::Status::resource_exhausted(err.to_string())
+            }
+            QueueError::Storage(_) | QueueError::Closed => {
+                tonic::Status::unavailable(err.to_string())
+            }
+        }
+    }
+}
+
+fn is_disk_full(message: &str) -> bool {
+    message.contains("No space left") || message.contains("quota")
+}
+
+fn storage(err: impl std::fmt::Display) -> QueueError {
+    QueueError::Storage(err.to_string())
+}
+
+/// An event to store with the subscriptions it goes to.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    /// The event, its id already assigned.
+    pub event: pb::Event,
+    /// Subscription ids to deliver it to.
+    pub subscriptions: Vec<String>,
+}
+
+/// What happened to an accepted event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    /// Subscriptions it goes to (for a duplicate: as counted the first time).
+    pub matched: u32,
+    /// The id was accepted before, within the dedup window; nothing was stored.
+    pub duplicate: bool,
+}
+
+/// A pending delivery.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Task {
+    /// Where it is stored: (due ms, seq).
+    pub key: (u64, u64),
+    /// The event.
+    pub event_id: String,
+    /// The subscription.
+    pub subscription_id: String,
+    /// Attempts already made.
+    pub attempts: u32,
+}
+
+/// What comes after an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// No more attempts (delivered, failed for good, or skipped).
+    Done,
+    /// Try again at this time (ms since the epoch).
+    RetryAt(u64),
+}
+
+/// A stored event.
+#[derive(Clone, Debug)]
+pub struct StoredEvent {
+    /// The event.
+    pub event: pb::Event,
+    /// When it was accepted (ms since the epoch).
+    pub accepted_ms: u64,
+}
+
+/// The queue; cloning shares it.
+#[derive(Clone)]
+pub struct Queue {
+    db: Arc<Database>,
+    writer: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+/// State the writer and the readers share.
+struct Shared {
+    /// Tasks handed out by [`Queue::due`] and not yet completed: never handed out twice.
+    in_flight: Mutex<HashSet<(u64, u64)>>,
+    /// Woken when tasks were added or finished (the scheduler's cue).
+    tasks_changed: Notify,
+    /// Woken when reports were added to the outbox.
+    reports_added: Notify,
+}
+
+impl Queue {
+    /// Opens (or creates) `dir/queue.redb` and starts its writer.
+    pub fn open(dir: &Path, config: QueueConfig) -> Result<Self, QueueError> {
+        std::fs::create_dir_all(dir).map_err(|e| storage(format!("{}: {e}", dir.display())))?;
+        Self::start(
+            Database::create(dir.join("queue.redb")).map_err(storage)?,
+            config,
+        )
+    }
+
+    /// Starts the queue on an opened database.
+    fn start(db: Database, config: QueueConfig) -> Result<Self, QueueError> {
+        let db = Arc::new(db);
+        let txn = db.begin_write().map_err(storage)?;
+        {
+            txn.open_table(EVENTS).map_err(storage)?;
+            txn.open_table(ACCEPTED).map_err(storage)?;
+            txn.open_table(TASKS).map_err(storage)?;
+            txn.open_table(OUTBOX).map_err(storage)?;
+            txn.open_table(META).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        let shared = Arc::new(Shared {
+            in_flight: Mutex::new(HashSet::new()),
+            tasks_changed: Notify::new(),
+            reports_added: Notify::new(),
+        });
+        let (tx, rx) = mpsc::channel(WRITER_CHANNEL);
+        writer::spawn(db.clone(), config, rx, shared.clone());
+        Ok(Queue {
+            db,
+            writer: tx,
+            shared,
+        })
+    }
+
+    /// Stores events and their deliveries durably (all or nothing), then answers.
+    pub async fn accept(&self, events: Vec<NewEvent>) -> Result<Vec<Accepted>, QueueError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(Command::Accept { events, reply })
+            .await
+            .map_err(|_| QueueError::Closed)?;
+        answer.await.map_err(|_| QueueError::Closed)?
+    }
+
+    /// Up to `limit` tasks due at `now_ms`, earliest first, marked in flight until completed.
+    pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<Task>, QueueError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let tasks = txn.open_table(TASKS).map_err(storage)?;
+        let mut in_flight = self.lock_in_flight();
+        let mut out = Vec::new();
+        for entry in tasks.range(..(now_ms + 1, 0)).map_err(storage)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = entry.map_err(storage)?;
+            let key = key.value();
+            if in_flight.contains(&key) {
+                continue;
+            }
+            let task = decode_task(key, value.value())?;
+            in_flight.insert(key);
+            out.push(task);
+        }
+        Ok(out)
+    }
+
+    /// When the earliest task not in flight is due (ms), if any.
+    pub fn next_due(&self) -> Result<Option<u64>, QueueError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let tasks = txn.open_table(TASKS).map_err(storage)?;
+        let in_flight = self.lock_in_flight();
+        for entry in tasks.iter().map_err(storage)? {
+            let (key, _) = entry.map_err(storage)?;
+            let key = key.value();
+            if !in_flight.contains(&key) {
+                return Ok(Some(key.0));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Tasks waiting (in flight or not).
+    pub fn pending_tasks(&self) -> Result<u64, QueueError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        txn.open_table(TASKS)
+            .map_err(storage)?
+            .len()
+            .map_err(storage)
+    }
+
+    /// A stored event.
+    pub fn event(&self, id: &str) -> Result<Option<StoredEvent>, QueueError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let events = txn.open_table(EVENTS).map_err(storage)?;
+        let Some(value) = events.get(id).map_err(storage)? else {
+            return Ok(None);
+        };
+        let (accepted_ms, _, event) = decode_event(value.value())?;
+        Ok(Some(StoredEvent { event, accepted_ms }))
+    }
+
+    /// Records the outcome of an attempt of `task` and its report, in one commit. The task
+    /// stays in flight (not handed out again) until that commit is done.
+    pub async fn complete(
+        &self,
+        task: Task,
+        next: Next,
+        report: pb::Attempt,
+    ) -> Result<(), QueueError> {
+        self.writer
+            .send(Command::Complete {
+                task,
+                next,
+                report: Box::new(report),
+            })
+            .await
+            .map_err(|_| QueueError::Closed)
+    }
+
+    /// Up to `limit` reports from the outbox with sequence numbers above `after`, in order.
+    pub fn reports(&self, after: u64, limit: usize) -> Result<Vec<(u64, pb::Attempt)>, QueueError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let outbox = txn.open_table(OUTBOX).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in outbox.range(after + 1..).map_err(storage)?.take(limit) {
+            let (seq, value) = entry.map_err(storage)?;
+            let attempt = pb::Attempt::decode(value.value()).map_err(storage)?;
+            out.push((seq.value(), attempt));
+        }
+        Ok(out)
+    }
+
+    /// Reports in the outbox.
+    pub fn pending_reports(&self) -> Result<u64, QueueError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        txn.open_table(OUTBOX)
+            .map_err(storage)?
+            .len()
+            .map_err(storage)
+    }
+
+    /// Removes acknowledged reports `first..=last` from the outbox.
+    pub async fn ack_reports(&self, first: u64, last: u64) -> Result<(), QueueError> {
+        self.writer
+            .send(Command::AckReports { first, last })
+            .await
+            .map_err(|_| QueueError::Closed)
+    }
+
+    /// Removes events older than the retention period (run periodically).
+    pub async fn sweep(&self) -> Result<u64, QueueError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(Command::Sweep { reply })
+            .await
+            .map_err(|_| QueueError::Closed)?;
+        answer.await.map_err(|_| QueueError::Closed)?
+    }
+
+    /// Waits until tasks were added or finished.
+    pub async fn tasks_changed(&self) {
+        self.shared.tasks_changed.notified().await;
+    }
+
+    /// Waits until reports were added.
+    pub async fn reports_added(&self) {
+        self.shared.reports_added.notified().await;
+    }
+
+    /// Waits for every command sent so far to be committed.
+    pub async fn flush(&self) -> Result<(), QueueError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(Command::Flush { reply })
+            .await
+            .map_err(|_| QueueError::Closed)?;
+        answer.await.map_err(|_| QueueError::Closed)
+    }
+
+    /// Commits what was sent, stops the writer and closes the file (other clones of this
+    /// queue then fail with [`QueueError::Closed`]).
+    pub async fn close(self) {
+        let (reply, answer) = oneshot::channel();
+        if self.writer.send(Command::Close { reply }).await.is_ok() {
+            let _ = answer.await;
+        }
+    }
+
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<(u64, u64)>> {
+        self.shared
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    to_ms(SystemTime::now())
+}
+
+/// A time as milliseconds since the epoch.
+pub fn to_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn encode_event(accepted_ms: u64, matched: u32, event: &pb::Event) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + event.encoded_len());
+    out.extend_from_slice(&accepted_ms.to_le_bytes());
+    out.extend_from_slice(&matched.to_le_bytes());
+    event.encode(&mut out).expect("a Vec grows as needed");
+    out
+}
+
+fn decode_event(bytes: &[u8]) -> Result<(u64, u32, pb::Event), QueueError> {
+    let (accepted, rest) = bytes
+        .split_first_chunk::<8>()
+        .ok_or_else(|| storage("event record truncated"))?;
+    let (matched, rest) = rest
+        .split_first_chunk::<4>()
+        .ok_or_else(|| storage("event record truncated"))?;
+    let event = pb::Event::decode(rest).map_err(storage)?;
+    Ok((
+        u64::from_le_bytes(*accepted),
+        u32::from_le_bytes(*matched),
+        event,
+    ))
+}
+
+fn encode_task(attempts: u32, event_id: &str, subscription_id: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(6 + event_id.len() + subscription_id.len());
+    out.extend_from_slice(&attempts.to_le_bytes());
+    out.extend_from_slice(&(event_id.len() as u16).to_le_bytes());
+    out.extend_from_slice(event_id.as_bytes());
+    out.extend_from_slice(subscription_id.as_bytes());
+    out
+}
+
+fn decode_task(key: (u64, u64), bytes: &[u8]) -> Result<Task, QueueError> {
+    let truncated = || storage("task record truncated");
+    let (attempts, rest) = bytes.split_first_chunk::<4>().ok_or_else(truncated)?;
+    let (len, rest) = rest.split_first_chunk::<2>().ok_or_else(truncated)?;
+    let len = usize::from(u16::from_le_bytes(*len));
+    if rest.len() < len {
+        return Err(truncated());
+    }
+    let (event_id, subscription_id) = rest.split_at(len);
+    let text =
+        |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| storage("task record is not UTF-8"));
+    Ok(Task {
+        key,
+        event_id: text(event_id)?,
+        subscription_id: text(subscription_id)?,
+        attempts: u32::from_le_bytes(*attempts),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,441 @@
+//! The queue against a tiny in-memory model, under random operations and restarts; and
+//! recovery from a torn final write.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use herald_proto::v1 as pb;
+
+use std::sync::{Arc, Mutex};
+
+use super::*;
+
+fn config() -> QueueConfig {
+    QueueConfig {
+        max_events: 40,
+        max_bytes: 1 << 20,
+        retention: Duration::from_secs(3600),
+        dedup_window: Duration::from_secs(3600),
+        durable: true,
+    }
+}
+
+fn event(id: &str, payload_len: usize) -> pb::Event {
+    pb::Event {
+        id: id.into(),
+        tenant: "t".into(),
+        r#type: "order.created".into(),
+        payload: vec![b'1'; payload_len],
+        ..Default::default()
+    }
+}
+
+/// A small deterministic random source (xorshift), so a failing seed can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// What the queue should hold.
+#[derive(Default)]
+struct Model {
+    /// Event id → matched count.
+    events: HashMap<String, u32>,
+    /// (event, subscription) → attempts made, for pending tasks.
+    tasks: BTreeMap<(String, String), u32>,
+    /// Reports not yet acked.
+    outbox: u64,
+}
+
+/// Every pending task in the queue as (event, subscription) → attempts, read without taking.
+fn stored_tasks(queue: &Queue) -> BTreeMap<(String, String), u32> {
+    let txn = queue.db.begin_read().expect("read");
+    let tasks = txn.open_table(TASKS).expect("tasks");
+    tasks
+        .iter()
+        .expect("iter")
+        .map(|entry| {
+            let (key, value) = entry.expect("entry");
+            let task = decode_task(key.value(), value.value()).expect("task");
+            ((task.event_id, task.subscription_id), task.attempts)
+        })
+        .collect()
+}
+
+fn check(queue: &Queue, model: &Model) {
+    assert_eq!(stored_tasks(queue), model.tasks, "pending tasks");
+    assert_eq!(
+        queue.pending_reports().expect("reports"),
+        model.outbox,
+        "outbox"
+    );
+    for (id, matched) in &model.events {
+        assert!(queue.event(id).expect("event").is_some(), "event {id} kept");
+        let _ = matched;
+    }
+}
+
+async fn run_seed(seed: u64, dir: &Path) {
+    let mut rng = Rng(seed | 1);
+    let mut queue = Queue::open(dir, config()).expect("open");
+    let mut model = Model::default();
+    for step in 0..300 {
+        match rng.below(10) {
+            // Emit a batch of 1-3 events with ids from a small pool (so duplicates happen).
+            0..=3 => {
+                let mut batch = Vec::new();
+                for _ in 0..=rng.below(3) {
+                    let id = format!("evt_{}", rng.below(60));
+                    let subs = (0..rng.below(3)).map(|s| format!("sub_{s}")).collect();
+                    batch.push(NewEvent {
+                        event: event(&id, 10),
+                        subscriptions: subs,
+                    });
+                }
+                let new_ids: std::collections::HashSet<_> = batch
+                    .iter()
+                    .map(|e| e.event.id.clone())
+                    .filter(|id| !model.events.contains_key(id))
+                    .collect();
+                let fits = model.events.len() + new_ids.len() <= config().max_events as usize;
+                match queue.accept(batch.clone()).await {
+                    Ok(answers) => {
+                        assert!(
+                            fits || new_ids.is_empty(),
+                            "seed {seed} step {step}: accepted past the bound"
+                        );
+                        for (item, answer) in batch.iter().zip(answers) {
+                            let id = &item.event.id;
+                            match model.events.get(id) {
+                                Some(&matched) => {
+                                    assert!(
+                                        answer.duplicate,
+                                        "seed {seed} step {step}: {id} is a duplicate"
+                                    );
+                                    assert_eq!(answer.matched, matched);
+                                }
+                                None => {
+                                    assert!(
+                                        !answer.duplicate,
+                                        "seed {seed} step {step}: {id} is new"
+                                    );
+                                    model.events.insert(id.clone(), answer.matched);
+                                    for sub in &item.subscriptions {
+                                        model.tasks.insert((id.clone(), sub.clone()), 0);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Err(QueueError::Full(_)) => {
+                        assert!(!fits, "seed {seed} step {step}: refused although it fits");
+                    }
+                    Err(err) => panic!("seed {seed} step {step}: {err}"),
+                }
+            }
+            // Attempt some due tasks: done or retried later.
+            4..=6 => {
+                let due = queue
+                    .due(u64::MAX - 1, rng.below(5) as usize + 1)
+                    .expect("due");
+                for task in due {
+                    let key = (task.event_id.clone(), task.subscription_id.clone());
+                    assert_eq!(
+                        model.tasks.get(&key),
+                        Some(&task.attempts),
+                        "seed {seed} step {step}"
+                    );
+                    let next = if rng.below(2) == 0 {
+                        model.tasks.remove(&key);
+                        Next::Done
+                    } else {
+                        model.tasks.insert(key, task.attempts + 1);
+                        Next::RetryAt(now_ms() + rng.below(1000))
+                    };
+                    model.outbox += 1;
+                    queue
+                        .complete(task, next, pb::Attempt::default())
+                        .await
+                        .expect("complete");
+                }
+                queue.flush().await.expect("flush");
+            }
+            // The control plane acks the oldest reports.
+            7 => {
+                let reports = queue
+                    .reports(0, rng.below(4) as usize + 1)
+                    .expect("reports");
+                if let (Some(first), Some(last)) = (reports.first(), reports.last()) {
+                    queue.ack_reports(first.0, last.0).await.expect("ack");
+                    queue.flush().await.expect("flush");
+                    model.outbox -= reports.len() as u64;
+                }
+            }
+            // Restart: everything committed is there, nothing is in flight any more.
+            _ => {
+                queue.close().await;
+                queue = Queue::open(dir, config()).expect("reopen");
+            }
+        }
+        check(&queue, &model);
+    }
+    queue.close().await;
+}
+
+#[tokio::test]
+async fn the_queue_matches_its_model_under_random_operations_and_restarts() {
+    for seed in 1..=12u64 {
+        let dir = tempfile::tempdir().expect("dir");
+        run_seed(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15), dir.path()).await;
+    }
+}
+
+#[tokio::test]
+async fn retries_keep_their_due_time_and_attempt_count_across_restarts() {
+    let dir = tempfile::tempdir().expect("dir");
+    let queue = Queue::open(dir.path(), config()).expect("open");
+    queue
+        .accept(vec![NewEvent {
+            event: event("evt_1", 5),
+            subscriptions: vec!["sub_a".into()],
+        }])
+        .await
+        .expect("accept");
+    let task = queue
+        .due(now_ms(), 10)
+        .expect("due")
+        .pop()
+        .expect("one task");
+    assert_eq!(task.attempts, 0);
+    let later = now_ms() + 60_000;
+    queue
+        .complete(task, Next::RetryAt(later), pb::Attempt::default())
+        .await
+        .expect("complete");
+    queue.close().await;
+
+    let queue = Queue::open(dir.path(), config()).expect("reopen");
+    assert!(
+        queue.due(now_ms(), 10).expect("due").is_empty(),
+        "not due yet"
+    );
+    assert_eq!(queue.next_due().expect("next"), Some(later));
+    let task = queue.due(later, 10).expect("due").pop().expect("due then");
+    assert_eq!((task.attempts, task.key.0), (1, later));
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_new_events_and_keeps_the_old() {
+    let dir = tempfile::tempdir().expect("dir");
+    let queue = Queue::open(
+        dir.path(),
+        QueueConfig {
+            max_events: 3,
+            max_bytes: 100,
+            ..config()
+        },
+    )
+    .expect("open");
+    let one = |id: &str, len| NewEvent {
+        event: event(id, len),
+        subscriptions: vec!["sub".into()],
+    };
+    queue
+        .accept(vec![one("a", 10), one("b", 10)])
+        .await
+        .expect("fits");
+    let err = queue
+        .accept(vec![one("c", 10), one("d", 10)])
+        .await
+        .expect_err("4 > 3 events");
+    assert!(matches!(err, QueueError::Full(_)), "{err}");
+    assert_eq!(
+        tonic::Status::from(err).code(),
+        tonic::Code::ResourceExhausted
+    );
+    let err = queue
+        .accept(vec![one("e", 90)])
+        .await
+        .expect_err("too many bytes");
+    assert!(matches!(err, QueueError::Full(_)));
+    // A duplicate of a stored event is still answered when full.
+    let dup = queue.accept(vec![one("a", 10)]).await.expect("duplicate");
+    assert!(dup[0].duplicate);
+    queue
+        .accept(vec![one("c", 10)])
+        .await
+        .expect("the third fits");
+    for id in ["a", "b", "c"] {
+        assert!(queue.event(id).expect("read").is_some(), "{id} kept");
+    }
+    assert_eq!(queue.pending_tasks().expect("tasks"), 3);
+}
+
+/// A disk that loses power on demand: bytes written before the last `sync_data` survive; each
+/// write after it survives whole, survives torn (a prefix of whole 512-byte sectors), or is lost.
+#[derive(Clone, Debug, Default)]
+struct PowerLossDisk(Arc<Mutex<DiskState>>);
+
+#[derive(Debug, Default)]
+struct DiskState {
+    synced: Vec<u8>,
+    current: Vec<u8>,
+    unsynced: Vec<(u64, Vec<u8>)>,
+    /// Writes allowed before the power goes; `None`: no failure planned.
+    writes_left: Option<usize>,
+}
+
+impl DiskState {
+    fn check_power(&mut self) -> std::io::Result<()> {
+        match &mut self.writes_left {
+            Some(0) => Err(std::io::Error::other("power lost")),
+            Some(n) => {
+                *n -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl PowerLossDisk {
+    fn state(&self) -> std::sync::MutexGuard<'_, DiskState> {
+        self.0.lock().expect("disk lock")
+    }
+
+    /// Plans a power loss after `writes` more writes or syncs.
+    fn fail_after(&self, writes: usize) {
+        self.state().writes_left = Some(writes);
+    }
+
+    /// The disk as found after the power came back.
+    fn after_power_loss(&self, rng: &mut Rng) -> PowerLossDisk {
+        let state = self.state();
+        let mut image = state.synced.clone();
+        for (offset, data) in &state.unsynced {
+            let keep = match rng.below(3) {
+                0 => 0,
+                1 => data.len(),
+                _ => (rng.below(data.len() as u64 / 512 + 1) * 512) as usize,
+            }
+            .min(data.len());
+            let start = *offset as usize;
+            if image.len() < start + keep {
+                image.resize(start + keep, 0);
+            }
+            image[start..start + keep].copy_from_slice(&data[..keep]);
+        }
+        PowerLossDisk(Arc::new(Mutex::new(DiskState {
+            synced: image.clone(),
+            current: image,
+            unsynced: Vec::new(),
+            writes_left: None,
+        })))
+    }
+}
+
+impl redb::StorageBackend for PowerLossDisk {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.state().current.len() as u64)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        let state = self.state();
+        let start = offset as usize;
+        let bytes = state
+            .current
+            .get(start..start + out.len())
+            .ok_or_else(|| std::io::Error::other("read past the end"))?;
+        out.copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        let mut state = self.state();
+        state.check_power()?;
+        state.current.resize(len as usize, 0);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        let mut state = self.state();
+        state.check_power()?;
+        state.synced = state.current.clone();
+        state.unsynced.clear();
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        let mut state = self.state();
+        state.check_power()?;
+        let start = offset as usize;
+        if state.current.len() < start + data.len() {
+            state.current.resize(start + data.len(), 0);
+        }
+        state.current[start..start + data.len()].copy_from_slice(data);
+        state.unsynced.push((offset, data.to_vec()));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn after_a_power_loss_mid_commit_every_acknowledged_event_is_there() {
+    let mut rng = Rng(0xDEAD_BEEF);
+    let mut disk = PowerLossDisk::default();
+    let mut acknowledged: Vec<String> = Vec::new();
+    let mut next_id = 0;
+    for round in 0..40 {
+        let db = redb::Builder::new()
+            .create_with_backend(disk.clone())
+            .unwrap_or_else(|e| panic!("round {round}: the queue opens after a power loss: {e}"));
+        let unbounded = QueueConfig {
+            max_events: u64::MAX,
+            max_bytes: u64::MAX,
+            ..config()
+        };
+        let queue = Queue::start(db, unbounded).expect("start");
+        for id in &acknowledged {
+            assert!(
+                queue.event(id).expect("read").is_some(),
+                "round {round}: acknowledged {id} lost"
+            );
+        }
+        // Every stored event has its task: an event and its tasks are one commit.
+        let txn = queue.db.begin_read().expect("read");
+        let events = txn.open_table(EVENTS).expect("events").len().expect("len");
+        assert_eq!(
+            queue.pending_tasks().expect("tasks"),
+            events,
+            "round {round}"
+        );
+        drop(txn);
+
+        disk.fail_after(rng.below(60) as usize + 1);
+        loop {
+            next_id += 1;
+            let id = format!("evt_{next_id}");
+            let new = NewEvent {
+                event: event(&id, 300),
+                subscriptions: vec!["sub".into()],
+            };
+            match queue.accept(vec![new]).await {
+                Ok(_) => acknowledged.push(id),
+                Err(QueueError::Storage(_)) => break,
+                Err(err) => panic!("round {round}: only the power loss may fail a write: {err}"),
+            }
+        }
+        drop(queue);
+        disk = disk.after_power_loss(&mut rng);
+    }
+}

@@ -1,0 +1,367 @@
+//! The queue's single writer: drains every waiting command, applies them in one write
+//! transaction, commits once (group commit), then answers. A storage failure aborts the whole
+//! group and every caller in it gets the error; nothing of the group is written.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use redb::{Database, Durability, ReadableTable, Table};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    ACCEPTED, Accepted, EVENTS, MAX_GROUP, META, META_BYTES, META_EVENTS, META_SEQ, NewEvent, Next,
+    OUTBOX, QueueConfig, QueueError, Shared, TASKS, Task, decode_event, encode_event, encode_task,
+    now_ms, storage,
+};
+use herald_proto::v1 as pb;
+
+/// Events removed by one sweep at most, so a sweep never makes one huge commit.
+const SWEEP_BATCH: usize = 10_000;
+
+/// What the writer is asked to do.
+pub(super) enum Command {
+    /// Store events and their tasks.
+    Accept {
+        events: Vec<NewEvent>,
+        reply: oneshot::Sender<Result<Vec<Accepted>, QueueError>>,
+    },
+    /// Finish or reschedule a task and add its report to the outbox.
+    Complete {
+        task: Task,
+        next: Next,
+        report: Box<pb::Attempt>,
+    },
+    /// Drop acknowledged reports.
+    AckReports { first: u64, last: u64 },
+    /// Drop events past retention.
+    Sweep {
+        reply: oneshot::Sender<Result<u64, QueueError>>,
+    },
+    /// Answer once everything before it is committed.
+    Flush { reply: oneshot::Sender<()> },
+    /// Commit what came before, answer, and stop the writer (closing its use of the file).
+    Close { reply: oneshot::Sender<()> },
+}
+
+/// An answer held until the commit decides it.
+enum Reply {
+    Accept(
+        oneshot::Sender<Result<Vec<Accepted>, QueueError>>,
+        Result<Vec<Accepted>, QueueError>,
+    ),
+    Sweep(oneshot::Sender<Result<u64, QueueError>>, u64),
+    Flush(oneshot::Sender<()>),
+}
+
+pub(super) fn spawn(
+    db: Arc<Database>,
+    config: QueueConfig,
+    mut rx: mpsc::Receiver<Command>,
+    shared: Arc<Shared>,
+) {
+    let run = move || {
+        while let Some(first) = rx.blocking_recv() {
+            // Everything waiting joins this group, up to a Close (handled after it).
+            let mut group = Vec::new();
+            let mut close = None;
+            let mut next = Some(first);
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Close { reply } => close = Some(reply),
+                    command => {
+                        group.push(command);
+                        if group.len() < MAX_GROUP {
+                            next = rx.try_recv().ok();
+                        }
+                    }
+                }
+            }
+            if !group.is_empty() {
+                apply_group(&db, &config, group, &shared);
+            }
+            if let Some(reply) = close {
+                drop(db);
+                let _ = reply.send(());
+                return;
+            }
+        }
+    };
+    std::thread::Builder::new()
+        .name("herald-queue-writer".into())
+        .spawn(run)
+        .expect("the OS can start a thread");
+}
+
+/// Counters kept in `meta`.
+struct Counters {
+    seq: u64,
+    events: u64,
+    bytes: u64,
+}
+
+fn apply_group(db: &Database, config: &QueueConfig, group: Vec<Command>, shared: &Shared) {
+    let mut replies = Vec::new();
+    let mut finished = Vec::new();
+    let (mut tasks_changed, mut reports_added) = (false, false);
+    let result = (|| -> Result<(), QueueError> {
+        let mut txn = db.begin_write().map_err(storage)?;
+        if !config.durable {
+            txn.set_durability(Durability::None).map_err(storage)?;
+        }
+        {
+            let mut events = txn.open_table(EVENTS).map_err(storage)?;
+            let mut accepted = txn.open_table(ACCEPTED).map_err(storage)?;
+            let mut tasks = txn.open_table(TASKS).map_err(storage)?;
+            let mut outbox = txn.open_table(OUTBOX).map_err(storage)?;
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            let read = |meta: &Table<&str, u64>, name| -> Result<u64, QueueError> {
+                Ok(meta.get(name).map_err(storage)?.map_or(0, |v| v.value()))
+            };
+            let mut counters = Counters {
+                seq: read(&meta, META_SEQ)?,
+                events: read(&meta, META_EVENTS)?,
+                bytes: read(&meta, META_BYTES)?,
+            };
+            let now = now_ms();
+            for command in group {
+                match command {
+                    Command::Accept { events: new, reply } => {
+                        let result = accept(
+                            &mut events,
+                            &mut accepted,
+                            &mut tasks,
+                            &mut counters,
+                            config,
+                            now,
+                            new,
+                        )?;
+                        tasks_changed |= matches!(&result, Ok(r) if r.iter().any(|a| !a.duplicate && a.matched > 0));
+                        replies.push(Reply::Accept(reply, result));
+                    }
+                    Command::Complete { task, next, report } => {
+                        tasks.remove(task.key).map_err(storage)?;
+                        if let Next::RetryAt(due) = next {
+                            counters.seq += 1;
+                            let value = encode_task(
+                                task.attempts + 1,
+                                &task.event_id,
+                                &task.subscription_id,
+                            );
+                            tasks
+                                .insert((due, counters.seq), value.as_slice())
+                                .map_err(storage)?;
+                        }
+                        counters.seq += 1;
+                        outbox
+                            .insert(counters.seq, report.encode_to_vec().as_slice())
+                            .map_err(storage)?;
+                        finished.push(task.key);
+                        tasks_changed = true;
+                        reports_added = true;
+                    }
+                    Command::AckReports { first, last } => {
+                        outbox
+                            .retain_in(first..=last, |_, _| false)
+                            .map_err(storage)?;
+                    }
+                    Command::Sweep { reply } => {
+                        let removed =
+                            sweep(&mut events, &mut accepted, &mut counters, config, now)?;
+                        replies.push(Reply::Sweep(reply, removed));
+                    }
+                    Command::Flush { reply } => replies.push(Reply::Flush(reply)),
+                    // Taken out of every group before it is applied.
+                    Command::Close { reply } => replies.push(Reply::Flush(reply)),
+                }
+            }
+            meta.insert(META_SEQ, counters.seq).map_err(storage)?;
+            meta.insert(META_EVENTS, counters.events).map_err(storage)?;
+            meta.insert(META_BYTES, counters.bytes).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    })();
+
+    // Tasks whose completion was (or failed to be) recorded may be handed out again: after a
+    // failed commit that means the attempt is retried, never lost.
+    if !finished.is_empty() {
+        let mut in_flight = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        for key in &finished {
+            in_flight.remove(key);
+        }
+    }
+    let failure = result.err().map(|e| e.to_string());
+    if let Some(err) = &failure {
+        tracing::error!(error = %err, "queue commit failed");
+    }
+    for reply in replies {
+        match reply {
+            Reply::Accept(tx, result) => {
+                let _ = tx.send(match &failure {
+                    Some(err) => Err(QueueError::Storage(err.clone())),
+                    None => result,
+                });
+            }
+            Reply::Sweep(tx, removed) => {
+                let _ = tx.send(match &failure {
+                    Some(err) => Err(QueueError::Storage(err.clone())),
+                    None => Ok(removed),
+                });
+            }
+            Reply::Flush(tx) => {
+                let _ = tx.send(());
+            }
+        }
+    }
+    if tasks_changed || !finished.is_empty() {
+        shared.tasks_changed.notify_one();
+    }
+    if reports_added && failure.is_none() {
+        shared.reports_added.notify_one();
+    }
+}
+
+/// Stores one request's events (all or nothing). The outer error is a storage failure (aborts
+/// the group); the inner one a refusal of this request only.
+#[allow(clippy::too_many_arguments)]
+fn accept(
+    events: &mut Table<&str, &[u8]>,
+    accepted: &mut Table<(u64, &str), ()>,
+    tasks: &mut Table<(u64, u64), &[u8]>,
+    counters: &mut Counters,
+    config: &QueueConfig,
+    now: u64,
+    new: Vec<NewEvent>,
+) -> Result<Result<Vec<Accepted>, QueueError>, QueueError> {
+    let window = u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX);
+    // First pass, read-only: duplicates, and whether the rest fits.
+    let mut answers = Vec::with_capacity(new.len());
+    let mut replaced = Vec::new();
+    let (mut add_events, mut add_bytes) = (0u64, 0u64);
+    // The first answer for each id in this request; a repeat gets the same one.
+    let mut first_answer: std::collections::HashMap<&str, Option<Accepted>> =
+        std::collections::HashMap::new();
+    for item in &new {
+        let id = item.event.id.as_str();
+        if let Some(first) = first_answer.get(id) {
+            answers.push(*first);
+            continue;
+        }
+        if let Some(old) = events.get(id).map_err(storage)? {
+            let (accepted_ms, matched, old_event) = decode_event(old.value())?;
+            if now.saturating_sub(accepted_ms) < window {
+                let duplicate = Some(Accepted {
+                    matched,
+                    duplicate: true,
+                });
+                first_answer.insert(id, duplicate);
+                answers.push(duplicate);
+                continue;
+            }
+            // Seen long ago: replaced by this one.
+            replaced.push((accepted_ms, id.to_owned(), old_event.payload.len() as u64));
+        }
+        first_answer.insert(id, None);
+        answers.push(None);
+        add_events += 1;
+        add_bytes += item.event.payload.len() as u64;
+    }
+    let freed_events = replaced.len() as u64;
+    let freed_bytes: u64 = replaced.iter().map(|(_, _, b)| b).sum();
+    let events_after = counters.events + add_events - freed_events;
+    let bytes_after = counters.bytes + add_bytes - freed_bytes;
+    if add_events > 0 && events_after > config.max_events {
+        return Ok(Err(QueueError::Full(format!(
+            "{} events stored, limit {}",
+            counters.events, config.max_events
+        ))));
+    }
+    if add_events > 0 && bytes_after > config.max_bytes {
+        return Ok(Err(QueueError::Full(format!(
+            "{} payload bytes stored, limit {}",
+            counters.bytes, config.max_bytes
+        ))));
+    }
+    // Second pass: write.
+    for (accepted_ms, id, _) in &replaced {
+        accepted
+            .remove((*accepted_ms, id.as_str()))
+            .map_err(storage)?;
+    }
+    let mut written = std::collections::HashMap::new();
+    let mut out = Vec::with_capacity(new.len());
+    for (item, answer) in new.into_iter().zip(answers) {
+        if let Some(answer) = answer {
+            out.push(answer);
+            continue;
+        }
+        let id = item.event.id.clone();
+        if let Some(&matched) = written.get(&id) {
+            // The same id twice in one request: the second is a duplicate of the first.
+            out.push(Accepted {
+                matched,
+                duplicate: true,
+            });
+            continue;
+        }
+        let matched = u32::try_from(item.subscriptions.len()).unwrap_or(u32::MAX);
+        events
+            .insert(
+                id.as_str(),
+                encode_event(now, matched, &item.event).as_slice(),
+            )
+            .map_err(storage)?;
+        accepted.insert((now, id.as_str()), ()).map_err(storage)?;
+        for subscription in &item.subscriptions {
+            counters.seq += 1;
+            tasks
+                .insert(
+                    (now, counters.seq),
+                    encode_task(0, &id, subscription).as_slice(),
+                )
+                .map_err(storage)?;
+        }
+        written.insert(id, matched);
+        out.push(Accepted {
+            matched,
+            duplicate: false,
+        });
+    }
+    counters.events = events_after;
+    counters.bytes = bytes_after;
+    Ok(Ok(out))
+}
+
+/// Removes up to [`SWEEP_BATCH`] events accepted before the retention period.
+fn sweep(
+    events: &mut Table<&str, &[u8]>,
+    accepted: &mut Table<(u64, &str), ()>,
+    counters: &mut Counters,
+    config: &QueueConfig,
+    now: u64,
+) -> Result<u64, QueueError> {
+    let keep = config
+        .retention
+        .max(config.dedup_window)
+        .max(Duration::from_millis(1));
+    let cutoff = now.saturating_sub(u64::try_from(keep.as_millis()).unwrap_or(u64::MAX));
+    let mut old = Vec::new();
+    for entry in accepted
+        .range(..(cutoff, ""))
+        .map_err(storage)?
+        .take(SWEEP_BATCH)
+    {
+        let (key, _) = entry.map_err(storage)?;
+        let (at, id) = key.value();
+        old.push((at, id.to_owned()));
+    }
+    for (at, id) in &old {
+        accepted.remove((*at, id.as_str())).map_err(storage)?;
+        if let Some(value) = events.remove(id.as_str()).map_err(storage)? {
+            let (_, _, event) = decode_event(value.value())?;
+            counters.events = counters.events.saturating_sub(1);
+            counters.bytes = counters.bytes.saturating_sub(event.payload.len() as u64);
+        }
+    }
+    Ok(old.len() as u64)
+}

@@ -1,0 +1,145 @@
+//! The `herald` binary as an operator uses it: create a subscription, emit, read the log, and
+//! get clear errors with a non-zero exit code.
+
+use std::process::Output;
+use std::time::Duration;
+
+use herald_tests::{World, eventually, signature_verifies};
+use serde_json::Value;
+
+/// Runs `herald` against the world's servers (without blocking them: they share this runtime).
+async fn herald(world: &World, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "--control-plane",
+            world.control_plane.url(),
+            "--agent",
+            world.agent.url(),
+        ])
+        .args(args)
+        .output()
+        .await
+        .expect("herald runs")
+}
+
+fn json(output: &Output) -> Value {
+    assert!(
+        output.status.success(),
+        "herald failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("herald -o json prints JSON")
+}
+
+#[tokio::test]
+async fn the_tour_works_from_the_command_line() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    let url = world.receiver.url("/hooks/orders");
+    let created = json(
+        &herald(
+            &world,
+            &[
+                "subscription",
+                "create",
+                "--tenant",
+                "shop-1",
+                "--url",
+                &url,
+                "--events",
+                "order.*,payment.confirmed",
+                "--format",
+                "json",
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    let id = created["id"].as_str().expect("id").to_owned();
+    let secret = created["secret"].as_str().expect("secret").to_owned();
+    assert!(id.starts_with("sub_") && secret.starts_with("whsec_"));
+    world
+        .control_plane
+        .wait_applied(
+            created["revision"].as_i64().expect("revision"),
+            Duration::from_secs(10),
+        )
+        .await?;
+
+    let emitted = json(
+        &herald(
+            &world,
+            &[
+                "emit",
+                "--tenant",
+                "shop-1",
+                "--type",
+                "order.created",
+                "--data",
+                r#"{"order_id":42}"#,
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(emitted["matched"], 1);
+    let requests = world
+        .receiver
+        .wait_for_requests(1, Duration::from_secs(10))
+        .await?;
+    assert!(signature_verifies(&requests[0], &[&secret]));
+
+    let attempts = eventually(
+        Duration::from_secs(10),
+        "the attempt in the log",
+        || async {
+            let list = json(
+                &herald(
+                    &world,
+                    &["deliveries", "list", "--subscription", &id, "-o", "json"],
+                )
+                .await,
+            );
+            let attempts = list["attempts"].as_array().cloned().unwrap_or_default();
+            Ok((!attempts.is_empty()).then_some(attempts))
+        },
+    )
+    .await?;
+    assert_eq!(attempts[0]["outcome"], "delivered");
+    assert_eq!(attempts[0]["status_code"], 200);
+    assert_eq!(attempts[0]["event_id"], emitted["event_id"]);
+
+    // The table form names the columns a person reads.
+    let table = herald(&world, &["deliveries", "list", "--subscription", &id]).await;
+    let text = String::from_utf8(table.stdout)?;
+    assert!(
+        text.starts_with("STARTED_AT") && text.contains("delivered"),
+        "{text}"
+    );
+
+    // Errors: the reason on stderr, exit code 1.
+    let bad = herald(
+        &world,
+        &[
+            "subscription",
+            "create",
+            "--tenant",
+            "shop-1",
+            "--url",
+            "ftp://x",
+            "--events",
+            "order.*",
+        ],
+    )
+    .await;
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = String::from_utf8(bad.stderr)?;
+    assert!(stderr.contains("invalid argument: url"), "{stderr}");
+    let missing = herald(&world, &["subscription", "get", "sub_missing"]).await;
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8(missing.stderr)?.contains("not found"));
+    let usage = herald(&world, &["subscription", "frobnicate"]).await;
+    assert_eq!(usage.status.code(), Some(2));
+    Ok(())
+}
