@@ -6,6 +6,7 @@
 //! - [`TestCa`]: a throwaway CA and the TLS configs that use it ([`tls`]);
 //! - [`Receiver`]: an HTTPS webhook receiver whose answers can be scripted ([`receiver`]);
 //! - [`ControlPlane`], [`Agent`]: Herald's servers in-process on real sockets ([`herald`]);
+//! - [`AgentProcess`]: an agent as a child process, for `kill -9` ([`process`]);
 //! - [`World`]: all of the above started together ([`world`]);
 //! - [`eventually`]: waiting for a condition with a deadline ([`wait`]).
 //!
@@ -15,6 +16,7 @@
 
 pub mod etcd;
 pub mod herald;
+pub mod process;
 pub mod receiver;
 pub mod tls;
 pub mod wait;
@@ -22,6 +24,7 @@ pub mod world;
 
 pub use etcd::Etcd;
 pub use herald::{Agent, AgentOptions, ConfigStore, ControlPlane, event, subscription};
+pub use process::AgentProcess;
 pub use receiver::{ReceivedRequest, Receiver, Response};
 pub use tls::TestCa;
 pub use wait::eventually;

@@ -2,5 +2,6 @@
 //! sockets: etcd, the control plane, the agent and an HTTPS receiver (see `herald-tests`).
 
 mod delivery;
+mod durability;
 mod store;
 mod subscriptions;

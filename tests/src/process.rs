@@ -1,0 +1,113 @@
+//! An agent as a real child process, for what only a separate process can show: `kill -9`.
+//! The handle keeps the address and data directory, so the agent can be killed and started
+//! again on the same queue.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+/// A `herald-agent` child process.
+pub struct AgentProcess {
+    binary: PathBuf,
+    args: Vec<String>,
+    addr: SocketAddr,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl AgentProcess {
+    /// Starts `binary` (the `herald-agent` executable) against `control_plane`, trusting
+    /// `ca_file`, with `extra` flags; returns once it accepts connections.
+    pub async fn start(
+        binary: &Path,
+        control_plane: &str,
+        ca_file: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let addr = free_port().await?;
+        let mut args: Vec<String> = vec![
+            "--control-plane".into(),
+            control_plane.into(),
+            "--listen".into(),
+            addr.to_string(),
+            "--data-dir".into(),
+            dir.path().display().to_string(),
+            "--ca-file".into(),
+            ca_file.display().to_string(),
+            "--shutdown-grace".into(),
+            "5s".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut process = AgentProcess {
+            binary: binary.to_owned(),
+            args,
+            addr,
+            dir,
+            child: None,
+        };
+        process.spawn().await?;
+        Ok(process)
+    }
+
+    /// The gRPC URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub async fn kill9(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.context("kill -9 the agent")?;
+        }
+        Ok(())
+    }
+
+    /// Starts the agent again on the same address and data.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9().await?;
+        self.spawn().await
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))?;
+        let child = Command::new(&self.binary)
+            .args(&self.args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", self.binary.display()))?;
+        self.child = Some(child);
+        let addr = self.addr;
+        crate::eventually(
+            Duration::from_secs(20),
+            "the agent to listen",
+            || async move { Ok(tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())) },
+        )
+        .await
+    }
+}
+
+async fn free_port() -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    Ok(listener.local_addr()?)
+}

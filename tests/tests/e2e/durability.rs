@@ -1,0 +1,210 @@
+//! The agent keeps delivering when everything around it fails: the control plane down for
+//! 30 s, a restart with no control plane, a full queue.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use herald_proto::v1 as pb;
+use herald_tests::{Agent, AgentOptions, World, event, eventually, subscription};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn deliveries_go_on_while_the_control_plane_is_down_and_every_attempt_is_logged_once()
+-> anyhow::Result<()> {
+    let mut world = World::start().await?;
+    let sub = world
+        .control_plane
+        .create(subscription(
+            "shop-1",
+            &world.receiver.url("/orders"),
+            &["order.*"],
+        ))
+        .await?;
+    world.control_plane.wait_applied(sub.revision, WAIT).await?;
+    let mut emitted = Vec::new();
+    for i in 0..5 {
+        emitted.push(
+            world
+                .agent
+                .emit(event("shop-1", "order.created", &json!({"i": i})))
+                .await?
+                .event_id,
+        );
+    }
+
+    world.control_plane.pause().await?;
+    // 30 s without a control plane: events keep being accepted and delivered.
+    for i in 0..30 {
+        let response = world
+            .agent
+            .emit(event("shop-1", "order.created", &json!({"down": i})))
+            .await?;
+        assert_eq!(response.matched, 1);
+        emitted.push(response.event_id);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    world
+        .receiver
+        .wait_for_requests(emitted.len(), WAIT)
+        .await?;
+
+    world.control_plane.resume().await?;
+    let log = eventually(WAIT, "every attempt in the central log", || async {
+        let attempts = world
+            .control_plane
+            .attempts(pb::AttemptFilter {
+                subscription_id: sub.id.clone(),
+                ..Default::default()
+            })
+            .await?;
+        Ok((attempts.len() >= emitted.len()).then_some(attempts))
+    })
+    .await?;
+    // Exactly once: one delivered first attempt per event, nothing twice.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log_again = world
+        .control_plane
+        .attempts(pb::AttemptFilter {
+            subscription_id: sub.id.clone(),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(log_again.len(), log.len());
+    assert_eq!(log.len(), emitted.len());
+    let logged: HashSet<_> = log
+        .iter()
+        .map(|a| (a.event_id.clone(), a.attempt))
+        .collect();
+    assert_eq!(logged.len(), log.len(), "no attempt stored twice");
+    for id in &emitted {
+        assert!(logged.contains(&(id.clone(), 1)), "{id} logged");
+    }
+    assert!(
+        log.iter()
+            .all(|a| a.outcome == pb::Outcome::Delivered as i32)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_agent_started_without_a_control_plane_delivers_with_its_cached_config()
+-> anyhow::Result<()> {
+    let mut world = World::start().await?;
+    let keep = world
+        .control_plane
+        .create(subscription(
+            "shop-1",
+            &world.receiver.url("/keep"),
+            &["order.*"],
+        ))
+        .await?;
+    let removed = world
+        .control_plane
+        .create(subscription(
+            "shop-1",
+            &world.receiver.url("/removed"),
+            &["order.*"],
+        ))
+        .await?;
+    world
+        .control_plane
+        .wait_applied(removed.revision.max(keep.revision), WAIT)
+        .await?;
+    let cache = herald_agent::config_cache::path(world.agent.data_dir());
+    eventually(WAIT, "the config cache to be written", || async {
+        let cached = herald_agent::config_cache::load(world.agent.data_dir());
+        Ok(cached.filter(|r| r.len() == 2).map(|_| ()))
+    })
+    .await?;
+    assert!(cache.exists());
+
+    // While the agent is away, one subscription is deleted; then the control plane goes too.
+    world.agent.pause().await?;
+    let mut admin = world.control_plane.subscriptions().await?;
+    admin
+        .delete_subscription(pb::DeleteSubscriptionRequest {
+            id: removed.id.clone(),
+            expected_revision: 0,
+        })
+        .await?;
+    drop(admin);
+    world.control_plane.pause().await?;
+
+    // The agent starts with no control plane and delivers with what it last knew.
+    world.agent.resume().await?;
+    let offline = world
+        .agent
+        .emit(event("shop-1", "order.created", &json!({"offline": true})))
+        .await?;
+    assert_eq!(
+        offline.matched, 2,
+        "the cached config, deletion not yet known"
+    );
+    world.receiver.wait_for_requests(2, WAIT).await?;
+
+    // The control plane returns: a full resync, so the deletion made in the gap arrives.
+    world.control_plane.resume().await?;
+    eventually(WAIT, "the deletion to reach the agent", || async {
+        let r = world
+            .agent
+            .emit(event("shop-1", "order.created", &json!({})))
+            .await?;
+        Ok((r.matched == 1).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_resource_exhausted_and_loses_nothing_before() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    let sub = world
+        .control_plane
+        .create(subscription(
+            "shop-1",
+            &world.receiver.url("/orders"),
+            &["order.*"],
+        ))
+        .await?;
+    let small = Agent::start(
+        world.control_plane.url(),
+        AgentOptions {
+            ca_file: Some(world.ca.write_ca_pem(world.agent.data_dir())?),
+            max_queue_events: Some(5),
+            ..Default::default()
+        },
+    )
+    .await?;
+    world.control_plane.wait_applied(sub.revision, WAIT).await?;
+    let mut accepted = Vec::new();
+    for i in 0..5 {
+        accepted.push(
+            small
+                .emit(event("shop-1", "order.created", &json!({"i": i})))
+                .await?
+                .event_id,
+        );
+    }
+    let status = small
+        .events()
+        .await?
+        .emit(pb::EmitRequest {
+            event: Some(event("shop-1", "order.created", &json!({"i": 5}))),
+        })
+        .await
+        .expect_err("the sixth does not fit");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("full"), "{}", status.message());
+
+    let requests = world.receiver.wait_for_requests(5, WAIT).await?;
+    let delivered: HashSet<_> = requests
+        .iter()
+        .filter_map(|r| r.header("webhook-id"))
+        .collect();
+    for id in &accepted {
+        assert!(delivered.contains(id.as_str()), "{id} delivered");
+    }
+    Ok(())
+}
