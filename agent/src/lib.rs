@@ -203,7 +203,7 @@ pub async fn run(
             Listener::Tcp(l) => {
                 router
                     .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::TcpListenerStream::new(l),
+                        tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
                         serving.cancelled_owned(),
                     )
                     .await

@@ -1,5 +1,6 @@
-//! `kill -9` of a real agent process in the middle of a burst of 10,000 events: after a
-//! restart, every event whose `Emit` was acknowledged reaches the receiver at least once.
+//! A real agent process stopped the hard way and the polite way: `kill -9` in the middle of a
+//! burst of 10,000 events (after a restart, every event whose `Emit` was acknowledged reaches
+//! the receiver at least once), and SIGTERM (drain, flush, exit within the grace period).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -134,5 +135,57 @@ async fn kill_9_in_a_burst_loses_no_acknowledged_event() -> anyhow::Result<()> {
     );
     // Only attempts in flight at the kill may repeat: at most the agent's max in flight.
     assert!(duplicates <= 1024, "{duplicates} duplicates");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_within_the_grace_period() -> anyhow::Result<()> {
+    let etcd = Etcd::start().await?;
+    let cp = ControlPlane::start(ConfigStore::Etcd(vec![etcd.endpoint()])).await?;
+    let ca = TestCa::new();
+    let ca_dir = tempfile::tempdir()?;
+    let ca_file = ca.write_ca_pem(ca_dir.path())?;
+    let receiver = Receiver::start(&ca).await?;
+    // A slow receiver, so attempts are in flight when SIGTERM arrives.
+    receiver
+        .respond_with_response(herald_tests::Response::new(200).delay(Duration::from_millis(500)));
+    let sub = cp
+        .create(subscription("shop-1", &receiver.url("/slow"), &["order.*"]))
+        .await?;
+    let binary = Path::new(env!("CARGO_BIN_EXE_herald-agent"));
+    let mut agent = AgentProcess::start(binary, cp.url(), &ca_file, &[]).await?;
+    cp.wait_applied(sub.revision, Duration::from_secs(20))
+        .await?;
+
+    let ids: Arc<Vec<String>> = Arc::new((0..50).map(|i| format!("evt_term_{i}")).collect());
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    emit_all(&agent.url(), ids.clone(), acked.clone()).await;
+    assert_eq!(acked.lock().expect("lock").len(), 50);
+    receiver
+        .wait_for_requests(1, Duration::from_secs(10))
+        .await?;
+
+    // Grace is 5 s (set by the harness): the agent must be gone well within it plus start-up slack.
+    let code = agent.terminate(Duration::from_secs(8)).await?;
+    assert_eq!(code, Some(0), "a clean exit");
+    let refused = connect(&agent.url()).await;
+    assert!(refused.is_err(), "no longer accepting Emit");
+
+    // Whatever was not sent before the exit is pending in the queue, and goes out on restart.
+    receiver.respond_with(200);
+    agent.restart().await?;
+    eventually(
+        Duration::from_secs(30),
+        "all 50 events delivered",
+        || async {
+            let delivered: HashSet<String> = receiver
+                .requests()
+                .iter()
+                .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+                .collect();
+            Ok(ids.iter().all(|id| delivered.contains(id)).then_some(()))
+        },
+    )
+    .await?;
     Ok(())
 }

@@ -23,7 +23,6 @@ use herald_proto::v1::agents_server::AgentsServer;
 use herald_proto::v1::deliveries_server::DeliveriesServer;
 use herald_proto::v1::subscriptions_server::SubscriptionsServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::attempts::{AttemptLog, LogError};
@@ -113,7 +112,7 @@ pub async fn run(
             stop.clone(),
         )))
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             stop.clone().cancelled_owned(),
         );
     tracing::info!(addr = %config.listen, "control plane serving");

@@ -73,6 +73,23 @@ impl AgentProcess {
         Ok(())
     }
 
+    /// SIGTERM, then waits for the process to exit; returns its exit code.
+    pub async fn terminate(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        let Some(mut child) = self.child.take() else {
+            anyhow::bail!("the agent is not running");
+        };
+        let pid = child.id().context("the agent has a pid")?;
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await?;
+        anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
+        let status = tokio::time::timeout(timeout, child.wait())
+            .await
+            .with_context(|| format!("the agent did not exit within {timeout:?} of SIGTERM"))??;
+        Ok(status.code())
+    }
+
     /// Starts the agent again on the same address and data.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9().await?;
