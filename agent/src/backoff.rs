@@ -9,6 +9,8 @@ pub struct Backoff {
     min: Duration,
     max: Duration,
     ceiling: Duration,
+    /// Failures since the last success, so callers can log the first loudly and the rest less.
+    failures: u32,
 }
 
 impl Backoff {
@@ -18,6 +20,7 @@ impl Backoff {
             min,
             max,
             ceiling: min,
+            failures: 0,
         }
     }
 
@@ -26,12 +29,20 @@ impl Backoff {
         let span = self.ceiling.saturating_sub(self.min);
         let delay = self.min + span.mul_f64(unit_random());
         self.ceiling = (self.ceiling * 2).min(self.max);
+        self.failures = self.failures.saturating_add(1);
         delay
     }
 
     /// Back to the shortest wait, after a success.
     pub fn reset(&mut self) {
         self.ceiling = self.min;
+        self.failures = 0;
+    }
+
+    /// Whether a failure now deserves a warning: the first of an outage and every tenth after
+    /// (the rest are logged at debug level, so a long outage does not flood the log).
+    pub fn should_warn(&self) -> bool {
+        self.failures.is_multiple_of(10)
     }
 }
 

@@ -46,7 +46,11 @@ pub async fn run(
             result = session => result,
         };
         if let Err(err) = result {
-            tracing::warn!(error = %err, "config stream lost; reconnecting");
+            if backoff.should_warn() {
+                tracing::warn!(error = %err, "config stream lost; reconnecting");
+            } else {
+                tracing::debug!(error = %err, "config stream still down; reconnecting");
+            }
         }
         let delay = backoff.next_delay();
         tokio::select! {

@@ -42,6 +42,10 @@ pub async fn run(
     };
     tokio::pin!(deadline);
     loop {
+        // At shutdown, with nothing left to send, there is no reason to wait for a connection.
+        if shutdown.is_cancelled() && queue.pending_reports().is_ok_and(|n| n == 0) {
+            break;
+        }
         let session = session(&control_plane, &agent_id, &queue, &shutdown, &mut backoff);
         let result = tokio::select! {
             () = &mut deadline => break,
@@ -49,10 +53,14 @@ pub async fn run(
         };
         match result {
             Ok(()) => break,
-            Err(err) => tracing::warn!(error = %err, "report stream lost; reconnecting"),
+            Err(err) if backoff.should_warn() => {
+                tracing::warn!(error = %err, "report stream lost; reconnecting");
+            }
+            Err(err) => tracing::debug!(error = %err, "report stream still down; reconnecting"),
         }
         tokio::select! {
             () = &mut deadline => break,
+            () = shutdown.cancelled(), if !shutdown.is_cancelled() => {}
             () = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }

@@ -43,12 +43,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,herald_control_plane=info,herald_agent=info".into()),
-        )
-        .init();
+    herald_core::daemon::init_logs("warn,herald_control_plane=info,herald_agent=info");
     let bind = |addr: SocketAddr, what: &'static str| async move {
         TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr} for the {what} (is another herald dev running?)")

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use herald_control_plane::{Config, run};
+use herald_core::daemon::{self, Failure};
 use herald_core::shutdown::signal;
 
 /// Herald's control plane: subscriptions, config streams to agents, the delivery log.
@@ -14,31 +15,14 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let args = match Args::try_parse() {
-        Ok(args) => args,
-        Err(err) => {
-            let code = if err.use_stderr() { 64 } else { 0 };
-            let _ = err.print();
-            return std::process::ExitCode::from(code);
-        }
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    let listener = match tokio::net::TcpListener::bind(args.config.listen).await {
-        Ok(listener) => listener,
-        Err(err) => {
-            eprintln!("listen={} is not usable: {err}", args.config.listen);
-            return std::process::ExitCode::from(64);
-        }
-    };
-    match run(args.config, listener, signal()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!(error = %err, "control plane stopped");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    daemon::main("control plane", |args: Args| async move {
+        let listen = args.config.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|err| Failure::Usage(format!("listen={listen} is not usable: {err}")))?;
+        run(args.config, listener, signal())
+            .await
+            .map_err(Failure::Run)
+    })
+    .await
 }

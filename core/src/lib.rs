@@ -7,9 +7,11 @@
 //! - [`signing`]: Standard Webhooks secrets, signatures and verification.
 //! - [`format`] and [`xml`]: the body a subscription receives, JSON or XML.
 //! - [`retry`]: retry schedules and jitter.
+//! - [`daemon`]: flag parsing, logs and exit codes every daemon shares.
 //! - [`shutdown`]: the signals every binary stops on.
 //! - [`subscription`]: a validated subscription, as the delivery path uses it.
 
+pub mod daemon;
 pub mod event_type;
 pub mod format;
 pub mod ids;
