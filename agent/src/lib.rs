@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::limits::DEFAULT_MAX_PAYLOAD_BYTES;
+use herald_core::target::TargetPolicy;
 use herald_proto::v1::events_server::EventsServer;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -69,6 +70,10 @@ pub struct Config {
     /// Deliver to http:// URLs too (development only).
     #[arg(long, env = "HERALD_ALLOW_HTTP")]
     pub allow_http: bool,
+    /// Address ranges deliveries may reach although special (loopback, private, …),
+    /// comma-separated CIDRs.
+    #[arg(long, env = "HERALD_ALLOW_TARGETS", value_delimiter = ',', value_parser = herald_core::target::parse_cidr)]
+    pub allow_targets: Vec<ipnet::IpNet>,
     /// The largest event payload accepted, in bytes.
     #[arg(long, env = "HERALD_MAX_PAYLOAD_BYTES", default_value_t = DEFAULT_MAX_PAYLOAD_BYTES)]
     pub max_payload_bytes: usize,
@@ -131,7 +136,8 @@ pub async fn run(
         None => agent_id(&config.data_dir)?,
     };
     tracing::info!(agent = %id, region = %config.region, listen = %config.listen, "agent starting");
-    let client = delivery::client::build(config.ca_file.as_deref())?;
+    let policy = TargetPolicy::new(config.allow_http, config.allow_targets.clone());
+    let client = delivery::client::build(config.ca_file.as_deref(), policy.clone())?;
     let queue = Queue::open(
         &config.data_dir,
         QueueConfig {
@@ -185,7 +191,7 @@ pub async fn run(
             routes: routes.clone(),
             queue: queue.clone(),
             agent_id: id,
-            allow_http: config.allow_http,
+            policy,
             max_in_flight: config.max_in_flight,
         },
         stop.clone(),

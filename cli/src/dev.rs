@@ -54,12 +54,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let receiver_listener = bind(args.receiver_listen, "receiver").await?;
     let control_plane_url = format!("http://{}", args.control_plane_listen);
 
+    // Loopback and plain http are allowed here only: this is everything-on-one-machine mode.
+    let loopback =
+        herald_core::target::parse_allowlist("127.0.0.0/8,::1").map_err(anyhow::Error::msg)?;
     let stop = CancellationToken::new();
     let cp_config = herald_control_plane::Config {
         listen: args.control_plane_listen,
         etcd: vec![],
         data_dir: args.data_dir.join("control-plane"),
         allow_http: true,
+        allow_targets: loopback.clone(),
         shutdown_grace: GRACE,
     };
     let control_plane = tokio::spawn(herald_control_plane::run(
@@ -76,6 +80,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         node: "local".into(),
         ca_file: None,
         allow_http: true,
+        allow_targets: loopback,
         max_payload_bytes: herald_core::limits::DEFAULT_MAX_PAYLOAD_BYTES,
         max_in_flight: 256,
         dedup_window: Duration::from_secs(24 * 60 * 60),

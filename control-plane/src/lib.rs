@@ -53,6 +53,10 @@ pub struct Config {
     /// Accept http:// subscription URLs (for development and private networks).
     #[arg(long, env = "HERALD_ALLOW_HTTP")]
     pub allow_http: bool,
+    /// Address ranges subscriptions may target although special (loopback, private, …),
+    /// comma-separated CIDRs.
+    #[arg(long, env = "HERALD_ALLOW_TARGETS", value_delimiter = ',', value_parser = herald_core::target::parse_cidr)]
+    pub allow_targets: Vec<ipnet::IpNet>,
     /// How long shutdown waits for open calls and streams to finish.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -92,7 +96,9 @@ pub async fn run(
     let hub = ConfigHub::start(store.clone(), stop.clone());
     let fleet = Fleet::default();
 
-    let registry = Subscriptions::new(store, config.allow_http);
+    let policy =
+        herald_core::target::TargetPolicy::new(config.allow_http, config.allow_targets.clone());
+    let registry = Subscriptions::new(store, policy);
     let server = tonic::transport::Server::builder()
         .add_service(SubscriptionsServer::new(grpc::SubscriptionsService::new(
             registry,

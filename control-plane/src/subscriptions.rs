@@ -9,6 +9,7 @@ use herald_core::ValidationError;
 use herald_core::ids::new_subscription_id;
 use herald_core::signing::SigningSecret;
 use herald_core::subscription::{DEFAULT_ROTATION_GRACE, MAX_SECRETS};
+use herald_core::target::TargetPolicy;
 use herald_proto::convert::{self, system_time, timestamp};
 use herald_proto::v1 as pb;
 use prost::Message;
@@ -22,6 +23,8 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// Attempts at a read-modify-write before giving up under contention.
 const MAX_CAS_ATTEMPTS: usize = 8;
+/// How long the target check waits for DNS.
+const DNS_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest rotation grace period.
 const MAX_ROTATION_GRACE: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
@@ -82,7 +85,8 @@ impl From<SubscriptionError> for tonic::Status {
 #[derive(Clone)]
 pub struct Subscriptions {
     store: Store,
-    allow_http: bool,
+    /// Which endpoint addresses are admitted (the SSRF guard's first check).
+    policy: TargetPolicy,
 }
 
 /// A page of subscriptions.
@@ -94,9 +98,29 @@ pub struct Page {
 }
 
 impl Subscriptions {
-    /// A registry on `store`; `allow_http` admits `http://` endpoint URLs.
-    pub fn new(store: Store, allow_http: bool) -> Self {
-        Subscriptions { store, allow_http }
+    /// A registry on `store` admitting endpoints that `policy` allows.
+    pub fn new(store: Store, policy: TargetPolicy) -> Self {
+        Subscriptions { store, policy }
+    }
+
+    /// Validates a record and checks its URL against the target policy: the literal address,
+    /// or what the host resolves to now. A host that does not resolve here is admitted: the
+    /// agent checks the addresses it connects to at every delivery.
+    async fn check(&self, sub: &pb::Subscription) -> Result<(), SubscriptionError> {
+        let domain = convert::subscription(sub, self.policy.allow_http)?;
+        let refuse =
+            |err: herald_core::target::TargetError| ValidationError::new("url", err.to_string());
+        self.policy.check_url(&domain.url).map_err(refuse)?;
+        if let Some(url::Host::Domain(host)) = domain.url.host() {
+            let port = domain.url.port_or_known_default().unwrap_or(443);
+            let lookup = tokio::net::lookup_host((host, port));
+            if let Ok(Ok(addrs)) = tokio::time::timeout(DNS_TIMEOUT, lookup).await {
+                for addr in addrs {
+                    self.policy.check_ip(host, addr.ip()).map_err(refuse)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Creates a subscription: assigns its id and first signing secret; it starts enabled.
@@ -120,7 +144,7 @@ impl Subscriptions {
             revision: 0,
             ..request
         };
-        convert::subscription(&sub, self.allow_http)?;
+        self.check(&sub).await?;
         let key = keys::subscription(&sub.tenant, &sub.id);
         let index = keys::subscription_id(&sub.id);
         let txn = Txn::default()
@@ -216,7 +240,7 @@ impl Subscriptions {
             updated_at: Some(timestamp(SystemTime::now())),
             ..current
         };
-        self.write(updated, &kv).await?.ok_or_else(|| {
+        self.write(updated, &kv, true).await?.ok_or_else(|| {
             // Someone wrote between our read and our write.
             SubscriptionError::StaleRevision {
                 id: request.id,
@@ -337,14 +361,21 @@ impl Subscriptions {
         Ok((decode(&kv)?, kv))
     }
 
-    /// Writes `sub` over `kv` if `kv` is still current; `None` when it is not.
+    /// Writes `sub` over `kv` if `kv` is still current; `None` when it is not. With
+    /// `check_target`, the URL goes through the target policy too (for changes that may move
+    /// it); state changes (disable, rotate) only need the record to be valid.
     async fn write(
         &self,
         mut sub: pb::Subscription,
         kv: &KeyValue,
+        check_target: bool,
     ) -> Result<Option<pb::Subscription>, SubscriptionError> {
         sub.revision = 0;
-        convert::subscription(&sub, self.allow_http)?;
+        if check_target {
+            self.check(&sub).await?;
+        } else {
+            convert::subscription(&sub, true)?;
+        }
         let txn = Txn::default()
             .when(Compare::ModRevision(kv.key.clone(), kv.mod_revision))
             .then(Op::Put(kv.key.clone(), sub.encode_to_vec()));
@@ -366,7 +397,7 @@ impl Subscriptions {
         for _ in 0..MAX_CAS_ATTEMPTS {
             let (mut sub, kv) = self.read(id).await?;
             change(&mut sub, SystemTime::now())?;
-            if let Some(written) = self.write(sub, &kv).await? {
+            if let Some(written) = self.write(sub, &kv, false).await? {
                 return Ok(written);
             }
         }

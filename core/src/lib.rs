@@ -9,6 +9,7 @@
 //! - [`retry`]: retry schedules and jitter.
 //! - [`daemon`]: flag parsing, logs and exit codes every daemon shares.
 //! - [`shutdown`]: the signals every binary stops on.
+//! - [`target`]: which addresses webhooks may be sent to (the SSRF guard).
 //! - [`subscription`]: a validated subscription, as the delivery path uses it.
 
 pub mod daemon;
@@ -20,6 +21,7 @@ pub mod retry;
 pub mod shutdown;
 pub mod signing;
 pub mod subscription;
+pub mod target;
 pub mod validate;
 pub mod xml;
 

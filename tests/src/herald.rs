@@ -40,8 +40,17 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// Starts a control plane on a free port.
+    /// Starts a control plane on a free port that admits loopback targets (where the tests'
+    /// receivers are).
     pub async fn start(store: ConfigStore) -> anyhow::Result<Self> {
+        Self::start_with_targets(store, loopback()).await
+    }
+
+    /// Starts a control plane admitting only the special targets in `allow_targets`.
+    pub async fn start_with_targets(
+        store: ConfigStore,
+        allow_targets: Vec<ipnet::IpNet>,
+    ) -> anyhow::Result<Self> {
         init_logs();
         let dir = tempfile::tempdir()?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -54,6 +63,7 @@ impl ControlPlane {
             },
             data_dir: dir.path().to_owned(),
             allow_http: false,
+            allow_targets,
             shutdown_grace: GRACE,
         };
         let stop = CancellationToken::new();
@@ -187,6 +197,8 @@ pub struct AgentOptions {
     pub region: Option<String>,
     /// Queue bound in events (default one million).
     pub max_queue_events: Option<u64>,
+    /// Special targets admitted (default: loopback, where the tests' receivers are).
+    pub allow_targets: Option<Vec<ipnet::IpNet>>,
 }
 
 /// An agent running in-process.
@@ -215,6 +227,7 @@ impl Agent {
             node: "test-node".into(),
             ca_file: options.ca_file,
             allow_http: false,
+            allow_targets: options.allow_targets.unwrap_or_else(loopback),
             max_payload_bytes: herald_core::limits::DEFAULT_MAX_PAYLOAD_BYTES,
             max_in_flight: 256,
             dedup_window: Duration::from_secs(3600),
@@ -305,6 +318,11 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// The loopback ranges, which the harness's receivers listen on.
+pub fn loopback() -> Vec<ipnet::IpNet> {
+    herald_core::target::parse_allowlist("127.0.0.0/8,::1").expect("valid ranges")
 }
 
 /// A gRPC channel to `url`.

@@ -42,6 +42,8 @@ impl AgentProcess {
             ca_file.display().to_string(),
             "--shutdown-grace".into(),
             "5s".into(),
+            "--allow-targets".into(),
+            "127.0.0.0/8".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut process = AgentProcess {

@@ -9,6 +9,8 @@ use herald_core::subscription::Subscription;
 
 use super::classify::AttemptResult;
 
+/// The error kind of an attempt the target policy refused.
+pub const POLICY: &str = "policy";
 /// The most response body read from a receiver.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// The part of the response body kept for the log.
@@ -120,16 +122,34 @@ fn error_kind(err: &reqwest::Error) -> &'static str {
     if err.is_timeout() {
         return "timeout";
     }
+    let mut chain: Vec<&(dyn std::error::Error + 'static)> = Vec::new();
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
-        if e.downcast_ref::<rustls::Error>().is_some() {
-            return "tls";
-        }
-        let text = e.to_string();
-        if text.contains("dns error") || text.contains("failed to lookup address") {
-            return "dns";
+        chain.push(e);
+        // An io::Error's source() skips the error it wraps (where the resolver's refusal
+        // travels), so walk into it explicitly.
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            chain.push(inner);
         }
         source = e.source();
+    }
+    if chain
+        .iter()
+        .any(|e| e.is::<herald_core::target::TargetError>())
+    {
+        return POLICY;
+    }
+    if chain.iter().any(|e| e.is::<rustls::Error>()) {
+        return "tls";
+    }
+    if chain.iter().any(|e| {
+        let text = e.to_string();
+        text.contains("dns error") || text.contains("failed to lookup address")
+    }) {
+        return "dns";
     }
     if err.is_connect() {
         "connect"

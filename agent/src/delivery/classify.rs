@@ -7,6 +7,7 @@
 //!   within [`MAX_RETRY_AFTER`].
 //! - Any other status and any network error: retry on the subscription's schedule.
 //! - 3xx: a failure (redirects are not followed), retried like the rest.
+//! - A target the policy refuses (the SSRF guard): failed for good, not retried.
 //! - When the schedule has no attempts left: failed.
 
 use std::time::{Duration, SystemTime};
@@ -40,6 +41,8 @@ pub enum Verdict {
     Retry(Option<Duration>),
     /// The endpoint is gone (410); stop.
     Gone,
+    /// The target address is not allowed; stop.
+    Refused,
 }
 
 /// Classifies an attempt's result. `now` is used to read `Retry-After` HTTP dates.
@@ -47,6 +50,9 @@ pub fn classify(result: &AttemptResult, now: SystemTime) -> Verdict {
     match result {
         AttemptResult::Status { code, .. } if (200..300).contains(code) => Verdict::Delivered,
         AttemptResult::Status { code: 410, .. } => Verdict::Gone,
+        AttemptResult::Error {
+            kind: super::attempt::POLICY,
+        } => Verdict::Refused,
         AttemptResult::Status {
             code: 429 | 503,
             retry_after: Some(value),
@@ -108,6 +114,8 @@ mod tests {
         }
         let err = AttemptResult::Error { kind: "timeout" };
         assert_eq!(classify(&err, now), Verdict::Retry(None));
+        let refused = AttemptResult::Error { kind: "policy" };
+        assert_eq!(classify(&refused, now), Verdict::Refused);
     }
 
     #[test]

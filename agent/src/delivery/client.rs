@@ -1,10 +1,16 @@
 //! The HTTPS client every delivery goes through: rustls with the ring provider, the system's
-//! trust roots plus any extra CA file, pooled keep-alive connections, and no side doors
-//! (redirects are not followed; system proxies are not used).
+//! trust roots plus any extra CA file, pooled keep-alive connections, and no side doors:
+//! redirects are not followed, system proxies are not used, and every address a host resolves
+//! to passes the target policy before a connection is made (a URL with a literal address
+//! skips the resolver, so the dispatcher checks those itself).
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+use herald_core::target::TargetPolicy;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 /// How long to wait for a TCP + TLS connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,8 +33,9 @@ pub enum ClientError {
     Tls(String),
 }
 
-/// Builds the delivery client. `ca_file` adds trust roots (PEM) for receivers with private CAs.
-pub fn build(ca_file: Option<&Path>) -> Result<reqwest::Client, ClientError> {
+/// Builds the delivery client. `ca_file` adds trust roots (PEM) for receivers with private CAs;
+/// hosts resolving to addresses `policy` refuses are not connected to.
+pub fn build(ca_file: Option<&Path>, policy: TargetPolicy) -> Result<reqwest::Client, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
@@ -62,10 +69,34 @@ pub fn build(ca_file: Option<&Path>) -> Result<reqwest::Client, ClientError> {
         .tls_backend_preconfigured(tls)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
+        .dns_resolver(GuardedResolver {
+            policy: Arc::new(policy),
+        })
         .connect_timeout(CONNECT_TIMEOUT)
         .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
         .pool_idle_timeout(Duration::from_secs(90))
         .user_agent(concat!("Herald/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| ClientError::Tls(e.to_string()))
+}
+
+/// Resolves with the system resolver, then refuses the host if any of its addresses is one the
+/// policy refuses (a host that mixes public and private answers is refused whole).
+struct GuardedResolver {
+    policy: Arc<TargetPolicy>,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = self.policy.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            for addr in &addrs {
+                policy.check_ip(&host, addr.ip())?;
+            }
+            Ok(Box::new(addrs.into_iter()) as Addrs)
+        })
+    }
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use herald_core::retry::{JITTER, jittered};
 use herald_core::subscription::Subscription;
+use herald_core::target::TargetPolicy;
 use herald_proto::convert::{duration, timestamp};
 use herald_proto::v1 as pb;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -46,7 +47,9 @@ struct Inner {
     routes: watch::Receiver<Arc<Routes>>,
     queue: Queue,
     agent_id: String,
-    allow_http: bool,
+    /// Which targets may be delivered to (literal-address URLs are checked here; the client's
+    /// resolver checks the rest).
+    policy: TargetPolicy,
     /// Attempts in flight at once, across all subscriptions; 0 pauses delivery.
     max_in_flight: usize,
     permits: Arc<Semaphore>,
@@ -64,8 +67,8 @@ pub struct DispatcherParts {
     pub queue: Queue,
     /// This agent's id, in reports.
     pub agent_id: String,
-    /// Deliver to http:// URLs.
-    pub allow_http: bool,
+    /// Which targets may be delivered to.
+    pub policy: TargetPolicy,
     /// Attempts in flight at most (0 pauses delivery; events are still accepted).
     pub max_in_flight: usize,
 }
@@ -80,7 +83,7 @@ impl Dispatcher {
                 routes: parts.routes,
                 queue: parts.queue,
                 agent_id: parts.agent_id,
-                allow_http: parts.allow_http,
+                policy: parts.policy,
                 max_in_flight: parts.max_in_flight,
                 tasks: TaskTracker::new(),
                 shutdown,
@@ -194,8 +197,9 @@ impl Inner {
                 self.report(task, Some(event), None, number, report),
             );
         };
-        if sub.url.scheme() == "http" && !self.allow_http {
-            let report = refused("http:// targets are not allowed (--allow-http)");
+        if let Err(refusal) = self.policy.check_url(&sub.url) {
+            tracing::warn!(subscription = %sub.id, reason = %refusal, "delivery refused by the target policy");
+            let report = refused(&refusal.to_string());
             return (
                 Next::Done,
                 self.report(task, Some(event), Some(&sub), number, report),
@@ -212,7 +216,7 @@ impl Inner {
         .await;
         let verdict = classify(&sent.result, SystemTime::now());
         let delay = match &verdict {
-            Verdict::Delivered | Verdict::Gone => None,
+            Verdict::Delivered | Verdict::Gone | Verdict::Refused => None,
             Verdict::Retry(after) => sub.retry.delay_after(number).map(|scheduled| {
                 let delay = jittered(scheduled, JITTER, unit_random());
                 after.map_or(delay, |after| delay.max(after))
@@ -224,8 +228,12 @@ impl Inner {
             (_, None) => (pb::Outcome::Failed, None),
         };
         let mut report = Report::from_attempt(&sent, outcome, next_at);
-        if verdict == Verdict::Gone {
-            report.error = "receiver answered 410 Gone".into();
+        match verdict {
+            Verdict::Gone => report.error = "receiver answered 410 Gone".into(),
+            Verdict::Refused => {
+                tracing::warn!(subscription = %sub.id, reason = %report.error, "delivery refused by the target policy");
+            }
+            _ => {}
         }
         if verdict == Verdict::Delivered {
             tracing::debug!(event = %event.id, subscription = %sub.id, attempt = number, "delivered");

@@ -55,6 +55,7 @@ async fn control_plane(stop: &CancellationToken) -> anyhow::Result<(String, temp
         etcd: vec![],
         data_dir: dir.path().to_owned(),
         allow_http: false,
+        allow_targets: herald_tests::herald::loopback(),
         shutdown_grace: Duration::from_secs(1),
     };
     tokio::spawn(herald_control_plane::run(
@@ -99,6 +100,7 @@ async fn agent(
         node: "bench".into(),
         ca_file: None,
         allow_http: false,
+        allow_targets: vec![],
         max_payload_bytes: herald_core::limits::DEFAULT_MAX_PAYLOAD_BYTES,
         max_in_flight: 0,
         dedup_window: Duration::from_secs(3600),

@@ -3,5 +3,6 @@
 
 mod delivery;
 mod durability;
+mod ssrf;
 mod store;
 mod subscriptions;
