@@ -97,18 +97,21 @@ impl AttemptLog {
         })
     }
 
-    /// Stores a batch durably, skipping attempts already stored; returns how many were new.
-    pub async fn insert(&self, attempts: Vec<pb::Attempt>) -> Result<usize, LogError> {
+    /// Stores a batch durably, skipping attempts already stored; returns the new ones.
+    pub async fn insert(
+        &self,
+        attempts: Vec<pb::Attempt>,
+    ) -> Result<Vec<Arc<pb::Attempt>>, LogError> {
         let db = self.db.clone();
         let stored = tokio::task::spawn_blocking(move || insert_batch(&db, attempts))
             .await
             .map_err(storage)??;
-        let count = stored.len();
-        for attempt in stored {
+        let stored: Vec<Arc<pb::Attempt>> = stored.into_iter().map(Arc::new).collect();
+        for attempt in &stored {
             // No tail listening is fine.
-            let _ = self.tail.send(Arc::new(attempt));
+            let _ = self.tail.send(attempt.clone());
         }
-        Ok(count)
+        Ok(stored)
     }
 
     /// Attempts matching `filter`, newest first, a page at a time.
@@ -308,10 +311,9 @@ mod tests {
             .map(|i| attempt(&format!("evt_{i}"), "sub_a", 1, pb::Outcome::Delivered))
             .chain([attempt("evt_x", "sub_b", 1, pb::Outcome::Retrying)])
             .collect();
-        assert_eq!(log.insert(batch.clone()).await.expect("insert"), 6);
-        assert_eq!(
-            log.insert(batch).await.expect("insert again"),
-            0,
+        assert_eq!(log.insert(batch.clone()).await.expect("insert").len(), 6);
+        assert!(
+            log.insert(batch).await.expect("insert again").is_empty(),
             "idempotent"
         );
 

@@ -101,7 +101,7 @@ pub async fn run(
     let registry = Subscriptions::new(store, policy);
     let server = tonic::transport::Server::builder()
         .add_service(SubscriptionsServer::new(grpc::SubscriptionsService::new(
-            registry,
+            registry.clone(),
         )))
         .add_service(DeliveriesServer::new(grpc::DeliveriesService::new(
             log.clone(),
@@ -115,6 +115,7 @@ pub async fn run(
             hub,
             fleet,
             log,
+            registry,
             stop.clone(),
         )))
         .serve_with_incoming_shutdown(

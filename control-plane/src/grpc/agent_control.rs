@@ -6,6 +6,8 @@
 //! recorded in the fleet registry.
 //!
 //! Reports: each batch of attempts is stored durably in the delivery log, then acked by id.
+//! A receiver that answered 410 Gone has its subscription disabled (reason `gone (410)`),
+//! which reaches every agent through the config stream.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +24,7 @@ use super::admin::async_stream;
 use crate::attempts::AttemptLog;
 use crate::fleet::Fleet;
 use crate::hub::{Change, ConfigHub, Snapshot};
+use crate::subscriptions::Subscriptions;
 
 /// How long an agent has to say hello after opening its config stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,16 +38,24 @@ pub struct AgentControlService {
     hub: ConfigHub,
     fleet: Fleet,
     log: AttemptLog,
+    registry: Subscriptions,
     shutdown: CancellationToken,
 }
 
 impl AgentControlService {
     /// The service; streams end on `shutdown`.
-    pub fn new(hub: ConfigHub, fleet: Fleet, log: AttemptLog, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        hub: ConfigHub,
+        fleet: Fleet,
+        log: AttemptLog,
+        registry: Subscriptions,
+        shutdown: CancellationToken,
+    ) -> Self {
         AgentControlService {
             hub,
             fleet,
             log,
+            registry,
             shutdown,
         }
     }
@@ -105,7 +116,11 @@ impl AgentControl for AgentControlService {
         request: Request<Streaming<pb::ReportBatch>>,
     ) -> Result<Response<Self::ReportAttemptsStream>, Status> {
         let mut inbound = request.into_inner();
-        let (log, shutdown) = (self.log.clone(), self.shutdown.clone());
+        let (log, registry, shutdown) = (
+            self.log.clone(),
+            self.registry.clone(),
+            self.shutdown.clone(),
+        );
         let stream = async_stream(move |tx| async move {
             loop {
                 let batch = tokio::select! {
@@ -124,9 +139,12 @@ impl AgentControl for AgentControlService {
                     return;
                 }
                 let ack = match log.insert(batch.attempts).await {
-                    Ok(_) => Ok(pb::ReportAck {
-                        batch_id: batch.batch_id,
-                    }),
+                    Ok(stored) => {
+                        disable_gone(&registry, &stored);
+                        Ok(pb::ReportAck {
+                            batch_id: batch.batch_id,
+                        })
+                    }
                     Err(err) => {
                         tracing::error!(error = %err, "cannot store attempt reports");
                         Err(Status::unavailable(format!("cannot store reports: {err}")))
@@ -139,6 +157,39 @@ impl AgentControl for AgentControlService {
             }
         });
         Ok(Response::new(stream))
+    }
+}
+
+/// The reason recorded on a subscription whose receiver answered 410 Gone.
+pub const GONE_REASON: &str = "gone (410)";
+
+/// Disables, in the background, the subscriptions whose receivers answered 410 in `attempts`.
+fn disable_gone(registry: &Subscriptions, attempts: &[Arc<pb::Attempt>]) {
+    let mut gone: Vec<String> = attempts
+        .iter()
+        .filter(|a| a.status_code == 410)
+        .map(|a| a.subscription_id.clone())
+        .collect();
+    gone.sort();
+    gone.dedup();
+    for id in gone {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            match registry.get(&id).await {
+                Ok(sub) if !sub.enabled => {}
+                Ok(_) => match registry.disable(&id, GONE_REASON).await {
+                    Ok(_) => {
+                        tracing::warn!(subscription = %id, "receiver answered 410 Gone; subscription disabled")
+                    }
+                    Err(err) => {
+                        tracing::error!(subscription = %id, error = %err, "cannot disable a gone subscription")
+                    }
+                },
+                Err(err) => {
+                    tracing::debug!(subscription = %id, error = %err, "gone subscription not found")
+                }
+            }
+        });
     }
 }
 

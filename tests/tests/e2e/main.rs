@@ -3,6 +3,7 @@
 
 mod delivery;
 mod durability;
+mod engine;
 mod ssrf;
 mod store;
 mod subscriptions;

@@ -1,0 +1,206 @@
+//! How the delivery engine treats what receivers answer: 410 disables, Retry-After is honoured,
+//! redirects are not followed; and signing during a secret rotation.
+
+use std::time::Duration;
+
+use herald_proto::v1 as pb;
+use herald_tests::{
+    Response, World, event, eventually, secret_of, signature_verifies, subscription,
+};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn with_retries(mut sub: pb::Subscription, schedule: &str) -> pb::Subscription {
+    let schedule = herald_core::retry::RetrySchedule::parse(schedule).expect("schedule");
+    sub.retry = Some(herald_proto::convert::retry_policy(&schedule));
+    sub
+}
+
+#[tokio::test]
+async fn a_receiver_answering_410_gone_has_its_subscription_disabled() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    world.receiver.respond_with(410);
+    let sub = world
+        .control_plane
+        .create(subscription(
+            "shop-1",
+            &world.receiver.url("/gone"),
+            &["order.*"],
+        ))
+        .await?;
+    world.control_plane.wait_applied(sub.revision, WAIT).await?;
+    world
+        .agent
+        .emit(event("shop-1", "order.created", &json!({})))
+        .await?;
+
+    let admin = world.control_plane.subscriptions().await?;
+    let disabled = eventually(WAIT, "the subscription to be disabled", || {
+        let mut admin = admin.clone();
+        let id = sub.id.clone();
+        async move {
+            let s = admin
+                .get_subscription(pb::GetSubscriptionRequest {
+                    id,
+                    show_secrets: false,
+                })
+                .await?
+                .into_inner();
+            Ok((!s.enabled).then_some(s))
+        }
+    })
+    .await?;
+    assert_eq!(disabled.disabled_reason, "gone (410)");
+    let log = world
+        .control_plane
+        .attempts(pb::AttemptFilter {
+            subscription_id: sub.id.clone(),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(
+        (log.len(), log[0].status_code),
+        (1, 410),
+        "no retry after 410"
+    );
+    assert_eq!(log[0].outcome, pb::Outcome::Failed as i32);
+
+    world
+        .control_plane
+        .wait_applied(disabled.revision, WAIT)
+        .await?;
+    let after = world
+        .agent
+        .emit(event("shop-1", "order.created", &json!({})))
+        .await?;
+    assert_eq!(after.matched, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    let sub = world
+        .control_plane
+        .create(with_retries(
+            subscription("shop-1", &world.receiver.url("/busy"), &["order.*"]),
+            "100ms,100ms",
+        ))
+        .await?;
+    world.control_plane.wait_applied(sub.revision, WAIT).await?;
+    world.receiver.script([
+        Response::new(429).header("retry-after", "2"),
+        Response::new(200),
+    ]);
+    world
+        .agent
+        .emit(event("shop-1", "order.created", &json!({})))
+        .await?;
+    let requests = world.receiver.wait_for_requests(2, WAIT).await?;
+    let gap = requests[1]
+        .received_at
+        .duration_since(requests[0].received_at)?;
+    assert!(
+        gap >= Duration::from_millis(1900),
+        "waited {gap:?}, asked for 2 s"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed_and_the_location_is_logged() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    let elsewhere = world.receiver.url("/elsewhere");
+    world
+        .receiver
+        .respond_with_response(Response::new(302).header("location", elsewhere.as_str()));
+    let sub = world
+        .control_plane
+        .create(with_retries(
+            subscription("shop-1", &world.receiver.url("/moved"), &["order.*"]),
+            "100ms",
+        ))
+        .await?;
+    world.control_plane.wait_applied(sub.revision, WAIT).await?;
+    world
+        .agent
+        .emit(event("shop-1", "order.created", &json!({})))
+        .await?;
+
+    let log = eventually(WAIT, "both attempts logged", || async {
+        let attempts = world
+            .control_plane
+            .attempts(pb::AttemptFilter {
+                subscription_id: sub.id.clone(),
+                ..Default::default()
+            })
+            .await?;
+        Ok((attempts.len() == 2).then_some(attempts))
+    })
+    .await?;
+    assert!(
+        world.receiver.requests().iter().all(|r| r.path == "/moved"),
+        "never followed"
+    );
+    assert_eq!(log[0].status_code, 302);
+    assert!(log[0].error.contains(&elsewhere), "{}", log[0].error);
+    assert_eq!(
+        log[0].outcome,
+        pb::Outcome::Failed as i32,
+        "after the last attempt"
+    );
+    assert_eq!(log[1].outcome, pb::Outcome::Retrying as i32);
+    Ok(())
+}
+
+#[tokio::test]
+async fn during_a_rotation_both_secrets_sign() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    let created = world
+        .control_plane
+        .create(subscription(
+            "shop-1",
+            &world.receiver.url("/rotating"),
+            &["order.*"],
+        ))
+        .await?;
+    let old = secret_of(&created);
+    let rotated = world
+        .control_plane
+        .subscriptions()
+        .await?
+        .rotate_secret(pb::RotateSecretRequest {
+            id: created.id.clone(),
+            grace: Some(herald_proto::convert::duration(Duration::from_secs(3600))),
+        })
+        .await?
+        .into_inner();
+    let new = secret_of(&rotated);
+    assert_ne!(old, new);
+    world
+        .control_plane
+        .wait_applied(rotated.revision, WAIT)
+        .await?;
+
+    world
+        .agent
+        .emit(event("shop-1", "order.created", &json!({"n": 1})))
+        .await?;
+    let request = world.receiver.wait_for_requests(1, WAIT).await?.remove(0);
+    let header = request.header("webhook-signature").unwrap_or_default();
+    assert_eq!(
+        header.split(' ').filter(|s| s.starts_with("v1,")).count(),
+        2,
+        "{header}"
+    );
+    assert!(
+        signature_verifies(&request, &[&old]),
+        "receivers still on the old secret verify"
+    );
+    assert!(
+        signature_verifies(&request, &[&new]),
+        "receivers on the new secret verify"
+    );
+    Ok(())
+}
