@@ -118,6 +118,7 @@ pub fn subscription(sub: &pb::Subscription, show_secrets: bool) -> Value {
         "timeout": sub.timeout.as_ref().and_then(std_duration).map(|d| humantime::format_duration(d).to_string()),
         "retry_schedule": retry,
         "regions": sub.regions,
+        "max_in_flight": if sub.max_in_flight == 0 { 16 } else { sub.max_in_flight },
         "revision": sub.revision,
         "created_at": time(sub.created_at.as_ref()),
         "updated_at": time(sub.updated_at.as_ref()),

@@ -92,6 +92,9 @@ pub struct Fields {
     /// Regions whose agents deliver it, comma-separated (default: all).
     #[arg(long, value_delimiter = ',')]
     regions: Option<Vec<String>>,
+    /// Attempts in flight to this endpoint at once, per agent (default 16).
+    #[arg(long)]
+    max_in_flight: Option<u32>,
 }
 
 #[derive(clap::Args)]
@@ -146,6 +149,9 @@ impl Fields {
         }
         if let Some(regions) = self.regions {
             sub.regions = regions;
+        }
+        if let Some(max) = self.max_in_flight {
+            sub.max_in_flight = max;
         }
         Ok(())
     }

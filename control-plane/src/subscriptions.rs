@@ -237,6 +237,7 @@ impl Subscriptions {
             description: request.description,
             labels: request.labels,
             regions: request.regions,
+            max_in_flight: request.max_in_flight,
             updated_at: Some(timestamp(SystemTime::now())),
             ..current
         };

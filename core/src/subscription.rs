@@ -18,6 +18,10 @@ pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
 /// How many signing secrets a subscription may hold at once (the current one plus those in
 /// their rotation grace period).
 pub const MAX_SECRETS: usize = 8;
+/// Attempts in flight to one endpoint at once (per agent), when a subscription sets none.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+/// The most attempts in flight to one endpoint a subscription may ask for.
+pub const MAX_MAX_IN_FLIGHT: u32 = 1024;
 /// How many regions a subscription may name.
 pub const MAX_REGIONS: usize = 32;
 
@@ -42,6 +46,9 @@ pub struct Subscription {
     pub timeout: Duration,
     /// When to try again after failures.
     pub retry: RetrySchedule,
+    /// Attempts in flight to this endpoint at once (per agent): its lane's width, so a slow
+    /// endpoint holds at most this many of the agent's delivery slots.
+    pub max_in_flight: u32,
     /// Disabled subscriptions receive nothing.
     pub enabled: bool,
     /// Regions whose agents deliver it; empty means all.
@@ -95,6 +102,7 @@ mod tests {
             headers: vec![],
             timeout: DEFAULT_TIMEOUT,
             retry: RetrySchedule::default(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT as u32,
             enabled: true,
             regions: vec![],
             revision: 1,

@@ -12,7 +12,8 @@ use herald_core::limits::MAX_LABELS;
 use herald_core::retry::RetrySchedule;
 use herald_core::signing::SigningSecret;
 use herald_core::subscription::{
-    DEFAULT_TIMEOUT, MAX_REGIONS, MAX_SECRETS, MAX_TIMEOUT, Secret, Subscription,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_TIMEOUT, MAX_MAX_IN_FLIGHT, MAX_REGIONS, MAX_SECRETS,
+    MAX_TIMEOUT, Secret, Subscription,
 };
 use herald_core::validate;
 
@@ -108,6 +109,16 @@ pub fn subscription(
             })?,
     };
     let retry = retry_schedule(wire.retry.as_ref())?;
+    let max_in_flight = match wire.max_in_flight {
+        0 => DEFAULT_MAX_IN_FLIGHT as u32,
+        n if n > MAX_MAX_IN_FLIGHT => {
+            return Err(ValidationError::new(
+                "max_in_flight",
+                format!("at most {MAX_MAX_IN_FLIGHT}"),
+            ));
+        }
+        n => n,
+    };
     if wire.secrets.is_empty() || wire.secrets.len() > MAX_SECRETS {
         return Err(ValidationError::new(
             "secrets",
@@ -150,6 +161,7 @@ pub fn subscription(
         headers,
         timeout,
         retry,
+        max_in_flight,
         enabled: wire.enabled,
         regions: wire.regions.clone(),
         revision: wire.revision,

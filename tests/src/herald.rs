@@ -199,6 +199,8 @@ pub struct AgentOptions {
     pub max_queue_events: Option<u64>,
     /// Special targets admitted (default: loopback, where the tests' receivers are).
     pub allow_targets: Option<Vec<ipnet::IpNet>>,
+    /// Attempts in flight across all subscriptions (default 256).
+    pub max_in_flight: Option<usize>,
 }
 
 /// An agent running in-process.
@@ -229,7 +231,7 @@ impl Agent {
             allow_http: false,
             allow_targets: options.allow_targets.unwrap_or_else(loopback),
             max_payload_bytes: herald_core::limits::DEFAULT_MAX_PAYLOAD_BYTES,
-            max_in_flight: 256,
+            max_in_flight: options.max_in_flight.unwrap_or(256),
             dedup_window: Duration::from_secs(3600),
             retention: Duration::from_secs(3600),
             max_queue_events: options.max_queue_events.unwrap_or(1_000_000),

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use herald_core::retry::{JITTER, jittered};
-use herald_core::subscription::Subscription;
+use herald_core::subscription::{DEFAULT_MAX_IN_FLIGHT, Subscription};
 use herald_core::target::TargetPolicy;
 use herald_proto::convert::{duration, timestamp};
 use herald_proto::v1 as pb;
@@ -119,7 +119,10 @@ impl Inner {
                 },
             };
             let limit = (1 + self.permits.available_permits()).min(MAX_TAKE);
-            let due = match self.queue.due(now_ms(), limit) {
+            let due = match self
+                .queue
+                .due(now_ms(), limit, |lane| self.lane_limit(lane))
+            {
                 Ok(due) => due,
                 Err(err) => {
                     tracing::error!(error = %err, "cannot read the queue");
@@ -128,11 +131,9 @@ impl Inner {
             };
             if due.is_empty() {
                 drop(permit);
-                let wait = match self.queue.next_due() {
-                    Ok(Some(at)) => {
-                        Duration::from_millis(at.saturating_sub(now_ms())).min(IDLE_CHECK)
-                    }
-                    _ => IDLE_CHECK,
+                let wait = match self.queue.next_due(|lane| self.lane_limit(lane)) {
+                    Some(at) => Duration::from_millis(at.saturating_sub(now_ms())).min(IDLE_CHECK),
+                    None => IDLE_CHECK,
                 };
                 tokio::select! {
                     () = self.shutdown.cancelled() => return,
@@ -155,6 +156,15 @@ impl Inner {
                     .spawn(async move { inner.deliver(task, permit).await });
             }
         }
+    }
+
+    /// How many attempts to `subscription` may be in flight at once (its own setting; the
+    /// default for one this agent no longer knows, whose tasks are only skipped).
+    fn lane_limit(&self, subscription: &str) -> usize {
+        self.routes
+            .borrow()
+            .get(subscription)
+            .map_or(DEFAULT_MAX_IN_FLIGHT, |s| s.max_in_flight as usize)
     }
 
     /// One attempt of `task`, recorded in the queue with its report.

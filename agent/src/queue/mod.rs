@@ -8,12 +8,15 @@
 //! | --- | --- | --- |
 //! | `events` | event id | accepted-at (u64 ms, LE) · matched count (u32, LE) · `herald.v1.Event` |
 //! | `accepted` | (accepted-at ms, event id) | () — the retention sweep's order |
-//! | `tasks` | (due ms, seq) | attempts made (u32, LE) · event id length (u16, LE) · event id · subscription id |
+//! | `lanes` | (subscription id, due ms, seq) | attempts made (u32, LE) · event id |
 //! | `outbox` | seq | `herald.v1.Attempt` |
 //! | `meta` | name | u64: `seq` (last sequence number), `events` and `bytes` (what `events` holds) |
 //!
-//! A delivery is a task keyed by the time it is due, so "what is due now" is a range read and a
-//! retry is a move to a later key: retry timers survive restarts, with their attempt counts.
+//! A delivery is a task in its subscription's lane, keyed by the time it is due, so "what is
+//! due now in this lane" is a range read and a retry is a move to a later key: retry timers
+//! survive restarts, with their attempt counts. Lanes keep subscriptions apart: a lane at its
+//! in-flight limit (a slow or dead endpoint) is passed over without reading its backlog, via
+//! an in-memory index of each lane's earliest due task ([`lanes`], rebuilt at open).
 //!
 //! # Writes and fsync
 //! One writer thread owns every write. It takes all commands waiting in its channel (up to
@@ -34,23 +37,23 @@
 //! `max_bytes` of payload (delivered events count until the retention sweep removes them), and
 //! with [`QueueError::Storage`] when the disk refuses writes. Nothing already accepted is lost.
 
+mod lanes;
 mod writer;
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herald_proto::v1 as pb;
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use self::writer::Command;
 
 const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
 const ACCEPTED: TableDefinition<(u64, &str), ()> = TableDefinition::new("accepted");
-const TASKS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("tasks");
+const TASKS: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("lanes");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const META_SEQ: &str = "seq";
@@ -134,14 +137,22 @@ pub struct Accepted {
 /// A pending delivery.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Task {
-    /// Where it is stored: (due ms, seq).
-    pub key: (u64, u64),
+    /// The subscription (the task's lane).
+    pub subscription_id: String,
+    /// When it is due (ms since the epoch).
+    pub due: u64,
+    /// Its unique sequence number.
+    pub seq: u64,
     /// The event.
     pub event_id: String,
-    /// The subscription.
-    pub subscription_id: String,
     /// Attempts already made.
     pub attempts: u32,
+}
+
+impl Task {
+    fn key(&self) -> (&str, u64, u64) {
+        (&self.subscription_id, self.due, self.seq)
+    }
 }
 
 /// What comes after an attempt.
@@ -172,8 +183,8 @@ pub struct Queue {
 
 /// State the writer and the readers share.
 struct Shared {
-    /// Tasks handed out by [`Queue::due`] and not yet completed: never handed out twice.
-    in_flight: Mutex<HashSet<(u64, u64)>>,
+    /// Which lanes have work, and which tasks are handed out.
+    lanes: Mutex<lanes::Lanes>,
     /// Woken when tasks were added or finished (the scheduler's cue).
     tasks_changed: Notify,
     /// Woken when reports were added to the outbox.
@@ -202,8 +213,9 @@ impl Queue {
             txn.open_table(META).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
+        let lanes = index_lanes(&db)?;
         let shared = Arc::new(Shared {
-            in_flight: Mutex::new(HashSet::new()),
+            lanes: Mutex::new(lanes),
             tasks_changed: Notify::new(),
             reports_added: Notify::new(),
         });
@@ -226,41 +238,48 @@ impl Queue {
         answer.await.map_err(|_| QueueError::Closed)?
     }
 
-    /// Up to `limit` tasks due at `now_ms`, earliest first, marked in flight until completed.
-    pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<Task>, QueueError> {
+    /// Up to `limit` tasks due at `now_ms`, marked taken until completed, never more from one
+    /// subscription than `lane_limit` allows to be in flight at once.
+    pub fn due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        lane_limit: impl Fn(&str) -> usize,
+    ) -> Result<Vec<Task>, QueueError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let tasks = txn.open_table(TASKS).map_err(storage)?;
-        let mut in_flight = self.lock_in_flight();
+        let mut lanes = self.lock_lanes();
         let mut out = Vec::new();
-        for entry in tasks.range(..(now_ms + 1, 0)).map_err(storage)? {
+        for lane in lanes.due_lanes(now_ms) {
             if out.len() >= limit {
                 break;
             }
-            let (key, value) = entry.map_err(storage)?;
-            let key = key.value();
-            if in_flight.contains(&key) {
-                continue;
+            let mut room = lane_limit(&lane).saturating_sub(lanes.in_flight(&lane));
+            let mut hint = None;
+            let range = (lane.as_str(), 0, 0)..=(lane.as_str(), u64::MAX, u64::MAX);
+            for entry in tasks.range(range).map_err(storage)? {
+                let (key, value) = entry.map_err(storage)?;
+                let (_, due, seq) = key.value();
+                if lanes.is_taken(seq) {
+                    continue;
+                }
+                if due > now_ms || room == 0 || out.len() >= limit {
+                    hint = Some(due);
+                    break;
+                }
+                let task = decode_task((&lane, due, seq), value.value())?;
+                lanes.take(&lane, seq);
+                room -= 1;
+                out.push(task);
             }
-            let task = decode_task(key, value.value())?;
-            in_flight.insert(key);
-            out.push(task);
+            lanes.set_hint(&lane, hint);
         }
         Ok(out)
     }
 
-    /// When the earliest task not in flight is due (ms), if any.
-    pub fn next_due(&self) -> Result<Option<u64>, QueueError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let tasks = txn.open_table(TASKS).map_err(storage)?;
-        let in_flight = self.lock_in_flight();
-        for entry in tasks.iter().map_err(storage)? {
-            let (key, _) = entry.map_err(storage)?;
-            let key = key.value();
-            if !in_flight.contains(&key) {
-                return Ok(Some(key.0));
-            }
-        }
-        Ok(None)
+    /// When the earliest task of a lane below its limit is due (ms), if any.
+    pub fn next_due(&self, lane_limit: impl Fn(&str) -> usize) -> Option<u64> {
+        self.lock_lanes().next_due(lane_limit)
     }
 
     /// Tasks waiting (in flight or not).
@@ -370,11 +389,8 @@ impl Queue {
         }
     }
 
-    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<(u64, u64)>> {
-        self.shared
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+    fn lock_lanes(&self) -> std::sync::MutexGuard<'_, lanes::Lanes> {
+        self.shared.lanes.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -412,32 +428,51 @@ fn decode_event(bytes: &[u8]) -> Result<(u64, u32, pb::Event), QueueError> {
     ))
 }
 
-fn encode_task(attempts: u32, event_id: &str, subscription_id: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(6 + event_id.len() + subscription_id.len());
+fn encode_task(attempts: u32, event_id: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + event_id.len());
     out.extend_from_slice(&attempts.to_le_bytes());
-    out.extend_from_slice(&(event_id.len() as u16).to_le_bytes());
     out.extend_from_slice(event_id.as_bytes());
-    out.extend_from_slice(subscription_id.as_bytes());
     out
 }
 
-fn decode_task(key: (u64, u64), bytes: &[u8]) -> Result<Task, QueueError> {
-    let truncated = || storage("task record truncated");
-    let (attempts, rest) = bytes.split_first_chunk::<4>().ok_or_else(truncated)?;
-    let (len, rest) = rest.split_first_chunk::<2>().ok_or_else(truncated)?;
-    let len = usize::from(u16::from_le_bytes(*len));
-    if rest.len() < len {
-        return Err(truncated());
-    }
-    let (event_id, subscription_id) = rest.split_at(len);
-    let text =
-        |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| storage("task record is not UTF-8"));
+fn decode_task(key: (&str, u64, u64), bytes: &[u8]) -> Result<Task, QueueError> {
+    let (attempts, event_id) = bytes
+        .split_first_chunk::<4>()
+        .ok_or_else(|| storage("task record truncated"))?;
     Ok(Task {
-        key,
-        event_id: text(event_id)?,
-        subscription_id: text(subscription_id)?,
+        subscription_id: key.0.to_owned(),
+        due: key.1,
+        seq: key.2,
+        event_id: String::from_utf8(event_id.to_vec())
+            .map_err(|_| storage("task record is not UTF-8"))?,
         attempts: u32::from_le_bytes(*attempts),
     })
+}
+
+/// Builds the lane index from the table: each lane's earliest task, one seek per lane.
+fn index_lanes(db: &Database) -> Result<lanes::Lanes, QueueError> {
+    use std::ops::Bound;
+    let txn = db.begin_read().map_err(storage)?;
+    let mut index = lanes::Lanes::default();
+    let Ok(tasks) = txn.open_table(TASKS) else {
+        return Ok(index);
+    };
+    let mut after: Option<String> = None;
+    loop {
+        let start = match &after {
+            Some(lane) => Bound::Excluded((lane.as_str(), u64::MAX, u64::MAX)),
+            None => Bound::Unbounded,
+        };
+        let mut range = tasks
+            .range::<(&str, u64, u64)>((start, Bound::Unbounded))
+            .map_err(storage)?;
+        let Some(entry) = range.next() else { break };
+        let (key, _) = entry.map_err(storage)?;
+        let (lane, due, _) = key.value();
+        index.added(lane, due);
+        after = Some(lane.to_owned());
+    }
+    Ok(index)
 }
 
 #[cfg(test)]

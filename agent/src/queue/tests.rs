@@ -9,6 +9,8 @@ use herald_proto::v1 as pb;
 
 use std::sync::{Arc, Mutex};
 
+use redb::ReadableTable;
+
 use super::*;
 
 fn config() -> QueueConfig {
@@ -147,7 +149,7 @@ async fn run_seed(seed: u64, dir: &Path) {
             // Attempt some due tasks: done or retried later.
             4..=6 => {
                 let due = queue
-                    .due(u64::MAX - 1, rng.below(5) as usize + 1)
+                    .due(u64::MAX - 1, rng.below(5) as usize + 1, |_| 2)
                     .expect("due");
                 for task in due {
                     let key = (task.event_id.clone(), task.subscription_id.clone());
@@ -213,7 +215,7 @@ async fn retries_keep_their_due_time_and_attempt_count_across_restarts() {
         .await
         .expect("accept");
     let task = queue
-        .due(now_ms(), 10)
+        .due(now_ms(), 10, |_| 16)
         .expect("due")
         .pop()
         .expect("one task");
@@ -227,12 +229,16 @@ async fn retries_keep_their_due_time_and_attempt_count_across_restarts() {
 
     let queue = Queue::open(dir.path(), config()).expect("reopen");
     assert!(
-        queue.due(now_ms(), 10).expect("due").is_empty(),
+        queue.due(now_ms(), 10, |_| 16).expect("due").is_empty(),
         "not due yet"
     );
-    assert_eq!(queue.next_due().expect("next"), Some(later));
-    let task = queue.due(later, 10).expect("due").pop().expect("due then");
-    assert_eq!((task.attempts, task.key.0), (1, later));
+    assert_eq!(queue.next_due(|_| 16), Some(later));
+    let task = queue
+        .due(later, 10, |_| 16)
+        .expect("due")
+        .pop()
+        .expect("due then");
+    assert_eq!((task.attempts, task.due), (1, later));
 }
 
 #[tokio::test]

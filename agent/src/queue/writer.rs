@@ -102,7 +102,10 @@ struct Counters {
 
 fn apply_group(db: &Database, config: &QueueConfig, group: Vec<Command>, shared: &Shared) {
     let mut replies = Vec::new();
-    let mut finished = Vec::new();
+    // Taken tasks whose outcome this group records, and tasks it adds: the lane index learns
+    // of both after the commit.
+    let mut finished: Vec<Task> = Vec::new();
+    let mut added: Vec<(String, u64)> = Vec::new();
     let (mut tasks_changed, mut reports_added) = (false, false);
     let result = (|| -> Result<(), QueueError> {
         let mut txn = db.begin_write().map_err(storage)?;
@@ -135,28 +138,25 @@ fn apply_group(db: &Database, config: &QueueConfig, group: Vec<Command>, shared:
                             config,
                             now,
                             new,
+                            &mut added,
                         )?;
                         tasks_changed |= matches!(&result, Ok(r) if r.iter().any(|a| !a.duplicate && a.matched > 0));
                         replies.push(Reply::Accept(reply, result));
                     }
                     Command::Complete { task, next, report } => {
-                        tasks.remove(task.key).map_err(storage)?;
+                        tasks.remove(task.key()).map_err(storage)?;
                         if let Next::RetryAt(due) = next {
                             counters.seq += 1;
-                            let value = encode_task(
-                                task.attempts + 1,
-                                &task.event_id,
-                                &task.subscription_id,
-                            );
-                            tasks
-                                .insert((due, counters.seq), value.as_slice())
-                                .map_err(storage)?;
+                            let value = encode_task(task.attempts + 1, &task.event_id);
+                            let key = (task.subscription_id.as_str(), due, counters.seq);
+                            tasks.insert(key, value.as_slice()).map_err(storage)?;
+                            added.push((task.subscription_id.clone(), due));
                         }
                         counters.seq += 1;
                         outbox
                             .insert(counters.seq, report.encode_to_vec().as_slice())
                             .map_err(storage)?;
-                        finished.push(task.key);
+                        finished.push(task);
                         tasks_changed = true;
                         reports_added = true;
                     }
@@ -182,15 +182,22 @@ fn apply_group(db: &Database, config: &QueueConfig, group: Vec<Command>, shared:
         txn.commit().map_err(storage)
     })();
 
-    // Tasks whose completion was (or failed to be) recorded may be handed out again: after a
-    // failed commit that means the attempt is retried, never lost.
-    if !finished.is_empty() {
-        let mut in_flight = shared.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        for key in &finished {
-            in_flight.remove(key);
+    let failure = result.err().map(|e| e.to_string());
+    {
+        let mut lanes = shared.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        for task in &finished {
+            lanes.finish(&task.subscription_id, task.seq);
+            if failure.is_some() {
+                // Not recorded: the task is still there, due again (the attempt is retried).
+                lanes.added(&task.subscription_id, task.due);
+            }
+        }
+        if failure.is_none() {
+            for (lane, due) in &added {
+                lanes.added(lane, *due);
+            }
         }
     }
-    let failure = result.err().map(|e| e.to_string());
     if let Some(err) = &failure {
         tracing::error!(error = %err, "queue commit failed");
     }
@@ -227,11 +234,12 @@ fn apply_group(db: &Database, config: &QueueConfig, group: Vec<Command>, shared:
 fn accept(
     events: &mut Table<&str, &[u8]>,
     accepted: &mut Table<(u64, &str), ()>,
-    tasks: &mut Table<(u64, u64), &[u8]>,
+    tasks: &mut Table<(&str, u64, u64), &[u8]>,
     counters: &mut Counters,
     config: &QueueConfig,
     now: u64,
     new: Vec<NewEvent>,
+    added: &mut Vec<(String, u64)>,
 ) -> Result<Result<Vec<Accepted>, QueueError>, QueueError> {
     let window = u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX);
     // First pass, read-only: duplicates, and whether the rest fits.
@@ -314,12 +322,11 @@ fn accept(
         accepted.insert((now, id.as_str()), ()).map_err(storage)?;
         for subscription in &item.subscriptions {
             counters.seq += 1;
+            let key = (subscription.as_str(), now, counters.seq);
             tasks
-                .insert(
-                    (now, counters.seq),
-                    encode_task(0, &id, subscription).as_slice(),
-                )
+                .insert(key, encode_task(0, &id).as_slice())
                 .map_err(storage)?;
+            added.push((subscription.clone(), now));
         }
         written.insert(id, matched);
         out.push(Accepted {

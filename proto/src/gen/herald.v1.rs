@@ -110,6 +110,9 @@ pub struct Subscription {
     /// Regions whose agents deliver it; empty means every region.
     #[prost(string, repeated, tag = "18")]
     pub regions: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Attempts in flight to this endpoint at once, per agent; 0 means the default (16).
+    #[prost(uint32, tag = "19")]
+    pub max_in_flight: u32,
 }
 /// A Standard Webhooks signing secret.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

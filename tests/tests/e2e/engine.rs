@@ -204,3 +204,68 @@ async fn during_a_rotation_both_secrets_sign() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_hanging_endpoint_does_not_delay_deliveries_to_others() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    let hanging = herald_tests::Receiver::start(&world.ca).await?;
+    hanging.respond_with_response(Response::new(200).delay(Duration::from_secs(20)));
+    let ca_dir = tempfile::tempdir()?;
+    // 8 delivery slots in all; the hanging endpoint's lane may hold 4 of them.
+    let agent = herald_tests::Agent::start(
+        world.control_plane.url(),
+        herald_tests::AgentOptions {
+            ca_file: Some(world.ca.write_ca_pem(ca_dir.path())?),
+            max_in_flight: Some(8),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let mut slow = subscription("shop-slow", &hanging.url("/hang"), &["order.*"]);
+    slow.max_in_flight = 4;
+    let slow = world.control_plane.create(slow).await?;
+    let fast = world
+        .control_plane
+        .create(subscription(
+            "shop-fast",
+            &world.receiver.url("/fast"),
+            &["order.*"],
+        ))
+        .await?;
+    world
+        .control_plane
+        .wait_applied(fast.revision.max(slow.revision), WAIT)
+        .await?;
+
+    let mut backlog = Vec::new();
+    for i in 0..40 {
+        backlog.push(pb::Event {
+            id: format!("evt_slow_{i}"),
+            ..event("shop-slow", "order.created", &json!({"i": i}))
+        });
+    }
+    agent
+        .events()
+        .await?
+        .emit_batch(pb::EmitBatchRequest { events: backlog })
+        .await?;
+    hanging.wait_for_requests(4, WAIT).await?;
+
+    let started = tokio::time::Instant::now();
+    agent
+        .emit(event("shop-fast", "order.created", &json!({"fast": true})))
+        .await?;
+    world.receiver.wait_for_requests(1, WAIT).await?;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "the other endpoint waited {took:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        hanging.request_count(),
+        4,
+        "the hanging lane holds only its 4 slots"
+    );
+    Ok(())
+}
