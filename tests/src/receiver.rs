@@ -321,6 +321,16 @@ impl Shared {
 // === server ===
 
 /// Accepts connections until aborted; each connection is a task in a set owned here.
+/// Serves `router` over TLS (a certificate from `ca`) on `listener` until the task is aborted:
+/// the receiver's server, for other HTTPS endpoints tests and benchmarks need.
+pub fn spawn_https(listener: TcpListener, ca: &TestCa, router: Router) -> JoinHandle<()> {
+    tokio::spawn(serve(
+        listener,
+        TlsAcceptor::from(ca.server_config()),
+        router,
+    ))
+}
+
 async fn serve(listener: TcpListener, acceptor: TlsAcceptor, router: Router) {
     let mut connections = JoinSet::new();
     loop {

@@ -7,6 +7,11 @@
 //! every event matches one subscription (one task written per event). Each case runs three
 //! rounds on a fresh agent; the median round is reported.
 //!
+//! `bench deliver`: deliveries/s from one agent to a local HTTPS receiver with 1, 10 and 1,000
+//! subscriptions per event, against the same receiver driven by a plain HTTPS client (the same
+//! TLS setup, 256 requests in flight) as the limit; and `Emit` → receiver latency at a steady
+//! 1,000 events/s. Receiver, control plane, agent and load all share this process's 2 cores.
+//!
 //! `bench rss`: the resident memory of an idle `herald-agent` process (the release binary next
 //! to this one) connected to a control plane with one subscription.
 
@@ -30,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
     match std::env::args().nth(1).as_deref() {
         Some("emit") => emit().await,
         Some("rss") => rss().await,
+        Some("deliver") => deliver().await,
         Some("emit-case") => {
             let arg = |i: usize| -> anyhow::Result<usize> {
                 std::env::args()
@@ -41,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
             let fsync = std::env::args().nth(4).as_deref() != Some("off");
             emit_case(arg(2)?, arg(3)?, fsync).await
         }
-        _ => anyhow::bail!("usage: bench emit|rss|emit-case CALLERS BATCH [off]"),
+        _ => anyhow::bail!("usage: bench emit|deliver|rss|emit-case CALLERS BATCH [off]"),
     }
 }
 
@@ -314,4 +320,258 @@ async fn rss() -> anyhow::Result<()> {
     );
     stop.cancel();
     Ok(())
+}
+
+/// The lean receiver of the delivery benchmark: counts requests and, when asked, notes when
+/// each `webhook-id` arrived.
+#[derive(Default)]
+struct Counter {
+    count: std::sync::atomic::AtomicUsize,
+    arrivals: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+    record: std::sync::atomic::AtomicBool,
+}
+
+async fn count(
+    axum::extract::State(counter): axum::extract::State<std::sync::Arc<Counter>>,
+    headers: http::HeaderMap,
+    _body: bytes::Bytes,
+) -> http::StatusCode {
+    use std::sync::atomic::Ordering;
+    if counter.record.load(Ordering::Relaxed)
+        && let Some(id) = headers.get("webhook-id").and_then(|v| v.to_str().ok())
+    {
+        counter
+            .arrivals
+            .lock()
+            .expect("lock")
+            .insert(id.to_owned(), Instant::now());
+    }
+    counter.count.fetch_add(1, Ordering::Relaxed);
+    http::StatusCode::NO_CONTENT
+}
+
+async fn wait_count(counter: &Counter, target: usize, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while counter.count.load(std::sync::atomic::Ordering::Relaxed) < target {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {target} deliveries arrived",
+            counter.count.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
+}
+
+async fn deliver() -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    const DELIVERIES: usize = 20_000;
+    let ca = herald_tests::TestCa::new();
+    let ca_dir = tempfile::tempdir()?;
+    let ca_file = ca.write_ca_pem(ca_dir.path())?;
+    let counter = std::sync::Arc::new(Counter::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("https://127.0.0.1:{}", listener.local_addr()?.port());
+    let router = axum::Router::new()
+        .fallback(count)
+        .with_state(counter.clone());
+    let _server = herald_tests::receiver::spawn_https(listener, &ca, router);
+
+    // The limit: the same receiver driven by a plain HTTPS client, 256 requests in flight.
+    let client = herald_agent::delivery::client::build(
+        Some(&ca_file),
+        herald_core::target::TargetPolicy::new(false, herald_tests::herald::loopback()),
+    )?;
+    let started = Instant::now();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..256 {
+        let (client, next, url) = (client.clone(), next.clone(), format!("{base}/plain"));
+        workers.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < DELIVERIES {
+                let response = client.post(&url).body(PAYLOAD).send().await?;
+                anyhow::ensure!(
+                    response.status().is_success(),
+                    "plain client got {}",
+                    response.status()
+                );
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for worker in workers {
+        worker.await??;
+    }
+    let plain = DELIVERIES as f64 / started.elapsed().as_secs_f64();
+    println!("| case | deliveries/s | vs plain client |");
+    println!("| --- | ---: | ---: |");
+    println!("| plain HTTPS client, 256 in flight (the limit) | {plain:.0} | 100% |");
+
+    let stop = CancellationToken::new();
+    let (cp, _cp_dir) = control_plane(&stop).await?;
+    let mut admin =
+        herald_proto::v1::subscriptions_client::SubscriptionsClient::new(connect(&cp).await?);
+    let dir = tempfile::tempdir()?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let config = herald_agent::Config {
+        control_plane: vec![cp.clone()],
+        listen: ListenAddr::Tcp(addr),
+        data_dir: dir.path().to_owned(),
+        id: None,
+        region: "bench".into(),
+        node: "bench".into(),
+        ca_file: Some(ca_file.clone()),
+        allow_http: false,
+        allow_targets: herald_tests::herald::loopback(),
+        max_payload_bytes: herald_core::limits::DEFAULT_MAX_PAYLOAD_BYTES,
+        max_in_flight: 1024,
+        dedup_window: Duration::from_secs(3600),
+        retention: Duration::from_secs(3600),
+        max_queue_events: u64::MAX,
+        max_queue_bytes: u64::MAX,
+        fsync: true,
+        shutdown_grace: Duration::from_secs(1),
+    };
+    tokio::spawn(herald_agent::run(
+        config,
+        Listener::Tcp(listener),
+        stop.clone().cancelled_owned(),
+    ));
+    let agent_url = format!("http://{addr}");
+    let agent = EventsClient::new(
+        herald_tests::eventually(Duration::from_secs(10), "the agent", || async {
+            Ok(connect(&agent_url).await.ok())
+        })
+        .await?,
+    );
+
+    for subscriptions in [1usize, 10, 1000] {
+        let tenant = format!("fanout-{subscriptions}");
+        for i in 0..subscriptions {
+            let mut sub =
+                herald_tests::subscription(&tenant, &format!("{base}/{tenant}/{i}"), &["order.*"]);
+            // One endpoint gets the agent's full width; many share it.
+            sub.max_in_flight = if subscriptions == 1 { 1024 } else { 0 };
+            admin
+                .create_subscription(pb::CreateSubscriptionRequest {
+                    subscription: Some(sub),
+                })
+                .await?;
+        }
+        herald_tests::eventually(
+            Duration::from_secs(30),
+            "the subscriptions at the agent",
+            || {
+                let mut agent = agent.clone();
+                let probe = tenant_event(&tenant);
+                async move {
+                    let r = agent.emit(pb::EmitRequest { event: Some(probe) }).await?;
+                    Ok((r.get_ref().matched as usize == subscriptions).then_some(()))
+                }
+            },
+        )
+        .await?;
+        // The probes delivered too; start counting from here.
+        wait_count(
+            &counter,
+            counter.count.load(Ordering::Relaxed),
+            Duration::from_secs(1),
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = counter.count.load(Ordering::Relaxed);
+        let events = DELIVERIES / subscriptions;
+        let started = Instant::now();
+        let mut agent = agent.clone();
+        for chunk in (0..events).collect::<Vec<_>>().chunks(100) {
+            let batch = chunk.iter().map(|_| tenant_event(&tenant)).collect();
+            agent
+                .emit_batch(pb::EmitBatchRequest { events: batch })
+                .await?;
+        }
+        wait_count(
+            &counter,
+            before + events * subscriptions,
+            Duration::from_secs(300),
+        )
+        .await?;
+        let rate = (events * subscriptions) as f64 / started.elapsed().as_secs_f64();
+        println!(
+            "| Herald, {subscriptions} subscription(s) per event, {events} events | {rate:.0} | {:.0}% |",
+            100.0 * rate / plain
+        );
+    }
+
+    // Latency at a steady 1,000 events/s, one subscription.
+    let tenant = "latency";
+    admin
+        .create_subscription(pb::CreateSubscriptionRequest {
+            subscription: Some(herald_tests::subscription(
+                tenant,
+                &format!("{base}/latency"),
+                &["order.*"],
+            )),
+        })
+        .await?;
+    herald_tests::eventually(Duration::from_secs(30), "the latency subscription", || {
+        let mut agent = agent.clone();
+        let probe = tenant_event(tenant);
+        async move {
+            let r = agent.emit(pb::EmitRequest { event: Some(probe) }).await?;
+            Ok((r.get_ref().matched == 1).then_some(()))
+        }
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    counter.record.store(true, Ordering::Relaxed);
+    let mut sent = Vec::new();
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    let mut agent = agent.clone();
+    for i in 0..5_000 {
+        ticker.tick().await;
+        let id = format!("evt_latency_{i}");
+        let at = Instant::now();
+        agent
+            .emit(pb::EmitRequest {
+                event: Some(pb::Event {
+                    id: id.clone(),
+                    ..tenant_event(tenant)
+                }),
+            })
+            .await?;
+        sent.push((id, at));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let arrivals = counter.arrivals.lock().expect("lock").clone();
+    let mut latencies: Vec<Duration> = sent
+        .iter()
+        .filter_map(|(id, at)| arrivals.get(id).map(|arrived| arrived.duration_since(*at)))
+        .collect();
+    anyhow::ensure!(
+        latencies.len() == sent.len(),
+        "{} of {} arrived",
+        latencies.len(),
+        sent.len()
+    );
+    latencies.sort();
+    let pick = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    println!();
+    println!("| Emit → receiver at 1,000 events/s (5,000 events) | p50 | p99 |");
+    println!("| --- | ---: | ---: |");
+    println!(
+        "| one subscription, fsync on | {:.2} ms | {:.2} ms |",
+        pick(0.5).as_secs_f64() * 1000.0,
+        pick(0.99).as_secs_f64() * 1000.0
+    );
+    stop.cancel();
+    Ok(())
+}
+
+/// The bench event, for `tenant`.
+fn tenant_event(tenant: &str) -> pb::Event {
+    pb::Event {
+        tenant: tenant.into(),
+        ..event()
+    }
 }
