@@ -269,3 +269,65 @@ async fn a_hanging_endpoint_does_not_delay_deliveries_to_others() -> anyhow::Res
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_receiver_that_answers_without_reading_the_body_is_delivered_to() -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let world = World::start().await?;
+    // Answers 200 at once, never reading the request body (as many frameworks may).
+    let answered = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let answered = answered.clone();
+        move || {
+            answered.fetch_add(1, Ordering::Relaxed);
+            async { http::StatusCode::OK }
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("https://127.0.0.1:{}/early", listener.local_addr()?.port());
+    let _server = herald_tests::receiver::spawn_https(
+        listener,
+        &world.ca,
+        axum::Router::new().fallback(handler),
+    );
+    let sub = world
+        .control_plane
+        .create(subscription("shop-1", &url, &["order.*"]))
+        .await?;
+    world.control_plane.wait_applied(sub.revision, WAIT).await?;
+
+    let big = "x".repeat(200 * 1024);
+    for i in 0..20 {
+        world
+            .agent
+            .emit(event(
+                "shop-1",
+                "order.created",
+                &json!({"i": i, "blob": big}),
+            ))
+            .await?;
+    }
+    let log = eventually(WAIT, "20 attempts logged", || async {
+        let attempts = world
+            .control_plane
+            .attempts(pb::AttemptFilter {
+                subscription_id: sub.id.clone(),
+                ..Default::default()
+            })
+            .await?;
+        Ok((attempts.len() >= 20).then_some(attempts))
+    })
+    .await?;
+    let failed: Vec<_> = log
+        .iter()
+        .filter(|a| a.outcome != pb::Outcome::Delivered as i32)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} not delivered at once, e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
+    Ok(())
+}
