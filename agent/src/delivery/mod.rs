@@ -4,12 +4,14 @@
 //! - [`classify`] decides what an attempt's result means (pure).
 //! - [`attempt`] sends one signed request.
 //! - [`client`] is the HTTPS client all attempts share.
+//! - [`breaker`] narrows a failing endpoint's lane to one probe at a time.
 //! - [`Dispatcher`] is the scheduler: it hands due tasks to attempts, at most `max_in_flight`
 //!   at once, and re-reads the subscription before every attempt so a deleted or disabled one
 //!   stops at once. A retry is a task moved to a later due time in the queue, so it survives
 //!   restarts; nothing waits in memory.
 
 pub mod attempt;
+pub mod breaker;
 pub mod classify;
 pub mod client;
 
@@ -26,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::attempt::EventRef;
+use self::breaker::Breakers;
 use self::classify::{Verdict, classify};
 use crate::backoff::unit_random;
 use crate::queue::{Next, Queue, Task, now_ms, to_ms};
@@ -53,6 +56,8 @@ struct Inner {
     /// Attempts in flight at once, across all subscriptions; 0 pauses delivery.
     max_in_flight: usize,
     permits: Arc<Semaphore>,
+    /// Consecutive failures per endpoint, narrowing failing lanes.
+    breakers: Breakers,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -79,6 +84,7 @@ impl Dispatcher {
         let dispatcher = Dispatcher {
             inner: Arc::new(Inner {
                 permits: Arc::new(Semaphore::new(parts.max_in_flight)),
+                breakers: Breakers::default(),
                 client: parts.client,
                 routes: parts.routes,
                 queue: parts.queue,
@@ -158,9 +164,13 @@ impl Inner {
         }
     }
 
-    /// How many attempts to `subscription` may be in flight at once (its own setting; the
-    /// default for one this agent no longer knows, whose tasks are only skipped).
+    /// How many attempts to `subscription` may be in flight at once: one while its breaker is
+    /// tripped, else its own setting (the default for one this agent no longer knows, whose
+    /// tasks are only skipped).
     fn lane_limit(&self, subscription: &str) -> usize {
+        if self.breakers.is_tripped(subscription) {
+            return 1;
+        }
         self.routes
             .borrow()
             .get(subscription)
@@ -225,6 +235,9 @@ impl Inner {
         )
         .await;
         let verdict = classify(&sent.result, SystemTime::now());
+        if matches!(verdict, Verdict::Delivered | Verdict::Retry(_)) {
+            self.breakers.record(&sub.id, verdict == Verdict::Delivered);
+        }
         let delay = match &verdict {
             Verdict::Delivered | Verdict::Gone | Verdict::Refused => None,
             Verdict::Retry(after) => sub.retry.delay_after(number).map(|scheduled| {

@@ -331,3 +331,56 @@ async fn a_receiver_that_answers_without_reading_the_body_is_delivered_to() -> a
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_failing_endpoint_gets_one_probe_at_a_time() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    // Down, and slow about it: each answer takes 200 ms.
+    world
+        .receiver
+        .respond_with_response(Response::new(503).delay(Duration::from_millis(200)));
+    let sub = world
+        .control_plane
+        .create(with_retries(
+            subscription("shop-1", &world.receiver.url("/down"), &["order.*"]),
+            "50ms,50ms,50ms,50ms,50ms,50ms,50ms,50ms",
+        ))
+        .await?;
+    world.control_plane.wait_applied(sub.revision, WAIT).await?;
+    let events = (0..30)
+        .map(|i| event("shop-1", "order.created", &json!({"i": i})))
+        .collect();
+    world
+        .agent
+        .events()
+        .await?
+        .emit_batch(pb::EmitBatchRequest { events })
+        .await?;
+
+    // The first wave is the lane's full width (16); once 5 in a row failed, one at a time.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = world.receiver.request_count();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let in_a_second = world.receiver.request_count() - before;
+    assert!(before >= 16, "the first wave went out ({before})");
+    assert!(
+        in_a_second <= 6,
+        "{in_a_second} requests in a second: the breaker did not narrow the lane"
+    );
+
+    // Back up: the probe succeeds and the backlog flows at full width again.
+    world.receiver.respond_with(200);
+    eventually(WAIT, "every event delivered", || async {
+        let delivered = world
+            .control_plane
+            .attempts(pb::AttemptFilter {
+                subscription_id: sub.id.clone(),
+                outcome: pb::Outcome::Delivered as i32,
+                ..Default::default()
+            })
+            .await?;
+        Ok((delivered.len() == 30).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
