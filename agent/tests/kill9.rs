@@ -126,7 +126,74 @@ async fn kill_9_in_a_burst_loses_no_acknowledged_event() -> anyhow::Result<()> {
             Ok(acked.is_subset(&ids).then_some(requests.len()))
         },
     )
-    .await?;
+    .await;
+    let received = match received {
+        Ok(received) => received,
+        Err(err) => {
+            let got: HashSet<String> = receiver
+                .requests()
+                .iter()
+                .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+                .collect();
+            let missing: Vec<_> = acked.difference(&got).take(5).collect();
+            eprintln!(
+                "missing {} of {}, e.g. {missing:?}",
+                acked.len() - acked.intersection(&got).count(),
+                acked.len()
+            );
+            agent.kill9().await?;
+            let log =
+                std::fs::read_to_string(agent.data_dir().join("agent.log")).unwrap_or_default();
+            eprintln!(
+                "agent log tail:\n{}",
+                log.lines()
+                    .rev()
+                    .take(30)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            let cfg = herald_agent::queue::QueueConfig {
+                max_events: u64::MAX,
+                max_bytes: u64::MAX,
+                retention: Duration::from_secs(3600),
+                dedup_window: Duration::from_secs(3600),
+                durable: true,
+            };
+            let queue = herald_agent::queue::Queue::open(agent.data_dir(), cfg)?;
+            eprintln!(
+                "pending tasks {:?}, reports {:?}",
+                queue.pending_tasks(),
+                queue.pending_reports()
+            );
+            let due = queue.due(u64::MAX - 1, 10, |_| 16)?;
+            eprintln!(
+                "due now: {:?}",
+                due.iter()
+                    .map(|t| (&t.event_id, t.due, t.attempts))
+                    .collect::<Vec<_>>()
+            );
+            for id in &missing {
+                let attempts = cp
+                    .attempts(pb::AttemptFilter {
+                        event_id: (*id).clone(),
+                        ..Default::default()
+                    })
+                    .await?;
+                eprintln!(
+                    "{id}: stored {:?}; attempts {:?}",
+                    queue.event(id)?.map(|e| e.accepted_ms),
+                    attempts
+                        .iter()
+                        .map(|a| (a.attempt, a.status_code, &a.error_kind, &a.error, a.outcome))
+                        .collect::<Vec<_>>()
+                );
+            }
+            return Err(err);
+        }
+    };
     let duplicates = received - acked.len();
     println!(
         "kill -9 after {acked_at_kill} acknowledged events: {} deliveries for {} events, {duplicates} duplicates",

@@ -116,6 +116,13 @@ impl Inner {
             tracing::warn!("max-in-flight is 0: delivery is paused; events are queued");
             return;
         }
+        // Until a config is loaded (from the disk cache or the control plane), a subscription
+        // missing from the table means "not known yet", not "removed": wait, never skip.
+        let mut routes = self.routes.clone();
+        tokio::select! {
+            () = self.shutdown.cancelled() => return,
+            loaded = routes.wait_for(|r| r.loaded) => if loaded.is_err() { return },
+        }
         loop {
             let permit = tokio::select! {
                 () = self.shutdown.cancelled() => return,

@@ -3,8 +3,9 @@
 //!
 //! Invariant: every lane holding a task that is not taken has a hint at or before the due time
 //! of its earliest such task. Hints may be early (the task was taken or finished since); a
-//! visit corrects them. They are lowered only after the commit that added a task, so a reader
-//! never trusts a hint to a task it cannot see yet.
+//! visit corrects them. They are lowered only after the commit that added a task, and a
+//! reader opens its snapshot while holding the index's lock, so it never sees a hint (or a
+//! finished task) that is newer than its snapshot.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 

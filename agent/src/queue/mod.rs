@@ -109,7 +109,9 @@ impl From<QueueError> for tonic::Status {
 }
 
 fn is_disk_full(message: &str) -> bool {
-    message.contains("No space left") || message.contains("quota")
+    ["No space left", "os error 28", "quota", "os error 122"]
+        .iter()
+        .any(|sign| message.contains(sign))
 }
 
 fn storage(err: impl std::fmt::Display) -> QueueError {
@@ -246,9 +248,13 @@ impl Queue {
         limit: usize,
         lane_limit: impl Fn(&str) -> usize,
     ) -> Result<Vec<Task>, QueueError> {
+        // The lock first, then the snapshot: the writer updates the index only after its
+        // commit, so a snapshot taken under the lock is never older than the index. (The other
+        // order could read a snapshot without a lane's new tasks, clear its hint and strand
+        // them, or hand out again a task whose completion was just committed.)
+        let mut lanes = self.lock_lanes();
         let txn = self.db.begin_read().map_err(storage)?;
         let tasks = txn.open_table(TASKS).map_err(storage)?;
-        let mut lanes = self.lock_lanes();
         let mut out = Vec::new();
         for lane in lanes.due_lanes(now_ms) {
             if out.len() >= limit {

@@ -300,10 +300,15 @@ struct DiskState {
     unsynced: Vec<(u64, Vec<u8>)>,
     /// Writes allowed before the power goes; `None`: no failure planned.
     writes_left: Option<usize>,
+    /// The disk is full: writes fail with ENOSPC.
+    full: bool,
 }
 
 impl DiskState {
     fn check_power(&mut self) -> std::io::Result<()> {
+        if self.full {
+            return Err(std::io::Error::from_raw_os_error(28));
+        }
         match &mut self.writes_left {
             Some(0) => Err(std::io::Error::other("power lost")),
             Some(n) => {
@@ -347,6 +352,7 @@ impl PowerLossDisk {
             current: image,
             unsynced: Vec::new(),
             writes_left: None,
+            full: false,
         })))
     }
 }
@@ -444,4 +450,62 @@ async fn after_a_power_loss_mid_commit_every_acknowledged_event_is_there() {
         drop(queue);
         disk = disk.after_power_loss(&mut rng);
     }
+}
+
+#[tokio::test]
+async fn a_full_disk_answers_resource_exhausted_and_keeps_what_was_accepted() {
+    let disk = PowerLossDisk::default();
+    let db = redb::Builder::new()
+        .create_with_backend(disk.clone())
+        .expect("open");
+    let queue = Queue::start(db, config()).expect("start");
+    let one = |id: &str| NewEvent {
+        event: event(id, 10),
+        subscriptions: vec!["sub".into()],
+    };
+    for i in 0..5 {
+        queue
+            .accept(vec![one(&format!("evt_{i}"))])
+            .await
+            .expect("accepted before the disk filled");
+    }
+    disk.state().full = true;
+    for attempt in 0..2 {
+        let err = queue
+            .accept(vec![one("evt_late")])
+            .await
+            .expect_err("the disk is full");
+        let status = tonic::Status::from(err);
+        assert_eq!(
+            status.code(),
+            tonic::Code::ResourceExhausted,
+            "call {attempt}: {status:?}"
+        );
+        assert!(
+            status.message().contains("No space left"),
+            "call {attempt}: {}",
+            status.message()
+        );
+    }
+    drop(queue);
+
+    disk.state().full = false;
+    let db = redb::Builder::new()
+        .create_with_backend(disk.clone())
+        .expect("reopen");
+    let queue = Queue::start(db, config()).expect("start");
+    for i in 0..5 {
+        assert!(
+            queue.event(&format!("evt_{i}")).expect("read").is_some(),
+            "evt_{i} kept"
+        );
+    }
+    assert!(
+        queue.event("evt_late").expect("read").is_none(),
+        "the refused event was not half-written"
+    );
+    queue
+        .accept(vec![one("evt_late")])
+        .await
+        .expect("space again: accepted");
 }

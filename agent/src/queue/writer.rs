@@ -44,14 +44,48 @@ pub(super) enum Command {
     Close { reply: oneshot::Sender<()> },
 }
 
-/// An answer held until the commit decides it.
-enum Reply {
-    Accept(
-        oneshot::Sender<Result<Vec<Accepted>, QueueError>>,
-        Result<Vec<Accepted>, QueueError>,
-    ),
-    Sweep(oneshot::Sender<Result<u64, QueueError>>, u64),
+/// Where a command's answer goes, split from its work so that every caller is answered,
+/// whatever happens to the group.
+enum Slot {
+    None,
+    Accept(oneshot::Sender<Result<Vec<Accepted>, QueueError>>),
+    Sweep(oneshot::Sender<Result<u64, QueueError>>),
     Flush(oneshot::Sender<()>),
+}
+
+/// A command's work, without its answer channel.
+enum Work {
+    Accept(Vec<NewEvent>),
+    Complete {
+        task: Task,
+        next: Next,
+        report: Box<pb::Attempt>,
+    },
+    AckReports {
+        first: u64,
+        last: u64,
+    },
+    Sweep,
+    Nothing,
+}
+
+/// What a command's work produced, answered once the commit succeeded.
+enum Done {
+    Accepted(Result<Vec<Accepted>, QueueError>),
+    Swept(u64),
+    Nothing,
+}
+
+fn split(command: Command) -> (Work, Slot) {
+    match command {
+        Command::Accept { events, reply } => (Work::Accept(events), Slot::Accept(reply)),
+        Command::Complete { task, next, report } => {
+            (Work::Complete { task, next, report }, Slot::None)
+        }
+        Command::AckReports { first, last } => (Work::AckReports { first, last }, Slot::None),
+        Command::Sweep { reply } => (Work::Sweep, Slot::Sweep(reply)),
+        Command::Flush { reply } | Command::Close { reply } => (Work::Nothing, Slot::Flush(reply)),
+    }
 }
 
 pub(super) fn spawn(
@@ -61,6 +95,9 @@ pub(super) fn spawn(
     shared: Arc<Shared>,
 ) {
     let run = move || {
+        // After an I/O failure redb refuses every later write as "previous I/O error"; keep
+        // the first failure's words so callers keep hearing why (a full disk, say).
+        let mut first_io_failure: Option<String> = None;
         while let Some(first) = rx.blocking_recv() {
             // Everything waiting joins this group, up to a Close (handled after it).
             let mut group = Vec::new();
@@ -78,7 +115,7 @@ pub(super) fn spawn(
                 }
             }
             if !group.is_empty() {
-                apply_group(&db, &config, group, &shared);
+                apply_group(&db, &config, group, &shared, &mut first_io_failure);
             }
             if let Some(reply) = close {
                 drop(db);
@@ -100,11 +137,24 @@ struct Counters {
     bytes: u64,
 }
 
-fn apply_group(db: &Database, config: &QueueConfig, group: Vec<Command>, shared: &Shared) {
-    let mut replies = Vec::new();
-    // Taken tasks whose outcome this group records, and tasks it adds: the lane index learns
-    // of both after the commit.
-    let mut finished: Vec<Task> = Vec::new();
+fn apply_group(
+    db: &Database,
+    config: &QueueConfig,
+    group: Vec<Command>,
+    shared: &Shared,
+    first_io_failure: &mut Option<String>,
+) {
+    let (works, slots): (Vec<Work>, Vec<Slot>) = group.into_iter().map(split).unzip();
+    // Every task this group completes, released below whatever the commit's fate.
+    let completing: Vec<(String, u64, u64)> = works
+        .iter()
+        .filter_map(|w| match w {
+            Work::Complete { task, .. } => Some((task.subscription_id.clone(), task.seq, task.due)),
+            _ => None,
+        })
+        .collect();
+    let mut outcomes: Vec<Done> = Vec::with_capacity(works.len());
+    // Tasks this group adds: the lane index learns of them after the commit.
     let mut added: Vec<(String, u64)> = Vec::new();
     let (mut tasks_changed, mut reports_added) = (false, false);
     let result = (|| -> Result<(), QueueError> {
@@ -127,9 +177,9 @@ fn apply_group(db: &Database, config: &QueueConfig, group: Vec<Command>, shared:
                 bytes: read(&meta, META_BYTES)?,
             };
             let now = now_ms();
-            for command in group {
-                match command {
-                    Command::Accept { events: new, reply } => {
+            for work in works {
+                match work {
+                    Work::Accept(new) => {
                         let result = accept(
                             &mut events,
                             &mut accepted,
@@ -141,9 +191,9 @@ fn apply_group(db: &Database, config: &QueueConfig, group: Vec<Command>, shared:
                             &mut added,
                         )?;
                         tasks_changed |= matches!(&result, Ok(r) if r.iter().any(|a| !a.duplicate && a.matched > 0));
-                        replies.push(Reply::Accept(reply, result));
+                        outcomes.push(Done::Accepted(result));
                     }
-                    Command::Complete { task, next, report } => {
+                    Work::Complete { task, next, report } => {
                         tasks.remove(task.key()).map_err(storage)?;
                         if let Next::RetryAt(due) = next {
                             counters.seq += 1;
@@ -156,23 +206,22 @@ fn apply_group(db: &Database, config: &QueueConfig, group: Vec<Command>, shared:
                         outbox
                             .insert(counters.seq, report.encode_to_vec().as_slice())
                             .map_err(storage)?;
-                        finished.push(task);
                         tasks_changed = true;
                         reports_added = true;
+                        outcomes.push(Done::Nothing);
                     }
-                    Command::AckReports { first, last } => {
+                    Work::AckReports { first, last } => {
                         outbox
                             .retain_in(first..=last, |_, _| false)
                             .map_err(storage)?;
+                        outcomes.push(Done::Nothing);
                     }
-                    Command::Sweep { reply } => {
+                    Work::Sweep => {
                         let removed =
                             sweep(&mut events, &mut accepted, &mut counters, config, now)?;
-                        replies.push(Reply::Sweep(reply, removed));
+                        outcomes.push(Done::Swept(removed));
                     }
-                    Command::Flush { reply } => replies.push(Reply::Flush(reply)),
-                    // Taken out of every group before it is applied.
-                    Command::Close { reply } => replies.push(Reply::Flush(reply)),
+                    Work::Nothing => outcomes.push(Done::Nothing),
                 }
             }
             meta.insert(META_SEQ, counters.seq).map_err(storage)?;
@@ -182,14 +231,26 @@ fn apply_group(db: &Database, config: &QueueConfig, group: Vec<Command>, shared:
         txn.commit().map_err(storage)
     })();
 
-    let failure = result.err().map(|e| e.to_string());
+    let failure = result.err().map(|e| {
+        let message = e.to_string();
+        match first_io_failure {
+            Some(first) if message.contains("Previous I/O error") => {
+                format!("{first} (writes resume after a restart of the agent)")
+            }
+            None if message.contains("I/O error") => {
+                *first_io_failure = Some(message.clone());
+                message
+            }
+            _ => message,
+        }
+    });
     {
         let mut lanes = shared.lanes.lock().unwrap_or_else(|e| e.into_inner());
-        for task in &finished {
-            lanes.finish(&task.subscription_id, task.seq);
+        for (lane, seq, due) in &completing {
+            lanes.finish(lane, *seq);
             if failure.is_some() {
                 // Not recorded: the task is still there, due again (the attempt is retried).
-                lanes.added(&task.subscription_id, task.due);
+                lanes.added(lane, *due);
             }
         }
         if failure.is_none() {
@@ -201,26 +262,31 @@ fn apply_group(db: &Database, config: &QueueConfig, group: Vec<Command>, shared:
     if let Some(err) = &failure {
         tracing::error!(error = %err, "queue commit failed");
     }
-    for reply in replies {
-        match reply {
-            Reply::Accept(tx, result) => {
-                let _ = tx.send(match &failure {
-                    Some(err) => Err(QueueError::Storage(err.clone())),
-                    None => result,
-                });
+    // Every caller hears back: the failure, or what its work produced.
+    let mut outcomes = outcomes.into_iter();
+    for slot in slots {
+        let done = outcomes.next();
+        let failed = || QueueError::Storage(failure.clone().unwrap_or_default());
+        match (slot, done) {
+            (Slot::Accept(tx), Some(Done::Accepted(result))) if failure.is_none() => {
+                let _ = tx.send(result);
             }
-            Reply::Sweep(tx, removed) => {
-                let _ = tx.send(match &failure {
-                    Some(err) => Err(QueueError::Storage(err.clone())),
-                    None => Ok(removed),
-                });
+            (Slot::Accept(tx), _) => {
+                let _ = tx.send(Err(failed()));
             }
-            Reply::Flush(tx) => {
+            (Slot::Sweep(tx), Some(Done::Swept(removed))) if failure.is_none() => {
+                let _ = tx.send(Ok(removed));
+            }
+            (Slot::Sweep(tx), _) => {
+                let _ = tx.send(Err(failed()));
+            }
+            (Slot::Flush(tx), _) => {
                 let _ = tx.send(());
             }
+            (Slot::None, _) => {}
         }
     }
-    if tasks_changed || !finished.is_empty() {
+    if tasks_changed || !completing.is_empty() {
         shared.tasks_changed.notify_one();
     }
     if reports_added && failure.is_none() {
