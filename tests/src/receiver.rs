@@ -272,8 +272,12 @@ impl Receiver {
     ) -> anyhow::Result<Vec<ReceivedRequest>> {
         let mut count = self.shared.count.subscribe();
         // The sender lives in `self.shared`, so `wait_for` cannot see a closed channel.
-        let arrived = tokio::time::timeout(timeout, count.wait_for(|&c| c >= n)).await;
-        if arrived.is_err() {
+        // `wait_for` answers with a guard holding the channel's read lock; it is dropped here,
+        // before `requests()` takes the state lock that `record` holds while publishing.
+        let arrived = tokio::time::timeout(timeout, count.wait_for(|&c| c >= n))
+            .await
+            .is_ok();
+        if !arrived {
             let seen: Vec<String> = self
                 .requests()
                 .iter()
