@@ -168,7 +168,7 @@ async fn kill_9_in_a_burst_loses_no_acknowledged_event() -> anyhow::Result<()> {
                 queue.pending_tasks(),
                 queue.pending_reports()
             );
-            let due = queue.due(u64::MAX - 1, 10, |_| 16)?;
+            let due = queue.due(u64::MAX - 1, 10, |_, n| 16_usize.saturating_sub(n))?;
             eprintln!(
                 "due now: {:?}",
                 due.iter()

@@ -13,7 +13,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use herald_agent::listen::{ListenAddr, Listener};
-use herald_core::signing::{self, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, SigningSecret};
+use herald_core::signing::{
+    self, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, PublicKey, SigningSecret,
+};
 use herald_proto::v1 as pb;
 use herald_proto::v1::subscriptions_client::SubscriptionsClient;
 use tokio::net::TcpListener;
@@ -189,7 +191,14 @@ impl Inspector {
                     .iter()
                     .filter_map(|s| SigningSecret::parse(&s.secret).ok())
                     .collect();
-                if signing::verify(&secrets, signature, id, timestamp, body) {
+                let public_keys: Vec<PublicKey> = full
+                    .secrets
+                    .iter()
+                    .filter_map(|s| PublicKey::parse(&s.public_key).ok())
+                    .collect();
+                if signing::verify(&secrets, signature, id, timestamp, body)
+                    || signing::verify_asymmetric(&public_keys, signature, id, timestamp, body)
+                {
                     return Ok(format!("signature verified (subscription {})", sub.id));
                 }
             }

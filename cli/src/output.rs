@@ -118,11 +118,32 @@ pub fn subscription(sub: &pb::Subscription, show_secrets: bool) -> Value {
         "timeout": sub.timeout.as_ref().and_then(std_duration).map(|d| humantime::format_duration(d).to_string()),
         "retry_schedule": retry,
         "regions": sub.regions,
+        "retry_exponential": sub
+            .retry
+            .as_ref()
+            .and_then(|r| r.exponential.as_ref())
+            .and_then(|e| herald_proto::convert::exponential_backoff(e).ok())
+            .map(|e| e.to_string()),
         "max_in_flight": if sub.max_in_flight == 0 { 16 } else { sub.max_in_flight },
+        "rate_limit": sub.rate_limit,
+        "signature": match pb::SignatureScheme::try_from(sub.signature_scheme) {
+            Ok(pb::SignatureScheme::Ed25519) => "v1a",
+            _ => "v1",
+        },
         "revision": sub.revision,
         "created_at": time(sub.created_at.as_ref()),
         "updated_at": time(sub.updated_at.as_ref()),
     });
+    // Public keys are not secret: receivers of v1a signatures need them to verify.
+    let public_keys: Vec<&str> = sub
+        .secrets
+        .iter()
+        .map(|s| s.public_key.as_str())
+        .filter(|k| !k.is_empty())
+        .collect();
+    if !public_keys.is_empty() {
+        value["public_keys"] = json!(public_keys);
+    }
     if show_secrets {
         if let Some(current) = sub.secrets.first().filter(|s| !s.secret.is_empty()) {
             value["secret"] = json!(current.secret);

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use herald_core::retry::RetrySchedule;
-use herald_proto::convert::{duration, retry_policy};
+use herald_core::retry::{Exponential, RetrySchedule};
+use herald_proto::convert::{duration, exponential_policy, retry_policy};
 use herald_proto::v1 as pb;
 use herald_proto::v1::subscriptions_client::SubscriptionsClient;
 
@@ -84,8 +84,14 @@ pub struct Fields {
     #[arg(long = "header", value_name = "NAME=VALUE")]
     headers: Vec<String>,
     /// The delays between attempts, e.g. 5s,5m,30m (attempts = delays + 1).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "retry_exponential")]
     retry_schedule: Option<String>,
+    /// Exponential backoff instead of a list, e.g. base=5s,factor=2,cap=1h,attempts=10.
+    #[arg(long, value_name = "base=D,factor=F,cap=D,attempts=N")]
+    retry_exponential: Option<String>,
+    /// Most requests per second to this endpoint, per agent (0: no limit).
+    #[arg(long)]
+    rate_limit: Option<u32>,
     /// Per-attempt timeout, e.g. 15s.
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
@@ -105,6 +111,10 @@ pub struct CreateArgs {
     /// The endpoint URL.
     #[arg(long)]
     url: String,
+    /// Signature scheme: v1 (HMAC-SHA256, shared whsec_ secret) or v1a (ed25519: a whsk_
+    /// signing key, and a whpk_ public key for receivers).
+    #[arg(long, default_value = "v1", value_parser = ["v1", "v1a"])]
+    signature: String,
     #[command(flatten)]
     fields: Fields,
 }
@@ -144,6 +154,12 @@ impl Fields {
         if let Some(schedule) = self.retry_schedule {
             sub.retry = Some(retry_policy(&RetrySchedule::parse(&schedule)?));
         }
+        if let Some(backoff) = self.retry_exponential {
+            sub.retry = Some(exponential_policy(&Exponential::parse(&backoff)?));
+        }
+        if let Some(rate) = self.rate_limit {
+            sub.rate_limit = rate;
+        }
         if let Some(timeout) = self.timeout {
             sub.timeout = Some(duration(timeout));
         }
@@ -161,9 +177,14 @@ pub async fn run(cmd: Command, url: &str, format: Format) -> anyhow::Result<()> 
     let mut client = SubscriptionsClient::new(channel(url).await?);
     match cmd {
         Command::Create(args) => {
+            let signature_scheme = match args.signature.as_str() {
+                "v1a" => pb::SignatureScheme::Ed25519,
+                _ => pb::SignatureScheme::HmacSha256,
+            };
             let mut sub = pb::Subscription {
                 tenant: args.tenant,
                 url: args.url,
+                signature_scheme: signature_scheme as i32,
                 ..Default::default()
             };
             args.fields.apply(&mut sub)?;

@@ -143,3 +143,92 @@ async fn the_tour_works_from_the_command_line() -> anyhow::Result<()> {
     assert_eq!(usage.status.code(), Some(2));
     Ok(())
 }
+
+#[tokio::test]
+async fn delivery_options_are_set_from_the_command_line() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    let url = world.receiver.url("/hooks/stock");
+    let created = json(
+        &herald(
+            &world,
+            &[
+                "subscription",
+                "create",
+                "--tenant",
+                "shop-1",
+                "--url",
+                &url,
+                "--events",
+                "stock.*",
+                "--signature",
+                "v1a",
+                "--retry-exponential",
+                "base=5s,factor=2,cap=1m,attempts=6",
+                "--rate-limit",
+                "50",
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    let id = created["id"].as_str().expect("id").to_owned();
+    assert!(
+        created["secret"]
+            .as_str()
+            .expect("secret")
+            .starts_with("whsk_")
+    );
+    assert_eq!(created["signature"], "v1a");
+    assert_eq!(created["retry_schedule"], "5s,10s,20s,40s,1m");
+    assert_eq!(
+        created["retry_exponential"],
+        "base=5s,factor=2,cap=1m,attempts=6"
+    );
+    assert_eq!(created["rate_limit"], 50);
+
+    // The public key is shown without secrets; the signing key is not.
+    let shown = json(&herald(&world, &["subscription", "get", &id, "-o", "json"]).await);
+    let public_key = shown["public_keys"][0].as_str().expect("a public key");
+    assert!(public_key.starts_with("whpk_"), "{shown}");
+    assert!(shown.get("secret").is_none(), "{shown}");
+
+    let updated = json(
+        &herald(
+            &world,
+            &[
+                "subscription",
+                "update",
+                &id,
+                "--retry-schedule",
+                "1s,2s",
+                "--rate-limit",
+                "0",
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(updated["retry_schedule"], "1s,2s");
+    assert_eq!(updated["retry_exponential"], Value::Null);
+    assert_eq!(updated["rate_limit"], 0);
+
+    // Both forms at once, and a bad backoff, are refused before anything is sent.
+    for bad in [
+        &[
+            "--retry-schedule",
+            "1s",
+            "--retry-exponential",
+            "base=1s,factor=2,cap=1m,attempts=3",
+        ][..],
+        &["--retry-exponential", "base=1s,factor=20,cap=1m,attempts=3"][..],
+    ] {
+        let mut args = vec!["subscription", "update", &id];
+        args.extend_from_slice(bad);
+        let output = herald(&world, &args).await;
+        assert!(!output.status.success(), "{bad:?} was accepted");
+        assert!(!String::from_utf8_lossy(&output.stderr).is_empty());
+    }
+    Ok(())
+}

@@ -10,7 +10,7 @@ use herald_core::ids::new_subscription_id;
 use herald_core::signing::SigningSecret;
 use herald_core::subscription::{DEFAULT_ROTATION_GRACE, MAX_SECRETS};
 use herald_core::target::TargetPolicy;
-use herald_proto::convert::{self, system_time, timestamp};
+use herald_proto::convert::{self, signature_scheme, system_time, timestamp, wire_secret};
 use herald_proto::v1 as pb;
 use prost::Message;
 
@@ -129,13 +129,10 @@ impl Subscriptions {
         request: pb::Subscription,
     ) -> Result<pb::Subscription, SubscriptionError> {
         let now = SystemTime::now();
+        let scheme = signature_scheme(request.signature_scheme)?;
         let mut sub = pb::Subscription {
             id: new_subscription_id(),
-            secrets: vec![pb::SigningSecret {
-                secret: SigningSecret::generate().expose(),
-                created_at: Some(timestamp(now)),
-                expires_at: None,
-            }],
+            secrets: vec![wire_secret(&SigningSecret::generate_for(scheme), now)],
             enabled: true,
             disabled_reason: String::new(),
             disabled_at: None,
@@ -238,6 +235,7 @@ impl Subscriptions {
             labels: request.labels,
             regions: request.regions,
             max_in_flight: request.max_in_flight,
+            rate_limit: request.rate_limit,
             updated_at: Some(timestamp(SystemTime::now())),
             ..current
         };
@@ -326,14 +324,9 @@ impl Subscriptions {
                     old.expires_at = Some(expires);
                 }
             }
-            sub.secrets.insert(
-                0,
-                pb::SigningSecret {
-                    secret: SigningSecret::generate().expose(),
-                    created_at: Some(timestamp(now)),
-                    expires_at: None,
-                },
-            );
+            let scheme = signature_scheme(sub.signature_scheme)?;
+            sub.secrets
+                .insert(0, wire_secret(&SigningSecret::generate_for(scheme), now));
             sub.secrets.truncate(MAX_SECRETS);
             sub.updated_at = Some(timestamp(now));
             Ok(())

@@ -5,6 +5,9 @@
 //! [`MAX_DELAY`]; an empty schedule means a single attempt. Schedules are written as
 //! comma-separated durations, such as `5s,5m,30m`.
 //!
+//! A schedule can also be described as exponential backoff ([`Exponential`]: a base delay
+//! multiplied by a factor after each attempt, capped), which expands to the same list of delays.
+//!
 //! Jitter is a separate, pure step ([`jittered`]) so callers pick the randomness and tests stay
 //! deterministic.
 
@@ -139,6 +142,131 @@ impl fmt::Display for RetrySchedule {
     }
 }
 
+/// Largest growth factor an exponential schedule may use.
+pub const MAX_FACTOR: f64 = 10.0;
+
+/// Exponential backoff: delays `base`, `base·factor`, `base·factor²`, … each at most `cap`, for
+/// `max_attempts` attempts in all. Written `base=5s,factor=2,cap=1h,attempts=10`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Exponential {
+    /// The delay after the first attempt.
+    pub base: Duration,
+    /// How much each delay grows over the previous one: 1.0 to [`MAX_FACTOR`].
+    pub factor: f64,
+    /// The longest delay.
+    pub cap: Duration,
+    /// Attempts in all, the first included: 1 to `MAX_DELAYS + 1`.
+    pub max_attempts: u32,
+}
+
+impl Exponential {
+    /// The schedule these parameters describe, if they are within bounds: `factor` 1.0 to
+    /// [`MAX_FACTOR`], `base` and `cap` within [`MIN_DELAY`]..=[`MAX_DELAY`] with
+    /// `base <= cap`, and 1 to `MAX_DELAYS + 1` attempts.
+    pub fn schedule(&self) -> Result<RetrySchedule, ValidationError> {
+        let invalid = |reason: String| Err(ValidationError::new(FIELD, reason));
+        if !(1.0..=MAX_FACTOR).contains(&self.factor) {
+            return invalid(format!(
+                "factor {} is outside 1 to {MAX_FACTOR}",
+                self.factor
+            ));
+        }
+        for (name, delay) in [("base", self.base), ("cap", self.cap)] {
+            if !(MIN_DELAY..=MAX_DELAY).contains(&delay) {
+                return invalid(format!(
+                    "{name} {} is outside {} to {}",
+                    humantime::format_duration(delay),
+                    humantime::format_duration(MIN_DELAY),
+                    humantime::format_duration(MAX_DELAY)
+                ));
+            }
+        }
+        if self.base > self.cap {
+            return invalid("base is longer than cap".to_owned());
+        }
+        let delays = usize::try_from(self.max_attempts.saturating_sub(1)).unwrap_or(usize::MAX);
+        if self.max_attempts == 0 || delays > MAX_DELAYS {
+            return invalid(format!(
+                "attempts {} is outside 1 to {}",
+                self.max_attempts,
+                MAX_DELAYS + 1
+            ));
+        }
+        let mut next = self.base.as_secs_f64();
+        let cap = self.cap.as_secs_f64();
+        let delays = (0..delays)
+            .map(|_| {
+                let delay = Duration::from_secs_f64(next.min(cap));
+                next = (next * self.factor).min(cap);
+                delay
+            })
+            .collect();
+        RetrySchedule::new(delays)
+    }
+
+    /// Parses `base=5s,factor=2,cap=1h,attempts=10` (every key required, any order) and checks
+    /// the result as [`Exponential::schedule`] does.
+    pub fn parse(text: &str) -> Result<Self, ValidationError> {
+        let (mut base, mut factor, mut cap, mut attempts) = (None, None, None, None);
+        for part in text.split(',') {
+            let (key, value) = part
+                .trim()
+                .split_once('=')
+                .ok_or_else(|| ValidationError::new(FIELD, format!("{part:?} is not KEY=VALUE")))?;
+            let value = value.trim();
+            let duration = || {
+                humantime::parse_duration(value).map_err(|e| {
+                    ValidationError::new(FIELD, format!("{key}: {value:?} is not a duration: {e}"))
+                })
+            };
+            match key.trim() {
+                "base" => base = Some(duration()?),
+                "cap" => cap = Some(duration()?),
+                "factor" => {
+                    factor = Some(value.parse::<f64>().map_err(|_| {
+                        ValidationError::new(FIELD, format!("factor: {value:?} is not a number"))
+                    })?);
+                }
+                "attempts" => {
+                    attempts = Some(value.parse::<u32>().map_err(|_| {
+                        ValidationError::new(FIELD, format!("attempts: {value:?} is not a count"))
+                    })?);
+                }
+                other => {
+                    return Err(ValidationError::new(
+                        FIELD,
+                        format!("unknown key {other:?}: expected base, factor, cap, attempts"),
+                    ));
+                }
+            }
+        }
+        let missing =
+            |key: &str| ValidationError::new(FIELD, format!("exponential backoff needs {key}=…"));
+        let exponential = Exponential {
+            base: base.ok_or_else(|| missing("base"))?,
+            factor: factor.ok_or_else(|| missing("factor"))?,
+            cap: cap.ok_or_else(|| missing("cap"))?,
+            max_attempts: attempts.ok_or_else(|| missing("attempts"))?,
+        };
+        exponential.schedule()?;
+        Ok(exponential)
+    }
+}
+
+/// Writes the parameters as [`Exponential::parse`] reads them.
+impl fmt::Display for Exponential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "base={},factor={},cap={},attempts={}",
+            humantime::format_duration(self.base),
+            self.factor,
+            humantime::format_duration(self.cap),
+            self.max_attempts
+        )
+    }
+}
+
 /// `delay` spread by ±`jitter_fraction`: `unit_random` in `[0, 1)` maps linearly onto
 /// `delay · (1 − j)` to `delay · (1 + j)`.
 ///
@@ -250,5 +378,40 @@ mod tests {
         assert_eq!(jittered(delay, 0.5, f64::NAN), Duration::from_secs(5));
         assert_eq!(jittered(delay, 0.5, f64::INFINITY), Duration::from_secs(15));
         assert_eq!(jittered(Duration::MAX, 1.0, 1.0), Duration::MAX);
+    }
+
+    #[test]
+    fn exponential_grows_by_the_factor_up_to_the_cap() {
+        let backoff = Exponential::parse("base=1s, factor=3, cap=1m, attempts=6").unwrap();
+        let schedule = backoff.schedule().unwrap();
+        assert_eq!(schedule.max_attempts(), 6);
+        assert_eq!(schedule.to_string(), "1s,3s,9s,27s,1m");
+        assert_eq!(Exponential::parse(&backoff.to_string()), Ok(backoff));
+        let once = Exponential::parse("attempts=1,cap=1s,factor=1,base=1s").unwrap();
+        assert_eq!(once.schedule().unwrap().max_attempts(), 1);
+        // The longest allowed schedule, with delays that would overflow without the cap.
+        let long = Exponential::parse("base=1s,factor=10,cap=7days,attempts=51").unwrap();
+        assert_eq!(long.schedule().unwrap().delays().last(), Some(&MAX_DELAY));
+    }
+
+    #[test]
+    fn exponential_refusals() {
+        for bad in [
+            "",
+            "base=1s,factor=2,cap=1h",
+            "base=1s,factor=2,cap=1h,attempts=0",
+            "base=1s,factor=2,cap=1h,attempts=52",
+            "base=1s,factor=0.5,cap=1h,attempts=3",
+            "base=1s,factor=11,cap=1h,attempts=3",
+            "base=1s,factor=NaN,cap=1h,attempts=3",
+            "base=1h,factor=2,cap=1s,attempts=3",
+            "base=0s,factor=2,cap=1s,attempts=3",
+            "base=1s,factor=2,cap=8days,attempts=3",
+            "base=1s,factor=2,cap=1h,attempts=3,jitter=1",
+            "base=soon,factor=2,cap=1h,attempts=3",
+        ] {
+            let err = Exponential::parse(bad).unwrap_err();
+            assert_eq!(err.field, "retry_schedule", "{bad}");
+        }
     }
 }

@@ -22,6 +22,8 @@ pub const MAX_SECRETS: usize = 8;
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
 /// The most attempts in flight to one endpoint a subscription may ask for.
 pub const MAX_MAX_IN_FLIGHT: u32 = 1024;
+/// The highest per-subscription rate limit (requests per second).
+pub const MAX_RATE_LIMIT: u32 = 100_000;
 /// How many regions a subscription may name.
 pub const MAX_REGIONS: usize = 32;
 
@@ -49,6 +51,8 @@ pub struct Subscription {
     /// Attempts in flight to this endpoint at once (per agent): its lane's width, so a slow
     /// endpoint holds at most this many of the agent's delivery slots.
     pub max_in_flight: u32,
+    /// Most requests per second to this endpoint (per agent); `None` means no limit.
+    pub rate_limit: Option<u32>,
     /// Disabled subscriptions receive nothing.
     pub enabled: bool,
     /// Regions whose agents deliver it; empty means all.
@@ -103,6 +107,7 @@ mod tests {
             timeout: DEFAULT_TIMEOUT,
             retry: RetrySchedule::default(),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT as u32,
+            rate_limit: None,
             enabled: true,
             regions: vec![],
             revision: 1,

@@ -9,11 +9,11 @@ use herald_core::ValidationError;
 use herald_core::event_type::{EventFilter, validate_event_type};
 use herald_core::format::PayloadFormat;
 use herald_core::limits::MAX_LABELS;
-use herald_core::retry::RetrySchedule;
-use herald_core::signing::SigningSecret;
+use herald_core::retry::{Exponential, RetrySchedule};
+use herald_core::signing::{Scheme, SigningSecret};
 use herald_core::subscription::{
-    DEFAULT_MAX_IN_FLIGHT, DEFAULT_TIMEOUT, MAX_MAX_IN_FLIGHT, MAX_REGIONS, MAX_SECRETS,
-    MAX_TIMEOUT, Secret, Subscription,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_TIMEOUT, MAX_MAX_IN_FLIGHT, MAX_RATE_LIMIT, MAX_REGIONS,
+    MAX_SECRETS, MAX_TIMEOUT, Secret, Subscription,
 };
 use herald_core::validate;
 
@@ -70,6 +70,33 @@ pub fn wire_format(format: PayloadFormat) -> pb::Format {
     }
 }
 
+/// The domain scheme of a wire signature scheme (unspecified means HMAC-SHA256).
+pub fn signature_scheme(scheme: i32) -> Result<Scheme, ValidationError> {
+    match pb::SignatureScheme::try_from(scheme) {
+        Ok(pb::SignatureScheme::Unspecified | pb::SignatureScheme::HmacSha256) => {
+            Ok(Scheme::HmacSha256)
+        }
+        Ok(pb::SignatureScheme::Ed25519) => Ok(Scheme::Ed25519),
+        Err(_) => Err(ValidationError::new(
+            "signature_scheme",
+            format!("unknown signature scheme {scheme}"),
+        )),
+    }
+}
+
+/// The wire form of a signing secret made at `created_at`, with its public key when it has one.
+pub fn wire_secret(secret: &SigningSecret, created_at: SystemTime) -> pb::SigningSecret {
+    pb::SigningSecret {
+        secret: secret.expose(),
+        created_at: Some(timestamp(created_at)),
+        expires_at: None,
+        public_key: secret
+            .public_key()
+            .map(|key| key.to_string())
+            .unwrap_or_default(),
+    }
+}
+
 /// Validates a complete subscription record (as stored: with id and secrets) and builds the
 /// domain form. `allow_http` admits `http://` URLs.
 pub fn subscription(
@@ -119,6 +146,16 @@ pub fn subscription(
         }
         n => n,
     };
+    let rate_limit = match wire.rate_limit {
+        0 => None,
+        n if n > MAX_RATE_LIMIT => {
+            return Err(ValidationError::new(
+                "rate_limit",
+                format!("at most {MAX_RATE_LIMIT} requests per second"),
+            ));
+        }
+        n => Some(n),
+    };
     if wire.secrets.is_empty() || wire.secrets.len() > MAX_SECRETS {
         return Err(ValidationError::new(
             "secrets",
@@ -136,6 +173,13 @@ pub fn subscription(
             })
         })
         .collect::<Result<Vec<_>, ValidationError>>()?;
+    let scheme = signature_scheme(wire.signature_scheme)?;
+    if secrets.iter().any(|s| s.secret.scheme() != scheme) {
+        return Err(ValidationError::new(
+            "secrets",
+            "every secret must be of the subscription's signature scheme",
+        ));
+    }
     if wire.regions.len() > MAX_REGIONS {
         return Err(ValidationError::new(
             "regions",
@@ -162,18 +206,24 @@ pub fn subscription(
         timeout,
         retry,
         max_in_flight,
+        rate_limit,
         enabled: wire.enabled,
         regions: wire.regions.clone(),
         revision: wire.revision,
     })
 }
 
-/// The retry schedule of a wire policy; no policy or no delays means the default schedule.
+/// The retry schedule of a wire policy: its delays, or its exponential backoff expanded; no
+/// policy, or one with neither, means the default schedule. Both at once is refused.
 pub fn retry_schedule(policy: Option<&pb::RetryPolicy>) -> Result<RetrySchedule, ValidationError> {
-    match policy {
-        Some(policy) if !policy.delays.is_empty() => {
-            let delays = policy
-                .delays
+    let Some(policy) = policy else {
+        return Ok(RetrySchedule::default());
+    };
+    match (&policy.delays[..], &policy.exponential) {
+        ([], None) => Ok(RetrySchedule::default()),
+        ([], Some(exponential)) => exponential_backoff(exponential)?.schedule(),
+        (delays, None) => {
+            let delays = delays
                 .iter()
                 .map(|d| {
                     std_duration(d).ok_or_else(|| {
@@ -183,14 +233,46 @@ pub fn retry_schedule(policy: Option<&pb::RetryPolicy>) -> Result<RetrySchedule,
                 .collect::<Result<Vec<_>, _>>()?;
             RetrySchedule::new(delays)
         }
-        _ => Ok(RetrySchedule::default()),
+        (_, Some(_)) => Err(ValidationError::new(
+            "retry_schedule",
+            "set delays or exponential, not both",
+        )),
     }
+}
+
+/// The exponential backoff of a wire message; bounds are checked when it is expanded.
+pub fn exponential_backoff(wire: &pb::ExponentialBackoff) -> Result<Exponential, ValidationError> {
+    let delay = |name: &str, d: Option<&prost_types::Duration>| {
+        d.and_then(std_duration).ok_or_else(|| {
+            ValidationError::new("retry_schedule", format!("exponential {name} is required"))
+        })
+    };
+    Ok(Exponential {
+        base: delay("base", wire.base.as_ref())?,
+        factor: wire.factor,
+        cap: delay("cap", wire.cap.as_ref())?,
+        max_attempts: wire.max_attempts,
+    })
 }
 
 /// The wire policy of a schedule.
 pub fn retry_policy(schedule: &RetrySchedule) -> pb::RetryPolicy {
     pb::RetryPolicy {
         delays: schedule.delays().iter().copied().map(duration).collect(),
+        exponential: None,
+    }
+}
+
+/// The wire policy of an exponential backoff.
+pub fn exponential_policy(backoff: &Exponential) -> pb::RetryPolicy {
+    pb::RetryPolicy {
+        delays: Vec::new(),
+        exponential: Some(pb::ExponentialBackoff {
+            base: Some(duration(backoff.base)),
+            factor: backoff.factor,
+            cap: Some(duration(backoff.cap)),
+            max_attempts: backoff.max_attempts,
+        }),
     }
 }
 
@@ -270,6 +352,42 @@ mod tests {
                     s.headers.insert("webhook-id".into(), "x".into());
                 }),
             ),
+            (
+                "rate_limit",
+                Box::new(|s| s.rate_limit = MAX_RATE_LIMIT + 1),
+            ),
+            ("signature_scheme", Box::new(|s| s.signature_scheme = 9)),
+            (
+                "secrets",
+                Box::new(|s| s.signature_scheme = pb::SignatureScheme::Ed25519 as i32),
+            ),
+            (
+                "retry_schedule",
+                Box::new(|s| {
+                    let mut both = exponential_policy(&Exponential {
+                        base: Duration::from_secs(1),
+                        factor: 2.0,
+                        cap: Duration::from_secs(60),
+                        max_attempts: 3,
+                    });
+                    both.delays = vec![duration(Duration::from_secs(1))];
+                    s.retry = Some(both);
+                }),
+            ),
+            (
+                "retry_schedule",
+                Box::new(|s| {
+                    s.retry = Some(pb::RetryPolicy {
+                        delays: vec![],
+                        exponential: Some(pb::ExponentialBackoff {
+                            base: None,
+                            factor: 2.0,
+                            cap: Some(duration(Duration::from_secs(60))),
+                            max_attempts: 3,
+                        }),
+                    });
+                }),
+            ),
         ];
         for (field, break_it) in cases {
             let mut bad = wire();
@@ -277,6 +395,34 @@ mod tests {
             let err = subscription(&bad, false).expect_err(field);
             assert_eq!(err.field, field, "{err}");
         }
+    }
+
+    #[test]
+    fn exponential_policies_expand_and_rate_limits_carry_over() {
+        let mut wire = wire();
+        wire.retry = Some(exponential_policy(&Exponential {
+            base: Duration::from_secs(2),
+            factor: 2.0,
+            cap: Duration::from_secs(5),
+            max_attempts: 4,
+        }));
+        wire.rate_limit = 50;
+        let sub = subscription(&wire, false).expect("valid");
+        assert_eq!(sub.retry.to_string(), "2s,4s,5s");
+        assert_eq!(sub.rate_limit, Some(50));
+        wire.rate_limit = 0;
+        assert_eq!(subscription(&wire, false).expect("valid").rate_limit, None);
+    }
+
+    #[test]
+    fn ed25519_subscriptions_carry_whsk_keys() {
+        let mut wire = wire();
+        wire.signature_scheme = pb::SignatureScheme::Ed25519 as i32;
+        let key = SigningSecret::generate_for(Scheme::Ed25519);
+        wire.secrets = vec![wire_secret(&key, SystemTime::now())];
+        assert!(wire.secrets[0].public_key.starts_with("whpk_"));
+        let sub = subscription(&wire, false).expect("valid");
+        assert_eq!(sub.secrets[0].secret, key);
     }
 
     #[test]

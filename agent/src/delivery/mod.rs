@@ -5,6 +5,7 @@
 //! - [`attempt`] sends one signed request.
 //! - [`client`] is the HTTPS client all attempts share.
 //! - [`breaker`] narrows a failing endpoint's lane to one probe at a time.
+//! - [`rate`] keeps an endpoint's requests within its rate limit.
 //! - [`Dispatcher`] is the scheduler: it hands due tasks to attempts, at most `max_in_flight`
 //!   at once, and re-reads the subscription before every attempt so a deleted or disabled one
 //!   stops at once. A retry is a task moved to a later due time in the queue, so it survives
@@ -14,6 +15,7 @@ pub mod attempt;
 pub mod breaker;
 pub mod classify;
 pub mod client;
+pub mod rate;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -30,6 +32,7 @@ use tokio_util::task::TaskTracker;
 use self::attempt::EventRef;
 use self::breaker::Breakers;
 use self::classify::{Verdict, classify};
+use self::rate::RateLimits;
 use crate::backoff::unit_random;
 use crate::queue::{Next, Queue, Task, now_ms, to_ms};
 use crate::routes::Routes;
@@ -58,6 +61,8 @@ struct Inner {
     permits: Arc<Semaphore>,
     /// Consecutive failures per endpoint, narrowing failing lanes.
     breakers: Breakers,
+    /// Token buckets of rate-limited endpoints.
+    rates: RateLimits,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -85,6 +90,7 @@ impl Dispatcher {
             inner: Arc::new(Inner {
                 permits: Arc::new(Semaphore::new(parts.max_in_flight)),
                 breakers: Breakers::default(),
+                rates: RateLimits::default(),
                 client: parts.client,
                 routes: parts.routes,
                 queue: parts.queue,
@@ -132,10 +138,9 @@ impl Inner {
                 },
             };
             let limit = (1 + self.permits.available_permits()).min(MAX_TAKE);
-            let due = match self
-                .queue
-                .due(now_ms(), limit, |lane| self.lane_limit(lane))
-            {
+            let due = match self.queue.due(now_ms(), limit, |lane, in_flight| {
+                self.lane_room(lane, in_flight)
+            }) {
                 Ok(due) => due,
                 Err(err) => {
                     tracing::error!(error = %err, "cannot read the queue");
@@ -144,10 +149,14 @@ impl Inner {
             };
             if due.is_empty() {
                 drop(permit);
-                let wait = match self.queue.next_due(|lane| self.lane_limit(lane)) {
-                    Some(at) => Duration::from_millis(at.saturating_sub(now_ms())).min(IDLE_CHECK),
-                    None => IDLE_CHECK,
-                };
+                let due_in = self
+                    .queue
+                    .next_due(|lane, in_flight| self.lane_room(lane, in_flight))
+                    .map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
+                let wait = [due_in, self.rates.refill_wait()]
+                    .into_iter()
+                    .flatten()
+                    .fold(IDLE_CHECK, Duration::min);
                 tokio::select! {
                     () = self.shutdown.cancelled() => return,
                     () = self.queue.tasks_changed() => {}
@@ -164,6 +173,7 @@ impl Inner {
                 else {
                     break;
                 };
+                self.rates.consume(&task.subscription_id);
                 let inner = self.clone();
                 self.tasks
                     .spawn(async move { inner.deliver(task, permit).await });
@@ -171,17 +181,28 @@ impl Inner {
         }
     }
 
-    /// How many attempts to `subscription` may be in flight at once: one while its breaker is
-    /// tripped, else its own setting (the default for one this agent no longer knows, whose
-    /// tasks are only skipped).
-    fn lane_limit(&self, subscription: &str) -> usize {
-        if self.breakers.is_tripped(subscription) {
-            return 1;
-        }
-        self.routes
+    /// How many more attempts to `subscription` may start, with `in_flight` under way: its
+    /// lane's width (one while its breaker is tripped; the default for a subscription this
+    /// agent no longer knows, whose tasks are only skipped) less those in flight, and no more
+    /// than its rate limit allows now.
+    fn lane_room(&self, subscription: &str, in_flight: usize) -> usize {
+        let (width, rate) = self
+            .routes
             .borrow()
             .get(subscription)
-            .map_or(DEFAULT_MAX_IN_FLIGHT, |s| s.max_in_flight as usize)
+            .map_or((DEFAULT_MAX_IN_FLIGHT, None), |s| {
+                (s.max_in_flight as usize, s.rate_limit)
+            });
+        let width = if self.breakers.is_tripped(subscription) {
+            1
+        } else {
+            width
+        };
+        let room = width.saturating_sub(in_flight);
+        match rate {
+            Some(rate) if room > 0 => room.min(self.rates.available(subscription, rate)),
+            _ => room,
+        }
     }
 
     /// One attempt of `task`, recorded in the queue with its report.

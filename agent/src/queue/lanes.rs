@@ -51,11 +51,11 @@ impl Lanes {
             .collect()
     }
 
-    /// The earliest hint of a lane below its limit.
-    pub(super) fn next_due(&self, limit: impl Fn(&str) -> usize) -> Option<u64> {
+    /// The earliest hint of a lane with room, given its tasks in flight.
+    pub(super) fn next_due(&self, room: impl Fn(&str, usize) -> usize) -> Option<u64> {
         self.hints
             .iter()
-            .find(|(_, lane)| self.in_flight(lane) < limit(lane))
+            .find(|(_, lane)| room(lane, self.in_flight(lane)) > 0)
             .map(|(due, _)| *due)
     }
 
@@ -102,8 +102,12 @@ mod tests {
         assert_eq!(lanes.due_lanes(25), ["a", "b"]);
         assert_eq!(lanes.due_lanes(15), ["a"]);
         lanes.take("a", 1);
-        assert_eq!(lanes.next_due(|_| 1), Some(20), "a is at its limit");
-        assert_eq!(lanes.next_due(|_| 2), Some(10));
+        assert_eq!(
+            lanes.next_due(|_, n| 1_usize.saturating_sub(n)),
+            Some(20),
+            "a is at its limit"
+        );
+        assert_eq!(lanes.next_due(|_, n| 2_usize.saturating_sub(n)), Some(10));
         lanes.finish("a", 1);
         lanes.finish("a", 1);
         assert_eq!(lanes.in_flight("a"), 0, "finishing twice counts once");

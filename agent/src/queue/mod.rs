@@ -241,12 +241,13 @@ impl Queue {
     }
 
     /// Up to `limit` tasks due at `now_ms`, marked taken until completed, never more from one
-    /// subscription than `lane_limit` allows to be in flight at once.
+    /// subscription than `room(subscription, in_flight)` allows given the tasks of that lane
+    /// already in flight.
     pub fn due(
         &self,
         now_ms: u64,
         limit: usize,
-        lane_limit: impl Fn(&str) -> usize,
+        room: impl Fn(&str, usize) -> usize,
     ) -> Result<Vec<Task>, QueueError> {
         // The lock first, then the snapshot: the writer updates the index only after its
         // commit, so a snapshot taken under the lock is never older than the index. (The other
@@ -260,7 +261,7 @@ impl Queue {
             if out.len() >= limit {
                 break;
             }
-            let mut room = lane_limit(&lane).saturating_sub(lanes.in_flight(&lane));
+            let mut room = room(&lane, lanes.in_flight(&lane));
             let mut hint = None;
             let range = (lane.as_str(), 0, 0)..=(lane.as_str(), u64::MAX, u64::MAX);
             for entry in tasks.range(range).map_err(storage)? {
@@ -283,9 +284,9 @@ impl Queue {
         Ok(out)
     }
 
-    /// When the earliest task of a lane below its limit is due (ms), if any.
-    pub fn next_due(&self, lane_limit: impl Fn(&str) -> usize) -> Option<u64> {
-        self.lock_lanes().next_due(lane_limit)
+    /// When the earliest task of a lane with room (as in [`Queue::due`]) is due (ms), if any.
+    pub fn next_due(&self, room: impl Fn(&str, usize) -> usize) -> Option<u64> {
+        self.lock_lanes().next_due(room)
     }
 
     /// Tasks waiting (in flight or not).

@@ -149,7 +149,9 @@ async fn run_seed(seed: u64, dir: &Path) {
             // Attempt some due tasks: done or retried later.
             4..=6 => {
                 let due = queue
-                    .due(u64::MAX - 1, rng.below(5) as usize + 1, |_| 2)
+                    .due(u64::MAX - 1, rng.below(5) as usize + 1, |_, n| {
+                        2_usize.saturating_sub(n)
+                    })
                     .expect("due");
                 for task in due {
                     let key = (task.event_id.clone(), task.subscription_id.clone());
@@ -215,7 +217,7 @@ async fn retries_keep_their_due_time_and_attempt_count_across_restarts() {
         .await
         .expect("accept");
     let task = queue
-        .due(now_ms(), 10, |_| 16)
+        .due(now_ms(), 10, |_, n| 16_usize.saturating_sub(n))
         .expect("due")
         .pop()
         .expect("one task");
@@ -229,12 +231,18 @@ async fn retries_keep_their_due_time_and_attempt_count_across_restarts() {
 
     let queue = Queue::open(dir.path(), config()).expect("reopen");
     assert!(
-        queue.due(now_ms(), 10, |_| 16).expect("due").is_empty(),
+        queue
+            .due(now_ms(), 10, |_, n| 16_usize.saturating_sub(n))
+            .expect("due")
+            .is_empty(),
         "not due yet"
     );
-    assert_eq!(queue.next_due(|_| 16), Some(later));
+    assert_eq!(
+        queue.next_due(|_, n| 16_usize.saturating_sub(n)),
+        Some(later)
+    );
     let task = queue
-        .due(later, 10, |_| 16)
+        .due(later, 10, |_, n| 16_usize.saturating_sub(n))
         .expect("due")
         .pop()
         .expect("due then");

@@ -83,7 +83,7 @@ pub struct Subscription {
     /// Per-attempt timeout; default 15 s.
     #[prost(message, optional, tag = "8")]
     pub timeout: ::core::option::Option<::prost_types::Duration>,
-    /// Delays between attempts; empty means the default schedule.
+    /// When to try again; unset or empty means the default schedule.
     #[prost(message, optional, tag = "9")]
     pub retry: ::core::option::Option<RetryPolicy>,
     #[prost(bool, tag = "10")]
@@ -113,12 +113,18 @@ pub struct Subscription {
     /// Attempts in flight to this endpoint at once, per agent; 0 means the default (16).
     #[prost(uint32, tag = "19")]
     pub max_in_flight: u32,
+    /// Most requests per second to this endpoint, per agent; 0 means no limit.
+    #[prost(uint32, tag = "20")]
+    pub rate_limit: u32,
+    /// How requests are signed. Set at create; a rotation keeps the scheme.
+    #[prost(enumeration = "SignatureScheme", tag = "21")]
+    pub signature_scheme: i32,
 }
 /// A Standard Webhooks signing secret.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SigningSecret {
-    /// `whsec_<base64>`. Returned on create, on rotate, and by Get with `show_secrets`;
-    /// blank elsewhere.
+    /// `whsec_<base64>` (HMAC) or `whsk_<base64 32-byte seed>` (ed25519). Returned on create, on
+    /// rotate, and by Get with `show_secrets`; blank elsewhere.
     #[prost(string, tag = "1")]
     pub secret: ::prost::alloc::string::String,
     #[prost(message, optional, tag = "2")]
@@ -126,6 +132,9 @@ pub struct SigningSecret {
     /// Set on secrets replaced by a rotation: they stop signing at this time.
     #[prost(message, optional, tag = "3")]
     pub expires_at: ::core::option::Option<::prost_types::Timestamp>,
+    /// For ed25519 keys: `whpk_<base64>`, the public key receivers verify with. Always returned.
+    #[prost(string, tag = "4")]
+    pub public_key: ::prost::alloc::string::String,
 }
 /// When to try again after a failed attempt.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -133,6 +142,24 @@ pub struct RetryPolicy {
     /// The delays after the first attempt; the number of attempts is one more.
     #[prost(message, repeated, tag = "1")]
     pub delays: ::prost::alloc::vec::Vec<::prost_types::Duration>,
+    /// Instead of `delays` (set one or neither): delays growing by a factor up to a cap.
+    #[prost(message, optional, tag = "2")]
+    pub exponential: ::core::option::Option<ExponentialBackoff>,
+}
+/// Delays `base`, `base·factor`, `base·factor²`, … each at most `cap`, for `max_attempts`
+/// attempts in all (the first included).
+#[derive(Clone, Copy, PartialEq, ::prost::Message)]
+pub struct ExponentialBackoff {
+    #[prost(message, optional, tag = "1")]
+    pub base: ::core::option::Option<::prost_types::Duration>,
+    /// 1.0 to 10.0.
+    #[prost(double, tag = "2")]
+    pub factor: f64,
+    #[prost(message, optional, tag = "3")]
+    pub cap: ::core::option::Option<::prost_types::Duration>,
+    /// 1 to 51.
+    #[prost(uint32, tag = "4")]
+    pub max_attempts: u32,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct CreateSubscriptionRequest {
@@ -432,6 +459,40 @@ impl Format {
             "FORMAT_UNSPECIFIED" => Some(Self::Unspecified),
             "FORMAT_JSON" => Some(Self::Json),
             "FORMAT_XML" => Some(Self::Xml),
+            _ => None,
+        }
+    }
+}
+/// Standard Webhooks signature schemes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum SignatureScheme {
+    /// treated as HMAC-SHA256
+    Unspecified = 0,
+    /// `v1,` signatures: HMAC-SHA256 with a shared `whsec_` secret.
+    HmacSha256 = 1,
+    /// `v1a,` signatures: ed25519 with a `whsk_` signing key; receivers verify with the `whpk_`
+    /// public key, which is never secret.
+    Ed25519 = 2,
+}
+impl SignatureScheme {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "SIGNATURE_SCHEME_UNSPECIFIED",
+            Self::HmacSha256 => "SIGNATURE_SCHEME_HMAC_SHA256",
+            Self::Ed25519 => "SIGNATURE_SCHEME_ED25519",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "SIGNATURE_SCHEME_UNSPECIFIED" => Some(Self::Unspecified),
+            "SIGNATURE_SCHEME_HMAC_SHA256" => Some(Self::HmacSha256),
+            "SIGNATURE_SCHEME_ED25519" => Some(Self::Ed25519),
             _ => None,
         }
     }

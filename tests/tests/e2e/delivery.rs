@@ -139,6 +139,7 @@ async fn a_failed_attempt_is_retried_and_both_attempts_are_logged() -> anyhow::R
     let mut request = subscription("shop-1", &world.receiver.url("/flaky"), &["order.*"]);
     request.retry = Some(pb::RetryPolicy {
         delays: vec![herald_proto::convert::duration(Duration::from_millis(100))],
+        exponential: None,
     });
     let sub = world.control_plane.create(request).await?;
     world.control_plane.wait_applied(sub.revision, WAIT).await?;

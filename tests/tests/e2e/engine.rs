@@ -1,8 +1,10 @@
 //! How the delivery engine treats what receivers answer: 410 disables, Retry-After is honoured,
-//! redirects are not followed; and signing during a secret rotation.
+//! redirects are not followed; signing during a secret rotation and with ed25519 (`v1a`); rate
+//! limits and exponential backoff.
 
 use std::time::Duration;
 
+use herald_core::signing::{self, PublicKey, Scheme, SigningSecret};
 use herald_proto::v1 as pb;
 use herald_tests::{
     Response, World, event, eventually, secret_of, signature_verifies, subscription,
@@ -382,5 +384,188 @@ async fn a_failing_endpoint_gets_one_probe_at_a_time() -> anyhow::Result<()> {
         Ok((delivered.len() == 30).then_some(()))
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn ed25519_subscriptions_sign_v1a_verifiable_with_the_public_key() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    let mut request = subscription("shop-1", &world.receiver.url("/v1a"), &["order.*"]);
+    request.signature_scheme = pb::SignatureScheme::Ed25519 as i32;
+    let sub = world.control_plane.create(request).await?;
+    assert!(sub.secrets[0].secret.starts_with("whsk_"));
+    world.control_plane.wait_applied(sub.revision, WAIT).await?;
+    // What a receiver is given: the public key, readable without secrets.
+    let listed = world
+        .control_plane
+        .subscriptions()
+        .await?
+        .get_subscription(pb::GetSubscriptionRequest {
+            id: sub.id.clone(),
+            show_secrets: false,
+        })
+        .await?
+        .into_inner();
+    assert!(listed.secrets[0].secret.is_empty());
+    let public_key = PublicKey::parse(&listed.secrets[0].public_key)?;
+
+    world
+        .agent
+        .emit(event("shop-1", "order.created", &json!({"order": 7})))
+        .await?;
+    let request = world.receiver.wait_for_requests(1, WAIT).await?.remove(0);
+    let header = request.header("webhook-signature").unwrap_or_default();
+    assert!(header.starts_with("v1a,"), "{header}");
+    let timestamp: i64 = request
+        .header("webhook-timestamp")
+        .unwrap_or_default()
+        .parse()?;
+    let id = request.header("webhook-id").unwrap_or_default();
+    assert!(signing::verify_asymmetric(
+        &[public_key],
+        header,
+        id,
+        timestamp,
+        &request.body
+    ));
+    let other = SigningSecret::generate_for(Scheme::Ed25519)
+        .public_key()
+        .expect("a public key");
+    assert!(!signing::verify_asymmetric(
+        &[other],
+        header,
+        id,
+        timestamp,
+        &request.body
+    ));
+
+    // A rotation keeps the scheme: two v1a signatures during the grace period.
+    let rotated = world
+        .control_plane
+        .subscriptions()
+        .await?
+        .rotate_secret(pb::RotateSecretRequest {
+            id: sub.id.clone(),
+            grace: None,
+        })
+        .await?
+        .into_inner();
+    assert!(
+        rotated
+            .secrets
+            .iter()
+            .all(|s| s.public_key.starts_with("whpk_"))
+    );
+    world
+        .control_plane
+        .wait_applied(rotated.revision, WAIT)
+        .await?;
+    world
+        .agent
+        .emit(event("shop-1", "order.created", &json!({"order": 8})))
+        .await?;
+    let request = world.receiver.wait_for_requests(2, WAIT).await?.remove(1);
+    let header = request.header("webhook-signature").unwrap_or_default();
+    assert_eq!(
+        header.split(' ').filter(|s| s.starts_with("v1a,")).count(),
+        2,
+        "{header}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_rate_limited_endpoint_gets_no_more_than_its_rate() -> anyhow::Result<()> {
+    const RATE: u32 = 10;
+    const EVENTS: usize = 25;
+    let world = World::start().await?;
+    let mut request = subscription("shop-1", &world.receiver.url("/limited"), &["order.*"]);
+    request.rate_limit = RATE;
+    let sub = world.control_plane.create(request).await?;
+    world.control_plane.wait_applied(sub.revision, WAIT).await?;
+    for n in 0..EVENTS {
+        world
+            .agent
+            .emit(event("shop-1", "order.created", &json!({ "n": n })))
+            .await?;
+    }
+    let requests = world.receiver.wait_for_requests(EVENTS, WAIT).await?;
+    let mut times: Vec<_> = requests.iter().map(|r| r.received_at).collect();
+    times.sort();
+    // A bucket of one token refilled at 10/s: 24 more requests need at least 2.4 s.
+    let span = times[EVENTS - 1].duration_since(times[0])?;
+    assert!(
+        span >= Duration::from_millis(2_200),
+        "{EVENTS} requests in {span:?}"
+    );
+    // And no one-second window holds more than the rate (plus the bucket's one token).
+    for (i, start) in times.iter().enumerate() {
+        let in_window = times[i..]
+            .iter()
+            .take_while(|t| t.duration_since(*start).unwrap_or_default() < Duration::from_secs(1))
+            .count();
+        assert!(
+            in_window <= RATE as usize + 1,
+            "{in_window} requests within one second"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn exponential_backoff_spaces_the_retries() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    let mut request = subscription("shop-1", &world.receiver.url("/backoff"), &["order.*"]);
+    let backoff = herald_core::retry::Exponential::parse("base=200ms,factor=3,cap=1s,attempts=4")?;
+    request.retry = Some(herald_proto::convert::exponential_policy(&backoff));
+    let sub = world.control_plane.create(request).await?;
+    world.control_plane.wait_applied(sub.revision, WAIT).await?;
+    world.receiver.script([500, 500, 500, 500]);
+    world
+        .agent
+        .emit(event("shop-1", "order.created", &json!({})))
+        .await?;
+    let requests = world.receiver.wait_for_requests(4, WAIT).await?;
+    let gaps: Vec<Duration> = requests
+        .windows(2)
+        .map(|w| w[1].received_at.duration_since(w[0].received_at))
+        .collect::<Result<_, _>>()?;
+    // 200 ms, 600 ms, then capped at 1 s; each within the ±20% jitter (and scheduling slack).
+    for (gap, scheduled) in gaps.iter().zip([200, 600, 1000]) {
+        let low = Duration::from_millis(scheduled * 8 / 10);
+        let high = Duration::from_millis(scheduled * 12 / 10 + 500);
+        assert!(
+            (low..high).contains(gap),
+            "gap {gap:?}, scheduled {scheduled} ms: {gaps:?}"
+        );
+    }
+    let log = eventually(WAIT, "the final attempt in the log", || async {
+        let log = world
+            .control_plane
+            .attempts(pb::AttemptFilter {
+                subscription_id: sub.id.clone(),
+                ..Default::default()
+            })
+            .await?;
+        Ok((log.len() == 4).then_some(log))
+    })
+    .await?;
+    assert!(
+        log.iter()
+            .any(|a| a.attempt == 4 && a.outcome == pb::Outcome::Failed as i32),
+        "after the fourth attempt the delivery has failed: {log:?}"
+    );
+    // The stored policy is the exponential form, as written.
+    let stored = world
+        .control_plane
+        .subscriptions()
+        .await?
+        .get_subscription(pb::GetSubscriptionRequest {
+            id: sub.id.clone(),
+            show_secrets: false,
+        })
+        .await?
+        .into_inner();
+    assert!(stored.retry.and_then(|r| r.exponential).is_some());
     Ok(())
 }
