@@ -8,7 +8,8 @@
 //! | --- | --- | --- |
 //! | `events` | event id | accepted-at (u64 ms, LE) · matched count (u32, LE) · `herald.v1.Event` |
 //! | `accepted` | (accepted-at ms, event id) | () — the retention sweep's order |
-//! | `lanes` | (subscription id, due ms, seq) | attempts made (u32, LE) · event id |
+//! | `lanes` | (subscription id, due ms, seq) | attempts made (u32, LE) · event id · (NUL · ordering key, when it has one) |
+//! | `ordered` | (subscription id, ordering key, seq) | due ms (u64, LE) · event id |
 //! | `outbox` | seq | `herald.v1.Attempt` |
 //! | `meta` | name | u64: `seq` (last sequence number), `events` and `bytes` (what `events` holds) |
 //!
@@ -17,6 +18,14 @@
 //! survive restarts, with their attempt counts. Lanes keep subscriptions apart: a lane at its
 //! in-flight limit (a slow or dead endpoint) is passed over without reading its backlog, via
 //! an in-memory index of each lane's earliest due task ([`lanes`], rebuilt at open).
+//!
+//! # Ordering keys
+//! Deliveries of events with an ordering key go out one at a time per (subscription, key), in
+//! the order the events were accepted. Every such delivery has an entry in `ordered`; only the
+//! earliest of each (subscription, key) — the head — also has a task in `lanes`. The others
+//! wait in `ordered`, out of the scheduler's way. When the head is finished (delivered, failed
+//! for good, or skipped) its entry goes and the next one gets its task, in the same commit. A
+//! head that is retried keeps its place, so later events of the key wait for it.
 //!
 //! # Writes and fsync
 //! One writer thread owns every write. It takes all commands waiting in its channel (up to
@@ -54,6 +63,7 @@ use self::writer::Command;
 const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
 const ACCEPTED: TableDefinition<(u64, &str), ()> = TableDefinition::new("accepted");
 const TASKS: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("lanes");
+const ORDERED: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("ordered");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const META_SEQ: &str = "seq";
@@ -149,6 +159,8 @@ pub struct Task {
     pub event_id: String,
     /// Attempts already made.
     pub attempts: u32,
+    /// The event's ordering key; empty when it has none.
+    pub ordering_key: String,
 }
 
 impl Task {
@@ -211,6 +223,7 @@ impl Queue {
             txn.open_table(EVENTS).map_err(storage)?;
             txn.open_table(ACCEPTED).map_err(storage)?;
             txn.open_table(TASKS).map_err(storage)?;
+            txn.open_table(ORDERED).map_err(storage)?;
             txn.open_table(OUTBOX).map_err(storage)?;
             txn.open_table(META).map_err(storage)?;
         }
@@ -289,7 +302,8 @@ impl Queue {
         self.lock_lanes().next_due(room)
     }
 
-    /// Tasks waiting (in flight or not).
+    /// Tasks in lanes: in flight, due, or scheduled for a retry. Deliveries waiting behind an
+    /// earlier event of their ordering key are counted once their turn comes.
     pub fn pending_tasks(&self) -> Result<u64, QueueError> {
         let txn = self.db.begin_read().map_err(storage)?;
         txn.open_table(TASKS)
@@ -435,25 +449,56 @@ fn decode_event(bytes: &[u8]) -> Result<(u64, u32, pb::Event), QueueError> {
     ))
 }
 
-fn encode_task(attempts: u32, event_id: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + event_id.len());
+/// Separates a task's event id from its ordering key; event ids never contain it.
+const KEY_SEPARATOR: u8 = 0;
+
+fn encode_task(attempts: u32, event_id: &str, ordering_key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + event_id.len() + ordering_key.len());
     out.extend_from_slice(&attempts.to_le_bytes());
     out.extend_from_slice(event_id.as_bytes());
+    if !ordering_key.is_empty() {
+        out.push(KEY_SEPARATOR);
+        out.extend_from_slice(ordering_key.as_bytes());
+    }
     out
 }
 
 fn decode_task(key: (&str, u64, u64), bytes: &[u8]) -> Result<Task, QueueError> {
-    let (attempts, event_id) = bytes
+    let (attempts, rest) = bytes
         .split_first_chunk::<4>()
         .ok_or_else(|| storage("task record truncated"))?;
+    let (event_id, ordering_key) = match rest.iter().position(|b| *b == KEY_SEPARATOR) {
+        Some(at) => (&rest[..at], &rest[at + 1..]),
+        None => (rest, &[][..]),
+    };
+    let text = |bytes: &[u8]| {
+        String::from_utf8(bytes.to_vec()).map_err(|_| storage("task record is not UTF-8"))
+    };
     Ok(Task {
         subscription_id: key.0.to_owned(),
         due: key.1,
         seq: key.2,
-        event_id: String::from_utf8(event_id.to_vec())
-            .map_err(|_| storage("task record is not UTF-8"))?,
+        event_id: text(event_id)?,
         attempts: u32::from_le_bytes(*attempts),
+        ordering_key: text(ordering_key)?,
     })
+}
+
+/// An `ordered` entry's value: when the delivery was due, and its event.
+fn encode_waiting(due: u64, event_id: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + event_id.len());
+    out.extend_from_slice(&due.to_le_bytes());
+    out.extend_from_slice(event_id.as_bytes());
+    out
+}
+
+fn decode_waiting(bytes: &[u8]) -> Result<(u64, String), QueueError> {
+    let (due, event_id) = bytes
+        .split_first_chunk::<8>()
+        .ok_or_else(|| storage("ordered record truncated"))?;
+    let event_id =
+        String::from_utf8(event_id.to_vec()).map_err(|_| storage("ordered record is not UTF-8"))?;
+    Ok((u64::from_le_bytes(*due), event_id))
 }
 
 /// Builds the lane index from the table: each lane's earliest task, one seek per lane.

@@ -197,6 +197,11 @@ async fn run_seed(seed: u64, dir: &Path) {
     queue.close().await;
 }
 
+/// A lane room function: every lane `width` wide.
+fn room(width: usize) -> impl Fn(&str, usize) -> usize {
+    move |_, in_flight| width.saturating_sub(in_flight)
+}
+
 #[tokio::test]
 async fn the_queue_matches_its_model_under_random_operations_and_restarts() {
     for seed in 1..=12u64 {
@@ -217,7 +222,7 @@ async fn retries_keep_their_due_time_and_attempt_count_across_restarts() {
         .await
         .expect("accept");
     let task = queue
-        .due(now_ms(), 10, |_, n| 16_usize.saturating_sub(n))
+        .due(now_ms(), 10, room(16))
         .expect("due")
         .pop()
         .expect("one task");
@@ -231,18 +236,12 @@ async fn retries_keep_their_due_time_and_attempt_count_across_restarts() {
 
     let queue = Queue::open(dir.path(), config()).expect("reopen");
     assert!(
-        queue
-            .due(now_ms(), 10, |_, n| 16_usize.saturating_sub(n))
-            .expect("due")
-            .is_empty(),
+        queue.due(now_ms(), 10, room(16)).expect("due").is_empty(),
         "not due yet"
     );
-    assert_eq!(
-        queue.next_due(|_, n| 16_usize.saturating_sub(n)),
-        Some(later)
-    );
+    assert_eq!(queue.next_due(room(16)), Some(later));
     let task = queue
-        .due(later, 10, |_, n| 16_usize.saturating_sub(n))
+        .due(later, 10, room(16))
         .expect("due")
         .pop()
         .expect("due then");
@@ -516,4 +515,100 @@ async fn a_full_disk_answers_resource_exhausted_and_keeps_what_was_accepted() {
         .accept(vec![one("evt_late")])
         .await
         .expect("space again: accepted");
+}
+
+#[tokio::test]
+async fn deliveries_of_one_ordering_key_go_one_at_a_time_in_order() {
+    let dir = tempfile::tempdir().expect("dir");
+    let queue = Queue::open(dir.path(), config()).expect("open");
+    let keyed = |id: &str, key: &str| {
+        let mut event = event(id, 5);
+        event.ordering_key = key.into();
+        NewEvent {
+            event,
+            subscriptions: vec!["sub_a".into(), "sub_b".into()],
+        }
+    };
+    queue
+        .accept(vec![
+            keyed("a1", "order-1"),
+            keyed("a2", "order-1"),
+            keyed("free", ""),
+        ])
+        .await
+        .expect("accept");
+    queue
+        .accept(vec![keyed("a3", "order-1"), keyed("b1", "order-2")])
+        .await
+        .expect("accept");
+    let ids = |tasks: &[Task]| {
+        let mut ids: Vec<String> = tasks
+            .iter()
+            .map(|t| format!("{}/{}", t.subscription_id, t.event_id))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let due = queue.due(now_ms(), 100, room(16)).expect("due");
+    // Per subscription: the head of each key, and the event without a key.
+    assert_eq!(
+        ids(&due),
+        [
+            "sub_a/a1",
+            "sub_a/b1",
+            "sub_a/free",
+            "sub_b/a1",
+            "sub_b/b1",
+            "sub_b/free"
+        ]
+    );
+    let head = |sub: &str| {
+        due.iter()
+            .find(|t| t.subscription_id == sub && t.event_id == "a1")
+            .expect("head")
+            .clone()
+    };
+    // A retried head keeps its place: nothing behind it is due.
+    let later = now_ms() + 60_000;
+    queue
+        .complete(head("sub_a"), Next::RetryAt(later), pb::Attempt::default())
+        .await
+        .expect("retry");
+    // The other subscription's line moves on independently.
+    queue
+        .complete(head("sub_b"), Next::Done, pb::Attempt::default())
+        .await
+        .expect("done");
+    queue.flush().await.expect("flush");
+    let due = queue.due(now_ms(), 100, room(16)).expect("due");
+    assert_eq!(ids(&due), ["sub_b/a2"]);
+    queue.close().await;
+
+    // The lines survive a restart; finishing the retried head lets the next one go.
+    let queue = Queue::open(dir.path(), config()).expect("reopen");
+    assert_eq!(
+        ids(&queue.due(now_ms(), 100, room(16)).expect("due")),
+        [
+            "sub_a/b1",
+            "sub_a/free",
+            "sub_b/a2",
+            "sub_b/b1",
+            "sub_b/free"
+        ],
+        "in flight at the restart, so due again; sub_a's line still waits for its head"
+    );
+    let retried = queue
+        .due(later, 100, room(16))
+        .expect("due")
+        .pop()
+        .expect("the head");
+    assert_eq!((retried.event_id.as_str(), retried.attempts), ("a1", 1));
+    queue
+        .complete(retried, Next::Done, pb::Attempt::default())
+        .await
+        .expect("done");
+    queue.flush().await.expect("flush");
+    let due = queue.due(later, 100, room(16)).expect("due");
+    assert_eq!(ids(&due), ["sub_a/a2"]);
+    assert_eq!(due[0].ordering_key, "order-1");
 }

@@ -11,8 +11,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     ACCEPTED, Accepted, EVENTS, MAX_GROUP, META, META_BYTES, META_EVENTS, META_SEQ, NewEvent, Next,
-    OUTBOX, QueueConfig, QueueError, Shared, TASKS, Task, decode_event, encode_event, encode_task,
-    now_ms, storage,
+    ORDERED, OUTBOX, QueueConfig, QueueError, Shared, TASKS, Task, decode_event, decode_waiting,
+    encode_event, encode_task, encode_waiting, now_ms, storage,
 };
 use herald_proto::v1 as pb;
 
@@ -166,6 +166,7 @@ fn apply_group(
             let mut events = txn.open_table(EVENTS).map_err(storage)?;
             let mut accepted = txn.open_table(ACCEPTED).map_err(storage)?;
             let mut tasks = txn.open_table(TASKS).map_err(storage)?;
+            let mut ordered = txn.open_table(ORDERED).map_err(storage)?;
             let mut outbox = txn.open_table(OUTBOX).map_err(storage)?;
             let mut meta = txn.open_table(META).map_err(storage)?;
             let read = |meta: &Table<&str, u64>, name| -> Result<u64, QueueError> {
@@ -183,7 +184,10 @@ fn apply_group(
                         let result = accept(
                             &mut events,
                             &mut accepted,
-                            &mut tasks,
+                            &mut LaneTables {
+                                tasks: &mut tasks,
+                                ordered: &mut ordered,
+                            },
                             &mut counters,
                             config,
                             now,
@@ -195,12 +199,28 @@ fn apply_group(
                     }
                     Work::Complete { task, next, report } => {
                         tasks.remove(task.key()).map_err(storage)?;
-                        if let Next::RetryAt(due) = next {
-                            counters.seq += 1;
-                            let value = encode_task(task.attempts + 1, &task.event_id);
-                            let key = (task.subscription_id.as_str(), due, counters.seq);
-                            tasks.insert(key, value.as_slice()).map_err(storage)?;
-                            added.push((task.subscription_id.clone(), due));
+                        match next {
+                            Next::RetryAt(due) => {
+                                counters.seq += 1;
+                                let value = encode_task(
+                                    task.attempts + 1,
+                                    &task.event_id,
+                                    &task.ordering_key,
+                                );
+                                let key = (task.subscription_id.as_str(), due, counters.seq);
+                                tasks.insert(key, value.as_slice()).map_err(storage)?;
+                                added.push((task.subscription_id.clone(), due));
+                            }
+                            Next::Done if !task.ordering_key.is_empty() => {
+                                let mut lanes = LaneTables {
+                                    tasks: &mut tasks,
+                                    ordered: &mut ordered,
+                                };
+                                if let Some(due) = lanes.next_in_order(&task)? {
+                                    added.push((task.subscription_id.clone(), due));
+                                }
+                            }
+                            Next::Done => {}
                         }
                         counters.seq += 1;
                         outbox
@@ -294,13 +314,92 @@ fn apply_group(
     }
 }
 
+/// The tables a delivery lives in: `lanes` (tasks the scheduler sees) and `ordered` (every
+/// delivery of an event with an ordering key, in acceptance order).
+struct LaneTables<'a, 'txn> {
+    tasks: &'a mut Table<'txn, (&'static str, u64, u64), &'static [u8]>,
+    ordered: &'a mut Table<'txn, (&'static str, &'static str, u64), &'static [u8]>,
+}
+
+impl LaneTables<'_, '_> {
+    /// Adds a first-attempt delivery of `event_id` to `subscription`, due at `due`. With an
+    /// ordering key it joins the key's line, and gets a task only at its head. Returns whether
+    /// it got a task now.
+    fn add(
+        &mut self,
+        subscription: &str,
+        due: u64,
+        seq: u64,
+        event_id: &str,
+        ordering_key: &str,
+    ) -> Result<bool, QueueError> {
+        if !ordering_key.is_empty() {
+            let waiting = self
+                .ordered
+                .range((subscription, ordering_key, 0)..=(subscription, ordering_key, u64::MAX))
+                .map_err(storage)?
+                .next()
+                .is_some();
+            self.ordered
+                .insert(
+                    (subscription, ordering_key, seq),
+                    encode_waiting(due, event_id).as_slice(),
+                )
+                .map_err(storage)?;
+            if waiting {
+                return Ok(false);
+            }
+        }
+        self.tasks
+            .insert(
+                (subscription, due, seq),
+                encode_task(0, event_id, ordering_key).as_slice(),
+            )
+            .map_err(storage)?;
+        Ok(true)
+    }
+
+    /// `task`, the head of its ordering key's line, is finished: it leaves the line, and the
+    /// next delivery in it (if any) gets its task. Returns that task's due time.
+    fn next_in_order(&mut self, task: &Task) -> Result<Option<u64>, QueueError> {
+        let (sub, key) = (task.subscription_id.as_str(), task.ordering_key.as_str());
+        let mut line = Vec::new();
+        for entry in self
+            .ordered
+            .range((sub, key, 0)..=(sub, key, u64::MAX))
+            .map_err(storage)?
+        {
+            let (entry_key, value) = entry.map_err(storage)?;
+            let (_, _, seq) = entry_key.value();
+            line.push((seq, decode_waiting(value.value())?));
+            // The head and the one after it are all this needs (the head is normally first).
+            if line.len() >= 2 && line.iter().any(|(_, (_, id))| *id == task.event_id) {
+                break;
+            }
+        }
+        let Some(at) = line.iter().position(|(_, (_, id))| *id == task.event_id) else {
+            // Not in the line (written before ordering keys were kept): nothing waits on it.
+            return Ok(None);
+        };
+        let (head_seq, _) = line.remove(at);
+        self.ordered.remove((sub, key, head_seq)).map_err(storage)?;
+        let Some((seq, (due, event_id))) = line.into_iter().next() else {
+            return Ok(None);
+        };
+        self.tasks
+            .insert((sub, due, seq), encode_task(0, &event_id, key).as_slice())
+            .map_err(storage)?;
+        Ok(Some(due))
+    }
+}
+
 /// Stores one request's events (all or nothing). The outer error is a storage failure (aborts
 /// the group); the inner one a refusal of this request only.
 #[allow(clippy::too_many_arguments)]
 fn accept(
     events: &mut Table<&str, &[u8]>,
     accepted: &mut Table<(u64, &str), ()>,
-    tasks: &mut Table<(&str, u64, u64), &[u8]>,
+    lanes: &mut LaneTables<'_, '_>,
     counters: &mut Counters,
     config: &QueueConfig,
     now: u64,
@@ -388,11 +487,10 @@ fn accept(
         accepted.insert((now, id.as_str()), ()).map_err(storage)?;
         for subscription in &item.subscriptions {
             counters.seq += 1;
-            let key = (subscription.as_str(), now, counters.seq);
-            tasks
-                .insert(key, encode_task(0, &id).as_slice())
-                .map_err(storage)?;
-            added.push((subscription.clone(), now));
+            let key = item.event.ordering_key.as_str();
+            if lanes.add(subscription, now, counters.seq, &id, key)? {
+                added.push((subscription.clone(), now));
+            }
         }
         written.insert(id, matched);
         out.push(Accepted {

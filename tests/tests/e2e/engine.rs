@@ -569,3 +569,62 @@ async fn exponential_backoff_spaces_the_retries() -> anyhow::Result<()> {
     assert!(stored.retry.and_then(|r| r.exponential).is_some());
     Ok(())
 }
+
+#[tokio::test]
+async fn events_with_an_ordering_key_arrive_in_order_under_retries() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    let sub = world
+        .control_plane
+        .create(with_retries(
+            subscription("shop-1", &world.receiver.url("/fifo"), &["order.*"]),
+            "300ms,300ms,300ms",
+        ))
+        .await?;
+    world.control_plane.wait_applied(sub.revision, WAIT).await?;
+    world.receiver.script([500, 500]);
+    let keyed: Vec<String> = (1..=5).map(|n| format!("evt_fifo_{n}")).collect();
+    for id in &keyed {
+        let mut event = event("shop-1", "order.updated", &json!({ "id": id }));
+        event.id = id.clone();
+        event.ordering_key = "order-42".into();
+        world.agent.emit(event).await?;
+    }
+    // The head fails; an event without a key is not held up behind it.
+    world.receiver.wait_for_requests(1, WAIT).await?;
+    let mut free = event("shop-1", "order.updated", &json!({}));
+    free.id = "evt_free".into();
+    world.agent.emit(free).await?;
+
+    let ids_in_arrival = || -> Vec<String> {
+        world
+            .receiver
+            .requests()
+            .iter()
+            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+            .collect()
+    };
+    eventually(WAIT, "every event delivered", || async {
+        let ids = ids_in_arrival();
+        Ok(keyed
+            .iter()
+            .chain([&"evt_free".to_owned()])
+            .all(|id| ids.contains(id))
+            .then_some(()))
+    })
+    .await?;
+    let arrivals = ids_in_arrival();
+    let keyed_arrivals: Vec<&String> = arrivals.iter().filter(|id| keyed.contains(id)).collect();
+    let mut order: Vec<&String> = keyed_arrivals.clone();
+    order.dedup();
+    assert_eq!(order, keyed.iter().collect::<Vec<_>>(), "{arrivals:?}");
+    assert!(
+        keyed_arrivals.iter().filter(|id| **id == &keyed[0]).count() >= 2,
+        "the head was retried: {arrivals:?}"
+    );
+    let position = |id: &str| arrivals.iter().position(|a| a == id).expect("arrived");
+    assert!(
+        position("evt_free") < position(&keyed[1]),
+        "the event without a key went ahead: {arrivals:?}"
+    );
+    Ok(())
+}
