@@ -2,12 +2,14 @@
 //! input answers `INVALID_ARGUMENT` naming the field, and nothing is kept), given an id when it
 //! has none, matched to subscriptions by tenant and type, and written with one delivery task
 //! per match to the durable queue; only then does the call answer. A full queue answers
-//! `RESOURCE_EXHAUSTED`; nothing is dropped silently.
+//! `RESOURCE_EXHAUSTED`; nothing is dropped silently. The call's W3C `traceparent` metadata is
+//! kept with events that do not carry their own.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use herald_core::ids::new_event_id;
+use herald_core::trace::{self, TraceParent};
 use herald_proto::convert::{invalid_argument, timestamp, validate_event};
 use herald_proto::v1 as pb;
 use herald_proto::v1::events_server::Events;
@@ -45,10 +47,16 @@ impl EmitService {
         validate_event(event, self.max_payload_bytes).map_err(invalid_argument)
     }
 
-    /// The event with its id and time filled in, and the subscriptions it goes to.
-    fn prepare(mut event: pb::Event, routes: &Routes) -> NewEvent {
+    /// The event with its id, time and trace context filled in, and the subscriptions it goes
+    /// to. `trace` is the call's `traceparent`, if it carried a valid one.
+    fn prepare(mut event: pb::Event, routes: &Routes, trace: Option<&TraceParent>) -> NewEvent {
         if event.id.is_empty() {
             event.id = new_event_id();
+        }
+        if event.traceparent.is_empty()
+            && let Some(trace) = trace
+        {
+            event.traceparent = trace.to_string();
         }
         if event.occurred_at.is_none() {
             event.occurred_at = Some(timestamp(SystemTime::now()));
@@ -65,11 +73,15 @@ impl EmitService {
     }
 
     /// Stores the events and answers for each.
-    async fn store(&self, events: Vec<pb::Event>) -> Result<Vec<pb::EmitResponse>, Status> {
+    async fn store(
+        &self,
+        events: Vec<pb::Event>,
+        trace: Option<TraceParent>,
+    ) -> Result<Vec<pb::EmitResponse>, Status> {
         let routes = self.loaded_routes()?;
         let prepared: Vec<NewEvent> = events
             .into_iter()
-            .map(|e| Self::prepare(e, &routes))
+            .map(|e| Self::prepare(e, &routes, trace.as_ref()))
             .collect();
         let ids: Vec<String> = prepared.iter().map(|e| e.event.id.clone()).collect();
         let accepted = self.queue.accept(prepared).await?;
@@ -101,12 +113,13 @@ impl Events for EmitService {
         &self,
         request: Request<pb::EmitRequest>,
     ) -> Result<Response<pb::EmitResponse>, Status> {
+        let trace = call_trace(&request);
         let event = request
             .into_inner()
             .event
             .ok_or_else(|| Status::invalid_argument("event: is required"))?;
         self.check(&event)?;
-        let mut results = self.store(vec![event]).await?;
+        let mut results = self.store(vec![event], trace).await?;
         let result = results
             .pop()
             .ok_or_else(|| Status::internal("the queue answered nothing"))?;
@@ -117,6 +130,7 @@ impl Events for EmitService {
         &self,
         request: Request<pb::EmitBatchRequest>,
     ) -> Result<Response<pb::EmitBatchResponse>, Status> {
+        let trace = call_trace(&request);
         let events = request.into_inner().events;
         if events.len() > MAX_BATCH {
             return Err(Status::invalid_argument(format!(
@@ -129,7 +143,14 @@ impl Events for EmitService {
                 Status::invalid_argument(format!("events[{index}].{}", s.message()))
             })?;
         }
-        let results = self.store(events).await?;
+        let results = self.store(events, trace).await?;
         Ok(Response::new(pb::EmitBatchResponse { results }))
     }
+}
+
+/// The call's `traceparent` metadata, when present and valid (an invalid one is ignored, as
+/// W3C Trace Context asks).
+fn call_trace<T>(request: &Request<T>) -> Option<TraceParent> {
+    let value = request.metadata().get(trace::HEADER)?.to_str().ok()?;
+    TraceParent::parse(value).ok()
 }

@@ -11,6 +11,7 @@
 //! - [`shutdown`]: the signals every binary stops on.
 //! - [`target`]: which addresses webhooks may be sent to (the SSRF guard).
 //! - [`subscription`]: a validated subscription, as the delivery path uses it.
+//! - [`trace`]: W3C trace context carried from `Emit` to every delivery.
 
 pub mod daemon;
 pub mod event_type;
@@ -22,6 +23,7 @@ pub mod shutdown;
 pub mod signing;
 pub mod subscription;
 pub mod target;
+pub mod trace;
 pub mod validate;
 pub mod xml;
 

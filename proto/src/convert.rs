@@ -15,6 +15,7 @@ use herald_core::subscription::{
     DEFAULT_MAX_IN_FLIGHT, DEFAULT_TIMEOUT, MAX_MAX_IN_FLIGHT, MAX_RATE_LIMIT, MAX_REGIONS,
     MAX_SECRETS, MAX_TIMEOUT, Secret, Subscription,
 };
+use herald_core::trace::TraceParent;
 use herald_core::validate;
 
 use crate::v1 as pb;
@@ -277,7 +278,7 @@ pub fn exponential_policy(backoff: &Exponential) -> pb::RetryPolicy {
 }
 
 /// Checks an emitted event: its id (when given), tenant, type, payload (a JSON document of at
-/// most `max_payload_bytes`), ordering key and attributes.
+/// most `max_payload_bytes`), ordering key, trace context and attributes.
 pub fn validate_event(event: &pb::Event, max_payload_bytes: usize) -> Result<(), ValidationError> {
     if !event.id.is_empty() {
         validate::event_id(&event.id)?;
@@ -286,6 +287,10 @@ pub fn validate_event(event: &pb::Event, max_payload_bytes: usize) -> Result<(),
     validate_event_type(&event.r#type)?;
     validate::json_payload(&event.payload, max_payload_bytes)?;
     validate::ordering_key(&event.ordering_key)?;
+    if !event.traceparent.is_empty() {
+        TraceParent::parse(&event.traceparent)
+            .map_err(|e| ValidationError::new("traceparent", e.to_string()))?;
+    }
     validate::attributes(
         event
             .attributes

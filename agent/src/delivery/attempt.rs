@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herald_core::signing::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, signature_header};
 use herald_core::subscription::Subscription;
+use herald_core::trace::{self, TraceParent};
 
 use super::classify::AttemptResult;
 
@@ -37,6 +38,8 @@ pub struct EventRef<'a> {
     pub id: &'a str,
     /// The payload as emitted (JSON).
     pub payload: &'a [u8],
+    /// The emitter's W3C `traceparent`; empty when it sent none.
+    pub traceparent: &'a str,
 }
 
 /// Sends one attempt of `event` to `sub`.
@@ -71,6 +74,9 @@ pub async fn send(client: &reqwest::Client, sub: &Subscription, event: EventRef<
         .header(HEADER_ID, event.id)
         .header(HEADER_TIMESTAMP, timestamp.to_string())
         .header(HEADER_SIGNATURE, signature);
+    if let Ok(trace) = TraceParent::parse(event.traceparent) {
+        request = request.header(trace::HEADER, trace.random_child().to_string());
+    }
     for (name, value) in &sub.headers {
         request = request.header(name, value);
     }

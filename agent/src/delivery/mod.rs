@@ -259,6 +259,7 @@ impl Inner {
             EventRef {
                 id: &event.id,
                 payload: &event.payload,
+                traceparent: &event.traceparent,
             },
         )
         .await;

@@ -26,6 +26,10 @@ pub struct Event {
         ::prost::alloc::string::String,
         ::prost::alloc::string::String,
     >,
+    /// W3C trace context of the operation that emitted the event. When empty, the agent takes it
+    /// from the Emit call's `traceparent` metadata. Deliveries send it on, with their own span id.
+    #[prost(string, tag = "8")]
+    pub traceparent: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct EmitRequest {

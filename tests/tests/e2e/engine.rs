@@ -1,11 +1,12 @@
 //! How the delivery engine treats what receivers answer: 410 disables, Retry-After is honoured,
 //! redirects are not followed; signing during a secret rotation and with ed25519 (`v1a`); rate
-//! limits and exponential backoff.
+//! limits, exponential backoff, ordering keys and trace context.
 
 use std::time::Duration;
 
 use herald_core::signing::{self, PublicKey, Scheme, SigningSecret};
 use herald_proto::v1 as pb;
+use herald_proto::v1::events_client::EventsClient;
 use herald_tests::{
     Response, World, event, eventually, secret_of, signature_verifies, subscription,
 };
@@ -625,6 +626,75 @@ async fn events_with_an_ordering_key_arrive_in_order_under_retries() -> anyhow::
     assert!(
         position("evt_free") < position(&keyed[1]),
         "the event without a key went ahead: {arrivals:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_emitters_trace_context_goes_out_with_each_delivery() -> anyhow::Result<()> {
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let world = World::start().await?;
+    let sub = world
+        .control_plane
+        .create(subscription(
+            "shop-1",
+            &world.receiver.url("/traced"),
+            &["order.*"],
+        ))
+        .await?;
+    world.control_plane.wait_applied(sub.revision, WAIT).await?;
+    let mut events = EventsClient::new(herald_tests::herald::connect(world.agent.url()).await?);
+
+    // From the call's metadata…
+    let mut call = tonic::Request::new(pb::EmitRequest {
+        event: Some(event("shop-1", "order.created", &json!({"n": 1}))),
+    });
+    call.metadata_mut().insert("traceparent", PARENT.parse()?);
+    events.emit(call).await?;
+    // …or from the event itself (which wins over the metadata).
+    let mut own = event("shop-1", "order.created", &json!({"n": 2}));
+    own.traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00".into();
+    let mut call = tonic::Request::new(pb::EmitRequest { event: Some(own) });
+    call.metadata_mut().insert("traceparent", PARENT.parse()?);
+    events.emit(call).await?;
+    // An event without trace context sends none.
+    world
+        .agent
+        .emit(event("shop-1", "order.created", &json!({"n": 3})))
+        .await?;
+
+    let requests = world.receiver.wait_for_requests(3, WAIT).await?;
+    let trace_of = |n: u64| {
+        requests
+            .iter()
+            .find(|r| r.json()["n"] == n)
+            .and_then(|r| r.header("traceparent").map(str::to_owned))
+    };
+    let first = trace_of(1).expect("a traceparent");
+    assert!(
+        first.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && first.ends_with("-01"),
+        "same trace: {first}"
+    );
+    assert_ne!(first, PARENT, "the delivery is a span of its own");
+    let second = trace_of(2).expect("a traceparent");
+    assert!(
+        second.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+        "{second}"
+    );
+    assert_eq!(trace_of(3), None);
+
+    // A malformed trace context in the event is refused, naming the field.
+    let mut bad = event("shop-1", "order.created", &json!({}));
+    bad.traceparent = "00-not-a-trace".into();
+    let status = events
+        .emit(pb::EmitRequest { event: Some(bad) })
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("traceparent"),
+        "{}",
+        status.message()
     );
     Ok(())
 }
