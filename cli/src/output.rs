@@ -126,6 +126,12 @@ pub fn subscription(sub: &pb::Subscription, show_secrets: bool) -> Value {
             .map(|e| e.to_string()),
         "max_in_flight": if sub.max_in_flight == 0 { 16 } else { sub.max_in_flight },
         "rate_limit": sub.rate_limit,
+        "disable_after": if sub.disable_after == 0 { 10 } else { sub.disable_after },
+        "disable_min_failing": sub
+            .disable_min_failing
+            .as_ref()
+            .and_then(std_duration)
+            .map(|d| humantime::format_duration(d).to_string()),
         "signature": match pb::SignatureScheme::try_from(sub.signature_scheme) {
             Ok(pb::SignatureScheme::Ed25519) => "v1a",
             _ => "v1",
@@ -156,6 +162,18 @@ pub fn subscription(sub: &pb::Subscription, show_secrets: bool) -> Value {
             .collect();
     }
     value
+}
+
+/// An endpoint's health record.
+pub fn health(h: &pb::SubscriptionHealth) -> Value {
+    json!({
+        "subscription": h.subscription_id,
+        "consecutive_failures": h.consecutive_failures,
+        "failing_since": time(h.failing_since.as_ref()),
+        "last_failure_at": time(h.last_failure_at.as_ref()),
+        "last_error": h.last_error,
+        "last_success_at": time(h.last_success_at.as_ref()),
+    })
 }
 
 /// An attempt.

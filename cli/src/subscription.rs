@@ -50,6 +50,11 @@ pub enum Command {
         /// Subscription id.
         id: String,
     },
+    /// How an endpoint is doing: consecutive failures, when the run started, the last error.
+    Health {
+        /// Subscription id.
+        id: String,
+    },
     /// Stop delivery to a subscription.
     Disable {
         /// Subscription id.
@@ -92,6 +97,12 @@ pub struct Fields {
     /// Most requests per second to this endpoint, per agent (0: no limit).
     #[arg(long)]
     rate_limit: Option<u32>,
+    /// Disable the subscription after this many consecutive failed attempts (default 10).
+    #[arg(long)]
+    disable_after: Option<u32>,
+    /// ...and only once the failures have gone on this long, e.g. 1h (0s: no minimum).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    disable_min_failing: Option<Duration>,
     /// Per-attempt timeout, e.g. 15s.
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
@@ -159,6 +170,12 @@ impl Fields {
         }
         if let Some(rate) = self.rate_limit {
             sub.rate_limit = rate;
+        }
+        if let Some(after) = self.disable_after {
+            sub.disable_after = after;
+        }
+        if let Some(min) = self.disable_min_failing {
+            sub.disable_min_failing = Some(duration(min));
         }
         if let Some(timeout) = self.timeout {
             sub.timeout = Some(duration(timeout));
@@ -281,6 +298,14 @@ pub async fn run(cmd: Command, url: &str, format: Format) -> anyhow::Result<()> 
                 .map_err(status_error)?
                 .into_inner();
             output::object(format, &output::subscription(&sub, false));
+        }
+        Command::Health { id } => {
+            let health = client
+                .get_subscription_health(pb::GetSubscriptionHealthRequest { id })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            output::object(format, &output::health(&health));
         }
         Command::Disable { id, reason } => {
             let sub = client

@@ -204,12 +204,21 @@ async fn delivery_options_are_set_from_the_command_line() -> anyhow::Result<()> 
                 "1s,2s",
                 "--rate-limit",
                 "0",
+                "--disable-after",
+                "5",
+                "--disable-min-failing",
+                "1h",
                 "-o",
                 "json",
             ],
         )
         .await,
     );
+    assert_eq!(updated["disable_after"], 5);
+    assert_eq!(updated["disable_min_failing"], "1h");
+    let health = json(&herald(&world, &["subscription", "health", &id, "-o", "json"]).await);
+    assert_eq!(health["consecutive_failures"], 0);
+    assert_eq!(health["subscription"], id.as_str());
     assert_eq!(updated["retry_schedule"], "1s,2s");
     assert_eq!(updated["retry_exponential"], Value::Null);
     assert_eq!(updated["rate_limit"], 0);

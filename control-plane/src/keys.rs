@@ -6,12 +6,21 @@
 //!   one range read.
 //! - `/herald/v1/subscription-ids/<id>` → the tenant, so a subscription is found by id alone.
 //!   Written in the same transaction as the record.
+//! - `/herald/v1/health/<id>` → a `herald.v1.SubscriptionHealth` (protobuf): the endpoint's run
+//!   of consecutive failures, shared by every control-plane replica. Removed with the
+//!   subscription.
 
 /// The root of every Herald key.
 pub const ROOT: &str = "/herald/v1/";
 /// The prefix of all subscription records; the config hub watches it.
 pub const SUBSCRIPTIONS: &str = "/herald/v1/subscriptions/";
 const SUBSCRIPTION_IDS: &str = "/herald/v1/subscription-ids/";
+const HEALTH: &str = "/herald/v1/health/";
+
+/// The health record key of a subscription.
+pub fn health(id: &str) -> String {
+    format!("{HEALTH}{id}")
+}
 
 /// The record key of a subscription.
 pub fn subscription(tenant: &str, id: &str) -> String {

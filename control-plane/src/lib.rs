@@ -8,6 +8,7 @@
 pub mod attempts;
 pub mod fleet;
 pub mod grpc;
+pub mod health;
 pub mod hub;
 pub mod keys;
 pub mod store;
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::attempts::{AttemptLog, LogError};
 use crate::fleet::Fleet;
+use crate::health::Health;
 use crate::hub::ConfigHub;
 use crate::store::{Store, StoreError};
 use crate::subscriptions::Subscriptions;
@@ -98,10 +100,12 @@ pub async fn run(
 
     let policy =
         herald_core::target::TargetPolicy::new(config.allow_http, config.allow_targets.clone());
-    let registry = Subscriptions::new(store, policy);
+    let registry = Subscriptions::new(store.clone(), policy);
+    let health = Health::new(store, registry.clone());
     let server = tonic::transport::Server::builder()
         .add_service(SubscriptionsServer::new(grpc::SubscriptionsService::new(
             registry.clone(),
+            health.clone(),
         )))
         .add_service(DeliveriesServer::new(grpc::DeliveriesService::new(
             log.clone(),
@@ -116,6 +120,7 @@ pub async fn run(
             fleet,
             log,
             registry,
+            health,
             stop.clone(),
         )))
         .serve_with_incoming_shutdown(

@@ -236,6 +236,8 @@ impl Subscriptions {
             regions: request.regions,
             max_in_flight: request.max_in_flight,
             rate_limit: request.rate_limit,
+            disable_after: request.disable_after,
+            disable_min_failing: request.disable_min_failing,
             updated_at: Some(timestamp(SystemTime::now())),
             ..current
         };
@@ -262,7 +264,8 @@ impl Subscriptions {
         let txn = Txn::default()
             .when(Compare::ModRevision(kv.key.clone(), kv.mod_revision))
             .then(Op::Delete(kv.key))
-            .then(Op::Delete(keys::subscription_id(&current.id)));
+            .then(Op::Delete(keys::subscription_id(&current.id)))
+            .then(Op::Delete(keys::health(&current.id)));
         match self.store.txn(txn).await? {
             TxnOutcome::Committed { .. } => Ok(()),
             TxnOutcome::Conflict => Err(SubscriptionError::Contended(id.to_owned())),
@@ -302,6 +305,31 @@ impl Subscriptions {
             Ok(())
         })
         .await
+    }
+
+    /// Disables a subscription that is enabled, recording `reason`; `None` when it already was
+    /// disabled (so when several replicas decide at once, one disables it and the others see
+    /// that).
+    pub async fn disable_if_enabled(
+        &self,
+        id: &str,
+        reason: &str,
+    ) -> Result<Option<pb::Subscription>, SubscriptionError> {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let (mut sub, kv) = self.read(id).await?;
+            if !sub.enabled {
+                return Ok(None);
+            }
+            let now = SystemTime::now();
+            sub.enabled = false;
+            sub.disabled_reason = reason.to_owned();
+            sub.disabled_at = Some(timestamp(now));
+            sub.updated_at = Some(timestamp(now));
+            if let Some(written) = self.write(sub, &kv, false).await? {
+                return Ok(Some(written));
+            }
+        }
+        Err(SubscriptionError::Contended(id.to_owned()))
     }
 
     /// Adds a new signing secret; the current ones keep signing for `grace`, then expire.

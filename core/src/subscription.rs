@@ -24,6 +24,12 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
 pub const MAX_MAX_IN_FLIGHT: u32 = 1024;
 /// The highest per-subscription rate limit (requests per second).
 pub const MAX_RATE_LIMIT: u32 = 100_000;
+/// Consecutive failed attempts after which a subscription is disabled, by default.
+pub const DEFAULT_DISABLE_AFTER: u32 = 10;
+/// The most consecutive failures a subscription may allow before it is disabled.
+pub const MAX_DISABLE_AFTER: u32 = 100_000;
+/// The longest minimum failing time a subscription may ask for before it is disabled.
+pub const MAX_DISABLE_MIN_FAILING: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 /// How many regions a subscription may name.
 pub const MAX_REGIONS: usize = 32;
 

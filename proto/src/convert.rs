@@ -12,8 +12,9 @@ use herald_core::limits::MAX_LABELS;
 use herald_core::retry::{Exponential, RetrySchedule};
 use herald_core::signing::{Scheme, SigningSecret};
 use herald_core::subscription::{
-    DEFAULT_MAX_IN_FLIGHT, DEFAULT_TIMEOUT, MAX_MAX_IN_FLIGHT, MAX_RATE_LIMIT, MAX_REGIONS,
-    MAX_SECRETS, MAX_TIMEOUT, Secret, Subscription,
+    DEFAULT_DISABLE_AFTER, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TIMEOUT, MAX_DISABLE_AFTER,
+    MAX_DISABLE_MIN_FAILING, MAX_MAX_IN_FLIGHT, MAX_RATE_LIMIT, MAX_REGIONS, MAX_SECRETS,
+    MAX_TIMEOUT, Secret, Subscription,
 };
 use herald_core::trace::TraceParent;
 use herald_core::validate;
@@ -157,6 +158,7 @@ pub fn subscription(
         }
         n => Some(n),
     };
+    disable_policy(wire)?;
     if wire.secrets.is_empty() || wire.secrets.len() > MAX_SECRETS {
         return Err(ValidationError::new(
             "secrets",
@@ -212,6 +214,32 @@ pub fn subscription(
         regions: wire.regions.clone(),
         revision: wire.revision,
     })
+}
+
+/// When the control plane disables a failing subscription: after this many consecutive failed
+/// attempts, and, when set, once they have gone on this long.
+pub fn disable_policy(wire: &pb::Subscription) -> Result<(u32, Option<Duration>), ValidationError> {
+    let after = match wire.disable_after {
+        0 => DEFAULT_DISABLE_AFTER,
+        n if n > MAX_DISABLE_AFTER => {
+            return Err(ValidationError::new(
+                "disable_after",
+                format!("at most {MAX_DISABLE_AFTER}"),
+            ));
+        }
+        n => n,
+    };
+    let min_failing = match &wire.disable_min_failing {
+        None => None,
+        Some(d) => Some(
+            std_duration(d)
+                .filter(|d| *d <= MAX_DISABLE_MIN_FAILING)
+                .ok_or_else(|| {
+                    ValidationError::new("disable_min_failing", "must be 0 to 30 days")
+                })?,
+        ),
+    };
+    Ok((after, min_failing.filter(|d| !d.is_zero())))
 }
 
 /// The retry schedule of a wire policy: its delays, or its exponential backoff expanded; no

@@ -14,18 +14,20 @@ use tonic::{Request, Response, Status};
 
 use crate::attempts::{AttemptLog, Filter};
 use crate::fleet::Fleet;
+use crate::health::Health;
 use crate::hub::ConfigHub;
 use crate::subscriptions::{Subscriptions, redact};
 
 /// `herald.v1.Subscriptions`.
 pub struct SubscriptionsService {
     registry: Subscriptions,
+    health: Health,
 }
 
 impl SubscriptionsService {
-    /// The service over a registry.
-    pub fn new(registry: Subscriptions) -> Self {
-        SubscriptionsService { registry }
+    /// The service over a registry and the endpoints' health.
+    pub fn new(registry: Subscriptions, health: Health) -> Self {
+        SubscriptionsService { registry, health }
     }
 }
 
@@ -101,8 +103,19 @@ impl SubscriptionsApi for SubscriptionsService {
         request: Request<pb::EnableSubscriptionRequest>,
     ) -> Result<Response<pb::Subscription>, Status> {
         let sub = self.registry.enable(&request.into_inner().id).await?;
+        // A fresh start: earlier failures no longer count towards disabling it again.
+        self.health.reset(&sub.id).await?;
         tracing::info!(id = %sub.id, "subscription enabled");
         Ok(Response::new(redact(sub)))
+    }
+
+    async fn get_subscription_health(
+        &self,
+        request: Request<pb::GetSubscriptionHealthRequest>,
+    ) -> Result<Response<pb::SubscriptionHealth>, Status> {
+        Ok(Response::new(
+            self.health.get(&request.into_inner().id).await?,
+        ))
     }
 
     async fn disable_subscription(

@@ -6,8 +6,9 @@
 //! recorded in the fleet registry.
 //!
 //! Reports: each batch of attempts is stored durably in the delivery log, then acked by id.
-//! A receiver that answered 410 Gone has its subscription disabled (reason `gone (410)`),
-//! which reaches every agent through the config stream.
+//! A receiver that answered 410 Gone has its subscription disabled (reason `gone (410)`), and
+//! new attempts count into their endpoints' health, which disables endpoints that keep failing
+//! ([`crate::health`]); either reaches every agent through the config stream.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::admin::async_stream;
 use crate::attempts::AttemptLog;
 use crate::fleet::Fleet;
+use crate::health::Health;
 use crate::hub::{Change, ConfigHub, Snapshot};
 use crate::subscriptions::Subscriptions;
 
@@ -39,6 +41,7 @@ pub struct AgentControlService {
     fleet: Fleet,
     log: AttemptLog,
     registry: Subscriptions,
+    health: Health,
     shutdown: CancellationToken,
 }
 
@@ -49,6 +52,7 @@ impl AgentControlService {
         fleet: Fleet,
         log: AttemptLog,
         registry: Subscriptions,
+        health: Health,
         shutdown: CancellationToken,
     ) -> Self {
         AgentControlService {
@@ -56,6 +60,7 @@ impl AgentControlService {
             fleet,
             log,
             registry,
+            health,
             shutdown,
         }
     }
@@ -116,9 +121,10 @@ impl AgentControl for AgentControlService {
         request: Request<Streaming<pb::ReportBatch>>,
     ) -> Result<Response<Self::ReportAttemptsStream>, Status> {
         let mut inbound = request.into_inner();
-        let (log, registry, shutdown) = (
+        let (log, registry, health, shutdown) = (
             self.log.clone(),
             self.registry.clone(),
+            self.health.clone(),
             self.shutdown.clone(),
         );
         let stream = async_stream(move |tx| async move {
@@ -138,22 +144,25 @@ impl AgentControl for AgentControlService {
                     let _ = tx.send(Err(status)).await;
                     return;
                 }
-                let ack = match log.insert(batch.attempts).await {
-                    Ok(stored) => {
-                        disable_gone(&registry, &stored);
-                        Ok(pb::ReportAck {
-                            batch_id: batch.batch_id,
-                        })
-                    }
+                let stored = match log.insert(batch.attempts).await {
+                    Ok(stored) => stored,
                     Err(err) => {
                         tracing::error!(error = %err, "cannot store attempt reports");
-                        Err(Status::unavailable(format!("cannot store reports: {err}")))
+                        let status = Status::unavailable(format!("cannot store reports: {err}"));
+                        let _ = tx.send(Err(status)).await;
+                        return;
                     }
                 };
-                let failed = ack.is_err();
-                if tx.send(ack).await.is_err() || failed {
+                disable_gone(&registry, &stored);
+                let ack = pb::ReportAck {
+                    batch_id: batch.batch_id,
+                };
+                if tx.send(Ok(ack)).await.is_err() {
                     return;
                 }
+                // Counted after the ack (the attempts are stored either way); the next batch
+                // waits for it, so a stream's batches count in order.
+                health.record(&stored).await;
             }
         });
         Ok(Response::new(stream))
@@ -175,18 +184,13 @@ fn disable_gone(registry: &Subscriptions, attempts: &[Arc<pb::Attempt>]) {
     for id in gone {
         let registry = registry.clone();
         tokio::spawn(async move {
-            match registry.get(&id).await {
-                Ok(sub) if !sub.enabled => {}
-                Ok(_) => match registry.disable(&id, GONE_REASON).await {
-                    Ok(_) => {
-                        tracing::warn!(subscription = %id, "receiver answered 410 Gone; subscription disabled")
-                    }
-                    Err(err) => {
-                        tracing::error!(subscription = %id, error = %err, "cannot disable a gone subscription")
-                    }
-                },
+            match registry.disable_if_enabled(&id, GONE_REASON).await {
+                Ok(Some(_)) => {
+                    tracing::warn!(subscription = %id, "receiver answered 410 Gone; subscription disabled")
+                }
+                Ok(None) => {}
                 Err(err) => {
-                    tracing::debug!(subscription = %id, error = %err, "gone subscription not found")
+                    tracing::debug!(subscription = %id, error = %err, "cannot disable a gone subscription")
                 }
             }
         });

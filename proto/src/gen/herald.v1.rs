@@ -123,6 +123,38 @@ pub struct Subscription {
     /// How requests are signed. Set at create; a rotation keeps the scheme.
     #[prost(enumeration = "SignatureScheme", tag = "21")]
     pub signature_scheme: i32,
+    /// Consecutive failed attempts (across all agents) after which the control plane disables
+    /// the subscription (reason `auto: N consecutive failures`); 0 means the default, 10.
+    #[prost(uint32, tag = "22")]
+    pub disable_after: u32,
+    /// When set, the failures must also span at least this long before the subscription is
+    /// disabled.
+    #[prost(message, optional, tag = "23")]
+    pub disable_min_failing: ::core::option::Option<::prost_types::Duration>,
+}
+/// An endpoint's recent record, kept by the control plane from attempt reports.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SubscriptionHealth {
+    #[prost(string, tag = "1")]
+    pub subscription_id: ::prost::alloc::string::String,
+    /// Failed attempts since the last success.
+    #[prost(uint32, tag = "2")]
+    pub consecutive_failures: u32,
+    /// The first failure of the current run of failures.
+    #[prost(message, optional, tag = "3")]
+    pub failing_since: ::core::option::Option<::prost_types::Timestamp>,
+    #[prost(message, optional, tag = "4")]
+    pub last_failure_at: ::core::option::Option<::prost_types::Timestamp>,
+    #[prost(message, optional, tag = "5")]
+    pub last_success_at: ::core::option::Option<::prost_types::Timestamp>,
+    /// The last failure's status code or error, for people.
+    #[prost(string, tag = "6")]
+    pub last_error: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetSubscriptionHealthRequest {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
 }
 /// A Standard Webhooks signing secret.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1189,6 +1221,33 @@ pub mod subscriptions_client {
                 .insert(GrpcMethod::new("herald.v1.Subscriptions", "RotateSecret"));
             self.inner.unary(req, path, codec).await
         }
+        /// How the endpoint is doing: consecutive failures, last success and failure.
+        pub async fn get_subscription_health(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetSubscriptionHealthRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SubscriptionHealth>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/herald.v1.Subscriptions/GetSubscriptionHealth",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("herald.v1.Subscriptions", "GetSubscriptionHealth"),
+                );
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1244,6 +1303,14 @@ pub mod subscriptions_server {
             &self,
             request: tonic::Request<super::RotateSecretRequest>,
         ) -> std::result::Result<tonic::Response<super::Subscription>, tonic::Status>;
+        /// How the endpoint is doing: consecutive failures, last success and failure.
+        async fn get_subscription_health(
+            &self,
+            request: tonic::Request<super::GetSubscriptionHealthRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::SubscriptionHealth>,
+            tonic::Status,
+        >;
     }
     /// Manages webhook endpoints. Writes are checked against the stored revision.
     #[derive(Debug)]
@@ -1674,6 +1741,55 @@ pub mod subscriptions_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RotateSecretSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/herald.v1.Subscriptions/GetSubscriptionHealth" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetSubscriptionHealthSvc<T: Subscriptions>(pub Arc<T>);
+                    impl<
+                        T: Subscriptions,
+                    > tonic::server::UnaryService<super::GetSubscriptionHealthRequest>
+                    for GetSubscriptionHealthSvc<T> {
+                        type Response = super::SubscriptionHealth;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetSubscriptionHealthRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Subscriptions>::get_subscription_health(
+                                        &inner,
+                                        request,
+                                    )
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetSubscriptionHealthSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

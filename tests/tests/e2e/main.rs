@@ -4,6 +4,7 @@
 mod delivery;
 mod durability;
 mod engine;
+mod health;
 mod ssrf;
 mod store;
 mod subscriptions;

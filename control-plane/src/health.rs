@@ -1,0 +1,269 @@
+//! Endpoint health and auto-disable: from the attempt reports, the run of consecutive failed
+//! attempts of each subscription, kept in the config store so that every control-plane replica
+//! counts into the same record (compare-and-swap writes; a lost race is retried on a fresh
+//! read). When a run reaches the subscription's `disable_after` (default 10) — and has gone on
+//! for `disable_min_failing`, when set — the subscription is disabled with reason
+//! `auto: N consecutive failures`; the config stream tells every agent.
+//!
+//! Reports arrive late and out of order (several agents, retries, outboxes), so attempts are
+//! ordered by their start time: a failure older than the last success does not count, and a
+//! success older than the run's last failure does not end it. Only changes are written: a
+//! failure, or the first success after failures (`last_success_at` is the success that ended the
+//! last run), so a healthy endpoint costs the store nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use herald_proto::convert::{disable_policy, system_time, timestamp};
+use herald_proto::v1 as pb;
+use prost::Message;
+
+use crate::keys;
+use crate::store::{Compare, Op, Store, Txn, TxnOutcome};
+use crate::subscriptions::{SubscriptionError, Subscriptions};
+
+/// Compare-and-swap rounds before giving up on one record.
+const MAX_CAS_ATTEMPTS: usize = 16;
+
+/// Keeps subscriptions' health records and disables failing ones.
+#[derive(Clone)]
+pub struct Health {
+    store: Store,
+    registry: Subscriptions,
+}
+
+impl Health {
+    /// Health over `store`, disabling through `registry`.
+    pub fn new(store: Store, registry: Subscriptions) -> Self {
+        Health { store, registry }
+    }
+
+    /// Counts newly stored attempts into their subscriptions' records, and disables those whose
+    /// failures reached their limit.
+    pub async fn record(&self, attempts: &[Arc<pb::Attempt>]) {
+        let mut by_subscription: BTreeMap<&str, Vec<&pb::Attempt>> = BTreeMap::new();
+        for attempt in attempts {
+            by_subscription
+                .entry(attempt.subscription_id.as_str())
+                .or_default()
+                .push(attempt);
+        }
+        for (id, mut attempts) in by_subscription {
+            attempts.sort_by_key(|a| a.started_at.as_ref().map(system_time));
+            match self.update(id, &attempts).await {
+                Ok(Some(health)) => self.disable_if_due(id, &health).await,
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::error!(subscription = %id, error = %err, "cannot update endpoint health");
+                }
+            }
+        }
+    }
+
+    /// The health record of `id` (an empty one for a subscription that never failed).
+    pub async fn get(&self, id: &str) -> Result<pb::SubscriptionHealth, SubscriptionError> {
+        self.registry.get(id).await?;
+        Ok(self.read(id).await?.0)
+    }
+
+    /// Forgets a subscription's failures (it was re-enabled: it gets a fresh run).
+    pub async fn reset(&self, id: &str) -> Result<(), SubscriptionError> {
+        let txn = Txn::default().then(Op::Delete(keys::health(id)));
+        self.store.txn(txn).await?;
+        Ok(())
+    }
+
+    async fn read(&self, id: &str) -> Result<(pb::SubscriptionHealth, i64), SubscriptionError> {
+        let key = keys::health(id);
+        match self.store.get(&key).await? {
+            None => Ok((
+                pb::SubscriptionHealth {
+                    subscription_id: id.to_owned(),
+                    ..Default::default()
+                },
+                0,
+            )),
+            Some(kv) => {
+                let health = pb::SubscriptionHealth::decode(kv.value.as_slice()).map_err(|e| {
+                    SubscriptionError::Corrupt {
+                        key: key.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                Ok((health, kv.mod_revision))
+            }
+        }
+    }
+
+    /// Applies `attempts` (in start order) to the record; the new record when it changed and
+    /// the run of failures grew.
+    async fn update(
+        &self,
+        id: &str,
+        attempts: &[&pb::Attempt],
+    ) -> Result<Option<pb::SubscriptionHealth>, SubscriptionError> {
+        let key = keys::health(id);
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let (mut health, revision) = self.read(id).await?;
+            let before = health.clone();
+            for attempt in attempts {
+                apply(&mut health, attempt);
+            }
+            if health == before {
+                return Ok(None);
+            }
+            let compare = if revision == 0 {
+                Compare::Absent(key.clone())
+            } else {
+                Compare::ModRevision(key.clone(), revision)
+            };
+            let txn = Txn::default()
+                .when(compare)
+                .then(Op::Put(key.clone(), health.encode_to_vec()));
+            if let TxnOutcome::Committed { .. } = self.store.txn(txn).await? {
+                let grew = health.consecutive_failures > before.consecutive_failures;
+                return Ok(grew.then_some(health));
+            }
+        }
+        Err(SubscriptionError::Contended(id.to_owned()))
+    }
+
+    /// Disables `id` when its run of failures reached the subscription's limit.
+    async fn disable_if_due(&self, id: &str, health: &pb::SubscriptionHealth) {
+        let sub = match self.registry.get(id).await {
+            Ok(sub) => sub,
+            Err(err) => {
+                tracing::debug!(subscription = %id, error = %err, "health of an unknown subscription");
+                return;
+            }
+        };
+        let Ok((after, min_failing)) = disable_policy(&sub) else {
+            return;
+        };
+        if !sub.enabled || health.consecutive_failures < after {
+            return;
+        }
+        if let Some(min) = min_failing {
+            let span = match (&health.failing_since, &health.last_failure_at) {
+                (Some(since), Some(last)) => system_time(last)
+                    .duration_since(system_time(since))
+                    .unwrap_or_default(),
+                _ => return,
+            };
+            if span < min {
+                return;
+            }
+        }
+        let reason = format!("auto: {} consecutive failures", health.consecutive_failures);
+        match self.registry.disable_if_enabled(id, &reason).await {
+            Ok(Some(_)) => {
+                tracing::warn!(subscription = %id, failures = health.consecutive_failures, last_error = %health.last_error, "endpoint keeps failing; subscription disabled");
+            }
+            Ok(None) => {}
+            Err(err) => {
+                tracing::error!(subscription = %id, error = %err, "cannot disable a failing subscription");
+            }
+        }
+    }
+}
+
+/// Counts one attempt into a record.
+fn apply(health: &mut pb::SubscriptionHealth, attempt: &pb::Attempt) {
+    let Some(at) = attempt.started_at.as_ref().map(system_time) else {
+        return;
+    };
+    let after = |t: Option<&prost_types::Timestamp>| t.is_none_or(|t| at > system_time(t));
+    match pb::Outcome::try_from(attempt.outcome) {
+        Ok(pb::Outcome::Retrying | pb::Outcome::Failed) => {
+            if !after(health.last_success_at.as_ref()) {
+                return;
+            }
+            health.consecutive_failures = health.consecutive_failures.saturating_add(1);
+            if health.failing_since.is_none() {
+                health.failing_since = Some(timestamp(at));
+            }
+            if after(health.last_failure_at.as_ref()) {
+                health.last_failure_at = Some(timestamp(at));
+                health.last_error = describe(attempt);
+            }
+        }
+        Ok(pb::Outcome::Delivered)
+            if health.consecutive_failures > 0 && after(health.last_failure_at.as_ref()) =>
+        {
+            health.consecutive_failures = 0;
+            health.failing_since = None;
+            health.last_success_at = Some(timestamp(at));
+        }
+        _ => {}
+    }
+}
+
+/// A failure in a few words: the status, or the error kind and message.
+fn describe(attempt: &pb::Attempt) -> String {
+    let mut text = if attempt.status_code != 0 {
+        format!("HTTP {}", attempt.status_code)
+    } else {
+        attempt.error_kind.clone()
+    };
+    if !attempt.error.is_empty() {
+        text.push_str(": ");
+        text.extend(attempt.error.chars().take(200));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    fn at(ms: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+    }
+
+    fn attempt(ms: u64, outcome: pb::Outcome) -> pb::Attempt {
+        pb::Attempt {
+            started_at: Some(timestamp(at(ms))),
+            outcome: outcome as i32,
+            status_code: if outcome == pb::Outcome::Delivered {
+                200
+            } else {
+                500
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn failures_count_until_a_later_success() {
+        let mut health = pb::SubscriptionHealth::default();
+        for ms in [10, 20, 30] {
+            apply(&mut health, &attempt(ms, pb::Outcome::Retrying));
+        }
+        apply(&mut health, &attempt(40, pb::Outcome::Failed));
+        assert_eq!(health.consecutive_failures, 4);
+        assert_eq!(health.failing_since, Some(timestamp(at(10))));
+        assert_eq!(health.last_error, "HTTP 500");
+        // A success that started before the last failure does not end the run.
+        apply(&mut health, &attempt(35, pb::Outcome::Delivered));
+        assert_eq!(health.consecutive_failures, 4);
+        apply(&mut health, &attempt(50, pb::Outcome::Delivered));
+        assert_eq!(health.consecutive_failures, 0);
+        assert_eq!(health.failing_since, None);
+        assert_eq!(health.last_success_at, Some(timestamp(at(50))));
+        // A late report of a failure from before that success does not start a new run.
+        apply(&mut health, &attempt(45, pb::Outcome::Retrying));
+        assert_eq!(health.consecutive_failures, 0);
+        // Skipped attempts say nothing about the endpoint.
+        apply(&mut health, &attempt(60, pb::Outcome::Skipped));
+        assert_eq!(health.consecutive_failures, 0);
+    }
+
+    #[test]
+    fn a_healthy_endpoint_changes_nothing() {
+        let mut health = pb::SubscriptionHealth::default();
+        apply(&mut health, &attempt(10, pb::Outcome::Delivered));
+        assert_eq!(health, pb::SubscriptionHealth::default());
+    }
+}

@@ -1,0 +1,166 @@
+//! Endpoint health: an endpoint that keeps failing is disabled after N consecutive failed
+//! attempts, counted across every agent and control-plane replica, and re-enabling it starts a
+//! fresh count.
+
+use std::time::Duration;
+
+use herald_proto::v1 as pb;
+use herald_tests::{
+    Agent, AgentOptions, ConfigStore, ControlPlane, World, event, eventually, subscription,
+};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn health(world: &World, id: &str) -> anyhow::Result<pb::SubscriptionHealth> {
+    Ok(world
+        .control_plane
+        .subscriptions()
+        .await?
+        .get_subscription_health(pb::GetSubscriptionHealthRequest { id: id.to_owned() })
+        .await?
+        .into_inner())
+}
+
+async fn get(world: &World, id: &str) -> anyhow::Result<pb::Subscription> {
+    Ok(world
+        .control_plane
+        .subscriptions()
+        .await?
+        .get_subscription(pb::GetSubscriptionRequest {
+            id: id.to_owned(),
+            show_secrets: false,
+        })
+        .await?
+        .into_inner())
+}
+
+#[tokio::test]
+async fn two_agents_on_two_replicas_failing_one_endpoint_disable_it_once() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    // A second control-plane replica on the same etcd, with an agent of its own.
+    let replica = ControlPlane::start(ConfigStore::Etcd(vec![world.etcd.endpoint()])).await?;
+    let ca_dir = tempfile::tempdir()?;
+    let second = Agent::start(
+        replica.url(),
+        AgentOptions {
+            ca_file: Some(world.ca.write_ca_pem(ca_dir.path())?),
+            ..Default::default()
+        },
+    )
+    .await?;
+    world.receiver.respond_with(500);
+    let mut request = subscription("shop-1", &world.receiver.url("/down"), &["order.*"]);
+    let schedule = herald_core::retry::RetrySchedule::parse("50ms,50ms,50ms,50ms,50ms,50ms")?;
+    request.retry = Some(herald_proto::convert::retry_policy(&schedule));
+    let sub = world.control_plane.create(request).await?;
+    assert_eq!(sub.disable_after, 0, "the default applies");
+    world.control_plane.wait_applied(sub.revision, WAIT).await?;
+    replica.wait_applied(sub.revision, WAIT).await?;
+
+    // Seven attempts per event, from each agent: 14 failures in all, more than 10.
+    world
+        .agent
+        .emit(event("shop-1", "order.created", &json!({"n": 1})))
+        .await?;
+    second
+        .emit(event("shop-1", "order.created", &json!({"n": 2})))
+        .await?;
+    let disabled = eventually(WAIT, "the subscription to be disabled", || async {
+        let sub = get(&world, &sub.id).await?;
+        Ok((!sub.enabled).then_some(sub))
+    })
+    .await?;
+    assert!(
+        disabled.disabled_reason.starts_with("auto: ")
+            && disabled.disabled_reason.ends_with(" consecutive failures"),
+        "{}",
+        disabled.disabled_reason
+    );
+    let failures: u32 = disabled
+        .disabled_reason
+        .trim_start_matches("auto: ")
+        .trim_end_matches(" consecutive failures")
+        .parse()?;
+    assert!(failures >= 10, "{failures}");
+    assert!(disabled.disabled_at.is_some());
+
+    // The other replica saw the same run of failures and did not disable it again: the record
+    // stays at the revision of the one disable.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(get(&world, &sub.id).await?.revision, disabled.revision);
+    let record = health(&world, &sub.id).await?;
+    assert!(record.consecutive_failures >= 10, "{record:?}");
+    assert!(record.failing_since.is_some() && record.last_failure_at.is_some());
+    assert_eq!(record.last_error, "HTTP 500");
+
+    // Once every agent has the change, nothing more is sent.
+    world
+        .control_plane
+        .wait_applied(disabled.revision, WAIT)
+        .await?;
+    replica.wait_applied(disabled.revision, WAIT).await?;
+    let after = world
+        .agent
+        .emit(event("shop-1", "order.created", &json!({"n": 3})))
+        .await?;
+    assert_eq!(after.matched, 0);
+
+    // Re-enabled by hand: the count starts again from zero.
+    let enabled = world
+        .control_plane
+        .subscriptions()
+        .await?
+        .enable_subscription(pb::EnableSubscriptionRequest { id: sub.id.clone() })
+        .await?
+        .into_inner();
+    assert!(enabled.enabled && enabled.disabled_reason.is_empty());
+    assert_eq!(health(&world, &sub.id).await?.consecutive_failures, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_success_ends_the_run_and_the_limit_is_per_subscription() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    let mut request = subscription("shop-1", &world.receiver.url("/flaky"), &["order.*"]);
+    let schedule = herald_core::retry::RetrySchedule::parse("50ms,50ms,50ms,50ms")?;
+    request.retry = Some(herald_proto::convert::retry_policy(&schedule));
+    request.disable_after = 3;
+    let sub = world.control_plane.create(request).await?;
+    world.control_plane.wait_applied(sub.revision, WAIT).await?;
+
+    // Two failures, then a success: no disable, and the run is over.
+    world.receiver.script([500, 500]);
+    world
+        .agent
+        .emit(event("shop-1", "order.created", &json!({})))
+        .await?;
+    world.receiver.wait_for_requests(3, WAIT).await?;
+    let record = eventually(WAIT, "the success to end the run", || async {
+        let record = health(&world, &sub.id).await?;
+        Ok(record.last_success_at.is_some().then_some(record))
+    })
+    .await?;
+    assert_eq!(record.consecutive_failures, 0);
+    assert!(get(&world, &sub.id).await?.enabled);
+
+    // Three failures in a row reach this subscription's limit of 3.
+    world.receiver.script([500, 500, 500]);
+    world
+        .agent
+        .emit(event("shop-1", "order.created", &json!({})))
+        .await?;
+    let disabled = eventually(WAIT, "the subscription to be disabled", || async {
+        let sub = get(&world, &sub.id).await?;
+        Ok((!sub.enabled).then_some(sub))
+    })
+    .await?;
+    // At least 3: a report batch may carry a fourth failure made before the agents heard.
+    let failures: u32 = disabled
+        .disabled_reason
+        .trim_start_matches("auto: ")
+        .trim_end_matches(" consecutive failures")
+        .parse()?;
+    assert!(failures >= 3, "{}", disabled.disabled_reason);
+    Ok(())
+}
