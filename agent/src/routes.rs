@@ -85,7 +85,8 @@ impl Routes {
         self.by_id.is_empty()
     }
 
-    /// The enabled subscriptions an event of this tenant and type goes to, ordered by id.
+    /// The subscriptions an event of this tenant and type goes to, ordered by id (disabled ones
+    /// included: their deliveries are parked until they are enabled).
     pub fn matching(&self, tenant: &str, event_type: &str) -> Vec<Arc<Subscription>> {
         self.by_tenant
             .get(tenant)
@@ -190,7 +191,10 @@ mod tests {
             removals: vec!["sub_b".into()],
         };
         let next = routes.apply(&delta).expect("delta");
-        assert!(next.matching("t1", "order.created").is_empty());
+        // Still matched (its deliveries are parked), but known to be disabled.
+        let matched = next.matching("t1", "order.created");
+        assert_eq!(ids(matched.clone()), ["sub_a"]);
+        assert!(!matched[0].enabled);
         assert!(next.get("sub_b").is_none());
         assert_eq!(next.len(), 2);
 

@@ -49,13 +49,16 @@ pub enum Command {
     Enable {
         /// Subscription id.
         id: String,
+        /// Send the deliveries parked while it was disabled (otherwise they are skipped).
+        #[arg(long)]
+        replay_parked: bool,
     },
     /// How an endpoint is doing: consecutive failures, when the run started, the last error.
     Health {
         /// Subscription id.
         id: String,
     },
-    /// Stop delivery to a subscription.
+    /// Stop delivery to a subscription; its deliveries are parked until it is enabled.
     Disable {
         /// Subscription id.
         id: String,
@@ -291,9 +294,9 @@ pub async fn run(cmd: Command, url: &str, format: Format) -> anyhow::Result<()> 
                 .map_err(status_error)?;
             output::object(format, &serde_json::json!({ "deleted": id }));
         }
-        Command::Enable { id } => {
+        Command::Enable { id, replay_parked } => {
             let sub = client
-                .enable_subscription(pb::EnableSubscriptionRequest { id })
+                .enable_subscription(pb::EnableSubscriptionRequest { id, replay_parked })
                 .await
                 .map_err(status_error)?
                 .into_inner();

@@ -272,9 +272,17 @@ impl Subscriptions {
         }
     }
 
-    /// Turns delivery to a subscription on again.
-    pub async fn enable(&self, id: &str) -> Result<pb::Subscription, SubscriptionError> {
-        self.modify(id, |sub, now| {
+    /// Turns delivery to a subscription on again. The deliveries parked while it was disabled
+    /// go out with `replay_parked`; otherwise they are skipped (`skip_parked_before`).
+    pub async fn enable(
+        &self,
+        id: &str,
+        replay_parked: bool,
+    ) -> Result<pb::Subscription, SubscriptionError> {
+        self.modify(id, move |sub, now| {
+            if !sub.enabled {
+                sub.skip_parked_before = (!replay_parked).then(|| timestamp(now));
+            }
             sub.enabled = true;
             sub.disabled_reason.clear();
             sub.disabled_at = None;

@@ -59,8 +59,11 @@ pub struct Subscription {
     pub max_in_flight: u32,
     /// Most requests per second to this endpoint (per agent); `None` means no limit.
     pub rate_limit: Option<u32>,
-    /// Disabled subscriptions receive nothing.
+    /// Disabled subscriptions receive nothing: their deliveries are parked.
     pub enabled: bool,
+    /// Parked deliveries of events accepted before this time are skipped, not sent (the
+    /// subscription was enabled without replaying them).
+    pub skip_parked_before: Option<SystemTime>,
     /// Regions whose agents deliver it; empty means all.
     pub regions: Vec<String>,
     /// The store revision of this version.
@@ -77,9 +80,10 @@ pub struct Secret {
 }
 
 impl Subscription {
-    /// Whether an event of this tenant and type goes to this subscription.
+    /// Whether an event of this tenant and type goes to this subscription (at once, or parked
+    /// until it is enabled when it is disabled).
     pub fn accepts(&self, tenant: &str, event_type: &str) -> bool {
-        self.enabled && self.tenant == tenant && self.filter.matches(event_type)
+        self.tenant == tenant && self.filter.matches(event_type)
     }
 
     /// Whether agents of `region` deliver this subscription.
@@ -115,19 +119,23 @@ mod tests {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT as u32,
             rate_limit: None,
             enabled: true,
+            skip_parked_before: None,
             regions: vec![],
             revision: 1,
         }
     }
 
     #[test]
-    fn accepts_only_its_tenant_and_types_while_enabled() {
+    fn accepts_only_its_tenant_and_types_enabled_or_not() {
         let mut sub = subscription();
         assert!(sub.accepts("shop-1", "order.created"));
         assert!(!sub.accepts("shop-2", "order.created"));
         assert!(!sub.accepts("shop-1", "product.created"));
         sub.enabled = false;
-        assert!(!sub.accepts("shop-1", "order.created"));
+        assert!(
+            sub.accepts("shop-1", "order.created"),
+            "parked, not dropped"
+        );
     }
 
     #[test]

@@ -211,6 +211,7 @@ pub fn subscription(
         max_in_flight,
         rate_limit,
         enabled: wire.enabled,
+        skip_parked_before: wire.skip_parked_before.as_ref().map(system_time),
         regions: wire.regions.clone(),
         revision: wire.revision,
     })

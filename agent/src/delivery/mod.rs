@@ -8,7 +8,8 @@
 //! - [`rate`] keeps an endpoint's requests within its rate limit.
 //! - [`Dispatcher`] is the scheduler: it hands due tasks to attempts, at most `max_in_flight`
 //!   at once, and re-reads the subscription before every attempt so a deleted or disabled one
-//!   stops at once. A retry is a task moved to a later due time in the queue, so it survives
+//!   stops at once. A disabled subscription's lane is closed: its deliveries are parked in the
+//!   queue, not attempted and not dropped, until it is enabled again. A retry is a task moved to a later due time in the queue, so it survives
 //!   restarts; nothing waits in memory.
 
 pub mod attempt;
@@ -160,6 +161,8 @@ impl Inner {
                 tokio::select! {
                     () = self.shutdown.cancelled() => return,
                     () = self.queue.tasks_changed() => {}
+                    // A subscription enabled again opens its lane.
+                    changed = routes.changed() => if changed.is_err() { return },
                     () = tokio::time::sleep(wait) => {}
                 }
                 continue;
@@ -186,13 +189,19 @@ impl Inner {
     /// agent no longer knows, whose tasks are only skipped) less those in flight, and no more
     /// than its rate limit allows now.
     fn lane_room(&self, subscription: &str, in_flight: usize) -> usize {
-        let (width, rate) = self
-            .routes
-            .borrow()
-            .get(subscription)
-            .map_or((DEFAULT_MAX_IN_FLIGHT, None), |s| {
-                (s.max_in_flight as usize, s.rate_limit)
-            });
+        let (width, rate) =
+            self.routes
+                .borrow()
+                .get(subscription)
+                .map_or((DEFAULT_MAX_IN_FLIGHT, None), |s| {
+                    // Disabled: parked.
+                    let width = if s.enabled {
+                        s.max_in_flight as usize
+                    } else {
+                        0
+                    };
+                    (width, s.rate_limit)
+                });
         let width = if self.breakers.is_tripped(subscription) {
             1
         } else {
@@ -207,6 +216,16 @@ impl Inner {
 
     /// One attempt of `task`, recorded in the queue with its report.
     async fn deliver(&self, task: Task, permit: OwnedSemaphorePermit) {
+        let disabled = self
+            .routes
+            .borrow()
+            .get(&task.subscription_id)
+            .is_some_and(|s| !s.enabled);
+        if disabled {
+            // Disabled since the task was taken: park it.
+            self.queue.release(&task);
+            return;
+        }
         let number = task.attempts + 1;
         let (next, report) = self.attempt(&task, number).await;
         drop(permit);
@@ -238,13 +257,33 @@ impl Inner {
         };
         let event = &stored.event;
         let sub = self.routes.borrow().get(&task.subscription_id).cloned();
-        let Some(sub) = sub.filter(|s| s.enabled) else {
-            let report = skipped("subscription removed or disabled");
+        let Some(sub) = sub else {
+            let report = skipped("subscription removed");
             return (
                 Next::Done,
                 self.report(task, Some(event), None, number, report),
             );
         };
+        if !sub.enabled {
+            // Disabled while this attempt was starting: try again once it is enabled.
+            let report = skipped("subscription disabled; the delivery is parked");
+            return (
+                Next::RetryAt(task.due),
+                self.report(task, Some(event), Some(&sub), number, report),
+            );
+        }
+        if sub
+            .skip_parked_before
+            .is_some_and(|before| stored.accepted_ms < to_ms(before))
+        {
+            let report = skipped(
+                "parked while the subscription was disabled; it was enabled without replaying",
+            );
+            return (
+                Next::Done,
+                self.report(task, Some(event), Some(&sub), number, report),
+            );
+        }
         if let Err(refusal) = self.policy.check_url(&sub.url) {
             tracing::warn!(subscription = %sub.id, reason = %refusal, "delivery refused by the target policy");
             let report = refused(&refusal.to_string());

@@ -297,6 +297,14 @@ impl Queue {
         Ok(out)
     }
 
+    /// Hands `task`, taken and not attempted, back to its lane as it was (its subscription is
+    /// disabled: the delivery is parked). Nothing on disk changes.
+    pub fn release(&self, task: &Task) {
+        let mut lanes = self.lock_lanes();
+        lanes.finish(&task.subscription_id, task.seq);
+        lanes.added(&task.subscription_id, task.due);
+    }
+
     /// When the earliest task of a lane with room (as in [`Queue::due`]) is due (ms), if any.
     pub fn next_due(&self, room: impl Fn(&str, usize) -> usize) -> Option<u64> {
         self.lock_lanes().next_due(room)

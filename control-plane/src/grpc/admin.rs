@@ -102,7 +102,11 @@ impl SubscriptionsApi for SubscriptionsService {
         &self,
         request: Request<pb::EnableSubscriptionRequest>,
     ) -> Result<Response<pb::Subscription>, Status> {
-        let sub = self.registry.enable(&request.into_inner().id).await?;
+        let request = request.into_inner();
+        let sub = self
+            .registry
+            .enable(&request.id, request.replay_parked)
+            .await?;
         // A fresh start: earlier failures no longer count towards disabling it again.
         self.health.reset(&sub.id).await?;
         tracing::info!(id = %sub.id, "subscription enabled");

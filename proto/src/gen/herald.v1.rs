@@ -92,7 +92,8 @@ pub struct Subscription {
     pub retry: ::core::option::Option<RetryPolicy>,
     #[prost(bool, tag = "10")]
     pub enabled: bool,
-    /// Why it is disabled: `manual`, `auto: N consecutive failures`, `gone (410)`.
+    /// Why it is disabled: `manual`, `auto: N consecutive failures`, `gone (410)`. While disabled,
+    /// agents park its deliveries (nothing is sent, nothing is dropped).
     #[prost(string, tag = "11")]
     pub disabled_reason: ::prost::alloc::string::String,
     #[prost(message, optional, tag = "12")]
@@ -131,6 +132,11 @@ pub struct Subscription {
     /// disabled.
     #[prost(message, optional, tag = "23")]
     pub disable_min_failing: ::core::option::Option<::prost_types::Duration>,
+    /// Set by an enable without `replay_parked`: deliveries of events accepted before this time,
+    /// parked while the subscription was disabled, are not sent (they are logged as skipped, and
+    /// the events stay in the agents' queues for their retention). Read-only.
+    #[prost(message, optional, tag = "24")]
+    pub skip_parked_before: ::core::option::Option<::prost_types::Timestamp>,
 }
 /// An endpoint's recent record, kept by the control plane from attempt reports.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -254,6 +260,9 @@ pub struct DeleteSubscriptionResponse {}
 pub struct EnableSubscriptionRequest {
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
+    /// Send the deliveries parked while it was disabled; otherwise they are skipped.
+    #[prost(bool, tag = "2")]
+    pub replay_parked: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DisableSubscriptionRequest {

@@ -259,19 +259,30 @@ async fn disabled_and_deleted_subscriptions_stop_receiving_within_a_second() -> 
         .control_plane
         .wait_applied(disabled.revision, Duration::from_secs(1))
         .await?;
-    let emitted = world
+    let parked = world
         .agent
-        .emit(event("shop-1", "order.created", &json!({})))
+        .emit(event("shop-1", "order.created", &json!({"parked": true})))
         .await?;
     assert_eq!(
-        emitted.matched, 0,
-        "a disabled subscription matches nothing"
+        parked.matched, 1,
+        "a disabled subscription's delivery is parked"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        world.receiver.request_count(),
+        0,
+        "nothing is sent while disabled"
     );
 
+    // Enabled without replay: new events go out, the parked one is skipped (and logged).
     let enabled = admin
-        .enable_subscription(pb::EnableSubscriptionRequest { id: sub.id.clone() })
+        .enable_subscription(pb::EnableSubscriptionRequest {
+            id: sub.id.clone(),
+            replay_parked: false,
+        })
         .await?
         .into_inner();
+    assert!(enabled.skip_parked_before.is_some());
     world
         .control_plane
         .wait_applied(enabled.revision, Duration::from_secs(1))
@@ -285,6 +296,25 @@ async fn disabled_and_deleted_subscriptions_stop_receiving_within_a_second() -> 
         1
     );
     world.receiver.wait_for_requests(1, WAIT).await?;
+    let skipped = eventually(WAIT, "the parked delivery logged as skipped", || async {
+        let log = world
+            .control_plane
+            .attempts(pb::AttemptFilter {
+                event_id: parked.event_id.clone(),
+                ..Default::default()
+            })
+            .await?;
+        Ok(log
+            .into_iter()
+            .find(|a| a.outcome == pb::Outcome::Skipped as i32))
+    })
+    .await?;
+    assert!(
+        skipped.error.contains("without replaying"),
+        "{}",
+        skipped.error
+    );
+    assert_eq!(world.receiver.request_count(), 1);
 
     admin
         .delete_subscription(pb::DeleteSubscriptionRequest {

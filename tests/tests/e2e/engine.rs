@@ -77,7 +77,9 @@ async fn a_receiver_answering_410_gone_has_its_subscription_disabled() -> anyhow
         .agent
         .emit(event("shop-1", "order.created", &json!({})))
         .await?;
-    assert_eq!(after.matched, 0);
+    assert_eq!(after.matched, 1, "parked while disabled");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(world.receiver.request_count(), 1, "nothing more sent");
     Ok(())
 }
 
@@ -342,13 +344,13 @@ async fn a_failing_endpoint_gets_one_probe_at_a_time() -> anyhow::Result<()> {
     world
         .receiver
         .respond_with_response(Response::new(503).delay(Duration::from_millis(200)));
-    let sub = world
-        .control_plane
-        .create(with_retries(
-            subscription("shop-1", &world.receiver.url("/down"), &["order.*"]),
-            "50ms,50ms,50ms,50ms,50ms,50ms,50ms,50ms",
-        ))
-        .await?;
+    let mut request = with_retries(
+        subscription("shop-1", &world.receiver.url("/down"), &["order.*"]),
+        "50ms,50ms,50ms,50ms,50ms,50ms,50ms,50ms",
+    );
+    // Not auto-disabled during the outage: this is about the breaker.
+    request.disable_after = 10_000;
+    let sub = world.control_plane.create(request).await?;
     world.control_plane.wait_applied(sub.revision, WAIT).await?;
     let events = (0..30)
         .map(|i| event("shop-1", "order.created", &json!({"i": i})))

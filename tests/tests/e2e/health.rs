@@ -1,6 +1,6 @@
 //! Endpoint health: an endpoint that keeps failing is disabled after N consecutive failed
-//! attempts, counted across every agent and control-plane replica, and re-enabling it starts a
-//! fresh count.
+//! attempts, counted across every agent and control-plane replica; while it is disabled its
+//! deliveries are parked, and re-enabling it (replaying them or not) starts a fresh count.
 
 use std::time::Duration;
 
@@ -94,28 +94,53 @@ async fn two_agents_on_two_replicas_failing_one_endpoint_disable_it_once() -> an
     assert!(record.failing_since.is_some() && record.last_failure_at.is_some());
     assert_eq!(record.last_error, "HTTP 500");
 
-    // Once every agent has the change, nothing more is sent.
+    // Once every agent has the change, nothing more is sent: new events are parked.
     world
         .control_plane
         .wait_applied(disabled.revision, WAIT)
         .await?;
     replica.wait_applied(disabled.revision, WAIT).await?;
-    let after = world
-        .agent
-        .emit(event("shop-1", "order.created", &json!({"n": 3})))
-        .await?;
-    assert_eq!(after.matched, 0);
+    let sent = world.receiver.request_count();
+    let mut parked = Vec::new();
+    for (n, agent) in [(3, &world.agent), (4, &second)] {
+        let mut event = event("shop-1", "order.created", &json!({ "n": n }));
+        event.id = format!("evt_parked_{n}");
+        assert_eq!(agent.emit(event.clone()).await?.matched, 1);
+        parked.push(event.id);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        world.receiver.request_count(),
+        sent,
+        "nothing sent while disabled"
+    );
 
-    // Re-enabled by hand: the count starts again from zero.
+    // The receiver recovers; re-enabled by hand with the parked deliveries replayed: every
+    // one arrives, and the count starts again from zero.
+    world.receiver.respond_with(200);
     let enabled = world
         .control_plane
         .subscriptions()
         .await?
-        .enable_subscription(pb::EnableSubscriptionRequest { id: sub.id.clone() })
+        .enable_subscription(pb::EnableSubscriptionRequest {
+            id: sub.id.clone(),
+            replay_parked: true,
+        })
         .await?
         .into_inner();
     assert!(enabled.enabled && enabled.disabled_reason.is_empty());
+    assert!(enabled.skip_parked_before.is_none());
     assert_eq!(health(&world, &sub.id).await?.consecutive_failures, 0);
+    eventually(WAIT, "the parked deliveries", || async {
+        let ids: Vec<String> = world
+            .receiver
+            .requests()
+            .iter()
+            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+            .collect();
+        Ok(parked.iter().all(|id| ids.contains(id)).then_some(()))
+    })
+    .await?;
     Ok(())
 }
 

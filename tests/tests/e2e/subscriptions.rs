@@ -157,7 +157,10 @@ async fn revisions_guard_updates_and_unknown_ids_are_not_found() -> anyhow::Resu
                 .await
                 .map(|_| ()),
             "enable" => admin
-                .enable_subscription(pb::EnableSubscriptionRequest { id })
+                .enable_subscription(pb::EnableSubscriptionRequest {
+                    id,
+                    replay_parked: false,
+                })
                 .await
                 .map(|_| ()),
             _ => admin
