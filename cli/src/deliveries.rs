@@ -23,7 +23,32 @@ pub enum Command {
         #[arg(long, default_value = "")]
         page_token: String,
     },
+    /// Every attempt of one event, across its subscriptions, oldest first.
+    Get {
+        /// The event id (evt_… or the emitter's own id).
+        event: String,
+    },
+    /// Follow attempts as they are stored (Ctrl-C stops); one line each.
+    Tail {
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
 }
+
+/// The columns attempts are shown with.
+const COLUMNS: [&str; 8] = [
+    "started_at",
+    "event_id",
+    "subscription_id",
+    "attempt",
+    "result",
+    "duration_ms",
+    "outcome",
+    "error",
+];
+
+/// Most attempts `get` reads for one event.
+const MAX_EVENT_ATTEMPTS: usize = 10_000;
 
 /// Which attempts.
 #[derive(clap::Args)]
@@ -101,22 +126,49 @@ pub async fn run(cmd: Command, url: &str, format: Format) -> anyhow::Result<()> 
                 .map_err(status_error)?
                 .into_inner();
             let items: Vec<_> = page.attempts.iter().map(output::attempt).collect();
-            output::list(
-                format,
-                "attempts",
-                &items,
-                &[
-                    "started_at",
-                    "event_id",
-                    "subscription_id",
-                    "attempt",
-                    "result",
-                    "duration_ms",
-                    "outcome",
-                    "error",
-                ],
-                &page.next_page_token,
-            );
+            output::list(format, "attempts", &items, &COLUMNS, &page.next_page_token);
+        }
+        Command::Get { event } => {
+            let filter = pb::AttemptFilter {
+                event_id: event.clone(),
+                ..Default::default()
+            };
+            let mut attempts = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .list_attempts(pb::ListAttemptsRequest {
+                        filter: Some(filter.clone()),
+                        page_size: 1000,
+                        page_token,
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                attempts.extend(page.attempts);
+                if page.next_page_token.is_empty() || attempts.len() >= MAX_EVENT_ATTEMPTS {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            if attempts.is_empty() {
+                anyhow::bail!("no attempts logged for event {event:?}");
+            }
+            attempts.reverse();
+            let items: Vec<_> = attempts.iter().map(output::attempt).collect();
+            output::list(format, "attempts", &items, &COLUMNS, "");
+        }
+        Command::Tail { filter } => {
+            let mut stream = client
+                .tail_attempts(pb::TailAttemptsRequest {
+                    filter: Some(filter.into_wire()?),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            while let Some(attempt) = stream.message().await.map_err(status_error)? {
+                output::line(format, &output::attempt(&attempt), &COLUMNS);
+            }
         }
     }
     Ok(())

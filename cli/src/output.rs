@@ -14,6 +14,17 @@ pub enum Format {
     Json,
 }
 
+/// Prints one item of a stream: a compact JSON line, or its `columns` separated by two spaces.
+pub fn line(format: Format, value: &Value, columns: &[&str]) {
+    match format {
+        Format::Json => println!("{value}"),
+        Format::Table => {
+            let cells: Vec<String> = columns.iter().map(|c| cell(&value[*c])).collect();
+            println!("{}", cells.join("  "));
+        }
+    }
+}
+
 /// Prints one object: JSON, or `key: value` lines.
 pub fn object(format: Format, value: &Value) {
     match format {

@@ -2,6 +2,8 @@
 //! get clear errors with a non-zero exit code.
 
 use std::process::Output;
+
+use anyhow::Context as _;
 use std::time::Duration;
 
 use herald_tests::{World, eventually, signature_verifies};
@@ -117,6 +119,53 @@ async fn the_tour_works_from_the_command_line() -> anyhow::Result<()> {
         text.starts_with("STARTED_AT") && text.contains("delivered"),
         "{text}"
     );
+
+    // One event's whole story, and an unknown event is an error.
+    let event_id = emitted["event_id"].as_str().expect("event id").to_owned();
+    let story = json(&herald(&world, &["deliveries", "get", &event_id, "-o", "json"]).await);
+    assert_eq!(story["attempts"][0]["subscription_id"], id.as_str());
+    let unknown = herald(&world, &["deliveries", "get", "evt_nothing_here"]).await;
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no attempts"));
+
+    // Following the log: a new attempt shows up as one JSON line.
+    let mut tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["--control-plane", world.control_plane.url()])
+        .args(["deliveries", "tail", "--subscription", &id, "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        tail.stdout.take().expect("stdout"),
+    ));
+    // Emitted until the tail (which connects asynchronously) shows one, for up to 10 s.
+    let mut followed = None;
+    for _ in 0..20 {
+        herald(
+            &world,
+            &[
+                "emit",
+                "--tenant",
+                "shop-1",
+                "--type",
+                "order.created",
+                "--data",
+                "{}",
+            ],
+        )
+        .await;
+        if let Ok(line) = tokio::time::timeout(Duration::from_millis(500), lines.next_line()).await
+        {
+            followed = Some(line);
+            break;
+        }
+    }
+    tail.kill().await?;
+    let line = followed
+        .context("no attempt tailed within 10 s")??
+        .context("the tail ended")?;
+    let attempt: Value = serde_json::from_str(&line)?;
+    assert_eq!(attempt["subscription_id"], id.as_str());
 
     // Errors: the reason on stderr, exit code 1.
     let bad = herald(

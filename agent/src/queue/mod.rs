@@ -70,6 +70,10 @@ const META_SEQ: &str = "seq";
 const META_EVENTS: &str = "events";
 const META_BYTES: &str = "bytes";
 
+/// The queue file's page cache. redb's default (1 GiB) would let a backlog grow the agent's
+/// memory far past its budget; the hot pages (the lanes' heads, recent events, the outbox) fit
+/// in far less.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
 /// The most commands applied in one commit.
 pub const MAX_GROUP: usize = 4096;
 /// Commands waiting for the writer before callers wait for room.
@@ -210,7 +214,10 @@ impl Queue {
     pub fn open(dir: &Path, config: QueueConfig) -> Result<Self, QueueError> {
         std::fs::create_dir_all(dir).map_err(|e| storage(format!("{}: {e}", dir.display())))?;
         Self::start(
-            Database::create(dir.join("queue.redb")).map_err(storage)?,
+            redb::Builder::new()
+                .set_cache_size(CACHE_BYTES)
+                .create(dir.join("queue.redb"))
+                .map_err(storage)?,
             config,
         )
     }
