@@ -67,6 +67,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         allow_http: true,
         allow_targets: loopback.clone(),
         shutdown_grace: GRACE,
+        log_retention: herald_control_plane::DEFAULT_LOG_RETENTION,
+        log_max_attempts: herald_control_plane::DEFAULT_LOG_MAX_ATTEMPTS,
     };
     let control_plane = tokio::spawn(herald_control_plane::run(
         cp_config,

@@ -10,15 +10,19 @@
 //!
 //! A batch is one write transaction, committed durably before the agent's ack is sent.
 //! Response excerpts and error texts are bounded by the agent, and bounded again here.
+//!
+//! Retention ([`AttemptLog::sweep`]): attempts are removed oldest first (in arrival order) once
+//! they started longer ago than the retention period, or while the log holds more than its
+//! limit of attempts; a sweep removes at most [`SWEEP_BATCH`] per commit.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use herald_proto::convert::system_time;
 use herald_proto::v1 as pb;
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::broadcast;
 
 const ATTEMPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("attempts");
@@ -35,6 +39,8 @@ pub const DEFAULT_PAGE_SIZE: usize = 100;
 const MAX_SCAN: usize = 100_000;
 /// The longest response excerpt and error text kept.
 pub const MAX_TEXT: usize = 4096;
+/// Attempts removed by one sweep commit at most.
+pub const SWEEP_BATCH: usize = 10_000;
 /// Attempts kept for live tails that fall behind.
 const TAIL_BUFFER: usize = 4096;
 
@@ -138,6 +144,39 @@ impl AttemptLog {
             .map_err(storage)?
     }
 
+    /// Removes attempts that started more than `max_age` ago, and the oldest beyond
+    /// `max_attempts`, until none is left to remove; returns how many went.
+    pub async fn sweep(&self, max_age: Duration, max_attempts: u64) -> Result<u64, LogError> {
+        let cutoff = SystemTime::now()
+            .checked_sub(max_age)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut removed = 0;
+        loop {
+            let db = self.db.clone();
+            let n = tokio::task::spawn_blocking(move || sweep_batch(&db, cutoff, max_attempts))
+                .await
+                .map_err(storage)??;
+            removed += n as u64;
+            if n < SWEEP_BATCH {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// How many attempts the log holds.
+    pub fn len(&self) -> Result<u64, LogError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        txn.open_table(ATTEMPTS)
+            .map_err(storage)?
+            .len()
+            .map_err(storage)
+    }
+
+    /// Whether the log holds no attempt.
+    pub fn is_empty(&self) -> Result<bool, LogError> {
+        Ok(self.len()? == 0)
+    }
+
     /// Every attempt stored from now on.
     pub fn follow(&self) -> broadcast::Receiver<Arc<pb::Attempt>> {
         self.tail.subscribe()
@@ -193,6 +232,46 @@ fn insert_batch(db: &Database, attempts: Vec<pb::Attempt>) -> Result<Vec<pb::Att
     }
     txn.commit().map_err(storage)?;
     Ok(stored)
+}
+
+/// One sweep commit: removes up to [`SWEEP_BATCH`] of the oldest attempts that started before
+/// `cutoff` or are beyond `max_attempts`, with their index entries.
+fn sweep_batch(db: &Database, cutoff: SystemTime, max_attempts: u64) -> Result<usize, LogError> {
+    let txn = db.begin_write().map_err(storage)?;
+    let removed;
+    {
+        let mut records = txn.open_table(ATTEMPTS).map_err(storage)?;
+        let mut ids = txn.open_table(ATTEMPT_IDS).map_err(storage)?;
+        let mut by_sub = txn.open_table(BY_SUBSCRIPTION).map_err(storage)?;
+        let mut by_event = txn.open_table(BY_EVENT).map_err(storage)?;
+        let excess = records.len().map_err(storage)?.saturating_sub(max_attempts);
+        let mut old = Vec::new();
+        for entry in records.iter().map_err(storage)? {
+            let (seq, value) = entry.map_err(storage)?;
+            let attempt = pb::Attempt::decode(value.value()).map_err(storage)?;
+            let expired = attempt
+                .started_at
+                .as_ref()
+                .is_none_or(|t| system_time(t) < cutoff);
+            if old.len() >= SWEEP_BATCH || !(expired || (old.len() as u64) < excess) {
+                break;
+            }
+            old.push((seq.value(), attempt));
+        }
+        for (seq, attempt) in &old {
+            records.remove(*seq).map_err(storage)?;
+            ids.remove(attempt_id(attempt).as_str()).map_err(storage)?;
+            by_sub
+                .remove((attempt.subscription_id.as_str(), *seq))
+                .map_err(storage)?;
+            by_event
+                .remove((attempt.event_id.as_str(), *seq))
+                .map_err(storage)?;
+        }
+        removed = old.len();
+    }
+    txn.commit().map_err(storage)?;
+    Ok(removed)
 }
 
 /// A query filter, with times converted once.
@@ -363,5 +442,64 @@ mod tests {
                 .is_empty()
         );
         assert!(log.list(Default::default(), 10, "garbage").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn retention_removes_old_attempts_and_keeps_the_log_within_its_size() {
+        let dir = tempfile::tempdir().expect("dir");
+        let log = AttemptLog::open(dir.path()).expect("open");
+        let day = Duration::from_secs(24 * 60 * 60);
+        let aged = |event: &str, age: Duration| pb::Attempt {
+            started_at: Some(timestamp(SystemTime::now() - age)),
+            ..attempt(event, "sub_a", 1, pb::Outcome::Delivered)
+        };
+        let batch = vec![
+            aged("evt_old_1", 40 * day),
+            aged("evt_old_2", 31 * day),
+            aged("evt_new_1", day),
+            aged("evt_new_2", Duration::ZERO),
+            aged("evt_new_3", Duration::ZERO),
+        ];
+        log.insert(batch).await.expect("insert");
+        assert_eq!(log.sweep(30 * day, 1_000).await.expect("sweep"), 2);
+        let left = |log: AttemptLog| async move {
+            let page = log
+                .list(
+                    pb::AttemptFilter {
+                        subscription_id: "sub_a".into(),
+                        ..Default::default()
+                    },
+                    100,
+                    "",
+                )
+                .await
+                .expect("list");
+            page.attempts
+                .into_iter()
+                .map(|a| a.event_id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            left(log.clone()).await,
+            ["evt_new_3", "evt_new_2", "evt_new_1"]
+        );
+        // Over the size limit: the oldest go, whatever their age.
+        assert_eq!(log.sweep(30 * day, 2).await.expect("sweep"), 1);
+        assert_eq!(left(log.clone()).await, ["evt_new_3", "evt_new_2"]);
+        assert_eq!(log.len().expect("len"), 2);
+        // Removed from every index: the event lookup finds nothing, and a late re-sent report
+        // of a removed attempt is a new record.
+        let by_event = pb::AttemptFilter {
+            event_id: "evt_old_1".into(),
+            ..Default::default()
+        };
+        assert!(
+            log.list(by_event, 10, "")
+                .await
+                .expect("list")
+                .attempts
+                .is_empty()
+        );
+        assert_eq!(log.sweep(30 * day, 2).await.expect("nothing left"), 0);
     }
 }

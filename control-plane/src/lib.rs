@@ -62,7 +62,21 @@ pub struct Config {
     /// How long shutdown waits for open calls and streams to finish.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// How long the delivery log keeps attempts.
+    #[arg(long, env = "HERALD_LOG_RETENTION", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub log_retention: Duration,
+    /// The most attempts the delivery log keeps; the oldest go first.
+    #[arg(long, env = "HERALD_LOG_MAX_ATTEMPTS", default_value_t = 100_000_000)]
+    pub log_max_attempts: u64,
 }
+
+/// How long the delivery log keeps attempts by default: 30 days.
+pub const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+/// The most attempts the delivery log keeps by default.
+pub const DEFAULT_LOG_MAX_ATTEMPTS: u64 = 100_000_000;
+
+/// How often the delivery log is swept for attempts past retention.
+const LOG_SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// Why the control plane stopped.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +109,12 @@ pub async fn run(
     };
     let log = AttemptLog::open(&config.data_dir)?;
     let stop = CancellationToken::new();
+    tokio::spawn(sweep_log(
+        log.clone(),
+        config.log_retention,
+        config.log_max_attempts,
+        stop.clone(),
+    ));
     let hub = ConfigHub::start(store.clone(), stop.clone());
     let fleet = Fleet::default();
 
@@ -141,4 +161,24 @@ pub async fn run(
         Err(_) => tracing::warn!(grace = ?config.shutdown_grace, "grace period over; closing"),
     }
     Ok(())
+}
+
+/// Sweeps the delivery log every [`LOG_SWEEP_EVERY`] until `stop`.
+async fn sweep_log(
+    log: AttemptLog,
+    retention: Duration,
+    max_attempts: u64,
+    stop: CancellationToken,
+) {
+    loop {
+        match log.sweep(retention, max_attempts).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "delivery log: attempts past retention removed"),
+            Err(err) => tracing::error!(error = %err, "delivery log sweep failed"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(LOG_SWEEP_EVERY) => {}
+        }
+    }
 }

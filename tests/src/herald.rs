@@ -65,6 +65,8 @@ impl ControlPlane {
             allow_http: false,
             allow_targets,
             shutdown_grace: GRACE,
+            log_retention: herald_control_plane::DEFAULT_LOG_RETENTION,
+            log_max_attempts: herald_control_plane::DEFAULT_LOG_MAX_ATTEMPTS,
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(herald_control_plane::run(

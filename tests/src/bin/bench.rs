@@ -63,6 +63,8 @@ async fn control_plane(stop: &CancellationToken) -> anyhow::Result<(String, temp
         allow_http: false,
         allow_targets: herald_tests::herald::loopback(),
         shutdown_grace: Duration::from_secs(1),
+        log_retention: herald_control_plane::DEFAULT_LOG_RETENTION,
+        log_max_attempts: herald_control_plane::DEFAULT_LOG_MAX_ATTEMPTS,
     };
     tokio::spawn(herald_control_plane::run(
         config,
