@@ -122,6 +122,9 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The reflection service could not be built from the API's descriptors.
+    #[error("grpc reflection: {0}")]
+    Reflection(#[from] herald_proto::discovery::ReflectionError),
 }
 
 /// Runs the agent on `listener` until `shutdown` completes; then stops accepting events,
@@ -202,8 +205,16 @@ pub async fn run(
         config.max_payload_bytes,
     ));
 
+    // Standard health checks (NOT_SERVING once draining) and reflection beside Events.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<EventsServer<EmitService>>().await;
+    let reflection = [tonic_health::pb::FILE_DESCRIPTOR_SET];
     let serving = stop.clone();
-    let router = tonic::transport::Server::builder().add_service(service);
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(herald_proto::discovery::reflection_v1(&reflection)?)
+        .add_service(herald_proto::discovery::reflection_v1alpha(&reflection)?)
+        .add_service(service);
     let server = async move {
         match listener {
             Listener::Tcp(l) => {
@@ -231,6 +242,10 @@ pub async fn run(
         () = shutdown => {}
     }
     tracing::info!("shutting down: no new events; finishing attempts in flight");
+    health.set_not_serving::<EventsServer<EmitService>>().await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
     stop.cancel();
     let grace = config.shutdown_grace;
     let drained = tokio::time::timeout(grace, async {

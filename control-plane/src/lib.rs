@@ -90,6 +90,9 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The reflection service could not be built from the API's descriptors.
+    #[error("grpc reflection: {0}")]
+    Reflection(#[from] herald_proto::discovery::ReflectionError),
 }
 
 /// Opens the stores and serves on `listener` until `shutdown` completes, then drains open
@@ -122,7 +125,25 @@ pub async fn run(
         herald_core::target::TargetPolicy::new(config.allow_http, config.allow_targets.clone());
     let registry = Subscriptions::new(store.clone(), policy);
     let health = Health::new(store, registry.clone());
+    // Standard health checks (NOT_SERVING once draining) and reflection beside the API.
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<SubscriptionsServer<grpc::SubscriptionsService>>()
+        .await;
+    health_reporter
+        .set_serving::<DeliveriesServer<grpc::DeliveriesService>>()
+        .await;
+    health_reporter
+        .set_serving::<AgentsServer<grpc::AgentsService>>()
+        .await;
+    health_reporter
+        .set_serving::<AgentControlServer<grpc::AgentControlService>>()
+        .await;
+    let reflection = [tonic_health::pb::FILE_DESCRIPTOR_SET];
     let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(herald_proto::discovery::reflection_v1(&reflection)?)
+        .add_service(herald_proto::discovery::reflection_v1alpha(&reflection)?)
         .add_service(SubscriptionsServer::new(grpc::SubscriptionsService::new(
             registry.clone(),
             health.clone(),
@@ -155,6 +176,9 @@ pub async fn run(
         () = shutdown => {}
     }
     tracing::info!("shutting down: draining calls and streams");
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
     stop.cancel();
     match tokio::time::timeout(config.shutdown_grace, server).await {
         Ok(result) => result?,

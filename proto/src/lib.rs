@@ -9,6 +9,11 @@ pub mod v1 {
 }
 
 pub mod convert;
+pub mod discovery;
+
+/// The encoded `FileDescriptorSet` of `herald/v1/herald.proto` and the well-known types it
+/// imports: what gRPC reflection serves, so `grpcurl` and other clients can discover the API.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("gen/herald.v1.bin");
 
 /// The well-known types the API uses (`Timestamp`, `Duration`).
 pub use prost_types;

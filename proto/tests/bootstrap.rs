@@ -1,6 +1,6 @@
 //! Keeps the checked-in generated code honest: regenerates it from `herald/v1/*.proto` with a
 //! pure-Rust protobuf compiler (protox, so no `protoc` is needed) and fails when the result
-//! differs from `src/gen/`. On a difference the new code is written, so a rerun passes and the
+//! differs from `src/gen/` (the Rust code and the encoded descriptor set). On a difference the new code is written, so a rerun passes and the
 //! change shows in `git diff`.
 
 use std::path::{Path, PathBuf};
@@ -10,6 +10,7 @@ fn generated_code_is_up_to_date() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let protos = [root.join("herald/v1/herald.proto")];
     let fds = protox::compile(&protos, [root]).expect("the .proto files compile");
+    let descriptor = prost::Message::encode_to_vec(&fds);
 
     let out = tempfile::tempdir().expect("a temp dir");
     tonic_prost_build::configure()
@@ -31,6 +32,12 @@ fn generated_code_is_up_to_date() {
             std::fs::write(&checked_in, new).expect("write regenerated file");
             stale.push(checked_in.display().to_string());
         }
+    }
+    // The encoded descriptors (with the well-known types they import), for gRPC reflection.
+    let checked_in = root.join("src/gen/herald.v1.bin");
+    if std::fs::read(&checked_in).ok().as_deref() != Some(descriptor.as_slice()) {
+        std::fs::write(&checked_in, &descriptor).expect("write the descriptor set");
+        stale.push(checked_in.display().to_string());
     }
     assert!(
         stale.is_empty(),

@@ -2,6 +2,7 @@
 //! sockets: etcd, the control plane, the agent and an HTTPS receiver (see `herald-tests`).
 
 mod delivery;
+mod discovery;
 mod durability;
 mod engine;
 mod health;
