@@ -3,7 +3,8 @@
 //! when the stream is back (the control plane sends a full snapshot on every connection).
 //!
 //! The file `config-cache.pb` holds one `herald.v1.ConfigUpdate` snapshot. It is replaced
-//! atomically (written to a temporary file, synced, renamed), at most every [`DEBOUNCE`].
+//! atomically (written to a temporary file, synced, renamed), at most every [`DEBOUNCE`]. It
+//! holds the subscriptions' signing secrets, so it is created with mode 0600.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -56,7 +57,14 @@ pub fn save(dir: &Path, routes: &Routes) -> std::io::Result<()> {
     let tmp = path.with_extension("pb.tmp");
     let bytes = routes.to_snapshot().encode_to_vec();
     {
-        let mut file = std::fs::File::create(&tmp)?;
+        // The table holds signing secrets: only the agent's user may read it.
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        // A leftover from a crash may have other permissions: start from a new file.
+        let _ = std::fs::remove_file(&tmp);
+        let mut file = options.open(&tmp)?;
         std::io::Write::write_all(&mut file, &bytes)?;
         file.sync_all()?;
     }
@@ -83,5 +91,28 @@ pub async fn keep_saved(dir: PathBuf, mut routes: watch::Receiver<Arc<Routes>>) 
             Ok(Err(err)) => tracing::warn!(error = %err, "cannot save the config cache"),
             Err(err) => tracing::warn!(error = %err, "config cache task failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn the_cache_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        // A leftover temporary file with loose permissions is not reused as is.
+        let tmp = path(dir.path()).with_extension("pb.tmp");
+        std::fs::write(&tmp, b"old").unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+        save(dir.path(), &Routes::default()).unwrap();
+        let mode = std::fs::metadata(path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(load(dir.path()).is_some(), "the saved table reads back");
     }
 }

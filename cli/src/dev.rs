@@ -69,6 +69,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         shutdown_grace: GRACE,
         log_retention: herald_control_plane::DEFAULT_LOG_RETENTION,
         log_max_attempts: herald_control_plane::DEFAULT_LOG_MAX_ATTEMPTS,
+        secrets: Default::default(),
     };
     let control_plane = tokio::spawn(herald_control_plane::run(
         cp_config,

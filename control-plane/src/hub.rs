@@ -16,6 +16,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::keys;
+use crate::sealing::Keyring;
 use crate::store::{Store, WatchEvent};
 use crate::subscriptions::decode;
 
@@ -53,12 +54,14 @@ pub struct ConfigHub {
     changes: broadcast::Sender<Arc<Change>>,
     /// The revision the hub has caught up to (0 before the first listing).
     revision: watch::Receiver<i64>,
+    /// Opens the sealed signing secrets of stored records.
+    keyring: Arc<Keyring>,
 }
 
 impl ConfigHub {
     /// Starts following the store. The hub is usable at once; [`ConfigHub::ready`] waits for
-    /// the first listing.
-    pub fn start(store: Store, shutdown: CancellationToken) -> Self {
+    /// the first listing. Records are opened with `keyring`.
+    pub fn start(store: Store, keyring: Arc<Keyring>, shutdown: CancellationToken) -> Self {
         let state = Arc::new(RwLock::new(Snapshot::default()));
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
         let (revision_tx, revision) = watch::channel(0);
@@ -66,6 +69,7 @@ impl ConfigHub {
             state,
             changes,
             revision,
+            keyring,
         };
         let follower = hub.clone();
         tokio::spawn(async move {
@@ -116,7 +120,7 @@ impl ConfigHub {
         let (kvs, revision) = store.list(keys::SUBSCRIPTIONS).await?;
         let mut subscriptions = BTreeMap::new();
         for kv in &kvs {
-            match decode(kv) {
+            match decode(kv, &self.keyring) {
                 Ok(sub) => {
                     subscriptions.insert(sub.id.clone(), Arc::new(sub));
                 }
@@ -151,7 +155,7 @@ impl ConfigHub {
             };
             for event in batch.events {
                 match event {
-                    WatchEvent::Put(kv) => match decode(&kv) {
+                    WatchEvent::Put(kv) => match decode(&kv, &self.keyring) {
                         Ok(sub) => change.upserts.push(Arc::new(sub)),
                         Err(err) => {
                             tracing::error!(error = %err, "skipping unreadable subscription")

@@ -11,12 +11,14 @@ pub mod grpc;
 pub mod health;
 pub mod hub;
 pub mod keys;
+pub mod sealing;
 pub mod store;
 pub mod subscriptions;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use herald_proto::v1::agent_control_server::AgentControlServer;
@@ -30,6 +32,7 @@ use crate::attempts::{AttemptLog, LogError};
 use crate::fleet::Fleet;
 use crate::health::Health;
 use crate::hub::ConfigHub;
+use crate::sealing::{KeyringSource, SealingError};
 use crate::store::{Store, StoreError};
 use crate::subscriptions::Subscriptions;
 
@@ -68,6 +71,9 @@ pub struct Config {
     /// The most attempts the delivery log keeps; the oldest go first.
     #[arg(long, env = "HERALD_LOG_MAX_ATTEMPTS", default_value_t = 100_000_000)]
     pub log_max_attempts: u64,
+    /// The keys that seal signing secrets in the config store.
+    #[command(flatten)]
+    pub secrets: KeyringSource,
 }
 
 /// How long the delivery log keeps attempts by default: 30 days.
@@ -90,6 +96,12 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The keyring that seals signing secrets could not be loaded.
+    #[error(transparent)]
+    Keyring(#[from] SealingError),
+    /// Records could not be resealed with the current key.
+    #[error("resealing signing secrets: {0}")]
+    Reseal(#[from] crate::subscriptions::SubscriptionError),
     /// The reflection service could not be built from the API's descriptors.
     #[error("grpc reflection: {0}")]
     Reflection(#[from] herald_proto::discovery::ReflectionError),
@@ -102,6 +114,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
+    let keyring = Arc::new(config.secrets.load(&config.data_dir)?);
     let store = if config.etcd.is_empty() {
         let dir = config.data_dir.join("config");
         tracing::info!(dir = %dir.display(), "using the embedded config store (no --etcd given)");
@@ -118,12 +131,20 @@ pub async fn run(
         config.log_max_attempts,
         stop.clone(),
     ));
-    let hub = ConfigHub::start(store.clone(), stop.clone());
+    let hub = ConfigHub::start(store.clone(), keyring.clone(), stop.clone());
     let fleet = Fleet::default();
 
     let policy =
         herald_core::target::TargetPolicy::new(config.allow_http, config.allow_targets.clone());
-    let registry = Subscriptions::new(store.clone(), policy);
+    let registry = Subscriptions::new(store.clone(), policy, keyring.clone());
+    let resealed = registry.reseal_all().await?;
+    if resealed > 0 {
+        tracing::info!(
+            resealed,
+            key_id = keyring.sealing_key_id(),
+            "signing secrets resealed with the current key"
+        );
+    }
     let health = Health::new(store, registry.clone());
     // Standard health checks (NOT_SERVING once draining) and reflection beside the API.
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

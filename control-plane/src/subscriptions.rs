@@ -3,6 +3,7 @@
 //! cannot overwrite each other silently. Every record is validated by
 //! `herald_proto::convert::subscription` before it is written.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use herald_core::ValidationError;
@@ -15,6 +16,7 @@ use herald_proto::v1 as pb;
 use prost::Message;
 
 use crate::keys;
+use crate::sealing::{Keyring, SealingError};
 use crate::store::{Compare, KeyValue, Op, Store, StoreError, Txn, TxnOutcome};
 
 /// The largest page a list call returns.
@@ -53,6 +55,14 @@ pub enum SubscriptionError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A signing secret could not be sealed or opened.
+    #[error("subscription {id}: {source}")]
+    Sealing {
+        /// The subscription.
+        id: String,
+        /// Why.
+        source: SealingError,
+    },
     /// A stored record could not be decoded.
     #[error("stored record {key} is corrupt: {reason}")]
     Corrupt {
@@ -74,9 +84,9 @@ impl From<SubscriptionError> for tonic::Status {
             SubscriptionError::Store(store) if store.is_unavailable() => {
                 Status::unavailable(format!("config store unavailable: {err}"))
             }
-            SubscriptionError::Store(_) | SubscriptionError::Corrupt { .. } => {
-                Status::internal(err.to_string())
-            }
+            SubscriptionError::Store(_)
+            | SubscriptionError::Corrupt { .. }
+            | SubscriptionError::Sealing { .. } => Status::internal(err.to_string()),
         }
     }
 }
@@ -85,6 +95,8 @@ impl From<SubscriptionError> for tonic::Status {
 #[derive(Clone)]
 pub struct Subscriptions {
     store: Store,
+    /// Seals signing secrets before they are written, opens them when read.
+    keyring: Arc<Keyring>,
     /// Which endpoint addresses are admitted (the SSRF guard's first check).
     policy: TargetPolicy,
 }
@@ -98,9 +110,42 @@ pub struct Page {
 }
 
 impl Subscriptions {
-    /// A registry on `store` admitting endpoints that `policy` allows.
-    pub fn new(store: Store, policy: TargetPolicy) -> Self {
-        Subscriptions { store, policy }
+    /// A registry on `store` admitting endpoints that `policy` allows, sealing secrets with
+    /// `keyring`.
+    pub fn new(store: Store, policy: TargetPolicy, keyring: Arc<Keyring>) -> Self {
+        Subscriptions {
+            store,
+            keyring,
+            policy,
+        }
+    }
+
+    /// Reseals every record whose secrets are not sealed with the current sealing key (after
+    /// a key rotation, or records written before sealing); returns how many were rewritten.
+    pub async fn reseal_all(&self) -> Result<usize, SubscriptionError> {
+        let mut resealed = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let kvs = self
+                .store
+                .list_page(keys::SUBSCRIPTIONS, after.as_deref(), MAX_PAGE_SIZE)
+                .await?;
+            for kv in &kvs {
+                let (sub, stale) = open_record(kv, &self.keyring)?;
+                if stale {
+                    match self.modify(&sub.id, |_, _| Ok(())).await {
+                        Ok(_) => resealed += 1,
+                        // Deleted meanwhile: nothing left to reseal.
+                        Err(SubscriptionError::NotFound(_)) => {}
+                        Err(err) => return Err(err),
+                    }
+                }
+            }
+            match kvs.last() {
+                Some(last) if kvs.len() == MAX_PAGE_SIZE => after = Some(last.key.clone()),
+                _ => return Ok(resealed),
+            }
+        }
     }
 
     /// Validates a record and checks its URL against the target policy: the literal address,
@@ -147,7 +192,7 @@ impl Subscriptions {
         let txn = Txn::default()
             .when(Compare::Absent(key.clone()))
             .when(Compare::Absent(index.clone()))
-            .then(Op::Put(key, sub.encode_to_vec()))
+            .then(Op::Put(key, encode(&sub, &self.keyring)?))
             .then(Op::Put(index, sub.tenant.clone().into_bytes()));
         match self.store.txn(txn).await? {
             TxnOutcome::Committed { revision } => {
@@ -193,7 +238,10 @@ impl Subscriptions {
             Some(last) if kvs.len() == size => last.key.clone(),
             _ => String::new(),
         };
-        let subscriptions = kvs.iter().map(decode).collect::<Result<_, _>>()?;
+        let subscriptions = kvs
+            .iter()
+            .map(|kv| decode(kv, &self.keyring))
+            .collect::<Result<_, _>>()?;
         Ok(Page {
             subscriptions,
             next_page_token,
@@ -388,7 +436,7 @@ impl Subscriptions {
             .get(&keys::subscription(&tenant, id))
             .await?
             .ok_or_else(not_found)?;
-        Ok((decode(&kv)?, kv))
+        Ok((decode(&kv, &self.keyring)?, kv))
     }
 
     /// Writes `sub` over `kv` if `kv` is still current; `None` when it is not. With
@@ -408,7 +456,7 @@ impl Subscriptions {
         }
         let txn = Txn::default()
             .when(Compare::ModRevision(kv.key.clone(), kv.mod_revision))
-            .then(Op::Put(kv.key.clone(), sub.encode_to_vec()));
+            .then(Op::Put(kv.key.clone(), encode(&sub, &self.keyring)?));
         match self.store.txn(txn).await? {
             TxnOutcome::Committed { revision } => {
                 sub.revision = revision;
@@ -435,15 +483,58 @@ impl Subscriptions {
     }
 }
 
-/// Decodes a stored record, setting its revision from the store.
-pub fn decode(kv: &KeyValue) -> Result<pb::Subscription, SubscriptionError> {
+/// Decodes a stored record, opening its secrets and setting its revision from the store.
+pub fn decode(kv: &KeyValue, keyring: &Keyring) -> Result<pb::Subscription, SubscriptionError> {
+    Ok(open_record(kv, keyring)?.0)
+}
+
+/// Decodes a stored record and says whether it should be resealed: a secret stored in the
+/// clear (written before sealing) or sealed with a key that no longer seals.
+fn open_record(
+    kv: &KeyValue,
+    keyring: &Keyring,
+) -> Result<(pb::Subscription, bool), SubscriptionError> {
     let mut sub =
         pb::Subscription::decode(kv.value.as_slice()).map_err(|e| SubscriptionError::Corrupt {
             key: kv.key.clone(),
             reason: e.to_string(),
         })?;
     sub.revision = kv.mod_revision;
-    Ok(sub)
+    let mut stale = false;
+    for secret in &mut sub.secrets {
+        match secret.sealed.take() {
+            Some(sealed) => {
+                stale |= sealed.key_id != keyring.sealing_key_id();
+                secret.secret = keyring.open(&sub.id, &sealed).map_err(|source| {
+                    SubscriptionError::Sealing {
+                        id: sub.id.clone(),
+                        source,
+                    }
+                })?;
+            }
+            None => stale |= !secret.secret.is_empty(),
+        }
+    }
+    Ok((sub, stale))
+}
+
+/// The stored form of a record: its secrets sealed, never in the clear.
+fn encode(sub: &pb::Subscription, keyring: &Keyring) -> Result<Vec<u8>, SubscriptionError> {
+    let mut stored = sub.clone();
+    stored.revision = 0;
+    for secret in &mut stored.secrets {
+        if !secret.secret.is_empty() {
+            let sealed = keyring.seal(&stored.id, &secret.secret).map_err(|source| {
+                SubscriptionError::Sealing {
+                    id: stored.id.clone(),
+                    source,
+                }
+            })?;
+            secret.sealed = Some(sealed);
+            secret.secret.clear();
+        }
+    }
+    Ok(stored.encode_to_vec())
 }
 
 /// The subscription with its secret values blanked (times kept), for answers that must not

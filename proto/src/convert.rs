@@ -96,6 +96,7 @@ pub fn wire_secret(secret: &SigningSecret, created_at: SystemTime) -> pb::Signin
             .public_key()
             .map(|key| key.to_string())
             .unwrap_or_default(),
+        sealed: None,
     }
 }
 

@@ -67,6 +67,7 @@ impl ControlPlane {
             shutdown_grace: GRACE,
             log_retention: herald_control_plane::DEFAULT_LOG_RETENTION,
             log_max_attempts: herald_control_plane::DEFAULT_LOG_MAX_ATTEMPTS,
+            secrets: Default::default(),
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(herald_control_plane::run(

@@ -177,6 +177,24 @@ pub struct SigningSecret {
     /// For ed25519 keys: `whpk_<base64>`, the public key receivers verify with. Always returned.
     #[prost(string, tag = "4")]
     pub public_key: ::prost::alloc::string::String,
+    /// Storage only, never sent on the API: `secret` encrypted with the control plane's key, so
+    /// the raw records in the config store reveal no secret.
+    #[prost(message, optional, tag = "5")]
+    pub sealed: ::core::option::Option<SealedSecret>,
+}
+/// A signing secret encrypted at rest (AES-256-GCM; the subscription id is the associated
+/// data, so a sealed secret cannot be moved to another subscription).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SealedSecret {
+    /// Which key of the control plane's keyring sealed it, so keys can rotate.
+    #[prost(string, tag = "1")]
+    pub key_id: ::prost::alloc::string::String,
+    /// The 96-bit nonce, random per seal.
+    #[prost(bytes = "vec", tag = "2")]
+    pub nonce: ::prost::alloc::vec::Vec<u8>,
+    /// The ciphertext with its 16-byte tag.
+    #[prost(bytes = "vec", tag = "3")]
+    pub ciphertext: ::prost::alloc::vec::Vec<u8>,
 }
 /// When to try again after a failed attempt.
 #[derive(Clone, PartialEq, ::prost::Message)]

@@ -65,6 +65,7 @@ async fn control_plane(stop: &CancellationToken) -> anyhow::Result<(String, temp
         shutdown_grace: Duration::from_secs(1),
         log_retention: herald_control_plane::DEFAULT_LOG_RETENTION,
         log_max_attempts: herald_control_plane::DEFAULT_LOG_MAX_ATTEMPTS,
+        secrets: Default::default(),
     };
     tokio::spawn(herald_control_plane::run(
         config,

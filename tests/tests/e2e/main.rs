@@ -6,6 +6,7 @@ mod discovery;
 mod durability;
 mod engine;
 mod health;
+mod secrets;
 mod ssrf;
 mod store;
 mod subscriptions;
