@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use herald_proto::bearer::{AuthedChannel, Bearer};
+use tonic::transport::Endpoint;
 
 /// How long to wait for a connection to a control-plane replica.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -15,19 +16,22 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct ControlPlane {
     endpoints: Arc<Vec<String>>,
     next: Arc<AtomicUsize>,
+    /// The agent's token, sent on every call.
+    bearer: Bearer,
 }
 
 impl ControlPlane {
-    /// The endpoints (URLs like `http://127.0.0.1:7700`).
-    pub fn new(endpoints: Vec<String>) -> Self {
+    /// The endpoints (URLs like `http://127.0.0.1:7700`), called with `bearer`'s token.
+    pub fn new(endpoints: Vec<String>, bearer: Bearer) -> Self {
         ControlPlane {
             endpoints: Arc::new(endpoints),
             next: Arc::new(AtomicUsize::new(0)),
+            bearer,
         }
     }
 
     /// Connects to the next endpoint in turn; the error names it.
-    pub async fn connect(&self) -> Result<(String, Channel), String> {
+    pub async fn connect(&self) -> Result<(String, AuthedChannel), String> {
         if self.endpoints.is_empty() {
             return Err("no control-plane endpoint configured".into());
         }
@@ -43,6 +47,6 @@ impl ControlPlane {
             .connect()
             .await
             .map_err(|e| format!("{url}: {e}"))?;
-        Ok((url, channel))
+        Ok((url, self.bearer.wrap(channel)))
     }
 }

@@ -49,6 +49,10 @@ pub struct Config {
         default_value = "http://127.0.0.1:7700"
     )]
     pub control_plane: Vec<String>,
+    /// Token the agent presents to the control plane (a token of role `agent`), when the
+    /// control plane checks tokens.
+    #[arg(long, env = "HERALD_CONTROL_PLANE_TOKEN", hide_env_values = true, value_parser = herald_proto::bearer::Bearer::parse)]
+    pub control_plane_token: Option<herald_proto::bearer::Bearer>,
     /// Where applications reach Emit: host:port or unix:/path.
     #[arg(long, env = "HERALD_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: ListenAddr,
@@ -151,7 +155,10 @@ pub async fn run(
             durable: config.fsync,
         },
     )?;
-    let control_plane = ControlPlane::new(config.control_plane.clone());
+    let control_plane = ControlPlane::new(
+        config.control_plane.clone(),
+        config.control_plane_token.clone().unwrap_or_default(),
+    );
     let stop = CancellationToken::new();
     let cached = config_cache::load(&config.data_dir);
     if let Some(routes) = &cached {

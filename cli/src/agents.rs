@@ -3,7 +3,7 @@
 use herald_proto::v1 as pb;
 use herald_proto::v1::agents_client::AgentsClient;
 
-use crate::connect::{channel, status_error};
+use crate::connect::{Server, status_error};
 use crate::output::{self, Format};
 
 #[derive(clap::Subcommand)]
@@ -12,8 +12,8 @@ pub enum Command {
     List,
 }
 
-pub async fn run(cmd: Command, url: &str, format: Format) -> anyhow::Result<()> {
-    let mut client = AgentsClient::new(channel(url).await?);
+pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Result<()> {
+    let mut client = AgentsClient::new(server.channel().await?);
     match cmd {
         Command::List => {
             let agents = client

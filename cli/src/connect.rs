@@ -2,7 +2,23 @@
 //! socket (`unix:/path`).
 
 use anyhow::Context;
+use herald_proto::bearer::{AuthedChannel, Bearer};
 use tonic::transport::{Channel, Endpoint, Uri};
+
+/// A server the CLI calls, with the caller's token.
+pub struct Server {
+    /// `http://host:port` or `unix:/path`.
+    pub url: String,
+    /// The token sent on every call (none when not given).
+    pub bearer: Bearer,
+}
+
+impl Server {
+    /// Connects; every call on the channel carries the token.
+    pub async fn channel(&self) -> anyhow::Result<AuthedChannel> {
+        Ok(self.bearer.wrap(channel(&self.url).await?))
+    }
+}
 
 /// Connects to `url`.
 pub async fn channel(url: &str) -> anyhow::Result<Channel> {
@@ -37,8 +53,18 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
         tonic::Code::FailedPrecondition => "failed precondition",
         tonic::Code::Aborted => "aborted",
         tonic::Code::Unavailable => "unavailable",
-        tonic::Code::PermissionDenied => "permission denied",
-        tonic::Code::Unauthenticated => "unauthenticated",
+        tonic::Code::PermissionDenied => {
+            return anyhow::anyhow!(
+                "permission denied: {} (ask for a token with a role that may do this)",
+                status.message()
+            );
+        }
+        tonic::Code::Unauthenticated => {
+            return anyhow::anyhow!(
+                "unauthenticated: {} (pass --token TOKEN or set HERALD_TOKEN)",
+                status.message()
+            );
+        }
         tonic::Code::ResourceExhausted => "resource exhausted",
         tonic::Code::DeadlineExceeded => "deadline exceeded",
         _ => "error",

@@ -7,7 +7,7 @@ use herald_proto::convert::timestamp;
 use herald_proto::v1 as pb;
 use herald_proto::v1::deliveries_client::DeliveriesClient;
 
-use crate::connect::{channel, status_error};
+use crate::connect::{Server, status_error};
 use crate::output::{self, Format};
 
 #[derive(clap::Subcommand)]
@@ -108,8 +108,8 @@ impl FilterArgs {
     }
 }
 
-pub async fn run(cmd: Command, url: &str, format: Format) -> anyhow::Result<()> {
-    let mut client = DeliveriesClient::new(channel(url).await?);
+pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Result<()> {
+    let mut client = DeliveriesClient::new(server.channel().await?);
     match cmd {
         Command::List {
             filter,

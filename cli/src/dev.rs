@@ -70,6 +70,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         log_retention: herald_control_plane::DEFAULT_LOG_RETENTION,
         log_max_attempts: herald_control_plane::DEFAULT_LOG_MAX_ATTEMPTS,
         secrets: Default::default(),
+        auth: Default::default(),
     };
     let control_plane = tokio::spawn(herald_control_plane::run(
         cp_config,
@@ -78,6 +79,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     ));
     let agent_config = herald_agent::Config {
         control_plane: vec![control_plane_url.clone()],
+        control_plane_token: None,
         listen: ListenAddr::Tcp(args.agent_listen),
         data_dir: args.data_dir.join("agent"),
         id: None,

@@ -13,6 +13,7 @@ mod subscription;
 
 use clap::{Parser, Subcommand};
 
+use crate::connect::Server;
 use crate::output::Format;
 
 /// Herald: signed webhook delivery with retries and central logs.
@@ -35,6 +36,9 @@ struct Cli {
         default_value = "http://127.0.0.1:7701"
     )]
     agent: String,
+    /// API token for the control plane (roles: read, admin).
+    #[arg(long, global = true, env = "HERALD_TOKEN", hide_env_values = true, value_parser = herald_proto::bearer::Bearer::parse)]
+    token: Option<herald_proto::bearer::Bearer>,
     /// Output format.
     #[arg(short = 'o', long, global = true, env = "HERALD_OUTPUT", value_enum, default_value_t = Format::Table)]
     output: Format,
@@ -62,10 +66,14 @@ enum Command {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let control_plane = Server {
+        url: cli.control_plane,
+        bearer: cli.token.unwrap_or_default(),
+    };
     let result = match cli.command {
-        Command::Subscription(cmd) => subscription::run(cmd, &cli.control_plane, cli.output).await,
-        Command::Deliveries(cmd) => deliveries::run(cmd, &cli.control_plane, cli.output).await,
-        Command::Agents(cmd) => agents::run(cmd, &cli.control_plane, cli.output).await,
+        Command::Subscription(cmd) => subscription::run(cmd, &control_plane, cli.output).await,
+        Command::Deliveries(cmd) => deliveries::run(cmd, &control_plane, cli.output).await,
+        Command::Agents(cmd) => agents::run(cmd, &control_plane, cli.output).await,
         Command::Emit(args) => emit::run(args, &cli.agent, cli.output).await,
         Command::Dev(args) => dev::run(args).await,
     };

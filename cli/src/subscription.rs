@@ -8,7 +8,7 @@ use herald_proto::convert::{duration, exponential_policy, retry_policy};
 use herald_proto::v1 as pb;
 use herald_proto::v1::subscriptions_client::SubscriptionsClient;
 
-use crate::connect::{channel, status_error};
+use crate::connect::{Server, status_error};
 use crate::output::{self, Format};
 
 #[derive(clap::Subcommand)]
@@ -193,8 +193,8 @@ impl Fields {
     }
 }
 
-pub async fn run(cmd: Command, url: &str, format: Format) -> anyhow::Result<()> {
-    let mut client = SubscriptionsClient::new(channel(url).await?);
+pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Result<()> {
+    let mut client = SubscriptionsClient::new(server.channel().await?);
     match cmd {
         Command::Create(args) => {
             let signature_scheme = match args.signature.as_str() {

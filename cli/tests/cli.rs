@@ -290,3 +290,61 @@ async fn delivery_options_are_set_from_the_command_line() -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn tokens_are_sent_and_refusals_explain_what_to_do() -> anyhow::Result<()> {
+    use herald_tests::{ConfigStore, ControlPlane};
+    const ADMIN: &str = "admin-7d2e9c4a1b3f";
+    const READER: &str = "reader-1f8a3c6e9d2b";
+    let control_plane = ControlPlane::start_with_tokens(
+        ConfigStore::Embedded,
+        &format!("admin {ADMIN}\nread {READER}\n"),
+        ADMIN,
+    )
+    .await?;
+    let run = |args: &[&str], token: Option<&str>| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+        command
+            .args(["--control-plane", control_plane.url()])
+            .args(args)
+            .env_remove("HERALD_TOKEN");
+        if let Some(token) = token {
+            command.env("HERALD_TOKEN", token);
+        }
+        command.output()
+    };
+    let list = ["subscription", "list", "-o", "json"];
+
+    let refused = run(&list, None).await?;
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("unauthenticated") && stderr.contains("HERALD_TOKEN"),
+        "{stderr}"
+    );
+
+    json(&run(&list, Some(READER)).await?);
+    let create = [
+        "subscription",
+        "create",
+        "--tenant",
+        "shop-1",
+        "--url",
+        "https://127.0.0.1:9/hook",
+        "--events",
+        "order.*",
+        "-o",
+        "json",
+    ];
+    let denied = run(&create, Some(READER)).await?;
+    assert_eq!(denied.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&denied.stderr);
+    assert!(stderr.contains("permission denied"), "{stderr}");
+
+    // The flag works as well as the environment.
+    let mut args = vec!["--token", ADMIN];
+    args.extend(create);
+    let created = json(&run(&args, None).await?);
+    assert!(created["id"].as_str().is_some_and(|id| !id.is_empty()));
+    Ok(())
+}

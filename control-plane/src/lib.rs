@@ -6,6 +6,7 @@
 //! `herald dev` run the real thing in-process on a listener of their choosing.
 
 pub mod attempts;
+pub mod auth;
 pub mod fleet;
 pub mod grpc;
 pub mod health;
@@ -29,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::attempts::{AttemptLog, LogError};
+use crate::auth::{AuthError, AuthLayer, TokenSource};
 use crate::fleet::Fleet;
 use crate::health::Health;
 use crate::hub::ConfigHub;
@@ -74,6 +76,9 @@ pub struct Config {
     /// The keys that seal signing secrets in the config store.
     #[command(flatten)]
     pub secrets: KeyringSource,
+    /// The API tokens and their roles.
+    #[command(flatten)]
+    pub auth: TokenSource,
 }
 
 /// How long the delivery log keeps attempts by default: 30 days.
@@ -96,6 +101,9 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The API tokens could not be loaded.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// The keyring that seals signing secrets could not be loaded.
     #[error(transparent)]
     Keyring(#[from] SealingError),
@@ -114,6 +122,14 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
+    let tokens = config.auth.load()?;
+    match &tokens {
+        Some(tokens) => tracing::info!(?tokens, "API calls need a bearer token"),
+        None => tracing::warn!(
+            "no --auth-tokens-file: the API is open to anyone who can reach {}",
+            config.listen
+        ),
+    }
     let keyring = Arc::new(config.secrets.load(&config.data_dir)?);
     let store = if config.etcd.is_empty() {
         let dir = config.data_dir.join("config");
@@ -162,6 +178,7 @@ pub async fn run(
         .await;
     let reflection = [tonic_health::pb::FILE_DESCRIPTOR_SET];
     let server = tonic::transport::Server::builder()
+        .layer(AuthLayer::new(tokens))
         .add_service(health_service)
         .add_service(herald_proto::discovery::reflection_v1(&reflection)?)
         .add_service(herald_proto::discovery::reflection_v1alpha(&reflection)?)

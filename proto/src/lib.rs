@@ -8,6 +8,7 @@ pub mod v1 {
     include!("gen/herald.v1.rs");
 }
 
+pub mod bearer;
 pub mod convert;
 pub mod discovery;
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use herald_agent::listen::{ListenAddr, Listener};
+use herald_proto::bearer::{AuthedChannel, Bearer};
 use herald_proto::v1 as pb;
 use herald_proto::v1::agents_client::AgentsClient;
 use herald_proto::v1::deliveries_client::DeliveriesClient;
@@ -33,6 +34,8 @@ pub enum ConfigStore {
 /// A control plane running in-process.
 pub struct ControlPlane {
     url: String,
+    /// The operator token the helpers below call with (none when the API is open).
+    bearer: Bearer,
     config: herald_control_plane::Config,
     stop: CancellationToken,
     task: Option<JoinHandle<Result<(), herald_control_plane::Error>>>,
@@ -51,11 +54,33 @@ impl ControlPlane {
         store: ConfigStore,
         allow_targets: Vec<ipnet::IpNet>,
     ) -> anyhow::Result<Self> {
+        Self::start_configured(store, |config| config.allow_targets = allow_targets).await
+    }
+
+    /// Starts a control plane that requires the API tokens in `tokens` (`ROLE TOKEN` lines);
+    /// the helpers of the returned value call with `admin_token`.
+    pub async fn start_with_tokens(
+        store: ConfigStore,
+        tokens: &str,
+        admin_token: &str,
+    ) -> anyhow::Result<Self> {
+        let tokens = tokens.to_owned();
+        let mut control_plane =
+            Self::start_configured(store, |config| config.auth.auth_tokens = Some(tokens)).await?;
+        control_plane.bearer = Bearer::parse(admin_token)?;
+        Ok(control_plane)
+    }
+
+    /// Starts a control plane with the test defaults changed by `configure`.
+    pub async fn start_configured(
+        store: ConfigStore,
+        configure: impl FnOnce(&mut herald_control_plane::Config),
+    ) -> anyhow::Result<Self> {
         init_logs();
         let dir = tempfile::tempdir()?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let config = herald_control_plane::Config {
+        let mut config = herald_control_plane::Config {
             listen: addr,
             etcd: match store {
                 ConfigStore::Etcd(endpoints) => endpoints,
@@ -63,12 +88,14 @@ impl ControlPlane {
             },
             data_dir: dir.path().to_owned(),
             allow_http: false,
-            allow_targets,
+            allow_targets: loopback(),
             shutdown_grace: GRACE,
             log_retention: herald_control_plane::DEFAULT_LOG_RETENTION,
             log_max_attempts: herald_control_plane::DEFAULT_LOG_MAX_ATTEMPTS,
             secrets: Default::default(),
+            auth: Default::default(),
         };
+        configure(&mut config);
         let stop = CancellationToken::new();
         let task = tokio::spawn(herald_control_plane::run(
             config.clone(),
@@ -77,6 +104,7 @@ impl ControlPlane {
         ));
         Ok(ControlPlane {
             url: format!("http://{addr}"),
+            bearer: Bearer::default(),
             config,
             stop,
             task: Some(task),
@@ -107,19 +135,24 @@ impl ControlPlane {
         &self.url
     }
 
-    /// A `Subscriptions` client.
-    pub async fn subscriptions(&self) -> anyhow::Result<SubscriptionsClient<Channel>> {
-        Ok(SubscriptionsClient::new(connect(&self.url).await?))
+    /// A `Subscriptions` client (with the operator token, if any).
+    pub async fn subscriptions(&self) -> anyhow::Result<SubscriptionsClient<AuthedChannel>> {
+        Ok(SubscriptionsClient::new(self.channel().await?))
     }
 
-    /// A `Deliveries` client.
-    pub async fn deliveries(&self) -> anyhow::Result<DeliveriesClient<Channel>> {
-        Ok(DeliveriesClient::new(connect(&self.url).await?))
+    /// A `Deliveries` client (with the operator token, if any).
+    pub async fn deliveries(&self) -> anyhow::Result<DeliveriesClient<AuthedChannel>> {
+        Ok(DeliveriesClient::new(self.channel().await?))
     }
 
-    /// An `Agents` client.
-    pub async fn agents(&self) -> anyhow::Result<AgentsClient<Channel>> {
-        Ok(AgentsClient::new(connect(&self.url).await?))
+    /// An `Agents` client (with the operator token, if any).
+    pub async fn agents(&self) -> anyhow::Result<AgentsClient<AuthedChannel>> {
+        Ok(AgentsClient::new(self.channel().await?))
+    }
+
+    /// A channel whose calls carry the operator token, if any.
+    pub async fn channel(&self) -> anyhow::Result<AuthedChannel> {
+        Ok(self.bearer.wrap(connect(&self.url).await?))
     }
 
     /// Creates a subscription and returns it (with its secret).
@@ -204,6 +237,8 @@ pub struct AgentOptions {
     pub allow_targets: Option<Vec<ipnet::IpNet>>,
     /// Attempts in flight across all subscriptions (default 256).
     pub max_in_flight: Option<usize>,
+    /// The token the agent presents to the control plane.
+    pub control_plane_token: Option<String>,
 }
 
 /// An agent running in-process.
@@ -225,6 +260,11 @@ impl Agent {
         let addr = listener.local_addr()?;
         let config = herald_agent::Config {
             control_plane: vec![control_plane.to_owned()],
+            control_plane_token: options
+                .control_plane_token
+                .as_deref()
+                .map(herald_proto::bearer::Bearer::parse)
+                .transpose()?,
             listen: ListenAddr::Tcp(addr),
             data_dir: dir.path().to_owned(),
             id: None,

@@ -51,6 +51,11 @@ impl SubscriptionsApi for SubscriptionsService {
         &self,
         request: Request<pb::GetSubscriptionRequest>,
     ) -> Result<Response<pb::Subscription>, Status> {
+        if request.get_ref().show_secrets && !crate::auth::may_see_secrets(&request) {
+            return Err(Status::permission_denied(
+                "only the admin role may see secret values (show_secrets)",
+            ));
+        }
         let request = request.into_inner();
         let sub = self.registry.get(&request.id).await?;
         Ok(Response::new(if request.show_secrets {

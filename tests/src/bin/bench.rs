@@ -66,6 +66,7 @@ async fn control_plane(stop: &CancellationToken) -> anyhow::Result<(String, temp
         log_retention: herald_control_plane::DEFAULT_LOG_RETENTION,
         log_max_attempts: herald_control_plane::DEFAULT_LOG_MAX_ATTEMPTS,
         secrets: Default::default(),
+        auth: Default::default(),
     };
     tokio::spawn(herald_control_plane::run(
         config,
@@ -102,6 +103,7 @@ async fn agent(
     let addr = listener.local_addr()?;
     let config = herald_agent::Config {
         control_plane: vec![control_plane.to_owned()],
+        control_plane_token: None,
         listen: ListenAddr::Tcp(addr),
         data_dir: dir.path().to_owned(),
         id: None,
@@ -506,6 +508,7 @@ async fn deliver() -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let config = herald_agent::Config {
         control_plane: vec![cp.clone()],
+        control_plane_token: None,
         listen: ListenAddr::Tcp(addr),
         data_dir: dir.path().to_owned(),
         id: None,
