@@ -79,7 +79,7 @@ pub struct Config {
     #[arg(long, env = "HERALD_ALLOW_TARGETS", value_delimiter = ',', value_parser = herald_core::target::parse_cidr)]
     pub allow_targets: Vec<ipnet::IpNet>,
     /// The largest event payload accepted, in bytes.
-    #[arg(long, env = "HERALD_MAX_PAYLOAD_BYTES", default_value_t = DEFAULT_MAX_PAYLOAD_BYTES)]
+    #[arg(long, env = "HERALD_MAX_PAYLOAD_BYTES", default_value_t = DEFAULT_MAX_PAYLOAD_BYTES, value_parser = herald_core::limits::parse_payload_limit)]
     pub max_payload_bytes: usize,
     /// Attempts in flight at once, across all subscriptions (0 pauses delivery).
     #[arg(long, env = "HERALD_MAX_IN_FLIGHT", default_value_t = 1024)]
@@ -138,9 +138,10 @@ pub async fn run(
     listener: Listener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
-    let id = match &config.id {
-        Some(id) => id.clone(),
-        None => agent_id(&config.data_dir)?,
+    // An empty id (`HERALD_AGENT_ID=`) means none given.
+    let id = match config.id.as_deref().map(str::trim) {
+        Some(id) if !id.is_empty() => id.to_owned(),
+        _ => agent_id(&config.data_dir)?,
     };
     tracing::info!(agent = %id, region = %config.region, listen = %config.listen, "agent starting");
     let policy = TargetPolicy::new(config.allow_http, config.allow_targets.clone());
@@ -206,11 +207,17 @@ pub async fn run(
         },
         stop.clone(),
     );
+    // gRPC's default 4 MiB message limit would cap larger configured payloads silently.
+    let max_message = config
+        .max_payload_bytes
+        .saturating_add(MESSAGE_OVERHEAD)
+        .max(DEFAULT_MAX_MESSAGE);
     let service = EventsServer::new(EmitService::new(
         routes,
         queue.clone(),
         config.max_payload_bytes,
-    ));
+    ))
+    .max_decoding_message_size(max_message);
 
     // Standard health checks (NOT_SERVING once draining) and reflection beside Events.
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -244,11 +251,13 @@ pub async fn run(
         }
     };
     tokio::pin!(server);
+    herald_core::daemon::notify_ready();
     tokio::select! {
         result = &mut server => result?,
         () = shutdown => {}
     }
     tracing::info!("shutting down: no new events; finishing attempts in flight");
+    herald_core::daemon::notify_stopping();
     health.set_not_serving::<EventsServer<EmitService>>().await;
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
@@ -272,6 +281,11 @@ pub async fn run(
     background.close();
     Ok(())
 }
+
+/// gRPC's usual limit on one request message.
+const DEFAULT_MAX_MESSAGE: usize = 4 << 20;
+/// Room in an `Emit` request for the event's fields besides its payload.
+const MESSAGE_OVERHEAD: usize = 64 << 10;
 
 /// How often events past retention are removed.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);

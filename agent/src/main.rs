@@ -12,6 +12,14 @@ use herald_core::shutdown::signal;
 struct Args {
     #[command(flatten)]
     config: Config,
+    #[command(flatten)]
+    logging: daemon::Logging,
+}
+
+impl daemon::DaemonArgs for Args {
+    fn logging(&self) -> &daemon::Logging {
+        &self.logging
+    }
 }
 
 #[tokio::main]

@@ -131,13 +131,20 @@ pub async fn run(
         ),
     }
     let keyring = Arc::new(config.secrets.load(&config.data_dir)?);
-    let store = if config.etcd.is_empty() {
+    // `HERALD_ETCD=` (empty) means no etcd, as leaving it out does.
+    let etcd: Vec<String> = config
+        .etcd
+        .iter()
+        .map(|e| e.trim().to_owned())
+        .filter(|e| !e.is_empty())
+        .collect();
+    let store = if etcd.is_empty() {
         let dir = config.data_dir.join("config");
         tracing::info!(dir = %dir.display(), "using the embedded config store (no --etcd given)");
         Store::embedded(&dir).await?
     } else {
-        tracing::info!(endpoints = ?config.etcd, "using etcd");
-        Store::etcd(&config.etcd).await?
+        tracing::info!(endpoints = ?etcd, "using etcd");
+        Store::etcd(&etcd).await?
     };
     let log = AttemptLog::open(&config.data_dir)?;
     let stop = CancellationToken::new();
@@ -207,6 +214,7 @@ pub async fn run(
             stop.clone().cancelled_owned(),
         );
     tracing::info!(addr = %config.listen, "control plane serving");
+    herald_core::daemon::notify_ready();
 
     tokio::pin!(server);
     tokio::select! {
@@ -214,8 +222,21 @@ pub async fn run(
         () = shutdown => {}
     }
     tracing::info!("shutting down: draining calls and streams");
+    herald_core::daemon::notify_stopping();
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    health_reporter
+        .set_not_serving::<SubscriptionsServer<grpc::SubscriptionsService>>()
+        .await;
+    health_reporter
+        .set_not_serving::<DeliveriesServer<grpc::DeliveriesService>>()
+        .await;
+    health_reporter
+        .set_not_serving::<AgentsServer<grpc::AgentsService>>()
+        .await;
+    health_reporter
+        .set_not_serving::<AgentControlServer<grpc::AgentControlService>>()
         .await;
     stop.cancel();
     match tokio::time::timeout(config.shutdown_grace, server).await {

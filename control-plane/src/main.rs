@@ -11,11 +11,28 @@ use herald_core::shutdown::signal;
 struct Args {
     #[command(flatten)]
     config: Config,
+    #[command(flatten)]
+    logging: daemon::Logging,
+}
+
+impl daemon::DaemonArgs for Args {
+    fn logging(&self) -> &daemon::Logging {
+        &self.logging
+    }
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     daemon::main("control plane", |args: Args| async move {
+        // Unusable tokens or keys are configuration errors (exit 64): restarting will not help.
+        args.config
+            .auth
+            .load()
+            .map_err(|err| Failure::Usage(format!("auth tokens are not usable: {err}")))?;
+        args.config
+            .secrets
+            .load(&args.config.data_dir)
+            .map_err(|err| Failure::Usage(format!("secrets keyring is not usable: {err}")))?;
         let listen = args.config.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await

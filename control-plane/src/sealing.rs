@@ -36,7 +36,12 @@ pub struct KeyringSource {
     pub secrets_key_file: Option<PathBuf>,
     /// The keyring itself, in the same format (prefer the environment variable: flags show in
     /// process listings).
-    #[arg(long, env = "HERALD_SECRETS_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "HERALD_SECRETS_KEY",
+        hide_env_values = true,
+        conflicts_with = "secrets_key_file"
+    )]
     pub secrets_key: Option<String>,
 }
 

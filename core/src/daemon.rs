@@ -1,6 +1,8 @@
 //! What every Herald daemon does around its real work, written once: parse flags (a bad value
-//! exits with code 64, `EX_USAGE`, after clap's message), log to stderr filtered by `RUST_LOG`,
-//! and turn the outcome of `run` into an exit code.
+//! exits with code 64, `EX_USAGE`, after clap's message), log to stderr filtered by `RUST_LOG`
+//! (human-readable, or JSON lines with `--log-format json`), tell systemd when the service is
+//! ready and when it is stopping (`Type=notify`), and turn the outcome of `run` into an exit
+//! code.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -9,11 +11,35 @@ use std::process::ExitCode;
 /// The exit code for bad configuration.
 pub const EXIT_USAGE: u8 = 64;
 
+/// How a daemon writes its logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// The logging flags every daemon takes.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Logging {
+    /// Log format: text for people, json for collectors. Levels come from RUST_LOG.
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// A daemon's command line: its flags include [`Logging`].
+pub trait DaemonArgs: clap::Parser {
+    /// The logging flags.
+    fn logging(&self) -> &Logging;
+}
+
 /// Parses `T` from the command line and environment, sets up logs, and runs `body`; a failure
 /// is logged and exits 1, bad flags exit 64.
 pub async fn main<T, F, Fut, E>(name: &str, body: F) -> ExitCode
 where
-    T: clap::Parser,
+    T: DaemonArgs,
     F: FnOnce(T) -> Fut,
     Fut: Future<Output = Result<(), Failure<E>>>,
     E: Display,
@@ -26,7 +52,7 @@ where
             return ExitCode::from(code);
         }
     };
-    init_logs("info");
+    init_logs_as("info", args.logging().log_format);
     match body(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(message)) => {
@@ -48,12 +74,40 @@ pub enum Failure<E> {
     Run(E),
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (else `default`).
+/// Logs human-readable lines to stderr, filtered by `RUST_LOG` (else `default`).
 pub fn init_logs(default: &str) {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default.into()),
-        )
-        .init();
+    init_logs_as(default, LogFormat::Text);
+}
+
+/// Logs to stderr in `format`, filtered by `RUST_LOG` (else `default`).
+pub fn init_logs_as(default: &str, format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
+}
+
+/// Tells the service manager the daemon serves (systemd `Type=notify`; nothing happens when
+/// the daemon was not started by one).
+pub fn notify_ready() {
+    notify(&[sd_notify::NotifyState::Ready]);
+}
+
+/// Tells the service manager the daemon is draining.
+pub fn notify_stopping() {
+    notify(&[sd_notify::NotifyState::Stopping]);
+}
+
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(err) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %err, "cannot notify the service manager");
+    }
 }

@@ -22,6 +22,22 @@ pub const MAX_HEADERS: usize = 32;
 pub const MAX_HEADER_VALUE_LEN: usize = 1024;
 /// Default largest event payload; operators may configure another limit.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+/// The largest payload limit an operator may configure: webhooks far beyond this belong in a
+/// link to the data, not in the request.
+pub const MAX_PAYLOAD_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Parses a configured payload limit (1 byte to [`MAX_PAYLOAD_LIMIT`]).
+pub fn parse_payload_limit(text: &str) -> Result<usize, String> {
+    let bytes: usize = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of bytes"))?;
+    if (1..=MAX_PAYLOAD_LIMIT).contains(&bytes) {
+        Ok(bytes)
+    } else {
+        Err(format!("must be 1 to {MAX_PAYLOAD_LIMIT} bytes"))
+    }
+}
 /// Most attributes one event may carry.
 pub const MAX_ATTRIBUTES: usize = 32;
 /// Longest attribute key.
@@ -32,3 +48,17 @@ pub const MAX_ATTRIBUTE_VALUE_LEN: usize = 1024;
 pub const MAX_ORDERING_KEY_LEN: usize = 256;
 /// Most labels one subscription may carry.
 pub const MAX_LABELS: usize = 32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_limits_are_bounded() {
+        assert_eq!(parse_payload_limit("262144"), Ok(262_144));
+        assert_eq!(parse_payload_limit("16777216"), Ok(MAX_PAYLOAD_LIMIT));
+        assert!(parse_payload_limit("0").is_err());
+        assert!(parse_payload_limit("16777217").is_err());
+        assert!(parse_payload_limit("1MiB").is_err());
+    }
+}

@@ -92,7 +92,11 @@ impl ControlPlane {
             shutdown_grace: GRACE,
             log_retention: herald_control_plane::DEFAULT_LOG_RETENTION,
             log_max_attempts: herald_control_plane::DEFAULT_LOG_MAX_ATTEMPTS,
-            secrets: Default::default(),
+            // Replicas on one etcd share one keyring, as they must in production.
+            secrets: herald_control_plane::sealing::KeyringSource {
+                secrets_key: Some(shared_keyring().to_owned()),
+                secrets_key_file: None,
+            },
             auth: Default::default(),
         };
         configure(&mut config);
@@ -222,6 +226,15 @@ impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// The keyring every control plane of this test process seals secrets with, made once.
+fn shared_keyring() -> &'static str {
+    static KEYRING: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEYRING.get_or_init(|| {
+        herald_control_plane::sealing::Keyring::generate_entry("test")
+            .expect("randomness for a test key")
+    })
 }
 
 /// Agent settings a test may change.

@@ -130,3 +130,72 @@ async fn free_port() -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     Ok(listener.local_addr()?)
 }
+
+/// What a daemon did when run the way systemd runs a `Type=notify` service.
+#[derive(Debug)]
+pub struct ServiceRun {
+    /// The messages it sent to `NOTIFY_SOCKET`, in order (`READY=1`, `STOPPING=1`, …).
+    pub notifications: Vec<String>,
+    /// Everything it wrote to stderr (its logs).
+    pub stderr: String,
+    /// Its exit code after SIGTERM.
+    pub exit: Option<i32>,
+}
+
+/// Runs `binary` with `args` (and `RUST_LOG=info`) as a `Type=notify` service: waits for
+/// `READY=1` on a notify socket, sends SIGTERM, and collects what it said until it exits.
+#[cfg(unix)]
+pub async fn run_as_service(binary: &Path, args: &[&str]) -> anyhow::Result<ServiceRun> {
+    use tokio::io::AsyncReadExt as _;
+    let dir = tempfile::tempdir()?;
+    let socket_path = dir.path().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&socket_path)?;
+    let mut child = Command::new(binary)
+        .args(args)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let mut stderr = child.stderr.take().context("stderr is piped")?;
+    let reading = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    let mut notifications = Vec::new();
+    let mut buffer = vec![0u8; 4096];
+    let receive = |notifications: &mut Vec<String>, n: usize, buffer: &[u8]| {
+        notifications.extend(
+            String::from_utf8_lossy(&buffer[..n])
+                .lines()
+                .map(str::to_owned),
+        );
+    };
+    while !notifications.iter().any(|n| n == "READY=1") {
+        let n = tokio::time::timeout(Duration::from_secs(30), socket.recv(&mut buffer))
+            .await
+            .context("no READY=1 within 30 s")??;
+        receive(&mut notifications, n, &buffer);
+    }
+    let pid = child.id().context("the daemon has a pid")?;
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await?;
+    anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .context("the daemon did not exit within 30 s of SIGTERM")??;
+    while let Ok(n) = socket.try_recv(&mut buffer) {
+        receive(&mut notifications, n, &buffer);
+    }
+    Ok(ServiceRun {
+        notifications,
+        stderr: reading.await?,
+        exit: status.code(),
+    })
+}

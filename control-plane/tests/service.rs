@@ -1,0 +1,35 @@
+//! The control plane as systemd runs it: it says when it is ready and when it stops, and
+//! writes JSON logs when asked.
+
+use herald_tests::run_as_service;
+
+#[tokio::test]
+async fn the_control_plane_notifies_readiness_and_logs_json_lines() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().display().to_string();
+    let run = run_as_service(
+        env!("CARGO_BIN_EXE_herald-control-plane").as_ref(),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data,
+            "--log-format",
+            "json",
+        ],
+    )
+    .await?;
+    assert_eq!(run.exit, Some(0), "{}", run.stderr);
+    assert_eq!(run.notifications, ["READY=1", "STOPPING=1"]);
+    let lines: Vec<&str> = run.stderr.lines().filter(|l| !l.is_empty()).collect();
+    assert!(lines.len() >= 2, "{}", run.stderr);
+    for line in lines {
+        let entry: serde_json::Value = serde_json::from_str(line)
+            .map_err(|err| anyhow::anyhow!("not a JSON log line: {line}: {err}"))?;
+        assert!(
+            entry["level"].is_string() && entry["fields"].is_object(),
+            "{line}"
+        );
+    }
+    Ok(())
+}
