@@ -11,6 +11,7 @@ pub mod config_watch;
 pub mod control_plane;
 pub mod delivery;
 pub mod emit;
+pub mod emit_access;
 pub mod listen;
 pub mod queue;
 pub mod reporter;
@@ -103,6 +104,9 @@ pub struct Config {
     /// How long shutdown waits for attempts in flight and report flushing.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// Who may call Emit.
+    #[command(flatten)]
+    pub emit_access: emit_access::EmitAccess,
 }
 
 /// Why the agent stopped.
@@ -212,12 +216,15 @@ pub async fn run(
         .max_payload_bytes
         .saturating_add(MESSAGE_OVERHEAD)
         .max(DEFAULT_MAX_MESSAGE);
-    let service = EventsServer::new(EmitService::new(
-        routes,
-        queue.clone(),
-        config.max_payload_bytes,
-    ))
-    .max_decoding_message_size(max_message);
+    let service = tonic::service::interceptor::InterceptedService::new(
+        EventsServer::new(EmitService::new(
+            routes,
+            queue.clone(),
+            config.max_payload_bytes,
+        ))
+        .max_decoding_message_size(max_message),
+        config.emit_access.interceptor(),
+    );
 
     // Standard health checks (NOT_SERVING once draining) and reflection beside Events.
     let (health, health_service) = tonic_health::server::health_reporter();

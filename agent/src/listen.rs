@@ -47,8 +47,9 @@ pub enum Listener {
 }
 
 impl Listener {
-    /// Binds `addr`; a stale Unix socket file left by a previous run is replaced.
-    pub async fn bind(addr: &ListenAddr) -> std::io::Result<Listener> {
+    /// Binds `addr`; a stale Unix socket file left by a previous run is replaced, and a new
+    /// socket gets file mode `socket_mode`.
+    pub async fn bind(addr: &ListenAddr, socket_mode: u32) -> std::io::Result<Listener> {
         match addr {
             ListenAddr::Tcp(addr) => Ok(Listener::Tcp(tokio::net::TcpListener::bind(addr).await?)),
             #[cfg(unix)]
@@ -56,7 +57,10 @@ impl Listener {
                 if path.exists() {
                     std::fs::remove_file(path)?;
                 }
-                Ok(Listener::Unix(tokio::net::UnixListener::bind(path)?))
+                let listener = tokio::net::UnixListener::bind(path)?;
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(socket_mode))?;
+                Ok(Listener::Unix(listener))
             }
             #[cfg(not(unix))]
             ListenAddr::Unix(_) => Err(std::io::Error::other("unix sockets need a unix system")),
@@ -80,5 +84,19 @@ mod tests {
         );
         assert!("unix:".parse::<ListenAddr>().is_err());
         assert!("localhost".parse::<ListenAddr>().is_err());
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_unix_socket_gets_the_configured_mode() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        // A stale socket file from an earlier run is replaced.
+        std::fs::write(&path, b"").unwrap();
+        let addr = ListenAddr::Unix(path.clone());
+        let _listener = Listener::bind(&addr, 0o660).await.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o660);
     }
 }

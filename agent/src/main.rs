@@ -26,7 +26,11 @@ impl daemon::DaemonArgs for Args {
 async fn main() -> std::process::ExitCode {
     daemon::main("agent", |args: Args| async move {
         let listen = &args.config.listen;
-        let listener = Listener::bind(listen)
+        args.config
+            .emit_access
+            .check(listen)
+            .map_err(Failure::Usage)?;
+        let listener = Listener::bind(listen, args.config.emit_access.socket_mode)
             .await
             .map_err(|err| Failure::Usage(format!("listen={listen} is not usable: {err}")))?;
         run(args.config, listener, signal())

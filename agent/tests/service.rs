@@ -36,3 +36,27 @@ async fn the_agent_notifies_readiness_and_logs_json_lines() -> anyhow::Result<()
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn listening_beyond_loopback_needs_the_flag_and_a_token() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().display().to_string();
+    let agent = |extra: &[&str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-agent"));
+        command
+            .args(["--listen", "0.0.0.0:0", "--data-dir", &data])
+            .args(extra)
+            .env_remove("HERALD_ALLOW_REMOTE_EMIT")
+            .env_remove("HERALD_EMIT_TOKEN");
+        command.output()
+    };
+    let refused = agent(&[]).await?;
+    assert_eq!(refused.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--allow-remote-emit"), "{stderr}");
+    let refused = agent(&["--allow-remote-emit"]).await?;
+    assert_eq!(refused.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--emit-token is required"), "{stderr}");
+    Ok(())
+}

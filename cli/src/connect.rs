@@ -61,7 +61,8 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
         }
         tonic::Code::Unauthenticated => {
             return anyhow::anyhow!(
-                "unauthenticated: {} (pass --token TOKEN or set HERALD_TOKEN)",
+                "unauthenticated: {} (pass --token or HERALD_TOKEN for the control plane, \
+                 --agent-token or HERALD_AGENT_TOKEN for the agent)",
                 status.message()
             );
         }

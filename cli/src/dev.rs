@@ -96,6 +96,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_queue_bytes: 1 << 30,
         fsync: true,
         shutdown_grace: GRACE,
+        emit_access: Default::default(),
     };
     let agent = tokio::spawn(herald_agent::run(
         agent_config,

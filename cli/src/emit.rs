@@ -5,7 +5,7 @@ use herald_proto::v1 as pb;
 use herald_proto::v1::events_client::EventsClient;
 use serde_json::json;
 
-use crate::connect::{channel, status_error};
+use crate::connect::{Server, status_error};
 use crate::output::{self, Format};
 
 /// The largest `@file` payload read (the agent enforces its own, possibly lower, limit).
@@ -30,7 +30,7 @@ pub struct Args {
     ordering_key: String,
 }
 
-pub async fn run(args: Args, agent: &str, format: Format) -> anyhow::Result<()> {
+pub async fn run(args: Args, agent: &Server, format: Format) -> anyhow::Result<()> {
     let payload = match args.data.strip_prefix('@') {
         Some("-") => {
             let mut buf = Vec::new();
@@ -52,7 +52,7 @@ pub async fn run(args: Args, agent: &str, format: Format) -> anyhow::Result<()> 
         }
         None => args.data.into_bytes(),
     };
-    let mut client = EventsClient::new(channel(agent).await?);
+    let mut client = EventsClient::new(agent.channel().await?);
     let response = client
         .emit(pb::EmitRequest {
             event: Some(pb::Event {

@@ -39,6 +39,9 @@ struct Cli {
     /// API token for the control plane (roles: read, admin).
     #[arg(long, global = true, env = "HERALD_TOKEN", hide_env_values = true, value_parser = herald_proto::bearer::Bearer::parse)]
     token: Option<herald_proto::bearer::Bearer>,
+    /// Token for the agent's Emit, when the agent requires one.
+    #[arg(long, global = true, env = "HERALD_AGENT_TOKEN", hide_env_values = true, value_parser = herald_proto::bearer::Bearer::parse)]
+    agent_token: Option<herald_proto::bearer::Bearer>,
     /// Output format.
     #[arg(short = 'o', long, global = true, env = "HERALD_OUTPUT", value_enum, default_value_t = Format::Table)]
     output: Format,
@@ -74,7 +77,13 @@ async fn main() -> std::process::ExitCode {
         Command::Subscription(cmd) => subscription::run(cmd, &control_plane, cli.output).await,
         Command::Deliveries(cmd) => deliveries::run(cmd, &control_plane, cli.output).await,
         Command::Agents(cmd) => agents::run(cmd, &control_plane, cli.output).await,
-        Command::Emit(args) => emit::run(args, &cli.agent, cli.output).await,
+        Command::Emit(args) => {
+            let agent = Server {
+                url: cli.agent,
+                bearer: cli.agent_token.unwrap_or_default(),
+            };
+            emit::run(args, &agent, cli.output).await
+        }
         Command::Dev(args) => dev::run(args).await,
     };
     match result {

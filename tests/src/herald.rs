@@ -252,6 +252,8 @@ pub struct AgentOptions {
     pub max_in_flight: Option<usize>,
     /// The token the agent presents to the control plane.
     pub control_plane_token: Option<String>,
+    /// The token Emit callers must present.
+    pub emit_token: Option<String>,
 }
 
 /// An agent running in-process.
@@ -294,6 +296,10 @@ impl Agent {
             max_queue_bytes: 1 << 30,
             fsync: true,
             shutdown_grace: GRACE,
+            emit_access: herald_agent::emit_access::EmitAccess {
+                emit_token: options.emit_token,
+                ..Default::default()
+            },
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(herald_agent::run(

@@ -120,6 +120,7 @@ async fn agent(
         max_queue_bytes: u64::MAX,
         fsync,
         shutdown_grace: Duration::from_secs(1),
+        emit_access: Default::default(),
     };
     tokio::spawn(herald_agent::run(
         config,
@@ -525,6 +526,7 @@ async fn deliver() -> anyhow::Result<()> {
         max_queue_bytes: u64::MAX,
         fsync: true,
         shutdown_grace: Duration::from_secs(1),
+        emit_access: Default::default(),
     };
     tokio::spawn(herald_agent::run(
         config,

@@ -149,3 +149,39 @@ async fn an_agent_with_its_token_gets_config_and_delivers() -> anyhow::Result<()
         .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_agent_with_an_emit_token_refuses_callers_without_it() -> anyhow::Result<()> {
+    const EMIT: &str = "emit-5c2e8a1f7b3d9e4a";
+    let control_plane = ControlPlane::start(ConfigStore::Embedded).await?;
+    let agent = Agent::start(
+        control_plane.url(),
+        AgentOptions {
+            emit_token: Some(EMIT.into()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let request = || pb::EmitRequest {
+        event: Some(event("shop-1", "order.created", &serde_json::json!({}))),
+    };
+    let url = agent.url().to_owned();
+    let events = |token: Option<&str>| {
+        let (token, url) = (token.map(str::to_owned), url.clone());
+        async move {
+            anyhow::Ok(pb::events_client::EventsClient::new(
+                Bearer::new(token.as_deref())?.wrap(connect(&url).await?),
+            ))
+        }
+    };
+    let missing = events(None).await?.emit(request()).await.unwrap_err();
+    assert_eq!(missing.code(), Code::Unauthenticated);
+    let wrong = events(Some("emit-0000000000000000"))
+        .await?
+        .emit(request())
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+    events(Some(EMIT)).await?.emit(request()).await?;
+    Ok(())
+}
