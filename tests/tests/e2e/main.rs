@@ -3,6 +3,7 @@
 
 mod auth;
 mod delivery;
+mod deploy;
 mod discovery;
 mod durability;
 mod engine;
