@@ -16,6 +16,7 @@ use herald_proto::v1::events_server::Events;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use crate::metrics::Metrics;
 use crate::queue::{NewEvent, Queue};
 use crate::routes::Routes;
 
@@ -27,6 +28,7 @@ pub struct EmitService {
     routes: watch::Receiver<Arc<Routes>>,
     queue: Queue,
     max_payload_bytes: usize,
+    metrics: Metrics,
 }
 
 impl EmitService {
@@ -35,11 +37,13 @@ impl EmitService {
         routes: watch::Receiver<Arc<Routes>>,
         queue: Queue,
         max_payload_bytes: usize,
+        metrics: Metrics,
     ) -> Self {
         EmitService {
             routes,
             queue,
             max_payload_bytes,
+            metrics,
         }
     }
 
@@ -85,6 +89,9 @@ impl EmitService {
             .collect();
         let ids: Vec<String> = prepared.iter().map(|e| e.event.id.clone()).collect();
         let accepted = self.queue.accept(prepared).await?;
+        let duplicates = accepted.iter().filter(|a| a.duplicate).count() as u64;
+        self.metrics
+            .emitted(accepted.len() as u64 - duplicates, duplicates);
         Ok(ids
             .into_iter()
             .zip(accepted)

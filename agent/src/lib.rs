@@ -13,11 +13,13 @@ pub mod delivery;
 pub mod emit;
 pub mod emit_access;
 pub mod listen;
+pub mod metrics;
 pub mod queue;
 pub mod reporter;
 pub mod routes;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +36,7 @@ use crate::control_plane::ControlPlane;
 use crate::delivery::{Dispatcher, DispatcherParts};
 use crate::emit::EmitService;
 use crate::listen::{ListenAddr, Listener};
+use crate::metrics::Metrics;
 use crate::queue::{Queue, QueueConfig};
 
 /// The default `Emit` listen address.
@@ -107,6 +110,9 @@ pub struct Config {
     /// Who may call Emit.
     #[command(flatten)]
     pub emit_access: emit_access::EmitAccess,
+    /// Address of the Prometheus endpoint (`GET /metrics`); none by default.
+    #[arg(long, env = "HERALD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Why the agent stopped.
@@ -130,6 +136,14 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The metrics endpoint could not listen.
+    #[error("metrics-listen={addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The reflection service could not be built from the API's descriptors.
     #[error("grpc reflection: {0}")]
     Reflection(#[from] herald_proto::discovery::ReflectionError),
@@ -165,6 +179,7 @@ pub async fn run(
         config.control_plane_token.clone().unwrap_or_default(),
     );
     let stop = CancellationToken::new();
+    let metrics = Metrics::default();
     let cached = config_cache::load(&config.data_dir);
     if let Some(routes) = &cached {
         tracing::info!(
@@ -208,9 +223,25 @@ pub async fn run(
             agent_id: id,
             policy,
             max_in_flight: config.max_in_flight,
+            metrics: metrics.clone(),
         },
         stop.clone(),
     );
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Metrics { addr, source })?;
+        tracing::info!(%addr, "serving metrics");
+        let (queue, routes, metrics) = (queue.clone(), routes.clone(), metrics.clone());
+        let metrics_stop = reports_stop.clone();
+        let render = move || metrics.render(&queue, routes.borrow().revision);
+        background.spawn(async move {
+            let shutdown = metrics_stop.cancelled_owned();
+            if let Err(err) = herald_core::metrics::serve(listener, render, shutdown).await {
+                tracing::warn!(error = %err, "metrics endpoint failed");
+            }
+        });
+    }
     // gRPC's default 4 MiB message limit would cap larger configured payloads silently.
     let max_message = config
         .max_payload_bytes
@@ -221,6 +252,7 @@ pub async fn run(
             routes,
             queue.clone(),
             config.max_payload_bytes,
+            metrics,
         ))
         .max_decoding_message_size(max_message),
         config.emit_access.interceptor(),

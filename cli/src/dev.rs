@@ -71,6 +71,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         log_max_attempts: herald_control_plane::DEFAULT_LOG_MAX_ATTEMPTS,
         secrets: Default::default(),
         auth: Default::default(),
+        metrics_listen: None,
     };
     let control_plane = tokio::spawn(herald_control_plane::run(
         cp_config,
@@ -97,6 +98,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         fsync: true,
         shutdown_grace: GRACE,
         emit_access: Default::default(),
+        metrics_listen: None,
     };
     let agent = tokio::spawn(herald_agent::run(
         agent_config,

@@ -70,6 +70,14 @@ impl Fleet {
         }
     }
 
+    /// Config streams open on this replica.
+    pub fn streams(&self) -> usize {
+        self.lock()
+            .values()
+            .map(|entry| entry.streams as usize)
+            .sum()
+    }
+
     /// Every known agent, with the current revision filled in.
     pub fn list(&self, current_revision: i64) -> Vec<pb::AgentInfo> {
         self.lock()

@@ -19,6 +19,7 @@ use herald_proto::v1 as pb;
 use prost::Message;
 
 use crate::keys;
+use crate::metrics::{DisableReason, Metrics};
 use crate::store::{Compare, Op, Store, Txn, TxnOutcome};
 use crate::subscriptions::{SubscriptionError, Subscriptions};
 
@@ -30,12 +31,17 @@ const MAX_CAS_ATTEMPTS: usize = 16;
 pub struct Health {
     store: Store,
     registry: Subscriptions,
+    metrics: Metrics,
 }
 
 impl Health {
-    /// Health over `store`, disabling through `registry`.
-    pub fn new(store: Store, registry: Subscriptions) -> Self {
-        Health { store, registry }
+    /// Health over `store`, disabling through `registry` (counted in `metrics`).
+    pub fn new(store: Store, registry: Subscriptions, metrics: Metrics) -> Self {
+        Health {
+            store,
+            registry,
+            metrics,
+        }
     }
 
     /// Counts newly stored attempts into their subscriptions' records, and disables those whose
@@ -157,6 +163,7 @@ impl Health {
         let reason = format!("auto: {} consecutive failures", health.consecutive_failures);
         match self.registry.disable_if_enabled(id, &reason).await {
             Ok(Some(_)) => {
+                self.metrics.disabled(DisableReason::failures);
                 tracing::warn!(subscription = %id, failures = health.consecutive_failures, last_error = %health.last_error, "endpoint keeps failing; subscription disabled");
             }
             Ok(None) => {}

@@ -36,6 +36,8 @@ pub struct Change {
     pub removals: Vec<String>,
     /// The hub re-listed the store: streams must send a fresh snapshot, not a delta.
     pub resync: bool,
+    /// When the hub saw the change (the start of its convergence time).
+    pub seen_at: tokio::time::Instant,
 }
 
 /// All subscriptions at one revision.
@@ -140,6 +142,7 @@ impl ConfigHub {
                     upserts: vec![],
                     removals: vec![],
                     resync: true,
+                    seen_at: tokio::time::Instant::now(),
                 }));
             }
         }
@@ -152,6 +155,7 @@ impl ConfigHub {
                 upserts: vec![],
                 removals: vec![],
                 resync: false,
+                seen_at: tokio::time::Instant::now(),
             };
             for event in batch.events {
                 match event {

@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod health;
 pub mod hub;
 pub mod keys;
+pub mod metrics;
 pub mod sealing;
 pub mod store;
 pub mod subscriptions;
@@ -79,6 +80,9 @@ pub struct Config {
     /// The API tokens and their roles.
     #[command(flatten)]
     pub auth: TokenSource,
+    /// Address of the Prometheus endpoint (`GET /metrics`); none by default.
+    #[arg(long, env = "HERALD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// How long the delivery log keeps attempts by default: 30 days.
@@ -101,6 +105,14 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The metrics endpoint could not listen.
+    #[error("metrics-listen={addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The API tokens could not be loaded.
     #[error(transparent)]
     Auth(#[from] AuthError),
@@ -168,7 +180,22 @@ pub async fn run(
             "signing secrets resealed with the current key"
         );
     }
-    let health = Health::new(store, registry.clone());
+    let metrics = metrics::Metrics::default();
+    let health = Health::new(store, registry.clone(), metrics.clone());
+    if let Some(addr) = config.metrics_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Metrics { addr, source })?;
+        tracing::info!(%addr, "serving metrics");
+        let (hub, fleet, metrics) = (hub.clone(), fleet.clone(), metrics.clone());
+        let render = move || metrics.render(fleet.streams(), hub.revision());
+        let shutdown = stop.clone().cancelled_owned();
+        tokio::spawn(async move {
+            if let Err(err) = herald_core::metrics::serve(listener, render, shutdown).await {
+                tracing::warn!(error = %err, "metrics endpoint failed");
+            }
+        });
+    }
     // Standard health checks (NOT_SERVING once draining) and reflection beside the API.
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -207,6 +234,7 @@ pub async fn run(
             log,
             registry,
             health,
+            metrics,
             stop.clone(),
         )))
         .serve_with_incoming_shutdown(

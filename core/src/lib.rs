@@ -18,6 +18,7 @@ pub mod event_type;
 pub mod format;
 pub mod ids;
 pub mod limits;
+pub mod metrics;
 pub mod retry;
 pub mod shutdown;
 pub mod signing;

@@ -98,6 +98,7 @@ impl ControlPlane {
                 secrets_key_file: None,
             },
             auth: Default::default(),
+            metrics_listen: None,
         };
         configure(&mut config);
         let stop = CancellationToken::new();
@@ -254,6 +255,8 @@ pub struct AgentOptions {
     pub control_plane_token: Option<String>,
     /// The token Emit callers must present.
     pub emit_token: Option<String>,
+    /// Where the agent serves `/metrics`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// An agent running in-process.
@@ -300,6 +303,7 @@ impl Agent {
                 emit_token: options.emit_token,
                 ..Default::default()
             },
+            metrics_listen: options.metrics_listen,
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(herald_agent::run(

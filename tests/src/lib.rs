@@ -24,7 +24,7 @@ pub mod world;
 
 pub use etcd::Etcd;
 pub use herald::{Agent, AgentOptions, ConfigStore, ControlPlane, event, subscription};
-pub use process::{AgentProcess, ServiceRun, run_as_service};
+pub use process::{AgentProcess, ServiceRun, free_port, run_as_service};
 pub use receiver::{ReceivedRequest, Receiver, Response};
 pub use tls::TestCa;
 pub use wait::eventually;

@@ -126,7 +126,8 @@ impl AgentProcess {
     }
 }
 
-async fn free_port() -> anyhow::Result<SocketAddr> {
+/// A loopback address with a port free at the time of the call.
+pub async fn free_port() -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     Ok(listener.local_addr()?)
 }

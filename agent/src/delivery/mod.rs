@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use herald_core::retry::{JITTER, jittered};
 use herald_core::subscription::{DEFAULT_MAX_IN_FLIGHT, Subscription};
 use herald_core::target::TargetPolicy;
-use herald_proto::convert::{duration, timestamp};
+use herald_proto::convert::{duration, std_duration, timestamp};
 use herald_proto::v1 as pb;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
@@ -35,6 +35,7 @@ use self::breaker::Breakers;
 use self::classify::{Verdict, classify};
 use self::rate::RateLimits;
 use crate::backoff::unit_random;
+use crate::metrics::Metrics;
 use crate::queue::{Next, Queue, Task, now_ms, to_ms};
 use crate::routes::Routes;
 
@@ -66,6 +67,7 @@ struct Inner {
     rates: RateLimits,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    metrics: Metrics,
 }
 
 /// What a dispatcher needs.
@@ -82,6 +84,8 @@ pub struct DispatcherParts {
     pub policy: TargetPolicy,
     /// Attempts in flight at most (0 pauses delivery; events are still accepted).
     pub max_in_flight: usize,
+    /// Where attempts are counted.
+    pub metrics: Metrics,
 }
 
 impl Dispatcher {
@@ -100,6 +104,7 @@ impl Dispatcher {
                 max_in_flight: parts.max_in_flight,
                 tasks: TaskTracker::new(),
                 shutdown,
+                metrics: parts.metrics,
             }),
         };
         let scheduler = dispatcher.inner.clone();
@@ -229,6 +234,12 @@ impl Inner {
         let number = task.attempts + 1;
         let (next, report) = self.attempt(&task, number).await;
         drop(permit);
+        let took = report
+            .duration
+            .as_ref()
+            .and_then(std_duration)
+            .unwrap_or_default();
+        self.metrics.attempt(report.outcome(), took);
         if let Err(err) = self.queue.complete(task, next, report).await {
             tracing::error!(error = %err, "cannot record an attempt");
         }

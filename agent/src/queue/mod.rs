@@ -182,7 +182,23 @@ pub enum Next {
     RetryAt(u64),
 }
 
-/// A stored event.
+/// How full the queue is (see [`Queue::stats`]).
+#[derive(Clone, Debug)]
+pub struct QueueStats {
+    /// Events held: pending, and delivered ones kept for the retention period.
+    pub events: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+    /// Deliveries not finished yet (in flight, due, or waiting for a retry).
+    pub pending_deliveries: u64,
+    /// Attempt reports not yet acknowledged by the control plane.
+    pub pending_reports: u64,
+    /// When the oldest event among the lanes' next deliveries was accepted (ms since the
+    /// epoch); `None` when nothing is pending.
+    pub oldest_pending_accepted_ms: Option<u64>,
+}
+
+/// A stored event and when it was accepted.
 #[derive(Clone, Debug)]
 pub struct StoredEvent {
     /// The event.
@@ -325,6 +341,53 @@ impl Queue {
             .map_err(storage)?
             .len()
             .map_err(storage)
+    }
+
+    /// How full the queue is, for monitoring.
+    pub fn stats(&self) -> Result<QueueStats, QueueError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let meta = txn.open_table(META).map_err(storage)?;
+        let events = meta
+            .get(META_EVENTS)
+            .map_err(storage)?
+            .map_or(0, |v| v.value());
+        let bytes = meta
+            .get(META_BYTES)
+            .map_err(storage)?
+            .map_or(0, |v| v.value());
+        let tasks = txn.open_table(TASKS).map_err(storage)?;
+        let pending = tasks.len().map_err(storage)?;
+        let reports = txn
+            .open_table(OUTBOX)
+            .map_err(storage)?
+            .len()
+            .map_err(storage)?;
+        // The oldest event among each lane's next delivery: one read per lane, not a scan of
+        // the backlog (a lane's later tasks are usually younger than its head).
+        let stored = txn.open_table(EVENTS).map_err(storage)?;
+        let mut oldest_accepted_ms: Option<u64> = None;
+        let mut from = String::new();
+        while let Some(entry) = tasks
+            .range((from.as_str(), 0, 0)..)
+            .map_err(storage)?
+            .next()
+        {
+            let (key, value) = entry.map_err(storage)?;
+            let task = decode_task(key.value(), value.value())?;
+            if let Some(event) = stored.get(task.event_id.as_str()).map_err(storage)? {
+                let accepted = decode_event(event.value())?.0;
+                oldest_accepted_ms = Some(oldest_accepted_ms.map_or(accepted, |o| o.min(accepted)));
+            }
+            // The smallest key after every key of this lane.
+            from = task.subscription_id + "\0";
+        }
+        Ok(QueueStats {
+            events,
+            bytes,
+            pending_deliveries: pending,
+            pending_reports: reports,
+            oldest_pending_accepted_ms: oldest_accepted_ms,
+        })
     }
 
     /// A stored event.

@@ -26,12 +26,15 @@ use crate::attempts::AttemptLog;
 use crate::fleet::Fleet;
 use crate::health::Health;
 use crate::hub::{Change, ConfigHub, Snapshot};
+use crate::metrics::{DisableReason, Metrics};
 use crate::subscriptions::Subscriptions;
 
 /// How long an agent has to say hello after opening its config stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most attempts one report batch may carry.
 pub const MAX_REPORT_BATCH: usize = 1000;
+/// The most unacknowledged changes per stream whose convergence time is measured.
+const MAX_UNACKED_TIMED: usize = 1024;
 /// The most interest entries (tenants plus prefixes) an agent may name.
 const MAX_INTEREST: usize = 1000;
 
@@ -42,6 +45,7 @@ pub struct AgentControlService {
     log: AttemptLog,
     registry: Subscriptions,
     health: Health,
+    metrics: Metrics,
     shutdown: CancellationToken,
 }
 
@@ -53,6 +57,7 @@ impl AgentControlService {
         log: AttemptLog,
         registry: Subscriptions,
         health: Health,
+        metrics: Metrics,
         shutdown: CancellationToken,
     ) -> Self {
         AgentControlService {
@@ -61,6 +66,7 @@ impl AgentControlService {
             log,
             registry,
             health,
+            metrics,
             shutdown,
         }
     }
@@ -89,26 +95,22 @@ impl AgentControl for AgentControlService {
             ));
         };
         let interest = Interest::new(&hello)?;
-        let (hub, fleet, shutdown) = (self.hub.clone(), self.fleet.clone(), self.shutdown.clone());
+        let shared = Shared {
+            hub: self.hub.clone(),
+            fleet: self.fleet.clone(),
+            metrics: self.metrics.clone(),
+            shutdown: self.shutdown.clone(),
+        };
         tokio::select! {
-            () = hub.ready() => {}
-            () = shutdown.cancelled() => return Err(Status::unavailable("shutting down")),
+            () = shared.hub.ready() => {}
+            () = shared.shutdown.cancelled() => return Err(Status::unavailable("shutting down")),
         }
-        fleet.connected(&hello);
+        shared.fleet.connected(&hello);
         tracing::info!(agent = %hello.agent_id, region = %hello.region, "agent connected");
         let agent = hello.agent_id;
         let stream = async_stream(move |tx| async move {
-            follow(
-                &hub,
-                &fleet,
-                &agent,
-                &interest,
-                &mut inbound,
-                &tx,
-                &shutdown,
-            )
-            .await;
-            fleet.disconnected(&agent);
+            follow(&shared, &agent, &interest, &mut inbound, &tx).await;
+            shared.fleet.disconnected(&agent);
             tracing::info!(agent = %agent, "agent disconnected");
         });
         Ok(Response::new(stream))
@@ -127,6 +129,7 @@ impl AgentControl for AgentControlService {
             self.health.clone(),
             self.shutdown.clone(),
         );
+        let metrics = self.metrics.clone();
         let stream = async_stream(move |tx| async move {
             loop {
                 let batch = tokio::select! {
@@ -153,7 +156,8 @@ impl AgentControl for AgentControlService {
                         return;
                     }
                 };
-                disable_gone(&registry, &stored);
+                metrics.stored(&stored);
+                disable_gone(&registry, &metrics, &stored);
                 let ack = pb::ReportAck {
                     batch_id: batch.batch_id,
                 };
@@ -173,7 +177,7 @@ impl AgentControl for AgentControlService {
 pub const GONE_REASON: &str = "gone (410)";
 
 /// Disables, in the background, the subscriptions whose receivers answered 410 in `attempts`.
-fn disable_gone(registry: &Subscriptions, attempts: &[Arc<pb::Attempt>]) {
+fn disable_gone(registry: &Subscriptions, metrics: &Metrics, attempts: &[Arc<pb::Attempt>]) {
     let mut gone: Vec<String> = attempts
         .iter()
         .filter(|a| a.status_code == 410)
@@ -182,10 +186,11 @@ fn disable_gone(registry: &Subscriptions, attempts: &[Arc<pb::Attempt>]) {
     gone.sort();
     gone.dedup();
     for id in gone {
-        let registry = registry.clone();
+        let (registry, metrics) = (registry.clone(), metrics.clone());
         tokio::spawn(async move {
             match registry.disable_if_enabled(&id, GONE_REASON).await {
                 Ok(Some(_)) => {
+                    metrics.disabled(DisableReason::gone);
                     tracing::warn!(subscription = %id, "receiver answered 410 Gone; subscription disabled")
                 }
                 Ok(None) => {}
@@ -197,26 +202,47 @@ fn disable_gone(registry: &Subscriptions, attempts: &[Arc<pb::Attempt>]) {
     }
 }
 
+/// What every config stream of this replica shares.
+struct Shared {
+    hub: ConfigHub,
+    fleet: Fleet,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+}
+
 /// Sends the snapshot, then changes, until the agent or the server goes away.
 async fn follow(
-    hub: &ConfigHub,
-    fleet: &Fleet,
+    shared: &Shared,
     agent: &str,
     interest: &Interest,
     inbound: &mut Streaming<pb::ConfigRequest>,
     tx: &mpsc::Sender<Result<pb::ConfigUpdate, Status>>,
-    shutdown: &CancellationToken,
 ) {
+    let Shared {
+        hub,
+        fleet,
+        metrics,
+        shutdown,
+    } = shared;
     let (snapshot, mut changes) = hub.subscribe();
     if tx.send(Ok(interest.snapshot(&snapshot))).await.is_err() {
         return;
     }
+    // Changes sent and not yet acknowledged, oldest first, with when the hub saw them.
+    let mut unacked: std::collections::VecDeque<(i64, tokio::time::Instant)> = Default::default();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             message = inbound.message() => match message {
                 Ok(Some(pb::ConfigRequest { kind: Some(Kind::Ack(ack)) })) => {
                     fleet.acked(agent, ack.revision);
+                    while let Some((revision, seen_at)) = unacked.front().copied() {
+                        if revision > ack.revision {
+                            break;
+                        }
+                        metrics.converged(seen_at.elapsed());
+                        unacked.pop_front();
+                    }
                 }
                 Ok(Some(pb::ConfigRequest { kind: Some(Kind::Nack(nack)) })) => {
                     tracing::warn!(agent, revision = nack.revision, reason = %nack.reason, "agent refused config");
@@ -227,11 +253,18 @@ async fn follow(
             },
             change = changes.recv() => {
                 let update = match change {
-                    Ok(change) if !change.resync => interest.delta(&change),
+                    Ok(change) if !change.resync => {
+                        let delta = interest.delta(&change);
+                        if delta.is_some() && unacked.len() < MAX_UNACKED_TIMED {
+                            unacked.push_back((change.revision, change.seen_at));
+                        }
+                        delta
+                    }
                     Ok(_) | Err(RecvError::Lagged(_)) => {
                         // Re-listed or fell behind: start over from a fresh snapshot.
                         let (snapshot, fresh) = hub.subscribe();
                         changes = fresh;
+                        unacked.clear();
                         Some(interest.snapshot(&snapshot))
                     }
                     Err(RecvError::Closed) => return,

@@ -67,6 +67,7 @@ async fn control_plane(stop: &CancellationToken) -> anyhow::Result<(String, temp
         log_max_attempts: herald_control_plane::DEFAULT_LOG_MAX_ATTEMPTS,
         secrets: Default::default(),
         auth: Default::default(),
+        metrics_listen: None,
     };
     tokio::spawn(herald_control_plane::run(
         config,
@@ -121,6 +122,7 @@ async fn agent(
         fsync,
         shutdown_grace: Duration::from_secs(1),
         emit_access: Default::default(),
+        metrics_listen: None,
     };
     tokio::spawn(herald_agent::run(
         config,
@@ -527,6 +529,7 @@ async fn deliver() -> anyhow::Result<()> {
         fsync: true,
         shutdown_grace: Duration::from_secs(1),
         emit_access: Default::default(),
+        metrics_listen: None,
     };
     tokio::spawn(herald_agent::run(
         config,

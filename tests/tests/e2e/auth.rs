@@ -162,6 +162,10 @@ async fn an_agent_with_an_emit_token_refuses_callers_without_it() -> anyhow::Res
         },
     )
     .await?;
+    // Emit answers once the agent has config.
+    control_plane
+        .wait_applied(0, Duration::from_secs(10))
+        .await?;
     let request = || pb::EmitRequest {
         event: Some(event("shop-1", "order.created", &serde_json::json!({}))),
     };

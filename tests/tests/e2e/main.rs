@@ -8,6 +8,7 @@ mod discovery;
 mod durability;
 mod engine;
 mod health;
+mod metrics;
 mod secrets;
 mod ssrf;
 mod store;

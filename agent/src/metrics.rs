@@ -1,0 +1,190 @@
+//! What the agent counts for Prometheus (`--metrics-listen`): events accepted, attempts by
+//! outcome and their duration, and — read at each scrape — the queue's depth and age and the
+//! config revision applied. Labels are bounded (the outcome only; never URLs or tenants).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_proto::v1 as pb;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+use crate::queue::{Queue, now_ms};
+
+/// Upper bounds (seconds) of the attempt-duration buckets: from a fast local receiver to the
+/// longest per-attempt timeout.
+const DURATION_BUCKETS: [f64; 13] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0,
+];
+
+/// An attempt's outcome, as a label.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+enum OutcomeValue {
+    delivered,
+    retrying,
+    failed,
+    skipped,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: OutcomeValue,
+}
+
+/// The agent's metrics; cloning shares them.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    emitted: Counter,
+    duplicates: Counter,
+    attempts: Family<OutcomeLabel, Counter>,
+    duration: Histogram,
+    queue_events: Gauge,
+    queue_bytes: Gauge,
+    pending_deliveries: Gauge,
+    pending_reports: Gauge,
+    oldest_age: Gauge<f64, AtomicU64>,
+    config_revision: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let emitted = Counter::default();
+        registry.register(
+            "herald_events_emitted",
+            "Events accepted by Emit and EmitBatch (duplicates not counted)",
+            emitted.clone(),
+        );
+        let duplicates = Counter::default();
+        registry.register(
+            "herald_events_duplicate",
+            "Events refused as duplicates of an id seen within the dedup window",
+            duplicates.clone(),
+        );
+        let attempts = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "herald_delivery_attempts",
+            "Delivery attempts by outcome",
+            attempts.clone(),
+        );
+        let duration = Histogram::new(DURATION_BUCKETS);
+        registry.register(
+            "herald_delivery_duration_seconds",
+            "Time from sending a webhook to its answer (or failure)",
+            duration.clone(),
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let gauge = Gauge::default();
+            registry.register(name, help, gauge.clone());
+            gauge
+        };
+        let queue_events = gauge(
+            &mut registry,
+            "herald_queue_events",
+            "Events in the queue: pending, and delivered ones kept for replay",
+        );
+        let queue_bytes = gauge(
+            &mut registry,
+            "herald_queue_payload_bytes",
+            "Payload bytes of the events in the queue",
+        );
+        let pending_deliveries = gauge(
+            &mut registry,
+            "herald_queue_deliveries_pending",
+            "Deliveries not finished: in flight, due, or waiting for a retry",
+        );
+        let pending_reports = gauge(
+            &mut registry,
+            "herald_reports_pending",
+            "Attempt reports not yet acknowledged by the control plane",
+        );
+        let oldest_age = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "herald_queue_oldest_age_seconds",
+            "Age of the oldest event among each subscription's next delivery (0 when idle)",
+            oldest_age.clone(),
+        );
+        let config_revision = gauge(
+            &mut registry,
+            "herald_config_revision",
+            "The config revision this agent has applied",
+        );
+        Metrics {
+            inner: Arc::new(Inner {
+                registry,
+                emitted,
+                duplicates,
+                attempts,
+                duration,
+                queue_events,
+                queue_bytes,
+                pending_deliveries,
+                pending_reports,
+                oldest_age,
+                config_revision,
+            }),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts events accepted by one Emit call: `new` stored, `duplicates` refused.
+    pub fn emitted(&self, new: u64, duplicates: u64) {
+        self.inner.emitted.inc_by(new);
+        self.inner.duplicates.inc_by(duplicates);
+    }
+
+    /// Counts one finished attempt.
+    pub fn attempt(&self, outcome: pb::Outcome, took: Duration) {
+        let outcome = match outcome {
+            pb::Outcome::Delivered => OutcomeValue::delivered,
+            pb::Outcome::Retrying => OutcomeValue::retrying,
+            pb::Outcome::Skipped => OutcomeValue::skipped,
+            pb::Outcome::Failed | pb::Outcome::Unspecified => OutcomeValue::failed,
+        };
+        self.inner
+            .attempts
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+        if outcome != OutcomeValue::skipped {
+            self.inner.duration.observe(took.as_secs_f64());
+        }
+    }
+
+    /// The metrics in the OpenMetrics text format, with the gauges read now from `queue` and
+    /// the applied `revision`.
+    pub fn render(&self, queue: &Queue, revision: i64) -> String {
+        let inner = &self.inner;
+        match queue.stats() {
+            Ok(stats) => {
+                let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+                inner.queue_events.set(int(stats.events));
+                inner.queue_bytes.set(int(stats.bytes));
+                inner.pending_deliveries.set(int(stats.pending_deliveries));
+                inner.pending_reports.set(int(stats.pending_reports));
+                let age_ms = stats
+                    .oldest_pending_accepted_ms
+                    .map_or(0, |accepted| now_ms().saturating_sub(accepted));
+                inner.oldest_age.set(age_ms as f64 / 1000.0);
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot read queue stats for metrics"),
+        }
+        inner.config_revision.set(revision);
+        let mut text = String::new();
+        if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &inner.registry) {
+            tracing::warn!(error = %err, "cannot encode metrics");
+        }
+        text
+    }
+}

@@ -1,0 +1,157 @@
+//! What the control plane counts for Prometheus (`--metrics-listen`): attempt reports stored by
+//! outcome, subscriptions disabled by the control plane, how long agents take to apply a
+//! config change, and — read at each scrape — open agent streams and the config revision.
+//! Labels are bounded (outcome, reason); never subscription ids, tenants or URLs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_proto::v1 as pb;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Upper bounds (seconds) of the convergence buckets: a change reaches a healthy fleet in
+/// milliseconds; the long tail is agents reconnecting.
+const CONVERGENCE_BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+enum OutcomeValue {
+    delivered,
+    retrying,
+    failed,
+    skipped,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: OutcomeValue,
+}
+
+/// Why the control plane disabled a subscription.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum DisableReason {
+    /// N consecutive failures.
+    failures,
+    /// The receiver answered 410 Gone.
+    gone,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: DisableReason,
+}
+
+/// The control plane's metrics; cloning shares them.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    attempts: Family<OutcomeLabel, Counter>,
+    disabled: Family<ReasonLabel, Counter>,
+    convergence: Histogram,
+    streams: Gauge,
+    revision: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let attempts = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "herald_attempts_stored",
+            "Attempt reports stored in the delivery log, by outcome (each attempt once)",
+            attempts.clone(),
+        );
+        let disabled = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "herald_subscriptions_disabled",
+            "Subscriptions this replica disabled, by reason",
+            disabled.clone(),
+        );
+        let convergence = Histogram::new(CONVERGENCE_BUCKETS);
+        registry.register(
+            "herald_config_convergence_seconds",
+            "Time from a config change reaching this replica to an agent acknowledging it",
+            convergence.clone(),
+        );
+        let streams = Gauge::default();
+        registry.register(
+            "herald_agent_streams",
+            "Config streams open to agents on this replica",
+            streams.clone(),
+        );
+        let revision = Gauge::default();
+        registry.register(
+            "herald_config_revision",
+            "The config store revision this replica has caught up to",
+            revision.clone(),
+        );
+        Metrics {
+            inner: Arc::new(Inner {
+                registry,
+                attempts,
+                disabled,
+                convergence,
+                streams,
+                revision,
+            }),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts attempts newly stored in the log.
+    pub fn stored(&self, attempts: &[Arc<pb::Attempt>]) {
+        for attempt in attempts {
+            let outcome = match attempt.outcome() {
+                pb::Outcome::Delivered => OutcomeValue::delivered,
+                pb::Outcome::Retrying => OutcomeValue::retrying,
+                pb::Outcome::Skipped => OutcomeValue::skipped,
+                pb::Outcome::Failed | pb::Outcome::Unspecified => OutcomeValue::failed,
+            };
+            self.inner
+                .attempts
+                .get_or_create(&OutcomeLabel { outcome })
+                .inc();
+        }
+    }
+
+    /// Counts a subscription this replica disabled.
+    pub fn disabled(&self, reason: DisableReason) {
+        self.inner
+            .disabled
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Records how long an agent took to apply a change.
+    pub fn converged(&self, took: Duration) {
+        self.inner.convergence.observe(took.as_secs_f64());
+    }
+
+    /// The metrics in the OpenMetrics text format, with the open `streams` and the `revision`
+    /// read now.
+    pub fn render(&self, streams: usize, revision: i64) -> String {
+        self.inner
+            .streams
+            .set(i64::try_from(streams).unwrap_or(i64::MAX));
+        self.inner.revision.set(revision);
+        let mut text = String::new();
+        if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &self.inner.registry)
+        {
+            tracing::warn!(error = %err, "cannot encode metrics");
+        }
+        text
+    }
+}
