@@ -16,6 +16,8 @@ use herald_proto::v1::events_server::Events;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use tracing::Instrument as _;
+
 use crate::metrics::Metrics;
 use crate::queue::{NewEvent, Queue};
 use crate::routes::Routes;
@@ -121,12 +123,13 @@ impl Events for EmitService {
         request: Request<pb::EmitRequest>,
     ) -> Result<Response<pb::EmitResponse>, Status> {
         let trace = call_trace(&request);
+        let span = emit_span(1, trace.as_ref());
         let event = request
             .into_inner()
             .event
             .ok_or_else(|| Status::invalid_argument("event: is required"))?;
         self.check(&event)?;
-        let mut results = self.store(vec![event], trace).await?;
+        let mut results = self.store(vec![event], trace).instrument(span).await?;
         let result = results
             .pop()
             .ok_or_else(|| Status::internal("the queue answered nothing"))?;
@@ -150,9 +153,19 @@ impl Events for EmitService {
                 Status::invalid_argument(format!("events[{index}].{}", s.message()))
             })?;
         }
-        let results = self.store(events, trace).await?;
+        let span = emit_span(events.len(), trace.as_ref());
+        let results = self.store(events, trace).instrument(span).await?;
         Ok(Response::new(pb::EmitBatchResponse { results }))
     }
+}
+
+/// The server span of an Emit call of `events` events, in the caller's trace when it sent one.
+fn emit_span(events: usize, trace: Option<&TraceParent>) -> tracing::Span {
+    let span = tracing::debug_span!("emit", otel.kind = "server", events);
+    if let Some(trace) = trace {
+        herald_core::telemetry::continue_trace(&span, trace);
+    }
+    span
 }
 
 /// The call's `traceparent` metadata, when present and valid (an invalid one is ignored, as

@@ -1,6 +1,7 @@
 //! What every Herald daemon does around its real work, written once: parse flags (a bad value
 //! exits with code 64, `EX_USAGE`, after clap's message), log to stderr filtered by `RUST_LOG`
-//! (human-readable, or JSON lines with `--log-format json`), tell systemd when the service is
+//! (human-readable, or JSON lines with `--log-format json`) and export traces over OTLP when
+//! the OpenTelemetry variables ask for it ([`crate::telemetry`]), tell systemd when the service is
 //! ready and when it is stopping (`Type=notify`), and turn the outcome of `run` into an exit
 //! code.
 
@@ -52,8 +53,18 @@ where
             return ExitCode::from(code);
         }
     };
-    init_logs_as("info", args.logging().log_format);
-    match body(args).await {
+    let service = format!("herald-{}", name.replace(' ', "-"));
+    let telemetry = match crate::telemetry::init("info", args.logging().log_format, &service) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if telemetry.exporting() {
+        tracing::info!(service, "exporting traces over OTLP");
+    }
+    let code = match body(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(message)) => {
             eprintln!("{message}");
@@ -63,7 +74,9 @@ where
             tracing::error!(error = %err, "{name} stopped");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown().await;
+    code
 }
 
 /// Why a daemon stopped.
@@ -79,7 +92,7 @@ pub fn init_logs(default: &str) {
     init_logs_as(default, LogFormat::Text);
 }
 
-/// Logs to stderr in `format`, filtered by `RUST_LOG` (else `default`).
+/// Logs to stderr in `format`, filtered by `RUST_LOG` (else `default`); no trace export.
 pub fn init_logs_as(default: &str, format: LogFormat) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());

@@ -24,6 +24,7 @@ pub mod shutdown;
 pub mod signing;
 pub mod subscription;
 pub mod target;
+pub mod telemetry;
 pub mod trace;
 pub mod validate;
 pub mod xml;

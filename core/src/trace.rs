@@ -51,6 +51,21 @@ impl TraceParent {
         Ok(parsed)
     }
 
+    /// The trace id.
+    pub fn trace_id(&self) -> [u8; 16] {
+        self.trace_id
+    }
+
+    /// The id of the span that sent it (the parent of spans made for it).
+    pub fn parent_id(&self) -> [u8; 8] {
+        self.parent_id
+    }
+
+    /// The trace flags (bit 0: sampled).
+    pub fn flags(&self) -> u8 {
+        self.flags
+    }
+
     /// The same trace with `span_id` as the parent: what a new span (a delivery attempt)
     /// sends on. An all-zero `span_id` is replaced by one, as zero is invalid.
     pub fn child(&self, span_id: [u8; 8]) -> TraceParent {

@@ -15,6 +15,8 @@ use tokio::process::{Child, Command};
 pub struct AgentProcess {
     binary: PathBuf,
     args: Vec<String>,
+    /// Environment variables added to the inherited ones.
+    envs: Vec<(String, String)>,
     addr: SocketAddr,
     dir: TempDir,
     child: Option<Child>,
@@ -28,6 +30,17 @@ impl AgentProcess {
         control_plane: &str,
         ca_file: &Path,
         extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::start_with_env(binary, control_plane, ca_file, extra, &[]).await
+    }
+
+    /// Like [`AgentProcess::start`], with `envs` added to the environment.
+    pub async fn start_with_env(
+        binary: &Path,
+        control_plane: &str,
+        ca_file: &Path,
+        extra: &[&str],
+        envs: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let addr = free_port().await?;
@@ -49,6 +62,10 @@ impl AgentProcess {
         let mut process = AgentProcess {
             binary: binary.to_owned(),
             args,
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             addr,
             dir,
             child: None,
@@ -105,6 +122,7 @@ impl AgentProcess {
             .open(self.dir.path().join("agent.log"))?;
         let child = Command::new(&self.binary)
             .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),

@@ -8,6 +8,8 @@ use herald_core::signing::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, signat
 use herald_core::subscription::Subscription;
 use herald_core::trace::{self, TraceParent};
 
+use tracing::Instrument as _;
+
 use super::classify::AttemptResult;
 
 /// The error kind of an attempt the target policy refused.
@@ -42,8 +44,41 @@ pub struct EventRef<'a> {
     pub traceparent: &'a str,
 }
 
-/// Sends one attempt of `event` to `sub`.
+/// Sends one attempt of `event` to `sub`, in a `deliver` span that joins the emitter's trace.
 pub async fn send(client: &reqwest::Client, sub: &Subscription, event: EventRef<'_>) -> Outcome {
+    let span = tracing::debug_span!(
+        "deliver",
+        otel.kind = "client",
+        subscription = %sub.id,
+        webhook.id = event.id,
+        http.response.status_code = tracing::field::Empty,
+        error.kind = tracing::field::Empty,
+    );
+    let trace = TraceParent::parse(event.traceparent).ok();
+    if let Some(trace) = &trace {
+        herald_core::telemetry::continue_trace(&span, trace);
+    }
+    let outcome = send_in(client, sub, event, trace, &span)
+        .instrument(span.clone())
+        .await;
+    match &outcome.result {
+        AttemptResult::Status { code, .. } => {
+            span.record("http.response.status_code", i64::from(*code));
+        }
+        AttemptResult::Error { kind } => {
+            span.record("error.kind", kind);
+        }
+    }
+    outcome
+}
+
+async fn send_in(
+    client: &reqwest::Client,
+    sub: &Subscription,
+    event: EventRef<'_>,
+    trace: Option<TraceParent>,
+    span: &tracing::Span,
+) -> Outcome {
     let started_at = SystemTime::now();
     let clock = tokio::time::Instant::now();
     let finish = |result, error: String, excerpt: String| Outcome {
@@ -74,8 +109,9 @@ pub async fn send(client: &reqwest::Client, sub: &Subscription, event: EventRef<
         .header(HEADER_ID, event.id)
         .header(HEADER_TIMESTAMP, timestamp.to_string())
         .header(HEADER_SIGNATURE, signature);
-    if let Ok(trace) = TraceParent::parse(event.traceparent) {
-        request = request.header(trace::HEADER, trace.random_child().to_string());
+    if let Some(trace) = &trace {
+        let outgoing = herald_core::telemetry::outgoing(span, trace);
+        request = request.header(trace::HEADER, outgoing.to_string());
     }
     for (name, value) in &sub.headers {
         request = request.header(name, value);
