@@ -12,8 +12,12 @@
 //! TLS setup, 256 requests in flight) as the limit; and `Emit` → receiver latency at a steady
 //! 1,000 events/s. Receiver, control plane, agent and load all share this process's 2 cores.
 //!
+//! `bench log`: the control plane's delivery log, ingest rate and query latency (see `log.rs`).
+//!
 //! `bench rss`: the resident memory of an idle `herald-agent` process (the release binary next
 //! to this one) connected to a control plane with one subscription.
+
+mod log;
 
 use std::time::Duration;
 
@@ -36,6 +40,7 @@ async fn main() -> anyhow::Result<()> {
         Some("emit") => emit().await,
         Some("rss") => rss().await,
         Some("deliver") => deliver().await,
+        Some("log") => log::run().await,
         Some("emit-case") => {
             let arg = |i: usize| -> anyhow::Result<usize> {
                 std::env::args()
@@ -47,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
             let fsync = std::env::args().nth(4).as_deref() != Some("off");
             emit_case(arg(2)?, arg(3)?, fsync).await
         }
-        _ => anyhow::bail!("usage: bench emit|deliver|rss|emit-case CALLERS BATCH [off]"),
+        _ => anyhow::bail!("usage: bench emit|deliver|log|rss|emit-case CALLERS BATCH [off]"),
     }
 }
 
