@@ -14,7 +14,7 @@ mod subscription;
 use clap::{Parser, Subcommand};
 
 use crate::connect::Server;
-use crate::output::Format;
+use crate::output::{Format, Style};
 
 /// Herald: signed webhook delivery with retries and central logs.
 #[derive(Parser)]
@@ -43,8 +43,11 @@ struct Cli {
     #[arg(long, global = true, env = "HERALD_AGENT_TOKEN", hide_env_values = true, value_parser = herald_proto::bearer::Bearer::parse)]
     agent_token: Option<herald_proto::bearer::Bearer>,
     /// Output format.
-    #[arg(short = 'o', long, global = true, env = "HERALD_OUTPUT", value_enum, default_value_t = Format::Table)]
-    output: Format,
+    #[arg(short = 'o', long, global = true, env = "HERALD_OUTPUT", value_enum, default_value_t = Style::Table)]
+    output: Style,
+    /// Tables without their header line (for scripts).
+    #[arg(long, global = true, env = "HERALD_NO_HEADERS")]
+    no_headers: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,6 +67,11 @@ enum Command {
     Emit(emit::Args),
     /// Run Herald in one process: control plane, agent and a receiver that prints webhooks.
     Dev(dev::Args),
+    /// Print a shell completion script: `source <(herald completion bash)`.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[tokio::main]
@@ -73,18 +81,27 @@ async fn main() -> std::process::ExitCode {
         url: cli.control_plane,
         bearer: cli.token.unwrap_or_default(),
     };
+    let format = Format {
+        style: cli.output,
+        headers: !cli.no_headers,
+    };
     let result = match cli.command {
-        Command::Subscription(cmd) => subscription::run(cmd, &control_plane, cli.output).await,
-        Command::Deliveries(cmd) => deliveries::run(cmd, &control_plane, cli.output).await,
-        Command::Agents(cmd) => agents::run(cmd, &control_plane, cli.output).await,
+        Command::Subscription(cmd) => subscription::run(cmd, &control_plane, format).await,
+        Command::Deliveries(cmd) => deliveries::run(cmd, &control_plane, format).await,
+        Command::Agents(cmd) => agents::run(cmd, &control_plane, format).await,
         Command::Emit(args) => {
             let agent = Server {
                 url: cli.agent,
                 bearer: cli.agent_token.unwrap_or_default(),
             };
-            emit::run(args, &agent, cli.output).await
+            emit::run(args, &agent, format).await
         }
         Command::Dev(args) => dev::run(args).await,
+        Command::Completion { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "herald", &mut std::io::stdout());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,35 +1,50 @@
-//! How results are printed: a table for people (`-o table`, the default) or JSON for scripts
-//! (`-o json`). Each resource turns itself into a JSON value once; the table is built from it.
+//! How results are printed: a table for people (`-o table`, the default), or JSON or YAML for
+//! scripts (`-o json`, `-o yaml`). Each resource turns itself into a JSON value once; the
+//! other forms are built from it.
 
 use herald_proto::convert::{std_duration, system_time};
 use herald_proto::v1 as pb;
 use serde_json::{Value, json};
 
-/// The output format.
+/// The output style.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
+pub enum Style {
     /// Aligned columns.
     Table,
     /// One JSON document.
     Json,
+    /// One YAML document.
+    Yaml,
 }
 
-/// Prints one item of a stream: a compact JSON line, or its `columns` separated by two spaces.
+/// How to print: the style, and whether tables have a header line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Format {
+    /// The style.
+    pub style: Style,
+    /// Print the header line of tables.
+    pub headers: bool,
+}
+
+/// Prints one item of a stream: a compact JSON line, a YAML document (`---` first), or its
+/// `columns` separated by two spaces.
 pub fn line(format: Format, value: &Value, columns: &[&str]) {
-    match format {
-        Format::Json => println!("{value}"),
-        Format::Table => {
+    match format.style {
+        Style::Json => println!("{value}"),
+        Style::Yaml => print!("---\n{}", yaml(value)),
+        Style::Table => {
             let cells: Vec<String> = columns.iter().map(|c| cell(&value[*c])).collect();
             println!("{}", cells.join("  "));
         }
     }
 }
 
-/// Prints one object: JSON, or `key: value` lines.
+/// Prints one object: JSON, YAML, or `key: value` lines.
 pub fn object(format: Format, value: &Value) {
-    match format {
-        Format::Json => println!("{}", pretty(value)),
-        Format::Table => {
+    match format.style {
+        Style::Json => println!("{}", pretty(value)),
+        Style::Yaml => print!("{}", yaml(value)),
+        Style::Table => {
             if let Value::Object(map) = value {
                 let width = map.keys().map(String::len).max().unwrap_or(0);
                 for (key, value) in map {
@@ -43,15 +58,19 @@ pub fn object(format: Format, value: &Value) {
 /// Prints a list: a JSON array (under `key`, with `next_page_token` when given), or a table of
 /// `columns`.
 pub fn list(format: Format, key: &str, items: &[Value], columns: &[&str], next_page_token: &str) {
-    match format {
-        Format::Json => {
+    match format.style {
+        Style::Json | Style::Yaml => {
             let mut doc = json!({ key: items });
             if !next_page_token.is_empty() {
                 doc["next_page_token"] = json!(next_page_token);
             }
-            println!("{}", pretty(&doc));
+            if format.style == Style::Json {
+                println!("{}", pretty(&doc));
+            } else {
+                print!("{}", yaml(&doc));
+            }
         }
-        Format::Table => {
+        Style::Table => {
             let rows: Vec<Vec<String>> = items
                 .iter()
                 .map(|item| columns.iter().map(|c| cell(&item[*c])).collect())
@@ -75,7 +94,9 @@ pub fn list(format: Format, key: &str, items: &[Value], columns: &[&str], next_p
                     .collect();
                 println!("{}", parts.join("  ").trim_end());
             };
-            line(columns.iter().map(|c| c.to_uppercase()).collect());
+            if format.headers {
+                line(columns.iter().map(|c| c.to_uppercase()).collect());
+            }
             for row in rows {
                 line(row);
             }
@@ -88,6 +109,11 @@ pub fn list(format: Format, key: &str, items: &[Value], columns: &[&str], next_p
 
 fn pretty(value: &Value) -> String {
     serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+}
+
+fn yaml(value: &Value) -> String {
+    // A JSON value always has a YAML form; the fallback only guards the impossible.
+    serde_yaml_ng::to_string(value).unwrap_or_else(|_| format!("{value}\n"))
 }
 
 fn cell(value: &Value) -> String {

@@ -348,3 +348,68 @@ async fn tokens_are_sent_and_refusals_explain_what_to_do() -> anyhow::Result<()>
     assert!(created["id"].as_str().is_some_and(|id| !id.is_empty()));
     Ok(())
 }
+
+#[tokio::test]
+async fn output_styles_and_completions() -> anyhow::Result<()> {
+    use herald_tests::{ConfigStore, ControlPlane};
+    let control_plane = ControlPlane::start(ConfigStore::Embedded).await?;
+    let run = |args: &[&str]| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["--control-plane", control_plane.url()])
+            .args(args)
+            .env_remove("HERALD_OUTPUT")
+            .output()
+    };
+    let created = run(&[
+        "subscription",
+        "create",
+        "--tenant",
+        "shop-7",
+        "--url",
+        "https://127.0.0.1:9/hook",
+        "--events",
+        "order.*",
+        "-o",
+        "yaml",
+    ])
+    .await?;
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let doc: serde_json::Value = serde_yaml_ng::from_slice(&created.stdout)?;
+    assert_eq!(doc["tenant"], "shop-7");
+    assert!(
+        doc["secret"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("whsec_"))
+    );
+    let id = doc["id"].as_str().expect("an id").to_owned();
+
+    let listed = run(&["subscription", "list", "-o", "yaml"]).await?;
+    let doc: serde_json::Value = serde_yaml_ng::from_slice(&listed.stdout)?;
+    assert_eq!(doc["subscriptions"][0]["id"], id.as_str());
+
+    let table = String::from_utf8(run(&["subscription", "list"]).await?.stdout)?;
+    assert!(
+        table.lines().next().is_some_and(|l| l.starts_with("ID")),
+        "{table}"
+    );
+    let bare = String::from_utf8(run(&["subscription", "list", "--no-headers"]).await?.stdout)?;
+    assert_eq!(bare.lines().count(), 1, "{bare}");
+    assert!(bare.starts_with(&id), "{bare}");
+
+    for shell in ["bash", "zsh", "fish"] {
+        let script = run(&["completion", shell]).await?;
+        assert!(script.status.success());
+        let text = String::from_utf8(script.stdout)?;
+        assert!(
+            text.contains("subscription") && text.contains("deliveries"),
+            "{shell}"
+        );
+    }
+    let usage = run(&["completion", "tcsh"]).await?;
+    assert_eq!(usage.status.code(), Some(2), "bad usage exits 2");
+    Ok(())
+}
