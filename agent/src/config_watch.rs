@@ -3,6 +3,9 @@
 //! and reconnects with backoff and jitter. Everyone else reads the table from a
 //! `tokio::sync::watch`. After every reconnect the control plane sends a full snapshot, so
 //! changes made while the agent was away — deletions included — are never missed.
+//!
+//! The same stream carries replay orders (deliveries to make again); the agent queues them
+//! and answers with what it queued and what it could not.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::control_plane::ControlPlane;
+use crate::queue::{Queue, Replay};
 use crate::routes::Routes;
 
 /// Who this agent is, as told to the control plane.
@@ -36,11 +40,12 @@ pub async fn run(
     control_plane: ControlPlane,
     identity: Identity,
     routes: watch::Sender<Arc<Routes>>,
+    queue: Queue,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     loop {
-        let session = follow(&control_plane, &identity, &routes, &mut backoff);
+        let session = follow(&control_plane, &identity, &routes, &queue, &mut backoff);
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
             result = session => result,
@@ -65,6 +70,7 @@ async fn follow(
     control_plane: &ControlPlane,
     identity: &Identity,
     routes: &watch::Sender<Arc<Routes>>,
+    queue: &Queue,
     backoff: &mut Backoff,
 ) -> Result<(), String> {
     let (url, channel) = control_plane.connect().await?;
@@ -94,6 +100,14 @@ async fn follow(
             Ok(None) => return Err(format!("{url} ended the config stream")),
             Err(status) => return Err(format!("{url}: {}", status.message())),
         };
+        if let Some(order) = update.replay {
+            let table = routes.borrow().clone();
+            let result = replay(queue, &table, order).await;
+            tx.send(send(Kind::ReplayResult(result)))
+                .await
+                .map_err(|_| "config stream closed")?;
+            continue;
+        }
         let applied = routes.borrow().apply(&update);
         let reply = match applied {
             Ok(table) => {
@@ -122,5 +136,61 @@ async fn follow(
         tx.send(send(reply))
             .await
             .map_err(|_| "config stream closed")?;
+    }
+}
+
+/// Queues a replay order's deliveries; the result names each one that could not be queued.
+async fn replay(queue: &Queue, routes: &Routes, order: pb::ReplayOrder) -> pb::ReplayResult {
+    let miss = |item: &pb::ReplayItem, reason: &str| pb::ReplayMiss {
+        event_id: item.event_id.clone(),
+        subscription_id: item.subscription_id.clone(),
+        agent_id: String::new(),
+        reason: reason.to_owned(),
+    };
+    let mut missed = Vec::new();
+    let mut wanted = Vec::new();
+    for item in order.items {
+        if routes.get(&item.subscription_id).is_none() {
+            missed.push(miss(
+                &item,
+                "the subscription is not in this agent's config",
+            ));
+        } else {
+            wanted.push(item);
+        }
+    }
+    let replays = wanted
+        .iter()
+        .map(|item| Replay {
+            event_id: item.event_id.clone(),
+            subscription_id: item.subscription_id.clone(),
+            attempts_made: item.next_attempt.saturating_sub(1),
+        })
+        .collect();
+    let mut queued = 0;
+    match queue.replay(replays).await {
+        Ok(results) => {
+            for (item, result) in wanted.iter().zip(results) {
+                match result {
+                    Ok(()) => queued += 1,
+                    Err(reason) => missed.push(miss(item, &reason)),
+                }
+            }
+        }
+        Err(err) => {
+            let reason = format!("the queue failed: {err}");
+            missed.extend(wanted.iter().map(|item| miss(item, &reason)));
+        }
+    }
+    tracing::info!(
+        order = order.order_id,
+        queued,
+        missed = missed.len(),
+        "replay order handled"
+    );
+    pb::ReplayResult {
+        order_id: order.order_id,
+        queued,
+        missed,
     }
 }

@@ -204,6 +204,7 @@ pub async fn run(
         control_plane.clone(),
         identity,
         routes_tx,
+        queue.clone(),
         stop.clone(),
     ));
     let reports_stop = CancellationToken::new();

@@ -139,6 +139,7 @@ impl Routes {
             snapshot: true,
             upserts,
             removals: vec![],
+            replay: None,
         }
     }
 }
@@ -174,6 +175,7 @@ mod tests {
                 wire("sub_c", "t2", &["*"]),
             ],
             removals: vec![],
+            replay: None,
         };
         let routes = Routes::default().apply(&snapshot).expect("snapshot");
         let ids =
@@ -189,6 +191,7 @@ mod tests {
             snapshot: false,
             upserts: vec![disabled],
             removals: vec!["sub_b".into()],
+            replay: None,
         };
         let next = routes.apply(&delta).expect("delta");
         // Still matched (its deliveries are parked), but known to be disabled.

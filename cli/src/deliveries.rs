@@ -33,6 +33,26 @@ pub enum Command {
         #[command(flatten)]
         filter: FilterArgs,
     },
+    /// Deliver again (new attempts, same webhook-id): one event (`--event`, optionally
+    /// `--subscription`), or a subscription's deliveries since a time (`--subscription`
+    /// `--since`, optionally `--until`, `--outcome failed`).
+    Replay {
+        /// The event to deliver again.
+        #[arg(long)]
+        event: Option<String>,
+        /// Only deliveries to this subscription.
+        #[arg(long)]
+        subscription: Option<String>,
+        /// Deliveries attempted this recently (e.g. 2h) or since a time (RFC 3339).
+        #[arg(long, requires = "subscription")]
+        since: Option<String>,
+        /// Deliveries attempted before this age or time.
+        #[arg(long, requires = "since")]
+        until: Option<String>,
+        /// Only deliveries whose last attempt had this outcome (e.g. failed).
+        #[arg(long)]
+        outcome: Option<String>,
+    },
 }
 
 /// The columns attempts are shown with.
@@ -85,18 +105,23 @@ fn when(text: &str) -> anyhow::Result<SystemTime> {
     })
 }
 
+/// The outcome named by `--outcome`.
+fn outcome(text: Option<&str>) -> anyhow::Result<pb::Outcome> {
+    Ok(match text {
+        None => pb::Outcome::Unspecified,
+        Some("delivered") => pb::Outcome::Delivered,
+        Some("retrying") => pb::Outcome::Retrying,
+        Some("failed") => pb::Outcome::Failed,
+        Some("skipped") => pb::Outcome::Skipped,
+        Some(other) => {
+            anyhow::bail!("--outcome {other:?}: expected delivered, retrying, failed or skipped")
+        }
+    })
+}
+
 impl FilterArgs {
     fn into_wire(self) -> anyhow::Result<pb::AttemptFilter> {
-        let outcome = match self.outcome.as_deref() {
-            None => pb::Outcome::Unspecified,
-            Some("delivered") => pb::Outcome::Delivered,
-            Some("retrying") => pb::Outcome::Retrying,
-            Some("failed") => pb::Outcome::Failed,
-            Some("skipped") => pb::Outcome::Skipped,
-            Some(other) => anyhow::bail!(
-                "--outcome {other:?}: expected delivered, retrying, failed or skipped"
-            ),
-        };
+        let outcome = outcome(self.outcome.as_deref())?;
         Ok(pb::AttemptFilter {
             subscription_id: self.subscription.unwrap_or_default(),
             tenant: self.tenant.unwrap_or_default(),
@@ -169,6 +194,32 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
             while let Some(attempt) = stream.message().await.map_err(status_error)? {
                 output::line(format, &output::attempt(&attempt), &COLUMNS);
             }
+        }
+        Command::Replay {
+            event,
+            subscription,
+            since,
+            until,
+            outcome: wanted,
+        } => {
+            if event.is_none() && since.is_none() {
+                anyhow::bail!(
+                    "name what to replay: --event E, or --subscription S --since T (e.g. 2h)"
+                );
+            }
+            let request = pb::ReplayDeliveriesRequest {
+                event_id: event.unwrap_or_default(),
+                subscription_id: subscription.unwrap_or_default(),
+                since: since.as_deref().map(when).transpose()?.map(timestamp),
+                until: until.as_deref().map(when).transpose()?.map(timestamp),
+                outcome: outcome(wanted.as_deref())? as i32,
+            };
+            let result = client
+                .replay_deliveries(request)
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            output::object(format, &output::replay(&result));
         }
     }
     Ok(())

@@ -267,3 +267,25 @@ pub fn agent(a: &pb::AgentInfo) -> Value {
         "last_seen": time(a.last_seen.as_ref()),
     })
 }
+
+/// What a replay did.
+pub fn replay(r: &pb::ReplayDeliveriesResponse) -> Value {
+    json!({
+        "queued": r.queued,
+        "agents": r
+            .agents
+            .iter()
+            .map(|a| format!("{} ({})", a.agent_id, a.queued))
+            .collect::<Vec<_>>(),
+        "not_replayable": r
+            .not_replayable
+            .iter()
+            .map(|m| json!({
+                "event_id": m.event_id,
+                "subscription_id": m.subscription_id,
+                "agent_id": m.agent_id,
+                "reason": m.reason,
+            }))
+            .collect::<Vec<_>>(),
+    })
+}

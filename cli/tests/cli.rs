@@ -413,3 +413,24 @@ async fn output_styles_and_completions() -> anyhow::Result<()> {
     assert_eq!(usage.status.code(), Some(2), "bad usage exits 2");
     Ok(())
 }
+
+#[tokio::test]
+async fn replay_needs_a_target_and_reports_what_it_did() -> anyhow::Result<()> {
+    use herald_tests::{ConfigStore, ControlPlane};
+    let control_plane = ControlPlane::start(ConfigStore::Embedded).await?;
+    let run = |args: &[&str]| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["--control-plane", control_plane.url()])
+            .args(args)
+            .output()
+    };
+    let aimless = run(&["deliveries", "replay"]).await?;
+    assert_eq!(aimless.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&aimless.stderr);
+    assert!(stderr.contains("--event"), "{stderr}");
+
+    let nothing = json(&run(&["deliveries", "replay", "--event", "evt_none", "-o", "json"]).await?);
+    assert_eq!(nothing["queued"], 0);
+    assert_eq!(nothing["not_replayable"], serde_json::json!([]));
+    Ok(())
+}

@@ -1,10 +1,14 @@
 //! The agents this control-plane replica has seen: who is connected, which config revision
 //! each applied, and the last change each refused. Kept in memory per replica; an agent's
-//! entry lives on after it disconnects so operators can see it went away.
+//! entry lives on after it disconnects so operators can see it went away. It also routes
+//! replay orders to a connected agent's stream and their results back to the caller.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+
+use tokio::sync::{mpsc, oneshot};
 
 use herald_proto::convert::timestamp;
 use herald_proto::v1 as pb;
@@ -13,27 +17,39 @@ use herald_proto::v1 as pb;
 #[derive(Clone, Default)]
 pub struct Fleet {
     agents: Arc<Mutex<BTreeMap<String, Entry>>>,
+    /// Replay orders sent and not yet answered, by order id.
+    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<pb::ReplayResult>>>>,
+    next_order: Arc<AtomicU64>,
 }
+
+/// Replay orders a config stream may hold before the sender is told the agent is busy.
+const ORDER_BUFFER: usize = 16;
 
 #[derive(Clone)]
 struct Entry {
     info: pb::AgentInfo,
     /// Streams open for this agent id; it is connected while any is.
     streams: u32,
+    /// Where replay orders for this agent go: its newest stream.
+    orders: Option<mpsc::Sender<pb::ReplayOrder>>,
 }
 
 impl Fleet {
-    /// Records an agent's hello.
-    pub fn connected(&self, hello: &pb::AgentHello) {
+    /// Records an agent's hello; replay orders for the agent arrive on the returned receiver
+    /// (its newest stream's).
+    pub fn connected(&self, hello: &pb::AgentHello) -> mpsc::Receiver<pb::ReplayOrder> {
         let now = Some(timestamp(SystemTime::now()));
+        let (orders, receiver) = mpsc::channel(ORDER_BUFFER);
         let mut agents = self.lock();
         let entry = agents
             .entry(hello.agent_id.clone())
             .or_insert_with(|| Entry {
                 info: pb::AgentInfo::default(),
                 streams: 0,
+                orders: None,
             });
         entry.streams += 1;
+        entry.orders = Some(orders);
         entry.info = pb::AgentInfo {
             id: hello.agent_id.clone(),
             node: hello.node.clone(),
@@ -46,6 +62,41 @@ impl Fleet {
             last_nack: entry.info.last_nack.clone(),
             connected: true,
         };
+        receiver
+    }
+
+    /// Sends a replay order to a connected agent; the receiver gets its result. `None` when
+    /// the agent is not connected to this replica (or its stream cannot take more orders).
+    pub fn send_replay(
+        &self,
+        agent_id: &str,
+        items: Vec<pb::ReplayItem>,
+    ) -> Option<oneshot::Receiver<pb::ReplayResult>> {
+        let orders = self.lock().get(agent_id)?.orders.clone()?;
+        let order_id = self.next_order.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = oneshot::channel();
+        self.pending().insert(order_id, tx);
+        if orders
+            .try_send(pb::ReplayOrder { order_id, items })
+            .is_err()
+        {
+            self.pending().remove(&order_id);
+            return None;
+        }
+        Some(rx)
+    }
+
+    /// Hands an agent's answer to the replay order's caller.
+    pub fn replay_answered(&self, result: pb::ReplayResult) {
+        if let Some(tx) = self.pending().remove(&result.order_id) {
+            let _ = tx.send(result);
+        }
+    }
+
+    fn pending(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<pb::ReplayResult>>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records an acknowledged revision.
@@ -66,6 +117,9 @@ impl Fleet {
         if let Some(entry) = agents.get_mut(agent_id) {
             entry.streams = entry.streams.saturating_sub(1);
             entry.info.connected = entry.streams > 0;
+            if entry.streams == 0 {
+                entry.orders = None;
+            }
             entry.info.last_seen = Some(timestamp(SystemTime::now()));
         }
     }

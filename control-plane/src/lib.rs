@@ -13,6 +13,7 @@ pub mod health;
 pub mod hub;
 pub mod keys;
 pub mod metrics;
+pub mod replay;
 pub mod sealing;
 pub mod store;
 pub mod subscriptions;
@@ -222,6 +223,7 @@ pub async fn run(
         )))
         .add_service(DeliveriesServer::new(grpc::DeliveriesService::new(
             log.clone(),
+            fleet.clone(),
             stop.clone(),
         )))
         .add_service(AgentsServer::new(grpc::AgentsService::new(

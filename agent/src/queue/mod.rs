@@ -182,6 +182,17 @@ pub enum Next {
     RetryAt(u64),
 }
 
+/// A delivery to make again.
+#[derive(Clone, Debug)]
+pub struct Replay {
+    /// The stored event.
+    pub event_id: String,
+    /// Where to.
+    pub subscription_id: String,
+    /// Attempts already made (logged); the next attempt takes the number after it.
+    pub attempts_made: u32,
+}
+
 /// How full the queue is (see [`Queue::stats`]).
 #[derive(Clone, Debug)]
 pub struct QueueStats {
@@ -341,6 +352,17 @@ impl Queue {
             .map_err(storage)?
             .len()
             .map_err(storage)
+    }
+
+    /// Queues deliveries of stored events again (a replay), due now; one result per item, in
+    /// order: queued, or why not (the event is past retention).
+    pub async fn replay(&self, items: Vec<Replay>) -> Result<Vec<Result<(), String>>, QueueError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(Command::Replay { items, reply })
+            .await
+            .map_err(|_| QueueError::Closed)?;
+        answer.await.map_err(|_| QueueError::Closed)?
     }
 
     /// How full the queue is, for monitoring.

@@ -612,3 +612,64 @@ async fn deliveries_of_one_ordering_key_go_one_at_a_time_in_order() {
     assert_eq!(ids(&due), ["sub_a/a2"]);
     assert_eq!(due[0].ordering_key, "order-1");
 }
+
+#[tokio::test]
+async fn a_replay_queues_a_finished_delivery_again_with_its_attempt_count() {
+    let dir = tempfile::tempdir().expect("dir");
+    let queue = Queue::open(dir.path(), config()).expect("open");
+    queue
+        .accept(vec![NewEvent {
+            event: event("evt_1", 5),
+            subscriptions: vec!["sub_a".into()],
+        }])
+        .await
+        .expect("accept");
+    let task = queue
+        .due(now_ms(), 10, room(16))
+        .expect("due")
+        .pop()
+        .expect("one task");
+    queue
+        .complete(task, Next::Done, pb::Attempt::default())
+        .await
+        .expect("complete");
+    assert!(queue.due(now_ms(), 10, room(16)).expect("due").is_empty());
+
+    let results = queue
+        .replay(vec![
+            Replay {
+                event_id: "evt_1".into(),
+                subscription_id: "sub_a".into(),
+                attempts_made: 8,
+            },
+            Replay {
+                event_id: "evt_gone".into(),
+                subscription_id: "sub_a".into(),
+                attempts_made: 1,
+            },
+        ])
+        .await
+        .expect("replay");
+    assert_eq!(results[0], Ok(()));
+    assert!(
+        results[1]
+            .as_ref()
+            .is_err_and(|why| why.contains("retention"))
+    );
+    // Durable like any task: it survives a restart.
+    queue.close().await;
+    let queue = Queue::open(dir.path(), config()).expect("reopen");
+    let task = queue
+        .due(now_ms(), 10, room(16))
+        .expect("due")
+        .pop()
+        .expect("the replayed delivery");
+    assert_eq!(
+        (
+            task.event_id.as_str(),
+            task.subscription_id.as_str(),
+            task.attempts
+        ),
+        ("evt_1", "sub_a", 8)
+    );
+}

@@ -11,8 +11,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     ACCEPTED, Accepted, EVENTS, MAX_GROUP, META, META_BYTES, META_EVENTS, META_SEQ, NewEvent, Next,
-    ORDERED, OUTBOX, QueueConfig, QueueError, Shared, TASKS, Task, decode_event, decode_waiting,
-    encode_event, encode_task, encode_waiting, now_ms, storage,
+    ORDERED, OUTBOX, QueueConfig, QueueError, Replay, Shared, TASKS, Task, decode_event,
+    decode_waiting, encode_event, encode_task, encode_waiting, now_ms, storage,
 };
 use herald_proto::v1 as pb;
 
@@ -32,6 +32,11 @@ pub(super) enum Command {
         next: Next,
         report: Box<pb::Attempt>,
     },
+    /// Queue deliveries of stored events again.
+    Replay {
+        items: Vec<Replay>,
+        reply: oneshot::Sender<Result<Vec<Result<(), String>>, QueueError>>,
+    },
     /// Drop acknowledged reports.
     AckReports { first: u64, last: u64 },
     /// Drop events past retention.
@@ -49,6 +54,7 @@ pub(super) enum Command {
 enum Slot {
     None,
     Accept(oneshot::Sender<Result<Vec<Accepted>, QueueError>>),
+    Replay(oneshot::Sender<Result<Vec<Result<(), String>>, QueueError>>),
     Sweep(oneshot::Sender<Result<u64, QueueError>>),
     Flush(oneshot::Sender<()>),
 }
@@ -65,6 +71,7 @@ enum Work {
         first: u64,
         last: u64,
     },
+    Replay(Vec<Replay>),
     Sweep,
     Nothing,
 }
@@ -72,6 +79,7 @@ enum Work {
 /// What a command's work produced, answered once the commit succeeded.
 enum Done {
     Accepted(Result<Vec<Accepted>, QueueError>),
+    Replayed(Vec<Result<(), String>>),
     Swept(u64),
     Nothing,
 }
@@ -83,6 +91,7 @@ fn split(command: Command) -> (Work, Slot) {
             (Work::Complete { task, next, report }, Slot::None)
         }
         Command::AckReports { first, last } => (Work::AckReports { first, last }, Slot::None),
+        Command::Replay { items, reply } => (Work::Replay(items), Slot::Replay(reply)),
         Command::Sweep { reply } => (Work::Sweep, Slot::Sweep(reply)),
         Command::Flush { reply } | Command::Close { reply } => (Work::Nothing, Slot::Flush(reply)),
     }
@@ -230,6 +239,29 @@ fn apply_group(
                         reports_added = true;
                         outcomes.push(Done::Nothing);
                     }
+                    Work::Replay(items) => {
+                        let mut results = Vec::with_capacity(items.len());
+                        for item in items {
+                            if events
+                                .get(item.event_id.as_str())
+                                .map_err(storage)?
+                                .is_none()
+                            {
+                                results
+                                    .push(Err("the event is past retention on this agent".into()));
+                                continue;
+                            }
+                            // Outside any ordering line: a replay is sent on its own.
+                            counters.seq += 1;
+                            let value = encode_task(item.attempts_made, &item.event_id, "");
+                            let key = (item.subscription_id.as_str(), now, counters.seq);
+                            tasks.insert(key, value.as_slice()).map_err(storage)?;
+                            added.push((item.subscription_id.clone(), now));
+                            tasks_changed = true;
+                            results.push(Ok(()));
+                        }
+                        outcomes.push(Done::Replayed(results));
+                    }
                     Work::AckReports { first, last } => {
                         outbox
                             .retain_in(first..=last, |_, _| false)
@@ -292,6 +324,12 @@ fn apply_group(
                 let _ = tx.send(result);
             }
             (Slot::Accept(tx), _) => {
+                let _ = tx.send(Err(failed()));
+            }
+            (Slot::Replay(tx), Some(Done::Replayed(results))) if failure.is_none() => {
+                let _ = tx.send(Ok(results));
+            }
+            (Slot::Replay(tx), _) => {
                 let _ = tx.send(Err(failed()));
             }
             (Slot::Sweep(tx), Some(Done::Swept(removed))) if failure.is_none() => {

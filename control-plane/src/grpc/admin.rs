@@ -158,13 +158,19 @@ impl SubscriptionsApi for SubscriptionsService {
 /// `herald.v1.Deliveries`.
 pub struct DeliveriesService {
     log: AttemptLog,
+    fleet: Fleet,
     shutdown: CancellationToken,
 }
 
 impl DeliveriesService {
-    /// The service over the delivery log; tails end on `shutdown`.
-    pub fn new(log: AttemptLog, shutdown: CancellationToken) -> Self {
-        DeliveriesService { log, shutdown }
+    /// The service over the delivery log, replaying through the agents in `fleet`; tails end
+    /// on `shutdown`.
+    pub fn new(log: AttemptLog, fleet: Fleet, shutdown: CancellationToken) -> Self {
+        DeliveriesService {
+            log,
+            fleet,
+            shutdown,
+        }
     }
 }
 
@@ -189,6 +195,19 @@ impl Deliveries for DeliveriesService {
             attempts: page.attempts,
             next_page_token: page.next_page_token,
         }))
+    }
+
+    async fn replay_deliveries(
+        &self,
+        request: Request<pb::ReplayDeliveriesRequest>,
+    ) -> Result<Response<pb::ReplayDeliveriesResponse>, Status> {
+        let response = crate::replay::replay(&self.log, &self.fleet, request.into_inner()).await?;
+        tracing::info!(
+            queued = response.queued,
+            not_replayable = response.not_replayable.len(),
+            "replay requested"
+        );
+        Ok(Response::new(response))
     }
 
     type TailAttemptsStream = AttemptStream;

@@ -105,11 +105,18 @@ impl AgentControl for AgentControlService {
             () = shared.hub.ready() => {}
             () = shared.shutdown.cancelled() => return Err(Status::unavailable("shutting down")),
         }
-        shared.fleet.connected(&hello);
+        let mut orders = shared.fleet.connected(&hello);
         tracing::info!(agent = %hello.agent_id, region = %hello.region, "agent connected");
         let agent = hello.agent_id;
         let stream = async_stream(move |tx| async move {
-            follow(&shared, &agent, &interest, &mut inbound, &tx).await;
+            let session = Session {
+                agent: &agent,
+                interest: &interest,
+                inbound: &mut inbound,
+                orders: &mut orders,
+                tx: &tx,
+            };
+            follow(&shared, session).await;
             shared.fleet.disconnected(&agent);
             tracing::info!(agent = %agent, "agent disconnected");
         });
@@ -210,20 +217,32 @@ struct Shared {
     shutdown: CancellationToken,
 }
 
-/// Sends the snapshot, then changes, until the agent or the server goes away.
-async fn follow(
-    shared: &Shared,
-    agent: &str,
-    interest: &Interest,
-    inbound: &mut Streaming<pb::ConfigRequest>,
-    tx: &mpsc::Sender<Result<pb::ConfigUpdate, Status>>,
-) {
+/// One agent's config stream.
+struct Session<'a> {
+    agent: &'a str,
+    interest: &'a Interest,
+    inbound: &'a mut Streaming<pb::ConfigRequest>,
+    /// Replay orders for this agent.
+    orders: &'a mut mpsc::Receiver<pb::ReplayOrder>,
+    tx: &'a mpsc::Sender<Result<pb::ConfigUpdate, Status>>,
+}
+
+/// Sends the snapshot, then changes (and replay orders), until the agent or the server goes
+/// away.
+async fn follow(shared: &Shared, session: Session<'_>) {
     let Shared {
         hub,
         fleet,
         metrics,
         shutdown,
     } = shared;
+    let Session {
+        agent,
+        interest,
+        inbound,
+        orders,
+        tx,
+    } = session;
     let (snapshot, mut changes) = hub.subscribe();
     if tx.send(Ok(interest.snapshot(&snapshot))).await.is_err() {
         return;
@@ -244,6 +263,9 @@ async fn follow(
                         unacked.pop_front();
                     }
                 }
+                Ok(Some(pb::ConfigRequest { kind: Some(Kind::ReplayResult(result)) })) => {
+                    fleet.replay_answered(result);
+                }
                 Ok(Some(pb::ConfigRequest { kind: Some(Kind::Nack(nack)) })) => {
                     tracing::warn!(agent, revision = nack.revision, reason = %nack.reason, "agent refused config");
                     fleet.nacked(agent, nack.revision, &nack.reason);
@@ -251,6 +273,15 @@ async fn follow(
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => return,
             },
+            Some(order) = orders.recv() => {
+                let update = pb::ConfigUpdate {
+                    replay: Some(order),
+                    ..Default::default()
+                };
+                if tx.send(Ok(update)).await.is_err() {
+                    return;
+                }
+            }
             change = changes.recv() => {
                 let update = match change {
                     Ok(change) if !change.resync => {
@@ -316,6 +347,7 @@ impl Interest {
 
     fn snapshot(&self, snapshot: &Snapshot) -> pb::ConfigUpdate {
         pb::ConfigUpdate {
+            replay: None,
             revision: snapshot.revision,
             snapshot: true,
             upserts: snapshot
@@ -331,6 +363,7 @@ impl Interest {
     /// The change as this agent sees it; `None` when it concerns nothing the agent holds.
     fn delta(&self, change: &Arc<Change>) -> Option<pb::ConfigUpdate> {
         let mut update = pb::ConfigUpdate {
+            replay: None,
             revision: change.revision,
             snapshot: false,
             upserts: vec![],

@@ -298,6 +298,55 @@ pub struct RotateSecretRequest {
     #[prost(message, optional, tag = "2")]
     pub grace: ::core::option::Option<::prost_types::Duration>,
 }
+/// Which deliveries to replay: one event (optionally to one subscription), or a
+/// subscription's deliveries in a time range (optionally only those whose last outcome is
+/// `outcome`).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReplayDeliveriesRequest {
+    #[prost(string, tag = "1")]
+    pub event_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub subscription_id: ::prost::alloc::string::String,
+    /// With `subscription_id` and no `event_id`: attempts started at or after this time.
+    #[prost(message, optional, tag = "3")]
+    pub since: ::core::option::Option<::prost_types::Timestamp>,
+    /// Attempts started before this time; unset means now.
+    #[prost(message, optional, tag = "4")]
+    pub until: ::core::option::Option<::prost_types::Timestamp>,
+    /// Only deliveries whose latest attempt had this outcome (for example FAILED).
+    #[prost(enumeration = "Outcome", tag = "5")]
+    pub outcome: i32,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ReplayDeliveriesResponse {
+    /// Deliveries queued again, in all.
+    #[prost(uint32, tag = "1")]
+    pub queued: u32,
+    /// Per agent, how many it queued.
+    #[prost(message, repeated, tag = "2")]
+    pub agents: ::prost::alloc::vec::Vec<AgentReplayCount>,
+    /// Deliveries that could not be queued, with the reason.
+    #[prost(message, repeated, tag = "3")]
+    pub not_replayable: ::prost::alloc::vec::Vec<ReplayMiss>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AgentReplayCount {
+    #[prost(string, tag = "1")]
+    pub agent_id: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "2")]
+    pub queued: u32,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReplayMiss {
+    #[prost(string, tag = "1")]
+    pub event_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub subscription_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub agent_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub reason: ::prost::alloc::string::String,
+}
 /// One HTTP attempt to deliver one event to one subscription.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Attempt {
@@ -412,14 +461,14 @@ pub struct AgentInfo {
     #[prost(bool, tag = "10")]
     pub connected: bool,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ConfigRequest {
-    #[prost(oneof = "config_request::Kind", tags = "1, 2, 3")]
+    #[prost(oneof = "config_request::Kind", tags = "1, 2, 3, 4")]
     pub kind: ::core::option::Option<config_request::Kind>,
 }
 /// Nested message and enum types in `ConfigRequest`.
 pub mod config_request {
-    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
     pub enum Kind {
         #[prost(message, tag = "1")]
         Hello(super::AgentHello),
@@ -427,7 +476,40 @@ pub mod config_request {
         Ack(super::ConfigAck),
         #[prost(message, tag = "3")]
         Nack(super::ConfigNack),
+        #[prost(message, tag = "4")]
+        ReplayResult(super::ReplayResult),
     }
+}
+/// The control plane asks an agent to deliver events again.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ReplayOrder {
+    /// Echoed in the result.
+    #[prost(uint64, tag = "1")]
+    pub order_id: u64,
+    #[prost(message, repeated, tag = "2")]
+    pub items: ::prost::alloc::vec::Vec<ReplayItem>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReplayItem {
+    #[prost(string, tag = "1")]
+    pub event_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub subscription_id: ::prost::alloc::string::String,
+    /// The number the next attempt takes (one more than the last one logged), so the log keeps
+    /// every attempt.
+    #[prost(uint32, tag = "3")]
+    pub next_attempt: u32,
+}
+/// What an agent did with a replay order.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ReplayResult {
+    #[prost(uint64, tag = "1")]
+    pub order_id: u64,
+    #[prost(uint32, tag = "2")]
+    pub queued: u32,
+    /// Items it could not queue (event past retention, subscription unknown), with the reason.
+    #[prost(message, repeated, tag = "3")]
+    pub missed: ::prost::alloc::vec::Vec<ReplayMiss>,
 }
 /// The first message on a config stream.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -479,6 +561,10 @@ pub struct ConfigUpdate {
     /// Ids of subscriptions removed (or no longer visible to this agent).
     #[prost(string, repeated, tag = "4")]
     pub removals: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Set on updates that carry no config change (revision 0): deliveries to queue again. The
+    /// agent answers with a ReplayResult, not an ack.
+    #[prost(message, optional, tag = "5")]
+    pub replay: ::core::option::Option<ReplayOrder>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ReportBatch {
@@ -2013,6 +2099,33 @@ pub mod deliveries_client {
                 .insert(GrpcMethod::new("herald.v1.Deliveries", "TailAttempts"));
             self.inner.server_streaming(req, path, codec).await
         }
+        /// Delivers events again (new attempts, same webhook-id): the agents that attempted them
+        /// queue them anew. Deliveries whose agent is not connected to this control plane, or no
+        /// longer holds the event, are reported as not replayable.
+        pub async fn replay_deliveries(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ReplayDeliveriesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ReplayDeliveriesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/herald.v1.Deliveries/ReplayDeliveries",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("herald.v1.Deliveries", "ReplayDeliveries"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2047,6 +2160,16 @@ pub mod deliveries_server {
             request: tonic::Request<super::TailAttemptsRequest>,
         ) -> std::result::Result<
             tonic::Response<Self::TailAttemptsStream>,
+            tonic::Status,
+        >;
+        /// Delivers events again (new attempts, same webhook-id): the agents that attempted them
+        /// queue them anew. Deliveries whose agent is not connected to this control plane, or no
+        /// longer holds the event, are reported as not replayable.
+        async fn replay_deliveries(
+            &self,
+            request: tonic::Request<super::ReplayDeliveriesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ReplayDeliveriesResponse>,
             tonic::Status,
         >;
     }
@@ -2214,6 +2337,51 @@ pub mod deliveries_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/herald.v1.Deliveries/ReplayDeliveries" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReplayDeliveriesSvc<T: Deliveries>(pub Arc<T>);
+                    impl<
+                        T: Deliveries,
+                    > tonic::server::UnaryService<super::ReplayDeliveriesRequest>
+                    for ReplayDeliveriesSvc<T> {
+                        type Response = super::ReplayDeliveriesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ReplayDeliveriesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Deliveries>::replay_deliveries(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReplayDeliveriesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

@@ -1,0 +1,176 @@
+//! Replay: deliver events again, on request (`herald deliveries replay`). The delivery log says
+//! which agent attempted each delivery and how many attempts it made; each such agent is sent
+//! a replay order over its config stream and queues the deliveries anew (new attempts, same
+//! `webhook-id`, numbered after the logged ones). A delivery whose agent is not connected to
+//! this replica, does not answer, or no longer holds the event is reported as not replayable,
+//! never skipped silently.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use herald_proto::v1 as pb;
+
+use crate::attempts::{AttemptLog, LogError};
+use crate::fleet::Fleet;
+
+/// The most deliveries one replay request may cover.
+pub const MAX_REPLAY: usize = 10_000;
+/// The most attempts read from the log for one request.
+const MAX_ATTEMPTS_READ: usize = 200_000;
+/// How long an agent has to answer a replay order.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why a replay request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The request names no deliveries, or too many.
+    #[error("{0}")]
+    Invalid(String),
+    /// The log could not be read.
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+impl From<ReplayError> for tonic::Status {
+    fn from(err: ReplayError) -> Self {
+        match err {
+            ReplayError::Invalid(_) => tonic::Status::invalid_argument(err.to_string()),
+            ReplayError::Log(log) => log.into(),
+        }
+    }
+}
+
+/// The last logged attempt of one delivery.
+#[derive(Clone, Debug)]
+struct Latest {
+    attempt: u32,
+    agent_id: String,
+    outcome: i32,
+}
+
+/// Finds the deliveries `request` names in `log` and has their agents queue them again.
+pub async fn replay(
+    log: &AttemptLog,
+    fleet: &Fleet,
+    request: pb::ReplayDeliveriesRequest,
+) -> Result<pb::ReplayDeliveriesResponse, ReplayError> {
+    let by_range = request.event_id.is_empty();
+    if by_range && (request.subscription_id.is_empty() || request.since.is_none()) {
+        return Err(ReplayError::Invalid(
+            "name an event (event_id), or a subscription and a start time (subscription_id, since)"
+                .into(),
+        ));
+    }
+    let filter = pb::AttemptFilter {
+        event_id: request.event_id.clone(),
+        subscription_id: request.subscription_id.clone(),
+        since: request.since,
+        until: request.until,
+        ..Default::default()
+    };
+    let deliveries = latest_attempts(log, filter).await?;
+    let deliveries: BTreeMap<(String, String), Latest> = deliveries
+        .into_iter()
+        .filter(|(_, latest)| request.outcome == 0 || latest.outcome == request.outcome)
+        .collect();
+    if deliveries.len() > MAX_REPLAY {
+        return Err(ReplayError::Invalid(format!(
+            "{} deliveries match; one replay covers at most {MAX_REPLAY}: narrow the time range",
+            deliveries.len()
+        )));
+    }
+    let mut by_agent: BTreeMap<String, Vec<pb::ReplayItem>> = BTreeMap::new();
+    for ((event_id, subscription_id), latest) in deliveries {
+        by_agent
+            .entry(latest.agent_id)
+            .or_default()
+            .push(pb::ReplayItem {
+                event_id,
+                subscription_id,
+                next_attempt: latest.attempt + 1,
+            });
+    }
+    let mut response = pb::ReplayDeliveriesResponse::default();
+    for (agent_id, items) in by_agent {
+        let missed_all = |items: &[pb::ReplayItem], reason: &str| -> Vec<pb::ReplayMiss> {
+            items
+                .iter()
+                .map(|item| pb::ReplayMiss {
+                    event_id: item.event_id.clone(),
+                    subscription_id: item.subscription_id.clone(),
+                    agent_id: agent_id.clone(),
+                    reason: reason.to_owned(),
+                })
+                .collect()
+        };
+        let Some(answer) = fleet.send_replay(&agent_id, items.clone()) else {
+            response.not_replayable.extend(missed_all(
+                &items,
+                "its agent is not connected to this control plane",
+            ));
+            continue;
+        };
+        match tokio::time::timeout(AGENT_TIMEOUT, answer).await {
+            Ok(Ok(result)) => {
+                response.queued += result.queued;
+                if result.queued > 0 {
+                    response.agents.push(pb::AgentReplayCount {
+                        agent_id: agent_id.clone(),
+                        queued: result.queued,
+                    });
+                }
+                response
+                    .not_replayable
+                    .extend(result.missed.into_iter().map(|miss| pb::ReplayMiss {
+                        agent_id: agent_id.clone(),
+                        ..miss
+                    }));
+            }
+            Ok(Err(_)) => response.not_replayable.extend(missed_all(
+                &items,
+                "its agent disconnected before answering",
+            )),
+            Err(_) => response
+                .not_replayable
+                .extend(missed_all(&items, "its agent did not answer in time")),
+        }
+    }
+    Ok(response)
+}
+
+/// The latest logged attempt of every delivery (event, subscription) matching `filter`.
+async fn latest_attempts(
+    log: &AttemptLog,
+    filter: pb::AttemptFilter,
+) -> Result<BTreeMap<(String, String), Latest>, ReplayError> {
+    let mut latest: BTreeMap<(String, String), Latest> = BTreeMap::new();
+    let mut token = String::new();
+    let mut read = 0;
+    loop {
+        let page = log.list(filter.clone(), 1000, &token).await?;
+        read += page.attempts.len();
+        for attempt in page.attempts {
+            let key = (attempt.event_id.clone(), attempt.subscription_id.clone());
+            let newer = latest.get(&key).is_none_or(|l| attempt.attempt > l.attempt);
+            if newer {
+                latest.insert(
+                    key,
+                    Latest {
+                        attempt: attempt.attempt,
+                        agent_id: attempt.agent_id,
+                        outcome: attempt.outcome,
+                    },
+                );
+            }
+        }
+        if page.next_page_token.is_empty() {
+            return Ok(latest);
+        }
+        if read > MAX_ATTEMPTS_READ {
+            return Err(ReplayError::Invalid(format!(
+                "more than {MAX_ATTEMPTS_READ} attempts match: narrow the time range"
+            )));
+        }
+        token = page.next_page_token;
+    }
+}

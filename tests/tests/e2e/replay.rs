@@ -1,0 +1,136 @@
+//! Replay: a delivery that failed for good is delivered again once the receiver recovers,
+//! with the same `webhook-id` and the attempt numbers continuing; a delivery whose agent is
+//! gone is reported as not replayable.
+
+use std::time::Duration;
+
+use herald_core::signing::HEADER_ID;
+use herald_proto::v1 as pb;
+use herald_proto::v1::deliveries_client::DeliveriesClient;
+use herald_tests::{World, event, eventually, subscription};
+
+async fn attempts_of(world: &World, event_id: &str) -> anyhow::Result<Vec<pb::Attempt>> {
+    world
+        .control_plane
+        .attempts(pb::AttemptFilter {
+            event_id: event_id.to_owned(),
+            ..Default::default()
+        })
+        .await
+}
+
+#[tokio::test]
+async fn a_failed_delivery_is_replayed_with_the_same_webhook_id() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    world.receiver.respond_with(500);
+    let mut sub = subscription("shop-1", &world.receiver.url("/hook"), &["order.*"]);
+    let schedule = herald_core::retry::RetrySchedule::parse("50ms")?;
+    sub.retry = Some(herald_proto::convert::retry_policy(&schedule));
+    let sub = world.control_plane.create(sub).await?;
+    world
+        .control_plane
+        .wait_applied(sub.revision, Duration::from_secs(10))
+        .await?;
+    let emitted = world
+        .agent
+        .emit(event(
+            "shop-1",
+            "order.created",
+            &serde_json::json!({"id": 9}),
+        ))
+        .await?;
+    let id = emitted.event_id;
+    let failed = eventually(Duration::from_secs(10), "the delivery to fail", || async {
+        let attempts = attempts_of(&world, &id).await?;
+        Ok(attempts
+            .iter()
+            .any(|a| a.outcome() == pb::Outcome::Failed)
+            .then_some(attempts))
+    })
+    .await?;
+    assert_eq!(failed.len(), 2, "two attempts, then failed for good");
+    let agent_id = failed[0].agent_id.clone();
+
+    // The receiver recovers; the operator replays the event.
+    world.receiver.respond_with(200);
+    let mut deliveries = DeliveriesClient::new(world.control_plane.channel().await?);
+    let replayed = deliveries
+        .replay_deliveries(pb::ReplayDeliveriesRequest {
+            event_id: id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(replayed.queued, 1, "{replayed:?}");
+    assert_eq!(replayed.agents[0].agent_id, agent_id);
+    assert!(replayed.not_replayable.is_empty(), "{replayed:?}");
+
+    let requests = world
+        .receiver
+        .wait_for_requests(3, Duration::from_secs(10))
+        .await?;
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.header(HEADER_ID) == Some(id.as_str()))
+    );
+    let delivered = eventually(Duration::from_secs(10), "the replay in the log", || async {
+        let attempts = attempts_of(&world, &id).await?;
+        Ok(attempts
+            .iter()
+            .find(|a| a.outcome() == pb::Outcome::Delivered)
+            .cloned())
+    })
+    .await?;
+    assert_eq!(
+        delivered.attempt, 3,
+        "attempt numbers continue after the logged ones"
+    );
+
+    // Replaying what is now delivered, filtered to failed deliveries, finds nothing.
+    let none = deliveries
+        .replay_deliveries(pb::ReplayDeliveriesRequest {
+            subscription_id: sub.id.clone(),
+            since: Some(herald_proto::convert::timestamp(
+                std::time::SystemTime::now() - Duration::from_secs(3600),
+            )),
+            outcome: pb::Outcome::Failed as i32,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(none.queued, 0);
+    assert!(none.not_replayable.is_empty(), "{none:?}");
+
+    // A request naming nothing is refused.
+    let refused = deliveries
+        .replay_deliveries(pb::ReplayDeliveriesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
+    // With its agent gone, the event is reported, not skipped.
+    let World {
+        agent,
+        control_plane,
+        receiver: _receiver,
+        etcd: _etcd,
+        ..
+    } = world;
+    agent.stop().await?;
+    let gone = DeliveriesClient::new(control_plane.channel().await?)
+        .replay_deliveries(pb::ReplayDeliveriesRequest {
+            event_id: id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(gone.queued, 0);
+    assert_eq!(gone.not_replayable.len(), 1, "{gone:?}");
+    assert_eq!(gone.not_replayable[0].agent_id, agent_id);
+    assert!(
+        gone.not_replayable[0].reason.contains("not connected"),
+        "{gone:?}"
+    );
+    Ok(())
+}
