@@ -12,6 +12,8 @@
 //! last run), so a healthy endpoint costs the store nothing.
 
 use std::collections::BTreeMap;
+
+use futures_util::StreamExt as _;
 use std::sync::Arc;
 
 use herald_proto::convert::{disable_policy, system_time, timestamp};
@@ -25,6 +27,8 @@ use crate::subscriptions::{SubscriptionError, Subscriptions};
 
 /// Compare-and-swap rounds before giving up on one record.
 const MAX_CAS_ATTEMPTS: usize = 16;
+/// Subscriptions of one report batch whose records are updated at once.
+const CONCURRENT_UPDATES: usize = 32;
 
 /// Keeps subscriptions' health records and disables failing ones.
 #[derive(Clone)]
@@ -54,16 +58,20 @@ impl Health {
                 .or_default()
                 .push(attempt);
         }
-        for (id, mut attempts) in by_subscription {
-            attempts.sort_by_key(|a| a.started_at.as_ref().map(system_time));
-            match self.update(id, &attempts).await {
-                Ok(Some(health)) => self.disable_if_due(id, &health).await,
-                Ok(None) => {}
-                Err(err) => {
-                    tracing::error!(subscription = %id, error = %err, "cannot update endpoint health");
+        // Records of different subscriptions are independent: update them side by side (the
+        // store batches concurrent requests; etcd's raft log does too).
+        futures_util::stream::iter(by_subscription)
+            .for_each_concurrent(CONCURRENT_UPDATES, |(id, mut attempts)| async move {
+                attempts.sort_by_key(|a| a.started_at.as_ref().map(system_time));
+                match self.update(id, &attempts).await {
+                    Ok(Some(health)) => self.disable_if_due(id, &health).await,
+                    Ok(None) => {}
+                    Err(err) => {
+                        tracing::error!(subscription = %id, error = %err, "cannot update endpoint health");
+                    }
                 }
-            }
-        }
+            })
+            .await;
     }
 
     /// The health record of `id` (an empty one for a subscription that never failed).
