@@ -4,8 +4,8 @@
 //! `tokio::sync::watch`. After every reconnect the control plane sends a full snapshot, so
 //! changes made while the agent was away — deletions included — are never missed.
 //!
-//! The same stream carries replay orders (deliveries to make again); the agent queues them
-//! and answers with what it queued and what it could not.
+//! The same stream carries orders: replays (deliveries to make again) and emits (operator
+//! events the control plane raises); the agent queues them and answers with what it did.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,6 +100,14 @@ async fn follow(
             Ok(None) => return Err(format!("{url} ended the config stream")),
             Err(status) => return Err(format!("{url}: {}", status.message())),
         };
+        if let Some(order) = update.emit {
+            let table = routes.borrow().clone();
+            let result = emit(queue, &table, order).await;
+            tx.send(send(Kind::EmitResult(result)))
+                .await
+                .map_err(|_| "config stream closed")?;
+            continue;
+        }
         if let Some(order) = update.replay {
             let table = routes.borrow().clone();
             let result = replay(queue, &table, order).await;
@@ -192,5 +200,48 @@ async fn replay(queue: &Queue, routes: &Routes, order: pb::ReplayOrder) -> pb::R
         order_id: order.order_id,
         queued,
         missed,
+    }
+}
+
+/// Emits an order's events as if an application had (they are validated the same way).
+async fn emit(queue: &Queue, routes: &Routes, order: pb::EmitOrder) -> pb::EmitResult {
+    let failed = |error: String| pb::EmitResult {
+        order_id: order.order_id,
+        results: vec![],
+        error,
+    };
+    if !routes.loaded {
+        return failed("the agent has no configuration yet".into());
+    }
+    let mut events = Vec::with_capacity(order.events.len());
+    for event in &order.events {
+        if let Err(err) = herald_proto::convert::validate_event(
+            event,
+            herald_core::limits::DEFAULT_MAX_PAYLOAD_BYTES,
+        ) {
+            return failed(err.to_string());
+        }
+        events.push(crate::emit::EmitService::prepare(
+            event.clone(),
+            routes,
+            None,
+        ));
+    }
+    let ids: Vec<String> = events.iter().map(|e| e.event.id.clone()).collect();
+    match queue.accept(events).await {
+        Ok(accepted) => pb::EmitResult {
+            order_id: order.order_id,
+            results: ids
+                .into_iter()
+                .zip(accepted)
+                .map(|(event_id, a)| pb::EmitResponse {
+                    event_id,
+                    matched: a.matched,
+                    duplicate: a.duplicate,
+                })
+                .collect(),
+            error: String::new(),
+        },
+        Err(err) => failed(err.to_string()),
     }
 }

@@ -55,7 +55,11 @@ impl EmitService {
 
     /// The event with its id, time and trace context filled in, and the subscriptions it goes
     /// to. `trace` is the call's `traceparent`, if it carried a valid one.
-    fn prepare(mut event: pb::Event, routes: &Routes, trace: Option<&TraceParent>) -> NewEvent {
+    pub(crate) fn prepare(
+        mut event: pb::Event,
+        routes: &Routes,
+        trace: Option<&TraceParent>,
+    ) -> NewEvent {
         if event.id.is_empty() {
             event.id = new_event_id();
         }

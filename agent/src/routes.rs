@@ -140,6 +140,7 @@ impl Routes {
             upserts,
             removals: vec![],
             replay: None,
+            emit: None,
         }
     }
 }
@@ -176,6 +177,7 @@ mod tests {
             ],
             removals: vec![],
             replay: None,
+            emit: None,
         };
         let routes = Routes::default().apply(&snapshot).expect("snapshot");
         let ids =
@@ -192,6 +194,7 @@ mod tests {
             upserts: vec![disabled],
             removals: vec!["sub_b".into()],
             replay: None,
+            emit: None,
         };
         let next = routes.apply(&delta).expect("delta");
         // Still matched (its deliveries are parked), but known to be disabled.

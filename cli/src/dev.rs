@@ -72,6 +72,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         secrets: Default::default(),
         auth: Default::default(),
         metrics_listen: None,
+        system_tenant: herald_control_plane::operator_events::DEFAULT_SYSTEM_TENANT.into(),
     };
     let control_plane = tokio::spawn(herald_control_plane::run(
         cp_config,

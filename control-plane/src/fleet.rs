@@ -1,7 +1,7 @@
 //! The agents this control-plane replica has seen: who is connected, which config revision
 //! each applied, and the last change each refused. Kept in memory per replica; an agent's
 //! entry lives on after it disconnects so operators can see it went away. It also routes
-//! replay orders to a connected agent's stream and their results back to the caller.
+//! orders (replay, emit) to a connected agent's stream and their results back to the caller.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +19,20 @@ pub struct Fleet {
     agents: Arc<Mutex<BTreeMap<String, Entry>>>,
     /// Replay orders sent and not yet answered, by order id.
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<pb::ReplayResult>>>>,
+    /// Emit orders sent and not yet answered, by order id.
+    pending_emits: Arc<Mutex<HashMap<u64, oneshot::Sender<pb::EmitResult>>>>,
     next_order: Arc<AtomicU64>,
+    /// Turns for choosing an agent to emit through.
+    next_emitter: Arc<AtomicU64>,
+}
+
+/// Work the control plane hands an agent over its config stream.
+#[derive(Debug)]
+pub enum Order {
+    /// Deliver events again.
+    Replay(pb::ReplayOrder),
+    /// Emit events (operator events).
+    Emit(pb::EmitOrder),
 }
 
 /// Replay orders a config stream may hold before the sender is told the agent is busy.
@@ -30,14 +43,14 @@ struct Entry {
     info: pb::AgentInfo,
     /// Streams open for this agent id; it is connected while any is.
     streams: u32,
-    /// Where replay orders for this agent go: its newest stream.
-    orders: Option<mpsc::Sender<pb::ReplayOrder>>,
+    /// Where orders for this agent go: its newest stream.
+    orders: Option<mpsc::Sender<Order>>,
 }
 
 impl Fleet {
     /// Records an agent's hello; replay orders for the agent arrive on the returned receiver
     /// (its newest stream's).
-    pub fn connected(&self, hello: &pb::AgentHello) -> mpsc::Receiver<pb::ReplayOrder> {
+    pub fn connected(&self, hello: &pb::AgentHello) -> mpsc::Receiver<Order> {
         let now = Some(timestamp(SystemTime::now()));
         let (orders, receiver) = mpsc::channel(ORDER_BUFFER);
         let mut agents = self.lock();
@@ -77,13 +90,52 @@ impl Fleet {
         let (tx, rx) = oneshot::channel();
         self.pending().insert(order_id, tx);
         if orders
-            .try_send(pb::ReplayOrder { order_id, items })
+            .try_send(Order::Replay(pb::ReplayOrder { order_id, items }))
             .is_err()
         {
             self.pending().remove(&order_id);
             return None;
         }
         Some(rx)
+    }
+
+    /// Sends `events` to be emitted by one of the connected agents, taking turns; `None` when
+    /// no agent is connected to this replica.
+    pub fn send_emit(&self, events: Vec<pb::Event>) -> Option<oneshot::Receiver<pb::EmitResult>> {
+        let senders: Vec<mpsc::Sender<Order>> = self
+            .lock()
+            .values()
+            .filter_map(|entry| entry.orders.clone())
+            .collect();
+        if senders.is_empty() {
+            return None;
+        }
+        let turn = self.next_emitter.fetch_add(1, Ordering::Relaxed) as usize;
+        let orders = &senders[turn % senders.len()];
+        let order_id = self.next_order.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = oneshot::channel();
+        self.pending_emits().insert(order_id, tx);
+        if orders
+            .try_send(Order::Emit(pb::EmitOrder { order_id, events }))
+            .is_err()
+        {
+            self.pending_emits().remove(&order_id);
+            return None;
+        }
+        Some(rx)
+    }
+
+    /// Hands an agent's answer to an emit order's caller.
+    pub fn emit_answered(&self, result: pb::EmitResult) {
+        if let Some(tx) = self.pending_emits().remove(&result.order_id) {
+            let _ = tx.send(result);
+        }
+    }
+
+    fn pending_emits(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<pb::EmitResult>>> {
+        self.pending_emits.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Hands an agent's answer to the replay order's caller.

@@ -22,6 +22,7 @@ use prost::Message;
 
 use crate::keys;
 use crate::metrics::{DisableReason, Metrics};
+use crate::operator_events::{OperatorEvents, RECOVERY_MIN_FAILURES};
 use crate::store::{Compare, Op, Store, Txn, TxnOutcome};
 use crate::subscriptions::{SubscriptionError, Subscriptions};
 
@@ -36,16 +37,29 @@ pub struct Health {
     store: Store,
     registry: Subscriptions,
     metrics: Metrics,
+    events: OperatorEvents,
 }
 
 impl Health {
-    /// Health over `store`, disabling through `registry` (counted in `metrics`).
-    pub fn new(store: Store, registry: Subscriptions, metrics: Metrics) -> Self {
+    /// Health over `store`, disabling through `registry` (counted in `metrics`, told as
+    /// operator `events`).
+    pub fn new(
+        store: Store,
+        registry: Subscriptions,
+        metrics: Metrics,
+        events: OperatorEvents,
+    ) -> Self {
         Health {
             store,
             registry,
             metrics,
+            events,
         }
+    }
+
+    /// Where operator events are raised.
+    pub fn events(&self) -> &OperatorEvents {
+        &self.events
     }
 
     /// Counts newly stored attempts into their subscriptions' records, and disables those whose
@@ -64,8 +78,14 @@ impl Health {
             .for_each_concurrent(CONCURRENT_UPDATES, |(id, mut attempts)| async move {
                 attempts.sort_by_key(|a| a.started_at.as_ref().map(system_time));
                 match self.update(id, &attempts).await {
-                    Ok(Some(health)) => self.disable_if_due(id, &health).await,
-                    Ok(None) => {}
+                    Ok(Change::Failing(health)) => self.disable_if_due(id, &health).await,
+                    Ok(Change::Recovered { failures }) => {
+                        if let Ok(sub) = self.registry.get(id).await {
+                            let how = format!("delivered after {failures} failures");
+                            self.events.subscription_recovered(&sub, &how, failures).await;
+                        }
+                    }
+                    Ok(Change::None) => {}
                     Err(err) => {
                         tracing::error!(subscription = %id, error = %err, "cannot update endpoint health");
                     }
@@ -109,13 +129,12 @@ impl Health {
         }
     }
 
-    /// Applies `attempts` (in start order) to the record; the new record when it changed and
-    /// the run of failures grew.
+    /// Applies `attempts` (in start order) to the record; what changed that matters.
     async fn update(
         &self,
         id: &str,
         attempts: &[&pb::Attempt],
-    ) -> Result<Option<pb::SubscriptionHealth>, SubscriptionError> {
+    ) -> Result<Change, SubscriptionError> {
         let key = keys::health(id);
         for _ in 0..MAX_CAS_ATTEMPTS {
             let (mut health, revision) = self.read(id).await?;
@@ -124,7 +143,7 @@ impl Health {
                 apply(&mut health, attempt);
             }
             if health == before {
-                return Ok(None);
+                return Ok(Change::None);
             }
             let compare = if revision == 0 {
                 Compare::Absent(key.clone())
@@ -135,8 +154,17 @@ impl Health {
                 .when(compare)
                 .then(Op::Put(key.clone(), health.encode_to_vec()));
             if let TxnOutcome::Committed { .. } = self.store.txn(txn).await? {
-                let grew = health.consecutive_failures > before.consecutive_failures;
-                return Ok(grew.then_some(health));
+                if health.consecutive_failures > before.consecutive_failures {
+                    return Ok(Change::Failing(health));
+                }
+                if health.consecutive_failures == 0
+                    && before.consecutive_failures >= RECOVERY_MIN_FAILURES
+                {
+                    return Ok(Change::Recovered {
+                        failures: before.consecutive_failures,
+                    });
+                }
+                return Ok(Change::None);
             }
         }
         Err(SubscriptionError::Contended(id.to_owned()))
@@ -170,8 +198,9 @@ impl Health {
         }
         let reason = format!("auto: {} consecutive failures", health.consecutive_failures);
         match self.registry.disable_if_enabled(id, &reason).await {
-            Ok(Some(_)) => {
+            Ok(Some(disabled)) => {
                 self.metrics.disabled(DisableReason::failures);
+                self.events.subscription_disabled(&disabled).await;
                 tracing::warn!(subscription = %id, failures = health.consecutive_failures, last_error = %health.last_error, "endpoint keeps failing; subscription disabled");
             }
             Ok(None) => {}
@@ -180,6 +209,16 @@ impl Health {
             }
         }
     }
+}
+
+/// What an update of a health record changed that matters.
+enum Change {
+    /// Nothing to act on.
+    None,
+    /// The run of failures grew: the record as written.
+    Failing(pb::SubscriptionHealth),
+    /// A delivery ended a run of this many failures.
+    Recovered { failures: u32 },
 }
 
 /// Counts one attempt into a record.

@@ -9,6 +9,8 @@
 //! - `/herald/v1/health/<id>` → a `herald.v1.SubscriptionHealth` (protobuf): the endpoint's run
 //!   of consecutive failures, shared by every control-plane replica. Removed with the
 //!   subscription.
+//! - `/herald/v1/operator-events/<id>` → a `herald.v1.Event` raised by the control plane and
+//!   not yet handed to an agent (see `operator_events.rs`).
 
 /// The root of every Herald key.
 pub const ROOT: &str = "/herald/v1/";
@@ -16,6 +18,13 @@ pub const ROOT: &str = "/herald/v1/";
 pub const SUBSCRIPTIONS: &str = "/herald/v1/subscriptions/";
 const SUBSCRIPTION_IDS: &str = "/herald/v1/subscription-ids/";
 const HEALTH: &str = "/herald/v1/health/";
+/// The prefix of the operator-event outbox.
+pub const OPERATOR_EVENTS: &str = "/herald/v1/operator-events/";
+
+/// The outbox key of an operator event.
+pub fn operator_event(id: &str) -> String {
+    format!("{OPERATOR_EVENTS}{id}")
+}
 
 /// The health record key of a subscription.
 pub fn health(id: &str) -> String {

@@ -13,6 +13,7 @@ pub mod health;
 pub mod hub;
 pub mod keys;
 pub mod metrics;
+pub mod operator_events;
 pub mod replay;
 pub mod sealing;
 pub mod store;
@@ -84,6 +85,14 @@ pub struct Config {
     /// Address of the Prometheus endpoint (`GET /metrics`); none by default.
     #[arg(long, env = "HERALD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// The tenant of operator events (herald.subscription.disabled, …).
+    #[arg(long, env = "HERALD_SYSTEM_TENANT", default_value = operator_events::DEFAULT_SYSTEM_TENANT, value_parser = system_tenant)]
+    pub system_tenant: String,
+}
+
+fn system_tenant(text: &str) -> Result<String, String> {
+    herald_core::validate::tenant(text).map_err(|e| e.to_string())?;
+    Ok(text.to_owned())
 }
 
 /// How long the delivery log keeps attempts by default: 30 days.
@@ -182,7 +191,10 @@ pub async fn run(
         );
     }
     let metrics = metrics::Metrics::default();
-    let health = Health::new(store, registry.clone(), metrics.clone());
+    let events =
+        operator_events::OperatorEvents::new(store.clone(), fleet.clone(), &config.system_tenant);
+    tokio::spawn(events.clone().run(stop.clone()));
+    let health = Health::new(store, registry.clone(), metrics.clone(), events);
     if let Some(addr) = config.metrics_listen {
         let listener = TcpListener::bind(addr)
             .await

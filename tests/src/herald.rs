@@ -99,6 +99,7 @@ impl ControlPlane {
             },
             auth: Default::default(),
             metrics_listen: None,
+            system_tenant: herald_control_plane::operator_events::DEFAULT_SYSTEM_TENANT.into(),
         };
         configure(&mut config);
         let stop = CancellationToken::new();

@@ -108,12 +108,19 @@ impl SubscriptionsApi for SubscriptionsService {
         request: Request<pb::EnableSubscriptionRequest>,
     ) -> Result<Response<pb::Subscription>, Status> {
         let request = request.into_inner();
+        let was_disabled = !self.registry.get(&request.id).await?.enabled;
         let sub = self
             .registry
             .enable(&request.id, request.replay_parked)
             .await?;
         // A fresh start: earlier failures no longer count towards disabling it again.
         self.health.reset(&sub.id).await?;
+        if was_disabled {
+            self.health
+                .events()
+                .subscription_recovered(&sub, "enabled", 0)
+                .await;
+        }
         tracing::info!(id = %sub.id, "subscription enabled");
         Ok(Response::new(redact(sub)))
     }
@@ -132,8 +139,12 @@ impl SubscriptionsApi for SubscriptionsService {
         request: Request<pb::DisableSubscriptionRequest>,
     ) -> Result<Response<pb::Subscription>, Status> {
         let request = request.into_inner();
+        let was_enabled = self.registry.get(&request.id).await?.enabled;
         let sub = self.registry.disable(&request.id, &request.reason).await?;
         tracing::info!(id = %sub.id, reason = %sub.disabled_reason, "subscription disabled");
+        if was_enabled {
+            self.health.events().subscription_disabled(&sub).await;
+        }
         Ok(Response::new(redact(sub)))
     }
 

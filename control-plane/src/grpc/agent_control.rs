@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::admin::async_stream;
 use crate::attempts::AttemptLog;
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, Order};
 use crate::health::Health;
 use crate::hub::{Change, ConfigHub, Snapshot};
 use crate::metrics::{DisableReason, Metrics};
@@ -164,7 +164,7 @@ impl AgentControl for AgentControlService {
                     }
                 };
                 metrics.stored(&stored);
-                disable_gone(&registry, &metrics, &stored);
+                disable_gone(&registry, &metrics, &health, &stored);
                 let ack = pb::ReportAck {
                     batch_id: batch.batch_id,
                 };
@@ -174,6 +174,9 @@ impl AgentControl for AgentControlService {
                 // Counted after the ack (the attempts are stored either way); the next batch
                 // waits for it, so a stream's batches count in order.
                 health.record(&stored).await;
+                for attempt in stored.iter().filter(|a| a.outcome() == pb::Outcome::Failed) {
+                    health.events().delivery_exhausted(attempt).await;
+                }
             }
         });
         Ok(Response::new(stream))
@@ -184,7 +187,12 @@ impl AgentControl for AgentControlService {
 pub const GONE_REASON: &str = "gone (410)";
 
 /// Disables, in the background, the subscriptions whose receivers answered 410 in `attempts`.
-fn disable_gone(registry: &Subscriptions, metrics: &Metrics, attempts: &[Arc<pb::Attempt>]) {
+fn disable_gone(
+    registry: &Subscriptions,
+    metrics: &Metrics,
+    health: &Health,
+    attempts: &[Arc<pb::Attempt>],
+) {
     let mut gone: Vec<String> = attempts
         .iter()
         .filter(|a| a.status_code == 410)
@@ -193,11 +201,12 @@ fn disable_gone(registry: &Subscriptions, metrics: &Metrics, attempts: &[Arc<pb:
     gone.sort();
     gone.dedup();
     for id in gone {
-        let (registry, metrics) = (registry.clone(), metrics.clone());
+        let (registry, metrics, health) = (registry.clone(), metrics.clone(), health.clone());
         tokio::spawn(async move {
             match registry.disable_if_enabled(&id, GONE_REASON).await {
-                Ok(Some(_)) => {
+                Ok(Some(disabled)) => {
                     metrics.disabled(DisableReason::gone);
+                    health.events().subscription_disabled(&disabled).await;
                     tracing::warn!(subscription = %id, "receiver answered 410 Gone; subscription disabled")
                 }
                 Ok(None) => {}
@@ -222,8 +231,8 @@ struct Session<'a> {
     agent: &'a str,
     interest: &'a Interest,
     inbound: &'a mut Streaming<pb::ConfigRequest>,
-    /// Replay orders for this agent.
-    orders: &'a mut mpsc::Receiver<pb::ReplayOrder>,
+    /// Orders for this agent.
+    orders: &'a mut mpsc::Receiver<Order>,
     tx: &'a mpsc::Sender<Result<pb::ConfigUpdate, Status>>,
 }
 
@@ -266,6 +275,9 @@ async fn follow(shared: &Shared, session: Session<'_>) {
                 Ok(Some(pb::ConfigRequest { kind: Some(Kind::ReplayResult(result)) })) => {
                     fleet.replay_answered(result);
                 }
+                Ok(Some(pb::ConfigRequest { kind: Some(Kind::EmitResult(result)) })) => {
+                    fleet.emit_answered(result);
+                }
                 Ok(Some(pb::ConfigRequest { kind: Some(Kind::Nack(nack)) })) => {
                     tracing::warn!(agent, revision = nack.revision, reason = %nack.reason, "agent refused config");
                     fleet.nacked(agent, nack.revision, &nack.reason);
@@ -274,9 +286,15 @@ async fn follow(shared: &Shared, session: Session<'_>) {
                 Ok(None) | Err(_) => return,
             },
             Some(order) = orders.recv() => {
-                let update = pb::ConfigUpdate {
-                    replay: Some(order),
-                    ..Default::default()
+                let update = match order {
+                    Order::Replay(replay) => pb::ConfigUpdate {
+                        replay: Some(replay),
+                        ..Default::default()
+                    },
+                    Order::Emit(emit) => pb::ConfigUpdate {
+                        emit: Some(emit),
+                        ..Default::default()
+                    },
                 };
                 if tx.send(Ok(update)).await.is_err() {
                     return;
@@ -348,6 +366,7 @@ impl Interest {
     fn snapshot(&self, snapshot: &Snapshot) -> pb::ConfigUpdate {
         pb::ConfigUpdate {
             replay: None,
+            emit: None,
             revision: snapshot.revision,
             snapshot: true,
             upserts: snapshot
@@ -364,6 +383,7 @@ impl Interest {
     fn delta(&self, change: &Arc<Change>) -> Option<pb::ConfigUpdate> {
         let mut update = pb::ConfigUpdate {
             replay: None,
+            emit: None,
             revision: change.revision,
             snapshot: false,
             upserts: vec![],

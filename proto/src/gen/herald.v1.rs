@@ -463,7 +463,7 @@ pub struct AgentInfo {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ConfigRequest {
-    #[prost(oneof = "config_request::Kind", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "config_request::Kind", tags = "1, 2, 3, 4, 5")]
     pub kind: ::core::option::Option<config_request::Kind>,
 }
 /// Nested message and enum types in `ConfigRequest`.
@@ -478,7 +478,30 @@ pub mod config_request {
         Nack(super::ConfigNack),
         #[prost(message, tag = "4")]
         ReplayResult(super::ReplayResult),
+        #[prost(message, tag = "5")]
+        EmitResult(super::EmitResult),
     }
+}
+/// The control plane asks an agent to emit events of its own (operator events such as
+/// `herald.subscription.disabled`), delivered like any other event.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct EmitOrder {
+    /// Echoed in the result.
+    #[prost(uint64, tag = "1")]
+    pub order_id: u64,
+    /// Complete events, ids assigned (the same id twice is a duplicate, as with Emit).
+    #[prost(message, repeated, tag = "2")]
+    pub events: ::prost::alloc::vec::Vec<Event>,
+}
+/// What an agent did with an emit order: one response per event, or why it could not.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct EmitResult {
+    #[prost(uint64, tag = "1")]
+    pub order_id: u64,
+    #[prost(message, repeated, tag = "2")]
+    pub results: ::prost::alloc::vec::Vec<EmitResponse>,
+    #[prost(string, tag = "3")]
+    pub error: ::prost::alloc::string::String,
 }
 /// The control plane asks an agent to deliver events again.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -565,6 +588,10 @@ pub struct ConfigUpdate {
     /// agent answers with a ReplayResult, not an ack.
     #[prost(message, optional, tag = "5")]
     pub replay: ::core::option::Option<ReplayOrder>,
+    /// Set on updates that carry no config change (revision 0): events to emit. The agent
+    /// answers with an EmitResult.
+    #[prost(message, optional, tag = "6")]
+    pub emit: ::core::option::Option<EmitOrder>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ReportBatch {

@@ -9,6 +9,7 @@ mod durability;
 mod engine;
 mod health;
 mod metrics;
+mod operator_events;
 mod replay;
 mod secrets;
 mod ssrf;

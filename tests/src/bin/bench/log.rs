@@ -84,6 +84,7 @@ async fn control_plane(
         secrets: Default::default(),
         auth: Default::default(),
         metrics_listen: None,
+        system_tenant: herald_control_plane::operator_events::DEFAULT_SYSTEM_TENANT.into(),
     };
     let stop = stop.clone();
     let task = tokio::spawn(async move {

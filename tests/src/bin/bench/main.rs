@@ -73,6 +73,7 @@ async fn control_plane(stop: &CancellationToken) -> anyhow::Result<(String, temp
         secrets: Default::default(),
         auth: Default::default(),
         metrics_listen: None,
+        system_tenant: herald_control_plane::operator_events::DEFAULT_SYSTEM_TENANT.into(),
     };
     tokio::spawn(herald_control_plane::run(
         config,

@@ -1,0 +1,228 @@
+//! Operator events: what the control plane itself has to tell, emitted as ordinary events of
+//! a system tenant (`--system-tenant`, default `herald`), so operators subscribe to them like
+//! to anything else (`herald subscription create --tenant herald --events 'herald.*' …`):
+//!
+//! - `herald.subscription.disabled`: a subscription was disabled (by an operator, after N
+//!   consecutive failures, or because its receiver answered 410 Gone);
+//! - `herald.subscription.recovered`: a disabled subscription was enabled again, or an
+//!   endpoint's run of [`RECOVERY_MIN_FAILURES`] or more failures ended with a delivery;
+//! - `herald.delivery.exhausted`: a delivery failed for good (its last attempt failed).
+//!
+//! Payloads follow the Standard Webhooks shape: `{"type": …, "timestamp": …, "data": {…}}`.
+//!
+//! Each event is first written to an outbox in the config store
+//! (`/herald/v1/operator-events/<id>`), then handed to a connected agent over its config
+//! stream, which emits it like an application would; the outbox entry goes once the agent has
+//! accepted it. So an event survives a control-plane restart and waits while no agent is
+//! connected. Ids are derived from what happened (`<type>:<hash>`), so an event raised twice
+//! (two replicas, a retry) is one `webhook-id`, and the agent's dedup window drops repeats.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use herald_proto::convert::timestamp;
+use herald_proto::v1 as pb;
+use prost::Message;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::fleet::Fleet;
+use crate::keys;
+use crate::store::{Compare, Op, Store, Txn};
+
+/// The default system tenant.
+pub const DEFAULT_SYSTEM_TENANT: &str = "herald";
+/// A run of at least this many failures ending in a delivery is reported as a recovery.
+pub const RECOVERY_MIN_FAILURES: u32 = 3;
+/// Outbox entries handed to an agent at once.
+const DRAIN_BATCH: usize = 100;
+/// How often the outbox is looked at without being woken.
+const DRAIN_EVERY: Duration = Duration::from_secs(2);
+/// How long an agent has to accept an emit order.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Raises operator events and delivers them through the agents; cloning shares it.
+#[derive(Clone)]
+pub struct OperatorEvents {
+    store: Store,
+    fleet: Fleet,
+    tenant: Arc<str>,
+    wake: Arc<Notify>,
+}
+
+impl OperatorEvents {
+    /// Events of tenant `tenant`, kept in `store` until an agent of `fleet` takes them.
+    pub fn new(store: Store, fleet: Fleet, tenant: &str) -> Self {
+        OperatorEvents {
+            store,
+            fleet,
+            tenant: tenant.into(),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// The system tenant.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// `sub` was disabled (its record as written, with reason and time).
+    pub async fn subscription_disabled(&self, sub: &pb::Subscription) {
+        let at = sub.disabled_at.unwrap_or_default();
+        let key = format!("{}\0{}\0{}", sub.id, at.seconds, at.nanos);
+        let payload = json!({
+            "subscription_id": sub.id,
+            "tenant": sub.tenant,
+            "url": sub.url,
+            "reason": sub.disabled_reason,
+            "disabled_at": rfc3339(sub.disabled_at.as_ref()),
+        });
+        self.raise("herald.subscription.disabled", &key, payload)
+            .await;
+    }
+
+    /// `sub` works again: `how` says why (`enabled`, or the delivery that ended a run of
+    /// `failures` failures).
+    pub async fn subscription_recovered(&self, sub: &pb::Subscription, how: &str, failures: u32) {
+        let key = format!("{}\0{}\0{}", sub.id, how, sub.revision);
+        let payload = json!({
+            "subscription_id": sub.id,
+            "tenant": sub.tenant,
+            "url": sub.url,
+            "reason": how,
+            "failures": failures,
+        });
+        self.raise("herald.subscription.recovered", &key, payload)
+            .await;
+    }
+
+    /// A delivery failed for good; `attempt` is its last attempt.
+    pub async fn delivery_exhausted(&self, attempt: &pb::Attempt) {
+        if attempt.tenant == *self.tenant {
+            // An operator event that could not be delivered raises no further event.
+            return;
+        }
+        let key = format!("{}\0{}", attempt.event_id, attempt.subscription_id);
+        let payload = json!({
+            "event_id": attempt.event_id,
+            "subscription_id": attempt.subscription_id,
+            "tenant": attempt.tenant,
+            "event_type": attempt.event_type,
+            "attempts": attempt.attempt,
+            "last_status": attempt.status_code,
+            "last_error": if attempt.error.is_empty() { &attempt.error_kind } else { &attempt.error },
+            "agent_id": attempt.agent_id,
+        });
+        self.raise("herald.delivery.exhausted", &key, payload).await;
+    }
+
+    /// Writes the event to the outbox (once per id) and wakes the drain.
+    async fn raise(&self, event_type: &str, key: &str, payload: serde_json::Value) {
+        let digest = Sha256::digest(format!("{event_type}\0{key}").as_bytes());
+        let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let id = format!("{event_type}:{hash}");
+        let now = SystemTime::now();
+        // The Standard Webhooks payload shape, so a receiver can tell the events apart.
+        let body = json!({
+            "type": event_type,
+            "timestamp": humantime::format_rfc3339_millis(now).to_string(),
+            "data": payload,
+        });
+        let event = pb::Event {
+            id: id.clone(),
+            tenant: self.tenant.to_string(),
+            r#type: event_type.to_owned(),
+            payload: body.to_string().into_bytes(),
+            occurred_at: Some(timestamp(now)),
+            ..Default::default()
+        };
+        let outbox = keys::operator_event(&id);
+        let txn = Txn::default()
+            .when(Compare::Absent(outbox.clone()))
+            .then(Op::Put(outbox, event.encode_to_vec()));
+        match self.store.txn(txn).await {
+            Ok(_) => {
+                tracing::info!(id, event_type, "operator event raised");
+                self.wake.notify_one();
+            }
+            Err(err) => {
+                tracing::error!(id, event_type, error = %err, "cannot record an operator event")
+            }
+        }
+    }
+
+    /// Hands outbox entries to connected agents until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(DRAIN_EVERY) => {}
+            }
+            loop {
+                match self.drain_once().await {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "operator events wait in the outbox");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands one batch to an agent; whether a full batch went (there may be more).
+    async fn drain_once(&self) -> Result<bool, String> {
+        let kvs = self
+            .store
+            .list_page(keys::OPERATOR_EVENTS, None, DRAIN_BATCH)
+            .await
+            .map_err(|e| e.to_string())?;
+        if kvs.is_empty() {
+            return Ok(false);
+        }
+        let mut events = Vec::with_capacity(kvs.len());
+        for kv in &kvs {
+            match pb::Event::decode(kv.value.as_slice()) {
+                Ok(event) => events.push(event),
+                Err(err) => {
+                    tracing::error!(key = %kv.key, error = %err, "dropping an unreadable operator event");
+                    self.remove(&kv.key, kv.mod_revision).await;
+                }
+            }
+        }
+        let Some(answer) = self.fleet.send_emit(events) else {
+            return Err("no agent is connected to this control plane".into());
+        };
+        let result = match tokio::time::timeout(AGENT_TIMEOUT, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => return Err("the agent went away before answering".into()),
+            Err(_) => return Err("the agent did not answer in time".into()),
+        };
+        if !result.error.is_empty() {
+            return Err(format!("the agent refused them: {}", result.error));
+        }
+        for kv in &kvs {
+            self.remove(&kv.key, kv.mod_revision).await;
+        }
+        Ok(kvs.len() == DRAIN_BATCH)
+    }
+
+    async fn remove(&self, key: &str, revision: i64) {
+        let txn = Txn::default()
+            .when(Compare::ModRevision(key.to_owned(), revision))
+            .then(Op::Delete(key.to_owned()));
+        if let Err(err) = self.store.txn(txn).await {
+            tracing::warn!(key, error = %err, "cannot clear an emitted operator event");
+        }
+    }
+}
+
+fn rfc3339(ts: Option<&prost_types::Timestamp>) -> serde_json::Value {
+    ts.map_or(serde_json::Value::Null, |ts| {
+        json!(humantime::format_rfc3339_millis(herald_proto::convert::system_time(ts)).to_string())
+    })
+}
