@@ -201,6 +201,13 @@ pub fn subscription(sub: &pb::Subscription, show_secrets: bool) -> Value {
     value
 }
 
+/// A duration in milliseconds, as text (`12.3 ms`).
+fn millis(d: Option<&herald_proto::prost_types::Duration>) -> Value {
+    d.and_then(std_duration).map_or(Value::Null, |d| {
+        json!(format!("{:.1} ms", d.as_secs_f64() * 1000.0))
+    })
+}
+
 /// An endpoint's health record.
 pub fn health(h: &pb::SubscriptionHealth) -> Value {
     json!({
@@ -210,6 +217,15 @@ pub fn health(h: &pb::SubscriptionHealth) -> Value {
         "last_failure_at": time(h.last_failure_at.as_ref()),
         "last_error": h.last_error,
         "last_success_at": time(h.last_success_at.as_ref()),
+        "recent_attempts": h.recent_attempts,
+        "recent_since": time(h.recent_since.as_ref()),
+        "success_rate": if h.recent_attempts == 0 {
+            Value::Null
+        } else {
+            json!(format!("{:.1}%", h.success_rate * 100.0))
+        },
+        "latency_p50": millis(h.latency_p50.as_ref()),
+        "latency_p99": millis(h.latency_p99.as_ref()),
     })
 }
 

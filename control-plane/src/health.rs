@@ -155,7 +155,7 @@ impl Health {
                 .then(Op::Put(key.clone(), health.encode_to_vec()));
             if let TxnOutcome::Committed { .. } = self.store.txn(txn).await? {
                 if health.consecutive_failures > before.consecutive_failures {
-                    return Ok(Change::Failing(health));
+                    return Ok(Change::Failing(Box::new(health)));
                 }
                 if health.consecutive_failures == 0
                     && before.consecutive_failures >= RECOVERY_MIN_FAILURES
@@ -216,7 +216,7 @@ enum Change {
     /// Nothing to act on.
     None,
     /// The run of failures grew: the record as written.
-    Failing(pb::SubscriptionHealth),
+    Failing(Box<pb::SubscriptionHealth>),
     /// A delivery ended a run of this many failures.
     Recovered { failures: u32 },
 }

@@ -14,6 +14,7 @@ pub mod hub;
 pub mod keys;
 pub mod metrics;
 pub mod operator_events;
+pub mod recent;
 pub mod replay;
 pub mod sealing;
 pub mod store;
@@ -232,6 +233,7 @@ pub async fn run(
         .add_service(SubscriptionsServer::new(grpc::SubscriptionsService::new(
             registry.clone(),
             health.clone(),
+            log.clone(),
         )))
         .add_service(DeliveriesServer::new(grpc::DeliveriesService::new(
             log.clone(),

@@ -22,12 +22,18 @@ use crate::subscriptions::{Subscriptions, redact};
 pub struct SubscriptionsService {
     registry: Subscriptions,
     health: Health,
+    /// For the recent record of an endpoint's health.
+    log: AttemptLog,
 }
 
 impl SubscriptionsService {
     /// The service over a registry and the endpoints' health.
-    pub fn new(registry: Subscriptions, health: Health) -> Self {
-        SubscriptionsService { registry, health }
+    pub fn new(registry: Subscriptions, health: Health, log: AttemptLog) -> Self {
+        SubscriptionsService {
+            registry,
+            health,
+            log,
+        }
     }
 }
 
@@ -129,9 +135,9 @@ impl SubscriptionsApi for SubscriptionsService {
         &self,
         request: Request<pb::GetSubscriptionHealthRequest>,
     ) -> Result<Response<pb::SubscriptionHealth>, Status> {
-        Ok(Response::new(
-            self.health.get(&request.into_inner().id).await?,
-        ))
+        let mut health = self.health.get(&request.into_inner().id).await?;
+        crate::recent::fill(&self.log, &mut health).await?;
+        Ok(Response::new(health))
     }
 
     async fn disable_subscription(

@@ -139,7 +139,7 @@ pub struct Subscription {
     pub skip_parked_before: ::core::option::Option<::prost_types::Timestamp>,
 }
 /// An endpoint's recent record, kept by the control plane from attempt reports.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SubscriptionHealth {
     #[prost(string, tag = "1")]
     pub subscription_id: ::prost::alloc::string::String,
@@ -156,6 +156,20 @@ pub struct SubscriptionHealth {
     /// The last failure's status code or error, for people.
     #[prost(string, tag = "6")]
     pub last_error: ::prost::alloc::string::String,
+    /// From the recent attempts in the answering replica's delivery log (the last 24 hours, at
+    /// most the newest 10,000): how many, and since when.
+    #[prost(uint32, tag = "7")]
+    pub recent_attempts: u32,
+    #[prost(message, optional, tag = "8")]
+    pub recent_since: ::core::option::Option<::prost_types::Timestamp>,
+    /// Delivered attempts among the recent ones, from 0 to 1 (0 when there are none).
+    #[prost(double, tag = "9")]
+    pub success_rate: f64,
+    /// Attempt durations (send to answer) among the recent ones.
+    #[prost(message, optional, tag = "10")]
+    pub latency_p50: ::core::option::Option<::prost_types::Duration>,
+    #[prost(message, optional, tag = "11")]
+    pub latency_p99: ::core::option::Option<::prost_types::Duration>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetSubscriptionHealthRequest {

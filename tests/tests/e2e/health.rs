@@ -189,3 +189,58 @@ async fn a_success_ends_the_run_and_the_limit_is_per_subscription() -> anyhow::R
     assert!(failures >= 3, "{}", disabled.disabled_reason);
     Ok(())
 }
+
+#[tokio::test]
+async fn health_shows_the_recent_success_rate_and_latency() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    let mut sub = subscription("shop-1", &world.receiver.url("/hook"), &["order.*"]);
+    sub.retry = Some(herald_proto::convert::retry_policy(
+        &herald_core::retry::RetrySchedule::parse("50ms")?,
+    ));
+    let sub = world.control_plane.create(sub).await?;
+    world
+        .control_plane
+        .wait_applied(sub.revision, Duration::from_secs(10))
+        .await?;
+    for n in 0..3 {
+        world
+            .agent
+            .emit(event(
+                "shop-1",
+                "order.created",
+                &serde_json::json!({ "n": n }),
+            ))
+            .await?;
+    }
+    world
+        .receiver
+        .wait_for_requests(3, Duration::from_secs(10))
+        .await?;
+    world.receiver.respond_with(500);
+    world
+        .agent
+        .emit(event(
+            "shop-1",
+            "order.created",
+            &serde_json::json!({ "n": 3 }),
+        ))
+        .await?;
+    let client = world.control_plane.subscriptions().await?;
+    let health = herald_tests::eventually(Duration::from_secs(10), "5 attempts logged", || {
+        let mut client = client.clone();
+        let id = sub.id.clone();
+        async move {
+            let health = client
+                .get_subscription_health(pb::GetSubscriptionHealthRequest { id })
+                .await?
+                .into_inner();
+            Ok((health.recent_attempts == 5).then_some(health))
+        }
+    })
+    .await?;
+    assert!((health.success_rate - 0.6).abs() < 1e-9, "{health:?}");
+    assert!(health.latency_p50.is_some() && health.latency_p99.is_some());
+    assert!(health.recent_since.is_some());
+    assert_eq!(health.consecutive_failures, 2);
+    Ok(())
+}
