@@ -5,8 +5,11 @@
 //! - `attempts`: sequence number → `herald.v1.Attempt` (protobuf). Sequence numbers grow with
 //!   arrival, so "newest first" is a reverse scan.
 //! - `attempt_ids`: `event_id \0 subscription_id \0 attempt` → sequence number. A report seen
-//!   again (an agent re-sending after a lost ack) finds its id here and is not stored twice.
-//! - `by_subscription`, `by_event`: (id, sequence) → (), for the two common lookups.
+//!   again (an agent re-sending after a lost ack) finds its id here and is not stored twice;
+//!   its `event_id \0` prefix also finds every attempt of one event.
+//! - `by_subscription`: (subscription id, sequence) → (), for a subscription's attempts.
+//! - `by_event`: written by earlier versions (the `attempt_ids` prefix serves that lookup
+//!   now); only the sweep still removes its entries.
 //!
 //! A batch is one write transaction, committed durably before the agent's ack is sent.
 //! Response excerpts and error texts are bounded by the agent, and bounded again here.
@@ -204,7 +207,6 @@ fn insert_batch(db: &Database, attempts: Vec<pb::Attempt>) -> Result<Vec<pb::Att
         let mut records = txn.open_table(ATTEMPTS).map_err(storage)?;
         let mut ids = txn.open_table(ATTEMPT_IDS).map_err(storage)?;
         let mut by_sub = txn.open_table(BY_SUBSCRIPTION).map_err(storage)?;
-        let mut by_event = txn.open_table(BY_EVENT).map_err(storage)?;
         let mut seq = records
             .last()
             .map_err(storage)?
@@ -223,9 +225,6 @@ fn insert_batch(db: &Database, attempts: Vec<pb::Attempt>) -> Result<Vec<pb::Att
             ids.insert(id.as_str(), seq).map_err(storage)?;
             by_sub
                 .insert((attempt.subscription_id.as_str(), seq), ())
-                .map_err(storage)?;
-            by_event
-                .insert((attempt.event_id.as_str(), seq), ())
                 .map_err(storage)?;
             stored.push(attempt);
         }
@@ -323,14 +322,21 @@ fn query(db: &Database, filter: &Filter, before: u64, size: usize) -> Result<Pag
                     .map(|e| e.map(|(k, _)| k.value().1).map_err(storage)),
             )
         } else if !filter.wire.event_id.is_empty() {
-            let table = txn.open_table(BY_EVENT).map_err(storage)?;
-            let id = filter.wire.event_id.as_str();
-            let range = table.range((id, 0)..(id, before)).map_err(storage)?;
-            Box::new(
-                range
-                    .rev()
-                    .map(|e| e.map(|(k, _)| k.value().1).map_err(storage)),
-            )
+            // One event has few attempts: collect their sequence numbers, newest first.
+            let table = txn.open_table(ATTEMPT_IDS).map_err(storage)?;
+            let (from, to) = (
+                format!("{}\0", filter.wire.event_id),
+                format!("{}\u{1}", filter.wire.event_id),
+            );
+            let mut seqs = Vec::new();
+            for entry in table.range(from.as_str()..to.as_str()).map_err(storage)? {
+                let seq = entry.map_err(storage)?.1.value();
+                if seq < before {
+                    seqs.push(seq);
+                }
+            }
+            seqs.sort_unstable_by(|a, b| b.cmp(a));
+            Box::new(seqs.into_iter().map(Ok))
         } else {
             let range = records.range(..before).map_err(storage)?;
             Box::new(

@@ -72,12 +72,30 @@ impl Health {
                 .or_default()
                 .push(attempt);
         }
+        // Every record the batch touches, read in one round trip; most batches change none
+        // (healthy endpoints stay healthy), so that is all they cost.
+        let keys: Vec<String> = by_subscription.keys().map(|id| keys::health(id)).collect();
+        let current = match self.store.get_many(&keys).await {
+            Ok(found) => found.into_iter().map(Some).collect(),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read health records at once; one by one");
+                vec![None; keys.len()]
+            }
+        };
         // Records of different subscriptions are independent: update them side by side (the
         // store batches concurrent requests; etcd's raft log does too).
-        futures_util::stream::iter(by_subscription)
-            .for_each_concurrent(CONCURRENT_UPDATES, |(id, mut attempts)| async move {
+        futures_util::stream::iter(by_subscription.into_iter().zip(current))
+            .for_each_concurrent(CONCURRENT_UPDATES, |((id, mut attempts), read)| async move {
                 attempts.sort_by_key(|a| a.started_at.as_ref().map(system_time));
-                match self.update(id, &attempts).await {
+                let first = match read.map(|kv| self.decode(id, kv)) {
+                    Some(Ok(record)) => Some(record),
+                    Some(Err(err)) => {
+                        tracing::error!(subscription = %id, error = %err, "cannot read endpoint health");
+                        return;
+                    }
+                    None => None,
+                };
+                match self.update(id, &attempts, first).await {
                     Ok(Change::Failing(health)) => self.disable_if_due(id, &health).await,
                     Ok(Change::Recovered { failures }) => {
                         if let Ok(sub) = self.registry.get(id).await {
@@ -108,8 +126,19 @@ impl Health {
     }
 
     async fn read(&self, id: &str) -> Result<(pb::SubscriptionHealth, i64), SubscriptionError> {
+        let kv = self.store.get(&keys::health(id)).await?;
+        self.decode(id, kv)
+    }
+
+    /// A record as read from the store (an empty one when there is none), with its revision
+    /// (0 when absent).
+    fn decode(
+        &self,
+        id: &str,
+        kv: Option<crate::store::KeyValue>,
+    ) -> Result<(pb::SubscriptionHealth, i64), SubscriptionError> {
         let key = keys::health(id);
-        match self.store.get(&key).await? {
+        match kv {
             None => Ok((
                 pb::SubscriptionHealth {
                     subscription_id: id.to_owned(),
@@ -129,15 +158,20 @@ impl Health {
         }
     }
 
-    /// Applies `attempts` (in start order) to the record; what changed that matters.
+    /// Applies `attempts` (in start order) to the record (`first`: as already read, if it
+    /// was); what changed that matters.
     async fn update(
         &self,
         id: &str,
         attempts: &[&pb::Attempt],
+        mut first: Option<(pb::SubscriptionHealth, i64)>,
     ) -> Result<Change, SubscriptionError> {
         let key = keys::health(id);
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let (mut health, revision) = self.read(id).await?;
+            let (mut health, revision) = match first.take() {
+                Some(record) => record,
+                None => self.read(id).await?,
+            };
             let before = health.clone();
             for attempt in attempts {
                 apply(&mut health, attempt);

@@ -40,6 +40,8 @@ pub const RECOVERY_MIN_FAILURES: u32 = 3;
 const DRAIN_BATCH: usize = 100;
 /// How often the outbox is looked at without being woken.
 const DRAIN_EVERY: Duration = Duration::from_secs(2);
+/// Outbox entries written in one store transaction at most (etcd takes 128 operations).
+const MAX_PUTS: usize = 100;
 /// How long an agent has to accept an emit order.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -98,31 +100,54 @@ impl OperatorEvents {
             .await;
     }
 
-    /// A delivery failed for good; `attempt` is its last attempt.
-    pub async fn delivery_exhausted(&self, attempt: &pb::Attempt) {
-        if attempt.tenant == *self.tenant {
+    /// Deliveries failed for good: each of `attempts` whose outcome is `Failed` is the last
+    /// attempt of one. Written in as few store transactions as possible (a report batch may
+    /// carry many).
+    pub async fn deliveries_exhausted(&self, attempts: &[Arc<pb::Attempt>]) {
+        let events: Vec<pb::Event> = attempts
+            .iter()
+            .filter(|a| a.outcome() == pb::Outcome::Failed)
             // An operator event that could not be delivered raises no further event.
-            return;
+            .filter(|a| a.tenant != *self.tenant)
+            .map(|attempt| {
+                let key = format!("{}\0{}", attempt.event_id, attempt.subscription_id);
+                let payload = json!({
+                    "event_id": attempt.event_id,
+                    "subscription_id": attempt.subscription_id,
+                    "tenant": attempt.tenant,
+                    "event_type": attempt.event_type,
+                    "attempts": attempt.attempt,
+                    "last_status": attempt.status_code,
+                    "last_error": if attempt.error.is_empty() { &attempt.error_kind } else { &attempt.error },
+                    "agent_id": attempt.agent_id,
+                });
+                self.event("herald.delivery.exhausted", &key, payload)
+            })
+            .collect();
+        for chunk in events.chunks(MAX_PUTS) {
+            // Plain puts: the same id written again (a resent report) is the same event.
+            let txn = chunk.iter().fold(Txn::default(), |txn, event| {
+                txn.then(Op::Put(
+                    keys::operator_event(&event.id),
+                    event.encode_to_vec(),
+                ))
+            });
+            match self.store.txn(txn).await {
+                Ok(_) => {
+                    tracing::info!(count = chunk.len(), "delivery exhausted events raised");
+                    self.wake.notify_one();
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot record delivery exhausted events")
+                }
+            }
         }
-        let key = format!("{}\0{}", attempt.event_id, attempt.subscription_id);
-        let payload = json!({
-            "event_id": attempt.event_id,
-            "subscription_id": attempt.subscription_id,
-            "tenant": attempt.tenant,
-            "event_type": attempt.event_type,
-            "attempts": attempt.attempt,
-            "last_status": attempt.status_code,
-            "last_error": if attempt.error.is_empty() { &attempt.error_kind } else { &attempt.error },
-            "agent_id": attempt.agent_id,
-        });
-        self.raise("herald.delivery.exhausted", &key, payload).await;
     }
 
-    /// Writes the event to the outbox (once per id) and wakes the drain.
-    async fn raise(&self, event_type: &str, key: &str, payload: serde_json::Value) {
+    /// The event of type `event_type` about what `key` names.
+    fn event(&self, event_type: &str, key: &str, payload: serde_json::Value) -> pb::Event {
         let digest = Sha256::digest(format!("{event_type}\0{key}").as_bytes());
         let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        let id = format!("{event_type}:{hash}");
         let now = SystemTime::now();
         // The Standard Webhooks payload shape, so a receiver can tell the events apart.
         let body = json!({
@@ -130,14 +155,20 @@ impl OperatorEvents {
             "timestamp": humantime::format_rfc3339_millis(now).to_string(),
             "data": payload,
         });
-        let event = pb::Event {
-            id: id.clone(),
+        pb::Event {
+            id: format!("{event_type}:{hash}"),
             tenant: self.tenant.to_string(),
             r#type: event_type.to_owned(),
             payload: body.to_string().into_bytes(),
             occurred_at: Some(timestamp(now)),
             ..Default::default()
-        };
+        }
+    }
+
+    /// Writes the event to the outbox (once per id) and wakes the drain.
+    async fn raise(&self, event_type: &str, key: &str, payload: serde_json::Value) {
+        let event = self.event(event_type, key, payload);
+        let id = event.id.clone();
         let outbox = keys::operator_event(&id);
         let txn = Txn::default()
             .when(Compare::Absent(outbox.clone()))

@@ -136,8 +136,19 @@ impl AgentControl for AgentControlService {
             self.health.clone(),
             self.shutdown.clone(),
         );
+        let gone_health = health.clone();
         let metrics = self.metrics.clone();
         let stream = async_stream(move |tx| async move {
+            // Health and operator events of stored batches are counted by a task of their own,
+            // in order, while the next batch is stored; a short queue keeps them close behind.
+            let (counted, mut to_count) = mpsc::channel::<Vec<Arc<pb::Attempt>>>(COUNT_QUEUE);
+            // When the stream ends the queue closes, and the task finishes what it holds.
+            tokio::spawn(async move {
+                while let Some(stored) = to_count.recv().await {
+                    health.record(&stored).await;
+                    health.events().deliveries_exhausted(&stored).await;
+                }
+            });
             loop {
                 let batch = tokio::select! {
                     () = shutdown.cancelled() => return,
@@ -164,24 +175,25 @@ impl AgentControl for AgentControlService {
                     }
                 };
                 metrics.stored(&stored);
-                disable_gone(&registry, &metrics, &health, &stored);
+                disable_gone(&registry, &metrics, &gone_health, &stored);
                 let ack = pb::ReportAck {
                     batch_id: batch.batch_id,
                 };
                 if tx.send(Ok(ack)).await.is_err() {
                     return;
                 }
-                // Counted after the ack (the attempts are stored either way); the next batch
-                // waits for it, so a stream's batches count in order.
-                health.record(&stored).await;
-                for attempt in stored.iter().filter(|a| a.outcome() == pb::Outcome::Failed) {
-                    health.events().delivery_exhausted(attempt).await;
+                // Counted after the ack (the attempts are stored either way).
+                if counted.send(stored).await.is_err() {
+                    return;
                 }
             }
         });
         Ok(Response::new(stream))
     }
 }
+
+/// Stored batches of one report stream waiting to be counted into health.
+const COUNT_QUEUE: usize = 4;
 
 /// The reason recorded on a subscription whose receiver answered 410 Gone.
 pub const GONE_REASON: &str = "gone (410)";

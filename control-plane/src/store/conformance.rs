@@ -11,6 +11,47 @@ pub async fn check_all(store: &Store, prefix: &str) {
     revisions_and_compare(store, &format!("{prefix}/cas/")).await;
     listing_and_paging(store, &format!("{prefix}/list/")).await;
     watch_history_and_live(store, &format!("{prefix}/watch/")).await;
+    many_keys_at_once(store, &format!("{prefix}/many/")).await;
+}
+
+/// `get_many` answers every key, in order, present or not, beyond one etcd transaction's size.
+async fn many_keys_at_once(store: &Store, prefix: &str) {
+    let mut txn = Txn::default();
+    for i in (0..300).step_by(2) {
+        txn = txn.then(Op::Put(
+            format!("{prefix}{i:03}"),
+            i.to_string().into_bytes(),
+        ));
+    }
+    // One transaction of 150 puts would exceed etcd's default limit of 128 operations.
+    let mut puts = txn.ops.into_iter();
+    loop {
+        let chunk: Vec<Op> = puts.by_ref().take(100).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        let mut batch = Txn::default();
+        for op in chunk {
+            batch = batch.then(op);
+        }
+        commit(store, batch).await;
+    }
+    let keys: Vec<String> = (0..300).rev().map(|i| format!("{prefix}{i:03}")).collect();
+    let found = store.get_many(&keys).await.expect("get_many");
+    assert_eq!(found.len(), 300);
+    for (key, kv) in keys.iter().zip(&found) {
+        let i: usize = key[prefix.len()..].parse().expect("number");
+        match kv {
+            Some(kv) if i.is_multiple_of(2) => {
+                assert_eq!(
+                    (&kv.key, kv.value.as_slice()),
+                    (key, i.to_string().as_bytes())
+                )
+            }
+            None if i % 2 == 1 => {}
+            other => panic!("{key}: {other:?}"),
+        }
+    }
 }
 
 async fn commit(store: &Store, txn: Txn) -> i64 {

@@ -89,6 +89,25 @@ impl EmbeddedStore {
         .await
     }
 
+    pub(super) async fn get_many(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<Option<KeyValue>>, StoreError> {
+        let inner = self.inner.clone();
+        let keys = keys.to_vec();
+        blocking(move || {
+            let txn = inner.db.begin_read().map_err(embedded)?;
+            let table = txn.open_table(KV).map_err(embedded)?;
+            keys.iter()
+                .map(|key| {
+                    let value = table.get(key.as_str()).map_err(embedded)?;
+                    value.map(|v| decode_kv(key, v.value())).transpose()
+                })
+                .collect()
+        })
+        .await
+    }
+
     pub(super) async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64), StoreError> {
         let inner = self.inner.clone();
         let prefix = prefix.to_owned();

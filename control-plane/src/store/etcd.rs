@@ -3,7 +3,7 @@
 
 use etcd_client::{
     Client, Compare as EtcdCompare, CompareOp, EventType, GetOptions, SortOrder, SortTarget,
-    Txn as EtcdTxn, TxnOp, WatchOptions,
+    Txn as EtcdTxn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::sync::mpsc;
 
@@ -14,6 +14,8 @@ use super::{
 
 /// Buffered watch batches per watcher before the watch task waits for the reader.
 const WATCH_BUFFER: usize = 256;
+/// The most operations etcd takes in one transaction by default (`--max-txn-ops`).
+const MAX_TXN_OPS: usize = 128;
 
 /// A connection to an etcd cluster.
 #[derive(Clone)]
@@ -31,6 +33,34 @@ impl EtcdStore {
     pub(super) async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         let resp = self.client.kv_client().get(key, None).await?;
         resp.kvs().first().map(to_key_value).transpose()
+    }
+
+    pub(super) async fn get_many(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<Option<KeyValue>>, StoreError> {
+        let mut found = Vec::with_capacity(keys.len());
+        // etcd refuses transactions of more than 128 operations by default.
+        for chunk in keys.chunks(MAX_TXN_OPS) {
+            let gets: Vec<TxnOp> = chunk
+                .iter()
+                .map(|key| TxnOp::get(key.as_str(), None))
+                .collect();
+            let resp = self
+                .client
+                .kv_client()
+                .txn(EtcdTxn::new().and_then(gets))
+                .await?;
+            for op in resp.op_responses() {
+                match op {
+                    TxnOpResponse::Get(range) => {
+                        found.push(range.kvs().first().map(to_key_value).transpose()?)
+                    }
+                    _ => found.push(None),
+                }
+            }
+        }
+        Ok(found)
     }
 
     pub(super) async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64), StoreError> {

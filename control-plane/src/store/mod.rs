@@ -164,6 +164,14 @@ impl Store {
         }
     }
 
+    /// Reads several keys at one revision, in one round trip; one answer per key, in order.
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>, StoreError> {
+        match self {
+            Store::Etcd(s) => s.get_many(keys).await,
+            Store::Embedded(s) => s.get_many(keys).await,
+        }
+    }
+
     /// Lists every key under `prefix`, in key order, with the store revision of the listing.
     pub async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64), StoreError> {
         match self {

@@ -3,8 +3,9 @@
 //! Ingest: attempt reports sent to a control plane (embedded store) over the real report
 //! stream by 4 agents at once, batches of 500 attempts with up to 4 batches in flight per
 //! stream, each batch committed durably before its ack; the baseline, in the same run, is the
-//! same batches written straight into a log file (no gRPC). Three rounds of 100,000 attempts,
-//! median reported.
+//! same batches written straight into a log file (no gRPC). The batches are made before the
+//! clock starts in both cases (agents make their reports on their own machines). Three rounds
+//! of 100,000 attempts, median reported.
 //!
 //! Queries: the log is filled to `HERALD_BENCH_LOG_ATTEMPTS` attempts (default 10,000,000;
 //! 1,000 subscriptions, 100 tenants, 2% failed) and a control plane serves `ListAttempts` for a
@@ -104,25 +105,31 @@ async fn control_plane(
 /// Sends attempts `first..first+count` over `STREAMS` report streams; returns attempts/s.
 async fn ingest_grpc(url: &str, first: u64, count: u64) -> anyhow::Result<f64> {
     let per_stream = count / STREAMS;
+    // The load is made before the clock starts: agents make it on their own machines.
+    let mut prepared = Vec::new();
+    for s in 0..STREAMS {
+        let base = first + s * per_stream;
+        let batches: Vec<pb::ReportBatch> = (0..per_stream / BATCH)
+            .map(|b| pb::ReportBatch {
+                batch_id: b + 1,
+                agent_id: format!("agt_bench_{s}"),
+                attempts: batch(base + b * BATCH, BATCH),
+            })
+            .collect();
+        prepared.push((connect(url).await?, batches));
+    }
     let start = Instant::now();
     let mut streams = Vec::new();
-    for s in 0..STREAMS {
-        let channel = connect(url).await?;
-        let base = first + s * per_stream;
+    for (channel, reports) in prepared {
         streams.push(tokio::spawn(async move {
             let (tx, rx) = tokio::sync::mpsc::channel::<pb::ReportBatch>(WINDOW);
             let mut acks = AgentControlClient::new(channel)
                 .report_attempts(tokio_stream::wrappers::ReceiverStream::new(rx))
                 .await?
                 .into_inner();
-            let batches = per_stream / BATCH;
+            let batches = reports.len();
             let sender = tokio::spawn(async move {
-                for b in 0..batches {
-                    let report = pb::ReportBatch {
-                        batch_id: b + 1,
-                        agent_id: format!("agt_bench_{s}"),
-                        attempts: batch(base + b * BATCH, BATCH),
-                    };
+                for report in reports {
                     if tx.send(report).await.is_err() {
                         return;
                     }
@@ -148,14 +155,21 @@ async fn ingest_grpc(url: &str, first: u64, count: u64) -> anyhow::Result<f64> {
 /// Writes the same batches straight into `log` from `STREAMS` tasks; returns attempts/s.
 async fn ingest_direct(log: &AttemptLog, first: u64, count: u64) -> anyhow::Result<f64> {
     let per_stream = count / STREAMS;
+    let prepared: Vec<Vec<Vec<pb::Attempt>>> = (0..STREAMS)
+        .map(|s| {
+            let base = first + s * per_stream;
+            (0..per_stream / BATCH)
+                .map(|b| batch(base + b * BATCH, BATCH))
+                .collect()
+        })
+        .collect();
     let start = Instant::now();
     let mut writers = Vec::new();
-    for s in 0..STREAMS {
+    for batches in prepared {
         let log = log.clone();
-        let base = first + s * per_stream;
         writers.push(tokio::spawn(async move {
-            for b in 0..per_stream / BATCH {
-                log.insert(batch(base + b * BATCH, BATCH)).await?;
+            for attempts in batches {
+                log.insert(attempts).await?;
             }
             anyhow::Ok(())
         }));
