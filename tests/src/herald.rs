@@ -258,6 +258,8 @@ pub struct AgentOptions {
     pub emit_token: Option<String>,
     /// Where the agent serves `/metrics`.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Control-plane replicas tried after the first one.
+    pub more_control_planes: Vec<String>,
 }
 
 /// An agent running in-process.
@@ -278,7 +280,9 @@ impl Agent {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let config = herald_agent::Config {
-            control_plane: vec![control_plane.to_owned()],
+            control_plane: std::iter::once(control_plane.to_owned())
+                .chain(options.more_control_planes)
+                .collect(),
             control_plane_token: options
                 .control_plane_token
                 .as_deref()

@@ -7,6 +7,7 @@ mod deploy;
 mod discovery;
 mod durability;
 mod engine;
+mod fleet;
 mod health;
 mod metrics;
 mod operator_events;

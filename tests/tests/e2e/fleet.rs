@@ -1,0 +1,151 @@
+//! The fleet side of config distribution: an agent given several control-plane replicas fails
+//! over to another when its replica dies and receives the changes made meanwhile (deletions
+//! included); a change the agent refuses leaves it on its last good config and shows in the
+//! agents list.
+
+use std::time::Duration;
+
+use herald_control_plane::store::{Op, Store, Txn};
+use herald_proto::v1 as pb;
+use herald_tests::{
+    Agent, AgentOptions, ConfigStore, ControlPlane, Etcd, Receiver, TestCa, event, eventually,
+    subscription,
+};
+use prost::Message as _;
+
+#[tokio::test]
+async fn an_agent_fails_over_to_another_replica_and_misses_no_change() -> anyhow::Result<()> {
+    let etcd = Etcd::start().await?;
+    let first = ControlPlane::start(ConfigStore::Etcd(vec![etcd.endpoint()])).await?;
+    let second = ControlPlane::start(ConfigStore::Etcd(vec![etcd.endpoint()])).await?;
+    let ca = TestCa::new();
+    let ca_dir = tempfile::tempdir()?;
+    let agent = Agent::start(
+        first.url(),
+        AgentOptions {
+            ca_file: Some(ca.write_ca_pem(ca_dir.path())?),
+            more_control_planes: vec![second.url().to_owned()],
+            ..Default::default()
+        },
+    )
+    .await?;
+    let receiver = Receiver::start(&ca).await?;
+    let old = first
+        .create(subscription("shop-1", &receiver.url("/old"), &["order.*"]))
+        .await?;
+    first
+        .wait_applied(old.revision, Duration::from_secs(10))
+        .await?;
+
+    // The agent's replica goes away; changes are made through the other one meanwhile.
+    first.stop().await?;
+    second
+        .subscriptions()
+        .await?
+        .delete_subscription(pb::DeleteSubscriptionRequest {
+            id: old.id.clone(),
+            expected_revision: 0,
+        })
+        .await?;
+    let new = second
+        .create(subscription("shop-1", &receiver.url("/new"), &["order.*"]))
+        .await?;
+    // Within seconds the agent is on the second replica with the latest config.
+    second
+        .wait_applied(new.revision, Duration::from_secs(15))
+        .await?;
+
+    let emitted = agent
+        .emit(event(
+            "shop-1",
+            "order.created",
+            &serde_json::json!({"id": 1}),
+        ))
+        .await?;
+    assert_eq!(emitted.matched, 1, "only the new subscription");
+    let requests = receiver
+        .wait_for_requests(1, Duration::from_secs(10))
+        .await?;
+    assert_eq!(requests[0].path, "/new");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.request_count(), 1, "nothing for the deleted one");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refused_change_keeps_the_last_good_config_and_shows_in_the_agents_list()
+-> anyhow::Result<()> {
+    let etcd = Etcd::start().await?;
+    let control_plane = ControlPlane::start(ConfigStore::Etcd(vec![etcd.endpoint()])).await?;
+    let ca = TestCa::new();
+    let ca_dir = tempfile::tempdir()?;
+    let agent = Agent::start(
+        control_plane.url(),
+        AgentOptions {
+            ca_file: Some(ca.write_ca_pem(ca_dir.path())?),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let receiver = Receiver::start(&ca).await?;
+    let good = control_plane
+        .create(subscription("shop-1", &receiver.url("/hook"), &["order.*"]))
+        .await?;
+    control_plane
+        .wait_applied(good.revision, Duration::from_secs(10))
+        .await?;
+
+    // A record the API would never write (no signing secret, a pattern that is not one), put
+    // straight into etcd as a broken tool might.
+    let broken = pb::Subscription {
+        id: "sub_broken".into(),
+        tenant: "shop-1".into(),
+        url: "https://127.0.0.1:9/x".into(),
+        event_types: vec!["order..*".into()],
+        enabled: true,
+        ..Default::default()
+    };
+    let store = Store::etcd(&[etcd.endpoint()]).await?;
+    store
+        .txn(Txn::default().then(Op::Put(
+            "/herald/v1/subscriptions/shop-1/sub_broken".into(),
+            broken.encode_to_vec(),
+        )))
+        .await?;
+
+    let nacked = eventually(
+        Duration::from_secs(10),
+        "the agent to refuse it",
+        || async {
+            let agents = control_plane
+                .agents()
+                .await?
+                .list_agents(pb::ListAgentsRequest {})
+                .await?
+                .into_inner()
+                .agents;
+            Ok(agents.into_iter().find(|a| !a.last_nack.is_empty()))
+        },
+    )
+    .await?;
+    assert!(
+        nacked.last_nack.contains("sub_broken"),
+        "{}",
+        nacked.last_nack
+    );
+    assert!(nacked.applied_revision >= good.revision);
+
+    // The good subscription still delivers.
+    let emitted = agent
+        .emit(event(
+            "shop-1",
+            "order.created",
+            &serde_json::json!({"id": 2}),
+        ))
+        .await?;
+    assert_eq!(emitted.matched, 1);
+    receiver
+        .wait_for_requests(1, Duration::from_secs(10))
+        .await?;
+    Ok(())
+}
