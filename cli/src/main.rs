@@ -5,6 +5,7 @@
 
 mod agents;
 mod connect;
+mod context;
 mod deliveries;
 mod dev;
 mod emit;
@@ -13,6 +14,8 @@ mod subscription;
 
 use clap::{Parser, Subcommand};
 
+use herald_proto::bearer::Bearer;
+
 use crate::connect::Server;
 use crate::output::{Format, Style};
 
@@ -20,25 +23,19 @@ use crate::output::{Format, Style};
 #[derive(Parser)]
 #[command(name = "herald", version, about)]
 struct Cli {
-    /// The control plane's gRPC URL.
-    #[arg(
-        long,
-        global = true,
-        env = "HERALD_CONTROL_PLANE",
-        default_value = "http://127.0.0.1:7700"
-    )]
-    control_plane: String,
-    /// The agent's gRPC URL (http://host:port or unix:/path), for `emit`.
-    #[arg(
-        long,
-        global = true,
-        env = "HERALD_AGENT",
-        default_value = "http://127.0.0.1:7701"
-    )]
-    agent: String,
+    /// The control plane's gRPC URL [default: the context's, else http://127.0.0.1:7700].
+    #[arg(long, global = true, env = "HERALD_CONTROL_PLANE")]
+    control_plane: Option<String>,
+    /// The agent's gRPC URL (http://host:port or unix:/path), for `emit` [default: the
+    /// context's, else http://127.0.0.1:7701].
+    #[arg(long, global = true, env = "HERALD_AGENT")]
+    agent: Option<String>,
+    /// The context to use instead of the current one (see `herald context`).
+    #[arg(long, global = true, env = "HERALD_CONTEXT")]
+    context: Option<String>,
     /// API token for the control plane (roles: read, admin).
-    #[arg(long, global = true, env = "HERALD_TOKEN", hide_env_values = true, value_parser = herald_proto::bearer::Bearer::parse)]
-    token: Option<herald_proto::bearer::Bearer>,
+    #[arg(long, global = true, env = "HERALD_TOKEN", hide_env_values = true, value_parser = Bearer::parse)]
+    token: Option<Bearer>,
     /// Token for the agent's Emit, when the agent requires one.
     #[arg(long, global = true, env = "HERALD_AGENT_TOKEN", hide_env_values = true, value_parser = herald_proto::bearer::Bearer::parse)]
     agent_token: Option<herald_proto::bearer::Bearer>,
@@ -67,6 +64,9 @@ enum Command {
     Emit(emit::Args),
     /// Run Herald in one process: control plane, agent and a receiver that prints webhooks.
     Dev(dev::Args),
+    /// Named control planes with their tokens, in the CLI's config file.
+    #[command(subcommand)]
+    Context(context::Command),
     /// Print a shell completion script: `source <(herald completion bash)`.
     Completion {
         /// The shell.
@@ -74,40 +74,73 @@ enum Command {
     },
 }
 
+/// The control plane's URL when neither a flag, the environment nor a context names one.
+const DEFAULT_CONTROL_PLANE: &str = "http://127.0.0.1:7700";
+/// The agent's URL when neither a flag, the environment nor a context names one.
+const DEFAULT_AGENT: &str = "http://127.0.0.1:7701";
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let control_plane = Server {
-        url: cli.control_plane,
-        bearer: cli.token.unwrap_or_default(),
-    };
-    let format = Format {
-        style: cli.output,
-        headers: !cli.no_headers,
-    };
-    let result = match cli.command {
-        Command::Subscription(cmd) => subscription::run(cmd, &control_plane, format).await,
-        Command::Deliveries(cmd) => deliveries::run(cmd, &control_plane, format).await,
-        Command::Agents(cmd) => agents::run(cmd, &control_plane, format).await,
-        Command::Emit(args) => {
-            let agent = Server {
-                url: cli.agent,
-                bearer: cli.agent_token.unwrap_or_default(),
-            };
-            emit::run(args, &agent, format).await
-        }
-        Command::Dev(args) => dev::run(args).await,
-        Command::Completion { shell } => {
-            let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut command, "herald", &mut std::io::stdout());
-            Ok(())
-        }
-    };
+    let result = run(cli).await;
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let format = Format {
+        style: cli.output,
+        headers: !cli.no_headers,
+    };
+    // Commands that need no server, and must work whatever the config file says.
+    let command = match cli.command {
+        Command::Context(cmd) => return context::run(cmd, format),
+        Command::Completion { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "herald", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Dev(args) => return dev::run(args).await,
+        command => command,
+    };
+    let context = context::load()?.pick(cli.context.as_deref())?;
+    let bearer = |flag: Option<Bearer>, stored: Option<&str>| -> anyhow::Result<Bearer> {
+        match (flag, stored) {
+            (Some(bearer), _) => Ok(bearer),
+            (None, Some(token)) => {
+                Bearer::parse(token).map_err(|e| anyhow::anyhow!("the context's token: {e}"))
+            }
+            (None, None) => Ok(Bearer::default()),
+        }
+    };
+    let control_plane = Server {
+        url: cli
+            .control_plane
+            .or(context.control_plane.clone())
+            .unwrap_or_else(|| DEFAULT_CONTROL_PLANE.into()),
+        bearer: bearer(cli.token, context.token.as_deref())?,
+    };
+    match command {
+        Command::Subscription(cmd) => subscription::run(cmd, &control_plane, format).await,
+        Command::Deliveries(cmd) => deliveries::run(cmd, &control_plane, format).await,
+        Command::Agents(cmd) => agents::run(cmd, &control_plane, format).await,
+        Command::Emit(args) => {
+            let agent = Server {
+                url: cli
+                    .agent
+                    .or(context.agent.clone())
+                    .unwrap_or_else(|| DEFAULT_AGENT.into()),
+                bearer: bearer(cli.agent_token, context.agent_token.as_deref())?,
+            };
+            emit::run(args, &agent, format).await
+        }
+        Command::Context(_) | Command::Completion { .. } | Command::Dev(_) => {
+            unreachable!("handled above")
         }
     }
 }

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 /// Runs `herald` against the world's servers (without blocking them: they share this runtime).
 async fn herald(world: &World, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+    herald_command()
         .args([
             "--control-plane",
             world.control_plane.url(),
@@ -22,6 +22,14 @@ async fn herald(world: &World, args: &[&str]) -> Output {
         .output()
         .await
         .expect("herald runs")
+}
+
+/// The `herald` binary, blind to any config file of the user running the tests.
+fn herald_command() -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    let none = std::env::temp_dir().join(format!("herald-tests-no-config-{}", std::process::id()));
+    command.env("HERALD_CONFIG", none);
+    command
 }
 
 fn json(output: &Output) -> Value {
@@ -129,7 +137,7 @@ async fn the_tour_works_from_the_command_line() -> anyhow::Result<()> {
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no attempts"));
 
     // Following the log: a new attempt shows up as one JSON line.
-    let mut tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+    let mut tail = herald_command()
         .args(["--control-plane", world.control_plane.url()])
         .args(["deliveries", "tail", "--subscription", &id, "-o", "json"])
         .stdout(std::process::Stdio::piped())
@@ -303,7 +311,7 @@ async fn tokens_are_sent_and_refusals_explain_what_to_do() -> anyhow::Result<()>
     )
     .await?;
     let run = |args: &[&str], token: Option<&str>| {
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+        let mut command = herald_command();
         command
             .args(["--control-plane", control_plane.url()])
             .args(args)
@@ -354,7 +362,7 @@ async fn output_styles_and_completions() -> anyhow::Result<()> {
     use herald_tests::{ConfigStore, ControlPlane};
     let control_plane = ControlPlane::start(ConfigStore::Embedded).await?;
     let run = |args: &[&str]| {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        herald_command()
             .args(["--control-plane", control_plane.url()])
             .args(args)
             .env_remove("HERALD_OUTPUT")
@@ -419,7 +427,7 @@ async fn replay_needs_a_target_and_reports_what_it_did() -> anyhow::Result<()> {
     use herald_tests::{ConfigStore, ControlPlane};
     let control_plane = ControlPlane::start(ConfigStore::Embedded).await?;
     let run = |args: &[&str]| {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        herald_command()
             .args(["--control-plane", control_plane.url()])
             .args(args)
             .output()
@@ -432,5 +440,68 @@ async fn replay_needs_a_target_and_reports_what_it_did() -> anyhow::Result<()> {
     let nothing = json(&run(&["deliveries", "replay", "--event", "evt_none", "-o", "json"]).await?);
     assert_eq!(nothing["queued"], 0);
     assert_eq!(nothing["not_replayable"], serde_json::json!([]));
+    Ok(())
+}
+
+#[tokio::test]
+async fn contexts_remember_a_control_plane_and_its_token() -> anyhow::Result<()> {
+    use herald_tests::{ConfigStore, ControlPlane};
+    const ADMIN: &str = "admin-3b9e1c7d5a2f";
+    let control_plane =
+        ControlPlane::start_with_tokens(ConfigStore::Embedded, &format!("admin {ADMIN}\n"), ADMIN)
+            .await?;
+    let home = tempfile::tempdir()?;
+    let config = home.path().join("herald").join("config.toml");
+    let run = |args: &[&str]| {
+        herald_command()
+            .args(args)
+            .env("HERALD_CONFIG", &config)
+            .env_remove("HERALD_CONTROL_PLANE")
+            .env_remove("HERALD_TOKEN")
+            .env_remove("HERALD_CONTEXT")
+            .output()
+    };
+    let saved = run(&[
+        "context",
+        "set",
+        "local",
+        "--url",
+        control_plane.url(),
+        "--set-token",
+        ADMIN,
+    ])
+    .await?;
+    assert!(
+        saved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&saved.stderr)
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&config)?.permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the file holds tokens");
+    }
+
+    // The first context becomes the current one: no flags needed.
+    let listed = json(&run(&["subscription", "list", "-o", "json"]).await?);
+    assert!(listed["subscriptions"].is_array());
+
+    let contexts = String::from_utf8(run(&["context", "list"]).await?.stdout)?;
+    assert!(
+        contexts.contains("local") && !contexts.contains(ADMIN),
+        "{contexts}"
+    );
+
+    run(&["context", "set", "elsewhere", "--url", "http://127.0.0.1:9"]).await?;
+    run(&["context", "use", "elsewhere"]).await?;
+    let unreachable = run(&["subscription", "list"]).await?;
+    assert_eq!(unreachable.status.code(), Some(1));
+    // --context picks one for a single command; an unknown one says what to do.
+    let picked = json(&run(&["--context", "local", "subscription", "list", "-o", "json"]).await?);
+    assert!(picked["subscriptions"].is_array());
+    let unknown = run(&["--context", "nope", "subscription", "list"]).await?;
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("herald context list"));
     Ok(())
 }

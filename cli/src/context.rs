@@ -1,0 +1,225 @@
+//! Contexts: named control planes (with their agent and tokens) in the CLI's config file, so
+//! `herald context use prod` replaces a handful of flags. The file is
+//! `$HERALD_CONFIG`, else `$XDG_CONFIG_HOME/herald/config.toml`, else
+//! `~/.config/herald/config.toml`; it holds tokens, so it is written with mode 0600.
+//!
+//! A setting comes from, in order: its flag, its `HERALD_…` variable, the context (`--context`
+//! / `HERALD_CONTEXT`, else the current one), the default.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use crate::output::{self, Format};
+
+/// The config file's contents.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Config {
+    /// The context used when none is named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<String>,
+    /// Contexts by name.
+    #[serde(default)]
+    pub contexts: BTreeMap<String, Entry>,
+}
+
+/// One context.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Entry {
+    /// The control plane's gRPC URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<String>,
+    /// The agent's gRPC URL, for `emit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// API token for the control plane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Token for the agent's Emit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_token: Option<String>,
+}
+
+/// `herald context …`.
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Create or change a context (only the flags given change).
+    Set {
+        /// The context's name.
+        name: String,
+        /// The control plane's gRPC URL.
+        #[arg(long)]
+        url: Option<String>,
+        /// The agent's gRPC URL (http://host:port or unix:/path).
+        #[arg(long)]
+        agent_url: Option<String>,
+        /// API token for the control plane (empty removes it).
+        #[arg(long)]
+        set_token: Option<String>,
+        /// Token for the agent's Emit (empty removes it).
+        #[arg(long)]
+        set_agent_token: Option<String>,
+    },
+    /// Make a context the current one.
+    Use {
+        /// The context's name.
+        name: String,
+    },
+    /// List the contexts (tokens are not shown).
+    List,
+    /// Remove a context.
+    Delete {
+        /// The context's name.
+        name: String,
+    },
+}
+
+/// Where the config file is.
+pub fn path() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("HERALD_CONFIG").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".config")))?;
+    Some(base.join("herald").join("config.toml"))
+}
+
+/// The most bytes of config file read.
+const MAX_FILE: u64 = 1024 * 1024;
+
+/// Reads the config file; an absent file is an empty config.
+pub fn load() -> anyhow::Result<Config> {
+    let Some(path) = path() else {
+        return Ok(Config::default());
+    };
+    match std::fs::metadata(&path) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+        Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+        Ok(meta) if meta.len() > MAX_FILE => {
+            anyhow::bail!("{} is larger than {MAX_FILE} bytes", path.display())
+        }
+        Ok(_) => {}
+    }
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a valid herald config (fix or remove it)",
+            path.display()
+        )
+    })
+}
+
+/// Writes the config file, readable by its owner only.
+fn save(config: &Config) -> anyhow::Result<PathBuf> {
+    use std::io::Write as _;
+    let path = path().context("no config location: set HERALD_CONFIG or HOME")?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let text = toml::to_string(config).context("encoding the config")?;
+    let tmp = path.with_extension("toml.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+impl Config {
+    /// The context to use: `named` (which must exist), else the current one, else none.
+    pub fn pick(&self, named: Option<&str>) -> anyhow::Result<Entry> {
+        match named.or(self.current.as_deref()) {
+            None => Ok(Entry::default()),
+            Some(name) => self.contexts.get(name).cloned().with_context(|| {
+                format!("no context {name:?}: see `herald context list`, or create it with `herald context set {name} --url …`")
+            }),
+        }
+    }
+}
+
+/// Runs `herald context …`.
+pub fn run(cmd: Command, format: Format) -> anyhow::Result<()> {
+    let mut config = load()?;
+    match cmd {
+        Command::Set {
+            name,
+            url,
+            agent_url,
+            set_token,
+            set_agent_token,
+        } => {
+            herald_core::validate::tenant(&name).map_err(|_| {
+                anyhow::anyhow!("context name {name:?}: use letters, digits, '.', '_' or '-'")
+            })?;
+            let entry = config.contexts.entry(name.clone()).or_default();
+            let set = |slot: &mut Option<String>, value: Option<String>| {
+                if let Some(value) = value {
+                    *slot = (!value.is_empty()).then_some(value);
+                }
+            };
+            set(&mut entry.control_plane, url);
+            set(&mut entry.agent, agent_url);
+            set(&mut entry.token, set_token);
+            set(&mut entry.agent_token, set_agent_token);
+            if config.current.is_none() {
+                config.current = Some(name.clone());
+            }
+            let path = save(&config)?;
+            eprintln!("context {name:?} saved in {}", path.display());
+        }
+        Command::Use { name } => {
+            if !config.contexts.contains_key(&name) {
+                anyhow::bail!(
+                    "no context {name:?}: create it with `herald context set {name} --url …`"
+                );
+            }
+            config.current = Some(name.clone());
+            save(&config)?;
+            eprintln!("now using context {name:?}");
+        }
+        Command::Delete { name } => {
+            if config.contexts.remove(&name).is_none() {
+                anyhow::bail!("no context {name:?}");
+            }
+            if config.current.as_deref() == Some(name.as_str()) {
+                config.current = None;
+            }
+            save(&config)?;
+        }
+        Command::List => {
+            let items: Vec<serde_json::Value> = config
+                .contexts
+                .iter()
+                .map(|(name, entry)| {
+                    serde_json::json!({
+                        "current": if config.current.as_deref() == Some(name.as_str()) { "*" } else { "" },
+                        "name": name,
+                        "control_plane": entry.control_plane,
+                        "agent": entry.agent,
+                        "token": if entry.token.is_some() { "set" } else { "" },
+                    })
+                })
+                .collect();
+            output::list(
+                format,
+                "contexts",
+                &items,
+                &["current", "name", "control_plane", "agent", "token"],
+                "",
+            );
+        }
+    }
+    Ok(())
+}
