@@ -11,6 +11,7 @@ mod dev;
 mod emit;
 mod output;
 mod subscription;
+mod watch;
 
 use clap::{Parser, Subcommand};
 

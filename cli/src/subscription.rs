@@ -10,6 +10,7 @@ use herald_proto::v1::subscriptions_client::SubscriptionsClient;
 
 use crate::connect::{Server, status_error};
 use crate::output::{self, Format};
+use crate::watch::Watch;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -22,6 +23,9 @@ pub enum Command {
         /// Include the signing secrets.
         #[arg(long)]
         show_secret: bool,
+        /// Show it again whenever it changes (Ctrl-C stops).
+        #[arg(long, short = 'w')]
+        watch: bool,
     },
     /// List subscriptions.
     List {
@@ -34,6 +38,9 @@ pub enum Command {
         /// Continue from a previous page.
         #[arg(long, default_value = "")]
         page_token: String,
+        /// Show the list again whenever it changes (Ctrl-C stops).
+        #[arg(long, short = 'w')]
+        watch: bool,
     },
     /// Change a subscription; fails if someone else changed it since it was read.
     Update(UpdateArgs),
@@ -220,45 +227,67 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                 .into_inner();
             output::object(format, &output::subscription(&created, true));
         }
-        Command::Get { id, show_secret } => {
-            let sub = client
-                .get_subscription(pb::GetSubscriptionRequest {
-                    id,
-                    show_secrets: show_secret,
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            output::object(format, &output::subscription(&sub, show_secret));
+        Command::Get {
+            id,
+            show_secret,
+            watch,
+        } => {
+            let mut shown = Watch::default();
+            loop {
+                let sub = client
+                    .get_subscription(pb::GetSubscriptionRequest {
+                        id: id.clone(),
+                        show_secrets: show_secret,
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                shown.show(output::subscription(&sub, show_secret), |value| {
+                    output::object(format, value)
+                });
+                if !watch || !Watch::next_round().await {
+                    break;
+                }
+            }
         }
         Command::List {
             tenant,
             page_size,
             page_token,
+            watch,
         } => {
-            let page = client
-                .list_subscriptions(pb::ListSubscriptionsRequest {
-                    tenant: tenant.unwrap_or_default(),
-                    page_size,
-                    page_token,
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            let items: Vec<_> = page
-                .subscriptions
-                .iter()
-                .map(|s| output::subscription(s, false))
-                .collect();
-            output::list(
-                format,
-                "subscriptions",
-                &items,
-                &[
-                    "id", "tenant", "url", "events", "format", "enabled", "revision",
-                ],
-                &page.next_page_token,
-            );
+            let mut shown = Watch::default();
+            loop {
+                let page = client
+                    .list_subscriptions(pb::ListSubscriptionsRequest {
+                        tenant: tenant.clone().unwrap_or_default(),
+                        page_size,
+                        page_token: page_token.clone(),
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                let items: Vec<_> = page
+                    .subscriptions
+                    .iter()
+                    .map(|s| output::subscription(s, false))
+                    .collect();
+                let next = page.next_page_token;
+                shown.show(serde_json::Value::Array(items), |items| {
+                    output::list(
+                        format,
+                        "subscriptions",
+                        items.as_array().map_or(&[][..], Vec::as_slice),
+                        &[
+                            "id", "tenant", "url", "events", "format", "enabled", "revision",
+                        ],
+                        &next,
+                    )
+                });
+                if !watch || !Watch::next_round().await {
+                    break;
+                }
+            }
         }
         Command::Update(args) => {
             let mut sub = client

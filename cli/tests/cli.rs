@@ -505,3 +505,49 @@ async fn contexts_remember_a_control_plane_and_its_token() -> anyhow::Result<()>
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("herald context list"));
     Ok(())
 }
+
+#[tokio::test]
+async fn watch_prints_a_list_again_when_it_changes() -> anyhow::Result<()> {
+    use herald_tests::{ConfigStore, ControlPlane, subscription};
+    use tokio::io::AsyncBufReadExt as _;
+    let control_plane = ControlPlane::start(ConfigStore::Embedded).await?;
+    let mut watcher = herald_command()
+        .args(["--control-plane", control_plane.url()])
+        .args(["subscription", "list", "--watch", "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = tokio::io::BufReader::new(watcher.stdout.take().context("stdout")?).lines();
+    // Reads one pretty-printed JSON document (it ends with a `}` line).
+    async fn document(
+        lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    ) -> anyhow::Result<Value> {
+        let mut text = String::new();
+        let read = async {
+            while let Some(line) = lines.next_line().await? {
+                let end = line == "}";
+                text.push_str(&line);
+                text.push('\n');
+                if end {
+                    return anyhow::Ok(());
+                }
+            }
+            anyhow::bail!("the watch ended")
+        };
+        tokio::time::timeout(Duration::from_secs(20), read).await??;
+        Ok(serde_json::from_str(&text)?)
+    }
+    let first = document(&mut lines).await?;
+    assert_eq!(first["subscriptions"], serde_json::json!([]));
+    let created = control_plane
+        .create(subscription(
+            "shop-1",
+            "https://127.0.0.1:9/hook",
+            &["order.*"],
+        ))
+        .await?;
+    let second = document(&mut lines).await?;
+    assert_eq!(second["subscriptions"][0]["id"], created.id.as_str());
+    watcher.kill().await?;
+    Ok(())
+}
