@@ -73,6 +73,13 @@ pub enum Command {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Create many subscriptions from a file: a YAML or JSON list whose entries have the keys
+    /// of `create`'s flags (`tenant`, `url`, `events`, `format`, `header`, `retry-schedule`,
+    /// …). Shows progress; goes on past a refused entry and exits 1 if any was refused.
+    Import {
+        /// The file (`-` for standard input).
+        file: String,
+    },
     /// Add a new signing secret; the old one keeps signing during the grace period.
     RotateSecret {
         /// Subscription id.
@@ -154,6 +161,27 @@ pub struct UpdateArgs {
     fields: Fields,
 }
 
+impl CreateArgs {
+    /// The subscription to create.
+    fn into_wire(self) -> anyhow::Result<pb::Subscription> {
+        let signature_scheme = match self.signature.as_str() {
+            "v1a" => pb::SignatureScheme::Ed25519,
+            _ => pb::SignatureScheme::HmacSha256,
+        };
+        let mut sub = pb::Subscription {
+            tenant: self.tenant,
+            url: self.url,
+            signature_scheme: signature_scheme as i32,
+            ..Default::default()
+        };
+        self.fields.apply(&mut sub)?;
+        if sub.event_types.is_empty() {
+            anyhow::bail!("--events is required: the event types to receive, e.g. 'order.*'");
+        }
+        Ok(sub)
+    }
+}
+
 impl Fields {
     fn apply(self, sub: &mut pb::Subscription) -> anyhow::Result<()> {
         if let Some(events) = self.events {
@@ -204,29 +232,16 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
     let mut client = SubscriptionsClient::new(server.channel().await?);
     match cmd {
         Command::Create(args) => {
-            let signature_scheme = match args.signature.as_str() {
-                "v1a" => pb::SignatureScheme::Ed25519,
-                _ => pb::SignatureScheme::HmacSha256,
-            };
-            let mut sub = pb::Subscription {
-                tenant: args.tenant,
-                url: args.url,
-                signature_scheme: signature_scheme as i32,
-                ..Default::default()
-            };
-            args.fields.apply(&mut sub)?;
-            if sub.event_types.is_empty() {
-                anyhow::bail!("--events is required: the event types to receive, e.g. 'order.*'");
-            }
             let created = client
                 .create_subscription(pb::CreateSubscriptionRequest {
-                    subscription: Some(sub),
+                    subscription: Some(args.into_wire()?),
                 })
                 .await
                 .map_err(status_error)?
                 .into_inner();
             output::object(format, &output::subscription(&created, true));
         }
+        Command::Import { file } => import(&mut client, &file, format).await?,
         Command::Get {
             id,
             show_secret,
@@ -358,6 +373,141 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                 .into_inner();
             output::object(format, &output::subscription(&sub, true));
         }
+    }
+    Ok(())
+}
+
+/// The largest import file read.
+const MAX_IMPORT_BYTES: u64 = 16 * 1024 * 1024;
+/// The most entries one import takes.
+const MAX_IMPORT_ENTRIES: usize = 10_000;
+
+/// `create`'s flags, parsed from an import entry.
+#[derive(clap::Parser)]
+#[command(no_binary_name = true)]
+struct ImportEntry {
+    #[command(flatten)]
+    args: CreateArgs,
+}
+
+/// The command-line form of one import entry: `{"url": "…", "header": ["A=1"]}` →
+/// `--url … --header A=1`.
+fn entry_flags(entry: &serde_json::Value) -> anyhow::Result<Vec<String>> {
+    let map = entry
+        .as_object()
+        .context("an entry is not a map of create's flags")?;
+    let mut flags = Vec::new();
+    for (key, value) in map {
+        let flag = format!("--{}", key.replace('_', "-"));
+        let scalar = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => Ok(s.clone()),
+            serde_json::Value::Number(n) => Ok(n.to_string()),
+            other => Err(anyhow::anyhow!("{key}: {other} is not a string or number")),
+        };
+        match value {
+            serde_json::Value::Null | serde_json::Value::Bool(false) => {}
+            serde_json::Value::Bool(true) => flags.push(flag),
+            serde_json::Value::Array(items) if key == "events" || key == "regions" => {
+                let items: Vec<String> = items.iter().map(scalar).collect::<Result<_, _>>()?;
+                flags.extend([flag, items.join(",")]);
+            }
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    flags.extend([flag.clone(), scalar(item)?]);
+                }
+            }
+            serde_json::Value::Object(pairs) if key == "header" || key == "headers" => {
+                for (name, value) in pairs {
+                    flags.extend(["--header".into(), format!("{name}={}", scalar(value)?)]);
+                }
+            }
+            other => flags.extend([flag, scalar(other)?]),
+        }
+    }
+    Ok(flags)
+}
+
+/// `herald subscription import FILE`.
+async fn import(
+    client: &mut SubscriptionsClient<herald_proto::bearer::AuthedChannel>,
+    file: &str,
+    format: Format,
+) -> anyhow::Result<()> {
+    let text = if file == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut std::io::Read::take(std::io::stdin(), MAX_IMPORT_BYTES),
+            &mut text,
+        )
+        .context("reading standard input")?;
+        text
+    } else {
+        let len = std::fs::metadata(file)
+            .with_context(|| format!("reading {file}"))?
+            .len();
+        if len > MAX_IMPORT_BYTES {
+            anyhow::bail!("{file} is {len} bytes; the limit is {MAX_IMPORT_BYTES}");
+        }
+        std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
+    };
+    let entries: Vec<serde_json::Value> = serde_yaml_ng::from_str(&text)
+        .with_context(|| format!("{file} is not a YAML or JSON list of subscriptions"))?;
+    if entries.len() > MAX_IMPORT_ENTRIES {
+        anyhow::bail!(
+            "{file} has {} entries; one import takes at most {MAX_IMPORT_ENTRIES}",
+            entries.len()
+        );
+    }
+    let total = entries.len();
+    let mut results = Vec::with_capacity(total);
+    let mut refused = 0;
+    for (index, entry) in entries.iter().enumerate() {
+        let outcome = async {
+            let flags = entry_flags(entry)?;
+            let parsed = <ImportEntry as clap::Parser>::try_parse_from(&flags)
+                .map_err(|e| anyhow::anyhow!("{}", e.render().to_string().trim()))?;
+            let created = client
+                .create_subscription(pb::CreateSubscriptionRequest {
+                    subscription: Some(parsed.args.into_wire()?),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            anyhow::Ok(created)
+        }
+        .await;
+        let number = index + 1;
+        match outcome {
+            Ok(created) => {
+                eprintln!(
+                    "[{number}/{total}] created {} ({})",
+                    created.id, created.url
+                );
+                results.push(serde_json::json!({
+                    "entry": number, "id": created.id, "tenant": created.tenant, "url": created.url, "error": "",
+                }));
+            }
+            Err(err) => {
+                refused += 1;
+                eprintln!("[{number}/{total}] refused: {err:#}");
+                results.push(serde_json::json!({
+                    "entry": number, "id": "", "tenant": entry["tenant"], "url": entry["url"], "error": format!("{err:#}"),
+                }));
+            }
+        }
+    }
+    output::list(
+        format,
+        "results",
+        &results,
+        &["entry", "id", "tenant", "url", "error"],
+        "",
+    );
+    eprintln!("{} created, {refused} refused", total - refused);
+    if refused > 0 {
+        anyhow::bail!(
+            "{refused} of {total} entries were refused (see above); the others were created"
+        );
     }
     Ok(())
 }

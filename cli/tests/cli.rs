@@ -551,3 +551,77 @@ async fn watch_prints_a_list_again_when_it_changes() -> anyhow::Result<()> {
     watcher.kill().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn import_creates_many_shows_progress_and_names_the_refused() -> anyhow::Result<()> {
+    use herald_tests::{ConfigStore, ControlPlane};
+    let control_plane = ControlPlane::start(ConfigStore::Embedded).await?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("subscriptions.yaml");
+    std::fs::write(
+        &file,
+        r#"
+- tenant: shop-1
+  url: https://127.0.0.1:9/orders
+  events: [order.created, order.updated]
+  format: xml
+  header: { X-Shop: "1" }
+  retry-schedule: 5s,1m
+- tenant: shop-2
+  url: not a url
+  events: order.*
+- tenant: shop-3
+  url: https://127.0.0.1:9/stock
+  events: product.stock_changed
+  max_in_flight: 4
+"#,
+    )?;
+    let run = |args: &[&str]| {
+        herald_command()
+            .args(["--control-plane", control_plane.url()])
+            .args(args)
+            .output()
+    };
+    let imported = run(&[
+        "subscription",
+        "import",
+        file.to_str().unwrap(),
+        "-o",
+        "json",
+    ])
+    .await?;
+    assert_eq!(imported.status.code(), Some(1), "one entry was refused");
+    let stderr = String::from_utf8_lossy(&imported.stderr);
+    assert!(
+        stderr.contains("[1/3] created") && stderr.contains("[2/3] refused"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("[3/3] created"), "{stderr}");
+    let results: Value = serde_json::from_slice(&imported.stdout)?;
+    assert_eq!(results["results"][1]["id"], "");
+    assert!(
+        results["results"][1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("url"))
+    );
+
+    let listed = json(&run(&["subscription", "list", "-o", "json"]).await?);
+    let subs = listed["subscriptions"].as_array().expect("a list");
+    assert_eq!(subs.len(), 2);
+    let orders = subs
+        .iter()
+        .find(|s| s["tenant"] == "shop-1")
+        .expect("shop-1");
+    assert_eq!(orders["format"], "xml");
+    assert_eq!(
+        orders["events"],
+        serde_json::json!(["order.created", "order.updated"])
+    );
+    assert_eq!(orders["headers"]["X-Shop"], "1");
+    let stock = subs
+        .iter()
+        .find(|s| s["tenant"] == "shop-3")
+        .expect("shop-3");
+    assert_eq!(stock["max_in_flight"], 4);
+    Ok(())
+}
