@@ -63,6 +63,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let cp_config = herald_control_plane::Config {
         listen: args.control_plane_listen,
         etcd: vec![],
+        etcd_auth: Default::default(),
         data_dir: args.data_dir.join("control-plane"),
         allow_http: true,
         allow_targets: loopback.clone(),

@@ -54,6 +54,9 @@ pub struct Config {
     /// etcd endpoints, comma-separated; without them the embedded store in --data-dir is used.
     #[arg(long, env = "HERALD_ETCD", value_delimiter = ',')]
     pub etcd: Vec<String>,
+    /// How to authenticate to etcd.
+    #[command(flatten)]
+    pub etcd_auth: store::EtcdAuth,
     /// Directory for the delivery log (and the embedded config store).
     #[arg(
         long,
@@ -167,7 +170,7 @@ pub async fn run(
         Store::embedded(&dir).await?
     } else {
         tracing::info!(endpoints = ?etcd, "using etcd");
-        Store::etcd(&etcd).await?
+        Store::etcd_with(&etcd, &config.etcd_auth).await?
     };
     let log = AttemptLog::open(&config.data_dir)?;
     let stop = CancellationToken::new();

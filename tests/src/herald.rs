@@ -86,6 +86,7 @@ impl ControlPlane {
                 ConfigStore::Etcd(endpoints) => endpoints,
                 ConfigStore::Embedded => vec![],
             },
+            etcd_auth: Default::default(),
             data_dir: dir.path().to_owned(),
             allow_http: false,
             allow_targets: loopback(),

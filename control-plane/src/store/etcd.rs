@@ -2,14 +2,14 @@
 //! transaction, and a watch is one etcd watch forwarded into a channel.
 
 use etcd_client::{
-    Client, Compare as EtcdCompare, CompareOp, EventType, GetOptions, SortOrder, SortTarget,
-    Txn as EtcdTxn, TxnOp, TxnOpResponse, WatchOptions,
+    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions, SortOrder,
+    SortTarget, Txn as EtcdTxn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::sync::mpsc;
 
 use super::{
-    Compare, KeyValue, Op, StoreError, Txn, TxnOutcome, WatchBatch, WatchEvent, WatchReceiver,
-    prefix_end,
+    Compare, EtcdAuth, KeyValue, Op, StoreError, Txn, TxnOutcome, WatchBatch, WatchEvent,
+    WatchReceiver, prefix_end,
 };
 
 /// Buffered watch batches per watcher before the watch task waits for the reader.
@@ -25,8 +25,14 @@ pub struct EtcdStore {
 
 impl EtcdStore {
     /// Connects to the cluster; any of `endpoints` may answer.
-    pub async fn connect(endpoints: &[String]) -> Result<Self, StoreError> {
-        let client = Client::connect(endpoints, None).await?;
+    pub async fn connect(endpoints: &[String], auth: &EtcdAuth) -> Result<Self, StoreError> {
+        let options = match (&auth.etcd_user, &auth.etcd_password) {
+            (Some(user), password) => Some(
+                ConnectOptions::new().with_user(user.clone(), password.clone().unwrap_or_default()),
+            ),
+            (None, _) => None,
+        };
+        let client = Client::connect(endpoints, options).await?;
         Ok(EtcdStore { client })
     }
 

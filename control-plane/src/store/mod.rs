@@ -148,7 +148,14 @@ pub enum Store {
 impl Store {
     /// Connects to etcd at the given endpoints.
     pub async fn etcd(endpoints: &[String]) -> Result<Self, StoreError> {
-        Ok(Store::Etcd(Box::new(EtcdStore::connect(endpoints).await?)))
+        Self::etcd_with(endpoints, &EtcdAuth::default()).await
+    }
+
+    /// Connects to etcd at `endpoints`, authenticating as `auth` says.
+    pub async fn etcd_with(endpoints: &[String], auth: &EtcdAuth) -> Result<Self, StoreError> {
+        Ok(Store::Etcd(Box::new(
+            EtcdStore::connect(endpoints, auth).await?,
+        )))
     }
 
     /// Opens (or creates) the embedded store in `dir`.
@@ -236,3 +243,31 @@ pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
 }
 
 pub mod conformance;
+
+/// How the control plane authenticates to etcd (etcd's user/password auth).
+#[derive(Clone, Default, clap::Args)]
+pub struct EtcdAuth {
+    /// etcd user name, when etcd has authentication enabled.
+    #[arg(long, env = "HERALD_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    /// The etcd user's password (prefer the environment variable).
+    #[arg(
+        long,
+        env = "HERALD_ETCD_PASSWORD",
+        hide_env_values = true,
+        requires = "etcd_user"
+    )]
+    pub etcd_password: Option<String>,
+}
+
+impl std::fmt::Debug for EtcdAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdAuth")
+            .field("etcd_user", &self.etcd_user)
+            .field(
+                "etcd_password",
+                &self.etcd_password.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}

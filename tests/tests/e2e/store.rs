@@ -18,3 +18,31 @@ async fn the_embedded_store_keeps_the_store_contract() -> anyhow::Result<()> {
     conformance::check_all(&store, "/conformance").await;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_store_authenticates_to_etcd_with_a_user_and_password() -> anyhow::Result<()> {
+    use herald_control_plane::store::EtcdAuth;
+    let etcd = Etcd::start().await?;
+    let mut admin = etcd_client::Client::connect([etcd.endpoint()], None).await?;
+    admin.user_add("root", "s3cret-pass", None).await?;
+    admin.user_grant_role("root", "root").await?;
+    admin.auth_enable().await?;
+
+    let auth = |password: &str| EtcdAuth {
+        etcd_user: Some("root".into()),
+        etcd_password: Some(password.into()),
+    };
+    let anonymous = match Store::etcd(&[etcd.endpoint()]).await {
+        Ok(store) => store.get("/herald/v1/anything").await.is_err(),
+        Err(_) => true,
+    };
+    assert!(anonymous, "etcd refuses a client without credentials");
+    let wrong = match Store::etcd_with(&[etcd.endpoint()], &auth("wrong")).await {
+        Ok(store) => store.get("/herald/v1/anything").await.is_err(),
+        Err(_) => true,
+    };
+    assert!(wrong, "etcd refuses a wrong password");
+    let store = Store::etcd_with(&[etcd.endpoint()], &auth("s3cret-pass")).await?;
+    conformance::check_all(&store, "/auth").await;
+    Ok(())
+}

@@ -76,6 +76,7 @@ async fn control_plane(
     let config = herald_control_plane::Config {
         listen: addr,
         etcd: vec![],
+        etcd_auth: Default::default(),
         data_dir: dir.to_owned(),
         allow_http: false,
         allow_targets: vec![],

@@ -64,6 +64,7 @@ async fn control_plane(stop: &CancellationToken) -> anyhow::Result<(String, temp
     let config = herald_control_plane::Config {
         listen: addr,
         etcd: vec![],
+        etcd_auth: Default::default(),
         data_dir: dir.path().to_owned(),
         allow_http: false,
         allow_targets: herald_tests::herald::loopback(),
