@@ -50,6 +50,7 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
     let code = match status.code() {
         tonic::Code::InvalidArgument => "invalid argument",
         tonic::Code::NotFound => "not found",
+        tonic::Code::AlreadyExists => "already exists",
         tonic::Code::FailedPrecondition => "failed precondition",
         tonic::Code::Aborted => "aborted",
         tonic::Code::Unavailable => "unavailable",

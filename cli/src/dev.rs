@@ -74,6 +74,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         auth: Default::default(),
         metrics_listen: None,
         system_tenant: herald_control_plane::operator_events::DEFAULT_SYSTEM_TENANT.into(),
+        event_type_registry: Default::default(),
     };
     let control_plane = tokio::spawn(herald_control_plane::run(
         cp_config,

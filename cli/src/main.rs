@@ -9,6 +9,7 @@ mod context;
 mod deliveries;
 mod dev;
 mod emit;
+mod event_types;
 mod output;
 mod subscription;
 mod watch;
@@ -58,6 +59,9 @@ enum Command {
     /// Read the central delivery log.
     #[command(subcommand, alias = "delivery")]
     Deliveries(deliveries::Command),
+    /// The catalogue of event types subscribers choose from.
+    #[command(subcommand, name = "event-types", alias = "event-type")]
+    EventTypes(event_types::Command),
     /// See the agents connected to the control plane.
     #[command(subcommand, alias = "agent")]
     Agents(agents::Command),
@@ -130,6 +134,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Subscription(cmd) => subscription::run(cmd, &control_plane, format).await,
         Command::Deliveries(cmd) => deliveries::run(cmd, &control_plane, format).await,
         Command::Agents(cmd) => agents::run(cmd, &control_plane, format).await,
+        Command::EventTypes(cmd) => event_types::run(cmd, &control_plane, format).await,
         Command::Emit(args) => {
             let agent = Server {
                 url: cli

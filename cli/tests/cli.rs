@@ -625,3 +625,57 @@ async fn import_creates_many_shows_progress_and_names_the_refused() -> anyhow::R
     assert_eq!(stock["max_in_flight"], 4);
     Ok(())
 }
+
+#[tokio::test]
+async fn event_types_are_registered_listed_and_enforced() -> anyhow::Result<()> {
+    use herald_tests::{ConfigStore, ControlPlane};
+    let control_plane = ControlPlane::start(ConfigStore::Embedded).await?;
+    let dir = tempfile::tempdir()?;
+    let example = dir.path().join("order.json");
+    std::fs::write(&example, r#"{"order_id": 42, "total": "19.99"}"#)?;
+    let run = |args: &[&str]| {
+        herald_command()
+            .args(["--control-plane", control_plane.url()])
+            .args(args)
+            .output()
+    };
+    let at_example = format!("@{}", example.display());
+    let created = json(
+        &run(&[
+            "event-types",
+            "create",
+            "order.created",
+            "--description",
+            "A shop got an order",
+            "--example",
+            &at_example,
+            "-o",
+            "json",
+        ])
+        .await?,
+    );
+    assert_eq!(created["example"]["order_id"], 42);
+    let listed = String::from_utf8(run(&["event-types", "list"]).await?.stdout)?;
+    assert!(
+        listed.contains("order.created") && listed.contains("A shop got an order"),
+        "{listed}"
+    );
+    let got = json(&run(&["event-types", "get", "order.created", "-o", "json"]).await?);
+    assert_eq!(got["description"], "A shop got an order");
+
+    let refused = run(&[
+        "subscription",
+        "create",
+        "--tenant",
+        "shop-1",
+        "--url",
+        "https://127.0.0.1:9/x",
+        "--events",
+        "invoice.created",
+    ])
+    .await?;
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("event-types"), "{stderr}");
+    Ok(())
+}

@@ -239,6 +239,10 @@ pub fn needed_role(path: &str) -> Option<Role> {
             "ListAttempts" | "TailAttempts" => Some(Role::Read),
             _ => Some(Role::Admin),
         },
+        "herald.v1.EventTypes" => match method {
+            "GetEventType" | "ListEventTypes" => Some(Role::Read),
+            _ => Some(Role::Admin),
+        },
         "herald.v1.Agents" => match method {
             "ListAgents" => Some(Role::Read),
             _ => Some(Role::Admin),

@@ -7,6 +7,7 @@
 
 pub mod attempts;
 pub mod auth;
+pub mod event_types;
 pub mod fleet;
 pub mod grpc;
 pub mod health;
@@ -29,6 +30,7 @@ use std::time::Duration;
 use herald_proto::v1::agent_control_server::AgentControlServer;
 use herald_proto::v1::agents_server::AgentsServer;
 use herald_proto::v1::deliveries_server::DeliveriesServer;
+use herald_proto::v1::event_types_server::EventTypesServer;
 use herald_proto::v1::subscriptions_server::SubscriptionsServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -89,6 +91,9 @@ pub struct Config {
     /// Address of the Prometheus endpoint (`GET /metrics`); none by default.
     #[arg(long, env = "HERALD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Check subscriptions against the event-type registry (while it holds any type): on or off.
+    #[arg(long, env = "HERALD_EVENT_TYPE_REGISTRY", value_enum, default_value_t = event_types::RegistryMode::On)]
+    pub event_type_registry: event_types::RegistryMode,
     /// The tenant of operator events (herald.subscription.disabled, …).
     #[arg(long, env = "HERALD_SYSTEM_TENANT", default_value = operator_events::DEFAULT_SYSTEM_TENANT, value_parser = system_tenant)]
     pub system_tenant: String,
@@ -195,6 +200,7 @@ pub async fn run(
         );
     }
     let metrics = metrics::Metrics::default();
+    let event_types = event_types::EventTypes::new(store.clone(), config.event_type_registry);
     let events =
         operator_events::OperatorEvents::new(store.clone(), fleet.clone(), &config.system_tenant);
     tokio::spawn(events.clone().run(stop.clone()));
@@ -225,6 +231,9 @@ pub async fn run(
         .set_serving::<AgentsServer<grpc::AgentsService>>()
         .await;
     health_reporter
+        .set_serving::<EventTypesServer<grpc::EventTypesService>>()
+        .await;
+    health_reporter
         .set_serving::<AgentControlServer<grpc::AgentControlService>>()
         .await;
     let reflection = [tonic_health::pb::FILE_DESCRIPTOR_SET];
@@ -237,6 +246,10 @@ pub async fn run(
             registry.clone(),
             health.clone(),
             log.clone(),
+            event_types.clone(),
+        )))
+        .add_service(EventTypesServer::new(grpc::EventTypesService::new(
+            event_types,
         )))
         .add_service(DeliveriesServer::new(grpc::DeliveriesService::new(
             log.clone(),
@@ -281,6 +294,9 @@ pub async fn run(
         .await;
     health_reporter
         .set_not_serving::<AgentsServer<grpc::AgentsService>>()
+        .await;
+    health_reporter
+        .set_not_serving::<EventTypesServer<grpc::EventTypesService>>()
         .await;
     health_reporter
         .set_not_serving::<AgentControlServer<grpc::AgentControlService>>()

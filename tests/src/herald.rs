@@ -101,6 +101,7 @@ impl ControlPlane {
             auth: Default::default(),
             metrics_listen: None,
             system_tenant: herald_control_plane::operator_events::DEFAULT_SYSTEM_TENANT.into(),
+            event_type_registry: Default::default(),
         };
         configure(&mut config);
         let stop = CancellationToken::new();

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::attempts::{AttemptLog, Filter};
+use crate::event_types::EventTypes;
 use crate::fleet::Fleet;
 use crate::health::Health;
 use crate::hub::ConfigHub;
@@ -24,15 +25,23 @@ pub struct SubscriptionsService {
     health: Health,
     /// For the recent record of an endpoint's health.
     log: AttemptLog,
+    /// What subscriptions may name.
+    event_types: EventTypes,
 }
 
 impl SubscriptionsService {
     /// The service over a registry and the endpoints' health.
-    pub fn new(registry: Subscriptions, health: Health, log: AttemptLog) -> Self {
+    pub fn new(
+        registry: Subscriptions,
+        health: Health,
+        log: AttemptLog,
+        event_types: EventTypes,
+    ) -> Self {
         SubscriptionsService {
             registry,
             health,
             log,
+            event_types,
         }
     }
 }
@@ -48,6 +57,7 @@ impl SubscriptionsApi for SubscriptionsService {
         request: Request<pb::CreateSubscriptionRequest>,
     ) -> Result<Response<pb::Subscription>, Status> {
         let sub = required(request.into_inner().subscription, "subscription")?;
+        self.event_types.check(&sub.event_types).await?;
         let created = self.registry.create(sub).await?;
         tracing::info!(id = %created.id, tenant = %created.tenant, "subscription created");
         Ok(Response::new(created))
@@ -92,6 +102,7 @@ impl SubscriptionsApi for SubscriptionsService {
     ) -> Result<Response<pb::Subscription>, Status> {
         let request = request.into_inner();
         let sub = required(request.subscription, "subscription")?;
+        self.event_types.check(&sub.event_types).await?;
         let updated = self.registry.update(sub, request.expected_revision).await?;
         tracing::info!(id = %updated.id, revision = updated.revision, "subscription updated");
         Ok(Response::new(redact(updated)))

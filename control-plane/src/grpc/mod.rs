@@ -3,6 +3,8 @@
 
 mod admin;
 mod agent_control;
+mod event_types;
 
 pub use admin::{AgentsService, DeliveriesService, SubscriptionsService};
 pub use agent_control::AgentControlService;
+pub use event_types::EventTypesService;

@@ -87,6 +87,7 @@ async fn control_plane(
         auth: Default::default(),
         metrics_listen: None,
         system_tenant: herald_control_plane::operator_events::DEFAULT_SYSTEM_TENANT.into(),
+        event_type_registry: Default::default(),
     };
     let stop = stop.clone();
     let task = tokio::spawn(async move {

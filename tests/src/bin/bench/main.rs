@@ -75,6 +75,7 @@ async fn control_plane(stop: &CancellationToken) -> anyhow::Result<(String, temp
         auth: Default::default(),
         metrics_listen: None,
         system_tenant: herald_control_plane::operator_events::DEFAULT_SYSTEM_TENANT.into(),
+        event_type_registry: Default::default(),
     };
     tokio::spawn(herald_control_plane::run(
         config,

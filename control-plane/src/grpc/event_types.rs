@@ -1,0 +1,53 @@
+//! `herald.v1.EventTypes`: the event-type registry.
+
+use herald_proto::v1 as pb;
+use herald_proto::v1::event_types_server::EventTypes as EventTypesApi;
+use tonic::{Request, Response, Status};
+
+use crate::event_types::EventTypes;
+
+/// `herald.v1.EventTypes`.
+pub struct EventTypesService {
+    registry: EventTypes,
+}
+
+impl EventTypesService {
+    /// The service over the registry.
+    pub fn new(registry: EventTypes) -> Self {
+        EventTypesService { registry }
+    }
+}
+
+#[tonic::async_trait]
+impl EventTypesApi for EventTypesService {
+    async fn create_event_type(
+        &self,
+        request: Request<pb::CreateEventTypeRequest>,
+    ) -> Result<Response<pb::EventType>, Status> {
+        let event_type = request
+            .into_inner()
+            .event_type
+            .ok_or_else(|| Status::invalid_argument("event_type: is required"))?;
+        let created = self.registry.create(event_type).await?;
+        tracing::info!(name = %created.name, "event type registered");
+        Ok(Response::new(created))
+    }
+
+    async fn get_event_type(
+        &self,
+        request: Request<pb::GetEventTypeRequest>,
+    ) -> Result<Response<pb::EventType>, Status> {
+        Ok(Response::new(
+            self.registry.get(&request.into_inner().name).await?,
+        ))
+    }
+
+    async fn list_event_types(
+        &self,
+        _request: Request<pb::ListEventTypesRequest>,
+    ) -> Result<Response<pb::ListEventTypesResponse>, Status> {
+        Ok(Response::new(pb::ListEventTypesResponse {
+            event_types: self.registry.list().await?,
+        }))
+    }
+}
