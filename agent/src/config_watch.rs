@@ -213,7 +213,6 @@ async fn emit(queue: &Queue, routes: &Routes, order: pb::EmitOrder) -> pb::EmitR
     if !routes.loaded {
         return failed("the agent has no configuration yet".into());
     }
-    let mut events = Vec::with_capacity(order.events.len());
     for event in &order.events {
         if let Err(err) = herald_proto::convert::validate_event(
             event,
@@ -221,25 +220,12 @@ async fn emit(queue: &Queue, routes: &Routes, order: pb::EmitOrder) -> pb::EmitR
         ) {
             return failed(err.to_string());
         }
-        events.push(crate::emit::EmitService::prepare(
-            event.clone(),
-            routes,
-            None,
-        ));
     }
-    let ids: Vec<String> = events.iter().map(|e| e.event.id.clone()).collect();
-    match queue.accept(events).await {
-        Ok(accepted) => pb::EmitResult {
-            order_id: order.order_id,
-            results: ids
-                .into_iter()
-                .zip(accepted)
-                .map(|(event_id, a)| pb::EmitResponse {
-                    event_id,
-                    matched: a.matched,
-                    duplicate: a.duplicate,
-                })
-                .collect(),
+    let order_id = order.order_id;
+    match crate::emit::accept(queue, routes, order.events, None).await {
+        Ok(results) => pb::EmitResult {
+            order_id,
+            results,
             error: String::new(),
         },
         Err(err) => failed(err.to_string()),

@@ -89,24 +89,11 @@ impl EmitService {
         trace: Option<TraceParent>,
     ) -> Result<Vec<pb::EmitResponse>, Status> {
         let routes = self.loaded_routes()?;
-        let prepared: Vec<NewEvent> = events
-            .into_iter()
-            .map(|e| Self::prepare(e, &routes, trace.as_ref()))
-            .collect();
-        let ids: Vec<String> = prepared.iter().map(|e| e.event.id.clone()).collect();
-        let accepted = self.queue.accept(prepared).await?;
-        let duplicates = accepted.iter().filter(|a| a.duplicate).count() as u64;
+        let responses = accept(&self.queue, &routes, events, trace.as_ref()).await?;
+        let duplicates = responses.iter().filter(|r| r.duplicate).count() as u64;
         self.metrics
-            .emitted(accepted.len() as u64 - duplicates, duplicates);
-        Ok(ids
-            .into_iter()
-            .zip(accepted)
-            .map(|(event_id, a)| pb::EmitResponse {
-                event_id,
-                matched: a.matched,
-                duplicate: a.duplicate,
-            })
-            .collect())
+            .emitted(responses.len() as u64 - duplicates, duplicates);
+        Ok(responses)
     }
 
     fn loaded_routes(&self) -> Result<Arc<Routes>, Status> {
@@ -161,6 +148,31 @@ impl Events for EmitService {
         let results = self.store(events, trace).instrument(span).await?;
         Ok(Response::new(pb::EmitBatchResponse { results }))
     }
+}
+
+/// Stores `events` (ids, times and trace context filled in, routed by `routes`) in one commit
+/// and answers for each: what Emit does, and what an emit order from the control plane does.
+pub(crate) async fn accept(
+    queue: &Queue,
+    routes: &Routes,
+    events: Vec<pb::Event>,
+    trace: Option<&TraceParent>,
+) -> Result<Vec<pb::EmitResponse>, crate::queue::QueueError> {
+    let prepared: Vec<NewEvent> = events
+        .into_iter()
+        .map(|e| EmitService::prepare(e, routes, trace))
+        .collect();
+    let ids: Vec<String> = prepared.iter().map(|e| e.event.id.clone()).collect();
+    let accepted = queue.accept(prepared).await?;
+    Ok(ids
+        .into_iter()
+        .zip(accepted)
+        .map(|(event_id, a)| pb::EmitResponse {
+            event_id,
+            matched: a.matched,
+            duplicate: a.duplicate,
+        })
+        .collect())
 }
 
 /// The server span of an Emit call of `events` events, in the caller's trace when it sent one.

@@ -115,6 +115,36 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
 }
 
+impl Config {
+    /// The defaults of every flag (as `--help` shows them), for an agent of `control_plane`
+    /// listening on `listen` with its state in `data_dir`: what in-process users (`herald
+    /// dev`, tests, benchmarks) start from before changing what they need.
+    pub fn new(control_plane: &str, listen: ListenAddr, data_dir: PathBuf) -> Self {
+        Config {
+            control_plane: vec![control_plane.to_owned()],
+            control_plane_token: None,
+            listen,
+            data_dir,
+            id: None,
+            region: "default".into(),
+            node: "local".into(),
+            ca_file: None,
+            allow_http: false,
+            allow_targets: vec![],
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            max_in_flight: 1024,
+            dedup_window: Duration::from_secs(24 * 60 * 60),
+            retention: Duration::from_secs(72 * 60 * 60),
+            max_queue_events: 1_000_000,
+            max_queue_bytes: 1 << 30,
+            fsync: true,
+            shutdown_grace: Duration::from_secs(30),
+            emit_access: emit_access::EmitAccess::default(),
+            metrics_listen: None,
+        }
+    }
+}
+
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -365,4 +395,33 @@ fn agent_id(dir: &Path) -> Result<String, Error> {
     std::fs::write(&tmp, &id).map_err(fail)?;
     std::fs::rename(&tmp, &path).map_err(fail)?;
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_holds_the_flags_defaults() {
+        use clap::{Args as _, FromArgMatches as _};
+        let command = Config::augment_args(clap::Command::new("agent"));
+        let matches = command
+            .try_get_matches_from([
+                "agent",
+                "--control-plane",
+                "http://cp:7700",
+                "--listen",
+                "127.0.0.1:7701",
+                "--data-dir",
+                "/d",
+            ])
+            .expect("parses");
+        let parsed = Config::from_arg_matches(&matches).expect("a config");
+        let made = Config::new(
+            "http://cp:7700",
+            "127.0.0.1:7701".parse().expect("an address"),
+            "/d".into(),
+        );
+        assert_eq!(format!("{parsed:?}"), format!("{made:?}"));
+    }
 }

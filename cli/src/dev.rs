@@ -61,20 +61,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         herald_core::target::parse_allowlist("127.0.0.0/8,::1").map_err(anyhow::Error::msg)?;
     let stop = CancellationToken::new();
     let cp_config = herald_control_plane::Config {
-        listen: args.control_plane_listen,
-        etcd: vec![],
-        etcd_auth: Default::default(),
-        data_dir: args.data_dir.join("control-plane"),
         allow_http: true,
         allow_targets: loopback.clone(),
         shutdown_grace: GRACE,
-        log_retention: herald_control_plane::DEFAULT_LOG_RETENTION,
-        log_max_attempts: herald_control_plane::DEFAULT_LOG_MAX_ATTEMPTS,
-        secrets: Default::default(),
-        auth: Default::default(),
-        metrics_listen: None,
-        system_tenant: herald_control_plane::operator_events::DEFAULT_SYSTEM_TENANT.into(),
-        event_type_registry: Default::default(),
+        ..herald_control_plane::Config::new(
+            args.control_plane_listen,
+            args.data_dir.join("control-plane"),
+        )
     };
     let control_plane = tokio::spawn(herald_control_plane::run(
         cp_config,
@@ -82,26 +75,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         stop.clone().cancelled_owned(),
     ));
     let agent_config = herald_agent::Config {
-        control_plane: vec![control_plane_url.clone()],
-        control_plane_token: None,
-        listen: ListenAddr::Tcp(args.agent_listen),
-        data_dir: args.data_dir.join("agent"),
-        id: None,
         region: "dev".into(),
-        node: "local".into(),
-        ca_file: None,
         allow_http: true,
         allow_targets: loopback,
-        max_payload_bytes: herald_core::limits::DEFAULT_MAX_PAYLOAD_BYTES,
         max_in_flight: 256,
-        dedup_window: Duration::from_secs(24 * 60 * 60),
-        retention: Duration::from_secs(72 * 60 * 60),
-        max_queue_events: 1_000_000,
-        max_queue_bytes: 1 << 30,
-        fsync: true,
         shutdown_grace: GRACE,
-        emit_access: Default::default(),
-        metrics_listen: None,
+        ..herald_agent::Config::new(
+            &control_plane_url,
+            ListenAddr::Tcp(args.agent_listen),
+            args.data_dir.join("agent"),
+        )
     };
     let agent = tokio::spawn(herald_agent::run(
         agent_config,

@@ -104,6 +104,30 @@ fn system_tenant(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
+impl Config {
+    /// The defaults of every flag (as `--help` shows them), listening on `listen` with the
+    /// delivery log (and the embedded store) in `data_dir`: what in-process users (`herald
+    /// dev`, tests, benchmarks) start from before changing what they need.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        Config {
+            listen,
+            etcd: vec![],
+            etcd_auth: store::EtcdAuth::default(),
+            data_dir,
+            allow_http: false,
+            allow_targets: vec![],
+            shutdown_grace: Duration::from_secs(30),
+            log_retention: DEFAULT_LOG_RETENTION,
+            log_max_attempts: DEFAULT_LOG_MAX_ATTEMPTS,
+            secrets: KeyringSource::default(),
+            auth: TokenSource::default(),
+            metrics_listen: None,
+            event_type_registry: event_types::RegistryMode::On,
+            system_tenant: operator_events::DEFAULT_SYSTEM_TENANT.into(),
+        }
+    }
+}
+
 /// How long the delivery log keeps attempts by default: 30 days.
 pub const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 /// The most attempts the delivery log keeps by default.
@@ -326,5 +350,28 @@ async fn sweep_log(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(LOG_SWEEP_EVERY) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_holds_the_flags_defaults() {
+        use clap::{Args as _, FromArgMatches as _};
+        let command = Config::augment_args(clap::Command::new("control-plane"));
+        let matches = command
+            .try_get_matches_from([
+                "control-plane",
+                "--listen",
+                "127.0.0.1:7700",
+                "--data-dir",
+                "/d",
+            ])
+            .expect("parses");
+        let parsed = Config::from_arg_matches(&matches).expect("a config");
+        let made = Config::new("127.0.0.1:7700".parse().expect("an address"), "/d".into());
+        assert_eq!(format!("{parsed:?}"), format!("{made:?}"));
     }
 }

@@ -81,27 +81,18 @@ impl ControlPlane {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let mut config = herald_control_plane::Config {
-            listen: addr,
             etcd: match store {
                 ConfigStore::Etcd(endpoints) => endpoints,
                 ConfigStore::Embedded => vec![],
             },
-            etcd_auth: Default::default(),
-            data_dir: dir.path().to_owned(),
-            allow_http: false,
             allow_targets: loopback(),
             shutdown_grace: GRACE,
-            log_retention: herald_control_plane::DEFAULT_LOG_RETENTION,
-            log_max_attempts: herald_control_plane::DEFAULT_LOG_MAX_ATTEMPTS,
             // Replicas on one etcd share one keyring, as they must in production.
             secrets: herald_control_plane::sealing::KeyringSource {
                 secrets_key: Some(shared_keyring().to_owned()),
                 secrets_key_file: None,
             },
-            auth: Default::default(),
-            metrics_listen: None,
-            system_tenant: herald_control_plane::operator_events::DEFAULT_SYSTEM_TENANT.into(),
-            event_type_registry: Default::default(),
+            ..herald_control_plane::Config::new(addr, dir.path().to_owned())
         };
         configure(&mut config);
         let stop = CancellationToken::new();
@@ -290,27 +281,21 @@ impl Agent {
                 .as_deref()
                 .map(herald_proto::bearer::Bearer::parse)
                 .transpose()?,
-            listen: ListenAddr::Tcp(addr),
-            data_dir: dir.path().to_owned(),
-            id: None,
             region: options.region.unwrap_or_else(|| "test".into()),
             node: "test-node".into(),
             ca_file: options.ca_file,
-            allow_http: false,
             allow_targets: options.allow_targets.unwrap_or_else(loopback),
-            max_payload_bytes: herald_core::limits::DEFAULT_MAX_PAYLOAD_BYTES,
             max_in_flight: options.max_in_flight.unwrap_or(256),
             dedup_window: Duration::from_secs(3600),
             retention: Duration::from_secs(3600),
             max_queue_events: options.max_queue_events.unwrap_or(1_000_000),
-            max_queue_bytes: 1 << 30,
-            fsync: true,
             shutdown_grace: GRACE,
             emit_access: herald_agent::emit_access::EmitAccess {
                 emit_token: options.emit_token,
                 ..Default::default()
             },
             metrics_listen: options.metrics_listen,
+            ..herald_agent::Config::new(control_plane, ListenAddr::Tcp(addr), dir.path().to_owned())
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(herald_agent::run(

@@ -161,6 +161,26 @@ pub struct ServiceRun {
     pub exit: Option<i32>,
 }
 
+impl ServiceRun {
+    /// Its stderr as JSON log lines (`--log-format json`); an error names a line that is not
+    /// one (a JSON object with `level` and `fields`).
+    pub fn json_log_lines(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        self.stderr
+            .lines()
+            .filter(|line| !line.is_empty())
+            .map(|line| {
+                let entry: serde_json::Value = serde_json::from_str(line)
+                    .with_context(|| format!("not a JSON log line: {line}"))?;
+                anyhow::ensure!(
+                    entry["level"].is_string() && entry["fields"].is_object(),
+                    "a log line without level and fields: {line}"
+                );
+                Ok(entry)
+            })
+            .collect()
+    }
+}
+
 /// Runs `binary` with `args` (and `RUST_LOG=info`) as a `Type=notify` service: waits for
 /// `READY=1` on a notify socket, sends SIGTERM, and collects what it said until it exits.
 #[cfg(unix)]

@@ -74,20 +74,8 @@ async fn control_plane(
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let config = herald_control_plane::Config {
-        listen: addr,
-        etcd: vec![],
-        etcd_auth: Default::default(),
-        data_dir: dir.to_owned(),
-        allow_http: false,
-        allow_targets: vec![],
         shutdown_grace: Duration::from_secs(1),
-        log_retention: herald_control_plane::DEFAULT_LOG_RETENTION,
-        log_max_attempts: herald_control_plane::DEFAULT_LOG_MAX_ATTEMPTS,
-        secrets: Default::default(),
-        auth: Default::default(),
-        metrics_listen: None,
-        system_tenant: herald_control_plane::operator_events::DEFAULT_SYSTEM_TENANT.into(),
-        event_type_registry: Default::default(),
+        ..herald_control_plane::Config::new(addr, dir.to_owned())
     };
     let stop = stop.clone();
     let task = tokio::spawn(async move {

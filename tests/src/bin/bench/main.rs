@@ -62,20 +62,9 @@ async fn control_plane(stop: &CancellationToken) -> anyhow::Result<(String, temp
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let config = herald_control_plane::Config {
-        listen: addr,
-        etcd: vec![],
-        etcd_auth: Default::default(),
-        data_dir: dir.path().to_owned(),
-        allow_http: false,
         allow_targets: herald_tests::herald::loopback(),
         shutdown_grace: Duration::from_secs(1),
-        log_retention: herald_control_plane::DEFAULT_LOG_RETENTION,
-        log_max_attempts: herald_control_plane::DEFAULT_LOG_MAX_ATTEMPTS,
-        secrets: Default::default(),
-        auth: Default::default(),
-        metrics_listen: None,
-        system_tenant: herald_control_plane::operator_events::DEFAULT_SYSTEM_TENANT.into(),
-        event_type_registry: Default::default(),
+        ..herald_control_plane::Config::new(addr, dir.path().to_owned())
     };
     tokio::spawn(herald_control_plane::run(
         config,
@@ -111,17 +100,8 @@ async fn agent(
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let config = herald_agent::Config {
-        control_plane: vec![control_plane.to_owned()],
-        control_plane_token: None,
-        listen: ListenAddr::Tcp(addr),
-        data_dir: dir.path().to_owned(),
-        id: None,
         region: "bench".into(),
         node: "bench".into(),
-        ca_file: None,
-        allow_http: false,
-        allow_targets: vec![],
-        max_payload_bytes: herald_core::limits::DEFAULT_MAX_PAYLOAD_BYTES,
         max_in_flight: 0,
         dedup_window: Duration::from_secs(3600),
         retention: Duration::from_secs(3600),
@@ -129,8 +109,7 @@ async fn agent(
         max_queue_bytes: u64::MAX,
         fsync,
         shutdown_grace: Duration::from_secs(1),
-        emit_access: Default::default(),
-        metrics_listen: None,
+        ..herald_agent::Config::new(control_plane, ListenAddr::Tcp(addr), dir.path().to_owned())
     };
     tokio::spawn(herald_agent::run(
         config,
@@ -518,26 +497,16 @@ async fn deliver() -> anyhow::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let config = herald_agent::Config {
-        control_plane: vec![cp.clone()],
-        control_plane_token: None,
-        listen: ListenAddr::Tcp(addr),
-        data_dir: dir.path().to_owned(),
-        id: None,
         region: "bench".into(),
         node: "bench".into(),
         ca_file: Some(ca_file.clone()),
-        allow_http: false,
         allow_targets: herald_tests::herald::loopback(),
-        max_payload_bytes: herald_core::limits::DEFAULT_MAX_PAYLOAD_BYTES,
-        max_in_flight: 1024,
         dedup_window: Duration::from_secs(3600),
         retention: Duration::from_secs(3600),
         max_queue_events: u64::MAX,
         max_queue_bytes: u64::MAX,
-        fsync: true,
         shutdown_grace: Duration::from_secs(1),
-        emit_access: Default::default(),
-        metrics_listen: None,
+        ..herald_agent::Config::new(&cp, ListenAddr::Tcp(addr), dir.path().to_owned())
     };
     tokio::spawn(herald_agent::run(
         config,
