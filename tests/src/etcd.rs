@@ -16,6 +16,7 @@ use std::fs::{self, OpenOptions};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -58,6 +59,24 @@ pub struct Etcd {
 impl Etcd {
     /// Starts a fresh single-member etcd and waits until it answers `/health`.
     pub async fn start() -> anyhow::Result<Etcd> {
+        Self::start_with(None).await
+    }
+
+    /// Starts one that speaks TLS to clients with a certificate from `ca` and requires client
+    /// certificates from `ca` too (mutual TLS); its endpoint is `https://…`.
+    pub async fn start_tls(ca: &crate::TestCa) -> anyhow::Result<Etcd> {
+        let dir = tempfile::tempdir().context("a dir for etcd's certificates")?;
+        let (cert, key) = ca.write_pair(dir.path(), "etcd", crate::tls::CertUse::Server)?;
+        let tls = EtcdTls {
+            cert,
+            key,
+            ca: ca.write_ca_pem(dir.path())?,
+            _dir: Arc::new(dir),
+        };
+        Self::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<EtcdTls>) -> anyhow::Result<Etcd> {
         let binary = etcd_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("herald-etcd-")
@@ -66,12 +85,14 @@ impl Etcd {
 
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
-            let [client_port, peer_port] = free_ports()?;
+            let [client_port, peer_port, metrics_port] = free_ports()?;
             let mut member = Member {
                 binary: binary.clone(),
                 name: "herald-etcd-0".to_owned(),
                 client_port,
                 peer_port,
+                metrics_port,
+                tls: tls.clone(),
                 data_dir: dir.path().join("data"),
                 log_path: dir.path().join("etcd.log"),
                 initial_cluster: String::new(),
@@ -131,12 +152,26 @@ struct Member {
     name: String,
     client_port: u16,
     peer_port: u16,
+    /// Serves `/health` over plain HTTP, whatever the client port speaks.
+    metrics_port: u16,
+    /// Client TLS, when the member speaks it.
+    tls: Option<EtcdTls>,
     data_dir: PathBuf,
     /// etcd's stdout and stderr, appended to across restarts.
     log_path: PathBuf,
     /// `name=peer_url,...` for every member of the cluster this member belongs to.
     initial_cluster: String,
     child: Option<Child>,
+}
+
+/// A member's client TLS files.
+#[derive(Clone, Debug)]
+struct EtcdTls {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    /// Where the files are; kept as long as a member may read them.
+    _dir: Arc<TempDir>,
 }
 
 /// Why a member did not come up.
@@ -157,15 +192,21 @@ impl StartError {
 
 impl Member {
     fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     fn peer_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.peer_port)
     }
 
+    #[cfg_attr(not(test), allow(dead_code))]
     fn client_addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.client_port))
+    }
+
+    fn health_addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.metrics_port))
     }
 
     /// Spawns the process and waits for `/health`; on failure the process is killed.
@@ -187,7 +228,19 @@ impl Member {
         let log_err = log.try_clone().context("duplicating the etcd log handle")?;
         let client_url = self.client_url();
         let peer_url = self.peer_url();
-        let child = Command::new(&self.binary)
+        let metrics_url = format!("http://127.0.0.1:{}", self.metrics_port);
+        let mut command = Command::new(&self.binary);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
@@ -195,6 +248,7 @@ impl Member {
             .args(["--listen-client-urls", &client_url])
             .args(["--advertise-client-urls", &client_url])
             .args(["--listen-peer-urls", &peer_url])
+            .args(["--listen-metrics-urls", &metrics_url])
             .args(["--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-state", "new"])
@@ -233,7 +287,7 @@ impl Member {
                     StartError::Failed(error)
                 });
             }
-            let Err(probe) = probe_health(self.client_addr()).await else {
+            let Err(probe) = probe_health(self.health_addr()).await else {
                 return Ok(());
             };
             if Instant::now() >= deadline {

@@ -30,6 +30,17 @@ pub struct TestCa {
     ca_der: CertificateDer<'static>,
     server_config: Arc<ServerConfig>,
     client_config: Arc<ClientConfig>,
+    /// Signs further certificates ([`TestCa::write_pair`]).
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// What a certificate from [`TestCa::write_pair`] is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertUse {
+    /// A server for `localhost` and `127.0.0.1`.
+    Server,
+    /// A client (mutual TLS).
+    Client,
 }
 
 // === impl TestCa ===
@@ -81,7 +92,38 @@ impl TestCa {
             ca_der,
             server_config,
             client_config,
+            issuer,
         })
+    }
+
+    /// Issues a certificate for `usage` and writes `dir/<name>.pem` and `dir/<name>-key.pem`;
+    /// returns the two paths.
+    pub fn write_pair(
+        &self,
+        dir: &Path,
+        name: &str,
+        usage: CertUse,
+    ) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let mut params = CertificateParams::new(SERVER_NAMES.map(String::from).to_vec())?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = match usage {
+            CertUse::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            CertUse::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        };
+        let key = KeyPair::generate().context("generating a key")?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .context("signing a certificate")?;
+        let cert_path = dir.join(format!("{name}.pem"));
+        let key_path = dir.join(format!("{name}-key.pem"));
+        std::fs::write(&cert_path, cert.pem())?;
+        std::fs::write(&key_path, key.serialize_pem())?;
+        Ok((cert_path, key_path))
     }
 
     /// The CA certificate, PEM-encoded, for clients that must trust it.

@@ -2,8 +2,9 @@
 //! transaction, and a watch is one etcd watch forwarded into a channel.
 
 use etcd_client::{
-    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions, SortOrder,
-    SortTarget, Txn as EtcdTxn, TxnOp, TxnOpResponse, WatchOptions,
+    Certificate, Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions,
+    Identity, SortOrder, SortTarget, TlsOptions, Txn as EtcdTxn, TxnOp, TxnOpResponse,
+    WatchOptions,
 };
 use tokio::sync::mpsc;
 
@@ -26,13 +27,24 @@ pub struct EtcdStore {
 impl EtcdStore {
     /// Connects to the cluster; any of `endpoints` may answer.
     pub async fn connect(endpoints: &[String], auth: &EtcdAuth) -> Result<Self, StoreError> {
-        let options = match (&auth.etcd_user, &auth.etcd_password) {
-            (Some(user), password) => Some(
-                ConnectOptions::new().with_user(user.clone(), password.clone().unwrap_or_default()),
-            ),
-            (None, _) => None,
-        };
-        let client = Client::connect(endpoints, options).await?;
+        let mut options = ConnectOptions::new();
+        if let Some(user) = &auth.etcd_user {
+            options =
+                options.with_user(user.clone(), auth.etcd_password.clone().unwrap_or_default());
+        }
+        if let Some(ca) = &auth.etcd_ca_file {
+            let read = |path: &std::path::Path| {
+                std::fs::read(path).map_err(|e| {
+                    StoreError::Invalid(format!("etcd TLS file {}: {e}", path.display()))
+                })
+            };
+            let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read(ca)?));
+            if let (Some(cert), Some(key)) = (&auth.etcd_cert_file, &auth.etcd_key_file) {
+                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            options = options.with_tls(tls);
+        }
+        let client = Client::connect(endpoints, Some(options)).await?;
         Ok(EtcdStore { client })
     }
 

@@ -244,9 +244,19 @@ pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
 
 pub mod conformance;
 
-/// How the control plane authenticates to etcd (etcd's user/password auth).
+/// How the control plane authenticates to etcd: etcd's user/password auth, and TLS (with
+/// `https://` endpoints; a client certificate for etcd's `--client-cert-auth`).
 #[derive(Clone, Default, clap::Args)]
 pub struct EtcdAuth {
+    /// CA certificate (PEM) that etcd's server certificate is checked against; turns on TLS.
+    #[arg(long, env = "HERALD_ETCD_CA_FILE")]
+    pub etcd_ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) presented to etcd.
+    #[arg(long, env = "HERALD_ETCD_CERT_FILE", requires = "etcd_key_file")]
+    pub etcd_cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "HERALD_ETCD_KEY_FILE", requires = "etcd_cert_file")]
+    pub etcd_key_file: Option<std::path::PathBuf>,
     /// etcd user name, when etcd has authentication enabled.
     #[arg(long, env = "HERALD_ETCD_USER")]
     pub etcd_user: Option<String>,
@@ -263,6 +273,9 @@ pub struct EtcdAuth {
 impl std::fmt::Debug for EtcdAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EtcdAuth")
+            .field("etcd_ca_file", &self.etcd_ca_file)
+            .field("etcd_cert_file", &self.etcd_cert_file)
+            .field("etcd_key_file", &self.etcd_key_file)
             .field("etcd_user", &self.etcd_user)
             .field(
                 "etcd_password",
