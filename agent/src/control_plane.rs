@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use herald_proto::bearer::{AuthedChannel, Bearer};
-use tonic::transport::Endpoint;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 /// How long to wait for a connection to a control-plane replica.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -18,15 +18,18 @@ pub struct ControlPlane {
     next: Arc<AtomicUsize>,
     /// The agent's token, sent on every call.
     bearer: Bearer,
+    /// TLS to the control plane, when configured.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl ControlPlane {
     /// The endpoints (URLs like `http://127.0.0.1:7700`), called with `bearer`'s token.
-    pub fn new(endpoints: Vec<String>, bearer: Bearer) -> Self {
+    pub fn new(endpoints: Vec<String>, bearer: Bearer, tls: Option<ClientTlsConfig>) -> Self {
         ControlPlane {
             endpoints: Arc::new(endpoints),
             next: Arc::new(AtomicUsize::new(0)),
             bearer,
+            tls,
         }
     }
 
@@ -37,8 +40,13 @@ impl ControlPlane {
         }
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
         let url = self.endpoints[index].clone();
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| format!("{url}: {e}"))?
+        let mut endpoint = Endpoint::from_shared(url.clone()).map_err(|e| format!("{url}: {e}"))?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| format!("{url}: {e}"))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))

@@ -57,6 +57,23 @@ pub struct Config {
     /// control plane checks tokens.
     #[arg(long, env = "HERALD_CONTROL_PLANE_TOKEN", hide_env_values = true, value_parser = herald_proto::bearer::Bearer::parse)]
     pub control_plane_token: Option<herald_proto::bearer::Bearer>,
+    /// CA (PEM) of the control plane's certificate; turns on TLS to it (https:// URLs).
+    #[arg(long, env = "HERALD_CONTROL_PLANE_CA_FILE")]
+    pub control_plane_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for a control plane that requires mutual TLS.
+    #[arg(
+        long,
+        env = "HERALD_CONTROL_PLANE_CERT_FILE",
+        requires = "control_plane_key_file"
+    )]
+    pub control_plane_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "HERALD_CONTROL_PLANE_KEY_FILE",
+        requires = "control_plane_cert_file"
+    )]
+    pub control_plane_key_file: Option<PathBuf>,
     /// Where applications reach Emit: host:port or unix:/path.
     #[arg(long, env = "HERALD_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: ListenAddr,
@@ -123,6 +140,9 @@ impl Config {
         Config {
             control_plane: vec![control_plane.to_owned()],
             control_plane_token: None,
+            control_plane_ca_file: None,
+            control_plane_cert_file: None,
+            control_plane_key_file: None,
             listen,
             data_dir,
             id: None,
@@ -174,6 +194,9 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// A TLS file could not be read.
+    #[error(transparent)]
+    TlsFile(#[from] herald_core::tls_files::TlsFileError),
     /// The reflection service could not be built from the API's descriptors.
     #[error("grpc reflection: {0}")]
     Reflection(#[from] herald_proto::discovery::ReflectionError),
@@ -204,9 +227,15 @@ pub async fn run(
             durable: config.fsync,
         },
     )?;
+    let tls = herald_proto::client_tls::config(
+        config.control_plane_ca_file.as_deref(),
+        config.control_plane_cert_file.as_deref(),
+        config.control_plane_key_file.as_deref(),
+    )?;
     let control_plane = ControlPlane::new(
         config.control_plane.clone(),
         config.control_plane_token.clone().unwrap_or_default(),
+        tls,
     );
     let stop = CancellationToken::new();
     let metrics = Metrics::default();

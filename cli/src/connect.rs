@@ -3,20 +3,33 @@
 
 use anyhow::Context;
 use herald_proto::bearer::{AuthedChannel, Bearer};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Uri};
 
-/// A server the CLI calls, with the caller's token.
+/// A server the CLI calls, with the caller's token and TLS settings.
 pub struct Server {
-    /// `http://host:port` or `unix:/path`.
+    /// `http://host:port`, `https://host:port` or `unix:/path`.
     pub url: String,
     /// The token sent on every call (none when not given).
     pub bearer: Bearer,
+    /// TLS (and a client certificate for mutual TLS), when configured.
+    pub tls: Option<ClientTlsConfig>,
 }
 
 impl Server {
     /// Connects; every call on the channel carries the token.
     pub async fn channel(&self) -> anyhow::Result<AuthedChannel> {
-        Ok(self.bearer.wrap(channel(&self.url).await?))
+        let channel = match &self.tls {
+            Some(tls) if !self.url.starts_with("unix:") => Endpoint::from_shared(self.url.clone())
+                .with_context(|| format!("{} is not a valid URL", self.url))?
+                .tls_config(tls.clone())
+                .with_context(|| format!("TLS settings for {}", self.url))?
+                .connect_timeout(std::time::Duration::from_secs(5))
+                .connect()
+                .await
+                .with_context(|| format!("cannot connect to {}", self.url))?,
+            _ => channel(&self.url).await?,
+        };
+        Ok(self.bearer.wrap(channel))
     }
 }
 

@@ -40,6 +40,15 @@ pub struct Entry {
     /// Token for the agent's Emit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_token: Option<String>,
+    /// CA (PEM path) of the control plane's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<String>,
+    /// Client certificate (PEM path) for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<String>,
+    /// The client certificate's key (PEM path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<String>,
 }
 
 /// `herald context …`.
@@ -61,6 +70,15 @@ pub enum Command {
         /// Token for the agent's Emit (empty removes it).
         #[arg(long)]
         set_agent_token: Option<String>,
+        /// CA (PEM file) of the control plane's certificate (empty removes it).
+        #[arg(long)]
+        set_tls_ca_file: Option<String>,
+        /// Client certificate (PEM file) for mutual TLS (empty removes it).
+        #[arg(long)]
+        set_tls_cert_file: Option<String>,
+        /// The client certificate's key (PEM file; empty removes it).
+        #[arg(long)]
+        set_tls_key_file: Option<String>,
     },
     /// Make a context the current one.
     Use {
@@ -159,6 +177,9 @@ pub fn run(cmd: Command, format: Format) -> anyhow::Result<()> {
             agent_url,
             set_token,
             set_agent_token,
+            set_tls_ca_file,
+            set_tls_cert_file,
+            set_tls_key_file,
         } => {
             herald_core::validate::tenant(&name).map_err(|_| {
                 anyhow::anyhow!("context name {name:?}: use letters, digits, '.', '_' or '-'")
@@ -173,6 +194,9 @@ pub fn run(cmd: Command, format: Format) -> anyhow::Result<()> {
             set(&mut entry.agent, agent_url);
             set(&mut entry.token, set_token);
             set(&mut entry.agent_token, set_agent_token);
+            set(&mut entry.tls_ca_file, set_tls_ca_file);
+            set(&mut entry.tls_cert_file, set_tls_cert_file);
+            set(&mut entry.tls_key_file, set_tls_key_file);
             if config.current.is_none() {
                 config.current = Some(name.clone());
             }

@@ -32,6 +32,15 @@ struct Cli {
     /// context's, else http://127.0.0.1:7701].
     #[arg(long, global = true, env = "HERALD_AGENT")]
     agent: Option<String>,
+    /// CA (PEM) of the control plane's certificate; turns on TLS (https:// URLs).
+    #[arg(long, global = true, env = "HERALD_TLS_CA_FILE")]
+    tls_ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for a control plane that requires mutual TLS.
+    #[arg(long, global = true, env = "HERALD_TLS_CERT_FILE")]
+    tls_cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, env = "HERALD_TLS_KEY_FILE")]
+    tls_key_file: Option<std::path::PathBuf>,
     /// The context to use instead of the current one (see `herald context`).
     #[arg(long, global = true, env = "HERALD_CONTEXT")]
     context: Option<String>,
@@ -123,12 +132,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             (None, None) => Ok(Bearer::default()),
         }
     };
+    let file = |flag: Option<std::path::PathBuf>, stored: &Option<String>| {
+        flag.or_else(|| stored.as_ref().map(std::path::PathBuf::from))
+    };
+    let tls = herald_proto::client_tls::config(
+        file(cli.tls_ca_file, &context.tls_ca_file).as_deref(),
+        file(cli.tls_cert_file, &context.tls_cert_file).as_deref(),
+        file(cli.tls_key_file, &context.tls_key_file).as_deref(),
+    )?;
     let control_plane = Server {
         url: cli
             .control_plane
             .or(context.control_plane.clone())
             .unwrap_or_else(|| DEFAULT_CONTROL_PLANE.into()),
         bearer: bearer(cli.token, context.token.as_deref())?,
+        tls,
     };
     match command {
         Command::Subscription(cmd) => subscription::run(cmd, &control_plane, format).await,
@@ -142,6 +160,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .or(context.agent.clone())
                     .unwrap_or_else(|| DEFAULT_AGENT.into()),
                 bearer: bearer(cli.agent_token, context.agent_token.as_deref())?,
+                tls: None,
             };
             emit::run(args, &agent, format).await
         }

@@ -88,6 +88,9 @@ pub struct Config {
     /// The API tokens and their roles.
     #[command(flatten)]
     pub auth: TokenSource,
+    /// TLS for the gRPC API (and mutual TLS: agents and operators with certificates).
+    #[command(flatten)]
+    pub tls: ServerTls,
     /// Address of the Prometheus endpoint (`GET /metrics`); none by default.
     #[arg(long, env = "HERALD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -102,6 +105,38 @@ pub struct Config {
 fn system_tenant(text: &str) -> Result<String, String> {
     herald_core::validate::tenant(text).map_err(|e| e.to_string())?;
     Ok(text.to_owned())
+}
+
+/// TLS of the gRPC API.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ServerTls {
+    /// Certificate (PEM) the API presents; with --tls-key-file, the API speaks TLS only.
+    #[arg(long, env = "HERALD_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "HERALD_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// CA (PEM) whose client certificates are required of every caller (mutual TLS): agents
+    /// and operators without one get nothing.
+    #[arg(long, env = "HERALD_TLS_CLIENT_CA_FILE", requires = "tls_cert_file")]
+    pub tls_client_ca_file: Option<PathBuf>,
+}
+
+impl ServerTls {
+    /// The server TLS settings, when TLS is configured.
+    fn server_config(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, Error> {
+        use herald_core::tls_files::read_pem;
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_key_file) else {
+            return Ok(None);
+        };
+        let mut config =
+            ServerTlsConfig::new().identity(Identity::from_pem(read_pem(cert)?, read_pem(key)?));
+        if let Some(ca) = &self.tls_client_ca_file {
+            config = config.client_ca_root(Certificate::from_pem(read_pem(ca)?));
+        }
+        Ok(Some(config))
+    }
 }
 
 impl Config {
@@ -121,6 +156,7 @@ impl Config {
             log_max_attempts: DEFAULT_LOG_MAX_ATTEMPTS,
             secrets: KeyringSource::default(),
             auth: TokenSource::default(),
+            tls: ServerTls::default(),
             metrics_listen: None,
             event_type_registry: event_types::RegistryMode::On,
             system_tenant: operator_events::DEFAULT_SYSTEM_TENANT.into(),
@@ -156,6 +192,9 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// A TLS file could not be read, or the TLS settings are unusable.
+    #[error(transparent)]
+    TlsFile(#[from] herald_core::tls_files::TlsFileError),
     /// The API tokens could not be loaded.
     #[error(transparent)]
     Auth(#[from] AuthError),
@@ -261,7 +300,15 @@ pub async fn run(
         .set_serving::<AgentControlServer<grpc::AgentControlService>>()
         .await;
     let reflection = [tonic_health::pb::FILE_DESCRIPTOR_SET];
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = config.tls.server_config()? {
+        tracing::info!(
+            mutual = config.tls.tls_client_ca_file.is_some(),
+            "the API speaks TLS"
+        );
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         .layer(AuthLayer::new(tokens))
         .add_service(health_service)
         .add_service(herald_proto::discovery::reflection_v1(&reflection)?)

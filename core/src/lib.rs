@@ -25,6 +25,7 @@ pub mod signing;
 pub mod subscription;
 pub mod target;
 pub mod telemetry;
+pub mod tls_files;
 pub mod trace;
 pub mod validate;
 pub mod xml;

@@ -9,6 +9,7 @@ pub mod v1 {
 }
 
 pub mod bearer;
+pub mod client_tls;
 pub mod convert;
 pub mod discovery;
 

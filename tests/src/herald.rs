@@ -36,6 +36,8 @@ pub struct ControlPlane {
     url: String,
     /// The operator token the helpers below call with (none when the API is open).
     bearer: Bearer,
+    /// The operator's TLS settings, when the API speaks TLS.
+    tls: Option<tonic::transport::ClientTlsConfig>,
     config: herald_control_plane::Config,
     stop: CancellationToken,
     task: Option<JoinHandle<Result<(), herald_control_plane::Error>>>,
@@ -102,8 +104,13 @@ impl ControlPlane {
             stop.clone().cancelled_owned(),
         ));
         Ok(ControlPlane {
-            url: format!("http://{addr}"),
+            url: if config.tls.tls_cert_file.is_some() {
+                format!("https://{addr}")
+            } else {
+                format!("http://{addr}")
+            },
             bearer: Bearer::default(),
+            tls: None,
             config,
             stop,
             task: Some(task),
@@ -149,9 +156,18 @@ impl ControlPlane {
         Ok(AgentsClient::new(self.channel().await?))
     }
 
-    /// A channel whose calls carry the operator token, if any.
+    /// A channel whose calls carry the operator token, if any (over TLS, when set).
     pub async fn channel(&self) -> anyhow::Result<AuthedChannel> {
-        Ok(self.bearer.wrap(connect(&self.url).await?))
+        let channel = match &self.tls {
+            Some(tls) => connect_tls(&self.url, tls.clone()).await?,
+            None => connect(&self.url).await?,
+        };
+        Ok(self.bearer.wrap(channel))
+    }
+
+    /// Makes the helpers call over TLS with `tls` (an operator's CA and certificate).
+    pub fn use_tls(&mut self, tls: tonic::transport::ClientTlsConfig) {
+        self.tls = Some(tls);
     }
 
     /// Creates a subscription and returns it (with its secret).
@@ -251,6 +267,8 @@ pub struct AgentOptions {
     pub emit_token: Option<String>,
     /// Where the agent serves `/metrics`.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// TLS to the control plane: its CA, and the agent's certificate and key.
+    pub control_plane_tls: Option<(PathBuf, PathBuf, PathBuf)>,
     /// Control-plane replicas tried after the first one.
     pub more_control_planes: Vec<String>,
 }
@@ -295,6 +313,9 @@ impl Agent {
                 ..Default::default()
             },
             metrics_listen: options.metrics_listen,
+            control_plane_ca_file: options.control_plane_tls.as_ref().map(|t| t.0.clone()),
+            control_plane_cert_file: options.control_plane_tls.as_ref().map(|t| t.1.clone()),
+            control_plane_key_file: options.control_plane_tls.as_ref().map(|t| t.2.clone()),
             ..herald_agent::Config::new(control_plane, ListenAddr::Tcp(addr), dir.path().to_owned())
         };
         let stop = CancellationToken::new();
@@ -388,6 +409,18 @@ pub fn loopback() -> Vec<ipnet::IpNet> {
 /// A gRPC channel to `url`.
 pub async fn connect(url: &str) -> anyhow::Result<Channel> {
     tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {url}"))
+}
+
+/// Connects to `url` over TLS with `tls`.
+pub async fn connect_tls(
+    url: &str,
+    tls: tonic::transport::ClientTlsConfig,
+) -> anyhow::Result<Channel> {
+    tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .tls_config(tls)?
         .connect()
         .await
         .with_context(|| format!("connecting to {url}"))

@@ -11,6 +11,7 @@ mod event_types;
 mod fleet;
 mod health;
 mod metrics;
+mod mtls;
 mod operator_events;
 mod replay;
 mod secrets;

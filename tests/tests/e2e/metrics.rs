@@ -110,16 +110,21 @@ async fn both_daemons_count_what_happened() -> anyhow::Result<()> {
         .await?;
 
     let samples = eventually(
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         "agent metrics to settle",
         || async {
             let samples = scrape(agent_metrics).await?;
-            Ok((value(&samples, "herald_queue_deliveries_pending") == 0.0
-                && value(
-                    &samples,
-                    "herald_delivery_attempts_total{outcome=delivered}",
-                ) == 3.0)
-                .then_some(samples))
+            let pending = value(&samples, "herald_queue_deliveries_pending");
+            let delivered = value(
+                &samples,
+                "herald_delivery_attempts_total{outcome=delivered}",
+            );
+            if pending == 0.0 && delivered == 3.0 {
+                Ok(Some(samples))
+            } else {
+                // Kept as the last error, so a timeout says where the counts stood.
+                anyhow::bail!("pending {pending}, delivered {delivered}: {samples:?}")
+            }
         },
     )
     .await?;
@@ -138,7 +143,7 @@ async fn both_daemons_count_what_happened() -> anyhow::Result<()> {
     assert_eq!(value(&samples, "herald_queue_oldest_age_seconds"), 0.0);
     assert!(value(&samples, "herald_config_revision") >= created.revision as f64);
 
-    let samples = eventually(Duration::from_secs(10), "control-plane metrics", || async {
+    let samples = eventually(Duration::from_secs(20), "control-plane metrics", || async {
         let samples = scrape(cp_metrics).await?;
         Ok(
             (value(&samples, "herald_attempts_stored_total{outcome=delivered}") == 3.0)

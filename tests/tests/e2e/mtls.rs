@@ -1,0 +1,97 @@
+//! Mutual TLS on the control plane's API: agents and operators present certificates from the
+//! configured CA; a caller with a certificate from another CA, or with none, gets nothing.
+
+use std::time::Duration;
+
+use herald_control_plane::ServerTls;
+use herald_proto::client_tls;
+use herald_proto::v1 as pb;
+use herald_proto::v1::subscriptions_client::SubscriptionsClient;
+use herald_tests::herald::connect_tls;
+use herald_tests::tls::CertUse;
+use herald_tests::{
+    Agent, AgentOptions, ConfigStore, ControlPlane, Receiver, TestCa, event, subscription,
+};
+
+#[tokio::test]
+async fn only_callers_with_a_certificate_from_the_ca_get_anything() -> anyhow::Result<()> {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir()?;
+    let ca_file = ca.write_ca_pem(dir.path())?;
+    let (server_cert, server_key) = ca.write_pair(dir.path(), "control-plane", CertUse::Server)?;
+    let (agent_cert, agent_key) = ca.write_pair(dir.path(), "agent", CertUse::Client)?;
+    let (operator_cert, operator_key) = ca.write_pair(dir.path(), "operator", CertUse::Client)?;
+    let stranger_dir = tempfile::tempdir()?;
+    let (stranger_cert, stranger_key) =
+        TestCa::new().write_pair(stranger_dir.path(), "stranger", CertUse::Client)?;
+
+    let tls = ServerTls {
+        tls_cert_file: Some(server_cert),
+        tls_key_file: Some(server_key),
+        tls_client_ca_file: Some(ca_file.clone()),
+    };
+    let mut control_plane =
+        ControlPlane::start_configured(ConfigStore::Embedded, |config| config.tls = tls).await?;
+    assert!(control_plane.url().starts_with("https://"));
+    let operator = |cert, key| client_tls::config(Some(&ca_file), Some(cert), Some(key));
+    control_plane.use_tls(operator(&operator_cert, &operator_key)?.expect("TLS settings"));
+
+    let agent = Agent::start(
+        control_plane.url(),
+        AgentOptions {
+            ca_file: Some(ca_file.clone()),
+            control_plane_tls: Some((ca_file.clone(), agent_cert, agent_key)),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let receiver = Receiver::start(&ca).await?;
+    let sub = control_plane
+        .create(subscription("shop-1", &receiver.url("/hook"), &["order.*"]))
+        .await?;
+    control_plane
+        .wait_applied(sub.revision, Duration::from_secs(10))
+        .await?;
+    agent
+        .emit(event(
+            "shop-1",
+            "order.created",
+            &serde_json::json!({"id": 1}),
+        ))
+        .await?;
+    receiver
+        .wait_for_requests(1, Duration::from_secs(10))
+        .await?;
+
+    // A certificate from another CA: the handshake fails, nothing is answered.
+    let stranger = operator(&stranger_cert, &stranger_key)?.expect("TLS settings");
+    let listed = async {
+        SubscriptionsClient::new(connect_tls(control_plane.url(), stranger).await?)
+            .list_subscriptions(pb::ListSubscriptionsRequest::default())
+            .await
+            .map_err(anyhow::Error::from)
+    }
+    .await;
+    assert!(listed.is_err(), "a stranger's certificate is refused");
+    // No certificate at all.
+    let bare = client_tls::config(Some(&ca_file), None, None)?.expect("TLS settings");
+    let listed = async {
+        SubscriptionsClient::new(connect_tls(control_plane.url(), bare).await?)
+            .list_subscriptions(pb::ListSubscriptionsRequest::default())
+            .await
+            .map_err(anyhow::Error::from)
+    }
+    .await;
+    assert!(listed.is_err(), "a caller without a certificate is refused");
+    // Plain HTTP/2 to a TLS port.
+    let plain = async {
+        let url = control_plane.url().replace("https://", "http://");
+        SubscriptionsClient::new(herald_tests::herald::connect(&url).await?)
+            .list_subscriptions(pb::ListSubscriptionsRequest::default())
+            .await
+            .map_err(anyhow::Error::from)
+    }
+    .await;
+    assert!(plain.is_err());
+    Ok(())
+}
