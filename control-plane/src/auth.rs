@@ -1,7 +1,7 @@
 //! Who may call what: bearer tokens with roles, checked on every request before it reaches a
 //! service.
 //!
-//! Tokens come from `--auth-tokens-file` (or `HERALD_AUTH_TOKENS`): one `ROLE TOKEN` pair a
+//! Tokens come from `--auth-tokens FILE` (or `HERALD_AUTH_TOKENS`): one `ROLE TOKEN` pair a
 //! line, `#` starts a comment. Roles:
 //! - `read`: the read-only operator API (get and list subscriptions, their health, delivery
 //!   logs, agents), without secret values;
@@ -60,11 +60,20 @@ impl Role {
 pub struct TokenSource {
     /// File of API tokens, one `ROLE TOKEN` a line (roles: read, admin, agent). Without it
     /// (or HERALD_AUTH_TOKENS) the API is open.
-    #[arg(long, env = "HERALD_AUTH_TOKENS_FILE")]
+    #[arg(
+        long = "auth-tokens",
+        visible_alias = "auth-tokens-file",
+        value_name = "FILE",
+        env = "HERALD_AUTH_TOKENS_FILE"
+    )]
     pub auth_tokens_file: Option<PathBuf>,
     /// The tokens themselves, in the same format, lines or `;`-separated (prefer the
-    /// environment variable: flags show in process listings).
-    #[arg(long, env = "HERALD_AUTH_TOKENS", hide_env_values = true)]
+    /// environment variable HERALD_AUTH_TOKENS: flags show in process listings).
+    #[arg(
+        long = "auth-tokens-value",
+        env = "HERALD_AUTH_TOKENS",
+        hide_env_values = true
+    )]
     pub auth_tokens: Option<String>,
 }
 

@@ -220,7 +220,7 @@ pub async fn run(
     match &tokens {
         Some(tokens) => tracing::info!(?tokens, "API calls need a bearer token"),
         None => tracing::warn!(
-            "no --auth-tokens-file: the API is open to anyone who can reach {}",
+            "no --auth-tokens: the API is open to anyone who can reach {}",
             config.listen
         ),
     }

@@ -226,17 +226,25 @@ async fn health_shows_the_recent_success_rate_and_latency() -> anyhow::Result<()
         ))
         .await?;
     let client = world.control_plane.subscriptions().await?;
-    let health = herald_tests::eventually(Duration::from_secs(10), "5 attempts logged", || {
-        let mut client = client.clone();
-        let id = sub.id.clone();
-        async move {
-            let health = client
-                .get_subscription_health(pb::GetSubscriptionHealthRequest { id })
-                .await?
-                .into_inner();
-            Ok((health.recent_attempts == 5).then_some(health))
-        }
-    })
+    let health = herald_tests::eventually(
+        Duration::from_secs(10),
+        "5 attempts logged and counted",
+        || {
+            let mut client = client.clone();
+            let id = sub.id.clone();
+            async move {
+                let health = client
+                    .get_subscription_health(pb::GetSubscriptionHealthRequest { id })
+                    .await?
+                    .into_inner();
+                // The log has the attempts first; their count into health follows.
+                Ok(
+                    (health.recent_attempts == 5 && health.consecutive_failures == 2)
+                        .then_some(health),
+                )
+            }
+        },
+    )
     .await?;
     assert!((health.success_rate - 0.6).abs() < 1e-9, "{health:?}");
     assert!(health.latency_p50.is_some() && health.latency_p99.is_some());
