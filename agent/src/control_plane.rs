@@ -1,6 +1,7 @@
 //! Connections to the control plane: the configured endpoints tried in turn, so an agent given
 //! several replicas (`--control-plane URL1,URL2`) moves on when one is down.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -18,13 +19,23 @@ pub struct ControlPlane {
     next: Arc<AtomicUsize>,
     /// The agent's token, sent on every call.
     bearer: Bearer,
-    /// TLS to the control plane, when configured.
-    tls: Option<ClientTlsConfig>,
+    /// TLS to the control plane, when configured: the files, read at every connection so a
+    /// renewed certificate is used from the next one on.
+    tls: Option<TlsPaths>,
+}
+
+/// The PEM files of TLS to the control plane.
+#[derive(Clone, Debug)]
+pub struct TlsPaths {
+    /// The CA of the control plane's certificate.
+    pub ca: PathBuf,
+    /// The agent's certificate and key, for mutual TLS.
+    pub identity: Option<(PathBuf, PathBuf)>,
 }
 
 impl ControlPlane {
     /// The endpoints (URLs like `http://127.0.0.1:7700`), called with `bearer`'s token.
-    pub fn new(endpoints: Vec<String>, bearer: Bearer, tls: Option<ClientTlsConfig>) -> Self {
+    pub fn new(endpoints: Vec<String>, bearer: Bearer, tls: Option<TlsPaths>) -> Self {
         ControlPlane {
             endpoints: Arc::new(endpoints),
             next: Arc::new(AtomicUsize::new(0)),
@@ -41,10 +52,19 @@ impl ControlPlane {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
         let url = self.endpoints[index].clone();
         let mut endpoint = Endpoint::from_shared(url.clone()).map_err(|e| format!("{url}: {e}"))?;
-        if let Some(tls) = &self.tls {
-            endpoint = endpoint
-                .tls_config(tls.clone())
-                .map_err(|e| format!("{url}: {e}"))?;
+        if let Some(paths) = &self.tls {
+            let (cert, key) = match &paths.identity {
+                Some((cert, key)) => (Some(cert.as_path()), Some(key.as_path())),
+                None => (None, None),
+            };
+            let tls: Option<ClientTlsConfig> =
+                herald_proto::client_tls::config(Some(&paths.ca), cert, key)
+                    .map_err(|e| e.to_string())?;
+            if let Some(tls) = tls {
+                endpoint = endpoint
+                    .tls_config(tls)
+                    .map_err(|e| format!("{url}: {e}"))?;
+            }
         }
         let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)

@@ -227,11 +227,22 @@ pub async fn run(
             durable: config.fsync,
         },
     )?;
-    let tls = herald_proto::client_tls::config(
+    // Read once now, so unusable files fail the start; again at every connection after.
+    herald_proto::client_tls::config(
         config.control_plane_ca_file.as_deref(),
         config.control_plane_cert_file.as_deref(),
         config.control_plane_key_file.as_deref(),
     )?;
+    let tls = config
+        .control_plane_ca_file
+        .clone()
+        .map(|ca| control_plane::TlsPaths {
+            ca,
+            identity: config
+                .control_plane_cert_file
+                .clone()
+                .zip(config.control_plane_key_file.clone()),
+        });
     let control_plane = ControlPlane::new(
         config.control_plane.clone(),
         config.control_plane_token.clone().unwrap_or_default(),

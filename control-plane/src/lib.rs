@@ -18,6 +18,7 @@ pub mod operator_events;
 pub mod recent;
 pub mod replay;
 pub mod sealing;
+pub mod server_tls;
 pub mod store;
 pub mod subscriptions;
 
@@ -123,19 +124,16 @@ pub struct ServerTls {
 }
 
 impl ServerTls {
-    /// The server TLS settings, when TLS is configured.
-    fn server_config(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, Error> {
-        use herald_core::tls_files::read_pem;
-        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-        let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_key_file) else {
-            return Ok(None);
-        };
-        let mut config =
-            ServerTlsConfig::new().identity(Identity::from_pem(read_pem(cert)?, read_pem(key)?));
-        if let Some(ca) = &self.tls_client_ca_file {
-            config = config.client_ca_root(Certificate::from_pem(read_pem(ca)?));
+    /// The files, when TLS is configured.
+    fn files(&self) -> Option<server_tls::TlsFiles> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Some(server_tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca_file.clone(),
+            }),
+            _ => None,
         }
-        Ok(Some(config))
     }
 }
 
@@ -192,9 +190,9 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
-    /// A TLS file could not be read, or the TLS settings are unusable.
+    /// The TLS files could not be used.
     #[error(transparent)]
-    TlsFile(#[from] herald_core::tls_files::TlsFileError),
+    Tls(#[from] server_tls::TlsError),
     /// The API tokens could not be loaded.
     #[error(transparent)]
     Auth(#[from] AuthError),
@@ -300,15 +298,19 @@ pub async fn run(
         .set_serving::<AgentControlServer<grpc::AgentControlService>>()
         .await;
     let reflection = [tonic_health::pb::FILE_DESCRIPTOR_SET];
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = config.tls.server_config()? {
-        tracing::info!(
-            mutual = config.tls.tls_client_ca_file.is_some(),
-            "the API speaks TLS"
-        );
-        builder = builder.tls_config(tls)?;
-    }
-    let server = builder
+    let tls = match config.tls.files() {
+        Some(files) => {
+            let tls = server_tls::ReloadingTls::load(files)?;
+            tokio::spawn(tls.clone().follow(stop.clone()));
+            tracing::info!(
+                mutual = config.tls.tls_client_ca_file.is_some(),
+                "the API speaks TLS (certificates reloaded when their files change)"
+            );
+            Some(tls)
+        }
+        None => None,
+    };
+    let router = tonic::transport::Server::builder()
         .layer(AuthLayer::new(tokens))
         .add_service(health_service)
         .add_service(herald_proto::discovery::reflection_v1(&reflection)?)
@@ -339,11 +341,19 @@ pub async fn run(
             health,
             metrics,
             stop.clone(),
-        )))
-        .serve_with_incoming_shutdown(
+        )));
+    let server: std::pin::Pin<
+        Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match &tls {
+        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+            tls.incoming(listener, stop.clone())?,
+            stop.clone().cancelled_owned(),
+        )),
+        None => Box::pin(router.serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             stop.clone().cancelled_owned(),
-        );
+        )),
+    };
     tracing::info!(addr = %config.listen, "control plane serving");
     herald_core::daemon::notify_ready();
 

@@ -95,3 +95,58 @@ async fn only_callers_with_a_certificate_from_the_ca_get_anything() -> anyhow::R
     assert!(plain.is_err());
     Ok(())
 }
+
+#[tokio::test]
+async fn a_rotated_client_ca_takes_effect_without_a_restart() -> anyhow::Result<()> {
+    let ca = TestCa::new();
+    let newer = TestCa::new();
+    let dir = tempfile::tempdir()?;
+    let ca_file = ca.write_ca_pem(dir.path())?;
+    let (server_cert, server_key) = ca.write_pair(dir.path(), "control-plane", CertUse::Server)?;
+    let (operator_cert, operator_key) = ca.write_pair(dir.path(), "operator", CertUse::Client)?;
+    let newer_dir = tempfile::tempdir()?;
+    let (agent_cert, agent_key) = newer.write_pair(newer_dir.path(), "agent", CertUse::Client)?;
+    // The CA file the control plane checks clients against: at first only the old CA.
+    let client_ca = dir.path().join("client-ca.pem");
+    std::fs::write(&client_ca, ca.ca_pem())?;
+
+    let tls = ServerTls {
+        tls_cert_file: Some(server_cert),
+        tls_key_file: Some(server_key),
+        tls_client_ca_file: Some(client_ca.clone()),
+    };
+    let mut control_plane =
+        ControlPlane::start_configured(ConfigStore::Embedded, |config| config.tls = tls).await?;
+    control_plane.use_tls(
+        client_tls::config(Some(&ca_file), Some(&operator_cert), Some(&operator_key))?
+            .expect("TLS settings"),
+    );
+    let _agent = Agent::start(
+        control_plane.url(),
+        AgentOptions {
+            control_plane_tls: Some((ca_file.clone(), agent_cert, agent_key)),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let connected = || async {
+        let agents = control_plane
+            .agents()
+            .await?
+            .list_agents(pb::ListAgentsRequest {})
+            .await?
+            .into_inner()
+            .agents;
+        anyhow::Ok(agents.iter().any(|a| a.connected))
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!connected().await?, "the agent's CA is not trusted yet");
+
+    // Rotation: the new CA joins the file; no restart.
+    std::fs::write(&client_ca, format!("{}{}", ca.ca_pem(), newer.ca_pem()))?;
+    herald_tests::eventually(Duration::from_secs(30), "the agent to connect", || async {
+        Ok(connected().await?.then_some(()))
+    })
+    .await?;
+    Ok(())
+}

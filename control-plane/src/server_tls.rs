@@ -1,0 +1,308 @@
+//! TLS of the control plane's API from PEM files, read again when they change: the server's
+//! certificate and key, and (for mutual TLS) the CA whose client certificates are required.
+//! A renewed certificate or a rotated CA takes effect for new connections within
+//! [`RELOAD_EVERY`], without a restart; a file that does not parse is logged and the previous
+//! material stays in use.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+use herald_core::tls_files::read_pem;
+
+/// How often the files are checked for changes.
+pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why TLS material could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error(transparent)]
+    File(#[from] herald_core::tls_files::TlsFileError),
+    /// A file's contents are not usable.
+    #[error("TLS: {0}")]
+    Invalid(String),
+}
+
+/// The files.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// CA certificates (PEM) of required client certificates, for mutual TLS.
+    pub client_ca: Option<PathBuf>,
+}
+
+struct Material {
+    key: Arc<CertifiedKey>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+/// TLS material that follows its files.
+pub struct ReloadingTls {
+    files: TlsFiles,
+    current: RwLock<Arc<Material>>,
+    stamps: Mutex<Vec<Option<SystemTime>>>,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn invalid(what: &str, err: impl std::fmt::Display) -> TlsError {
+    TlsError::Invalid(format!("{what}: {err}"))
+}
+
+impl TlsFiles {
+    fn paths(&self) -> Vec<&PathBuf> {
+        [Some(&self.cert), Some(&self.key), self.client_ca.as_ref()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    fn stamps(&self) -> Vec<Option<SystemTime>> {
+        self.paths()
+            .into_iter()
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    }
+
+    fn load(&self) -> Result<Material, TlsError> {
+        let cert_pem = read_pem(&self.cert)?;
+        let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("certificate", e))?;
+        if certs.is_empty() {
+            return Err(invalid("certificate", "no certificate in the file"));
+        }
+        let key_pem = read_pem(&self.key)?;
+        let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+            .map_err(|e| invalid("key", e))?
+            .ok_or_else(|| invalid("key", "no private key in the file"))?;
+        let provider = provider();
+        let signing = provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| invalid("key", e))?;
+        let verifier = match &self.client_ca {
+            None => None,
+            Some(ca) => {
+                let pem = read_pem(ca)?;
+                let mut roots = RootCertStore::empty();
+                for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                    roots
+                        .add(cert.map_err(|e| invalid("client CA", e))?)
+                        .map_err(|e| invalid("client CA", e))?;
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()
+                        .map_err(|e| invalid("client CA", e))?;
+                Some(verifier)
+            }
+        };
+        Ok(Material {
+            key: Arc::new(CertifiedKey::new(certs, signing)),
+            verifier,
+        })
+    }
+}
+
+impl ReloadingTls {
+    /// Loads the files now.
+    pub fn load(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
+        let stamps = files.stamps();
+        let material = files.load()?;
+        Ok(Arc::new(ReloadingTls {
+            files,
+            current: RwLock::new(Arc::new(material)),
+            stamps: Mutex::new(stamps),
+        }))
+    }
+
+    fn material(&self) -> Arc<Material> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The acceptor for new connections (it always uses the current material).
+    pub fn acceptor(self: &Arc<Self>) -> Result<TlsAcceptor, TlsError> {
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid("protocol versions", e))?;
+        let builder = if self.files.client_ca.is_some() {
+            builder.with_client_cert_verifier(Arc::new(Verifier(self.clone())))
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut config = builder.with_cert_resolver(Arc::new(Resolver(self.clone())));
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+
+    /// Reloads the files whenever they change, until `stop`.
+    pub async fn follow(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(RELOAD_EVERY) => {}
+            }
+            let stamps = self.files.stamps();
+            let changed = {
+                let mut seen = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
+                let changed = *seen != stamps;
+                *seen = stamps;
+                changed
+            };
+            if !changed {
+                continue;
+            }
+            match self.files.load() {
+                Ok(material) => {
+                    *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(material);
+                    tracing::info!("TLS certificates reloaded");
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "TLS files changed but are not usable; keeping the previous ones")
+                }
+            }
+        }
+    }
+
+    /// Accepts connections on `listener` and completes their handshakes (each on a task of
+    /// its own, so a slow client holds up nobody), until `stop`.
+    pub fn incoming(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        stop: CancellationToken,
+    ) -> Result<
+        tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>>,
+        TlsError,
+    > {
+        let acceptor = self.acceptor()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = stop.cancelled() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let (tcp, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send(Ok(tls)).await;
+                        }
+                        Ok(Err(err)) => {
+                            tracing::debug!(%peer, error = %err, "TLS handshake refused")
+                        }
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+}
+
+/// Serves the current certificate.
+#[derive(Debug)]
+struct Resolver(Arc<ReloadingTls>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.material().key.clone())
+    }
+}
+
+/// Checks client certificates against the current CA.
+#[derive(Debug)]
+struct Verifier(Arc<ReloadingTls>);
+
+impl Verifier {
+    fn inner(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+        self.0
+            .material()
+            .verifier
+            .clone()
+            .ok_or_else(|| rustls::Error::General("no client CA loaded".into()))
+    }
+}
+
+impl std::fmt::Debug for ReloadingTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingTls")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCertVerifier for Verifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner()?
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner()?.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner()?.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner()
+            .map(|v| v.supported_verify_schemes())
+            .unwrap_or_default()
+    }
+}
