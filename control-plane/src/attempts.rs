@@ -14,7 +14,7 @@
 //! A batch is one write transaction, committed durably before the agent's ack is sent.
 //! Response excerpts and error texts are bounded by the agent, and bounded again here.
 //!
-//! Retention ([`AttemptLog::sweep`]): attempts are removed oldest first (in arrival order) once
+//! Retention ([`EmbeddedLog::sweep`]): attempts are removed oldest first (in arrival order) once
 //! they started longer ago than the retention period, or while the log holds more than its
 //! limit of attempts; a sweep removes at most [`SWEEP_BATCH`] per commit.
 
@@ -71,9 +71,73 @@ fn storage(err: impl std::fmt::Display) -> LogError {
     LogError::Storage(err.to_string())
 }
 
-/// The delivery log; cloning shares it.
+/// What the control plane needs of its delivery log. [`EmbeddedLog`] keeps it in a local
+/// file (one per replica); a networked database serving several replicas can implement the
+/// same and be handed to [`crate::run`]'s services in its place.
+#[tonic::async_trait]
+pub trait LogStore: Send + Sync {
+    /// Stores a batch durably, skipping attempts already stored (same event, subscription and
+    /// attempt number); returns the new ones.
+    async fn insert(&self, attempts: Vec<pb::Attempt>) -> Result<Vec<Arc<pb::Attempt>>, LogError>;
+    /// Attempts matching `filter`, newest first, a page at a time.
+    async fn list(
+        &self,
+        filter: pb::AttemptFilter,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page, LogError>;
+    /// Removes attempts older than `max_age`, and the oldest beyond `max_attempts`; returns
+    /// how many went.
+    async fn sweep(&self, max_age: Duration, max_attempts: u64) -> Result<u64, LogError>;
+    /// How many attempts are stored.
+    fn len(&self) -> Result<u64, LogError>;
+    /// Whether none is stored.
+    fn is_empty(&self) -> Result<bool, LogError> {
+        Ok(self.len()? == 0)
+    }
+    /// Every attempt stored from now on (for live tails).
+    fn follow(&self) -> broadcast::Receiver<Arc<pb::Attempt>>;
+}
+
+/// The delivery log the control plane uses, whichever store keeps it; cloning shares it.
+pub type AttemptLog = Arc<dyn LogStore>;
+
+/// Opens (or creates) the embedded log in `dir`.
+pub fn open_embedded(dir: &Path) -> Result<AttemptLog, LogError> {
+    Ok(Arc::new(EmbeddedLog::open(dir)?))
+}
+
+#[tonic::async_trait]
+impl LogStore for EmbeddedLog {
+    async fn insert(&self, attempts: Vec<pb::Attempt>) -> Result<Vec<Arc<pb::Attempt>>, LogError> {
+        EmbeddedLog::insert(self, attempts).await
+    }
+
+    async fn list(
+        &self,
+        filter: pb::AttemptFilter,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page, LogError> {
+        EmbeddedLog::list(self, filter, page_size, page_token).await
+    }
+
+    async fn sweep(&self, max_age: Duration, max_attempts: u64) -> Result<u64, LogError> {
+        EmbeddedLog::sweep(self, max_age, max_attempts).await
+    }
+
+    fn len(&self) -> Result<u64, LogError> {
+        EmbeddedLog::len(self)
+    }
+
+    fn follow(&self) -> broadcast::Receiver<Arc<pb::Attempt>> {
+        EmbeddedLog::follow(self)
+    }
+}
+
+/// The delivery log in a local redb file; cloning shares it.
 #[derive(Clone)]
-pub struct AttemptLog {
+pub struct EmbeddedLog {
     db: Arc<Database>,
     tail: broadcast::Sender<Arc<pb::Attempt>>,
 }
@@ -86,7 +150,7 @@ pub struct Page {
     pub next_page_token: String,
 }
 
-impl AttemptLog {
+impl EmbeddedLog {
     /// Opens (or creates) `dir/attempts.redb`.
     pub fn open(dir: &Path) -> Result<Self, LogError> {
         std::fs::create_dir_all(dir).map_err(|e| storage(format!("{}: {e}", dir.display())))?;
@@ -100,7 +164,7 @@ impl AttemptLog {
         }
         txn.commit().map_err(storage)?;
         let (tail, _) = broadcast::channel(TAIL_BUFFER);
-        Ok(AttemptLog {
+        Ok(EmbeddedLog {
             db: Arc::new(db),
             tail,
         })
@@ -391,7 +455,7 @@ mod tests {
     #[tokio::test]
     async fn stores_once_and_pages_newest_first() {
         let dir = tempfile::tempdir().expect("dir");
-        let log = AttemptLog::open(dir.path()).expect("open");
+        let log = EmbeddedLog::open(dir.path()).expect("open");
         let batch: Vec<_> = (0..5)
             .map(|i| attempt(&format!("evt_{i}"), "sub_a", 1, pb::Outcome::Delivered))
             .chain([attempt("evt_x", "sub_b", 1, pb::Outcome::Retrying)])
@@ -453,7 +517,7 @@ mod tests {
     #[tokio::test]
     async fn retention_removes_old_attempts_and_keeps_the_log_within_its_size() {
         let dir = tempfile::tempdir().expect("dir");
-        let log = AttemptLog::open(dir.path()).expect("open");
+        let log = EmbeddedLog::open(dir.path()).expect("open");
         let day = Duration::from_secs(24 * 60 * 60);
         let aged = |event: &str, age: Duration| pb::Attempt {
             started_at: Some(timestamp(SystemTime::now() - age)),
@@ -468,7 +532,7 @@ mod tests {
         ];
         log.insert(batch).await.expect("insert");
         assert_eq!(log.sweep(30 * day, 1_000).await.expect("sweep"), 2);
-        let left = |log: AttemptLog| async move {
+        let left = |log: EmbeddedLog| async move {
             let page = log
                 .list(
                     pb::AttemptFilter {

@@ -238,7 +238,7 @@ pub async fn run(
         tracing::info!(endpoints = ?etcd, "using etcd");
         Store::etcd_with(&etcd, &config.etcd_auth).await?
     };
-    let log = AttemptLog::open(&config.data_dir)?;
+    let log = attempts::open_embedded(&config.data_dir)?;
     let stop = CancellationToken::new();
     tokio::spawn(sweep_log(
         log.clone(),

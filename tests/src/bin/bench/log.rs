@@ -13,7 +13,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use herald_control_plane::attempts::AttemptLog;
+use herald_control_plane::attempts::EmbeddedLog;
 use herald_proto::convert::{duration, timestamp};
 use herald_proto::v1 as pb;
 use herald_proto::v1::agent_control_client::AgentControlClient;
@@ -143,7 +143,7 @@ async fn ingest_grpc(url: &str, first: u64, count: u64) -> anyhow::Result<f64> {
 }
 
 /// Writes the same batches straight into `log` from `STREAMS` tasks; returns attempts/s.
-async fn ingest_direct(log: &AttemptLog, first: u64, count: u64) -> anyhow::Result<f64> {
+async fn ingest_direct(log: &EmbeddedLog, first: u64, count: u64) -> anyhow::Result<f64> {
     let per_stream = count / STREAMS;
     let prepared: Vec<Vec<Vec<pb::Attempt>>> = (0..STREAMS)
         .map(|s| {
@@ -188,7 +188,7 @@ pub async fn run() -> anyhow::Result<()> {
 
     println!("## Delivery log: ingest (attempts/s, median of 3 rounds of {ROUND_ATTEMPTS})\n");
     let baseline_dir = tempfile::tempdir()?;
-    let baseline_log = AttemptLog::open(baseline_dir.path())?;
+    let baseline_log = EmbeddedLog::open(baseline_dir.path())?;
     let dir = tempfile::tempdir()?;
     let stop = CancellationToken::new();
     let (url, server) = control_plane(dir.path(), &stop).await?;
@@ -213,7 +213,7 @@ pub async fn run() -> anyhow::Result<()> {
     // Fill the control plane's own log to `total`, then query it through the API. Its
     // streams let go of the file shortly after it stops.
     let log = herald_tests::eventually(Duration::from_secs(10), "the log to be free", || async {
-        Ok(AttemptLog::open(dir.path()).ok())
+        Ok(EmbeddedLog::open(dir.path()).ok())
     })
     .await?;
     let mut next = 3 * ROUND_ATTEMPTS;
