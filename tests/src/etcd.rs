@@ -276,16 +276,22 @@ impl Member {
                 && let Ok(Some(status)) = child.try_wait()
             {
                 self.child = None;
+                // Give the process's last words a moment to reach the log file.
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 let tail = self.log_tail();
                 let error = anyhow::anyhow!(
                     "etcd at {} exited during startup with {status}; log tail:\n{tail}",
                     self.client_url()
                 );
-                return Err(if tail.contains("address already in use") {
-                    StartError::PortTaken(error)
-                } else {
-                    StartError::Failed(error)
-                });
+                // A port taken between choosing it and etcd binding it is the usual reason; an
+                // early exit that left no words at all is treated the same (new ports, again).
+                return Err(
+                    if tail.contains("address already in use") || tail.trim().is_empty() {
+                        StartError::PortTaken(error)
+                    } else {
+                        StartError::Failed(error)
+                    },
+                );
             }
             let Err(probe) = probe_health(self.health_addr()).await else {
                 return Ok(());
