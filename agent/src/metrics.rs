@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_proto::metric_labels::{OutcomeLabel, OutcomeValue};
 use herald_proto::v1 as pb;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -21,21 +21,6 @@ use crate::queue::{Queue, now_ms};
 const DURATION_BUCKETS: [f64; 13] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0,
 ];
-
-/// An attempt's outcome, as a label.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-enum OutcomeValue {
-    delivered,
-    retrying,
-    failed,
-    skipped,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabel {
-    outcome: OutcomeValue,
-}
 
 /// The agent's metrics; cloning shares them.
 #[derive(Clone)]
@@ -147,17 +132,9 @@ impl Metrics {
 
     /// Counts one finished attempt.
     pub fn attempt(&self, outcome: pb::Outcome, took: Duration) {
-        let outcome = match outcome {
-            pb::Outcome::Delivered => OutcomeValue::delivered,
-            pb::Outcome::Retrying => OutcomeValue::retrying,
-            pb::Outcome::Skipped => OutcomeValue::skipped,
-            pb::Outcome::Failed | pb::Outcome::Unspecified => OutcomeValue::failed,
-        };
-        self.inner
-            .attempts
-            .get_or_create(&OutcomeLabel { outcome })
-            .inc();
-        if outcome != OutcomeValue::skipped {
+        let label = OutcomeLabel::from(outcome);
+        self.inner.attempts.get_or_create(&label).inc();
+        if label.outcome != OutcomeValue::skipped {
             self.inner.duration.observe(took.as_secs_f64());
         }
     }

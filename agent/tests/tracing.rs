@@ -73,13 +73,9 @@ async fn emit_and_delivery_spans_join_the_callers_trace() -> anyhow::Result<()> 
     let ca_dir = tempfile::tempdir()?;
     let ca_file = ca.write_ca_pem(ca_dir.path())?;
     let receiver = Receiver::start(&ca).await?;
-    let sub = cp
-        .create(subscription(
-            "shop-1",
-            &receiver.url("/orders"),
-            &["order.*"],
-        ))
-        .await?;
+    let mut traced = subscription("shop-1", &receiver.url("/orders"), &["order.*"]);
+    traced.send_trace_context = true;
+    let sub = cp.create(traced).await?;
     let endpoint = format!("http://{collector_addr}");
     let mut agent = AgentProcess::start_with_env(
         Path::new(env!("CARGO_BIN_EXE_herald-agent")),

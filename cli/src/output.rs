@@ -169,6 +169,7 @@ pub fn subscription(sub: &pb::Subscription, show_secrets: bool) -> Value {
             .as_ref()
             .and_then(std_duration)
             .map(|d| humantime::format_duration(d).to_string()),
+        "trace_context": sub.send_trace_context,
         "signature": match pb::SignatureScheme::try_from(sub.signature_scheme) {
             Ok(pb::SignatureScheme::Ed25519) => "v1a",
             _ => "v1",

@@ -129,6 +129,9 @@ pub struct Fields {
     /// Attempts in flight to this endpoint at once, per agent (default 16).
     #[arg(long)]
     max_in_flight: Option<u32>,
+    /// Send the emitter's W3C traceparent on to the endpoint: on or off (default off).
+    #[arg(long, value_name = "on|off", value_parser = clap::builder::BoolishValueParser::new())]
+    trace_context: Option<bool>,
 }
 
 #[derive(clap::Args)]
@@ -223,6 +226,9 @@ impl Fields {
         }
         if let Some(max) = self.max_in_flight {
             sub.max_in_flight = max;
+        }
+        if let Some(send) = self.trace_context {
+            sub.send_trace_context = send;
         }
         Ok(())
     }

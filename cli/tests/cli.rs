@@ -223,6 +223,8 @@ async fn delivery_options_are_set_from_the_command_line() -> anyhow::Result<()> 
                 "base=5s,factor=2,cap=1m,attempts=6",
                 "--rate-limit",
                 "50",
+                "--trace-context",
+                "on",
                 "-o",
                 "json",
             ],
@@ -243,6 +245,7 @@ async fn delivery_options_are_set_from_the_command_line() -> anyhow::Result<()> 
         "base=5s,factor=2,cap=1m,attempts=6"
     );
     assert_eq!(created["rate_limit"], 50);
+    assert_eq!(created["trace_context"], true);
 
     // The public key is shown without secrets; the signing key is not.
     let shown = json(&herald(&world, &["subscription", "get", &id, "-o", "json"]).await);
@@ -265,6 +268,8 @@ async fn delivery_options_are_set_from_the_command_line() -> anyhow::Result<()> 
                 "5",
                 "--disable-min-failing",
                 "1h",
+                "--trace-context",
+                "off",
                 "-o",
                 "json",
             ],
@@ -272,6 +277,7 @@ async fn delivery_options_are_set_from_the_command_line() -> anyhow::Result<()> 
         .await,
     );
     assert_eq!(updated["disable_after"], 5);
+    assert_eq!(updated["trace_context"], false);
     assert_eq!(updated["disable_min_failing"], "1h");
     let health = json(&herald(&world, &["subscription", "health", &id, "-o", "json"]).await);
     assert_eq!(health["consecutive_failures"], 0);

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_proto::metric_labels::OutcomeLabel;
 use herald_proto::v1 as pb;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -19,20 +20,6 @@ use prometheus_client::registry::Registry;
 const CONVERGENCE_BUCKETS: [f64; 12] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
-
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-enum OutcomeValue {
-    delivered,
-    retrying,
-    failed,
-    skipped,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabel {
-    outcome: OutcomeValue,
-}
 
 /// Why the control plane disabled a subscription.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -114,15 +101,9 @@ impl Metrics {
     /// Counts attempts newly stored in the log.
     pub fn stored(&self, attempts: &[Arc<pb::Attempt>]) {
         for attempt in attempts {
-            let outcome = match attempt.outcome() {
-                pb::Outcome::Delivered => OutcomeValue::delivered,
-                pb::Outcome::Retrying => OutcomeValue::retrying,
-                pb::Outcome::Skipped => OutcomeValue::skipped,
-                pb::Outcome::Failed | pb::Outcome::Unspecified => OutcomeValue::failed,
-            };
             self.inner
                 .attempts
-                .get_or_create(&OutcomeLabel { outcome })
+                .get_or_create(&OutcomeLabel::from(attempt.outcome()))
                 .inc();
         }
     }

@@ -286,6 +286,7 @@ impl Subscriptions {
             rate_limit: request.rate_limit,
             disable_after: request.disable_after,
             disable_min_failing: request.disable_min_failing,
+            send_trace_context: request.send_trace_context,
             updated_at: Some(timestamp(SystemTime::now())),
             ..current
         };

@@ -66,6 +66,9 @@ pub struct Subscription {
     pub skip_parked_before: Option<SystemTime>,
     /// Regions whose agents deliver it; empty means all.
     pub regions: Vec<String>,
+    /// Whether requests carry the emitter's W3C `traceparent` (an opt-in: trace ids are
+    /// internal unless the receiver shares the tracing system).
+    pub send_trace_context: bool,
     /// The store revision of this version.
     pub revision: i64,
 }
@@ -121,6 +124,7 @@ mod tests {
             enabled: true,
             skip_parked_before: None,
             regions: vec![],
+            send_trace_context: false,
             revision: 1,
         }
     }

@@ -214,6 +214,7 @@ pub fn subscription(
         enabled: wire.enabled,
         skip_parked_before: wire.skip_parked_before.as_ref().map(system_time),
         regions: wire.regions.clone(),
+        send_trace_context: wire.send_trace_context,
         revision: wire.revision,
     })
 }

@@ -109,7 +109,9 @@ async fn send_in(
         .header(HEADER_ID, event.id)
         .header(HEADER_TIMESTAMP, timestamp.to_string())
         .header(HEADER_SIGNATURE, signature);
-    if let Some(trace) = &trace {
+    if sub.send_trace_context
+        && let Some(trace) = &trace
+    {
         let outgoing = herald_core::telemetry::outgoing(span, trace);
         request = request.header(trace::HEADER, outgoing.to_string());
     }

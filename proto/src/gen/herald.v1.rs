@@ -137,6 +137,11 @@ pub struct Subscription {
     /// the events stay in the agents' queues for their retention). Read-only.
     #[prost(message, optional, tag = "24")]
     pub skip_parked_before: ::core::option::Option<::prost_types::Timestamp>,
+    /// Send the W3C `traceparent` of the Emit call on to this endpoint (naming the delivery
+    /// attempt's span), so a receiver in the same tracing system joins the trace. Off by default:
+    /// trace ids do not leave the system unless the subscription opts in.
+    #[prost(bool, tag = "25")]
+    pub send_trace_context: bool,
 }
 /// An endpoint's recent record, kept by the control plane from attempt reports.
 #[derive(Clone, PartialEq, ::prost::Message)]

@@ -633,18 +633,25 @@ async fn events_with_an_ordering_key_arrive_in_order_under_retries() -> anyhow::
 }
 
 #[tokio::test]
-async fn the_emitters_trace_context_goes_out_with_each_delivery() -> anyhow::Result<()> {
+async fn the_emitters_trace_context_goes_out_to_subscriptions_that_opt_in() -> anyhow::Result<()> {
     const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let world = World::start().await?;
-    let sub = world
+    let mut traced = subscription("shop-1", &world.receiver.url("/traced"), &["order.*"]);
+    traced.send_trace_context = true;
+    world.control_plane.create(traced).await?;
+    // A subscription that has not opted in: trace ids stay inside.
+    let private = world
         .control_plane
         .create(subscription(
             "shop-1",
-            &world.receiver.url("/traced"),
+            &world.receiver.url("/private"),
             &["order.*"],
         ))
         .await?;
-    world.control_plane.wait_applied(sub.revision, WAIT).await?;
+    world
+        .control_plane
+        .wait_applied(private.revision, WAIT)
+        .await?;
     let mut events = EventsClient::new(herald_tests::herald::connect(world.agent.url()).await?);
 
     // From the call's metadata…
@@ -665,11 +672,18 @@ async fn the_emitters_trace_context_goes_out_with_each_delivery() -> anyhow::Res
         .emit(event("shop-1", "order.created", &json!({"n": 3})))
         .await?;
 
-    let requests = world.receiver.wait_for_requests(3, WAIT).await?;
+    let requests = world.receiver.wait_for_requests(6, WAIT).await?;
+    assert!(
+        requests
+            .iter()
+            .filter(|r| r.path == "/private")
+            .all(|r| r.header("traceparent").is_none()),
+        "a subscription that did not opt in gets no traceparent"
+    );
     let trace_of = |n: u64| {
         requests
             .iter()
-            .find(|r| r.json()["n"] == n)
+            .find(|r| r.path == "/traced" && r.json()["n"] == n)
             .and_then(|r| r.header("traceparent").map(str::to_owned))
     };
     let first = trace_of(1).expect("a traceparent");
