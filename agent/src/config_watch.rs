@@ -94,11 +94,15 @@ async fn follow(
         .map_err(|s| format!("{url}: {}", s.message()))?
         .into_inner();
     tracing::info!(control_plane = %url, "config stream open");
+    let mut parts = SnapshotParts::default();
     loop {
         let update = match updates.message().await {
             Ok(Some(update)) => update,
             Ok(None) => return Err(format!("{url} ended the config stream")),
             Err(status) => return Err(format!("{url}: {}", status.message())),
+        };
+        let Some(update) = parts.add(update)? else {
+            continue;
         };
         if let Some(order) = update.emit {
             let table = routes.borrow().clone();
@@ -144,6 +148,41 @@ async fn follow(
         tx.send(send(reply))
             .await
             .map_err(|_| "config stream closed")?;
+    }
+}
+
+/// A snapshot arriving in parts (`more` set on all but the last), joined so it is applied
+/// and acked once, as a whole.
+#[derive(Default)]
+struct SnapshotParts {
+    pending: Option<pb::ConfigUpdate>,
+}
+
+impl SnapshotParts {
+    /// The update to apply once `update` is added: the joined snapshot when it was the last
+    /// part, the update itself when it was not a part, `None` while parts are still to come.
+    /// A part that does not continue the snapshot in progress is a protocol error.
+    fn add(&mut self, update: pb::ConfigUpdate) -> Result<Option<pb::ConfigUpdate>, String> {
+        let Some(mut joined) = self.pending.take() else {
+            if update.snapshot && update.more {
+                self.pending = Some(update);
+                return Ok(None);
+            }
+            return Ok(Some(update));
+        };
+        if !update.snapshot || update.revision != joined.revision {
+            return Err(format!(
+                "a snapshot at revision {} was cut off by an update at revision {}",
+                joined.revision, update.revision
+            ));
+        }
+        joined.upserts.extend(update.upserts);
+        if update.more {
+            self.pending = Some(joined);
+            return Ok(None);
+        }
+        joined.more = false;
+        Ok(Some(joined))
     }
 }
 
@@ -229,5 +268,64 @@ async fn emit(queue: &Queue, routes: &Routes, order: pb::EmitOrder) -> pb::EmitR
             error: String::new(),
         },
         Err(err) => failed(err.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(revision: i64, ids: &[&str], more: bool) -> pb::ConfigUpdate {
+        pb::ConfigUpdate {
+            revision,
+            snapshot: true,
+            more,
+            upserts: ids
+                .iter()
+                .map(|id| pb::Subscription {
+                    id: (*id).into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn snapshot_parts_are_joined_before_they_are_applied() {
+        let mut parts = SnapshotParts::default();
+        assert_eq!(parts.add(part(7, &["a", "b"], true)), Ok(None));
+        assert_eq!(parts.add(part(7, &["c"], true)), Ok(None));
+        let joined = parts
+            .add(part(7, &["d"], false))
+            .expect("valid")
+            .expect("whole");
+        let ids: Vec<&str> = joined.upserts.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c", "d"]);
+        assert!(joined.snapshot && !joined.more);
+
+        // Single-part snapshots and deltas pass straight through.
+        let whole = part(8, &["a"], false);
+        assert_eq!(parts.add(whole.clone()), Ok(Some(whole)));
+        let delta = pb::ConfigUpdate {
+            revision: 9,
+            removals: vec!["a".into()],
+            ..Default::default()
+        };
+        assert_eq!(parts.add(delta.clone()), Ok(Some(delta)));
+    }
+
+    #[test]
+    fn a_snapshot_cut_off_is_refused() {
+        let mut parts = SnapshotParts::default();
+        assert_eq!(parts.add(part(7, &["a"], true)), Ok(None));
+        let delta = pb::ConfigUpdate {
+            revision: 8,
+            ..Default::default()
+        };
+        assert!(parts.add(delta).is_err());
+        // A new snapshot after the error starts clean.
+        assert_eq!(parts.add(part(9, &["b"], true)), Ok(None));
+        assert!(parts.add(part(10, &["c"], false)).is_err());
     }
 }

@@ -141,6 +141,7 @@ impl Routes {
             removals: vec![],
             replay: None,
             emit: None,
+            more: false,
         }
     }
 }
@@ -178,6 +179,7 @@ mod tests {
             removals: vec![],
             replay: None,
             emit: None,
+            more: false,
         };
         let routes = Routes::default().apply(&snapshot).expect("snapshot");
         let ids =
@@ -195,6 +197,7 @@ mod tests {
             removals: vec!["sub_b".into()],
             replay: None,
             emit: None,
+            more: false,
         };
         let next = routes.apply(&delta).expect("delta");
         // Still matched (its deliveries are parked), but known to be disabled.

@@ -37,6 +37,9 @@ pub const MAX_REPORT_BATCH: usize = 1000;
 const MAX_UNACKED_TIMED: usize = 1024;
 /// The most interest entries (tenants plus prefixes) an agent may name.
 const MAX_INTEREST: usize = 1000;
+/// The size a snapshot part is cut at: well under gRPC's usual 4 MiB message limit, so
+/// clients in any language read a snapshot of any size.
+const SNAPSHOT_PART_BYTES: usize = 1024 * 1024;
 
 /// `herald.v1.AgentControl`.
 pub struct AgentControlService {
@@ -265,7 +268,7 @@ async fn follow(shared: &Shared, session: Session<'_>) {
         tx,
     } = session;
     let (snapshot, mut changes) = hub.subscribe();
-    if tx.send(Ok(interest.snapshot(&snapshot))).await.is_err() {
+    if send_snapshot(tx, interest, &snapshot).await.is_err() {
         return;
     }
     // Changes sent and not yet acknowledged, oldest first, with when the hub saw them.
@@ -326,7 +329,10 @@ async fn follow(shared: &Shared, session: Session<'_>) {
                         let (snapshot, fresh) = hub.subscribe();
                         changes = fresh;
                         unacked.clear();
-                        Some(interest.snapshot(&snapshot))
+                        if send_snapshot(tx, interest, &snapshot).await.is_err() {
+                            return;
+                        }
+                        None
                     }
                     Err(RecvError::Closed) => return,
                 };
@@ -338,6 +344,18 @@ async fn follow(shared: &Shared, session: Session<'_>) {
             }
         }
     }
+}
+
+/// Sends the agent's part of `snapshot`; `Err` when the stream is gone.
+async fn send_snapshot(
+    tx: &mpsc::Sender<Result<pb::ConfigUpdate, Status>>,
+    interest: &Interest,
+    snapshot: &Snapshot,
+) -> Result<(), ()> {
+    for part in interest.snapshot(snapshot) {
+        tx.send(Ok(part)).await.map_err(|_| ())?;
+    }
+    Ok(())
 }
 
 /// What an agent may deliver: the subscriptions it is sent.
@@ -375,20 +393,35 @@ impl Interest {
         tenant && region && types
     }
 
-    fn snapshot(&self, snapshot: &Snapshot) -> pb::ConfigUpdate {
-        pb::ConfigUpdate {
-            replay: None,
-            emit: None,
+    /// The agent's whole config at the snapshot's revision, in parts of about
+    /// [`SNAPSHOT_PART_BYTES`] (one part when it is small; an empty config is one empty part).
+    fn snapshot(&self, snapshot: &Snapshot) -> Vec<pb::ConfigUpdate> {
+        let part = |upserts: Vec<pb::Subscription>| pb::ConfigUpdate {
             revision: snapshot.revision,
             snapshot: true,
-            upserts: snapshot
-                .subscriptions
-                .values()
-                .filter(|s| self.sees(s))
-                .map(|s| (**s).clone())
-                .collect(),
-            removals: vec![],
+            upserts,
+            more: true,
+            ..Default::default()
+        };
+        let mut parts = Vec::new();
+        let mut upserts = Vec::new();
+        let mut bytes = 0;
+        for sub in snapshot.subscriptions.values().filter(|s| self.sees(s)) {
+            // The field's tag and length prefix, then the message.
+            let len = prost::Message::encoded_len(&**sub);
+            let size = 1 + prost::length_delimiter_len(len) + len;
+            if bytes + size > SNAPSHOT_PART_BYTES && !upserts.is_empty() {
+                parts.push(part(std::mem::take(&mut upserts)));
+                bytes = 0;
+            }
+            bytes += size;
+            upserts.push((**sub).clone());
         }
+        parts.push(part(upserts));
+        if let Some(last) = parts.last_mut() {
+            last.more = false;
+        }
+        parts
     }
 
     /// The change as this agent sees it; `None` when it concerns nothing the agent holds.
@@ -396,6 +429,7 @@ impl Interest {
         let mut update = pb::ConfigUpdate {
             replay: None,
             emit: None,
+            more: false,
             revision: change.revision,
             snapshot: false,
             upserts: vec![],
@@ -437,6 +471,48 @@ mod tests {
         assert!(pattern_overlaps("order.*", "order.line."));
         assert!(!pattern_overlaps("product.*", "order."));
         assert!(!pattern_overlaps("product.created", "order"));
+    }
+
+    #[test]
+    fn large_snapshots_go_in_parts_under_the_limit() {
+        let interest = Interest::new(&pb::AgentHello {
+            agent_id: "agt_1".into(),
+            ..Default::default()
+        })
+        .expect("valid hello");
+        let mut snapshot = Snapshot {
+            revision: 42,
+            ..Default::default()
+        };
+        for n in 0..5000 {
+            let sub = pb::Subscription {
+                id: format!("sub_{n:05}"),
+                tenant: "shop".into(),
+                event_types: vec!["*".into()],
+                description: "x".repeat(500),
+                ..Default::default()
+            };
+            snapshot.subscriptions.insert(sub.id.clone(), Arc::new(sub));
+        }
+        let parts = interest.snapshot(&snapshot);
+        assert!(parts.len() >= 2, "{} parts", parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            assert!(part.snapshot && part.revision == 42);
+            assert_eq!(part.more, i + 1 < parts.len());
+            let size = prost::Message::encoded_len(part);
+            assert!(size <= SNAPSHOT_PART_BYTES + 64, "part {i}: {size} bytes");
+        }
+        let ids: Vec<&str> = parts
+            .iter()
+            .flat_map(|p| p.upserts.iter().map(|s| s.id.as_str()))
+            .collect();
+        assert_eq!(ids.len(), 5000);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "each once, in order");
+
+        // An empty config is one empty, final part.
+        let empty = interest.snapshot(&Snapshot::default());
+        assert_eq!(empty.len(), 1);
+        assert!(empty[0].snapshot && !empty[0].more && empty[0].upserts.is_empty());
     }
 
     #[test]

@@ -642,6 +642,12 @@ pub struct ConfigUpdate {
     /// answers with an EmitResult.
     #[prost(message, optional, tag = "6")]
     pub emit: ::core::option::Option<EmitOrder>,
+    /// Set on every part of a snapshot but the last. A large snapshot is sent in parts of about
+    /// 1 MiB (no message comes near gRPC's usual 4 MiB limit), all with `snapshot` set and the
+    /// same revision; the agent applies them together when the part without `more` arrives, and
+    /// acks once.
+    #[prost(bool, tag = "7")]
+    pub more: bool,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ReportBatch {
