@@ -170,12 +170,14 @@ async fn ingest_direct(log: &EmbeddedLog, first: u64, count: u64) -> anyhow::Res
     Ok(count as f64 / start.elapsed().as_secs_f64())
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+/// The middle value.
+pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+/// The value at fraction `p` of already sorted durations.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index]
 }

@@ -14,9 +14,12 @@
 //!
 //! `bench log`: the control plane's delivery log, ingest rate and query latency (see `log.rs`).
 //!
+//! `bench fleet`: config distribution to many agents (see `fleet.rs`).
+//!
 //! `bench rss`: the resident memory of an idle `herald-agent` process (the release binary next
 //! to this one) connected to a control plane with one subscription.
 
+mod fleet;
 mod log;
 
 use std::time::Duration;
@@ -41,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
         Some("rss") => rss().await,
         Some("deliver") => deliver().await,
         Some("log") => log::run().await,
+        Some("fleet") => fleet::run().await,
         Some("emit-case") => {
             let arg = |i: usize| -> anyhow::Result<usize> {
                 std::env::args()
@@ -52,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
             let fsync = std::env::args().nth(4).as_deref() != Some("off");
             emit_case(arg(2)?, arg(3)?, fsync).await
         }
-        _ => anyhow::bail!("usage: bench emit|deliver|log|rss|emit-case CALLERS BATCH [off]"),
+        _ => anyhow::bail!("usage: bench emit|deliver|log|fleet|rss|emit-case CALLERS BATCH [off]"),
     }
 }
 
