@@ -3,9 +3,9 @@
 //! and broadcasts each change; an agent stream takes a snapshot and subscribes under one lock,
 //! so it misses nothing between the two. The store is never read per agent.
 //!
-//! When the watch fails (store unreachable, history compacted) the hub lists everything again,
-//! replaces its state, and broadcasts a resync, after which every stream sends a fresh snapshot
-//! (so deletions made during the gap are not missed).
+//! When the watch fails (store unreachable, history compacted) the hub lists everything again
+//! and broadcasts the difference from what it held as one change: deletions made during the
+//! gap go out as removals, and when nothing changed nothing is sent.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -22,8 +22,11 @@ use crate::subscriptions::decode;
 
 /// Changes kept for streams that fall behind; a stream further behind gets a fresh snapshot.
 const CHANGE_BUFFER: usize = 4096;
-/// Wait between attempts to re-establish the watch.
+/// Wait before the first attempt to re-establish the watch; it doubles while the store stays
+/// unreachable, up to [`MAX_RETRY_DELAY`].
 const RETRY_DELAY: Duration = Duration::from_millis(500);
+/// The longest wait between attempts to re-establish the watch.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// One store revision's subscription changes.
 #[derive(Debug)]
@@ -34,8 +37,6 @@ pub struct Change {
     pub upserts: Vec<Arc<pb::Subscription>>,
     /// Ids of subscriptions deleted.
     pub removals: Vec<String>,
-    /// The hub re-listed the store: streams must send a fresh snapshot, not a delta.
-    pub resync: bool,
     /// When the hub saw the change (the start of its convergence time).
     pub seen_at: tokio::time::Instant,
 }
@@ -103,13 +104,24 @@ impl ConfigHub {
     /// Lists, then watches, forever; re-lists after any watch failure.
     async fn follow(&self, store: Store, revision_tx: watch::Sender<i64>) {
         let mut first = true;
+        // Failures in a row without the hub getting anywhere: each doubles the wait.
+        let mut fruitless = 0;
         loop {
-            match self.follow_once(&store, &revision_tx, first).await {
-                Ok(()) => {}
-                Err(err) => tracing::warn!(error = %err, "config watch failed; re-listing"),
-            }
+            let loaded_before = self.revision();
+            let result = self.follow_once(&store, &revision_tx, first).await;
             first = false;
-            tokio::time::sleep(RETRY_DELAY).await;
+            fruitless = if self.revision() != loaded_before {
+                0
+            } else {
+                fruitless + 1
+            };
+            let delay = RETRY_DELAY
+                .saturating_mul(1 << fruitless.min(4))
+                .min(MAX_RETRY_DELAY);
+            if let Err(err) = result {
+                tracing::warn!(error = %err, retry_in = ?delay, "config watch failed; re-listing");
+            }
+            tokio::time::sleep(delay).await;
         }
     }
 
@@ -132,18 +144,14 @@ impl ConfigHub {
         let mut watch = store.watch(keys::SUBSCRIPTIONS, revision + 1).await?;
         {
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+            let change = difference(&state.subscriptions, &subscriptions, revision);
             *state = Snapshot {
                 revision,
                 subscriptions,
             };
-            if !first {
-                let _ = self.changes.send(Arc::new(Change {
-                    revision,
-                    upserts: vec![],
-                    removals: vec![],
-                    resync: true,
-                    seen_at: tokio::time::Instant::now(),
-                }));
+            let changed = !change.upserts.is_empty() || !change.removals.is_empty();
+            if !first && changed {
+                let _ = self.changes.send(Arc::new(change));
             }
         }
         revision_tx.send_replace(revision.max(1));
@@ -154,7 +162,6 @@ impl ConfigHub {
                 revision: batch.revision,
                 upserts: vec![],
                 removals: vec![],
-                resync: false,
                 seen_at: tokio::time::Instant::now(),
             };
             for event in batch.events {
@@ -186,5 +193,61 @@ impl ConfigHub {
             revision_tx.send_replace(batch.revision);
         }
         Err("the store ended the watch".into())
+    }
+}
+
+/// The change that turns `old` into `new` (listed at `revision`): what is new or different,
+/// and what is gone.
+fn difference(
+    old: &BTreeMap<String, Arc<pb::Subscription>>,
+    new: &BTreeMap<String, Arc<pb::Subscription>>,
+    revision: i64,
+) -> Change {
+    Change {
+        revision,
+        upserts: new
+            .iter()
+            .filter(|(id, sub)| old.get(*id) != Some(*sub))
+            .map(|(_, sub)| sub.clone())
+            .collect(),
+        removals: old
+            .keys()
+            .filter(|id| !new.contains_key(*id))
+            .cloned()
+            .collect(),
+        seen_at: tokio::time::Instant::now(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subs(entries: &[(&str, i64)]) -> BTreeMap<String, Arc<pb::Subscription>> {
+        entries
+            .iter()
+            .map(|(id, revision)| {
+                let sub = pb::Subscription {
+                    id: (*id).into(),
+                    revision: *revision,
+                    ..Default::default()
+                };
+                ((*id).to_owned(), Arc::new(sub))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_relisting_yields_only_what_changed() {
+        let old = subs(&[("kept", 1), ("changed", 2), ("gone", 3)]);
+        let new = subs(&[("kept", 1), ("changed", 9), ("added", 10)]);
+        let change = difference(&old, &new, 10);
+        let upserts: Vec<&str> = change.upserts.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(upserts, ["added", "changed"]);
+        assert_eq!(change.removals, ["gone"]);
+        assert_eq!(change.revision, 10);
+
+        let same = difference(&new, &new, 11);
+        assert!(same.upserts.is_empty() && same.removals.is_empty());
     }
 }

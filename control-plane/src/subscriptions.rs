@@ -82,7 +82,7 @@ impl From<SubscriptionError> for tonic::Status {
             SubscriptionError::StaleRevision { .. } => Status::failed_precondition(err.to_string()),
             SubscriptionError::Contended(_) => Status::aborted(err.to_string()),
             SubscriptionError::Store(store) if store.is_unavailable() => {
-                Status::unavailable(format!("config store unavailable: {err}"))
+                Status::unavailable(store.unavailable_message())
             }
             SubscriptionError::Store(_)
             | SubscriptionError::Corrupt { .. }

@@ -9,8 +9,8 @@
 //! - Every startup failure carries the tail of etcd's own log.
 //!
 //! The binary is `$HERALD_TEST_ETCD`, else `etcd` on `PATH`, else `/usr/bin/etcd` (Debian's
-//! `etcd-server` 3.4). A process is described by a private [`Member`], so a cluster of several
-//! members sharing one `--initial-cluster` can be added next to [`Etcd`] later.
+//! `etcd-server` 3.4). A process is described by a private [`Member`]; [`EtcdCluster`] runs
+//! several members sharing one `--initial-cluster`, each stoppable and restartable on its own.
 
 use std::fs::{self, OpenOptions};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
@@ -140,6 +140,110 @@ impl Etcd {
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.member.kill();
         self.member.start().await.map_err(StartError::into_inner)
+    }
+}
+
+/// An etcd cluster of several members on loopback ports, each killed when dropped.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    _dir: TempDir,
+}
+
+// === impl EtcdCluster ===
+
+impl EtcdCluster {
+    /// Starts a fresh cluster of `size` members and waits until every one answers `/health`
+    /// (which needs an elected leader).
+    pub async fn start(size: usize) -> anyhow::Result<EtcdCluster> {
+        let binary = etcd_binary()?;
+        let mut last_error = None;
+        for _ in 0..PORT_ATTEMPTS {
+            let dir = tempfile::Builder::new()
+                .prefix("herald-etcd-cluster-")
+                .tempdir()
+                .context("creating the etcd cluster's temp dir")?;
+            let mut members = Vec::with_capacity(size);
+            for n in 0..size {
+                let [client_port, peer_port, metrics_port] = free_ports()?;
+                members.push(Member {
+                    binary: binary.clone(),
+                    name: format!("herald-etcd-{n}"),
+                    client_port,
+                    peer_port,
+                    metrics_port,
+                    tls: None,
+                    data_dir: dir.path().join(format!("data-{n}")),
+                    log_path: dir.path().join(format!("etcd-{n}.log")),
+                    initial_cluster: String::new(),
+                    child: None,
+                });
+            }
+            let initial_cluster = members
+                .iter()
+                .map(|m| format!("{}={}", m.name, m.peer_url()))
+                .collect::<Vec<_>>()
+                .join(",");
+            for member in &mut members {
+                member.initial_cluster = initial_cluster.clone();
+                member.spawn()?;
+            }
+            let mut outcome = Ok(());
+            for member in &mut members {
+                outcome = member.wait_ready().await;
+                if outcome.is_err() {
+                    break;
+                }
+            }
+            match outcome {
+                Ok(()) => return Ok(EtcdCluster { members, _dir: dir }),
+                Err(StartError::PortTaken(error)) => {
+                    tracing::debug!(%error, "etcd cluster port taken; retrying with new ports");
+                    last_error = Some(error);
+                }
+                Err(StartError::Failed(error)) => return Err(error),
+            }
+        }
+        Err(last_error
+            .unwrap_or_else(|| anyhow::anyhow!("no attempt made"))
+            .context(format!(
+                "the etcd cluster did not start after {PORT_ATTEMPTS} port choices"
+            )))
+    }
+
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Member::client_url).collect()
+    }
+
+    /// Kills member `n` (SIGKILL, like a crash). Its data stays.
+    pub fn stop(&mut self, n: usize) {
+        self.members[n].kill();
+    }
+
+    /// Starts member `n` again on its ports and data, and waits until it answers `/health`
+    /// (so the cluster has a leader again).
+    pub async fn restart(&mut self, n: usize) -> anyhow::Result<()> {
+        let member = &mut self.members[n];
+        member.kill();
+        member.spawn()?;
+        member.wait_ready().await.map_err(StartError::into_inner)
+    }
+
+    /// Starts members `ns` again together (a cluster without quorum needs several back before
+    /// any is healthy), and waits until each answers `/health`.
+    pub async fn restart_all(&mut self, ns: &[usize]) -> anyhow::Result<()> {
+        for &n in ns {
+            self.members[n].kill();
+            self.members[n].spawn()?;
+        }
+        for &n in ns {
+            self.members[n]
+                .wait_ready()
+                .await
+                .map_err(StartError::into_inner)?;
+        }
+        Ok(())
     }
 }
 

@@ -22,7 +22,7 @@ pub mod tls;
 pub mod wait;
 pub mod world;
 
-pub use etcd::Etcd;
+pub use etcd::{Etcd, EtcdCluster};
 pub use herald::{Agent, AgentOptions, ConfigStore, ControlPlane, event, subscription};
 pub use process::{AgentProcess, ServiceRun, free_port, run_as_service};
 pub use receiver::{ReceivedRequest, Receiver, Response};

@@ -1,9 +1,9 @@
 //! `herald.v1.AgentControl`: the agents' two streams.
 //!
 //! Config: the agent says hello; it gets a snapshot of the subscriptions it may deliver (its
-//! interest: tenants, event-type prefixes, region), then each change as it happens, then a
-//! fresh snapshot whenever it fell behind or the hub re-listed the store. Acks and nacks are
-//! recorded in the fleet registry.
+//! interest: tenants, event-type prefixes, region), then each change as it happens, and a
+//! fresh snapshot whenever it fell so far behind that the hub's buffer no longer holds the
+//! changes it missed. Acks and nacks are recorded in the fleet registry.
 //!
 //! Reports: each batch of attempts is stored durably in the delivery log, then acked by id.
 //! A receiver that answered 410 Gone has its subscription disabled (reason `gone (410)`), and
@@ -317,15 +317,15 @@ async fn follow(shared: &Shared, session: Session<'_>) {
             }
             change = changes.recv() => {
                 let update = match change {
-                    Ok(change) if !change.resync => {
+                    Ok(change) => {
                         let delta = interest.delta(&change);
                         if delta.is_some() && unacked.len() < MAX_UNACKED_TIMED {
                             unacked.push_back((change.revision, change.seen_at));
                         }
                         delta
                     }
-                    Ok(_) | Err(RecvError::Lagged(_)) => {
-                        // Re-listed or fell behind: start over from a fresh snapshot.
+                    Err(RecvError::Lagged(_)) => {
+                        // Fell behind the hub's buffer: start over from a fresh snapshot.
                         let (snapshot, fresh) = hub.subscribe();
                         changes = fresh;
                         unacked.clear();

@@ -6,6 +6,9 @@ use etcd_client::{
     Identity, SortOrder, SortTarget, TlsOptions, Txn as EtcdTxn, TxnOp, TxnOpResponse,
     WatchOptions,
 };
+use std::future::Future;
+use std::time::Duration;
+
 use tokio::sync::mpsc;
 
 use super::{
@@ -17,6 +20,17 @@ use super::{
 const WATCH_BUFFER: usize = 256;
 /// The most operations etcd takes in one transaction by default (`--max-txn-ops`).
 const MAX_TXN_OPS: usize = 128;
+/// How often a request that reached no member is sent again (to another member, as the
+/// client spreads requests over the endpoints).
+const UNREACHED_RETRIES: usize = 6;
+/// How long a connection to a member may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one request may take: longer than etcd's own proposal timeout (7 s by default),
+/// so a cluster without quorum answers with its own error first.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 keep-alive: a member that died without closing its connections is noticed.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A connection to an etcd cluster.
 #[derive(Clone)]
@@ -27,7 +41,13 @@ pub struct EtcdStore {
 impl EtcdStore {
     /// Connects to the cluster; any of `endpoints` may answer.
     pub async fn connect(endpoints: &[String], auth: &EtcdAuth) -> Result<Self, StoreError> {
-        let mut options = ConnectOptions::new();
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT)
+            .with_keep_alive_while_idle(true)
+            // Watches on a member cut off from the leader fail instead of going quiet.
+            .with_require_leader(true);
         if let Some(user) = &auth.etcd_user {
             options =
                 options.with_user(user.clone(), auth.etcd_password.clone().unwrap_or_default());
@@ -48,8 +68,33 @@ impl EtcdStore {
         Ok(EtcdStore { client })
     }
 
+    /// Runs `call` with the client, again (up to [`UNREACHED_RETRIES`] times) while it fails
+    /// without reaching any member: the client spreads requests over every endpoint, dead
+    /// members included, and such a request is safe to repeat because nothing was sent.
+    async fn reaching_a_member<T, F, Fut>(&self, mut call: F) -> Result<T, etcd_client::Error>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut retries = 0;
+        loop {
+            match call(self.client.clone()).await {
+                Err(err) if retries < UNREACHED_RETRIES && never_sent(&err) => {
+                    tracing::debug!(error = %err, "an etcd member is unreachable; trying another");
+                    retries += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
     pub(super) async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let resp = self.client.kv_client().get(key, None).await?;
+        let resp = self
+            .reaching_a_member(|client| {
+                let key = key.to_owned();
+                async move { client.kv_client().get(key, None).await }
+            })
+            .await?;
         resp.kvs().first().map(to_key_value).transpose()
     }
 
@@ -64,10 +109,12 @@ impl EtcdStore {
                 .iter()
                 .map(|key| TxnOp::get(key.as_str(), None))
                 .collect();
+            let txn = EtcdTxn::new().and_then(gets);
             let resp = self
-                .client
-                .kv_client()
-                .txn(EtcdTxn::new().and_then(gets))
+                .reaching_a_member(|client| {
+                    let txn = txn.clone();
+                    async move { client.kv_client().txn(txn).await }
+                })
                 .await?;
             for op in resp.op_responses() {
                 match op {
@@ -83,9 +130,15 @@ impl EtcdStore {
 
     pub(super) async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64), StoreError> {
         let resp = self
-            .client
-            .kv_client()
-            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .reaching_a_member(|client| {
+                let prefix = prefix.to_owned();
+                async move {
+                    client
+                        .kv_client()
+                        .get(prefix, Some(GetOptions::new().with_prefix()))
+                        .await
+                }
+            })
             .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         let kvs = resp
@@ -111,7 +164,12 @@ impl EtcdStore {
             .with_range(prefix_end(prefix))
             .with_sort(SortTarget::Key, SortOrder::Ascend)
             .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
-        let resp = self.client.kv_client().get(start, Some(options)).await?;
+        let resp = self
+            .reaching_a_member(|client| {
+                let (start, options) = (start.clone(), options.clone());
+                async move { client.kv_client().get(start, Some(options)).await }
+            })
+            .await?;
         resp.kvs().iter().map(to_key_value).collect()
     }
 
@@ -135,10 +193,12 @@ impl EtcdStore {
                 Op::Delete(key) => TxnOp::delete(key, None),
             })
             .collect();
+        let txn = EtcdTxn::new().when(compares).and_then(ops);
         let resp = self
-            .client
-            .kv_client()
-            .txn(EtcdTxn::new().when(compares).and_then(ops))
+            .reaching_a_member(|client| {
+                let txn = txn.clone();
+                async move { client.kv_client().txn(txn).await }
+            })
             .await?;
         if !resp.succeeded() {
             return Ok(TxnOutcome::Conflict);
@@ -156,9 +216,10 @@ impl EtcdStore {
             .with_prefix()
             .with_start_revision(from_revision);
         let mut stream = self
-            .client
-            .watch_client()
-            .watch(prefix, Some(options))
+            .reaching_a_member(|client| {
+                let (prefix, options) = (prefix.to_owned(), options.clone());
+                async move { client.watch_client().watch(prefix, Some(options)).await }
+            })
             .await?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         tokio::spawn(async move {
@@ -193,6 +254,18 @@ impl EtcdStore {
             }
         });
         Ok(rx)
+    }
+}
+
+/// Whether a request failed before anything reached a member: the connection to the member it
+/// was sent to could not be made (tonic reports this as `UNAVAILABLE`, "tcp connect error").
+fn never_sent(err: &etcd_client::Error) -> bool {
+    match err {
+        etcd_client::Error::GRpcStatus(status) => {
+            status.code() == tonic::Code::Unavailable
+                && status.message().starts_with("tcp connect error")
+        }
+        _ => false,
     }
 }
 

@@ -111,7 +111,7 @@ pub type WatchReceiver = mpsc::Receiver<Result<WatchBatch, StoreError>>;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// etcd could not be reached or refused the request.
-    #[error("etcd: {0}")]
+    #[error("etcd: {}", etcd_reason(.0))]
     Etcd(#[from] etcd_client::Error),
     /// The embedded store's file could not be read or written.
     #[error("embedded store: {0}")]
@@ -133,6 +133,26 @@ impl StoreError {
     /// True when the failure is the store being unreachable, so a retry may succeed.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Etcd(_))
+    }
+
+    /// What an API caller is told when the store is unavailable: what failed and the usual
+    /// causes.
+    pub fn unavailable_message(&self) -> String {
+        format!(
+            "config store unavailable (etcd unreachable, or fewer than a quorum of its members \
+             up); try again when it is back: {self}"
+        )
+    }
+}
+
+/// etcd's own words for a failure: the gRPC message (`etcdserver: request timed out`,
+/// `tcp connect error`, …) without the client library's wrapping.
+fn etcd_reason(err: &etcd_client::Error) -> String {
+    match err {
+        etcd_client::Error::GRpcStatus(status) if !status.message().is_empty() => {
+            status.message().to_owned()
+        }
+        other => other.to_string(),
     }
 }
 

@@ -1,0 +1,119 @@
+//! etcd is not a single point of failure: on a 3-member cluster, losing one member changes
+//! nothing; losing two stops admin writes with a clear `UNAVAILABLE` while agents keep
+//! delivering on the config they hold; bringing the members back converges without anyone
+//! touching Herald.
+
+use std::time::Duration;
+
+use herald_proto::v1 as pb;
+use herald_tests::{
+    Agent, AgentOptions, ConfigStore, ControlPlane, EtcdCluster, Receiver, TestCa, event,
+    eventually, subscription,
+};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn a_three_member_cluster_rides_out_member_failures() -> anyhow::Result<()> {
+    let mut etcd = EtcdCluster::start(3).await?;
+    let control_plane = ControlPlane::start(ConfigStore::Etcd(etcd.endpoints())).await?;
+    let ca = TestCa::new();
+    let ca_dir = tempfile::tempdir()?;
+    let agent = Agent::start(
+        control_plane.url(),
+        AgentOptions {
+            ca_file: Some(ca.write_ca_pem(ca_dir.path())?),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let receiver = Receiver::start(&ca).await?;
+    let orders = control_plane
+        .create(subscription(
+            "shop-1",
+            &receiver.url("/orders"),
+            &["order.*"],
+        ))
+        .await?;
+    control_plane.wait_applied(orders.revision, WAIT).await?;
+
+    // One member down (whichever was leader or not): writes and deliveries go on.
+    etcd.stop(0);
+    let invoices = control_plane
+        .create(subscription(
+            "shop-1",
+            &receiver.url("/invoices"),
+            &["invoice.*"],
+        ))
+        .await?;
+    control_plane.wait_applied(invoices.revision, WAIT).await?;
+    agent
+        .emit(event("shop-1", "order.created", &json!({"n": 1})))
+        .await?;
+    agent
+        .emit(event("shop-1", "invoice.created", &json!({"n": 2})))
+        .await?;
+    receiver.wait_for_requests(2, WAIT).await?;
+
+    // Two down: no quorum. Admin writes fail with UNAVAILABLE and say why…
+    etcd.stop(1);
+    let mut admin = control_plane.subscriptions().await?;
+    let started = tokio::time::Instant::now();
+    let refused = admin
+        .create_subscription(pb::CreateSubscriptionRequest {
+            subscription: Some(subscription(
+                "shop-1",
+                &receiver.url("/stock"),
+                &["product.stock_changed"],
+            )),
+        })
+        .await
+        .expect_err("no quorum, no write");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("config store unavailable")
+            && refused.message().contains("quorum"),
+        "{}",
+        refused.message()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the refusal took {:?}",
+        started.elapsed()
+    );
+    // …while the agent delivers on the config it holds.
+    agent
+        .emit(event("shop-1", "order.created", &json!({"n": 3})))
+        .await?;
+    receiver.wait_for_requests(3, WAIT).await?;
+
+    // Both members back: the same control plane and agent carry on, no restart needed.
+    etcd.restart_all(&[0, 1]).await?;
+    let stock = eventually(WAIT, "admin writes to succeed again", || {
+        let mut admin = admin.clone();
+        let receiver = &receiver;
+        async move {
+            Ok(admin
+                .create_subscription(pb::CreateSubscriptionRequest {
+                    subscription: Some(subscription(
+                        "shop-1",
+                        &receiver.url("/stock"),
+                        &["product.*"],
+                    )),
+                })
+                .await
+                .ok()
+                .map(|r| r.into_inner()))
+        }
+    })
+    .await?;
+    control_plane.wait_applied(stock.revision, WAIT).await?;
+    agent
+        .emit(event("shop-1", "product.stock_changed", &json!({"n": 4})))
+        .await?;
+    let requests = receiver.wait_for_requests(4, WAIT).await?;
+    let paths: Vec<&str> = requests.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["/orders", "/invoices", "/orders", "/stock"]);
+    Ok(())
+}
