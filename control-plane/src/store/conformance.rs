@@ -12,6 +12,66 @@ pub async fn check_all(store: &Store, prefix: &str) {
     listing_and_paging(store, &format!("{prefix}/list/")).await;
     watch_history_and_live(store, &format!("{prefix}/watch/")).await;
     many_keys_at_once(store, &format!("{prefix}/many/")).await;
+    leases(store, &format!("{prefix}/leases/")).await;
+}
+
+/// Keys put with a lease go when it is revoked or expires (a watchable delete); a key written
+/// again without it stays; an expired lease cannot be renewed or written with.
+async fn leases(store: &Store, prefix: &str) {
+    let key = |name: &str| format!("{prefix}{name}");
+    let ttl = Duration::from_secs(2);
+    let lease = store.grant_lease(ttl).await.expect("grant");
+    let start = commit(
+        store,
+        Txn::default()
+            .then(Op::PutLeased(key("a"), b"a".to_vec(), lease))
+            .then(Op::PutLeased(key("b"), b"b".to_vec(), lease))
+            .then(Op::Put(key("plain"), b"p".to_vec())),
+    )
+    .await;
+    assert!(store.keep_lease_alive(lease).await.expect("renew"));
+    // Written again without the lease: no longer bound to it.
+    commit(
+        store,
+        Txn::default().then(Op::Put(key("b"), b"b2".to_vec())),
+    )
+    .await;
+    let mut watch = store.watch(prefix, start + 1).await.expect("watch");
+    assert!(
+        matches!(&next(&mut watch).await.events[..], [WatchEvent::Put(kv)] if kv.key == key("b"))
+    );
+
+    store.revoke_lease(lease).await.expect("revoke");
+    assert_eq!(
+        next(&mut watch).await.events,
+        vec![WatchEvent::Delete { key: key("a") }]
+    );
+    assert!(store.get(&key("a")).await.expect("get").is_none());
+    assert!(store.get(&key("b")).await.expect("get").is_some());
+    assert!(store.get(&key("plain")).await.expect("get").is_some());
+
+    // Not renewed: it expires on its own.
+    let lapsing = store.grant_lease(ttl).await.expect("grant");
+    commit(
+        store,
+        Txn::default().then(Op::PutLeased(key("c"), b"c".to_vec(), lapsing)),
+    )
+    .await;
+    let deleted = next(&mut watch).await;
+    assert!(matches!(&deleted.events[..], [WatchEvent::Put(kv)] if kv.key == key("c")));
+    assert_eq!(
+        next(&mut watch).await.events,
+        vec![WatchEvent::Delete { key: key("c") }],
+        "the key of a lapsed lease is deleted"
+    );
+    assert!(!store.keep_lease_alive(lapsing).await.expect("renew"));
+    assert!(
+        store
+            .txn(Txn::default().then(Op::PutLeased(key("d"), vec![], lapsing)))
+            .await
+            .is_err(),
+        "a lapsed lease cannot be written with"
+    );
 }
 
 /// `get_many` answers every key, in order, present or not, beyond one etcd transaction's size.
@@ -234,5 +294,19 @@ mod tests {
         let store = Store::embedded(dir.path()).await.expect("reopen");
         let (after, rev_after) = store.list("/t/").await.expect("list");
         assert_eq!((before, rev), (after, rev_after));
+
+        // Leases end with the process that held them: their keys are gone on reopen.
+        let lease = store
+            .grant_lease(Duration::from_secs(60))
+            .await
+            .expect("grant");
+        commit(
+            &store,
+            Txn::default().then(Op::PutLeased("/t/held".into(), vec![], lease)),
+        )
+        .await;
+        drop(store);
+        let store = Store::embedded(dir.path()).await.expect("reopen");
+        assert!(store.get("/t/held").await.expect("get").is_none());
     }
 }

@@ -5,25 +5,36 @@
 //! - `log`: revision → that revision's changes (see [`encode_changes`]), the watch history.
 //! - `meta`: `revision` (the last committed revision) and `compacted` (the oldest revision the
 //!   log still holds).
+//! - `leased`: key → the lease it is bound to. Leases themselves live in memory: the store has
+//!   one process, so when it stops every lease ends, and opening the store deletes every key
+//!   still bound to one (as etcd would once their TTLs ran out). A reaper deletes the keys of
+//!   leases that expire while the store is open.
 //!
 //! Every [`Txn`] is one redb write transaction committed with immediate durability (fsync), so
 //! a write acknowledged to a caller survives a crash. Commits and the broadcast that wakes
 //! watchers happen under one lock, so watchers see revisions in order. The log keeps the last
 //! [`LOG_KEEP`] revisions; a watch from before that answers [`StoreError::Compacted`].
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, mpsc};
 
 use super::{
-    Compare, KeyValue, Op, StoreError, Txn, TxnOutcome, WatchBatch, WatchEvent, WatchReceiver,
+    Compare, KeyValue, LeaseId, Op, StoreError, Txn, TxnOutcome, WatchBatch, WatchEvent,
+    WatchReceiver,
 };
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const LEASED: TableDefinition<&str, i64> = TableDefinition::new("leased");
 const META_REVISION: &str = "revision";
 const META_COMPACTED: &str = "compacted";
 
@@ -35,6 +46,8 @@ const LOG_TRIM: u64 = 1_000;
 const WATCH_BUFFER: usize = 256;
 /// Batches kept for watchers that fall behind before they re-read the log.
 const BROADCAST_BUFFER: usize = 1024;
+/// How often expired leases are looked for.
+const REAP_EVERY: Duration = Duration::from_millis(250);
 
 /// The embedded store. Cloning shares the open file.
 #[derive(Clone)]
@@ -48,6 +61,9 @@ struct Inner {
     commit_lock: Mutex<()>,
     /// Every committed revision's changes, unfiltered.
     changes: broadcast::Sender<Arc<WatchBatch>>,
+    /// Live leases: their TTL and when they expire unless renewed.
+    leases: Mutex<HashMap<LeaseId, (Duration, Instant)>>,
+    next_lease: AtomicI64,
 }
 
 impl EmbeddedStore {
@@ -63,18 +79,51 @@ impl EmbeddedStore {
                 txn.open_table(KV).map_err(embedded)?;
                 txn.open_table(LOG).map_err(embedded)?;
                 txn.open_table(META).map_err(embedded)?;
+                txn.open_table(LEASED).map_err(embedded)?;
             }
             txn.commit().map_err(embedded)?;
             let (changes, _) = broadcast::channel(BROADCAST_BUFFER);
-            Ok(EmbeddedStore {
-                inner: Arc::new(Inner {
-                    db,
-                    commit_lock: Mutex::new(()),
-                    changes,
-                }),
-            })
+            let inner = Inner {
+                db,
+                commit_lock: Mutex::new(()),
+                changes,
+                leases: Mutex::new(HashMap::new()),
+                next_lease: AtomicI64::new(1),
+            };
+            // The leases of the last process ended with it.
+            inner.delete_leased(|_| true)?;
+            Ok(inner)
         })
         .await
+        .map(|inner| {
+            let inner = Arc::new(inner);
+            tokio::spawn(reap(Arc::downgrade(&inner)));
+            EmbeddedStore { inner }
+        })
+    }
+
+    pub(super) fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        let id = self.inner.next_lease.fetch_add(1, Ordering::Relaxed);
+        self.inner.leases().insert(id, (ttl, Instant::now() + ttl));
+        Ok(id)
+    }
+
+    pub(super) fn keep_lease_alive(&self, lease: LeaseId) -> Result<bool, StoreError> {
+        let mut leases = self.inner.leases();
+        let now = Instant::now();
+        match leases.get_mut(&lease) {
+            Some((ttl, deadline)) if *deadline > now => {
+                *deadline = now + *ttl;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    pub(super) async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.inner.leases().remove(&lease);
+        let inner = self.inner.clone();
+        blocking(move || inner.delete_leased(|l| l == lease)).await
     }
 
     pub(super) async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
@@ -210,14 +259,23 @@ impl EmbeddedStore {
 }
 
 impl Inner {
+    fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<LeaseId, (Duration, Instant)>> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn commit(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
-        let _order = self
-            .commit_lock
-            .lock()
-            .map_err(|_| embedded("commit lock poisoned"))?;
-        let write = self.db.begin_write().map_err(embedded)?;
-        let batch = {
-            let mut kv = write.open_table(KV).map_err(embedded)?;
+        for op in &txn.ops {
+            if let Op::PutLeased(_, _, lease) = op {
+                let alive = self
+                    .leases()
+                    .get(lease)
+                    .is_some_and(|(_, deadline)| *deadline > Instant::now());
+                if !alive {
+                    return Err(embedded(format!("requested lease {lease} not found")));
+                }
+            }
+        }
+        self.write(|kv, _| {
             for compare in &txn.compares {
                 let holds = match compare {
                     Compare::Absent(key) => kv.get(key.as_str()).map_err(embedded)?.is_none(),
@@ -229,15 +287,67 @@ impl Inner {
                     }
                 };
                 if !holds {
-                    return Ok(TxnOutcome::Conflict);
+                    return Ok(None);
                 }
             }
+            Ok(Some(txn.ops))
+        })
+        .map(|revision| match revision {
+            Some(revision) => TxnOutcome::Committed { revision },
+            None => TxnOutcome::Conflict,
+        })
+    }
+
+    /// Deletes, in one revision, every key bound to a lease `ended` says is over.
+    fn delete_leased(&self, ended: impl Fn(LeaseId) -> bool) -> Result<(), StoreError> {
+        self.write(|_, leased| {
+            let mut deletes = Vec::new();
+            for entry in leased.iter().map_err(embedded)? {
+                let (key, lease) = entry.map_err(embedded)?;
+                if ended(lease.value()) {
+                    deletes.push(Op::Delete(key.value().to_owned()));
+                }
+            }
+            Ok((!deletes.is_empty()).then_some(deletes))
+        })
+        .map(|_| ())
+    }
+
+    /// One write at a new revision: `decide` reads the current keys and lease bindings and
+    /// returns the ops to apply, or `None` to write nothing. The revision written, if any.
+    fn write(
+        &self,
+        decide: impl FnOnce(
+            &redb::Table<&str, &[u8]>,
+            &redb::Table<&str, i64>,
+        ) -> Result<Option<Vec<Op>>, StoreError>,
+    ) -> Result<Option<i64>, StoreError> {
+        let _order = self
+            .commit_lock
+            .lock()
+            .map_err(|_| embedded("commit lock poisoned"))?;
+        let write = self.db.begin_write().map_err(embedded)?;
+        let batch = {
+            let mut kv = write.open_table(KV).map_err(embedded)?;
+            let mut leased = write.open_table(LEASED).map_err(embedded)?;
+            let Some(ops) = decide(&kv, &leased)? else {
+                return Ok(None);
+            };
             let mut meta = write.open_table(META).map_err(embedded)?;
             let revision = current_revision(&meta)? + 1;
-            let mut events = Vec::with_capacity(txn.ops.len());
-            for op in txn.ops {
-                match op {
-                    Op::Put(key, value) => {
+            let mut events = Vec::with_capacity(ops.len());
+            for op in ops {
+                let (key, value, lease) = match op {
+                    Op::Put(key, value) => (key, Some(value), None),
+                    Op::PutLeased(key, value, lease) => (key, Some(value), Some(lease)),
+                    Op::Delete(key) => (key, None, None),
+                };
+                match lease {
+                    Some(lease) => leased.insert(key.as_str(), lease).map_err(embedded)?,
+                    None => leased.remove(key.as_str()).map_err(embedded)?,
+                };
+                match value {
+                    Some(value) => {
                         kv.insert(key.as_str(), encode_kv(revision, &value).as_slice())
                             .map_err(embedded)?;
                         events.push(WatchEvent::Put(KeyValue {
@@ -246,7 +356,7 @@ impl Inner {
                             mod_revision: revision,
                         }));
                     }
-                    Op::Delete(key) => {
+                    None => {
                         if kv.remove(key.as_str()).map_err(embedded)?.is_some() {
                             events.push(WatchEvent::Delete { key });
                         }
@@ -274,7 +384,7 @@ impl Inner {
         let revision = batch.revision;
         // No receivers is fine: nobody is watching.
         let _ = self.changes.send(Arc::new(batch));
-        Ok(TxnOutcome::Committed { revision })
+        Ok(Some(revision))
     }
 
     /// The logged changes under `prefix` from revision `from` on (revisions with none omitted).
@@ -304,6 +414,34 @@ impl Inner {
             }
         }
         Ok(batches)
+    }
+}
+
+/// Deletes the keys of leases that expire, while the store is open.
+async fn reap(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(REAP_EVERY).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let now = Instant::now();
+        let expired: Vec<LeaseId> = {
+            let mut leases = inner.leases();
+            let expired = leases
+                .iter()
+                .filter(|(_, (_, deadline))| *deadline <= now)
+                .map(|(id, _)| *id)
+                .collect::<Vec<_>>();
+            for id in &expired {
+                leases.remove(id);
+            }
+            expired
+        };
+        if expired.is_empty() {
+            continue;
+        }
+        let result = blocking(move || inner.delete_leased(|l| expired.contains(&l))).await;
+        if let Err(err) = result {
+            tracing::error!(error = %err, "cannot delete the keys of expired leases");
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use etcd_client::{
     Certificate, Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions,
-    Identity, SortOrder, SortTarget, TlsOptions, Txn as EtcdTxn, TxnOp, TxnOpResponse,
+    Identity, PutOptions, SortOrder, SortTarget, TlsOptions, Txn as EtcdTxn, TxnOp, TxnOpResponse,
     WatchOptions,
 };
 use std::future::Future;
@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::{
-    Compare, EtcdAuth, KeyValue, Op, StoreError, Txn, TxnOutcome, WatchBatch, WatchEvent,
+    Compare, EtcdAuth, KeyValue, LeaseId, Op, StoreError, Txn, TxnOutcome, WatchBatch, WatchEvent,
     WatchReceiver, prefix_end,
 };
 
@@ -190,6 +190,9 @@ impl EtcdStore {
             .into_iter()
             .map(|op| match op {
                 Op::Put(key, value) => TxnOp::put(key, value, None),
+                Op::PutLeased(key, value, lease) => {
+                    TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)))
+                }
                 Op::Delete(key) => TxnOp::delete(key, None),
             })
             .collect();
@@ -205,6 +208,47 @@ impl EtcdStore {
         }
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         Ok(TxnOutcome::Committed { revision })
+    }
+
+    pub(super) async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        let seconds = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let granted = self
+            .reaching_a_member(
+                |client| async move { client.lease_client().grant(seconds, None).await },
+            )
+            .await?;
+        Ok(granted.id())
+    }
+
+    pub(super) async fn keep_lease_alive(&self, lease: LeaseId) -> Result<bool, StoreError> {
+        // Opening the keep-alive stream renews the lease once and reads etcd's answer; the
+        // client library turns etcd's "TTL 0" (no such lease) into an error of its own.
+        match self
+            .reaching_a_member(
+                |client| async move { client.lease_client().keep_alive(lease).await },
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    pub(super) async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        match self
+            .reaching_a_member(|client| async move { client.lease_client().revoke(lease).await })
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Already gone: what revoking wanted.
+            Err(etcd_client::Error::GRpcStatus(status))
+                if status.code() == tonic::Code::NotFound =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(err.into()),
+        }
     }
 
     pub(super) async fn watch(

@@ -8,11 +8,15 @@
 //! - [`Store::watch`] delivers every change under a prefix from a given revision on, in revision
 //!   order, each revision's changes in one [`WatchBatch`]; history older than the store keeps
 //!   answers [`StoreError::Compacted`], and the watcher must start again from a fresh listing.
+//! - A lease ([`Store::grant_lease`]) lives while its holder renews it within its TTL; keys put
+//!   with it ([`Op::PutLeased`]) are deleted, as a watchable change, when it expires or is
+//!   revoked. A key written again without the lease is no longer bound to it.
 
 mod embedded;
 mod etcd;
 
 use std::path::Path;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
@@ -44,9 +48,14 @@ pub enum Compare {
 pub enum Op {
     /// Set the key to the value.
     Put(String, Vec<u8>),
+    /// Set the key to the value, bound to a lease: the key goes when the lease does.
+    PutLeased(String, Vec<u8>, LeaseId),
     /// Remove the key (no-op when absent).
     Delete(String),
 }
+
+/// A lease granted by the store.
+pub type LeaseId = i64;
 
 /// An atomic, conditional write: all `ops` apply at one new revision if every compare holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -238,6 +247,32 @@ impl Store {
         match self {
             Store::Etcd(s) => s.watch(prefix, from_revision).await,
             Store::Embedded(s) => s.watch(prefix, from_revision).await,
+        }
+    }
+
+    /// Grants a lease that expires `ttl` after its last renewal (etcd may round the TTL up
+    /// to its minimum).
+    pub async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        match self {
+            Store::Etcd(s) => s.grant_lease(ttl).await,
+            Store::Embedded(s) => s.grant_lease(ttl),
+        }
+    }
+
+    /// Renews a lease for another TTL; `false` when it has already expired (its keys are gone
+    /// and a new lease is needed).
+    pub async fn keep_lease_alive(&self, lease: LeaseId) -> Result<bool, StoreError> {
+        match self {
+            Store::Etcd(s) => s.keep_lease_alive(lease).await,
+            Store::Embedded(s) => s.keep_lease_alive(lease),
+        }
+    }
+
+    /// Ends a lease now, deleting its keys.
+    pub async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        match self {
+            Store::Etcd(s) => s.revoke_lease(lease).await,
+            Store::Embedded(s) => s.revoke_lease(lease).await,
         }
     }
 
