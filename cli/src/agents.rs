@@ -43,6 +43,7 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                             "node",
                             "version",
                             "connected",
+                            "replica",
                             "applied_revision",
                             "lag",
                             "last_seen",

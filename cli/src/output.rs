@@ -277,6 +277,7 @@ pub fn agent(a: &pb::AgentInfo) -> Value {
         "node": a.node,
         "version": a.version,
         "connected": a.connected,
+        "replica": a.replica,
         "applied_revision": a.applied_revision,
         "lag": (a.current_revision - a.applied_revision).max(0),
         "last_nack": a.last_nack,

@@ -1,12 +1,14 @@
 //! The agents this control-plane replica has seen: who is connected, which config revision
-//! each applied, and the last change each refused. Kept in memory per replica; an agent's
-//! entry lives on after it disconnects so operators can see it went away. It also routes
-//! orders (replay, emit) to a connected agent's stream and their results back to the caller.
+//! each applied, and the last change each refused. Kept in memory per replica and written to
+//! the store by [`crate::presence`] (entries that changed are marked for it), so every replica
+//! can list every agent. An agent's entry lives on for a day after it disconnects so operators
+//! can see it went away. It also routes orders (replay, emit) to a connected agent's stream and
+//! their results back to the caller.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -16,7 +18,11 @@ use herald_proto::v1 as pb;
 /// Agents known to this replica; cloning shares it.
 #[derive(Clone, Default)]
 pub struct Fleet {
+    /// This replica's name, stamped on its agents' entries.
+    replica: Arc<str>,
     agents: Arc<Mutex<BTreeMap<String, Entry>>>,
+    /// Agents whose entry changed since [`Fleet::take_changed`] last ran.
+    changed: Arc<Mutex<BTreeSet<String>>>,
     /// Replay orders sent and not yet answered, by order id.
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<pb::ReplayResult>>>>,
     /// Emit orders sent and not yet answered, by order id.
@@ -48,6 +54,14 @@ struct Entry {
 }
 
 impl Fleet {
+    /// An empty registry of the replica named `replica`.
+    pub fn new(replica: &str) -> Self {
+        Fleet {
+            replica: replica.into(),
+            ..Default::default()
+        }
+    }
+
     /// Records an agent's hello; replay orders for the agent arrive on the returned receiver
     /// (its newest stream's).
     pub fn connected(&self, hello: &pb::AgentHello) -> mpsc::Receiver<Order> {
@@ -74,8 +88,57 @@ impl Fleet {
             last_seen: now,
             last_nack: entry.info.last_nack.clone(),
             connected: true,
+            replica: self.replica.to_string(),
         };
+        drop(agents);
+        self.mark_changed([hello.agent_id.as_str()]);
         receiver
+    }
+
+    /// Marks agents' entries as changed, for the next presence write.
+    pub fn mark_changed<'a>(&self, agent_ids: impl IntoIterator<Item = &'a str>) {
+        let mut changed = self.changed.lock().unwrap_or_else(|e| e.into_inner());
+        changed.extend(agent_ids.into_iter().map(str::to_owned));
+    }
+
+    /// Marks every entry as changed (the presence records must all be written again).
+    pub fn mark_all_changed(&self) {
+        let ids: Vec<String> = self.lock().keys().cloned().collect();
+        let mut changed = self.changed.lock().unwrap_or_else(|e| e.into_inner());
+        changed.extend(ids);
+    }
+
+    /// The entries changed since the last call, as they are now.
+    pub fn take_changed(&self) -> Vec<pb::AgentInfo> {
+        let ids = std::mem::take(&mut *self.changed.lock().unwrap_or_else(|e| e.into_inner()));
+        let agents = self.lock();
+        ids.iter()
+            .filter_map(|id| agents.get(id).map(|entry| entry.info.clone()))
+            .collect()
+    }
+
+    /// Forgets agents disconnected for longer than `keep`; their ids.
+    pub fn forget_departed(&self, keep: Duration) -> Vec<String> {
+        let Some(cutoff) = SystemTime::now().checked_sub(keep) else {
+            return vec![];
+        };
+        let mut agents = self.lock();
+        let departed: Vec<String> = agents
+            .iter()
+            .filter(|(_, entry)| {
+                entry.streams == 0
+                    && entry
+                        .info
+                        .last_seen
+                        .as_ref()
+                        .is_some_and(|seen| herald_proto::convert::system_time(seen) < cutoff)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &departed {
+            agents.remove(id);
+        }
+        departed
     }
 
     /// Sends a replay order to a connected agent; the receiver gets its result. `None` when
@@ -174,6 +237,8 @@ impl Fleet {
             }
             entry.info.last_seen = Some(timestamp(SystemTime::now()));
         }
+        drop(agents);
+        self.mark_changed([agent_id]);
     }
 
     /// Config streams open on this replica.
@@ -200,6 +265,7 @@ impl Fleet {
             change(&mut entry.info);
             entry.info.last_seen = Some(timestamp(SystemTime::now()));
         }
+        self.mark_changed([agent_id]);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {

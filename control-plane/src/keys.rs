@@ -11,6 +11,8 @@
 //!   subscription.
 //! - `/herald/v1/operator-events/<id>` → a `herald.v1.Event` raised by the control plane and
 //!   not yet handed to an agent (see `operator_events.rs`).
+//! - `/herald/v1/agents/<agent id>` → a `herald.v1.AgentInfo`: the agent's presence, written by
+//!   the replica holding its stream and bound to that replica's lease (see `presence.rs`).
 
 /// The root of every Herald key.
 pub const ROOT: &str = "/herald/v1/";
@@ -20,6 +22,14 @@ const SUBSCRIPTION_IDS: &str = "/herald/v1/subscription-ids/";
 const HEALTH: &str = "/herald/v1/health/";
 /// The prefix of the operator-event outbox.
 pub const OPERATOR_EVENTS: &str = "/herald/v1/operator-events/";
+
+/// The prefix of the agents' presence records.
+pub const AGENTS: &str = "/herald/v1/agents/";
+
+/// The presence record key of an agent.
+pub fn agent(id: &str) -> String {
+    format!("{AGENTS}{id}")
+}
 
 /// The outbox key of an operator event.
 pub fn operator_event(id: &str) -> String {

@@ -15,6 +15,7 @@ pub mod hub;
 pub mod keys;
 pub mod metrics;
 pub mod operator_events;
+pub mod presence;
 pub mod recent;
 pub mod replay;
 pub mod sealing;
@@ -101,6 +102,9 @@ pub struct Config {
     /// The tenant of operator events (herald.subscription.disabled, …).
     #[arg(long, env = "HERALD_SYSTEM_TENANT", default_value = operator_events::DEFAULT_SYSTEM_TENANT, value_parser = system_tenant)]
     pub system_tenant: String,
+    /// This replica's name in the agents list (default: the host name and the API port).
+    #[arg(long, env = "HERALD_REPLICA_NAME")]
+    pub replica_name: Option<String>,
 }
 
 fn system_tenant(text: &str) -> Result<String, String> {
@@ -158,6 +162,7 @@ impl Config {
             metrics_listen: None,
             event_type_registry: event_types::RegistryMode::On,
             system_tenant: operator_events::DEFAULT_SYSTEM_TENANT.into(),
+            replica_name: None,
         }
     }
 }
@@ -247,7 +252,12 @@ pub async fn run(
         stop.clone(),
     ));
     let hub = ConfigHub::start(store.clone(), keyring.clone(), stop.clone());
-    let fleet = Fleet::default();
+    let replica = config
+        .replica_name
+        .clone()
+        .unwrap_or_else(|| format!("{}:{}", host_name(), config.listen.port()));
+    let fleet = Fleet::new(&replica);
+    tokio::spawn(presence::run(store.clone(), fleet.clone(), stop.clone()));
 
     let policy =
         herald_core::target::TargetPolicy::new(config.allow_http, config.allow_targets.clone());
@@ -265,6 +275,7 @@ pub async fn run(
     let events =
         operator_events::OperatorEvents::new(store.clone(), fleet.clone(), &config.system_tenant);
     tokio::spawn(events.clone().run(stop.clone()));
+    let presence_store = store.clone();
     let health = Health::new(store, registry.clone(), metrics.clone(), events);
     if let Some(addr) = config.metrics_listen {
         let listener = TcpListener::bind(addr)
@@ -332,6 +343,7 @@ pub async fn run(
         .add_service(AgentsServer::new(grpc::AgentsService::new(
             fleet.clone(),
             hub.clone(),
+            presence_store,
         )))
         .add_service(AgentControlServer::new(grpc::AgentControlService::new(
             hub,
@@ -388,6 +400,16 @@ pub async fn run(
         Err(_) => tracing::warn!(grace = ?config.shutdown_grace, "grace period over; closing"),
     }
     Ok(())
+}
+
+/// The machine's name: `$HOSTNAME` (a pod's name in Kubernetes), else the kernel's.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "control-plane".to_owned())
 }
 
 /// Sweeps the delivery log every [`LOG_SWEEP_EVERY`] until `stop`.

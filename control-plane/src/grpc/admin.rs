@@ -1,5 +1,6 @@
 //! The operator-facing services: Subscriptions, Deliveries and Agents.
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
 
 use futures_util::Stream;
@@ -17,6 +18,8 @@ use crate::event_types::EventTypes;
 use crate::fleet::Fleet;
 use crate::health::Health;
 use crate::hub::ConfigHub;
+use crate::presence;
+use crate::store::Store;
 use crate::subscriptions::{Subscriptions, redact};
 
 /// `herald.v1.Subscriptions`.
@@ -292,12 +295,14 @@ where
 pub struct AgentsService {
     fleet: Fleet,
     hub: ConfigHub,
+    store: Store,
 }
 
 impl AgentsService {
-    /// The service over the fleet registry.
-    pub fn new(fleet: Fleet, hub: ConfigHub) -> Self {
-        AgentsService { fleet, hub }
+    /// The service over this replica's fleet registry and every replica's presence records in
+    /// `store`.
+    pub fn new(fleet: Fleet, hub: ConfigHub, store: Store) -> Self {
+        AgentsService { fleet, hub, store }
     }
 }
 
@@ -307,8 +312,32 @@ impl Agents for AgentsService {
         &self,
         _request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let current = self.hub.revision();
+        // Every replica's records, then this replica's own entries over them where they are
+        // fresher: agents connected here (the record trails by up to a second), and agents the
+        // store has no record of yet.
+        let mut agents: BTreeMap<String, pb::AgentInfo> = match presence::read_all(&self.store)
+            .await
+        {
+            Ok(records) => records.into_iter().map(|a| (a.id.clone(), a)).collect(),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read agent presence; listing this replica's agents only");
+                BTreeMap::new()
+            }
+        };
+        for local in self.fleet.list(current) {
+            if local.connected || !agents.contains_key(&local.id) {
+                agents.insert(local.id.clone(), local);
+            }
+        }
         Ok(Response::new(pb::ListAgentsResponse {
-            agents: self.fleet.list(self.hub.revision()),
+            agents: agents
+                .into_values()
+                .map(|agent| pb::AgentInfo {
+                    current_revision: current,
+                    ..agent
+                })
+                .collect(),
         }))
     }
 }

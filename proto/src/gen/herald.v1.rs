@@ -510,6 +510,10 @@ pub struct AgentInfo {
     pub last_nack: ::prost::alloc::string::String,
     #[prost(bool, tag = "10")]
     pub connected: bool,
+    /// The control-plane replica whose stream the agent is (or was last) on: its
+    /// --replica-name. Every replica lists every agent (from the presence records in the store).
+    #[prost(string, tag = "11")]
+    pub replica: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ConfigRequest {
@@ -2965,7 +2969,7 @@ pub mod agents_client {
     )]
     use tonic::codegen::*;
     use tonic::codegen::http::Uri;
-    /// The fleet of agents connected to the control plane.
+    /// The fleet of agents, as every control-plane replica sees it.
     #[derive(Debug, Clone)]
     pub struct AgentsClient<T> {
         inner: tonic::client::Grpc<T>,
@@ -3093,7 +3097,7 @@ pub mod agents_server {
             tonic::Status,
         >;
     }
-    /// The fleet of agents connected to the control plane.
+    /// The fleet of agents, as every control-plane replica sees it.
     #[derive(Debug)]
     pub struct AgentsServer<T> {
         inner: Arc<T>,

@@ -16,8 +16,14 @@ use prost::Message as _;
 #[tokio::test]
 async fn an_agent_fails_over_to_another_replica_and_misses_no_change() -> anyhow::Result<()> {
     let etcd = Etcd::start().await?;
-    let first = ControlPlane::start(ConfigStore::Etcd(vec![etcd.endpoint()])).await?;
-    let second = ControlPlane::start(ConfigStore::Etcd(vec![etcd.endpoint()])).await?;
+    let replica = |name: &'static str| {
+        move |config: &mut herald_control_plane::Config| {
+            config.replica_name = Some(name.to_owned());
+        }
+    };
+    let store = ConfigStore::Etcd(vec![etcd.endpoint()]);
+    let first = ControlPlane::start_configured(store.clone(), replica("replica-a")).await?;
+    let second = ControlPlane::start_configured(store, replica("replica-b")).await?;
     let ca = TestCa::new();
     let ca_dir = tempfile::tempdir()?;
     let agent = Agent::start(
@@ -36,6 +42,12 @@ async fn an_agent_fails_over_to_another_replica_and_misses_no_change() -> anyhow
     first
         .wait_applied(old.revision, Duration::from_secs(10))
         .await?;
+    // Every replica lists the agent, with the replica its stream is on.
+    assert_eq!(
+        listed_on(&second, old.revision).await?,
+        "replica-a",
+        "the second replica sees the first one's agent"
+    );
 
     // The agent's replica goes away; changes are made through the other one meanwhile.
     first.stop().await?;
@@ -69,7 +81,33 @@ async fn an_agent_fails_over_to_another_replica_and_misses_no_change() -> anyhow
     assert_eq!(requests[0].path, "/new");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.request_count(), 1, "nothing for the deleted one");
+    assert_eq!(listed_on(&second, new.revision).await?, "replica-b");
     Ok(())
+}
+
+/// The replica the only agent is listed on by `control_plane`, once the list shows it
+/// connected with `revision` applied.
+async fn listed_on(control_plane: &ControlPlane, revision: i64) -> anyhow::Result<String> {
+    eventually(
+        Duration::from_secs(10),
+        "the agent listed with its revision",
+        || async {
+            let agents = control_plane
+                .agents()
+                .await?
+                .list_agents(pb::ListAgentsRequest {})
+                .await?
+                .into_inner()
+                .agents;
+            Ok(match &agents[..] {
+                [agent] if agent.connected && agent.applied_revision >= revision => {
+                    Some(agent.replica.clone())
+                }
+                _ => None,
+            })
+        },
+    )
+    .await
 }
 
 #[tokio::test]
