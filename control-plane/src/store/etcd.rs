@@ -23,6 +23,11 @@ const MAX_TXN_OPS: usize = 128;
 /// How often a request that reached no member is sent again (to another member, as the
 /// client spreads requests over the endpoints).
 const UNREACHED_RETRIES: usize = 6;
+/// How often a request is repeated while etcd elects a leader.
+const ELECTION_RETRIES: usize = 3;
+/// The first wait before repeating a request during an election; it doubles each time
+/// (0.6 s, 1.2 s, 2.4 s).
+const ELECTION_WAIT: Duration = Duration::from_millis(300);
 /// How long a connection to a member may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one request may take: longer than etcd's own proposal timeout (7 s by default),
@@ -68,22 +73,43 @@ impl EtcdStore {
         Ok(EtcdStore { client })
     }
 
-    /// Runs `call` with the client, again (up to [`UNREACHED_RETRIES`] times) while it fails
-    /// without reaching any member: the client spreads requests over every endpoint, dead
-    /// members included, and such a request is safe to repeat because nothing was sent.
-    async fn reaching_a_member<T, F, Fut>(&self, mut call: F) -> Result<T, etcd_client::Error>
+    /// Runs `call` with the client, again while it fails in a way a repeat may fix:
+    /// - without reaching any member (up to [`UNREACHED_RETRIES`] times, at once): the client
+    ///   spreads requests over every endpoint, dead members included, and nothing was sent;
+    /// - during a leader election (up to [`ELECTION_RETRIES`] times, waiting longer each
+    ///   time): etcd answers "leader changed" or "no leader" and a new leader is usually
+    ///   elected within a second or two.
+    ///
+    /// A write repeated after an election error may already have been applied the first time;
+    /// [`EtcdStore::txn`] checks for that.
+    async fn reaching_a_member<T, F, Fut>(&self, call: F) -> Result<T, etcd_client::Error>
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let mut retries = 0;
+        self.counting_calls(call).await.map(|(value, _)| value)
+    }
+
+    /// [`EtcdStore::reaching_a_member`], also telling how many calls were made.
+    async fn counting_calls<T, F, Fut>(&self, mut call: F) -> Result<(T, usize), etcd_client::Error>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let (mut unreached, mut elections) = (0, 0);
         loop {
             match call(self.client.clone()).await {
-                Err(err) if retries < UNREACHED_RETRIES && never_sent(&err) => {
+                Err(err) if unreached < UNREACHED_RETRIES && never_sent(&err) => {
                     tracing::debug!(error = %err, "an etcd member is unreachable; trying another");
-                    retries += 1;
+                    unreached += 1;
                 }
-                result => return result,
+                Err(err) if elections < ELECTION_RETRIES && electing(&err) => {
+                    elections += 1;
+                    let wait = ELECTION_WAIT * (1 << elections);
+                    tracing::debug!(error = %err, ?wait, "etcd is electing a leader; trying again");
+                    tokio::time::sleep(wait).await;
+                }
+                result => return result.map(|value| (value, 1 + unreached + elections)),
             }
         }
     }
@@ -187,27 +213,66 @@ impl EtcdStore {
             .collect();
         let ops: Vec<TxnOp> = txn
             .ops
-            .into_iter()
+            .iter()
             .map(|op| match op {
-                Op::Put(key, value) => TxnOp::put(key, value, None),
-                Op::PutLeased(key, value, lease) => {
-                    TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)))
-                }
-                Op::Delete(key) => TxnOp::delete(key, None),
+                Op::Put(key, value) => TxnOp::put(key.as_str(), value.as_slice(), None),
+                Op::PutLeased(key, value, lease) => TxnOp::put(
+                    key.as_str(),
+                    value.as_slice(),
+                    Some(PutOptions::new().with_lease(*lease)),
+                ),
+                Op::Delete(key) => TxnOp::delete(key.as_str(), None),
             })
             .collect();
-        let txn = EtcdTxn::new().when(compares).and_then(ops);
-        let resp = self
-            .reaching_a_member(|client| {
-                let txn = txn.clone();
+        let etcd_txn = EtcdTxn::new().when(compares).and_then(ops);
+        let (resp, calls) = self
+            .counting_calls(|client| {
+                let txn = etcd_txn.clone();
                 async move { client.kv_client().txn(txn).await }
             })
             .await?;
-        if !resp.succeeded() {
-            return Ok(TxnOutcome::Conflict);
+        if resp.succeeded() {
+            let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+            return Ok(TxnOutcome::Committed { revision });
         }
-        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        Ok(TxnOutcome::Committed { revision })
+        if calls > 1 {
+            // An earlier call may have been applied before its error: if the store holds
+            // exactly what this transaction writes, that call is what the compare tripped on.
+            if let Some(revision) = self.already_applied(&txn.ops).await? {
+                return Ok(TxnOutcome::Committed { revision });
+            }
+        }
+        Ok(TxnOutcome::Conflict)
+    }
+
+    /// When every put of `ops` holds its value and every deleted key is absent, the revision
+    /// of the newest put (or of the store, for deletes only).
+    async fn already_applied(&self, ops: &[Op]) -> Result<Option<i64>, StoreError> {
+        let keys: Vec<String> = ops
+            .iter()
+            .map(|op| match op {
+                Op::Put(key, _) | Op::PutLeased(key, _, _) | Op::Delete(key) => key.clone(),
+            })
+            .collect();
+        let found = self.get_many(&keys).await?;
+        let mut revision = None;
+        for (op, kv) in ops.iter().zip(&found) {
+            match (op, kv) {
+                (Op::Put(_, value) | Op::PutLeased(_, value, _), Some(kv))
+                    if kv.value == *value =>
+                {
+                    revision = revision.max(Some(kv.mod_revision));
+                }
+                (Op::Delete(_), None) => {}
+                _ => return Ok(None),
+            }
+        }
+        match (revision, keys.first()) {
+            (Some(revision), _) => Ok(Some(revision)),
+            // Deletes only: the store's revision now (read with the first key).
+            (None, Some(key)) => Ok(Some(self.list(key).await?.1)),
+            (None, None) => Ok(None),
+        }
     }
 
     pub(super) async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
@@ -308,6 +373,19 @@ fn never_sent(err: &etcd_client::Error) -> bool {
         etcd_client::Error::GRpcStatus(status) => {
             status.code() == tonic::Code::Unavailable
                 && status.message().starts_with("tcp connect error")
+        }
+        _ => false,
+    }
+}
+
+/// Whether etcd refused because it is electing a leader (or has none): a repeat a moment
+/// later may succeed.
+fn electing(err: &etcd_client::Error) -> bool {
+    match err {
+        etcd_client::Error::GRpcStatus(status) => {
+            status.code() == tonic::Code::Unavailable
+                && (status.message().contains("leader changed")
+                    || status.message().contains("no leader"))
         }
         _ => false,
     }
