@@ -17,7 +17,7 @@ use herald_proto::v1 as pb;
 use herald_proto::v1::agent_control_server::AgentControl;
 use herald_proto::v1::config_request::Kind;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -37,6 +37,10 @@ pub const MAX_REPORT_BATCH: usize = 1000;
 const MAX_UNACKED_TIMED: usize = 1024;
 /// The most interest entries (tenants plus prefixes) an agent may name.
 const MAX_INTEREST: usize = 1000;
+/// Streams that send a snapshot at the same time (the others wait their turn).
+const SNAPSHOTS_AT_ONCE: usize = 32;
+/// The longest an agent may take to read its whole snapshot.
+const SNAPSHOT_SEND_LIMIT: Duration = Duration::from_secs(120);
 /// The size a snapshot part is cut at: well under gRPC's usual 4 MiB message limit, so
 /// clients in any language read a snapshot of any size.
 const SNAPSHOT_PART_BYTES: usize = 1024 * 1024;
@@ -50,6 +54,8 @@ pub struct AgentControlService {
     health: Health,
     metrics: Metrics,
     shutdown: CancellationToken,
+    /// Turns to send a snapshot (see [`send_snapshot`]).
+    snapshot_turns: Arc<Semaphore>,
 }
 
 impl AgentControlService {
@@ -71,6 +77,7 @@ impl AgentControlService {
             health,
             metrics,
             shutdown,
+            snapshot_turns: Arc::new(Semaphore::new(SNAPSHOTS_AT_ONCE)),
         }
     }
 }
@@ -103,6 +110,7 @@ impl AgentControl for AgentControlService {
             fleet: self.fleet.clone(),
             metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),
+            snapshot_turns: self.snapshot_turns.clone(),
         };
         tokio::select! {
             () = shared.hub.ready() => {}
@@ -239,6 +247,7 @@ struct Shared {
     fleet: Fleet,
     metrics: Metrics,
     shutdown: CancellationToken,
+    snapshot_turns: Arc<Semaphore>,
 }
 
 /// One agent's config stream.
@@ -259,6 +268,7 @@ async fn follow(shared: &Shared, session: Session<'_>) {
         fleet,
         metrics,
         shutdown,
+        snapshot_turns,
     } = shared;
     let Session {
         agent,
@@ -268,7 +278,10 @@ async fn follow(shared: &Shared, session: Session<'_>) {
         tx,
     } = session;
     let (snapshot, mut changes) = hub.subscribe();
-    if send_snapshot(tx, interest, &snapshot).await.is_err() {
+    if send_snapshot(snapshot_turns, tx, interest, &snapshot)
+        .await
+        .is_err()
+    {
         return;
     }
     // Changes sent and not yet acknowledged, oldest first, with when the hub saw them.
@@ -329,7 +342,7 @@ async fn follow(shared: &Shared, session: Session<'_>) {
                         let (snapshot, fresh) = hub.subscribe();
                         changes = fresh;
                         unacked.clear();
-                        if send_snapshot(tx, interest, &snapshot).await.is_err() {
+                        if send_snapshot(snapshot_turns, tx, interest, &snapshot).await.is_err() {
                             return;
                         }
                         None
@@ -347,15 +360,29 @@ async fn follow(shared: &Shared, session: Session<'_>) {
 }
 
 /// Sends the agent's part of `snapshot`; `Err` when the stream is gone.
+///
+/// At most [`SNAPSHOTS_AT_ONCE`] streams of a replica send a snapshot at a time, so a fleet
+/// reconnecting at once (after a replica restart) is served in turns instead of every
+/// snapshot being built in memory together; one that cannot send its snapshot within
+/// [`SNAPSHOT_SEND_LIMIT`] ends its stream and reconnects later.
 async fn send_snapshot(
+    turns: &Semaphore,
     tx: &mpsc::Sender<Result<pb::ConfigUpdate, Status>>,
     interest: &Interest,
     snapshot: &Snapshot,
 ) -> Result<(), ()> {
-    for part in interest.snapshot(snapshot) {
-        tx.send(Ok(part)).await.map_err(|_| ())?;
-    }
-    Ok(())
+    let _turn = turns.acquire().await.map_err(|_| ())?;
+    let send = async {
+        for part in interest.snapshot(snapshot) {
+            tx.send(Ok(part)).await.map_err(|_| ())?;
+        }
+        Ok(())
+    };
+    tokio::time::timeout(SNAPSHOT_SEND_LIMIT, send)
+        .await
+        .map_err(|_| {
+            tracing::warn!("an agent took too long to read its snapshot; closing its stream")
+        })?
 }
 
 /// What an agent may deliver: the subscriptions it is sent.
@@ -394,34 +421,45 @@ impl Interest {
     }
 
     /// The agent's whole config at the snapshot's revision, in parts of about
-    /// [`SNAPSHOT_PART_BYTES`] (one part when it is small; an empty config is one empty part).
-    fn snapshot(&self, snapshot: &Snapshot) -> Vec<pb::ConfigUpdate> {
-        let part = |upserts: Vec<pb::Subscription>| pb::ConfigUpdate {
-            revision: snapshot.revision,
-            snapshot: true,
-            upserts,
-            more: true,
-            ..Default::default()
-        };
-        let mut parts = Vec::new();
-        let mut upserts = Vec::new();
-        let mut bytes = 0;
-        for sub in snapshot.subscriptions.values().filter(|s| self.sees(s)) {
-            // The field's tag and length prefix, then the message.
-            let len = prost::Message::encoded_len(&**sub);
-            let size = 1 + prost::length_delimiter_len(len) + len;
-            if bytes + size > SNAPSHOT_PART_BYTES && !upserts.is_empty() {
-                parts.push(part(std::mem::take(&mut upserts)));
-                bytes = 0;
+    /// [`SNAPSHOT_PART_BYTES`] (one part when it is small; an empty config is one empty part),
+    /// each built only when the previous one has been taken.
+    fn snapshot<'a>(
+        &'a self,
+        snapshot: &'a Snapshot,
+    ) -> impl Iterator<Item = pb::ConfigUpdate> + 'a {
+        let mut visible = snapshot
+            .subscriptions
+            .values()
+            .filter(|s| self.sees(s))
+            .peekable();
+        let mut done = false;
+        std::iter::from_fn(move || {
+            if done {
+                return None;
             }
-            bytes += size;
-            upserts.push((**sub).clone());
-        }
-        parts.push(part(upserts));
-        if let Some(last) = parts.last_mut() {
-            last.more = false;
-        }
-        parts
+            let mut upserts = Vec::new();
+            let mut bytes = 0;
+            while let Some(sub) = visible.peek() {
+                // The field's tag and length prefix, then the message.
+                let len = prost::Message::encoded_len(&***sub);
+                let size = 1 + prost::length_delimiter_len(len) + len;
+                if bytes + size > SNAPSHOT_PART_BYTES && !upserts.is_empty() {
+                    break;
+                }
+                bytes += size;
+                upserts.push((***sub).clone());
+                visible.next();
+            }
+            let more = visible.peek().is_some();
+            done = !more;
+            Some(pb::ConfigUpdate {
+                revision: snapshot.revision,
+                snapshot: true,
+                upserts,
+                more,
+                ..Default::default()
+            })
+        })
     }
 
     /// The change as this agent sees it; `None` when it concerns nothing the agent holds.
@@ -494,7 +532,7 @@ mod tests {
             };
             snapshot.subscriptions.insert(sub.id.clone(), Arc::new(sub));
         }
-        let parts = interest.snapshot(&snapshot);
+        let parts: Vec<_> = interest.snapshot(&snapshot).collect();
         assert!(parts.len() >= 2, "{} parts", parts.len());
         for (i, part) in parts.iter().enumerate() {
             assert!(part.snapshot && part.revision == 42);
@@ -510,7 +548,8 @@ mod tests {
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "each once, in order");
 
         // An empty config is one empty, final part.
-        let empty = interest.snapshot(&Snapshot::default());
+        let empty_snapshot = Snapshot::default();
+        let empty: Vec<_> = interest.snapshot(&empty_snapshot).collect();
         assert_eq!(empty.len(), 1);
         assert!(empty[0].snapshot && !empty[0].more && empty[0].upserts.is_empty());
     }
