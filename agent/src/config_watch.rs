@@ -1,8 +1,11 @@
 //! Keeps the agent's routing table current: one task holds the config stream to the control
 //! plane open, applies each update atomically, acks (or nacks, keeping the last good table),
 //! and reconnects with backoff and jitter. Everyone else reads the table from a
-//! `tokio::sync::watch`. After every reconnect the control plane sends a full snapshot, so
-//! changes made while the agent was away — deletions included — are never missed.
+//! `tokio::sync::watch`. After a reconnect the agent names the revision it last applied from
+//! a stream in this process; the control plane answers with the changes since (removals
+//! included) when its history still covers them, or with a full snapshot. A config loaded
+//! from the on-disk cache is never resumed from: a restarted agent always gets a snapshot, so
+//! changes made while it was away — deletions included — are never missed.
 //!
 //! The same stream carries orders: replays (deliveries to make again) and emits (operator
 //! events the control plane raises); the agent queues them and answers with what it did.
@@ -44,8 +47,17 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    // The revision last applied from a stream (0: none yet, so the first stream snapshots).
+    let mut resume_from = 0;
     loop {
-        let session = follow(&control_plane, &identity, &routes, &queue, &mut backoff);
+        let session = follow(
+            &control_plane,
+            &identity,
+            &routes,
+            &queue,
+            &mut backoff,
+            &mut resume_from,
+        );
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
             result = session => result,
@@ -72,6 +84,7 @@ async fn follow(
     routes: &watch::Sender<Arc<Routes>>,
     queue: &Queue,
     backoff: &mut Backoff,
+    resume_from: &mut i64,
 ) -> Result<(), String> {
     let (url, channel) = control_plane.connect().await?;
     let (tx, rx) = mpsc::channel(16);
@@ -82,7 +95,7 @@ async fn follow(
         version: env!("CARGO_PKG_VERSION").into(),
         tenants: identity.tenants.clone(),
         event_type_prefixes: vec![],
-        last_revision: routes.borrow().revision,
+        last_revision: *resume_from,
     };
     let send = |kind| pb::ConfigRequest { kind: Some(kind) };
     tx.send(send(Kind::Hello(hello)))
@@ -126,6 +139,7 @@ async fn follow(
                 let revision = table.revision;
                 let count = table.len();
                 routes.send_replace(Arc::new(table));
+                *resume_from = revision;
                 if update.snapshot {
                     backoff.reset();
                 }

@@ -3,11 +3,14 @@
 //! and broadcasts each change; an agent stream takes a snapshot and subscribes under one lock,
 //! so it misses nothing between the two. The store is never read per agent.
 //!
+//! The hub also keeps the latest [`CHANGE_BUFFER`] changes, so an agent that reconnects with
+//! a revision it already holds gets only the changes since ([`ConfigHub::resume`]).
+//!
 //! When the watch fails (store unreachable, history compacted) the hub lists everything again
 //! and broadcasts the difference from what it held as one change: deletions made during the
 //! gap go out as removals, and when nothing changed nothing is sent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -20,7 +23,8 @@ use crate::sealing::Keyring;
 use crate::store::{Store, WatchEvent};
 use crate::subscriptions::decode;
 
-/// Changes kept for streams that fall behind; a stream further behind gets a fresh snapshot.
+/// Changes kept for streams that fall behind and for agents that resume from a revision; a
+/// stream or agent further behind gets a fresh snapshot.
 const CHANGE_BUFFER: usize = 4096;
 /// Wait before the first attempt to re-establish the watch; it doubles while the store stays
 /// unreachable, up to [`MAX_RETRY_DELAY`].
@@ -50,10 +54,39 @@ pub struct Snapshot {
     pub subscriptions: BTreeMap<String, Arc<pb::Subscription>>,
 }
 
+/// The hub's state: the subscriptions, and the changes that led to them (for agents that
+/// resume from a revision they already hold).
+#[derive(Default)]
+struct State {
+    snapshot: Snapshot,
+    /// The latest changes, oldest first: every change after `history_from`.
+    history: VecDeque<Arc<Change>>,
+    history_from: i64,
+}
+
+impl State {
+    fn record(&mut self, change: Arc<Change>) {
+        if self.history.len() == CHANGE_BUFFER
+            && let Some(oldest) = self.history.pop_front()
+        {
+            self.history_from = oldest.revision;
+        }
+        self.history.push_back(change);
+    }
+}
+
+/// Where a resuming agent starts: the changes since its revision, merged.
+pub struct Resume {
+    /// The hub's revision: what the agent holds once it applied `changes`.
+    pub revision: i64,
+    /// The changes after the agent's revision, oldest first.
+    pub changes: Vec<Arc<Change>>,
+}
+
 /// The hub; cloning shares it.
 #[derive(Clone)]
 pub struct ConfigHub {
-    state: Arc<RwLock<Snapshot>>,
+    state: Arc<RwLock<State>>,
     changes: broadcast::Sender<Arc<Change>>,
     /// The revision the hub has caught up to (0 before the first listing).
     revision: watch::Receiver<i64>,
@@ -65,7 +98,7 @@ impl ConfigHub {
     /// Starts following the store. The hub is usable at once; [`ConfigHub::ready`] waits for
     /// the first listing. Records are opened with `keyring`.
     pub fn start(store: Store, keyring: Arc<Keyring>, shutdown: CancellationToken) -> Self {
-        let state = Arc::new(RwLock::new(Snapshot::default()));
+        let state = Arc::new(RwLock::new(State::default()));
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
         let (revision_tx, revision) = watch::channel(0);
         let hub = ConfigHub {
@@ -98,7 +131,29 @@ impl ConfigHub {
     /// The current state and a receiver of every change after it.
     pub fn subscribe(&self) -> (Snapshot, broadcast::Receiver<Arc<Change>>) {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        (state.clone(), self.changes.subscribe())
+        (state.snapshot.clone(), self.changes.subscribe())
+    }
+
+    /// For an agent that holds the config at `revision`: the changes since, and a receiver of
+    /// every change after them. `None` when the hub no longer holds every change since then
+    /// (or never saw that revision), and the agent needs a snapshot.
+    pub fn resume(&self, revision: i64) -> Option<(Resume, broadcast::Receiver<Arc<Change>>)> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let current = state.snapshot.revision;
+        if revision < state.history_from || revision > current || current == 0 {
+            return None;
+        }
+        let changes = state
+            .history
+            .iter()
+            .filter(|change| change.revision > revision)
+            .cloned()
+            .collect();
+        let resume = Resume {
+            revision: current,
+            changes,
+        };
+        Some((resume, self.changes.subscribe()))
     }
 
     /// Lists, then watches, forever; re-lists after any watch failure.
@@ -144,14 +199,22 @@ impl ConfigHub {
         let mut watch = store.watch(keys::SUBSCRIPTIONS, revision + 1).await?;
         {
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-            let change = difference(&state.subscriptions, &subscriptions, revision);
-            *state = Snapshot {
+            let change = difference(&state.snapshot.subscriptions, &subscriptions, revision);
+            state.snapshot = Snapshot {
                 revision,
                 subscriptions,
             };
             let changed = !change.upserts.is_empty() || !change.removals.is_empty();
-            if !first && changed {
-                let _ = self.changes.send(Arc::new(change));
+            if first {
+                // History starts here.
+                state.history.clear();
+                state.history_from = revision;
+            } else if changed {
+                // The difference is a change like any other: agents resuming from before the
+                // gap get it too.
+                let change = Arc::new(change);
+                state.record(change.clone());
+                let _ = self.changes.send(change);
             }
         }
         revision_tx.send_replace(revision.max(1));
@@ -180,15 +243,21 @@ impl ConfigHub {
                 }
             }
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-            state.revision = change.revision;
+            state.snapshot.revision = change.revision;
             for sub in &change.upserts {
-                state.subscriptions.insert(sub.id.clone(), sub.clone());
+                state
+                    .snapshot
+                    .subscriptions
+                    .insert(sub.id.clone(), sub.clone());
             }
             for id in &change.removals {
-                state.subscriptions.remove(id);
+                state.snapshot.subscriptions.remove(id);
             }
-            // Sent under the lock, so a subscriber's snapshot and its first change line up.
-            let _ = self.changes.send(Arc::new(change));
+            // Recorded and sent under the lock, so a subscriber's snapshot (or resumed
+            // history) and its first change line up.
+            let change = Arc::new(change);
+            state.record(change.clone());
+            let _ = self.changes.send(change);
             drop(state);
             revision_tx.send_replace(batch.revision);
         }

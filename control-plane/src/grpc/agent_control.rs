@@ -1,7 +1,9 @@
 //! `herald.v1.AgentControl`: the agents' two streams.
 //!
 //! Config: the agent says hello; it gets a snapshot of the subscriptions it may deliver (its
-//! interest: tenants, event-type prefixes, region), then each change as it happens, and a
+//! interest: tenants, event-type prefixes, region) — or, when it names a revision it holds
+//! that the hub's history still covers, only the changes since — then each change as it
+//! happens, and a
 //! fresh snapshot whenever it fell so far behind that the hub's buffer no longer holds the
 //! changes it missed. Acks and nacks are recorded in the fleet registry.
 //!
@@ -10,6 +12,7 @@
 //! new attempts count into their endpoints' health, which disables endpoints that keep failing
 //! ([`crate::health`]); either reaches every agent through the config stream.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +28,7 @@ use super::admin::async_stream;
 use crate::attempts::AttemptLog;
 use crate::fleet::{Fleet, Order};
 use crate::health::Health;
-use crate::hub::{Change, ConfigHub, Snapshot};
+use crate::hub::{Change, ConfigHub, Resume, Snapshot};
 use crate::metrics::{DisableReason, Metrics};
 use crate::subscriptions::Subscriptions;
 
@@ -119,9 +122,11 @@ impl AgentControl for AgentControlService {
         let mut orders = shared.fleet.connected(&hello);
         tracing::info!(agent = %hello.agent_id, region = %hello.region, "agent connected");
         let agent = hello.agent_id;
+        let resume_from = hello.last_revision;
         let stream = async_stream(move |tx| async move {
             let session = Session {
                 agent: &agent,
+                resume_from,
                 interest: &interest,
                 inbound: &mut inbound,
                 orders: &mut orders,
@@ -253,6 +258,8 @@ struct Shared {
 /// One agent's config stream.
 struct Session<'a> {
     agent: &'a str,
+    /// The revision the agent said it holds (0: none).
+    resume_from: i64,
     interest: &'a Interest,
     inbound: &'a mut Streaming<pb::ConfigRequest>,
     /// Orders for this agent.
@@ -272,18 +279,34 @@ async fn follow(shared: &Shared, session: Session<'_>) {
     } = shared;
     let Session {
         agent,
+        resume_from,
         interest,
         inbound,
         orders,
         tx,
     } = session;
-    let (snapshot, mut changes) = hub.subscribe();
-    if send_snapshot(snapshot_turns, tx, interest, &snapshot)
-        .await
-        .is_err()
-    {
-        return;
-    }
+    // An agent that already holds a recent revision gets the changes since; any other a
+    // snapshot.
+    let resumed = (resume_from > 0).then(|| hub.resume(resume_from)).flatten();
+    let mut changes = match resumed {
+        Some((resume, changes)) => {
+            if resume.revision > resume_from && tx.send(Ok(interest.merged(&resume))).await.is_err()
+            {
+                return;
+            }
+            changes
+        }
+        None => {
+            let (snapshot, changes) = hub.subscribe();
+            if send_snapshot(snapshot_turns, tx, interest, &snapshot)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            changes
+        }
+    };
     // Changes sent and not yet acknowledged, oldest first, with when the hub saw them.
     let mut unacked: std::collections::VecDeque<(i64, tokio::time::Instant)> = Default::default();
     loop {
@@ -460,6 +483,31 @@ impl Interest {
                 ..Default::default()
             })
         })
+    }
+
+    /// The changes of `resume`, merged into one delta as this agent sees them: the latest
+    /// version of each subscription changed (or its removal), at the resume revision.
+    fn merged(&self, resume: &Resume) -> pb::ConfigUpdate {
+        let mut latest: BTreeMap<&str, Option<&Arc<pb::Subscription>>> = BTreeMap::new();
+        for change in &resume.changes {
+            for sub in &change.upserts {
+                latest.insert(&sub.id, Some(sub));
+            }
+            for id in &change.removals {
+                latest.insert(id, None);
+            }
+        }
+        let mut update = pb::ConfigUpdate {
+            revision: resume.revision,
+            ..Default::default()
+        };
+        for (id, sub) in latest {
+            match sub {
+                Some(sub) if self.sees(sub) => update.upserts.push((**sub).clone()),
+                _ => update.removals.push(id.to_owned()),
+            }
+        }
+        update
     }
 
     /// The change as this agent sees it; `None` when it concerns nothing the agent holds.

@@ -187,3 +187,98 @@ async fn a_refused_change_keeps_the_last_good_config_and_shows_in_the_agents_lis
         .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_agent_that_names_a_recent_revision_gets_only_the_changes_since() -> anyhow::Result<()> {
+    let etcd = Etcd::start().await?;
+    let control_plane = ControlPlane::start(ConfigStore::Etcd(vec![etcd.endpoint()])).await?;
+    let url = "https://127.0.0.1:9/hook";
+    let kept = control_plane
+        .create(subscription("shop-1", url, &["order.*"]))
+        .await?;
+    let doomed = control_plane
+        .create(subscription("shop-1", url, &["order.*"]))
+        .await?;
+    let mut changed = control_plane
+        .create(subscription("shop-1", url, &["order.*"]))
+        .await?;
+
+    // A first stream: the snapshot, at the revision the agent then holds.
+    let (_hello, mut first) = open_stream(&control_plane, 0).await?;
+    let snapshot = first.message().await?.expect("a snapshot");
+    assert!(snapshot.snapshot);
+    assert_eq!(snapshot.upserts.len(), 3);
+    let held = snapshot.revision;
+    drop(first);
+
+    // While the agent is away: one change, one deletion, one new subscription.
+    let mut admin = control_plane.subscriptions().await?;
+    changed.description = "changed while away".into();
+    let revision = changed.revision;
+    changed = admin
+        .update_subscription(pb::UpdateSubscriptionRequest {
+            subscription: Some(changed),
+            expected_revision: revision,
+        })
+        .await?
+        .into_inner();
+    admin
+        .delete_subscription(pb::DeleteSubscriptionRequest {
+            id: doomed.id.clone(),
+            expected_revision: 0,
+        })
+        .await?;
+    let added = control_plane
+        .create(subscription("shop-1", url, &["order.*"]))
+        .await?;
+
+    // Back with the revision it holds: deltas with exactly what changed (one, unless the
+    // replica had not seen the last write yet when the stream opened).
+    let (_hello, mut resumed) = open_stream(&control_plane, held).await?;
+    let (mut upserts, mut removals) = (Vec::new(), Vec::new());
+    loop {
+        let delta = resumed.message().await?.expect("a delta");
+        assert!(!delta.snapshot, "a delta, not a snapshot");
+        upserts.extend(delta.upserts.into_iter().map(|s| s.id));
+        removals.extend(delta.removals);
+        if delta.revision >= added.revision {
+            break;
+        }
+    }
+    upserts.sort();
+    let mut expected = vec![changed.id.clone(), added.id.clone()];
+    expected.sort();
+    assert_eq!(upserts, expected, "not {}", kept.id);
+    assert_eq!(removals, vec![doomed.id]);
+
+    // A revision the replica has never reached gets a snapshot.
+    let (_hello, mut ahead) = open_stream(&control_plane, added.revision + 1000).await?;
+    let fresh = ahead.message().await?.expect("a snapshot");
+    assert!(fresh.snapshot);
+    assert_eq!(fresh.upserts.len(), 3);
+    Ok(())
+}
+
+/// Opens a config stream as an agent holding `last_revision`; the sender keeps it open.
+async fn open_stream(
+    control_plane: &ControlPlane,
+    last_revision: i64,
+) -> anyhow::Result<(
+    tokio::sync::mpsc::Sender<pb::ConfigRequest>,
+    tonic::Streaming<pb::ConfigUpdate>,
+)> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::ConfigRequest {
+        kind: Some(pb::config_request::Kind::Hello(pb::AgentHello {
+            agent_id: "agt_raw".into(),
+            last_revision,
+            ..Default::default()
+        })),
+    })
+    .await?;
+    let updates = pb::agent_control_client::AgentControlClient::new(control_plane.channel().await?)
+        .stream_config(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    Ok((tx, updates))
+}
