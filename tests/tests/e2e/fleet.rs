@@ -282,3 +282,81 @@ async fn open_stream(
         .into_inner();
     Ok((tx, updates))
 }
+
+#[tokio::test]
+async fn an_agent_that_stops_reading_gets_a_fresh_snapshot_and_slows_no_one() -> anyhow::Result<()>
+{
+    const WRITES: usize = 10_000;
+    const WRITERS: usize = 32;
+    let etcd = Etcd::start().await?;
+    let control_plane = ControlPlane::start(ConfigStore::Etcd(vec![etcd.endpoint()])).await?;
+    let (_stuck_hello, mut stuck) = open_stream(&control_plane, 0).await?;
+    assert!(stuck.message().await?.expect("a snapshot").snapshot);
+    let (_quick_hello, mut quick) = open_stream(&control_plane, 0).await?;
+    let (seen_tx, seen) = tokio::sync::watch::channel(0_i64);
+    tokio::spawn(async move {
+        while let Ok(Some(update)) = quick.message().await {
+            seen_tx.send_replace(update.revision);
+        }
+    });
+
+    // Many changes, each its own revision, straight into etcd; the stuck agent reads none.
+    let store = Store::etcd(&[etcd.endpoint()]).await?;
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for _ in 0..WRITERS {
+        let (store, next) = (store.clone(), next.clone());
+        writers.push(tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= WRITES {
+                    return anyhow::Ok(last);
+                }
+                let sub = pb::Subscription {
+                    id: format!("sub_slow{n:05}"),
+                    tenant: "shop-1".into(),
+                    url: "https://127.0.0.1:9/x".into(),
+                    event_types: vec!["order.*".into()],
+                    description: "x".repeat(1000),
+                    enabled: true,
+                    ..Default::default()
+                };
+                let key = format!("/herald/v1/subscriptions/shop-1/{}", sub.id);
+                let txn = Txn::default().then(Op::Put(key, sub.encode_to_vec()));
+                if let herald_control_plane::store::TxnOutcome::Committed { revision } =
+                    store.txn(txn).await?
+                {
+                    last = last.max(revision);
+                }
+            }
+        }));
+    }
+    let mut last = 0;
+    for writer in writers {
+        last = last.max(writer.await??);
+    }
+
+    // The agent that reads kept up…
+    let mut seen = seen;
+    tokio::time::timeout(Duration::from_secs(30), seen.wait_for(|r| *r >= last))
+        .await
+        .map_err(|_| anyhow::anyhow!("the reading agent fell behind"))??;
+    // …and the stuck one, once it reads again, is given a fresh snapshot of everything.
+    let fresh = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let update = stuck.message().await?.expect("the stream stays open");
+            if update.snapshot {
+                let mut parts = vec![update];
+                while parts.last().is_some_and(|p| p.more) {
+                    parts.push(stuck.message().await?.expect("the next part"));
+                }
+                return anyhow::Ok(parts);
+            }
+        }
+    })
+    .await??;
+    let held: usize = fresh.iter().map(|p| p.upserts.len()).sum();
+    assert!(held >= WRITES - 100, "the fresh snapshot holds {held}");
+    Ok(())
+}
