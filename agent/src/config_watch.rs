@@ -34,8 +34,8 @@ pub struct Identity {
     pub node: String,
     /// Region.
     pub region: String,
-    /// Tenants it emits for (empty: all).
-    pub tenants: Vec<String>,
+    /// The tenants and event types it emits for.
+    pub interest: herald_core::interest::Interest,
 }
 
 /// Runs the config stream until `shutdown`.
@@ -93,8 +93,8 @@ async fn follow(
         node: identity.node.clone(),
         region: identity.region.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
-        tenants: identity.tenants.clone(),
-        event_type_prefixes: vec![],
+        tenants: identity.interest.tenants.clone(),
+        event_type_prefixes: identity.interest.event_type_prefixes.clone(),
         last_revision: *resume_from,
     };
     let send = |kind| pb::ConfigRequest { kind: Some(kind) };
@@ -119,7 +119,7 @@ async fn follow(
         };
         if let Some(order) = update.emit {
             let table = routes.borrow().clone();
-            let result = emit(queue, &table, order).await;
+            let result = emit(queue, &table, &identity.interest, order).await;
             tx.send(send(Kind::EmitResult(result)))
                 .await
                 .map_err(|_| "config stream closed")?;
@@ -256,8 +256,14 @@ async fn replay(queue: &Queue, routes: &Routes, order: pb::ReplayOrder) -> pb::R
     }
 }
 
-/// Emits an order's events as if an application had (they are validated the same way).
-async fn emit(queue: &Queue, routes: &Routes, order: pb::EmitOrder) -> pb::EmitResult {
+/// Emits an order's events as if an application had (they are validated the same way, and
+/// must be within the agent's interest).
+async fn emit(
+    queue: &Queue,
+    routes: &Routes,
+    interest: &herald_core::interest::Interest,
+    order: pb::EmitOrder,
+) -> pb::EmitResult {
     let failed = |error: String| pb::EmitResult {
         order_id: order.order_id,
         results: vec![],
@@ -272,6 +278,9 @@ async fn emit(queue: &Queue, routes: &Routes, order: pb::EmitOrder) -> pb::EmitR
             herald_core::limits::DEFAULT_MAX_PAYLOAD_BYTES,
         ) {
             return failed(err.to_string());
+        }
+        if let Some(why) = interest.refusal(&event.tenant, &event.r#type) {
+            return failed(why);
         }
     }
     let order_id = order.order_id;

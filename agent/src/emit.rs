@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use herald_core::ids::new_event_id;
+use herald_core::interest::Interest;
 use herald_core::trace::{self, TraceParent};
 use herald_proto::convert::{invalid_argument, timestamp, validate_event};
 use herald_proto::v1 as pb;
@@ -30,6 +31,8 @@ pub struct EmitService {
     routes: watch::Receiver<Arc<Routes>>,
     queue: Queue,
     max_payload_bytes: usize,
+    /// The tenants and event types this agent emits for; others are refused.
+    interest: Interest,
     metrics: Metrics,
 }
 
@@ -39,18 +42,24 @@ impl EmitService {
         routes: watch::Receiver<Arc<Routes>>,
         queue: Queue,
         max_payload_bytes: usize,
+        interest: Interest,
         metrics: Metrics,
     ) -> Self {
         EmitService {
             routes,
             queue,
             max_payload_bytes,
+            interest,
             metrics,
         }
     }
 
     fn check(&self, event: &pb::Event) -> Result<(), Status> {
-        validate_event(event, self.max_payload_bytes).map_err(invalid_argument)
+        validate_event(event, self.max_payload_bytes).map_err(invalid_argument)?;
+        match self.interest.refusal(&event.tenant, &event.r#type) {
+            Some(why) => Err(Status::failed_precondition(why)),
+            None => Ok(()),
+        }
     }
 
     /// The event with its id, time and trace context filled in, and the subscriptions it goes
@@ -140,8 +149,12 @@ impl Events for EmitService {
             )));
         }
         for (index, event) in events.iter().enumerate() {
-            self.check(event).map_err(|s| {
-                Status::invalid_argument(format!("events[{index}].{}", s.message()))
+            self.check(event).map_err(|s| match s.code() {
+                // Validation errors start with the field: events[3].type: …
+                tonic::Code::InvalidArgument => {
+                    Status::invalid_argument(format!("events[{index}].{}", s.message()))
+                }
+                code => Status::new(code, format!("events[{index}]: {}", s.message())),
             })?;
         }
         let span = emit_span(events.len(), trace.as_ref());

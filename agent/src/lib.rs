@@ -89,6 +89,14 @@ pub struct Config {
     /// The node this agent runs on.
     #[arg(long, env = "HERALD_NODE", default_value = "local")]
     pub node: String,
+    /// Tenants this agent emits for, comma-separated (default: all). It receives only their
+    /// subscriptions and refuses other tenants' events with FAILED_PRECONDITION.
+    #[arg(long, env = "HERALD_TENANTS", value_delimiter = ',', value_parser = tenant)]
+    pub tenants: Vec<String>,
+    /// Event-type prefixes this agent emits, comma-separated, e.g. `order.,invoice.` (default:
+    /// all). It receives only subscriptions that can match them and refuses other events.
+    #[arg(long, env = "HERALD_EVENT_TYPE_PREFIXES", value_delimiter = ',', value_parser = event_type_prefix)]
+    pub event_type_prefixes: Vec<String>,
     /// Extra trust roots (PEM) for receivers' certificates.
     #[arg(long, env = "HERALD_CA_FILE")]
     pub ca_file: Option<PathBuf>,
@@ -148,6 +156,8 @@ impl Config {
             id: None,
             region: "default".into(),
             node: "local".into(),
+            tenants: vec![],
+            event_type_prefixes: vec![],
             ca_file: None,
             allow_http: false,
             allow_targets: vec![],
@@ -197,6 +207,12 @@ pub enum Error {
     /// A TLS file could not be read.
     #[error(transparent)]
     TlsFile(#[from] herald_core::tls_files::TlsFileError),
+    /// The interest names more tenants and prefixes than the control plane takes.
+    #[error(
+        "--tenants and --event-type-prefixes name {0} entries together; at most {max}",
+        max = herald_core::interest::MAX_INTEREST
+    )]
+    Interest(usize),
     /// The reflection service could not be built from the API's descriptors.
     #[error("grpc reflection: {0}")]
     Reflection(#[from] herald_proto::discovery::ReflectionError),
@@ -214,6 +230,14 @@ pub async fn run(
         Some(id) if !id.is_empty() => id.to_owned(),
         _ => agent_id(&config.data_dir)?,
     };
+    let interest = herald_core::interest::Interest {
+        tenants: config.tenants.clone(),
+        event_type_prefixes: config.event_type_prefixes.clone(),
+    };
+    let entries = interest.tenants.len() + interest.event_type_prefixes.len();
+    if entries > herald_core::interest::MAX_INTEREST {
+        return Err(Error::Interest(entries));
+    }
     tracing::info!(agent = %id, region = %config.region, listen = %config.listen, "agent starting");
     let policy = TargetPolicy::new(config.allow_http, config.allow_targets.clone());
     let client = delivery::client::build(config.ca_file.as_deref(), policy.clone())?;
@@ -263,7 +287,7 @@ pub async fn run(
         id: id.clone(),
         node: config.node.clone(),
         region: config.region.clone(),
-        tenants: vec![],
+        interest: interest.clone(),
     };
     let background = TaskTracker::new();
     background.spawn(config_cache::keep_saved(
@@ -323,6 +347,7 @@ pub async fn run(
             routes,
             queue.clone(),
             config.max_payload_bytes,
+            interest,
             metrics,
         ))
         .max_decoding_message_size(max_message),
@@ -416,6 +441,29 @@ async fn sweep(queue: Queue, stop: CancellationToken) {
 }
 
 /// The agent's id from `dir/agent-id`, made and saved on first start.
+/// A `--tenants` entry: a valid tenant name.
+fn tenant(text: &str) -> Result<String, String> {
+    herald_core::validate::tenant(text.trim()).map_err(|e| e.to_string())?;
+    Ok(text.trim().to_owned())
+}
+
+/// An `--event-type-prefixes` entry: the start of event types, e.g. `order.` or `order.created`.
+fn event_type_prefix(text: &str) -> Result<String, String> {
+    let prefix = text.trim();
+    let valid = !prefix.is_empty()
+        && prefix.len() <= herald_core::limits::MAX_EVENT_TYPE_LEN
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.');
+    if !valid {
+        return Err(format!(
+            "{prefix:?}: an event-type prefix is 1 to {} characters of a-z, 0-9, _ and . (e.g. order.)",
+            herald_core::limits::MAX_EVENT_TYPE_LEN
+        ));
+    }
+    Ok(prefix.to_owned())
+}
+
 fn agent_id(dir: &Path) -> Result<String, Error> {
     let fail = |source| Error::DataDir {
         path: dir.display().to_string(),

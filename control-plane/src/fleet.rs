@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 
+use herald_core::interest::Interest;
 use herald_proto::convert::timestamp;
 use herald_proto::v1 as pb;
 
@@ -51,6 +52,9 @@ struct Entry {
     streams: u32,
     /// Where orders for this agent go: its newest stream.
     orders: Option<mpsc::Sender<Order>>,
+    /// The tenants and event types it emits for (from its hello): emit orders go only to an
+    /// agent that admits their events.
+    interest: Interest,
 }
 
 impl Fleet {
@@ -74,9 +78,14 @@ impl Fleet {
                 info: pb::AgentInfo::default(),
                 streams: 0,
                 orders: None,
+                interest: Interest::default(),
             });
         entry.streams += 1;
         entry.orders = Some(orders);
+        entry.interest = Interest {
+            tenants: hello.tenants.clone(),
+            event_type_prefixes: hello.event_type_prefixes.clone(),
+        };
         entry.info = pb::AgentInfo {
             id: hello.agent_id.clone(),
             node: hello.node.clone(),
@@ -162,12 +171,17 @@ impl Fleet {
         Some(rx)
     }
 
-    /// Sends `events` to be emitted by one of the connected agents, taking turns; `None` when
-    /// no agent is connected to this replica.
+    /// Sends `events` to be emitted by one of the connected agents whose interest admits them
+    /// all, taking turns; `None` when no such agent is connected to this replica.
     pub fn send_emit(&self, events: Vec<pb::Event>) -> Option<oneshot::Receiver<pb::EmitResult>> {
         let senders: Vec<mpsc::Sender<Order>> = self
             .lock()
             .values()
+            .filter(|entry| {
+                events
+                    .iter()
+                    .all(|e| entry.interest.admits(&e.tenant, &e.r#type))
+            })
             .filter_map(|entry| entry.orders.clone())
             .collect();
         if senders.is_empty() {

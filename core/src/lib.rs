@@ -17,6 +17,7 @@ pub mod daemon;
 pub mod event_type;
 pub mod format;
 pub mod ids;
+pub mod interest;
 pub mod limits;
 pub mod metrics;
 pub mod retry;

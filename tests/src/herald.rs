@@ -271,6 +271,8 @@ pub struct AgentOptions {
     pub control_plane_tls: Option<(PathBuf, PathBuf, PathBuf)>,
     /// Control-plane replicas tried after the first one.
     pub more_control_planes: Vec<String>,
+    /// The tenants and event-type prefixes it emits for (default: all).
+    pub interest: herald_core::interest::Interest,
 }
 
 /// An agent running in-process.
@@ -301,6 +303,8 @@ impl Agent {
                 .transpose()?,
             region: options.region.unwrap_or_else(|| "test".into()),
             node: "test-node".into(),
+            tenants: options.interest.tenants,
+            event_type_prefixes: options.interest.event_type_prefixes,
             ca_file: options.ca_file,
             allow_targets: options.allow_targets.unwrap_or_else(loopback),
             max_in_flight: options.max_in_flight.unwrap_or(256),

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_core::interest::MAX_INTEREST;
 use herald_proto::v1 as pb;
 use herald_proto::v1::agent_control_server::AgentControl;
 use herald_proto::v1::config_request::Kind;
@@ -38,8 +39,6 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_REPORT_BATCH: usize = 1000;
 /// The most unacknowledged changes per stream whose convergence time is measured.
 const MAX_UNACKED_TIMED: usize = 1024;
-/// The most interest entries (tenants plus prefixes) an agent may name.
-const MAX_INTEREST: usize = 1000;
 /// Streams that send a snapshot at the same time (the others wait their turn).
 const SNAPSHOTS_AT_ONCE: usize = 32;
 /// The longest an agent may take to read its whole snapshot.
@@ -410,8 +409,7 @@ async fn send_snapshot(
 
 /// What an agent may deliver: the subscriptions it is sent.
 struct Interest {
-    tenants: Vec<String>,
-    prefixes: Vec<String>,
+    emits: herald_core::interest::Interest,
     region: String,
 }
 
@@ -426,21 +424,20 @@ impl Interest {
             )));
         }
         Ok(Interest {
-            tenants: hello.tenants.clone(),
-            prefixes: hello.event_type_prefixes.clone(),
+            emits: herald_core::interest::Interest {
+                tenants: hello.tenants.clone(),
+                event_type_prefixes: hello.event_type_prefixes.clone(),
+            },
             region: hello.region.clone(),
         })
     }
 
     fn sees(&self, sub: &pb::Subscription) -> bool {
-        let tenant = self.tenants.is_empty() || self.tenants.contains(&sub.tenant);
         let region = sub.regions.is_empty() || sub.regions.contains(&self.region);
-        let types = self.prefixes.is_empty()
-            || sub
-                .event_types
-                .iter()
-                .any(|p| self.prefixes.iter().any(|q| pattern_overlaps(p, q)));
-        tenant && region && types
+        region
+            && self
+                .emits
+                .reaches(&sub.tenant, sub.event_types.iter().map(String::as_str))
     }
 
     /// The agent's whole config at the snapshot's revision, in parts of about
@@ -535,29 +532,9 @@ impl Interest {
     }
 }
 
-/// Whether a subscription's event-type pattern can match an event type starting with `prefix`.
-fn pattern_overlaps(pattern: &str, prefix: &str) -> bool {
-    if pattern == "*" {
-        return true;
-    }
-    let fixed = pattern.strip_suffix(".*").unwrap_or(pattern);
-    fixed.starts_with(prefix)
-        || (pattern.ends_with(".*") && prefix.starts_with(&format!("{fixed}.")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn patterns_overlap_prefixes() {
-        assert!(pattern_overlaps("*", "order."));
-        assert!(pattern_overlaps("order.created", "order."));
-        assert!(pattern_overlaps("order.*", "order."));
-        assert!(pattern_overlaps("order.*", "order.line."));
-        assert!(!pattern_overlaps("product.*", "order."));
-        assert!(!pattern_overlaps("product.created", "order"));
-    }
 
     #[test]
     fn large_snapshots_go_in_parts_under_the_limit() {

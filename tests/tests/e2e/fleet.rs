@@ -360,3 +360,77 @@ async fn an_agent_that_stops_reading_gets_a_fresh_snapshot_and_slows_no_one() ->
     assert!(held >= WRITES - 100, "the fresh snapshot holds {held}");
     Ok(())
 }
+
+#[tokio::test]
+async fn an_agent_receives_only_what_its_interest_reaches_and_refuses_other_events()
+-> anyhow::Result<()> {
+    let etcd = Etcd::start().await?;
+    let control_plane = ControlPlane::start(ConfigStore::Etcd(vec![etcd.endpoint()])).await?;
+    let ca = TestCa::new();
+    let ca_dir = tempfile::tempdir()?;
+    let agent = Agent::start(
+        control_plane.url(),
+        AgentOptions {
+            ca_file: Some(ca.write_ca_pem(ca_dir.path())?),
+            interest: herald_core::interest::Interest {
+                tenants: vec!["shop-a".into()],
+                event_type_prefixes: vec!["order.".into()],
+            },
+            ..Default::default()
+        },
+    )
+    .await?;
+    let receiver = Receiver::start(&ca).await?;
+    let url = receiver.url("/hook");
+    let orders = control_plane
+        .create(subscription("shop-a", &url, &["order.*"]))
+        .await?;
+    let everything = control_plane
+        .create(subscription("shop-a", &url, &["*"]))
+        .await?;
+    control_plane
+        .create(subscription("shop-a", &url, &["invoice.*"]))
+        .await?;
+    let last = control_plane
+        .create(subscription("shop-b", &url, &["order.*"]))
+        .await?;
+    control_plane
+        .wait_applied(last.revision, Duration::from_secs(10))
+        .await?;
+
+    // What the agent holds (its saved config): shop-a's subscriptions that order events reach.
+    let held = eventually(Duration::from_secs(10), "the saved config", || async {
+        Ok(herald_agent::config_cache::load(agent.data_dir())
+            .filter(|routes| routes.revision >= last.revision)
+            .map(|routes| routes.to_snapshot()))
+    })
+    .await?;
+    let mut ids: Vec<&str> = held.upserts.iter().map(|s| s.id.as_str()).collect();
+    ids.sort();
+    let mut expected = vec![orders.id.as_str(), everything.id.as_str()];
+    expected.sort();
+    assert_eq!(ids, expected);
+    assert!(held.upserts.iter().all(|s| s.tenant == "shop-a"));
+
+    // Events it serves are accepted; others are refused, not silently dropped.
+    let accepted = agent
+        .emit(event("shop-a", "order.created", &serde_json::json!({})))
+        .await?;
+    assert_eq!(accepted.matched, 2);
+    let mut events = agent.events().await?;
+    for (tenant, event_type) in [("shop-b", "order.created"), ("shop-a", "invoice.created")] {
+        let refused = events
+            .emit(pb::EmitRequest {
+                event: Some(event(tenant, event_type, &serde_json::json!({}))),
+            })
+            .await
+            .expect_err("outside the agent's interest");
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            refused.message().contains("--tenants"),
+            "{}",
+            refused.message()
+        );
+    }
+    Ok(())
+}
