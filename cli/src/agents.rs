@@ -46,6 +46,7 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                             "replica",
                             "applied_revision",
                             "lag",
+                            "last_nack",
                             "last_seen",
                         ],
                         "",

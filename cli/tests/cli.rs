@@ -685,3 +685,54 @@ async fn event_types_are_registered_listed_and_enforced() -> anyhow::Result<()> 
     assert!(stderr.contains("event-types"), "{stderr}");
     Ok(())
 }
+
+#[tokio::test]
+async fn agents_list_shows_the_fleet_with_replica_lag_and_last_nack() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    let listed = eventually(Duration::from_secs(10), "the agent listed", || async {
+        let output = herald(&world, &["agents", "list"]).await;
+        let table = String::from_utf8_lossy(&output.stdout).into_owned();
+        Ok((output.status.success() && table.lines().count() >= 2).then_some(table))
+    })
+    .await?;
+    let header: Vec<&str> = listed
+        .lines()
+        .next()
+        .expect("a header")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "ID",
+            "REGION",
+            "NODE",
+            "VERSION",
+            "CONNECTED",
+            "REPLICA",
+            "APPLIED_REVISION",
+            "LAG",
+            "LAST_NACK",
+            "LAST_SEEN"
+        ]
+    );
+    let agents = json(&herald(&world, &["agents", "list", "-o", "json"]).await);
+    let agent = &agents["agents"][0];
+    assert_eq!(agent["connected"], true, "{agents}");
+    assert!(
+        agent["replica"]
+            .as_str()
+            .is_some_and(|r| r.ends_with(&format!(
+                ":{}",
+                world
+                    .control_plane
+                    .url()
+                    .rsplit(':')
+                    .next()
+                    .unwrap_or_default()
+            ))),
+        "the replica is named host:port by default: {agents}"
+    );
+    assert!(agent["lag"].as_i64().is_some(), "{agents}");
+    Ok(())
+}
