@@ -84,11 +84,10 @@ async fn a_killed_replicas_agents_move_to_another_and_miss_no_change() -> anyhow
     let mut first = Replica::start(&etcd, "replica-a", &keyring).await?;
     let second = Replica::start(&etcd, "replica-b", &keyring).await?;
     let ca = TestCa::new();
-    let ca_dir = tempfile::tempdir()?;
     let agent = Agent::start(
         &first.url,
         AgentOptions {
-            ca_file: Some(ca.write_ca_pem(ca_dir.path())?),
+            trusted_ca: Some(ca.ca_pem()),
             more_control_planes: vec![second.url.clone()],
             ..Default::default()
         },

@@ -273,6 +273,9 @@ pub struct AgentOptions {
     pub more_control_planes: Vec<String>,
     /// The tenants and event-type prefixes it emits for (default: all).
     pub interest: herald_core::interest::Interest,
+    /// A CA (PEM) to trust, written into the agent's directory (in place of `ca_file`): the test
+    /// CA of the receivers, without a directory of the test's own.
+    pub trusted_ca: Option<String>,
 }
 
 /// An agent running in-process.
@@ -292,6 +295,14 @@ impl Agent {
         let dir = tempfile::tempdir()?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let ca_file = match &options.trusted_ca {
+            Some(pem) => {
+                let path = dir.path().join("trusted-ca.pem");
+                std::fs::write(&path, pem)?;
+                Some(path)
+            }
+            None => options.ca_file,
+        };
         let config = herald_agent::Config {
             control_plane: std::iter::once(control_plane.to_owned())
                 .chain(options.more_control_planes)
@@ -305,7 +316,7 @@ impl Agent {
             node: "test-node".into(),
             tenants: options.interest.tenants,
             event_type_prefixes: options.interest.event_type_prefixes,
-            ca_file: options.ca_file,
+            ca_file,
             allow_targets: options.allow_targets.unwrap_or_else(loopback),
             max_in_flight: options.max_in_flight.unwrap_or(256),
             dedup_window: Duration::from_secs(3600),

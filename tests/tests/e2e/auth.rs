@@ -119,11 +119,10 @@ async fn an_agent_with_its_token_gets_config_and_delivers() -> anyhow::Result<()
         ControlPlane::start_with_tokens(ConfigStore::Etcd(vec![etcd.endpoint()]), &tokens(), ADMIN)
             .await?;
     let ca = TestCa::new();
-    let ca_dir = tempfile::tempdir()?;
     let agent = Agent::start(
         control_plane.url(),
         AgentOptions {
-            ca_file: Some(ca.write_ca_pem(ca_dir.path())?),
+            trusted_ca: Some(ca.ca_pem()),
             control_plane_token: Some(AGENT.into()),
             ..Default::default()
         },

@@ -215,12 +215,11 @@ async fn a_hanging_endpoint_does_not_delay_deliveries_to_others() -> anyhow::Res
     let world = World::start().await?;
     let hanging = herald_tests::Receiver::start(&world.ca).await?;
     hanging.respond_with_response(Response::new(200).delay(Duration::from_secs(20)));
-    let ca_dir = tempfile::tempdir()?;
     // 8 delivery slots in all; the hanging endpoint's lane may hold 4 of them.
     let agent = herald_tests::Agent::start(
         world.control_plane.url(),
         herald_tests::AgentOptions {
-            ca_file: Some(world.ca.write_ca_pem(ca_dir.path())?),
+            trusted_ca: Some(world.ca.ca_pem()),
             max_in_flight: Some(8),
             ..Default::default()
         },

@@ -19,11 +19,10 @@ async fn a_three_member_cluster_rides_out_member_failures() -> anyhow::Result<()
     let mut etcd = EtcdCluster::start(3).await?;
     let control_plane = ControlPlane::start(ConfigStore::Etcd(etcd.endpoints())).await?;
     let ca = TestCa::new();
-    let ca_dir = tempfile::tempdir()?;
     let agent = Agent::start(
         control_plane.url(),
         AgentOptions {
-            ca_file: Some(ca.write_ca_pem(ca_dir.path())?),
+            trusted_ca: Some(ca.ca_pem()),
             ..Default::default()
         },
     )

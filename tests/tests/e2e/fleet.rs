@@ -25,11 +25,10 @@ async fn an_agent_fails_over_to_another_replica_and_misses_no_change() -> anyhow
     let first = ControlPlane::start_configured(store.clone(), replica("replica-a")).await?;
     let second = ControlPlane::start_configured(store, replica("replica-b")).await?;
     let ca = TestCa::new();
-    let ca_dir = tempfile::tempdir()?;
     let agent = Agent::start(
         first.url(),
         AgentOptions {
-            ca_file: Some(ca.write_ca_pem(ca_dir.path())?),
+            trusted_ca: Some(ca.ca_pem()),
             more_control_planes: vec![second.url().to_owned()],
             ..Default::default()
         },
@@ -116,11 +115,10 @@ async fn a_refused_change_keeps_the_last_good_config_and_shows_in_the_agents_lis
     let etcd = Etcd::start().await?;
     let control_plane = ControlPlane::start(ConfigStore::Etcd(vec![etcd.endpoint()])).await?;
     let ca = TestCa::new();
-    let ca_dir = tempfile::tempdir()?;
     let agent = Agent::start(
         control_plane.url(),
         AgentOptions {
-            ca_file: Some(ca.write_ca_pem(ca_dir.path())?),
+            trusted_ca: Some(ca.ca_pem()),
             ..Default::default()
         },
     )
@@ -367,11 +365,10 @@ async fn an_agent_receives_only_what_its_interest_reaches_and_refuses_other_even
     let etcd = Etcd::start().await?;
     let control_plane = ControlPlane::start(ConfigStore::Etcd(vec![etcd.endpoint()])).await?;
     let ca = TestCa::new();
-    let ca_dir = tempfile::tempdir()?;
     let agent = Agent::start(
         control_plane.url(),
         AgentOptions {
-            ca_file: Some(ca.write_ca_pem(ca_dir.path())?),
+            trusted_ca: Some(ca.ca_pem()),
             interest: herald_core::interest::Interest {
                 tenants: vec!["shop-a".into()],
                 event_type_prefixes: vec!["order.".into()],

@@ -40,11 +40,10 @@ async fn two_agents_on_two_replicas_failing_one_endpoint_disable_it_once() -> an
     let world = World::start().await?;
     // A second control-plane replica on the same etcd, with an agent of its own.
     let replica = ControlPlane::start(ConfigStore::Etcd(vec![world.etcd.endpoint()])).await?;
-    let ca_dir = tempfile::tempdir()?;
     let second = Agent::start(
         replica.url(),
         AgentOptions {
-            ca_file: Some(world.ca.write_ca_pem(ca_dir.path())?),
+            trusted_ca: Some(world.ca.ca_pem()),
             ..Default::default()
         },
     )

@@ -71,12 +71,11 @@ async fn both_daemons_count_what_happened() -> anyhow::Result<()> {
         })
         .await?;
     let ca = TestCa::new();
-    let ca_dir = tempfile::tempdir()?;
     let agent_metrics = free_port().await?;
     let agent = Agent::start(
         control_plane.url(),
         AgentOptions {
-            ca_file: Some(ca.write_ca_pem(ca_dir.path())?),
+            trusted_ca: Some(ca.ca_pem()),
             metrics_listen: Some(agent_metrics),
             ..Default::default()
         },
