@@ -204,19 +204,24 @@ impl ControlPlane {
         }
     }
 
+    /// The agents this control plane lists.
+    pub async fn list_agents(&self) -> anyhow::Result<Vec<pb::AgentInfo>> {
+        Ok(self
+            .agents()
+            .await?
+            .list_agents(pb::ListAgentsRequest {})
+            .await?
+            .into_inner()
+            .agents)
+    }
+
     /// Waits until every connected agent has applied at least `revision`.
     pub async fn wait_applied(&self, revision: i64, timeout: Duration) -> anyhow::Result<()> {
         crate::eventually(
             timeout,
             &format!("agents to apply revision {revision}"),
             || async {
-                let agents = self
-                    .agents()
-                    .await?
-                    .list_agents(pb::ListAgentsRequest {})
-                    .await?
-                    .into_inner()
-                    .agents;
+                let agents = self.list_agents().await?;
                 let connected: Vec<_> = agents.iter().filter(|a| a.connected).collect();
                 Ok((!connected.is_empty()
                     && connected.iter().all(|a| a.applied_revision >= revision))

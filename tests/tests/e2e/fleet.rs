@@ -91,13 +91,7 @@ async fn listed_on(control_plane: &ControlPlane, revision: i64) -> anyhow::Resul
         Duration::from_secs(10),
         "the agent listed with its revision",
         || async {
-            let agents = control_plane
-                .agents()
-                .await?
-                .list_agents(pb::ListAgentsRequest {})
-                .await?
-                .into_inner()
-                .agents;
+            let agents = control_plane.list_agents().await?;
             Ok(match &agents[..] {
                 [agent] if agent.connected && agent.applied_revision >= revision => {
                     Some(agent.replica.clone())
@@ -153,13 +147,7 @@ async fn a_refused_change_keeps_the_last_good_config_and_shows_in_the_agents_lis
         Duration::from_secs(10),
         "the agent to refuse it",
         || async {
-            let agents = control_plane
-                .agents()
-                .await?
-                .list_agents(pb::ListAgentsRequest {})
-                .await?
-                .into_inner()
-                .agents;
+            let agents = control_plane.list_agents().await?;
             Ok(agents.into_iter().find(|a| !a.last_nack.is_empty()))
         },
     )

@@ -130,13 +130,7 @@ async fn a_rotated_client_ca_takes_effect_without_a_restart() -> anyhow::Result<
     )
     .await?;
     let connected = || async {
-        let agents = control_plane
-            .agents()
-            .await?
-            .list_agents(pb::ListAgentsRequest {})
-            .await?
-            .into_inner()
-            .agents;
+        let agents = control_plane.list_agents().await?;
         anyhow::Ok(agents.iter().any(|a| a.connected))
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
