@@ -41,6 +41,9 @@ pub struct Change {
     pub upserts: Vec<Arc<pb::Subscription>>,
     /// Ids of subscriptions deleted.
     pub removals: Vec<String>,
+    /// The versions before this change of the subscriptions it changes or deletes (none for
+    /// new ones): whether an agent held one decides whether it must hear of its removal.
+    pub previous: BTreeMap<String, Arc<pb::Subscription>>,
     /// When the hub saw the change (the start of its convergence time).
     pub seen_at: tokio::time::Instant,
 }
@@ -225,6 +228,7 @@ impl ConfigHub {
                 revision: batch.revision,
                 upserts: vec![],
                 removals: vec![],
+                previous: BTreeMap::new(),
                 seen_at: tokio::time::Instant::now(),
             };
             for event in batch.events {
@@ -243,6 +247,12 @@ impl ConfigHub {
                 }
             }
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+            let ids = change.upserts.iter().map(|s| &s.id).chain(&change.removals);
+            for id in ids {
+                if let Some(old) = state.snapshot.subscriptions.get(id) {
+                    change.previous.insert(id.clone(), old.clone());
+                }
+            }
             state.snapshot.revision = change.revision;
             for sub in &change.upserts {
                 state
@@ -284,6 +294,11 @@ fn difference(
             .filter(|id| !new.contains_key(*id))
             .cloned()
             .collect(),
+        previous: old
+            .iter()
+            .filter(|(id, sub)| new.get(*id) != Some(*sub))
+            .map(|(id, sub)| (id.clone(), sub.clone()))
+            .collect(),
         seen_at: tokio::time::Instant::now(),
     }
 }
@@ -315,6 +330,8 @@ mod tests {
         assert_eq!(upserts, ["added", "changed"]);
         assert_eq!(change.removals, ["gone"]);
         assert_eq!(change.revision, 10);
+        let previous: Vec<&str> = change.previous.keys().map(String::as_str).collect();
+        assert_eq!(previous, ["changed", "gone"]);
 
         let same = difference(&new, &new, 11);
         assert!(same.upserts.is_empty() && same.removals.is_empty());

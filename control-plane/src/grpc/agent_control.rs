@@ -287,11 +287,16 @@ async fn follow(shared: &Shared, session: Session<'_>) {
     // An agent that already holds a recent revision gets the changes since; any other a
     // snapshot.
     let resumed = (resume_from > 0).then(|| hub.resume(resume_from)).flatten();
+    // The newest revision sent to the agent, and the newest it acked: when it has acked all
+    // it was sent, a change that concerns nothing it may see leaves it up to date.
+    let (mut sent, mut acked) = (resume_from, resume_from);
     let mut changes = match resumed {
         Some((resume, changes)) => {
-            if resume.revision > resume_from && tx.send(Ok(interest.merged(&resume))).await.is_err()
-            {
-                return;
+            if resume.revision > resume_from {
+                if tx.send(Ok(interest.merged(&resume))).await.is_err() {
+                    return;
+                }
+                sent = resume.revision;
             }
             changes
         }
@@ -303,6 +308,7 @@ async fn follow(shared: &Shared, session: Session<'_>) {
             {
                 return;
             }
+            sent = snapshot.revision;
             changes
         }
     };
@@ -314,6 +320,7 @@ async fn follow(shared: &Shared, session: Session<'_>) {
             message = inbound.message() => match message {
                 Ok(Some(pb::ConfigRequest { kind: Some(Kind::Ack(ack)) })) => {
                     fleet.acked(agent, ack.revision);
+                    acked = acked.max(ack.revision);
                     while let Some((revision, seen_at)) = unacked.front().copied() {
                         if revision > ack.revision {
                             break;
@@ -354,8 +361,14 @@ async fn follow(shared: &Shared, session: Session<'_>) {
                 let update = match change {
                     Ok(change) => {
                         let delta = interest.delta(&change);
-                        if delta.is_some() && unacked.len() < MAX_UNACKED_TIMED {
-                            unacked.push_back((change.revision, change.seen_at));
+                        if delta.is_some() {
+                            sent = change.revision;
+                            if unacked.len() < MAX_UNACKED_TIMED {
+                                unacked.push_back((change.revision, change.seen_at));
+                            }
+                        } else if acked >= sent {
+                            // Nothing to send, nothing outstanding: the agent is current.
+                            fleet.acked(agent, change.revision);
                         }
                         delta
                     }
@@ -367,6 +380,7 @@ async fn follow(shared: &Shared, session: Session<'_>) {
                         if send_snapshot(snapshot_turns, tx, interest, &snapshot).await.is_err() {
                             return;
                         }
+                        sent = snapshot.revision;
                         None
                     }
                     Err(RecvError::Closed) => return,
@@ -507,27 +521,28 @@ impl Interest {
         update
     }
 
-    /// The change as this agent sees it; `None` when it concerns nothing the agent holds.
+    /// The change as this agent sees it; `None` when it concerns nothing the agent holds or
+    /// may see: a subscription that is not visible goes out as a removal only if its previous
+    /// version was (its tenant, types or regions moved away from the agent).
     fn delta(&self, change: &Arc<Change>) -> Option<pb::ConfigUpdate> {
+        let held = |id: &str| change.previous.get(id).is_some_and(|old| self.sees(old));
         let mut update = pb::ConfigUpdate {
-            replay: None,
-            emit: None,
-            more: false,
             revision: change.revision,
-            snapshot: false,
-            upserts: vec![],
-            removals: change.removals.clone(),
+            removals: change
+                .removals
+                .iter()
+                .filter(|id| held(id))
+                .cloned()
+                .collect(),
+            ..Default::default()
         };
         for sub in &change.upserts {
             if self.sees(sub) {
                 update.upserts.push((**sub).clone());
-            } else {
-                // It may have been visible before this change (a region or tenant moved).
+            } else if held(&sub.id) {
                 update.removals.push(sub.id.clone());
             }
         }
-        // Removals of subscriptions the agent never held are harmless but useless when the
-        // agent filters by interest; without a filter every removal concerns it.
         (!update.upserts.is_empty() || !update.removals.is_empty()).then_some(update)
     }
 }
@@ -577,6 +592,64 @@ mod tests {
         let empty: Vec<_> = interest.snapshot(&empty_snapshot).collect();
         assert_eq!(empty.len(), 1);
         assert!(empty[0].snapshot && !empty[0].more && empty[0].upserts.is_empty());
+    }
+
+    #[test]
+    fn deltas_carry_only_what_the_agent_may_see_or_held() {
+        let interest = Interest::new(&pb::AgentHello {
+            agent_id: "agt_1".into(),
+            tenants: vec!["a".into()],
+            event_type_prefixes: vec!["order.".into()],
+            ..Default::default()
+        })
+        .expect("valid hello");
+        let sub = |id: &str, tenant: &str, types: &str| {
+            Arc::new(pb::Subscription {
+                id: id.into(),
+                tenant: tenant.into(),
+                event_types: vec![types.into()],
+                ..Default::default()
+            })
+        };
+        let change = |upserts: Vec<Arc<pb::Subscription>>,
+                      removals: &[&str],
+                      previous: Vec<Arc<pb::Subscription>>| {
+            Arc::new(Change {
+                revision: 7,
+                upserts,
+                removals: removals.iter().map(|r| r.to_string()).collect(),
+                previous: previous.into_iter().map(|s| (s.id.clone(), s)).collect(),
+                seen_at: tokio::time::Instant::now(),
+            })
+        };
+        // Another tenant's subscription, created and deleted: nothing to say.
+        assert_eq!(
+            interest.delta(&change(vec![sub("b1", "b", "*")], &[], vec![])),
+            None
+        );
+        assert_eq!(
+            interest.delta(&change(vec![], &["b1"], vec![sub("b1", "b", "*")])),
+            None
+        );
+        // Its own: sent; deleted: removed.
+        let created = interest
+            .delta(&change(vec![sub("a1", "a", "order.*")], &[], vec![]))
+            .expect("sent");
+        assert_eq!(created.upserts.len(), 1);
+        let deleted = interest
+            .delta(&change(vec![], &["a1"], vec![sub("a1", "a", "order.*")]))
+            .expect("sent");
+        assert_eq!(deleted.removals, ["a1"]);
+        // Moved out of its view (types no longer reach order.): removed.
+        let moved = interest
+            .delta(&change(
+                vec![sub("a1", "a", "invoice.*")],
+                &[],
+                vec![sub("a1", "a", "order.*")],
+            ))
+            .expect("sent");
+        assert!(moved.upserts.is_empty());
+        assert_eq!(moved.removals, ["a1"]);
     }
 
     #[test]
