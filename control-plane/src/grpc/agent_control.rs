@@ -20,6 +20,7 @@ use herald_core::interest::MAX_INTEREST;
 use herald_proto::v1 as pb;
 use herald_proto::v1::agent_control_server::AgentControl;
 use herald_proto::v1::config_request::Kind;
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -301,14 +302,11 @@ async fn follow(shared: &Shared, session: Session<'_>) {
             changes
         }
         None => {
-            let (snapshot, changes) = hub.subscribe();
-            if send_snapshot(snapshot_turns, tx, interest, &snapshot)
-                .await
-                .is_err()
-            {
+            let Ok((revision, changes)) = send_snapshot(snapshot_turns, hub, tx, interest).await
+            else {
                 return;
-            }
-            sent = snapshot.revision;
+            };
+            sent = revision;
             changes
         }
     };
@@ -374,13 +372,14 @@ async fn follow(shared: &Shared, session: Session<'_>) {
                     }
                     Err(RecvError::Lagged(_)) => {
                         // Fell behind the hub's buffer: start over from a fresh snapshot.
-                        let (snapshot, fresh) = hub.subscribe();
+                        let Ok((revision, fresh)) =
+                            send_snapshot(snapshot_turns, hub, tx, interest).await
+                        else {
+                            return;
+                        };
                         changes = fresh;
                         unacked.clear();
-                        if send_snapshot(snapshot_turns, tx, interest, &snapshot).await.is_err() {
-                            return;
-                        }
-                        sent = snapshot.revision;
+                        sent = revision;
                         None
                     }
                     Err(RecvError::Closed) => return,
@@ -395,21 +394,24 @@ async fn follow(shared: &Shared, session: Session<'_>) {
     }
 }
 
-/// Sends the agent's part of `snapshot`; `Err` when the stream is gone.
+/// Sends the agent its part of the hub's current state; its revision and a receiver of every
+/// change after it, or `Err` when the stream is gone.
 ///
 /// At most [`SNAPSHOTS_AT_ONCE`] streams of a replica send a snapshot at a time, so a fleet
 /// reconnecting at once (after a replica restart) is served in turns instead of every
-/// snapshot being built in memory together; one that cannot send its snapshot within
-/// [`SNAPSHOT_SEND_LIMIT`] ends its stream and reconnects later.
+/// snapshot being copied and built in memory together (a stream waiting its turn holds
+/// nothing); one that cannot send its snapshot within [`SNAPSHOT_SEND_LIMIT`] ends its
+/// stream and reconnects later.
 async fn send_snapshot(
     turns: &Semaphore,
+    hub: &ConfigHub,
     tx: &mpsc::Sender<Result<pb::ConfigUpdate, Status>>,
     interest: &Interest,
-    snapshot: &Snapshot,
-) -> Result<(), ()> {
+) -> Result<(i64, broadcast::Receiver<Arc<Change>>), ()> {
     let _turn = turns.acquire().await.map_err(|_| ())?;
+    let (snapshot, changes) = hub.subscribe();
     let send = async {
-        for part in interest.snapshot(snapshot) {
+        for part in interest.snapshot(&snapshot) {
             tx.send(Ok(part)).await.map_err(|_| ())?;
         }
         Ok(())
@@ -418,7 +420,8 @@ async fn send_snapshot(
         .await
         .map_err(|_| {
             tracing::warn!("an agent took too long to read its snapshot; closing its stream")
-        })?
+        })??;
+    Ok((snapshot.revision, changes))
 }
 
 /// What an agent may deliver: the subscriptions it is sent.
