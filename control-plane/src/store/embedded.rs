@@ -264,18 +264,20 @@ impl Inner {
     }
 
     fn commit(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
-        for op in &txn.ops {
-            if let Op::PutLeased(_, _, lease) = op {
-                let alive = self
-                    .leases()
-                    .get(lease)
-                    .is_some_and(|(_, deadline)| *deadline > Instant::now());
-                if !alive {
-                    return Err(embedded(format!("requested lease {lease} not found")));
+        self.write(|kv, _| {
+            // Checked under the commit lock: the reaper deletes an expired lease's keys under
+            // it too, so no key is bound to a lease after its keys were reaped.
+            for op in &txn.ops {
+                if let Op::PutLeased(_, _, lease) = op {
+                    let alive = self
+                        .leases()
+                        .get(lease)
+                        .is_some_and(|(_, deadline)| *deadline > Instant::now());
+                    if !alive {
+                        return Err(embedded(format!("requested lease {lease} not found")));
+                    }
                 }
             }
-        }
-        self.write(|kv, _| {
             for compare in &txn.compares {
                 let holds = match compare {
                     Compare::Absent(key) => kv.get(key.as_str()).map_err(embedded)?.is_none(),
