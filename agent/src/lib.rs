@@ -249,6 +249,7 @@ pub async fn run(
             retention: config.retention,
             dedup_window: config.dedup_window,
             durable: config.fsync,
+            durable_lag: queue::DURABLE_LAG,
         },
     )?;
     // Read once now, so unusable files fail the start; again at every connection after.

@@ -161,6 +161,7 @@ async fn kill_9_in_a_burst_loses_no_acknowledged_event() -> anyhow::Result<()> {
                 retention: Duration::from_secs(3600),
                 dedup_window: Duration::from_secs(3600),
                 durable: true,
+                durable_lag: herald_agent::queue::DURABLE_LAG,
             };
             let queue = herald_agent::queue::Queue::open(agent.data_dir(), cfg)?;
             eprintln!(

@@ -35,11 +35,19 @@
 //! event. An event and all of its tasks are written in the same transaction; an `EmitBatch` is
 //! all-or-nothing. A finished attempt's task update and its report are written together too.
 //!
+//! A group holding only attempt outcomes and report acks — work no caller waits on — commits
+//! without an fsync; the next fsync makes it durable, and one comes within
+//! `durable_lag` (50 ms by default; the writer forces it on a busy queue, a persist task on an idle
+//! one). A crash before it loses only such outcomes: those attempts are made again, as if they
+//! had been in flight. The reporter reads only durable reports ([`Queue::reports`]), so the
+//! control plane never logs an attempt whose outcome a crash took back.
+//!
 //! # Recovery
 //! redb commits are atomic: after a crash (even mid-commit, a torn write) the file opens at the
-//! last completed commit. Everything acknowledged is in it. Attempts that were in flight at the
-//! crash were never recorded as done, so their tasks are due again and are retried — the only
-//! way a receiver can see an event twice (at-least-once delivery).
+//! last durable commit. Everything acknowledged is in it. Attempts that were in flight at the
+//! crash, or whose outcome was not yet durable, were never recorded as done, so their tasks are
+//! due again and are retried with their attempt counts — the only way a receiver can see an
+//! event twice (at-least-once delivery).
 //!
 //! # Limits
 //! The queue refuses new events with [`QueueError::Full`] when it holds `max_events` events or
@@ -50,6 +58,7 @@ mod lanes;
 mod writer;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -92,7 +101,14 @@ pub struct QueueConfig {
     pub dedup_window: Duration,
     /// Fsync every commit (turning it off risks losing acknowledged events on power loss).
     pub durable: bool,
+    /// The longest an attempt's outcome may stay committed without an fsync (see "Writes and
+    /// fsync" above); [`DURABLE_LAG`] unless a test needs another.
+    pub durable_lag: Duration,
 }
+
+/// The default [`QueueConfig::durable_lag`]: a crash repeats at most this much of the attempts
+/// made just before it.
+pub const DURABLE_LAG: Duration = Duration::from_millis(50);
 
 /// Why the queue refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -232,8 +248,12 @@ struct Shared {
     lanes: Mutex<lanes::Lanes>,
     /// Woken when tasks were added or finished (the scheduler's cue).
     tasks_changed: Notify,
-    /// Woken when reports were added to the outbox.
+    /// Woken when reports in the outbox became durable (readable by the reporter).
     reports_added: Notify,
+    /// Reports up to this sequence number are durable: the reporter may send them.
+    reportable: AtomicU64,
+    /// Woken when a commit was made without an fsync (the persist task's cue).
+    unpersisted: Notify,
 }
 
 impl Queue {
@@ -263,13 +283,25 @@ impl Queue {
         }
         txn.commit().map_err(storage)?;
         let lanes = index_lanes(&db)?;
+        // Everything in the file is durable.
+        let seq = {
+            let txn = db.begin_read().map_err(storage)?;
+            let meta = txn.open_table(META).map_err(storage)?;
+            meta.get(META_SEQ)
+                .map_err(storage)?
+                .map_or(0, |v| v.value())
+        };
         let shared = Arc::new(Shared {
             lanes: Mutex::new(lanes),
             tasks_changed: Notify::new(),
             reports_added: Notify::new(),
+            reportable: AtomicU64::new(seq),
+            unpersisted: Notify::new(),
         });
         let (tx, rx) = mpsc::channel(WRITER_CHANNEL);
+        let lag = config.durable_lag;
         writer::spawn(db.clone(), config, rx, shared.clone());
+        tokio::spawn(persist(tx.downgrade(), shared.clone(), lag));
         Ok(Queue {
             db,
             writer: tx,
@@ -441,12 +473,23 @@ impl Queue {
             .map_err(|_| QueueError::Closed)
     }
 
-    /// Up to `limit` reports from the outbox with sequence numbers above `after`, in order.
+    /// Up to `limit` durable reports from the outbox with sequence numbers above `after`, in
+    /// order. A report not yet durable is not handed out: a crash could still take back its
+    /// attempt's outcome (and the attempt would be made again).
     pub fn reports(&self, after: u64, limit: usize) -> Result<Vec<(u64, pb::Attempt)>, QueueError> {
+        // Read before the snapshot opens, so the snapshot holds every report up to it.
+        let durable = self.shared.reportable.load(Ordering::Acquire);
         let txn = self.db.begin_read().map_err(storage)?;
         let outbox = txn.open_table(OUTBOX).map_err(storage)?;
         let mut out = Vec::new();
-        for entry in outbox.range(after + 1..).map_err(storage)?.take(limit) {
+        if durable <= after {
+            return Ok(out);
+        }
+        for entry in outbox
+            .range(after + 1..=durable)
+            .map_err(storage)?
+            .take(limit)
+        {
             let (seq, value) = entry.map_err(storage)?;
             let attempt = pb::Attempt::decode(value.value()).map_err(storage)?;
             out.push((seq.value(), attempt));
@@ -486,12 +529,12 @@ impl Queue {
         self.shared.tasks_changed.notified().await;
     }
 
-    /// Waits until reports were added.
+    /// Waits until reports became durable (see [`Queue::reports`]).
     pub async fn reports_added(&self) {
         self.shared.reports_added.notified().await;
     }
 
-    /// Waits for every command sent so far to be committed.
+    /// Waits for every command sent so far to be committed durably.
     pub async fn flush(&self) -> Result<(), QueueError> {
         let (reply, answer) = oneshot::channel();
         self.writer
@@ -512,6 +555,25 @@ impl Queue {
 
     fn lock_lanes(&self) -> std::sync::MutexGuard<'_, lanes::Lanes> {
         self.shared.lanes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Makes commits made without an fsync durable within `lag` when no other commit does: woken
+/// by the writer after such a commit, it waits that long and asks for a flush. It ends when
+/// the queue's writer is gone.
+async fn persist(writer: mpsc::WeakSender<Command>, shared: Arc<Shared>, lag: Duration) {
+    loop {
+        shared.unpersisted.notified().await;
+        tokio::time::sleep(lag).await;
+        let Some(writer) = writer.upgrade() else {
+            return;
+        };
+        let (reply, answer) = oneshot::channel();
+        if writer.send(Command::Flush { reply }).await.is_err() {
+            return;
+        }
+        drop(writer);
+        let _ = answer.await;
     }
 }
 

@@ -20,6 +20,7 @@ fn config() -> QueueConfig {
         retention: Duration::from_secs(3600),
         dedup_window: Duration::from_secs(3600),
         durable: true,
+        durable_lag: Duration::from_secs(3600),
     }
 }
 
@@ -672,4 +673,101 @@ async fn a_replay_queues_a_finished_delivery_again_with_its_attempt_count() {
         ),
         ("evt_1", "sub_a", 8)
     );
+}
+
+/// Accepts one event for `sub`, takes its task and records a delivered attempt; returns once
+/// that outcome is committed (durably or not).
+async fn deliver_one(queue: &Queue, id: &str) {
+    queue
+        .accept(vec![NewEvent {
+            event: event(id, 10),
+            subscriptions: vec!["sub".into()],
+        }])
+        .await
+        .expect("accept");
+    let task = queue
+        .due(u64::MAX - 1, 1, room(1))
+        .expect("due")
+        .pop()
+        .expect("a task");
+    queue
+        .complete(task, Next::Done, pb::Attempt::default())
+        .await
+        .expect("complete");
+    for _ in 0..500 {
+        if stored_tasks(queue).is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the outcome was not committed");
+}
+
+#[tokio::test]
+async fn an_outcome_is_reported_only_once_durable_and_a_power_loss_before_repeats_the_attempt() {
+    let mut rng = Rng(7);
+    let disk = PowerLossDisk::default();
+    let db = redb::Builder::new()
+        .create_with_backend(disk.clone())
+        .expect("open");
+    let queue = Queue::start(db, config()).expect("start");
+    deliver_one(&queue, "evt_1").await;
+    assert!(
+        queue.reports(0, 10).expect("reports").is_empty(),
+        "a report whose outcome is not durable is not handed to the reporter"
+    );
+    assert_eq!(queue.pending_reports().expect("outbox"), 1);
+
+    // The power goes before any fsync: the attempt is due again, with its count, unreported.
+    let image = disk.after_power_loss(&mut rng);
+    drop(queue);
+    let db = redb::Builder::new()
+        .create_with_backend(image)
+        .expect("reopen");
+    let queue = Queue::start(db, config()).expect("start");
+    let expected: BTreeMap<_, _> = [(("evt_1".to_string(), "sub".to_string()), 0)].into();
+    assert_eq!(stored_tasks(&queue), expected);
+    assert_eq!(queue.pending_reports().expect("outbox"), 0);
+
+    // A flush (as every acknowledged Emit's commit) makes the outcome durable and reportable.
+    let task = queue.due(u64::MAX - 1, 1, room(1)).expect("due").pop();
+    queue
+        .complete(task.expect("task"), Next::Done, pb::Attempt::default())
+        .await
+        .expect("complete");
+    queue.flush().await.expect("flush");
+    assert_eq!(queue.reports(0, 10).expect("reports").len(), 1);
+    queue.close().await;
+}
+
+#[tokio::test]
+async fn an_idle_queue_makes_outcomes_durable_within_the_lag() {
+    let mut rng = Rng(11);
+    let disk = PowerLossDisk::default();
+    let db = redb::Builder::new()
+        .create_with_backend(disk.clone())
+        .expect("open");
+    let lag = QueueConfig {
+        durable_lag: Duration::from_millis(20),
+        ..config()
+    };
+    let queue = Queue::start(db, lag.clone()).expect("start");
+    deliver_one(&queue, "evt_1").await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while queue.reports(0, 10).expect("reports").is_empty() {
+            queue.reports_added().await;
+        }
+    })
+    .await
+    .expect("the report becomes durable without another commit asking for it");
+
+    let image = disk.after_power_loss(&mut rng);
+    drop(queue);
+    let db = redb::Builder::new()
+        .create_with_backend(image)
+        .expect("reopen");
+    let queue = Queue::start(db, lag).expect("start");
+    assert!(stored_tasks(&queue).is_empty(), "the outcome survived");
+    assert_eq!(queue.reports(0, 10).expect("reports").len(), 1);
+    queue.close().await;
 }

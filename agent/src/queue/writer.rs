@@ -1,13 +1,22 @@
 //! The queue's single writer: drains every waiting command, applies them in one write
 //! transaction, commits once (group commit), then answers. A storage failure aborts the whole
 //! group and every caller in it gets the error; nothing of the group is written.
+//!
+//! A group with a caller waiting on it (an `Emit`, a replay, a sweep, a flush) commits with an
+//! fsync. A group of attempt outcomes and report acks only — work nobody waits on, and that a
+//! crash may undo safely (the attempt is made again, the report sent again) — commits without
+//! one; the next fsync, at most `durable_lag` later, makes it durable with everything before.
+//! Reports become readable by the reporter only once durable, so the control plane never logs
+//! an attempt that a crash could take back.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use prost::Message;
 use redb::{Database, Durability, ReadableTable, Table};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::{
     ACCEPTED, Accepted, EVENTS, MAX_GROUP, META, META_BYTES, META_EVENTS, META_SEQ, NewEvent, Next,
@@ -43,7 +52,7 @@ pub(super) enum Command {
     Sweep {
         reply: oneshot::Sender<Result<u64, QueueError>>,
     },
-    /// Answer once everything before it is committed.
+    /// Answer once everything before it is committed durably.
     Flush { reply: oneshot::Sender<()> },
     /// Commit what came before, answer, and stop the writer (closing its use of the file).
     Close { reply: oneshot::Sender<()> },
@@ -104,9 +113,14 @@ pub(super) fn spawn(
     shared: Arc<Shared>,
 ) {
     let run = move || {
-        // After an I/O failure redb refuses every later write as "previous I/O error"; keep
-        // the first failure's words so callers keep hearing why (a full disk, say).
-        let mut first_io_failure: Option<String> = None;
+        let mut writer = Writer {
+            db,
+            config,
+            shared,
+            first_io_failure: None,
+            last_durable: Instant::now(),
+            unpersisted: false,
+        };
         while let Some(first) = rx.blocking_recv() {
             // Everything waiting joins this group, up to a Close (handled after it).
             let mut group = Vec::new();
@@ -123,20 +137,149 @@ pub(super) fn spawn(
                     }
                 }
             }
-            if !group.is_empty() {
-                apply_group(&db, &config, group, &shared, &mut first_io_failure);
-            }
             if let Some(reply) = close {
-                drop(db);
+                // The last commit makes everything before it durable.
+                let (flushed, _) = oneshot::channel();
+                group.push(Command::Flush { reply: flushed });
+                writer.apply_group(group);
+                writer.shared.unpersisted.notify_one();
+                drop(writer);
                 let _ = reply.send(());
                 return;
             }
+            writer.apply_group(group);
         }
+        // Every queue handle is gone: the persist task learns it at its next wake-up.
+        writer.shared.unpersisted.notify_one();
     };
     std::thread::Builder::new()
         .name("herald-queue-writer".into())
         .spawn(run)
         .expect("the OS can start a thread");
+}
+
+/// The writer thread's state.
+struct Writer {
+    db: Arc<Database>,
+    config: QueueConfig,
+    shared: Arc<Shared>,
+    /// After an I/O failure redb refuses every later write as "previous I/O error"; the first
+    /// failure's words are kept so callers keep hearing why (a full disk, say).
+    first_io_failure: Option<String>,
+    /// When the last durable commit was made.
+    last_durable: Instant,
+    /// Whether a commit since then was made without an fsync.
+    unpersisted: bool,
+}
+
+impl Writer {
+    /// Whether `works` must be durable when its commit returns: a caller waits on it, or the
+    /// commits made without an fsync are getting old.
+    fn durable(&self, works: &[Work]) -> bool {
+        self.config.durable
+            && (self.last_durable.elapsed() >= self.config.durable_lag
+                || works
+                    .iter()
+                    .any(|w| !matches!(w, Work::Complete { .. } | Work::AckReports { .. })))
+    }
+
+    fn apply_group(&mut self, group: Vec<Command>) {
+        let (works, slots): (Vec<Work>, Vec<Slot>) = group.into_iter().map(split).unzip();
+        let durable = self.durable(&works);
+        let wake;
+        let (outcomes, failure) = match apply(&self.db, &self.config, works, durable) {
+            Ok(applied) => {
+                if durable || !self.config.durable {
+                    // Everything committed so far is on disk (or as durable as it gets).
+                    self.shared.reportable.store(applied.seq, Ordering::Release);
+                    if self.unpersisted || applied.reports_added {
+                        self.shared.reports_added.notify_one();
+                    }
+                    self.last_durable = Instant::now();
+                    self.unpersisted = false;
+                } else {
+                    if !self.unpersisted {
+                        // The persist task makes it durable if no other commit does first.
+                        self.shared.unpersisted.notify_one();
+                    }
+                    self.unpersisted = true;
+                }
+                wake = !applied.completing.is_empty() || !applied.added.is_empty();
+                self.release(&applied.completing, &applied.added, false);
+                (applied.outcomes, None)
+            }
+            Err((err, completing)) => {
+                let message = err.to_string();
+                let message = match &self.first_io_failure {
+                    Some(first) if message.contains("Previous I/O error") => {
+                        format!("{first} (writes resume after a restart of the agent)")
+                    }
+                    None if message.contains("I/O error") => {
+                        self.first_io_failure = Some(message.clone());
+                        message
+                    }
+                    _ => message,
+                };
+                tracing::error!(error = %message, "queue commit failed");
+                wake = !completing.is_empty();
+                self.release(&completing, &[], true);
+                (Vec::new(), Some(message))
+            }
+        };
+        answer(slots, outcomes, failure.as_deref());
+        if wake {
+            self.shared.tasks_changed.notify_one();
+        }
+    }
+
+    /// Updates the lane index after a commit: tasks whose outcome was (or failed to be)
+    /// written are no longer taken, and lanes learn of the tasks added.
+    fn release(&self, completing: &[(String, u64, u64)], added: &[(String, u64)], failed: bool) {
+        let mut lanes = self.shared.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        for (lane, seq, due) in completing {
+            lanes.finish(lane, *seq);
+            if failed {
+                // Not recorded: the task is still there, due again (the attempt is retried).
+                lanes.added(lane, *due);
+            }
+        }
+        for (lane, due) in added {
+            lanes.added(lane, *due);
+        }
+    }
+}
+
+/// Every caller hears back: the failure, or what its work produced.
+fn answer(slots: Vec<Slot>, outcomes: Vec<Done>, failure: Option<&str>) {
+    let mut outcomes = outcomes.into_iter();
+    for slot in slots {
+        let done = outcomes.next();
+        let failed = || QueueError::Storage(failure.unwrap_or_default().to_owned());
+        match (slot, done) {
+            (Slot::Accept(tx), Some(Done::Accepted(result))) if failure.is_none() => {
+                let _ = tx.send(result);
+            }
+            (Slot::Accept(tx), _) => {
+                let _ = tx.send(Err(failed()));
+            }
+            (Slot::Replay(tx), Some(Done::Replayed(results))) if failure.is_none() => {
+                let _ = tx.send(Ok(results));
+            }
+            (Slot::Replay(tx), _) => {
+                let _ = tx.send(Err(failed()));
+            }
+            (Slot::Sweep(tx), Some(Done::Swept(removed))) if failure.is_none() => {
+                let _ = tx.send(Ok(removed));
+            }
+            (Slot::Sweep(tx), _) => {
+                let _ = tx.send(Err(failed()));
+            }
+            (Slot::Flush(tx), _) => {
+                let _ = tx.send(());
+            }
+            (Slot::None, _) => {}
+        }
+    }
 }
 
 /// Counters kept in `meta`.
@@ -146,15 +289,30 @@ struct Counters {
     bytes: u64,
 }
 
-fn apply_group(
+/// What a committed group did.
+struct Applied {
+    /// One per work item, in order.
+    outcomes: Vec<Done>,
+    /// Tasks whose attempt's outcome was written: (lane, seq, due).
+    completing: Vec<(String, u64, u64)>,
+    /// Tasks added: (lane, due).
+    added: Vec<(String, u64)>,
+    /// Whether reports were added to the outbox.
+    reports_added: bool,
+    /// The last sequence number used.
+    seq: u64,
+}
+
+/// Applies a group's work in one write transaction and commits it (with an fsync when
+/// `durable`). On failure nothing is written; the error comes with the tasks whose outcome was
+/// lost, so they can be handed out again.
+#[allow(clippy::type_complexity)]
+fn apply(
     db: &Database,
     config: &QueueConfig,
-    group: Vec<Command>,
-    shared: &Shared,
-    first_io_failure: &mut Option<String>,
-) {
-    let (works, slots): (Vec<Work>, Vec<Slot>) = group.into_iter().map(split).unzip();
-    // Every task this group completes, released below whatever the commit's fate.
+    works: Vec<Work>,
+    durable: bool,
+) -> Result<Applied, (QueueError, Vec<(String, u64, u64)>)> {
     let completing: Vec<(String, u64, u64)> = works
         .iter()
         .filter_map(|w| match w {
@@ -163,14 +321,14 @@ fn apply_group(
         })
         .collect();
     let mut outcomes: Vec<Done> = Vec::with_capacity(works.len());
-    // Tasks this group adds: the lane index learns of them after the commit.
     let mut added: Vec<(String, u64)> = Vec::new();
-    let (mut tasks_changed, mut reports_added) = (false, false);
-    let result = (|| -> Result<(), QueueError> {
+    let mut reports_added = false;
+    let result = (|| -> Result<u64, QueueError> {
         let mut txn = db.begin_write().map_err(storage)?;
-        if !config.durable {
+        if !durable {
             txn.set_durability(Durability::None).map_err(storage)?;
         }
+        let seq;
         {
             let mut events = txn.open_table(EVENTS).map_err(storage)?;
             let mut accepted = txn.open_table(ACCEPTED).map_err(storage)?;
@@ -203,7 +361,6 @@ fn apply_group(
                             new,
                             &mut added,
                         )?;
-                        tasks_changed |= matches!(&result, Ok(r) if r.iter().any(|a| !a.duplicate && a.matched > 0));
                         outcomes.push(Done::Accepted(result));
                     }
                     Work::Complete { task, next, report } => {
@@ -235,7 +392,6 @@ fn apply_group(
                         outbox
                             .insert(counters.seq, report.encode_to_vec().as_slice())
                             .map_err(storage)?;
-                        tasks_changed = true;
                         reports_added = true;
                         outcomes.push(Done::Nothing);
                     }
@@ -257,7 +413,6 @@ fn apply_group(
                             let key = (item.subscription_id.as_str(), now, counters.seq);
                             tasks.insert(key, value.as_slice()).map_err(storage)?;
                             added.push((item.subscription_id.clone(), now));
-                            tasks_changed = true;
                             results.push(Ok(()));
                         }
                         outcomes.push(Done::Replayed(results));
@@ -279,76 +434,20 @@ fn apply_group(
             meta.insert(META_SEQ, counters.seq).map_err(storage)?;
             meta.insert(META_EVENTS, counters.events).map_err(storage)?;
             meta.insert(META_BYTES, counters.bytes).map_err(storage)?;
+            seq = counters.seq;
         }
-        txn.commit().map_err(storage)
+        txn.commit().map_err(storage)?;
+        Ok(seq)
     })();
-
-    let failure = result.err().map(|e| {
-        let message = e.to_string();
-        match first_io_failure {
-            Some(first) if message.contains("Previous I/O error") => {
-                format!("{first} (writes resume after a restart of the agent)")
-            }
-            None if message.contains("I/O error") => {
-                *first_io_failure = Some(message.clone());
-                message
-            }
-            _ => message,
-        }
-    });
-    {
-        let mut lanes = shared.lanes.lock().unwrap_or_else(|e| e.into_inner());
-        for (lane, seq, due) in &completing {
-            lanes.finish(lane, *seq);
-            if failure.is_some() {
-                // Not recorded: the task is still there, due again (the attempt is retried).
-                lanes.added(lane, *due);
-            }
-        }
-        if failure.is_none() {
-            for (lane, due) in &added {
-                lanes.added(lane, *due);
-            }
-        }
-    }
-    if let Some(err) = &failure {
-        tracing::error!(error = %err, "queue commit failed");
-    }
-    // Every caller hears back: the failure, or what its work produced.
-    let mut outcomes = outcomes.into_iter();
-    for slot in slots {
-        let done = outcomes.next();
-        let failed = || QueueError::Storage(failure.clone().unwrap_or_default());
-        match (slot, done) {
-            (Slot::Accept(tx), Some(Done::Accepted(result))) if failure.is_none() => {
-                let _ = tx.send(result);
-            }
-            (Slot::Accept(tx), _) => {
-                let _ = tx.send(Err(failed()));
-            }
-            (Slot::Replay(tx), Some(Done::Replayed(results))) if failure.is_none() => {
-                let _ = tx.send(Ok(results));
-            }
-            (Slot::Replay(tx), _) => {
-                let _ = tx.send(Err(failed()));
-            }
-            (Slot::Sweep(tx), Some(Done::Swept(removed))) if failure.is_none() => {
-                let _ = tx.send(Ok(removed));
-            }
-            (Slot::Sweep(tx), _) => {
-                let _ = tx.send(Err(failed()));
-            }
-            (Slot::Flush(tx), _) => {
-                let _ = tx.send(());
-            }
-            (Slot::None, _) => {}
-        }
-    }
-    if tasks_changed || !completing.is_empty() {
-        shared.tasks_changed.notify_one();
-    }
-    if reports_added && failure.is_none() {
-        shared.reports_added.notify_one();
+    match result {
+        Ok(seq) => Ok(Applied {
+            outcomes,
+            completing,
+            added,
+            reports_added,
+            seq,
+        }),
+        Err(err) => Err((err, completing)),
     }
 }
 
