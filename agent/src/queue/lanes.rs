@@ -20,11 +20,22 @@ pub(super) struct Lanes {
     taken: HashSet<u64>,
     /// Taken tasks per lane, for the per-subscription in-flight limit.
     in_flight: HashMap<String, usize>,
+    /// For lanes with tasks taken: the key (due, seq) a visit starts from, every task of the
+    /// lane before it being taken. A wide lane's visit then skips its tasks in flight without
+    /// reading them.
+    scan_from: HashMap<String, (u64, u64)>,
 }
 
 impl Lanes {
-    /// A task due at `due` was committed to `lane`.
-    pub(super) fn added(&mut self, lane: &str, due: u64) {
+    /// A task with key (`due`, `seq`) was committed to `lane`, or handed back to it.
+    pub(super) fn added(&mut self, lane: &str, due: u64, seq: u64) {
+        if self
+            .scan_from
+            .get(lane)
+            .is_some_and(|&from| (due, seq) < from)
+        {
+            self.scan_from.remove(lane);
+        }
         match self.hint_of.get(lane) {
             Some(&hint) if hint <= due => {}
             _ => self.set_hint(lane, Some(due)),
@@ -69,6 +80,18 @@ impl Lanes {
         self.in_flight.get(lane).copied().unwrap_or(0)
     }
 
+    /// Where a visit of `lane` starts (see `scan_from`).
+    pub(super) fn scan_from(&self, lane: &str) -> (u64, u64) {
+        self.scan_from.get(lane).copied().unwrap_or((0, 0))
+    }
+
+    /// A visit of `lane` found every task before `key` taken.
+    pub(super) fn set_scan_from(&mut self, lane: &str, key: (u64, u64)) {
+        if self.in_flight(lane) > 0 {
+            self.scan_from.insert(lane.to_owned(), key);
+        }
+    }
+
     /// Marks a task taken.
     pub(super) fn take(&mut self, lane: &str, seq: u64) {
         if self.taken.insert(seq) {
@@ -84,6 +107,7 @@ impl Lanes {
             *count -= 1;
             if *count == 0 {
                 self.in_flight.remove(lane);
+                self.scan_from.remove(lane);
             }
         }
     }
@@ -96,22 +120,50 @@ mod tests {
     #[test]
     fn hints_order_lanes_and_respect_limits() {
         let mut lanes = Lanes::default();
-        lanes.added("b", 20);
-        lanes.added("a", 10);
-        lanes.added("a", 30);
+        lanes.added("b", 20, 1);
+        lanes.added("a", 10, 2);
+        lanes.added("a", 30, 3);
         assert_eq!(lanes.due_lanes(25), ["a", "b"]);
         assert_eq!(lanes.due_lanes(15), ["a"]);
-        lanes.take("a", 1);
+        lanes.take("a", 2);
         assert_eq!(
             lanes.next_due(|_, n| 1_usize.saturating_sub(n)),
             Some(20),
             "a is at its limit"
         );
         assert_eq!(lanes.next_due(|_, n| 2_usize.saturating_sub(n)), Some(10));
-        lanes.finish("a", 1);
-        lanes.finish("a", 1);
+        lanes.finish("a", 2);
+        lanes.finish("a", 2);
         assert_eq!(lanes.in_flight("a"), 0, "finishing twice counts once");
         lanes.set_hint("a", None);
         assert_eq!(lanes.due_lanes(100), ["b"]);
+    }
+
+    #[test]
+    fn a_visit_skips_taken_tasks_until_an_earlier_one_comes_back() {
+        let mut lanes = Lanes::default();
+        lanes.set_scan_from("a", (10, 5));
+        assert_eq!(
+            lanes.scan_from("a"),
+            (0, 0),
+            "nothing taken: nothing to skip"
+        );
+        lanes.take("a", 4);
+        lanes.set_scan_from("a", (10, 5));
+        lanes.added("a", 10, 7);
+        assert_eq!(
+            lanes.scan_from("a"),
+            (10, 5),
+            "a later task keeps the start"
+        );
+        lanes.added("a", 10, 3);
+        assert_eq!(
+            lanes.scan_from("a"),
+            (0, 0),
+            "an earlier task is seen again"
+        );
+        lanes.set_scan_from("a", (10, 5));
+        lanes.finish("a", 4);
+        assert_eq!(lanes.scan_from("a"), (0, 0), "no task taken: forgotten");
     }
 }

@@ -342,11 +342,15 @@ impl Queue {
             }
             let mut room = room(&lane, lanes.in_flight(&lane));
             let mut hint = None;
-            let range = (lane.as_str(), 0, 0)..=(lane.as_str(), u64::MAX, u64::MAX);
+            // Every task before `from` is taken; so is every one visited before the break.
+            let (from_due, from_seq) = lanes.scan_from(&lane);
+            let mut taken_up_to = None;
+            let range = (lane.as_str(), from_due, from_seq)..=(lane.as_str(), u64::MAX, u64::MAX);
             for entry in tasks.range(range).map_err(storage)? {
                 let (key, value) = entry.map_err(storage)?;
                 let (_, due, seq) = key.value();
                 if lanes.is_taken(seq) {
+                    taken_up_to = Some((due, seq));
                     continue;
                 }
                 if due > now_ms || room == 0 || out.len() >= limit {
@@ -355,8 +359,12 @@ impl Queue {
                 }
                 let task = decode_task((&lane, due, seq), value.value())?;
                 lanes.take(&lane, seq);
+                taken_up_to = Some((due, seq));
                 room -= 1;
                 out.push(task);
+            }
+            if let Some((due, seq)) = taken_up_to {
+                lanes.set_scan_from(&lane, (due, seq + 1));
             }
             lanes.set_hint(&lane, hint);
         }
@@ -368,7 +376,7 @@ impl Queue {
     pub fn release(&self, task: &Task) {
         let mut lanes = self.lock_lanes();
         lanes.finish(&task.subscription_id, task.seq);
-        lanes.added(&task.subscription_id, task.due);
+        lanes.added(&task.subscription_id, task.due, task.seq);
     }
 
     /// When the earliest task of a lane with room (as in [`Queue::due`]) is due (ms), if any.
@@ -682,8 +690,8 @@ fn index_lanes(db: &Database) -> Result<lanes::Lanes, QueueError> {
             .map_err(storage)?;
         let Some(entry) = range.next() else { break };
         let (key, _) = entry.map_err(storage)?;
-        let (lane, due, _) = key.value();
-        index.added(lane, due);
+        let (lane, due, seq) = key.value();
+        index.added(lane, due, seq);
         after = Some(lane.to_owned());
     }
     Ok(index)

@@ -234,17 +234,22 @@ impl Writer {
 
     /// Updates the lane index after a commit: tasks whose outcome was (or failed to be)
     /// written are no longer taken, and lanes learn of the tasks added.
-    fn release(&self, completing: &[(String, u64, u64)], added: &[(String, u64)], failed: bool) {
+    fn release(
+        &self,
+        completing: &[(String, u64, u64)],
+        added: &[(String, u64, u64)],
+        failed: bool,
+    ) {
         let mut lanes = self.shared.lanes.lock().unwrap_or_else(|e| e.into_inner());
         for (lane, seq, due) in completing {
             lanes.finish(lane, *seq);
             if failed {
                 // Not recorded: the task is still there, due again (the attempt is retried).
-                lanes.added(lane, *due);
+                lanes.added(lane, *due, *seq);
             }
         }
-        for (lane, due) in added {
-            lanes.added(lane, *due);
+        for (lane, due, seq) in added {
+            lanes.added(lane, *due, *seq);
         }
     }
 }
@@ -295,8 +300,8 @@ struct Applied {
     outcomes: Vec<Done>,
     /// Tasks whose attempt's outcome was written: (lane, seq, due).
     completing: Vec<(String, u64, u64)>,
-    /// Tasks added: (lane, due).
-    added: Vec<(String, u64)>,
+    /// Tasks added: (lane, due, seq).
+    added: Vec<(String, u64, u64)>,
     /// Whether reports were added to the outbox.
     reports_added: bool,
     /// The last sequence number used.
@@ -321,7 +326,7 @@ fn apply(
         })
         .collect();
     let mut outcomes: Vec<Done> = Vec::with_capacity(works.len());
-    let mut added: Vec<(String, u64)> = Vec::new();
+    let mut added: Vec<(String, u64, u64)> = Vec::new();
     let mut reports_added = false;
     let result = (|| -> Result<u64, QueueError> {
         let mut txn = db.begin_write().map_err(storage)?;
@@ -375,15 +380,15 @@ fn apply(
                                 );
                                 let key = (task.subscription_id.as_str(), due, counters.seq);
                                 tasks.insert(key, value.as_slice()).map_err(storage)?;
-                                added.push((task.subscription_id.clone(), due));
+                                added.push((task.subscription_id.clone(), due, counters.seq));
                             }
                             Next::Done if !task.ordering_key.is_empty() => {
                                 let mut lanes = LaneTables {
                                     tasks: &mut tasks,
                                     ordered: &mut ordered,
                                 };
-                                if let Some(due) = lanes.next_in_order(&task)? {
-                                    added.push((task.subscription_id.clone(), due));
+                                if let Some((due, seq)) = lanes.next_in_order(&task)? {
+                                    added.push((task.subscription_id.clone(), due, seq));
                                 }
                             }
                             Next::Done => {}
@@ -412,7 +417,7 @@ fn apply(
                             let value = encode_task(item.attempts_made, &item.event_id, "");
                             let key = (item.subscription_id.as_str(), now, counters.seq);
                             tasks.insert(key, value.as_slice()).map_err(storage)?;
-                            added.push((item.subscription_id.clone(), now));
+                            added.push((item.subscription_id.clone(), now, counters.seq));
                             results.push(Ok(()));
                         }
                         outcomes.push(Done::Replayed(results));
@@ -497,8 +502,8 @@ impl LaneTables<'_, '_> {
     }
 
     /// `task`, the head of its ordering key's line, is finished: it leaves the line, and the
-    /// next delivery in it (if any) gets its task. Returns that task's due time.
-    fn next_in_order(&mut self, task: &Task) -> Result<Option<u64>, QueueError> {
+    /// next delivery in it (if any) gets its task. Returns that task's key (due, seq).
+    fn next_in_order(&mut self, task: &Task) -> Result<Option<(u64, u64)>, QueueError> {
         let (sub, key) = (task.subscription_id.as_str(), task.ordering_key.as_str());
         let mut line = Vec::new();
         for entry in self
@@ -526,7 +531,7 @@ impl LaneTables<'_, '_> {
         self.tasks
             .insert((sub, due, seq), encode_task(0, &event_id, key).as_slice())
             .map_err(storage)?;
-        Ok(Some(due))
+        Ok(Some((due, seq)))
     }
 }
 
@@ -541,7 +546,7 @@ fn accept(
     config: &QueueConfig,
     now: u64,
     new: Vec<NewEvent>,
-    added: &mut Vec<(String, u64)>,
+    added: &mut Vec<(String, u64, u64)>,
 ) -> Result<Result<Vec<Accepted>, QueueError>, QueueError> {
     let window = u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX);
     // First pass, read-only: duplicates, and whether the rest fits.
@@ -626,7 +631,7 @@ fn accept(
             counters.seq += 1;
             let key = item.event.ordering_key.as_str();
             if lanes.add(subscription, now, counters.seq, &id, key)? {
-                added.push((subscription.clone(), now));
+                added.push((subscription.clone(), now, counters.seq));
             }
         }
         written.insert(id, matched);
