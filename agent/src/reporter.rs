@@ -2,8 +2,8 @@
 //!
 //! Reports are written to the outbox in the same commit as the attempt's outcome, so they
 //! survive crashes; this task only reads them in order, sends them in batches over the report
-//! stream (a few batches ahead of the acks), and deletes a batch when the control plane acks
-//! it. After a broken stream it starts again from the oldest unacked report; the control plane
+//! stream (a few batches ahead of the acks; a batch that is not full waits up to [`LINGER`] for
+//! more), and deletes a batch when the control plane acks it. After a broken stream it starts again from the oldest unacked report; the control plane
 //! stores attempts idempotently, so a resent report is not a duplicate in the central log.
 
 use std::collections::BTreeMap;
@@ -12,6 +12,7 @@ use std::time::Duration;
 use herald_proto::v1 as pb;
 use herald_proto::v1::agent_control_client::AgentControlClient;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +22,9 @@ use crate::queue::Queue;
 
 /// Reports per batch.
 pub const BATCH_SIZE: usize = 500;
+/// How long reports wait for more to fill a batch: the control plane commits each batch, so
+/// a steady flow goes out in a few full batches rather than in many small ones.
+const LINGER: Duration = Duration::from_millis(20);
 /// Batches sent and not yet acked, at most.
 const WINDOW: usize = 8;
 /// How often the outbox is looked at even without a wake-up.
@@ -92,14 +96,22 @@ async fn session(
     // Batch id (its last sequence number) → its first sequence number.
     let mut unacked: BTreeMap<u64, u64> = BTreeMap::new();
     let mut sent_up_to = 0;
+    // Since when reports have been waiting for a fuller batch.
+    let mut waiting_since: Option<Instant> = None;
     loop {
         while unacked.len() < WINDOW {
             let reports = queue
                 .reports(sent_up_to, BATCH_SIZE)
                 .map_err(|e| e.to_string())?;
             let (Some(&(first, _)), Some(&(last, _))) = (reports.first(), reports.last()) else {
+                waiting_since = None;
                 break;
             };
+            let since = *waiting_since.get_or_insert_with(Instant::now);
+            if reports.len() < BATCH_SIZE && since.elapsed() < LINGER && !shutdown.is_cancelled() {
+                break;
+            }
+            waiting_since = None;
             let batch = pb::ReportBatch {
                 batch_id: last,
                 agent_id: agent_id.to_owned(),
@@ -124,7 +136,7 @@ async fn session(
                 Err(status) => return Err(format!("{url}: {}", status.message())),
             },
             () = queue.reports_added() => {}
-            () = tokio::time::sleep(POLL) => {}
+            () = tokio::time::sleep(waiting_since.map_or(POLL, |since| LINGER.saturating_sub(since.elapsed()))) => {}
         }
     }
 }
