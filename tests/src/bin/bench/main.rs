@@ -38,6 +38,9 @@ use tokio_util::sync::CancellationToken;
 
 const ROUND: Duration = Duration::from_secs(3);
 const ROUNDS: usize = 3;
+/// Requests in flight from the plain client of `bench deliver`, and the agent's attempts in
+/// flight there: the same concurrency against the same receiver.
+const PLAIN_IN_FLIGHT: usize = 256;
 /// Concurrent `EmitBatch` callers feeding `bench deliver`.
 const EMITTERS: usize = 4;
 const PAYLOAD: &str = r#"{"order_id":"ord_8812","shop":"shop-1","total":"129.90","currency":"EUR","lines":[{"sku":"TSHIRT-M-BLUE","qty":2,"price":"39.95"},{"sku":"MUG-01","qty":1,"price":"50.00"}]}"#;
@@ -496,6 +499,8 @@ async fn deliver() -> anyhow::Result<()> {
         max_queue_events: u64::MAX,
         max_queue_bytes: u64::MAX,
         shutdown_grace: Duration::from_secs(1),
+        // As many attempts in flight as the plain client has requests.
+        max_in_flight: PLAIN_IN_FLIGHT,
         ..herald_agent::Config::new(&cp, ListenAddr::Tcp(addr), dir.path().to_owned())
     };
     tokio::spawn(herald_agent::run(
@@ -529,7 +534,11 @@ async fn deliver() -> anyhow::Result<()> {
             let mut sub =
                 herald_tests::subscription(&tenant, &format!("{base}/{tenant}/{i}"), &["order.*"]);
             // One endpoint gets the agent's full width; many share it.
-            sub.max_in_flight = if subscriptions == 1 { 1024 } else { 0 };
+            sub.max_in_flight = if subscriptions == 1 {
+                PLAIN_IN_FLIGHT as u32
+            } else {
+                0
+            };
             admin
                 .create_subscription(pb::CreateSubscriptionRequest {
                     subscription: Some(sub),
@@ -674,7 +683,7 @@ async fn plain_round(
     let cpu_before = cpu_seconds();
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut workers = Vec::new();
-    for _ in 0..256 {
+    for _ in 0..PLAIN_IN_FLIGHT {
         let (client, next, url) = (client.clone(), next.clone(), url.to_owned());
         workers.push(tokio::spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < deliveries {
