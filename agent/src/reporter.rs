@@ -1,10 +1,11 @@
 //! Sends the queue's report outbox to the control plane and removes reports once acked.
 //!
 //! Reports are written to the outbox in the same commit as the attempt's outcome, so they
-//! survive crashes; this task only reads them in order, sends them in batches over the report
-//! stream (a few batches ahead of the acks; a batch that is not full waits up to [`LINGER`] for
-//! more), and deletes a batch when the control plane acks it. After a broken stream it starts again from the oldest unacked report; the control plane
-//! stores attempts idempotently, so a resent report is not a duplicate in the central log.
+//! survive crashes; this task only reads the durable ones in order, sends them in batches over
+//! the report stream (a few batches ahead of the acks; a batch that is not full waits up to
+//! [`LINGER`] for more), and deletes a batch when the control plane acks it. After a broken
+//! stream it starts again from the oldest unacked report; the control plane stores attempts
+//! idempotently, so a resent report is not a duplicate in the central log.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -124,6 +125,8 @@ async fn session(
         if shutdown.is_cancelled() && unacked.is_empty() {
             return Ok(());
         }
+        // A batch lingering for more is sent when its time is up.
+        let wait = waiting_since.map_or(POLL, |since| LINGER.saturating_sub(since.elapsed()));
         tokio::select! {
             ack = acks.message() => match ack {
                 Ok(Some(ack)) => {
@@ -136,7 +139,7 @@ async fn session(
                 Err(status) => return Err(format!("{url}: {}", status.message())),
             },
             () = queue.reports_added() => {}
-            () = tokio::time::sleep(waiting_since.map_or(POLL, |since| LINGER.saturating_sub(since.elapsed()))) => {}
+            () = tokio::time::sleep(wait) => {}
         }
     }
 }

@@ -36,11 +36,11 @@
 //! all-or-nothing. A finished attempt's task update and its report are written together too.
 //!
 //! A group holding only attempt outcomes and report acks — work no caller waits on — commits
-//! without an fsync; the next fsync makes it durable, and one comes within
-//! `durable_lag` (50 ms by default; the writer forces it on a busy queue, a persist task on an idle
-//! one). A crash before it loses only such outcomes: those attempts are made again, as if they
-//! had been in flight. The reporter reads only durable reports ([`Queue::reports`]), so the
-//! control plane never logs an attempt whose outcome a crash took back.
+//! without an fsync; the next fsync makes it durable, and one comes within `durable_lag` (50 ms
+//! by default; the writer forces it on a busy queue, a persist task on an idle one). A crash
+//! before it loses only such outcomes: those attempts are made again, as if they had been in
+//! flight. The reporter reads only durable reports ([`Queue::reports`]), so the control plane
+//! never logs an attempt whose outcome a crash took back.
 //!
 //! # Recovery
 //! redb commits are atomic: after a crash (even mid-commit, a torn write) the file opens at the
