@@ -2,7 +2,8 @@
 //! times), and the outbox of attempt reports not yet acknowledged by the control plane.
 //!
 //! # On disk
-//! One redb file, `queue.redb`, in the agent's data directory:
+//! Two files in the agent's data directory: the write-ahead log `queue.wal` ([`wal`]) and the
+//! redb file `queue.redb`:
 //!
 //! | table | key | value |
 //! | --- | --- | --- |
@@ -11,7 +12,7 @@
 //! | `lanes` | (subscription id, due ms, seq) | attempts made (u32, LE) · event id · (NUL · ordering key, when it has one) |
 //! | `ordered` | (subscription id, ordering key, seq) | due ms (u64, LE) · event id |
 //! | `outbox` | seq | `herald.v1.Attempt` |
-//! | `meta` | name | u64: `seq` (last sequence number), `events` and `bytes` (what `events` holds) |
+//! | `meta` | name | u64: `seq` (last sequence number), `events` and `bytes` (what `events` holds), `wal_epoch` (the log's epoch, see [`wal`]) |
 //!
 //! A delivery is a task in its subscription's lane, keyed by the time it is due, so "what is
 //! due now in this lane" is a range read and a retry is a move to a later key: retry timers
@@ -29,25 +30,34 @@
 //!
 //! # Writes and fsync
 //! One writer thread owns every write. It takes all commands waiting in its channel (up to
-//! [`MAX_GROUP`]), applies them in one write transaction and commits it once — with an fsync
-//! when `durable` is set (the default) — and only then answers the callers. Concurrent `Emit`
-//! calls therefore share commits (group commit): durability costs one fsync per group, not per
-//! event. An event and all of its tasks are written in the same transaction; an `EmitBatch` is
-//! all-or-nothing. A finished attempt's task update and its report are written together too.
+//! [`MAX_GROUP`]), applies them in one write transaction and commits it once; concurrent
+//! `Emit` calls therefore share commits (group commit): durability costs one fsync per group,
+//! not per event. An event and all of its tasks are written in the same transaction; an
+//! `EmitBatch` is all-or-nothing. A finished attempt's task update and its report are written
+//! together too.
 //!
-//! A group holding only attempt outcomes and report acks — work no caller waits on — commits
-//! without an fsync; the next fsync makes it durable, and one comes within `durable_lag` (50 ms
-//! by default; the writer forces it on a busy queue, a persist task on an idle one). A crash
+//! Writes go in this order: the commit's changes are appended to the log, the log is synced
+//! (`fdatasync`) when a caller waits on the group, the callers are answered, and the redb
+//! commit is made without an fsync. Every [`writer::CHECKPOINT_EVERY`] (and when a group is too
+//! large for the log, the log is full, or the queue closes) the commit is instead a durable
+//! redb commit — a checkpoint — which starts a new log epoch. With `durable` off the log is
+//! written but never synced: a process crash loses nothing, a power loss what was not synced.
+//!
+//! A group holding only attempt outcomes and report acks — work no caller waits on — is not
+//! synced; the next sync makes it durable, and one comes within `durable_lag` (50 ms by
+//! default; the writer forces it on a busy queue, a persist task on an idle one). A crash
 //! before it loses only such outcomes: those attempts are made again, as if they had been in
 //! flight. The reporter reads only durable reports ([`Queue::reports`]), so the control plane
 //! never logs an attempt whose outcome a crash took back.
 //!
 //! # Recovery
 //! redb commits are atomic: after a crash (even mid-commit, a torn write) the file opens at the
-//! last durable commit. Everything acknowledged is in it. Attempts that were in flight at the
-//! crash, or whose outcome was not yet durable, were never recorded as done, so their tasks are
-//! due again and are retried with their attempt counts — the only way a receiver can see an
-//! event twice (at-least-once delivery).
+//! last checkpoint. Opening then replays the log records of the epoch that checkpoint names, in
+//! order, up to the first torn or missing one ([`wal`]), and makes a checkpoint of the result.
+//! Every acknowledged commit was synced in the log, so it is back. Attempts that were in
+//! flight at the crash, or whose outcome was not yet durable, were never recorded as done, so
+//! their tasks are due again and are retried with their attempt counts — the only way a
+//! receiver can see an event twice (at-least-once delivery).
 //!
 //! # Limits
 //! The queue refuses new events with [`QueueError::Full`] when it holds `max_events` events or
@@ -55,6 +65,8 @@
 //! with [`QueueError::Storage`] when the disk refuses writes. Nothing already accepted is lost.
 
 mod lanes;
+mod tables;
+mod wal;
 mod writer;
 
 use std::path::Path;
@@ -78,6 +90,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const META_SEQ: &str = "seq";
 const META_EVENTS: &str = "events";
 const META_BYTES: &str = "bytes";
+/// The write-ahead log's epoch named by the last checkpoint (see [`wal`]).
+const META_EPOCH: &str = "wal_epoch";
 
 /// The queue file's page cache. redb's default (1 GiB) would let a backlog grow the agent's
 /// memory far past its budget; the hot pages (the lanes' heads, recent events, the outbox) fit
@@ -257,20 +271,32 @@ struct Shared {
 }
 
 impl Queue {
-    /// Opens (or creates) `dir/queue.redb` and starts its writer.
+    /// Opens (or creates) `dir/queue.redb` and `dir/queue.wal`, replays the log, and starts
+    /// the writer.
     pub fn open(dir: &Path, config: QueueConfig) -> Result<Self, QueueError> {
         std::fs::create_dir_all(dir).map_err(|e| storage(format!("{}: {e}", dir.display())))?;
-        Self::start(
-            redb::Builder::new()
-                .set_cache_size(CACHE_BYTES)
-                .create(dir.join("queue.redb"))
-                .map_err(storage)?,
-            config,
-        )
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(dir.join("queue.redb"))
+            .map_err(storage)?;
+        let path = dir.join("queue.wal");
+        let wal = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| storage(format!("{}: {e}", path.display())))?;
+        let wal = redb::backends::FileBackend::new(wal).map_err(storage)?;
+        Self::start(db, Box::new(wal), config)
     }
 
-    /// Starts the queue on an opened database.
-    fn start(db: Database, config: QueueConfig) -> Result<Self, QueueError> {
+    /// Starts the queue on an opened database and log file.
+    fn start(
+        db: Database,
+        wal: Box<dyn redb::StorageBackend>,
+        config: QueueConfig,
+    ) -> Result<Self, QueueError> {
         let db = Arc::new(db);
         let txn = db.begin_write().map_err(storage)?;
         {
@@ -282,6 +308,14 @@ impl Queue {
             txn.open_table(META).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
+        let mut wal = wal::Wal::open(wal).map_err(storage)?;
+        let (epoch, replayed) = writer::recover(&db, &mut wal)?;
+        if replayed > 0 {
+            tracing::info!(
+                commits = replayed,
+                "queue recovered from its write-ahead log"
+            );
+        }
         let lanes = index_lanes(&db)?;
         // Everything in the file is durable.
         let seq = {
@@ -300,7 +334,7 @@ impl Queue {
         });
         let (tx, rx) = mpsc::channel(WRITER_CHANNEL);
         let lag = config.durable_lag;
-        writer::spawn(db.clone(), config, rx, shared.clone());
+        writer::spawn(db.clone(), config, (wal, epoch), rx, shared.clone());
         tokio::spawn(persist(tx.downgrade(), shared.clone(), lag));
         Ok(Queue {
             db,

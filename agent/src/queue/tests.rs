@@ -1,8 +1,7 @@
-//! The queue against a tiny in-memory model, under random operations and restarts; and
-//! recovery from a torn final write.
+//! The queue against a tiny in-memory model, under random operations and restarts (clean, or
+//! after a power loss); and recovery from a torn final write.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::time::Duration;
 
 use herald_proto::v1 as pb;
@@ -89,9 +88,10 @@ fn check(queue: &Queue, model: &Model) {
     }
 }
 
-async fn run_seed(seed: u64, dir: &Path) {
+async fn run_seed(seed: u64) {
     let mut rng = Rng(seed | 1);
-    let mut queue = Queue::open(dir, config()).expect("open");
+    let mut disk = PowerLossDisk::default();
+    let mut queue = disk.start(config());
     let mut model = Model::default();
     for step in 0..300 {
         match rng.below(10) {
@@ -187,10 +187,15 @@ async fn run_seed(seed: u64, dir: &Path) {
                     model.outbox -= reports.len() as u64;
                 }
             }
-            // Restart: everything committed is there, nothing is in flight any more.
+            // Restart, after a clean close or a power loss (every step ends durable, so both
+            // keep everything): nothing is in flight any more.
             _ => {
-                queue.close().await;
-                queue = Queue::open(dir, config()).expect("reopen");
+                if rng.below(2) == 0 {
+                    queue.close().await;
+                } else {
+                    disk = disk.after_power_loss(&mut rng);
+                }
+                queue = disk.start(config());
             }
         }
         check(&queue, &model);
@@ -206,8 +211,7 @@ fn room(width: usize) -> impl Fn(&str, usize) -> usize {
 #[tokio::test]
 async fn the_queue_matches_its_model_under_random_operations_and_restarts() {
     for seed in 1..=12u64 {
-        let dir = tempfile::tempdir().expect("dir");
-        run_seed(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15), dir.path()).await;
+        run_seed(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)).await;
     }
 }
 
@@ -296,20 +300,31 @@ async fn a_full_queue_refuses_new_events_and_keeps_the_old() {
     assert_eq!(queue.pending_tasks().expect("tasks"), 3);
 }
 
-/// A disk that loses power on demand: bytes written before the last `sync_data` survive; each
-/// write after it survives whole, survives torn (a prefix of whole 512-byte sectors), or is lost.
+/// A disk that loses power on demand, holding two files: the queue file and its log (see
+/// [`PowerLossDisk::log`]). Bytes written to a file before its last `sync_data` survive; each
+/// write after it survives whole, survives torn (a prefix of whole 512-byte sectors), or is
+/// lost.
 #[derive(Clone, Debug, Default)]
-struct PowerLossDisk(Arc<Mutex<DiskState>>);
+struct PowerLossDisk {
+    state: Arc<Mutex<DiskState>>,
+    /// Which file this handle reads and writes.
+    file: usize,
+}
 
 #[derive(Debug, Default)]
 struct DiskState {
-    synced: Vec<u8>,
-    current: Vec<u8>,
-    unsynced: Vec<(u64, Vec<u8>)>,
+    files: [FileState; 2],
     /// Writes allowed before the power goes; `None`: no failure planned.
     writes_left: Option<usize>,
     /// The disk is full: writes fail with ENOSPC.
     full: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+struct FileState {
+    synced: Vec<u8>,
+    current: Vec<u8>,
+    unsynced: Vec<(u64, Vec<u8>)>,
 }
 
 impl DiskState {
@@ -330,10 +345,18 @@ impl DiskState {
 
 impl PowerLossDisk {
     fn state(&self) -> std::sync::MutexGuard<'_, DiskState> {
-        self.0.lock().expect("disk lock")
+        self.state.lock().expect("disk lock")
     }
 
-    /// Plans a power loss after `writes` more writes or syncs.
+    /// The same disk's second file, for the queue's log.
+    fn log(&self) -> Box<dyn redb::StorageBackend> {
+        Box::new(PowerLossDisk {
+            state: self.state.clone(),
+            file: 1,
+        })
+    }
+
+    /// Plans a power loss after `writes` more writes or syncs, to either file.
     fn fail_after(&self, writes: usize) {
         self.state().writes_left = Some(writes);
     }
@@ -341,39 +364,55 @@ impl PowerLossDisk {
     /// The disk as found after the power came back.
     fn after_power_loss(&self, rng: &mut Rng) -> PowerLossDisk {
         let state = self.state();
-        let mut image = state.synced.clone();
-        for (offset, data) in &state.unsynced {
-            let keep = match rng.below(3) {
-                0 => 0,
-                1 => data.len(),
-                _ => (rng.below(data.len() as u64 / 512 + 1) * 512) as usize,
+        let files = state.files.clone().map(|file| {
+            let mut image = file.synced.clone();
+            for (offset, data) in &file.unsynced {
+                let keep = match rng.below(3) {
+                    0 => 0,
+                    1 => data.len(),
+                    _ => (rng.below(data.len() as u64 / 512 + 1) * 512) as usize,
+                }
+                .min(data.len());
+                let start = *offset as usize;
+                if image.len() < start + keep {
+                    image.resize(start + keep, 0);
+                }
+                image[start..start + keep].copy_from_slice(&data[..keep]);
             }
-            .min(data.len());
-            let start = *offset as usize;
-            if image.len() < start + keep {
-                image.resize(start + keep, 0);
+            FileState {
+                synced: image.clone(),
+                current: image,
+                unsynced: Vec::new(),
             }
-            image[start..start + keep].copy_from_slice(&data[..keep]);
+        });
+        PowerLossDisk {
+            state: Arc::new(Mutex::new(DiskState {
+                files,
+                writes_left: None,
+                full: false,
+            })),
+            file: 0,
         }
-        PowerLossDisk(Arc::new(Mutex::new(DiskState {
-            synced: image.clone(),
-            current: image,
-            unsynced: Vec::new(),
-            writes_left: None,
-            full: false,
-        })))
+    }
+
+    /// Starts a queue on this disk.
+    fn start(&self, config: QueueConfig) -> Queue {
+        let db = redb::Builder::new()
+            .create_with_backend(self.clone())
+            .unwrap_or_else(|e| panic!("the queue file opens: {e}"));
+        Queue::start(db, self.log(), config).expect("start")
     }
 }
 
 impl redb::StorageBackend for PowerLossDisk {
     fn len(&self) -> std::io::Result<u64> {
-        Ok(self.state().current.len() as u64)
+        Ok(self.state().files[self.file].current.len() as u64)
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
         let state = self.state();
         let start = offset as usize;
-        let bytes = state
+        let bytes = state.files[self.file]
             .current
             .get(start..start + out.len())
             .ok_or_else(|| std::io::Error::other("read past the end"))?;
@@ -384,27 +423,29 @@ impl redb::StorageBackend for PowerLossDisk {
     fn set_len(&self, len: u64) -> std::io::Result<()> {
         let mut state = self.state();
         state.check_power()?;
-        state.current.resize(len as usize, 0);
+        state.files[self.file].current.resize(len as usize, 0);
         Ok(())
     }
 
     fn sync_data(&self) -> std::io::Result<()> {
         let mut state = self.state();
         state.check_power()?;
-        state.synced = state.current.clone();
-        state.unsynced.clear();
+        let file = &mut state.files[self.file];
+        file.synced = file.current.clone();
+        file.unsynced.clear();
         Ok(())
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         let mut state = self.state();
         state.check_power()?;
+        let file = &mut state.files[self.file];
         let start = offset as usize;
-        if state.current.len() < start + data.len() {
-            state.current.resize(start + data.len(), 0);
+        if file.current.len() < start + data.len() {
+            file.current.resize(start + data.len(), 0);
         }
-        state.current[start..start + data.len()].copy_from_slice(data);
-        state.unsynced.push((offset, data.to_vec()));
+        file.current[start..start + data.len()].copy_from_slice(data);
+        file.unsynced.push((offset, data.to_vec()));
         Ok(())
     }
 }
@@ -416,15 +457,12 @@ async fn after_a_power_loss_mid_commit_every_acknowledged_event_is_there() {
     let mut acknowledged: Vec<String> = Vec::new();
     let mut next_id = 0;
     for round in 0..40 {
-        let db = redb::Builder::new()
-            .create_with_backend(disk.clone())
-            .unwrap_or_else(|e| panic!("round {round}: the queue opens after a power loss: {e}"));
         let unbounded = QueueConfig {
             max_events: u64::MAX,
             max_bytes: u64::MAX,
             ..config()
         };
-        let queue = Queue::start(db, unbounded).expect("start");
+        let queue = disk.start(unbounded);
         for id in &acknowledged {
             assert!(
                 queue.event(id).expect("read").is_some(),
@@ -463,10 +501,7 @@ async fn after_a_power_loss_mid_commit_every_acknowledged_event_is_there() {
 #[tokio::test]
 async fn a_full_disk_answers_resource_exhausted_and_keeps_what_was_accepted() {
     let disk = PowerLossDisk::default();
-    let db = redb::Builder::new()
-        .create_with_backend(disk.clone())
-        .expect("open");
-    let queue = Queue::start(db, config()).expect("start");
+    let queue = disk.start(config());
     let one = |id: &str| NewEvent {
         event: event(id, 10),
         subscriptions: vec!["sub".into()],
@@ -498,10 +533,7 @@ async fn a_full_disk_answers_resource_exhausted_and_keeps_what_was_accepted() {
     drop(queue);
 
     disk.state().full = false;
-    let db = redb::Builder::new()
-        .create_with_backend(disk.clone())
-        .expect("reopen");
-    let queue = Queue::start(db, config()).expect("start");
+    let queue = disk.start(config());
     for i in 0..5 {
         assert!(
             queue.event(&format!("evt_{i}")).expect("read").is_some(),
@@ -707,10 +739,7 @@ async fn deliver_one(queue: &Queue, id: &str) {
 async fn an_outcome_is_reported_only_once_durable_and_a_power_loss_before_repeats_the_attempt() {
     let mut rng = Rng(7);
     let disk = PowerLossDisk::default();
-    let db = redb::Builder::new()
-        .create_with_backend(disk.clone())
-        .expect("open");
-    let queue = Queue::start(db, config()).expect("start");
+    let queue = disk.start(config());
     deliver_one(&queue, "evt_1").await;
     assert!(
         queue.reports(0, 10).expect("reports").is_empty(),
@@ -721,10 +750,7 @@ async fn an_outcome_is_reported_only_once_durable_and_a_power_loss_before_repeat
     // The power goes before any fsync: the attempt is due again, with its count, unreported.
     let image = disk.after_power_loss(&mut rng);
     drop(queue);
-    let db = redb::Builder::new()
-        .create_with_backend(image)
-        .expect("reopen");
-    let queue = Queue::start(db, config()).expect("start");
+    let queue = image.start(config());
     let expected: BTreeMap<_, _> = [(("evt_1".to_string(), "sub".to_string()), 0)].into();
     assert_eq!(stored_tasks(&queue), expected);
     assert_eq!(queue.pending_reports().expect("outbox"), 0);
@@ -744,14 +770,11 @@ async fn an_outcome_is_reported_only_once_durable_and_a_power_loss_before_repeat
 async fn an_idle_queue_makes_outcomes_durable_within_the_lag() {
     let mut rng = Rng(11);
     let disk = PowerLossDisk::default();
-    let db = redb::Builder::new()
-        .create_with_backend(disk.clone())
-        .expect("open");
     let lag = QueueConfig {
         durable_lag: Duration::from_millis(20),
         ..config()
     };
-    let queue = Queue::start(db, lag.clone()).expect("start");
+    let queue = disk.start(lag.clone());
     deliver_one(&queue, "evt_1").await;
     tokio::time::timeout(Duration::from_secs(10), async {
         while queue.reports(0, 10).expect("reports").is_empty() {
@@ -763,10 +786,7 @@ async fn an_idle_queue_makes_outcomes_durable_within_the_lag() {
 
     let image = disk.after_power_loss(&mut rng);
     drop(queue);
-    let db = redb::Builder::new()
-        .create_with_backend(image)
-        .expect("reopen");
-    let queue = Queue::start(db, lag).expect("start");
+    let queue = image.start(lag);
     assert!(stored_tasks(&queue).is_empty(), "the outcome survived");
     assert_eq!(queue.reports(0, 10).expect("reports").len(), 1);
     queue.close().await;

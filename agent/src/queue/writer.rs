@@ -2,10 +2,18 @@
 //! transaction, commits once (group commit), then answers. A storage failure aborts the whole
 //! group and every caller in it gets the error; nothing of the group is written.
 //!
-//! A group with a caller waiting on it (an `Emit`, a replay, a sweep, a flush) commits with an
-//! fsync. A group of attempt outcomes and report acks only — work nobody waits on, and that a
-//! crash may undo safely (the attempt is made again, the report sent again) — commits without
-//! one; the next fsync, at most `durable_lag` later, makes it durable with everything before.
+//! A commit is made durable in one of two ways:
+//! - **Logged** (most commits): the changes go to the write-ahead log ([`super::wal`]) and the
+//!   redb commit is made without an fsync. A group with a caller waiting on it (an `Emit`, a
+//!   replay, a sweep, a flush) syncs the log before it answers: one short sequential write and
+//!   one `fdatasync`. A group of attempt outcomes and report acks only — work nobody waits on,
+//!   and that a crash may undo safely (the attempt is made again, the report sent again) — is
+//!   not synced; the next sync, at most `durable_lag` later, makes it durable with everything
+//!   before it.
+//! - **Checkpoint**: a durable redb commit, which also starts a new log epoch. Made at least
+//!   every [`CHECKPOINT_EVERY`], when a group's changes are too large for the log
+//!   ([`MAX_LOGGED`]) or do not fit in the room left, and when the queue closes.
+//!
 //! Reports become readable by the reporter only once durable, so the control plane never logs
 //! an attempt that a crash could take back.
 
@@ -18,10 +26,12 @@ use redb::{Database, Durability, ReadableTable, Table};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::tables::Tables;
+use super::wal::Wal;
 use super::{
-    ACCEPTED, Accepted, EVENTS, MAX_GROUP, META, META_BYTES, META_EVENTS, META_SEQ, NewEvent, Next,
-    ORDERED, OUTBOX, QueueConfig, QueueError, Replay, Shared, TASKS, Task, decode_event,
-    decode_waiting, encode_event, encode_task, encode_waiting, now_ms, storage,
+    Accepted, MAX_GROUP, META, META_BYTES, META_EPOCH, META_EVENTS, META_SEQ, NewEvent, Next,
+    QueueConfig, QueueError, Replay, Shared, Task, decode_event, decode_waiting, encode_event,
+    encode_task, encode_waiting, now_ms, storage,
 };
 use herald_proto::v1 as pb;
 
@@ -106,9 +116,41 @@ fn split(command: Command) -> (Work, Slot) {
     }
 }
 
+/// The longest time between checkpoints: it bounds the log a restart replays.
+pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// The largest group changes written to the log; a larger group makes a checkpoint instead
+/// (its own fsync is then shared by many events, and the log stays small).
+pub(super) const MAX_LOGGED: usize = 64 * 1024;
+
+/// Replays the log's records of the epoch the queue file names, if any, then makes a
+/// checkpoint that starts a new epoch (so nothing left in the log from before can ever be
+/// read as part of it). Returns the new epoch and how many records were replayed.
+pub(super) fn recover(db: &Database, wal: &mut Wal) -> Result<(u64, usize), QueueError> {
+    let txn = db.begin_write().map_err(storage)?;
+    let epoch = {
+        let meta = txn.open_table(META).map_err(storage)?;
+        meta.get(META_EPOCH)
+            .map_err(storage)?
+            .map_or(0, |v| v.value())
+    };
+    let bodies = wal.read_epoch(epoch).map_err(storage)?;
+    {
+        let mut tables = Tables::open(&txn)?;
+        for body in &bodies {
+            tables.replay(body)?;
+        }
+        tables.meta.insert(META_EPOCH, epoch + 1).map_err(storage)?;
+    }
+    txn.commit().map_err(storage)?;
+    wal.start_epoch(epoch + 1);
+    Ok((epoch + 1, bodies.len()))
+}
+
+/// Starts the writer thread. `wal` is the log positioned at the start of `epoch`.
 pub(super) fn spawn(
     db: Arc<Database>,
     config: QueueConfig,
+    (wal, epoch): (Wal, u64),
     mut rx: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
 ) {
@@ -117,8 +159,11 @@ pub(super) fn spawn(
             db,
             config,
             shared,
+            wal,
+            epoch,
             first_io_failure: None,
             last_durable: Instant::now(),
+            last_checkpoint: Instant::now(),
             unpersisted: false,
         };
         while let Some(first) = rx.blocking_recv() {
@@ -138,16 +183,16 @@ pub(super) fn spawn(
                 }
             }
             if let Some(reply) = close {
-                // The last commit makes everything before it durable.
+                // The last commit is a checkpoint: the next open has no log to replay.
                 let (flushed, _) = oneshot::channel();
                 group.push(Command::Flush { reply: flushed });
-                writer.apply_group(group);
+                writer.apply_group(group, true);
                 writer.shared.unpersisted.notify_one();
                 drop(writer);
                 let _ = reply.send(());
                 return;
             }
-            writer.apply_group(group);
+            writer.apply_group(group, false);
         }
         // Every queue handle is gone: the persist task learns it at its next wake-up.
         writer.shared.unpersisted.notify_one();
@@ -163,18 +208,24 @@ struct Writer {
     db: Arc<Database>,
     config: QueueConfig,
     shared: Arc<Shared>,
+    /// The write-ahead log (with fsync off, written but not synced).
+    wal: Wal,
+    /// The log's current epoch (named by the last checkpoint).
+    epoch: u64,
     /// After an I/O failure redb refuses every later write as "previous I/O error"; the first
     /// failure's words are kept so callers keep hearing why (a full disk, say).
     first_io_failure: Option<String>,
-    /// When the last durable commit was made.
+    /// When everything committed was last made durable.
     last_durable: Instant,
-    /// Whether a commit since then was made without an fsync.
+    /// When the last checkpoint was made.
+    last_checkpoint: Instant,
+    /// Whether a commit since then was made without being durable.
     unpersisted: bool,
 }
 
 impl Writer {
     /// Whether `works` must be durable when its commit returns: a caller waits on it, or the
-    /// commits made without an fsync are getting old.
+    /// commits not yet durable are getting old.
     fn durable(&self, works: &[Work]) -> bool {
         self.config.durable
             && (self.last_durable.elapsed() >= self.config.durable_lag
@@ -183,13 +234,14 @@ impl Writer {
                     .any(|w| !matches!(w, Work::Complete { .. } | Work::AckReports { .. })))
     }
 
-    fn apply_group(&mut self, group: Vec<Command>) {
+    /// Applies, commits and answers one group; `closing` makes its commit a checkpoint.
+    fn apply_group(&mut self, group: Vec<Command>, closing: bool) {
         let (works, slots): (Vec<Work>, Vec<Slot>) = group.into_iter().map(split).unzip();
         let durable = self.durable(&works);
         let wake;
-        let (outcomes, failure) = match apply(&self.db, &self.config, works, durable) {
+        let (outcomes, failure) = match self.apply(works, durable, closing) {
             Ok(applied) => {
-                if durable || !self.config.durable {
+                if applied.durable || !self.config.durable {
                     // Everything committed so far is on disk (or as durable as it gets).
                     self.shared.reportable.store(applied.seq, Ordering::Release);
                     if self.unpersisted || applied.reports_added {
@@ -252,6 +304,87 @@ impl Writer {
             lanes.added(lane, *due, *seq);
         }
     }
+
+    /// Applies a group's work in one write transaction and commits it, durable when `durable`
+    /// (a synced log record or a checkpoint). On failure nothing is written; the error comes
+    /// with the tasks whose outcome was lost, so they can be handed out again.
+    #[allow(clippy::type_complexity)]
+    fn apply(
+        &mut self,
+        works: Vec<Work>,
+        durable: bool,
+        closing: bool,
+    ) -> Result<Applied, (QueueError, Vec<(String, u64, u64)>)> {
+        let completing: Vec<(String, u64, u64)> = works
+            .iter()
+            .filter_map(|w| match w {
+                Work::Complete { task, .. } => {
+                    Some((task.subscription_id.clone(), task.seq, task.due))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut outcomes: Vec<Done> = Vec::with_capacity(works.len());
+        let mut added: Vec<(String, u64, u64)> = Vec::new();
+        let mut reports_added = false;
+        let result = (|| -> Result<(u64, bool), QueueError> {
+            if let Some(first) = &self.first_io_failure {
+                // The files' state is unknown after an I/O failure: no log record may follow.
+                return Err(QueueError::Storage(format!(
+                    "{first} (writes resume after a restart of the agent)"
+                )));
+            }
+            let mut txn = self.db.begin_write().map_err(storage)?;
+            let (seq, redo) = {
+                let mut tables = Tables::open(&txn)?;
+                let seq = apply_works(
+                    &mut tables,
+                    &self.config,
+                    works,
+                    &mut outcomes,
+                    &mut added,
+                    &mut reports_added,
+                )?;
+                (seq, tables.take_redo())
+            };
+            let wal = &mut self.wal;
+            let checkpoint = closing
+                || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY
+                || redo.len() > MAX_LOGGED
+                || !wal.has_room(redo.len());
+            if checkpoint {
+                txn.open_table(META)
+                    .map_err(storage)?
+                    .insert(META_EPOCH, self.epoch + 1)
+                    .map_err(storage)?;
+                txn.commit().map_err(storage)?;
+                self.epoch += 1;
+                wal.start_epoch(self.epoch);
+                self.last_checkpoint = Instant::now();
+                return Ok((seq, true));
+            }
+            // The log record first: a crash after it replays the commit; before it, the group
+            // was never answered.
+            wal.append(&redo).map_err(QueueError::Storage)?;
+            if durable {
+                wal.sync().map_err(QueueError::Storage)?;
+            }
+            txn.set_durability(Durability::None).map_err(storage)?;
+            txn.commit().map_err(storage)?;
+            Ok((seq, durable))
+        })();
+        match result {
+            Ok((seq, durable)) => Ok(Applied {
+                outcomes,
+                completing,
+                added,
+                reports_added,
+                seq,
+                durable,
+            }),
+            Err(err) => Err((err, completing)),
+        }
+    }
 }
 
 /// Every caller hears back: the failure, or what its work produced.
@@ -306,242 +439,165 @@ struct Applied {
     reports_added: bool,
     /// The last sequence number used.
     seq: u64,
+    /// Whether the commit is durable (a synced log record or a checkpoint).
+    durable: bool,
 }
 
-/// Applies a group's work in one write transaction and commits it (with an fsync when
-/// `durable`). On failure nothing is written; the error comes with the tasks whose outcome was
-/// lost, so they can be handed out again.
-#[allow(clippy::type_complexity)]
-fn apply(
-    db: &Database,
+/// Applies a group's work to `tables`, pushing one outcome per work item, and returns the last
+/// sequence number used.
+fn apply_works(
+    tables: &mut Tables<'_>,
     config: &QueueConfig,
     works: Vec<Work>,
-    durable: bool,
-) -> Result<Applied, (QueueError, Vec<(String, u64, u64)>)> {
-    let completing: Vec<(String, u64, u64)> = works
-        .iter()
-        .filter_map(|w| match w {
-            Work::Complete { task, .. } => Some((task.subscription_id.clone(), task.seq, task.due)),
-            _ => None,
-        })
-        .collect();
-    let mut outcomes: Vec<Done> = Vec::with_capacity(works.len());
-    let mut added: Vec<(String, u64, u64)> = Vec::new();
-    let mut reports_added = false;
-    let result = (|| -> Result<u64, QueueError> {
-        let mut txn = db.begin_write().map_err(storage)?;
-        if !durable {
-            txn.set_durability(Durability::None).map_err(storage)?;
-        }
-        let seq;
-        {
-            let mut events = txn.open_table(EVENTS).map_err(storage)?;
-            let mut accepted = txn.open_table(ACCEPTED).map_err(storage)?;
-            let mut tasks = txn.open_table(TASKS).map_err(storage)?;
-            let mut ordered = txn.open_table(ORDERED).map_err(storage)?;
-            let mut outbox = txn.open_table(OUTBOX).map_err(storage)?;
-            let mut meta = txn.open_table(META).map_err(storage)?;
-            let read = |meta: &Table<&str, u64>, name| -> Result<u64, QueueError> {
-                Ok(meta.get(name).map_err(storage)?.map_or(0, |v| v.value()))
-            };
-            let mut counters = Counters {
-                seq: read(&meta, META_SEQ)?,
-                events: read(&meta, META_EVENTS)?,
-                bytes: read(&meta, META_BYTES)?,
-            };
-            let now = now_ms();
-            for work in works {
-                match work {
-                    Work::Accept(new) => {
-                        let result = accept(
-                            &mut events,
-                            &mut accepted,
-                            &mut LaneTables {
-                                tasks: &mut tasks,
-                                ordered: &mut ordered,
-                            },
-                            &mut counters,
-                            config,
-                            now,
-                            new,
-                            &mut added,
-                        )?;
-                        outcomes.push(Done::Accepted(result));
-                    }
-                    Work::Complete { task, next, report } => {
-                        tasks.remove(task.key()).map_err(storage)?;
-                        match next {
-                            Next::RetryAt(due) => {
-                                counters.seq += 1;
-                                let value = encode_task(
-                                    task.attempts + 1,
-                                    &task.event_id,
-                                    &task.ordering_key,
-                                );
-                                let key = (task.subscription_id.as_str(), due, counters.seq);
-                                tasks.insert(key, value.as_slice()).map_err(storage)?;
-                                added.push((task.subscription_id.clone(), due, counters.seq));
-                            }
-                            Next::Done if !task.ordering_key.is_empty() => {
-                                let mut lanes = LaneTables {
-                                    tasks: &mut tasks,
-                                    ordered: &mut ordered,
-                                };
-                                if let Some((due, seq)) = lanes.next_in_order(&task)? {
-                                    added.push((task.subscription_id.clone(), due, seq));
-                                }
-                            }
-                            Next::Done => {}
-                        }
+    outcomes: &mut Vec<Done>,
+    added: &mut Vec<(String, u64, u64)>,
+    reports_added: &mut bool,
+) -> Result<u64, QueueError> {
+    let read = |meta: &Table<&str, u64>, name| -> Result<u64, QueueError> {
+        Ok(meta.get(name).map_err(storage)?.map_or(0, |v| v.value()))
+    };
+    let mut counters = Counters {
+        seq: read(&tables.meta, META_SEQ)?,
+        events: read(&tables.meta, META_EVENTS)?,
+        bytes: read(&tables.meta, META_BYTES)?,
+    };
+    let now = now_ms();
+    for work in works {
+        match work {
+            Work::Accept(new) => {
+                let result = accept(tables, &mut counters, config, now, new, added)?;
+                outcomes.push(Done::Accepted(result));
+            }
+            Work::Complete { task, next, report } => {
+                tables.remove_task(task.key())?;
+                match next {
+                    Next::RetryAt(due) => {
                         counters.seq += 1;
-                        outbox
-                            .insert(counters.seq, report.encode_to_vec().as_slice())
-                            .map_err(storage)?;
-                        reports_added = true;
-                        outcomes.push(Done::Nothing);
+                        let value =
+                            encode_task(task.attempts + 1, &task.event_id, &task.ordering_key);
+                        let key = (task.subscription_id.as_str(), due, counters.seq);
+                        tables.put_task(key, &value)?;
+                        added.push((task.subscription_id.clone(), due, counters.seq));
                     }
-                    Work::Replay(items) => {
-                        let mut results = Vec::with_capacity(items.len());
-                        for item in items {
-                            if events
-                                .get(item.event_id.as_str())
-                                .map_err(storage)?
-                                .is_none()
-                            {
-                                results
-                                    .push(Err("the event is past retention on this agent".into()));
-                                continue;
-                            }
-                            // Outside any ordering line: a replay is sent on its own.
-                            counters.seq += 1;
-                            let value = encode_task(item.attempts_made, &item.event_id, "");
-                            let key = (item.subscription_id.as_str(), now, counters.seq);
-                            tasks.insert(key, value.as_slice()).map_err(storage)?;
-                            added.push((item.subscription_id.clone(), now, counters.seq));
-                            results.push(Ok(()));
+                    Next::Done if !task.ordering_key.is_empty() => {
+                        if let Some((due, seq)) = next_in_order(tables, &task)? {
+                            added.push((task.subscription_id.clone(), due, seq));
                         }
-                        outcomes.push(Done::Replayed(results));
                     }
-                    Work::AckReports { first, last } => {
-                        outbox
-                            .retain_in(first..=last, |_, _| false)
-                            .map_err(storage)?;
-                        outcomes.push(Done::Nothing);
-                    }
-                    Work::Sweep => {
-                        let removed =
-                            sweep(&mut events, &mut accepted, &mut counters, config, now)?;
-                        outcomes.push(Done::Swept(removed));
-                    }
-                    Work::Nothing => outcomes.push(Done::Nothing),
+                    Next::Done => {}
                 }
+                counters.seq += 1;
+                tables.put_report(counters.seq, &report.encode_to_vec())?;
+                *reports_added = true;
+                outcomes.push(Done::Nothing);
             }
-            meta.insert(META_SEQ, counters.seq).map_err(storage)?;
-            meta.insert(META_EVENTS, counters.events).map_err(storage)?;
-            meta.insert(META_BYTES, counters.bytes).map_err(storage)?;
-            seq = counters.seq;
+            Work::Replay(items) => {
+                let mut results = Vec::with_capacity(items.len());
+                for item in items {
+                    if tables
+                        .events
+                        .get(item.event_id.as_str())
+                        .map_err(storage)?
+                        .is_none()
+                    {
+                        results.push(Err("the event is past retention on this agent".into()));
+                        continue;
+                    }
+                    // Outside any ordering line: a replay is sent on its own.
+                    counters.seq += 1;
+                    let value = encode_task(item.attempts_made, &item.event_id, "");
+                    let key = (item.subscription_id.as_str(), now, counters.seq);
+                    tables.put_task(key, &value)?;
+                    added.push((item.subscription_id.clone(), now, counters.seq));
+                    results.push(Ok(()));
+                }
+                outcomes.push(Done::Replayed(results));
+            }
+            Work::AckReports { first, last } => {
+                tables.remove_reports(first, last)?;
+                outcomes.push(Done::Nothing);
+            }
+            Work::Sweep => {
+                let removed = sweep(tables, &mut counters, config, now)?;
+                outcomes.push(Done::Swept(removed));
+            }
+            Work::Nothing => outcomes.push(Done::Nothing),
         }
-        txn.commit().map_err(storage)?;
-        Ok(seq)
-    })();
-    match result {
-        Ok(seq) => Ok(Applied {
-            outcomes,
-            completing,
-            added,
-            reports_added,
-            seq,
-        }),
-        Err(err) => Err((err, completing)),
     }
+    tables.put_meta(META_SEQ, counters.seq)?;
+    tables.put_meta(META_EVENTS, counters.events)?;
+    tables.put_meta(META_BYTES, counters.bytes)?;
+    Ok(counters.seq)
 }
 
-/// The tables a delivery lives in: `lanes` (tasks the scheduler sees) and `ordered` (every
-/// delivery of an event with an ordering key, in acceptance order).
-struct LaneTables<'a, 'txn> {
-    tasks: &'a mut Table<'txn, (&'static str, u64, u64), &'static [u8]>,
-    ordered: &'a mut Table<'txn, (&'static str, &'static str, u64), &'static [u8]>,
-}
-
-impl LaneTables<'_, '_> {
-    /// Adds a first-attempt delivery of `event_id` to `subscription`, due at `due`. With an
-    /// ordering key it joins the key's line, and gets a task only at its head. Returns whether
-    /// it got a task now.
-    fn add(
-        &mut self,
-        subscription: &str,
-        due: u64,
-        seq: u64,
-        event_id: &str,
-        ordering_key: &str,
-    ) -> Result<bool, QueueError> {
-        if !ordering_key.is_empty() {
-            let waiting = self
-                .ordered
-                .range((subscription, ordering_key, 0)..=(subscription, ordering_key, u64::MAX))
-                .map_err(storage)?
-                .next()
-                .is_some();
-            self.ordered
-                .insert(
-                    (subscription, ordering_key, seq),
-                    encode_waiting(due, event_id).as_slice(),
-                )
-                .map_err(storage)?;
-            if waiting {
-                return Ok(false);
-            }
-        }
-        self.tasks
-            .insert(
-                (subscription, due, seq),
-                encode_task(0, event_id, ordering_key).as_slice(),
-            )
-            .map_err(storage)?;
-        Ok(true)
-    }
-
-    /// `task`, the head of its ordering key's line, is finished: it leaves the line, and the
-    /// next delivery in it (if any) gets its task. Returns that task's key (due, seq).
-    fn next_in_order(&mut self, task: &Task) -> Result<Option<(u64, u64)>, QueueError> {
-        let (sub, key) = (task.subscription_id.as_str(), task.ordering_key.as_str());
-        let mut line = Vec::new();
-        for entry in self
+/// Adds a first-attempt delivery of `event_id` to `subscription`, due at `due`. With an
+/// ordering key it joins the key's line in `ordered`, and gets a task in `lanes` only at its
+/// head. Returns whether it got a task now.
+fn add_delivery(
+    tables: &mut Tables<'_>,
+    subscription: &str,
+    due: u64,
+    seq: u64,
+    event_id: &str,
+    ordering_key: &str,
+) -> Result<bool, QueueError> {
+    if !ordering_key.is_empty() {
+        let waiting = tables
             .ordered
-            .range((sub, key, 0)..=(sub, key, u64::MAX))
+            .range((subscription, ordering_key, 0)..=(subscription, ordering_key, u64::MAX))
             .map_err(storage)?
-        {
-            let (entry_key, value) = entry.map_err(storage)?;
-            let (_, _, seq) = entry_key.value();
-            line.push((seq, decode_waiting(value.value())?));
-            // The head and the one after it are all this needs (the head is normally first).
-            if line.len() >= 2 && line.iter().any(|(_, (_, id))| *id == task.event_id) {
-                break;
-            }
+            .next()
+            .is_some();
+        tables.put_ordered(
+            (subscription, ordering_key, seq),
+            &encode_waiting(due, event_id),
+        )?;
+        if waiting {
+            return Ok(false);
         }
-        let Some(at) = line.iter().position(|(_, (_, id))| *id == task.event_id) else {
-            // Not in the line (written before ordering keys were kept): nothing waits on it.
-            return Ok(None);
-        };
-        let (head_seq, _) = line.remove(at);
-        self.ordered.remove((sub, key, head_seq)).map_err(storage)?;
-        let Some((seq, (due, event_id))) = line.into_iter().next() else {
-            return Ok(None);
-        };
-        self.tasks
-            .insert((sub, due, seq), encode_task(0, &event_id, key).as_slice())
-            .map_err(storage)?;
-        Ok(Some((due, seq)))
     }
+    tables.put_task(
+        (subscription, due, seq),
+        &encode_task(0, event_id, ordering_key),
+    )?;
+    Ok(true)
+}
+
+/// `task`, the head of its ordering key's line, is finished: it leaves the line, and the next
+/// delivery in it (if any) gets its task. Returns that task's key (due, seq).
+fn next_in_order(tables: &mut Tables<'_>, task: &Task) -> Result<Option<(u64, u64)>, QueueError> {
+    let (sub, key) = (task.subscription_id.as_str(), task.ordering_key.as_str());
+    let mut line = Vec::new();
+    for entry in tables
+        .ordered
+        .range((sub, key, 0)..=(sub, key, u64::MAX))
+        .map_err(storage)?
+    {
+        let (entry_key, value) = entry.map_err(storage)?;
+        let (_, _, seq) = entry_key.value();
+        line.push((seq, decode_waiting(value.value())?));
+        // The head and the one after it are all this needs (the head is normally first).
+        if line.len() >= 2 && line.iter().any(|(_, (_, id))| *id == task.event_id) {
+            break;
+        }
+    }
+    let Some(at) = line.iter().position(|(_, (_, id))| *id == task.event_id) else {
+        // Not in the line (written before ordering keys were kept): nothing waits on it.
+        return Ok(None);
+    };
+    let (head_seq, _) = line.remove(at);
+    tables.remove_ordered((sub, key, head_seq))?;
+    let Some((seq, (due, event_id))) = line.into_iter().next() else {
+        return Ok(None);
+    };
+    tables.put_task((sub, due, seq), &encode_task(0, &event_id, key))?;
+    Ok(Some((due, seq)))
 }
 
 /// Stores one request's events (all or nothing). The outer error is a storage failure (aborts
 /// the group); the inner one a refusal of this request only.
-#[allow(clippy::too_many_arguments)]
 fn accept(
-    events: &mut Table<&str, &[u8]>,
-    accepted: &mut Table<(u64, &str), ()>,
-    lanes: &mut LaneTables<'_, '_>,
+    tables: &mut Tables<'_>,
     counters: &mut Counters,
     config: &QueueConfig,
     now: u64,
@@ -562,7 +618,7 @@ fn accept(
             answers.push(*first);
             continue;
         }
-        if let Some(old) = events.get(id).map_err(storage)? {
+        if let Some(old) = tables.events.get(id).map_err(storage)? {
             let (accepted_ms, matched, old_event) = decode_event(old.value())?;
             if now.saturating_sub(accepted_ms) < window {
                 let duplicate = Some(Accepted {
@@ -599,9 +655,7 @@ fn accept(
     }
     // Second pass: write.
     for (accepted_ms, id, _) in &replaced {
-        accepted
-            .remove((*accepted_ms, id.as_str()))
-            .map_err(storage)?;
+        tables.remove_accepted(*accepted_ms, id)?;
     }
     let mut written = std::collections::HashMap::new();
     let mut out = Vec::with_capacity(new.len());
@@ -620,17 +674,12 @@ fn accept(
             continue;
         }
         let matched = u32::try_from(item.subscriptions.len()).unwrap_or(u32::MAX);
-        events
-            .insert(
-                id.as_str(),
-                encode_event(now, matched, &item.event).as_slice(),
-            )
-            .map_err(storage)?;
-        accepted.insert((now, id.as_str()), ()).map_err(storage)?;
+        tables.put_event(&id, &encode_event(now, matched, &item.event))?;
+        tables.put_accepted(now, &id)?;
         for subscription in &item.subscriptions {
             counters.seq += 1;
             let key = item.event.ordering_key.as_str();
-            if lanes.add(subscription, now, counters.seq, &id, key)? {
+            if add_delivery(tables, subscription, now, counters.seq, &id, key)? {
                 added.push((subscription.clone(), now, counters.seq));
             }
         }
@@ -647,8 +696,7 @@ fn accept(
 
 /// Removes up to [`SWEEP_BATCH`] events accepted before the retention period.
 fn sweep(
-    events: &mut Table<&str, &[u8]>,
-    accepted: &mut Table<(u64, &str), ()>,
+    tables: &mut Tables<'_>,
     counters: &mut Counters,
     config: &QueueConfig,
     now: u64,
@@ -659,7 +707,8 @@ fn sweep(
         .max(Duration::from_millis(1));
     let cutoff = now.saturating_sub(u64::try_from(keep.as_millis()).unwrap_or(u64::MAX));
     let mut old = Vec::new();
-    for entry in accepted
+    for entry in tables
+        .accepted
         .range(..(cutoff, ""))
         .map_err(storage)?
         .take(SWEEP_BATCH)
@@ -669,11 +718,15 @@ fn sweep(
         old.push((at, id.to_owned()));
     }
     for (at, id) in &old {
-        accepted.remove((*at, id.as_str())).map_err(storage)?;
-        if let Some(value) = events.remove(id.as_str()).map_err(storage)? {
-            let (_, _, event) = decode_event(value.value())?;
+        tables.remove_accepted(*at, id)?;
+        let stored = match tables.events.get(id.as_str()).map_err(storage)? {
+            Some(value) => Some(decode_event(value.value())?.2.payload.len() as u64),
+            None => None,
+        };
+        if let Some(payload_len) = stored {
+            tables.remove_event(id)?;
             counters.events = counters.events.saturating_sub(1);
-            counters.bytes = counters.bytes.saturating_sub(event.payload.len() as u64);
+            counters.bytes = counters.bytes.saturating_sub(payload_len);
         }
     }
     Ok(old.len() as u64)

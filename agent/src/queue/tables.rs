@@ -1,0 +1,238 @@
+//! The queue's tables as one write transaction sees them. Every change goes through
+//! [`Tables`], which also writes it down as a redo record: the body of the commit's
+//! write-ahead log record ([`super::wal`]). Replaying a body ([`Tables::replay`]) on the state
+//! the commit started from makes the same changes.
+//!
+//! A body is a sequence of changes, each a tag byte and its fields; numbers are u64 LE,
+//! strings and byte strings a u32 LE length and the bytes:
+//!
+//! | tag | change | fields |
+//! | ---: | --- | --- |
+//! | 1 | put event | id, value |
+//! | 2 | remove event | id |
+//! | 3 | put accepted | accepted-at, id |
+//! | 4 | remove accepted | accepted-at, id |
+//! | 5 | put task | lane, due, seq, value |
+//! | 6 | remove task | lane, due, seq |
+//! | 7 | put ordered | subscription, ordering key, seq, value |
+//! | 8 | remove ordered | subscription, ordering key, seq |
+//! | 9 | put report | seq, value |
+//! | 10 | remove reports | first seq, last seq |
+//! | 11 | put meta | name, value |
+//!
+//! Every change sets a key (or a range) to a value or to nothing, whatever was there before.
+
+use redb::{Table, WriteTransaction};
+
+use super::{ACCEPTED, EVENTS, META, ORDERED, OUTBOX, QueueError, TASKS, storage};
+
+/// A task's key: (lane, due ms, seq).
+pub(super) type TaskKey<'a> = (&'a str, u64, u64);
+/// An `ordered` key: (subscription, ordering key, seq).
+pub(super) type OrderedKey<'a> = (&'a str, &'a str, u64);
+
+/// The open tables of a write transaction, and the redo record of what was changed.
+pub(super) struct Tables<'txn> {
+    /// Events by id.
+    pub events: Table<'txn, &'static str, &'static [u8]>,
+    /// Events by acceptance time.
+    pub accepted: Table<'txn, (u64, &'static str), ()>,
+    /// Tasks by lane and due time.
+    pub tasks: Table<'txn, (&'static str, u64, u64), &'static [u8]>,
+    /// Deliveries with an ordering key, in order.
+    pub ordered: Table<'txn, (&'static str, &'static str, u64), &'static [u8]>,
+    /// Attempt reports not yet acknowledged.
+    pub outbox: Table<'txn, u64, &'static [u8]>,
+    /// Counters.
+    pub meta: Table<'txn, &'static str, u64>,
+    redo: Vec<u8>,
+}
+
+impl<'txn> Tables<'txn> {
+    /// Opens every table in `txn`.
+    pub fn open(txn: &'txn WriteTransaction) -> Result<Self, QueueError> {
+        Ok(Tables {
+            events: txn.open_table(EVENTS).map_err(storage)?,
+            accepted: txn.open_table(ACCEPTED).map_err(storage)?,
+            tasks: txn.open_table(TASKS).map_err(storage)?,
+            ordered: txn.open_table(ORDERED).map_err(storage)?,
+            outbox: txn.open_table(OUTBOX).map_err(storage)?,
+            meta: txn.open_table(META).map_err(storage)?,
+            redo: Vec::new(),
+        })
+    }
+
+    /// The redo record of the changes made so far (and a fresh one begins).
+    pub fn take_redo(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.redo)
+    }
+
+    /// Stores an event record.
+    pub fn put_event(&mut self, id: &str, value: &[u8]) -> Result<(), QueueError> {
+        self.events.insert(id, value).map_err(storage)?;
+        self.tag(1).text(id).bytes(value);
+        Ok(())
+    }
+
+    /// Removes an event record.
+    pub fn remove_event(&mut self, id: &str) -> Result<(), QueueError> {
+        self.events.remove(id).map_err(storage)?;
+        self.tag(2).text(id);
+        Ok(())
+    }
+
+    /// Indexes an event by its acceptance time.
+    pub fn put_accepted(&mut self, at: u64, id: &str) -> Result<(), QueueError> {
+        self.accepted.insert((at, id), ()).map_err(storage)?;
+        self.tag(3).number(at).text(id);
+        Ok(())
+    }
+
+    /// Removes an event from the acceptance-time index.
+    pub fn remove_accepted(&mut self, at: u64, id: &str) -> Result<(), QueueError> {
+        self.accepted.remove((at, id)).map_err(storage)?;
+        self.tag(4).number(at).text(id);
+        Ok(())
+    }
+
+    /// Stores a task.
+    pub fn put_task(&mut self, key: TaskKey<'_>, value: &[u8]) -> Result<(), QueueError> {
+        self.tasks.insert(key, value).map_err(storage)?;
+        self.tag(5)
+            .text(key.0)
+            .number(key.1)
+            .number(key.2)
+            .bytes(value);
+        Ok(())
+    }
+
+    /// Removes a task.
+    pub fn remove_task(&mut self, key: TaskKey<'_>) -> Result<(), QueueError> {
+        self.tasks.remove(key).map_err(storage)?;
+        self.tag(6).text(key.0).number(key.1).number(key.2);
+        Ok(())
+    }
+
+    /// Stores an `ordered` entry.
+    pub fn put_ordered(&mut self, key: OrderedKey<'_>, value: &[u8]) -> Result<(), QueueError> {
+        self.ordered.insert(key, value).map_err(storage)?;
+        self.tag(7)
+            .text(key.0)
+            .text(key.1)
+            .number(key.2)
+            .bytes(value);
+        Ok(())
+    }
+
+    /// Removes an `ordered` entry.
+    pub fn remove_ordered(&mut self, key: OrderedKey<'_>) -> Result<(), QueueError> {
+        self.ordered.remove(key).map_err(storage)?;
+        self.tag(8).text(key.0).text(key.1).number(key.2);
+        Ok(())
+    }
+
+    /// Adds a report to the outbox.
+    pub fn put_report(&mut self, seq: u64, value: &[u8]) -> Result<(), QueueError> {
+        self.outbox.insert(seq, value).map_err(storage)?;
+        self.tag(9).number(seq).bytes(value);
+        Ok(())
+    }
+
+    /// Removes reports `first..=last` from the outbox.
+    pub fn remove_reports(&mut self, first: u64, last: u64) -> Result<(), QueueError> {
+        self.outbox
+            .retain_in(first..=last, |_, _| false)
+            .map_err(storage)?;
+        self.tag(10).number(first).number(last);
+        Ok(())
+    }
+
+    /// Sets a counter.
+    pub fn put_meta(&mut self, name: &str, value: u64) -> Result<(), QueueError> {
+        self.meta.insert(name, value).map_err(storage)?;
+        self.tag(11).text(name).number(value);
+        Ok(())
+    }
+
+    /// Makes again the changes a redo record holds.
+    pub fn replay(&mut self, body: &[u8]) -> Result<(), QueueError> {
+        let mut r = Reader(body);
+        while let Some(tag) = r.tag() {
+            match tag {
+                1 => self.put_event(r.text()?, r.bytes()?)?,
+                2 => self.remove_event(r.text()?)?,
+                3 => self.put_accepted(r.number()?, r.text()?)?,
+                4 => self.remove_accepted(r.number()?, r.text()?)?,
+                5 => self.put_task((r.text()?, r.number()?, r.number()?), r.bytes()?)?,
+                6 => self.remove_task((r.text()?, r.number()?, r.number()?))?,
+                7 => self.put_ordered((r.text()?, r.text()?, r.number()?), r.bytes()?)?,
+                8 => self.remove_ordered((r.text()?, r.text()?, r.number()?))?,
+                9 => self.put_report(r.number()?, r.bytes()?)?,
+                10 => self.remove_reports(r.number()?, r.number()?)?,
+                11 => self.put_meta(r.text()?, r.number()?)?,
+                other => return Err(storage(format!("unknown change {other} in the log"))),
+            }
+        }
+        Ok(())
+    }
+
+    fn tag(&mut self, tag: u8) -> &mut Self {
+        self.redo.push(tag);
+        self
+    }
+
+    fn number(&mut self, n: u64) -> &mut Self {
+        self.redo.extend_from_slice(&n.to_le_bytes());
+        self
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) -> &mut Self {
+        let len = u32::try_from(bytes.len()).expect("values are far below 4 GiB");
+        self.redo.extend_from_slice(&len.to_le_bytes());
+        self.redo.extend_from_slice(bytes);
+        self
+    }
+
+    fn text(&mut self, text: &str) -> &mut Self {
+        self.bytes(text.as_bytes())
+    }
+}
+
+/// Reads the fields of a redo record.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn tag(&mut self) -> Option<u8> {
+        let (&tag, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(tag)
+    }
+
+    fn number(&mut self) -> Result<u64, QueueError> {
+        let (n, rest) = self
+            .0
+            .split_first_chunk::<8>()
+            .ok_or_else(|| storage("a log record ends early"))?;
+        self.0 = rest;
+        Ok(u64::from_le_bytes(*n))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], QueueError> {
+        let (len, rest) = self
+            .0
+            .split_first_chunk::<4>()
+            .ok_or_else(|| storage("a log record ends early"))?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(storage("a log record ends early"));
+        }
+        let (bytes, rest) = rest.split_at(len);
+        self.0 = rest;
+        Ok(bytes)
+    }
+
+    fn text(&mut self) -> Result<&'a str, QueueError> {
+        std::str::from_utf8(self.bytes()?)
+            .map_err(|_| storage("a log record holds a non-UTF-8 key"))
+    }
+}
