@@ -75,17 +75,22 @@ pub fn save(dir: &Path, routes: &Routes) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Saves every new table (debounced) until the routes channel closes.
+/// Saves every new table until the routes channel closes: at once, unless the last save was
+/// less than [`DEBOUNCE`] ago (then when that has passed, with the table current by then).
 pub async fn keep_saved(dir: PathBuf, mut routes: watch::Receiver<Arc<Routes>>) {
     let mut saved = routes.borrow().revision;
+    let mut last_save: Option<tokio::time::Instant> = None;
     while routes.changed().await.is_ok() {
-        tokio::time::sleep(DEBOUNCE).await;
+        if let Some(at) = last_save {
+            tokio::time::sleep_until(at + DEBOUNCE).await;
+        }
         let table = routes.borrow_and_update().clone();
         if !table.loaded || (table.revision == saved && saved != 0) {
             continue;
         }
         let dir = dir.clone();
         let revision = table.revision;
+        last_save = Some(tokio::time::Instant::now());
         match tokio::task::spawn_blocking(move || save(&dir, &table)).await {
             Ok(Ok(())) => saved = revision,
             Ok(Err(err)) => tracing::warn!(error = %err, "cannot save the config cache"),

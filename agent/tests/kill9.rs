@@ -52,9 +52,24 @@ async fn emit_all(agent: &str, ids: Arc<Vec<String>>, acked: Arc<Mutex<HashSet<S
                         ..Default::default()
                     })
                     .collect();
-                match client.emit_batch(pb::EmitBatchRequest { events }).await {
-                    Ok(_) => acked.lock().expect("lock").extend(chunk),
-                    Err(_) => return,
+                // As a client would: UNAVAILABLE (the agent has not reached the control plane
+                // yet) is retried; any other failure (the agent is gone) ends this emitter.
+                let request = pb::EmitBatchRequest { events };
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                loop {
+                    match client.emit_batch(request.clone()).await {
+                        Ok(_) => {
+                            acked.lock().expect("lock").extend(chunk);
+                            break;
+                        }
+                        Err(status)
+                            if status.code() == tonic::Code::Unavailable
+                                && tokio::time::Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(_) => return,
+                    }
                 }
             }
         }));
@@ -109,7 +124,13 @@ async fn kill_9_in_a_burst_loses_no_acknowledged_event() -> anyhow::Result<()> {
     agent.restart().await?;
     emit_all(&agent.url(), ids.clone(), acked.clone()).await;
     let acked: HashSet<String> = acked.lock().expect("lock").clone();
-    assert_eq!(acked.len(), EVENTS, "every event acknowledged in the end");
+    assert_eq!(
+        acked.len(),
+        EVENTS,
+        "every event acknowledged in the end; the agent's exit: {:?}; its log:\n{}",
+        agent.exit_status(),
+        agent.log()
+    );
 
     let received = eventually(
         Duration::from_secs(180),

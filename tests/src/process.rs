@@ -109,6 +109,18 @@ impl AgentProcess {
         Ok(status.code())
     }
 
+    /// How the agent's process ended, if it has (`None` while it runs).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// What the agent wrote to stdout and stderr so far, over all its starts.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
     /// Starts the agent again on the same address and data.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9().await?;
