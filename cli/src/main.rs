@@ -3,6 +3,12 @@
 //!
 //! Exit codes: 0 success, 1 the operation failed (the message says why), 2 bad usage.
 
+/// mimalloc instead of the system allocator: every delivery allocates for its request, its
+/// response and its queue records. glibc's malloc took 13% of the CPU samples of `bench
+/// deliver`; with mimalloc the CPU per delivery is about a quarter lower (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod agents;
 mod connect;
 mod context;

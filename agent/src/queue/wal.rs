@@ -35,7 +35,7 @@ pub const WAL_BYTES: u64 = 8 * 1024 * 1024;
 /// A record's header: length, checksum, epoch, index.
 const HEADER: usize = 4 + 4 + 8 + 8;
 /// Zeros written per call while preallocating.
-const FILL_CHUNK: usize = 1024 * 1024;
+const FILL_CHUNK: usize = 64 * 1024;
 
 /// The log, positioned after the current epoch's last record.
 #[derive(Debug)]
@@ -78,14 +78,26 @@ impl Wal {
 
     /// The bodies of `epoch`'s records, in order, up to the first that is missing or torn.
     pub fn read_epoch(&self, epoch: u64) -> std::io::Result<Vec<Vec<u8>>> {
+        // Record by record rather than the whole file at once: recovery then holds only the
+        // records it replays, not the log's full size.
         let len = self.file.len()?;
-        let mut image = vec![0u8; usize::try_from(len).map_err(std::io::Error::other)?];
-        self.file.read(0, &mut image)?;
         let mut bodies = Vec::new();
-        let mut at = 0usize;
-        while let Some(body) = record_at(&image, at, epoch, bodies.len() as u64) {
-            at += HEADER + body.len();
-            bodies.push(body.to_vec());
+        let mut at = 0u64;
+        let mut header = [0u8; HEADER];
+        while at + HEADER as u64 <= len {
+            self.file.read(at, &mut header)?;
+            let body_len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as u64;
+            let end = at + HEADER as u64 + body_len;
+            if end > len {
+                break;
+            }
+            let mut body = vec![0u8; body_len as usize];
+            self.file.read(at + HEADER as u64, &mut body)?;
+            if !is_record(&header, &body, epoch, bodies.len() as u64) {
+                break;
+            }
+            bodies.push(body);
+            at = end;
         }
         Ok(bodies)
     }
@@ -156,20 +168,16 @@ impl Wal {
     }
 }
 
-/// The body of the record at `at` if it is whole and is `index` of `epoch`.
-fn record_at(image: &[u8], at: usize, epoch: u64, index: u64) -> Option<&[u8]> {
-    let header = image.get(at..at.checked_add(HEADER)?)?;
-    let len = u32::from_le_bytes(header[0..4].try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
-    let end = at.checked_add(HEADER)?.checked_add(len)?;
-    let record = image.get(at..end)?;
-    if crc32fast::hash(&record[8..]) != crc
-        || u64::from_le_bytes(header[8..16].try_into().ok()?) != epoch
-        || u64::from_le_bytes(header[16..24].try_into().ok()?) != index
-    {
-        return None;
-    }
-    Some(&record[HEADER..])
+/// Whether `header` and `body` are a whole record, number `index` of `epoch`.
+fn is_record(header: &[u8; HEADER], body: &[u8], epoch: u64, index: u64) -> bool {
+    let field = |range: std::ops::Range<usize>| {
+        u64::from_le_bytes(header[range].try_into().expect("8 bytes"))
+    };
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&header[8..]);
+    hasher.update(body);
+    hasher.finalize() == crc && field(8..16) == epoch && field(16..24) == index
 }
 
 #[cfg(test)]
