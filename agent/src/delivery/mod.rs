@@ -233,6 +233,7 @@ impl Inner {
         }
         let number = task.attempts + 1;
         let (next, report) = self.attempt(&task, number).await;
+        self.queue.attempted(&task);
         drop(permit);
         let took = report
             .duration

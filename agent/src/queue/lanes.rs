@@ -7,7 +7,7 @@
 //! reader opens its snapshot while holding the index's lock, so it never sees a hint (or a
 //! finished task) that is newer than its snapshot.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
 /// Lane hints, taken tasks and per-lane counts.
 #[derive(Debug, Default)]
@@ -16,9 +16,13 @@ pub(super) struct Lanes {
     hints: BTreeSet<(u64, String)>,
     /// The hint of each lane in `hints`.
     hint_of: HashMap<String, u64>,
-    /// Sequence numbers of tasks handed out and not yet completed: never handed out twice.
-    taken: HashSet<u64>,
-    /// Taken tasks per lane, for the per-subscription in-flight limit.
+    /// Sequence numbers of tasks handed out and not yet finished (never handed out twice),
+    /// each with whether its attempt is still under way.
+    taken: HashMap<u64, bool>,
+    /// Taken tasks per lane.
+    taken_in: HashMap<String, usize>,
+    /// Attempts under way per lane, for the per-subscription in-flight limit: a task whose
+    /// attempt has ended stays taken until its outcome is committed, but no longer counts.
     in_flight: HashMap<String, usize>,
     /// For lanes with tasks taken: the key (due, seq) a visit starts from, every task of the
     /// lane before it being taken. A wide lane's visit then skips its tasks in flight without
@@ -72,10 +76,10 @@ impl Lanes {
 
     /// Whether the task `seq` is taken.
     pub(super) fn is_taken(&self, seq: u64) -> bool {
-        self.taken.contains(&seq)
+        self.taken.contains_key(&seq)
     }
 
-    /// Tasks of `lane` taken now.
+    /// Attempts of `lane` under way now.
     pub(super) fn in_flight(&self, lane: &str) -> usize {
         self.in_flight.get(lane).copied().unwrap_or(0)
     }
@@ -87,30 +91,55 @@ impl Lanes {
 
     /// A visit of `lane` found every task before `key` taken.
     pub(super) fn set_scan_from(&mut self, lane: &str, key: (u64, u64)) {
-        if self.in_flight(lane) > 0 {
+        if self.taken_in.contains_key(lane) {
             self.scan_from.insert(lane.to_owned(), key);
         }
     }
 
-    /// Marks a task taken.
+    /// Marks a task taken, its attempt under way.
     pub(super) fn take(&mut self, lane: &str, seq: u64) {
-        if self.taken.insert(seq) {
+        if self.taken.insert(seq, true).is_none() {
+            *self.taken_in.entry(lane.to_owned()).or_default() += 1;
             *self.in_flight.entry(lane.to_owned()).or_default() += 1;
+        }
+    }
+
+    /// The attempt of a taken task has ended: it leaves the lane's attempts in flight, and
+    /// stays taken until [`Lanes::finish`].
+    pub(super) fn attempted(&mut self, lane: &str, seq: u64) {
+        if let Some(under_way) = self.taken.get_mut(&seq)
+            && *under_way
+        {
+            *under_way = false;
+            decrement(&mut self.in_flight, lane);
         }
     }
 
     /// Marks a taken task finished (its outcome committed, or the commit failed).
     pub(super) fn finish(&mut self, lane: &str, seq: u64) {
-        if self.taken.remove(&seq)
-            && let Some(count) = self.in_flight.get_mut(lane)
-        {
-            *count -= 1;
-            if *count == 0 {
-                self.in_flight.remove(lane);
-                self.scan_from.remove(lane);
-            }
+        let Some(under_way) = self.taken.remove(&seq) else {
+            return;
+        };
+        if under_way {
+            decrement(&mut self.in_flight, lane);
+        }
+        if decrement(&mut self.taken_in, lane) {
+            self.scan_from.remove(lane);
         }
     }
+}
+
+/// Counts one less for `lane`, forgetting it at zero; whether it reached zero.
+fn decrement(counts: &mut HashMap<String, usize>, lane: &str) -> bool {
+    let Some(count) = counts.get_mut(lane) else {
+        return false;
+    };
+    *count -= 1;
+    if *count == 0 {
+        counts.remove(lane);
+        return true;
+    }
+    false
 }
 
 #[cfg(test)]
@@ -132,9 +161,26 @@ mod tests {
             "a is at its limit"
         );
         assert_eq!(lanes.next_due(|_, n| 2_usize.saturating_sub(n)), Some(10));
+        lanes.attempted("a", 2);
+        assert_eq!(lanes.in_flight("a"), 0, "the attempt has ended");
+        assert!(lanes.is_taken(2), "taken until its outcome is committed");
+        assert_eq!(lanes.next_due(|_, n| 1_usize.saturating_sub(n)), Some(10));
+        lanes.attempted("a", 2);
         lanes.finish("a", 2);
         lanes.finish("a", 2);
-        assert_eq!(lanes.in_flight("a"), 0, "finishing twice counts once");
+        assert_eq!(
+            lanes.in_flight("a"),
+            0,
+            "ending and finishing twice count once"
+        );
+        assert!(!lanes.is_taken(2));
+        lanes.take("a", 2);
+        lanes.finish("a", 2);
+        assert_eq!(
+            lanes.in_flight("a"),
+            0,
+            "finishing an attempt under way ends it"
+        );
         lanes.set_hint("a", None);
         assert_eq!(lanes.due_lanes(100), ["b"]);
     }

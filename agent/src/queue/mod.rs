@@ -268,6 +268,19 @@ struct Shared {
     reportable: AtomicU64,
     /// Woken when a commit was made without an fsync (the persist task's cue).
     unpersisted: Notify,
+    /// Attempts ended and not yet noted in `lanes` (see [`Queue::attempted`]).
+    attempts_ended: Mutex<Vec<(String, u64)>>,
+    /// The writer's thread, woken out of its linger by commands a caller waits on.
+    writer_thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+impl Shared {
+    /// Cuts the writer's linger short: a command with a caller waiting on it was sent.
+    fn wake_writer(&self) {
+        if let Some(thread) = self.writer_thread.get() {
+            thread.unpark();
+        }
+    }
 }
 
 impl Queue {
@@ -331,6 +344,8 @@ impl Queue {
             reports_added: Notify::new(),
             reportable: AtomicU64::new(seq),
             unpersisted: Notify::new(),
+            attempts_ended: Mutex::new(Vec::new()),
+            writer_thread: std::sync::OnceLock::new(),
         });
         let (tx, rx) = mpsc::channel(WRITER_CHANNEL);
         let lag = config.durable_lag;
@@ -350,6 +365,7 @@ impl Queue {
             .send(Command::Accept { events, reply })
             .await
             .map_err(|_| QueueError::Closed)?;
+        self.shared.wake_writer();
         answer.await.map_err(|_| QueueError::Closed)?
     }
 
@@ -413,6 +429,19 @@ impl Queue {
         lanes.added(&task.subscription_id, task.due, task.seq);
     }
 
+    /// The attempt of `task` (taken) has ended: its lane has room for another while its
+    /// outcome is on its way to the writer. The task stays taken until that outcome commits,
+    /// which also wakes the scheduler (one visit of the lanes then serves many such ends).
+    pub fn attempted(&self, task: &Task) {
+        // Noted aside and applied at the next use of the index, so that ending attempts never
+        // wait for a visit of the lanes to let go of the index.
+        self.shared
+            .attempts_ended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((task.subscription_id.clone(), task.seq));
+    }
+
     /// When the earliest task of a lane with room (as in [`Queue::due`]) is due (ms), if any.
     pub fn next_due(&self, room: impl Fn(&str, usize) -> usize) -> Option<u64> {
         self.lock_lanes().next_due(room)
@@ -436,6 +465,7 @@ impl Queue {
             .send(Command::Replay { items, reply })
             .await
             .map_err(|_| QueueError::Closed)?;
+        self.shared.wake_writer();
         answer.await.map_err(|_| QueueError::Closed)?
     }
 
@@ -563,6 +593,7 @@ impl Queue {
             .send(Command::Sweep { reply })
             .await
             .map_err(|_| QueueError::Closed)?;
+        self.shared.wake_writer();
         answer.await.map_err(|_| QueueError::Closed)?
     }
 
@@ -583,6 +614,7 @@ impl Queue {
             .send(Command::Flush { reply })
             .await
             .map_err(|_| QueueError::Closed)?;
+        self.shared.wake_writer();
         answer.await.map_err(|_| QueueError::Closed)
     }
 
@@ -591,12 +623,25 @@ impl Queue {
     pub async fn close(self) {
         let (reply, answer) = oneshot::channel();
         if self.writer.send(Command::Close { reply }).await.is_ok() {
+            self.shared.wake_writer();
             let _ = answer.await;
         }
     }
 
+    /// The lane index, up to date with the attempts ended since its last use.
     fn lock_lanes(&self) -> std::sync::MutexGuard<'_, lanes::Lanes> {
-        self.shared.lanes.lock().unwrap_or_else(|e| e.into_inner())
+        let mut lanes = self.shared.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        let ended = std::mem::take(
+            &mut *self
+                .shared
+                .attempts_ended
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for (lane, seq) in ended {
+            lanes.attempted(&lane, seq);
+        }
+        lanes
     }
 }
 
@@ -614,6 +659,7 @@ async fn persist(writer: mpsc::WeakSender<Command>, shared: Arc<Shared>, lag: Du
         if writer.send(Command::Flush { reply }).await.is_err() {
             return;
         }
+        shared.wake_writer();
         drop(writer);
         let _ = answer.await;
     }

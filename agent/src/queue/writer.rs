@@ -14,6 +14,12 @@
 //!   every [`CHECKPOINT_EVERY`], when a group's changes are too large for the log
 //!   ([`MAX_LOGGED`]) or do not fit in the room left, and when the queue closes.
 //!
+//! A small group of outcomes and acks only waits up to [`LINGER`] for more before it is
+//! applied, so that one commit carries many (most of a commit's cost is the same for one
+//! change as for fifty). Those attempts have ended already and their lanes' room is free
+//! again, so the wait holds back no delivery; a command with a caller waiting on it cuts the
+//! wait short.
+//!
 //! Reports become readable by the reporter only once durable, so the control plane never logs
 //! an attempt that a crash could take back.
 
@@ -116,6 +122,11 @@ fn split(command: Command) -> (Work, Slot) {
     }
 }
 
+/// How long a small group of work nobody waits on waits for more before it is committed.
+/// The attempts it holds have ended already; their lane's room is free (see `Lanes`).
+const LINGER: Duration = Duration::from_micros(500);
+/// Groups of this many commands or more are committed without waiting.
+const LINGER_BELOW: usize = 64;
 /// The longest time between checkpoints: it bounds the log a restart replays.
 pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// The largest group changes written to the log; a larger group makes a checkpoint instead
@@ -154,6 +165,7 @@ pub(super) fn spawn(
     mut rx: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
 ) {
+    let woken = shared.clone();
     let run = move || {
         let mut writer = Writer {
             db,
@@ -171,16 +183,34 @@ pub(super) fn spawn(
             let mut group = Vec::new();
             let mut close = None;
             let mut next = Some(first);
-            while let Some(command) = next.take() {
-                match command {
-                    Command::Close { reply } => close = Some(reply),
-                    command => {
-                        group.push(command);
-                        if group.len() < MAX_GROUP {
-                            next = rx.try_recv().ok();
+            let mut lingered = false;
+            loop {
+                while let Some(command) = next.take() {
+                    match command {
+                        Command::Close { reply } => close = Some(reply),
+                        command => {
+                            group.push(command);
+                            if group.len() < MAX_GROUP {
+                                next = rx.try_recv().ok();
+                            }
                         }
                     }
                 }
+                // A small group nobody waits on (attempt outcomes, report acks) waits a
+                // moment for more, so one commit carries many. A command with a caller
+                // waiting on it wakes the writer at once (`Shared::wake_writer`).
+                if lingered
+                    || close.is_some()
+                    || group.len() >= LINGER_BELOW
+                    || group.iter().any(|c| {
+                        !matches!(c, Command::Complete { .. } | Command::AckReports { .. })
+                    })
+                {
+                    break;
+                }
+                lingered = true;
+                std::thread::park_timeout(LINGER);
+                next = rx.try_recv().ok();
             }
             if let Some(reply) = close {
                 // The last commit is a checkpoint: the next open has no log to replay.
@@ -197,10 +227,11 @@ pub(super) fn spawn(
         // Every queue handle is gone: the persist task learns it at its next wake-up.
         writer.shared.unpersisted.notify_one();
     };
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("herald-queue-writer".into())
         .spawn(run)
         .expect("the OS can start a thread");
+    let _ = woken.writer_thread.set(thread.thread().clone());
 }
 
 /// The writer thread's state.
