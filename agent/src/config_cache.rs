@@ -3,12 +3,15 @@
 //! when the stream is back (the control plane sends a full snapshot on every connection).
 //!
 //! The file `config-cache.pb` holds one `herald.v1.ConfigUpdate` snapshot. It is replaced
-//! atomically (written to a temporary file, synced, renamed), at most every [`DEBOUNCE`]. It
+//! atomically (written to a temporary file, synced, renamed) as soon as a new table is
+//! applied: a restarted agent must not fall back to a table older than one it had acknowledged,
+//! or events emitted before it reaches the control plane again would be matched against
+//! subscriptions that are gone, or miss ones that exist. Tables applied while a save is under
+//! way are saved together, right after it (the newest one). It
 //! holds the subscriptions' signing secrets, so it is created with mode 0600.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use herald_proto::v1 as pb;
 use prost::Message;
@@ -16,8 +19,6 @@ use tokio::sync::watch;
 
 use crate::routes::Routes;
 
-/// The shortest time between two writes of the cache.
-pub const DEBOUNCE: Duration = Duration::from_millis(200);
 /// The largest cache file read back (a corrupt or foreign file must not exhaust memory).
 const MAX_CACHE_BYTES: u64 = 1 << 30;
 
@@ -75,27 +76,29 @@ pub fn save(dir: &Path, routes: &Routes) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Saves every new table until the routes channel closes: at once, unless the last save was
-/// less than [`DEBOUNCE`] ago (then when that has passed, with the table current by then).
-pub async fn keep_saved(dir: PathBuf, mut routes: watch::Receiver<Arc<Routes>>) {
+/// Saves every new table until the routes channel closes, at once (the newest of those
+/// applied meanwhile when a save was under way), and publishes on `saved` the revision of
+/// each table once its save is over (said in the log when it failed): the agent acknowledges
+/// a config to the control plane only then.
+pub async fn keep_saved(
+    dir: PathBuf,
+    mut routes: watch::Receiver<Arc<Routes>>,
+    saved_tx: watch::Sender<i64>,
+) {
     let mut saved = routes.borrow().revision;
-    let mut last_save: Option<tokio::time::Instant> = None;
     while routes.changed().await.is_ok() {
-        if let Some(at) = last_save {
-            tokio::time::sleep_until(at + DEBOUNCE).await;
-        }
         let table = routes.borrow_and_update().clone();
         if !table.loaded || (table.revision == saved && saved != 0) {
             continue;
         }
         let dir = dir.clone();
         let revision = table.revision;
-        last_save = Some(tokio::time::Instant::now());
         match tokio::task::spawn_blocking(move || save(&dir, &table)).await {
             Ok(Ok(())) => saved = revision,
             Ok(Err(err)) => tracing::warn!(error = %err, "cannot save the config cache"),
             Err(err) => tracing::warn!(error = %err, "config cache task failed"),
         }
+        saved_tx.send_replace(revision);
     }
 }
 

@@ -38,11 +38,15 @@ pub struct Identity {
     pub interest: herald_core::interest::Interest,
 }
 
+/// The longest an acknowledgement waits for the config cache to be saved.
+const SAVE_WAIT: Duration = Duration::from_secs(5);
+
 /// Runs the config stream until `shutdown`.
 pub async fn run(
     control_plane: ControlPlane,
     identity: Identity,
     routes: watch::Sender<Arc<Routes>>,
+    saved: watch::Receiver<i64>,
     queue: Queue,
     shutdown: CancellationToken,
 ) {
@@ -54,6 +58,7 @@ pub async fn run(
             &control_plane,
             &identity,
             &routes,
+            saved.clone(),
             &queue,
             &mut backoff,
             &mut resume_from,
@@ -82,6 +87,7 @@ async fn follow(
     control_plane: &ControlPlane,
     identity: &Identity,
     routes: &watch::Sender<Arc<Routes>>,
+    mut saved: watch::Receiver<i64>,
     queue: &Queue,
     backoff: &mut Backoff,
     resume_from: &mut i64,
@@ -140,6 +146,15 @@ async fn follow(
                 let count = table.len();
                 routes.send_replace(Arc::new(table));
                 *resume_from = revision;
+                // Acknowledged once on disk: a restart never falls back to an older table
+                // than the control plane believes this agent has.
+                let on_disk = saved.wait_for(|saved| *saved >= revision);
+                if tokio::time::timeout(SAVE_WAIT, on_disk).await.is_err() {
+                    tracing::warn!(
+                        revision,
+                        "the config cache is slow to save; acknowledging anyway"
+                    );
+                }
                 if update.snapshot {
                     backoff.reset();
                 }

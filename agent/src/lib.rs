@@ -291,14 +291,17 @@ pub async fn run(
         interest: interest.clone(),
     };
     let background = TaskTracker::new();
+    let (saved_tx, saved) = watch::channel(routes.borrow().revision);
     background.spawn(config_cache::keep_saved(
         config.data_dir.clone(),
         routes.clone(),
+        saved_tx,
     ));
     let watcher = tokio::spawn(config_watch::run(
         control_plane.clone(),
         identity,
         routes_tx,
+        saved,
         queue.clone(),
         stop.clone(),
     ));

@@ -278,3 +278,57 @@ async fn sigterm_drains_and_exits_within_the_grace_period() -> anyhow::Result<()
     .await?;
     Ok(())
 }
+
+/// An agent killed right after it acknowledged a config comes back with that config, even with
+/// the control plane gone: events emitted before it reaches the control plane again go to the
+/// subscriptions it had acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_acknowledged_before_kill_9_survives_it() -> anyhow::Result<()> {
+    let etcd = Etcd::start().await?;
+    let cp = ControlPlane::start(ConfigStore::Etcd(vec![etcd.endpoint()])).await?;
+    let ca = TestCa::new();
+    let ca_dir = tempfile::tempdir()?;
+    let ca_file = ca.write_ca_pem(ca_dir.path())?;
+    let receiver = Receiver::start(&ca).await?;
+    // The agent's first config holds another tenant's subscription only.
+    let first = cp
+        .create(subscription("shop-0", &receiver.url("/zero"), &["order.*"]))
+        .await?;
+    let binary = Path::new(env!("CARGO_BIN_EXE_herald-agent"));
+    let mut agent = AgentProcess::start(binary, cp.url(), &ca_file, &[]).await?;
+    cp.wait_applied(first.revision, Duration::from_secs(20))
+        .await?;
+
+    // A new subscription, acknowledged by the agent, then kill -9 at once.
+    let sub = cp
+        .create(subscription("shop-1", &receiver.url("/orders"), &["order.*"]))
+        .await?;
+    cp.wait_applied(sub.revision, Duration::from_secs(20))
+        .await?;
+    agent.kill9().await?;
+    cp.stop().await?;
+
+    agent.restart().await?;
+    let mut client = EventsClient::new(connect(&agent.url()).await?);
+    let response = client
+        .emit(pb::EmitRequest {
+            event: Some(pb::Event {
+                tenant: "shop-1".into(),
+                r#type: "order.created".into(),
+                payload: br#"{"id":1}"#.to_vec(),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        response.matched,
+        1,
+        "the restarted agent matches with the config it acknowledged; its log:\n{}",
+        agent.log()
+    );
+    receiver
+        .wait_for_requests(1, Duration::from_secs(10))
+        .await?;
+    Ok(())
+}
