@@ -301,7 +301,11 @@ async fn a_config_acknowledged_before_kill_9_survives_it() -> anyhow::Result<()>
 
     // A new subscription, acknowledged by the agent, then kill -9 at once.
     let sub = cp
-        .create(subscription("shop-1", &receiver.url("/orders"), &["order.*"]))
+        .create(subscription(
+            "shop-1",
+            &receiver.url("/orders"),
+            &["order.*"],
+        ))
         .await?;
     cp.wait_applied(sub.revision, Duration::from_secs(20))
         .await?;
