@@ -79,21 +79,46 @@ async fn emit_all(agent: &str, ids: Arc<Vec<String>>, acked: Arc<Mutex<HashSet<S
     }
 }
 
+/// What every test here runs the agent process against: etcd, a control plane on it, and an
+/// HTTPS receiver with a test CA (its PEM file for the agent's `--ca-file`).
+struct Servers {
+    cp: ControlPlane,
+    receiver: Receiver,
+    ca_file: std::path::PathBuf,
+    _ca_dir: tempfile::TempDir,
+    /// Last, so it outlives the control plane.
+    _etcd: Etcd,
+}
+
+impl Servers {
+    async fn start() -> anyhow::Result<Servers> {
+        let etcd = Etcd::start().await?;
+        let cp = ControlPlane::start(ConfigStore::Etcd(vec![etcd.endpoint()])).await?;
+        let ca = TestCa::new();
+        let ca_dir = tempfile::tempdir()?;
+        let ca_file = ca.write_ca_pem(ca_dir.path())?;
+        let receiver = Receiver::start(&ca).await?;
+        Ok(Servers {
+            cp,
+            receiver,
+            ca_file,
+            _ca_dir: ca_dir,
+            _etcd: etcd,
+        })
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_in_a_burst_loses_no_acknowledged_event() -> anyhow::Result<()> {
-    let etcd = Etcd::start().await?;
-    let cp = ControlPlane::start(ConfigStore::Etcd(vec![etcd.endpoint()])).await?;
-    let ca = TestCa::new();
-    let ca_dir = tempfile::tempdir()?;
-    let ca_file = ca.write_ca_pem(ca_dir.path())?;
-    let receiver = Receiver::start(&ca).await?;
+    let servers = Servers::start().await?;
+    let (cp, receiver, ca_file) = (&servers.cp, &servers.receiver, &servers.ca_file);
     let mut sub = subscription("shop-1", &receiver.url("/orders"), &["order.*"]);
     sub.retry = Some(herald_proto::convert::retry_policy(
         &herald_core::retry::RetrySchedule::parse("100ms,200ms,500ms,1s,1s,1s,1s,1s,1s")?,
     ));
     let sub = cp.create(sub).await?;
     let binary = Path::new(env!("CARGO_BIN_EXE_herald-agent"));
-    let mut agent = AgentProcess::start(binary, cp.url(), &ca_file, &[]).await?;
+    let mut agent = AgentProcess::start(binary, cp.url(), ca_file, &[]).await?;
     cp.wait_applied(sub.revision, Duration::from_secs(20))
         .await?;
 
@@ -229,12 +254,8 @@ async fn kill_9_in_a_burst_loses_no_acknowledged_event() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_exits_within_the_grace_period() -> anyhow::Result<()> {
-    let etcd = Etcd::start().await?;
-    let cp = ControlPlane::start(ConfigStore::Etcd(vec![etcd.endpoint()])).await?;
-    let ca = TestCa::new();
-    let ca_dir = tempfile::tempdir()?;
-    let ca_file = ca.write_ca_pem(ca_dir.path())?;
-    let receiver = Receiver::start(&ca).await?;
+    let servers = Servers::start().await?;
+    let (cp, receiver, ca_file) = (&servers.cp, &servers.receiver, &servers.ca_file);
     // A slow receiver, so attempts are in flight when SIGTERM arrives.
     receiver
         .respond_with_response(herald_tests::Response::new(200).delay(Duration::from_millis(500)));
@@ -242,7 +263,7 @@ async fn sigterm_drains_and_exits_within_the_grace_period() -> anyhow::Result<()
         .create(subscription("shop-1", &receiver.url("/slow"), &["order.*"]))
         .await?;
     let binary = Path::new(env!("CARGO_BIN_EXE_herald-agent"));
-    let mut agent = AgentProcess::start(binary, cp.url(), &ca_file, &[]).await?;
+    let mut agent = AgentProcess::start(binary, cp.url(), ca_file, &[]).await?;
     cp.wait_applied(sub.revision, Duration::from_secs(20))
         .await?;
 
@@ -284,18 +305,14 @@ async fn sigterm_drains_and_exits_within_the_grace_period() -> anyhow::Result<()
 /// subscriptions it had acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_acknowledged_before_kill_9_survives_it() -> anyhow::Result<()> {
-    let etcd = Etcd::start().await?;
-    let cp = ControlPlane::start(ConfigStore::Etcd(vec![etcd.endpoint()])).await?;
-    let ca = TestCa::new();
-    let ca_dir = tempfile::tempdir()?;
-    let ca_file = ca.write_ca_pem(ca_dir.path())?;
-    let receiver = Receiver::start(&ca).await?;
+    let servers = Servers::start().await?;
+    let (cp, receiver, ca_file) = (&servers.cp, &servers.receiver, &servers.ca_file);
     // The agent's first config holds another tenant's subscription only.
     let first = cp
         .create(subscription("shop-0", &receiver.url("/zero"), &["order.*"]))
         .await?;
     let binary = Path::new(env!("CARGO_BIN_EXE_herald-agent"));
-    let mut agent = AgentProcess::start(binary, cp.url(), &ca_file, &[]).await?;
+    let mut agent = AgentProcess::start(binary, cp.url(), ca_file, &[]).await?;
     cp.wait_applied(first.revision, Duration::from_secs(20))
         .await?;
 
@@ -310,7 +327,7 @@ async fn a_config_acknowledged_before_kill_9_survives_it() -> anyhow::Result<()>
     cp.wait_applied(sub.revision, Duration::from_secs(20))
         .await?;
     agent.kill9().await?;
-    cp.stop().await?;
+    servers.cp.stop().await?;
 
     agent.restart().await?;
     let mut client = EventsClient::new(connect(&agent.url()).await?);
