@@ -77,7 +77,7 @@ pub fn save(dir: &Path, routes: &Routes) -> std::io::Result<()> {
 }
 
 /// Saves every new table until the routes channel closes, at once (the newest of those
-/// applied meanwhile when a save was under way), and publishes on `saved` the revision of
+/// applied meanwhile when a save was under way), and publishes on `saved_tx` the revision of
 /// each table once its save is over (said in the log when it failed): the agent acknowledges
 /// a config to the control plane only then.
 pub async fn keep_saved(
