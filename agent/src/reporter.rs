@@ -3,7 +3,9 @@
 //! Reports are written to the outbox in the same commit as the attempt's outcome, so they
 //! survive crashes; this task only reads the durable ones in order, sends them in batches over
 //! the report stream (a few batches ahead of the acks; a batch that is not full waits up to
-//! [`LINGER`] for more), and deletes a batch when the control plane acks it. After a broken
+//! [`LINGER`] for more), and deletes a batch when the control plane acks it. A batch holds at
+//! most [`MAX_REPORT_BATCH`] reports and [`MAX_REPORT_BATCH_BYTES`], so the control plane
+//! never refuses one for its size, whatever the reports hold. After a broken
 //! stream it starts again from the oldest unacked report; the control plane stores attempts
 //! idempotently, so a resent report is not a duplicate in the central log.
 
@@ -17,12 +19,13 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+use herald_core::limits::{MAX_REPORT_BATCH, MAX_REPORT_BATCH_BYTES};
+use prost::Message;
+
 use crate::backoff::Backoff;
 use crate::control_plane::ControlPlane;
 use crate::queue::Queue;
 
-/// Reports per batch.
-pub const BATCH_SIZE: usize = 500;
 /// How long reports wait for more to fill a batch: the control plane commits each batch, so
 /// a steady flow goes out in a few full batches rather than in many small ones.
 const LINGER: Duration = Duration::from_millis(20);
@@ -96,23 +99,33 @@ async fn session(
         .into_inner();
     // Batch id (its last sequence number) → its first sequence number.
     let mut unacked: BTreeMap<u64, u64> = BTreeMap::new();
+    // Reports read from the outbox and not sent yet, in order.
+    let mut read: Vec<(u64, pb::Attempt)> = Vec::new();
     let mut sent_up_to = 0;
     // Since when reports have been waiting for a fuller batch.
     let mut waiting_since: Option<Instant> = None;
     loop {
         while unacked.len() < WINDOW {
-            let reports = queue
-                .reports(sent_up_to, BATCH_SIZE)
-                .map_err(|e| e.to_string())?;
-            let (Some(&(first, _)), Some(&(last, _))) = (reports.first(), reports.last()) else {
+            if read.len() < MAX_REPORT_BATCH {
+                let after = read.last().map_or(sent_up_to, |(seq, _)| *seq);
+                let more = queue
+                    .reports(after, MAX_REPORT_BATCH - read.len())
+                    .map_err(|e| e.to_string())?;
+                read.extend(more);
+            }
+            if read.is_empty() {
                 waiting_since = None;
                 break;
-            };
+            }
             let since = *waiting_since.get_or_insert_with(Instant::now);
-            if reports.len() < BATCH_SIZE && since.elapsed() < LINGER && !shutdown.is_cancelled() {
+            let take = batch_len(&read);
+            let full = take == MAX_REPORT_BATCH || take < read.len();
+            if !full && since.elapsed() < LINGER && !shutdown.is_cancelled() {
                 break;
             }
             waiting_since = None;
+            let reports: Vec<(u64, pb::Attempt)> = read.drain(..take).collect();
+            let (first, last) = (reports[0].0, reports[take - 1].0);
             let batch = pb::ReportBatch {
                 batch_id: last,
                 agent_id: agent_id.to_owned(),
@@ -141,5 +154,49 @@ async fn session(
             () = queue.reports_added() => {}
             () = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// How many of `reports` (at least one) the next batch takes: at most [`MAX_REPORT_BATCH`],
+/// and no more than fit in [`MAX_REPORT_BATCH_BYTES`].
+fn batch_len(reports: &[(u64, pb::Attempt)]) -> usize {
+    let mut bytes = 0;
+    let mut take = 0;
+    for (_, report) in reports.iter().take(MAX_REPORT_BATCH) {
+        // Each attempt's field tag and length prefix: a few bytes more than its own length.
+        bytes += report.encoded_len() + 8;
+        if take > 0 && bytes > MAX_REPORT_BATCH_BYTES {
+            break;
+        }
+        take += 1;
+    }
+    take
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(excerpt_len: usize) -> pb::Attempt {
+        pb::Attempt {
+            event_id: "evt_1".into(),
+            response_excerpt: "x".repeat(excerpt_len),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_batch_is_bounded_by_count_and_by_bytes() {
+        let small: Vec<_> = (1..=1500).map(|seq| (seq, report(10))).collect();
+        assert_eq!(batch_len(&small), MAX_REPORT_BATCH);
+        assert_eq!(batch_len(&small[..7]), 7);
+        // 100 KiB each: 20 fit in 2 MiB, not 21.
+        let large: Vec<_> = (1..=50).map(|seq| (seq, report(100 * 1024))).collect();
+        assert_eq!(batch_len(&large), 20);
+        let total: usize = large[..20].iter().map(|(_, a)| a.encoded_len() + 8).sum();
+        assert!(total <= MAX_REPORT_BATCH_BYTES);
+        // One report larger than a batch still goes, alone.
+        let huge = vec![(1, report(3 * 1024 * 1024))];
+        assert_eq!(batch_len(&huge), 1);
     }
 }

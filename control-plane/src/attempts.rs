@@ -22,6 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use herald_core::limits::bound_attempt_text;
 use herald_proto::convert::system_time;
 use herald_proto::v1 as pb;
 use prost::Message;
@@ -40,8 +41,6 @@ pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// Records examined by one query before it returns what it has with a continuation token,
 /// so a query with a rare filter stays bounded in time.
 const MAX_SCAN: usize = 100_000;
-/// The longest response excerpt and error text kept.
-pub const MAX_TEXT: usize = 4096;
 /// Attempts removed by one sweep commit at most.
 pub const SWEEP_BATCH: usize = 10_000;
 /// Attempts kept for live tails that fall behind.
@@ -254,16 +253,6 @@ fn attempt_id(a: &pb::Attempt) -> String {
     format!("{}\0{}\0{}", a.event_id, a.subscription_id, a.attempt)
 }
 
-fn bound(text: &mut String) {
-    if text.len() > MAX_TEXT {
-        let mut end = MAX_TEXT;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-}
-
 fn insert_batch(db: &Database, attempts: Vec<pb::Attempt>) -> Result<Vec<pb::Attempt>, LogError> {
     let txn = db.begin_write().map_err(storage)?;
     let mut stored = Vec::with_capacity(attempts.len());
@@ -280,8 +269,8 @@ fn insert_batch(db: &Database, attempts: Vec<pb::Attempt>) -> Result<Vec<pb::Att
             if ids.get(id.as_str()).map_err(storage)?.is_some() {
                 continue;
             }
-            bound(&mut attempt.response_excerpt);
-            bound(&mut attempt.error);
+            bound_attempt_text(&mut attempt.response_excerpt);
+            bound_attempt_text(&mut attempt.error);
             seq += 1;
             records
                 .insert(seq, attempt.encode_to_vec().as_slice())

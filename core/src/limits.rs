@@ -49,6 +49,26 @@ pub const MAX_ORDERING_KEY_LEN: usize = 256;
 /// Most labels one subscription may carry.
 pub const MAX_LABELS: usize = 32;
 
+/// Longest response excerpt, and longest error text, kept with an attempt in the delivery log.
+pub const MAX_ATTEMPT_TEXT_LEN: usize = 4096;
+/// Most attempts one report batch (agent → control plane) carries.
+pub const MAX_REPORT_BATCH: usize = 1000;
+/// Most encoded bytes of attempts one report batch carries: well under the 4 MiB a gRPC
+/// server accepts in one message by default, whatever the attempts hold.
+pub const MAX_REPORT_BATCH_BYTES: usize = 2 * 1024 * 1024;
+
+/// Cuts an attempt's excerpt or error text to [`MAX_ATTEMPT_TEXT_LEN`] bytes, at a character
+/// boundary.
+pub fn bound_attempt_text(text: &mut String) {
+    if text.len() > MAX_ATTEMPT_TEXT_LEN {
+        let mut end = MAX_ATTEMPT_TEXT_LEN;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +80,19 @@ mod tests {
         assert!(parse_payload_limit("0").is_err());
         assert!(parse_payload_limit("16777217").is_err());
         assert!(parse_payload_limit("1MiB").is_err());
+    }
+
+    #[test]
+    fn attempt_texts_are_cut_at_a_character_boundary() {
+        let mut ascii = "a".repeat(MAX_ATTEMPT_TEXT_LEN + 10);
+        bound_attempt_text(&mut ascii);
+        assert_eq!(ascii.len(), MAX_ATTEMPT_TEXT_LEN);
+        // 'é' is two bytes: the cut falls inside one and backs off to its start.
+        let mut accented = format!("a{}", "é".repeat(MAX_ATTEMPT_TEXT_LEN));
+        bound_attempt_text(&mut accented);
+        assert_eq!(accented.len(), MAX_ATTEMPT_TEXT_LEN - 1);
+        let mut short = String::from("fine");
+        bound_attempt_text(&mut short);
+        assert_eq!(short, "fine");
     }
 }

@@ -106,9 +106,9 @@ async fn send_in(
         .post(sub.url.clone())
         .timeout(sub.timeout)
         .header(reqwest::header::CONTENT_TYPE, sub.format.content_type())
-        .header(HEADER_ID, event.id)
-        .header(HEADER_TIMESTAMP, timestamp.to_string())
-        .header(HEADER_SIGNATURE, signature);
+        .header(HEADER_ID, never_indexed(event.id))
+        .header(HEADER_TIMESTAMP, never_indexed(&timestamp.to_string()))
+        .header(HEADER_SIGNATURE, never_indexed(&signature));
     if sub.send_trace_context
         && let Some(trace) = &trace
     {
@@ -159,6 +159,18 @@ async fn send_in(
     read.truncate(MAX_EXCERPT_BYTES);
     let excerpt = String::from_utf8_lossy(&read).into_owned();
     finish(AttemptResult::Status { code, retry_after }, error, excerpt)
+}
+
+/// A header value HTTP/2 sends as a literal that is never indexed. The id, timestamp and
+/// signature change with every request (and a signature is a credential): adding them to the
+/// connection's header tables would only evict useful entries, on both sides, for nothing.
+/// Over HTTP/1.1 it makes no difference. An id or signature that is not a valid header value
+/// (never the case for values Herald makes) is sent empty, so the receiver refuses it.
+fn never_indexed(value: &str) -> reqwest::header::HeaderValue {
+    let mut value = reqwest::header::HeaderValue::from_str(value)
+        .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static(""));
+    value.set_sensitive(true);
+    value
 }
 
 /// The kind of a transport error, for the log: `timeout`, `tls`, `dns`, `connect`, `request`.

@@ -21,6 +21,7 @@ pub mod rate;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use herald_core::limits::bound_attempt_text;
 use herald_core::retry::{JITTER, jittered};
 use herald_core::subscription::{DEFAULT_MAX_IN_FLIGHT, Subscription};
 use herald_core::target::TargetPolicy;
@@ -356,8 +357,11 @@ impl Inner {
         event: Option<&pb::Event>,
         sub: Option<&Subscription>,
         number: u32,
-        report: Report,
+        mut report: Report,
     ) -> pb::Attempt {
+        // Bounded here, so that a report batch's size is bounded too.
+        bound_attempt_text(&mut report.error);
+        bound_attempt_text(&mut report.excerpt);
         pb::Attempt {
             event_id: task.event_id.clone(),
             subscription_id: task.subscription_id.clone(),

@@ -36,8 +36,7 @@ use crate::subscriptions::Subscriptions;
 
 /// How long an agent has to say hello after opening its config stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// The most attempts one report batch may carry.
-pub const MAX_REPORT_BATCH: usize = 1000;
+use herald_core::limits::MAX_REPORT_BATCH;
 /// The most unacknowledged changes per stream whose convergence time is measured.
 const MAX_UNACKED_TIMED: usize = 1024;
 /// Streams that send a snapshot at the same time (the others wait their turn).
