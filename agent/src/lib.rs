@@ -250,6 +250,7 @@ pub async fn run(
             dedup_window: config.dedup_window,
             durable: config.fsync,
             durable_lag: queue::DURABLE_LAG,
+            checkpoint_every: queue::CHECKPOINT_EVERY,
         },
     )?;
     // Read once now, so unusable files fail the start; again at every connection after.

@@ -208,6 +208,7 @@ async fn kill_9_in_a_burst_loses_no_acknowledged_event() -> anyhow::Result<()> {
                 dedup_window: Duration::from_secs(3600),
                 durable: true,
                 durable_lag: herald_agent::queue::DURABLE_LAG,
+                checkpoint_every: herald_agent::queue::CHECKPOINT_EVERY,
             };
             let queue = herald_agent::queue::Queue::open(agent.data_dir(), cfg)?;
             eprintln!(

@@ -38,10 +38,14 @@
 //!
 //! Writes go in this order: the commit's changes are appended to the log, the log is synced
 //! (`fdatasync`) when a caller waits on the group, the callers are answered, and the redb
-//! commit is made without an fsync. Every [`writer::CHECKPOINT_EVERY`] (and when a group is too
+//! commit is made without an fsync. Every [`CHECKPOINT_EVERY`] (and when a group is too
 //! large for the log, the log is full, or the queue closes) the commit is instead a durable
 //! redb commit — a checkpoint — which starts a new log epoch. With `durable` off the log is
 //! written but never synced: a process crash loses nothing, a power loss what was not synced.
+//!
+//! New tasks and reports do not go into the file's tables in those commits: they wait in
+//! the [`memtable`] (and in the log) until the next checkpoint writes the ones still pending.
+//! Most are finished or acked before then and never touch the file.
 //!
 //! A group holding only attempt outcomes and report acks — work no caller waits on — is not
 //! synced; the next sync makes it durable, and one comes within `durable_lag` (50 ms by
@@ -65,13 +69,14 @@
 //! with [`QueueError::Storage`] when the disk refuses writes. Nothing already accepted is lost.
 
 mod lanes;
+mod memtable;
 mod tables;
 mod wal;
 mod writer;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herald_proto::v1 as pb;
@@ -79,6 +84,7 @@ use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use self::memtable::{Memtable, Overlay};
 use self::writer::Command;
 
 const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
@@ -118,7 +124,13 @@ pub struct QueueConfig {
     /// The longest an attempt's outcome may stay committed without an fsync (see "Writes and
     /// fsync" above); [`DURABLE_LAG`] unless a test needs another.
     pub durable_lag: Duration,
+    /// The longest time between checkpoints ([`CHECKPOINT_EVERY`] unless a test needs
+    /// another): it bounds the log a restart replays, and the memtable.
+    pub checkpoint_every: Duration,
 }
+
+/// The default [`QueueConfig::checkpoint_every`].
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// The default [`QueueConfig::durable_lag`]: a crash repeats at most this much of the attempts
 /// made just before it.
@@ -272,9 +284,20 @@ struct Shared {
     attempts_ended: Mutex<Vec<(String, u64)>>,
     /// The writer's thread, woken out of its linger by commands a caller waits on.
     writer_thread: std::sync::OnceLock<std::thread::Thread>,
+    /// Tasks and reports added since the last checkpoint ([`memtable`]). Readers take it
+    /// before they open a snapshot of the file.
+    memtable: RwLock<Memtable>,
 }
 
 impl Shared {
+    fn read_memtable(&self) -> RwLockReadGuard<'_, Memtable> {
+        self.memtable.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_memtable(&self) -> RwLockWriteGuard<'_, Memtable> {
+        self.memtable.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Cuts the writer's linger short: a command with a caller waiting on it was sent.
     fn wake_writer(&self) {
         if let Some(thread) = self.writer_thread.get() {
@@ -346,6 +369,7 @@ impl Queue {
             unpersisted: Notify::new(),
             attempts_ended: Mutex::new(Vec::new()),
             writer_thread: std::sync::OnceLock::new(),
+            memtable: RwLock::new(Memtable::default()),
         });
         let (tx, rx) = mpsc::channel(WRITER_CHANNEL);
         let lag = config.durable_lag;
@@ -383,6 +407,7 @@ impl Queue {
         // order could read a snapshot without a lane's new tasks, clear its hint and strand
         // them, or hand out again a task whose completion was just committed.)
         let mut lanes = self.lock_lanes();
+        let memtable = self.shared.read_memtable();
         let txn = self.db.begin_read().map_err(storage)?;
         let tasks = txn.open_table(TASKS).map_err(storage)?;
         let mut out = Vec::new();
@@ -395,10 +420,8 @@ impl Queue {
             // Every task before `from` is taken; so is every one visited before the break.
             let (from_due, from_seq) = lanes.scan_from(&lane);
             let mut taken_up_to = None;
-            let range = (lane.as_str(), from_due, from_seq)..=(lane.as_str(), u64::MAX, u64::MAX);
-            for entry in tasks.range(range).map_err(storage)? {
-                let (key, value) = entry.map_err(storage)?;
-                let (_, due, seq) = key.value();
+            for entry in lane_tasks(&tasks, &memtable, &lane, (from_due, from_seq))? {
+                let ((due, seq), value) = entry.map_err(storage)?;
                 if lanes.is_taken(seq) {
                     taken_up_to = Some((due, seq));
                     continue;
@@ -407,7 +430,7 @@ impl Queue {
                     hint = Some(due);
                     break;
                 }
-                let task = decode_task((&lane, due, seq), value.value())?;
+                let task = decode_task((&lane, due, seq), value.bytes())?;
                 lanes.take(&lane, seq);
                 taken_up_to = Some((due, seq));
                 room -= 1;
@@ -450,11 +473,14 @@ impl Queue {
     /// Tasks in lanes: in flight, due, or scheduled for a retry. Deliveries waiting behind an
     /// earlier event of their ordering key are counted once their turn comes.
     pub fn pending_tasks(&self) -> Result<u64, QueueError> {
+        let memtable = self.shared.read_memtable();
         let txn = self.db.begin_read().map_err(storage)?;
-        txn.open_table(TASKS)
+        let in_file = txn
+            .open_table(TASKS)
             .map_err(storage)?
             .len()
-            .map_err(storage)
+            .map_err(storage)?;
+        Ok(in_file + memtable.task_count())
     }
 
     /// Queues deliveries of stored events again (a replay), due now; one result per item, in
@@ -471,6 +497,7 @@ impl Queue {
 
     /// How full the queue is, for monitoring.
     pub fn stats(&self) -> Result<QueueStats, QueueError> {
+        let memtable = self.shared.read_memtable();
         let txn = self.db.begin_read().map_err(storage)?;
         let meta = txn.open_table(META).map_err(storage)?;
         let events = meta
@@ -482,30 +509,27 @@ impl Queue {
             .map_err(storage)?
             .map_or(0, |v| v.value());
         let tasks = txn.open_table(TASKS).map_err(storage)?;
-        let pending = tasks.len().map_err(storage)?;
+        let pending = tasks.len().map_err(storage)? + memtable.task_count();
         let reports = txn
             .open_table(OUTBOX)
             .map_err(storage)?
             .len()
-            .map_err(storage)?;
+            .map_err(storage)?
+            + memtable.report_count();
         // The oldest event among each lane's next delivery: one read per lane, not a scan of
         // the backlog (a lane's later tasks are usually younger than its head).
         let stored = txn.open_table(EVENTS).map_err(storage)?;
         let mut oldest_accepted_ms: Option<u64> = None;
-        let mut from = String::new();
-        while let Some(entry) = tasks
-            .range((from.as_str(), 0, 0)..)
-            .map_err(storage)?
-            .next()
-        {
-            let (key, value) = entry.map_err(storage)?;
-            let task = decode_task(key.value(), value.value())?;
+        for lane in lanes_of(&tasks, &memtable)? {
+            let Some(entry) = lane_tasks(&tasks, &memtable, &lane, (0, 0))?.next() else {
+                continue;
+            };
+            let (slot, value) = entry.map_err(storage)?;
+            let task = decode_task((&lane, slot.0, slot.1), value.bytes())?;
             if let Some(event) = stored.get(task.event_id.as_str()).map_err(storage)? {
                 let accepted = decode_event(event.value())?.0;
                 oldest_accepted_ms = Some(oldest_accepted_ms.map_or(accepted, |o| o.min(accepted)));
             }
-            // The smallest key after every key of this lane.
-            from = task.subscription_id + "\0";
         }
         Ok(QueueStats {
             events,
@@ -551,31 +575,36 @@ impl Queue {
     pub fn reports(&self, after: u64, limit: usize) -> Result<Vec<(u64, pb::Attempt)>, QueueError> {
         // Read before the snapshot opens, so the snapshot holds every report up to it.
         let durable = self.shared.reportable.load(Ordering::Acquire);
+        let memtable = self.shared.read_memtable();
         let txn = self.db.begin_read().map_err(storage)?;
         let outbox = txn.open_table(OUTBOX).map_err(storage)?;
         let mut out = Vec::new();
         if durable <= after {
             return Ok(out);
         }
-        for entry in outbox
+        let file = outbox
             .range(after + 1..=durable)
             .map_err(storage)?
-            .take(limit)
-        {
+            .map(|entry| entry.map(|(seq, value)| (seq.value(), value)));
+        let memory = memtable.reports_in(after + 1, durable);
+        for entry in Overlay::new(file, memory).take(limit) {
             let (seq, value) = entry.map_err(storage)?;
-            let attempt = pb::Attempt::decode(value.value()).map_err(storage)?;
-            out.push((seq.value(), attempt));
+            let attempt = pb::Attempt::decode(value.bytes()).map_err(storage)?;
+            out.push((seq, attempt));
         }
         Ok(out)
     }
 
     /// Reports in the outbox.
     pub fn pending_reports(&self) -> Result<u64, QueueError> {
+        let memtable = self.shared.read_memtable();
         let txn = self.db.begin_read().map_err(storage)?;
-        txn.open_table(OUTBOX)
+        let in_file = txn
+            .open_table(OUTBOX)
             .map_err(storage)?
             .len()
-            .map_err(storage)
+            .map_err(storage)?;
+        Ok(in_file + memtable.report_count())
     }
 
     /// Removes acknowledged reports `first..=last` from the outbox.
@@ -626,6 +655,22 @@ impl Queue {
             self.shared.wake_writer();
             let _ = answer.await;
         }
+    }
+
+    /// Every pending task, in lane and due order (for tests: it reads the whole queue).
+    #[cfg(test)]
+    fn all_tasks(&self) -> Result<Vec<Task>, QueueError> {
+        let memtable = self.shared.read_memtable();
+        let txn = self.db.begin_read().map_err(storage)?;
+        let tasks = txn.open_table(TASKS).map_err(storage)?;
+        let mut out = Vec::new();
+        for lane in lanes_of(&tasks, &memtable)? {
+            for entry in lane_tasks(&tasks, &memtable, &lane, (0, 0))? {
+                let ((due, seq), value) = entry.map_err(storage)?;
+                out.push(decode_task((&lane, due, seq), value.bytes())?);
+            }
+        }
+        Ok(out)
     }
 
     /// The lane index, up to date with the attempts ended since its last use.
@@ -749,6 +794,53 @@ fn decode_waiting(bytes: &[u8]) -> Result<(u64, String), QueueError> {
     let event_id =
         String::from_utf8(event_id.to_vec()).map_err(|_| storage("ordered record is not UTF-8"))?;
     Ok((u64::from_le_bytes(*due), event_id))
+}
+
+/// The file's tasks table, as a read transaction sees it.
+type TaskTable = redb::ReadOnlyTable<(&'static str, u64, u64), &'static [u8]>;
+
+/// A task read from the file or the memtable.
+type TaskEntry<'a> = (
+    memtable::Slot,
+    memtable::Value<'a, redb::AccessGuard<'a, &'static [u8]>>,
+);
+
+/// A lane's tasks from `from` on, in order: the file's and the memtable's.
+fn lane_tasks<'a>(
+    tasks: &'a TaskTable,
+    memtable: &'a Memtable,
+    lane: &'a str,
+    from: memtable::Slot,
+) -> Result<impl Iterator<Item = Result<TaskEntry<'a>, redb::StorageError>> + 'a, QueueError> {
+    let file = tasks
+        .range((lane, from.0, from.1)..=(lane, u64::MAX, u64::MAX))
+        .map_err(storage)?
+        .map(|entry| {
+            entry.map(|(key, value)| {
+                let (_, due, seq) = key.value();
+                ((due, seq), value)
+            })
+        });
+    Ok(Overlay::new(file, memtable.lane_from(lane, from)))
+}
+
+/// Every lane that may hold a task: those with tasks in the file or in the memtable, in order.
+fn lanes_of(tasks: &TaskTable, memtable: &Memtable) -> Result<Vec<String>, QueueError> {
+    let mut lanes: std::collections::BTreeSet<String> =
+        memtable.lanes().map(str::to_owned).collect();
+    let mut from = String::new();
+    while let Some(entry) = tasks
+        .range((from.as_str(), 0, 0)..)
+        .map_err(storage)?
+        .next()
+    {
+        let (key, _) = entry.map_err(storage)?;
+        let lane = key.value().0.to_owned();
+        // The smallest key after every key of this lane.
+        from = format!("{lane}\0");
+        lanes.insert(lane);
+    }
+    Ok(lanes.into_iter().collect())
 }
 
 /// Builds the lane index from the table: each lane's earliest task, one seek per lane.

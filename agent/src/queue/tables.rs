@@ -21,9 +21,15 @@
 //! | 11 | put meta | name, value |
 //!
 //! Every change sets a key (or a range) to a value or to nothing, whatever was there before.
+//!
+//! With a [`Memtable`], new tasks and reports are not written to the file's tables: they are
+//! collected as [`Change`]s for the memtable, as are removals of the memtable's own, and reach
+//! the file only at a checkpoint ([`Tables::write_through`]). Without one (recovery), every
+//! change is made to the file.
 
 use redb::{Table, WriteTransaction};
 
+use super::memtable::{Change, Memtable};
 use super::{ACCEPTED, EVENTS, META, ORDERED, OUTBOX, QueueError, TASKS, storage};
 
 /// A task's key: (lane, due ms, seq).
@@ -32,25 +38,32 @@ pub(super) type TaskKey<'a> = (&'a str, u64, u64);
 pub(super) type OrderedKey<'a> = (&'a str, &'a str, u64);
 
 /// The open tables of a write transaction, and the redo record of what was changed.
-pub(super) struct Tables<'txn> {
+pub(super) struct Tables<'txn, 'm> {
     /// Events by id.
     pub events: Table<'txn, &'static str, &'static [u8]>,
     /// Events by acceptance time.
     pub accepted: Table<'txn, (u64, &'static str), ()>,
-    /// Tasks by lane and due time.
-    pub tasks: Table<'txn, (&'static str, u64, u64), &'static [u8]>,
+    /// Tasks by lane and due time (those not in the memtable).
+    tasks: Table<'txn, (&'static str, u64, u64), &'static [u8]>,
     /// Deliveries with an ordering key, in order.
     pub ordered: Table<'txn, (&'static str, &'static str, u64), &'static [u8]>,
-    /// Attempt reports not yet acknowledged.
-    pub outbox: Table<'txn, u64, &'static [u8]>,
+    /// Attempt reports not yet acknowledged (those not in the memtable).
+    outbox: Table<'txn, u64, &'static [u8]>,
     /// Counters.
     pub meta: Table<'txn, &'static str, u64>,
     redo: Vec<u8>,
+    /// The memtable as of the last commit, if the changes go to it.
+    memtable: Option<&'m Memtable>,
+    /// Changes for the memtable, in order.
+    changes: Vec<Change>,
 }
 
-impl<'txn> Tables<'txn> {
-    /// Opens every table in `txn`.
-    pub fn open(txn: &'txn WriteTransaction) -> Result<Self, QueueError> {
+impl<'txn, 'm> Tables<'txn, 'm> {
+    /// Opens every table in `txn`. New tasks and reports go to `memtable` when there is one.
+    pub fn open(
+        txn: &'txn WriteTransaction,
+        memtable: Option<&'m Memtable>,
+    ) -> Result<Self, QueueError> {
         Ok(Tables {
             events: txn.open_table(EVENTS).map_err(storage)?,
             accepted: txn.open_table(ACCEPTED).map_err(storage)?,
@@ -59,12 +72,55 @@ impl<'txn> Tables<'txn> {
             outbox: txn.open_table(OUTBOX).map_err(storage)?,
             meta: txn.open_table(META).map_err(storage)?,
             redo: Vec::new(),
+            memtable,
+            changes: Vec::new(),
         })
     }
 
     /// The redo record of the changes made so far (and a fresh one begins).
     pub fn take_redo(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.redo)
+    }
+
+    /// The task and report changes made so far, in order (and a fresh list begins).
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Writes into the file's tables the memtable's tasks and reports, then `changes` (this
+    /// commit's, taken from [`Tables::take_changes`]): the commit, a checkpoint, then holds
+    /// every task and report.
+    pub fn write_through(&mut self, changes: &[Change]) -> Result<(), QueueError> {
+        if let Some(memtable) = self.memtable {
+            for (lane, (due, seq), value) in memtable.task_entries() {
+                self.tasks
+                    .insert((lane, due, seq), value)
+                    .map_err(storage)?;
+            }
+            for (seq, value) in memtable.report_entries() {
+                self.outbox.insert(seq, value).map_err(storage)?;
+            }
+        }
+        for change in changes {
+            match change {
+                Change::PutTask { lane, slot, value } => self
+                    .tasks
+                    .insert((lane.as_str(), slot.0, slot.1), value.as_slice())
+                    .map(|_| ()),
+                Change::RemoveTask { lane, slot } => self
+                    .tasks
+                    .remove((lane.as_str(), slot.0, slot.1))
+                    .map(|_| ()),
+                Change::PutReport { seq, value } => {
+                    self.outbox.insert(*seq, value.as_slice()).map(|_| ())
+                }
+                Change::RemoveReports { first, last } => {
+                    self.outbox.retain_in(*first..=*last, |_, _| false)
+                }
+            }
+            .map_err(storage)?;
+        }
+        Ok(())
     }
 
     /// Stores an event record.
@@ -97,7 +153,15 @@ impl<'txn> Tables<'txn> {
 
     /// Stores a task.
     pub fn put_task(&mut self, key: TaskKey<'_>, value: &[u8]) -> Result<(), QueueError> {
-        self.tasks.insert(key, value).map_err(storage)?;
+        if self.memtable.is_some() {
+            self.changes.push(Change::PutTask {
+                lane: key.0.to_owned(),
+                slot: (key.1, key.2),
+                value: value.to_vec(),
+            });
+        } else {
+            self.tasks.insert(key, value).map_err(storage)?;
+        }
         self.tag(5)
             .text(key.0)
             .number(key.1)
@@ -108,7 +172,19 @@ impl<'txn> Tables<'txn> {
 
     /// Removes a task.
     pub fn remove_task(&mut self, key: TaskKey<'_>) -> Result<(), QueueError> {
-        self.tasks.remove(key).map_err(storage)?;
+        // A task is removed in a later commit than the one that added it (it was handed out
+        // in between), so it is in the memtable or in the file.
+        if self
+            .memtable
+            .is_some_and(|memtable| memtable.has_task(key.0, (key.1, key.2)))
+        {
+            self.changes.push(Change::RemoveTask {
+                lane: key.0.to_owned(),
+                slot: (key.1, key.2),
+            });
+        } else {
+            self.tasks.remove(key).map_err(storage)?;
+        }
         self.tag(6).text(key.0).number(key.1).number(key.2);
         Ok(())
     }
@@ -133,16 +209,27 @@ impl<'txn> Tables<'txn> {
 
     /// Adds a report to the outbox.
     pub fn put_report(&mut self, seq: u64, value: &[u8]) -> Result<(), QueueError> {
-        self.outbox.insert(seq, value).map_err(storage)?;
+        if self.memtable.is_some() {
+            self.changes.push(Change::PutReport {
+                seq,
+                value: value.to_vec(),
+            });
+        } else {
+            self.outbox.insert(seq, value).map_err(storage)?;
+        }
         self.tag(9).number(seq).bytes(value);
         Ok(())
     }
 
     /// Removes reports `first..=last` from the outbox.
     pub fn remove_reports(&mut self, first: u64, last: u64) -> Result<(), QueueError> {
+        // Some may be in the file (pending at a checkpoint), the rest in the memtable.
         self.outbox
             .retain_in(first..=last, |_, _| false)
             .map_err(storage)?;
+        if self.memtable.is_some() {
+            self.changes.push(Change::RemoveReports { first, last });
+        }
         self.tag(10).number(first).number(last);
         Ok(())
     }

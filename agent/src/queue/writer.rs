@@ -11,7 +11,7 @@
 //!   not synced; the next sync, at most `durable_lag` later, makes it durable with everything
 //!   before it.
 //! - **Checkpoint**: a durable redb commit, which also starts a new log epoch. Made at least
-//!   every [`CHECKPOINT_EVERY`], when a group's changes are too large for the log
+//!   every [`super::CHECKPOINT_EVERY`], when a group's changes are too large for the log
 //!   ([`MAX_LOGGED`]) or do not fit in the room left, and when the queue closes.
 //!
 //! A small group of outcomes and acks only waits up to [`LINGER`] for more before it is
@@ -127,8 +127,6 @@ fn split(command: Command) -> (Work, Slot) {
 const LINGER: Duration = Duration::from_micros(500);
 /// Groups of this many commands or more are committed without waiting.
 const LINGER_BELOW: usize = 64;
-/// The longest time between checkpoints: it bounds the log a restart replays.
-pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// The largest group changes written to the log; a larger group makes a checkpoint instead
 /// (its own fsync is then shared by many events, and the log stays small).
 pub(super) const MAX_LOGGED: usize = 64 * 1024;
@@ -146,7 +144,8 @@ pub(super) fn recover(db: &Database, wal: &mut Wal) -> Result<(u64, usize), Queu
     };
     let bodies = wal.read_epoch(epoch).map_err(storage)?;
     {
-        let mut tables = Tables::open(&txn)?;
+        // Every change goes into the file directly: this commit is a checkpoint.
+        let mut tables = Tables::open(&txn, None)?;
         for body in &bodies {
             tables.replay(body)?;
         }
@@ -366,8 +365,11 @@ impl Writer {
                 )));
             }
             let mut txn = self.db.begin_write().map_err(storage)?;
-            let (seq, redo) = {
-                let mut tables = Tables::open(&txn)?;
+            let wal = &mut self.wal;
+            let (seq, redo, changes, checkpoint) = {
+                // Read-locked while the group is applied: only this thread changes it.
+                let memtable = self.shared.read_memtable();
+                let mut tables = Tables::open(&txn, Some(&memtable))?;
                 let seq = apply_works(
                     &mut tables,
                     &self.config,
@@ -376,13 +378,18 @@ impl Writer {
                     &mut added,
                     &mut reports_added,
                 )?;
-                (seq, tables.take_redo())
+                let redo = tables.take_redo();
+                let changes = tables.take_changes();
+                let checkpoint = closing
+                    || self.last_checkpoint.elapsed() >= self.config.checkpoint_every
+                    || redo.len() > MAX_LOGGED
+                    || !wal.has_room(redo.len());
+                if checkpoint {
+                    // Everything the memtable holds goes into the file with this commit.
+                    tables.write_through(&changes)?;
+                }
+                (seq, redo, changes, checkpoint)
             };
-            let wal = &mut self.wal;
-            let checkpoint = closing
-                || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY
-                || redo.len() > MAX_LOGGED
-                || !wal.has_room(redo.len());
             if checkpoint {
                 txn.open_table(META)
                     .map_err(storage)?
@@ -392,6 +399,8 @@ impl Writer {
                 self.epoch += 1;
                 wal.start_epoch(self.epoch);
                 self.last_checkpoint = Instant::now();
+                // Only now: until this commit, readers find these in the memtable.
+                self.shared.write_memtable().clear();
                 return Ok((seq, true));
             }
             // The log record first: a crash after it replays the commit; before it, the group
@@ -402,6 +411,11 @@ impl Writer {
             }
             txn.set_durability(Durability::None).map_err(storage)?;
             txn.commit().map_err(storage)?;
+            // Readers see the tasks and reports of this commit from now on.
+            let mut memtable = self.shared.write_memtable();
+            for change in changes {
+                memtable.apply(change);
+            }
             Ok((seq, durable))
         })();
         match result {
@@ -477,7 +491,7 @@ struct Applied {
 /// Applies a group's work to `tables`, pushing one outcome per work item, and returns the last
 /// sequence number used.
 fn apply_works(
-    tables: &mut Tables<'_>,
+    tables: &mut Tables<'_, '_>,
     config: &QueueConfig,
     works: Vec<Work>,
     outcomes: &mut Vec<Done>,
@@ -565,7 +579,7 @@ fn apply_works(
 /// ordering key it joins the key's line in `ordered`, and gets a task in `lanes` only at its
 /// head. Returns whether it got a task now.
 fn add_delivery(
-    tables: &mut Tables<'_>,
+    tables: &mut Tables<'_, '_>,
     subscription: &str,
     due: u64,
     seq: u64,
@@ -596,7 +610,10 @@ fn add_delivery(
 
 /// `task`, the head of its ordering key's line, is finished: it leaves the line, and the next
 /// delivery in it (if any) gets its task. Returns that task's key (due, seq).
-fn next_in_order(tables: &mut Tables<'_>, task: &Task) -> Result<Option<(u64, u64)>, QueueError> {
+fn next_in_order(
+    tables: &mut Tables<'_, '_>,
+    task: &Task,
+) -> Result<Option<(u64, u64)>, QueueError> {
     let (sub, key) = (task.subscription_id.as_str(), task.ordering_key.as_str());
     let mut line = Vec::new();
     for entry in tables
@@ -628,7 +645,7 @@ fn next_in_order(tables: &mut Tables<'_>, task: &Task) -> Result<Option<(u64, u6
 /// Stores one request's events (all or nothing). The outer error is a storage failure (aborts
 /// the group); the inner one a refusal of this request only.
 fn accept(
-    tables: &mut Tables<'_>,
+    tables: &mut Tables<'_, '_>,
     counters: &mut Counters,
     config: &QueueConfig,
     now: u64,
@@ -727,7 +744,7 @@ fn accept(
 
 /// Removes up to [`SWEEP_BATCH`] events accepted before the retention period.
 fn sweep(
-    tables: &mut Tables<'_>,
+    tables: &mut Tables<'_, '_>,
     counters: &mut Counters,
     config: &QueueConfig,
     now: u64,
