@@ -81,16 +81,13 @@ impl Memtable {
             Change::PutReport { seq, value } => {
                 self.reports.insert(seq, value);
             }
-            Change::RemoveReports { first, last } => {
-                if first <= last {
-                    let mut acked = self.reports.split_off(&first);
-                    let mut rest = acked.split_off(&last.saturating_add(1));
-                    if last == u64::MAX {
-                        rest.clear();
-                    }
-                    self.reports.append(&mut rest);
+            Change::RemoveReports { first, last } if first <= last => {
+                let acked: Vec<u64> = self.reports.range(first..=last).map(|(s, _)| *s).collect();
+                for seq in acked {
+                    self.reports.remove(&seq);
                 }
             }
+            Change::RemoveReports { .. } => {}
         }
     }
 
