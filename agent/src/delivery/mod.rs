@@ -42,6 +42,8 @@ use crate::routes::Routes;
 
 /// The most tasks taken from the queue in one read.
 const MAX_TAKE: usize = 512;
+/// Fewer free permits than this and the scheduler yields once before reading the queue.
+const MIN_TAKE: usize = 16;
 /// The longest the scheduler sleeps without looking at the queue.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
@@ -144,6 +146,11 @@ impl Inner {
                     Err(_) => return,
                 },
             };
+            if self.permits.available_permits() < MIN_TAKE {
+                // Busy: let the attempts ending now return their permits first, so that one
+                // read of the queue starts several attempts rather than one per ended attempt.
+                tokio::task::yield_now().await;
+            }
             let limit = (1 + self.permits.available_permits()).min(MAX_TAKE);
             let due = match self.queue.due(now_ms(), limit, |lane, in_flight| {
                 self.lane_room(lane, in_flight)

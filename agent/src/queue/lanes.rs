@@ -57,12 +57,22 @@ impl Lanes {
         }
     }
 
-    /// Lanes with a hint due at `now` or earlier, earliest first.
-    pub(super) fn due_lanes(&self, now: u64) -> Vec<String> {
+    /// Up to `max` lanes with a hint due at `now` or earlier, earliest first, starting after
+    /// the hint `after` (a visit's cursor: a scheduler wanting a few tasks reads a few lanes,
+    /// not every due lane of a wide fan-out).
+    pub(super) fn due_lanes(
+        &self,
+        now: u64,
+        after: Option<&(u64, String)>,
+        max: usize,
+    ) -> Vec<(u64, String)> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
         self.hints
-            .iter()
+            .range((from, Bound::Unbounded))
             .take_while(|(due, _)| *due <= now)
-            .map(|(_, lane)| lane.clone())
+            .take(max)
+            .cloned()
             .collect()
     }
 
@@ -152,8 +162,15 @@ mod tests {
         lanes.added("b", 20, 1);
         lanes.added("a", 10, 2);
         lanes.added("a", 30, 3);
-        assert_eq!(lanes.due_lanes(25), ["a", "b"]);
-        assert_eq!(lanes.due_lanes(15), ["a"]);
+        let names = |due: Vec<(u64, String)>| due.into_iter().map(|(_, l)| l).collect::<Vec<_>>();
+        assert_eq!(names(lanes.due_lanes(25, None, 10)), ["a", "b"]);
+        assert_eq!(names(lanes.due_lanes(15, None, 10)), ["a"]);
+        assert_eq!(names(lanes.due_lanes(25, None, 1)), ["a"]);
+        assert_eq!(
+            names(lanes.due_lanes(25, Some(&(10, "a".into())), 10)),
+            ["b"],
+            "after a cursor"
+        );
         lanes.take("a", 2);
         assert_eq!(
             lanes.next_due(|_, n| 1_usize.saturating_sub(n)),
@@ -182,7 +199,7 @@ mod tests {
             "finishing an attempt under way ends it"
         );
         lanes.set_hint("a", None);
-        assert_eq!(lanes.due_lanes(100), ["b"]);
+        assert_eq!(names(lanes.due_lanes(100, None, 10)), ["b"]);
     }
 
     #[test]

@@ -410,36 +410,32 @@ impl Queue {
         let memtable = self.shared.read_memtable();
         let txn = self.db.begin_read().map_err(storage)?;
         let tasks = txn.open_table(TASKS).map_err(storage)?;
+        let read = DueRead {
+            tasks: &tasks,
+            memtable: &memtable,
+            now_ms,
+            limit,
+        };
         let mut out = Vec::new();
-        for lane in lanes.due_lanes(now_ms) {
-            if out.len() >= limit {
+        // Lanes are read a batch at a time after a cursor, as the visits need them: a
+        // scheduler wanting a few tasks reads a few lanes, not every due lane of a wide
+        // fan-out. A lane visited may get a later hint that is still due and be met again
+        // further on; that visit takes what the first left for lack of room in `out`, or
+        // nothing. The cursor only moves forward, so every call ends.
+        let mut cursor: Option<(u64, String)> = None;
+        'batches: loop {
+            let batch = lanes.due_lanes(now_ms, cursor.as_ref(), limit.clamp(8, 64));
+            let Some(last) = batch.last().cloned() else {
                 break;
-            }
-            let mut room = room(&lane, lanes.in_flight(&lane));
-            let mut hint = None;
-            // Every task before `from` is taken; so is every one visited before the break.
-            let (from_due, from_seq) = lanes.scan_from(&lane);
-            let mut taken_up_to = None;
-            for entry in lane_tasks(&tasks, &memtable, &lane, (from_due, from_seq))? {
-                let ((due, seq), value) = entry.map_err(storage)?;
-                if lanes.is_taken(seq) {
-                    taken_up_to = Some((due, seq));
-                    continue;
+            };
+            cursor = Some(last);
+            for (_, lane) in batch {
+                if out.len() >= limit {
+                    break 'batches;
                 }
-                if due > now_ms || room == 0 || out.len() >= limit {
-                    hint = Some(due);
-                    break;
-                }
-                let task = decode_task((&lane, due, seq), value.bytes())?;
-                lanes.take(&lane, seq);
-                taken_up_to = Some((due, seq));
-                room -= 1;
-                out.push(task);
+                let room = room(&lane, lanes.in_flight(&lane));
+                read.visit(&mut lanes, &lane, room, &mut out)?;
             }
-            if let Some((due, seq)) = taken_up_to {
-                lanes.set_scan_from(&lane, (due, seq + 1));
-            }
-            lanes.set_hint(&lane, hint);
         }
         Ok(out)
     }
@@ -804,6 +800,53 @@ type TaskEntry<'a> = (
     memtable::Slot,
     memtable::Value<'a, redb::AccessGuard<'a, &'static [u8]>>,
 );
+
+/// What one [`Queue::due`] call reads: a snapshot of the file and the memtable, at `now_ms`,
+/// for at most `limit` tasks.
+struct DueRead<'a> {
+    tasks: &'a TaskTable,
+    memtable: &'a Memtable,
+    now_ms: u64,
+    limit: usize,
+}
+
+impl DueRead<'_> {
+    /// One visit of `lane`: takes its due tasks while the lane (`room` more) and `out` have
+    /// room, then leaves the lane's hint and scan start where the visit ended.
+    fn visit(
+        &self,
+        lanes: &mut lanes::Lanes,
+        lane: &str,
+        mut room: usize,
+        out: &mut Vec<Task>,
+    ) -> Result<(), QueueError> {
+        let mut hint = None;
+        // Every task before `from` is taken; so is every one visited before the break.
+        let from = lanes.scan_from(lane);
+        let mut taken_up_to = None;
+        for entry in lane_tasks(self.tasks, self.memtable, lane, from)? {
+            let ((due, seq), value) = entry.map_err(storage)?;
+            if lanes.is_taken(seq) {
+                taken_up_to = Some((due, seq));
+                continue;
+            }
+            if due > self.now_ms || room == 0 || out.len() >= self.limit {
+                hint = Some(due);
+                break;
+            }
+            let task = decode_task((lane, due, seq), value.bytes())?;
+            lanes.take(lane, seq);
+            taken_up_to = Some((due, seq));
+            room -= 1;
+            out.push(task);
+        }
+        if let Some((due, seq)) = taken_up_to {
+            lanes.set_scan_from(lane, (due, seq + 1));
+        }
+        lanes.set_hint(lane, hint);
+        Ok(())
+    }
+}
 
 /// A lane's tasks from `from` on, in order: the file's and the memtable's.
 fn lane_tasks<'a>(

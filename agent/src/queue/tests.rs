@@ -259,6 +259,41 @@ async fn retries_keep_their_due_time_and_attempt_count_across_restarts() {
 }
 
 #[tokio::test]
+async fn a_small_read_reaches_past_many_full_lanes_and_a_large_one_takes_every_lane() {
+    let dir = tempfile::tempdir().expect("dir");
+    let queue = Queue::open(dir.path(), config()).expect("open");
+    // 30 lanes (several batches of lanes), two tasks each.
+    let subs: Vec<String> = (0..30).map(|i| format!("sub_{i:02}")).collect();
+    for id in ["evt_1", "evt_2"] {
+        queue
+            .accept(vec![NewEvent {
+                event: event(id, 5),
+                subscriptions: subs.clone(),
+            }])
+            .await
+            .expect("accept");
+    }
+    // Every lane but the last is full: a read of one task still finds the last lane's.
+    let last_only = |lane: &str, _: usize| usize::from(lane == "sub_29");
+    let due = queue.due(now_ms(), 1, last_only).expect("due");
+    assert_eq!(
+        due.iter().map(|t| t.subscription_id.as_str()).collect::<Vec<_>>(),
+        ["sub_29"]
+    );
+    // A read with room for everything takes the rest, each task once.
+    let due = queue.due(now_ms(), 1000, room(16)).expect("due");
+    assert_eq!(due.len(), 59);
+    let mut taken: Vec<(String, String)> = due
+        .iter()
+        .map(|t| (t.subscription_id.clone(), t.event_id.clone()))
+        .collect();
+    taken.sort();
+    taken.dedup();
+    assert_eq!(taken.len(), 59, "no task handed out twice");
+    assert!(queue.due(now_ms(), 1000, room(16)).expect("due").is_empty());
+}
+
+#[tokio::test]
 async fn a_full_queue_refuses_new_events_and_keeps_the_old() {
     let dir = tempfile::tempdir().expect("dir");
     let queue = Queue::open(
