@@ -147,8 +147,10 @@ pub fn url(value: &str, allow_http: bool) -> Result<url::Url, ValidationError> {
 
 /// Checks an event payload: at most `max_bytes` bytes, and one JSON document (any JSON value).
 ///
-/// The size is checked before parsing so an oversized payload costs nothing to refuse.
-pub fn json_payload(bytes: &[u8], max_bytes: usize) -> Result<serde_json::Value, ValidationError> {
+/// The size is checked before parsing so an oversized payload costs nothing to refuse. The
+/// document is read as strictly as a full parse reads it (UTF-8, escapes, surrogate pairs,
+/// numbers) but nothing of it is kept: this runs for every emitted event.
+pub fn json_payload(bytes: &[u8], max_bytes: usize) -> Result<(), ValidationError> {
     const FIELD: &str = "payload";
     if bytes.len() > max_bytes {
         return Err(ValidationError::new(
@@ -159,8 +161,62 @@ pub fn json_payload(bytes: &[u8], max_bytes: usize) -> Result<serde_json::Value,
             ),
         ));
     }
-    serde_json::from_slice(bytes)
+    serde_json::from_slice::<ReadThrough>(bytes)
+        .map(|_| ())
         .map_err(|e| ValidationError::new(FIELD, format!("is not a valid JSON document: {e}")))
+}
+
+/// Any JSON value, read through and dropped. Unlike `serde::de::IgnoredAny`, which skips
+/// strings without checking their bytes or escapes, every part is parsed as a full
+/// `serde_json::Value` parse would parse it, without allocating for it.
+struct ReadThrough;
+
+impl<'de> serde::Deserialize<'de> for ReadThrough {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ReadThrough)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ReadThrough {
+    type Value = ReadThrough;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<ReadThrough>()?.is_some() {}
+        Ok(self)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        while map.next_entry::<ReadThrough, ReadThrough>()?.is_some() {}
+        Ok(self)
+    }
 }
 
 /// Checks a subscription's custom headers.
@@ -370,10 +426,41 @@ mod tests {
         ] {
             assert!(json_payload(ok, 100).is_ok(), "{ok:?}");
         }
-        assert_eq!(
-            json_payload(b"{\"a\":[1]}", 100).unwrap(),
-            serde_json::json!({"a": [1]})
-        );
+    }
+
+    #[test]
+    fn json_payload_refuses_what_a_full_parse_refuses() {
+        // serde_json refuses nesting deeper than 128.
+        let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        for doc in [
+            &br#"{"a":[1,{"b":null}],"c":"x\u00e9\n","d":-1.5e3,"e":18446744073709551615}"#[..],
+            br#"{"big":123456789012345678901234567890}"#,
+            br#""\ud83d\ude00""#,
+            "\"caf\u{e9}\"".as_bytes(),
+            deep.as_bytes(),
+        ] {
+            let full = serde_json::from_slice::<serde_json::Value>(doc).is_ok();
+            assert_eq!(json_payload(doc, 10_000).is_ok(), full, "{doc:?}");
+            assert!(full, "{doc:?}");
+        }
+        let deeper = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        for bad in [
+            &b"\"\xff\""[..],
+            b"{\"\xc3\":1}",
+            br#""\ud800""#,
+            br#""\x""#,
+            b"\"a\x01b\"",
+            br#"{"a":1,}"#,
+            br#"[01]"#,
+            br#"{1:2}"#,
+            deeper.as_bytes(),
+        ] {
+            assert!(
+                serde_json::from_slice::<serde_json::Value>(bad).is_err(),
+                "{bad:?}"
+            );
+            assert!(json_payload(bad, 10_000).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
