@@ -277,7 +277,9 @@ async fn a_small_read_reaches_past_many_full_lanes_and_a_large_one_takes_every_l
     let last_only = |lane: &str, _: usize| usize::from(lane == "sub_29");
     let due = queue.due(now_ms(), 1, last_only).expect("due");
     assert_eq!(
-        due.iter().map(|t| t.subscription_id.as_str()).collect::<Vec<_>>(),
+        due.iter()
+            .map(|t| t.subscription_id.as_str())
+            .collect::<Vec<_>>(),
         ["sub_29"]
     );
     // A read with room for everything takes the rest, each task once.
