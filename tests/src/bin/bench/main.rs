@@ -483,7 +483,9 @@ async fn deliver() -> anyhow::Result<()> {
         .with_state(counter.clone());
     let _server = herald_tests::receiver::spawn_https(listener, &ca, router);
 
-    // The limit: the same receiver driven by a plain HTTPS client, 256 requests in flight.
+    // The limit: the same receiver driven by a plain HTTPS client, 256 requests in flight,
+    // sending the requests Herald sends (the same headers and body); and, for comparison, bare
+    // POSTs of the payload.
     let client = herald_agent::delivery::client::build(
         Some(&ca_file),
         herald_core::target::TargetPolicy::new(false, herald_tests::herald::loopback()),
@@ -523,9 +525,9 @@ async fn deliver() -> anyhow::Result<()> {
     );
 
     println!(
-        "| subscriptions per event | events | plain client, deliveries/s | Herald, deliveries/s | Herald / plain | CPU µs per delivery, plain | CPU µs per delivery, Herald |"
+        "| subscriptions per event | events | plain client, same requests, deliveries/s | Herald, deliveries/s | Herald / plain | CPU µs per delivery, plain | CPU µs per delivery, Herald | plain client, bare POSTs, requests/s | Herald / bare POSTs |"
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for subscriptions in std::env::var("BENCH_FANOUT")
         .ok()
         .map(|v| {
@@ -572,24 +574,30 @@ async fn deliver() -> anyhow::Result<()> {
         )
         .await?;
         let events = deliveries / subscriptions;
+        let url = format!("{base}/plain");
         let mut rounds = Vec::new();
         for _ in 0..ROUNDS {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let plain = plain_round(&client, &format!("{base}/plain"), deliveries).await?;
+            let bare = plain_round(&client, &url, deliveries, None).await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let headers = WebhookHeaders::make(deliveries);
+            let plain = plain_round(&client, &url, deliveries, Some(headers)).await?;
             tokio::time::sleep(Duration::from_millis(500)).await;
             let herald = herald_round(&agent, &counter, &tenant, events, subscriptions).await?;
-            rounds.push((plain, herald));
+            rounds.push((plain, herald, bare));
         }
         // The round with the median ratio, so its numbers belong together.
         rounds.sort_by(|a, b| (a.1.rate / a.0.rate).total_cmp(&(b.1.rate / b.0.rate)));
-        let (plain, herald) = &rounds[ROUNDS / 2];
+        let (plain, herald, bare) = &rounds[ROUNDS / 2];
         println!(
-            "| {subscriptions} | {events} | {:.0} | {:.0} | {:.0}% | {:.1} | {:.1} |",
+            "| {subscriptions} | {events} | {:.0} | {:.0} | {:.0}% | {:.1} | {:.1} | {:.0} | {:.0}% |",
             plain.rate,
             herald.rate,
             100.0 * herald.rate / plain.rate,
             plain.cpu_us,
             herald.cpu_us,
+            bare.rate,
+            100.0 * herald.rate / bare.rate,
         );
     }
 
@@ -677,23 +685,80 @@ impl Rate {
     }
 }
 
+/// The headers of one request a plain client sends as Herald sends them: `content-type`
+/// and the Standard Webhooks `webhook-id`, `webhook-timestamp` and `webhook-signature`, with
+/// values of the same shape (a fresh id, a real signature), never indexed as Herald's are.
+#[derive(Clone)]
+struct WebhookHeaders {
+    id: http::HeaderValue,
+    timestamp: http::HeaderValue,
+    signature: http::HeaderValue,
+}
+
+impl WebhookHeaders {
+    /// `n` requests' headers, made before a round's clock starts: the plain client only sends.
+    fn make(n: usize) -> Vec<WebhookHeaders> {
+        let secret = herald_core::signing::SigningSecret::generate();
+        let sensitive = |text: &str| {
+            let mut value = http::HeaderValue::from_str(text).expect("header value");
+            value.set_sensitive(true);
+            value
+        };
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        (0..n)
+            .map(|_| {
+                let id = herald_core::ids::new_event_id();
+                let signature = herald_core::signing::signature_header(
+                    std::slice::from_ref(&secret),
+                    &id,
+                    timestamp,
+                    PAYLOAD.as_bytes(),
+                );
+                WebhookHeaders {
+                    id: sensitive(&id),
+                    timestamp: sensitive(&timestamp.to_string()),
+                    signature: sensitive(&signature),
+                }
+            })
+            .collect()
+    }
+}
+
 /// The limit: `deliveries` requests to the receiver from a plain HTTPS client (the agent's
-/// client configuration), 256 in flight.
+/// client configuration), 256 in flight. With `headers`, request `i` carries `headers[i]` (the
+/// requests Herald sends); without, each is a bare POST of the payload.
 async fn plain_round(
     client: &reqwest::Client,
     url: &str,
     deliveries: usize,
+    headers: Option<Vec<WebhookHeaders>>,
 ) -> anyhow::Result<Rate> {
     use std::sync::atomic::Ordering;
+    let headers = std::sync::Arc::new(headers);
     let started = Instant::now();
     let cpu_before = cpu_seconds();
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..PLAIN_IN_FLIGHT {
         let (client, next, url) = (client.clone(), next.clone(), url.to_owned());
+        let headers = headers.clone();
         workers.push(tokio::spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < deliveries {
-                let response = client.post(&url).body(PAYLOAD).send().await?;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= deliveries {
+                    break;
+                }
+                let mut request = client.post(&url);
+                if let Some(h) = headers.as_ref().as_ref().map(|all| &all[i]) {
+                    request = request
+                        .header(http::header::CONTENT_TYPE, "application/json")
+                        .header("webhook-id", h.id.clone())
+                        .header("webhook-timestamp", h.timestamp.clone())
+                        .header("webhook-signature", h.signature.clone());
+                }
+                let response = request.body(PAYLOAD).send().await?;
                 anyhow::ensure!(
                     response.status().is_success(),
                     "plain client got {}",
