@@ -420,9 +420,11 @@ impl Queue {
         // Lanes are read a batch at a time after a cursor, as the visits need them: a
         // scheduler wanting a few tasks reads a few lanes, not every due lane of a wide
         // fan-out. A lane visited may get a later hint that is still due and be met again
-        // further on; that visit takes what the first left for lack of room in `out`, or
-        // nothing. The cursor only moves forward, so every call ends.
+        // further on; it is skipped then, because its room was decided once for this call
+        // (a rate limit's tokens are only spent once the tasks are handed out). The cursor
+        // only moves forward, so every call ends.
         let mut cursor: Option<(u64, String)> = None;
+        let mut visited = std::collections::HashSet::new();
         'batches: loop {
             let batch = lanes.due_lanes(now_ms, cursor.as_ref(), limit.clamp(8, 64));
             let Some(last) = batch.last().cloned() else {
@@ -432,6 +434,9 @@ impl Queue {
             for (_, lane) in batch {
                 if out.len() >= limit {
                     break 'batches;
+                }
+                if !visited.insert(lane.clone()) {
+                    continue;
                 }
                 let room = room(&lane, lanes.in_flight(&lane));
                 read.visit(&mut lanes, &lane, room, &mut out)?;

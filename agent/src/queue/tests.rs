@@ -296,6 +296,29 @@ async fn a_small_read_reaches_past_many_full_lanes_and_a_large_one_takes_every_l
 }
 
 #[tokio::test]
+async fn a_lanes_room_is_decided_once_per_read() {
+    // A rate limit's room does not shrink as tasks are taken (its tokens are spent once they
+    // are handed out): one read must still take no more than it allowed, even though the
+    // lane's next task, due at a later millisecond, sorts after the lane's first hint.
+    let dir = tempfile::tempdir().expect("dir");
+    let queue = Queue::open(dir.path(), config()).expect("open");
+    for id in ["evt_1", "evt_2", "evt_3"] {
+        queue
+            .accept(vec![NewEvent {
+                event: event(id, 5),
+                subscriptions: vec!["sub_a".into()],
+            }])
+            .await
+            .expect("accept");
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let one_token = |_: &str, _: usize| 1;
+    let later = now_ms() + 1;
+    assert_eq!(queue.due(later, 10, one_token).expect("due").len(), 1);
+    assert_eq!(queue.due(later, 10, one_token).expect("due").len(), 1);
+}
+
+#[tokio::test]
 async fn a_full_queue_refuses_new_events_and_keeps_the_old() {
     let dir = tempfile::tempdir().expect("dir");
     let queue = Queue::open(
