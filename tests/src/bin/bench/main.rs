@@ -688,7 +688,6 @@ impl Rate {
 /// The headers of one request a plain client sends as Herald sends them: `content-type`
 /// and the Standard Webhooks `webhook-id`, `webhook-timestamp` and `webhook-signature`, with
 /// values of the same shape (a fresh id, a real signature), never indexed as Herald's are.
-#[derive(Clone)]
 struct WebhookHeaders {
     id: http::HeaderValue,
     timestamp: http::HeaderValue,
@@ -752,11 +751,13 @@ async fn plain_round(
                 }
                 let mut request = client.post(&url);
                 if let Some(h) = headers.as_ref().as_ref().map(|all| &all[i]) {
+                    use herald_core::signing::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+                    let json = herald_core::format::PayloadFormat::Json.content_type();
                     request = request
-                        .header(http::header::CONTENT_TYPE, "application/json")
-                        .header("webhook-id", h.id.clone())
-                        .header("webhook-timestamp", h.timestamp.clone())
-                        .header("webhook-signature", h.signature.clone());
+                        .header(http::header::CONTENT_TYPE, json)
+                        .header(HEADER_ID, h.id.clone())
+                        .header(HEADER_TIMESTAMP, h.timestamp.clone())
+                        .header(HEADER_SIGNATURE, h.signature.clone());
                 }
                 let response = request.body(PAYLOAD).send().await?;
                 anyhow::ensure!(
