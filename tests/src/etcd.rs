@@ -3,8 +3,9 @@
 //! [`Etcd`] owns one `etcd` child process, its temporary directory (data dir and captured log)
 //! and its two loopback ports. Invariants:
 //!
-//! - The ports stay the same for the handle's whole life, so [`Etcd::restart`] brings back the
-//!   same member at the same [`Etcd::endpoint`] with the same data.
+//! - The ports stay the same for the handle's whole life, and are held while the process is
+//!   down ([`HeldPort`]), so [`Etcd::restart`] brings back the same member at the same
+//!   [`Etcd::endpoint`] with the same data.
 //! - When the handle is dropped the process is killed and reaped, then the directory removed.
 //! - Every startup failure carries the tail of etcd's own log.
 //!
@@ -13,7 +14,7 @@
 //! several members sharing one `--initial-cluster`, each stoppable and restartable on its own.
 
 use std::fs::{self, OpenOptions};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -24,6 +25,8 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use crate::port::HeldPort;
 
 /// Environment variable naming the etcd binary to run.
 pub const ETCD_BINARY_ENV: &str = "HERALD_TEST_ETCD";
@@ -85,13 +88,15 @@ impl Etcd {
 
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
-            let [client_port, peer_port, metrics_port] = free_ports()?;
+            let held = hold_ports::<3>()?;
+            let [client_port, peer_port, metrics_port] = held.each_ref().map(HeldPort::port);
             let mut member = Member {
                 binary: binary.clone(),
                 name: "herald-etcd-0".to_owned(),
                 client_port,
                 peer_port,
                 metrics_port,
+                _held: held,
                 tls: tls.clone(),
                 data_dir: dir.path().join("data"),
                 log_path: dir.path().join("etcd.log"),
@@ -165,13 +170,15 @@ impl EtcdCluster {
                 .context("creating the etcd cluster's temp dir")?;
             let mut members = Vec::with_capacity(size);
             for n in 0..size {
-                let [client_port, peer_port, metrics_port] = free_ports()?;
+                let held = hold_ports::<3>()?;
+                let [client_port, peer_port, metrics_port] = held.each_ref().map(HeldPort::port);
                 members.push(Member {
                     binary: binary.clone(),
                     name: format!("herald-etcd-{n}"),
                     client_port,
                     peer_port,
                     metrics_port,
+                    _held: held,
                     tls: None,
                     data_dir: dir.path().join(format!("data-{n}")),
                     log_path: dir.path().join(format!("etcd-{n}.log")),
@@ -258,6 +265,8 @@ struct Member {
     peer_port: u16,
     /// Serves `/health` over plain HTTP, whatever the client port speaks.
     metrics_port: u16,
+    /// The three ports, kept while the member is down.
+    _held: [HeldPort; 3],
     /// Client TLS, when the member speaks it.
     tls: Option<EtcdTls>,
     data_dir: PathBuf,
@@ -470,21 +479,15 @@ fn etcd_binary() -> anyhow::Result<PathBuf> {
     )
 }
 
-/// Picks distinct free loopback ports by binding `127.0.0.1:0` and releasing them. Another
-/// process may take one before etcd binds it; [`Etcd::start`] retries then.
-fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
-    let listeners = (0..N)
-        .map(|_| StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+/// Reserves distinct free loopback ports, held for as long as the member lives so that its
+/// restarts find them free ([`HeldPort`]).
+fn hold_ports<const N: usize>() -> anyhow::Result<[HeldPort; N]> {
+    let held = (0..N)
+        .map(|_| HeldPort::new())
         .collect::<Result<Vec<_>, _>>()
-        .context("binding 127.0.0.1:0 to pick a free port")?;
-    let mut ports = [0; N];
-    for (port, listener) in ports.iter_mut().zip(&listeners) {
-        *port = listener
-            .local_addr()
-            .context("reading a bound port")?
-            .port();
-    }
-    Ok(ports)
+        .context("reserving a free loopback port")?;
+    held.try_into()
+        .map_err(|_| anyhow::anyhow!("reserved the wrong number of ports"))
 }
 
 /// One `GET /health` that must answer 200 with `"health":"true"`.

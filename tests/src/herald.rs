@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::port::HeldPort;
 use anyhow::Context as _;
 use herald_agent::listen::{ListenAddr, Listener};
 use herald_proto::bearer::{AuthedChannel, Bearer};
@@ -14,7 +15,6 @@ use herald_proto::v1::deliveries_client::DeliveriesClient;
 use herald_proto::v1::events_client::EventsClient;
 use herald_proto::v1::subscriptions_client::SubscriptionsClient;
 use tempfile::TempDir;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -41,6 +41,8 @@ pub struct ControlPlane {
     config: herald_control_plane::Config,
     stop: CancellationToken,
     task: Option<JoinHandle<Result<(), herald_control_plane::Error>>>,
+    /// The port, kept while paused so a restart finds it free.
+    port: HeldPort,
     _dir: TempDir,
 }
 
@@ -80,8 +82,9 @@ impl ControlPlane {
     ) -> anyhow::Result<Self> {
         init_logs();
         let dir = tempfile::tempdir()?;
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
+        let port = HeldPort::new()?;
+        let listener = port.listen().await?;
+        let addr = port.addr();
         let mut config = herald_control_plane::Config {
             etcd: match store {
                 ConfigStore::Etcd(endpoints) => endpoints,
@@ -114,6 +117,7 @@ impl ControlPlane {
             config,
             stop,
             task: Some(task),
+            port,
             _dir: dir,
         })
     }
@@ -126,7 +130,7 @@ impl ControlPlane {
 
     /// Starts again on the same address and data after [`ControlPlane::pause`].
     pub async fn resume(&mut self) -> anyhow::Result<()> {
-        let listener = TcpListener::bind(self.config.listen).await?;
+        let listener = self.port.listen().await?;
         self.stop = CancellationToken::new();
         self.task = Some(tokio::spawn(herald_control_plane::run(
             self.config.clone(),
@@ -287,7 +291,8 @@ pub struct AgentOptions {
 pub struct Agent {
     url: String,
     config: herald_agent::Config,
-    addr: std::net::SocketAddr,
+    /// The port, kept while paused so a restart finds it free.
+    port: HeldPort,
     stop: CancellationToken,
     task: Option<JoinHandle<Result<(), herald_agent::Error>>>,
     _dir: TempDir,
@@ -298,8 +303,9 @@ impl Agent {
     pub async fn start(control_plane: &str, options: AgentOptions) -> anyhow::Result<Self> {
         init_logs();
         let dir = tempfile::tempdir()?;
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
+        let port = HeldPort::new()?;
+        let listener = port.listen().await?;
+        let addr = port.addr();
         let ca_file = match &options.trusted_ca {
             Some(pem) => {
                 let path = dir.path().join("trusted-ca.pem");
@@ -347,7 +353,7 @@ impl Agent {
         Ok(Agent {
             url: format!("http://{addr}"),
             config,
-            addr,
+            port,
             stop,
             task: Some(task),
             _dir: dir,
@@ -367,7 +373,7 @@ impl Agent {
 
     /// Starts again on the same address and data after [`Agent::pause`].
     pub async fn resume(&mut self) -> anyhow::Result<()> {
-        let listener = TcpListener::bind(self.addr).await?;
+        let listener = self.port.listen().await?;
         self.stop = CancellationToken::new();
         self.task = Some(tokio::spawn(herald_agent::run(
             self.config.clone(),

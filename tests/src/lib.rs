@@ -7,6 +7,7 @@
 //! - [`Receiver`]: an HTTPS webhook receiver whose answers can be scripted ([`receiver`]);
 //! - [`ControlPlane`], [`Agent`]: Herald's servers in-process on real sockets ([`herald`]);
 //! - [`AgentProcess`]: an agent as a child process, for `kill -9` ([`process`]);
+//! - [`HeldPort`]: a loopback port kept for a server while it restarts ([`port`]);
 //! - [`World`]: all of the above started together ([`world`]);
 //! - [`eventually`]: waiting for a condition with a deadline ([`wait`]).
 //!
@@ -16,6 +17,7 @@
 
 pub mod etcd;
 pub mod herald;
+pub mod port;
 pub mod process;
 pub mod receiver;
 pub mod tls;
@@ -24,6 +26,7 @@ pub mod world;
 
 pub use etcd::{Etcd, EtcdCluster};
 pub use herald::{Agent, AgentOptions, ConfigStore, ControlPlane, event, subscription};
+pub use port::HeldPort;
 pub use process::{AgentProcess, ServiceRun, free_port, run_as_service};
 pub use receiver::{ReceivedRequest, Receiver, Response};
 pub use tls::TestCa;

@@ -11,13 +11,16 @@ use anyhow::Context as _;
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
+use crate::port::HeldPort;
+
 /// A `herald-agent` child process.
 pub struct AgentProcess {
     binary: PathBuf,
     args: Vec<String>,
     /// Environment variables added to the inherited ones.
     envs: Vec<(String, String)>,
-    addr: SocketAddr,
+    /// The agent's port, kept while it is down so a restart finds it free.
+    port: HeldPort,
     dir: TempDir,
     child: Option<Child>,
 }
@@ -43,7 +46,8 @@ impl AgentProcess {
         envs: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let addr = free_port().await?;
+        let port = HeldPort::new()?;
+        let addr = port.addr();
         let mut args: Vec<String> = vec![
             "--control-plane".into(),
             control_plane.into(),
@@ -66,7 +70,7 @@ impl AgentProcess {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            addr,
+            port,
             dir,
             child: None,
         };
@@ -76,7 +80,7 @@ impl AgentProcess {
 
     /// The gRPC URL.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.port.addr())
     }
 
     /// The data directory.
@@ -146,7 +150,7 @@ impl AgentProcess {
             .spawn()
             .with_context(|| format!("starting {}", self.binary.display()))?;
         self.child = Some(child);
-        let addr = self.addr;
+        let addr = self.port.addr();
         crate::eventually(
             Duration::from_secs(20),
             "the agent to listen",
