@@ -9,7 +9,7 @@ use herald_proto::v1::agents_client::AgentsClient;
 use herald_proto::v1::subscriptions_client::SubscriptionsClient;
 use herald_tests::herald::connect;
 use herald_tests::{
-    Agent, AgentOptions, Etcd, Receiver, TestCa, event, eventually, free_port, subscription,
+    Agent, AgentOptions, Etcd, HeldPort, Receiver, TestCa, event, eventually, subscription,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -18,13 +18,15 @@ const WAIT: Duration = Duration::from_secs(20);
 struct Replica {
     url: String,
     child: tokio::process::Child,
+    _port: HeldPort,
     _dir: tempfile::TempDir,
 }
 
 impl Replica {
     async fn start(etcd: &Etcd, name: &str, keyring: &str) -> anyhow::Result<Replica> {
         let dir = tempfile::tempdir()?;
-        let addr = free_port().await?;
+        let port = HeldPort::new()?;
+        let addr = port.addr();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-control-plane"))
             .args(["--listen", &addr.to_string(), "--etcd", &etcd.endpoint()])
             .arg("--data-dir")
@@ -42,6 +44,7 @@ impl Replica {
         Ok(Replica {
             url,
             child,
+            _port: port,
             _dir: dir,
         })
     }

@@ -27,7 +27,7 @@ pub mod world;
 pub use etcd::{Etcd, EtcdCluster};
 pub use herald::{Agent, AgentOptions, ConfigStore, ControlPlane, event, subscription};
 pub use port::HeldPort;
-pub use process::{AgentProcess, ServiceRun, free_port, run_as_service};
+pub use process::{AgentProcess, ServiceRun, run_as_service};
 pub use receiver::{ReceivedRequest, Receiver, Response};
 pub use tls::TestCa;
 pub use wait::eventually;

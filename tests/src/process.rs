@@ -2,7 +2,6 @@
 //! The handle keeps the address and data directory, so the agent can be killed and started
 //! again on the same queue.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -158,12 +157,6 @@ impl AgentProcess {
         )
         .await
     }
-}
-
-/// A loopback address with a port free at the time of the call.
-pub async fn free_port() -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    Ok(listener.local_addr()?)
 }
 
 /// What a daemon did when run the way systemd runs a `Type=notify` service.

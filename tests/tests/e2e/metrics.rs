@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use herald_tests::{
-    Agent, AgentOptions, ConfigStore, ControlPlane, Etcd, Receiver, TestCa, event, eventually,
-    free_port, subscription,
+    Agent, AgentOptions, ConfigStore, ControlPlane, Etcd, HeldPort, Receiver, TestCa, event,
+    eventually, subscription,
 };
 
 /// Scrapes `addr` and returns every sample as `name{labels}` → value.
@@ -64,19 +64,19 @@ fn value(samples: &BTreeMap<String, f64>, key: &str) -> f64 {
 #[tokio::test]
 async fn both_daemons_count_what_happened() -> anyhow::Result<()> {
     let etcd = Etcd::start().await?;
-    let cp_metrics = free_port().await?;
+    let cp_metrics = HeldPort::new()?;
     let control_plane =
         ControlPlane::start_configured(ConfigStore::Etcd(vec![etcd.endpoint()]), |config| {
-            config.metrics_listen = Some(cp_metrics)
+            config.metrics_listen = Some(cp_metrics.addr())
         })
         .await?;
     let ca = TestCa::new();
-    let agent_metrics = free_port().await?;
+    let agent_metrics = HeldPort::new()?;
     let agent = Agent::start(
         control_plane.url(),
         AgentOptions {
             trusted_ca: Some(ca.ca_pem()),
-            metrics_listen: Some(agent_metrics),
+            metrics_listen: Some(agent_metrics.addr()),
             ..Default::default()
         },
     )
@@ -112,7 +112,7 @@ async fn both_daemons_count_what_happened() -> anyhow::Result<()> {
         Duration::from_secs(20),
         "agent metrics to settle",
         || async {
-            let samples = scrape(agent_metrics).await?;
+            let samples = scrape(agent_metrics.addr()).await?;
             let pending = value(&samples, "herald_queue_deliveries_pending");
             let delivered = value(
                 &samples,
@@ -143,7 +143,7 @@ async fn both_daemons_count_what_happened() -> anyhow::Result<()> {
     assert!(value(&samples, "herald_config_revision") >= created.revision as f64);
 
     let samples = eventually(Duration::from_secs(20), "control-plane metrics", || async {
-        let samples = scrape(cp_metrics).await?;
+        let samples = scrape(cp_metrics.addr()).await?;
         Ok(
             (value(&samples, "herald_attempts_stored_total{outcome=delivered}") == 3.0)
                 .then_some(samples),
@@ -158,7 +158,7 @@ async fn both_daemons_count_what_happened() -> anyhow::Result<()> {
     );
 
     // Bounded labels: no tenant, URL or id in either endpoint's output.
-    for addr in [agent_metrics, cp_metrics] {
+    for addr in [agent_metrics.addr(), cp_metrics.addr()] {
         let text = reqwest::get(format!("http://{addr}/metrics"))
             .await?
             .text()

@@ -46,9 +46,8 @@ pub async fn run() -> anyhow::Result<()> {
     );
     let etcd = herald_tests::Etcd::start().await?;
     let dir = tempfile::tempdir()?;
-    let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await?
-        .local_addr()?;
+    let port = herald_tests::HeldPort::new()?;
+    let addr = port.addr();
     let child = tokio::process::Command::new(&binary)
         .args(["--listen", &addr.to_string(), "--etcd", &etcd.endpoint()])
         .arg("--data-dir")
