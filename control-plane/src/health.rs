@@ -96,14 +96,20 @@ impl Health {
                     None => None,
                 };
                 match self.update(id, &attempts, first).await {
-                    Ok(Change::Failing(health)) => self.disable_if_due(id, &health).await,
-                    Ok(Change::Recovered { failures }) => {
-                        if let Ok(sub) = self.registry.get(id).await {
+                    Ok(change) => {
+                        // The longest run counts even when a later attempt of the same batch
+                        // ended it: a limit reached is reached, however reports were batched.
+                        let disabled = match &change.longest_run {
+                            Some(peak) => self.disable_if_due(id, peak).await,
+                            None => false,
+                        };
+                        if let Some(failures) = change.ended_run.filter(|_| !disabled)
+                            && let Ok(sub) = self.registry.get(id).await
+                        {
                             let how = format!("delivered after {failures} failures");
                             self.events.subscription_recovered(&sub, &how, failures).await;
                         }
                     }
-                    Ok(Change::None) => {}
                     Err(err) => {
                         tracing::error!(subscription = %id, error = %err, "cannot update endpoint health");
                     }
@@ -173,11 +179,9 @@ impl Health {
                 None => self.read(id).await?,
             };
             let before = health.clone();
-            for attempt in attempts {
-                apply(&mut health, attempt);
-            }
+            let change = count(&mut health, attempts);
             if health == before {
-                return Ok(Change::None);
+                return Ok(Change::default());
             }
             let compare = if revision == 0 {
                 Compare::Absent(key.clone())
@@ -188,46 +192,37 @@ impl Health {
                 .when(compare)
                 .then(Op::Put(key.clone(), health.encode_to_vec()));
             if let TxnOutcome::Committed { .. } = self.store.txn(txn).await? {
-                if health.consecutive_failures > before.consecutive_failures {
-                    return Ok(Change::Failing(Box::new(health)));
-                }
-                if health.consecutive_failures == 0
-                    && before.consecutive_failures >= RECOVERY_MIN_FAILURES
-                {
-                    return Ok(Change::Recovered {
-                        failures: before.consecutive_failures,
-                    });
-                }
-                return Ok(Change::None);
+                return Ok(change);
             }
         }
         Err(SubscriptionError::Contended(id.to_owned()))
     }
 
-    /// Disables `id` when its run of failures reached the subscription's limit.
-    async fn disable_if_due(&self, id: &str, health: &pb::SubscriptionHealth) {
+    /// Disables `id` when its run of failures (the record as it was at the run's longest)
+    /// reached the subscription's limit; whether it did.
+    async fn disable_if_due(&self, id: &str, health: &pb::SubscriptionHealth) -> bool {
         let sub = match self.registry.get(id).await {
             Ok(sub) => sub,
             Err(err) => {
                 tracing::debug!(subscription = %id, error = %err, "health of an unknown subscription");
-                return;
+                return false;
             }
         };
         let Ok((after, min_failing)) = disable_policy(&sub) else {
-            return;
+            return false;
         };
         if !sub.enabled || health.consecutive_failures < after {
-            return;
+            return false;
         }
         if let Some(min) = min_failing {
             let span = match (&health.failing_since, &health.last_failure_at) {
                 (Some(since), Some(last)) => system_time(last)
                     .duration_since(system_time(since))
                     .unwrap_or_default(),
-                _ => return,
+                _ => return false,
             };
             if span < min {
-                return;
+                return false;
             }
         }
         let reason = format!("auto: {} consecutive failures", health.consecutive_failures);
@@ -236,23 +231,44 @@ impl Health {
                 self.metrics.disabled(DisableReason::failures);
                 self.events.subscription_disabled(&disabled).await;
                 tracing::warn!(subscription = %id, failures = health.consecutive_failures, last_error = %health.last_error, "endpoint keeps failing; subscription disabled");
+                true
             }
-            Ok(None) => {}
+            Ok(None) => false,
             Err(err) => {
                 tracing::error!(subscription = %id, error = %err, "cannot disable a failing subscription");
+                false
             }
         }
     }
 }
 
-/// What an update of a health record changed that matters.
-enum Change {
-    /// Nothing to act on.
-    None,
-    /// The run of failures grew: the record as written.
-    Failing(Box<pb::SubscriptionHealth>),
-    /// A delivery ended a run of this many failures.
-    Recovered { failures: u32 },
+/// What a batch of attempts did to a health record that matters.
+#[derive(Debug, Default, PartialEq)]
+struct Change {
+    /// The record at the moment its run of failures was longest, when the batch made the run
+    /// longer than it was: what the disable limit is checked against, even if a later attempt
+    /// of the batch ended the run.
+    longest_run: Option<Box<pb::SubscriptionHealth>>,
+    /// A delivery ended a run of this many failures (at least [`RECOVERY_MIN_FAILURES`]).
+    ended_run: Option<u32>,
+}
+
+/// Counts `attempts` (in start order) into a record, one by one.
+fn count(health: &mut pb::SubscriptionHealth, attempts: &[&pb::Attempt]) -> Change {
+    let mut change = Change::default();
+    let mut longest = health.consecutive_failures;
+    for attempt in attempts {
+        let run = health.consecutive_failures;
+        apply(health, attempt);
+        if health.consecutive_failures > longest {
+            longest = health.consecutive_failures;
+            change.longest_run = Some(Box::new(health.clone()));
+        }
+        if run >= RECOVERY_MIN_FAILURES && health.consecutive_failures == 0 {
+            change.ended_run = Some(run);
+        }
+    }
+    change
 }
 
 /// Counts one attempt into a record.
@@ -346,6 +362,52 @@ mod tests {
         // Skipped attempts say nothing about the endpoint.
         apply(&mut health, &attempt(60, pb::Outcome::Skipped));
         assert_eq!(health.consecutive_failures, 0);
+    }
+
+    #[test]
+    fn a_run_that_reached_the_limit_counts_though_the_same_batch_ended_it() {
+        let mut health = pb::SubscriptionHealth::default();
+        let batch = [
+            attempt(10, pb::Outcome::Retrying),
+            attempt(20, pb::Outcome::Retrying),
+            attempt(30, pb::Outcome::Retrying),
+            attempt(40, pb::Outcome::Delivered),
+        ];
+        let change = count(&mut health, &batch.iter().collect::<Vec<_>>());
+        let longest = change.longest_run.expect("the run grew");
+        assert_eq!(longest.consecutive_failures, 3);
+        assert_eq!(longest.failing_since, Some(timestamp(at(10))));
+        assert_eq!(longest.last_failure_at, Some(timestamp(at(30))));
+        assert_eq!(change.ended_run, Some(3));
+        // The record as written: the run is over.
+        assert_eq!(health.consecutive_failures, 0);
+        assert_eq!(health.last_success_at, Some(timestamp(at(40))));
+    }
+
+    #[test]
+    fn a_batch_that_only_ends_a_run_reports_the_runs_length() {
+        let mut health = pb::SubscriptionHealth::default();
+        for ms in [10, 20, 30, 40] {
+            apply(&mut health, &attempt(ms, pb::Outcome::Retrying));
+        }
+        let delivered = attempt(50, pb::Outcome::Delivered);
+        let change = count(&mut health, &[&delivered]);
+        assert_eq!(
+            change,
+            Change {
+                longest_run: None,
+                ended_run: Some(4)
+            }
+        );
+        // A short run ending is no news.
+        let mut health = pb::SubscriptionHealth::default();
+        let (failed, delivered) = (
+            attempt(10, pb::Outcome::Retrying),
+            attempt(20, pb::Outcome::Delivered),
+        );
+        let change = count(&mut health, &[&failed, &delivered]);
+        assert_eq!(change.ended_run, None);
+        assert_eq!(change.longest_run.map(|h| h.consecutive_failures), Some(1));
     }
 
     #[test]
