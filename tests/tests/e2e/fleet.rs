@@ -189,12 +189,23 @@ async fn an_agent_that_names_a_recent_revision_gets_only_the_changes_since() -> 
         .create(subscription("shop-1", url, &["order.*"]))
         .await?;
 
-    // A first stream: the snapshot, at the revision the agent then holds.
+    // A first stream: the snapshot, then deltas until the replica has seen the three writes
+    // (it may open the stream before its watch of the store delivers the last of them).
     let (_hello, mut first) = open_stream(&control_plane, 0).await?;
     let snapshot = first.message().await?.expect("a snapshot");
     assert!(snapshot.snapshot);
-    assert_eq!(snapshot.upserts.len(), 3);
-    let held = snapshot.revision;
+    let mut known: Vec<String> = snapshot.upserts.into_iter().map(|s| s.id).collect();
+    let mut held = snapshot.revision;
+    while held < changed.revision {
+        let delta = first.message().await?.expect("a delta");
+        assert!(!delta.snapshot, "a delta, not a snapshot");
+        known.extend(delta.upserts.into_iter().map(|s| s.id));
+        held = delta.revision;
+    }
+    known.sort();
+    let mut created = vec![kept.id.clone(), doomed.id.clone(), changed.id.clone()];
+    created.sort();
+    assert_eq!(known, created);
     drop(first);
 
     // While the agent is away: one change, one deletion, one new subscription.
