@@ -7,7 +7,10 @@
 //!
 //! Reports arrive late and out of order (several agents, retries, outboxes), so attempts are
 //! ordered by their start time: a failure older than the last success does not count, and a
-//! success older than the run's last failure does not end it. Only changes are written: a
+//! success older than the run's last failure does not end it. The attempts of one report batch
+//! are counted one by one, so a run that reached the limit disables the subscription even if a
+//! later attempt of the same batch ended it: the outcome does not depend on how reports were
+//! batched. Only changes are written: a
 //! failure, or the first success after failures (`last_success_at` is the success that ended the
 //! last run), so a healthy endpoint costs the store nothing.
 
