@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::port::HeldPort;
 use anyhow::Context as _;
 use herald_agent::listen::{ListenAddr, Listener};
 use herald_proto::bearer::{AuthedChannel, Bearer};
@@ -18,6 +17,8 @@ use tempfile::TempDir;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
+
+use crate::port::HeldPort;
 
 /// Shutdown grace for test servers: short, so a failing drain shows quickly.
 const GRACE: Duration = Duration::from_secs(5);
