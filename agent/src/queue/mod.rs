@@ -47,6 +47,10 @@
 //! the [`memtable`] (and in the log) until the next checkpoint writes the ones still pending.
 //! Most are finished or acked before then and never touch the file.
 //!
+//! Events are written to the file as they are accepted, and each is also kept in memory
+//! ([`recent`]) until its deliveries' first attempts have read it, so those attempts (nearly
+//! all attempts) do not read the file.
+//!
 //! A group holding only attempt outcomes and report acks — work no caller waits on — is not
 //! synced; the next sync makes it durable, and one comes within `durable_lag` (50 ms by
 //! default; the writer forces it on a busy queue, a persist task on an idle one). A crash
@@ -70,6 +74,7 @@
 
 mod lanes;
 mod memtable;
+mod recent;
 mod tables;
 mod wal;
 mod writer;
@@ -287,6 +292,8 @@ struct Shared {
     /// Tasks and reports added since the last checkpoint ([`memtable`]). Readers take it
     /// before they open a snapshot of the file.
     memtable: RwLock<Memtable>,
+    /// Events accepted moments ago, for their first attempts ([`recent`]).
+    recent: Mutex<recent::RecentEvents>,
 }
 
 impl Shared {
@@ -296,6 +303,10 @@ impl Shared {
 
     fn write_memtable(&self) -> RwLockWriteGuard<'_, Memtable> {
         self.memtable.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, recent::RecentEvents> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Cuts the writer's linger short: a command with a caller waiting on it was sent.
@@ -370,6 +381,7 @@ impl Queue {
             attempts_ended: Mutex::new(Vec::new()),
             writer_thread: std::sync::OnceLock::new(),
             memtable: RwLock::new(Memtable::default()),
+            recent: Mutex::new(recent::RecentEvents::default()),
         });
         let (tx, rx) = mpsc::channel(WRITER_CHANNEL);
         let lag = config.durable_lag;
@@ -541,15 +553,19 @@ impl Queue {
         })
     }
 
-    /// A stored event.
-    pub fn event(&self, id: &str) -> Result<Option<StoredEvent>, QueueError> {
+    /// A stored event, for an attempt: an event accepted moments ago comes from memory
+    /// ([`recent`]), any other from the file.
+    pub fn event(&self, id: &str) -> Result<Option<Arc<StoredEvent>>, QueueError> {
+        if let Some(event) = self.shared.recent().read(id) {
+            return Ok(Some(event));
+        }
         let txn = self.db.begin_read().map_err(storage)?;
         let events = txn.open_table(EVENTS).map_err(storage)?;
         let Some(value) = events.get(id).map_err(storage)? else {
             return Ok(None);
         };
         let (accepted_ms, _, event) = decode_event(value.value())?;
-        Ok(Some(StoredEvent { event, accepted_ms }))
+        Ok(Some(Arc::new(StoredEvent { event, accepted_ms })))
     }
 
     /// Records the outcome of an attempt of `task` and its report, in one commit. The task

@@ -856,3 +856,53 @@ async fn an_idle_queue_makes_outcomes_durable_within_the_lag() {
     assert_eq!(queue.reports(0, 10).expect("reports").len(), 1);
     queue.close().await;
 }
+
+#[tokio::test]
+async fn the_first_attempts_read_a_new_event_from_memory_as_the_file_holds_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let queue = Queue::open(dir.path(), config()).expect("open");
+    let mut sent = event("evt_1", 5);
+    sent.attributes.insert("region".into(), "eu".into());
+    queue
+        .accept(vec![NewEvent {
+            event: sent.clone(),
+            subscriptions: vec!["sub_a".into(), "sub_b".into()],
+        }])
+        .await
+        .expect("accept");
+    let read = || queue.event("evt_1").expect("read").expect("stored");
+    let (first, second) = (read(), read());
+    assert!(
+        Arc::ptr_eq(&first, &second),
+        "both deliveries' first attempts share the copy in memory"
+    );
+    let from_file = read();
+    assert!(
+        !Arc::ptr_eq(&first, &from_file),
+        "a third read (a retry) goes to the file"
+    );
+    assert_eq!(first.event, sent);
+    assert_eq!(from_file.event, sent);
+    assert_eq!(first.accepted_ms, from_file.accepted_ms);
+}
+
+#[tokio::test]
+async fn an_event_swept_past_retention_is_not_read_from_memory() {
+    let dir = tempfile::tempdir().expect("dir");
+    let short = QueueConfig {
+        retention: Duration::from_millis(1),
+        dedup_window: Duration::from_millis(1),
+        ..config()
+    };
+    let queue = Queue::open(dir.path(), short).expect("open");
+    queue
+        .accept(vec![NewEvent {
+            event: event("evt_old", 5),
+            subscriptions: vec!["sub_a".into()],
+        }])
+        .await
+        .expect("accept");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(queue.sweep().await.expect("sweep"), 1);
+    assert!(queue.event("evt_old").expect("read").is_none());
+}

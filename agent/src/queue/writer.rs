@@ -36,8 +36,8 @@ use super::tables::Tables;
 use super::wal::Wal;
 use super::{
     Accepted, MAX_GROUP, META, META_BYTES, META_EPOCH, META_EVENTS, META_SEQ, NewEvent, Next,
-    QueueConfig, QueueError, Replay, Shared, Task, decode_event, decode_waiting, encode_event,
-    encode_task, encode_waiting, now_ms, storage,
+    QueueConfig, QueueError, Replay, Shared, StoredEvent, Task, decode_event, decode_waiting,
+    encode_event, encode_task, encode_waiting, now_ms, storage,
 };
 use herald_proto::v1 as pb;
 
@@ -357,6 +357,7 @@ impl Writer {
         let mut outcomes: Vec<Done> = Vec::with_capacity(works.len());
         let mut added: Vec<(String, u64, u64)> = Vec::new();
         let mut reports_added = false;
+        let mut recent = RecentChanges::default();
         let result = (|| -> Result<(u64, bool), QueueError> {
             if let Some(first) = &self.first_io_failure {
                 // The files' state is unknown after an I/O failure: no log record may follow.
@@ -377,6 +378,7 @@ impl Writer {
                     &mut outcomes,
                     &mut added,
                     &mut reports_added,
+                    &mut recent,
                 )?;
                 let redo = tables.take_redo();
                 let changes = tables.take_changes();
@@ -396,6 +398,7 @@ impl Writer {
                     .insert(META_EPOCH, self.epoch + 1)
                     .map_err(storage)?;
                 txn.commit().map_err(storage)?;
+                std::mem::take(&mut recent).apply(&self.shared);
                 self.epoch += 1;
                 wal.start_epoch(self.epoch);
                 self.last_checkpoint = Instant::now();
@@ -411,6 +414,8 @@ impl Writer {
             }
             txn.set_durability(Durability::None).map_err(storage)?;
             txn.commit().map_err(storage)?;
+            // Before the tasks become visible, so that their first attempts find the events.
+            std::mem::take(&mut recent).apply(&self.shared);
             // Readers see the tasks and reports of this commit from now on.
             let mut memtable = self.shared.write_memtable();
             for change in changes {
@@ -488,6 +493,29 @@ struct Applied {
     durable: bool,
 }
 
+/// What a commit changes in the recently accepted events ([`super::recent`]), applied once it
+/// is done.
+#[derive(Default)]
+struct RecentChanges {
+    /// Events stored, with how many deliveries each has.
+    accepted: Vec<(Arc<StoredEvent>, u32)>,
+    /// Events removed.
+    removed: Vec<String>,
+}
+
+impl RecentChanges {
+    fn apply(self, shared: &Shared) {
+        let mut recent = shared.recent();
+        recent.age(Instant::now());
+        for id in &self.removed {
+            recent.remove(id);
+        }
+        for (event, reads) in self.accepted {
+            recent.insert(event, reads);
+        }
+    }
+}
+
 /// Applies a group's work to `tables`, pushing one outcome per work item, and returns the last
 /// sequence number used.
 fn apply_works(
@@ -497,6 +525,7 @@ fn apply_works(
     outcomes: &mut Vec<Done>,
     added: &mut Vec<(String, u64, u64)>,
     reports_added: &mut bool,
+    recent: &mut RecentChanges,
 ) -> Result<u64, QueueError> {
     let read = |meta: &Table<&str, u64>, name| -> Result<u64, QueueError> {
         Ok(meta.get(name).map_err(storage)?.map_or(0, |v| v.value()))
@@ -510,7 +539,7 @@ fn apply_works(
     for work in works {
         match work {
             Work::Accept(new) => {
-                let result = accept(tables, &mut counters, config, now, new, added)?;
+                let result = accept(tables, &mut counters, config, now, new, added, recent)?;
                 outcomes.push(Done::Accepted(result));
             }
             Work::Complete { task, next, report } => {
@@ -563,7 +592,7 @@ fn apply_works(
                 outcomes.push(Done::Nothing);
             }
             Work::Sweep => {
-                let removed = sweep(tables, &mut counters, config, now)?;
+                let removed = sweep(tables, &mut counters, config, now, recent)?;
                 outcomes.push(Done::Swept(removed));
             }
             Work::Nothing => outcomes.push(Done::Nothing),
@@ -651,6 +680,7 @@ fn accept(
     now: u64,
     new: Vec<NewEvent>,
     added: &mut Vec<(String, u64, u64)>,
+    recent: &mut RecentChanges,
 ) -> Result<Result<Vec<Accepted>, QueueError>, QueueError> {
     let window = u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX);
     // First pass, read-only: duplicates, and whether the rest fits.
@@ -732,6 +762,11 @@ fn accept(
             }
         }
         written.insert(id, matched);
+        let stored = StoredEvent {
+            event: item.event,
+            accepted_ms: now,
+        };
+        recent.accepted.push((Arc::new(stored), matched));
         out.push(Accepted {
             matched,
             duplicate: false,
@@ -748,6 +783,7 @@ fn sweep(
     counters: &mut Counters,
     config: &QueueConfig,
     now: u64,
+    recent: &mut RecentChanges,
 ) -> Result<u64, QueueError> {
     let keep = config
         .retention
@@ -773,6 +809,7 @@ fn sweep(
         };
         if let Some(payload_len) = stored {
             tables.remove_event(id)?;
+            recent.removed.push(id.clone());
             counters.events = counters.events.saturating_sub(1);
             counters.bytes = counters.bytes.saturating_sub(payload_len);
         }
