@@ -541,12 +541,13 @@ async fn deliver() -> anyhow::Result<()> {
         for i in 0..subscriptions {
             let mut sub =
                 herald_tests::subscription(&tenant, &format!("{base}/{tenant}/{i}"), &["order.*"]);
-            // One endpoint gets the agent's full width; many share it.
-            sub.max_in_flight = if subscriptions == 1 {
-                PLAIN_IN_FLIGHT as u32
-            } else {
-                0
-            };
+            // The agent's attempts in flight, as many as the plain client's requests, shared
+            // out: one endpoint gets them all, ten a tenth each, and many keep the default
+            // width (together still more than the agent runs at once).
+            sub.max_in_flight = PLAIN_IN_FLIGHT
+                .div_ceil(subscriptions)
+                .max(herald_core::subscription::DEFAULT_MAX_IN_FLIGHT)
+                as u32;
             admin
                 .create_subscription(pb::CreateSubscriptionRequest {
                     subscription: Some(sub),
