@@ -224,13 +224,7 @@ async fn the_queue_matches_its_model_under_random_operations_and_restarts() {
 async fn retries_keep_their_due_time_and_attempt_count_across_restarts() {
     let dir = tempfile::tempdir().expect("dir");
     let queue = Queue::open(dir.path(), config()).expect("open");
-    queue
-        .accept(vec![NewEvent {
-            event: event("evt_1", 5),
-            subscriptions: vec!["sub_a".into()],
-        }])
-        .await
-        .expect("accept");
+    accept_one(&queue, event("evt_1", 5), &["sub_a"]).await;
     let task = queue
         .due(now_ms(), 10, room(16))
         .expect("due")
@@ -303,13 +297,7 @@ async fn a_lanes_room_is_decided_once_per_read() {
     let dir = tempfile::tempdir().expect("dir");
     let queue = Queue::open(dir.path(), config()).expect("open");
     for id in ["evt_1", "evt_2", "evt_3"] {
-        queue
-            .accept(vec![NewEvent {
-                event: event(id, 5),
-                subscriptions: vec!["sub_a".into()],
-            }])
-            .await
-            .expect("accept");
+        accept_one(&queue, event(id, 5), &["sub_a"]).await;
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
     let one_token = |_: &str, _: usize| 1;
@@ -715,13 +703,7 @@ async fn deliveries_of_one_ordering_key_go_one_at_a_time_in_order() {
 async fn a_replay_queues_a_finished_delivery_again_with_its_attempt_count() {
     let dir = tempfile::tempdir().expect("dir");
     let queue = Queue::open(dir.path(), config()).expect("open");
-    queue
-        .accept(vec![NewEvent {
-            event: event("evt_1", 5),
-            subscriptions: vec!["sub_a".into()],
-        }])
-        .await
-        .expect("accept");
+    accept_one(&queue, event("evt_1", 5), &["sub_a"]).await;
     let task = queue
         .due(now_ms(), 10, room(16))
         .expect("due")
@@ -772,16 +754,22 @@ async fn a_replay_queues_a_finished_delivery_again_with_its_attempt_count() {
     );
 }
 
-/// Accepts one event for `sub`, takes its task and records a delivered attempt; returns once
-/// that outcome is committed (durably or not).
-async fn deliver_one(queue: &Queue, id: &str) {
+/// Stores `event` with a delivery to each of `subscriptions`.
+async fn accept_one(queue: &Queue, event: pb::Event, subscriptions: &[&str]) {
+    let subscriptions = subscriptions.iter().map(|s| (*s).to_owned()).collect();
     queue
         .accept(vec![NewEvent {
-            event: event(id, 10),
-            subscriptions: vec!["sub".into()],
+            event,
+            subscriptions,
         }])
         .await
         .expect("accept");
+}
+
+/// Accepts one event for `sub`, takes its task and records a delivered attempt; returns once
+/// that outcome is committed (durably or not).
+async fn deliver_one(queue: &Queue, id: &str) {
+    accept_one(queue, event(id, 10), &["sub"]).await;
     let task = queue
         .due(u64::MAX - 1, 1, room(1))
         .expect("due")
@@ -863,13 +851,7 @@ async fn the_first_attempts_read_a_new_event_from_memory_as_the_file_holds_it() 
     let queue = Queue::open(dir.path(), config()).expect("open");
     let mut sent = event("evt_1", 5);
     sent.attributes.insert("region".into(), "eu".into());
-    queue
-        .accept(vec![NewEvent {
-            event: sent.clone(),
-            subscriptions: vec!["sub_a".into(), "sub_b".into()],
-        }])
-        .await
-        .expect("accept");
+    accept_one(&queue, sent.clone(), &["sub_a", "sub_b"]).await;
     let read = || queue.event("evt_1").expect("read").expect("stored");
     let (first, second) = (read(), read());
     assert!(
@@ -895,13 +877,7 @@ async fn an_event_swept_past_retention_is_not_read_from_memory() {
         ..config()
     };
     let queue = Queue::open(dir.path(), short).expect("open");
-    queue
-        .accept(vec![NewEvent {
-            event: event("evt_old", 5),
-            subscriptions: vec!["sub_a".into()],
-        }])
-        .await
-        .expect("accept");
+    accept_one(&queue, event("evt_old", 5), &["sub_a"]).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(queue.sweep().await.expect("sweep"), 1);
     assert!(queue.event("evt_old").expect("read").is_none());
