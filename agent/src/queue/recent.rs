@@ -9,9 +9,11 @@
 //! never the record.
 //!
 //! It is bounded twice over: by bytes ([`MAX_BYTES`]; an event that does not fit is simply not
-//! kept) and by age. Entries live in two generations; the writer moves the young one to old
-//! every [`GENERATION`] and drops what was old, so an event whose deliveries wait (a parked
-//! lane, an ordering key's line) leaves within two generations.
+//! kept) and by age. Entries live in two generations; at its first commit after each
+//! [`GENERATION`] the writer drops the old one and makes the young one old, so an event whose
+//! deliveries wait (a parked lane, an ordering key's line) leaves at the second such commit.
+//! (A writer with nothing to commit keeps what is here, within the byte bound, until it
+//! commits again.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
