@@ -1,9 +1,18 @@
 //! The event-type registry: the catalogue of event types subscribers choose from, with a
 //! description and an example payload each (`/herald/v1/event-types/<name>` in the config
-//! store). While the registry holds any type (and the control plane runs with
-//! `--event-type-registry on`, the default), a subscription's patterns must each select at
-//! least one registered type, so a typo such as `ordr.created` is refused instead of silently
-//! receiving nothing. An empty registry checks nothing, so a new installation works at once.
+//! store), and Herald's own operator events (`herald.*`) built in.
+//!
+//! While the registry holds any type of its own (and the control plane runs with
+//! `--event-type-registry on`, the default), each pattern a subscription is *given* must select
+//! at least one known type, so a typo such as `ordr.created` is refused, with the types it could
+//! mean, instead of silently receiving nothing. The check never traps:
+//!
+//! - an empty registry checks nothing, so a new installation works at once;
+//! - the built-in `herald.*` types always count, so operator-event subscriptions always work;
+//! - patterns a subscription already has are never checked again (an update that does not
+//!   change them, or registers types later, always goes through);
+//! - a caller may pass `allow_unregistered` (`--allow-unregistered`) for types not registered
+//!   yet, and `--event-type-registry advisory` logs what `on` would refuse and lets it through.
 
 use std::time::SystemTime;
 
@@ -14,6 +23,7 @@ use herald_proto::convert::timestamp;
 use herald_proto::v1 as pb;
 use prost::Message;
 
+use crate::operator_events::OPERATOR_EVENT_TYPES;
 use crate::store::{Compare, Op, Store, StoreError, Txn, TxnOutcome};
 
 /// The prefix of the registry's records.
@@ -22,13 +32,17 @@ const EVENT_TYPES: &str = "/herald/v1/event-types/";
 pub const MAX_EXAMPLE_BYTES: usize = 64 * 1024;
 /// The most event types the registry holds.
 pub const MAX_EVENT_TYPES: usize = 10_000;
+/// How many registered types a refusal names as what a pattern could mean.
+const MAX_SUGGESTIONS: usize = 5;
 
 /// Whether subscriptions are checked against the registry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum RegistryMode {
-    /// Checked while the registry holds any type.
+    /// Checked while the registry holds any type: a pattern that selects none is refused.
     #[default]
     On,
+    /// Checked and logged, never refused.
+    Advisory,
     /// Never checked.
     Off,
 }
@@ -94,6 +108,10 @@ impl EventTypes {
     ) -> Result<pb::EventType, EventTypeError> {
         validate_event_type(&event_type.name)
             .map_err(|e| ValidationError::new("name", e.reason))?;
+        if built_in(&event_type.name).is_some() {
+            return Err(EventTypeError::Exists(event_type.name));
+        }
+        event_type.built_in = false;
         if event_type.description.len() > MAX_DESCRIPTION_LEN {
             return Err(ValidationError::new(
                 "description",
@@ -127,8 +145,11 @@ impl EventTypes {
         }
     }
 
-    /// One registered event type.
+    /// One registered or built-in event type.
     pub async fn get(&self, name: &str) -> Result<pb::EventType, EventTypeError> {
+        if let Some(event_type) = built_in(name) {
+            return Ok(event_type);
+        }
         let kv = self
             .store
             .get(&format!("{EVENT_TYPES}{name}"))
@@ -137,15 +158,19 @@ impl EventTypes {
         pb::EventType::decode(kv.value.as_slice()).map_err(|_| EventTypeError::Corrupt(name.into()))
     }
 
-    /// Every registered event type, by name.
+    /// Every registered event type and the built-in ones, by name.
     pub async fn list(&self) -> Result<Vec<pb::EventType>, EventTypeError> {
         let (kvs, _) = self.store.list(EVENT_TYPES).await?;
-        kvs.iter()
+        let mut types = kvs
+            .iter()
             .map(|kv| {
                 pb::EventType::decode(kv.value.as_slice())
                     .map_err(|_| EventTypeError::Corrupt(kv.key.clone()))
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        types.extend(OPERATOR_EVENT_TYPES.iter().filter_map(|t| built_in(t.name)));
+        types.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(types)
     }
 
     async fn names(&self) -> Result<Vec<String>, EventTypeError> {
@@ -156,29 +181,127 @@ impl EventTypes {
             .collect())
     }
 
-    /// Refuses patterns that select no registered event type (while the registry is on and
-    /// holds any).
-    pub async fn check(&self, patterns: &[String]) -> Result<(), EventTypeError> {
+    /// Checks the patterns a subscription is given against the catalogue: each pattern not in
+    /// `kept` (what the subscription already has) must select a registered or built-in type,
+    /// while the registry is on and holds any type of its own. With `allow_unregistered`, or
+    /// in advisory mode, such a pattern is logged and let through.
+    pub async fn check(
+        &self,
+        patterns: &[String],
+        kept: &[String],
+        allow_unregistered: bool,
+    ) -> Result<(), EventTypeError> {
         if self.mode == RegistryMode::Off {
             return Ok(());
         }
-        let names = self.names().await?;
+        let new: Vec<&String> = patterns.iter().filter(|p| !kept.contains(p)).collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let mut names = self.names().await?;
         if names.is_empty() {
             return Ok(());
         }
-        for text in patterns {
+        names.extend(OPERATOR_EVENT_TYPES.iter().map(|t| t.name.to_owned()));
+        for text in new {
             let pattern = EventPattern::parse(text)?;
-            if !names.iter().any(|name| pattern.matches(name)) {
-                return Err(ValidationError::new(
-                    "event_types",
-                    format!(
-                        "{text:?} selects no registered event type; see `herald event-types list`, \
-                         or register it with `herald event-types create`"
-                    ),
-                )
-                .into());
+            if names.iter().any(|name| pattern.matches(name)) {
+                continue;
             }
+            if allow_unregistered || self.mode == RegistryMode::Advisory {
+                tracing::warn!(
+                    pattern = %text,
+                    "subscription pattern selects no registered event type; accepted"
+                );
+                continue;
+            }
+            return Err(ValidationError::new(
+                "event_types",
+                format!(
+                    "{text:?} selects no registered event type; registered types closest to it: \
+                     {}. Register it with `herald event-types create`, or pass \
+                     --allow-unregistered to subscribe before it is registered",
+                    closest(text, &names).join(", ")
+                ),
+            )
+            .into());
         }
         Ok(())
+    }
+}
+
+/// The built-in event type `name`, if it is one.
+fn built_in(name: &str) -> Option<pb::EventType> {
+    OPERATOR_EVENT_TYPES
+        .iter()
+        .find(|t| t.name == name)
+        .map(|t| pb::EventType {
+            name: t.name.to_owned(),
+            description: t.description.to_owned(),
+            example: t.example.as_bytes().to_vec(),
+            created_at: None,
+            built_in: true,
+        })
+}
+
+/// The names most like `pattern`, closest first: those sharing its group (`order.` of
+/// `order.*`) before the others, then by edit distance.
+fn closest(pattern: &str, names: &[String]) -> Vec<String> {
+    let group = pattern.split('.').next().unwrap_or(pattern);
+    let mut ranked: Vec<(bool, usize, &String)> = names
+        .iter()
+        .map(|name| {
+            let other_group = name.split('.').next() != Some(group);
+            (other_group, strsim::levenshtein(pattern, name), name)
+        })
+        .collect();
+    ranked.sort();
+    ranked
+        .into_iter()
+        .take(MAX_SUGGESTIONS)
+        .map(|(_, _, name)| name.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn suggestions_start_with_the_same_group_then_the_nearest() {
+        let registered = names(&[
+            "invoice.created",
+            "order.created",
+            "order.updated",
+            "payment.confirmed",
+            "product.created",
+        ]);
+        assert_eq!(
+            closest("ordr.created", &registered)[0],
+            "order.created",
+            "a typo names what it could mean"
+        );
+        let orders = closest("order.*", &registered);
+        assert_eq!(orders[..2], names(&["order.created", "order.updated"]));
+        assert_eq!(closest("x.y", &registered).len(), MAX_SUGGESTIONS);
+    }
+
+    #[test]
+    fn operator_events_are_built_in() {
+        for t in OPERATOR_EVENT_TYPES {
+            let event_type = built_in(t.name).expect("built in");
+            assert!(event_type.built_in);
+            assert!(
+                serde_json::from_slice::<serde_json::Value>(&event_type.example).is_ok(),
+                "{} has a JSON example",
+                t.name
+            );
+            assert!(validate_event_type(t.name).is_ok());
+        }
+        assert!(built_in("order.created").is_none());
     }
 }

@@ -262,12 +262,12 @@ pub async fn run(
     let policy =
         herald_core::target::TargetPolicy::new(config.allow_http, config.allow_targets.clone());
     let registry = Subscriptions::new(store.clone(), policy, keyring.clone());
-    let resealed = registry.reseal_all().await?;
-    if resealed > 0 {
+    let upgraded = registry.upgrade_all(&config.system_tenant).await?;
+    if upgraded > 0 {
         tracing::info!(
-            resealed,
+            upgraded,
             key_id = keyring.sealing_key_id(),
-            "signing secrets resealed with the current key"
+            "stored subscriptions brought up to date (sealing key, envelope)"
         );
     }
     let metrics = metrics::Metrics::default();

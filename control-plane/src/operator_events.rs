@@ -8,7 +8,9 @@
 //!   endpoint's run of [`RECOVERY_MIN_FAILURES`] or more failures ended with a delivery;
 //! - `herald.delivery.exhausted`: a delivery failed for good (its last attempt failed).
 //!
-//! Payloads follow the Standard Webhooks shape: `{"type": …, "timestamp": …, "data": {…}}`.
+//! An event's payload is what happened (`{"subscription_id": …, …}`); subscriptions receive it
+//! in the Standard Webhooks envelope `{"type": …, "timestamp": …, "data": {…}}` like every
+//! other webhook (or bare, with `--envelope raw`).
 //!
 //! Each event is first written to an outbox in the config store
 //! (`/herald/v1/operator-events/<id>`), then handed to a connected agent over its config
@@ -31,6 +33,44 @@ use tokio_util::sync::CancellationToken;
 use crate::fleet::Fleet;
 use crate::keys;
 use crate::store::{Compare, Op, Store, Txn};
+
+/// An operator event's type and what it means.
+#[derive(Clone, Copy, Debug)]
+pub struct OperatorEventType {
+    /// `herald.…`.
+    pub name: &'static str,
+    /// What it tells, for the event-type catalogue.
+    pub description: &'static str,
+    /// An example payload.
+    pub example: &'static str,
+}
+
+/// A subscription was disabled.
+pub const SUBSCRIPTION_DISABLED: OperatorEventType = OperatorEventType {
+    name: "herald.subscription.disabled",
+    description: "A subscription was disabled: by an operator, after too many consecutive \
+                  failures, or because its receiver answered 410 Gone.",
+    example: r#"{"subscription_id":"sub_01JEXAMPLE","tenant":"shop-1","url":"https://shop.example/hooks","reason":"auto: 10 consecutive failures","disabled_at":"2026-12-04T12:00:00.000Z"}"#,
+};
+/// A disabled subscription works again.
+pub const SUBSCRIPTION_RECOVERED: OperatorEventType = OperatorEventType {
+    name: "herald.subscription.recovered",
+    description: "A disabled subscription was enabled again, or an endpoint's run of failures \
+                  ended with a delivery.",
+    example: r#"{"subscription_id":"sub_01JEXAMPLE","tenant":"shop-1","url":"https://shop.example/hooks","reason":"enabled","failures":0}"#,
+};
+/// A delivery failed for good.
+pub const DELIVERY_EXHAUSTED: OperatorEventType = OperatorEventType {
+    name: "herald.delivery.exhausted",
+    description: "A delivery failed for good: its last attempt failed.",
+    example: r#"{"event_id":"evt_01JEXAMPLE","subscription_id":"sub_01JEXAMPLE","tenant":"shop-1","event_type":"order.created","attempts":8,"last_status":500,"last_error":"","agent_id":"agt_01JEXAMPLE"}"#,
+};
+/// Every operator event type: built into the event-type catalogue.
+pub const OPERATOR_EVENT_TYPES: [OperatorEventType; 3] = [
+    SUBSCRIPTION_DISABLED,
+    SUBSCRIPTION_RECOVERED,
+    DELIVERY_EXHAUSTED,
+];
 
 /// The default system tenant.
 pub const DEFAULT_SYSTEM_TENANT: &str = "herald";
@@ -81,8 +121,7 @@ impl OperatorEvents {
             "reason": sub.disabled_reason,
             "disabled_at": rfc3339(sub.disabled_at.as_ref()),
         });
-        self.raise("herald.subscription.disabled", &key, payload)
-            .await;
+        self.raise(SUBSCRIPTION_DISABLED.name, &key, payload).await;
     }
 
     /// `sub` works again: `how` says why (`enabled`, or the delivery that ended a run of
@@ -96,8 +135,7 @@ impl OperatorEvents {
             "reason": how,
             "failures": failures,
         });
-        self.raise("herald.subscription.recovered", &key, payload)
-            .await;
+        self.raise(SUBSCRIPTION_RECOVERED.name, &key, payload).await;
     }
 
     /// Deliveries failed for good: each of `attempts` whose outcome is `Failed` is the last
@@ -121,7 +159,7 @@ impl OperatorEvents {
                     "last_error": if attempt.error.is_empty() { &attempt.error_kind } else { &attempt.error },
                     "agent_id": attempt.agent_id,
                 });
-                self.event("herald.delivery.exhausted", &key, payload)
+                self.event(DELIVERY_EXHAUSTED.name, &key, payload)
             })
             .collect();
         for chunk in events.chunks(MAX_PUTS) {
@@ -149,17 +187,11 @@ impl OperatorEvents {
         let digest = Sha256::digest(format!("{event_type}\0{key}").as_bytes());
         let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
         let now = SystemTime::now();
-        // The Standard Webhooks payload shape, so a receiver can tell the events apart.
-        let body = json!({
-            "type": event_type,
-            "timestamp": humantime::format_rfc3339_millis(now).to_string(),
-            "data": payload,
-        });
         pb::Event {
             id: format!("{event_type}:{hash}"),
             tenant: self.tenant.to_string(),
             r#type: event_type.to_owned(),
-            payload: body.to_string().into_bytes(),
+            payload: payload.to_string().into_bytes(),
             occurred_at: Some(timestamp(now)),
             ..Default::default()
         }

@@ -120,10 +120,13 @@ impl Subscriptions {
         }
     }
 
-    /// Reseals every record whose secrets are not sealed with the current sealing key (after
-    /// a key rotation, or records written before sealing); returns how many were rewritten.
-    pub async fn reseal_all(&self) -> Result<usize, SubscriptionError> {
-        let mut resealed = 0;
+    /// Brings every stored record up to date at start, and returns how many were rewritten:
+    /// secrets not sealed with the current sealing key (after a key rotation, or written before
+    /// sealing) are resealed, and records written before envelopes existed get the envelope
+    /// their receivers had (the bare payload, or for `system_tenant` the operator events'
+    /// Standard Webhooks shape).
+    pub async fn upgrade_all(&self, system_tenant: &str) -> Result<usize, SubscriptionError> {
+        let mut upgraded = 0;
         let mut after: Option<String> = None;
         loop {
             let kvs = self
@@ -132,10 +135,16 @@ impl Subscriptions {
                 .await?;
             for kv in &kvs {
                 let (sub, stale) = open_record(kv, &self.keyring)?;
-                if stale {
-                    match self.modify(&sub.id, |_, _| Ok(())).await {
-                        Ok(_) => resealed += 1,
-                        // Deleted meanwhile: nothing left to reseal.
+                if stale || sub.envelope == pb::Envelope::Unspecified as i32 {
+                    let change = |sub: &mut pb::Subscription, _| {
+                        if sub.envelope == pb::Envelope::Unspecified as i32 {
+                            sub.envelope = legacy_envelope(&sub.tenant, system_tenant) as i32;
+                        }
+                        Ok(())
+                    };
+                    match self.modify(&sub.id, change).await {
+                        Ok(_) => upgraded += 1,
+                        // Deleted meanwhile: nothing left to upgrade.
                         Err(SubscriptionError::NotFound(_)) => {}
                         Err(err) => return Err(err),
                     }
@@ -143,7 +152,7 @@ impl Subscriptions {
             }
             match kvs.last() {
                 Some(last) if kvs.len() == MAX_PAGE_SIZE => after = Some(last.key.clone()),
-                _ => return Ok(resealed),
+                _ => return Ok(upgraded),
             }
         }
     }
@@ -175,7 +184,13 @@ impl Subscriptions {
     ) -> Result<pb::Subscription, SubscriptionError> {
         let now = SystemTime::now();
         let scheme = signature_scheme(request.signature_scheme)?;
+        // New subscriptions get the Standard Webhooks envelope unless they ask for raw bodies.
+        let envelope = match request.envelope {
+            0 => pb::Envelope::Standard as i32,
+            given => given,
+        };
         let mut sub = pb::Subscription {
+            envelope,
             id: new_subscription_id(),
             secrets: vec![wire_secret(&SigningSecret::generate_for(scheme), now)],
             enabled: true,
@@ -287,6 +302,11 @@ impl Subscriptions {
             disable_after: request.disable_after,
             disable_min_failing: request.disable_min_failing,
             send_trace_context: request.send_trace_context,
+            // Left unspecified, the envelope stays what it is.
+            envelope: match request.envelope {
+                0 => current.envelope,
+                given => given,
+            },
             updated_at: Some(timestamp(SystemTime::now())),
             ..current
         };
@@ -481,6 +501,17 @@ impl Subscriptions {
             }
         }
         Err(SubscriptionError::Contended(id.to_owned()))
+    }
+}
+
+/// The envelope a record stored before envelopes existed keeps: its receivers got the bare
+/// payload, except the system tenant's, whose operator events were already shaped
+/// `{"type", "timestamp", "data"}`.
+fn legacy_envelope(tenant: &str, system_tenant: &str) -> pb::Envelope {
+    if tenant == system_tenant {
+        pb::Envelope::Standard
+    } else {
+        pb::Envelope::Raw
     }
 }
 

@@ -102,6 +102,7 @@ async fn a_killed_replicas_agents_move_to_another_and_miss_no_change() -> anyhow
         .await?
         .create_subscription(pb::CreateSubscriptionRequest {
             subscription: Some(subscription("shop-1", &receiver.url("/old"), &["order.*"])),
+            allow_unregistered: false,
         })
         .await?
         .into_inner();
@@ -121,6 +122,7 @@ async fn a_killed_replicas_agents_move_to_another_and_miss_no_change() -> anyhow
     let new = admin
         .create_subscription(pb::CreateSubscriptionRequest {
             subscription: Some(subscription("shop-1", &receiver.url("/new"), &["order.*"])),
+            allow_unregistered: false,
         })
         .await?
         .into_inner();

@@ -1,11 +1,101 @@
-//! The body format a subscription receives: the event's JSON as given, or XML rendered from it.
+//! The body a subscription receives: its format (the event's JSON, or XML rendered from it) and
+//! its envelope (the Standard Webhooks `{"type", "timestamp", "data"}` around the payload, or the
+//! payload alone).
 //!
-//! Payloads are stored and signed as JSON; the format only changes the bytes sent. The signature
-//! always covers the bytes actually sent, so it is computed over [`PayloadFormat::render_body`]'s
-//! output.
+//! Payloads are stored as JSON; format and envelope only change the bytes sent. The signature
+//! always covers the bytes actually sent, so it is computed over [`render_body`]'s output.
+//!
+//! The JSON envelope is written around the payload's own bytes, which were checked to be one
+//! JSON document when the event was accepted: `{"type":"order.created","timestamp":
+//! "2026-12-04T12:00:00.123Z","data":<payload as emitted>}`. `timestamp` is when the event
+//! occurred (RFC 3339, UTC, milliseconds). The XML envelope is described in [`xml`].
+
+use std::time::SystemTime;
 
 use crate::validate::ValidationError;
 use crate::xml;
+
+/// The header naming the event's type on every request, whatever the envelope.
+pub const HEADER_EVENT_TYPE: &str = "webhook-event-type";
+
+/// How a body carries the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Envelope {
+    /// The Standard Webhooks envelope `{"type", "timestamp", "data"}`: every webhook has one
+    /// shape, and the receiver learns the type from the body.
+    #[default]
+    Standard,
+    /// The payload alone, for receivers built for it (the type is in [`HEADER_EVENT_TYPE`]).
+    Raw,
+}
+
+impl Envelope {
+    /// Parses `standard` or `raw`, in any case.
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        if s.eq_ignore_ascii_case("standard") {
+            Ok(Self::Standard)
+        } else if s.eq_ignore_ascii_case("raw") {
+            Ok(Self::Raw)
+        } else {
+            Err(ValidationError::new(
+                "envelope",
+                format!("{:?} is not an envelope, use standard or raw", truncate(s)),
+            ))
+        }
+    }
+
+    /// The envelope's canonical name: `standard` or `raw`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Standard => "standard",
+            Self::Raw => "raw",
+        }
+    }
+}
+
+/// What of an event goes into a webhook's body.
+#[derive(Debug, Clone, Copy)]
+pub struct EventBody<'a> {
+    /// `order.created`.
+    pub event_type: &'a str,
+    /// When the event occurred.
+    pub occurred_at: SystemTime,
+    /// The payload as emitted: one JSON document.
+    pub payload: &'a [u8],
+}
+
+/// The request body for `event` in a subscription's `format` and `envelope`.
+pub fn render_body(
+    format: PayloadFormat,
+    envelope: Envelope,
+    event: &EventBody<'_>,
+) -> Result<Vec<u8>, RenderError> {
+    let timestamp = || humantime::format_rfc3339_millis(event.occurred_at).to_string();
+    match (format, envelope) {
+        (PayloadFormat::Json, Envelope::Raw) => Ok(event.payload.to_vec()),
+        (PayloadFormat::Json, Envelope::Standard) => {
+            let event_type =
+                serde_json::to_string(event.event_type).map_err(RenderError::InvalidJson)?;
+            let timestamp = timestamp();
+            let mut body = Vec::with_capacity(event.payload.len() + event_type.len() + 64);
+            body.extend_from_slice(b"{\"type\":");
+            body.extend_from_slice(event_type.as_bytes());
+            body.extend_from_slice(b",\"timestamp\":\"");
+            body.extend_from_slice(timestamp.as_bytes());
+            body.extend_from_slice(b"\",\"data\":");
+            body.extend_from_slice(event.payload);
+            body.push(b'}');
+            Ok(body)
+        }
+        (PayloadFormat::Xml, envelope) => {
+            let value = serde_json::from_slice(event.payload).map_err(RenderError::InvalidJson)?;
+            Ok(match envelope {
+                Envelope::Raw => xml::render(&value),
+                Envelope::Standard => xml::render_envelope(event.event_type, &timestamp(), &value),
+            })
+        }
+    }
+}
 
 /// How a subscription wants its request bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -55,17 +145,6 @@ impl PayloadFormat {
             Self::Xml => "application/xml",
         }
     }
-
-    /// The request body for a JSON `payload`: the bytes themselves, or their XML rendering.
-    pub fn render_body(&self, payload: &[u8]) -> Result<Vec<u8>, RenderError> {
-        match self {
-            Self::Json => Ok(payload.to_vec()),
-            Self::Xml => {
-                let value = serde_json::from_slice(payload).map_err(RenderError::InvalidJson)?;
-                Ok(xml::render(&value))
-            }
-        }
-    }
 }
 
 /// At most the first 32 characters of `s`, so an error never echoes a huge input.
@@ -103,19 +182,71 @@ mod tests {
         assert_eq!(PayloadFormat::Xml.content_type(), "application/xml");
     }
 
-    #[test]
-    fn json_bodies_are_the_bytes_given() {
-        let payload = b"{ \"b\": 1,  \"a\": 2 }";
-        assert_eq!(PayloadFormat::Json.render_body(payload).unwrap(), payload);
+    fn event(payload: &[u8]) -> EventBody<'_> {
+        EventBody {
+            event_type: "order.created",
+            occurred_at: SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_millis(1_764_849_600_123),
+            payload,
+        }
     }
 
     #[test]
-    fn xml_bodies_are_rendered() {
-        let body = PayloadFormat::Xml.render_body(br#"{"a":1}"#).unwrap();
-        assert_eq!(body, xml::render(&serde_json::json!({"a": 1})));
+    fn raw_json_bodies_are_the_bytes_given() {
+        let payload = b"{ \"b\": 1,  \"a\": 2 }";
+        let body = render_body(PayloadFormat::Json, Envelope::Raw, &event(payload)).unwrap();
+        assert_eq!(body, payload);
+    }
+
+    #[test]
+    fn the_json_envelope_wraps_the_payload_as_emitted() {
+        let payload = b"{ \"b\": 1,  \"a\": [2] }";
+        let body = render_body(PayloadFormat::Json, Envelope::Standard, &event(payload)).unwrap();
+        assert_eq!(
+            String::from_utf8(body.clone()).unwrap(),
+            "{\"type\":\"order.created\",\"timestamp\":\"2025-12-04T12:00:00.123Z\",\
+             \"data\":{ \"b\": 1,  \"a\": [2] }}"
+        );
+        let value: serde_json::Value = serde_json::from_slice(&body).expect("one JSON document");
+        assert_eq!(value["data"], serde_json::json!({"a": [2], "b": 1}));
+        for scalar in [&b"42"[..], b"\"text\"", b"null", b"[1,2]"] {
+            let body =
+                render_body(PayloadFormat::Json, Envelope::Standard, &event(scalar)).unwrap();
+            let value: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+            assert_eq!(
+                value["data"],
+                serde_json::from_slice::<serde_json::Value>(scalar).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn xml_bodies_are_rendered_with_or_without_the_envelope() {
+        let payload = br#"{"a":1}"#;
+        let raw = render_body(PayloadFormat::Xml, Envelope::Raw, &event(payload)).unwrap();
+        assert_eq!(raw, xml::render(&serde_json::json!({"a": 1})));
+        let wrapped = render_body(PayloadFormat::Xml, Envelope::Standard, &event(payload)).unwrap();
+        assert_eq!(
+            wrapped,
+            xml::render_envelope(
+                "order.created",
+                "2025-12-04T12:00:00.123Z",
+                &serde_json::json!({"a": 1})
+            )
+        );
         assert!(matches!(
-            PayloadFormat::Xml.render_body(b"{oops"),
+            render_body(PayloadFormat::Xml, Envelope::Raw, &event(b"{oops")),
             Err(RenderError::InvalidJson(_))
         ));
+    }
+
+    #[test]
+    fn envelopes_parse_by_name() {
+        assert_eq!(Envelope::default(), Envelope::Standard);
+        for envelope in [Envelope::Standard, Envelope::Raw] {
+            assert_eq!(Envelope::parse(envelope.as_str()), Ok(envelope));
+        }
+        assert_eq!(Envelope::parse("RAW"), Ok(Envelope::Raw));
+        assert_eq!(Envelope::parse("bare").unwrap_err().field, "envelope");
     }
 }

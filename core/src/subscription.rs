@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::event_type::EventFilter;
-use crate::format::PayloadFormat;
+use crate::format::{Envelope, PayloadFormat};
 use crate::retry::RetrySchedule;
 use crate::signing::SigningSecret;
 
@@ -46,6 +46,8 @@ pub struct Subscription {
     pub filter: EventFilter,
     /// The body format.
     pub format: PayloadFormat,
+    /// Whether the body wraps the payload in the Standard Webhooks envelope.
+    pub envelope: Envelope,
     /// Signing secrets, newest first.
     pub secrets: Vec<Secret>,
     /// Extra request headers, validated against the reserved names.
@@ -115,6 +117,7 @@ mod tests {
             url: url::Url::parse("https://example.com/hook").expect("url"),
             filter: EventFilter::parse(&["order.*"]).expect("filter"),
             format: PayloadFormat::Json,
+            envelope: Envelope::Standard,
             secrets: vec![],
             headers: vec![],
             timeout: DEFAULT_TIMEOUT,

@@ -36,10 +36,11 @@ impl ValidationError {
 
 /// Header names Herald sets itself or that belong to the HTTP connection; subscriptions may not
 /// override them.
-const RESERVED_HEADERS: [&str; 10] = [
+const RESERVED_HEADERS: [&str; 11] = [
     "webhook-id",
     "webhook-timestamp",
     "webhook-signature",
+    "webhook-event-type",
     "content-type",
     "content-length",
     "host",

@@ -23,6 +23,20 @@
 //!
 //! Rendering recurses once per level of nesting; documents parsed by `serde_json` are at most 128
 //! levels deep.
+//!
+//! **The envelope.** A subscription with the Standard Webhooks envelope (the default) gets the
+//! event's type and time beside its payload, as the JSON envelope
+//! `{"type": …, "timestamp": …, "data": …}` carries them, in this fixed order:
+//!
+//! ```xml
+//! <?xml version="1.0" encoding="UTF-8"?>
+//! <webhook><type>order.created</type><timestamp>2026-12-04T12:00:00.123Z</timestamp><data>…</data></webhook>
+//! ```
+//!
+//! `<data>` holds the payload by the mapping above (what `<payload>` holds without the envelope);
+//! `<timestamp>` is the time the event occurred, RFC 3339 in UTC with milliseconds.
+//! A subscription with `--envelope raw` gets the `<payload>` document alone; the type is then
+//! only in the `webhook-event-type` header (which every request carries).
 
 use std::borrow::Cow;
 use std::io;
@@ -36,6 +50,35 @@ pub fn render(value: &Value) -> Vec<u8> {
     let mut writer = Writer::new(Vec::new());
     write_document(&mut writer, value).expect("writing to a Vec<u8> cannot fail");
     writer.into_inner()
+}
+
+/// Renders `data` inside the Standard Webhooks envelope: a `<webhook>` root holding `<type>`,
+/// `<timestamp>` and `<data>`, as the module's doc describes.
+pub fn render_envelope(event_type: &str, timestamp: &str, data: &Value) -> Vec<u8> {
+    let mut writer = Writer::new(Vec::new());
+    write_envelope(&mut writer, event_type, timestamp, data)
+        .expect("writing to a Vec<u8> cannot fail");
+    writer.into_inner()
+}
+
+fn write_envelope(
+    writer: &mut Writer<Vec<u8>>,
+    event_type: &str,
+    timestamp: &str,
+    data: &Value,
+) -> io::Result<()> {
+    writer.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)))?;
+    let root = BytesStart::new("webhook");
+    writer.write_event(Event::Start(root.borrow()))?;
+    for (name, text) in [("type", event_type), ("timestamp", timestamp)] {
+        write_element(
+            writer,
+            BytesStart::new(name),
+            &Value::String(text.to_owned()),
+        )?;
+    }
+    write_element(writer, BytesStart::new("data"), data)?;
+    writer.write_event(Event::End(root.to_end()))
 }
 
 /// Writes the declaration and the root element.
@@ -295,5 +338,31 @@ mod tests {
             value = json!({ format!("level{i}"): [value, {"n": i, "s": "<>&"}] });
         }
         body(value);
+    }
+
+    #[test]
+    fn the_envelope_carries_type_and_time_before_the_data() {
+        let bytes = render_envelope(
+            "order.created",
+            "2026-12-04T12:00:00.123Z",
+            &json!({"order_id": 42, "note": "<&>"}),
+        );
+        let text = String::from_utf8(bytes).expect("utf-8");
+        assert_eq!(
+            text,
+            format!(
+                "{DECL}<webhook><type>order.created</type>\
+                 <timestamp>2026-12-04T12:00:00.123Z</timestamp>\
+                 <data><note>&lt;&amp;&gt;</note><order_id>42</order_id></data></webhook>"
+            )
+        );
+        let mut reader = Reader::from_str(&text);
+        loop {
+            match reader.read_event() {
+                Ok(Event::Eof) => break,
+                Ok(_) => {}
+                Err(err) => panic!("not well-formed: {err}"),
+            }
+        }
     }
 }

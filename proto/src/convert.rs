@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herald_core::ValidationError;
 use herald_core::event_type::{EventFilter, validate_event_type};
-use herald_core::format::PayloadFormat;
+use herald_core::format::{Envelope, PayloadFormat};
 use herald_core::limits::MAX_LABELS;
 use herald_core::retry::{Exponential, RetrySchedule};
 use herald_core::signing::{Scheme, SigningSecret};
@@ -64,6 +64,28 @@ pub fn payload_format(format: i32) -> Result<PayloadFormat, ValidationError> {
     }
 }
 
+/// The domain envelope of a wire envelope. Unspecified reads as raw: a record stored before
+/// envelopes existed keeps the bodies it had (the control plane resolves unspecified to
+/// standard when it creates a subscription).
+pub fn envelope(envelope: i32) -> Result<Envelope, ValidationError> {
+    match pb::Envelope::try_from(envelope) {
+        Ok(pb::Envelope::Unspecified | pb::Envelope::Raw) => Ok(Envelope::Raw),
+        Ok(pb::Envelope::Standard) => Ok(Envelope::Standard),
+        Err(_) => Err(ValidationError::new(
+            "envelope",
+            format!("unknown envelope {envelope}"),
+        )),
+    }
+}
+
+/// The wire envelope of a domain envelope.
+pub fn wire_envelope(envelope: Envelope) -> pb::Envelope {
+    match envelope {
+        Envelope::Standard => pb::Envelope::Standard,
+        Envelope::Raw => pb::Envelope::Raw,
+    }
+}
+
 /// The wire format of a domain format.
 pub fn wire_format(format: PayloadFormat) -> pb::Format {
     match format {
@@ -117,6 +139,7 @@ pub fn subscription(
     let url = validate::url(&wire.url, allow_http)?;
     let filter = EventFilter::parse(&wire.event_types)?;
     let format = payload_format(wire.format)?;
+    let envelope = envelope(wire.envelope)?;
     validate::custom_headers(wire.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
     validate::description(&wire.description)?;
     if wire.labels.len() > MAX_LABELS {
@@ -205,6 +228,7 @@ pub fn subscription(
         url,
         filter,
         format,
+        envelope,
         secrets,
         headers,
         timeout,

@@ -182,6 +182,7 @@ impl ControlPlane {
             .await?
             .create_subscription(pb::CreateSubscriptionRequest {
                 subscription: Some(sub),
+                allow_unregistered: false,
             })
             .await?
             .into_inner())

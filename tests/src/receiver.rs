@@ -103,6 +103,26 @@ impl ReceivedRequest {
         serde_json::from_slice(&self.body)
     }
 
+    /// The payload a JSON webhook carries: the `data` of its Standard Webhooks envelope
+    /// `{"type", "timestamp", "data"}`, for assertions.
+    ///
+    /// # Panics
+    ///
+    /// If the body is not such an envelope; the message shows the body.
+    #[track_caller]
+    pub fn data(&self) -> serde_json::Value {
+        let mut body = self.json();
+        match body.as_object_mut() {
+            Some(envelope) if envelope.contains_key("type") && envelope.contains_key("data") => {
+                envelope.remove("data").unwrap_or_default()
+            }
+            _ => panic!(
+                "{} {} body is not an envelope: {body}",
+                self.method, self.path
+            ),
+        }
+    }
+
     /// The body parsed as JSON, for assertions.
     ///
     /// # Panics

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use herald_core::format::{EventBody, HEADER_EVENT_TYPE, render_body};
 use herald_core::signing::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, signature_header};
 use herald_core::subscription::Subscription;
 use herald_core::trace::{self, TraceParent};
@@ -38,6 +39,10 @@ pub struct Outcome {
 pub struct EventRef<'a> {
     /// `webhook-id`.
     pub id: &'a str,
+    /// `webhook-event-type`, and the envelope's `type`.
+    pub event_type: &'a str,
+    /// When the event occurred: the envelope's `timestamp`.
+    pub occurred_at: SystemTime,
     /// The payload as emitted (JSON).
     pub payload: &'a [u8],
     /// The emitter's W3C `traceparent`; empty when it sent none.
@@ -88,7 +93,12 @@ async fn send_in(
         started_at,
         duration: clock.elapsed(),
     };
-    let body = match sub.format.render_body(event.payload) {
+    let body = EventBody {
+        event_type: event.event_type,
+        occurred_at: event.occurred_at,
+        payload: event.payload,
+    };
+    let body = match render_body(sub.format, sub.envelope, &body) {
         Ok(body) => body,
         Err(err) => {
             return finish(
@@ -108,7 +118,8 @@ async fn send_in(
         .header(reqwest::header::CONTENT_TYPE, sub.format.content_type())
         .header(HEADER_ID, never_indexed(event.id))
         .header(HEADER_TIMESTAMP, never_indexed(&timestamp.to_string()))
-        .header(HEADER_SIGNATURE, never_indexed(&signature));
+        .header(HEADER_SIGNATURE, never_indexed(&signature))
+        .header(HEADER_EVENT_TYPE, event.event_type);
     if sub.send_trace_context
         && let Some(trace) = &trace
     {

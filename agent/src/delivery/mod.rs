@@ -19,13 +19,13 @@ pub mod client;
 pub mod rate;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herald_core::limits::bound_attempt_text;
 use herald_core::retry::{JITTER, jittered};
 use herald_core::subscription::{DEFAULT_MAX_IN_FLIGHT, Subscription};
 use herald_core::target::TargetPolicy;
-use herald_proto::convert::{duration, std_duration, timestamp};
+use herald_proto::convert::{duration, std_duration, system_time, timestamp};
 use herald_proto::v1 as pb;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
@@ -317,6 +317,11 @@ impl Inner {
             &sub,
             EventRef {
                 id: &event.id,
+                event_type: &event.r#type,
+                occurred_at: event.occurred_at.as_ref().map_or(
+                    UNIX_EPOCH + Duration::from_millis(stored.accepted_ms),
+                    system_time,
+                ),
                 payload: &event.payload,
                 traceparent: &event.traceparent,
             },

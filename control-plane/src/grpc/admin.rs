@@ -59,8 +59,11 @@ impl SubscriptionsApi for SubscriptionsService {
         &self,
         request: Request<pb::CreateSubscriptionRequest>,
     ) -> Result<Response<pb::Subscription>, Status> {
-        let sub = required(request.into_inner().subscription, "subscription")?;
-        self.event_types.check(&sub.event_types).await?;
+        let request = request.into_inner();
+        let sub = required(request.subscription, "subscription")?;
+        self.event_types
+            .check(&sub.event_types, &[], request.allow_unregistered)
+            .await?;
         let created = self.registry.create(sub).await?;
         tracing::info!(id = %created.id, tenant = %created.tenant, "subscription created");
         Ok(Response::new(created))
@@ -105,7 +108,16 @@ impl SubscriptionsApi for SubscriptionsService {
     ) -> Result<Response<pb::Subscription>, Status> {
         let request = request.into_inner();
         let sub = required(request.subscription, "subscription")?;
-        self.event_types.check(&sub.event_types).await?;
+        // Only patterns the subscription does not have yet are checked: a stored pattern never
+        // blocks a change to something else.
+        let current = self.registry.get(&sub.id).await?;
+        self.event_types
+            .check(
+                &sub.event_types,
+                &current.event_types,
+                request.allow_unregistered,
+            )
+            .await?;
         let updated = self.registry.update(sub, request.expected_revision).await?;
         tracing::info!(id = %updated.id, revision = updated.revision, "subscription updated");
         Ok(Response::new(redact(updated)))

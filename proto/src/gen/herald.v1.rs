@@ -142,6 +142,10 @@ pub struct Subscription {
     /// trace ids do not leave the system unless the subscription opts in.
     #[prost(bool, tag = "25")]
     pub send_trace_context: bool,
+    /// The body's shape. A create that leaves it unspecified gets the Standard Webhooks envelope;
+    /// an update that leaves it unspecified keeps what the subscription has.
+    #[prost(enumeration = "Envelope", tag = "26")]
+    pub envelope: i32,
 }
 /// An endpoint's recent record, kept by the control plane from attempt reports.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -156,6 +160,8 @@ pub struct SubscriptionHealth {
     pub failing_since: ::core::option::Option<::prost_types::Timestamp>,
     #[prost(message, optional, tag = "4")]
     pub last_failure_at: ::core::option::Option<::prost_types::Timestamp>,
+    /// The newest delivered attempt known: the success that ended the last run of failures, or a
+    /// newer one in the answering replica's delivery log.
     #[prost(message, optional, tag = "5")]
     pub last_success_at: ::core::option::Option<::prost_types::Timestamp>,
     /// The last failure's status code or error, for people.
@@ -246,6 +252,10 @@ pub struct CreateSubscriptionRequest {
     /// set by the control plane: a new subscription gets one secret and starts enabled.
     #[prost(message, optional, tag = "1")]
     pub subscription: ::core::option::Option<Subscription>,
+    /// Accept event-type patterns that select no registered event type (the catalogue is checked
+    /// otherwise, while it holds any type).
+    #[prost(bool, tag = "2")]
+    pub allow_unregistered: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetSubscriptionRequest {
@@ -282,6 +292,10 @@ pub struct UpdateSubscriptionRequest {
     /// The revision the caller read; required.
     #[prost(int64, tag = "2")]
     pub expected_revision: i64,
+    /// Accept new event-type patterns that select no registered event type. Patterns the
+    /// subscription already has are never checked again.
+    #[prost(bool, tag = "3")]
+    pub allow_unregistered: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DeleteSubscriptionRequest {
@@ -459,6 +473,9 @@ pub struct EventType {
     pub example: ::prost::alloc::vec::Vec<u8>,
     #[prost(message, optional, tag = "4")]
     pub created_at: ::core::option::Option<::prost_types::Timestamp>,
+    /// Defined by Herald itself (the operator events `herald.*`), not stored in the catalogue.
+    #[prost(bool, tag = "5")]
+    pub built_in: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CreateEventTypeRequest {
@@ -695,6 +712,42 @@ impl Format {
             "FORMAT_UNSPECIFIED" => Some(Self::Unspecified),
             "FORMAT_JSON" => Some(Self::Json),
             "FORMAT_XML" => Some(Self::Xml),
+            _ => None,
+        }
+    }
+}
+/// How a webhook's body carries the event. Every request also names the event's type in the
+/// `webhook-event-type` header, whatever the envelope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum Envelope {
+    /// Not given. Records stored before envelopes existed read as RAW (what they received then).
+    Unspecified = 0,
+    /// The Standard Webhooks envelope: JSON `{"type": …, "timestamp": …, "data": <payload>}`, or
+    /// XML `<webhook><type>…</type><timestamp>…</timestamp><data>…</data></webhook>`.
+    Standard = 1,
+    /// The payload alone (JSON as emitted, or XML under a `<payload>` root), for receivers built
+    /// for it.
+    Raw = 2,
+}
+impl Envelope {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "ENVELOPE_UNSPECIFIED",
+            Self::Standard => "ENVELOPE_STANDARD",
+            Self::Raw => "ENVELOPE_RAW",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "ENVELOPE_UNSPECIFIED" => Some(Self::Unspecified),
+            "ENVELOPE_STANDARD" => Some(Self::Standard),
+            "ENVELOPE_RAW" => Some(Self::Raw),
             _ => None,
         }
     }
@@ -2525,8 +2578,9 @@ pub mod event_types_client {
     use tonic::codegen::*;
     use tonic::codegen::http::Uri;
     /// The catalogue of event types subscribers choose from (`order.created`, `invoice.created`,
-    /// …). While it holds any type, a subscription may only name registered types, and each of its
-    /// patterns must select at least one (unless the control plane runs with the registry off).
+    /// …), with Herald's own operator events (`herald.*`) built in. While it holds any type of its
+    /// own, each pattern a subscription is given must select at least one type (unless the request
+    /// says `allow_unregistered`, or the control plane runs with the registry `advisory` or `off`).
     #[derive(Debug, Clone)]
     pub struct EventTypesClient<T> {
         inner: tonic::client::Grpc<T>,
@@ -2705,8 +2759,9 @@ pub mod event_types_server {
         >;
     }
     /// The catalogue of event types subscribers choose from (`order.created`, `invoice.created`,
-    /// …). While it holds any type, a subscription may only name registered types, and each of its
-    /// patterns must select at least one (unless the control plane runs with the registry off).
+    /// …), with Herald's own operator events (`herald.*`) built in. While it holds any type of its
+    /// own, each pattern a subscription is given must select at least one type (unless the request
+    /// says `allow_unregistered`, or the control plane runs with the registry `advisory` or `off`).
     #[derive(Debug)]
     pub struct EventTypesServer<T> {
         inner: Arc<T>,

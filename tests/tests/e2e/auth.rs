@@ -66,6 +66,7 @@ async fn calls_without_a_valid_token_or_the_right_role_are_refused() -> anyhow::
             "https://127.0.0.1:9/hook",
             &["order.*"],
         )),
+        allow_unregistered: false,
     };
     let refused = reader
         .create_subscription(create.clone())

@@ -44,10 +44,11 @@ async fn an_emitted_event_arrives_once_signed_and_is_logged() -> anyhow::Result<
             .header("user-agent")
             .is_some_and(|ua| ua.starts_with("Herald/"))
     );
+    assert_eq!(request.header("webhook-event-type"), Some("order.created"));
     assert_eq!(
-        request.json(),
+        request.data(),
         payload,
-        "the body is the payload as emitted"
+        "the body carries the payload as emitted"
     );
     assert!(signature_verifies(request, &[&secret_of(&sub)]));
     assert!(!signature_verifies(
@@ -122,7 +123,7 @@ async fn an_xml_subscription_gets_well_formed_xml_of_the_same_data() -> anyhow::
             _ => {}
         }
     }
-    assert!(text.contains("<payload>"), "{text}");
+    assert!(text.contains("<data>"), "{text}");
     assert!(text.contains("<number>INV-9</number>"), "{text}");
     assert!(text.contains("A&amp;B"), "{text}");
     assert!(text.contains(r#"<qty null="true"/>"#), "{text}");

@@ -682,7 +682,7 @@ async fn the_emitters_trace_context_goes_out_to_subscriptions_that_opt_in() -> a
     let trace_of = |n: u64| {
         requests
             .iter()
-            .find(|r| r.path == "/traced" && r.json()["n"] == n)
+            .find(|r| r.path == "/traced" && r.data()["n"] == n)
             .and_then(|r| r.header("traceparent").map(str::to_owned))
     };
     let first = trace_of(1).expect("a traceparent");

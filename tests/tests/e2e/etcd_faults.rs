@@ -66,6 +66,7 @@ async fn a_three_member_cluster_rides_out_member_failures() -> anyhow::Result<()
                 &receiver.url("/stock"),
                 &["product.stock_changed"],
             )),
+            allow_unregistered: false,
         })
         .await
         .expect_err("no quorum, no write");
@@ -100,6 +101,7 @@ async fn a_three_member_cluster_rides_out_member_failures() -> anyhow::Result<()
                         &receiver.url("/stock"),
                         &["product.*"],
                     )),
+                    allow_unregistered: false,
                 })
                 .await
                 .ok()

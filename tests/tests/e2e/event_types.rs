@@ -14,6 +14,7 @@ fn event_type(name: &str, example: &str) -> pb::CreateEventTypeRequest {
             description: format!("{name}, for the catalogue"),
             example: example.as_bytes().to_vec(),
             created_at: None,
+            built_in: false,
         }),
     }
 }
@@ -26,7 +27,7 @@ async fn subscriptions_select_registered_types_once_the_catalogue_has_any() -> a
     let url = "https://127.0.0.1:9/hook";
 
     // An empty catalogue checks nothing: a new installation works at once.
-    control_plane
+    let early = control_plane
         .create(subscription("shop-1", url, &["invoice.created"]))
         .await?;
 
@@ -41,10 +42,21 @@ async fn subscriptions_select_registered_types_once_the_catalogue_has_any() -> a
         .await?
         .into_inner()
         .event_types;
-    let names: Vec<&str> = listed.iter().map(|t| t.name.as_str()).collect();
+    let names: Vec<(&str, bool)> = listed
+        .iter()
+        .map(|t| (t.name.as_str(), t.built_in))
+        .collect();
     assert_eq!(
         names,
-        ["order.created", "order.updated", "payment.confirmed"]
+        [
+            ("herald.delivery.exhausted", true),
+            ("herald.subscription.disabled", true),
+            ("herald.subscription.recovered", true),
+            ("order.created", false),
+            ("order.updated", false),
+            ("payment.confirmed", false),
+        ],
+        "registered types, and the operator events built in"
     );
     let got = types
         .get_event_type(pb::GetEventTypeRequest {
@@ -98,22 +110,97 @@ async fn subscriptions_select_registered_types_once_the_catalogue_has_any() -> a
     let typo = subs
         .create_subscription(pb::CreateSubscriptionRequest {
             subscription: Some(subscription("shop-1", url, &["ordr.created"])),
+            allow_unregistered: false,
         })
         .await
         .unwrap_err();
     assert_eq!(typo.code(), Code::InvalidArgument);
     assert!(
-        typo.message().contains("ordr.created"),
-        "{}",
+        typo.message().contains("ordr.created")
+            && typo.message().contains("closest to it: order.created")
+            && typo.message().contains("--allow-unregistered"),
+        "the refusal names what it could mean and the way through: {}",
         typo.message()
     );
-
-    // With the registry off, the same request is taken.
-    let open = ControlPlane::start_configured(store, |config| {
-        config.event_type_registry = RegistryMode::Off
+    // Asked for, an unregistered type is taken.
+    subs.create_subscription(pb::CreateSubscriptionRequest {
+        subscription: Some(subscription("shop-1", url, &["shipment.created"])),
+        allow_unregistered: true,
     })
     .await?;
-    open.create(subscription("shop-1", url, &["ordr.created"]))
+
+    // Operator events are built in: subscribing to them never needs the catalogue.
+    control_plane
+        .create(subscription("herald", url, &["herald.*"]))
         .await?;
+    control_plane
+        .create(subscription(
+            "herald",
+            url,
+            &["herald.subscription.disabled"],
+        ))
+        .await?;
+
+    // A stored pattern that selects no registered type never blocks a change to something
+    // else...
+    let changed = subs
+        .update_subscription(pb::UpdateSubscriptionRequest {
+            subscription: Some(pb::Subscription {
+                rate_limit: 5,
+                ..early.clone()
+            }),
+            expected_revision: early.revision,
+            allow_unregistered: false,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(changed.rate_limit, 5);
+    // ...nor one that adds a registered type beside it,
+    let widened = subs
+        .update_subscription(pb::UpdateSubscriptionRequest {
+            subscription: Some(pb::Subscription {
+                event_types: vec!["invoice.created".into(), "order.*".into()],
+                ..changed.clone()
+            }),
+            expected_revision: changed.revision,
+            allow_unregistered: false,
+        })
+        .await?
+        .into_inner();
+    // ...but a new pattern that selects nothing is refused, unless asked for.
+    let new_pattern = pb::Subscription {
+        event_types: vec!["order.*".into(), "refund.*".into()],
+        ..widened.clone()
+    };
+    let refused = subs
+        .update_subscription(pb::UpdateSubscriptionRequest {
+            subscription: Some(new_pattern.clone()),
+            expected_revision: widened.revision,
+            allow_unregistered: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("refund.*"),
+        "{}",
+        refused.message()
+    );
+    subs.update_subscription(pb::UpdateSubscriptionRequest {
+        subscription: Some(new_pattern),
+        expected_revision: widened.revision,
+        allow_unregistered: true,
+    })
+    .await?;
+
+    // With the registry advisory or off, the same request is taken.
+    for mode in [RegistryMode::Advisory, RegistryMode::Off] {
+        let open = ControlPlane::start_configured(store.clone(), |config| {
+            config.event_type_registry = mode
+        })
+        .await?;
+        open.create(subscription("shop-1", url, &["ordr.created"]))
+            .await?;
+    }
     Ok(())
 }

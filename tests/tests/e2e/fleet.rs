@@ -216,6 +216,7 @@ async fn an_agent_that_names_a_recent_revision_gets_only_the_changes_since() -> 
         .update_subscription(pb::UpdateSubscriptionRequest {
             subscription: Some(changed),
             expected_revision: revision,
+            allow_unregistered: false,
         })
         .await?
         .into_inner();

@@ -7,6 +7,7 @@ mod deploy;
 mod discovery;
 mod durability;
 mod engine;
+mod envelopes;
 mod etcd_faults;
 mod event_types;
 mod fleet;

@@ -122,15 +122,15 @@ async fn a_rotated_keyring_reseals_every_record_and_the_old_key_can_go() -> anyh
         );
         ids.push(before.create(sub).await?);
     }
-    assert_eq!(before.reseal_all().await?, 0);
+    assert_eq!(before.upgrade_all("herald").await?, 0);
 
     let rotated = Subscriptions::new(
         store.clone(),
         policy.clone(),
         Arc::new(Keyring::parse(&format!("{new}{old}"))?),
     );
-    assert_eq!(rotated.reseal_all().await?, 3);
-    assert_eq!(rotated.reseal_all().await?, 0);
+    assert_eq!(rotated.upgrade_all("herald").await?, 3);
+    assert_eq!(rotated.upgrade_all("herald").await?, 0);
     let (kvs, _) = store.list("/herald/v1/subscriptions/").await?;
     assert_eq!(kvs.len(), 3);
     for kv in &kvs {

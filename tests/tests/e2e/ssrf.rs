@@ -28,6 +28,7 @@ async fn the_control_plane_refuses_special_targets_unless_allowed() -> anyhow::R
         let status = admin
             .create_subscription(pb::CreateSubscriptionRequest {
                 subscription: Some(subscription("shop-1", url, &["order.*"])),
+                allow_unregistered: false,
             })
             .await
             .expect_err(url);

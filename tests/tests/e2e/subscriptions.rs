@@ -59,6 +59,7 @@ async fn invalid_input_is_refused_with_invalid_argument_naming_the_field() -> an
         let status = admin
             .create_subscription(pb::CreateSubscriptionRequest {
                 subscription: Some(bad),
+                allow_unregistered: false,
             })
             .await
             .expect_err(field);
@@ -70,7 +71,10 @@ async fn invalid_input_is_refused_with_invalid_argument_naming_the_field() -> an
         );
     }
     let missing = admin
-        .create_subscription(pb::CreateSubscriptionRequest { subscription: None })
+        .create_subscription(pb::CreateSubscriptionRequest {
+            subscription: None,
+            allow_unregistered: false,
+        })
         .await
         .expect_err("no subscription");
     assert_eq!(missing.code(), Code::InvalidArgument);
@@ -118,6 +122,7 @@ async fn revisions_guard_updates_and_unknown_ids_are_not_found() -> anyhow::Resu
                 ..read.clone()
             }),
             expected_revision: read.revision,
+            allow_unregistered: false,
         })
         .await?
         .into_inner();
@@ -132,6 +137,7 @@ async fn revisions_guard_updates_and_unknown_ids_are_not_found() -> anyhow::Resu
                 ..read.clone()
             }),
             expected_revision: read.revision,
+            allow_unregistered: false,
         })
         .await
         .expect_err("stale revision");

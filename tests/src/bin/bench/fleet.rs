@@ -76,6 +76,7 @@ pub async fn run() -> anyhow::Result<()> {
                 "https://127.0.0.1:9/hook",
                 &["order.*"],
             )),
+            allow_unregistered: false,
         })
         .await?
         .into_inner();
@@ -95,6 +96,7 @@ pub async fn run() -> anyhow::Result<()> {
                 .update_subscription(pb::UpdateSubscriptionRequest {
                     subscription: Some(update),
                     expected_revision: sub.revision,
+                    allow_unregistered: false,
                 })
                 .await?
                 .into_inner();
@@ -318,6 +320,7 @@ async fn create_many(admin: &SubscriptionsClient<Channel>, count: usize) -> anyh
                             &format!("https://127.0.0.1:9/hooks/{n}"),
                             &["order.*", "invoice.created"],
                         )),
+                        allow_unregistered: false,
                     })
                     .await?
                     .into_inner();

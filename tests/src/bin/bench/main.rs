@@ -49,6 +49,8 @@ const ROUNDS: usize = 3;
 const PLAIN_IN_FLIGHT: usize = 256;
 /// Concurrent `EmitBatch` callers feeding `bench deliver`.
 const EMITTERS: usize = 4;
+/// The type of every event the benchmarks emit.
+const EVENT_TYPE: &str = "order.created";
 const PAYLOAD: &str = r#"{"order_id":"ord_8812","shop":"shop-1","total":"129.90","currency":"EUR","lines":[{"sku":"TSHIRT-M-BLUE","qty":2,"price":"39.95"},{"sku":"MUG-01","qty":1,"price":"50.00"}]}"#;
 
 #[tokio::main]
@@ -103,6 +105,7 @@ async fn control_plane(stop: &CancellationToken) -> anyhow::Result<(String, temp
                 "https://127.0.0.1:9/hook",
                 &["order.*"],
             )),
+            allow_unregistered: false,
         })
         .await?;
     Ok((url, dir))
@@ -159,7 +162,7 @@ async fn agent(
 fn event() -> pb::Event {
     pb::Event {
         tenant: "bench".into(),
-        r#type: "order.created".into(),
+        r#type: EVENT_TYPE.into(),
         payload: PAYLOAD.as_bytes().to_vec(),
         ..Default::default()
     }
@@ -369,6 +372,7 @@ async fn rss() -> anyhow::Result<()> {
                 &format!("{base}/load"),
                 &["order.*"],
             )),
+            allow_unregistered: false,
         })
         .await?;
     let agent_url = format!("http://{addr}");
@@ -551,6 +555,7 @@ async fn deliver() -> anyhow::Result<()> {
             admin
                 .create_subscription(pb::CreateSubscriptionRequest {
                     subscription: Some(sub),
+                    allow_unregistered: false,
                 })
                 .await?;
         }
@@ -611,6 +616,7 @@ async fn deliver() -> anyhow::Result<()> {
                 &format!("{base}/latency"),
                 &["order.*"],
             )),
+            allow_unregistered: false,
         })
         .await?;
     herald_tests::eventually(Duration::from_secs(30), "the latency subscription", || {
@@ -686,13 +692,15 @@ impl Rate {
     }
 }
 
-/// The headers of one request a plain client sends as Herald sends them: `content-type`
-/// and the Standard Webhooks `webhook-id`, `webhook-timestamp` and `webhook-signature`, with
-/// values of the same shape (a fresh id, a real signature), never indexed as Herald's are.
+/// The headers of one request a plain client sends as Herald sends them: `content-type`,
+/// `webhook-event-type` and the Standard Webhooks `webhook-id`, `webhook-timestamp` and
+/// `webhook-signature`, with values of the same shape (a fresh id, a real signature), never
+/// indexed as Herald's are; and the body in the Standard Webhooks envelope.
 struct WebhookHeaders {
     id: http::HeaderValue,
     timestamp: http::HeaderValue,
     signature: http::HeaderValue,
+    body: bytes::Bytes,
 }
 
 impl WebhookHeaders {
@@ -704,22 +712,34 @@ impl WebhookHeaders {
             value.set_sensitive(true);
             value
         };
-        let timestamp = std::time::SystemTime::now()
+        let now = std::time::SystemTime::now();
+        let timestamp = now
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         (0..n)
             .map(|_| {
                 let id = herald_core::ids::new_event_id();
+                let body = herald_core::format::render_body(
+                    herald_core::format::PayloadFormat::Json,
+                    herald_core::format::Envelope::Standard,
+                    &herald_core::format::EventBody {
+                        event_type: EVENT_TYPE,
+                        occurred_at: now,
+                        payload: PAYLOAD.as_bytes(),
+                    },
+                )
+                .expect("the payload is JSON");
                 let signature = herald_core::signing::signature_header(
                     std::slice::from_ref(&secret),
                     &id,
                     timestamp,
-                    PAYLOAD.as_bytes(),
+                    &body,
                 );
                 WebhookHeaders {
                     id: sensitive(&id),
                     timestamp: sensitive(&timestamp.to_string()),
                     signature: sensitive(&signature),
+                    body: body.into(),
                 }
             })
             .collect()
@@ -750,17 +770,23 @@ async fn plain_round(
                 if i >= deliveries {
                     break;
                 }
-                let mut request = client.post(&url);
-                if let Some(h) = headers.as_ref().as_ref().map(|all| &all[i]) {
-                    use herald_core::signing::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
-                    let json = herald_core::format::PayloadFormat::Json.content_type();
-                    request = request
-                        .header(http::header::CONTENT_TYPE, json)
-                        .header(HEADER_ID, h.id.clone())
-                        .header(HEADER_TIMESTAMP, h.timestamp.clone())
-                        .header(HEADER_SIGNATURE, h.signature.clone());
-                }
-                let response = request.body(PAYLOAD).send().await?;
+                let request = match headers.as_ref().as_ref().map(|all| &all[i]) {
+                    Some(h) => {
+                        use herald_core::format::HEADER_EVENT_TYPE;
+                        use herald_core::signing::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+                        let json = herald_core::format::PayloadFormat::Json.content_type();
+                        client
+                            .post(&url)
+                            .header(http::header::CONTENT_TYPE, json)
+                            .header(HEADER_ID, h.id.clone())
+                            .header(HEADER_TIMESTAMP, h.timestamp.clone())
+                            .header(HEADER_SIGNATURE, h.signature.clone())
+                            .header(HEADER_EVENT_TYPE, EVENT_TYPE)
+                            .body(h.body.clone())
+                    }
+                    None => client.post(&url).body(PAYLOAD),
+                };
+                let response = request.send().await?;
                 anyhow::ensure!(
                     response.status().is_success(),
                     "plain client got {}",
