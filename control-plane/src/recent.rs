@@ -1,6 +1,8 @@
 //! An endpoint's recent record from the delivery log: how many attempts in the last day (at
-//! most the newest [`MAX_SAMPLE`]), what share was delivered, and how long attempts took (p50,
-//! p99). Computed when asked, from the log's per-subscription index.
+//! most the newest [`MAX_SAMPLE`]), what share was delivered, how long attempts took (p50,
+//! p99), and when the last delivery succeeded. Computed when asked, from the log's
+//! per-subscription index. (The stored health record notes a success only when it ends a run
+//! of failures, so a healthy endpoint costs the store nothing; the log knows the newest one.)
 
 use std::time::{Duration, SystemTime};
 
@@ -51,6 +53,13 @@ fn summarize(attempts: &[pb::Attempt], health: &mut pb::SubscriptionHealth) {
         .iter()
         .filter_map(|a| a.started_at)
         .min_by_key(|t| (t.seconds, t.nanos));
+    let newest_success = sent
+        .iter()
+        .filter(|a| a.outcome() == pb::Outcome::Delivered)
+        .filter_map(|a| a.started_at)
+        .chain(health.last_success_at)
+        .max_by_key(|t| (t.seconds, t.nanos));
+    health.last_success_at = newest_success;
     if sent.is_empty() {
         health.success_rate = 0.0;
         health.latency_p50 = None;
@@ -111,6 +120,23 @@ mod tests {
         let mut health = pb::SubscriptionHealth::default();
         summarize(attempts, &mut health);
         health.latency_p50
+    }
+
+    #[test]
+    fn the_last_success_is_the_newest_known() {
+        let mut health = pb::SubscriptionHealth::default();
+        let old = timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000));
+        health.last_success_at = Some(old);
+        summarize(&[attempt(pb::Outcome::Failed, 5)], &mut health);
+        assert_eq!(health.last_success_at, Some(old), "a failure is no success");
+        let delivered = attempt(pb::Outcome::Delivered, 5);
+        summarize(std::slice::from_ref(&delivered), &mut health);
+        assert_eq!(health.last_success_at, delivered.started_at);
+        summarize(&[], &mut health);
+        assert_eq!(
+            health.last_success_at, delivered.started_at,
+            "kept when none are recent"
+        );
     }
 
     #[test]
