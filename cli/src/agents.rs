@@ -51,7 +51,7 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                         ],
                         "",
                     )
-                });
+                })?;
                 if !watch || !Watch::next_round().await {
                     break;
                 }

@@ -182,7 +182,9 @@ pub fn run(cmd: Command, format: Format) -> anyhow::Result<()> {
             set_tls_key_file,
         } => {
             herald_core::validate::tenant(&name).map_err(|_| {
-                anyhow::anyhow!("context name {name:?}: use letters, digits, '.', '_' or '-'")
+                crate::usage::usage(format!(
+                    "context name {name:?}: use letters, digits, '.', '_' or '-'"
+                ))
             })?;
             let entry = config.contexts.entry(name.clone()).or_default();
             let set = |slot: &mut Option<String>, value: Option<String>| {
@@ -201,7 +203,7 @@ pub fn run(cmd: Command, format: Format) -> anyhow::Result<()> {
                 config.current = Some(name.clone());
             }
             let path = save(&config)?;
-            eprintln!("context {name:?} saved in {}", path.display());
+            output::note(&format!("context {name:?} saved in {}", path.display()));
         }
         Command::Use { name } => {
             if !config.contexts.contains_key(&name) {
@@ -211,7 +213,7 @@ pub fn run(cmd: Command, format: Format) -> anyhow::Result<()> {
             }
             config.current = Some(name.clone());
             save(&config)?;
-            eprintln!("now using context {name:?}");
+            output::note(&format!("now using context {name:?}"));
         }
         Command::Delete { name } => {
             if config.contexts.remove(&name).is_none() {
@@ -242,7 +244,7 @@ pub fn run(cmd: Command, format: Format) -> anyhow::Result<()> {
                 &items,
                 &["current", "name", "control_plane", "agent", "token"],
                 "",
-            );
+            )?;
         }
     }
     Ok(())

@@ -2,13 +2,13 @@
 
 use std::time::SystemTime;
 
-use anyhow::Context;
 use herald_proto::convert::timestamp;
 use herald_proto::v1 as pb;
 use herald_proto::v1::deliveries_client::DeliveriesClient;
 
 use crate::connect::{Server, status_error};
 use crate::output::{self, Format};
+use crate::usage::usage;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -44,14 +44,14 @@ pub enum Command {
         #[arg(long)]
         subscription: Option<String>,
         /// Deliveries attempted this recently (e.g. 2h) or since a time (RFC 3339).
-        #[arg(long, requires = "subscription")]
-        since: Option<String>,
+        #[arg(long, requires = "subscription", value_parser = when)]
+        since: Option<SystemTime>,
         /// Deliveries attempted before this age or time.
-        #[arg(long, requires = "since")]
-        until: Option<String>,
+        #[arg(long, requires = "since", value_parser = when)]
+        until: Option<SystemTime>,
         /// Only deliveries whose last attempt had this outcome (e.g. failed).
-        #[arg(long)]
-        outcome: Option<String>,
+        #[arg(long, value_enum)]
+        outcome: Option<OutcomeArg>,
     },
 }
 
@@ -82,54 +82,63 @@ pub struct FilterArgs {
     /// Only this event's.
     #[arg(long)]
     event: Option<String>,
-    /// Only this outcome: delivered, retrying, failed, skipped.
-    #[arg(long)]
-    outcome: Option<String>,
+    /// Only this outcome.
+    #[arg(long, value_enum)]
+    outcome: Option<OutcomeArg>,
     /// Only attempts this recent (e.g. 1h) or since a time (RFC 3339).
-    #[arg(long)]
-    since: Option<String>,
+    #[arg(long, value_parser = when)]
+    since: Option<SystemTime>,
     /// Only attempts before this age (e.g. 10m) or time (RFC 3339).
-    #[arg(long)]
-    until: Option<String>,
+    #[arg(long, value_parser = when)]
+    until: Option<SystemTime>,
+}
+
+/// An attempt's outcome, as `--outcome` names it.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum OutcomeArg {
+    /// The receiver accepted it (2xx).
+    Delivered,
+    /// It failed and will be tried again.
+    Retrying,
+    /// It failed for good.
+    Failed,
+    /// It was not sent (the subscription was disabled or removed).
+    Skipped,
+}
+
+impl OutcomeArg {
+    fn wire(outcome: Option<Self>) -> pb::Outcome {
+        match outcome {
+            None => pb::Outcome::Unspecified,
+            Some(Self::Delivered) => pb::Outcome::Delivered,
+            Some(Self::Retrying) => pb::Outcome::Retrying,
+            Some(Self::Failed) => pb::Outcome::Failed,
+            Some(Self::Skipped) => pb::Outcome::Skipped,
+        }
+    }
 }
 
 /// `1h` (that long ago) or an RFC 3339 time.
-fn when(text: &str) -> anyhow::Result<SystemTime> {
+fn when(text: &str) -> Result<SystemTime, String> {
     if let Ok(ago) = humantime::parse_duration(text) {
         return Ok(SystemTime::now()
             .checked_sub(ago)
             .unwrap_or(SystemTime::UNIX_EPOCH));
     }
-    humantime::parse_rfc3339_weak(text).with_context(|| {
-        format!("{text:?} is neither a duration (1h) nor a time (2026-01-02T15:04:05Z)")
-    })
-}
-
-/// The outcome named by `--outcome`.
-fn outcome(text: Option<&str>) -> anyhow::Result<pb::Outcome> {
-    Ok(match text {
-        None => pb::Outcome::Unspecified,
-        Some("delivered") => pb::Outcome::Delivered,
-        Some("retrying") => pb::Outcome::Retrying,
-        Some("failed") => pb::Outcome::Failed,
-        Some("skipped") => pb::Outcome::Skipped,
-        Some(other) => {
-            anyhow::bail!("--outcome {other:?}: expected delivered, retrying, failed or skipped")
-        }
-    })
+    humantime::parse_rfc3339_weak(text)
+        .map_err(|_| "neither a duration (1h) nor a time (2026-01-02T15:04:05Z)".to_owned())
 }
 
 impl FilterArgs {
-    fn into_wire(self) -> anyhow::Result<pb::AttemptFilter> {
-        let outcome = outcome(self.outcome.as_deref())?;
-        Ok(pb::AttemptFilter {
+    fn into_wire(self) -> pb::AttemptFilter {
+        pb::AttemptFilter {
             subscription_id: self.subscription.unwrap_or_default(),
             tenant: self.tenant.unwrap_or_default(),
             event_id: self.event.unwrap_or_default(),
-            outcome: outcome as i32,
-            since: self.since.as_deref().map(when).transpose()?.map(timestamp),
-            until: self.until.as_deref().map(when).transpose()?.map(timestamp),
-        })
+            outcome: OutcomeArg::wire(self.outcome) as i32,
+            since: self.since.map(timestamp),
+            until: self.until.map(timestamp),
+        }
     }
 }
 
@@ -143,7 +152,7 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
         } => {
             let page = client
                 .list_attempts(pb::ListAttemptsRequest {
-                    filter: Some(filter.into_wire()?),
+                    filter: Some(filter.into_wire()),
                     page_size,
                     page_token,
                 })
@@ -151,7 +160,7 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                 .map_err(status_error)?
                 .into_inner();
             let items: Vec<_> = page.attempts.iter().map(output::attempt).collect();
-            output::list(format, "attempts", &items, &COLUMNS, &page.next_page_token);
+            output::list(format, "attempts", &items, &COLUMNS, &page.next_page_token)?;
         }
         Command::Get { event } => {
             let filter = pb::AttemptFilter {
@@ -181,18 +190,18 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
             }
             attempts.reverse();
             let items: Vec<_> = attempts.iter().map(output::attempt).collect();
-            output::list(format, "attempts", &items, &COLUMNS, "");
+            output::list(format, "attempts", &items, &COLUMNS, "")?;
         }
         Command::Tail { filter } => {
             let mut stream = client
                 .tail_attempts(pb::TailAttemptsRequest {
-                    filter: Some(filter.into_wire()?),
+                    filter: Some(filter.into_wire()),
                 })
                 .await
                 .map_err(status_error)?
                 .into_inner();
             while let Some(attempt) = stream.message().await.map_err(status_error)? {
-                output::line(format, &output::attempt(&attempt), &COLUMNS);
+                output::line(format, &output::attempt(&attempt), &COLUMNS)?;
             }
         }
         Command::Replay {
@@ -203,23 +212,23 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
             outcome: wanted,
         } => {
             if event.is_none() && since.is_none() {
-                anyhow::bail!(
-                    "name what to replay: --event E, or --subscription S --since T (e.g. 2h)"
-                );
+                return Err(usage(
+                    "name what to replay: --event E, or --subscription S --since T (e.g. 2h)",
+                ));
             }
             let request = pb::ReplayDeliveriesRequest {
                 event_id: event.unwrap_or_default(),
                 subscription_id: subscription.unwrap_or_default(),
-                since: since.as_deref().map(when).transpose()?.map(timestamp),
-                until: until.as_deref().map(when).transpose()?.map(timestamp),
-                outcome: outcome(wanted.as_deref())? as i32,
+                since: since.map(timestamp),
+                until: until.map(timestamp),
+                outcome: OutcomeArg::wire(wanted) as i32,
             };
             let result = client
                 .replay_deliveries(request)
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            output::object(format, &output::replay(&result));
+            output::object(format, &output::replay(&result))?;
         }
     }
     Ok(())

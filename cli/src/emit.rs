@@ -74,6 +74,6 @@ pub async fn run(args: Args, agent: &Server, format: Format) -> anyhow::Result<(
             "matched": response.matched,
             "duplicate": response.duplicate,
         }),
-    );
+    )?;
     Ok(())
 }

@@ -29,7 +29,7 @@ pub enum Command {
         /// The type's name.
         name: String,
     },
-    /// List the registered event types.
+    /// List the registered event types, and Herald's built-in operator events (herald.*).
     List,
 }
 
@@ -39,6 +39,7 @@ fn event_type(t: &pb::EventType) -> Value {
         "name": t.name,
         "description": t.description,
         "example": example,
+        "built_in": t.built_in,
         "created_at": output::time(t.created_at.as_ref()),
     })
 }
@@ -73,12 +74,13 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                         description,
                         example,
                         created_at: None,
+                        built_in: false,
                     }),
                 })
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            output::object(format, &event_type(&created));
+            output::object(format, &event_type(&created))?;
         }
         Command::Get { name } => {
             let found = client
@@ -86,7 +88,7 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            output::object(format, &event_type(&found));
+            output::object(format, &event_type(&found))?;
         }
         Command::List => {
             let types = client
@@ -96,7 +98,13 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                 .into_inner()
                 .event_types;
             let items: Vec<Value> = types.iter().map(event_type).collect();
-            output::list(format, "event_types", &items, &["name", "description"], "");
+            output::list(
+                format,
+                "event_types",
+                &items,
+                &["name", "built_in", "description"],
+                "",
+            )?;
         }
     }
     Ok(())

@@ -1,7 +1,9 @@
 //! `herald`: the operator CLI. Manages subscriptions, reads the delivery log, lists agents,
 //! emits test events, and runs `herald dev` (everything in one process, for trying Herald).
 //!
-//! Exit codes: 0 success, 1 the operation failed (the message says why), 2 bad usage.
+//! Exit codes: 0 success, 1 the operation failed (the message says why), 2 bad usage (found by
+//! the parser or after it, [`usage::UsageError`]). A reader that closes the output early
+//! (`herald … | head -1`) ends the command quietly with 0.
 
 /// mimalloc instead of the system allocator: every delivery allocates for its request, its
 /// response and its queue records. glibc's malloc took 13% of the CPU samples of `bench
@@ -18,6 +20,7 @@ mod emit;
 mod event_types;
 mod output;
 mod subscription;
+mod usage;
 mod watch;
 
 use clap::{Parser, Subcommand};
@@ -25,7 +28,7 @@ use clap::{Parser, Subcommand};
 use herald_proto::bearer::Bearer;
 
 use crate::connect::Server;
-use crate::output::{Format, Style};
+use crate::output::{Format, OutputError, Style};
 
 /// Herald: signed webhook delivery with retries and central logs.
 #[derive(Parser)]
@@ -105,10 +108,20 @@ async fn main() -> std::process::ExitCode {
     let result = run(cli).await;
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(err) => exit_code(&err),
+    }
+}
+
+/// The exit code for a failed command, after telling the user why.
+fn exit_code(err: &anyhow::Error) -> std::process::ExitCode {
+    if let Some(OutputError::Closed) = err.downcast_ref::<OutputError>() {
+        return std::process::ExitCode::SUCCESS;
+    }
+    output::note(&format!("error: {err:#}"));
+    if err.downcast_ref::<usage::UsageError>().is_some() {
+        std::process::ExitCode::from(2)
+    } else {
+        std::process::ExitCode::FAILURE
     }
 }
 
@@ -122,7 +135,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Context(cmd) => return context::run(cmd, format),
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut command, "herald", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "herald", &mut script);
+            output::write(&String::from_utf8_lossy(&script))?;
             return Ok(());
         }
         Command::Dev(args) => return dev::run(args).await,

@@ -1,10 +1,47 @@
 //! How results are printed: a table for people (`-o table`, the default), or JSON or YAML for
 //! scripts (`-o json`, `-o yaml`). Each resource turns itself into a JSON value once; the
 //! other forms are built from it.
+//!
+//! Every write can fail, and says how ([`OutputError`]): a reader that went away
+//! (`herald deliveries list | head -1`) is [`OutputError::Closed`], which ends the command
+//! quietly with exit code 0, as a Unix filter ends; no write ever panics.
 
+use std::fmt::Write as _;
+use std::io::Write as _;
+
+use herald_core::subscription::{DEFAULT_DISABLE_AFTER, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TIMEOUT};
 use herald_proto::convert::{std_duration, system_time};
 use herald_proto::v1 as pb;
 use serde_json::{Value, json};
+
+/// Why output could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// The reader of standard output closed it (a pipe into `head`): nothing more is wanted.
+    #[error("standard output was closed")]
+    Closed,
+    /// Writing failed otherwise (a full disk under a redirect).
+    #[error("writing standard output")]
+    Io(#[source] std::io::Error),
+}
+
+/// Writes `text` to standard output as it is.
+pub fn write(text: &str) -> Result<(), OutputError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::BrokenPipe => OutputError::Closed,
+            _ => OutputError::Io(err),
+        })
+}
+
+/// Writes a line to standard error, for progress and messages beside the output. Standard
+/// error that cannot be written is no reason to fail a command, so errors are dropped.
+pub fn note(text: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{text}");
+}
 
 /// The output style.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -28,36 +65,57 @@ pub struct Format {
 
 /// Prints one item of a stream: a compact JSON line, a YAML document (`---` first), or its
 /// `columns` separated by two spaces.
-pub fn line(format: Format, value: &Value, columns: &[&str]) {
-    match format.style {
-        Style::Json => println!("{value}"),
-        Style::Yaml => print!("---\n{}", yaml(value)),
+pub fn line(format: Format, value: &Value, columns: &[&str]) -> Result<(), OutputError> {
+    write(&match format.style {
+        Style::Json => format!("{value}\n"),
+        Style::Yaml => format!("---\n{}", yaml(value)),
         Style::Table => {
             let cells: Vec<String> = columns.iter().map(|c| cell(&value[*c])).collect();
-            println!("{}", cells.join("  "));
+            format!("{}\n", cells.join("  "))
         }
-    }
+    })
 }
 
 /// Prints one object: JSON, YAML, or `key: value` lines.
-pub fn object(format: Format, value: &Value) {
-    match format.style {
-        Style::Json => println!("{}", pretty(value)),
-        Style::Yaml => print!("{}", yaml(value)),
+pub fn object(format: Format, value: &Value) -> Result<(), OutputError> {
+    write(&match format.style {
+        Style::Json => format!("{}\n", pretty(value)),
+        Style::Yaml => yaml(value),
         Style::Table => {
+            let mut text = String::new();
             if let Value::Object(map) = value {
                 let width = map.keys().map(String::len).max().unwrap_or(0);
                 for (key, value) in map {
-                    println!("{key:width$}  {}", cell(value));
+                    match value {
+                        // A list of records (a subscription's secrets): one a line.
+                        Value::Array(items) if items.iter().any(Value::is_object) => {
+                            let mut lines = items.iter().map(cell);
+                            let first = lines.next().unwrap_or_default();
+                            let _ = writeln!(text, "{key:width$}  {first}");
+                            for line in lines {
+                                let _ = writeln!(text, "{:width$}  {line}", "");
+                            }
+                        }
+                        value => {
+                            let _ = writeln!(text, "{key:width$}  {}", cell(value));
+                        }
+                    }
                 }
             }
+            text
         }
-    }
+    })
 }
 
 /// Prints a list: a JSON array (under `key`, with `next_page_token` when given), or a table of
 /// `columns`.
-pub fn list(format: Format, key: &str, items: &[Value], columns: &[&str], next_page_token: &str) {
+pub fn list(
+    format: Format,
+    key: &str,
+    items: &[Value],
+    columns: &[&str],
+    next_page_token: &str,
+) -> Result<(), OutputError> {
     match format.style {
         Style::Json | Style::Yaml => {
             let mut doc = json!({ key: items });
@@ -65,9 +123,9 @@ pub fn list(format: Format, key: &str, items: &[Value], columns: &[&str], next_p
                 doc["next_page_token"] = json!(next_page_token);
             }
             if format.style == Style::Json {
-                println!("{}", pretty(&doc));
+                write(&format!("{}\n", pretty(&doc)))
             } else {
-                print!("{}", yaml(&doc));
+                write(&yaml(&doc))
             }
         }
         Style::Table => {
@@ -86,13 +144,14 @@ pub fn list(format: Format, key: &str, items: &[Value], columns: &[&str], next_p
                         .unwrap_or(0)
                 })
                 .collect();
-            let line = |cells: Vec<String>| {
+            let mut text = String::new();
+            let mut line = |cells: Vec<String>| {
                 let parts: Vec<String> = cells
                     .iter()
                     .zip(&widths)
                     .map(|(c, w)| format!("{c:w$}"))
                     .collect();
-                println!("{}", parts.join("  ").trim_end());
+                let _ = writeln!(text, "{}", parts.join("  ").trim_end());
             };
             if format.headers {
                 line(columns.iter().map(|c| c.to_uppercase()).collect());
@@ -101,8 +160,9 @@ pub fn list(format: Format, key: &str, items: &[Value], columns: &[&str], next_p
                 line(row);
             }
             if !next_page_token.is_empty() {
-                println!("(more: --page-token {next_page_token})");
+                let _ = writeln!(text, "(more: --page-token {next_page_token})");
             }
+            write(&text)
         }
     }
 }
@@ -116,12 +176,23 @@ fn yaml(value: &Value) -> String {
     serde_yaml_ng::to_string(value).unwrap_or_else(|_| format!("{value}\n"))
 }
 
+/// A value as a table cell: `-` for nothing, lists joined by commas, a record as its fields
+/// (`secret: whsec_…, expires_at: 2026-…`) without the empty ones.
 fn cell(value: &Value) -> String {
     match value {
         Value::Null => "-".into(),
         Value::String(s) if s.is_empty() => "-".into(),
         Value::String(s) => s.clone(),
+        Value::Array(items) if items.iter().any(Value::is_object) => {
+            items.iter().map(cell).collect::<Vec<_>>().join("; ")
+        }
         Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
+        Value::Object(map) => map
+            .iter()
+            .filter(|(_, v)| !v.is_null() && v.as_str() != Some(""))
+            .map(|(k, v)| format!("{k}: {}", cell(v)))
+            .collect::<Vec<_>>()
+            .join(", "),
         other => other.to_string(),
     }
 }
@@ -148,11 +219,17 @@ pub fn subscription(sub: &pb::Subscription, show_secrets: bool) -> Value {
         "url": sub.url,
         "events": sub.event_types,
         "format": format,
+        "envelope": match pb::Envelope::try_from(sub.envelope) {
+            Ok(pb::Envelope::Standard) => "standard",
+            _ => "raw",
+        },
         "enabled": sub.enabled,
         "disabled_reason": sub.disabled_reason,
         "description": sub.description,
         "headers": sub.headers,
-        "timeout": sub.timeout.as_ref().and_then(std_duration).map(|d| humantime::format_duration(d).to_string()),
+        "timeout": humantime::format_duration(
+            sub.timeout.as_ref().and_then(std_duration).unwrap_or(DEFAULT_TIMEOUT)
+        ).to_string(),
         "retry_schedule": retry,
         "regions": sub.regions,
         "retry_exponential": sub
@@ -161,9 +238,9 @@ pub fn subscription(sub: &pb::Subscription, show_secrets: bool) -> Value {
             .and_then(|r| r.exponential.as_ref())
             .and_then(|e| herald_proto::convert::exponential_backoff(e).ok())
             .map(|e| e.to_string()),
-        "max_in_flight": if sub.max_in_flight == 0 { 16 } else { sub.max_in_flight },
+        "max_in_flight": if sub.max_in_flight == 0 { DEFAULT_MAX_IN_FLIGHT as u32 } else { sub.max_in_flight },
         "rate_limit": sub.rate_limit,
-        "disable_after": if sub.disable_after == 0 { 10 } else { sub.disable_after },
+        "disable_after": if sub.disable_after == 0 { DEFAULT_DISABLE_AFTER } else { sub.disable_after },
         "disable_min_failing": sub
             .disable_min_failing
             .as_ref()

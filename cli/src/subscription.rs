@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use herald_core::format::{Envelope, PayloadFormat};
 use herald_core::retry::{Exponential, RetrySchedule};
 use herald_proto::convert::{duration, exponential_policy, retry_policy};
 use herald_proto::v1 as pb;
@@ -10,6 +11,7 @@ use herald_proto::v1::subscriptions_client::SubscriptionsClient;
 
 use crate::connect::{Server, status_error};
 use crate::output::{self, Format};
+use crate::usage::usage;
 use crate::watch::Watch;
 
 #[derive(clap::Subcommand)]
@@ -90,27 +92,33 @@ pub enum Command {
     },
 }
 
-/// Fields shared by create and update.
+/// Fields shared by create and update. Each value is checked as the command line is parsed,
+/// so a malformed one is a usage error (exit code 2) before anything is sent.
 #[derive(clap::Args)]
 pub struct Fields {
     /// Event types and patterns, comma-separated: order.created,order.*,*.
     #[arg(long, value_delimiter = ',')]
     events: Option<Vec<String>>,
     /// Body format: json or xml.
-    #[arg(long)]
-    format: Option<String>,
+    #[arg(long, value_parser = parse_format)]
+    format: Option<PayloadFormat>,
+    /// Body shape: standard (the Standard Webhooks envelope {"type", "timestamp", "data"}; the
+    /// default for new subscriptions) or raw (the payload alone; the type is in the
+    /// webhook-event-type header).
+    #[arg(long, value_name = "standard|raw", value_parser = parse_envelope)]
+    envelope: Option<Envelope>,
     /// A description for operators.
     #[arg(long)]
     description: Option<String>,
     /// An extra request header, NAME=VALUE (repeatable).
-    #[arg(long = "header", value_name = "NAME=VALUE")]
-    headers: Vec<String>,
+    #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
     /// The delays between attempts, e.g. 5s,5m,30m (attempts = delays + 1).
-    #[arg(long, conflicts_with = "retry_exponential")]
-    retry_schedule: Option<String>,
+    #[arg(long, conflicts_with = "retry_exponential", value_parser = parse_schedule)]
+    retry_schedule: Option<RetrySchedule>,
     /// Exponential backoff instead of a list, e.g. base=5s,factor=2,cap=1h,attempts=10.
-    #[arg(long, value_name = "base=D,factor=F,cap=D,attempts=N")]
-    retry_exponential: Option<String>,
+    #[arg(long, value_name = "base=D,factor=F,cap=D,attempts=N", value_parser = parse_exponential)]
+    retry_exponential: Option<Exponential>,
     /// Most requests per second to this endpoint, per agent (0: no limit).
     #[arg(long)]
     rate_limit: Option<u32>,
@@ -132,6 +140,33 @@ pub struct Fields {
     /// Send the emitter's W3C traceparent on to the endpoint: on or off (default off).
     #[arg(long, value_name = "on|off", value_parser = clap::builder::BoolishValueParser::new())]
     trace_context: Option<bool>,
+    /// Accept event types that are not in the catalogue (yet); without it, a new pattern that
+    /// selects no registered type is refused with the types it could mean.
+    #[arg(long)]
+    allow_unregistered: bool,
+}
+
+fn parse_format(text: &str) -> Result<PayloadFormat, String> {
+    PayloadFormat::parse(text).map_err(|e| e.reason)
+}
+
+fn parse_envelope(text: &str) -> Result<Envelope, String> {
+    Envelope::parse(text).map_err(|e| e.reason)
+}
+
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| "expected NAME=VALUE".to_owned())?;
+    Ok((name.trim().to_owned(), value.to_owned()))
+}
+
+fn parse_schedule(text: &str) -> Result<RetrySchedule, String> {
+    RetrySchedule::parse(text).map_err(|e| e.reason)
+}
+
+fn parse_exponential(text: &str) -> Result<Exponential, String> {
+    Exponential::parse(text).map_err(|e| e.reason)
 }
 
 #[derive(clap::Args)]
@@ -165,8 +200,13 @@ pub struct UpdateArgs {
 }
 
 impl CreateArgs {
-    /// The subscription to create.
-    fn into_wire(self) -> anyhow::Result<pb::Subscription> {
+    /// The request that creates the subscription.
+    fn into_request(self) -> anyhow::Result<pb::CreateSubscriptionRequest> {
+        if self.fields.events.as_ref().is_none_or(Vec::is_empty) {
+            return Err(usage(
+                "--events is required: the event types to receive, e.g. 'order.*'",
+            ));
+        }
         let signature_scheme = match self.signature.as_str() {
             "v1a" => pb::SignatureScheme::Ed25519,
             _ => pb::SignatureScheme::HmacSha256,
@@ -177,37 +217,37 @@ impl CreateArgs {
             signature_scheme: signature_scheme as i32,
             ..Default::default()
         };
-        self.fields.apply(&mut sub)?;
-        if sub.event_types.is_empty() {
-            anyhow::bail!("--events is required: the event types to receive, e.g. 'order.*'");
-        }
-        Ok(sub)
+        let allow_unregistered = self.fields.apply(&mut sub);
+        Ok(pb::CreateSubscriptionRequest {
+            subscription: Some(sub),
+            allow_unregistered,
+        })
     }
 }
 
 impl Fields {
-    fn apply(self, sub: &mut pb::Subscription) -> anyhow::Result<()> {
+    /// Sets the fields given on `sub`; returns whether unregistered event types are allowed.
+    fn apply(self, sub: &mut pb::Subscription) -> bool {
         if let Some(events) = self.events {
             sub.event_types = events.into_iter().map(|e| e.trim().to_owned()).collect();
         }
         if let Some(format) = self.format {
-            let format = herald_core::format::PayloadFormat::parse(&format)?;
             sub.format = herald_proto::convert::wire_format(format) as i32;
+        }
+        if let Some(envelope) = self.envelope {
+            sub.envelope = herald_proto::convert::wire_envelope(envelope) as i32;
         }
         if let Some(description) = self.description {
             sub.description = description;
         }
-        for header in self.headers {
-            let (name, value) = header
-                .split_once('=')
-                .with_context(|| format!("--header {header:?}: expected NAME=VALUE"))?;
-            sub.headers.insert(name.trim().to_owned(), value.to_owned());
+        for (name, value) in self.headers {
+            sub.headers.insert(name, value);
         }
         if let Some(schedule) = self.retry_schedule {
-            sub.retry = Some(retry_policy(&RetrySchedule::parse(&schedule)?));
+            sub.retry = Some(retry_policy(&schedule));
         }
         if let Some(backoff) = self.retry_exponential {
-            sub.retry = Some(exponential_policy(&Exponential::parse(&backoff)?));
+            sub.retry = Some(exponential_policy(&backoff));
         }
         if let Some(rate) = self.rate_limit {
             sub.rate_limit = rate;
@@ -230,7 +270,7 @@ impl Fields {
         if let Some(send) = self.trace_context {
             sub.send_trace_context = send;
         }
-        Ok(())
+        self.allow_unregistered
     }
 }
 
@@ -239,13 +279,11 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
     match cmd {
         Command::Create(args) => {
             let created = client
-                .create_subscription(pb::CreateSubscriptionRequest {
-                    subscription: Some(args.into_wire()?),
-                })
+                .create_subscription(args.into_request()?)
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            output::object(format, &output::subscription(&created, true));
+            output::object(format, &output::subscription(&created, true))?;
         }
         Command::Import { file } => import(&mut client, &file, format).await?,
         Command::Get {
@@ -265,7 +303,7 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                     .into_inner();
                 shown.show(output::subscription(&sub, show_secret), |value| {
                     output::object(format, value)
-                });
+                })?;
                 if !watch || !Watch::next_round().await {
                     break;
                 }
@@ -304,7 +342,7 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                         ],
                         &next,
                     )
-                });
+                })?;
                 if !watch || !Watch::next_round().await {
                     break;
                 }
@@ -323,16 +361,17 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
             if let Some(url) = args.url {
                 sub.url = url;
             }
-            args.fields.apply(&mut sub)?;
+            let allow_unregistered = args.fields.apply(&mut sub);
             let updated = client
                 .update_subscription(pb::UpdateSubscriptionRequest {
                     subscription: Some(sub),
                     expected_revision,
+                    allow_unregistered,
                 })
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            output::object(format, &output::subscription(&updated, false));
+            output::object(format, &output::subscription(&updated, false))?;
         }
         Command::Delete { id, revision } => {
             client
@@ -342,7 +381,7 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                 })
                 .await
                 .map_err(status_error)?;
-            output::object(format, &serde_json::json!({ "deleted": id }));
+            output::object(format, &serde_json::json!({ "deleted": id }))?;
         }
         Command::Enable { id, replay_parked } => {
             let sub = client
@@ -350,7 +389,7 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            output::object(format, &output::subscription(&sub, false));
+            output::object(format, &output::subscription(&sub, false))?;
         }
         Command::Health { id } => {
             let health = client
@@ -358,7 +397,7 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            output::object(format, &output::health(&health));
+            output::object(format, &output::health(&health))?;
         }
         Command::Disable { id, reason } => {
             let sub = client
@@ -366,7 +405,7 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            output::object(format, &output::subscription(&sub, false));
+            output::object(format, &output::subscription(&sub, false))?;
         }
         Command::RotateSecret { id, grace } => {
             let sub = client
@@ -377,7 +416,7 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            output::object(format, &output::subscription(&sub, true));
+            output::object(format, &output::subscription(&sub, true))?;
         }
     }
     Ok(())
@@ -473,9 +512,7 @@ async fn import(
             let parsed = <ImportEntry as clap::Parser>::try_parse_from(&flags)
                 .map_err(|e| anyhow::anyhow!("{}", e.render().to_string().trim()))?;
             let created = client
-                .create_subscription(pb::CreateSubscriptionRequest {
-                    subscription: Some(parsed.args.into_wire()?),
-                })
+                .create_subscription(parsed.args.into_request()?)
                 .await
                 .map_err(status_error)?
                 .into_inner();
@@ -485,17 +522,17 @@ async fn import(
         let number = index + 1;
         match outcome {
             Ok(created) => {
-                eprintln!(
+                output::note(&format!(
                     "[{number}/{total}] created {} ({})",
                     created.id, created.url
-                );
+                ));
                 results.push(serde_json::json!({
                     "entry": number, "id": created.id, "tenant": created.tenant, "url": created.url, "error": "",
                 }));
             }
             Err(err) => {
                 refused += 1;
-                eprintln!("[{number}/{total}] refused: {err:#}");
+                output::note(&format!("[{number}/{total}] refused: {err:#}"));
                 results.push(serde_json::json!({
                     "entry": number, "id": "", "tenant": entry["tenant"], "url": entry["url"], "error": format!("{err:#}"),
                 }));
@@ -508,8 +545,8 @@ async fn import(
         &results,
         &["entry", "id", "tenant", "url", "error"],
         "",
-    );
-    eprintln!("{} created, {refused} refused", total - refused);
+    )?;
+    output::note(&format!("{} created, {refused} refused", total - refused));
     if refused > 0 {
         anyhow::bail!(
             "{refused} of {total} entries were refused (see above); the others were created"

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::output::OutputError;
+
 /// How often a watched resource is read again.
 pub const EVERY: Duration = Duration::from_secs(2);
 
@@ -16,11 +18,16 @@ pub struct Watch {
 
 impl Watch {
     /// Calls `print` with `value` unless it is what was printed last.
-    pub fn show(&mut self, value: Value, print: impl FnOnce(&Value)) {
+    pub fn show(
+        &mut self,
+        value: Value,
+        print: impl FnOnce(&Value) -> Result<(), OutputError>,
+    ) -> Result<(), OutputError> {
         if self.last.as_ref() != Some(&value) {
-            print(&value);
+            print(&value)?;
             self.last = Some(value);
         }
+        Ok(())
     }
 
     /// Waits for the next round; false when the user pressed Ctrl-C.
