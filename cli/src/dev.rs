@@ -13,6 +13,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use herald_agent::listen::{ListenAddr, Listener};
+use herald_core::format::HEADER_EVENT_TYPE;
 use herald_core::signing::{
     self, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, PublicKey, SigningSecret,
 };
@@ -59,6 +60,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Loopback and plain http are allowed here only: this is everything-on-one-machine mode.
     let loopback =
         herald_core::target::parse_allowlist("127.0.0.0/8,::1").map_err(anyhow::Error::msg)?;
+    // Stopped in order on Ctrl-C: the agent first, so it drains its deliveries into the
+    // receiver and its attempt reports into the control plane, then the other two.
+    let stop_agent = CancellationToken::new();
     let stop = CancellationToken::new();
     let cp_config = herald_control_plane::Config {
         allow_http: true,
@@ -89,7 +93,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let agent = tokio::spawn(herald_agent::run(
         agent_config,
         Listener::Tcp(agent_listener),
-        stop.clone().cancelled_owned(),
+        stop_agent.clone().cancelled_owned(),
     ));
     let inspector = Arc::new(Inspector {
         control_plane: control_plane_url.clone(),
@@ -104,7 +108,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let receiver_url = format!("http://{}/hooks/orders", args.receiver_listen);
     let agent_url = format!("http://{}", args.agent_listen);
-    println!(
+    say(&format!(
         "Herald dev is running (state in {dir}; Ctrl-C to stop)\n\
          \n  control plane  {control_plane_url}\n  agent (Emit)   {agent_url}\n  receiver       http://{receiver} — prints every webhook it gets\n\
          \nIn another terminal, try:\n\
@@ -114,16 +118,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
          \n(`herald` is `cargo run -q --bin herald --` from the repository.)\n",
         dir = args.data_dir.display(),
         receiver = args.receiver_listen,
-    );
+    ));
 
     herald_core::shutdown::signal().await;
-    println!("stopping…");
+    say("stopping…");
+    stop_agent.cancel();
+    let agent = agent.await;
     stop.cancel();
-    let (cp, agent, receiver) = tokio::join!(control_plane, agent, receiver);
-    cp.context("control plane task")??;
+    let (cp, receiver) = tokio::join!(control_plane, receiver);
     agent.context("agent task")??;
+    cp.context("control plane task")??;
     receiver.context("receiver task")??;
     Ok(())
+}
+
+/// Prints `text` for the person watching. With nobody reading (`herald dev | head`), Herald
+/// keeps running: Ctrl-C stops it, as always.
+fn say(text: &str) {
+    let _ = crate::output::write(&format!("{text}\n"));
 }
 
 /// The inspection receiver's state: where to look up subscriptions' secrets.
@@ -243,15 +255,16 @@ async fn inspect(
         .and_then(|v| serde_json::to_string_pretty(&v).ok())
         .filter(|t| t.len() <= MAX_PRINTED_BODY)
         .unwrap_or(text);
-    println!(
-        "── webhook received: {method} {uri}\n   webhook-id: {}\n   content-type: {}\n   {verdict}\n{}\n",
+    say(&format!(
+        "── webhook received: {method} {uri}\n   webhook-id: {}\n   webhook-event-type: {}\n   content-type: {}\n   {verdict}\n{}\n",
         show(HEADER_ID),
+        show(HEADER_EVENT_TYPE),
         show("content-type"),
         body_text
             .lines()
             .map(|l| format!("   {l}"))
             .collect::<Vec<_>>()
             .join("\n"),
-    );
+    ));
     StatusCode::NO_CONTENT
 }
