@@ -9,6 +9,9 @@ use std::time::Duration;
 use herald_tests::{World, eventually, signature_verifies};
 use serde_json::Value;
 
+/// How long a test waits for something to happen.
+const WAIT: Duration = Duration::from_secs(10);
+
 /// Runs `herald` against the world's servers (without blocking them: they share this runtime).
 async fn herald(world: &World, args: &[&str]) -> Output {
     herald_command()
@@ -439,7 +442,11 @@ async fn replay_needs_a_target_and_reports_what_it_did() -> anyhow::Result<()> {
             .output()
     };
     let aimless = run(&["deliveries", "replay"]).await?;
-    assert_eq!(aimless.status.code(), Some(1));
+    assert_eq!(
+        aimless.status.code(),
+        Some(2),
+        "naming nothing is bad usage"
+    );
     let stderr = String::from_utf8_lossy(&aimless.stderr);
     assert!(stderr.contains("--event"), "{stderr}");
 
@@ -734,5 +741,620 @@ async fn agents_list_shows_the_fleet_with_replica_lag_and_last_nack() -> anyhow:
         "the replica is named host:port by default: {agents}"
     );
     assert!(agent["lag"].as_i64().is_some(), "{agents}");
+    Ok(())
+}
+
+/// Runs `herald` with its standard output a pipe whose reader is already gone, as in
+/// `herald … | head -0`.
+async fn herald_into_closed_pipe(world: &World, args: &[&str]) -> anyhow::Result<Output> {
+    let (reader, writer) = std::io::pipe()?;
+    drop(reader);
+    let output = herald_command()
+        .args([
+            "--control-plane",
+            world.control_plane.url(),
+            "--agent",
+            world.agent.url(),
+        ])
+        .args(args)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        // Not `output()`, which would capture standard output itself.
+        .spawn()?
+        .wait_with_output()
+        .await?;
+    Ok(output)
+}
+
+#[tokio::test]
+async fn no_command_panics_when_its_reader_goes_away() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    let url = world.receiver.url("/hooks/pipe");
+    let created = json(
+        &herald(
+            &world,
+            &[
+                "subscription",
+                "create",
+                "--tenant",
+                "shop-1",
+                "--url",
+                &url,
+                "--events",
+                "order.*",
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    let id = created["id"].as_str().expect("id").to_owned();
+    world
+        .control_plane
+        .wait_applied(created["revision"].as_i64().expect("revision"), WAIT)
+        .await?;
+    let emitted = json(
+        &herald(
+            &world,
+            &[
+                "emit",
+                "--tenant",
+                "shop-1",
+                "--type",
+                "order.created",
+                "--data",
+                "{}",
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    let event_id = emitted["event_id"].as_str().expect("event id").to_owned();
+    world.receiver.wait_for_requests(1, WAIT).await?;
+    eventually(WAIT, "the attempt in the log", || async {
+        let got = herald(&world, &["deliveries", "get", &event_id]).await;
+        Ok(got.status.success().then_some(()))
+    })
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let import = dir.path().join("one.yaml");
+    std::fs::write(
+        &import,
+        format!("- tenant: shop-9\n  url: {url}\n  events: order.*\n"),
+    )?;
+    let import = import.to_str().expect("utf-8 path").to_owned();
+
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["--help"],
+        vec!["--version"],
+        vec!["subscription", "--help"],
+        vec!["completion", "bash"],
+        vec!["completion", "zsh"],
+        vec!["completion", "fish"],
+        vec!["subscription", "list"],
+        vec!["subscription", "list", "-o", "json"],
+        vec!["subscription", "list", "-o", "yaml"],
+        vec!["subscription", "list", "--watch"],
+        vec!["subscription", "get", &id],
+        vec!["subscription", "get", &id, "--show-secret", "--watch"],
+        vec!["subscription", "health", &id],
+        vec!["subscription", "update", &id, "--description", "piped"],
+        vec!["subscription", "disable", &id],
+        vec!["subscription", "enable", &id],
+        vec!["subscription", "rotate-secret", &id, "--grace", "1h"],
+        vec!["subscription", "import", &import],
+        vec![
+            "subscription",
+            "create",
+            "--tenant",
+            "shop-8",
+            "--url",
+            &url,
+            "--events",
+            "order.*",
+        ],
+        vec!["deliveries", "list"],
+        vec!["deliveries", "list", "-o", "json"],
+        vec!["deliveries", "get", &event_id],
+        vec!["deliveries", "replay", "--event", &event_id],
+        vec!["event-types", "list"],
+        vec!["event-types", "get", "herald.delivery.exhausted"],
+        vec!["agents", "list"],
+        vec!["agents", "list", "--watch"],
+        vec![
+            "emit",
+            "--tenant",
+            "shop-2",
+            "--type",
+            "order.created",
+            "--data",
+            "{}",
+        ],
+        vec!["context", "list"],
+    ];
+    for args in &commands {
+        let output = tokio::time::timeout(WAIT, herald_into_closed_pipe(&world, args))
+            .await
+            .with_context(|| format!("herald {args:?} went on with nobody reading"))??;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !stderr.contains("panicked"),
+            "herald {args:?} panicked: {stderr}"
+        );
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "herald {args:?} ends quietly: {stderr}"
+        );
+    }
+
+    // A follower ends once there is something to write and nobody to read it.
+    let tail = herald_command()
+        .args(["--control-plane", world.control_plane.url()])
+        .args(["deliveries", "tail", "--subscription", &id])
+        .stdout({
+            let (reader, writer) = std::io::pipe()?;
+            drop(reader);
+            writer
+        })
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut ended = None;
+    let mut tail = Some(tail);
+    for _ in 0..20 {
+        herald(
+            &world,
+            &[
+                "emit",
+                "--tenant",
+                "shop-1",
+                "--type",
+                "order.created",
+                "--data",
+                "{}",
+            ],
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Some(status) = tail.as_mut().expect("running").try_wait()? {
+            ended = Some(status);
+            break;
+        }
+    }
+    let status = ended.context("the tail went on writing into a closed pipe")?;
+    let stderr = tail.expect("the tail").wait_with_output().await?.stderr;
+    assert!(
+        status.success() && !String::from_utf8_lossy(&stderr).contains("panicked"),
+        "{status:?}: {}",
+        String::from_utf8_lossy(&stderr)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2_wherever_they_are_found() -> anyhow::Result<()> {
+    use herald_tests::{ConfigStore, ControlPlane};
+    let control_plane = ControlPlane::start(ConfigStore::Embedded).await?;
+    let dir = tempfile::tempdir()?;
+    let run = |args: &[&str]| {
+        herald_command()
+            .env("HERALD_CONFIG", dir.path().join("config.toml"))
+            .args(["--control-plane", control_plane.url()])
+            .args(args)
+            .output()
+    };
+    let create = [
+        "subscription",
+        "create",
+        "--tenant",
+        "t",
+        "--url",
+        "https://x.example/h",
+    ];
+    let with = |extra: &[&'static str]| -> Vec<&str> {
+        create
+            .iter()
+            .copied()
+            .chain(extra.iter().copied())
+            .collect()
+    };
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["subscription", "frobnicate"], "unrecognized"),
+        (vec!["deliveries", "list", "--outcome", "bogus"], "bogus"),
+        (
+            vec!["deliveries", "list", "--since", "yesterday"],
+            "yesterday",
+        ),
+        (vec!["deliveries", "tail", "--until", "soon"], "soon"),
+        (vec!["deliveries", "replay"], "--event"),
+        (with(&[]), "--events is required"),
+        (with(&["--events", "order.*", "--format", "yaml"]), "yaml"),
+        (with(&["--events", "order.*", "--envelope", "bare"]), "bare"),
+        (
+            with(&["--events", "order.*", "--header", "X-Key"]),
+            "NAME=VALUE",
+        ),
+        (
+            with(&["--events", "order.*", "--retry-schedule", "soon"]),
+            "soon",
+        ),
+        (
+            with(&["--events", "order.*", "--retry-exponential", "base=1s"]),
+            "retry",
+        ),
+        (
+            vec!["subscription", "update", "sub_x", "--format", "csv"],
+            "csv",
+        ),
+        (
+            vec!["context", "set", "no such name!", "--url", "http://x"],
+            "context name",
+        ),
+        (vec!["completion", "tcsh"], "tcsh"),
+    ];
+    for (args, says) in &cases {
+        let output = run(args).await?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "herald {args:?}: {stderr}");
+        assert!(
+            stderr.contains(says),
+            "herald {args:?} names {says:?}: {stderr}"
+        );
+    }
+    // A refusal by the server is a failed operation, not bad usage.
+    let refused = run(&[
+        "subscription",
+        "create",
+        "--tenant",
+        "t",
+        "--url",
+        "ftp://x",
+        "--events",
+        "order.*",
+    ])
+    .await?;
+    assert_eq!(refused.status.code(), Some(1));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_tours_files_ship_and_work() -> anyhow::Result<()> {
+    use herald_tests::{ConfigStore, ControlPlane};
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let control_plane = ControlPlane::start_configured(ConfigStore::Embedded, |config| {
+        config.allow_http = true;
+        config.allow_targets = herald_tests::herald::loopback();
+    })
+    .await?;
+    let subscriptions = examples.join("subscriptions.yaml");
+    let imported = herald_command()
+        .args(["--control-plane", control_plane.url()])
+        .args(["subscription", "import"])
+        .arg(&subscriptions)
+        .args(["-o", "json"])
+        .output()
+        .await?;
+    let results = json(&imported);
+    let created = results["results"].as_array().expect("results");
+    assert_eq!(created.len(), 3);
+    assert!(created.iter().all(|r| r["error"] == ""), "{results}");
+    let listed = json(
+        &herald_command()
+            .args(["--control-plane", control_plane.url()])
+            .args(["subscription", "list", "-o", "json"])
+            .output()
+            .await?,
+    );
+    let envelopes: Vec<(&str, &str)> = listed["subscriptions"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|s| {
+            (
+                s["envelope"].as_str().unwrap_or_default(),
+                s["format"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(envelopes.contains(&("raw", "json")), "{envelopes:?}");
+    assert!(envelopes.contains(&("standard", "xml")), "{envelopes:?}");
+
+    // The tour's event file is one JSON payload an agent takes.
+    let world = World::start().await?;
+    let order = format!("@{}", examples.join("order.json").display());
+    let emitted = json(
+        &herald(
+            &world,
+            &[
+                "emit",
+                "--tenant",
+                "shop-1",
+                "--type",
+                "order.created",
+                "--data",
+                &order,
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    assert!(
+        emitted["event_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("evt_"))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn subscriptions_and_health_show_what_is_in_force() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    let created = json(
+        &herald(
+            &world,
+            &[
+                "subscription",
+                "create",
+                "--tenant",
+                "shop-1",
+                "--url",
+                &world.receiver.url("/hooks/health"),
+                "--events",
+                "order.*",
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    let id = created["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        created["timeout"], "15s",
+        "the default timeout, not nothing"
+    );
+    assert_eq!(created["envelope"], "standard");
+    assert_eq!(created["max_in_flight"], 16);
+    assert_eq!(created["disable_after"], 10);
+    world
+        .control_plane
+        .wait_applied(created["revision"].as_i64().expect("revision"), WAIT)
+        .await?;
+    herald(
+        &world,
+        &[
+            "emit",
+            "--tenant",
+            "shop-1",
+            "--type",
+            "order.created",
+            "--data",
+            "{}",
+        ],
+    )
+    .await;
+    world.receiver.wait_for_requests(1, WAIT).await?;
+    let health = eventually(WAIT, "the delivery in the health view", || async {
+        let health = json(&herald(&world, &["subscription", "health", &id, "-o", "json"]).await);
+        Ok((health["recent_attempts"] == 1).then_some(health))
+    })
+    .await?;
+    assert!(
+        health["last_success_at"].is_string(),
+        "a delivery just succeeded: {health}"
+    );
+    assert_eq!(health["consecutive_failures"], 0);
+
+    // Secrets read as a list, one a line, in the table.
+    herald(&world, &["subscription", "rotate-secret", &id]).await;
+    let table = herald(&world, &["subscription", "get", &id, "--show-secret"]).await;
+    let text = String::from_utf8(table.stdout)?;
+    let secret_lines: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("secrets "))
+        .take(2)
+        .collect();
+    assert_eq!(secret_lines.len(), 2, "{text}");
+    assert!(
+        secret_lines[0].contains("secret: whsec_") && secret_lines[1].contains("expires_at: 20"),
+        "{text}"
+    );
+    assert!(!text.contains('{'), "no raw JSON in a table: {text}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn dev_stops_on_ctrl_c_with_every_report_delivered() -> anyhow::Result<()> {
+    use herald_tests::HeldPort;
+    let ports = [HeldPort::new()?, HeldPort::new()?, HeldPort::new()?];
+    let [control_plane, agent, receiver] = ports.each_ref().map(|p| p.addr().to_string());
+    let dir = tempfile::tempdir()?;
+    let dev = herald_command()
+        .args(["dev", "--control-plane-listen", &control_plane])
+        .args(["--agent-listen", &agent, "--receiver-listen", &receiver])
+        .env("HERALD_DEV_DATA_DIR", dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let run = |args: &[&str]| {
+        herald_command()
+            .args(["--control-plane", &format!("http://{control_plane}")])
+            .args(["--agent", &format!("http://{agent}")])
+            .args(args)
+            .output()
+    };
+    let created = eventually(WAIT, "herald dev answering", || async {
+        let out = run(&[
+            "subscription",
+            "create",
+            "--tenant",
+            "shop-1",
+            "--url",
+            &format!("http://{receiver}/hooks/orders"),
+            "--events",
+            "order.*",
+            "-o",
+            "json",
+        ])
+        .await?;
+        Ok(out.status.success().then(|| json(&out)))
+    })
+    .await?;
+    let id = created["id"].as_str().expect("id").to_owned();
+    eventually(
+        WAIT,
+        "the agent delivering to the new subscription",
+        || async {
+            let out = run(&[
+                "emit",
+                "--tenant",
+                "shop-1",
+                "--type",
+                "order.created",
+                "--data",
+                "{}",
+                "-o",
+                "json",
+            ])
+            .await?;
+            Ok((json(&out)["matched"] == 1).then_some(()))
+        },
+    )
+    .await?;
+    eventually(WAIT, "the delivery in the log", || async {
+        let out = run(&["deliveries", "list", "--subscription", &id, "-o", "json"]).await?;
+        let attempts = json(&out)["attempts"].clone();
+        Ok(attempts
+            .as_array()
+            .is_some_and(|a| a.iter().any(|a| a["outcome"] == "delivered"))
+            .then_some(()))
+    })
+    .await?;
+
+    let pid = dev.id().context("dev is running")?.to_string();
+    let interrupted = tokio::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await?;
+    assert!(interrupted.success());
+    let stopped = tokio::time::timeout(Duration::from_secs(20), dev.wait_with_output())
+        .await
+        .context("herald dev did not stop within 20 s of Ctrl-C")??;
+    let stdout = String::from_utf8_lossy(&stopped.stdout);
+    let stderr = String::from_utf8_lossy(&stopped.stderr);
+    assert!(stopped.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("webhook received") && stdout.contains("webhook-event-type: order.created"),
+        "{stdout}"
+    );
+    for sign in [
+        "report stream lost",
+        "left in the outbox",
+        "panicked",
+        "ERROR",
+    ] {
+        assert!(
+            !stderr.contains(sign),
+            "a clean stop leaves nothing behind ({sign}): {stderr}"
+        );
+    }
+    Ok(())
+}
+
+/// The README's deployment commands: the second `sh` block of its "Deployment" section.
+fn readme_deployment_block() -> anyhow::Result<String> {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )?;
+    let section = readme
+        .split("\n## Deployment\n")
+        .nth(1)
+        .context("the README has a Deployment section")?;
+    let section = section.split("\n## ").next().unwrap_or(section);
+    section
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|block| block.split("\n```").next())
+        .find(|block| block.contains("herald-control-plane"))
+        .map(str::to_owned)
+        .context("the Deployment section has a block that starts the control plane")
+}
+
+#[tokio::test]
+async fn the_readmes_deployment_commands_connect_as_written() -> anyhow::Result<()> {
+    let block = readme_deployment_block()?;
+    let etcd = herald_tests::Etcd::start().await?;
+    let port = herald_tests::HeldPort::new()?;
+    let dir = tempfile::tempdir()?;
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_herald"))
+        .parent()
+        .context("the binaries' directory")?;
+    for daemon in ["herald-control-plane", "herald-agent"] {
+        anyhow::ensure!(
+            bin.join(daemon).exists(),
+            "{daemon} is not built beside herald: build the workspace (cargo build --bins)"
+        );
+    }
+    let output = dir.path().join("output.txt");
+    let mut shell = tokio::process::Command::new("bash")
+        // The CLI in the block reads no config file of the user running the tests.
+        .env("HERALD_CONFIG", dir.path().join("no-config.toml"))
+        .args(["-euo", "pipefail", "-c", &block])
+        .env("ETCD", etcd.endpoint())
+        .env("CONF", dir.path().join("conf"))
+        .env("DATA", dir.path().join("data"))
+        .env("RUN", dir.path().join("run"))
+        .env("BIN", bin)
+        .env("LISTEN", port.addr().to_string())
+        .env("CP", format!("http://{}", port.addr()))
+        .stdout(std::fs::File::create(&output)?)
+        .stderr(std::fs::File::create(dir.path().join("stderr.txt"))?)
+        // Its own process group: the daemons it starts in the background are stopped with it.
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()?;
+    let group = shell.id().context("the shell runs")?.to_string();
+    let status = tokio::time::timeout(Duration::from_secs(60), shell.wait()).await;
+    // SIGTERM to the whole group (`--` so the negative id is not read as an option).
+    let stop = tokio::process::Command::new("kill")
+        .args(["-s", "TERM", "--", &format!("-{group}")])
+        .status()
+        .await;
+    let status = status.context("the README's commands did not finish within 60 s")??;
+    let printed = std::fs::read_to_string(&output)?;
+    let stderr = std::fs::read_to_string(dir.path().join("stderr.txt"))?;
+    assert!(status.success(), "{status}: {printed}\n{stderr}");
+    let agents: Vec<&str> = printed.lines().collect();
+    assert!(
+        agents.first().is_some_and(|l| l.starts_with("ID"))
+            && agents.get(1).is_some_and(|l| l.contains(" true ")),
+        "the agent is listed as connected:\n{printed}\n{stderr}"
+    );
+    assert!(stop?.success(), "the daemons got SIGTERM");
+    // They drain and exit; a group that outlives the grace period is killed and reported.
+    let gone = eventually(
+        Duration::from_secs(40),
+        "the daemons to stop on SIGTERM",
+        || async {
+            let alive = tokio::process::Command::new("kill")
+                .args(["-s", "0", "--", &format!("-{group}")])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .await?;
+            Ok((!alive.success()).then_some(()))
+        },
+    )
+    .await;
+    if gone.is_err() {
+        let _ = tokio::process::Command::new("kill")
+            .args(["-s", "KILL", "--", &format!("-{group}")])
+            .status()
+            .await;
+    }
+    gone?;
     Ok(())
 }
