@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
 # Runs Herald's whole test suite on a fresh Debian machine with a Rust toolchain: installs what
-# the tests need (a real etcd server), checks formatting and lints, then runs every test.
+# the tests need (real etcd and PostgreSQL servers), checks formatting and lints, then runs
+# every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The end-to-end tests start real etcd servers (Debian's etcd-server package).
+# The end-to-end tests start real servers from Debian's packages: etcd (etcd-server) and
+# PostgreSQL (postgresql, run by the tests as the postgres user in temp dirs).
+missing=""
 if ! command -v etcd >/dev/null 2>&1 && [ ! -x /usr/bin/etcd ]; then
-  echo "== installing etcd-server (the end-to-end tests run a real etcd)"
+  missing="$missing etcd-server"
+fi
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  missing="$missing postgresql"
+fi
+if [ -n "$missing" ]; then
+  echo "== installing$missing (the end-to-end tests run them for real)"
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq etcd-server >/dev/null
+  # The package's own cluster is not used: the tests make their own.
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
 fi
 
 echo "== cargo fmt --check"

@@ -78,6 +78,10 @@ pub struct Config {
     /// How long shutdown waits for open calls and streams to finish.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// Where the delivery log is kept: `embedded` (a file in --data-dir, for one replica) or
+    /// `postgres://USER[:PASS]@HOST:PORT/DB`, one database every replica shares.
+    #[arg(long, env = "HERALD_LOG_STORE", default_value = "embedded", value_parser = attempts::LogStoreUrl::parse, hide_env_values = true)]
+    pub log_store: attempts::LogStoreUrl,
     /// How long the delivery log keeps attempts.
     #[arg(long, env = "HERALD_LOG_RETENTION", default_value = "30days", value_parser = humantime::parse_duration)]
     pub log_retention: Duration,
@@ -154,6 +158,7 @@ impl Config {
             allow_http: false,
             allow_targets: vec![],
             shutdown_grace: Duration::from_secs(30),
+            log_store: attempts::LogStoreUrl::Embedded,
             log_retention: DEFAULT_LOG_RETENTION,
             log_max_attempts: DEFAULT_LOG_MAX_ATTEMPTS,
             secrets: KeyringSource::default(),
@@ -243,7 +248,8 @@ pub async fn run(
         tracing::info!(endpoints = ?etcd, "using etcd");
         Store::etcd_with(&etcd, &config.etcd_auth).await?
     };
-    let log = attempts::open_embedded(&config.data_dir)?;
+    let log = attempts::open(&config.log_store, &config.data_dir, config.log_retention).await?;
+    tracing::info!(store = ?config.log_store, "delivery log opened");
     let stop = CancellationToken::new();
     tokio::spawn(sweep_log(
         log.clone(),

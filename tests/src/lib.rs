@@ -3,6 +3,7 @@
 //! Each helper is a handle that owns one real thing and stops it when dropped:
 //!
 //! - [`Etcd`]: a real etcd server on free loopback ports ([`etcd`]);
+//! - [`Postgres`]: a real PostgreSQL server with a fresh cluster on a loopback port ([`postgres`]);
 //! - [`TestCa`]: a throwaway CA and the TLS configs that use it ([`tls`]);
 //! - [`Receiver`]: an HTTPS webhook receiver whose answers can be scripted ([`receiver`]);
 //! - [`ControlPlane`], [`Agent`]: Herald's servers in-process on real sockets ([`herald`]);
@@ -18,6 +19,7 @@
 pub mod etcd;
 pub mod herald;
 pub mod port;
+pub mod postgres;
 pub mod process;
 pub mod receiver;
 pub mod tls;
@@ -27,6 +29,7 @@ pub mod world;
 pub use etcd::{Etcd, EtcdCluster};
 pub use herald::{Agent, AgentOptions, ConfigStore, ControlPlane, event, subscription};
 pub use port::HeldPort;
+pub use postgres::Postgres;
 pub use process::{AgentProcess, ServiceRun, run_as_service};
 pub use receiver::{ReceivedRequest, Receiver, Response};
 pub use tls::TestCa;

@@ -3,6 +3,7 @@
 
 mod auth;
 mod delivery;
+mod delivery_log;
 mod deploy;
 mod discovery;
 mod durability;

@@ -1,5 +1,5 @@
-//! The central delivery log: every attempt reported by any agent, stored once, queryable by
-//! subscription, tenant, event, outcome and time, and followed live by `TailAttempts`.
+//! The embedded delivery log: one redb file in the replica's data directory, for `herald dev`
+//! and a single replica.
 //!
 //! Layout (one redb file, `attempts.redb`):
 //! - `attempts`: sequence number → `herald.v1.Attempt` (protobuf). Sequence numbers grow with
@@ -29,82 +29,18 @@ use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::broadcast;
 
+use super::{Filter, LogError, LogStore, Page, TAIL_BUFFER, page_size, storage};
+
 const ATTEMPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("attempts");
 const ATTEMPT_IDS: TableDefinition<&str, u64> = TableDefinition::new("attempt_ids");
 const BY_SUBSCRIPTION: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_subscription");
 const BY_EVENT: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_event");
 
-/// The largest page a query returns.
-pub const MAX_PAGE_SIZE: usize = 1000;
-/// The page size when the caller names none.
-pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// Records examined by one query before it returns what it has with a continuation token,
 /// so a query with a rare filter stays bounded in time.
 const MAX_SCAN: usize = 100_000;
 /// Attempts removed by one sweep commit at most.
 pub const SWEEP_BATCH: usize = 10_000;
-/// Attempts kept for live tails that fall behind.
-const TAIL_BUFFER: usize = 4096;
-
-/// Why the delivery log failed.
-#[derive(Debug, thiserror::Error)]
-pub enum LogError {
-    /// The file could not be read or written.
-    #[error("delivery log: {0}")]
-    Storage(String),
-    /// A query's arguments are wrong.
-    #[error("{0}")]
-    InvalidQuery(String),
-}
-
-impl From<LogError> for tonic::Status {
-    fn from(err: LogError) -> Self {
-        match err {
-            LogError::InvalidQuery(_) => tonic::Status::invalid_argument(err.to_string()),
-            LogError::Storage(_) => tonic::Status::internal(err.to_string()),
-        }
-    }
-}
-
-fn storage(err: impl std::fmt::Display) -> LogError {
-    LogError::Storage(err.to_string())
-}
-
-/// What the control plane needs of its delivery log. [`EmbeddedLog`] keeps it in a local
-/// file (one per replica); a networked database serving several replicas can implement the
-/// same and be handed to [`crate::run`]'s services in its place.
-#[tonic::async_trait]
-pub trait LogStore: Send + Sync {
-    /// Stores a batch durably, skipping attempts already stored (same event, subscription and
-    /// attempt number); returns the new ones.
-    async fn insert(&self, attempts: Vec<pb::Attempt>) -> Result<Vec<Arc<pb::Attempt>>, LogError>;
-    /// Attempts matching `filter`, newest first, a page at a time.
-    async fn list(
-        &self,
-        filter: pb::AttemptFilter,
-        page_size: u32,
-        page_token: &str,
-    ) -> Result<Page, LogError>;
-    /// Removes attempts older than `max_age`, and the oldest beyond `max_attempts`; returns
-    /// how many went.
-    async fn sweep(&self, max_age: Duration, max_attempts: u64) -> Result<u64, LogError>;
-    /// How many attempts are stored.
-    fn len(&self) -> Result<u64, LogError>;
-    /// Whether none is stored.
-    fn is_empty(&self) -> Result<bool, LogError> {
-        Ok(self.len()? == 0)
-    }
-    /// Every attempt stored from now on (for live tails).
-    fn follow(&self) -> broadcast::Receiver<Arc<pb::Attempt>>;
-}
-
-/// The delivery log the control plane uses, whichever store keeps it; cloning shares it.
-pub type AttemptLog = Arc<dyn LogStore>;
-
-/// Opens (or creates) the embedded log in `dir`.
-pub fn open_embedded(dir: &Path) -> Result<AttemptLog, LogError> {
-    Ok(Arc::new(EmbeddedLog::open(dir)?))
-}
 
 #[tonic::async_trait]
 impl LogStore for EmbeddedLog {
@@ -125,7 +61,7 @@ impl LogStore for EmbeddedLog {
         EmbeddedLog::sweep(self, max_age, max_attempts).await
     }
 
-    fn len(&self) -> Result<u64, LogError> {
+    async fn len(&self) -> Result<u64, LogError> {
         EmbeddedLog::len(self)
     }
 
@@ -139,14 +75,6 @@ impl LogStore for EmbeddedLog {
 pub struct EmbeddedLog {
     db: Arc<Database>,
     tail: broadcast::Sender<Arc<pb::Attempt>>,
-}
-
-/// A page of attempts, newest first.
-pub struct Page {
-    /// The attempts.
-    pub attempts: Vec<pb::Attempt>,
-    /// Where the next page starts; empty on the last.
-    pub next_page_token: String,
 }
 
 impl EmbeddedLog {
@@ -190,7 +118,7 @@ impl EmbeddedLog {
     pub async fn list(
         &self,
         filter: pb::AttemptFilter,
-        page_size: u32,
+        page_size_asked: u32,
         page_token: &str,
     ) -> Result<Page, LogError> {
         let before = if page_token.is_empty() {
@@ -200,10 +128,7 @@ impl EmbeddedLog {
                 LogError::InvalidQuery("page_token: is not from this listing".into())
             })?
         };
-        let size = match page_size as usize {
-            0 => DEFAULT_PAGE_SIZE,
-            n => n.min(MAX_PAGE_SIZE),
-        };
+        let size = page_size(page_size_asked);
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || query(&db, &Filter::new(filter), before, size))
             .await
@@ -324,40 +249,6 @@ fn sweep_batch(db: &Database, cutoff: SystemTime, max_attempts: u64) -> Result<u
     }
     txn.commit().map_err(storage)?;
     Ok(removed)
-}
-
-/// A query filter, with times converted once.
-pub struct Filter {
-    wire: pb::AttemptFilter,
-    since: Option<SystemTime>,
-    until: Option<SystemTime>,
-}
-
-impl Filter {
-    /// Prepares a wire filter.
-    pub fn new(wire: pb::AttemptFilter) -> Self {
-        Filter {
-            since: wire.since.as_ref().map(system_time),
-            until: wire.until.as_ref().map(system_time),
-            wire,
-        }
-    }
-
-    /// Whether an attempt passes.
-    pub fn matches(&self, a: &pb::Attempt) -> bool {
-        let f = &self.wire;
-        let started = a.started_at.as_ref().map(system_time);
-        (f.subscription_id.is_empty() || f.subscription_id == a.subscription_id)
-            && (f.tenant.is_empty() || f.tenant == a.tenant)
-            && (f.event_id.is_empty() || f.event_id == a.event_id)
-            && (f.outcome == pb::Outcome::Unspecified as i32 || f.outcome == a.outcome)
-            && self
-                .since
-                .is_none_or(|since| started.is_some_and(|t| t >= since))
-            && self
-                .until
-                .is_none_or(|until| started.is_some_and(|t| t < until))
-    }
 }
 
 fn query(db: &Database, filter: &Filter, before: u64, size: usize) -> Result<Page, LogError> {

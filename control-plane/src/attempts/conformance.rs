@@ -1,0 +1,301 @@
+//! The delivery log's contract as executable checks. Every [`LogStore`] must pass
+//! [`check_all`]; the end-to-end tests run it against the embedded log and a real PostgreSQL.
+//! Each check uses its own subscription and event ids, so the checks can share one log, but it
+//! should hold nothing else (retention and counts are checked on the whole log).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use herald_proto::convert::timestamp;
+use herald_proto::v1 as pb;
+
+use super::{AttemptLog, LogStore};
+
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Runs every check against `log`, which must start empty and keep attempts of the last 60
+/// days at least (its checks store attempts up to 40 days old, then sweep with 30).
+pub async fn check_all(log: &AttemptLog) {
+    assert_eq!(log.len().await.expect("len"), 0, "the log starts empty");
+    // First: the embedded log sweeps in the order attempts arrived, so old attempts stored
+    // after fresh ones wait for those (a store may do better, none may do worse).
+    retention_removes_what_started_before_the_cut_off(log.as_ref()).await;
+    stores_once_and_pages_newest_first(log.as_ref()).await;
+    filters_select_what_they_name(log.as_ref()).await;
+    followers_see_what_is_stored_after_they_start(log.as_ref()).await;
+}
+
+/// An attempt of `event` to `sub`, number `n`, that started `age` ago.
+pub fn attempt(event: &str, sub: &str, n: u32, outcome: pb::Outcome, age: Duration) -> pb::Attempt {
+    pb::Attempt {
+        event_id: event.into(),
+        subscription_id: sub.into(),
+        tenant: "shop-1".into(),
+        event_type: "order.created".into(),
+        attempt: n,
+        outcome: outcome as i32,
+        status_code: if outcome == pb::Outcome::Delivered {
+            200
+        } else {
+            500
+        },
+        url: "https://shop.example/hooks".into(),
+        agent_id: "agt_conformance".into(),
+        started_at: Some(timestamp(SystemTime::now() - age)),
+        duration: Some(herald_proto::convert::duration(Duration::from_millis(12))),
+        ..Default::default()
+    }
+}
+
+fn ids(page: &super::Page) -> Vec<&str> {
+    page.attempts.iter().map(|a| a.event_id.as_str()).collect()
+}
+
+fn by_subscription(sub: &str) -> pb::AttemptFilter {
+    pb::AttemptFilter {
+        subscription_id: sub.into(),
+        ..Default::default()
+    }
+}
+
+/// A batch is stored once however often it is sent; listings are newest first and pages
+/// continue where the last ended.
+async fn stores_once_and_pages_newest_first(log: &dyn LogStore) {
+    // Oldest first, a millisecond apart, so "newest first" is one order in every store.
+    let batch: Vec<pb::Attempt> = (0..5)
+        .map(|i| {
+            let age = Duration::from_millis(100 - i * 10);
+            attempt(
+                &format!("evt_p{i}"),
+                "sub_pages",
+                1,
+                pb::Outcome::Delivered,
+                age,
+            )
+        })
+        .collect();
+    let stored = log.insert(batch.clone()).await.expect("insert");
+    assert_eq!(stored.len(), 5);
+    assert_eq!(*stored[0], batch[0], "stored as reported");
+    assert!(
+        log.insert(batch.clone()).await.expect("again").is_empty(),
+        "a batch sent again stores nothing twice"
+    );
+    let mut mixed = batch[..2].to_vec();
+    mixed.push(attempt(
+        "evt_p0",
+        "sub_pages",
+        2,
+        pb::Outcome::Delivered,
+        Duration::ZERO,
+    ));
+    let stored = log.insert(mixed).await.expect("partly new");
+    assert_eq!(
+        stored.len(),
+        1,
+        "only the new attempt of a partly new batch"
+    );
+    assert_eq!(stored[0].attempt, 2);
+
+    let first = log
+        .list(by_subscription("sub_pages"), 2, "")
+        .await
+        .expect("page 1");
+    assert_eq!(ids(&first), ["evt_p0", "evt_p4"]);
+    assert_eq!(first.attempts[0].attempt, 2);
+    let second = log
+        .list(by_subscription("sub_pages"), 2, &first.next_page_token)
+        .await
+        .expect("page 2");
+    assert_eq!(ids(&second), ["evt_p3", "evt_p2"]);
+    let third = log
+        .list(by_subscription("sub_pages"), 2, &second.next_page_token)
+        .await
+        .expect("page 3");
+    assert_eq!(ids(&third), ["evt_p1", "evt_p0"]);
+    if !third.next_page_token.is_empty() {
+        let end = log
+            .list(by_subscription("sub_pages"), 2, &third.next_page_token)
+            .await
+            .expect("past the end");
+        assert!(end.attempts.is_empty() && end.next_page_token.is_empty());
+    }
+    assert!(
+        log.list(Default::default(), 10, "garbage").await.is_err(),
+        "a token from nowhere is refused"
+    );
+    let one = log
+        .list(
+            pb::AttemptFilter {
+                event_id: "evt_p0".into(),
+                ..Default::default()
+            },
+            0,
+            "",
+        )
+        .await
+        .expect("by event");
+    let numbers: Vec<u32> = one.attempts.iter().map(|a| a.attempt).collect();
+    assert_eq!(numbers, [2, 1], "every attempt of one event, newest first");
+}
+
+/// Each filter keeps only what it names, and filters combine.
+async fn filters_select_what_they_name(log: &dyn LogStore) {
+    let mut other_tenant = attempt(
+        "evt_f3",
+        "sub_filter_b",
+        1,
+        pb::Outcome::Delivered,
+        Duration::ZERO,
+    );
+    other_tenant.tenant = "shop-2".into();
+    log.insert(vec![
+        attempt(
+            "evt_f1",
+            "sub_filter_a",
+            1,
+            pb::Outcome::Retrying,
+            Duration::from_secs(7200),
+        ),
+        attempt(
+            "evt_f2",
+            "sub_filter_a",
+            1,
+            pb::Outcome::Delivered,
+            Duration::ZERO,
+        ),
+        other_tenant,
+    ])
+    .await
+    .expect("insert");
+    let list = |filter: pb::AttemptFilter| async move {
+        let page = log.list(filter, 100, "").await.expect("list");
+        page.attempts
+            .iter()
+            .map(|a| a.event_id.clone())
+            .filter(|id| id.starts_with("evt_f"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        list(by_subscription("sub_filter_a")).await,
+        ["evt_f2", "evt_f1"]
+    );
+    assert_eq!(
+        list(pb::AttemptFilter {
+            tenant: "shop-2".into(),
+            ..Default::default()
+        })
+        .await,
+        ["evt_f3"]
+    );
+    assert_eq!(
+        list(pb::AttemptFilter {
+            outcome: pb::Outcome::Retrying as i32,
+            ..Default::default()
+        })
+        .await,
+        ["evt_f1"]
+    );
+    let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    assert_eq!(
+        list(pb::AttemptFilter {
+            subscription_id: "sub_filter_a".into(),
+            since: Some(timestamp(hour_ago)),
+            ..Default::default()
+        })
+        .await,
+        ["evt_f2"]
+    );
+    assert_eq!(
+        list(pb::AttemptFilter {
+            until: Some(timestamp(hour_ago)),
+            ..Default::default()
+        })
+        .await,
+        ["evt_f1"]
+    );
+    assert!(
+        list(pb::AttemptFilter {
+            since: Some(timestamp(SystemTime::now() + Duration::from_secs(60))),
+            ..Default::default()
+        })
+        .await
+        .is_empty()
+    );
+}
+
+/// A follower gets each attempt stored after it started, once; a resent one is not news.
+/// (It may also get attempts stored just before it started: a follower fed by the database
+/// hears of them a moment later.)
+async fn followers_see_what_is_stored_after_they_start(log: &dyn LogStore) {
+    let mut follower = log.follow();
+    let fresh = attempt(
+        "evt_tail",
+        "sub_tail",
+        1,
+        pb::Outcome::Delivered,
+        Duration::ZERO,
+    );
+    log.insert(vec![fresh.clone()]).await.expect("insert");
+    log.insert(vec![fresh.clone()]).await.expect("again");
+    log.insert(vec![attempt(
+        "evt_tail_2",
+        "sub_tail",
+        1,
+        pb::Outcome::Delivered,
+        Duration::ZERO,
+    )])
+    .await
+    .expect("insert");
+    let mut followed: Vec<Arc<pb::Attempt>> = Vec::new();
+    while followed.last().is_none_or(|a| a.event_id != "evt_tail_2") {
+        let got = tokio::time::timeout(Duration::from_secs(5), follower.recv())
+            .await
+            .expect("followed within 5 s")
+            .expect("a follower keeps up");
+        if got.subscription_id == "sub_tail" {
+            followed.push(got);
+        }
+    }
+    assert_eq!(*followed[0], fresh);
+    let ids: Vec<&str> = followed.iter().map(|a| a.event_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["evt_tail", "evt_tail_2"],
+        "the resent attempt was not sent again"
+    );
+}
+
+/// Attempts that started before the retention cut-off go (whole days at least); the others
+/// stay, and the log counts what it holds.
+async fn retention_removes_what_started_before_the_cut_off(log: &dyn LogStore) {
+    log.insert(vec![
+        attempt(
+            "evt_old_1",
+            "sub_retention",
+            1,
+            pb::Outcome::Failed,
+            40 * DAY,
+        ),
+        attempt(
+            "evt_old_2",
+            "sub_retention",
+            1,
+            pb::Outcome::Failed,
+            33 * DAY,
+        ),
+        attempt("evt_kept", "sub_retention", 1, pb::Outcome::Delivered, DAY),
+    ])
+    .await
+    .expect("insert");
+    assert_eq!(log.len().await.expect("len"), 3);
+    let removed = log.sweep(30 * DAY, u64::MAX).await.expect("sweep");
+    assert_eq!(removed, 2, "the attempts past retention");
+    assert_eq!(log.len().await.expect("len"), 1);
+    let left = log
+        .list(by_subscription("sub_retention"), 10, "")
+        .await
+        .expect("list");
+    assert_eq!(ids(&left), ["evt_kept"]);
+    assert_eq!(log.sweep(30 * DAY, u64::MAX).await.expect("again"), 0);
+}

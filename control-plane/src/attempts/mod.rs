@@ -1,0 +1,194 @@
+//! The central delivery log: every attempt reported by any agent, stored once, queryable by
+//! subscription, tenant, event, outcome and time, and followed live by `TailAttempts`.
+//!
+//! [`LogStore`] is what the control plane needs of it; two stores keep it, chosen by
+//! `--log-store` ([`LogStoreUrl`]):
+//!
+//! - [`embedded::EmbeddedLog`] (`embedded`, the default): a redb file in the replica's data
+//!   directory, for `herald dev` and a single replica;
+//! - [`postgres::PostgresLog`] (`postgres://…`): one PostgreSQL database shared by every
+//!   replica, so each answers every log question the same way.
+//!
+//! Both keep the same contract, checked by one suite run against each ([`conformance`]):
+//! a batch is stored durably before it is acknowledged; an attempt reported again (same
+//! tenant, event, subscription and attempt number) is stored once; listings are newest first
+//! and paged by an opaque token; retention removes what started before the cut-off (the
+//! embedded log oldest first in the order attempts arrived, PostgreSQL by whole days); a
+//! follower sees every attempt stored after it started following, through any replica.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use herald_proto::convert::system_time;
+use herald_proto::v1 as pb;
+use tokio::sync::broadcast;
+
+pub mod conformance;
+pub mod embedded;
+pub mod postgres;
+
+pub use embedded::EmbeddedLog;
+pub use postgres::PostgresLog;
+
+/// The largest page a query returns.
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// The page size when the caller names none.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Attempts kept for live tails that fall behind.
+const TAIL_BUFFER: usize = 4096;
+
+/// Why the delivery log failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The store could not be read or written.
+    #[error("delivery log: {0}")]
+    Storage(String),
+    /// The store cannot be reached now (a database that is down); callers may try again.
+    #[error("delivery log unavailable: {0}")]
+    Unavailable(String),
+    /// A query's arguments are wrong.
+    #[error("{0}")]
+    InvalidQuery(String),
+    /// The store's schema is newer than this control plane understands.
+    #[error(
+        "the delivery log's schema is version {found}, newer than this control plane's \
+         {supported}: run a control plane at least as new as the one that migrated it"
+    )]
+    NewerSchema {
+        /// The version in the store.
+        found: i32,
+        /// The newest version this build knows.
+        supported: i32,
+    },
+}
+
+impl From<LogError> for tonic::Status {
+    fn from(err: LogError) -> Self {
+        match err {
+            LogError::InvalidQuery(_) => tonic::Status::invalid_argument(err.to_string()),
+            LogError::Unavailable(_) => tonic::Status::unavailable(err.to_string()),
+            LogError::Storage(_) | LogError::NewerSchema { .. } => {
+                tonic::Status::internal(err.to_string())
+            }
+        }
+    }
+}
+
+fn storage(err: impl std::fmt::Display) -> LogError {
+    LogError::Storage(err.to_string())
+}
+
+/// What the control plane needs of its delivery log.
+#[tonic::async_trait]
+pub trait LogStore: Send + Sync {
+    /// Stores a batch durably, skipping attempts already stored (same tenant, event,
+    /// subscription and attempt number); returns the new ones.
+    async fn insert(&self, attempts: Vec<pb::Attempt>) -> Result<Vec<Arc<pb::Attempt>>, LogError>;
+    /// Attempts matching `filter`, newest first, a page at a time.
+    async fn list(
+        &self,
+        filter: pb::AttemptFilter,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page, LogError>;
+    /// Removes attempts that started more than `max_age` ago, and the oldest beyond
+    /// `max_attempts`; returns how many went.
+    async fn sweep(&self, max_age: Duration, max_attempts: u64) -> Result<u64, LogError>;
+    /// How many attempts are stored.
+    async fn len(&self) -> Result<u64, LogError>;
+    /// Whether none is stored.
+    async fn is_empty(&self) -> Result<bool, LogError> {
+        Ok(self.len().await? == 0)
+    }
+    /// Every attempt stored from now on (for live tails), through whichever replica.
+    fn follow(&self) -> broadcast::Receiver<Arc<pb::Attempt>>;
+}
+
+/// The delivery log the control plane uses, whichever store keeps it; cloning shares it.
+pub type AttemptLog = Arc<dyn LogStore>;
+
+/// Where the delivery log is kept: `--log-store embedded` or a `postgres://` URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogStoreUrl {
+    /// The embedded redb file in the data directory.
+    Embedded,
+    /// A PostgreSQL database (the URL's password is kept out of `Debug` and logs).
+    Postgres(Box<postgres::DatabaseUrl>),
+}
+
+impl LogStoreUrl {
+    /// Parses `embedded` or `postgres://USER[:PASS]@HOST[:PORT]/DB[?sslmode=disable]`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text == "embedded" {
+            return Ok(Self::Embedded);
+        }
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return postgres::DatabaseUrl::parse(text).map(|url| Self::Postgres(Box::new(url)));
+        }
+        Err("use embedded, or a postgres:// URL".into())
+    }
+}
+
+/// Opens the log `url` names: the embedded one in `data_dir`, or the PostgreSQL database (its
+/// schema migrated, its partitions made for `retention`).
+pub async fn open(
+    url: &LogStoreUrl,
+    data_dir: &std::path::Path,
+    retention: Duration,
+) -> Result<AttemptLog, LogError> {
+    Ok(match url {
+        LogStoreUrl::Embedded => Arc::new(EmbeddedLog::open(data_dir)?),
+        LogStoreUrl::Postgres(url) => Arc::new(PostgresLog::open(url, retention).await?),
+    })
+}
+
+/// A page of attempts, newest first.
+#[derive(Debug)]
+pub struct Page {
+    /// The attempts.
+    pub attempts: Vec<pb::Attempt>,
+    /// Where the next page starts; empty on the last.
+    pub next_page_token: String,
+}
+
+/// The page size a caller asked for, within the limits.
+fn page_size(asked: u32) -> usize {
+    match asked as usize {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    }
+}
+
+/// A query filter, with times converted once.
+pub struct Filter {
+    wire: pb::AttemptFilter,
+    since: Option<SystemTime>,
+    until: Option<SystemTime>,
+}
+
+impl Filter {
+    /// Prepares a wire filter.
+    pub fn new(wire: pb::AttemptFilter) -> Self {
+        Filter {
+            since: wire.since.as_ref().map(system_time),
+            until: wire.until.as_ref().map(system_time),
+            wire,
+        }
+    }
+
+    /// Whether an attempt passes.
+    pub fn matches(&self, a: &pb::Attempt) -> bool {
+        let f = &self.wire;
+        let started = a.started_at.as_ref().map(system_time);
+        (f.subscription_id.is_empty() || f.subscription_id == a.subscription_id)
+            && (f.tenant.is_empty() || f.tenant == a.tenant)
+            && (f.event_id.is_empty() || f.event_id == a.event_id)
+            && (f.outcome == pb::Outcome::Unspecified as i32 || f.outcome == a.outcome)
+            && self
+                .since
+                .is_none_or(|since| started.is_some_and(|t| t >= since))
+            && self
+                .until
+                .is_none_or(|until| started.is_some_and(|t| t < until))
+    }
+}

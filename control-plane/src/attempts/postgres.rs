@@ -1,0 +1,904 @@
+//! The delivery log in PostgreSQL: one database shared by every control-plane replica, so each
+//! lists, counts and follows the attempts reported through any of them.
+//!
+//! **Schema** (migrated at start, [`MIGRATIONS`]; the version is in `herald_schema`). Replicas
+//! that start together take a transaction-scoped advisory lock ([`MIGRATION_LOCK`]) so one
+//! migrates and the others find it done; a database migrated by a newer control plane is
+//! refused ([`LogError::NewerSchema`]).
+//!
+//! - `attempts`: one row per attempt, range-partitioned by `started_at`, one partition a day
+//!   (`attempts_YYYYMMDD`, UTC) and no default partition. Filter columns (`tenant`,
+//!   `event_id`, `subscription_id`, `outcome`, …) are plain columns with an index each, ordered
+//!   like the listing; the whole `herald.v1.Attempt` is kept in `record` (protobuf), and the
+//!   fields people read (`status_code`, `error_kind`, `error`, `url`, `duration_ms`) are
+//!   columns too, so `psql` shows them. `seq` is an identity: with `started_at` it orders and
+//!   pages listings (newest first, keyset tokens `micros:seq`).
+//! - Idempotent ingest: a unique index on (tenant, event, subscription, attempt, started_at)
+//!   (a resent report is byte-for-byte the same attempt, start time included) with
+//!   `ON CONFLICT DO NOTHING`; a batch is one array insert, acknowledged after its commit.
+//! - Partitions are made ahead (yesterday to [`DAYS_AHEAD`] days on), and on demand for a
+//!   batch that needs another day, under an advisory lock ([`PARTITION_LOCK`]); attempts that
+//!   started before the retention cut-off or more than [`MAX_DAYS_AHEAD`] days ahead are not
+//!   stored (logged). Retention drops whole partitions: never a row-by-row `DELETE`.
+//! - Live tails: each insert's transaction sends `NOTIFY herald_attempts` with the `seq`
+//!   ranges it stored; every replica `LISTEN`s on its own connection and reads those rows, so
+//!   a tail on any replica sees attempts reported through any other within moments.
+
+use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures_util::StreamExt as _;
+use herald_core::limits::bound_attempt_text;
+use herald_proto::convert::{std_duration, system_time};
+use herald_proto::v1 as pb;
+use prost::Message as _;
+use tokio::sync::broadcast;
+use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
+use tokio_util::sync::CancellationToken;
+
+use super::{Filter, LogError, LogStore, Page, TAIL_BUFFER, page_size};
+
+/// The schema, one migration per version (index + 1).
+pub const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE attempts (
+    seq             bigint GENERATED ALWAYS AS IDENTITY,
+    started_at      timestamptz NOT NULL,
+    tenant          text NOT NULL,
+    event_id        text NOT NULL,
+    subscription_id text NOT NULL,
+    attempt         integer NOT NULL,
+    event_type      text NOT NULL,
+    outcome         smallint NOT NULL,
+    status_code     integer NOT NULL,
+    error_kind      text NOT NULL,
+    error           text NOT NULL,
+    url             text NOT NULL,
+    agent_id        text NOT NULL,
+    duration_ms     double precision NOT NULL,
+    record          bytea NOT NULL
+) PARTITION BY RANGE (started_at);
+CREATE UNIQUE INDEX attempts_identity
+    ON attempts (tenant, event_id, subscription_id, attempt, started_at);
+CREATE INDEX attempts_newest ON attempts (started_at DESC, seq DESC);
+CREATE INDEX attempts_by_subscription ON attempts (subscription_id, started_at DESC, seq DESC);
+CREATE INDEX attempts_by_tenant ON attempts (tenant, started_at DESC, seq DESC);
+CREATE INDEX attempts_by_event ON attempts (event_id, started_at DESC, seq DESC);
+CREATE INDEX attempts_by_outcome ON attempts (outcome, started_at DESC, seq DESC);
+CREATE INDEX attempts_by_seq ON attempts (seq);
+"#];
+/// The advisory lock key migrations run under (`herald` in ASCII, then 1).
+const MIGRATION_LOCK: i64 = 0x6865_7261_6c64_0001;
+/// The advisory lock key partition changes run under.
+const PARTITION_LOCK: i64 = 0x6865_7261_6c64_0002;
+/// Days of partitions made ahead of today.
+pub const DAYS_AHEAD: i64 = 3;
+/// Attempts that started further ahead than this (a wrong clock) are not stored.
+pub const MAX_DAYS_AHEAD: i64 = 31;
+/// Connections in a replica's pool.
+const POOL_SIZE: usize = 16;
+/// How long a query waits for a connection, or for a new one to be made.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The notification channel of stored attempts.
+const CHANNEL: &str = "herald_attempts";
+/// The longest notification payload sent (PostgreSQL takes up to 8000 bytes).
+const MAX_NOTIFY_BYTES: usize = 7000;
+/// How many `seq`s a follower remembers, so a row in two notifications is sent once.
+const FOLLOW_MEMORY: usize = 65_536;
+/// The longest wait before the follower connects again.
+const MAX_FOLLOW_BACKOFF: Duration = Duration::from_secs(10);
+const DAY_SECS: i64 = 24 * 60 * 60;
+
+/// A `postgres://` URL, its password kept out of `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl {
+    config: tokio_postgres::Config,
+    /// `host:port/db`, for messages and logs.
+    shown: String,
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "postgres://{}", self.shown)
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PostgreSQL at {}", self.shown)
+    }
+}
+
+impl DatabaseUrl {
+    /// Parses `postgres://USER[:PASS]@HOST[:PORT]/DB[?sslmode=disable]`. TLS to the database
+    /// (`sslmode=verify-full`) is refused for now rather than silently not used.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: tokio_postgres::Config = text
+            .parse()
+            .map_err(|_| "is not a valid postgres:// URL".to_owned())?;
+        if config.get_ssl_mode() != tokio_postgres::config::SslMode::Disable
+            && text.contains("sslmode=")
+        {
+            return Err("sslmode: only sslmode=disable is supported so far".into());
+        }
+        let mut config = config;
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        if config.get_user().is_none_or(str::is_empty) {
+            return Err("names no user (postgres://USER@HOST/DB)".into());
+        }
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+            None => return Err("names no host".into()),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let db = config.get_dbname().unwrap_or("").to_owned();
+        if db.is_empty() {
+            return Err("names no database (postgres://USER@HOST/DB)".into());
+        }
+        config.application_name("herald-control-plane");
+        config.connect_timeout(CONNECT_TIMEOUT);
+        Ok(DatabaseUrl {
+            shown: format!("{host}:{port}/{db}"),
+            config,
+        })
+    }
+}
+
+/// The delivery log in a PostgreSQL database.
+pub struct PostgresLog {
+    pool: Pool,
+    url: DatabaseUrl,
+    /// Attempts stored through any replica, as the follower reads them.
+    tail: broadcast::Sender<Arc<pb::Attempt>>,
+    /// Days whose partition is known to exist (days since the epoch, UTC).
+    partitions: Mutex<BTreeSet<i64>>,
+    /// How long attempts are kept: older ones are not stored.
+    retention: Duration,
+    /// Ends the follower when the log is dropped.
+    stop: CancellationToken,
+}
+
+impl Drop for PostgresLog {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl PostgresLog {
+    /// Connects, migrates the schema, makes the partitions ahead and starts following the
+    /// attempts every replica stores.
+    pub async fn open(url: &DatabaseUrl, retention: Duration) -> Result<Self, LogError> {
+        let manager = Manager::from_config(
+            url.config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| LogError::Storage(format!("{url}: {e}")))?;
+        let (tail, _) = broadcast::channel(TAIL_BUFFER);
+        let log = PostgresLog {
+            pool,
+            url: url.clone(),
+            tail,
+            partitions: Mutex::new(BTreeSet::new()),
+            retention,
+            stop: CancellationToken::new(),
+        };
+        log.migrate().await?;
+        let today = day_of(SystemTime::now());
+        log.ensure_partitions((today - 1..=today + DAYS_AHEAD).collect())
+            .await?;
+        tokio::spawn(follow(
+            url.clone(),
+            log.pool.clone(),
+            log.tail.clone(),
+            log.stop.clone(),
+        ));
+        Ok(log)
+    }
+
+    /// A pooled connection, or why the database cannot be reached.
+    async fn client(&self) -> Result<deadpool_postgres::Object, LogError> {
+        self.pool.get().await.map_err(|e| unavailable(&self.url, e))
+    }
+
+    /// Applies the migrations this database has not had, under the migration lock.
+    async fn migrate(&self) -> Result<(), LogError> {
+        let mut client = self.client().await?;
+        let txn = client.transaction().await.map_err(|e| self.error(e))?;
+        txn.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(|e| self.error(e))?;
+        txn.batch_execute("CREATE TABLE IF NOT EXISTS herald_schema (version integer NOT NULL)")
+            .await
+            .map_err(|e| self.error(e))?;
+        let found: Option<i32> = txn
+            .query_opt("SELECT max(version) FROM herald_schema", &[])
+            .await
+            .map_err(|e| self.error(e))?
+            .and_then(|row| row.get(0));
+        let found = found.unwrap_or(0);
+        let supported = MIGRATIONS.len() as i32;
+        if found > supported {
+            return Err(LogError::NewerSchema { found, supported });
+        }
+        for (index, migration) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            txn.batch_execute(migration)
+                .await
+                .map_err(|e| self.error(e))?;
+            txn.execute(
+                "INSERT INTO herald_schema (version) VALUES ($1)",
+                &[&(index as i32 + 1)],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+            tracing::info!(version = index + 1, database = %self.url, "delivery log schema migrated");
+        }
+        txn.commit().await.map_err(|e| self.error(e))
+    }
+
+    /// Makes the partitions of `days` that are not known to exist.
+    async fn ensure_partitions(&self, days: BTreeSet<i64>) -> Result<(), LogError> {
+        let missing: Vec<i64> = {
+            let known = self.partitions.lock().expect("partitions lock");
+            days.difference(&known).copied().collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.client().await?;
+        let txn = client.transaction().await.map_err(|e| self.error(e))?;
+        txn.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
+            .await
+            .map_err(|e| self.error(e))?;
+        for day in &missing {
+            let from = day_start(*day);
+            let to = day_start(day + 1);
+            let sql = format!(
+                "CREATE TABLE IF NOT EXISTS {} PARTITION OF attempts FOR VALUES FROM ('{}') TO ('{}')",
+                partition_name(*day),
+                humantime::format_rfc3339(from),
+                humantime::format_rfc3339(to),
+            );
+            txn.batch_execute(&sql).await.map_err(|e| self.error(e))?;
+        }
+        txn.commit().await.map_err(|e| self.error(e))?;
+        self.partitions
+            .lock()
+            .expect("partitions lock")
+            .extend(missing);
+        Ok(())
+    }
+
+    /// A database error as a log error: unavailable when the connection is gone.
+    fn error(&self, err: tokio_postgres::Error) -> LogError {
+        if err.is_closed() || err.as_db_error().is_none() {
+            unavailable(&self.url, err)
+        } else {
+            LogError::Storage(format!("{}: {}", self.url, err_chain(&err)))
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl LogStore for PostgresLog {
+    async fn insert(&self, attempts: Vec<pb::Attempt>) -> Result<Vec<Arc<pb::Attempt>>, LogError> {
+        let now = SystemTime::now();
+        let oldest = day_of(now.checked_sub(self.retention).unwrap_or(UNIX_EPOCH));
+        let newest = day_of(now) + MAX_DAYS_AHEAD;
+        let mut kept = Vec::with_capacity(attempts.len());
+        for mut attempt in attempts {
+            let started = attempt.started_at.as_ref().map_or(now, system_time);
+            let day = day_of(started);
+            if day < oldest || day > newest {
+                tracing::warn!(
+                    event = %attempt.event_id,
+                    subscription = %attempt.subscription_id,
+                    started_at = %humantime::format_rfc3339_millis(started),
+                    "attempt outside the delivery log's retention or too far ahead; not stored"
+                );
+                continue;
+            }
+            bound_attempt_text(&mut attempt.response_excerpt);
+            bound_attempt_text(&mut attempt.error);
+            kept.push((started, attempt));
+        }
+        if kept.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.ensure_partitions(kept.iter().map(|(t, _)| day_of(*t)).collect())
+            .await?;
+
+        let mut columns = Columns::default();
+        for (started, attempt) in &kept {
+            columns.push(*started, attempt);
+        }
+        let mut client = self.client().await?;
+        let txn = client.transaction().await.map_err(|e| self.error(e))?;
+        let rows = txn
+            .query(
+                "INSERT INTO attempts (started_at, tenant, event_id, subscription_id, attempt, \
+                 event_type, outcome, status_code, error_kind, error, url, agent_id, \
+                 duration_ms, record) \
+                 SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::text[], \
+                 $5::integer[], $6::text[], $7::smallint[], $8::integer[], $9::text[], \
+                 $10::text[], $11::text[], $12::text[], $13::double precision[], $14::bytea[]) \
+                 ON CONFLICT DO NOTHING \
+                 RETURNING seq, tenant, event_id, subscription_id, attempt",
+                &columns.params(),
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        let mut new: HashSet<(String, String, String, i32)> = HashSet::with_capacity(rows.len());
+        let mut seqs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            seqs.push(row.get::<_, i64>(0));
+            new.insert((row.get(1), row.get(2), row.get(3), row.get(4)));
+        }
+        if !seqs.is_empty() {
+            txn.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &ranges(seqs)])
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        txn.commit().await.map_err(|e| self.error(e))?;
+        Ok(kept
+            .into_iter()
+            .map(|(_, attempt)| attempt)
+            .filter(|a| {
+                new.contains(&(
+                    a.tenant.clone(),
+                    a.event_id.clone(),
+                    a.subscription_id.clone(),
+                    a.attempt as i32,
+                ))
+            })
+            .map(Arc::new)
+            .collect())
+    }
+
+    async fn list(
+        &self,
+        filter: pb::AttemptFilter,
+        page_size_asked: u32,
+        page_token: &str,
+    ) -> Result<Page, LogError> {
+        let size = page_size(page_size_asked);
+        let filter = Filter::new(filter);
+        let after = PageToken::parse(page_token)?;
+        let mut conditions: Vec<String> = Vec::new();
+        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+        let param = |value: Box<dyn ToSql + Sync + Send>, params: &mut Vec<_>| {
+            params.push(value);
+            format!("${}", params.len())
+        };
+        for (column, value) in [
+            ("subscription_id", &filter.wire.subscription_id),
+            ("tenant", &filter.wire.tenant),
+            ("event_id", &filter.wire.event_id),
+        ] {
+            if !value.is_empty() {
+                let p = param(Box::new(value.clone()), &mut params);
+                conditions.push(format!("{column} = {p}"));
+            }
+        }
+        if filter.wire.outcome != pb::Outcome::Unspecified as i32 {
+            let p = param(Box::new(filter.wire.outcome as i16), &mut params);
+            conditions.push(format!("outcome = {p}"));
+        }
+        if let Some(since) = filter.since {
+            let p = param(Box::new(since), &mut params);
+            conditions.push(format!("started_at >= {p}"));
+        }
+        if let Some(until) = filter.until {
+            let p = param(Box::new(until), &mut params);
+            conditions.push(format!("started_at < {p}"));
+        }
+        if let Some(after) = &after {
+            let t = param(Box::new(after.started_at), &mut params);
+            let s = param(Box::new(after.seq), &mut params);
+            conditions.push(format!("(started_at, seq) < ({t}, {s})"));
+        }
+        let limit = param(Box::new(size as i64 + 1), &mut params);
+        let sql = format!(
+            "SELECT seq, started_at, record FROM attempts {} ORDER BY started_at DESC, seq DESC LIMIT {limit}",
+            if conditions.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", conditions.join(" AND "))
+            }
+        );
+        let refs: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        let client = self.client().await?;
+        let rows = client
+            .query(sql.as_str(), &refs)
+            .await
+            .map_err(|e| self.error(e))?;
+        let more = rows.len() > size;
+        let mut attempts = Vec::with_capacity(size.min(rows.len()));
+        let mut last = None;
+        for row in rows.iter().take(size) {
+            let record: Vec<u8> = row.get(2);
+            attempts.push(pb::Attempt::decode(record.as_slice()).map_err(super::storage)?);
+            last = Some(PageToken {
+                seq: row.get(0),
+                started_at: row.get(1),
+            });
+        }
+        Ok(Page {
+            attempts,
+            next_page_token: match (more, last) {
+                (true, Some(last)) => last.to_string(),
+                _ => String::new(),
+            },
+        })
+    }
+
+    async fn sweep(&self, max_age: Duration, max_attempts: u64) -> Result<u64, LogError> {
+        let cutoff = SystemTime::now().checked_sub(max_age).unwrap_or(UNIX_EPOCH);
+        let today = day_of(SystemTime::now());
+        let mut client = self.client().await?;
+        let partitions: Vec<(String, i64)> = client
+            .query(
+                "SELECT c.relname FROM pg_inherits i \
+                 JOIN pg_class c ON c.oid = i.inhrelid \
+                 JOIN pg_class p ON p.oid = i.inhparent \
+                 WHERE p.relname = 'attempts' ORDER BY c.relname",
+                &[],
+            )
+            .await
+            .map_err(|e| self.error(e))?
+            .iter()
+            .filter_map(|row| {
+                let name: String = row.get(0);
+                partition_day(&name).map(|day| (name, day))
+            })
+            .collect();
+        // Whole days past retention go; then, while the log holds more than its limit, the
+        // oldest days (never today's).
+        let mut counts = Vec::with_capacity(partitions.len());
+        for (name, day) in &partitions {
+            let row = client
+                .query_one(&format!("SELECT count(*) FROM {name}"), &[])
+                .await
+                .map_err(|e| self.error(e))?;
+            counts.push((name.clone(), *day, row.get::<_, i64>(0) as u64));
+        }
+        let mut total: u64 = counts.iter().map(|(_, _, n)| n).sum();
+        let mut removed = 0;
+        for (name, day, rows) in counts {
+            let expired = day_start(day + 1) <= cutoff;
+            let over = total > max_attempts && day < today;
+            if !(expired || over) {
+                continue;
+            }
+            let txn = client.transaction().await.map_err(|e| self.error(e))?;
+            txn.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
+                .await
+                .map_err(|e| self.error(e))?;
+            txn.batch_execute(&format!("DROP TABLE IF EXISTS {name}"))
+                .await
+                .map_err(|e| self.error(e))?;
+            txn.commit().await.map_err(|e| self.error(e))?;
+            self.partitions
+                .lock()
+                .expect("partitions lock")
+                .remove(&day);
+            tracing::info!(partition = %name, attempts = rows, "delivery log: a day's partition dropped");
+            total -= rows;
+            removed += rows;
+        }
+        drop(client);
+        let today = day_of(SystemTime::now());
+        self.ensure_partitions((today - 1..=today + DAYS_AHEAD).collect())
+            .await?;
+        Ok(removed)
+    }
+
+    async fn len(&self) -> Result<u64, LogError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT count(*) FROM attempts", &[])
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    fn follow(&self) -> broadcast::Receiver<Arc<pb::Attempt>> {
+        self.tail.subscribe()
+    }
+}
+
+/// The columns of a batch insert, one array each.
+#[derive(Default)]
+struct Columns {
+    started_at: Vec<SystemTime>,
+    tenant: Vec<String>,
+    event_id: Vec<String>,
+    subscription_id: Vec<String>,
+    attempt: Vec<i32>,
+    event_type: Vec<String>,
+    outcome: Vec<i16>,
+    status_code: Vec<i32>,
+    error_kind: Vec<String>,
+    error: Vec<String>,
+    url: Vec<String>,
+    agent_id: Vec<String>,
+    duration_ms: Vec<f64>,
+    record: Vec<Vec<u8>>,
+}
+
+impl Columns {
+    fn push(&mut self, started_at: SystemTime, a: &pb::Attempt) {
+        self.started_at.push(started_at);
+        self.tenant.push(a.tenant.clone());
+        self.event_id.push(a.event_id.clone());
+        self.subscription_id.push(a.subscription_id.clone());
+        self.attempt.push(a.attempt as i32);
+        self.event_type.push(a.event_type.clone());
+        self.outcome.push(a.outcome as i16);
+        self.status_code.push(a.status_code as i32);
+        self.error_kind.push(a.error_kind.clone());
+        self.error.push(a.error.clone());
+        self.url.push(a.url.clone());
+        self.agent_id.push(a.agent_id.clone());
+        self.duration_ms.push(
+            a.duration
+                .as_ref()
+                .and_then(std_duration)
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        );
+        self.record.push(a.encode_to_vec());
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 14] {
+        [
+            &self.started_at,
+            &self.tenant,
+            &self.event_id,
+            &self.subscription_id,
+            &self.attempt,
+            &self.event_type,
+            &self.outcome,
+            &self.status_code,
+            &self.error_kind,
+            &self.error,
+            &self.url,
+            &self.agent_id,
+            &self.duration_ms,
+            &self.record,
+        ]
+    }
+}
+
+/// Where a listing goes on: after the row with this start time and `seq`.
+struct PageToken {
+    started_at: SystemTime,
+    seq: i64,
+}
+
+impl PageToken {
+    fn parse(text: &str) -> Result<Option<Self>, LogError> {
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let bad = || LogError::InvalidQuery("page_token: is not from this listing".into());
+        let (micros, seq) = text.split_once(':').ok_or_else(bad)?;
+        let micros: u64 = micros.parse().map_err(|_| bad())?;
+        Ok(Some(PageToken {
+            started_at: UNIX_EPOCH + Duration::from_micros(micros),
+            seq: seq.parse().map_err(|_| bad())?,
+        }))
+    }
+}
+
+impl fmt::Display for PageToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let micros = self
+            .started_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        write!(f, "{micros}:{}", self.seq)
+    }
+}
+
+/// Follows the attempts every replica stores: `LISTEN`s for their `seq` ranges and reads
+/// those rows, until `stop`; connects again with backoff when the connection is lost.
+async fn follow(
+    url: DatabaseUrl,
+    pool: Pool,
+    tail: broadcast::Sender<Arc<pb::Attempt>>,
+    stop: CancellationToken,
+) {
+    let mut seen = Seen::default();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let result = tokio::select! {
+            () = stop.cancelled() => return,
+            result = follow_once(&url, &pool, &tail, &mut seen, &stop) => result,
+        };
+        if let Err(err) = result {
+            tracing::warn!(database = %url, error = %err, "delivery log: following stored attempts; connecting again");
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_FOLLOW_BACKOFF);
+    }
+}
+
+async fn follow_once(
+    url: &DatabaseUrl,
+    pool: &Pool,
+    tail: &broadcast::Sender<Arc<pb::Attempt>>,
+    seen: &mut Seen,
+    stop: &CancellationToken,
+) -> Result<(), LogError> {
+    let (client, mut connection) = url
+        .config
+        .connect(NoTls)
+        .await
+        .map_err(|e| unavailable(url, e))?;
+    let (notes, mut notified) = tokio::sync::mpsc::unbounded_channel();
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let driver = async move {
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(note)) => {
+                    if notes.send(note.payload().to_owned()).is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    };
+    let listen = async {
+        client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .map_err(|e| unavailable(url, e))?;
+        while let Some(payload) = notified.recv().await {
+            let seqs: Vec<i64> = parse_ranges(&payload)
+                .into_iter()
+                .filter(|seq| !seen.contains(*seq))
+                .collect();
+            if seqs.is_empty() {
+                continue;
+            }
+            let reader = pool.get().await.map_err(|e| unavailable(url, e))?;
+            let rows = reader
+                .query(
+                    "SELECT seq, record FROM attempts WHERE seq = ANY($1) ORDER BY seq",
+                    &[&seqs],
+                )
+                .await
+                .map_err(|e| unavailable(url, e))?;
+            for row in rows {
+                let seq: i64 = row.get(0);
+                let record: Vec<u8> = row.get(1);
+                if seen.insert(seq)
+                    && let Ok(attempt) = pb::Attempt::decode(record.as_slice())
+                {
+                    // No tail listening is fine.
+                    let _ = tail.send(Arc::new(attempt));
+                }
+            }
+        }
+        Ok::<(), LogError>(())
+    };
+    tokio::select! {
+        () = stop.cancelled() => Ok(()),
+        driven = driver => driven.map_err(|e| unavailable(url, e)),
+        listened = listen => listened,
+    }
+}
+
+/// The `seq`s a follower sent lately.
+#[derive(Default)]
+struct Seen {
+    order: VecDeque<i64>,
+    set: HashSet<i64>,
+}
+
+impl Seen {
+    fn contains(&self, seq: i64) -> bool {
+        self.set.contains(&seq)
+    }
+
+    /// Remembers `seq`; false when it was already known.
+    fn insert(&mut self, seq: i64) -> bool {
+        if !self.set.insert(seq) {
+            return false;
+        }
+        self.order.push_back(seq);
+        if self.order.len() > FOLLOW_MEMORY
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
+}
+
+/// `seqs` as ranges, `1-5,9,12-13`; a list too long for a notification becomes the one range
+/// from its least to its greatest (a follower skips the rows it does not find or has sent).
+fn ranges(mut seqs: Vec<i64>) -> String {
+    seqs.sort_unstable();
+    let mut parts: Vec<String> = Vec::new();
+    let mut start = seqs[0];
+    let mut end = start;
+    for &seq in &seqs[1..] {
+        if seq == end + 1 {
+            end = seq;
+            continue;
+        }
+        parts.push(range_text(start, end));
+        start = seq;
+        end = seq;
+    }
+    parts.push(range_text(start, end));
+    let text = parts.join(",");
+    if text.len() <= MAX_NOTIFY_BYTES {
+        text
+    } else {
+        range_text(seqs[0], seqs[seqs.len() - 1])
+    }
+}
+
+fn range_text(start: i64, end: i64) -> String {
+    if start == end {
+        start.to_string()
+    } else {
+        format!("{start}-{end}")
+    }
+}
+
+/// The `seq`s of a notification; at most [`FOLLOW_MEMORY`], whatever it says.
+fn parse_ranges(text: &str) -> Vec<i64> {
+    let mut seqs = Vec::new();
+    for part in text.split(',') {
+        let (start, end) = match part.split_once('-') {
+            Some((a, b)) => (a.parse::<i64>(), b.parse::<i64>()),
+            None => (part.parse(), part.parse()),
+        };
+        let (Ok(start), Ok(end)) = (start, end) else {
+            continue;
+        };
+        for seq in start..=end.min(start.saturating_add(FOLLOW_MEMORY as i64)) {
+            seqs.push(seq);
+            if seqs.len() >= FOLLOW_MEMORY {
+                return seqs;
+            }
+        }
+    }
+    seqs
+}
+
+/// The day (since the epoch, UTC) `t` falls in.
+fn day_of(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64 / DAY_SECS,
+        Err(before) => -(before.duration().as_secs() as i64 / DAY_SECS) - 1,
+    }
+}
+
+/// Midnight (UTC) starting `day`.
+fn day_start(day: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs((day.max(0) * DAY_SECS) as u64)
+}
+
+/// `attempts_YYYYMMDD`.
+fn partition_name(day: i64) -> String {
+    let date = humantime::format_rfc3339(day_start(day)).to_string();
+    format!("attempts_{}", date[..10].replace('-', ""))
+}
+
+/// The day of a partition named by [`partition_name`].
+fn partition_day(name: &str) -> Option<i64> {
+    let digits = name.strip_prefix("attempts_")?;
+    if digits.len() != 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let text = format!(
+        "{}-{}-{}T00:00:00Z",
+        &digits[..4],
+        &digits[4..6],
+        &digits[6..8]
+    );
+    humantime::parse_rfc3339(&text).ok().map(day_of)
+}
+
+fn unavailable(url: &DatabaseUrl, err: impl std::error::Error) -> LogError {
+    LogError::Unavailable(format!("{url}: {}", err_chain(&err)))
+}
+
+/// The error with its causes, `a: b: c`.
+fn err_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_and_partition_names_round_trip() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_796_385_600); // 2026-12-04T12:00:00Z
+        let day = day_of(t);
+        assert_eq!(partition_name(day), "attempts_20261204");
+        assert_eq!(partition_day("attempts_20261204"), Some(day));
+        assert!(day_start(day) <= t && t < day_start(day + 1));
+        assert_eq!(partition_day("attempts_2026120"), None);
+        assert_eq!(partition_day("other_20261204"), None);
+    }
+
+    #[test]
+    fn notified_ranges_round_trip_and_are_bounded() {
+        let seqs = vec![9, 1, 2, 3, 5, 12, 13];
+        let text = ranges(seqs);
+        assert_eq!(text, "1-3,5,9,12-13");
+        assert_eq!(parse_ranges(&text), [1, 2, 3, 5, 9, 12, 13]);
+        let scattered: Vec<i64> = (0..5000).map(|i| i * 2).collect();
+        assert_eq!(ranges(scattered), "0-9998", "too long: one range");
+        assert_eq!(parse_ranges("1-99999999999").len(), FOLLOW_MEMORY);
+        assert!(parse_ranges("x,-,5-").is_empty());
+    }
+
+    #[test]
+    fn page_tokens_round_trip() {
+        let token = PageToken {
+            started_at: UNIX_EPOCH + Duration::from_micros(1_796_385_600_123_456),
+            seq: 42,
+        };
+        let parsed = PageToken::parse(&token.to_string())
+            .expect("parses")
+            .expect("a token");
+        assert_eq!((parsed.started_at, parsed.seq), (token.started_at, 42));
+        assert!(PageToken::parse("garbage").is_err());
+        assert!(PageToken::parse("").expect("empty").is_none());
+    }
+
+    #[test]
+    fn urls_keep_the_password_out_of_sight() {
+        let url = DatabaseUrl::parse("postgres://herald:s3cret@db.internal:5433/log")
+            .expect("a valid URL");
+        assert_eq!(format!("{url:?}"), "postgres://db.internal:5433/log");
+        assert!(!url.to_string().contains("s3cret"));
+        for bad in [
+            "postgres://db.internal/log",
+            "postgres://herald@db.internal/",
+            "postgres://herald@db.internal/log?sslmode=verify-full",
+            "postgres://[oops",
+        ] {
+            assert!(DatabaseUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The central delivery log: its contract checked against the embedded store and a real
+//! PostgreSQL, and several control-plane replicas answering from one database.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_control_plane::attempts::postgres::DatabaseUrl;
+use herald_control_plane::attempts::{
+    AttemptLog, EmbeddedLog, LogError, LogStore, LogStoreUrl, PostgresLog, conformance,
+};
+use herald_proto::v1 as pb;
+use herald_tests::{
+    Agent, AgentOptions, ConfigStore, ControlPlane, Etcd, Postgres, Receiver, TestCa, event,
+    eventually, subscription,
+};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(10);
+/// Long enough for the contract's checks, which store attempts up to 40 days old.
+const YEAR: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+fn database(postgres: &Postgres) -> anyhow::Result<DatabaseUrl> {
+    DatabaseUrl::parse(&postgres.url()).map_err(anyhow::Error::msg)
+}
+
+#[tokio::test]
+async fn the_embedded_log_keeps_the_log_contract() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let log: AttemptLog = Arc::new(EmbeddedLog::open(dir.path())?);
+    conformance::check_all(&log).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn postgresql_keeps_the_log_contract() -> anyhow::Result<()> {
+    let postgres = Postgres::start().await?;
+    let log: AttemptLog = Arc::new(PostgresLog::open(&database(&postgres)?, YEAR).await?);
+    conformance::check_all(&log).await;
+
+    // What psql sees: readable columns, one partition a day, no default partition.
+    let (client, connection) =
+        tokio_postgres::connect(&postgres.url(), tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let rows = client
+        .query(
+            "SELECT event_id, status_code, url FROM attempts WHERE event_id = 'evt_kept'",
+            &[],
+        )
+        .await?;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, i32>(1), 200);
+    assert_eq!(rows[0].get::<_, String>(2), "https://shop.example/hooks");
+    let partitions = client
+        .query(
+            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i \
+             JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent \
+             WHERE p.relname = 'attempts'",
+            &[],
+        )
+        .await?;
+    assert!(
+        partitions.len() >= 5,
+        "yesterday to three days ahead, at least"
+    );
+    for row in &partitions {
+        let (name, bound): (String, String) = (row.get(0), row.get(1));
+        assert!(name.starts_with("attempts_20"), "{name}");
+        assert!(bound.starts_with("FOR VALUES FROM"), "{name}: {bound}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn replicas_starting_together_migrate_once_and_a_newer_schema_is_refused()
+-> anyhow::Result<()> {
+    let postgres = Postgres::start().await?;
+    let url = database(&postgres)?;
+    let (a, b, c) = tokio::join!(
+        PostgresLog::open(&url, YEAR),
+        PostgresLog::open(&url, YEAR),
+        PostgresLog::open(&url, YEAR),
+    );
+    let (a, _b, _c) = (a?, b?, c?);
+    a.insert(vec![conformance::attempt(
+        "evt_race",
+        "sub_race",
+        1,
+        pb::Outcome::Delivered,
+        Duration::ZERO,
+    )])
+    .await?;
+
+    let (client, connection) =
+        tokio_postgres::connect(&postgres.url(), tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let versions = client
+        .query("SELECT version FROM herald_schema ORDER BY version", &[])
+        .await?;
+    let versions: Vec<i32> = versions.iter().map(|r| r.get(0)).collect();
+    assert_eq!(versions, [1], "migrated once");
+
+    client
+        .execute("INSERT INTO herald_schema (version) VALUES (99)", &[])
+        .await?;
+    match PostgresLog::open(&url, YEAR).await {
+        Err(err @ LogError::NewerSchema { found: 99, .. }) => {
+            assert!(err.to_string().contains("version 99"), "{err}");
+        }
+        Err(other) => anyhow::bail!("expected a newer-schema refusal, got {other}"),
+        Ok(_) => anyhow::bail!("a newer schema was used"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_database_that_goes_away_is_unavailable_until_it_returns() -> anyhow::Result<()> {
+    let mut postgres = Postgres::start().await?;
+    let log = PostgresLog::open(&database(&postgres)?, YEAR).await?;
+    let before = conformance::attempt(
+        "evt_up",
+        "sub_down",
+        1,
+        pb::Outcome::Delivered,
+        Duration::ZERO,
+    );
+    assert_eq!(log.insert(vec![before]).await?.len(), 1);
+
+    postgres.stop().await?;
+    let during = conformance::attempt(
+        "evt_down",
+        "sub_down",
+        1,
+        pb::Outcome::Delivered,
+        Duration::ZERO,
+    );
+    match log.insert(vec![during.clone()]).await {
+        Err(LogError::Unavailable(message)) => {
+            assert!(message.contains("PostgreSQL at 127.0.0.1"), "{message}")
+        }
+        other => anyhow::bail!("expected the database to be unavailable, got {other:?}"),
+    }
+    let status = tonic::Status::from(log.list(Default::default(), 10, "").await.unwrap_err());
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+
+    postgres.start_again().await?;
+    // The report the agent kept is stored when it sends it again; nothing is doubled.
+    let stored = eventually(WAIT, "the database back", || async {
+        Ok(log.insert(vec![during.clone()]).await.ok())
+    })
+    .await?;
+    assert_eq!(stored.len(), 1);
+    let page = log
+        .list(
+            pb::AttemptFilter {
+                subscription_id: "sub_down".into(),
+                ..Default::default()
+            },
+            10,
+            "",
+        )
+        .await?;
+    let ids: Vec<&str> = page.attempts.iter().map(|a| a.event_id.as_str()).collect();
+    assert_eq!(ids, ["evt_down", "evt_up"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_replica_lists_and_follows_what_any_replica_stored() -> anyhow::Result<()> {
+    let etcd = Etcd::start().await?;
+    let postgres = Postgres::start().await?;
+    let store = ConfigStore::Etcd(vec![etcd.endpoint()]);
+    let shared = LogStoreUrl::parse(&postgres.url()).map_err(anyhow::Error::msg)?;
+    let start = |shared: LogStoreUrl| {
+        ControlPlane::start_configured(store.clone(), move |config| config.log_store = shared)
+    };
+    let a = start(shared.clone()).await?;
+    let b = start(shared).await?;
+    let ca = TestCa::new();
+    let receiver = Receiver::start(&ca).await?;
+    let agent = Agent::start(
+        a.url(),
+        AgentOptions {
+            trusted_ca: Some(ca.ca_pem()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let sub = b
+        .create(subscription(
+            "shop-1",
+            &receiver.url("/hooks"),
+            &["order.*"],
+        ))
+        .await?;
+    a.wait_applied(sub.revision, WAIT).await?;
+
+    // A tail on the replica the agent does not report to.
+    let mut tail = b
+        .deliveries()
+        .await?
+        .tail_attempts(pb::TailAttemptsRequest {
+            filter: Some(pb::AttemptFilter {
+                subscription_id: sub.id.clone(),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    let emitted = agent
+        .emit(event("shop-1", "order.created", &json!({"order_id": 7})))
+        .await?;
+    let followed = tokio::time::timeout(WAIT, tail.message())
+        .await
+        .map_err(|_| anyhow::anyhow!("no attempt tailed on the other replica within 10 s"))??
+        .ok_or_else(|| anyhow::anyhow!("the tail ended"))?;
+    assert_eq!(followed.event_id, emitted.event_id);
+
+    for replica in [&a, &b] {
+        let attempts = eventually(WAIT, "the attempt on every replica", || async {
+            let attempts = replica
+                .attempts(pb::AttemptFilter {
+                    subscription_id: sub.id.clone(),
+                    ..Default::default()
+                })
+                .await?;
+            Ok((!attempts.is_empty()).then_some(attempts))
+        })
+        .await?;
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(attempts[0].event_id, emitted.event_id);
+    }
+    // The health view counts the same from either replica.
+    let mut answers = Vec::new();
+    for replica in [&a, &b] {
+        let got = replica
+            .subscriptions()
+            .await?
+            .get_subscription_health(pb::GetSubscriptionHealthRequest { id: sub.id.clone() })
+            .await?
+            .into_inner();
+        answers.push((got.recent_attempts, got.success_rate.to_bits()));
+    }
+    assert_eq!(answers[0], answers[1], "both replicas answer alike");
+    assert_eq!(answers[0].0, 1);
+
+    // With the replica that stored it gone, the other still lists it.
+    agent.stop().await?;
+    a.stop().await?;
+    let attempts = b
+        .attempts(pb::AttemptFilter {
+            event_id: emitted.event_id.clone(),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(attempts.len(), 1);
+    Ok(())
+}
