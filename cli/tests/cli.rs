@@ -744,6 +744,51 @@ async fn agents_list_shows_the_fleet_with_replica_lag_and_last_nack() -> anyhow:
     Ok(())
 }
 
+/// `herald subscription create` of shop-1's `order.*` events at `url`, as JSON, once the agent
+/// has applied it.
+async fn subscribe_to_orders(world: &World, url: &str) -> anyhow::Result<Value> {
+    let created = json(
+        &herald(
+            world,
+            &[
+                "subscription",
+                "create",
+                "--tenant",
+                "shop-1",
+                "--url",
+                url,
+                "--events",
+                "order.*",
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    let revision = created["revision"].as_i64().context("a revision")?;
+    world.control_plane.wait_applied(revision, WAIT).await?;
+    Ok(created)
+}
+
+/// `herald emit` of an `order.created` event of shop-1 with an empty payload.
+async fn emit_order(world: &World) -> Output {
+    herald(
+        world,
+        &[
+            "emit",
+            "--tenant",
+            "shop-1",
+            "--type",
+            "order.created",
+            "--data",
+            "{}",
+            "-o",
+            "json",
+        ],
+    )
+    .await
+}
+
 /// Runs `herald` with its standard output a pipe whose reader is already gone, as in
 /// `herald … | head -0`.
 async fn herald_into_closed_pipe(world: &World, args: &[&str]) -> anyhow::Result<Output> {
@@ -771,46 +816,9 @@ async fn herald_into_closed_pipe(world: &World, args: &[&str]) -> anyhow::Result
 async fn no_command_panics_when_its_reader_goes_away() -> anyhow::Result<()> {
     let world = World::start().await?;
     let url = world.receiver.url("/hooks/pipe");
-    let created = json(
-        &herald(
-            &world,
-            &[
-                "subscription",
-                "create",
-                "--tenant",
-                "shop-1",
-                "--url",
-                &url,
-                "--events",
-                "order.*",
-                "-o",
-                "json",
-            ],
-        )
-        .await,
-    );
+    let created = subscribe_to_orders(&world, &url).await?;
     let id = created["id"].as_str().expect("id").to_owned();
-    world
-        .control_plane
-        .wait_applied(created["revision"].as_i64().expect("revision"), WAIT)
-        .await?;
-    let emitted = json(
-        &herald(
-            &world,
-            &[
-                "emit",
-                "--tenant",
-                "shop-1",
-                "--type",
-                "order.created",
-                "--data",
-                "{}",
-                "-o",
-                "json",
-            ],
-        )
-        .await,
-    );
+    let emitted = json(&emit_order(&world).await);
     let event_id = emitted["event_id"].as_str().expect("event id").to_owned();
     world.receiver.wait_for_requests(1, WAIT).await?;
     eventually(WAIT, "the attempt in the log", || async {
@@ -905,19 +913,7 @@ async fn no_command_panics_when_its_reader_goes_away() -> anyhow::Result<()> {
     let mut ended = None;
     let mut tail = Some(tail);
     for _ in 0..20 {
-        herald(
-            &world,
-            &[
-                "emit",
-                "--tenant",
-                "shop-1",
-                "--type",
-                "order.created",
-                "--data",
-                "{}",
-            ],
-        )
-        .await;
+        emit_order(&world).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         if let Some(status) = tail.as_mut().expect("running").try_wait()? {
             ended = Some(status);
@@ -1093,24 +1089,7 @@ async fn the_tours_files_ship_and_work() -> anyhow::Result<()> {
 #[tokio::test]
 async fn subscriptions_and_health_show_what_is_in_force() -> anyhow::Result<()> {
     let world = World::start().await?;
-    let created = json(
-        &herald(
-            &world,
-            &[
-                "subscription",
-                "create",
-                "--tenant",
-                "shop-1",
-                "--url",
-                &world.receiver.url("/hooks/health"),
-                "--events",
-                "order.*",
-                "-o",
-                "json",
-            ],
-        )
-        .await,
-    );
+    let created = subscribe_to_orders(&world, &world.receiver.url("/hooks/health")).await?;
     let id = created["id"].as_str().expect("id").to_owned();
     assert_eq!(
         created["timeout"], "15s",
@@ -1119,23 +1098,7 @@ async fn subscriptions_and_health_show_what_is_in_force() -> anyhow::Result<()> 
     assert_eq!(created["envelope"], "standard");
     assert_eq!(created["max_in_flight"], 16);
     assert_eq!(created["disable_after"], 10);
-    world
-        .control_plane
-        .wait_applied(created["revision"].as_i64().expect("revision"), WAIT)
-        .await?;
-    herald(
-        &world,
-        &[
-            "emit",
-            "--tenant",
-            "shop-1",
-            "--type",
-            "order.created",
-            "--data",
-            "{}",
-        ],
-    )
-    .await;
+    emit_order(&world).await;
     world.receiver.wait_for_requests(1, WAIT).await?;
     let health = eventually(WAIT, "the delivery in the health view", || async {
         let health = json(&herald(&world, &["subscription", "health", &id, "-o", "json"]).await);
