@@ -1,0 +1,220 @@
+//! Following what every replica stores: each insert's transaction sends
+//! `NOTIFY herald_attempts` with the `seq` ranges it stored ([`ranges`]); every replica
+//! `LISTEN`s on a connection of its own and reads those rows, so a tail on any replica sees the
+//! attempts reported through any other within moments. A row named twice (a range that covers
+//! another batch's rows) is sent once ([`Seen`]).
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use futures_util::StreamExt as _;
+use herald_proto::v1 as pb;
+use prost::Message as _;
+use tokio::sync::broadcast;
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+
+use super::{CHANNEL, DatabaseUrl, unavailable};
+use crate::attempts::LogError;
+
+/// How many `seq`s a follower remembers, so a row in two notifications is sent once.
+const FOLLOW_MEMORY: usize = 65_536;
+/// The longest wait before the follower connects again.
+const MAX_FOLLOW_BACKOFF: Duration = Duration::from_secs(10);
+/// The longest notification payload sent (PostgreSQL takes up to 8000 bytes).
+const MAX_NOTIFY_BYTES: usize = 7000;
+
+/// Follows the attempts every replica stores: `LISTEN`s for their `seq` ranges and reads
+/// those rows, until `stop`; connects again with backoff when the connection is lost.
+pub(super) async fn follow(
+    url: DatabaseUrl,
+    pool: Pool,
+    tail: broadcast::Sender<Arc<pb::Attempt>>,
+    stop: CancellationToken,
+) {
+    let mut seen = Seen::default();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let result = tokio::select! {
+            () = stop.cancelled() => return,
+            result = follow_once(&url, &pool, &tail, &mut seen, &stop) => result,
+        };
+        if let Err(err) = result {
+            tracing::warn!(database = %url, error = %err, "delivery log: following stored attempts; connecting again");
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_FOLLOW_BACKOFF);
+    }
+}
+
+async fn follow_once(
+    url: &DatabaseUrl,
+    pool: &Pool,
+    tail: &broadcast::Sender<Arc<pb::Attempt>>,
+    seen: &mut Seen,
+    stop: &CancellationToken,
+) -> Result<(), LogError> {
+    let (client, mut connection) = url
+        .config
+        .connect(NoTls)
+        .await
+        .map_err(|e| unavailable(url, e))?;
+    let (notes, mut notified) = tokio::sync::mpsc::unbounded_channel();
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let driver = async move {
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(note)) => {
+                    if notes.send(note.payload().to_owned()).is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    };
+    let listen = async {
+        client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .map_err(|e| unavailable(url, e))?;
+        while let Some(payload) = notified.recv().await {
+            let seqs: Vec<i64> = parse_ranges(&payload)
+                .into_iter()
+                .filter(|seq| !seen.contains(*seq))
+                .collect();
+            if seqs.is_empty() {
+                continue;
+            }
+            let reader = pool.get().await.map_err(|e| unavailable(url, e))?;
+            let rows = reader
+                .query(
+                    "SELECT seq, record FROM attempts WHERE seq = ANY($1) ORDER BY seq",
+                    &[&seqs],
+                )
+                .await
+                .map_err(|e| unavailable(url, e))?;
+            for row in rows {
+                let seq: i64 = row.get(0);
+                let record: Vec<u8> = row.get(1);
+                if seen.insert(seq)
+                    && let Ok(attempt) = pb::Attempt::decode(record.as_slice())
+                {
+                    // No tail listening is fine.
+                    let _ = tail.send(Arc::new(attempt));
+                }
+            }
+        }
+        Ok::<(), LogError>(())
+    };
+    tokio::select! {
+        () = stop.cancelled() => Ok(()),
+        driven = driver => driven.map_err(|e| unavailable(url, e)),
+        listened = listen => listened,
+    }
+}
+
+/// The `seq`s a follower sent lately.
+#[derive(Default)]
+struct Seen {
+    order: VecDeque<i64>,
+    set: HashSet<i64>,
+}
+
+impl Seen {
+    fn contains(&self, seq: i64) -> bool {
+        self.set.contains(&seq)
+    }
+
+    /// Remembers `seq`; false when it was already known.
+    fn insert(&mut self, seq: i64) -> bool {
+        if !self.set.insert(seq) {
+            return false;
+        }
+        self.order.push_back(seq);
+        if self.order.len() > FOLLOW_MEMORY
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
+}
+
+/// `seqs` as ranges, `1-5,9,12-13`; a list too long for a notification becomes the one range
+/// from its least to its greatest (a follower skips the rows it does not find or has sent).
+pub(super) fn ranges(mut seqs: Vec<i64>) -> String {
+    seqs.sort_unstable();
+    let mut parts: Vec<String> = Vec::new();
+    let mut start = seqs[0];
+    let mut end = start;
+    for &seq in &seqs[1..] {
+        if seq == end + 1 {
+            end = seq;
+            continue;
+        }
+        parts.push(range_text(start, end));
+        start = seq;
+        end = seq;
+    }
+    parts.push(range_text(start, end));
+    let text = parts.join(",");
+    if text.len() <= MAX_NOTIFY_BYTES {
+        text
+    } else {
+        range_text(seqs[0], seqs[seqs.len() - 1])
+    }
+}
+
+fn range_text(start: i64, end: i64) -> String {
+    if start == end {
+        start.to_string()
+    } else {
+        format!("{start}-{end}")
+    }
+}
+
+/// The `seq`s of a notification; at most [`FOLLOW_MEMORY`], whatever it says.
+fn parse_ranges(text: &str) -> Vec<i64> {
+    let mut seqs = Vec::new();
+    for part in text.split(',') {
+        let (start, end) = match part.split_once('-') {
+            Some((a, b)) => (a.parse::<i64>(), b.parse::<i64>()),
+            None => (part.parse(), part.parse()),
+        };
+        let (Ok(start), Ok(end)) = (start, end) else {
+            continue;
+        };
+        for seq in start..=end.min(start.saturating_add(FOLLOW_MEMORY as i64)) {
+            seqs.push(seq);
+            if seqs.len() >= FOLLOW_MEMORY {
+                return seqs;
+            }
+        }
+    }
+    seqs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notified_ranges_round_trip_and_are_bounded() {
+        let seqs = vec![9, 1, 2, 3, 5, 12, 13];
+        let text = ranges(seqs);
+        assert_eq!(text, "1-3,5,9,12-13");
+        assert_eq!(parse_ranges(&text), [1, 2, 3, 5, 9, 12, 13]);
+        let scattered: Vec<i64> = (0..5000).map(|i| i * 2).collect();
+        assert_eq!(ranges(scattered), "0-9998", "too long: one range");
+        assert_eq!(parse_ranges("1-99999999999").len(), FOLLOW_MEMORY);
+        assert!(parse_ranges("x,-,5-").is_empty());
+    }
+}
