@@ -103,6 +103,8 @@ pub struct Postgres {
     log_offset: u64,
     /// The port, kept while the server is down.
     port: HeldPort,
+    /// The server's certificate and key files, when it speaks TLS.
+    tls: Option<(PathBuf, PathBuf)>,
     /// The postmaster, while running.
     child: Option<Child>,
     /// Holds the data dir, socket dir and log. `Drop` shuts the server down before any field is
@@ -139,6 +141,16 @@ impl Postgres {
     /// Creates a fresh cluster, starts a server on a free loopback port, waits until it accepts
     /// connections and creates the `herald` database.
     pub async fn start() -> anyhow::Result<Postgres> {
+        Self::start_with(None).await
+    }
+
+    /// Starts one that also speaks TLS, with a certificate from `ca` for `localhost` and
+    /// `127.0.0.1` (clients may still connect without TLS).
+    pub async fn start_tls(ca: &crate::TestCa) -> anyhow::Result<Postgres> {
+        Self::start_with(Some(ca)).await
+    }
+
+    async fn start_with(ca: Option<&crate::TestCa>) -> anyhow::Result<Postgres> {
         let bin = bin_dir()?;
         let owner = server_owner().await?;
         let dir = tempfile::Builder::new()
@@ -161,6 +173,24 @@ impl Postgres {
                 )?;
             }
         }
+        let tls = match ca {
+            None => None,
+            Some(ca) => {
+                let tls_dir = dir.path().join("tls");
+                fs::create_dir(&tls_dir)?;
+                let (cert, key) =
+                    ca.write_pair(&tls_dir, "postgres", crate::tls::CertUse::Server)?;
+                // The server refuses a key file others may read.
+                fs::set_permissions(&key, fs::Permissions::from_mode(0o600))?;
+                if let Some(owner) = owner {
+                    for path in [&cert, &key] {
+                        std::os::unix::fs::chown(path, Some(owner.uid), Some(owner.gid))
+                            .with_context(|| format!("giving {} away", path.display()))?;
+                    }
+                }
+                Some((cert, key))
+            }
+        };
         let mut pg = Postgres {
             bin,
             owner,
@@ -169,6 +199,7 @@ impl Postgres {
             log_path: dir.path().join("postgres.log"),
             log_offset: 0,
             port: HeldPort::new().context("reserving a free loopback port")?,
+            tls,
             child: None,
             dir,
         };
@@ -379,6 +410,16 @@ impl Postgres {
             .args(["-c", "full_page_writes=off"])
             .args(["-c", "max_connections=200"])
             .args(["-c", "shared_buffers=64MB"])
+            .args(self.tls.iter().flat_map(|(cert, key)| {
+                [
+                    "-c".to_owned(),
+                    "ssl=on".to_owned(),
+                    "-c".to_owned(),
+                    format!("ssl_cert_file={}", cert.display()),
+                    "-c".to_owned(),
+                    format!("ssl_key_file={}", key.display()),
+                ]
+            }))
             .current_dir(self.dir.path())
             .env("LC_ALL", "C")
             .stdin(Stdio::null())

@@ -255,3 +255,58 @@ async fn every_replica_lists_and_follows_what_any_replica_stored() -> anyhow::Re
     assert_eq!(attempts.len(), 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn the_log_speaks_tls_to_the_database_and_checks_who_answers() -> anyhow::Result<()> {
+    let ca = TestCa::new();
+    let postgres = Postgres::start_tls(&ca).await?;
+    let dir = tempfile::tempdir()?;
+    let trusted = ca.write_ca_pem(dir.path())?;
+    let with_root = |root: &std::path::Path| {
+        DatabaseUrl::parse(&format!(
+            "{}?sslmode=verify-full&sslrootcert={}",
+            postgres.url(),
+            root.display()
+        ))
+        .map_err(anyhow::Error::msg)
+    };
+    let log = PostgresLog::open(&with_root(&trusted)?, YEAR).await?;
+    let stored = log
+        .insert(vec![conformance::attempt(
+            "evt_tls",
+            "sub_tls",
+            1,
+            pb::Outcome::Delivered,
+            Duration::ZERO,
+        )])
+        .await?;
+    assert_eq!(stored.len(), 1);
+
+    // Every connection of the log is encrypted, as the server sees it.
+    let (client, connection) =
+        tokio_postgres::connect(&postgres.url(), tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let rows = client
+        .query(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid \
+             WHERE a.application_name = 'herald-control-plane'",
+            &[],
+        )
+        .await?;
+    assert!(!rows.is_empty());
+    assert!(
+        rows.iter().all(|row| row.get::<_, bool>(0)),
+        "a plain connection"
+    );
+
+    // A server whose certificate another CA signed is not talked to.
+    let stranger = TestCa::new();
+    let other_dir = tempfile::tempdir()?;
+    let untrusted = stranger.write_ca_pem(other_dir.path())?;
+    assert!(
+        PostgresLog::open(&with_root(&untrusted)?, YEAR)
+            .await
+            .is_err()
+    );
+    Ok(())
+}

@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
-use super::{CHANNEL, DatabaseUrl, unavailable};
+use super::{CHANNEL, DatabaseUrl, Tls, unavailable};
 use crate::attempts::LogError;
 
 /// How many `seq`s a follower remembers, so a row in two notifications is sent once.
@@ -30,6 +30,7 @@ const MAX_NOTIFY_BYTES: usize = 7000;
 /// those rows, until `stop`; connects again with backoff when the connection is lost.
 pub(super) async fn follow(
     url: DatabaseUrl,
+    tls: Tls,
     pool: Pool,
     tail: broadcast::Sender<Arc<pb::Attempt>>,
     stop: CancellationToken,
@@ -39,7 +40,7 @@ pub(super) async fn follow(
     loop {
         let result = tokio::select! {
             () = stop.cancelled() => return,
-            result = follow_once(&url, &pool, &tail, &mut seen, &stop) => result,
+            result = follow_once(&url, &tls, &pool, &tail, &mut seen, &stop) => result,
         };
         if let Err(err) = result {
             tracing::warn!(database = %url, error = %err, "delivery log: following stored attempts; connecting again");
@@ -54,16 +55,43 @@ pub(super) async fn follow(
 
 async fn follow_once(
     url: &DatabaseUrl,
+    tls: &Tls,
     pool: &Pool,
     tail: &broadcast::Sender<Arc<pb::Attempt>>,
     seen: &mut Seen,
     stop: &CancellationToken,
 ) -> Result<(), LogError> {
-    let (client, mut connection) = url
-        .config
-        .connect(NoTls)
-        .await
-        .map_err(|e| unavailable(url, e))?;
+    let connected = |e| unavailable(url, e);
+    match tls {
+        Tls::Off => {
+            let (client, connection) = url.config.connect(NoTls).await.map_err(connected)?;
+            listen(url, client, connection, pool, tail, seen, stop).await
+        }
+        Tls::Verified(connect) => {
+            let (client, connection) = url
+                .config
+                .connect(connect.clone())
+                .await
+                .map_err(connected)?;
+            listen(url, client, connection, pool, tail, seen, stop).await
+        }
+    }
+}
+
+/// Listens on `client` (driving its `connection`) until it fails or `stop`.
+async fn listen<S, T>(
+    url: &DatabaseUrl,
+    client: tokio_postgres::Client,
+    mut connection: tokio_postgres::Connection<S, T>,
+    pool: &Pool,
+    tail: &broadcast::Sender<Arc<pb::Attempt>>,
+    seen: &mut Seen,
+    stop: &CancellationToken,
+) -> Result<(), LogError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let (notes, mut notified) = tokio::sync::mpsc::unbounded_channel();
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     let driver = async move {
