@@ -13,6 +13,9 @@
 //!   not yet handed to an agent (see `operator_events.rs`).
 //! - `/herald/v1/agents/<agent id>` → a `herald.v1.AgentInfo`: the agent's presence, written by
 //!   the replica holding its stream and bound to that replica's lease (see `presence.rs`).
+//! - `/herald/v1/replay-orders/<replica>/<id>` → a `herald.v1.RelayedReplay` for an agent on
+//!   that replica, and `/herald/v1/replay-results/<id>` → its `herald.v1.ReplayResult`; both
+//!   bound to short leases (see `replay_relay.rs`).
 
 /// The root of every Herald key.
 pub const ROOT: &str = "/herald/v1/";
@@ -25,6 +28,16 @@ pub const OPERATOR_EVENTS: &str = "/herald/v1/operator-events/";
 
 /// The prefix of the agents' presence records.
 pub const AGENTS: &str = "/herald/v1/agents/";
+
+/// The prefix of the replay orders relayed to one replica.
+pub fn replay_orders(replica: &str) -> String {
+    format!("{ROOT}replay-orders/{replica}/")
+}
+
+/// The result key of a relayed replay order.
+pub fn replay_result(id: &str) -> String {
+    format!("{ROOT}replay-results/{id}")
+}
 
 /// The presence record key of an agent.
 pub fn agent(id: &str) -> String {

@@ -18,6 +18,7 @@ pub mod operator_events;
 pub mod presence;
 pub mod recent;
 pub mod replay;
+pub mod replay_relay;
 pub mod sealing;
 pub mod server_tls;
 pub mod store;
@@ -106,8 +107,9 @@ pub struct Config {
     /// The tenant of operator events (herald.subscription.disabled, …).
     #[arg(long, env = "HERALD_SYSTEM_TENANT", default_value = operator_events::DEFAULT_SYSTEM_TENANT, value_parser = system_tenant)]
     pub system_tenant: String,
-    /// This replica's name in the agents list (default: the host name and the API port).
-    #[arg(long, env = "HERALD_REPLICA_NAME")]
+    /// This replica's name in the agents list (default: the host name and the API port):
+    /// letters, digits, `.`, `_`, `-` and `:`.
+    #[arg(long, env = "HERALD_REPLICA_NAME", value_parser = replica_name)]
     pub replica_name: Option<String>,
 }
 
@@ -264,6 +266,8 @@ pub async fn run(
         .unwrap_or_else(|| format!("{}:{}", host_name(), config.listen.port()));
     let fleet = Fleet::new(&replica);
     tokio::spawn(presence::run(store.clone(), fleet.clone(), stop.clone()));
+    let relay = replay_relay::Relay::new(store.clone(), fleet.clone(), &replica);
+    tokio::spawn(relay.clone().serve(stop.clone()));
 
     let policy =
         herald_core::target::TargetPolicy::new(config.allow_http, config.allow_targets.clone());
@@ -344,6 +348,7 @@ pub async fn run(
         .add_service(DeliveriesServer::new(grpc::DeliveriesService::new(
             log.clone(),
             fleet.clone(),
+            relay,
             stop.clone(),
         )))
         .add_service(AgentsServer::new(grpc::AgentsService::new(
@@ -406,6 +411,15 @@ pub async fn run(
         Err(_) => tracing::warn!(grace = ?config.shutdown_grace, "grace period over; closing"),
     }
     Ok(())
+}
+
+/// A replica name: part of the keys of the orders relayed to it, so no `/`.
+fn replica_name(text: &str) -> Result<String, String> {
+    let fits = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':');
+    if text.is_empty() || text.len() > 128 || !text.chars().all(fits) {
+        return Err("use 1 to 128 letters, digits, '.', '_', '-' or ':'".into());
+    }
+    Ok(text.to_owned())
 }
 
 /// The machine's name: `$HOSTNAME` (a pod's name in Kubernetes), else the kernel's.

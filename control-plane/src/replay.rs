@@ -1,24 +1,23 @@
 //! Replay: deliver events again, on request (`herald deliveries replay`). The delivery log says
 //! which agent attempted each delivery and how many attempts it made; each such agent is sent
 //! a replay order over its config stream and queues the deliveries anew (new attempts, same
-//! `webhook-id`, numbered after the logged ones). A delivery whose agent is not connected to
-//! this replica, does not answer, or no longer holds the event is reported as not replayable,
-//! never skipped silently.
+//! `webhook-id`, numbered after the logged ones). An agent connected to another replica gets
+//! its order through that replica ([`crate::replay_relay`]). A delivery whose agent is not
+//! connected to any replica, does not answer, or no longer holds the event is reported as not
+//! replayable, never skipped silently.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use herald_proto::v1 as pb;
 
 use crate::attempts::{AttemptLog, LogError};
 use crate::fleet::Fleet;
+use crate::replay_relay::{AGENT_TIMEOUT, Relay, Relayed};
 
 /// The most deliveries one replay request may cover.
 pub const MAX_REPLAY: usize = 10_000;
 /// The most attempts read from the log for one request.
 const MAX_ATTEMPTS_READ: usize = 200_000;
-/// How long an agent has to answer a replay order.
-const AGENT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Why a replay request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +51,7 @@ struct Latest {
 pub async fn replay(
     log: &AttemptLog,
     fleet: &Fleet,
+    relay: &Relay,
     request: pb::ReplayDeliveriesRequest,
 ) -> Result<pb::ReplayDeliveriesResponse, ReplayError> {
     let by_range = request.event_id.is_empty();
@@ -104,28 +104,36 @@ pub async fn replay(
                 .collect()
         };
         let Some(answer) = fleet.send_replay(&agent_id, items.clone()) else {
-            response.not_replayable.extend(missed_all(
-                &items,
-                "its agent is not connected to this control plane",
-            ));
+            // Not on this replica: through the one holding it, if any.
+            let result = match relay.send(&agent_id, items.clone()).await {
+                Ok(Relayed::Answered(result)) => result,
+                Ok(Relayed::NotHeld) => {
+                    response.not_replayable.extend(missed_all(
+                        &items,
+                        "its agent is not connected to any control plane",
+                    ));
+                    continue;
+                }
+                Ok(Relayed::NoAnswer) => {
+                    response.not_replayable.extend(missed_all(
+                        &items,
+                        "the control plane holding its agent did not answer in time",
+                    ));
+                    continue;
+                }
+                Err(err) => {
+                    response.not_replayable.extend(missed_all(
+                        &items,
+                        &format!("cannot reach the replica holding its agent: {err}"),
+                    ));
+                    continue;
+                }
+            };
+            add_result(&mut response, &agent_id, result);
             continue;
         };
         match tokio::time::timeout(AGENT_TIMEOUT, answer).await {
-            Ok(Ok(result)) => {
-                response.queued += result.queued;
-                if result.queued > 0 {
-                    response.agents.push(pb::AgentReplayCount {
-                        agent_id: agent_id.clone(),
-                        queued: result.queued,
-                    });
-                }
-                response
-                    .not_replayable
-                    .extend(result.missed.into_iter().map(|miss| pb::ReplayMiss {
-                        agent_id: agent_id.clone(),
-                        ..miss
-                    }));
-            }
+            Ok(Ok(result)) => add_result(&mut response, &agent_id, result),
             Ok(Err(_)) => response.not_replayable.extend(missed_all(
                 &items,
                 "its agent disconnected before answering",
@@ -136,6 +144,27 @@ pub async fn replay(
         }
     }
     Ok(response)
+}
+
+/// Adds what `agent_id` did with its order to `response`.
+fn add_result(
+    response: &mut pb::ReplayDeliveriesResponse,
+    agent_id: &str,
+    result: pb::ReplayResult,
+) {
+    response.queued += result.queued;
+    if result.queued > 0 {
+        response.agents.push(pb::AgentReplayCount {
+            agent_id: agent_id.to_owned(),
+            queued: result.queued,
+        });
+    }
+    response
+        .not_replayable
+        .extend(result.missed.into_iter().map(|miss| pb::ReplayMiss {
+            agent_id: agent_id.to_owned(),
+            ..miss
+        }));
 }
 
 /// The latest logged attempt of every delivery (event, subscription) matching `filter`.

@@ -1,4 +1,5 @@
-//! Sortable unique ids for events (`evt_…`), subscriptions (`sub_…`) and agents (`agt_…`).
+//! Sortable unique ids for events (`evt_…`), subscriptions (`sub_…`), agents (`agt_…`) and
+//! replay orders relayed between control-plane replicas (`rpl_…`).
 //!
 //! An id is a type prefix followed by a ULID: 48 bits of milliseconds then 80 random bits, in
 //! Crockford base32, so ids sort by creation time as plain strings. All ids of one process come
@@ -25,6 +26,11 @@ pub fn new_subscription_id() -> String {
 /// A new agent id, `agt_<ULID>`.
 pub fn new_agent_id() -> String {
     format!("agt_{}", next_ulid())
+}
+
+/// A new relayed replay order id, `rpl_<ULID>`.
+pub fn new_replay_order_id() -> String {
+    format!("rpl_{}", next_ulid())
 }
 
 /// The next ULID from the process-wide generator.

@@ -19,6 +19,7 @@ use crate::fleet::Fleet;
 use crate::health::Health;
 use crate::hub::ConfigHub;
 use crate::presence;
+use crate::replay_relay::Relay;
 use crate::store::Store;
 use crate::subscriptions::{Subscriptions, redact};
 
@@ -202,16 +203,19 @@ impl SubscriptionsApi for SubscriptionsService {
 pub struct DeliveriesService {
     log: AttemptLog,
     fleet: Fleet,
+    /// For replays of agents another replica holds.
+    relay: Relay,
     shutdown: CancellationToken,
 }
 
 impl DeliveriesService {
-    /// The service over the delivery log, replaying through the agents in `fleet`; tails end
-    /// on `shutdown`.
-    pub fn new(log: AttemptLog, fleet: Fleet, shutdown: CancellationToken) -> Self {
+    /// The service over the delivery log, replaying through the agents in `fleet` (and those
+    /// of other replicas through `relay`); tails end on `shutdown`.
+    pub fn new(log: AttemptLog, fleet: Fleet, relay: Relay, shutdown: CancellationToken) -> Self {
         DeliveriesService {
             log,
             fleet,
+            relay,
             shutdown,
         }
     }
@@ -244,7 +248,9 @@ impl Deliveries for DeliveriesService {
         &self,
         request: Request<pb::ReplayDeliveriesRequest>,
     ) -> Result<Response<pb::ReplayDeliveriesResponse>, Status> {
-        let response = crate::replay::replay(&self.log, &self.fleet, request.into_inner()).await?;
+        let response =
+            crate::replay::replay(&self.log, &self.fleet, &self.relay, request.into_inner())
+                .await?;
         tracing::info!(
             queued = response.queued,
             not_replayable = response.not_replayable.len(),

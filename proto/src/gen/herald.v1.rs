@@ -594,6 +594,16 @@ pub struct ReplayItem {
     #[prost(uint32, tag = "3")]
     pub next_attempt: u32,
 }
+/// A replay order one control-plane replica hands another through the config store
+/// (`/herald/v1/replay-orders/<replica>/<id>`), for an agent whose config stream the other
+/// holds. The answer is a ReplayResult at `/herald/v1/replay-results/<id>`.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RelayedReplay {
+    #[prost(string, tag = "1")]
+    pub agent_id: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "2")]
+    pub items: ::prost::alloc::vec::Vec<ReplayItem>,
+}
 /// What an agent did with a replay order.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ReplayResult {
