@@ -81,8 +81,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Where the delivery log is kept: `embedded` (a file in --data-dir, for one replica) or
     /// `postgres://USER[:PASS]@HOST:PORT/DB`, one database every replica shares.
-    #[arg(long, env = "HERALD_LOG_STORE", default_value = "embedded", value_parser = attempts::LogStoreUrl::parse, hide_env_values = true)]
-    pub log_store: attempts::LogStoreUrl,
+    #[arg(long, env = "HERALD_LOG_STORE", default_value = "embedded", value_parser = attempts::LogStoreFlag::from_arg, hide_env_values = true, hide_default_value = false)]
+    pub log_store: attempts::LogStoreFlag,
     /// How long the delivery log keeps attempts.
     #[arg(long, env = "HERALD_LOG_RETENTION", default_value = "30days", value_parser = humantime::parse_duration)]
     pub log_retention: Duration,
@@ -160,7 +160,7 @@ impl Config {
             allow_http: false,
             allow_targets: vec![],
             shutdown_grace: Duration::from_secs(30),
-            log_store: attempts::LogStoreUrl::Embedded,
+            log_store: attempts::LogStoreFlag::new("embedded"),
             log_retention: DEFAULT_LOG_RETENTION,
             log_max_attempts: DEFAULT_LOG_MAX_ATTEMPTS,
             secrets: KeyringSource::default(),
@@ -191,6 +191,9 @@ pub enum Error {
     /// The delivery log could not be opened.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// `--log-store` names no usable store.
+    #[error("log-store is not usable: {0}")]
+    LogStore(String),
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -250,8 +253,9 @@ pub async fn run(
         tracing::info!(endpoints = ?etcd, "using etcd");
         Store::etcd_with(&etcd, &config.etcd_auth).await?
     };
-    let log = attempts::open(&config.log_store, &config.data_dir, config.log_retention).await?;
-    tracing::info!(store = ?config.log_store, "delivery log opened");
+    let log_store = config.log_store.parse().map_err(Error::LogStore)?;
+    let log = attempts::open(&log_store, &config.data_dir, config.log_retention).await?;
+    tracing::info!(store = ?log_store, "delivery log opened");
     let stop = CancellationToken::new();
     tokio::spawn(sweep_log(
         log.clone(),

@@ -39,6 +39,10 @@ async fn main() -> std::process::ExitCode {
             .secrets
             .load(&args.config.data_dir)
             .map_err(|err| Failure::Usage(format!("secrets keyring is not usable: {err}")))?;
+        args.config
+            .log_store
+            .parse()
+            .map_err(|err| Failure::Usage(format!("log-store is not usable: {err}")))?;
         let listen = args.config.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await

@@ -107,6 +107,38 @@ pub trait LogStore: Send + Sync {
 /// The delivery log the control plane uses, whichever store keeps it; cloning shares it.
 pub type AttemptLog = Arc<dyn LogStore>;
 
+/// `--log-store` as given. It is checked when the control plane starts ([`Self::parse`])
+/// rather than by the argument parser, which would print a refused value whole, password and
+/// all; `Debug` shows no password either.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LogStoreFlag(String);
+
+impl LogStoreFlag {
+    /// The flag's text.
+    pub fn new(text: impl Into<String>) -> Self {
+        LogStoreFlag(text.into())
+    }
+
+    /// For the argument parser: any text, checked later.
+    pub fn from_arg(text: &str) -> Result<Self, std::convert::Infallible> {
+        Ok(Self::new(text))
+    }
+
+    /// Where the log is kept, or why the text names no usable store (never echoing it).
+    pub fn parse(&self) -> Result<LogStoreUrl, String> {
+        LogStoreUrl::parse(&self.0)
+    }
+}
+
+impl std::fmt::Debug for LogStoreFlag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.parse() {
+            Ok(url) => write!(f, "{url:?}"),
+            Err(_) => f.write_str("(not a valid log store)"),
+        }
+    }
+}
+
 /// Where the delivery log is kept: `--log-store embedded` or a `postgres://` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LogStoreUrl {

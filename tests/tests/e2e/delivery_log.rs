@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use herald_control_plane::attempts::postgres::DatabaseUrl;
 use herald_control_plane::attempts::{
-    AttemptLog, EmbeddedLog, LogError, LogStore, LogStoreUrl, PostgresLog, conformance,
+    AttemptLog, EmbeddedLog, LogError, LogStore, LogStoreFlag, PostgresLog, conformance,
 };
 use herald_proto::v1 as pb;
 use herald_tests::{
@@ -169,8 +169,8 @@ async fn every_replica_lists_and_follows_what_any_replica_stored() -> anyhow::Re
     let etcd = Etcd::start().await?;
     let postgres = Postgres::start().await?;
     let store = ConfigStore::Etcd(vec![etcd.endpoint()]);
-    let shared = LogStoreUrl::parse(&postgres.url()).map_err(anyhow::Error::msg)?;
-    let start = |shared: LogStoreUrl| {
+    let shared = LogStoreFlag::new(postgres.url());
+    let start = |shared: LogStoreFlag| {
         ControlPlane::start_configured(store.clone(), move |config| config.log_store = shared)
     };
     let a = start(shared.clone()).await?;
@@ -332,5 +332,39 @@ async fn the_log_speaks_tls_to_the_database_and_checks_who_answers() -> anyhow::
             .await
             .is_err()
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_partition_dropped_behind_a_replicas_back_is_made_again() -> anyhow::Result<()> {
+    let postgres = Postgres::start().await?;
+    let log = PostgresLog::open(&database(&postgres)?, YEAR).await?;
+    let (client, connection) =
+        tokio_postgres::connect(&postgres.url(), tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    // The day after tomorrow: made ahead at start, so the log believes it exists.
+    let ahead = std::time::SystemTime::now() + Duration::from_secs(2 * 24 * 60 * 60);
+    let date = humantime::format_rfc3339(ahead).to_string();
+    let partition = format!("attempts_{}", date[..10].replace('-', ""));
+    client
+        .batch_execute(&format!("DROP TABLE {partition}"))
+        .await?;
+    let mut early = conformance::attempt(
+        "evt_ahead",
+        "sub_ahead",
+        1,
+        pb::Outcome::Delivered,
+        Duration::ZERO,
+    );
+    early.started_at = Some(herald_proto::convert::timestamp(ahead));
+    assert_eq!(
+        log.insert(vec![early]).await?.len(),
+        1,
+        "stored, not refused"
+    );
+    let found = client
+        .query("SELECT 1 FROM pg_class WHERE relname = $1", &[&partition])
+        .await?;
+    assert_eq!(found.len(), 1, "{partition} made again");
     Ok(())
 }

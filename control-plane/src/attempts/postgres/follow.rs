@@ -21,6 +21,8 @@ use crate::attempts::LogError;
 
 /// How many `seq`s a follower remembers, so a row in two notifications is sent once.
 const FOLLOW_MEMORY: usize = 65_536;
+/// The first wait before the follower connects again.
+const MIN_FOLLOW_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest wait before the follower connects again.
 const MAX_FOLLOW_BACKOFF: Duration = Duration::from_secs(10);
 /// The longest notification payload sent (PostgreSQL takes up to 8000 bytes).
@@ -36,14 +38,19 @@ pub(super) async fn follow(
     stop: CancellationToken,
 ) {
     let mut seen = Seen::default();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = MIN_FOLLOW_BACKOFF;
     loop {
+        let started = tokio::time::Instant::now();
         let result = tokio::select! {
             () = stop.cancelled() => return,
             result = follow_once(&url, &tls, &pool, &tail, &mut seen, &stop) => result,
         };
         if let Err(err) = result {
             tracing::warn!(database = %url, error = %err, "delivery log: following stored attempts; connecting again");
+        }
+        // A connection that lasted starts the next round of backoff from the beginning.
+        if started.elapsed() > MAX_FOLLOW_BACKOFF {
+            backoff = MIN_FOLLOW_BACKOFF;
         }
         tokio::select! {
             () = stop.cancelled() => return,

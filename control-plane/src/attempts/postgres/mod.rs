@@ -38,6 +38,7 @@ use herald_proto::v1 as pb;
 use prost::Message as _;
 use tokio::sync::broadcast;
 use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
@@ -82,6 +83,8 @@ const PARTITION_LOCK: i64 = 0x6865_7261_6c64_0002;
 pub const DAYS_AHEAD: i64 = 3;
 /// Attempts that started further ahead than this (a wrong clock) are not stored.
 pub const MAX_DAYS_AHEAD: i64 = 31;
+/// Partition changes give up rather than queue inserts behind them for longer than this.
+const DDL_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '2s'";
 /// Connections in a replica's pool.
 const POOL_SIZE: usize = 16;
 /// How long a query waits for a connection, or for a new one to be made.
@@ -340,6 +343,11 @@ impl PostgresLog {
         txn.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
             .await
             .map_err(|e| self.error(e))?;
+        // Waiting behind a long reader (a backup) for the parent's lock would queue every
+        // insert behind this DDL: give up instead and try again later.
+        txn.batch_execute(DDL_LOCK_TIMEOUT)
+            .await
+            .map_err(|e| self.error(e))?;
         for day in &missing {
             let from = day_start(*day);
             let to = day_start(day + 1);
@@ -357,6 +365,43 @@ impl PostgresLog {
             .expect("partitions lock")
             .extend(missing);
         Ok(())
+    }
+
+    /// Stores a batch in one transaction that also tells the followers; the identities of
+    /// the attempts that were new.
+    async fn store_batch(
+        client: &mut deadpool_postgres::Object,
+        columns: &Columns,
+    ) -> Result<NewAttempts, tokio_postgres::Error> {
+        let txn = client.transaction().await?;
+        let rows = txn
+            .query(
+                "INSERT INTO attempts (started_at, tenant, event_id, subscription_id, attempt, \
+                 event_type, outcome, status_code, error_kind, error, url, agent_id, \
+                 duration_ms, record) \
+                 SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::text[], \
+                 $5::integer[], $6::text[], $7::smallint[], $8::integer[], $9::text[], \
+                 $10::text[], $11::text[], $12::text[], $13::double precision[], $14::bytea[]) \
+                 ON CONFLICT DO NOTHING \
+                 RETURNING seq, tenant, event_id, subscription_id, attempt",
+                &columns.params(),
+            )
+            .await?;
+        let mut new = NewAttempts::with_capacity(rows.len());
+        let mut seqs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            seqs.push(row.get::<_, i64>(0));
+            new.insert((row.get(1), row.get(2), row.get(3), row.get(4)));
+        }
+        if !seqs.is_empty() {
+            txn.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&CHANNEL, &follow::ranges(seqs)],
+            )
+            .await?;
+        }
+        txn.commit().await?;
+        Ok(new)
     }
 
     /// A database error as a log error: unavailable when the connection is gone.
@@ -398,41 +443,26 @@ impl LogStore for PostgresLog {
         self.ensure_partitions(kept.iter().map(|(t, _)| day_of(*t)).collect())
             .await?;
 
+        let days: BTreeSet<i64> = kept.iter().map(|(t, _)| day_of(*t)).collect();
         let mut columns = Columns::default();
         for (started, attempt) in &kept {
             columns.push(*started, attempt);
         }
         let mut client = self.client().await?;
-        let txn = client.transaction().await.map_err(|e| self.error(e))?;
-        let rows = txn
-            .query(
-                "INSERT INTO attempts (started_at, tenant, event_id, subscription_id, attempt, \
-                 event_type, outcome, status_code, error_kind, error, url, agent_id, \
-                 duration_ms, record) \
-                 SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::text[], \
-                 $5::integer[], $6::text[], $7::smallint[], $8::integer[], $9::text[], \
-                 $10::text[], $11::text[], $12::text[], $13::double precision[], $14::bytea[]) \
-                 ON CONFLICT DO NOTHING \
-                 RETURNING seq, tenant, event_id, subscription_id, attempt",
-                &columns.params(),
-            )
-            .await
-            .map_err(|e| self.error(e))?;
-        let mut new: HashSet<(String, String, String, i32)> = HashSet::with_capacity(rows.len());
-        let mut seqs = Vec::with_capacity(rows.len());
-        for row in &rows {
-            seqs.push(row.get::<_, i64>(0));
-            new.insert((row.get(1), row.get(2), row.get(3), row.get(4)));
+        let new = match Self::store_batch(&mut client, &columns).await {
+            // A day's partition this replica believed in is gone (dropped by another replica's
+            // size limit, or lost in a failover): make it again, once.
+            Err(err) if err.code() == Some(&SqlState::CHECK_VIOLATION) => {
+                self.partitions
+                    .lock()
+                    .expect("partitions lock")
+                    .retain(|day| !days.contains(day));
+                self.ensure_partitions(days).await?;
+                Self::store_batch(&mut client, &columns).await
+            }
+            other => other,
         }
-        if !seqs.is_empty() {
-            txn.execute(
-                "SELECT pg_notify($1, $2)",
-                &[&CHANNEL, &follow::ranges(seqs)],
-            )
-            .await
-            .map_err(|e| self.error(e))?;
-        }
-        txn.commit().await.map_err(|e| self.error(e))?;
+        .map_err(|e| self.error(e))?;
         Ok(kept
             .into_iter()
             .map(|(_, attempt)| attempt)
@@ -537,7 +567,7 @@ impl LogStore for PostgresLog {
                 "SELECT c.relname FROM pg_inherits i \
                  JOIN pg_class c ON c.oid = i.inhrelid \
                  JOIN pg_class p ON p.oid = i.inhparent \
-                 WHERE p.relname = 'attempts' ORDER BY c.relname",
+                 WHERE p.oid = 'attempts'::regclass ORDER BY c.relname",
                 &[],
             )
             .await
@@ -549,25 +579,37 @@ impl LogStore for PostgresLog {
             })
             .collect();
         // Whole days past retention go; then, while the log holds more than its limit, the
-        // oldest days (never today's).
+        // oldest days (never today's). Sizes are the planner's estimates (kept by autovacuum),
+        // so a sweep never scans the log; a partition that is dropped is counted first.
         let mut counts = Vec::with_capacity(partitions.len());
         for (name, day) in &partitions {
             let row = client
-                .query_one(&format!("SELECT count(*) FROM {name}"), &[])
+                .query_one(
+                    "SELECT GREATEST(reltuples, 0)::bigint FROM pg_class WHERE oid = $1::text::regclass",
+                    &[name],
+                )
                 .await
                 .map_err(|e| self.error(e))?;
             counts.push((name.clone(), *day, row.get::<_, i64>(0) as u64));
         }
         let mut total: u64 = counts.iter().map(|(_, _, n)| n).sum();
         let mut removed = 0;
-        for (name, day, rows) in counts {
+        for (name, day, estimate) in counts {
             let expired = day_start(day + 1) <= cutoff;
             let over = total > max_attempts && day < today;
             if !(expired || over) {
                 continue;
             }
+            let rows = client
+                .query_one(&format!("SELECT count(*) FROM {name}"), &[])
+                .await
+                .map_err(|e| self.error(e))?
+                .get::<_, i64>(0) as u64;
             let txn = client.transaction().await.map_err(|e| self.error(e))?;
             txn.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
+                .await
+                .map_err(|e| self.error(e))?;
+            txn.batch_execute(DDL_LOCK_TIMEOUT)
                 .await
                 .map_err(|e| self.error(e))?;
             txn.batch_execute(&format!("DROP TABLE IF EXISTS {name}"))
@@ -579,7 +621,7 @@ impl LogStore for PostgresLog {
                 .expect("partitions lock")
                 .remove(&day);
             tracing::info!(partition = %name, attempts = rows, "delivery log: a day's partition dropped");
-            total -= rows;
+            total = total.saturating_sub(estimate);
             removed += rows;
         }
         drop(client);
@@ -602,6 +644,9 @@ impl LogStore for PostgresLog {
         self.tail.subscribe()
     }
 }
+
+/// The identities (tenant, event, subscription, attempt) of the attempts a batch stored.
+type NewAttempts = HashSet<(String, String, String, i32)>;
 
 /// The columns of a batch insert, one array each.
 #[derive(Default)]
