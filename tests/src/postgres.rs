@@ -23,6 +23,7 @@
 //!
 //! The server is tuned for tests, not durability: `fsync`, `synchronous_commit` and
 //! `full_page_writes` are off, so a machine crash may lose data, a killed server does not.
+//! [`Postgres::start_durable`] keeps PostgreSQL's durable defaults, for benchmarks.
 
 use std::fs::{self, OpenOptions};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -105,6 +106,8 @@ pub struct Postgres {
     port: HeldPort,
     /// The server's certificate and key files, when it speaks TLS.
     tls: Option<(PathBuf, PathBuf)>,
+    /// PostgreSQL's durable defaults rather than the tests' fast settings.
+    durable: bool,
     /// The postmaster, while running.
     child: Option<Child>,
     /// Holds the data dir, socket dir and log. `Drop` shuts the server down before any field is
@@ -141,16 +144,23 @@ impl Postgres {
     /// Creates a fresh cluster, starts a server on a free loopback port, waits until it accepts
     /// connections and creates the `herald` database.
     pub async fn start() -> anyhow::Result<Postgres> {
-        Self::start_with(None).await
+        Self::start_with(None, false).await
+    }
+
+    /// Starts one with PostgreSQL's durable defaults (`fsync`, `synchronous_commit` and
+    /// `full_page_writes` on, 256 MB of shared buffers), for benchmarks whose numbers must
+    /// hold for a production server.
+    pub async fn start_durable() -> anyhow::Result<Postgres> {
+        Self::start_with(None, true).await
     }
 
     /// Starts one that also speaks TLS, with a certificate from `ca` for `localhost` and
     /// `127.0.0.1` (clients may still connect without TLS).
     pub async fn start_tls(ca: &crate::TestCa) -> anyhow::Result<Postgres> {
-        Self::start_with(Some(ca)).await
+        Self::start_with(Some(ca), false).await
     }
 
-    async fn start_with(ca: Option<&crate::TestCa>) -> anyhow::Result<Postgres> {
+    async fn start_with(ca: Option<&crate::TestCa>, durable: bool) -> anyhow::Result<Postgres> {
         let bin = bin_dir()?;
         let owner = server_owner().await?;
         let dir = tempfile::Builder::new()
@@ -200,6 +210,7 @@ impl Postgres {
             log_offset: 0,
             port: HeldPort::new().context("reserving a free loopback port")?,
             tls,
+            durable,
             child: None,
             dir,
         };
@@ -405,11 +416,25 @@ impl Postgres {
                 "unix_socket_directories={}",
                 self.sock_dir.display()
             ))
-            .args(["-c", "fsync=off"])
-            .args(["-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off"])
+            .args(if self.durable {
+                ["-c", "shared_buffers=256MB", "-c", "max_wal_size=4GB"]
+            } else {
+                ["-c", "fsync=off", "-c", "synchronous_commit=off"]
+            })
+            .args(if self.durable {
+                ["-c", "checkpoint_timeout=15min"]
+            } else {
+                ["-c", "full_page_writes=off"]
+            })
             .args(["-c", "max_connections=200"])
-            .args(["-c", "shared_buffers=64MB"])
+            .args([
+                "-c",
+                if self.durable {
+                    "work_mem=16MB"
+                } else {
+                    "shared_buffers=64MB"
+                },
+            ])
             .args(self.tls.iter().flat_map(|(cert, key)| {
                 [
                     "-c".to_owned(),

@@ -1,11 +1,13 @@
-//! `bench log`: the central delivery log.
+//! `bench log [embedded|postgres]`: the central delivery log, on the embedded store (default)
+//! or on a PostgreSQL server the bench starts (Debian's package, PostgreSQL's durable defaults).
 //!
-//! Ingest: attempt reports sent to a control plane (embedded store) over the real report
-//! stream by 4 agents at once, batches of 500 attempts with up to 4 batches in flight per
-//! stream, each batch committed durably before its ack; the baseline, in the same run, is the
-//! same batches written straight into a log file (no gRPC). The batches are made before the
-//! clock starts in both cases (agents make their reports on their own machines). Three rounds
-//! of 100,000 attempts, median reported.
+//! Ingest: attempt reports sent to a control plane over the real report stream by 4 agents at
+//! once, batches of 500 attempts with up to 4 batches in flight per stream, each batch
+//! committed durably before its ack; the baselines, in the same run, are the same batches
+//! written straight into the store (no gRPC) and, on PostgreSQL, a binary `COPY` of the same
+//! rows into the same table. The batches are made before the clock starts in every case
+//! (agents make their reports on their own machines). Three rounds of 100,000 attempts,
+//! median reported. On PostgreSQL, dropping a day's partition is timed while ingest runs.
 //!
 //! Queries: the log is filled to `HERALD_BENCH_LOG_ATTEMPTS` attempts (default 10,000,000;
 //! 1,000 subscriptions, 100 tenants, 2% failed) and a control plane serves `ListAttempts` for a
@@ -13,7 +15,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use herald_control_plane::attempts::EmbeddedLog;
+use std::sync::Arc;
+
+use herald_control_plane::attempts::postgres::DatabaseUrl;
+use herald_control_plane::attempts::{AttemptLog, EmbeddedLog, LogStoreFlag, PostgresLog};
 use herald_proto::convert::{duration, timestamp};
 use herald_proto::v1 as pb;
 use herald_proto::v1::agent_control_client::AgentControlClient;
@@ -30,6 +35,8 @@ const BATCH: u64 = 500;
 const WINDOW: usize = 4;
 const ROUND_ATTEMPTS: u64 = 100_000;
 const QUERIES: usize = 200;
+/// The log's retention in the bench: long enough for the aged partition it drops.
+const YEAR: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// Attempt number `i` of the synthetic log: realistic sizes and spread.
 fn attempt(i: u64, started_at: SystemTime) -> pb::Attempt {
@@ -66,15 +73,19 @@ fn batch(first: u64, len: u64) -> Vec<pb::Attempt> {
     (first..first + len).map(|i| attempt(i, now)).collect()
 }
 
-/// A control plane on `dir`; the handle ends when `stop` fires and the log is closed.
+/// A control plane on `dir` keeping its log in `store`; the handle ends when `stop` fires and
+/// the log is closed.
 async fn control_plane(
     dir: &std::path::Path,
+    store: &LogStoreFlag,
     stop: &CancellationToken,
 ) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let config = herald_control_plane::Config {
         shutdown_grace: Duration::from_secs(1),
+        log_store: store.clone(),
+        log_retention: YEAR,
         ..herald_control_plane::Config::new(addr, dir.to_owned())
     };
     let stop = stop.clone();
@@ -143,7 +154,7 @@ async fn ingest_grpc(url: &str, first: u64, count: u64) -> anyhow::Result<f64> {
 }
 
 /// Writes the same batches straight into `log` from `STREAMS` tasks; returns attempts/s.
-async fn ingest_direct(log: &EmbeddedLog, first: u64, count: u64) -> anyhow::Result<f64> {
+async fn ingest_direct(log: &AttemptLog, first: u64, count: u64) -> anyhow::Result<f64> {
     let per_stream = count / STREAMS;
     let prepared: Vec<Vec<Vec<pb::Attempt>>> = (0..STREAMS)
         .map(|s| {
@@ -182,59 +193,119 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index]
 }
 
+/// Which store the bench measures.
+enum Store {
+    Embedded,
+    Postgres(Box<herald_tests::Postgres>),
+}
+
+impl Store {
+    fn url(&self) -> anyhow::Result<LogStoreFlag> {
+        Ok(match self {
+            Store::Embedded => LogStoreFlag::new("embedded"),
+            Store::Postgres(pg) => LogStoreFlag::new(pg.url()),
+        })
+    }
+
+    /// A log of this store for writing straight into it: a file of its own in `dir` for the
+    /// embedded store, the same database for PostgreSQL.
+    async fn open(&self, dir: &std::path::Path) -> anyhow::Result<AttemptLog> {
+        Ok(match self {
+            Store::Embedded => Arc::new(EmbeddedLog::open(dir)?),
+            Store::Postgres(pg) => Arc::new(PostgresLog::open(&database(pg)?, YEAR).await?),
+        })
+    }
+}
+
+fn database(pg: &herald_tests::Postgres) -> anyhow::Result<DatabaseUrl> {
+    DatabaseUrl::parse(&pg.url()).map_err(anyhow::Error::msg)
+}
+
 pub async fn run() -> anyhow::Result<()> {
     let total: u64 = std::env::var("HERALD_BENCH_LOG_ATTEMPTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000_000);
+    let store = match std::env::args().nth(2).as_deref() {
+        None | Some("embedded") => Store::Embedded,
+        Some("postgres") => {
+            Store::Postgres(Box::new(herald_tests::Postgres::start_durable().await?))
+        }
+        Some(other) => anyhow::bail!("bench log: {other}: use embedded or postgres"),
+    };
+    let store_url = store.url()?;
 
     println!("## Delivery log: ingest (attempts/s, median of 3 rounds of {ROUND_ATTEMPTS})\n");
     let baseline_dir = tempfile::tempdir()?;
-    let baseline_log = EmbeddedLog::open(baseline_dir.path())?;
+    let baseline_log = store.open(baseline_dir.path()).await?;
     let dir = tempfile::tempdir()?;
     let stop = CancellationToken::new();
-    let (url, server) = control_plane(dir.path(), &stop).await?;
-    let (mut grpc, mut direct) = (vec![], vec![]);
+    let (url, server) = control_plane(dir.path(), &store_url, &stop).await?;
+    let (mut grpc, mut direct, mut copied) = (vec![], vec![], vec![]);
     for round in 0..3 {
         let first = round * ROUND_ATTEMPTS;
         grpc.push(ingest_grpc(&url, first, ROUND_ATTEMPTS).await?);
-        direct.push(ingest_direct(&baseline_log, first, ROUND_ATTEMPTS).await?);
+        // The baselines take their own ids, so they store as much as the API did.
+        direct.push(ingest_direct(&baseline_log, 10_000_000_000 + first, ROUND_ATTEMPTS).await?);
+        if let Store::Postgres(pg) = &store {
+            copied.push(postgres_bench::copy(pg, 20_000_000_000 + first, ROUND_ATTEMPTS).await?);
+        }
     }
     let (grpc, direct) = (median(grpc), median(direct));
-    println!("| case | attempts/s | vs direct |");
-    println!("| --- | ---: | ---: |");
-    println!("| straight into the log file (baseline) | {direct:.0} | 100% |");
+    println!("| case | attempts/s | vs direct | vs COPY |");
+    println!("| --- | ---: | ---: | ---: |");
+    let copy = (!copied.is_empty()).then(|| median(copied));
+    let vs_copy = |rate: f64| copy.map_or("-".to_owned(), |c| format!("{:.0}%", 100.0 * rate / c));
+    if let Some(copy) = copy {
+        println!("| binary COPY into the same table (baseline) | {copy:.0} | - | 100% |");
+    }
     println!(
-        "| report streams over gRPC, {STREAMS} agents | {grpc:.0} | {:.0}% |",
-        100.0 * grpc / direct
+        "| straight into the store, {STREAMS} writers (baseline) | {direct:.0} | 100% | {} |",
+        vs_copy(direct)
+    );
+    println!(
+        "| report streams over gRPC, {STREAMS} agents | {grpc:.0} | {:.0}% | {} |",
+        100.0 * grpc / direct,
+        vs_copy(grpc)
     );
     drop(baseline_log);
     stop.cancel();
     server.await?;
 
+    if let Store::Postgres(pg) = &store {
+        postgres_bench::drop_partition_under_ingest(pg).await?;
+    }
+
     // Fill the control plane's own log to `total`, then query it through the API. Its
     // streams let go of the file shortly after it stops.
-    let log = herald_tests::eventually(Duration::from_secs(10), "the log to be free", || async {
-        Ok(EmbeddedLog::open(dir.path()).ok())
-    })
-    .await?;
+    let log: AttemptLog = match &store {
+        Store::Embedded => {
+            herald_tests::eventually(Duration::from_secs(10), "the log to be free", || async {
+                Ok(EmbeddedLog::open(dir.path()).ok())
+            })
+            .await
+            .map(|log| Arc::new(log) as AttemptLog)?
+        }
+        Store::Postgres(pg) => Arc::new(PostgresLog::open(&database(pg)?, YEAR).await?),
+    };
     let mut next = 3 * ROUND_ATTEMPTS;
+    let already = log.len().await?;
     let fill_start = Instant::now();
-    while next < total {
-        let len = (total - next).min(5_000);
+    while already + (next - 3 * ROUND_ATTEMPTS) < total {
+        let len = (total - already - (next - 3 * ROUND_ATTEMPTS)).min(5_000);
         log.insert(batch(next, len)).await?;
         next += len;
     }
-    let stored = log.len()?;
+    let stored = log.len().await?;
     println!(
         "\nFilled to {stored} attempts in {:.0} s ({:.0} attempts/s, one writer, batches of 5,000).\n",
         fill_start.elapsed().as_secs_f64(),
-        (stored - 3 * ROUND_ATTEMPTS) as f64 / fill_start.elapsed().as_secs_f64()
+        (stored - already) as f64 / fill_start.elapsed().as_secs_f64()
     );
     drop(log);
 
     let stop = CancellationToken::new();
-    let (url, server) = control_plane(dir.path(), &stop).await?;
+    let (url, server) = control_plane(dir.path(), &store_url, &stop).await?;
     let mut client = DeliveriesClient::new(connect(&url).await?);
     println!("## Delivery log: a page of 50 over {stored} attempts ({QUERIES} queries each)\n");
     println!("| filter | p50 | p99 | attempts in page (median) |");
@@ -309,4 +380,150 @@ pub async fn run() -> anyhow::Result<()> {
     stop.cancel();
     server.await?;
     Ok(())
+}
+
+/// What only the PostgreSQL store is measured by: a binary COPY baseline, and dropping a day's
+/// partition while ingest runs.
+mod postgres_bench {
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use herald_control_plane::attempts::{LogStore, PostgresLog};
+    use herald_proto::convert::std_duration;
+    use prost::Message as _;
+    use tokio::time::Instant;
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::Type;
+
+    use super::{BATCH, STREAMS, YEAR, attempt, batch, database};
+
+    /// Copies attempts `first..first+count` into `attempts` with one binary COPY per writer,
+    /// from `STREAMS` writers; returns attempts/s.
+    pub async fn copy(pg: &herald_tests::Postgres, first: u64, count: u64) -> anyhow::Result<f64> {
+        let per_stream = count / STREAMS;
+        let now = SystemTime::now();
+        let mut prepared = Vec::new();
+        for s in 0..STREAMS {
+            let (client, connection) =
+                tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            let base = first + s * per_stream;
+            let rows: Vec<_> = (base..base + per_stream).map(|i| attempt(i, now)).collect();
+            prepared.push((client, rows));
+        }
+        let start = Instant::now();
+        let mut writers = Vec::new();
+        for (client, rows) in prepared {
+            writers.push(tokio::spawn(async move {
+                let sink = client
+                    .copy_in(
+                        "COPY attempts (started_at, tenant, event_id, subscription_id, attempt, \
+                         event_type, outcome, status_code, error_kind, error, url, agent_id, \
+                         duration_ms, record) FROM STDIN (FORMAT binary)",
+                    )
+                    .await?;
+                let types = [
+                    Type::TIMESTAMPTZ,
+                    Type::TEXT,
+                    Type::TEXT,
+                    Type::TEXT,
+                    Type::INT4,
+                    Type::TEXT,
+                    Type::INT2,
+                    Type::INT4,
+                    Type::TEXT,
+                    Type::TEXT,
+                    Type::TEXT,
+                    Type::TEXT,
+                    Type::FLOAT8,
+                    Type::BYTEA,
+                ];
+                let writer = BinaryCopyInWriter::new(sink, &types);
+                tokio::pin!(writer);
+                for a in rows {
+                    let started = a
+                        .started_at
+                        .as_ref()
+                        .map(herald_proto::convert::system_time);
+                    let duration_ms = a
+                        .duration
+                        .as_ref()
+                        .and_then(std_duration)
+                        .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+                    let record = a.encode_to_vec();
+                    writer
+                        .as_mut()
+                        .write(&[
+                            &started,
+                            &a.tenant,
+                            &a.event_id,
+                            &a.subscription_id,
+                            &(a.attempt as i32),
+                            &a.event_type,
+                            &(a.outcome as i16),
+                            &(a.status_code as i32),
+                            &a.error_kind,
+                            &a.error,
+                            &a.url,
+                            &a.agent_id,
+                            &duration_ms,
+                            &record,
+                        ])
+                        .await?;
+                }
+                writer.finish().await?;
+                anyhow::Ok(())
+            }));
+        }
+        for writer in writers {
+            writer.await??;
+        }
+        Ok(count as f64 / start.elapsed().as_secs_f64())
+    }
+
+    /// Fills a day 40 days back with 200,000 attempts, then drops it (retention 30 days) while
+    /// `STREAMS` writers keep inserting batches; prints how long the drop took.
+    pub async fn drop_partition_under_ingest(pg: &herald_tests::Postgres) -> anyhow::Result<()> {
+        let log = Arc::new(PostgresLog::open(&database(pg)?, YEAR).await?);
+        let old = SystemTime::now() - Duration::from_secs(40 * 24 * 60 * 60);
+        let mut next = 30_000_000_000u64;
+        for _ in 0..40 {
+            log.insert((next..next + 5_000).map(|i| attempt(i, old)).collect())
+                .await?;
+            next += 5_000;
+        }
+        let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let mut writers = Vec::new();
+        for s in 0..STREAMS {
+            let (log, running) = (log.clone(), running.clone());
+            writers.push(tokio::spawn(async move {
+                let mut first = 40_000_000_000 + s * 1_000_000_000;
+                let mut written = 0u64;
+                while running.load(std::sync::atomic::Ordering::Relaxed) {
+                    log.insert(batch(first, BATCH)).await?;
+                    first += BATCH;
+                    written += BATCH;
+                }
+                anyhow::Ok(written)
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let start = Instant::now();
+        let removed = log
+            .sweep(Duration::from_secs(30 * 24 * 60 * 60), u64::MAX)
+            .await?;
+        let took = start.elapsed();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        running.store(false, std::sync::atomic::Ordering::Relaxed);
+        let mut written = 0;
+        for writer in writers {
+            written += writer.await??;
+        }
+        println!(
+            "\nDropping a day's partition ({removed} attempts) with {STREAMS} writers inserting: \
+             {:.0} ms ({written} attempts inserted meanwhile).\n",
+            took.as_secs_f64() * 1e3
+        );
+        Ok(())
+    }
 }
