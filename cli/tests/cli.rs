@@ -1129,8 +1129,9 @@ async fn subscriptions_and_health_show_what_is_in_force() -> anyhow::Result<()> 
     Ok(())
 }
 
-#[tokio::test]
-async fn dev_stops_on_ctrl_c_with_every_report_delivered() -> anyhow::Result<()> {
+/// Runs `herald dev` with standard output `stdout`: subscribes its receiver, emits until a
+/// delivery is in the log, then presses Ctrl-C; what it printed and how it ended.
+async fn dev_session(stdout: std::process::Stdio) -> anyhow::Result<Output> {
     use herald_tests::HeldPort;
     let ports = [HeldPort::new()?, HeldPort::new()?, HeldPort::new()?];
     let [control_plane, agent, receiver] = ports.each_ref().map(|p| p.addr().to_string());
@@ -1139,7 +1140,7 @@ async fn dev_stops_on_ctrl_c_with_every_report_delivered() -> anyhow::Result<()>
         .args(["dev", "--control-plane-listen", &control_plane])
         .args(["--agent-listen", &agent, "--receiver-listen", &receiver])
         .env("HERALD_DEV_DATA_DIR", dir.path())
-        .stdout(std::process::Stdio::piped())
+        .stdout(stdout)
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
@@ -1207,6 +1208,12 @@ async fn dev_stops_on_ctrl_c_with_every_report_delivered() -> anyhow::Result<()>
     let stopped = tokio::time::timeout(Duration::from_secs(20), dev.wait_with_output())
         .await
         .context("herald dev did not stop within 20 s of Ctrl-C")??;
+    Ok(stopped)
+}
+
+#[tokio::test]
+async fn dev_stops_on_ctrl_c_with_every_report_delivered() -> anyhow::Result<()> {
+    let stopped = dev_session(std::process::Stdio::piped()).await?;
     let stdout = String::from_utf8_lossy(&stopped.stdout);
     let stderr = String::from_utf8_lossy(&stopped.stderr);
     assert!(stopped.status.success(), "{stderr}");
@@ -1225,6 +1232,17 @@ async fn dev_stops_on_ctrl_c_with_every_report_delivered() -> anyhow::Result<()>
             "a clean stop leaves nothing behind ({sign}): {stderr}"
         );
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn dev_keeps_serving_when_nobody_reads_its_output() -> anyhow::Result<()> {
+    let (reader, writer) = std::io::pipe()?;
+    drop(reader);
+    let stopped = dev_session(writer.into()).await?;
+    let stderr = String::from_utf8_lossy(&stopped.stderr);
+    assert!(stopped.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
     Ok(())
 }
 

@@ -249,9 +249,9 @@ async fn followers_see_what_is_stored_after_they_start(log: &dyn LogStore) {
     .expect("insert");
     let mut followed: Vec<Arc<pb::Attempt>> = Vec::new();
     while followed.last().is_none_or(|a| a.event_id != "evt_tail_2") {
-        let got = tokio::time::timeout(Duration::from_secs(5), follower.recv())
+        let got = tokio::time::timeout(Duration::from_secs(10), follower.recv())
             .await
-            .expect("followed within 5 s")
+            .expect("followed within 10 s")
             .expect("a follower keeps up");
         if got.subscription_id == "sub_tail" {
             followed.push(got);

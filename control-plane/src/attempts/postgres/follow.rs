@@ -2,7 +2,8 @@
 //! `NOTIFY herald_attempts` with the `seq` ranges it stored ([`ranges`]); every replica
 //! `LISTEN`s on a connection of its own and reads those rows, so a tail on any replica sees the
 //! attempts reported through any other within moments. A row named twice (a range that covers
-//! another batch's rows) is sent once ([`Seen`]).
+//! another batch's rows) is sent once ([`Seen`]). Rows are read only while a tail is open on
+//! this replica.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use deadpool_postgres::Pool;
 use futures_util::StreamExt as _;
 use herald_proto::v1 as pb;
 use prost::Message as _;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
@@ -28,131 +29,141 @@ const MAX_FOLLOW_BACKOFF: Duration = Duration::from_secs(10);
 /// The longest notification payload sent (PostgreSQL takes up to 8000 bytes).
 const MAX_NOTIFY_BYTES: usize = 7000;
 
-/// Follows the attempts every replica stores: `LISTEN`s for their `seq` ranges and reads
-/// those rows, until `stop`; connects again with backoff when the connection is lost.
-pub(super) async fn follow(
-    url: DatabaseUrl,
-    tls: Tls,
-    pool: Pool,
-    tail: broadcast::Sender<Arc<pb::Attempt>>,
-    stop: CancellationToken,
-) {
-    let mut seen = Seen::default();
-    let mut backoff = MIN_FOLLOW_BACKOFF;
-    loop {
-        let started = tokio::time::Instant::now();
-        let result = tokio::select! {
-            () = stop.cancelled() => return,
-            result = follow_once(&url, &tls, &pool, &tail, &mut seen, &stop) => result,
-        };
-        if let Err(err) = result {
-            tracing::warn!(database = %url, error = %err, "delivery log: following stored attempts; connecting again");
-        }
-        // A connection that lasted starts the next round of backoff from the beginning.
-        if started.elapsed() > MAX_FOLLOW_BACKOFF {
-            backoff = MIN_FOLLOW_BACKOFF;
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(MAX_FOLLOW_BACKOFF);
-    }
+/// What the follower works with.
+pub(super) struct Follower {
+    /// The database.
+    pub url: DatabaseUrl,
+    /// How its connection is secured.
+    pub tls: Tls,
+    /// Connections to read the notified rows with.
+    pub pool: Pool,
+    /// Where the rows go: the tails of this replica.
+    pub tail: broadcast::Sender<Arc<pb::Attempt>>,
+    /// Whether the `LISTEN` is in place now (so the log can wait for it when it opens).
+    pub listening: watch::Sender<bool>,
 }
 
-async fn follow_once(
-    url: &DatabaseUrl,
-    tls: &Tls,
-    pool: &Pool,
-    tail: &broadcast::Sender<Arc<pb::Attempt>>,
-    seen: &mut Seen,
-    stop: &CancellationToken,
-) -> Result<(), LogError> {
-    let connected = |e| unavailable(url, e);
-    match tls {
-        Tls::Off => {
-            let (client, connection) = url.config.connect(NoTls).await.map_err(connected)?;
-            listen(url, client, connection, pool, tail, seen, stop).await
-        }
-        Tls::Verified(connect) => {
-            let (client, connection) = url
-                .config
-                .connect(connect.clone())
-                .await
-                .map_err(connected)?;
-            listen(url, client, connection, pool, tail, seen, stop).await
+impl Follower {
+    /// Follows the attempts every replica stores: `LISTEN`s for their `seq` ranges and reads
+    /// those rows, until `stop`; connects again with backoff when the connection is lost.
+    pub(super) async fn run(self, stop: CancellationToken) {
+        let mut seen = Seen::default();
+        let mut backoff = MIN_FOLLOW_BACKOFF;
+        loop {
+            let started = tokio::time::Instant::now();
+            let result = tokio::select! {
+                () = stop.cancelled() => return,
+                result = self.follow_once(&mut seen, &stop) => result,
+            };
+            self.listening.send_replace(false);
+            if let Err(err) = result {
+                tracing::warn!(database = %self.url, error = %err, "delivery log: following stored attempts; connecting again");
+            }
+            // A connection that lasted starts the next round of backoff from the beginning.
+            if started.elapsed() > MAX_FOLLOW_BACKOFF {
+                backoff = MIN_FOLLOW_BACKOFF;
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_FOLLOW_BACKOFF);
         }
     }
-}
 
-/// Listens on `client` (driving its `connection`) until it fails or `stop`.
-async fn listen<S, T>(
-    url: &DatabaseUrl,
-    client: tokio_postgres::Client,
-    mut connection: tokio_postgres::Connection<S, T>,
-    pool: &Pool,
-    tail: &broadcast::Sender<Arc<pb::Attempt>>,
-    seen: &mut Seen,
-    stop: &CancellationToken,
-) -> Result<(), LogError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let (notes, mut notified) = tokio::sync::mpsc::unbounded_channel();
-    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-    let driver = async move {
-        while let Some(message) = messages.next().await {
-            match message {
-                Ok(tokio_postgres::AsyncMessage::Notification(note)) => {
-                    if notes.send(note.payload().to_owned()).is_err() {
-                        return Ok(());
+    async fn follow_once(&self, seen: &mut Seen, stop: &CancellationToken) -> Result<(), LogError> {
+        let connected = |e| unavailable(&self.url, e);
+        match &self.tls {
+            Tls::Off => {
+                let (client, connection) =
+                    self.url.config.connect(NoTls).await.map_err(connected)?;
+                self.listen(client, connection, seen, stop).await
+            }
+            Tls::Verified(connect) => {
+                let (client, connection) = self
+                    .url
+                    .config
+                    .connect(connect.clone())
+                    .await
+                    .map_err(connected)?;
+                self.listen(client, connection, seen, stop).await
+            }
+        }
+    }
+
+    /// Listens on `client` (driving its `connection`) until it fails or `stop`.
+    async fn listen<S, T>(
+        &self,
+        client: tokio_postgres::Client,
+        mut connection: tokio_postgres::Connection<S, T>,
+        seen: &mut Seen,
+        stop: &CancellationToken,
+    ) -> Result<(), LogError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let (url, pool, tail) = (&self.url, &self.pool, &self.tail);
+        let (notes, mut notified) = tokio::sync::mpsc::unbounded_channel();
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        let driver = async move {
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(tokio_postgres::AsyncMessage::Notification(note)) => {
+                        if notes.send(note.payload().to_owned()).is_err() {
+                            return Ok(());
+                        }
                     }
+                    Ok(_) => {}
+                    Err(err) => return Err(err),
                 }
-                Ok(_) => {}
-                Err(err) => return Err(err),
             }
-        }
-        Ok(())
-    };
-    let listen = async {
-        client
-            .batch_execute(&format!("LISTEN {CHANNEL}"))
-            .await
-            .map_err(|e| unavailable(url, e))?;
-        while let Some(payload) = notified.recv().await {
-            let seqs: Vec<i64> = parse_ranges(&payload)
-                .into_iter()
-                .filter(|seq| !seen.contains(*seq))
-                .collect();
-            if seqs.is_empty() {
-                continue;
-            }
-            let reader = pool.get().await.map_err(|e| unavailable(url, e))?;
-            let rows = reader
-                .query(
-                    "SELECT seq, record FROM attempts WHERE seq = ANY($1) ORDER BY seq",
-                    &[&seqs],
-                )
+            Ok(())
+        };
+        let listen = async {
+            client
+                .batch_execute(&format!("LISTEN {CHANNEL}"))
                 .await
                 .map_err(|e| unavailable(url, e))?;
-            for row in rows {
-                let seq: i64 = row.get(0);
-                let record: Vec<u8> = row.get(1);
-                if seen.insert(seq)
-                    && let Ok(attempt) = pb::Attempt::decode(record.as_slice())
-                {
-                    // No tail listening is fine.
-                    let _ = tail.send(Arc::new(attempt));
+            self.listening.send_replace(true);
+            while let Some(payload) = notified.recv().await {
+                // Rows are read only for someone: with no tail open, a notification costs nothing.
+                if tail.receiver_count() == 0 {
+                    continue;
+                }
+                let seqs: Vec<i64> = parse_ranges(&payload)
+                    .into_iter()
+                    .filter(|seq| !seen.contains(*seq))
+                    .collect();
+                if seqs.is_empty() {
+                    continue;
+                }
+                let reader = pool.get().await.map_err(|e| unavailable(url, e))?;
+                let rows = reader
+                    .query(
+                        "SELECT seq, record FROM attempts WHERE seq = ANY($1) ORDER BY seq",
+                        &[&seqs],
+                    )
+                    .await
+                    .map_err(|e| unavailable(url, e))?;
+                for row in rows {
+                    let seq: i64 = row.get(0);
+                    let record: Vec<u8> = row.get(1);
+                    if seen.insert(seq)
+                        && let Ok(attempt) = pb::Attempt::decode(record.as_slice())
+                    {
+                        // No tail listening is fine.
+                        let _ = tail.send(Arc::new(attempt));
+                    }
                 }
             }
+            Ok::<(), LogError>(())
+        };
+        tokio::select! {
+            () = stop.cancelled() => Ok(()),
+            driven = driver => driven.map_err(|e| unavailable(url, e)),
+            listened = listen => listened,
         }
-        Ok::<(), LogError>(())
-    };
-    tokio::select! {
-        () = stop.cancelled() => Ok(()),
-        driven = driver => driven.map_err(|e| unavailable(url, e)),
-        listened = listen => listened,
     }
 }
 

@@ -279,13 +279,22 @@ impl PostgresLog {
         let today = day_of(SystemTime::now());
         log.ensure_partitions((today - 1..=today + DAYS_AHEAD).collect())
             .await?;
-        tokio::spawn(follow::follow(
-            url.clone(),
+        let (listening, mut listens) = tokio::sync::watch::channel(false);
+        let follower = follow::Follower {
+            url: url.clone(),
             tls,
-            log.pool.clone(),
-            log.tail.clone(),
-            log.stop.clone(),
-        ));
+            pool: log.pool.clone(),
+            tail: log.tail.clone(),
+            listening,
+        };
+        tokio::spawn(follower.run(log.stop.clone()));
+        // Followers see what is stored after they start: from the moment the log is open.
+        if tokio::time::timeout(CONNECT_TIMEOUT, listens.wait_for(|listening| *listening))
+            .await
+            .is_err()
+        {
+            tracing::warn!(database = %url, "delivery log: tails start once the database's notifications are heard");
+        }
         Ok(log)
     }
 
