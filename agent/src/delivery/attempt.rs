@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use herald_core::error_text;
 use herald_core::format::{EventBody, HEADER_EVENT_TYPE, render_body};
 use herald_core::signing::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, signature_header};
 use herald_core::subscription::Subscription;
@@ -135,7 +136,7 @@ async fn send_in(
             let kind = error_kind(&err);
             return finish(
                 AttemptResult::Error { kind },
-                error_chain(&err),
+                error_text::chain(&err),
                 String::new(),
             );
         }
@@ -159,7 +160,7 @@ async fn send_in(
             Ok(Some(chunk)) => read.extend_from_slice(&chunk),
             Ok(None) => break,
             Err(err) => {
-                error = format!("reading response: {}", error_chain(&err));
+                error = format!("reading response: {}", error_text::chain(&err));
                 break;
             }
         }
@@ -223,19 +224,4 @@ fn error_kind(err: &reqwest::Error) -> &'static str {
     } else {
         "request"
     }
-}
-
-/// The error with its causes, `a: b: c`.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let part = e.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = e.source();
-    }
-    text
 }

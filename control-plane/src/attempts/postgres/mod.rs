@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use herald_core::error_text;
 use herald_core::limits::bound_attempt_text;
 use herald_proto::convert::{std_duration, system_time};
 use herald_proto::v1 as pb;
@@ -418,7 +419,7 @@ impl PostgresLog {
         if err.is_closed() || err.as_db_error().is_none() {
             unavailable(&self.url, err)
         } else {
-            LogError::Storage(format!("{}: {}", self.url, err_chain(&err)))
+            LogError::Storage(format!("{}: {}", self.url, error_text::chain(&err)))
         }
     }
 }
@@ -785,22 +786,7 @@ fn partition_day(name: &str) -> Option<i64> {
 }
 
 fn unavailable(url: &DatabaseUrl, err: impl std::error::Error) -> LogError {
-    LogError::Unavailable(format!("{url}: {}", err_chain(&err)))
-}
-
-/// The error with its causes, `a: b: c`.
-fn err_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let part = e.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = e.source();
-    }
-    text
+    LogError::Unavailable(format!("{url}: {}", error_text::chain(&err)))
 }
 
 #[cfg(test)]
