@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::port::HeldPort;
+use crate::port::{HeldPort, StartError};
 
 /// Environment variable naming the etcd binary to run.
 pub const ETCD_BINARY_ENV: &str = "HERALD_TEST_ETCD";
@@ -285,22 +285,6 @@ struct EtcdTls {
     ca: PathBuf,
     /// Where the files are; kept as long as a member may read them.
     _dir: Arc<TempDir>,
-}
-
-/// Why a member did not come up.
-enum StartError {
-    /// Another process bound one of the ports first; new ports may help.
-    PortTaken(anyhow::Error),
-    /// Anything else.
-    Failed(anyhow::Error),
-}
-
-impl StartError {
-    fn into_inner(self) -> anyhow::Error {
-        match self {
-            StartError::PortTaken(e) | StartError::Failed(e) => e,
-        }
-    }
 }
 
 impl Member {

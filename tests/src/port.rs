@@ -50,6 +50,23 @@ impl HeldPort {
     }
 }
 
+/// Why a server started on held ports did not come up.
+pub(crate) enum StartError {
+    /// Another process bound one of its ports first; new ports may help.
+    PortTaken(anyhow::Error),
+    /// Anything else.
+    Failed(anyhow::Error),
+}
+
+impl StartError {
+    /// The error, whichever kind it is.
+    pub(crate) fn into_inner(self) -> anyhow::Error {
+        match self {
+            StartError::PortTaken(e) | StartError::Failed(e) => e,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,7 +38,7 @@ use tempfile::TempDir;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::port::HeldPort;
+use crate::port::{HeldPort, StartError};
 
 /// Environment variable naming the directory that holds PostgreSQL's binaries.
 pub const PG_BIN_ENV: &str = "HERALD_TEST_PG_BIN";
@@ -120,22 +120,6 @@ pub struct Postgres {
 struct Owner {
     uid: u32,
     gid: u32,
-}
-
-/// Why the server did not come up.
-enum StartError {
-    /// Another process bound the port first; a new port may help.
-    PortTaken(anyhow::Error),
-    /// Anything else.
-    Failed(anyhow::Error),
-}
-
-impl StartError {
-    fn into_inner(self) -> anyhow::Error {
-        match self {
-            StartError::PortTaken(e) | StartError::Failed(e) => e,
-        }
-    }
 }
 
 // === impl Postgres ===
@@ -323,23 +307,14 @@ impl Postgres {
         }
     }
 
-    /// Creates the cluster in the (empty) data dir.
-    async fn initdb(&self) -> anyhow::Result<()> {
+    /// `program` run as the server's user (when the tests run as root) in the temp dir, in the
+    /// C locale, its output appended to the log. The ids are set in the child between fork and
+    /// exec, so the child *is* the program: a `runuser` wrapper would turn SIGINT into a slow
+    /// smart shutdown, and would leave the server running when SIGKILLed itself.
+    fn server_user_command(&self, program: &Path) -> anyhow::Result<Command> {
         let (log, log_err) = self.open_log()?;
-        let initdb = self.bin.join("initdb");
-        let mut command = tokio::process::Command::new(&initdb);
+        let mut command = Command::new(program);
         command
-            .arg("-D")
-            .arg(&self.data_dir)
-            .args([
-                "-U",
-                ROLE,
-                "--auth=trust",
-                "--no-sync",
-                "-E",
-                "UTF8",
-                "--locale=C",
-            ])
             .current_dir(self.dir.path())
             .env("LC_ALL", "C")
             .stdin(Stdio::null())
@@ -348,6 +323,22 @@ impl Postgres {
         if let Some(owner) = self.owner {
             command.uid(owner.uid).gid(owner.gid);
         }
+        Ok(command)
+    }
+
+    /// Creates the cluster in the (empty) data dir.
+    async fn initdb(&self) -> anyhow::Result<()> {
+        let initdb = self.bin.join("initdb");
+        let mut command = tokio::process::Command::from(self.server_user_command(&initdb)?);
+        command.arg("-D").arg(&self.data_dir).args([
+            "-U",
+            ROLE,
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ]);
         let status = command
             .status()
             .await
@@ -398,13 +389,9 @@ impl Postgres {
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let (log, log_err) = self.open_log()?;
-        self.log_offset = log
-            .metadata()
-            .with_context(|| format!("reading the size of {}", self.log_path.display()))?
-            .len();
+        self.log_offset = fs::metadata(&self.log_path).map_or(0, |meta| meta.len());
         let postgres = self.bin.join("postgres");
-        let mut command = Command::new(&postgres);
+        let mut command = self.server_user_command(&postgres)?;
         command
             .arg("-D")
             .arg(&self.data_dir)
@@ -416,45 +403,30 @@ impl Postgres {
                 "unix_socket_directories={}",
                 self.sock_dir.display()
             ))
-            .args(if self.durable {
-                ["-c", "shared_buffers=256MB", "-c", "max_wal_size=4GB"]
-            } else {
-                ["-c", "fsync=off", "-c", "synchronous_commit=off"]
-            })
-            .args(if self.durable {
-                ["-c", "checkpoint_timeout=15min"]
-            } else {
-                ["-c", "full_page_writes=off"]
-            })
-            .args(["-c", "max_connections=200"])
-            .args([
-                "-c",
-                if self.durable {
-                    "work_mem=16MB"
-                } else {
-                    "shared_buffers=64MB"
-                },
-            ])
-            .args(self.tls.iter().flat_map(|(cert, key)| {
-                [
-                    "-c".to_owned(),
-                    "ssl=on".to_owned(),
-                    "-c".to_owned(),
-                    format!("ssl_cert_file={}", cert.display()),
-                    "-c".to_owned(),
-                    format!("ssl_key_file={}", key.display()),
-                ]
-            }))
-            .current_dir(self.dir.path())
-            .env("LC_ALL", "C")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err));
-        if let Some(owner) = self.owner {
-            // Set in the child between fork and exec, so the child *is* the postmaster (a
-            // `runuser` wrapper would turn SIGINT into a slow smart shutdown, and would leave
-            // the server running when SIGKILLed itself).
-            command.uid(owner.uid).gid(owner.gid);
+            .args(["-c", "max_connections=200"]);
+        let settings: &[&str] = if self.durable {
+            &[
+                "shared_buffers=256MB",
+                "work_mem=16MB",
+                "max_wal_size=4GB",
+                "checkpoint_timeout=15min",
+            ]
+        } else {
+            &[
+                "shared_buffers=64MB",
+                "fsync=off",
+                "synchronous_commit=off",
+                "full_page_writes=off",
+            ]
+        };
+        for setting in settings {
+            command.args(["-c", setting]);
+        }
+        if let Some((cert, key)) = &self.tls {
+            command.args(["-c", "ssl=on", "-c"]);
+            command.arg(format!("ssl_cert_file={}", cert.display()));
+            command.arg("-c");
+            command.arg(format!("ssl_key_file={}", key.display()));
         }
         let child = command
             .spawn()

@@ -339,6 +339,23 @@ impl PostgresLog {
         txn.commit().await.map_err(|e| self.error(e))
     }
 
+    /// A transaction for making or dropping partitions: one replica at a time, and giving up
+    /// rather than waiting long for the table's lock (behind a backup, say), which would queue
+    /// every insert behind it.
+    async fn partition_change<'a>(
+        &self,
+        client: &'a mut deadpool_postgres::Object,
+    ) -> Result<deadpool_postgres::Transaction<'a>, LogError> {
+        let txn = client.transaction().await.map_err(|e| self.error(e))?;
+        txn.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
+            .await
+            .map_err(|e| self.error(e))?;
+        txn.batch_execute(DDL_LOCK_TIMEOUT)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(txn)
+    }
+
     /// Makes the partitions of `days` that are not known to exist.
     async fn ensure_partitions(&self, days: BTreeSet<i64>) -> Result<(), LogError> {
         let missing: Vec<i64> = {
@@ -349,15 +366,7 @@ impl PostgresLog {
             return Ok(());
         }
         let mut client = self.client().await?;
-        let txn = client.transaction().await.map_err(|e| self.error(e))?;
-        txn.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
-            .await
-            .map_err(|e| self.error(e))?;
-        // Waiting behind a long reader (a backup) for the parent's lock would queue every
-        // insert behind this DDL: give up instead and try again later.
-        txn.batch_execute(DDL_LOCK_TIMEOUT)
-            .await
-            .map_err(|e| self.error(e))?;
+        let txn = self.partition_change(&mut client).await?;
         for day in &missing {
             let from = day_start(*day);
             let to = day_start(day + 1);
@@ -615,13 +624,7 @@ impl LogStore for PostgresLog {
                 .await
                 .map_err(|e| self.error(e))?
                 .get::<_, i64>(0) as u64;
-            let txn = client.transaction().await.map_err(|e| self.error(e))?;
-            txn.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
-                .await
-                .map_err(|e| self.error(e))?;
-            txn.batch_execute(DDL_LOCK_TIMEOUT)
-                .await
-                .map_err(|e| self.error(e))?;
+            let txn = self.partition_change(&mut client).await?;
             txn.batch_execute(&format!("DROP TABLE IF EXISTS {name}"))
                 .await
                 .map_err(|e| self.error(e))?;
