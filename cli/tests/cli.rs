@@ -1185,7 +1185,8 @@ async fn dev_session(stdout: std::process::Stdio) -> anyhow::Result<Output> {
                 "json",
             ])
             .await?;
-            Ok((json(&out)["matched"] == 1).then_some(()))
+            // Until the agent has its first config, Emit answers UNAVAILABLE: try again.
+            Ok((out.status.success() && json(&out)["matched"] == 1).then_some(()))
         },
     )
     .await?;
