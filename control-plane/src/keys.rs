@@ -6,11 +6,11 @@
 //!   one range read.
 //! - `/herald/v1/subscription-ids/<id>` → the tenant, so a subscription is found by id alone.
 //!   Written in the same transaction as the record.
-//! - `/herald/v1/health/<id>` → a `herald.v1.SubscriptionHealth` (protobuf): the endpoint's run
-//!   of consecutive failures, shared by every control-plane replica. Removed with the
+//! - `/herald/v1/health/<id>`: where earlier versions kept endpoint health; it lives in the
+//!   delivery log now, counted in the commit that stores the attempts. Removed with the
 //!   subscription.
-//! - `/herald/v1/operator-events/<id>` → a `herald.v1.Event` raised by the control plane and
-//!   not yet handed to an agent (see `operator_events.rs`).
+//! - `/herald/v1/operator-events/<id>`: where earlier versions kept the operator-event outbox;
+//!   it lives in the delivery log now, and what is left here is moved there at start.
 //! - `/herald/v1/agents/<agent id>` → a `herald.v1.AgentInfo`: the agent's presence, written by
 //!   the replica holding its stream and bound to that replica's lease (see `presence.rs`).
 //! - `/herald/v1/replay-orders/<replica>/<id>` → a `herald.v1.RelayedReplay` for an agent on
@@ -23,7 +23,7 @@ pub const ROOT: &str = "/herald/v1/";
 pub const SUBSCRIPTIONS: &str = "/herald/v1/subscriptions/";
 const SUBSCRIPTION_IDS: &str = "/herald/v1/subscription-ids/";
 const HEALTH: &str = "/herald/v1/health/";
-/// The prefix of the operator-event outbox.
+/// The prefix of the operator-event outbox of earlier versions.
 pub const OPERATOR_EVENTS: &str = "/herald/v1/operator-events/";
 
 /// The prefix of the agents' presence records.

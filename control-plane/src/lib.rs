@@ -256,6 +256,13 @@ pub async fn run(
     let log_store = config.log_store.parse().map_err(Error::LogStore)?;
     let log = attempts::open(&log_store, &config.data_dir, config.log_retention).await?;
     tracing::info!(store = ?log_store, "delivery log opened");
+    if !etcd.is_empty() && log_store == attempts::LogStoreUrl::Embedded {
+        tracing::warn!(
+            "the delivery log is embedded in this replica: other replicas on the same etcd keep \
+             logs and endpoint health of their own; run several replicas with \
+             --log-store postgres://…"
+        );
+    }
     let stop = CancellationToken::new();
     tokio::spawn(sweep_log(
         log.clone(),
@@ -287,10 +294,21 @@ pub async fn run(
     let metrics = metrics::Metrics::default();
     let event_types = event_types::EventTypes::new(store.clone(), config.event_type_registry);
     let events =
-        operator_events::OperatorEvents::new(store.clone(), fleet.clone(), &config.system_tenant);
+        operator_events::OperatorEvents::new(log.clone(), fleet.clone(), &config.system_tenant);
+    match events.adopt_config_store_outbox(&store).await {
+        Ok(0) => {}
+        Ok(moved) => tracing::info!(
+            moved,
+            "operator events moved from the config store's outbox to the delivery log's"
+        ),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot move the config store's old operator-event outbox yet")
+        }
+    }
     tokio::spawn(events.clone().run(stop.clone()));
-    let presence_store = store.clone();
-    let health = Health::new(store, registry.clone(), metrics.clone(), events);
+    let presence_store = store;
+    let health = Health::new(log.clone(), registry.clone(), metrics.clone(), events);
+    tokio::spawn(health.clone().run(stop.clone()));
     if let Some(addr) = config.metrics_listen {
         let listener = TcpListener::bind(addr)
             .await
@@ -364,7 +382,6 @@ pub async fn run(
             hub,
             fleet,
             log,
-            registry,
             health,
             metrics,
             stop.clone(),

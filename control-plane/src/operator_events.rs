@@ -12,12 +12,16 @@
 //! in the Standard Webhooks envelope `{"type": …, "timestamp": …, "data": {…}}` like every
 //! other webhook (or bare, with `--envelope raw`).
 //!
-//! Each event is first written to an outbox in the config store
-//! (`/herald/v1/operator-events/<id>`), then handed to a connected agent over its config
-//! stream, which emits it like an application would; the outbox entry goes once the agent has
-//! accepted it. So an event survives a control-plane restart and waits while no agent is
-//! connected. Ids are derived from what happened (`<type>:<hash>`), so an event raised twice
-//! (two replicas, a retry) is one `webhook-id`, and the agent's dedup window drops repeats.
+//! Each event is first written to an outbox in the delivery log (so every replica shares it;
+//! `herald.delivery.exhausted` in the very commit that stores the failed attempt), then handed
+//! to a connected agent over its config stream, which emits it like an application would; the
+//! outbox entry goes once the agent has accepted it. So an event survives a control-plane
+//! restart or `kill -9` and waits while no agent is connected. Ids are derived from what
+//! happened (`<type>:<hash>`), so an event raised twice (two replicas, a retry) is one
+//! `webhook-id`, and the agent's dedup window drops repeats.
+//!
+//! Earlier versions kept the outbox in the config store (`/herald/v1/operator-events/<id>`);
+//! [`OperatorEvents::adopt_config_store_outbox`] moves what is left there at start.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -30,9 +34,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::attempts::{AttemptLog, LogError, Raise};
 use crate::fleet::Fleet;
 use crate::keys;
-use crate::store::{Compare, Op, Store, Txn};
+use crate::store::{Compare, Op, Store, StoreError, Txn};
 
 /// An operator event's type and what it means.
 #[derive(Clone, Copy, Debug)]
@@ -74,31 +79,27 @@ pub const OPERATOR_EVENT_TYPES: [OperatorEventType; 3] = [
 
 /// The default system tenant.
 pub const DEFAULT_SYSTEM_TENANT: &str = "herald";
-/// A run of at least this many failures ending in a delivery is reported as a recovery.
-pub const RECOVERY_MIN_FAILURES: u32 = 3;
 /// Outbox entries handed to an agent at once.
 const DRAIN_BATCH: usize = 100;
 /// How often the outbox is looked at without being woken.
 const DRAIN_EVERY: Duration = Duration::from_secs(2);
-/// Outbox entries written in one store transaction at most (etcd takes 128 operations).
-const MAX_PUTS: usize = 100;
 /// How long an agent has to accept an emit order.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Raises operator events and delivers them through the agents; cloning shares it.
 #[derive(Clone)]
 pub struct OperatorEvents {
-    store: Store,
+    log: AttemptLog,
     fleet: Fleet,
     tenant: Arc<str>,
     wake: Arc<Notify>,
 }
 
 impl OperatorEvents {
-    /// Events of tenant `tenant`, kept in `store` until an agent of `fleet` takes them.
-    pub fn new(store: Store, fleet: Fleet, tenant: &str) -> Self {
+    /// Events of tenant `tenant`, kept in `log`'s outbox until an agent of `fleet` takes them.
+    pub fn new(log: AttemptLog, fleet: Fleet, tenant: &str) -> Self {
         OperatorEvents {
-            store,
+            log,
             fleet,
             tenant: tenant.into(),
             wake: Arc::new(Notify::new()),
@@ -111,7 +112,7 @@ impl OperatorEvents {
     }
 
     /// `sub` was disabled (its record as written, with reason and time).
-    pub async fn subscription_disabled(&self, sub: &pb::Subscription) {
+    pub async fn subscription_disabled(&self, sub: &pb::Subscription) -> Result<(), LogError> {
         let at = sub.disabled_at.unwrap_or_default();
         let key = format!("{}\0{}\0{}", sub.id, at.seconds, at.nanos);
         let payload = json!({
@@ -121,13 +122,20 @@ impl OperatorEvents {
             "reason": sub.disabled_reason,
             "disabled_at": rfc3339(sub.disabled_at.as_ref()),
         });
-        self.raise(SUBSCRIPTION_DISABLED.name, &key, payload).await;
+        self.raise(SUBSCRIPTION_DISABLED.name, &key, payload).await
     }
 
     /// `sub` works again: `how` says why (`enabled`, or the delivery that ended a run of
-    /// `failures` failures).
-    pub async fn subscription_recovered(&self, sub: &pb::Subscription, how: &str, failures: u32) {
-        let key = format!("{}\0{}\0{}", sub.id, how, sub.revision);
+    /// `failures` failures); `occurrence` tells this recovery from others of the subscription
+    /// (the enabling revision, or when the delivery started).
+    pub async fn subscription_recovered(
+        &self,
+        sub: &pb::Subscription,
+        how: &str,
+        failures: u32,
+        occurrence: &str,
+    ) -> Result<(), LogError> {
+        let key = format!("{}\0{}\0{}", sub.id, how, occurrence);
         let payload = json!({
             "subscription_id": sub.id,
             "tenant": sub.tenant,
@@ -135,51 +143,39 @@ impl OperatorEvents {
             "reason": how,
             "failures": failures,
         });
-        self.raise(SUBSCRIPTION_RECOVERED.name, &key, payload).await;
+        self.raise(SUBSCRIPTION_RECOVERED.name, &key, payload).await
     }
 
-    /// Deliveries failed for good: each of `attempts` whose outcome is `Failed` is the last
-    /// attempt of one. Written in as few store transactions as possible (a report batch may
-    /// carry many).
-    pub async fn deliveries_exhausted(&self, attempts: &[Arc<pb::Attempt>]) {
-        let events: Vec<pb::Event> = attempts
-            .iter()
-            .filter(|a| a.outcome() == pb::Outcome::Failed)
-            // An operator event that could not be delivered raises no further event.
-            .filter(|a| a.tenant != *self.tenant)
-            .map(|attempt| {
-                let key = format!("{}\0{}", attempt.event_id, attempt.subscription_id);
-                let payload = json!({
-                    "event_id": attempt.event_id,
-                    "subscription_id": attempt.subscription_id,
-                    "tenant": attempt.tenant,
-                    "event_type": attempt.event_type,
-                    "attempts": attempt.attempt,
-                    "last_status": attempt.status_code,
-                    "last_error": if attempt.error.is_empty() { &attempt.error_kind } else { &attempt.error },
-                    "agent_id": attempt.agent_id,
-                });
-                self.event(DELIVERY_EXHAUSTED.name, &key, payload)
-            })
-            .collect();
-        for chunk in events.chunks(MAX_PUTS) {
-            // Plain puts: the same id written again (a resent report) is the same event.
-            let txn = chunk.iter().fold(Txn::default(), |txn, event| {
-                txn.then(Op::Put(
-                    keys::operator_event(&event.id),
-                    event.encode_to_vec(),
-                ))
-            });
-            match self.store.txn(txn).await {
-                Ok(_) => {
-                    tracing::info!(count = chunk.len(), "delivery exhausted events raised");
-                    self.wake.notify_one();
-                }
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot record delivery exhausted events")
-                }
-            }
+    /// What the delivery log raises for an attempt it stores: a `herald.delivery.exhausted`
+    /// event for a delivery that failed for good (its last attempt failed), in the same commit.
+    pub fn raiser(&self) -> Arc<Raise> {
+        let events = self.clone();
+        Arc::new(move |attempt: &pb::Attempt| events.exhausted(attempt))
+    }
+
+    /// The event of a delivery that failed for good, if `attempt` was its last.
+    fn exhausted(&self, attempt: &pb::Attempt) -> Option<pb::Event> {
+        // An operator event that could not be delivered raises no further event.
+        if attempt.outcome() != pb::Outcome::Failed || attempt.tenant == *self.tenant {
+            return None;
         }
+        let key = format!("{}\0{}", attempt.event_id, attempt.subscription_id);
+        let payload = json!({
+            "event_id": attempt.event_id,
+            "subscription_id": attempt.subscription_id,
+            "tenant": attempt.tenant,
+            "event_type": attempt.event_type,
+            "attempts": attempt.attempt,
+            "last_status": attempt.status_code,
+            "last_error": if attempt.error.is_empty() { &attempt.error_kind } else { &attempt.error },
+            "agent_id": attempt.agent_id,
+        });
+        Some(self.event(DELIVERY_EXHAUSTED.name, &key, payload))
+    }
+
+    /// Wakes the drain: the outbox holds something new.
+    pub fn wake(&self) {
+        self.wake.notify_one();
     }
 
     /// The event of type `event_type` about what `key` names.
@@ -198,21 +194,42 @@ impl OperatorEvents {
     }
 
     /// Writes the event to the outbox (once per id) and wakes the drain.
-    async fn raise(&self, event_type: &str, key: &str, payload: serde_json::Value) {
+    async fn raise(
+        &self,
+        event_type: &str,
+        key: &str,
+        payload: serde_json::Value,
+    ) -> Result<(), LogError> {
         let event = self.event(event_type, key, payload);
-        let id = event.id.clone();
-        let outbox = keys::operator_event(&id);
-        let txn = Txn::default()
-            .when(Compare::Absent(outbox.clone()))
-            .then(Op::Put(outbox, event.encode_to_vec()));
-        match self.store.txn(txn).await {
-            Ok(_) => {
-                tracing::info!(id, event_type, "operator event raised");
-                self.wake.notify_one();
+        self.log.raise(std::slice::from_ref(&event)).await?;
+        tracing::info!(id = %event.id, event_type, "operator event raised");
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Moves the operator events an earlier version left in the config store's outbox into
+    /// the delivery log's; how many moved.
+    pub async fn adopt_config_store_outbox(&self, store: &Store) -> Result<usize, AdoptError> {
+        let mut moved = 0;
+        loop {
+            let kvs = store
+                .list_page(keys::OPERATOR_EVENTS, None, DRAIN_BATCH)
+                .await?;
+            if kvs.is_empty() {
+                return Ok(moved);
             }
-            Err(err) => {
-                tracing::error!(id, event_type, error = %err, "cannot record an operator event")
+            let events: Vec<pb::Event> = kvs
+                .iter()
+                .filter_map(|kv| pb::Event::decode(kv.value.as_slice()).ok())
+                .collect();
+            self.log.raise(&events).await?;
+            for kv in &kvs {
+                let txn = Txn::default()
+                    .when(Compare::ModRevision(kv.key.clone(), kv.mod_revision))
+                    .then(Op::Delete(kv.key.clone()));
+                store.txn(txn).await?;
             }
+            moved += events.len();
         }
     }
 
@@ -239,24 +256,15 @@ impl OperatorEvents {
 
     /// Hands one batch to an agent; whether a full batch went (there may be more).
     async fn drain_once(&self) -> Result<bool, String> {
-        let kvs = self
-            .store
-            .list_page(keys::OPERATOR_EVENTS, None, DRAIN_BATCH)
+        let events = self
+            .log
+            .outbox(DRAIN_BATCH)
             .await
             .map_err(|e| e.to_string())?;
-        if kvs.is_empty() {
+        if events.is_empty() {
             return Ok(false);
         }
-        let mut events = Vec::with_capacity(kvs.len());
-        for kv in &kvs {
-            match pb::Event::decode(kv.value.as_slice()) {
-                Ok(event) => events.push(event),
-                Err(err) => {
-                    tracing::error!(key = %kv.key, error = %err, "dropping an unreadable operator event");
-                    self.remove(&kv.key, kv.mod_revision).await;
-                }
-            }
-        }
+        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
         let Some(answer) = self.fleet.send_emit(events) else {
             return Err("no agent is connected to this control plane".into());
         };
@@ -268,20 +276,24 @@ impl OperatorEvents {
         if !result.error.is_empty() {
             return Err(format!("the agent refused them: {}", result.error));
         }
-        for kv in &kvs {
-            self.remove(&kv.key, kv.mod_revision).await;
+        if let Err(err) = self.log.emitted(&ids).await {
+            // Emitted, not cleared: the next round emits them again, and the agent's dedup
+            // window drops the repeats.
+            tracing::warn!(error = %err, "cannot clear emitted operator events");
         }
-        Ok(kvs.len() == DRAIN_BATCH)
+        Ok(ids.len() == DRAIN_BATCH)
     }
+}
 
-    async fn remove(&self, key: &str, revision: i64) {
-        let txn = Txn::default()
-            .when(Compare::ModRevision(key.to_owned(), revision))
-            .then(Op::Delete(key.to_owned()));
-        if let Err(err) = self.store.txn(txn).await {
-            tracing::warn!(key, error = %err, "cannot clear an emitted operator event");
-        }
-    }
+/// Why the config store's old outbox could not be moved.
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptError {
+    /// The config store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The delivery log failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
 }
 
 fn rfc3339(ts: Option<&prost_types::Timestamp>) -> serde_json::Value {

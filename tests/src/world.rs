@@ -30,8 +30,21 @@ pub struct World {
 impl World {
     /// Starts everything; the agent is connected when this returns.
     pub async fn start() -> anyhow::Result<World> {
+        Self::start_with_log(None).await
+    }
+
+    /// Starts everything with the control plane's delivery log in `log_store` (a
+    /// `postgres://` URL that further replicas can share; `None`: the embedded log).
+    pub async fn start_with_log(log_store: Option<String>) -> anyhow::Result<World> {
         let etcd = Etcd::start().await?;
-        let control_plane = ControlPlane::start(ConfigStore::Etcd(vec![etcd.endpoint()])).await?;
+        let store = ConfigStore::Etcd(vec![etcd.endpoint()]);
+        let control_plane = match log_store {
+            Some(url) => {
+                let flag = herald_control_plane::attempts::LogStoreFlag::new(url);
+                ControlPlane::start_configured(store, move |config| config.log_store = flag).await?
+            }
+            None => ControlPlane::start(store).await?,
+        };
         let ca = TestCa::new();
         let ca_dir = tempfile::tempdir()?;
         let ca_file = ca.write_ca_pem(ca_dir.path())?;

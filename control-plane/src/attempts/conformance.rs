@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use herald_proto::convert::timestamp;
 use herald_proto::v1 as pb;
 
-use super::{AttemptLog, LogStore};
+use super::{AttemptLog, LogStore, Raise};
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -23,6 +23,144 @@ pub async fn check_all(log: &AttemptLog) {
     stores_once_and_pages_newest_first(log.as_ref()).await;
     filters_select_what_they_name(log.as_ref()).await;
     followers_see_what_is_stored_after_they_start(log.as_ref()).await;
+    health_is_counted_once_in_the_commit_that_stores(log.as_ref()).await;
+    follow_ups_stay_until_settled(log.as_ref()).await;
+    the_outbox_keeps_an_event_once_until_emitted(log.as_ref()).await;
+}
+
+/// Raises an event for each failed attempt, as the control plane does.
+fn raise_exhausted() -> Arc<Raise> {
+    Arc::new(|a: &pb::Attempt| {
+        (a.outcome() == pb::Outcome::Failed).then(|| pb::Event {
+            id: format!("exhausted:{}:{}", a.event_id, a.subscription_id),
+            tenant: "herald".into(),
+            r#type: "herald.delivery.exhausted".into(),
+            payload: b"{}".to_vec(),
+            ..Default::default()
+        })
+    })
+}
+
+/// The follow-ups of `sub` not yet settled.
+async fn followups_of(log: &dyn LogStore, sub: &str) -> Vec<super::PendingFollowup> {
+    let all = log
+        .followups(Duration::ZERO, 10_000)
+        .await
+        .expect("followups");
+    all.into_iter()
+        .filter(|f| f.followup.subscription_id == sub)
+        .collect()
+}
+
+/// New attempts count into their subscription's health in the commit that stores them; a
+/// batch stored again counts nothing, and raises no event twice.
+async fn health_is_counted_once_in_the_commit_that_stores(log: &dyn LogStore) {
+    let sub = "sub_health";
+    assert_eq!(log.health(sub).await.expect("health"), None);
+    let failures: Vec<pb::Attempt> = (0..3)
+        .map(|i| {
+            let age = Duration::from_millis(300 - i * 10);
+            attempt(&format!("evt_h{i}"), sub, 1, pb::Outcome::Failed, age)
+        })
+        .collect();
+    let stored = log
+        .store(failures.clone(), raise_exhausted())
+        .await
+        .expect("store");
+    assert_eq!(stored.attempts.len(), 3);
+    let [followup] = stored.followups.as_slice() else {
+        panic!("one follow-up for the subscription: {:?}", stored.followups);
+    };
+    let run = followup.followup.longest_run.as_ref().expect("a run grew");
+    assert_eq!(run.consecutive_failures, 3);
+    let health = log.health(sub).await.expect("health").expect("a record");
+    assert_eq!(health.consecutive_failures, 3);
+    assert_eq!(health.subscription_id, sub);
+    assert_eq!(health.last_error, "HTTP 500");
+
+    let again = log.store(failures, raise_exhausted()).await.expect("again");
+    assert!(again.attempts.is_empty() && again.followups.is_empty());
+    let health = log.health(sub).await.expect("health").expect("a record");
+    assert_eq!(
+        health.consecutive_failures, 3,
+        "a resent batch counts nothing"
+    );
+    let raised: Vec<pb::Event> = log
+        .outbox(10_000)
+        .await
+        .expect("outbox")
+        .into_iter()
+        .filter(|e| e.id.ends_with(&format!(":{sub}")))
+        .collect();
+    assert_eq!(raised.len(), 3, "one exhausted event per failed delivery");
+
+    // A later delivery ends the run, and says how long it was.
+    let delivered = attempt("evt_h9", sub, 1, pb::Outcome::Delivered, Duration::ZERO);
+    let stored = log
+        .store(vec![delivered], raise_exhausted())
+        .await
+        .expect("store");
+    assert_eq!(stored.followups.len(), 1);
+    assert_eq!(stored.followups[0].followup.ended_run, 3);
+    let health = log.health(sub).await.expect("health").expect("a record");
+    assert_eq!(health.consecutive_failures, 0);
+    assert!(health.last_success_at.is_some());
+
+    log.forget_health(sub).await.expect("forget");
+    assert_eq!(log.health(sub).await.expect("health"), None);
+    let ids: Vec<String> = raised.iter().map(|e| e.id.clone()).collect();
+    log.emitted(&ids).await.expect("emitted");
+    let settled: Vec<i64> = followups_of(log, sub).await.iter().map(|f| f.id).collect();
+    log.settle(&settled).await.expect("settle");
+}
+
+/// A follow-up is kept until settled; the sweep's query sees only those old enough.
+async fn follow_ups_stay_until_settled(log: &dyn LogStore) {
+    let sub = "sub_followup";
+    let mut gone = attempt("evt_f1", sub, 1, pb::Outcome::Failed, Duration::ZERO);
+    gone.status_code = 410;
+    let stored = log.insert(vec![gone]).await.expect("store");
+    assert_eq!(stored.len(), 1);
+    let left = followups_of(log, sub).await;
+    let [pending] = left.as_slice() else {
+        panic!("one follow-up left: {left:?}");
+    };
+    assert!(pending.followup.gone);
+    assert!(pending.followup.recorded_at.is_some());
+    let young = log
+        .followups(Duration::from_secs(3600), 10_000)
+        .await
+        .expect("followups");
+    assert!(
+        young.iter().all(|f| f.followup.subscription_id != sub),
+        "a follow-up younger than asked is not left behind yet"
+    );
+    log.settle(&[pending.id]).await.expect("settle");
+    assert!(followups_of(log, sub).await.is_empty());
+}
+
+/// Raising an event whose id is in the outbox keeps the first; emitted events go.
+async fn the_outbox_keeps_an_event_once_until_emitted(log: &dyn LogStore) {
+    let event = |payload: &str| pb::Event {
+        id: "herald.subscription.disabled:conformance".into(),
+        tenant: "herald".into(),
+        r#type: "herald.subscription.disabled".into(),
+        payload: payload.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    log.raise(&[event("first")]).await.expect("raise");
+    log.raise(&[event("second")]).await.expect("raise again");
+    let mine = |events: Vec<pb::Event>| -> Vec<pb::Event> {
+        events
+            .into_iter()
+            .filter(|e| e.id == "herald.subscription.disabled:conformance")
+            .collect()
+    };
+    let held = mine(log.outbox(10_000).await.expect("outbox"));
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].payload, b"first");
+    log.emitted(&[held[0].id.clone()]).await.expect("emitted");
+    assert!(mine(log.outbox(10_000).await.expect("outbox")).is_empty());
 }
 
 /// An attempt of `event` to `sub`, number `n`, that started `age` ago.

@@ -10,6 +10,10 @@
 //! - `by_subscription`: (subscription id, sequence) → (), for a subscription's attempts.
 //! - `by_event`: written by earlier versions (the `attempt_ids` prefix serves that lookup
 //!   now); only the sweep still removes its entries.
+//! - `health`: subscription id → `herald.v1.SubscriptionHealth`, counted in the commit that
+//!   stores the attempts ([`super::derived`]).
+//! - `followups`: number → [`Followup`], written by that commit, removed once acted on.
+//! - `outbox`: operator event id → `herald.v1.Event`, until an agent accepts it.
 //!
 //! A batch is one write transaction, committed durably before the agent's ack is sent.
 //! Response excerpts and error texts are bounded by the agent, and bounded again here.
@@ -29,12 +33,16 @@ use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::broadcast;
 
-use super::{Filter, LogError, LogStore, Page, TAIL_BUFFER, page_size, storage};
+use super::derived::{self, Followup, PendingFollowup, Raise};
+use super::{Filter, LogError, LogStore, Page, Stored, TAIL_BUFFER, page_size, storage};
 
 const ATTEMPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("attempts");
 const ATTEMPT_IDS: TableDefinition<&str, u64> = TableDefinition::new("attempt_ids");
 const BY_SUBSCRIPTION: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_subscription");
 const BY_EVENT: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_event");
+const HEALTH: TableDefinition<&str, &[u8]> = TableDefinition::new("health");
+const FOLLOWUPS: TableDefinition<u64, &[u8]> = TableDefinition::new("followups");
+const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
 
 /// Records examined by one query before it returns what it has with a continuation token,
 /// so a query with a rare filter stays bounded in time.
@@ -44,8 +52,12 @@ pub const SWEEP_BATCH: usize = 10_000;
 
 #[tonic::async_trait]
 impl LogStore for EmbeddedLog {
-    async fn insert(&self, attempts: Vec<pb::Attempt>) -> Result<Vec<Arc<pb::Attempt>>, LogError> {
-        EmbeddedLog::insert(self, attempts).await
+    async fn store(
+        &self,
+        attempts: Vec<pb::Attempt>,
+        raise: Arc<Raise>,
+    ) -> Result<Stored, LogError> {
+        EmbeddedLog::store(self, attempts, raise).await
     }
 
     async fn list(
@@ -68,6 +80,118 @@ impl LogStore for EmbeddedLog {
     fn follow(&self) -> broadcast::Receiver<Arc<pb::Attempt>> {
         EmbeddedLog::follow(self)
     }
+
+    async fn health(
+        &self,
+        subscription_id: &str,
+    ) -> Result<Option<pb::SubscriptionHealth>, LogError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(HEALTH).map_err(storage)?;
+        let Some(value) = table.get(subscription_id).map_err(storage)? else {
+            return Ok(None);
+        };
+        pb::SubscriptionHealth::decode(value.value())
+            .map(Some)
+            .map_err(storage)
+    }
+
+    async fn forget_health(&self, subscription_id: &str) -> Result<(), LogError> {
+        let id = subscription_id.to_owned();
+        self.write(move |txn| {
+            txn.open_table(HEALTH)
+                .map_err(storage)?
+                .remove(id.as_str())
+                .map_err(storage)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn followups(
+        &self,
+        older_than: Duration,
+        limit: usize,
+    ) -> Result<Vec<PendingFollowup>, LogError> {
+        let cutoff = SystemTime::now()
+            .checked_sub(older_than)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(FOLLOWUPS).map_err(storage)?;
+        let mut found = Vec::new();
+        for entry in table.iter().map_err(storage)? {
+            let (id, value) = entry.map_err(storage)?;
+            let followup = Followup::decode(value.value()).map_err(storage)?;
+            if followup
+                .recorded_at
+                .as_ref()
+                .is_some_and(|t| system_time(t) > cutoff)
+            {
+                // Numbered in the order they were written: the rest are newer still.
+                break;
+            }
+            found.push(PendingFollowup {
+                id: id.value() as i64,
+                followup,
+            });
+            if found.len() == limit {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    async fn settle(&self, ids: &[i64]) -> Result<(), LogError> {
+        let ids = ids.to_vec();
+        self.write(move |txn| {
+            let mut table = txn.open_table(FOLLOWUPS).map_err(storage)?;
+            for id in ids {
+                table.remove(id as u64).map_err(storage)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn raise(&self, events: &[pb::Event]) -> Result<(), LogError> {
+        let events = events.to_vec();
+        self.write(move |txn| put_events(txn, &events)).await
+    }
+
+    async fn outbox(&self, limit: usize) -> Result<Vec<pb::Event>, LogError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(OUTBOX).map_err(storage)?;
+        let mut events = Vec::new();
+        for entry in table.iter().map_err(storage)?.take(limit) {
+            let (_, value) = entry.map_err(storage)?;
+            events.push(pb::Event::decode(value.value()).map_err(storage)?);
+        }
+        Ok(events)
+    }
+
+    async fn emitted(&self, ids: &[String]) -> Result<(), LogError> {
+        let ids = ids.to_vec();
+        self.write(move |txn| {
+            let mut table = txn.open_table(OUTBOX).map_err(storage)?;
+            for id in ids {
+                table.remove(id.as_str()).map_err(storage)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Puts operator events into the outbox, keeping those already there.
+fn put_events(txn: &redb::WriteTransaction, events: &[pb::Event]) -> Result<(), LogError> {
+    let mut table = txn.open_table(OUTBOX).map_err(storage)?;
+    for event in events {
+        if table.get(event.id.as_str()).map_err(storage)?.is_none() {
+            table
+                .insert(event.id.as_str(), event.encode_to_vec().as_slice())
+                .map_err(storage)?;
+        }
+    }
+    Ok(())
 }
 
 /// The delivery log in a local redb file; cloning shares it.
@@ -88,6 +212,9 @@ impl EmbeddedLog {
             txn.open_table(ATTEMPT_IDS).map_err(storage)?;
             txn.open_table(BY_SUBSCRIPTION).map_err(storage)?;
             txn.open_table(BY_EVENT).map_err(storage)?;
+            txn.open_table(HEALTH).map_err(storage)?;
+            txn.open_table(FOLLOWUPS).map_err(storage)?;
+            txn.open_table(OUTBOX).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
         let (tail, _) = broadcast::channel(TAIL_BUFFER);
@@ -97,21 +224,42 @@ impl EmbeddedLog {
         })
     }
 
-    /// Stores a batch durably, skipping attempts already stored; returns the new ones.
-    pub async fn insert(
+    /// Stores a batch durably, skipping attempts already stored, with what it derives
+    /// ([`LogStore::store`]).
+    pub async fn store(
         &self,
         attempts: Vec<pb::Attempt>,
-    ) -> Result<Vec<Arc<pb::Attempt>>, LogError> {
+        raise: Arc<Raise>,
+    ) -> Result<Stored, LogError> {
         let db = self.db.clone();
-        let stored = tokio::task::spawn_blocking(move || insert_batch(&db, attempts))
-            .await
-            .map_err(storage)??;
-        let stored: Vec<Arc<pb::Attempt>> = stored.into_iter().map(Arc::new).collect();
-        for attempt in &stored {
+        let (new, followups) =
+            tokio::task::spawn_blocking(move || insert_batch(&db, attempts, &*raise))
+                .await
+                .map_err(storage)??;
+        let new: Vec<Arc<pb::Attempt>> = new.into_iter().map(Arc::new).collect();
+        for attempt in &new {
             // No tail listening is fine.
             let _ = self.tail.send(attempt.clone());
         }
-        Ok(stored)
+        Ok(Stored {
+            attempts: new,
+            followups,
+        })
+    }
+
+    /// Runs `change` in a write transaction of its own, committed durably.
+    async fn write(
+        &self,
+        change: impl FnOnce(&redb::WriteTransaction) -> Result<(), LogError> + Send + 'static,
+    ) -> Result<(), LogError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_write().map_err(storage)?;
+            change(&txn)?;
+            txn.commit().map_err(storage)
+        })
+        .await
+        .map_err(storage)?
     }
 
     /// Attempts matching `filter`, newest first, a page at a time.
@@ -178,9 +326,16 @@ fn attempt_id(a: &pb::Attempt) -> String {
     format!("{}\0{}\0{}", a.event_id, a.subscription_id, a.attempt)
 }
 
-fn insert_batch(db: &Database, attempts: Vec<pb::Attempt>) -> Result<Vec<pb::Attempt>, LogError> {
+/// Stores the attempts of a batch that are new, and what they derive, in one commit; the new
+/// attempts and the follow-ups written.
+fn insert_batch(
+    db: &Database,
+    attempts: Vec<pb::Attempt>,
+    raise: &Raise,
+) -> Result<(Vec<pb::Attempt>, Vec<PendingFollowup>), LogError> {
     let txn = db.begin_write().map_err(storage)?;
     let mut stored = Vec::with_capacity(attempts.len());
+    let mut followups = Vec::new();
     {
         let mut records = txn.open_table(ATTEMPTS).map_err(storage)?;
         let mut ids = txn.open_table(ATTEMPT_IDS).map_err(storage)?;
@@ -206,9 +361,41 @@ fn insert_batch(db: &Database, attempts: Vec<pb::Attempt>) -> Result<Vec<pb::Att
                 .map_err(storage)?;
             stored.push(attempt);
         }
+        let new: Vec<&pb::Attempt> = stored.iter().collect();
+        let mut health = txn.open_table(HEALTH).map_err(storage)?;
+        let mut current = std::collections::HashMap::new();
+        for id in derived::subscriptions(&new) {
+            if let Some(value) = health.get(id.as_str()).map_err(storage)? {
+                let record = pb::SubscriptionHealth::decode(value.value()).map_err(storage)?;
+                current.insert(id, record);
+            }
+        }
+        let derived = derived::derive(&new, |id| current.get(id).cloned(), raise);
+        for record in &derived.records {
+            health
+                .insert(
+                    record.subscription_id.as_str(),
+                    record.health.encode_to_vec().as_slice(),
+                )
+                .map_err(storage)?;
+        }
+        let mut table = txn.open_table(FOLLOWUPS).map_err(storage)?;
+        let mut next = table.last().map_err(storage)?.map_or(0, |(k, _)| k.value());
+        for followup in derived.followups {
+            next += 1;
+            table
+                .insert(next, followup.encode_to_vec().as_slice())
+                .map_err(storage)?;
+            followups.push(PendingFollowup {
+                id: next as i64,
+                followup,
+            });
+        }
+        drop(table);
+        put_events(&txn, &derived.events)?;
     }
     txn.commit().map_err(storage)?;
-    Ok(stored)
+    Ok((stored, followups))
 }
 
 /// One sweep commit: removes up to [`SWEEP_BATCH`] of the oldest attempts that started before

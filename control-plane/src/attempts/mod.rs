@@ -24,9 +24,11 @@ use herald_proto::v1 as pb;
 use tokio::sync::broadcast;
 
 pub mod conformance;
+pub mod derived;
 pub mod embedded;
 pub mod postgres;
 
+pub use derived::{Followup, PendingFollowup, Raise};
 pub use embedded::EmbeddedLog;
 pub use postgres::PostgresLog;
 
@@ -78,12 +80,34 @@ fn storage(err: impl std::fmt::Display) -> LogError {
     LogError::Storage(err.to_string())
 }
 
+/// What storing a batch did.
+#[derive(Debug, Default)]
+pub struct Stored {
+    /// The attempts new to the log (the others were stored before).
+    pub attempts: Vec<Arc<pb::Attempt>>,
+    /// The follow-ups the commit wrote ([`derived`]), to act on now.
+    pub followups: Vec<PendingFollowup>,
+}
+
 /// What the control plane needs of its delivery log.
 #[tonic::async_trait]
 pub trait LogStore: Send + Sync {
     /// Stores a batch durably, skipping attempts already stored (same tenant, event,
-    /// subscription and attempt number); returns the new ones.
-    async fn insert(&self, attempts: Vec<pb::Attempt>) -> Result<Vec<Arc<pb::Attempt>>, LogError>;
+    /// subscription and attempt number). The same commit counts the new attempts into their
+    /// subscriptions' health records, keeps the follow-ups that needs, and puts the operator
+    /// events `raise` gives for them into the outbox ([`derived`]).
+    async fn store(
+        &self,
+        attempts: Vec<pb::Attempt>,
+        raise: Arc<Raise>,
+    ) -> Result<Stored, LogError>;
+    /// Stores a batch that raises no operator event; returns the attempts new to the log.
+    async fn insert(&self, attempts: Vec<pb::Attempt>) -> Result<Vec<Arc<pb::Attempt>>, LogError> {
+        Ok(self
+            .store(attempts, Arc::new(derived::raise_nothing))
+            .await?
+            .attempts)
+    }
     /// Attempts matching `filter`, newest first, a page at a time.
     async fn list(
         &self,
@@ -102,6 +126,31 @@ pub trait LogStore: Send + Sync {
     }
     /// Every attempt stored from now on (for live tails), through whichever replica.
     fn follow(&self) -> broadcast::Receiver<Arc<pb::Attempt>>;
+
+    /// A subscription's health record (none while it never failed since it was last reset).
+    async fn health(
+        &self,
+        subscription_id: &str,
+    ) -> Result<Option<pb::SubscriptionHealth>, LogError>;
+    /// Forgets a subscription's health record (re-enabled or deleted: a fresh start).
+    async fn forget_health(&self, subscription_id: &str) -> Result<(), LogError>;
+    /// Follow-ups written at least `older_than` ago and not yet settled (left by a replica
+    /// that stopped before acting on them), oldest first.
+    async fn followups(
+        &self,
+        older_than: Duration,
+        limit: usize,
+    ) -> Result<Vec<PendingFollowup>, LogError>;
+    /// Removes follow-ups that were acted on.
+    async fn settle(&self, ids: &[i64]) -> Result<(), LogError>;
+
+    /// Puts operator events into the outbox; an event whose id is there already is kept as it
+    /// is (raising the same event twice is one event).
+    async fn raise(&self, events: &[pb::Event]) -> Result<(), LogError>;
+    /// The oldest operator events in the outbox.
+    async fn outbox(&self, limit: usize) -> Result<Vec<pb::Event>, LogError>;
+    /// Removes operator events an agent accepted.
+    async fn emitted(&self, ids: &[String]) -> Result<(), LogError>;
 }
 
 /// The delivery log the control plane uses, whichever store keeps it; cloning shares it.

@@ -132,6 +132,10 @@ impl SubscriptionsApi for SubscriptionsService {
         self.registry
             .delete(&request.id, request.expected_revision)
             .await?;
+        if let Err(err) = self.health.reset(&request.id).await {
+            // Harmless: a record nobody reads, and a new subscription never has this id.
+            tracing::warn!(id = %request.id, error = %err, "cannot forget a deleted subscription's health");
+        }
         tracing::info!(id = %request.id, "subscription deleted");
         Ok(Response::new(pb::DeleteSubscriptionResponse {}))
     }
@@ -148,11 +152,14 @@ impl SubscriptionsApi for SubscriptionsService {
             .await?;
         // A fresh start: earlier failures no longer count towards disabling it again.
         self.health.reset(&sub.id).await?;
-        if was_disabled {
-            self.health
+        if was_disabled
+            && let Err(err) = self
+                .health
                 .events()
-                .subscription_recovered(&sub, "enabled", 0)
-                .await;
+                .subscription_recovered(&sub, "enabled", 0, &sub.revision.to_string())
+                .await
+        {
+            tracing::error!(id = %sub.id, error = %err, "cannot raise the recovered event");
         }
         tracing::info!(id = %sub.id, "subscription enabled");
         Ok(Response::new(redact(sub)))
@@ -175,8 +182,8 @@ impl SubscriptionsApi for SubscriptionsService {
         let was_enabled = self.registry.get(&request.id).await?.enabled;
         let sub = self.registry.disable(&request.id, &request.reason).await?;
         tracing::info!(id = %sub.id, reason = %sub.disabled_reason, "subscription disabled");
-        if was_enabled {
-            self.health.events().subscription_disabled(&sub).await;
+        if was_enabled && let Err(err) = self.health.events().subscription_disabled(&sub).await {
+            tracing::error!(id = %sub.id, error = %err, "cannot raise the disabled event");
         }
         Ok(Response::new(redact(sub)))
     }

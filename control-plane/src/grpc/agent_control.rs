@@ -7,10 +7,11 @@
 //! fresh snapshot whenever it fell so far behind that the hub's buffer no longer holds the
 //! changes it missed. Acks and nacks are recorded in the fleet registry.
 //!
-//! Reports: each batch of attempts is stored durably in the delivery log, then acked by id.
-//! A receiver that answered 410 Gone has its subscription disabled (reason `gone (410)`), and
-//! new attempts count into their endpoints' health, which disables endpoints that keep failing
-//! ([`crate::health`]); either reaches every agent through the config stream.
+//! Reports: each batch of attempts is stored durably in the delivery log, with the health
+//! counts and operator events it derives, then acked by id. The commit's follow-ups are acted
+//! on next ([`crate::health`]): a receiver that answered 410 Gone has its subscription disabled
+//! (reason `gone (410)`), and so has an endpoint that keeps failing; either reaches every agent
+//! through the config stream.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,12 +28,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::admin::async_stream;
-use crate::attempts::AttemptLog;
+use crate::attempts::{AttemptLog, PendingFollowup};
 use crate::fleet::{Fleet, Order};
 use crate::health::Health;
 use crate::hub::{Change, ConfigHub, Resume, Snapshot};
-use crate::metrics::{DisableReason, Metrics};
-use crate::subscriptions::Subscriptions;
+use crate::metrics::Metrics;
 
 /// How long an agent has to say hello after opening its config stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,7 +52,6 @@ pub struct AgentControlService {
     hub: ConfigHub,
     fleet: Fleet,
     log: AttemptLog,
-    registry: Subscriptions,
     health: Health,
     metrics: Metrics,
     shutdown: CancellationToken,
@@ -66,7 +65,6 @@ impl AgentControlService {
         hub: ConfigHub,
         fleet: Fleet,
         log: AttemptLog,
-        registry: Subscriptions,
         health: Health,
         metrics: Metrics,
         shutdown: CancellationToken,
@@ -75,7 +73,6 @@ impl AgentControlService {
             hub,
             fleet,
             log,
-            registry,
             health,
             metrics,
             shutdown,
@@ -145,23 +142,20 @@ impl AgentControl for AgentControlService {
         request: Request<Streaming<pb::ReportBatch>>,
     ) -> Result<Response<Self::ReportAttemptsStream>, Status> {
         let mut inbound = request.into_inner();
-        let (log, registry, health, shutdown) = (
-            self.log.clone(),
-            self.registry.clone(),
-            self.health.clone(),
-            self.shutdown.clone(),
-        );
-        let gone_health = health.clone();
+        let (log, health, shutdown) =
+            (self.log.clone(), self.health.clone(), self.shutdown.clone());
+        let raise = health.events().raiser();
         let metrics = self.metrics.clone();
         let stream = async_stream(move |tx| async move {
-            // Health and operator events of stored batches are counted by a task of their own,
-            // in order, while the next batch is stored; a short queue keeps them close behind.
-            let (counted, mut to_count) = mpsc::channel::<Vec<Arc<pb::Attempt>>>(COUNT_QUEUE);
+            // The follow-ups of stored batches (disabling, recovery events) are acted on by a
+            // task of their own, in order, while the next batch is stored; a short queue keeps
+            // it close behind. A follow-up not acted on stays in the log for the sweep.
+            let (to_act, mut acting) = mpsc::channel::<Vec<PendingFollowup>>(FOLLOWUP_QUEUE);
             // When the stream ends the queue closes, and the task finishes what it holds.
+            let events = health.events().clone();
             tokio::spawn(async move {
-                while let Some(stored) = to_count.recv().await {
-                    health.record(&stored).await;
-                    health.events().deliveries_exhausted(&stored).await;
+                while let Some(followups) = acting.recv().await {
+                    health.act(followups).await;
                 }
             });
             loop {
@@ -180,7 +174,9 @@ impl AgentControl for AgentControlService {
                     let _ = tx.send(Err(status)).await;
                     return;
                 }
-                let stored = match log.insert(batch.attempts).await {
+                // Health counts and operator events are written in the commit that stores
+                // the attempts, so an ack means all of it is durable.
+                let stored = match log.store(batch.attempts, raise.clone()).await {
                     Ok(stored) => stored,
                     Err(err) => {
                         tracing::error!(error = %err, "cannot store attempt reports");
@@ -189,16 +185,21 @@ impl AgentControl for AgentControlService {
                         return;
                     }
                 };
-                metrics.stored(&stored);
-                disable_gone(&registry, &metrics, &gone_health, &stored);
+                metrics.stored(&stored.attempts);
+                if stored
+                    .attempts
+                    .iter()
+                    .any(|a| a.outcome() == pb::Outcome::Failed)
+                {
+                    events.wake();
+                }
                 let ack = pb::ReportAck {
                     batch_id: batch.batch_id,
                 };
                 if tx.send(Ok(ack)).await.is_err() {
                     return;
                 }
-                // Counted after the ack (the attempts are stored either way).
-                if counted.send(stored).await.is_err() {
+                if !stored.followups.is_empty() && to_act.send(stored.followups).await.is_err() {
                     return;
                 }
             }
@@ -207,43 +208,8 @@ impl AgentControl for AgentControlService {
     }
 }
 
-/// Stored batches of one report stream waiting to be counted into health.
-const COUNT_QUEUE: usize = 4;
-
-/// The reason recorded on a subscription whose receiver answered 410 Gone.
-pub const GONE_REASON: &str = "gone (410)";
-
-/// Disables, in the background, the subscriptions whose receivers answered 410 in `attempts`.
-fn disable_gone(
-    registry: &Subscriptions,
-    metrics: &Metrics,
-    health: &Health,
-    attempts: &[Arc<pb::Attempt>],
-) {
-    let mut gone: Vec<String> = attempts
-        .iter()
-        .filter(|a| a.status_code == 410)
-        .map(|a| a.subscription_id.clone())
-        .collect();
-    gone.sort();
-    gone.dedup();
-    for id in gone {
-        let (registry, metrics, health) = (registry.clone(), metrics.clone(), health.clone());
-        tokio::spawn(async move {
-            match registry.disable_if_enabled(&id, GONE_REASON).await {
-                Ok(Some(disabled)) => {
-                    metrics.disabled(DisableReason::gone);
-                    health.events().subscription_disabled(&disabled).await;
-                    tracing::warn!(subscription = %id, "receiver answered 410 Gone; subscription disabled")
-                }
-                Ok(None) => {}
-                Err(err) => {
-                    tracing::debug!(subscription = %id, error = %err, "cannot disable a gone subscription")
-                }
-            }
-        });
-    }
-}
+/// Stored batches' follow-ups of one report stream waiting to be acted on.
+const FOLLOWUP_QUEUE: usize = 4;
 
 /// What every config stream of this replica shares.
 struct Shared {

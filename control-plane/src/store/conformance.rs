@@ -282,6 +282,22 @@ async fn next(watch: &mut WatchReceiver) -> super::WatchBatch {
 mod tests {
     use super::*;
 
+    /// Opens the embedded store in `dir` again once the dropped handle's tasks (a watch, the
+    /// lease reaper) have let go of the file, which they do within moments.
+    async fn reopen(dir: &std::path::Path) -> Store {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match Store::embedded(dir).await {
+                Ok(store) => return store,
+                Err(err) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %err, "the file is still held; trying again");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(err) => panic!("reopen: {err:?}"),
+            }
+        }
+    }
+
     #[tokio::test]
     async fn embedded_store_keeps_the_contract() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -291,7 +307,7 @@ mod tests {
         // Reopening keeps data and revisions.
         let (before, rev) = store.list("/t/").await.expect("list");
         drop(store);
-        let store = Store::embedded(dir.path()).await.expect("reopen");
+        let store = reopen(dir.path()).await;
         let (after, rev_after) = store.list("/t/").await.expect("list");
         assert_eq!((before, rev), (after, rev_after));
 
@@ -306,7 +322,7 @@ mod tests {
         )
         .await;
         drop(store);
-        let store = Store::embedded(dir.path()).await.expect("reopen");
+        let store = reopen(dir.path()).await;
         assert!(store.get("/t/held").await.expect("get").is_none());
     }
 }

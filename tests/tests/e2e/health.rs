@@ -4,9 +4,11 @@
 
 use std::time::Duration;
 
+use herald_control_plane::attempts::LogStoreFlag;
 use herald_proto::v1 as pb;
 use herald_tests::{
-    Agent, AgentOptions, ConfigStore, ControlPlane, World, event, eventually, subscription,
+    Agent, AgentOptions, ConfigStore, ControlPlane, Postgres, World, event, eventually,
+    subscription,
 };
 use serde_json::json;
 
@@ -37,9 +39,16 @@ async fn get(world: &World, id: &str) -> anyhow::Result<pb::Subscription> {
 
 #[tokio::test]
 async fn two_agents_on_two_replicas_failing_one_endpoint_disable_it_once() -> anyhow::Result<()> {
-    let world = World::start().await?;
-    // A second control-plane replica on the same etcd, with an agent of its own.
-    let replica = ControlPlane::start(ConfigStore::Etcd(vec![world.etcd.endpoint()])).await?;
+    // Replicas count health in the delivery log they share.
+    let postgres = Postgres::start().await?;
+    let world = World::start_with_log(Some(postgres.url())).await?;
+    // A second control-plane replica on the same etcd and database, with an agent of its own.
+    let shared = LogStoreFlag::new(postgres.url());
+    let replica = ControlPlane::start_configured(
+        ConfigStore::Etcd(vec![world.etcd.endpoint()]),
+        move |config| config.log_store = shared,
+    )
+    .await?;
     let second = Agent::start(
         replica.url(),
         AgentOptions {

@@ -27,7 +27,6 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,15 +40,23 @@ use tokio::sync::broadcast;
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 
-use super::{Filter, LogError, LogStore, Page, TAIL_BUFFER, page_size};
+use super::derived::{PendingFollowup, Raise};
+use super::{Filter, LogError, LogStore, Page, Stored, TAIL_BUFFER, page_size};
 
+mod database_url;
+mod derived;
 mod follow;
 
+pub use database_url::DatabaseUrl;
+use database_url::Tls;
+
 /// The schema, one migration per version (index + 1).
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[ATTEMPTS, derived::MIGRATION];
+
+/// Schema version 1: the attempts.
+const ATTEMPTS: &str = r#"
 CREATE TABLE attempts (
     seq             bigint GENERATED ALWAYS AS IDENTITY,
     started_at      timestamptz NOT NULL,
@@ -75,7 +82,7 @@ CREATE INDEX attempts_by_tenant ON attempts (tenant, started_at DESC, seq DESC);
 CREATE INDEX attempts_by_event ON attempts (event_id, started_at DESC, seq DESC);
 CREATE INDEX attempts_by_outcome ON attempts (outcome, started_at DESC, seq DESC);
 CREATE INDEX attempts_by_seq ON attempts (seq);
-"#];
+"#;
 /// The advisory lock key migrations run under (`herald` in ASCII, then 1).
 const MIGRATION_LOCK: i64 = 0x6865_7261_6c64_0001;
 /// The advisory lock key partition changes run under.
@@ -89,141 +96,10 @@ const DDL_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '2s'";
 /// Connections in a replica's pool.
 const POOL_SIZE: usize = 16;
 /// How long a query waits for a connection, or for a new one to be made.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The notification channel of stored attempts.
 const CHANNEL: &str = "herald_attempts";
 const DAY_SECS: i64 = 24 * 60 * 60;
-
-/// A `postgres://` URL, its password kept out of `Debug`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct DatabaseUrl {
-    config: tokio_postgres::Config,
-    /// With `sslmode=verify-full`: the CA certificates (PEM) the server's certificate must
-    /// chain to (`sslrootcert`); the server's name is checked too.
-    root_cert: Option<PathBuf>,
-    /// `host:port/db`, for messages and logs.
-    shown: String,
-}
-
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "postgres://{}", self.shown)?;
-        if self.root_cert.is_some() {
-            write!(f, " (TLS)")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Display for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PostgreSQL at {}", self.shown)
-    }
-}
-
-impl DatabaseUrl {
-    /// Parses `postgres://USER[:PASS]@HOST[:PORT]/DB[?sslmode=verify-full&sslrootcert=FILE]`.
-    /// `sslmode` is `disable` (the default) or `verify-full`: TLS with the server's certificate
-    /// checked against `sslrootcert` and its name. Modes that encrypt without checking who
-    /// answers (`require`, `prefer`, …) are refused.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let mut url =
-            url::Url::parse(text).map_err(|_| "is not a valid postgres:// URL".to_owned())?;
-        let mut mode = None;
-        let mut root_cert = None;
-        let mut rest: Vec<(String, String)> = Vec::new();
-        for (key, value) in url.query_pairs() {
-            match key.as_ref() {
-                "sslmode" => mode = Some(value.into_owned()),
-                "sslrootcert" => root_cert = Some(PathBuf::from(value.as_ref())),
-                _ => rest.push((key.into_owned(), value.into_owned())),
-            }
-        }
-        let root_cert = match mode.as_deref() {
-            None | Some("disable") if root_cert.is_none() => None,
-            None | Some("disable") => {
-                return Err("sslrootcert is given without sslmode=verify-full".into());
-            }
-            Some("verify-full") => Some(root_cert.ok_or_else(|| {
-                "sslmode=verify-full needs sslrootcert=FILE (the CA of the server's certificate)"
-                    .to_owned()
-            })?),
-            Some(other) => {
-                return Err(format!(
-                    "sslmode={other}: use verify-full (TLS with the server checked) or disable"
-                ));
-            }
-        };
-        url.set_query(None);
-        if !rest.is_empty() {
-            url.query_pairs_mut().extend_pairs(&rest);
-        }
-        let mut config: tokio_postgres::Config = url
-            .as_str()
-            .parse()
-            .map_err(|_| "is not a valid postgres:// URL".to_owned())?;
-        config.ssl_mode(if root_cert.is_some() {
-            tokio_postgres::config::SslMode::Require
-        } else {
-            tokio_postgres::config::SslMode::Disable
-        });
-        if config.get_user().is_none_or(str::is_empty) {
-            return Err("names no user (postgres://USER@HOST/DB)".into());
-        }
-        let host = match config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-            Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
-            None => return Err("names no host".into()),
-        };
-        let port = config.get_ports().first().copied().unwrap_or(5432);
-        let db = config.get_dbname().unwrap_or("").to_owned();
-        if db.is_empty() {
-            return Err("names no database (postgres://USER@HOST/DB)".into());
-        }
-        config.application_name("herald-control-plane");
-        config.connect_timeout(CONNECT_TIMEOUT);
-        Ok(DatabaseUrl {
-            shown: format!("{host}:{port}/{db}"),
-            root_cert,
-            config,
-        })
-    }
-
-    /// How connections are secured: not at all, or TLS checked against the root certificates.
-    fn tls(&self) -> Result<Tls, LogError> {
-        let Some(path) = &self.root_cert else {
-            return Ok(Tls::Off);
-        };
-        let invalid = |reason: String| {
-            LogError::Storage(format!("{self}: sslrootcert {}: {reason}", path.display()))
-        };
-        let pem = std::fs::read(path).map_err(|e| invalid(e.to_string()))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            let cert = cert.map_err(|e| invalid(e.to_string()))?;
-            roots.add(cert).map_err(|e| invalid(e.to_string()))?;
-        }
-        if roots.is_empty() {
-            return Err(invalid("no PEM certificate in the file".into()));
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| invalid(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Ok(Tls::Verified(MakeRustlsConnect::new(config)))
-    }
-}
-
-/// How connections to the database are secured.
-#[derive(Clone)]
-enum Tls {
-    /// In the clear (`sslmode=disable`).
-    Off,
-    /// TLS, the server's certificate and name checked (`sslmode=verify-full`).
-    Verified(MakeRustlsConnect),
-}
 
 /// The delivery log in a PostgreSQL database.
 pub struct PostgresLog {
@@ -386,12 +262,15 @@ impl PostgresLog {
         Ok(())
     }
 
-    /// Stores a batch in one transaction that also tells the followers; the identities of
-    /// the attempts that were new.
+    /// Stores a batch in one transaction that also counts the new attempts into health,
+    /// writes what they derive and tells the followers; the identities of the attempts that
+    /// were new, and the follow-ups written.
     async fn store_batch(
         client: &mut deadpool_postgres::Object,
         columns: &Columns,
-    ) -> Result<NewAttempts, tokio_postgres::Error> {
+        kept: &[(SystemTime, pb::Attempt)],
+        raise: &Raise,
+    ) -> Result<(NewAttempts, Vec<PendingFollowup>), tokio_postgres::Error> {
         let txn = client.transaction().await?;
         let rows = txn
             .query(
@@ -412,6 +291,12 @@ impl PostgresLog {
             seqs.push(row.get::<_, i64>(0));
             new.insert((row.get(1), row.get(2), row.get(3), row.get(4)));
         }
+        let fresh: Vec<&pb::Attempt> = kept
+            .iter()
+            .map(|(_, a)| a)
+            .filter(|a| new.contains(&identity(a)))
+            .collect();
+        let followups = derived::commit(&txn, &fresh, raise).await?;
         if !seqs.is_empty() {
             txn.execute(
                 "SELECT pg_notify($1, $2)",
@@ -420,7 +305,7 @@ impl PostgresLog {
             .await?;
         }
         txn.commit().await?;
-        Ok(new)
+        Ok((new, followups))
     }
 
     /// A database error as a log error: unavailable when the connection is gone.
@@ -435,7 +320,11 @@ impl PostgresLog {
 
 #[tonic::async_trait]
 impl LogStore for PostgresLog {
-    async fn insert(&self, attempts: Vec<pb::Attempt>) -> Result<Vec<Arc<pb::Attempt>>, LogError> {
+    async fn store(
+        &self,
+        attempts: Vec<pb::Attempt>,
+        raise: Arc<Raise>,
+    ) -> Result<Stored, LogError> {
         let now = SystemTime::now();
         let oldest = day_of(now.checked_sub(self.retention).unwrap_or(UNIX_EPOCH));
         let newest = day_of(now) + MAX_DAYS_AHEAD;
@@ -457,7 +346,7 @@ impl LogStore for PostgresLog {
             kept.push((started, attempt));
         }
         if kept.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Stored::default());
         }
         self.ensure_partitions(kept.iter().map(|(t, _)| day_of(*t)).collect())
             .await?;
@@ -468,7 +357,8 @@ impl LogStore for PostgresLog {
             columns.push(*started, attempt);
         }
         let mut client = self.client().await?;
-        let new = match Self::store_batch(&mut client, &columns).await {
+        let (new, followups) = match Self::store_batch(&mut client, &columns, &kept, &*raise).await
+        {
             // A day's partition this replica believed in is gone (dropped by another replica's
             // size limit, or lost in a failover): make it again, once.
             Err(err) if err.code() == Some(&SqlState::CHECK_VIOLATION) => {
@@ -477,24 +367,20 @@ impl LogStore for PostgresLog {
                     .expect("partitions lock")
                     .retain(|day| !days.contains(day));
                 self.ensure_partitions(days).await?;
-                Self::store_batch(&mut client, &columns).await
+                Self::store_batch(&mut client, &columns, &kept, &*raise).await
             }
             other => other,
         }
         .map_err(|e| self.error(e))?;
-        Ok(kept
-            .into_iter()
-            .map(|(_, attempt)| attempt)
-            .filter(|a| {
-                new.contains(&(
-                    a.tenant.clone(),
-                    a.event_id.clone(),
-                    a.subscription_id.clone(),
-                    a.attempt as i32,
-                ))
-            })
-            .map(Arc::new)
-            .collect())
+        Ok(Stored {
+            attempts: kept
+                .into_iter()
+                .map(|(_, attempt)| attempt)
+                .filter(|a| new.contains(&identity(a)))
+                .map(Arc::new)
+                .collect(),
+            followups,
+        })
     }
 
     async fn list(
@@ -656,10 +542,108 @@ impl LogStore for PostgresLog {
     fn follow(&self) -> broadcast::Receiver<Arc<pb::Attempt>> {
         self.tail.subscribe()
     }
+
+    async fn health(
+        &self,
+        subscription_id: &str,
+    ) -> Result<Option<pb::SubscriptionHealth>, LogError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT record FROM subscription_health WHERE subscription_id = $1",
+                &[&subscription_id],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(row.map(|row| derived::decode_health(subscription_id, row.get(0))))
+    }
+
+    async fn forget_health(&self, subscription_id: &str) -> Result<(), LogError> {
+        self.execute(
+            "DELETE FROM subscription_health WHERE subscription_id = $1",
+            &[&subscription_id],
+        )
+        .await
+    }
+
+    async fn followups(
+        &self,
+        older_than: Duration,
+        limit: usize,
+    ) -> Result<Vec<PendingFollowup>, LogError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, record FROM health_followups WHERE recorded_at <= $1 \
+                 ORDER BY id LIMIT $2",
+                &[&derived::before_now(older_than), &(limit as i64)],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(rows
+            .iter()
+            .map(|row| derived::decode_followup(row.get(0), row.get(1)))
+            .collect())
+    }
+
+    async fn settle(&self, ids: &[i64]) -> Result<(), LogError> {
+        self.execute("DELETE FROM health_followups WHERE id = ANY($1)", &[&ids])
+            .await
+    }
+
+    async fn raise(&self, events: &[pb::Event]) -> Result<(), LogError> {
+        let mut client = self.client().await?;
+        let txn = client.transaction().await.map_err(|e| self.error(e))?;
+        derived::put_events(&txn, events)
+            .await
+            .map_err(|e| self.error(e))?;
+        txn.commit().await.map_err(|e| self.error(e))
+    }
+
+    async fn outbox(&self, limit: usize) -> Result<Vec<pb::Event>, LogError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT record FROM operator_events ORDER BY seq LIMIT $1",
+                &[&(limit as i64)],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        rows.iter()
+            .map(|row| pb::Event::decode(row.get::<_, &[u8]>(0)).map_err(super::storage))
+            .collect()
+    }
+
+    async fn emitted(&self, ids: &[String]) -> Result<(), LogError> {
+        self.execute("DELETE FROM operator_events WHERE id = ANY($1)", &[&ids])
+            .await
+    }
+}
+
+impl PostgresLog {
+    /// Runs one statement on a pooled connection.
+    async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<(), LogError> {
+        let client = self.client().await?;
+        client
+            .execute(sql, params)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
 }
 
 /// The identities (tenant, event, subscription, attempt) of the attempts a batch stored.
 type NewAttempts = HashSet<(String, String, String, i32)>;
+
+/// An attempt's identity in [`NewAttempts`].
+fn identity(a: &pb::Attempt) -> (String, String, String, i32) {
+    (
+        a.tenant.clone(),
+        a.event_id.clone(),
+        a.subscription_id.clone(),
+        a.attempt as i32,
+    )
+}
 
 /// The columns of a batch insert, one array each.
 #[derive(Default)]
@@ -819,32 +803,5 @@ mod tests {
         assert_eq!((parsed.started_at, parsed.seq), (token.started_at, 42));
         assert!(PageToken::parse("garbage").is_err());
         assert!(PageToken::parse("").expect("empty").is_none());
-    }
-
-    #[test]
-    fn urls_keep_the_password_out_of_sight() {
-        let url = DatabaseUrl::parse("postgres://herald:s3cret@db.internal:5433/log")
-            .expect("a valid URL");
-        assert_eq!(format!("{url:?}"), "postgres://db.internal:5433/log");
-        assert!(!url.to_string().contains("s3cret"));
-        let tls = DatabaseUrl::parse(
-            "postgres://herald@db.internal/log?sslmode=verify-full&sslrootcert=/etc/ca.pem",
-        )
-        .expect("TLS");
-        assert_eq!(
-            tls.root_cert.as_deref(),
-            Some(std::path::Path::new("/etc/ca.pem"))
-        );
-        assert_eq!(format!("{tls:?}"), "postgres://db.internal:5432/log (TLS)");
-        for bad in [
-            "postgres://db.internal/log",
-            "postgres://herald@db.internal/",
-            "postgres://herald@db.internal/log?sslmode=verify-full",
-            "postgres://herald@db.internal/log?sslmode=require",
-            "postgres://herald@db.internal/log?sslrootcert=/ca.pem",
-            "postgres://[oops",
-        ] {
-            assert!(DatabaseUrl::parse(bad).is_err(), "{bad}");
-        }
     }
 }
