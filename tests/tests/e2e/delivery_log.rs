@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_control_plane::attempts::postgres::{DatabaseUrl, MIGRATIONS};
+use herald_control_plane::attempts::postgres::{DatabaseUrl, FOLLOWER_APPLICATION, MIGRATIONS};
 use herald_control_plane::attempts::{
     AttemptLog, EmbeddedLog, LogError, LogStore, LogStoreFlag, PostgresLog, conformance,
 };
@@ -367,5 +367,50 @@ async fn a_partition_dropped_behind_a_replicas_back_is_made_again() -> anyhow::R
         .query("SELECT 1 FROM pg_class WHERE relname = $1", &[&partition])
         .await?;
     assert_eq!(found.len(), 1, "{partition} made again");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_tail_misses_nothing_stored_while_its_replica_was_not_listening() -> anyhow::Result<()> {
+    let postgres = Postgres::start().await?;
+    let url = database(&postgres)?;
+    let a = PostgresLog::open(&url, YEAR).await?;
+    let b = PostgresLog::open(&url, YEAR).await?;
+    let mut tail = b.follow();
+    let stored = |n: u32| {
+        conformance::attempt(
+            &format!("evt_gap_{n}"),
+            "sub_gap",
+            1,
+            pb::Outcome::Delivered,
+            Duration::ZERO,
+        )
+    };
+    a.insert(vec![stored(1)]).await?;
+    let first = tokio::time::timeout(WAIT, tail.recv()).await??;
+    assert_eq!(first.event_id, "evt_gap_1");
+
+    // The followers' connections are cut (a failover, a restart of a pooler), and attempts are
+    // stored before they listen again: their notifications reach nobody.
+    let (client, connection) =
+        tokio_postgres::connect(&postgres.url(), tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let cut = client
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&FOLLOWER_APPLICATION],
+        )
+        .await?;
+    assert_eq!(cut, 2, "one follower per replica");
+    a.insert(vec![stored(2), stored(3)]).await?;
+
+    let mut followed = Vec::new();
+    while followed.len() < 2 {
+        let got = tokio::time::timeout(WAIT, tail.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("tailed {followed:?} only, within 10 s"))??;
+        followed.push(got.event_id.clone());
+    }
+    assert_eq!(followed, ["evt_gap_2", "evt_gap_3"]);
     Ok(())
 }

@@ -4,6 +4,11 @@
 //! attempts reported through any other within moments. A row named twice (a range that covers
 //! another batch's rows) is sent once ([`Seen`]). Rows are read only while a tail is open on
 //! this replica.
+//!
+//! Notifications sent while the follower's connection is down are lost to it, so each time it
+//! listens again it reads what was stored meanwhile: the rows past the highest `seq` it had
+//! heard of (less a margin, for transactions that took their `seq` earlier and committed
+//! later). Its connection says `application_name=herald-control-plane-follower`.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -28,6 +33,11 @@ const MIN_FOLLOW_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_FOLLOW_BACKOFF: Duration = Duration::from_secs(10);
 /// The longest notification payload sent (PostgreSQL takes up to 8000 bytes).
 const MAX_NOTIFY_BYTES: usize = 7000;
+/// How far below the highest `seq` heard of a catch-up starts reading: a transaction may take
+/// its `seq`s before another and commit after it.
+const CATCH_UP_MARGIN: i64 = 4096;
+/// The follower's `application_name`, so operators (and tests) can tell its connection.
+pub const FOLLOWER_APPLICATION: &str = "herald-control-plane-follower";
 
 /// What the follower works with.
 pub(super) struct Follower {
@@ -48,12 +58,13 @@ impl Follower {
     /// those rows, until `stop`; connects again with backoff when the connection is lost.
     pub(super) async fn run(self, stop: CancellationToken) {
         let mut seen = Seen::default();
+        let mut heard = Heard::default();
         let mut backoff = MIN_FOLLOW_BACKOFF;
         loop {
             let started = tokio::time::Instant::now();
             let result = tokio::select! {
                 () = stop.cancelled() => return,
-                result = self.follow_once(&mut seen, &stop) => result,
+                result = self.follow_once(&mut seen, &mut heard, &stop) => result,
             };
             self.listening.send_replace(false);
             if let Err(err) = result {
@@ -71,22 +82,83 @@ impl Follower {
         }
     }
 
-    async fn follow_once(&self, seen: &mut Seen, stop: &CancellationToken) -> Result<(), LogError> {
+    async fn follow_once(
+        &self,
+        seen: &mut Seen,
+        heard: &mut Heard,
+        stop: &CancellationToken,
+    ) -> Result<(), LogError> {
         let connected = |e| unavailable(&self.url, e);
+        let mut config = self.url.config.clone();
+        config.application_name(FOLLOWER_APPLICATION);
         match &self.tls {
             Tls::Off => {
-                let (client, connection) =
-                    self.url.config.connect(NoTls).await.map_err(connected)?;
-                self.listen(client, connection, seen, stop).await
+                let (client, connection) = config.connect(NoTls).await.map_err(connected)?;
+                self.listen(client, connection, seen, heard, stop).await
             }
             Tls::Verified(connect) => {
-                let (client, connection) = self
-                    .url
-                    .config
-                    .connect(connect.clone())
+                let (client, connection) =
+                    config.connect(connect.clone()).await.map_err(connected)?;
+                self.listen(client, connection, seen, heard, stop).await
+            }
+        }
+    }
+
+    /// Sends the tails the rows `query` finds (`seq`, `record`) that they were not sent yet.
+    async fn send_rows(
+        &self,
+        seen: &mut Seen,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<(), LogError> {
+        let reader = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| unavailable(&self.url, e))?;
+        let rows = reader
+            .query(sql, params)
+            .await
+            .map_err(|e| unavailable(&self.url, e))?;
+        for row in rows {
+            let seq: i64 = row.get(0);
+            let record: Vec<u8> = row.get(1);
+            if seen.insert(seq)
+                && let Ok(attempt) = pb::Attempt::decode(record.as_slice())
+            {
+                // No tail listening is fine.
+                let _ = self.tail.send(Arc::new(attempt));
+            }
+        }
+        Ok(())
+    }
+
+    /// Once listening: reads what was stored while the follower was not (only for open tails;
+    /// the first time, learns where the log stands).
+    async fn catch_up(&self, seen: &mut Seen, heard: &mut Heard) -> Result<(), LogError> {
+        match heard.highest {
+            Some(highest) if self.tail.receiver_count() > 0 => {
+                let from = highest.saturating_sub(CATCH_UP_MARGIN);
+                self.send_rows(
+                    seen,
+                    "SELECT seq, record FROM attempts WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    &[&from, &(FOLLOW_MEMORY as i64)],
+                )
+                .await
+            }
+            Some(_) => Ok(()),
+            None => {
+                let reader = self
+                    .pool
+                    .get()
                     .await
-                    .map_err(connected)?;
-                self.listen(client, connection, seen, stop).await
+                    .map_err(|e| unavailable(&self.url, e))?;
+                let row = reader
+                    .query_one("SELECT coalesce(max(seq), 0) FROM attempts", &[])
+                    .await
+                    .map_err(|e| unavailable(&self.url, e))?;
+                heard.highest = Some(row.get(0));
+                Ok(())
             }
         }
     }
@@ -97,13 +169,14 @@ impl Follower {
         client: tokio_postgres::Client,
         mut connection: tokio_postgres::Connection<S, T>,
         seen: &mut Seen,
+        heard: &mut Heard,
         stop: &CancellationToken,
     ) -> Result<(), LogError>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let (url, pool, tail) = (&self.url, &self.pool, &self.tail);
+        let (url, tail) = (&self.url, &self.tail);
         let (notes, mut notified) = tokio::sync::mpsc::unbounded_channel();
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         let driver = async move {
@@ -125,8 +198,10 @@ impl Follower {
                 .batch_execute(&format!("LISTEN {CHANNEL}"))
                 .await
                 .map_err(|e| unavailable(url, e))?;
+            self.catch_up(seen, heard).await?;
             self.listening.send_replace(true);
             while let Some(payload) = notified.recv().await {
+                heard.note(&payload);
                 // Rows are read only for someone: with no tail open, a notification costs nothing.
                 if tail.receiver_count() == 0 {
                     continue;
@@ -138,24 +213,12 @@ impl Follower {
                 if seqs.is_empty() {
                     continue;
                 }
-                let reader = pool.get().await.map_err(|e| unavailable(url, e))?;
-                let rows = reader
-                    .query(
-                        "SELECT seq, record FROM attempts WHERE seq = ANY($1) ORDER BY seq",
-                        &[&seqs],
-                    )
-                    .await
-                    .map_err(|e| unavailable(url, e))?;
-                for row in rows {
-                    let seq: i64 = row.get(0);
-                    let record: Vec<u8> = row.get(1);
-                    if seen.insert(seq)
-                        && let Ok(attempt) = pb::Attempt::decode(record.as_slice())
-                    {
-                        // No tail listening is fine.
-                        let _ = tail.send(Arc::new(attempt));
-                    }
-                }
+                self.send_rows(
+                    seen,
+                    "SELECT seq, record FROM attempts WHERE seq = ANY($1) ORDER BY seq",
+                    &[&seqs],
+                )
+                .await?;
             }
             Ok::<(), LogError>(())
         };
@@ -163,6 +226,25 @@ impl Follower {
             () = stop.cancelled() => Ok(()),
             driven = driver => driven.map_err(|e| unavailable(url, e)),
             listened = listen => listened,
+        }
+    }
+}
+
+/// The highest `seq` a follower has heard of: where a catch-up starts.
+#[derive(Default)]
+struct Heard {
+    highest: Option<i64>,
+}
+
+impl Heard {
+    /// Notes a notification's ranges.
+    fn note(&mut self, payload: &str) {
+        let top = payload
+            .split([',', '-'])
+            .filter_map(|n| n.parse::<i64>().ok())
+            .max();
+        if let Some(top) = top {
+            self.highest = Some(self.highest.map_or(top, |h| h.max(top)));
         }
     }
 }

@@ -49,6 +49,8 @@ mod database_url;
 mod derived;
 mod follow;
 
+pub use follow::FOLLOWER_APPLICATION;
+
 pub use database_url::DatabaseUrl;
 use database_url::Tls;
 
