@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod health;
 pub mod hub;
 pub mod keys;
+pub mod log_health;
 pub mod metrics;
 pub mod operator_events;
 pub mod presence;
@@ -340,6 +341,13 @@ pub async fn run(
     health_reporter
         .set_serving::<AgentControlServer<grpc::AgentControlService>>()
         .await;
+    let log_watch_stop = CancellationToken::new();
+    let log_watch = tokio::spawn(log_health::watch(
+        log.clone(),
+        health_reporter.clone(),
+        metrics.clone(),
+        log_watch_stop.clone(),
+    ));
     let reflection = [tonic_health::pb::FILE_DESCRIPTOR_SET];
     let tls = match config.tls.files() {
         Some(files) => {
@@ -408,6 +416,14 @@ pub async fn run(
     }
     tracing::info!("shutting down: draining calls and streams");
     herald_core::daemon::notify_stopping();
+    log_watch_stop.cancel();
+    let _ = log_watch.await;
+    health_reporter
+        .set_service_status(
+            log_health::LOG_SERVICE,
+            tonic_health::ServingStatus::NotServing,
+        )
+        .await;
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;

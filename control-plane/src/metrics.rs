@@ -1,6 +1,7 @@
 //! What the control plane counts for Prometheus (`--metrics-listen`): attempt reports stored by
 //! outcome, subscriptions disabled by the control plane, how long agents take to apply a
-//! config change, and — read at each scrape — open agent streams and the config revision.
+//! config change, whether the delivery log's store answers, and — read at each scrape — open
+//! agent streams and the config revision.
 //! Labels are bounded (outcome, reason); never subscription ids, tenants or URLs.
 
 use std::sync::Arc;
@@ -49,6 +50,7 @@ struct Inner {
     convergence: Histogram,
     streams: Gauge,
     revision: Gauge,
+    log_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -84,6 +86,12 @@ impl Default for Metrics {
             "The config store revision this replica has caught up to",
             revision.clone(),
         );
+        let log_up = Gauge::default();
+        registry.register(
+            "herald_delivery_log_up",
+            "1 while the delivery log's store answers this replica, 0 while it does not",
+            log_up.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -92,6 +100,7 @@ impl Default for Metrics {
                 convergence,
                 streams,
                 revision,
+                log_up,
             }),
         }
     }
@@ -114,6 +123,11 @@ impl Metrics {
             .disabled
             .get_or_create(&ReasonLabel { reason })
             .inc();
+    }
+
+    /// Whether the delivery log's store answers.
+    pub fn log_up(&self, up: bool) {
+        self.inner.log_up.set(i64::from(up));
     }
 
     /// Records how long an agent took to apply a change.

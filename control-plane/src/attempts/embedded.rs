@@ -81,6 +81,11 @@ impl LogStore for EmbeddedLog {
         EmbeddedLog::follow(self)
     }
 
+    async fn ping(&self) -> Result<(), LogError> {
+        self.db.begin_read().map_err(storage)?;
+        Ok(())
+    }
+
     async fn health(
         &self,
         subscription_id: &str,

@@ -126,6 +126,8 @@ pub trait LogStore: Send + Sync {
     }
     /// Every attempt stored from now on (for live tails), through whichever replica.
     fn follow(&self) -> broadcast::Receiver<Arc<pb::Attempt>>;
+    /// Whether the store answers now (for health checks).
+    async fn ping(&self) -> Result<(), LogError>;
 
     /// A subscription's health record (none while it never failed since it was last reset).
     async fn health(

@@ -8,9 +8,10 @@ use herald_control_plane::attempts::postgres::{DatabaseUrl, FOLLOWER_APPLICATION
 use herald_control_plane::attempts::{
     AttemptLog, EmbeddedLog, LogError, LogStore, LogStoreFlag, PostgresLog, conformance,
 };
+use herald_control_plane::log_health::LOG_SERVICE;
 use herald_proto::v1 as pb;
 use herald_tests::{
-    Agent, AgentOptions, ConfigStore, ControlPlane, Etcd, Postgres, Receiver, TestCa, event,
+    Agent, AgentOptions, ConfigStore, ControlPlane, Etcd, Postgres, Receiver, TestCa, World, event,
     eventually, subscription,
 };
 use serde_json::json;
@@ -412,5 +413,121 @@ async fn a_tail_misses_nothing_stored_while_its_replica_was_not_listening() -> a
         followed.push(got.event_id.clone());
     }
     assert_eq!(followed, ["evt_gap_2", "evt_gap_3"]);
+    Ok(())
+}
+
+/// The gRPC health of `service` on the control plane at `url`.
+async fn serving_status(
+    url: &str,
+    service: &str,
+) -> anyhow::Result<tonic_health::pb::health_check_response::ServingStatus> {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        herald_tests::herald::connect(url).await?,
+    );
+    let answer = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await?
+        .into_inner();
+    Ok(answer.status())
+}
+
+#[tokio::test]
+async fn postgresql_restarted_mid_traffic_loses_and_doubles_no_attempt() -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut postgres = Postgres::start().await?;
+    let world = World::start_with_log(Some(postgres.url())).await?;
+    let sub = world
+        .control_plane
+        .create(subscription(
+            "shop-1",
+            &world.receiver.url("/hooks"),
+            &["order.*"],
+        ))
+        .await?;
+    world.control_plane.wait_applied(sub.revision, WAIT).await?;
+    let cp = world.control_plane.url().to_owned();
+    assert_eq!(
+        serving_status(&cp, LOG_SERVICE).await?,
+        ServingStatus::Serving
+    );
+    let mut emitted = Vec::new();
+    let mut emit = async |n: u32| -> anyhow::Result<()> {
+        let mut order = event("shop-1", "order.created", &json!({ "order_id": n }));
+        order.id = format!("evt_restart_{n:03}");
+        world.agent.emit(order.clone()).await?;
+        emitted.push(order.id);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Ok(())
+    };
+    for n in 0..60 {
+        emit(n).await?;
+    }
+
+    // The database goes away mid-traffic: deliveries go on, their reports wait in the agent.
+    postgres.stop().await?;
+    for n in 60..120 {
+        emit(n).await?;
+    }
+    eventually(WAIT, "health checks to show the log down", || async {
+        let status = serving_status(&cp, LOG_SERVICE).await?;
+        Ok((status == ServingStatus::NotServing).then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        serving_status(&cp, "herald.v1.Deliveries").await?,
+        ServingStatus::NotServing
+    );
+    let refused = world
+        .control_plane
+        .attempts(pb::AttemptFilter::default())
+        .await
+        .expect_err("no listing without the database");
+    let status = refused
+        .downcast_ref::<tonic::Status>()
+        .ok_or_else(|| anyhow::anyhow!("not a gRPC status: {refused}"))?;
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains(&format!("127.0.0.1:{}", postgres.port())),
+        "the answer names the database: {}",
+        status.message()
+    );
+
+    // It comes back: the waiting reports are stored, each attempt once.
+    postgres.start_again().await?;
+    for n in 120..180 {
+        emit(n).await?;
+    }
+    let stored = eventually(
+        Duration::from_secs(40),
+        "every attempt in the log",
+        || async {
+            let attempts = world
+                .control_plane
+                .attempts(pb::AttemptFilter {
+                    subscription_id: sub.id.clone(),
+                    ..Default::default()
+                })
+                .await?;
+            Ok((attempts.len() >= emitted.len()).then_some(attempts))
+        },
+    )
+    .await?;
+    let mut ids: Vec<&str> = stored.iter().map(|a| a.event_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids.len(), emitted.len(), "no attempt stored twice");
+    assert_eq!(ids, emitted, "every delivery's attempt, once");
+    assert!(
+        stored.iter().all(|a| a.outcome() == pb::Outcome::Delivered),
+        "each was delivered at its first attempt"
+    );
+    eventually(WAIT, "health checks to show the log back", || async {
+        let status = serving_status(&cp, LOG_SERVICE).await?;
+        Ok((status == ServingStatus::Serving).then_some(()))
+    })
+    .await?;
     Ok(())
 }

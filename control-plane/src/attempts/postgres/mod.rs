@@ -545,6 +545,10 @@ impl LogStore for PostgresLog {
         self.tail.subscribe()
     }
 
+    async fn ping(&self) -> Result<(), LogError> {
+        self.execute("SELECT 1", &[]).await
+    }
+
     async fn health(
         &self,
         subscription_id: &str,
