@@ -7,7 +7,8 @@
 //! - [`TestCa`]: a throwaway CA and the TLS configs that use it ([`tls`]);
 //! - [`Receiver`]: an HTTPS webhook receiver whose answers can be scripted ([`receiver`]);
 //! - [`ControlPlane`], [`Agent`]: Herald's servers in-process on real sockets ([`herald`]);
-//! - [`AgentProcess`]: an agent as a child process, for `kill -9` ([`process`]);
+//! - [`AgentProcess`], [`ControlPlaneProcess`]: daemons as child processes, for `kill -9`
+//!   ([`process`]);
 //! - [`HeldPort`]: a loopback port kept for a server while it restarts ([`port`]);
 //! - [`World`]: all of the above started together ([`world`]);
 //! - [`eventually`]: waiting for a condition with a deadline ([`wait`]).
@@ -30,7 +31,7 @@ pub use etcd::{Etcd, EtcdCluster};
 pub use herald::{Agent, AgentOptions, ConfigStore, ControlPlane, event, subscription};
 pub use port::HeldPort;
 pub use postgres::Postgres;
-pub use process::{AgentProcess, ServiceRun, run_as_service};
+pub use process::{AgentProcess, ControlPlaneProcess, DaemonProcess, ServiceRun, run_as_service};
 pub use receiver::{ReceivedRequest, Receiver, Response};
 pub use tls::TestCa;
 pub use wait::eventually;

@@ -1,6 +1,6 @@
-//! An agent as a real child process, for what only a separate process can show: `kill -9`.
-//! The handle keeps the address and data directory, so the agent can be killed and started
-//! again on the same queue.
+//! Herald's daemons as real child processes, for what only a separate process can show:
+//! `kill -9`. The handle keeps the address and data directory, so a daemon can be killed and
+//! started again on the same queue or log ([`AgentProcess`], [`ControlPlaneProcess`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -12,8 +12,10 @@ use tokio::process::{Child, Command};
 
 use crate::port::HeldPort;
 
-/// A `herald-agent` child process.
-pub struct AgentProcess {
+/// A daemon child process (an agent or a control plane).
+pub struct DaemonProcess {
+    /// `agent` or `control plane`: for its log file and messages.
+    name: &'static str,
     binary: PathBuf,
     args: Vec<String>,
     /// Environment variables added to the inherited ones.
@@ -24,6 +26,9 @@ pub struct AgentProcess {
     child: Option<Child>,
 }
 
+/// Starts `herald-agent` child processes.
+pub struct AgentProcess;
+
 impl AgentProcess {
     /// Starts `binary` (the `herald-agent` executable) against `control_plane`, trusting
     /// `ca_file`, with `extra` flags; returns once it accepts connections.
@@ -32,7 +37,7 @@ impl AgentProcess {
         control_plane: &str,
         ca_file: &Path,
         extra: &[&str],
-    ) -> anyhow::Result<Self> {
+    ) -> anyhow::Result<DaemonProcess> {
         Self::start_with_env(binary, control_plane, ca_file, extra, &[]).await
     }
 
@@ -43,17 +48,10 @@ impl AgentProcess {
         ca_file: &Path,
         extra: &[&str],
         envs: &[(&str, &str)],
-    ) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let port = HeldPort::new()?;
-        let addr = port.addr();
+    ) -> anyhow::Result<DaemonProcess> {
         let mut args: Vec<String> = vec![
             "--control-plane".into(),
             control_plane.into(),
-            "--listen".into(),
-            addr.to_string(),
-            "--data-dir".into(),
-            dir.path().display().to_string(),
             "--ca-file".into(),
             ca_file.display().to_string(),
             "--shutdown-grace".into(),
@@ -62,9 +60,62 @@ impl AgentProcess {
             "127.0.0.0/8".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut process = AgentProcess {
+        DaemonProcess::start("agent", binary, args, envs).await
+    }
+}
+
+/// Starts `herald-control-plane` child processes.
+pub struct ControlPlaneProcess;
+
+impl ControlPlaneProcess {
+    /// Starts `binary` (the `herald-control-plane` executable) on the etcd at `etcd`, its
+    /// delivery log in `log_store`, with the keyring every test replica shares and `extra`
+    /// flags; returns once it accepts connections.
+    pub async fn start(
+        binary: &Path,
+        etcd: &str,
+        log_store: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<DaemonProcess> {
+        let mut args: Vec<String> = vec![
+            "--etcd".into(),
+            etcd.into(),
+            "--shutdown-grace".into(),
+            "5s".into(),
+            "--allow-targets".into(),
+            "127.0.0.0/8".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let envs = [
+            ("HERALD_LOG_STORE", log_store),
+            ("HERALD_SECRETS_KEY", crate::herald::shared_keyring()),
+        ];
+        DaemonProcess::start("control plane", binary, args, &envs).await
+    }
+}
+
+impl DaemonProcess {
+    /// Starts `binary` with `--listen` and `--data-dir` of its own, then `args`, with `envs`
+    /// added to the environment; returns once it accepts connections.
+    async fn start(
+        name: &'static str,
+        binary: &Path,
+        args: Vec<String>,
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = HeldPort::new()?;
+        let mut all: Vec<String> = vec![
+            "--listen".into(),
+            port.addr().to_string(),
+            "--data-dir".into(),
+            dir.path().display().to_string(),
+        ];
+        all.extend(args);
+        let mut process = DaemonProcess {
+            name,
             binary: binary.to_owned(),
-            args,
+            args: all,
             envs: envs
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -90,7 +141,10 @@ impl AgentProcess {
     /// SIGKILL: no shutdown code runs.
     pub async fn kill9(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
-            child.kill().await.context("kill -9 the agent")?;
+            child
+                .kill()
+                .await
+                .with_context(|| format!("kill -9 the {}", self.name))?;
         }
         Ok(())
     }
@@ -98,9 +152,9 @@ impl AgentProcess {
     /// SIGTERM, then waits for the process to exit; returns its exit code.
     pub async fn terminate(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
         let Some(mut child) = self.child.take() else {
-            anyhow::bail!("the agent is not running");
+            anyhow::bail!("the {} is not running", self.name);
         };
-        let pid = child.id().context("the agent has a pid")?;
+        let pid = child.id().context("the process has a pid")?;
         let sent = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status()
@@ -108,23 +162,34 @@ impl AgentProcess {
         anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
         let status = tokio::time::timeout(timeout, child.wait())
             .await
-            .with_context(|| format!("the agent did not exit within {timeout:?} of SIGTERM"))??;
+            .with_context(|| {
+                format!(
+                    "the {} did not exit within {timeout:?} of SIGTERM",
+                    self.name
+                )
+            })??;
         Ok(status.code())
     }
 
-    /// How the agent's process ended, if it has (`None` while it runs).
+    /// How the process ended, if it has (`None` while it runs).
     pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
         self.child
             .as_mut()
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
-    /// What the agent wrote to stdout and stderr so far, over all its starts.
+    /// What the process wrote to stdout and stderr so far, over all its starts.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    /// Starts the agent again on the same address and data.
+    fn log_path(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("{}.log", self.name.replace(' ', "-")))
+    }
+
+    /// Starts the process again on the same address and data.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9().await?;
         self.spawn().await
@@ -134,7 +199,7 @@ impl AgentProcess {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join("agent.log"))?;
+            .open(self.log_path())?;
         let child = Command::new(&self.binary)
             .args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
@@ -152,7 +217,7 @@ impl AgentProcess {
         let addr = self.port.addr();
         crate::eventually(
             Duration::from_secs(20),
-            "the agent to listen",
+            &format!("the {} to listen", self.name),
             || async move { Ok(tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())) },
         )
         .await
