@@ -15,6 +15,7 @@
 //! one follow-up changes nothing: a subscription is disabled once, and an operator event's id
 //! comes from what happened, so raising it again is the same event.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use herald_proto::convert::{disable_policy, system_time};
@@ -22,7 +23,8 @@ use herald_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
 
 use crate::attempts::derived::RECOVERY_MIN_FAILURES;
-use crate::attempts::{AttemptLog, Followup, LogError, PendingFollowup};
+use crate::attempts::{AttemptLog, Followup, LogError, PendingFollowup, Reactions};
+use crate::hub::ConfigHub;
 use crate::metrics::{DisableReason, Metrics};
 use crate::operator_events::OperatorEvents;
 use crate::subscriptions::{SubscriptionError, Subscriptions};
@@ -53,22 +55,25 @@ pub enum FollowupError {
 pub struct Health {
     log: AttemptLog,
     registry: Subscriptions,
+    hub: ConfigHub,
     metrics: Metrics,
     events: OperatorEvents,
 }
 
 impl Health {
     /// Health over the records in `log`, disabling through `registry` (counted in `metrics`,
-    /// told as operator `events`).
+    /// told as operator `events`); `hub` holds the subscriptions' policies.
     pub fn new(
         log: AttemptLog,
         registry: Subscriptions,
+        hub: ConfigHub,
         metrics: Metrics,
         events: OperatorEvents,
     ) -> Self {
         Health {
             log,
             registry,
+            hub,
             metrics,
             events,
         }
@@ -77,6 +82,15 @@ impl Health {
     /// Where operator events are raised.
     pub fn events(&self) -> &OperatorEvents {
         &self.events
+    }
+
+    /// What the attempts the log stores set off: exhausted events, and runs of failures that
+    /// disable their subscriptions (by the policies the hub holds).
+    pub fn reactions(&self) -> Arc<dyn Reactions> {
+        Arc::new(ControlPlaneReactions {
+            hub: self.hub.clone(),
+            events: self.events.clone(),
+        })
     }
 
     /// The health record of `id` (an empty one for a subscription that never failed).
@@ -194,6 +208,32 @@ impl Health {
             None => {}
         }
         Ok(())
+    }
+}
+
+/// [`Health::reactions`].
+struct ControlPlaneReactions {
+    hub: ConfigHub,
+    events: OperatorEvents,
+}
+
+impl Reactions for ControlPlaneReactions {
+    fn raise(&self, attempt: &pb::Attempt) -> Option<pb::Event> {
+        self.events.exhausted(attempt)
+    }
+
+    fn disables(&self, run: &pb::SubscriptionHealth) -> Option<bool> {
+        // Before the hub has loaded the subscriptions, the follow-up decides.
+        if self.hub.revision() == 0 {
+            return None;
+        }
+        // A subscription the hub does not hold was deleted (agents deliver only what a hub
+        // sent them): nothing to disable. Should it be one created a moment ago that this
+        // replica has not seen yet, the run's next failure is checked again.
+        let Some(sub) = self.hub.get(&run.subscription_id) else {
+            return Some(false);
+        };
+        Some(sub.enabled && limit_reached(&sub, run))
     }
 }
 

@@ -131,6 +131,12 @@ impl ConfigHub {
         *self.revision.borrow()
     }
 
+    /// The subscription `id` as the hub holds it now.
+    pub fn get(&self, id: &str) -> Option<Arc<pb::Subscription>> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        state.snapshot.subscriptions.get(id).cloned()
+    }
+
     /// The current state and a receiver of every change after it.
     pub fn subscribe(&self) -> (Snapshot, broadcast::Receiver<Arc<Change>>) {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());

@@ -308,7 +308,13 @@ pub async fn run(
     }
     tokio::spawn(events.clone().run(stop.clone()));
     let presence_store = store;
-    let health = Health::new(log.clone(), registry.clone(), metrics.clone(), events);
+    let health = Health::new(
+        log.clone(),
+        registry.clone(),
+        hub.clone(),
+        metrics.clone(),
+        events,
+    );
     tokio::spawn(health.clone().run(stop.clone()));
     if let Some(addr) = config.metrics_listen {
         let listener = TcpListener::bind(addr)

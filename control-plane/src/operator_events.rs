@@ -34,7 +34,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::attempts::{AttemptLog, LogError, Raise};
+use crate::attempts::{AttemptLog, LogError};
 use crate::fleet::Fleet;
 use crate::keys;
 use crate::store::{Compare, Op, Store, StoreError, Txn};
@@ -146,15 +146,9 @@ impl OperatorEvents {
         self.raise(SUBSCRIPTION_RECOVERED.name, &key, payload).await
     }
 
-    /// What the delivery log raises for an attempt it stores: a `herald.delivery.exhausted`
-    /// event for a delivery that failed for good (its last attempt failed), in the same commit.
-    pub fn raiser(&self) -> Arc<Raise> {
-        let events = self.clone();
-        Arc::new(move |attempt: &pb::Attempt| events.exhausted(attempt))
-    }
-
-    /// The event of a delivery that failed for good, if `attempt` was its last.
-    fn exhausted(&self, attempt: &pb::Attempt) -> Option<pb::Event> {
+    /// The `herald.delivery.exhausted` event of a delivery that failed for good, if `attempt`
+    /// was its last: what the delivery log raises, in the commit that stores the attempt.
+    pub fn exhausted(&self, attempt: &pb::Attempt) -> Option<pb::Event> {
         // An operator event that could not be delivered raises no further event.
         if attempt.outcome() != pb::Outcome::Failed || attempt.tenant == *self.tenant {
             return None;

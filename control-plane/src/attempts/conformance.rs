@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use herald_proto::convert::timestamp;
 use herald_proto::v1 as pb;
 
-use super::{AttemptLog, LogStore, Raise};
+use super::{AttemptLog, LogStore, Reactions};
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -28,9 +28,11 @@ pub async fn check_all(log: &AttemptLog) {
     the_outbox_keeps_an_event_once_until_emitted(log.as_ref()).await;
 }
 
-/// Raises an event for each failed attempt, as the control plane does.
-fn raise_exhausted() -> Arc<Raise> {
-    Arc::new(|a: &pb::Attempt| {
+/// Raises an event for each failed attempt, as the control plane does; knows no policy.
+struct RaiseExhausted;
+
+impl Reactions for RaiseExhausted {
+    fn raise(&self, a: &pb::Attempt) -> Option<pb::Event> {
         (a.outcome() == pb::Outcome::Failed).then(|| pb::Event {
             id: format!("exhausted:{}:{}", a.event_id, a.subscription_id),
             tenant: "herald".into(),
@@ -38,7 +40,15 @@ fn raise_exhausted() -> Arc<Raise> {
             payload: b"{}".to_vec(),
             ..Default::default()
         })
-    })
+    }
+
+    fn disables(&self, _: &pb::SubscriptionHealth) -> Option<bool> {
+        None
+    }
+}
+
+fn raise_exhausted() -> Arc<dyn Reactions> {
+    Arc::new(RaiseExhausted)
 }
 
 /// The follow-ups of `sub` not yet settled.

@@ -27,13 +27,29 @@ use herald_proto::v1 as pb;
 /// A run of at least this many failures ending in a delivery is reported as a recovery.
 pub const RECOVERY_MIN_FAILURES: u32 = 3;
 
-/// The operator event a newly stored attempt raises, if any (given by the control plane, which
-/// knows the system tenant and the events' shape).
-pub type Raise = dyn Fn(&pb::Attempt) -> Option<pb::Event> + Send + Sync;
+/// What stored attempts set off, as the control plane tells the log: the operator events they
+/// raise (the control plane knows the system tenant and the events' shape) and when a run of
+/// failures disables a subscription (it knows the subscriptions' policies).
+pub trait Reactions: Send + Sync {
+    /// The operator event a newly stored attempt raises, if any.
+    fn raise(&self, attempt: &pb::Attempt) -> Option<pb::Event>;
+    /// Whether a run of failures (the record at its longest) disables its subscription now;
+    /// `None` when that is not known here: the run is then followed up, and the control plane
+    /// decides when it acts on it. A run known not to disable needs no follow-up.
+    fn disables(&self, run: &pb::SubscriptionHealth) -> Option<bool>;
+}
 
-/// Raises nothing.
-pub fn raise_nothing(_: &pb::Attempt) -> Option<pb::Event> {
-    None
+/// Raises nothing and knows no policy (every run that grows is followed up).
+pub struct NoReactions;
+
+impl Reactions for NoReactions {
+    fn raise(&self, _: &pb::Attempt) -> Option<pb::Event> {
+        None
+    }
+
+    fn disables(&self, _: &pb::SubscriptionHealth) -> Option<bool> {
+        None
+    }
 }
 
 /// What a commit left for the control plane to act on about one subscription.
@@ -43,8 +59,8 @@ pub struct Followup {
     #[prost(string, tag = "1")]
     pub subscription_id: String,
     /// The record at the moment its run of failures was longest, when the commit made the run
-    /// longer: what the disable limit is checked against, even if a later attempt of the same
-    /// batch ended the run.
+    /// longer (and it may disable the subscription): what the disable limit is checked against,
+    /// even if a later attempt of the same batch ended the run.
     #[prost(message, optional, tag = "2")]
     pub longest_run: Option<pb::SubscriptionHealth>,
     /// A delivery ended a run of this many failures (0: none, or a run shorter than
@@ -112,11 +128,11 @@ pub fn failing_subscriptions(new: &[&pb::Attempt]) -> Vec<String> {
 }
 
 /// Derives what storing `new` means: `current` gives a subscription's record as stored (none
-/// for a subscription that never failed), `raise` the operator event of an attempt.
+/// for a subscription that never failed), `reactions` what attempts and runs set off.
 pub fn derive(
     new: &[&pb::Attempt],
     current: impl Fn(&str) -> Option<pb::SubscriptionHealth>,
-    raise: &Raise,
+    reactions: &dyn Reactions,
 ) -> Derived {
     let now = Some(timestamp(std::time::SystemTime::now()));
     let mut by_subscription: BTreeMap<&str, Vec<&pb::Attempt>> = BTreeMap::new();
@@ -126,7 +142,7 @@ pub fn derive(
             .entry(attempt.subscription_id.as_str())
             .or_default()
             .push(attempt);
-        derived.events.extend(raise(attempt));
+        derived.events.extend(reactions.raise(attempt));
     }
     for (id, mut attempts) in by_subscription {
         attempts.sort_by_key(|a| a.started_at.as_ref().map(system_time));
@@ -137,6 +153,13 @@ pub fn derive(
         let mut health = before.clone();
         let mut followup = count(&mut health, &attempts);
         followup.gone = attempts.iter().any(|a| a.status_code == 410);
+        if followup
+            .longest_run
+            .as_ref()
+            .is_some_and(|run| reactions.disables(run) == Some(false))
+        {
+            followup.longest_run = None;
+        }
         if health != before {
             derived.records.push(HealthRecord {
                 subscription_id: id.to_owned(),
@@ -280,7 +303,7 @@ mod tests {
         ];
         // Out of order on purpose: counted in start order.
         let new: Vec<&pb::Attempt> = batch.iter().rev().collect();
-        let derived = derive(&new, |_| None, &raise_nothing);
+        let derived = derive(&new, |_| None, &NoReactions);
         let [followup] = derived.followups.as_slice() else {
             panic!("one follow-up: {:?}", derived.followups);
         };
@@ -326,25 +349,53 @@ mod tests {
     #[test]
     fn a_healthy_endpoint_derives_nothing() {
         let delivered = attempt(10, pb::Outcome::Delivered);
-        let derived = derive(&[&delivered], |_| None, &raise_nothing);
+        let derived = derive(&[&delivered], |_| None, &NoReactions);
         assert!(derived.records.is_empty() && derived.followups.is_empty());
         assert!(failing_subscriptions(&[&delivered]).is_empty());
         assert_eq!(subscriptions(&[&delivered]), ["sub_1"]);
+    }
+
+    /// Raises an event per failed delivery; runs of `limit` failures disable.
+    struct Limit(u32);
+
+    impl Reactions for Limit {
+        fn raise(&self, a: &pb::Attempt) -> Option<pb::Event> {
+            (a.outcome() == pb::Outcome::Failed).then(|| pb::Event {
+                id: format!("exhausted:{}", a.subscription_id),
+                ..Default::default()
+            })
+        }
+
+        fn disables(&self, run: &pb::SubscriptionHealth) -> Option<bool> {
+            Some(run.consecutive_failures >= self.0)
+        }
     }
 
     #[test]
     fn gone_and_raised_events_are_derived() {
         let mut gone = attempt(10, pb::Outcome::Failed);
         gone.status_code = 410;
-        let raise = |a: &pb::Attempt| {
-            (a.outcome() == pb::Outcome::Failed).then(|| pb::Event {
-                id: format!("exhausted:{}", a.subscription_id),
-                ..Default::default()
-            })
-        };
-        let derived = derive(&[&gone], |_| None, &raise);
+        let derived = derive(&[&gone], |_| None, &Limit(10));
         assert!(derived.followups[0].gone);
+        assert_eq!(
+            derived.followups[0].longest_run, None,
+            "10 failures disable"
+        );
         assert_eq!(derived.events.len(), 1);
         assert_eq!(derived.events[0].id, "exhausted:sub_1");
+    }
+
+    #[test]
+    fn only_a_run_that_disables_is_followed_up_when_the_policy_is_known() {
+        let failures: Vec<pb::Attempt> = (1..=3)
+            .map(|ms| attempt(ms, pb::Outcome::Retrying))
+            .collect();
+        let new: Vec<&pb::Attempt> = failures.iter().collect();
+        let derived = derive(&new, |_| None, &Limit(4));
+        assert!(derived.followups.is_empty(), "3 of 4: nothing to do yet");
+        assert_eq!(derived.records[0].health.consecutive_failures, 3);
+        let derived = derive(&new, |_| None, &Limit(3));
+        let run = derived.followups[0].longest_run.as_ref().expect("due");
+        assert_eq!(run.consecutive_failures, 3);
     }
 }

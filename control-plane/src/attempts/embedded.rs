@@ -33,7 +33,7 @@ use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::broadcast;
 
-use super::derived::{self, Followup, PendingFollowup, Raise};
+use super::derived::{self, Followup, PendingFollowup, Reactions};
 use super::{Filter, LogError, LogStore, Page, Stored, TAIL_BUFFER, page_size, storage};
 
 const ATTEMPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("attempts");
@@ -55,9 +55,9 @@ impl LogStore for EmbeddedLog {
     async fn store(
         &self,
         attempts: Vec<pb::Attempt>,
-        raise: Arc<Raise>,
+        reactions: Arc<dyn Reactions>,
     ) -> Result<Stored, LogError> {
-        EmbeddedLog::store(self, attempts, raise).await
+        EmbeddedLog::store(self, attempts, reactions).await
     }
 
     async fn list(
@@ -234,11 +234,11 @@ impl EmbeddedLog {
     pub async fn store(
         &self,
         attempts: Vec<pb::Attempt>,
-        raise: Arc<Raise>,
+        reactions: Arc<dyn Reactions>,
     ) -> Result<Stored, LogError> {
         let db = self.db.clone();
         let (new, followups) =
-            tokio::task::spawn_blocking(move || insert_batch(&db, attempts, &*raise))
+            tokio::task::spawn_blocking(move || insert_batch(&db, attempts, &*reactions))
                 .await
                 .map_err(storage)??;
         let new: Vec<Arc<pb::Attempt>> = new.into_iter().map(Arc::new).collect();
@@ -336,7 +336,7 @@ fn attempt_id(a: &pb::Attempt) -> String {
 fn insert_batch(
     db: &Database,
     attempts: Vec<pb::Attempt>,
-    raise: &Raise,
+    reactions: &dyn Reactions,
 ) -> Result<(Vec<pb::Attempt>, Vec<PendingFollowup>), LogError> {
     let txn = db.begin_write().map_err(storage)?;
     let mut stored = Vec::with_capacity(attempts.len());
@@ -375,7 +375,7 @@ fn insert_batch(
                 current.insert(id, record);
             }
         }
-        let derived = derived::derive(&new, |id| current.get(id).cloned(), raise);
+        let derived = derived::derive(&new, |id| current.get(id).cloned(), reactions);
         for record in &derived.records {
             health
                 .insert(

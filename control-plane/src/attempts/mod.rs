@@ -28,7 +28,7 @@ pub mod derived;
 pub mod embedded;
 pub mod postgres;
 
-pub use derived::{Followup, PendingFollowup, Raise};
+pub use derived::{Followup, NoReactions, PendingFollowup, Reactions};
 pub use embedded::EmbeddedLog;
 pub use postgres::PostgresLog;
 
@@ -95,18 +95,15 @@ pub trait LogStore: Send + Sync {
     /// Stores a batch durably, skipping attempts already stored (same tenant, event,
     /// subscription and attempt number). The same commit counts the new attempts into their
     /// subscriptions' health records, keeps the follow-ups that needs, and puts the operator
-    /// events `raise` gives for them into the outbox ([`derived`]).
+    /// events the `reactions` give for them into the outbox ([`derived`]).
     async fn store(
         &self,
         attempts: Vec<pb::Attempt>,
-        raise: Arc<Raise>,
+        reactions: Arc<dyn Reactions>,
     ) -> Result<Stored, LogError>;
     /// Stores a batch that raises no operator event; returns the attempts new to the log.
     async fn insert(&self, attempts: Vec<pb::Attempt>) -> Result<Vec<Arc<pb::Attempt>>, LogError> {
-        Ok(self
-            .store(attempts, Arc::new(derived::raise_nothing))
-            .await?
-            .attempts)
+        Ok(self.store(attempts, Arc::new(NoReactions)).await?.attempts)
     }
     /// Attempts matching `filter`, newest first, a page at a time.
     async fn list(

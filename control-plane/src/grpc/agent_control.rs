@@ -144,7 +144,7 @@ impl AgentControl for AgentControlService {
         let mut inbound = request.into_inner();
         let (log, health, shutdown) =
             (self.log.clone(), self.health.clone(), self.shutdown.clone());
-        let raise = health.events().raiser();
+        let reactions = health.reactions();
         let metrics = self.metrics.clone();
         let stream = async_stream(move |tx| async move {
             // The follow-ups of stored batches (disabling, recovery events) are acted on by a
@@ -176,7 +176,7 @@ impl AgentControl for AgentControlService {
                 }
                 // Health counts and operator events are written in the commit that stores
                 // the attempts, so an ack means all of it is durable.
-                let stored = match log.store(batch.attempts, raise.clone()).await {
+                let stored = match log.store(batch.attempts, reactions.clone()).await {
                     Ok(stored) => stored,
                     Err(err) => {
                         tracing::error!(error = %err, "cannot store attempt reports");

@@ -15,7 +15,7 @@ use deadpool_postgres::Transaction;
 use herald_proto::v1 as pb;
 use prost::Message as _;
 
-use crate::attempts::derived::{self, Followup, PendingFollowup, Raise};
+use crate::attempts::derived::{self, Followup, PendingFollowup, Reactions};
 
 /// The tables of schema version 2.
 pub(super) const MIGRATION: &str = r#"
@@ -47,7 +47,7 @@ CREATE INDEX operator_events_by_seq ON operator_events (seq);
 pub(super) async fn commit(
     txn: &Transaction<'_>,
     new: &[&pb::Attempt],
-    raise: &Raise,
+    reactions: &dyn Reactions,
 ) -> Result<Vec<PendingFollowup>, tokio_postgres::Error> {
     if new.is_empty() {
         return Ok(Vec::new());
@@ -76,7 +76,7 @@ pub(super) async fn commit(
         let id: String = row.get(0);
         current.insert(id.clone(), decode_health(&id, row.get(1)));
     }
-    let derived = derived::derive(new, |id| current.get(id).cloned(), raise);
+    let derived = derived::derive(new, |id| current.get(id).cloned(), reactions);
 
     if !derived.records.is_empty() {
         let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new());

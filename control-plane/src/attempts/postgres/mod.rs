@@ -14,8 +14,9 @@
 //!   columns too, so `psql` shows them. `seq` is an identity: with `started_at` it orders and
 //!   pages listings (newest first, keyset tokens `micros:seq`).
 //! - Idempotent ingest: a unique index on (tenant, event, subscription, attempt, started_at)
-//!   (a resent report is byte-for-byte the same attempt, start time included) with
-//!   `ON CONFLICT DO NOTHING`; a batch is one array insert, acknowledged after its commit.
+//!   (a resent report is byte-for-byte the same attempt, start time included); a batch is one
+//!   binary `COPY`, or an array insert with `ON CONFLICT DO NOTHING` when it holds attempts
+//!   already stored ([`ingest`]), acknowledged after its commit.
 //! - Partitions are made ahead (yesterday to [`DAYS_AHEAD`] days on), and on demand for a
 //!   batch that needs another day, under an advisory lock ([`PARTITION_LOCK`]); attempts that
 //!   started before the retention cut-off or more than [`MAX_DAYS_AHEAD`] days ahead are not
@@ -25,7 +26,7 @@
 //!   a tail on any replica sees attempts reported through any other within moments
 //!   ([`follow`]).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -33,7 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use herald_core::error_text;
 use herald_core::limits::bound_attempt_text;
-use herald_proto::convert::{std_duration, system_time};
+use herald_proto::convert::system_time;
 use herald_proto::v1 as pb;
 use prost::Message as _;
 use tokio::sync::broadcast;
@@ -42,12 +43,13 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 
-use super::derived::{PendingFollowup, Raise};
+use super::derived::{PendingFollowup, Reactions};
 use super::{Filter, LogError, LogStore, Page, Stored, TAIL_BUFFER, page_size};
 
 mod database_url;
 mod derived;
 mod follow;
+mod ingest;
 
 pub use follow::FOLLOWER_APPLICATION;
 
@@ -265,49 +267,27 @@ impl PostgresLog {
     }
 
     /// Stores a batch in one transaction that also counts the new attempts into health,
-    /// writes what they derive and tells the followers; the identities of the attempts that
-    /// were new, and the follow-ups written.
+    /// writes what they derive and tells the followers; the positions in `kept` of the
+    /// attempts that were new, and the follow-ups written.
     async fn store_batch(
         client: &mut deadpool_postgres::Object,
-        columns: &Columns,
         kept: &[(SystemTime, pb::Attempt)],
-        raise: &Raise,
-    ) -> Result<(NewAttempts, Vec<PendingFollowup>), tokio_postgres::Error> {
+        reactions: &dyn Reactions,
+    ) -> Result<(Vec<usize>, Vec<PendingFollowup>), tokio_postgres::Error> {
+        let columns = ingest::Columns::new(kept);
         let txn = client.transaction().await?;
-        let rows = txn
-            .query(
-                "INSERT INTO attempts (started_at, tenant, event_id, subscription_id, attempt, \
-                 event_type, outcome, status_code, error_kind, error, url, agent_id, \
-                 duration_ms, record) \
-                 SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::text[], \
-                 $5::integer[], $6::text[], $7::smallint[], $8::integer[], $9::text[], \
-                 $10::text[], $11::text[], $12::text[], $13::double precision[], $14::bytea[]) \
-                 ON CONFLICT DO NOTHING \
-                 RETURNING seq, tenant, event_id, subscription_id, attempt",
-                &columns.params(),
-            )
-            .await?;
-        let mut new = NewAttempts::with_capacity(rows.len());
-        let mut seqs = Vec::with_capacity(rows.len());
-        for row in &rows {
-            seqs.push(row.get::<_, i64>(0));
-            new.insert((row.get(1), row.get(2), row.get(3), row.get(4)));
-        }
-        let fresh: Vec<&pb::Attempt> = kept
-            .iter()
-            .map(|(_, a)| a)
-            .filter(|a| new.contains(&identity(a)))
-            .collect();
-        let followups = derived::commit(&txn, &fresh, raise).await?;
-        if !seqs.is_empty() {
+        let written = ingest::write(&txn, &columns).await?;
+        let fresh: Vec<&pb::Attempt> = written.new.iter().map(|i| &kept[*i].1).collect();
+        let followups = derived::commit(&txn, &fresh, reactions).await?;
+        if !written.seqs.is_empty() {
             txn.execute(
                 "SELECT pg_notify($1, $2)",
-                &[&CHANNEL, &follow::ranges(seqs)],
+                &[&CHANNEL, &follow::ranges(written.seqs)],
             )
             .await?;
         }
         txn.commit().await?;
-        Ok((new, followups))
+        Ok((written.new, followups))
     }
 
     /// A database error as a log error: unavailable when the connection is gone.
@@ -325,7 +305,7 @@ impl LogStore for PostgresLog {
     async fn store(
         &self,
         attempts: Vec<pb::Attempt>,
-        raise: Arc<Raise>,
+        reactions: Arc<dyn Reactions>,
     ) -> Result<Stored, LogError> {
         let now = SystemTime::now();
         let oldest = day_of(now.checked_sub(self.retention).unwrap_or(UNIX_EPOCH));
@@ -354,13 +334,8 @@ impl LogStore for PostgresLog {
             .await?;
 
         let days: BTreeSet<i64> = kept.iter().map(|(t, _)| day_of(*t)).collect();
-        let mut columns = Columns::default();
-        for (started, attempt) in &kept {
-            columns.push(*started, attempt);
-        }
         let mut client = self.client().await?;
-        let (new, followups) = match Self::store_batch(&mut client, &columns, &kept, &*raise).await
-        {
+        let (new, followups) = match Self::store_batch(&mut client, &kept, &*reactions).await {
             // A day's partition this replica believed in is gone (dropped by another replica's
             // size limit, or lost in a failover): make it again, once.
             Err(err) if err.code() == Some(&SqlState::CHECK_VIOLATION) => {
@@ -369,16 +344,16 @@ impl LogStore for PostgresLog {
                     .expect("partitions lock")
                     .retain(|day| !days.contains(day));
                 self.ensure_partitions(days).await?;
-                Self::store_batch(&mut client, &columns, &kept, &*raise).await
+                Self::store_batch(&mut client, &kept, &*reactions).await
             }
             other => other,
         }
         .map_err(|e| self.error(e))?;
+        let mut kept: Vec<Option<pb::Attempt>> = kept.into_iter().map(|(_, a)| Some(a)).collect();
         Ok(Stored {
-            attempts: kept
+            attempts: new
                 .into_iter()
-                .map(|(_, attempt)| attempt)
-                .filter(|a| new.contains(&identity(a)))
+                .filter_map(|i| kept[i].take())
                 .map(Arc::new)
                 .collect(),
             followups,
@@ -635,81 +610,6 @@ impl PostgresLog {
             .await
             .map_err(|e| self.error(e))?;
         Ok(())
-    }
-}
-
-/// The identities (tenant, event, subscription, attempt) of the attempts a batch stored.
-type NewAttempts = HashSet<(String, String, String, i32)>;
-
-/// An attempt's identity in [`NewAttempts`].
-fn identity(a: &pb::Attempt) -> (String, String, String, i32) {
-    (
-        a.tenant.clone(),
-        a.event_id.clone(),
-        a.subscription_id.clone(),
-        a.attempt as i32,
-    )
-}
-
-/// The columns of a batch insert, one array each.
-#[derive(Default)]
-struct Columns {
-    started_at: Vec<SystemTime>,
-    tenant: Vec<String>,
-    event_id: Vec<String>,
-    subscription_id: Vec<String>,
-    attempt: Vec<i32>,
-    event_type: Vec<String>,
-    outcome: Vec<i16>,
-    status_code: Vec<i32>,
-    error_kind: Vec<String>,
-    error: Vec<String>,
-    url: Vec<String>,
-    agent_id: Vec<String>,
-    duration_ms: Vec<f64>,
-    record: Vec<Vec<u8>>,
-}
-
-impl Columns {
-    fn push(&mut self, started_at: SystemTime, a: &pb::Attempt) {
-        self.started_at.push(started_at);
-        self.tenant.push(a.tenant.clone());
-        self.event_id.push(a.event_id.clone());
-        self.subscription_id.push(a.subscription_id.clone());
-        self.attempt.push(a.attempt as i32);
-        self.event_type.push(a.event_type.clone());
-        self.outcome.push(a.outcome as i16);
-        self.status_code.push(a.status_code as i32);
-        self.error_kind.push(a.error_kind.clone());
-        self.error.push(a.error.clone());
-        self.url.push(a.url.clone());
-        self.agent_id.push(a.agent_id.clone());
-        self.duration_ms.push(
-            a.duration
-                .as_ref()
-                .and_then(std_duration)
-                .map_or(0.0, |d| d.as_secs_f64() * 1000.0),
-        );
-        self.record.push(a.encode_to_vec());
-    }
-
-    fn params(&self) -> [&(dyn ToSql + Sync); 14] {
-        [
-            &self.started_at,
-            &self.tenant,
-            &self.event_id,
-            &self.subscription_id,
-            &self.attempt,
-            &self.event_type,
-            &self.outcome,
-            &self.status_code,
-            &self.error_kind,
-            &self.error,
-            &self.url,
-            &self.agent_id,
-            &self.duration_ms,
-            &self.record,
-        ]
     }
 }
 
