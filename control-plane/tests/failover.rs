@@ -59,6 +59,23 @@ async fn wait_listed(url: &str, replica: &str, revision: i64) -> anyhow::Result<
     .await
 }
 
+/// An agent on `first`, moving to `second` when `first` is gone, trusting `ca`.
+async fn agent_of(
+    first: &DaemonProcess,
+    second: &DaemonProcess,
+    ca: &TestCa,
+) -> anyhow::Result<Agent> {
+    Agent::start(
+        &first.url(),
+        AgentOptions {
+            trusted_ca: Some(ca.ca_pem()),
+            more_control_planes: vec![second.url()],
+            ..Default::default()
+        },
+    )
+    .await
+}
+
 /// Every attempt the replica at `url` lists for `filter`.
 async fn attempts(url: &str, filter: pb::AttemptFilter) -> anyhow::Result<Vec<pb::Attempt>> {
     let mut client = DeliveriesClient::new(connect(url).await?);
@@ -79,15 +96,7 @@ async fn a_killed_replicas_agents_move_to_another_and_miss_no_change() -> anyhow
     let mut first = replica(&etcd, "replica-a", "embedded").await?;
     let second = replica(&etcd, "replica-b", "embedded").await?;
     let ca = TestCa::new();
-    let agent = Agent::start(
-        &first.url(),
-        AgentOptions {
-            trusted_ca: Some(ca.ca_pem()),
-            more_control_planes: vec![second.url()],
-            ..Default::default()
-        },
-    )
-    .await?;
+    let agent = agent_of(&first, &second, &ca).await?;
     let receiver = Receiver::start(&ca).await?;
     let old = admin(&first.url())
         .await?
@@ -140,15 +149,7 @@ async fn a_replica_killed_mid_traffic_loses_and_doubles_no_attempt_count_or_even
     let mut first = replica(&etcd, "replica-a", &log).await?;
     let second = replica(&etcd, "replica-b", &log).await?;
     let ca = TestCa::new();
-    let agent = Agent::start(
-        &first.url(),
-        AgentOptions {
-            trusted_ca: Some(ca.ca_pem()),
-            more_control_planes: vec![second.url()],
-            ..Default::default()
-        },
-    )
-    .await?;
+    let agent = agent_of(&first, &second, &ca).await?;
     // One receiver that always fails, and one where operators hear of it.
     let failing = Receiver::start(&ca).await?;
     failing.respond_with(500);

@@ -117,9 +117,7 @@ impl LogStore for EmbeddedLog {
         older_than: Duration,
         limit: usize,
     ) -> Result<Vec<PendingFollowup>, LogError> {
-        let cutoff = SystemTime::now()
-            .checked_sub(older_than)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let cutoff = super::before_now(older_than);
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(FOLLOWUPS).map_err(storage)?;
         let mut found = Vec::new();

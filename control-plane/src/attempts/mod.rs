@@ -231,6 +231,13 @@ pub struct Page {
     pub next_page_token: String,
 }
 
+/// The moment `age` before now.
+fn before_now(age: Duration) -> SystemTime {
+    SystemTime::now()
+        .checked_sub(age)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
 /// The page size a caller asked for, within the limits.
 fn page_size(asked: u32) -> usize {
     match asked as usize {

@@ -9,7 +9,6 @@
 //! - `operator_events`: the outbox of operator events, until an agent accepted them.
 
 use std::collections::HashMap;
-use std::time::SystemTime;
 
 use deadpool_postgres::Transaction;
 use herald_proto::v1 as pb;
@@ -166,11 +165,4 @@ pub(super) fn decode_followup(id: i64, record: &[u8]) -> PendingFollowup {
         Followup::default()
     });
     PendingFollowup { id, followup }
-}
-
-/// The moment `older_than` before now.
-pub(super) fn before_now(older_than: std::time::Duration) -> SystemTime {
-    SystemTime::now()
-        .checked_sub(older_than)
-        .unwrap_or(SystemTime::UNIX_EPOCH)
 }

@@ -557,7 +557,7 @@ impl LogStore for PostgresLog {
             .query(
                 "SELECT id, record FROM health_followups WHERE recorded_at <= $1 \
                  ORDER BY id LIMIT $2",
-                &[&derived::before_now(older_than), &(limit as i64)],
+                &[&super::before_now(older_than), &(limit as i64)],
             )
             .await
             .map_err(|e| self.error(e))?;
