@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::control_plane::ControlPlane;
-use crate::queue::{Queue, Replay};
+use crate::queue::{EventKey, Queue, Replay};
 use crate::routes::Routes;
 
 /// Who this agent is, as told to the control plane.
@@ -238,7 +238,13 @@ async fn replay(queue: &Queue, routes: &Routes, order: pb::ReplayOrder) -> pb::R
     let replays = wanted
         .iter()
         .map(|item| Replay {
-            event_id: item.event_id.clone(),
+            // The subscription's tenant is the event's: ids are unique per tenant.
+            event: EventKey::new(
+                routes
+                    .get(&item.subscription_id)
+                    .map_or("", |sub| sub.tenant.as_str()),
+                &item.event_id,
+            ),
             subscription_id: item.subscription_id.clone(),
             attempts_made: item.next_attempt.saturating_sub(1),
         })

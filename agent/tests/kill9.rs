@@ -220,7 +220,7 @@ async fn kill_9_in_a_burst_loses_no_acknowledged_event() -> anyhow::Result<()> {
             eprintln!(
                 "due now: {:?}",
                 due.iter()
-                    .map(|t| (&t.event_id, t.due, t.attempts))
+                    .map(|t| (t.event.to_string(), t.due, t.attempts))
                     .collect::<Vec<_>>()
             );
             for id in &missing {
@@ -232,7 +232,9 @@ async fn kill_9_in_a_burst_loses_no_acknowledged_event() -> anyhow::Result<()> {
                     .await?;
                 eprintln!(
                     "{id}: stored {:?}; attempts {:?}",
-                    queue.event(id)?.map(|e| e.accepted_ms),
+                    queue
+                        .event(&herald_agent::queue::EventKey::new("shop-1", id))?
+                        .map(|e| e.accepted_ms),
                     attempts
                         .iter()
                         .map(|a| (a.attempt, a.status_code, &a.error_kind, &a.error, a.outcome))

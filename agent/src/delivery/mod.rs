@@ -255,7 +255,7 @@ impl Inner {
     }
 
     async fn attempt(&self, task: &Task, number: u32) -> (Next, pb::Attempt) {
-        let stored = match self.queue.event(&task.event_id) {
+        let stored = match self.queue.event(&task.event) {
             Ok(Some(stored)) => stored,
             Ok(None) => {
                 let report = skipped("the event is past retention");
@@ -284,6 +284,14 @@ impl Inner {
                 self.report(task, Some(event), None, number, report),
             );
         };
+        if event.tenant != sub.tenant {
+            // Never send one tenant's event with another's URL and secret.
+            let report = refused("the event's tenant is not the subscription's");
+            return (
+                Next::Done,
+                self.report(task, Some(event), Some(&sub), number, report),
+            );
+        }
         if !sub.enabled {
             // Disabled while this attempt was starting: try again once it is enabled.
             let report = skipped("subscription disabled; the delivery is parked");
@@ -375,9 +383,9 @@ impl Inner {
         bound_attempt_text(&mut report.error);
         bound_attempt_text(&mut report.excerpt);
         pb::Attempt {
-            event_id: task.event_id.clone(),
+            event_id: task.event.id().to_owned(),
             subscription_id: task.subscription_id.clone(),
-            tenant: event.map(|e| e.tenant.clone()).unwrap_or_default(),
+            tenant: event.map_or_else(|| task.event.tenant().to_owned(), |e| e.tenant.clone()),
             event_type: event.map(|e| e.r#type.clone()).unwrap_or_default(),
             attempt: number,
             agent_id: self.agent_id.clone(),

@@ -7,12 +7,16 @@
 //!
 //! | table | key | value |
 //! | --- | --- | --- |
-//! | `events` | event id | accepted-at (u64 ms, LE) · matched count (u32, LE) · `herald.v1.Event` |
-//! | `accepted` | (accepted-at ms, event id) | () — the retention sweep's order |
-//! | `lanes` | (subscription id, due ms, seq) | attempts made (u32, LE) · event id · (NUL · ordering key, when it has one) |
-//! | `ordered` | (subscription id, ordering key, seq) | due ms (u64, LE) · event id |
+//! | `events` | event key | accepted-at (u64 ms, LE) · matched count (u32, LE) · `herald.v1.Event` |
+//! | `accepted` | (accepted-at ms, event key) | () — the retention sweep's order |
+//! | `lanes` | (subscription id, due ms, seq) | attempts made (u32, LE) · event key · (NUL · ordering key, when it has one) |
+//! | `ordered` | (subscription id, ordering key, seq) | due ms (u64, LE) · event key |
 //! | `outbox` | seq | `herald.v1.Attempt` |
-//! | `meta` | name | u64: `seq` (last sequence number), `events` and `bytes` (what `events` holds), `wal_epoch` (the log's epoch, see [`wal`]) |
+//! | `meta` | name | u64: `seq` (last sequence number), `events` and `bytes` (what `events` holds), `wal_epoch` (the log's epoch, see [`wal`]), `event_keys` (1 once events are keyed by tenant) |
+//!
+//! Event ids are unique per tenant, so an event's key is its tenant and id ([`EventKey`],
+//! `tenant/id`): the same id sent by two tenants is two events. Queues written before events
+//! were keyed so are rewritten once when they open ([`migrate_event_keys`]).
 //!
 //! A delivery is a task in its subscription's lane, keyed by the time it is due, so "what is
 //! due now in this lane" is a range read and a retry is a move to a later key: retry timers
@@ -103,6 +107,8 @@ const META_EVENTS: &str = "events";
 const META_BYTES: &str = "bytes";
 /// The write-ahead log's epoch named by the last checkpoint (see [`wal`]).
 const META_EPOCH: &str = "wal_epoch";
+/// 1 once the file's events are keyed by tenant and id ([`EventKey`]).
+const META_EVENT_KEYS: &str = "event_keys";
 
 /// The queue file's page cache. redb's default (1 GiB) would let a backlog grow the agent's
 /// memory far past its budget; the hot pages (the lanes' heads, recent events, the outbox) fit
@@ -179,6 +185,51 @@ fn storage(err: impl std::fmt::Display) -> QueueError {
     QueueError::Storage(err.to_string())
 }
 
+/// Which event a record is about. Ids are unique per tenant (two shops may both send
+/// `order-42`), so an event is known by its tenant and id, kept as `tenant/id`: neither
+/// tenants nor event ids may contain `/`. A key written before events were keyed by tenant
+/// holds the id alone (its tenant is then empty).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventKey(String);
+
+impl EventKey {
+    /// The key of `tenant`'s event `id`.
+    pub fn new(tenant: &str, id: &str) -> Self {
+        EventKey(format!("{tenant}/{id}"))
+    }
+
+    /// The key of `event`.
+    pub fn of(event: &pb::Event) -> Self {
+        Self::new(&event.tenant, &event.id)
+    }
+
+    /// A key as stored.
+    fn stored(text: String) -> Self {
+        EventKey(text)
+    }
+
+    /// The event's tenant.
+    pub fn tenant(&self) -> &str {
+        self.0.split_once('/').map_or("", |(tenant, _)| tenant)
+    }
+
+    /// The event's id.
+    pub fn id(&self) -> &str {
+        self.0.split_once('/').map_or(&self.0, |(_, id)| id)
+    }
+
+    /// The key as stored.
+    fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for EventKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// An event to store with the subscriptions it goes to.
 #[derive(Clone, Debug)]
 pub struct NewEvent {
@@ -207,7 +258,7 @@ pub struct Task {
     /// Its unique sequence number.
     pub seq: u64,
     /// The event.
-    pub event_id: String,
+    pub event: EventKey,
     /// Attempts already made.
     pub attempts: u32,
     /// The event's ordering key; empty when it has none.
@@ -233,7 +284,7 @@ pub enum Next {
 #[derive(Clone, Debug)]
 pub struct Replay {
     /// The stored event.
-    pub event_id: String,
+    pub event: EventKey,
     /// Where to.
     pub subscription_id: String,
     /// Attempts already made (logged); the next attempt takes the number after it.
@@ -362,6 +413,10 @@ impl Queue {
                 commits = replayed,
                 "queue recovered from its write-ahead log"
             );
+        }
+        let rekeyed = migrate_event_keys(&db)?;
+        if rekeyed > 0 {
+            tracing::info!(events = rekeyed, "queued events keyed by tenant and id");
         }
         let lanes = index_lanes(&db)?;
         // Everything in the file is durable.
@@ -539,7 +594,7 @@ impl Queue {
             };
             let (slot, value) = entry.map_err(storage)?;
             let task = decode_task((&lane, slot.0, slot.1), value.bytes())?;
-            if let Some(event) = stored.get(task.event_id.as_str()).map_err(storage)? {
+            if let Some(event) = stored.get(task.event.as_str()).map_err(storage)? {
                 let accepted = decode_event(event.value())?.0;
                 oldest_accepted_ms = Some(oldest_accepted_ms.map_or(accepted, |o| o.min(accepted)));
             }
@@ -555,13 +610,13 @@ impl Queue {
 
     /// A stored event, for an attempt: an event accepted moments ago comes from memory
     /// ([`recent`]), any other from the file.
-    pub fn event(&self, id: &str) -> Result<Option<Arc<StoredEvent>>, QueueError> {
-        if let Some(event) = self.shared.recent().read(id) {
+    pub fn event(&self, key: &EventKey) -> Result<Option<Arc<StoredEvent>>, QueueError> {
+        if let Some(event) = self.shared.recent().read(key) {
             return Ok(Some(event));
         }
         let txn = self.db.begin_read().map_err(storage)?;
         let events = txn.open_table(EVENTS).map_err(storage)?;
-        let Some(value) = events.get(id).map_err(storage)? else {
+        let Some(value) = events.get(key.as_str()).map_err(storage)? else {
             return Ok(None);
         };
         let (accepted_ms, _, event) = decode_event(value.value())?;
@@ -761,13 +816,14 @@ fn decode_event(bytes: &[u8]) -> Result<(u64, u32, pb::Event), QueueError> {
     ))
 }
 
-/// Separates a task's event id from its ordering key; event ids never contain it.
+/// Separates a task's event key from its ordering key; event keys never contain it.
 const KEY_SEPARATOR: u8 = 0;
 
-fn encode_task(attempts: u32, event_id: &str, ordering_key: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(5 + event_id.len() + ordering_key.len());
+fn encode_task(attempts: u32, event: &EventKey, ordering_key: &str) -> Vec<u8> {
+    let event = event.as_str();
+    let mut out = Vec::with_capacity(5 + event.len() + ordering_key.len());
     out.extend_from_slice(&attempts.to_le_bytes());
-    out.extend_from_slice(event_id.as_bytes());
+    out.extend_from_slice(event.as_bytes());
     if !ordering_key.is_empty() {
         out.push(KEY_SEPARATOR);
         out.extend_from_slice(ordering_key.as_bytes());
@@ -790,27 +846,116 @@ fn decode_task(key: (&str, u64, u64), bytes: &[u8]) -> Result<Task, QueueError> 
         subscription_id: key.0.to_owned(),
         due: key.1,
         seq: key.2,
-        event_id: text(event_id)?,
+        event: EventKey::stored(text(event_id)?),
         attempts: u32::from_le_bytes(*attempts),
         ordering_key: text(ordering_key)?,
     })
 }
 
 /// An `ordered` entry's value: when the delivery was due, and its event.
-fn encode_waiting(due: u64, event_id: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + event_id.len());
+fn encode_waiting(due: u64, event: &EventKey) -> Vec<u8> {
+    let event = event.as_str();
+    let mut out = Vec::with_capacity(8 + event.len());
     out.extend_from_slice(&due.to_le_bytes());
-    out.extend_from_slice(event_id.as_bytes());
+    out.extend_from_slice(event.as_bytes());
     out
 }
 
-fn decode_waiting(bytes: &[u8]) -> Result<(u64, String), QueueError> {
-    let (due, event_id) = bytes
+fn decode_waiting(bytes: &[u8]) -> Result<(u64, EventKey), QueueError> {
+    let (due, event) = bytes
         .split_first_chunk::<8>()
         .ok_or_else(|| storage("ordered record truncated"))?;
-    let event_id =
-        String::from_utf8(event_id.to_vec()).map_err(|_| storage("ordered record is not UTF-8"))?;
-    Ok((u64::from_le_bytes(*due), event_id))
+    let event =
+        String::from_utf8(event.to_vec()).map_err(|_| storage("ordered record is not UTF-8"))?;
+    Ok((u64::from_le_bytes(*due), EventKey::stored(event)))
+}
+
+/// Rewrites a queue written before events were keyed by tenant: each event, its place in the
+/// retention order, and the deliveries that name it get the key of its tenant and id
+/// ([`EventKey`]). One durable commit, once (`meta.event_keys` says it was done); returns how
+/// many events were rekeyed.
+fn migrate_event_keys(db: &Database) -> Result<usize, QueueError> {
+    use redb::ReadableTable;
+    let txn = db.begin_write().map_err(storage)?;
+    let rekeyed;
+    {
+        let mut meta = txn.open_table(META).map_err(storage)?;
+        if meta.get(META_EVENT_KEYS).map_err(storage)?.is_some() {
+            return Ok(0);
+        }
+        let mut events = txn.open_table(EVENTS).map_err(storage)?;
+        let mut renamed: std::collections::HashMap<String, EventKey> = Default::default();
+        let mut moved = Vec::new();
+        for entry in events.iter().map_err(storage)? {
+            let (key, value) = entry.map_err(storage)?;
+            let old = key.value().to_owned();
+            if old.contains('/') {
+                continue;
+            }
+            let (_, _, event) = decode_event(value.value())?;
+            moved.push((old.clone(), value.value().to_vec()));
+            renamed.insert(old, EventKey::of(&event));
+        }
+        for (old, value) in &moved {
+            events.remove(old.as_str()).map_err(storage)?;
+            events
+                .insert(renamed[old].as_str(), value.as_slice())
+                .map_err(storage)?;
+        }
+        let rename = |text: &str| renamed.get(text).cloned();
+        let mut accepted = txn.open_table(ACCEPTED).map_err(storage)?;
+        let mut old_order = Vec::new();
+        for entry in accepted.iter().map_err(storage)? {
+            let (key, _) = entry.map_err(storage)?;
+            let (at, id) = key.value();
+            if let Some(new) = rename(id) {
+                old_order.push((at, id.to_owned(), new));
+            }
+        }
+        for (at, old, new) in old_order {
+            accepted.remove((at, old.as_str())).map_err(storage)?;
+            accepted.insert((at, new.as_str()), ()).map_err(storage)?;
+        }
+        let mut tasks = txn.open_table(TASKS).map_err(storage)?;
+        let mut retasked = Vec::new();
+        for entry in tasks.iter().map_err(storage)? {
+            let (key, value) = entry.map_err(storage)?;
+            let (lane, due, seq) = key.value();
+            let task = decode_task((lane, due, seq), value.value())?;
+            if let Some(new) = rename(task.event.as_str()) {
+                let value = encode_task(task.attempts, &new, &task.ordering_key);
+                retasked.push(((lane.to_owned(), due, seq), value));
+            }
+        }
+        for ((lane, due, seq), value) in retasked {
+            tasks
+                .insert((lane.as_str(), due, seq), value.as_slice())
+                .map_err(storage)?;
+        }
+        let mut ordered = txn.open_table(ORDERED).map_err(storage)?;
+        let mut reordered = Vec::new();
+        for entry in ordered.iter().map_err(storage)? {
+            let (key, value) = entry.map_err(storage)?;
+            let (due, event) = decode_waiting(value.value())?;
+            if let Some(new) = rename(event.as_str()) {
+                let (lane, ordering_key, seq) = key.value();
+                let key = (lane.to_owned(), ordering_key.to_owned(), seq);
+                reordered.push((key, encode_waiting(due, &new)));
+            }
+        }
+        for ((lane, ordering_key, seq), value) in reordered {
+            ordered
+                .insert(
+                    (lane.as_str(), ordering_key.as_str(), seq),
+                    value.as_slice(),
+                )
+                .map_err(storage)?;
+        }
+        meta.insert(META_EVENT_KEYS, 1).map_err(storage)?;
+        rekeyed = moved.len();
+    }
+    txn.commit().map_err(storage)?;
+    Ok(rekeyed)
 }
 
 /// The file's tasks table, as a read transaction sees it.

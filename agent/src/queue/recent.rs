@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::StoredEvent;
+use super::{EventKey, StoredEvent};
 
 /// The most bytes of events kept (payloads and ids, estimated).
 pub(super) const MAX_BYTES: usize = 8 * 1024 * 1024;
@@ -33,8 +33,8 @@ const ENTRY_OVERHEAD: usize = 256;
 /// The recently accepted events.
 #[derive(Debug)]
 pub(super) struct RecentEvents {
-    young: HashMap<String, Entry>,
-    old: HashMap<String, Entry>,
+    young: HashMap<EventKey, Entry>,
+    old: HashMap<EventKey, Entry>,
     bytes: usize,
     rotated: Instant,
 }
@@ -60,9 +60,10 @@ impl Default for RecentEvents {
 
 impl RecentEvents {
     /// Keeps `event`, to be read by `reads` attempts, if it fits; it replaces an entry of the
-    /// same id (an id accepted again after its dedup window).
+    /// same key (an id accepted again after its dedup window).
     pub(super) fn insert(&mut self, event: Arc<StoredEvent>, reads: u32) {
-        self.remove(&event.event.id);
+        let key = EventKey::of(&event.event);
+        self.remove(&key);
         let e = &event.event;
         let bytes = ENTRY_OVERHEAD
             + 2 * e.id.len()
@@ -80,7 +81,7 @@ impl RecentEvents {
         }
         self.bytes += bytes;
         self.young.insert(
-            e.id.clone(),
+            key,
             Entry {
                 event,
                 reads_left: reads,
@@ -90,7 +91,7 @@ impl RecentEvents {
     }
 
     /// The event `id` for one attempt, if kept; the last expected attempt takes it out.
-    pub(super) fn read(&mut self, id: &str) -> Option<Arc<StoredEvent>> {
+    pub(super) fn read(&mut self, id: &EventKey) -> Option<Arc<StoredEvent>> {
         let generation = if self.young.contains_key(id) {
             &mut self.young
         } else {
@@ -108,7 +109,7 @@ impl RecentEvents {
     }
 
     /// Forgets `id` (its event was removed from the queue).
-    pub(super) fn remove(&mut self, id: &str) {
+    pub(super) fn remove(&mut self, id: &EventKey) {
         if let Some(entry) = self.young.remove(id).or_else(|| self.old.remove(id)) {
             self.bytes -= entry.bytes;
         }
@@ -132,10 +133,15 @@ mod tests {
 
     use super::*;
 
+    fn key(id: &str) -> EventKey {
+        EventKey::new("shop-1", id)
+    }
+
     fn stored(id: &str, payload_len: usize) -> Arc<StoredEvent> {
         Arc::new(StoredEvent {
             event: pb::Event {
                 id: id.into(),
+                tenant: "shop-1".into(),
                 payload: vec![b'1'; payload_len],
                 ..Default::default()
             },
@@ -147,9 +153,12 @@ mod tests {
     fn an_event_is_kept_for_as_many_reads_as_it_has_deliveries() {
         let mut recent = RecentEvents::default();
         recent.insert(stored("evt_1", 10), 2);
-        assert_eq!(recent.read("evt_1").expect("first").event.id, "evt_1");
-        assert!(recent.read("evt_1").is_some(), "second");
-        assert!(recent.read("evt_1").is_none(), "the last delivery took it");
+        assert_eq!(recent.read(&key("evt_1")).expect("first").event.id, "evt_1");
+        assert!(recent.read(&key("evt_1")).is_some(), "second");
+        assert!(
+            recent.read(&key("evt_1")).is_none(),
+            "the last delivery took it"
+        );
         assert_eq!(recent.bytes, 0);
     }
 
@@ -157,17 +166,17 @@ mod tests {
     fn an_event_that_does_not_fit_is_not_kept() {
         let mut recent = RecentEvents::default();
         recent.insert(stored("evt_big", MAX_BYTES), 1);
-        assert!(recent.read("evt_big").is_none());
+        assert!(recent.read(&key("evt_big")).is_none());
         recent.insert(stored("evt_half", MAX_BYTES / 2), 1);
         recent.insert(stored("evt_other_half", MAX_BYTES / 2), 1);
-        assert!(recent.read("evt_half").is_some());
+        assert!(recent.read(&key("evt_half")).is_some());
         assert!(
-            recent.read("evt_other_half").is_none(),
+            recent.read(&key("evt_other_half")).is_none(),
             "the first half and the overheads left no room"
         );
         recent.insert(stored("evt_none", 10), 0);
         assert!(
-            recent.read("evt_none").is_none(),
+            recent.read(&key("evt_none")).is_none(),
             "no delivery, nothing kept"
         );
         assert_eq!(recent.bytes, 0);
@@ -177,20 +186,20 @@ mod tests {
     fn a_removed_or_replaced_event_is_gone() {
         let mut recent = RecentEvents::default();
         recent.insert(stored("evt_1", 10), 3);
-        recent.remove("evt_1");
-        assert!(recent.read("evt_1").is_none());
+        recent.remove(&key("evt_1"));
+        assert!(recent.read(&key("evt_1")).is_none());
         recent.insert(stored("evt_2", 10), 3);
         recent.insert(stored("evt_2", 20), 1);
         assert_eq!(
             recent
-                .read("evt_2")
+                .read(&key("evt_2"))
                 .expect("the new one")
                 .event
                 .payload
                 .len(),
             20
         );
-        assert!(recent.read("evt_2").is_none(), "the new one's count");
+        assert!(recent.read(&key("evt_2")).is_none(), "the new one's count");
         assert_eq!(recent.bytes, 0);
     }
 
@@ -201,17 +210,20 @@ mod tests {
         recent.insert(stored("evt_waiting", 10), 2);
         recent.age(start + GENERATION / 2);
         recent.age(start + GENERATION);
-        assert!(recent.read("evt_waiting").is_some(), "old now, still kept");
+        assert!(
+            recent.read(&key("evt_waiting")).is_some(),
+            "old now, still kept"
+        );
         recent.insert(stored("evt_young", 10), 2);
         recent.age(start + GENERATION * 3 / 2);
         recent.age(start + GENERATION * 2);
         assert!(
-            recent.read("evt_waiting").is_none(),
+            recent.read(&key("evt_waiting")).is_none(),
             "dropped with its generation"
         );
-        assert!(recent.read("evt_young").is_some(), "young became old");
+        assert!(recent.read(&key("evt_young")).is_some(), "young became old");
         recent.age(start + GENERATION * 3);
-        assert!(recent.read("evt_young").is_none());
+        assert!(recent.read(&key("evt_young")).is_none());
         assert_eq!(recent.bytes, 0);
     }
 }

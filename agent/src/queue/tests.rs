@@ -65,7 +65,12 @@ fn stored_tasks(queue: &Queue) -> BTreeMap<(String, String), u32> {
         .all_tasks()
         .expect("tasks")
         .into_iter()
-        .map(|task| ((task.event_id, task.subscription_id), task.attempts))
+        .map(|task| {
+            (
+                (task.event.id().to_owned(), task.subscription_id),
+                task.attempts,
+            )
+        })
         .collect()
 }
 
@@ -77,7 +82,13 @@ fn check(queue: &Queue, model: &Model) {
         "outbox"
     );
     for (id, matched) in &model.events {
-        assert!(queue.event(id).expect("event").is_some(), "event {id} kept");
+        assert!(
+            queue
+                .event(&EventKey::new("t", id))
+                .expect("event")
+                .is_some(),
+            "event {id} kept"
+        );
         let _ = matched;
     }
 }
@@ -153,7 +164,7 @@ async fn run_seed(seed: u64, checkpoint_every: Duration) {
                     })
                     .expect("due");
                 for task in due {
-                    let key = (task.event_id.clone(), task.subscription_id.clone());
+                    let key = (task.event.id().to_owned(), task.subscription_id.clone());
                     assert_eq!(
                         model.tasks.get(&key),
                         Some(&task.attempts),
@@ -281,7 +292,7 @@ async fn a_small_read_reaches_past_many_full_lanes_and_a_large_one_takes_every_l
     assert_eq!(due.len(), 59);
     let mut taken: Vec<(String, String)> = due
         .iter()
-        .map(|t| (t.subscription_id.clone(), t.event_id.clone()))
+        .map(|t| (t.subscription_id.clone(), t.event.id().to_owned()))
         .collect();
     taken.sort();
     taken.dedup();
@@ -348,7 +359,13 @@ async fn a_full_queue_refuses_new_events_and_keeps_the_old() {
         .await
         .expect("the third fits");
     for id in ["a", "b", "c"] {
-        assert!(queue.event(id).expect("read").is_some(), "{id} kept");
+        assert!(
+            queue
+                .event(&EventKey::new("t", id))
+                .expect("read")
+                .is_some(),
+            "{id} kept"
+        );
     }
     assert_eq!(queue.pending_tasks().expect("tasks"), 3);
 }
@@ -518,7 +535,10 @@ async fn after_a_power_loss_mid_commit_every_acknowledged_event_is_there() {
         let queue = disk.start(unbounded);
         for id in &acknowledged {
             assert!(
-                queue.event(id).expect("read").is_some(),
+                queue
+                    .event(&EventKey::new("t", id))
+                    .expect("read")
+                    .is_some(),
                 "round {round}: acknowledged {id} lost"
             );
         }
@@ -589,12 +609,18 @@ async fn a_full_disk_answers_resource_exhausted_and_keeps_what_was_accepted() {
     let queue = disk.start(config());
     for i in 0..5 {
         assert!(
-            queue.event(&format!("evt_{i}")).expect("read").is_some(),
+            queue
+                .event(&EventKey::new("t", &format!("evt_{i}")))
+                .expect("read")
+                .is_some(),
             "evt_{i} kept"
         );
     }
     assert!(
-        queue.event("evt_late").expect("read").is_none(),
+        queue
+            .event(&EventKey::new("t", "evt_late"))
+            .expect("read")
+            .is_none(),
         "the refused event was not half-written"
     );
     queue
@@ -630,7 +656,7 @@ async fn deliveries_of_one_ordering_key_go_one_at_a_time_in_order() {
     let ids = |tasks: &[Task]| {
         let mut ids: Vec<String> = tasks
             .iter()
-            .map(|t| format!("{}/{}", t.subscription_id, t.event_id))
+            .map(|t| format!("{}/{}", t.subscription_id, t.event.id()))
             .collect();
         ids.sort();
         ids
@@ -650,7 +676,7 @@ async fn deliveries_of_one_ordering_key_go_one_at_a_time_in_order() {
     );
     let head = |sub: &str| {
         due.iter()
-            .find(|t| t.subscription_id == sub && t.event_id == "a1")
+            .find(|t| t.subscription_id == sub && t.event.id() == "a1")
             .expect("head")
             .clone()
     };
@@ -688,7 +714,7 @@ async fn deliveries_of_one_ordering_key_go_one_at_a_time_in_order() {
         .expect("due")
         .pop()
         .expect("the head");
-    assert_eq!((retried.event_id.as_str(), retried.attempts), ("a1", 1));
+    assert_eq!((retried.event.id(), retried.attempts), ("a1", 1));
     queue
         .complete(retried, Next::Done, pb::Attempt::default())
         .await
@@ -718,12 +744,12 @@ async fn a_replay_queues_a_finished_delivery_again_with_its_attempt_count() {
     let results = queue
         .replay(vec![
             Replay {
-                event_id: "evt_1".into(),
+                event: EventKey::new("t", "evt_1"),
                 subscription_id: "sub_a".into(),
                 attempts_made: 8,
             },
             Replay {
-                event_id: "evt_gone".into(),
+                event: EventKey::new("t", "evt_gone"),
                 subscription_id: "sub_a".into(),
                 attempts_made: 1,
             },
@@ -746,7 +772,7 @@ async fn a_replay_queues_a_finished_delivery_again_with_its_attempt_count() {
         .expect("the replayed delivery");
     assert_eq!(
         (
-            task.event_id.as_str(),
+            task.event.id(),
             task.subscription_id.as_str(),
             task.attempts
         ),
@@ -852,7 +878,8 @@ async fn the_first_attempts_read_a_new_event_from_memory_as_the_file_holds_it() 
     let mut sent = event("evt_1", 5);
     sent.attributes.insert("region".into(), "eu".into());
     accept_one(&queue, sent.clone(), &["sub_a", "sub_b"]).await;
-    let read = || queue.event("evt_1").expect("read").expect("stored");
+    let key = EventKey::new("t", "evt_1");
+    let read = || queue.event(&key).expect("read").expect("stored");
     let (first, second) = (read(), read());
     assert!(
         Arc::ptr_eq(&first, &second),
@@ -880,5 +907,119 @@ async fn an_event_swept_past_retention_is_not_read_from_memory() {
     accept_one(&queue, event("evt_old", 5), &["sub_a"]).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(queue.sweep().await.expect("sweep"), 1);
-    assert!(queue.event("evt_old").expect("read").is_none());
+    let key = EventKey::new("t", "evt_old");
+    assert!(queue.event(&key).expect("read").is_none());
+}
+
+#[tokio::test]
+async fn the_same_id_from_two_tenants_is_two_events() {
+    let dir = tempfile::tempdir().expect("dir");
+    let queue = Queue::open(dir.path(), config()).expect("open");
+    let order = |tenant: &str, payload: &[u8]| pb::Event {
+        tenant: tenant.into(),
+        payload: payload.to_vec(),
+        ..event("order-42", 0)
+    };
+    let accepted = queue
+        .accept(vec![NewEvent {
+            event: order("shop-a", b"a"),
+            subscriptions: vec!["sub_a".into()],
+        }])
+        .await
+        .expect("accept a");
+    assert!(!accepted[0].duplicate);
+    let accepted = queue
+        .accept(vec![NewEvent {
+            event: order("shop-b", b"b"),
+            subscriptions: vec!["sub_b".into()],
+        }])
+        .await
+        .expect("accept b");
+    assert!(
+        !accepted[0].duplicate,
+        "another tenant's id is not a duplicate"
+    );
+    let again = queue
+        .accept(vec![NewEvent {
+            event: order("shop-a", b"a again"),
+            subscriptions: vec!["sub_a".into()],
+        }])
+        .await
+        .expect("accept a again");
+    assert!(again[0].duplicate, "the same tenant's id is");
+
+    let mut tasks = queue.due(u64::MAX - 1, 10, room(4)).expect("due");
+    tasks.sort_by(|a, b| a.subscription_id.cmp(&b.subscription_id));
+    let seen: Vec<(&str, &str, Vec<u8>)> = tasks
+        .iter()
+        .map(|task| {
+            let stored = queue.event(&task.event).expect("read").expect("stored");
+            (
+                task.subscription_id.as_str(),
+                task.event.tenant(),
+                stored.event.payload.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("sub_a", "shop-a", b"a".to_vec()),
+            ("sub_b", "shop-b", b"b".to_vec())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_queue_written_before_events_were_keyed_by_tenant_is_rekeyed_when_it_opens() {
+    let dir = tempfile::tempdir().expect("dir");
+    let accepted_ms = now_ms();
+    {
+        // The file as an earlier agent left it: the event, its place in the retention order
+        // and its delivery, all under the bare id.
+        let db = redb::Database::create(dir.path().join("queue.redb")).expect("create");
+        let txn = db.begin_write().expect("write");
+        {
+            let old = EventKey::stored("evt_old".into());
+            let mut events = txn.open_table(EVENTS).expect("events");
+            let value = encode_event(accepted_ms, 1, &event("evt_old", 10));
+            events.insert("evt_old", value.as_slice()).expect("event");
+            let mut accepted = txn.open_table(ACCEPTED).expect("accepted");
+            accepted
+                .insert((accepted_ms, "evt_old"), ())
+                .expect("order");
+            let mut tasks = txn.open_table(TASKS).expect("tasks");
+            let value = encode_task(2, &old, "");
+            tasks
+                .insert(("sub_a", accepted_ms, 1), value.as_slice())
+                .expect("task");
+            let mut meta = txn.open_table(META).expect("meta");
+            meta.insert(META_SEQ, 1).expect("seq");
+            meta.insert(META_EVENTS, 1).expect("events");
+            meta.insert(META_BYTES, 10).expect("bytes");
+        }
+        txn.commit().expect("commit");
+    }
+    let queue = Queue::open(dir.path(), config()).expect("open");
+    let task = queue
+        .due(u64::MAX - 1, 10, room(4))
+        .expect("due")
+        .pop()
+        .expect("the old delivery");
+    assert_eq!(task.event, EventKey::new("t", "evt_old"));
+    assert_eq!(task.attempts, 2);
+    let stored = queue.event(&task.event).expect("read").expect("stored");
+    assert_eq!(stored.event.payload.len(), 10);
+    let again = queue
+        .accept(vec![NewEvent {
+            event: event("evt_old", 10),
+            subscriptions: vec!["sub_a".into()],
+        }])
+        .await
+        .expect("accept");
+    assert!(again[0].duplicate, "its id is still known to dedup");
+    queue.close().await;
+    // Once is enough: opening again changes nothing.
+    let queue = Queue::open(dir.path(), config()).expect("reopen");
+    assert_eq!(queue.stats().expect("stats").events, 1);
 }

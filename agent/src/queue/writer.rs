@@ -35,8 +35,8 @@ use tokio::time::Instant;
 use super::tables::Tables;
 use super::wal::Wal;
 use super::{
-    Accepted, MAX_GROUP, META, META_BYTES, META_EPOCH, META_EVENTS, META_SEQ, NewEvent, Next,
-    QueueConfig, QueueError, Replay, Shared, StoredEvent, Task, decode_event, decode_waiting,
+    Accepted, EventKey, MAX_GROUP, META, META_BYTES, META_EPOCH, META_EVENTS, META_SEQ, NewEvent,
+    Next, QueueConfig, QueueError, Replay, Shared, StoredEvent, Task, decode_event, decode_waiting,
     encode_event, encode_task, encode_waiting, now_ms, storage,
 };
 use herald_proto::v1 as pb;
@@ -500,7 +500,7 @@ struct RecentChanges {
     /// Events stored, with how many deliveries each has.
     accepted: Vec<(Arc<StoredEvent>, u32)>,
     /// Events removed.
-    removed: Vec<String>,
+    removed: Vec<EventKey>,
 }
 
 impl RecentChanges {
@@ -547,8 +547,7 @@ fn apply_works(
                 match next {
                     Next::RetryAt(due) => {
                         counters.seq += 1;
-                        let value =
-                            encode_task(task.attempts + 1, &task.event_id, &task.ordering_key);
+                        let value = encode_task(task.attempts + 1, &task.event, &task.ordering_key);
                         let key = (task.subscription_id.as_str(), due, counters.seq);
                         tables.put_task(key, &value)?;
                         added.push((task.subscription_id.clone(), due, counters.seq));
@@ -570,7 +569,7 @@ fn apply_works(
                 for item in items {
                     if tables
                         .events
-                        .get(item.event_id.as_str())
+                        .get(item.event.as_str())
                         .map_err(storage)?
                         .is_none()
                     {
@@ -579,7 +578,7 @@ fn apply_works(
                     }
                     // Outside any ordering line: a replay is sent on its own.
                     counters.seq += 1;
-                    let value = encode_task(item.attempts_made, &item.event_id, "");
+                    let value = encode_task(item.attempts_made, &item.event, "");
                     let key = (item.subscription_id.as_str(), now, counters.seq);
                     tables.put_task(key, &value)?;
                     added.push((item.subscription_id.clone(), now, counters.seq));
@@ -604,7 +603,7 @@ fn apply_works(
     Ok(counters.seq)
 }
 
-/// Adds a first-attempt delivery of `event_id` to `subscription`, due at `due`. With an
+/// Adds a first-attempt delivery of `event` to `subscription`, due at `due`. With an
 /// ordering key it joins the key's line in `ordered`, and gets a task in `lanes` only at its
 /// head. Returns whether it got a task now.
 fn add_delivery(
@@ -612,7 +611,7 @@ fn add_delivery(
     subscription: &str,
     due: u64,
     seq: u64,
-    event_id: &str,
+    event: &EventKey,
     ordering_key: &str,
 ) -> Result<bool, QueueError> {
     if !ordering_key.is_empty() {
@@ -624,7 +623,7 @@ fn add_delivery(
             .is_some();
         tables.put_ordered(
             (subscription, ordering_key, seq),
-            &encode_waiting(due, event_id),
+            &encode_waiting(due, event),
         )?;
         if waiting {
             return Ok(false);
@@ -632,7 +631,7 @@ fn add_delivery(
     }
     tables.put_task(
         (subscription, due, seq),
-        &encode_task(0, event_id, ordering_key),
+        &encode_task(0, event, ordering_key),
     )?;
     Ok(true)
 }
@@ -654,20 +653,20 @@ fn next_in_order(
         let (_, _, seq) = entry_key.value();
         line.push((seq, decode_waiting(value.value())?));
         // The head and the one after it are all this needs (the head is normally first).
-        if line.len() >= 2 && line.iter().any(|(_, (_, id))| *id == task.event_id) {
+        if line.len() >= 2 && line.iter().any(|(_, (_, event))| *event == task.event) {
             break;
         }
     }
-    let Some(at) = line.iter().position(|(_, (_, id))| *id == task.event_id) else {
+    let Some(at) = line.iter().position(|(_, (_, event))| *event == task.event) else {
         // Not in the line (written before ordering keys were kept): nothing waits on it.
         return Ok(None);
     };
     let (head_seq, _) = line.remove(at);
     tables.remove_ordered((sub, key, head_seq))?;
-    let Some((seq, (due, event_id))) = line.into_iter().next() else {
+    let Some((seq, (due, event))) = line.into_iter().next() else {
         return Ok(None);
     };
-    tables.put_task((sub, due, seq), &encode_task(0, &event_id, key))?;
+    tables.put_task((sub, due, seq), &encode_task(0, &event, key))?;
     Ok(Some((due, seq)))
 }
 
@@ -687,16 +686,17 @@ fn accept(
     let mut answers = Vec::with_capacity(new.len());
     let mut replaced = Vec::new();
     let (mut add_events, mut add_bytes) = (0u64, 0u64);
-    // The first answer for each id in this request; a repeat gets the same one.
-    let mut first_answer: std::collections::HashMap<&str, Option<Accepted>> =
+    // The first answer for each event in this request; a repeat gets the same one.
+    let mut first_answer: std::collections::HashMap<EventKey, Option<Accepted>> =
         std::collections::HashMap::new();
     for item in &new {
-        let id = item.event.id.as_str();
-        if let Some(first) = first_answer.get(id) {
+        // Ids are unique per tenant: another tenant's event of the same id is another event.
+        let id = EventKey::of(&item.event);
+        if let Some(first) = first_answer.get(&id) {
             answers.push(*first);
             continue;
         }
-        if let Some(old) = tables.events.get(id).map_err(storage)? {
+        if let Some(old) = tables.events.get(id.as_str()).map_err(storage)? {
             let (accepted_ms, matched, old_event) = decode_event(old.value())?;
             if now.saturating_sub(accepted_ms) < window {
                 let duplicate = Some(Accepted {
@@ -708,7 +708,7 @@ fn accept(
                 continue;
             }
             // Seen long ago: replaced by this one.
-            replaced.push((accepted_ms, id.to_owned(), old_event.payload.len() as u64));
+            replaced.push((accepted_ms, id.clone(), old_event.payload.len() as u64));
         }
         first_answer.insert(id, None);
         answers.push(None);
@@ -733,7 +733,7 @@ fn accept(
     }
     // Second pass: write.
     for (accepted_ms, id, _) in &replaced {
-        tables.remove_accepted(*accepted_ms, id)?;
+        tables.remove_accepted(*accepted_ms, id.as_str())?;
     }
     let mut written = std::collections::HashMap::new();
     let mut out = Vec::with_capacity(new.len());
@@ -742,7 +742,7 @@ fn accept(
             out.push(answer);
             continue;
         }
-        let id = item.event.id.clone();
+        let id = EventKey::of(&item.event);
         if let Some(&matched) = written.get(&id) {
             // The same id twice in one request: the second is a duplicate of the first.
             out.push(Accepted {
@@ -752,8 +752,8 @@ fn accept(
             continue;
         }
         let matched = u32::try_from(item.subscriptions.len()).unwrap_or(u32::MAX);
-        tables.put_event(&id, &encode_event(now, matched, &item.event))?;
-        tables.put_accepted(now, &id)?;
+        tables.put_event(id.as_str(), &encode_event(now, matched, &item.event))?;
+        tables.put_accepted(now, id.as_str())?;
         for subscription in &item.subscriptions {
             counters.seq += 1;
             let key = item.event.ordering_key.as_str();
@@ -809,7 +809,7 @@ fn sweep(
         };
         if let Some(payload_len) = stored {
             tables.remove_event(id)?;
-            recent.removed.push(id.clone());
+            recent.removed.push(EventKey::stored(id.clone()));
             counters.events = counters.events.saturating_sub(1);
             counters.bytes = counters.bytes.saturating_sub(payload_len);
         }

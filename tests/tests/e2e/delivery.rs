@@ -234,6 +234,56 @@ async fn events_reach_only_their_tenant_and_matching_patterns() -> anyhow::Resul
 }
 
 #[tokio::test]
+async fn the_same_event_id_from_two_tenants_is_delivered_to_each_with_its_payload()
+-> anyhow::Result<()> {
+    let world = World::start().await?;
+    let mut subs = Vec::new();
+    for tenant in ["shop-a", "shop-b"] {
+        let path = format!("/{tenant}/orders");
+        let sub = world
+            .control_plane
+            .create(subscription(
+                tenant,
+                &world.receiver.url(&path),
+                &["order.*"],
+            ))
+            .await?;
+        world.control_plane.wait_applied(sub.revision, WAIT).await?;
+        subs.push(sub);
+    }
+    // Both shops number their orders themselves: the same id, two events.
+    for (tenant, total) in [("shop-a", "10.00"), ("shop-b", "99.00")] {
+        let mut order = event(tenant, "order.created", &json!({ "total": total }));
+        order.id = "order-42".into();
+        let emitted = world.agent.emit(order).await?;
+        assert_eq!(
+            (emitted.matched, emitted.duplicate),
+            (1, false),
+            "{tenant}'s order-42 is its own event"
+        );
+    }
+    let requests = world.receiver.wait_for_requests(2, WAIT).await?;
+    for (sub, total) in subs.iter().zip(["10.00", "99.00"]) {
+        let path = format!("/{}/orders", sub.tenant);
+        let request = requests
+            .iter()
+            .find(|r| r.path == path)
+            .ok_or_else(|| anyhow::anyhow!("nothing reached {path}"))?;
+        assert_eq!(request.header("webhook-id"), Some("order-42"));
+        assert_eq!(request.data(), json!({ "total": total }), "{path}");
+        assert!(
+            signature_verifies(request, &[&secret_of(sub)]),
+            "{path}: signed with its own tenant's secret"
+        );
+    }
+    // The same shop sending order-42 again is a duplicate.
+    let mut again = event("shop-a", "order.created", &json!({ "total": "10.00" }));
+    again.id = "order-42".into();
+    assert!(world.agent.emit(again).await?.duplicate);
+    Ok(())
+}
+
+#[tokio::test]
 async fn disabled_and_deleted_subscriptions_stop_receiving_within_a_second() -> anyhow::Result<()> {
     let world = World::start().await?;
     let sub = world
