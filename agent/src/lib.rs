@@ -119,12 +119,22 @@ pub struct Config {
     /// How long accepted events are kept (for replay), delivered or not.
     #[arg(long, env = "HERALD_RETENTION", default_value = "72h", value_parser = humantime::parse_duration)]
     pub retention: Duration,
-    /// The most events the queue holds; past it Emit answers RESOURCE_EXHAUSTED.
+    /// The most events with deliveries still to make (parked ones included); past it Emit
+    /// answers RESOURCE_EXHAUSTED. Delivered events kept for replay do not count.
     #[arg(long, env = "HERALD_MAX_QUEUE_EVENTS", default_value_t = 1_000_000)]
     pub max_queue_events: u64,
-    /// The most payload bytes the queue holds; past it Emit answers RESOURCE_EXHAUSTED.
+    /// The most payload bytes of events with deliveries still to make; past it Emit answers
+    /// RESOURCE_EXHAUSTED.
     #[arg(long, env = "HERALD_MAX_QUEUE_BYTES", default_value_t = 1 << 30)]
     pub max_queue_bytes: u64,
+    /// The share (0 to 1) of --max-queue-events and --max-queue-bytes one tenant may hold, so
+    /// that one noisy application does not have every other tenant refused.
+    #[arg(long, env = "HERALD_MAX_QUEUE_SHARE", default_value_t = 0.5, value_parser = share)]
+    pub max_queue_share: f64,
+    /// The most payload bytes of delivered events kept (for replay and to recognise
+    /// duplicates); past it the oldest go before their retention, never refusing an event.
+    #[arg(long, env = "HERALD_MAX_RETAINED_BYTES", default_value_t = 1 << 30)]
+    pub max_retained_bytes: u64,
     /// Fsync every queue commit before answering Emit. Off risks losing acknowledged events
     /// on a power loss (not on a process crash); for benchmarks and throwaway setups.
     #[arg(long, env = "HERALD_FSYNC", default_value_t = true, action = clap::ArgAction::Set)]
@@ -167,6 +177,8 @@ impl Config {
             retention: Duration::from_secs(72 * 60 * 60),
             max_queue_events: 1_000_000,
             max_queue_bytes: 1 << 30,
+            max_queue_share: 0.5,
+            max_retained_bytes: 1 << 30,
             fsync: true,
             shutdown_grace: Duration::from_secs(30),
             emit_access: emit_access::EmitAccess::default(),
@@ -246,6 +258,8 @@ pub async fn run(
         QueueConfig {
             max_events: config.max_queue_events,
             max_bytes: config.max_queue_bytes,
+            max_share: config.max_queue_share,
+            max_retained_bytes: config.max_retained_bytes,
             retention: config.retention,
             dedup_window: config.dedup_window,
             durable: config.fsync,
@@ -446,6 +460,14 @@ async fn sweep(queue: Queue, stop: CancellationToken) {
 }
 
 /// The agent's id from `dir/agent-id`, made and saved on first start.
+/// `--max-queue-share`: a fraction above 0, at most 1.
+fn share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(share) if share > 0.0 && share <= 1.0 => Ok(share),
+        _ => Err("a share of the queue's bounds, above 0 and at most 1 (0.5 is half)".into()),
+    }
+}
+
 /// A `--tenants` entry: a valid tenant name.
 fn tenant(text: &str) -> Result<String, String> {
     herald_core::validate::tenant(text.trim()).map_err(|e| e.to_string())?;

@@ -35,6 +35,9 @@ struct Inner {
     attempts: Family<OutcomeLabel, Counter>,
     duration: Histogram,
     queue_events: Gauge,
+    waiting_events: Gauge,
+    waiting_bytes: Gauge,
+    evicted: Gauge,
     queue_bytes: Gauge,
     pending_deliveries: Gauge,
     pending_reports: Gauge,
@@ -84,6 +87,21 @@ impl Default for Metrics {
             "herald_queue_payload_bytes",
             "Payload bytes of the events in the queue",
         );
+        let waiting_events = gauge(
+            &mut registry,
+            "herald_queue_events_waiting",
+            "Events with deliveries still to make (parked ones included): what --max-queue-events bounds",
+        );
+        let waiting_bytes = gauge(
+            &mut registry,
+            "herald_queue_waiting_payload_bytes",
+            "Payload bytes of the events with deliveries still to make: what --max-queue-bytes bounds",
+        );
+        let evicted = gauge(
+            &mut registry,
+            "herald_queue_events_evicted",
+            "Delivered events removed before their retention to keep --max-retained-bytes (since the queue was made)",
+        );
         let pending_deliveries = gauge(
             &mut registry,
             "herald_queue_deliveries_pending",
@@ -114,6 +132,9 @@ impl Default for Metrics {
                 duration,
                 queue_events,
                 queue_bytes,
+                waiting_events,
+                waiting_bytes,
+                evicted,
                 pending_deliveries,
                 pending_reports,
                 oldest_age,
@@ -148,6 +169,9 @@ impl Metrics {
                 let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
                 inner.queue_events.set(int(stats.events));
                 inner.queue_bytes.set(int(stats.bytes));
+                inner.waiting_events.set(int(stats.waiting.events));
+                inner.waiting_bytes.set(int(stats.waiting.bytes));
+                inner.evicted.set(int(stats.evicted));
                 inner.pending_deliveries.set(int(stats.pending_deliveries));
                 inner.pending_reports.set(int(stats.pending_reports));
                 let age_ms = stats

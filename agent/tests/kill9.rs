@@ -204,6 +204,8 @@ async fn kill_9_in_a_burst_loses_no_acknowledged_event() -> anyhow::Result<()> {
             let cfg = herald_agent::queue::QueueConfig {
                 max_events: u64::MAX,
                 max_bytes: u64::MAX,
+                max_share: 1.0,
+                max_retained_bytes: u64::MAX,
                 retention: Duration::from_secs(3600),
                 dedup_window: Duration::from_secs(3600),
                 durable: true,

@@ -267,8 +267,10 @@ pub struct AgentOptions {
     pub ca_file: Option<PathBuf>,
     /// Region.
     pub region: Option<String>,
-    /// Queue bound in events (default one million).
+    /// Queue bound in events waiting for delivery (default one million).
     pub max_queue_events: Option<u64>,
+    /// One tenant's share of the queue's bounds (default the agent's, one half).
+    pub max_queue_share: Option<f64>,
     /// Special targets admitted (default: loopback, where the tests' receivers are).
     pub allow_targets: Option<Vec<ipnet::IpNet>>,
     /// Attempts in flight across all subscriptions (default 256).
@@ -336,6 +338,7 @@ impl Agent {
             dedup_window: Duration::from_secs(3600),
             retention: Duration::from_secs(3600),
             max_queue_events: options.max_queue_events.unwrap_or(1_000_000),
+            max_queue_share: options.max_queue_share.unwrap_or(0.5),
             shutdown_grace: GRACE,
             emit_access: herald_agent::emit_access::EmitAccess {
                 emit_token: options.emit_token,

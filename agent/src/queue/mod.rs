@@ -12,6 +12,7 @@
 //! | `lanes` | (subscription id, due ms, seq) | attempts made (u32, LE) · event key · (NUL · ordering key, when it has one) |
 //! | `ordered` | (subscription id, ordering key, seq) | due ms (u64, LE) · event key |
 //! | `outbox` | seq | `herald.v1.Attempt` |
+//! | `unfinished` | event key | deliveries left (u32, LE) · payload bytes (u64, LE) — see [`pending`] |
 //! | `meta` | name | u64: `seq` (last sequence number), `events` and `bytes` (what `events` holds), `wal_epoch` (the log's epoch, see [`wal`]), `event_keys` (1 once events are keyed by tenant) |
 //!
 //! Event ids are unique per tenant, so an event's key is its tenant and id ([`EventKey`],
@@ -72,12 +73,17 @@
 //! receiver can see an event twice (at-least-once delivery).
 //!
 //! # Limits
-//! The queue refuses new events with [`QueueError::Full`] when it holds `max_events` events or
-//! `max_bytes` of payload (delivered events count until the retention sweep removes them), and
-//! with [`QueueError::Storage`] when the disk refuses writes. Nothing already accepted is lost.
+//! The queue refuses new events with [`QueueError::Full`] when `max_events` events (or
+//! `max_bytes` of payload) still have deliveries to make, or when the tenant holds its share
+//! of that ([`pending`]); delivered events kept for replay and dedup never cause a refusal,
+//! and are bounded by `max_retained_bytes` (the oldest go first). It refuses with
+//! [`QueueError::Storage`] when the disk refuses writes. Nothing already accepted is lost.
 
 mod lanes;
 mod memtable;
+mod pending;
+
+pub use pending::Tally;
 mod recent;
 mod tables;
 mod wal;
@@ -102,6 +108,7 @@ const TASKS: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("la
 const ORDERED: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("ordered");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const UNFINISHED: TableDefinition<&str, &[u8]> = TableDefinition::new("unfinished");
 const META_SEQ: &str = "seq";
 const META_EVENTS: &str = "events";
 const META_BYTES: &str = "bytes";
@@ -122,10 +129,16 @@ const WRITER_CHANNEL: usize = 16 * 1024;
 /// Queue settings.
 #[derive(Clone, Debug)]
 pub struct QueueConfig {
-    /// At most this many events stored (pending and retained).
+    /// At most this many events with deliveries to make (parked ones included); past it new
+    /// events are refused ([`pending`]).
     pub max_events: u64,
-    /// At most this many payload bytes stored.
+    /// At most this many payload bytes of such events.
     pub max_bytes: u64,
+    /// The share (0 to 1) of either bound one tenant may hold.
+    pub max_share: f64,
+    /// At most this many payload bytes of delivered events kept for replay and duplicate
+    /// detection; past it the oldest go before their retention (never a refusal).
+    pub max_retained_bytes: u64,
     /// How long events are kept after acceptance (for replay and duplicate detection).
     pub retention: Duration,
     /// An event id seen within this window is a duplicate.
@@ -298,6 +311,11 @@ pub struct QueueStats {
     pub events: u64,
     /// Their payload bytes.
     pub bytes: u64,
+    /// Events with deliveries to make (what the bounds count), and their payload bytes.
+    pub waiting: pending::Tally,
+    /// Delivered events removed before their retention to keep the kept ones under
+    /// `max_retained_bytes`, since the queue was made.
+    pub evicted: u64,
     /// Deliveries not finished yet (in flight, due, or waiting for a retry).
     pub pending_deliveries: u64,
     /// Attempt reports not yet acknowledged by the control plane.
@@ -404,6 +422,7 @@ impl Queue {
             txn.open_table(ORDERED).map_err(storage)?;
             txn.open_table(OUTBOX).map_err(storage)?;
             txn.open_table(META).map_err(storage)?;
+            txn.open_table(UNFINISHED).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
         let mut wal = wal::Wal::open(wal).map_err(storage)?;
@@ -417,6 +436,13 @@ impl Queue {
         let rekeyed = migrate_event_keys(&db)?;
         if rekeyed > 0 {
             tracing::info!(events = rekeyed, "queued events keyed by tenant and id");
+        }
+        let counted = pending::count_once(&db)?;
+        if counted > 0 {
+            tracing::info!(
+                events = counted,
+                "queued events with deliveries to make counted"
+            );
         }
         let lanes = index_lanes(&db)?;
         // Everything in the file is durable.
@@ -576,6 +602,14 @@ impl Queue {
             .get(META_BYTES)
             .map_err(storage)?
             .map_or(0, |v| v.value());
+        let counter = |name: &str| -> Result<u64, QueueError> {
+            Ok(meta.get(name).map_err(storage)?.map_or(0, |v| v.value()))
+        };
+        let waiting = pending::Tally {
+            events: counter(pending::PENDING_EVENTS)?,
+            bytes: counter(pending::PENDING_BYTES)?,
+        };
+        let evicted = counter(pending::EVICTED)?;
         let tasks = txn.open_table(TASKS).map_err(storage)?;
         let pending = tasks.len().map_err(storage)? + memtable.task_count();
         let reports = txn
@@ -602,6 +636,8 @@ impl Queue {
         Ok(QueueStats {
             events,
             bytes,
+            waiting,
+            evicted,
             pending_deliveries: pending,
             pending_reports: reports,
             oldest_pending_accepted_ms: oldest_accepted_ms,

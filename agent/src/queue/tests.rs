@@ -14,6 +14,8 @@ fn config() -> QueueConfig {
     QueueConfig {
         max_events: 40,
         max_bytes: 1 << 20,
+        max_share: 1.0,
+        max_retained_bytes: u64::MAX,
         retention: Duration::from_secs(3600),
         dedup_window: Duration::from_secs(3600),
         durable: true,
@@ -115,16 +117,22 @@ async fn run_seed(seed: u64, checkpoint_every: Duration) {
                         subscriptions: subs,
                     });
                 }
-                let new_ids: std::collections::HashSet<_> = batch
+                // The bound counts events with deliveries to make: those with tasks left, and
+                // the new ones that have subscriptions (an id's first item in the batch counts).
+                let waiting: std::collections::HashSet<&String> =
+                    model.tasks.keys().map(|(id, _)| id).collect();
+                let mut firsts = std::collections::HashSet::new();
+                let new_waiting = batch
                     .iter()
-                    .map(|e| e.event.id.clone())
-                    .filter(|id| !model.events.contains_key(id))
-                    .collect();
-                let fits = model.events.len() + new_ids.len() <= config().max_events as usize;
+                    .filter(|e| !model.events.contains_key(&e.event.id))
+                    .filter(|e| firsts.insert(e.event.id.clone()))
+                    .filter(|e| !e.subscriptions.is_empty())
+                    .count();
+                let fits = waiting.len() + new_waiting <= config().max_events as usize;
                 match queue.accept(batch.clone()).await {
                     Ok(answers) => {
                         assert!(
-                            fits || new_ids.is_empty(),
+                            fits || new_waiting == 0,
                             "seed {seed} step {step}: accepted past the bound"
                         );
                         for (item, answer) in batch.iter().zip(answers) {
@@ -1021,5 +1029,128 @@ async fn a_queue_written_before_events_were_keyed_by_tenant_is_rekeyed_when_it_o
     queue.close().await;
     // Once is enough: opening again changes nothing.
     let queue = Queue::open(dir.path(), config()).expect("reopen");
-    assert_eq!(queue.stats().expect("stats").events, 1);
+    let stats = queue.stats().expect("stats");
+    assert_eq!(stats.events, 1);
+    assert_eq!(
+        (stats.waiting.events, stats.waiting.bytes),
+        (1, 10),
+        "its delivery to make counted when the counts were first made"
+    );
+}
+
+/// Takes every due task and finishes it as delivered.
+async fn deliver_all(queue: &Queue) {
+    for task in queue.due(u64::MAX - 1, 1000, room(1000)).expect("due") {
+        queue
+            .complete(task, Next::Done, pb::Attempt::default())
+            .await
+            .expect("complete");
+    }
+    queue.flush().await.expect("flush");
+}
+
+#[tokio::test]
+async fn delivered_events_do_not_count_toward_the_bound() {
+    let dir = tempfile::tempdir().expect("dir");
+    let small = QueueConfig {
+        max_events: 3,
+        ..config()
+    };
+    let queue = Queue::open(dir.path(), small.clone()).expect("open");
+    // Steady traffic the receivers keep up with: far more events than the bound, none refused.
+    for i in 0..20 {
+        let subscriptions = vec!["sub_a".into(), "sub_b".into()];
+        queue
+            .accept(vec![NewEvent {
+                event: event(&format!("evt_{i}"), 10),
+                subscriptions,
+            }])
+            .await
+            .unwrap_or_else(|err| panic!("event {i}: {err}"));
+        deliver_all(&queue).await;
+    }
+    let stats = queue.stats().expect("stats");
+    assert_eq!((stats.events, stats.waiting.events), (20, 0));
+    // Work that waits counts, until it is done; and the counts survive a restart.
+    for i in 20..23 {
+        accept_one(&queue, event(&format!("evt_{i}"), 10), &["sub_a"]).await;
+    }
+    queue.close().await;
+    let queue = Queue::open(dir.path(), small).expect("reopen");
+    let err = queue
+        .accept(vec![NewEvent {
+            event: event("evt_23", 10),
+            subscriptions: vec!["sub_a".into()],
+        }])
+        .await
+        .expect_err("3 events wait");
+    assert!(err.to_string().contains("waiting for delivery"), "{err}");
+    deliver_all(&queue).await;
+    accept_one(&queue, event("evt_23", 10), &["sub_a"]).await;
+}
+
+#[tokio::test]
+async fn one_tenant_holds_at_most_its_share_of_the_bound() {
+    let dir = tempfile::tempdir().expect("dir");
+    let queue = Queue::open(
+        dir.path(),
+        QueueConfig {
+            max_events: 4,
+            max_share: 0.5,
+            ..config()
+        },
+    )
+    .expect("open");
+    let from = |tenant: &str, id: &str| NewEvent {
+        event: pb::Event {
+            tenant: tenant.into(),
+            ..event(id, 10)
+        },
+        subscriptions: vec!["sub".into()],
+    };
+    queue
+        .accept(vec![from("noisy", "n1"), from("noisy", "n2")])
+        .await
+        .expect("its share");
+    let err = queue
+        .accept(vec![from("noisy", "n3")])
+        .await
+        .expect_err("past its share");
+    assert!(matches!(err, QueueError::Full(_)), "{err}");
+    assert!(err.to_string().contains("tenant noisy"), "{err}");
+    queue
+        .accept(vec![from("quiet", "q1"), from("quiet", "q2")])
+        .await
+        .expect("another tenant is not refused");
+}
+
+#[tokio::test]
+async fn kept_events_past_their_byte_bound_go_oldest_first() {
+    let dir = tempfile::tempdir().expect("dir");
+    let queue = Queue::open(
+        dir.path(),
+        QueueConfig {
+            max_retained_bytes: 25,
+            ..config()
+        },
+    )
+    .expect("open");
+    for i in 0..5 {
+        accept_one(&queue, event(&format!("evt_{i}"), 10), &["sub"]).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Waiting events are never evicted.
+    assert_eq!(queue.sweep().await.expect("sweep"), 0);
+    deliver_all(&queue).await;
+    assert_eq!(
+        queue.sweep().await.expect("sweep"),
+        3,
+        "50 bytes kept, 25 allowed"
+    );
+    let stats = queue.stats().expect("stats");
+    assert_eq!((stats.events, stats.bytes, stats.evicted), (2, 20, 3));
+    for (i, kept) in [(0, false), (2, false), (3, true), (4, true)] {
+        let key = EventKey::new("t", &format!("evt_{i}"));
+        assert_eq!(queue.event(&key).expect("read").is_some(), kept, "evt_{i}");
+    }
 }

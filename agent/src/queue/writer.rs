@@ -32,6 +32,7 @@ use redb::{Database, Durability, ReadableTable, Table};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::pending::{self, PendingCounts, Tally};
 use super::tables::Tables;
 use super::wal::Wal;
 use super::{
@@ -473,8 +474,13 @@ fn answer(slots: Vec<Slot>, outcomes: Vec<Done>, failure: Option<&str>) {
 /// Counters kept in `meta`.
 struct Counters {
     seq: u64,
+    /// Events stored, delivered or not, and their payload bytes.
     events: u64,
     bytes: u64,
+    /// Events with deliveries to make ([`pending`]).
+    pending: PendingCounts,
+    /// Delivered events removed before their retention, to bound what is kept.
+    evicted: u64,
 }
 
 /// What a committed group did.
@@ -534,6 +540,8 @@ fn apply_works(
         seq: read(&tables.meta, META_SEQ)?,
         events: read(&tables.meta, META_EVENTS)?,
         bytes: read(&tables.meta, META_BYTES)?,
+        pending: PendingCounts::load(tables)?,
+        evicted: read(&tables.meta, pending::EVICTED)?,
     };
     let now = now_ms();
     for work in works {
@@ -553,11 +561,12 @@ fn apply_works(
                         added.push((task.subscription_id.clone(), due, counters.seq));
                     }
                     Next::Done if !task.ordering_key.is_empty() => {
+                        counters.pending.finish_delivery(tables, &task.event)?;
                         if let Some((due, seq)) = next_in_order(tables, &task)? {
                             added.push((task.subscription_id.clone(), due, seq));
                         }
                     }
-                    Next::Done => {}
+                    Next::Done => counters.pending.finish_delivery(tables, &task.event)?,
                 }
                 counters.seq += 1;
                 tables.put_report(counters.seq, &report.encode_to_vec())?;
@@ -567,15 +576,18 @@ fn apply_works(
             Work::Replay(items) => {
                 let mut results = Vec::with_capacity(items.len());
                 for item in items {
-                    if tables
-                        .events
-                        .get(item.event.as_str())
-                        .map_err(storage)?
-                        .is_none()
-                    {
-                        results.push(Err("the event is past retention on this agent".into()));
-                        continue;
-                    }
+                    let payload_bytes =
+                        match tables.events.get(item.event.as_str()).map_err(storage)? {
+                            Some(value) => decode_event(value.value())?.2.payload.len() as u64,
+                            None => {
+                                results
+                                    .push(Err("the event is past retention on this agent".into()));
+                                continue;
+                            }
+                        };
+                    counters
+                        .pending
+                        .add_deliveries(tables, &item.event, 1, payload_bytes)?;
                     // Outside any ordering line: a replay is sent on its own.
                     counters.seq += 1;
                     let value = encode_task(item.attempts_made, &item.event, "");
@@ -600,6 +612,8 @@ fn apply_works(
     tables.put_meta(META_SEQ, counters.seq)?;
     tables.put_meta(META_EVENTS, counters.events)?;
     tables.put_meta(META_BYTES, counters.bytes)?;
+    tables.put_meta(pending::EVICTED, counters.evicted)?;
+    counters.pending.store(tables)?;
     Ok(counters.seq)
 }
 
@@ -719,17 +733,26 @@ fn accept(
     let freed_bytes: u64 = replaced.iter().map(|(_, _, b)| b).sum();
     let events_after = counters.events + add_events - freed_events;
     let bytes_after = counters.bytes + add_bytes - freed_bytes;
-    if add_events > 0 && events_after > config.max_events {
-        return Ok(Err(QueueError::Full(format!(
-            "{} events stored, limit {}",
-            counters.events, config.max_events
-        ))));
+    // The bounds count work waiting: the new events that have deliveries to make.
+    let mut waiting = Tally::default();
+    let mut by_tenant: std::collections::BTreeMap<&str, Tally> = Default::default();
+    let mut counted = std::collections::HashSet::new();
+    for (item, answer) in new.iter().zip(&answers) {
+        if answer.is_some()
+            || item.subscriptions.is_empty()
+            || !counted.insert(EventKey::of(&item.event))
+        {
+            continue;
+        }
+        let bytes = item.event.payload.len() as u64;
+        waiting.events += 1;
+        waiting.bytes += bytes;
+        let tally = by_tenant.entry(item.event.tenant.as_str()).or_default();
+        tally.events += 1;
+        tally.bytes += bytes;
     }
-    if add_events > 0 && bytes_after > config.max_bytes {
-        return Ok(Err(QueueError::Full(format!(
-            "{} payload bytes stored, limit {}",
-            counters.bytes, config.max_bytes
-        ))));
+    if let Some(refusal) = over_bounds(tables, counters, config, waiting, &by_tenant)? {
+        return Ok(Err(refusal));
     }
     // Second pass: write.
     for (accepted_ms, id, _) in &replaced {
@@ -753,6 +776,10 @@ fn accept(
         }
         let matched = u32::try_from(item.subscriptions.len()).unwrap_or(u32::MAX);
         tables.put_event(id.as_str(), &encode_event(now, matched, &item.event))?;
+        let payload_bytes = item.event.payload.len() as u64;
+        counters
+            .pending
+            .add_deliveries(tables, &id, matched, payload_bytes)?;
         tables.put_accepted(now, id.as_str())?;
         for subscription in &item.subscriptions {
             counters.seq += 1;
@@ -775,6 +802,58 @@ fn accept(
     counters.events = events_after;
     counters.bytes = bytes_after;
     Ok(Ok(out))
+}
+
+/// Why `waiting` more events (`by_tenant`) would not fit the bounds on work waiting, if they
+/// would not: the queue's, or a tenant's share of it.
+fn over_bounds(
+    tables: &Tables<'_, '_>,
+    counters: &mut Counters,
+    config: &QueueConfig,
+    waiting: Tally,
+    by_tenant: &std::collections::BTreeMap<&str, Tally>,
+) -> Result<Option<QueueError>, QueueError> {
+    if waiting.events == 0 {
+        return Ok(None);
+    }
+    let total = counters.pending.total;
+    if total.events + waiting.events > config.max_events {
+        return Ok(Some(QueueError::Full(format!(
+            "{} events are waiting for delivery, limit {}",
+            total.events, config.max_events
+        ))));
+    }
+    if total.bytes + waiting.bytes > config.max_bytes {
+        return Ok(Some(QueueError::Full(format!(
+            "{} payload bytes are waiting for delivery, limit {}",
+            total.bytes, config.max_bytes
+        ))));
+    }
+    let (share_events, share_bytes) = (
+        share_of(config.max_events, config.max_share),
+        share_of(config.max_bytes, config.max_share),
+    );
+    for (tenant, adds) in by_tenant {
+        let held = counters.pending.tenant(tables, tenant)?;
+        if held.events + adds.events > share_events {
+            return Ok(Some(QueueError::Full(format!(
+                "tenant {tenant} has {} events waiting for delivery, its share of the limit is {share_events}",
+                held.events
+            ))));
+        }
+        if held.bytes + adds.bytes > share_bytes {
+            return Ok(Some(QueueError::Full(format!(
+                "tenant {tenant} has {} payload bytes waiting for delivery, its share of the limit is {share_bytes}",
+                held.bytes
+            ))));
+        }
+    }
+    Ok(None)
+}
+
+/// `share` (0 to 1) of `limit`, at least 1.
+fn share_of(limit: u64, share: f64) -> u64 {
+    ((limit as f64 * share.clamp(0.0, 1.0)).floor() as u64).max(1)
 }
 
 /// Removes up to [`SWEEP_BATCH`] events accepted before the retention period.
@@ -808,11 +887,62 @@ fn sweep(
             None => None,
         };
         if let Some(payload_len) = stored {
+            let key = EventKey::stored(id.clone());
             tables.remove_event(id)?;
-            recent.removed.push(EventKey::stored(id.clone()));
+            counters.pending.forget(tables, &key)?;
+            recent.removed.push(key);
             counters.events = counters.events.saturating_sub(1);
             counters.bytes = counters.bytes.saturating_sub(payload_len);
         }
     }
-    Ok(old.len() as u64)
+    Ok(old.len() as u64 + evict(tables, counters, config, recent)?)
+}
+
+/// Removes the oldest delivered events while those kept (for replay and duplicate detection)
+/// hold more than `max_retained_bytes`, at most [`SWEEP_BATCH`]; events with deliveries to
+/// make stay. Returns how many went.
+fn evict(
+    tables: &mut Tables<'_, '_>,
+    counters: &mut Counters,
+    config: &QueueConfig,
+    recent: &mut RecentChanges,
+) -> Result<u64, QueueError> {
+    let mut retained = counters.bytes.saturating_sub(counters.pending.total.bytes);
+    if retained <= config.max_retained_bytes {
+        return Ok(0);
+    }
+    let mut victims = Vec::new();
+    for entry in tables.accepted.iter().map_err(storage)? {
+        if retained <= config.max_retained_bytes || victims.len() >= SWEEP_BATCH {
+            break;
+        }
+        let (key, _) = entry.map_err(storage)?;
+        let (at, id) = key.value();
+        let event = EventKey::stored(id.to_owned());
+        if tables.unfinished(&event)?.is_some() {
+            continue;
+        }
+        let bytes = match tables.events.get(id).map_err(storage)? {
+            Some(value) => decode_event(value.value())?.2.payload.len() as u64,
+            None => 0,
+        };
+        retained = retained.saturating_sub(bytes);
+        victims.push((at, event, bytes));
+    }
+    for (at, event, bytes) in &victims {
+        tables.remove_accepted(*at, &event.to_string())?;
+        tables.remove_event(&event.to_string())?;
+        recent.removed.push(event.clone());
+        counters.events = counters.events.saturating_sub(1);
+        counters.bytes = counters.bytes.saturating_sub(*bytes);
+        counters.evicted += 1;
+    }
+    if !victims.is_empty() {
+        tracing::info!(
+            events = victims.len(),
+            limit = config.max_retained_bytes,
+            "delivered events removed before their retention: the kept ones reached --max-retained-bytes"
+        );
+    }
+    Ok(victims.len() as u64)
 }

@@ -160,19 +160,18 @@ async fn an_agent_started_without_a_control_plane_delivers_with_its_cached_confi
 #[tokio::test]
 async fn a_full_queue_answers_resource_exhausted_and_loses_nothing_before() -> anyhow::Result<()> {
     let world = World::start().await?;
-    let sub = world
-        .control_plane
-        .create(subscription(
-            "shop-1",
-            &world.receiver.url("/orders"),
-            &["order.*"],
-        ))
-        .await?;
+    // The receiver is down: the events wait for their retries, and fill the queue.
+    world.receiver.respond_with(503);
+    let mut orders = subscription("shop-1", &world.receiver.url("/orders"), &["order.*"]);
+    let schedule = herald_core::retry::RetrySchedule::parse("500ms,500ms,500ms,500ms,500ms")?;
+    orders.retry = Some(herald_proto::convert::retry_policy(&schedule));
+    let sub = world.control_plane.create(orders).await?;
     let small = Agent::start(
         world.control_plane.url(),
         AgentOptions {
             ca_file: Some(world.ca.write_ca_pem(world.agent.data_dir())?),
             max_queue_events: Some(5),
+            max_queue_share: Some(1.0),
             ..Default::default()
         },
     )
@@ -198,13 +197,74 @@ async fn a_full_queue_answers_resource_exhausted_and_loses_nothing_before() -> a
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("full"), "{}", status.message());
 
-    let requests = world.receiver.wait_for_requests(5, WAIT).await?;
-    let delivered: HashSet<_> = requests
-        .iter()
-        .filter_map(|r| r.header("webhook-id"))
-        .collect();
-    for id in &accepted {
-        assert!(delivered.contains(id.as_str()), "{id} delivered");
+    // The receiver is back: every accepted event arrives, and the queue has room again.
+    world.receiver.respond_with(200);
+    let delivered = eventually(WAIT, "every accepted event delivered", || async {
+        let delivered: HashSet<String> = world
+            .control_plane
+            .attempts(pb::AttemptFilter {
+                subscription_id: sub.id.clone(),
+                outcome: pb::Outcome::Delivered as i32,
+                ..Default::default()
+            })
+            .await?
+            .into_iter()
+            .map(|a| a.event_id)
+            .collect();
+        Ok(accepted
+            .iter()
+            .all(|id| delivered.contains(id))
+            .then_some(delivered))
+    })
+    .await?;
+    assert_eq!(delivered.len(), 5);
+    eventually(WAIT, "room in the queue again", || async {
+        Ok(small
+            .emit(event("shop-1", "order.created", &json!({"i": 6})))
+            .await
+            .ok())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_queue_bounded_at_200_takes_1000_events_the_receiver_keeps_up_with() -> anyhow::Result<()>
+{
+    let world = World::start().await?;
+    let sub = world
+        .control_plane
+        .create(subscription(
+            "shop-1",
+            &world.receiver.url("/orders"),
+            &["order.*"],
+        ))
+        .await?;
+    let small = Agent::start(
+        world.control_plane.url(),
+        AgentOptions {
+            ca_file: Some(world.ca.write_ca_pem(world.agent.data_dir())?),
+            max_queue_events: Some(200),
+            ..Default::default()
+        },
+    )
+    .await?;
+    world.control_plane.wait_applied(sub.revision, WAIT).await?;
+    // In steps of 50 (a quarter of the bound, half of one tenant's share), each step once
+    // the one before is delivered: the pace of a receiver that keeps up.
+    for step in 0..20 {
+        for i in 0..50 {
+            let n = step * 50 + i;
+            small
+                .emit(event("shop-1", "order.created", &json!({ "n": n })))
+                .await
+                .map_err(|err| anyhow::anyhow!("event {n} refused: {err}"))?;
+        }
+        world
+            .receiver
+            .wait_for_requests((step as usize + 1) * 50, WAIT)
+            .await?;
     }
+    assert_eq!(world.receiver.request_count(), 1000);
     Ok(())
 }
