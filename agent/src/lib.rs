@@ -376,6 +376,12 @@ pub async fn run(
     // Standard health checks (NOT_SERVING once draining) and reflection beside Events.
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<EventsServer<EmitService>>().await;
+    let draining = CancellationToken::new();
+    background.spawn(report_writable(
+        queue.writable(),
+        health.clone(),
+        draining.clone(),
+    ));
     let reflection = [tonic_health::pb::FILE_DESCRIPTOR_SET];
     let serving = stop.clone();
     let router = tonic::transport::Server::builder()
@@ -412,6 +418,7 @@ pub async fn run(
     }
     tracing::info!("shutting down: no new events; finishing attempts in flight");
     herald_core::daemon::notify_stopping();
+    draining.cancel();
     health.set_not_serving::<EventsServer<EmitService>>().await;
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
@@ -440,6 +447,40 @@ pub async fn run(
 const DEFAULT_MAX_MESSAGE: usize = 4 << 20;
 /// Room in an `Emit` request for the event's fields besides its payload.
 const MESSAGE_OVERHEAD: usize = 64 << 10;
+
+/// Shows the queue's disk faults in the health checks: `NOT_SERVING` (the whole agent and
+/// `herald.v1.Events`) while the queue cannot write, `SERVING` again once a commit succeeds;
+/// until `draining`, when shutdown takes the health checks over.
+async fn report_writable(
+    mut writable: tokio::sync::watch::Receiver<bool>,
+    health: tonic_health::server::HealthReporter,
+    draining: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = draining.cancelled() => return,
+            changed = writable.changed() => if changed.is_err() { return },
+        }
+        let ok = *writable.borrow_and_update();
+        if draining.is_cancelled() {
+            return;
+        }
+        let status = if ok {
+            tracing::info!("the queue writes again: serving");
+            tonic_health::ServingStatus::Serving
+        } else {
+            tracing::error!("the queue cannot write (disk full or failing): not serving");
+            tonic_health::ServingStatus::NotServing
+        };
+        health.set_service_status("", status).await;
+        health
+            .set_service_status(
+                <EventsServer<EmitService> as tonic::server::NamedService>::NAME,
+                status,
+            )
+            .await;
+    }
+}
 
 /// How often events past retention are removed.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);

@@ -77,7 +77,10 @@
 //! `max_bytes` of payload) still have deliveries to make, or when the tenant holds its share
 //! of that ([`pending`]); delivered events kept for replay and dedup never cause a refusal,
 //! and are bounded by `max_retained_bytes` (the oldest go first). It refuses with
-//! [`QueueError::Storage`] when the disk refuses writes. Nothing already accepted is lost.
+//! [`QueueError::DiskFull`] or [`QueueError::Io`] when the disk refuses writes, and says so to
+//! health checks ([`Queue::writable`]). An attempt whose outcome the disk refused stays out of
+//! the scheduler's reach until a commit succeeds (at most one extra delivery, never a loop).
+//! Nothing already accepted is lost.
 
 mod lanes;
 mod memtable;
@@ -161,41 +164,123 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 pub const DURABLE_LAG: Duration = Duration::from_millis(50);
 
 /// Why the queue refused or failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum QueueError {
     /// The queue is at its configured bound.
     #[error("the agent's queue is full ({0}); retry later")]
     Full(String),
-    /// The disk or file failed (full disk, I/O error).
-    #[error("the agent's queue cannot write: {0}")]
+    /// The disk is full (or the quota reached): nothing more is written until space is freed.
+    #[error("the agent's queue cannot write, the disk is full: {0}")]
+    DiskFull(String),
+    /// Reading or writing the queue's files failed (an I/O error).
+    #[error("the agent's queue cannot write, an I/O error: {0}")]
+    Io(String),
+    /// A record is not as the queue wrote it, or the store refused an operation.
+    #[error("the agent's queue failed: {0}")]
     Storage(String),
     /// The queue is shutting down.
     #[error("the agent's queue is closed")]
     Closed,
 }
 
+impl QueueError {
+    /// Whether the disk refused a write (full, or failing): the files' state is unknown after
+    /// it, so the writer stops writing.
+    pub fn is_disk_fault(&self) -> bool {
+        matches!(self, QueueError::DiskFull(_) | QueueError::Io(_))
+    }
+}
+
 impl From<QueueError> for tonic::Status {
     fn from(err: QueueError) -> Self {
         match &err {
-            QueueError::Full(_) => tonic::Status::resource_exhausted(err.to_string()),
-            QueueError::Storage(msg) if is_disk_full(msg) => {
+            QueueError::Full(_) | QueueError::DiskFull(_) => {
                 tonic::Status::resource_exhausted(err.to_string())
             }
-            QueueError::Storage(_) | QueueError::Closed => {
+            QueueError::Io(_) | QueueError::Storage(_) | QueueError::Closed => {
                 tonic::Status::unavailable(err.to_string())
             }
         }
     }
 }
 
-fn is_disk_full(message: &str) -> bool {
-    ["No space left", "os error 28", "quota", "os error 122"]
-        .iter()
-        .any(|sign| message.contains(sign))
+/// An error the queue meets, as a [`QueueError`] that keeps what kind of fault it is.
+trait Fault {
+    fn into_queue_error(self) -> QueueError;
 }
 
-fn storage(err: impl std::fmt::Display) -> QueueError {
-    QueueError::Storage(err.to_string())
+impl Fault for std::io::Error {
+    fn into_queue_error(self) -> QueueError {
+        const ENOSPC: i32 = 28;
+        const EDQUOT: i32 = 122;
+        let full = matches!(self.raw_os_error(), Some(ENOSPC | EDQUOT))
+            || matches!(
+                self.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            );
+        if full {
+            QueueError::DiskFull(self.to_string())
+        } else {
+            QueueError::Io(self.to_string())
+        }
+    }
+}
+
+impl Fault for redb::StorageError {
+    fn into_queue_error(self) -> QueueError {
+        match self {
+            redb::StorageError::Io(err) => err.into_queue_error(),
+            redb::StorageError::PreviousIo => {
+                QueueError::Io("an earlier write to the queue file failed".into())
+            }
+            other => QueueError::Storage(other.to_string()),
+        }
+    }
+}
+
+/// redb's error types, each either a storage error or a refusal.
+macro_rules! redb_fault {
+    ($($kind:ty),*) => {$(
+        impl Fault for $kind {
+            fn into_queue_error(self) -> QueueError {
+                match redb::Error::from(self) {
+                    redb::Error::Io(err) => err.into_queue_error(),
+                    redb::Error::PreviousIo => redb::StorageError::PreviousIo.into_queue_error(),
+                    other => QueueError::Storage(other.to_string()),
+                }
+            }
+        }
+    )*};
+}
+redb_fault!(
+    redb::Error,
+    redb::TransactionError,
+    redb::CommitError,
+    redb::TableError,
+    redb::DatabaseError,
+    redb::SetDurabilityError
+);
+
+impl Fault for &str {
+    fn into_queue_error(self) -> QueueError {
+        QueueError::Storage(self.to_owned())
+    }
+}
+
+impl Fault for String {
+    fn into_queue_error(self) -> QueueError {
+        QueueError::Storage(self)
+    }
+}
+
+impl Fault for prost::DecodeError {
+    fn into_queue_error(self) -> QueueError {
+        QueueError::Storage(self.to_string())
+    }
+}
+
+fn storage(err: impl Fault) -> QueueError {
+    err.into_queue_error()
 }
 
 /// Which event a record is about. Ids are unique per tenant (two shops may both send
@@ -363,6 +448,8 @@ struct Shared {
     memtable: RwLock<Memtable>,
     /// Events accepted moments ago, for their first attempts ([`recent`]).
     recent: Mutex<recent::RecentEvents>,
+    /// Whether the last commit succeeded: false once the disk refused one (full or failing).
+    writable: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -390,7 +477,14 @@ impl Queue {
     /// Opens (or creates) `dir/queue.redb` and `dir/queue.wal`, replays the log, and starts
     /// the writer.
     pub fn open(dir: &Path, config: QueueConfig) -> Result<Self, QueueError> {
-        std::fs::create_dir_all(dir).map_err(|e| storage(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            let at = dir.display();
+            match storage(e) {
+                QueueError::DiskFull(e) => QueueError::DiskFull(format!("{at}: {e}")),
+                QueueError::Io(e) => QueueError::Io(format!("{at}: {e}")),
+                other => other,
+            }
+        })?;
         let db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
             .create(dir.join("queue.redb"))
@@ -402,7 +496,7 @@ impl Queue {
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|e| storage(format!("{}: {e}", path.display())))?;
+            .map_err(storage)?;
         let wal = redb::backends::FileBackend::new(wal).map_err(storage)?;
         Self::start(db, Box::new(wal), config)
     }
@@ -463,6 +557,7 @@ impl Queue {
             writer_thread: std::sync::OnceLock::new(),
             memtable: RwLock::new(Memtable::default()),
             recent: Mutex::new(recent::RecentEvents::default()),
+            writable: tokio::sync::watch::Sender::new(true),
         });
         let (tx, rx) = mpsc::channel(WRITER_CHANNEL);
         let lag = config.durable_lag;
@@ -732,6 +827,12 @@ impl Queue {
             .map_err(|_| QueueError::Closed)?;
         self.shared.wake_writer();
         answer.await.map_err(|_| QueueError::Closed)?
+    }
+
+    /// Whether the queue can write now: false from a disk fault (a full or failing disk) on,
+    /// for health checks; the receiver sees every change.
+    pub fn writable(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shared.writable.subscribe()
     }
 
     /// Waits until tasks were added or finished.

@@ -570,7 +570,7 @@ async fn after_a_power_loss_mid_commit_every_acknowledged_event_is_there() {
             };
             match queue.accept(vec![new]).await {
                 Ok(_) => acknowledged.push(id),
-                Err(QueueError::Storage(_)) => break,
+                Err(QueueError::Io(_)) => break,
                 Err(err) => panic!("round {round}: only the power loss may fail a write: {err}"),
             }
         }
@@ -611,6 +611,7 @@ async fn a_full_disk_answers_resource_exhausted_and_keeps_what_was_accepted() {
             status.message()
         );
     }
+    assert!(!*queue.writable().borrow(), "health checks hear of it");
     drop(queue);
 
     disk.state().full = false;
@@ -635,6 +636,49 @@ async fn a_full_disk_answers_resource_exhausted_and_keeps_what_was_accepted() {
         .accept(vec![one("evt_late")])
         .await
         .expect("space again: accepted");
+}
+
+#[tokio::test]
+async fn an_outcome_the_full_disk_refuses_is_not_attempted_again_until_a_commit_succeeds() {
+    let disk = PowerLossDisk::default();
+    let queue = disk.start(config());
+    accept_one(&queue, event("evt_1", 10), &["sub"]).await;
+    let task = queue
+        .due(u64::MAX - 1, 1, room(1))
+        .expect("due")
+        .pop()
+        .expect("the delivery");
+    // The attempt was made; its outcome meets a full disk.
+    disk.state().full = true;
+    queue.attempted(&task);
+    queue
+        .complete(task, Next::RetryAt(now_ms()), pb::Attempt::default())
+        .await
+        .expect("sent to the writer");
+    queue.flush().await.expect("flushed");
+    for poll in 0..20 {
+        assert!(
+            queue
+                .due(u64::MAX - 1, 10, room(10))
+                .expect("due")
+                .is_empty(),
+            "poll {poll}: a delivery whose outcome was lost is not sent again meanwhile"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!*queue.writable().borrow());
+    drop(queue);
+    // Space again (here, after a restart): the delivery is made once more, as it was.
+    disk.state().full = false;
+    let queue = disk.start(config());
+    let again = queue.due(u64::MAX - 1, 10, room(10)).expect("due");
+    assert_eq!(again.len(), 1, "once more, not a loop");
+    assert_eq!(
+        (again[0].event.id(), again[0].attempts),
+        ("evt_1", 0),
+        "the lost outcome was never recorded"
+    );
+    assert!(*queue.writable().borrow());
 }
 
 #[tokio::test]

@@ -29,6 +29,8 @@
 
 use redb::StorageBackend;
 
+use super::{QueueError, storage};
+
 /// The log file's size. A commit whose changes do not fit in the room left makes a checkpoint
 /// instead.
 pub const WAL_BYTES: u64 = 8 * 1024 * 1024;
@@ -48,7 +50,7 @@ pub(super) struct Wal {
     unsynced: bool,
     /// The first I/O failure: the log's state on disk is unknown after it, so every later
     /// write fails with it until the queue is opened again.
-    failed: Option<String>,
+    failed: Option<QueueError>,
 }
 
 impl Wal {
@@ -117,13 +119,13 @@ impl Wal {
     }
 
     /// Appends a record (not synced yet). The caller checks [`Wal::has_room`] first.
-    pub fn append(&mut self, body: &[u8]) -> Result<(), String> {
+    pub fn append(&mut self, body: &[u8]) -> Result<(), QueueError> {
         self.check()?;
         if !self.has_room(body.len()) {
-            return Err("the write-ahead log is full".into());
+            return Err(storage("the write-ahead log is full"));
         }
         let mut record = Vec::with_capacity(HEADER + body.len());
-        let len = u32::try_from(body.len()).map_err(|_| "a log record over 4 GiB".to_owned())?;
+        let len = u32::try_from(body.len()).map_err(|_| storage("a log record over 4 GiB"))?;
         record.extend_from_slice(&len.to_le_bytes());
         record.extend_from_slice(&[0; 4]);
         record.extend_from_slice(&self.epoch.to_le_bytes());
@@ -140,7 +142,7 @@ impl Wal {
     }
 
     /// Makes every appended record durable.
-    pub fn sync(&mut self) -> Result<(), String> {
+    pub fn sync(&mut self) -> Result<(), QueueError> {
         self.check()?;
         if self.unsynced {
             let synced = self.file.sync_data();
@@ -150,20 +152,22 @@ impl Wal {
         Ok(())
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), QueueError> {
         match &self.failed {
-            Some(first) => Err(format!(
-                "{first} (writes resume after a restart of the agent)"
-            )),
+            Some(first) => Err(first.clone()),
             None => Ok(()),
         }
     }
 
-    fn fail_on(&mut self, result: std::io::Result<()>) -> Result<(), String> {
+    fn fail_on(&mut self, result: std::io::Result<()>) -> Result<(), QueueError> {
         result.map_err(|err| {
-            let message = format!("write-ahead log I/O error: {err}");
-            self.failed = Some(message.clone());
-            message
+            let failure = match storage(err) {
+                QueueError::DiskFull(e) => QueueError::DiskFull(format!("write-ahead log: {e}")),
+                QueueError::Io(e) => QueueError::Io(format!("write-ahead log: {e}")),
+                other => other,
+            };
+            self.failed = Some(failure.clone());
+            failure
         })
     }
 }

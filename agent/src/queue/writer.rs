@@ -174,6 +174,7 @@ pub(super) fn spawn(
             wal,
             epoch,
             first_io_failure: None,
+            stranded: Vec::new(),
             last_durable: Instant::now(),
             last_checkpoint: Instant::now(),
             unpersisted: false,
@@ -243,9 +244,13 @@ struct Writer {
     wal: Wal,
     /// The log's current epoch (named by the last checkpoint).
     epoch: u64,
-    /// After an I/O failure redb refuses every later write as "previous I/O error"; the first
-    /// failure's words are kept so callers keep hearing why (a full disk, say).
-    first_io_failure: Option<String>,
+    /// After a disk fault redb refuses every later write ("previous I/O error"); the first
+    /// fault is kept so callers keep hearing why (a full disk, say).
+    first_io_failure: Option<QueueError>,
+    /// Tasks whose attempt's outcome could not be committed: they stay taken (not attempted
+    /// again) until a commit succeeds, then are due again: at most one extra delivery each,
+    /// never a loop of them while the disk refuses writes. (lane, seq, due)
+    stranded: Vec<(String, u64, u64)>,
     /// When everything committed was last made durable.
     last_durable: Instant,
     /// When the last checkpoint was made.
@@ -287,49 +292,64 @@ impl Writer {
                     }
                     self.unpersisted = true;
                 }
-                wake = !applied.completing.is_empty() || !applied.added.is_empty();
+                wake = !applied.completing.is_empty()
+                    || !applied.added.is_empty()
+                    || !self.stranded.is_empty();
                 self.release(&applied.completing, &applied.added, false);
+                self.shared
+                    .writable
+                    .send_if_modified(|writable| !std::mem::replace(writable, true));
                 (applied.outcomes, None)
             }
             Err((err, completing)) => {
-                let message = err.to_string();
-                let message = match &self.first_io_failure {
-                    Some(first) if message.contains("Previous I/O error") => {
-                        format!("{first} (writes resume after a restart of the agent)")
+                let failure = match &self.first_io_failure {
+                    // What callers hear is the first fault (the disk is full), not redb's
+                    // "previous I/O error" that follows it.
+                    Some(first) if err.is_disk_fault() => first.clone(),
+                    None if err.is_disk_fault() => {
+                        self.first_io_failure = Some(err.clone());
+                        self.shared
+                            .writable
+                            .send_if_modified(|writable| std::mem::replace(writable, false));
+                        err
                     }
-                    None if message.contains("I/O error") => {
-                        self.first_io_failure = Some(message.clone());
-                        message
-                    }
-                    _ => message,
+                    _ => err,
                 };
-                tracing::error!(error = %message, "queue commit failed");
-                wake = !completing.is_empty();
+                tracing::error!(error = %failure, "queue commit failed");
+                wake = false;
                 self.release(&completing, &[], true);
-                (Vec::new(), Some(message))
+                (Vec::new(), Some(failure))
             }
         };
-        answer(slots, outcomes, failure.as_deref());
+        answer(slots, outcomes, failure.as_ref());
         if wake {
             self.shared.tasks_changed.notify_one();
         }
     }
 
-    /// Updates the lane index after a commit: tasks whose outcome was (or failed to be)
-    /// written are no longer taken, and lanes learn of the tasks added.
+    /// Updates the lane index after a commit: tasks whose outcome was written are no longer
+    /// taken, and lanes learn of the tasks added. After a failed commit the tasks whose outcome
+    /// was lost stay taken ([`Writer::stranded`]); the next commit that succeeds hands them
+    /// back, due again.
     fn release(
-        &self,
+        &mut self,
         completing: &[(String, u64, u64)],
         added: &[(String, u64, u64)],
         failed: bool,
     ) {
+        if failed {
+            self.stranded.extend(completing.iter().cloned());
+            return;
+        }
+        let stranded = std::mem::take(&mut self.stranded);
         let mut lanes = self.shared.lanes.lock().unwrap_or_else(|e| e.into_inner());
-        for (lane, seq, due) in completing {
+        for (lane, seq, _) in completing {
             lanes.finish(lane, *seq);
-            if failed {
-                // Not recorded: the task is still there, due again (the attempt is retried).
-                lanes.added(lane, *due, *seq);
-            }
+        }
+        for (lane, seq, due) in &stranded {
+            // Not recorded: the task is still there, due again (the attempt is made again).
+            lanes.finish(lane, *seq);
+            lanes.added(lane, *due, *seq);
         }
         for (lane, due, seq) in added {
             lanes.added(lane, *due, *seq);
@@ -361,10 +381,8 @@ impl Writer {
         let mut recent = RecentChanges::default();
         let result = (|| -> Result<(u64, bool), QueueError> {
             if let Some(first) = &self.first_io_failure {
-                // The files' state is unknown after an I/O failure: no log record may follow.
-                return Err(QueueError::Storage(format!(
-                    "{first} (writes resume after a restart of the agent)"
-                )));
+                // The files' state is unknown after a disk fault: no log record may follow.
+                return Err(first.clone());
             }
             let mut txn = self.db.begin_write().map_err(storage)?;
             let wal = &mut self.wal;
@@ -409,9 +427,9 @@ impl Writer {
             }
             // The log record first: a crash after it replays the commit; before it, the group
             // was never answered.
-            wal.append(&redo).map_err(QueueError::Storage)?;
+            wal.append(&redo)?;
             if durable {
-                wal.sync().map_err(QueueError::Storage)?;
+                wal.sync()?;
             }
             txn.set_durability(Durability::None).map_err(storage)?;
             txn.commit().map_err(storage)?;
@@ -439,11 +457,11 @@ impl Writer {
 }
 
 /// Every caller hears back: the failure, or what its work produced.
-fn answer(slots: Vec<Slot>, outcomes: Vec<Done>, failure: Option<&str>) {
+fn answer(slots: Vec<Slot>, outcomes: Vec<Done>, failure: Option<&QueueError>) {
     let mut outcomes = outcomes.into_iter();
     for slot in slots {
         let done = outcomes.next();
-        let failed = || QueueError::Storage(failure.unwrap_or_default().to_owned());
+        let failed = || failure.cloned().unwrap_or(QueueError::Closed);
         match (slot, done) {
             (Slot::Accept(tx), Some(Done::Accepted(result))) if failure.is_none() => {
                 let _ = tx.send(result);
