@@ -135,6 +135,11 @@ pub struct Config {
     /// duplicates); past it the oldest go before their retention, never refusing an event.
     #[arg(long, env = "HERALD_MAX_RETAINED_BYTES", default_value_t = 1 << 30)]
     pub max_retained_bytes: u64,
+    /// The free bytes the queue keeps on its disk: below them Emit answers RESOURCE_EXHAUSTED
+    /// (disk full) and health is NOT_SERVING, before a write can fail half-way; both recover
+    /// by themselves once space is back.
+    #[arg(long, env = "HERALD_QUEUE_MIN_FREE_BYTES", default_value_t = queue::DEFAULT_MIN_FREE_BYTES)]
+    pub queue_min_free_bytes: u64,
     /// Fsync every queue commit before answering Emit. Off risks losing acknowledged events
     /// on a power loss (not on a process crash); for benchmarks and throwaway setups.
     #[arg(long, env = "HERALD_FSYNC", default_value_t = true, action = clap::ArgAction::Set)]
@@ -179,6 +184,7 @@ impl Config {
             max_queue_bytes: 1 << 30,
             max_queue_share: 0.5,
             max_retained_bytes: 1 << 30,
+            queue_min_free_bytes: queue::DEFAULT_MIN_FREE_BYTES,
             fsync: true,
             shutdown_grace: Duration::from_secs(30),
             emit_access: emit_access::EmitAccess::default(),
@@ -260,6 +266,7 @@ pub async fn run(
             max_bytes: config.max_queue_bytes,
             max_share: config.max_queue_share,
             max_retained_bytes: config.max_retained_bytes,
+            min_free_bytes: config.queue_min_free_bytes,
             retention: config.retention,
             dedup_window: config.dedup_window,
             durable: config.fsync,

@@ -271,6 +271,10 @@ pub struct AgentOptions {
     pub max_queue_events: Option<u64>,
     /// One tenant's share of the queue's bounds (default the agent's, one half).
     pub max_queue_share: Option<f64>,
+    /// Where the agent keeps its queue (default: a temp dir of its own).
+    pub data_dir: Option<PathBuf>,
+    /// The free bytes its queue keeps on its disk (default the agent's).
+    pub queue_min_free_bytes: Option<u64>,
     /// Special targets admitted (default: loopback, where the tests' receivers are).
     pub allow_targets: Option<Vec<ipnet::IpNet>>,
     /// Attempts in flight across all subscriptions (default 256).
@@ -348,7 +352,14 @@ impl Agent {
             control_plane_ca_file: options.control_plane_tls.as_ref().map(|t| t.0.clone()),
             control_plane_cert_file: options.control_plane_tls.as_ref().map(|t| t.1.clone()),
             control_plane_key_file: options.control_plane_tls.as_ref().map(|t| t.2.clone()),
-            ..herald_agent::Config::new(control_plane, ListenAddr::Tcp(addr), dir.path().to_owned())
+            queue_min_free_bytes: options
+                .queue_min_free_bytes
+                .unwrap_or(herald_agent::queue::DEFAULT_MIN_FREE_BYTES),
+            ..herald_agent::Config::new(
+                control_plane,
+                ListenAddr::Tcp(addr),
+                options.data_dir.unwrap_or_else(|| dir.path().to_owned()),
+            )
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(herald_agent::run(

@@ -139,6 +139,10 @@ pub struct QueueConfig {
     pub max_bytes: u64,
     /// The share (0 to 1) of either bound one tenant may hold.
     pub max_share: f64,
+    /// The free bytes the queue keeps on its disk: below them commits are refused as by a
+    /// full disk (before a write could fail half-way), and resume by themselves once space is
+    /// back ([`DEFAULT_MIN_FREE_BYTES`] unless a test needs another).
+    pub min_free_bytes: u64,
     /// At most this many payload bytes of delivered events kept for replay and duplicate
     /// detection; past it the oldest go before their retention (never a refusal).
     pub max_retained_bytes: u64,
@@ -155,6 +159,10 @@ pub struct QueueConfig {
     /// another): it bounds the log a restart replays, and the memtable.
     pub checkpoint_every: Duration,
 }
+
+/// The default [`QueueConfig::min_free_bytes`]: room for the largest checkpoint a busy queue
+/// makes, and the file's growth.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The default [`QueueConfig::checkpoint_every`].
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
@@ -498,7 +506,8 @@ impl Queue {
             .open(&path)
             .map_err(storage)?;
         let wal = redb::backends::FileBackend::new(wal).map_err(storage)?;
-        Self::start(db, Box::new(wal), config)
+        let space = writer::SpaceGuard::new(dir.to_owned(), config.min_free_bytes);
+        Self::start(db, Box::new(wal), config, Some(space))
     }
 
     /// Starts the queue on an opened database and log file.
@@ -506,6 +515,7 @@ impl Queue {
         db: Database,
         wal: Box<dyn redb::StorageBackend>,
         config: QueueConfig,
+        space: Option<writer::SpaceGuard>,
     ) -> Result<Self, QueueError> {
         let db = Arc::new(db);
         let txn = db.begin_write().map_err(storage)?;
@@ -561,8 +571,9 @@ impl Queue {
         });
         let (tx, rx) = mpsc::channel(WRITER_CHANNEL);
         let lag = config.durable_lag;
-        writer::spawn(db.clone(), config, (wal, epoch), rx, shared.clone());
+        writer::spawn(db.clone(), config, (wal, epoch), space, rx, shared.clone());
         tokio::spawn(persist(tx.downgrade(), shared.clone(), lag));
+        tokio::spawn(retry_writes(tx.downgrade(), shared.clone()));
         Ok(Queue {
             db,
             writer: tx,
@@ -916,6 +927,38 @@ async fn persist(writer: mpsc::WeakSender<Command>, shared: Arc<Shared>, lag: Du
         shared.wake_writer();
         drop(writer);
         let _ = answer.await;
+    }
+}
+
+/// The first wait before a queue that cannot write tries again.
+const RETRY_WRITES_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between tries.
+const RETRY_WRITES_MOST: Duration = Duration::from_secs(30);
+
+/// While the queue cannot write, tries a commit with growing pauses, so that it writes again
+/// by itself (and says so to health checks) once space is back, even with no work coming in.
+/// It ends when the queue's writer is gone.
+async fn retry_writes(writer: mpsc::WeakSender<Command>, shared: Arc<Shared>) {
+    let mut writable = shared.writable.subscribe();
+    drop(shared);
+    loop {
+        if writable.wait_for(|ok| !*ok).await.is_err() {
+            return;
+        }
+        let mut pause = RETRY_WRITES_FIRST;
+        while !*writable.borrow() {
+            tokio::time::sleep(pause).await;
+            let Some(writer) = writer.upgrade() else {
+                return;
+            };
+            let (reply, answer) = oneshot::channel();
+            if writer.send(Command::Flush { reply }).await.is_err() {
+                return;
+            }
+            drop(writer);
+            let _ = answer.await;
+            pause = (pause * 2).min(RETRY_WRITES_MOST);
+        }
     }
 }
 

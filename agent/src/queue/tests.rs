@@ -16,6 +16,7 @@ fn config() -> QueueConfig {
         max_bytes: 1 << 20,
         max_share: 1.0,
         max_retained_bytes: u64::MAX,
+        min_free_bytes: 0,
         retention: Duration::from_secs(3600),
         dedup_window: Duration::from_secs(3600),
         durable: true,
@@ -478,7 +479,7 @@ impl PowerLossDisk {
         let db = redb::Builder::new()
             .create_with_backend(self.clone())
             .unwrap_or_else(|e| panic!("the queue file opens: {e}"));
-        Queue::start(db, self.log(), config).expect("start")
+        Queue::start(db, self.log(), config, None).expect("start")
     }
 }
 

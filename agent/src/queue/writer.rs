@@ -162,6 +162,7 @@ pub(super) fn spawn(
     db: Arc<Database>,
     config: QueueConfig,
     (wal, epoch): (Wal, u64),
+    space: Option<SpaceGuard>,
     mut rx: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
 ) {
@@ -175,6 +176,7 @@ pub(super) fn spawn(
             epoch,
             first_io_failure: None,
             stranded: Vec::new(),
+            space,
             last_durable: Instant::now(),
             last_checkpoint: Instant::now(),
             unpersisted: false,
@@ -251,6 +253,8 @@ struct Writer {
     /// again) until a commit succeeds, then are due again: at most one extra delivery each,
     /// never a loop of them while the disk refuses writes. (lane, seq, due)
     stranded: Vec<(String, u64, u64)>,
+    /// The free space kept on the queue's disk (none for a queue on a test backend).
+    space: Option<SpaceGuard>,
     /// When everything committed was last made durable.
     last_durable: Instant,
     /// When the last checkpoint was made.
@@ -273,6 +277,14 @@ impl Writer {
     /// Applies, commits and answers one group; `closing` makes its commit a checkpoint.
     fn apply_group(&mut self, group: Vec<Command>, closing: bool) {
         let (works, slots): (Vec<Work>, Vec<Slot>) = group.into_iter().map(split).unzip();
+        if let Err(low) = self.space_left() {
+            // Nothing is written: the group is refused whole, as by a full disk, before a write
+            // could fail half-way and leave the file unusable. The next group tries again.
+            self.refused(&completing_of(&works));
+            tracing::warn!(error = %low, "queue commit refused");
+            answer(slots, Vec::new(), Some(&low));
+            return;
+        }
         let durable = self.durable(&works);
         let wake;
         let (outcomes, failure) = match self.apply(works, durable, closing) {
@@ -308,22 +320,55 @@ impl Writer {
                     Some(first) if err.is_disk_fault() => first.clone(),
                     None if err.is_disk_fault() => {
                         self.first_io_failure = Some(err.clone());
-                        self.shared
-                            .writable
-                            .send_if_modified(|writable| std::mem::replace(writable, false));
                         err
                     }
                     _ => err,
                 };
                 tracing::error!(error = %failure, "queue commit failed");
                 wake = false;
-                self.release(&completing, &[], true);
+                self.refused(&completing);
                 (Vec::new(), Some(failure))
             }
         };
         answer(slots, outcomes, failure.as_ref());
         if wake {
             self.shared.tasks_changed.notify_one();
+        }
+    }
+
+    /// After a group was not committed: its tasks stay taken until a commit succeeds, and
+    /// health checks hear that the queue cannot write.
+    fn refused(&mut self, completing: &[(String, u64, u64)]) {
+        self.release(completing, &[], true);
+        self.shared
+            .writable
+            .send_if_modified(|writable| std::mem::replace(writable, false));
+    }
+
+    /// Whether the queue's disk has the free space it keeps; checked at most every
+    /// [`SPACE_CHECK_EVERY`] while it has.
+    fn space_left(&mut self) -> Result<(), QueueError> {
+        let Some(guard) = &mut self.space else {
+            return Ok(());
+        };
+        if guard.ok && guard.checked_at.elapsed() < SPACE_CHECK_EVERY {
+            return Ok(());
+        }
+        guard.checked_at = Instant::now();
+        let free = match rustix::fs::statvfs(&guard.dir) {
+            Ok(stat) => stat.f_bavail.saturating_mul(stat.f_frsize),
+            // Not knowable here: the writes themselves will tell.
+            Err(_) => u64::MAX,
+        };
+        guard.ok = free >= guard.min_free;
+        if guard.ok {
+            Ok(())
+        } else {
+            Err(QueueError::DiskFull(format!(
+                "{free} bytes free on {}, below the {} the queue keeps free",
+                guard.dir.display(),
+                guard.min_free
+            )))
         }
     }
 
@@ -366,15 +411,7 @@ impl Writer {
         durable: bool,
         closing: bool,
     ) -> Result<Applied, (QueueError, Vec<(String, u64, u64)>)> {
-        let completing: Vec<(String, u64, u64)> = works
-            .iter()
-            .filter_map(|w| match w {
-                Work::Complete { task, .. } => {
-                    Some((task.subscription_id.clone(), task.seq, task.due))
-                }
-                _ => None,
-            })
-            .collect();
+        let completing = completing_of(&works);
         let mut outcomes: Vec<Done> = Vec::with_capacity(works.len());
         let mut added: Vec<(String, u64, u64)> = Vec::new();
         let mut reports_added = false;
@@ -452,6 +489,42 @@ impl Writer {
                 durable,
             }),
             Err(err) => Err((err, completing)),
+        }
+    }
+}
+
+/// The tasks whose attempt's outcome `works` record: (lane, seq, due).
+fn completing_of(works: &[Work]) -> Vec<(String, u64, u64)> {
+    works
+        .iter()
+        .filter_map(|w| match w {
+            Work::Complete { task, .. } => Some((task.subscription_id.clone(), task.seq, task.due)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// How often the free space is looked at while there is enough.
+const SPACE_CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// The free space the queue keeps on its disk.
+pub(super) struct SpaceGuard {
+    /// A directory on that disk.
+    pub dir: std::path::PathBuf,
+    /// Below this many free bytes, commits are refused.
+    pub min_free: u64,
+    checked_at: Instant,
+    ok: bool,
+}
+
+impl SpaceGuard {
+    /// Keeps `min_free` bytes free on the disk of `dir`.
+    pub fn new(dir: std::path::PathBuf, min_free: u64) -> Self {
+        SpaceGuard {
+            dir,
+            min_free,
+            checked_at: Instant::now(),
+            ok: false,
         }
     }
 }

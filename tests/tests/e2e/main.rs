@@ -12,6 +12,7 @@ mod envelopes;
 mod etcd_faults;
 mod event_types;
 mod fleet;
+mod full_disk;
 mod health;
 mod metrics;
 mod mtls;
