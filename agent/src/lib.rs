@@ -140,6 +140,11 @@ pub struct Config {
     /// by themselves once space is back.
     #[arg(long, env = "HERALD_QUEUE_MIN_FREE_BYTES", default_value_t = queue::DEFAULT_MIN_FREE_BYTES)]
     pub queue_min_free_bytes: u64,
+    /// Start even when the queue's write-ahead log holds a damaged record that was synced:
+    /// keep what precedes it and drop the records after it (logged at ERROR with how many).
+    /// Without it the agent refuses to start (exit code 65), naming the offset.
+    #[arg(long, env = "HERALD_RECOVER_TRUNCATE")]
+    pub recover_truncate: bool,
     /// Fsync every queue commit before answering Emit. Off risks losing acknowledged events
     /// on a power loss (not on a process crash); for benchmarks and throwaway setups.
     #[arg(long, env = "HERALD_FSYNC", default_value_t = true, action = clap::ArgAction::Set)]
@@ -185,6 +190,7 @@ impl Config {
             max_queue_share: 0.5,
             max_retained_bytes: 1 << 30,
             queue_min_free_bytes: queue::DEFAULT_MIN_FREE_BYTES,
+            recover_truncate: false,
             fsync: true,
             shutdown_grace: Duration::from_secs(30),
             emit_access: emit_access::EmitAccess::default(),
@@ -267,6 +273,7 @@ pub async fn run(
             max_share: config.max_queue_share,
             max_retained_bytes: config.max_retained_bytes,
             min_free_bytes: config.queue_min_free_bytes,
+            recover_truncate: config.recover_truncate,
             retention: config.retention,
             dedup_window: config.dedup_window,
             durable: config.fsync,

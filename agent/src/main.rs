@@ -8,6 +8,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
 use herald_agent::listen::Listener;
+use herald_agent::queue::QueueError;
 use herald_agent::{Config, run};
 use herald_core::daemon::{self, Failure};
 use herald_core::shutdown::signal;
@@ -39,9 +40,15 @@ async fn main() -> std::process::ExitCode {
         let listener = Listener::bind(listen, args.config.emit_access.socket_mode)
             .await
             .map_err(|err| Failure::Usage(format!("listen={listen} is not usable: {err}")))?;
+        let data_dir = args.config.data_dir.clone();
         run(args.config, listener, signal())
             .await
-            .map_err(Failure::Run)
+            .map_err(|err| match err {
+                herald_agent::Error::Queue(damaged @ QueueError::DamagedLog { .. }) => {
+                    Failure::Data(format!("{}: {damaged}", data_dir.display()))
+                }
+                other => Failure::Run(other),
+            })
     })
     .await
 }

@@ -207,6 +207,7 @@ async fn kill_9_in_a_burst_loses_no_acknowledged_event() -> anyhow::Result<()> {
                 max_share: 1.0,
                 max_retained_bytes: u64::MAX,
                 min_free_bytes: 0,
+                recover_truncate: false,
                 retention: Duration::from_secs(3600),
                 dedup_window: Duration::from_secs(3600),
                 durable: true,
@@ -357,5 +358,81 @@ async fn a_config_acknowledged_before_kill_9_survives_it() -> anyhow::Result<()>
     receiver
         .wait_for_requests(1, Duration::from_secs(10))
         .await?;
+    Ok(())
+}
+
+/// A record of the queue's log that was synced and then damaged (a bit flipped on disk): the
+/// agent refuses to start, naming the offset and how many records follow (exit code 65),
+/// rather than silently dropping acknowledged events; `--recover-truncate` starts it, keeping
+/// what precedes the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_log_record_stops_the_agent_unless_told_to_truncate() -> anyhow::Result<()> {
+    let servers = Servers::start().await?;
+    let (cp, ca_file) = (&servers.cp, &servers.ca_file);
+    let binary = Path::new(env!("CARGO_BIN_EXE_herald-agent"));
+    let mut agent = AgentProcess::start(binary, cp.url(), ca_file, &[]).await?;
+    cp.wait_applied(0, Duration::from_secs(20)).await?;
+    // Past the first checkpoint's second, so the next commit is one and those after it are
+    // records of a fresh log epoch, each synced before its Emit is answered.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let mut client = EventsClient::new(connect(&agent.url()).await?);
+    for n in 0..4 {
+        client
+            .emit(pb::EmitRequest {
+                event: Some(pb::Event {
+                    id: format!("evt_damaged_{n}"),
+                    tenant: "shop-9".into(),
+                    r#type: "order.created".into(),
+                    payload: b"{}".to_vec(),
+                    ..Default::default()
+                }),
+            })
+            .await?;
+    }
+    agent.kill9().await?;
+
+    // A bit flips inside the log's first record.
+    let wal = agent.data_dir().join("queue.wal");
+    let mut bytes = std::fs::read(&wal)?;
+    let inside_first = 24 + 9 + 1;
+    bytes[inside_first] ^= 0xff;
+    std::fs::write(&wal, &bytes)?;
+
+    let (code, said) = agent.run_expecting_exit(Duration::from_secs(20)).await?;
+    assert_eq!(code, Some(65), "{said}");
+    assert!(
+        said.contains("queue.wal: the record at offset 0 does not read back whole")
+            && said.contains("records written after it follow")
+            && said.contains("--recover-truncate"),
+        "{said}"
+    );
+
+    agent.add_flags(&["--recover-truncate"]);
+    agent.restart().await?;
+    // (The port listens before the queue opens: the log says when recovery is done.)
+    eventually(
+        Duration::from_secs(20),
+        "the dropped records logged",
+        || async {
+            let log = agent.log();
+            Ok(
+                (log.contains("damaged record") && log.contains("records after it are dropped"))
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
+    let mut client = EventsClient::new(connect(&agent.url()).await?);
+    client
+        .emit(pb::EmitRequest {
+            event: Some(pb::Event {
+                tenant: "shop-9".into(),
+                r#type: "order.created".into(),
+                payload: b"{}".to_vec(),
+                ..Default::default()
+            }),
+        })
+        .await?;
+    assert!(agent.exit_status().is_none(), "it runs");
     Ok(())
 }

@@ -11,6 +11,8 @@ use std::process::ExitCode;
 
 /// The exit code for bad configuration.
 pub const EXIT_USAGE: u8 = 64;
+/// The exit code for data the daemon will not use as it is (`EX_DATAERR`).
+pub const EXIT_DATA: u8 = 65;
 
 /// How a daemon writes its logs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -70,6 +72,10 @@ where
             eprintln!("{message}");
             ExitCode::from(EXIT_USAGE)
         }
+        Err(Failure::Data(message)) => {
+            tracing::error!(error = %message, "{name} will not start");
+            ExitCode::from(EXIT_DATA)
+        }
         Err(Failure::Run(err)) => {
             tracing::error!(error = %err, "{name} stopped");
             ExitCode::FAILURE
@@ -83,6 +89,8 @@ where
 pub enum Failure<E> {
     /// A setting is unusable (`name=value is not usable: why`): exit 64.
     Usage(String),
+    /// Stored data is damaged and the daemon will not guess: exit 65.
+    Data(String),
     /// The daemon failed while running: exit 1.
     Run(E),
 }

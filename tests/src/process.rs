@@ -189,6 +189,38 @@ impl DaemonProcess {
             .join(format!("{}.log", self.name.replace(' ', "-")))
     }
 
+    /// Adds `extra` flags for the next starts.
+    pub fn add_flags(&mut self, extra: &[&str]) {
+        self.args.extend(extra.iter().map(|s| s.to_string()));
+    }
+
+    /// Starts the process again on the same address and data, expecting it to exit by itself
+    /// within `timeout` (it refuses to start): its exit code, and what it wrote this time.
+    pub async fn run_expecting_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<(Option<i32>, String)> {
+        self.kill9().await?;
+        let before = self.log().len();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut child = Command::new(&self.binary)
+            .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", self.binary.display()))?;
+        let status = tokio::time::timeout(timeout, child.wait())
+            .await
+            .with_context(|| format!("the {} did not exit within {timeout:?}", self.name))??;
+        Ok((status.code(), self.log()[before..].to_owned()))
+    }
+
     /// Starts the process again on the same address and data.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9().await?;

@@ -139,6 +139,9 @@ pub struct QueueConfig {
     pub max_bytes: u64,
     /// The share (0 to 1) of either bound one tenant may hold.
     pub max_share: f64,
+    /// Open even when the write-ahead log holds a damaged record that was synced: keep what
+    /// precedes it and drop the records after it ([`QueueError::DamagedLog`] otherwise).
+    pub recover_truncate: bool,
     /// The free bytes the queue keeps on its disk: below them commits are refused as by a
     /// full disk (before a write could fail half-way), and resume by themselves once space is
     /// back ([`DEFAULT_MIN_FREE_BYTES`] unless a test needs another).
@@ -186,6 +189,20 @@ pub enum QueueError {
     /// A record is not as the queue wrote it, or the store refused an operation.
     #[error("the agent's queue failed: {0}")]
     Storage(String),
+    /// The write-ahead log holds a record that was synced but does not read back whole;
+    /// records written after it (perhaps acknowledged) would be lost by replaying only what
+    /// precedes it.
+    #[error(
+        "queue.wal: the record at offset {offset} does not read back whole, and {following} \
+         records written after it follow (some may have been acknowledged); restart with \
+         --recover-truncate to keep what precedes it and drop them"
+    )]
+    DamagedLog {
+        /// The damaged record's offset in the file.
+        offset: u64,
+        /// The whole records after it.
+        following: u64,
+    },
     /// The queue is shutting down.
     #[error("the agent's queue is closed")]
     Closed,
@@ -205,9 +222,10 @@ impl From<QueueError> for tonic::Status {
             QueueError::Full(_) | QueueError::DiskFull(_) => {
                 tonic::Status::resource_exhausted(err.to_string())
             }
-            QueueError::Io(_) | QueueError::Storage(_) | QueueError::Closed => {
-                tonic::Status::unavailable(err.to_string())
-            }
+            QueueError::Io(_)
+            | QueueError::Storage(_)
+            | QueueError::DamagedLog { .. }
+            | QueueError::Closed => tonic::Status::unavailable(err.to_string()),
         }
     }
 }
@@ -530,7 +548,7 @@ impl Queue {
         }
         txn.commit().map_err(storage)?;
         let mut wal = wal::Wal::open(wal).map_err(storage)?;
-        let (epoch, replayed) = writer::recover(&db, &mut wal)?;
+        let (epoch, replayed) = writer::recover(&db, &mut wal, config.recover_truncate)?;
         if replayed > 0 {
             tracing::info!(
                 commits = replayed,

@@ -22,6 +22,9 @@
 //! | 12 | put unfinished | event key, value |
 //! | 13 | remove unfinished | event key |
 //!
+//! The log also starts each record with a mark of what was synced before it (tag 14, see
+//! [`super::wal`]); it is read and removed there, and never reaches [`Tables::replay`].
+//!
 //! Every change sets a key (or a range) to a value or to nothing, whatever was there before.
 //!
 //! With a [`Memtable`], new tasks and reports are not written to the file's tables: they are

@@ -17,6 +17,7 @@ fn config() -> QueueConfig {
         max_share: 1.0,
         max_retained_bytes: u64::MAX,
         min_free_bytes: 0,
+        recover_truncate: false,
         retention: Duration::from_secs(3600),
         dedup_window: Duration::from_secs(3600),
         durable: true,

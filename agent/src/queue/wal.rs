@@ -26,6 +26,13 @@
 //! synced may be torn or lost, and any record after it is ignored even if it survived: records
 //! are replayed in order or not at all. Because every open starts a new epoch, leftovers of an
 //! older epoch — even ones at the very offset and index a new record would have — never match.
+//!
+//! A damaged record that was synced is another matter: the records after it may have been
+//! acknowledged. Each record's body starts with the index of the last record synced before it
+//! was written ([`SYNCED_TAG`]), so when reading stops, the whole records of the epoch that
+//! follow tell whether the one it stopped at was synced ([`EpochRead::damaged`]): then the
+//! queue refuses to open, naming the offset and how many records follow, unless told to drop
+//! them (`--recover-truncate`).
 
 use redb::StorageBackend;
 
@@ -38,6 +45,29 @@ pub const WAL_BYTES: u64 = 8 * 1024 * 1024;
 const HEADER: usize = 4 + 4 + 8 + 8;
 /// Zeros written per call while preallocating.
 const FILL_CHUNK: usize = 64 * 1024;
+/// The change that starts each record's body: "records up to this index were synced before
+/// this one was written" (u64 LE; `u64::MAX` while none was). Replaying it changes nothing.
+pub(super) const SYNCED_TAG: u8 = 14;
+/// A record's synced mark: the tag and the index.
+const SYNCED_MARK: usize = 1 + 8;
+
+/// The records of an epoch as read back.
+#[derive(Debug, Default)]
+pub(super) struct EpochRead {
+    /// The bodies (without the synced mark), in order, up to the first missing or torn one.
+    pub bodies: Vec<Vec<u8>>,
+    /// Where reading stopped at a record that had been synced, if it did.
+    pub damaged: Option<Damage>,
+}
+
+/// A synced record that does not read back whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Damage {
+    /// Its offset in the file.
+    pub offset: u64,
+    /// The whole records of the epoch after it.
+    pub following: u64,
+}
 
 /// The log, positioned after the current epoch's last record.
 #[derive(Debug)]
@@ -48,6 +78,8 @@ pub(super) struct Wal {
     offset: u64,
     /// Records written since the last sync.
     unsynced: bool,
+    /// The index of the last record synced in this epoch.
+    synced_through: Option<u64>,
     /// The first I/O failure: the log's state on disk is unknown after it, so every later
     /// write fails with it until the queue is opened again.
     failed: Option<QueueError>,
@@ -74,34 +106,94 @@ impl Wal {
             next_index: 0,
             offset: 0,
             unsynced: false,
+            synced_through: None,
             failed: None,
         })
     }
 
-    /// The bodies of `epoch`'s records, in order, up to the first that is missing or torn.
-    pub fn read_epoch(&self, epoch: u64) -> std::io::Result<Vec<Vec<u8>>> {
+    /// The bodies of `epoch`'s records, in order, up to the first that is missing or torn;
+    /// and whether that one had been synced.
+    pub fn read_epoch(&self, epoch: u64) -> std::io::Result<EpochRead> {
         // Record by record rather than the whole file at once: recovery then holds only the
         // records it replays, not the log's full size.
         let len = self.file.len()?;
-        let mut bodies = Vec::new();
+        let mut read = EpochRead::default();
         let mut at = 0u64;
-        let mut header = [0u8; HEADER];
-        while at + HEADER as u64 <= len {
-            self.file.read(at, &mut header)?;
-            let body_len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as u64;
-            let end = at + HEADER as u64 + body_len;
-            if end > len {
-                break;
-            }
-            let mut body = vec![0u8; body_len as usize];
-            self.file.read(at + HEADER as u64, &mut body)?;
-            if !is_record(&header, &body, epoch, bodies.len() as u64) {
-                break;
-            }
-            bodies.push(body);
+        while let Some((body, end)) = self.record_at(at, epoch, read.bodies.len() as u64, len)? {
+            read.bodies.push(strip_mark(body).1);
             at = end;
         }
-        Ok(bodies)
+        let stopped_at = read.bodies.len() as u64;
+        let (following, synced) = self.after(at, epoch, stopped_at, len)?;
+        if synced {
+            read.damaged = Some(Damage {
+                offset: at,
+                following,
+            });
+        }
+        Ok(read)
+    }
+
+    /// The body and end of record `index` of `epoch` at `at`, if one is there whole.
+    fn record_at(
+        &self,
+        at: u64,
+        epoch: u64,
+        index: u64,
+        len: u64,
+    ) -> std::io::Result<Option<(Vec<u8>, u64)>> {
+        if at + HEADER as u64 > len {
+            return Ok(None);
+        }
+        let mut header = [0u8; HEADER];
+        self.file.read(at, &mut header)?;
+        let body_len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as u64;
+        let end = at + HEADER as u64 + body_len;
+        if end > len {
+            return Ok(None);
+        }
+        let mut body = vec![0u8; body_len as usize];
+        self.file.read(at + HEADER as u64, &mut body)?;
+        Ok(is_record(&header, &body, epoch, index).then_some((body, end)))
+    }
+
+    /// The whole records of `epoch` after `from` (where reading stopped at record `stopped`),
+    /// and whether one of them says `stopped` had been synced. Looked for a chunk at a time:
+    /// a record's header holds its epoch, which the leftovers and zeros after the epoch's
+    /// records almost never do.
+    fn after(&self, from: u64, epoch: u64, stopped: u64, len: u64) -> std::io::Result<(u64, bool)> {
+        const CHUNK: u64 = 64 * 1024;
+        let wanted = epoch.to_le_bytes();
+        let (mut following, mut synced) = (0, false);
+        let mut next_index = stopped + 1;
+        let mut at = from + 1;
+        let mut chunk = vec![0u8; (CHUNK as usize) + HEADER];
+        while at + HEADER as u64 <= len {
+            let n = (len - at).min(CHUNK + HEADER as u64) as usize;
+            self.file.read(at, &mut chunk[..n])?;
+            let mut skip_to = None;
+            for i in 0..n.saturating_sub(HEADER - 1).min(CHUNK as usize) {
+                if chunk[i + 8..i + 16] != wanted {
+                    continue;
+                }
+                let index = u64::from_le_bytes(chunk[i + 16..i + 24].try_into().expect("8"));
+                if index < next_index {
+                    continue;
+                }
+                let offset = at + i as u64;
+                if let Some((body, end)) = self.record_at(offset, epoch, index, len)? {
+                    following += 1;
+                    next_index = index + 1;
+                    if strip_mark(body).0.is_some_and(|through| through >= stopped) {
+                        synced = true;
+                    }
+                    skip_to = Some(end);
+                    break;
+                }
+            }
+            at = skip_to.unwrap_or(at + CHUNK);
+        }
+        Ok((following, synced))
     }
 
     /// Starts writing `epoch` from the beginning of the file. Only after a checkpoint that names
@@ -111,11 +203,12 @@ impl Wal {
         self.next_index = 0;
         self.offset = 0;
         self.unsynced = false;
+        self.synced_through = None;
     }
 
     /// Whether a record with a body of `len` bytes fits in the room left.
     pub fn has_room(&self, len: usize) -> bool {
-        self.offset + (HEADER + len) as u64 <= WAL_BYTES
+        self.offset + (HEADER + SYNCED_MARK + len) as u64 <= WAL_BYTES
     }
 
     /// Appends a record (not synced yet). The caller checks [`Wal::has_room`] first.
@@ -124,12 +217,15 @@ impl Wal {
         if !self.has_room(body.len()) {
             return Err(storage("the write-ahead log is full"));
         }
-        let mut record = Vec::with_capacity(HEADER + body.len());
-        let len = u32::try_from(body.len()).map_err(|_| storage("a log record over 4 GiB"))?;
+        let mut record = Vec::with_capacity(HEADER + SYNCED_MARK + body.len());
+        let len = u32::try_from(SYNCED_MARK + body.len())
+            .map_err(|_| storage("a log record over 4 GiB"))?;
         record.extend_from_slice(&len.to_le_bytes());
         record.extend_from_slice(&[0; 4]);
         record.extend_from_slice(&self.epoch.to_le_bytes());
         record.extend_from_slice(&self.next_index.to_le_bytes());
+        record.push(SYNCED_TAG);
+        record.extend_from_slice(&self.synced_through.unwrap_or(u64::MAX).to_le_bytes());
         record.extend_from_slice(body);
         let crc = crc32fast::hash(&record[8..]);
         record[4..8].copy_from_slice(&crc.to_le_bytes());
@@ -148,6 +244,7 @@ impl Wal {
             let synced = self.file.sync_data();
             self.fail_on(synced)?;
             self.unsynced = false;
+            self.synced_through = self.next_index.checked_sub(1);
         }
         Ok(())
     }
@@ -169,6 +266,19 @@ impl Wal {
             self.failed = Some(failure.clone());
             failure
         })
+    }
+}
+
+/// A body's synced mark (the index it names, `None` for none yet or a record without one, as
+/// earlier versions wrote), and the body after it.
+fn strip_mark(body: Vec<u8>) -> (Option<u64>, Vec<u8>) {
+    match body.split_first() {
+        Some((&SYNCED_TAG, rest)) if rest.len() >= 8 => {
+            let through = u64::from_le_bytes(rest[..8].try_into().expect("8 bytes"));
+            let through = (through != u64::MAX).then_some(through);
+            (through, rest[8..].to_vec())
+        }
+        _ => (None, body),
     }
 }
 
@@ -236,9 +346,13 @@ mod tests {
             wal.append(body).expect("append");
         }
         wal.sync().expect("sync");
-        let bodies = open(&file).read_epoch(7).expect("read");
-        assert_eq!(bodies, vec![b"one".to_vec(), vec![], b"three".to_vec()]);
-        assert!(open(&file).read_epoch(8).expect("read").is_empty());
+        let read = open(&file).read_epoch(7).expect("read");
+        assert_eq!(
+            read.bodies,
+            vec![b"one".to_vec(), vec![], b"three".to_vec()]
+        );
+        assert_eq!(read.damaged, None);
+        assert!(open(&file).read_epoch(8).expect("read").bodies.is_empty());
     }
 
     #[test]
@@ -249,11 +363,40 @@ mod tests {
         for body in [&b"first"[..], b"second", b"third"] {
             wal.append(body).expect("append");
         }
-        // Tear the second record's last byte; the third survived whole.
-        let second_end = (2 * HEADER + 5 + 6) as u64;
+        // Tear the second record's last byte; the third survived whole. None was synced: a
+        // crash's torn tail, not damage.
+        let second_end = (2 * (HEADER + SYNCED_MARK) + 5 + 6) as u64;
         file.write(second_end - 1, b"X").expect("tear");
-        let bodies = open(&file).read_epoch(1).expect("read");
-        assert_eq!(bodies, vec![b"first".to_vec()]);
+        let read = open(&file).read_epoch(1).expect("read");
+        assert_eq!(read.bodies, vec![b"first".to_vec()]);
+        assert_eq!(read.damaged, None, "nothing after it was acknowledged");
+    }
+
+    #[test]
+    fn a_damaged_record_that_was_synced_is_told_with_what_follows() {
+        let file = Memory::default();
+        let mut wal = open(&file);
+        wal.start_epoch(3);
+        for body in [&b"first"[..], b"second"] {
+            wal.append(body).expect("append");
+        }
+        wal.sync().expect("sync");
+        for body in [&b"third"[..], b"fourth"] {
+            wal.append(body).expect("append");
+        }
+        wal.sync().expect("sync");
+        // A bit flips in the second record, synced long before.
+        let second_body = (2 * HEADER + SYNCED_MARK + 5 + SYNCED_MARK) as u64;
+        file.write(second_body, b"X").expect("flip");
+        let read = open(&file).read_epoch(3).expect("read");
+        assert_eq!(read.bodies, vec![b"first".to_vec()]);
+        assert_eq!(
+            read.damaged,
+            Some(Damage {
+                offset: (HEADER + SYNCED_MARK + 5) as u64,
+                following: 2,
+            })
+        );
     }
 
     #[test]
@@ -268,8 +411,8 @@ mod tests {
         // old second record sits exactly where the new second one would.
         wal.start_epoch(2);
         wal.append(b"dddd").expect("append");
-        let bodies = open(&file).read_epoch(2).expect("read");
-        assert_eq!(bodies, vec![b"dddd".to_vec()]);
+        let read = open(&file).read_epoch(2).expect("read");
+        assert_eq!(read.bodies, vec![b"dddd".to_vec()]);
     }
 
     #[test]

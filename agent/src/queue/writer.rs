@@ -135,7 +135,11 @@ pub(super) const MAX_LOGGED: usize = 64 * 1024;
 /// Replays the log's records of the epoch the queue file names, if any, then makes a
 /// checkpoint that starts a new epoch (so nothing left in the log from before can ever be
 /// read as part of it). Returns the new epoch and how many records were replayed.
-pub(super) fn recover(db: &Database, wal: &mut Wal) -> Result<(u64, usize), QueueError> {
+pub(super) fn recover(
+    db: &Database,
+    wal: &mut Wal,
+    truncate: bool,
+) -> Result<(u64, usize), QueueError> {
     let txn = db.begin_write().map_err(storage)?;
     let epoch = {
         let meta = txn.open_table(META).map_err(storage)?;
@@ -143,7 +147,22 @@ pub(super) fn recover(db: &Database, wal: &mut Wal) -> Result<(u64, usize), Queu
             .map_err(storage)?
             .map_or(0, |v| v.value())
     };
-    let bodies = wal.read_epoch(epoch).map_err(storage)?;
+    let read = wal.read_epoch(epoch).map_err(storage)?;
+    if let Some(damage) = read.damaged {
+        if !truncate {
+            return Err(QueueError::DamagedLog {
+                offset: damage.offset,
+                following: damage.following,
+            });
+        }
+        tracing::error!(
+            offset = damage.offset,
+            dropped = damage.following,
+            "the queue's write-ahead log has a damaged record: as --recover-truncate asks, what \
+             precedes it is kept and the records after it are dropped"
+        );
+    }
+    let bodies = read.bodies;
     {
         // Every change goes into the file directly: this commit is a checkpoint.
         let mut tables = Tables::open(&txn, None)?;
