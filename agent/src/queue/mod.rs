@@ -12,8 +12,7 @@
 //! | `lanes` | (subscription id, due ms, seq) | attempts made (u32, LE) · event key · (NUL · ordering key, when it has one) |
 //! | `ordered` | (subscription id, ordering key, seq) | due ms (u64, LE) · event key |
 //! | `outbox` | seq | `herald.v1.Attempt` |
-//! | `unfinished` | event key | deliveries left (u32, LE) · payload bytes (u64, LE) — see [`pending`] |
-//! | `meta` | name | u64: `seq` (last sequence number), `events` and `bytes` (what `events` holds), `wal_epoch` (the log's epoch, see [`wal`]), `event_keys` (1 once events are keyed by tenant) |
+//! | `meta` | name | u64: `seq` (last sequence number), `events` and `bytes` (what `events` holds), `wal_epoch` (the log's epoch, see [`wal`]), `event_keys` (1 once events are keyed by tenant), `evicted` (events removed to keep `max_retained_bytes`) |
 //!
 //! Event ids are unique per tenant, so an event's key is its tenant and id ([`EventKey`],
 //! `tenant/id`): the same id sent by two tenants is two events. Queues written before events
@@ -111,7 +110,6 @@ const TASKS: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("la
 const ORDERED: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("ordered");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const UNFINISHED: TableDefinition<&str, &[u8]> = TableDefinition::new("unfinished");
 const META_SEQ: &str = "seq";
 const META_EVENTS: &str = "events";
 const META_BYTES: &str = "bytes";
@@ -119,6 +117,8 @@ const META_BYTES: &str = "bytes";
 const META_EPOCH: &str = "wal_epoch";
 /// 1 once the file's events are keyed by tenant and id ([`EventKey`]).
 const META_EVENT_KEYS: &str = "event_keys";
+/// Delivered events removed before their retention to keep `max_retained_bytes`.
+const META_EVICTED: &str = "evicted";
 
 /// The queue file's page cache. redb's default (1 GiB) would let a backlog grow the agent's
 /// memory far past its budget; the hot pages (the lanes' heads, recent events, the outbox) fit
@@ -476,6 +476,10 @@ struct Shared {
     recent: Mutex<recent::RecentEvents>,
     /// Whether the last commit succeeded: false once the disk refused one (full or failing).
     writable: tokio::sync::watch::Sender<bool>,
+    /// The events with deliveries to make, and their payload bytes, as of the last commit
+    /// ([`pending`]; the writer keeps the counts).
+    waiting_events: AtomicU64,
+    waiting_bytes: AtomicU64,
 }
 
 impl Shared {
@@ -544,7 +548,6 @@ impl Queue {
             txn.open_table(ORDERED).map_err(storage)?;
             txn.open_table(OUTBOX).map_err(storage)?;
             txn.open_table(META).map_err(storage)?;
-            txn.open_table(UNFINISHED).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
         let mut wal = wal::Wal::open(wal).map_err(storage)?;
@@ -559,13 +562,7 @@ impl Queue {
         if rekeyed > 0 {
             tracing::info!(events = rekeyed, "queued events keyed by tenant and id");
         }
-        let counted = pending::count_once(&db)?;
-        if counted > 0 {
-            tracing::info!(
-                events = counted,
-                "queued events with deliveries to make counted"
-            );
-        }
+        let pending = pending::Pending::count(&db)?;
         let lanes = index_lanes(&db)?;
         // Everything in the file is durable.
         let seq = {
@@ -586,10 +583,19 @@ impl Queue {
             memtable: RwLock::new(Memtable::default()),
             recent: Mutex::new(recent::RecentEvents::default()),
             writable: tokio::sync::watch::Sender::new(true),
+            waiting_events: AtomicU64::new(pending.total().events),
+            waiting_bytes: AtomicU64::new(pending.total().bytes),
         });
         let (tx, rx) = mpsc::channel(WRITER_CHANNEL);
         let lag = config.durable_lag;
-        writer::spawn(db.clone(), config, (wal, epoch), space, rx, shared.clone());
+        writer::spawn(
+            db.clone(),
+            config,
+            (wal, epoch),
+            (space, pending),
+            rx,
+            shared.clone(),
+        );
         tokio::spawn(persist(tx.downgrade(), shared.clone(), lag));
         tokio::spawn(retry_writes(tx.downgrade(), shared.clone()));
         Ok(Queue {
@@ -726,14 +732,14 @@ impl Queue {
             .get(META_BYTES)
             .map_err(storage)?
             .map_or(0, |v| v.value());
-        let counter = |name: &str| -> Result<u64, QueueError> {
-            Ok(meta.get(name).map_err(storage)?.map_or(0, |v| v.value()))
-        };
         let waiting = pending::Tally {
-            events: counter(pending::PENDING_EVENTS)?,
-            bytes: counter(pending::PENDING_BYTES)?,
+            events: self.shared.waiting_events.load(Ordering::Relaxed),
+            bytes: self.shared.waiting_bytes.load(Ordering::Relaxed),
         };
-        let evicted = counter(pending::EVICTED)?;
+        let evicted = meta
+            .get(META_EVICTED)
+            .map_err(storage)?
+            .map_or(0, |v| v.value());
         let tasks = txn.open_table(TASKS).map_err(storage)?;
         let pending = tasks.len().map_err(storage)? + memtable.task_count();
         let reports = txn

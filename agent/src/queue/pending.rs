@@ -8,26 +8,20 @@
 //! sweep. Each tenant may hold at most its share (`--max-queue-share`) of either bound, so one
 //! noisy application cannot have every other tenant refused.
 //!
-//! The `unfinished` table holds, per event with deliveries to make, how many are left and its
-//! payload's size; `meta` holds the totals (`pending_events`, `pending_bytes`) and each
-//! tenant's (`pending_events/<tenant>`, `pending_bytes/<tenant>`). All change in the commits
-//! that add and finish deliveries, so they survive restarts like the rest of the queue.
+//! The deliveries in the file (tasks, and the waiting lines of ordering keys) are the record;
+//! these are counts of them, kept in memory by the writer and made again from the file each
+//! time the queue opens ([`Pending::count`]). So counting costs the writer's commits no
+//! write: each commit changes the counts as it adds and finishes deliveries, and puts them
+//! back as they were when the commit fails ([`Pending::rollback`]).
 
 use std::collections::HashMap;
 
 use redb::{ReadableDatabase, ReadableTable};
 
-use super::tables::Tables;
 use super::{
-    EventKey, META, ORDERED, QueueError, TASKS, decode_event, decode_task, decode_waiting, storage,
+    EVENTS, EventKey, ORDERED, QueueError, TASKS, decode_event, decode_task, decode_waiting,
+    storage,
 };
-
-pub(super) const PENDING_EVENTS: &str = "pending_events";
-pub(super) const PENDING_BYTES: &str = "pending_bytes";
-/// Events removed before their retention to keep retained payloads under the bound.
-pub(super) const EVICTED: &str = "evicted";
-/// 1 once the counts were made for a queue written before they were kept.
-const PENDING_COUNTED: &str = "pending_counted";
 
 /// Events and payload bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -38,208 +32,148 @@ pub struct Tally {
     pub bytes: u64,
 }
 
-impl Tally {
-    fn add(&mut self, events: u64, bytes: u64) {
-        self.events += events;
-        self.bytes += bytes;
-    }
-
-    fn sub(&mut self, events: u64, bytes: u64) {
-        self.events = self.events.saturating_sub(events);
-        self.bytes = self.bytes.saturating_sub(bytes);
-    }
+/// An event's deliveries left to make, and its payload's size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Left {
+    deliveries: u32,
+    bytes: u64,
 }
 
-/// The pending counts as one commit changes them: read from `meta` as needed, written back
-/// at its end ([`PendingCounts::store`]).
-#[derive(Default)]
-pub(super) struct PendingCounts {
-    /// Every tenant's.
-    pub total: Tally,
-    /// Per tenant, those read or changed in this commit.
+/// The events with deliveries to make, per event, per tenant and in total.
+#[derive(Debug, Default)]
+pub(super) struct Pending {
+    events: HashMap<EventKey, Left>,
+    total: Tally,
     tenants: HashMap<String, Tally>,
+    /// What the commit being made changed, to put back if it fails: each event's state before.
+    undo: Vec<(EventKey, Option<Left>)>,
 }
 
-impl PendingCounts {
-    /// The totals as stored.
-    pub fn load(tables: &Tables<'_, '_>) -> Result<Self, QueueError> {
-        Ok(PendingCounts {
-            total: Tally {
-                events: read_meta(tables, PENDING_EVENTS)?,
-                bytes: read_meta(tables, PENDING_BYTES)?,
-            },
-            tenants: HashMap::new(),
-        })
+impl Pending {
+    /// Every tenant's waiting work.
+    pub fn total(&self) -> Tally {
+        self.total
     }
 
-    /// `tenant`'s counts.
-    pub fn tenant(&mut self, tables: &Tables<'_, '_>, tenant: &str) -> Result<Tally, QueueError> {
-        if let Some(tally) = self.tenants.get(tenant) {
-            return Ok(*tally);
-        }
-        let tally = Tally {
-            events: read_meta(tables, &tenant_name(PENDING_EVENTS, tenant))?,
-            bytes: read_meta(tables, &tenant_name(PENDING_BYTES, tenant))?,
-        };
-        self.tenants.insert(tenant.to_owned(), tally);
-        Ok(tally)
+    /// `tenant`'s waiting work.
+    pub fn tenant(&self, tenant: &str) -> Tally {
+        self.tenants.get(tenant).copied().unwrap_or_default()
     }
 
-    /// Writes the counts back.
-    pub fn store(self, tables: &mut Tables<'_, '_>) -> Result<(), QueueError> {
-        tables.put_meta(PENDING_EVENTS, self.total.events)?;
-        tables.put_meta(PENDING_BYTES, self.total.bytes)?;
-        for (tenant, tally) in self.tenants {
-            tables.put_meta(&tenant_name(PENDING_EVENTS, &tenant), tally.events)?;
-            tables.put_meta(&tenant_name(PENDING_BYTES, &tenant), tally.bytes)?;
-        }
-        Ok(())
-    }
-
-    fn change(
-        &mut self,
-        tables: &Tables<'_, '_>,
-        event: &EventKey,
-        apply: impl Fn(&mut Tally),
-    ) -> Result<(), QueueError> {
-        apply(&mut self.total);
-        self.tenant(tables, event.tenant())?;
-        if let Some(tally) = self.tenants.get_mut(event.tenant()) {
-            apply(tally);
-        }
-        Ok(())
+    /// Whether `event` has deliveries to make.
+    pub fn is_waiting(&self, event: &EventKey) -> bool {
+        self.events.contains_key(event)
     }
 
     /// `n` more deliveries of `event` (of `payload_bytes`) are to be made.
-    pub fn add_deliveries(
-        &mut self,
-        tables: &mut Tables<'_, '_>,
-        event: &EventKey,
-        n: u32,
-        payload_bytes: u64,
-    ) -> Result<(), QueueError> {
+    pub fn add_deliveries(&mut self, event: &EventKey, n: u32, payload_bytes: u64) {
         if n == 0 {
-            return Ok(());
+            return;
         }
-        let left = match tables.unfinished(event)? {
-            Some((left, _)) => left.saturating_add(n),
-            None => {
-                self.change(tables, event, |t| t.add(1, payload_bytes))?;
-                n
-            }
+        let left = match self.events.get(event) {
+            Some(left) => Left {
+                deliveries: left.deliveries.saturating_add(n),
+                bytes: left.bytes,
+            },
+            None => Left {
+                deliveries: n,
+                bytes: payload_bytes,
+            },
         };
-        tables.put_unfinished(event, left, payload_bytes)
+        self.set(event, Some(left));
     }
 
     /// One delivery of `event` is finished; the event no longer counts once none is left.
-    pub fn finish_delivery(
-        &mut self,
-        tables: &mut Tables<'_, '_>,
-        event: &EventKey,
-    ) -> Result<(), QueueError> {
-        let Some((left, bytes)) = tables.unfinished(event)? else {
-            return Ok(());
+    pub fn finish_delivery(&mut self, event: &EventKey) {
+        let Some(left) = self.events.get(event).copied() else {
+            return;
         };
-        if left > 1 {
-            return tables.put_unfinished(event, left - 1, bytes);
-        }
-        tables.remove_unfinished(event)?;
-        self.change(tables, event, |t| t.sub(1, bytes))
+        let after = (left.deliveries > 1).then_some(Left {
+            deliveries: left.deliveries - 1,
+            bytes: left.bytes,
+        });
+        self.set(event, after);
     }
 
     /// `event` was removed from the queue (past retention): it no longer counts.
-    pub fn forget(
-        &mut self,
-        tables: &mut Tables<'_, '_>,
-        event: &EventKey,
-    ) -> Result<(), QueueError> {
-        let Some((_, bytes)) = tables.unfinished(event)? else {
-            return Ok(());
-        };
-        tables.remove_unfinished(event)?;
-        self.change(tables, event, |t| t.sub(1, bytes))
-    }
-}
-
-fn tenant_name(counter: &str, tenant: &str) -> String {
-    format!("{counter}/{tenant}")
-}
-
-fn read_meta(tables: &Tables<'_, '_>, name: &str) -> Result<u64, QueueError> {
-    Ok(tables
-        .meta
-        .get(name)
-        .map_err(storage)?
-        .map_or(0, |v| v.value()))
-}
-
-/// An `unfinished` value: deliveries left (u32 LE) · payload bytes (u64 LE).
-pub(super) fn encode_unfinished(left: u32, bytes: u64) -> [u8; 12] {
-    let mut out = [0; 12];
-    out[..4].copy_from_slice(&left.to_le_bytes());
-    out[4..].copy_from_slice(&bytes.to_le_bytes());
-    out
-}
-
-pub(super) fn decode_unfinished(value: &[u8]) -> Result<(u32, u64), QueueError> {
-    let (left, rest) = value
-        .split_first_chunk::<4>()
-        .ok_or_else(|| storage("unfinished record truncated"))?;
-    let bytes = rest
-        .first_chunk::<8>()
-        .ok_or_else(|| storage("unfinished record truncated"))?;
-    Ok((u32::from_le_bytes(*left), u64::from_le_bytes(*bytes)))
-}
-
-/// Makes the counts of a queue written before they were kept, from its deliveries: once, in
-/// one durable commit. Returns how many events have deliveries to make.
-pub(super) fn count_once(db: &redb::Database) -> Result<u64, QueueError> {
-    {
-        let txn = db.begin_read().map_err(storage)?;
-        let meta = txn.open_table(META).map_err(storage)?;
-        if meta.get(PENDING_COUNTED).map_err(storage)?.is_some() {
-            return Ok(0);
+    pub fn forget(&mut self, event: &EventKey) {
+        if self.events.contains_key(event) {
+            self.set(event, None);
         }
     }
-    // Every delivery to make: a task without an ordering key, or an `ordered` entry (a line's
-    // head has both).
-    let mut left: HashMap<String, u32> = HashMap::new();
-    {
+
+    /// The commit that made the changes since the last call succeeded: they stay.
+    pub fn commit(&mut self) {
+        self.undo.clear();
+    }
+
+    /// The commit failed: the counts go back to what they were before it.
+    pub fn rollback(&mut self) {
+        while let Some((event, before)) = self.undo.pop() {
+            self.apply(&event, before);
+        }
+    }
+
+    /// Sets `event`'s state, remembering the one before for [`Pending::rollback`].
+    fn set(&mut self, event: &EventKey, after: Option<Left>) {
+        let before = self.apply(event, after);
+        self.undo.push((event.clone(), before));
+    }
+
+    /// Sets `event`'s state and the tallies; returns the state before.
+    fn apply(&mut self, event: &EventKey, after: Option<Left>) -> Option<Left> {
+        let before = match after {
+            Some(left) => self.events.insert(event.clone(), left),
+            None => self.events.remove(event),
+        };
+        let tenant = self.tenants.entry(event.tenant().to_owned()).or_default();
+        for tally in [&mut self.total, tenant] {
+            if let Some(old) = before {
+                tally.events = tally.events.saturating_sub(1);
+                tally.bytes = tally.bytes.saturating_sub(old.bytes);
+            }
+            if let Some(new) = after {
+                tally.events += 1;
+                tally.bytes += new.bytes;
+            }
+        }
+        if self.tenants.get(event.tenant()) == Some(&Tally::default()) {
+            self.tenants.remove(event.tenant());
+        }
+        before
+    }
+
+    /// Counts the deliveries to make in the queue file: a task without an ordering key, or
+    /// an entry in an ordering key's line (a line's head has both).
+    pub fn count(db: &redb::Database) -> Result<Self, QueueError> {
         let txn = db.begin_read().map_err(storage)?;
+        let mut left: HashMap<EventKey, u32> = HashMap::new();
         let tasks = txn.open_table(TASKS).map_err(storage)?;
         for entry in tasks.iter().map_err(storage)? {
             let (key, value) = entry.map_err(storage)?;
             let task = decode_task(key.value(), value.value())?;
             if task.ordering_key.is_empty() {
-                *left.entry(task.event.to_string()).or_default() += 1;
+                *left.entry(task.event).or_default() += 1;
             }
         }
         let ordered = txn.open_table(ORDERED).map_err(storage)?;
         for entry in ordered.iter().map_err(storage)? {
             let (_, value) = entry.map_err(storage)?;
             let (_, event) = decode_waiting(value.value())?;
-            *left.entry(event.to_string()).or_default() += 1;
+            *left.entry(event).or_default() += 1;
         }
-    }
-    let txn = db.begin_write().map_err(storage)?;
-    let counted;
-    {
-        let mut tables = Tables::open(&txn, None)?;
-        let mut counts = PendingCounts::load(&tables)?;
-        for (key, n) in left {
-            let bytes = match tables.events.get(key.as_str()).map_err(storage)? {
-                Some(value) => decode_event(value.value())?.2.payload.len() as u64,
-                // Past retention: its deliveries will be skipped.
-                None => continue,
+        let events = txn.open_table(EVENTS).map_err(storage)?;
+        let mut pending = Pending::default();
+        for (event, deliveries) in left {
+            // An event past retention has no record: its deliveries will be skipped.
+            let Some(value) = events.get(event.as_str()).map_err(storage)? else {
+                continue;
             };
-            counts.add_deliveries(&mut tables, &EventKey::stored(key), n, bytes)?;
+            let bytes = decode_event(value.value())?.2.payload.len() as u64;
+            pending.apply(&event, Some(Left { deliveries, bytes }));
         }
-        counted = counts.total.events;
-        counts.store(&mut tables)?;
-        tables.put_meta(PENDING_COUNTED, 1)?;
+        Ok(pending)
     }
-    txn.commit().map_err(storage)?;
-    Ok(counted)
 }
 
 #[cfg(test)]
@@ -247,9 +181,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unfinished_values_round_trip() {
-        let value = encode_unfinished(3, 1 << 40);
-        assert_eq!(decode_unfinished(&value).expect("decodes"), (3, 1 << 40));
-        assert!(decode_unfinished(&value[..5]).is_err());
+    fn counts_follow_deliveries_and_a_failed_commit_puts_them_back() {
+        let mut pending = Pending::default();
+        let (a, b) = (EventKey::new("shop-a", "e1"), EventKey::new("shop-b", "e1"));
+        pending.add_deliveries(&a, 2, 10);
+        pending.add_deliveries(&b, 1, 5);
+        pending.commit();
+        assert_eq!(
+            pending.total(),
+            Tally {
+                events: 2,
+                bytes: 15
+            }
+        );
+        assert_eq!(
+            pending.tenant("shop-a"),
+            Tally {
+                events: 1,
+                bytes: 10
+            }
+        );
+
+        pending.finish_delivery(&a);
+        assert!(pending.is_waiting(&a), "one of its two left");
+        pending.finish_delivery(&a);
+        pending.forget(&b);
+        assert_eq!(pending.total(), Tally::default());
+        pending.rollback();
+        assert_eq!(
+            pending.total(),
+            Tally {
+                events: 2,
+                bytes: 15
+            }
+        );
+        assert_eq!(
+            pending.tenant("shop-b"),
+            Tally {
+                events: 1,
+                bytes: 5
+            }
+        );
+        pending.finish_delivery(&a);
+        pending.finish_delivery(&a);
+        pending.commit();
+        assert_eq!(pending.tenant("shop-a"), Tally::default());
+        assert!(!pending.is_waiting(&a));
     }
 }

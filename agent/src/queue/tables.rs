@@ -19,8 +19,6 @@
 //! | 9 | put report | seq, value |
 //! | 10 | remove reports | first seq, last seq |
 //! | 11 | put meta | name, value |
-//! | 12 | put unfinished | event key, value |
-//! | 13 | remove unfinished | event key |
 //!
 //! The log also starts each record with a mark of what was synced before it (tag 14, see
 //! [`super::wal`]); it is read and removed there, and never reaches [`Tables::replay`].
@@ -32,13 +30,10 @@
 //! the file only at a checkpoint ([`Tables::write_through`]). Without one (recovery), every
 //! change is made to the file.
 
-use redb::{ReadableTable, Table, WriteTransaction};
+use redb::{Table, WriteTransaction};
 
 use super::memtable::{Change, Memtable};
-use super::pending::{decode_unfinished, encode_unfinished};
-use super::{
-    ACCEPTED, EVENTS, EventKey, META, ORDERED, OUTBOX, QueueError, TASKS, UNFINISHED, storage,
-};
+use super::{ACCEPTED, EVENTS, META, ORDERED, OUTBOX, QueueError, TASKS, storage};
 
 /// A task's key: (lane, due ms, seq).
 pub(super) type TaskKey<'a> = (&'a str, u64, u64);
@@ -59,8 +54,6 @@ pub(super) struct Tables<'txn, 'm> {
     outbox: Table<'txn, u64, &'static [u8]>,
     /// Counters.
     pub meta: Table<'txn, &'static str, u64>,
-    /// Events with deliveries to make: how many, and their payload size ([`super::pending`]).
-    unfinished: Table<'txn, &'static str, &'static [u8]>,
     redo: Vec<u8>,
     /// The memtable as of the last commit, if the changes go to it.
     memtable: Option<&'m Memtable>,
@@ -81,7 +74,6 @@ impl<'txn, 'm> Tables<'txn, 'm> {
             ordered: txn.open_table(ORDERED).map_err(storage)?,
             outbox: txn.open_table(OUTBOX).map_err(storage)?,
             meta: txn.open_table(META).map_err(storage)?,
-            unfinished: txn.open_table(UNFINISHED).map_err(storage)?,
             redo: Vec::new(),
             memtable,
             changes: Vec::new(),
@@ -252,36 +244,6 @@ impl<'txn, 'm> Tables<'txn, 'm> {
         Ok(())
     }
 
-    /// How many deliveries of `event` are left to make, and its payload size; `None` when none.
-    pub fn unfinished(&self, event: &EventKey) -> Result<Option<(u32, u64)>, QueueError> {
-        match self.unfinished.get(event.as_str()).map_err(storage)? {
-            Some(value) => decode_unfinished(value.value()).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// Sets how many deliveries of `event` are left.
-    pub fn put_unfinished(
-        &mut self,
-        event: &EventKey,
-        left: u32,
-        bytes: u64,
-    ) -> Result<(), QueueError> {
-        let value = encode_unfinished(left, bytes);
-        self.unfinished
-            .insert(event.as_str(), value.as_slice())
-            .map_err(storage)?;
-        self.tag(12).text(event.as_str()).bytes(&value);
-        Ok(())
-    }
-
-    /// `event` has no delivery left to make.
-    pub fn remove_unfinished(&mut self, event: &EventKey) -> Result<(), QueueError> {
-        self.unfinished.remove(event.as_str()).map_err(storage)?;
-        self.tag(13).text(event.as_str());
-        Ok(())
-    }
-
     /// Makes again the changes a redo record holds.
     pub fn replay(&mut self, body: &[u8]) -> Result<(), QueueError> {
         let mut r = Reader(body);
@@ -298,12 +260,6 @@ impl<'txn, 'm> Tables<'txn, 'm> {
                 9 => self.put_report(r.number()?, r.bytes()?)?,
                 10 => self.remove_reports(r.number()?, r.number()?)?,
                 11 => self.put_meta(r.text()?, r.number()?)?,
-                12 => {
-                    let event = EventKey::stored(r.text()?.to_owned());
-                    let (left, bytes) = decode_unfinished(r.bytes()?)?;
-                    self.put_unfinished(&event, left, bytes)?;
-                }
-                13 => self.remove_unfinished(&EventKey::stored(r.text()?.to_owned()))?,
                 other => return Err(storage(format!("unknown change {other} in the log"))),
             }
         }

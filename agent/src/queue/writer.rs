@@ -32,13 +32,13 @@ use redb::{Database, Durability, ReadableTable, Table};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::pending::{self, PendingCounts, Tally};
+use super::pending::{Pending, Tally};
 use super::tables::Tables;
 use super::wal::Wal;
 use super::{
-    Accepted, EventKey, MAX_GROUP, META, META_BYTES, META_EPOCH, META_EVENTS, META_SEQ, NewEvent,
-    Next, QueueConfig, QueueError, Replay, Shared, StoredEvent, Task, decode_event, decode_waiting,
-    encode_event, encode_task, encode_waiting, now_ms, storage,
+    Accepted, EventKey, MAX_GROUP, META, META_BYTES, META_EPOCH, META_EVENTS, META_EVICTED,
+    META_SEQ, NewEvent, Next, QueueConfig, QueueError, Replay, Shared, StoredEvent, Task,
+    decode_event, decode_waiting, encode_event, encode_task, encode_waiting, now_ms, storage,
 };
 use herald_proto::v1 as pb;
 
@@ -181,7 +181,7 @@ pub(super) fn spawn(
     db: Arc<Database>,
     config: QueueConfig,
     (wal, epoch): (Wal, u64),
-    space: Option<SpaceGuard>,
+    (space, pending): (Option<SpaceGuard>, Pending),
     mut rx: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
 ) {
@@ -196,6 +196,7 @@ pub(super) fn spawn(
             first_io_failure: None,
             stranded: Vec::new(),
             space,
+            pending,
             last_durable: Instant::now(),
             last_checkpoint: Instant::now(),
             unpersisted: false,
@@ -274,6 +275,8 @@ struct Writer {
     stranded: Vec<(String, u64, u64)>,
     /// The free space kept on the queue's disk (none for a queue on a test backend).
     space: Option<SpaceGuard>,
+    /// The events with deliveries to make ([`super::pending`]).
+    pending: Pending,
     /// When everything committed was last made durable.
     last_durable: Instant,
     /// When the last checkpoint was made.
@@ -454,6 +457,7 @@ impl Writer {
                     &mut added,
                     &mut reports_added,
                     &mut recent,
+                    &mut self.pending,
                 )?;
                 let redo = tables.take_redo();
                 let changes = tables.take_changes();
@@ -498,6 +502,18 @@ impl Writer {
             }
             Ok((seq, durable))
         })();
+        // The counts of waiting work follow the commit: kept when it is done, put back when not.
+        match &result {
+            Ok(_) => self.pending.commit(),
+            Err(_) => self.pending.rollback(),
+        }
+        let total = self.pending.total();
+        self.shared
+            .waiting_events
+            .store(total.events, Ordering::Relaxed);
+        self.shared
+            .waiting_bytes
+            .store(total.bytes, Ordering::Relaxed);
         match result {
             Ok((seq, durable)) => Ok(Applied {
                 outcomes,
@@ -581,16 +597,16 @@ fn answer(slots: Vec<Slot>, outcomes: Vec<Done>, failure: Option<&QueueError>) {
     }
 }
 
-/// Counters kept in `meta`.
-struct Counters {
+/// Counters kept in `meta`, and the waiting work this group changes.
+struct Counters<'p> {
     seq: u64,
     /// Events stored, delivered or not, and their payload bytes.
     events: u64,
     bytes: u64,
-    /// Events with deliveries to make ([`pending`]).
-    pending: PendingCounts,
     /// Delivered events removed before their retention, to bound what is kept.
     evicted: u64,
+    /// The events with deliveries to make ([`super::pending`]).
+    pending: &'p mut Pending,
 }
 
 /// What a committed group did.
@@ -642,6 +658,7 @@ fn apply_works(
     added: &mut Vec<(String, u64, u64)>,
     reports_added: &mut bool,
     recent: &mut RecentChanges,
+    pending: &mut Pending,
 ) -> Result<u64, QueueError> {
     let read = |meta: &Table<&str, u64>, name| -> Result<u64, QueueError> {
         Ok(meta.get(name).map_err(storage)?.map_or(0, |v| v.value()))
@@ -650,9 +667,10 @@ fn apply_works(
         seq: read(&tables.meta, META_SEQ)?,
         events: read(&tables.meta, META_EVENTS)?,
         bytes: read(&tables.meta, META_BYTES)?,
-        pending: PendingCounts::load(tables)?,
-        evicted: read(&tables.meta, pending::EVICTED)?,
+        evicted: read(&tables.meta, META_EVICTED)?,
+        pending,
     };
+    let evicted_before = counters.evicted;
     let now = now_ms();
     for work in works {
         match work {
@@ -671,12 +689,12 @@ fn apply_works(
                         added.push((task.subscription_id.clone(), due, counters.seq));
                     }
                     Next::Done if !task.ordering_key.is_empty() => {
-                        counters.pending.finish_delivery(tables, &task.event)?;
+                        counters.pending.finish_delivery(&task.event);
                         if let Some((due, seq)) = next_in_order(tables, &task)? {
                             added.push((task.subscription_id.clone(), due, seq));
                         }
                     }
-                    Next::Done => counters.pending.finish_delivery(tables, &task.event)?,
+                    Next::Done => counters.pending.finish_delivery(&task.event),
                 }
                 counters.seq += 1;
                 tables.put_report(counters.seq, &report.encode_to_vec())?;
@@ -697,7 +715,7 @@ fn apply_works(
                         };
                     counters
                         .pending
-                        .add_deliveries(tables, &item.event, 1, payload_bytes)?;
+                        .add_deliveries(&item.event, 1, payload_bytes);
                     // Outside any ordering line: a replay is sent on its own.
                     counters.seq += 1;
                     let value = encode_task(item.attempts_made, &item.event, "");
@@ -722,8 +740,9 @@ fn apply_works(
     tables.put_meta(META_SEQ, counters.seq)?;
     tables.put_meta(META_EVENTS, counters.events)?;
     tables.put_meta(META_BYTES, counters.bytes)?;
-    tables.put_meta(pending::EVICTED, counters.evicted)?;
-    counters.pending.store(tables)?;
+    if counters.evicted != evicted_before {
+        tables.put_meta(META_EVICTED, counters.evicted)?;
+    }
     Ok(counters.seq)
 }
 
@@ -798,7 +817,7 @@ fn next_in_order(
 /// the group); the inner one a refusal of this request only.
 fn accept(
     tables: &mut Tables<'_, '_>,
-    counters: &mut Counters,
+    counters: &mut Counters<'_>,
     config: &QueueConfig,
     now: u64,
     new: Vec<NewEvent>,
@@ -861,7 +880,7 @@ fn accept(
         tally.events += 1;
         tally.bytes += bytes;
     }
-    if let Some(refusal) = over_bounds(tables, counters, config, waiting, &by_tenant)? {
+    if let Some(refusal) = over_bounds(counters.pending, config, waiting, &by_tenant) {
         return Ok(Err(refusal));
     }
     // Second pass: write.
@@ -886,10 +905,9 @@ fn accept(
         }
         let matched = u32::try_from(item.subscriptions.len()).unwrap_or(u32::MAX);
         tables.put_event(id.as_str(), &encode_event(now, matched, &item.event))?;
-        let payload_bytes = item.event.payload.len() as u64;
         counters
             .pending
-            .add_deliveries(tables, &id, matched, payload_bytes)?;
+            .add_deliveries(&id, matched, item.event.payload.len() as u64);
         tables.put_accepted(now, id.as_str())?;
         for subscription in &item.subscriptions {
             counters.seq += 1;
@@ -917,48 +935,47 @@ fn accept(
 /// Why `waiting` more events (`by_tenant`) would not fit the bounds on work waiting, if they
 /// would not: the queue's, or a tenant's share of it.
 fn over_bounds(
-    tables: &Tables<'_, '_>,
-    counters: &mut Counters,
+    pending: &Pending,
     config: &QueueConfig,
     waiting: Tally,
     by_tenant: &std::collections::BTreeMap<&str, Tally>,
-) -> Result<Option<QueueError>, QueueError> {
+) -> Option<QueueError> {
     if waiting.events == 0 {
-        return Ok(None);
+        return None;
     }
-    let total = counters.pending.total;
+    let total = pending.total();
     if total.events + waiting.events > config.max_events {
-        return Ok(Some(QueueError::Full(format!(
+        return Some(QueueError::Full(format!(
             "{} events are waiting for delivery, limit {}",
             total.events, config.max_events
-        ))));
+        )));
     }
     if total.bytes + waiting.bytes > config.max_bytes {
-        return Ok(Some(QueueError::Full(format!(
+        return Some(QueueError::Full(format!(
             "{} payload bytes are waiting for delivery, limit {}",
             total.bytes, config.max_bytes
-        ))));
+        )));
     }
     let (share_events, share_bytes) = (
         share_of(config.max_events, config.max_share),
         share_of(config.max_bytes, config.max_share),
     );
     for (tenant, adds) in by_tenant {
-        let held = counters.pending.tenant(tables, tenant)?;
+        let held = pending.tenant(tenant);
         if held.events + adds.events > share_events {
-            return Ok(Some(QueueError::Full(format!(
+            return Some(QueueError::Full(format!(
                 "tenant {tenant} has {} events waiting for delivery, its share of the limit is {share_events}",
                 held.events
-            ))));
+            )));
         }
         if held.bytes + adds.bytes > share_bytes {
-            return Ok(Some(QueueError::Full(format!(
+            return Some(QueueError::Full(format!(
                 "tenant {tenant} has {} payload bytes waiting for delivery, its share of the limit is {share_bytes}",
                 held.bytes
-            ))));
+            )));
         }
     }
-    Ok(None)
+    None
 }
 
 /// `share` (0 to 1) of `limit`, at least 1.
@@ -969,7 +986,7 @@ fn share_of(limit: u64, share: f64) -> u64 {
 /// Removes up to [`SWEEP_BATCH`] events accepted before the retention period.
 fn sweep(
     tables: &mut Tables<'_, '_>,
-    counters: &mut Counters,
+    counters: &mut Counters<'_>,
     config: &QueueConfig,
     now: u64,
     recent: &mut RecentChanges,
@@ -999,7 +1016,7 @@ fn sweep(
         if let Some(payload_len) = stored {
             let key = EventKey::stored(id.clone());
             tables.remove_event(id)?;
-            counters.pending.forget(tables, &key)?;
+            counters.pending.forget(&key);
             recent.removed.push(key);
             counters.events = counters.events.saturating_sub(1);
             counters.bytes = counters.bytes.saturating_sub(payload_len);
@@ -1013,11 +1030,13 @@ fn sweep(
 /// make stay. Returns how many went.
 fn evict(
     tables: &mut Tables<'_, '_>,
-    counters: &mut Counters,
+    counters: &mut Counters<'_>,
     config: &QueueConfig,
     recent: &mut RecentChanges,
 ) -> Result<u64, QueueError> {
-    let mut retained = counters.bytes.saturating_sub(counters.pending.total.bytes);
+    let mut retained = counters
+        .bytes
+        .saturating_sub(counters.pending.total().bytes);
     if retained <= config.max_retained_bytes {
         return Ok(0);
     }
@@ -1029,7 +1048,7 @@ fn evict(
         let (key, _) = entry.map_err(storage)?;
         let (at, id) = key.value();
         let event = EventKey::stored(id.to_owned());
-        if tables.unfinished(&event)?.is_some() {
+        if counters.pending.is_waiting(&event) {
             continue;
         }
         let bytes = match tables.events.get(id).map_err(storage)? {
