@@ -436,7 +436,8 @@ impl Writer {
         let completing = completing_of(&works);
         let mut outcomes: Vec<Done> = Vec::with_capacity(works.len());
         let mut added: Vec<(String, u64, u64)> = Vec::new();
-        let mut reports_added = false;
+        // Each finished attempt adds its report.
+        let reports_added = works.iter().any(|w| matches!(w, Work::Complete { .. }));
         let mut recent = RecentChanges::default();
         let result = (|| -> Result<(u64, bool), QueueError> {
             if let Some(first) = &self.first_io_failure {
@@ -455,7 +456,6 @@ impl Writer {
                     works,
                     &mut outcomes,
                     &mut added,
-                    &mut reports_added,
                     &mut recent,
                     &mut self.pending,
                 )?;
@@ -656,7 +656,6 @@ fn apply_works(
     works: Vec<Work>,
     outcomes: &mut Vec<Done>,
     added: &mut Vec<(String, u64, u64)>,
-    reports_added: &mut bool,
     recent: &mut RecentChanges,
     pending: &mut Pending,
 ) -> Result<u64, QueueError> {
@@ -698,7 +697,6 @@ fn apply_works(
                 }
                 counters.seq += 1;
                 tables.put_report(counters.seq, &report.encode_to_vec())?;
-                *reports_added = true;
                 outcomes.push(Done::Nothing);
             }
             Work::Replay(items) => {
