@@ -126,7 +126,10 @@ impl Pending {
             Some(left) => self.events.insert(event.clone(), left),
             None => self.events.remove(event),
         };
-        let tenant = self.tenants.entry(event.tenant().to_owned()).or_default();
+        let tenant = match self.tenants.get_mut(event.tenant()) {
+            Some(tally) => tally,
+            None => self.tenants.entry(event.tenant().to_owned()).or_default(),
+        };
         for tally in [&mut self.total, tenant] {
             if let Some(old) = before {
                 tally.events = tally.events.saturating_sub(1);

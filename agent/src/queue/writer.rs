@@ -827,13 +827,13 @@ fn accept(
     let mut answers = Vec::with_capacity(new.len());
     let mut replaced = Vec::new();
     let (mut add_events, mut add_bytes) = (0u64, 0u64);
+    // Ids are unique per tenant: another tenant's event of the same id is another event.
+    let keys: Vec<EventKey> = new.iter().map(|item| EventKey::of(&item.event)).collect();
     // The first answer for each event in this request; a repeat gets the same one.
-    let mut first_answer: std::collections::HashMap<EventKey, Option<Accepted>> =
+    let mut first_answer: std::collections::HashMap<&EventKey, Option<Accepted>> =
         std::collections::HashMap::new();
-    for item in &new {
-        // Ids are unique per tenant: another tenant's event of the same id is another event.
-        let id = EventKey::of(&item.event);
-        if let Some(first) = first_answer.get(&id) {
+    for (item, id) in new.iter().zip(&keys) {
+        if let Some(first) = first_answer.get(id) {
             answers.push(*first);
             continue;
         }
@@ -864,11 +864,8 @@ fn accept(
     let mut waiting = Tally::default();
     let mut by_tenant: std::collections::BTreeMap<&str, Tally> = Default::default();
     let mut counted = std::collections::HashSet::new();
-    for (item, answer) in new.iter().zip(&answers) {
-        if answer.is_some()
-            || item.subscriptions.is_empty()
-            || !counted.insert(EventKey::of(&item.event))
-        {
+    for ((item, answer), key) in new.iter().zip(&answers).zip(&keys) {
+        if answer.is_some() || item.subscriptions.is_empty() || !counted.insert(key) {
             continue;
         }
         let bytes = item.event.payload.len() as u64;
@@ -887,13 +884,12 @@ fn accept(
     }
     let mut written = std::collections::HashMap::new();
     let mut out = Vec::with_capacity(new.len());
-    for (item, answer) in new.into_iter().zip(answers) {
+    for ((item, answer), id) in new.into_iter().zip(answers).zip(keys.iter()) {
         if let Some(answer) = answer {
             out.push(answer);
             continue;
         }
-        let id = EventKey::of(&item.event);
-        if let Some(&matched) = written.get(&id) {
+        if let Some(&matched) = written.get(id) {
             // The same id twice in one request: the second is a duplicate of the first.
             out.push(Accepted {
                 matched,
@@ -905,12 +901,12 @@ fn accept(
         tables.put_event(id.as_str(), &encode_event(now, matched, &item.event))?;
         counters
             .pending
-            .add_deliveries(&id, matched, item.event.payload.len() as u64);
+            .add_deliveries(id, matched, item.event.payload.len() as u64);
         tables.put_accepted(now, id.as_str())?;
         for subscription in &item.subscriptions {
             counters.seq += 1;
             let key = item.event.ordering_key.as_str();
-            if add_delivery(tables, subscription, now, counters.seq, &id, key)? {
+            if add_delivery(tables, subscription, now, counters.seq, id, key)? {
                 added.push((subscription.clone(), now, counters.seq));
             }
         }
