@@ -28,6 +28,19 @@ pub struct World {
 }
 
 impl World {
+    /// Another agent on this world's control plane, trusting the receiver's CA, with
+    /// `options` otherwise.
+    pub async fn another_agent(&self, options: AgentOptions) -> anyhow::Result<Agent> {
+        Agent::start(
+            self.control_plane.url(),
+            AgentOptions {
+                trusted_ca: Some(self.ca.ca_pem()),
+                ..options
+            },
+        )
+        .await
+    }
+
     /// Starts everything; the agent is connected when this returns.
     pub async fn start() -> anyhow::Result<World> {
         Self::start_with_log(None).await

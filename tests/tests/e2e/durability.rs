@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use herald_proto::v1 as pb;
-use herald_tests::{Agent, AgentOptions, World, event, eventually, subscription};
+use herald_tests::{AgentOptions, World, event, eventually, subscription};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -166,16 +166,13 @@ async fn a_full_queue_answers_resource_exhausted_and_loses_nothing_before() -> a
     let schedule = herald_core::retry::RetrySchedule::parse("500ms,500ms,500ms,500ms,500ms")?;
     orders.retry = Some(herald_proto::convert::retry_policy(&schedule));
     let sub = world.control_plane.create(orders).await?;
-    let small = Agent::start(
-        world.control_plane.url(),
-        AgentOptions {
-            ca_file: Some(world.ca.write_ca_pem(world.agent.data_dir())?),
+    let small = world
+        .another_agent(AgentOptions {
             max_queue_events: Some(5),
             max_queue_share: Some(1.0),
             ..Default::default()
-        },
-    )
-    .await?;
+        })
+        .await?;
     world.control_plane.wait_applied(sub.revision, WAIT).await?;
     let mut accepted = Vec::new();
     for i in 0..5 {
@@ -240,15 +237,12 @@ async fn a_queue_bounded_at_200_takes_1000_events_the_receiver_keeps_up_with() -
             &["order.*"],
         ))
         .await?;
-    let small = Agent::start(
-        world.control_plane.url(),
-        AgentOptions {
-            ca_file: Some(world.ca.write_ca_pem(world.agent.data_dir())?),
+    let small = world
+        .another_agent(AgentOptions {
             max_queue_events: Some(200),
             ..Default::default()
-        },
-    )
-    .await?;
+        })
+        .await?;
     world.control_plane.wait_applied(sub.revision, WAIT).await?;
     // In steps of 50 (a quarter of the bound, half of one tenant's share), each step once
     // the one before is delivered: the pace of a receiver that keeps up.

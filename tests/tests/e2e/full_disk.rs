@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use herald_proto::v1 as pb;
-use herald_tests::{Agent, AgentOptions, World, event, eventually, subscription};
+use herald_tests::{AgentOptions, World, event, eventually, subscription};
 use serde_json::json;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -95,16 +95,13 @@ async fn a_full_disk_refuses_events_floods_no_receiver_and_recovers_by_itself() 
             &["order.*"],
         ))
         .await?;
-    let agent = Agent::start(
-        world.control_plane.url(),
-        AgentOptions {
-            ca_file: Some(world.ca.write_ca_pem(world.agent.data_dir())?),
+    let agent = world
+        .another_agent(AgentOptions {
             data_dir: Some(disk.path().join("agent")),
             queue_min_free_bytes: Some(4 * 1024 * 1024),
             ..Default::default()
-        },
-    )
-    .await?;
+        })
+        .await?;
     world.control_plane.wait_applied(sub.revision, WAIT).await?;
     let emit = |n: u32| {
         let agent = &agent;
