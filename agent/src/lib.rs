@@ -145,6 +145,10 @@ pub struct Config {
     /// Without it the agent refuses to start (exit code 65), naming the offset.
     #[arg(long, env = "HERALD_RECOVER_TRUNCATE")]
     pub recover_truncate: bool,
+    /// The most attempt reports waiting for the control plane's acknowledgement (it is
+    /// unreachable); past it Emit answers RESOURCE_EXHAUSTED for events with deliveries.
+    #[arg(long, env = "HERALD_MAX_PENDING_REPORTS", default_value_t = 1_000_000)]
+    pub max_pending_reports: u64,
     /// Fsync every queue commit before answering Emit. Off risks losing acknowledged events
     /// on a power loss (not on a process crash); for benchmarks and throwaway setups.
     #[arg(long, env = "HERALD_FSYNC", default_value_t = true, action = clap::ArgAction::Set)]
@@ -191,6 +195,7 @@ impl Config {
             max_retained_bytes: 1 << 30,
             queue_min_free_bytes: queue::DEFAULT_MIN_FREE_BYTES,
             recover_truncate: false,
+            max_pending_reports: 1_000_000,
             fsync: true,
             shutdown_grace: Duration::from_secs(30),
             emit_access: emit_access::EmitAccess::default(),
@@ -274,6 +279,7 @@ pub async fn run(
             max_retained_bytes: config.max_retained_bytes,
             min_free_bytes: config.queue_min_free_bytes,
             recover_truncate: config.recover_truncate,
+            max_pending_reports: config.max_pending_reports,
             retention: config.retention,
             dedup_window: config.dedup_window,
             durable: config.fsync,

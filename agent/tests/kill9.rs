@@ -208,6 +208,7 @@ async fn kill_9_in_a_burst_loses_no_acknowledged_event() -> anyhow::Result<()> {
                 max_retained_bytes: u64::MAX,
                 min_free_bytes: 0,
                 recover_truncate: false,
+                max_pending_reports: u64::MAX,
                 retention: Duration::from_secs(3600),
                 dedup_window: Duration::from_secs(3600),
                 durable: true,

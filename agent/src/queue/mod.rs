@@ -139,6 +139,9 @@ pub struct QueueConfig {
     pub max_bytes: u64,
     /// The share (0 to 1) of either bound one tenant may hold.
     pub max_share: f64,
+    /// At most this many attempt reports waiting for the control plane's acknowledgement;
+    /// past it new events with deliveries are refused ([`QueueError::Full`]).
+    pub max_pending_reports: u64,
     /// Open even when the write-ahead log holds a damaged record that was synced: keep what
     /// precedes it and drop the records after it ([`QueueError::DamagedLog`] otherwise).
     pub recover_truncate: bool,

@@ -126,6 +126,13 @@ impl<'txn, 'm> Tables<'txn, 'm> {
         Ok(())
     }
 
+    /// Reports in the outbox as of the last commit (the file's and the memtable's).
+    pub fn pending_reports(&self) -> Result<u64, QueueError> {
+        use redb::ReadableTableMetadata as _;
+        let in_file = self.outbox.len().map_err(storage)?;
+        Ok(in_file + self.memtable.map_or(0, Memtable::report_count))
+    }
+
     /// Stores an event record.
     pub fn put_event(&mut self, id: &str, value: &[u8]) -> Result<(), QueueError> {
         self.events.insert(id, value).map_err(storage)?;

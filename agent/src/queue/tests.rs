@@ -18,6 +18,7 @@ fn config() -> QueueConfig {
         max_retained_bytes: u64::MAX,
         min_free_bytes: 0,
         recover_truncate: false,
+        max_pending_reports: u64::MAX,
         retention: Duration::from_secs(3600),
         dedup_window: Duration::from_secs(3600),
         durable: true,
@@ -1199,4 +1200,43 @@ async fn kept_events_past_their_byte_bound_go_oldest_first() {
         let key = EventKey::new("t", &format!("evt_{i}"));
         assert_eq!(queue.event(&key).expect("read").is_some(), kept, "evt_{i}");
     }
+}
+
+#[tokio::test]
+async fn a_report_outbox_the_control_plane_does_not_empty_refuses_new_work() {
+    let dir = tempfile::tempdir().expect("dir");
+    let queue = Queue::open(
+        dir.path(),
+        QueueConfig {
+            max_pending_reports: 2,
+            ..config()
+        },
+    )
+    .expect("open");
+    for i in 0..2 {
+        accept_one(&queue, event(&format!("evt_{i}"), 10), &["sub"]).await;
+        deliver_all(&queue).await;
+    }
+    let err = queue
+        .accept(vec![NewEvent {
+            event: event("evt_2", 10),
+            subscriptions: vec!["sub".into()],
+        }])
+        .await
+        .expect_err("two reports wait");
+    assert!(matches!(err, QueueError::Full(_)), "{err}");
+    assert!(err.to_string().contains("attempt reports"), "{err}");
+    assert_eq!(
+        tonic::Status::from(err).code(),
+        tonic::Code::ResourceExhausted
+    );
+    // The control plane acknowledges them: room again.
+    let reports = queue.reports(0, 10).expect("reports");
+    assert_eq!(reports.len(), 2);
+    queue
+        .ack_reports(reports[0].0, reports[1].0)
+        .await
+        .expect("ack");
+    queue.flush().await.expect("flush");
+    accept_one(&queue, event("evt_2", 10), &["sub"]).await;
 }

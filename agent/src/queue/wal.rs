@@ -158,42 +158,95 @@ impl Wal {
     }
 
     /// The whole records of `epoch` after `from` (where reading stopped at record `stopped`),
-    /// and whether one of them says `stopped` had been synced. Looked for a chunk at a time:
-    /// a record's header holds its epoch, which the leftovers and zeros after the epoch's
-    /// records almost never do.
+    /// and whether one of them says `stopped` had been synced.
+    ///
+    /// Most opens stop at the epoch's clean end: zeros, or a record of an earlier epoch left
+    /// over (epochs only grow), and there is nothing after it to look for. Otherwise the
+    /// stopped record's successor is where its header says it ends (a torn or damaged body
+    /// keeps its header), and records follow one another from there; only where a header is
+    /// itself damaged is the rest of the file searched, a chunk at a time, for the next record
+    /// of the epoch.
     fn after(&self, from: u64, epoch: u64, stopped: u64, len: u64) -> std::io::Result<(u64, bool)> {
-        const CHUNK: u64 = 64 * 1024;
-        let wanted = epoch.to_le_bytes();
         let (mut following, mut synced) = (0, false);
         let mut next_index = stopped + 1;
-        let mut at = from + 1;
+        let mut at = from;
+        while let Some(header) = self.header_at(at, len)? {
+            let header_epoch = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+            if header_epoch < epoch {
+                break;
+            }
+            let body_len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as u64;
+            let natural = at + HEADER as u64 + body_len;
+            let next = match self.record_at(natural, epoch, next_index, len)? {
+                Some(found) => Some((natural, next_index, found)),
+                None => self.search(at + 1, epoch, next_index, len)?,
+            };
+            let Some((_, index, (body, end))) = next else {
+                break;
+            };
+            following += 1;
+            next_index = index + 1;
+            if strip_mark(body).0.is_some_and(|through| through >= stopped) {
+                synced = true;
+            }
+            // Records of the epoch follow one another from here.
+            let mut at_end = end;
+            while let Some((body, end)) = self.record_at(at_end, epoch, next_index, len)? {
+                following += 1;
+                next_index += 1;
+                if strip_mark(body).0.is_some_and(|through| through >= stopped) {
+                    synced = true;
+                }
+                at_end = end;
+            }
+            at = at_end;
+        }
+        Ok((following, synced))
+    }
+
+    /// The header at `at`, if the file holds one there.
+    fn header_at(&self, at: u64, len: u64) -> std::io::Result<Option<[u8; HEADER]>> {
+        if at + HEADER as u64 > len {
+            return Ok(None);
+        }
+        let mut header = [0u8; HEADER];
+        self.file.read(at, &mut header)?;
+        Ok(Some(header))
+    }
+
+    /// The first whole record of `epoch`, numbered `min_index` or more, from `from` on: its
+    /// offset, index, body and end.
+    #[allow(clippy::type_complexity)]
+    fn search(
+        &self,
+        from: u64,
+        epoch: u64,
+        min_index: u64,
+        len: u64,
+    ) -> std::io::Result<Option<(u64, u64, (Vec<u8>, u64))>> {
+        const CHUNK: u64 = 64 * 1024;
+        let wanted = epoch.to_le_bytes();
         let mut chunk = vec![0u8; (CHUNK as usize) + HEADER];
+        let mut at = from;
         while at + HEADER as u64 <= len {
             let n = (len - at).min(CHUNK + HEADER as u64) as usize;
             self.file.read(at, &mut chunk[..n])?;
-            let mut skip_to = None;
             for i in 0..n.saturating_sub(HEADER - 1).min(CHUNK as usize) {
                 if chunk[i + 8..i + 16] != wanted {
                     continue;
                 }
                 let index = u64::from_le_bytes(chunk[i + 16..i + 24].try_into().expect("8"));
-                if index < next_index {
+                if index < min_index {
                     continue;
                 }
                 let offset = at + i as u64;
-                if let Some((body, end)) = self.record_at(offset, epoch, index, len)? {
-                    following += 1;
-                    next_index = index + 1;
-                    if strip_mark(body).0.is_some_and(|through| through >= stopped) {
-                        synced = true;
-                    }
-                    skip_to = Some(end);
-                    break;
+                if let Some(found) = self.record_at(offset, epoch, index, len)? {
+                    return Ok(Some((offset, index, found)));
                 }
             }
-            at = skip_to.unwrap_or(at + CHUNK);
+            at += CHUNK;
         }
-        Ok((following, synced))
+        Ok(None)
     }
 
     /// Starts writing `epoch` from the beginning of the file. Only after a checkpoint that names

@@ -878,6 +878,17 @@ fn accept(
     if let Some(refusal) = over_bounds(counters.pending, config, waiting, &by_tenant) {
         return Ok(Err(refusal));
     }
+    if waiting.events > 0 {
+        // Each delivery adds a report; while the control plane acknowledges none (it is
+        // unreachable), the outbox is bounded by refusing new work.
+        let reports = tables.pending_reports()?;
+        if reports >= config.max_pending_reports {
+            return Ok(Err(QueueError::Full(format!(
+                "{reports} attempt reports wait for the control plane to acknowledge them, limit {}",
+                config.max_pending_reports
+            ))));
+        }
+    }
     // Second pass: write.
     for (accepted_ms, id, _) in &replaced {
         tables.remove_accepted(*accepted_ms, id.as_str())?;
