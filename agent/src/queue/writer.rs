@@ -1064,8 +1064,8 @@ fn evict(
         victims.push((at, event, bytes));
     }
     for (at, event, bytes) in &victims {
-        tables.remove_accepted(*at, &event.to_string())?;
-        tables.remove_event(&event.to_string())?;
+        tables.remove_accepted(*at, event.as_str())?;
+        tables.remove_event(event.as_str())?;
         recent.removed.push(event.clone());
         counters.events = counters.events.saturating_sub(1);
         counters.bytes = counters.bytes.saturating_sub(*bytes);
