@@ -14,8 +14,16 @@
 //! | `outbox` | seq | `herald.v1.Attempt` |
 //! | `meta` | name | u64: `seq` (last sequence number), `events` and `bytes` (what `events` holds), `wal_epoch` (the log's epoch, see [`wal`]), `event_keys` (1 once events are keyed by tenant), `evicted` (events removed to keep `max_retained_bytes`) |
 //!
+//! # Parts
+//! The delivery state machine ([`machine`]) holds the rules — accept and dedup, the bounds,
+//! ordering-key lines, retries, replays, report acks, the sweep — as functions of a [`view`]
+//! of one transaction. The storage engine ([`writer`], [`wal`], [`tables`], [`memtable`])
+//! groups commands into commits and makes their changes durable; the scheduler's index of
+//! lanes ([`lanes`]) and the counts of waiting work ([`pending`]) are kept in memory beside it.
+//!
 //! Event ids are unique per tenant, so an event's key is its tenant and id ([`EventKey`],
-//! `tenant/id`): the same id sent by two tenants is two events. Queues written before events
+//! `tenant/id`): the same id sent by two tenants is two events. An id is a duplicate within
+//! the dedup window, and while its event still has deliveries to make. Queues written before events
 //! were keyed so are rewritten once when they open ([`migrate_event_keys`]).
 //!
 //! A delivery is a task in its subscription's lane, keyed by the time it is due, so "what is
@@ -82,14 +90,16 @@
 //! Nothing already accepted is lost.
 
 mod lanes;
+mod machine;
 mod memtable;
 mod pending;
-
-pub use pending::Tally;
 mod recent;
 mod tables;
+mod view;
 mod wal;
 mod writer;
+
+pub use pending::Tally;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -37,6 +37,17 @@ pub struct Tally {
 struct Left {
     deliveries: u32,
     bytes: u64,
+    /// The event itself is gone (past retention): its deliveries, still in the queue, will
+    /// be skipped. It no longer counts toward the bounds, but its id stays taken until they
+    /// are, so that a new event with that id never inherits them.
+    swept: bool,
+}
+
+impl Left {
+    /// What this counts toward the bounds: one event and its bytes, or nothing once swept.
+    fn counted(&self) -> Option<u64> {
+        (!self.swept).then_some(self.bytes)
+    }
 }
 
 /// The events with deliveries to make, per event, per tenant and in total.
@@ -73,11 +84,12 @@ impl Pending {
         let left = match self.events.get(event) {
             Some(left) => Left {
                 deliveries: left.deliveries.saturating_add(n),
-                bytes: left.bytes,
+                ..*left
             },
             None => Left {
                 deliveries: n,
                 bytes: payload_bytes,
+                swept: false,
             },
         };
         self.set(event, Some(left));
@@ -90,15 +102,22 @@ impl Pending {
         };
         let after = (left.deliveries > 1).then_some(Left {
             deliveries: left.deliveries - 1,
-            bytes: left.bytes,
+            ..left
         });
         self.set(event, after);
     }
 
-    /// `event` was removed from the queue (past retention): it no longer counts.
+    /// `event` was removed from the queue (past retention): it no longer counts, though its
+    /// deliveries left (to be skipped) keep its id taken.
     pub fn forget(&mut self, event: &EventKey) {
-        if self.events.contains_key(event) {
-            self.set(event, None);
+        if let Some(left) = self.events.get(event).copied() {
+            self.set(
+                event,
+                Some(Left {
+                    swept: true,
+                    ..left
+                }),
+            );
         }
     }
 
@@ -131,13 +150,13 @@ impl Pending {
             None => self.tenants.entry(event.tenant().to_owned()).or_default(),
         };
         for tally in [&mut self.total, tenant] {
-            if let Some(old) = before {
+            if let Some(bytes) = before.as_ref().and_then(Left::counted) {
                 tally.events = tally.events.saturating_sub(1);
-                tally.bytes = tally.bytes.saturating_sub(old.bytes);
+                tally.bytes = tally.bytes.saturating_sub(bytes);
             }
-            if let Some(new) = after {
+            if let Some(bytes) = after.as_ref().and_then(Left::counted) {
                 tally.events += 1;
-                tally.bytes += new.bytes;
+                tally.bytes += bytes;
             }
         }
         if self.tenants.get(event.tenant()) == Some(&Tally::default()) {
@@ -169,11 +188,19 @@ impl Pending {
         let mut pending = Pending::default();
         for (event, deliveries) in left {
             // An event past retention has no record: its deliveries will be skipped.
-            let Some(value) = events.get(event.as_str()).map_err(storage)? else {
-                continue;
+            let left = match events.get(event.as_str()).map_err(storage)? {
+                Some(value) => Left {
+                    deliveries,
+                    bytes: decode_event(value.value())?.2.payload.len() as u64,
+                    swept: false,
+                },
+                None => Left {
+                    deliveries,
+                    bytes: 0,
+                    swept: true,
+                },
             };
-            let bytes = decode_event(value.value())?.2.payload.len() as u64;
-            pending.apply(&event, Some(Left { deliveries, bytes }));
+            pending.apply(&event, Some(left));
         }
         Ok(pending)
     }

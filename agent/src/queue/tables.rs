@@ -30,9 +30,10 @@
 //! the file only at a checkpoint ([`Tables::write_through`]). Without one (recovery), every
 //! change is made to the file.
 
-use redb::{Table, WriteTransaction};
+use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::memtable::{Change, Memtable};
+use super::view::{EventRecord, View, Visit};
 use super::{ACCEPTED, EVENTS, META, ORDERED, OUTBOX, QueueError, TASKS, storage};
 
 /// A task's key: (lane, due ms, seq).
@@ -43,17 +44,17 @@ pub(super) type OrderedKey<'a> = (&'a str, &'a str, u64);
 /// The open tables of a write transaction, and the redo record of what was changed.
 pub(super) struct Tables<'txn, 'm> {
     /// Events by id.
-    pub events: Table<'txn, &'static str, &'static [u8]>,
+    events: Table<'txn, &'static str, &'static [u8]>,
     /// Events by acceptance time.
-    pub accepted: Table<'txn, (u64, &'static str), ()>,
+    accepted: Table<'txn, (u64, &'static str), ()>,
     /// Tasks by lane and due time (those not in the memtable).
     tasks: Table<'txn, (&'static str, u64, u64), &'static [u8]>,
     /// Deliveries with an ordering key, in order.
-    pub ordered: Table<'txn, (&'static str, &'static str, u64), &'static [u8]>,
+    ordered: Table<'txn, (&'static str, &'static str, u64), &'static [u8]>,
     /// Attempt reports not yet acknowledged (those not in the memtable).
     outbox: Table<'txn, u64, &'static [u8]>,
     /// Counters.
-    pub meta: Table<'txn, &'static str, u64>,
+    meta: Table<'txn, &'static str, u64>,
     redo: Vec<u8>,
     /// The memtable as of the last commit, if the changes go to it.
     memtable: Option<&'m Memtable>,
@@ -126,131 +127,6 @@ impl<'txn, 'm> Tables<'txn, 'm> {
         Ok(())
     }
 
-    /// Reports in the outbox as of the last commit (the file's and the memtable's).
-    pub fn pending_reports(&self) -> Result<u64, QueueError> {
-        use redb::ReadableTableMetadata as _;
-        let in_file = self.outbox.len().map_err(storage)?;
-        Ok(in_file + self.memtable.map_or(0, Memtable::report_count))
-    }
-
-    /// Stores an event record.
-    pub fn put_event(&mut self, id: &str, value: &[u8]) -> Result<(), QueueError> {
-        self.events.insert(id, value).map_err(storage)?;
-        self.tag(1).text(id).bytes(value);
-        Ok(())
-    }
-
-    /// Removes an event record.
-    pub fn remove_event(&mut self, id: &str) -> Result<(), QueueError> {
-        self.events.remove(id).map_err(storage)?;
-        self.tag(2).text(id);
-        Ok(())
-    }
-
-    /// Indexes an event by its acceptance time.
-    pub fn put_accepted(&mut self, at: u64, id: &str) -> Result<(), QueueError> {
-        self.accepted.insert((at, id), ()).map_err(storage)?;
-        self.tag(3).number(at).text(id);
-        Ok(())
-    }
-
-    /// Removes an event from the acceptance-time index.
-    pub fn remove_accepted(&mut self, at: u64, id: &str) -> Result<(), QueueError> {
-        self.accepted.remove((at, id)).map_err(storage)?;
-        self.tag(4).number(at).text(id);
-        Ok(())
-    }
-
-    /// Stores a task.
-    pub fn put_task(&mut self, key: TaskKey<'_>, value: &[u8]) -> Result<(), QueueError> {
-        if self.memtable.is_some() {
-            self.changes.push(Change::PutTask {
-                lane: key.0.to_owned(),
-                slot: (key.1, key.2),
-                value: value.to_vec(),
-            });
-        } else {
-            self.tasks.insert(key, value).map_err(storage)?;
-        }
-        self.tag(5)
-            .text(key.0)
-            .number(key.1)
-            .number(key.2)
-            .bytes(value);
-        Ok(())
-    }
-
-    /// Removes a task.
-    pub fn remove_task(&mut self, key: TaskKey<'_>) -> Result<(), QueueError> {
-        // A task is removed in a later commit than the one that added it (it was handed out
-        // in between), so it is in the memtable or in the file.
-        if self
-            .memtable
-            .is_some_and(|memtable| memtable.has_task(key.0, (key.1, key.2)))
-        {
-            self.changes.push(Change::RemoveTask {
-                lane: key.0.to_owned(),
-                slot: (key.1, key.2),
-            });
-        } else {
-            self.tasks.remove(key).map_err(storage)?;
-        }
-        self.tag(6).text(key.0).number(key.1).number(key.2);
-        Ok(())
-    }
-
-    /// Stores an `ordered` entry.
-    pub fn put_ordered(&mut self, key: OrderedKey<'_>, value: &[u8]) -> Result<(), QueueError> {
-        self.ordered.insert(key, value).map_err(storage)?;
-        self.tag(7)
-            .text(key.0)
-            .text(key.1)
-            .number(key.2)
-            .bytes(value);
-        Ok(())
-    }
-
-    /// Removes an `ordered` entry.
-    pub fn remove_ordered(&mut self, key: OrderedKey<'_>) -> Result<(), QueueError> {
-        self.ordered.remove(key).map_err(storage)?;
-        self.tag(8).text(key.0).text(key.1).number(key.2);
-        Ok(())
-    }
-
-    /// Adds a report to the outbox.
-    pub fn put_report(&mut self, seq: u64, value: &[u8]) -> Result<(), QueueError> {
-        if self.memtable.is_some() {
-            self.changes.push(Change::PutReport {
-                seq,
-                value: value.to_vec(),
-            });
-        } else {
-            self.outbox.insert(seq, value).map_err(storage)?;
-        }
-        self.tag(9).number(seq).bytes(value);
-        Ok(())
-    }
-
-    /// Removes reports `first..=last` from the outbox.
-    pub fn remove_reports(&mut self, first: u64, last: u64) -> Result<(), QueueError> {
-        // Some may be in the file (pending at a checkpoint), the rest in the memtable.
-        self.outbox
-            .retain_in(first..=last, |_, _| false)
-            .map_err(storage)?;
-        if self.memtable.is_some() {
-            self.changes.push(Change::RemoveReports { first, last });
-        }
-        self.tag(10).number(first).number(last);
-        Ok(())
-    }
-
-    /// Sets a counter.
-    pub fn put_meta(&mut self, name: &str, value: u64) -> Result<(), QueueError> {
-        self.meta.insert(name, value).map_err(storage)?;
-        self.tag(11).text(name).number(value);
-        Ok(())
-    }
-
     /// Makes again the changes a redo record holds.
     pub fn replay(&mut self, body: &[u8]) -> Result<(), QueueError> {
         let mut r = Reader(body);
@@ -292,6 +168,179 @@ impl<'txn, 'm> Tables<'txn, 'm> {
 
     fn text(&mut self, text: &str) -> &mut Self {
         self.bytes(text.as_bytes())
+    }
+}
+
+impl View for Tables<'_, '_> {
+    fn event(&self, id: &str) -> Result<Option<EventRecord>, QueueError> {
+        match self.events.get(id).map_err(storage)? {
+            Some(value) => EventRecord::decode(value.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn each_accepted(
+        &self,
+        before: u64,
+        visit: &mut dyn FnMut(u64, &str) -> Result<bool, QueueError>,
+    ) -> Result<(), QueueError> {
+        for entry in self.accepted.range(..(before, "")).map_err(storage)? {
+            let (key, _) = entry.map_err(storage)?;
+            let (at, id) = key.value();
+            if !visit(at, id)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn each_ordered(
+        &self,
+        subscription: &str,
+        ordering_key: &str,
+        visit: Visit<'_, u64>,
+    ) -> Result<(), QueueError> {
+        let line = (subscription, ordering_key, 0)..=(subscription, ordering_key, u64::MAX);
+        for entry in self.ordered.range(line).map_err(storage)? {
+            let (key, value) = entry.map_err(storage)?;
+            if !visit(key.value().2, value.value())? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports in the outbox as of the last commit (the file's and the memtable's).
+    fn pending_reports(&self) -> Result<u64, QueueError> {
+        use redb::ReadableTableMetadata as _;
+        let in_file = self.outbox.len().map_err(storage)?;
+        Ok(in_file + self.memtable.map_or(0, Memtable::report_count))
+    }
+
+    fn meta(&self, name: &str) -> Result<u64, QueueError> {
+        Ok(self
+            .meta
+            .get(name)
+            .map_err(storage)?
+            .map_or(0, |v| v.value()))
+    }
+
+    /// Stores an event record.
+    fn put_event(&mut self, id: &str, value: &[u8]) -> Result<(), QueueError> {
+        self.events.insert(id, value).map_err(storage)?;
+        self.tag(1).text(id).bytes(value);
+        Ok(())
+    }
+
+    /// Removes an event record.
+    fn remove_event(&mut self, id: &str) -> Result<(), QueueError> {
+        self.events.remove(id).map_err(storage)?;
+        self.tag(2).text(id);
+        Ok(())
+    }
+
+    /// Indexes an event by its acceptance time.
+    fn put_accepted(&mut self, at: u64, id: &str) -> Result<(), QueueError> {
+        self.accepted.insert((at, id), ()).map_err(storage)?;
+        self.tag(3).number(at).text(id);
+        Ok(())
+    }
+
+    /// Removes an event from the acceptance-time index.
+    fn remove_accepted(&mut self, at: u64, id: &str) -> Result<(), QueueError> {
+        self.accepted.remove((at, id)).map_err(storage)?;
+        self.tag(4).number(at).text(id);
+        Ok(())
+    }
+
+    /// Stores a task.
+    fn put_task(&mut self, key: TaskKey<'_>, value: &[u8]) -> Result<(), QueueError> {
+        if self.memtable.is_some() {
+            self.changes.push(Change::PutTask {
+                lane: key.0.to_owned(),
+                slot: (key.1, key.2),
+                value: value.to_vec(),
+            });
+        } else {
+            self.tasks.insert(key, value).map_err(storage)?;
+        }
+        self.tag(5)
+            .text(key.0)
+            .number(key.1)
+            .number(key.2)
+            .bytes(value);
+        Ok(())
+    }
+
+    /// Removes a task.
+    fn remove_task(&mut self, key: TaskKey<'_>) -> Result<(), QueueError> {
+        // A task is removed in a later commit than the one that added it (it was handed out
+        // in between), so it is in the memtable or in the file.
+        if self
+            .memtable
+            .is_some_and(|memtable| memtable.has_task(key.0, (key.1, key.2)))
+        {
+            self.changes.push(Change::RemoveTask {
+                lane: key.0.to_owned(),
+                slot: (key.1, key.2),
+            });
+        } else {
+            self.tasks.remove(key).map_err(storage)?;
+        }
+        self.tag(6).text(key.0).number(key.1).number(key.2);
+        Ok(())
+    }
+
+    /// Stores an `ordered` entry.
+    fn put_ordered(&mut self, key: OrderedKey<'_>, value: &[u8]) -> Result<(), QueueError> {
+        self.ordered.insert(key, value).map_err(storage)?;
+        self.tag(7)
+            .text(key.0)
+            .text(key.1)
+            .number(key.2)
+            .bytes(value);
+        Ok(())
+    }
+
+    /// Removes an `ordered` entry.
+    fn remove_ordered(&mut self, key: OrderedKey<'_>) -> Result<(), QueueError> {
+        self.ordered.remove(key).map_err(storage)?;
+        self.tag(8).text(key.0).text(key.1).number(key.2);
+        Ok(())
+    }
+
+    /// Adds a report to the outbox.
+    fn put_report(&mut self, seq: u64, value: &[u8]) -> Result<(), QueueError> {
+        if self.memtable.is_some() {
+            self.changes.push(Change::PutReport {
+                seq,
+                value: value.to_vec(),
+            });
+        } else {
+            self.outbox.insert(seq, value).map_err(storage)?;
+        }
+        self.tag(9).number(seq).bytes(value);
+        Ok(())
+    }
+
+    /// Removes reports `first..=last` from the outbox.
+    fn remove_reports(&mut self, first: u64, last: u64) -> Result<(), QueueError> {
+        // Some may be in the file (pending at a checkpoint), the rest in the memtable.
+        self.outbox
+            .retain_in(first..=last, |_, _| false)
+            .map_err(storage)?;
+        if self.memtable.is_some() {
+            self.changes.push(Change::RemoveReports { first, last });
+        }
+        self.tag(10).number(first).number(last);
+        Ok(())
+    }
+
+    /// Sets a counter.
+    fn put_meta(&mut self, name: &str, value: u64) -> Result<(), QueueError> {
+        self.meta.insert(name, value).map_err(storage)?;
+        self.tag(11).text(name).number(value);
+        Ok(())
     }
 }
 

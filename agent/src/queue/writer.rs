@@ -27,23 +27,20 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use prost::Message;
-use redb::{Database, Durability, ReadableTable, Table};
+use redb::{Database, Durability, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::pending::{Pending, Tally};
+use super::machine::{self, Done, Effects, Placed, Work};
+use super::pending::Pending;
 use super::tables::Tables;
+use super::view::View;
 use super::wal::Wal;
 use super::{
-    Accepted, EventKey, MAX_GROUP, META, META_BYTES, META_EPOCH, META_EVENTS, META_EVICTED,
-    META_SEQ, NewEvent, Next, QueueConfig, QueueError, Replay, Shared, StoredEvent, Task,
-    decode_event, decode_waiting, encode_event, encode_task, encode_waiting, now_ms, storage,
+    Accepted, MAX_GROUP, META, META_EPOCH, NewEvent, Next, QueueConfig, QueueError, Replay, Shared,
+    Task, now_ms, storage,
 };
 use herald_proto::v1 as pb;
-
-/// Events removed by one sweep at most, so a sweep never makes one huge commit.
-const SWEEP_BATCH: usize = 10_000;
 
 /// What the writer is asked to do.
 pub(super) enum Command {
@@ -83,31 +80,6 @@ enum Slot {
     Replay(oneshot::Sender<Result<Vec<Result<(), String>>, QueueError>>),
     Sweep(oneshot::Sender<Result<u64, QueueError>>),
     Flush(oneshot::Sender<()>),
-}
-
-/// A command's work, without its answer channel.
-enum Work {
-    Accept(Vec<NewEvent>),
-    Complete {
-        task: Task,
-        next: Next,
-        report: Box<pb::Attempt>,
-    },
-    AckReports {
-        first: u64,
-        last: u64,
-    },
-    Replay(Vec<Replay>),
-    Sweep,
-    Nothing,
-}
-
-/// What a command's work produced, answered once the commit succeeded.
-enum Done {
-    Accepted(Result<Vec<Accepted>, QueueError>),
-    Replayed(Vec<Result<(), String>>),
-    Swept(u64),
-    Nothing,
 }
 
 fn split(command: Command) -> (Work, Slot) {
@@ -169,7 +141,7 @@ pub(super) fn recover(
         for body in &bodies {
             tables.replay(body)?;
         }
-        tables.meta.insert(META_EPOCH, epoch + 1).map_err(storage)?;
+        tables.put_meta(META_EPOCH, epoch + 1)?;
     }
     txn.commit().map_err(storage)?;
     wal.start_epoch(epoch + 1);
@@ -271,8 +243,8 @@ struct Writer {
     first_io_failure: Option<QueueError>,
     /// Tasks whose attempt's outcome could not be committed: they stay taken (not attempted
     /// again) until a commit succeeds, then are due again: at most one extra delivery each,
-    /// never a loop of them while the disk refuses writes. (lane, seq, due)
-    stranded: Vec<(String, u64, u64)>,
+    /// never a loop of them while the disk refuses writes.
+    stranded: Vec<Placed>,
     /// The free space kept on the queue's disk (none for a queue on a test backend).
     space: Option<SpaceGuard>,
     /// The events with deliveries to make ([`super::pending`]).
@@ -291,9 +263,7 @@ impl Writer {
     fn durable(&self, works: &[Work]) -> bool {
         self.config.durable
             && (self.last_durable.elapsed() >= self.config.durable_lag
-                || works
-                    .iter()
-                    .any(|w| !matches!(w, Work::Complete { .. } | Work::AckReports { .. })))
+                || works.iter().any(|w| !w.may_be_undone()))
     }
 
     /// Applies, commits and answers one group; `closing` makes its commit a checkpoint.
@@ -360,7 +330,7 @@ impl Writer {
 
     /// After a group was not committed: its tasks stay taken until a commit succeeds, and
     /// health checks hear that the queue cannot write.
-    fn refused(&mut self, completing: &[(String, u64, u64)]) {
+    fn refused(&mut self, completing: &[Placed]) {
         self.release(completing, &[], true);
         self.shared
             .writable
@@ -398,28 +368,23 @@ impl Writer {
     /// taken, and lanes learn of the tasks added. After a failed commit the tasks whose outcome
     /// was lost stay taken ([`Writer::stranded`]); the next commit that succeeds hands them
     /// back, due again.
-    fn release(
-        &mut self,
-        completing: &[(String, u64, u64)],
-        added: &[(String, u64, u64)],
-        failed: bool,
-    ) {
+    fn release(&mut self, completing: &[Placed], added: &[Placed], failed: bool) {
         if failed {
             self.stranded.extend(completing.iter().cloned());
             return;
         }
         let stranded = std::mem::take(&mut self.stranded);
         let mut lanes = self.shared.lanes.lock().unwrap_or_else(|e| e.into_inner());
-        for (lane, seq, _) in completing {
-            lanes.finish(lane, *seq);
+        for task in completing {
+            lanes.finish(&task.lane, task.seq);
         }
-        for (lane, seq, due) in &stranded {
+        for task in &stranded {
             // Not recorded: the task is still there, due again (the attempt is made again).
-            lanes.finish(lane, *seq);
-            lanes.added(lane, *due, *seq);
+            lanes.finish(&task.lane, task.seq);
+            lanes.added(&task.lane, task.due, task.seq);
         }
-        for (lane, due, seq) in added {
-            lanes.added(lane, *due, *seq);
+        for task in added {
+            lanes.added(&task.lane, task.due, task.seq);
         }
     }
 
@@ -432,13 +397,11 @@ impl Writer {
         works: Vec<Work>,
         durable: bool,
         closing: bool,
-    ) -> Result<Applied, (QueueError, Vec<(String, u64, u64)>)> {
+    ) -> Result<Applied, (QueueError, Vec<Placed>)> {
         let completing = completing_of(&works);
-        let mut outcomes: Vec<Done> = Vec::with_capacity(works.len());
-        let mut added: Vec<(String, u64, u64)> = Vec::new();
+        let mut effects = Effects::default();
         // Each finished attempt adds its report.
         let reports_added = works.iter().any(|w| matches!(w, Work::Complete { .. }));
-        let mut recent = RecentChanges::default();
         let result = (|| -> Result<(u64, bool), QueueError> {
             if let Some(first) = &self.first_io_failure {
                 // The files' state is unknown after a disk fault: no log record may follow.
@@ -450,14 +413,13 @@ impl Writer {
                 // Read-locked while the group is applied: only this thread changes it.
                 let memtable = self.shared.read_memtable();
                 let mut tables = Tables::open(&txn, Some(&memtable))?;
-                let seq = apply_works(
+                let seq = machine::apply(
                     &mut tables,
                     &self.config,
+                    now_ms(),
                     works,
-                    &mut outcomes,
-                    &mut added,
-                    &mut recent,
                     &mut self.pending,
+                    &mut effects,
                 )?;
                 let redo = tables.take_redo();
                 let changes = tables.take_changes();
@@ -477,7 +439,7 @@ impl Writer {
                     .insert(META_EPOCH, self.epoch + 1)
                     .map_err(storage)?;
                 txn.commit().map_err(storage)?;
-                std::mem::take(&mut recent).apply(&self.shared);
+                remember(&mut effects, &self.shared);
                 self.epoch += 1;
                 wal.start_epoch(self.epoch);
                 self.last_checkpoint = Instant::now();
@@ -494,7 +456,7 @@ impl Writer {
             txn.set_durability(Durability::None).map_err(storage)?;
             txn.commit().map_err(storage)?;
             // Before the tasks become visible, so that their first attempts find the events.
-            std::mem::take(&mut recent).apply(&self.shared);
+            remember(&mut effects, &self.shared);
             // Readers see the tasks and reports of this commit from now on.
             let mut memtable = self.shared.write_memtable();
             for change in changes {
@@ -516,9 +478,9 @@ impl Writer {
             .store(total.bytes, Ordering::Relaxed);
         match result {
             Ok((seq, durable)) => Ok(Applied {
-                outcomes,
+                outcomes: effects.outcomes,
                 completing,
-                added,
+                added: effects.added,
                 reports_added,
                 seq,
                 durable,
@@ -528,12 +490,12 @@ impl Writer {
     }
 }
 
-/// The tasks whose attempt's outcome `works` record: (lane, seq, due).
-fn completing_of(works: &[Work]) -> Vec<(String, u64, u64)> {
+/// The tasks whose attempt's outcome `works` record.
+fn completing_of(works: &[Work]) -> Vec<Placed> {
     works
         .iter()
         .filter_map(|w| match w {
-            Work::Complete { task, .. } => Some((task.subscription_id.clone(), task.seq, task.due)),
+            Work::Complete { task, .. } => Some(Placed::of(task)),
             _ => None,
         })
         .collect()
@@ -597,26 +559,14 @@ fn answer(slots: Vec<Slot>, outcomes: Vec<Done>, failure: Option<&QueueError>) {
     }
 }
 
-/// Counters kept in `meta`, and the waiting work this group changes.
-struct Counters<'p> {
-    seq: u64,
-    /// Events stored, delivered or not, and their payload bytes.
-    events: u64,
-    bytes: u64,
-    /// Delivered events removed before their retention, to bound what is kept.
-    evicted: u64,
-    /// The events with deliveries to make ([`super::pending`]).
-    pending: &'p mut Pending,
-}
-
 /// What a committed group did.
 struct Applied {
     /// One per work item, in order.
     outcomes: Vec<Done>,
-    /// Tasks whose attempt's outcome was written: (lane, seq, due).
-    completing: Vec<(String, u64, u64)>,
-    /// Tasks added: (lane, due, seq).
-    added: Vec<(String, u64, u64)>,
+    /// Tasks whose attempt's outcome was written.
+    completing: Vec<Placed>,
+    /// Tasks added.
+    added: Vec<Placed>,
     /// Whether reports were added to the outbox.
     reports_added: bool,
     /// The last sequence number used.
@@ -625,458 +575,14 @@ struct Applied {
     durable: bool,
 }
 
-/// What a commit changes in the recently accepted events ([`super::recent`]), applied once it
-/// is done.
-#[derive(Default)]
-struct RecentChanges {
-    /// Events stored, with how many deliveries each has.
-    accepted: Vec<(Arc<StoredEvent>, u32)>,
-    /// Events removed.
-    removed: Vec<EventKey>,
-}
-
-impl RecentChanges {
-    fn apply(self, shared: &Shared) {
-        let mut recent = shared.recent();
-        recent.age(Instant::now());
-        for id in &self.removed {
-            recent.remove(id);
-        }
-        for (event, reads) in self.accepted {
-            recent.insert(event, reads);
-        }
+/// Brings the recently accepted events ([`super::recent`]) up to date with a commit's effects.
+fn remember(effects: &mut Effects, shared: &Shared) {
+    let mut recent = shared.recent();
+    recent.age(Instant::now());
+    for id in effects.removed.drain(..) {
+        recent.remove(&id);
     }
-}
-
-/// Applies a group's work to `tables`, pushing one outcome per work item, and returns the last
-/// sequence number used.
-fn apply_works(
-    tables: &mut Tables<'_, '_>,
-    config: &QueueConfig,
-    works: Vec<Work>,
-    outcomes: &mut Vec<Done>,
-    added: &mut Vec<(String, u64, u64)>,
-    recent: &mut RecentChanges,
-    pending: &mut Pending,
-) -> Result<u64, QueueError> {
-    let read = |meta: &Table<&str, u64>, name| -> Result<u64, QueueError> {
-        Ok(meta.get(name).map_err(storage)?.map_or(0, |v| v.value()))
-    };
-    let mut counters = Counters {
-        seq: read(&tables.meta, META_SEQ)?,
-        events: read(&tables.meta, META_EVENTS)?,
-        bytes: read(&tables.meta, META_BYTES)?,
-        evicted: read(&tables.meta, META_EVICTED)?,
-        pending,
-    };
-    let evicted_before = counters.evicted;
-    let now = now_ms();
-    for work in works {
-        match work {
-            Work::Accept(new) => {
-                let result = accept(tables, &mut counters, config, now, new, added, recent)?;
-                outcomes.push(Done::Accepted(result));
-            }
-            Work::Complete { task, next, report } => {
-                tables.remove_task(task.key())?;
-                match next {
-                    Next::RetryAt(due) => {
-                        counters.seq += 1;
-                        let value = encode_task(task.attempts + 1, &task.event, &task.ordering_key);
-                        let key = (task.subscription_id.as_str(), due, counters.seq);
-                        tables.put_task(key, &value)?;
-                        added.push((task.subscription_id.clone(), due, counters.seq));
-                    }
-                    Next::Done if !task.ordering_key.is_empty() => {
-                        counters.pending.finish_delivery(&task.event);
-                        if let Some((due, seq)) = next_in_order(tables, &task)? {
-                            added.push((task.subscription_id.clone(), due, seq));
-                        }
-                    }
-                    Next::Done => counters.pending.finish_delivery(&task.event),
-                }
-                counters.seq += 1;
-                tables.put_report(counters.seq, &report.encode_to_vec())?;
-                outcomes.push(Done::Nothing);
-            }
-            Work::Replay(items) => {
-                let mut results = Vec::with_capacity(items.len());
-                for item in items {
-                    let payload_bytes =
-                        match tables.events.get(item.event.as_str()).map_err(storage)? {
-                            Some(value) => decode_event(value.value())?.2.payload.len() as u64,
-                            None => {
-                                results
-                                    .push(Err("the event is past retention on this agent".into()));
-                                continue;
-                            }
-                        };
-                    counters
-                        .pending
-                        .add_deliveries(&item.event, 1, payload_bytes);
-                    // Outside any ordering line: a replay is sent on its own.
-                    counters.seq += 1;
-                    let value = encode_task(item.attempts_made, &item.event, "");
-                    let key = (item.subscription_id.as_str(), now, counters.seq);
-                    tables.put_task(key, &value)?;
-                    added.push((item.subscription_id.clone(), now, counters.seq));
-                    results.push(Ok(()));
-                }
-                outcomes.push(Done::Replayed(results));
-            }
-            Work::AckReports { first, last } => {
-                tables.remove_reports(first, last)?;
-                outcomes.push(Done::Nothing);
-            }
-            Work::Sweep => {
-                let removed = sweep(tables, &mut counters, config, now, recent)?;
-                outcomes.push(Done::Swept(removed));
-            }
-            Work::Nothing => outcomes.push(Done::Nothing),
-        }
+    for (event, reads) in effects.accepted.drain(..) {
+        recent.insert(event, reads);
     }
-    tables.put_meta(META_SEQ, counters.seq)?;
-    tables.put_meta(META_EVENTS, counters.events)?;
-    tables.put_meta(META_BYTES, counters.bytes)?;
-    if counters.evicted != evicted_before {
-        tables.put_meta(META_EVICTED, counters.evicted)?;
-    }
-    Ok(counters.seq)
-}
-
-/// Adds a first-attempt delivery of `event` to `subscription`, due at `due`. With an
-/// ordering key it joins the key's line in `ordered`, and gets a task in `lanes` only at its
-/// head. Returns whether it got a task now.
-fn add_delivery(
-    tables: &mut Tables<'_, '_>,
-    subscription: &str,
-    due: u64,
-    seq: u64,
-    event: &EventKey,
-    ordering_key: &str,
-) -> Result<bool, QueueError> {
-    if !ordering_key.is_empty() {
-        let waiting = tables
-            .ordered
-            .range((subscription, ordering_key, 0)..=(subscription, ordering_key, u64::MAX))
-            .map_err(storage)?
-            .next()
-            .is_some();
-        tables.put_ordered(
-            (subscription, ordering_key, seq),
-            &encode_waiting(due, event),
-        )?;
-        if waiting {
-            return Ok(false);
-        }
-    }
-    tables.put_task(
-        (subscription, due, seq),
-        &encode_task(0, event, ordering_key),
-    )?;
-    Ok(true)
-}
-
-/// `task`, the head of its ordering key's line, is finished: it leaves the line, and the next
-/// delivery in it (if any) gets its task. Returns that task's key (due, seq).
-fn next_in_order(
-    tables: &mut Tables<'_, '_>,
-    task: &Task,
-) -> Result<Option<(u64, u64)>, QueueError> {
-    let (sub, key) = (task.subscription_id.as_str(), task.ordering_key.as_str());
-    let mut line = Vec::new();
-    for entry in tables
-        .ordered
-        .range((sub, key, 0)..=(sub, key, u64::MAX))
-        .map_err(storage)?
-    {
-        let (entry_key, value) = entry.map_err(storage)?;
-        let (_, _, seq) = entry_key.value();
-        line.push((seq, decode_waiting(value.value())?));
-        // The head and the one after it are all this needs (the head is normally first).
-        if line.len() >= 2 && line.iter().any(|(_, (_, event))| *event == task.event) {
-            break;
-        }
-    }
-    let Some(at) = line.iter().position(|(_, (_, event))| *event == task.event) else {
-        // Not in the line (written before ordering keys were kept): nothing waits on it.
-        return Ok(None);
-    };
-    let (head_seq, _) = line.remove(at);
-    tables.remove_ordered((sub, key, head_seq))?;
-    let Some((seq, (due, event))) = line.into_iter().next() else {
-        return Ok(None);
-    };
-    tables.put_task((sub, due, seq), &encode_task(0, &event, key))?;
-    Ok(Some((due, seq)))
-}
-
-/// Stores one request's events (all or nothing). The outer error is a storage failure (aborts
-/// the group); the inner one a refusal of this request only.
-fn accept(
-    tables: &mut Tables<'_, '_>,
-    counters: &mut Counters<'_>,
-    config: &QueueConfig,
-    now: u64,
-    new: Vec<NewEvent>,
-    added: &mut Vec<(String, u64, u64)>,
-    recent: &mut RecentChanges,
-) -> Result<Result<Vec<Accepted>, QueueError>, QueueError> {
-    let window = u64::try_from(config.dedup_window.as_millis()).unwrap_or(u64::MAX);
-    // First pass, read-only: duplicates, and whether the rest fits.
-    let mut answers = Vec::with_capacity(new.len());
-    let mut replaced = Vec::new();
-    let (mut add_events, mut add_bytes) = (0u64, 0u64);
-    // Ids are unique per tenant: another tenant's event of the same id is another event.
-    let keys: Vec<EventKey> = new.iter().map(|item| EventKey::of(&item.event)).collect();
-    // The first answer for each event in this request; a repeat gets the same one.
-    let mut first_answer: std::collections::HashMap<&EventKey, Option<Accepted>> =
-        std::collections::HashMap::new();
-    for (item, id) in new.iter().zip(&keys) {
-        if let Some(first) = first_answer.get(id) {
-            answers.push(*first);
-            continue;
-        }
-        if let Some(old) = tables.events.get(id.as_str()).map_err(storage)? {
-            let (accepted_ms, matched, old_event) = decode_event(old.value())?;
-            if now.saturating_sub(accepted_ms) < window {
-                let duplicate = Some(Accepted {
-                    matched,
-                    duplicate: true,
-                });
-                first_answer.insert(id, duplicate);
-                answers.push(duplicate);
-                continue;
-            }
-            // Seen long ago: replaced by this one.
-            replaced.push((accepted_ms, id.clone(), old_event.payload.len() as u64));
-        }
-        first_answer.insert(id, None);
-        answers.push(None);
-        add_events += 1;
-        add_bytes += item.event.payload.len() as u64;
-    }
-    let freed_events = replaced.len() as u64;
-    let freed_bytes: u64 = replaced.iter().map(|(_, _, b)| b).sum();
-    let events_after = counters.events + add_events - freed_events;
-    let bytes_after = counters.bytes + add_bytes - freed_bytes;
-    // The bounds count work waiting: the new events that have deliveries to make.
-    let mut waiting = Tally::default();
-    let mut by_tenant: std::collections::BTreeMap<&str, Tally> = Default::default();
-    let mut counted = std::collections::HashSet::new();
-    for ((item, answer), key) in new.iter().zip(&answers).zip(&keys) {
-        if answer.is_some() || item.subscriptions.is_empty() || !counted.insert(key) {
-            continue;
-        }
-        let bytes = item.event.payload.len() as u64;
-        waiting.events += 1;
-        waiting.bytes += bytes;
-        let tally = by_tenant.entry(item.event.tenant.as_str()).or_default();
-        tally.events += 1;
-        tally.bytes += bytes;
-    }
-    if let Some(refusal) = over_bounds(counters.pending, config, waiting, &by_tenant) {
-        return Ok(Err(refusal));
-    }
-    if waiting.events > 0 {
-        // Each delivery adds a report; while the control plane acknowledges none (it is
-        // unreachable), the outbox is bounded by refusing new work.
-        let reports = tables.pending_reports()?;
-        if reports >= config.max_pending_reports {
-            return Ok(Err(QueueError::Full(format!(
-                "{reports} attempt reports wait for the control plane to acknowledge them, limit {}",
-                config.max_pending_reports
-            ))));
-        }
-    }
-    // Second pass: write.
-    for (accepted_ms, id, _) in &replaced {
-        tables.remove_accepted(*accepted_ms, id.as_str())?;
-    }
-    let mut written = std::collections::HashMap::new();
-    let mut out = Vec::with_capacity(new.len());
-    for ((item, answer), id) in new.into_iter().zip(answers).zip(keys.iter()) {
-        if let Some(answer) = answer {
-            out.push(answer);
-            continue;
-        }
-        if let Some(&matched) = written.get(id) {
-            // The same id twice in one request: the second is a duplicate of the first.
-            out.push(Accepted {
-                matched,
-                duplicate: true,
-            });
-            continue;
-        }
-        let matched = u32::try_from(item.subscriptions.len()).unwrap_or(u32::MAX);
-        tables.put_event(id.as_str(), &encode_event(now, matched, &item.event))?;
-        counters
-            .pending
-            .add_deliveries(id, matched, item.event.payload.len() as u64);
-        tables.put_accepted(now, id.as_str())?;
-        for subscription in &item.subscriptions {
-            counters.seq += 1;
-            let key = item.event.ordering_key.as_str();
-            if add_delivery(tables, subscription, now, counters.seq, id, key)? {
-                added.push((subscription.clone(), now, counters.seq));
-            }
-        }
-        written.insert(id, matched);
-        let stored = StoredEvent {
-            event: item.event,
-            accepted_ms: now,
-        };
-        recent.accepted.push((Arc::new(stored), matched));
-        out.push(Accepted {
-            matched,
-            duplicate: false,
-        });
-    }
-    counters.events = events_after;
-    counters.bytes = bytes_after;
-    Ok(Ok(out))
-}
-
-/// Why `waiting` more events (`by_tenant`) would not fit the bounds on work waiting, if they
-/// would not: the queue's, or a tenant's share of it.
-fn over_bounds(
-    pending: &Pending,
-    config: &QueueConfig,
-    waiting: Tally,
-    by_tenant: &std::collections::BTreeMap<&str, Tally>,
-) -> Option<QueueError> {
-    if waiting.events == 0 {
-        return None;
-    }
-    let total = pending.total();
-    if total.events + waiting.events > config.max_events {
-        return Some(QueueError::Full(format!(
-            "{} events are waiting for delivery, limit {}",
-            total.events, config.max_events
-        )));
-    }
-    if total.bytes + waiting.bytes > config.max_bytes {
-        return Some(QueueError::Full(format!(
-            "{} payload bytes are waiting for delivery, limit {}",
-            total.bytes, config.max_bytes
-        )));
-    }
-    let (share_events, share_bytes) = (
-        share_of(config.max_events, config.max_share),
-        share_of(config.max_bytes, config.max_share),
-    );
-    for (tenant, adds) in by_tenant {
-        let held = pending.tenant(tenant);
-        if held.events + adds.events > share_events {
-            return Some(QueueError::Full(format!(
-                "tenant {tenant} has {} events waiting for delivery, its share of the limit is {share_events}",
-                held.events
-            )));
-        }
-        if held.bytes + adds.bytes > share_bytes {
-            return Some(QueueError::Full(format!(
-                "tenant {tenant} has {} payload bytes waiting for delivery, its share of the limit is {share_bytes}",
-                held.bytes
-            )));
-        }
-    }
-    None
-}
-
-/// `share` (0 to 1) of `limit`, at least 1.
-fn share_of(limit: u64, share: f64) -> u64 {
-    ((limit as f64 * share.clamp(0.0, 1.0)).floor() as u64).max(1)
-}
-
-/// Removes up to [`SWEEP_BATCH`] events accepted before the retention period.
-fn sweep(
-    tables: &mut Tables<'_, '_>,
-    counters: &mut Counters<'_>,
-    config: &QueueConfig,
-    now: u64,
-    recent: &mut RecentChanges,
-) -> Result<u64, QueueError> {
-    let keep = config
-        .retention
-        .max(config.dedup_window)
-        .max(Duration::from_millis(1));
-    let cutoff = now.saturating_sub(u64::try_from(keep.as_millis()).unwrap_or(u64::MAX));
-    let mut old = Vec::new();
-    for entry in tables
-        .accepted
-        .range(..(cutoff, ""))
-        .map_err(storage)?
-        .take(SWEEP_BATCH)
-    {
-        let (key, _) = entry.map_err(storage)?;
-        let (at, id) = key.value();
-        old.push((at, id.to_owned()));
-    }
-    for (at, id) in &old {
-        tables.remove_accepted(*at, id)?;
-        let stored = match tables.events.get(id.as_str()).map_err(storage)? {
-            Some(value) => Some(decode_event(value.value())?.2.payload.len() as u64),
-            None => None,
-        };
-        if let Some(payload_len) = stored {
-            let key = EventKey::stored(id.clone());
-            tables.remove_event(id)?;
-            counters.pending.forget(&key);
-            recent.removed.push(key);
-            counters.events = counters.events.saturating_sub(1);
-            counters.bytes = counters.bytes.saturating_sub(payload_len);
-        }
-    }
-    Ok(old.len() as u64 + evict(tables, counters, config, recent)?)
-}
-
-/// Removes the oldest delivered events while those kept (for replay and duplicate detection)
-/// hold more than `max_retained_bytes`, at most [`SWEEP_BATCH`]; events with deliveries to
-/// make stay. Returns how many went.
-fn evict(
-    tables: &mut Tables<'_, '_>,
-    counters: &mut Counters<'_>,
-    config: &QueueConfig,
-    recent: &mut RecentChanges,
-) -> Result<u64, QueueError> {
-    let mut retained = counters
-        .bytes
-        .saturating_sub(counters.pending.total().bytes);
-    if retained <= config.max_retained_bytes {
-        return Ok(0);
-    }
-    let mut victims = Vec::new();
-    for entry in tables.accepted.iter().map_err(storage)? {
-        if retained <= config.max_retained_bytes || victims.len() >= SWEEP_BATCH {
-            break;
-        }
-        let (key, _) = entry.map_err(storage)?;
-        let (at, id) = key.value();
-        let event = EventKey::stored(id.to_owned());
-        if counters.pending.is_waiting(&event) {
-            continue;
-        }
-        let bytes = match tables.events.get(id).map_err(storage)? {
-            Some(value) => decode_event(value.value())?.2.payload.len() as u64,
-            None => 0,
-        };
-        retained = retained.saturating_sub(bytes);
-        victims.push((at, event, bytes));
-    }
-    for (at, event, bytes) in &victims {
-        tables.remove_accepted(*at, event.as_str())?;
-        tables.remove_event(event.as_str())?;
-        recent.removed.push(event.clone());
-        counters.events = counters.events.saturating_sub(1);
-        counters.bytes = counters.bytes.saturating_sub(*bytes);
-        counters.evicted += 1;
-    }
-    if !victims.is_empty() {
-        tracing::info!(
-            events = victims.len(),
-            limit = config.max_retained_bytes,
-            "delivered events removed before their retention: the kept ones reached --max-retained-bytes"
-        );
-    }
-    Ok(victims.len() as u64)
 }
