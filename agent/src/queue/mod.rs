@@ -85,7 +85,9 @@
 //! of that ([`pending`]); delivered events kept for replay and dedup never cause a refusal,
 //! and are bounded by `max_retained_bytes` (the oldest go first). It refuses with
 //! [`QueueError::DiskFull`] or [`QueueError::Io`] when the disk refuses writes, and says so to
-//! health checks ([`Queue::writable`]). An attempt whose outcome the disk refused stays out of
+//! health checks ([`Queue::writable`]); after an I/O error the writer opens the files again
+//! (redb refuses everything after one) and replays the log, so writes resume once the disk
+//! allows, without a restart. An attempt whose outcome the disk refused stays out of
 //! the scheduler's reach until a commit succeeds (at most one extra delivery, never a loop).
 //! Nothing already accepted is lost.
 
@@ -461,13 +463,30 @@ pub struct StoredEvent {
 /// The queue; cloning shares it.
 #[derive(Clone)]
 pub struct Queue {
-    db: Arc<Database>,
     writer: mpsc::Sender<Command>,
     shared: Arc<Shared>,
 }
 
+/// Opens the queue's two files, the redb file and the write-ahead log: at start, and again
+/// after a disk fault (redb refuses every read and write after an I/O error until the file
+/// is opened anew).
+type OpenFiles =
+    Box<dyn Fn() -> Result<(Database, Box<dyn redb::StorageBackend>), QueueError> + Send>;
+
+/// Where the queue file is.
+enum File {
+    /// Open: each read or write transaction holds it for its duration.
+    Open(Arc<Database>),
+    /// Being opened again by the writer after a disk fault.
+    Reopening,
+    /// The queue was closed.
+    Closed,
+}
+
 /// State the writer and the readers share.
 struct Shared {
+    /// The queue file.
+    db: RwLock<File>,
     /// Which lanes have work, and which tasks are handed out.
     lanes: Mutex<lanes::Lanes>,
     /// Woken when tasks were added or finished (the scheduler's cue).
@@ -496,6 +515,26 @@ struct Shared {
 }
 
 impl Shared {
+    /// The queue file, for one read or one write transaction.
+    fn db(&self) -> Result<Arc<Database>, QueueError> {
+        match &*self.db.read().unwrap_or_else(|e| e.into_inner()) {
+            File::Open(db) => Ok(db.clone()),
+            File::Reopening => Err(QueueError::Io(
+                "the queue file is being opened again after a disk fault".into(),
+            )),
+            File::Closed => Err(QueueError::Closed),
+        }
+    }
+
+    /// Takes the queue file out of readers' reach, leaving `instead`.
+    fn take_db(&self, instead: File) -> Option<Arc<Database>> {
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        match std::mem::replace(&mut *slot, instead) {
+            File::Open(db) => Some(db),
+            File::Reopening | File::Closed => None,
+        }
+    }
+
     fn read_memtable(&self) -> RwLockReadGuard<'_, Memtable> {
         self.memtable.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -528,55 +567,37 @@ impl Queue {
                 other => other,
             }
         })?;
-        let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .create(dir.join("queue.redb"))
-            .map_err(storage)?;
-        let path = dir.join("queue.wal");
-        let wal = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(storage)?;
-        let wal = redb::backends::FileBackend::new(wal).map_err(storage)?;
         let space = writer::SpaceGuard::new(dir.to_owned(), config.min_free_bytes);
-        Self::start(db, Box::new(wal), config, Some(space))
+        let dir = dir.to_owned();
+        let files: OpenFiles = Box::new(move || {
+            let db = redb::Builder::new()
+                .set_cache_size(CACHE_BYTES)
+                .create(dir.join("queue.redb"))
+                .map_err(storage)?;
+            let wal = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(dir.join("queue.wal"))
+                .map_err(storage)?;
+            let wal = redb::backends::FileBackend::new(wal).map_err(storage)?;
+            Ok((db, Box::new(wal) as Box<dyn redb::StorageBackend>))
+        });
+        Self::start(files, config, Some(space))
     }
 
-    /// Starts the queue on an opened database and log file.
+    /// Opens the queue's files with `files` and starts the queue on them.
     fn start(
-        db: Database,
-        wal: Box<dyn redb::StorageBackend>,
+        files: OpenFiles,
         config: QueueConfig,
         space: Option<writer::SpaceGuard>,
     ) -> Result<Self, QueueError> {
-        let db = Arc::new(db);
-        let txn = db.begin_write().map_err(storage)?;
-        {
-            txn.open_table(EVENTS).map_err(storage)?;
-            txn.open_table(ACCEPTED).map_err(storage)?;
-            txn.open_table(TASKS).map_err(storage)?;
-            txn.open_table(ORDERED).map_err(storage)?;
-            txn.open_table(OUTBOX).map_err(storage)?;
-            txn.open_table(META).map_err(storage)?;
-        }
-        txn.commit().map_err(storage)?;
-        let mut wal = wal::Wal::open(wal).map_err(storage)?;
-        let (epoch, replayed) = writer::recover(&db, &mut wal, config.recover_truncate)?;
-        if replayed > 0 {
-            tracing::info!(
-                commits = replayed,
-                "queue recovered from its write-ahead log"
-            );
-        }
-        let rekeyed = migrate_event_keys(&db)?;
-        if rekeyed > 0 {
-            tracing::info!(events = rekeyed, "queued events keyed by tenant and id");
-        }
+        let (db, wal) = files()?;
+        let (wal, epoch) = prepare(&db, wal, config.recover_truncate)?;
         let pending = pending::Pending::count(&db)?;
-        let lanes = index_lanes(&db)?;
+        let mut lanes = lanes::Lanes::default();
+        index_lanes(&db, &mut lanes)?;
         // Everything in the file is durable.
         let seq = {
             let txn = db.begin_read().map_err(storage)?;
@@ -586,6 +607,7 @@ impl Queue {
                 .map_or(0, |v| v.value())
         };
         let shared = Arc::new(Shared {
+            db: RwLock::new(File::Open(Arc::new(db))),
             lanes: Mutex::new(lanes),
             tasks_changed: Notify::new(),
             reports_added: Notify::new(),
@@ -602,7 +624,7 @@ impl Queue {
         let (tx, rx) = mpsc::channel(WRITER_CHANNEL);
         let lag = config.durable_lag;
         writer::spawn(
-            db.clone(),
+            files,
             config,
             (wal, epoch),
             (space, pending),
@@ -611,11 +633,7 @@ impl Queue {
         );
         tokio::spawn(persist(tx.downgrade(), shared.clone(), lag));
         tokio::spawn(retry_writes(tx.downgrade(), shared.clone()));
-        Ok(Queue {
-            db,
-            writer: tx,
-            shared,
-        })
+        Ok(Queue { writer: tx, shared })
     }
 
     /// Stores events and their deliveries durably (all or nothing), then answers.
@@ -644,7 +662,7 @@ impl Queue {
         // them, or hand out again a task whose completion was just committed.)
         let mut lanes = self.lock_lanes();
         let memtable = self.shared.read_memtable();
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.shared.db()?.begin_read().map_err(storage)?;
         let tasks = txn.open_table(TASKS).map_err(storage)?;
         let read = DueRead {
             tasks: &tasks,
@@ -711,7 +729,7 @@ impl Queue {
     /// earlier event of their ordering key are counted once their turn comes.
     pub fn pending_tasks(&self) -> Result<u64, QueueError> {
         let memtable = self.shared.read_memtable();
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.shared.db()?.begin_read().map_err(storage)?;
         let in_file = txn
             .open_table(TASKS)
             .map_err(storage)?
@@ -735,7 +753,7 @@ impl Queue {
     /// How full the queue is, for monitoring.
     pub fn stats(&self) -> Result<QueueStats, QueueError> {
         let memtable = self.shared.read_memtable();
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.shared.db()?.begin_read().map_err(storage)?;
         let meta = txn.open_table(META).map_err(storage)?;
         let events = meta
             .get(META_EVENTS)
@@ -793,7 +811,7 @@ impl Queue {
         if let Some(event) = self.shared.recent().read(key) {
             return Ok(Some(event));
         }
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.shared.db()?.begin_read().map_err(storage)?;
         let events = txn.open_table(EVENTS).map_err(storage)?;
         let Some(value) = events.get(key.as_str()).map_err(storage)? else {
             return Ok(None);
@@ -827,7 +845,7 @@ impl Queue {
         // Read before the snapshot opens, so the snapshot holds every report up to it.
         let durable = self.shared.reportable.load(Ordering::Acquire);
         let memtable = self.shared.read_memtable();
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.shared.db()?.begin_read().map_err(storage)?;
         let outbox = txn.open_table(OUTBOX).map_err(storage)?;
         let mut out = Vec::new();
         if durable <= after {
@@ -849,7 +867,7 @@ impl Queue {
     /// Reports in the outbox.
     pub fn pending_reports(&self) -> Result<u64, QueueError> {
         let memtable = self.shared.read_memtable();
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.shared.db()?.begin_read().map_err(storage)?;
         let in_file = txn
             .open_table(OUTBOX)
             .map_err(storage)?
@@ -893,7 +911,8 @@ impl Queue {
         self.shared.reports_added.notified().await;
     }
 
-    /// Waits for every command sent so far to be committed durably.
+    /// Waits for every command sent so far to be committed durably; the error of the commit
+    /// that failed, if it did (a disk fault).
     pub async fn flush(&self) -> Result<(), QueueError> {
         let (reply, answer) = oneshot::channel();
         self.writer
@@ -901,7 +920,7 @@ impl Queue {
             .await
             .map_err(|_| QueueError::Closed)?;
         self.shared.wake_writer();
-        answer.await.map_err(|_| QueueError::Closed)
+        answer.await.map_err(|_| QueueError::Closed)?
     }
 
     /// Commits what was sent, stops the writer and closes the file (other clones of this
@@ -918,7 +937,7 @@ impl Queue {
     #[cfg(test)]
     fn all_tasks(&self) -> Result<Vec<Task>, QueueError> {
         let memtable = self.shared.read_memtable();
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.shared.db()?.begin_read().map_err(storage)?;
         let tasks = txn.open_table(TASKS).map_err(storage)?;
         let mut out = Vec::new();
         for lane in lanes_of(&tasks, &memtable)? {
@@ -1269,13 +1288,13 @@ fn lanes_of(tasks: &TaskTable, memtable: &Memtable) -> Result<Vec<String>, Queue
     Ok(lanes.into_iter().collect())
 }
 
-/// Builds the lane index from the table: each lane's earliest task, one seek per lane.
-fn index_lanes(db: &Database) -> Result<lanes::Lanes, QueueError> {
+/// Gives `index` a hint for each lane of the file: its earliest task, one seek per lane. (An
+/// index in use keeps its taken tasks; hints it already had may be early, as hints may.)
+fn index_lanes(db: &Database, index: &mut lanes::Lanes) -> Result<(), QueueError> {
     use std::ops::Bound;
     let txn = db.begin_read().map_err(storage)?;
-    let mut index = lanes::Lanes::default();
     let Ok(tasks) = txn.open_table(TASKS) else {
-        return Ok(index);
+        return Ok(());
     };
     let mut after: Option<String> = None;
     loop {
@@ -1292,7 +1311,40 @@ fn index_lanes(db: &Database) -> Result<lanes::Lanes, QueueError> {
         index.added(lane, due, seq);
         after = Some(lane.to_owned());
     }
-    Ok(index)
+    Ok(())
+}
+
+/// Makes an opened queue file and log ready for use: creates the tables, replays the log
+/// ([`writer::recover`]) and rekeys old events. Returns the log at the start of its new
+/// epoch.
+fn prepare(
+    db: &Database,
+    wal: Box<dyn redb::StorageBackend>,
+    recover_truncate: bool,
+) -> Result<(wal::Wal, u64), QueueError> {
+    let txn = db.begin_write().map_err(storage)?;
+    {
+        txn.open_table(EVENTS).map_err(storage)?;
+        txn.open_table(ACCEPTED).map_err(storage)?;
+        txn.open_table(TASKS).map_err(storage)?;
+        txn.open_table(ORDERED).map_err(storage)?;
+        txn.open_table(OUTBOX).map_err(storage)?;
+        txn.open_table(META).map_err(storage)?;
+    }
+    txn.commit().map_err(storage)?;
+    let mut wal = wal::Wal::open(wal).map_err(storage)?;
+    let (epoch, replayed) = writer::recover(db, &mut wal, recover_truncate)?;
+    if replayed > 0 {
+        tracing::info!(
+            commits = replayed,
+            "queue recovered from its write-ahead log"
+        );
+    }
+    let rekeyed = migrate_event_keys(db)?;
+    if rekeyed > 0 {
+        tracing::info!(events = rekeyed, "queued events keyed by tenant and id");
+    }
+    Ok((wal, epoch))
 }
 
 #[cfg(test)]

@@ -172,7 +172,8 @@ impl Wal {
         let mut at = from;
         while let Some(header) = self.header_at(at, len)? {
             let header_epoch = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
-            if header_epoch < epoch {
+            // Zeros: the log was never written this far (a record's header never is all zeros).
+            if header_epoch < epoch || header == [0u8; HEADER] {
                 break;
             }
             let body_len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as u64;
@@ -231,8 +232,9 @@ impl Wal {
         while at + HEADER as u64 <= len {
             let n = (len - at).min(CHUNK + HEADER as u64) as usize;
             self.file.read(at, &mut chunk[..n])?;
-            for i in 0..n.saturating_sub(HEADER - 1).min(CHUNK as usize) {
-                if chunk[i + 8..i + 16] != wanted {
+            // Candidates: where the epoch's bytes are, 8 bytes into a header.
+            for i in memchr::memmem::find_iter(&chunk[8.min(n)..n], &wanted) {
+                if i >= CHUNK as usize || i + HEADER > n {
                     continue;
                 }
                 let index = u64::from_le_bytes(chunk[i + 16..i + 24].try_into().expect("8"));

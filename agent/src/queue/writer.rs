@@ -37,8 +37,8 @@ use super::tables::Tables;
 use super::view::View;
 use super::wal::Wal;
 use super::{
-    Accepted, MAX_GROUP, META, META_EPOCH, NewEvent, Next, QueueConfig, QueueError, Replay, Shared,
-    Task, now_ms, storage,
+    Accepted, File, MAX_GROUP, META, META_EPOCH, NewEvent, Next, OpenFiles, QueueConfig,
+    QueueError, Replay, Shared, Task, index_lanes, now_ms, prepare, storage,
 };
 use herald_proto::v1 as pb;
 
@@ -67,7 +67,9 @@ pub(super) enum Command {
         reply: oneshot::Sender<Result<u64, QueueError>>,
     },
     /// Answer once everything before it is committed durably.
-    Flush { reply: oneshot::Sender<()> },
+    Flush {
+        reply: oneshot::Sender<Result<(), QueueError>>,
+    },
     /// Commit what came before, answer, and stop the writer (closing its use of the file).
     Close { reply: oneshot::Sender<()> },
 }
@@ -79,7 +81,8 @@ enum Slot {
     Accept(oneshot::Sender<Result<Vec<Accepted>, QueueError>>),
     Replay(oneshot::Sender<Result<Vec<Result<(), String>>, QueueError>>),
     Sweep(oneshot::Sender<Result<u64, QueueError>>),
-    Flush(oneshot::Sender<()>),
+    Flush(oneshot::Sender<Result<(), QueueError>>),
+    Close(oneshot::Sender<()>),
 }
 
 fn split(command: Command) -> (Work, Slot) {
@@ -91,10 +94,13 @@ fn split(command: Command) -> (Work, Slot) {
         Command::AckReports { first, last } => (Work::AckReports { first, last }, Slot::None),
         Command::Replay { items, reply } => (Work::Replay(items), Slot::Replay(reply)),
         Command::Sweep { reply } => (Work::Sweep, Slot::Sweep(reply)),
-        Command::Flush { reply } | Command::Close { reply } => (Work::Nothing, Slot::Flush(reply)),
+        Command::Flush { reply } => (Work::Nothing, Slot::Flush(reply)),
+        Command::Close { reply } => (Work::Nothing, Slot::Close(reply)),
     }
 }
 
+/// How long opening the files again after a disk fault waits for readers to let go of them.
+const REOPEN_WAIT: Duration = Duration::from_secs(1);
 /// How long a small group of work nobody waits on waits for more before it is committed.
 /// The attempts it holds have ended already; their lane's room is free (see `Lanes`).
 const LINGER: Duration = Duration::from_micros(500);
@@ -150,7 +156,7 @@ pub(super) fn recover(
 
 /// Starts the writer thread. `wal` is the log positioned at the start of `epoch`.
 pub(super) fn spawn(
-    db: Arc<Database>,
+    files: OpenFiles,
     config: QueueConfig,
     (wal, epoch): (Wal, u64),
     (space, pending): (Option<SpaceGuard>, Pending),
@@ -160,7 +166,7 @@ pub(super) fn spawn(
     let woken = shared.clone();
     let run = move || {
         let mut writer = Writer {
-            db,
+            files,
             config,
             shared,
             wal,
@@ -213,6 +219,8 @@ pub(super) fn spawn(
                 group.push(Command::Flush { reply: flushed });
                 writer.apply_group(group, true);
                 writer.shared.unpersisted.notify_one();
+                // The file is closed once the last reader lets go of it.
+                writer.shared.take_db(File::Closed);
                 drop(writer);
                 let _ = reply.send(());
                 return;
@@ -221,6 +229,7 @@ pub(super) fn spawn(
         }
         // Every queue handle is gone: the persist task learns it at its next wake-up.
         writer.shared.unpersisted.notify_one();
+        writer.shared.take_db(File::Closed);
     };
     let thread = std::thread::Builder::new()
         .name("herald-queue-writer".into())
@@ -231,15 +240,17 @@ pub(super) fn spawn(
 
 /// The writer thread's state.
 struct Writer {
-    db: Arc<Database>,
+    /// Opens the queue's files again after a disk fault.
+    files: OpenFiles,
     config: QueueConfig,
     shared: Arc<Shared>,
     /// The write-ahead log (with fsync off, written but not synced).
     wal: Wal,
     /// The log's current epoch (named by the last checkpoint).
     epoch: u64,
-    /// After a disk fault redb refuses every later write ("previous I/O error"); the first
-    /// fault is kept so callers keep hearing why (a full disk, say).
+    /// After a disk fault redb refuses every later read and write ("previous I/O error")
+    /// until the file is opened again ([`Writer::reopen`]); the first fault is kept so
+    /// callers keep hearing why (a full disk, say).
     first_io_failure: Option<QueueError>,
     /// Tasks whose attempt's outcome could not be committed: they stay taken (not attempted
     /// again) until a commit succeeds, then are due again: at most one extra delivery each,
@@ -269,6 +280,15 @@ impl Writer {
     /// Applies, commits and answers one group; `closing` makes its commit a checkpoint.
     fn apply_group(&mut self, group: Vec<Command>, closing: bool) {
         let (works, slots): (Vec<Work>, Vec<Slot>) = group.into_iter().map(split).unzip();
+        if self.first_io_failure.is_some()
+            && let Err(err) = self.reopen()
+        {
+            tracing::warn!(error = %err, "the queue's files cannot be opened again yet");
+            let failure = self.first_io_failure.clone().unwrap_or(err);
+            self.refused(&completing_of(&works));
+            answer(slots, Vec::new(), Some(&failure));
+            return;
+        }
         if let Err(low) = self.space_left() {
             // Nothing is written: the group is refused whole, as by a full disk, before a write
             // could fail half-way and leave the file unusable. The next group tries again.
@@ -326,6 +346,57 @@ impl Writer {
         if wake {
             self.shared.tasks_changed.notify_one();
         }
+    }
+
+    /// Opens the queue's files again after a disk fault, as at start: the log's records since
+    /// the last checkpoint are replayed into the file (whatever of them the disk kept), the
+    /// counts of waiting work are made again, and lanes get hints for the file's tasks. Tasks
+    /// handed out stay taken. Readers meanwhile hear that the file is being opened.
+    fn reopen(&mut self) -> Result<(), QueueError> {
+        if let Some(old) = self.shared.take_db(File::Reopening) {
+            // Readers hold the file for one read each; the file can only be opened again once
+            // the last of them has let go of it.
+            let deadline = Instant::now() + REOPEN_WAIT;
+            while Arc::strong_count(&old) > 1 {
+                if Instant::now() >= deadline {
+                    *self.shared.db.write().unwrap_or_else(|e| e.into_inner()) = File::Open(old);
+                    return Err(QueueError::Io(
+                        "readers still hold the queue file; it is opened again later".into(),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let (db, wal) = (self.files)()?;
+        let (wal, epoch) = prepare(&db, wal, self.config.recover_truncate)?;
+        self.pending = Pending::count(&db)?;
+        index_lanes(
+            &db,
+            &mut self.shared.lanes.lock().unwrap_or_else(|e| e.into_inner()),
+        )?;
+        // Everything the memtable held is in the file now, from the log.
+        self.shared.write_memtable().clear();
+        *self.shared.db.write().unwrap_or_else(|e| e.into_inner()) = File::Open(Arc::new(db));
+        self.wal = wal;
+        self.epoch = epoch;
+        self.last_checkpoint = Instant::now();
+        self.publish_waiting();
+        tracing::info!(
+            fault = %self.first_io_failure.take().map(|e| e.to_string()).unwrap_or_default(),
+            "the queue's files were opened again after a disk fault; writes resume"
+        );
+        Ok(())
+    }
+
+    /// Tells readers the counts of waiting work.
+    fn publish_waiting(&self) {
+        let total = self.pending.total();
+        self.shared
+            .waiting_events
+            .store(total.events, Ordering::Relaxed);
+        self.shared
+            .waiting_bytes
+            .store(total.bytes, Ordering::Relaxed);
     }
 
     /// After a group was not committed: its tasks stay taken until a commit succeeds, and
@@ -403,11 +474,8 @@ impl Writer {
         // Each finished attempt adds its report.
         let reports_added = works.iter().any(|w| matches!(w, Work::Complete { .. }));
         let result = (|| -> Result<(u64, bool), QueueError> {
-            if let Some(first) = &self.first_io_failure {
-                // The files' state is unknown after a disk fault: no log record may follow.
-                return Err(first.clone());
-            }
-            let mut txn = self.db.begin_write().map_err(storage)?;
+            let db = self.shared.db()?;
+            let mut txn = db.begin_write().map_err(storage)?;
             let wal = &mut self.wal;
             let (seq, redo, changes, checkpoint) = {
                 // Read-locked while the group is applied: only this thread changes it.
@@ -469,13 +537,7 @@ impl Writer {
             Ok(_) => self.pending.commit(),
             Err(_) => self.pending.rollback(),
         }
-        let total = self.pending.total();
-        self.shared
-            .waiting_events
-            .store(total.events, Ordering::Relaxed);
-        self.shared
-            .waiting_bytes
-            .store(total.bytes, Ordering::Relaxed);
+        self.publish_waiting();
         match result {
             Ok((seq, durable)) => Ok(Applied {
                 outcomes: effects.outcomes,
@@ -552,6 +614,9 @@ fn answer(slots: Vec<Slot>, outcomes: Vec<Done>, failure: Option<&QueueError>) {
                 let _ = tx.send(Err(failed()));
             }
             (Slot::Flush(tx), _) => {
+                let _ = tx.send(failure.map_or(Ok(()), |e| Err(e.clone())));
+            }
+            (Slot::Close(tx), _) => {
                 let _ = tx.send(());
             }
             (Slot::None, _) => {}
