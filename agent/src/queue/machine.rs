@@ -5,7 +5,7 @@
 //! counts of waiting work; the storage engine ([`super::writer`]) decides when and how the
 //! changes become durable, and the model test drives these rules without a disk.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use prost::Message;
 use super::pending::{Pending, Tally};
 use super::view::View;
 use super::{
-    Accepted, EventKey, META_BYTES, META_EVENTS, META_EVICTED, META_SEQ, NewEvent, Next,
+    Accepted, EventKey, FastMap, FastSet, META_BYTES, META_EVENTS, META_EVICTED, META_SEQ, NewEvent, Next,
     QueueConfig, QueueError, Replay, StoredEvent, Task, decode_waiting, encode_event, encode_task,
     encode_waiting,
 };
@@ -301,7 +301,7 @@ fn accept(
     // Ids are unique per tenant: another tenant's event of the same id is another event.
     let keys: Vec<EventKey> = new.iter().map(|item| EventKey::of(&item.event)).collect();
     // The first answer for each event in this request; a repeat gets the same one.
-    let mut first_answer: HashMap<&EventKey, Option<Accepted>> = HashMap::new();
+    let mut first_answer: FastMap<&EventKey, Option<Accepted>> = FastMap::default();
     for (item, id) in new.iter().zip(&keys) {
         if let Some(first) = first_answer.get(id) {
             answers.push(*first);
@@ -343,7 +343,7 @@ fn accept(
     // The bounds count work waiting: the new events that have deliveries to make.
     let mut waiting = Tally::default();
     let mut by_tenant: BTreeMap<&str, Tally> = BTreeMap::new();
-    let mut counted = HashSet::new();
+    let mut counted = FastSet::default();
     for ((item, answer), key) in new.iter().zip(&answers).zip(&keys) {
         if answer.is_some() || item.subscriptions.is_empty() || !counted.insert(key) {
             continue;
@@ -373,7 +373,7 @@ fn accept(
     for (accepted_ms, id, _) in &replaced {
         view.remove_accepted(*accepted_ms, id.as_str())?;
     }
-    let mut written = HashMap::new();
+    let mut written = FastMap::default();
     let mut out = Vec::with_capacity(new.len());
     for ((item, answer), id) in new.into_iter().zip(answers).zip(keys.iter()) {
         if let Some(answer) = answer {

@@ -14,12 +14,11 @@
 //! write: each commit changes the counts as it adds and finishes deliveries, and puts them
 //! back as they were when the commit fails ([`Pending::rollback`]).
 
-use std::collections::HashMap;
 
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::{
-    EVENTS, EventKey, ORDERED, QueueError, TASKS, decode_event, decode_task, decode_waiting,
+    EVENTS, EventKey, FastMap, ORDERED, QueueError, TASKS, decode_event, decode_task, decode_waiting,
     storage,
 };
 
@@ -53,9 +52,9 @@ impl Left {
 /// The events with deliveries to make, per event, per tenant and in total.
 #[derive(Debug, Default)]
 pub(super) struct Pending {
-    events: HashMap<EventKey, Left>,
+    events: FastMap<EventKey, Left>,
     total: Tally,
-    tenants: HashMap<String, Tally>,
+    tenants: FastMap<String, Tally>,
     /// What the commit being made changed, to put back if it fails: each event's state before.
     undo: Vec<(EventKey, Option<Left>)>,
 }
@@ -169,7 +168,7 @@ impl Pending {
     /// an entry in an ordering key's line (a line's head has both).
     pub fn count(db: &redb::Database) -> Result<Self, QueueError> {
         let txn = db.begin_read().map_err(storage)?;
-        let mut left: HashMap<EventKey, u32> = HashMap::new();
+        let mut left: FastMap<EventKey, u32> = FastMap::default();
         let tasks = txn.open_table(TASKS).map_err(storage)?;
         for entry in tasks.iter().map_err(storage)? {
             let (key, value) = entry.map_err(storage)?;

@@ -15,13 +15,12 @@
 //! (A writer with nothing to commit keeps what is here, within the byte bound, until it
 //! commits again.)
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{EventKey, StoredEvent};
+use super::{EventKey, FastMap, StoredEvent};
 
 /// The most bytes of events kept (payloads and ids, estimated).
 pub(super) const MAX_BYTES: usize = 8 * 1024 * 1024;
@@ -33,8 +32,8 @@ const ENTRY_OVERHEAD: usize = 256;
 /// The recently accepted events.
 #[derive(Debug)]
 pub(super) struct RecentEvents {
-    young: HashMap<EventKey, Entry>,
-    old: HashMap<EventKey, Entry>,
+    young: FastMap<EventKey, Entry>,
+    old: FastMap<EventKey, Entry>,
     bytes: usize,
     rotated: Instant,
 }
@@ -50,8 +49,8 @@ struct Entry {
 impl Default for RecentEvents {
     fn default() -> Self {
         RecentEvents {
-            young: HashMap::new(),
-            old: HashMap::new(),
+            young: FastMap::default(),
+            old: FastMap::default(),
             bytes: 0,
             rotated: Instant::now(),
         }
