@@ -12,10 +12,8 @@ use herald_core::trace::{self, TraceParent};
 
 use tracing::Instrument as _;
 
-use super::classify::AttemptResult;
-
-/// The error kind of an attempt the target policy refused.
-pub const POLICY: &str = "policy";
+use super::classify::{AttemptResult, ErrorKind};
+use super::client::LookupFailed;
 /// The most response body read from a receiver.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// The part of the response body kept for the log.
@@ -23,7 +21,7 @@ pub const MAX_EXCERPT_BYTES: usize = 4 * 1024;
 
 /// What one attempt did, for classification and the report.
 #[derive(Debug)]
-pub struct Outcome {
+pub struct Sent {
     /// Status or error kind.
     pub result: AttemptResult,
     /// A human-readable error, when there was one.
@@ -51,7 +49,7 @@ pub struct EventRef<'a> {
 }
 
 /// Sends one attempt of `event` to `sub`, in a `deliver` span that joins the emitter's trace.
-pub async fn send(client: &reqwest::Client, sub: &Subscription, event: EventRef<'_>) -> Outcome {
+pub async fn send(client: &reqwest::Client, sub: &Subscription, event: EventRef<'_>) -> Sent {
     let span = tracing::debug_span!(
         "deliver",
         otel.kind = "client",
@@ -72,7 +70,7 @@ pub async fn send(client: &reqwest::Client, sub: &Subscription, event: EventRef<
             span.record("http.response.status_code", i64::from(*code));
         }
         AttemptResult::Error { kind } => {
-            span.record("error.kind", kind);
+            span.record("error.kind", kind.as_str());
         }
     }
     outcome
@@ -84,10 +82,10 @@ async fn send_in(
     event: EventRef<'_>,
     trace: Option<TraceParent>,
     span: &tracing::Span,
-) -> Outcome {
+) -> Sent {
     let started_at = SystemTime::now();
     let clock = tokio::time::Instant::now();
-    let finish = |result, error: String, excerpt: String| Outcome {
+    let finish = |result, error: String, excerpt: String| Sent {
         result,
         error,
         excerpt,
@@ -103,7 +101,9 @@ async fn send_in(
         Ok(body) => body,
         Err(err) => {
             return finish(
-                AttemptResult::Error { kind: "render" },
+                AttemptResult::Error {
+                    kind: ErrorKind::Render,
+                },
                 err.to_string(),
                 String::new(),
             );
@@ -185,10 +185,10 @@ fn never_indexed(value: &str) -> reqwest::header::HeaderValue {
     value
 }
 
-/// The kind of a transport error, for the log: `timeout`, `tls`, `dns`, `connect`, `request`.
-fn error_kind(err: &reqwest::Error) -> &'static str {
+/// The kind of a transport error, for the log, told by the types in its chain of sources.
+fn error_kind(err: &reqwest::Error) -> ErrorKind {
     if err.is_timeout() {
-        return "timeout";
+        return ErrorKind::Timeout;
     }
     let mut chain: Vec<&(dyn std::error::Error + 'static)> = Vec::new();
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
@@ -208,20 +208,61 @@ fn error_kind(err: &reqwest::Error) -> &'static str {
         .iter()
         .any(|e| e.is::<herald_core::target::TargetError>())
     {
-        return POLICY;
+        return ErrorKind::Policy;
     }
     if chain.iter().any(|e| e.is::<rustls::Error>()) {
-        return "tls";
+        return ErrorKind::Tls;
     }
-    if chain.iter().any(|e| {
-        let text = e.to_string();
-        text.contains("dns error") || text.contains("failed to lookup address")
-    }) {
-        return "dns";
+    if chain.iter().any(|e| e.is::<LookupFailed>()) {
+        return ErrorKind::Dns;
     }
     if err.is_connect() {
-        "connect"
+        ErrorKind::Connect
     } else {
-        "request"
+        ErrorKind::Request
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_core::target::TargetPolicy;
+
+    use super::*;
+
+    async fn kind_of(url: &str, policy: TargetPolicy) -> ErrorKind {
+        let client = super::super::client::build(None, policy).expect("client");
+        let err = client
+            .post(url)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .expect_err("no receiver there");
+        error_kind(&err)
+    }
+
+    #[tokio::test]
+    async fn transport_errors_are_told_apart_by_their_types() {
+        // `.invalid` never resolves (RFC 6761).
+        assert_eq!(
+            kind_of("https://receiver.invalid/hook", TargetPolicy::default()).await,
+            ErrorKind::Dns
+        );
+        // Loopback is refused by the default policy, before any connection.
+        assert_eq!(
+            kind_of("https://localhost/hook", TargetPolicy::default()).await,
+            ErrorKind::Policy
+        );
+        // Allowed, but nothing listens there.
+        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = free.local_addr().expect("addr").port();
+        drop(free);
+        let open = TargetPolicy {
+            allowed: vec!["127.0.0.0/8".parse().expect("net")],
+            ..TargetPolicy::default()
+        };
+        assert_eq!(
+            kind_of(&format!("https://127.0.0.1:{port}/hook"), open).await,
+            ErrorKind::Connect
+        );
     }
 }

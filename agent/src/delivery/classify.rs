@@ -1,5 +1,6 @@
-//! Turns the result of one HTTP attempt into what happens next. Pure: no I/O and no clock, so
-//! every rule is unit-tested directly.
+//! Turns the result of one HTTP attempt into its [`Outcome`]: the one value that says what
+//! an attempt came to, from here into the queue's next step and the attempt's report. Pure:
+//! no I/O and no clock, so every rule is unit-tested directly.
 //!
 //! - 2xx: delivered.
 //! - 410 Gone: the receiver asks to stop; the delivery fails for good.
@@ -8,12 +9,59 @@
 //! - Any other status and any network error: retry on the subscription's schedule.
 //! - 3xx: a failure (redirects are not followed), retried like the rest.
 //! - A target the policy refuses (the SSRF guard): failed for good, not retried.
-//! - When the schedule has no attempts left: failed.
+//! - When the schedule has no attempts left: exhausted.
 
 use std::time::{Duration, SystemTime};
 
+use herald_proto::v1 as pb;
+
+use crate::queue::{Next, to_ms};
+
 /// The longest `Retry-After` honoured; longer requests are capped to this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
+
+/// Why an attempt got no usable answer, or was not made; the central log's `error_kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The receiver did not answer in time.
+    Timeout,
+    /// No connection could be made.
+    Connect,
+    /// The TLS handshake failed.
+    Tls,
+    /// The receiver's name could not be resolved.
+    Dns,
+    /// The request failed otherwise.
+    Request,
+    /// The body could not be rendered in the subscription's format.
+    Render,
+    /// The target policy (the SSRF guard) or a tenant check refused the delivery.
+    Policy,
+    /// The receiver answered with a status that is not 2xx.
+    HttpStatus,
+    /// No attempt was made (the subscription is gone, disabled, or the event past retention).
+    Skipped,
+    /// The agent could not read the event from its queue.
+    Storage,
+}
+
+impl ErrorKind {
+    /// The name the central log and its filters use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Connect => "connect",
+            ErrorKind::Tls => "tls",
+            ErrorKind::Dns => "dns",
+            ErrorKind::Request => "request",
+            ErrorKind::Render => "render",
+            ErrorKind::Policy => "policy",
+            ErrorKind::HttpStatus => "http_status",
+            ErrorKind::Skipped => "skipped",
+            ErrorKind::Storage => "storage",
+        }
+    }
+}
 
 /// What one attempt produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,39 +73,104 @@ pub enum AttemptResult {
         /// The `Retry-After` header, when present.
         retry_after: Option<String>,
     },
-    /// No usable response: the kind of error (`timeout`, `connect`, `tls`, `dns`, …).
+    /// No usable response.
     Error {
-        /// The kind, for logs and the central log.
-        kind: &'static str,
+        /// Why.
+        kind: ErrorKind,
     },
 }
 
-/// What to do after an attempt.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Done: the receiver accepted it.
-    Delivered,
-    /// Try again after at least this long (`None`: use the schedule's next delay).
-    Retry(Option<Duration>),
-    /// The endpoint is gone (410); stop.
-    Gone,
-    /// The target address is not allowed; stop.
-    Refused,
+impl AttemptResult {
+    /// The error kind the log shows for this result, if any.
+    pub fn error_kind(&self) -> Option<ErrorKind> {
+        match self {
+            AttemptResult::Status { code, .. } if (200..300).contains(code) => None,
+            AttemptResult::Status { .. } => Some(ErrorKind::HttpStatus),
+            AttemptResult::Error { kind } => Some(*kind),
+        }
+    }
 }
 
-/// Classifies an attempt's result. `now` is used to read `Retry-After` HTTP dates.
-pub fn classify(result: &AttemptResult, now: SystemTime) -> Verdict {
+/// What an attempt came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The receiver accepted it: done.
+    Delivered,
+    /// It failed and is tried again at this time (a parked delivery waits the same way).
+    RetryAt(SystemTime),
+    /// The receiver answered 410 Gone: failed for good.
+    Gone,
+    /// The delivery is not allowed (target policy, tenant check): failed for good.
+    Refused,
+    /// It failed and the schedule has no attempts left: failed for good.
+    Exhausted,
+    /// No attempt was made and none will be (the subscription is gone, say).
+    Skipped,
+    /// Not attempted: the subscription is disabled. The delivery waits, due again at this
+    /// time, until it is enabled.
+    Parked(SystemTime),
+}
+
+impl Outcome {
+    /// The queue's next step for the delivery.
+    pub fn next(self) -> Next {
+        match self {
+            Outcome::RetryAt(at) | Outcome::Parked(at) => Next::RetryAt(to_ms(at)),
+            Outcome::Delivered
+            | Outcome::Gone
+            | Outcome::Refused
+            | Outcome::Exhausted
+            | Outcome::Skipped => Next::Done,
+        }
+    }
+
+    /// The outcome the attempt's report carries.
+    pub fn reported(self) -> pb::Outcome {
+        match self {
+            Outcome::Delivered => pb::Outcome::Delivered,
+            Outcome::RetryAt(_) => pb::Outcome::Retrying,
+            Outcome::Gone | Outcome::Refused | Outcome::Exhausted => pb::Outcome::Failed,
+            Outcome::Skipped | Outcome::Parked(_) => pb::Outcome::Skipped,
+        }
+    }
+
+    /// When the next attempt is due, if there is one.
+    pub fn next_attempt_at(self) -> Option<SystemTime> {
+        match self {
+            Outcome::RetryAt(at) => Some(at),
+            _ => None,
+        }
+    }
+
+    /// Whether the endpoint answered in a way its circuit breaker counts: a success, or a
+    /// failure that may be retried (a 410 or a refused target says nothing of its health).
+    pub fn counts_for_breaker(self) -> Option<bool> {
+        match self {
+            Outcome::Delivered => Some(true),
+            Outcome::RetryAt(_) | Outcome::Exhausted => Some(false),
+            Outcome::Gone | Outcome::Refused | Outcome::Skipped | Outcome::Parked(_) => None,
+        }
+    }
+}
+
+/// Classifies an attempt's result at `now`. `scheduled` is the subscription's next retry
+/// delay, `None` when its schedule has no attempts left; a `Retry-After` can only lengthen it.
+pub fn classify(result: &AttemptResult, now: SystemTime, scheduled: Option<Duration>) -> Outcome {
+    let retry = |asked: Option<Duration>| match scheduled {
+        Some(delay) => Outcome::RetryAt(now + asked.map_or(delay, |asked| delay.max(asked))),
+        None => Outcome::Exhausted,
+    };
     match result {
-        AttemptResult::Status { code, .. } if (200..300).contains(code) => Verdict::Delivered,
-        AttemptResult::Status { code: 410, .. } => Verdict::Gone,
+        AttemptResult::Status { code, .. } if (200..300).contains(code) => Outcome::Delivered,
+        AttemptResult::Status { code: 410, .. } => Outcome::Gone,
         AttemptResult::Error {
-            kind: super::attempt::POLICY,
-        } => Verdict::Refused,
+            kind: ErrorKind::Policy,
+        } => Outcome::Refused,
         AttemptResult::Status {
             code: 429 | 503,
             retry_after: Some(value),
-        } => Verdict::Retry(retry_after(value, now)),
-        AttemptResult::Status { .. } | AttemptResult::Error { .. } => Verdict::Retry(None),
+        } => retry(retry_after(value, now)),
+        AttemptResult::Status { .. } | AttemptResult::Error { .. } => retry(None),
     }
 }
 
@@ -103,19 +216,61 @@ mod tests {
         }
     }
 
+    const SCHEDULED: Duration = Duration::from_secs(30);
+
     #[test]
     fn statuses_and_errors() {
         let now = SystemTime::now();
-        assert_eq!(classify(&status(200), now), Verdict::Delivered);
-        assert_eq!(classify(&status(204), now), Verdict::Delivered);
-        assert_eq!(classify(&status(410), now), Verdict::Gone);
+        let later = Outcome::RetryAt(now + SCHEDULED);
+        let classify = |result: &AttemptResult| classify(result, now, Some(SCHEDULED));
+        assert_eq!(classify(&status(200)), Outcome::Delivered);
+        assert_eq!(classify(&status(204)), Outcome::Delivered);
+        assert_eq!(classify(&status(410)), Outcome::Gone);
         for code in [301, 302, 400, 404, 408, 429, 500, 502, 503] {
-            assert_eq!(classify(&status(code), now), Verdict::Retry(None), "{code}");
+            assert_eq!(classify(&status(code)), later, "{code}");
         }
-        let err = AttemptResult::Error { kind: "timeout" };
-        assert_eq!(classify(&err, now), Verdict::Retry(None));
-        let refused = AttemptResult::Error { kind: "policy" };
-        assert_eq!(classify(&refused, now), Verdict::Refused);
+        let timeout = AttemptResult::Error {
+            kind: ErrorKind::Timeout,
+        };
+        assert_eq!(classify(&timeout), later);
+        let refused = AttemptResult::Error {
+            kind: ErrorKind::Policy,
+        };
+        assert_eq!(classify(&refused), Outcome::Refused);
+    }
+
+    #[test]
+    fn a_failure_with_no_attempts_left_is_exhausted_and_a_success_is_not() {
+        let now = SystemTime::now();
+        assert_eq!(classify(&status(500), now, None), Outcome::Exhausted);
+        assert_eq!(classify(&status(200), now, None), Outcome::Delivered);
+        assert_eq!(classify(&status(410), now, None), Outcome::Gone);
+    }
+
+    #[test]
+    fn each_outcome_has_one_next_step_and_one_reported_outcome() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(5);
+        let cases = [
+            (Outcome::Delivered, Next::Done, pb::Outcome::Delivered),
+            (
+                Outcome::RetryAt(at),
+                Next::RetryAt(5_000),
+                pb::Outcome::Retrying,
+            ),
+            (Outcome::Gone, Next::Done, pb::Outcome::Failed),
+            (Outcome::Refused, Next::Done, pb::Outcome::Failed),
+            (Outcome::Exhausted, Next::Done, pb::Outcome::Failed),
+            (Outcome::Skipped, Next::Done, pb::Outcome::Skipped),
+            (
+                Outcome::Parked(at),
+                Next::RetryAt(5_000),
+                pb::Outcome::Skipped,
+            ),
+        ];
+        for (outcome, next, reported) in cases {
+            assert_eq!(outcome.next(), next, "{outcome:?}");
+            assert_eq!(outcome.reported(), reported, "{outcome:?}");
+        }
     }
 
     #[test]
@@ -125,20 +280,20 @@ mod tests {
             code,
             retry_after: Some(value.to_owned()),
         };
+        let short = Some(Duration::from_secs(1));
+        let at = |secs| Outcome::RetryAt(now + Duration::from_secs(secs));
+        assert_eq!(classify(&with(429, "7"), now, short), at(7));
         assert_eq!(
-            classify(&with(429, "7"), now),
-            Verdict::Retry(Some(Duration::from_secs(7)))
+            classify(&with(503, "Sun, 06 Nov 1994 08:49:37 GMT"), now, short),
+            at(37)
         );
         assert_eq!(
-            classify(&with(503, "Sun, 06 Nov 1994 08:49:37 GMT"), now),
-            Verdict::Retry(Some(Duration::from_secs(37)))
+            classify(&with(429, "999999"), now, short),
+            Outcome::RetryAt(now + MAX_RETRY_AFTER)
         );
-        assert_eq!(
-            classify(&with(429, "999999"), now),
-            Verdict::Retry(Some(MAX_RETRY_AFTER))
-        );
-        assert_eq!(classify(&with(429, "soon"), now), Verdict::Retry(None));
-        // A 500's Retry-After is not honoured.
-        assert_eq!(classify(&with(500, "7"), now), Verdict::Retry(None));
+        assert_eq!(classify(&with(429, "soon"), now, short), at(1));
+        // A 500's Retry-After is not honoured; a schedule's longer delay wins.
+        assert_eq!(classify(&with(500, "7"), now, short), at(1));
+        assert_eq!(classify(&with(429, "7"), now, Some(SCHEDULED)), at(30));
     }
 }

@@ -80,6 +80,17 @@ pub fn build(ca_file: Option<&Path>, policy: TargetPolicy) -> Result<reqwest::Cl
         .map_err(|e| ClientError::Tls(e.to_string()))
 }
 
+/// A receiver's name the system resolver could not resolve (the attempt's error kind `dns`).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot resolve {host}: {source}")]
+pub struct LookupFailed {
+    /// The name.
+    pub host: String,
+    /// The resolver's error.
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// Resolves with the system resolver, then refuses the host if any of its addresses is one the
 /// policy refuses (a host that mixes public and private answers is refused whole).
 struct GuardedResolver {
@@ -91,8 +102,13 @@ impl Resolve for GuardedResolver {
         let policy = self.policy.clone();
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map_err(|source| LookupFailed {
+                    host: host.clone(),
+                    source,
+                })?
+                .collect();
             for addr in &addrs {
                 policy.check_ip(&host, addr.ip())?;
             }

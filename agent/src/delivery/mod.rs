@@ -33,11 +33,14 @@ use tokio_util::task::TaskTracker;
 
 use self::attempt::EventRef;
 use self::breaker::Breakers;
-use self::classify::{Verdict, classify};
+use self::classify::{AttemptResult, ErrorKind, Outcome, classify};
 use self::rate::RateLimits;
 use crate::backoff::unit_random;
 use crate::metrics::Metrics;
-use crate::queue::{Next, Queue, Task, now_ms, to_ms};
+use crate::queue::{Queue, Task, now_ms, to_ms};
+
+/// How soon a delivery is tried again after its event could not be read from the queue.
+const STORAGE_RETRY: Duration = Duration::from_secs(5);
 use crate::routes::Routes;
 
 /// The most tasks taken from the queue in one read.
@@ -240,7 +243,7 @@ impl Inner {
             return;
         }
         let number = task.attempts + 1;
-        let (next, report) = self.attempt(&task, number).await;
+        let (outcome, report) = self.attempt(&task, number).await;
         self.queue.attempted(&task);
         drop(permit);
         let took = report
@@ -249,28 +252,31 @@ impl Inner {
             .and_then(std_duration)
             .unwrap_or_default();
         self.metrics.attempt(report.outcome(), took);
-        if let Err(err) = self.queue.complete(task, next, report).await {
+        if let Err(err) = self.queue.complete(task, outcome.next(), report).await {
             tracing::error!(error = %err, "cannot record an attempt");
         }
     }
 
-    async fn attempt(&self, task: &Task, number: u32) -> (Next, pb::Attempt) {
+    async fn attempt(&self, task: &Task, number: u32) -> (Outcome, pb::Attempt) {
         let stored = match self.queue.event(&task.event) {
             Ok(Some(stored)) => stored,
             Ok(None) => {
                 let report = skipped("the event is past retention");
-                return (Next::Done, self.report(task, None, None, number, report));
+                return (
+                    report.outcome,
+                    self.report(task, None, None, number, report),
+                );
             }
             Err(err) => {
                 // Try again shortly: the queue's file is having trouble.
                 tracing::error!(error = %err, "cannot read a queued event");
                 let report = Report {
-                    outcome: pb::Outcome::Retrying,
-                    ..refused(&err.to_string())
+                    error_kind: Some(ErrorKind::Storage),
+                    outcome: Outcome::RetryAt(SystemTime::now() + STORAGE_RETRY),
+                    ..skipped(&err.to_string())
                 };
-                let retry = now_ms() + 5_000;
                 return (
-                    Next::RetryAt(retry),
+                    report.outcome,
                     self.report(task, None, None, number, report),
                 );
             }
@@ -280,7 +286,7 @@ impl Inner {
         let Some(sub) = sub else {
             let report = skipped("subscription removed");
             return (
-                Next::Done,
+                report.outcome,
                 self.report(task, Some(event), None, number, report),
             );
         };
@@ -288,15 +294,18 @@ impl Inner {
             // Never send one tenant's event with another's URL and secret.
             let report = refused("the event's tenant is not the subscription's");
             return (
-                Next::Done,
+                report.outcome,
                 self.report(task, Some(event), Some(&sub), number, report),
             );
         }
         if !sub.enabled {
             // Disabled while this attempt was starting: try again once it is enabled.
-            let report = skipped("subscription disabled; the delivery is parked");
+            let report = Report {
+                outcome: Outcome::Parked(UNIX_EPOCH + Duration::from_millis(task.due)),
+                ..skipped("subscription disabled; the delivery is parked")
+            };
             return (
-                Next::RetryAt(task.due),
+                report.outcome,
                 self.report(task, Some(event), Some(&sub), number, report),
             );
         }
@@ -308,7 +317,7 @@ impl Inner {
                 "parked while the subscription was disabled; it was enabled without replaying",
             );
             return (
-                Next::Done,
+                report.outcome,
                 self.report(task, Some(event), Some(&sub), number, report),
             );
         }
@@ -316,7 +325,7 @@ impl Inner {
             tracing::warn!(subscription = %sub.id, reason = %refusal, "delivery refused by the target policy");
             let report = refused(&refusal.to_string());
             return (
-                Next::Done,
+                report.outcome,
                 self.report(task, Some(event), Some(&sub), number, report),
             );
         }
@@ -335,38 +344,29 @@ impl Inner {
             },
         )
         .await;
-        let verdict = classify(&sent.result, SystemTime::now());
-        if matches!(verdict, Verdict::Delivered | Verdict::Retry(_)) {
-            self.breakers.record(&sub.id, verdict == Verdict::Delivered);
+        let scheduled = sub
+            .retry
+            .delay_after(number)
+            .map(|scheduled| jittered(scheduled, JITTER, unit_random()));
+        let outcome = classify(&sent.result, SystemTime::now(), scheduled);
+        if let Some(success) = outcome.counts_for_breaker() {
+            self.breakers.record(&sub.id, success);
         }
-        let delay = match &verdict {
-            Verdict::Delivered | Verdict::Gone | Verdict::Refused => None,
-            Verdict::Retry(after) => sub.retry.delay_after(number).map(|scheduled| {
-                let delay = jittered(scheduled, JITTER, unit_random());
-                after.map_or(delay, |after| delay.max(after))
-            }),
-        };
-        let (outcome, next_at) = match (&verdict, delay) {
-            (Verdict::Delivered, _) => (pb::Outcome::Delivered, None),
-            (_, Some(delay)) => (pb::Outcome::Retrying, Some(SystemTime::now() + delay)),
-            (_, None) => (pb::Outcome::Failed, None),
-        };
-        let mut report = Report::from_attempt(&sent, outcome, next_at);
-        match verdict {
-            Verdict::Gone => report.error = "receiver answered 410 Gone".into(),
-            Verdict::Refused => {
+        let mut report = Report::from_attempt(&sent, outcome);
+        match outcome {
+            Outcome::Gone => report.error = "receiver answered 410 Gone".into(),
+            Outcome::Refused => {
                 tracing::warn!(subscription = %sub.id, reason = %report.error, "delivery refused by the target policy");
             }
             _ => {}
         }
-        if verdict == Verdict::Delivered {
+        if outcome == Outcome::Delivered {
             tracing::debug!(event = %event.id, subscription = %sub.id, attempt = number, "delivered");
         } else {
             tracing::info!(event = %event.id, subscription = %sub.id, attempt = number, outcome = ?outcome, error = %report.error, "attempt failed");
         }
-        let next = next_at.map_or(Next::Done, |at| Next::RetryAt(to_ms(at)));
         (
-            next,
+            outcome,
             self.report(task, Some(event), Some(&sub), number, report),
         )
     }
@@ -392,10 +392,13 @@ impl Inner {
             started_at: Some(timestamp(report.started_at)),
             duration: Some(duration(report.duration)),
             status_code: report.status_code,
-            error_kind: report.error_kind,
+            error_kind: report
+                .error_kind
+                .map(|kind| kind.as_str().to_owned())
+                .unwrap_or_default(),
             error: report.error,
-            outcome: report.outcome as i32,
-            next_attempt_at: report.next_at.map(timestamp),
+            outcome: report.outcome.reported() as i32,
+            next_attempt_at: report.outcome.next_attempt_at().map(timestamp),
             response_excerpt: report.excerpt,
             url: sub.map(|s| s.url.to_string()).unwrap_or_default(),
         }
@@ -407,58 +410,48 @@ struct Report {
     started_at: SystemTime,
     duration: Duration,
     status_code: u32,
-    error_kind: String,
+    error_kind: Option<ErrorKind>,
     error: String,
     excerpt: String,
-    outcome: pb::Outcome,
-    next_at: Option<SystemTime>,
+    outcome: Outcome,
 }
 
 impl Report {
-    fn from_attempt(
-        sent: &attempt::Outcome,
-        outcome: pb::Outcome,
-        next_at: Option<SystemTime>,
-    ) -> Self {
-        let (status_code, error_kind) = match &sent.result {
-            classify::AttemptResult::Status { code, .. } if (200..300).contains(code) => {
-                (u32::from(*code), String::new())
-            }
-            classify::AttemptResult::Status { code, .. } => {
-                (u32::from(*code), "http_status".to_owned())
-            }
-            classify::AttemptResult::Error { kind } => (0, (*kind).to_owned()),
+    fn from_attempt(sent: &attempt::Sent, outcome: Outcome) -> Self {
+        let status_code = match &sent.result {
+            AttemptResult::Status { code, .. } => u32::from(*code),
+            AttemptResult::Error { .. } => 0,
         };
         Report {
             started_at: sent.started_at,
             duration: sent.duration,
             status_code,
-            error_kind,
+            error_kind: sent.result.error_kind(),
             error: sent.error.clone(),
             excerpt: sent.excerpt.clone(),
             outcome,
-            next_at,
         }
     }
 }
 
+/// A delivery not attempted, and not to be.
 fn skipped(reason: &str) -> Report {
     Report {
         started_at: SystemTime::now(),
         duration: Duration::ZERO,
         status_code: 0,
-        error_kind: "skipped".into(),
+        error_kind: Some(ErrorKind::Skipped),
         error: reason.into(),
         excerpt: String::new(),
-        outcome: pb::Outcome::Skipped,
-        next_at: None,
+        outcome: Outcome::Skipped,
     }
 }
 
+/// A delivery refused for good without an attempt.
 fn refused(reason: &str) -> Report {
     Report {
-        error_kind: "policy".into(),
-        outcome: pb::Outcome::Failed,
+        error_kind: Some(ErrorKind::Policy),
+        outcome: Outcome::Refused,
         ..skipped(reason)
     }
 }

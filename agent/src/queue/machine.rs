@@ -15,9 +15,9 @@ use prost::Message;
 use super::pending::{Pending, Tally};
 use super::view::View;
 use super::{
-    Accepted, EventKey, FastMap, FastSet, META_BYTES, META_EVENTS, META_EVICTED, META_SEQ, NewEvent, Next,
-    QueueConfig, QueueError, Replay, StoredEvent, Task, decode_waiting, encode_event, encode_task,
-    encode_waiting,
+    Accepted, EventKey, FastMap, FastSet, META_BYTES, META_EVENTS, META_EVICTED, META_SEQ,
+    NewEvent, Next, QueueConfig, QueueError, Replay, StoredEvent, Task, decode_waiting,
+    encode_event, encode_task, encode_waiting,
 };
 
 /// Events removed by one sweep at most, so a sweep never makes one huge commit.

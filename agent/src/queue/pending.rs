@@ -14,12 +14,11 @@
 //! write: each commit changes the counts as it adds and finishes deliveries, and puts them
 //! back as they were when the commit fails ([`Pending::rollback`]).
 
-
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::{
-    EVENTS, EventKey, FastMap, ORDERED, QueueError, TASKS, decode_event, decode_task, decode_waiting,
-    storage,
+    EVENTS, EventKey, FastMap, ORDERED, QueueError, TASKS, decode_event, decode_task,
+    decode_waiting, storage,
 };
 
 /// Events and payload bytes.
