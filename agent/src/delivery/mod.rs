@@ -37,7 +37,7 @@ use self::classify::{AttemptResult, ErrorKind, Outcome, classify};
 use self::rate::RateLimits;
 use crate::backoff::unit_random;
 use crate::metrics::Metrics;
-use crate::queue::{Queue, Task, now_ms, to_ms};
+use crate::queue::{Lease, Queue, Task, now_ms, to_ms};
 
 /// How soon a delivery is tried again after its event could not be read from the queue.
 const STORAGE_RETRY: Duration = Duration::from_secs(5);
@@ -184,18 +184,19 @@ impl Inner {
                 continue;
             }
             let mut permit = Some(permit);
-            for task in due {
-                // Only this loop takes permits, so the ones counted above are still free.
+            for lease in due {
+                // Only this loop takes permits, so the ones counted above are still free. (A
+                // lease left over is dropped: its task is handed back, due again.)
                 let Some(permit) = permit
                     .take()
                     .or_else(|| self.permits.clone().try_acquire_owned().ok())
                 else {
                     break;
                 };
-                self.rates.consume(&task.subscription_id);
+                self.rates.consume(&lease.subscription_id);
                 let inner = self.clone();
                 self.tasks
-                    .spawn(async move { inner.deliver(task, permit).await });
+                    .spawn(async move { inner.deliver(lease, permit).await });
             }
         }
     }
@@ -230,31 +231,29 @@ impl Inner {
         }
     }
 
-    /// One attempt of `task`, recorded in the queue with its report.
-    async fn deliver(&self, task: Task, permit: OwnedSemaphorePermit) {
+    /// One attempt of the leased task, recorded in the queue with its report.
+    async fn deliver(&self, lease: Lease, permit: OwnedSemaphorePermit) {
         let disabled = self
             .routes
             .borrow()
-            .get(&task.subscription_id)
+            .get(&lease.subscription_id)
             .is_some_and(|s| !s.enabled);
         if disabled {
-            // Disabled since the task was taken: park it.
-            self.queue.release(&task);
+            // Disabled since the task was taken: the dropped lease parks it.
             return;
         }
-        let number = task.attempts + 1;
-        let (outcome, report) = self.attempt(&task, number).await;
-        self.queue.attempted(&task);
-        drop(permit);
+        let number = lease.attempts + 1;
+        let (outcome, report) = self.attempt(&lease, number).await;
         let took = report
             .duration
             .as_ref()
             .and_then(std_duration)
             .unwrap_or_default();
         self.metrics.attempt(report.outcome(), took);
-        if let Err(err) = self.queue.complete(task, outcome.next(), report).await {
+        if let Err(err) = lease.finish(outcome.next(), report).await {
             tracing::error!(error = %err, "cannot record an attempt");
         }
+        drop(permit);
     }
 
     async fn attempt(&self, task: &Task, number: u32) -> (Outcome, pb::Attempt) {

@@ -92,6 +92,7 @@
 //! Nothing already accepted is lost.
 
 mod lanes;
+mod lease;
 mod machine;
 mod memtable;
 mod pending;
@@ -101,6 +102,7 @@ mod view;
 mod wal;
 mod writer;
 
+pub use lease::Lease;
 pub use pending::Tally;
 
 use std::path::Path;
@@ -654,15 +656,15 @@ impl Queue {
         answer.await.map_err(|_| QueueError::Closed)?
     }
 
-    /// Up to `limit` tasks due at `now_ms`, marked taken until completed, never more from one
-    /// subscription than `room(subscription, in_flight)` allows given the tasks of that lane
-    /// already in flight.
+    /// Up to `limit` tasks due at `now_ms`, each taken while its [`Lease`] lives, never more
+    /// from one subscription than `room(subscription, in_flight)` allows given the tasks of
+    /// that lane already in flight.
     pub fn due(
         &self,
         now_ms: u64,
         limit: usize,
         room: impl Fn(&str, usize) -> usize,
-    ) -> Result<Vec<Task>, QueueError> {
+    ) -> Result<Vec<Lease>, QueueError> {
         // The lock first, then the snapshot: the writer updates the index only after its
         // commit, so a snapshot taken under the lock is never older than the index. (The other
         // order could read a snapshot without a lane's new tasks, clear its hint and strand
@@ -703,12 +705,15 @@ impl Queue {
                 read.visit(&mut lanes, &lane, room, &mut out)?;
             }
         }
-        Ok(out)
+        Ok(out
+            .into_iter()
+            .map(|task| Lease::new(task, self.clone()))
+            .collect())
     }
 
-    /// Hands `task`, taken and not attempted, back to its lane as it was (its subscription is
-    /// disabled: the delivery is parked). Nothing on disk changes.
-    pub fn release(&self, task: &Task) {
+    /// Hands `task`, taken and not attempted, back to its lane as it was (its lease was
+    /// dropped unfinished). Nothing on disk changes.
+    fn release(&self, task: &Task) {
         let mut lanes = self.lock_lanes();
         lanes.finish(&task.subscription_id, task.seq);
         lanes.added(&task.subscription_id, task.due, task.seq);
@@ -717,7 +722,7 @@ impl Queue {
     /// The attempt of `task` (taken) has ended: its lane has room for another while its
     /// outcome is on its way to the writer. The task stays taken until that outcome commits,
     /// which also wakes the scheduler (one visit of the lanes then serves many such ends).
-    pub fn attempted(&self, task: &Task) {
+    fn attempted(&self, task: &Task) {
         // Noted aside and applied at the next use of the index, so that ending attempts never
         // wait for a visit of the lanes to let go of the index.
         self.shared
@@ -829,7 +834,7 @@ impl Queue {
 
     /// Records the outcome of an attempt of `task` and its report, in one commit. The task
     /// stays in flight (not handed out again) until that commit is done.
-    pub async fn complete(
+    async fn complete(
         &self,
         task: Task,
         next: Next,

@@ -189,8 +189,7 @@ async fn run_seed(seed: u64, checkpoint_every: Duration) {
                         Next::RetryAt(now_ms() + rng.below(1000))
                     };
                     model.outbox += 1;
-                    queue
-                        .complete(task, next, pb::Attempt::default())
+                    task.finish(next, pb::Attempt::default())
                         .await
                         .expect("complete");
                 }
@@ -254,8 +253,7 @@ async fn retries_keep_their_due_time_and_attempt_count_across_restarts() {
         .expect("one task");
     assert_eq!(task.attempts, 0);
     let later = now_ms() + 60_000;
-    queue
-        .complete(task, Next::RetryAt(later), pb::Attempt::default())
+    task.finish(Next::RetryAt(later), pb::Attempt::default())
         .await
         .expect("complete");
     queue.close().await;
@@ -722,9 +720,7 @@ async fn an_outcome_the_full_disk_refuses_is_not_attempted_again_until_a_commit_
         .expect("the delivery");
     // The attempt was made; its outcome meets a full disk.
     disk.state().full = true;
-    queue.attempted(&task);
-    queue
-        .complete(task, Next::RetryAt(now_ms()), pb::Attempt::default())
+    task.finish(Next::RetryAt(now_ms()), pb::Attempt::default())
         .await
         .expect("sent to the writer");
     let refused = queue.flush().await.expect_err("the disk is full");
@@ -777,7 +773,7 @@ async fn deliveries_of_one_ordering_key_go_one_at_a_time_in_order() {
         .accept(vec![keyed("a3", "order-1"), keyed("b1", "order-2")])
         .await
         .expect("accept");
-    let ids = |tasks: &[Task]| {
+    let ids = |tasks: &[Lease]| {
         let mut ids: Vec<String> = tasks
             .iter()
             .map(|t| format!("{}/{}", t.subscription_id, t.event.id()))
@@ -785,7 +781,7 @@ async fn deliveries_of_one_ordering_key_go_one_at_a_time_in_order() {
         ids.sort();
         ids
     };
-    let due = queue.due(now_ms(), 100, room(16)).expect("due");
+    let mut due = queue.due(now_ms(), 100, room(16)).expect("due");
     // Per subscription: the head of each key, and the event without a key.
     assert_eq!(
         ids(&due),
@@ -798,32 +794,36 @@ async fn deliveries_of_one_ordering_key_go_one_at_a_time_in_order() {
             "sub_b/free"
         ]
     );
-    let head = |sub: &str| {
-        due.iter()
-            .find(|t| t.subscription_id == sub && t.event.id() == "a1")
-            .expect("head")
-            .clone()
+    let mut head = |sub: &str| {
+        let at = due
+            .iter()
+            .position(|t| t.subscription_id == sub && t.event.id() == "a1")
+            .expect("head");
+        due.swap_remove(at)
     };
     // A retried head keeps its place: nothing behind it is due.
     let later = now_ms() + 60_000;
-    queue
-        .complete(head("sub_a"), Next::RetryAt(later), pb::Attempt::default())
+    head("sub_a")
+        .finish(Next::RetryAt(later), pb::Attempt::default())
         .await
         .expect("retry");
     // The other subscription's line moves on independently.
-    queue
-        .complete(head("sub_b"), Next::Done, pb::Attempt::default())
+    head("sub_b")
+        .finish(Next::Done, pb::Attempt::default())
         .await
         .expect("done");
     queue.flush().await.expect("flush");
-    let due = queue.due(now_ms(), 100, room(16)).expect("due");
-    assert_eq!(ids(&due), ["sub_b/a2"]);
+    let later_due = queue.due(now_ms(), 100, room(16)).expect("due");
+    assert_eq!(ids(&later_due), ["sub_b/a2"]);
+    // The rest of the first read is still in flight here.
+    drop(due);
     queue.close().await;
 
     // The lines survive a restart; finishing the retried head lets the next one go.
     let queue = Queue::open(dir.path(), config()).expect("reopen");
+    let in_flight = queue.due(now_ms(), 100, room(16)).expect("due");
     assert_eq!(
-        ids(&queue.due(now_ms(), 100, room(16)).expect("due")),
+        ids(&in_flight),
         [
             "sub_a/b1",
             "sub_a/free",
@@ -839,8 +839,8 @@ async fn deliveries_of_one_ordering_key_go_one_at_a_time_in_order() {
         .pop()
         .expect("the head");
     assert_eq!((retried.event.id(), retried.attempts), ("a1", 1));
-    queue
-        .complete(retried, Next::Done, pb::Attempt::default())
+    retried
+        .finish(Next::Done, pb::Attempt::default())
         .await
         .expect("done");
     queue.flush().await.expect("flush");
@@ -859,8 +859,7 @@ async fn a_replay_queues_a_finished_delivery_again_with_its_attempt_count() {
         .expect("due")
         .pop()
         .expect("one task");
-    queue
-        .complete(task, Next::Done, pb::Attempt::default())
+    task.finish(Next::Done, pb::Attempt::default())
         .await
         .expect("complete");
     assert!(queue.due(now_ms(), 10, room(16)).expect("due").is_empty());
@@ -925,8 +924,7 @@ async fn deliver_one(queue: &Queue, id: &str) {
         .expect("due")
         .pop()
         .expect("a task");
-    queue
-        .complete(task, Next::Done, pb::Attempt::default())
+    task.finish(Next::Done, pb::Attempt::default())
         .await
         .expect("complete");
     for _ in 0..500 {
@@ -960,8 +958,8 @@ async fn an_outcome_is_reported_only_once_durable_and_a_power_loss_before_repeat
 
     // A flush (as every acknowledged Emit's commit) makes the outcome durable and reportable.
     let task = queue.due(u64::MAX - 1, 1, room(1)).expect("due").pop();
-    queue
-        .complete(task.expect("task"), Next::Done, pb::Attempt::default())
+    task.expect("task")
+        .finish(Next::Done, pb::Attempt::default())
         .await
         .expect("complete");
     queue.flush().await.expect("flush");
@@ -1157,8 +1155,7 @@ async fn a_queue_written_before_events_were_keyed_by_tenant_is_rekeyed_when_it_o
 /// Takes every due task and finishes it as delivered.
 async fn deliver_all(queue: &Queue) {
     for task in queue.due(u64::MAX - 1, 1000, room(1000)).expect("due") {
-        queue
-            .complete(task, Next::Done, pb::Attempt::default())
+        task.finish(Next::Done, pb::Attempt::default())
             .await
             .expect("complete");
     }
@@ -1352,9 +1349,7 @@ async fn run_workload(queue: &Queue, events: usize) -> Workload {
                 seen.delivered.insert(task.event.id().to_owned());
                 Next::Done
             };
-            queue.attempted(&task);
-            queue
-                .complete(task, next, pb::Attempt::default())
+            task.finish(next, pb::Attempt::default())
                 .await
                 .expect("the writer takes outcomes");
         }
@@ -1441,9 +1436,7 @@ async fn every_write_and_sync_failing_leaves_the_queue_whole_and_writing_again_w
                 "{context}: new work is handed out"
             );
             for task in due {
-                queue.attempted(&task);
-                queue
-                    .complete(task, Next::Done, pb::Attempt::default())
+                task.finish(Next::Done, pb::Attempt::default())
                     .await
                     .expect("complete");
             }
@@ -1473,4 +1466,31 @@ async fn every_write_and_sync_failing_leaves_the_queue_whole_and_writing_again_w
             "{fault:?}: the fault struck {struck} of {points} runs"
         );
     }
+}
+
+#[tokio::test]
+async fn a_lease_dropped_unfinished_hands_its_task_back_as_it_was() {
+    let disk = PowerLossDisk::default();
+    let queue = disk.start(config());
+    accept_one(&queue, event("evt_1", 10), &["sub"]).await;
+    let lease = queue
+        .due(u64::MAX - 1, 1, room(1))
+        .expect("due")
+        .pop()
+        .expect("the delivery");
+    assert!(
+        queue.due(u64::MAX - 1, 10, room(10)).expect("due").is_empty(),
+        "taken while leased"
+    );
+    // An attempt cancelled half-way (its future dropped, as at shutdown) drops its lease.
+    let attempt = async move {
+        let _lease = lease;
+        std::future::pending::<()>().await;
+    };
+    let cancelled = tokio::time::timeout(Duration::from_millis(10), attempt).await;
+    assert!(cancelled.is_err());
+    let again = queue.due(u64::MAX - 1, 10, room(10)).expect("due");
+    assert_eq!(again.len(), 1, "handed back, due again");
+    assert_eq!((again[0].event.id(), again[0].attempts), ("evt_1", 0));
+    assert_eq!(queue.pending_reports().expect("reports"), 0, "nothing recorded");
 }
