@@ -76,14 +76,6 @@ impl Lanes {
             .collect()
     }
 
-    /// The earliest hint of a lane with room, given its tasks in flight.
-    pub(super) fn next_due(&self, room: impl Fn(&str, usize) -> usize) -> Option<u64> {
-        self.hints
-            .iter()
-            .find(|(_, lane)| room(lane, self.in_flight(lane)) > 0)
-            .map(|(due, _)| *due)
-    }
-
     /// Whether the task `seq` is taken.
     pub(super) fn is_taken(&self, seq: u64) -> bool {
         self.taken.contains_key(&seq)
@@ -172,16 +164,10 @@ mod tests {
             "after a cursor"
         );
         lanes.take("a", 2);
-        assert_eq!(
-            lanes.next_due(|_, n| 1_usize.saturating_sub(n)),
-            Some(20),
-            "a is at its limit"
-        );
-        assert_eq!(lanes.next_due(|_, n| 2_usize.saturating_sub(n)), Some(10));
+        assert_eq!(lanes.in_flight("a"), 1);
         lanes.attempted("a", 2);
         assert_eq!(lanes.in_flight("a"), 0, "the attempt has ended");
         assert!(lanes.is_taken(2), "taken until its outcome is committed");
-        assert_eq!(lanes.next_due(|_, n| 1_usize.saturating_sub(n)), Some(10));
         lanes.attempted("a", 2);
         lanes.finish("a", 2);
         lanes.finish("a", 2);

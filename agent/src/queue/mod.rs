@@ -665,43 +665,54 @@ impl Queue {
         limit: usize,
         room: impl Fn(&str, usize) -> usize,
     ) -> Result<Vec<Lease>, QueueError> {
-        // The lock first, then the snapshot: the writer updates the index only after its
-        // commit, so a snapshot taken under the lock is never older than the index. (The other
-        // order could read a snapshot without a lane's new tasks, clear its hint and strand
-        // them, or hand out again a task whose completion was just committed.)
-        let mut lanes = self.lock_lanes();
-        let memtable = self.shared.read_memtable();
-        let txn = self.shared.db()?.begin_read().map_err(storage)?;
-        let tasks = txn.open_table(TASKS).map_err(storage)?;
-        let read = DueRead {
-            tasks: &tasks,
-            memtable: &memtable,
-            now_ms,
-            limit,
-        };
         let mut out = Vec::new();
         // Lanes are read a batch at a time after a cursor, as the visits need them: a
         // scheduler wanting a few tasks reads a few lanes, not every due lane of a wide
-        // fan-out. A lane visited may get a later hint that is still due and be met again
-        // further on; it is skipped then, because its room was decided once for this call
-        // (a rate limit's tokens are only spent once the tasks are handed out). The cursor
-        // only moves forward, so every call ends.
+        // fan-out. Each batch is weighed by `room` — the scheduler's admission policy (width,
+        // breaker, rate limit) — with no lock of the queue held, then visited. A lane visited
+        // may get a later hint that is still due and be met again further on; it is skipped
+        // then, because its room was decided once for this call (a rate limit's tokens are only
+        // spent once the tasks are handed out). The cursor only moves forward, so every call
+        // ends. Between the weighing and the visit a lane's attempts in flight can only end,
+        // so the room weighed is never too large.
         let mut cursor: Option<(u64, String)> = None;
         let mut visited = std::collections::HashSet::new();
-        'batches: loop {
-            let batch = lanes.due_lanes(now_ms, cursor.as_ref(), limit.clamp(8, 64));
-            let Some(last) = batch.last().cloned() else {
+        while out.len() < limit {
+            let batch = self.lanes_due(now_ms, cursor.as_ref(), limit.clamp(8, 64));
+            let Some(last) = batch.last() else {
                 break;
             };
-            cursor = Some(last);
-            for (_, lane) in batch {
+            cursor = Some((last.due, last.lane.clone()));
+            let admitted: Vec<(String, usize)> = batch
+                .into_iter()
+                .filter(|due| visited.insert(due.lane.clone()))
+                .map(|due| {
+                    let room = room(&due.lane, due.in_flight);
+                    (due.lane, room)
+                })
+                .filter(|(_, room)| *room > 0)
+                .collect();
+            if admitted.is_empty() {
+                continue;
+            }
+            // The lock first, then the snapshot: the writer updates the index only after its
+            // commit, so a snapshot taken under the lock is never older than the index. (The
+            // other order could read a snapshot without a lane's new tasks, clear its hint and
+            // strand them, or hand out again a task whose completion was just committed.)
+            let mut lanes = self.lock_lanes();
+            let memtable = self.shared.read_memtable();
+            let txn = self.shared.db()?.begin_read().map_err(storage)?;
+            let tasks = txn.open_table(TASKS).map_err(storage)?;
+            let read = DueRead {
+                tasks: &tasks,
+                memtable: &memtable,
+                now_ms,
+                limit,
+            };
+            for (lane, room) in admitted {
                 if out.len() >= limit {
-                    break 'batches;
+                    break;
                 }
-                if !visited.insert(lane.clone()) {
-                    continue;
-                }
-                let room = room(&lane, lanes.in_flight(&lane));
                 read.visit(&mut lanes, &lane, room, &mut out)?;
             }
         }
@@ -734,7 +745,31 @@ impl Queue {
 
     /// When the earliest task of a lane with room (as in [`Queue::due`]) is due (ms), if any.
     pub fn next_due(&self, room: impl Fn(&str, usize) -> usize) -> Option<u64> {
-        self.lock_lanes().next_due(room)
+        let mut cursor: Option<(u64, String)> = None;
+        loop {
+            let batch = self.lanes_due(u64::MAX, cursor.as_ref(), 64);
+            let last = batch.last()?;
+            cursor = Some((last.due, last.lane.clone()));
+            if let Some(first) = batch.iter().find(|due| room(&due.lane, due.in_flight) > 0) {
+                return Some(first.due);
+            }
+        }
+    }
+
+    /// Up to `max` lanes hinted at or before `now_ms`, after `cursor`, earliest first, with
+    /// their attempts in flight: read under the index's lock, which is let go before the
+    /// scheduler weighs them.
+    fn lanes_due(&self, now_ms: u64, cursor: Option<&(u64, String)>, max: usize) -> Vec<LaneDue> {
+        let lanes = self.lock_lanes();
+        lanes
+            .due_lanes(now_ms, cursor, max)
+            .into_iter()
+            .map(|(due, lane)| LaneDue {
+                due,
+                in_flight: lanes.in_flight(&lane),
+                lane,
+            })
+            .collect()
     }
 
     /// Tasks in lanes: in flight, due, or scheduled for a retry. Deliveries waiting behind an
@@ -1214,6 +1249,16 @@ type TaskEntry<'a> = (
     memtable::Slot,
     memtable::Value<'a, redb::AccessGuard<'a, &'static [u8]>>,
 );
+
+/// A lane with work due by its hint, as the scheduler weighs it.
+struct LaneDue {
+    /// Its hint.
+    due: u64,
+    /// The lane (subscription).
+    lane: String,
+    /// Its attempts under way.
+    in_flight: usize,
+}
 
 /// What one [`Queue::due`] call reads: a snapshot of the file and the memtable, at `now_ms`,
 /// for at most `limit` tasks.

@@ -1479,7 +1479,10 @@ async fn a_lease_dropped_unfinished_hands_its_task_back_as_it_was() {
         .pop()
         .expect("the delivery");
     assert!(
-        queue.due(u64::MAX - 1, 10, room(10)).expect("due").is_empty(),
+        queue
+            .due(u64::MAX - 1, 10, room(10))
+            .expect("due")
+            .is_empty(),
         "taken while leased"
     );
     // An attempt cancelled half-way (its future dropped, as at shutdown) drops its lease.
@@ -1492,5 +1495,29 @@ async fn a_lease_dropped_unfinished_hands_its_task_back_as_it_was() {
     let again = queue.due(u64::MAX - 1, 10, room(10)).expect("due");
     assert_eq!(again.len(), 1, "handed back, due again");
     assert_eq!((again[0].event.id(), again[0].attempts), ("evt_1", 0));
-    assert_eq!(queue.pending_reports().expect("reports"), 0, "nothing recorded");
+    assert_eq!(
+        queue.pending_reports().expect("reports"),
+        0,
+        "nothing recorded"
+    );
+}
+
+#[tokio::test]
+async fn the_next_due_time_passes_over_lanes_the_scheduler_admits_nothing_to() {
+    let disk = PowerLossDisk::default();
+    let queue = disk.start(config());
+    accept_one(&queue, event("evt_1", 10), &["sub_full"]).await;
+    accept_one(&queue, event("evt_2", 10), &["sub_open"]).await;
+    let full_only = |lane: &str, _: usize| usize::from(lane != "sub_full");
+    let nothing = |_: &str, _: usize| 0;
+    assert!(queue.next_due(full_only).is_some(), "sub_open has room");
+    assert_eq!(queue.next_due(nothing), None, "no lane has room");
+    let taken = queue.due(u64::MAX - 1, 10, full_only).expect("due");
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].subscription_id, "sub_open");
+    assert_eq!(
+        queue.next_due(full_only),
+        None,
+        "sub_open's task is taken, sub_full admits nothing"
+    );
 }
