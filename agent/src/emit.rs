@@ -80,14 +80,17 @@ impl EmitService {
         if event.occurred_at.is_none() {
             event.occurred_at = Some(timestamp(SystemTime::now()));
         }
-        let subscriptions = routes
-            .matching(&event.tenant, &event.r#type)
+        let matching = routes.matching(&event.tenant, &event.r#type);
+        let subscriptions = matching.iter().map(|s| s.id.clone()).collect();
+        let parked = matching
             .iter()
+            .filter(|s| !s.enabled)
             .map(|s| s.id.clone())
             .collect();
         NewEvent {
             event,
             subscriptions,
+            parked,
         }
     }
 

@@ -149,6 +149,11 @@ pub struct Config {
     /// unreachable); past it Emit answers RESOURCE_EXHAUSTED for events with deliveries.
     #[arg(long, env = "HERALD_MAX_PENDING_REPORTS", default_value_t = 1_000_000)]
     pub max_pending_reports: u64,
+    /// The most deliveries kept parked for one disabled subscription; past it, an event's
+    /// delivery to that subscription is not kept (logged centrally as skipped, counted in
+    /// herald_queue_parked_deliveries_dropped). Its other deliveries go on.
+    #[arg(long, env = "HERALD_MAX_PARKED_DELIVERIES", default_value_t = 100_000)]
+    pub max_parked_deliveries: u64,
     /// Fsync every queue commit before answering Emit. Off risks losing acknowledged events
     /// on a power loss (not on a process crash); for benchmarks and throwaway setups.
     #[arg(long, env = "HERALD_FSYNC", default_value_t = true, action = clap::ArgAction::Set)]
@@ -196,6 +201,7 @@ impl Config {
             queue_min_free_bytes: queue::DEFAULT_MIN_FREE_BYTES,
             recover_truncate: false,
             max_pending_reports: 1_000_000,
+            max_parked_deliveries: 100_000,
             fsync: true,
             shutdown_grace: Duration::from_secs(30),
             emit_access: emit_access::EmitAccess::default(),
@@ -280,6 +286,7 @@ pub async fn run(
             min_free_bytes: config.queue_min_free_bytes,
             recover_truncate: config.recover_truncate,
             max_pending_reports: config.max_pending_reports,
+            max_parked_deliveries: config.max_parked_deliveries,
             retention: config.retention,
             dedup_window: config.dedup_window,
             durable: config.fsync,

@@ -38,6 +38,7 @@ struct Inner {
     waiting_events: Gauge,
     waiting_bytes: Gauge,
     evicted: Gauge,
+    parked_dropped: Gauge,
     queue_bytes: Gauge,
     pending_deliveries: Gauge,
     pending_reports: Gauge,
@@ -102,6 +103,11 @@ impl Default for Metrics {
             "herald_queue_events_evicted",
             "Delivered events removed before their retention to keep --max-retained-bytes (since the queue was made)",
         );
+        let parked_dropped = gauge(
+            &mut registry,
+            "herald_queue_parked_deliveries_dropped",
+            "Deliveries to disabled subscriptions not kept because they held --max-parked-deliveries parked ones (since the agent started)",
+        );
         let pending_deliveries = gauge(
             &mut registry,
             "herald_queue_deliveries_pending",
@@ -135,6 +141,7 @@ impl Default for Metrics {
                 waiting_events,
                 waiting_bytes,
                 evicted,
+                parked_dropped,
                 pending_deliveries,
                 pending_reports,
                 oldest_age,
@@ -172,6 +179,7 @@ impl Metrics {
                 inner.waiting_events.set(int(stats.waiting.events));
                 inner.waiting_bytes.set(int(stats.waiting.bytes));
                 inner.evicted.set(int(stats.evicted));
+                inner.parked_dropped.set(int(stats.parked_dropped));
                 inner.pending_deliveries.set(int(stats.pending_deliveries));
                 inner.pending_reports.set(int(stats.pending_reports));
                 let age_ms = stats

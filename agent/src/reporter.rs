@@ -129,7 +129,16 @@ async fn session(
             let batch = pb::ReportBatch {
                 batch_id: last,
                 agent_id: agent_id.to_owned(),
-                attempts: reports.into_iter().map(|(_, a)| a).collect(),
+                attempts: reports
+                    .into_iter()
+                    .map(|(_, mut attempt)| {
+                        // Reports the queue writes itself (a delivery not kept) name no agent.
+                        if attempt.agent_id.is_empty() {
+                            attempt.agent_id = agent_id.to_owned();
+                        }
+                        attempt
+                    })
+                    .collect(),
             };
             tx.send(batch).await.map_err(|_| "report stream closed")?;
             unacked.insert(last, first);

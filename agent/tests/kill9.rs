@@ -209,6 +209,7 @@ async fn kill_9_in_a_burst_loses_no_acknowledged_event() -> anyhow::Result<()> {
                 min_free_bytes: 0,
                 recover_truncate: false,
                 max_pending_reports: u64::MAX,
+                max_parked_deliveries: u64::MAX,
                 retention: Duration::from_secs(3600),
                 dedup_window: Duration::from_secs(3600),
                 durable: true,

@@ -271,6 +271,8 @@ pub struct AgentOptions {
     pub max_queue_events: Option<u64>,
     /// One tenant's share of the queue's bounds (default the agent's, one half).
     pub max_queue_share: Option<f64>,
+    /// Deliveries kept parked per disabled subscription (default the agent's).
+    pub max_parked_deliveries: Option<u64>,
     /// Where the agent keeps its queue (default: a temp dir of its own).
     pub data_dir: Option<PathBuf>,
     /// The free bytes its queue keeps on its disk (default the agent's).
@@ -343,6 +345,7 @@ impl Agent {
             retention: Duration::from_secs(3600),
             max_queue_events: options.max_queue_events.unwrap_or(1_000_000),
             max_queue_share: options.max_queue_share.unwrap_or(0.5),
+            max_parked_deliveries: options.max_parked_deliveries.unwrap_or(100_000),
             shutdown_grace: GRACE,
             emit_access: herald_agent::emit_access::EmitAccess {
                 emit_token: options.emit_token,

@@ -7,8 +7,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
+use herald_proto::convert::{duration, timestamp};
 use herald_proto::v1 as pb;
 use prost::Message;
 
@@ -19,6 +20,7 @@ use super::{
     NewEvent, Next, QueueConfig, QueueError, Replay, StoredEvent, Task, decode_waiting,
     encode_event, encode_task, encode_waiting,
 };
+use crate::delivery::classify::ErrorKind;
 
 /// Events removed by one sweep at most, so a sweep never makes one huge commit.
 pub(super) const SWEEP_BATCH: usize = 10_000;
@@ -94,6 +96,8 @@ pub(super) struct Effects {
     pub accepted: Vec<(Arc<StoredEvent>, u32)>,
     /// Events removed.
     pub removed: Vec<EventKey>,
+    /// Deliveries to parked subscriptions not kept: past `max_parked_deliveries`.
+    pub parked_dropped: u64,
 }
 
 /// Counters kept in `meta`, and the waiting work this group changes.
@@ -181,6 +185,7 @@ fn complete(
         }
         Next::Done => {
             counters.pending.finish_delivery(&task.event);
+            counters.pending.finish_delivery_to(&task.subscription_id);
             if !task.ordering_key.is_empty()
                 && let Some(placed) = next_in_order(view, &task)?
             {
@@ -211,6 +216,7 @@ fn replay(
         counters
             .pending
             .add_deliveries(&item.event, 1, stored.payload_bytes);
+        counters.pending.add_delivery_to(&item.subscription_id);
         counters.seq += 1;
         let value = encode_task(item.attempts_made, &item.event, "");
         view.put_task((item.subscription_id.as_str(), now, counters.seq), &value)?;
@@ -390,12 +396,23 @@ fn accept(
         }
         let matched = u32::try_from(item.subscriptions.len()).unwrap_or(u32::MAX);
         view.put_event(id.as_str(), &encode_event(now, matched, &item.event))?;
-        counters
-            .pending
-            .add_deliveries(id, matched, item.event.payload.len() as u64);
         view.put_accepted(now, id.as_str())?;
+        let mut deliveries = 0;
         for subscription in &item.subscriptions {
+            if item.parked.contains(subscription)
+                && counters.pending.deliveries_to(subscription) >= config.max_parked_deliveries
+            {
+                // A disabled subscription holds its share of parked deliveries: this one is
+                // not kept, and the central log says so.
+                counters.seq += 1;
+                let report = parked_full(&item.event, subscription, now, config);
+                view.put_report(counters.seq, &report.encode_to_vec())?;
+                effects.parked_dropped += 1;
+                continue;
+            }
             counters.seq += 1;
+            deliveries += 1;
+            counters.pending.add_delivery_to(subscription);
             let key = item.event.ordering_key.as_str();
             if add_delivery(view, subscription, now, counters.seq, id, key)? {
                 effects.added.push(Placed {
@@ -405,12 +422,15 @@ fn accept(
                 });
             }
         }
+        counters
+            .pending
+            .add_deliveries(id, deliveries, item.event.payload.len() as u64);
         written.insert(id, matched);
         let stored = StoredEvent {
             event: item.event,
             accepted_ms: now,
         };
-        effects.accepted.push((Arc::new(stored), matched));
+        effects.accepted.push((Arc::new(stored), deliveries));
         out.push(Accepted {
             matched,
             duplicate: false,
@@ -419,6 +439,33 @@ fn accept(
     counters.events = events_after;
     counters.bytes = bytes_after;
     Ok(Ok(out))
+}
+
+/// The report of a delivery to a parked subscription that was not kept: it holds
+/// `max_parked_deliveries` already.
+fn parked_full(
+    event: &pb::Event,
+    subscription: &str,
+    now: u64,
+    config: &QueueConfig,
+) -> pb::Attempt {
+    pb::Attempt {
+        event_id: event.id.clone(),
+        subscription_id: subscription.to_owned(),
+        tenant: event.tenant.clone(),
+        event_type: event.r#type.clone(),
+        attempt: 1,
+        started_at: Some(timestamp(UNIX_EPOCH + Duration::from_millis(now))),
+        duration: Some(duration(Duration::ZERO)),
+        error_kind: ErrorKind::Skipped.as_str().to_owned(),
+        error: format!(
+            "the subscription is disabled and {} of its deliveries are parked already \
+             (--max-parked-deliveries): this one was not kept",
+            config.max_parked_deliveries
+        ),
+        outcome: pb::Outcome::Skipped as i32,
+        ..Default::default()
+    }
 }
 
 /// Why `waiting` more events (`by_tenant`) would not fit the bounds on work waiting, if they

@@ -30,6 +30,9 @@ impl Rng {
     }
 }
 
+/// The subscription that is disabled throughout.
+const PARKED: &str = "sub_2";
+
 fn config() -> QueueConfig {
     QueueConfig {
         max_events: 24,
@@ -39,6 +42,7 @@ fn config() -> QueueConfig {
         min_free_bytes: 0,
         recover_truncate: false,
         max_pending_reports: 60,
+        max_parked_deliveries: 3,
         retention: Duration::from_millis(2_000),
         dedup_window: Duration::from_millis(800),
         durable: true,
@@ -167,6 +171,14 @@ fn check(view: &MemoryView, pending: &Pending, model: &Model, at: &str) {
         *found.entry((event, sub.clone())).or_default() += 1;
     }
     assert_eq!(found, model.deliveries, "{at}: deliveries to make");
+    for sub in ["sub_0", "sub_1", PARKED] {
+        let held: u32 = found
+            .iter()
+            .filter(|((_, s), _)| s == sub)
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(pending.deliveries_to(sub), u64::from(held), "{at}: {sub}");
+    }
     assert_eq!(view.outbox.len() as u64, model.reports, "{at}: outbox");
 }
 
@@ -193,6 +205,8 @@ fn request(rng: &mut Rng) -> Vec<NewEvent> {
                     .filter(|_| rng.below(2) == 0)
                     .map(|s| format!("sub_{s}"))
                     .collect(),
+                // sub_2 is disabled: its deliveries are parked, a few at most.
+                parked: vec![PARKED.to_owned()],
             }
         })
         .collect()
@@ -303,6 +317,17 @@ fn expect(model: &mut Model, expected: Expect, done: &Done, answered: &Answered<
                         assert!(!answer.duplicate, "{at}: {key} is new");
                         model.stored.insert(key.clone(), (now, answer.matched));
                         for sub in &item.subscriptions {
+                            let held: u32 = model
+                                .deliveries
+                                .iter()
+                                .filter(|((_, s), _)| s == sub)
+                                .map(|(_, n)| n)
+                                .sum();
+                            if sub == PARKED && u64::from(held) >= config().max_parked_deliveries {
+                                // Not kept: reported as skipped.
+                                model.reports += 1;
+                                continue;
+                            }
                             *model
                                 .deliveries
                                 .entry((key.clone(), sub.clone()))

@@ -163,6 +163,9 @@ pub struct QueueConfig {
     /// At most this many attempt reports waiting for the control plane's acknowledgement;
     /// past it new events with deliveries are refused ([`QueueError::Full`]).
     pub max_pending_reports: u64,
+    /// At most this many deliveries kept for one parked (disabled) subscription; past it an
+    /// event's delivery to it is not kept, and a skipped attempt is reported instead.
+    pub max_parked_deliveries: u64,
     /// Open even when the write-ahead log holds a damaged record that was synced: keep what
     /// precedes it and drop the records after it ([`QueueError::DamagedLog`] otherwise).
     pub recover_truncate: bool,
@@ -379,12 +382,15 @@ impl std::fmt::Display for EventKey {
 }
 
 /// An event to store with the subscriptions it goes to.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct NewEvent {
     /// The event, its id already assigned.
     pub event: pb::Event,
     /// Subscription ids to deliver it to.
     pub subscriptions: Vec<String>,
+    /// Those of them that are disabled: their deliveries are parked until they are enabled,
+    /// at most `max_parked_deliveries` each.
+    pub parked: Vec<String>,
 }
 
 /// What happened to an accepted event.
@@ -451,6 +457,9 @@ pub struct QueueStats {
     /// Delivered events removed before their retention to keep the kept ones under
     /// `max_retained_bytes`, since the queue was made.
     pub evicted: u64,
+    /// Deliveries to parked subscriptions not kept (past `max_parked_deliveries`) since the
+    /// queue opened.
+    pub parked_dropped: u64,
     /// Deliveries not finished yet (in flight, due, or waiting for a retry).
     pub pending_deliveries: u64,
     /// Attempt reports not yet acknowledged by the control plane.
@@ -521,6 +530,8 @@ struct Shared {
     /// ([`pending`]; the writer keeps the counts).
     waiting_events: AtomicU64,
     waiting_bytes: AtomicU64,
+    /// Deliveries to parked subscriptions not kept since the queue opened.
+    parked_dropped: AtomicU64,
 }
 
 impl Shared {
@@ -629,6 +640,7 @@ impl Queue {
             writable: tokio::sync::watch::Sender::new(true),
             waiting_events: AtomicU64::new(pending.total().events),
             waiting_bytes: AtomicU64::new(pending.total().bytes),
+            parked_dropped: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(WRITER_CHANNEL);
         let lag = config.durable_lag;
@@ -846,6 +858,7 @@ impl Queue {
             bytes,
             waiting,
             evicted,
+            parked_dropped: self.shared.parked_dropped.load(Ordering::Relaxed),
             pending_deliveries: pending,
             pending_reports: reports,
             oldest_pending_accepted_ms: oldest_accepted_ms,

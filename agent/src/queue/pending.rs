@@ -54,8 +54,13 @@ pub(super) struct Pending {
     events: FastMap<EventKey, Left>,
     total: Tally,
     tenants: FastMap<String, Tally>,
+    /// Deliveries to make per subscription (what `max_parked_deliveries` bounds for a
+    /// disabled one).
+    subscriptions: FastMap<String, u64>,
     /// What the commit being made changed, to put back if it fails: each event's state before.
     undo: Vec<(EventKey, Option<Left>)>,
+    /// Each subscription's count before the commit being made, for the same purpose.
+    subscriptions_before: FastMap<String, u64>,
 }
 
 impl Pending {
@@ -119,15 +124,43 @@ impl Pending {
         }
     }
 
+    /// Deliveries to `subscription` still to make.
+    pub fn deliveries_to(&self, subscription: &str) -> u64 {
+        self.subscriptions.get(subscription).copied().unwrap_or(0)
+    }
+
+    /// A delivery to `subscription` was added.
+    pub fn add_delivery_to(&mut self, subscription: &str) {
+        self.change_subscription(subscription, |n| n + 1);
+    }
+
+    /// A delivery to `subscription` is finished.
+    pub fn finish_delivery_to(&mut self, subscription: &str) {
+        self.change_subscription(subscription, |n| n.saturating_sub(1));
+    }
+
+    fn change_subscription(&mut self, subscription: &str, change: impl FnOnce(u64) -> u64) {
+        let before = self.deliveries_to(subscription);
+        if !self.subscriptions_before.contains_key(subscription) {
+            self.subscriptions_before
+                .insert(subscription.to_owned(), before);
+        }
+        set_count(&mut self.subscriptions, subscription, change(before));
+    }
+
     /// The commit that made the changes since the last call succeeded: they stay.
     pub fn commit(&mut self) {
         self.undo.clear();
+        self.subscriptions_before.clear();
     }
 
     /// The commit failed: the counts go back to what they were before it.
     pub fn rollback(&mut self) {
         while let Some((event, before)) = self.undo.pop() {
             self.apply(&event, before);
+        }
+        for (subscription, before) in std::mem::take(&mut self.subscriptions_before) {
+            set_count(&mut self.subscriptions, &subscription, before);
         }
     }
 
@@ -168,22 +201,30 @@ impl Pending {
     pub fn count(db: &redb::Database) -> Result<Self, QueueError> {
         let txn = db.begin_read().map_err(storage)?;
         let mut left: FastMap<EventKey, u32> = FastMap::default();
+        let mut pending = Pending::default();
         let tasks = txn.open_table(TASKS).map_err(storage)?;
         for entry in tasks.iter().map_err(storage)? {
             let (key, value) = entry.map_err(storage)?;
             let task = decode_task(key.value(), value.value())?;
             if task.ordering_key.is_empty() {
                 *left.entry(task.event).or_default() += 1;
+                *pending
+                    .subscriptions
+                    .entry(task.subscription_id)
+                    .or_default() += 1;
             }
         }
         let ordered = txn.open_table(ORDERED).map_err(storage)?;
         for entry in ordered.iter().map_err(storage)? {
-            let (_, value) = entry.map_err(storage)?;
+            let (key, value) = entry.map_err(storage)?;
             let (_, event) = decode_waiting(value.value())?;
             *left.entry(event).or_default() += 1;
+            *pending
+                .subscriptions
+                .entry(key.value().0.to_owned())
+                .or_default() += 1;
         }
         let events = txn.open_table(EVENTS).map_err(storage)?;
-        let mut pending = Pending::default();
         for (event, deliveries) in left {
             // An event past retention has no record: its deliveries will be skipped.
             let left = match events.get(event.as_str()).map_err(storage)? {
@@ -201,6 +242,17 @@ impl Pending {
             pending.apply(&event, Some(left));
         }
         Ok(pending)
+    }
+}
+
+/// Sets `key`'s count in `counts`, keeping no entry for a count of 0.
+fn set_count(counts: &mut FastMap<String, u64>, key: &str, count: u64) {
+    if count == 0 {
+        counts.remove(key);
+    } else if let Some(held) = counts.get_mut(key) {
+        *held = count;
+    } else {
+        counts.insert(key.to_owned(), count);
     }
 }
 

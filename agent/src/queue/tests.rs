@@ -19,6 +19,7 @@ fn config() -> QueueConfig {
         min_free_bytes: 0,
         recover_truncate: false,
         max_pending_reports: u64::MAX,
+        max_parked_deliveries: u64::MAX,
         retention: Duration::from_secs(3600),
         dedup_window: Duration::from_secs(3600),
         durable: true,
@@ -118,6 +119,7 @@ async fn run_seed(seed: u64, checkpoint_every: Duration) {
                     batch.push(NewEvent {
                         event: event(&id, 10),
                         subscriptions: subs,
+                        parked: Vec::new(),
                     });
                 }
                 // The bound counts events with deliveries to make: those with tasks left, and
@@ -283,6 +285,7 @@ async fn a_small_read_reaches_past_many_full_lanes_and_a_large_one_takes_every_l
             .accept(vec![NewEvent {
                 event: event(id, 5),
                 subscriptions: subs.clone(),
+                parked: Vec::new(),
             }])
             .await
             .expect("accept");
@@ -341,6 +344,7 @@ async fn a_full_queue_refuses_new_events_and_keeps_the_old() {
     let one = |id: &str, len| NewEvent {
         event: event(id, len),
         subscriptions: vec!["sub".into()],
+        parked: Vec::new(),
     };
     queue
         .accept(vec![one("a", 10), one("b", 10)])
@@ -637,6 +641,7 @@ async fn after_a_power_loss_mid_commit_every_acknowledged_event_is_there() {
             let new = NewEvent {
                 event: event(&id, 300),
                 subscriptions: vec!["sub".into()],
+                parked: Vec::new(),
             };
             match queue.accept(vec![new]).await {
                 Ok(_) => acknowledged.push(id),
@@ -656,6 +661,7 @@ async fn a_full_disk_answers_resource_exhausted_and_keeps_what_was_accepted() {
     let one = |id: &str| NewEvent {
         event: event(id, 10),
         subscriptions: vec!["sub".into()],
+        parked: Vec::new(),
     };
     for i in 0..5 {
         queue
@@ -759,6 +765,7 @@ async fn deliveries_of_one_ordering_key_go_one_at_a_time_in_order() {
         NewEvent {
             event,
             subscriptions: vec!["sub_a".into(), "sub_b".into()],
+            parked: Vec::new(),
         }
     };
     queue
@@ -910,6 +917,7 @@ async fn accept_one(queue: &Queue, event: pb::Event, subscriptions: &[&str]) {
         .accept(vec![NewEvent {
             event,
             subscriptions,
+            parked: Vec::new(),
         }])
         .await
         .expect("accept");
@@ -1046,6 +1054,7 @@ async fn the_same_id_from_two_tenants_is_two_events() {
         .accept(vec![NewEvent {
             event: order("shop-a", b"a"),
             subscriptions: vec!["sub_a".into()],
+            parked: Vec::new(),
         }])
         .await
         .expect("accept a");
@@ -1054,6 +1063,7 @@ async fn the_same_id_from_two_tenants_is_two_events() {
         .accept(vec![NewEvent {
             event: order("shop-b", b"b"),
             subscriptions: vec!["sub_b".into()],
+            parked: Vec::new(),
         }])
         .await
         .expect("accept b");
@@ -1065,6 +1075,7 @@ async fn the_same_id_from_two_tenants_is_two_events() {
         .accept(vec![NewEvent {
             event: order("shop-a", b"a again"),
             subscriptions: vec!["sub_a".into()],
+            parked: Vec::new(),
         }])
         .await
         .expect("accept a again");
@@ -1136,6 +1147,7 @@ async fn a_queue_written_before_events_were_keyed_by_tenant_is_rekeyed_when_it_o
         .accept(vec![NewEvent {
             event: event("evt_old", 10),
             subscriptions: vec!["sub_a".into()],
+            parked: Vec::new(),
         }])
         .await
         .expect("accept");
@@ -1177,6 +1189,7 @@ async fn delivered_events_do_not_count_toward_the_bound() {
             .accept(vec![NewEvent {
                 event: event(&format!("evt_{i}"), 10),
                 subscriptions,
+                parked: Vec::new(),
             }])
             .await
             .unwrap_or_else(|err| panic!("event {i}: {err}"));
@@ -1194,6 +1207,7 @@ async fn delivered_events_do_not_count_toward_the_bound() {
         .accept(vec![NewEvent {
             event: event("evt_23", 10),
             subscriptions: vec!["sub_a".into()],
+            parked: Vec::new(),
         }])
         .await
         .expect_err("3 events wait");
@@ -1220,6 +1234,7 @@ async fn one_tenant_holds_at_most_its_share_of_the_bound() {
             ..event(id, 10)
         },
         subscriptions: vec!["sub".into()],
+        parked: Vec::new(),
     };
     queue
         .accept(vec![from("noisy", "n1"), from("noisy", "n2")])
@@ -1287,6 +1302,7 @@ async fn a_report_outbox_the_control_plane_does_not_empty_refuses_new_work() {
         .accept(vec![NewEvent {
             event: event("evt_2", 10),
             subscriptions: vec!["sub".into()],
+            parked: Vec::new(),
         }])
         .await
         .expect_err("two reports wait");
@@ -1327,6 +1343,7 @@ async fn run_workload(queue: &Queue, events: usize) -> Workload {
         let new = NewEvent {
             event: event(&id, 100),
             subscriptions: vec!["sub".into()],
+            parked: Vec::new(),
         };
         match queue.accept(vec![new]).await {
             Ok(_) => seen.acknowledged.push(id),
@@ -1406,6 +1423,7 @@ async fn every_write_and_sync_failing_leaves_the_queue_whole_and_writing_again_w
             let after = NewEvent {
                 event: event("evt_after", 100),
                 subscriptions: vec!["sub".into()],
+                parked: Vec::new(),
             };
             queue
                 .accept(vec![after])

@@ -320,6 +320,17 @@ impl Writer {
                     || !applied.added.is_empty()
                     || !self.stranded.is_empty();
                 self.release(&applied.completing, &applied.added, false);
+                if applied.parked_dropped > 0 {
+                    self.shared
+                        .parked_dropped
+                        .fetch_add(applied.parked_dropped, Ordering::Relaxed);
+                    tracing::warn!(
+                        deliveries = applied.parked_dropped,
+                        limit = self.config.max_parked_deliveries,
+                        "deliveries to disabled subscriptions not kept: they hold \
+                         --max-parked-deliveries parked deliveries already"
+                    );
+                }
                 self.shared
                     .writable
                     .send_if_modified(|writable| !std::mem::replace(writable, true));
@@ -543,6 +554,7 @@ impl Writer {
                 outcomes: effects.outcomes,
                 completing,
                 added: effects.added,
+                parked_dropped: effects.parked_dropped,
                 reports_added,
                 seq,
                 durable,
@@ -638,6 +650,8 @@ struct Applied {
     seq: u64,
     /// Whether the commit is durable (a synced log record or a checkpoint).
     durable: bool,
+    /// Deliveries to parked subscriptions not kept (past `max_parked_deliveries`).
+    parked_dropped: u64,
 }
 
 /// Brings the recently accepted events ([`super::recent`]) up to date with a commit's effects.

@@ -262,3 +262,92 @@ async fn a_queue_bounded_at_200_takes_1000_events_the_receiver_keeps_up_with() -
     assert_eq!(world.receiver.request_count(), 1000);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_disabled_subscription_keeps_a_bounded_number_of_parked_deliveries() -> anyhow::Result<()>
+{
+    let world = World::start().await?;
+    let open = world
+        .control_plane
+        .create(subscription(
+            "shop-1",
+            &world.receiver.url("/open"),
+            &["order.*"],
+        ))
+        .await?;
+    let closed = world
+        .control_plane
+        .create(subscription(
+            "shop-1",
+            &world.receiver.url("/closed"),
+            &["order.*"],
+        ))
+        .await?;
+    let agent = world
+        .another_agent(AgentOptions {
+            max_parked_deliveries: Some(3),
+            ..Default::default()
+        })
+        .await?;
+    let mut admin = world.control_plane.subscriptions().await?;
+    let disabled = admin
+        .disable_subscription(pb::DisableSubscriptionRequest {
+            id: closed.id.clone(),
+            reason: String::new(),
+        })
+        .await?
+        .into_inner();
+    world
+        .control_plane
+        .wait_applied(disabled.revision.max(open.revision), WAIT)
+        .await?;
+    for n in 0..10 {
+        let emitted = agent
+            .emit(event("shop-1", "order.created", &json!({ "n": n })))
+            .await?;
+        assert_eq!(emitted.matched, 2, "event {n}: both match; never refused");
+    }
+    world.receiver.wait_for_requests(10, WAIT).await?;
+    // Three parked; the seven past the bound are logged as not kept, naming the flag.
+    let not_kept = eventually(WAIT, "seven deliveries logged as not kept", || async {
+        let log = world
+            .control_plane
+            .attempts(pb::AttemptFilter {
+                subscription_id: closed.id.clone(),
+                ..Default::default()
+            })
+            .await?;
+        let not_kept: Vec<pb::Attempt> = log
+            .into_iter()
+            .filter(|a| {
+                a.outcome == pb::Outcome::Skipped as i32
+                    && a.error.contains("--max-parked-deliveries")
+            })
+            .collect();
+        Ok((not_kept.len() == 7).then_some(not_kept))
+    })
+    .await?;
+    assert!(
+        not_kept
+            .iter()
+            .all(|a| !a.agent_id.is_empty() && a.error_kind == "skipped"),
+        "{not_kept:?}"
+    );
+    // Enabled with its parked deliveries: the three kept go out, and only they.
+    admin
+        .enable_subscription(pb::EnableSubscriptionRequest {
+            id: closed.id.clone(),
+            replay_parked: true,
+        })
+        .await?;
+    world.receiver.wait_for_requests(13, WAIT).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let to_closed = world
+        .receiver
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/closed")
+        .count();
+    assert_eq!(to_closed, 3);
+    Ok(())
+}
