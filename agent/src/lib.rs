@@ -154,6 +154,11 @@ pub struct Config {
     /// herald_queue_parked_deliveries_dropped). Its other deliveries go on.
     #[arg(long, env = "HERALD_MAX_PARKED_DELIVERIES", default_value_t = 100_000)]
     pub max_parked_deliveries: u64,
+    /// The queue file's page cache in bytes: the pages read most (lanes' heads, recent
+    /// events, the outbox) stay in memory. More helps a large backlog; the OS's page cache
+    /// holds the rest of the file either way.
+    #[arg(long, env = "HERALD_QUEUE_CACHE_BYTES", default_value_t = queue::DEFAULT_CACHE_BYTES)]
+    pub queue_cache_bytes: usize,
     /// Fsync every queue commit before answering Emit. Off risks losing acknowledged events
     /// on a power loss (not on a process crash); for benchmarks and throwaway setups.
     #[arg(long, env = "HERALD_FSYNC", default_value_t = true, action = clap::ArgAction::Set)]
@@ -202,6 +207,7 @@ impl Config {
             recover_truncate: false,
             max_pending_reports: 1_000_000,
             max_parked_deliveries: 100_000,
+            queue_cache_bytes: queue::DEFAULT_CACHE_BYTES,
             fsync: true,
             shutdown_grace: Duration::from_secs(30),
             emit_access: emit_access::EmitAccess::default(),
@@ -287,6 +293,7 @@ pub async fn run(
             recover_truncate: config.recover_truncate,
             max_pending_reports: config.max_pending_reports,
             max_parked_deliveries: config.max_parked_deliveries,
+            cache_bytes: config.queue_cache_bytes,
             retention: config.retention,
             dedup_window: config.dedup_window,
             durable: config.fsync,

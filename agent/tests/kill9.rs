@@ -210,6 +210,7 @@ async fn kill_9_in_a_burst_loses_no_acknowledged_event() -> anyhow::Result<()> {
                 recover_truncate: false,
                 max_pending_reports: u64::MAX,
                 max_parked_deliveries: u64::MAX,
+                cache_bytes: herald_agent::queue::DEFAULT_CACHE_BYTES,
                 retention: Duration::from_secs(3600),
                 dedup_window: Duration::from_secs(3600),
                 durable: true,

@@ -43,6 +43,7 @@ fn config() -> QueueConfig {
         recover_truncate: false,
         max_pending_reports: 60,
         max_parked_deliveries: 3,
+        cache_bytes: crate::queue::DEFAULT_CACHE_BYTES,
         retention: Duration::from_millis(2_000),
         dedup_window: Duration::from_millis(800),
         durable: true,

@@ -141,10 +141,11 @@ type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState
 /// A hash set, as [`FastMap`].
 type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
-/// The queue file's page cache. redb's default (1 GiB) would let a backlog grow the agent's
-/// memory far past its budget; the hot pages (the lanes' heads, recent events, the outbox) fit
-/// in far less.
-const CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// The queue file's page cache by default (`--queue-cache-bytes`). redb's default (1 GiB)
+/// would let a backlog grow the agent's memory far past its budget; the hot pages (the lanes'
+/// heads, recent events, the outbox) fit in far less, and the OS's page cache holds the rest
+/// of the file.
+pub const DEFAULT_CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// The most commands applied in one commit.
 pub const MAX_GROUP: usize = 4096;
 /// Commands waiting for the writer before callers wait for room.
@@ -166,6 +167,8 @@ pub struct QueueConfig {
     /// At most this many deliveries kept for one parked (disabled) subscription; past it an
     /// event's delivery to it is not kept, and a skipped attempt is reported instead.
     pub max_parked_deliveries: u64,
+    /// The queue file's page cache, in bytes ([`DEFAULT_CACHE_BYTES`]).
+    pub cache_bytes: usize,
     /// Open even when the write-ahead log holds a damaged record that was synced: keep what
     /// precedes it and drop the records after it ([`QueueError::DamagedLog`] otherwise).
     pub recover_truncate: bool,
@@ -589,9 +592,10 @@ impl Queue {
         })?;
         let space = writer::SpaceGuard::new(dir.to_owned(), config.min_free_bytes);
         let dir = dir.to_owned();
+        let cache_bytes = config.cache_bytes;
         let files: OpenFiles = Box::new(move || {
             let db = redb::Builder::new()
-                .set_cache_size(CACHE_BYTES)
+                .set_cache_size(cache_bytes)
                 .create(dir.join("queue.redb"))
                 .map_err(storage)?;
             let wal = std::fs::OpenOptions::new()

@@ -20,6 +20,7 @@ fn config() -> QueueConfig {
         recover_truncate: false,
         max_pending_reports: u64::MAX,
         max_parked_deliveries: u64::MAX,
+        cache_bytes: crate::queue::DEFAULT_CACHE_BYTES,
         retention: Duration::from_secs(3600),
         dedup_window: Duration::from_secs(3600),
         durable: true,

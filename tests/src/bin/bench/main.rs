@@ -124,6 +124,7 @@ async fn agent(
         region: "bench".into(),
         node: "bench".into(),
         max_in_flight: 0,
+        queue_cache_bytes: queue_cache_bytes(),
         dedup_window: Duration::from_secs(3600),
         retention: Duration::from_secs(3600),
         max_queue_events: u64::MAX,
@@ -866,4 +867,13 @@ fn cpu_seconds() -> f64 {
             .unwrap_or(0.0)
     };
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The agent's queue cache for in-process agents: `HERALD_QUEUE_CACHE_BYTES` as the agent
+/// reads it, so that runs with other sizes compare in one build.
+fn queue_cache_bytes() -> usize {
+    std::env::var("HERALD_QUEUE_CACHE_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(herald_agent::queue::DEFAULT_CACHE_BYTES)
 }
