@@ -30,6 +30,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod fleet;
 mod log;
+mod soak;
 
 use std::time::Duration;
 
@@ -58,6 +59,15 @@ async fn main() -> anyhow::Result<()> {
     match std::env::args().nth(1).as_deref() {
         Some("emit") => emit().await,
         Some("rss") => rss().await,
+        Some("soak") => {
+            let minutes = std::env::args()
+                .nth(2)
+                .map(|m| m.parse::<u64>())
+                .transpose()
+                .context("usage: bench soak [MINUTES]")?
+                .unwrap_or(8);
+            soak::run(Duration::from_secs(minutes * 60)).await
+        }
         Some("deliver") => deliver().await,
         Some("log") => log::run().await,
         Some("fleet") => fleet::run().await,
@@ -72,7 +82,9 @@ async fn main() -> anyhow::Result<()> {
             let fsync = std::env::args().nth(4).as_deref() != Some("off");
             emit_case(arg(2)?, arg(3)?, fsync).await
         }
-        _ => anyhow::bail!("usage: bench emit|deliver|log|fleet|rss|emit-case CALLERS BATCH [off]"),
+        _ => anyhow::bail!(
+            "usage: bench emit|deliver|log|fleet|rss|soak [MINUTES]|emit-case CALLERS BATCH [off]"
+        ),
     }
 }
 
@@ -298,55 +310,10 @@ async fn emit_case(callers: usize, batch: usize, fsync: bool) -> anyhow::Result<
 
 /// The agent as its own process: RSS idle, then while it takes and delivers 10,000 events/s.
 async fn rss() -> anyhow::Result<()> {
-    use std::sync::atomic::Ordering;
     const RATE: usize = 10_000;
     const LOAD: Duration = Duration::from_secs(15);
-    let binary = std::env::current_exe()?.with_file_name("herald-agent");
-    anyhow::ensure!(
-        binary.exists(),
-        "{} not found: build it (cargo build --release --bins)",
-        binary.display()
-    );
     let stop = CancellationToken::new();
-    let (cp, _cp_dir) = control_plane(&stop).await?;
-    let ca = herald_tests::TestCa::new();
-    let ca_dir = tempfile::tempdir()?;
-    let ca_file = ca.write_ca_pem(ca_dir.path())?;
-    let counter = std::sync::Arc::new(Counter::default());
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("https://127.0.0.1:{}", listener.local_addr()?.port());
-    let router = axum::Router::new()
-        .fallback(count)
-        .with_state(counter.clone());
-    let _server = herald_tests::receiver::spawn_https(listener, &ca, router);
-
-    let dir = tempfile::tempdir()?;
-    let addr = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
-    let child = tokio::process::Command::new(&binary)
-        .args([
-            "--control-plane",
-            &cp,
-            "--listen",
-            &addr.to_string(),
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .arg("--ca-file")
-        .arg(&ca_file)
-        .args(["--allow-targets", "127.0.0.0/8"])
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = child.id().context("pid")?;
-    let rss_mb = || -> anyhow::Result<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("VmRSS")?;
-        Ok(kb as f64 / 1024.0)
-    };
+    let mut agent = soak::AgentProcess::start(&stop, &[]).await?;
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -354,7 +321,7 @@ async fn rss() -> anyhow::Result<()> {
     let mut idle = Vec::new();
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        idle.push(rss_mb()?);
+        idle.push(agent.rss_mb()?);
     }
     println!("| what | value |");
     println!("| --- | ---: |");
@@ -364,56 +331,24 @@ async fn rss() -> anyhow::Result<()> {
     );
 
     // Under load: one subscription on the lean receiver, 10,000 events/s in batches of 100.
-    let mut admin =
-        herald_proto::v1::subscriptions_client::SubscriptionsClient::new(connect(&cp).await?);
-    admin
-        .create_subscription(pb::CreateSubscriptionRequest {
-            subscription: Some(herald_tests::subscription(
-                "load",
-                &format!("{base}/load"),
-                &["order.*"],
-            )),
-            allow_unregistered: false,
-        })
-        .await?;
-    let agent_url = format!("http://{addr}");
-    let mut agent = EventsClient::new(connect(&agent_url).await?);
-    herald_tests::eventually(
-        Duration::from_secs(30),
-        "the subscription at the agent",
-        || {
-            let mut agent = agent.clone();
-            async move {
-                let r = agent
-                    .emit(pb::EmitRequest {
-                        event: Some(tenant_event("load")),
-                    })
-                    .await?;
-                Ok((r.get_ref().matched == 1).then_some(()))
-            }
-        },
-    )
-    .await?;
+    agent.subscribe().await?;
     let started = Instant::now();
-    let delivered_before = counter.count.load(Ordering::Relaxed);
+    let delivered_before = agent.delivered();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let mut samples = Vec::new();
     let mut next_sample = started + Duration::from_secs(5);
     let mut emitted = 0usize;
     while started.elapsed() < LOAD {
         tick.tick().await;
-        let batch = (0..RATE / 100).map(|_| tenant_event("load")).collect();
-        agent
-            .emit_batch(pb::EmitBatchRequest { events: batch })
-            .await?;
+        agent.emit_batch(RATE / 100).await?;
         emitted += RATE / 100;
         if Instant::now() >= next_sample {
-            samples.push(rss_mb()?);
+            samples.push(agent.rss_mb()?);
             next_sample += Duration::from_secs(1);
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let delivered = counter.count.load(Ordering::Relaxed) - delivered_before;
+    let delivered = agent.delivered() - delivered_before;
     let max = samples.iter().copied().fold(0.0, f64::max);
     println!(
         "| herald-agent RSS at {:.0} events/s emitted, {:.0} deliveries/s (median / max of {} samples, 1 s apart, after 5 s) | {:.1} / {:.1} MB |",
