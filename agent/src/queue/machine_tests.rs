@@ -10,25 +10,10 @@ use herald_proto::v1 as pb;
 
 use super::*;
 use crate::queue::pending::{Pending, Tally};
+use crate::queue::tests::Rng;
 use crate::queue::view::{EventRecord, MemoryView, View};
 use crate::queue::{EventKey, NewEvent, Next, QueueConfig, QueueError, Replay, Task};
 use crate::queue::{decode_task, decode_waiting};
-
-/// A small deterministic random source (xorshift), so a failing seed can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// The subscription that is disabled throughout.
 const PARKED: &str = "sub_2";

@@ -948,15 +948,24 @@ impl Queue {
             .map_err(|_| QueueError::Closed)
     }
 
-    /// Removes events older than the retention period (run periodically).
+    /// Removes events older than the retention period, and kept events past their byte bound
+    /// (run periodically): in commits of at most [`machine::SWEEP_BATCH`] events each, until
+    /// none is left, so that the sweep keeps up with any steady rate. Returns how many went.
     pub async fn sweep(&self) -> Result<u64, QueueError> {
-        let (reply, answer) = oneshot::channel();
-        self.writer
-            .send(Command::Sweep { reply })
-            .await
-            .map_err(|_| QueueError::Closed)?;
-        self.shared.wake_writer();
-        answer.await.map_err(|_| QueueError::Closed)?
+        let mut removed = 0;
+        loop {
+            let (reply, answer) = oneshot::channel();
+            self.writer
+                .send(Command::Sweep { reply })
+                .await
+                .map_err(|_| QueueError::Closed)?;
+            self.shared.wake_writer();
+            let batch = answer.await.map_err(|_| QueueError::Closed)??;
+            removed += batch;
+            if batch < machine::SWEEP_BATCH as u64 {
+                return Ok(removed);
+            }
+        }
     }
 
     /// Whether the queue can write now: false from a disk fault (a full or failing disk) on,

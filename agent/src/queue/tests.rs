@@ -40,17 +40,17 @@ fn event(id: &str, payload_len: usize) -> pb::Event {
 }
 
 /// A small deterministic random source (xorshift), so a failing seed can be replayed.
-struct Rng(u64);
+pub(in crate::queue) struct Rng(pub(in crate::queue) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(in crate::queue) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(in crate::queue) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 }
@@ -1539,4 +1539,30 @@ async fn the_next_due_time_passes_over_lanes_the_scheduler_admits_nothing_to() {
         None,
         "sub_open's task is taken, sub_full admits nothing"
     );
+}
+
+#[tokio::test]
+async fn a_sweep_removes_every_event_past_retention_however_many_batches_that_takes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let short = QueueConfig {
+        max_events: u64::MAX,
+        max_bytes: u64::MAX,
+        retention: Duration::from_millis(1),
+        dedup_window: Duration::from_millis(1),
+        ..config()
+    };
+    let queue = Queue::open(dir.path(), short).expect("open");
+    let total = machine::SWEEP_BATCH + 5;
+    for first in (0..total).step_by(1000) {
+        let batch = (first..(first + 1000).min(total))
+            .map(|i| NewEvent {
+                event: event(&format!("evt_{i}"), 10),
+                ..Default::default()
+            })
+            .collect();
+        queue.accept(batch).await.expect("accept");
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(queue.sweep().await.expect("sweep"), total as u64);
+    assert_eq!(queue.stats().expect("stats").events, 0);
 }
