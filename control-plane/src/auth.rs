@@ -1,8 +1,11 @@
 //! Who may call what: bearer tokens with roles, checked on every request before it reaches a
 //! service.
 //!
-//! Tokens come from `--auth-tokens FILE` (or `HERALD_AUTH_TOKENS`): one `ROLE TOKEN` pair a
-//! line, `#` starts a comment. Roles:
+//! Tokens come from `--auth-tokens FILE` (or `HERALD_AUTH_TOKENS`): one token a line,
+//! `ROLE TOKEN [name=NAME] [tenants=T1,T2] [regions=R1,R2]`, `#` starts a comment. `name=` is
+//! what the caller is recorded as (default: the role and the start of the token's digest);
+//! `tenants=` limits the token to those tenants ([`crate::access`]; without it, every tenant);
+//! `regions=` limits an agent token to agents of those regions. Roles:
 //! - `read`: the read-only operator API (get and list subscriptions, their health, delivery
 //!   logs, agents), without secret values;
 //! - `admin`: everything `read` may, plus every change and secret values;
@@ -15,12 +18,14 @@
 //! Tokens are kept only as SHA-256 digests and looked up by digest, so a lookup's timing does
 //! not depend on how much of a guess matches.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use sha2::{Digest, Sha256};
+
+use crate::access::{Caller, Identity, Scope};
 
 /// The longest token accepted.
 const MAX_TOKEN_LEN: usize = 512;
@@ -28,6 +33,10 @@ const MAX_TOKEN_LEN: usize = 512;
 const MIN_TOKEN_LEN: usize = 16;
 /// The most tokens a file holds.
 const MAX_TOKENS: usize = 10_000;
+/// The most tenants (or regions) one token may be scoped to.
+pub const MAX_SCOPE_NAMES: usize = 1000;
+/// The longest token name.
+const MAX_NAME_LEN: usize = 64;
 
 /// What a caller may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +50,8 @@ pub enum Role {
 }
 
 impl Role {
-    fn name(self) -> &'static str {
+    /// The role's name in the tokens file.
+    pub fn name(self) -> &'static str {
         match self {
             Role::Read => "read",
             Role::Admin => "admin",
@@ -135,10 +145,10 @@ pub enum AuthError {
     },
 }
 
-/// The accepted tokens and their roles.
+/// The accepted tokens and the identities they stand for.
 #[derive(Clone)]
 pub struct Tokens {
-    by_digest: Arc<HashMap<[u8; 32], Role>>,
+    by_digest: Arc<HashMap<[u8; 32], Arc<Identity>>>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -151,10 +161,85 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// The identity a token line's options give a token of `role`.
+fn identity<'a>(
+    role: Role,
+    digest: &[u8; 32],
+    options: impl Iterator<Item = &'a str>,
+) -> Result<Identity, String> {
+    let mut identity = Identity {
+        // The role and the digest's first four bytes: stable, and telling nothing of the token.
+        name: format!(
+            "{}-{}",
+            role.name(),
+            digest[..4]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ),
+        role,
+        tenants: Scope::All,
+        regions: Scope::All,
+    };
+    let mut seen = BTreeSet::new();
+    for option in options {
+        let Some((key, value)) = option.split_once('=') else {
+            return Err(format!(
+                "{option:?} is not an option: use name=NAME, tenants=T1,T2 or regions=R1,R2"
+            ));
+        };
+        if !seen.insert(key) {
+            return Err(format!("{key}= is given twice"));
+        }
+        match key {
+            "name" => {
+                let fits =
+                    |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@' | ':');
+                if value.is_empty() || value.len() > MAX_NAME_LEN || !value.chars().all(fits) {
+                    return Err(format!(
+                        "name= takes 1 to {MAX_NAME_LEN} letters, digits, '.', '_', '-', '@' or ':'"
+                    ));
+                }
+                identity.name = value.to_owned();
+            }
+            "tenants" => {
+                identity.tenants = scope(value, herald_core::validate::tenant)?;
+            }
+            "regions" if role == Role::Agent => {
+                identity.regions = scope(value, herald_core::validate::region)?;
+            }
+            "regions" => return Err("regions= applies to agent tokens only".into()),
+            other => {
+                return Err(format!(
+                    "unknown option {other}=: use name=, tenants= or regions="
+                ));
+            }
+        }
+    }
+    Ok(identity)
+}
+
+/// A comma-separated list of names, each checked by `check`.
+fn scope(
+    value: &str,
+    check: fn(&str) -> Result<(), herald_core::validate::ValidationError>,
+) -> Result<Scope, String> {
+    let mut names = BTreeSet::new();
+    for name in value.split(',') {
+        check(name).map_err(|e| e.to_string())?;
+        names.insert(name.to_owned());
+    }
+    if names.len() > MAX_SCOPE_NAMES {
+        return Err(format!("at most {MAX_SCOPE_NAMES} names in a scope"));
+    }
+    Ok(Scope::Only(names))
+}
+
 impl Tokens {
-    /// Parses `ROLE TOKEN` lines.
+    /// Parses `ROLE TOKEN [name=NAME] [tenants=T1,T2] [regions=R1,R2]` lines.
     pub fn parse(text: &str) -> Result<Tokens, AuthError> {
         let mut by_digest = HashMap::new();
+        let mut names = BTreeSet::new();
         for (index, line) in text.lines().enumerate() {
             let invalid = |reason: String| AuthError::Invalid {
                 line: index + 1,
@@ -165,9 +250,10 @@ impl Tokens {
                 continue;
             }
             let mut fields = line.split_whitespace();
-            let (Some(role), Some(token), None) = (fields.next(), fields.next(), fields.next())
-            else {
-                return Err(invalid("expected `ROLE TOKEN`".into()));
+            let (Some(role), Some(token)) = (fields.next(), fields.next()) else {
+                return Err(invalid(
+                    "expected `ROLE TOKEN [name=NAME] [tenants=T1,T2]`".into(),
+                ));
             };
             let role = match role {
                 "read" => Role::Read,
@@ -187,7 +273,15 @@ impl Tokens {
             if !token.chars().all(|c| c.is_ascii_graphic()) {
                 return Err(invalid("a token must be printable ASCII".into()));
             }
-            if by_digest.insert(digest(token), role).is_some() {
+            let digest = digest(token);
+            let identity = identity(role, &digest, fields).map_err(invalid)?;
+            if !names.insert(identity.name.clone()) {
+                return Err(invalid(format!(
+                    "the name {:?} is given to two tokens",
+                    identity.name
+                )));
+            }
+            if by_digest.insert(digest, Arc::new(identity)).is_some() {
                 return Err(invalid("the token appears twice".into()));
             }
             if by_digest.len() > MAX_TOKENS {
@@ -205,8 +299,9 @@ impl Tokens {
         })
     }
 
-    /// The role of the caller presenting `authorization` (an `authorization` header value).
-    fn role(&self, authorization: Option<&[u8]>) -> Result<Role, tonic::Status> {
+    /// The identity of the caller presenting `authorization` (an `authorization` header
+    /// value).
+    fn identity(&self, authorization: Option<&[u8]>) -> Result<Arc<Identity>, tonic::Status> {
         let Some(value) = authorization else {
             return Err(tonic::Status::unauthenticated(
                 "missing bearer token: pass --token or set HERALD_TOKEN",
@@ -224,7 +319,7 @@ impl Tokens {
             })?;
         self.by_digest
             .get(&digest(token))
-            .copied()
+            .cloned()
             .ok_or_else(|| tonic::Status::unauthenticated("the token is not recognised"))
     }
 }
@@ -260,19 +355,6 @@ pub fn needed_role(path: &str) -> Option<Role> {
         _ => Some(Role::Admin),
     }
 }
-
-/// Whether the caller of a request may see secret values: with tokens configured only
-/// `admin` may; with the API open, anyone. Services call this for `show_secrets`.
-pub fn may_see_secrets<T>(request: &tonic::Request<T>) -> bool {
-    match request.extensions().get::<Caller>() {
-        Some(Caller(role)) => *role == Role::Admin,
-        None => true,
-    }
-}
-
-/// The authenticated caller's role, put into each request's extensions.
-#[derive(Clone, Copy, Debug)]
-pub struct Caller(pub Role);
 
 /// The tower layer that checks every request (a no-op without tokens).
 #[derive(Clone, Debug)]
@@ -333,14 +415,14 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .map(|v| v.as_bytes());
-        let refusal = match tokens.role(authorization) {
-            Ok(role) if role.covers(needed) => {
-                request.extensions_mut().insert(Caller(role));
+        let refusal = match tokens.identity(authorization) {
+            Ok(identity) if identity.role.covers(needed) => {
+                request.extensions_mut().insert(Caller(identity));
                 return Either::Left(self.inner.call(request));
             }
-            Ok(role) => tonic::Status::permission_denied(format!(
+            Ok(identity) => tonic::Status::permission_denied(format!(
                 "role {} may not call {}; it needs {}",
-                role.name(),
+                identity.role.name(),
                 request.uri().path(),
                 needed.name()
             )),
@@ -371,16 +453,22 @@ mod tests {
     #[test]
     fn tokens_map_to_their_roles() {
         let tokens = tokens();
-        assert_eq!(tokens.role(Some(&bearer(ADMIN))).unwrap(), Role::Admin);
-        assert_eq!(tokens.role(Some(&bearer(READER))).unwrap(), Role::Read);
-        let missing = tokens.role(None).unwrap_err();
+        assert_eq!(
+            tokens.identity(Some(&bearer(ADMIN))).unwrap().role,
+            Role::Admin
+        );
+        assert_eq!(
+            tokens.identity(Some(&bearer(READER))).unwrap().role,
+            Role::Read
+        );
+        let missing = tokens.identity(None).unwrap_err();
         assert_eq!(missing.code(), tonic::Code::Unauthenticated);
         assert!(missing.message().contains("--token"));
         let wrong = tokens
-            .role(Some(&bearer("nope-0123456789abcdef")))
+            .identity(Some(&bearer("nope-0123456789abcdef")))
             .unwrap_err();
         assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
-        let not_bearer = tokens.role(Some(ADMIN.as_bytes())).unwrap_err();
+        let not_bearer = tokens.identity(Some(ADMIN.as_bytes())).unwrap_err();
         assert_eq!(not_bearer.code(), tonic::Code::Unauthenticated);
     }
 
@@ -422,7 +510,17 @@ mod tests {
             ("admin", "ROLE TOKEN"),
             ("root abcdefghijklmnopqrstuvwxyz", "unknown role"),
             ("admin short", "16 to"),
-            ("admin abcdefghijklmnop extra", "ROLE TOKEN"),
+            ("admin abcdefghijklmnop extra", "not an option"),
+            (
+                "admin abcdefghijklmnop colour=red",
+                "unknown option colour=",
+            ),
+            ("admin abcdefghijklmnop tenants=", "tenant"),
+            ("admin abcdefghijklmnop tenants=a/b", "'/'"),
+            ("admin abcdefghijklmnop tenants=a tenants=b", "twice"),
+            ("admin abcdefghijklmnop regions=eu", "agent tokens only"),
+            ("admin abcdefghijklmnop name=", "name="),
+            ("admin abcdefghijklmnop name=has/slash", "name="),
         ] {
             let err = Tokens::parse(text).unwrap_err().to_string();
             assert!(err.contains(why), "{text:?}: {err}");
@@ -430,6 +528,33 @@ mod tests {
         let twice = format!("admin {ADMIN}\nread {ADMIN}");
         let err = Tokens::parse(&twice).unwrap_err().to_string();
         assert!(err.contains("line 2") && err.contains("twice"), "{err}");
+        let same_name = format!("admin {ADMIN} name=ops\nread {READER} name=ops");
+        let err = Tokens::parse(&same_name).unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("\"ops\""), "{err}");
+    }
+
+    #[test]
+    fn tokens_carry_a_name_and_a_scope() {
+        let tokens = Tokens::parse(&format!(
+            "admin {ADMIN} name=shop-a-ops tenants=shop-a,shop-c\n\
+             agent agent-token-0123456789 tenants=shop-a regions=eu,us\n\
+             read {READER}\n"
+        ))
+        .unwrap();
+        let admin = tokens.identity(Some(&bearer(ADMIN))).unwrap();
+        assert_eq!(admin.name, "shop-a-ops");
+        assert!(admin.sees("shop-a") && admin.sees("shop-c") && !admin.sees("shop-b"));
+        assert!(admin.regions.is_all());
+        let agent = tokens
+            .identity(Some(&bearer("agent-token-0123456789")))
+            .unwrap();
+        assert!(agent.regions.allows("eu") && !agent.regions.allows("ap"));
+        assert!(agent.sees("shop-a") && !agent.sees("shop-c"));
+        // Without name= the name tells the role and not the token.
+        let reader = tokens.identity(Some(&bearer(READER))).unwrap();
+        assert!(reader.name.starts_with("read-") && reader.name.len() == 13);
+        assert!(!reader.name.contains(READER));
+        assert!(reader.tenants.is_all());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! [`run`] is the whole server; `main` only parses [`Config`] and calls it, so tests and
 //! `herald dev` run the real thing in-process on a listener of their choosing.
 
+pub mod access;
 pub mod attempts;
 pub mod auth;
 pub mod event_types;

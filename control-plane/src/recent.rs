@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use herald_proto::convert::{duration, std_duration, timestamp};
 use herald_proto::v1 as pb;
 
-use crate::attempts::{AttemptLog, LogError};
+use crate::attempts::{AttemptLog, Filter, LogError};
 
 /// The most attempts looked at.
 pub const MAX_SAMPLE: usize = 10_000;
@@ -21,11 +21,11 @@ pub async fn fill(log: &AttemptLog, health: &mut pb::SubscriptionHealth) -> Resu
     let since = SystemTime::now()
         .checked_sub(WINDOW)
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    let filter = pb::AttemptFilter {
+    let filter = Filter::new(pb::AttemptFilter {
         subscription_id: health.subscription_id.clone(),
         since: Some(timestamp(since)),
         ..Default::default()
-    };
+    });
     let mut attempts = Vec::new();
     let mut token = String::new();
     loop {

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 
 use herald_proto::v1 as pb;
 
-use crate::attempts::{AttemptLog, LogError};
+use crate::access::Scope;
+use crate::attempts::{AttemptLog, Filter, LogError};
 use crate::fleet::Fleet;
 use crate::replay_relay::{AGENT_TIMEOUT, Relay, Relayed};
 
@@ -47,12 +48,14 @@ struct Latest {
     outcome: i32,
 }
 
-/// Finds the deliveries `request` names in `log` and has their agents queue them again.
+/// Finds the deliveries `request` names in `log` among those of `tenants` (the caller's
+/// scope) and has their agents queue them again.
 pub async fn replay(
     log: &AttemptLog,
     fleet: &Fleet,
     relay: &Relay,
     request: pb::ReplayDeliveriesRequest,
+    tenants: &Scope,
 ) -> Result<pb::ReplayDeliveriesResponse, ReplayError> {
     let by_range = request.event_id.is_empty();
     if by_range && (request.subscription_id.is_empty() || request.since.is_none()) {
@@ -61,13 +64,16 @@ pub async fn replay(
                 .into(),
         ));
     }
-    let filter = pb::AttemptFilter {
-        event_id: request.event_id.clone(),
-        subscription_id: request.subscription_id.clone(),
-        since: request.since,
-        until: request.until,
-        ..Default::default()
-    };
+    let filter = Filter::within(
+        pb::AttemptFilter {
+            event_id: request.event_id.clone(),
+            subscription_id: request.subscription_id.clone(),
+            since: request.since,
+            until: request.until,
+            ..Default::default()
+        },
+        tenants,
+    );
     let deliveries = latest_attempts(log, filter).await?;
     let deliveries: BTreeMap<(String, String), Latest> = deliveries
         .into_iter()
@@ -170,7 +176,7 @@ fn add_result(
 /// The latest logged attempt of every delivery (event, subscription) matching `filter`.
 async fn latest_attempts(
     log: &AttemptLog,
-    filter: pb::AttemptFilter,
+    filter: Filter,
 ) -> Result<BTreeMap<(String, String), Latest>, ReplayError> {
     let mut latest: BTreeMap<(String, String), Latest> = BTreeMap::new();
     let mut token = String::new();

@@ -15,6 +15,7 @@ use herald_proto::convert::{self, signature_scheme, system_time, timestamp, wire
 use herald_proto::v1 as pb;
 use prost::Message;
 
+use crate::access::Scope;
 use crate::keys;
 use crate::sealing::{Keyring, SealingError};
 use crate::store::{Compare, KeyValue, Op, Store, StoreError, Txn, TxnOutcome};
@@ -231,24 +232,59 @@ impl Subscriptions {
         page_size: u32,
         page_token: &str,
     ) -> Result<Page, SubscriptionError> {
-        let prefix = if tenant.is_empty() {
-            keys::SUBSCRIPTIONS.to_owned()
-        } else {
+        self.list_within(&Scope::All, tenant, page_size, page_token)
+            .await
+    }
+
+    /// Lists the subscriptions of `tenants` a page at a time: those of `tenant` when it is
+    /// given (none when it lies outside `tenants`), else those of every tenant in `tenants`,
+    /// in key order.
+    pub async fn list_within(
+        &self,
+        tenants: &Scope,
+        tenant: &str,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page, SubscriptionError> {
+        if !tenant.is_empty() {
             herald_core::validate::tenant(tenant)?;
-            keys::tenant_subscriptions(tenant)
-        };
-        let after = if page_token.is_empty() {
-            None
-        } else if page_token.starts_with(&prefix) {
-            Some(page_token)
-        } else {
-            return Err(ValidationError::new("page_token", "is not from this listing").into());
-        };
+        }
         let size = match page_size as usize {
             0 => DEFAULT_PAGE_SIZE,
             n => n.min(MAX_PAGE_SIZE),
         };
-        let kvs = self.store.list_page(&prefix, after, size).await?;
+        // The tenants' key ranges to read, in key order: one prefix, or each scoped tenant's.
+        let prefixes: Vec<String> = match (tenant, tenants.names()) {
+            ("", None) => vec![keys::SUBSCRIPTIONS.to_owned()],
+            ("", Some(names)) => names
+                .iter()
+                .map(|t| keys::tenant_subscriptions(t))
+                .collect(),
+            (tenant, _) if tenants.allows(tenant) => vec![keys::tenant_subscriptions(tenant)],
+            _ => vec![],
+        };
+        // A token is the last key of the previous page: start in the range holding it.
+        let (start, after) = if page_token.is_empty() {
+            (0, None)
+        } else {
+            let index = prefixes
+                .iter()
+                .position(|p| page_token.starts_with(p.as_str()))
+                .ok_or_else(|| ValidationError::new("page_token", "is not from this listing"))?;
+            (index, Some(page_token))
+        };
+        let mut kvs = Vec::new();
+        for (i, prefix) in prefixes.iter().enumerate().skip(start) {
+            let after = if i == start { after } else { None };
+            kvs.extend(
+                self.store
+                    .list_page(prefix, after, size - kvs.len())
+                    .await?,
+            );
+            if kvs.len() == size {
+                break;
+            }
+        }
         let next_page_token = match kvs.last() {
             Some(last) if kvs.len() == size => last.key.clone(),
             _ => String::new(),
@@ -576,4 +612,66 @@ pub fn redact(mut sub: pb::Subscription) -> pb::Subscription {
         secret.secret.clear();
     }
     sub
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_scoped_listing_pages_through_its_tenants_only() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::embedded(dir.path()).await.expect("a store");
+        let keyring = Keyring::parse(&Keyring::generate_entry("k1").expect("a key")).expect("ok");
+        let registry =
+            Subscriptions::new(store, TargetPolicy::new(false, vec![]), Arc::new(keyring));
+        for (tenant, n) in [("shop-a", 3), ("shop-b", 2), ("shop-c", 2)] {
+            for _ in 0..n {
+                registry
+                    .create(pb::Subscription {
+                        tenant: tenant.into(),
+                        url: "https://93.184.215.14/hook".into(),
+                        event_types: vec!["order.*".into()],
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("created");
+            }
+        }
+        let scope = Scope::Only(["shop-a".to_owned(), "shop-c".to_owned()].into());
+        let mut tenants = vec![];
+        let mut token = String::new();
+        let mut pages = 0;
+        loop {
+            let page = registry
+                .list_within(&scope, "", 2, &token)
+                .await
+                .expect("a page");
+            assert!(page.subscriptions.len() <= 2);
+            tenants.extend(page.subscriptions.into_iter().map(|s| s.tenant));
+            pages += 1;
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!(tenants, ["shop-a", "shop-a", "shop-a", "shop-c", "shop-c"]);
+        assert!(pages >= 3);
+        // A tenant outside the scope lists as empty; a token from another listing is refused.
+        let outside = registry
+            .list_within(&scope, "shop-b", 10, "")
+            .await
+            .expect("ok");
+        assert!(outside.subscriptions.is_empty() && outside.next_page_token.is_empty());
+        let all = registry.list("", 3, "").await.expect("ok");
+        let foreign = registry
+            .list_within(
+                &Scope::Only(["shop-c".to_owned()].into()),
+                "",
+                2,
+                &all.next_page_token,
+            )
+            .await;
+        assert!(matches!(foreign, Err(SubscriptionError::Invalid(_))));
+    }
 }

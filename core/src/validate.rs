@@ -59,6 +59,14 @@ pub fn tenant(value: &str) -> Result<(), ValidationError> {
     })
 }
 
+/// Checks a region name: 1 to [`MAX_TENANT_LEN`] characters of `[A-Za-z0-9_.-]`, like a
+/// tenant (regions name agents' places: `eu-west-1`, `dc2`).
+pub fn region(value: &str) -> Result<(), ValidationError> {
+    identifier("region", value, MAX_TENANT_LEN, |c| {
+        c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
+    })
+}
+
 /// Checks an event id: 1 to [`MAX_EVENT_ID_LEN`] characters of `[A-Za-z0-9_.:-]`.
 ///
 /// The id is sent as the `webhook-id` header and signed, so it stays plain ASCII.

@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime};
 use herald_proto::convert::timestamp;
 use herald_proto::v1 as pb;
 
-use super::{AttemptLog, LogStore, Reactions};
+use super::{AttemptLog, Filter, LogStore, Reactions};
+use crate::access::Scope;
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -246,38 +247,50 @@ async fn stores_once_and_pages_newest_first(log: &dyn LogStore) {
     assert_eq!(stored[0].attempt, 2);
 
     let first = log
-        .list(by_subscription("sub_pages"), 2, "")
+        .list(Filter::new(by_subscription("sub_pages")), 2, "")
         .await
         .expect("page 1");
     assert_eq!(ids(&first), ["evt_p0", "evt_p4"]);
     assert_eq!(first.attempts[0].attempt, 2);
     let second = log
-        .list(by_subscription("sub_pages"), 2, &first.next_page_token)
+        .list(
+            Filter::new(by_subscription("sub_pages")),
+            2,
+            &first.next_page_token,
+        )
         .await
         .expect("page 2");
     assert_eq!(ids(&second), ["evt_p3", "evt_p2"]);
     let third = log
-        .list(by_subscription("sub_pages"), 2, &second.next_page_token)
+        .list(
+            Filter::new(by_subscription("sub_pages")),
+            2,
+            &second.next_page_token,
+        )
         .await
         .expect("page 3");
     assert_eq!(ids(&third), ["evt_p1", "evt_p0"]);
     if !third.next_page_token.is_empty() {
         let end = log
-            .list(by_subscription("sub_pages"), 2, &third.next_page_token)
+            .list(
+                Filter::new(by_subscription("sub_pages")),
+                2,
+                &third.next_page_token,
+            )
             .await
             .expect("past the end");
         assert!(end.attempts.is_empty() && end.next_page_token.is_empty());
     }
     assert!(
-        log.list(Default::default(), 10, "garbage").await.is_err(),
+        log.list(Filter::default(), 10, "garbage").await.is_err(),
         "a token from nowhere is refused"
     );
     let one = log
         .list(
-            pb::AttemptFilter {
+            Filter::new(pb::AttemptFilter {
                 event_id: "evt_p0".into(),
                 ..Default::default()
-            },
+            }),
             0,
             "",
         )
@@ -316,14 +329,18 @@ async fn filters_select_what_they_name(log: &dyn LogStore) {
     ])
     .await
     .expect("insert");
-    let list = |filter: pb::AttemptFilter| async move {
-        let page = log.list(filter, 100, "").await.expect("list");
+    let within = |filter: pb::AttemptFilter, tenants: Scope| async move {
+        let page = log
+            .list(Filter::within(filter, &tenants), 100, "")
+            .await
+            .expect("list");
         page.attempts
             .iter()
             .map(|a| a.event_id.clone())
             .filter(|id| id.starts_with("evt_f"))
             .collect::<Vec<_>>()
     };
+    let list = |filter: pb::AttemptFilter| within(filter, Scope::All);
     assert_eq!(
         list(by_subscription("sub_filter_a")).await,
         ["evt_f2", "evt_f1"]
@@ -367,6 +384,32 @@ async fn filters_select_what_they_name(log: &dyn LogStore) {
             since: Some(timestamp(SystemTime::now() + Duration::from_secs(60))),
             ..Default::default()
         })
+        .await
+        .is_empty()
+    );
+    // A caller scoped to some tenants sees only theirs, whatever the filter names.
+    let only = |tenants: &[&str]| Scope::Only(tenants.iter().map(|t| t.to_string()).collect());
+    assert_eq!(
+        within(pb::AttemptFilter::default(), only(&["shop-2"])).await,
+        ["evt_f3"]
+    );
+    assert_eq!(
+        within(pb::AttemptFilter::default(), only(&["shop-1", "shop-9"])).await,
+        ["evt_f2", "evt_f1"]
+    );
+    assert!(
+        within(by_subscription("sub_filter_b"), only(&["shop-1"]))
+            .await
+            .is_empty()
+    );
+    assert!(
+        within(
+            pb::AttemptFilter {
+                tenant: "shop-2".into(),
+                ..Default::default()
+            },
+            only(&["shop-1"])
+        )
         .await
         .is_empty()
     );
@@ -441,7 +484,7 @@ async fn retention_removes_what_started_before_the_cut_off(log: &dyn LogStore) {
     assert_eq!(removed, 2, "the attempts past retention");
     assert_eq!(log.len().await.expect("len"), 1);
     let left = log
-        .list(by_subscription("sub_retention"), 10, "")
+        .list(Filter::new(by_subscription("sub_retention")), 10, "")
         .await
         .expect("list");
     assert_eq!(ids(&left), ["evt_kept"]);

@@ -62,7 +62,7 @@ impl LogStore for EmbeddedLog {
 
     async fn list(
         &self,
-        filter: pb::AttemptFilter,
+        filter: Filter,
         page_size: u32,
         page_token: &str,
     ) -> Result<Page, LogError> {
@@ -268,7 +268,7 @@ impl EmbeddedLog {
     /// Attempts matching `filter`, newest first, a page at a time.
     pub async fn list(
         &self,
-        filter: pb::AttemptFilter,
+        filter: Filter,
         page_size_asked: u32,
         page_token: &str,
     ) -> Result<Page, LogError> {
@@ -280,8 +280,15 @@ impl EmbeddedLog {
             })?
         };
         let size = page_size(page_size_asked);
+        if filter.tenants().is_some_and(|t| t.is_empty()) {
+            // None of the tenants asked for may be shown.
+            return Ok(Page {
+                attempts: vec![],
+                next_page_token: String::new(),
+            });
+        }
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || query(&db, &Filter::new(filter), before, size))
+        tokio::task::spawn_blocking(move || query(&db, &filter, before, size))
             .await
             .map_err(storage)?
     }
@@ -446,21 +453,21 @@ fn query(db: &Database, filter: &Filter, before: u64, size: usize) -> Result<Pag
     let records = txn.open_table(ATTEMPTS).map_err(storage)?;
     // Pick the narrowest index the filter allows; the rest of the filter is applied per record.
     let seqs: Box<dyn Iterator<Item = Result<u64, LogError>>> =
-        if !filter.wire.subscription_id.is_empty() {
+        if !filter.wire().subscription_id.is_empty() {
             let table = txn.open_table(BY_SUBSCRIPTION).map_err(storage)?;
-            let id = filter.wire.subscription_id.as_str();
+            let id = filter.wire().subscription_id.as_str();
             let range = table.range((id, 0)..(id, before)).map_err(storage)?;
             Box::new(
                 range
                     .rev()
                     .map(|e| e.map(|(k, _)| k.value().1).map_err(storage)),
             )
-        } else if !filter.wire.event_id.is_empty() {
+        } else if !filter.wire().event_id.is_empty() {
             // One event has few attempts: collect their sequence numbers, newest first.
             let table = txn.open_table(ATTEMPT_IDS).map_err(storage)?;
             let (from, to) = (
-                format!("{}\0", filter.wire.event_id),
-                format!("{}\u{1}", filter.wire.event_id),
+                format!("{}\0", filter.wire().event_id),
+                format!("{}\u{1}", filter.wire().event_id),
             );
             let mut seqs = Vec::new();
             for entry in table.range(from.as_str()..to.as_str()).map_err(storage)? {
@@ -536,10 +543,10 @@ mod tests {
             "idempotent"
         );
 
-        let by_sub = pb::AttemptFilter {
+        let by_sub = Filter::new(pb::AttemptFilter {
             subscription_id: "sub_a".into(),
             ..Default::default()
-        };
+        });
         let first = log.list(by_sub.clone(), 2, "").await.expect("page 1");
         let ids: Vec<_> = first.attempts.iter().map(|a| a.event_id.as_str()).collect();
         assert_eq!(ids, ["evt_4", "evt_3"]);
@@ -564,7 +571,10 @@ mod tests {
             outcome: pb::Outcome::Retrying as i32,
             ..Default::default()
         };
-        let page = log.list(retrying, 10, "").await.expect("by outcome");
+        let page = log
+            .list(Filter::new(retrying), 10, "")
+            .await
+            .expect("by outcome");
         assert_eq!(page.attempts.len(), 1);
         assert_eq!(page.attempts[0].subscription_id, "sub_b");
 
@@ -575,13 +585,13 @@ mod tests {
             ..Default::default()
         };
         assert!(
-            log.list(future, 10, "")
+            log.list(Filter::new(future), 10, "")
                 .await
                 .expect("by time")
                 .attempts
                 .is_empty()
         );
-        assert!(log.list(Default::default(), 10, "garbage").await.is_err());
+        assert!(log.list(Filter::default(), 10, "garbage").await.is_err());
     }
 
     #[tokio::test]
@@ -605,10 +615,10 @@ mod tests {
         let left = |log: EmbeddedLog| async move {
             let page = log
                 .list(
-                    pb::AttemptFilter {
+                    Filter::new(pb::AttemptFilter {
                         subscription_id: "sub_a".into(),
                         ..Default::default()
-                    },
+                    }),
                     100,
                     "",
                 )
@@ -634,7 +644,7 @@ mod tests {
             ..Default::default()
         };
         assert!(
-            log.list(by_event, 10, "")
+            log.list(Filter::new(by_event), 10, "")
                 .await
                 .expect("list")
                 .attempts

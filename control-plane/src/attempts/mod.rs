@@ -23,6 +23,8 @@ use herald_proto::convert::system_time;
 use herald_proto::v1 as pb;
 use tokio::sync::broadcast;
 
+use crate::access::Scope;
+
 pub mod conformance;
 pub mod derived;
 pub mod embedded;
@@ -108,7 +110,7 @@ pub trait LogStore: Send + Sync {
     /// Attempts matching `filter`, newest first, a page at a time.
     async fn list(
         &self,
-        filter: pb::AttemptFilter,
+        filter: Filter,
         page_size: u32,
         page_token: &str,
     ) -> Result<Page, LogError>;
@@ -246,21 +248,50 @@ fn page_size(asked: u32) -> usize {
     }
 }
 
-/// A query filter, with times converted once.
+/// A query filter, with times converted once, and the tenants the asker may see.
+#[derive(Clone, Debug, Default)]
 pub struct Filter {
     wire: pb::AttemptFilter,
     since: Option<SystemTime>,
     until: Option<SystemTime>,
+    /// The tenants whose attempts may be shown.
+    tenants: Scope,
 }
 
 impl Filter {
-    /// Prepares a wire filter.
+    /// Prepares a wire filter (over every tenant).
     pub fn new(wire: pb::AttemptFilter) -> Self {
+        Self::within(wire, &Scope::All)
+    }
+
+    /// Prepares a wire filter for a caller who may see only the attempts of `tenants`.
+    pub fn within(wire: pb::AttemptFilter, tenants: &Scope) -> Self {
         Filter {
             since: wire.since.as_ref().map(system_time),
             until: wire.until.as_ref().map(system_time),
             wire,
+            tenants: tenants.clone(),
         }
+    }
+
+    /// The filter as the caller sent it.
+    pub fn wire(&self) -> &pb::AttemptFilter {
+        &self.wire
+    }
+
+    /// The tenants an attempt must belong to: `None` for any, else a list (with the
+    /// filter's own tenant, when it names one, the only candidate).
+    pub fn tenants(&self) -> Option<Vec<&str>> {
+        let names = self.tenants.names()?;
+        Some(if self.wire.tenant.is_empty() {
+            names.iter().map(String::as_str).collect()
+        } else {
+            names
+                .iter()
+                .map(String::as_str)
+                .filter(|t| *t == self.wire.tenant)
+                .collect()
+        })
     }
 
     /// Whether an attempt passes.
@@ -269,6 +300,7 @@ impl Filter {
         let started = a.started_at.as_ref().map(system_time);
         (f.subscription_id.is_empty() || f.subscription_id == a.subscription_id)
             && (f.tenant.is_empty() || f.tenant == a.tenant)
+            && self.tenants.allows(&a.tenant)
             && (f.event_id.is_empty() || f.event_id == a.event_id)
             && (f.outcome == pb::Outcome::Unspecified as i32 || f.outcome == a.outcome)
             && self

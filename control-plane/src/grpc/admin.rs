@@ -13,6 +13,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::access::{Identity, caller};
 use crate::attempts::{AttemptLog, Filter};
 use crate::event_types::EventTypes;
 use crate::fleet::Fleet;
@@ -21,7 +22,7 @@ use crate::hub::ConfigHub;
 use crate::presence;
 use crate::replay_relay::Relay;
 use crate::store::Store;
-use crate::subscriptions::{Subscriptions, redact};
+use crate::subscriptions::{SubscriptionError, Subscriptions, redact};
 
 /// `herald.v1.Subscriptions`.
 pub struct SubscriptionsService {
@@ -54,14 +55,31 @@ fn required<T>(value: Option<T>, field: &str) -> Result<T, Status> {
     value.ok_or_else(|| Status::invalid_argument(format!("{field}: is required")))
 }
 
+impl SubscriptionsService {
+    /// The subscription `id` as `who` may see it: another tenant's is `NOT_FOUND`, as an id
+    /// nobody has.
+    async fn visible(&self, who: &Identity, id: &str) -> Result<pb::Subscription, Status> {
+        let sub = self.registry.get(id).await?;
+        who.visible(
+            sub,
+            |s| &s.tenant,
+            || SubscriptionError::NotFound(id.to_owned()).into(),
+        )
+    }
+}
+
 #[tonic::async_trait]
 impl SubscriptionsApi for SubscriptionsService {
     async fn create_subscription(
         &self,
         request: Request<pb::CreateSubscriptionRequest>,
     ) -> Result<Response<pb::Subscription>, Status> {
+        let who = caller(&request);
         let request = request.into_inner();
         let sub = required(request.subscription, "subscription")?;
+        if !sub.tenant.is_empty() {
+            who.may_act_for(&sub.tenant)?;
+        }
         self.event_types
             .check(&sub.event_types, &[], request.allow_unregistered)
             .await?;
@@ -74,13 +92,14 @@ impl SubscriptionsApi for SubscriptionsService {
         &self,
         request: Request<pb::GetSubscriptionRequest>,
     ) -> Result<Response<pb::Subscription>, Status> {
-        if request.get_ref().show_secrets && !crate::auth::may_see_secrets(&request) {
+        let who = caller(&request);
+        let request = request.into_inner();
+        let sub = self.visible(&who, &request.id).await?;
+        if request.show_secrets && !who.sees_secrets_of(&sub.tenant) {
             return Err(Status::permission_denied(
                 "only the admin role may see secret values (show_secrets)",
             ));
         }
-        let request = request.into_inner();
-        let sub = self.registry.get(&request.id).await?;
         Ok(Response::new(if request.show_secrets {
             sub
         } else {
@@ -92,10 +111,16 @@ impl SubscriptionsApi for SubscriptionsService {
         &self,
         request: Request<pb::ListSubscriptionsRequest>,
     ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
+        let who = caller(&request);
         let request = request.into_inner();
         let page = self
             .registry
-            .list(&request.tenant, request.page_size, &request.page_token)
+            .list_within(
+                &who.tenants,
+                &request.tenant,
+                request.page_size,
+                &request.page_token,
+            )
             .await?;
         Ok(Response::new(pb::ListSubscriptionsResponse {
             subscriptions: page.subscriptions.into_iter().map(redact).collect(),
@@ -107,11 +132,12 @@ impl SubscriptionsApi for SubscriptionsService {
         &self,
         request: Request<pb::UpdateSubscriptionRequest>,
     ) -> Result<Response<pb::Subscription>, Status> {
+        let who = caller(&request);
         let request = request.into_inner();
         let sub = required(request.subscription, "subscription")?;
         // Only patterns the subscription does not have yet are checked: a stored pattern never
         // blocks a change to something else.
-        let current = self.registry.get(&sub.id).await?;
+        let current = self.visible(&who, &sub.id).await?;
         self.event_types
             .check(
                 &sub.event_types,
@@ -128,7 +154,9 @@ impl SubscriptionsApi for SubscriptionsService {
         &self,
         request: Request<pb::DeleteSubscriptionRequest>,
     ) -> Result<Response<pb::DeleteSubscriptionResponse>, Status> {
+        let who = caller(&request);
         let request = request.into_inner();
+        self.visible(&who, &request.id).await?;
         self.registry
             .delete(&request.id, request.expected_revision)
             .await?;
@@ -144,8 +172,9 @@ impl SubscriptionsApi for SubscriptionsService {
         &self,
         request: Request<pb::EnableSubscriptionRequest>,
     ) -> Result<Response<pb::Subscription>, Status> {
+        let who = caller(&request);
         let request = request.into_inner();
-        let was_disabled = !self.registry.get(&request.id).await?.enabled;
+        let was_disabled = !self.visible(&who, &request.id).await?.enabled;
         let sub = self
             .registry
             .enable(&request.id, request.replay_parked)
@@ -169,7 +198,10 @@ impl SubscriptionsApi for SubscriptionsService {
         &self,
         request: Request<pb::GetSubscriptionHealthRequest>,
     ) -> Result<Response<pb::SubscriptionHealth>, Status> {
-        let mut health = self.health.get(&request.into_inner().id).await?;
+        let who = caller(&request);
+        let id = request.into_inner().id;
+        self.visible(&who, &id).await?;
+        let mut health = self.health.get(&id).await?;
         crate::recent::fill(&self.log, &mut health).await?;
         Ok(Response::new(health))
     }
@@ -178,8 +210,9 @@ impl SubscriptionsApi for SubscriptionsService {
         &self,
         request: Request<pb::DisableSubscriptionRequest>,
     ) -> Result<Response<pb::Subscription>, Status> {
+        let who = caller(&request);
         let request = request.into_inner();
-        let was_enabled = self.registry.get(&request.id).await?.enabled;
+        let was_enabled = self.visible(&who, &request.id).await?.enabled;
         let sub = self.registry.disable(&request.id, &request.reason).await?;
         tracing::info!(id = %sub.id, reason = %sub.disabled_reason, "subscription disabled");
         if was_enabled && let Err(err) = self.health.events().subscription_disabled(&sub).await {
@@ -192,7 +225,9 @@ impl SubscriptionsApi for SubscriptionsService {
         &self,
         request: Request<pb::RotateSecretRequest>,
     ) -> Result<Response<pb::Subscription>, Status> {
+        let who = caller(&request);
         let request = request.into_inner();
+        self.visible(&who, &request.id).await?;
         let grace = match &request.grace {
             None => None,
             Some(d) => Some(
@@ -236,14 +271,12 @@ impl Deliveries for DeliveriesService {
         &self,
         request: Request<pb::ListAttemptsRequest>,
     ) -> Result<Response<pb::ListAttemptsResponse>, Status> {
+        let who = caller(&request);
         let request = request.into_inner();
+        let filter = Filter::within(request.filter.unwrap_or_default(), &who.tenants);
         let page = self
             .log
-            .list(
-                request.filter.unwrap_or_default(),
-                request.page_size,
-                &request.page_token,
-            )
+            .list(filter, request.page_size, &request.page_token)
             .await?;
         Ok(Response::new(pb::ListAttemptsResponse {
             attempts: page.attempts,
@@ -255,9 +288,15 @@ impl Deliveries for DeliveriesService {
         &self,
         request: Request<pb::ReplayDeliveriesRequest>,
     ) -> Result<Response<pb::ReplayDeliveriesResponse>, Status> {
-        let response =
-            crate::replay::replay(&self.log, &self.fleet, &self.relay, request.into_inner())
-                .await?;
+        let who = caller(&request);
+        let response = crate::replay::replay(
+            &self.log,
+            &self.fleet,
+            &self.relay,
+            request.into_inner(),
+            &who.tenants,
+        )
+        .await?;
         tracing::info!(
             queued = response.queued,
             not_replayable = response.not_replayable.len(),
@@ -272,7 +311,11 @@ impl Deliveries for DeliveriesService {
         &self,
         request: Request<pb::TailAttemptsRequest>,
     ) -> Result<Response<Self::TailAttemptsStream>, Status> {
-        let filter = Filter::new(request.into_inner().filter.unwrap_or_default());
+        let who = caller(&request);
+        let filter = Filter::within(
+            request.into_inner().filter.unwrap_or_default(),
+            &who.tenants,
+        );
         let mut attempts = self.log.follow();
         let shutdown = self.shutdown.clone();
         let stream = async_stream(move |tx| async move {
@@ -335,8 +378,10 @@ impl AgentsService {
 impl Agents for AgentsService {
     async fn list_agents(
         &self,
-        _request: Request<pb::ListAgentsRequest>,
+        request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        // Agents serve several tenants at once: the fleet is for operators of every tenant.
+        caller(&request).may_reach_shared("list the agents")?;
         let current = self.hub.revision();
         // Every replica's records, then this replica's own entries over them where they are
         // fresher: agents connected here (the record trails by up to a second), and agents the

@@ -24,6 +24,8 @@ impl EventTypesApi for EventTypesService {
         &self,
         request: Request<pb::CreateEventTypeRequest>,
     ) -> Result<Response<pb::EventType>, Status> {
+        // One catalogue serves every tenant.
+        crate::access::caller(&request).may_reach_shared("change the event-type catalogue")?;
         let event_type = request
             .into_inner()
             .event_type

@@ -153,10 +153,10 @@ async fn a_database_that_goes_away_is_unavailable_until_it_returns() -> anyhow::
     assert_eq!(stored.len(), 1);
     let page = log
         .list(
-            pb::AttemptFilter {
+            herald_control_plane::attempts::Filter::new(pb::AttemptFilter {
                 subscription_id: "sub_down".into(),
                 ..Default::default()
-            },
+            }),
             10,
             "",
         )

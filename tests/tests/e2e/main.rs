@@ -22,3 +22,4 @@ mod secrets;
 mod ssrf;
 mod store;
 mod subscriptions;
+mod tenancy;

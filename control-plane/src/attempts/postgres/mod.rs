@@ -362,12 +362,11 @@ impl LogStore for PostgresLog {
 
     async fn list(
         &self,
-        filter: pb::AttemptFilter,
+        filter: Filter,
         page_size_asked: u32,
         page_token: &str,
     ) -> Result<Page, LogError> {
         let size = page_size(page_size_asked);
-        let filter = Filter::new(filter);
         let after = PageToken::parse(page_token)?;
         let mut conditions: Vec<String> = Vec::new();
         let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
@@ -376,17 +375,32 @@ impl LogStore for PostgresLog {
             format!("${}", params.len())
         };
         for (column, value) in [
-            ("subscription_id", &filter.wire.subscription_id),
-            ("tenant", &filter.wire.tenant),
-            ("event_id", &filter.wire.event_id),
+            ("subscription_id", &filter.wire().subscription_id),
+            ("tenant", &filter.wire().tenant),
+            ("event_id", &filter.wire().event_id),
         ] {
             if !value.is_empty() {
                 let p = param(Box::new(value.clone()), &mut params);
                 conditions.push(format!("{column} = {p}"));
             }
         }
-        if filter.wire.outcome != pb::Outcome::Unspecified as i32 {
-            let p = param(Box::new(filter.wire.outcome as i16), &mut params);
+        match filter.tenants() {
+            None => {}
+            Some(tenants) if tenants.is_empty() => {
+                // None of the tenants asked for may be shown.
+                return Ok(Page {
+                    attempts: vec![],
+                    next_page_token: String::new(),
+                });
+            }
+            Some(tenants) => {
+                let tenants: Vec<String> = tenants.into_iter().map(str::to_owned).collect();
+                let p = param(Box::new(tenants), &mut params);
+                conditions.push(format!("tenant = ANY({p})"));
+            }
+        }
+        if filter.wire().outcome != pb::Outcome::Unspecified as i32 {
+            let p = param(Box::new(filter.wire().outcome as i16), &mut params);
             conditions.push(format!("outcome = {p}"));
         }
         if let Some(since) = filter.since {

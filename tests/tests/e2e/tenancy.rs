@@ -1,0 +1,443 @@
+//! Tenants isolated from each other: a token scoped to one tenant neither sees nor changes
+//! another tenant's subscriptions, attempts, tails or replays, through any RPC of the admin API.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use herald_proto::bearer::{AuthedChannel, Bearer};
+use herald_proto::v1 as pb;
+use herald_proto::v1::agents_client::AgentsClient;
+use herald_proto::v1::deliveries_client::DeliveriesClient;
+use herald_proto::v1::event_types_client::EventTypesClient;
+use herald_proto::v1::subscriptions_client::SubscriptionsClient;
+use herald_tests::herald::connect;
+use herald_tests::{
+    Agent, AgentOptions, ConfigStore, ControlPlane, Receiver, TestCa, event, subscription,
+};
+use prost::Message as _;
+use tonic::{Code, Status};
+
+const ADMIN: &str = "admin-9d3f6b1e8a2c";
+const ADMIN_B: &str = "admin-b-5e8a2c7f1d4b";
+const READ_B: &str = "read-b-3c9e1a6d8f2b";
+const AGENT: &str = "agent-7b2e9d4a1c6f";
+
+/// The services of the operator API, whose every method the table below must cover.
+const ADMIN_SERVICES: [&str; 4] = ["Subscriptions", "Deliveries", "EventTypes", "Agents"];
+
+fn tokens() -> String {
+    format!(
+        "admin {ADMIN} name=ops\n\
+         admin {ADMIN_B} name=shop-b-admin tenants=shop-b\n\
+         read {READ_B} name=shop-b-reader tenants=shop-b\n\
+         agent {AGENT}\n"
+    )
+}
+
+/// Every method of the operator API, as `Service/Method`, read from the API's descriptors.
+fn admin_methods() -> BTreeSet<String> {
+    let set =
+        herald_proto::prost_types::FileDescriptorSet::decode(herald_proto::FILE_DESCRIPTOR_SET)
+            .expect("the API's descriptors");
+    set.file
+        .iter()
+        .filter(|f| f.package() == "herald.v1")
+        .flat_map(|f| &f.service)
+        .filter(|s| ADMIN_SERVICES.contains(&s.name()))
+        .flat_map(|s| {
+            s.method
+                .iter()
+                .map(move |m| format!("{}/{}", s.name(), m.name()))
+        })
+        .collect()
+}
+
+/// The operator clients of one token.
+struct Clients {
+    subscriptions: SubscriptionsClient<AuthedChannel>,
+    deliveries: DeliveriesClient<AuthedChannel>,
+    event_types: EventTypesClient<AuthedChannel>,
+    agents: AgentsClient<AuthedChannel>,
+}
+
+impl Clients {
+    async fn new(url: &str, token: &str) -> anyhow::Result<Self> {
+        let channel = Bearer::new(Some(token))?.wrap(connect(url).await?);
+        Ok(Clients {
+            subscriptions: SubscriptionsClient::new(channel.clone()),
+            deliveries: DeliveriesClient::new(channel.clone()),
+            event_types: EventTypesClient::new(channel.clone()),
+            agents: AgentsClient::new(channel),
+        })
+    }
+}
+
+/// Records that `method` was tried and answered `code`.
+fn refused<T: std::fmt::Debug>(
+    covered: &mut BTreeSet<String>,
+    method: &str,
+    result: Result<tonic::Response<T>, Status>,
+    code: Code,
+) {
+    let status = result.expect_err(method);
+    assert_eq!(status.code(), code, "{method}: {status:?}");
+    covered.insert(method.to_owned());
+}
+
+#[tokio::test]
+async fn a_token_scoped_to_one_tenant_neither_sees_nor_changes_another() -> anyhow::Result<()> {
+    let control_plane =
+        ControlPlane::start_with_tokens(ConfigStore::Embedded, &tokens(), ADMIN).await?;
+    let ca = TestCa::new();
+    let receiver = Receiver::start(&ca).await?;
+    let agent = Agent::start(
+        control_plane.url(),
+        AgentOptions {
+            trusted_ca: Some(ca.ca_pem()),
+            control_plane_token: Some(AGENT.into()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    // Shop A's endpoint, made by the operator, with one delivery in the log.
+    let sub_a = control_plane
+        .create(subscription("shop-a", &receiver.url("/a"), &["order.*"]))
+        .await?;
+    control_plane
+        .wait_applied(sub_a.revision, Duration::from_secs(10))
+        .await?;
+    let emitted_a = agent
+        .emit(event(
+            "shop-a",
+            "order.created",
+            &serde_json::json!({"n": 1}),
+        ))
+        .await?;
+    herald_tests::eventually(Duration::from_secs(10), "shop A's attempt", || async {
+        let logged = control_plane
+            .attempts(pb::AttemptFilter {
+                event_id: emitted_a.event_id.clone(),
+                ..Default::default()
+            })
+            .await?;
+        Ok((!logged.is_empty()).then_some(()))
+    })
+    .await?;
+
+    let url = control_plane.url();
+    let mut b = Clients::new(url, ADMIN_B).await?;
+    let mut covered = BTreeSet::new();
+
+    // Shop B's admin may work on shop B only.
+    let sub_b = b
+        .subscriptions
+        .create_subscription(pb::CreateSubscriptionRequest {
+            subscription: Some(subscription("shop-b", &receiver.url("/b"), &["order.*"])),
+            allow_unregistered: false,
+        })
+        .await?
+        .into_inner();
+    refused(
+        &mut covered,
+        "Subscriptions/CreateSubscription",
+        b.subscriptions
+            .create_subscription(pb::CreateSubscriptionRequest {
+                subscription: Some(subscription("shop-a", &receiver.url("/x"), &["order.*"])),
+                allow_unregistered: false,
+            })
+            .await,
+        Code::PermissionDenied,
+    );
+
+    // Shop A's subscription does not exist for it: the answer an unknown id gets.
+    let get = |id: &str| pb::GetSubscriptionRequest {
+        id: id.into(),
+        show_secrets: false,
+    };
+    let unknown = b
+        .subscriptions
+        .get_subscription(get("sub_01NOSUCHSUBSCRIPTION00000"))
+        .await
+        .unwrap_err();
+    let hidden = b
+        .subscriptions
+        .get_subscription(get(&sub_a.id))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (hidden.code(), unknown.code()),
+        (Code::NotFound, Code::NotFound)
+    );
+    assert_eq!(
+        hidden.message().replace(&sub_a.id, "ID"),
+        unknown
+            .message()
+            .replace("sub_01NOSUCHSUBSCRIPTION00000", "ID")
+    );
+    covered.insert("Subscriptions/GetSubscription".into());
+    let id = sub_a.id.clone();
+    refused(
+        &mut covered,
+        "Subscriptions/UpdateSubscription",
+        b.subscriptions
+            .update_subscription(pb::UpdateSubscriptionRequest {
+                subscription: Some(pb::Subscription {
+                    id: id.clone(),
+                    url: receiver.url("/stolen"),
+                    ..subscription("shop-a", &receiver.url("/stolen"), &["order.*"])
+                }),
+                expected_revision: sub_a.revision,
+                allow_unregistered: false,
+            })
+            .await,
+        Code::NotFound,
+    );
+    refused(
+        &mut covered,
+        "Subscriptions/DeleteSubscription",
+        b.subscriptions
+            .delete_subscription(pb::DeleteSubscriptionRequest {
+                id: id.clone(),
+                expected_revision: 0,
+            })
+            .await,
+        Code::NotFound,
+    );
+    refused(
+        &mut covered,
+        "Subscriptions/EnableSubscription",
+        b.subscriptions
+            .enable_subscription(pb::EnableSubscriptionRequest {
+                id: id.clone(),
+                replay_parked: true,
+            })
+            .await,
+        Code::NotFound,
+    );
+    refused(
+        &mut covered,
+        "Subscriptions/DisableSubscription",
+        b.subscriptions
+            .disable_subscription(pb::DisableSubscriptionRequest {
+                id: id.clone(),
+                reason: "hijacked".into(),
+            })
+            .await,
+        Code::NotFound,
+    );
+    refused(
+        &mut covered,
+        "Subscriptions/RotateSecret",
+        b.subscriptions
+            .rotate_secret(pb::RotateSecretRequest {
+                id: id.clone(),
+                grace: None,
+            })
+            .await,
+        Code::NotFound,
+    );
+    refused(
+        &mut covered,
+        "Subscriptions/GetSubscriptionHealth",
+        b.subscriptions
+            .get_subscription_health(pb::GetSubscriptionHealthRequest { id: id.clone() })
+            .await,
+        Code::NotFound,
+    );
+
+    // Lists hold shop B's own and nothing of shop A's, whatever they ask for.
+    for tenant in ["", "shop-a", "shop-b"] {
+        let listed = b
+            .subscriptions
+            .list_subscriptions(pb::ListSubscriptionsRequest {
+                tenant: tenant.into(),
+                page_size: 10,
+                page_token: String::new(),
+            })
+            .await?
+            .into_inner();
+        let tenants: Vec<&str> = listed
+            .subscriptions
+            .iter()
+            .map(|s| s.tenant.as_str())
+            .collect();
+        let expected: &[&str] = if tenant == "shop-a" { &[] } else { &["shop-b"] };
+        assert_eq!(tenants, expected, "listing tenant {tenant:?}");
+    }
+    covered.insert("Subscriptions/ListSubscriptions".into());
+    for filter in [
+        pb::AttemptFilter::default(),
+        pb::AttemptFilter {
+            tenant: "shop-a".into(),
+            ..Default::default()
+        },
+        pb::AttemptFilter {
+            subscription_id: id.clone(),
+            ..Default::default()
+        },
+        pb::AttemptFilter {
+            event_id: emitted_a.event_id.clone(),
+            ..Default::default()
+        },
+    ] {
+        let listed = b
+            .deliveries
+            .list_attempts(pb::ListAttemptsRequest {
+                filter: Some(filter.clone()),
+                page_size: 100,
+                page_token: String::new(),
+            })
+            .await?
+            .into_inner();
+        assert!(
+            listed.attempts.iter().all(|a| a.tenant == "shop-b"),
+            "{filter:?}: {:?}",
+            listed.attempts
+        );
+    }
+    covered.insert("Deliveries/ListAttempts".into());
+
+    // A replay of shop A's deliveries finds nothing to replay, and says nothing of them.
+    for request in [
+        pb::ReplayDeliveriesRequest {
+            event_id: emitted_a.event_id.clone(),
+            ..Default::default()
+        },
+        pb::ReplayDeliveriesRequest {
+            subscription_id: id.clone(),
+            since: Some(herald_proto::convert::timestamp(std::time::UNIX_EPOCH)),
+            ..Default::default()
+        },
+    ] {
+        let replayed = b.deliveries.replay_deliveries(request).await?.into_inner();
+        assert_eq!(replayed.queued, 0);
+        assert!(replayed.not_replayable.is_empty(), "{replayed:?}");
+    }
+    covered.insert("Deliveries/ReplayDeliveries".into());
+
+    // A tail shows shop B's attempts and none of shop A's.
+    let mut tail = b
+        .deliveries
+        .tail_attempts(pb::TailAttemptsRequest { filter: None })
+        .await?
+        .into_inner();
+    let again_a = agent
+        .emit(event(
+            "shop-a",
+            "order.created",
+            &serde_json::json!({"n": 2}),
+        ))
+        .await?;
+    herald_tests::eventually(
+        Duration::from_secs(10),
+        "shop A's second attempt",
+        || async {
+            let logged = control_plane
+                .attempts(pb::AttemptFilter {
+                    event_id: again_a.event_id.clone(),
+                    ..Default::default()
+                })
+                .await?;
+            Ok((!logged.is_empty()).then_some(()))
+        },
+    )
+    .await?;
+    control_plane
+        .wait_applied(sub_b.revision, Duration::from_secs(10))
+        .await?;
+    let emitted_b = agent
+        .emit(event(
+            "shop-b",
+            "order.created",
+            &serde_json::json!({"n": 3}),
+        ))
+        .await?;
+    let seen = tokio::time::timeout(Duration::from_secs(10), tail.message())
+        .await??
+        .expect("an attempt");
+    assert_eq!(
+        (seen.tenant.as_str(), seen.event_id.as_str()),
+        ("shop-b", emitted_b.event_id.as_str()),
+        "the tail's first attempt is shop B's"
+    );
+    covered.insert("Deliveries/TailAttempts".into());
+
+    // What every tenant shares is read by all and changed or listed by operators of all.
+    refused(
+        &mut covered,
+        "EventTypes/CreateEventType",
+        b.event_types
+            .create_event_type(pb::CreateEventTypeRequest {
+                event_type: Some(pb::EventType {
+                    name: "order.stolen".into(),
+                    ..Default::default()
+                }),
+            })
+            .await,
+        Code::PermissionDenied,
+    );
+    b.event_types
+        .list_event_types(pb::ListEventTypesRequest {})
+        .await?;
+    covered.insert("EventTypes/ListEventTypes".into());
+    b.event_types
+        .get_event_type(pb::GetEventTypeRequest {
+            name: "herald.subscription.disabled".into(),
+        })
+        .await?;
+    covered.insert("EventTypes/GetEventType".into());
+    refused(
+        &mut covered,
+        "Agents/ListAgents",
+        b.agents.list_agents(pb::ListAgentsRequest {}).await,
+        Code::PermissionDenied,
+    );
+
+    assert_eq!(
+        covered,
+        admin_methods(),
+        "every method of the operator API is tried"
+    );
+
+    // Shop A's subscription is as its operator left it.
+    let after = control_plane
+        .subscriptions()
+        .await?
+        .get_subscription(get(&id))
+        .await?
+        .into_inner();
+    assert_eq!(after.revision, sub_a.revision);
+    assert!(after.enabled && after.url == sub_a.url);
+    let log_a = control_plane
+        .attempts(pb::AttemptFilter {
+            tenant: "shop-a".into(),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(log_a.len(), 2, "shop A's two attempts, none replayed");
+
+    // Shop B's reader sees shop B's subscription without its secrets, and may not see them.
+    let mut reader = Clients::new(url, READ_B).await?;
+    let read = reader
+        .subscriptions
+        .get_subscription(get(&sub_b.id))
+        .await?
+        .into_inner();
+    assert!(read.secrets.iter().all(|s| s.secret.is_empty()));
+    let secrets = reader
+        .subscriptions
+        .get_subscription(pb::GetSubscriptionRequest {
+            id: sub_b.id.clone(),
+            show_secrets: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(secrets.code(), Code::PermissionDenied);
+    let hidden = reader
+        .subscriptions
+        .get_subscription(get(&id))
+        .await
+        .unwrap_err();
+    assert_eq!(hidden.code(), Code::NotFound);
+    Ok(())
+}
