@@ -10,7 +10,7 @@
 //! and broadcasts the difference from what it held as one change: deletions made during the
 //! gap go out as removals, and when nothing changed nothing is sent.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -31,6 +31,11 @@ const CHANGE_BUFFER: usize = 4096;
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 /// The longest wait between attempts to re-establish the watch.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// How long a deleted subscription is remembered (agents report the attempts they skip for it
+/// after it is gone).
+const DEPARTED_KEEP: Duration = Duration::from_secs(24 * 60 * 60);
+/// The most deleted subscriptions remembered.
+const DEPARTED_MAX: usize = 100_000;
 
 /// One store revision's subscription changes.
 #[derive(Debug)]
@@ -65,10 +70,50 @@ struct State {
     /// The latest changes, oldest first: every change after `history_from`.
     history: VecDeque<Arc<Change>>,
     history_from: i64,
+    /// Subscriptions deleted lately.
+    departed: Departed,
+}
+
+/// Subscriptions deleted in the last [`DEPARTED_KEEP`] (at most [`DEPARTED_MAX`]), as they
+/// were last: reports of attempts made for them are still theirs.
+#[derive(Default)]
+struct Departed {
+    by_id: HashMap<String, Arc<pb::Subscription>>,
+    /// Oldest first.
+    order: VecDeque<Departure>,
+}
+
+/// A subscription's deletion, as the hub saw it.
+struct Departure {
+    at: tokio::time::Instant,
+    id: String,
+}
+
+impl Departed {
+    fn remember(&mut self, sub: Arc<pb::Subscription>) {
+        let now = tokio::time::Instant::now();
+        while let Some(oldest) = self.order.front()
+            && (self.order.len() >= DEPARTED_MAX || now.duration_since(oldest.at) > DEPARTED_KEEP)
+        {
+            if let Some(oldest) = self.order.pop_front() {
+                self.by_id.remove(&oldest.id);
+            }
+        }
+        self.order.push_back(Departure {
+            at: now,
+            id: sub.id.clone(),
+        });
+        self.by_id.insert(sub.id.clone(), sub);
+    }
 }
 
 impl State {
     fn record(&mut self, change: Arc<Change>) {
+        for id in &change.removals {
+            if let Some(last) = change.previous.get(id) {
+                self.departed.remember(last.clone());
+            }
+        }
         if self.history.len() == CHANGE_BUFFER
             && let Some(oldest) = self.history.pop_front()
         {
@@ -135,6 +180,18 @@ impl ConfigHub {
     pub fn get(&self, id: &str) -> Option<Arc<pb::Subscription>> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         state.snapshot.subscriptions.get(id).cloned()
+    }
+
+    /// The subscription `id` as the hub holds it now, or as it was when it was deleted (within
+    /// the last day): whose it is, for reports of attempts made for it.
+    pub fn get_or_departed(&self, id: &str) -> Option<Arc<pb::Subscription>> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        state
+            .snapshot
+            .subscriptions
+            .get(id)
+            .or_else(|| state.departed.by_id.get(id))
+            .cloned()
     }
 
     /// The current state and a receiver of every change after it.
@@ -325,6 +382,32 @@ mod tests {
                 ((*id).to_owned(), Arc::new(sub))
             })
             .collect()
+    }
+
+    #[test]
+    fn deleted_subscriptions_are_remembered_for_their_reports() {
+        let mut state = State::default();
+        let gone = subs(&[("gone", 3)]);
+        state.record(Arc::new(Change {
+            revision: 4,
+            upserts: vec![],
+            removals: vec!["gone".into()],
+            previous: gone.clone(),
+            seen_at: tokio::time::Instant::now(),
+        }));
+        assert_eq!(state.departed.by_id.get("gone"), gone.get("gone"));
+        for n in 0..DEPARTED_MAX {
+            state.departed.remember(Arc::new(pb::Subscription {
+                id: format!("sub_{n}"),
+                ..Default::default()
+            }));
+        }
+        assert!(
+            !state.departed.by_id.contains_key("gone"),
+            "the oldest go first"
+        );
+        assert_eq!(state.departed.by_id.len(), DEPARTED_MAX);
+        assert_eq!(state.departed.order.len(), DEPARTED_MAX);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! `herald dev` run the real thing in-process on a listener of their choosing.
 
 pub mod access;
+pub mod agent_trust;
 pub mod attempts;
 pub mod auth;
 pub mod event_types;
@@ -395,6 +396,7 @@ pub async fn run(
         )))
         .add_service(AgentControlServer::new(grpc::AgentControlService::new(
             hub,
+            registry,
             fleet,
             log,
             health,

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_proto::metric_labels::OutcomeLabel;
+
+use crate::agent_trust::Refusal;
 use herald_proto::v1 as pb;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -37,6 +39,11 @@ struct ReasonLabel {
     reason: DisableReason,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabel {
+    reason: Refusal,
+}
+
 /// The control plane's metrics; cloning shares them.
 #[derive(Clone)]
 pub struct Metrics {
@@ -47,6 +54,7 @@ struct Inner {
     registry: Registry,
     attempts: Family<OutcomeLabel, Counter>,
     disabled: Family<ReasonLabel, Counter>,
+    refused: Family<RefusalLabel, Counter>,
     convergence: Histogram,
     streams: Gauge,
     revision: Gauge,
@@ -67,6 +75,13 @@ impl Default for Metrics {
             "herald_subscriptions_disabled",
             "Subscriptions this replica disabled, by reason",
             disabled.clone(),
+        );
+        let refused = Family::<RefusalLabel, Counter>::default();
+        registry.register(
+            "herald_reports_refused",
+            "Attempt reports refused: unknown subscription, one outside the agent token's \
+             scope, or another tenant than the subscription's",
+            refused.clone(),
         );
         let convergence = Histogram::new(CONVERGENCE_BUCKETS);
         registry.register(
@@ -97,6 +112,7 @@ impl Default for Metrics {
                 registry,
                 attempts,
                 disabled,
+                refused,
                 convergence,
                 streams,
                 revision,
@@ -122,6 +138,14 @@ impl Metrics {
         self.inner
             .disabled
             .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Counts an attempt report refused.
+    pub fn report_refused(&self, reason: Refusal) {
+        self.inner
+            .refused
+            .get_or_create(&RefusalLabel { reason })
             .inc();
     }
 

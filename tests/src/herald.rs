@@ -69,9 +69,23 @@ impl ControlPlane {
         tokens: &str,
         admin_token: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_with_tokens_configured(store, tokens, admin_token, |_| {}).await
+    }
+
+    /// [`ControlPlane::start_with_tokens`] with the test defaults also changed by
+    /// `configure`.
+    pub async fn start_with_tokens_configured(
+        store: ConfigStore,
+        tokens: &str,
+        admin_token: &str,
+        configure: impl FnOnce(&mut herald_control_plane::Config),
+    ) -> anyhow::Result<Self> {
         let tokens = tokens.to_owned();
-        let mut control_plane =
-            Self::start_configured(store, |config| config.auth.auth_tokens = Some(tokens)).await?;
+        let mut control_plane = Self::start_configured(store, |config| {
+            config.auth.auth_tokens = Some(tokens);
+            configure(config);
+        })
+        .await?;
         control_plane.bearer = Bearer::parse(admin_token)?;
         Ok(control_plane)
     }

@@ -17,7 +17,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_core::interest::MAX_INTEREST;
 use herald_proto::v1 as pb;
 use herald_proto::v1::agent_control_server::AgentControl;
 use herald_proto::v1::config_request::Kind;
@@ -28,11 +27,14 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::admin::async_stream;
+use crate::access::{Identity, caller};
+use crate::agent_trust::{self, Refusal};
 use crate::attempts::{AttemptLog, PendingFollowup};
 use crate::fleet::{Fleet, Order};
 use crate::health::Health;
 use crate::hub::{Change, ConfigHub, Resume, Snapshot};
 use crate::metrics::Metrics;
+use crate::subscriptions::{SubscriptionError, Subscriptions};
 
 /// How long an agent has to say hello after opening its config stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,6 +52,8 @@ const SNAPSHOT_PART_BYTES: usize = 1024 * 1024;
 /// `herald.v1.AgentControl`.
 pub struct AgentControlService {
     hub: ConfigHub,
+    /// Where subscriptions the hub does not hold yet are looked up (reports).
+    registry: Subscriptions,
     fleet: Fleet,
     log: AttemptLog,
     health: Health,
@@ -63,6 +67,7 @@ impl AgentControlService {
     /// The service; streams end on `shutdown`.
     pub fn new(
         hub: ConfigHub,
+        registry: Subscriptions,
         fleet: Fleet,
         log: AttemptLog,
         health: Health,
@@ -71,6 +76,7 @@ impl AgentControlService {
     ) -> Self {
         AgentControlService {
             hub,
+            registry,
             fleet,
             log,
             health,
@@ -91,6 +97,7 @@ impl AgentControl for AgentControlService {
         &self,
         request: Request<Streaming<pb::ConfigRequest>>,
     ) -> Result<Response<Self::StreamConfigStream>, Status> {
+        let who = caller(&request);
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -103,7 +110,8 @@ impl AgentControl for AgentControlService {
                 "the first message must be a hello",
             ));
         };
-        let interest = Interest::new(&hello)?;
+        let hello = agent_trust::admit_hello(&who, hello)?;
+        let interest = Interest::new(&hello);
         let shared = Shared {
             hub: self.hub.clone(),
             fleet: self.fleet.clone(),
@@ -141,9 +149,11 @@ impl AgentControl for AgentControlService {
         &self,
         request: Request<Streaming<pb::ReportBatch>>,
     ) -> Result<Response<Self::ReportAttemptsStream>, Status> {
+        let who = caller(&request);
         let mut inbound = request.into_inner();
         let (log, health, shutdown) =
             (self.log.clone(), self.health.clone(), self.shutdown.clone());
+        let (hub, registry) = (self.hub.clone(), self.registry.clone());
         let reactions = health.reactions();
         let metrics = self.metrics.clone();
         let stream = async_stream(move |tx| async move {
@@ -174,9 +184,31 @@ impl AgentControl for AgentControlService {
                     let _ = tx.send(Err(status)).await;
                     return;
                 }
+                let attempts = match admitted(&who, &hub, &registry, batch.attempts).await {
+                    Ok(admitted) => {
+                        if !admitted.refused.is_empty() {
+                            for refusal in &admitted.refused {
+                                metrics.report_refused(*refusal);
+                            }
+                            tracing::warn!(
+                                agent = %agent_trust::cut(&batch.agent_id, agent_trust::MAX_HELLO_FIELD),
+                                token = %who.name,
+                                refused = admitted.refused.len(),
+                                first_reason = ?admitted.refused[0],
+                                "attempt reports refused: their subscriptions are unknown or \
+                                 outside the agent token's scope"
+                            );
+                        }
+                        admitted.attempts
+                    }
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
                 // Health counts and operator events are written in the commit that stores
                 // the attempts, so an ack means all of it is durable.
-                let stored = match log.store(batch.attempts, reactions.clone()).await {
+                let stored = match log.store(attempts, reactions.clone()).await {
                     Ok(stored) => stored,
                     Err(err) => {
                         tracing::error!(error = %err, "cannot store attempt reports");
@@ -210,6 +242,52 @@ impl AgentControl for AgentControlService {
 
 /// Stored batches' follow-ups of one report stream waiting to be acted on.
 const FOLLOWUP_QUEUE: usize = 4;
+/// Subscriptions of one report batch looked up in the config store when the hub does not hold
+/// them (yet): the rest are refused as unknown.
+const STORE_LOOKUPS_PER_BATCH: usize = 16;
+
+/// A report batch's attempts sorted into those to store and why the others were refused.
+struct Admitted {
+    attempts: Vec<pb::Attempt>,
+    refused: Vec<Refusal>,
+}
+
+/// Sorts `attempts` reported by an agent calling as `who` ([`agent_trust::check_report`]). A
+/// subscription the hub does not hold, now or lately deleted, may be one it has not seen yet:
+/// the store is asked, for a few per batch.
+async fn admitted(
+    who: &Identity,
+    hub: &ConfigHub,
+    registry: &Subscriptions,
+    attempts: Vec<pb::Attempt>,
+) -> Result<Admitted, Status> {
+    let mut admitted = Admitted {
+        attempts: Vec::with_capacity(attempts.len()),
+        refused: Vec::new(),
+    };
+    let mut looked_up: BTreeMap<String, Option<Arc<pb::Subscription>>> = BTreeMap::new();
+    for attempt in attempts {
+        let mut sub = hub.get_or_departed(&attempt.subscription_id);
+        if sub.is_none() {
+            if let Some(found) = looked_up.get(&attempt.subscription_id) {
+                sub = found.clone();
+            } else if looked_up.len() < STORE_LOOKUPS_PER_BATCH {
+                let found = match registry.get(&attempt.subscription_id).await {
+                    Ok(found) => Some(Arc::new(found)),
+                    Err(SubscriptionError::NotFound(_) | SubscriptionError::Invalid(_)) => None,
+                    Err(err) => return Err(err.into()),
+                };
+                looked_up.insert(attempt.subscription_id.clone(), found.clone());
+                sub = found;
+            }
+        }
+        match agent_trust::check_report(who, sub.as_deref(), &attempt) {
+            Ok(()) => admitted.attempts.push(attempt),
+            Err(refusal) => admitted.refused.push(refusal),
+        }
+    }
+    Ok(admitted)
+}
 
 /// What every config stream of this replica shares.
 struct Shared {
@@ -299,8 +377,9 @@ async fn follow(shared: &Shared, session: Session<'_>) {
                     fleet.emit_answered(result);
                 }
                 Ok(Some(pb::ConfigRequest { kind: Some(Kind::Nack(nack)) })) => {
-                    tracing::warn!(agent, revision = nack.revision, reason = %nack.reason, "agent refused config");
-                    fleet.nacked(agent, nack.revision, &nack.reason);
+                    let reason = agent_trust::bounded_reason(&nack.reason);
+                    tracing::warn!(agent, revision = nack.revision, reason, "agent refused config");
+                    fleet.nacked(agent, nack.revision, reason);
                 }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => return,
@@ -396,22 +475,15 @@ struct Interest {
 }
 
 impl Interest {
-    fn new(hello: &pb::AgentHello) -> Result<Self, Status> {
-        if hello.agent_id.is_empty() || hello.agent_id.len() > 128 {
-            return Err(Status::invalid_argument("agent_id: 1 to 128 bytes"));
-        }
-        if hello.tenants.len() + hello.event_type_prefixes.len() > MAX_INTEREST {
-            return Err(Status::invalid_argument(format!(
-                "interest: at most {MAX_INTEREST} tenants and prefixes"
-            )));
-        }
-        Ok(Interest {
+    /// The interest of an admitted hello ([`agent_trust::admit_hello`]).
+    fn new(hello: &pb::AgentHello) -> Self {
+        Interest {
             emits: herald_core::interest::Interest {
                 tenants: hello.tenants.clone(),
                 event_type_prefixes: hello.event_type_prefixes.clone(),
             },
             region: hello.region.clone(),
-        })
+        }
     }
 
     fn sees(&self, sub: &pb::Subscription) -> bool {
@@ -524,8 +596,7 @@ mod tests {
         let interest = Interest::new(&pb::AgentHello {
             agent_id: "agt_1".into(),
             ..Default::default()
-        })
-        .expect("valid hello");
+        });
         let mut snapshot = Snapshot {
             revision: 42,
             ..Default::default()
@@ -569,8 +640,7 @@ mod tests {
             tenants: vec!["a".into()],
             event_type_prefixes: vec!["order.".into()],
             ..Default::default()
-        })
-        .expect("valid hello");
+        });
         let sub = |id: &str, tenant: &str, types: &str| {
             Arc::new(pb::Subscription {
                 id: id.into(),
@@ -627,8 +697,7 @@ mod tests {
             region: "eu".into(),
             tenants: vec!["a".into()],
             ..Default::default()
-        })
-        .expect("valid hello");
+        });
         let sub = |tenant: &str, regions: &[&str]| pb::Subscription {
             tenant: tenant.into(),
             regions: regions.iter().map(|r| r.to_string()).collect(),

@@ -6,13 +6,15 @@ use std::time::Duration;
 
 use herald_proto::bearer::{AuthedChannel, Bearer};
 use herald_proto::v1 as pb;
+use herald_proto::v1::agent_control_client::AgentControlClient;
 use herald_proto::v1::agents_client::AgentsClient;
+use herald_proto::v1::config_request::Kind;
 use herald_proto::v1::deliveries_client::DeliveriesClient;
 use herald_proto::v1::event_types_client::EventTypesClient;
 use herald_proto::v1::subscriptions_client::SubscriptionsClient;
 use herald_tests::herald::connect;
 use herald_tests::{
-    Agent, AgentOptions, ConfigStore, ControlPlane, Receiver, TestCa, event, subscription,
+    Agent, AgentOptions, ConfigStore, ControlPlane, HeldPort, Receiver, TestCa, event, subscription,
 };
 use prost::Message as _;
 use tonic::{Code, Status};
@@ -21,6 +23,8 @@ const ADMIN: &str = "admin-9d3f6b1e8a2c";
 const ADMIN_B: &str = "admin-b-5e8a2c7f1d4b";
 const READ_B: &str = "read-b-3c9e1a6d8f2b";
 const AGENT: &str = "agent-7b2e9d4a1c6f";
+const AGENT_A: &str = "agent-a-4d1f8b3e6c2a";
+const AGENT_B_EU: &str = "agent-b-eu-9a6c3f1e7d2b";
 
 /// The services of the operator API, whose every method the table below must cover.
 const ADMIN_SERVICES: [&str; 4] = ["Subscriptions", "Deliveries", "EventTypes", "Agents"];
@@ -439,5 +443,206 @@ async fn a_token_scoped_to_one_tenant_neither_sees_nor_changes_another() -> anyh
         .await
         .unwrap_err();
     assert_eq!(hidden.code(), Code::NotFound);
+    Ok(())
+}
+
+/// An agent stream's client calling with `token`.
+async fn agent_control(
+    url: &str,
+    token: &str,
+) -> anyhow::Result<AgentControlClient<AuthedChannel>> {
+    Ok(AgentControlClient::new(
+        Bearer::new(Some(token))?.wrap(connect(url).await?),
+    ))
+}
+
+/// Opens a config stream saying `hello`; the first update, or the refusal.
+async fn first_update(
+    client: &mut AgentControlClient<AuthedChannel>,
+    hello: pb::AgentHello,
+) -> Result<pb::ConfigUpdate, Status> {
+    let requests = futures_util::StreamExt::chain(
+        futures_util::stream::iter([pb::ConfigRequest {
+            kind: Some(Kind::Hello(hello)),
+        }]),
+        futures_util::stream::pending(),
+    );
+    let mut updates = client.stream_config(requests).await?.into_inner();
+    let update = tokio::time::timeout(Duration::from_secs(10), updates.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded("no snapshot"))??;
+    update.ok_or_else(|| Status::unavailable("the stream ended"))
+}
+
+#[tokio::test]
+async fn an_agent_token_is_trusted_only_for_its_tenants_and_regions() -> anyhow::Result<()> {
+    let tokens = format!(
+        "admin {ADMIN}\n\
+         agent {AGENT_A} name=shop-a-agents tenants=shop-a\n\
+         agent {AGENT_B_EU} name=shop-b-eu tenants=shop-b regions=eu\n"
+    );
+    let metrics = HeldPort::new()?;
+    let control_plane = ControlPlane::start_with_tokens_configured(
+        ConfigStore::Embedded,
+        &tokens,
+        ADMIN,
+        |config| config.metrics_listen = Some(metrics.addr()),
+    )
+    .await?;
+    let ca = TestCa::new();
+    let receiver = Receiver::start(&ca).await?;
+    let sub_a = control_plane
+        .create(subscription("shop-a", &receiver.url("/a"), &["order.*"]))
+        .await?;
+    let sub_b = control_plane
+        .create(subscription("shop-b", &receiver.url("/b"), &["order.*"]))
+        .await?;
+    let url = control_plane.url();
+
+    // Shop B's agents get shop B's config only, and only in their region.
+    let mut b = agent_control(url, AGENT_B_EU).await?;
+    let hello = |region: &str, tenants: &[&str]| pb::AgentHello {
+        agent_id: "agt_b_eu".into(),
+        region: region.into(),
+        tenants: tenants.iter().map(|t| t.to_string()).collect(),
+        ..Default::default()
+    };
+    let snapshot = first_update(&mut b, hello("eu", &[])).await?;
+    let ids: Vec<&str> = snapshot.upserts.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [sub_b.id.as_str()],
+        "a hello for all tenants gets its own"
+    );
+    let refused = first_update(&mut b, hello("eu", &["shop-a"]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let refused = first_update(&mut b, hello("us", &[])).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+
+    // A forged batch: a 410 for shop A's endpoint, an unknown subscription, and one true
+    // report of its own. Only its own is stored; shop A's endpoint stays enabled.
+    let now = herald_proto::convert::timestamp(std::time::SystemTime::now());
+    let attempt = |event_id: &str, subscription_id: &str, tenant: &str| pb::Attempt {
+        event_id: event_id.into(),
+        subscription_id: subscription_id.into(),
+        tenant: tenant.into(),
+        event_type: "order.created".into(),
+        attempt: 1,
+        agent_id: "agt_b_eu".into(),
+        started_at: Some(now),
+        status_code: 410,
+        error_kind: "http_status".into(),
+        outcome: pb::Outcome::Failed as i32,
+        ..Default::default()
+    };
+    let batch = pb::ReportBatch {
+        batch_id: 7,
+        agent_id: "agt_b_eu".into(),
+        attempts: vec![
+            attempt("evt_forged", &sub_a.id, "shop-a"),
+            attempt("evt_forged", &sub_a.id, "shop-b"),
+            attempt("evt_forged", "sub_01NOSUCHSUBSCRIPTION00000", "shop-b"),
+            pb::Attempt {
+                status_code: 200,
+                error_kind: String::new(),
+                outcome: pb::Outcome::Delivered as i32,
+                ..attempt("evt_true", &sub_b.id, "shop-b")
+            },
+        ],
+    };
+    let mut acks = b
+        .report_attempts(futures_util::StreamExt::chain(
+            futures_util::stream::iter([batch]),
+            futures_util::stream::pending(),
+        ))
+        .await?
+        .into_inner();
+    let ack = tokio::time::timeout(Duration::from_secs(10), acks.message())
+        .await??
+        .expect("an ack");
+    assert_eq!(
+        ack.batch_id, 7,
+        "the batch is acknowledged: the agent does not resend it"
+    );
+    let stored = control_plane.attempts(pb::AttemptFilter::default()).await?;
+    let stored: Vec<(&str, &str)> = stored
+        .iter()
+        .map(|a| (a.event_id.as_str(), a.subscription_id.as_str()))
+        .collect();
+    assert_eq!(stored, [("evt_true", sub_b.id.as_str())]);
+    let still = control_plane
+        .subscriptions()
+        .await?
+        .get_subscription(pb::GetSubscriptionRequest {
+            id: sub_a.id.clone(),
+            show_secrets: false,
+        })
+        .await?
+        .into_inner();
+    assert!(still.enabled, "a forged 410 disables nothing");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let text = reqwest::get(format!("http://{}/metrics", metrics.addr()))
+        .await?
+        .text()
+        .await?;
+    for line in [
+        "herald_reports_refused_total{reason=\"foreign_subscription\"} 2",
+        "herald_reports_refused_total{reason=\"unknown_subscription\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+
+    // A real agent with shop A's token delivers shop A's events, and its reports are stored.
+    let agent = Agent::start(
+        url,
+        AgentOptions {
+            trusted_ca: Some(ca.ca_pem()),
+            control_plane_token: Some(AGENT_A.into()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    herald_tests::eventually(
+        Duration::from_secs(10),
+        "shop A's agent to apply its config",
+        || async {
+            let emitted = agent
+                .emit(event(
+                    "shop-a",
+                    "order.created",
+                    &serde_json::json!({"n": 1}),
+                ))
+                .await?;
+            Ok((emitted.matched == 1).then_some(emitted))
+        },
+    )
+    .await?;
+    let not_served = agent
+        .emit(event(
+            "shop-b",
+            "order.created",
+            &serde_json::json!({"n": 2}),
+        ))
+        .await?;
+    assert_eq!(
+        not_served.matched, 0,
+        "shop B's endpoint is not in its config"
+    );
+    herald_tests::eventually(
+        Duration::from_secs(10),
+        "shop A's attempt stored",
+        || async {
+            let logged = control_plane
+                .attempts(pb::AttemptFilter {
+                    subscription_id: sub_a.id.clone(),
+                    ..Default::default()
+                })
+                .await?;
+            Ok((!logged.is_empty()).then_some(()))
+        },
+    )
+    .await?;
     Ok(())
 }

@@ -1,0 +1,248 @@
+//! What an agent is trusted with: an agent token scoped by `tenants=` and `regions=` gets the
+//! config of its scope only, and may report attempts only for the subscriptions it serves.
+//!
+//! - **Hello**: the agent's region must lie within the token's regions; the tenants it names
+//!   must lie within the token's tenants, and a hello that names none (all tenants) is
+//!   narrowed to the token's. The config stream, emit orders and the agents list then all see
+//!   the narrowed interest. Every field of the hello is bounded.
+//! - **Reports**: an attempt is stored only when its subscription is one the control plane
+//!   knows (now, or deleted within the last day), lies within the token's scope, and belongs
+//!   to the attempt's tenant. Others are refused, counted by [`Refusal`] and logged, and the
+//!   rest of the batch is stored: a forged 410 for another tenant's endpoint disables
+//!   nothing.
+
+use herald_core::interest::MAX_INTEREST;
+use herald_proto::v1 as pb;
+use prometheus_client::encoding::EncodeLabelValue;
+use tonic::Status;
+
+use crate::access::{Identity, Scope};
+
+/// The longest agent id, node, region and version an agent may send.
+pub const MAX_HELLO_FIELD: usize = 128;
+/// The longest reason of a refused config change that is kept (longer ones are cut).
+pub const MAX_NACK_REASON: usize = 1024;
+/// The longest event-type prefix of an interest.
+const MAX_PREFIX: usize = 256;
+
+/// The hello as the control plane takes it from an agent calling as `who`: checked against
+/// the token's scope and narrowed to it.
+pub fn admit_hello(who: &Identity, mut hello: pb::AgentHello) -> Result<pb::AgentHello, Status> {
+    for (field, value) in [
+        ("agent_id", &hello.agent_id),
+        ("node", &hello.node),
+        ("region", &hello.region),
+        ("version", &hello.version),
+    ] {
+        if value.len() > MAX_HELLO_FIELD {
+            return Err(Status::invalid_argument(format!(
+                "{field}: at most {MAX_HELLO_FIELD} bytes"
+            )));
+        }
+    }
+    if hello.agent_id.is_empty() {
+        return Err(Status::invalid_argument("agent_id: is required"));
+    }
+    if hello.tenants.len() + hello.event_type_prefixes.len() > MAX_INTEREST {
+        return Err(Status::invalid_argument(format!(
+            "interest: at most {MAX_INTEREST} tenants and prefixes"
+        )));
+    }
+    for tenant in &hello.tenants {
+        herald_core::validate::tenant(tenant)
+            .map_err(|e| Status::invalid_argument(format!("interest: {e}")))?;
+    }
+    if hello
+        .event_type_prefixes
+        .iter()
+        .any(|p| p.len() > MAX_PREFIX)
+    {
+        return Err(Status::invalid_argument(format!(
+            "interest: an event-type prefix is at most {MAX_PREFIX} bytes"
+        )));
+    }
+    if !who.regions.allows(&hello.region) {
+        return Err(Status::permission_denied(format!(
+            "{} serves the regions {}, not {:?}",
+            who.name, who.regions, hello.region
+        )));
+    }
+    match &who.tenants {
+        Scope::All => {}
+        Scope::Only(tenants) if hello.tenants.is_empty() => {
+            // "Every tenant" as far as the token reaches.
+            hello.tenants = tenants.iter().cloned().collect();
+        }
+        Scope::Only(_) => {
+            if let Some(outside) = hello.tenants.iter().find(|t| !who.sees(t)) {
+                return Err(Status::permission_denied(format!(
+                    "{} serves the tenants {}, not {outside:?}",
+                    who.name, who.tenants
+                )));
+            }
+        }
+    }
+    Ok(hello)
+}
+
+/// `reason` cut to at most [`MAX_NACK_REASON`] bytes.
+pub fn bounded_reason(reason: &str) -> &str {
+    cut(reason, MAX_NACK_REASON)
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+pub fn cut(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Why an attempt report was refused.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Refusal {
+    /// No subscription has this id (nor had, within the last day).
+    unknown_subscription,
+    /// The subscription lies outside the agent token's tenants or regions.
+    foreign_subscription,
+    /// The attempt names another tenant than its subscription's.
+    tenant_mismatch,
+}
+
+/// Whether an agent calling as `who` may report `attempt`, made for `sub` (`None`: no such
+/// subscription).
+pub fn check_report(
+    who: &Identity,
+    sub: Option<&pb::Subscription>,
+    attempt: &pb::Attempt,
+) -> Result<(), Refusal> {
+    let Some(sub) = sub else {
+        return Err(Refusal::unknown_subscription);
+    };
+    let in_regions = sub.regions.is_empty() || sub.regions.iter().any(|r| who.regions.allows(r));
+    if !who.sees(&sub.tenant) || !in_regions {
+        return Err(Refusal::foreign_subscription);
+    }
+    if attempt.tenant != sub.tenant {
+        return Err(Refusal::tenant_mismatch);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Role;
+
+    fn agent(tenants: Scope, regions: Scope) -> Identity {
+        Identity {
+            name: "eu-agents".into(),
+            role: Role::Agent,
+            tenants,
+            regions,
+        }
+    }
+
+    fn only(names: &[&str]) -> Scope {
+        Scope::Only(names.iter().map(|n| n.to_string()).collect())
+    }
+
+    fn hello(region: &str, tenants: &[&str]) -> pb::AgentHello {
+        pb::AgentHello {
+            agent_id: "agt_1".into(),
+            region: region.into(),
+            tenants: tenants.iter().map(|t| t.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_scoped_hello_is_narrowed_or_refused() {
+        let who = agent(only(&["shop-a", "shop-b"]), only(&["eu"]));
+        let narrowed = admit_hello(&who, hello("eu", &[])).expect("admitted");
+        assert_eq!(narrowed.tenants, ["shop-a", "shop-b"]);
+        let within = admit_hello(&who, hello("eu", &["shop-b"])).expect("admitted");
+        assert_eq!(within.tenants, ["shop-b"]);
+        let outside = admit_hello(&who, hello("eu", &["shop-b", "shop-c"])).unwrap_err();
+        assert_eq!(outside.code(), tonic::Code::PermissionDenied);
+        assert!(outside.message().contains("shop-c"), "{outside:?}");
+        let elsewhere = admit_hello(&who, hello("us", &[])).unwrap_err();
+        assert_eq!(elsewhere.code(), tonic::Code::PermissionDenied);
+        // A token of every tenant and region takes the hello as it is.
+        let fleet = agent(Scope::All, Scope::All);
+        assert!(
+            admit_hello(&fleet, hello("", &[]))
+                .unwrap()
+                .tenants
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn hello_fields_are_bounded() {
+        let fleet = agent(Scope::All, Scope::All);
+        let long = "x".repeat(MAX_HELLO_FIELD + 1);
+        for field in ["agent_id", "node", "region", "version"] {
+            let mut h = hello("", &[]);
+            match field {
+                "agent_id" => h.agent_id = long.clone(),
+                "node" => h.node = long.clone(),
+                "region" => h.region = long.clone(),
+                _ => h.version = long.clone(),
+            }
+            let refused = admit_hello(&fleet, h).unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+            assert!(refused.message().starts_with(field), "{refused:?}");
+        }
+        let bad_tenant = admit_hello(&fleet, hello("", &["a/b"])).unwrap_err();
+        assert_eq!(bad_tenant.code(), tonic::Code::InvalidArgument);
+        assert_eq!(bounded_reason(&"é".repeat(1000)).len(), MAX_NACK_REASON);
+        assert_eq!(bounded_reason("short"), "short");
+    }
+
+    #[test]
+    fn reports_are_checked_against_the_subscription_and_the_scope() {
+        let who = agent(only(&["shop-a"]), only(&["eu"]));
+        let sub = |tenant: &str, regions: &[&str]| pb::Subscription {
+            id: "sub_1".into(),
+            tenant: tenant.into(),
+            regions: regions.iter().map(|r| r.to_string()).collect(),
+            ..Default::default()
+        };
+        let attempt = |tenant: &str| pb::Attempt {
+            subscription_id: "sub_1".into(),
+            tenant: tenant.into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            check_report(&who, Some(&sub("shop-a", &[])), &attempt("shop-a")),
+            Ok(())
+        );
+        assert_eq!(
+            check_report(
+                &who,
+                Some(&sub("shop-a", &["us", "eu"])),
+                &attempt("shop-a")
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check_report(&who, None, &attempt("shop-a")),
+            Err(Refusal::unknown_subscription)
+        );
+        assert_eq!(
+            check_report(&who, Some(&sub("shop-b", &[])), &attempt("shop-b")),
+            Err(Refusal::foreign_subscription)
+        );
+        assert_eq!(
+            check_report(&who, Some(&sub("shop-a", &["us"])), &attempt("shop-a")),
+            Err(Refusal::foreign_subscription)
+        );
+        assert_eq!(
+            check_report(&who, Some(&sub("shop-a", &[])), &attempt("shop-b")),
+            Err(Refusal::tenant_mismatch)
+        );
+    }
+}
