@@ -33,6 +33,8 @@ pub struct EmitService {
     max_payload_bytes: usize,
     /// The tenants and event types this agent emits for; others are refused.
     interest: Interest,
+    /// The tenant of Herald's operator events, which applications may not emit into.
+    system_tenant: String,
     metrics: Metrics,
 }
 
@@ -43,6 +45,7 @@ impl EmitService {
         queue: Queue,
         max_payload_bytes: usize,
         interest: Interest,
+        system_tenant: String,
         metrics: Metrics,
     ) -> Self {
         EmitService {
@@ -50,12 +53,20 @@ impl EmitService {
             queue,
             max_payload_bytes,
             interest,
+            system_tenant,
             metrics,
         }
     }
 
     fn check(&self, event: &pb::Event) -> Result<(), Status> {
         validate_event(event, self.max_payload_bytes).map_err(invalid_argument)?;
+        if event.tenant == self.system_tenant {
+            // Only the control plane raises operator events (through its emit orders).
+            return Err(Status::permission_denied(format!(
+                "tenant {:?} is reserved for Herald's operator events",
+                event.tenant
+            )));
+        }
         match self.interest.refusal(&event.tenant, &event.r#type) {
             Some(why) => Err(Status::failed_precondition(why)),
             None => Ok(()),

@@ -93,6 +93,10 @@ pub struct Config {
     /// subscriptions and refuses other tenants' events with FAILED_PRECONDITION.
     #[arg(long, env = "HERALD_TENANTS", value_delimiter = ',', value_parser = tenant)]
     pub tenants: Vec<String>,
+    /// The tenant of Herald's operator events (the control plane's --system-tenant): Emit into
+    /// it is refused with PERMISSION_DENIED.
+    #[arg(long, env = "HERALD_SYSTEM_TENANT", default_value = herald_core::validate::DEFAULT_SYSTEM_TENANT, value_parser = tenant)]
+    pub system_tenant: String,
     /// Event-type prefixes this agent emits, comma-separated, e.g. `order.,invoice.` (default:
     /// all). It receives only subscriptions that can match them and refuses other events.
     #[arg(long, env = "HERALD_EVENT_TYPE_PREFIXES", value_delimiter = ',', value_parser = event_type_prefix)]
@@ -192,6 +196,7 @@ impl Config {
             node: "local".into(),
             tenants: vec![],
             event_type_prefixes: vec![],
+            system_tenant: herald_core::validate::DEFAULT_SYSTEM_TENANT.into(),
             ca_file: None,
             allow_http: false,
             allow_targets: vec![],
@@ -401,6 +406,7 @@ pub async fn run(
             queue.clone(),
             config.max_payload_bytes,
             interest,
+            config.system_tenant.clone(),
             metrics,
         ))
         .max_decoding_message_size(max_message),

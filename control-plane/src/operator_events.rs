@@ -77,8 +77,7 @@ pub const OPERATOR_EVENT_TYPES: [OperatorEventType; 3] = [
     DELIVERY_EXHAUSTED,
 ];
 
-/// The default system tenant.
-pub const DEFAULT_SYSTEM_TENANT: &str = "herald";
+pub use herald_core::validate::DEFAULT_SYSTEM_TENANT;
 /// Outbox entries handed to an agent at once.
 const DRAIN_BATCH: usize = 100;
 /// How often the outbox is looked at without being woken.

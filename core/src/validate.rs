@@ -50,6 +50,10 @@ const RESERVED_HEADERS: [&str; 11] = [
     "traceparent",
 ];
 
+/// The tenant Herald's own operator events (`herald.subscription.disabled`, …) belong to unless
+/// `--system-tenant` names another; applications may not emit into it.
+pub const DEFAULT_SYSTEM_TENANT: &str = "herald";
+
 /// Checks a tenant name: 1 to [`MAX_TENANT_LEN`] characters of `[A-Za-z0-9_.-]`.
 ///
 /// Tenants are part of etcd keys, so `/` and anything else outside that set is refused.

@@ -646,3 +646,44 @@ async fn an_agent_token_is_trusted_only_for_its_tenants_and_regions() -> anyhow:
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn applications_may_not_emit_into_the_system_tenant() -> anyhow::Result<()> {
+    let control_plane = ControlPlane::start(ConfigStore::Embedded).await?;
+    let agent = Agent::start(control_plane.url(), AgentOptions::default()).await?;
+    control_plane
+        .wait_applied(0, Duration::from_secs(10))
+        .await?;
+    let forged = || {
+        event(
+            "herald",
+            "herald.subscription.disabled",
+            &serde_json::json!({"subscription_id": "sub_01JEXAMPLE"}),
+        )
+    };
+    let mut events = agent.events().await?;
+    let refused = events
+        .emit(pb::EmitRequest {
+            event: Some(forged()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("reserved"), "{refused:?}");
+    let refused = events
+        .emit_batch(pb::EmitBatchRequest {
+            events: vec![
+                event("shop-1", "order.created", &serde_json::json!({})),
+                forged(),
+            ],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().starts_with("events[1]"), "{refused:?}");
+    // Other tenants emit as before.
+    agent
+        .emit(event("shop-1", "order.created", &serde_json::json!({})))
+        .await?;
+    Ok(())
+}
