@@ -72,6 +72,20 @@ struct State {
     history_from: i64,
     /// Subscriptions deleted lately.
     departed: Departed,
+    /// Stored subscriptions this replica cannot open (sealed with a key it lacks), by id, with
+    /// why: while any is, agents are refused a config that would silently lack it.
+    unreadable: BTreeMap<String, String>,
+}
+
+/// Stored subscriptions the hub cannot open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unreadable {
+    /// How many.
+    pub count: usize,
+    /// One of them.
+    pub example: String,
+    /// Why that one does not open.
+    pub reason: String,
 }
 
 /// Subscriptions deleted in the last [`DEPARTED_KEEP`] (at most [`DEPARTED_MAX`]), as they
@@ -194,6 +208,17 @@ impl ConfigHub {
             .cloned()
     }
 
+    /// The stored subscriptions this replica cannot open, if any.
+    pub fn unreadable(&self) -> Option<Unreadable> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let (example, reason) = state.unreadable.iter().next()?;
+        Some(Unreadable {
+            count: state.unreadable.len(),
+            example: example.clone(),
+            reason: reason.clone(),
+        })
+    }
+
     /// The current state and a receiver of every change after it.
     pub fn subscribe(&self) -> (Snapshot, broadcast::Receiver<Arc<Change>>) {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
@@ -254,12 +279,17 @@ impl ConfigHub {
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let (kvs, revision) = store.list(keys::SUBSCRIPTIONS).await?;
         let mut subscriptions = BTreeMap::new();
+        let mut unreadable = BTreeMap::new();
         for kv in &kvs {
             match decode(kv, &self.keyring) {
                 Ok(sub) => {
                     subscriptions.insert(sub.id.clone(), Arc::new(sub));
                 }
-                Err(err) => tracing::error!(error = %err, "skipping unreadable subscription"),
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot open a stored subscription");
+                    let id = keys::id_of_subscription_key(&kv.key).unwrap_or(&kv.key);
+                    unreadable.insert(id.to_owned(), err.to_string());
+                }
             }
         }
         let mut watch = store.watch(keys::SUBSCRIPTIONS, revision + 1).await?;
@@ -270,6 +300,7 @@ impl ConfigHub {
                 revision,
                 subscriptions,
             };
+            state.unreadable = unreadable;
             let changed = !change.upserts.is_empty() || !change.removals.is_empty();
             if first {
                 // History starts here.
@@ -294,22 +325,36 @@ impl ConfigHub {
                 previous: BTreeMap::new(),
                 seen_at: tokio::time::Instant::now(),
             };
+            // Each record the batch wrote or deleted, by id: why it does not open, or `None`.
+            let mut unopened: BTreeMap<String, Option<String>> = BTreeMap::new();
             for event in batch.events {
                 match event {
                     WatchEvent::Put(kv) => match decode(&kv, &self.keyring) {
-                        Ok(sub) => change.upserts.push(Arc::new(sub)),
+                        Ok(sub) => {
+                            unopened.insert(sub.id.clone(), None);
+                            change.upserts.push(Arc::new(sub));
+                        }
                         Err(err) => {
-                            tracing::error!(error = %err, "skipping unreadable subscription")
+                            tracing::error!(error = %err, "cannot open a stored subscription");
+                            let id = keys::id_of_subscription_key(&kv.key).unwrap_or(&kv.key);
+                            unopened.insert(id.to_owned(), Some(err.to_string()));
                         }
                     },
                     WatchEvent::Delete { key } => {
                         if let Some(id) = keys::id_of_subscription_key(&key) {
+                            unopened.insert(id.to_owned(), None);
                             change.removals.push(id.to_owned());
                         }
                     }
                 }
             }
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+            for (id, why) in unopened {
+                match why {
+                    Some(why) => state.unreadable.insert(id, why),
+                    None => state.unreadable.remove(&id),
+                };
+            }
             let ids = change.upserts.iter().map(|s| &s.id).chain(&change.removals);
             for id in ids {
                 if let Some(old) = state.snapshot.subscriptions.get(id) {

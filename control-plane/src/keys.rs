@@ -16,6 +16,11 @@
 //! - `/herald/v1/replay-orders/<replica>/<id>` → a `herald.v1.RelayedReplay` for an agent on
 //!   that replica, and `/herald/v1/replay-results/<id>` → its `herald.v1.ReplayResult`; both
 //!   bound to short leases (see `replay_relay.rs`).
+//! - `/herald/v1/keyring-checks/<key id>` → a `herald.v1.SealedSecret`: a known text sealed with
+//!   that key when it first sealed, so a replica can tell at start whether its key of that id
+//!   is the same key (see `keyring_check.rs`).
+//! - `/herald/v1/operator-event-key` → a `herald.v1.SealedSecret`: the secret operator event ids
+//!   are derived with, made once and shared by every replica (see `operator_events.rs`).
 
 /// The root of every Herald key.
 pub const ROOT: &str = "/herald/v1/";
@@ -25,6 +30,17 @@ const SUBSCRIPTION_IDS: &str = "/herald/v1/subscription-ids/";
 const HEALTH: &str = "/herald/v1/health/";
 /// The prefix of the operator-event outbox of earlier versions.
 pub const OPERATOR_EVENTS: &str = "/herald/v1/operator-events/";
+
+/// The prefix of the keyring check values.
+pub const KEYRING_CHECKS: &str = "/herald/v1/keyring-checks/";
+
+/// The check value key of a sealing key.
+pub fn keyring_check(key_id: &str) -> String {
+    format!("{KEYRING_CHECKS}{key_id}")
+}
+
+/// The sealed secret operator event ids are keyed with.
+pub const OPERATOR_EVENT_KEY: &str = "/herald/v1/operator-event-key";
 
 /// The prefix of the agents' presence records.
 pub const AGENTS: &str = "/herald/v1/agents/";

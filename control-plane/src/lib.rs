@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod grpc;
 pub mod health;
 pub mod hub;
+pub mod keyring_check;
 pub mod keys;
 pub mod log_health;
 pub mod metrics;
@@ -220,6 +221,10 @@ pub enum Error {
     /// Records could not be resealed with the current key.
     #[error("resealing signing secrets: {0}")]
     Reseal(#[from] crate::subscriptions::SubscriptionError),
+    /// The keyring is not the one that sealed the store's records (a configuration error:
+    /// exit 64).
+    #[error(transparent)]
+    KeyringCheck(#[from] keyring_check::KeyringCheckError),
     /// The reflection service could not be built from the API's descriptors.
     #[error("grpc reflection: {0}")]
     Reflection(#[from] herald_proto::discovery::ReflectionError),
@@ -256,6 +261,15 @@ pub async fn run(
         tracing::info!(endpoints = ?etcd, "using etcd");
         Store::etcd_with(&etcd, &config.etcd_auth).await?
     };
+    let checked = keyring_check::verify(&store, &keyring).await?;
+    if !checked.foreign.is_empty() {
+        tracing::warn!(
+            key_ids = ?checked.foreign,
+            "the config store holds keyring check values of keys this control plane lacks: \
+             records sealed with them would not open here (a key rotation that has not \
+             reached every replica?)"
+        );
+    }
     let log_store = config.log_store.parse().map_err(Error::LogStore)?;
     let log = attempts::open(&log_store, &config.data_dir, config.log_retention).await?;
     tracing::info!(store = ?log_store, "delivery log opened");
@@ -286,7 +300,18 @@ pub async fn run(
     let policy =
         herald_core::target::TargetPolicy::new(config.allow_http, config.allow_targets.clone());
     let registry = Subscriptions::new(store.clone(), policy, keyring.clone());
-    let upgraded = registry.upgrade_all(&config.system_tenant).await?;
+    let upgraded = registry
+        .upgrade_all(&config.system_tenant)
+        .await
+        .map_err(|err| match err {
+            subscriptions::SubscriptionError::Sealing { id, source } => {
+                Error::KeyringCheck(keyring_check::KeyringCheckError::Unreadable {
+                    subscription: id,
+                    source,
+                })
+            }
+            other => Error::Reseal(other),
+        })?;
     if upgraded > 0 {
         tracing::info!(
             upgraded,

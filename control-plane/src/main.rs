@@ -49,7 +49,13 @@ async fn main() -> std::process::ExitCode {
             .map_err(|err| Failure::Usage(format!("listen={listen} is not usable: {err}")))?;
         run(args.config, listener, signal())
             .await
-            .map_err(Failure::Run)
+            .map_err(|err| match err {
+                // Restarting with the same keyring will not help.
+                err @ herald_control_plane::Error::KeyringCheck(_) => {
+                    Failure::Usage(err.to_string())
+                }
+                other => Failure::Run(other),
+            })
     })
     .await
 }

@@ -197,6 +197,11 @@ impl Keyring {
         &self.keys[0].id
     }
 
+    /// Whether the keyring holds a key of this id.
+    pub fn has_key(&self, id: &str) -> bool {
+        self.keys.iter().any(|key| key.id == id)
+    }
+
     /// Encrypts `secret` for the record of subscription `subscription_id`.
     pub fn seal(
         &self,

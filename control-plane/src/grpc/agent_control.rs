@@ -32,7 +32,7 @@ use crate::agent_trust::{self, Refusal};
 use crate::attempts::{AttemptLog, PendingFollowup};
 use crate::fleet::{Fleet, Order};
 use crate::health::Health;
-use crate::hub::{Change, ConfigHub, Resume, Snapshot};
+use crate::hub::{Change, ConfigHub, Resume, Snapshot, Unreadable};
 use crate::metrics::Metrics;
 use crate::subscriptions::{SubscriptionError, Subscriptions};
 
@@ -122,6 +122,9 @@ impl AgentControl for AgentControlService {
         tokio::select! {
             () = shared.hub.ready() => {}
             () = shared.shutdown.cancelled() => return Err(Status::unavailable("shutting down")),
+        }
+        if let Some(unreadable) = shared.hub.unreadable() {
+            return Err(cannot_serve(&unreadable));
         }
         let mut orders = shared.fleet.connected(&hello);
         tracing::info!(agent = %hello.agent_id, region = %hello.region, "agent connected");
@@ -238,6 +241,16 @@ impl AgentControl for AgentControlService {
         });
         Ok(Response::new(stream))
     }
+}
+
+/// The refusal of a config stream while this replica cannot open some stored subscriptions:
+/// a config without them would have the agent acknowledge their events and never deliver.
+fn cannot_serve(unreadable: &Unreadable) -> Status {
+    Status::unavailable(format!(
+        "this control plane cannot open {} stored subscription(s) (e.g. {}: {}); its keyring \
+         differs from the one that sealed them. Connect to another replica.",
+        unreadable.count, unreadable.example, unreadable.reason
+    ))
 }
 
 /// Stored batches' follow-ups of one report stream waiting to be acted on.
@@ -400,6 +413,11 @@ async fn follow(shared: &Shared, session: Session<'_>) {
                 }
             }
             change = changes.recv() => {
+                if let Some(unreadable) = hub.unreadable() {
+                    // The agent keeps its last good config and tries another replica.
+                    let _ = tx.send(Err(cannot_serve(&unreadable))).await;
+                    return;
+                }
                 let update = match change {
                     Ok(change) => {
                         let delta = interest.delta(&change);

@@ -1,0 +1,173 @@
+//! Replicas that refuse a wrong keyring: one started with another key of the same id exits 64
+//! before it serves anything; one whose keyring cannot open a record written later refuses
+//! agents a config without it, and those agents deliver through a replica that can.
+
+use std::time::Duration;
+
+use herald_control_plane::sealing::{Keyring, KeyringSource};
+use herald_proto::v1 as pb;
+use herald_proto::v1::agent_control_client::AgentControlClient;
+use herald_proto::v1::config_request::Kind;
+use herald_proto::v1::subscriptions_client::SubscriptionsClient;
+use herald_tests::herald::connect;
+use herald_tests::{
+    Agent, AgentOptions, ConfigStore, ControlPlane, ControlPlaneProcess, Etcd, HeldPort, Receiver,
+    TestCa, event, subscription,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn a_replica_with_another_key_of_the_same_id_exits_64() -> anyhow::Result<()> {
+    let etcd = Etcd::start().await?;
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_herald-control-plane"));
+    let first = ControlPlaneProcess::start(binary, &etcd.endpoint(), "embedded", &[]).await?;
+    let ca = TestCa::new();
+    let receiver = Receiver::start(&ca).await?;
+    let agent = Agent::start(
+        &first.url(),
+        AgentOptions {
+            trusted_ca: Some(ca.ca_pem()),
+            ..Default::default()
+        },
+    )
+    .await?;
+
+    // The test replicas' key is called `test`; this one has another key of that name. The
+    // store holds no subscription yet: the check value alone gives it away.
+    let dir = tempfile::tempdir()?;
+    let port = HeldPort::new()?;
+    let wrong = tokio::process::Command::new(binary)
+        .args([
+            "--etcd",
+            &etcd.endpoint(),
+            "--listen",
+            &port.addr().to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("HERALD_SECRETS_KEY", Keyring::generate_entry("test")?)
+        .env("HERALD_LOG_STORE", "embedded")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(WAIT, wrong).await??;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("key \"test\"") && stderr.contains("--secrets-key-file"),
+        "{stderr}"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(port.addr()).await.is_err(),
+        "it never served"
+    );
+
+    // The agent on the good replica delivers on.
+    let created = SubscriptionsClient::new(connect(&first.url()).await?)
+        .create_subscription(pb::CreateSubscriptionRequest {
+            subscription: Some(subscription("shop-1", &receiver.url("/hook"), &["order.*"])),
+            allow_unregistered: false,
+        })
+        .await?
+        .into_inner();
+    herald_tests::eventually(WAIT, "the agent to hold the subscription", || async {
+        let agents =
+            herald_proto::v1::agents_client::AgentsClient::new(connect(&first.url()).await?)
+                .list_agents(pb::ListAgentsRequest {})
+                .await?
+                .into_inner()
+                .agents;
+        Ok(agents
+            .iter()
+            .any(|a| a.applied_revision >= created.revision)
+            .then_some(()))
+    })
+    .await?;
+    let emitted = agent
+        .emit(event(
+            "shop-1",
+            "order.created",
+            &serde_json::json!({"n": 1}),
+        ))
+        .await?;
+    assert_eq!(emitted.matched, 1);
+    receiver.wait_for_requests(1, WAIT).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replica_that_cannot_open_a_record_sends_its_agents_elsewhere() -> anyhow::Result<()> {
+    let etcd = Etcd::start().await?;
+    let store = ConfigStore::Etcd(vec![etcd.endpoint()]);
+    // Started on the empty store with a keyring of its own, it serves; the other replica,
+    // with the test replicas' keyring, then writes a record it cannot open.
+    let odd = Keyring::generate_entry("odd")?;
+    let stranger = ControlPlane::start_configured(store.clone(), |config| {
+        config.secrets = KeyringSource {
+            secrets_key: Some(odd),
+            secrets_key_file: None,
+        }
+    })
+    .await?;
+    let good = ControlPlane::start(store).await?;
+    let ca = TestCa::new();
+    let receiver = Receiver::start(&ca).await?;
+    let agent = Agent::start(
+        stranger.url(),
+        AgentOptions {
+            trusted_ca: Some(ca.ca_pem()),
+            more_control_planes: vec![good.url().to_owned()],
+            ..Default::default()
+        },
+    )
+    .await?;
+    good.create(subscription("shop-1", &receiver.url("/hook"), &["order.*"]))
+        .await?;
+
+    // The stranger refuses config streams while it cannot open the record.
+    let hello = pb::ConfigRequest {
+        kind: Some(Kind::Hello(pb::AgentHello {
+            agent_id: "agt_probe".into(),
+            ..Default::default()
+        })),
+    };
+    let stranger_url = stranger.url().to_owned();
+    let refused = herald_tests::eventually(WAIT, "the stranger to refuse streams", || {
+        let (hello, url) = (hello.clone(), stranger_url.clone());
+        async move {
+            let requests = futures_util::StreamExt::chain(
+                futures_util::stream::iter([hello]),
+                futures_util::stream::pending(),
+            );
+            let answer = AgentControlClient::new(connect(&url).await?)
+                .stream_config(requests)
+                .await;
+            Ok(answer.err())
+        }
+    })
+    .await?;
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("cannot open 1 stored subscription"),
+        "{refused:?}"
+    );
+
+    // Its agent moved to the good replica and delivers with the whole config.
+    let emitted = herald_tests::eventually(WAIT, "the agent to hold the subscription", || async {
+        let emitted = agent
+            .emit(event(
+                "shop-1",
+                "order.created",
+                &serde_json::json!({"n": 1}),
+            ))
+            .await?;
+        Ok((emitted.matched == 1).then_some(emitted))
+    })
+    .await?;
+    let requests = receiver.wait_for_requests(1, WAIT).await?;
+    let webhook_id = requests[0].headers.get("webhook-id").map(|v| v.as_bytes());
+    assert_eq!(webhook_id, Some(emitted.event_id.as_bytes()));
+    Ok(())
+}
