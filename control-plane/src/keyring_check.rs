@@ -36,12 +36,12 @@ pub enum KeyringCheckError {
     /// A stored record is sealed with a key this replica does not hold, or a key of the same
     /// id that is not the same key.
     #[error(
-        "subscription {subscription} cannot be opened: {source}; give this control plane the \
-         keyring the other replicas use (--secrets-key-file or HERALD_SECRETS_KEY)"
+        "{record} cannot be opened: {source}; give this control plane the keyring the other \
+         replicas use (--secrets-key-file or HERALD_SECRETS_KEY)"
     )]
     Unreadable {
-        /// The subscription.
-        subscription: String,
+        /// Which record (`subscription sub_…`).
+        record: String,
         /// Why it does not open.
         source: SealingError,
     },

@@ -306,7 +306,7 @@ pub async fn run(
         .map_err(|err| match err {
             subscriptions::SubscriptionError::Sealing { id, source } => {
                 Error::KeyringCheck(keyring_check::KeyringCheckError::Unreadable {
-                    subscription: id,
+                    record: format!("subscription {id}"),
                     source,
                 })
             }
@@ -321,8 +321,13 @@ pub async fn run(
     }
     let metrics = metrics::Metrics::default();
     let event_types = event_types::EventTypes::new(store.clone(), config.event_type_registry);
-    let events =
-        operator_events::OperatorEvents::new(log.clone(), fleet.clone(), &config.system_tenant);
+    let event_ids = operator_events::IdKey::load(&store, &keyring).await?;
+    let events = operator_events::OperatorEvents::new(
+        log.clone(),
+        fleet.clone(),
+        &config.system_tenant,
+        event_ids,
+    );
     match events.adopt_config_store_outbox(&store).await {
         Ok(0) => {}
         Ok(moved) => tracing::info!(

@@ -18,7 +18,9 @@
 //! outbox entry goes once the agent has accepted it. So an event survives a control-plane
 //! restart or `kill -9` and waits while no agent is connected. Ids are derived from what
 //! happened (`<type>:<hash>`), so an event raised twice (two replicas, a retry) is one
-//! `webhook-id`, and the agent's dedup window drops repeats.
+//! `webhook-id`, and the agent's dedup window drops repeats. The hash is an HMAC under a
+//! secret every replica shares ([`IdKey`], made once and sealed in the config store), so no
+//! one outside can tell an event's id before it is raised.
 //!
 //! Earlier versions kept the outbox in the config store (`/herald/v1/operator-events/<id>`);
 //! [`OperatorEvents::adopt_config_store_outbox`] moves what is left there at start.
@@ -29,15 +31,18 @@ use std::time::{Duration, SystemTime};
 use herald_proto::convert::timestamp;
 use herald_proto::v1 as pb;
 use prost::Message;
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::attempts::{AttemptLog, LogError};
 use crate::fleet::Fleet;
+use crate::keyring_check::KeyringCheckError;
 use crate::keys;
-use crate::store::{Compare, Op, Store, StoreError, Txn};
+use crate::sealing::Keyring;
+use crate::store::{Compare, Op, Store, StoreError, Txn, TxnOutcome};
 
 /// An operator event's type and what it means.
 #[derive(Clone, Copy, Debug)]
@@ -85,22 +90,117 @@ const DRAIN_EVERY: Duration = Duration::from_secs(2);
 /// How long an agent has to accept an emit order.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The secret operator event ids are derived with: 32 random bytes made by the first replica,
+/// kept sealed in the config store ([`keys::OPERATOR_EVENT_KEY`]) and read by every replica at
+/// start, so every replica gives one event the same id.
+#[derive(Clone)]
+pub struct IdKey(hmac::Key);
+
+impl std::fmt::Debug for IdKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdKey(<redacted>)")
+    }
+}
+
+/// The associated data the id key is sealed with.
+const ID_KEY_RECORD: &str = "operator-event-key";
+
+impl IdKey {
+    /// A key of these bytes (tests; replicas [`IdKey::load`] theirs).
+    pub fn new(bytes: &[u8]) -> Self {
+        IdKey(hmac::Key::new(hmac::HMAC_SHA256, bytes))
+    }
+
+    /// The store's id key, made and written when there is none, and sealed again with the
+    /// current sealing key when another sealed it.
+    pub async fn load(store: &Store, keyring: &Keyring) -> Result<IdKey, KeyringCheckError> {
+        use base64::Engine as _;
+        let base64 = base64::engine::general_purpose::STANDARD;
+        let unreadable = |source| KeyringCheckError::Unreadable {
+            record: "the operator event key".into(),
+            source,
+        };
+        for _ in 0..3 {
+            let Some(kv) = store.get(keys::OPERATOR_EVENT_KEY).await? else {
+                let mut bytes = [0u8; 32];
+                SystemRandom::new().fill(&mut bytes).map_err(|_| {
+                    KeyringCheckError::Sealing(crate::sealing::SealingError::Random)
+                })?;
+                let sealed = keyring
+                    .seal(ID_KEY_RECORD, &base64.encode(bytes))
+                    .map_err(KeyringCheckError::Sealing)?;
+                let txn = Txn::default()
+                    .when(Compare::Absent(keys::OPERATOR_EVENT_KEY.into()))
+                    .then(Op::Put(
+                        keys::OPERATOR_EVENT_KEY.into(),
+                        sealed.encode_to_vec(),
+                    ));
+                match store.txn(txn).await? {
+                    TxnOutcome::Committed { .. } => return Ok(IdKey::new(&bytes)),
+                    // Another replica made it first: read theirs.
+                    TxnOutcome::Conflict => continue,
+                }
+            };
+            let sealed = pb::SealedSecret::decode(kv.value.as_slice()).map_err(|e| {
+                KeyringCheckError::Corrupt {
+                    key: kv.key.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+            let text = keyring.open(ID_KEY_RECORD, &sealed).map_err(unreadable)?;
+            let bytes = base64
+                .decode(text.as_bytes())
+                .map_err(|e| KeyringCheckError::Corrupt {
+                    key: kv.key.clone(),
+                    reason: e.to_string(),
+                })?;
+            if sealed.key_id != keyring.sealing_key_id() {
+                // A rotated keyring: seal it with the new key, as subscriptions are.
+                let resealed = keyring
+                    .seal(ID_KEY_RECORD, &text)
+                    .map_err(KeyringCheckError::Sealing)?;
+                let txn = Txn::default()
+                    .when(Compare::ModRevision(kv.key.clone(), kv.mod_revision))
+                    .then(Op::Put(kv.key.clone(), resealed.encode_to_vec()));
+                store.txn(txn).await?;
+            }
+            return Ok(IdKey::new(&bytes));
+        }
+        Err(KeyringCheckError::Corrupt {
+            key: keys::OPERATOR_EVENT_KEY.into(),
+            reason: "it keeps changing while it is read".into(),
+        })
+    }
+
+    /// The id's hash of what `key` names: the HMAC's first 16 bytes, in hex.
+    fn hash(&self, event_type: &str, key: &str) -> String {
+        let tag = hmac::sign(&self.0, format!("{event_type}\0{key}").as_bytes());
+        tag.as_ref()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
 /// Raises operator events and delivers them through the agents; cloning shares it.
 #[derive(Clone)]
 pub struct OperatorEvents {
     log: AttemptLog,
     fleet: Fleet,
     tenant: Arc<str>,
+    ids: IdKey,
     wake: Arc<Notify>,
 }
 
 impl OperatorEvents {
-    /// Events of tenant `tenant`, kept in `log`'s outbox until an agent of `fleet` takes them.
-    pub fn new(log: AttemptLog, fleet: Fleet, tenant: &str) -> Self {
+    /// Events of tenant `tenant`, kept in `log`'s outbox until an agent of `fleet` takes them,
+    /// their ids derived with `ids`.
+    pub fn new(log: AttemptLog, fleet: Fleet, tenant: &str, ids: IdKey) -> Self {
         OperatorEvents {
             log,
             fleet,
             tenant: tenant.into(),
+            ids,
             wake: Arc::new(Notify::new()),
         }
     }
@@ -173,8 +273,7 @@ impl OperatorEvents {
 
     /// The event of type `event_type` about what `key` names.
     fn event(&self, event_type: &str, key: &str, payload: serde_json::Value) -> pb::Event {
-        let digest = Sha256::digest(format!("{event_type}\0{key}").as_bytes());
-        let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let hash = self.ids.hash(event_type, key);
         let now = SystemTime::now();
         pb::Event {
             id: format!("{event_type}:{hash}"),
@@ -293,4 +392,55 @@ fn rfc3339(ts: Option<&prost_types::Timestamp>) -> serde_json::Value {
     ts.map_or(serde_json::Value::Null, |ts| {
         json!(humantime::format_rfc3339_millis(herald_proto::convert::system_time(ts)).to_string())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_replica_reads_the_same_id_key_and_outsiders_cannot_tell_the_ids() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::embedded(dir.path()).await.expect("a store");
+        let k1 = Keyring::generate_entry("k1").expect("a key");
+        let keyring = Keyring::parse(&k1).expect("a keyring");
+        let first = IdKey::load(&store, &keyring).await.expect("made");
+        let second = IdKey::load(&store, &keyring).await.expect("read");
+        let id = |key: &IdKey| key.hash(SUBSCRIPTION_DISABLED.name, "sub_1\0at");
+        assert_eq!(
+            id(&first),
+            id(&second),
+            "one event, one id, on every replica"
+        );
+        assert_eq!(id(&first).len(), 32);
+        // Not the plain digest of what happened, nor another key's.
+        assert_ne!(id(&first), id(&IdKey::new(&[0; 32])));
+        let raw = store
+            .get(keys::OPERATOR_EVENT_KEY)
+            .await
+            .expect("read")
+            .expect("written");
+        let sealed = pb::SealedSecret::decode(raw.value.as_slice()).expect("sealed");
+        assert_eq!(sealed.key_id, "k1");
+
+        // After a rotation the key is sealed with the new key and stays the same key.
+        let k2 = Keyring::generate_entry("k2").expect("a key");
+        let rotated = Keyring::parse(&format!("{k2}{k1}")).expect("a keyring");
+        assert_eq!(
+            id(&IdKey::load(&store, &rotated).await.expect("read")),
+            id(&first)
+        );
+        let only_new = Keyring::parse(&k2).expect("a keyring");
+        assert_eq!(
+            id(&IdKey::load(&store, &only_new).await.expect("read")),
+            id(&first)
+        );
+        // A keyring that cannot open it says so.
+        let stranger = Keyring::parse(&Keyring::generate_entry("k9").expect("a key")).expect("ok");
+        let refused = IdKey::load(&store, &stranger).await.unwrap_err();
+        assert!(
+            matches!(refused, KeyringCheckError::Unreadable { .. }),
+            "{refused:?}"
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! Replicas that refuse a wrong keyring: one started with another key of the same id exits 64
-//! before it serves anything; one whose keyring cannot open a record written later refuses
-//! agents a config without it, and those agents deliver through a replica that can.
+//! before it serves anything; one whose keyring cannot open a record written later (a key
+//! rotation that has not reached it) refuses agents a config without it, and those agents
+//! deliver through a replica that can.
 
 use std::time::Duration;
 
@@ -99,17 +100,22 @@ async fn a_replica_with_another_key_of_the_same_id_exits_64() -> anyhow::Result<
 async fn a_replica_that_cannot_open_a_record_sends_its_agents_elsewhere() -> anyhow::Result<()> {
     let etcd = Etcd::start().await?;
     let store = ConfigStore::Etcd(vec![etcd.endpoint()]);
-    // Started on the empty store with a keyring of its own, it serves; the other replica,
-    // with the test replicas' keyring, then writes a record it cannot open.
-    let odd = Keyring::generate_entry("odd")?;
-    let stranger = ControlPlane::start_configured(store.clone(), |config| {
-        config.secrets = KeyringSource {
-            secrets_key: Some(odd),
-            secrets_key_file: None,
+    // A key rotation that reached one replica and not the other: the first seals with k2,
+    // which the second does not hold.
+    let (k1, k2) = (
+        Keyring::generate_entry("k1")?,
+        Keyring::generate_entry("k2")?,
+    );
+    let with_keyring = |keyring: String| {
+        move |config: &mut herald_control_plane::Config| {
+            config.secrets = KeyringSource {
+                secrets_key: Some(keyring),
+                secrets_key_file: None,
+            }
         }
-    })
-    .await?;
-    let good = ControlPlane::start(store).await?;
+    };
+    let stranger = ControlPlane::start_configured(store.clone(), with_keyring(k1.clone())).await?;
+    let good = ControlPlane::start_configured(store, with_keyring(format!("{k2}{k1}"))).await?;
     let ca = TestCa::new();
     let receiver = Receiver::start(&ca).await?;
     let agent = Agent::start(
