@@ -14,6 +14,10 @@ fi
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   missing="$missing postgresql"
 fi
+# The README's deployment commands (run by a test) make their TLS certificate with OpenSSL.
+if ! command -v openssl >/dev/null 2>&1; then
+  missing="$missing openssl"
+fi
 if [ -n "$missing" ]; then
   echo "== installing$missing (the end-to-end tests run them for real)"
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi

@@ -9,6 +9,55 @@ use std::time::Duration;
 use herald_proto::bearer::{AuthedChannel, Bearer};
 use tonic::transport::{ClientTlsConfig, Endpoint};
 
+/// Why the agent will not call a control-plane URL.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The URL is not one.
+    #[error("--control-plane {url}: not a URL: {reason}")]
+    NotAUrl {
+        /// The URL as given.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The token would cross the network in clear.
+    #[error(
+        "--control-plane {url} is plain http to another host: the agent's token would cross \
+         the network in clear. Use https:// (with --control-plane-ca-file), or pass \
+         --allow-insecure-control-plane on a network you trust"
+    )]
+    Insecure {
+        /// The URL.
+        url: String,
+    },
+}
+
+/// Refuses a control-plane URL that would carry a token over plain `http://` to a host other
+/// than this one's loopback, unless `allow_insecure`.
+pub fn check_transport(
+    endpoints: &[String],
+    has_token: bool,
+    allow_insecure: bool,
+) -> Result<(), TransportError> {
+    for url in endpoints {
+        let parsed = reqwest::Url::parse(url).map_err(|e| TransportError::NotAUrl {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
+        let plain = parsed.scheme() != "https";
+        let loopback = match parsed.host() {
+            Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
+        if plain && has_token && !loopback && !allow_insecure {
+            return Err(TransportError::Insecure { url: url.clone() });
+        }
+    }
+    Ok(())
+}
+
 /// How long to wait for a connection to a control-plane replica.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -76,5 +125,44 @@ impl ControlPlane {
             .await
             .map_err(|e| format!("{url}: {e}"))?;
         Ok((url, self.bearer.wrap(channel)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(url: &str, has_token: bool, allow: bool) -> Result<(), TransportError> {
+        check_transport(&[url.to_owned()], has_token, allow)
+    }
+
+    #[test]
+    fn a_token_never_crosses_the_network_in_clear_unless_allowed() {
+        assert!(matches!(
+            check("http://cp.internal:7700", true, false),
+            Err(TransportError::Insecure { .. })
+        ));
+        assert!(matches!(
+            check("http://10.0.0.5:7700", true, false),
+            Err(TransportError::Insecure { .. })
+        ));
+        assert!(check("https://cp.internal:7700", true, false).is_ok());
+        for local in [
+            "http://127.0.0.1:7700",
+            "http://localhost:7700",
+            "http://[::1]:7700",
+        ] {
+            assert!(check(local, true, false).is_ok(), "{local}");
+        }
+        assert!(
+            check("http://cp.internal:7700", false, false).is_ok(),
+            "no token"
+        );
+        assert!(
+            check("http://cp.internal:7700", true, true).is_ok(),
+            "allowed"
+        );
+        let one_bad = check_transport(&["https://a:1".into(), "http://b:1".into()], true, false);
+        assert!(matches!(one_bad, Err(TransportError::Insecure { url }) if url == "http://b:1"));
     }
 }

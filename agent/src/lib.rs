@@ -57,6 +57,10 @@ pub struct Config {
     /// control plane checks tokens.
     #[arg(long, env = "HERALD_CONTROL_PLANE_TOKEN", hide_env_values = true, value_parser = herald_proto::bearer::Bearer::parse)]
     pub control_plane_token: Option<herald_proto::bearer::Bearer>,
+    /// Send the control-plane token over plain http:// to hosts other than this one's
+    /// loopback (refused by default: use https:// and --control-plane-ca-file).
+    #[arg(long, env = "HERALD_ALLOW_INSECURE_CONTROL_PLANE")]
+    pub allow_insecure_control_plane: bool,
     /// CA (PEM) of the control plane's certificate; turns on TLS to it (https:// URLs).
     #[arg(long, env = "HERALD_CONTROL_PLANE_CA_FILE")]
     pub control_plane_ca_file: Option<PathBuf>,
@@ -186,6 +190,7 @@ impl Config {
         Config {
             control_plane: vec![control_plane.to_owned()],
             control_plane_token: None,
+            allow_insecure_control_plane: false,
             control_plane_ca_file: None,
             control_plane_cert_file: None,
             control_plane_key_file: None,
@@ -262,6 +267,20 @@ pub enum Error {
     /// The reflection service could not be built from the API's descriptors.
     #[error("grpc reflection: {0}")]
     Reflection(#[from] herald_proto::discovery::ReflectionError),
+    /// A control-plane URL would carry the token in clear (a configuration error).
+    #[error(transparent)]
+    Transport(#[from] control_plane::TransportError),
+}
+
+impl Config {
+    /// Checks that no control-plane URL would carry the agent's token in clear.
+    pub fn check_control_plane_transport(&self) -> Result<(), control_plane::TransportError> {
+        control_plane::check_transport(
+            &self.control_plane,
+            self.control_plane_token.is_some(),
+            self.allow_insecure_control_plane,
+        )
+    }
 }
 
 /// Runs the agent on `listener` until `shutdown` completes; then stops accepting events,
@@ -271,6 +290,7 @@ pub async fn run(
     listener: Listener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
+    config.check_control_plane_transport()?;
     // An empty id (`HERALD_AGENT_ID=`) means none given.
     let id = match config.id.as_deref().map(str::trim) {
         Some(id) if !id.is_empty() => id.to_owned(),

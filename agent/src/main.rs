@@ -37,6 +37,9 @@ async fn main() -> std::process::ExitCode {
             .emit_access
             .check(listen)
             .map_err(Failure::Usage)?;
+        args.config
+            .check_control_plane_transport()
+            .map_err(|err| Failure::Usage(err.to_string()))?;
         let listener = Listener::bind(listen, args.config.emit_access.socket_mode)
             .await
             .map_err(|err| Failure::Usage(format!("listen={listen} is not usable: {err}")))?;

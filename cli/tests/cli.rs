@@ -1292,7 +1292,9 @@ async fn the_readmes_deployment_commands_connect_as_written() -> anyhow::Result<
         .env("RUN", dir.path().join("run"))
         .env("BIN", bin)
         .env("LISTEN", port.addr().to_string())
-        .env("CP", format!("http://{}", port.addr()))
+        // The certificate the block makes names CP_HOST, which the URL must use.
+        .env("CP_HOST", "localhost")
+        .env("CP", format!("https://localhost:{}", port.addr().port()))
         .stdout(std::fs::File::create(&output)?)
         .stderr(std::fs::File::create(dir.path().join("stderr.txt"))?)
         // Its own process group: the daemons it starts in the background are stopped with it.

@@ -105,6 +105,10 @@ pub struct Config {
     /// Address of the Prometheus endpoint (`GET /metrics`); none by default.
     #[arg(long, env = "HERALD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Address of a plain-text gRPC endpoint serving only health checks (grpc.health.v1), for
+    /// probes that do not speak TLS (kubelet's); none by default.
+    #[arg(long, env = "HERALD_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
     /// Check subscriptions against the event-type registry (while it holds any type): on or off.
     #[arg(long, env = "HERALD_EVENT_TYPE_REGISTRY", value_enum, default_value_t = event_types::RegistryMode::On)]
     pub event_type_registry: event_types::RegistryMode,
@@ -171,6 +175,7 @@ impl Config {
             auth: TokenSource::default(),
             tls: ServerTls::default(),
             metrics_listen: None,
+            health_listen: None,
             event_type_registry: event_types::RegistryMode::On,
             system_tenant: operator_events::DEFAULT_SYSTEM_TENANT.into(),
             replica_name: None,
@@ -201,6 +206,14 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The health endpoint could not listen.
+    #[error("health-listen={addr}: {source}")]
+    HealthListen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The metrics endpoint could not listen.
     #[error("metrics-listen={addr}: {source}")]
     Metrics {
@@ -386,6 +399,23 @@ pub async fn run(
         metrics.clone(),
         log_watch_stop.clone(),
     ));
+    if let Some(addr) = config.health_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::HealthListen { addr, source })?;
+        tracing::info!(%addr, "serving health checks in plain text");
+        let health = tonic::transport::Server::builder()
+            .add_service(health_service.clone())
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                stop.clone().cancelled_owned(),
+            );
+        tokio::spawn(async move {
+            if let Err(err) = health.await {
+                tracing::warn!(error = %err, "health endpoint failed");
+            }
+        });
+    }
     let reflection = [tonic_health::pb::FILE_DESCRIPTOR_SET];
     let tls = match config.tls.files() {
         Some(files) => {

@@ -115,6 +115,16 @@ async fn a_replica_that_cannot_open_a_record_sends_its_agents_elsewhere() -> any
         }
     };
     let stranger = ControlPlane::start_configured(store.clone(), with_keyring(k1.clone())).await?;
+    // Serving before the other starts: the first replica makes the store's shared records.
+    herald_tests::eventually(WAIT, "the stranger to serve", || async {
+        let listed = stranger
+            .subscriptions()
+            .await?
+            .list_subscriptions(pb::ListSubscriptionsRequest::default())
+            .await;
+        Ok(listed.ok().map(|_| ()))
+    })
+    .await?;
     let good = ControlPlane::start_configured(store, with_keyring(format!("{k2}{k1}"))).await?;
     let ca = TestCa::new();
     let receiver = Receiver::start(&ca).await?;

@@ -143,6 +143,42 @@ fn kubernetes_manifests_are_complete_and_use_real_settings() {
             "{file}: a gRPC readiness probe"
         );
     }
+    // The control plane speaks TLS, which kubelet's gRPC probes do not: they check its plain
+    // health port.
+    let docs = YamlLoader::load_from_str(&read(
+        &deploy_dir().join("kubernetes").join("control-plane.yaml"),
+    ))
+    .expect("parses");
+    let mut containers = vec![];
+    for doc in &docs {
+        find(doc, "containers", &mut containers);
+    }
+    let container = containers
+        .iter()
+        .flat_map(|list| list.as_vec().into_iter().flatten())
+        .find(|c| c["name"].as_str() == Some("control-plane"))
+        .expect("the control-plane container");
+    let env = |name: &str| {
+        container["env"]
+            .as_vec()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"].as_str() == Some(name))
+            .and_then(|v| v["value"].as_str())
+            .map(str::to_owned)
+    };
+    assert!(env("HERALD_TLS_CERT_FILE").is_some(), "the API speaks TLS");
+    let health: std::net::SocketAddr = env("HERALD_HEALTH_LISTEN")
+        .expect("a plain health port")
+        .parse()
+        .expect("an address");
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        assert_eq!(
+            container[probe]["grpc"]["port"].as_i64(),
+            Some(i64::from(health.port())),
+            "{probe}"
+        );
+    }
 }
 
 /// Checks that the agent's settings in `container` pass the agent's own start-up checks: a
@@ -180,6 +216,9 @@ fn agent_would_start(container: &Yaml, where_: &str) {
     let agent = Agent::try_parse_from(&args)
         .unwrap_or_else(|e| panic!("{where_}: the agent refuses its settings {args:?}: {e}"));
     if let Err(why) = agent.config.emit_access.check(&agent.config.listen) {
+        panic!("{where_}: the agent would not start: {why}");
+    }
+    if let Err(why) = agent.config.check_control_plane_transport() {
         panic!("{where_}: the agent would not start: {why}");
     }
 }

@@ -10,7 +10,7 @@ use herald_proto::v1::subscriptions_client::SubscriptionsClient;
 use herald_tests::herald::connect_tls;
 use herald_tests::tls::CertUse;
 use herald_tests::{
-    Agent, AgentOptions, ConfigStore, ControlPlane, Receiver, TestCa, event, subscription,
+    Agent, AgentOptions, ConfigStore, ControlPlane, HeldPort, Receiver, TestCa, event, subscription,
 };
 
 #[tokio::test]
@@ -30,8 +30,12 @@ async fn only_callers_with_a_certificate_from_the_ca_get_anything() -> anyhow::R
         tls_key_file: Some(server_key),
         tls_client_ca_file: Some(ca_file.clone()),
     };
-    let mut control_plane =
-        ControlPlane::start_configured(ConfigStore::Embedded, |config| config.tls = tls).await?;
+    let health_port = HeldPort::new()?;
+    let mut control_plane = ControlPlane::start_configured(ConfigStore::Embedded, |config| {
+        config.tls = tls;
+        config.health_listen = Some(health_port.addr());
+    })
+    .await?;
     assert!(control_plane.url().starts_with("https://"));
     let operator = |cert, key| client_tls::config(Some(&ca_file), Some(cert), Some(key));
     control_plane.use_tls(operator(&operator_cert, &operator_key)?.expect("TLS settings"));
@@ -93,6 +97,27 @@ async fn only_callers_with_a_certificate_from_the_ca_get_anything() -> anyhow::R
     }
     .await;
     assert!(plain.is_err());
+
+    // Probes that speak no TLS check health on the plain health port, which serves nothing else.
+    let health_url = format!("http://{}", health_port.addr());
+    let status = tonic_health::pb::health_client::HealthClient::new(
+        herald_tests::herald::connect(&health_url).await?,
+    )
+    .check(tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    })
+    .await?
+    .into_inner()
+    .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let other = SubscriptionsClient::new(herald_tests::herald::connect(&health_url).await?)
+        .list_subscriptions(pb::ListSubscriptionsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), tonic::Code::Unimplemented);
     Ok(())
 }
 
