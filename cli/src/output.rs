@@ -226,7 +226,19 @@ pub fn subscription(sub: &pb::Subscription, show_secrets: bool) -> Value {
         "enabled": sub.enabled,
         "disabled_reason": sub.disabled_reason,
         "description": sub.description,
-        "headers": sub.headers,
+        // Values blanked by the server (no --show-secret) show as hidden, not as empty.
+        "headers": sub
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let shown = if sub.header_values_hidden && value.is_empty() {
+                    "(hidden: --show-secret)"
+                } else {
+                    value.as_str()
+                };
+                (name.clone(), Value::from(shown))
+            })
+            .collect::<serde_json::Map<_, _>>(),
         "timeout": humantime::format_duration(
             sub.timeout.as_ref().and_then(std_duration).unwrap_or(DEFAULT_TIMEOUT)
         ).to_string(),

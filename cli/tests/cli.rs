@@ -630,7 +630,11 @@ async fn import_creates_many_shows_progress_and_names_the_refused() -> anyhow::R
         orders["events"],
         serde_json::json!(["order.created", "order.updated"])
     );
-    assert_eq!(orders["headers"]["X-Shop"], "1");
+    // Header values are sealed like secrets: a list names them; --show-secret shows them.
+    assert_eq!(orders["headers"]["X-Shop"], "(hidden: --show-secret)");
+    let id = orders["id"].as_str().expect("an id");
+    let shown = json(&run(&["subscription", "get", id, "--show-secret", "-o", "json"]).await?);
+    assert_eq!(shown["headers"]["X-Shop"], "1");
     let stock = subs
         .iter()
         .find(|s| s["tenant"] == "shop-3")

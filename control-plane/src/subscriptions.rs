@@ -3,6 +3,7 @@
 //! cannot overwrite each other silently. Every record is validated by
 //! `herald_proto::convert::subscription` before it is written.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -327,7 +328,11 @@ impl Subscriptions {
             url: request.url,
             event_types: request.event_types,
             format: request.format,
-            headers: request.headers,
+            headers: merged_headers(
+                request.headers,
+                &current.headers,
+                request.header_values_hidden,
+            ),
             timeout: request.timeout,
             retry: request.retry,
             description: request.description,
@@ -569,20 +574,31 @@ fn open_record(
         })?;
     sub.revision = kv.mod_revision;
     let mut stale = false;
+    let sealing_failed = |id: &str| {
+        let id = id.to_owned();
+        move |source| SubscriptionError::Sealing { id, source }
+    };
     for secret in &mut sub.secrets {
         match secret.sealed.take() {
             Some(sealed) => {
                 stale |= sealed.key_id != keyring.sealing_key_id();
-                secret.secret = keyring.open(&sub.id, &sealed).map_err(|source| {
-                    SubscriptionError::Sealing {
-                        id: sub.id.clone(),
-                        source,
-                    }
-                })?;
+                secret.secret = keyring
+                    .open(&sub.id, &sealed)
+                    .map_err(sealing_failed(&sub.id))?;
             }
             None => stale |= !secret.secret.is_empty(),
         }
     }
+    // Header values in the clear were written before they were sealed.
+    stale |= !sub.headers.is_empty();
+    for (name, sealed) in std::mem::take(&mut sub.sealed_headers) {
+        stale |= sealed.key_id != keyring.sealing_key_id();
+        let value = keyring
+            .open(&header_record(&sub.id, &name), &sealed)
+            .map_err(sealing_failed(&sub.id))?;
+        sub.headers.insert(name, value);
+    }
+    sub.header_values_hidden = false;
     Ok((sub, stale))
 }
 
@@ -590,28 +606,65 @@ fn open_record(
 fn encode(sub: &pb::Subscription, keyring: &Keyring) -> Result<Vec<u8>, SubscriptionError> {
     let mut stored = sub.clone();
     stored.revision = 0;
+    stored.header_values_hidden = false;
+    let sealing_failed = |source| SubscriptionError::Sealing {
+        id: sub.id.clone(),
+        source,
+    };
     for secret in &mut stored.secrets {
         if !secret.secret.is_empty() {
-            let sealed = keyring.seal(&stored.id, &secret.secret).map_err(|source| {
-                SubscriptionError::Sealing {
-                    id: stored.id.clone(),
-                    source,
-                }
-            })?;
-            secret.sealed = Some(sealed);
+            secret.sealed = Some(
+                keyring
+                    .seal(&sub.id, &secret.secret)
+                    .map_err(sealing_failed)?,
+            );
             secret.secret.clear();
         }
     }
+    stored.sealed_headers = std::mem::take(&mut stored.headers)
+        .into_iter()
+        .map(|(name, value)| {
+            let sealed = keyring
+                .seal(&header_record(&sub.id, &name), &value)
+                .map_err(sealing_failed)?;
+            Ok((name, sealed))
+        })
+        .collect::<Result<_, SubscriptionError>>()?;
     Ok(stored.encode_to_vec())
 }
 
-/// The subscription with its secret values blanked (times kept), for answers that must not
-/// reveal them.
+/// What a header's sealed value is bound to: its subscription and name, so a sealed value
+/// copied to another header, subscription or secret does not open.
+fn header_record(subscription_id: &str, name: &str) -> String {
+    format!("{subscription_id}\0header\0{name}")
+}
+
+/// The subscription with its secret values blanked (times kept) and its header values blank
+/// (names kept, `header_values_hidden` set), for answers that must not reveal them.
 pub fn redact(mut sub: pb::Subscription) -> pb::Subscription {
     for secret in &mut sub.secrets {
         secret.secret.clear();
     }
+    if !sub.headers.is_empty() {
+        sub.headers.values_mut().for_each(String::clear);
+        sub.header_values_hidden = true;
+    }
     sub
+}
+
+/// The headers an update writes: those it sends, where one sent blank by a caller who was shown
+/// blank values (`hidden`) keeps its stored value.
+fn merged_headers(
+    sent: HashMap<String, String>,
+    stored: &HashMap<String, String>,
+    hidden: bool,
+) -> HashMap<String, String> {
+    sent.into_iter()
+        .map(|(name, value)| match stored.get(&name) {
+            Some(kept) if hidden && value.is_empty() => (name, kept.clone()),
+            _ => (name, value),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -673,5 +726,46 @@ mod tests {
             )
             .await;
         assert!(matches!(foreign, Err(SubscriptionError::Invalid(_))));
+    }
+
+    #[tokio::test]
+    async fn header_values_written_in_the_clear_are_sealed_at_start() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::embedded(dir.path()).await.expect("a store");
+        let keyring = Keyring::parse(&Keyring::generate_entry("k1").expect("a key")).expect("ok");
+        let registry = Subscriptions::new(
+            store.clone(),
+            TargetPolicy::new(false, vec![]),
+            Arc::new(keyring),
+        );
+        // A record as an earlier version wrote it: header values in the clear.
+        let legacy = pb::Subscription {
+            id: "sub_01LEGACY".into(),
+            tenant: "shop-1".into(),
+            url: "https://93.184.215.14/hook".into(),
+            event_types: vec!["order.*".into()],
+            headers: [("X-Api-Key".to_owned(), "clear-value-123".to_owned())].into(),
+            envelope: pb::Envelope::Standard as i32,
+            secrets: vec![wire_secret(&SigningSecret::generate(), SystemTime::now())],
+            ..Default::default()
+        };
+        let key = keys::subscription("shop-1", "sub_01LEGACY");
+        let txn = Txn::default()
+            .then(Op::Put(key.clone(), legacy.encode_to_vec()))
+            .then(Op::Put(
+                keys::subscription_id("sub_01LEGACY"),
+                b"shop-1".to_vec(),
+            ));
+        store.txn(txn).await.expect("written");
+        assert_eq!(registry.upgrade_all("herald").await.expect("upgraded"), 1);
+        let raw = store.get(&key).await.expect("read").expect("there");
+        let stored = pb::Subscription::decode(raw.value.as_slice()).expect("a record");
+        assert!(stored.headers.is_empty());
+        assert_eq!(stored.sealed_headers["X-Api-Key"].key_id, "k1");
+        let read = registry.get("sub_01LEGACY").await.expect("read");
+        assert_eq!(read.headers["X-Api-Key"], "clear-value-123");
+        assert_eq!(registry.upgrade_all("herald").await.expect("upgraded"), 0);
+        let redacted = redact(read);
+        assert!(redacted.header_values_hidden && redacted.headers["X-Api-Key"].is_empty());
     }
 }

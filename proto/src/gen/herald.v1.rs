@@ -78,7 +78,10 @@ pub struct Subscription {
     /// Signing secrets, newest first. Every secret not yet expired signs each request.
     #[prost(message, repeated, tag = "6")]
     pub secrets: ::prost::alloc::vec::Vec<SigningSecret>,
-    /// Extra request headers.
+    /// Extra request headers. Their values often hold receivers' credentials (`X-Api-Key`), so
+    /// they are sealed at rest like signing secrets, and reads show them only with
+    /// `show_secrets`: other reads return each header's name with a blank value and set
+    /// `header_values_hidden`.
     #[prost(map = "string, string", tag = "7")]
     pub headers: ::std::collections::HashMap<
         ::prost::alloc::string::String,
@@ -146,6 +149,18 @@ pub struct Subscription {
     /// an update that leaves it unspecified keeps what the subscription has.
     #[prost(enumeration = "Envelope", tag = "26")]
     pub envelope: i32,
+    /// Set on reads that blank the header values (without `show_secrets`). An update that sends
+    /// it back set keeps the stored value of every header it sends blank, so a read-modify-write
+    /// by a caller who may not see the values keeps them.
+    #[prost(bool, tag = "27")]
+    pub header_values_hidden: bool,
+    /// Storage only, never sent on the API: each header's value, sealed like signing secrets, so
+    /// the raw records in the config store reveal none.
+    #[prost(map = "string, message", tag = "28")]
+    pub sealed_headers: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        SealedSecret,
+    >,
 }
 /// An endpoint's recent record, kept by the control plane from attempt reports.
 #[derive(Clone, PartialEq, ::prost::Message)]

@@ -152,3 +152,87 @@ async fn a_rotated_keyring_reseals_every_record_and_the_old_key_can_go() -> anyh
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn custom_header_values_are_sealed_and_shown_only_with_show_secrets() -> anyhow::Result<()> {
+    const KEY: &str = "receiver-api-key-5f2b9c1e7a4d";
+    let world = World::start().await?;
+    let created = world
+        .control_plane
+        .create(pb::Subscription {
+            headers: [("X-Api-Key".to_owned(), KEY.to_owned())].into(),
+            ..subscription("shop-1", &world.receiver.url("/hook"), &["order.*"])
+        })
+        .await?;
+    assert_eq!(
+        created.headers["X-Api-Key"], KEY,
+        "the creator sees what it set"
+    );
+    let raw = raw_values(&world.etcd.endpoint()).await?;
+    assert!(
+        !raw.iter()
+            .any(|v| v.windows(KEY.len()).any(|w| w == KEY.as_bytes())),
+        "the header value is readable in etcd"
+    );
+
+    // Reads without show_secrets name the header and hide its value.
+    let mut subs = world.control_plane.subscriptions().await?;
+    let get = |show_secrets| pb::GetSubscriptionRequest {
+        id: created.id.clone(),
+        show_secrets,
+    };
+    let read = subs.get_subscription(get(false)).await?.into_inner();
+    assert_eq!(read.headers["X-Api-Key"], "");
+    assert!(read.header_values_hidden);
+    let listed = subs
+        .list_subscriptions(pb::ListSubscriptionsRequest::default())
+        .await?
+        .into_inner();
+    assert_eq!(listed.subscriptions[0].headers["X-Api-Key"], "");
+    let shown = subs.get_subscription(get(true)).await?.into_inner();
+    assert_eq!(shown.headers["X-Api-Key"], KEY);
+    assert!(!shown.header_values_hidden);
+
+    // A read-modify-write by a caller shown blank values keeps them, and adds its own.
+    let mut changed = read.clone();
+    changed.headers.insert("X-Shop".into(), "shop-1".into());
+    let updated = subs
+        .update_subscription(pb::UpdateSubscriptionRequest {
+            expected_revision: read.revision,
+            subscription: Some(changed),
+            allow_unregistered: false,
+        })
+        .await?
+        .into_inner();
+    let shown = subs.get_subscription(get(true)).await?.into_inner();
+    assert_eq!(shown.headers["X-Api-Key"], KEY);
+    assert_eq!(shown.headers["X-Shop"], "shop-1");
+
+    // The agent sends the values.
+    world
+        .control_plane
+        .wait_applied(updated.revision, Duration::from_secs(10))
+        .await?;
+    world
+        .agent
+        .emit(event(
+            "shop-1",
+            "order.created",
+            &serde_json::json!({"id": 1}),
+        ))
+        .await?;
+    let requests = world
+        .receiver
+        .wait_for_requests(1, Duration::from_secs(10))
+        .await?;
+    let header = |name: &str| {
+        requests[0]
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    assert_eq!(header("x-api-key").as_deref(), Some(KEY));
+    assert_eq!(header("x-shop").as_deref(), Some("shop-1"));
+    Ok(())
+}
