@@ -119,7 +119,7 @@ impl OutcomeArg {
 }
 
 /// `1h` (that long ago) or an RFC 3339 time.
-fn when(text: &str) -> Result<SystemTime, String> {
+pub(crate) fn when(text: &str) -> Result<SystemTime, String> {
     if let Ok(ago) = humantime::parse_duration(text) {
         return Ok(SystemTime::now()
             .checked_sub(ago)

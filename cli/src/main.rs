@@ -12,6 +12,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod agents;
+mod audit;
 mod connect;
 mod context;
 mod deliveries;
@@ -83,6 +84,9 @@ enum Command {
     /// See the agents connected to the control plane.
     #[command(subcommand, alias = "agent")]
     Agents(agents::Command),
+    /// The changes made through the operator API, and who made them.
+    #[command(subcommand)]
+    Audit(audit::Command),
     /// Emit an event through an agent.
     Emit(emit::Args),
     /// Run Herald in one process: control plane, agent and a receiver that prints webhooks.
@@ -173,6 +177,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Subscription(cmd) => subscription::run(cmd, &control_plane, format).await,
         Command::Deliveries(cmd) => deliveries::run(cmd, &control_plane, format).await,
         Command::Agents(cmd) => agents::run(cmd, &control_plane, format).await,
+        Command::Audit(cmd) => audit::run(cmd, &control_plane, format).await,
         Command::EventTypes(cmd) => event_types::run(cmd, &control_plane, format).await,
         Command::Emit(args) => {
             let agent = Server {

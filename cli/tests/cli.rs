@@ -635,6 +635,17 @@ async fn import_creates_many_shows_progress_and_names_the_refused() -> anyhow::R
     let id = orders["id"].as_str().expect("an id");
     let shown = json(&run(&["subscription", "get", id, "--show-secret", "-o", "json"]).await?);
     assert_eq!(shown["headers"]["X-Shop"], "1");
+    // Each creation is in the audit log (the API is open: the actor is anonymous).
+    let audit = json(&run(&["audit", "list", "--tenant", "shop-1", "-o", "json"]).await?);
+    let entries = audit["entries"].as_array().expect("entries");
+    assert_eq!(entries.len(), 1, "{audit}");
+    assert_eq!(entries[0]["action"], "subscription.create");
+    assert_eq!(entries[0]["actor"], "anonymous");
+    assert_eq!(entries[0]["object"], id);
+    let table = run(&["audit", "list", "--since", "1h"]).await?;
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.starts_with("AT"), "{table}");
+    assert_eq!(table.lines().count(), 3, "a header and two creations:\n{table}");
     let stock = subs
         .iter()
         .find(|s| s["tenant"] == "shop-3")

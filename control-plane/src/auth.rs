@@ -7,7 +7,7 @@
 //! `tenants=` limits the token to those tenants ([`crate::access`]; without it, every tenant);
 //! `regions=` limits an agent token to agents of those regions. Roles:
 //! - `read`: the read-only operator API (get and list subscriptions, their health, delivery
-//!   logs, agents), without secret values;
+//!   logs, the audit log, agents), without secret values;
 //! - `admin`: everything `read` may, plus every change and secret values;
 //! - `agent`: the agent streams (config down, attempt reports up) and nothing else, since the
 //!   config stream carries signing secrets.
@@ -347,6 +347,7 @@ pub fn needed_role(path: &str) -> Option<Role> {
             "GetEventType" | "ListEventTypes" => Some(Role::Read),
             _ => Some(Role::Admin),
         },
+        "herald.v1.Audit" => Some(Role::Read),
         "herald.v1.Agents" => match method {
             "ListAgents" => Some(Role::Read),
             _ => Some(Role::Admin),

@@ -8,6 +8,7 @@
 pub mod access;
 pub mod agent_trust;
 pub mod attempts;
+pub mod audit;
 pub mod auth;
 pub mod event_types;
 pub mod fleet;
@@ -36,6 +37,7 @@ use std::time::Duration;
 
 use herald_proto::v1::agent_control_server::AgentControlServer;
 use herald_proto::v1::agents_server::AgentsServer;
+use herald_proto::v1::audit_server::AuditServer;
 use herald_proto::v1::deliveries_server::DeliveriesServer;
 use herald_proto::v1::event_types_server::EventTypesServer;
 use herald_proto::v1::subscriptions_server::SubscriptionsServer;
@@ -387,6 +389,9 @@ pub async fn run(
         .set_serving::<AgentsServer<grpc::AgentsService>>()
         .await;
     health_reporter
+        .set_serving::<AuditServer<grpc::AuditService>>()
+        .await;
+    health_reporter
         .set_serving::<EventTypesServer<grpc::EventTypesService>>()
         .await;
     health_reporter
@@ -429,6 +434,7 @@ pub async fn run(
         }
         None => None,
     };
+    let recorder = audit::Recorder::new(log.clone(), metrics.clone());
     let router = tonic::transport::Server::builder()
         .layer(AuthLayer::new(tokens))
         .add_service(health_service)
@@ -439,16 +445,20 @@ pub async fn run(
             health.clone(),
             log.clone(),
             event_types.clone(),
+            recorder.clone(),
         )))
         .add_service(EventTypesServer::new(grpc::EventTypesService::new(
             event_types,
+            recorder.clone(),
         )))
         .add_service(DeliveriesServer::new(grpc::DeliveriesService::new(
             log.clone(),
             fleet.clone(),
             relay,
+            recorder,
             stop.clone(),
         )))
+        .add_service(AuditServer::new(grpc::AuditService::new(log.clone())))
         .add_service(AgentsServer::new(grpc::AgentsService::new(
             fleet.clone(),
             hub.clone(),
@@ -504,6 +514,9 @@ pub async fn run(
         .await;
     health_reporter
         .set_not_serving::<AgentsServer<grpc::AgentsService>>()
+        .await;
+    health_reporter
+        .set_not_serving::<AuditServer<grpc::AuditService>>()
         .await;
     health_reporter
         .set_not_serving::<EventTypesServer<grpc::EventTypesService>>()

@@ -55,6 +55,7 @@ struct Inner {
     attempts: Family<OutcomeLabel, Counter>,
     disabled: Family<ReasonLabel, Counter>,
     refused: Family<RefusalLabel, Counter>,
+    audit_failures: Counter,
     convergence: Histogram,
     streams: Gauge,
     revision: Gauge,
@@ -82,6 +83,12 @@ impl Default for Metrics {
             "Attempt reports refused: unknown subscription, one outside the agent token's \
              scope, or another tenant than the subscription's",
             refused.clone(),
+        );
+        let audit_failures = Counter::default();
+        registry.register(
+            "herald_audit_failures",
+            "Changes made through the operator API whose audit entry could not be written",
+            audit_failures.clone(),
         );
         let convergence = Histogram::new(CONVERGENCE_BUCKETS);
         registry.register(
@@ -113,6 +120,7 @@ impl Default for Metrics {
                 attempts,
                 disabled,
                 refused,
+                audit_failures,
                 convergence,
                 streams,
                 revision,
@@ -147,6 +155,11 @@ impl Metrics {
             .refused
             .get_or_create(&RefusalLabel { reason })
             .inc();
+    }
+
+    /// Counts a change whose audit entry could not be written.
+    pub fn audit_failed(&self) {
+        self.inner.audit_failures.inc();
     }
 
     /// Whether the delivery log's store answers.

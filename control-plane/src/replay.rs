@@ -6,7 +6,7 @@
 //! connected to any replica, does not answer, or no longer holds the event is reported as not
 //! replayable, never skipped silently.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use herald_proto::v1 as pb;
 
@@ -46,6 +46,16 @@ struct Latest {
     attempt: u32,
     agent_id: String,
     outcome: i32,
+    tenant: String,
+}
+
+/// What a replay did.
+#[derive(Debug)]
+pub struct Replayed {
+    /// The answer to the caller.
+    pub response: pb::ReplayDeliveriesResponse,
+    /// The tenants of the deliveries it named.
+    pub tenants: BTreeSet<String>,
 }
 
 /// Finds the deliveries `request` names in `log` among those of `tenants` (the caller's
@@ -56,7 +66,7 @@ pub async fn replay(
     relay: &Relay,
     request: pb::ReplayDeliveriesRequest,
     tenants: &Scope,
-) -> Result<pb::ReplayDeliveriesResponse, ReplayError> {
+) -> Result<Replayed, ReplayError> {
     let by_range = request.event_id.is_empty();
     if by_range && (request.subscription_id.is_empty() || request.since.is_none()) {
         return Err(ReplayError::Invalid(
@@ -79,6 +89,7 @@ pub async fn replay(
         .into_iter()
         .filter(|(_, latest)| request.outcome == 0 || latest.outcome == request.outcome)
         .collect();
+    let named: BTreeSet<String> = deliveries.values().map(|l| l.tenant.clone()).collect();
     if deliveries.len() > MAX_REPLAY {
         return Err(ReplayError::Invalid(format!(
             "{} deliveries match; one replay covers at most {MAX_REPLAY}: narrow the time range",
@@ -149,7 +160,10 @@ pub async fn replay(
                 .extend(missed_all(&items, "its agent did not answer in time")),
         }
     }
-    Ok(response)
+    Ok(Replayed {
+        response,
+        tenants: named,
+    })
 }
 
 /// Adds what `agent_id` did with its order to `response`.
@@ -194,6 +208,7 @@ async fn latest_attempts(
                         attempt: attempt.attempt,
                         agent_id: attempt.agent_id,
                         outcome: attempt.outcome,
+                        tenant: attempt.tenant,
                     },
                 );
             }

@@ -362,7 +362,8 @@ impl Subscriptions {
     }
 
     /// Deletes a subscription; with a non-zero `expected_revision`, only if it still matches.
-    pub async fn delete(&self, id: &str, expected_revision: i64) -> Result<(), SubscriptionError> {
+    /// Returns the store revision of the deletion.
+    pub async fn delete(&self, id: &str, expected_revision: i64) -> Result<i64, SubscriptionError> {
         let (current, kv) = self.read(id).await?;
         if expected_revision != 0 && kv.mod_revision != expected_revision {
             return Err(SubscriptionError::StaleRevision {
@@ -377,7 +378,7 @@ impl Subscriptions {
             .then(Op::Delete(keys::subscription_id(&current.id)))
             .then(Op::Delete(keys::health(&current.id)));
         match self.store.txn(txn).await? {
-            TxnOutcome::Committed { .. } => Ok(()),
+            TxnOutcome::Committed { revision } => Ok(revision),
             TxnOutcome::Conflict => Err(SubscriptionError::Contended(id.to_owned())),
         }
     }

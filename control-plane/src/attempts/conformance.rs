@@ -11,6 +11,7 @@ use herald_proto::v1 as pb;
 
 use super::{AttemptLog, Filter, LogStore, Reactions};
 use crate::access::Scope;
+use crate::audit::AuditFilter;
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -27,6 +28,7 @@ pub async fn check_all(log: &AttemptLog) {
     health_is_counted_once_in_the_commit_that_stores(log.as_ref()).await;
     follow_ups_stay_until_settled(log.as_ref()).await;
     the_outbox_keeps_an_event_once_until_emitted(log.as_ref()).await;
+    audit_entries_are_listed_newest_first_within_scope_and_swept(log.as_ref()).await;
 }
 
 /// Raises an event for each failed attempt, as the control plane does; knows no policy.
@@ -489,4 +491,83 @@ async fn retention_removes_what_started_before_the_cut_off(log: &dyn LogStore) {
         .expect("list");
     assert_eq!(ids(&left), ["evt_kept"]);
     assert_eq!(log.sweep(30 * DAY, u64::MAX).await.expect("again"), 0);
+}
+
+/// Audit entries: newest first, by tenant, actor and time, within the asker's scope, paged, and
+/// gone with the retention.
+async fn audit_entries_are_listed_newest_first_within_scope_and_swept(log: &dyn LogStore) {
+    let entry = |actor: &str, tenant: &str, object: &str, age: Duration| pb::AuditEntry {
+        at: Some(timestamp(SystemTime::now() - age)),
+        actor: actor.into(),
+        tenant: tenant.into(),
+        action: "subscription.update".into(),
+        object: object.into(),
+        revision: 7,
+        detail: "why".into(),
+    };
+    for e in [
+        entry("ops", "shop-1", "sub_old", 40 * DAY),
+        entry("ops", "shop-1", "sub_a", Duration::from_secs(300)),
+        entry("shop-2-admin", "shop-2", "sub_b", Duration::from_secs(200)),
+        entry("ops", "", "order.created", Duration::from_secs(100)),
+    ] {
+        log.record_change(e).await.expect("recorded");
+    }
+    let list = |wire: pb::AuditFilter, tenants: Scope| async move {
+        let page = log
+            .changes(AuditFilter::within(wire, &tenants), 100, "")
+            .await
+            .expect("listed");
+        page.entries
+            .into_iter()
+            .map(|e| e.object)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        list(pb::AuditFilter::default(), Scope::All).await,
+        ["order.created", "sub_b", "sub_a", "sub_old"]
+    );
+    let first = &log
+        .changes(AuditFilter::default(), 1, "")
+        .await
+        .expect("listed");
+    assert_eq!(first.entries[0].actor, "ops");
+    assert_eq!(first.entries[0].revision, 7);
+    assert_eq!(first.entries[0].detail, "why");
+    let second = log
+        .changes(AuditFilter::default(), 1, &first.next_page_token)
+        .await
+        .expect("page 2");
+    assert_eq!(second.entries[0].object, "sub_b");
+    assert_eq!(
+        list(
+            pb::AuditFilter {
+                actor: "ops".into(),
+                tenant: "shop-1".into(),
+                ..Default::default()
+            },
+            Scope::All
+        )
+        .await,
+        ["sub_a", "sub_old"]
+    );
+    assert_eq!(
+        list(
+            pb::AuditFilter {
+                since: Some(timestamp(SystemTime::now() - Duration::from_secs(250))),
+                ..Default::default()
+            },
+            Scope::All
+        )
+        .await,
+        ["order.created", "sub_b"]
+    );
+    // A caller scoped to shop-2 sees shop-2's, and nothing of what all tenants share.
+    let shop_2 = Scope::Only(["shop-2".to_owned()].into());
+    assert_eq!(list(pb::AuditFilter::default(), shop_2).await, ["sub_b"]);
+    log.sweep(30 * DAY, u64::MAX).await.expect("sweep");
+    assert_eq!(
+        list(pb::AuditFilter::default(), Scope::All).await,
+        ["order.created", "sub_b", "sub_a"]
+    );
 }

@@ -14,6 +14,8 @@
 //!   stores the attempts ([`super::derived`]).
 //! - `followups`: number → [`Followup`], written by that commit, removed once acted on.
 //! - `outbox`: operator event id → `herald.v1.Event`, until an agent accepts it.
+//! - `audit`: sequence number → `herald.v1.AuditEntry`, the changes made through the operator
+//!   API ([`audit`]), swept with the attempts' retention.
 //!
 //! A batch is one write transaction, committed durably before the agent's ack is sent.
 //! Response excerpts and error texts are bounded by the agent, and bounded again here.
@@ -35,6 +37,9 @@ use tokio::sync::broadcast;
 
 use super::derived::{self, Followup, PendingFollowup, Reactions};
 use super::{Filter, LogError, LogStore, Page, Stored, TAIL_BUFFER, page_size, storage};
+use crate::audit::{AuditFilter, AuditPage};
+
+mod audit;
 
 const ATTEMPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("attempts");
 const ATTEMPT_IDS: TableDefinition<&str, u64> = TableDefinition::new("attempt_ids");
@@ -71,6 +76,25 @@ impl LogStore for EmbeddedLog {
 
     async fn sweep(&self, max_age: Duration, max_attempts: u64) -> Result<u64, LogError> {
         EmbeddedLog::sweep(self, max_age, max_attempts).await
+    }
+
+    async fn record_change(&self, entry: pb::AuditEntry) -> Result<(), LogError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || audit::record(&db, &entry))
+            .await
+            .map_err(storage)?
+    }
+
+    async fn changes(
+        &self,
+        filter: AuditFilter,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<AuditPage, LogError> {
+        let (db, token) = (self.db.clone(), page_token.to_owned());
+        tokio::task::spawn_blocking(move || audit::list(&db, &filter, page_size, &token))
+            .await
+            .map_err(storage)?
     }
 
     async fn len(&self) -> Result<u64, LogError> {
@@ -306,6 +330,19 @@ impl EmbeddedLog {
                 .await
                 .map_err(storage)??;
             removed += n as u64;
+            if n < SWEEP_BATCH {
+                break;
+            }
+        }
+        // Audit entries are kept as long as attempts (and are not attempts: not counted).
+        loop {
+            let db = self.db.clone();
+            let n = tokio::task::spawn_blocking(move || audit::sweep_batch(&db, cutoff))
+                .await
+                .map_err(storage)??;
+            if n > 0 {
+                tracing::info!(removed = n, "audit log: entries past retention removed");
+            }
             if n < SWEEP_BATCH {
                 return Ok(removed);
             }

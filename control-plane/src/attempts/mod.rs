@@ -24,6 +24,7 @@ use herald_proto::v1 as pb;
 use tokio::sync::broadcast;
 
 use crate::access::Scope;
+use crate::audit::{AuditFilter, AuditPage};
 
 pub mod conformance;
 pub mod derived;
@@ -115,8 +116,17 @@ pub trait LogStore: Send + Sync {
         page_token: &str,
     ) -> Result<Page, LogError>;
     /// Removes attempts that started more than `max_age` ago, and the oldest beyond
-    /// `max_attempts`; returns how many went.
+    /// `max_attempts`; returns how many went. Audit entries older than `max_age` go too.
     async fn sweep(&self, max_age: Duration, max_attempts: u64) -> Result<u64, LogError>;
+    /// Records a change made through the operator API ([`crate::audit`]).
+    async fn record_change(&self, entry: pb::AuditEntry) -> Result<(), LogError>;
+    /// Recorded changes matching `filter`, newest first, a page at a time.
+    async fn changes(
+        &self,
+        filter: AuditFilter,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<AuditPage, LogError>;
     /// How many attempts are stored.
     async fn len(&self) -> Result<u64, LogError>;
     /// Whether none is stored.

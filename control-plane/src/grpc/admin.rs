@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::access::{Identity, caller};
 use crate::attempts::{AttemptLog, Filter};
+use crate::audit::{Action, Change, Recorder};
 use crate::event_types::EventTypes;
 use crate::fleet::Fleet;
 use crate::health::Health;
@@ -32,22 +33,44 @@ pub struct SubscriptionsService {
     log: AttemptLog,
     /// What subscriptions may name.
     event_types: EventTypes,
+    /// Where changes are recorded.
+    audit: Recorder,
 }
 
 impl SubscriptionsService {
-    /// The service over a registry and the endpoints' health.
+    /// The service over a registry and the endpoints' health, recording changes in `audit`.
     pub fn new(
         registry: Subscriptions,
         health: Health,
         log: AttemptLog,
         event_types: EventTypes,
+        audit: Recorder,
     ) -> Self {
         SubscriptionsService {
             registry,
             health,
             log,
             event_types,
+            audit,
         }
+    }
+
+    /// Records a change `who` made to `sub`.
+    async fn audited(
+        &self,
+        who: &Identity,
+        action: Action,
+        sub: &pb::Subscription,
+        detail: String,
+    ) {
+        let change = Change {
+            action,
+            tenant: &sub.tenant,
+            object: &sub.id,
+            revision: sub.revision,
+            detail,
+        };
+        self.audit.record(who, change).await;
     }
 }
 
@@ -85,6 +108,13 @@ impl SubscriptionsApi for SubscriptionsService {
             .await?;
         let created = self.registry.create(sub).await?;
         tracing::info!(id = %created.id, tenant = %created.tenant, "subscription created");
+        self.audited(
+            &who,
+            Action::SubscriptionCreate,
+            &created,
+            created.url.clone(),
+        )
+        .await;
         Ok(Response::new(created))
     }
 
@@ -147,6 +177,8 @@ impl SubscriptionsApi for SubscriptionsService {
             .await?;
         let updated = self.registry.update(sub, request.expected_revision).await?;
         tracing::info!(id = %updated.id, revision = updated.revision, "subscription updated");
+        self.audited(&who, Action::SubscriptionUpdate, &updated, String::new())
+            .await;
         Ok(Response::new(redact(updated)))
     }
 
@@ -156,10 +188,17 @@ impl SubscriptionsApi for SubscriptionsService {
     ) -> Result<Response<pb::DeleteSubscriptionResponse>, Status> {
         let who = caller(&request);
         let request = request.into_inner();
-        self.visible(&who, &request.id).await?;
-        self.registry
+        let deleted = self.visible(&who, &request.id).await?;
+        let revision = self
+            .registry
             .delete(&request.id, request.expected_revision)
             .await?;
+        let deleted = pb::Subscription {
+            revision,
+            ..deleted
+        };
+        self.audited(&who, Action::SubscriptionDelete, &deleted, String::new())
+            .await;
         if let Err(err) = self.health.reset(&request.id).await {
             // Harmless: a record nobody reads, and a new subscription never has this id.
             tracing::warn!(id = %request.id, error = %err, "cannot forget a deleted subscription's health");
@@ -191,6 +230,13 @@ impl SubscriptionsApi for SubscriptionsService {
             tracing::error!(id = %sub.id, error = %err, "cannot raise the recovered event");
         }
         tracing::info!(id = %sub.id, "subscription enabled");
+        let detail = if request.replay_parked {
+            "replay parked deliveries"
+        } else {
+            "skip parked deliveries"
+        };
+        self.audited(&who, Action::SubscriptionEnable, &sub, detail.into())
+            .await;
         Ok(Response::new(redact(sub)))
     }
 
@@ -215,6 +261,13 @@ impl SubscriptionsApi for SubscriptionsService {
         let was_enabled = self.visible(&who, &request.id).await?.enabled;
         let sub = self.registry.disable(&request.id, &request.reason).await?;
         tracing::info!(id = %sub.id, reason = %sub.disabled_reason, "subscription disabled");
+        self.audited(
+            &who,
+            Action::SubscriptionDisable,
+            &sub,
+            sub.disabled_reason.clone(),
+        )
+        .await;
         if was_enabled && let Err(err) = self.health.events().subscription_disabled(&sub).await {
             tracing::error!(id = %sub.id, error = %err, "cannot raise the disabled event");
         }
@@ -237,6 +290,8 @@ impl SubscriptionsApi for SubscriptionsService {
         };
         let sub = self.registry.rotate_secret(&request.id, grace).await?;
         tracing::info!(id = %sub.id, "subscription secret rotated");
+        self.audited(&who, Action::SubscriptionRotateSecret, &sub, String::new())
+            .await;
         Ok(Response::new(sub))
     }
 }
@@ -244,6 +299,8 @@ impl SubscriptionsApi for SubscriptionsService {
 /// `herald.v1.Deliveries`.
 pub struct DeliveriesService {
     log: AttemptLog,
+    /// Where replays are recorded.
+    audit: Recorder,
     fleet: Fleet,
     /// For replays of agents another replica holds.
     relay: Relay,
@@ -253,9 +310,16 @@ pub struct DeliveriesService {
 impl DeliveriesService {
     /// The service over the delivery log, replaying through the agents in `fleet` (and those
     /// of other replicas through `relay`); tails end on `shutdown`.
-    pub fn new(log: AttemptLog, fleet: Fleet, relay: Relay, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        log: AttemptLog,
+        fleet: Fleet,
+        relay: Relay,
+        audit: Recorder,
+        shutdown: CancellationToken,
+    ) -> Self {
         DeliveriesService {
             log,
+            audit,
             fleet,
             relay,
             shutdown,
@@ -289,14 +353,37 @@ impl Deliveries for DeliveriesService {
         request: Request<pb::ReplayDeliveriesRequest>,
     ) -> Result<Response<pb::ReplayDeliveriesResponse>, Status> {
         let who = caller(&request);
-        let response = crate::replay::replay(
-            &self.log,
-            &self.fleet,
-            &self.relay,
-            request.into_inner(),
-            &who.tenants,
-        )
-        .await?;
+        let request = request.into_inner();
+        let named = if request.event_id.is_empty() {
+            request.subscription_id.clone()
+        } else {
+            request.event_id.clone()
+        };
+        let replayed =
+            crate::replay::replay(&self.log, &self.fleet, &self.relay, request, &who.tenants)
+                .await?;
+        let response = replayed.response;
+        // One entry per tenant whose deliveries it named (one, but for an event id that
+        // several tenants use); none named: one entry of no tenant.
+        let tenants: Vec<String> = if replayed.tenants.is_empty() {
+            vec![String::new()]
+        } else {
+            replayed.tenants.into_iter().collect()
+        };
+        for tenant in &tenants {
+            let change = Change {
+                action: Action::DeliveriesReplay,
+                tenant,
+                object: &named,
+                revision: 0,
+                detail: format!(
+                    "{} queued, {} not replayable",
+                    response.queued,
+                    response.not_replayable.len()
+                ),
+            };
+            self.audit.record(&who, change).await;
+        }
         tracing::info!(
             queued = response.queued,
             not_replayable = response.not_replayable.len(),

@@ -4,17 +4,20 @@ use herald_proto::v1 as pb;
 use herald_proto::v1::event_types_server::EventTypes as EventTypesApi;
 use tonic::{Request, Response, Status};
 
+use crate::audit::{Action, Change, Recorder};
 use crate::event_types::EventTypes;
 
 /// `herald.v1.EventTypes`.
 pub struct EventTypesService {
     registry: EventTypes,
+    /// Where changes are recorded.
+    audit: Recorder,
 }
 
 impl EventTypesService {
-    /// The service over the registry.
-    pub fn new(registry: EventTypes) -> Self {
-        EventTypesService { registry }
+    /// The service over the registry, recording changes in `audit`.
+    pub fn new(registry: EventTypes, audit: Recorder) -> Self {
+        EventTypesService { registry, audit }
     }
 }
 
@@ -25,13 +28,22 @@ impl EventTypesApi for EventTypesService {
         request: Request<pb::CreateEventTypeRequest>,
     ) -> Result<Response<pb::EventType>, Status> {
         // One catalogue serves every tenant.
-        crate::access::caller(&request).may_reach_shared("change the event-type catalogue")?;
+        let who = crate::access::caller(&request);
+        who.may_reach_shared("change the event-type catalogue")?;
         let event_type = request
             .into_inner()
             .event_type
             .ok_or_else(|| Status::invalid_argument("event_type: is required"))?;
         let created = self.registry.create(event_type).await?;
         tracing::info!(name = %created.name, "event type registered");
+        let change = Change {
+            action: Action::EventTypeCreate,
+            tenant: "",
+            object: &created.name,
+            revision: 0,
+            detail: created.description.clone(),
+        };
+        self.audit.record(&who, change).await;
         Ok(Response::new(created))
     }
 

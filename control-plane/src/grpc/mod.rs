@@ -3,8 +3,10 @@
 
 mod admin;
 mod agent_control;
+mod audit;
 mod event_types;
 
 pub use admin::{AgentsService, DeliveriesService, SubscriptionsService};
 pub use agent_control::AgentControlService;
+pub use audit::AuditService;
 pub use event_types::EventTypesService;

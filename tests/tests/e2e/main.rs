@@ -1,6 +1,7 @@
 //! Herald's end-to-end scenarios, in one test binary. Each drives real servers over real
 //! sockets: etcd, the control plane, the agent and an HTTPS receiver (see `herald-tests`).
 
+mod audit;
 mod auth;
 mod delivery;
 mod delivery_log;

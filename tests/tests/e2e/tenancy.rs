@@ -8,6 +8,7 @@ use herald_proto::bearer::{AuthedChannel, Bearer};
 use herald_proto::v1 as pb;
 use herald_proto::v1::agent_control_client::AgentControlClient;
 use herald_proto::v1::agents_client::AgentsClient;
+use herald_proto::v1::audit_client::AuditClient;
 use herald_proto::v1::config_request::Kind;
 use herald_proto::v1::deliveries_client::DeliveriesClient;
 use herald_proto::v1::event_types_client::EventTypesClient;
@@ -27,7 +28,13 @@ const AGENT_A: &str = "agent-a-4d1f8b3e6c2a";
 const AGENT_B_EU: &str = "agent-b-eu-9a6c3f1e7d2b";
 
 /// The services of the operator API, whose every method the table below must cover.
-const ADMIN_SERVICES: [&str; 4] = ["Subscriptions", "Deliveries", "EventTypes", "Agents"];
+const ADMIN_SERVICES: [&str; 5] = [
+    "Subscriptions",
+    "Deliveries",
+    "EventTypes",
+    "Agents",
+    "Audit",
+];
 
 fn tokens() -> String {
     format!(
@@ -62,6 +69,7 @@ struct Clients {
     deliveries: DeliveriesClient<AuthedChannel>,
     event_types: EventTypesClient<AuthedChannel>,
     agents: AgentsClient<AuthedChannel>,
+    audit: AuditClient<AuthedChannel>,
 }
 
 impl Clients {
@@ -71,7 +79,8 @@ impl Clients {
             subscriptions: SubscriptionsClient::new(channel.clone()),
             deliveries: DeliveriesClient::new(channel.clone()),
             event_types: EventTypesClient::new(channel.clone()),
-            agents: AgentsClient::new(channel),
+            agents: AgentsClient::new(channel.clone()),
+            audit: AuditClient::new(channel),
         })
     }
 }
@@ -396,6 +405,29 @@ async fn a_token_scoped_to_one_tenant_neither_sees_nor_changes_another() -> anyh
         b.agents.list_agents(pb::ListAgentsRequest {}).await,
         Code::PermissionDenied,
     );
+
+    // The audit log shows shop B's changes only, whatever it asks for.
+    for tenant in ["", "shop-a"] {
+        let entries = b
+            .audit
+            .list_audit_entries(pb::ListAuditEntriesRequest {
+                filter: Some(pb::AuditFilter {
+                    tenant: tenant.into(),
+                    ..Default::default()
+                }),
+                page_size: 100,
+                page_token: String::new(),
+            })
+            .await?
+            .into_inner()
+            .entries;
+        assert!(
+            entries.iter().all(|e| e.tenant == "shop-b"),
+            "{tenant:?}: {entries:?}"
+        );
+        assert_eq!(entries.is_empty(), tenant == "shop-a", "{entries:?}");
+    }
+    covered.insert("Audit/ListAuditEntries".into());
 
     assert_eq!(
         covered,

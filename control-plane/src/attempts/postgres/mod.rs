@@ -25,6 +25,8 @@
 //!   ranges it stored; every replica `LISTEN`s on its own connection and reads those rows, so
 //!   a tail on any replica sees attempts reported through any other within moments
 //!   ([`follow`]).
+//! - `audit`: one row per change made through the operator API ([`audit`]); retention deletes
+//!   the rows older than the cut-off (changes are few).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -45,7 +47,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::derived::{PendingFollowup, Reactions};
 use super::{Filter, LogError, LogStore, Page, Stored, TAIL_BUFFER, page_size};
+use crate::audit::{AuditFilter, AuditPage};
 
+mod audit;
 mod database_url;
 mod derived;
 mod follow;
@@ -57,7 +61,7 @@ pub use database_url::DatabaseUrl;
 use database_url::Tls;
 
 /// The schema, one migration per version (index + 1).
-pub const MIGRATIONS: &[&str] = &[ATTEMPTS, derived::MIGRATION];
+pub const MIGRATIONS: &[&str] = &[ATTEMPTS, derived::MIGRATION, audit::MIGRATION];
 
 /// Schema version 1: the attempts.
 const ATTEMPTS: &str = r#"
@@ -514,11 +518,40 @@ impl LogStore for PostgresLog {
             total = total.saturating_sub(estimate);
             removed += rows;
         }
+        let audited = audit::sweep(&client, cutoff)
+            .await
+            .map_err(|e| self.error(e))?;
+        if audited > 0 {
+            tracing::info!(
+                removed = audited,
+                "audit log: entries past retention removed"
+            );
+        }
         drop(client);
         let today = day_of(SystemTime::now());
         self.ensure_partitions((today - 1..=today + DAYS_AHEAD).collect())
             .await?;
         Ok(removed)
+    }
+
+    async fn record_change(&self, entry: pb::AuditEntry) -> Result<(), LogError> {
+        let client = self.client().await?;
+        audit::record(&client, &entry)
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    async fn changes(
+        &self,
+        filter: AuditFilter,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<AuditPage, LogError> {
+        let after = PageToken::parse(page_token)?;
+        let client = self.client().await?;
+        audit::list(&client, &filter, page_size, after)
+            .await
+            .map_err(|e| self.error(e))
     }
 
     async fn len(&self) -> Result<u64, LogError> {

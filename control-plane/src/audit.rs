@@ -1,0 +1,183 @@
+//! The audit log: every change made through the operator API, with who made it (the caller's
+//! [`Identity`] name), the tenant, what was done to what, and the config store revision it
+//! wrote. Entries are kept in the delivery log's store ([`crate::attempts::LogStore`]), so
+//! every replica lists the same, and swept with the attempts' retention.
+//!
+//! An entry is written after the change succeeded. The config store and the log store are two
+//! stores, so the two writes cannot be one commit: a change whose entry cannot be written is
+//! kept, logged at ERROR and counted (`herald_audit_failures_total`), never undone.
+
+use std::time::SystemTime;
+
+use herald_proto::convert::{system_time, timestamp};
+use herald_proto::v1 as pb;
+
+use crate::access::{Identity, Scope};
+use crate::attempts::AttemptLog;
+use crate::metrics::Metrics;
+
+/// The longest detail kept.
+const MAX_DETAIL: usize = 512;
+
+/// What a change did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// A subscription was created.
+    SubscriptionCreate,
+    /// A subscription's settings were changed.
+    SubscriptionUpdate,
+    /// A subscription was deleted.
+    SubscriptionDelete,
+    /// A subscription was enabled.
+    SubscriptionEnable,
+    /// A subscription was disabled.
+    SubscriptionDisable,
+    /// A subscription got a new signing secret.
+    SubscriptionRotateSecret,
+    /// An event type was added to the catalogue.
+    EventTypeCreate,
+    /// Deliveries were queued again.
+    DeliveriesReplay,
+}
+
+impl Action {
+    /// The action's name in entries.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::SubscriptionCreate => "subscription.create",
+            Action::SubscriptionUpdate => "subscription.update",
+            Action::SubscriptionDelete => "subscription.delete",
+            Action::SubscriptionEnable => "subscription.enable",
+            Action::SubscriptionDisable => "subscription.disable",
+            Action::SubscriptionRotateSecret => "subscription.rotate_secret",
+            Action::EventTypeCreate => "event_type.create",
+            Action::DeliveriesReplay => "deliveries.replay",
+        }
+    }
+}
+
+/// One change to record.
+pub struct Change<'a> {
+    /// What was done.
+    pub action: Action,
+    /// The object's tenant (empty for what all tenants share).
+    pub tenant: &'a str,
+    /// The object: a subscription id, an event type's name, what a replay named.
+    pub object: &'a str,
+    /// The config store revision the change wrote (0: none).
+    pub revision: i64,
+    /// More about it.
+    pub detail: String,
+}
+
+/// Writes audit entries; cloning shares it.
+#[derive(Clone)]
+pub struct Recorder {
+    log: AttemptLog,
+    metrics: Metrics,
+}
+
+impl Recorder {
+    /// Entries go to `log`; failures are counted in `metrics`.
+    pub fn new(log: AttemptLog, metrics: Metrics) -> Self {
+        Recorder { log, metrics }
+    }
+
+    /// Records `change`, made by `who`; a failure is logged and counted, not returned (the
+    /// change itself is done).
+    pub async fn record(&self, who: &Identity, change: Change<'_>) {
+        let mut detail = change.detail;
+        if detail.len() > MAX_DETAIL {
+            let mut end = MAX_DETAIL;
+            while !detail.is_char_boundary(end) {
+                end -= 1;
+            }
+            detail.truncate(end);
+        }
+        let entry = pb::AuditEntry {
+            at: Some(timestamp(SystemTime::now())),
+            actor: who.name.clone(),
+            tenant: change.tenant.to_owned(),
+            action: change.action.name().to_owned(),
+            object: change.object.to_owned(),
+            revision: change.revision,
+            detail,
+        };
+        if let Err(err) = self.log.record_change(entry).await {
+            self.metrics.audit_failed();
+            tracing::error!(
+                error = %err,
+                actor = %who.name,
+                action = change.action.name(),
+                object = change.object,
+                "the change is made but its audit entry could not be written"
+            );
+        }
+    }
+}
+
+/// A query of the audit log, with times converted once, and the tenants the asker may see.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    wire: pb::AuditFilter,
+    since: Option<SystemTime>,
+    until: Option<SystemTime>,
+    tenants: Scope,
+}
+
+impl AuditFilter {
+    /// A wire filter for a caller who may see the entries of `tenants` (an identity scoped to
+    /// some tenants sees no entry of what every tenant shares).
+    pub fn within(wire: pb::AuditFilter, tenants: &Scope) -> Self {
+        AuditFilter {
+            since: wire.since.as_ref().map(system_time),
+            until: wire.until.as_ref().map(system_time),
+            wire,
+            tenants: tenants.clone(),
+        }
+    }
+
+    /// The filter as sent.
+    pub fn wire(&self) -> &pb::AuditFilter {
+        &self.wire
+    }
+
+    /// Entries at or after this time.
+    pub fn since(&self) -> Option<SystemTime> {
+        self.since
+    }
+
+    /// Entries before this time.
+    pub fn until(&self) -> Option<SystemTime> {
+        self.until
+    }
+
+    /// The tenants an entry must belong to, when the asker is scoped.
+    pub fn tenants(&self) -> Option<Vec<&str>> {
+        self.tenants
+            .names()
+            .map(|names| names.iter().map(String::as_str).collect())
+    }
+
+    /// Whether an entry passes.
+    pub fn matches(&self, entry: &pb::AuditEntry) -> bool {
+        let f = &self.wire;
+        let at = entry.at.as_ref().map(system_time);
+        (f.tenant.is_empty() || f.tenant == entry.tenant)
+            && (f.actor.is_empty() || f.actor == entry.actor)
+            && self.tenants.allows(&entry.tenant)
+            && self
+                .since
+                .is_none_or(|since| at.is_some_and(|t| t >= since))
+            && self.until.is_none_or(|until| at.is_some_and(|t| t < until))
+    }
+}
+
+/// A page of audit entries, newest first.
+#[derive(Debug, Default)]
+pub struct AuditPage {
+    /// The entries.
+    pub entries: Vec<pb::AuditEntry>,
+    /// Where the next page starts; empty on the last.
+    pub next_page_token: String,
+}
