@@ -645,7 +645,11 @@ async fn import_creates_many_shows_progress_and_names_the_refused() -> anyhow::R
     let table = run(&["audit", "list", "--since", "1h"]).await?;
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.starts_with("AT"), "{table}");
-    assert_eq!(table.lines().count(), 3, "a header and two creations:\n{table}");
+    assert_eq!(
+        table.lines().count(),
+        3,
+        "a header and two creations:\n{table}"
+    );
     let stock = subs
         .iter()
         .find(|s| s["tenant"] == "shop-3")

@@ -24,6 +24,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use sha2::{Digest, Sha256};
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+mod certificates;
+
+pub use certificates::CertificateIdentities;
 
 use crate::access::{Caller, Identity, Scope};
 
@@ -85,6 +90,15 @@ pub struct TokenSource {
         hide_env_values = true
     )]
     pub auth_tokens: Option<String>,
+    /// File mapping client certificates (their subject common name) to identities, one
+    /// `ROLE COMMON_NAME [name=NAME] [tenants=T1,T2] [regions=R1,R2]` a line; needs
+    /// --tls-client-ca-file. A call without a bearer token is then its certificate's holder.
+    #[arg(
+        long = "auth-identities",
+        value_name = "FILE",
+        env = "HERALD_AUTH_IDENTITIES_FILE"
+    )]
+    pub auth_identities_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for TokenSource {
@@ -95,6 +109,7 @@ impl std::fmt::Debug for TokenSource {
                 "auth_tokens",
                 &self.auth_tokens.as_ref().map(|_| "<redacted>"),
             )
+            .field("auth_identities_file", &self.auth_identities_file)
             .finish()
     }
 }
@@ -115,6 +130,14 @@ impl TokenSource {
         }
         Tokens::parse(&text).map(Some)
     }
+
+    /// Loads the certificate identities; `None` when none are configured.
+    pub fn load_identities(&self) -> Result<Option<CertificateIdentities>, AuthError> {
+        match &self.auth_identities_file {
+            None => Ok(None),
+            Some(path) => CertificateIdentities::parse(&read(path)?).map(Some),
+        }
+    }
 }
 
 fn read(path: &Path) -> Result<String, AuthError> {
@@ -127,6 +150,11 @@ fn read(path: &Path) -> Result<String, AuthError> {
 /// Why the tokens could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
+    /// Certificate identities without mutual TLS: no certificate would ever be presented.
+    #[error(
+        "--auth-identities needs --tls-client-ca-file: clients present certificates only under mutual TLS"
+    )]
+    IdentitiesNeedClientCa,
     /// The file could not be read.
     #[error("auth tokens file {path}: {source}")]
     Io {
@@ -161,22 +189,15 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// The identity a token line's options give a token of `role`.
+/// The identity of `role` that a line's options (`name=`, `tenants=`, `regions=`) give,
+/// named `default_name` without `name=`.
 fn identity<'a>(
     role: Role,
-    digest: &[u8; 32],
+    default_name: String,
     options: impl Iterator<Item = &'a str>,
 ) -> Result<Identity, String> {
     let mut identity = Identity {
-        // The role and the digest's first four bytes: stable, and telling nothing of the token.
-        name: format!(
-            "{}-{}",
-            role.name(),
-            digest[..4]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        ),
+        name: default_name,
         role,
         tenants: Scope::All,
         regions: Scope::All,
@@ -219,6 +240,16 @@ fn identity<'a>(
     Ok(identity)
 }
 
+/// A role by its name in the files.
+fn parse_role(text: &str) -> Result<Role, String> {
+    match text {
+        "read" => Ok(Role::Read),
+        "admin" => Ok(Role::Admin),
+        "agent" => Ok(Role::Agent),
+        other => Err(format!("unknown role {other:?}: use read, admin or agent")),
+    }
+}
+
 /// A comma-separated list of names, each checked by `check`.
 fn scope(
     value: &str,
@@ -255,16 +286,7 @@ impl Tokens {
                     "expected `ROLE TOKEN [name=NAME] [tenants=T1,T2]`".into(),
                 ));
             };
-            let role = match role {
-                "read" => Role::Read,
-                "admin" => Role::Admin,
-                "agent" => Role::Agent,
-                other => {
-                    return Err(invalid(format!(
-                        "unknown role {other:?}: use read, admin or agent"
-                    )));
-                }
-            };
+            let role = parse_role(role).map_err(invalid)?;
             if !(MIN_TOKEN_LEN..=MAX_TOKEN_LEN).contains(&token.len()) {
                 return Err(invalid(format!(
                     "a token must be {MIN_TOKEN_LEN} to {MAX_TOKEN_LEN} characters"
@@ -274,7 +296,16 @@ impl Tokens {
                 return Err(invalid("a token must be printable ASCII".into()));
             }
             let digest = digest(token);
-            let identity = identity(role, &digest, fields).map_err(invalid)?;
+            // The role and the digest's first four bytes: stable, and telling nothing of it.
+            let default_name = format!(
+                "{}-{}",
+                role.name(),
+                digest[..4]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            );
+            let identity = identity(role, default_name, fields).map_err(invalid)?;
             if !names.insert(identity.name.clone()) {
                 return Err(invalid(format!(
                     "the name {:?} is given to two tokens",
@@ -357,16 +388,21 @@ pub fn needed_role(path: &str) -> Option<Role> {
     }
 }
 
-/// The tower layer that checks every request (a no-op without tokens).
+/// The tower layer that checks every request (a no-op without tokens or identities).
 #[derive(Clone, Debug)]
 pub struct AuthLayer {
     tokens: Option<Tokens>,
+    certificates: Option<CertificateIdentities>,
 }
 
 impl AuthLayer {
-    /// Checks requests against `tokens`; `None` lets everything through.
-    pub fn new(tokens: Option<Tokens>) -> Self {
-        AuthLayer { tokens }
+    /// Checks requests against `tokens` and the holders of client certificates in
+    /// `certificates`; with neither, everything passes.
+    pub fn new(tokens: Option<Tokens>, certificates: Option<CertificateIdentities>) -> Self {
+        AuthLayer {
+            tokens,
+            certificates,
+        }
     }
 }
 
@@ -377,6 +413,7 @@ impl<S> tower::Layer<S> for AuthLayer {
         Auth {
             inner,
             tokens: self.tokens.clone(),
+            certificates: self.certificates.clone(),
         }
     }
 }
@@ -386,6 +423,39 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     tokens: Option<Tokens>,
+    certificates: Option<CertificateIdentities>,
+}
+
+impl<S> Auth<S> {
+    /// Who calls: the token's identity when the request carries one (or no certificate
+    /// identity is configured), else the client certificate's holder.
+    fn caller<B>(&self, request: &http::Request<B>) -> Result<Arc<Identity>, tonic::Status> {
+        let authorization = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        match (&self.tokens, &self.certificates, authorization) {
+            (Some(tokens), _, Some(_)) | (Some(tokens), None, None) => {
+                tokens.identity(authorization)
+            }
+            (None, _, Some(_)) => Err(tonic::Status::unauthenticated(
+                "this control plane takes no tokens: present a client certificate listed in \
+                 its --auth-identities",
+            )),
+            (_, Some(certificates), None) => request
+                .extensions()
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|tls| tls.peer_certs())
+                .and_then(|chain| certificates.identity(&chain))
+                .ok_or_else(|| {
+                    tonic::Status::unauthenticated(
+                        "no bearer token, and no client certificate whose subject is listed \
+                         in --auth-identities",
+                    )
+                }),
+            (None, None, None) => Err(tonic::Status::unauthenticated("no identity")),
+        }
+    }
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for Auth<S>
@@ -406,17 +476,13 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         use futures_util::future::Either;
-        let Some(tokens) = &self.tokens else {
+        if self.tokens.is_none() && self.certificates.is_none() {
             return Either::Left(self.inner.call(request));
-        };
+        }
         let Some(needed) = needed_role(request.uri().path()) else {
             return Either::Left(self.inner.call(request));
         };
-        let authorization = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .map(|v| v.as_bytes());
-        let refusal = match tokens.identity(authorization) {
+        let refusal = match self.caller(&request) {
             Ok(identity) if identity.role.covers(needed) => {
                 request.extensions_mut().insert(Caller(identity));
                 return Either::Left(self.inner.call(request));
@@ -567,6 +633,7 @@ mod tests {
         let source = TokenSource {
             auth_tokens_file: Some(file),
             auth_tokens: Some(format!("read {READER};agent agent-token-0123456789")),
+            auth_identities_file: None,
         };
         let tokens = source.load().unwrap().unwrap();
         assert_eq!(tokens.by_digest.len(), 3);

@@ -253,6 +253,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let tokens = config.auth.load()?;
+    let certificates = config.auth.load_identities()?;
+    if certificates.is_some() && config.tls.tls_client_ca_file.is_none() {
+        return Err(Error::Auth(AuthError::IdentitiesNeedClientCa));
+    }
     match &tokens {
         Some(tokens) => tracing::info!(?tokens, "API calls need a bearer token"),
         None => tracing::warn!(
@@ -436,7 +440,7 @@ pub async fn run(
     };
     let recorder = audit::Recorder::new(log.clone(), metrics.clone());
     let router = tonic::transport::Server::builder()
-        .layer(AuthLayer::new(tokens))
+        .layer(AuthLayer::new(tokens, certificates))
         .add_service(health_service)
         .add_service(herald_proto::discovery::reflection_v1(&reflection)?)
         .add_service(herald_proto::discovery::reflection_v1alpha(&reflection)?)

@@ -36,6 +36,10 @@ async fn main() -> std::process::ExitCode {
             .load()
             .map_err(|err| Failure::Usage(format!("auth tokens are not usable: {err}")))?;
         args.config
+            .auth
+            .load_identities()
+            .map_err(|err| Failure::Usage(format!("auth identities are not usable: {err}")))?;
+        args.config
             .secrets
             .load(&args.config.data_dir)
             .map_err(|err| Failure::Usage(format!("secrets keyring is not usable: {err}")))?;
@@ -51,9 +55,8 @@ async fn main() -> std::process::ExitCode {
             .await
             .map_err(|err| match err {
                 // Restarting with the same keyring will not help.
-                err @ herald_control_plane::Error::KeyringCheck(_) => {
-                    Failure::Usage(err.to_string())
-                }
+                err @ (herald_control_plane::Error::KeyringCheck(_)
+                | herald_control_plane::Error::Auth(_)) => Failure::Usage(err.to_string()),
                 other => Failure::Run(other),
             })
     })

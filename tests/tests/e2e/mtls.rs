@@ -169,3 +169,124 @@ async fn a_rotated_client_ca_takes_effect_without_a_restart() -> anyhow::Result<
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn certificate_holders_are_known_by_their_subject() -> anyhow::Result<()> {
+    use herald_proto::v1::audit_client::AuditClient;
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir()?;
+    let ca_file = ca.write_ca_pem(dir.path())?;
+    let (server_cert, server_key) = ca.write_pair(dir.path(), "control-plane", CertUse::Server)?;
+    let pair = |name: &str| ca.write_pair(dir.path(), name, CertUse::Client);
+    let (agent_cert, agent_key) = pair("agent-eu")?;
+    let (ops_cert, ops_key) = pair("ops")?;
+    let (reader_cert, reader_key) = pair("shop-b-reader")?;
+    let (unlisted_cert, unlisted_key) = pair("unlisted")?;
+    let identities = dir.path().join("identities");
+    std::fs::write(
+        &identities,
+        "agent agent-eu tenants=shop-a\n\
+         admin ops name=operators\n\
+         read shop-b-reader tenants=shop-b\n",
+    )?;
+    let tls = ServerTls {
+        tls_cert_file: Some(server_cert),
+        tls_key_file: Some(server_key),
+        tls_client_ca_file: Some(ca_file.clone()),
+    };
+    let mut control_plane = ControlPlane::start_configured(ConfigStore::Embedded, |config| {
+        config.tls = tls;
+        config.auth.auth_identities_file = Some(identities);
+    })
+    .await?;
+    let as_holder = |cert: &std::path::Path, key: &std::path::Path| {
+        client_tls::config(Some(&ca_file), Some(cert), Some(key))
+    };
+    control_plane.use_tls(as_holder(&ops_cert, &ops_key)?.expect("TLS settings"));
+
+    // The agent's certificate is its credential: no token.
+    let agent = Agent::start(
+        control_plane.url(),
+        AgentOptions {
+            ca_file: Some(ca_file.clone()),
+            control_plane_tls: Some((ca_file.clone(), agent_cert, agent_key)),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let receiver = Receiver::start(&ca).await?;
+    let created = control_plane
+        .create(subscription("shop-a", &receiver.url("/hook"), &["order.*"]))
+        .await?;
+    control_plane
+        .create(subscription("shop-b", &receiver.url("/b"), &["order.*"]))
+        .await?;
+    control_plane
+        .wait_applied(created.revision, Duration::from_secs(10))
+        .await?;
+    agent
+        .emit(event(
+            "shop-a",
+            "order.created",
+            &serde_json::json!({"id": 1}),
+        ))
+        .await?;
+    receiver
+        .wait_for_requests(1, Duration::from_secs(10))
+        .await?;
+
+    // The operator's changes carry its name.
+    let entries = AuditClient::new(
+        connect_tls(
+            control_plane.url(),
+            as_holder(&ops_cert, &ops_key)?.expect("TLS"),
+        )
+        .await?,
+    )
+    .list_audit_entries(pb::ListAuditEntriesRequest::default())
+    .await?
+    .into_inner()
+    .entries;
+    assert!(!entries.is_empty() && entries.iter().all(|e| e.actor == "operators"));
+
+    // The scoped reader lists shop B only and may change nothing.
+    let mut reader = SubscriptionsClient::new(
+        connect_tls(
+            control_plane.url(),
+            as_holder(&reader_cert, &reader_key)?.expect("TLS"),
+        )
+        .await?,
+    );
+    let listed = reader
+        .list_subscriptions(pb::ListSubscriptionsRequest::default())
+        .await?
+        .into_inner();
+    let tenants: Vec<&str> = listed
+        .subscriptions
+        .iter()
+        .map(|s| s.tenant.as_str())
+        .collect();
+    assert_eq!(tenants, ["shop-b"]);
+    let refused = reader
+        .delete_subscription(pb::DeleteSubscriptionRequest {
+            id: created.id.clone(),
+            expected_revision: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+
+    // A certificate from the CA whose subject is not listed is nobody.
+    let unknown = SubscriptionsClient::new(
+        connect_tls(
+            control_plane.url(),
+            as_holder(&unlisted_cert, &unlisted_key)?.expect("TLS"),
+        )
+        .await?,
+    )
+    .list_subscriptions(pb::ListSubscriptionsRequest::default())
+    .await
+    .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::Unauthenticated, "{unknown:?}");
+    Ok(())
+}
