@@ -12,8 +12,8 @@ use herald_proto::v1::config_request::Kind;
 use herald_proto::v1::subscriptions_client::SubscriptionsClient;
 use herald_tests::herald::connect;
 use herald_tests::{
-    Agent, AgentOptions, ConfigStore, ControlPlane, ControlPlaneProcess, Etcd, HeldPort, Receiver,
-    TestCa, event, subscription,
+    Agent, AgentOptions, ConfigStore, ControlPlane, ControlPlaneProcess, Etcd, Receiver, TestCa,
+    event, subscription,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -22,77 +22,61 @@ const WAIT: Duration = Duration::from_secs(20);
 async fn a_replica_with_another_key_of_the_same_id_exits_64() -> anyhow::Result<()> {
     let etcd = Etcd::start().await?;
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_herald-control-plane"));
-    let first = ControlPlaneProcess::start(binary, &etcd.endpoint(), "embedded", &[]).await?;
+    let good = ControlPlaneProcess::start(binary, &etcd.endpoint(), "embedded", &[]).await?;
+    let mut restarted =
+        ControlPlaneProcess::start(binary, &etcd.endpoint(), "embedded", &[]).await?;
     let ca = TestCa::new();
     let receiver = Receiver::start(&ca).await?;
+    // The agent is on the replica that will come back with the wrong keyring.
     let agent = Agent::start(
-        &first.url(),
+        &restarted.url(),
         AgentOptions {
             trusted_ca: Some(ca.ca_pem()),
+            more_control_planes: vec![good.url()],
             ..Default::default()
         },
     )
     .await?;
 
-    // The test replicas' key is called `test`; this one has another key of that name. The
+    // That replica comes back with another key called `test` (the test replicas' key id). The
     // store holds no subscription yet: the check value alone gives it away.
-    let dir = tempfile::tempdir()?;
-    let port = HeldPort::new()?;
-    let wrong = tokio::process::Command::new(binary)
-        .args([
-            "--etcd",
-            &etcd.endpoint(),
-            "--listen",
-            &port.addr().to_string(),
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("HERALD_SECRETS_KEY", Keyring::generate_entry("test")?)
-        .env("HERALD_LOG_STORE", "embedded")
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(WAIT, wrong).await??;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    restarted.set_env("HERALD_SECRETS_KEY", &Keyring::generate_entry("test")?);
+    let (code, log) = restarted.run_expecting_exit(WAIT).await?;
+    assert_eq!(code, Some(64), "{log}");
     assert!(
-        stderr.contains("key \"test\"") && stderr.contains("--secrets-key-file"),
-        "{stderr}"
+        log.contains("key \"test\"") && log.contains("--secrets-key-file"),
+        "{log}"
     );
     assert!(
-        tokio::net::TcpStream::connect(port.addr()).await.is_err(),
+        tokio::net::TcpStream::connect(restarted.url().trim_start_matches("http://"))
+            .await
+            .is_err(),
         "it never served"
     );
 
-    // The agent on the good replica delivers on.
-    let created = SubscriptionsClient::new(connect(&first.url()).await?)
+    // The agent moved to the good replica and delivers on.
+    let created = SubscriptionsClient::new(connect(&good.url()).await?)
         .create_subscription(pb::CreateSubscriptionRequest {
             subscription: Some(subscription("shop-1", &receiver.url("/hook"), &["order.*"])),
             allow_unregistered: false,
         })
         .await?
         .into_inner();
-    herald_tests::eventually(WAIT, "the agent to hold the subscription", || async {
-        let agents =
-            herald_proto::v1::agents_client::AgentsClient::new(connect(&first.url()).await?)
-                .list_agents(pb::ListAgentsRequest {})
-                .await?
-                .into_inner()
-                .agents;
-        Ok(agents
-            .iter()
-            .any(|a| a.applied_revision >= created.revision)
-            .then_some(()))
+    let emitted = herald_tests::eventually(WAIT, "the agent to hold the subscription", || async {
+        let emitted = agent
+            .emit(event(
+                "shop-1",
+                "order.created",
+                &serde_json::json!({"n": 1}),
+            ))
+            .await?;
+        Ok((emitted.matched == 1).then_some(emitted))
     })
     .await?;
-    let emitted = agent
-        .emit(event(
-            "shop-1",
-            "order.created",
-            &serde_json::json!({"n": 1}),
-        ))
-        .await?;
-    assert_eq!(emitted.matched, 1);
-    receiver.wait_for_requests(1, WAIT).await?;
+    let requests = receiver.wait_for_requests(1, WAIT).await?;
+    let webhook_id = requests[0].headers.get("webhook-id").map(|v| v.as_bytes());
+    assert_eq!(webhook_id, Some(emitted.event_id.as_bytes()));
+    assert!(created.revision > 0);
     Ok(())
 }
 

@@ -189,6 +189,12 @@ impl DaemonProcess {
             .join(format!("{}.log", self.name.replace(' ', "-")))
     }
 
+    /// Sets the environment variable `key` to `value` for the next starts.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.envs.retain(|(k, _)| k != key);
+        self.envs.push((key.to_owned(), value.to_owned()));
+    }
+
     /// Adds `extra` flags for the next starts.
     pub fn add_flags(&mut self, extra: &[&str]) {
         self.args.extend(extra.iter().map(|s| s.to_string()));
