@@ -240,6 +240,51 @@ fn identity<'a>(
     Ok(identity)
 }
 
+/// Parses the lines of a tokens or identities file, `ROLE KEY [name=NAME] [tenants=T1,T2]
+/// [regions=R1,R2]` (`#` starts a comment), into identities by the key `admit` makes of each
+/// line's role and `KEY` (`key_name` in messages), with the name they have without `name=`.
+fn parse_lines<K: std::hash::Hash + Eq>(
+    text: &str,
+    key_name: &str,
+    admit: impl Fn(Role, &str) -> Result<(K, String), String>,
+) -> Result<HashMap<K, Arc<Identity>>, AuthError> {
+    let mut by_key = HashMap::new();
+    let mut names = BTreeSet::new();
+    for (index, line) in text.lines().enumerate() {
+        let invalid = |reason: String| AuthError::Invalid {
+            line: index + 1,
+            reason,
+        };
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let (Some(role), Some(key)) = (fields.next(), fields.next()) else {
+            return Err(invalid(format!(
+                "expected `ROLE {key_name} [name=NAME] [tenants=T1,T2]`"
+            )));
+        };
+        let role = parse_role(role).map_err(invalid)?;
+        let (key, default_name) = admit(role, key).map_err(invalid)?;
+        if by_key.contains_key(&key) {
+            return Err(invalid(format!("the same {key_name} appears twice")));
+        }
+        let identity = identity(role, default_name, fields).map_err(invalid)?;
+        if !names.insert(identity.name.clone()) {
+            return Err(invalid(format!(
+                "the name {:?} is given twice",
+                identity.name
+            )));
+        }
+        by_key.insert(key, Arc::new(identity));
+        if by_key.len() > MAX_TOKENS {
+            return Err(invalid(format!("more than {MAX_TOKENS} entries")));
+        }
+    }
+    Ok(by_key)
+}
+
 /// A role by its name in the files.
 fn parse_role(text: &str) -> Result<Role, String> {
     match text {
@@ -269,31 +314,14 @@ fn scope(
 impl Tokens {
     /// Parses `ROLE TOKEN [name=NAME] [tenants=T1,T2] [regions=R1,R2]` lines.
     pub fn parse(text: &str) -> Result<Tokens, AuthError> {
-        let mut by_digest = HashMap::new();
-        let mut names = BTreeSet::new();
-        for (index, line) in text.lines().enumerate() {
-            let invalid = |reason: String| AuthError::Invalid {
-                line: index + 1,
-                reason,
-            };
-            let line = line.split('#').next().unwrap_or_default().trim();
-            if line.is_empty() {
-                continue;
-            }
-            let mut fields = line.split_whitespace();
-            let (Some(role), Some(token)) = (fields.next(), fields.next()) else {
-                return Err(invalid(
-                    "expected `ROLE TOKEN [name=NAME] [tenants=T1,T2]`".into(),
-                ));
-            };
-            let role = parse_role(role).map_err(invalid)?;
+        let by_digest = parse_lines(text, "TOKEN", |role, token| {
             if !(MIN_TOKEN_LEN..=MAX_TOKEN_LEN).contains(&token.len()) {
-                return Err(invalid(format!(
+                return Err(format!(
                     "a token must be {MIN_TOKEN_LEN} to {MAX_TOKEN_LEN} characters"
-                )));
+                ));
             }
             if !token.chars().all(|c| c.is_ascii_graphic()) {
-                return Err(invalid("a token must be printable ASCII".into()));
+                return Err("a token must be printable ASCII".into());
             }
             let digest = digest(token);
             // The role and the digest's first four bytes: stable, and telling nothing of it.
@@ -305,20 +333,8 @@ impl Tokens {
                     .map(|b| format!("{b:02x}"))
                     .collect::<String>()
             );
-            let identity = identity(role, default_name, fields).map_err(invalid)?;
-            if !names.insert(identity.name.clone()) {
-                return Err(invalid(format!(
-                    "the name {:?} is given to two tokens",
-                    identity.name
-                )));
-            }
-            if by_digest.insert(digest, Arc::new(identity)).is_some() {
-                return Err(invalid("the token appears twice".into()));
-            }
-            if by_digest.len() > MAX_TOKENS {
-                return Err(invalid(format!("more than {MAX_TOKENS} tokens")));
-            }
-        }
+            Ok((digest, default_name))
+        })?;
         if by_digest.is_empty() {
             return Err(AuthError::Invalid {
                 line: 0,

@@ -224,6 +224,23 @@ impl ControlPlane {
         }
     }
 
+    /// Waits until the log holds an attempt matching `filter`; every matching attempt then.
+    pub async fn wait_logged(
+        &self,
+        filter: pb::AttemptFilter,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<pb::Attempt>> {
+        crate::eventually(
+            timeout,
+            &format!("an attempt logged for {filter:?}"),
+            || async {
+                let logged = self.attempts(filter.clone()).await?;
+                Ok((!logged.is_empty()).then_some(logged))
+            },
+        )
+        .await
+    }
+
     /// The agents this control plane lists.
     pub async fn list_agents(&self) -> anyhow::Result<Vec<pb::AgentInfo>> {
         Ok(self

@@ -13,7 +13,7 @@ use rustls::pki_types::CertificateDer;
 use x509_cert::der::Decode as _;
 use x509_cert::der::asn1::{ObjectIdentifier, PrintableStringRef, Utf8StringRef};
 
-use super::{AuthError, MAX_TOKENS, identity, parse_role};
+use super::{AuthError, parse_lines};
 use crate::access::Identity;
 
 /// The `commonName` attribute (2.5.4.3).
@@ -36,48 +36,14 @@ impl std::fmt::Debug for CertificateIdentities {
 impl CertificateIdentities {
     /// Parses `ROLE COMMON_NAME [options]` lines.
     pub fn parse(text: &str) -> Result<Self, AuthError> {
-        let mut by_common_name = HashMap::new();
-        let mut names = std::collections::BTreeSet::new();
-        for (index, line) in text.lines().enumerate() {
-            let invalid = |reason: String| AuthError::Invalid {
-                line: index + 1,
-                reason,
-            };
-            let line = line.split('#').next().unwrap_or_default().trim();
-            if line.is_empty() {
-                continue;
-            }
-            let mut fields = line.split_whitespace();
-            let (Some(role), Some(common_name)) = (fields.next(), fields.next()) else {
-                return Err(invalid(
-                    "expected `ROLE COMMON_NAME [name=NAME] [tenants=T1,T2]`".into(),
-                ));
-            };
-            let role = parse_role(role).map_err(invalid)?;
+        let by_common_name = parse_lines(text, "COMMON_NAME", |_, common_name| {
             if common_name.len() > MAX_COMMON_NAME || common_name.contains('=') {
-                return Err(invalid(format!(
+                return Err(format!(
                     "{common_name:?} is not a common name (at most {MAX_COMMON_NAME} bytes, no '=')"
-                )));
+                ));
             }
-            let identity = identity(role, common_name.to_owned(), fields).map_err(invalid)?;
-            if !names.insert(identity.name.clone()) {
-                return Err(invalid(format!(
-                    "the name {:?} is given twice",
-                    identity.name
-                )));
-            }
-            if by_common_name
-                .insert(common_name.to_owned(), Arc::new(identity))
-                .is_some()
-            {
-                return Err(invalid(format!(
-                    "the common name {common_name:?} is listed twice"
-                )));
-            }
-            if by_common_name.len() > MAX_TOKENS {
-                return Err(invalid(format!("more than {MAX_TOKENS} identities")));
-            }
-        }
+            Ok((common_name.to_owned(), common_name.to_owned()))
+        })?;
         Ok(CertificateIdentities {
             by_common_name: Arc::new(by_common_name),
         })

@@ -99,16 +99,15 @@ async fn every_change_is_recorded_with_its_actor() -> anyhow::Result<()> {
     receiver
         .wait_for_requests(1, Duration::from_secs(10))
         .await?;
-    herald_tests::eventually(Duration::from_secs(10), "the attempt logged", || async {
-        let logged = control_plane
-            .attempts(pb::AttemptFilter {
+    control_plane
+        .wait_logged(
+            pb::AttemptFilter {
                 event_id: emitted.event_id.clone(),
                 ..Default::default()
-            })
-            .await?;
-        Ok((!logged.is_empty()).then_some(()))
-    })
-    .await?;
+            },
+            Duration::from_secs(10),
+        )
+        .await?;
     DeliveriesClient::new(ops.clone())
         .replay_deliveries(pb::ReplayDeliveriesRequest {
             event_id: emitted.event_id.clone(),

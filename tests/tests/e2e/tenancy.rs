@@ -126,16 +126,15 @@ async fn a_token_scoped_to_one_tenant_neither_sees_nor_changes_another() -> anyh
             &serde_json::json!({"n": 1}),
         ))
         .await?;
-    herald_tests::eventually(Duration::from_secs(10), "shop A's attempt", || async {
-        let logged = control_plane
-            .attempts(pb::AttemptFilter {
+    control_plane
+        .wait_logged(
+            pb::AttemptFilter {
                 event_id: emitted_a.event_id.clone(),
                 ..Default::default()
-            })
-            .await?;
-        Ok((!logged.is_empty()).then_some(()))
-    })
-    .await?;
+            },
+            Duration::from_secs(10),
+        )
+        .await?;
 
     let url = control_plane.url();
     let mut b = Clients::new(url, ADMIN_B).await?;
@@ -341,20 +340,15 @@ async fn a_token_scoped_to_one_tenant_neither_sees_nor_changes_another() -> anyh
             &serde_json::json!({"n": 2}),
         ))
         .await?;
-    herald_tests::eventually(
-        Duration::from_secs(10),
-        "shop A's second attempt",
-        || async {
-            let logged = control_plane
-                .attempts(pb::AttemptFilter {
-                    event_id: again_a.event_id.clone(),
-                    ..Default::default()
-                })
-                .await?;
-            Ok((!logged.is_empty()).then_some(()))
-        },
-    )
-    .await?;
+    control_plane
+        .wait_logged(
+            pb::AttemptFilter {
+                event_id: again_a.event_id.clone(),
+                ..Default::default()
+            },
+            Duration::from_secs(10),
+        )
+        .await?;
     control_plane
         .wait_applied(sub_b.revision, Duration::from_secs(10))
         .await?;
@@ -662,20 +656,15 @@ async fn an_agent_token_is_trusted_only_for_its_tenants_and_regions() -> anyhow:
         not_served.matched, 0,
         "shop B's endpoint is not in its config"
     );
-    herald_tests::eventually(
-        Duration::from_secs(10),
-        "shop A's attempt stored",
-        || async {
-            let logged = control_plane
-                .attempts(pb::AttemptFilter {
-                    subscription_id: sub_a.id.clone(),
-                    ..Default::default()
-                })
-                .await?;
-            Ok((!logged.is_empty()).then_some(()))
-        },
-    )
-    .await?;
+    control_plane
+        .wait_logged(
+            pb::AttemptFilter {
+                subscription_id: sub_a.id.clone(),
+                ..Default::default()
+            },
+            Duration::from_secs(10),
+        )
+        .await?;
     Ok(())
 }
 
