@@ -4,8 +4,9 @@
 //! The rule, the same in every service: an object of a tenant outside the caller's scope does
 //! not exist for it (`NOT_FOUND`, the same answer as for an id nobody has), lists leave such
 //! objects out, and creating one for such a tenant is `PERMISSION_DENIED`. Things every tenant
-//! shares (the event-type catalogue, the fleet of agents) are changed and listed only by
-//! identities scoped to all tenants.
+//! shares are changed only by identities scoped to all tenants (the event-type catalogue,
+//! which every identity may read), and listed only by them where the list would show other
+//! tenants (the fleet of agents).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, LazyLock};

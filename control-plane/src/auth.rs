@@ -131,12 +131,20 @@ impl TokenSource {
         Tokens::parse(&text).map(Some)
     }
 
-    /// Loads the certificate identities; `None` when none are configured.
+    /// Loads the certificate identities; `None` when none are configured. No identity may
+    /// share a name with a token's.
     pub fn load_identities(&self) -> Result<Option<CertificateIdentities>, AuthError> {
-        match &self.auth_identities_file {
-            None => Ok(None),
-            Some(path) => CertificateIdentities::parse(&read(path)?).map(Some),
+        let Some(path) = &self.auth_identities_file else {
+            return Ok(None);
+        };
+        let identities = CertificateIdentities::parse(&read(path)?)?;
+        if let Some(tokens) = self.load()? {
+            let names: BTreeSet<&str> = identities.names().collect();
+            if let Some(shared) = tokens.names().find(|name| names.contains(name)) {
+                return Err(AuthError::NameTwice(shared.to_owned()));
+            }
         }
+        Ok(Some(identities))
     }
 }
 
@@ -150,6 +158,10 @@ fn read(path: &Path) -> Result<String, AuthError> {
 /// Why the tokens could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
+    /// A token and a certificate identity share a name: the audit log could not tell them
+    /// apart.
+    #[error("the name {0:?} is given to a token and to a certificate identity")]
+    NameTwice(String),
     /// Certificate identities without mutual TLS: no certificate would ever be presented.
     #[error(
         "--auth-identities needs --tls-client-ca-file: clients present certificates only under mutual TLS"
@@ -344,6 +356,13 @@ impl Tokens {
         Ok(Tokens {
             by_digest: Arc::new(by_digest),
         })
+    }
+
+    /// The names of the tokens' identities.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_digest
+            .values()
+            .map(|identity| identity.name.as_str())
     }
 
     /// The identity of the caller presenting `authorization` (an `authorization` header

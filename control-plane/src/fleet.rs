@@ -25,9 +25,9 @@ pub struct Fleet {
     /// Agents whose entry changed since [`Fleet::take_changed`] last ran.
     changed: Arc<Mutex<BTreeSet<String>>>,
     /// Replay orders sent and not yet answered, by order id.
-    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<pb::ReplayResult>>>>,
+    pending: Arc<Mutex<HashMap<u64, Pending<pb::ReplayResult>>>>,
     /// Emit orders sent and not yet answered, by order id.
-    pending_emits: Arc<Mutex<HashMap<u64, oneshot::Sender<pb::EmitResult>>>>,
+    pending_emits: Arc<Mutex<HashMap<u64, Pending<pb::EmitResult>>>>,
     next_order: Arc<AtomicU64>,
     /// Turns for choosing an agent to emit through.
     next_emitter: Arc<AtomicU64>,
@@ -40,6 +40,32 @@ pub enum Order {
     Replay(pb::ReplayOrder),
     /// Emit events (operator events).
     Emit(pb::EmitOrder),
+}
+
+/// An order sent and not yet answered: only the agent it went to may answer it.
+struct Pending<T> {
+    agent: String,
+    answer: oneshot::Sender<T>,
+}
+
+/// Why an agent's hello is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum HelloError {
+    /// Another identity holds this agent id.
+    #[error("agent id {agent_id} is held by another identity; give this agent an id of its own")]
+    IdTaken {
+        /// The id.
+        agent_id: String,
+    },
+}
+
+/// Hands `result` to the caller of order `order_id` if `agent` is the one it went to.
+fn answer<T>(pending: &mut HashMap<u64, Pending<T>>, agent: &str, order_id: u64, result: T) {
+    if pending.get(&order_id).is_some_and(|p| p.agent == agent)
+        && let Some(order) = pending.remove(&order_id)
+    {
+        let _ = order.answer.send(result);
+    }
 }
 
 /// Replay orders a config stream may hold before the sender is told the agent is busy.
@@ -55,6 +81,9 @@ struct Entry {
     /// The tenants and event types it emits for (from its hello): emit orders go only to an
     /// agent that admits their events.
     interest: Interest,
+    /// The identity (token or certificate name) that said hello with this id: another may not
+    /// take it over (and with it the orders for this agent).
+    owner: String,
 }
 
 impl Fleet {
@@ -66,9 +95,13 @@ impl Fleet {
         }
     }
 
-    /// Records an agent's hello; replay orders for the agent arrive on the returned receiver
-    /// (its newest stream's).
-    pub fn connected(&self, hello: &pb::AgentHello) -> mpsc::Receiver<Order> {
+    /// Records the hello of an agent calling as `owner`; replay orders for the agent arrive on
+    /// the returned receiver (its newest stream's). An id another identity holds is refused.
+    pub fn connected(
+        &self,
+        hello: &pb::AgentHello,
+        owner: &str,
+    ) -> Result<mpsc::Receiver<Order>, HelloError> {
         let now = Some(timestamp(SystemTime::now()));
         let (orders, receiver) = mpsc::channel(ORDER_BUFFER);
         let mut agents = self.lock();
@@ -79,7 +112,13 @@ impl Fleet {
                 streams: 0,
                 orders: None,
                 interest: Interest::default(),
+                owner: owner.to_owned(),
             });
+        if entry.owner != owner {
+            return Err(HelloError::IdTaken {
+                agent_id: hello.agent_id.clone(),
+            });
+        }
         entry.streams += 1;
         entry.orders = Some(orders);
         entry.interest = Interest {
@@ -101,7 +140,7 @@ impl Fleet {
         };
         drop(agents);
         self.mark_changed([hello.agent_id.as_str()]);
-        receiver
+        Ok(receiver)
     }
 
     /// Marks agents' entries as changed, for the next presence write.
@@ -160,7 +199,13 @@ impl Fleet {
         let orders = self.lock().get(agent_id)?.orders.clone()?;
         let order_id = self.next_order.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = oneshot::channel();
-        self.pending().insert(order_id, tx);
+        self.pending().insert(
+            order_id,
+            Pending {
+                agent: agent_id.to_owned(),
+                answer: tx,
+            },
+        );
         if orders
             .try_send(Order::Replay(pb::ReplayOrder { order_id, items }))
             .is_err()
@@ -174,24 +219,30 @@ impl Fleet {
     /// Sends `events` to be emitted by one of the connected agents whose interest admits them
     /// all, taking turns; `None` when no such agent is connected to this replica.
     pub fn send_emit(&self, events: Vec<pb::Event>) -> Option<oneshot::Receiver<pb::EmitResult>> {
-        let senders: Vec<mpsc::Sender<Order>> = self
+        let senders: Vec<(String, mpsc::Sender<Order>)> = self
             .lock()
-            .values()
-            .filter(|entry| {
+            .iter()
+            .filter(|(_, entry)| {
                 events
                     .iter()
                     .all(|e| entry.interest.admits(&e.tenant, &e.r#type))
             })
-            .filter_map(|entry| entry.orders.clone())
+            .filter_map(|(id, entry)| Some((id.clone(), entry.orders.clone()?)))
             .collect();
         if senders.is_empty() {
             return None;
         }
         let turn = self.next_emitter.fetch_add(1, Ordering::Relaxed) as usize;
-        let orders = &senders[turn % senders.len()];
+        let (agent, orders) = &senders[turn % senders.len()];
         let order_id = self.next_order.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = oneshot::channel();
-        self.pending_emits().insert(order_id, tx);
+        self.pending_emits().insert(
+            order_id,
+            Pending {
+                agent: agent.clone(),
+                answer: tx,
+            },
+        );
         if orders
             .try_send(Order::Emit(pb::EmitOrder { order_id, events }))
             .is_err()
@@ -202,29 +253,23 @@ impl Fleet {
         Some(rx)
     }
 
-    /// Hands an agent's answer to an emit order's caller.
-    pub fn emit_answered(&self, result: pb::EmitResult) {
-        if let Some(tx) = self.pending_emits().remove(&result.order_id) {
-            let _ = tx.send(result);
-        }
+    /// Hands the answer of `agent` to an emit order's caller; an answer to an order sent to
+    /// another agent is ignored.
+    pub fn emit_answered(&self, agent: &str, result: pb::EmitResult) {
+        answer(&mut self.pending_emits(), agent, result.order_id, result);
     }
 
-    fn pending_emits(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<pb::EmitResult>>> {
+    fn pending_emits(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending<pb::EmitResult>>> {
         self.pending_emits.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Hands an agent's answer to the replay order's caller.
-    pub fn replay_answered(&self, result: pb::ReplayResult) {
-        if let Some(tx) = self.pending().remove(&result.order_id) {
-            let _ = tx.send(result);
-        }
+    /// Hands the answer of `agent` to the replay order's caller; an answer to an order sent to
+    /// another agent is ignored.
+    pub fn replay_answered(&self, agent: &str, result: pb::ReplayResult) {
+        answer(&mut self.pending(), agent, result.order_id, result);
     }
 
-    fn pending(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<pb::ReplayResult>>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending<pb::ReplayResult>>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -284,5 +329,59 @@ impl Fleet {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
         self.agents.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(agent_id: &str) -> pb::AgentHello {
+        pb::AgentHello {
+            agent_id: agent_id.into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_agent_id_stays_with_the_identity_that_took_it() {
+        let fleet = Fleet::new("replica-a");
+        let mut orders = fleet
+            .connected(&hello("agt_1"), "eu-agents")
+            .expect("taken");
+        let taken = fleet
+            .connected(&hello("agt_1"), "shop-a-agents")
+            .unwrap_err();
+        assert!(taken.to_string().contains("agt_1"), "{taken}");
+        // The same identity may open another stream (a reconnect).
+        let _again = fleet
+            .connected(&hello("agt_1"), "eu-agents")
+            .expect("its own");
+        drop(orders);
+        orders = fleet
+            .connected(&hello("agt_1"), "eu-agents")
+            .expect("its own");
+
+        // Only the agent an order went to answers it.
+        let answer = fleet
+            .send_replay("agt_1", vec![pb::ReplayItem::default()])
+            .expect("sent");
+        let order_id = match orders.recv().await.expect("an order") {
+            Order::Replay(order) => order.order_id,
+            Order::Emit(_) => panic!("a replay order"),
+        };
+        let forged = pb::ReplayResult {
+            order_id,
+            queued: 99,
+            ..Default::default()
+        };
+        fleet.replay_answered("agt_2", forged);
+        let real = pb::ReplayResult {
+            order_id,
+            queued: 1,
+            ..Default::default()
+        };
+        fleet.replay_answered("agt_1", real);
+        assert_eq!(answer.await.expect("answered").queued, 1);
     }
 }

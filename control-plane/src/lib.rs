@@ -401,6 +401,14 @@ pub async fn run(
     health_reporter
         .set_serving::<AgentControlServer<grpc::AgentControlService>>()
         .await;
+    // The log answered as it opened: so it says from the first call on, until the watch's
+    // probes tell otherwise.
+    health_reporter
+        .set_service_status(
+            log_health::LOG_SERVICE,
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
     let log_watch_stop = CancellationToken::new();
     let log_watch = tokio::spawn(log_health::watch(
         log.clone(),
@@ -457,6 +465,7 @@ pub async fn run(
         )))
         .add_service(DeliveriesServer::new(grpc::DeliveriesService::new(
             log.clone(),
+            hub.clone(),
             fleet.clone(),
             relay,
             recorder,

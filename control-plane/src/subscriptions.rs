@@ -328,11 +328,7 @@ impl Subscriptions {
             url: request.url,
             event_types: request.event_types,
             format: request.format,
-            headers: merged_headers(
-                request.headers,
-                &current.headers,
-                request.header_values_hidden,
-            ),
+            headers: merged_headers(request.headers, &current.headers),
             timeout: request.timeout,
             retry: request.retry,
             description: request.description,
@@ -483,6 +479,25 @@ impl Subscriptions {
 
     /// Reads the record and its store entry.
     async fn read(&self, id: &str) -> Result<(pb::Subscription, KeyValue), SubscriptionError> {
+        self.read_within(&Scope::All, id).await
+    }
+
+    /// Reads a subscription by id if its tenant lies within `tenants`; one outside is
+    /// [`SubscriptionError::NotFound`], known before its record is read, so nothing of it
+    /// (not even a record that does not open) shows.
+    pub async fn get_within(
+        &self,
+        tenants: &Scope,
+        id: &str,
+    ) -> Result<pb::Subscription, SubscriptionError> {
+        Ok(self.read_within(tenants, id).await?.0)
+    }
+
+    async fn read_within(
+        &self,
+        tenants: &Scope,
+        id: &str,
+    ) -> Result<(pb::Subscription, KeyValue), SubscriptionError> {
         herald_core::validate::event_id(id).map_err(|e| ValidationError::new("id", e.reason))?;
         let not_found = || SubscriptionError::NotFound(id.to_owned());
         let index = self
@@ -494,6 +509,9 @@ impl Subscriptions {
             key: index.key,
             reason: "tenant is not UTF-8".into(),
         })?;
+        if !tenants.allows(&tenant) {
+            return Err(not_found());
+        }
         let kv = self
             .store
             .get(&keys::subscription(&tenant, id))
@@ -653,17 +671,24 @@ pub fn redact(mut sub: pb::Subscription) -> pb::Subscription {
     sub
 }
 
-/// The headers an update writes: those it sends, where one sent blank by a caller who was shown
-/// blank values (`hidden`) keeps its stored value.
+/// The headers an update writes: those it sends, where one sent with a blank value keeps its
+/// stored value (names compared without case). Reads without `show_secrets` blank the values,
+/// so any read-modify-write, by a client that knows `header_values_hidden` or not, keeps them;
+/// a header is removed by leaving it out.
 fn merged_headers(
     sent: HashMap<String, String>,
     stored: &HashMap<String, String>,
-    hidden: bool,
 ) -> HashMap<String, String> {
     sent.into_iter()
-        .map(|(name, value)| match stored.get(&name) {
-            Some(kept) if hidden && value.is_empty() => (name, kept.clone()),
-            _ => (name, value),
+        .map(|(name, value)| {
+            let kept = stored
+                .iter()
+                .find(|(stored_name, _)| stored_name.eq_ignore_ascii_case(&name))
+                .map(|(_, kept)| kept);
+            match kept {
+                Some(kept) if value.is_empty() => (name, kept.clone()),
+                _ => (name, value),
+            }
         })
         .collect()
 }

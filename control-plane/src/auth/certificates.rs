@@ -49,6 +49,13 @@ impl CertificateIdentities {
         })
     }
 
+    /// The names of the identities.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_common_name
+            .values()
+            .map(|identity| identity.name.as_str())
+    }
+
     /// The identity of the holder of `chain` (the peer's certificates, its own first), when
     /// its subject's common name is listed.
     pub fn identity(&self, chain: &[CertificateDer<'_>]) -> Option<Arc<Identity>> {
@@ -119,6 +126,28 @@ mod tests {
         assert!(identities.identity(&[certificate("stranger")]).is_none());
         assert!(identities.identity(&[]).is_none());
         assert_eq!(common_name(&certificate("ops")).as_deref(), Some("ops"));
+    }
+
+    #[test]
+    fn a_name_is_either_a_tokens_or_a_certificates() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let identities = dir.path().join("identities");
+        std::fs::write(&identities, "admin ops\n").expect("written");
+        let source = |tokens: &str| crate::auth::TokenSource {
+            auth_tokens_file: None,
+            auth_tokens: Some(tokens.to_owned()),
+            auth_identities_file: Some(identities.clone()),
+        };
+        let shared = source("admin admin-token-0123456789 name=ops")
+            .load_identities()
+            .unwrap_err();
+        assert!(matches!(shared, AuthError::NameTwice(ref name) if name == "ops"));
+        assert!(
+            source("admin admin-token-0123456789 name=root")
+                .load_identities()
+                .expect("loaded")
+                .is_some()
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::hub::ConfigHub;
 use crate::presence;
 use crate::replay_relay::Relay;
 use crate::store::Store;
-use crate::subscriptions::{SubscriptionError, Subscriptions, redact};
+use crate::subscriptions::{Subscriptions, redact};
 
 /// `herald.v1.Subscriptions`.
 pub struct SubscriptionsService {
@@ -82,12 +82,7 @@ impl SubscriptionsService {
     /// The subscription `id` as `who` may see it: another tenant's is `NOT_FOUND`, as an id
     /// nobody has.
     async fn visible(&self, who: &Identity, id: &str) -> Result<pb::Subscription, Status> {
-        let sub = self.registry.get(id).await?;
-        who.visible(
-            sub,
-            |s| &s.tenant,
-            || SubscriptionError::NotFound(id.to_owned()).into(),
-        )
+        Ok(self.registry.get_within(&who.tenants, id).await?)
     }
 }
 
@@ -299,6 +294,8 @@ impl SubscriptionsApi for SubscriptionsService {
 /// `herald.v1.Deliveries`.
 pub struct DeliveriesService {
     log: AttemptLog,
+    /// Whose subscriptions are whose, for scoped listings.
+    hub: ConfigHub,
     /// Where replays are recorded.
     audit: Recorder,
     fleet: Fleet,
@@ -312,6 +309,7 @@ impl DeliveriesService {
     /// of other replicas through `relay`); tails end on `shutdown`.
     pub fn new(
         log: AttemptLog,
+        hub: ConfigHub,
         fleet: Fleet,
         relay: Relay,
         audit: Recorder,
@@ -319,6 +317,7 @@ impl DeliveriesService {
     ) -> Self {
         DeliveriesService {
             log,
+            hub,
             audit,
             fleet,
             relay,
@@ -337,7 +336,17 @@ impl Deliveries for DeliveriesService {
     ) -> Result<Response<pb::ListAttemptsResponse>, Status> {
         let who = caller(&request);
         let request = request.into_inner();
-        let filter = Filter::within(request.filter.unwrap_or_default(), &who.tenants);
+        let wire = request.filter.unwrap_or_default();
+        if !who.tenants.is_all()
+            && !wire.subscription_id.is_empty()
+            && let Some(sub) = self.hub.get_or_departed(&wire.subscription_id)
+            && !who.sees(&sub.tenant)
+        {
+            // Another tenant's subscription has no attempts for this caller: not even a page
+            // token that would tell it from an unknown id.
+            return Ok(Response::new(pb::ListAttemptsResponse::default()));
+        }
+        let filter = Filter::within(wire, &who.tenants);
         let page = self
             .log
             .list(filter, request.page_size, &request.page_token)
@@ -370,17 +379,24 @@ impl Deliveries for DeliveriesService {
         } else {
             replayed.tenants.into_iter().collect()
         };
+        // The counts cover every tenant the replay named: an entry of one of several tenants
+        // does not tell another tenant's.
+        let detail = if tenants.len() == 1 {
+            format!(
+                "{} queued, {} not replayable",
+                response.queued,
+                response.not_replayable.len()
+            )
+        } else {
+            "a replay across tenants".to_owned()
+        };
         for tenant in &tenants {
             let change = Change {
                 action: Action::DeliveriesReplay,
                 tenant,
                 object: &named,
                 revision: 0,
-                detail: format!(
-                    "{} queued, {} not replayable",
-                    response.queued,
-                    response.not_replayable.len()
-                ),
+                detail: detail.clone(),
             };
             self.audit.record(&who, change).await;
         }

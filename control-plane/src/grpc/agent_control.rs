@@ -126,7 +126,10 @@ impl AgentControl for AgentControlService {
         if let Some(unreadable) = shared.hub.unreadable() {
             return Err(cannot_serve(&unreadable));
         }
-        let mut orders = shared.fleet.connected(&hello);
+        let mut orders = shared
+            .fleet
+            .connected(&hello, &who.name)
+            .map_err(|err| Status::permission_denied(err.to_string()))?;
         tracing::info!(agent = %hello.agent_id, region = %hello.region, "agent connected");
         let agent = hello.agent_id;
         let resume_from = hello.last_revision;
@@ -246,10 +249,17 @@ impl AgentControl for AgentControlService {
 /// The refusal of a config stream while this replica cannot open some stored subscriptions:
 /// a config without them would have the agent acknowledge their events and never deliver.
 fn cannot_serve(unreadable: &Unreadable) -> Status {
+    // The answer names no subscription (it may be another tenant's); this log does.
+    tracing::warn!(
+        count = unreadable.count,
+        example = %unreadable.example,
+        reason = %unreadable.reason,
+        "an agent's config stream refused: stored subscriptions do not open here"
+    );
     Status::unavailable(format!(
-        "this control plane cannot open {} stored subscription(s) (e.g. {}: {}); its keyring \
-         differs from the one that sealed them. Connect to another replica.",
-        unreadable.count, unreadable.example, unreadable.reason
+        "this control plane cannot open {} stored subscription(s): its keyring lacks a key \
+         that sealed them. Connect to another replica.",
+        unreadable.count
     ))
 }
 
@@ -384,10 +394,10 @@ async fn follow(shared: &Shared, session: Session<'_>) {
                     }
                 }
                 Ok(Some(pb::ConfigRequest { kind: Some(Kind::ReplayResult(result)) })) => {
-                    fleet.replay_answered(result);
+                    fleet.replay_answered(agent, result);
                 }
                 Ok(Some(pb::ConfigRequest { kind: Some(Kind::EmitResult(result)) })) => {
-                    fleet.emit_answered(result);
+                    fleet.emit_answered(agent, result);
                 }
                 Ok(Some(pb::ConfigRequest { kind: Some(Kind::Nack(nack)) })) => {
                     let reason = agent_trust::bounded_reason(&nack.reason);

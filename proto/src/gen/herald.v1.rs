@@ -149,9 +149,9 @@ pub struct Subscription {
     /// an update that leaves it unspecified keeps what the subscription has.
     #[prost(enumeration = "Envelope", tag = "26")]
     pub envelope: i32,
-    /// Set on reads that blank the header values (without `show_secrets`). An update that sends
-    /// it back set keeps the stored value of every header it sends blank, so a read-modify-write
-    /// by a caller who may not see the values keeps them.
+    /// Set on reads that blank the header values (without `show_secrets`). An update keeps the
+    /// stored value of every header it sends with a blank value (so a read-modify-write by a
+    /// caller who may not see the values keeps them); a header left out is removed.
     #[prost(bool, tag = "27")]
     pub header_values_hidden: bool,
     /// Storage only, never sent on the API: each header's value, sealed like signing secrets, so

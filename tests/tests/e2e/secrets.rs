@@ -193,8 +193,10 @@ async fn custom_header_values_are_sealed_and_shown_only_with_show_secrets() -> a
     assert_eq!(shown.headers["X-Api-Key"], KEY);
     assert!(!shown.header_values_hidden);
 
-    // A read-modify-write by a caller shown blank values keeps them, and adds its own.
+    // A read-modify-write by a caller shown blank values keeps them, and adds its own, even
+    // from a client that does not know header_values_hidden (it sends it unset).
     let mut changed = read.clone();
+    changed.header_values_hidden = false;
     changed.headers.insert("X-Shop".into(), "shop-1".into());
     let updated = subs
         .update_subscription(pb::UpdateSubscriptionRequest {
