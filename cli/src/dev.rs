@@ -40,6 +40,9 @@ pub struct Args {
     /// Inspection receiver address.
     #[arg(long, default_value = "127.0.0.1:7702")]
     receiver_listen: SocketAddr,
+    /// Control-plane HTTP API address (REST under /api/v1/).
+    #[arg(long, default_value = "127.0.0.1:7703")]
+    http_listen: SocketAddr,
     /// Where dev state is kept (subscriptions and the delivery log survive restarts).
     #[arg(long, env = "HERALD_DEV_DATA_DIR", default_value = ".herald-dev")]
     data_dir: PathBuf,
@@ -68,6 +71,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         allow_http: true,
         allow_targets: loopback.clone(),
         shutdown_grace: GRACE,
+        http_listen: Some(args.http_listen),
         ..herald_control_plane::Config::new(
             args.control_plane_listen,
             args.data_dir.join("control-plane"),
@@ -110,7 +114,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let agent_url = format!("http://{}", args.agent_listen);
     say(&format!(
         "Herald dev is running (state in {dir}; Ctrl-C to stop)\n\
-         \n  control plane  {control_plane_url}\n  agent (Emit)   {agent_url}\n  receiver       http://{receiver} — prints every webhook it gets\n\
+         \n  control plane  {control_plane_url}\n  HTTP API       http://{http}/api/v1/ (OpenAPI: /api/v1/openapi.json)\n  agent (Emit)   {agent_url}\n  receiver       http://{receiver} — prints every webhook it gets\n\
          \nIn another terminal, try:\n\
          \n  herald subscription create --tenant shop-1 --url {receiver_url} --events 'order.*' --format json\
          \n  herald emit --tenant shop-1 --type order.created --data '{{\"order_id\": 42, \"total\": \"19.99\"}}'\
@@ -118,6 +122,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
          \n(`herald` is `cargo run -q --bin herald --` from the repository.)\n",
         dir = args.data_dir.display(),
         receiver = args.receiver_listen,
+        http = args.http_listen,
     ));
 
     herald_core::shutdown::signal().await;

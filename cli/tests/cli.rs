@@ -1152,12 +1152,18 @@ async fn subscriptions_and_health_show_what_is_in_force() -> anyhow::Result<()> 
 /// delivery is in the log, then presses Ctrl-C; what it printed and how it ended.
 async fn dev_session(stdout: std::process::Stdio) -> anyhow::Result<Output> {
     use herald_tests::HeldPort;
-    let ports = [HeldPort::new()?, HeldPort::new()?, HeldPort::new()?];
-    let [control_plane, agent, receiver] = ports.each_ref().map(|p| p.addr().to_string());
+    let ports = [
+        HeldPort::new()?,
+        HeldPort::new()?,
+        HeldPort::new()?,
+        HeldPort::new()?,
+    ];
+    let [control_plane, agent, receiver, http] = ports.each_ref().map(|p| p.addr().to_string());
     let dir = tempfile::tempdir()?;
     let dev = herald_command()
         .args(["dev", "--control-plane-listen", &control_plane])
         .args(["--agent-listen", &agent, "--receiver-listen", &receiver])
+        .args(["--http-listen", &http])
         .env("HERALD_DEV_DATA_DIR", dir.path())
         .stdout(stdout)
         .stderr(std::process::Stdio::piped())
@@ -1218,6 +1224,24 @@ async fn dev_session(stdout: std::process::Stdio) -> anyhow::Result<Output> {
             .then_some(()))
     })
     .await?;
+
+    // The HTTP API lists the subscription too (HTTP/1.1 by hand: a plain client).
+    let listed = {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(&http).await?;
+        stream
+            .write_all(
+                b"GET /api/v1/subscriptions HTTP/1.1\r\nHost: dev\r\nConnection: close\r\n\r\n",
+            )
+            .await?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await?;
+        answer
+    };
+    assert!(
+        listed.starts_with("HTTP/1.1 200") && listed.contains(&id),
+        "{listed}"
+    );
 
     let pid = dev.id().context("dev is running")?.to_string();
     let interrupted = tokio::process::Command::new("kill")

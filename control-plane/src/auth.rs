@@ -423,45 +423,51 @@ pub fn needed_role(path: &str) -> Option<Role> {
     }
 }
 
-/// The tower layer that checks every request (a no-op without tokens or identities).
-#[derive(Clone, Debug)]
-pub struct AuthLayer {
+/// Who may call: the tokens and the holders of client certificates the control plane knows;
+/// shared by the gRPC layer and the HTTP API.
+#[derive(Clone, Debug, Default)]
+pub struct Authenticator {
     tokens: Option<Tokens>,
     certificates: Option<CertificateIdentities>,
 }
 
-impl AuthLayer {
-    /// Checks requests against `tokens` and the holders of client certificates in
-    /// `certificates`; with neither, everything passes.
+impl Authenticator {
+    /// Checks callers against `tokens` and the holders of client certificates in
+    /// `certificates`; with neither, the API is open.
     pub fn new(tokens: Option<Tokens>, certificates: Option<CertificateIdentities>) -> Self {
-        AuthLayer {
+        Authenticator {
             tokens,
             certificates,
         }
     }
-}
 
-impl<S> tower::Layer<S> for AuthLayer {
-    type Service = Auth<S>;
-
-    fn layer(&self, inner: S) -> Auth<S> {
-        Auth {
-            inner,
-            tokens: self.tokens.clone(),
-            certificates: self.certificates.clone(),
-        }
+    /// Whether the API is open (no tokens, no certificate identities).
+    pub fn is_open(&self) -> bool {
+        self.tokens.is_none() && self.certificates.is_none()
     }
-}
 
-/// The checking service made by [`AuthLayer`].
-#[derive(Clone, Debug)]
-pub struct Auth<S> {
-    inner: S,
-    tokens: Option<Tokens>,
-    certificates: Option<CertificateIdentities>,
-}
+    /// The identity of the caller of `request` if it may do what needs `needed`; `None` while
+    /// the API is open.
+    pub fn authorize<B>(
+        &self,
+        request: &http::Request<B>,
+        needed: Role,
+    ) -> Result<Option<Arc<Identity>>, tonic::Status> {
+        if self.is_open() {
+            return Ok(None);
+        }
+        let identity = self.caller(request)?;
+        if !identity.role.covers(needed) {
+            return Err(tonic::Status::permission_denied(format!(
+                "role {} may not call {}; it needs {}",
+                identity.role.name(),
+                request.uri().path(),
+                needed.name()
+            )));
+        }
+        Ok(Some(identity))
+    }
 
-impl<S> Auth<S> {
     /// Who calls: the token's identity when the request carries one (or no certificate
     /// identity is configured), else the client certificate's holder.
     fn caller<B>(&self, request: &http::Request<B>) -> Result<Arc<Identity>, tonic::Status> {
@@ -493,6 +499,37 @@ impl<S> Auth<S> {
     }
 }
 
+/// The tower layer that checks every gRPC request (a no-op while the API is open).
+#[derive(Clone, Debug)]
+pub struct AuthLayer {
+    authenticator: Authenticator,
+}
+
+impl AuthLayer {
+    /// Checks requests with `authenticator`.
+    pub fn new(authenticator: Authenticator) -> Self {
+        AuthLayer { authenticator }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Auth<S> {
+        Auth {
+            inner,
+            authenticator: self.authenticator.clone(),
+        }
+    }
+}
+
+/// The checking service made by [`AuthLayer`].
+#[derive(Clone, Debug)]
+pub struct Auth<S> {
+    inner: S,
+    authenticator: Authenticator,
+}
+
 impl<S, B, R> tower::Service<http::Request<B>> for Auth<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<R>>,
@@ -511,26 +548,18 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         use futures_util::future::Either;
-        if self.tokens.is_none() && self.certificates.is_none() {
-            return Either::Left(self.inner.call(request));
-        }
         let Some(needed) = needed_role(request.uri().path()) else {
             return Either::Left(self.inner.call(request));
         };
-        let refusal = match self.caller(&request) {
-            Ok(identity) if identity.role.covers(needed) => {
-                request.extensions_mut().insert(Caller(identity));
-                return Either::Left(self.inner.call(request));
+        match self.authenticator.authorize(&request, needed) {
+            Ok(identity) => {
+                if let Some(identity) = identity {
+                    request.extensions_mut().insert(Caller(identity));
+                }
+                Either::Left(self.inner.call(request))
             }
-            Ok(identity) => tonic::Status::permission_denied(format!(
-                "role {} may not call {}; it needs {}",
-                identity.role.name(),
-                request.uri().path(),
-                needed.name()
-            )),
-            Err(status) => status,
-        };
-        Either::Right(std::future::ready(Ok(refusal.into_http())))
+            Err(refusal) => Either::Right(std::future::ready(Ok(refusal.into_http()))),
+        }
     }
 }
 

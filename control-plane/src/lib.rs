@@ -24,6 +24,7 @@ pub mod presence;
 pub mod recent;
 pub mod replay;
 pub mod replay_relay;
+pub mod rest;
 pub mod sealing;
 pub mod server_tls;
 pub mod store;
@@ -45,7 +46,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::attempts::{AttemptLog, LogError};
-use crate::auth::{AuthError, AuthLayer, TokenSource};
+use crate::auth::{AuthError, AuthLayer, Authenticator, TokenSource};
 use crate::fleet::Fleet;
 use crate::health::Health;
 use crate::hub::ConfigHub;
@@ -107,6 +108,10 @@ pub struct Config {
     /// Address of the Prometheus endpoint (`GET /metrics`); none by default.
     #[arg(long, env = "HERALD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Address of the HTTP API (REST under /api/v1/, its OpenAPI document at
+    /// /api/v1/openapi.json), with the gRPC API's TLS and authentication; none by default.
+    #[arg(long, env = "HERALD_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
     /// Address of a plain-text gRPC endpoint serving only health checks (grpc.health.v1), for
     /// probes that do not speak TLS (kubelet's); none by default.
     #[arg(long, env = "HERALD_HEALTH_LISTEN")]
@@ -178,6 +183,7 @@ impl Config {
             tls: ServerTls::default(),
             metrics_listen: None,
             health_listen: None,
+            http_listen: None,
             event_type_registry: event_types::RegistryMode::On,
             system_tenant: operator_events::DEFAULT_SYSTEM_TENANT.into(),
             replica_name: None,
@@ -208,6 +214,14 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The HTTP API could not listen.
+    #[error("http-listen={addr}: {source}")]
+    HttpListen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The health endpoint could not listen.
     #[error("health-listen={addr}: {source}")]
     HealthListen {
@@ -257,6 +271,7 @@ pub async fn run(
     if certificates.is_some() && config.tls.tls_client_ca_file.is_none() {
         return Err(Error::Auth(AuthError::IdentitiesNeedClientCa));
     }
+    let authenticator = Authenticator::new(tokens.clone(), certificates);
     match &tokens {
         Some(tokens) => tracing::info!(?tokens, "API calls need a bearer token"),
         None => tracing::warn!(
@@ -447,18 +462,46 @@ pub async fn run(
         None => None,
     };
     let recorder = audit::Recorder::new(log.clone(), metrics.clone());
+    // Shared by the gRPC server and the HTTP API.
+    let subscriptions_service = Arc::new(grpc::SubscriptionsService::new(
+        registry.clone(),
+        health.clone(),
+        log.clone(),
+        event_types.clone(),
+        recorder.clone(),
+    ));
+    let audit_service = Arc::new(grpc::AuditService::new(log.clone()));
+    let http = match config.http_listen {
+        None => None,
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::HttpListen { addr, source })?;
+            let services = rest::Services {
+                subscriptions: subscriptions_service.clone(),
+                audit: audit_service.clone(),
+            };
+            let (api, _) = rest::api(services, authenticator.clone());
+            tracing::info!(%addr, tls = tls.is_some(), "serving the HTTP API");
+            Some(match &tls {
+                Some(tls) => {
+                    let incoming = tls.incoming(listener, &[b"h2", b"http/1.1"], stop.clone())?;
+                    tokio::spawn(rest::serve(api, incoming, stop.clone()))
+                }
+                None => tokio::spawn(rest::serve(
+                    api,
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    stop.clone(),
+                )),
+            })
+        }
+    };
     let router = tonic::transport::Server::builder()
-        .layer(AuthLayer::new(tokens, certificates))
+        .layer(AuthLayer::new(authenticator.clone()))
         .add_service(health_service)
         .add_service(herald_proto::discovery::reflection_v1(&reflection)?)
         .add_service(herald_proto::discovery::reflection_v1alpha(&reflection)?)
-        .add_service(SubscriptionsServer::new(grpc::SubscriptionsService::new(
-            registry.clone(),
-            health.clone(),
-            log.clone(),
-            event_types.clone(),
-            recorder.clone(),
-        )))
+        .add_service(SubscriptionsServer::from_arc(subscriptions_service.clone()))
         .add_service(EventTypesServer::new(grpc::EventTypesService::new(
             event_types,
             recorder.clone(),
@@ -471,7 +514,7 @@ pub async fn run(
             recorder,
             stop.clone(),
         )))
-        .add_service(AuditServer::new(grpc::AuditService::new(log.clone())))
+        .add_service(AuditServer::from_arc(audit_service.clone()))
         .add_service(AgentsServer::new(grpc::AgentsService::new(
             fleet.clone(),
             hub.clone(),
@@ -490,7 +533,7 @@ pub async fn run(
         Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
     > = match &tls {
         Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
-            tls.incoming(listener, stop.clone())?,
+            tls.incoming(listener, &[b"h2"], stop.clone())?,
             stop.clone().cancelled_owned(),
         )),
         None => Box::pin(router.serve_with_incoming_shutdown(
@@ -538,7 +581,14 @@ pub async fn run(
         .set_not_serving::<AgentControlServer<grpc::AgentControlService>>()
         .await;
     stop.cancel();
-    match tokio::time::timeout(config.shutdown_grace, server).await {
+    let drained = async {
+        let served = server.await;
+        if let Some(http) = http {
+            let _ = http.await;
+        }
+        served
+    };
+    match tokio::time::timeout(config.shutdown_grace, drained).await {
         Ok(result) => result?,
         Err(_) => tracing::warn!(grace = ?config.shutdown_grace, "grace period over; closing"),
     }

@@ -146,8 +146,9 @@ impl ReloadingTls {
             .clone()
     }
 
-    /// The acceptor for new connections (it always uses the current material).
-    pub fn acceptor(self: &Arc<Self>) -> Result<TlsAcceptor, TlsError> {
+    /// The acceptor for new connections (it always uses the current material), offering the
+    /// application protocols `alpn` (gRPC: `h2`; HTTP: `h2` and `http/1.1`).
+    pub fn acceptor(self: &Arc<Self>, alpn: &[&[u8]]) -> Result<TlsAcceptor, TlsError> {
         let builder = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| invalid("protocol versions", e))?;
@@ -157,7 +158,7 @@ impl ReloadingTls {
             builder.with_no_client_auth()
         };
         let mut config = builder.with_cert_resolver(Arc::new(Resolver(self.clone())));
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 
@@ -191,16 +192,17 @@ impl ReloadingTls {
     }
 
     /// Accepts connections on `listener` and completes their handshakes (each on a task of
-    /// its own, so a slow client holds up nobody), until `stop`.
+    /// its own, so a slow client holds up nobody), offering the protocols `alpn`, until `stop`.
     pub fn incoming(
         self: &Arc<Self>,
         listener: TcpListener,
+        alpn: &[&[u8]],
         stop: CancellationToken,
     ) -> Result<
         tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>>,
         TlsError,
     > {
-        let acceptor = self.acceptor()?;
+        let acceptor = self.acceptor(alpn)?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             loop {

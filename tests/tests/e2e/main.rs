@@ -19,6 +19,7 @@ mod metrics;
 mod mtls;
 mod operator_events;
 mod replay;
+mod rest;
 mod secrets;
 mod ssrf;
 mod store;
