@@ -128,21 +128,6 @@ impl Identity {
             self.name, self.tenants
         )))
     }
-
-    /// `found` when the caller may see it; otherwise the `NOT_FOUND` that `missing` gives, the
-    /// same answer as for an object nobody has.
-    pub fn visible<T, E>(
-        &self,
-        found: T,
-        tenant: impl FnOnce(&T) -> &str,
-        missing: impl FnOnce() -> E,
-    ) -> Result<T, E> {
-        if self.sees(tenant(&found)) {
-            Ok(found)
-        } else {
-            Err(missing())
-        }
-    }
 }
 
 #[cfg(test)]
@@ -173,15 +158,6 @@ mod tests {
             ..scoped(&["shop-a"])
         };
         assert!(!reader.sees_secrets_of("shop-a"));
-    }
-
-    #[test]
-    fn another_tenants_object_is_missing() {
-        let a = scoped(&["shop-a"]);
-        let hidden: Result<(&str, u8), &str> = a.visible(("shop-b", 1), |o| o.0, || "not found");
-        assert_eq!(hidden, Err("not found"));
-        let shown: Result<(&str, u8), &str> = a.visible(("shop-a", 1), |o| o.0, || "not found");
-        assert_eq!(shown, Ok(("shop-a", 1)));
     }
 
     #[test]

@@ -446,22 +446,23 @@ impl Authenticator {
         self.tokens.is_none() && self.certificates.is_none()
     }
 
-    /// The identity of the caller of `request` if it may do what needs `needed`; `None` while
-    /// the API is open.
-    pub fn authorize<B>(
+    /// The identity of the caller of `path` (with the request's `headers` and `extensions`)
+    /// if it may do what needs `needed`; `None` while the API is open.
+    pub fn authorize(
         &self,
-        request: &http::Request<B>,
+        path: &str,
+        headers: &http::HeaderMap,
+        extensions: &http::Extensions,
         needed: Role,
     ) -> Result<Option<Arc<Identity>>, tonic::Status> {
         if self.is_open() {
             return Ok(None);
         }
-        let identity = self.caller(request)?;
+        let identity = self.caller(headers, extensions)?;
         if !identity.role.covers(needed) {
             return Err(tonic::Status::permission_denied(format!(
-                "role {} may not call {}; it needs {}",
+                "role {} may not call {path}; it needs {}",
                 identity.role.name(),
-                request.uri().path(),
                 needed.name()
             )));
         }
@@ -470,9 +471,12 @@ impl Authenticator {
 
     /// Who calls: the token's identity when the request carries one (or no certificate
     /// identity is configured), else the client certificate's holder.
-    fn caller<B>(&self, request: &http::Request<B>) -> Result<Arc<Identity>, tonic::Status> {
-        let authorization = request
-            .headers()
+    fn caller(
+        &self,
+        headers: &http::HeaderMap,
+        extensions: &http::Extensions,
+    ) -> Result<Arc<Identity>, tonic::Status> {
+        let authorization = headers
             .get(http::header::AUTHORIZATION)
             .map(|v| v.as_bytes());
         match (&self.tokens, &self.certificates, authorization) {
@@ -483,8 +487,7 @@ impl Authenticator {
                 "this control plane takes no tokens: present a client certificate listed in \
                  its --auth-identities",
             )),
-            (_, Some(certificates), None) => request
-                .extensions()
+            (_, Some(certificates), None) => extensions
                 .get::<TlsConnectInfo<TcpConnectInfo>>()
                 .and_then(|tls| tls.peer_certs())
                 .and_then(|chain| certificates.identity(&chain))
@@ -551,7 +554,13 @@ where
         let Some(needed) = needed_role(request.uri().path()) else {
             return Either::Left(self.inner.call(request));
         };
-        match self.authenticator.authorize(&request, needed) {
+        let authorized = self.authenticator.authorize(
+            request.uri().path(),
+            request.headers(),
+            request.extensions(),
+            needed,
+        );
+        match authorized {
             Ok(identity) => {
                 if let Some(identity) = identity {
                     request.extensions_mut().insert(Caller(identity));

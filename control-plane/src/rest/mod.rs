@@ -118,17 +118,12 @@ impl FromRequestParts<ApiState> for Authorized {
         } else {
             Role::Admin
         };
-        // The authenticator reads the headers and the connection's certificate.
-        let mut probe = axum::http::Request::new(());
-        *probe.uri_mut() = parts.uri.clone();
-        *probe.headers_mut() = parts.headers.clone();
-        if let Some(tls) = parts
-            .extensions
-            .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()
-        {
-            probe.extensions_mut().insert(tls.clone());
-        }
-        Ok(Authorized(state.authenticator.authorize(&probe, needed)?))
+        Ok(Authorized(state.authenticator.authorize(
+            parts.uri.path(),
+            &parts.headers,
+            &parts.extensions,
+            needed,
+        )?))
     }
 }
 

@@ -9,9 +9,6 @@ use herald_proto::v1 as pb;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-/// The per-attempt timeout when a subscription names none.
-const DEFAULT_TIMEOUT_SECS: u64 = 15;
-
 /// RFC 3339 text of a wire timestamp.
 fn time(ts: Option<&prost_types::Timestamp>) -> Option<String> {
     ts.map(|ts| humantime::format_rfc3339_millis(system_time(ts)).to_string())
@@ -92,7 +89,7 @@ impl From<pb::Subscription> for Subscription {
             .timeout
             .as_ref()
             .and_then(std_duration)
-            .unwrap_or(std::time::Duration::from_secs(DEFAULT_TIMEOUT_SECS));
+            .unwrap_or(herald_core::subscription::DEFAULT_TIMEOUT);
         Subscription {
             format: match pb::Format::try_from(sub.format) {
                 Ok(pb::Format::Xml) => "xml",
