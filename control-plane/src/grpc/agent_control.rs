@@ -354,9 +354,10 @@ async fn follow(shared: &Shared, session: Session<'_>) {
     // An agent that already holds a recent revision gets the changes since; any other a
     // snapshot.
     let resumed = (resume_from > 0).then(|| hub.resume(resume_from)).flatten();
-    // The newest revision sent to the agent, and the newest it acked: when it has acked all
-    // it was sent, a change that concerns nothing it may see leaves it up to date.
-    let (mut sent, mut acked) = (resume_from, resume_from);
+    // The newest revision sent to the agent, the newest it acked, and the newest the hub
+    // announced: once it has acked all it was sent, changes that concern nothing it may see
+    // leave it up to date with the newest.
+    let (mut sent, mut acked, mut newest) = (resume_from, resume_from, resume_from);
     let mut changes = match resumed {
         Some((resume, changes)) => {
             if resume.revision > resume_from {
@@ -376,6 +377,7 @@ async fn follow(shared: &Shared, session: Session<'_>) {
             changes
         }
     };
+    newest = newest.max(sent);
     // Changes sent and not yet acknowledged, oldest first, with when the hub saw them.
     let mut unacked: std::collections::VecDeque<(i64, tokio::time::Instant)> = Default::default();
     loop {
@@ -383,8 +385,10 @@ async fn follow(shared: &Shared, session: Session<'_>) {
             () = shutdown.cancelled() => return,
             message = inbound.message() => match message {
                 Ok(Some(pb::ConfigRequest { kind: Some(Kind::Ack(ack)) })) => {
-                    fleet.acked(agent, ack.revision);
                     acked = acked.max(ack.revision);
+                    // Changes filtered out while this ack was on its way count as applied.
+                    let current = if acked >= sent { newest.max(acked) } else { ack.revision };
+                    fleet.acked(agent, current);
                     while let Some((revision, seen_at)) = unacked.front().copied() {
                         if revision > ack.revision {
                             break;
@@ -430,6 +434,7 @@ async fn follow(shared: &Shared, session: Session<'_>) {
                 }
                 let update = match change {
                     Ok(change) => {
+                        newest = newest.max(change.revision);
                         let delta = interest.delta(&change);
                         if delta.is_some() {
                             sent = change.revision;
@@ -452,6 +457,7 @@ async fn follow(shared: &Shared, session: Session<'_>) {
                         changes = fresh;
                         unacked.clear();
                         sent = revision;
+                        newest = newest.max(revision);
                         None
                     }
                     Err(RecvError::Closed) => return,
