@@ -206,10 +206,7 @@ pub fn time(ts: Option<&herald_proto::prost_types::Timestamp>) -> Value {
 
 /// A subscription; secrets only when `show_secrets` (and only where the server sent them).
 pub fn subscription(sub: &pb::Subscription, show_secrets: bool) -> Value {
-    let format = match pb::Format::try_from(sub.format) {
-        Ok(pb::Format::Xml) => "xml",
-        _ => "json",
-    };
+    let format = herald_proto::words::format(sub.format);
     let retry = herald_proto::convert::retry_schedule(sub.retry.as_ref())
         .map(|s| s.to_string())
         .unwrap_or_default();
@@ -219,10 +216,7 @@ pub fn subscription(sub: &pb::Subscription, show_secrets: bool) -> Value {
         "url": sub.url,
         "events": sub.event_types,
         "format": format,
-        "envelope": match pb::Envelope::try_from(sub.envelope) {
-            Ok(pb::Envelope::Standard) => "standard",
-            _ => "raw",
-        },
+        "envelope": herald_proto::words::envelope(sub.envelope),
         "enabled": sub.enabled,
         "disabled_reason": sub.disabled_reason,
         "description": sub.description,
@@ -259,10 +253,7 @@ pub fn subscription(sub: &pb::Subscription, show_secrets: bool) -> Value {
             .and_then(std_duration)
             .map(|d| humantime::format_duration(d).to_string()),
         "trace_context": sub.send_trace_context,
-        "signature": match pb::SignatureScheme::try_from(sub.signature_scheme) {
-            Ok(pb::SignatureScheme::Ed25519) => "v1a",
-            _ => "v1",
-        },
+        "signature": herald_proto::words::signature(sub.signature_scheme),
         "revision": sub.revision,
         "created_at": time(sub.created_at.as_ref()),
         "updated_at": time(sub.updated_at.as_ref()),
@@ -321,13 +312,7 @@ pub fn health(h: &pb::SubscriptionHealth) -> Value {
 
 /// An attempt.
 pub fn attempt(a: &pb::Attempt) -> Value {
-    let outcome = match pb::Outcome::try_from(a.outcome) {
-        Ok(pb::Outcome::Delivered) => "delivered",
-        Ok(pb::Outcome::Retrying) => "retrying",
-        Ok(pb::Outcome::Failed) => "failed",
-        Ok(pb::Outcome::Skipped) => "skipped",
-        _ => "unknown",
-    };
+    let outcome = herald_proto::words::outcome(a.outcome);
     let duration_ms = a
         .duration
         .as_ref()

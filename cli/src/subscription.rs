@@ -207,10 +207,8 @@ impl CreateArgs {
                 "--events is required: the event types to receive, e.g. 'order.*'",
             ));
         }
-        let signature_scheme = match self.signature.as_str() {
-            "v1a" => pb::SignatureScheme::Ed25519,
-            _ => pb::SignatureScheme::HmacSha256,
-        };
+        let signature_scheme = herald_proto::words::parse_signature(&self.signature)
+            .unwrap_or(pb::SignatureScheme::HmacSha256);
         let mut sub = pb::Subscription {
             tenant: self.tenant,
             url: self.url,

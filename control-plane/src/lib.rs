@@ -471,6 +471,20 @@ pub async fn run(
         recorder.clone(),
     ));
     let audit_service = Arc::new(grpc::AuditService::new(log.clone()));
+    let event_types_service = Arc::new(grpc::EventTypesService::new(event_types, recorder.clone()));
+    let deliveries_service = Arc::new(grpc::DeliveriesService::new(
+        log.clone(),
+        hub.clone(),
+        fleet.clone(),
+        relay,
+        recorder,
+        stop.clone(),
+    ));
+    let agents_service = Arc::new(grpc::AgentsService::new(
+        fleet.clone(),
+        hub.clone(),
+        presence_store,
+    ));
     let http = match config.http_listen {
         None => None,
         Some(addr) => {
@@ -479,7 +493,10 @@ pub async fn run(
                 .map_err(|source| Error::HttpListen { addr, source })?;
             let services = rest::Services {
                 subscriptions: subscriptions_service.clone(),
+                event_types: event_types_service.clone(),
+                deliveries: deliveries_service.clone(),
                 audit: audit_service.clone(),
+                agents: agents_service.clone(),
             };
             let (api, _) = rest::api(services, authenticator.clone());
             tracing::info!(%addr, tls = tls.is_some(), "serving the HTTP API");
@@ -501,25 +518,11 @@ pub async fn run(
         .add_service(health_service)
         .add_service(herald_proto::discovery::reflection_v1(&reflection)?)
         .add_service(herald_proto::discovery::reflection_v1alpha(&reflection)?)
-        .add_service(SubscriptionsServer::from_arc(subscriptions_service.clone()))
-        .add_service(EventTypesServer::new(grpc::EventTypesService::new(
-            event_types,
-            recorder.clone(),
-        )))
-        .add_service(DeliveriesServer::new(grpc::DeliveriesService::new(
-            log.clone(),
-            hub.clone(),
-            fleet.clone(),
-            relay,
-            recorder,
-            stop.clone(),
-        )))
-        .add_service(AuditServer::from_arc(audit_service.clone()))
-        .add_service(AgentsServer::new(grpc::AgentsService::new(
-            fleet.clone(),
-            hub.clone(),
-            presence_store,
-        )))
+        .add_service(SubscriptionsServer::from_arc(subscriptions_service))
+        .add_service(EventTypesServer::from_arc(event_types_service))
+        .add_service(DeliveriesServer::from_arc(deliveries_service))
+        .add_service(AuditServer::from_arc(audit_service))
+        .add_service(AgentsServer::from_arc(agents_service))
         .add_service(AgentControlServer::new(grpc::AgentControlService::new(
             hub,
             registry,

@@ -121,6 +121,15 @@ impl ControlPlane {
             listener,
             stop.clone().cancelled_owned(),
         ));
+        if let Some(http) = config.http_listen {
+            // The gRPC listener is bound before the start; the HTTP one during it.
+            crate::eventually(
+                Duration::from_secs(10),
+                "the HTTP API to listen",
+                || async { Ok(tokio::net::TcpStream::connect(http).await.ok().map(drop)) },
+            )
+            .await?;
+        }
         Ok(ControlPlane {
             url: if config.tls.tls_cert_file.is_some() {
                 format!("https://{addr}")

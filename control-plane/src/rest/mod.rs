@@ -7,44 +7,60 @@
 //! or under mutual TLS a client certificate listed in `--auth-identities`. Reads need the
 //! `read` role, changes `admin`.
 //!
-//! This first part serves the reads of subscriptions and of the audit log.
+//! One module per resource holds its routes and JSON shapes: [`subscriptions`] (shapes in
+//! [`subscription_json`]), [`deliveries`], [`catalogue`], [`fleet`], [`audit`].
 
-pub mod model;
+pub mod audit;
+pub mod catalogue;
+pub mod deliveries;
+pub mod fleet;
+pub mod json;
 pub mod problem;
+pub mod subscription_json;
+pub mod subscriptions;
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::header;
 use axum::http::request::Parts;
 use axum::{Json, Router};
-use herald_proto::convert::timestamp;
-use herald_proto::v1 as pb;
-use herald_proto::v1::audit_server::Audit as _;
-use herald_proto::v1::subscriptions_server::Subscriptions as _;
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use utoipa::{IntoParams, OpenApi};
+use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::access::Caller;
 use crate::auth::{Authenticator, Role};
-use crate::grpc::{AuditService, SubscriptionsService};
+use crate::grpc::{
+    AgentsService, AuditService, DeliveriesService, EventTypesService, SubscriptionsService,
+};
 use problem::ApiError;
+
+/// Largest request body the API reads (a subscription with many headers is a few KiB).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The services the routes call, shared with the gRPC server.
 #[derive(Clone)]
 pub struct Services {
     /// `herald.v1.Subscriptions`.
     pub subscriptions: Arc<SubscriptionsService>,
+    /// `herald.v1.EventTypes`.
+    pub event_types: Arc<EventTypesService>,
+    /// `herald.v1.Deliveries`.
+    pub deliveries: Arc<DeliveriesService>,
     /// `herald.v1.Audit`.
     pub audit: Arc<AuditService>,
+    /// `herald.v1.Agents`.
+    pub agents: Arc<AgentsService>,
 }
 
 /// What every route has: the services and who may call.
 #[derive(Clone)]
-struct ApiState {
+pub struct ApiState {
     services: Services,
     authenticator: Authenticator,
 }
@@ -54,7 +70,8 @@ struct ApiState {
     info(
         title = "Herald",
         description = "The operator API of Herald's control plane: webhook subscriptions, \
-                       delivery logs, the audit log. The same operations as gRPC \
+                       the event-type catalogue, delivery logs and replays, the fleet of \
+                       agents, the audit log. The same operations as gRPC \
                        (proto/herald/v1/herald.proto), with the same validation and refusals."
     ),
     components(schemas(problem::Problem)),
@@ -93,21 +110,42 @@ pub fn api(services: Services, authenticator: Authenticator) -> (Router, utoipa:
             "/api/v1/openapi.json",
             axum::routing::get(move || async move { Json(document) }),
         )
-        .fallback(|| async { ApiError(tonic::Status::not_found("no such route")) });
+        .fallback(|| async { ApiError(tonic::Status::not_found("no such route")) })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES));
     (router, openapi)
 }
 
 /// Every route, each registered with its OpenAPI operation (so none is served undocumented).
 fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(list_subscriptions))
-        .routes(routes!(get_subscription))
-        .routes(routes!(list_audit_entries))
+        .routes(routes!(
+            subscriptions::list_subscriptions,
+            subscriptions::create_subscription
+        ))
+        .routes(routes!(
+            subscriptions::get_subscription,
+            subscriptions::update_subscription,
+            subscriptions::delete_subscription
+        ))
+        .routes(routes!(subscriptions::enable_subscription))
+        .routes(routes!(subscriptions::disable_subscription))
+        .routes(routes!(subscriptions::rotate_secret))
+        .routes(routes!(subscriptions::get_subscription_health))
+        .routes(routes!(
+            catalogue::list_event_types,
+            catalogue::create_event_type
+        ))
+        .routes(routes!(catalogue::get_event_type))
+        .routes(routes!(deliveries::list_attempts))
+        .routes(routes!(deliveries::tail_attempts))
+        .routes(routes!(deliveries::replay_deliveries))
+        .routes(routes!(fleet::list_agents))
+        .routes(routes!(audit::list_audit_entries))
 }
 
 /// The caller of a route: authenticated as the gRPC API authenticates, needing `read` for
 /// GET and `admin` for the rest.
-struct Authorized(Option<Arc<crate::access::Identity>>);
+pub struct Authorized(Option<Arc<crate::access::Identity>>);
 
 impl FromRequestParts<ApiState> for Authorized {
     type Rejection = ApiError;
@@ -139,7 +177,7 @@ impl Authorized {
 }
 
 /// A query string read as `T`; one that does not read is `INVALID_ARGUMENT` as problem+json.
-struct ApiQuery<T>(T);
+pub struct ApiQuery<T>(T);
 
 impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
@@ -152,163 +190,50 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Api
     }
 }
 
-/// Paging of a list.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-struct ListSubscriptionsQuery {
-    /// Only this tenant's.
-    tenant: Option<String>,
-    /// At most 1000; 0 or none means 100.
-    page_size: Option<u32>,
-    /// Where the previous page ended.
-    page_token: Option<String>,
+/// A JSON request body read as `T`: it must be sent as `application/json`; one that does not
+/// read is `INVALID_ARGUMENT` naming what is wrong, as problem+json.
+pub struct ApiJson<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("application/json"));
+        if !is_json {
+            return Err(ApiError::invalid(
+                "the body must be JSON, sent with Content-Type: application/json",
+            ));
+        }
+        let Json(value) = Json::<T>::from_request(request, state)
+            .await
+            .map_err(|e| ApiError::invalid(e.body_text()))?;
+        Ok(ApiJson(value))
+    }
 }
 
-/// Lists subscriptions (those of the tenants the caller may see), a page at a time.
-#[utoipa::path(
-    get,
-    path = "/api/v1/subscriptions",
-    operation_id = "ListSubscriptions",
-    tag = "Subscriptions",
-    params(ListSubscriptionsQuery),
-    responses(
-        (status = 200, body = model::SubscriptionPage),
-        (status = 400, body = problem::Problem, content_type = "application/problem+json"),
-        (status = 401, body = problem::Problem, content_type = "application/problem+json")
-    )
-)]
-async fn list_subscriptions(
-    State(state): State<ApiState>,
-    caller: Authorized,
-    ApiQuery(query): ApiQuery<ListSubscriptionsQuery>,
-) -> Result<Json<model::SubscriptionPage>, ApiError> {
-    let request = caller.request(pb::ListSubscriptionsRequest {
-        tenant: query.tenant.unwrap_or_default(),
-        page_size: query.page_size.unwrap_or_default(),
-        page_token: query.page_token.unwrap_or_default(),
-    });
-    let page = state
-        .services
-        .subscriptions
-        .list_subscriptions(request)
-        .await?
-        .into_inner();
-    Ok(Json(model::SubscriptionPage {
-        subscriptions: page.subscriptions.into_iter().map(Into::into).collect(),
-        next_page_token: page.next_page_token,
-    }))
-}
+/// The body of an action (enable, disable, rotate): JSON as [`ApiJson`] reads it, or nothing
+/// for the action's defaults.
+pub struct ActionBody<T>(T);
 
-/// Whether to show secret values.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-struct GetSubscriptionQuery {
-    /// Show signing secrets and header values (the `admin` role of the subscription's tenant).
-    show_secrets: Option<bool>,
-}
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for ActionBody<T> {
+    type Rejection = ApiError;
 
-/// One subscription; another tenant's is not found, as an id nobody has.
-#[utoipa::path(
-    get,
-    path = "/api/v1/subscriptions/{id}",
-    operation_id = "GetSubscription",
-    tag = "Subscriptions",
-    params(("id" = String, Path, description = "The subscription's id (sub_…)"), GetSubscriptionQuery),
-    responses(
-        (status = 200, body = model::Subscription),
-        (status = 401, body = problem::Problem, content_type = "application/problem+json"),
-        (status = 403, body = problem::Problem, content_type = "application/problem+json"),
-        (status = 404, body = problem::Problem, content_type = "application/problem+json")
-    )
-)]
-async fn get_subscription(
-    State(state): State<ApiState>,
-    caller: Authorized,
-    Path(id): Path<String>,
-    ApiQuery(query): ApiQuery<GetSubscriptionQuery>,
-) -> Result<Json<model::Subscription>, ApiError> {
-    let request = caller.request(pb::GetSubscriptionRequest {
-        id,
-        show_secrets: query.show_secrets.unwrap_or(false),
-    });
-    let sub = state
-        .services
-        .subscriptions
-        .get_subscription(request)
-        .await?
-        .into_inner();
-    Ok(Json(sub.into()))
-}
-
-/// Which audit entries.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-struct AuditQuery {
-    /// Only this tenant's.
-    tenant: Option<String>,
-    /// Only this actor's.
-    actor: Option<String>,
-    /// Entries at or after this time (RFC 3339).
-    since: Option<String>,
-    /// Entries before this time (RFC 3339).
-    until: Option<String>,
-    /// At most 1000; 0 or none means 100.
-    page_size: Option<u32>,
-    /// Where the previous page ended.
-    page_token: Option<String>,
-}
-
-/// An RFC 3339 query time.
-fn query_time(
-    field: &str,
-    text: Option<String>,
-) -> Result<Option<prost_types::Timestamp>, ApiError> {
-    text.map(|text| {
-        humantime::parse_rfc3339_weak(&text)
-            .map(timestamp)
-            .map_err(|_| ApiError::invalid(format!("{field}: {text:?} is not an RFC 3339 time")))
-    })
-    .transpose()
-}
-
-/// The changes made through the operator API (those of the caller's tenants), newest first.
-#[utoipa::path(
-    get,
-    path = "/api/v1/audit",
-    operation_id = "ListAuditEntries",
-    tag = "Audit",
-    params(AuditQuery),
-    responses(
-        (status = 200, body = model::AuditPage),
-        (status = 400, body = problem::Problem, content_type = "application/problem+json"),
-        (status = 401, body = problem::Problem, content_type = "application/problem+json")
-    )
-)]
-async fn list_audit_entries(
-    State(state): State<ApiState>,
-    caller: Authorized,
-    ApiQuery(query): ApiQuery<AuditQuery>,
-) -> Result<Json<model::AuditPage>, ApiError> {
-    let request = caller.request(pb::ListAuditEntriesRequest {
-        filter: Some(pb::AuditFilter {
-            tenant: query.tenant.unwrap_or_default(),
-            actor: query.actor.unwrap_or_default(),
-            since: query_time("since", query.since)?,
-            until: query_time("until", query.until)?,
-        }),
-        page_size: query.page_size.unwrap_or_default(),
-        page_token: query.page_token.unwrap_or_default(),
-    });
-    let page = state
-        .services
-        .audit
-        .list_audit_entries(request)
-        .await?
-        .into_inner();
-    Ok(Json(model::AuditPage {
-        entries: page.entries.into_iter().map(Into::into).collect(),
-        next_page_token: page.next_page_token,
-    }))
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let (parts, body) = request.into_parts();
+        let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), state)
+            .await
+            .map_err(|e| ApiError::invalid(e.body_text()))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(ActionBody(T::default()));
+        }
+        let ApiJson(value) =
+            ApiJson::from_request(Request::from_parts(parts, bytes.into()), state).await?;
+        Ok(ActionBody(value))
+    }
 }
 
 /// Serves `router` on the connections of `incoming` until `stop`, then lets open
@@ -373,7 +298,8 @@ where
 mod tests {
     use super::*;
 
-    /// The gRPC methods of the operator API, `Service/Method` → `Method`.
+    /// The gRPC methods of the operator API: every service but the agents' own (`Events`,
+    /// `AgentControl`).
     fn grpc_methods() -> std::collections::BTreeSet<String> {
         use prost::Message as _;
         let set = prost_types::FileDescriptorSet::decode(herald_proto::FILE_DESCRIPTOR_SET)
@@ -381,6 +307,7 @@ mod tests {
         set.file
             .iter()
             .flat_map(|f| &f.service)
+            .filter(|s| !["Events", "AgentControl"].contains(&s.name()))
             .flat_map(|s| s.method.iter().map(|m| m.name().to_owned()))
             .collect()
     }
@@ -403,10 +330,8 @@ mod tests {
                 operations.push(id.to_owned());
             }
         }
+        // Every operator method has its route.
         operations.sort();
-        assert_eq!(
-            operations,
-            ["GetSubscription", "ListAuditEntries", "ListSubscriptions"]
-        );
+        assert_eq!(operations, methods.into_iter().collect::<Vec<_>>());
     }
 }

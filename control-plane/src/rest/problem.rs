@@ -80,18 +80,31 @@ impl ApiError {
     pub fn invalid(detail: impl Into<String>) -> Self {
         ApiError(tonic::Status::invalid_argument(detail.into()))
     }
+
+    /// A value refused by the shared validation rules, worded as gRPC words it.
+    pub fn validation(err: herald_core::validate::ValidationError) -> Self {
+        ApiError(herald_proto::convert::invalid_argument(err))
+    }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The problem document that describes it.
+    pub fn problem(&self) -> Problem {
         let status = http_status(self.0.code());
-        let problem = Problem {
+        Problem {
             kind: "about:blank",
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
             detail: self.0.message().to_owned(),
             code: code_name(self.0.code()).to_owned(),
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = http_status(self.0.code());
+        let problem = self.problem();
         let mut response = (status, axum::Json(problem)).into_response();
         let headers = response.headers_mut();
         headers.insert(

@@ -3,26 +3,50 @@
 
 use herald_control_plane::ServerTls;
 use herald_tests::tls::CertUse;
-use herald_tests::{ConfigStore, ControlPlane, HeldPort, TestCa, subscription};
-use serde_json::Value;
+use std::time::Duration;
+
+use herald_tests::{
+    Agent, AgentOptions, ConfigStore, ControlPlane, HeldPort, Receiver, TestCa, event, eventually,
+    subscription,
+};
+use reqwest::Method;
+use serde_json::{Value, json};
 
 const ADMIN: &str = "admin-rest-7e2b9c4a1f6d";
 const SHOP_B: &str = "read-rest-b-3f8a1d6c9e2b";
+const SHOP_B_ADMIN: &str = "admin-rest-b-9d2e6f1a4c7b";
 
 fn tokens() -> String {
-    format!("admin {ADMIN} name=ops\nread {SHOP_B} name=shop-b-reader tenants=shop-b\n")
+    format!(
+        "admin {ADMIN} name=ops\nread {SHOP_B} name=shop-b-reader tenants=shop-b\n\
+         admin {SHOP_B_ADMIN} name=shop-b-admin tenants=shop-b\n"
+    )
 }
 
-/// A GET of `path` with `token`: the status, the content type and the JSON body.
-async fn get(
+/// A plain HTTP client (reqwest needs the process's TLS provider even for plain HTTP).
+fn plain_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+/// A request of `method` to `path` with `token` and a JSON `body`: the status, the content
+/// type and the JSON answer (null when there is none).
+async fn call(
     client: &reqwest::Client,
+    method: reqwest::Method,
     base: &str,
     path: &str,
     token: Option<&str>,
+    body: Option<&Value>,
 ) -> anyhow::Result<(u16, String, Value)> {
-    let mut request = client.get(format!("{base}{path}"));
+    let mut request = client.request(method, format!("{base}{path}"));
     if let Some(token) = token {
         request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(body)?);
     }
     let response = request.send().await?;
     let status = response.status().as_u16();
@@ -33,7 +57,22 @@ async fn get(
         .unwrap_or_default()
         .to_owned();
     let body = response.text().await?;
-    Ok((status, content_type, serde_json::from_str(&body)?))
+    let value = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&body)?
+    };
+    Ok((status, content_type, value))
+}
+
+/// A GET of `path` with `token`.
+async fn get(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<(u16, String, Value)> {
+    call(client, reqwest::Method::GET, base, path, token, None).await
 }
 
 #[tokio::test]
@@ -62,7 +101,7 @@ async fn the_http_api_answers_as_grpc_does() -> anyhow::Result<()> {
         ))
         .await?;
     let base = format!("http://{}", http.addr());
-    let client = reqwest::Client::new();
+    let client = plain_client();
 
     // The OpenAPI document needs no token.
     let (status, _, openapi) = get(&client, &base, "/api/v1/openapi.json", None).await?;
@@ -222,5 +261,390 @@ async fn the_http_api_speaks_tls_to_http1_and_http2_clients() -> anyhow::Result<
     // Plain HTTP to the TLS port gets nothing.
     let plain = reqwest::get(format!("http://{}/api/v1/openapi.json", http.addr())).await;
     assert!(plain.is_err() || plain.is_ok_and(|r| !r.status().is_success()));
+    Ok(())
+}
+
+#[tokio::test]
+async fn subscriptions_and_the_catalogue_are_managed_over_http_as_over_grpc() -> anyhow::Result<()>
+{
+    let http = HeldPort::new()?;
+    let control_plane = ControlPlane::start_with_tokens_configured(
+        ConfigStore::Embedded,
+        &tokens(),
+        ADMIN,
+        |config| config.http_listen = Some(http.addr()),
+    )
+    .await?;
+    let base = format!("http://{}", http.addr());
+    let client = plain_client();
+    let send = |method: Method, path: &str, token: &str, body: Option<Value>| {
+        let (client, base, path, token) = (
+            client.clone(),
+            base.clone(),
+            path.to_owned(),
+            token.to_owned(),
+        );
+        async move { call(&client, method, &base, &path, Some(&token), body.as_ref()).await }
+    };
+
+    // Create: 201 with where it lives, its id and its secret, every option as written.
+    let spec = json!({
+        "tenant": "shop-b",
+        "url": "https://127.0.0.1:9/orders",
+        "event_types": ["order.*"],
+        "format": "xml",
+        "headers": {"X-Api-Key": "k-123"},
+        "timeout": "20s",
+        "retry": {"exponential": {"base": "5s", "factor": 2.0, "cap": "1h", "max_attempts": 6}},
+        "disable_after": 5,
+        "disable_min_failing": "30m",
+        "labels": {"team": "orders"},
+    });
+    let response = client
+        .post(format!(
+            "{base}/api/v1/subscriptions?allow_unregistered=true"
+        ))
+        .bearer_auth(SHOP_B_ADMIN)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&spec)?)
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 201);
+    let location = response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let created: Value = serde_json::from_str(&response.text().await?)?;
+    let id = created["id"].as_str().expect("an id").to_owned();
+    assert_eq!(location, Some(format!("/api/v1/subscriptions/{id}")));
+    assert!(
+        created["secrets"][0]["secret"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("whsec_"))
+    );
+    assert_eq!(created["format"], "xml");
+    assert_eq!(created["timeout"], "20s");
+    assert_eq!(created["retry"]["exponential"]["max_attempts"], 6);
+    assert_eq!(created["disable_min_failing"], "30m");
+
+    // Refusals, each with the gRPC API's code and words.
+    let path = format!("/api/v1/subscriptions/{id}");
+    let refusals = [
+        // Another tenant's admin may not create for shop-a.
+        (send(Method::POST, "/api/v1/subscriptions", SHOP_B_ADMIN,
+              Some(json!({"tenant": "shop-a", "url": "https://127.0.0.1:9/a", "event_types": ["a.b"]}))).await?,
+         403, "PERMISSION_DENIED"),
+        // A reader may not change anything.
+        (send(Method::POST, &format!("{path}/disable"), SHOP_B, None).await?, 403, "PERMISSION_DENIED"),
+        // Validation is the shared rules'.
+        (send(Method::POST, "/api/v1/subscriptions", ADMIN,
+              Some(json!({"tenant": "shop-b", "url": "ftp://x", "event_types": ["a.b"]}))).await?,
+         400, "INVALID_ARGUMENT"),
+        // A misspelt field is refused, not dropped.
+        (send(Method::POST, "/api/v1/subscriptions", ADMIN,
+              Some(json!({"tenant": "shop-b", "url": "https://127.0.0.1:9/a", "event_type": ["a.b"]}))).await?,
+         400, "INVALID_ARGUMENT"),
+        (send(Method::PUT, &path, ADMIN, Some(json!({"url": "https://127.0.0.1:9/a", "event_types": ["a.b"]}))).await?,
+         400, "INVALID_ARGUMENT"),
+        (send(Method::PUT, &path, ADMIN,
+              Some(json!({"url": "https://127.0.0.1:9/a", "event_types": ["order.*"], "revision": 1}))).await?,
+         409, "FAILED_PRECONDITION"),
+        (send(Method::DELETE, &format!("{path}?revision=1"), ADMIN, None).await?, 409, "FAILED_PRECONDITION"),
+        (send(Method::POST, &format!("{path}/rotate-secret"), ADMIN, Some(json!({"grace": "soon"}))).await?,
+         400, "INVALID_ARGUMENT"),
+    ];
+    for (i, ((status, content_type, problem), want_status, want_code)) in
+        refusals.into_iter().enumerate()
+    {
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (want_status, Some(want_code)),
+            "refusal {i}: {problem}"
+        );
+        assert_eq!(content_type, "application/problem+json", "refusal {i}");
+    }
+    let (_, _, bad_url) = send(
+        Method::POST,
+        "/api/v1/subscriptions",
+        ADMIN,
+        Some(json!({"tenant": "shop-b", "url": "ftp://x", "event_types": ["a.b"]})),
+    )
+    .await?;
+    let grpc = control_plane
+        .create(subscription("shop-b", "ftp://x", &["a.b"]))
+        .await
+        .expect_err("the same refusal on gRPC");
+    assert_eq!(
+        bad_url["detail"].as_str(),
+        grpc.downcast_ref::<tonic::Status>().map(|s| s.message())
+    );
+    // A body that is not JSON.
+    let response = client
+        .post(format!("{base}/api/v1/subscriptions"))
+        .bearer_auth(ADMIN)
+        .body("tenant=shop-b")
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 400);
+
+    // Update: a read sent back with one change keeps the rest, header values included.
+    let (_, _, mut read) = send(Method::GET, &path, SHOP_B_ADMIN, None).await?;
+    assert_eq!(read["headers"]["X-Api-Key"], "");
+    read["description"] = json!("orders to the ERP");
+    let (status, _, updated) = send(Method::PUT, &path, SHOP_B_ADMIN, Some(read)).await?;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["description"], "orders to the ERP");
+    assert_eq!(updated["format"], "xml");
+    assert_eq!(updated["retry"]["exponential"]["cap"], "1h");
+    let (_, _, shown) = send(
+        Method::GET,
+        &format!("{path}?show_secrets=true"),
+        SHOP_B_ADMIN,
+        None,
+    )
+    .await?;
+    assert_eq!(shown["headers"]["X-Api-Key"], "k-123");
+
+    // Actions, with or without a body.
+    let (status, _, disabled) = send(
+        Method::POST,
+        &format!("{path}/disable"),
+        SHOP_B_ADMIN,
+        Some(json!({"reason": "erp upgrade"})),
+    )
+    .await?;
+    assert_eq!(
+        (status, &disabled["enabled"], &disabled["disabled_reason"]),
+        (200, &json!(false), &json!("erp upgrade"))
+    );
+    let (status, _, enabled) =
+        send(Method::POST, &format!("{path}/enable"), SHOP_B_ADMIN, None).await?;
+    assert_eq!((status, &enabled["enabled"]), (200, &json!(true)));
+    assert!(enabled["skip_parked_before"].is_string(), "{enabled}");
+    let (_, _, rotated) = send(
+        Method::POST,
+        &format!("{path}/rotate-secret"),
+        SHOP_B_ADMIN,
+        Some(json!({"grace": "1h"})),
+    )
+    .await?;
+    assert_eq!(rotated["secrets"].as_array().map(Vec::len), Some(2));
+    assert!(rotated["secrets"][1]["expires_at"].is_string(), "{rotated}");
+    let (status, _, health) = send(Method::GET, &format!("{path}/health"), SHOP_B, None).await?;
+    assert_eq!((status, &health["consecutive_failures"]), (200, &json!(0)));
+
+    // The catalogue: shared, so only a token of every tenant changes it.
+    let order_paid =
+        json!({"name": "order.paid", "description": "An order was paid", "example": {"id": 1}});
+    let (status, _, _) = send(
+        Method::POST,
+        "/api/v1/event-types",
+        SHOP_B_ADMIN,
+        Some(order_paid.clone()),
+    )
+    .await?;
+    assert_eq!(status, 403);
+    let (status, _, created_type) = send(
+        Method::POST,
+        "/api/v1/event-types",
+        ADMIN,
+        Some(order_paid.clone()),
+    )
+    .await?;
+    assert_eq!((status, &created_type["example"]["id"]), (201, &json!(1)));
+    let (status, _, again) =
+        send(Method::POST, "/api/v1/event-types", ADMIN, Some(order_paid)).await?;
+    assert_eq!(
+        (status, again["code"].as_str()),
+        (409, Some("ALREADY_EXISTS"))
+    );
+    let (_, _, types) = send(Method::GET, "/api/v1/event-types", SHOP_B, None).await?;
+    let names: Vec<&str> = types["event_types"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"order.paid") && names.contains(&"herald.subscription.disabled"),
+        "{names:?}"
+    );
+    let (status, _, one) =
+        send(Method::GET, "/api/v1/event-types/order.paid", SHOP_B, None).await?;
+    assert_eq!(
+        (status, &one["description"]),
+        (200, &json!("An order was paid"))
+    );
+    let (status, _, _) = send(Method::GET, "/api/v1/event-types/order.lost", SHOP_B, None).await?;
+    assert_eq!(status, 404);
+
+    // The fleet is every tenant's: not for a scoped token.
+    let (status, _, agents) = send(Method::GET, "/api/v1/agents", ADMIN, None).await?;
+    assert_eq!(
+        (status, agents["agents"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
+    let (status, _, _) = send(Method::GET, "/api/v1/agents", SHOP_B, None).await?;
+    assert_eq!(status, 403);
+
+    // Delete at the current revision; then it is gone.
+    let revision = rotated["revision"].as_i64().expect("a revision");
+    let (status, _, _) = send(
+        Method::DELETE,
+        &format!("{path}?revision={revision}"),
+        SHOP_B_ADMIN,
+        None,
+    )
+    .await?;
+    assert_eq!(status, 204);
+    let (status, _, _) = send(Method::GET, &path, ADMIN, None).await?;
+    assert_eq!(status, 404);
+
+    // Every change is in the audit log under the name of the token that made it.
+    let (_, _, audit) = send(Method::GET, "/api/v1/audit?actor=shop-b-admin", ADMIN, None).await?;
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "subscription.delete",
+            "subscription.rotate_secret",
+            "subscription.enable",
+            "subscription.disable",
+            "subscription.update",
+            "subscription.create"
+        ]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_delivery_log_is_listed_followed_live_and_replayed_over_http() -> anyhow::Result<()> {
+    let http = HeldPort::new()?;
+    let control_plane = ControlPlane::start_configured(ConfigStore::Embedded, |config| {
+        config.http_listen = Some(http.addr());
+    })
+    .await?;
+    let ca = TestCa::new();
+    let agent = Agent::start(
+        control_plane.url(),
+        AgentOptions {
+            trusted_ca: Some(ca.ca_pem()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let receiver = Receiver::start(&ca).await?;
+    receiver.respond_with(503);
+    let mut sub = subscription("shop-a", &receiver.url("/hook"), &["order.*"]);
+    sub.retry = Some(herald_proto::convert::retry_policy(
+        &herald_core::retry::RetrySchedule::parse("50ms")?,
+    ));
+    let sub = control_plane.create(sub).await?;
+    control_plane
+        .wait_applied(sub.revision, Duration::from_secs(10))
+        .await?;
+    let base = format!("http://{}", http.addr());
+    let client = plain_client();
+
+    // Follow the log live before anything is sent.
+    let mut live = client
+        .get(format!(
+            "{base}/api/v1/attempts/live?subscription_id={}",
+            sub.id
+        ))
+        .send()
+        .await?;
+    assert_eq!(live.status().as_u16(), 200);
+    assert!(
+        live.headers()["content-type"]
+            .to_str()?
+            .starts_with("text/event-stream")
+    );
+
+    let emitted = agent
+        .emit(event("shop-a", "order.created", &json!({"id": 42})))
+        .await?;
+
+    // The first attempt arrives on the live stream as an `attempt` event.
+    let mut text = String::new();
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = live.chunk().await? {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if let Some(data) = text
+                .split("\n\n")
+                .filter(|e| e.contains("event: attempt"))
+                .find_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+            {
+                return anyhow::Ok(serde_json::from_str::<Value>(data)?);
+            }
+        }
+        anyhow::bail!("the stream ended: {text}")
+    })
+    .await??;
+    assert_eq!(seen["event_id"], emitted.event_id.as_str());
+    assert_eq!(
+        (&seen["status_code"], &seen["outcome"], &seen["attempt"]),
+        (&json!(503), &json!("retrying"), &json!(1))
+    );
+    assert!(
+        seen["duration_ms"].as_f64().is_some_and(|ms| ms > 0.0),
+        "{seen}"
+    );
+
+    // Listed with filters, newest first; a filter that does not read is refused.
+    let listed = eventually(
+        Duration::from_secs(10),
+        "the attempt in the log",
+        || async {
+            let (_, _, page) = get(
+                &client,
+                &base,
+                &format!(
+                    "/api/v1/attempts?event_id={}&outcome=failed",
+                    emitted.event_id
+                ),
+                None,
+            )
+            .await?;
+            Ok(page["attempts"]
+                .as_array()
+                .filter(|a| !a.is_empty())
+                .cloned())
+        },
+    )
+    .await?;
+    assert_eq!(listed[0]["url"], receiver.url("/hook").as_str());
+    let (status, _, _) = get(&client, &base, "/api/v1/attempts?outcome=lost", None).await?;
+    assert_eq!(status, 400);
+
+    // The receiver recovers; a replay sends the event again with the same id.
+    receiver.respond_with(200);
+    let (status, _, replayed) = call(
+        &client,
+        Method::POST,
+        &base,
+        "/api/v1/replays",
+        None,
+        Some(&json!({"event_id": emitted.event_id})),
+    )
+    .await?;
+    assert_eq!(
+        (status, &replayed["queued"]),
+        (200, &json!(1)),
+        "{replayed}"
+    );
+    let requests = receiver
+        .wait_for_requests(2, Duration::from_secs(10))
+        .await?;
+    assert_eq!(
+        requests[1].header(herald_core::signing::HEADER_ID),
+        Some(emitted.event_id.as_str())
+    );
     Ok(())
 }
