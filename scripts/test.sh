@@ -18,6 +18,13 @@ fi
 if ! command -v openssl >/dev/null 2>&1; then
   missing="$missing openssl"
 fi
+# The web console and portal are tested in a real browser, driven through WebDriver.
+if [ ! -x /usr/bin/chromium ]; then
+  missing="$missing chromium"
+fi
+if [ ! -x /usr/bin/chromedriver ]; then
+  missing="$missing chromium-driver"
+fi
 if [ -n "$missing" ]; then
   echo "== installing$missing (the end-to-end tests run them for real)"
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi

@@ -114,7 +114,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let agent_url = format!("http://{}", args.agent_listen);
     say(&format!(
         "Herald dev is running (state in {dir}; Ctrl-C to stop)\n\
-         \n  control plane  {control_plane_url}\n  HTTP API       http://{http}/api/v1/ (OpenAPI: /api/v1/openapi.json)\n  agent (Emit)   {agent_url}\n  receiver       http://{receiver} — prints every webhook it gets\n\
+         \n  control plane  {control_plane_url}\n  web console    http://{http}/\n  HTTP API       http://{http}/api/v1/ (OpenAPI: /api/v1/openapi.json)\n  agent (Emit)   {agent_url}\n  receiver       http://{receiver} — prints every webhook it gets\n\
          \nIn another terminal, try:\n\
          \n  herald subscription create --tenant shop-1 --url {receiver_url} --events 'order.*' --format json\
          \n  herald emit --tenant shop-1 --type order.created --data '{{\"order_id\": 42, \"total\": \"19.99\"}}'\

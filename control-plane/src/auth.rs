@@ -65,7 +65,7 @@ impl Role {
     }
 
     /// Whether this role may call a method that needs `needed`.
-    fn covers(self, needed: Role) -> bool {
+    pub(crate) fn covers(self, needed: Role) -> bool {
         self == needed || (self == Role::Admin && needed == Role::Read)
     }
 }

@@ -29,6 +29,7 @@ pub mod sealing;
 pub mod server_tls;
 pub mod store;
 pub mod subscriptions;
+pub mod web;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -112,6 +113,13 @@ pub struct Config {
     /// /api/v1/openapi.json), with the gRPC API's TLS and authentication; none by default.
     #[arg(long, env = "HERALD_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
+    /// Where people reach the HTTP listener (e.g. https://herald.example.com), for the links
+    /// the control plane hands out (tenant portal links); default: the --http-listen address.
+    #[arg(long, env = "HERALD_PUBLIC_URL", value_parser = public_url)]
+    pub public_url: Option<String>,
+    /// How the tenant portal looks and where it may be embedded.
+    #[command(flatten)]
+    pub portal: web::portal::Branding,
     /// Address of a plain-text gRPC endpoint serving only health checks (grpc.health.v1), for
     /// probes that do not speak TLS (kubelet's); none by default.
     #[arg(long, env = "HERALD_HEALTH_LISTEN")]
@@ -126,6 +134,15 @@ pub struct Config {
     /// letters, digits, `.`, `_`, `-` and `:`.
     #[arg(long, env = "HERALD_REPLICA_NAME", value_parser = replica_name)]
     pub replica_name: Option<String>,
+}
+
+fn public_url(text: &str) -> Result<String, String> {
+    match url::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") => {
+            Ok(text.trim_end_matches('/').to_owned())
+        }
+        _ => Err("expected an http:// or https:// URL".into()),
+    }
 }
 
 fn system_tenant(text: &str) -> Result<String, String> {
@@ -184,6 +201,8 @@ impl Config {
             metrics_listen: None,
             health_listen: None,
             http_listen: None,
+            public_url: None,
+            portal: web::portal::Branding::default(),
             event_type_registry: event_types::RegistryMode::On,
             system_tenant: operator_events::DEFAULT_SYSTEM_TENANT.into(),
             replica_name: None,
@@ -498,7 +517,22 @@ pub async fn run(
                 audit: audit_service.clone(),
                 agents: agents_service.clone(),
             };
+            let public_url = config.public_url.clone().unwrap_or_else(|| {
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{addr}")
+            });
+            let pages = web::router(web::WebState::new(
+                services.clone(),
+                authenticator.clone(),
+                keyring.clone(),
+                web::WebSettings {
+                    secure_cookies: tls.is_some(),
+                    public_url,
+                    portal: config.portal.clone(),
+                },
+            ));
             let (api, _) = rest::api(services, authenticator.clone());
+            let api = pages.merge(api);
             tracing::info!(%addr, tls = tls.is_some(), "serving the HTTP API");
             Some(match &tls {
                 Some(tls) => {

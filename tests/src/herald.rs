@@ -198,6 +198,19 @@ impl ControlPlane {
         self.tls = Some(tls);
     }
 
+    /// The subscription `id` as stored (secrets hidden).
+    pub async fn get(&self, id: &str) -> anyhow::Result<pb::Subscription> {
+        Ok(self
+            .subscriptions()
+            .await?
+            .get_subscription(pb::GetSubscriptionRequest {
+                id: id.to_owned(),
+                show_secrets: false,
+            })
+            .await?
+            .into_inner())
+    }
+
     /// Creates a subscription and returns it (with its secret).
     pub async fn create(&self, sub: pb::Subscription) -> anyhow::Result<pb::Subscription> {
         Ok(self

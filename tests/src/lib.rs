@@ -17,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod browser;
 pub mod etcd;
 pub mod herald;
 pub mod port;
@@ -27,6 +28,7 @@ pub mod tls;
 pub mod wait;
 pub mod world;
 
+pub use browser::Browser;
 pub use etcd::{Etcd, EtcdCluster};
 pub use herald::{Agent, AgentOptions, ConfigStore, ControlPlane, event, subscription};
 pub use port::HeldPort;

@@ -145,7 +145,7 @@ fn routes() -> OpenApiRouter<ApiState> {
 
 /// The caller of a route: authenticated as the gRPC API authenticates, needing `read` for
 /// GET and `admin` for the rest.
-pub struct Authorized(Option<Arc<crate::access::Identity>>);
+pub struct Authorized(pub(crate) Option<Arc<crate::access::Identity>>);
 
 impl FromRequestParts<ApiState> for Authorized {
     type Rejection = ApiError;
@@ -167,7 +167,7 @@ impl FromRequestParts<ApiState> for Authorized {
 
 impl Authorized {
     /// A gRPC request of `message` from this caller.
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
+    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         if let Some(identity) = &self.0 {
             request.extensions_mut().insert(Caller(identity.clone()));

@@ -1,0 +1,284 @@
+//! The console's delivery log: attempts with filters, updated live while the first page is
+//! shown; one event's attempts in full (status, error, response excerpt, timing), and replay.
+
+use askama::Template;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use axum::routing::{get, post};
+use herald_proto::v1 as pb;
+use herald_proto::v1::deliveries_server::Deliveries as _;
+use serde::Deserialize;
+
+use axum::response::IntoResponse as _;
+
+use super::Chrome;
+use crate::rest::Authorized;
+use crate::web::WebState;
+use crate::web::page::{PageError, query_value, render};
+use crate::web::session::{Console, ConsoleChange};
+use crate::web::views::AttemptRow;
+
+pub fn routes() -> Router<WebState> {
+    Router::new()
+        .route("/deliveries", get(log))
+        .route("/deliveries/rows", get(rows))
+        .route("/events/{event_id}", get(event))
+        .route("/events/{event_id}/replay", post(replay))
+}
+
+/// Attempts a page shows.
+const PAGE_ROWS: u32 = 50;
+
+/// The log's filters, as the page's form sends them.
+#[derive(Debug, Default, Deserialize)]
+pub struct LogQuery {
+    #[serde(default)]
+    pub subscription_id: String,
+    #[serde(default)]
+    pub tenant: String,
+    #[serde(default)]
+    pub event_id: String,
+    #[serde(default)]
+    pub outcome: String,
+    /// `1h` (that long ago) or an RFC 3339 time.
+    #[serde(default)]
+    pub since: String,
+    #[serde(default)]
+    pub page_token: String,
+}
+
+impl LogQuery {
+    /// The filter, or why it does not read.
+    pub fn filter(&self) -> Result<pb::AttemptFilter, tonic::Status> {
+        let outcome = match self.outcome.as_str() {
+            "" => pb::Outcome::Unspecified,
+            word => herald_proto::words::parse_outcome(word).ok_or_else(|| {
+                tonic::Status::invalid_argument(format!("outcome: {word:?} is not an outcome"))
+            })?,
+        };
+        let since = match self.since.trim() {
+            "" => None,
+            text => Some(herald_proto::convert::timestamp(since(text)?)),
+        };
+        Ok(pb::AttemptFilter {
+            subscription_id: self.subscription_id.trim().to_owned(),
+            tenant: self.tenant.trim().to_owned(),
+            event_id: self.event_id.trim().to_owned(),
+            outcome: outcome as i32,
+            since,
+            until: None,
+        })
+    }
+
+    /// The query string of these filters (without the page).
+    pub fn query_string(&self) -> String {
+        format!(
+            "subscription_id={}&tenant={}&event_id={}&outcome={}&since={}",
+            query_value(&self.subscription_id),
+            query_value(&self.tenant),
+            query_value(&self.event_id),
+            query_value(&self.outcome),
+            query_value(&self.since)
+        )
+    }
+}
+
+/// `1h` (that long ago) or an RFC 3339 time.
+fn since(text: &str) -> Result<std::time::SystemTime, tonic::Status> {
+    if let Ok(ago) = humantime::parse_duration(text) {
+        return Ok(std::time::SystemTime::now()
+            .checked_sub(ago)
+            .unwrap_or(std::time::UNIX_EPOCH));
+    }
+    humantime::parse_rfc3339_weak(text).map_err(|_| {
+        tonic::Status::invalid_argument(format!(
+            "since: {text:?} is neither a duration (1h) nor a time (2026-01-02T15:04:05Z)"
+        ))
+    })
+}
+
+/// A page of the log for `caller`: its rows and the link to the next page's query.
+pub async fn page_of(
+    state: &WebState,
+    caller: &Authorized,
+    query: &LogQuery,
+) -> Result<(Vec<AttemptRow>, String), PageError> {
+    let page = state
+        .services
+        .deliveries
+        .list_attempts(caller.request(pb::ListAttemptsRequest {
+            filter: Some(query.filter()?),
+            page_size: PAGE_ROWS,
+            page_token: query.page_token.clone(),
+        }))
+        .await?
+        .into_inner();
+    Ok((
+        page.attempts.iter().map(AttemptRow::from).collect(),
+        page.next_page_token,
+    ))
+}
+
+#[derive(Template)]
+#[template(path = "console/deliveries.html")]
+struct LogPage {
+    chrome: Chrome,
+    query: LogQuery,
+    rows: Vec<AttemptRow>,
+    /// The query string of the filters, for the live rows and the next page.
+    filters: String,
+    next_page: String,
+    /// Whether the rows refresh themselves (the first page only).
+    live: bool,
+    /// The outcomes to filter by, and whether each is the one chosen.
+    outcomes: Vec<(&'static str, bool)>,
+}
+
+async fn log(
+    State(state): State<WebState>,
+    console: Console,
+    Query(query): Query<LogQuery>,
+) -> Result<Response, PageError> {
+    let (rows, next) = page_of(&state, &console.caller, &query).await?;
+    let filters = query.query_string();
+    Ok(render(&LogPage {
+        chrome: Chrome::new(&console, "deliveries"),
+        live: query.page_token.is_empty(),
+        outcomes: ["delivered", "retrying", "failed", "skipped"]
+            .into_iter()
+            .map(|word| (word, query.outcome == word))
+            .collect(),
+        next_page: if next.is_empty() {
+            String::new()
+        } else {
+            format!("/deliveries?{filters}&page_token={}", query_value(&next))
+        },
+        filters,
+        query,
+        rows,
+    }))
+}
+
+#[derive(Template)]
+#[template(path = "console/attempt_rows.html")]
+struct Rows {
+    rows: Vec<AttemptRow>,
+}
+
+/// The first page's rows alone, for the live update.
+async fn rows(
+    State(state): State<WebState>,
+    console: Console,
+    Query(query): Query<LogQuery>,
+) -> Result<Response, PageError> {
+    let (rows, _) = page_of(&state, &console.caller, &query).await?;
+    Ok(render(&Rows { rows }))
+}
+
+#[derive(Template)]
+#[template(path = "console/event.html")]
+struct EventPage {
+    chrome: Chrome,
+    event_id: String,
+    attempts: Vec<AttemptRow>,
+    note: String,
+}
+
+#[derive(Deserialize)]
+struct EventQuery {
+    #[serde(default)]
+    done: String,
+    #[serde(default)]
+    queued: u32,
+    #[serde(default)]
+    missed: u32,
+}
+
+/// What the page says after a replay (`done=replayed`); no text comes from the link itself.
+pub fn replay_note(done: &str, queued: u32, missed: u32) -> String {
+    if done != "replayed" {
+        return String::new();
+    }
+    let mut note = format!("Replay: {queued} delivery(ies) queued again.");
+    if missed > 0 {
+        note.push_str(&format!(
+            " {missed} could not be (their agent is gone or no longer holds the event)."
+        ));
+    }
+    note
+}
+
+async fn event(
+    State(state): State<WebState>,
+    console: Console,
+    Path(event_id): Path<String>,
+    Query(query): Query<EventQuery>,
+) -> Result<Response, PageError> {
+    let attempts = state
+        .services
+        .deliveries
+        .list_attempts(console.caller.request(pb::ListAttemptsRequest {
+            filter: Some(pb::AttemptFilter {
+                event_id: event_id.clone(),
+                ..Default::default()
+            }),
+            page_size: 1000,
+            page_token: String::new(),
+        }))
+        .await?
+        .into_inner()
+        .attempts;
+    if attempts.is_empty() {
+        return Err(tonic::Status::not_found(format!("no attempts of event {event_id}")).into());
+    }
+    Ok(render(&EventPage {
+        chrome: Chrome::new(&console, "deliveries"),
+        event_id,
+        attempts: attempts.iter().map(AttemptRow::from).collect(),
+        note: replay_note(&query.done, query.queued, query.missed),
+    }))
+}
+
+/// Replays `event_id` (to one subscription when the form names it); the query that tells the
+/// next page how it went.
+pub async fn replay_as(
+    state: &WebState,
+    caller: &Authorized,
+    event_id: String,
+    subscription_id: String,
+) -> Result<String, PageError> {
+    let replayed = state
+        .services
+        .deliveries
+        .replay_deliveries(caller.request(pb::ReplayDeliveriesRequest {
+            event_id,
+            subscription_id,
+            ..Default::default()
+        }))
+        .await?
+        .into_inner();
+    Ok(format!(
+        "done=replayed&queued={}&missed={}",
+        replayed.queued,
+        replayed.not_replayable.len()
+    ))
+}
+
+async fn replay(
+    State(state): State<WebState>,
+    Path(event_id): Path<String>,
+    ConsoleChange { console, form }: ConsoleChange,
+) -> Result<Response, PageError> {
+    let outcome = replay_as(
+        &state,
+        &console.caller,
+        event_id.clone(),
+        form.text("subscription_id"),
+    )
+    .await?;
+    Ok(
+        axum::response::Redirect::to(&format!("/events/{}?{outcome}", query_value(&event_id)))
+            .into_response(),
+    )
+}

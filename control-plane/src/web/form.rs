@@ -1,0 +1,360 @@
+//! Reading HTML forms: the posted fields ([`FormData`]) and the subscription form that the
+//! console and the portal share ([`SubscriptionForm`]), kept as typed text so a refused form is
+//! shown again as the person typed it.
+
+use std::collections::BTreeMap;
+
+use herald_core::format::{Envelope, PayloadFormat};
+use herald_core::retry::{Exponential, RetrySchedule};
+use herald_proto::convert::{
+    duration, exponential_policy, retry_policy, std_duration, wire_envelope, wire_format,
+};
+use herald_proto::v1 as pb;
+use herald_proto::words;
+
+/// The fields of a posted `application/x-www-form-urlencoded` body, in order.
+#[derive(Debug, Default)]
+pub struct FormData {
+    fields: Vec<(String, String)>,
+}
+
+impl FormData {
+    /// Parses a form body.
+    pub fn parse(body: &[u8]) -> Self {
+        FormData {
+            fields: url::form_urlencoded::parse(body).into_owned().collect(),
+        }
+    }
+
+    /// The first value of `name`, trimmed; empty when absent.
+    pub fn text(&self, name: &str) -> String {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.trim().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// Every value of `name` (checkboxes and multi-selects send one each).
+    pub fn all(&self, name: &str) -> Vec<String> {
+        self.fields
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.trim().to_owned())
+            .collect()
+    }
+
+    /// Whether checkbox `name` was ticked.
+    pub fn checked(&self, name: &str) -> bool {
+        self.fields.iter().any(|(k, v)| k == name && v != "false")
+    }
+}
+
+/// A form's refusal: which field, and why, for people.
+#[derive(Debug)]
+pub struct FieldError(pub String);
+
+/// The subscription form, as text.
+#[derive(Debug, Default, Clone)]
+pub struct SubscriptionForm {
+    /// The tenant (create only).
+    pub tenant: String,
+    /// The endpoint.
+    pub url: String,
+    /// Event types and patterns, comma-separated.
+    pub event_types: String,
+    /// `json` or `xml`.
+    pub format: String,
+    /// `standard` or `raw`.
+    pub envelope: String,
+    /// `v1` or `v1a` (create only).
+    pub signature: String,
+    /// `Name: value` per line; a blank value keeps the stored one.
+    pub headers: String,
+    /// E.g. `15s`.
+    pub timeout: String,
+    /// E.g. `5s,5m,30m`; empty: the default schedule.
+    pub retry_schedule: String,
+    /// E.g. `base=5s,factor=2,cap=1h,attempts=10`; instead of a schedule.
+    pub retry_exponential: String,
+    /// A note.
+    pub description: String,
+    /// `key=value` per line.
+    pub labels: String,
+    /// Comma-separated.
+    pub regions: String,
+    /// Attempts in flight per agent (empty: the default).
+    pub max_in_flight: String,
+    /// Requests per second per agent (empty: no limit).
+    pub rate_limit: String,
+    /// Failures in a row that disable it (empty: 10).
+    pub disable_after: String,
+    /// E.g. `1h` (empty: no minimum).
+    pub disable_min_failing: String,
+    /// Send the trace context on.
+    pub send_trace_context: bool,
+    /// Accept event types outside the catalogue.
+    pub allow_unregistered: bool,
+    /// The revision read (edit only).
+    pub revision: String,
+}
+
+impl SubscriptionForm {
+    /// The form as posted.
+    pub fn from_form(form: &FormData) -> Self {
+        SubscriptionForm {
+            tenant: form.text("tenant"),
+            url: form.text("url"),
+            // Checkboxes (the portal's catalogue) and a text field (the console) both count.
+            event_types: form
+                .all("event_types")
+                .into_iter()
+                .filter(|v| !v.is_empty())
+                .collect::<Vec<_>>()
+                .join(","),
+            format: form.text("format"),
+            envelope: form.text("envelope"),
+            signature: form.text("signature"),
+            headers: form.text("headers"),
+            timeout: form.text("timeout"),
+            retry_schedule: form.text("retry_schedule"),
+            retry_exponential: form.text("retry_exponential"),
+            description: form.text("description"),
+            labels: form.text("labels"),
+            regions: form.text("regions"),
+            max_in_flight: form.text("max_in_flight"),
+            rate_limit: form.text("rate_limit"),
+            disable_after: form.text("disable_after"),
+            disable_min_failing: form.text("disable_min_failing"),
+            send_trace_context: form.checked("send_trace_context"),
+            allow_unregistered: form.checked("allow_unregistered"),
+            revision: form.text("revision"),
+        }
+    }
+
+    /// The form filled from a stored subscription (header values as the read shows them).
+    pub fn from_wire(sub: &pb::Subscription) -> Self {
+        let (retry_schedule, retry_exponential) = match &sub.retry {
+            Some(pb::RetryPolicy {
+                exponential: Some(e),
+                ..
+            }) => {
+                let text = |d: Option<&prost_types::Duration>| {
+                    d.and_then(std_duration)
+                        .map(|d| humantime::format_duration(d).to_string())
+                        .unwrap_or_default()
+                };
+                (
+                    String::new(),
+                    format!(
+                        "base={},factor={},cap={},attempts={}",
+                        text(e.base.as_ref()),
+                        e.factor,
+                        text(e.cap.as_ref()),
+                        e.max_attempts
+                    ),
+                )
+            }
+            Some(policy) if !policy.delays.is_empty() => (
+                herald_proto::convert::retry_schedule(Some(policy))
+                    .map(|s| s.to_string())
+                    .unwrap_or_default(),
+                String::new(),
+            ),
+            _ => (String::new(), String::new()),
+        };
+        let number = |n: u32| if n == 0 { String::new() } else { n.to_string() };
+        SubscriptionForm {
+            tenant: sub.tenant.clone(),
+            url: sub.url.clone(),
+            event_types: sub.event_types.join(","),
+            format: words::format(sub.format).to_owned(),
+            envelope: words::envelope(sub.envelope).to_owned(),
+            signature: words::signature(sub.signature_scheme).to_owned(),
+            headers: sub
+                .headers
+                .iter()
+                .collect::<BTreeMap<_, _>>()
+                .into_iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            timeout: sub
+                .timeout
+                .as_ref()
+                .and_then(std_duration)
+                .map(|d| humantime::format_duration(d).to_string())
+                .unwrap_or_default(),
+            retry_schedule,
+            retry_exponential,
+            description: sub.description.clone(),
+            labels: sub
+                .labels
+                .iter()
+                .collect::<BTreeMap<_, _>>()
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            regions: sub.regions.join(","),
+            max_in_flight: number(sub.max_in_flight),
+            rate_limit: number(sub.rate_limit),
+            disable_after: number(sub.disable_after),
+            disable_min_failing: sub
+                .disable_min_failing
+                .as_ref()
+                .and_then(std_duration)
+                .map(|d| humantime::format_duration(d).to_string())
+                .unwrap_or_default(),
+            send_trace_context: sub.send_trace_context,
+            allow_unregistered: false,
+            revision: sub.revision.to_string(),
+        }
+    }
+
+    /// The event types chosen, one by one.
+    pub fn chosen_event_types(&self) -> Vec<String> {
+        split_list(&self.event_types)
+    }
+
+    /// The wire subscription the form describes (with `id` for an edit). Values are checked
+    /// here only as far as reading them; the control plane's rules check the rest.
+    pub fn to_wire(&self, id: String) -> Result<pb::Subscription, FieldError> {
+        let bad = |field: &str, why: String| FieldError(format!("{field}: {why}"));
+        let format = match self.format.as_str() {
+            "" => pb::Format::Unspecified,
+            word => wire_format(PayloadFormat::parse(word).map_err(|e| bad("format", e.reason))?),
+        };
+        let envelope = match self.envelope.as_str() {
+            "" => pb::Envelope::Unspecified,
+            word => wire_envelope(Envelope::parse(word).map_err(|e| bad("envelope", e.reason))?),
+        };
+        let signature = match self.signature.as_str() {
+            "" => pb::SignatureScheme::Unspecified,
+            word => words::parse_signature(word)
+                .ok_or_else(|| bad("signature", format!("{word:?} is neither v1 nor v1a")))?,
+        };
+        let duration_of = |field: &str, text: &str| {
+            if text.is_empty() {
+                return Ok(None);
+            }
+            humantime::parse_duration(text)
+                .map(|d| Some(duration(d)))
+                .map_err(|e| bad(field, format!("{text:?} is not a duration: {e}")))
+        };
+        let count = |field: &str, text: &str| {
+            if text.is_empty() {
+                return Ok(0);
+            }
+            text.parse::<u32>()
+                .map_err(|_| bad(field, format!("{text:?} is not a whole number")))
+        };
+        let retry = match (
+            self.retry_schedule.as_str(),
+            self.retry_exponential.as_str(),
+        ) {
+            ("", "") => None,
+            (schedule, "") => Some(retry_policy(
+                &RetrySchedule::parse(schedule).map_err(|e| bad("retry schedule", e.reason))?,
+            )),
+            ("", exponential) => Some(exponential_policy(
+                &Exponential::parse(exponential).map_err(|e| bad("exponential retry", e.reason))?,
+            )),
+            _ => {
+                return Err(bad(
+                    "retry",
+                    "give a schedule or exponential backoff, not both".into(),
+                ));
+            }
+        };
+        let mut headers = std::collections::HashMap::new();
+        for line in self.headers.lines().filter(|l| !l.trim().is_empty()) {
+            let (name, value) = line
+                .split_once(':')
+                .ok_or_else(|| bad("headers", format!("{line:?} is not `Name: value`")))?;
+            headers.insert(name.trim().to_owned(), value.trim().to_owned());
+        }
+        let mut labels = std::collections::HashMap::new();
+        for line in self.labels.lines().filter(|l| !l.trim().is_empty()) {
+            let (key, value) = line
+                .split_once('=')
+                .ok_or_else(|| bad("labels", format!("{line:?} is not `key=value`")))?;
+            labels.insert(key.trim().to_owned(), value.trim().to_owned());
+        }
+        Ok(pb::Subscription {
+            id,
+            tenant: self.tenant.clone(),
+            url: self.url.clone(),
+            event_types: self.chosen_event_types(),
+            format: format as i32,
+            envelope: envelope as i32,
+            signature_scheme: signature as i32,
+            headers,
+            timeout: duration_of("timeout", &self.timeout)?,
+            retry,
+            description: self.description.clone(),
+            labels,
+            regions: split_list(&self.regions),
+            max_in_flight: count("max in flight", &self.max_in_flight)?,
+            rate_limit: count("rate limit", &self.rate_limit)?,
+            disable_after: count("disable after", &self.disable_after)?,
+            disable_min_failing: duration_of("disable min failing", &self.disable_min_failing)?,
+            send_trace_context: self.send_trace_context,
+            ..Default::default()
+        })
+    }
+
+    /// The revision read, for an update.
+    pub fn expected_revision(&self) -> Result<i64, FieldError> {
+        self.revision
+            .parse()
+            .map_err(|_| FieldError("revision: missing; reload the page".into()))
+    }
+}
+
+/// Items separated by commas or white space.
+fn split_list(text: &str) -> Vec<String> {
+    text.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_subscription_round_trips_through_the_form() {
+        let body = b"tenant=shop-a&url=https%3A%2F%2Fshop.example%2Fh&event_types=order.*&\
+                     event_types=invoice.created&format=xml&envelope=raw&signature=v1a&\
+                     headers=X-Api-Key%3A+k1%0D%0AX-Shop%3A+a&timeout=20s&\
+                     retry_exponential=base%3D5s%2Cfactor%3D2%2Ccap%3D1h%2Cattempts%3D4&\
+                     labels=team%3Dorders&regions=eu%2C+us&disable_after=3&\
+                     disable_min_failing=1h&send_trace_context=on";
+        let form = SubscriptionForm::from_form(&FormData::parse(body));
+        let wire = form.to_wire("sub_1".into()).expect("valid");
+        assert_eq!(wire.event_types, ["order.*", "invoice.created"]);
+        assert_eq!(wire.format, pb::Format::Xml as i32);
+        assert_eq!(wire.signature_scheme, pb::SignatureScheme::Ed25519 as i32);
+        assert_eq!(wire.headers["X-Api-Key"], "k1");
+        assert_eq!(wire.regions, ["eu", "us"]);
+        assert!(wire.send_trace_context);
+        let again = SubscriptionForm::from_wire(&wire)
+            .to_wire("sub_1".into())
+            .expect("valid");
+        assert_eq!(again.retry, wire.retry);
+        assert_eq!(again.headers, wire.headers);
+        assert_eq!(again.timeout, wire.timeout);
+        assert_eq!(again.disable_min_failing, wire.disable_min_failing);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_field() {
+        let form = SubscriptionForm::from_form(&FormData::parse(b"url=x&timeout=soon"));
+        let err = form.to_wire(String::new()).expect_err("no duration");
+        assert!(err.0.starts_with("timeout: "), "{}", err.0);
+        let form = SubscriptionForm::from_form(&FormData::parse(b"headers=no-colon"));
+        assert!(form.to_wire(String::new()).is_err());
+    }
+}

@@ -1,0 +1,133 @@
+//! What every web page shares: rendering a template into a response, the refusals a page can
+//! end in ([`PageError`]), and the text helpers templates use.
+
+use askama::Template;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+
+use crate::rest::problem::http_status;
+
+/// Renders `page`, or the error page if the template fails.
+pub fn render(page: &impl Template) -> Response {
+    match page.render() {
+        Ok(html) => Html(html).into_response(),
+        Err(err) => PageError::internal(err.to_string()).into_response(),
+    }
+}
+
+/// Renders `page` with `status` (a form shown again with its refusal).
+pub fn render_with(status: StatusCode, page: &impl Template) -> Response {
+    let mut response = render(page);
+    if response.status() == StatusCode::OK {
+        *response.status_mut() = status;
+    }
+    response
+}
+
+/// How a page request can end other than with its page.
+#[derive(Debug)]
+pub enum PageError {
+    /// Not signed in (or the session ended): to the sign-in page, then back to `next`.
+    SignIn {
+        /// The page asked for.
+        next: String,
+    },
+    /// A change without this session's CSRF token, or posted from another site.
+    Csrf,
+    /// A service's refusal, shown with its words.
+    Status(tonic::Status),
+    /// A portal link that is not one, or has expired.
+    Link {
+        /// What to tell the holder.
+        message: &'static str,
+    },
+}
+
+impl PageError {
+    /// Something broke inside; logged, and shown without detail.
+    pub fn internal(detail: String) -> Self {
+        tracing::error!(error = %detail, "web page failed");
+        PageError::Status(tonic::Status::internal("the page could not be made"))
+    }
+}
+
+impl From<tonic::Status> for PageError {
+    fn from(status: tonic::Status) -> Self {
+        PageError::Status(status)
+    }
+}
+
+/// The page every refusal is shown on.
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage<'a> {
+    title: &'a str,
+    message: &'a str,
+    sign_in: bool,
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let (status, title, message, sign_in) = match &self {
+            PageError::SignIn { next } => {
+                let next: String = url::form_urlencoded::byte_serialize(next.as_bytes()).collect();
+                return Redirect::to(&format!("/login?next={next}")).into_response();
+            }
+            PageError::Csrf => (
+                StatusCode::FORBIDDEN,
+                "Form refused",
+                "This form did not come from this console or its session has changed. \
+                 Go back, reload the page and try again.",
+                true,
+            ),
+            PageError::Status(status) => {
+                let code = http_status(status.code());
+                (
+                    code,
+                    code.canonical_reason().unwrap_or("Error"),
+                    status.message(),
+                    code == StatusCode::UNAUTHORIZED,
+                )
+            }
+            PageError::Link { message } => {
+                (StatusCode::FORBIDDEN, "Link not valid", *message, false)
+            }
+        };
+        let page = ErrorPage {
+            title,
+            message,
+            sign_in,
+        };
+        let mut response = match page.render() {
+            Ok(html) => Html(html).into_response(),
+            Err(_) => message.to_owned().into_response(),
+        };
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        );
+        response
+    }
+}
+
+/// An RFC 3339 time for people (to the second), or `—`.
+pub fn when(ts: Option<&prost_types::Timestamp>) -> String {
+    ts.map_or_else(
+        || "—".to_owned(),
+        |ts| humantime::format_rfc3339_seconds(herald_proto::convert::system_time(ts)).to_string(),
+    )
+}
+
+/// Milliseconds of a duration, for people.
+pub fn millis(d: Option<&prost_types::Duration>) -> String {
+    let ms = d
+        .and_then(herald_proto::convert::std_duration)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    format!("{ms:.0} ms")
+}
+
+/// `text` as a query-string value.
+pub fn query_value(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}

@@ -1,0 +1,258 @@
+//! Console sign-in: an API token exchanged for a session cookie, and the CSRF check on every
+//! change.
+//!
+//! The cookie holds the token sealed with the keyring ([`sealed_token`](super::sealed_token)),
+//! so any replica reads it, and it is `HttpOnly` (no script reads it), `SameSite=Strict` and,
+//! behind TLS, `Secure`. Each request is authorized with the token inside, as the API
+//! authorizes it, so a token removed from the tokens file stops working in the console too.
+//! Every form carries a CSRF token derived from the cookie; a change without it, or from a
+//! page of another origin, is refused.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+
+use super::WebState;
+use super::form::FormData;
+use super::page::PageError;
+use super::sealed_token::{self, Purpose};
+use crate::access::Identity;
+use crate::auth::Role;
+use crate::rest::Authorized;
+
+/// The session cookie's name.
+pub const COOKIE: &str = "herald_session";
+
+/// How long a sign-in lasts.
+pub const SESSION_TTL: Duration = Duration::from_secs(12 * 60 * 60);
+
+/// What the cookie holds.
+#[derive(Serialize, Deserialize)]
+struct Claims {
+    /// The API token signed in with (empty while the API is open, or for a caller known by
+    /// its client certificate).
+    token: String,
+}
+
+/// The `Set-Cookie` value of a new session for `token`.
+pub fn sign_in(state: &WebState, token: &str) -> Result<HeaderValue, PageError> {
+    let value = sealed_token::seal(
+        &state.keyring,
+        Purpose::ConsoleSession,
+        Claims {
+            token: token.to_owned(),
+        },
+        SystemTime::now(),
+        SESSION_TTL,
+    )
+    .map_err(|e| PageError::internal(e.to_string()))?;
+    cookie(state, &value, SESSION_TTL.as_secs())
+}
+
+/// The `Set-Cookie` value that ends the session.
+pub fn sign_out(state: &WebState) -> Result<HeaderValue, PageError> {
+    cookie(state, "", 0)
+}
+
+fn cookie(state: &WebState, value: &str, max_age: u64) -> Result<HeaderValue, PageError> {
+    let secure = if state.settings.secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    };
+    HeaderValue::from_str(&format!(
+        "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+    ))
+    .map_err(|e| PageError::internal(e.to_string()))
+}
+
+/// The session cookie's value in `headers`.
+fn cookie_value(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value)
+}
+
+/// The CSRF token of a session: only pages served to the cookie's holder can know it.
+fn csrf_of(cookie: &str) -> String {
+    let digest = sha2::Sha256::new()
+        .chain_update(b"herald-csrf\0")
+        .chain_update(cookie.as_bytes())
+        .finalize();
+    URL_SAFE_NO_PAD.encode(digest)
+}
+
+/// Checks `token` as the API would, for a sign-in: the identity it stands for, needing at
+/// least `read`.
+pub fn check_token(
+    state: &WebState,
+    token: &str,
+    extensions: &axum::http::Extensions,
+) -> Result<Option<Arc<Identity>>, tonic::Status> {
+    let mut headers = HeaderMap::new();
+    if !token.is_empty() {
+        let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            tonic::Status::unauthenticated("the token holds characters no token has")
+        })?;
+        headers.insert(header::AUTHORIZATION, value);
+    }
+    state
+        .authenticator
+        .authorize("/console", &headers, extensions, Role::Read)
+}
+
+/// A signed-in console user: who it is (for the calls it makes) and its CSRF token (for the
+/// forms on its pages). Reads need the `read` role, changes `admin`.
+pub struct Console {
+    /// The caller, as the API knows it.
+    pub caller: Authorized,
+    /// The name shown in the page header.
+    pub name: String,
+    /// Whether the caller may change things (forms are shown only then).
+    pub admin: bool,
+    /// Goes in every form.
+    pub csrf: String,
+}
+
+impl FromRequestParts<WebState> for Console {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &WebState) -> Result<Self, PageError> {
+        let sign_in_again = || PageError::SignIn {
+            next: parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned(),
+        };
+        let Some(cookie) = cookie_value(&parts.headers) else {
+            return Err(sign_in_again());
+        };
+        let Ok(claims) = sealed_token::open::<Claims>(
+            &state.keyring,
+            Purpose::ConsoleSession,
+            cookie,
+            SystemTime::now(),
+        ) else {
+            return Err(sign_in_again());
+        };
+        let identity =
+            check_token(state, &claims.token, &parts.extensions).map_err(|_| sign_in_again())?;
+        let role = identity.as_ref().map_or(Role::Admin, |i| i.role);
+        let admin = role.covers(Role::Admin);
+        if parts.method != Method::GET && parts.method != Method::HEAD && !admin {
+            return Err(PageError::from(tonic::Status::permission_denied(
+                "this sign-in may read, not change: sign in with an admin token",
+            )));
+        }
+        Ok(Console {
+            name: identity
+                .as_ref()
+                .map_or_else(|| "anonymous".to_owned(), |i| i.name.clone()),
+            caller: Authorized(identity),
+            admin,
+            csrf: csrf_of(cookie),
+        })
+    }
+}
+
+/// A change posted from a console page: the signed-in admin and the form, whose CSRF token
+/// matched and which came from this origin.
+pub struct ConsoleChange {
+    /// Who posts.
+    pub console: Console,
+    /// The posted fields.
+    pub form: FormData,
+}
+
+impl FromRequest<WebState> for ConsoleChange {
+    type Rejection = PageError;
+
+    async fn from_request(request: Request, state: &WebState) -> Result<Self, PageError> {
+        let (mut parts, body) = request.into_parts();
+        same_origin(&parts.headers)?;
+        let console = Console::from_request_parts(&mut parts, state).await?;
+        let form = read_form(Request::from_parts(parts, body), state).await?;
+        if form.text("csrf") != console.csrf {
+            return Err(PageError::Csrf);
+        }
+        Ok(ConsoleChange { console, form })
+    }
+}
+
+/// Reads a posted form (at most [`crate::rest::MAX_BODY_BYTES`]).
+pub async fn read_form(request: Request, state: &WebState) -> Result<FormData, PageError> {
+    let bytes = axum::body::Bytes::from_request(request, state)
+        .await
+        .map_err(|e| PageError::from(tonic::Status::invalid_argument(e.body_text())))?;
+    Ok(FormData::parse(&bytes))
+}
+
+/// Refuses a post whose `Origin` names another site (browsers send it on every post).
+pub fn same_origin(headers: &HeaderMap) -> Result<(), PageError> {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return Ok(());
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let origin_host = origin
+        .split_once("://")
+        .map_or(origin, |(_, rest)| rest)
+        .trim_end_matches('/');
+    if origin_host.eq_ignore_ascii_case(host) {
+        Ok(())
+    } else {
+        Err(PageError::Csrf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cookie_is_found_among_others_and_csrf_follows_it() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; herald_session=abc; b=2"),
+        );
+        assert_eq!(cookie_value(&headers), Some("abc"));
+        assert_eq!(csrf_of("abc"), csrf_of("abc"));
+        assert_ne!(csrf_of("abc"), csrf_of("abd"));
+    }
+
+    #[test]
+    fn posts_from_another_origin_are_refused() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("127.0.0.1:7703"));
+        assert!(
+            same_origin(&headers).is_ok(),
+            "no Origin: not a browser's cross-site post"
+        );
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:7703"),
+        );
+        assert!(same_origin(&headers).is_ok());
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.example"),
+        );
+        assert!(matches!(same_origin(&headers), Err(PageError::Csrf)));
+    }
+}

@@ -1,0 +1,295 @@
+//! What the pages show of the API's messages, as plain text fields templates print.
+
+use herald_proto::v1 as pb;
+use herald_proto::words;
+
+use super::page::{millis, when};
+
+/// A subscription in a list.
+pub struct SubscriptionRow {
+    pub id: String,
+    pub tenant: String,
+    pub url: String,
+    pub event_types: String,
+    pub format: &'static str,
+    pub enabled: bool,
+    pub disabled_reason: String,
+    pub description: String,
+}
+
+impl From<&pb::Subscription> for SubscriptionRow {
+    fn from(sub: &pb::Subscription) -> Self {
+        SubscriptionRow {
+            id: sub.id.clone(),
+            tenant: sub.tenant.clone(),
+            url: sub.url.clone(),
+            event_types: sub.event_types.join(", "),
+            format: words::format(sub.format),
+            enabled: sub.enabled,
+            disabled_reason: sub.disabled_reason.clone(),
+            description: sub.description.clone(),
+        }
+    }
+}
+
+impl SubscriptionRow {
+    /// Whether the row matches a search: `q` in its id, tenant, URL, event types or
+    /// description (any case).
+    pub fn matches(&self, q: &str) -> bool {
+        let q = q.to_lowercase();
+        [
+            &self.id,
+            &self.tenant,
+            &self.url,
+            &self.event_types,
+            &self.description,
+        ]
+        .iter()
+        .any(|field| field.to_lowercase().contains(&q))
+    }
+}
+
+/// A subscription's settings, each as a label and a value.
+pub struct Setting {
+    pub label: &'static str,
+    pub value: String,
+}
+
+/// The settings of `sub` shown on its page.
+pub fn settings(sub: &pb::Subscription) -> Vec<Setting> {
+    let schedule = herald_proto::convert::retry_schedule(sub.retry.as_ref())
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    let duration = |d: Option<&prost_types::Duration>| {
+        d.and_then(herald_proto::convert::std_duration)
+            .map(|d| humantime::format_duration(d).to_string())
+    };
+    let or = |n: u32, default: &str| {
+        if n == 0 {
+            default.to_owned()
+        } else {
+            n.to_string()
+        }
+    };
+    let mut labels: Vec<String> = sub.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    labels.sort();
+    let mut headers: Vec<String> = sub
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            if sub.header_values_hidden && v.is_empty() {
+                format!("{k}: (hidden)")
+            } else {
+                format!("{k}: {v}")
+            }
+        })
+        .collect();
+    headers.sort();
+    let list = |items: Vec<String>| {
+        if items.is_empty() {
+            "—".to_owned()
+        } else {
+            items.join(", ")
+        }
+    };
+    vec![
+        Setting {
+            label: "Tenant",
+            value: sub.tenant.clone(),
+        },
+        Setting {
+            label: "URL",
+            value: sub.url.clone(),
+        },
+        Setting {
+            label: "Event types",
+            value: sub.event_types.join(", "),
+        },
+        Setting {
+            label: "Format",
+            value: words::format(sub.format).to_owned(),
+        },
+        Setting {
+            label: "Envelope",
+            value: words::envelope(sub.envelope).to_owned(),
+        },
+        Setting {
+            label: "Signature",
+            value: words::signature(sub.signature_scheme).to_owned(),
+        },
+        Setting {
+            label: "Headers",
+            value: list(headers),
+        },
+        Setting {
+            label: "Timeout",
+            value: duration(sub.timeout.as_ref()).unwrap_or_else(|| "15s".to_owned()),
+        },
+        Setting {
+            label: "Retry delays",
+            value: schedule,
+        },
+        Setting {
+            label: "Attempts in flight per agent",
+            value: or(sub.max_in_flight, "16"),
+        },
+        Setting {
+            label: "Rate limit per agent",
+            value: or(sub.rate_limit, "none"),
+        },
+        Setting {
+            label: "Disable after",
+            value: format!(
+                "{} failures in a row{}",
+                or(sub.disable_after, "10"),
+                duration(sub.disable_min_failing.as_ref())
+                    .map(|d| format!(" lasting {d}"))
+                    .unwrap_or_default()
+            ),
+        },
+        Setting {
+            label: "Regions",
+            value: if sub.regions.is_empty() {
+                "all".to_owned()
+            } else {
+                sub.regions.join(", ")
+            },
+        },
+        Setting {
+            label: "Trace context sent",
+            value: if sub.send_trace_context { "yes" } else { "no" }.to_owned(),
+        },
+        Setting {
+            label: "Labels",
+            value: list(labels),
+        },
+        Setting {
+            label: "Description",
+            value: sub.description.clone(),
+        },
+        Setting {
+            label: "Created",
+            value: when(sub.created_at.as_ref()),
+        },
+        Setting {
+            label: "Updated",
+            value: when(sub.updated_at.as_ref()),
+        },
+        Setting {
+            label: "Revision",
+            value: sub.revision.to_string(),
+        },
+    ]
+}
+
+/// A signing secret on a subscription's page.
+pub struct SecretView {
+    /// The value, when shown.
+    pub secret: String,
+    /// For ed25519: the public key.
+    pub public_key: String,
+    pub created: String,
+    /// Empty while it does not expire.
+    pub expires: String,
+}
+
+/// The secrets of `sub`.
+pub fn secrets(sub: &pb::Subscription) -> Vec<SecretView> {
+    sub.secrets
+        .iter()
+        .map(|s| SecretView {
+            secret: s.secret.clone(),
+            public_key: s.public_key.clone(),
+            created: when(s.created_at.as_ref()),
+            expires: s
+                .expires_at
+                .as_ref()
+                .map(|t| when(Some(t)))
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// One attempt in the delivery log.
+pub struct AttemptRow {
+    pub event_id: String,
+    pub subscription_id: String,
+    pub tenant: String,
+    pub event_type: String,
+    pub attempt: u32,
+    pub started: String,
+    pub duration: String,
+    /// The HTTP status, or `—` when none came.
+    pub status: String,
+    pub error_kind: String,
+    pub error: String,
+    pub outcome: &'static str,
+    pub next_attempt: String,
+    pub response_excerpt: String,
+    pub url: String,
+    pub agent: String,
+}
+
+impl From<&pb::Attempt> for AttemptRow {
+    fn from(a: &pb::Attempt) -> Self {
+        AttemptRow {
+            event_id: a.event_id.clone(),
+            subscription_id: a.subscription_id.clone(),
+            tenant: a.tenant.clone(),
+            event_type: a.event_type.clone(),
+            attempt: a.attempt,
+            started: when(a.started_at.as_ref()),
+            duration: millis(a.duration.as_ref()),
+            status: if a.status_code == 0 {
+                "—".to_owned()
+            } else {
+                a.status_code.to_string()
+            },
+            error_kind: a.error_kind.clone(),
+            error: a.error.clone(),
+            outcome: words::outcome(a.outcome),
+            next_attempt: a
+                .next_attempt_at
+                .as_ref()
+                .map(|t| when(Some(t)))
+                .unwrap_or_default(),
+            response_excerpt: a.response_excerpt.clone(),
+            url: a.url.clone(),
+            agent: a.agent_id.clone(),
+        }
+    }
+}
+
+/// An endpoint's health, for people.
+pub struct HealthView {
+    pub consecutive_failures: u32,
+    pub failing_since: String,
+    pub last_success: String,
+    pub last_failure: String,
+    pub last_error: String,
+    pub recent_attempts: u32,
+    /// E.g. `98.5%`.
+    pub success_rate: String,
+    pub latency_p50: String,
+    pub latency_p99: String,
+}
+
+impl From<&pb::SubscriptionHealth> for HealthView {
+    fn from(h: &pb::SubscriptionHealth) -> Self {
+        HealthView {
+            consecutive_failures: h.consecutive_failures,
+            failing_since: when(h.failing_since.as_ref()),
+            last_success: when(h.last_success_at.as_ref()),
+            last_failure: when(h.last_failure_at.as_ref()),
+            last_error: h.last_error.clone(),
+            recent_attempts: h.recent_attempts,
+            success_rate: if h.recent_attempts == 0 {
+                "—".to_owned()
+            } else {
+                format!("{:.1}%", h.success_rate * 100.0)
+            },
+            latency_p50: millis(h.latency_p50.as_ref()),
+            latency_p99: millis(h.latency_p99.as_ref()),
+        }
+    }
+}

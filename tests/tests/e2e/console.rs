@@ -1,0 +1,191 @@
+//! The operator console in a real browser (Debian's chromium): sign in with an API token,
+//! create a subscription through the form, watch a failing endpoint's attempts, disable and
+//! re-enable it, replay an event; changes without the session's CSRF token are refused.
+
+use std::time::Duration;
+
+use herald_tests::{
+    Agent, AgentOptions, Browser, ConfigStore, ControlPlane, HeldPort, Receiver, TestCa, event,
+    eventually,
+};
+
+const ADMIN: &str = "admin-console-5c1e8a2f7b3d";
+const READER: &str = "read-console-8f2b6d1c4a9e";
+
+#[tokio::test]
+async fn an_operator_manages_a_failing_endpoint_from_the_console() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = HeldPort::new()?;
+    let control_plane = ControlPlane::start_with_tokens_configured(
+        ConfigStore::Embedded,
+        &format!("admin {ADMIN} name=ops\nread {READER} name=auditor\nagent agent-console-token\n"),
+        ADMIN,
+        |config| config.http_listen = Some(http.addr()),
+    )
+    .await?;
+    let ca = TestCa::new();
+    let agent = Agent::start(
+        control_plane.url(),
+        AgentOptions {
+            trusted_ca: Some(ca.ca_pem()),
+            control_plane_token: Some("agent-console-token".into()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let receiver = Receiver::start(&ca).await?;
+    receiver.respond_with(500);
+    let base = format!("http://{}", http.addr());
+    let browser = Browser::start().await?;
+
+    // Any page asks for a sign-in first; a wrong token is refused with a reason.
+    browser.open(&format!("{base}/subscriptions")).await?;
+    assert!(
+        browser.url().await?.contains("/login"),
+        "{}",
+        browser.url().await?
+    );
+    browser.fill("#token", "not-a-token").await?;
+    browser.click("#sign-in").await?;
+    assert!(!browser.text("#login-error").await?.is_empty());
+    browser.fill("#token", ADMIN).await?;
+    browser.click("#sign-in").await?;
+    browser.wait_url("/subscriptions").await?;
+    assert!(
+        browser.page_text().await?.contains("ops"),
+        "the signed-in name"
+    );
+
+    // Create a subscription through the form; its page shows the secret once asked.
+    browser.click("#new-subscription").await?;
+    browser.fill("#tenant", "shop-a").await?;
+    browser.fill("#url", &receiver.url("/orders")).await?;
+    browser.fill("#other_patterns", "order.*").await?;
+    browser.fill("#description", "orders to the ERP").await?;
+    browser.click("#save").await?;
+    browser.wait_url("show_secrets").await?;
+    let page = browser.page_text().await?;
+    assert!(page.contains("Subscription created"), "{page}");
+    assert!(browser.text("code.secret").await?.starts_with("whsec_"));
+    let id = browser
+        .url()
+        .await?
+        .split("/subscriptions/")
+        .nth(1)
+        .and_then(|rest| rest.split('?').next())
+        .expect("the subscription's page")
+        .to_owned();
+    let created = control_plane.get(&id).await?;
+    assert_eq!(created.description, "orders to the ERP");
+    control_plane
+        .wait_applied(created.revision, Duration::from_secs(10))
+        .await?;
+
+    // The endpoint fails; its attempts show with their status and error.
+    let emitted = agent
+        .emit(event(
+            "shop-a",
+            "order.created",
+            &serde_json::json!({"id": 7}),
+        ))
+        .await?;
+    let log = format!("{base}/deliveries?subscription_id={id}");
+    eventually(
+        Duration::from_secs(15),
+        "the failed attempt in the log",
+        || async {
+            browser.open(&log).await?;
+            let rows = browser.text("#attempts").await?;
+            Ok((rows.contains("500") && rows.contains(&emitted.event_id)).then_some(()))
+        },
+    )
+    .await?;
+    browser
+        .open(&format!("{base}/events/{}", emitted.event_id))
+        .await?;
+    let detail = browser.page_text().await?;
+    assert!(
+        detail.contains("http_status") && detail.contains(&receiver.url("/orders")),
+        "{detail}"
+    );
+
+    // Disable it, then re-enable it sending what was parked.
+    browser.open(&format!("{base}/subscriptions/{id}")).await?;
+    browser
+        .fill("input[name=reason]", "ERP maintenance")
+        .await?;
+    browser.click("#disable").await?;
+    browser.wait_url("done=disabled").await?;
+    assert_eq!(browser.text("#state").await?, "disabled");
+    assert!(!control_plane.get(&id).await?.enabled);
+    browser.click("#replay-parked").await?;
+    browser.click("#enable").await?;
+    browser.wait_url("done=enabled").await?;
+    assert_eq!(browser.text("#state").await?, "enabled");
+
+    // The receiver recovers; a replay from the event's page delivers it again.
+    receiver.respond_with(200);
+    let before = receiver.requests().len();
+    browser
+        .open(&format!("{base}/events/{}", emitted.event_id))
+        .await?;
+    browser.click("#replay").await?;
+    browser.wait_url("done=replayed").await?;
+    assert!(browser.text("#replay-note").await?.contains("queued again"));
+    receiver
+        .wait_for_requests(before + 1, Duration::from_secs(10))
+        .await?;
+
+    // A change posted without the session's CSRF token, or from another site, is refused.
+    let cookie = browser.client.get_named_cookie("herald_session").await?;
+    let client = reqwest::Client::new();
+    let post = |body: &'static str, origin: Option<&'static str>| {
+        let mut request = client
+            .post(format!("{base}/subscriptions/{id}/disable"))
+            .header("cookie", format!("herald_session={}", cookie.value()))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send()
+    };
+    assert_eq!(post("reason=forged", None).await?.status().as_u16(), 403);
+    assert_eq!(
+        post("reason=forged&csrf=guess", None)
+            .await?
+            .status()
+            .as_u16(),
+        403
+    );
+    assert_eq!(
+        post("reason=forged", Some("https://evil.example"))
+            .await?
+            .status()
+            .as_u16(),
+        403
+    );
+    assert!(
+        control_plane.get(&id).await?.enabled,
+        "nothing forged went through"
+    );
+
+    // Signing out ends the session.
+    browser.click(".signout button").await?;
+    browser.wait_url("/login").await?;
+    browser.open(&format!("{base}/subscriptions/{id}")).await?;
+    browser.wait_url("/login").await?;
+
+    // A read token sees, and is offered no change.
+    browser.fill("#token", READER).await?;
+    browser.click("#sign-in").await?;
+    browser.wait_url(&format!("/subscriptions/{id}")).await?;
+    let page = browser.page_text().await?;
+    assert!(page.contains("orders to the ERP"), "{page}");
+    assert!(
+        !page.contains("Rotate secret") && !page.contains("Edit"),
+        "{page}"
+    );
+    browser.close().await?;
+    Ok(())
+}
