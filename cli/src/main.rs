@@ -20,6 +20,7 @@ mod dev;
 mod emit;
 mod event_types;
 mod output;
+mod portal;
 mod subscription;
 mod usage;
 mod watch;
@@ -87,6 +88,9 @@ enum Command {
     /// The changes made through the operator API, and who made them.
     #[command(subcommand)]
     Audit(audit::Command),
+    /// Links into a tenant's portal (its own webhook pages).
+    #[command(subcommand)]
+    Portal(portal::Command),
     /// Emit an event through an agent.
     Emit(emit::Args),
     /// Run Herald in one process: control plane, agent and a receiver that prints webhooks.
@@ -178,6 +182,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deliveries(cmd) => deliveries::run(cmd, &control_plane, format).await,
         Command::Agents(cmd) => agents::run(cmd, &control_plane, format).await,
         Command::Audit(cmd) => audit::run(cmd, &control_plane, format).await,
+        Command::Portal(cmd) => portal::run(cmd, &control_plane, format).await,
         Command::EventTypes(cmd) => event_types::run(cmd, &control_plane, format).await,
         Command::Emit(args) => {
             let agent = Server {

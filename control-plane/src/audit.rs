@@ -38,6 +38,8 @@ pub enum Action {
     EventTypeCreate,
     /// Deliveries were queued again.
     DeliveriesReplay,
+    /// A tenant portal link was handed out.
+    PortalLink,
 }
 
 impl Action {
@@ -52,6 +54,7 @@ impl Action {
             Action::SubscriptionRotateSecret => "subscription.rotate_secret",
             Action::EventTypeCreate => "event_type.create",
             Action::DeliveriesReplay => "deliveries.replay",
+            Action::PortalLink => "portal.link",
         }
     }
 }

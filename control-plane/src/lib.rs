@@ -42,6 +42,7 @@ use herald_proto::v1::agents_server::AgentsServer;
 use herald_proto::v1::audit_server::AuditServer;
 use herald_proto::v1::deliveries_server::DeliveriesServer;
 use herald_proto::v1::event_types_server::EventTypesServer;
+use herald_proto::v1::portal_server::PortalServer;
 use herald_proto::v1::subscriptions_server::SubscriptionsServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -430,6 +431,9 @@ pub async fn run(
         .set_serving::<AuditServer<grpc::AuditService>>()
         .await;
     health_reporter
+        .set_serving::<PortalServer<grpc::PortalService>>()
+        .await;
+    health_reporter
         .set_serving::<EventTypesServer<grpc::EventTypesService>>()
         .await;
     health_reporter
@@ -496,8 +500,20 @@ pub async fn run(
         hub.clone(),
         fleet.clone(),
         relay,
-        recorder,
+        recorder.clone(),
         stop.clone(),
+    ));
+    // Where people reach the web pages, for the links handed out.
+    let public_url = config.http_listen.map(|addr| {
+        config.public_url.clone().unwrap_or_else(|| {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            format!("{scheme}://{addr}")
+        })
+    });
+    let portal_service = Arc::new(grpc::PortalService::new(
+        keyring.clone(),
+        public_url.clone(),
+        recorder.clone(),
     ));
     let agents_service = Arc::new(grpc::AgentsService::new(
         fleet.clone(),
@@ -516,18 +532,14 @@ pub async fn run(
                 deliveries: deliveries_service.clone(),
                 audit: audit_service.clone(),
                 agents: agents_service.clone(),
+                portal: portal_service.clone(),
             };
-            let public_url = config.public_url.clone().unwrap_or_else(|| {
-                let scheme = if tls.is_some() { "https" } else { "http" };
-                format!("{scheme}://{addr}")
-            });
             let pages = web::router(web::WebState::new(
                 services.clone(),
                 authenticator.clone(),
                 keyring.clone(),
                 web::WebSettings {
                     secure_cookies: tls.is_some(),
-                    public_url,
                     portal: config.portal.clone(),
                 },
             ));
@@ -557,6 +569,7 @@ pub async fn run(
         .add_service(DeliveriesServer::from_arc(deliveries_service))
         .add_service(AuditServer::from_arc(audit_service))
         .add_service(AgentsServer::from_arc(agents_service))
+        .add_service(PortalServer::from_arc(portal_service))
         .add_service(AgentControlServer::new(grpc::AgentControlService::new(
             hub,
             registry,

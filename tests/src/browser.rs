@@ -102,6 +102,11 @@ impl Browser {
         .await
     }
 
+    /// Whether the page shows an element `css` selects (now, without waiting).
+    pub async fn has(&self, css: &str) -> bool {
+        self.client.find(Locator::Css(css)).await.is_ok()
+    }
+
     /// The whole page's visible text.
     pub async fn page_text(&self) -> anyhow::Result<String> {
         self.text("body").await

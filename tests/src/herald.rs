@@ -305,7 +305,7 @@ impl Drop for ControlPlane {
 
 /// The keyring every control plane of this test process seals secrets with, made once: test
 /// replicas share it, as replicas on one etcd must.
-pub(crate) fn shared_keyring() -> &'static str {
+pub fn shared_keyring() -> &'static str {
     static KEYRING: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     KEYRING.get_or_init(|| {
         herald_control_plane::sealing::Keyring::generate_entry("test")

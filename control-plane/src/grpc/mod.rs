@@ -5,8 +5,10 @@ mod admin;
 mod agent_control;
 mod audit;
 mod event_types;
+mod portal;
 
 pub use admin::{AgentsService, DeliveriesService, SubscriptionsService};
 pub use agent_control::AgentControlService;
 pub use audit::AuditService;
 pub use event_types::EventTypesService;
+pub use portal::PortalService;

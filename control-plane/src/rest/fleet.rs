@@ -1,4 +1,5 @@
-//! `/api/v1/agents`: the fleet of agents, as every replica sees it.
+//! `/api/v1/agents`: the fleet of agents, as every replica sees it; and
+//! `/api/v1/portal-links`: links into a tenant's portal.
 
 use axum::Json;
 use axum::extract::State;
@@ -85,5 +86,75 @@ pub async fn list_agents(
                 replica: a.replica,
             })
             .collect(),
+    }))
+}
+
+/// A portal link to mint.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewPortalLink {
+    /// The tenant whose portal it opens.
+    tenant: String,
+    /// How long it works, e.g. `1h` (the default), 1 minute to 7 days.
+    #[serde(default)]
+    ttl: Option<String>,
+    /// Shows, changes nothing, reveals no secret.
+    #[serde(default)]
+    read_only: bool,
+}
+
+/// A link into a tenant's portal.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PortalLink {
+    /// Open it (or embed it in an iframe) to show the tenant its portal.
+    pub url: String,
+    /// When it stops working.
+    pub expires_at: Option<String>,
+    /// The tenant.
+    pub tenant: String,
+    /// Whether it changes nothing.
+    pub read_only: bool,
+}
+
+/// Mints a short-lived link into one tenant's portal (an `admin` of that tenant may), for
+/// platforms that hand their users the webhook pages.
+#[utoipa::path(
+    post,
+    path = "/api/v1/portal-links",
+    operation_id = "CreatePortalLink",
+    tag = "Portal",
+    request_body = NewPortalLink,
+    responses(
+        (status = 200, body = PortalLink),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub async fn create_portal_link(
+    State(state): State<ApiState>,
+    caller: Authorized,
+    super::ApiJson(body): super::ApiJson<NewPortalLink>,
+) -> Result<Json<PortalLink>, ApiError> {
+    use herald_proto::v1::portal_server::Portal as _;
+    let ttl = body
+        .ttl
+        .as_deref()
+        .map(|t| super::json::parse_duration("ttl", t).map(herald_proto::convert::duration))
+        .transpose()?;
+    let link = state
+        .services
+        .portal
+        .create_portal_link(caller.request(pb::CreatePortalLinkRequest {
+            tenant: body.tenant,
+            ttl,
+            read_only: body.read_only,
+        }))
+        .await?
+        .into_inner();
+    Ok(Json(PortalLink {
+        expires_at: time(link.expires_at.as_ref()),
+        url: link.url,
+        tenant: link.tenant,
+        read_only: link.read_only,
     }))
 }

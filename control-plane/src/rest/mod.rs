@@ -36,7 +36,8 @@ use utoipa_axum::routes;
 use crate::access::Caller;
 use crate::auth::{Authenticator, Role};
 use crate::grpc::{
-    AgentsService, AuditService, DeliveriesService, EventTypesService, SubscriptionsService,
+    AgentsService, AuditService, DeliveriesService, EventTypesService, PortalService,
+    SubscriptionsService,
 };
 use problem::ApiError;
 
@@ -56,6 +57,8 @@ pub struct Services {
     pub audit: Arc<AuditService>,
     /// `herald.v1.Agents`.
     pub agents: Arc<AgentsService>,
+    /// `herald.v1.Portal`.
+    pub portal: Arc<PortalService>,
 }
 
 /// What every route has: the services and who may call.
@@ -140,6 +143,7 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(deliveries::tail_attempts))
         .routes(routes!(deliveries::replay_deliveries))
         .routes(routes!(fleet::list_agents))
+        .routes(routes!(fleet::create_portal_link))
         .routes(routes!(audit::list_audit_entries))
 }
 

@@ -13,6 +13,7 @@ pub mod console;
 pub mod form;
 pub mod page;
 pub mod portal;
+pub mod portal_link;
 pub mod sealed_token;
 pub mod session;
 mod views;
@@ -34,9 +35,6 @@ use crate::sealing::Keyring;
 pub struct WebSettings {
     /// Cookies only over HTTPS (the HTTP listener speaks TLS).
     pub secure_cookies: bool,
-    /// Where people reach the HTTP listener, for the links the control plane prints
-    /// (`https://herald.example.com`).
-    pub public_url: String,
     /// The tenant portal's look and where it may be embedded.
     pub portal: portal::Branding,
 }

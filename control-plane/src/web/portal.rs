@@ -1,4 +1,44 @@
-//! The tenant portal at `/portal/{link}/`.
+//! The tenant portal at `/portal/{link}/`: what a platform shows each of its users (a shop)
+//! by handing it a link (`herald portal link`, or `POST /api/v1/portal-links`) or embedding
+//! that link in an iframe. It shows one tenant: its endpoints (add, edit, disable,
+//! re-enable, rotate and reveal the secret), its delivery log with each request's error, and
+//! replay; a read-only link shows the same and changes nothing.
+//!
+//! The link's token is in the path, so the portal needs no cookie (it works inside another
+//! site's iframe) and no other site can post to it without the link. Its holder acts as
+//! `portal:<tenant>`, an identity scoped to that tenant, through the same services as every
+//! other caller; an expired or forged link shows a page that says so, and no data.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use askama::Template;
+use axum::Router;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use herald_proto::v1 as pb;
+use herald_proto::v1::deliveries_server::Deliveries as _;
+use herald_proto::v1::subscriptions_server::Subscriptions as _;
+use serde::Deserialize;
+
+use super::WebState;
+use super::console::deliveries::{
+    LogQuery, Rows, outcome_choices, page_of, replay_as, replay_note,
+};
+use super::console::subscriptions::{Choice, choices, disable_as, enable_as, rotate_as};
+use super::form::{FormData, SubscriptionForm};
+use super::page::{PageError, query_value, render, render_with, when};
+use super::portal_link;
+use super::sealed_token::TokenError;
+use super::session::{read_form, same_origin};
+use super::views::{self, AttemptRow, HealthView, SecretView, Setting, SubscriptionRow};
+use crate::access::{Identity, Scope};
+use crate::auth::Role;
+use crate::rest::Authorized;
 
 /// How the portal looks and where it may be embedded.
 #[derive(Clone, Debug, clap::Args)]
@@ -66,6 +106,676 @@ impl Default for Branding {
 }
 
 /// The portal's routes.
-pub fn routes() -> axum::Router<super::WebState> {
-    axum::Router::new()
+pub fn routes() -> Router<WebState> {
+    Router::new()
+        .route("/assets/portal-theme.css", get(theme))
+        .route("/portal/{link}", get(to_home))
+        .route("/portal/{link}/", get(endpoints))
+        .route("/portal/{link}/endpoints", post(create))
+        .route("/portal/{link}/endpoints/new", get(new_form))
+        .route("/portal/{link}/endpoints/{id}", get(endpoint))
+        .route(
+            "/portal/{link}/endpoints/{id}/edit",
+            get(edit_form).post(edit),
+        )
+        .route("/portal/{link}/endpoints/{id}/enable", post(enable))
+        .route("/portal/{link}/endpoints/{id}/disable", post(disable))
+        .route("/portal/{link}/endpoints/{id}/rotate-secret", post(rotate))
+        .route("/portal/{link}/deliveries", get(deliveries))
+        .route("/portal/{link}/deliveries/rows", get(delivery_rows))
+        .route("/portal/{link}/events/{event_id}", get(event))
+        .route("/portal/{link}/events/{event_id}/replay", post(replay))
+}
+
+/// The accent colour of the portal, from `--portal-color` (a stylesheet, since the CSP
+/// admits no inline style).
+async fn theme(State(state): State<WebState>) -> Response {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (axum::http::header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        format!(":root {{ --accent: {}; }}\n", state.settings.portal.color),
+    )
+        .into_response()
+}
+
+/// The holder of a portal link.
+pub struct Holder {
+    /// The tenant, as the services know the holder.
+    caller: Authorized,
+    tenant: String,
+    read_only: bool,
+    /// `/portal/{link}`: where the portal's links start.
+    base: String,
+    brand: Branding,
+}
+
+impl FromRequestParts<WebState> for Holder {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &WebState) -> Result<Self, PageError> {
+        let token = parts
+            .uri
+            .path()
+            .strip_prefix("/portal/")
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_default();
+        let grant = portal_link::open(&state.keyring, token, SystemTime::now()).map_err(|err| {
+            PageError::Link {
+                message: match err {
+                    TokenError::Expired => {
+                        "This link has expired. Open the webhooks page again from where you \
+                         found this link to get a new one."
+                    }
+                    _ => "This link is not a valid webhooks link.",
+                },
+            }
+        })?;
+        if parts.method != Method::GET && parts.method != Method::HEAD {
+            same_origin(&parts.headers)?;
+            if grant.read_only {
+                return Err(PageError::from(tonic::Status::permission_denied(
+                    "this link may look, not change",
+                )));
+            }
+        }
+        let identity = Identity {
+            name: format!("portal:{}", grant.tenant),
+            role: if grant.read_only {
+                Role::Read
+            } else {
+                Role::Admin
+            },
+            tenants: Scope::Only(BTreeSet::from([grant.tenant.clone()])),
+            regions: Scope::All,
+        };
+        Ok(Holder {
+            caller: Authorized(Some(Arc::new(identity))),
+            base: format!("/portal/{token}"),
+            tenant: grant.tenant,
+            read_only: grant.read_only,
+            brand: state.settings.portal.clone(),
+        })
+    }
+}
+
+/// A change posted in the portal: the holder (who may change) and the form.
+pub struct Change {
+    holder: Holder,
+    form: FormData,
+}
+
+impl FromRequest<WebState> for Change {
+    type Rejection = PageError;
+
+    async fn from_request(request: Request, state: &WebState) -> Result<Self, PageError> {
+        let (mut parts, body) = request.into_parts();
+        let holder = Holder::from_request_parts(&mut parts, state).await?;
+        let form = read_form(Request::from_parts(parts, body), state).await?;
+        Ok(Change { holder, form })
+    }
+}
+
+/// What the header of every portal page shows.
+pub struct Frame {
+    name: String,
+    logo_url: String,
+    tenant: String,
+    read_only: bool,
+    base: String,
+    section: &'static str,
+}
+
+impl Holder {
+    fn frame(&self, section: &'static str) -> Frame {
+        Frame {
+            name: self.brand.name.clone(),
+            logo_url: self.brand.logo_url.clone(),
+            tenant: self.tenant.clone(),
+            read_only: self.read_only,
+            base: self.base.clone(),
+            section,
+        }
+    }
+}
+
+async fn to_home(holder: Holder) -> Redirect {
+    Redirect::to(&format!("{}/", holder.base))
+}
+
+#[derive(Template)]
+#[template(path = "portal/endpoints.html")]
+struct EndpointsPage {
+    frame: Frame,
+    rows: Vec<SubscriptionRow>,
+    next_page: String,
+    note: String,
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    #[serde(default)]
+    page_token: String,
+    #[serde(default)]
+    done: String,
+}
+
+async fn endpoints(
+    State(state): State<WebState>,
+    holder: Holder,
+    Query(query): Query<PageQuery>,
+) -> Result<Response, PageError> {
+    let page = state
+        .services
+        .subscriptions
+        .list_subscriptions(holder.caller.request(pb::ListSubscriptionsRequest {
+            tenant: holder.tenant.clone(),
+            page_size: 100,
+            page_token: query.page_token,
+        }))
+        .await?
+        .into_inner();
+    let next_page = if page.next_page_token.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "{}/?page_token={}",
+            holder.base,
+            query_value(&page.next_page_token)
+        )
+    };
+    Ok(render(&EndpointsPage {
+        frame: holder.frame("endpoints"),
+        rows: page
+            .subscriptions
+            .iter()
+            .map(SubscriptionRow::from)
+            .collect(),
+        next_page,
+        note: if query.done == "deleted" {
+            "Endpoint removed.".into()
+        } else {
+            String::new()
+        },
+    }))
+}
+
+#[derive(Template)]
+#[template(path = "portal/endpoint_form.html")]
+struct FormPage {
+    frame: Frame,
+    id: Option<String>,
+    form: SubscriptionForm,
+    choices: Vec<Choice>,
+    other_patterns: String,
+    /// Patterns may be typed only while the catalogue is empty.
+    free_patterns: bool,
+    error: String,
+}
+
+async fn form_page(
+    state: &WebState,
+    holder: &Holder,
+    id: Option<String>,
+    form: SubscriptionForm,
+    error: String,
+) -> Result<Response, PageError> {
+    let (choices, other_patterns) = choices(state, &holder.caller, &form).await?;
+    let status = if error.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    Ok(render_with(
+        status,
+        &FormPage {
+            frame: holder.frame("endpoints"),
+            id,
+            free_patterns: choices.is_empty(),
+            form,
+            choices,
+            other_patterns,
+            error,
+        },
+    ))
+}
+
+async fn new_form(State(state): State<WebState>, holder: Holder) -> Result<Response, PageError> {
+    if holder.read_only {
+        return Err(tonic::Status::permission_denied("this link may look, not change").into());
+    }
+    let form = SubscriptionForm {
+        format: "json".into(),
+        envelope: "standard".into(),
+        ..Default::default()
+    };
+    form_page(&state, &holder, None, form, String::new()).await
+}
+
+/// Whether a refusal is about what the form says.
+fn is_form_error(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition
+    )
+}
+
+async fn create(
+    State(state): State<WebState>,
+    Change { holder, form }: Change,
+) -> Result<Response, PageError> {
+    let mut form = SubscriptionForm::from_form(&form);
+    // The link's tenant, whatever the form says; the platform's catalogue decides the types.
+    form.tenant = holder.tenant.clone();
+    form.allow_unregistered = false;
+    let subscription = match form.to_wire(String::new()) {
+        Ok(sub) => sub,
+        Err(err) => return form_page(&state, &holder, None, form, err.0).await,
+    };
+    let request = holder.caller.request(pb::CreateSubscriptionRequest {
+        subscription: Some(subscription),
+        allow_unregistered: false,
+    });
+    match state
+        .services
+        .subscriptions
+        .create_subscription(request)
+        .await
+    {
+        Ok(created) => Ok(Redirect::to(&format!(
+            "{}/endpoints/{}?show_secrets=true&done=created",
+            holder.base,
+            created.get_ref().id
+        ))
+        .into_response()),
+        Err(status) if is_form_error(&status) => {
+            form_page(&state, &holder, None, form, status.message().to_owned()).await
+        }
+        Err(status) => Err(status.into()),
+    }
+}
+
+#[derive(Deserialize)]
+struct EndpointPath {
+    #[allow(dead_code)]
+    link: String,
+    id: String,
+}
+
+#[derive(Template)]
+#[template(path = "portal/endpoint.html")]
+struct EndpointPage {
+    frame: Frame,
+    id: String,
+    url: String,
+    enabled: bool,
+    disabled_reason: String,
+    disabled_at: String,
+    signature: &'static str,
+    settings: Vec<Setting>,
+    secrets: Vec<SecretView>,
+    secrets_shown: bool,
+    /// The newest secret, for the receiver snippet (empty unless shown).
+    snippet_secret: String,
+    health: HealthView,
+    rows: Vec<AttemptRow>,
+    base: String,
+    note: String,
+}
+
+#[derive(Deserialize)]
+struct EndpointQuery {
+    #[serde(default)]
+    show_secrets: bool,
+    #[serde(default)]
+    done: String,
+}
+
+async fn endpoint(
+    State(state): State<WebState>,
+    holder: Holder,
+    Path(path): Path<EndpointPath>,
+    Query(query): Query<EndpointQuery>,
+) -> Result<Response, PageError> {
+    let services = &state.services;
+    let show_secrets = query.show_secrets && !holder.read_only;
+    let sub = services
+        .subscriptions
+        .get_subscription(holder.caller.request(pb::GetSubscriptionRequest {
+            id: path.id.clone(),
+            show_secrets,
+        }))
+        .await?
+        .into_inner();
+    let health = services
+        .subscriptions
+        .get_subscription_health(holder.caller.request(pb::GetSubscriptionHealthRequest {
+            id: path.id.clone(),
+        }))
+        .await?
+        .into_inner();
+    let attempts = services
+        .deliveries
+        .list_attempts(holder.caller.request(pb::ListAttemptsRequest {
+            filter: Some(pb::AttemptFilter {
+                subscription_id: path.id.clone(),
+                ..Default::default()
+            }),
+            page_size: 20,
+            page_token: String::new(),
+        }))
+        .await?
+        .into_inner()
+        .attempts;
+    let note = match query.done.as_str() {
+        "created" => "Endpoint added. Use its signing secret to verify each request.",
+        "updated" => "Saved.",
+        "enabled" => "Enabled: deliveries resume.",
+        "disabled" => "Disabled: deliveries wait until it is enabled again.",
+        "rotated" => "A new secret signs from now on; the old one until its expiry.",
+        _ => "",
+    };
+    Ok(render(&EndpointPage {
+        frame: holder.frame("endpoints"),
+        id: sub.id.clone(),
+        url: sub.url.clone(),
+        enabled: sub.enabled,
+        disabled_reason: sub.disabled_reason.clone(),
+        disabled_at: when(sub.disabled_at.as_ref()),
+        signature: herald_proto::words::signature(sub.signature_scheme),
+        settings: views::settings(&sub),
+        secrets: views::secrets(&sub),
+        secrets_shown: show_secrets,
+        snippet_secret: sub
+            .secrets
+            .first()
+            .map(|s| s.secret.clone())
+            .unwrap_or_default(),
+        health: HealthView::from(&health),
+        rows: attempts.iter().map(AttemptRow::from).collect(),
+        base: holder.base.clone(),
+        note: note.to_owned(),
+    }))
+}
+
+async fn edit_form(
+    State(state): State<WebState>,
+    holder: Holder,
+    Path(path): Path<EndpointPath>,
+) -> Result<Response, PageError> {
+    if holder.read_only {
+        return Err(tonic::Status::permission_denied("this link may look, not change").into());
+    }
+    let sub = state
+        .services
+        .subscriptions
+        .get_subscription(holder.caller.request(pb::GetSubscriptionRequest {
+            id: path.id.clone(),
+            show_secrets: false,
+        }))
+        .await?
+        .into_inner();
+    form_page(
+        &state,
+        &holder,
+        Some(path.id),
+        SubscriptionForm::from_wire(&sub),
+        String::new(),
+    )
+    .await
+}
+
+async fn edit(
+    State(state): State<WebState>,
+    Path(path): Path<EndpointPath>,
+    Change { holder, form }: Change,
+) -> Result<Response, PageError> {
+    let id = path.id;
+    let mut form = SubscriptionForm::from_form(&form);
+    form.tenant = holder.tenant.clone();
+    // What the portal's form does not show is kept as it is.
+    let current = state
+        .services
+        .subscriptions
+        .get_subscription(holder.caller.request(pb::GetSubscriptionRequest {
+            id: id.clone(),
+            show_secrets: false,
+        }))
+        .await?
+        .into_inner();
+    let wire = match (form.to_wire(id.clone()), form.expected_revision()) {
+        (Ok(edited), Ok(revision)) => (
+            pb::Subscription {
+                url: edited.url,
+                event_types: edited.event_types,
+                format: edited.format,
+                envelope: edited.envelope,
+                headers: edited.headers,
+                description: edited.description,
+                ..current
+            },
+            revision,
+        ),
+        (Err(err), _) | (_, Err(err)) => {
+            return form_page(&state, &holder, Some(id), form, err.0).await;
+        }
+    };
+    let request = holder.caller.request(pb::UpdateSubscriptionRequest {
+        subscription: Some(wire.0),
+        expected_revision: wire.1,
+        allow_unregistered: false,
+    });
+    match state
+        .services
+        .subscriptions
+        .update_subscription(request)
+        .await
+    {
+        Ok(_) => Ok(
+            Redirect::to(&format!("{}/endpoints/{id}?done=updated", holder.base)).into_response(),
+        ),
+        Err(status) if is_form_error(&status) => {
+            form_page(&state, &holder, Some(id), form, status.message().to_owned()).await
+        }
+        Err(status) => Err(status.into()),
+    }
+}
+
+async fn enable(
+    State(state): State<WebState>,
+    Path(path): Path<EndpointPath>,
+    Change { holder, form }: Change,
+) -> Result<Response, PageError> {
+    enable_as(&state, &holder.caller, path.id.clone(), &form).await?;
+    Ok(Redirect::to(&format!(
+        "{}/endpoints/{}?done=enabled",
+        holder.base, path.id
+    ))
+    .into_response())
+}
+
+async fn disable(
+    State(state): State<WebState>,
+    Path(path): Path<EndpointPath>,
+    Change { holder, form }: Change,
+) -> Result<Response, PageError> {
+    disable_as(&state, &holder.caller, path.id.clone(), &form).await?;
+    Ok(Redirect::to(&format!(
+        "{}/endpoints/{}?done=disabled",
+        holder.base, path.id
+    ))
+    .into_response())
+}
+
+async fn rotate(
+    State(state): State<WebState>,
+    Path(path): Path<EndpointPath>,
+    Change { holder, form }: Change,
+) -> Result<Response, PageError> {
+    rotate_as(&state, &holder.caller, path.id.clone(), &form).await?;
+    Ok(Redirect::to(&format!(
+        "{}/endpoints/{}?show_secrets=true&done=rotated",
+        holder.base, path.id
+    ))
+    .into_response())
+}
+
+#[derive(Template)]
+#[template(path = "portal/deliveries.html")]
+struct DeliveriesPage {
+    frame: Frame,
+    query: LogQuery,
+    endpoints: Vec<(String, String, bool)>,
+    outcomes: Vec<(&'static str, bool)>,
+    rows: Vec<AttemptRow>,
+    filters: String,
+    next_page: String,
+    live: bool,
+    base: String,
+}
+
+/// The log query of a portal page: always the link's tenant.
+fn tenant_query(holder: &Holder, mut query: LogQuery) -> LogQuery {
+    query.tenant = holder.tenant.clone();
+    query
+}
+
+async fn deliveries(
+    State(state): State<WebState>,
+    holder: Holder,
+    Query(query): Query<LogQuery>,
+) -> Result<Response, PageError> {
+    let query = tenant_query(&holder, query);
+    let (rows, next) = page_of(&state, &holder.caller, &query).await?;
+    let endpoints = state
+        .services
+        .subscriptions
+        .list_subscriptions(holder.caller.request(pb::ListSubscriptionsRequest {
+            tenant: holder.tenant.clone(),
+            page_size: 1000,
+            page_token: String::new(),
+        }))
+        .await?
+        .into_inner()
+        .subscriptions
+        .into_iter()
+        .map(|s| {
+            let chosen = s.id == query.subscription_id;
+            (s.id, s.url, chosen)
+        })
+        .collect();
+    let filters = query.query_string();
+    Ok(render(&DeliveriesPage {
+        frame: holder.frame("deliveries"),
+        live: query.page_token.is_empty(),
+        next_page: if next.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "{}/deliveries?{filters}&page_token={}",
+                holder.base,
+                query_value(&next)
+            )
+        },
+        outcomes: outcome_choices(&query.outcome),
+        endpoints,
+        filters,
+        query,
+        rows,
+        base: holder.base.clone(),
+    }))
+}
+
+async fn delivery_rows(
+    State(state): State<WebState>,
+    holder: Holder,
+    Query(query): Query<LogQuery>,
+) -> Result<Response, PageError> {
+    let query = tenant_query(&holder, query);
+    let (rows, _) = page_of(&state, &holder.caller, &query).await?;
+    Ok(render(&Rows {
+        rows,
+        base: holder.base.clone(),
+    }))
+}
+
+#[derive(Deserialize)]
+struct EventPath {
+    #[allow(dead_code)]
+    link: String,
+    event_id: String,
+}
+
+#[derive(Deserialize)]
+struct EventQuery {
+    #[serde(default)]
+    done: String,
+    #[serde(default)]
+    queued: u32,
+    #[serde(default)]
+    missed: u32,
+}
+
+#[derive(Template)]
+#[template(path = "portal/event.html")]
+struct EventPage {
+    frame: Frame,
+    event_id: String,
+    attempts: Vec<AttemptRow>,
+    note: String,
+}
+
+async fn event(
+    State(state): State<WebState>,
+    holder: Holder,
+    Path(path): Path<EventPath>,
+    Query(query): Query<EventQuery>,
+) -> Result<Response, PageError> {
+    let attempts = state
+        .services
+        .deliveries
+        .list_attempts(holder.caller.request(pb::ListAttemptsRequest {
+            filter: Some(pb::AttemptFilter {
+                event_id: path.event_id.clone(),
+                tenant: holder.tenant.clone(),
+                ..Default::default()
+            }),
+            page_size: 1000,
+            page_token: String::new(),
+        }))
+        .await?
+        .into_inner()
+        .attempts;
+    if attempts.is_empty() {
+        return Err(
+            tonic::Status::not_found(format!("no deliveries of event {}", path.event_id)).into(),
+        );
+    }
+    Ok(render(&EventPage {
+        frame: holder.frame("deliveries"),
+        event_id: path.event_id,
+        attempts: attempts.iter().map(AttemptRow::from).collect(),
+        note: replay_note(&query.done, query.queued, query.missed),
+    }))
+}
+
+async fn replay(
+    State(state): State<WebState>,
+    Path(path): Path<EventPath>,
+    Change { holder, form }: Change,
+) -> Result<Response, PageError> {
+    let outcome = replay_as(
+        &state,
+        &holder.caller,
+        path.event_id.clone(),
+        form.text("subscription_id"),
+    )
+    .await?;
+    Ok(Redirect::to(&format!(
+        "{}/events/{}?{outcome}",
+        holder.base,
+        query_value(&path.event_id)
+    ))
+    .into_response())
 }

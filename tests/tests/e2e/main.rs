@@ -19,6 +19,7 @@ mod health;
 mod metrics;
 mod mtls;
 mod operator_events;
+mod portal;
 mod replay;
 mod rest;
 mod secrets;

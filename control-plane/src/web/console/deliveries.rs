@@ -84,6 +84,14 @@ impl LogQuery {
     }
 }
 
+/// The outcomes a log can be filtered by, each with whether it is `chosen`.
+pub fn outcome_choices(chosen: &str) -> Vec<(&'static str, bool)> {
+    ["delivered", "retrying", "failed", "skipped"]
+        .into_iter()
+        .map(|word| (word, chosen == word))
+        .collect()
+}
+
 /// `1h` (that long ago) or an RFC 3339 time.
 fn since(text: &str) -> Result<std::time::SystemTime, tonic::Status> {
     if let Ok(ago) = humantime::parse_duration(text) {
@@ -133,6 +141,8 @@ struct LogPage {
     live: bool,
     /// The outcomes to filter by, and whether each is the one chosen.
     outcomes: Vec<(&'static str, bool)>,
+    /// Where links in the rows start (the console's root).
+    base: &'static str,
 }
 
 async fn log(
@@ -145,10 +155,8 @@ async fn log(
     Ok(render(&LogPage {
         chrome: Chrome::new(&console, "deliveries"),
         live: query.page_token.is_empty(),
-        outcomes: ["delivered", "retrying", "failed", "skipped"]
-            .into_iter()
-            .map(|word| (word, query.outcome == word))
-            .collect(),
+        outcomes: outcome_choices(&query.outcome),
+        base: "",
         next_page: if next.is_empty() {
             String::new()
         } else {
@@ -160,10 +168,14 @@ async fn log(
     }))
 }
 
+/// The log's rows alone (the live update); shared with the portal.
 #[derive(Template)]
 #[template(path = "console/attempt_rows.html")]
-struct Rows {
-    rows: Vec<AttemptRow>,
+pub struct Rows {
+    /// The attempts.
+    pub rows: Vec<AttemptRow>,
+    /// Where links in the rows start.
+    pub base: String,
 }
 
 /// The first page's rows alone, for the live update.
@@ -173,7 +185,10 @@ async fn rows(
     Query(query): Query<LogQuery>,
 ) -> Result<Response, PageError> {
     let (rows, _) = page_of(&state, &console.caller, &query).await?;
-    Ok(render(&Rows { rows }))
+    Ok(render(&Rows {
+        rows,
+        base: String::new(),
+    }))
 }
 
 #[derive(Template)]

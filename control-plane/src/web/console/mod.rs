@@ -2,9 +2,9 @@
 //! log, the fleet and the event-type catalogue, as far as the token may see and change them.
 
 mod catalogue;
-mod deliveries;
+pub(crate) mod deliveries;
 mod fleet;
-mod subscriptions;
+pub(crate) mod subscriptions;
 
 use askama::Template;
 use axum::Router;

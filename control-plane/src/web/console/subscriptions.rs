@@ -136,6 +136,8 @@ struct FormPage {
     choices: Vec<Choice>,
     /// Chosen patterns that are not catalogue entries (`order.*`).
     other_patterns: String,
+    /// Patterns may be typed beside the catalogue's types.
+    free_patterns: bool,
     error: String,
 }
 
@@ -193,6 +195,7 @@ async fn form_page(
             form,
             choices,
             other_patterns,
+            free_patterns: true,
             error,
         },
     ))
@@ -264,6 +267,8 @@ struct ShowPage {
     health: HealthView,
     /// The recent attempts.
     rows: Vec<AttemptRow>,
+    /// Where links in the rows start (the console's root).
+    base: &'static str,
     note: String,
 }
 
@@ -332,6 +337,7 @@ async fn show(
         secrets_shown: query.show_secrets,
         health: HealthView::from(&health),
         rows: attempts.iter().map(AttemptRow::from).collect(),
+        base: "",
         note: note.to_owned(),
     }))
 }

@@ -1,0 +1,276 @@
+//! The tenant portal in a real browser: a link minted for one tenant opens its endpoints and
+//! sent requests and nothing of any other tenant; the holder adds an endpoint from the
+//! catalogue, reads a failing request's error, re-enables and replays; a read-only link
+//! changes nothing; an expired or forged link shows a clear page and no data.
+
+use std::time::{Duration, SystemTime};
+
+use herald_control_plane::sealing::Keyring;
+use herald_control_plane::web::portal_link::{self, Grant};
+use herald_proto::v1 as pb;
+use herald_proto::v1::event_types_client::EventTypesClient;
+use herald_proto::v1::portal_client::PortalClient;
+use herald_tests::{
+    Agent, AgentOptions, Browser, ConfigStore, ControlPlane, HeldPort, Receiver, TestCa, event,
+    eventually, subscription,
+};
+
+const ADMIN: &str = "admin-portal-3b7d9e1f5a2c";
+const SHOP_B_ADMIN: &str = "admin-portal-b-6e2a8c4f1d9b";
+
+async fn link(
+    control_plane: &ControlPlane,
+    tenant: &str,
+    read_only: bool,
+) -> anyhow::Result<pb::PortalLink> {
+    Ok(PortalClient::new(control_plane.channel().await?)
+        .create_portal_link(pb::CreatePortalLinkRequest {
+            tenant: tenant.into(),
+            ttl: None,
+            read_only,
+        })
+        .await?
+        .into_inner())
+}
+
+#[tokio::test]
+async fn a_shop_manages_its_endpoints_in_its_portal_and_sees_no_other_shop() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = HeldPort::new()?;
+    let control_plane = ControlPlane::start_with_tokens_configured(
+        ConfigStore::Embedded,
+        &format!(
+            "admin {ADMIN} name=platform\nadmin {SHOP_B_ADMIN} name=shop-b tenants=shop-b\n\
+             agent agent-portal-token\n"
+        ),
+        ADMIN,
+        |config| {
+            config.http_listen = Some(http.addr());
+            config.portal.name = "Acme Shops".into();
+            config.portal.color = "#aa3300".into();
+            config.portal.frame_ancestors = "https://platform.example".into();
+        },
+    )
+    .await?;
+    let ca = TestCa::new();
+    let agent = Agent::start(
+        control_plane.url(),
+        AgentOptions {
+            trusted_ca: Some(ca.ca_pem()),
+            control_plane_token: Some("agent-portal-token".into()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let receiver = Receiver::start(&ca).await?;
+    receiver.respond_with(500);
+    let mut catalogue = EventTypesClient::new(control_plane.channel().await?);
+    for (name, description) in [
+        ("order.created", "An order was placed"),
+        ("invoice.created", "An invoice was issued"),
+    ] {
+        catalogue
+            .create_event_type(pb::CreateEventTypeRequest {
+                event_type: Some(pb::EventType {
+                    name: name.into(),
+                    description: description.into(),
+                    ..Default::default()
+                }),
+            })
+            .await?;
+    }
+    let other = control_plane
+        .create(subscription(
+            "shop-b",
+            "https://127.0.0.1:9/shop-b-secret-hook",
+            &["order.created"],
+        ))
+        .await?;
+
+    // A tenant's own admin may mint links for it, not for another tenant.
+    let client = reqwest::Client::new();
+    let base = format!("http://{}", http.addr());
+    let refused = client
+        .post(format!("{base}/api/v1/portal-links"))
+        .bearer_auth(SHOP_B_ADMIN)
+        .header("content-type", "application/json")
+        .body(r#"{"tenant": "shop-a"}"#)
+        .send()
+        .await?;
+    assert_eq!(refused.status().as_u16(), 403);
+    let minted = link(&control_plane, "shop-a", false).await?;
+    assert!(
+        minted.url.starts_with(&format!("{base}/portal/")),
+        "{}",
+        minted.url
+    );
+
+    // The portal carries the platform's name, may be framed only where the flag says.
+    let response = client.get(&minted.url).send().await?;
+    let csp = response.headers()["content-security-policy"]
+        .to_str()?
+        .to_owned();
+    assert!(
+        csp.contains("frame-ancestors https://platform.example"),
+        "{csp}"
+    );
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    let theme = client
+        .get(format!("{base}/assets/portal-theme.css"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(theme.contains("#aa3300"));
+
+    let browser = Browser::start().await?;
+    browser.open(&minted.url).await?;
+    let home = browser.page_text().await?;
+    assert!(
+        home.contains("Acme Shops") && home.contains("No endpoints yet"),
+        "{home}"
+    );
+    assert!(!home.contains("shop-b"), "{home}");
+
+    // Add an endpoint with event types picked from the catalogue, in XML.
+    browser.click("#add-endpoint").await?;
+    browser.fill("#url", &receiver.url("/shop-a")).await?;
+    browser.click("input[value='order.created']").await?;
+    browser.click("#format option[value='xml']").await?;
+    browser.click("#save").await?;
+    browser.wait_url("done=created").await?;
+    let secret = browser.text("code.secret").await?;
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    assert!(
+        browser.text("#snippet").await?.contains(&secret),
+        "the sample receiver has it"
+    );
+    let id = browser
+        .url()
+        .await?
+        .split("/endpoints/")
+        .nth(1)
+        .and_then(|rest| rest.split('?').next())
+        .expect("the endpoint's page")
+        .to_owned();
+    let created = control_plane.get(&id).await?;
+    assert_eq!(created.tenant, "shop-a");
+    assert_eq!(created.event_types, ["order.created"]);
+    assert_eq!(created.format, pb::Format::Xml as i32);
+    control_plane
+        .wait_applied(created.revision, Duration::from_secs(10))
+        .await?;
+
+    // Another tenant's endpoint does not exist here.
+    browser
+        .open(&format!("{}endpoints/{}", minted.url, other.id))
+        .await?;
+    let page = browser.page_text().await?;
+    assert!(
+        page.contains("Not Found") && !page.contains("shop-b-secret-hook"),
+        "{page}"
+    );
+
+    // A failing request shows with its error, on the list and on its own page.
+    let emitted = agent
+        .emit(event(
+            "shop-a",
+            "order.created",
+            &serde_json::json!({"id": 1}),
+        ))
+        .await?;
+    let log = format!("{}deliveries", minted.url);
+    eventually(
+        Duration::from_secs(15),
+        "the failed request in the portal",
+        || async {
+            browser.open(&log).await?;
+            let rows = browser.text("#attempts").await?;
+            Ok((rows.contains("500") && rows.contains(&emitted.event_id)).then_some(()))
+        },
+    )
+    .await?;
+    assert!(!browser.page_text().await?.contains("shop-b-secret-hook"));
+    browser
+        .click(&format!("a[href$='/events/{}']", emitted.event_id))
+        .await?;
+    browser
+        .wait_url(&format!("/events/{}", emitted.event_id))
+        .await?;
+    assert!(browser.page_text().await?.contains("http_status"));
+
+    // Disable, re-enable, and send the failed one again once the server is fixed.
+    browser
+        .open(&format!("{}endpoints/{id}", minted.url))
+        .await?;
+    browser.click("#disable").await?;
+    browser.wait_url("done=disabled").await?;
+    assert_eq!(browser.text("#state").await?, "disabled");
+    browser.click("#enable").await?;
+    browser.wait_url("done=enabled").await?;
+    assert_eq!(browser.text("#state").await?, "active");
+    receiver.respond_with(200);
+    let before = receiver.requests().len();
+    browser
+        .open(&format!("{}events/{}", minted.url, emitted.event_id))
+        .await?;
+    browser.click("#replay").await?;
+    browser.wait_url("done=replayed").await?;
+    assert!(browser.text("#replay-note").await?.contains("queued again"));
+    receiver
+        .wait_for_requests(before + 1, Duration::from_secs(10))
+        .await?;
+
+    // A read-only link shows the same and offers, and takes, no change.
+    let read_only = link(&control_plane, "shop-a", true).await?;
+    browser
+        .open(&format!("{}endpoints/{id}", read_only.url))
+        .await?;
+    let page = browser.page_text().await?;
+    assert!(page.contains(&receiver.url("/shop-a")), "{page}");
+    for change in ["#reveal", "#disable", "#edit", "#rotate"] {
+        assert!(!browser.has(change).await, "read-only, yet {change} is offered");
+    }
+    let forged = client
+        .post(format!("{}endpoints/{id}/disable", read_only.url))
+        .send()
+        .await?;
+    assert_eq!(forged.status().as_u16(), 403);
+    assert!(control_plane.get(&id).await?.enabled);
+
+    // An expired link and a forged one say so, and show nothing.
+    let keyring = Keyring::parse(herald_tests::herald::shared_keyring())?;
+    let grant = Grant {
+        tenant: "shop-a".into(),
+        read_only: false,
+    };
+    let expired = portal_link::mint(
+        &keyring,
+        &grant,
+        SystemTime::now() - Duration::from_secs(7200),
+        Duration::from_secs(3600),
+    )?;
+    browser.open(&format!("{base}{expired}")).await?;
+    let page = browser.page_text().await?;
+    assert!(
+        page.contains("This link has expired") && !page.contains("shop-a"),
+        "{page}"
+    );
+    let mut tampered = minted.url.clone();
+    let at = base.len() + "/portal/".len() + 5;
+    let swap = if &tampered[at..at + 1] == "A" {
+        "B"
+    } else {
+        "A"
+    };
+    tampered.replace_range(at..at + 1, swap);
+    browser.open(&tampered).await?;
+    assert!(browser.page_text().await?.contains("not a valid"));
+    let status = client.get(&tampered).send().await?.status().as_u16();
+    assert_eq!(status, 403);
+    browser.close().await?;
+    Ok(())
+}
