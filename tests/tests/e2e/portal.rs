@@ -232,7 +232,10 @@ async fn a_shop_manages_its_endpoints_in_its_portal_and_sees_no_other_shop() -> 
     let page = browser.page_text().await?;
     assert!(page.contains(&receiver.url("/shop-a")), "{page}");
     for change in ["#reveal", "#disable", "#edit", "#rotate"] {
-        assert!(!browser.has(change).await, "read-only, yet {change} is offered");
+        assert!(
+            !browser.has(change).await,
+            "read-only, yet {change} is offered"
+        );
     }
     let forged = client
         .post(format!("{}endpoints/{id}/disable", read_only.url))
