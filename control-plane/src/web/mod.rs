@@ -9,6 +9,7 @@
 //! services with the caller's identity, as the REST API does, so what a page shows and
 //! allows is exactly what the API allows that caller.
 
+mod chart;
 pub mod console;
 pub mod form;
 pub mod page;

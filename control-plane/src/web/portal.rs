@@ -26,6 +26,7 @@ use herald_proto::v1::subscriptions_server::Subscriptions as _;
 use serde::Deserialize;
 
 use super::WebState;
+use super::chart::{CHART_ATTEMPTS, Chart, RECENT_ROWS, chart};
 use super::console::deliveries::{
     LogQuery, Rows, outcome_choices, page_of, replay_as, replay_note,
 };
@@ -419,6 +420,7 @@ struct EndpointPage {
     /// The newest secret, for the receiver snippet (empty unless shown).
     snippet_secret: String,
     health: HealthView,
+    chart: Chart,
     rows: Vec<AttemptRow>,
     base: String,
     note: String,
@@ -462,7 +464,7 @@ async fn endpoint(
                 subscription_id: path.id.clone(),
                 ..Default::default()
             }),
-            page_size: 20,
+            page_size: CHART_ATTEMPTS,
             page_token: String::new(),
         }))
         .await?
@@ -493,7 +495,12 @@ async fn endpoint(
             .map(|s| s.secret.clone())
             .unwrap_or_default(),
         health: HealthView::from(&health),
-        rows: attempts.iter().map(AttemptRow::from).collect(),
+        chart: chart(&attempts, SystemTime::now()),
+        rows: attempts
+            .iter()
+            .take(RECENT_ROWS)
+            .map(AttemptRow::from)
+            .collect(),
         base: holder.base.clone(),
         note: note.to_owned(),
     }))

@@ -648,3 +648,49 @@ async fn the_delivery_log_is_listed_followed_live_and_replayed_over_http() -> an
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn every_route_refuses_callers_without_a_token_or_the_role() -> anyhow::Result<()> {
+    let http = HeldPort::new()?;
+    let _control_plane = ControlPlane::start_with_tokens_configured(
+        ConfigStore::Embedded,
+        &tokens(),
+        ADMIN,
+        |config| config.http_listen = Some(http.addr()),
+    )
+    .await?;
+    let base = format!("http://{}", http.addr());
+    let client = plain_client();
+    let (_, _, openapi) = get(&client, &base, "/api/v1/openapi.json", None).await?;
+    let mut checked = 0;
+    for (template, item) in openapi["paths"].as_object().expect("paths") {
+        let path = template
+            .replace("{id}", "sub_01NOSUCHSUBSCRIPTION00000")
+            .replace("{name}", "order.none");
+        for verb in item.as_object().expect("operations").keys() {
+            let method = Method::from_bytes(verb.to_uppercase().as_bytes())?;
+            let body = (method != Method::GET && method != Method::DELETE).then(|| json!({}));
+            for token in [None, Some("not-a-token")] {
+                let (status, content_type, problem) =
+                    call(&client, method.clone(), &base, &path, token, body.as_ref()).await?;
+                assert_eq!(
+                    (status, content_type.as_str(), problem["code"].as_str()),
+                    (401, "application/problem+json", Some("UNAUTHENTICATED")),
+                    "{verb} {path} with {token:?}"
+                );
+            }
+            if method != Method::GET {
+                let (status, _, problem) =
+                    call(&client, method, &base, &path, Some(SHOP_B), body.as_ref()).await?;
+                assert_eq!(
+                    (status, problem["code"].as_str()),
+                    (403, Some("PERMISSION_DENIED")),
+                    "{verb} {path}: a read token may not change anything"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 18, "only {checked} operations documented");
+    Ok(())
+}

@@ -16,7 +16,10 @@ use serde::Deserialize;
 
 use super::{Chrome, after_change};
 use crate::rest::Authorized;
+use std::time::SystemTime;
+
 use crate::web::WebState;
+use crate::web::chart::{CHART_ATTEMPTS, Chart, RECENT_ROWS, chart};
 use crate::web::form::{FormData, SubscriptionForm};
 use crate::web::page::{PageError, query_value, render, render_with};
 use crate::web::session::{Console, ConsoleChange};
@@ -265,6 +268,8 @@ struct ShowPage {
     secrets: Vec<SecretView>,
     secrets_shown: bool,
     health: HealthView,
+    /// Success rate and latency per hour.
+    chart: Chart,
     /// The recent attempts.
     rows: Vec<AttemptRow>,
     /// Where links in the rows start (the console's root).
@@ -311,7 +316,7 @@ async fn show(
                 subscription_id: id.clone(),
                 ..Default::default()
             }),
-            page_size: 20,
+            page_size: CHART_ATTEMPTS,
             page_token: String::new(),
         }))
         .await?
@@ -336,7 +341,12 @@ async fn show(
         secrets: views::secrets(&sub),
         secrets_shown: query.show_secrets,
         health: HealthView::from(&health),
-        rows: attempts.iter().map(AttemptRow::from).collect(),
+        chart: chart(&attempts, SystemTime::now()),
+        rows: attempts
+            .iter()
+            .take(RECENT_ROWS)
+            .map(AttemptRow::from)
+            .collect(),
         base: "",
         note: note.to_owned(),
     }))

@@ -19,6 +19,9 @@
 //!
 //! `bench fleet`: config distribution to many agents (see `fleet.rs`).
 //!
+//! `bench web`: the web console's and portal's pages and the REST API over a large delivery
+//! log (see `web.rs`).
+//!
 //! `bench rss`: the resident memory of an idle `herald-agent` process (the release binary next
 //! to this one) connected to a control plane with one subscription.
 
@@ -31,6 +34,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod fleet;
 mod log;
 mod soak;
+mod web;
 
 use std::time::Duration;
 
@@ -71,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
         Some("deliver") => deliver().await,
         Some("log") => log::run().await,
         Some("fleet") => fleet::run().await,
+        Some("web") => web::run().await,
         Some("emit-case") => {
             let arg = |i: usize| -> anyhow::Result<usize> {
                 std::env::args()
@@ -83,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
             emit_case(arg(2)?, arg(3)?, fsync).await
         }
         _ => anyhow::bail!(
-            "usage: bench emit|deliver|log|fleet|rss|soak [MINUTES]|emit-case CALLERS BATCH [off]"
+            "usage: bench emit|deliver|log|fleet|web|rss|soak [MINUTES]|emit-case CALLERS BATCH [off]"
         ),
     }
 }
