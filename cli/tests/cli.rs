@@ -1243,6 +1243,31 @@ async fn dev_session(stdout: std::process::Stdio) -> anyhow::Result<Output> {
         "{listed}"
     );
 
+    // A portal link opens shop-1's webhook pages, its endpoint listed.
+    let out = run(&["portal", "link", "--tenant", "shop-1", "--ttl", "10m"]).await?;
+    let link = String::from_utf8(out.stdout)?.trim().to_owned();
+    let path = link
+        .strip_prefix(&format!("http://{http}"))
+        .filter(|path| path.starts_with("/portal/"))
+        .with_context(|| format!("a portal link: {link}"))?
+        .to_owned();
+    let portal = {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(&http).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: dev\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await?;
+        answer
+    };
+    assert!(
+        portal.starts_with("HTTP/1.1 200") && portal.contains("/hooks/orders"),
+        "{portal}"
+    );
+    let out = run(&["portal", "link", "--tenant", "shop-1", "--ttl", "30days"]).await?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ttl"));
+
     let pid = dev.id().context("dev is running")?.to_string();
     let interrupted = tokio::process::Command::new("kill")
         .args(["-INT", &pid])

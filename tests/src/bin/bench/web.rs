@@ -149,6 +149,8 @@ async fn time_page(
 }
 
 pub async fn run() -> anyhow::Result<()> {
+    // reqwest's TLS needs the process's provider, even for plain HTTP.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let total: u64 = std::env::var("HERALD_BENCH_WEB_ATTEMPTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -206,8 +208,11 @@ pub async fn run() -> anyhow::Result<()> {
 
     let server = start(dir.path()).await?;
     let client = reqwest::Client::builder().http1_only().build()?;
-    // The API is open here: signing in takes no token.
-    let signed_in = client
+    // The API is open here: signing in takes no token. The answer is a redirect whose
+    // cookie is wanted, not followed.
+    let signed_in = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?
         .post(format!("{}/login", server.http))
         .header("content-type", "application/x-www-form-urlencoded")
         .body("token=&next=%2Fsubscriptions")
