@@ -24,6 +24,15 @@ pub fn render_with(status: StatusCode, page: &impl Template) -> Response {
     response
 }
 
+/// The status of a form page: 400 when it is shown again with a refusal.
+pub fn form_status(error: &str) -> StatusCode {
+    if error.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    }
+}
+
 /// How a page request can end other than with its page.
 #[derive(Debug)]
 pub enum PageError {

@@ -16,23 +16,22 @@ use std::time::SystemTime;
 use askama::Template;
 use axum::Router;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::Method;
 use axum::http::request::Parts;
-use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use herald_proto::v1 as pb;
-use herald_proto::v1::deliveries_server::Deliveries as _;
 use herald_proto::v1::subscriptions_server::Subscriptions as _;
 use serde::Deserialize;
 
 use super::WebState;
-use super::chart::{CHART_ATTEMPTS, Chart, RECENT_ROWS, chart};
+use super::chart::Chart;
 use super::console::deliveries::{
-    LogQuery, Rows, outcome_choices, page_of, replay_as, replay_note,
+    EventQuery, LogQuery, Rows, event_attempts, outcome_choices, page_of, replay_as,
 };
-use super::console::subscriptions::{Choice, choices, disable_as, enable_as, rotate_as};
+use super::console::subscriptions::{Choice, Endpoint, choices, disable_as, enable_as, rotate_as};
 use super::form::{FormData, SubscriptionForm};
-use super::page::{PageError, query_value, render, render_with, when};
+use super::page::{PageError, form_status, query_value, render, render_with, when};
 use super::portal_link;
 use super::sealed_token::TokenError;
 use super::session::{read_form, same_origin};
@@ -323,13 +322,8 @@ async fn form_page(
     error: String,
 ) -> Result<Response, PageError> {
     let (choices, other_patterns) = choices(state, &holder.caller, &form).await?;
-    let status = if error.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
     Ok(render_with(
-        status,
+        form_status(&error),
         &FormPage {
             frame: holder.frame("endpoints"),
             id,
@@ -440,36 +434,9 @@ async fn endpoint(
     Path(path): Path<EndpointPath>,
     Query(query): Query<EndpointQuery>,
 ) -> Result<Response, PageError> {
-    let services = &state.services;
     let show_secrets = query.show_secrets && !holder.read_only;
-    let sub = services
-        .subscriptions
-        .get_subscription(holder.caller.request(pb::GetSubscriptionRequest {
-            id: path.id.clone(),
-            show_secrets,
-        }))
-        .await?
-        .into_inner();
-    let health = services
-        .subscriptions
-        .get_subscription_health(holder.caller.request(pb::GetSubscriptionHealthRequest {
-            id: path.id.clone(),
-        }))
-        .await?
-        .into_inner();
-    let attempts = services
-        .deliveries
-        .list_attempts(holder.caller.request(pb::ListAttemptsRequest {
-            filter: Some(pb::AttemptFilter {
-                subscription_id: path.id.clone(),
-                ..Default::default()
-            }),
-            page_size: CHART_ATTEMPTS,
-            page_token: String::new(),
-        }))
-        .await?
-        .into_inner()
-        .attempts;
+    let endpoint = Endpoint::load(&state, &holder.caller, path.id, show_secrets).await?;
+    let sub = &endpoint.subscription;
     let note = match query.done.as_str() {
         "created" => "Endpoint added. Use its signing secret to verify each request.",
         "updated" => "Saved.",
@@ -486,21 +453,17 @@ async fn endpoint(
         disabled_reason: sub.disabled_reason.clone(),
         disabled_at: when(sub.disabled_at.as_ref()),
         signature: herald_proto::words::signature(sub.signature_scheme),
-        settings: views::settings(&sub),
-        secrets: views::secrets(&sub),
+        settings: views::settings(sub),
+        secrets: views::secrets(sub),
         secrets_shown: show_secrets,
         snippet_secret: sub
             .secrets
             .first()
             .map(|s| s.secret.clone())
             .unwrap_or_default(),
-        health: HealthView::from(&health),
-        chart: chart(&attempts, SystemTime::now()),
-        rows: attempts
-            .iter()
-            .take(RECENT_ROWS)
-            .map(AttemptRow::from)
-            .collect(),
+        health: endpoint.health,
+        chart: endpoint.chart,
+        rows: endpoint.rows,
         base: holder.base.clone(),
         note: note.to_owned(),
     }))
@@ -714,16 +677,6 @@ struct EventPath {
     event_id: String,
 }
 
-#[derive(Deserialize)]
-struct EventQuery {
-    #[serde(default)]
-    done: String,
-    #[serde(default)]
-    queued: u32,
-    #[serde(default)]
-    missed: u32,
-}
-
 #[derive(Template)]
 #[template(path = "portal/event.html")]
 struct EventPage {
@@ -739,31 +692,13 @@ async fn event(
     Path(path): Path<EventPath>,
     Query(query): Query<EventQuery>,
 ) -> Result<Response, PageError> {
-    let attempts = state
-        .services
-        .deliveries
-        .list_attempts(holder.caller.request(pb::ListAttemptsRequest {
-            filter: Some(pb::AttemptFilter {
-                event_id: path.event_id.clone(),
-                tenant: holder.tenant.clone(),
-                ..Default::default()
-            }),
-            page_size: 1000,
-            page_token: String::new(),
-        }))
-        .await?
-        .into_inner()
-        .attempts;
-    if attempts.is_empty() {
-        return Err(
-            tonic::Status::not_found(format!("no deliveries of event {}", path.event_id)).into(),
-        );
-    }
+    // The holder's identity is scoped to its tenant: another tenant's event has no attempts.
+    let attempts = event_attempts(&state, &holder.caller, &path.event_id).await?;
     Ok(render(&EventPage {
         frame: holder.frame("deliveries"),
         event_id: path.event_id,
-        attempts: attempts.iter().map(AttemptRow::from).collect(),
-        note: replay_note(&query.done, query.queued, query.missed),
+        attempts,
+        note: query.note(),
     }))
 }
 

@@ -200,8 +200,9 @@ struct EventPage {
     note: String,
 }
 
+/// What an event's page is told after a replay (`done=replayed&queued=N&missed=M`).
 #[derive(Deserialize)]
-struct EventQuery {
+pub struct EventQuery {
     #[serde(default)]
     done: String,
     #[serde(default)]
@@ -210,32 +211,35 @@ struct EventQuery {
     missed: u32,
 }
 
-/// What the page says after a replay (`done=replayed`); no text comes from the link itself.
-pub fn replay_note(done: &str, queued: u32, missed: u32) -> String {
-    if done != "replayed" {
-        return String::new();
+impl EventQuery {
+    /// What the page says after a replay; no text comes from the link itself.
+    pub fn note(&self) -> String {
+        if self.done != "replayed" {
+            return String::new();
+        }
+        let mut note = format!("Replay: {} delivery(ies) queued again.", self.queued);
+        if self.missed > 0 {
+            note.push_str(&format!(
+                " {} could not be (their agent is gone or no longer holds the event).",
+                self.missed
+            ));
+        }
+        note
     }
-    let mut note = format!("Replay: {queued} delivery(ies) queued again.");
-    if missed > 0 {
-        note.push_str(&format!(
-            " {missed} could not be (their agent is gone or no longer holds the event)."
-        ));
-    }
-    note
 }
 
-async fn event(
-    State(state): State<WebState>,
-    console: Console,
-    Path(event_id): Path<String>,
-    Query(query): Query<EventQuery>,
-) -> Result<Response, PageError> {
+/// Every attempt of `event_id` that `caller` may see; `NOT_FOUND` when there is none.
+pub async fn event_attempts(
+    state: &WebState,
+    caller: &Authorized,
+    event_id: &str,
+) -> Result<Vec<AttemptRow>, PageError> {
     let attempts = state
         .services
         .deliveries
-        .list_attempts(console.caller.request(pb::ListAttemptsRequest {
+        .list_attempts(caller.request(pb::ListAttemptsRequest {
             filter: Some(pb::AttemptFilter {
-                event_id: event_id.clone(),
+                event_id: event_id.to_owned(),
                 ..Default::default()
             }),
             page_size: 1000,
@@ -247,11 +251,21 @@ async fn event(
     if attempts.is_empty() {
         return Err(tonic::Status::not_found(format!("no attempts of event {event_id}")).into());
     }
+    Ok(attempts.iter().map(AttemptRow::from).collect())
+}
+
+async fn event(
+    State(state): State<WebState>,
+    console: Console,
+    Path(event_id): Path<String>,
+    Query(query): Query<EventQuery>,
+) -> Result<Response, PageError> {
+    let attempts = event_attempts(&state, &console.caller, &event_id).await?;
     Ok(render(&EventPage {
         chrome: Chrome::new(&console, "deliveries"),
         event_id,
-        attempts: attempts.iter().map(AttemptRow::from).collect(),
-        note: replay_note(&query.done, query.queued, query.missed),
+        attempts,
+        note: query.note(),
     }))
 }
 

@@ -5,7 +5,6 @@
 use askama::Template;
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use herald_proto::v1 as pb;
@@ -21,7 +20,7 @@ use std::time::SystemTime;
 use crate::web::WebState;
 use crate::web::chart::{CHART_ATTEMPTS, Chart, RECENT_ROWS, chart};
 use crate::web::form::{FormData, SubscriptionForm};
-use crate::web::page::{PageError, query_value, render, render_with};
+use crate::web::page::{PageError, form_status, query_value, render, render_with};
 use crate::web::session::{Console, ConsoleChange};
 use crate::web::views::{self, AttemptRow, HealthView, SecretView, Setting, SubscriptionRow};
 
@@ -185,13 +184,8 @@ async fn form_page(
     error: String,
 ) -> Result<Response, PageError> {
     let (choices, other_patterns) = choices(state, &console.caller, &form).await?;
-    let status = if error.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
     Ok(render_with(
-        status,
+        form_status(&error),
         &FormPage {
             chrome: Chrome::new(console, "subscriptions"),
             id,
@@ -255,6 +249,69 @@ fn is_form_error(status: &tonic::Status) -> bool {
     )
 }
 
+/// What a subscription's page shows beyond its settings, read for the caller: its health,
+/// the chart of its newest attempts and the most recent of them. Shared with the portal.
+pub struct Endpoint {
+    /// The subscription (secrets as asked and allowed).
+    pub subscription: pb::Subscription,
+    /// Its health.
+    pub health: HealthView,
+    /// Success rate and latency per hour.
+    pub chart: Chart,
+    /// Its newest attempts.
+    pub rows: Vec<AttemptRow>,
+}
+
+impl Endpoint {
+    /// Reads subscription `id` as `caller` may see it.
+    pub async fn load(
+        state: &WebState,
+        caller: &Authorized,
+        id: String,
+        show_secrets: bool,
+    ) -> Result<Self, PageError> {
+        let services = &state.services;
+        let subscription = services
+            .subscriptions
+            .get_subscription(caller.request(pb::GetSubscriptionRequest {
+                id: id.clone(),
+                show_secrets,
+            }))
+            .await?
+            .into_inner();
+        let health = services
+            .subscriptions
+            .get_subscription_health(
+                caller.request(pb::GetSubscriptionHealthRequest { id: id.clone() }),
+            )
+            .await?
+            .into_inner();
+        let attempts = services
+            .deliveries
+            .list_attempts(caller.request(pb::ListAttemptsRequest {
+                filter: Some(pb::AttemptFilter {
+                    subscription_id: id,
+                    ..Default::default()
+                }),
+                page_size: CHART_ATTEMPTS,
+                page_token: String::new(),
+            }))
+            .await?
+            .into_inner()
+            .attempts;
+        Ok(Endpoint {
+            subscription,
+            health: HealthView::from(&health),
+            chart: chart(&attempts, SystemTime::now()),
+            rows: attempts
+                .iter()
+                .take(RECENT_ROWS)
+                .map(AttemptRow::from)
+                .collect(),
+        })
+    }
+}
+
 #[derive(Template)]
 #[template(path = "console/subscription.html")]
 struct ShowPage {
@@ -291,37 +348,8 @@ async fn show(
     Path(id): Path<String>,
     Query(query): Query<ShowQuery>,
 ) -> Result<Response, PageError> {
-    let services = &state.services;
-    let sub = services
-        .subscriptions
-        .get_subscription(console.caller.request(pb::GetSubscriptionRequest {
-            id: id.clone(),
-            show_secrets: query.show_secrets,
-        }))
-        .await?
-        .into_inner();
-    let health = services
-        .subscriptions
-        .get_subscription_health(
-            console
-                .caller
-                .request(pb::GetSubscriptionHealthRequest { id: id.clone() }),
-        )
-        .await?
-        .into_inner();
-    let attempts = services
-        .deliveries
-        .list_attempts(console.caller.request(pb::ListAttemptsRequest {
-            filter: Some(pb::AttemptFilter {
-                subscription_id: id.clone(),
-                ..Default::default()
-            }),
-            page_size: CHART_ATTEMPTS,
-            page_token: String::new(),
-        }))
-        .await?
-        .into_inner()
-        .attempts;
+    let endpoint = Endpoint::load(&state, &console.caller, id, query.show_secrets).await?;
+    let sub = &endpoint.subscription;
     let note = match query.done.as_str() {
         "created" => "Subscription created. Give its signing secret to the receiver.",
         "updated" => "Saved.",
@@ -337,16 +365,12 @@ async fn show(
         disabled_reason: sub.disabled_reason.clone(),
         disabled_at: crate::web::page::when(sub.disabled_at.as_ref()),
         revision: sub.revision,
-        settings: views::settings(&sub),
-        secrets: views::secrets(&sub),
+        settings: views::settings(sub),
+        secrets: views::secrets(sub),
         secrets_shown: query.show_secrets,
-        health: HealthView::from(&health),
-        chart: chart(&attempts, SystemTime::now()),
-        rows: attempts
-            .iter()
-            .take(RECENT_ROWS)
-            .map(AttemptRow::from)
-            .collect(),
+        health: endpoint.health,
+        chart: endpoint.chart,
+        rows: endpoint.rows,
         base: "",
         note: note.to_owned(),
     }))
