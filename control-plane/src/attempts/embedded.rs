@@ -45,6 +45,16 @@ const ATTEMPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("attempts");
 const ATTEMPT_IDS: TableDefinition<&str, u64> = TableDefinition::new("attempt_ids");
 const BY_SUBSCRIPTION: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_subscription");
 const BY_EVENT: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_event");
+/// A tenant's attempts, oldest first: the delivery log of one tenant (the console's tenant
+/// filter, every portal page) without scanning the others'.
+const BY_TENANT: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_tenant");
+/// Attempts indexed by tenant in one commit when a log made before that index opens.
+const BACKFILL_BATCH: usize = 100_000;
+/// Facts about the log file itself.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// In [`META`]: the attempts up to this sequence number are in [`BY_TENANT`]
+/// ([`u64::MAX`]: all of them, and every new one is added as it is stored).
+const TENANTS_INDEXED: &str = "by_tenant_indexed_through";
 const HEALTH: TableDefinition<&str, &[u8]> = TableDefinition::new("health");
 const FOLLOWUPS: TableDefinition<u64, &[u8]> = TableDefinition::new("followups");
 const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
@@ -234,8 +244,25 @@ impl EmbeddedLog {
         std::fs::create_dir_all(dir).map_err(|e| storage(format!("{}: {e}", dir.display())))?;
         let db = Database::create(dir.join("attempts.redb")).map_err(storage)?;
         let txn = db.begin_write().map_err(storage)?;
+        let indexed_through;
         {
-            txn.open_table(ATTEMPTS).map_err(storage)?;
+            txn.open_table(BY_TENANT).map_err(storage)?;
+            let records = txn.open_table(ATTEMPTS).map_err(storage)?;
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            let progress = meta
+                .get(TENANTS_INDEXED)
+                .map_err(storage)?
+                .map(|v| v.value());
+            indexed_through = match progress {
+                Some(seq) => seq,
+                // A new log: every attempt will be indexed as it is stored.
+                None if records.is_empty().map_err(storage)? => {
+                    meta.insert(TENANTS_INDEXED, u64::MAX).map_err(storage)?;
+                    u64::MAX
+                }
+                // A log made before the index.
+                None => 0,
+            };
             txn.open_table(ATTEMPT_IDS).map_err(storage)?;
             txn.open_table(BY_SUBSCRIPTION).map_err(storage)?;
             txn.open_table(BY_EVENT).map_err(storage)?;
@@ -244,6 +271,9 @@ impl EmbeddedLog {
             txn.open_table(OUTBOX).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
+        if indexed_through != u64::MAX {
+            index_tenants(&db, indexed_through)?;
+        }
         let (tail, _) = broadcast::channel(TAIL_BUFFER);
         Ok(EmbeddedLog {
             db: Arc::new(db),
@@ -387,6 +417,7 @@ fn insert_batch(
         let mut records = txn.open_table(ATTEMPTS).map_err(storage)?;
         let mut ids = txn.open_table(ATTEMPT_IDS).map_err(storage)?;
         let mut by_sub = txn.open_table(BY_SUBSCRIPTION).map_err(storage)?;
+        let mut by_tenant = txn.open_table(BY_TENANT).map_err(storage)?;
         let mut seq = records
             .last()
             .map_err(storage)?
@@ -405,6 +436,9 @@ fn insert_batch(
             ids.insert(id.as_str(), seq).map_err(storage)?;
             by_sub
                 .insert((attempt.subscription_id.as_str(), seq), ())
+                .map_err(storage)?;
+            by_tenant
+                .insert((attempt.tenant.as_str(), seq), ())
                 .map_err(storage)?;
             stored.push(attempt);
         }
@@ -445,6 +479,57 @@ fn insert_batch(
     Ok((stored, followups))
 }
 
+/// Indexes by tenant the attempts after sequence number `after` of a log made before
+/// [`BY_TENANT`] existed, in commits of [`BACKFILL_BATCH`], oldest first; each commit records
+/// how far it got in [`META`], so a replica stopped part way goes on from there.
+fn index_tenants(db: &Database, mut after: u64) -> Result<(), LogError> {
+    let total = db
+        .begin_read()
+        .map_err(storage)?
+        .open_table(ATTEMPTS)
+        .map_err(storage)?
+        .len()
+        .map_err(storage)?;
+    if total > 0 {
+        tracing::info!(
+            attempts = total,
+            from = after,
+            "indexing the delivery log by tenant (once, for a log made before that index)"
+        );
+    }
+    loop {
+        let txn = db.begin_write().map_err(storage)?;
+        let last;
+        {
+            let records = txn.open_table(ATTEMPTS).map_err(storage)?;
+            let mut by_tenant = txn.open_table(BY_TENANT).map_err(storage)?;
+            let mut count = 0;
+            let mut seen = None;
+            for entry in records.range(after + 1..).map_err(storage)? {
+                let (seq, value) = entry.map_err(storage)?;
+                let attempt = pb::Attempt::decode(value.value()).map_err(storage)?;
+                by_tenant
+                    .insert((attempt.tenant.as_str(), seq.value()), ())
+                    .map_err(storage)?;
+                seen = Some(seq.value());
+                count += 1;
+                if count == BACKFILL_BATCH {
+                    break;
+                }
+            }
+            last = seen;
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            meta.insert(TENANTS_INDEXED, last.unwrap_or(u64::MAX))
+                .map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        match last {
+            Some(seq) => after = seq,
+            None => return Ok(()),
+        }
+    }
+}
+
 /// One sweep commit: removes up to [`SWEEP_BATCH`] of the oldest attempts that started before
 /// `cutoff` or are beyond `max_attempts`, with their index entries.
 fn sweep_batch(db: &Database, cutoff: SystemTime, max_attempts: u64) -> Result<usize, LogError> {
@@ -455,6 +540,7 @@ fn sweep_batch(db: &Database, cutoff: SystemTime, max_attempts: u64) -> Result<u
         let mut ids = txn.open_table(ATTEMPT_IDS).map_err(storage)?;
         let mut by_sub = txn.open_table(BY_SUBSCRIPTION).map_err(storage)?;
         let mut by_event = txn.open_table(BY_EVENT).map_err(storage)?;
+        let mut by_tenant = txn.open_table(BY_TENANT).map_err(storage)?;
         let excess = records.len().map_err(storage)?.saturating_sub(max_attempts);
         let mut old = Vec::new();
         for entry in records.iter().map_err(storage)? {
@@ -477,6 +563,9 @@ fn sweep_batch(db: &Database, cutoff: SystemTime, max_attempts: u64) -> Result<u
                 .map_err(storage)?;
             by_event
                 .remove((attempt.event_id.as_str(), *seq))
+                .map_err(storage)?;
+            by_tenant
+                .remove((attempt.tenant.as_str(), *seq))
                 .map_err(storage)?;
         }
         removed = old.len();
@@ -515,6 +604,17 @@ fn query(db: &Database, filter: &Filter, before: u64, size: usize) -> Result<Pag
             }
             seqs.sort_unstable_by(|a, b| b.cmp(a));
             Box::new(seqs.into_iter().map(Ok))
+        } else if !filter.wire().tenant.is_empty() {
+            let table = txn.open_table(BY_TENANT).map_err(storage)?;
+            let tenant = filter.wire().tenant.as_str();
+            let range = table
+                .range((tenant, 0)..(tenant, before))
+                .map_err(storage)?;
+            Box::new(
+                range
+                    .rev()
+                    .map(|e| e.map(|(k, _)| k.value().1).map_err(storage)),
+            )
         } else {
             let range = records.range(..before).map_err(storage)?;
             Box::new(
@@ -629,6 +729,59 @@ mod tests {
                 .is_empty()
         );
         assert!(log.list(Filter::default(), 10, "garbage").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_tenant_is_listed_from_its_index_even_in_a_log_made_before_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let of = |tenant: &str, event: &str| pb::Attempt {
+            tenant: tenant.into(),
+            ..attempt(event, "sub_a", 1, pb::Outcome::Delivered)
+        };
+        let batch: Vec<_> = (0..250)
+            .map(|i| {
+                of(
+                    if i % 5 == 0 { "shop-b" } else { "shop-a" },
+                    &format!("evt_{i}"),
+                )
+            })
+            .collect();
+        let log = EmbeddedLog::open(dir.path()).expect("open");
+        log.insert(batch).await.expect("insert");
+        drop(log);
+        // As a log written before the tenant index: no index entries, no progress.
+        {
+            let db = Database::create(dir.path().join("attempts.redb")).expect("db");
+            let txn = db.begin_write().expect("txn");
+            txn.delete_table(BY_TENANT).expect("drop the index");
+            txn.open_table(META)
+                .expect("meta")
+                .remove(TENANTS_INDEXED)
+                .expect("forget");
+            txn.commit().expect("commit");
+        }
+        let log = EmbeddedLog::open(dir.path()).expect("reopen indexes it");
+        log.insert(vec![of("shop-b", "evt_new")])
+            .await
+            .expect("insert");
+        let shop_b = Filter::new(pb::AttemptFilter {
+            tenant: "shop-b".into(),
+            ..Default::default()
+        });
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = log.list(shop_b.clone(), 20, &token).await.expect("page");
+            assert!(page.attempts.iter().all(|a| a.tenant == "shop-b"));
+            seen.extend(page.attempts.into_iter().map(|a| a.event_id));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!(seen.len(), 51, "50 old and 1 new");
+        assert_eq!(seen[0], "evt_new", "newest first");
+        assert_eq!(seen[50], "evt_0");
     }
 
     #[tokio::test]
