@@ -23,6 +23,7 @@ use herald_proto::convert::{duration, timestamp};
 use herald_proto::v1 as pb;
 use herald_proto::v1::agent_control_client::AgentControlClient;
 use herald_proto::v1::deliveries_client::DeliveriesClient;
+use herald_proto::v1::subscriptions_client::SubscriptionsClient;
 use herald_tests::herald::connect;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -38,13 +39,50 @@ const QUERIES: usize = 200;
 /// The log's retention in the bench: long enough for the aged partition it drops.
 const YEAR: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
+/// The subscriptions the attempts are of, `(id, tenant)`: made through the API before any
+/// attempt is sent, since the control plane stores reports of subscriptions it knows only.
+static TARGETS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+/// The subscription and tenant of attempt `i`.
+fn target(i: u64) -> &'static (String, String) {
+    let targets = TARGETS.get().expect("the subscriptions are made first");
+    &targets[(i % SUBSCRIPTIONS) as usize]
+}
+
+/// Makes the subscriptions through the control plane at `url`: subscription `j` is tenant
+/// `shop-{j % TENANTS}`'s.
+async fn make_targets(url: &str) -> anyhow::Result<()> {
+    let mut client = SubscriptionsClient::new(connect(url).await?);
+    let mut targets = Vec::new();
+    for j in 0..SUBSCRIPTIONS {
+        let tenant = format!("shop-{}", j % TENANTS);
+        let sub = client
+            .create_subscription(pb::CreateSubscriptionRequest {
+                subscription: Some(pb::Subscription {
+                    url: format!("https://{tenant}.example.com/webhooks/herald"),
+                    tenant: tenant.clone(),
+                    event_types: vec!["order.*".into()],
+                    ..Default::default()
+                }),
+                allow_unregistered: true,
+            })
+            .await?
+            .into_inner();
+        targets.push((sub.id, tenant));
+    }
+    TARGETS
+        .set(targets)
+        .map_err(|_| anyhow::anyhow!("subscriptions made twice"))
+}
+
 /// Attempt number `i` of the synthetic log: realistic sizes and spread.
 fn attempt(i: u64, started_at: SystemTime) -> pb::Attempt {
     let failed = i.is_multiple_of(50);
+    let (subscription_id, tenant) = target(i);
     pb::Attempt {
         event_id: format!("evt_{i:016}"),
-        subscription_id: format!("sub_bench_{:04}", i % SUBSCRIPTIONS),
-        tenant: format!("shop-{}", i % TENANTS),
+        subscription_id: subscription_id.clone(),
+        tenant: tenant.clone(),
         event_type: "order.created".into(),
         attempt: 1,
         agent_id: format!("agt_bench_{}", i % STREAMS),
@@ -241,6 +279,7 @@ pub async fn run() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let stop = CancellationToken::new();
     let (url, server) = control_plane(dir.path(), &store_url, &stop).await?;
+    make_targets(&url).await?;
     let (mut grpc, mut direct, mut copied) = (vec![], vec![], vec![]);
     for round in 0..3 {
         let first = round * ROUND_ATTEMPTS;
@@ -290,6 +329,12 @@ pub async fn run() -> anyhow::Result<()> {
     };
     let mut next = 3 * ROUND_ATTEMPTS;
     let already = log.len().await?;
+    // Reports the control plane refused would be acked too: count what it stored.
+    anyhow::ensure!(
+        already >= 3 * ROUND_ATTEMPTS,
+        "the report streams stored {already} of {} attempts",
+        3 * ROUND_ATTEMPTS
+    );
     let fill_start = Instant::now();
     while already + (next - 3 * ROUND_ATTEMPTS) < total {
         let len = (total - already - (next - 3 * ROUND_ATTEMPTS)).min(5_000);
@@ -315,14 +360,14 @@ pub async fn run() -> anyhow::Result<()> {
         (
             "subscription",
             Box::new(|i| pb::AttemptFilter {
-                subscription_id: format!("sub_bench_{:04}", i % SUBSCRIPTIONS),
+                subscription_id: target(i).0.clone(),
                 ..Default::default()
             }),
         ),
         (
             "subscription + outcome failed",
             Box::new(|i| pb::AttemptFilter {
-                subscription_id: format!("sub_bench_{:04}", (i * 50) % SUBSCRIPTIONS),
+                subscription_id: target(i * 50).0.clone(),
                 outcome: pb::Outcome::Failed as i32,
                 ..Default::default()
             }),
