@@ -35,7 +35,9 @@ use super::page::{PageError, form_status, query_value, render, render_with, when
 use super::portal_link;
 use super::sealed_token::TokenError;
 use super::session::{read_form, same_origin};
-use super::views::{self, AttemptRow, HealthView, SecretView, Setting, SubscriptionRow};
+use super::views::{
+    self, AttemptRow, EventAttempt, HealthView, SecretView, Setting, SubscriptionRow,
+};
 use crate::access::{Identity, Scope};
 use crate::auth::Role;
 use crate::rest::Authorized;
@@ -682,7 +684,7 @@ struct EventPath {
 struct EventPage {
     frame: Frame,
     event_id: String,
-    attempts: Vec<AttemptRow>,
+    attempts: Vec<EventAttempt>,
     note: String,
 }
 

@@ -293,3 +293,115 @@ impl From<&pb::SubscriptionHealth> for HealthView {
         }
     }
 }
+
+/// One attempt of an event on its page: the row, and the request's headers.
+pub struct EventAttempt {
+    pub row: AttemptRow,
+    /// Name and value of each header the request carried, as the subscription's settings
+    /// make them (the signature masked, custom header values hidden).
+    pub headers: Vec<SentHeader>,
+}
+
+/// One header of a request as the pages show it.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SentHeader {
+    pub name: String,
+    /// The value, or a placeholder where it is secret or not known here.
+    pub value: String,
+}
+
+impl SentHeader {
+    fn new(name: &str, value: impl Into<String>) -> Self {
+        Self {
+            name: name.to_owned(),
+            value: value.into(),
+        }
+    }
+}
+
+/// The headers of attempt `a`, made as the agent makes them from the subscription `sub` (its
+/// current settings; `None` when it is gone): the content type, the Standard Webhooks
+/// headers (`webhook-timestamp` is the attempt's start), the event type, the trace context
+/// when sent on, and the subscription's own headers, their values hidden.
+pub fn sent_headers(a: &pb::Attempt, sub: Option<&pb::Subscription>) -> Vec<SentHeader> {
+    use herald_core::signing::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+    let timestamp = a
+        .started_at
+        .as_ref()
+        .map(|t| t.seconds.to_string())
+        .unwrap_or_default();
+    let mut headers = Vec::new();
+    if let Some(sub) = sub {
+        let format = herald_proto::convert::payload_format(sub.format)
+            .unwrap_or(herald_core::format::PayloadFormat::Json);
+        headers.push(SentHeader::new("content-type", format.content_type()));
+    }
+    headers.push(SentHeader::new(HEADER_ID, a.event_id.clone()));
+    headers.push(SentHeader::new(HEADER_TIMESTAMP, timestamp));
+    let scheme = sub.map_or("v1", |s| words::signature(s.signature_scheme));
+    headers.push(SentHeader::new(
+        HEADER_SIGNATURE,
+        format!("{scheme},… (masked)"),
+    ));
+    headers.push(SentHeader::new(
+        herald_core::format::HEADER_EVENT_TYPE,
+        a.event_type.clone(),
+    ));
+    if let Some(sub) = sub {
+        if sub.send_trace_context {
+            headers.push(SentHeader::new(
+                herald_core::trace::HEADER,
+                "(the emitter's trace, when it sent one)",
+            ));
+        }
+        let mut custom: Vec<SentHeader> = sub
+            .headers
+            .keys()
+            .map(|name| SentHeader::new(name, "(hidden)"))
+            .collect();
+        custom.sort();
+        headers.extend(custom);
+    }
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_headers_sent_follow_the_subscription_and_hide_what_is_secret() {
+        let attempt = pb::Attempt {
+            event_id: "evt_1".into(),
+            event_type: "order.created".into(),
+            started_at: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 5,
+            }),
+            ..Default::default()
+        };
+        let sub = pb::Subscription {
+            format: pb::Format::Xml as i32,
+            signature_scheme: pb::SignatureScheme::Ed25519 as i32,
+            headers: [("X-Api-Key".to_owned(), "k-123".to_owned())].into(),
+            ..Default::default()
+        };
+        let headers = sent_headers(&attempt, Some(&sub));
+        let value = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.name == name)
+                .map(|h| h.value.as_str())
+        };
+        assert_eq!(value("content-type"), Some("application/xml"));
+        assert_eq!(value("webhook-id"), Some("evt_1"));
+        assert_eq!(value("webhook-timestamp"), Some("1700000000"));
+        assert!(
+            value("webhook-signature").is_some_and(|v| v.starts_with("v1a,") && !v.contains('='))
+        );
+        assert_eq!(value("X-Api-Key"), Some("(hidden)"));
+        assert_eq!(value("traceparent"), None, "not sent on by default");
+        let gone = sent_headers(&attempt, None);
+        assert_eq!(gone.first().map(|h| h.name.as_str()), Some("webhook-id"));
+    }
+}

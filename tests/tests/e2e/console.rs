@@ -108,6 +108,17 @@ async fn an_operator_manages_a_failing_endpoint_from_the_console() -> anyhow::Re
         detail.contains("http_status") && detail.contains(&receiver.url("/orders")),
         "{detail}"
     );
+    // The request's headers as sent: the event id, the signature's scheme with its value masked.
+    browser.click("details.headers summary").await?;
+    let headers = browser.text("details.headers").await?;
+    assert!(
+        headers.contains("webhook-id") && headers.contains(&emitted.event_id),
+        "{headers}"
+    );
+    assert!(
+        headers.contains("v1,… (masked)") && headers.contains("application/json"),
+        "{headers}"
+    );
 
     // Disable it, then re-enable it sending what was parked.
     browser.open(&format!("{base}/subscriptions/{id}")).await?;

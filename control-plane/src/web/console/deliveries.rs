@@ -8,6 +8,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use herald_proto::v1 as pb;
 use herald_proto::v1::deliveries_server::Deliveries as _;
+use herald_proto::v1::subscriptions_server::Subscriptions as _;
 use serde::Deserialize;
 
 use axum::response::IntoResponse as _;
@@ -17,7 +18,7 @@ use crate::rest::Authorized;
 use crate::web::WebState;
 use crate::web::page::{PageError, query_value, render};
 use crate::web::session::{Console, ConsoleChange};
-use crate::web::views::AttemptRow;
+use crate::web::views::{AttemptRow, EventAttempt, sent_headers};
 
 pub fn routes() -> Router<WebState> {
     Router::new()
@@ -196,7 +197,7 @@ async fn rows(
 struct EventPage {
     chrome: Chrome,
     event_id: String,
-    attempts: Vec<AttemptRow>,
+    attempts: Vec<EventAttempt>,
     note: String,
 }
 
@@ -228,12 +229,13 @@ impl EventQuery {
     }
 }
 
-/// Every attempt of `event_id` that `caller` may see; `NOT_FOUND` when there is none.
+/// Every attempt of `event_id` that `caller` may see, each with the headers its request
+/// carried; `NOT_FOUND` when there is none.
 pub async fn event_attempts(
     state: &WebState,
     caller: &Authorized,
     event_id: &str,
-) -> Result<Vec<AttemptRow>, PageError> {
+) -> Result<Vec<EventAttempt>, PageError> {
     let attempts = state
         .services
         .deliveries
@@ -251,7 +253,36 @@ pub async fn event_attempts(
     if attempts.is_empty() {
         return Err(tonic::Status::not_found(format!("no attempts of event {event_id}")).into());
     }
-    Ok(attempts.iter().map(AttemptRow::from).collect())
+    // The subscriptions the event went to (one each; a deleted one is simply not found).
+    let mut subscriptions = std::collections::HashMap::new();
+    for attempt in &attempts {
+        if subscriptions.contains_key(&attempt.subscription_id) {
+            continue;
+        }
+        let found = state
+            .services
+            .subscriptions
+            .get_subscription(caller.request(pb::GetSubscriptionRequest {
+                id: attempt.subscription_id.clone(),
+                show_secrets: false,
+            }))
+            .await
+            .ok()
+            .map(tonic::Response::into_inner);
+        subscriptions.insert(attempt.subscription_id.clone(), found);
+    }
+    Ok(attempts
+        .iter()
+        .map(|a| EventAttempt {
+            row: AttemptRow::from(a),
+            headers: sent_headers(
+                a,
+                subscriptions
+                    .get(&a.subscription_id)
+                    .and_then(Option::as_ref),
+            ),
+        })
+        .collect())
 }
 
 async fn event(
