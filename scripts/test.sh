@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The end-to-end tests start real servers from Debian's packages: etcd (etcd-server) and
-# PostgreSQL (postgresql, run by the tests as the postgres user in temp dirs).
+# PostgreSQL (postgresql, run by the tests as the postgres user in temp dirs), and tinyproxy.
 missing=""
 if ! command -v etcd >/dev/null 2>&1 && [ ! -x /usr/bin/etcd ]; then
   missing="$missing etcd-server"
@@ -24,6 +24,10 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 if [ ! -x /usr/bin/chromedriver ]; then
   missing="$missing chromium-driver"
+fi
+# Deliveries through an egress proxy are tested against a real one.
+if [ ! -x /usr/bin/tinyproxy ]; then
+  missing="$missing tinyproxy"
 fi
 if [ -n "$missing" ]; then
   echo "== installing$missing (the end-to-end tests run them for real)"

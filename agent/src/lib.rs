@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_core::egress::ProxyUrl;
 use herald_core::limits::DEFAULT_MAX_PAYLOAD_BYTES;
 use herald_core::target::TargetPolicy;
 use herald_proto::v1::events_server::EventsServer;
@@ -108,6 +109,12 @@ pub struct Config {
     /// Extra trust roots (PEM) for receivers' certificates.
     #[arg(long, env = "HERALD_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+    /// The HTTP proxy deliveries leave through, `http://[user:password@]host:port`, for
+    /// receivers that accept traffic only from known addresses. The agent still resolves and
+    /// checks each receiver itself and asks the proxy to CONNECT to the checked address. A
+    /// subscription may pick its own proxy or none.
+    #[arg(long, env = "HERALD_EGRESS_PROXY", hide_env_values = true, value_parser = egress_proxy)]
+    pub egress_proxy: Option<ProxyUrl>,
     /// Deliver to http:// URLs too (development only).
     #[arg(long, env = "HERALD_ALLOW_HTTP")]
     pub allow_http: bool,
@@ -203,6 +210,7 @@ impl Config {
             event_type_prefixes: vec![],
             system_tenant: herald_core::validate::DEFAULT_SYSTEM_TENANT.into(),
             ca_file: None,
+            egress_proxy: None,
             allow_http: false,
             allow_targets: vec![],
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
@@ -243,7 +251,7 @@ pub enum Error {
     Queue(#[from] queue::QueueError),
     /// The delivery client could not be built.
     #[error(transparent)]
-    Client(#[from] delivery::client::ClientError),
+    Client(#[from] delivery::transport::ClientError),
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -306,7 +314,11 @@ pub async fn run(
     }
     tracing::info!(agent = %id, region = %config.region, listen = %config.listen, "agent starting");
     let policy = TargetPolicy::new(config.allow_http, config.allow_targets.clone());
-    let client = delivery::client::build(config.ca_file.as_deref(), policy.clone())?;
+    let transport = delivery::transport::Transport::build(
+        config.ca_file.as_deref(),
+        policy.clone(),
+        config.egress_proxy.clone(),
+    )?;
     let queue = Queue::open(
         &config.data_dir,
         QueueConfig {
@@ -390,7 +402,7 @@ pub async fn run(
     background.spawn(sweep(queue.clone(), stop.clone()));
     let dispatcher = Dispatcher::start(
         DispatcherParts {
-            client,
+            transport,
             routes: routes.clone(),
             queue: queue.clone(),
             agent_id: id,
@@ -567,6 +579,11 @@ fn share(text: &str) -> Result<f64, String> {
         Ok(share) if share > 0.0 && share <= 1.0 => Ok(share),
         _ => Err("a share of the queue's bounds, above 0 and at most 1 (0.5 is half)".into()),
     }
+}
+
+/// An `--egress-proxy` value: an http:// proxy URL.
+fn egress_proxy(text: &str) -> Result<ProxyUrl, String> {
+    ProxyUrl::parse(text.trim()).map_err(|e| e.to_string())
 }
 
 /// A `--tenants` entry: a valid tenant name.

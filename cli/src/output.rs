@@ -253,6 +253,7 @@ pub fn subscription(sub: &pb::Subscription, show_secrets: bool) -> Value {
             .and_then(std_duration)
             .map(|d| humantime::format_duration(d).to_string()),
         "trace_context": sub.send_trace_context,
+        "egress": herald_proto::words::egress(sub),
         "signature": herald_proto::words::signature(sub.signature_scheme),
         "revision": sub.revision,
         "created_at": time(sub.created_at.as_ref()),

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use herald_core::egress::Egress;
 use herald_core::format::{Envelope, PayloadFormat};
 use herald_core::retry::{Exponential, RetrySchedule};
 use herald_proto::convert::{duration, exponential_policy, retry_policy};
@@ -140,10 +141,22 @@ pub struct Fields {
     /// Send the emitter's W3C traceparent on to the endpoint: on or off (default off).
     #[arg(long, value_name = "on|off", value_parser = clap::builder::BoolishValueParser::new())]
     trace_context: Option<bool>,
+    /// Deliver through this HTTP proxy, http://[user:password@]host:port (for receivers that
+    /// accept traffic only from known addresses); `agent` for the agent's --egress-proxy (the
+    /// default), `direct` for none.
+    #[arg(long, value_name = "URL|agent|direct", conflicts_with = "no_egress_proxy", value_parser = parse_egress_proxy)]
+    egress_proxy: Option<Egress>,
+    /// Deliver directly, even where the agent has an --egress-proxy.
+    #[arg(long)]
+    no_egress_proxy: bool,
     /// Accept event types that are not in the catalogue (yet); without it, a new pattern that
     /// selects no registered type is refused with the types it could mean.
     #[arg(long)]
     allow_unregistered: bool,
+}
+
+fn parse_egress_proxy(text: &str) -> Result<Egress, String> {
+    herald_proto::words::parse_egress(text).map_err(|e| e.to_string())
 }
 
 fn parse_format(text: &str) -> Result<PayloadFormat, String> {
@@ -267,6 +280,13 @@ impl Fields {
         }
         if let Some(send) = self.trace_context {
             sub.send_trace_context = send;
+        }
+        let egress = match self.egress_proxy {
+            _ if self.no_egress_proxy => Some(Egress::Direct),
+            given => given,
+        };
+        if let Some(egress) = egress {
+            herald_proto::convert::set_egress(sub, &egress);
         }
         self.allow_unregistered
     }

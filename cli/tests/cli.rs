@@ -305,6 +305,40 @@ async fn delivery_options_are_set_from_the_command_line() -> anyhow::Result<()> 
         assert!(!output.status.success(), "{bad:?} was accepted");
         assert!(!String::from_utf8_lossy(&output.stderr).is_empty());
     }
+
+    // Egress: its own proxy (the password never printed back), direct, the agent's again.
+    let egress = |args: &'static [&'static str]| {
+        let id = id.clone();
+        let world = &world;
+        async move {
+            let mut all = vec!["subscription", "update", id.as_str()];
+            all.extend_from_slice(args);
+            all.extend_from_slice(&["-o", "json"]);
+            json(&herald(world, &all).await)["egress"].clone()
+        }
+    };
+    let own = egress(&["--egress-proxy", "http://egress:pa55@10.9.8.7:3128"]).await;
+    assert_eq!(own, "http://egress:****@10.9.8.7:3128");
+    let shown = json(&herald(&world, &["subscription", "get", &id, "-o", "json"]).await);
+    assert_eq!(shown["egress"], "http://egress:****@10.9.8.7:3128");
+    assert_eq!(egress(&["--no-egress-proxy"]).await, "direct");
+    assert_eq!(egress(&["--egress-proxy", "agent"]).await, "agent");
+    let output = herald(
+        &world,
+        &[
+            "subscription",
+            "update",
+            &id,
+            "--egress-proxy",
+            "socks5://x:1",
+        ],
+    )
+    .await;
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "a bad proxy is a usage error"
+    );
     Ok(())
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use herald_core::ValidationError;
+use herald_core::egress::ProxyUrl;
 use herald_core::ids::new_subscription_id;
 use herald_core::signing::SigningSecret;
 use herald_core::subscription::{DEFAULT_ROTATION_GRACE, MAX_SECRETS};
@@ -329,6 +330,8 @@ impl Subscriptions {
             event_types: request.event_types,
             format: request.format,
             headers: merged_headers(request.headers, &current.headers),
+            egress: request.egress,
+            egress_proxy: merged_egress_proxy(request.egress_proxy, &current.egress_proxy),
             timeout: request.timeout,
             retry: request.retry,
             description: request.description,
@@ -617,6 +620,14 @@ fn open_record(
             .map_err(sealing_failed(&sub.id))?;
         sub.headers.insert(name, value);
     }
+    // A proxy URL in the clear was written before it was sealed.
+    stale |= !sub.egress_proxy.is_empty();
+    if let Some(sealed) = sub.sealed_egress_proxy.take() {
+        stale |= sealed.key_id != keyring.sealing_key_id();
+        sub.egress_proxy = keyring
+            .open(&egress_proxy_record(&sub.id), &sealed)
+            .map_err(sealing_failed(&sub.id))?;
+    }
     sub.header_values_hidden = false;
     Ok((sub, stale))
 }
@@ -649,7 +660,22 @@ fn encode(sub: &pb::Subscription, keyring: &Keyring) -> Result<Vec<u8>, Subscrip
             Ok((name, sealed))
         })
         .collect::<Result<_, SubscriptionError>>()?;
+    let proxy = std::mem::take(&mut stored.egress_proxy);
+    stored.sealed_egress_proxy = if proxy.is_empty() {
+        None
+    } else {
+        Some(
+            keyring
+                .seal(&egress_proxy_record(&sub.id), &proxy)
+                .map_err(sealing_failed)?,
+        )
+    };
     Ok(stored.encode_to_vec())
+}
+
+/// What a subscription's sealed proxy URL is bound to.
+fn egress_proxy_record(subscription_id: &str) -> String {
+    format!("{subscription_id}\0egress_proxy")
 }
 
 /// What a header's sealed value is bound to: its subscription and name, so a sealed value
@@ -668,7 +694,19 @@ pub fn redact(mut sub: pb::Subscription) -> pb::Subscription {
         sub.headers.values_mut().for_each(String::clear);
         sub.header_values_hidden = true;
     }
+    if let Ok(proxy) = ProxyUrl::parse(&sub.egress_proxy) {
+        sub.egress_proxy = proxy.masked();
+    }
     sub
+}
+
+/// The proxy URL an update writes: the one it sends, except that the masked form of the
+/// stored URL (as reads without `show_secrets` give it) keeps the stored URL.
+fn merged_egress_proxy(sent: String, stored: &str) -> String {
+    match ProxyUrl::parse(stored) {
+        Ok(proxy) if proxy.is_masked_form(&sent) => stored.to_owned(),
+        _ => sent,
+    }
 }
 
 /// The headers an update writes: those it sends, where one sent with a blank value keeps its
@@ -752,6 +790,69 @@ mod tests {
             )
             .await;
         assert!(matches!(foreign, Err(SubscriptionError::Invalid(_))));
+    }
+
+    #[tokio::test]
+    async fn a_subscription_proxy_is_sealed_masked_on_reads_and_kept_by_a_masked_update() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::embedded(dir.path()).await.expect("a store");
+        let keyring = Keyring::parse(&Keyring::generate_entry("k1").expect("a key")).expect("ok");
+        let registry = Subscriptions::new(
+            store.clone(),
+            TargetPolicy::new(false, vec![]),
+            Arc::new(keyring),
+        );
+        let created = registry
+            .create(pb::Subscription {
+                tenant: "shop-1".into(),
+                url: "https://93.184.215.14/hook".into(),
+                event_types: vec!["order.*".into()],
+                egress: pb::Egress::Proxy as i32,
+                egress_proxy: "http://egress:pa55-word@10.1.2.3:3128".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("created");
+        let key = keys::subscription("shop-1", &created.id);
+        let raw = store.get(&key).await.expect("read").expect("there");
+        assert!(!String::from_utf8_lossy(&raw.value).contains("pa55-word"));
+        let read = redact(registry.get(&created.id).await.expect("read"));
+        assert_eq!(read.egress_proxy, "http://egress:****@10.1.2.3:3128");
+        // Sent back as read, with another change: the password stays.
+        let updated = registry
+            .update(
+                pb::Subscription {
+                    description: "via the egress proxy".into(),
+                    ..read.clone()
+                },
+                read.revision,
+            )
+            .await
+            .expect("updated");
+        assert_eq!(
+            updated.egress_proxy,
+            "http://egress:pa55-word@10.1.2.3:3128"
+        );
+        // A proxy URL without EGRESS_PROXY, or a bad one, is refused naming the field.
+        for (egress, url) in [
+            (pb::Egress::Direct, "http://10.1.2.3:3128"),
+            (pb::Egress::Proxy, "https://10.1.2.3:3128"),
+        ] {
+            let refused = registry
+                .update(
+                    pb::Subscription {
+                        egress: egress as i32,
+                        egress_proxy: url.into(),
+                        ..updated.clone()
+                    },
+                    updated.revision,
+                )
+                .await;
+            assert!(
+                matches!(&refused, Err(SubscriptionError::Invalid(e)) if e.field == "egress_proxy"),
+                "{refused:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@
 //! - [`trace`]: W3C trace context carried from `Emit` to every delivery.
 
 pub mod daemon;
+pub mod egress;
 pub mod error_text;
 pub mod event_type;
 pub mod format;

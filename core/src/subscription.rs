@@ -71,6 +71,9 @@ pub struct Subscription {
     /// Whether requests carry the emitter's W3C `traceparent` (an opt-in: trace ids are
     /// internal unless the receiver shares the tracing system).
     pub send_trace_context: bool,
+    /// How its deliveries leave the agent: through the agent's egress proxy (if any), directly,
+    /// or through its own proxy.
+    pub egress: crate::egress::Egress,
     /// The store revision of this version.
     pub revision: i64,
 }
@@ -128,6 +131,7 @@ mod tests {
             skip_parked_before: None,
             regions: vec![],
             send_trace_context: false,
+            egress: crate::egress::Egress::AgentDefault,
             revision: 1,
         }
     }

@@ -6,6 +6,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herald_core::ValidationError;
+use herald_core::egress::{Egress, ProxyUrl};
 use herald_core::event_type::{EventFilter, validate_event_type};
 use herald_core::format::{Envelope, PayloadFormat};
 use herald_core::limits::MAX_LABELS;
@@ -222,6 +223,7 @@ pub fn subscription(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     headers.sort();
+    let egress = egress(wire)?;
     Ok(Subscription {
         id: wire.id.clone(),
         tenant: wire.tenant.clone(),
@@ -239,8 +241,38 @@ pub fn subscription(
         skip_parked_before: wire.skip_parked_before.as_ref().map(system_time),
         regions: wire.regions.clone(),
         send_trace_context: wire.send_trace_context,
+        egress,
         revision: wire.revision,
     })
+}
+
+/// Sets how `sub`'s deliveries leave the agent (its proxy URL in full: sealed at rest).
+pub fn set_egress(sub: &mut pb::Subscription, egress: &Egress) {
+    let (mode, proxy) = match egress {
+        Egress::AgentDefault => (pb::Egress::AgentDefault, String::new()),
+        Egress::Direct => (pb::Egress::Direct, String::new()),
+        Egress::Proxy(proxy) => (pb::Egress::Proxy, proxy.expose()),
+    };
+    sub.egress = mode as i32;
+    sub.egress_proxy = proxy;
+}
+
+/// How a subscription's deliveries leave the agent; `egress_proxy` is set with EGRESS_PROXY
+/// and only then.
+pub fn egress(wire: &pb::Subscription) -> Result<Egress, ValidationError> {
+    let mode = pb::Egress::try_from(wire.egress)
+        .map_err(|_| ValidationError::new("egress", format!("unknown value {}", wire.egress)))?;
+    match mode {
+        pb::Egress::Proxy => ProxyUrl::parse(&wire.egress_proxy)
+            .map(Egress::Proxy)
+            .map_err(|e| ValidationError::new("egress_proxy", e.to_string())),
+        _ if !wire.egress_proxy.is_empty() => Err(ValidationError::new(
+            "egress_proxy",
+            "set only with egress EGRESS_PROXY",
+        )),
+        pb::Egress::AgentDefault => Ok(Egress::AgentDefault),
+        pb::Egress::Direct => Ok(Egress::Direct),
+    }
 }
 
 /// When the control plane disables a failing subscription: after this many consecutive failed

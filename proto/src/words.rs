@@ -27,6 +27,29 @@ pub fn signature(scheme: i32) -> &'static str {
     }
 }
 
+/// How a subscription's deliveries leave the agent: `agent` (through the agent's egress proxy,
+/// if any), `direct`, or its own proxy's URL as the subscription holds it (masked on reads
+/// without secrets).
+pub fn egress(sub: &pb::Subscription) -> String {
+    match pb::Egress::try_from(sub.egress) {
+        Ok(pb::Egress::Direct) => "direct".into(),
+        Ok(pb::Egress::Proxy) => sub.egress_proxy.clone(),
+        _ => "agent".into(),
+    }
+}
+
+/// What [`egress`] shows, read back: `agent`, `direct`, or a proxy URL.
+pub fn parse_egress(
+    word: &str,
+) -> Result<herald_core::egress::Egress, herald_core::egress::ProxyUrlError> {
+    use herald_core::egress::{Egress, ProxyUrl};
+    match word.trim() {
+        "agent" | "" => Ok(Egress::AgentDefault),
+        "direct" => Ok(Egress::Direct),
+        url => ProxyUrl::parse(url).map(Egress::Proxy),
+    }
+}
+
 /// The scheme a signature tag names.
 pub fn parse_signature(word: &str) -> Option<pb::SignatureScheme> {
     match word {

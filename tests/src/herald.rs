@@ -349,6 +349,8 @@ pub struct AgentOptions {
     /// A CA (PEM) to trust, written into the agent's directory (in place of `ca_file`): the test
     /// CA of the receivers, without a directory of the test's own.
     pub trusted_ca: Option<String>,
+    /// The HTTP proxy deliveries leave through (default none).
+    pub egress_proxy: Option<String>,
 }
 
 /// An agent running in-process.
@@ -393,6 +395,11 @@ impl Agent {
             event_type_prefixes: options.interest.event_type_prefixes,
             ca_file,
             allow_targets: options.allow_targets.unwrap_or_else(loopback),
+            egress_proxy: options
+                .egress_proxy
+                .as_deref()
+                .map(herald_core::egress::ProxyUrl::parse)
+                .transpose()?,
             max_in_flight: options.max_in_flight.unwrap_or(256),
             dedup_window: Duration::from_secs(3600),
             retention: Duration::from_secs(3600),

@@ -23,6 +23,7 @@ pub mod herald;
 pub mod port;
 pub mod postgres;
 pub mod process;
+pub mod proxy;
 pub mod receiver;
 pub mod tls;
 pub mod wait;
@@ -34,6 +35,7 @@ pub use herald::{Agent, AgentOptions, ConfigStore, ControlPlane, event, subscrip
 pub use port::HeldPort;
 pub use postgres::Postgres;
 pub use process::{AgentProcess, ControlPlaneProcess, DaemonProcess, ServiceRun, run_as_service};
+pub use proxy::EgressProxy;
 pub use receiver::{ReceivedRequest, Receiver, Response};
 pub use tls::TestCa;
 pub use wait::eventually;

@@ -12,8 +12,11 @@ use herald_core::trace::{self, TraceParent};
 
 use tracing::Instrument as _;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+
 use super::classify::{AttemptResult, ErrorKind};
-use super::client::LookupFailed;
+use super::transport::{ConnectError, HttpClient};
 /// The most response body read from a receiver.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// The part of the response body kept for the log.
@@ -48,8 +51,9 @@ pub struct EventRef<'a> {
     pub traceparent: &'a str,
 }
 
-/// Sends one attempt of `event` to `sub`, in a `deliver` span that joins the emitter's trace.
-pub async fn send(client: &reqwest::Client, sub: &Subscription, event: EventRef<'_>) -> Sent {
+/// Sends one attempt of `event` to `sub` with `client` (the route its egress picks), in a
+/// `deliver` span that joins the emitter's trace.
+pub async fn send(client: &HttpClient, sub: &Subscription, event: EventRef<'_>) -> Sent {
     let span = tracing::debug_span!(
         "deliver",
         otel.kind = "client",
@@ -76,8 +80,22 @@ pub async fn send(client: &reqwest::Client, sub: &Subscription, event: EventRef<
     outcome
 }
 
+/// Why a request could not be made at all.
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    /// The URL is not one the HTTP stack takes.
+    #[error("url: {0}")]
+    Url(#[from] http::uri::InvalidUri),
+    /// A header of the subscription's is not a valid header.
+    #[error("header {0}: not a valid HTTP header")]
+    Header(String),
+    /// The request could not be built.
+    #[error(transparent)]
+    Build(#[from] http::Error),
+}
+
 async fn send_in(
-    client: &reqwest::Client,
+    client: &HttpClient,
     sub: &Subscription,
     event: EventRef<'_>,
     trace: Option<TraceParent>,
@@ -85,6 +103,7 @@ async fn send_in(
 ) -> Sent {
     let started_at = SystemTime::now();
     let clock = tokio::time::Instant::now();
+    let deadline = clock + sub.timeout;
     let finish = |result, error: String, excerpt: String| Sent {
         result,
         error,
@@ -92,6 +111,7 @@ async fn send_in(
         started_at,
         duration: clock.elapsed(),
     };
+    let failed = |kind, error: String| finish(AttemptResult::Error { kind }, error, String::new());
     let body = EventBody {
         event_type: event.event_type,
         occurred_at: event.occurred_at,
@@ -99,68 +119,69 @@ async fn send_in(
     };
     let body = match render_body(sub.format, sub.envelope, &body) {
         Ok(body) => body,
-        Err(err) => {
-            return finish(
-                AttemptResult::Error {
-                    kind: ErrorKind::Render,
-                },
-                err.to_string(),
-                String::new(),
-            );
-        }
+        Err(err) => return failed(ErrorKind::Render, err.to_string()),
     };
     let timestamp = started_at
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     let signature = signature_header(&sub.signing_secrets(started_at), event.id, timestamp, &body);
-    let mut request = client
-        .post(sub.url.clone())
-        .timeout(sub.timeout)
-        .header(reqwest::header::CONTENT_TYPE, sub.format.content_type())
-        .header(HEADER_ID, never_indexed(event.id))
-        .header(HEADER_TIMESTAMP, never_indexed(&timestamp.to_string()))
-        .header(HEADER_SIGNATURE, never_indexed(&signature))
-        .header(HEADER_EVENT_TYPE, event.event_type);
-    if sub.send_trace_context
-        && let Some(trace) = &trace
-    {
-        let outgoing = herald_core::telemetry::outgoing(span, trace);
-        request = request.header(trace::HEADER, outgoing.to_string());
-    }
-    for (name, value) in &sub.headers {
-        request = request.header(name, value);
-    }
-    let mut response = match request.body(body).send().await {
-        Ok(response) => response,
-        Err(err) => {
-            let kind = error_kind(&err);
-            return finish(
-                AttemptResult::Error { kind },
-                error_text::chain(&err),
-                String::new(),
+    let outgoing_trace = sub
+        .send_trace_context
+        .then_some(trace.as_ref())
+        .flatten()
+        .map(|trace| herald_core::telemetry::outgoing(span, trace).to_string());
+    let request = match request(
+        sub,
+        &event,
+        timestamp,
+        &signature,
+        outgoing_trace.as_deref(),
+        body,
+    ) {
+        Ok(request) => request,
+        Err(err) => return failed(ErrorKind::Request, err.to_string()),
+    };
+    let response = match tokio::time::timeout_at(deadline, client.request(request)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(err)) => return failed(error_kind(&err), error_text::chain(&err)),
+        Err(_) => {
+            return failed(
+                ErrorKind::Timeout,
+                format!(
+                    "no answer within {}",
+                    humantime::format_duration(sub.timeout)
+                ),
             );
         }
     };
     let code = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let location = response
-        .headers()
-        .get(reqwest::header::LOCATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let header = |name| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v: &http::HeaderValue| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let retry_after = header(http::header::RETRY_AFTER);
+    let location = header(http::header::LOCATION);
     // Read at most MAX_RESPONSE_BYTES; a receiver's body never grows our memory unbounded.
+    let mut body = response.into_body();
     let mut read = Vec::new();
     let mut error = String::new();
     while read.len() < MAX_RESPONSE_BYTES {
-        match response.chunk().await {
-            Ok(Some(chunk)) => read.extend_from_slice(&chunk),
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    read.extend_from_slice(data);
+                }
+            }
             Ok(None) => break,
-            Err(err) => {
+            Ok(Some(Err(err))) => {
                 error = format!("reading response: {}", error_text::chain(&err));
+                break;
+            }
+            Err(_) => {
+                error = "reading response: timed out".into();
                 break;
             }
         }
@@ -173,29 +194,64 @@ async fn send_in(
     finish(AttemptResult::Status { code, retry_after }, error, excerpt)
 }
 
+/// The POST of one attempt: the body as signed, the Standard Webhooks headers, the event type,
+/// the trace context when sent on, and the subscription's own headers.
+fn request(
+    sub: &Subscription,
+    event: &EventRef<'_>,
+    timestamp: i64,
+    signature: &str,
+    traceparent: Option<&str>,
+    body: Vec<u8>,
+) -> Result<http::Request<Full<Bytes>>, RequestError> {
+    let uri: http::Uri = sub.url.as_str().parse()?;
+    let mut request = http::Request::post(uri)
+        .header(http::header::USER_AGENT, USER_AGENT)
+        .header(http::header::ACCEPT, "*/*")
+        .header(http::header::CONTENT_TYPE, sub.format.content_type())
+        .header(HEADER_ID, never_indexed(event.id))
+        .header(HEADER_TIMESTAMP, never_indexed(&timestamp.to_string()))
+        .header(HEADER_SIGNATURE, never_indexed(signature))
+        .header(HEADER_EVENT_TYPE, event.event_type);
+    if let Some(traceparent) = traceparent {
+        request = request.header(trace::HEADER, traceparent);
+    }
+    let headers = request
+        .headers_mut()
+        .expect("the builder holds no error: every value above is valid");
+    for (name, value) in &sub.headers {
+        let invalid = || RequestError::Header(name.clone());
+        headers.append(
+            http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid())?,
+            http::HeaderValue::from_str(value).map_err(|_| invalid())?,
+        );
+    }
+    Ok(request.body(Full::new(Bytes::from(body)))?)
+}
+
+/// The `user-agent` of every delivery.
+const USER_AGENT: &str = concat!("Herald/", env!("CARGO_PKG_VERSION"));
+
 /// A header value HTTP/2 sends as a literal that is never indexed. The id, timestamp and
 /// signature change with every request (and a signature is a credential): adding them to the
 /// connection's header tables would only evict useful entries, on both sides, for nothing.
 /// Over HTTP/1.1 it makes no difference. An id or signature that is not a valid header value
 /// (never the case for values Herald makes) is sent empty, so the receiver refuses it.
-fn never_indexed(value: &str) -> reqwest::header::HeaderValue {
-    let mut value = reqwest::header::HeaderValue::from_str(value)
-        .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static(""));
+fn never_indexed(value: &str) -> http::HeaderValue {
+    let mut value =
+        http::HeaderValue::from_str(value).unwrap_or_else(|_| http::HeaderValue::from_static(""));
     value.set_sensitive(true);
     value
 }
 
-/// The kind of a transport error, for the log, told by the types in its chain of sources.
-fn error_kind(err: &reqwest::Error) -> ErrorKind {
-    if err.is_timeout() {
-        return ErrorKind::Timeout;
-    }
+/// The kind of a transport error, told by the types in its chain of sources.
+fn error_kind(err: &hyper_util::client::legacy::Error) -> ErrorKind {
     let mut chain: Vec<&(dyn std::error::Error + 'static)> = Vec::new();
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
         chain.push(e);
-        // An io::Error's source() skips the error it wraps (where the resolver's refusal
-        // travels), so walk into it explicitly.
+        // An io::Error's source() skips the error it wraps (where rustls's error travels),
+        // so walk into it explicitly.
         if let Some(inner) = e
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
@@ -204,17 +260,11 @@ fn error_kind(err: &reqwest::Error) -> ErrorKind {
         }
         source = e.source();
     }
-    if chain
-        .iter()
-        .any(|e| e.is::<herald_core::target::TargetError>())
-    {
-        return ErrorKind::Policy;
+    if let Some(connect) = chain.iter().find_map(|e| e.downcast_ref::<ConnectError>()) {
+        return connect.kind();
     }
     if chain.iter().any(|e| e.is::<rustls::Error>()) {
         return ErrorKind::Tls;
-    }
-    if chain.iter().any(|e| e.is::<LookupFailed>()) {
-        return ErrorKind::Dns;
     }
     if err.is_connect() {
         ErrorKind::Connect
@@ -225,16 +275,20 @@ fn error_kind(err: &reqwest::Error) -> ErrorKind {
 
 #[cfg(test)]
 mod tests {
+    use herald_core::egress::Egress;
     use herald_core::target::TargetPolicy;
 
+    use super::super::transport::Transport;
     use super::*;
 
     async fn kind_of(url: &str, policy: TargetPolicy) -> ErrorKind {
-        let client = super::super::client::build(None, policy).expect("client");
-        let err = client
-            .post(url)
-            .timeout(Duration::from_secs(10))
-            .send()
+        let transport = Transport::build(None, policy, None).expect("transport");
+        let request = http::Request::post(url)
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let err = transport
+            .client(&Egress::AgentDefault)
+            .request(request)
             .await
             .expect_err("no receiver there");
         error_kind(&err)

@@ -31,6 +31,10 @@ pub enum ErrorKind {
     Tls,
     /// The receiver's name could not be resolved.
     Dns,
+    /// The egress proxy could not be reached, or refused the tunnel.
+    Proxy,
+    /// The egress proxy refused its credentials (407).
+    ProxyAuth,
     /// The request failed otherwise.
     Request,
     /// The body could not be rendered in the subscription's format.
@@ -53,6 +57,8 @@ impl ErrorKind {
             ErrorKind::Connect => "connect",
             ErrorKind::Tls => "tls",
             ErrorKind::Dns => "dns",
+            ErrorKind::Proxy => "proxy",
+            ErrorKind::ProxyAuth => "proxy_auth",
             ErrorKind::Request => "request",
             ErrorKind::Render => "render",
             ErrorKind::Policy => "policy",

@@ -3,7 +3,8 @@
 //!
 //! - [`classify`] decides what an attempt's result means (pure).
 //! - [`attempt`] sends one signed request.
-//! - [`client`] is the HTTPS client all attempts share.
+//! - [`transport`] is the HTTP transport all attempts share: one pooled client per route
+//!   (direct, or through an egress proxy).
 //! - [`breaker`] narrows a failing endpoint's lane to one probe at a time.
 //! - [`rate`] keeps an endpoint's requests within its rate limit.
 //! - [`Dispatcher`] is the scheduler: it hands due tasks to attempts, at most `max_in_flight`
@@ -15,8 +16,8 @@
 pub mod attempt;
 pub mod breaker;
 pub mod classify;
-pub mod client;
 pub mod rate;
+pub mod transport;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,6 +36,7 @@ use self::attempt::EventRef;
 use self::breaker::Breakers;
 use self::classify::{AttemptResult, ErrorKind, Outcome, classify};
 use self::rate::RateLimits;
+use self::transport::Transport;
 use crate::backoff::unit_random;
 use crate::metrics::Metrics;
 use crate::queue::{Lease, Queue, Task, now_ms, to_ms};
@@ -57,11 +59,11 @@ pub struct Dispatcher {
 }
 
 struct Inner {
-    client: reqwest::Client,
+    transport: Transport,
     routes: watch::Receiver<Arc<Routes>>,
     queue: Queue,
     agent_id: String,
-    /// Which targets may be delivered to (literal-address URLs are checked here; the client's
+    /// Which targets may be delivered to (URLs are checked here; the transport's
     /// resolver checks the rest).
     policy: TargetPolicy,
     /// Attempts in flight at once, across all subscriptions; 0 pauses delivery.
@@ -78,8 +80,8 @@ struct Inner {
 
 /// What a dispatcher needs.
 pub struct DispatcherParts {
-    /// The HTTPS client.
-    pub client: reqwest::Client,
+    /// The HTTP transport.
+    pub transport: Transport,
     /// The routing table.
     pub routes: watch::Receiver<Arc<Routes>>,
     /// The durable queue.
@@ -102,7 +104,7 @@ impl Dispatcher {
                 permits: Arc::new(Semaphore::new(parts.max_in_flight)),
                 breakers: Breakers::default(),
                 rates: RateLimits::default(),
-                client: parts.client,
+                transport: parts.transport,
                 routes: parts.routes,
                 queue: parts.queue,
                 agent_id: parts.agent_id,
@@ -329,7 +331,7 @@ impl Inner {
             );
         }
         let sent = attempt::send(
-            &self.client,
+            &self.transport.client(&sub.egress),
             &sub,
             EventRef {
                 id: &event.id,

@@ -70,6 +70,9 @@ pub struct Subscription {
     pub disable_min_failing: Option<String>,
     /// Whether the emitter's trace context is sent on.
     pub send_trace_context: bool,
+    /// How deliveries leave the agent: `agent` (its egress proxy, if any), `direct`, or the
+    /// subscription's own proxy URL (its password `****` unless secrets are shown).
+    pub egress: String,
     /// When it was made.
     pub created_at: Option<String>,
     /// When it last changed.
@@ -174,6 +177,7 @@ impl From<pb::Subscription> for Subscription {
             .and_then(std_duration)
             .unwrap_or(herald_core::subscription::DEFAULT_TIMEOUT);
         Subscription {
+            egress: words::egress(&sub),
             format: words::format(sub.format),
             envelope: words::envelope(sub.envelope),
             signature: words::signature(sub.signature_scheme),
@@ -278,6 +282,11 @@ pub struct SubscriptionSpec {
     /// Send the emitter's trace context on.
     #[serde(default)]
     pub send_trace_context: bool,
+    /// How deliveries leave the agent: `agent` (the default: its egress proxy, if any),
+    /// `direct`, or a proxy URL `http://[user:password@]host:port`. On update, the masked
+    /// URL a read shows keeps the stored password.
+    #[serde(default)]
+    pub egress: Option<String>,
     /// On update: the revision the caller read (required there; a stale one is 409).
     #[serde(default)]
     pub revision: Option<i64>,
@@ -332,7 +341,7 @@ impl SubscriptionSpec {
                 ApiError::invalid(format!("signature: {word:?} is neither v1 nor v1a"))
             })?,
         };
-        Ok(pb::Subscription {
+        let mut wire = pb::Subscription {
             id,
             tenant: self.tenant.clone(),
             url: self.url.clone(),
@@ -355,7 +364,14 @@ impl SubscriptionSpec {
             )?,
             send_trace_context: self.send_trace_context,
             ..Default::default()
-        })
+        };
+        if let Some(word) = self.egress.as_deref() {
+            // A masked URL (as reads show it) is passed on: the update keeps the stored password.
+            let egress =
+                words::parse_egress(word).map_err(|e| ApiError::invalid(format!("egress: {e}")))?;
+            herald_proto::convert::set_egress(&mut wire, &egress);
+        }
+        Ok(wire)
     }
 }
 

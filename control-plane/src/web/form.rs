@@ -93,6 +93,8 @@ pub struct SubscriptionForm {
     pub disable_min_failing: String,
     /// Send the trace context on.
     pub send_trace_context: bool,
+    /// `agent` (empty too), `direct`, or a proxy URL; a masked one keeps the stored password.
+    pub egress: String,
     /// Accept event types outside the catalogue.
     pub allow_unregistered: bool,
     /// The revision read (edit only).
@@ -127,6 +129,7 @@ impl SubscriptionForm {
             disable_after: form.text("disable_after"),
             disable_min_failing: form.text("disable_min_failing"),
             send_trace_context: form.checked("send_trace_context"),
+            egress: form.text("egress"),
             allow_unregistered: form.checked("allow_unregistered"),
             revision: form.text("revision"),
         }
@@ -207,6 +210,11 @@ impl SubscriptionForm {
                 .map(|d| humantime::format_duration(d).to_string())
                 .unwrap_or_default(),
             send_trace_context: sub.send_trace_context,
+            // Masked even when the read had secrets: a form never carries the password back.
+            egress: match herald_proto::words::parse_egress(&herald_proto::words::egress(sub)) {
+                Ok(herald_core::egress::Egress::Proxy(proxy)) => proxy.masked(),
+                _ => herald_proto::words::egress(sub),
+            },
             allow_unregistered: false,
             revision: sub.revision.to_string(),
         }
@@ -281,7 +289,9 @@ impl SubscriptionForm {
                 .ok_or_else(|| bad("labels", format!("{line:?} is not `key=value`")))?;
             labels.insert(key.trim().to_owned(), value.trim().to_owned());
         }
-        Ok(pb::Subscription {
+        let egress = herald_proto::words::parse_egress(&self.egress)
+            .map_err(|e| bad("egress", e.to_string()))?;
+        let mut wire = pb::Subscription {
             id,
             tenant: self.tenant.clone(),
             url: self.url.clone(),
@@ -301,7 +311,9 @@ impl SubscriptionForm {
             disable_min_failing: duration_of("disable min failing", &self.disable_min_failing)?,
             send_trace_context: self.send_trace_context,
             ..Default::default()
-        })
+        };
+        herald_proto::convert::set_egress(&mut wire, &egress);
+        Ok(wire)
     }
 
     /// The revision read, for an update.

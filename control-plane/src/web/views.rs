@@ -118,6 +118,17 @@ pub fn settings(sub: &pb::Subscription) -> Vec<Setting> {
             value: words::signature(sub.signature_scheme).to_owned(),
         },
         Setting {
+            label: "Egress",
+            // Its proxy's password is never shown on a page, even to those who may read it.
+            value: match words::parse_egress(&words::egress(sub)) {
+                Ok(herald_core::egress::Egress::Proxy(proxy)) => {
+                    format!("through the proxy {}", proxy.masked())
+                }
+                Ok(herald_core::egress::Egress::Direct) => "direct".to_owned(),
+                _ => "the agent's (its egress proxy, if any)".to_owned(),
+            },
+        },
+        Setting {
             label: "Headers",
             value: list(headers),
         },

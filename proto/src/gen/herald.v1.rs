@@ -161,6 +161,19 @@ pub struct Subscription {
         ::prost::alloc::string::String,
         SealedSecret,
     >,
+    /// How deliveries leave the agent: through the agent's `--egress-proxy` (the default), never
+    /// through a proxy, or through `egress_proxy`.
+    #[prost(enumeration = "Egress", tag = "29")]
+    pub egress: i32,
+    /// With EGRESS_PROXY: the HTTP proxy, `<http://\[user:password@\]host:port`.> The agent still
+    /// resolves and checks the receiver itself and asks the proxy to CONNECT to the checked
+    /// address. Sealed at rest; reads without `show_secrets` show the password as `****`, and an
+    /// update that sends that masked form back keeps the stored password.
+    #[prost(string, tag = "30")]
+    pub egress_proxy: ::prost::alloc::string::String,
+    /// Storage only, never sent on the API: `egress_proxy`, sealed.
+    #[prost(message, optional, tag = "31")]
+    pub sealed_egress_proxy: ::core::option::Option<SealedSecret>,
 }
 /// An endpoint's recent record, kept by the control plane from attempt reports.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -819,6 +832,39 @@ impl Format {
             "FORMAT_UNSPECIFIED" => Some(Self::Unspecified),
             "FORMAT_JSON" => Some(Self::Json),
             "FORMAT_XML" => Some(Self::Xml),
+            _ => None,
+        }
+    }
+}
+/// How a subscription's deliveries leave the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum Egress {
+    /// Through the agent's egress proxy when it has one, directly otherwise.
+    AgentDefault = 0,
+    /// Directly, even when the agent has an egress proxy.
+    Direct = 1,
+    /// Through the subscription's own `egress_proxy`.
+    Proxy = 2,
+}
+impl Egress {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::AgentDefault => "EGRESS_AGENT_DEFAULT",
+            Self::Direct => "EGRESS_DIRECT",
+            Self::Proxy => "EGRESS_PROXY",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "EGRESS_AGENT_DEFAULT" => Some(Self::AgentDefault),
+            "EGRESS_DIRECT" => Some(Self::Direct),
+            "EGRESS_PROXY" => Some(Self::Proxy),
             _ => None,
         }
     }

@@ -9,6 +9,7 @@ mod delivery_log;
 mod deploy;
 mod discovery;
 mod durability;
+mod egress;
 mod engine;
 mod envelopes;
 mod etcd_faults;

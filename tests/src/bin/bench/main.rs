@@ -431,10 +431,12 @@ async fn deliver() -> anyhow::Result<()> {
     // The limit: the same receiver driven by a plain HTTPS client, 256 requests in flight,
     // sending the requests Herald sends (the same headers and body); and, for comparison, bare
     // POSTs of the payload.
-    let client = herald_agent::delivery::client::build(
+    let client = herald_agent::delivery::transport::Transport::build(
         Some(&ca_file),
         herald_core::target::TargetPolicy::new(false, herald_tests::herald::loopback()),
-    )?;
+        None,
+    )?
+    .client(&herald_core::egress::Egress::Direct);
     let stop = CancellationToken::new();
     let (cp, _cp_dir) = control_plane(&stop).await?;
     let mut admin =
@@ -688,10 +690,10 @@ impl WebhookHeaders {
 }
 
 /// The limit: `deliveries` requests to the receiver from a plain HTTPS client (the agent's
-/// client configuration), 256 in flight. With `headers`, request `i` carries `headers[i]` (the
+/// HTTP transport, used directly), 256 in flight. With `headers`, request `i` carries `headers[i]` (the
 /// requests Herald sends); without, each is a bare POST of the payload.
 async fn plain_round(
-    client: &reqwest::Client,
+    client: &herald_agent::delivery::transport::HttpClient,
     url: &str,
     deliveries: usize,
     headers: Option<Vec<WebhookHeaders>>,
@@ -711,28 +713,31 @@ async fn plain_round(
                 if i >= deliveries {
                     break;
                 }
+                let post = http::Request::post(&url);
                 let request = match headers.as_ref().as_ref().map(|all| &all[i]) {
                     Some(h) => {
                         use herald_core::format::HEADER_EVENT_TYPE;
                         use herald_core::signing::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
                         let json = herald_core::format::PayloadFormat::Json.content_type();
-                        client
-                            .post(&url)
-                            .header(http::header::CONTENT_TYPE, json)
+                        post.header(http::header::CONTENT_TYPE, json)
                             .header(HEADER_ID, h.id.clone())
                             .header(HEADER_TIMESTAMP, h.timestamp.clone())
                             .header(HEADER_SIGNATURE, h.signature.clone())
                             .header(HEADER_EVENT_TYPE, EVENT_TYPE)
-                            .body(h.body.clone())
+                            .body(http_body_util::Full::new(h.body.clone()))?
                     }
-                    None => client.post(&url).body(PAYLOAD),
+                    None => post.body(http_body_util::Full::new(bytes::Bytes::from_static(
+                        PAYLOAD.as_bytes(),
+                    )))?,
                 };
-                let response = request.send().await?;
+                let response = client.request(request).await?;
                 anyhow::ensure!(
                     response.status().is_success(),
                     "plain client got {}",
                     response.status()
                 );
+                // Read to the end, as the agent does, so the connection goes back to the pool.
+                http_body_util::BodyExt::collect(response.into_body()).await?;
             }
             anyhow::Ok(())
         }));
