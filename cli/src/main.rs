@@ -75,7 +75,7 @@ struct Cli {
 enum Command {
     /// Manage subscriptions (webhook endpoints).
     #[command(subcommand, alias = "subscriptions", alias = "sub")]
-    Subscription(subscription::Command),
+    Subscription(Box<subscription::Command>),
     /// Read the central delivery log.
     #[command(subcommand, alias = "delivery")]
     Deliveries(deliveries::Command),
@@ -178,7 +178,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         tls,
     };
     match command {
-        Command::Subscription(cmd) => subscription::run(cmd, &control_plane, format).await,
+        Command::Subscription(cmd) => subscription::run(*cmd, &control_plane, format).await,
         Command::Deliveries(cmd) => deliveries::run(cmd, &control_plane, format).await,
         Command::Agents(cmd) => agents::run(cmd, &control_plane, format).await,
         Command::Audit(cmd) => audit::run(cmd, &control_plane, format).await,

@@ -254,6 +254,7 @@ pub fn subscription(sub: &pb::Subscription, show_secrets: bool) -> Value {
             .map(|d| humantime::format_duration(d).to_string()),
         "trace_context": sub.send_trace_context,
         "egress": herald_proto::words::egress(sub),
+        "client_cert_expires_at": time(sub.client_cert_expires_at.as_ref()),
         "signature": herald_proto::words::signature(sub.signature_scheme),
         "revision": sub.revision,
         "created_at": time(sub.created_at.as_ref()),

@@ -149,10 +149,29 @@ pub struct Fields {
     /// Deliver directly, even where the agent has an --egress-proxy.
     #[arg(long)]
     no_egress_proxy: bool,
+    /// Mutual TLS to the receiver: the client certificate chain to present (PEM file, leaf
+    /// first); with --client-key.
+    #[arg(long, value_name = "FILE", requires = "client_key", conflicts_with = "no_client_cert", value_parser = read_pem_file)]
+    client_cert: Option<String>,
+    /// The client certificate's private key (PEM file). Sealed at rest and never shown again.
+    #[arg(long, value_name = "FILE", requires = "client_cert", value_parser = read_pem_file)]
+    client_key: Option<String>,
+    /// Stop presenting a client certificate.
+    #[arg(long)]
+    no_client_cert: bool,
     /// Accept event types that are not in the catalogue (yet); without it, a new pattern that
     /// selects no registered type is refused with the types it could mean.
     #[arg(long)]
     allow_unregistered: bool,
+}
+
+/// A PEM file's text, read as the command line is parsed (at most 64 KiB).
+fn read_pem_file(path: &str) -> Result<String, String> {
+    let metadata = std::fs::metadata(path).map_err(|e| format!("{path}: {e}"))?;
+    if metadata.len() > 64 * 1024 {
+        return Err(format!("{path}: larger than 64 KiB"));
+    }
+    std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))
 }
 
 fn parse_egress_proxy(text: &str) -> Result<Egress, String> {
@@ -287,6 +306,14 @@ impl Fields {
         };
         if let Some(egress) = egress {
             herald_proto::convert::set_egress(sub, &egress);
+        }
+        if self.no_client_cert {
+            sub.client_cert.clear();
+            sub.client_key.clear();
+        }
+        if let (Some(cert), Some(key)) = (self.client_cert, self.client_key) {
+            sub.client_cert = cert;
+            sub.client_key = key;
         }
         self.allow_unregistered
     }

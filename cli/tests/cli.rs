@@ -339,6 +339,53 @@ async fn delivery_options_are_set_from_the_command_line() -> anyhow::Result<()> 
         Some(2),
         "a bad proxy is a usage error"
     );
+
+    // A client certificate for mutual TLS: read from files, the key never printed back.
+    let dir = tempfile::tempdir()?;
+    let (cert, key) =
+        world
+            .ca
+            .write_pair(dir.path(), "cli-client", herald_tests::tls::CertUse::Client)?;
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let output = herald(
+        &world,
+        &[
+            "subscription",
+            "update",
+            &id,
+            "--client-cert",
+            &cert,
+            "--client-key",
+            &key,
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert!(output.status.success(), "{output:?}");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("PRIVATE KEY"));
+    assert!(json(&output)["client_cert_expires_at"].is_string());
+    let alone = herald(
+        &world,
+        &["subscription", "update", &id, "--client-cert", &cert],
+    )
+    .await;
+    assert_eq!(alone.status.code(), Some(2), "a certificate needs its key");
+    let removed = json(
+        &herald(
+            &world,
+            &[
+                "subscription",
+                "update",
+                &id,
+                "--no-client-cert",
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(removed["client_cert_expires_at"], Value::Null);
     Ok(())
 }
 

@@ -65,6 +65,12 @@ pub fn operator_event(id: &str) -> String {
     format!("{OPERATOR_EVENTS}{id}")
 }
 
+/// The marker that a subscription's client certificate expiry was warned of (its value: the
+/// expiry, in Unix seconds).
+pub fn certificate_warning(id: &str) -> String {
+    format!("{ROOT}certificate-warnings/{id}")
+}
+
 /// The health record key of a subscription.
 pub fn health(id: &str) -> String {
     format!("{HEALTH}{id}")

@@ -10,6 +10,7 @@ pub mod agent_trust;
 pub mod attempts;
 pub mod audit;
 pub mod auth;
+pub mod client_certs;
 pub mod event_types;
 pub mod fleet;
 pub mod grpc;
@@ -393,6 +394,12 @@ pub async fn run(
         }
     }
     tokio::spawn(events.clone().run(stop.clone()));
+    tokio::spawn(client_certs::watch(
+        registry.clone(),
+        store.clone(),
+        events.clone(),
+        stop.clone(),
+    ));
     let presence_store = store;
     let health = Health::new(
         log.clone(),

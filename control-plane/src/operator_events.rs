@@ -6,7 +6,9 @@
 //!   consecutive failures, or because its receiver answered 410 Gone);
 //! - `herald.subscription.recovered`: a disabled subscription was enabled again, or an
 //!   endpoint's run of [`RECOVERY_MIN_FAILURES`] or more failures ended with a delivery;
-//! - `herald.delivery.exhausted`: a delivery failed for good (its last attempt failed).
+//! - `herald.delivery.exhausted`: a delivery failed for good (its last attempt failed);
+//! - `herald.subscription.certificate_expiring`: a subscription's client certificate (mutual
+//!   TLS to its receiver) expires within 14 days.
 //!
 //! An event's payload is what happened (`{"subscription_id": …, …}`); subscriptions receive it
 //! in the Standard Webhooks envelope `{"type": …, "timestamp": …, "data": {…}}` like every
@@ -75,11 +77,19 @@ pub const DELIVERY_EXHAUSTED: OperatorEventType = OperatorEventType {
     description: "A delivery failed for good: its last attempt failed.",
     example: r#"{"event_id":"evt_01JEXAMPLE","subscription_id":"sub_01JEXAMPLE","tenant":"shop-1","event_type":"order.created","attempts":8,"last_status":500,"last_error":"","agent_id":"agt_01JEXAMPLE"}"#,
 };
+/// A subscription's client certificate expires soon.
+pub const CERTIFICATE_EXPIRING: OperatorEventType = OperatorEventType {
+    name: "herald.subscription.certificate_expiring",
+    description: "A subscription's client certificate (mutual TLS to its receiver) expires \
+                  within 14 days: renew it with `herald subscription update --client-cert`.",
+    example: r#"{"subscription_id":"sub_01JEXAMPLE","tenant":"shop-1","url":"https://erp.example/hooks","expires_at":"2026-12-18T00:00:00.000Z"}"#,
+};
 /// Every operator event type: built into the event-type catalogue.
-pub const OPERATOR_EVENT_TYPES: [OperatorEventType; 3] = [
+pub const OPERATOR_EVENT_TYPES: [OperatorEventType; 4] = [
     SUBSCRIPTION_DISABLED,
     SUBSCRIPTION_RECOVERED,
     DELIVERY_EXHAUSTED,
+    CERTIFICATE_EXPIRING,
 ];
 
 pub use herald_core::validate::DEFAULT_SYSTEM_TENANT;
@@ -243,6 +253,23 @@ impl OperatorEvents {
             "failures": failures,
         });
         self.raise(SUBSCRIPTION_RECOVERED.name, &key, payload).await
+    }
+
+    /// `sub`'s client certificate expires at `expires_at`, within two weeks.
+    pub async fn certificate_expiring(
+        &self,
+        sub: &pb::Subscription,
+        expires_at: SystemTime,
+    ) -> Result<(), LogError> {
+        let at = timestamp(expires_at);
+        let key = format!("{}\0{}", sub.id, at.seconds);
+        let payload = json!({
+            "subscription_id": sub.id,
+            "tenant": sub.tenant,
+            "url": sub.url,
+            "expires_at": rfc3339(Some(&at)),
+        });
+        self.raise(CERTIFICATE_EXPIRING.name, &key, payload).await
     }
 
     /// The `herald.delivery.exhausted` event of a delivery that failed for good, if `attempt`

@@ -113,6 +113,11 @@ pub struct Page {
 }
 
 impl Subscriptions {
+    /// The config store the records live in.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// A registry on `store` admitting endpoints that `policy` allows, sealing secrets with
     /// `keyring`.
     pub fn new(store: Store, policy: TargetPolicy, keyring: Arc<Keyring>) -> Self {
@@ -163,8 +168,16 @@ impl Subscriptions {
     /// Validates a record and checks its URL against the target policy: the literal address,
     /// or what the host resolves to now. A host that does not resolve here is admitted: the
     /// agent checks the addresses it connects to at every delivery.
-    async fn check(&self, sub: &pb::Subscription) -> Result<(), SubscriptionError> {
+    async fn check(&self, sub: &mut pb::Subscription) -> Result<(), SubscriptionError> {
         let domain = convert::subscription(sub, self.policy.allow_http)?;
+        // The client certificate parses, its key matches, and its expiry is recorded.
+        sub.client_cert_expires_at = match &domain.client_identity {
+            Some(identity) => Some(timestamp(crate::client_certs::check(
+                identity.cert_pem(),
+                identity.key_pem(),
+            )?)),
+            None => None,
+        };
         let refuse =
             |err: herald_core::target::TargetError| ValidationError::new("url", err.to_string());
         self.policy.check_url(&domain.url).map_err(refuse)?;
@@ -204,7 +217,7 @@ impl Subscriptions {
             revision: 0,
             ..request
         };
-        self.check(&sub).await?;
+        self.check(&mut sub).await?;
         let key = keys::subscription(&sub.tenant, &sub.id);
         let index = keys::subscription_id(&sub.id);
         let txn = Txn::default()
@@ -332,6 +345,15 @@ impl Subscriptions {
             headers: merged_headers(request.headers, &current.headers),
             egress: request.egress,
             egress_proxy: merged_egress_proxy(request.egress_proxy, &current.egress_proxy),
+            // The key is never read back: the same certificate sent without one keeps it.
+            client_key: if request.client_key.is_empty()
+                && request.client_cert == current.client_cert
+            {
+                current.client_key.clone()
+            } else {
+                request.client_key
+            },
+            client_cert: request.client_cert,
             timeout: request.timeout,
             retry: request.retry,
             description: request.description,
@@ -375,7 +397,8 @@ impl Subscriptions {
             .when(Compare::ModRevision(kv.key.clone(), kv.mod_revision))
             .then(Op::Delete(kv.key))
             .then(Op::Delete(keys::subscription_id(&current.id)))
-            .then(Op::Delete(keys::health(&current.id)));
+            .then(Op::Delete(keys::health(&current.id)))
+            .then(Op::Delete(keys::certificate_warning(&current.id)));
         match self.store.txn(txn).await? {
             TxnOutcome::Committed { revision } => Ok(revision),
             TxnOutcome::Conflict => Err(SubscriptionError::Contended(id.to_owned())),
@@ -534,7 +557,7 @@ impl Subscriptions {
     ) -> Result<Option<pb::Subscription>, SubscriptionError> {
         sub.revision = 0;
         if check_target {
-            self.check(&sub).await?;
+            self.check(&mut sub).await?;
         } else {
             convert::subscription(&sub, true)?;
         }
@@ -620,8 +643,14 @@ fn open_record(
             .map_err(sealing_failed(&sub.id))?;
         sub.headers.insert(name, value);
     }
-    // A proxy URL in the clear was written before it was sealed.
-    stale |= !sub.egress_proxy.is_empty();
+    // A proxy URL or client key in the clear was written before they were sealed.
+    stale |= !sub.egress_proxy.is_empty() || !sub.client_key.is_empty();
+    if let Some(sealed) = sub.sealed_client_key.take() {
+        stale |= sealed.key_id != keyring.sealing_key_id();
+        sub.client_key = keyring
+            .open(&client_key_record(&sub.id), &sealed)
+            .map_err(sealing_failed(&sub.id))?;
+    }
     if let Some(sealed) = sub.sealed_egress_proxy.take() {
         stale |= sealed.key_id != keyring.sealing_key_id();
         sub.egress_proxy = keyring
@@ -660,6 +689,16 @@ fn encode(sub: &pb::Subscription, keyring: &Keyring) -> Result<Vec<u8>, Subscrip
             Ok((name, sealed))
         })
         .collect::<Result<_, SubscriptionError>>()?;
+    let client_key = std::mem::take(&mut stored.client_key);
+    stored.sealed_client_key = if client_key.is_empty() {
+        None
+    } else {
+        Some(
+            keyring
+                .seal(&client_key_record(&sub.id), &client_key)
+                .map_err(sealing_failed)?,
+        )
+    };
     let proxy = std::mem::take(&mut stored.egress_proxy);
     stored.sealed_egress_proxy = if proxy.is_empty() {
         None
@@ -671,6 +710,11 @@ fn encode(sub: &pb::Subscription, keyring: &Keyring) -> Result<Vec<u8>, Subscrip
         )
     };
     Ok(stored.encode_to_vec())
+}
+
+/// What a subscription's sealed client key is bound to.
+fn client_key_record(subscription_id: &str) -> String {
+    format!("{subscription_id}\0client_key")
 }
 
 /// What a subscription's sealed proxy URL is bound to.
@@ -697,6 +741,13 @@ pub fn redact(mut sub: pb::Subscription) -> pb::Subscription {
     if let Ok(proxy) = ProxyUrl::parse(&sub.egress_proxy) {
         sub.egress_proxy = proxy.masked();
     }
+    without_write_only(sub)
+}
+
+/// The subscription without what no read returns, even with `show_secrets`: the client
+/// certificate's private key.
+pub fn without_write_only(mut sub: pb::Subscription) -> pb::Subscription {
+    sub.client_key.clear();
     sub
 }
 

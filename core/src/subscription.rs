@@ -74,8 +74,64 @@ pub struct Subscription {
     /// How its deliveries leave the agent: through the agent's egress proxy (if any), directly,
     /// or through its own proxy.
     pub egress: crate::egress::Egress,
+    /// The certificate and key presented to a receiver that requires mutual TLS.
+    pub client_identity: Option<ClientIdentity>,
     /// The store revision of this version.
     pub revision: i64,
+}
+
+/// The largest client certificate chain accepted (PEM).
+pub const MAX_CLIENT_CERT_BYTES: usize = 32 * 1024;
+/// The largest client key accepted (PEM).
+pub const MAX_CLIENT_KEY_BYTES: usize = 16 * 1024;
+
+/// A client certificate chain and its key, presented to a receiver that requires mutual TLS.
+/// The key never shows in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl ClientIdentity {
+    /// The pair: the chain (PEM, leaf first) and its private key (PEM).
+    pub fn new(cert_pem: String, key_pem: String) -> Self {
+        ClientIdentity { cert_pem, key_pem }
+    }
+
+    /// The certificate chain, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The private key, PEM: for the TLS configuration and nothing else.
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    /// A digest naming this pair (connections are pooled by it), revealing nothing of the key.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest as _;
+        let mut digest = sha2::Sha256::new();
+        digest.update(self.cert_pem.as_bytes());
+        digest.update([0]);
+        digest.update(self.key_pem.as_bytes());
+        digest
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ClientIdentity {{ cert: {} bytes, key: <redacted> }}",
+            self.cert_pem.len()
+        )
+    }
 }
 
 /// A signing secret and, once replaced by a rotation, when it stops signing.
@@ -132,6 +188,7 @@ mod tests {
             regions: vec![],
             send_trace_context: false,
             egress: crate::egress::Egress::AgentDefault,
+            client_identity: None,
             revision: 1,
         }
     }

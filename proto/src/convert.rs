@@ -13,9 +13,9 @@ use herald_core::limits::MAX_LABELS;
 use herald_core::retry::{Exponential, RetrySchedule};
 use herald_core::signing::{Scheme, SigningSecret};
 use herald_core::subscription::{
-    DEFAULT_DISABLE_AFTER, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TIMEOUT, MAX_DISABLE_AFTER,
-    MAX_DISABLE_MIN_FAILING, MAX_MAX_IN_FLIGHT, MAX_RATE_LIMIT, MAX_REGIONS, MAX_SECRETS,
-    MAX_TIMEOUT, Secret, Subscription,
+    ClientIdentity, DEFAULT_DISABLE_AFTER, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TIMEOUT,
+    MAX_CLIENT_CERT_BYTES, MAX_CLIENT_KEY_BYTES, MAX_DISABLE_AFTER, MAX_DISABLE_MIN_FAILING,
+    MAX_MAX_IN_FLIGHT, MAX_RATE_LIMIT, MAX_REGIONS, MAX_SECRETS, MAX_TIMEOUT, Secret, Subscription,
 };
 use herald_core::trace::TraceParent;
 use herald_core::validate;
@@ -224,6 +224,7 @@ pub fn subscription(
         .collect();
     headers.sort();
     let egress = egress(wire)?;
+    let client_identity = client_identity(wire)?;
     Ok(Subscription {
         id: wire.id.clone(),
         tenant: wire.tenant.clone(),
@@ -242,8 +243,49 @@ pub fn subscription(
         regions: wire.regions.clone(),
         send_trace_context: wire.send_trace_context,
         egress,
+        client_identity,
         revision: wire.revision,
     })
+}
+
+/// The client certificate and key of a subscription's mutual TLS, when it has them: both or
+/// neither, PEM, within their limits (the control plane checks that they parse and match).
+pub fn client_identity(wire: &pb::Subscription) -> Result<Option<ClientIdentity>, ValidationError> {
+    match (wire.client_cert.is_empty(), wire.client_key.is_empty()) {
+        (true, true) => return Ok(None),
+        (false, true) => {
+            return Err(ValidationError::new(
+                "client_key",
+                "is required with client_cert",
+            ));
+        }
+        (true, false) => {
+            return Err(ValidationError::new(
+                "client_cert",
+                "is required with client_key",
+            ));
+        }
+        (false, false) => {}
+    }
+    if wire.client_cert.len() > MAX_CLIENT_CERT_BYTES
+        || !wire.client_cert.contains("-----BEGIN CERTIFICATE-----")
+    {
+        return Err(ValidationError::new(
+            "client_cert",
+            format!("must be PEM certificates, at most {MAX_CLIENT_CERT_BYTES} bytes"),
+        ));
+    }
+    if wire.client_key.len() > MAX_CLIENT_KEY_BYTES || !wire.client_key.contains("PRIVATE KEY-----")
+    {
+        return Err(ValidationError::new(
+            "client_key",
+            format!("must be a PEM private key, at most {MAX_CLIENT_KEY_BYTES} bytes"),
+        ));
+    }
+    Ok(Some(ClientIdentity::new(
+        wire.client_cert.clone(),
+        wire.client_key.clone(),
+    )))
 }
 
 /// Sets how `sub`'s deliveries leave the agent (its proxy URL in full: sealed at rest).

@@ -221,6 +221,19 @@ impl From<u16> for Response {
 impl Receiver {
     /// Starts a receiver on `127.0.0.1:0` presenting `ca`'s server certificate.
     pub async fn start(ca: &TestCa) -> anyhow::Result<Receiver> {
+        Self::start_with(TlsAcceptor::from(ca.server_config())).await
+    }
+
+    /// Starts one that also requires a client certificate issued by `ca` (mutual TLS): a
+    /// client without one fails the handshake.
+    pub async fn start_requiring_client_certs(ca: &TestCa) -> anyhow::Result<Receiver> {
+        Self::start_with(TlsAcceptor::from(
+            ca.server_config_requiring_client_certs()?,
+        ))
+        .await
+    }
+
+    async fn start_with(acceptor: TlsAcceptor) -> anyhow::Result<Receiver> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .context("binding the receiver")?;
@@ -236,7 +249,6 @@ impl Receiver {
         let router = Router::new()
             .fallback(handle)
             .with_state(Arc::clone(&shared));
-        let acceptor = TlsAcceptor::from(ca.server_config());
         let server = tokio::spawn(serve(listener, acceptor, router));
         Ok(Receiver {
             addr,

@@ -150,6 +150,12 @@ impl TestCa {
         Arc::clone(&self.server_config)
     }
 
+    /// A server config like [`TestCa::server_config`] that also requires a client certificate
+    /// issued by this CA (mutual TLS).
+    pub fn server_config_requiring_client_certs(&self) -> anyhow::Result<Arc<ServerConfig>> {
+        server_config_with(&self.issuer, Some(&self.ca_der))
+    }
+
     /// A client config that trusts only this CA, without ALPN (clone it to add some).
     pub fn client_config(&self) -> Arc<ClientConfig> {
         Arc::clone(&self.client_config)
@@ -177,6 +183,14 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// Issues a server certificate for [`SERVER_NAMES`] and builds a config around it.
 fn server_config(issuer: &Issuer<'_, KeyPair>) -> anyhow::Result<Arc<ServerConfig>> {
+    server_config_with(issuer, None)
+}
+
+/// The same, requiring a client certificate from `client_ca` when one is given.
+fn server_config_with(
+    issuer: &Issuer<'_, KeyPair>,
+    client_ca: Option<&CertificateDer<'static>>,
+) -> anyhow::Result<Arc<ServerConfig>> {
     let mut params = CertificateParams::new(SERVER_NAMES.map(String::from).to_vec())?;
     params
         .distinguished_name
@@ -193,10 +207,22 @@ fn server_config(issuer: &Issuer<'_, KeyPair>) -> anyhow::Result<Arc<ServerConfi
         .context("signing the server certificate")?;
 
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], key)?;
+    let builder =
+        ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            roots.add(ca.clone())?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(vec![cert.der().clone()], key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

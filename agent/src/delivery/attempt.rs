@@ -37,6 +37,19 @@ pub struct Sent {
     pub duration: Duration,
 }
 
+impl Sent {
+    /// An attempt that could not be made at all, for `kind` and `error`.
+    pub fn not_made(kind: ErrorKind, error: String) -> Sent {
+        Sent {
+            result: AttemptResult::Error { kind },
+            error,
+            excerpt: String::new(),
+            started_at: SystemTime::now(),
+            duration: Duration::ZERO,
+        }
+    }
+}
+
 /// The event data an attempt needs.
 pub struct EventRef<'a> {
     /// `webhook-id`.
@@ -263,7 +276,14 @@ fn error_kind(err: &hyper_util::client::legacy::Error) -> ErrorKind {
     if let Some(connect) = chain.iter().find_map(|e| e.downcast_ref::<ConnectError>()) {
         return connect.kind();
     }
-    if chain.iter().any(|e| e.is::<rustls::Error>()) {
+    // rustls's errors travel inside io::Errors, as the error itself during the handshake and
+    // as InvalidData once the peer's alert arrives after it (a receiver refusing the client
+    // certificate under TLS 1.3): the TCP stream beneath never reports InvalidData.
+    let tls_io = |e: &&(dyn std::error::Error + 'static)| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
+    };
+    if chain.iter().any(|e| e.is::<rustls::Error>()) || chain.iter().any(tls_io) {
         return ErrorKind::Tls;
     }
     if err.is_connect() {
@@ -287,7 +307,8 @@ mod tests {
             .body(Full::new(Bytes::new()))
             .expect("request");
         let err = transport
-            .client(&Egress::AgentDefault)
+            .client(&Egress::AgentDefault, None)
+            .expect("the common route")
             .request(request)
             .await
             .expect_err("no receiver there");

@@ -330,21 +330,24 @@ impl Inner {
                 self.report(task, Some(event), Some(&sub), number, report),
             );
         }
-        let sent = attempt::send(
-            &self.transport.client(&sub.egress),
-            &sub,
-            EventRef {
-                id: &event.id,
-                event_type: &event.r#type,
-                occurred_at: event.occurred_at.as_ref().map_or(
-                    UNIX_EPOCH + Duration::from_millis(stored.accepted_ms),
-                    system_time,
-                ),
-                payload: &event.payload,
-                traceparent: &event.traceparent,
-            },
-        )
-        .await;
+        let event_ref = EventRef {
+            id: &event.id,
+            event_type: &event.r#type,
+            occurred_at: event.occurred_at.as_ref().map_or(
+                UNIX_EPOCH + Duration::from_millis(stored.accepted_ms),
+                system_time,
+            ),
+            payload: &event.payload,
+            traceparent: &event.traceparent,
+        };
+        let sent = match self
+            .transport
+            .client(&sub.egress, sub.client_identity.as_ref())
+        {
+            Ok(client) => attempt::send(&client, &sub, event_ref).await,
+            // A client certificate the control plane accepted but this agent cannot use.
+            Err(err) => attempt::Sent::not_made(ErrorKind::Tls, err.to_string()),
+        };
         let scheduled = sub
             .retry
             .delay_after(number)

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_core::egress::{Egress, ProxyUrl};
+use herald_core::subscription::ClientIdentity;
 use herald_core::target::{TargetError, TargetPolicy};
 use http_body_util::Full;
 use hyper::Uri;
@@ -38,9 +39,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_IDLE_PER_HOST: usize = 64;
 /// How long an idle connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Subscriptions' own proxies with a client (and connection pool) kept at once; past it the
-/// least recently made is dropped.
-const MAX_PROXY_CLIENTS: usize = 256;
+/// Routes of subscriptions' own (their proxy, their client certificate) with a client and
+/// connection pool kept at once; past it the least recently made is dropped.
+const MAX_OWN_ROUTES: usize = 256;
 /// The longest answer head a proxy may give to `CONNECT`.
 const MAX_PROXY_ANSWER: usize = 8 * 1024;
 
@@ -61,6 +62,47 @@ pub enum ClientError {
     /// rustls refused the configuration.
     #[error("tls setup: {0}")]
     Tls(String),
+    /// A subscription's client certificate or key is unusable.
+    #[error("client certificate: {0}")]
+    ClientCertificate(String),
+}
+
+/// The TLS settings of `base` presenting `identity`'s certificate to receivers that ask.
+fn with_client_certificate(
+    base: &rustls::ClientConfig,
+    identity: &ClientIdentity,
+) -> Result<rustls::ClientConfig, ClientError> {
+    let unusable = |reason: String| ClientError::ClientCertificate(reason);
+    let chain = rustls_pemfile::certs(&mut identity.cert_pem().as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| unusable(e.to_string()))?;
+    let key = rustls_pemfile::private_key(&mut identity.key_pem().as_bytes())
+        .map_err(|e| unusable(e.to_string()))?
+        .ok_or_else(|| unusable("no private key".into()))?;
+    let provider = base.crypto_provider().clone();
+    let certified = rustls::sign::CertifiedKey::from_der(chain, key, &provider)
+        .map_err(|e| unusable(e.to_string()))?;
+    let mut tls = base.clone();
+    tls.client_auth_cert_resolver = Arc::new(AlwaysPresent(Arc::new(certified)));
+    Ok(tls)
+}
+
+/// Presents one certificate whenever a server asks for one.
+#[derive(Debug)]
+struct AlwaysPresent(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for AlwaysPresent {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 /// The delivery transport: one pooled client per route.
@@ -76,11 +118,12 @@ struct TransportInner {
     direct: HttpClient,
     /// Through the agent's own proxy, when it has one.
     agent_route: Option<HttpClient>,
-    /// Through subscriptions' own proxies.
+    /// Through subscriptions' own proxies, or with their client certificates.
     own_routes: Mutex<OwnRoutes>,
 }
 
-/// The clients of subscriptions' own proxies, by URL (credentials included).
+/// The clients of subscriptions' own routes, by proxy URL (credentials included) and client
+/// certificate fingerprint.
 #[derive(Default)]
 struct OwnRoutes {
     clients: HashMap<String, OwnRoute>,
@@ -127,47 +170,67 @@ impl Transport {
         })
     }
 
-    /// The client for deliveries that leave as `egress` says.
-    pub fn client(&self, egress: &Egress) -> HttpClient {
+    /// The client for deliveries that leave as `egress` says, presenting `identity` to
+    /// receivers that ask for a client certificate. The common routes are made once; the others
+    /// (a subscription's own proxy, a client certificate) on first use, and kept.
+    pub fn client(
+        &self,
+        egress: &Egress,
+        identity: Option<&ClientIdentity>,
+    ) -> Result<HttpClient, ClientError> {
         let inner = &self.inner;
-        match egress {
-            Egress::Direct => inner.direct.clone(),
-            Egress::AgentDefault => inner.agent_route.as_ref().unwrap_or(&inner.direct).clone(),
-            Egress::Proxy(proxy) => {
-                let key = proxy.expose();
-                let mut routes = inner
-                    .own_routes
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if let Some(route) = routes.clients.get(&key) {
-                    return route.client.clone();
-                }
-                if routes.clients.len() >= MAX_PROXY_CLIENTS
-                    && let Some(oldest) = routes
-                        .clients
-                        .iter()
-                        .min_by_key(|(_, route)| route.made)
-                        .map(|(key, _)| key.clone())
-                {
-                    routes.clients.remove(&oldest);
-                }
-                routes.made += 1;
-                let route = OwnRoute {
-                    made: routes.made,
-                    client: client(
-                        &inner.tls,
-                        &inner.policy,
-                        Some(ProxyChoice {
-                            url: proxy,
-                            trusted: false,
-                        }),
-                    ),
-                };
-                let client = route.client.clone();
-                routes.clients.insert(key, route);
-                client
+        match (egress, identity) {
+            (Egress::Direct, None) => return Ok(inner.direct.clone()),
+            (Egress::AgentDefault, None) => {
+                return Ok(inner.agent_route.as_ref().unwrap_or(&inner.direct).clone());
             }
+            _ => {}
         }
+        let proxy = match egress {
+            Egress::Direct => None,
+            Egress::AgentDefault => inner
+                .agent_proxy
+                .as_ref()
+                .map(|url| ProxyChoice { url, trusted: true }),
+            Egress::Proxy(url) => Some(ProxyChoice {
+                url,
+                trusted: false,
+            }),
+        };
+        let key = format!(
+            "{}|{}|{}",
+            proxy.as_ref().map_or(String::new(), |p| p.url.expose()),
+            proxy.as_ref().is_some_and(|p| p.trusted),
+            identity.map_or(String::new(), ClientIdentity::fingerprint)
+        );
+        let mut routes = inner
+            .own_routes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(route) = routes.clients.get(&key) {
+            return Ok(route.client.clone());
+        }
+        let tls = match identity {
+            None => inner.tls.clone(),
+            Some(identity) => with_client_certificate(&inner.tls, identity)?,
+        };
+        if routes.clients.len() >= MAX_OWN_ROUTES
+            && let Some(oldest) = routes
+                .clients
+                .iter()
+                .min_by_key(|(_, route)| route.made)
+                .map(|(key, _)| key.clone())
+        {
+            routes.clients.remove(&oldest);
+        }
+        routes.made += 1;
+        let route = OwnRoute {
+            made: routes.made,
+            client: client(&tls, &inner.policy, proxy),
+        };
+        let client = route.client.clone();
+        routes.clients.insert(key, route);
+        Ok(client)
     }
 
     /// The agent's own egress proxy, if any.

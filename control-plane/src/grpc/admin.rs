@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::time::SystemTime;
 
 use futures_util::Stream;
 use herald_proto::convert::std_duration;
@@ -23,7 +24,7 @@ use crate::hub::ConfigHub;
 use crate::presence;
 use crate::replay_relay::Relay;
 use crate::store::Store;
-use crate::subscriptions::{Subscriptions, redact};
+use crate::subscriptions::{Subscriptions, redact, without_write_only};
 
 /// `herald.v1.Subscriptions`.
 pub struct SubscriptionsService {
@@ -52,6 +53,18 @@ impl SubscriptionsService {
             log,
             event_types,
             audit,
+        }
+    }
+
+    /// Tells operators at once when `sub` was just given a client certificate that expires
+    /// within two weeks (a failure to tell is logged: the hourly watch tries again).
+    async fn warn_if_expiring(&self, sub: &pb::Subscription) {
+        let store = self.registry.store();
+        let events = self.health.events();
+        if let Err(err) =
+            crate::client_certs::warn_if_expiring(store, events, sub, SystemTime::now()).await
+        {
+            tracing::warn!(subscription = %sub.id, error = %err, "cannot warn of the client certificate's expiry");
         }
     }
 
@@ -110,7 +123,8 @@ impl SubscriptionsApi for SubscriptionsService {
             created.url.clone(),
         )
         .await;
-        Ok(Response::new(created))
+        self.warn_if_expiring(&created).await;
+        Ok(Response::new(without_write_only(created)))
     }
 
     async fn get_subscription(
@@ -126,7 +140,7 @@ impl SubscriptionsApi for SubscriptionsService {
             ));
         }
         Ok(Response::new(if request.show_secrets {
-            sub
+            without_write_only(sub)
         } else {
             redact(sub)
         }))
@@ -174,6 +188,7 @@ impl SubscriptionsApi for SubscriptionsService {
         tracing::info!(id = %updated.id, revision = updated.revision, "subscription updated");
         self.audited(&who, Action::SubscriptionUpdate, &updated, String::new())
             .await;
+        self.warn_if_expiring(&updated).await;
         Ok(Response::new(redact(updated)))
     }
 

@@ -73,6 +73,10 @@ pub struct Subscription {
     /// How deliveries leave the agent: `agent` (its egress proxy, if any), `direct`, or the
     /// subscription's own proxy URL (its password `****` unless secrets are shown).
     pub egress: String,
+    /// The client certificate chain (PEM) presented for mutual TLS; empty: none.
+    pub client_cert: String,
+    /// When the client certificate expires.
+    pub client_cert_expires_at: Option<String>,
     /// When it was made.
     pub created_at: Option<String>,
     /// When it last changed.
@@ -178,6 +182,8 @@ impl From<pb::Subscription> for Subscription {
             .unwrap_or(herald_core::subscription::DEFAULT_TIMEOUT);
         Subscription {
             egress: words::egress(&sub),
+            client_cert_expires_at: time(sub.client_cert_expires_at.as_ref()),
+            client_cert: sub.client_cert.clone(),
             format: words::format(sub.format),
             envelope: words::envelope(sub.envelope),
             signature: words::signature(sub.signature_scheme),
@@ -287,6 +293,12 @@ pub struct SubscriptionSpec {
     /// URL a read shows keeps the stored password.
     #[serde(default)]
     pub egress: Option<String>,
+    /// The client certificate chain (PEM) for mutual TLS, with `client_key`; empty: none.
+    #[serde(default)]
+    pub client_cert: String,
+    /// Its private key (PEM): write-only. Empty with the same certificate keeps the stored key.
+    #[serde(default)]
+    pub client_key: String,
     /// On update: the revision the caller read (required there; a stale one is 409).
     #[serde(default)]
     pub revision: Option<i64>,
@@ -300,6 +312,9 @@ pub struct SubscriptionSpec {
     #[serde(default, rename = "header_values_hidden")]
     #[schema(ignore)]
     _header_values_hidden: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "client_cert_expires_at")]
+    #[schema(ignore)]
+    _client_cert_expires_at: Option<serde::de::IgnoredAny>,
     #[serde(default, rename = "enabled")]
     #[schema(ignore)]
     _enabled: Option<serde::de::IgnoredAny>,
@@ -363,6 +378,8 @@ impl SubscriptionSpec {
                 self.disable_min_failing.as_deref(),
             )?,
             send_trace_context: self.send_trace_context,
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
             ..Default::default()
         };
         if let Some(word) = self.egress.as_deref() {

@@ -95,10 +95,25 @@ pub struct SubscriptionForm {
     pub send_trace_context: bool,
     /// `agent` (empty too), `direct`, or a proxy URL; a masked one keeps the stored password.
     pub egress: String,
+    /// The client certificate chain (PEM) for mutual TLS; empty: none.
+    pub client_cert: String,
+    /// Its private key (PEM); empty with the same certificate keeps the stored key.
+    pub client_key: String,
     /// Accept event types outside the catalogue.
     pub allow_unregistered: bool,
     /// The revision read (edit only).
     pub revision: String,
+}
+
+/// PEM as a form posts it: line ends as `\n`, no blank edges.
+fn normalized_pem(text: &str) -> String {
+    let text = text.replace("\r\n", "\n");
+    let text = text.trim();
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!("{text}\n")
+    }
 }
 
 impl SubscriptionForm {
@@ -130,6 +145,8 @@ impl SubscriptionForm {
             disable_min_failing: form.text("disable_min_failing"),
             send_trace_context: form.checked("send_trace_context"),
             egress: form.text("egress"),
+            client_cert: form.text("client_cert"),
+            client_key: form.text("client_key"),
             allow_unregistered: form.checked("allow_unregistered"),
             revision: form.text("revision"),
         }
@@ -215,6 +232,9 @@ impl SubscriptionForm {
                 Ok(herald_core::egress::Egress::Proxy(proxy)) => proxy.masked(),
                 _ => herald_proto::words::egress(sub),
             },
+            client_cert: sub.client_cert.clone(),
+            // Never read back: left empty, the stored key stays.
+            client_key: String::new(),
             allow_unregistered: false,
             revision: sub.revision.to_string(),
         }
@@ -313,6 +333,8 @@ impl SubscriptionForm {
             ..Default::default()
         };
         herald_proto::convert::set_egress(&mut wire, &egress);
+        wire.client_cert = normalized_pem(&self.client_cert);
+        wire.client_key = normalized_pem(&self.client_key);
         Ok(wire)
     }
 

@@ -129,6 +129,16 @@ pub fn settings(sub: &pb::Subscription) -> Vec<Setting> {
             },
         },
         Setting {
+            label: "Client certificate",
+            value: match sub.client_cert_expires_at.as_ref() {
+                Some(expires) if !sub.client_cert.is_empty() => format!(
+                    "presented for mutual TLS; expires {}",
+                    humantime::format_rfc3339_seconds(herald_proto::convert::system_time(expires))
+                ),
+                _ => "—".to_owned(),
+            },
+        },
+        Setting {
             label: "Headers",
             value: list(headers),
         },

@@ -174,6 +174,22 @@ pub struct Subscription {
     /// Storage only, never sent on the API: `egress_proxy`, sealed.
     #[prost(message, optional, tag = "31")]
     pub sealed_egress_proxy: ::core::option::Option<SealedSecret>,
+    /// Mutual TLS to the receiver: the client certificate chain (PEM, leaf first) the agent
+    /// presents. Set with `client_key`; an empty one (on update) removes both.
+    #[prost(string, tag = "32")]
+    pub client_cert: ::prost::alloc::string::String,
+    /// The client certificate's private key (PEM): write-only. Sealed at rest, handed to agents,
+    /// never returned by a read (not even with `show_secrets`). An update that sends it empty
+    /// with the same `client_cert` keeps the stored key.
+    #[prost(string, tag = "33")]
+    pub client_key: ::prost::alloc::string::String,
+    /// Storage only, never sent on the API: `client_key`, sealed.
+    #[prost(message, optional, tag = "34")]
+    pub sealed_client_key: ::core::option::Option<SealedSecret>,
+    /// When the client certificate (its leaf) expires; read-only, set by the control plane.
+    /// Operators get `herald.subscription.certificate_expiring` 14 days before.
+    #[prost(message, optional, tag = "35")]
+    pub client_cert_expires_at: ::core::option::Option<::prost_types::Timestamp>,
 }
 /// An endpoint's recent record, kept by the control plane from attempt reports.
 #[derive(Clone, PartialEq, ::prost::Message)]

@@ -50,6 +50,7 @@ async fn subscriptions_select_registered_types_once_the_catalogue_has_any() -> a
         names,
         [
             ("herald.delivery.exhausted", true),
+            ("herald.subscription.certificate_expiring", true),
             ("herald.subscription.disabled", true),
             ("herald.subscription.recovered", true),
             ("order.created", false),

@@ -3,6 +3,7 @@
 
 mod audit;
 mod auth;
+mod client_certs;
 mod console;
 mod delivery;
 mod delivery_log;

@@ -436,7 +436,7 @@ async fn deliver() -> anyhow::Result<()> {
         herald_core::target::TargetPolicy::new(false, herald_tests::herald::loopback()),
         None,
     )?
-    .client(&herald_core::egress::Egress::Direct);
+    .client(&herald_core::egress::Egress::Direct, None)?;
     let stop = CancellationToken::new();
     let (cp, _cp_dir) = control_plane(&stop).await?;
     let mut admin =
@@ -550,6 +550,12 @@ async fn deliver() -> anyhow::Result<()> {
         );
     }
 
+    // Through an egress proxy (Debian's tinyproxy) beside direct, one subscription each,
+    // alternating rounds; the proxy's own CPU is its process's, not counted here.
+    if std::env::var("BENCH_PROXY").map_or(true, |v| v != "0") {
+        proxy_rounds(&mut admin, &agent, &counter, &base, deliveries).await?;
+    }
+
     // Latency at a steady 1,000 events/s, one subscription.
     let tenant = "latency";
     admin
@@ -616,6 +622,82 @@ async fn deliver() -> anyhow::Result<()> {
         pick(0.99).as_secs_f64() * 1000.0
     );
     stop.cancel();
+    Ok(())
+}
+
+/// `bench deliver`'s egress case: the same deliveries to one subscription directly and to one
+/// whose own egress proxy is a tinyproxy, in alternating rounds; prints the median of each.
+async fn proxy_rounds(
+    admin: &mut herald_proto::v1::subscriptions_client::SubscriptionsClient<
+        tonic::transport::Channel,
+    >,
+    agent: &EventsClient<tonic::transport::Channel>,
+    counter: &Counter,
+    base: &str,
+    deliveries: usize,
+) -> anyhow::Result<()> {
+    let proxy = herald_tests::EgressProxy::start(None).await?;
+    for (tenant, egress) in [
+        ("egress-direct", herald_core::egress::Egress::Direct),
+        (
+            "egress-proxy",
+            herald_core::egress::Egress::Proxy(herald_core::egress::ProxyUrl::parse(&proxy.url())?),
+        ),
+    ] {
+        let mut sub = herald_tests::subscription(tenant, &format!("{base}/{tenant}"), &["order.*"]);
+        sub.max_in_flight = PLAIN_IN_FLIGHT as u32;
+        herald_proto::convert::set_egress(&mut sub, &egress);
+        admin
+            .create_subscription(pb::CreateSubscriptionRequest {
+                subscription: Some(sub),
+                allow_unregistered: false,
+            })
+            .await?;
+        herald_tests::eventually(Duration::from_secs(30), "the egress subscriptions", || {
+            let mut agent = agent.clone();
+            let probe = tenant_event(tenant);
+            async move {
+                let r = agent.emit(pb::EmitRequest { event: Some(probe) }).await?;
+                Ok((r.get_ref().matched == 1).then_some(()))
+            }
+        })
+        .await?;
+    }
+    let mut direct = Vec::new();
+    let mut proxied = Vec::new();
+    for _ in 0..ROUNDS {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        direct.push(herald_round(agent, counter, "egress-direct", deliveries, 1).await?);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        proxied.push(herald_round(agent, counter, "egress-proxy", deliveries, 1).await?);
+    }
+    anyhow::ensure!(
+        !proxy.connects().is_empty(),
+        "the proxied deliveries went through the proxy"
+    );
+    let median = |rounds: &mut Vec<Rate>| {
+        rounds.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+        Rate {
+            rate: rounds[ROUNDS / 2].rate,
+            cpu_us: rounds[ROUNDS / 2].cpu_us,
+        }
+    };
+    let (direct, proxied) = (median(&mut direct), median(&mut proxied));
+    println!();
+    println!(
+        "| egress, one subscription ({deliveries} deliveries, median of {ROUNDS} rounds) | deliveries/s | vs direct | CPU µs per delivery (this process) |"
+    );
+    println!("| --- | ---: | ---: | ---: |");
+    println!(
+        "| direct | {:.0} | 100% | {:.1} |",
+        direct.rate, direct.cpu_us
+    );
+    println!(
+        "| through tinyproxy (CONNECT to the checked address) | {:.0} | {:.0}% | {:.1} |",
+        proxied.rate,
+        100.0 * proxied.rate / direct.rate,
+        proxied.cpu_us
+    );
     Ok(())
 }
 
