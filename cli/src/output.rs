@@ -255,6 +255,12 @@ pub fn subscription(sub: &pb::Subscription, show_secrets: bool) -> Value {
         "trace_context": sub.send_trace_context,
         "egress": herald_proto::words::egress(sub),
         "client_cert_expires_at": time(sub.client_cert_expires_at.as_ref()),
+        "oauth2": sub.oauth2.as_ref().map(|o| json!({
+            "token_url": o.token_url,
+            "client_id": o.client_id,
+            "scope": o.scope,
+            "audience": o.audience,
+        })),
         "signature": herald_proto::words::signature(sub.signature_scheme),
         "revision": sub.revision,
         "created_at": time(sub.created_at.as_ref()),
@@ -271,6 +277,9 @@ pub fn subscription(sub: &pb::Subscription, show_secrets: bool) -> Value {
         value["public_keys"] = json!(public_keys);
     }
     if show_secrets {
+        if let Some(oauth2) = sub.oauth2.as_ref().filter(|o| !o.client_secret.is_empty()) {
+            value["oauth2"]["client_secret"] = json!(oauth2.client_secret);
+        }
         if let Some(current) = sub.secrets.first().filter(|s| !s.secret.is_empty()) {
             value["secret"] = json!(current.secret);
         }

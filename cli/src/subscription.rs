@@ -159,6 +159,24 @@ pub struct Fields {
     /// Stop presenting a client certificate.
     #[arg(long)]
     no_client_cert: bool,
+    /// OAuth2 client credentials: the token endpoint the agent fetches bearer tokens from.
+    #[arg(long, value_name = "URL", conflicts_with = "no_oauth2")]
+    oauth2_token_url: Option<String>,
+    /// OAuth2 client id.
+    #[arg(long, value_name = "ID")]
+    oauth2_client_id: Option<String>,
+    /// OAuth2 client secret (sealed at rest; kept on update when not given).
+    #[arg(long, value_name = "SECRET")]
+    oauth2_client_secret: Option<String>,
+    /// OAuth2 `scope` of the token request.
+    #[arg(long, value_name = "SCOPE")]
+    oauth2_scope: Option<String>,
+    /// OAuth2 `audience` of the token request.
+    #[arg(long, value_name = "AUDIENCE")]
+    oauth2_audience: Option<String>,
+    /// Stop sending OAuth2 bearer tokens.
+    #[arg(long)]
+    no_oauth2: bool,
     /// Accept event types that are not in the catalogue (yet); without it, a new pattern that
     /// selects no registered type is refused with the types it could mean.
     #[arg(long)]
@@ -314,6 +332,33 @@ impl Fields {
         if let (Some(cert), Some(key)) = (self.client_cert, self.client_key) {
             sub.client_cert = cert;
             sub.client_key = key;
+        }
+        if self.no_oauth2 {
+            sub.oauth2 = None;
+        }
+        let oauth2_given = [
+            &self.oauth2_token_url,
+            &self.oauth2_client_id,
+            &self.oauth2_client_secret,
+            &self.oauth2_scope,
+            &self.oauth2_audience,
+        ]
+        .iter()
+        .any(|flag| flag.is_some());
+        if oauth2_given {
+            // Given fields replace the stored ones; the secret, when not given, stays.
+            let oauth2 = sub.oauth2.get_or_insert_with(Default::default);
+            for (flag, field) in [
+                (self.oauth2_token_url, &mut oauth2.token_url),
+                (self.oauth2_client_id, &mut oauth2.client_id),
+                (self.oauth2_client_secret, &mut oauth2.client_secret),
+                (self.oauth2_scope, &mut oauth2.scope),
+                (self.oauth2_audience, &mut oauth2.audience),
+            ] {
+                if let Some(value) = flag {
+                    *field = value;
+                }
+            }
         }
         self.allow_unregistered
     }

@@ -386,6 +386,48 @@ async fn delivery_options_are_set_from_the_command_line() -> anyhow::Result<()> 
         .await,
     );
     assert_eq!(removed["client_cert_expires_at"], Value::Null);
+
+    // OAuth2 client credentials: the secret is not printed back without --show-secret.
+    let with_oauth2 = json(
+        &herald(
+            &world,
+            &[
+                "subscription",
+                "update",
+                &id,
+                "--oauth2-token-url",
+                "https://93.184.215.14/oauth/token",
+                "--oauth2-client-id",
+                "herald",
+                "--oauth2-client-secret",
+                "oauth-s3cret",
+                "--oauth2-scope",
+                "webhooks",
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(with_oauth2["oauth2"]["client_id"], "herald");
+    assert_eq!(with_oauth2["oauth2"]["scope"], "webhooks");
+    assert!(!with_oauth2.to_string().contains("oauth-s3cret"));
+    let secret = json(
+        &herald(
+            &world,
+            &["subscription", "get", &id, "--show-secret", "-o", "json"],
+        )
+        .await,
+    );
+    assert_eq!(secret["oauth2"]["client_secret"], "oauth-s3cret");
+    let without = json(
+        &herald(
+            &world,
+            &["subscription", "update", &id, "--no-oauth2", "-o", "json"],
+        )
+        .await,
+    );
+    assert_eq!(without["oauth2"], Value::Null);
     Ok(())
 }
 

@@ -181,6 +181,11 @@ impl Subscriptions {
         let refuse =
             |err: herald_core::target::TargetError| ValidationError::new("url", err.to_string());
         self.policy.check_url(&domain.url).map_err(refuse)?;
+        if let Some(oauth2) = &domain.oauth2 {
+            self.policy
+                .check_url(&oauth2.token_url)
+                .map_err(|err| ValidationError::new("oauth2.token_url", err.to_string()))?;
+        }
         if let Some(url::Host::Domain(host)) = domain.url.host() {
             let port = domain.url.port_or_known_default().unwrap_or(443);
             let lookup = tokio::net::lookup_host((host, port));
@@ -354,6 +359,15 @@ impl Subscriptions {
                 request.client_key
             },
             client_cert: request.client_cert,
+            // Reads without secrets blank the client secret: sent back blank, it stays.
+            oauth2: request.oauth2.map(|mut sent| {
+                if sent.client_secret.is_empty()
+                    && let Some(stored) = &current.oauth2
+                {
+                    sent.client_secret.clone_from(&stored.client_secret);
+                }
+                sent
+            }),
             timeout: request.timeout,
             retry: request.retry,
             description: request.description,
@@ -645,6 +659,18 @@ fn open_record(
     }
     // A proxy URL or client key in the clear was written before they were sealed.
     stale |= !sub.egress_proxy.is_empty() || !sub.client_key.is_empty();
+    if let Some(oauth2) = &sub.oauth2 {
+        stale |= !oauth2.client_secret.is_empty();
+    }
+    if let Some(sealed) = sub.sealed_oauth2_client_secret.take() {
+        stale |= sealed.key_id != keyring.sealing_key_id();
+        let secret = keyring
+            .open(&oauth2_secret_record(&sub.id), &sealed)
+            .map_err(sealing_failed(&sub.id))?;
+        if let Some(oauth2) = &mut sub.oauth2 {
+            oauth2.client_secret = secret;
+        }
+    }
     if let Some(sealed) = sub.sealed_client_key.take() {
         stale |= sealed.key_id != keyring.sealing_key_id();
         sub.client_key = keyring
@@ -689,6 +715,20 @@ fn encode(sub: &pb::Subscription, keyring: &Keyring) -> Result<Vec<u8>, Subscrip
             Ok((name, sealed))
         })
         .collect::<Result<_, SubscriptionError>>()?;
+    let oauth2_secret = stored
+        .oauth2
+        .as_mut()
+        .map(|o| std::mem::take(&mut o.client_secret))
+        .unwrap_or_default();
+    stored.sealed_oauth2_client_secret = if oauth2_secret.is_empty() {
+        None
+    } else {
+        Some(
+            keyring
+                .seal(&oauth2_secret_record(&sub.id), &oauth2_secret)
+                .map_err(sealing_failed)?,
+        )
+    };
     let client_key = std::mem::take(&mut stored.client_key);
     stored.sealed_client_key = if client_key.is_empty() {
         None
@@ -710,6 +750,11 @@ fn encode(sub: &pb::Subscription, keyring: &Keyring) -> Result<Vec<u8>, Subscrip
         )
     };
     Ok(stored.encode_to_vec())
+}
+
+/// What a subscription's sealed OAuth2 client secret is bound to.
+fn oauth2_secret_record(subscription_id: &str) -> String {
+    format!("{subscription_id}\0oauth2_client_secret")
 }
 
 /// What a subscription's sealed client key is bound to.
@@ -740,6 +785,9 @@ pub fn redact(mut sub: pb::Subscription) -> pb::Subscription {
     }
     if let Ok(proxy) = ProxyUrl::parse(&sub.egress_proxy) {
         sub.egress_proxy = proxy.masked();
+    }
+    if let Some(oauth2) = &mut sub.oauth2 {
+        oauth2.client_secret.clear();
     }
     without_write_only(sub)
 }

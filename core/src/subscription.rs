@@ -76,6 +76,8 @@ pub struct Subscription {
     pub egress: crate::egress::Egress,
     /// The certificate and key presented to a receiver that requires mutual TLS.
     pub client_identity: Option<ClientIdentity>,
+    /// OAuth2 client credentials: requests carry a bearer token fetched with them.
+    pub oauth2: Option<OAuth2Client>,
     /// The store revision of this version.
     pub revision: i64,
 }
@@ -134,6 +136,82 @@ impl std::fmt::Debug for ClientIdentity {
     }
 }
 
+/// The longest OAuth2 client id, scope or audience accepted.
+pub const MAX_OAUTH2_FIELD_BYTES: usize = 1024;
+
+/// OAuth2 client credentials (RFC 6749 section 4.4) for a receiver that wants a bearer token.
+/// The secret never shows in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OAuth2Client {
+    /// The token endpoint.
+    pub token_url: url::Url,
+    /// The client id.
+    pub client_id: String,
+    client_secret: String,
+    /// The `scope` of the token request; empty: none.
+    pub scope: String,
+    /// The `audience` of the token request; empty: none.
+    pub audience: String,
+}
+
+impl OAuth2Client {
+    /// The credentials.
+    pub fn new(
+        token_url: url::Url,
+        client_id: String,
+        client_secret: String,
+        scope: String,
+        audience: String,
+    ) -> Self {
+        OAuth2Client {
+            token_url,
+            client_id,
+            client_secret,
+            scope,
+            audience,
+        }
+    }
+
+    /// The client secret: for the token request and nothing else.
+    pub fn client_secret(&self) -> &str {
+        &self.client_secret
+    }
+
+    /// A digest naming these credentials (tokens are cached by it), revealing nothing of
+    /// the secret.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest as _;
+        let mut digest = sha2::Sha256::new();
+        for part in [
+            self.token_url.as_str(),
+            &self.client_id,
+            &self.client_secret,
+            &self.scope,
+            &self.audience,
+        ] {
+            digest.update(part.as_bytes());
+            digest.update([0]);
+        }
+        digest
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for OAuth2Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuth2Client")
+            .field("token_url", &self.token_url.as_str())
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("scope", &self.scope)
+            .field("audience", &self.audience)
+            .finish()
+    }
+}
+
 /// A signing secret and, once replaced by a rotation, when it stops signing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Secret {
@@ -189,6 +267,7 @@ mod tests {
             send_trace_context: false,
             egress: crate::egress::Egress::AgentDefault,
             client_identity: None,
+            oauth2: None,
             revision: 1,
         }
     }

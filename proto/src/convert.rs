@@ -15,7 +15,8 @@ use herald_core::signing::{Scheme, SigningSecret};
 use herald_core::subscription::{
     ClientIdentity, DEFAULT_DISABLE_AFTER, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TIMEOUT,
     MAX_CLIENT_CERT_BYTES, MAX_CLIENT_KEY_BYTES, MAX_DISABLE_AFTER, MAX_DISABLE_MIN_FAILING,
-    MAX_MAX_IN_FLIGHT, MAX_RATE_LIMIT, MAX_REGIONS, MAX_SECRETS, MAX_TIMEOUT, Secret, Subscription,
+    MAX_MAX_IN_FLIGHT, MAX_OAUTH2_FIELD_BYTES, MAX_RATE_LIMIT, MAX_REGIONS, MAX_SECRETS,
+    MAX_TIMEOUT, OAuth2Client, Secret, Subscription,
 };
 use herald_core::trace::TraceParent;
 use herald_core::validate;
@@ -225,6 +226,7 @@ pub fn subscription(
     headers.sort();
     let egress = egress(wire)?;
     let client_identity = client_identity(wire)?;
+    let oauth2 = oauth2(wire, allow_http)?;
     Ok(Subscription {
         id: wire.id.clone(),
         tenant: wire.tenant.clone(),
@@ -244,6 +246,7 @@ pub fn subscription(
         send_trace_context: wire.send_trace_context,
         egress,
         client_identity,
+        oauth2,
         revision: wire.revision,
     })
 }
@@ -285,6 +288,44 @@ pub fn client_identity(wire: &pb::Subscription) -> Result<Option<ClientIdentity>
     Ok(Some(ClientIdentity::new(
         wire.client_cert.clone(),
         wire.client_key.clone(),
+    )))
+}
+
+/// The OAuth2 client credentials of a subscription, when it has them: an https:// token URL
+/// (http:// where allowed), a client id and secret, within their limits.
+pub fn oauth2(
+    wire: &pb::Subscription,
+    allow_http: bool,
+) -> Result<Option<OAuth2Client>, ValidationError> {
+    let Some(o) = &wire.oauth2 else {
+        return Ok(None);
+    };
+    let field = |name: &str| format!("oauth2.{name}");
+    let token_url = validate::url(&o.token_url, allow_http)
+        .map_err(|e| ValidationError::new(field("token_url"), e.reason))?;
+    for (name, value, required) in [
+        ("client_id", &o.client_id, true),
+        ("client_secret", &o.client_secret, true),
+        ("scope", &o.scope, false),
+        ("audience", &o.audience, false),
+    ] {
+        if (required && value.is_empty()) || value.len() > MAX_OAUTH2_FIELD_BYTES {
+            return Err(ValidationError::new(
+                field(name),
+                if required {
+                    format!("is required, at most {MAX_OAUTH2_FIELD_BYTES} bytes")
+                } else {
+                    format!("at most {MAX_OAUTH2_FIELD_BYTES} bytes")
+                },
+            ));
+        }
+    }
+    Ok(Some(OAuth2Client::new(
+        token_url,
+        o.client_id.clone(),
+        o.client_secret.clone(),
+        o.scope.clone(),
+        o.audience.clone(),
     )))
 }
 

@@ -20,6 +20,7 @@
 pub mod browser;
 pub mod etcd;
 pub mod herald;
+pub mod oauth2;
 pub mod port;
 pub mod postgres;
 pub mod process;
@@ -32,6 +33,7 @@ pub mod world;
 pub use browser::Browser;
 pub use etcd::{Etcd, EtcdCluster};
 pub use herald::{Agent, AgentOptions, ConfigStore, ControlPlane, event, subscription};
+pub use oauth2::TokenEndpoint;
 pub use port::HeldPort;
 pub use postgres::Postgres;
 pub use process::{AgentProcess, ControlPlaneProcess, DaemonProcess, ServiceRun, run_as_service};

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 
 use super::classify::{AttemptResult, ErrorKind};
+use super::oauth2::Tokens;
 use super::transport::{ConnectError, HttpClient};
 /// The most response body read from a receiver.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -64,9 +65,15 @@ pub struct EventRef<'a> {
     pub traceparent: &'a str,
 }
 
-/// Sends one attempt of `event` to `sub` with `client` (the route its egress picks), in a
-/// `deliver` span that joins the emitter's trace.
-pub async fn send(client: &HttpClient, sub: &Subscription, event: EventRef<'_>) -> Sent {
+/// Sends one attempt of `event` to `sub` with `client` (the route its egress picks), with a
+/// bearer token from `tokens` when it uses OAuth2, in a `deliver` span that joins the
+/// emitter's trace.
+pub async fn send(
+    client: &HttpClient,
+    tokens: &Tokens,
+    sub: &Subscription,
+    event: EventRef<'_>,
+) -> Sent {
     let span = tracing::debug_span!(
         "deliver",
         otel.kind = "client",
@@ -79,7 +86,7 @@ pub async fn send(client: &HttpClient, sub: &Subscription, event: EventRef<'_>) 
     if let Some(trace) = &trace {
         herald_core::telemetry::continue_trace(&span, trace);
     }
-    let outcome = send_in(client, sub, event, trace, &span)
+    let outcome = send_in(client, tokens, sub, event, trace, &span)
         .instrument(span.clone())
         .await;
     match &outcome.result {
@@ -109,6 +116,7 @@ enum RequestError {
 
 async fn send_in(
     client: &HttpClient,
+    tokens: &Tokens,
     sub: &Subscription,
     event: EventRef<'_>,
     trace: Option<TraceParent>,
@@ -143,28 +151,57 @@ async fn send_in(
         .then_some(trace.as_ref())
         .flatten()
         .map(|trace| herald_core::telemetry::outgoing(span, trace).to_string());
-    let request = match request(
-        sub,
-        &event,
-        timestamp,
-        &signature,
-        outgoing_trace.as_deref(),
-        body,
-    ) {
-        Ok(request) => request,
-        Err(err) => return failed(ErrorKind::Request, err.to_string()),
+    let body = Bytes::from(body);
+    let mut token = match &sub.oauth2 {
+        None => None,
+        Some(oauth2) => match tokens.token(client, oauth2, deadline).await {
+            Ok(token) => Some(token),
+            Err(err) => return failed(ErrorKind::OAuth2, err.to_string()),
+        },
     };
-    let response = match tokio::time::timeout_at(deadline, client.request(request)).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(err)) => return failed(error_kind(&err), error_text::chain(&err)),
-        Err(_) => {
-            return failed(
-                ErrorKind::Timeout,
-                format!(
-                    "no answer within {}",
-                    humantime::format_duration(sub.timeout)
-                ),
-            );
+    let mut refetched = false;
+    let response = loop {
+        let request = match request(
+            sub,
+            &event,
+            Signed {
+                timestamp,
+                signature: &signature,
+            },
+            outgoing_trace.as_deref(),
+            token.as_deref(),
+            body.clone(),
+        ) {
+            Ok(request) => request,
+            Err(err) => return failed(ErrorKind::Request, err.to_string()),
+        };
+        let response = match tokio::time::timeout_at(deadline, client.request(request)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(err)) => return failed(error_kind(&err), error_text::chain(&err)),
+            Err(_) => {
+                return failed(
+                    ErrorKind::Timeout,
+                    format!(
+                        "no answer within {}",
+                        humantime::format_duration(sub.timeout)
+                    ),
+                );
+            }
+        };
+        // A refused token (revoked, or expired early) is fetched anew once, and the request
+        // made again within this attempt.
+        match (&sub.oauth2, &token) {
+            (Some(oauth2), Some(refused))
+                if response.status() == http::StatusCode::UNAUTHORIZED && !refetched =>
+            {
+                tokens.forget(oauth2, refused).await;
+                token = match tokens.token(client, oauth2, deadline).await {
+                    Ok(fresh) => Some(fresh),
+                    Err(err) => return failed(ErrorKind::OAuth2, err.to_string()),
+                };
+                refetched = true;
+            }
+            _ => break response,
         }
     };
     let code = response.status().as_u16();
@@ -212,11 +249,15 @@ async fn send_in(
 fn request(
     sub: &Subscription,
     event: &EventRef<'_>,
-    timestamp: i64,
-    signature: &str,
+    signed: Signed<'_>,
     traceparent: Option<&str>,
-    body: Vec<u8>,
+    bearer: Option<&str>,
+    body: Bytes,
 ) -> Result<http::Request<Full<Bytes>>, RequestError> {
+    let Signed {
+        timestamp,
+        signature,
+    } = signed;
     let uri: http::Uri = sub.url.as_str().parse()?;
     let mut request = http::Request::post(uri)
         .header(http::header::USER_AGENT, USER_AGENT)
@@ -229,6 +270,12 @@ fn request(
     if let Some(traceparent) = traceparent {
         request = request.header(trace::HEADER, traceparent);
     }
+    if let Some(token) = bearer {
+        request = request.header(
+            http::header::AUTHORIZATION,
+            never_indexed(&format!("Bearer {token}")),
+        );
+    }
     let headers = request
         .headers_mut()
         .expect("the builder holds no error: every value above is valid");
@@ -239,7 +286,13 @@ fn request(
             http::HeaderValue::from_str(value).map_err(|_| invalid())?,
         );
     }
-    Ok(request.body(Full::new(Bytes::from(body)))?)
+    Ok(request.body(Full::new(body))?)
+}
+
+/// When an attempt was signed, and its `webhook-signature`.
+struct Signed<'a> {
+    timestamp: i64,
+    signature: &'a str,
 }
 
 /// The `user-agent` of every delivery.

@@ -35,6 +35,8 @@ pub enum ErrorKind {
     Proxy,
     /// The egress proxy refused its credentials (407).
     ProxyAuth,
+    /// No OAuth2 token could be had from the subscription's token endpoint.
+    OAuth2,
     /// The request failed otherwise.
     Request,
     /// The body could not be rendered in the subscription's format.
@@ -59,6 +61,7 @@ impl ErrorKind {
             ErrorKind::Dns => "dns",
             ErrorKind::Proxy => "proxy",
             ErrorKind::ProxyAuth => "proxy_auth",
+            ErrorKind::OAuth2 => "oauth2",
             ErrorKind::Request => "request",
             ErrorKind::Render => "render",
             ErrorKind::Policy => "policy",

@@ -16,6 +16,7 @@
 pub mod attempt;
 pub mod breaker;
 pub mod classify;
+pub mod oauth2;
 pub mod rate;
 pub mod transport;
 
@@ -35,6 +36,7 @@ use tokio_util::task::TaskTracker;
 use self::attempt::EventRef;
 use self::breaker::Breakers;
 use self::classify::{AttemptResult, ErrorKind, Outcome, classify};
+use self::oauth2::Tokens;
 use self::rate::RateLimits;
 use self::transport::Transport;
 use crate::backoff::unit_random;
@@ -60,6 +62,8 @@ pub struct Dispatcher {
 
 struct Inner {
     transport: Transport,
+    /// OAuth2 tokens of subscriptions that use them.
+    tokens: Tokens,
     routes: watch::Receiver<Arc<Routes>>,
     queue: Queue,
     agent_id: String,
@@ -105,6 +109,7 @@ impl Dispatcher {
                 breakers: Breakers::default(),
                 rates: RateLimits::default(),
                 transport: parts.transport,
+                tokens: Tokens::default(),
                 routes: parts.routes,
                 queue: parts.queue,
                 agent_id: parts.agent_id,
@@ -344,7 +349,7 @@ impl Inner {
             .transport
             .client(&sub.egress, sub.client_identity.as_ref())
         {
-            Ok(client) => attempt::send(&client, &sub, event_ref).await,
+            Ok(client) => attempt::send(&client, &self.tokens, &sub, event_ref).await,
             // A client certificate the control plane accepted but this agent cannot use.
             Err(err) => attempt::Sent::not_made(ErrorKind::Tls, err.to_string()),
         };

@@ -77,6 +77,9 @@ pub struct Subscription {
     pub client_cert: String,
     /// When the client certificate expires.
     pub client_cert_expires_at: Option<String>,
+    /// OAuth2 client credentials the agent fetches bearer tokens with (the secret blank
+    /// unless secrets are shown).
+    pub oauth2: Option<OAuth2>,
     /// When it was made.
     pub created_at: Option<String>,
     /// When it last changed.
@@ -184,6 +187,7 @@ impl From<pb::Subscription> for Subscription {
             egress: words::egress(&sub),
             client_cert_expires_at: time(sub.client_cert_expires_at.as_ref()),
             client_cert: sub.client_cert.clone(),
+            oauth2: sub.oauth2.clone().map(OAuth2::from),
             format: words::format(sub.format),
             envelope: words::envelope(sub.envelope),
             signature: words::signature(sub.signature_scheme),
@@ -220,6 +224,36 @@ impl From<pb::Subscription> for Subscription {
             disable_after: sub.disable_after,
             send_trace_context: sub.send_trace_context,
             revision: sub.revision,
+        }
+    }
+}
+
+/// OAuth2 client credentials (client credentials grant).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct OAuth2 {
+    /// The token endpoint.
+    pub token_url: String,
+    /// The client id.
+    pub client_id: String,
+    /// The client secret: blank on reads without secrets; on update, blank keeps it.
+    #[serde(default)]
+    pub client_secret: String,
+    /// The token request's `scope`.
+    #[serde(default)]
+    pub scope: String,
+    /// The token request's `audience`.
+    #[serde(default)]
+    pub audience: String,
+}
+
+impl From<pb::OAuth2> for OAuth2 {
+    fn from(o: pb::OAuth2) -> Self {
+        OAuth2 {
+            token_url: o.token_url,
+            client_id: o.client_id,
+            client_secret: o.client_secret,
+            scope: o.scope,
+            audience: o.audience,
         }
     }
 }
@@ -299,6 +333,9 @@ pub struct SubscriptionSpec {
     /// Its private key (PEM): write-only. Empty with the same certificate keeps the stored key.
     #[serde(default)]
     pub client_key: String,
+    /// OAuth2 client credentials; a blank secret on update keeps the stored one.
+    #[serde(default)]
+    pub oauth2: Option<OAuth2>,
     /// On update: the revision the caller read (required there; a stale one is 409).
     #[serde(default)]
     pub revision: Option<i64>,
@@ -380,6 +417,13 @@ impl SubscriptionSpec {
             send_trace_context: self.send_trace_context,
             client_cert: self.client_cert.clone(),
             client_key: self.client_key.clone(),
+            oauth2: self.oauth2.clone().map(|o| pb::OAuth2 {
+                token_url: o.token_url,
+                client_id: o.client_id,
+                client_secret: o.client_secret,
+                scope: o.scope,
+                audience: o.audience,
+            }),
             ..Default::default()
         };
         if let Some(word) = self.egress.as_deref() {

@@ -99,6 +99,16 @@ pub struct SubscriptionForm {
     pub client_cert: String,
     /// Its private key (PEM); empty with the same certificate keeps the stored key.
     pub client_key: String,
+    /// OAuth2 token endpoint; empty: no OAuth2.
+    pub oauth2_token_url: String,
+    /// OAuth2 client id.
+    pub oauth2_client_id: String,
+    /// OAuth2 client secret; empty keeps the stored one.
+    pub oauth2_client_secret: String,
+    /// OAuth2 scope.
+    pub oauth2_scope: String,
+    /// OAuth2 audience.
+    pub oauth2_audience: String,
     /// Accept event types outside the catalogue.
     pub allow_unregistered: bool,
     /// The revision read (edit only).
@@ -147,6 +157,11 @@ impl SubscriptionForm {
             egress: form.text("egress"),
             client_cert: form.text("client_cert"),
             client_key: form.text("client_key"),
+            oauth2_token_url: form.text("oauth2_token_url"),
+            oauth2_client_id: form.text("oauth2_client_id"),
+            oauth2_client_secret: form.text("oauth2_client_secret"),
+            oauth2_scope: form.text("oauth2_scope"),
+            oauth2_audience: form.text("oauth2_audience"),
             allow_unregistered: form.checked("allow_unregistered"),
             revision: form.text("revision"),
         }
@@ -235,6 +250,28 @@ impl SubscriptionForm {
             client_cert: sub.client_cert.clone(),
             // Never read back: left empty, the stored key stays.
             client_key: String::new(),
+            oauth2_token_url: sub
+                .oauth2
+                .as_ref()
+                .map(|o| o.token_url.clone())
+                .unwrap_or_default(),
+            oauth2_client_id: sub
+                .oauth2
+                .as_ref()
+                .map(|o| o.client_id.clone())
+                .unwrap_or_default(),
+            // Not shown on a page: left empty, the stored secret stays.
+            oauth2_client_secret: String::new(),
+            oauth2_scope: sub
+                .oauth2
+                .as_ref()
+                .map(|o| o.scope.clone())
+                .unwrap_or_default(),
+            oauth2_audience: sub
+                .oauth2
+                .as_ref()
+                .map(|o| o.audience.clone())
+                .unwrap_or_default(),
             allow_unregistered: false,
             revision: sub.revision.to_string(),
         }
@@ -335,6 +372,13 @@ impl SubscriptionForm {
         herald_proto::convert::set_egress(&mut wire, &egress);
         wire.client_cert = normalized_pem(&self.client_cert);
         wire.client_key = normalized_pem(&self.client_key);
+        wire.oauth2 = (!self.oauth2_token_url.trim().is_empty()).then(|| pb::OAuth2 {
+            token_url: self.oauth2_token_url.trim().to_owned(),
+            client_id: self.oauth2_client_id.trim().to_owned(),
+            client_secret: self.oauth2_client_secret.trim().to_owned(),
+            scope: self.oauth2_scope.trim().to_owned(),
+            audience: self.oauth2_audience.trim().to_owned(),
+        });
         Ok(wire)
     }
 

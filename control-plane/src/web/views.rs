@@ -129,6 +129,22 @@ pub fn settings(sub: &pb::Subscription) -> Vec<Setting> {
             },
         },
         Setting {
+            label: "OAuth2",
+            value: match &sub.oauth2 {
+                Some(o) => format!(
+                    "bearer tokens from {} as {}{}",
+                    o.token_url,
+                    o.client_id,
+                    if o.scope.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (scope {})", o.scope)
+                    }
+                ),
+                None => "—".to_owned(),
+            },
+        },
+        Setting {
             label: "Client certificate",
             value: match sub.client_cert_expires_at.as_ref() {
                 Some(expires) if !sub.client_cert.is_empty() => format!(

@@ -190,6 +190,32 @@ pub struct Subscription {
     /// Operators get `herald.subscription.certificate_expiring` 14 days before.
     #[prost(message, optional, tag = "35")]
     pub client_cert_expires_at: ::core::option::Option<::prost_types::Timestamp>,
+    /// OAuth2 client credentials for receivers that want a bearer token: the agent fetches one
+    /// from the token endpoint, keeps it until shortly before it expires, and sends
+    /// `Authorization: Bearer …`; a 401 from the receiver fetches a new one once.
+    #[prost(message, optional, tag = "36")]
+    pub oauth2: ::core::option::Option<OAuth2>,
+    /// Storage only, never sent on the API: `oauth2.client_secret`, sealed.
+    #[prost(message, optional, tag = "37")]
+    pub sealed_oauth2_client_secret: ::core::option::Option<SealedSecret>,
+}
+/// OAuth2 client credentials grant (RFC 6749 section 4.4).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct OAuth2 {
+    /// The token endpoint (<https://;> checked by the target policy like receivers).
+    #[prost(string, tag = "1")]
+    pub token_url: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub client_id: ::prost::alloc::string::String,
+    /// Sealed at rest; reads show it only with `show_secrets` (blank otherwise), and an update
+    /// that sends it blank keeps the stored one.
+    #[prost(string, tag = "3")]
+    pub client_secret: ::prost::alloc::string::String,
+    /// Optional `scope` and `audience` parameters of the token request.
+    #[prost(string, tag = "4")]
+    pub scope: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub audience: ::prost::alloc::string::String,
 }
 /// An endpoint's recent record, kept by the control plane from attempt reports.
 #[derive(Clone, PartialEq, ::prost::Message)]

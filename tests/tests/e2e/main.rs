@@ -20,6 +20,7 @@ mod full_disk;
 mod health;
 mod metrics;
 mod mtls;
+mod oauth2;
 mod operator_events;
 mod portal;
 mod replay;
