@@ -555,6 +555,8 @@ async fn deliver() -> anyhow::Result<()> {
     if std::env::var("BENCH_PROXY").map_or(true, |v| v != "0") {
         proxy_rounds(&mut admin, &agent, &counter, &base, deliveries).await?;
     }
+    // With OAuth2: how many tokens 10,000 deliveries fetch while the token is valid.
+    oauth2_round(&mut admin, &agent, &counter, &base, &ca).await?;
 
     // Latency at a steady 1,000 events/s, one subscription.
     let tenant = "latency";
@@ -697,6 +699,65 @@ async fn proxy_rounds(
         proxied.rate,
         100.0 * proxied.rate / direct.rate,
         proxied.cpu_us
+    );
+    Ok(())
+}
+
+/// `bench deliver`'s OAuth2 case: 10,000 deliveries to one subscription with client
+/// credentials, against the same deliveries without; prints the rates and the tokens fetched.
+async fn oauth2_round(
+    admin: &mut herald_proto::v1::subscriptions_client::SubscriptionsClient<
+        tonic::transport::Channel,
+    >,
+    agent: &EventsClient<tonic::transport::Channel>,
+    counter: &Counter,
+    base: &str,
+    ca: &herald_tests::TestCa,
+) -> anyhow::Result<()> {
+    const DELIVERIES: usize = 10_000;
+    let endpoint = herald_tests::TokenEndpoint::start(ca, "bench", "bench-secret", 3600).await?;
+    let oauth2 = pb::OAuth2 {
+        token_url: endpoint.url().to_owned(),
+        client_id: "bench".into(),
+        client_secret: "bench-secret".into(),
+        ..Default::default()
+    };
+    for (tenant, oauth2) in [("oauth2", Some(oauth2)), ("oauth2-none", None)] {
+        let mut sub = herald_tests::subscription(tenant, &format!("{base}/{tenant}"), &["order.*"]);
+        sub.max_in_flight = PLAIN_IN_FLIGHT as u32;
+        sub.oauth2 = oauth2;
+        admin
+            .create_subscription(pb::CreateSubscriptionRequest {
+                subscription: Some(sub),
+                allow_unregistered: false,
+            })
+            .await?;
+        herald_tests::eventually(Duration::from_secs(30), "the OAuth2 subscriptions", || {
+            let mut agent = agent.clone();
+            let probe = tenant_event(tenant);
+            async move {
+                let r = agent.emit(pb::EmitRequest { event: Some(probe) }).await?;
+                Ok((r.get_ref().matched == 1).then_some(()))
+            }
+        })
+        .await?;
+    }
+    let tenant = "oauth2";
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let with = herald_round(agent, counter, tenant, DELIVERIES, 1).await?;
+    // Every token the endpoint issued, the probes' deliveries included.
+    let fetched = endpoint.issued();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let without = herald_round(agent, counter, "oauth2-none", DELIVERIES, 1).await?;
+    println!();
+    println!(
+        "| OAuth2, one subscription ({DELIVERIES} deliveries) | deliveries/s | tokens fetched |"
+    );
+    println!("| --- | ---: | ---: |");
+    println!("| without OAuth2 | {:.0} | — |", without.rate);
+    println!(
+        "| with OAuth2 (token valid 1 h) | {:.0} | {fetched} |",
+        with.rate
     );
     Ok(())
 }
