@@ -715,40 +715,23 @@ fn encode(sub: &pb::Subscription, keyring: &Keyring) -> Result<Vec<u8>, Subscrip
             Ok((name, sealed))
         })
         .collect::<Result<_, SubscriptionError>>()?;
+    // The other secret values, each sealed when set.
+    let seal = |record: String, value: String| -> Result<_, SubscriptionError> {
+        if value.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(keyring.seal(&record, &value).map_err(sealing_failed)?))
+    };
     let oauth2_secret = stored
         .oauth2
         .as_mut()
         .map(|o| std::mem::take(&mut o.client_secret))
         .unwrap_or_default();
-    stored.sealed_oauth2_client_secret = if oauth2_secret.is_empty() {
-        None
-    } else {
-        Some(
-            keyring
-                .seal(&oauth2_secret_record(&sub.id), &oauth2_secret)
-                .map_err(sealing_failed)?,
-        )
-    };
+    stored.sealed_oauth2_client_secret = seal(oauth2_secret_record(&sub.id), oauth2_secret)?;
     let client_key = std::mem::take(&mut stored.client_key);
-    stored.sealed_client_key = if client_key.is_empty() {
-        None
-    } else {
-        Some(
-            keyring
-                .seal(&client_key_record(&sub.id), &client_key)
-                .map_err(sealing_failed)?,
-        )
-    };
+    stored.sealed_client_key = seal(client_key_record(&sub.id), client_key)?;
     let proxy = std::mem::take(&mut stored.egress_proxy);
-    stored.sealed_egress_proxy = if proxy.is_empty() {
-        None
-    } else {
-        Some(
-            keyring
-                .seal(&egress_proxy_record(&sub.id), &proxy)
-                .map_err(sealing_failed)?,
-        )
-    };
+    stored.sealed_egress_proxy = seal(egress_proxy_record(&sub.id), proxy)?;
     Ok(stored.encode_to_vec())
 }
 

@@ -113,16 +113,7 @@ impl ClientIdentity {
 
     /// A digest naming this pair (connections are pooled by it), revealing nothing of the key.
     pub fn fingerprint(&self) -> String {
-        use sha2::Digest as _;
-        let mut digest = sha2::Sha256::new();
-        digest.update(self.cert_pem.as_bytes());
-        digest.update([0]);
-        digest.update(self.key_pem.as_bytes());
-        digest
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        fingerprint(&[&self.cert_pem, &self.key_pem])
     }
 }
 
@@ -134,6 +125,22 @@ impl std::fmt::Debug for ClientIdentity {
             self.cert_pem.len()
         )
     }
+}
+
+/// The SHA-256 of `parts`, each ended by a zero byte, in hex: a name for secret settings that
+/// reveals nothing of them.
+fn fingerprint(parts: &[&str]) -> String {
+    use sha2::Digest as _;
+    let mut digest = sha2::Sha256::new();
+    for part in parts {
+        digest.update(part.as_bytes());
+        digest.update([0]);
+    }
+    digest
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The longest OAuth2 client id, scope or audience accepted.
@@ -180,23 +187,13 @@ impl OAuth2Client {
     /// A digest naming these credentials (tokens are cached by it), revealing nothing of
     /// the secret.
     pub fn fingerprint(&self) -> String {
-        use sha2::Digest as _;
-        let mut digest = sha2::Sha256::new();
-        for part in [
+        fingerprint(&[
             self.token_url.as_str(),
             &self.client_id,
             &self.client_secret,
             &self.scope,
             &self.audience,
-        ] {
-            digest.update(part.as_bytes());
-            digest.update([0]);
-        }
-        digest
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        ])
     }
 }
 

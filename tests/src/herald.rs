@@ -555,6 +555,14 @@ fn init_logs() {
         .try_init();
 }
 
+/// The filter of every logged attempt to one subscription.
+pub fn attempts_of(subscription_id: &str) -> pb::AttemptFilter {
+    pb::AttemptFilter {
+        subscription_id: subscription_id.to_owned(),
+        ..Default::default()
+    }
+}
+
 /// A subscription request: `tenant` receives `events` at `url`.
 pub fn subscription(tenant: &str, url: &str, events: &[&str]) -> pb::Subscription {
     pb::Subscription {

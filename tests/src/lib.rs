@@ -32,7 +32,9 @@ pub mod world;
 
 pub use browser::Browser;
 pub use etcd::{Etcd, EtcdCluster};
-pub use herald::{Agent, AgentOptions, ConfigStore, ControlPlane, event, subscription};
+pub use herald::{
+    Agent, AgentOptions, ConfigStore, ControlPlane, attempts_of, event, subscription,
+};
 pub use oauth2::TokenEndpoint;
 pub use port::HeldPort;
 pub use postgres::Postgres;

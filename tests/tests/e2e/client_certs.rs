@@ -8,18 +8,13 @@ use std::time::Duration;
 use herald_control_plane::store::Store;
 use herald_proto::v1 as pb;
 use herald_tests::tls::CertUse;
-use herald_tests::{Receiver, World, event, secret_of, signature_verifies, subscription};
+use herald_tests::{
+    Receiver, World, attempts_of, event, secret_of, signature_verifies, subscription,
+};
 use serde_json::json;
 use tonic::Code;
 
 const WAIT: Duration = Duration::from_secs(15);
-
-fn by_subscription(id: &str) -> pb::AttemptFilter {
-    pb::AttemptFilter {
-        subscription_id: id.to_owned(),
-        ..Default::default()
-    }
-}
 
 #[tokio::test]
 async fn a_receiver_that_requires_a_client_certificate_gets_the_subscriptions() -> anyhow::Result<()>
@@ -67,7 +62,7 @@ async fn a_receiver_that_requires_a_client_certificate_gets_the_subscriptions() 
     assert!(signature_verifies(received, &[&secret_of(&with_cert)]));
     let refused = world
         .control_plane
-        .wait_logged(by_subscription(&without.id), WAIT)
+        .wait_logged(attempts_of(&without.id), WAIT)
         .await?;
     assert_eq!(refused[0].error_kind, "tls", "{:?}", refused[0]);
 

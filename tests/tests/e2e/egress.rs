@@ -7,18 +7,11 @@ use std::time::Duration;
 
 use herald_proto::v1 as pb;
 use herald_tests::{
-    AgentOptions, EgressProxy, Receiver, World, event, secret_of, signature_verifies,
+    AgentOptions, EgressProxy, Receiver, World, attempts_of, event, secret_of, signature_verifies,
 };
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(15);
-
-fn by_subscription(id: &str) -> pb::AttemptFilter {
-    pb::AttemptFilter {
-        subscription_id: id.to_owned(),
-        ..Default::default()
-    }
-}
 
 #[tokio::test]
 async fn deliveries_leave_through_the_proxy_to_the_address_the_agent_checked() -> anyhow::Result<()>
@@ -89,7 +82,7 @@ async fn deliveries_leave_through_the_proxy_to_the_address_the_agent_checked() -
     );
     let delivered = world
         .control_plane
-        .wait_logged(by_subscription(&proxied.id), WAIT)
+        .wait_logged(attempts_of(&proxied.id), WAIT)
         .await?;
     assert_eq!(delivered[0].outcome, pb::Outcome::Delivered as i32);
     Ok(())
@@ -129,7 +122,7 @@ async fn a_refused_target_stays_refused_and_proxy_failures_have_their_own_kinds(
         .await?;
     let logged = world
         .control_plane
-        .wait_logged(by_subscription(&refused.id), WAIT)
+        .wait_logged(attempts_of(&refused.id), WAIT)
         .await?;
     assert_eq!(logged[0].error_kind, "policy", "{:?}", logged[0]);
     assert!(proxy.connects().is_empty(), "{}", proxy.log());
@@ -171,7 +164,7 @@ async fn a_refused_target_stays_refused_and_proxy_failures_have_their_own_kinds(
         .await?;
     let auth = world
         .control_plane
-        .wait_logged(by_subscription(&bad_credentials.id), WAIT)
+        .wait_logged(attempts_of(&bad_credentials.id), WAIT)
         .await?;
     assert_eq!(auth[0].error_kind, "proxy_auth", "{:?}", auth[0]);
     assert!(
@@ -181,7 +174,7 @@ async fn a_refused_target_stays_refused_and_proxy_failures_have_their_own_kinds(
     );
     let tunnel = world
         .control_plane
-        .wait_logged(by_subscription(&nothing_behind.id), WAIT)
+        .wait_logged(attempts_of(&nothing_behind.id), WAIT)
         .await?;
     assert_eq!(tunnel[0].error_kind, "proxy", "{:?}", tunnel[0]);
 

@@ -627,6 +627,43 @@ async fn deliver() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A subscription of `tenant` to the bench's receiver, as wide as the plain client.
+fn wide_subscription(tenant: &str, base: &str) -> pb::Subscription {
+    let mut sub = herald_tests::subscription(tenant, &format!("{base}/{tenant}"), &["order.*"]);
+    sub.max_in_flight = PLAIN_IN_FLIGHT as u32;
+    sub
+}
+
+/// Creates `sub` and waits until the agent matches its tenant's events to it.
+async fn create_and_wait(
+    admin: &mut herald_proto::v1::subscriptions_client::SubscriptionsClient<
+        tonic::transport::Channel,
+    >,
+    agent: &EventsClient<tonic::transport::Channel>,
+    sub: pb::Subscription,
+) -> anyhow::Result<()> {
+    let tenant = sub.tenant.clone();
+    admin
+        .create_subscription(pb::CreateSubscriptionRequest {
+            subscription: Some(sub),
+            allow_unregistered: false,
+        })
+        .await?;
+    herald_tests::eventually(
+        Duration::from_secs(30),
+        "the subscription at the agent",
+        || {
+            let mut agent = agent.clone();
+            let probe = tenant_event(&tenant);
+            async move {
+                let r = agent.emit(pb::EmitRequest { event: Some(probe) }).await?;
+                Ok((r.get_ref().matched == 1).then_some(()))
+            }
+        },
+    )
+    .await
+}
+
 /// `bench deliver`'s egress case: the same deliveries to one subscription directly and to one
 /// whose own egress proxy is a tinyproxy, in alternating rounds; prints the median of each.
 async fn proxy_rounds(
@@ -646,24 +683,9 @@ async fn proxy_rounds(
             herald_core::egress::Egress::Proxy(herald_core::egress::ProxyUrl::parse(&proxy.url())?),
         ),
     ] {
-        let mut sub = herald_tests::subscription(tenant, &format!("{base}/{tenant}"), &["order.*"]);
-        sub.max_in_flight = PLAIN_IN_FLIGHT as u32;
+        let mut sub = wide_subscription(tenant, base);
         herald_proto::convert::set_egress(&mut sub, &egress);
-        admin
-            .create_subscription(pb::CreateSubscriptionRequest {
-                subscription: Some(sub),
-                allow_unregistered: false,
-            })
-            .await?;
-        herald_tests::eventually(Duration::from_secs(30), "the egress subscriptions", || {
-            let mut agent = agent.clone();
-            let probe = tenant_event(tenant);
-            async move {
-                let r = agent.emit(pb::EmitRequest { event: Some(probe) }).await?;
-                Ok((r.get_ref().matched == 1).then_some(()))
-            }
-        })
-        .await?;
+        create_and_wait(admin, agent, sub).await?;
     }
     let mut direct = Vec::new();
     let mut proxied = Vec::new();
@@ -723,24 +745,9 @@ async fn oauth2_round(
         ..Default::default()
     };
     for (tenant, oauth2) in [("oauth2", Some(oauth2)), ("oauth2-none", None)] {
-        let mut sub = herald_tests::subscription(tenant, &format!("{base}/{tenant}"), &["order.*"]);
-        sub.max_in_flight = PLAIN_IN_FLIGHT as u32;
+        let mut sub = wide_subscription(tenant, base);
         sub.oauth2 = oauth2;
-        admin
-            .create_subscription(pb::CreateSubscriptionRequest {
-                subscription: Some(sub),
-                allow_unregistered: false,
-            })
-            .await?;
-        herald_tests::eventually(Duration::from_secs(30), "the OAuth2 subscriptions", || {
-            let mut agent = agent.clone();
-            let probe = tenant_event(tenant);
-            async move {
-                let r = agent.emit(pb::EmitRequest { event: Some(probe) }).await?;
-                Ok((r.get_ref().matched == 1).then_some(()))
-            }
-        })
-        .await?;
+        create_and_wait(admin, agent, sub).await?;
     }
     let tenant = "oauth2";
     tokio::time::sleep(Duration::from_millis(500)).await;
