@@ -145,7 +145,7 @@ type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 /// would let a backlog grow the agent's memory far past its budget; the hot pages (the lanes'
 /// heads, recent events, the outbox) fit in far less, and the OS's page cache holds the rest
 /// of the file.
-pub const DEFAULT_CACHE_BYTES: usize = 16 * 1024 * 1024;
+pub const DEFAULT_CACHE_BYTES: usize = 8 * 1024 * 1024;
 /// The most commands applied in one commit.
 pub const MAX_GROUP: usize = 4096;
 /// Commands waiting for the writer before callers wait for room.
