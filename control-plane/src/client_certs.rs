@@ -143,12 +143,9 @@ async fn claim(
         .seconds
         .to_string()
         .into_bytes();
-    if let Some(kv) = store.get(&key).await?
-        && kv.value == value
-    {
-        return Ok(false);
-    }
     let compare = match store.get(&key).await? {
+        // Raised already for this certificate.
+        Some(kv) if kv.value == value => return Ok(false),
         Some(kv) => Compare::ModRevision(key.clone(), kv.mod_revision),
         None => Compare::Absent(key.clone()),
     };

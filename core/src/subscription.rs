@@ -93,12 +93,19 @@ pub const MAX_CLIENT_KEY_BYTES: usize = 16 * 1024;
 pub struct ClientIdentity {
     cert_pem: String,
     key_pem: String,
+    /// Made once: the agent looks its connection pool up by it at every attempt.
+    fingerprint: String,
 }
 
 impl ClientIdentity {
     /// The pair: the chain (PEM, leaf first) and its private key (PEM).
     pub fn new(cert_pem: String, key_pem: String) -> Self {
-        ClientIdentity { cert_pem, key_pem }
+        let fingerprint = fingerprint(&[&cert_pem, &key_pem]);
+        ClientIdentity {
+            cert_pem,
+            key_pem,
+            fingerprint,
+        }
     }
 
     /// The certificate chain, PEM.
@@ -112,8 +119,8 @@ impl ClientIdentity {
     }
 
     /// A digest naming this pair (connections are pooled by it), revealing nothing of the key.
-    pub fn fingerprint(&self) -> String {
-        fingerprint(&[&self.cert_pem, &self.key_pem])
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 }
 
@@ -159,6 +166,8 @@ pub struct OAuth2Client {
     pub scope: String,
     /// The `audience` of the token request; empty: none.
     pub audience: String,
+    /// Made once: the agent looks its token up by it at every attempt.
+    fingerprint: String,
 }
 
 impl OAuth2Client {
@@ -170,12 +179,20 @@ impl OAuth2Client {
         scope: String,
         audience: String,
     ) -> Self {
+        let fingerprint = fingerprint(&[
+            token_url.as_str(),
+            &client_id,
+            &client_secret,
+            &scope,
+            &audience,
+        ]);
         OAuth2Client {
             token_url,
             client_id,
             client_secret,
             scope,
             audience,
+            fingerprint,
         }
     }
 
@@ -186,14 +203,8 @@ impl OAuth2Client {
 
     /// A digest naming these credentials (tokens are cached by it), revealing nothing of
     /// the secret.
-    pub fn fingerprint(&self) -> String {
-        fingerprint(&[
-            self.token_url.as_str(),
-            &self.client_id,
-            &self.client_secret,
-            &self.scope,
-            &self.audience,
-        ])
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 }
 

@@ -124,11 +124,14 @@ impl Tokens {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let key = client.fingerprint();
-        if !held.contains_key(&key) && held.len() >= MAX_CREDENTIALS {
+        if let Some(slot) = held.get(key) {
+            return slot.clone();
+        }
+        if held.len() >= MAX_CREDENTIALS {
             // Credentials no attempt is using right now go; they are fetched again if needed.
             held.retain(|_, slot| Arc::strong_count(slot) > 1);
         }
-        held.entry(key).or_default().clone()
+        held.entry(key.to_owned()).or_default().clone()
     }
 }
 

@@ -201,7 +201,7 @@ impl Transport {
             "{}|{}|{}",
             proxy.as_ref().map_or(String::new(), |p| p.url.expose()),
             proxy.as_ref().is_some_and(|p| p.trusted),
-            identity.map_or(String::new(), ClientIdentity::fingerprint)
+            identity.map_or("", ClientIdentity::fingerprint)
         );
         let mut routes = inner
             .own_routes
