@@ -1,6 +1,6 @@
 //! `herald.v1.Events`: where applications hand events to Herald. An event is validated (bad
 //! input answers `INVALID_ARGUMENT` naming the field, and nothing is kept), given an id when it
-//! has none, matched to subscriptions by tenant and type, and written with one delivery task
+//! has none, matched to subscriptions by tenant, type and payload filter, and written with one delivery task
 //! per match to the durable queue; only then does the call answer. A full queue answers
 //! `RESOURCE_EXHAUSTED`; nothing is dropped silently. The call's W3C `traceparent` metadata is
 //! kept with events that do not carry their own.
@@ -91,7 +91,17 @@ impl EmitService {
         if event.occurred_at.is_none() {
             event.occurred_at = Some(timestamp(SystemTime::now()));
         }
-        let matching = routes.matching(&event.tenant, &event.r#type);
+        let mut matching = routes.matching(&event.tenant, &event.r#type);
+        if matching.iter().any(|s| s.payload_filter.is_some()) {
+            // Parsed once for every filter; the payload was checked to be JSON already.
+            let payload: serde_json::Value =
+                serde_json::from_slice(&event.payload).unwrap_or(serde_json::Value::Null);
+            matching.retain(|s| {
+                s.payload_filter
+                    .as_ref()
+                    .is_none_or(|f| f.matches(&payload, &event.attributes))
+            });
+        }
         let subscriptions = matching.iter().map(|s| s.id.clone()).collect();
         let parked = matching
             .iter()

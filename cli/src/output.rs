@@ -215,6 +215,11 @@ pub fn subscription(sub: &pb::Subscription, show_secrets: bool) -> Value {
         "tenant": sub.tenant,
         "url": sub.url,
         "events": sub.event_types,
+        // The payload filter as the JSON it is (stored canonical); none: every event.
+        "filter": (!sub.payload_filter.is_empty()).then(|| {
+            serde_json::from_str::<Value>(&sub.payload_filter)
+                .unwrap_or_else(|_| Value::from(sub.payload_filter.clone()))
+        }),
         "format": format,
         "envelope": herald_proto::words::envelope(sub.envelope),
         "enabled": sub.enabled,

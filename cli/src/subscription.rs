@@ -111,6 +111,14 @@ pub struct Fields {
     /// A description for operators.
     #[arg(long)]
     description: Option<String>,
+    /// Receive only the events whose payload matches this filter (JSON, or @FILE), e.g.
+    /// '{"total":{"$gte":100}}'. Operators: $eq $neq $gt $gte $lt $lte $in $nin $exist
+    /// $startsWith $endsWith $and $or $not; "$attributes" matches the event's attributes.
+    #[arg(long, value_name = "JSON|@FILE", conflicts_with = "no_filter", value_parser = parse_payload_filter)]
+    filter: Option<String>,
+    /// Remove the payload filter: receive every event of the subscribed types.
+    #[arg(long)]
+    no_filter: bool,
     /// An extra request header, NAME=VALUE (repeatable).
     #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_header)]
     headers: Vec<(String, String)>,
@@ -185,9 +193,27 @@ pub struct Fields {
 
 /// A PEM file's text, read as the command line is parsed (at most 64 KiB).
 fn read_pem_file(path: &str) -> Result<String, String> {
+    read_small_file(path, 64 * 1024)
+}
+
+/// A payload filter given inline or as @FILE, checked as the command line is parsed.
+fn parse_payload_filter(text: &str) -> Result<String, String> {
+    let text = match text.strip_prefix('@') {
+        Some(path) => read_small_file(path, herald_core::payload_filter::MAX_FILTER_BYTES)?,
+        None => text.to_owned(),
+    };
+    match herald_core::payload_filter::PayloadFilter::parse(&text) {
+        Ok(Some(filter)) => Ok(filter.as_str().to_owned()),
+        Ok(None) => Err("is empty (use --no-filter to remove a filter)".to_owned()),
+        Err(e) => Err(e.reason),
+    }
+}
+
+/// A text file of at most `limit` bytes.
+fn read_small_file(path: &str, limit: usize) -> Result<String, String> {
     let metadata = std::fs::metadata(path).map_err(|e| format!("{path}: {e}"))?;
-    if metadata.len() > 64 * 1024 {
-        return Err(format!("{path}: larger than 64 KiB"));
+    if metadata.len() > limit as u64 {
+        return Err(format!("{path}: larger than {limit} bytes"));
     }
     std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))
 }
@@ -287,6 +313,12 @@ impl Fields {
         }
         if let Some(description) = self.description {
             sub.description = description;
+        }
+        if let Some(filter) = self.filter {
+            sub.payload_filter = filter;
+        }
+        if self.no_filter {
+            sub.payload_filter.clear();
         }
         for (name, value) in self.headers {
             sub.headers.insert(name, value);

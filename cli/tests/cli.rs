@@ -428,6 +428,75 @@ async fn delivery_options_are_set_from_the_command_line() -> anyhow::Result<()> 
         .await,
     );
     assert_eq!(without["oauth2"], Value::Null);
+
+    // A payload filter, inline or from a file, shown as the JSON it is; a bad one is a usage
+    // error naming the bad part, before anything is sent.
+    let filtered = json(
+        &herald(
+            &world,
+            &[
+                "subscription",
+                "update",
+                &id,
+                "--filter",
+                r#"{"quantity": {"$lte": 5}}"#,
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(
+        filtered["filter"],
+        serde_json::json!({"quantity": {"$lte": 5}})
+    );
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("filter.json");
+    std::fs::write(&file, r#"{"$attributes": {"warehouse": "wro-1"}}"#)?;
+    let from_file = json(
+        &herald(
+            &world,
+            &[
+                "subscription",
+                "update",
+                &id,
+                "--filter",
+                &format!("@{}", file.display()),
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(
+        from_file["filter"],
+        serde_json::json!({"$attributes": {"warehouse": "wro-1"}})
+    );
+    let bad = herald(
+        &world,
+        &[
+            "subscription",
+            "update",
+            &id,
+            "--filter",
+            r#"{"qty": {"$lower": 5}}"#,
+        ],
+    )
+    .await;
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("qty.$lower: unknown operator"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let unfiltered = json(
+        &herald(
+            &world,
+            &["subscription", "update", &id, "--no-filter", "-o", "json"],
+        )
+        .await,
+    );
+    assert_eq!(unfiltered["filter"], Value::Null);
     Ok(())
 }
 

@@ -170,6 +170,12 @@ impl Subscriptions {
     /// agent checks the addresses it connects to at every delivery.
     async fn check(&self, sub: &mut pb::Subscription) -> Result<(), SubscriptionError> {
         let domain = convert::subscription(sub, self.policy.allow_http)?;
+        // Stored as checked: canonical JSON, so reads show one form whatever was written.
+        sub.payload_filter = domain
+            .payload_filter
+            .as_ref()
+            .map(|f| f.as_str().to_owned())
+            .unwrap_or_default();
         // The client certificate parses, its key matches, and its expiry is recorded.
         sub.client_cert_expires_at = match &domain.client_identity {
             Some(identity) => Some(timestamp(crate::client_certs::check(
@@ -346,6 +352,7 @@ impl Subscriptions {
         let updated = pb::Subscription {
             url: request.url,
             event_types: request.event_types,
+            payload_filter: request.payload_filter,
             format: request.format,
             headers: merged_headers(request.headers, &current.headers),
             egress: request.egress,

@@ -11,6 +11,7 @@
 //! - [`shutdown`]: the signals every binary stops on.
 //! - [`target`]: which addresses webhooks may be sent to (the SSRF guard).
 //! - [`subscription`]: a validated subscription, as the delivery path uses it.
+//! - [`payload_filter`]: which events a subscription receives by what their payload says.
 //! - [`trace`]: W3C trace context carried from `Emit` to every delivery.
 
 pub mod daemon;
@@ -22,6 +23,7 @@ pub mod ids;
 pub mod interest;
 pub mod limits;
 pub mod metrics;
+pub mod payload_filter;
 pub mod retry;
 pub mod shutdown;
 pub mod signing;

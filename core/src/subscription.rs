@@ -44,6 +44,8 @@ pub struct Subscription {
     pub url: url::Url,
     /// Which event types it receives.
     pub filter: EventFilter,
+    /// Which of those events it receives, by their payload and attributes; `None`: all.
+    pub payload_filter: Option<crate::payload_filter::PayloadFilter>,
     /// The body format.
     pub format: PayloadFormat,
     /// Whether the body wraps the payload in the Standard Webhooks envelope.
@@ -261,6 +263,7 @@ mod tests {
             tenant: "shop-1".into(),
             url: url::Url::parse("https://example.com/hook").expect("url"),
             filter: EventFilter::parse(&["order.*"]).expect("filter"),
+            payload_filter: None,
             format: PayloadFormat::Json,
             envelope: Envelope::Standard,
             secrets: vec![],

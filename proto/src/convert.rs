@@ -10,6 +10,7 @@ use herald_core::egress::{Egress, ProxyUrl};
 use herald_core::event_type::{EventFilter, validate_event_type};
 use herald_core::format::{Envelope, PayloadFormat};
 use herald_core::limits::MAX_LABELS;
+use herald_core::payload_filter::PayloadFilter;
 use herald_core::retry::{Exponential, RetrySchedule};
 use herald_core::signing::{Scheme, SigningSecret};
 use herald_core::subscription::{
@@ -140,6 +141,7 @@ pub fn subscription(
     validate::tenant(&wire.tenant)?;
     let url = validate::url(&wire.url, allow_http)?;
     let filter = EventFilter::parse(&wire.event_types)?;
+    let payload_filter = PayloadFilter::parse(&wire.payload_filter)?;
     let format = payload_format(wire.format)?;
     let envelope = envelope(wire.envelope)?;
     validate::custom_headers(wire.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
@@ -232,6 +234,7 @@ pub fn subscription(
         tenant: wire.tenant.clone(),
         url,
         filter,
+        payload_filter,
         format,
         envelope,
         secrets,

@@ -27,6 +27,9 @@ pub struct Subscription {
     pub url: String,
     /// Exact event types and patterns (`order.*`).
     pub event_types: Vec<String>,
+    /// The payload filter (`{"total": {"$gte": 100}}`); none: every event of those types.
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<serde_json::Value>,
     /// `json` or `xml`.
     pub format: &'static str,
     /// `standard` (the Standard Webhooks envelope) or `raw`.
@@ -215,6 +218,9 @@ impl From<pb::Subscription> for Subscription {
             tenant: sub.tenant,
             url: sub.url,
             event_types: sub.event_types,
+            filter: (!sub.payload_filter.is_empty())
+                .then(|| serde_json::from_str(&sub.payload_filter).ok())
+                .flatten(),
             enabled: sub.enabled,
             disabled_reason: sub.disabled_reason,
             description: sub.description,
@@ -298,6 +304,12 @@ pub struct SubscriptionSpec {
     /// When to try again.
     #[serde(default)]
     pub retry: Option<Retry>,
+    /// Receive only the events whose payload matches this filter (`{"total": {"$gte":
+    /// 100}}`: operators `$eq $neq $gt $gte $lt $lte $in $nin $exist $startsWith $endsWith
+    /// $and $or $not`, and `$attributes` for the event's attributes); none: every event.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<serde_json::Value>,
     /// A note for people.
     #[serde(default)]
     pub description: String,
@@ -398,6 +410,12 @@ impl SubscriptionSpec {
             tenant: self.tenant.clone(),
             url: self.url.clone(),
             event_types: self.event_types.clone(),
+            payload_filter: self
+                .filter
+                .as_ref()
+                .filter(|f| !f.is_null())
+                .map(|f| f.to_string())
+                .unwrap_or_default(),
             format: format as i32,
             envelope: envelope as i32,
             signature_scheme: signature as i32,

@@ -63,6 +63,8 @@ pub struct SubscriptionForm {
     pub url: String,
     /// Event types and patterns, comma-separated.
     pub event_types: String,
+    /// The payload filter's JSON; empty: none.
+    pub filter: String,
     /// `json` or `xml`.
     pub format: String,
     /// `standard` or `raw`.
@@ -139,6 +141,7 @@ impl SubscriptionForm {
                 .filter(|v| !v.is_empty())
                 .collect::<Vec<_>>()
                 .join(","),
+            filter: form.text("filter"),
             format: form.text("format"),
             envelope: form.text("envelope"),
             signature: form.text("signature"),
@@ -222,6 +225,7 @@ impl SubscriptionForm {
                 .unwrap_or_default(),
             retry_schedule,
             retry_exponential,
+            filter: sub.payload_filter.clone(),
             description: sub.description.clone(),
             labels: sub
                 .labels
@@ -353,6 +357,7 @@ impl SubscriptionForm {
             tenant: self.tenant.clone(),
             url: self.url.clone(),
             event_types: self.chosen_event_types(),
+            payload_filter: self.filter.trim().to_owned(),
             format: format as i32,
             envelope: envelope as i32,
             signature_scheme: signature as i32,

@@ -521,6 +521,7 @@ async fn edit(
             pb::Subscription {
                 url: edited.url,
                 event_types: edited.event_types,
+                payload_filter: edited.payload_filter,
                 format: edited.format,
                 envelope: edited.envelope,
                 headers: edited.headers,

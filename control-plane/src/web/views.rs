@@ -185,6 +185,14 @@ pub fn settings(sub: &pb::Subscription) -> Vec<Setting> {
             ),
         },
         Setting {
+            label: "Payload filter",
+            value: if sub.payload_filter.is_empty() {
+                "none: every event of its types".to_owned()
+            } else {
+                sub.payload_filter.clone()
+            },
+        },
+        Setting {
             label: "Regions",
             value: if sub.regions.is_empty() {
                 "all".to_owned()

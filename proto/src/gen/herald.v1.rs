@@ -198,6 +198,14 @@ pub struct Subscription {
     /// Storage only, never sent on the API: `oauth2.client_secret`, sealed.
     #[prost(message, optional, tag = "37")]
     pub sealed_oauth2_client_secret: ::core::option::Option<SealedSecret>,
+    /// Which of the matching events it receives, by what they say: a JSON filter over the
+    /// payload's fields (`{"total":{"$gte":100}}`) with the operators $eq $neq $gt $gte $lt $lte
+    /// $in $nin $exist $startsWith $endsWith $and $or $not, and $attributes for the event's
+    /// attributes. Empty: every matching event. Checked when written (at most 8 KiB, 8 levels
+    /// deep) and stored in canonical form; the agent applies it when it accepts an event, so an
+    /// event it refuses creates no delivery.
+    #[prost(string, tag = "38")]
+    pub payload_filter: ::prost::alloc::string::String,
 }
 /// OAuth2 client credentials grant (RFC 6749 section 4.4).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

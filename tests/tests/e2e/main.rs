@@ -22,6 +22,7 @@ mod metrics;
 mod mtls;
 mod oauth2;
 mod operator_events;
+mod payload_filters;
 mod portal;
 mod replay;
 mod rest;

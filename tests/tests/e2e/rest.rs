@@ -292,6 +292,7 @@ async fn subscriptions_and_the_catalogue_are_managed_over_http_as_over_grpc() ->
         "tenant": "shop-b",
         "url": "https://127.0.0.1:9/orders",
         "event_types": ["order.*"],
+        "filter": {"total": {"$gte": 100}},
         "format": "xml",
         "headers": {"X-Api-Key": "k-123"},
         "timeout": "20s",
@@ -327,6 +328,7 @@ async fn subscriptions_and_the_catalogue_are_managed_over_http_as_over_grpc() ->
     assert_eq!(created["timeout"], "20s");
     assert_eq!(created["retry"]["exponential"]["max_attempts"], 6);
     assert_eq!(created["disable_min_failing"], "30m");
+    assert_eq!(created["filter"], json!({"total": {"$gte": 100}}));
 
     // Refusals, each with the gRPC API's code and words.
     let path = format!("/api/v1/subscriptions/{id}");

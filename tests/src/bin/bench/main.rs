@@ -12,7 +12,9 @@
 //! TLS setup, 256 requests in flight) as the limit; and `Emit` → receiver latency at a steady
 //! 1,000 events/s. Receiver, control plane, agent and load all share this process's 2 cores.
 //! Each case runs three rounds, each a plain-client run followed by a Herald run of the same
-//! number of deliveries, and reports the round with the median ratio. `BENCH_DELIVERIES`
+//! number of deliveries and the same run to a twin tenant whose subscriptions each have a
+//! payload filter the event passes, and reports the round with the median ratio (and the
+//! median ratio of filtered to unfiltered). `BENCH_DELIVERIES`
 //! (default 20,000) and `BENCH_FANOUT` (default `1,10,1000`) change the cases.
 //!
 //! `bench log`: the control plane's delivery log, ingest rate and query latency (see `log.rs`).
@@ -56,6 +58,8 @@ const PLAIN_IN_FLIGHT: usize = 256;
 const EMITTERS: usize = 4;
 /// The type of every event the benchmarks emit.
 const EVENT_TYPE: &str = "order.created";
+/// The payload filter of `bench deliver`'s filtered subscriptions: [`PAYLOAD`] passes it.
+const BENCH_FILTER: &str = r#"{"currency":{"$in":["EUR","PLN"]},"lines.sku":{"$startsWith":"TSHIRT"},"shop":{"$exist":true}}"#;
 const PAYLOAD: &str = r#"{"order_id":"ord_8812","shop":"shop-1","total":"129.90","currency":"EUR","lines":[{"sku":"TSHIRT-M-BLUE","qty":2,"price":"39.95"},{"sku":"MUG-01","qty":1,"price":"50.00"}]}"#;
 
 #[tokio::main]
@@ -472,9 +476,9 @@ async fn deliver() -> anyhow::Result<()> {
     );
 
     println!(
-        "| subscriptions per event | events | plain client, same requests, deliveries/s | Herald, deliveries/s | Herald / plain | CPU µs per delivery, plain | CPU µs per delivery, Herald | plain client, bare POSTs, requests/s | Herald / bare POSTs |"
+        "| subscriptions per event | events | plain client, same requests, deliveries/s | Herald, deliveries/s | Herald / plain | CPU µs per delivery, plain | CPU µs per delivery, Herald | plain client, bare POSTs, requests/s | Herald / bare POSTs | Herald with a payload filter on every subscription / without |"
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for subscriptions in std::env::var("BENCH_FANOUT")
         .ok()
         .map(|v| {
@@ -485,36 +489,45 @@ async fn deliver() -> anyhow::Result<()> {
         .unwrap_or(vec![1, 10, 1000])
     {
         let tenant = format!("fanout-{subscriptions}");
-        for i in 0..subscriptions {
-            let mut sub =
-                herald_tests::subscription(&tenant, &format!("{base}/{tenant}/{i}"), &["order.*"]);
-            // The agent's attempts in flight, as many as the plain client's requests, shared
-            // out: one endpoint gets them all, ten a tenth each, and many keep the default
-            // width (together still more than the agent runs at once).
-            sub.max_in_flight = PLAIN_IN_FLIGHT
-                .div_ceil(subscriptions)
-                .max(herald_core::subscription::DEFAULT_MAX_IN_FLIGHT)
-                as u32;
-            admin
-                .create_subscription(pb::CreateSubscriptionRequest {
-                    subscription: Some(sub),
-                    allow_unregistered: false,
-                })
-                .await?;
+        // The same subscriptions again for a twin tenant, each with a payload filter the
+        // bench's order passes (three conditions, one through an array): the filter's cost.
+        let filtered_tenant = format!("fanout-{subscriptions}-filtered");
+        for (tenant, filter) in [(&tenant, ""), (&filtered_tenant, BENCH_FILTER)] {
+            for i in 0..subscriptions {
+                let mut sub = herald_tests::subscription(
+                    tenant,
+                    &format!("{base}/{tenant}/{i}"),
+                    &["order.*"],
+                );
+                // The agent's attempts in flight, as many as the plain client's requests,
+                // shared out: one endpoint gets them all, ten a tenth each, and many keep the
+                // default width (together still more than the agent runs at once).
+                sub.max_in_flight = PLAIN_IN_FLIGHT
+                    .div_ceil(subscriptions)
+                    .max(herald_core::subscription::DEFAULT_MAX_IN_FLIGHT)
+                    as u32;
+                sub.payload_filter = filter.to_owned();
+                admin
+                    .create_subscription(pb::CreateSubscriptionRequest {
+                        subscription: Some(sub),
+                        allow_unregistered: false,
+                    })
+                    .await?;
+            }
+            herald_tests::eventually(
+                Duration::from_secs(30),
+                "the subscriptions at the agent",
+                || {
+                    let mut agent = agent.clone();
+                    let probe = tenant_event(tenant);
+                    async move {
+                        let r = agent.emit(pb::EmitRequest { event: Some(probe) }).await?;
+                        Ok((r.get_ref().matched as usize == subscriptions).then_some(()))
+                    }
+                },
+            )
+            .await?;
         }
-        herald_tests::eventually(
-            Duration::from_secs(30),
-            "the subscriptions at the agent",
-            || {
-                let mut agent = agent.clone();
-                let probe = tenant_event(&tenant);
-                async move {
-                    let r = agent.emit(pb::EmitRequest { event: Some(probe) }).await?;
-                    Ok((r.get_ref().matched as usize == subscriptions).then_some(()))
-                }
-            },
-        )
-        .await?;
         // The probes delivered too; start counting from here.
         wait_count(
             &counter,
@@ -525,6 +538,7 @@ async fn deliver() -> anyhow::Result<()> {
         let events = deliveries / subscriptions;
         let url = format!("{base}/plain");
         let mut rounds = Vec::new();
+        let mut filter_ratios = Vec::new();
         for _ in 0..ROUNDS {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let bare = plain_round(&client, &url, deliveries, None).await?;
@@ -533,13 +547,18 @@ async fn deliver() -> anyhow::Result<()> {
             let plain = plain_round(&client, &url, deliveries, Some(headers)).await?;
             tokio::time::sleep(Duration::from_millis(500)).await;
             let herald = herald_round(&agent, &counter, &tenant, events, subscriptions).await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let filtered =
+                herald_round(&agent, &counter, &filtered_tenant, events, subscriptions).await?;
+            filter_ratios.push(filtered.rate / herald.rate);
             rounds.push((plain, herald, bare));
         }
         // The round with the median ratio, so its numbers belong together.
         rounds.sort_by(|a, b| (a.1.rate / a.0.rate).total_cmp(&(b.1.rate / b.0.rate)));
+        filter_ratios.sort_by(f64::total_cmp);
         let (plain, herald, bare) = &rounds[ROUNDS / 2];
         println!(
-            "| {subscriptions} | {events} | {:.0} | {:.0} | {:.0}% | {:.1} | {:.1} | {:.0} | {:.0}% |",
+            "| {subscriptions} | {events} | {:.0} | {:.0} | {:.0}% | {:.1} | {:.1} | {:.0} | {:.0}% | {:.0}% |",
             plain.rate,
             herald.rate,
             100.0 * herald.rate / plain.rate,
@@ -547,6 +566,7 @@ async fn deliver() -> anyhow::Result<()> {
             herald.cpu_us,
             bare.rate,
             100.0 * herald.rate / bare.rate,
+            100.0 * filter_ratios[ROUNDS / 2],
         );
     }
 
