@@ -91,6 +91,35 @@ pub struct FilterArgs {
     /// Only attempts before this age (e.g. 10m) or time (RFC 3339).
     #[arg(long, value_parser = when)]
     until: Option<SystemTime>,
+    /// Only events of this type or pattern: order.created, order.*.
+    #[arg(long, value_name = "PATTERN", value_parser = parse_event_type)]
+    event_type: Option<String>,
+    /// Only attempts answered with this HTTP status (503) or class (5xx).
+    #[arg(long, value_name = "CODE|CLASS", value_parser = parse_status)]
+    status: Option<String>,
+    /// Only attempts that failed this way: timeout, connect, tls, dns, status (an HTTP
+    /// status that is not 2xx), proxy, proxy_auth, oauth2, request, render, policy, skipped,
+    /// storage.
+    #[arg(long, value_name = "KIND", value_parser = parse_error_kind)]
+    error_kind: Option<String>,
+}
+
+fn parse_event_type(text: &str) -> Result<String, String> {
+    herald_core::event_type::EventPattern::parse(text)
+        .map(|p| p.to_string())
+        .map_err(|e| e.reason)
+}
+
+fn parse_status(text: &str) -> Result<String, String> {
+    herald_core::error_kind::StatusFilter::parse(text)
+        .map(|s| s.to_string())
+        .map_err(|e| e.reason)
+}
+
+fn parse_error_kind(text: &str) -> Result<String, String> {
+    herald_core::error_kind::ErrorKind::parse(text)
+        .map(|k| k.as_str().to_owned())
+        .map_err(|e| e.reason)
 }
 
 /// An attempt's outcome, as `--outcome` names it.
@@ -138,6 +167,9 @@ impl FilterArgs {
             outcome: OutcomeArg::wire(self.outcome) as i32,
             since: self.since.map(timestamp),
             until: self.until.map(timestamp),
+            event_type: self.event_type.unwrap_or_default(),
+            status: self.status.unwrap_or_default(),
+            error_kind: self.error_kind.unwrap_or_default(),
         }
     }
 }

@@ -123,6 +123,41 @@ async fn the_tour_works_from_the_command_line() -> anyhow::Result<()> {
     assert_eq!(attempts[0]["status_code"], 200);
     assert_eq!(attempts[0]["event_id"], emitted["event_id"]);
 
+    // By event-type pattern, status (a code or a class) and error kind.
+    for (filter, found) in [
+        (&["--event-type", "order.*", "--status", "2xx"][..], 1),
+        (&["--status", "200"], 1),
+        (&["--event-type", "product.*"], 0),
+        (&["--status", "5xx"], 0),
+        (&["--error-kind", "timeout"], 0),
+    ] {
+        let mut args = vec![
+            "deliveries",
+            "list",
+            "--subscription",
+            id.as_str(),
+            "-o",
+            "json",
+        ];
+        args.extend_from_slice(filter);
+        let list = json(&herald(&world, &args).await);
+        assert_eq!(
+            list["attempts"].as_array().map(Vec::len),
+            Some(found),
+            "{filter:?}: {list}"
+        );
+    }
+    for bad in [
+        ["--status", "6xx"],
+        ["--error-kind", "slow"],
+        ["--event-type", "Order"],
+    ] {
+        let mut args = vec!["deliveries", "list"];
+        args.extend_from_slice(&bad);
+        let refused = herald(&world, &args).await;
+        assert_eq!(refused.status.code(), Some(2), "{bad:?}");
+    }
+
     // The table form names the columns a person reads.
     let table = herald(&world, &["deliveries", "list", "--subscription", &id]).await;
     let text = String::from_utf8(table.stdout)?;

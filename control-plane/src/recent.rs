@@ -25,7 +25,7 @@ pub async fn fill(log: &AttemptLog, health: &mut pb::SubscriptionHealth) -> Resu
         subscription_id: health.subscription_id.clone(),
         since: Some(timestamp(since)),
         ..Default::default()
-    });
+    })?;
     let mut attempts = Vec::new();
     let mut token = String::new();
     loop {

@@ -83,7 +83,7 @@ pub async fn replay(
             ..Default::default()
         },
         tenants,
-    );
+    )?;
     let deliveries = latest_attempts(log, filter).await?;
     let deliveries: BTreeMap<(String, String), Latest> = deliveries
         .into_iter()

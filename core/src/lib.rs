@@ -16,6 +16,7 @@
 
 pub mod daemon;
 pub mod egress;
+pub mod error_kind;
 pub mod error_text;
 pub mod event_type;
 pub mod format;

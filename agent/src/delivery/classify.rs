@@ -20,57 +20,7 @@ use crate::queue::{Next, to_ms};
 /// The longest `Retry-After` honoured; longer requests are capped to this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
 
-/// Why an attempt got no usable answer, or was not made; the central log's `error_kind`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The receiver did not answer in time.
-    Timeout,
-    /// No connection could be made.
-    Connect,
-    /// The TLS handshake failed.
-    Tls,
-    /// The receiver's name could not be resolved.
-    Dns,
-    /// The egress proxy could not be reached, or refused the tunnel.
-    Proxy,
-    /// The egress proxy refused its credentials (407).
-    ProxyAuth,
-    /// No OAuth2 token could be had from the subscription's token endpoint.
-    OAuth2,
-    /// The request failed otherwise.
-    Request,
-    /// The body could not be rendered in the subscription's format.
-    Render,
-    /// The target policy (the SSRF guard) or a tenant check refused the delivery.
-    Policy,
-    /// The receiver answered with a status that is not 2xx.
-    HttpStatus,
-    /// No attempt was made (the subscription is gone, disabled, or the event past retention).
-    Skipped,
-    /// The agent could not read the event from its queue.
-    Storage,
-}
-
-impl ErrorKind {
-    /// The name the central log and its filters use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::Timeout => "timeout",
-            ErrorKind::Connect => "connect",
-            ErrorKind::Tls => "tls",
-            ErrorKind::Dns => "dns",
-            ErrorKind::Proxy => "proxy",
-            ErrorKind::ProxyAuth => "proxy_auth",
-            ErrorKind::OAuth2 => "oauth2",
-            ErrorKind::Request => "request",
-            ErrorKind::Render => "render",
-            ErrorKind::Policy => "policy",
-            ErrorKind::HttpStatus => "http_status",
-            ErrorKind::Skipped => "skipped",
-            ErrorKind::Storage => "storage",
-        }
-    }
-}
+pub use herald_core::error_kind::ErrorKind;
 
 /// What one attempt produced.
 #[derive(Clone, Debug, PartialEq, Eq)]

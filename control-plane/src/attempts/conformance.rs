@@ -24,6 +24,7 @@ pub async fn check_all(log: &AttemptLog) {
     retention_removes_what_started_before_the_cut_off(log.as_ref()).await;
     stores_once_and_pages_newest_first(log.as_ref()).await;
     filters_select_what_they_name(log.as_ref()).await;
+    type_status_and_error_kind_filters_select_what_they_name(log.as_ref()).await;
     followers_see_what_is_stored_after_they_start(log.as_ref()).await;
     health_is_counted_once_in_the_commit_that_stores(log.as_ref()).await;
     follow_ups_stay_until_settled(log.as_ref()).await;
@@ -249,14 +250,18 @@ async fn stores_once_and_pages_newest_first(log: &dyn LogStore) {
     assert_eq!(stored[0].attempt, 2);
 
     let first = log
-        .list(Filter::new(by_subscription("sub_pages")), 2, "")
+        .list(
+            Filter::new(by_subscription("sub_pages")).expect("a valid filter"),
+            2,
+            "",
+        )
         .await
         .expect("page 1");
     assert_eq!(ids(&first), ["evt_p0", "evt_p4"]);
     assert_eq!(first.attempts[0].attempt, 2);
     let second = log
         .list(
-            Filter::new(by_subscription("sub_pages")),
+            Filter::new(by_subscription("sub_pages")).expect("a valid filter"),
             2,
             &first.next_page_token,
         )
@@ -265,7 +270,7 @@ async fn stores_once_and_pages_newest_first(log: &dyn LogStore) {
     assert_eq!(ids(&second), ["evt_p3", "evt_p2"]);
     let third = log
         .list(
-            Filter::new(by_subscription("sub_pages")),
+            Filter::new(by_subscription("sub_pages")).expect("a valid filter"),
             2,
             &second.next_page_token,
         )
@@ -275,7 +280,7 @@ async fn stores_once_and_pages_newest_first(log: &dyn LogStore) {
     if !third.next_page_token.is_empty() {
         let end = log
             .list(
-                Filter::new(by_subscription("sub_pages")),
+                Filter::new(by_subscription("sub_pages")).expect("a valid filter"),
                 2,
                 &third.next_page_token,
             )
@@ -292,7 +297,8 @@ async fn stores_once_and_pages_newest_first(log: &dyn LogStore) {
             Filter::new(pb::AttemptFilter {
                 event_id: "evt_p0".into(),
                 ..Default::default()
-            }),
+            })
+            .expect("a valid filter"),
             0,
             "",
         )
@@ -300,6 +306,89 @@ async fn stores_once_and_pages_newest_first(log: &dyn LogStore) {
         .expect("by event");
     let numbers: Vec<u32> = one.attempts.iter().map(|a| a.attempt).collect();
     assert_eq!(numbers, [2, 1], "every attempt of one event, newest first");
+}
+
+/// Event-type patterns, statuses and classes, and error kinds keep only what they name,
+/// newest first across the types and codes they span, and page.
+async fn type_status_and_error_kind_filters_select_what_they_name(log: &dyn LogStore) {
+    const TENANT: &str = "shop-conformance-filters";
+    let cases = [
+        ("evt_t1", "order.created", 200, ""),
+        ("evt_t2", "order.line.added", 503, "http_status"),
+        ("evt_t3", "orders.created", 404, "http_status"),
+        ("evt_t4", "customer.created", 0, "timeout"),
+        ("evt_t5", "order.paid", 502, "http_status"),
+    ];
+    let batch = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (event, event_type, status, kind))| pb::Attempt {
+            tenant: TENANT.into(),
+            event_type: (*event_type).into(),
+            status_code: *status,
+            error_kind: (*kind).into(),
+            // evt_t5 the newest.
+            ..attempt(
+                event,
+                "sub_filter_types",
+                1,
+                pb::Outcome::Retrying,
+                Duration::from_secs(10 - i as u64),
+            )
+        })
+        .collect();
+    log.insert(batch).await.expect("insert");
+    let listed = |event_type: &str, status: &str, error_kind: &str, page_size: u32| {
+        let filter = pb::AttemptFilter {
+            tenant: TENANT.into(),
+            event_type: event_type.into(),
+            status: status.into(),
+            error_kind: error_kind.into(),
+            ..Default::default()
+        };
+        async move {
+            let filter = Filter::new(filter).expect("a valid filter");
+            let mut ids = Vec::new();
+            let mut token = String::new();
+            loop {
+                let page = log
+                    .list(filter.clone(), page_size, &token)
+                    .await
+                    .expect("list");
+                ids.extend(page.attempts.into_iter().map(|a| a.event_id));
+                if page.next_page_token.is_empty() {
+                    return ids;
+                }
+                token = page.next_page_token;
+            }
+        }
+    };
+    for (event_type, status, error_kind, expected) in [
+        ("order.*", "", "", &["evt_t5", "evt_t2", "evt_t1"][..]),
+        ("order.line.*", "", "", &["evt_t2"]),
+        ("orders.created", "", "", &["evt_t3"]),
+        (
+            "*",
+            "",
+            "",
+            &["evt_t5", "evt_t4", "evt_t3", "evt_t2", "evt_t1"],
+        ),
+        ("", "5xx", "", &["evt_t5", "evt_t2"]),
+        ("", "503", "", &["evt_t2"]),
+        ("", "2xx", "", &["evt_t1"]),
+        ("", "", "timeout", &["evt_t4"]),
+        ("", "", "status", &["evt_t5", "evt_t3", "evt_t2"]),
+        ("order.*", "5xx", "http_status", &["evt_t5", "evt_t2"]),
+        ("customer.*", "5xx", "", &[]),
+    ] {
+        for page_size in [100, 1] {
+            assert_eq!(
+                listed(event_type, status, error_kind, page_size).await,
+                expected,
+                "type {event_type:?}, status {status:?}, kind {error_kind:?}, pages of {page_size}"
+            );
+        }
+    }
 }
 
 /// Each filter keeps only what it names, and filters combine.
@@ -333,7 +422,11 @@ async fn filters_select_what_they_name(log: &dyn LogStore) {
     .expect("insert");
     let within = |filter: pb::AttemptFilter, tenants: Scope| async move {
         let page = log
-            .list(Filter::within(filter, &tenants), 100, "")
+            .list(
+                Filter::within(filter, &tenants).expect("a valid filter"),
+                100,
+                "",
+            )
             .await
             .expect("list");
         page.attempts
@@ -486,7 +579,11 @@ async fn retention_removes_what_started_before_the_cut_off(log: &dyn LogStore) {
     assert_eq!(removed, 2, "the attempts past retention");
     assert_eq!(log.len().await.expect("len"), 1);
     let left = log
-        .list(Filter::new(by_subscription("sub_retention")), 10, "")
+        .list(
+            Filter::new(by_subscription("sub_retention")).expect("a valid filter"),
+            10,
+            "",
+        )
         .await
         .expect("list");
     assert_eq!(ids(&left), ["evt_kept"]);

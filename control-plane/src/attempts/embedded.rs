@@ -8,6 +8,9 @@
 //!   again (an agent re-sending after a lost ack) finds its id here and is not stored twice;
 //!   its `event_id \0` prefix also finds every attempt of one event.
 //! - `by_subscription`: (subscription id, sequence) → (), for a subscription's attempts.
+//! - `by_tenant`, `by_event_type`, `by_error_kind`: (name, sequence) → (), and `by_status`:
+//!   (HTTP status, sequence) → (), for the log's filters. A pattern (`order.*`) or a status
+//!   class (`5xx`) merges the ranges of the names or codes under it, newest first.
 //! - `by_event`: written by earlier versions (the `attempt_ids` prefix serves that lookup
 //!   now); only the sweep still removes its entries.
 //! - `health`: subscription id → `herald.v1.SubscriptionHealth`, counted in the commit that
@@ -36,6 +39,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use tokio::sync::broadcast;
 
 use super::derived::{self, Followup, PendingFollowup, Reactions};
+use herald_core::event_type::EventPattern;
+
 use super::{Filter, LogError, LogStore, Page, Stored, TAIL_BUFFER, page_size, storage};
 use crate::audit::{AuditFilter, AuditPage};
 
@@ -48,13 +53,23 @@ const BY_EVENT: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_even
 /// A tenant's attempts, oldest first: the delivery log of one tenant (the console's tenant
 /// filter, every portal page) without scanning the others'.
 const BY_TENANT: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_tenant");
-/// Attempts indexed by tenant in one commit when a log made before that index opens.
+/// Attempts by event type.
+const BY_EVENT_TYPE: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_event_type");
+/// Attempts by HTTP status (those that got a response).
+const BY_STATUS: TableDefinition<(u32, u64), ()> = TableDefinition::new("by_status");
+/// Attempts by error kind (those that failed).
+const BY_ERROR_KIND: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_error_kind");
+/// Attempts indexed in one commit when a log made before the indexes opens.
 const BACKFILL_BATCH: usize = 100_000;
 /// Facts about the log file itself.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// In [`META`]: the attempts up to this sequence number are in [`BY_TENANT`]
-/// ([`u64::MAX`]: all of them, and every new one is added as it is stored).
-const TENANTS_INDEXED: &str = "by_tenant_indexed_through";
+/// In [`META`]: the attempts up to this sequence number are in every index of [`Indexes`]
+/// ([`u64::MAX`]: all of them, and every new one is added as it is stored). Logs made before
+/// the filter indexes recorded `by_tenant_indexed_through` instead, for [`BY_TENANT`] alone.
+const INDEXED: &str = "indexes_v2_indexed_through";
+/// The most event types (or statuses) one pattern (or class) merges; beyond it a query
+/// walks the log newest first instead.
+const MAX_MERGED: usize = 1024;
 const HEALTH: TableDefinition<&str, &[u8]> = TableDefinition::new("health");
 const FOLLOWUPS: TableDefinition<u64, &[u8]> = TableDefinition::new("followups");
 const OUTBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("outbox");
@@ -246,25 +261,21 @@ impl EmbeddedLog {
         let txn = db.begin_write().map_err(storage)?;
         let indexed_through;
         {
-            txn.open_table(BY_TENANT).map_err(storage)?;
+            Indexes::open(&txn)?;
             let records = txn.open_table(ATTEMPTS).map_err(storage)?;
             let mut meta = txn.open_table(META).map_err(storage)?;
-            let progress = meta
-                .get(TENANTS_INDEXED)
-                .map_err(storage)?
-                .map(|v| v.value());
+            let progress = meta.get(INDEXED).map_err(storage)?.map(|v| v.value());
             indexed_through = match progress {
                 Some(seq) => seq,
                 // A new log: every attempt will be indexed as it is stored.
                 None if records.is_empty().map_err(storage)? => {
-                    meta.insert(TENANTS_INDEXED, u64::MAX).map_err(storage)?;
+                    meta.insert(INDEXED, u64::MAX).map_err(storage)?;
                     u64::MAX
                 }
                 // A log made before the index.
                 None => 0,
             };
             txn.open_table(ATTEMPT_IDS).map_err(storage)?;
-            txn.open_table(BY_SUBSCRIPTION).map_err(storage)?;
             txn.open_table(BY_EVENT).map_err(storage)?;
             txn.open_table(HEALTH).map_err(storage)?;
             txn.open_table(FOLLOWUPS).map_err(storage)?;
@@ -272,7 +283,7 @@ impl EmbeddedLog {
         }
         txn.commit().map_err(storage)?;
         if indexed_through != u64::MAX {
-            index_tenants(&db, indexed_through)?;
+            backfill_indexes(&db, indexed_through)?;
         }
         let (tail, _) = broadcast::channel(TAIL_BUFFER);
         Ok(EmbeddedLog {
@@ -416,8 +427,7 @@ fn insert_batch(
     {
         let mut records = txn.open_table(ATTEMPTS).map_err(storage)?;
         let mut ids = txn.open_table(ATTEMPT_IDS).map_err(storage)?;
-        let mut by_sub = txn.open_table(BY_SUBSCRIPTION).map_err(storage)?;
-        let mut by_tenant = txn.open_table(BY_TENANT).map_err(storage)?;
+        let mut indexes = Indexes::open(&txn)?;
         let mut seq = records
             .last()
             .map_err(storage)?
@@ -434,12 +444,7 @@ fn insert_batch(
                 .insert(seq, attempt.encode_to_vec().as_slice())
                 .map_err(storage)?;
             ids.insert(id.as_str(), seq).map_err(storage)?;
-            by_sub
-                .insert((attempt.subscription_id.as_str(), seq), ())
-                .map_err(storage)?;
-            by_tenant
-                .insert((attempt.tenant.as_str(), seq), ())
-                .map_err(storage)?;
+            indexes.insert(&attempt, seq)?;
             stored.push(attempt);
         }
         let new: Vec<&pb::Attempt> = stored.iter().collect();
@@ -479,10 +484,76 @@ fn insert_batch(
     Ok((stored, followups))
 }
 
-/// Indexes by tenant the attempts after sequence number `after` of a log made before
-/// [`BY_TENANT`] existed, in commits of [`BACKFILL_BATCH`], oldest first; each commit records
-/// how far it got in [`META`], so a replica stopped part way goes on from there.
-fn index_tenants(db: &Database, mut after: u64) -> Result<(), LogError> {
+/// The secondary indexes of attempts, open in one write transaction: every attempt stored
+/// is added to each, and removed from each when swept.
+struct Indexes<'t> {
+    by_subscription: redb::Table<'t, (&'static str, u64), ()>,
+    by_tenant: redb::Table<'t, (&'static str, u64), ()>,
+    by_event_type: redb::Table<'t, (&'static str, u64), ()>,
+    by_status: redb::Table<'t, (u32, u64), ()>,
+    by_error_kind: redb::Table<'t, (&'static str, u64), ()>,
+}
+
+impl<'t> Indexes<'t> {
+    fn open(txn: &'t redb::WriteTransaction) -> Result<Self, LogError> {
+        Ok(Indexes {
+            by_subscription: txn.open_table(BY_SUBSCRIPTION).map_err(storage)?,
+            by_tenant: txn.open_table(BY_TENANT).map_err(storage)?,
+            by_event_type: txn.open_table(BY_EVENT_TYPE).map_err(storage)?,
+            by_status: txn.open_table(BY_STATUS).map_err(storage)?,
+            by_error_kind: txn.open_table(BY_ERROR_KIND).map_err(storage)?,
+        })
+    }
+
+    /// Adds the attempt stored as `seq` (again: adding twice is harmless).
+    fn insert(&mut self, a: &pb::Attempt, seq: u64) -> Result<(), LogError> {
+        self.by_subscription
+            .insert((a.subscription_id.as_str(), seq), ())
+            .map_err(storage)?;
+        self.by_tenant
+            .insert((a.tenant.as_str(), seq), ())
+            .map_err(storage)?;
+        self.by_event_type
+            .insert((a.event_type.as_str(), seq), ())
+            .map_err(storage)?;
+        if a.status_code != 0 {
+            self.by_status
+                .insert((a.status_code, seq), ())
+                .map_err(storage)?;
+        }
+        if !a.error_kind.is_empty() {
+            self.by_error_kind
+                .insert((a.error_kind.as_str(), seq), ())
+                .map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the attempt stored as `seq`.
+    fn remove(&mut self, a: &pb::Attempt, seq: u64) -> Result<(), LogError> {
+        self.by_subscription
+            .remove((a.subscription_id.as_str(), seq))
+            .map_err(storage)?;
+        self.by_tenant
+            .remove((a.tenant.as_str(), seq))
+            .map_err(storage)?;
+        self.by_event_type
+            .remove((a.event_type.as_str(), seq))
+            .map_err(storage)?;
+        self.by_status
+            .remove((a.status_code, seq))
+            .map_err(storage)?;
+        self.by_error_kind
+            .remove((a.error_kind.as_str(), seq))
+            .map_err(storage)?;
+        Ok(())
+    }
+}
+
+/// Adds to [`Indexes`] the attempts after sequence number `after` of a log made before some
+/// of them existed, in commits of [`BACKFILL_BATCH`], oldest first; each commit records how
+/// far it got in [`META`], so a replica stopped part way goes on from there.
+fn backfill_indexes(db: &Database, mut after: u64) -> Result<(), LogError> {
     let total = db
         .begin_read()
         .map_err(storage)?
@@ -494,7 +565,7 @@ fn index_tenants(db: &Database, mut after: u64) -> Result<(), LogError> {
         tracing::info!(
             attempts = total,
             from = after,
-            "indexing the delivery log by tenant (once, for a log made before that index)"
+            "indexing the delivery log for its filters (once, for a log made before those indexes)"
         );
     }
     loop {
@@ -502,15 +573,13 @@ fn index_tenants(db: &Database, mut after: u64) -> Result<(), LogError> {
         let last;
         {
             let records = txn.open_table(ATTEMPTS).map_err(storage)?;
-            let mut by_tenant = txn.open_table(BY_TENANT).map_err(storage)?;
+            let mut indexes = Indexes::open(&txn)?;
             let mut count = 0;
             let mut seen = None;
             for entry in records.range(after + 1..).map_err(storage)? {
                 let (seq, value) = entry.map_err(storage)?;
                 let attempt = pb::Attempt::decode(value.value()).map_err(storage)?;
-                by_tenant
-                    .insert((attempt.tenant.as_str(), seq.value()), ())
-                    .map_err(storage)?;
+                indexes.insert(&attempt, seq.value())?;
                 seen = Some(seq.value());
                 count += 1;
                 if count == BACKFILL_BATCH {
@@ -519,7 +588,7 @@ fn index_tenants(db: &Database, mut after: u64) -> Result<(), LogError> {
             }
             last = seen;
             let mut meta = txn.open_table(META).map_err(storage)?;
-            meta.insert(TENANTS_INDEXED, last.unwrap_or(u64::MAX))
+            meta.insert(INDEXED, last.unwrap_or(u64::MAX))
                 .map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
@@ -538,9 +607,8 @@ fn sweep_batch(db: &Database, cutoff: SystemTime, max_attempts: u64) -> Result<u
     {
         let mut records = txn.open_table(ATTEMPTS).map_err(storage)?;
         let mut ids = txn.open_table(ATTEMPT_IDS).map_err(storage)?;
-        let mut by_sub = txn.open_table(BY_SUBSCRIPTION).map_err(storage)?;
         let mut by_event = txn.open_table(BY_EVENT).map_err(storage)?;
-        let mut by_tenant = txn.open_table(BY_TENANT).map_err(storage)?;
+        let mut indexes = Indexes::open(&txn)?;
         let excess = records.len().map_err(storage)?.saturating_sub(max_attempts);
         let mut old = Vec::new();
         for entry in records.iter().map_err(storage)? {
@@ -558,15 +626,10 @@ fn sweep_batch(db: &Database, cutoff: SystemTime, max_attempts: u64) -> Result<u
         for (seq, attempt) in &old {
             records.remove(*seq).map_err(storage)?;
             ids.remove(attempt_id(attempt).as_str()).map_err(storage)?;
-            by_sub
-                .remove((attempt.subscription_id.as_str(), *seq))
-                .map_err(storage)?;
             by_event
                 .remove((attempt.event_id.as_str(), *seq))
                 .map_err(storage)?;
-            by_tenant
-                .remove((attempt.tenant.as_str(), *seq))
-                .map_err(storage)?;
+            indexes.remove(attempt, *seq)?;
         }
         removed = old.len();
     }
@@ -574,55 +637,173 @@ fn sweep_batch(db: &Database, cutoff: SystemTime, max_attempts: u64) -> Result<u
     Ok(removed)
 }
 
+/// Sequence numbers, newest first.
+type Seqs = Box<dyn Iterator<Item = Result<u64, LogError>>>;
+
+/// An index by name (tenant, subscription, event type, error kind).
+type ByName = redb::ReadOnlyTable<(&'static str, u64), ()>;
+/// The index by HTTP status.
+type ByCode = redb::ReadOnlyTable<(u32, u64), ()>;
+
+/// The sequence numbers of one name's entries in an index, below `before`, newest first.
+fn name_range(table: &ByName, name: &str, before: u64) -> Result<Seqs, LogError> {
+    let range = table.range((name, 0)..(name, before)).map_err(storage)?;
+    Ok(Box::new(
+        range
+            .rev()
+            .map(|e| e.map(|(k, _)| k.value().1).map_err(storage)),
+    ))
+}
+
+/// The sequence numbers of one status's entries, below `before`, newest first.
+fn code_range(table: &ByCode, code: u32, before: u64) -> Result<Seqs, LogError> {
+    let range = table.range((code, 0)..(code, before)).map_err(storage)?;
+    Ok(Box::new(
+        range
+            .rev()
+            .map(|e| e.map(|(k, _)| k.value().1).map_err(storage)),
+    ))
+}
+
+/// The distinct names in an index from `low` up to (not including) `high`, at most
+/// [`MAX_MERGED`]; `None` when there are more. Each step seeks past the previous name's
+/// entries (no sequence number is `u64::MAX`).
+fn distinct_names(table: &ByName, low: &str, high: &str) -> Result<Option<Vec<String>>, LogError> {
+    let mut names: Vec<String> = Vec::new();
+    loop {
+        let from = match names.last() {
+            Some(last) => (last.as_str(), u64::MAX),
+            None => (low, 0),
+        };
+        let next = table.range(from..(high, 0)).map_err(storage)?.next();
+        let Some(entry) = next else {
+            return Ok(Some(names));
+        };
+        if names.len() == MAX_MERGED {
+            return Ok(None);
+        }
+        names.push(entry.map_err(storage)?.0.value().0.to_owned());
+    }
+}
+
+/// The distinct statuses in the index from `low` up to (not including) `high`.
+fn distinct_codes(table: &ByCode, low: u32, high: u32) -> Result<Vec<u32>, LogError> {
+    let mut codes: Vec<u32> = Vec::new();
+    loop {
+        let from = match codes.last() {
+            Some(last) => (*last, u64::MAX),
+            None => (low, 0),
+        };
+        let next = table.range(from..(high, 0)).map_err(storage)?.next();
+        let Some(entry) = next else {
+            return Ok(codes);
+        };
+        codes.push(entry.map_err(storage)?.0.value().0);
+    }
+}
+
+/// Several newest-first sources merged into one, newest first.
+fn newest_first(mut sources: Vec<Seqs>) -> Seqs {
+    let mut heads = std::collections::BinaryHeap::new();
+    let mut failed = None;
+    for (i, source) in sources.iter_mut().enumerate() {
+        match source.next() {
+            Some(Ok(seq)) => heads.push((seq, i)),
+            Some(Err(err)) => failed = Some(err),
+            None => {}
+        }
+    }
+    Box::new(std::iter::from_fn(move || {
+        if let Some(err) = failed.take() {
+            return Some(Err(err));
+        }
+        let (seq, i) = heads.pop()?;
+        match sources[i].next() {
+            Some(Ok(next)) => heads.push((next, i)),
+            Some(Err(err)) => failed = Some(err),
+            None => {}
+        }
+        Some(Ok(seq))
+    }))
+}
+
 fn query(db: &Database, filter: &Filter, before: u64, size: usize) -> Result<Page, LogError> {
     let txn = db.begin_read().map_err(storage)?;
     let records = txn.open_table(ATTEMPTS).map_err(storage)?;
     // Pick the narrowest index the filter allows; the rest of the filter is applied per record.
-    let seqs: Box<dyn Iterator<Item = Result<u64, LogError>>> =
-        if !filter.wire().subscription_id.is_empty() {
-            let table = txn.open_table(BY_SUBSCRIPTION).map_err(storage)?;
-            let id = filter.wire().subscription_id.as_str();
-            let range = table.range((id, 0)..(id, before)).map_err(storage)?;
-            Box::new(
-                range
-                    .rev()
-                    .map(|e| e.map(|(k, _)| k.value().1).map_err(storage)),
-            )
-        } else if !filter.wire().event_id.is_empty() {
-            // One event has few attempts: collect their sequence numbers, newest first.
-            let table = txn.open_table(ATTEMPT_IDS).map_err(storage)?;
-            let (from, to) = (
-                format!("{}\0", filter.wire().event_id),
-                format!("{}\u{1}", filter.wire().event_id),
-            );
-            let mut seqs = Vec::new();
-            for entry in table.range(from.as_str()..to.as_str()).map_err(storage)? {
-                let seq = entry.map_err(storage)?.1.value();
-                if seq < before {
-                    seqs.push(seq);
+    let wire = filter.wire();
+    let seqs: Option<Seqs> = if !wire.subscription_id.is_empty() {
+        let table = txn.open_table(BY_SUBSCRIPTION).map_err(storage)?;
+        Some(name_range(&table, wire.subscription_id.as_str(), before)?)
+    } else if !wire.event_id.is_empty() {
+        // One event has few attempts: collect their sequence numbers, newest first.
+        let table = txn.open_table(ATTEMPT_IDS).map_err(storage)?;
+        let (from, to) = (
+            format!("{}\0", wire.event_id),
+            format!("{}\u{1}", wire.event_id),
+        );
+        let mut seqs = Vec::new();
+        for entry in table.range(from.as_str()..to.as_str()).map_err(storage)? {
+            let seq = entry.map_err(storage)?.1.value();
+            if seq < before {
+                seqs.push(seq);
+            }
+        }
+        seqs.sort_unstable_by(|a, b| b.cmp(a));
+        Some(Box::new(seqs.into_iter().map(Ok)))
+    } else if let Some(kind) = filter.error_kind() {
+        let table = txn.open_table(BY_ERROR_KIND).map_err(storage)?;
+        Some(name_range(&table, kind, before)?)
+    } else if let Some(status) = filter.status() {
+        let table = txn.open_table(BY_STATUS).map_err(storage)?;
+        let (low, high) = status.range();
+        // At most a hundred codes in a class.
+        let codes = distinct_codes(&table, u32::from(low), u32::from(high) + 1)?;
+        Some(newest_first(
+            codes
+                .into_iter()
+                .map(|code| code_range(&table, code, before))
+                .collect::<Result<_, _>>()?,
+        ))
+    } else if let Some(pattern) = filter.event_type() {
+        let table = txn.open_table(BY_EVENT_TYPE).map_err(storage)?;
+        match pattern {
+            EventPattern::Exact(event_type) => {
+                Some(name_range(&table, event_type.as_str(), before)?)
+            }
+            EventPattern::Prefix(prefix) => {
+                // The types below `prefix.`: from `prefix.` up to `prefix/` ('/' follows '.').
+                let (low, high) = (format!("{prefix}."), format!("{prefix}/"));
+                let types = distinct_names(&table, &low, &high)?;
+                match types {
+                    Some(types) => Some(newest_first(
+                        types
+                            .iter()
+                            .map(|t| name_range(&table, t.as_str(), before))
+                            .collect::<Result<_, _>>()?,
+                    )),
+                    None => None,
                 }
             }
-            seqs.sort_unstable_by(|a, b| b.cmp(a));
-            Box::new(seqs.into_iter().map(Ok))
-        } else if !filter.wire().tenant.is_empty() {
-            let table = txn.open_table(BY_TENANT).map_err(storage)?;
-            let tenant = filter.wire().tenant.as_str();
-            let range = table
-                .range((tenant, 0)..(tenant, before))
-                .map_err(storage)?;
-            Box::new(
-                range
-                    .rev()
-                    .map(|e| e.map(|(k, _)| k.value().1).map_err(storage)),
-            )
-        } else {
+            EventPattern::All => None,
+        }
+    } else if !wire.tenant.is_empty() {
+        let table = txn.open_table(BY_TENANT).map_err(storage)?;
+        Some(name_range(&table, wire.tenant.as_str(), before)?)
+    } else {
+        None
+    };
+    let seqs = match seqs {
+        Some(seqs) => seqs,
+        None => {
             let range = records.range(..before).map_err(storage)?;
             Box::new(
                 range
                     .rev()
                     .map(|e| e.map(|(k, _)| k.value()).map_err(storage)),
             )
-        };
+        }
+    };
     let mut attempts = Vec::new();
     let mut last_seen = None;
     for (scanned, seq) in seqs.enumerate() {
@@ -683,7 +864,8 @@ mod tests {
         let by_sub = Filter::new(pb::AttemptFilter {
             subscription_id: "sub_a".into(),
             ..Default::default()
-        });
+        })
+        .expect("a valid filter");
         let first = log.list(by_sub.clone(), 2, "").await.expect("page 1");
         let ids: Vec<_> = first.attempts.iter().map(|a| a.event_id.as_str()).collect();
         assert_eq!(ids, ["evt_4", "evt_3"]);
@@ -709,7 +891,7 @@ mod tests {
             ..Default::default()
         };
         let page = log
-            .list(Filter::new(retrying), 10, "")
+            .list(Filter::new(retrying).expect("a valid filter"), 10, "")
             .await
             .expect("by outcome");
         assert_eq!(page.attempts.len(), 1);
@@ -722,7 +904,7 @@ mod tests {
             ..Default::default()
         };
         assert!(
-            log.list(Filter::new(future), 10, "")
+            log.list(Filter::new(future).expect("a valid filter"), 10, "")
                 .await
                 .expect("by time")
                 .attempts
@@ -732,18 +914,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_tenant_is_listed_from_its_index_even_in_a_log_made_before_it() {
+    async fn filters_are_served_by_indexes_even_in_a_log_made_before_them() {
         let dir = tempfile::tempdir().expect("dir");
         let of = |tenant: &str, event: &str| pb::Attempt {
             tenant: tenant.into(),
+            event_type: "order.created".into(),
+            status_code: 200,
             ..attempt(event, "sub_a", 1, pb::Outcome::Delivered)
         };
         let batch: Vec<_> = (0..250)
             .map(|i| {
-                of(
+                let mut a = of(
                     if i % 5 == 0 { "shop-b" } else { "shop-a" },
                     &format!("evt_{i}"),
-                )
+                );
+                a.event_type = ["order.paid", "order.created", "orders.created"][i % 3].into();
+                if i % 10 == 0 {
+                    a.status_code = 503;
+                    a.error_kind = "http_status".into();
+                }
+                a
             })
             .collect();
         let log = EmbeddedLog::open(dir.path()).expect("open");
@@ -753,10 +943,13 @@ mod tests {
         {
             let db = Database::create(dir.path().join("attempts.redb")).expect("db");
             let txn = db.begin_write().expect("txn");
-            txn.delete_table(BY_TENANT).expect("drop the index");
+            for index in [BY_TENANT, BY_EVENT_TYPE, BY_ERROR_KIND] {
+                txn.delete_table(index).expect("drop the index");
+            }
+            txn.delete_table(BY_STATUS).expect("drop the index");
             txn.open_table(META)
                 .expect("meta")
-                .remove(TENANTS_INDEXED)
+                .remove(INDEXED)
                 .expect("forget");
             txn.commit().expect("commit");
         }
@@ -767,7 +960,8 @@ mod tests {
         let shop_b = Filter::new(pb::AttemptFilter {
             tenant: "shop-b".into(),
             ..Default::default()
-        });
+        })
+        .expect("a valid filter");
         let mut seen = Vec::new();
         let mut token = String::new();
         loop {
@@ -782,6 +976,51 @@ mod tests {
         assert_eq!(seen.len(), 51, "50 old and 1 new");
         assert_eq!(seen[0], "evt_new", "newest first");
         assert_eq!(seen[50], "evt_0");
+        let filter = |event_type: &str, status: &str, error_kind: &str| pb::AttemptFilter {
+            event_type: event_type.into(),
+            status: status.into(),
+            error_kind: error_kind.into(),
+            ..Default::default()
+        };
+        for (filter, expected) in [
+            (filter("order.*", "", ""), 168),
+            (filter("order.paid", "", ""), 84),
+            (filter("orders.*", "", ""), 83),
+            (filter("*", "2xx", ""), 226),
+            (filter("", "503", ""), 25),
+            (filter("", "5xx", "status"), 25),
+            (filter("order.paid", "5xx", ""), 9),
+            (filter("", "", "timeout"), 0),
+        ] {
+            let what = format!("{filter:?}");
+            let filter = Filter::new(filter).expect("a valid filter");
+            // Newest first across the merged types and codes, by pages of 7.
+            let mut seen = Vec::new();
+            let mut token = String::new();
+            loop {
+                let page = log.list(filter.clone(), 7, &token).await.expect("page");
+                assert!(page.attempts.iter().all(|a| filter.matches(a)), "{what}");
+                seen.extend(page.attempts);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+            assert_eq!(seen.len(), expected, "{what}");
+            let numbers: Vec<u64> = seen
+                .iter()
+                .map(|a| {
+                    a.event_id
+                        .trim_start_matches("evt_")
+                        .parse()
+                        .unwrap_or(u64::MAX)
+                })
+                .collect();
+            assert!(
+                numbers.windows(2).all(|w| w[0] > w[1]),
+                "{what}: {numbers:?}"
+            );
+        }
     }
 
     #[tokio::test]
@@ -808,7 +1047,8 @@ mod tests {
                     Filter::new(pb::AttemptFilter {
                         subscription_id: "sub_a".into(),
                         ..Default::default()
-                    }),
+                    })
+                    .expect("a valid filter"),
                     100,
                     "",
                 )
@@ -834,7 +1074,7 @@ mod tests {
             ..Default::default()
         };
         assert!(
-            log.list(Filter::new(by_event), 10, "")
+            log.list(Filter::new(by_event).expect("a valid filter"), 10, "")
                 .await
                 .expect("list")
                 .attempts

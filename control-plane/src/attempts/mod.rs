@@ -19,6 +19,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use herald_core::error_kind::{ErrorKind, StatusFilter};
+use herald_core::event_type::EventPattern;
 use herald_proto::convert::system_time;
 use herald_proto::v1 as pb;
 use tokio::sync::broadcast;
@@ -258,30 +260,74 @@ fn page_size(asked: u32) -> usize {
     }
 }
 
-/// A query filter, with times converted once, and the tenants the asker may see.
+/// A query filter, with times, pattern, status and error kind parsed once, and the tenants
+/// the asker may see.
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
     wire: pb::AttemptFilter,
     since: Option<SystemTime>,
     until: Option<SystemTime>,
+    /// The event types asked for; `None`: any (no pattern, or `*`).
+    event_type: Option<EventPattern>,
+    /// The HTTP status or class asked for.
+    status: Option<StatusFilter>,
+    /// The error kind asked for.
+    error_kind: Option<ErrorKind>,
     /// The tenants whose attempts may be shown.
     tenants: Scope,
 }
 
 impl Filter {
-    /// Prepares a wire filter (over every tenant).
-    pub fn new(wire: pb::AttemptFilter) -> Self {
+    /// Prepares a wire filter (over every tenant); a malformed pattern, status or error kind
+    /// is an [`LogError::InvalidQuery`].
+    pub fn new(wire: pb::AttemptFilter) -> Result<Self, LogError> {
         Self::within(wire, &Scope::All)
     }
 
     /// Prepares a wire filter for a caller who may see only the attempts of `tenants`.
-    pub fn within(wire: pb::AttemptFilter, tenants: &Scope) -> Self {
-        Filter {
+    pub fn within(wire: pb::AttemptFilter, tenants: &Scope) -> Result<Self, LogError> {
+        let invalid = |err: herald_core::ValidationError| LogError::InvalidQuery(err.to_string());
+        let event_type = match wire.event_type.as_str() {
+            "" => None,
+            text => match EventPattern::parse(text)
+                .map_err(|e| invalid(herald_core::ValidationError::new("event_type", e.reason)))?
+            {
+                EventPattern::All => None,
+                pattern => Some(pattern),
+            },
+        };
+        let status = match wire.status.as_str() {
+            "" => None,
+            text => Some(StatusFilter::parse(text).map_err(invalid)?),
+        };
+        let error_kind = match wire.error_kind.as_str() {
+            "" => None,
+            text => Some(ErrorKind::parse(text).map_err(invalid)?),
+        };
+        Ok(Filter {
             since: wire.since.as_ref().map(system_time),
             until: wire.until.as_ref().map(system_time),
+            event_type,
+            status,
+            error_kind,
             wire,
             tenants: tenants.clone(),
-        }
+        })
+    }
+
+    /// The event types asked for, when not all.
+    pub fn event_type(&self) -> Option<&EventPattern> {
+        self.event_type.as_ref()
+    }
+
+    /// The HTTP status or class asked for.
+    pub fn status(&self) -> Option<StatusFilter> {
+        self.status
+    }
+
+    /// The error kind asked for, by its log name.
+    pub fn error_kind(&self) -> Option<&'static str> {
+        self.error_kind.map(ErrorKind::as_str)
     }
 
     /// The filter as the caller sent it.
@@ -313,6 +359,12 @@ impl Filter {
             && self.tenants.allows(&a.tenant)
             && (f.event_id.is_empty() || f.event_id == a.event_id)
             && (f.outcome == pb::Outcome::Unspecified as i32 || f.outcome == a.outcome)
+            && self
+                .event_type
+                .as_ref()
+                .is_none_or(|p| p.matches(&a.event_type))
+            && self.status.is_none_or(|s| s.matches(a.status_code))
+            && self.error_kind().is_none_or(|k| k == a.error_kind)
             && self
                 .since
                 .is_none_or(|since| started.is_some_and(|t| t >= since))

@@ -361,7 +361,7 @@ impl Deliveries for DeliveriesService {
             // token that would tell it from an unknown id.
             return Ok(Response::new(pb::ListAttemptsResponse::default()));
         }
-        let filter = Filter::within(wire, &who.tenants);
+        let filter = Filter::within(wire, &who.tenants)?;
         let page = self
             .log
             .list(filter, request.page_size, &request.page_token)
@@ -433,7 +433,7 @@ impl Deliveries for DeliveriesService {
         let filter = Filter::within(
             request.into_inner().filter.unwrap_or_default(),
             &who.tenants,
-        );
+        )?;
         let mut attempts = self.log.follow();
         let shutdown = self.shutdown.clone();
         let stream = async_stream(move |tx| async move {

@@ -100,6 +100,14 @@ pub struct AttemptQuery {
     since: Option<String>,
     /// Attempts started before this time (RFC 3339).
     until: Option<String>,
+    /// Only events of this type or pattern (`order.created`, `order.*`).
+    event_type: Option<String>,
+    /// Only attempts answered with this HTTP status (`503`) or class (`5xx`).
+    status: Option<String>,
+    /// Only attempts that failed this way: `timeout`, `connect`, `tls`, `dns`, `http_status`
+    /// (or `status`), `proxy`, `proxy_auth`, `oauth2`, `request`, `render`, `policy`,
+    /// `skipped`, `storage`.
+    error_kind: Option<String>,
 }
 
 impl AttemptQuery {
@@ -115,6 +123,9 @@ impl AttemptQuery {
             outcome: outcome as i32,
             since: parse_time("since", self.since.as_deref())?,
             until: parse_time("until", self.until.as_deref())?,
+            event_type: self.event_type.clone().unwrap_or_default(),
+            status: self.status.clone().unwrap_or_default(),
+            error_kind: self.error_kind.clone().unwrap_or_default(),
         })
     }
 }

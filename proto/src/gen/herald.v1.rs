@@ -481,7 +481,8 @@ pub struct Attempt {
     /// The HTTP status, or 0 when no response was received.
     #[prost(uint32, tag = "9")]
     pub status_code: u32,
-    /// Why it failed when it did: `http_status`, `timeout`, `connect`, `tls`, `dns`, `redirect`, …
+    /// Why it failed when it did: `http_status`, `timeout`, `connect`, `tls`, `dns`, `proxy`, …
+    /// (the list at AttemptFilter.error_kind).
     #[prost(string, tag = "10")]
     pub error_kind: ::prost::alloc::string::String,
     /// A human-readable error message (bounded).
@@ -513,6 +514,17 @@ pub struct AttemptFilter {
     pub since: ::core::option::Option<::prost_types::Timestamp>,
     #[prost(message, optional, tag = "6")]
     pub until: ::core::option::Option<::prost_types::Timestamp>,
+    /// An event type or pattern: `order.created`, `order.*`; empty or `*` means any.
+    #[prost(string, tag = "7")]
+    pub event_type: ::prost::alloc::string::String,
+    /// An HTTP status (`503`) or a class (`5xx`); empty means any.
+    #[prost(string, tag = "8")]
+    pub status: ::prost::alloc::string::String,
+    /// Why attempts failed: `timeout`, `connect`, `tls`, `dns`, `http_status` (or `status`),
+    /// `proxy`, `proxy_auth`, `oauth2`, `request`, `render`, `policy`, `skipped`, `storage`;
+    /// empty means any.
+    #[prost(string, tag = "9")]
+    pub error_kind: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ListAttemptsRequest {

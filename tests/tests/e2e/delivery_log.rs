@@ -68,6 +68,44 @@ async fn postgresql_keeps_the_log_contract() -> anyhow::Result<()> {
         assert!(name.starts_with("attempts_20"), "{name}");
         assert!(bound.starts_with("FOR VALUES FROM"), "{name}: {bound}");
     }
+
+    // Each filter's condition, as the log writes it, is served by its own index: with
+    // sequential scans priced out, no plan falls back to one, or to walking the whole log
+    // newest first (`attempts_newest`, on each day's partition `<day>_started_at_seq_idx`).
+    client.execute("SET enable_seqscan = off", &[]).await?;
+    for condition in [
+        r#"(event_type COLLATE "C") = 'order.created'"#,
+        r#"(event_type COLLATE "C") > 'order.' AND (event_type COLLATE "C") < 'order/'"#,
+        "status_code = 503",
+        "(status_code / 100) = 5",
+        "error_kind = 'timeout' AND error_kind <> ''",
+    ] {
+        let plan: Vec<String> = client
+            .query(
+                &format!(
+                    "EXPLAIN SELECT seq, started_at, record FROM attempts WHERE {condition} \
+                     ORDER BY started_at DESC, seq DESC LIMIT 101"
+                ),
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let plan = plan.join("\n");
+        let indexes: Vec<&str> = plan
+            .split(" using ")
+            .skip(1)
+            .filter_map(|rest| rest.split_whitespace().next())
+            // attempts_20261205_status_code_started_at_seq_idx → status_code_started_at_seq_idx
+            .filter_map(|index| index.splitn(3, '_').nth(2))
+            .collect();
+        assert!(!plan.contains("Seq Scan"), "{condition}:\n{plan}");
+        assert!(
+            !indexes.is_empty() && indexes.iter().all(|i| *i != "started_at_seq_idx"),
+            "{condition}:\n{plan}"
+        );
+    }
     Ok(())
 }
 
@@ -156,7 +194,8 @@ async fn a_database_that_goes_away_is_unavailable_until_it_returns() -> anyhow::
             herald_control_plane::attempts::Filter::new(pb::AttemptFilter {
                 subscription_id: "sub_down".into(),
                 ..Default::default()
-            }),
+            })
+            .expect("a valid filter"),
             10,
             "",
         )

@@ -624,6 +624,42 @@ async fn the_delivery_log_is_listed_followed_live_and_replayed_over_http() -> an
     assert_eq!(listed[0]["url"], receiver.url("/hook").as_str());
     let (status, _, _) = get(&client, &base, "/api/v1/attempts?outcome=lost", None).await?;
     assert_eq!(status, 400);
+    // By event-type pattern, status class and error kind.
+    let (status, _, page) = get(
+        &client,
+        &base,
+        "/api/v1/attempts?event_type=order.*&status=5xx&error_kind=status",
+        None,
+    )
+    .await?;
+    assert_eq!(status, 200);
+    let attempts = page["attempts"].as_array().cloned().unwrap_or_default();
+    assert!(
+        attempts
+            .iter()
+            .any(|a| a["event_id"] == emitted.event_id.as_str())
+            && attempts
+                .iter()
+                .all(|a| a["status_code"] == 503 && a["error_kind"] == "http_status"),
+        "{page}"
+    );
+    for (query, count) in [
+        ("event_type=product.*", 0),
+        ("status=2xx", 0),
+        ("error_kind=timeout", 0),
+    ] {
+        let (status, _, page) =
+            get(&client, &base, &format!("/api/v1/attempts?{query}"), None).await?;
+        assert_eq!(
+            (status, page["attempts"].as_array().map(Vec::len)),
+            (200, Some(count)),
+            "{query}"
+        );
+    }
+    for bad in ["status=6xx", "error_kind=slow", "event_type=Order"] {
+        let (status, _, _) = get(&client, &base, &format!("/api/v1/attempts?{bad}"), None).await?;
+        assert_eq!(status, 400, "{bad}");
+    }
 
     // The receiver recovers; a replay sends the event again with the same id.
     receiver.respond_with(200);

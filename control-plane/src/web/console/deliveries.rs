@@ -45,6 +45,15 @@ pub struct LogQuery {
     /// `1h` (that long ago) or an RFC 3339 time.
     #[serde(default)]
     pub since: String,
+    /// An event type or pattern.
+    #[serde(default)]
+    pub event_type: String,
+    /// An HTTP status or class (`5xx`).
+    #[serde(default)]
+    pub status: String,
+    /// An error kind.
+    #[serde(default)]
+    pub error_kind: String,
     #[serde(default)]
     pub page_token: String,
 }
@@ -69,18 +78,24 @@ impl LogQuery {
             outcome: outcome as i32,
             since,
             until: None,
+            event_type: self.event_type.trim().to_owned(),
+            status: self.status.trim().to_owned(),
+            error_kind: self.error_kind.trim().to_owned(),
         })
     }
 
     /// The query string of these filters (without the page).
     pub fn query_string(&self) -> String {
         format!(
-            "subscription_id={}&tenant={}&event_id={}&outcome={}&since={}",
+            "subscription_id={}&tenant={}&event_id={}&outcome={}&since={}&event_type={}&status={}&error_kind={}",
             query_value(&self.subscription_id),
             query_value(&self.tenant),
             query_value(&self.event_id),
             query_value(&self.outcome),
-            query_value(&self.since)
+            query_value(&self.since),
+            query_value(&self.event_type),
+            query_value(&self.status),
+            query_value(&self.error_kind)
         )
     }
 }

@@ -10,7 +10,8 @@
 //! median reported. On PostgreSQL, dropping a day's partition is timed while ingest runs.
 //!
 //! Queries: the log is filled to `HERALD_BENCH_LOG_ATTEMPTS` attempts (default 10,000,000;
-//! 1,000 subscriptions, 100 tenants, 2% failed) and a control plane serves `ListAttempts` for a
+//! 1,000 subscriptions, 100 tenants, 8 event types of 4 groups, 2% failed: four in five of
+//! those answered 500, one in five timed out) and a control plane serves `ListAttempts` for a
 //! page of 50 with several filters; 200 queries per filter, p50/p99.
 
 use std::time::{Duration, SystemTime};
@@ -76,20 +77,42 @@ async fn make_targets(url: &str) -> anyhow::Result<()> {
 }
 
 /// Attempt number `i` of the synthetic log: realistic sizes and spread.
+/// The event types of the bench's attempts, in turn.
+const EVENT_TYPES: [&str; 8] = [
+    "order.created",
+    "order.changed",
+    "product.changed",
+    "stock.changed",
+    "order.paid",
+    "invoice.added",
+    "product.created",
+    "order.removed",
+];
+
 fn attempt(i: u64, started_at: SystemTime) -> pb::Attempt {
     let failed = i.is_multiple_of(50);
+    let timed_out = i.is_multiple_of(250);
     let (subscription_id, tenant) = target(i);
     pb::Attempt {
         event_id: format!("evt_{i:016}"),
         subscription_id: subscription_id.clone(),
         tenant: tenant.clone(),
-        event_type: "order.created".into(),
+        event_type: EVENT_TYPES[(i % EVENT_TYPES.len() as u64) as usize].into(),
         attempt: 1,
         agent_id: format!("agt_bench_{}", i % STREAMS),
         started_at: Some(timestamp(started_at)),
         duration: Some(duration(Duration::from_millis(12))),
-        status_code: if failed { 500 } else { 200 },
-        error_kind: String::new(),
+        status_code: match (failed, timed_out) {
+            (_, true) => 0,
+            (true, false) => 500,
+            (false, false) => 200,
+        },
+        error_kind: match (failed, timed_out) {
+            (_, true) => "timeout",
+            (true, false) => "http_status",
+            (false, false) => "",
+        }
+        .into(),
         error: String::new(),
         outcome: if failed {
             pb::Outcome::Failed
@@ -390,6 +413,43 @@ pub async fn run() -> anyhow::Result<()> {
             "outcome failed",
             Box::new(|_| pb::AttemptFilter {
                 outcome: pb::Outcome::Failed as i32,
+                ..Default::default()
+            }),
+        ),
+        (
+            "event type",
+            Box::new(|i| pb::AttemptFilter {
+                event_type: EVENT_TYPES[(i % EVENT_TYPES.len() as u64) as usize].into(),
+                ..Default::default()
+            }),
+        ),
+        (
+            "event-type pattern (order.*)",
+            Box::new(|_| pb::AttemptFilter {
+                event_type: "order.*".into(),
+                ..Default::default()
+            }),
+        ),
+        (
+            "status class 5xx",
+            Box::new(|_| pb::AttemptFilter {
+                status: "5xx".into(),
+                ..Default::default()
+            }),
+        ),
+        (
+            "error kind timeout",
+            Box::new(|_| pb::AttemptFilter {
+                error_kind: "timeout".into(),
+                ..Default::default()
+            }),
+        ),
+        (
+            "tenant + event-type pattern + 5xx",
+            Box::new(|i| pb::AttemptFilter {
+                tenant: format!("shop-{}", i % TENANTS),
+                event_type: "order.*".into(),
+                status: "5xx".into(),
                 ..Default::default()
             }),
         ),
