@@ -55,7 +55,8 @@ const BY_EVENT: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_even
 const BY_TENANT: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_tenant");
 /// Attempts by event type.
 const BY_EVENT_TYPE: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_event_type");
-/// Attempts by HTTP status (those that got a response).
+/// Attempts by HTTP status, those that got an answer other than 2xx: the rare ones a filter
+/// looks for. A 2xx filter walks another index or the log itself, where successes are most.
 const BY_STATUS: TableDefinition<(u32, u64), ()> = TableDefinition::new("by_status");
 /// Attempts by error kind (those that failed).
 const BY_ERROR_KIND: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_error_kind");
@@ -516,7 +517,7 @@ impl<'t> Indexes<'t> {
         self.by_event_type
             .insert((a.event_type.as_str(), seq), ())
             .map_err(storage)?;
-        if a.status_code != 0 {
+        if indexes_status(a.status_code) {
             self.by_status
                 .insert((a.status_code, seq), ())
                 .map_err(storage)?;
@@ -548,6 +549,11 @@ impl<'t> Indexes<'t> {
             .map_err(storage)?;
         Ok(())
     }
+}
+
+/// Whether [`BY_STATUS`] holds attempts answered with `status`: any answer but a success.
+fn indexes_status(status: u32) -> bool {
+    status != 0 && !(200..300).contains(&status)
 }
 
 /// Adds to [`Indexes`] the attempts after sequence number `after` of a log made before some
@@ -754,7 +760,10 @@ fn query(db: &Database, filter: &Filter, before: u64, size: usize) -> Result<Pag
     } else if let Some(kind) = filter.error_kind() {
         let table = txn.open_table(BY_ERROR_KIND).map_err(storage)?;
         Some(name_range(&table, kind, before)?)
-    } else if let Some(status) = filter.status() {
+    } else if let Some(status) = filter
+        .status()
+        .filter(|s| indexes_status(u32::from(s.range().0)))
+    {
         let table = txn.open_table(BY_STATUS).map_err(storage)?;
         let (low, high) = status.range();
         // At most a hundred codes in a class.

@@ -76,8 +76,8 @@ async fn postgresql_keeps_the_log_contract() -> anyhow::Result<()> {
     for condition in [
         r#"(event_type COLLATE "C") = 'order.created'"#,
         r#"(event_type COLLATE "C") > 'order.' AND (event_type COLLATE "C") < 'order/'"#,
-        "status_code = 503",
-        "(status_code / 100) = 5",
+        "status_code = 503 AND (status_code < 200 OR status_code > 299)",
+        "(status_code / 100) = 5 AND (status_code < 200 OR status_code > 299)",
         "error_kind = 'timeout' AND error_kind <> ''",
     ] {
         let plan: Vec<String> = client

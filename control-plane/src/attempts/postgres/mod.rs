@@ -99,17 +99,22 @@ CREATE INDEX attempts_by_outcome ON attempts (outcome, started_at DESC, seq DESC
 CREATE INDEX attempts_by_seq ON attempts (seq);
 "#;
 /// Schema version 4: indexes for the log's filters by event type (byte order, so that a
-/// pattern such as `order.*` is one range), HTTP status, status class and error kind, each
+/// pattern such as `order.*` is one range), HTTP status and status class (answers other than
+/// 2xx: the rare ones; successes are found walking `attempts_newest`) and error kind, each
 /// newest first so a filtered page reads only its own rows.
 const ATTEMPT_FILTERS: &str = r#"
 CREATE INDEX attempts_by_event_type
     ON attempts ((event_type COLLATE "C"), started_at DESC, seq DESC);
-CREATE INDEX attempts_by_status ON attempts (status_code, started_at DESC, seq DESC);
+CREATE INDEX attempts_by_status ON attempts (status_code, started_at DESC, seq DESC)
+    WHERE (status_code < 200 OR status_code > 299);
 CREATE INDEX attempts_by_status_class
-    ON attempts ((status_code / 100), started_at DESC, seq DESC);
+    ON attempts ((status_code / 100), started_at DESC, seq DESC)
+    WHERE (status_code < 200 OR status_code > 299);
 CREATE INDEX attempts_by_error_kind ON attempts (error_kind, started_at DESC, seq DESC)
     WHERE error_kind <> '';
 "#;
+/// The predicate of the status indexes, repeated in queries so the planner can use them.
+const NOT_SUCCESS: &str = "(status_code < 200 OR status_code > 299)";
 /// The advisory lock key migrations run under (`herald` in ASCII, then 1).
 const MIGRATION_LOCK: i64 = 0x6865_7261_6c64_0001;
 /// The advisory lock key partition changes run under.
@@ -446,10 +451,16 @@ impl LogStore for PostgresLog {
             Some(StatusFilter::Code(code)) => {
                 let p = param(Box::new(i32::from(code)), &mut params);
                 conditions.push(format!("status_code = {p}"));
+                if code / 100 != 2 {
+                    conditions.push(NOT_SUCCESS.to_owned());
+                }
             }
             Some(StatusFilter::Class(class)) => {
                 let p = param(Box::new(i32::from(class)), &mut params);
                 conditions.push(format!("(status_code / 100) = {p}"));
+                if class != 2 {
+                    conditions.push(NOT_SUCCESS.to_owned());
+                }
             }
         }
         if let Some(kind) = filter.error_kind() {
