@@ -8,7 +8,8 @@
 //! changes made while it was away — deletions included — are never missed.
 //!
 //! The same stream carries orders: replays (deliveries to make again) and emits (operator
-//! events the control plane raises); the agent queues them and answers with what it did.
+//! events the control plane raises), which the agent queues, and test-sends, which it makes
+//! at once; it answers each with what it did.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,8 +23,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::control_plane::ControlPlane;
+use crate::delivery::Dispatcher;
 use crate::queue::{EventKey, Queue, Replay};
 use crate::routes::Routes;
+
+/// What carries out the orders the stream brings: the queue (replays, emits) and the
+/// dispatcher (test attempts).
+pub struct OrderHandlers {
+    /// Where replays and emitted events are queued.
+    pub queue: Queue,
+    /// What makes test attempts.
+    pub dispatcher: Dispatcher,
+}
 
 /// Who this agent is, as told to the control plane.
 #[derive(Clone, Debug)]
@@ -40,6 +51,8 @@ pub struct Identity {
 
 /// The longest an acknowledgement waits for the config cache to be saved.
 const SAVE_WAIT: Duration = Duration::from_secs(5);
+/// Test attempts one stream runs at once; more are answered as refused.
+const MAX_TESTS: usize = 16;
 
 /// Runs the config stream until `shutdown`.
 pub async fn run(
@@ -47,7 +60,7 @@ pub async fn run(
     identity: Identity,
     routes: watch::Sender<Arc<Routes>>,
     saved: watch::Receiver<i64>,
-    queue: Queue,
+    handlers: OrderHandlers,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
@@ -59,7 +72,7 @@ pub async fn run(
             &identity,
             &routes,
             saved.clone(),
-            &queue,
+            &handlers,
             &mut backoff,
             &mut resume_from,
         );
@@ -88,7 +101,7 @@ async fn follow(
     identity: &Identity,
     routes: &watch::Sender<Arc<Routes>>,
     mut saved: watch::Receiver<i64>,
-    queue: &Queue,
+    handlers: &OrderHandlers,
     backoff: &mut Backoff,
     resume_from: &mut i64,
 ) -> Result<(), String> {
@@ -114,7 +127,10 @@ async fn follow(
         .into_inner();
     tracing::info!(control_plane = %url, "config stream open");
     let mut parts = SnapshotParts::default();
+    // Test attempts in flight; ended with the session (their answers would have nowhere to go).
+    let mut tests = tokio::task::JoinSet::new();
     loop {
+        while tests.try_join_next().is_some() {}
         let update = match updates.message().await {
             Ok(Some(update)) => update,
             Ok(None) => return Err(format!("{url} ended the config stream")),
@@ -125,15 +141,51 @@ async fn follow(
         };
         if let Some(order) = update.emit {
             let table = routes.borrow().clone();
-            let result = emit(queue, &table, &identity.interest, order).await;
+            let result = emit(&handlers.queue, &table, &identity.interest, order).await;
             tx.send(send(Kind::EmitResult(result)))
                 .await
                 .map_err(|_| "config stream closed")?;
             continue;
         }
+        if let Some(order) = update.test {
+            let order_id = order.order_id;
+            if tests.len() >= MAX_TESTS {
+                let busy = pb::TestResult {
+                    order_id,
+                    attempt: None,
+                    error: format!("the agent is running {MAX_TESTS} test attempts already"),
+                };
+                tx.send(send(Kind::TestResult(busy)))
+                    .await
+                    .map_err(|_| "config stream closed")?;
+                continue;
+            }
+            let (dispatcher, tx) = (handlers.dispatcher.clone(), tx.clone());
+            tests.spawn(async move {
+                let result = match order.event {
+                    None => Err("the order has no event".to_owned()),
+                    Some(event) => dispatcher.test(&order.subscription_id, &event).await,
+                };
+                let result = match result {
+                    Ok(attempt) => pb::TestResult {
+                        order_id,
+                        attempt: Some(attempt),
+                        error: String::new(),
+                    },
+                    Err(error) => pb::TestResult {
+                        order_id,
+                        attempt: None,
+                        error,
+                    },
+                };
+                // A closed stream: the control plane has stopped waiting.
+                let _ = tx.send(send(Kind::TestResult(result))).await;
+            });
+            continue;
+        }
         if let Some(order) = update.replay {
             let table = routes.borrow().clone();
-            let result = replay(queue, &table, order).await;
+            let result = replay(&handlers.queue, &table, order).await;
             tx.send(send(Kind::ReplayResult(result)))
                 .await
                 .map_err(|_| "config stream closed")?;

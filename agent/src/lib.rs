@@ -383,17 +383,9 @@ pub async fn run(
         routes.clone(),
         saved_tx,
     ));
-    let watcher = tokio::spawn(config_watch::run(
-        control_plane.clone(),
-        identity,
-        routes_tx,
-        saved,
-        queue.clone(),
-        stop.clone(),
-    ));
     let reports_stop = CancellationToken::new();
     let reporter = tokio::spawn(reporter::run(
-        control_plane,
+        control_plane.clone(),
         id.clone(),
         queue.clone(),
         reports_stop.clone(),
@@ -412,6 +404,17 @@ pub async fn run(
         },
         stop.clone(),
     );
+    let watcher = tokio::spawn(config_watch::run(
+        control_plane,
+        identity,
+        routes_tx,
+        saved,
+        config_watch::OrderHandlers {
+            queue: queue.clone(),
+            dispatcher: dispatcher.clone(),
+        },
+        stop.clone(),
+    ));
     if let Some(addr) = config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -141,6 +141,7 @@ impl Routes {
             removals: vec![],
             replay: None,
             emit: None,
+            test: None,
             more: false,
         }
     }
@@ -179,6 +180,7 @@ mod tests {
             removals: vec![],
             replay: None,
             emit: None,
+            test: None,
             more: false,
         };
         let routes = Routes::default().apply(&snapshot).expect("snapshot");
@@ -197,6 +199,7 @@ mod tests {
             removals: vec!["sub_b".into()],
             replay: None,
             emit: None,
+            test: None,
             more: false,
         };
         let next = routes.apply(&delta).expect("delta");

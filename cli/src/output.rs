@@ -356,6 +356,7 @@ pub fn attempt(a: &pb::Attempt) -> Value {
         "agent_id": a.agent_id,
         "url": a.url,
         "response_excerpt": a.response_excerpt,
+        "test": a.test,
     })
 }
 

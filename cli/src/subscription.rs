@@ -63,6 +63,20 @@ pub enum Command {
         #[arg(long)]
         replay_parked: bool,
     },
+    /// Send one test event to this subscription only, now, and print what the endpoint
+    /// answered (status, latency, error, the start of the response). Exits 0 on a 2xx answer,
+    /// 1 otherwise. Works on a disabled subscription; the attempt is logged as a test.
+    Test {
+        /// Subscription id.
+        id: String,
+        /// The event type (default: the subscription's first exact type, or the first
+        /// catalogued type it selects).
+        #[arg(long = "type", value_name = "TYPE")]
+        event_type: Option<String>,
+        /// The payload: JSON, or @FILE (default: the event type's catalogue example).
+        #[arg(long, value_name = "JSON|@FILE", value_parser = parse_test_data)]
+        data: Option<String>,
+    },
     /// How an endpoint is doing: consecutive failures, when the run started, the last error.
     Health {
         /// Subscription id.
@@ -194,6 +208,17 @@ pub struct Fields {
 /// A PEM file's text, read as the command line is parsed (at most 64 KiB).
 fn read_pem_file(path: &str) -> Result<String, String> {
     read_small_file(path, 64 * 1024)
+}
+
+/// A test payload given inline or as @FILE, checked to be JSON as the command line is parsed.
+fn parse_test_data(text: &str) -> Result<String, String> {
+    let limit = herald_core::limits::DEFAULT_MAX_PAYLOAD_BYTES;
+    let text = match text.strip_prefix('@') {
+        Some(path) => read_small_file(path, limit)?,
+        None => text.to_owned(),
+    };
+    herald_core::validate::json_payload(text.as_bytes(), limit).map_err(|e| e.reason)?;
+    Ok(text)
 }
 
 /// A payload filter given inline or as @FILE, checked as the command line is parsed.
@@ -512,6 +537,34 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                 .map_err(status_error)?
                 .into_inner();
             output::object(format, &output::subscription(&sub, false))?;
+        }
+        Command::Test {
+            id,
+            event_type,
+            data,
+        } => {
+            let attempt = client
+                .test_subscription(pb::TestSubscriptionRequest {
+                    id,
+                    event_type: event_type.unwrap_or_default(),
+                    payload: data.map(String::into_bytes).unwrap_or_default(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .attempt
+                .unwrap_or_default();
+            output::object(format, &output::attempt(&attempt))?;
+            if !(200..300).contains(&attempt.status_code) {
+                anyhow::bail!(
+                    "the test was not accepted: {}",
+                    if attempt.status_code == 0 {
+                        format!("{} ({})", attempt.error, attempt.error_kind)
+                    } else {
+                        format!("the endpoint answered {}", attempt.status_code)
+                    }
+                );
+            }
         }
         Command::Health { id } => {
             let health = client

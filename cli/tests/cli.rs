@@ -992,6 +992,66 @@ async fn agents_list_shows_the_fleet_with_replica_lag_and_last_nack() -> anyhow:
 
 /// `herald subscription create` of shop-1's `order.*` events at `url`, as JSON, once the agent
 /// has applied it.
+#[tokio::test]
+async fn a_test_send_prints_the_answer_and_exits_by_it() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    let sub = subscribe_to_orders(&world, &world.receiver.url("/test")).await?;
+    let id = sub["id"].as_str().context("an id")?;
+    let sent = herald(
+        &world,
+        &[
+            "subscription",
+            "test",
+            id,
+            "--type",
+            "order.created",
+            "--data",
+            r#"{"order_id": "ord_t"}"#,
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(
+        sent.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let answer = json(&sent);
+    assert_eq!(
+        (&answer["status_code"], &answer["test"]),
+        (&Value::from(200), &Value::Bool(true))
+    );
+    assert_eq!(
+        world.receiver.wait_for_requests(1, WAIT).await?[0].path,
+        "/test"
+    );
+
+    world
+        .receiver
+        .script([herald_tests::Response::new(500).body("database down")]);
+    let failed = herald(
+        &world,
+        &["subscription", "test", id, "--type", "order.paid"],
+    )
+    .await;
+    assert_eq!(failed.status.code(), Some(1));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&failed.stdout),
+        String::from_utf8_lossy(&failed.stderr),
+    );
+    assert!(
+        stdout.contains("database down") && stdout.contains("500"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("the endpoint answered 500"), "{stderr}");
+
+    let bad = herald(&world, &["subscription", "test", id, "--data", "{not json"]).await;
+    assert_eq!(bad.status.code(), Some(2), "a usage error");
+    Ok(())
+}
+
 async fn subscribe_to_orders(world: &World, url: &str) -> anyhow::Result<Value> {
     let created = json(
         &herald(

@@ -34,6 +34,8 @@ pub enum Action {
     SubscriptionDisable,
     /// A subscription got a new signing secret.
     SubscriptionRotateSecret,
+    /// A test event was sent to a subscription.
+    SubscriptionTest,
     /// An event type was added to the catalogue.
     EventTypeCreate,
     /// Deliveries were queued again.
@@ -52,6 +54,7 @@ impl Action {
             Action::SubscriptionEnable => "subscription.enable",
             Action::SubscriptionDisable => "subscription.disable",
             Action::SubscriptionRotateSecret => "subscription.rotate_secret",
+            Action::SubscriptionTest => "subscription.test",
             Action::EventTypeCreate => "event_type.create",
             Action::DeliveriesReplay => "deliveries.replay",
             Action::PortalLink => "portal.link",

@@ -2,8 +2,8 @@
 //! each applied, and the last change each refused. Kept in memory per replica and written to
 //! the store by [`crate::presence`] (entries that changed are marked for it), so every replica
 //! can list every agent. An agent's entry lives on for a day after it disconnects so operators
-//! can see it went away. It also routes orders (replay, emit) to a connected agent's stream and
-//! their results back to the caller.
+//! can see it went away. It also routes orders (replay, emit, test) to a connected agent's
+//! stream and their results back to the caller.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +28,8 @@ pub struct Fleet {
     pending: Arc<Mutex<HashMap<u64, Pending<pb::ReplayResult>>>>,
     /// Emit orders sent and not yet answered, by order id.
     pending_emits: Arc<Mutex<HashMap<u64, Pending<pb::EmitResult>>>>,
+    /// Test orders sent and not yet answered, by order id.
+    pending_tests: Arc<Mutex<HashMap<u64, Pending<pb::TestResult>>>>,
     next_order: Arc<AtomicU64>,
     /// Turns for choosing an agent to emit through.
     next_emitter: Arc<AtomicU64>,
@@ -40,6 +42,8 @@ pub enum Order {
     Replay(pb::ReplayOrder),
     /// Emit events (operator events).
     Emit(pb::EmitOrder),
+    /// Make one test attempt now (boxed: it carries a whole event).
+    Test(Box<pb::TestOrder>),
 }
 
 /// An order sent and not yet answered: only the agent it went to may answer it.
@@ -253,6 +257,66 @@ impl Fleet {
         Some(rx)
     }
 
+    /// Sends a test order for `subscription` (its tenant, regions and id) to a connected agent
+    /// that delivers it: one of its regions (any, when it names none) and an interest that
+    /// admits `event`, taking turns. The agent chosen, the order's id and the receiver of its
+    /// result; `None` when no such agent is connected to this replica (or its stream is full).
+    pub fn send_test(
+        &self,
+        subscription: &pb::Subscription,
+        event: pb::Event,
+    ) -> Option<(String, u64, oneshot::Receiver<pb::TestResult>)> {
+        let senders: Vec<(String, mpsc::Sender<Order>)> = self
+            .lock()
+            .iter()
+            .filter(|(_, entry)| {
+                (subscription.regions.is_empty()
+                    || subscription.regions.contains(&entry.info.region))
+                    && entry.interest.admits(&event.tenant, &event.r#type)
+            })
+            .filter_map(|(id, entry)| Some((id.clone(), entry.orders.clone()?)))
+            .collect();
+        if senders.is_empty() {
+            return None;
+        }
+        let turn = self.next_emitter.fetch_add(1, Ordering::Relaxed) as usize;
+        let (agent, orders) = &senders[turn % senders.len()];
+        let order_id = self.next_order.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = oneshot::channel();
+        self.pending_tests().insert(
+            order_id,
+            Pending {
+                agent: agent.clone(),
+                answer: tx,
+            },
+        );
+        let order = pb::TestOrder {
+            order_id,
+            subscription_id: subscription.id.clone(),
+            event: Some(event),
+        };
+        if orders.try_send(Order::Test(Box::new(order))).is_err() {
+            self.pending_tests().remove(&order_id);
+            return None;
+        }
+        Some((agent.clone(), order_id, rx))
+    }
+
+    /// Hands the answer of `agent` to a test order's caller; an answer to an order sent to
+    /// another agent is ignored.
+    pub fn test_answered(&self, agent: &str, result: pb::TestResult) {
+        answer(&mut self.pending_tests(), agent, result.order_id, result);
+    }
+
+    /// Forgets a test order whose caller stopped waiting.
+    pub fn test_abandoned(&self, order_id: u64) {
+        self.pending_tests().remove(&order_id);
+    }
+
+    fn pending_tests(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending<pb::TestResult>>> {
+        self.pending_tests.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Hands the answer of `agent` to an emit order's caller; an answer to an order sent to
     /// another agent is ignored.
     pub fn emit_answered(&self, agent: &str, result: pb::EmitResult) {
@@ -368,7 +432,7 @@ mod tests {
             .expect("sent");
         let order_id = match orders.recv().await.expect("an order") {
             Order::Replay(order) => order.order_id,
-            Order::Emit(_) => panic!("a replay order"),
+            Order::Emit(_) | Order::Test(_) => panic!("a replay order"),
         };
         let forged = pb::ReplayResult {
             order_id,

@@ -30,6 +30,7 @@ pub mod sealing;
 pub mod server_tls;
 pub mod store;
 pub mod subscriptions;
+pub mod test_send;
 pub mod web;
 
 use std::future::Future;
@@ -498,6 +499,7 @@ pub async fn run(
         health.clone(),
         log.clone(),
         event_types.clone(),
+        fleet.clone(),
         recorder.clone(),
     ));
     let audit_service = Arc::new(grpc::AuditService::new(log.clone()));

@@ -43,10 +43,11 @@ pub async fn fill(log: &AttemptLog, health: &mut pb::SubscriptionHealth) -> Resu
 
 /// The summary of `attempts` (any order), written into `health`.
 fn summarize(attempts: &[pb::Attempt], health: &mut pb::SubscriptionHealth) {
-    // Skipped deliveries were never sent: they say nothing about the endpoint.
+    // Skipped deliveries were never sent: they say nothing about the endpoint; test-sends are
+    // not deliveries.
     let sent: Vec<&pb::Attempt> = attempts
         .iter()
-        .filter(|a| a.outcome() != pb::Outcome::Skipped)
+        .filter(|a| a.outcome() != pb::Outcome::Skipped && !a.test)
         .collect();
     health.recent_attempts = sent.len() as u32;
     health.recent_since = sent

@@ -128,6 +128,17 @@ impl Dispatcher {
         dispatcher
     }
 
+    /// Makes one test attempt of `event` to subscription `subscription_id` now, outside the
+    /// queue: the same target policy, signing and client as a delivery, no retry, disabled
+    /// subscriptions too. The attempt is marked `test`; an error says why none was made.
+    pub async fn test(
+        &self,
+        subscription_id: &str,
+        event: &pb::Event,
+    ) -> Result<pb::Attempt, String> {
+        self.inner.test(subscription_id, event).await
+    }
+
     /// Waits for the scheduler to stop and attempts in flight to finish and be recorded.
     pub async fn drain(&self) {
         self.inner.tasks.close();
@@ -380,22 +391,87 @@ impl Inner {
         )
     }
 
+    async fn test(&self, subscription_id: &str, event: &pb::Event) -> Result<pb::Attempt, String> {
+        let sub = self
+            .routes
+            .borrow()
+            .get(subscription_id)
+            .cloned()
+            .ok_or_else(|| format!("this agent does not deliver subscription {subscription_id}"))?;
+        if event.tenant != sub.tenant {
+            return Err("the event's tenant is not the subscription's".into());
+        }
+        let report = match self.policy.check_url(&sub.url) {
+            Err(refusal) => refused(&refusal.to_string()),
+            Ok(()) => {
+                let event_ref = EventRef {
+                    id: &event.id,
+                    event_type: &event.r#type,
+                    occurred_at: event
+                        .occurred_at
+                        .as_ref()
+                        .map_or_else(SystemTime::now, system_time),
+                    payload: &event.payload,
+                    traceparent: &event.traceparent,
+                };
+                let sent = match self
+                    .transport
+                    .client(&sub.egress, sub.client_identity.as_ref())
+                {
+                    Ok(client) => attempt::send(&client, &self.tokens, &sub, event_ref).await,
+                    Err(err) => attempt::Sent::not_made(ErrorKind::Tls, err.to_string()),
+                };
+                // No retry: a test is one attempt.
+                let outcome = classify(&sent.result, SystemTime::now(), None);
+                Report::from_attempt(&sent, outcome)
+            }
+        };
+        let mut attempt = self.record(
+            AttemptOf {
+                event_id: &event.id,
+                subscription_id,
+                tenant: &event.tenant,
+                event_type: &event.r#type,
+                url: sub.url.as_str(),
+            },
+            1,
+            report,
+        );
+        attempt.test = true;
+        Ok(attempt)
+    }
+
     fn report(
         &self,
         task: &Task,
         event: Option<&pb::Event>,
         sub: Option<&Subscription>,
         number: u32,
-        mut report: Report,
+        report: Report,
     ) -> pb::Attempt {
+        self.record(
+            AttemptOf {
+                event_id: task.event.id(),
+                subscription_id: &task.subscription_id,
+                tenant: event.map_or_else(|| task.event.tenant(), |e| e.tenant.as_str()),
+                event_type: event.map_or("", |e| e.r#type.as_str()),
+                url: sub.map_or("", |s| s.url.as_str()),
+            },
+            number,
+            report,
+        )
+    }
+
+    /// The log record of attempt `number` of `of`.
+    fn record(&self, of: AttemptOf<'_>, number: u32, mut report: Report) -> pb::Attempt {
         // Bounded here, so that a report batch's size is bounded too.
         bound_attempt_text(&mut report.error);
         bound_attempt_text(&mut report.excerpt);
         pb::Attempt {
-            event_id: task.event.id().to_owned(),
-            subscription_id: task.subscription_id.clone(),
-            tenant: event.map_or_else(|| task.event.tenant().to_owned(), |e| e.tenant.clone()),
-            event_type: event.map(|e| e.r#type.clone()).unwrap_or_default(),
+            event_id: of.event_id.to_owned(),
+            subscription_id: of.subscription_id.to_owned(),
+            tenant: of.tenant.to_owned(),
+            event_type: of.event_type.to_owned(),
             attempt: number,
             agent_id: self.agent_id.clone(),
             started_at: Some(timestamp(report.started_at)),
@@ -409,9 +485,19 @@ impl Inner {
             outcome: report.outcome.reported() as i32,
             next_attempt_at: report.outcome.next_attempt_at().map(timestamp),
             response_excerpt: report.excerpt,
-            url: sub.map(|s| s.url.to_string()).unwrap_or_default(),
+            url: of.url.to_owned(),
+            test: false,
         }
     }
+}
+
+/// Whose attempt a log record is.
+struct AttemptOf<'a> {
+    event_id: &'a str,
+    subscription_id: &'a str,
+    tenant: &'a str,
+    event_type: &'a str,
+    url: &'a str,
 }
 
 /// The reportable facts of one attempt.

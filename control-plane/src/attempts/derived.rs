@@ -137,7 +137,8 @@ pub fn derive(
     let now = Some(timestamp(std::time::SystemTime::now()));
     let mut by_subscription: BTreeMap<&str, Vec<&pb::Attempt>> = BTreeMap::new();
     let mut derived = Derived::default();
-    for attempt in new {
+    // Test-sends say nothing about how deliveries fare: they count toward no health.
+    for attempt in new.iter().filter(|a| !a.test) {
         by_subscription
             .entry(attempt.subscription_id.as_str())
             .or_default()

@@ -34,6 +34,8 @@ pub struct SubscriptionsService {
     log: AttemptLog,
     /// What subscriptions may name.
     event_types: EventTypes,
+    /// The connected agents, for test-sends.
+    fleet: Fleet,
     /// Where changes are recorded.
     audit: Recorder,
 }
@@ -45,6 +47,7 @@ impl SubscriptionsService {
         health: Health,
         log: AttemptLog,
         event_types: EventTypes,
+        fleet: Fleet,
         audit: Recorder,
     ) -> Self {
         SubscriptionsService {
@@ -52,6 +55,7 @@ impl SubscriptionsService {
             health,
             log,
             event_types,
+            fleet,
             audit,
         }
     }
@@ -260,6 +264,34 @@ impl SubscriptionsApi for SubscriptionsService {
         let mut health = self.health.get(&id).await?;
         crate::recent::fill(&self.log, &mut health).await?;
         Ok(Response::new(health))
+    }
+
+    async fn test_subscription(
+        &self,
+        request: Request<pb::TestSubscriptionRequest>,
+    ) -> Result<Response<pb::TestSubscriptionResponse>, Status> {
+        let who = caller(&request);
+        let request = request.into_inner();
+        let sub = self.visible(&who, &request.id).await?;
+        who.may_act_for(&sub.tenant)?;
+        let attempt =
+            crate::test_send::test_send(&sub, &request, &self.event_types, &self.fleet, &self.log)
+                .await?;
+        let detail = format!(
+            "{} to {}: {}",
+            attempt.event_type,
+            attempt.url,
+            if attempt.status_code == 0 {
+                attempt.error_kind.clone()
+            } else {
+                attempt.status_code.to_string()
+            }
+        );
+        self.audited(&who, Action::SubscriptionTest, &sub, detail)
+            .await;
+        Ok(Response::new(pb::TestSubscriptionResponse {
+            attempt: Some(attempt),
+        }))
     }
 
     async fn disable_subscription(

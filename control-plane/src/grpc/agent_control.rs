@@ -403,6 +403,9 @@ async fn follow(shared: &Shared, session: Session<'_>) {
                 Ok(Some(pb::ConfigRequest { kind: Some(Kind::EmitResult(result)) })) => {
                     fleet.emit_answered(agent, result);
                 }
+                Ok(Some(pb::ConfigRequest { kind: Some(Kind::TestResult(result)) })) => {
+                    fleet.test_answered(agent, result);
+                }
                 Ok(Some(pb::ConfigRequest { kind: Some(Kind::Nack(nack)) })) => {
                     let reason = agent_trust::bounded_reason(&nack.reason);
                     tracing::warn!(agent, revision = nack.revision, reason, "agent refused config");
@@ -419,6 +422,10 @@ async fn follow(shared: &Shared, session: Session<'_>) {
                     },
                     Order::Emit(emit) => pb::ConfigUpdate {
                         emit: Some(emit),
+                        ..Default::default()
+                    },
+                    Order::Test(test) => pb::ConfigUpdate {
+                        test: Some(*test),
                         ..Default::default()
                     },
                 };

@@ -51,6 +51,8 @@ pub struct Attempt {
     pub response_excerpt: String,
     /// The URL it went to.
     pub url: String,
+    /// A test-send (`POST /api/v1/subscriptions/{id}/test`), not a delivery of an event.
+    pub test: bool,
 }
 
 impl From<pb::Attempt> for Attempt {
@@ -66,6 +68,7 @@ impl From<pb::Attempt> for Attempt {
             event_type: a.event_type,
             attempt: a.attempt,
             agent_id: a.agent_id,
+            test: a.test,
             status_code: a.status_code,
             error_kind: a.error_kind,
             error: a.error,

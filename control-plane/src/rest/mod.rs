@@ -133,6 +133,7 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(subscriptions::enable_subscription))
         .routes(routes!(subscriptions::disable_subscription))
         .routes(routes!(subscriptions::rotate_secret))
+        .routes(routes!(subscriptions::test_subscription))
         .routes(routes!(subscriptions::get_subscription_health))
         .routes(routes!(
             catalogue::list_event_types,

@@ -358,6 +358,62 @@ pub async fn rotate_secret(
     Ok(Json(sub.into()))
 }
 
+/// What a test-send sends; both optional.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestBody {
+    /// The event type; default: the subscription's first exact type, or the first catalogued
+    /// type it selects.
+    #[serde(default)]
+    event_type: Option<String>,
+    /// The payload; default: the event type's catalogue example.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    payload: Option<serde_json::Value>,
+}
+
+/// Sends one test event to this subscription only, now, through a connected agent, and answers
+/// the attempt (status, duration, error, the start of the response). Works on a disabled
+/// subscription; logged as a test, counted toward no health.
+#[utoipa::path(
+    post,
+    path = "/api/v1/subscriptions/{id}/test",
+    operation_id = "TestSubscription",
+    tag = "Subscriptions",
+    params(("id" = String, Path, description = "The subscription's id (sub_…)")),
+    request_body(content = Option<TestBody>),
+    responses(
+        (status = 200, body = super::deliveries::Attempt),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub async fn test_subscription(
+    State(state): State<ApiState>,
+    caller: Authorized,
+    Path(id): Path<String>,
+    ActionBody(body): ActionBody<TestBody>,
+) -> Result<Json<super::deliveries::Attempt>, ApiError> {
+    let request = caller.request(pb::TestSubscriptionRequest {
+        id,
+        event_type: body.event_type.unwrap_or_default(),
+        payload: body
+            .payload
+            .map(|p| p.to_string().into_bytes())
+            .unwrap_or_default(),
+    });
+    let attempt = state
+        .services
+        .subscriptions
+        .test_subscription(request)
+        .await?
+        .into_inner()
+        .attempt
+        .unwrap_or_default();
+    Ok(Json(attempt.into()))
+}
+
 /// How the endpoint is doing: failures in a row, recent success rate and latency.
 #[utoipa::path(
     get,

@@ -265,6 +265,25 @@ pub struct GetSubscriptionHealthRequest {
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TestSubscriptionRequest {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    /// The event type to send; one the subscription selects. Empty: its first exact type, or
+    /// the first type of the catalogue its patterns select.
+    #[prost(string, tag = "2")]
+    pub event_type: ::prost::alloc::string::String,
+    /// The payload (a JSON document). Empty: the event type's example from the catalogue, or
+    /// `{}` when it has none.
+    #[prost(bytes = "vec", tag = "3")]
+    pub payload: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TestSubscriptionResponse {
+    /// The attempt as made and logged: status, duration, error, response excerpt.
+    #[prost(message, optional, tag = "1")]
+    pub attempt: ::core::option::Option<Attempt>,
+}
 /// A Standard Webhooks signing secret.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SigningSecret {
@@ -497,6 +516,9 @@ pub struct Attempt {
     pub response_excerpt: ::prost::alloc::string::String,
     #[prost(string, tag = "15")]
     pub url: ::prost::alloc::string::String,
+    /// A test-send (TestSubscription), not a delivery of an emitted event.
+    #[prost(bool, tag = "16")]
+    pub test: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct AttemptFilter {
@@ -706,7 +728,7 @@ pub struct AgentInfo {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ConfigRequest {
-    #[prost(oneof = "config_request::Kind", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "config_request::Kind", tags = "1, 2, 3, 4, 5, 6")]
     pub kind: ::core::option::Option<config_request::Kind>,
 }
 /// Nested message and enum types in `ConfigRequest`.
@@ -723,6 +745,8 @@ pub mod config_request {
         ReplayResult(super::ReplayResult),
         #[prost(message, tag = "5")]
         EmitResult(super::EmitResult),
+        #[prost(message, tag = "6")]
+        TestResult(super::TestResult),
     }
 }
 /// The control plane asks an agent to emit events of its own (operator events such as
@@ -851,6 +875,33 @@ pub struct ConfigUpdate {
     /// acks once.
     #[prost(bool, tag = "7")]
     pub more: bool,
+    /// Set on updates that carry no config change (revision 0): one attempt to make now. The
+    /// agent answers with a TestResult.
+    #[prost(message, optional, tag = "8")]
+    pub test: ::core::option::Option<TestOrder>,
+}
+/// The control plane asks an agent to make one test attempt to a subscription now, outside
+/// the queue (TestSubscription).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TestOrder {
+    /// Echoed in the result.
+    #[prost(uint64, tag = "1")]
+    pub order_id: u64,
+    #[prost(string, tag = "2")]
+    pub subscription_id: ::prost::alloc::string::String,
+    /// The event to send, id and time assigned.
+    #[prost(message, optional, tag = "3")]
+    pub event: ::core::option::Option<Event>,
+}
+/// The attempt an agent made for a test order, or why it made none.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TestResult {
+    #[prost(uint64, tag = "1")]
+    pub order_id: u64,
+    #[prost(message, optional, tag = "2")]
+    pub attempt: ::core::option::Option<Attempt>,
+    #[prost(string, tag = "3")]
+    pub error: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ReportBatch {
@@ -1716,6 +1767,36 @@ pub mod subscriptions_client {
                 );
             self.inner.unary(req, path, codec).await
         }
+        /// Sends one test event to this subscription only, now, through a connected agent that
+        /// serves it: signed, checked by the target policy, with the client real deliveries use.
+        /// Answers the attempt once it is done (within the subscription's timeout and a margin).
+        /// Works on a disabled subscription, to check it before enabling it; the payload filter is
+        /// not applied. The attempt is logged with `test` set and counts toward no health or
+        /// disabling. FAILED_PRECONDITION when no agent serving it is connected to this replica.
+        pub async fn test_subscription(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TestSubscriptionRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::TestSubscriptionResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/herald.v1.Subscriptions/TestSubscription",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("herald.v1.Subscriptions", "TestSubscription"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1777,6 +1858,19 @@ pub mod subscriptions_server {
             request: tonic::Request<super::GetSubscriptionHealthRequest>,
         ) -> std::result::Result<
             tonic::Response<super::SubscriptionHealth>,
+            tonic::Status,
+        >;
+        /// Sends one test event to this subscription only, now, through a connected agent that
+        /// serves it: signed, checked by the target policy, with the client real deliveries use.
+        /// Answers the attempt once it is done (within the subscription's timeout and a margin).
+        /// Works on a disabled subscription, to check it before enabling it; the payload filter is
+        /// not applied. The attempt is logged with `test` set and counts toward no health or
+        /// disabling. FAILED_PRECONDITION when no agent serving it is connected to this replica.
+        async fn test_subscription(
+            &self,
+            request: tonic::Request<super::TestSubscriptionRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::TestSubscriptionResponse>,
             tonic::Status,
         >;
     }
@@ -2258,6 +2352,52 @@ pub mod subscriptions_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GetSubscriptionHealthSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/herald.v1.Subscriptions/TestSubscription" => {
+                    #[allow(non_camel_case_types)]
+                    struct TestSubscriptionSvc<T: Subscriptions>(pub Arc<T>);
+                    impl<
+                        T: Subscriptions,
+                    > tonic::server::UnaryService<super::TestSubscriptionRequest>
+                    for TestSubscriptionSvc<T> {
+                        type Response = super::TestSubscriptionResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TestSubscriptionRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Subscriptions>::test_subscription(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = TestSubscriptionSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

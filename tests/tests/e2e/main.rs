@@ -31,3 +31,4 @@ mod ssrf;
 mod store;
 mod subscriptions;
 mod tenancy;
+mod test_send;

@@ -126,6 +126,7 @@ fn attempt(i: u64, started_at: SystemTime) -> pb::Attempt {
             r#"{"ok":true}"#.into()
         },
         url: format!("https://shop-{}.example.com/webhooks/herald", i % TENANTS),
+        test: false,
     }
 }
 

@@ -115,6 +115,7 @@ fn attempt(i: u64, total: u64, subs: &[pb::Subscription], now: SystemTime) -> pb
             r#"{"ok":true}"#.into()
         },
         url: sub.url.clone(),
+        test: false,
     }
 }
 

@@ -1,0 +1,185 @@
+//! Test-sends (`TestSubscription`, `herald subscription test`): one event to one subscription,
+//! now, so a platform can check an endpoint before going live or before enabling it again.
+//!
+//! The control plane picks the event type (the one asked for, which the subscription must
+//! select; else its first exact type, or the first catalogued type its patterns select) and the
+//! payload (the one given, else the type's catalogue example, else `{}`), hands a test order
+//! to a connected agent that delivers the subscription, and waits for the attempt, at most the
+//! subscription's timeout and [`ANSWER_MARGIN`]. The agent makes it as it makes deliveries
+//! (target policy, signing, the same HTTP client), outside its queue and without retries. The
+//! attempt is logged with `test` set; it counts toward no health and disables nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use herald_core::ValidationError;
+use herald_core::event_type::{EventFilter, validate_event_type};
+use herald_core::ids::new_event_id;
+use herald_core::limits::DEFAULT_MAX_PAYLOAD_BYTES;
+use herald_core::subscription::DEFAULT_TIMEOUT;
+use herald_core::validate;
+use herald_proto::convert::{std_duration, timestamp};
+use herald_proto::v1 as pb;
+
+use crate::attempts::{AttemptLog, LogError, NoReactions};
+use crate::event_types::{EventTypeError, EventTypes};
+use crate::fleet::Fleet;
+
+/// How much longer than the subscription's timeout a test-send waits for the agent's answer.
+pub const ANSWER_MARGIN: Duration = Duration::from_secs(10);
+
+/// Why no test attempt was made, or none answered.
+#[derive(Debug, thiserror::Error)]
+pub enum TestError {
+    /// The event type or payload asked for cannot be sent to this subscription.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// No agent that delivers the subscription is connected to this replica.
+    #[error(
+        "no agent that delivers subscription {0} (its regions, its tenant and type) is connected to this control plane"
+    )]
+    NoAgent(String),
+    /// The agent could not make the attempt.
+    #[error("agent {agent} made no attempt: {reason}")]
+    NotMade {
+        /// The agent asked.
+        agent: String,
+        /// What it said.
+        reason: String,
+    },
+    /// The agent did not answer in time.
+    #[error("agent {agent} did not answer within {}s", .waited.as_secs())]
+    NoAnswer {
+        /// The agent asked.
+        agent: String,
+        /// How long the control plane waited.
+        waited: Duration,
+    },
+    /// The catalogue could not be read.
+    #[error(transparent)]
+    Catalogue(#[from] EventTypeError),
+}
+
+impl From<TestError> for tonic::Status {
+    fn from(err: TestError) -> Self {
+        match err {
+            TestError::Invalid(_) => tonic::Status::invalid_argument(err.to_string()),
+            TestError::NoAgent(_) | TestError::NotMade { .. } => {
+                tonic::Status::failed_precondition(err.to_string())
+            }
+            TestError::NoAnswer { .. } => tonic::Status::deadline_exceeded(err.to_string()),
+            TestError::Catalogue(err) => err.into(),
+        }
+    }
+}
+
+/// Makes one test attempt to `sub` as `request` asks, and logs it.
+pub async fn test_send(
+    sub: &pb::Subscription,
+    request: &pb::TestSubscriptionRequest,
+    event_types: &EventTypes,
+    fleet: &Fleet,
+    log: &AttemptLog,
+) -> Result<pb::Attempt, TestError> {
+    let event_type = chosen_type(sub, &request.event_type, event_types).await?;
+    let payload = if request.payload.is_empty() {
+        match event_types.get(&event_type).await {
+            Ok(known) if !known.example.is_empty() => known.example,
+            Ok(_) | Err(EventTypeError::NotFound(_)) => b"{}".to_vec(),
+            Err(err) => return Err(err.into()),
+        }
+    } else {
+        validate::json_payload(&request.payload, DEFAULT_MAX_PAYLOAD_BYTES)?;
+        request.payload.clone()
+    };
+    let event = pb::Event {
+        id: new_event_id(),
+        tenant: sub.tenant.clone(),
+        r#type: event_type,
+        payload,
+        occurred_at: Some(timestamp(SystemTime::now())),
+        ..Default::default()
+    };
+    let (agent, order_id, answer) = fleet
+        .send_test(sub, event)
+        .ok_or_else(|| TestError::NoAgent(sub.id.clone()))?;
+    let waited = sub
+        .timeout
+        .as_ref()
+        .and_then(std_duration)
+        .unwrap_or(DEFAULT_TIMEOUT)
+        + ANSWER_MARGIN;
+    let result = match tokio::time::timeout(waited, answer).await {
+        Ok(Ok(result)) => result,
+        // Timed out, or the agent's stream ended before it answered.
+        Ok(Err(_)) | Err(_) => {
+            fleet.test_abandoned(order_id);
+            return Err(TestError::NoAnswer { agent, waited });
+        }
+    };
+    let Some(mut attempt) = result.attempt else {
+        return Err(TestError::NotMade {
+            agent,
+            reason: result.error,
+        });
+    };
+    // Whatever the agent says, this record is a test of this subscription.
+    attempt.test = true;
+    attempt.subscription_id.clone_from(&sub.id);
+    attempt.tenant.clone_from(&sub.tenant);
+    if let Err(err) = store(log, attempt.clone()).await {
+        // The answer still stands; only its log entry is missing.
+        tracing::warn!(subscription = %sub.id, error = %err, "cannot log a test attempt");
+    }
+    Ok(attempt)
+}
+
+async fn store(log: &AttemptLog, attempt: pb::Attempt) -> Result<(), LogError> {
+    log.store(vec![attempt], Arc::new(NoReactions)).await?;
+    Ok(())
+}
+
+/// The event type a test sends: `requested` when the subscription selects it; else its first
+/// exact type; else the first catalogued type its patterns select.
+async fn chosen_type(
+    sub: &pb::Subscription,
+    requested: &str,
+    event_types: &EventTypes,
+) -> Result<String, TestError> {
+    let filter = EventFilter::parse(&sub.event_types)?;
+    if !requested.is_empty() {
+        validate_event_type(requested).map_err(|e| ValidationError::new("event_type", e.reason))?;
+        if !filter.matches(requested) {
+            return Err(ValidationError::new(
+                "event_type",
+                format!(
+                    "subscription {} does not receive {requested} (it selects {})",
+                    sub.id,
+                    sub.event_types.join(", ")
+                ),
+            )
+            .into());
+        }
+        return Ok(requested.to_owned());
+    }
+    if let Some(exact) = sub
+        .event_types
+        .iter()
+        .find(|p| !p.contains('*') && validate_event_type(p).is_ok())
+    {
+        return Ok(exact.clone());
+    }
+    event_types
+        .list()
+        .await?
+        .into_iter()
+        .map(|t| t.name)
+        .find(|name| filter.matches(name))
+        .ok_or_else(|| {
+            ValidationError::new(
+                "event_type",
+                "name one: the subscription selects patterns only, and no catalogued type matches them",
+            )
+            .into()
+        })
+}
