@@ -1,4 +1,5 @@
-//! `herald event-types …`: the catalogue of event types subscribers choose from.
+//! `herald event-types …`: the catalogue of event types subscribers choose from, with a
+//! description, an example and a JSON Schema each.
 
 use anyhow::Context as _;
 use herald_proto::v1 as pb;
@@ -8,8 +9,12 @@ use serde_json::{Value, json};
 use crate::connect::{Server, status_error};
 use crate::output::{self, Format};
 
-/// The largest example file read.
-const MAX_EXAMPLE_FILE: u64 = 64 * 1024;
+/// The largest example or schema file read.
+const MAX_DOCUMENT_FILE: u64 = 64 * 1024;
+/// The largest catalogue file `import` reads.
+const MAX_IMPORT_BYTES: u64 = 4 * 1024 * 1024;
+/// The most types one import takes.
+const MAX_IMPORT_TYPES: usize = 1000;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -23,8 +28,49 @@ pub enum Command {
         /// An example payload: JSON, or @path to read it from a file.
         #[arg(long)]
         example: Option<String>,
+        /// A JSON Schema (draft 2020-12) for its payloads: JSON, or @path. The example and
+        /// test-sends' payloads are checked against it.
+        #[arg(long)]
+        schema: Option<String>,
     },
-    /// Show one event type with its example.
+    /// Change a type's description, example or schema (what is not given stays).
+    Update {
+        /// The type's name.
+        name: String,
+        /// What it means.
+        #[arg(long)]
+        description: Option<String>,
+        /// An example payload: JSON, or @path.
+        #[arg(long)]
+        example: Option<String>,
+        /// A JSON Schema (draft 2020-12): JSON, or @path.
+        #[arg(long, conflicts_with = "no_schema")]
+        schema: Option<String>,
+        /// Remove the schema.
+        #[arg(long)]
+        no_schema: bool,
+    },
+    /// Mark a type deprecated: still delivered, flagged for the people choosing types.
+    Deprecate {
+        /// The type's name.
+        name: String,
+        /// Take the deprecation back.
+        #[arg(long)]
+        undo: bool,
+    },
+    /// Remove a type from the catalogue (subscriptions that name it keep it).
+    Delete {
+        /// The type's name.
+        name: String,
+    },
+    /// Create or update the types of a catalogue file: YAML or JSON, `event_types:` a list of
+    /// `name`, `description`, `example`, `schema` (and `deprecated`). Shows progress; goes on
+    /// past a refused type and exits 1 if any was refused.
+    Import {
+        /// The file (`-` for standard input).
+        file: String,
+    },
+    /// Show one event type with its example and schema.
     Get {
         /// The type's name.
         name: String,
@@ -34,14 +80,33 @@ pub enum Command {
 }
 
 fn event_type(t: &pb::EventType) -> Value {
-    let example = serde_json::from_slice::<Value>(&t.example).unwrap_or(Value::Null);
+    let document = |bytes: &[u8]| serde_json::from_slice::<Value>(bytes).unwrap_or(Value::Null);
     json!({
         "name": t.name,
         "description": t.description,
-        "example": example,
+        "example": document(&t.example),
+        "schema": document(&t.schema),
+        "deprecated": t.deprecated,
         "built_in": t.built_in,
         "created_at": output::time(t.created_at.as_ref()),
+        "updated_at": output::time(t.updated_at.as_ref()),
     })
+}
+
+/// A JSON document given inline or as @path.
+fn document(text: &str) -> anyhow::Result<Vec<u8>> {
+    match text.strip_prefix('@') {
+        Some(path) => {
+            let len = std::fs::metadata(path)
+                .with_context(|| format!("reading {path}"))?
+                .len();
+            if len > MAX_DOCUMENT_FILE {
+                anyhow::bail!("{path} is {len} bytes; the limit is {MAX_DOCUMENT_FILE}");
+            }
+            std::fs::read(path).with_context(|| format!("reading {path}"))
+        }
+        None => Ok(text.as_bytes().to_vec()),
+    }
 }
 
 pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Result<()> {
@@ -51,30 +116,24 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
             name,
             description,
             example,
+            schema,
         } => {
-            let example = match example.as_deref() {
-                None => Vec::new(),
-                Some(text) => match text.strip_prefix('@') {
-                    Some(path) => {
-                        let len = std::fs::metadata(path)
-                            .with_context(|| format!("reading {path}"))?
-                            .len();
-                        if len > MAX_EXAMPLE_FILE {
-                            anyhow::bail!("{path} is {len} bytes; the limit is {MAX_EXAMPLE_FILE}");
-                        }
-                        std::fs::read(path).with_context(|| format!("reading {path}"))?
-                    }
-                    None => text.as_bytes().to_vec(),
-                },
-            };
             let created = client
                 .create_event_type(pb::CreateEventTypeRequest {
                     event_type: Some(pb::EventType {
                         name,
                         description,
-                        example,
-                        created_at: None,
-                        built_in: false,
+                        example: example
+                            .as_deref()
+                            .map(document)
+                            .transpose()?
+                            .unwrap_or_default(),
+                        schema: schema
+                            .as_deref()
+                            .map(document)
+                            .transpose()?
+                            .unwrap_or_default(),
+                        ..Default::default()
                     }),
                 })
                 .await
@@ -82,6 +141,58 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                 .into_inner();
             output::object(format, &event_type(&created))?;
         }
+        Command::Update {
+            name,
+            description,
+            example,
+            schema,
+            no_schema,
+        } => {
+            let mut current = client
+                .get_event_type(pb::GetEventTypeRequest { name })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if let Some(description) = description {
+                current.description = description;
+            }
+            if let Some(example) = example {
+                current.example = document(&example)?;
+            }
+            if let Some(schema) = schema {
+                current.schema = document(&schema)?;
+            }
+            if no_schema {
+                current.schema.clear();
+            }
+            let updated = client
+                .update_event_type(pb::UpdateEventTypeRequest {
+                    event_type: Some(current),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            output::object(format, &event_type(&updated))?;
+        }
+        Command::Deprecate { name, undo } => {
+            let changed = client
+                .deprecate_event_type(pb::DeprecateEventTypeRequest {
+                    name,
+                    deprecated: !undo,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            output::object(format, &event_type(&changed))?;
+        }
+        Command::Delete { name } => {
+            client
+                .delete_event_type(pb::DeleteEventTypeRequest { name: name.clone() })
+                .await
+                .map_err(status_error)?;
+            output::note(&format!("deleted {name}"));
+        }
+        Command::Import { file } => import(&mut client, &file, format).await?,
         Command::Get { name } => {
             let found = client
                 .get_event_type(pb::GetEventTypeRequest { name })
@@ -102,10 +213,139 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                 format,
                 "event_types",
                 &items,
-                &["name", "built_in", "description"],
+                &["name", "built_in", "deprecated", "description"],
                 "",
             )?;
         }
+    }
+    Ok(())
+}
+
+/// One type of a catalogue file.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogueEntry {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    example: Option<Value>,
+    #[serde(default)]
+    schema: Option<Value>,
+    #[serde(default)]
+    deprecated: bool,
+}
+
+/// A catalogue file.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Catalogue {
+    event_types: Vec<CatalogueEntry>,
+}
+
+impl CatalogueEntry {
+    fn into_wire(self) -> (pb::EventType, bool) {
+        let bytes = |value: Option<Value>| {
+            value
+                .filter(|v| !v.is_null())
+                .map(|v| v.to_string().into_bytes())
+                .unwrap_or_default()
+        };
+        let wire = pb::EventType {
+            name: self.name,
+            description: self.description,
+            example: bytes(self.example),
+            schema: bytes(self.schema),
+            ..Default::default()
+        };
+        (wire, self.deprecated)
+    }
+}
+
+/// Creates each type of the file, or updates it when it exists.
+async fn import(
+    client: &mut EventTypesClient<herald_proto::bearer::AuthedChannel>,
+    file: &str,
+    format: Format,
+) -> anyhow::Result<()> {
+    let text = crate::input::read_text(file, MAX_IMPORT_BYTES)?;
+    let catalogue: Catalogue = serde_yaml_ng::from_str(&text).with_context(|| {
+        format!(
+            "{file} is not a catalogue (event_types: a list of name, description, example, schema)"
+        )
+    })?;
+    let total = catalogue.event_types.len();
+    if total > MAX_IMPORT_TYPES {
+        anyhow::bail!("{file} has {total} types; one import takes at most {MAX_IMPORT_TYPES}");
+    }
+    let mut results = Vec::with_capacity(total);
+    let mut refused = 0;
+    for (index, entry) in catalogue.event_types.into_iter().enumerate() {
+        let number = index + 1;
+        let (wire, deprecated) = entry.into_wire();
+        let name = wire.name.clone();
+        let outcome = async {
+            let done = match client
+                .create_event_type(pb::CreateEventTypeRequest {
+                    event_type: Some(wire.clone()),
+                })
+                .await
+            {
+                Ok(_) => "created",
+                Err(status) if status.code() == tonic::Code::AlreadyExists => {
+                    client
+                        .update_event_type(pb::UpdateEventTypeRequest {
+                            event_type: Some(wire),
+                        })
+                        .await
+                        .map_err(status_error)?;
+                    "updated"
+                }
+                Err(status) => return Err(status_error(status)),
+            };
+            let changed = client
+                .get_event_type(pb::GetEventTypeRequest { name: name.clone() })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if changed.deprecated != deprecated {
+                client
+                    .deprecate_event_type(pb::DeprecateEventTypeRequest {
+                        name: name.clone(),
+                        deprecated,
+                    })
+                    .await
+                    .map_err(status_error)?;
+            }
+            anyhow::Ok(done)
+        }
+        .await;
+        match outcome {
+            Ok(done) => {
+                output::note(&format!("[{number}/{total}] {done} {name}"));
+                results.push(json!({"entry": number, "name": name, "done": done, "error": ""}));
+            }
+            Err(err) => {
+                refused += 1;
+                output::note(&format!("[{number}/{total}] {name} refused: {err:#}"));
+                results.push(
+                    json!({"entry": number, "name": name, "done": "", "error": format!("{err:#}")}),
+                );
+            }
+        }
+    }
+    output::list(
+        format,
+        "results",
+        &results,
+        &["entry", "name", "done", "error"],
+        "",
+    )?;
+    output::note(&format!("{} imported, {refused} refused", total - refused));
+    if refused > 0 {
+        anyhow::bail!(
+            "{refused} of {total} types were refused (see above); the others were imported"
+        );
     }
     Ok(())
 }

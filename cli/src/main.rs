@@ -19,6 +19,7 @@ mod deliveries;
 mod dev;
 mod emit;
 mod event_types;
+mod input;
 mod output;
 mod portal;
 mod subscription;

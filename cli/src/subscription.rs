@@ -636,6 +636,10 @@ fn entry_flags(entry: &serde_json::Value) -> anyhow::Result<Vec<String>> {
                     flags.extend([flag.clone(), scalar(item)?]);
                 }
             }
+            // A filter written as a map in the file is the filter's JSON.
+            serde_json::Value::Object(_) if key == "filter" => {
+                flags.extend([flag, value.to_string()]);
+            }
             serde_json::Value::Object(pairs) if key == "header" || key == "headers" => {
                 for (name, value) in pairs {
                     flags.extend(["--header".into(), format!("{name}={}", scalar(value)?)]);
@@ -653,23 +657,7 @@ async fn import(
     file: &str,
     format: Format,
 ) -> anyhow::Result<()> {
-    let text = if file == "-" {
-        let mut text = String::new();
-        std::io::Read::read_to_string(
-            &mut std::io::Read::take(std::io::stdin(), MAX_IMPORT_BYTES),
-            &mut text,
-        )
-        .context("reading standard input")?;
-        text
-    } else {
-        let len = std::fs::metadata(file)
-            .with_context(|| format!("reading {file}"))?
-            .len();
-        if len > MAX_IMPORT_BYTES {
-            anyhow::bail!("{file} is {len} bytes; the limit is {MAX_IMPORT_BYTES}");
-        }
-        std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
-    };
+    let text = crate::input::read_text(file, MAX_IMPORT_BYTES)?;
     let entries: Vec<serde_json::Value> = serde_yaml_ng::from_str(&text)
         .with_context(|| format!("{file} is not a YAML or JSON list of subscriptions"))?;
     if entries.len() > MAX_IMPORT_ENTRIES {

@@ -886,6 +886,93 @@ async fn import_creates_many_shows_progress_and_names_the_refused() -> anyhow::R
 }
 
 #[tokio::test]
+async fn the_shipped_catalogue_imports_and_types_are_updated_deprecated_and_deleted()
+-> anyhow::Result<()> {
+    use herald_tests::{ConfigStore, ControlPlane};
+    let control_plane = ControlPlane::start(ConfigStore::Embedded).await?;
+    let run = |args: &[&str]| {
+        herald_command()
+            .args(["--control-plane", control_plane.url()])
+            .args(args)
+            .output()
+    };
+    let catalogue = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/catalog/ecommerce.yaml"
+    );
+    let imported = run(&["event-types", "import", catalogue, "-o", "json"]).await?;
+    assert_eq!(
+        imported.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    let results = json(&imported);
+    let done: Vec<&str> = results["results"]
+        .as_array()
+        .context("results")?
+        .iter()
+        .filter_map(|r| r["done"].as_str())
+        .collect();
+    assert_eq!(done.len(), 18, "{results}");
+    assert!(done.iter().all(|d| *d == "created"), "{results}");
+    for name in [
+        "order.created",
+        "order.changed",
+        "order.removed",
+        "product.created",
+        "stock.changed",
+        "category.removed",
+        "invoice.added",
+        "invoice.modified",
+        "invoice.deleted",
+        "contractor.added",
+        "payment.added",
+        "payment.confirmed",
+        "shipment.delivered",
+        "plan.changed",
+    ] {
+        let got = json(&run(&["event-types", "get", name, "-o", "json"]).await?);
+        assert!(
+            got["schema"].is_object() && got["example"].is_object(),
+            "{name}: {got}"
+        );
+    }
+    // The benchmarks' order satisfies the shipped order.created schema.
+    let order = r#"{"order_id":"ord_8812","shop":"shop-1","total":"129.90","currency":"EUR","lines":[{"sku":"TSHIRT-M-BLUE","qty":2,"price":"39.95"},{"sku":"MUG-01","qty":1,"price":"50.00"}]}"#;
+    let updated = run(&["event-types", "update", "order.created", "--example", order]).await?;
+    assert_eq!(
+        updated.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&updated.stderr)
+    );
+    // An example the schema refuses is refused, naming where.
+    let refused = run(&[
+        "event-types",
+        "update",
+        "order.created",
+        "--example",
+        r#"{"order_id":"o1","total":12.5,"currency":"EUR","lines":[]}"#,
+    ])
+    .await?;
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("at /total"), "{stderr}");
+
+    // Importing again updates; deprecating and deleting.
+    let again = json(&run(&["event-types", "import", catalogue, "-o", "json"]).await?);
+    assert!(again["results"][0]["done"] == "updated", "{again}");
+    let deprecated = json(&run(&["event-types", "deprecate", "plan.changed", "-o", "json"]).await?);
+    assert_eq!(deprecated["deprecated"], true);
+    let deleted = run(&["event-types", "delete", "plan.changed"]).await?;
+    assert_eq!(deleted.status.code(), Some(0));
+    let gone = run(&["event-types", "get", "plan.changed"]).await?;
+    assert_eq!(gone.status.code(), Some(1));
+    Ok(())
+}
+
+#[tokio::test]
 async fn event_types_are_registered_listed_and_enforced() -> anyhow::Result<()> {
     use herald_tests::{ConfigStore, ControlPlane};
     let control_plane = ControlPlane::start(ConfigStore::Embedded).await?;

@@ -38,6 +38,12 @@ pub enum Action {
     SubscriptionTest,
     /// An event type was added to the catalogue.
     EventTypeCreate,
+    /// An event type's description, example or schema changed.
+    EventTypeUpdate,
+    /// An event type was deprecated, or the deprecation taken back.
+    EventTypeDeprecate,
+    /// An event type was removed from the catalogue.
+    EventTypeDelete,
     /// Deliveries were queued again.
     DeliveriesReplay,
     /// A tenant portal link was handed out.
@@ -56,6 +62,9 @@ impl Action {
             Action::SubscriptionRotateSecret => "subscription.rotate_secret",
             Action::SubscriptionTest => "subscription.test",
             Action::EventTypeCreate => "event_type.create",
+            Action::EventTypeUpdate => "event_type.update",
+            Action::EventTypeDeprecate => "event_type.deprecate",
+            Action::EventTypeDelete => "event_type.delete",
             Action::DeliveriesReplay => "deliveries.replay",
             Action::PortalLink => "portal.link",
         }

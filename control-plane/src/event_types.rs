@@ -1,6 +1,8 @@
 //! The event-type registry: the catalogue of event types subscribers choose from, with a
-//! description and an example payload each (`/herald/v1/event-types/<name>` in the config
-//! store), and Herald's own operator events (`herald.*`) built in.
+//! description, an example payload and optionally a JSON Schema each
+//! (`/herald/v1/event-types/<name>` in the config store), and Herald's own operator events
+//! (`herald.*`) built in. Types can be updated, deprecated (still delivered, flagged) and
+//! deleted; a schema must compile and the example must satisfy it.
 //!
 //! While the registry holds any type of its own (and the control plane runs with
 //! `--event-type-registry on`, the default), each pattern a subscription is *given* must select
@@ -17,6 +19,7 @@
 use std::time::SystemTime;
 
 use herald_core::ValidationError;
+use herald_core::event_schema::EventSchema;
 use herald_core::event_type::{EventPattern, validate_event_type};
 use herald_core::limits::MAX_DESCRIPTION_LEN;
 use herald_proto::convert::timestamp;
@@ -62,6 +65,9 @@ pub enum EventTypeError {
     /// The registry is full.
     #[error("the registry holds {MAX_EVENT_TYPES} event types, its limit")]
     Full,
+    /// Someone changed the type between the read and the write.
+    #[error("event type {0} changed meanwhile; read it again")]
+    Changed(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -77,6 +83,7 @@ impl From<EventTypeError> for tonic::Status {
             EventTypeError::Invalid(_) => Status::invalid_argument(err.to_string()),
             EventTypeError::NotFound(_) => Status::not_found(err.to_string()),
             EventTypeError::Exists(_) => Status::already_exists(err.to_string()),
+            EventTypeError::Changed(_) => Status::aborted(err.to_string()),
             EventTypeError::Full => Status::resource_exhausted(err.to_string()),
             EventTypeError::Store(store) if store.is_unavailable() => {
                 Status::unavailable(store.unavailable_message())
@@ -111,30 +118,15 @@ impl EventTypes {
         if built_in(&event_type.name).is_some() {
             return Err(EventTypeError::Exists(event_type.name));
         }
+        check_contents(&mut event_type)?;
         event_type.built_in = false;
-        if event_type.description.len() > MAX_DESCRIPTION_LEN {
-            return Err(ValidationError::new(
-                "description",
-                format!("is longer than {MAX_DESCRIPTION_LEN} bytes"),
-            )
-            .into());
-        }
-        if event_type.example.len() > MAX_EXAMPLE_BYTES {
-            return Err(ValidationError::new(
-                "example",
-                format!("is longer than {MAX_EXAMPLE_BYTES} bytes"),
-            )
-            .into());
-        }
-        if !event_type.example.is_empty()
-            && serde_json::from_slice::<serde_json::Value>(&event_type.example).is_err()
-        {
-            return Err(ValidationError::new("example", "is not a JSON document").into());
-        }
+        event_type.deprecated = false;
         if self.names().await?.len() >= MAX_EVENT_TYPES {
             return Err(EventTypeError::Full);
         }
-        event_type.created_at = Some(timestamp(SystemTime::now()));
+        let now = Some(timestamp(SystemTime::now()));
+        event_type.created_at = now;
+        event_type.updated_at = now;
         let key = format!("{EVENT_TYPES}{}", event_type.name);
         let txn = Txn::default()
             .when(Compare::Absent(key.clone()))
@@ -142,6 +134,76 @@ impl EventTypes {
         match self.store.txn(txn).await? {
             TxnOutcome::Committed { .. } => Ok(event_type),
             TxnOutcome::Conflict => Err(EventTypeError::Exists(event_type.name)),
+        }
+    }
+
+    /// Replaces a registered type's description, example and schema.
+    pub async fn update(&self, mut edited: pb::EventType) -> Result<pb::EventType, EventTypeError> {
+        check_contents(&mut edited)?;
+        self.modify(&edited.name.clone(), move |stored| {
+            stored.description = edited.description;
+            stored.example = edited.example;
+            stored.schema = edited.schema;
+        })
+        .await
+    }
+
+    /// Marks a registered type deprecated, or not.
+    pub async fn deprecate(
+        &self,
+        name: &str,
+        deprecated: bool,
+    ) -> Result<pb::EventType, EventTypeError> {
+        self.modify(name, move |stored| stored.deprecated = deprecated)
+            .await
+    }
+
+    /// Removes a registered type.
+    pub async fn delete(&self, name: &str) -> Result<(), EventTypeError> {
+        if built_in(name).is_some() {
+            return Err(ValidationError::new("name", format!("{name} is built in")).into());
+        }
+        let key = format!("{EVENT_TYPES}{name}");
+        let kv = self
+            .store
+            .get(&key)
+            .await?
+            .ok_or_else(|| EventTypeError::NotFound(name.to_owned()))?;
+        let txn = Txn::default()
+            .when(Compare::ModRevision(key.clone(), kv.mod_revision))
+            .then(Op::Delete(key));
+        match self.store.txn(txn).await? {
+            TxnOutcome::Committed { .. } => Ok(()),
+            // Changed or deleted meanwhile: read it again before deleting.
+            TxnOutcome::Conflict => Err(EventTypeError::Changed(name.to_owned())),
+        }
+    }
+
+    /// Applies `change` to the stored type `name`, if nobody wrote it meanwhile.
+    async fn modify(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut pb::EventType),
+    ) -> Result<pb::EventType, EventTypeError> {
+        if built_in(name).is_some() {
+            return Err(ValidationError::new("name", format!("{name} is built in")).into());
+        }
+        let key = format!("{EVENT_TYPES}{name}");
+        let kv = self
+            .store
+            .get(&key)
+            .await?
+            .ok_or_else(|| EventTypeError::NotFound(name.to_owned()))?;
+        let mut stored = pb::EventType::decode(kv.value.as_slice())
+            .map_err(|_| EventTypeError::Corrupt(name.into()))?;
+        change(&mut stored);
+        stored.updated_at = Some(timestamp(SystemTime::now()));
+        let txn = Txn::default()
+            .when(Compare::ModRevision(key.clone(), kv.mod_revision))
+            .then(Op::Put(key, stored.encode_to_vec()));
+        match self.store.txn(txn).await? {
+            TxnOutcome::Committed { .. } => Ok(stored),
+            TxnOutcome::Conflict => Err(EventTypeError::Changed(name.to_owned())),
         }
     }
 
@@ -230,6 +292,40 @@ impl EventTypes {
     }
 }
 
+/// Checks a type's description, example and schema (the schema compiles; the example, when
+/// both are given, satisfies it) and stores the schema in canonical form.
+fn check_contents(event_type: &mut pb::EventType) -> Result<(), ValidationError> {
+    if event_type.description.len() > MAX_DESCRIPTION_LEN {
+        return Err(ValidationError::new(
+            "description",
+            format!("is longer than {MAX_DESCRIPTION_LEN} bytes"),
+        ));
+    }
+    if event_type.example.len() > MAX_EXAMPLE_BYTES {
+        return Err(ValidationError::new(
+            "example",
+            format!("is longer than {MAX_EXAMPLE_BYTES} bytes"),
+        ));
+    }
+    let example = match event_type.example.is_empty() {
+        true => None,
+        false => Some(
+            serde_json::from_slice::<serde_json::Value>(&event_type.example)
+                .map_err(|_| ValidationError::new("example", "is not a JSON document"))?,
+        ),
+    };
+    let schema = EventSchema::parse(&event_type.schema)?;
+    if let (Some(schema), Some(example)) = (&schema, &example) {
+        schema
+            .check(example)
+            .map_err(|e| ValidationError::new("example", e.reason))?;
+    }
+    event_type.schema = schema
+        .map(|s| s.as_str().as_bytes().to_vec())
+        .unwrap_or_default();
+    Ok(())
+}
+
 /// The built-in event type `name`, if it is one.
 fn built_in(name: &str) -> Option<pb::EventType> {
     OPERATOR_EVENT_TYPES
@@ -239,8 +335,8 @@ fn built_in(name: &str) -> Option<pb::EventType> {
             name: t.name.to_owned(),
             description: t.description.to_owned(),
             example: t.example.as_bytes().to_vec(),
-            created_at: None,
             built_in: true,
+            ..Default::default()
         })
 }
 

@@ -12,12 +12,15 @@
 //! - [`target`]: which addresses webhooks may be sent to (the SSRF guard).
 //! - [`subscription`]: a validated subscription, as the delivery path uses it.
 //! - [`payload_filter`]: which events a subscription receives by what their payload says.
+//! - [`error_kind`]: why attempts fail, and the log's filters by status and error kind.
+//! - [`event_schema`]: the JSON Schemas of event types.
 //! - [`trace`]: W3C trace context carried from `Emit` to every delivery.
 
 pub mod daemon;
 pub mod egress;
 pub mod error_kind;
 pub mod error_text;
+pub mod event_schema;
 pub mod event_type;
 pub mod format;
 pub mod ids;

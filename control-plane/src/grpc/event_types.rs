@@ -4,6 +4,7 @@ use herald_proto::v1 as pb;
 use herald_proto::v1::event_types_server::EventTypes as EventTypesApi;
 use tonic::{Request, Response, Status};
 
+use crate::access::Identity;
 use crate::audit::{Action, Change, Recorder};
 use crate::event_types::EventTypes;
 
@@ -18,6 +19,18 @@ impl EventTypesService {
     /// The service over the registry, recording changes in `audit`.
     pub fn new(registry: EventTypes, audit: Recorder) -> Self {
         EventTypesService { registry, audit }
+    }
+
+    /// Records a catalogue change by `who`.
+    async fn audited(&self, who: &Identity, action: Action, name: &str, detail: String) {
+        let change = Change {
+            action,
+            tenant: "",
+            object: name,
+            revision: 0,
+            detail,
+        };
+        self.audit.record(who, change).await;
     }
 }
 
@@ -36,15 +49,80 @@ impl EventTypesApi for EventTypesService {
             .ok_or_else(|| Status::invalid_argument("event_type: is required"))?;
         let created = self.registry.create(event_type).await?;
         tracing::info!(name = %created.name, "event type registered");
-        let change = Change {
-            action: Action::EventTypeCreate,
-            tenant: "",
-            object: &created.name,
-            revision: 0,
-            detail: created.description.clone(),
-        };
-        self.audit.record(&who, change).await;
+        self.audited(
+            &who,
+            Action::EventTypeCreate,
+            &created.name,
+            created.description.clone(),
+        )
+        .await;
         Ok(Response::new(created))
+    }
+
+    async fn update_event_type(
+        &self,
+        request: Request<pb::UpdateEventTypeRequest>,
+    ) -> Result<Response<pb::EventType>, Status> {
+        let who = crate::access::caller(&request);
+        who.may_reach_shared("change the event-type catalogue")?;
+        let event_type = request
+            .into_inner()
+            .event_type
+            .ok_or_else(|| Status::invalid_argument("event_type: is required"))?;
+        let updated = self.registry.update(event_type).await?;
+        tracing::info!(name = %updated.name, "event type updated");
+        let detail = format!(
+            "schema {}",
+            if updated.schema.is_empty() {
+                "none"
+            } else {
+                "set"
+            }
+        );
+        self.audited(&who, Action::EventTypeUpdate, &updated.name, detail)
+            .await;
+        Ok(Response::new(updated))
+    }
+
+    async fn deprecate_event_type(
+        &self,
+        request: Request<pb::DeprecateEventTypeRequest>,
+    ) -> Result<Response<pb::EventType>, Status> {
+        let who = crate::access::caller(&request);
+        who.may_reach_shared("change the event-type catalogue")?;
+        let request = request.into_inner();
+        let changed = self
+            .registry
+            .deprecate(&request.name, request.deprecated)
+            .await?;
+        tracing::info!(name = %changed.name, deprecated = changed.deprecated, "event type deprecation changed");
+        let detail = if changed.deprecated {
+            "deprecated"
+        } else {
+            "in use again"
+        };
+        self.audited(
+            &who,
+            Action::EventTypeDeprecate,
+            &changed.name,
+            detail.into(),
+        )
+        .await;
+        Ok(Response::new(changed))
+    }
+
+    async fn delete_event_type(
+        &self,
+        request: Request<pb::DeleteEventTypeRequest>,
+    ) -> Result<Response<pb::DeleteEventTypeResponse>, Status> {
+        let who = crate::access::caller(&request);
+        who.may_reach_shared("change the event-type catalogue")?;
+        let name = request.into_inner().name;
+        self.registry.delete(&name).await?;
+        tracing::info!(name = %name, "event type deleted");
+        self.audited(&who, Action::EventTypeDelete, &name, String::new())
+            .await;
+        Ok(Response::new(pb::DeleteEventTypeResponse {}))
     }
 
     async fn get_event_type(

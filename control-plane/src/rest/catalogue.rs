@@ -23,8 +23,15 @@ pub struct EventType {
     /// An example payload.
     #[schema(value_type = Object)]
     pub example: Option<serde_json::Value>,
+    /// The JSON Schema (draft 2020-12) its payloads must satisfy; none: any JSON.
+    #[schema(value_type = Object)]
+    pub schema: Option<serde_json::Value>,
+    /// Still delivered, flagged for the people choosing types.
+    pub deprecated: bool,
     /// When it was registered.
     pub created_at: Option<String>,
+    /// When it last changed.
+    pub updated_at: Option<String>,
     /// Defined by Herald itself (`herald.*`), not stored in the catalogue.
     pub built_in: bool,
 }
@@ -34,7 +41,10 @@ impl From<pb::EventType> for EventType {
         EventType {
             // Stored examples are JSON documents (checked when registered).
             example: serde_json::from_slice(&t.example).ok(),
+            schema: serde_json::from_slice(&t.schema).ok(),
+            deprecated: t.deprecated,
             created_at: time(t.created_at.as_ref()),
+            updated_at: time(t.updated_at.as_ref()),
             name: t.name,
             description: t.description,
             built_in: t.built_in,
@@ -58,10 +68,58 @@ pub struct NewEventType {
     /// What it means.
     #[serde(default)]
     description: String,
-    /// An example payload (any JSON).
+    /// An example payload (any JSON; it must satisfy the schema).
     #[serde(default)]
     #[schema(value_type = Object)]
     example: Option<serde_json::Value>,
+    /// A JSON Schema (draft 2020-12) its payloads must satisfy.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    schema: Option<serde_json::Value>,
+}
+
+/// A type's new contents (what is left out is cleared).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EditedEventType {
+    /// What it means.
+    #[serde(default)]
+    description: String,
+    /// An example payload.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    example: Option<serde_json::Value>,
+    /// A JSON Schema (draft 2020-12).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    schema: Option<serde_json::Value>,
+}
+
+/// Whether a type is deprecated.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Deprecation {
+    /// True to deprecate (the default), false to take it back.
+    #[serde(default = "yes")]
+    deprecated: bool,
+}
+
+impl Default for Deprecation {
+    fn default() -> Self {
+        Deprecation { deprecated: true }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A JSON value as the bytes the API stores (none: empty).
+fn json_bytes(value: Option<&serde_json::Value>) -> Vec<u8> {
+    value
+        .filter(|v| !v.is_null())
+        .map(|v| v.to_string().into_bytes())
+        .unwrap_or_default()
 }
 
 /// Lists the catalogue.
@@ -135,17 +193,12 @@ pub async fn create_event_type(
     caller: Authorized,
     ApiJson(body): ApiJson<NewEventType>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let example = match &body.example {
-        None => Vec::new(),
-        Some(value) => {
-            serde_json::to_vec(value).map_err(|e| ApiError::invalid(format!("example: {e}")))?
-        }
-    };
     let request = caller.request(pb::CreateEventTypeRequest {
         event_type: Some(pb::EventType {
             name: body.name,
             description: body.description,
-            example,
+            example: json_bytes(body.example.as_ref()),
+            schema: json_bytes(body.schema.as_ref()),
             ..Default::default()
         }),
     });
@@ -161,4 +214,99 @@ pub async fn create_event_type(
         [(header::LOCATION, location)],
         Json(EventType::from(created)),
     ))
+}
+
+/// Replaces a type's description, example and schema.
+#[utoipa::path(
+    put,
+    path = "/api/v1/event-types/{name}",
+    operation_id = "UpdateEventType",
+    tag = "Event types",
+    params(("name" = String, Path, description = "The type's name, e.g. order.created")),
+    request_body = EditedEventType,
+    responses(
+        (status = 200, body = EventType),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub async fn update_event_type(
+    State(state): State<ApiState>,
+    caller: Authorized,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<EditedEventType>,
+) -> Result<Json<EventType>, ApiError> {
+    let request = caller.request(pb::UpdateEventTypeRequest {
+        event_type: Some(pb::EventType {
+            name,
+            description: body.description,
+            example: json_bytes(body.example.as_ref()),
+            schema: json_bytes(body.schema.as_ref()),
+            ..Default::default()
+        }),
+    });
+    let updated = state
+        .services
+        .event_types
+        .update_event_type(request)
+        .await?
+        .into_inner();
+    Ok(Json(updated.into()))
+}
+
+/// Deprecates a type (`{"deprecated": false}` takes it back).
+#[utoipa::path(
+    post,
+    path = "/api/v1/event-types/{name}/deprecate",
+    operation_id = "DeprecateEventType",
+    tag = "Event types",
+    params(("name" = String, Path, description = "The type's name, e.g. order.created")),
+    request_body(content = Option<Deprecation>),
+    responses(
+        (status = 200, body = EventType),
+        (status = 404, body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub async fn deprecate_event_type(
+    State(state): State<ApiState>,
+    caller: Authorized,
+    Path(name): Path<String>,
+    super::ActionBody(body): super::ActionBody<Deprecation>,
+) -> Result<Json<EventType>, ApiError> {
+    let request = caller.request(pb::DeprecateEventTypeRequest {
+        name,
+        deprecated: body.deprecated,
+    });
+    let changed = state
+        .services
+        .event_types
+        .deprecate_event_type(request)
+        .await?
+        .into_inner();
+    Ok(Json(changed.into()))
+}
+
+/// Removes a type from the catalogue.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/event-types/{name}",
+    operation_id = "DeleteEventType",
+    tag = "Event types",
+    params(("name" = String, Path, description = "The type's name, e.g. order.created")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub async fn delete_event_type(
+    State(state): State<ApiState>,
+    caller: Authorized,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .services
+        .event_types
+        .delete_event_type(caller.request(pb::DeleteEventTypeRequest { name }))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -139,7 +139,12 @@ fn routes() -> OpenApiRouter<ApiState> {
             catalogue::list_event_types,
             catalogue::create_event_type
         ))
-        .routes(routes!(catalogue::get_event_type))
+        .routes(routes!(
+            catalogue::get_event_type,
+            catalogue::update_event_type,
+            catalogue::delete_event_type
+        ))
+        .routes(routes!(catalogue::deprecate_event_type))
         .routes(routes!(deliveries::list_attempts))
         .routes(routes!(deliveries::tail_attempts))
         .routes(routes!(deliveries::replay_deliveries))

@@ -646,7 +646,39 @@ pub struct EventType {
     /// Defined by Herald itself (the operator events `herald.*`), not stored in the catalogue.
     #[prost(bool, tag = "5")]
     pub built_in: bool,
+    /// A JSON Schema (draft 2020-12) the type's payloads are to satisfy; empty: none. Checked
+    /// when written (it compiles, at most 64 KiB, no remote references; the example satisfies
+    /// it), and against the payloads of test-sends. Agents do not check emitted payloads
+    /// against it yet.
+    #[prost(bytes = "vec", tag = "6")]
+    pub schema: ::prost::alloc::vec::Vec<u8>,
+    /// Deprecated: still delivered, flagged for the people choosing types.
+    #[prost(bool, tag = "7")]
+    pub deprecated: bool,
+    #[prost(message, optional, tag = "8")]
+    pub updated_at: ::core::option::Option<::prost_types::Timestamp>,
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UpdateEventTypeRequest {
+    /// The new description, example and schema; `name` names the type.
+    #[prost(message, optional, tag = "1")]
+    pub event_type: ::core::option::Option<EventType>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeprecateEventTypeRequest {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// True to deprecate, false to take the deprecation back.
+    #[prost(bool, tag = "2")]
+    pub deprecated: bool,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeleteEventTypeRequest {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeleteEventTypeResponse {}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CreateEventTypeRequest {
     #[prost(message, optional, tag = "1")]
@@ -3385,6 +3417,76 @@ pub mod event_types_client {
                 .insert(GrpcMethod::new("herald.v1.EventTypes", "ListEventTypes"));
             self.inner.unary(req, path, codec).await
         }
+        /// Replaces a type's description, example and schema (the name identifies it).
+        pub async fn update_event_type(
+            &mut self,
+            request: impl tonic::IntoRequest<super::UpdateEventTypeRequest>,
+        ) -> std::result::Result<tonic::Response<super::EventType>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/herald.v1.EventTypes/UpdateEventType",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("herald.v1.EventTypes", "UpdateEventType"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Marks a type deprecated (or not): it stays deliverable and listed, flagged for the
+        /// people choosing types, and the portal no longer offers it to new endpoints.
+        pub async fn deprecate_event_type(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DeprecateEventTypeRequest>,
+        ) -> std::result::Result<tonic::Response<super::EventType>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/herald.v1.EventTypes/DeprecateEventType",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("herald.v1.EventTypes", "DeprecateEventType"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Removes a type from the catalogue. Subscriptions that name it keep it.
+        pub async fn delete_event_type(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DeleteEventTypeRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DeleteEventTypeResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/herald.v1.EventTypes/DeleteEventType",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("herald.v1.EventTypes", "DeleteEventType"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -3413,6 +3515,25 @@ pub mod event_types_server {
             request: tonic::Request<super::ListEventTypesRequest>,
         ) -> std::result::Result<
             tonic::Response<super::ListEventTypesResponse>,
+            tonic::Status,
+        >;
+        /// Replaces a type's description, example and schema (the name identifies it).
+        async fn update_event_type(
+            &self,
+            request: tonic::Request<super::UpdateEventTypeRequest>,
+        ) -> std::result::Result<tonic::Response<super::EventType>, tonic::Status>;
+        /// Marks a type deprecated (or not): it stays deliverable and listed, flagged for the
+        /// people choosing types, and the portal no longer offers it to new endpoints.
+        async fn deprecate_event_type(
+            &self,
+            request: tonic::Request<super::DeprecateEventTypeRequest>,
+        ) -> std::result::Result<tonic::Response<super::EventType>, tonic::Status>;
+        /// Removes a type from the catalogue. Subscriptions that name it keep it.
+        async fn delete_event_type(
+            &self,
+            request: tonic::Request<super::DeleteEventTypeRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DeleteEventTypeResponse>,
             tonic::Status,
         >;
     }
@@ -3616,6 +3737,142 @@ pub mod event_types_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ListEventTypesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/herald.v1.EventTypes/UpdateEventType" => {
+                    #[allow(non_camel_case_types)]
+                    struct UpdateEventTypeSvc<T: EventTypes>(pub Arc<T>);
+                    impl<
+                        T: EventTypes,
+                    > tonic::server::UnaryService<super::UpdateEventTypeRequest>
+                    for UpdateEventTypeSvc<T> {
+                        type Response = super::EventType;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::UpdateEventTypeRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as EventTypes>::update_event_type(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = UpdateEventTypeSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/herald.v1.EventTypes/DeprecateEventType" => {
+                    #[allow(non_camel_case_types)]
+                    struct DeprecateEventTypeSvc<T: EventTypes>(pub Arc<T>);
+                    impl<
+                        T: EventTypes,
+                    > tonic::server::UnaryService<super::DeprecateEventTypeRequest>
+                    for DeprecateEventTypeSvc<T> {
+                        type Response = super::EventType;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DeprecateEventTypeRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as EventTypes>::deprecate_event_type(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DeprecateEventTypeSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/herald.v1.EventTypes/DeleteEventType" => {
+                    #[allow(non_camel_case_types)]
+                    struct DeleteEventTypeSvc<T: EventTypes>(pub Arc<T>);
+                    impl<
+                        T: EventTypes,
+                    > tonic::server::UnaryService<super::DeleteEventTypeRequest>
+                    for DeleteEventTypeSvc<T> {
+                        type Response = super::DeleteEventTypeResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DeleteEventTypeRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as EventTypes>::delete_event_type(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DeleteEventTypeSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

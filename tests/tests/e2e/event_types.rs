@@ -13,8 +13,7 @@ fn event_type(name: &str, example: &str) -> pb::CreateEventTypeRequest {
             name: name.into(),
             description: format!("{name}, for the catalogue"),
             example: example.as_bytes().to_vec(),
-            created_at: None,
-            built_in: false,
+            ..Default::default()
         }),
     }
 }
@@ -203,5 +202,132 @@ async fn subscriptions_select_registered_types_once_the_catalogue_has_any() -> a
         open.create(subscription("shop-1", url, &["ordr.created"]))
             .await?;
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn types_carry_schemas_their_examples_satisfy_and_are_updated_deprecated_and_deleted()
+-> anyhow::Result<()> {
+    let control_plane = ControlPlane::start(ConfigStore::Embedded).await?;
+    let mut types = EventTypesClient::new(control_plane.channel().await?);
+    let schema = r#"{"type": "object", "required": ["order_id"],
+        "properties": {"order_id": {"type": "string"}, "total": {"type": "string", "pattern": "^[0-9]+\\.[0-9]{2}$"}}}"#;
+    let with_schema = |example: &str, schema: &str| pb::CreateEventTypeRequest {
+        event_type: Some(pb::EventType {
+            name: "order.created".into(),
+            description: "A customer placed an order.".into(),
+            example: example.as_bytes().to_vec(),
+            schema: schema.as_bytes().to_vec(),
+            ..Default::default()
+        }),
+    };
+
+    // The example must satisfy the schema; the schema must be one.
+    let refused = types
+        .create_event_type(with_schema(r#"{"total": "12.50"}"#, schema))
+        .await
+        .expect_err("the example lacks order_id");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().starts_with("example: does not match"),
+        "{}",
+        refused.message()
+    );
+    let refused = types
+        .create_event_type(with_schema("{}", r#"{"type": "objekt"}"#))
+        .await
+        .expect_err("not a schema");
+    assert!(
+        refused
+            .message()
+            .starts_with("schema: is not a valid JSON Schema"),
+        "{}",
+        refused.message()
+    );
+
+    let created = types
+        .create_event_type(with_schema(
+            r#"{"order_id": "o1", "total": "12.50"}"#,
+            schema,
+        ))
+        .await?
+        .into_inner();
+    let stored: serde_json::Value = serde_json::from_slice(&created.schema)?;
+    assert_eq!(stored["required"][0], "order_id", "stored as compact JSON");
+    assert!(!created.deprecated && created.updated_at.is_some());
+
+    // Updated: a new example must still satisfy the schema.
+    let mut edited = created.clone();
+    edited.example = br#"{"order_id": 7}"#.to_vec();
+    let refused = types
+        .update_event_type(pb::UpdateEventTypeRequest {
+            event_type: Some(edited.clone()),
+        })
+        .await
+        .expect_err("order_id must be a string");
+    assert!(
+        refused.message().contains("at /order_id"),
+        "{}",
+        refused.message()
+    );
+    edited.example = br#"{"order_id": "o7"}"#.to_vec();
+    edited.description = "An order was placed in a shop.".into();
+    let updated = types
+        .update_event_type(pb::UpdateEventTypeRequest {
+            event_type: Some(edited),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(updated.description, "An order was placed in a shop.");
+    assert_eq!(updated.created_at, created.created_at);
+
+    // Deprecated, and back; built-in types are not the catalogue's to change.
+    let deprecated = types
+        .deprecate_event_type(pb::DeprecateEventTypeRequest {
+            name: "order.created".into(),
+            deprecated: true,
+        })
+        .await?
+        .into_inner();
+    assert!(deprecated.deprecated);
+    let listed = types
+        .list_event_types(pb::ListEventTypesRequest {})
+        .await?
+        .into_inner();
+    assert!(
+        listed
+            .event_types
+            .iter()
+            .any(|t| t.name == "order.created" && t.deprecated)
+    );
+    let refused = types
+        .deprecate_event_type(pb::DeprecateEventTypeRequest {
+            name: "herald.subscription.disabled".into(),
+            deprecated: true,
+        })
+        .await
+        .expect_err("built in");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+
+    // Deleted: gone from the catalogue; a second delete finds nothing.
+    types
+        .delete_event_type(pb::DeleteEventTypeRequest {
+            name: "order.created".into(),
+        })
+        .await?;
+    let gone = types
+        .get_event_type(pb::GetEventTypeRequest {
+            name: "order.created".into(),
+        })
+        .await
+        .expect_err("deleted");
+    assert_eq!(gone.code(), Code::NotFound);
+    let again = types
+        .delete_event_type(pb::DeleteEventTypeRequest {
+            name: "order.created".into(),
+        })
+        .await
+        .expect_err("deleted already");
+    assert_eq!(again.code(), Code::NotFound);
     Ok(())
 }

@@ -256,6 +256,18 @@ async fn a_token_scoped_to_one_tenant_neither_sees_nor_changes_another() -> anyh
             .await,
         Code::NotFound,
     );
+    refused(
+        &mut covered,
+        "Subscriptions/TestSubscription",
+        b.subscriptions
+            .test_subscription(pb::TestSubscriptionRequest {
+                id: id.clone(),
+                event_type: String::new(),
+                payload: vec![],
+            })
+            .await,
+        Code::NotFound,
+    );
 
     // Lists hold shop B's own and nothing of shop A's, whatever they ask for.
     for tenant in ["", "shop-a", "shop-b"] {
@@ -379,6 +391,41 @@ async fn a_token_scoped_to_one_tenant_neither_sees_nor_changes_another() -> anyh
                     name: "order.stolen".into(),
                     ..Default::default()
                 }),
+            })
+            .await,
+        Code::PermissionDenied,
+    );
+    // The catalogue is shared: a tenant's token changes none of it.
+    refused(
+        &mut covered,
+        "EventTypes/UpdateEventType",
+        b.event_types
+            .update_event_type(pb::UpdateEventTypeRequest {
+                event_type: Some(pb::EventType {
+                    name: "order.created".into(),
+                    ..Default::default()
+                }),
+            })
+            .await,
+        Code::PermissionDenied,
+    );
+    refused(
+        &mut covered,
+        "EventTypes/DeprecateEventType",
+        b.event_types
+            .deprecate_event_type(pb::DeprecateEventTypeRequest {
+                name: "order.created".into(),
+                deprecated: true,
+            })
+            .await,
+        Code::PermissionDenied,
+    );
+    refused(
+        &mut covered,
+        "EventTypes/DeleteEventType",
+        b.event_types
+            .delete_event_type(pb::DeleteEventTypeRequest {
+                name: "order.created".into(),
             })
             .await,
         Code::PermissionDenied,

@@ -24,7 +24,10 @@ struct TypeRow {
     name: String,
     description: String,
     example: String,
+    /// The JSON Schema, pretty-printed; empty when none.
+    schema: String,
     built_in: bool,
+    deprecated: bool,
 }
 
 #[derive(Template)]
@@ -68,6 +71,11 @@ async fn page(
                 .into_iter()
                 .map(|t| TypeRow {
                     example: String::from_utf8_lossy(&t.example).into_owned(),
+                    schema: serde_json::from_slice::<serde_json::Value>(&t.schema)
+                        .ok()
+                        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                        .unwrap_or_default(),
+                    deprecated: t.deprecated,
                     name: t.name,
                     description: t.description,
                     built_in: t.built_in,

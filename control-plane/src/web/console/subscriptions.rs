@@ -158,13 +158,18 @@ pub async fn choices(
         .await?
         .into_inner()
         .event_types;
+    // Deprecated types are offered only to endpoints that have them already.
     let choices: Vec<Choice> = catalogue
         .iter()
-        .filter(|t| !t.built_in)
+        .filter(|t| !t.built_in && (!t.deprecated || chosen.contains(&t.name)))
         .map(|t| Choice {
             checked: chosen.contains(&t.name),
             name: t.name.clone(),
-            description: t.description.clone(),
+            description: if t.deprecated {
+                format!("(deprecated) {}", t.description)
+            } else {
+                t.description.clone()
+            },
         })
         .collect();
     let other = chosen
