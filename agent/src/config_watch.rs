@@ -149,6 +149,7 @@ async fn follow(
         }
         if let Some(order) = update.test {
             let order_id = order.order_id;
+            while tests.try_join_next().is_some() {}
             if tests.len() >= MAX_TESTS {
                 let busy = pb::TestResult {
                     order_id,

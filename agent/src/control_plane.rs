@@ -93,6 +93,15 @@ impl ControlPlane {
         }
     }
 
+    /// The same endpoints, with turns of its own starting from the first: each stream (config,
+    /// reports) tries the endpoints in the order given, whatever the others do.
+    pub fn own_turns(&self) -> ControlPlane {
+        ControlPlane {
+            next: Arc::new(AtomicUsize::new(0)),
+            ..self.clone()
+        }
+    }
+
     /// Connects to the next endpoint in turn; the error names it.
     pub async fn connect(&self) -> Result<(String, AuthedChannel), String> {
         if self.endpoints.is_empty() {

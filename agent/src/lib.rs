@@ -385,7 +385,7 @@ pub async fn run(
     ));
     let reports_stop = CancellationToken::new();
     let reporter = tokio::spawn(reporter::run(
-        control_plane.clone(),
+        control_plane.own_turns(),
         id.clone(),
         queue.clone(),
         reports_stop.clone(),
@@ -405,7 +405,7 @@ pub async fn run(
         stop.clone(),
     );
     let watcher = tokio::spawn(config_watch::run(
-        control_plane,
+        control_plane.own_turns(),
         identity,
         routes_tx,
         saved,

@@ -201,60 +201,69 @@ impl Fleet {
         items: Vec<pb::ReplayItem>,
     ) -> Option<oneshot::Receiver<pb::ReplayResult>> {
         let orders = self.lock().get(agent_id)?.orders.clone()?;
-        let order_id = self.next_order.fetch_add(1, Ordering::Relaxed) + 1;
-        let (tx, rx) = oneshot::channel();
-        self.pending().insert(
-            order_id,
-            Pending {
-                agent: agent_id.to_owned(),
-                answer: tx,
-            },
-        );
-        if orders
-            .try_send(Order::Replay(pb::ReplayOrder { order_id, items }))
-            .is_err()
-        {
-            self.pending().remove(&order_id);
-            return None;
-        }
-        Some(rx)
+        let (_, answer) = self.send_order(&self.pending, agent_id, &orders, |order_id| {
+            Order::Replay(pb::ReplayOrder { order_id, items })
+        })?;
+        Some(answer)
     }
 
-    /// Sends `events` to be emitted by one of the connected agents whose interest admits them
-    /// all, taking turns; `None` when no such agent is connected to this replica.
-    pub fn send_emit(&self, events: Vec<pb::Event>) -> Option<oneshot::Receiver<pb::EmitResult>> {
+    /// One of the connected agents `eligible` admits, taking turns: its id and order stream.
+    fn take_turn(
+        &self,
+        eligible: impl Fn(&Entry) -> bool,
+    ) -> Option<(String, mpsc::Sender<Order>)> {
         let senders: Vec<(String, mpsc::Sender<Order>)> = self
             .lock()
             .iter()
-            .filter(|(_, entry)| {
-                events
-                    .iter()
-                    .all(|e| entry.interest.admits(&e.tenant, &e.r#type))
-            })
+            .filter(|(_, entry)| eligible(entry))
             .filter_map(|(id, entry)| Some((id.clone(), entry.orders.clone()?)))
             .collect();
         if senders.is_empty() {
             return None;
         }
         let turn = self.next_emitter.fetch_add(1, Ordering::Relaxed) as usize;
-        let (agent, orders) = &senders[turn % senders.len()];
+        let chosen = turn % senders.len();
+        senders.into_iter().nth(chosen)
+    }
+
+    /// Sends the order `make` builds (given its id) to `orders`, waiting for an answer in
+    /// `pending` as `agent`'s; `None` when the stream cannot take it.
+    fn send_order<T>(
+        &self,
+        pending: &Mutex<HashMap<u64, Pending<T>>>,
+        agent: &str,
+        orders: &mpsc::Sender<Order>,
+        make: impl FnOnce(u64) -> Order,
+    ) -> Option<(u64, oneshot::Receiver<T>)> {
         let order_id = self.next_order.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = oneshot::channel();
-        self.pending_emits().insert(
+        let lock = || pending.lock().unwrap_or_else(|e| e.into_inner());
+        lock().insert(
             order_id,
             Pending {
-                agent: agent.clone(),
+                agent: agent.to_owned(),
                 answer: tx,
             },
         );
-        if orders
-            .try_send(Order::Emit(pb::EmitOrder { order_id, events }))
-            .is_err()
-        {
-            self.pending_emits().remove(&order_id);
+        if orders.try_send(make(order_id)).is_err() {
+            lock().remove(&order_id);
             return None;
         }
-        Some(rx)
+        Some((order_id, rx))
+    }
+
+    /// Sends `events` to be emitted by one of the connected agents whose interest admits them
+    /// all, taking turns; `None` when no such agent is connected to this replica.
+    pub fn send_emit(&self, events: Vec<pb::Event>) -> Option<oneshot::Receiver<pb::EmitResult>> {
+        let (agent, orders) = self.take_turn(|entry| {
+            events
+                .iter()
+                .all(|e| entry.interest.admits(&e.tenant, &e.r#type))
+        })?;
+        let (_, answer) = self.send_order(&self.pending_emits, &agent, &orders, |order_id| {
+            Order::Emit(pb::EmitOrder { order_id, events })
+        })?;
+        Some(answer)
     }
 
     /// Sends a test order for `subscription` (its tenant, regions and id) to a connected agent
@@ -266,40 +275,20 @@ impl Fleet {
         subscription: &pb::Subscription,
         event: pb::Event,
     ) -> Option<(String, u64, oneshot::Receiver<pb::TestResult>)> {
-        let senders: Vec<(String, mpsc::Sender<Order>)> = self
-            .lock()
-            .iter()
-            .filter(|(_, entry)| {
-                (subscription.regions.is_empty()
-                    || subscription.regions.contains(&entry.info.region))
-                    && entry.interest.admits(&event.tenant, &event.r#type)
-            })
-            .filter_map(|(id, entry)| Some((id.clone(), entry.orders.clone()?)))
-            .collect();
-        if senders.is_empty() {
-            return None;
-        }
-        let turn = self.next_emitter.fetch_add(1, Ordering::Relaxed) as usize;
-        let (agent, orders) = &senders[turn % senders.len()];
-        let order_id = self.next_order.fetch_add(1, Ordering::Relaxed) + 1;
-        let (tx, rx) = oneshot::channel();
-        self.pending_tests().insert(
-            order_id,
-            Pending {
-                agent: agent.clone(),
-                answer: tx,
-            },
-        );
-        let order = pb::TestOrder {
-            order_id,
-            subscription_id: subscription.id.clone(),
-            event: Some(event),
-        };
-        if orders.try_send(Order::Test(Box::new(order))).is_err() {
-            self.pending_tests().remove(&order_id);
-            return None;
-        }
-        Some((agent.clone(), order_id, rx))
+        let (agent, orders) = self.take_turn(|entry| {
+            (subscription.regions.is_empty() || subscription.regions.contains(&entry.info.region))
+                && entry.interest.admits(&event.tenant, &event.r#type)
+        })?;
+        let subscription_id = subscription.id.clone();
+        let (order_id, answer) =
+            self.send_order(&self.pending_tests, &agent, &orders, |order_id| {
+                Order::Test(Box::new(pb::TestOrder {
+                    order_id,
+                    subscription_id,
+                    event: Some(event),
+                }))
+            })?;
+        Some((agent, order_id, answer))
     }
 
     /// Hands the answer of `agent` to a test order's caller; an answer to an order sent to
@@ -357,6 +346,9 @@ impl Fleet {
             entry.info.connected = entry.streams > 0;
             if entry.streams == 0 {
                 entry.orders = None;
+                // Its test orders will not be answered: their callers learn it now.
+                self.pending_tests()
+                    .retain(|_, pending| pending.agent != agent_id);
             }
             entry.info.last_seen = Some(timestamp(SystemTime::now()));
         }

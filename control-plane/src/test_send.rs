@@ -2,8 +2,9 @@
 //! now, so a platform can check an endpoint before going live or before enabling it again.
 //!
 //! The control plane picks the event type (the one asked for, which the subscription must
-//! select; else its first exact type, or the first catalogued type its patterns select) and the
-//! payload (the one given, else the type's catalogue example, else `{}`), hands a test order
+//! select; else its first exact type, or the first catalogued type its patterns select, not
+//! built in nor deprecated) and the payload (the one given, checked against the type's schema
+//! when it has one; else the type's catalogue example, else `{}`), hands a test order
 //! to a connected agent that delivers the subscription, and waits for the attempt, at most the
 //! subscription's timeout and [`ANSWER_MARGIN`]. The agent makes it as it makes deliveries
 //! (target policy, signing, the same HTTP client), outside its queue and without retries. The
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use herald_core::ValidationError;
+use herald_core::event_schema::EventSchema;
 use herald_core::event_type::{EventFilter, validate_event_type};
 use herald_core::ids::new_event_id;
 use herald_core::limits::DEFAULT_MAX_PAYLOAD_BYTES;
@@ -82,14 +84,30 @@ pub async fn test_send(
     log: &AttemptLog,
 ) -> Result<pb::Attempt, TestError> {
     let event_type = chosen_type(sub, &request.event_type, event_types).await?;
+    let known = match event_types.get(&event_type).await {
+        Ok(known) => Some(known),
+        Err(EventTypeError::NotFound(_)) => None,
+        Err(err) => return Err(err.into()),
+    };
     let payload = if request.payload.is_empty() {
-        match event_types.get(&event_type).await {
-            Ok(known) if !known.example.is_empty() => known.example,
-            Ok(_) | Err(EventTypeError::NotFound(_)) => b"{}".to_vec(),
-            Err(err) => return Err(err.into()),
-        }
+        known
+            .as_ref()
+            .map(|t| t.example.clone())
+            .filter(|example| !example.is_empty())
+            .unwrap_or_else(|| b"{}".to_vec())
     } else {
         validate::json_payload(&request.payload, DEFAULT_MAX_PAYLOAD_BYTES)?;
+        // A payload its type's schema refuses is refused here, before anything is sent.
+        if let Some(schema) = known
+            .as_ref()
+            .map(|t| EventSchema::parse(&t.schema))
+            .transpose()?
+            .flatten()
+        {
+            let value: serde_json::Value = serde_json::from_slice(&request.payload)
+                .map_err(|e| ValidationError::new("payload", e.to_string()))?;
+            schema.check(&value)?;
+        }
         request.payload.clone()
     };
     let event = pb::Event {
@@ -103,6 +121,8 @@ pub async fn test_send(
     let (agent, order_id, answer) = fleet
         .send_test(sub, event)
         .ok_or_else(|| TestError::NoAgent(sub.id.clone()))?;
+    // However this call ends (answered, timed out, its caller gone), the order is forgotten.
+    let _forget = Forget { fleet, order_id };
     let waited = sub
         .timeout
         .as_ref()
@@ -112,10 +132,7 @@ pub async fn test_send(
     let result = match tokio::time::timeout(waited, answer).await {
         Ok(Ok(result)) => result,
         // Timed out, or the agent's stream ended before it answered.
-        Ok(Err(_)) | Err(_) => {
-            fleet.test_abandoned(order_id);
-            return Err(TestError::NoAnswer { agent, waited });
-        }
+        Ok(Err(_)) | Err(_) => return Err(TestError::NoAnswer { agent, waited }),
     };
     let Some(mut attempt) = result.attempt else {
         return Err(TestError::NotMade {
@@ -132,6 +149,18 @@ pub async fn test_send(
         tracing::warn!(subscription = %sub.id, error = %err, "cannot log a test attempt");
     }
     Ok(attempt)
+}
+
+/// Forgets a test order when dropped.
+struct Forget<'a> {
+    fleet: &'a Fleet,
+    order_id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.fleet.test_abandoned(self.order_id);
+    }
 }
 
 async fn store(log: &AttemptLog, attempt: pb::Attempt) -> Result<(), LogError> {
@@ -173,6 +202,7 @@ async fn chosen_type(
         .list()
         .await?
         .into_iter()
+        .filter(|t| !t.built_in && !t.deprecated)
         .map(|t| t.name)
         .find(|name| filter.matches(name))
         .ok_or_else(|| {

@@ -14,8 +14,8 @@
 //!   whose keys are fields (`{"customer": {"country": "PL"}}`) matches the same way.
 //! - A plain value means `$eq`; an object of operators applies each of them (all must hold).
 //! - Operators: `$eq $neq $gt $gte $lt $lte $in $nin $exist $startsWith $endsWith $not`.
-//!   Comparisons work on numbers with numbers and on strings with strings (so RFC 3339 times
-//!   compare as times). A field holding an array matches when one of its elements does (`$eq`,
+//!   Comparisons work on numbers with numbers and on strings with strings, byte by byte (so
+//!   RFC 3339 times in UTC written with the same precision compare as times). A field holding an array matches when one of its elements does (`$eq`,
 //!   `$in`, comparisons, prefixes); `$neq`, `$nin` and `$exist: false` are the negations of
 //!   `$eq`, `$in` and `$exist: true`, so they also match a missing field.
 //! - Logic at any level: `$and` and `$or` take a non-empty array of filters, `$not` one filter.

@@ -737,6 +737,8 @@ fn query(db: &Database, filter: &Filter, before: u64, size: usize) -> Result<Pag
     let txn = db.begin_read().map_err(storage)?;
     let records = txn.open_table(ATTEMPTS).map_err(storage)?;
     // Pick the narrowest index the filter allows; the rest of the filter is applied per record.
+    // Error kinds and statuses other than 2xx are rare across the log; a tenant's attempts are
+    // fewer than those of a type, which every tenant shares.
     let wire = filter.wire();
     let seqs: Option<Seqs> = if !wire.subscription_id.is_empty() {
         let table = txn.open_table(BY_SUBSCRIPTION).map_err(storage)?;
@@ -774,6 +776,9 @@ fn query(db: &Database, filter: &Filter, before: u64, size: usize) -> Result<Pag
                 .map(|code| code_range(&table, code, before))
                 .collect::<Result<_, _>>()?,
         ))
+    } else if !wire.tenant.is_empty() {
+        let table = txn.open_table(BY_TENANT).map_err(storage)?;
+        Some(name_range(&table, wire.tenant.as_str(), before)?)
     } else if let Some(pattern) = filter.event_type() {
         let table = txn.open_table(BY_EVENT_TYPE).map_err(storage)?;
         match pattern {
@@ -796,9 +801,6 @@ fn query(db: &Database, filter: &Filter, before: u64, size: usize) -> Result<Pag
             }
             EventPattern::All => None,
         }
-    } else if !wire.tenant.is_empty() {
-        let table = txn.open_table(BY_TENANT).map_err(storage)?;
-        Some(name_range(&table, wire.tenant.as_str(), before)?)
     } else {
         None
     };

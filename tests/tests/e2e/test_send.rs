@@ -123,6 +123,7 @@ async fn a_failing_or_disabled_endpoint_is_tested_without_touching_its_health() 
                 name: "order.paid".into(),
                 description: "An order was paid.".into(),
                 example: br#"{"order_id":"ord_example","total":"10.00"}"#.to_vec(),
+                schema: br#"{"type":"object","required":["order_id"],"properties":{"order_id":{"type":"string"}}}"#.to_vec(),
                 ..Default::default()
             }),
         })
@@ -170,6 +171,18 @@ async fn a_failing_or_disabled_endpoint_is_tested_without_touching_its_health() 
         .into_inner();
     assert_eq!(health.consecutive_failures, 0, "{health:?}");
     assert_eq!(health.recent_attempts, 0, "{health:?}");
+
+    // A payload its type's schema refuses is refused before anything is sent.
+    let refused = test_send(&world, &sub.id, "order.paid", r#"{"order_id": 7}"#)
+        .await
+        .expect_err("order_id must be a string");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("at /order_id"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(world.receiver.requests().len(), 1, "nothing more was sent");
 
     // It answers again: the disabled subscription checks out before it is enabled.
     world.receiver.respond_with(204);
