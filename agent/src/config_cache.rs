@@ -85,16 +85,21 @@ pub async fn keep_saved(
     mut routes: watch::Receiver<Arc<Routes>>,
     saved_tx: watch::Sender<i64>,
 ) {
-    let mut saved = routes.borrow().revision;
+    let (mut saved, mut saved_schemas) = {
+        let table = routes.borrow();
+        (table.revision, table.schemas().clone())
+    };
     while routes.changed().await.is_ok() {
         let table = routes.borrow_and_update().clone();
-        if !table.loaded || (table.revision == saved && saved != 0) {
+        let same_schemas = Arc::ptr_eq(table.schemas(), &saved_schemas);
+        if !table.loaded || (table.revision == saved && saved != 0 && same_schemas) {
             continue;
         }
         let dir = dir.clone();
         let revision = table.revision;
+        let schemas = table.schemas().clone();
         match tokio::task::spawn_blocking(move || save(&dir, &table)).await {
-            Ok(Ok(())) => saved = revision,
+            Ok(Ok(())) => (saved, saved_schemas) = (revision, schemas),
             Ok(Err(err)) => tracing::warn!(error = %err, "cannot save the config cache"),
             Err(err) => tracing::warn!(error = %err, "config cache task failed"),
         }

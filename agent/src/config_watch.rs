@@ -7,7 +7,8 @@
 //! from the on-disk cache is never resumed from: a restarted agent always gets a snapshot, so
 //! changes made while it was away — deletions included — are never missed.
 //!
-//! The same stream carries orders: replays (deliveries to make again) and emits (operator
+//! The stream also brings the event types' schemas (the whole set first, then each change),
+//! which replace those in the table without acknowledgement. The same stream carries orders: replays (deliveries to make again) and emits (operator
 //! events the control plane raises), which the agent queues, and test-sends, which it makes
 //! at once; it answers each with what it did.
 
@@ -26,6 +27,7 @@ use crate::control_plane::ControlPlane;
 use crate::delivery::Dispatcher;
 use crate::queue::{EventKey, Queue, Replay};
 use crate::routes::Routes;
+use crate::schemas::SchemaParts;
 
 /// What carries out the orders the stream brings: the queue (replays, emits) and the
 /// dispatcher (test attempts).
@@ -115,6 +117,7 @@ async fn follow(
         tenants: identity.interest.tenants.clone(),
         event_type_prefixes: identity.interest.event_type_prefixes.clone(),
         last_revision: *resume_from,
+        checks_schemas: true,
     };
     let send = |kind| pb::ConfigRequest { kind: Some(kind) };
     tx.send(send(Kind::Hello(hello)))
@@ -127,6 +130,7 @@ async fn follow(
         .into_inner();
     tracing::info!(control_plane = %url, "config stream open");
     let mut parts = SnapshotParts::default();
+    let mut schema_parts = SchemaParts::default();
     // Test attempts in flight; ended with the session (their answers would have nowhere to go).
     let mut tests = tokio::task::JoinSet::new();
     loop {
@@ -136,9 +140,20 @@ async fn follow(
             Ok(None) => return Err(format!("{url} ended the config stream")),
             Err(status) => return Err(format!("{url}: {}", status.message())),
         };
-        let Some(update) = parts.add(update)? else {
+        let Some(mut update) = parts.add(update)? else {
             continue;
         };
+        if let Some(schemas) = update.schemas.take() {
+            if let Some(schemas) = schema_parts.add(schemas)? {
+                let table = routes.borrow().with_schemas(&schemas);
+                tracing::debug!(
+                    schemas = table.schemas().len(),
+                    "event-type schemas applied"
+                );
+                routes.send_replace(Arc::new(table));
+            }
+            continue;
+        }
         if let Some(order) = update.emit {
             let table = routes.borrow().clone();
             let result = emit(&handlers.queue, &table, &identity.interest, order).await;

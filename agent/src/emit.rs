@@ -1,7 +1,8 @@
 //! `herald.v1.Events`: where applications hand events to Herald. An event is validated (bad
-//! input answers `INVALID_ARGUMENT` naming the field, and nothing is kept), given an id when it
-//! has none, matched to subscriptions by tenant, type and payload filter, and written with one delivery task
-//! per match to the durable queue; only then does the call answer. A full queue answers
+//! input answers `INVALID_ARGUMENT` naming the field, and nothing is kept; a payload that does
+//! not satisfy its type's schema names where it fails), given an id when it has none, matched
+//! to subscriptions by tenant, type and payload filter, and written with one delivery task per
+//! match to the durable queue; only then does the call answer. A full queue answers
 //! `RESOURCE_EXHAUSTED`; nothing is dropped silently. The call's W3C `traceparent` metadata is
 //! kept with events that do not carry their own.
 
@@ -73,6 +74,14 @@ impl EmitService {
         }
     }
 
+    /// Whether the event's payload satisfies its type's schema, if the type has one.
+    fn check_schema(event: &pb::Event, routes: &Routes) -> Result<(), Status> {
+        routes
+            .schemas()
+            .check(&event.r#type, &event.payload)
+            .map_err(invalid_argument)
+    }
+
     /// The event with its id, time and trace context filled in, and the subscriptions it goes
     /// to. `trace` is the call's `traceparent`, if it carried a valid one.
     pub(crate) fn prepare(
@@ -118,11 +127,11 @@ impl EmitService {
     /// Stores the events and answers for each.
     async fn store(
         &self,
+        routes: &Routes,
         events: Vec<pb::Event>,
         trace: Option<TraceParent>,
     ) -> Result<Vec<pb::EmitResponse>, Status> {
-        let routes = self.loaded_routes()?;
-        let responses = accept(&self.queue, &routes, events, trace.as_ref()).await?;
+        let responses = accept(&self.queue, routes, events, trace.as_ref()).await?;
         let duplicates = responses.iter().filter(|r| r.duplicate).count() as u64;
         self.metrics
             .emitted(responses.len() as u64 - duplicates, duplicates);
@@ -153,7 +162,12 @@ impl Events for EmitService {
             .event
             .ok_or_else(|| Status::invalid_argument("event: is required"))?;
         self.check(&event)?;
-        let mut results = self.store(vec![event], trace).instrument(span).await?;
+        let routes = self.loaded_routes()?;
+        Self::check_schema(&event, &routes)?;
+        let mut results = self
+            .store(&routes, vec![event], trace)
+            .instrument(span)
+            .await?;
         let result = results
             .pop()
             .ok_or_else(|| Status::internal("the queue answered nothing"))?;
@@ -173,16 +187,14 @@ impl Events for EmitService {
             )));
         }
         for (index, event) in events.iter().enumerate() {
-            self.check(event).map_err(|s| match s.code() {
-                // Validation errors start with the field: events[3].type: …
-                tonic::Code::InvalidArgument => {
-                    Status::invalid_argument(format!("events[{index}].{}", s.message()))
-                }
-                code => Status::new(code, format!("events[{index}]: {}", s.message())),
-            })?;
+            self.check(event).map_err(|s| of_event(index, s))?;
+        }
+        let routes = self.loaded_routes()?;
+        for (index, event) in events.iter().enumerate() {
+            Self::check_schema(event, &routes).map_err(|s| of_event(index, s))?;
         }
         let span = emit_span(events.len(), trace.as_ref());
-        let results = self.store(events, trace).instrument(span).await?;
+        let results = self.store(&routes, events, trace).instrument(span).await?;
         Ok(Response::new(pb::EmitBatchResponse { results }))
     }
 }
@@ -210,6 +222,17 @@ pub(crate) async fn accept(
             duplicate: a.duplicate,
         })
         .collect())
+}
+
+/// A refusal of the batch's event at `index`, saying which.
+fn of_event(index: usize, status: Status) -> Status {
+    match status.code() {
+        // Validation errors start with the field: events[3].type: …
+        tonic::Code::InvalidArgument => {
+            Status::invalid_argument(format!("events[{index}].{}", status.message()))
+        }
+        code => Status::new(code, format!("events[{index}]: {}", status.message())),
+    }
 }
 
 /// The server span of an Emit call of `events` events, in the caller's trace when it sent one.

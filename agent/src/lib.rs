@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod queue;
 pub mod reporter;
 pub mod routes;
+pub mod schemas;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,5 +1,5 @@
 //! The agent's routing table: the subscriptions it delivers, validated and indexed by tenant,
-//! at one config revision. Immutable: a config update builds a new table, which replaces the
+//! at one config revision, and the schemas it checks emitted payloads against. Immutable: a config update builds a new table, which replaces the
 //! old one atomically in the `watch` channel every reader borrows from.
 
 use std::collections::HashMap;
@@ -8,6 +8,8 @@ use std::sync::Arc;
 use herald_core::subscription::Subscription;
 use herald_proto::convert;
 use herald_proto::v1 as pb;
+
+use crate::schemas::SchemaSet;
 
 /// Why a config update was refused.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,8 @@ pub struct Routes {
     by_tenant: HashMap<String, Vec<Arc<Subscription>>>,
     /// The records as received, so the table can be saved and restored (static stability).
     wire: HashMap<String, Arc<pb::Subscription>>,
+    /// The event types' schemas.
+    schemas: Arc<SchemaSet>,
 }
 
 impl Routes {
@@ -50,6 +54,7 @@ impl Routes {
         revision: i64,
         by_id: HashMap<String, Arc<Subscription>>,
         wire: HashMap<String, Arc<pb::Subscription>>,
+        schemas: Arc<SchemaSet>,
     ) -> Self {
         let mut by_tenant: HashMap<String, Vec<Arc<Subscription>>> = HashMap::new();
         for sub in by_id.values() {
@@ -67,12 +72,30 @@ impl Routes {
             by_id,
             by_tenant,
             wire,
+            schemas,
         }
     }
 
     /// The subscription with this id.
     pub fn get(&self, id: &str) -> Option<&Arc<Subscription>> {
         self.by_id.get(id)
+    }
+
+    /// The event types' schemas.
+    pub fn schemas(&self) -> &Arc<SchemaSet> {
+        &self.schemas
+    }
+
+    /// The same table with the schemas after `update`.
+    pub fn with_schemas(&self, update: &pb::SchemaUpdate) -> Routes {
+        Routes {
+            revision: self.revision,
+            loaded: self.loaded,
+            by_id: self.by_id.clone(),
+            by_tenant: self.by_tenant.clone(),
+            wire: self.wire.clone(),
+            schemas: Arc::new(self.schemas.apply(update)),
+        }
     }
 
     /// How many subscriptions the table holds.
@@ -126,10 +149,16 @@ impl Routes {
             wire.insert(sub.id.clone(), Arc::new(wire_sub.clone()));
             by_id.insert(sub.id.clone(), Arc::new(sub));
         }
-        Ok(Routes::new(update.revision, by_id, wire))
+        // A saved table carries its schemas; the stream sends them on their own.
+        let schemas = match &update.schemas {
+            Some(schemas) => Arc::new(self.schemas.apply(schemas)),
+            None => self.schemas.clone(),
+        };
+        Ok(Routes::new(update.revision, by_id, wire, schemas))
     }
 
-    /// The whole table as a snapshot update, as the control plane would send it.
+    /// The whole table as a snapshot update, as the control plane would send it, with the
+    /// schemas.
     pub fn to_snapshot(&self) -> pb::ConfigUpdate {
         let mut upserts: Vec<pb::Subscription> =
             self.wire.values().map(|s| (**s).clone()).collect();
@@ -143,6 +172,7 @@ impl Routes {
             emit: None,
             test: None,
             more: false,
+            schemas: (!self.schemas.is_empty()).then(|| self.schemas.to_update()),
         }
     }
 }
@@ -182,6 +212,7 @@ mod tests {
             emit: None,
             test: None,
             more: false,
+            schemas: None,
         };
         let routes = Routes::default().apply(&snapshot).expect("snapshot");
         let ids =
@@ -201,6 +232,7 @@ mod tests {
             emit: None,
             test: None,
             more: false,
+            schemas: None,
         };
         let next = routes.apply(&delta).expect("delta");
         // Still matched (its deliveries are parked), but known to be disabled.
@@ -227,5 +259,40 @@ mod tests {
         bad.revision = 7;
         bad.upserts = vec![wire("sub_d", "t1", &["Not A Type"])];
         assert!(matches!(next.apply(&bad), Err(ApplyError::Invalid { .. })));
+    }
+
+    #[test]
+    fn schemas_outlive_subscription_changes_and_are_saved_with_the_table() {
+        let schemas = pb::SchemaUpdate {
+            whole: true,
+            upserts: vec![pb::TypeSchema {
+                name: "order.created".into(),
+                schema: br#"{"required": ["id"]}"#.to_vec(),
+            }],
+            ..Default::default()
+        };
+        // The schemas arrive before the first snapshot, and stay through it.
+        let early = Routes::default().with_schemas(&schemas);
+        assert!(!early.loaded);
+        let snapshot = pb::ConfigUpdate {
+            revision: 3,
+            snapshot: true,
+            upserts: vec![wire("sub_a", "t1", &["order.*"])],
+            ..Default::default()
+        };
+        let routes = early.apply(&snapshot).expect("snapshot");
+        assert!(routes.schemas().check("order.created", b"{}").is_err());
+
+        let restored = Routes::default()
+            .apply(&routes.to_snapshot())
+            .expect("restore");
+        assert_eq!(restored.len(), 1);
+        assert!(restored.schemas().check("order.created", b"{}").is_err());
+        assert!(
+            restored
+                .schemas()
+                .check("order.created", br#"{"id": 1}"#)
+                .is_ok()
+        );
     }
 }

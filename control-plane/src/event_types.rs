@@ -26,11 +26,10 @@ use herald_proto::convert::timestamp;
 use herald_proto::v1 as pb;
 use prost::Message;
 
+use crate::keys::EVENT_TYPES;
 use crate::operator_events::OPERATOR_EVENT_TYPES;
 use crate::store::{Compare, Op, Store, StoreError, Txn, TxnOutcome};
 
-/// The prefix of the registry's records.
-const EVENT_TYPES: &str = "/herald/v1/event-types/";
 /// The largest example payload.
 pub const MAX_EXAMPLE_BYTES: usize = 64 * 1024;
 /// The most event types the registry holds.

@@ -18,6 +18,7 @@ use herald_proto::v1 as pb;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::follow::{self, FollowError, Run};
 use crate::keys;
 use crate::sealing::Keyring;
 use crate::store::{Store, WatchEvent};
@@ -26,11 +27,6 @@ use crate::subscriptions::decode;
 /// Changes kept for streams that fall behind and for agents that resume from a revision; a
 /// stream or agent further behind gets a fresh snapshot.
 const CHANGE_BUFFER: usize = 4096;
-/// Wait before the first attempt to re-establish the watch; it doubles while the store stays
-/// unreachable, up to [`MAX_RETRY_DELAY`].
-const RETRY_DELAY: Duration = Duration::from_millis(500);
-/// The longest wait between attempts to re-establish the watch.
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// How long a deleted subscription is remembered (agents report the attempts they skip for it
 /// after it is gone).
 const DEPARTED_KEEP: Duration = Duration::from_secs(24 * 60 * 60);
@@ -249,26 +245,17 @@ impl ConfigHub {
 
     /// Lists, then watches, forever; re-lists after any watch failure.
     async fn follow(&self, store: Store, revision_tx: watch::Sender<i64>) {
-        let mut first = true;
-        // Failures in a row without the hub getting anywhere: each doubles the wait.
-        let mut fruitless = 0;
-        loop {
+        follow::forever("config", || async {
             let loaded_before = self.revision();
+            // Until a listing loads, history starts at the next one.
+            let first = loaded_before == 0;
             let result = self.follow_once(&store, &revision_tx, first).await;
-            first = false;
-            fruitless = if self.revision() != loaded_before {
-                0
-            } else {
-                fruitless + 1
-            };
-            let delay = RETRY_DELAY
-                .saturating_mul(1 << fruitless.min(4))
-                .min(MAX_RETRY_DELAY);
-            if let Err(err) = result {
-                tracing::warn!(error = %err, retry_in = ?delay, "config watch failed; re-listing");
+            Run {
+                progressed: self.revision() != loaded_before,
+                result,
             }
-            tokio::time::sleep(delay).await;
-        }
+        })
+        .await;
     }
 
     async fn follow_once(
@@ -276,7 +263,7 @@ impl ConfigHub {
         store: &Store,
         revision_tx: &watch::Sender<i64>,
         first: bool,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    ) -> Result<(), FollowError> {
         let (kvs, revision) = store.list(keys::SUBSCRIPTIONS).await?;
         let mut subscriptions = BTreeMap::new();
         let mut unreadable = BTreeMap::new();

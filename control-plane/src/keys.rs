@@ -4,6 +4,8 @@
 //! - `/herald/v1/subscriptions/<tenant>/<id>` → a `herald.v1.Subscription` (protobuf); its etcd
 //!   mod_revision is the subscription's `revision`. Grouped by tenant so listing one tenant is
 //!   one range read.
+//! - `/herald/v1/event-types/<name>` → a `herald.v1.EventType`: the catalogue (see
+//!   `event_types.rs`); its schemas reach agents through `schema_feed.rs`.
 //! - `/herald/v1/subscription-ids/<id>` → the tenant, so a subscription is found by id alone.
 //!   Written in the same transaction as the record.
 //! - `/herald/v1/health/<id>`: where earlier versions kept endpoint health; it lives in the
@@ -26,6 +28,9 @@
 pub const ROOT: &str = "/herald/v1/";
 /// The prefix of all subscription records; the config hub watches it.
 pub const SUBSCRIPTIONS: &str = "/herald/v1/subscriptions/";
+/// The prefix of the event-type catalogue (`<prefix><name>` → a `herald.v1.EventType`); the
+/// schema feed watches it.
+pub const EVENT_TYPES: &str = "/herald/v1/event-types/";
 const SUBSCRIPTION_IDS: &str = "/herald/v1/subscription-ids/";
 const HEALTH: &str = "/herald/v1/health/";
 /// The prefix of the operator-event outbox of earlier versions.

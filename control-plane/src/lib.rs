@@ -13,6 +13,7 @@ pub mod auth;
 pub mod client_certs;
 pub mod event_types;
 pub mod fleet;
+pub mod follow;
 pub mod grpc;
 pub mod health;
 pub mod hub;
@@ -26,6 +27,7 @@ pub mod recent;
 pub mod replay;
 pub mod replay_relay;
 pub mod rest;
+pub mod schema_feed;
 pub mod sealing;
 pub mod server_tls;
 pub mod store;
@@ -344,6 +346,7 @@ pub async fn run(
         stop.clone(),
     ));
     let hub = ConfigHub::start(store.clone(), keyring.clone(), stop.clone());
+    let schemas = schema_feed::SchemaFeed::start(store.clone(), stop.clone());
     let replica = config
         .replica_name
         .clone()
@@ -580,7 +583,7 @@ pub async fn run(
         .add_service(AgentsServer::from_arc(agents_service))
         .add_service(PortalServer::from_arc(portal_service))
         .add_service(AgentControlServer::new(grpc::AgentControlService::new(
-            hub,
+            grpc::ConfigFeeds { hub, schemas },
             registry,
             fleet,
             log,

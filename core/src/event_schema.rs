@@ -1,7 +1,7 @@
 //! Event schemas: the JSON Schema (draft 2020-12) an event type's payloads are to satisfy.
 //! Checked when a type is written to the catalogue (the schema compiles, its example passes)
-//! and on the payloads of test-sends; a refusal names where the payload fails. (Agents do
-//! not check emitted payloads against it yet.)
+//! and by agents on every emitted payload of the type, and on test-sends' payloads; a refusal
+//! names where the payload fails.
 //!
 //! Formats (`date-time`, `email`, …) are checked, not just annotated. A schema may not fetch
 //! anything: `$ref` resolves within the document only.

@@ -1,11 +1,12 @@
 //! `herald.v1.AgentControl`: the agents' two streams.
 //!
-//! Config: the agent says hello; it gets a snapshot of the subscriptions it may deliver (its
-//! interest: tenants, event-type prefixes, region) — or, when it names a revision it holds
-//! that the hub's history still covers, only the changes since — then each change as it
-//! happens, and a
-//! fresh snapshot whenever it fell so far behind that the hub's buffer no longer holds the
-//! changes it missed. Acks and nacks are recorded in the fleet registry.
+//! Config: the agent says hello; it gets the catalogue's schemas, when it says it checks
+//! payloads against them (then each change to them); then a snapshot of the subscriptions it
+//! may deliver (its interest: tenants, event-type prefixes, region) — or, when it names a
+//! revision it holds that the hub's history still covers, only the changes since — then each
+//! change as it happens, and a fresh snapshot whenever it fell so far behind that the hub's
+//! buffer no longer holds the changes it missed. Acks and nacks are recorded in the fleet
+//! registry.
 //!
 //! Reports: each batch of attempts is stored durably in the delivery log, with the health
 //! counts and operator events it derives, then acked by id. The commit's follow-ups are acted
@@ -34,6 +35,7 @@ use crate::fleet::{Fleet, Order};
 use crate::health::Health;
 use crate::hub::{Change, ConfigHub, Resume, Snapshot, Unreadable};
 use crate::metrics::Metrics;
+use crate::schema_feed::{SchemaChange, SchemaFeed, Schemas, whole_set};
 use crate::subscriptions::{SubscriptionError, Subscriptions};
 
 /// How long an agent has to say hello after opening its config stream.
@@ -52,6 +54,8 @@ const SNAPSHOT_PART_BYTES: usize = 1024 * 1024;
 /// `herald.v1.AgentControl`.
 pub struct AgentControlService {
     hub: ConfigHub,
+    /// The catalogue's schemas, for agents that check payloads against them.
+    schemas: SchemaFeed,
     /// Where subscriptions the hub does not hold yet are looked up (reports).
     registry: Subscriptions,
     fleet: Fleet,
@@ -63,10 +67,18 @@ pub struct AgentControlService {
     snapshot_turns: Arc<Semaphore>,
 }
 
+/// What config streams send: the subscriptions and the catalogue's schemas.
+pub struct ConfigFeeds {
+    /// The subscriptions.
+    pub hub: ConfigHub,
+    /// The catalogue's schemas.
+    pub schemas: SchemaFeed,
+}
+
 impl AgentControlService {
     /// The service; streams end on `shutdown`.
     pub fn new(
-        hub: ConfigHub,
+        ConfigFeeds { hub, schemas }: ConfigFeeds,
         registry: Subscriptions,
         fleet: Fleet,
         log: AttemptLog,
@@ -76,6 +88,7 @@ impl AgentControlService {
     ) -> Self {
         AgentControlService {
             hub,
+            schemas,
             registry,
             fleet,
             log,
@@ -114,13 +127,19 @@ impl AgentControl for AgentControlService {
         let interest = Interest::new(&hello);
         let shared = Shared {
             hub: self.hub.clone(),
+            schemas: self.schemas.clone(),
             fleet: self.fleet.clone(),
             metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),
             snapshot_turns: self.snapshot_turns.clone(),
         };
+        let schemas_ready = async {
+            if hello.checks_schemas {
+                shared.schemas.ready().await;
+            }
+        };
         tokio::select! {
-            () = shared.hub.ready() => {}
+            _ = futures_util::future::join(shared.hub.ready(), schemas_ready) => {}
             () = shared.shutdown.cancelled() => return Err(Status::unavailable("shutting down")),
         }
         if let Some(unreadable) = shared.hub.unreadable() {
@@ -133,10 +152,12 @@ impl AgentControl for AgentControlService {
         tracing::info!(agent = %hello.agent_id, region = %hello.region, "agent connected");
         let agent = hello.agent_id;
         let resume_from = hello.last_revision;
+        let checks_schemas = hello.checks_schemas;
         let stream = async_stream(move |tx| async move {
             let session = Session {
                 agent: &agent,
                 resume_from,
+                checks_schemas,
                 interest: &interest,
                 inbound: &mut inbound,
                 orders: &mut orders,
@@ -315,6 +336,7 @@ async fn admitted(
 /// What every config stream of this replica shares.
 struct Shared {
     hub: ConfigHub,
+    schemas: SchemaFeed,
     fleet: Fleet,
     metrics: Metrics,
     shutdown: CancellationToken,
@@ -326,6 +348,8 @@ struct Session<'a> {
     agent: &'a str,
     /// The revision the agent said it holds (0: none).
     resume_from: i64,
+    /// Whether the agent checks payloads against the catalogue's schemas (and wants them).
+    checks_schemas: bool,
     interest: &'a Interest,
     inbound: &'a mut Streaming<pb::ConfigRequest>,
     /// Orders for this agent.
@@ -338,6 +362,7 @@ struct Session<'a> {
 async fn follow(shared: &Shared, session: Session<'_>) {
     let Shared {
         hub,
+        schemas,
         fleet,
         metrics,
         shutdown,
@@ -346,11 +371,22 @@ async fn follow(shared: &Shared, session: Session<'_>) {
     let Session {
         agent,
         resume_from,
+        checks_schemas,
         interest,
         inbound,
         orders,
         tx,
     } = session;
+    // The schemas first: an agent checks the payloads it accepts from the moment its
+    // subscriptions arrive.
+    let mut schema_changes = None;
+    if checks_schemas {
+        let (set, changes) = schemas.subscribe();
+        if send_schemas(tx, &set).await.is_err() {
+            return;
+        }
+        schema_changes = Some(changes);
+    }
     // An agent that already holds a recent revision gets the changes since; any other a
     // snapshot.
     let resumed = (resume_from > 0).then(|| hub.resume(resume_from)).flatten();
@@ -414,6 +450,27 @@ async fn follow(shared: &Shared, session: Session<'_>) {
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => return,
             },
+            change = next_schema_change(&mut schema_changes) => {
+                let sent = match change {
+                    Ok(change) => send_update(tx, pb::ConfigUpdate {
+                        schemas: Some(change.to_update()),
+                        ..Default::default()
+                    }).await,
+                    Err(RecvError::Lagged(_)) => {
+                        // Fell behind the feed's buffer: the whole set again.
+                        let (set, fresh) = schemas.subscribe();
+                        schema_changes = Some(fresh);
+                        send_schemas(tx, &set).await
+                    }
+                    Err(RecvError::Closed) => {
+                        schema_changes = None;
+                        Ok(())
+                    }
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
             Some(order) = orders.recv() => {
                 let update = match order {
                     Order::Replay(replay) => pb::ConfigUpdate {
@@ -476,6 +533,43 @@ async fn follow(shared: &Shared, session: Session<'_>) {
                 }
             }
         }
+    }
+}
+
+/// The stream to the agent is gone.
+struct Gone;
+
+/// Sends one update to the agent.
+async fn send_update(
+    tx: &mpsc::Sender<Result<pb::ConfigUpdate, Status>>,
+    update: pb::ConfigUpdate,
+) -> Result<(), Gone> {
+    tx.send(Ok(update)).await.map_err(|_| Gone)
+}
+
+/// Sends the whole schema set, in parts.
+async fn send_schemas(
+    tx: &mpsc::Sender<Result<pb::ConfigUpdate, Status>>,
+    set: &Schemas,
+) -> Result<(), Gone> {
+    for part in whole_set(set, SNAPSHOT_PART_BYTES) {
+        let update = pb::ConfigUpdate {
+            schemas: Some(part),
+            ..Default::default()
+        };
+        send_update(tx, update).await?;
+    }
+    Ok(())
+}
+
+/// The next change to the schemas, for a stream that follows them; never, for one that
+/// does not.
+async fn next_schema_change(
+    changes: &mut Option<broadcast::Receiver<Arc<SchemaChange>>>,
+) -> Result<Arc<SchemaChange>, RecvError> {
+    match changes {
+        Some(changes) => changes.recv().await,
+        None => std::future::pending().await,
     }
 }
 

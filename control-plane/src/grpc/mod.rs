@@ -8,7 +8,7 @@ mod event_types;
 mod portal;
 
 pub use admin::{AgentsService, DeliveriesService, SubscriptionsService};
-pub use agent_control::AgentControlService;
+pub use agent_control::{AgentControlService, ConfigFeeds};
 pub use audit::AuditService;
 pub use event_types::EventTypesService;
 pub use portal::PortalService;

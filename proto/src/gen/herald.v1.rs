@@ -648,8 +648,8 @@ pub struct EventType {
     pub built_in: bool,
     /// A JSON Schema (draft 2020-12) the type's payloads are to satisfy; empty: none. Checked
     /// when written (it compiles, at most 64 KiB, no remote references; the example satisfies
-    /// it), and against the payloads of test-sends. Agents do not check emitted payloads
-    /// against it yet.
+    /// it); agents check every emitted payload of the type against it (Emit answers
+    /// INVALID_ARGUMENT naming the JSON path), and so does a test-send.
     #[prost(bytes = "vec", tag = "6")]
     pub schema: ::prost::alloc::vec::Vec<u8>,
     /// Deprecated: still delivered, flagged for the people choosing types.
@@ -863,6 +863,11 @@ pub struct AgentHello {
     /// The last revision this agent applied (0 when it has none).
     #[prost(int64, tag = "7")]
     pub last_revision: i64,
+    /// The agent checks emitted payloads against the event types' schemas: the control plane
+    /// sends it the catalogue's schemas (ConfigUpdate.schemas) before anything else, then each
+    /// change to them.
+    #[prost(bool, tag = "8")]
+    pub checks_schemas: bool,
 }
 /// The agent applied the update at `revision`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -911,6 +916,37 @@ pub struct ConfigUpdate {
     /// agent answers with a TestResult.
     #[prost(message, optional, tag = "8")]
     pub test: ::core::option::Option<TestOrder>,
+    /// Set on updates that carry no subscription change (revision 0), for agents that said
+    /// `checks_schemas`: the event types' schemas, or changes to them. Not acknowledged.
+    #[prost(message, optional, tag = "9")]
+    pub schemas: ::core::option::Option<SchemaUpdate>,
+}
+/// The schemas of the event-type catalogue, as agents check emitted payloads against them.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SchemaUpdate {
+    /// True: `upserts` are all the schemas there are, replacing what the agent held.
+    #[prost(bool, tag = "1")]
+    pub whole: bool,
+    /// Types whose schema is new or changed.
+    #[prost(message, repeated, tag = "2")]
+    pub upserts: ::prost::alloc::vec::Vec<TypeSchema>,
+    /// Types that no longer have a schema (the type was deleted, or its schema removed).
+    #[prost(string, repeated, tag = "3")]
+    pub removals: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Set on every part of a whole set but the last: a large set is sent in parts of about
+    /// 1 MiB, all with `whole` set, which the agent applies together when the last arrives.
+    #[prost(bool, tag = "4")]
+    pub more: bool,
+}
+/// One event type's schema.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TypeSchema {
+    /// The event type, e.g. `order.created`.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// A JSON Schema (draft 2020-12), as in EventType.schema.
+    #[prost(bytes = "vec", tag = "2")]
+    pub schema: ::prost::alloc::vec::Vec<u8>,
 }
 /// The control plane asks an agent to make one test attempt to a subscription now, outside
 /// the queue (TestSubscription).

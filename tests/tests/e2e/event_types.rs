@@ -1,11 +1,20 @@
-//! The event-type registry: a catalogue with descriptions and examples; while it holds any
-//! type, subscriptions may only select registered types (unless the registry is off).
+//! The event-type registry: a catalogue with descriptions, examples and schemas; while it
+//! holds any type, subscriptions may only select registered types (unless the registry is
+//! off); agents refuse emitted payloads that their type's schema rejects.
+
+use std::time::Duration;
 
 use herald_control_plane::event_types::RegistryMode;
 use herald_proto::v1 as pb;
 use herald_proto::v1::event_types_client::EventTypesClient;
-use herald_tests::{ConfigStore, ControlPlane, Etcd, subscription};
+use herald_tests::{
+    Agent, AgentOptions, ConfigStore, ControlPlane, Etcd, Receiver, TestCa, event, eventually,
+    subscription,
+};
+use serde_json::json;
 use tonic::Code;
+
+const WAIT: Duration = Duration::from_secs(15);
 
 fn event_type(name: &str, example: &str) -> pb::CreateEventTypeRequest {
     pb::CreateEventTypeRequest {
@@ -329,5 +338,177 @@ async fn types_carry_schemas_their_examples_satisfy_and_are_updated_deprecated_a
         .await
         .expect_err("deleted already");
     assert_eq!(again.code(), Code::NotFound);
+    Ok(())
+}
+
+/// An order's schema: an id, and a total that is a number no lower than zero.
+const ORDER_SCHEMA: &str = r#"{"type": "object", "required": ["order_id", "total"],
+    "properties": {"order_id": {"type": "string"}, "total": {"type": "number", "minimum": 0}}}"#;
+
+fn typed(name: &str, schema: &str, example: &serde_json::Value) -> pb::EventType {
+    pb::EventType {
+        name: name.into(),
+        description: format!("{name}, with a schema"),
+        example: example.to_string().into_bytes(),
+        schema: schema.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+/// Emits `event` until the agent refuses it as invalid (its schemas still on their way, it
+/// may accept it first), and answers the refusal.
+async fn refused(agent: &Agent, event: pb::Event) -> anyhow::Result<tonic::Status> {
+    let client = agent.events().await?;
+    eventually(WAIT, "the agent to refuse the payload", || {
+        let (mut client, event) = (client.clone(), event.clone());
+        async move {
+            match client.emit(pb::EmitRequest { event: Some(event) }).await {
+                Err(status) if status.code() == Code::InvalidArgument => Ok(Some(status)),
+                Ok(_) => Ok(None),
+                Err(status) if status.code() == Code::Unavailable => Ok(None),
+                Err(status) => Err(status.into()),
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn agents_refuse_payloads_their_types_schema_rejects() -> anyhow::Result<()> {
+    let mut control_plane = ControlPlane::start(ConfigStore::Embedded).await?;
+    let mut types = EventTypesClient::new(control_plane.channel().await?);
+    let order = json!({"order_id": "o-1", "total": 12.5});
+    types
+        .create_event_type(pb::CreateEventTypeRequest {
+            event_type: Some(typed("order.created", ORDER_SCHEMA, &order)),
+        })
+        .await?;
+    let ca = TestCa::new();
+    let receiver = Receiver::start(&ca).await?;
+    let tenant = "shop-schemas";
+    let sub = control_plane
+        .create(subscription(
+            tenant,
+            &receiver.url("/orders"),
+            &["order.created"],
+        ))
+        .await?;
+    // Started after the type: the schemas come before its subscriptions.
+    let mut agent = Agent::start(
+        control_plane.url(),
+        AgentOptions {
+            trusted_ca: Some(ca.ca_pem()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    control_plane.wait_applied(sub.revision, WAIT).await?;
+
+    // A bad payload is refused naming where it fails, and nothing is kept.
+    let bad = event(
+        tenant,
+        "order.created",
+        &json!({"order_id": "o-2", "total": -5}),
+    );
+    let mut events = agent.events().await?;
+    let status = events
+        .emit(pb::EmitRequest {
+            event: Some(bad.clone()),
+        })
+        .await
+        .expect_err("total below zero");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .starts_with("payload: does not match its event type's schema: at /total"),
+        "{}",
+        status.message()
+    );
+    let missing = event(tenant, "order.created", &json!({"order_id": "o-3"}));
+    let batch = pb::EmitBatchRequest {
+        events: vec![event(tenant, "order.created", &order), missing],
+    };
+    let status = events.emit_batch(batch).await.expect_err("total missing");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("events[1].payload: "),
+        "{}",
+        status.message()
+    );
+    assert!(status.message().contains("total"), "{}", status.message());
+
+    // A good one goes through: the only request the receiver gets.
+    let accepted = agent.emit(event(tenant, "order.created", &order)).await?;
+    assert_eq!(accepted.matched, 1);
+    let got = receiver.wait_for_requests(1, WAIT).await?;
+    assert_eq!(got[0].data()["order_id"], "o-1");
+
+    // A schema given to a type later reaches the running agent (no subscription takes this
+    // type, so what it accepts meanwhile goes nowhere).
+    let removed = json!({"order_id": "o-1"});
+    types
+        .create_event_type(pb::CreateEventTypeRequest {
+            event_type: Some(typed("order.removed", "", &removed)),
+        })
+        .await?;
+    types
+        .update_event_type(pb::UpdateEventTypeRequest {
+            event_type: Some(typed(
+                "order.removed",
+                r#"{"required": ["order_id"]}"#,
+                &removed,
+            )),
+        })
+        .await?;
+    let status = refused(&agent, event(tenant, "order.removed", &json!({}))).await?;
+    assert!(
+        status.message().contains("order_id"),
+        "{}",
+        status.message()
+    );
+
+    // Restarted while the control plane is down, the agent checks with the schemas it saved.
+    agent.pause().await?;
+    control_plane.pause().await?;
+    agent.resume().await?;
+    let client = agent.events().await?;
+    let status = eventually(WAIT, "the restarted agent to answer", || {
+        let (mut client, bad) = (client.clone(), bad.clone());
+        async move {
+            match client.emit(pb::EmitRequest { event: Some(bad) }).await {
+                Err(status) if status.code() == Code::Unavailable => Ok(None),
+                Err(status) => Ok(Some(status)),
+                Ok(response) => anyhow::bail!("accepted: {:?}", response.into_inner()),
+            }
+        }
+    })
+    .await?;
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    control_plane.resume().await?;
+
+    // Without its schema, the type takes any payload again.
+    types = EventTypesClient::new(control_plane.channel().await?);
+    types
+        .update_event_type(pb::UpdateEventTypeRequest {
+            event_type: Some(typed("order.created", "", &order)),
+        })
+        .await?;
+    let client = agent.events().await?;
+    eventually(WAIT, "the agent to take the payload", || {
+        let (mut client, bad) = (client.clone(), bad.clone());
+        async move {
+            match client.emit(pb::EmitRequest { event: Some(bad) }).await {
+                Ok(response) => Ok(Some(response.into_inner())),
+                Err(status) if status.code() == Code::InvalidArgument => Ok(None),
+                Err(status) if status.code() == Code::Unavailable => Ok(None),
+                Err(status) => Err(status.into()),
+            }
+        }
+    })
+    .await?;
+    let got = receiver.wait_for_requests(2, WAIT).await?;
+    assert_eq!(got.len(), 2, "the refused payloads never went out");
+    assert_eq!(got[1].data()["total"], -5);
     Ok(())
 }

@@ -21,6 +21,9 @@
 //!
 //! `bench fleet`: config distribution to many agents (see `fleet.rs`).
 //!
+//! `bench schema`: `Emit` with and without checking the payload against its type's schema
+//! (see `schema.rs`).
+//!
 //! `bench web`: the web console's and portal's pages and the REST API over a large delivery
 //! log (see `web.rs`).
 //!
@@ -35,6 +38,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod fleet;
 mod log;
+mod schema;
 mod soak;
 mod web;
 
@@ -80,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         Some("log") => log::run().await,
         Some("fleet") => fleet::run().await,
         Some("web") => web::run().await,
+        Some("schema") => schema::run().await,
         Some("emit-case") => {
             let arg = |i: usize| -> anyhow::Result<usize> {
                 std::env::args()
@@ -92,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
             emit_case(arg(2)?, arg(3)?, fsync).await
         }
         _ => anyhow::bail!(
-            "usage: bench emit|deliver|log|fleet|web|rss|soak [MINUTES]|emit-case CALLERS BATCH [off]"
+            "usage: bench emit|deliver|log|fleet|web|schema|rss|soak [MINUTES]|emit-case CALLERS BATCH [off]"
         ),
     }
 }
@@ -199,7 +204,12 @@ struct Round {
 
 /// Runs `callers` concurrent callers for [`ROUND`], each sending batches of `batch` (1 =
 /// unary `Emit`); latencies are per call.
-async fn round(url: &str, callers: usize, batch: usize) -> anyhow::Result<Round> {
+async fn round(
+    url: &str,
+    callers: usize,
+    batch: usize,
+    event: &pb::Event,
+) -> anyhow::Result<Round> {
     // One connection per 8 callers, as a pool of application instances would have.
     let mut channels = Vec::new();
     for _ in 0..callers.div_ceil(8) {
@@ -209,6 +219,7 @@ async fn round(url: &str, callers: usize, batch: usize) -> anyhow::Result<Round>
     let mut tasks = Vec::new();
     for i in 0..callers {
         let mut client = EventsClient::new(channels[i / 8].clone());
+        let event = event.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut events = 0usize;
@@ -217,11 +228,11 @@ async fn round(url: &str, callers: usize, batch: usize) -> anyhow::Result<Round>
                 if batch == 1 {
                     client
                         .emit(pb::EmitRequest {
-                            event: Some(event()),
+                            event: Some(event.clone()),
                         })
                         .await?;
                 } else {
-                    let events = (0..batch).map(|_| event()).collect();
+                    let events = (0..batch).map(|_| event.clone()).collect();
                     client.emit_batch(pb::EmitBatchRequest { events }).await?;
                 }
                 latencies.push(start.elapsed());
@@ -273,7 +284,7 @@ async fn emit() -> anyhow::Result<()> {
             let mut rounds = Vec::new();
             for _ in 0..ROUNDS {
                 rounds.push(
-                    round(&url, callers, batch)
+                    round(&url, callers, batch, &event())
                         .await
                         .with_context(|| name.to_owned())?,
                 );
@@ -306,7 +317,7 @@ async fn emit_case(callers: usize, batch: usize, fsync: bool) -> anyhow::Result<
     let stop = CancellationToken::new();
     let (cp, _cp_dir) = control_plane(&stop).await?;
     let (url, _dir) = agent(&cp, fsync, &stop).await?;
-    let r = round(&url, callers, batch).await?;
+    let r = round(&url, callers, batch, &event()).await?;
     println!(
         "callers={callers} batch={batch} fsync={fsync}: {:.0} events/s, p50 {:.2} ms, p99 {:.2} ms",
         r.events_per_sec,
