@@ -49,6 +49,8 @@ pub struct Identity {
     pub region: String,
     /// The tenants and event types it emits for.
     pub interest: herald_core::interest::Interest,
+    /// Whether it checks emitted payloads against the event types' schemas (and wants them).
+    pub checks_schemas: bool,
 }
 
 /// The longest an acknowledgement waits for the config cache to be saved.
@@ -117,7 +119,7 @@ async fn follow(
         tenants: identity.interest.tenants.clone(),
         event_type_prefixes: identity.interest.event_type_prefixes.clone(),
         last_revision: *resume_from,
-        checks_schemas: true,
+        checks_schemas: identity.checks_schemas,
     };
     let send = |kind| pb::ConfigRequest { kind: Some(kind) };
     tx.send(send(Kind::Hello(hello)))
@@ -131,6 +133,10 @@ async fn follow(
     tracing::info!(control_plane = %url, "config stream open");
     let mut parts = SnapshotParts::default();
     let mut schema_parts = SchemaParts::default();
+    // Whether this stream brought schemas before its first config: a control plane that sends
+    // none (older than this agent) leaves payloads unchecked rather than checked against
+    // schemas it can no longer change.
+    let mut schemas_sent = false;
     // Test attempts in flight; ended with the session (their answers would have nowhere to go).
     let mut tests = tokio::task::JoinSet::new();
     loop {
@@ -144,6 +150,7 @@ async fn follow(
             continue;
         };
         if let Some(schemas) = update.schemas.take() {
+            schemas_sent = true;
             if let Some(schemas) = schema_parts.add(schemas)? {
                 let table = routes.borrow().with_schemas(&schemas);
                 tracing::debug!(
@@ -206,6 +213,24 @@ async fn follow(
                 .await
                 .map_err(|_| "config stream closed")?;
             continue;
+        }
+        if !schemas_sent {
+            schemas_sent = true;
+            if !routes.borrow().schemas().is_empty() {
+                if identity.checks_schemas {
+                    tracing::warn!(
+                        control_plane = %url,
+                        "the control plane sends no event-type schemas (it is older than \
+                         this agent): emitted payloads go unchecked while this stream lasts"
+                    );
+                }
+                let none = pb::SchemaUpdate {
+                    whole: true,
+                    ..Default::default()
+                };
+                let table = routes.borrow().with_schemas(&none);
+                routes.send_replace(Arc::new(table));
+            }
         }
         let applied = routes.borrow().apply(&update);
         let reply = match applied {

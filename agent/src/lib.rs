@@ -179,6 +179,11 @@ pub struct Config {
     /// on a power loss (not on a process crash); for benchmarks and throwaway setups.
     #[arg(long, env = "HERALD_FSYNC", default_value_t = true, action = clap::ArgAction::Set)]
     pub fsync: bool,
+    /// Check each emitted payload against its event type's JSON Schema in the catalogue and
+    /// refuse one that fails (`INVALID_ARGUMENT` naming the JSON path). Off: payloads go
+    /// unchecked, and the control plane sends this agent no schemas.
+    #[arg(long, env = "HERALD_CHECK_SCHEMAS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub check_schemas: bool,
     /// How long shutdown waits for attempts in flight and report flushing.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -228,6 +233,7 @@ impl Config {
             max_parked_deliveries: 100_000,
             queue_cache_bytes: queue::DEFAULT_CACHE_BYTES,
             fsync: true,
+            check_schemas: true,
             shutdown_grace: Duration::from_secs(30),
             emit_access: emit_access::EmitAccess::default(),
             metrics_listen: None,
@@ -362,7 +368,17 @@ pub async fn run(
     );
     let stop = CancellationToken::new();
     let metrics = Metrics::default();
-    let cached = config_cache::load(&config.data_dir);
+    let cached = config_cache::load(&config.data_dir).map(|routes| {
+        if config.check_schemas {
+            routes
+        } else {
+            // Saved while checks were on.
+            routes.with_schemas(&herald_proto::v1::SchemaUpdate {
+                whole: true,
+                ..Default::default()
+            })
+        }
+    });
     if let Some(routes) = &cached {
         tracing::info!(
             revision = routes.revision,
@@ -376,6 +392,7 @@ pub async fn run(
         node: config.node.clone(),
         region: config.region.clone(),
         interest: interest.clone(),
+        checks_schemas: config.check_schemas,
     };
     let background = TaskTracker::new();
     let (saved_tx, saved) = watch::channel(routes.borrow().revision);

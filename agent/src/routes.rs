@@ -86,15 +86,22 @@ impl Routes {
         &self.schemas
     }
 
-    /// The same table with the schemas after `update`.
+    /// The same table with the schemas after `update` (the same set, when it changes
+    /// nothing: the config cache is saved again only for a change).
     pub fn with_schemas(&self, update: &pb::SchemaUpdate) -> Routes {
+        let schemas = self.schemas.apply(update);
+        let schemas = if schemas.same_as(&self.schemas) {
+            self.schemas.clone()
+        } else {
+            Arc::new(schemas)
+        };
         Routes {
             revision: self.revision,
             loaded: self.loaded,
             by_id: self.by_id.clone(),
             by_tenant: self.by_tenant.clone(),
             wire: self.wire.clone(),
-            schemas: Arc::new(self.schemas.apply(update)),
+            schemas,
         }
     }
 
@@ -282,6 +289,9 @@ mod tests {
         };
         let routes = early.apply(&snapshot).expect("snapshot");
         assert!(routes.schemas().check("order.created", b"{}").is_err());
+        // The same set again (every reconnect) is the same set: nothing to save.
+        let again = routes.with_schemas(&schemas);
+        assert!(Arc::ptr_eq(again.schemas(), routes.schemas()));
 
         let restored = Routes::default()
             .apply(&routes.to_snapshot())

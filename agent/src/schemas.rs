@@ -68,6 +68,15 @@ impl SchemaSet {
         SchemaSet { by_type }
     }
 
+    /// Whether `other` holds the very same schemas (what [`SchemaSet::apply`] reused).
+    pub fn same_as(&self, other: &SchemaSet) -> bool {
+        self.by_type.len() == other.by_type.len()
+            && self
+                .by_type
+                .iter()
+                .all(|(name, s)| other.by_type.get(name).is_some_and(|o| Arc::ptr_eq(s, o)))
+    }
+
     /// How many types have a schema.
     pub fn len(&self) -> usize {
         self.by_type.len()
@@ -204,6 +213,7 @@ mod tests {
         let again = set.apply(&set.to_update());
         assert!(Arc::ptr_eq(&again.by_type["order.created"], &kept));
         assert_eq!(again.len(), 2);
+        assert!(again.same_as(&set) && !next.same_as(&set));
         // An empty whole set drops every schema.
         assert!(again.apply(&whole(vec![], false)).is_empty());
     }

@@ -29,7 +29,8 @@ pub enum Command {
         #[arg(long)]
         example: Option<String>,
         /// A JSON Schema (draft 2020-12) for its payloads: JSON, or @path. The example and
-        /// test-sends' payloads are checked against it.
+        /// test-sends' payloads are checked against it, and agents refuse emitted payloads
+        /// that fail it.
         #[arg(long)]
         schema: Option<String>,
     },
@@ -43,7 +44,8 @@ pub enum Command {
         /// An example payload: JSON, or @path.
         #[arg(long)]
         example: Option<String>,
-        /// A JSON Schema (draft 2020-12): JSON, or @path.
+        /// A JSON Schema (draft 2020-12): JSON, or @path. Agents refuse emitted payloads
+        /// that fail it.
         #[arg(long, conflicts_with = "no_schema")]
         schema: Option<String>,
         /// Remove the schema.

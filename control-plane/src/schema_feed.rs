@@ -37,14 +37,37 @@ impl SchemaChange {
         self.upserts.is_empty() && self.removals.is_empty()
     }
 
-    /// The change as sent to an agent.
-    pub fn to_update(&self) -> pb::SchemaUpdate {
-        pb::SchemaUpdate {
-            whole: false,
-            upserts: self.upserts.iter().map(|s| (**s).clone()).collect(),
-            removals: self.removals.clone(),
-            more: false,
+    /// The change as sent to an agent that wants the types `wanted` selects: updates of
+    /// about `part_bytes` each (each applies on its own), none when it concerns no such type.
+    pub fn to_updates(
+        &self,
+        wanted: impl Fn(&str) -> bool,
+        part_bytes: usize,
+    ) -> Vec<pb::SchemaUpdate> {
+        let upserts = self.upserts.iter().filter(|s| wanted(&s.name));
+        let mut updates: Vec<pb::SchemaUpdate> = chunks(upserts, part_bytes)
+            .filter(|chunk| !chunk.is_empty())
+            .map(|upserts| pb::SchemaUpdate {
+                upserts,
+                ..Default::default()
+            })
+            .collect();
+        let removals: Vec<String> = self
+            .removals
+            .iter()
+            .filter(|name| wanted(name))
+            .cloned()
+            .collect();
+        if !removals.is_empty() {
+            match updates.last_mut() {
+                Some(last) => last.removals = removals,
+                None => updates.push(pb::SchemaUpdate {
+                    removals,
+                    ..Default::default()
+                }),
+            }
         }
+        updates
     }
 }
 
@@ -70,9 +93,10 @@ impl SchemaFeed {
         let follower = feed.clone();
         tokio::spawn(async move {
             let follow = follow::forever("event-type schemas", || async {
-                let result = follower.follow_once(&store, &loaded_tx).await;
+                let mut listed = false;
+                let result = follower.follow_once(&store, &loaded_tx, &mut listed).await;
                 Run {
-                    progressed: result.is_ok(),
+                    progressed: listed,
                     result: result.and_then(|()| Err("the store ended the watch".into())),
                 }
             });
@@ -103,9 +127,10 @@ impl SchemaFeed {
         &self,
         store: &Store,
         loaded: &watch::Sender<bool>,
+        listed: &mut bool,
     ) -> Result<(), FollowError> {
         let (kvs, revision) = store.list(keys::EVENT_TYPES).await?;
-        let listed: Schemas = kvs
+        let fresh: Schemas = kvs
             .iter()
             .filter_map(schema_of)
             .map(|s| (s.name.clone(), s))
@@ -113,11 +138,12 @@ impl SchemaFeed {
         let mut watch = store.watch(keys::EVENT_TYPES, revision + 1).await?;
         {
             let mut schemas = self.schemas.write().unwrap_or_else(|e| e.into_inner());
-            let change = difference(&schemas, &listed);
-            *schemas = listed;
+            let change = difference(&schemas, &fresh);
+            *schemas = fresh;
             self.publish(change);
         }
         loaded.send_replace(true);
+        *listed = true;
         while let Some(batch) = watch.recv().await {
             let mut change = SchemaChange::default();
             let mut schemas = self.schemas.write().unwrap_or_else(|e| e.into_inner());
@@ -192,28 +218,54 @@ fn difference(old: &Schemas, new: &Schemas) -> SchemaChange {
     }
 }
 
-/// The whole set as sent to an agent: parts of about `part_bytes` each (`more` set on all
-/// but the last); one empty part when there are none, so the agent drops any it held.
-pub fn whole_set(schemas: &Schemas, part_bytes: usize) -> Vec<pb::SchemaUpdate> {
-    let mut parts = vec![];
-    let mut part = pb::SchemaUpdate {
-        whole: true,
-        ..Default::default()
-    };
-    let mut size = 0;
-    for schema in schemas.values() {
-        let len = schema.encoded_len();
-        if size > 0 && size + len > part_bytes {
-            part.more = true;
-            parts.push(std::mem::take(&mut part));
-            part.whole = true;
-            size = 0;
+/// The whole set as sent to an agent that wants the types `wanted` selects: parts of about
+/// `part_bytes` each (`more` set on all but the last), each built only when the previous one
+/// has been taken; one empty part when there are none, so the agent drops any it held.
+pub fn whole_set<'a>(
+    schemas: &'a Schemas,
+    wanted: impl Fn(&str) -> bool + 'a,
+    part_bytes: usize,
+) -> impl Iterator<Item = pb::SchemaUpdate> + 'a {
+    let wanted = schemas.values().filter(move |s| wanted(&s.name));
+    let mut chunks = chunks(wanted, part_bytes).peekable();
+    std::iter::from_fn(move || {
+        let upserts = chunks.next()?;
+        Some(pb::SchemaUpdate {
+            whole: true,
+            upserts,
+            removals: vec![],
+            more: chunks.peek().is_some(),
+        })
+    })
+}
+
+/// `schemas` in chunks of about `part_bytes` encoded (a schema larger than that is a chunk of
+/// its own), each built when asked for; at least one chunk, empty when there are none.
+fn chunks<'a>(
+    schemas: impl Iterator<Item = &'a Arc<pb::TypeSchema>> + 'a,
+    part_bytes: usize,
+) -> impl Iterator<Item = Vec<pb::TypeSchema>> + 'a {
+    let mut schemas = schemas.peekable();
+    let mut first = true;
+    std::iter::from_fn(move || {
+        if !first && schemas.peek().is_none() {
+            return None;
         }
-        size += len;
-        part.upserts.push((**schema).clone());
-    }
-    parts.push(part);
-    parts
+        first = false;
+        let (mut chunk, mut bytes) = (Vec::new(), 0);
+        while let Some(&schema) = schemas.peek() {
+            // The field's tag and length prefix, then the message.
+            let len = schema.encoded_len();
+            let size = 1 + prost::length_delimiter_len(len) + len;
+            if bytes + size > part_bytes && !chunk.is_empty() {
+                break;
+            }
+            bytes += size;
+            chunk.push(pb::TypeSchema::clone(schema));
+            schemas.next();
+        }
+        Some(chunk)
+    })
 }
 
 #[cfg(test)]
@@ -252,7 +304,7 @@ mod tests {
     fn a_large_set_goes_in_parts_and_an_empty_one_in_one() {
         let big = "x".repeat(400);
         let schemas = set(&[("a", &big), ("b", &big), ("c", &big)]);
-        let parts = whole_set(&schemas, 900);
+        let parts: Vec<_> = whole_set(&schemas, |_| true, 900).collect();
         let names: Vec<Vec<&str>> = parts
             .iter()
             .map(|p| p.upserts.iter().map(|s| s.name.as_str()).collect())
@@ -264,8 +316,35 @@ mod tests {
             [true, false]
         );
 
-        let none = whole_set(&Schemas::new(), 900);
+        let none: Vec<_> = whole_set(&schemas, |name| name == "z", 900).collect();
         assert_eq!(none.len(), 1);
         assert!(none[0].whole && !none[0].more && none[0].upserts.is_empty());
+    }
+
+    #[test]
+    fn a_change_goes_in_parts_of_the_types_wanted_only() {
+        let big = "x".repeat(400);
+        let set = set(&[("order.a", &big), ("order.b", &big), ("stock.c", &big)]);
+        let change = SchemaChange {
+            upserts: set.values().cloned().collect(),
+            removals: vec!["order.gone".into(), "stock.gone".into()],
+        };
+        let updates = change.to_updates(|name| name.starts_with("order."), 900);
+        let names: Vec<Vec<&str>> = updates
+            .iter()
+            .map(|u| u.upserts.iter().map(|s| s.name.as_str()).collect())
+            .collect();
+        assert_eq!(names, [vec!["order.a", "order.b"]]);
+        assert_eq!(updates[0].removals, ["order.gone"]);
+        assert!(updates.iter().all(|u| !u.whole && !u.more));
+
+        let small = change.to_updates(|name| name.starts_with("order."), 500);
+        assert_eq!(small.len(), 2, "one schema a part");
+        assert_eq!(small[1].removals, ["order.gone"], "with the last part");
+        assert!(
+            change
+                .to_updates(|name| name.starts_with("plan."), 900)
+                .is_empty()
+        );
     }
 }

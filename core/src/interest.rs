@@ -19,11 +19,16 @@ impl Interest {
     /// Whether an event of `tenant` and `event_type` is within the interest.
     pub fn admits(&self, tenant: &str, event_type: &str) -> bool {
         (self.tenants.is_empty() || self.tenants.iter().any(|t| t == tenant))
-            && (self.event_type_prefixes.is_empty()
-                || self
-                    .event_type_prefixes
-                    .iter()
-                    .any(|p| event_type.starts_with(p.as_str())))
+            && self.covers_type(event_type)
+    }
+
+    /// Whether events of `event_type` can be within the interest (for some tenant).
+    pub fn covers_type(&self, event_type: &str) -> bool {
+        self.event_type_prefixes.is_empty()
+            || self
+                .event_type_prefixes
+                .iter()
+                .any(|p| event_type.starts_with(p.as_str()))
     }
 
     /// Why an event is refused, naming the interest; `None` when it is admitted.

@@ -351,6 +351,8 @@ pub struct AgentOptions {
     pub trusted_ca: Option<String>,
     /// The HTTP proxy deliveries leave through (default none).
     pub egress_proxy: Option<String>,
+    /// Whether emitted payloads are checked against their type's schema (default yes).
+    pub check_schemas: Option<bool>,
 }
 
 /// An agent running in-process.
@@ -415,6 +417,7 @@ impl Agent {
             control_plane_ca_file: options.control_plane_tls.as_ref().map(|t| t.0.clone()),
             control_plane_cert_file: options.control_plane_tls.as_ref().map(|t| t.1.clone()),
             control_plane_key_file: options.control_plane_tls.as_ref().map(|t| t.2.clone()),
+            check_schemas: options.check_schemas.unwrap_or(true),
             queue_min_free_bytes: options
                 .queue_min_free_bytes
                 .unwrap_or(herald_agent::queue::DEFAULT_MIN_FREE_BYTES),

@@ -35,7 +35,7 @@ use crate::fleet::{Fleet, Order};
 use crate::health::Health;
 use crate::hub::{Change, ConfigHub, Resume, Snapshot, Unreadable};
 use crate::metrics::Metrics;
-use crate::schema_feed::{SchemaChange, SchemaFeed, Schemas, whole_set};
+use crate::schema_feed::{SchemaChange, SchemaFeed, whole_set};
 use crate::subscriptions::{SubscriptionError, Subscriptions};
 
 /// How long an agent has to say hello after opening its config stream.
@@ -381,10 +381,9 @@ async fn follow(shared: &Shared, session: Session<'_>) {
     // subscriptions arrive.
     let mut schema_changes = None;
     if checks_schemas {
-        let (set, changes) = schemas.subscribe();
-        if send_schemas(tx, &set).await.is_err() {
+        let Ok(changes) = send_schemas(snapshot_turns, schemas, tx, interest).await else {
             return;
-        }
+        };
         schema_changes = Some(changes);
     }
     // An agent that already holds a recent revision gets the changes since; any other a
@@ -452,15 +451,26 @@ async fn follow(shared: &Shared, session: Session<'_>) {
             },
             change = next_schema_change(&mut schema_changes) => {
                 let sent = match change {
-                    Ok(change) => send_update(tx, pb::ConfigUpdate {
-                        schemas: Some(change.to_update()),
-                        ..Default::default()
-                    }).await,
+                    Ok(change) => {
+                        let wanted = |name: &str| interest.emits.covers_type(name);
+                        let mut sent = Ok(());
+                        for update in change.to_updates(wanted, SNAPSHOT_PART_BYTES) {
+                            let update = pb::ConfigUpdate {
+                                schemas: Some(update),
+                                ..Default::default()
+                            };
+                            sent = tx.send(Ok(update)).await.map_err(|_| ());
+                            if sent.is_err() {
+                                break;
+                            }
+                        }
+                        sent
+                    }
                     Err(RecvError::Lagged(_)) => {
                         // Fell behind the feed's buffer: the whole set again.
-                        let (set, fresh) = schemas.subscribe();
-                        schema_changes = Some(fresh);
-                        send_schemas(tx, &set).await
+                        send_schemas(snapshot_turns, schemas, tx, interest)
+                            .await
+                            .map(|fresh| schema_changes = Some(fresh))
                     }
                     Err(RecvError::Closed) => {
                         schema_changes = None;
@@ -536,30 +546,34 @@ async fn follow(shared: &Shared, session: Session<'_>) {
     }
 }
 
-/// The stream to the agent is gone.
-struct Gone;
-
-/// Sends one update to the agent.
-async fn send_update(
-    tx: &mpsc::Sender<Result<pb::ConfigUpdate, Status>>,
-    update: pb::ConfigUpdate,
-) -> Result<(), Gone> {
-    tx.send(Ok(update)).await.map_err(|_| Gone)
-}
-
-/// Sends the whole schema set, in parts.
+/// Sends the catalogue's schemas of the types the agent emits, in parts built one at a time,
+/// taking a snapshot turn and giving up after [`SNAPSHOT_SEND_LIMIT`] as snapshots do;
+/// answers the receiver of every change after them.
 async fn send_schemas(
+    turns: &Semaphore,
+    feed: &SchemaFeed,
     tx: &mpsc::Sender<Result<pb::ConfigUpdate, Status>>,
-    set: &Schemas,
-) -> Result<(), Gone> {
-    for part in whole_set(set, SNAPSHOT_PART_BYTES) {
-        let update = pb::ConfigUpdate {
-            schemas: Some(part),
-            ..Default::default()
-        };
-        send_update(tx, update).await?;
-    }
-    Ok(())
+    interest: &Interest,
+) -> Result<broadcast::Receiver<Arc<SchemaChange>>, ()> {
+    let _turn = turns.acquire().await.map_err(|_| ())?;
+    let (set, changes) = feed.subscribe();
+    let wanted = |name: &str| interest.emits.covers_type(name);
+    let send = async {
+        for part in whole_set(&set, wanted, SNAPSHOT_PART_BYTES) {
+            let update = pb::ConfigUpdate {
+                schemas: Some(part),
+                ..Default::default()
+            };
+            tx.send(Ok(update)).await.map_err(|_| ())?;
+        }
+        Ok(())
+    };
+    tokio::time::timeout(SNAPSHOT_SEND_LIMIT, send)
+        .await
+        .map_err(|_| {
+            tracing::warn!("an agent took too long to read the schemas; closing its stream")
+        })??;
+    Ok(changes)
 }
 
 /// The next change to the schemas, for a stream that follows them; never, for one that

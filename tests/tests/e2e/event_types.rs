@@ -438,6 +438,20 @@ async fn agents_refuse_payloads_their_types_schema_rejects() -> anyhow::Result<(
     );
     assert!(status.message().contains("total"), "{}", status.message());
 
+    // An agent told not to check takes it (another tenant's: it goes nowhere).
+    let unchecked = Agent::start(
+        control_plane.url(),
+        AgentOptions {
+            check_schemas: Some(false),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let mut elsewhere = bad.clone();
+    elsewhere.tenant = "shop-unchecked".into();
+    assert_eq!(unchecked.emit(elsewhere).await?.matched, 0);
+    unchecked.stop().await?;
+
     // A good one goes through: the only request the receiver gets.
     let accepted = agent.emit(event(tenant, "order.created", &order)).await?;
     assert_eq!(accepted.matched, 1);
