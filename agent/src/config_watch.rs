@@ -299,6 +299,7 @@ impl SnapshotParts {
             ));
         }
         joined.upserts.extend(update.upserts);
+        joined.log_body_limit = update.log_body_limit.or(joined.log_body_limit);
         if update.more {
             self.pending = Some(joined);
             return Ok(None);

@@ -10,6 +10,7 @@ use herald_proto::convert;
 use herald_proto::v1 as pb;
 
 use crate::schemas::SchemaSet;
+use herald_core::limits::{DEFAULT_LOG_BODY_LIMIT, MAX_LOG_BODY_LIMIT};
 
 /// Why a config update was refused.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,9 @@ pub struct Routes {
     wire: HashMap<String, Arc<pb::Subscription>>,
     /// The event types' schemas.
     schemas: Arc<SchemaSet>,
+    /// The most request-body bytes the control plane's log keeps ([`Self::log_body_limit`]);
+    /// `None` until a control plane said.
+    log_body_limit: Option<u32>,
 }
 
 impl Routes {
@@ -73,6 +77,7 @@ impl Routes {
             by_tenant,
             wire,
             schemas,
+            log_body_limit: None,
         }
     }
 
@@ -84,6 +89,14 @@ impl Routes {
     /// The event types' schemas.
     pub fn schemas(&self) -> &Arc<SchemaSet> {
         &self.schemas
+    }
+
+    /// The most bytes of a request's body to report with an attempt: what the control plane's
+    /// delivery log keeps (0: none, so nothing is captured), the default until it says.
+    pub fn log_body_limit(&self) -> usize {
+        self.log_body_limit
+            .map_or(DEFAULT_LOG_BODY_LIMIT, |limit| limit as usize)
+            .min(MAX_LOG_BODY_LIMIT)
     }
 
     /// The same table with the schemas after `update` (the same set, when it changes
@@ -102,6 +115,7 @@ impl Routes {
             by_tenant: self.by_tenant.clone(),
             wire: self.wire.clone(),
             schemas,
+            log_body_limit: self.log_body_limit,
         }
     }
 
@@ -161,7 +175,9 @@ impl Routes {
             Some(schemas) => Arc::new(self.schemas.apply(schemas)),
             None => self.schemas.clone(),
         };
-        Ok(Routes::new(update.revision, by_id, wire, schemas))
+        let mut routes = Routes::new(update.revision, by_id, wire, schemas);
+        routes.log_body_limit = update.log_body_limit.or(self.log_body_limit);
+        Ok(routes)
     }
 
     /// The whole table as a snapshot update, as the control plane would send it, with the
@@ -180,6 +196,7 @@ impl Routes {
             test: None,
             more: false,
             schemas: (!self.schemas.is_empty()).then(|| self.schemas.to_update()),
+            log_body_limit: self.log_body_limit,
         }
     }
 }
@@ -220,8 +237,11 @@ mod tests {
             test: None,
             more: false,
             schemas: None,
+            log_body_limit: Some(1024),
         };
+        assert_eq!(Routes::default().log_body_limit(), DEFAULT_LOG_BODY_LIMIT);
         let routes = Routes::default().apply(&snapshot).expect("snapshot");
+        assert_eq!(routes.log_body_limit(), 1024);
         let ids =
             |subs: Vec<Arc<Subscription>>| subs.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
         assert_eq!(ids(routes.matching("t1", "order.created")), ["sub_a"]);
@@ -240,8 +260,12 @@ mod tests {
             test: None,
             more: false,
             schemas: None,
+            log_body_limit: None,
         };
         let next = routes.apply(&delta).expect("delta");
+        // The control plane's body limit holds until it says another, and is saved.
+        assert_eq!(next.log_body_limit(), 1024);
+        assert_eq!(next.to_snapshot().log_body_limit, Some(1024));
         // Still matched (its deliveries are parked), but known to be disabled.
         let matched = next.matching("t1", "order.created");
         assert_eq!(ids(matched.clone()), ["sub_a"]);

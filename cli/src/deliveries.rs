@@ -23,10 +23,31 @@ pub enum Command {
         #[arg(long, default_value = "")]
         page_token: String,
     },
-    /// Every attempt of one event, across its subscriptions, oldest first.
+    /// Every attempt of one event, across its subscriptions, oldest first; with
+    /// `--show-body`, also the request each subscription was sent (headers and body).
     Get {
         /// The event id (evt_… or the emitter's own id).
         event: String,
+        /// Also print the request as sent to each subscription: its headers (signatures and
+        /// credentials masked) and its body, byte for byte (as far as the log keeps it:
+        /// --log-body-limit).
+        #[arg(long)]
+        show_body: bool,
+        /// Only this subscription's attempts and request.
+        #[arg(long)]
+        subscription: Option<String>,
+        /// Only this tenant's event (event ids are unique per tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Remove the stored requests (headers and bodies) of one event's deliveries, for
+    /// personal data; the attempts stay.
+    Expunge {
+        /// The event id.
+        event: String,
+        /// Only this tenant's event.
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// Follow attempts as they are stored (Ctrl-C stops); one line each.
     Tail {
@@ -194,9 +215,16 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
             let items: Vec<_> = page.attempts.iter().map(output::attempt).collect();
             output::list(format, "attempts", &items, &COLUMNS, &page.next_page_token)?;
         }
-        Command::Get { event } => {
+        Command::Get {
+            event,
+            show_body,
+            subscription,
+            tenant,
+        } => {
             let filter = pb::AttemptFilter {
                 event_id: event.clone(),
+                subscription_id: subscription.clone().unwrap_or_default(),
+                tenant: tenant.clone().unwrap_or_default(),
                 ..Default::default()
             };
             let mut attempts = Vec::new();
@@ -222,7 +250,36 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
             }
             attempts.reverse();
             let items: Vec<_> = attempts.iter().map(output::attempt).collect();
-            output::list(format, "attempts", &items, &COLUMNS, "")?;
+            if !show_body {
+                output::list(format, "attempts", &items, &COLUMNS, "")?;
+                return Ok(());
+            }
+            let requests = client
+                .get_sent_requests(pb::GetSentRequestsRequest {
+                    event_id: event,
+                    subscription_id: subscription.unwrap_or_default(),
+                    tenant: tenant.unwrap_or_default(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .requests;
+            output::sent_requests(format, &items, &COLUMNS, &requests)?;
+        }
+        Command::Expunge { event, tenant } => {
+            let removed = client
+                .expunge_sent_requests(pb::ExpungeSentRequestsRequest {
+                    event_id: event.clone(),
+                    tenant: tenant.unwrap_or_default(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .removed;
+            output::object(
+                format,
+                &serde_json::json!({ "event_id": event, "removed": removed }),
+            )?;
         }
         Command::Tail { filter } => {
             let mut stream = client

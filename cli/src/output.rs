@@ -27,8 +27,13 @@ pub enum OutputError {
 
 /// Writes `text` to standard output as it is.
 pub fn write(text: &str) -> Result<(), OutputError> {
+    write_bytes(text.as_bytes())
+}
+
+/// Writes `bytes` to standard output as they are (a request body, byte for byte).
+pub fn write_bytes(bytes: &[u8]) -> Result<(), OutputError> {
     let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
+    out.write_all(bytes)
         .and_then(|()| out.flush())
         .map_err(|err| match err.kind() {
             std::io::ErrorKind::BrokenPipe => OutputError::Closed,
@@ -358,6 +363,75 @@ pub fn attempt(a: &pb::Attempt) -> Value {
         "response_excerpt": a.response_excerpt,
         "test": a.test,
     })
+}
+
+/// A request as sent: its body as text when it is UTF-8 (`body`), else in base64
+/// (`body_base64`: a body cut by the log's limit may end inside a character).
+pub fn sent_request(r: &pb::SentRequest) -> Value {
+    let mut value = json!({
+        "subscription_id": r.subscription_id,
+        "tenant": r.tenant,
+        "attempt": r.attempt,
+        "sent_at": time(r.sent_at.as_ref()),
+        "method": r.method,
+        "url": r.url,
+        "headers": r
+            .headers
+            .iter()
+            .map(|h| json!({ "name": h.name, "value": h.value }))
+            .collect::<Vec<_>>(),
+        "body_size": r.body_size,
+        "body_cut": herald_proto::sent_request::is_cut(r),
+    });
+    match std::str::from_utf8(&r.body) {
+        Ok(text) => value["body"] = json!(text),
+        Err(_) => {
+            use base64::Engine as _;
+            value["body_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(&r.body));
+        }
+    }
+    value
+}
+
+/// One event's attempts with the requests its subscriptions were sent: one document (JSON,
+/// YAML: `attempts` and `requests`), or the attempts' table followed by each request as HTTP
+/// text, its body byte for byte.
+pub fn sent_requests(
+    format: Format,
+    attempts: &[Value],
+    columns: &[&str],
+    requests: &[pb::SentRequest],
+) -> Result<(), OutputError> {
+    if format.style != Style::Table {
+        let doc = json!({
+            "attempts": attempts,
+            "requests": requests.iter().map(sent_request).collect::<Vec<_>>(),
+        });
+        return object(format, &doc);
+    }
+    list(format, "attempts", attempts, columns, "")?;
+    for r in requests {
+        let mut head = format!(
+            "\n--- request to {} (attempt {}, {} bytes) ---\n{} {}\n",
+            r.subscription_id, r.attempt, r.body_size, r.method, r.url
+        );
+        for h in &r.headers {
+            let _ = writeln!(head, "{}: {}", h.name, h.value);
+        }
+        head.push('\n');
+        write(&head)?;
+        write_bytes(&r.body)?;
+        write("\n")?;
+        if herald_proto::sent_request::is_cut(r) {
+            note(&format!(
+                "the body to {} is cut to the log's limit: {} of {} bytes shown",
+                r.subscription_id,
+                r.body.len(),
+                r.body_size
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// An agent.

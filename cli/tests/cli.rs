@@ -1139,6 +1139,72 @@ async fn a_test_send_prints_the_answer_and_exits_by_it() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn show_body_prints_the_request_as_the_receiver_got_it_until_expunged() -> anyhow::Result<()>
+{
+    let world = World::start().await?;
+    let sub = subscribe_to_orders(&world, &world.receiver.url("/orders")).await?;
+    let id = sub["id"].as_str().context("an id")?;
+    let emitted = json(
+        &emit_order_of(
+            &world,
+            r#"{"order_id": "ord_b", "note": "Zoë \u00e9 <b>&"}"#,
+        )
+        .await,
+    );
+    let event_id = emitted["event_id"].as_str().context("an event id")?;
+    let received = world.receiver.wait_for_requests(1, WAIT).await?[0]
+        .body
+        .clone();
+
+    let shown = eventually(WAIT, "the request to be logged", || async {
+        let out = herald(
+            &world,
+            &["deliveries", "get", event_id, "--show-body", "-o", "json"],
+        )
+        .await;
+        Ok(out.status.success().then(|| json(&out)))
+    })
+    .await?;
+    let request = &shown["requests"][0];
+    assert_eq!(request["subscription_id"].as_str(), Some(id));
+    assert_eq!(
+        request["body"].as_str().map(str::as_bytes),
+        Some(received.as_ref()),
+        "byte for byte"
+    );
+    assert_eq!(request["body_cut"], Value::Bool(false));
+    assert_eq!(shown["attempts"][0]["event_id"].as_str(), Some(event_id));
+
+    // The table ends with the body as it was sent, after the request's headers.
+    let table = herald(&world, &["deliveries", "get", event_id, "--show-body"]).await;
+    assert!(table.status.success());
+    let mut tail = received.to_vec();
+    tail.push(b'\n');
+    assert!(
+        table.stdout.ends_with(&tail),
+        "{}",
+        String::from_utf8_lossy(&table.stdout)
+    );
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("webhook-signature: (masked)"), "{text}");
+    assert!(text.contains(&format!("webhook-id: {event_id}")), "{text}");
+
+    // Expunged: the attempts stay, the body is gone, and asking for it fails.
+    let expunged = json(&herald(&world, &["deliveries", "expunge", event_id, "-o", "json"]).await);
+    assert_eq!(expunged["removed"], Value::from(1));
+    let listed = herald(&world, &["deliveries", "get", event_id]).await;
+    assert!(listed.status.success());
+    let gone = herald(&world, &["deliveries", "get", event_id, "--show-body"]).await;
+    assert_eq!(gone.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&gone.stderr);
+    assert!(
+        stderr.contains("not found") && stderr.contains("no request is stored"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
 async fn subscribe_to_orders(world: &World, url: &str) -> anyhow::Result<Value> {
     let created = json(
         &herald(
@@ -1165,6 +1231,11 @@ async fn subscribe_to_orders(world: &World, url: &str) -> anyhow::Result<Value> 
 
 /// `herald emit` of an `order.created` event of shop-1 with an empty payload.
 async fn emit_order(world: &World) -> Output {
+    emit_order_of(world, "{}").await
+}
+
+/// `herald emit` of an `order.created` event of shop-1 with `data`.
+async fn emit_order_of(world: &World, data: &str) -> Output {
     herald(
         world,
         &[
@@ -1174,7 +1245,7 @@ async fn emit_order(world: &World) -> Output {
             "--type",
             "order.created",
             "--data",
-            "{}",
+            data,
             "-o",
             "json",
         ],

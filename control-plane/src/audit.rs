@@ -46,6 +46,8 @@ pub enum Action {
     EventTypeDelete,
     /// Deliveries were queued again.
     DeliveriesReplay,
+    /// The stored requests of an event's deliveries were removed.
+    DeliveriesExpunge,
     /// A tenant portal link was handed out.
     PortalLink,
 }
@@ -66,6 +68,7 @@ impl Action {
             Action::EventTypeDeprecate => "event_type.deprecate",
             Action::EventTypeDelete => "event_type.delete",
             Action::DeliveriesReplay => "deliveries.replay",
+            Action::DeliveriesExpunge => "deliveries.expunge",
             Action::PortalLink => "portal.link",
         }
     }

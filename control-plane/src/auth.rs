@@ -406,7 +406,7 @@ pub fn needed_role(path: &str) -> Option<Role> {
             _ => Some(Role::Admin),
         },
         "herald.v1.Deliveries" => match method {
-            "ListAttempts" | "TailAttempts" => Some(Role::Read),
+            "ListAttempts" | "TailAttempts" | "GetSentRequests" => Some(Role::Read),
             _ => Some(Role::Admin),
         },
         "herald.v1.EventTypes" => match method {

@@ -35,6 +35,7 @@ pub mod subscriptions;
 pub mod test_send;
 pub mod web;
 
+use herald_core::limits::DEFAULT_LOG_BODY_LIMIT;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -102,6 +103,11 @@ pub struct Config {
     /// The most attempts the delivery log keeps; the oldest go first.
     #[arg(long, env = "HERALD_LOG_MAX_ATTEMPTS", default_value_t = 100_000_000)]
     pub log_max_attempts: u64,
+    /// The most bytes of each delivery's request body the log keeps, with its headers
+    /// (signatures and credentials masked): `herald deliveries get EVENT --show-body`. 0
+    /// keeps none (agents then report none).
+    #[arg(long, env = "HERALD_LOG_BODY_LIMIT", default_value_t = DEFAULT_LOG_BODY_LIMIT, value_parser = herald_core::limits::parse_log_body_limit)]
+    pub log_body_limit: usize,
     /// The keys that seal signing secrets in the config store.
     #[command(flatten)]
     pub secrets: KeyringSource,
@@ -200,6 +206,7 @@ impl Config {
             log_store: attempts::LogStoreFlag::new("embedded"),
             log_retention: DEFAULT_LOG_RETENTION,
             log_max_attempts: DEFAULT_LOG_MAX_ATTEMPTS,
+            log_body_limit: DEFAULT_LOG_BODY_LIMIT,
             secrets: KeyringSource::default(),
             auth: TokenSource::default(),
             tls: ServerTls::default(),
@@ -583,7 +590,11 @@ pub async fn run(
         .add_service(AgentsServer::from_arc(agents_service))
         .add_service(PortalServer::from_arc(portal_service))
         .add_service(AgentControlServer::new(grpc::AgentControlService::new(
-            grpc::ConfigFeeds { hub, schemas },
+            grpc::ConfigFeeds {
+                hub,
+                schemas,
+                log_body_limit: config.log_body_limit as u32,
+            },
             registry,
             fleet,
             log,

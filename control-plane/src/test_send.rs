@@ -144,7 +144,13 @@ pub async fn test_send(
     attempt.test = true;
     attempt.subscription_id.clone_from(&sub.id);
     attempt.tenant.clone_from(&sub.tenant);
-    if let Err(err) = store(log, attempt.clone()).await {
+    // The request as sent is kept by the log alone; the answer carries the attempt.
+    let request = attempt.request.take();
+    let logged = pb::Attempt {
+        request,
+        ..attempt.clone()
+    };
+    if let Err(err) = store(log, logged).await {
         // The answer still stands; only its log entry is missing.
         tracing::warn!(subscription = %sub.id, error = %err, "cannot log a test attempt");
     }

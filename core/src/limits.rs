@@ -38,6 +38,27 @@ pub fn parse_payload_limit(text: &str) -> Result<usize, String> {
         Err(format!("must be 1 to {MAX_PAYLOAD_LIMIT} bytes"))
     }
 }
+/// The request body bytes the delivery log keeps of each delivery by default
+/// (`--log-body-limit`).
+pub const DEFAULT_LOG_BODY_LIMIT: usize = 64 * 1024;
+/// The largest `--log-body-limit`: a report carrying a request this large still fits a report
+/// batch ([`MAX_REPORT_BATCH_BYTES`]) with room to spare.
+pub const MAX_LOG_BODY_LIMIT: usize = 1024 * 1024;
+
+/// Parses a configured log body limit (0, which keeps no bodies, to [`MAX_LOG_BODY_LIMIT`]).
+pub fn parse_log_body_limit(text: &str) -> Result<usize, String> {
+    let bytes: usize = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of bytes"))?;
+    if bytes <= MAX_LOG_BODY_LIMIT {
+        Ok(bytes)
+    } else {
+        Err(format!(
+            "must be 0 (keep no bodies) to {MAX_LOG_BODY_LIMIT} bytes"
+        ))
+    }
+}
 /// Most attributes one event may carry.
 pub const MAX_ATTRIBUTES: usize = 32;
 /// Longest attribute key.
@@ -80,6 +101,10 @@ mod tests {
         assert!(parse_payload_limit("0").is_err());
         assert!(parse_payload_limit("16777217").is_err());
         assert!(parse_payload_limit("1MiB").is_err());
+        assert_eq!(parse_log_body_limit("0"), Ok(0));
+        assert_eq!(parse_log_body_limit("1048576"), Ok(MAX_LOG_BODY_LIMIT));
+        assert!(parse_log_body_limit("1048577").is_err());
+        assert!(parse_log_body_limit("-1").is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod client_tls;
 pub mod convert;
 pub mod discovery;
 pub mod metric_labels;
+pub mod sent_request;
 pub mod words;
 
 /// The encoded `FileDescriptorSet` of `herald/v1/herald.proto` and the well-known types it

@@ -49,15 +49,21 @@ impl World {
     /// Starts everything with the control plane's delivery log in `log_store` (a
     /// `postgres://` URL that further replicas can share; `None`: the embedded log).
     pub async fn start_with_log(log_store: Option<String>) -> anyhow::Result<World> {
+        Self::start_configured(move |config| {
+            if let Some(url) = log_store {
+                config.log_store = herald_control_plane::attempts::LogStoreFlag::new(url);
+            }
+        })
+        .await
+    }
+
+    /// Starts everything with the control plane's test defaults changed by `configure`.
+    pub async fn start_configured(
+        configure: impl FnOnce(&mut herald_control_plane::Config),
+    ) -> anyhow::Result<World> {
         let etcd = Etcd::start().await?;
         let store = ConfigStore::Etcd(vec![etcd.endpoint()]);
-        let control_plane = match log_store {
-            Some(url) => {
-                let flag = herald_control_plane::attempts::LogStoreFlag::new(url);
-                ControlPlane::start_configured(store, move |config| config.log_store = flag).await?
-            }
-            None => ControlPlane::start(store).await?,
-        };
+        let control_plane = ControlPlane::start_configured(store, configure).await?;
         let ca = TestCa::new();
         let ca_dir = tempfile::tempdir()?;
         let ca_file = ca.write_ca_pem(ca_dir.path())?;

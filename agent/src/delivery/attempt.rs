@@ -10,6 +10,9 @@ use herald_core::signing::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, signat
 use herald_core::subscription::Subscription;
 use herald_core::trace::{self, TraceParent};
 
+use herald_proto::convert::timestamp;
+use herald_proto::sent_request::MASKED;
+use herald_proto::v1 as pb;
 use tracing::Instrument as _;
 
 use bytes::Bytes;
@@ -36,6 +39,9 @@ pub struct Sent {
     pub started_at: SystemTime,
     /// How long it took.
     pub duration: Duration,
+    /// The request as sent (its body cut to the log's limit, credentials masked), when one
+    /// was made and the log keeps bodies.
+    pub request: Option<pb::SentRequest>,
 }
 
 impl Sent {
@@ -47,6 +53,7 @@ impl Sent {
             excerpt: String::new(),
             started_at: SystemTime::now(),
             duration: Duration::ZERO,
+            request: None,
         }
     }
 }
@@ -67,12 +74,14 @@ pub struct EventRef<'a> {
 
 /// Sends one attempt of `event` to `sub` with `client` (the route its egress picks), with a
 /// bearer token from `tokens` when it uses OAuth2, in a `deliver` span that joins the
-/// emitter's trace.
+/// emitter's trace. Up to `body_limit` bytes of the body go into the report's copy of the
+/// request (0: no copy is made).
 pub async fn send(
     client: &HttpClient,
     tokens: &Tokens,
     sub: &Subscription,
     event: EventRef<'_>,
+    body_limit: usize,
 ) -> Sent {
     let span = tracing::debug_span!(
         "deliver",
@@ -86,9 +95,22 @@ pub async fn send(
     if let Some(trace) = &trace {
         herald_core::telemetry::continue_trace(&span, trace);
     }
-    let outcome = send_in(client, tokens, sub, event, trace, &span)
-        .instrument(span.clone())
-        .await;
+    let mut request = None;
+    let mut outcome = send_in(
+        client,
+        tokens,
+        sub,
+        event,
+        Capture {
+            trace,
+            body_limit,
+            request: &mut request,
+        },
+        &span,
+    )
+    .instrument(span.clone())
+    .await;
+    outcome.request = request;
     match &outcome.result {
         AttemptResult::Status { code, .. } => {
             span.record("http.response.status_code", i64::from(*code));
@@ -114,14 +136,27 @@ enum RequestError {
     Build(#[from] http::Error),
 }
 
+/// What an attempt carries besides its event: the emitter's trace, and where the copy of the
+/// request for the log goes.
+struct Capture<'a> {
+    trace: Option<TraceParent>,
+    body_limit: usize,
+    request: &'a mut Option<pb::SentRequest>,
+}
+
 async fn send_in(
     client: &HttpClient,
     tokens: &Tokens,
     sub: &Subscription,
     event: EventRef<'_>,
-    trace: Option<TraceParent>,
+    capture: Capture<'_>,
     span: &tracing::Span,
 ) -> Sent {
+    let Capture {
+        trace,
+        body_limit,
+        request: captured,
+    } = capture;
     let started_at = SystemTime::now();
     let clock = tokio::time::Instant::now();
     let deadline = clock + sub.timeout;
@@ -131,6 +166,7 @@ async fn send_in(
         excerpt,
         started_at,
         duration: clock.elapsed(),
+        request: None,
     };
     let failed = |kind, error: String| finish(AttemptResult::Error { kind }, error, String::new());
     let body = EventBody {
@@ -175,6 +211,18 @@ async fn send_in(
             Ok(request) => request,
             Err(err) => return failed(ErrorKind::Request, err.to_string()),
         };
+        if body_limit > 0 && captured.is_none() {
+            *captured = Some(as_sent(
+                &request,
+                sub,
+                event.id,
+                started_at,
+                KeptBody {
+                    body: &body,
+                    limit: body_limit,
+                },
+            ));
+        }
         let response = match tokio::time::timeout_at(deadline, client.request(request)).await {
             Ok(Ok(response)) => response,
             Ok(Err(err)) => return failed(error_kind(&err), error_text::chain(&err)),
@@ -289,6 +337,57 @@ fn request(
     Ok(request.body(Full::new(body))?)
 }
 
+/// The log's copy of `request`: its headers, with the values that are credentials masked (the
+/// signature, an authorization, and the subscription's own headers), and the part of its body
+/// the log keeps.
+fn as_sent(
+    request: &http::Request<Full<Bytes>>,
+    sub: &Subscription,
+    event_id: &str,
+    started_at: SystemTime,
+    kept: KeptBody<'_>,
+) -> pb::SentRequest {
+    let masked = |name: &http::HeaderName| {
+        name == HEADER_SIGNATURE
+            || name == http::header::AUTHORIZATION
+            || sub
+                .headers
+                .iter()
+                .any(|(own, _)| own.eq_ignore_ascii_case(name.as_str()))
+    };
+    let headers = request
+        .headers()
+        .iter()
+        .map(|(name, value)| pb::Header {
+            name: name.as_str().to_owned(),
+            value: if masked(name) {
+                MASKED.to_owned()
+            } else {
+                String::from_utf8_lossy(value.as_bytes()).into_owned()
+            },
+        })
+        .collect();
+    let KeptBody { body, limit } = kept;
+    pb::SentRequest {
+        event_id: event_id.to_owned(),
+        subscription_id: sub.id.clone(),
+        tenant: sub.tenant.clone(),
+        attempt: 0,
+        method: request.method().as_str().to_owned(),
+        url: sub.url.to_string(),
+        headers,
+        body: body[..body.len().min(limit)].to_vec(),
+        body_size: body.len() as u64,
+        sent_at: Some(timestamp(started_at)),
+    }
+}
+
+/// A request's whole body, and how much of it the log keeps.
+struct KeptBody<'a> {
+    body: &'a [u8],
+    limit: usize,
+}
+
 /// When an attempt was signed, and its `webhook-signature`.
 struct Signed<'a> {
     timestamp: i64,
@@ -353,6 +452,63 @@ mod tests {
 
     use super::super::transport::Transport;
     use super::*;
+
+    #[test]
+    fn the_logs_copy_masks_every_credential_and_keeps_the_body_up_to_its_limit() {
+        let wire = pb::Subscription {
+            id: "sub_1".into(),
+            tenant: "shop-1".into(),
+            url: "https://example.com/hooks".into(),
+            event_types: vec!["order.*".into()],
+            secrets: vec![pb::SigningSecret {
+                secret: herald_core::signing::SigningSecret::generate().expose(),
+                ..Default::default()
+            }],
+            headers: [("X-Api-Key".to_owned(), "k-secret".to_owned())].into(),
+            enabled: true,
+            ..Default::default()
+        };
+        let sub = herald_proto::convert::subscription(&wire, true).expect("a subscription");
+        let event = EventRef {
+            id: "evt_1",
+            event_type: "order.created",
+            occurred_at: UNIX_EPOCH,
+            payload: b"{}",
+            traceparent: "",
+        };
+        let body = Bytes::from_static(b"{\"order\":\"ord_1\"}");
+        let signed = Signed {
+            timestamp: 1_700_000_000,
+            signature: "v1,c2lnbmF0dXJl",
+        };
+        let request =
+            request(&sub, &event, signed, None, Some("token-1"), body.clone()).expect("a request");
+        let kept = KeptBody {
+            body: &body,
+            limit: 8,
+        };
+        let copy = as_sent(&request, &sub, "evt_1", UNIX_EPOCH, kept);
+        let value = |name: &str| {
+            copy.headers
+                .iter()
+                .find(|h| h.name == name)
+                .map(|h| h.value.as_str())
+        };
+        assert_eq!(value("webhook-signature"), Some(MASKED));
+        assert_eq!(value("authorization"), Some(MASKED));
+        assert_eq!(value("x-api-key"), Some(MASKED));
+        assert_eq!(value("webhook-id"), Some("evt_1"));
+        assert_eq!(value("webhook-timestamp"), Some("1700000000"));
+        assert!(
+            !format!("{copy:?}").contains("token-1") && !format!("{copy:?}").contains("k-secret")
+        );
+        assert_eq!(copy.body, b"{\"order\"");
+        assert_eq!(copy.body_size, body.len() as u64);
+        assert_eq!(
+            (copy.method.as_str(), copy.url.as_str()),
+            ("POST", "https://example.com/hooks")
+        );
+    }
 
     async fn kind_of(url: &str, policy: TargetPolicy) -> ErrorKind {
         let transport = Transport::build(None, policy, None).expect("transport");

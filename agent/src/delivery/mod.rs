@@ -356,14 +356,7 @@ impl Inner {
             payload: &event.payload,
             traceparent: &event.traceparent,
         };
-        let sent = match self
-            .transport
-            .client(&sub.egress, sub.client_identity.as_ref())
-        {
-            Ok(client) => attempt::send(&client, &self.tokens, &sub, event_ref).await,
-            // A client certificate the control plane accepted but this agent cannot use.
-            Err(err) => attempt::Sent::not_made(ErrorKind::Tls, err.to_string()),
-        };
+        let sent = self.send(&sub, event_ref).await;
         let scheduled = sub
             .retry
             .delay_after(number)
@@ -372,7 +365,7 @@ impl Inner {
         if let Some(success) = outcome.counts_for_breaker() {
             self.breakers.record(&sub.id, success);
         }
-        let mut report = Report::from_attempt(&sent, outcome);
+        let mut report = Report::from_attempt(sent, outcome);
         match outcome {
             Outcome::Gone => report.error = "receiver answered 410 Gone".into(),
             Outcome::Refused => {
@@ -389,6 +382,20 @@ impl Inner {
             outcome,
             self.report(task, Some(event), Some(&sub), number, report),
         )
+    }
+
+    /// Sends one attempt of `event` to `sub` through the route its egress picks, keeping as
+    /// much of the request as the delivery log does.
+    async fn send(&self, sub: &Subscription, event: EventRef<'_>) -> attempt::Sent {
+        let body_limit = self.routes.borrow().log_body_limit();
+        match self
+            .transport
+            .client(&sub.egress, sub.client_identity.as_ref())
+        {
+            Ok(client) => attempt::send(&client, &self.tokens, sub, event, body_limit).await,
+            // A client certificate the control plane accepted but this agent cannot use.
+            Err(err) => attempt::Sent::not_made(ErrorKind::Tls, err.to_string()),
+        }
     }
 
     async fn test(&self, subscription_id: &str, event: &pb::Event) -> Result<pb::Attempt, String> {
@@ -414,16 +421,10 @@ impl Inner {
                     payload: &event.payload,
                     traceparent: &event.traceparent,
                 };
-                let sent = match self
-                    .transport
-                    .client(&sub.egress, sub.client_identity.as_ref())
-                {
-                    Ok(client) => attempt::send(&client, &self.tokens, &sub, event_ref).await,
-                    Err(err) => attempt::Sent::not_made(ErrorKind::Tls, err.to_string()),
-                };
+                let sent = self.send(&sub, event_ref).await;
                 // No retry: a test is one attempt.
                 let outcome = classify(&sent.result, SystemTime::now(), None);
-                Report::from_attempt(&sent, outcome)
+                Report::from_attempt(sent, outcome)
             }
         };
         let mut attempt = self.record(
@@ -487,6 +488,10 @@ impl Inner {
             response_excerpt: report.excerpt,
             url: of.url.to_owned(),
             test: false,
+            request: report.request.map(|request| pb::SentRequest {
+                attempt: number,
+                ..request
+            }),
         }
     }
 }
@@ -509,10 +514,12 @@ struct Report {
     error: String,
     excerpt: String,
     outcome: Outcome,
+    /// The request as sent, for the log.
+    request: Option<pb::SentRequest>,
 }
 
 impl Report {
-    fn from_attempt(sent: &attempt::Sent, outcome: Outcome) -> Self {
+    fn from_attempt(sent: attempt::Sent, outcome: Outcome) -> Self {
         let status_code = match &sent.result {
             AttemptResult::Status { code, .. } => u32::from(*code),
             AttemptResult::Error { .. } => 0,
@@ -522,9 +529,10 @@ impl Report {
             duration: sent.duration,
             status_code,
             error_kind: sent.result.error_kind(),
-            error: sent.error.clone(),
-            excerpt: sent.excerpt.clone(),
+            error: sent.error,
+            excerpt: sent.excerpt,
             outcome,
+            request: sent.request,
         }
     }
 }
@@ -539,6 +547,7 @@ fn skipped(reason: &str) -> Report {
         error: reason.into(),
         excerpt: String::new(),
         outcome: Outcome::Skipped,
+        request: None,
     }
 }
 

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use herald_proto::convert::timestamp;
+use herald_proto::prost_types;
 use herald_proto::v1 as pb;
 
-use super::{AttemptLog, Filter, LogStore, Reactions};
+use super::{AttemptLog, Filter, LogStore, Reactions, SentQuery};
 use crate::access::Scope;
 use crate::audit::AuditFilter;
 
@@ -30,6 +31,7 @@ pub async fn check_all(log: &AttemptLog) {
     follow_ups_stay_until_settled(log.as_ref()).await;
     the_outbox_keeps_an_event_once_until_emitted(log.as_ref()).await;
     audit_entries_are_listed_newest_first_within_scope_and_swept(log.as_ref()).await;
+    requests_as_sent_are_kept_once_per_delivery_within_scope(log.as_ref()).await;
 }
 
 /// Raises an event for each failed attempt, as the control plane does; knows no policy.
@@ -197,6 +199,46 @@ pub fn attempt(event: &str, sub: &str, n: u32, outcome: pb::Outcome, age: Durati
         duration: Some(herald_proto::convert::duration(Duration::from_millis(12))),
         ..Default::default()
     }
+}
+
+/// A request as an agent reports it with an attempt.
+pub fn sent(body: &str) -> pb::SentRequest {
+    pb::SentRequest {
+        method: "POST".into(),
+        url: "https://shop.example/hooks".into(),
+        headers: vec![
+            pb::Header {
+                name: "content-type".into(),
+                value: "application/json".into(),
+            },
+            pb::Header {
+                name: "webhook-signature".into(),
+                value: herald_proto::sent_request::MASKED.into(),
+            },
+        ],
+        body: body.as_bytes().to_vec(),
+        body_size: body.len() as u64,
+        ..Default::default()
+    }
+}
+
+/// `attempt` as reported with the request it sent.
+fn with_request(attempt: pb::Attempt, body: &str) -> pb::Attempt {
+    pb::Attempt {
+        request: Some(sent(body)),
+        ..attempt
+    }
+}
+
+/// The requests of `event` that a caller seeing `tenants` reads.
+async fn sent_requests(
+    log: &dyn LogStore,
+    event: &str,
+    subscription: &str,
+    tenants: &Scope,
+) -> Vec<pb::SentRequest> {
+    let query = SentQuery::new(event, subscription, "", tenants).expect("a valid query");
+    log.sent_requests(query).await.expect("sent requests")
 }
 
 fn ids(page: &super::Page) -> Vec<&str> {
@@ -556,12 +598,15 @@ async fn followers_see_what_is_stored_after_they_start(log: &dyn LogStore) {
 /// stay, and the log counts what it holds.
 async fn retention_removes_what_started_before_the_cut_off(log: &dyn LogStore) {
     log.insert(vec![
-        attempt(
-            "evt_old_1",
-            "sub_retention",
-            1,
-            pb::Outcome::Failed,
-            40 * DAY,
+        with_request(
+            attempt(
+                "evt_old_1",
+                "sub_retention",
+                1,
+                pb::Outcome::Failed,
+                40 * DAY,
+            ),
+            "{\"old\":1}",
         ),
         attempt(
             "evt_old_2",
@@ -570,7 +615,10 @@ async fn retention_removes_what_started_before_the_cut_off(log: &dyn LogStore) {
             pb::Outcome::Failed,
             33 * DAY,
         ),
-        attempt("evt_kept", "sub_retention", 1, pb::Outcome::Delivered, DAY),
+        with_request(
+            attempt("evt_kept", "sub_retention", 1, pb::Outcome::Delivered, DAY),
+            "{\"kept\":1}",
+        ),
     ])
     .await
     .expect("insert");
@@ -588,6 +636,15 @@ async fn retention_removes_what_started_before_the_cut_off(log: &dyn LogStore) {
         .expect("list");
     assert_eq!(ids(&left), ["evt_kept"]);
     assert_eq!(log.sweep(30 * DAY, u64::MAX).await.expect("again"), 0);
+    // A request as sent goes with the attempts that sent it, and stays with them.
+    assert!(
+        sent_requests(log, "evt_old_1", "", &Scope::All)
+            .await
+            .is_empty()
+    );
+    let kept = sent_requests(log, "evt_kept", "", &Scope::All).await;
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].body, b"{\"kept\":1}");
 }
 
 /// Audit entries: newest first, by tenant, actor and time, within the asker's scope, paged, and
@@ -667,4 +724,107 @@ async fn audit_entries_are_listed_newest_first_within_scope_and_swept(log: &dyn 
         list(pb::AuditFilter::default(), Scope::All).await,
         ["order.created", "sub_b", "sub_a"]
     );
+}
+
+/// The first page of `sub`'s attempts.
+async fn listed_of(log: &dyn LogStore, sub: &str) -> super::Page {
+    let filter = Filter::new(by_subscription(sub)).expect("a valid filter");
+    log.list(filter, 10, "").await.expect("list")
+}
+
+/// Requests as sent: stored apart from the attempts, once per delivery (the first attempt's,
+/// until a later one sent another body), listed by subscription within the asker's tenants,
+/// and expunged without touching the attempts.
+async fn requests_as_sent_are_kept_once_per_delivery_within_scope(log: &dyn LogStore) {
+    let sub = "sub_sent_1";
+    let ms = Duration::from_millis;
+    let first = with_request(
+        attempt("evt_sent", sub, 1, pb::Outcome::Retrying, ms(300)),
+        "{\"total\":120}",
+    );
+    let second = with_request(
+        attempt("evt_sent", sub, 2, pb::Outcome::Retrying, ms(200)),
+        "{\"total\":120}",
+    );
+    let stored = log
+        .insert(vec![first.clone(), second])
+        .await
+        .expect("insert");
+    assert!(
+        stored.iter().all(|a| a.request.is_none()),
+        "attempts carry no request"
+    );
+    let listed = listed_of(log, sub).await;
+    assert_eq!(listed.attempts.len(), 2);
+    assert!(listed.attempts.iter().all(|a| a.request.is_none()));
+
+    let all = &Scope::All;
+    let got = sent_requests(log, "evt_sent", "", all).await;
+    assert_eq!(got.len(), 1, "one request per delivery: {got:?}");
+    let request = &got[0];
+    assert_eq!(request.attempt, 1, "the first attempt that sent the body");
+    assert_eq!(request.body, b"{\"total\":120}");
+    assert_eq!(request.body_size, 13);
+    assert_eq!(
+        (request.subscription_id.as_str(), request.tenant.as_str()),
+        (sub, "shop-1")
+    );
+    assert_eq!(request.method, "POST");
+    assert_eq!(request.headers, sent("").headers);
+    // When the attempt started (PostgreSQL keeps microseconds).
+    let micros = |t: Option<&prost_types::Timestamp>| t.map(|t| (t.seconds, t.nanos / 1000));
+    assert_eq!(
+        micros(request.sent_at.as_ref()),
+        micros(first.started_at.as_ref())
+    );
+
+    // Reported again: nothing changes. A later attempt with another body replaces it.
+    log.insert(vec![first]).await.expect("again");
+    assert_eq!(sent_requests(log, "evt_sent", "", all).await, got);
+    let third = with_request(
+        attempt("evt_sent", sub, 3, pb::Outcome::Delivered, ms(100)),
+        "<total>120</total>",
+    );
+    log.insert(vec![third]).await.expect("third");
+    let got = sent_requests(log, "evt_sent", "", all).await;
+    assert_eq!(
+        (got[0].attempt, got[0].body.as_slice()),
+        (3, &b"<total>120</total>"[..])
+    );
+
+    // Another subscription's delivery of the same event: listed after it, or alone.
+    let other = with_request(
+        attempt("evt_sent", "sub_sent_2", 1, pb::Outcome::Delivered, ms(50)),
+        "{}",
+    );
+    log.insert(vec![other]).await.expect("other");
+    let subs = |got: Vec<pb::SentRequest>| {
+        got.into_iter()
+            .map(|r| r.subscription_id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        subs(sent_requests(log, "evt_sent", "", all).await),
+        ["sub_sent_1", "sub_sent_2"]
+    );
+    assert_eq!(
+        subs(sent_requests(log, "evt_sent", "sub_sent_2", all).await),
+        ["sub_sent_2"]
+    );
+
+    // Another tenant's caller reads none, and expunges none.
+    let shop_2 = Scope::Only(["shop-2".to_owned()].into());
+    assert!(sent_requests(log, "evt_sent", "", &shop_2).await.is_empty());
+    let query = |tenants: &Scope| SentQuery::new("evt_sent", "", "", tenants).expect("valid");
+    let expunged = log.expunge(query(&shop_2)).await.expect("expunge");
+    assert_eq!(expunged.removed, 0);
+    assert_eq!(sent_requests(log, "evt_sent", "", all).await.len(), 2);
+
+    let expunged = log.expunge(query(all)).await.expect("expunge");
+    assert_eq!(expunged.removed, 2);
+    assert_eq!(expunged.tenants.into_iter().collect::<Vec<_>>(), ["shop-1"]);
+    assert!(sent_requests(log, "evt_sent", "", all).await.is_empty());
+    let listed = listed_of(log, sub).await;
+    assert_eq!(listed.attempts.len(), 3, "the attempts stay");
+    assert_eq!(log.expunge(query(all)).await.expect("again").removed, 0);
 }

@@ -19,6 +19,9 @@
 //! - `outbox`: operator event id → `herald.v1.Event`, until an agent accepts it.
 //! - `audit`: sequence number → `herald.v1.AuditEntry`, the changes made through the operator
 //!   API ([`audit`]), swept with the attempts' retention.
+//! - `sent_requests` and its index by sequence number: the requests as sent, one per delivery,
+//!   written in the commit that stores the attempt reporting it and swept with the last
+//!   attempt that sent it ([`sent`]).
 //!
 //! A batch is one write transaction, committed durably before the agent's ack is sent.
 //! Response excerpts and error texts are bounded by the agent, and bounded again here.
@@ -41,10 +44,12 @@ use tokio::sync::broadcast;
 use super::derived::{self, Followup, PendingFollowup, Reactions};
 use herald_core::event_type::EventPattern;
 
+use super::sent::{Expunged, SentQuery, take_requests};
 use super::{Filter, LogError, LogStore, Page, Stored, TAIL_BUFFER, page_size, storage};
 use crate::audit::{AuditFilter, AuditPage};
 
 mod audit;
+mod sent;
 
 const ATTEMPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("attempts");
 const ATTEMPT_IDS: TableDefinition<&str, u64> = TableDefinition::new("attempt_ids");
@@ -102,6 +107,20 @@ impl LogStore for EmbeddedLog {
 
     async fn sweep(&self, max_age: Duration, max_attempts: u64) -> Result<u64, LogError> {
         EmbeddedLog::sweep(self, max_age, max_attempts).await
+    }
+
+    async fn sent_requests(&self, query: SentQuery) -> Result<Vec<pb::SentRequest>, LogError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || sent::list(&db, &query))
+            .await
+            .map_err(storage)?
+    }
+
+    async fn expunge(&self, query: SentQuery) -> Result<Expunged, LogError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || sent::expunge(&db, &query))
+            .await
+            .map_err(storage)?
     }
 
     async fn record_change(&self, entry: pb::AuditEntry) -> Result<(), LogError> {
@@ -281,6 +300,7 @@ impl EmbeddedLog {
             txn.open_table(HEALTH).map_err(storage)?;
             txn.open_table(FOLLOWUPS).map_err(storage)?;
             txn.open_table(OUTBOX).map_err(storage)?;
+            sent::create(&txn)?;
         }
         txn.commit().map_err(storage)?;
         if indexed_through != u64::MAX {
@@ -297,12 +317,13 @@ impl EmbeddedLog {
     /// ([`LogStore::store`]).
     pub async fn store(
         &self,
-        attempts: Vec<pb::Attempt>,
+        mut attempts: Vec<pb::Attempt>,
         reactions: Arc<dyn Reactions>,
     ) -> Result<Stored, LogError> {
+        let requests = take_requests(&mut attempts);
         let db = self.db.clone();
         let (new, followups) =
-            tokio::task::spawn_blocking(move || insert_batch(&db, attempts, &*reactions))
+            tokio::task::spawn_blocking(move || insert_batch(&db, attempts, requests, &*reactions))
                 .await
                 .map_err(storage)??;
         let new: Vec<Arc<pb::Attempt>> = new.into_iter().map(Arc::new).collect();
@@ -415,11 +436,13 @@ fn attempt_id(a: &pb::Attempt) -> String {
     format!("{}\0{}\0{}", a.event_id, a.subscription_id, a.attempt)
 }
 
-/// Stores the attempts of a batch that are new, and what they derive, in one commit; the new
-/// attempts and the follow-ups written.
+/// Stores the attempts of a batch that are new, the requests they carried (`requests`, one
+/// entry per attempt) and what they derive, in one commit; the new attempts and the
+/// follow-ups written.
 fn insert_batch(
     db: &Database,
     attempts: Vec<pb::Attempt>,
+    requests: Vec<Option<pb::SentRequest>>,
     reactions: &dyn Reactions,
 ) -> Result<(Vec<pb::Attempt>, Vec<PendingFollowup>), LogError> {
     let txn = db.begin_write().map_err(storage)?;
@@ -429,11 +452,12 @@ fn insert_batch(
         let mut records = txn.open_table(ATTEMPTS).map_err(storage)?;
         let mut ids = txn.open_table(ATTEMPT_IDS).map_err(storage)?;
         let mut indexes = Indexes::open(&txn)?;
+        let mut sent = sent::Requests::open(&txn)?;
         let mut seq = records
             .last()
             .map_err(storage)?
             .map_or(0, |(k, _)| k.value());
-        for mut attempt in attempts {
+        for (mut attempt, request) in attempts.into_iter().zip(requests) {
             let id = attempt_id(&attempt);
             if ids.get(id.as_str()).map_err(storage)?.is_some() {
                 continue;
@@ -446,6 +470,9 @@ fn insert_batch(
                 .map_err(storage)?;
             ids.insert(id.as_str(), seq).map_err(storage)?;
             indexes.insert(&attempt, seq)?;
+            if let Some(request) = request {
+                sent.keep(request, seq)?;
+            }
             stored.push(attempt);
         }
         let new: Vec<&pb::Attempt> = stored.iter().collect();
@@ -628,6 +655,9 @@ fn sweep_batch(db: &Database, cutoff: SystemTime, max_attempts: u64) -> Result<u
                 break;
             }
             old.push((seq.value(), attempt));
+        }
+        if let Some((newest, _)) = old.last() {
+            sent::Requests::open(&txn)?.sweep_through(*newest)?;
         }
         for (seq, attempt) in &old {
             records.remove(*seq).map_err(storage)?;

@@ -32,10 +32,12 @@ pub mod conformance;
 pub mod derived;
 pub mod embedded;
 pub mod postgres;
+pub mod sent;
 
 pub use derived::{Followup, NoReactions, PendingFollowup, Reactions};
 pub use embedded::EmbeddedLog;
 pub use postgres::PostgresLog;
+pub use sent::{Expunged, SentQuery};
 
 /// The largest page a query returns.
 pub const MAX_PAGE_SIZE: usize = 1000;
@@ -98,7 +100,8 @@ pub struct Stored {
 #[tonic::async_trait]
 pub trait LogStore: Send + Sync {
     /// Stores a batch durably, skipping attempts already stored (same tenant, event,
-    /// subscription and attempt number). The same commit counts the new attempts into their
+    /// subscription and attempt number). The requests as sent that new attempts carry are
+    /// kept apart, once per delivery ([`sent`]). The same commit counts the new attempts into their
     /// subscriptions' health records, keeps the follow-ups that needs, and puts the operator
     /// events the `reactions` give for them into the outbox ([`derived`]).
     async fn store(
@@ -117,8 +120,13 @@ pub trait LogStore: Send + Sync {
         page_size: u32,
         page_token: &str,
     ) -> Result<Page, LogError>;
+    /// The requests as sent that `query` asks for, ordered by subscription ([`sent`]).
+    async fn sent_requests(&self, query: SentQuery) -> Result<Vec<pb::SentRequest>, LogError>;
+    /// Removes the requests as sent that `query` asks for; the attempts stay.
+    async fn expunge(&self, query: SentQuery) -> Result<Expunged, LogError>;
     /// Removes attempts that started more than `max_age` ago, and the oldest beyond
-    /// `max_attempts`; returns how many went. Audit entries older than `max_age` go too.
+    /// `max_attempts`; returns how many went. Requests as sent go with the last attempt that
+    /// sent them, and audit entries older than `max_age` go too.
     async fn sweep(&self, max_age: Duration, max_attempts: u64) -> Result<u64, LogError>;
     /// Records a change made through the operator API ([`crate::audit`]).
     async fn record_change(&self, entry: pb::AuditEntry) -> Result<(), LogError>;

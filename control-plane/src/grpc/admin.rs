@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::access::{Identity, caller};
-use crate::attempts::{AttemptLog, Filter};
+use crate::attempts::{AttemptLog, Filter, SentQuery};
 use crate::audit::{Action, Change, Recorder};
 use crate::event_types::EventTypes;
 use crate::fleet::Fleet;
@@ -453,6 +453,58 @@ impl Deliveries for DeliveriesService {
             "replay requested"
         );
         Ok(Response::new(response))
+    }
+
+    async fn get_sent_requests(
+        &self,
+        request: Request<pb::GetSentRequestsRequest>,
+    ) -> Result<Response<pb::GetSentRequestsResponse>, Status> {
+        let who = caller(&request);
+        let request = request.into_inner();
+        let query = SentQuery::new(
+            &request.event_id,
+            &request.subscription_id,
+            &request.tenant,
+            &who.tenants,
+        )?;
+        let requests = self.log.sent_requests(query).await?;
+        if requests.is_empty() {
+            let to = if request.subscription_id.is_empty() {
+                String::new()
+            } else {
+                format!(" to subscription {:?}", request.subscription_id)
+            };
+            return Err(Status::not_found(format!(
+                "no request is stored for event {:?}{to}: the log keeps none while \
+                 --log-body-limit is 0, none past retention, none expunged",
+                request.event_id
+            )));
+        }
+        Ok(Response::new(pb::GetSentRequestsResponse { requests }))
+    }
+
+    async fn expunge_sent_requests(
+        &self,
+        request: Request<pb::ExpungeSentRequestsRequest>,
+    ) -> Result<Response<pb::ExpungeSentRequestsResponse>, Status> {
+        let who = caller(&request);
+        let request = request.into_inner();
+        let query = SentQuery::new(&request.event_id, "", &request.tenant, &who.tenants)?;
+        let expunged = self.log.expunge(query).await?;
+        for tenant in &expunged.tenants {
+            let change = Change {
+                action: Action::DeliveriesExpunge,
+                tenant,
+                object: &request.event_id,
+                revision: 0,
+                detail: "stored requests removed".to_owned(),
+            };
+            self.audit.record(&who, change).await;
+        }
+        tracing::info!(event = %request.event_id, removed = expunged.removed, "stored requests expunged");
+        Ok(Response::new(pb::ExpungeSentRequestsResponse {
+            removed: expunged.removed,
+        }))
     }
 
     type TailAttemptsStream = AttemptStream;

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_proto::sent_request;
 use herald_proto::v1 as pb;
 use herald_proto::v1::agent_control_server::AgentControl;
 use herald_proto::v1::config_request::Kind;
@@ -65,20 +66,30 @@ pub struct AgentControlService {
     shutdown: CancellationToken,
     /// Turns to send a snapshot (see [`send_snapshot`]).
     snapshot_turns: Arc<Semaphore>,
+    /// The most body bytes the log keeps of a request as sent (`--log-body-limit`).
+    log_body_limit: u32,
 }
 
-/// What config streams send: the subscriptions and the catalogue's schemas.
+/// What config streams send: the subscriptions, the catalogue's schemas, and how much of the
+/// requests they send the agents are to report.
 pub struct ConfigFeeds {
     /// The subscriptions.
     pub hub: ConfigHub,
     /// The catalogue's schemas.
     pub schemas: SchemaFeed,
+    /// The most body bytes the log keeps of a request as sent (0: none), which agents report
+    /// no more than, and reports are cut to.
+    pub log_body_limit: u32,
 }
 
 impl AgentControlService {
     /// The service; streams end on `shutdown`.
     pub fn new(
-        ConfigFeeds { hub, schemas }: ConfigFeeds,
+        ConfigFeeds {
+            hub,
+            schemas,
+            log_body_limit,
+        }: ConfigFeeds,
         registry: Subscriptions,
         fleet: Fleet,
         log: AttemptLog,
@@ -96,6 +107,7 @@ impl AgentControlService {
             metrics,
             shutdown,
             snapshot_turns: Arc::new(Semaphore::new(SNAPSHOTS_AT_ONCE)),
+            log_body_limit,
         }
     }
 }
@@ -132,6 +144,7 @@ impl AgentControl for AgentControlService {
             metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),
             snapshot_turns: self.snapshot_turns.clone(),
+            log_body_limit: self.log_body_limit,
         };
         let schemas_ready = async {
             if hello.checks_schemas {
@@ -183,6 +196,7 @@ impl AgentControl for AgentControlService {
         let (hub, registry) = (self.hub.clone(), self.registry.clone());
         let reactions = health.reactions();
         let metrics = self.metrics.clone();
+        let body_limit = self.log_body_limit as usize;
         let stream = async_stream(move |tx| async move {
             // The follow-ups of stored batches (disabling, recovery events) are acted on by a
             // task of their own, in order, while the next batch is stored; a short queue keeps
@@ -212,7 +226,10 @@ impl AgentControl for AgentControlService {
                     return;
                 }
                 let attempts = match admitted(&who, &hub, &registry, batch.attempts).await {
-                    Ok(admitted) => {
+                    Ok(mut admitted) => {
+                        for attempt in &mut admitted.attempts {
+                            sent_request::bound(&mut attempt.request, body_limit);
+                        }
                         if !admitted.refused.is_empty() {
                             for refusal in &admitted.refused {
                                 metrics.report_refused(*refusal);
@@ -341,6 +358,7 @@ struct Shared {
     metrics: Metrics,
     shutdown: CancellationToken,
     snapshot_turns: Arc<Semaphore>,
+    log_body_limit: u32,
 }
 
 /// One agent's config stream.
@@ -367,6 +385,7 @@ async fn follow(shared: &Shared, session: Session<'_>) {
         metrics,
         shutdown,
         snapshot_turns,
+        log_body_limit,
     } = shared;
     let Session {
         agent,
@@ -396,7 +415,11 @@ async fn follow(shared: &Shared, session: Session<'_>) {
     let mut changes = match resumed {
         Some((resume, changes)) => {
             if resume.revision > resume_from {
-                if tx.send(Ok(interest.merged(&resume))).await.is_err() {
+                let update = pb::ConfigUpdate {
+                    log_body_limit: Some(*log_body_limit),
+                    ..interest.merged(&resume)
+                };
+                if tx.send(Ok(update)).await.is_err() {
                     return;
                 }
                 sent = resume.revision;
@@ -404,7 +427,8 @@ async fn follow(shared: &Shared, session: Session<'_>) {
             changes
         }
         None => {
-            let Ok((revision, changes)) = send_snapshot(snapshot_turns, hub, tx, interest).await
+            let Ok((revision, changes)) =
+                send_snapshot(snapshot_turns, hub, tx, interest, *log_body_limit).await
             else {
                 return;
             };
@@ -524,7 +548,7 @@ async fn follow(shared: &Shared, session: Session<'_>) {
                     Err(RecvError::Lagged(_)) => {
                         // Fell behind the hub's buffer: start over from a fresh snapshot.
                         let Ok((revision, fresh)) =
-                            send_snapshot(snapshot_turns, hub, tx, interest).await
+                            send_snapshot(snapshot_turns, hub, tx, interest, *log_body_limit).await
                         else {
                             return;
                         };
@@ -600,11 +624,16 @@ async fn send_snapshot(
     hub: &ConfigHub,
     tx: &mpsc::Sender<Result<pb::ConfigUpdate, Status>>,
     interest: &Interest,
+    log_body_limit: u32,
 ) -> Result<(i64, broadcast::Receiver<Arc<Change>>), ()> {
     let _turn = turns.acquire().await.map_err(|_| ())?;
     let (snapshot, changes) = hub.subscribe();
     let send = async {
         for part in interest.snapshot(&snapshot) {
+            let part = pb::ConfigUpdate {
+                log_body_limit: Some(log_body_limit),
+                ..part
+            };
             tx.send(Ok(part)).await.map_err(|_| ())?;
         }
         Ok(())

@@ -16,6 +16,7 @@ pub mod deliveries;
 pub mod fleet;
 pub mod json;
 pub mod problem;
+pub mod sent_requests;
 pub mod subscription_json;
 pub mod subscriptions;
 
@@ -148,6 +149,10 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(deliveries::list_attempts))
         .routes(routes!(deliveries::tail_attempts))
         .routes(routes!(deliveries::replay_deliveries))
+        .routes(routes!(
+            sent_requests::get_sent_requests,
+            sent_requests::expunge_sent_requests
+        ))
         .routes(routes!(fleet::list_agents))
         .routes(routes!(fleet::create_portal_link))
         .routes(routes!(audit::list_audit_entries))

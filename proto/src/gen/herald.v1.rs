@@ -278,7 +278,7 @@ pub struct TestSubscriptionRequest {
     #[prost(bytes = "vec", tag = "3")]
     pub payload: ::prost::alloc::vec::Vec<u8>,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct TestSubscriptionResponse {
     /// The attempt as made and logged: status, duration, error, response excerpt.
     #[prost(message, optional, tag = "1")]
@@ -428,6 +428,79 @@ pub struct RotateSecretRequest {
     #[prost(message, optional, tag = "2")]
     pub grace: ::core::option::Option<::prost_types::Duration>,
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetSentRequestsRequest {
+    #[prost(string, tag = "1")]
+    pub event_id: ::prost::alloc::string::String,
+    /// Only the request sent to this subscription; empty means every subscription's.
+    #[prost(string, tag = "2")]
+    pub subscription_id: ::prost::alloc::string::String,
+    /// Only this tenant's event (event ids are unique per tenant); empty means any the caller
+    /// may see.
+    #[prost(string, tag = "3")]
+    pub tenant: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct GetSentRequestsResponse {
+    /// One per subscription, ordered by subscription id.
+    #[prost(message, repeated, tag = "1")]
+    pub requests: ::prost::alloc::vec::Vec<SentRequest>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ExpungeSentRequestsRequest {
+    #[prost(string, tag = "1")]
+    pub event_id: ::prost::alloc::string::String,
+    /// Only this tenant's event; empty means any the caller may see.
+    #[prost(string, tag = "2")]
+    pub tenant: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ExpungeSentRequestsResponse {
+    /// How many stored requests were removed (0 when none was stored).
+    #[prost(uint32, tag = "1")]
+    pub removed: u32,
+}
+/// One HTTP request header as sent.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Header {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// The value, or `(masked)` for the signature, an authorization and the subscription's own
+    /// headers, whose values are credentials.
+    #[prost(string, tag = "2")]
+    pub value: ::prost::alloc::string::String,
+}
+/// A delivery's request as sent: the same for every attempt of one event to one subscription
+/// but for `webhook-timestamp` (the attempt's start) and the signature.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SentRequest {
+    #[prost(string, tag = "1")]
+    pub event_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub subscription_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub tenant: ::prost::alloc::string::String,
+    /// The attempt that sent it (the first whose body was this one).
+    #[prost(uint32, tag = "4")]
+    pub attempt: u32,
+    #[prost(string, tag = "5")]
+    pub method: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub url: ::prost::alloc::string::String,
+    /// In the order sent, names in lower case.
+    #[prost(message, repeated, tag = "7")]
+    pub headers: ::prost::alloc::vec::Vec<Header>,
+    /// The body's first bytes: all of it unless `body_size` is larger (cut to the log's
+    /// --log-body-limit).
+    #[prost(bytes = "vec", tag = "8")]
+    pub body: ::prost::alloc::vec::Vec<u8>,
+    /// The whole body's size in bytes.
+    #[prost(uint64, tag = "9")]
+    pub body_size: u64,
+    /// When the attempt that sent it started.
+    #[prost(message, optional, tag = "10")]
+    pub sent_at: ::core::option::Option<::prost_types::Timestamp>,
+}
 /// Which deliveries to replay: one event (optionally to one subscription), or a
 /// subscription's deliveries in a time range (optionally only those whose last outcome is
 /// `outcome`).
@@ -478,7 +551,7 @@ pub struct ReplayMiss {
     pub reason: ::prost::alloc::string::String,
 }
 /// One HTTP attempt to deliver one event to one subscription.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Attempt {
     #[prost(string, tag = "1")]
     pub event_id: ::prost::alloc::string::String,
@@ -519,6 +592,10 @@ pub struct Attempt {
     /// A test-send (TestSubscription), not a delivery of an emitted event.
     #[prost(bool, tag = "16")]
     pub test: bool,
+    /// Only on reports (agent → control plane) while the log keeps bodies: the request as sent,
+    /// which the log stores once per delivery (GetSentRequests). Never set on listings.
+    #[prost(message, optional, tag = "17")]
+    pub request: ::core::option::Option<SentRequest>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct AttemptFilter {
@@ -920,6 +997,11 @@ pub struct ConfigUpdate {
     /// `checks_schemas`: the event types' schemas, or changes to them. Not acknowledged.
     #[prost(message, optional, tag = "9")]
     pub schemas: ::core::option::Option<SchemaUpdate>,
+    /// Set on snapshots (every part): the most body bytes the delivery log keeps of a request
+    /// (its --log-body-limit), so that an agent reports no more; 0: it keeps none. Unset (an
+    /// older control plane): the agent keeps its default, 64 KiB.
+    #[prost(uint32, optional, tag = "10")]
+    pub log_body_limit: ::core::option::Option<u32>,
 }
 /// The schemas of the event-type catalogue, as agents check emitted payloads against them.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -962,7 +1044,7 @@ pub struct TestOrder {
     pub event: ::core::option::Option<Event>,
 }
 /// The attempt an agent made for a test order, or why it made none.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct TestResult {
     #[prost(uint64, tag = "1")]
     pub order_id: u64,
@@ -2689,6 +2771,58 @@ pub mod deliveries_client {
                 .insert(GrpcMethod::new("herald.v1.Deliveries", "ReplayDeliveries"));
             self.inner.unary(req, path, codec).await
         }
+        /// The requests as sent for one event's deliveries (kept while the log's --log-body-limit is
+        /// not 0): headers and body, once per subscription. NOT_FOUND when none is stored.
+        pub async fn get_sent_requests(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetSentRequestsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetSentRequestsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/herald.v1.Deliveries/GetSentRequests",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("herald.v1.Deliveries", "GetSentRequests"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Removes the stored requests of one event's deliveries (for personal data); the attempts
+        /// stay. Recorded in the audit log.
+        pub async fn expunge_sent_requests(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ExpungeSentRequestsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ExpungeSentRequestsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/herald.v1.Deliveries/ExpungeSentRequests",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("herald.v1.Deliveries", "ExpungeSentRequests"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2733,6 +2867,24 @@ pub mod deliveries_server {
             request: tonic::Request<super::ReplayDeliveriesRequest>,
         ) -> std::result::Result<
             tonic::Response<super::ReplayDeliveriesResponse>,
+            tonic::Status,
+        >;
+        /// The requests as sent for one event's deliveries (kept while the log's --log-body-limit is
+        /// not 0): headers and body, once per subscription. NOT_FOUND when none is stored.
+        async fn get_sent_requests(
+            &self,
+            request: tonic::Request<super::GetSentRequestsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetSentRequestsResponse>,
+            tonic::Status,
+        >;
+        /// Removes the stored requests of one event's deliveries (for personal data); the attempts
+        /// stay. Recorded in the audit log.
+        async fn expunge_sent_requests(
+            &self,
+            request: tonic::Request<super::ExpungeSentRequestsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ExpungeSentRequestsResponse>,
             tonic::Status,
         >;
     }
@@ -2934,6 +3086,97 @@ pub mod deliveries_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ReplayDeliveriesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/herald.v1.Deliveries/GetSentRequests" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetSentRequestsSvc<T: Deliveries>(pub Arc<T>);
+                    impl<
+                        T: Deliveries,
+                    > tonic::server::UnaryService<super::GetSentRequestsRequest>
+                    for GetSentRequestsSvc<T> {
+                        type Response = super::GetSentRequestsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetSentRequestsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Deliveries>::get_sent_requests(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetSentRequestsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/herald.v1.Deliveries/ExpungeSentRequests" => {
+                    #[allow(non_camel_case_types)]
+                    struct ExpungeSentRequestsSvc<T: Deliveries>(pub Arc<T>);
+                    impl<
+                        T: Deliveries,
+                    > tonic::server::UnaryService<super::ExpungeSentRequestsRequest>
+                    for ExpungeSentRequestsSvc<T> {
+                        type Response = super::ExpungeSentRequestsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ExpungeSentRequestsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Deliveries>::expunge_sent_requests(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ExpungeSentRequestsSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

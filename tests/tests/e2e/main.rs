@@ -27,6 +27,7 @@ mod portal;
 mod replay;
 mod rest;
 mod secrets;
+mod sent_bodies;
 mod ssrf;
 mod store;
 mod subscriptions;

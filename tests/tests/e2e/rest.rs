@@ -684,6 +684,33 @@ async fn the_delivery_log_is_listed_followed_live_and_replayed_over_http() -> an
         requests[1].header(herald_core::signing::HEADER_ID),
         Some(emitted.event_id.as_str())
     );
+
+    // The request as sent: once for the delivery, as the receiver got it; then expunged.
+    let path = format!("/api/v1/events/{}/requests", emitted.event_id);
+    let (status, _, sent) = get(&client, &base, &path, None).await?;
+    assert_eq!(status, 200, "{sent}");
+    let listed = sent["requests"].as_array().cloned().unwrap_or_default();
+    let [request] = listed.as_slice() else {
+        panic!("one request for the delivery: {sent}");
+    };
+    assert_eq!(
+        request["body"].as_str().map(str::as_bytes),
+        Some(requests[0].body.as_ref())
+    );
+    assert_eq!(
+        (&request["attempt"], &request["body_cut"]),
+        (&json!(1), &json!(false))
+    );
+    assert!(
+        request["headers"]
+            .as_array()
+            .is_some_and(|h| h.contains(&json!({"name": "webhook-signature", "value": "(masked)"}))),
+        "{request}"
+    );
+    let (status, _, expunged) = call(&client, Method::DELETE, &base, &path, None, None).await?;
+    assert_eq!((status, &expunged["removed"]), (200, &json!(1)));
+    let (status, _, problem) = get(&client, &base, &path, None).await?;
+    assert_eq!((status, problem["code"].as_str()), (404, Some("NOT_FOUND")));
     Ok(())
 }
 
@@ -704,7 +731,8 @@ async fn every_route_refuses_callers_without_a_token_or_the_role() -> anyhow::Re
     for (template, item) in openapi["paths"].as_object().expect("paths") {
         let path = template
             .replace("{id}", "sub_01NOSUCHSUBSCRIPTION00000")
-            .replace("{name}", "order.none");
+            .replace("{name}", "order.none")
+            .replace("{event_id}", "evt_none");
         for verb in item.as_object().expect("operations").keys() {
             let method = Method::from_bytes(verb.to_uppercase().as_bytes())?;
             let body = (method != Method::GET && method != Method::DELETE).then(|| json!({}));

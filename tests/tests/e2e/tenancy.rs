@@ -339,6 +339,43 @@ async fn a_token_scoped_to_one_tenant_neither_sees_nor_changes_another() -> anyh
     }
     covered.insert("Deliveries/ReplayDeliveries".into());
 
+    // Shop A's request as sent is not found for shop B, whatever tenant it names, and not
+    // expunged by it: the operator still reads it.
+    for tenant in ["", "shop-a"] {
+        refused(
+            &mut covered,
+            "Deliveries/GetSentRequests",
+            b.deliveries
+                .get_sent_requests(pb::GetSentRequestsRequest {
+                    event_id: emitted_a.event_id.clone(),
+                    tenant: tenant.into(),
+                    ..Default::default()
+                })
+                .await,
+            Code::NotFound,
+        );
+        let expunged = b
+            .deliveries
+            .expunge_sent_requests(pb::ExpungeSentRequestsRequest {
+                event_id: emitted_a.event_id.clone(),
+                tenant: tenant.into(),
+            })
+            .await?
+            .into_inner();
+        assert_eq!(expunged.removed, 0, "tenant {tenant:?}");
+    }
+    covered.insert("Deliveries/ExpungeSentRequests".into());
+    let kept = control_plane
+        .deliveries()
+        .await?
+        .get_sent_requests(pb::GetSentRequestsRequest {
+            event_id: emitted_a.event_id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(kept.requests.len(), 1);
+
     // A tail shows shop B's attempts and none of shop A's.
     let mut tail = b
         .deliveries

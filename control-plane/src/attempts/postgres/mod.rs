@@ -20,13 +20,17 @@
 //! - Partitions are made ahead (yesterday to [`DAYS_AHEAD`] days on), and on demand for a
 //!   batch that needs another day, under an advisory lock ([`PARTITION_LOCK`]); attempts that
 //!   started before the retention cut-off or more than [`MAX_DAYS_AHEAD`] days ahead are not
-//!   stored (logged). Retention drops whole partitions: never a row-by-row `DELETE`.
+//!   stored (logged). Retention drops whole partitions: never a row-by-row `DELETE` of
+//!   attempts.
 //! - Live tails: each insert's transaction sends `NOTIFY herald_attempts` with the `seq`
 //!   ranges it stored; every replica `LISTEN`s on its own connection and reads those rows, so
 //!   a tail on any replica sees attempts reported through any other within moments
 //!   ([`follow`]).
 //! - `audit`: one row per change made through the operator API ([`audit`]); retention deletes
 //!   the rows older than the cut-off (changes are few).
+//! - `sent_requests`: the requests as sent, one row per delivery, written in the transaction
+//!   that stores the attempts and deleted once no partition holds an attempt that sent them
+//!   ([`sent`]).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -48,6 +52,7 @@ use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 
 use super::derived::{PendingFollowup, Reactions};
+use super::sent::{Expunged, SentQuery, take_requests};
 use super::{Filter, LogError, LogStore, Page, Stored, TAIL_BUFFER, page_size};
 use crate::audit::{AuditFilter, AuditPage};
 
@@ -56,6 +61,7 @@ mod database_url;
 mod derived;
 mod follow;
 mod ingest;
+mod sent;
 
 pub use follow::FOLLOWER_APPLICATION;
 
@@ -68,6 +74,7 @@ pub const MIGRATIONS: &[&str] = &[
     derived::MIGRATION,
     audit::MIGRATION,
     ATTEMPT_FILTERS,
+    sent::MIGRATION,
 ];
 
 /// Schema version 1: the attempts.
@@ -300,11 +307,18 @@ impl PostgresLog {
     async fn store_batch(
         client: &mut deadpool_postgres::Object,
         kept: &[(SystemTime, pb::Attempt)],
+        requests: &[Option<pb::SentRequest>],
         reactions: &dyn Reactions,
     ) -> Result<(Vec<usize>, Vec<PendingFollowup>), tokio_postgres::Error> {
         let columns = ingest::Columns::new(kept);
         let txn = client.transaction().await?;
         let written = ingest::write(&txn, &columns).await?;
+        let new_requests = written
+            .new
+            .iter()
+            .filter_map(|i| requests[*i].clone())
+            .collect();
+        sent::write(&txn, new_requests).await?;
         let fresh: Vec<&pb::Attempt> = written.new.iter().map(|i| &kept[*i].1).collect();
         let followups = derived::commit(&txn, &fresh, reactions).await?;
         if !written.seqs.is_empty() {
@@ -358,25 +372,27 @@ impl LogStore for PostgresLog {
         if kept.is_empty() {
             return Ok(Stored::default());
         }
+        let requests = take_requests(kept.iter_mut().map(|(_, a)| a));
         self.ensure_partitions(kept.iter().map(|(t, _)| day_of(*t)).collect())
             .await?;
 
         let days: BTreeSet<i64> = kept.iter().map(|(t, _)| day_of(*t)).collect();
         let mut client = self.client().await?;
-        let (new, followups) = match Self::store_batch(&mut client, &kept, &*reactions).await {
-            // A day's partition this replica believed in is gone (dropped by another replica's
-            // size limit, or lost in a failover): make it again, once.
-            Err(err) if err.code() == Some(&SqlState::CHECK_VIOLATION) => {
-                self.partitions
-                    .lock()
-                    .expect("partitions lock")
-                    .retain(|day| !days.contains(day));
-                self.ensure_partitions(days).await?;
-                Self::store_batch(&mut client, &kept, &*reactions).await
+        let (new, followups) =
+            match Self::store_batch(&mut client, &kept, &requests, &*reactions).await {
+                // A day's partition this replica believed in is gone (dropped by another replica's
+                // size limit, or lost in a failover): make it again, once.
+                Err(err) if err.code() == Some(&SqlState::CHECK_VIOLATION) => {
+                    self.partitions
+                        .lock()
+                        .expect("partitions lock")
+                        .retain(|day| !days.contains(day));
+                    self.ensure_partitions(days).await?;
+                    Self::store_batch(&mut client, &kept, &requests, &*reactions).await
+                }
+                other => other,
             }
-            other => other,
-        }
-        .map_err(|e| self.error(e))?;
+            .map_err(|e| self.error(e))?;
         let mut kept: Vec<Option<pb::Attempt>> = kept.into_iter().map(|(_, a)| Some(a)).collect();
         Ok(Stored {
             attempts: new
@@ -555,6 +571,7 @@ impl LogStore for PostgresLog {
         }
         let mut total: u64 = counts.iter().map(|(_, _, n)| n).sum();
         let mut removed = 0;
+        let mut dropped = BTreeSet::new();
         for (name, day, estimate) in counts {
             let expired = day_start(day + 1) <= cutoff;
             let over = total > max_attempts && day < today;
@@ -576,8 +593,26 @@ impl LogStore for PostgresLog {
                 .expect("partitions lock")
                 .remove(&day);
             tracing::info!(partition = %name, attempts = rows, "delivery log: a day's partition dropped");
+            dropped.insert(day);
             total = total.saturating_sub(estimate);
             removed += rows;
+        }
+        // Requests as sent go once every attempt that sent them is gone: when they were last
+        // sent before the oldest day still held.
+        let oldest_held = partitions
+            .iter()
+            .map(|(_, day)| *day)
+            .filter(|day| !dropped.contains(day))
+            .min()
+            .unwrap_or(today - 1);
+        let requests = sent::sweep(&client, day_start(oldest_held))
+            .await
+            .map_err(|e| self.error(e))?;
+        if requests > 0 {
+            tracing::info!(
+                removed = requests,
+                "delivery log: requests as sent past retention removed"
+            );
         }
         let audited = audit::sweep(&client, cutoff)
             .await
@@ -593,6 +628,18 @@ impl LogStore for PostgresLog {
         self.ensure_partitions((today - 1..=today + DAYS_AHEAD).collect())
             .await?;
         Ok(removed)
+    }
+
+    async fn sent_requests(&self, query: SentQuery) -> Result<Vec<pb::SentRequest>, LogError> {
+        let client = self.client().await?;
+        sent::list(&client, &query).await.map_err(|e| self.error(e))
+    }
+
+    async fn expunge(&self, query: SentQuery) -> Result<Expunged, LogError> {
+        let mut client = self.client().await?;
+        sent::expunge(&mut client, &query)
+            .await
+            .map_err(|e| self.error(e))
     }
 
     async fn record_change(&self, entry: pb::AuditEntry) -> Result<(), LogError> {

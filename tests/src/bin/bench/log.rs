@@ -127,6 +127,7 @@ fn attempt(i: u64, started_at: SystemTime) -> pb::Attempt {
         },
         url: format!("https://shop-{}.example.com/webhooks/herald", i % TENANTS),
         test: false,
+        request: None,
     }
 }
 

@@ -116,6 +116,7 @@ fn attempt(i: u64, total: u64, subs: &[pb::Subscription], now: SystemTime) -> pb
         },
         url: sub.url.clone(),
         test: false,
+        request: None,
     }
 }
 
