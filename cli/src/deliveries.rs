@@ -254,16 +254,25 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                 output::list(format, "attempts", &items, &COLUMNS, "")?;
                 return Ok(());
             }
-            let requests = client
-                .get_sent_requests(pb::GetSentRequestsRequest {
-                    event_id: event,
-                    subscription_id: subscription.unwrap_or_default(),
-                    tenant: tenant.unwrap_or_default(),
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .requests;
+            let mut requests = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .get_sent_requests(pb::GetSentRequestsRequest {
+                        event_id: event.clone(),
+                        subscription_id: subscription.clone().unwrap_or_default(),
+                        tenant: tenant.clone().unwrap_or_default(),
+                        page_token,
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                requests.extend(page.requests);
+                if page.next_page_token.is_empty() || requests.len() >= MAX_EVENT_ATTEMPTS {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
             output::sent_requests(format, &items, &COLUMNS, &requests)?;
         }
         Command::Expunge { event, tenant } => {

@@ -266,20 +266,21 @@ impl Fleet {
         Some(answer)
     }
 
-    /// Sends a test order for `subscription` (its tenant, regions and id) to a connected agent
-    /// that delivers it: one of its regions (any, when it names none) and an interest that
-    /// admits `event`, taking turns. The agent chosen, the order's id and the receiver of its
+    /// Sends a test order for subscription `subscription_id` to a connected agent that
+    /// delivers it: in one of `regions` (any, when empty) and with an interest that admits
+    /// `event`, taking turns. The agent chosen, the order's id and the receiver of its
     /// result; `None` when no such agent is connected to this replica (or its stream is full).
     pub fn send_test(
         &self,
-        subscription: &pb::Subscription,
+        subscription_id: &str,
+        regions: &[String],
         event: pb::Event,
     ) -> Option<(String, u64, oneshot::Receiver<pb::TestResult>)> {
         let (agent, orders) = self.take_turn(|entry| {
-            (subscription.regions.is_empty() || subscription.regions.contains(&entry.info.region))
+            (regions.is_empty() || regions.contains(&entry.info.region))
                 && entry.interest.admits(&event.tenant, &event.r#type)
         })?;
-        let subscription_id = subscription.id.clone();
+        let subscription_id = subscription_id.to_owned();
         let (order_id, answer) =
             self.send_order(&self.pending_tests, &agent, &orders, |order_id| {
                 Order::Test(Box::new(pb::TestOrder {

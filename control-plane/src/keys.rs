@@ -17,7 +17,10 @@
 //!   the replica holding its stream and bound to that replica's lease (see `presence.rs`).
 //! - `/herald/v1/replay-orders/<replica>/<id>` → a `herald.v1.RelayedReplay` for an agent on
 //!   that replica, and `/herald/v1/replay-results/<id>` → its `herald.v1.ReplayResult`; both
-//!   bound to short leases (see `replay_relay.rs`).
+//!   bound to short leases (see `relay.rs`).
+//! - `/herald/v1/test-orders/<replica>/<id>` → a `herald.v1.RelayedTest` for an agent of that
+//!   replica that delivers the subscription, and `/herald/v1/test-results/<id>` → its
+//!   `herald.v1.RelayedTestResult`; both bound to short leases (see `relay.rs`).
 //! - `/herald/v1/keyring-checks/<key id>` → a `herald.v1.SealedSecret`: a known text sealed with
 //!   that key when it first sealed, so a replica can tell at start whether its key of that id
 //!   is the same key (see `keyring_check.rs`).
@@ -58,6 +61,16 @@ pub fn replay_orders(replica: &str) -> String {
 /// The result key of a relayed replay order.
 pub fn replay_result(id: &str) -> String {
     format!("{ROOT}replay-results/{id}")
+}
+
+/// The prefix of the test orders relayed to one replica.
+pub fn test_orders(replica: &str) -> String {
+    format!("{ROOT}test-orders/{replica}/")
+}
+
+/// The result key of a relayed test order.
+pub fn test_result(id: &str) -> String {
+    format!("{ROOT}test-results/{id}")
 }
 
 /// The presence record key of an agent.

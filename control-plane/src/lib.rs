@@ -24,8 +24,8 @@ pub mod metrics;
 pub mod operator_events;
 pub mod presence;
 pub mod recent;
+pub mod relay;
 pub mod replay;
-pub mod replay_relay;
 pub mod rest;
 pub mod schema_feed;
 pub mod sealing;
@@ -360,7 +360,7 @@ pub async fn run(
         .unwrap_or_else(|| format!("{}:{}", host_name(), config.listen.port()));
     let fleet = Fleet::new(&replica);
     tokio::spawn(presence::run(store.clone(), fleet.clone(), stop.clone()));
-    let relay = replay_relay::Relay::new(store.clone(), fleet.clone(), &replica);
+    let relay = relay::Relay::new(store.clone(), fleet.clone(), &replica);
     tokio::spawn(relay.clone().serve(stop.clone()));
 
     let policy =
@@ -509,7 +509,11 @@ pub async fn run(
         health.clone(),
         log.clone(),
         event_types.clone(),
-        fleet.clone(),
+        test_send::Testers {
+            fleet: fleet.clone(),
+            relay: relay.clone(),
+            log_body_limit: config.log_body_limit,
+        },
         recorder.clone(),
     ));
     let audit_service = Arc::new(grpc::AuditService::new(log.clone()));

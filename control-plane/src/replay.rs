@@ -2,7 +2,7 @@
 //! which agent attempted each delivery and how many attempts it made; each such agent is sent
 //! a replay order over its config stream and queues the deliveries anew (new attempts, same
 //! `webhook-id`, numbered after the logged ones). An agent connected to another replica gets
-//! its order through that replica ([`crate::replay_relay`]). A delivery whose agent is not
+//! its order through that replica ([`crate::relay`]). A delivery whose agent is not
 //! connected to any replica, does not answer, or no longer holds the event is reported as not
 //! replayable, never skipped silently.
 
@@ -13,7 +13,7 @@ use herald_proto::v1 as pb;
 use crate::access::Scope;
 use crate::attempts::{AttemptLog, Filter, LogError};
 use crate::fleet::Fleet;
-use crate::replay_relay::{AGENT_TIMEOUT, Relay, Relayed};
+use crate::relay::{AGENT_TIMEOUT, Relay, Relayed};
 
 /// The most deliveries one replay request may cover.
 pub const MAX_REPLAY: usize = 10_000;

@@ -6,7 +6,9 @@
 //! built in nor deprecated) and the payload (the one given, checked against the type's schema
 //! when it has one; else the type's catalogue example, else `{}`), hands a test order
 //! to a connected agent that delivers the subscription, and waits for the attempt, at most the
-//! subscription's timeout and [`ANSWER_MARGIN`]. The agent makes it as it makes deliveries
+//! subscription's timeout and [`ANSWER_MARGIN`]. When no such agent is connected to this
+//! replica, the order goes through the config store to another replica that holds one
+//! ([`crate::relay`]). The agent makes it as it makes deliveries
 //! (target policy, signing, the same HTTP client), outside its queue and without retries. The
 //! attempt is logged with `test` set; it counts toward no health and disables nothing.
 
@@ -21,11 +23,14 @@ use herald_core::limits::DEFAULT_MAX_PAYLOAD_BYTES;
 use herald_core::subscription::DEFAULT_TIMEOUT;
 use herald_core::validate;
 use herald_proto::convert::{std_duration, timestamp};
+use herald_proto::sent_request;
 use herald_proto::v1 as pb;
 
 use crate::attempts::{AttemptLog, LogError, NoReactions};
 use crate::event_types::{EventTypeError, EventTypes};
 use crate::fleet::Fleet;
+use crate::relay::{Relay, RelayedTest};
+use crate::store::StoreError;
 
 /// How much longer than the subscription's timeout a test-send waits for the agent's answer.
 pub const ANSWER_MARGIN: Duration = Duration::from_secs(10);
@@ -36,11 +41,25 @@ pub enum TestError {
     /// The event type or payload asked for cannot be sent to this subscription.
     #[error(transparent)]
     Invalid(#[from] ValidationError),
-    /// No agent that delivers the subscription is connected to this replica.
+    /// No agent that delivers the subscription is connected to any replica.
     #[error(
-        "no agent that delivers subscription {0} (its regions, its tenant and type) is connected to this control plane"
+        "no agent that delivers subscription {0} (its regions, its tenant and type) is connected to the control plane"
     )]
     NoAgent(String),
+    /// A replica that may hold an agent that delivers the subscription did not answer.
+    #[error(
+        "no control-plane replica with an agent that delivers subscription {subscription} answered within {}s",
+        .waited.as_secs()
+    )]
+    NoReplicaAnswer {
+        /// The subscription.
+        subscription: String,
+        /// How long the control plane waited.
+        waited: Duration,
+    },
+    /// The config store, through which other replicas are asked, failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The agent could not make the attempt.
     #[error("agent {agent} made no attempt: {reason}")]
     NotMade {
@@ -69,10 +88,24 @@ impl From<TestError> for tonic::Status {
             TestError::NoAgent(_) | TestError::NotMade { .. } => {
                 tonic::Status::failed_precondition(err.to_string())
             }
-            TestError::NoAnswer { .. } => tonic::Status::deadline_exceeded(err.to_string()),
+            TestError::NoAnswer { .. } | TestError::NoReplicaAnswer { .. } => {
+                tonic::Status::deadline_exceeded(err.to_string())
+            }
+            TestError::Store(err) => tonic::Status::unavailable(err.unavailable_message()),
             TestError::Catalogue(err) => err.into(),
         }
     }
+}
+
+/// What test-sends go through.
+#[derive(Clone)]
+pub struct Testers {
+    /// This replica's agents.
+    pub fleet: Fleet,
+    /// The agents of other replicas, when none of this replica's delivers the subscription.
+    pub relay: Relay,
+    /// The most body bytes the log keeps of a request as sent (`--log-body-limit`).
+    pub log_body_limit: usize,
 }
 
 /// Makes one test attempt to `sub` as `request` asks, and logs it.
@@ -80,9 +113,14 @@ pub async fn test_send(
     sub: &pb::Subscription,
     request: &pb::TestSubscriptionRequest,
     event_types: &EventTypes,
-    fleet: &Fleet,
+    testers: &Testers,
     log: &AttemptLog,
 ) -> Result<pb::Attempt, TestError> {
+    let Testers {
+        fleet,
+        relay,
+        log_body_limit,
+    } = testers;
     let event_type = chosen_type(sub, &request.event_type, event_types).await?;
     let known = match event_types.get(&event_type).await {
         Ok(known) => Some(known),
@@ -118,21 +156,38 @@ pub async fn test_send(
         occurred_at: Some(timestamp(SystemTime::now())),
         ..Default::default()
     };
-    let (agent, order_id, answer) = fleet
-        .send_test(sub, event)
-        .ok_or_else(|| TestError::NoAgent(sub.id.clone()))?;
-    // However this call ends (answered, timed out, its caller gone), the order is forgotten.
-    let _forget = Forget { fleet, order_id };
     let waited = sub
         .timeout
         .as_ref()
         .and_then(std_duration)
         .unwrap_or(DEFAULT_TIMEOUT)
         + ANSWER_MARGIN;
-    let result = match tokio::time::timeout(waited, answer).await {
-        Ok(Ok(result)) => result,
-        // Timed out, or the agent's stream ended before it answered.
-        Ok(Err(_)) | Err(_) => return Err(TestError::NoAnswer { agent, waited }),
+    let (agent, result) = match fleet.send_test(&sub.id, &sub.regions, event.clone()) {
+        Some((agent, order_id, answer)) => {
+            // However this call ends (answered, timed out, its caller gone), the order is
+            // forgotten.
+            let _forget = Forget { fleet, order_id };
+            // Timed out, or the agent's stream ended before it answered: no result.
+            let result = tokio::time::timeout(waited, answer)
+                .await
+                .ok()
+                .and_then(Result::ok);
+            (agent, result)
+        }
+        // No such agent here: one on another replica makes it.
+        None => match relay.test(&sub.id, &sub.regions, event, waited).await? {
+            RelayedTest::Asked { agent_id, result } => (agent_id, result.map(|r| *r)),
+            RelayedTest::NoAgent => return Err(TestError::NoAgent(sub.id.clone())),
+            RelayedTest::NoAnswer => {
+                return Err(TestError::NoReplicaAnswer {
+                    subscription: sub.id.clone(),
+                    waited,
+                });
+            }
+        },
+    };
+    let Some(result) = result else {
+        return Err(TestError::NoAnswer { agent, waited });
     };
     let Some(mut attempt) = result.attempt else {
         return Err(TestError::NotMade {
@@ -144,8 +199,10 @@ pub async fn test_send(
     attempt.test = true;
     attempt.subscription_id.clone_from(&sub.id);
     attempt.tenant.clone_from(&sub.tenant);
-    // The request as sent is kept by the log alone; the answer carries the attempt.
-    let request = attempt.request.take();
+    // The request as sent is kept by the log alone (as much as it keeps); the answer carries
+    // the attempt.
+    let mut request = attempt.request.take();
+    sent_request::bound(&mut request, *log_body_limit);
     let logged = pb::Attempt {
         request,
         ..attempt.clone()

@@ -6,16 +6,57 @@ use crate::v1 as pb;
 /// The value shown instead of a header's when the value is a credential: the signature, an
 /// authorization, and the subscription's own headers.
 pub const MASKED: &str = "(masked)";
+/// The most headers of a request the log keeps.
+pub const MAX_HEADERS: usize = 64;
+/// The longest header name or value, and URL, the log keeps (longer ones are cut).
+pub const MAX_FIELD_LEN: usize = 8 * 1024;
+
+/// Headers whose values are credentials wherever they come from.
+const CREDENTIALS: [&str; 3] = ["webhook-signature", "authorization", "proxy-authorization"];
 
 /// Keeps at most `limit` bytes of the request's body (`body_size` still tells the whole size),
-/// or drops the request when `limit` is 0 (the log keeps no bodies).
+/// or drops the request when `limit` is 0 (the log keeps no bodies). Whoever reported it, the
+/// rest is bounded too: at most [`MAX_HEADERS`] headers, names, values and the URL cut to
+/// [`MAX_FIELD_LEN`] with no NUL character (which no HTTP header holds), and the credentials'
+/// values masked.
 pub fn bound(request: &mut Option<pb::SentRequest>, limit: usize) {
     if limit == 0 {
         *request = None;
-    } else if let Some(request) = request {
-        let whole = request.body_size.max(request.body.len() as u64);
-        request.body.truncate(limit);
-        request.body_size = whole;
+        return;
+    }
+    let Some(request) = request else {
+        return;
+    };
+    let whole = request.body_size.max(request.body.len() as u64);
+    request.body.truncate(limit);
+    request.body_size = whole;
+    request.headers.truncate(MAX_HEADERS);
+    for header in &mut request.headers {
+        bound_text(&mut header.name);
+        if CREDENTIALS
+            .iter()
+            .any(|c| header.name.eq_ignore_ascii_case(c))
+        {
+            MASKED.clone_into(&mut header.value);
+        } else {
+            bound_text(&mut header.value);
+        }
+    }
+    bound_text(&mut request.url);
+    bound_text(&mut request.method);
+}
+
+/// Cuts `text` to [`MAX_FIELD_LEN`] bytes at a character boundary, without NUL characters.
+fn bound_text(text: &mut String) {
+    if text.contains('\0') {
+        *text = text.replace('\0', "");
+    }
+    if text.len() > MAX_FIELD_LEN {
+        let mut end = MAX_FIELD_LEN;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
     }
 }
 
@@ -58,5 +99,32 @@ mod tests {
         let mut off = request(b"{}");
         bound(&mut off, 0);
         assert!(off.is_none());
+    }
+
+    #[test]
+    fn whatever_is_reported_the_rest_is_bounded_and_credentials_masked() {
+        let header = |name: &str, value: &str| pb::Header {
+            name: name.into(),
+            value: value.into(),
+        };
+        let mut reported = Some(pb::SentRequest {
+            url: "u".repeat(MAX_FIELD_LEN + 10),
+            headers: [
+                header("Authorization", "Bearer t0ken"),
+                header("webhook-signature", "v1,abc"),
+                header("x-note", "a\0b"),
+            ]
+            .into_iter()
+            .chain((0..100).map(|i| header(&format!("x-{i}"), "v")))
+            .collect(),
+            ..Default::default()
+        });
+        bound(&mut reported, 1024);
+        let kept = reported.expect("kept");
+        assert_eq!(kept.url.len(), MAX_FIELD_LEN);
+        assert_eq!(kept.headers.len(), MAX_HEADERS);
+        assert_eq!(kept.headers[0].value, MASKED);
+        assert_eq!(kept.headers[1].value, MASKED);
+        assert_eq!(kept.headers[2].value, "ab");
     }
 }

@@ -238,7 +238,9 @@ async fn sent_requests(
     tenants: &Scope,
 ) -> Vec<pb::SentRequest> {
     let query = SentQuery::new(event, subscription, "", tenants).expect("a valid query");
-    log.sent_requests(query).await.expect("sent requests")
+    let page = log.sent_requests(query).await.expect("sent requests");
+    assert!(page.next_page_token.is_empty(), "one page");
+    page.requests
 }
 
 fn ids(page: &super::Page) -> Vec<&str> {
@@ -827,4 +829,33 @@ async fn requests_as_sent_are_kept_once_per_delivery_within_scope(log: &dyn LogS
     let listed = listed_of(log, sub).await;
     assert_eq!(listed.attempts.len(), 3, "the attempts stay");
     assert_eq!(log.expunge(query(all)).await.expect("again").removed, 0);
+
+    // An event sent to many subscriptions is read a page of about 2 MiB at a time.
+    let big = "x".repeat(700 * 1024);
+    let attempts = (1..=3)
+        .map(|i| {
+            let sub = format!("sub_page_{i}");
+            with_request(
+                attempt("evt_paged", &sub, 1, pb::Outcome::Delivered, ms(10)),
+                &big,
+            )
+        })
+        .collect();
+    log.insert(attempts).await.expect("insert");
+    let mut pages = Vec::new();
+    let mut token = String::new();
+    loop {
+        let query = SentQuery::page("evt_paged", "", "", all, &token).expect("valid");
+        let page = log.sent_requests(query).await.expect("a page");
+        pages.push(subs(page.requests));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+        assert!(pages.len() < 5, "pages end: {pages:?}");
+    }
+    assert_eq!(
+        pages,
+        [vec!["sub_page_1", "sub_page_2"], vec!["sub_page_3"]]
+    );
 }

@@ -44,7 +44,7 @@ use tokio::sync::broadcast;
 use super::derived::{self, Followup, PendingFollowup, Reactions};
 use herald_core::event_type::EventPattern;
 
-use super::sent::{Expunged, SentQuery, take_requests};
+use super::sent::{Expunged, SentPage, SentQuery, take_requests};
 use super::{Filter, LogError, LogStore, Page, Stored, TAIL_BUFFER, page_size, storage};
 use crate::audit::{AuditFilter, AuditPage};
 
@@ -109,7 +109,7 @@ impl LogStore for EmbeddedLog {
         EmbeddedLog::sweep(self, max_age, max_attempts).await
     }
 
-    async fn sent_requests(&self, query: SentQuery) -> Result<Vec<pb::SentRequest>, LogError> {
+    async fn sent_requests(&self, query: SentQuery) -> Result<SentPage, LogError> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || sent::list(&db, &query))
             .await

@@ -37,7 +37,7 @@ pub mod sent;
 pub use derived::{Followup, NoReactions, PendingFollowup, Reactions};
 pub use embedded::EmbeddedLog;
 pub use postgres::PostgresLog;
-pub use sent::{Expunged, SentQuery};
+pub use sent::{Expunged, SentPage, SentQuery};
 
 /// The largest page a query returns.
 pub const MAX_PAGE_SIZE: usize = 1000;
@@ -120,9 +120,10 @@ pub trait LogStore: Send + Sync {
         page_size: u32,
         page_token: &str,
     ) -> Result<Page, LogError>;
-    /// The requests as sent that `query` asks for, ordered by subscription ([`sent`]).
-    async fn sent_requests(&self, query: SentQuery) -> Result<Vec<pb::SentRequest>, LogError>;
-    /// Removes the requests as sent that `query` asks for; the attempts stay.
+    /// The requests as sent that `query` asks for, ordered by subscription, a page of about
+    /// [`sent::PAGE_BYTES`] at a time ([`sent`]).
+    async fn sent_requests(&self, query: SentQuery) -> Result<SentPage, LogError>;
+    /// Removes the requests as sent that `query` asks for (every page); the attempts stay.
     async fn expunge(&self, query: SentQuery) -> Result<Expunged, LogError>;
     /// Removes attempts that started more than `max_age` ago, and the oldest beyond
     /// `max_attempts`; returns how many went. Requests as sent go with the last attempt that

@@ -17,11 +17,62 @@ use herald_proto::v1 as pb;
 use super::{Filter, LogError};
 use crate::access::Scope;
 
+/// The body bytes a page of requests holds, about: a page stops at the first request that
+/// goes past it, and a request holds at most [`herald_core::limits::MAX_LOG_BODY_LIMIT`], so
+/// a page stays well under gRPC's usual 4 MiB message limit.
+pub const PAGE_BYTES: usize = 2 * 1024 * 1024;
+/// What a request's fields but its body take in a page, at most (its headers are bounded:
+/// [`herald_proto::sent_request`]).
+pub const REQUEST_OVERHEAD: usize = 512;
+
 /// Which stored requests: one event's, optionally one subscription's, among the tenants the
-/// caller may see.
+/// caller may see, after a page token.
 #[derive(Clone, Debug)]
 pub struct SentQuery {
     filter: Filter,
+    /// The last subscription of the previous page; empty for the first.
+    after: String,
+}
+
+/// A page of requests, ordered by subscription.
+#[derive(Debug, Default)]
+pub struct SentPage {
+    /// The requests.
+    pub requests: Vec<pb::SentRequest>,
+    /// Where the next page starts; empty on the last.
+    pub next_page_token: String,
+}
+
+/// Fills pages of requests in order until [`PAGE_BYTES`].
+#[derive(Debug, Default)]
+pub struct PageFill {
+    page: SentPage,
+    bytes: usize,
+}
+
+impl PageFill {
+    /// Adds `request` unless the page is full (the first request always fits); false when
+    /// full, and the page then says where the next one starts.
+    pub fn add(&mut self, request: pb::SentRequest) -> bool {
+        let size = request.body.len() + REQUEST_OVERHEAD;
+        if !self.page.requests.is_empty() && self.bytes + size > PAGE_BYTES {
+            self.page.next_page_token = self
+                .page
+                .requests
+                .last()
+                .map(|r| r.subscription_id.clone())
+                .unwrap_or_default();
+            return false;
+        }
+        self.bytes += size;
+        self.page.requests.push(request);
+        true
+    }
+
+    /// The page.
+    pub fn finish(self) -> SentPage {
+        self.page
+    }
 }
 
 impl SentQuery {
@@ -33,6 +84,22 @@ impl SentQuery {
         tenant: &str,
         tenants: &Scope,
     ) -> Result<Self, LogError> {
+        Self::page(event_id, subscription_id, tenant, tenants, "")
+    }
+
+    /// The page after `page_token` of what [`Self::new`] asks for.
+    pub fn page(
+        event_id: &str,
+        subscription_id: &str,
+        tenant: &str,
+        tenants: &Scope,
+        page_token: &str,
+    ) -> Result<Self, LogError> {
+        if page_token.len() > herald_core::limits::MAX_EVENT_ID_LEN {
+            return Err(LogError::InvalidQuery(
+                "page_token: is not from this listing".into(),
+            ));
+        }
         herald_core::validate::event_id(event_id)
             .map_err(|e| LogError::InvalidQuery(e.to_string()))?;
         if subscription_id.len() > herald_core::limits::MAX_EVENT_ID_LEN
@@ -50,7 +117,23 @@ impl SentQuery {
         };
         Ok(SentQuery {
             filter: Filter::within(wire, tenants)?,
+            after: page_token.to_owned(),
         })
+    }
+
+    /// The last subscription of the previous page; empty for the first.
+    pub fn after(&self) -> &str {
+        &self.after
+    }
+
+    /// The subscription asked for; empty for all.
+    pub fn subscription_id(&self) -> &str {
+        &self.filter.wire().subscription_id
+    }
+
+    /// The tenants a request may belong to: `None` for any.
+    pub fn tenants(&self) -> Option<Vec<&str>> {
+        self.filter.tenants()
     }
 
     /// The event asked for.
@@ -62,6 +145,7 @@ impl SentQuery {
     pub fn matches(&self, request: &pb::SentRequest) -> bool {
         let wire = self.filter.wire();
         request.event_id == wire.event_id
+            && request.subscription_id.as_str() > self.after.as_str()
             && (wire.subscription_id.is_empty() || wire.subscription_id == request.subscription_id)
             && (wire.tenant.is_empty() || wire.tenant == request.tenant)
             && self.filter.tenants.allows(&request.tenant)
@@ -90,7 +174,10 @@ pub fn take_requests<'a>(
             request.subscription_id.clone_from(&attempt.subscription_id);
             request.tenant.clone_from(&attempt.tenant);
             request.attempt = attempt.attempt;
-            request.sent_at = attempt.started_at;
+            // An attempt without a start time is stored as of now: so is its request.
+            request.sent_at = attempt
+                .started_at
+                .or_else(|| Some(herald_proto::convert::timestamp(SystemTime::now())));
             Some(request)
         })
         .collect()
@@ -102,7 +189,7 @@ pub fn delivery_key(request: &pb::SentRequest) -> (&str, &str, &str) {
 }
 
 /// What a batch keeps of one delivery's requests: the one to store ([`replaces`] decides
-/// among them, in attempt order), and when the newest of them was sent.
+/// among them, in attempt order), and when the newest that sent its body was sent.
 #[derive(Debug)]
 pub struct DeliveryRequest {
     /// The request to keep.
@@ -112,7 +199,7 @@ pub struct DeliveryRequest {
 }
 
 /// The requests to store from a batch, one per delivery (a batch may hold several attempts
-/// of one delivery), in the order the deliveries first appear.
+/// of one delivery), ordered by delivery (event, subscription, tenant).
 pub fn per_delivery(requests: Vec<pb::SentRequest>) -> Vec<DeliveryRequest> {
     let mut groups: HashMap<(String, String, String), Vec<pb::SentRequest>> = HashMap::new();
     let mut order = Vec::new();
@@ -127,6 +214,7 @@ pub fn per_delivery(requests: Vec<pb::SentRequest>) -> Vec<DeliveryRequest> {
         }
         group.push(request);
     }
+    order.sort();
     order
         .into_iter()
         .filter_map(|key| {
@@ -137,15 +225,18 @@ pub fn per_delivery(requests: Vec<pb::SentRequest>) -> Vec<DeliveryRequest> {
                     .as_ref()
                     .map_or(SystemTime::UNIX_EPOCH, system_time)
             };
-            let last_sent_at = group.iter().map(sent_at).max()?;
             let mut group = group.into_iter();
             let first = group.next()?;
-            let request = group.fold(
-                first,
-                |kept, next| {
-                    if replaces(&kept, &next) { next } else { kept }
-                },
-            );
+            let mut last_sent_at = sent_at(&first);
+            let mut request = first;
+            for next in group {
+                if replaces(&request, &next) {
+                    last_sent_at = last_sent_at.max(sent_at(&next));
+                    request = next;
+                } else if next.body == request.body {
+                    last_sent_at = last_sent_at.max(sent_at(&next));
+                }
+            }
             Some(DeliveryRequest {
                 request,
                 last_sent_at,

@@ -22,9 +22,10 @@ use crate::fleet::Fleet;
 use crate::health::Health;
 use crate::hub::ConfigHub;
 use crate::presence;
-use crate::replay_relay::Relay;
+use crate::relay::Relay;
 use crate::store::Store;
 use crate::subscriptions::{Subscriptions, redact, without_write_only};
+use crate::test_send::Testers;
 
 /// `herald.v1.Subscriptions`.
 pub struct SubscriptionsService {
@@ -34,20 +35,21 @@ pub struct SubscriptionsService {
     log: AttemptLog,
     /// What subscriptions may name.
     event_types: EventTypes,
-    /// The connected agents, for test-sends.
-    fleet: Fleet,
+    /// The agents that make test-sends.
+    testers: Testers,
     /// Where changes are recorded.
     audit: Recorder,
 }
 
 impl SubscriptionsService {
-    /// The service over a registry and the endpoints' health, recording changes in `audit`.
+    /// The service over a registry and the endpoints' health, testing endpoints through
+    /// `testers`, recording changes in `audit`.
     pub fn new(
         registry: Subscriptions,
         health: Health,
         log: AttemptLog,
         event_types: EventTypes,
-        fleet: Fleet,
+        testers: Testers,
         audit: Recorder,
     ) -> Self {
         SubscriptionsService {
@@ -55,7 +57,7 @@ impl SubscriptionsService {
             health,
             log,
             event_types,
-            fleet,
+            testers,
             audit,
         }
     }
@@ -274,9 +276,14 @@ impl SubscriptionsApi for SubscriptionsService {
         let request = request.into_inner();
         let sub = self.visible(&who, &request.id).await?;
         who.may_act_for(&sub.tenant)?;
-        let attempt =
-            crate::test_send::test_send(&sub, &request, &self.event_types, &self.fleet, &self.log)
-                .await?;
+        let attempt = crate::test_send::test_send(
+            &sub,
+            &request,
+            &self.event_types,
+            &self.testers,
+            &self.log,
+        )
+        .await?;
         let detail = format!(
             "{} to {}: {}",
             attempt.event_type,
@@ -461,14 +468,15 @@ impl Deliveries for DeliveriesService {
     ) -> Result<Response<pb::GetSentRequestsResponse>, Status> {
         let who = caller(&request);
         let request = request.into_inner();
-        let query = SentQuery::new(
+        let query = SentQuery::page(
             &request.event_id,
             &request.subscription_id,
             &request.tenant,
             &who.tenants,
+            &request.page_token,
         )?;
-        let requests = self.log.sent_requests(query).await?;
-        if requests.is_empty() {
+        let page = self.log.sent_requests(query).await?;
+        if page.requests.is_empty() && request.page_token.is_empty() {
             let to = if request.subscription_id.is_empty() {
                 String::new()
             } else {
@@ -480,7 +488,10 @@ impl Deliveries for DeliveriesService {
                 request.event_id
             )));
         }
-        Ok(Response::new(pb::GetSentRequestsResponse { requests }))
+        Ok(Response::new(pb::GetSentRequestsResponse {
+            requests: page.requests,
+            next_page_token: page.next_page_token,
+        }))
     }
 
     async fn expunge_sent_requests(

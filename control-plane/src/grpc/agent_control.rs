@@ -414,7 +414,9 @@ async fn follow(shared: &Shared, session: Session<'_>) {
     let (mut sent, mut acked, mut newest) = (resume_from, resume_from, resume_from);
     let mut changes = match resumed {
         Some((resume, changes)) => {
-            if resume.revision > resume_from {
+            // Sent even when nothing changed (an empty delta at the agent's own revision):
+            // it brings the log's body limit, which this replica may not share with the last.
+            if resume.revision >= resume_from {
                 let update = pb::ConfigUpdate {
                     log_body_limit: Some(*log_body_limit),
                     ..interest.merged(&resume)

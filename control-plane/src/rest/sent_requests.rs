@@ -87,11 +87,13 @@ impl From<pb::SentRequest> for SentRequest {
     }
 }
 
-/// One event's requests, by subscription.
+/// One event's requests, by subscription, a page at a time.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SentRequests {
-    /// One per subscription, ordered by subscription id.
+    /// One per subscription, ordered by subscription id; a page holds about 2 MiB of bodies.
     pub requests: Vec<SentRequest>,
+    /// Where the next page starts; empty on the last.
+    pub next_page_token: String,
 }
 
 /// Which of an event's requests.
@@ -102,6 +104,8 @@ pub struct SentQuery {
     subscription_id: Option<String>,
     /// Only this tenant's event (event ids are unique per tenant).
     tenant: Option<String>,
+    /// Where the previous page ended.
+    page_token: Option<String>,
 }
 
 /// What an expunge removed.
@@ -135,6 +139,7 @@ pub async fn get_sent_requests(
         event_id,
         subscription_id: query.subscription_id.unwrap_or_default(),
         tenant: query.tenant.unwrap_or_default(),
+        page_token: query.page_token.unwrap_or_default(),
     });
     let answer = state
         .services
@@ -144,6 +149,7 @@ pub async fn get_sent_requests(
         .into_inner();
     Ok(Json(SentRequests {
         requests: answer.requests.into_iter().map(Into::into).collect(),
+        next_page_token: answer.next_page_token,
     }))
 }
 

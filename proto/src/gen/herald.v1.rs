@@ -439,12 +439,18 @@ pub struct GetSentRequestsRequest {
     /// may see.
     #[prost(string, tag = "3")]
     pub tenant: ::prost::alloc::string::String,
+    /// Continue from a previous page.
+    #[prost(string, tag = "4")]
+    pub page_token: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct GetSentRequestsResponse {
-    /// One per subscription, ordered by subscription id.
+    /// One per subscription, ordered by subscription id; a page holds about 2 MiB of bodies.
     #[prost(message, repeated, tag = "1")]
     pub requests: ::prost::alloc::vec::Vec<SentRequest>,
+    /// Empty on the last page.
+    #[prost(string, tag = "2")]
+    pub next_page_token: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ExpungeSentRequestsRequest {
@@ -908,6 +914,37 @@ pub struct RelayedReplay {
     pub agent_id: ::prost::alloc::string::String,
     #[prost(message, repeated, tag = "2")]
     pub items: ::prost::alloc::vec::Vec<ReplayItem>,
+}
+/// A test order one control-plane replica hands another through the config store
+/// (`/herald/v1/test-orders/<replica>/<id>`) when no agent that delivers the subscription is
+/// connected to it. The other replica hands it to such an agent of its own, if it has one; the
+/// answer is a RelayedTestResult at `/herald/v1/test-results/<id>`.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RelayedTest {
+    #[prost(string, tag = "1")]
+    pub subscription_id: ::prost::alloc::string::String,
+    /// The subscription's regions (empty: any), which the agent must be in.
+    #[prost(string, repeated, tag = "2")]
+    pub regions: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The event to send, id and time assigned.
+    #[prost(message, optional, tag = "3")]
+    pub event: ::core::option::Option<Event>,
+    /// How long to wait for the agent's answer.
+    #[prost(message, optional, tag = "4")]
+    pub wait: ::core::option::Option<::prost_types::Duration>,
+}
+/// What became of a relayed test order.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RelayedTestResult {
+    /// The replica holds no agent that delivers the subscription (ask another).
+    #[prost(bool, tag = "1")]
+    pub no_agent: bool,
+    /// The agent asked.
+    #[prost(string, tag = "2")]
+    pub agent_id: ::prost::alloc::string::String,
+    /// Its answer; unset when it did not answer in time.
+    #[prost(message, optional, tag = "3")]
+    pub result: ::core::option::Option<TestResult>,
 }
 /// What an agent did with a replay order.
 #[derive(Clone, PartialEq, ::prost::Message)]

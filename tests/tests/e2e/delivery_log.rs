@@ -308,6 +308,34 @@ async fn every_replica_lists_and_follows_what_any_replica_stored() -> anyhow::Re
             .all(|r| r.header("webhook-id") == Some(emitted.event_id.as_str()))
     );
 
+    // A test-send asked of the replica the agent is not connected to is made by the agent
+    // through the replica that holds it, answered, and logged as a test.
+    let tested = b
+        .subscriptions()
+        .await?
+        .test_subscription(pb::TestSubscriptionRequest {
+            id: sub.id.clone(),
+            event_type: "order.created".into(),
+            payload: br#"{"order_id": "ord_test"}"#.to_vec(),
+        })
+        .await?
+        .into_inner()
+        .attempt
+        .expect("an attempt");
+    assert_eq!((tested.status_code, tested.test), (200, true), "{tested:?}");
+    let requests = receiver.wait_for_requests(3, WAIT).await?;
+    assert_eq!(
+        requests[2].header("webhook-id"),
+        Some(tested.event_id.as_str())
+    );
+    let logged = b
+        .attempts(pb::AttemptFilter {
+            event_id: tested.event_id.clone(),
+            ..Default::default()
+        })
+        .await?;
+    assert!(logged.len() == 1 && logged[0].test, "{logged:?}");
+
     // With the replica that stored it gone, the other still lists it.
     agent.stop().await?;
     a.stop().await?;
@@ -318,6 +346,28 @@ async fn every_replica_lists_and_follows_what_any_replica_stored() -> anyhow::Re
         })
         .await?;
     assert_eq!(attempts.len(), 2, "the attempt and its replay");
+
+    // With no agent connected anywhere, a test-send says so.
+    eventually(WAIT, "the agent's absence on the replica left", || async {
+        let agents = b.list_agents().await?;
+        Ok(agents.iter().all(|a| !a.connected).then_some(()))
+    })
+    .await?;
+    let refused = b
+        .subscriptions()
+        .await?
+        .test_subscription(pb::TestSubscriptionRequest {
+            id: sub.id.clone(),
+            event_type: "order.created".into(),
+            payload: vec![],
+        })
+        .await
+        .expect_err("no agent");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::storage;
 use crate::attempts::LogError;
-use crate::attempts::sent::{self, Expunged, SentQuery};
+use crate::attempts::sent::{self, Expunged, PageFill, SentPage, SentQuery};
 
 const REQUESTS: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("sent_requests");
 const BY_SEQ: TableDefinition<(u64, &str), ()> = TableDefinition::new("sent_requests_by_seq");
@@ -49,8 +49,8 @@ impl<'t> Requests<'t> {
     }
 
     /// Keeps `request`, reported with the attempt stored as `seq`: as its delivery's request
-    /// unless one is stored that it does not replace ([`sent::replaces`]); either way the
-    /// delivery's request now lasts as long as attempt `seq`.
+    /// unless one is stored that it does not replace ([`sent::replaces`]). The kept request
+    /// lasts as long as attempt `seq` when that attempt sent its body.
     pub(super) fn keep(&mut self, request: pb::SentRequest, seq: u64) -> Result<(), LogError> {
         let key = key(&request);
         let stored = match self.requests.get(key.as_str()).map_err(storage)? {
@@ -63,12 +63,14 @@ impl<'t> Requests<'t> {
         let (kept, last) = match stored {
             Some((last, stored)) => {
                 self.by_seq.remove((last, key.as_str())).map_err(storage)?;
-                let kept = if sent::replaces(&stored, &request) {
-                    request
+                // The request lasts as long as the newest attempt that sent its body.
+                if sent::replaces(&stored, &request) {
+                    (request, last.max(seq))
+                } else if request.body == stored.body {
+                    (stored, last.max(seq))
                 } else {
-                    stored
-                };
-                (kept, last.max(seq))
+                    (stored, last)
+                }
             }
             None => (request, seq),
         };
@@ -98,20 +100,24 @@ impl<'t> Requests<'t> {
     }
 }
 
-/// The requests `query` asks for, ordered by subscription.
-pub(super) fn list(db: &Database, query: &SentQuery) -> Result<Vec<pb::SentRequest>, LogError> {
+/// A page of the requests `query` asks for, ordered by subscription.
+pub(super) fn list(db: &Database, query: &SentQuery) -> Result<SentPage, LogError> {
     let txn = db.begin_read().map_err(storage)?;
     let table = txn.open_table(REQUESTS).map_err(storage)?;
-    let (low, high) = event_range(query.event_id());
-    let mut found = Vec::new();
+    let (mut low, high) = event_range(query.event_id());
+    if !query.after().is_empty() {
+        // Past every key of the page token's subscription.
+        low = format!("{}\0{}\u{1}", query.event_id(), query.after());
+    }
+    let mut page = PageFill::default();
     for entry in table.range(low.as_str()..high.as_str()).map_err(storage)? {
         let (_, value) = entry.map_err(storage)?;
         let request = pb::SentRequest::decode(value.value().1).map_err(storage)?;
-        if query.matches(&request) {
-            found.push(request);
+        if query.matches(&request) && !page.add(request) {
+            break;
         }
     }
-    Ok(found)
+    Ok(page.finish())
 }
 
 /// Removes the requests `query` asks for, in one commit.

@@ -52,7 +52,7 @@ use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 
 use super::derived::{PendingFollowup, Reactions};
-use super::sent::{Expunged, SentQuery, take_requests};
+use super::sent::{Expunged, SentPage, SentQuery, take_requests};
 use super::{Filter, LogError, LogStore, Page, Stored, TAIL_BUFFER, page_size};
 use crate::audit::{AuditFilter, AuditPage};
 
@@ -630,14 +630,14 @@ impl LogStore for PostgresLog {
         Ok(removed)
     }
 
-    async fn sent_requests(&self, query: SentQuery) -> Result<Vec<pb::SentRequest>, LogError> {
+    async fn sent_requests(&self, query: SentQuery) -> Result<SentPage, LogError> {
         let client = self.client().await?;
         sent::list(&client, &query).await.map_err(|e| self.error(e))
     }
 
     async fn expunge(&self, query: SentQuery) -> Result<Expunged, LogError> {
-        let mut client = self.client().await?;
-        sent::expunge(&mut client, &query)
+        let client = self.client().await?;
+        sent::expunge(&client, &query)
             .await
             .map_err(|e| self.error(e))
     }

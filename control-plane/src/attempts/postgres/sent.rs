@@ -3,8 +3,9 @@
 //! array of `[name, value]` pairs, the body as `bytea`), so `psql` shows them.
 //!
 //! A batch's requests are written in the transaction that stores its attempts, by one array
-//! upsert. `last_at` is the start of the newest attempt that sent the request: once the
-//! partitions holding every such attempt are dropped, the sweep deletes the row.
+//! upsert, in key order (so that concurrent batches take the rows' locks in one order).
+//! `last_at` is the start of the newest attempt that sent the kept body: once the partitions
+//! holding every such attempt are dropped, the sweep deletes the row.
 
 use std::time::SystemTime;
 
@@ -13,7 +14,9 @@ use deadpool_postgres::Transaction;
 use herald_proto::convert::{system_time, timestamp};
 use herald_proto::v1 as pb;
 
-use crate::attempts::sent::{Expunged, SentQuery, per_delivery};
+use crate::attempts::sent::{
+    Expunged, PAGE_BYTES, REQUEST_OVERHEAD, SentPage, SentQuery, per_delivery,
+};
 
 /// Schema version 5: the requests as sent.
 pub const MIGRATION: &str = r#"
@@ -44,6 +47,8 @@ const REPLACED: [&str; 7] = [
     "body",
     "body_size",
 ];
+/// When a reported request replaces the stored one ([`crate::attempts::sent::replaces`]).
+const REPLACES: &str = "EXCLUDED.body <> s.body AND EXCLUDED.attempt > s.attempt";
 /// Rows the sweep deletes per statement.
 const SWEEP_BATCH: i64 = 10_000;
 
@@ -76,12 +81,7 @@ pub(super) async fn write(
     let body_size: Vec<i64> = requests.iter().map(|r| r.body_size as i64).collect();
     let replaced = REPLACED
         .iter()
-        .map(|c| {
-            format!(
-                "{c} = CASE WHEN EXCLUDED.body <> s.body AND EXCLUDED.attempt > s.attempt \
-                 THEN EXCLUDED.{c} ELSE s.{c} END"
-            )
-        })
+        .map(|c| format!("{c} = CASE WHEN {REPLACES} THEN EXCLUDED.{c} ELSE s.{c} END"))
         .collect::<Vec<_>>()
         .join(", ");
     txn.execute(
@@ -93,7 +93,8 @@ pub(super) async fn write(
              $6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::bytea[], $11::bigint[]) \
              AS r(e, sub, t, a, at, last, m, u, h, b, n) \
              ON CONFLICT (event_id, subscription_id, tenant) DO UPDATE SET \
-             last_at = GREATEST(s.last_at, EXCLUDED.last_at), {replaced}"
+             last_at = CASE WHEN EXCLUDED.body = s.body OR ({REPLACES}) \
+             THEN GREATEST(s.last_at, EXCLUDED.last_at) ELSE s.last_at END, {replaced}"
         ),
         &[
             &event_id,
@@ -122,64 +123,86 @@ fn headers_json(headers: &[pb::Header]) -> String {
     serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".into())
 }
 
-/// The requests `query` asks for, ordered by subscription.
+/// A page of the requests `query` asks for, ordered by subscription: the first row, and those
+/// after it while the page holds at most [`PAGE_BYTES`], filtered by the database.
 pub(super) async fn list(
     client: &impl GenericClient,
     query: &SentQuery,
-) -> Result<Vec<pb::SentRequest>, tokio_postgres::Error> {
+) -> Result<SentPage, tokio_postgres::Error> {
+    let tenants: Option<Vec<&str>> = query.tenants();
     let rows = client
         .query(
             "SELECT event_id, subscription_id, tenant, attempt, sent_at, method, url, \
-             headers::text, body, body_size FROM sent_requests WHERE event_id = $1 \
+             headers::text, body, body_size, more FROM ( \
+               SELECT *, sum(octet_length(body) + $5::bigint) OVER w AS running, \
+               row_number() OVER w AS n, \
+               count(*) OVER () > count(*) OVER w AS more \
+               FROM sent_requests \
+               WHERE event_id = $1 AND subscription_id > $2 \
+               AND ($3 = '' OR subscription_id = $3) \
+               AND ($4::text[] IS NULL OR tenant = ANY($4)) \
+               WINDOW w AS (ORDER BY subscription_id, tenant) \
+             ) r WHERE running <= $6::bigint OR n = 1 \
              ORDER BY subscription_id, tenant",
-            &[&query.event_id()],
+            &[
+                &query.event_id(),
+                &query.after(),
+                &query.subscription_id(),
+                &tenants,
+                &(REQUEST_OVERHEAD as i64),
+                &(PAGE_BYTES as i64),
+            ],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|row| {
-            let headers: String = row.get(7);
-            let pairs: Vec<(String, String)> = serde_json::from_str(&headers).unwrap_or_default();
-            pb::SentRequest {
-                event_id: row.get(0),
-                subscription_id: row.get(1),
-                tenant: row.get(2),
-                attempt: row.get::<_, i32>(3) as u32,
-                sent_at: Some(timestamp(row.get(4))),
-                method: row.get(5),
-                url: row.get(6),
-                headers: pairs
-                    .into_iter()
-                    .map(|(name, value)| pb::Header { name, value })
-                    .collect(),
-                body: row.get(8),
-                body_size: row.get::<_, i64>(9) as u64,
-            }
-        })
-        .filter(|request| query.matches(request))
-        .collect())
+    let mut page = SentPage::default();
+    let mut more = false;
+    for row in &rows {
+        let headers: String = row.get(7);
+        let pairs: Vec<(String, String)> = serde_json::from_str(&headers).unwrap_or_default();
+        more = row.get(10);
+        page.requests.push(pb::SentRequest {
+            event_id: row.get(0),
+            subscription_id: row.get(1),
+            tenant: row.get(2),
+            attempt: row.get::<_, i32>(3) as u32,
+            sent_at: Some(timestamp(row.get(4))),
+            method: row.get(5),
+            url: row.get(6),
+            headers: pairs
+                .into_iter()
+                .map(|(name, value)| pb::Header { name, value })
+                .collect(),
+            body: row.get(8),
+            body_size: row.get::<_, i64>(9) as u64,
+        });
+    }
+    if more {
+        page.next_page_token = page
+            .requests
+            .last()
+            .map(|r| r.subscription_id.clone())
+            .unwrap_or_default();
+    }
+    Ok(page)
 }
 
 /// Removes the requests `query` asks for.
 pub(super) async fn expunge(
-    client: &mut deadpool_postgres::Object,
+    client: &deadpool_postgres::Object,
     query: &SentQuery,
 ) -> Result<Expunged, tokio_postgres::Error> {
-    let txn = client.transaction().await?;
-    let found = list(&txn, query).await?;
-    let subscription_id: Vec<&str> = found.iter().map(|r| r.subscription_id.as_str()).collect();
-    let tenant: Vec<&str> = found.iter().map(|r| r.tenant.as_str()).collect();
-    let removed = txn
-        .execute(
-            "DELETE FROM sent_requests WHERE event_id = $1 AND (subscription_id, tenant) IN \
-             (SELECT * FROM UNNEST($2::text[], $3::text[]))",
-            &[&query.event_id(), &subscription_id, &tenant],
+    let tenants: Option<Vec<&str>> = query.tenants();
+    let rows = client
+        .query(
+            "DELETE FROM sent_requests WHERE event_id = $1 \
+             AND ($2 = '' OR subscription_id = $2) \
+             AND ($3::text[] IS NULL OR tenant = ANY($3)) RETURNING tenant",
+            &[&query.event_id(), &query.subscription_id(), &tenants],
         )
         .await?;
-    txn.commit().await?;
     Ok(Expunged {
-        removed: removed as u32,
-        tenants: found.into_iter().map(|r| r.tenant).collect(),
+        removed: rows.len() as u32,
+        tenants: rows.iter().map(|row| row.get(0)).collect(),
     })
 }
 
