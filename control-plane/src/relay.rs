@@ -13,9 +13,9 @@
 //! 3. the asking replica reads the answer, or gives up after the errand's wait.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use herald_proto::convert::{duration, std_duration};
+use herald_proto::convert::{duration, std_duration, system_time};
 use herald_proto::v1 as pb;
 use prost::Message;
 use tokio::task::JoinSet;
@@ -129,6 +129,12 @@ impl Errand for Test {
                 ..Default::default()
             };
         };
+        // An order found late (this replica restarted while it waited): its asker has given
+        // up, and the endpoint gets no test nobody waits for.
+        let asked_at = event.occurred_at.as_ref().map(system_time);
+        if asked_at.is_some_and(|at| at + wait + RELAY_MARGIN < SystemTime::now()) {
+            return pb::RelayedTestResult::default();
+        }
         let Some((agent_id, order_id, answer)) =
             fleet.send_test(&order.subscription_id, &order.regions, event)
         else {

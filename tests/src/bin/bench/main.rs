@@ -102,16 +102,25 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// A control plane on the embedded store with one `order.*` subscription of tenant `bench`.
+/// A control plane on the embedded store with one `order.*` subscription of tenant `bench`
+/// (`BENCH_LOG_BODY_LIMIT` sets its `--log-body-limit`).
 async fn control_plane(stop: &CancellationToken) -> anyhow::Result<(String, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let config = herald_control_plane::Config {
+    let mut config = herald_control_plane::Config {
         allow_targets: herald_tests::herald::loopback(),
         shutdown_grace: Duration::from_secs(1),
         ..herald_control_plane::Config::new(addr, dir.path().to_owned())
     };
+    // The log's body limit (`--log-body-limit`; default 64 KiB): `BENCH_LOG_BODY_LIMIT=0`
+    // measures deliveries whose reports carry no request.
+    if let Some(limit) = std::env::var("BENCH_LOG_BODY_LIMIT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.log_body_limit = limit;
+    }
     tokio::spawn(herald_control_plane::run(
         config,
         listener,
