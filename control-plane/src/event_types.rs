@@ -28,7 +28,7 @@ use prost::Message;
 
 use crate::keys::EVENT_TYPES;
 use crate::operator_events::OPERATOR_EVENT_TYPES;
-use crate::store::{Compare, Op, Store, StoreError, Txn, TxnOutcome};
+use crate::store::{Compare, KeyValue, Op, Store, StoreError, Txn, TxnOutcome};
 
 /// The largest example payload.
 pub const MAX_EXAMPLE_BYTES: usize = 64 * 1024;
@@ -159,23 +159,28 @@ impl EventTypes {
 
     /// Removes a registered type.
     pub async fn delete(&self, name: &str) -> Result<(), EventTypeError> {
-        if built_in(name).is_some() {
-            return Err(ValidationError::new("name", format!("{name} is built in")).into());
-        }
-        let key = format!("{EVENT_TYPES}{name}");
-        let kv = self
-            .store
-            .get(&key)
-            .await?
-            .ok_or_else(|| EventTypeError::NotFound(name.to_owned()))?;
+        let kv = self.stored(name).await?;
         let txn = Txn::default()
-            .when(Compare::ModRevision(key.clone(), kv.mod_revision))
-            .then(Op::Delete(key));
+            .when(Compare::ModRevision(kv.key.clone(), kv.mod_revision))
+            .then(Op::Delete(kv.key));
         match self.store.txn(txn).await? {
             TxnOutcome::Committed { .. } => Ok(()),
             // Changed or deleted meanwhile: read it again before deleting.
             TxnOutcome::Conflict => Err(EventTypeError::Changed(name.to_owned())),
         }
+    }
+
+    /// The stored record of the registered type `name`, to change or remove: a built-in
+    /// type is refused, an unknown one is not found.
+    async fn stored(&self, name: &str) -> Result<KeyValue, EventTypeError> {
+        if built_in(name).is_some() {
+            return Err(ValidationError::new("name", format!("{name} is built in")).into());
+        }
+        let key = format!("{EVENT_TYPES}{name}");
+        self.store
+            .get(&key)
+            .await?
+            .ok_or_else(|| EventTypeError::NotFound(name.to_owned()))
     }
 
     /// Applies `change` to the stored type `name`, if nobody wrote it meanwhile.
@@ -184,22 +189,14 @@ impl EventTypes {
         name: &str,
         change: impl FnOnce(&mut pb::EventType),
     ) -> Result<pb::EventType, EventTypeError> {
-        if built_in(name).is_some() {
-            return Err(ValidationError::new("name", format!("{name} is built in")).into());
-        }
-        let key = format!("{EVENT_TYPES}{name}");
-        let kv = self
-            .store
-            .get(&key)
-            .await?
-            .ok_or_else(|| EventTypeError::NotFound(name.to_owned()))?;
+        let kv = self.stored(name).await?;
         let mut stored = pb::EventType::decode(kv.value.as_slice())
             .map_err(|_| EventTypeError::Corrupt(name.into()))?;
         change(&mut stored);
         stored.updated_at = Some(timestamp(SystemTime::now()));
         let txn = Txn::default()
-            .when(Compare::ModRevision(key.clone(), kv.mod_revision))
-            .then(Op::Put(key, stored.encode_to_vec()));
+            .when(Compare::ModRevision(kv.key.clone(), kv.mod_revision))
+            .then(Op::Put(kv.key, stored.encode_to_vec()));
         match self.store.txn(txn).await? {
             TxnOutcome::Committed { .. } => Ok(stored),
             TxnOutcome::Conflict => Err(EventTypeError::Changed(name.to_owned())),

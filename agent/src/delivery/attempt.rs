@@ -10,7 +10,6 @@ use herald_core::signing::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, signat
 use herald_core::subscription::Subscription;
 use herald_core::trace::{self, TraceParent};
 
-use herald_proto::convert::timestamp;
 use herald_proto::sent_request::MASKED;
 use herald_proto::v1 as pb;
 use tracing::Instrument as _;
@@ -215,8 +214,6 @@ async fn send_in(
             *captured = Some(as_sent(
                 &request,
                 sub,
-                event.id,
-                started_at,
                 KeptBody {
                     body: &body,
                     limit: body_limit,
@@ -337,14 +334,13 @@ fn request(
     Ok(request.body(Full::new(body))?)
 }
 
-/// The log's copy of `request`: its headers, with the values that are credentials masked (the
-/// signature, an authorization, and the subscription's own headers), and the part of its body
-/// the log keeps.
+/// The log's copy of `request`: its method, its headers, with the values that are credentials
+/// masked (the signature, an authorization, and the subscription's own headers), and the part
+/// of its body the log keeps. What the report's attempt says already (event, subscription,
+/// tenant, URL, start) is left out: the control plane names the request after its attempt.
 fn as_sent(
     request: &http::Request<Full<Bytes>>,
     sub: &Subscription,
-    event_id: &str,
-    started_at: SystemTime,
     kept: KeptBody<'_>,
 ) -> pb::SentRequest {
     let masked = |name: &http::HeaderName| {
@@ -369,16 +365,11 @@ fn as_sent(
         .collect();
     let KeptBody { body, limit } = kept;
     pb::SentRequest {
-        event_id: event_id.to_owned(),
-        subscription_id: sub.id.clone(),
-        tenant: sub.tenant.clone(),
-        attempt: 0,
         method: request.method().as_str().to_owned(),
-        url: sub.url.to_string(),
         headers,
         body: body[..body.len().min(limit)].to_vec(),
         body_size: body.len() as u64,
-        sent_at: Some(timestamp(started_at)),
+        ..Default::default()
     }
 }
 
@@ -487,7 +478,7 @@ mod tests {
             body: &body,
             limit: 8,
         };
-        let copy = as_sent(&request, &sub, "evt_1", UNIX_EPOCH, kept);
+        let copy = as_sent(&request, &sub, kept);
         let value = |name: &str| {
             copy.headers
                 .iter()
@@ -504,10 +495,7 @@ mod tests {
         );
         assert_eq!(copy.body, b"{\"order\"");
         assert_eq!(copy.body_size, body.len() as u64);
-        assert_eq!(
-            (copy.method.as_str(), copy.url.as_str()),
-            ("POST", "https://example.com/hooks")
-        );
+        assert_eq!(copy.method, "POST");
     }
 
     async fn kind_of(url: &str, policy: TargetPolicy) -> ErrorKind {

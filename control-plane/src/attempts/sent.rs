@@ -162,7 +162,8 @@ pub struct Expunged {
 }
 
 /// Takes the reported requests off a batch's attempts (attempts are stored without them),
-/// each named after its attempt whatever the report said; `None` where an attempt carries none.
+/// each named after its attempt whatever the report said (agents leave those fields, and the
+/// URL, to the attempt); `None` where an attempt carries none.
 pub fn take_requests<'a>(
     attempts: impl IntoIterator<Item = &'a mut pb::Attempt>,
 ) -> Vec<Option<pb::SentRequest>> {
@@ -174,6 +175,9 @@ pub fn take_requests<'a>(
             request.subscription_id.clone_from(&attempt.subscription_id);
             request.tenant.clone_from(&attempt.tenant);
             request.attempt = attempt.attempt;
+            if request.url.is_empty() {
+                request.url.clone_from(&attempt.url);
+            }
             // An attempt without a start time is stored as of now: so is its request.
             request.sent_at = attempt
                 .started_at

@@ -477,7 +477,9 @@ pub struct Header {
     pub value: ::prost::alloc::string::String,
 }
 /// A delivery's request as sent: the same for every attempt of one event to one subscription
-/// but for `webhook-timestamp` (the attempt's start) and the signature.
+/// but for `webhook-timestamp` (the attempt's start) and the signature. On a report
+/// (Attempt.request) the agent sends only `method`, `headers`, `body` and `body_size`: the
+/// rest is the attempt's.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SentRequest {
     #[prost(string, tag = "1")]
