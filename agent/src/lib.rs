@@ -43,6 +43,9 @@ use crate::queue::{Queue, QueueConfig};
 
 /// The default `Emit` listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7701";
+/// The default `--max-pending-report-bytes`: an outage of the control plane fills at most
+/// this much of the agent's disk with reports (half of it with copies of requests).
+pub const DEFAULT_MAX_PENDING_REPORT_BYTES: u64 = 512 << 20;
 
 /// Agent settings; every flag is also an environment variable.
 #[derive(Clone, Debug, clap::Args)]
@@ -165,6 +168,12 @@ pub struct Config {
     /// unreachable); past it Emit answers RESOURCE_EXHAUSTED for events with deliveries.
     #[arg(long, env = "HERALD_MAX_PENDING_REPORTS", default_value_t = 1_000_000)]
     pub max_pending_reports: u64,
+    /// The most bytes of attempt reports waiting for the control plane's acknowledgement;
+    /// past it Emit answers RESOURCE_EXHAUSTED for events with deliveries. Past half of it,
+    /// reports leave out the copy of the request they sent (--log-body-limit), counted in
+    /// herald_reports_requests_dropped; the attempts are always reported.
+    #[arg(long, env = "HERALD_MAX_PENDING_REPORT_BYTES", default_value_t = DEFAULT_MAX_PENDING_REPORT_BYTES)]
+    pub max_pending_report_bytes: u64,
     /// The most deliveries kept parked for one disabled subscription; past it, an event's
     /// delivery to that subscription is not kept (logged centrally as skipped, counted in
     /// herald_queue_parked_deliveries_dropped). Its other deliveries go on.
@@ -230,6 +239,7 @@ impl Config {
             queue_min_free_bytes: queue::DEFAULT_MIN_FREE_BYTES,
             recover_truncate: false,
             max_pending_reports: 1_000_000,
+            max_pending_report_bytes: DEFAULT_MAX_PENDING_REPORT_BYTES,
             max_parked_deliveries: 100_000,
             queue_cache_bytes: queue::DEFAULT_CACHE_BYTES,
             fsync: true,
@@ -336,6 +346,7 @@ pub async fn run(
             min_free_bytes: config.queue_min_free_bytes,
             recover_truncate: config.recover_truncate,
             max_pending_reports: config.max_pending_reports,
+            max_pending_report_bytes: config.max_pending_report_bytes,
             max_parked_deliveries: config.max_parked_deliveries,
             cache_bytes: config.queue_cache_bytes,
             retention: config.retention,

@@ -42,6 +42,8 @@ struct Inner {
     queue_bytes: Gauge,
     pending_deliveries: Gauge,
     pending_reports: Gauge,
+    pending_report_bytes: Gauge,
+    requests_dropped: Gauge,
     oldest_age: Gauge<f64, AtomicU64>,
     config_revision: Gauge,
 }
@@ -118,6 +120,16 @@ impl Default for Metrics {
             "herald_reports_pending",
             "Attempt reports not yet acknowledged by the control plane",
         );
+        let pending_report_bytes = gauge(
+            &mut registry,
+            "herald_reports_pending_bytes",
+            "Bytes of the attempt reports not yet acknowledged: what --max-pending-report-bytes bounds",
+        );
+        let requests_dropped = gauge(
+            &mut registry,
+            "herald_reports_requests_dropped",
+            "Attempt reports that left out the request they sent because the outbox held half of --max-pending-report-bytes (since the agent started)",
+        );
         let oldest_age = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "herald_queue_oldest_age_seconds",
@@ -144,6 +156,8 @@ impl Default for Metrics {
                 parked_dropped,
                 pending_deliveries,
                 pending_reports,
+                pending_report_bytes,
+                requests_dropped,
                 oldest_age,
                 config_revision,
             }),
@@ -182,6 +196,10 @@ impl Metrics {
                 inner.parked_dropped.set(int(stats.parked_dropped));
                 inner.pending_deliveries.set(int(stats.pending_deliveries));
                 inner.pending_reports.set(int(stats.pending_reports));
+                inner
+                    .pending_report_bytes
+                    .set(int(stats.pending_report_bytes));
+                inner.requests_dropped.set(int(stats.requests_dropped));
                 let age_ms = stats
                     .oldest_pending_accepted_ms
                     .map_or(0, |accepted| now_ms().saturating_sub(accepted));

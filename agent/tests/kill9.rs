@@ -209,6 +209,7 @@ async fn kill_9_in_a_burst_loses_no_acknowledged_event() -> anyhow::Result<()> {
                 min_free_bytes: 0,
                 recover_truncate: false,
                 max_pending_reports: u64::MAX,
+                max_pending_report_bytes: u64::MAX,
                 max_parked_deliveries: u64::MAX,
                 cache_bytes: herald_agent::queue::DEFAULT_CACHE_BYTES,
                 retention: Duration::from_secs(3600),

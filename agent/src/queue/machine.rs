@@ -16,8 +16,8 @@ use prost::Message;
 use super::pending::{Pending, Tally};
 use super::view::View;
 use super::{
-    Accepted, EventKey, FastMap, FastSet, META_BYTES, META_EVENTS, META_EVICTED, META_SEQ,
-    NewEvent, Next, QueueConfig, QueueError, Replay, StoredEvent, Task, decode_waiting,
+    Accepted, EventKey, FastMap, FastSet, META_BYTES, META_EVENTS, META_EVICTED, META_OUTBOX_BYTES,
+    META_SEQ, NewEvent, Next, QueueConfig, QueueError, Replay, StoredEvent, Task, decode_waiting,
     encode_event, encode_task, encode_waiting,
 };
 use crate::delivery::classify::ErrorKind;
@@ -98,6 +98,9 @@ pub(super) struct Effects {
     pub removed: Vec<EventKey>,
     /// Deliveries to parked subscriptions not kept: past `max_parked_deliveries`.
     pub parked_dropped: u64,
+    /// Reports that joined the outbox without the request they sent: keeping it would have
+    /// taken the outbox past half of `max_pending_report_bytes`.
+    pub requests_dropped: u64,
 }
 
 /// Counters kept in `meta`, and the waiting work this group changes.
@@ -108,6 +111,8 @@ struct Counters<'p> {
     bytes: u64,
     /// Delivered events removed before their retention, to bound what is kept.
     evicted: u64,
+    /// The bytes of the reports in the outbox.
+    outbox_bytes: u64,
     /// The events with deliveries to make ([`super::pending`]).
     pending: &'p mut Pending,
 }
@@ -128,23 +133,26 @@ pub(super) fn apply(
         events: view.meta(META_EVENTS)?,
         bytes: view.meta(META_BYTES)?,
         evicted: view.meta(META_EVICTED)?,
+        outbox_bytes: view.meta(META_OUTBOX_BYTES)?,
         pending,
     };
     let evicted_before = counters.evicted;
+    let outbox_bytes_before = counters.outbox_bytes;
     for work in works {
         let done = match work {
             Work::Accept(new) => {
                 Done::Accepted(accept(view, &mut counters, config, now, new, effects)?)
             }
             Work::Complete { task, next, report } => {
-                complete(view, &mut counters, task, next, &report, effects)?;
+                complete(view, &mut counters, config, task, next, *report, effects)?;
                 Done::Nothing
             }
             Work::Replay(items) => {
                 Done::Replayed(replay(view, &mut counters, now, items, effects)?)
             }
             Work::AckReports { first, last } => {
-                view.remove_reports(first, last)?;
+                let removed = view.remove_reports(first, last)?;
+                counters.outbox_bytes = counters.outbox_bytes.saturating_sub(removed);
                 Done::Nothing
             }
             Work::Sweep => Done::Swept(sweep(view, &mut counters, config, now, effects)?),
@@ -158,6 +166,9 @@ pub(super) fn apply(
     if counters.evicted != evicted_before {
         view.put_meta(META_EVICTED, counters.evicted)?;
     }
+    if counters.outbox_bytes != outbox_bytes_before {
+        view.put_meta(META_OUTBOX_BYTES, counters.outbox_bytes)?;
+    }
     Ok(counters.seq)
 }
 
@@ -166,9 +177,10 @@ pub(super) fn apply(
 fn complete(
     view: &mut impl View,
     counters: &mut Counters<'_>,
+    config: &QueueConfig,
     task: Task,
     next: Next,
-    report: &pb::Attempt,
+    mut report: pb::Attempt,
     effects: &mut Effects,
 ) -> Result<(), QueueError> {
     view.remove_task(task.key())?;
@@ -193,9 +205,28 @@ fn complete(
             }
         }
     }
+    let mut value = report.encode_to_vec();
+    if report.request.is_some()
+        && counters.outbox_bytes + value.len() as u64 > config.max_pending_report_bytes / 2
+    {
+        // The copy of the request is for the log, not for delivery: past half of the bound
+        // it is not kept, so the attempts themselves still have room.
+        report.request = None;
+        value = report.encode_to_vec();
+        effects.requests_dropped += 1;
+    }
+    put_report(view, counters, &value)
+}
+
+/// Adds a report to the outbox, counting its bytes.
+fn put_report(
+    view: &mut impl View,
+    counters: &mut Counters<'_>,
+    value: &[u8],
+) -> Result<(), QueueError> {
     counters.seq += 1;
-    view.put_report(counters.seq, &report.encode_to_vec())?;
-    Ok(())
+    counters.outbox_bytes += value.len() as u64;
+    view.put_report(counters.seq, value)
 }
 
 /// Queues deliveries of stored events again, due now, outside any ordering line (a replay
@@ -374,6 +405,13 @@ fn accept(
                 config.max_pending_reports
             ))));
         }
+        if counters.outbox_bytes >= config.max_pending_report_bytes {
+            return Ok(Err(QueueError::Full(format!(
+                "{} bytes of attempt reports wait for the control plane to acknowledge them, \
+                 limit {} (--max-pending-report-bytes)",
+                counters.outbox_bytes, config.max_pending_report_bytes
+            ))));
+        }
     }
     // Second pass: write.
     for (accepted_ms, id, _) in &replaced {
@@ -404,9 +442,8 @@ fn accept(
             {
                 // A disabled subscription holds its share of parked deliveries: this one is
                 // not kept, and the central log says so.
-                counters.seq += 1;
                 let report = parked_full(&item.event, subscription, now, config);
-                view.put_report(counters.seq, &report.encode_to_vec())?;
+                put_report(view, counters, &report.encode_to_vec())?;
                 effects.parked_dropped += 1;
                 continue;
             }

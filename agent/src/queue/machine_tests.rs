@@ -27,6 +27,8 @@ fn config() -> QueueConfig {
         min_free_bytes: 0,
         recover_truncate: false,
         max_pending_reports: 60,
+        // The byte bound is tested on the queue ([`super::tests`]); here only its count.
+        max_pending_report_bytes: u64::MAX,
         max_parked_deliveries: 3,
         cache_bytes: crate::queue::DEFAULT_CACHE_BYTES,
         retention: Duration::from_millis(2_000),
@@ -166,6 +168,13 @@ fn check(view: &MemoryView, pending: &Pending, model: &Model, at: &str) {
         assert_eq!(pending.deliveries_to(sub), u64::from(held), "{at}: {sub}");
     }
     assert_eq!(view.outbox.len() as u64, model.reports, "{at}: outbox");
+    // The outbox's byte count is its reports' bytes.
+    let outbox_bytes: u64 = view.outbox.values().map(|v| v.len() as u64).sum();
+    assert_eq!(
+        view.meta(META_OUTBOX_BYTES).unwrap(),
+        outbox_bytes,
+        "{at}: outbox bytes"
+    );
 }
 
 /// A random request of one to three events from a small pool of ids in two tenants.

@@ -133,6 +133,8 @@ const META_EPOCH: &str = "wal_epoch";
 const META_EVENT_KEYS: &str = "event_keys";
 /// Delivered events removed before their retention to keep `max_retained_bytes`.
 const META_EVICTED: &str = "evicted";
+/// The bytes of the reports in the outbox ([`QueueConfig::max_pending_report_bytes`]).
+const META_OUTBOX_BYTES: &str = "outbox_bytes";
 
 /// A hash map for the queue's in-memory indexes, which the writer updates for every event:
 /// foldhash is several times faster than the default SipHash on short keys, and seeded per
@@ -164,6 +166,10 @@ pub struct QueueConfig {
     /// At most this many attempt reports waiting for the control plane's acknowledgement;
     /// past it new events with deliveries are refused ([`QueueError::Full`]).
     pub max_pending_reports: u64,
+    /// At most this many bytes of attempt reports waiting for the acknowledgement; past it new
+    /// events with deliveries are refused. Past half of it, reports join the outbox without
+    /// the copy of the request they sent (the attempt itself is always reported).
+    pub max_pending_report_bytes: u64,
     /// At most this many deliveries kept for one parked (disabled) subscription; past it an
     /// event's delivery to it is not kept, and a skipped attempt is reported instead.
     pub max_parked_deliveries: u64,
@@ -467,6 +473,11 @@ pub struct QueueStats {
     pub pending_deliveries: u64,
     /// Attempt reports not yet acknowledged by the control plane.
     pub pending_reports: u64,
+    /// Their bytes.
+    pub pending_report_bytes: u64,
+    /// Reports that joined the outbox without their request since the queue opened (it was
+    /// past half of `max_pending_report_bytes`).
+    pub requests_dropped: u64,
     /// When the oldest event among the lanes' next deliveries was accepted (ms since the
     /// epoch); `None` when nothing is pending.
     pub oldest_pending_accepted_ms: Option<u64>,
@@ -535,6 +546,8 @@ struct Shared {
     waiting_bytes: AtomicU64,
     /// Deliveries to parked subscriptions not kept since the queue opened.
     parked_dropped: AtomicU64,
+    /// See [`QueueStats::requests_dropped`].
+    requests_dropped: AtomicU64,
 }
 
 impl Shared {
@@ -645,6 +658,7 @@ impl Queue {
             waiting_events: AtomicU64::new(pending.total().events),
             waiting_bytes: AtomicU64::new(pending.total().bytes),
             parked_dropped: AtomicU64::new(0),
+            requests_dropped: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(WRITER_CHANNEL);
         let lag = config.durable_lag;
@@ -834,6 +848,10 @@ impl Queue {
             .get(META_EVICTED)
             .map_err(storage)?
             .map_or(0, |v| v.value());
+        let pending_report_bytes = meta
+            .get(META_OUTBOX_BYTES)
+            .map_err(storage)?
+            .map_or(0, |v| v.value());
         let tasks = txn.open_table(TASKS).map_err(storage)?;
         let pending = tasks.len().map_err(storage)? + memtable.task_count();
         let reports = txn
@@ -865,6 +883,8 @@ impl Queue {
             parked_dropped: self.shared.parked_dropped.load(Ordering::Relaxed),
             pending_deliveries: pending,
             pending_reports: reports,
+            pending_report_bytes,
+            requests_dropped: self.shared.requests_dropped.load(Ordering::Relaxed),
             oldest_pending_accepted_ms: oldest_accepted_ms,
         })
     }
@@ -1267,6 +1287,26 @@ fn migrate_event_keys(db: &Database) -> Result<usize, QueueError> {
     Ok(rekeyed)
 }
 
+/// Counts the outbox's bytes into `meta.outbox_bytes` for a queue written before they were
+/// counted (once: the state machine keeps the count from then on).
+fn count_outbox_bytes(db: &Database) -> Result<(), QueueError> {
+    use redb::ReadableTable;
+    let txn = db.begin_write().map_err(storage)?;
+    {
+        let mut meta = txn.open_table(META).map_err(storage)?;
+        if meta.get(META_OUTBOX_BYTES).map_err(storage)?.is_some() {
+            return Ok(());
+        }
+        let outbox = txn.open_table(OUTBOX).map_err(storage)?;
+        let mut bytes = 0;
+        for entry in outbox.iter().map_err(storage)? {
+            bytes += entry.map_err(storage)?.1.value().len() as u64;
+        }
+        meta.insert(META_OUTBOX_BYTES, bytes).map_err(storage)?;
+    }
+    txn.commit().map_err(storage)
+}
+
 /// The file's tasks table, as a read transaction sees it.
 type TaskTable = redb::ReadOnlyTable<(&'static str, u64, u64), &'static [u8]>;
 
@@ -1427,6 +1467,7 @@ fn prepare(
     if rekeyed > 0 {
         tracing::info!(events = rekeyed, "queued events keyed by tenant and id");
     }
+    count_outbox_bytes(db)?;
     Ok((wal, epoch))
 }
 

@@ -141,7 +141,9 @@ impl<'txn, 'm> Tables<'txn, 'm> {
                 7 => self.put_ordered((r.text()?, r.text()?, r.number()?), r.bytes()?)?,
                 8 => self.remove_ordered((r.text()?, r.text()?, r.number()?))?,
                 9 => self.put_report(r.number()?, r.bytes()?)?,
-                10 => self.remove_reports(r.number()?, r.number()?)?,
+                10 => {
+                    self.remove_reports(r.number()?, r.number()?)?;
+                }
                 11 => self.put_meta(r.text()?, r.number()?)?,
                 other => return Err(storage(format!("unknown change {other} in the log"))),
             }
@@ -323,17 +325,36 @@ impl View for Tables<'_, '_> {
         Ok(())
     }
 
-    /// Removes reports `first..=last` from the outbox.
-    fn remove_reports(&mut self, first: u64, last: u64) -> Result<(), QueueError> {
-        // Some may be in the file (pending at a checkpoint), the rest in the memtable.
+    /// Removes reports `first..=last` from the outbox; returns the bytes they held.
+    fn remove_reports(&mut self, first: u64, last: u64) -> Result<u64, QueueError> {
+        // Some may be in the file (pending at a checkpoint), the rest in the memtable, or
+        // added by this commit.
+        let mut removed = 0;
         self.outbox
-            .retain_in(first..=last, |_, _| false)
+            .retain_in(first..=last, |_, value| {
+                removed += value.len() as u64;
+                false
+            })
             .map_err(storage)?;
-        if self.memtable.is_some() {
+        if let Some(memtable) = self.memtable {
+            removed += memtable
+                .reports_in(first, last)
+                .map(|(_, value)| value.len() as u64)
+                .sum::<u64>();
+            removed += self
+                .changes
+                .iter()
+                .map(|change| match change {
+                    Change::PutReport { seq, value } if (first..=last).contains(seq) => {
+                        value.len() as u64
+                    }
+                    _ => 0,
+                })
+                .sum::<u64>();
             self.changes.push(Change::RemoveReports { first, last });
         }
         self.tag(10).number(first).number(last);
-        Ok(())
+        Ok(removed)
     }
 
     /// Sets a counter.

@@ -19,6 +19,7 @@ fn config() -> QueueConfig {
         min_free_bytes: 0,
         recover_truncate: false,
         max_pending_reports: u64::MAX,
+        max_pending_report_bytes: u64::MAX,
         max_parked_deliveries: u64::MAX,
         cache_bytes: crate::queue::DEFAULT_CACHE_BYTES,
         retention: Duration::from_secs(3600),
@@ -1322,6 +1323,122 @@ async fn a_report_outbox_the_control_plane_does_not_empty_refuses_new_work() {
         .expect("ack");
     queue.flush().await.expect("flush");
     accept_one(&queue, event("evt_2", 10), &["sub"]).await;
+}
+
+/// Accepts `id` for `sub`, takes its task and finishes it delivered with `report`.
+async fn deliver_with(queue: &Queue, id: &str, report: pb::Attempt) {
+    accept_one(queue, event(id, 10), &["sub"]).await;
+    let task = queue
+        .due(u64::MAX - 1, 1, room(1))
+        .expect("due")
+        .pop()
+        .expect("a task");
+    task.finish(Next::Done, report).await.expect("complete");
+    queue.flush().await.expect("flush");
+}
+
+/// A report carrying a copy of the request with a `body_bytes` body.
+fn report_with_request(id: &str, body_bytes: usize) -> pb::Attempt {
+    pb::Attempt {
+        event_id: id.into(),
+        request: Some(pb::SentRequest {
+            method: "POST".into(),
+            body: vec![b'x'; body_bytes],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn an_outbox_past_half_its_byte_bound_drops_requests_and_past_it_refuses_new_work() {
+    let dir = tempfile::tempdir().expect("dir");
+    let bounded = QueueConfig {
+        max_pending_report_bytes: 3_000,
+        ..config()
+    };
+    let queue = Queue::open(dir.path(), bounded.clone()).expect("open");
+    // 1,000 bytes of request: the first is kept; the second would pass half the bound.
+    deliver_with(&queue, "evt_1", report_with_request("evt_1", 1_000)).await;
+    deliver_with(&queue, "evt_2", report_with_request("evt_2", 1_000)).await;
+    let reports = queue.reports(0, 10).expect("reports");
+    let kept: Vec<bool> = reports.iter().map(|(_, r)| r.request.is_some()).collect();
+    assert_eq!(
+        kept,
+        [true, false],
+        "the second report left its request out"
+    );
+    let bytes: u64 = reports.iter().map(|(_, r)| r.encoded_len() as u64).sum();
+    let stats = queue.stats().expect("stats");
+    assert_eq!(stats.pending_report_bytes, bytes);
+    assert_eq!(stats.requests_dropped, 1);
+
+    // Reports are never refused, whatever their size; new work is, once they fill the bound.
+    let long_error = pb::Attempt {
+        error: "e".repeat(2_000),
+        ..Default::default()
+    };
+    deliver_with(&queue, "evt_3", long_error).await;
+    let err = queue
+        .accept(vec![NewEvent {
+            event: event("evt_4", 10),
+            subscriptions: vec!["sub".into()],
+            parked: Vec::new(),
+        }])
+        .await
+        .expect_err("the outbox is full");
+    assert!(matches!(err, QueueError::Full(_)), "{err}");
+    assert!(
+        err.to_string().contains("--max-pending-report-bytes"),
+        "{err}"
+    );
+    // An event with no deliveries adds no report: taken.
+    accept_one(&queue, event("evt_none", 10), &[]).await;
+
+    // The count survives a restart.
+    let full = queue.stats().expect("stats").pending_report_bytes;
+    assert!(full >= 3_000, "{full}");
+    queue.close().await;
+    let queue = Queue::open(dir.path(), bounded).expect("open again");
+    assert_eq!(queue.stats().expect("stats").pending_report_bytes, full);
+
+    // The control plane acknowledges them all: empty, and room again.
+    let reports = queue.reports(0, 10).expect("reports");
+    assert_eq!(reports.len(), 3);
+    queue
+        .ack_reports(reports[0].0, reports[2].0)
+        .await
+        .expect("ack");
+    queue.flush().await.expect("flush");
+    assert_eq!(queue.stats().expect("stats").pending_report_bytes, 0);
+    accept_one(&queue, event("evt_4", 10), &["sub"]).await;
+}
+
+#[tokio::test]
+async fn a_queue_written_before_the_outbox_bytes_were_counted_counts_them_when_it_opens() {
+    let dir = tempfile::tempdir().expect("dir");
+    let report = report_with_request("evt_1", 500);
+    {
+        // The file as an earlier agent left it: a report in the outbox, no byte count.
+        let db = redb::Database::create(dir.path().join("queue.redb")).expect("create");
+        let txn = db.begin_write().expect("write");
+        {
+            let mut outbox = txn.open_table(OUTBOX).expect("outbox");
+            outbox
+                .insert(1, report.encode_to_vec().as_slice())
+                .expect("report");
+            let mut meta = txn.open_table(META).expect("meta");
+            meta.insert(META_SEQ, 1).expect("seq");
+        }
+        txn.commit().expect("commit");
+    }
+    let queue = Queue::open(dir.path(), config()).expect("open");
+    let stats = queue.stats().expect("stats");
+    assert_eq!(stats.pending_reports, 1);
+    assert_eq!(stats.pending_report_bytes, report.encoded_len() as u64);
+    queue.ack_reports(1, 1).await.expect("ack");
+    queue.flush().await.expect("flush");
+    assert_eq!(queue.stats().expect("stats").pending_report_bytes, 0);
 }
 
 /// What the fault suite's workload saw.

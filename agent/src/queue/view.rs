@@ -75,8 +75,8 @@ pub(super) trait View {
     fn remove_ordered(&mut self, key: OrderedKey<'_>) -> Result<(), QueueError>;
     /// Adds a report to the outbox.
     fn put_report(&mut self, seq: u64, value: &[u8]) -> Result<(), QueueError>;
-    /// Removes reports `first..=last` from the outbox.
-    fn remove_reports(&mut self, first: u64, last: u64) -> Result<(), QueueError>;
+    /// Removes reports `first..=last` from the outbox; returns the bytes they held.
+    fn remove_reports(&mut self, first: u64, last: u64) -> Result<u64, QueueError>;
     /// Sets a counter.
     fn put_meta(&mut self, name: &str, value: u64) -> Result<(), QueueError>;
 }
@@ -194,9 +194,16 @@ mod memory {
             Ok(())
         }
 
-        fn remove_reports(&mut self, first: u64, last: u64) -> Result<(), QueueError> {
-            self.outbox.retain(|seq, _| !(first..=last).contains(seq));
-            Ok(())
+        fn remove_reports(&mut self, first: u64, last: u64) -> Result<u64, QueueError> {
+            let mut removed = 0;
+            self.outbox.retain(|seq, value| {
+                let keep = !(first..=last).contains(seq);
+                if !keep {
+                    removed += value.len() as u64;
+                }
+                keep
+            });
+            Ok(removed)
         }
 
         fn put_meta(&mut self, name: &str, value: u64) -> Result<(), QueueError> {

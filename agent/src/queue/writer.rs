@@ -331,6 +331,20 @@ impl Writer {
                          --max-parked-deliveries parked deliveries already"
                     );
                 }
+                if applied.requests_dropped > 0 {
+                    let before = self
+                        .shared
+                        .requests_dropped
+                        .fetch_add(applied.requests_dropped, Ordering::Relaxed);
+                    if before == 0 {
+                        tracing::warn!(
+                            limit = self.config.max_pending_report_bytes,
+                            "the report outbox is past half of --max-pending-report-bytes: \
+                             reports go without the request they sent until the control \
+                             plane acknowledges them (herald_reports_requests_dropped)"
+                        );
+                    }
+                }
                 self.shared
                     .writable
                     .send_if_modified(|writable| !std::mem::replace(writable, true));
@@ -555,6 +569,7 @@ impl Writer {
                 completing,
                 added: effects.added,
                 parked_dropped: effects.parked_dropped,
+                requests_dropped: effects.requests_dropped,
                 reports_added,
                 seq,
                 durable,
@@ -652,6 +667,9 @@ struct Applied {
     durable: bool,
     /// Deliveries to parked subscriptions not kept (past `max_parked_deliveries`).
     parked_dropped: u64,
+    /// Reports that joined the outbox without their request (past half of
+    /// `max_pending_report_bytes`).
+    requests_dropped: u64,
 }
 
 /// Brings the recently accepted events ([`super::recent`]) up to date with a commit's effects.
