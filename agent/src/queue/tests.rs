@@ -1300,20 +1300,7 @@ async fn a_report_outbox_the_control_plane_does_not_empty_refuses_new_work() {
         accept_one(&queue, event(&format!("evt_{i}"), 10), &["sub"]).await;
         deliver_all(&queue).await;
     }
-    let err = queue
-        .accept(vec![NewEvent {
-            event: event("evt_2", 10),
-            subscriptions: vec!["sub".into()],
-            parked: Vec::new(),
-        }])
-        .await
-        .expect_err("two reports wait");
-    assert!(matches!(err, QueueError::Full(_)), "{err}");
-    assert!(err.to_string().contains("attempt reports"), "{err}");
-    assert_eq!(
-        tonic::Status::from(err).code(),
-        tonic::Code::ResourceExhausted
-    );
+    refused_as_full(&queue, "evt_2", "attempt reports").await;
     // The control plane acknowledges them: room again.
     let reports = queue.reports(0, 10).expect("reports");
     assert_eq!(reports.len(), 2);
@@ -1323,6 +1310,25 @@ async fn a_report_outbox_the_control_plane_does_not_empty_refuses_new_work() {
         .expect("ack");
     queue.flush().await.expect("flush");
     accept_one(&queue, event("evt_2", 10), &["sub"]).await;
+}
+
+/// Asserts that an event `id` for `sub` is refused as by a full queue (RESOURCE_EXHAUSTED),
+/// naming `why`.
+async fn refused_as_full(queue: &Queue, id: &str, why: &str) {
+    let err = queue
+        .accept(vec![NewEvent {
+            event: event(id, 10),
+            subscriptions: vec!["sub".into()],
+            parked: Vec::new(),
+        }])
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, QueueError::Full(_)), "{err}");
+    assert!(err.to_string().contains(why), "{err}");
+    assert_eq!(
+        tonic::Status::from(err).code(),
+        tonic::Code::ResourceExhausted
+    );
 }
 
 /// Accepts `id` for `sub`, takes its task and finishes it delivered with `report`.
@@ -1379,19 +1385,7 @@ async fn an_outbox_past_half_its_byte_bound_drops_requests_and_past_it_refuses_n
         ..Default::default()
     };
     deliver_with(&queue, "evt_3", long_error).await;
-    let err = queue
-        .accept(vec![NewEvent {
-            event: event("evt_4", 10),
-            subscriptions: vec!["sub".into()],
-            parked: Vec::new(),
-        }])
-        .await
-        .expect_err("the outbox is full");
-    assert!(matches!(err, QueueError::Full(_)), "{err}");
-    assert!(
-        err.to_string().contains("--max-pending-report-bytes"),
-        "{err}"
-    );
+    refused_as_full(&queue, "evt_4", "--max-pending-report-bytes").await;
     // An event with no deliveries adds no report: taken.
     accept_one(&queue, event("evt_none", 10), &[]).await;
 
