@@ -1287,20 +1287,26 @@ fn migrate_event_keys(db: &Database) -> Result<usize, QueueError> {
     Ok(rekeyed)
 }
 
-/// Counts the outbox's bytes into `meta.outbox_bytes` for a queue written before they were
-/// counted (once: the state machine keeps the count from then on).
+/// Counts the outbox's bytes into `meta.outbox_bytes` at every open: the state machine keeps
+/// the count from then on, but a file an older agent wrote to (or one written before the
+/// count existed) may hold reports it did not count. The outbox is bounded, so this reads at
+/// most `max_pending_report_bytes`.
 fn count_outbox_bytes(db: &Database) -> Result<(), QueueError> {
     use redb::ReadableTable;
     let txn = db.begin_write().map_err(storage)?;
     {
         let mut meta = txn.open_table(META).map_err(storage)?;
-        if meta.get(META_OUTBOX_BYTES).map_err(storage)?.is_some() {
-            return Ok(());
-        }
         let outbox = txn.open_table(OUTBOX).map_err(storage)?;
         let mut bytes = 0;
         for entry in outbox.iter().map_err(storage)? {
             bytes += entry.map_err(storage)?.1.value().len() as u64;
+        }
+        let counted = meta
+            .get(META_OUTBOX_BYTES)
+            .map_err(storage)?
+            .map(|v| v.value());
+        if counted == Some(bytes) {
+            return Ok(());
         }
         meta.insert(META_OUTBOX_BYTES, bytes).map_err(storage)?;
     }

@@ -327,6 +327,9 @@ impl View for Tables<'_, '_> {
 
     /// Removes reports `first..=last` from the outbox; returns the bytes they held.
     fn remove_reports(&mut self, first: u64, last: u64) -> Result<u64, QueueError> {
+        if first > last {
+            return Ok(0);
+        }
         // Some may be in the file (pending at a checkpoint), the rest in the memtable, or
         // added by this commit.
         let mut removed = 0;
@@ -337,17 +340,30 @@ impl View for Tables<'_, '_> {
             })
             .map_err(storage)?;
         if let Some(memtable) = self.memtable {
+            // The memtable is as of the last commit: a report an earlier ack of this commit
+            // removed (the same batch acked twice) is not counted again.
+            let acked_before: Vec<(u64, u64)> = self
+                .changes
+                .iter()
+                .filter_map(|change| match change {
+                    Change::RemoveReports { first, last } => Some((*first, *last)),
+                    _ => None,
+                })
+                .collect();
+            let still_here = |seq: &u64| {
+                (first..=last).contains(seq)
+                    && !acked_before.iter().any(|(a, b)| (*a..=*b).contains(seq))
+            };
             removed += memtable
                 .reports_in(first, last)
+                .filter(|(seq, _)| still_here(seq))
                 .map(|(_, value)| value.len() as u64)
                 .sum::<u64>();
             removed += self
                 .changes
                 .iter()
                 .map(|change| match change {
-                    Change::PutReport { seq, value } if (first..=last).contains(seq) => {
-                        value.len() as u64
-                    }
+                    Change::PutReport { seq, value } if still_here(seq) => value.len() as u64,
                     _ => 0,
                 })
                 .sum::<u64>();
@@ -401,5 +417,34 @@ impl<'a> Reader<'a> {
     fn text(&mut self) -> Result<&'a str, QueueError> {
         std::str::from_utf8(self.bytes()?)
             .map_err(|_| storage("a log record holds a non-UTF-8 key"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::view::View;
+
+    #[test]
+    fn removed_reports_are_counted_once_wherever_they_are() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = redb::Database::create(dir.path().join("queue.redb")).expect("db");
+        let mut memtable = Memtable::default();
+        for (seq, len) in [(1, 10), (2, 20), (3, 40)] {
+            memtable.apply(Change::PutReport {
+                seq,
+                value: vec![0; len],
+            });
+        }
+        let txn = db.begin_write().expect("write");
+        let mut tables = Tables::open(&txn, Some(&memtable)).expect("tables");
+        assert_eq!(tables.remove_reports(1, 2).expect("ack"), 30);
+        // The same batch acked again in this commit (a reporter that reconnected).
+        assert_eq!(tables.remove_reports(1, 2).expect("ack again"), 0);
+        // One added by this commit, acked with one of the memtable's.
+        tables.put_report(4, &[0; 5]).expect("report");
+        assert_eq!(tables.remove_reports(3, 4).expect("ack"), 45);
+        assert_eq!(tables.remove_reports(2, 4).expect("ack again"), 0);
+        assert_eq!(tables.remove_reports(4, 3).expect("an empty range"), 0);
     }
 }

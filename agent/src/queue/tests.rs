@@ -1409,6 +1409,28 @@ async fn an_outbox_past_half_its_byte_bound_drops_requests_and_past_it_refuses_n
 }
 
 #[tokio::test]
+async fn a_wrong_outbox_count_is_put_right_when_the_queue_opens() {
+    let dir = tempfile::tempdir().expect("dir");
+    let queue = Queue::open(dir.path(), config()).expect("open");
+    deliver_with(&queue, "evt_1", report_with_request("evt_1", 300)).await;
+    let bytes = queue.stats().expect("stats").pending_report_bytes;
+    assert!(bytes > 300, "{bytes}");
+    queue.close().await;
+    {
+        // An older agent ran on the file meanwhile and acknowledged nothing it counted.
+        let db = redb::Database::open(dir.path().join("queue.redb")).expect("db");
+        let txn = db.begin_write().expect("write");
+        txn.open_table(META)
+            .expect("meta")
+            .insert(META_OUTBOX_BYTES, 1 << 40)
+            .expect("count");
+        txn.commit().expect("commit");
+    }
+    let queue = Queue::open(dir.path(), config()).expect("open again");
+    assert_eq!(queue.stats().expect("stats").pending_report_bytes, bytes);
+}
+
+#[tokio::test]
 async fn a_queue_written_before_the_outbox_bytes_were_counted_counts_them_when_it_opens() {
     let dir = tempfile::tempdir().expect("dir");
     let report = report_with_request("evt_1", 500);
