@@ -51,6 +51,7 @@ use herald_proto::v1::portal_server::PortalServer;
 use herald_proto::v1::subscriptions_server::SubscriptionsServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::attempts::{AttemptLog, LogError};
 use crate::auth::{AuthError, AuthLayer, Authenticator, TokenSource};
@@ -346,7 +347,10 @@ pub async fn run(
         );
     }
     let stop = CancellationToken::new();
-    tokio::spawn(sweep_log(
+    // The replica's background work (the log's sweep, watches, relays, side listeners):
+    // stopped by `stop`, and drained with the calls at shutdown, within the grace period.
+    let background = TaskTracker::new();
+    background.spawn(sweep_log(
         log.clone(),
         config.log_retention,
         config.log_max_attempts,
@@ -359,9 +363,9 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| format!("{}:{}", host_name(), config.listen.port()));
     let fleet = Fleet::new(&replica);
-    tokio::spawn(presence::run(store.clone(), fleet.clone(), stop.clone()));
+    background.spawn(presence::run(store.clone(), fleet.clone(), stop.clone()));
     let relay = relay::Relay::new(store.clone(), fleet.clone(), &replica);
-    tokio::spawn(relay.clone().serve(stop.clone()));
+    background.spawn(relay.clone().serve(stop.clone()));
 
     let policy =
         herald_core::target::TargetPolicy::new(config.allow_http, config.allow_targets.clone());
@@ -404,8 +408,8 @@ pub async fn run(
             tracing::warn!(error = %err, "cannot move the config store's old operator-event outbox yet")
         }
     }
-    tokio::spawn(events.clone().run(stop.clone()));
-    tokio::spawn(client_certs::watch(
+    background.spawn(events.clone().run(stop.clone()));
+    background.spawn(client_certs::watch(
         registry.clone(),
         store.clone(),
         events.clone(),
@@ -419,7 +423,7 @@ pub async fn run(
         metrics.clone(),
         events,
     );
-    tokio::spawn(health.clone().run(stop.clone()));
+    background.spawn(health.clone().run(stop.clone()));
     if let Some(addr) = config.metrics_listen {
         let listener = TcpListener::bind(addr)
             .await
@@ -428,7 +432,7 @@ pub async fn run(
         let (hub, fleet, metrics) = (hub.clone(), fleet.clone(), metrics.clone());
         let render = move || metrics.render(fleet.streams(), hub.revision());
         let shutdown = stop.clone().cancelled_owned();
-        tokio::spawn(async move {
+        background.spawn(async move {
             if let Err(err) = herald_core::metrics::serve(listener, render, shutdown).await {
                 tracing::warn!(error = %err, "metrics endpoint failed");
             }
@@ -483,7 +487,7 @@ pub async fn run(
                 tonic::transport::server::TcpIncoming::from(listener),
                 stop.clone().cancelled_owned(),
             );
-        tokio::spawn(async move {
+        background.spawn(async move {
             if let Err(err) = health.await {
                 tracing::warn!(error = %err, "health endpoint failed");
             }
@@ -493,7 +497,7 @@ pub async fn run(
     let tls = match config.tls.files() {
         Some(files) => {
             let tls = server_tls::ReloadingTls::load(files)?;
-            tokio::spawn(tls.clone().follow(stop.clone()));
+            background.spawn(tls.clone().follow(stop.clone()));
             tracing::info!(
                 mutual = config.tls.tls_client_ca_file.is_some(),
                 "the API speaks TLS (certificates reloaded when their files change)"
@@ -663,6 +667,8 @@ pub async fn run(
         if let Some(http) = http {
             let _ = http.await;
         }
+        background.close();
+        background.wait().await;
         served
     };
     match tokio::time::timeout(config.shutdown_grace, drained).await {
