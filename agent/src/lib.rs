@@ -451,7 +451,7 @@ pub async fn run(
         tracing::info!(%addr, "serving metrics");
         let (queue, routes, metrics) = (queue.clone(), routes.clone(), metrics.clone());
         let metrics_stop = reports_stop.clone();
-        let render = move || metrics.render(&queue, routes.borrow().revision);
+        let render = move || metrics.render(&queue, &routes.borrow());
         background.spawn(async move {
             let shutdown = metrics_stop.cancelled_owned();
             if let Err(err) = herald_core::metrics::serve(listener, render, shutdown).await {

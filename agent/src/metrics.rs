@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
 use crate::queue::{Queue, now_ms};
+use crate::routes::Routes;
 
 /// Upper bounds (seconds) of the attempt-duration buckets: from a fast local receiver to the
 /// longest per-attempt timeout.
@@ -39,6 +40,7 @@ struct Inner {
     waiting_bytes: Gauge,
     evicted: Gauge,
     parked_dropped: Gauge,
+    parked: Gauge,
     queue_bytes: Gauge,
     pending_deliveries: Gauge,
     pending_reports: Gauge,
@@ -105,6 +107,11 @@ impl Default for Metrics {
             "herald_queue_events_evicted",
             "Delivered events removed before their retention to keep --max-retained-bytes (since the queue was made)",
         );
+        let parked = gauge(
+            &mut registry,
+            "herald_queue_deliveries_parked",
+            "Deliveries to disabled subscriptions kept until they are enabled (at most --max-parked-deliveries each)",
+        );
         let parked_dropped = gauge(
             &mut registry,
             "herald_queue_parked_deliveries_dropped",
@@ -154,6 +161,7 @@ impl Default for Metrics {
                 waiting_bytes,
                 evicted,
                 parked_dropped,
+                parked,
                 pending_deliveries,
                 pending_reports,
                 pending_report_bytes,
@@ -182,8 +190,8 @@ impl Metrics {
     }
 
     /// The metrics in the OpenMetrics text format, with the gauges read now from `queue` and
-    /// the applied `revision`.
-    pub fn render(&self, queue: &Queue, revision: i64) -> String {
+    /// the applied `routes` (their revision, and which subscriptions are disabled).
+    pub fn render(&self, queue: &Queue, routes: &Routes) -> String {
         let inner = &self.inner;
         match queue.stats() {
             Ok(stats) => {
@@ -207,7 +215,9 @@ impl Metrics {
             }
             Err(err) => tracing::warn!(error = %err, "cannot read queue stats for metrics"),
         }
-        inner.config_revision.set(revision);
+        let parked = queue.deliveries_to(routes.disabled());
+        inner.parked.set(i64::try_from(parked).unwrap_or(i64::MAX));
+        inner.config_revision.set(routes.revision);
         let mut text = String::new();
         if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &inner.registry) {
             tracing::warn!(error = %err, "cannot encode metrics");

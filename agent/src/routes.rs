@@ -119,6 +119,15 @@ impl Routes {
         }
     }
 
+    /// The ids of the disabled subscriptions: their deliveries are parked until they are
+    /// enabled.
+    pub fn disabled(&self) -> impl Iterator<Item = &str> {
+        self.by_id
+            .values()
+            .filter(|sub| !sub.enabled)
+            .map(|sub| sub.id.as_str())
+    }
+
     /// How many subscriptions the table holds.
     pub fn len(&self) -> usize {
         self.by_id.len()

@@ -420,6 +420,8 @@ fn run(seed: u64) {
     let mut rng = Rng(seed | 1);
     let mut view = MemoryView::default();
     let mut pending = Pending::default();
+    // What readers see of the per-subscription counts, kept by each commit's changes.
+    let mut published = FastMap::default();
     let mut model = Model::default();
     let mut now = 1_000_000u64;
     for step in 0..400 {
@@ -457,6 +459,7 @@ fn run(seed: u64) {
             )
             .expect("apply");
             pending.rollback();
+            assert_eq!(published, pending.subscriptions(), "{at}: published counts");
             check(&view, &pending, &model, &format!("{at} (failed commit)"));
             continue;
         }
@@ -481,7 +484,8 @@ fn run(seed: u64) {
             };
             self::expect(&mut model, expect_one, done, &answered);
         }
-        pending.commit();
+        pending.commit(&mut published);
+        assert_eq!(published, pending.subscriptions(), "{at}: published counts");
         check(&view, &pending, &model, &at);
     }
 }

@@ -544,6 +544,9 @@ struct Shared {
     /// ([`pending`]; the writer keeps the counts).
     waiting_events: AtomicU64,
     waiting_bytes: AtomicU64,
+    /// Deliveries to make per subscription as of the last commit (the writer keeps them):
+    /// what [`Queue::deliveries_to`] reads.
+    subscription_deliveries: Mutex<FastMap<String, u64>>,
     /// Deliveries to parked subscriptions not kept since the queue opened.
     parked_dropped: AtomicU64,
     /// See [`QueueStats::requests_dropped`].
@@ -657,6 +660,7 @@ impl Queue {
             writable: tokio::sync::watch::Sender::new(true),
             waiting_events: AtomicU64::new(pending.total().events),
             waiting_bytes: AtomicU64::new(pending.total().bytes),
+            subscription_deliveries: Mutex::new(pending.subscriptions()),
             parked_dropped: AtomicU64::new(0),
             requests_dropped: AtomicU64::new(0),
         });
@@ -825,6 +829,20 @@ impl Queue {
             .map_err(|_| QueueError::Closed)?;
         self.shared.wake_writer();
         answer.await.map_err(|_| QueueError::Closed)?
+    }
+
+    /// Deliveries still to make to these subscriptions, as of the last commit: for the
+    /// disabled ones, the deliveries parked until they are enabled.
+    pub fn deliveries_to<'a>(&self, subscriptions: impl IntoIterator<Item = &'a str>) -> u64 {
+        let counts = self
+            .shared
+            .subscription_deliveries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        subscriptions
+            .into_iter()
+            .map(|id| counts.get(id).copied().unwrap_or(0))
+            .sum()
     }
 
     /// How full the queue is, for monitoring.

@@ -148,10 +148,20 @@ impl Pending {
         set_count(&mut self.subscriptions, subscription, change(before));
     }
 
-    /// The commit that made the changes since the last call succeeded: they stay.
-    pub fn commit(&mut self) {
+    /// The commit that made the changes since the last call succeeded: they stay, and the
+    /// counts of the subscriptions it changed are copied into `published` (what readers see).
+    pub fn commit(&mut self, published: &mut FastMap<String, u64>) {
         self.undo.clear();
-        self.subscriptions_before.clear();
+        for (subscription, _) in self.subscriptions_before.drain() {
+            let now = self.subscriptions.get(&subscription).copied().unwrap_or(0);
+            set_count(published, &subscription, now);
+        }
+    }
+
+    /// Deliveries to make per subscription, for readers to start from (a copy, made when the
+    /// queue opens; [`Pending::commit`] keeps it current).
+    pub fn subscriptions(&self) -> FastMap<String, u64> {
+        self.subscriptions.clone()
     }
 
     /// The commit failed: the counts go back to what they were before it.
@@ -263,10 +273,16 @@ mod tests {
     #[test]
     fn counts_follow_deliveries_and_a_failed_commit_puts_them_back() {
         let mut pending = Pending::default();
+        let mut published = FastMap::default();
         let (a, b) = (EventKey::new("shop-a", "e1"), EventKey::new("shop-b", "e1"));
         pending.add_deliveries(&a, 2, 10);
+        pending.add_delivery_to("sub_1");
+        pending.add_delivery_to("sub_2");
         pending.add_deliveries(&b, 1, 5);
-        pending.commit();
+        pending.add_delivery_to("sub_1");
+        pending.commit(&mut published);
+        assert_eq!(published.get("sub_1"), Some(&2));
+        assert_eq!(published.get("sub_2"), Some(&1));
         assert_eq!(
             pending.total(),
             Tally {
@@ -283,11 +299,19 @@ mod tests {
         );
 
         pending.finish_delivery(&a);
+        pending.finish_delivery_to("sub_1");
         assert!(pending.is_waiting(&a), "one of its two left");
         pending.finish_delivery(&a);
+        pending.finish_delivery_to("sub_2");
         pending.forget(&b);
         assert_eq!(pending.total(), Tally::default());
         pending.rollback();
+        assert_eq!(pending.deliveries_to("sub_2"), 1, "put back");
+        assert_eq!(
+            published,
+            pending.subscriptions(),
+            "a failed commit publishes nothing"
+        );
         assert_eq!(
             pending.total(),
             Tally {
@@ -303,8 +327,13 @@ mod tests {
             }
         );
         pending.finish_delivery(&a);
+        pending.finish_delivery_to("sub_1");
         pending.finish_delivery(&a);
-        pending.commit();
+        pending.finish_delivery_to("sub_2");
+        pending.commit(&mut published);
+        assert_eq!(published.get("sub_1"), Some(&1));
+        assert_eq!(published.get("sub_2"), None, "no entry for none left");
+        assert_eq!(published, pending.subscriptions());
         assert_eq!(pending.tenant("shop-a"), Tally::default());
         assert!(!pending.is_waiting(&a));
     }

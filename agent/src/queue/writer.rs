@@ -395,6 +395,11 @@ impl Writer {
         let (db, wal) = (self.files)()?;
         let (wal, epoch) = prepare(&db, wal, self.config.recover_truncate)?;
         self.pending = Pending::count(&db)?;
+        *self
+            .shared
+            .subscription_deliveries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = self.pending.subscriptions();
         index_lanes(
             &db,
             &mut self.shared.lanes.lock().unwrap_or_else(|e| e.into_inner()),
@@ -559,7 +564,13 @@ impl Writer {
         })();
         // The counts of waiting work follow the commit: kept when it is done, put back when not.
         match &result {
-            Ok(_) => self.pending.commit(),
+            Ok(_) => self.pending.commit(
+                &mut self
+                    .shared
+                    .subscription_deliveries
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()),
+            ),
             Err(_) => self.pending.rollback(),
         }
         self.publish_waiting();

@@ -5,7 +5,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use herald_proto::v1 as pb;
-use herald_tests::{AgentOptions, World, event, eventually, subscription};
+use herald_tests::{AgentOptions, HeldPort, World, event, eventually, subscription};
+
+use crate::metrics::{scrape, value};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -283,9 +285,11 @@ async fn a_disabled_subscription_keeps_a_bounded_number_of_parked_deliveries() -
             &["order.*"],
         ))
         .await?;
+    let agent_metrics = HeldPort::new()?;
     let agent = world
         .another_agent(AgentOptions {
             max_parked_deliveries: Some(3),
+            metrics_listen: Some(agent_metrics.addr()),
             ..Default::default()
         })
         .await?;
@@ -333,6 +337,18 @@ async fn a_disabled_subscription_keeps_a_bounded_number_of_parked_deliveries() -
             .all(|a| !a.agent_id.is_empty() && a.error_kind == "skipped"),
         "{not_kept:?}"
     );
+    // The agent counts both: three parked now, seven not kept.
+    eventually(WAIT, "the parked gauges", || async {
+        let samples = scrape(agent_metrics.addr()).await?;
+        let parked = value(&samples, "herald_queue_deliveries_parked");
+        let dropped = value(&samples, "herald_queue_parked_deliveries_dropped");
+        anyhow::ensure!(
+            parked == 3.0 && dropped == 7.0,
+            "parked {parked}, dropped {dropped}"
+        );
+        Ok(Some(()))
+    })
+    .await?;
     // Enabled with its parked deliveries: the three kept go out, and only they.
     admin
         .enable_subscription(pb::EnableSubscriptionRequest {
@@ -349,5 +365,12 @@ async fn a_disabled_subscription_keeps_a_bounded_number_of_parked_deliveries() -
         .filter(|r| r.path == "/closed")
         .count();
     assert_eq!(to_closed, 3);
+    eventually(WAIT, "none parked once enabled", || async {
+        let samples = scrape(agent_metrics.addr()).await?;
+        let parked = value(&samples, "herald_queue_deliveries_parked");
+        anyhow::ensure!(parked == 0.0, "parked {parked}");
+        Ok(Some(()))
+    })
+    .await?;
     Ok(())
 }

@@ -10,7 +10,7 @@ use herald_tests::{
 };
 
 /// Scrapes `addr` and returns every sample as `name{labels}` → value.
-async fn scrape(addr: std::net::SocketAddr) -> anyhow::Result<BTreeMap<String, f64>> {
+pub(crate) async fn scrape(addr: std::net::SocketAddr) -> anyhow::Result<BTreeMap<String, f64>> {
     let response = get(addr).await?;
     anyhow::ensure!(response.status().is_success(), "{}", response.status());
     let content_type = response
@@ -57,7 +57,8 @@ async fn get(addr: std::net::SocketAddr) -> anyhow::Result<reqwest::Response> {
     Ok(reqwest::get(format!("http://{addr}/metrics")).await?)
 }
 
-fn value(samples: &BTreeMap<String, f64>, key: &str) -> f64 {
+/// A sample's value; 0 when absent.
+pub(crate) fn value(samples: &BTreeMap<String, f64>, key: &str) -> f64 {
     samples.get(key).copied().unwrap_or(0.0)
 }
 
