@@ -17,6 +17,7 @@ use std::time::Duration;
 use herald_proto::v1 as pb;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::follow::{self, FollowError, Run};
 use crate::keys;
@@ -153,9 +154,15 @@ pub struct ConfigHub {
 }
 
 impl ConfigHub {
-    /// Starts following the store. The hub is usable at once; [`ConfigHub::ready`] waits for
-    /// the first listing. Records are opened with `keyring`.
-    pub fn start(store: Store, keyring: Arc<Keyring>, shutdown: CancellationToken) -> Self {
+    /// Starts following the store, until `shutdown`, as one of `tasks`. The hub is usable at
+    /// once; [`ConfigHub::ready`] waits for the first listing. Records are opened with
+    /// `keyring`.
+    pub fn start(
+        store: Store,
+        keyring: Arc<Keyring>,
+        shutdown: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Self {
         let state = Arc::new(RwLock::new(State::default()));
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
         let (revision_tx, revision) = watch::channel(0);
@@ -166,7 +173,7 @@ impl ConfigHub {
             keyring,
         };
         let follower = hub.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             tokio::select! {
                 () = follower.follow(store, revision_tx) => {}
                 () = shutdown.cancelled() => {}

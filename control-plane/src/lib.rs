@@ -356,8 +356,8 @@ pub async fn run(
         config.log_max_attempts,
         stop.clone(),
     ));
-    let hub = ConfigHub::start(store.clone(), keyring.clone(), stop.clone());
-    let schemas = schema_feed::SchemaFeed::start(store.clone(), stop.clone());
+    let hub = ConfigHub::start(store.clone(), keyring.clone(), stop.clone(), &background);
+    let schemas = schema_feed::SchemaFeed::start(store.clone(), stop.clone(), &background);
     let replica = config
         .replica_name
         .clone()
@@ -575,7 +575,8 @@ pub async fn run(
             tracing::info!(%addr, tls = tls.is_some(), "serving the HTTP API");
             Some(match &tls {
                 Some(tls) => {
-                    let incoming = tls.incoming(listener, &[b"h2", b"http/1.1"], stop.clone())?;
+                    let incoming =
+                        tls.incoming(listener, &[b"h2", b"http/1.1"], stop.clone(), &background)?;
                     tokio::spawn(rest::serve(api, incoming, stop.clone()))
                 }
                 None => tokio::spawn(rest::serve(
@@ -614,7 +615,7 @@ pub async fn run(
         Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
     > = match &tls {
         Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
-            tls.incoming(listener, &[b"h2"], stop.clone())?,
+            tls.incoming(listener, &[b"h2"], stop.clone(), &background)?,
             stop.clone().cancelled_owned(),
         )),
         None => Box::pin(router.serve_with_incoming_shutdown(

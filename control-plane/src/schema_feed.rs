@@ -11,6 +11,7 @@ use herald_proto::v1 as pb;
 use prost::Message;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::follow::{self, FollowError, Run};
 use crate::keys;
@@ -81,8 +82,8 @@ pub struct SchemaFeed {
 }
 
 impl SchemaFeed {
-    /// Starts following the catalogue in `store`, until `shutdown`.
-    pub fn start(store: Store, shutdown: CancellationToken) -> Self {
+    /// Starts following the catalogue in `store`, until `shutdown`, as one of `tasks`.
+    pub fn start(store: Store, shutdown: CancellationToken, tasks: &TaskTracker) -> Self {
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
         let (loaded_tx, loaded) = watch::channel(false);
         let feed = SchemaFeed {
@@ -91,7 +92,7 @@ impl SchemaFeed {
             loaded,
         };
         let follower = feed.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let follow = follow::forever("event-type schemas", || async {
                 let mut listed = false;
                 let result = follower.follow_once(&store, &loaded_tx, &mut listed).await;

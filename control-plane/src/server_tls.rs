@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use herald_core::tls_files::read_pem;
 
@@ -192,19 +193,22 @@ impl ReloadingTls {
     }
 
     /// Accepts connections on `listener` and completes their handshakes (each on a task of
-    /// its own, so a slow client holds up nobody), offering the protocols `alpn`, until `stop`.
+    /// its own, so a slow client holds up nobody), offering the protocols `alpn`, until `stop`;
+    /// the accepting and handshaking tasks are `tasks`' (drained at shutdown).
     pub fn incoming(
         self: &Arc<Self>,
         listener: TcpListener,
         alpn: &[&[u8]],
         stop: CancellationToken,
+        tasks: &TaskTracker,
     ) -> Result<
         tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>>,
         TlsError,
     > {
         let acceptor = self.acceptor(alpn)?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
+        let handshakes = tasks.clone();
+        tasks.spawn(async move {
             loop {
                 let accepted = tokio::select! {
                     () = stop.cancelled() => return,
@@ -220,7 +224,7 @@ impl ReloadingTls {
                 };
                 let _ = tcp.set_nodelay(true);
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
+                handshakes.spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send(Ok(tls)).await;
