@@ -27,8 +27,9 @@
 //! `bench web`: the web console's and portal's pages and the REST API over a large delivery
 //! log (see `web.rs`).
 //!
-//! `bench rss`: the resident memory of an idle `herald-agent` process (the release binary next
-//! to this one) connected to a control plane with one subscription.
+//! `bench rss`: the resident memory of a `herald-agent` process (the release binary next to
+//! this one) connected to a control plane with one subscription: idle, then at 10,000
+//! events/s with the subscription at the default width and as wide as `bench deliver`'s.
 
 /// mimalloc instead of the system allocator: every delivery allocates for its request, its
 /// response and its queue records. glibc's malloc took 13% of the CPU samples of `bench
@@ -337,57 +338,69 @@ async fn emit_case(callers: usize, batch: usize, fsync: bool) -> anyhow::Result<
     Ok(())
 }
 
-/// The agent as its own process: RSS idle, then while it takes and delivers 10,000 events/s.
+/// The agent as its own process: RSS idle, then while it takes and delivers 10,000 events/s
+/// to one subscription. Twice, each with a fresh agent: the subscription at the default width
+/// (attempts in flight to it at once), then as wide as `bench deliver`'s subscriptions. A lane
+/// too narrow for the rate lets a backlog grow during the measurement, and the backlog is part
+/// of the memory; the deliveries/s column shows which case kept up.
 async fn rss() -> anyhow::Result<()> {
     const RATE: usize = 10_000;
     const LOAD: Duration = Duration::from_secs(15);
-    let stop = CancellationToken::new();
-    let mut agent = soak::AgentProcess::start(&stop, &[]).await?;
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let mut idle = Vec::new();
-    for _ in 0..5 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        idle.push(agent.rss_mb()?);
-    }
     println!("| what | value |");
     println!("| --- | ---: |");
-    println!(
-        "| idle herald-agent RSS (median of 5 samples, 1 s apart) | {:.1} MB |",
-        median(idle)
-    );
-
-    // Under load: one subscription on the lean receiver, 10,000 events/s in batches of 100.
-    agent.subscribe().await?;
-    let started = Instant::now();
-    let delivered_before = agent.delivered();
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    let mut samples = Vec::new();
-    let mut next_sample = started + Duration::from_secs(5);
-    let mut emitted = 0usize;
-    while started.elapsed() < LOAD {
-        tick.tick().await;
-        agent.emit_batch(RATE / 100).await?;
-        emitted += RATE / 100;
-        if Instant::now() >= next_sample {
-            samples.push(agent.rss_mb()?);
-            next_sample += Duration::from_secs(1);
+    let widths = [
+        herald_core::subscription::DEFAULT_MAX_IN_FLIGHT,
+        PLAIN_IN_FLIGHT,
+    ];
+    for (case, width) in widths.into_iter().enumerate() {
+        let stop = CancellationToken::new();
+        let mut agent = soak::AgentProcess::start(&stop, &[]).await?;
+        if case == 0 {
+            let mut idle = Vec::new();
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                idle.push(agent.rss_mb()?);
+            }
+            println!(
+                "| idle herald-agent RSS (median of 5 samples, 1 s apart) | {:.1} MB |",
+                median(idle)
+            );
         }
+
+        // Under load: 10,000 events/s in batches of 100.
+        agent.subscribe(width as u32).await?;
+        let started = Instant::now();
+        let delivered_before = agent.delivered();
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        let mut samples = Vec::new();
+        let mut next_sample = started + Duration::from_secs(5);
+        let mut emitted = 0usize;
+        while started.elapsed() < LOAD {
+            tick.tick().await;
+            agent.emit_batch(RATE / 100).await?;
+            emitted += RATE / 100;
+            if Instant::now() >= next_sample {
+                samples.push(agent.rss_mb()?);
+                next_sample += Duration::from_secs(1);
+            }
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let delivered = agent.delivered() - delivered_before;
+        let max = samples.iter().copied().fold(0.0, f64::max);
+        println!(
+            "| herald-agent RSS at {:.0} events/s emitted, {:.0} deliveries/s, subscription {width} wide (median / max of {} samples, 1 s apart, after 5 s) | {:.1} / {:.1} MB |",
+            emitted as f64 / elapsed,
+            delivered as f64 / elapsed,
+            samples.len(),
+            median(samples.clone()),
+            max
+        );
+        stop.cancel();
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let delivered = agent.delivered() - delivered_before;
-    let max = samples.iter().copied().fold(0.0, f64::max);
-    println!(
-        "| herald-agent RSS at {:.0} events/s emitted, {:.0} deliveries/s (median / max of {} samples, 1 s apart, after 5 s) | {:.1} / {:.1} MB |",
-        emitted as f64 / elapsed,
-        delivered as f64 / elapsed,
-        samples.len(),
-        median(samples.clone()),
-        max
-    );
-    stop.cancel();
     Ok(())
 }
 

@@ -117,18 +117,17 @@ impl AgentProcess {
         self.counter.count.load(Ordering::Relaxed)
     }
 
-    /// Creates one subscription of tenant `load` on the receiver and waits until the agent
-    /// delivers to it.
-    pub async fn subscribe(&mut self) -> anyhow::Result<()> {
+    /// Creates one subscription of tenant `load` on the receiver, with `max_in_flight`
+    /// attempts to it at once (the lane's width), and waits until the agent delivers to it.
+    pub async fn subscribe(&mut self, max_in_flight: u32) -> anyhow::Result<()> {
         let mut admin =
             pb::subscriptions_client::SubscriptionsClient::new(connect(&self.control_plane).await?);
+        let mut subscription =
+            herald_tests::subscription("load", &format!("{}/load", self.receiver), &["order.*"]);
+        subscription.max_in_flight = max_in_flight;
         admin
             .create_subscription(pb::CreateSubscriptionRequest {
-                subscription: Some(herald_tests::subscription(
-                    "load",
-                    &format!("{}/load", self.receiver),
-                    &["order.*"],
-                )),
+                subscription: Some(subscription),
                 allow_unregistered: false,
             })
             .await?;
@@ -181,7 +180,9 @@ pub async fn run(length: Duration) -> anyhow::Result<()> {
         ],
     )
     .await?;
-    agent.subscribe().await?;
+    agent
+        .subscribe(herald_core::subscription::DEFAULT_MAX_IN_FLIGHT as u32)
+        .await?;
     println!(
         "Soak: {SOAK_RATE} events/s for {} s, retention and dedup window {SOAK_RETENTION}",
         length.as_secs()
