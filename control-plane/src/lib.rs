@@ -528,7 +528,7 @@ pub async fn run(
         fleet.clone(),
         relay,
         recorder.clone(),
-        stop.clone(),
+        grpc::Streams::new(stop.clone(), &background),
     ));
     // Where people reach the web pages, for the links handed out.
     let public_url = config.http_listen.map(|addr| {
@@ -609,7 +609,7 @@ pub async fn run(
             log,
             health,
             metrics,
-            stop.clone(),
+            grpc::Streams::new(stop.clone(), &background),
         )));
     let server: std::pin::Pin<
         Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,

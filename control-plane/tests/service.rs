@@ -1,5 +1,5 @@
-//! The control plane as systemd runs it: it says when it is ready and when it stops, and
-//! writes JSON logs when asked.
+//! The control plane as systemd runs it: it says when it is ready and when it stops, writes
+//! JSON logs when asked, and stops on SIGTERM within its grace period with streams open.
 
 use herald_tests::run_as_service;
 
@@ -48,5 +48,87 @@ async fn a_refused_log_store_is_a_usage_error_that_never_shows_the_password() ->
             "the password leaked: {stderr}"
         );
     }
+    Ok(())
+}
+
+/// SIGTERM while an agent holds its config and report streams open and an operator tails the
+/// log: every stream's task ends at shutdown, so the replica drains them and exits cleanly
+/// well within its grace period (5 s, set by the harness) instead of waiting it out.
+#[tokio::test]
+async fn sigterm_ends_every_open_stream_and_the_replica_exits_within_its_grace()
+-> anyhow::Result<()> {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use futures_util::StreamExt as _;
+    use herald_proto::v1 as pb;
+    use herald_proto::v1::deliveries_client::DeliveriesClient;
+    use herald_proto::v1::subscriptions_client::SubscriptionsClient;
+    use herald_tests::herald::connect;
+    use herald_tests::{Agent, AgentOptions, ControlPlaneProcess, Etcd, Receiver, TestCa};
+
+    let etcd = Etcd::start().await?;
+    let mut replica = ControlPlaneProcess::start(
+        env!("CARGO_BIN_EXE_herald-control-plane").as_ref(),
+        &etcd.endpoint(),
+        "embedded",
+        &[],
+    )
+    .await?;
+    let ca = TestCa::new();
+    let receiver = Receiver::start(&ca).await?;
+    let agent = Agent::start(
+        &replica.url(),
+        AgentOptions {
+            trusted_ca: Some(ca.ca_pem()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    SubscriptionsClient::new(connect(&replica.url()).await?)
+        .create_subscription(pb::CreateSubscriptionRequest {
+            subscription: Some(herald_tests::subscription(
+                "shop-1",
+                &receiver.url("/orders"),
+                &["order.*"],
+            )),
+            allow_unregistered: false,
+        })
+        .await?;
+    let mut tail = DeliveriesClient::new(connect(&replica.url()).await?)
+        .tail_attempts(pb::TailAttemptsRequest { filter: None })
+        .await?
+        .into_inner();
+    // The agent has the subscription (config stream) and reports its attempt (report stream),
+    // which the tail shows.
+    herald_tests::eventually(Duration::from_secs(20), "a delivery", || async {
+        let order = herald_tests::event("shop-1", "order.created", &serde_json::json!({"n": 1}));
+        Ok((agent.emit(order).await?.matched == 1).then_some(()))
+    })
+    .await?;
+    receiver
+        .wait_for_requests(1, Duration::from_secs(20))
+        .await?;
+    let seen = tokio::time::timeout(Duration::from_secs(20), tail.next())
+        .await?
+        .expect("the tail is open")?;
+    assert_eq!(seen.tenant, "shop-1");
+
+    let asked = Instant::now();
+    assert_eq!(replica.terminate(Duration::from_secs(20)).await?, Some(0));
+    let took = asked.elapsed();
+    let log = replica.log();
+    assert!(
+        took < Duration::from_secs(4),
+        "the replica took {took:?} to stop, as if a stream outlived the shutdown:\n{log}"
+    );
+    assert!(!log.contains("grace period over"), "{log}");
+    // The tail ended with the replica, and was not cut off mid-message.
+    let ended = tokio::time::timeout(Duration::from_secs(5), tail.next()).await?;
+    assert!(
+        !matches!(ended, Some(Ok(_))),
+        "the tail still streams: {ended:?}"
+    );
     Ok(())
 }

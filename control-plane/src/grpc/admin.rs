@@ -11,9 +11,9 @@ use herald_proto::v1::agents_server::Agents;
 use herald_proto::v1::deliveries_server::Deliveries;
 use herald_proto::v1::subscriptions_server::Subscriptions as SubscriptionsApi;
 use tokio::sync::broadcast::error::RecvError;
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use super::Streams;
 use crate::access::{Identity, caller};
 use crate::attempts::{AttemptLog, Filter, SentQuery};
 use crate::audit::{Action, Change, Recorder};
@@ -355,19 +355,20 @@ pub struct DeliveriesService {
     fleet: Fleet,
     /// For replays of agents another replica holds.
     relay: Relay,
-    shutdown: CancellationToken,
+    /// Where tails run; they end at shutdown.
+    streams: Streams,
 }
 
 impl DeliveriesService {
     /// The service over the delivery log, replaying through the agents in `fleet` (and those
-    /// of other replicas through `relay`); tails end on `shutdown`.
+    /// of other replicas through `relay`); tails run in `streams`.
     pub fn new(
         log: AttemptLog,
         hub: ConfigHub,
         fleet: Fleet,
         relay: Relay,
         audit: Recorder,
-        shutdown: CancellationToken,
+        streams: Streams,
     ) -> Self {
         DeliveriesService {
             log,
@@ -375,7 +376,7 @@ impl DeliveriesService {
             audit,
             fleet,
             relay,
-            shutdown,
+            streams,
         }
     }
 }
@@ -530,8 +531,8 @@ impl Deliveries for DeliveriesService {
             &who.tenants,
         )?;
         let mut attempts = self.log.follow();
-        let shutdown = self.shutdown.clone();
-        let stream = async_stream(move |tx| async move {
+        let shutdown = self.streams.shutdown().clone();
+        let stream = self.streams.stream(move |tx| async move {
             loop {
                 let attempt = tokio::select! {
                     () = shutdown.cancelled() => return,
@@ -557,19 +558,6 @@ impl Deliveries for DeliveriesService {
         });
         Ok(Response::new(stream))
     }
-}
-
-/// Runs `produce` as a task feeding a stream through a small channel; the task ends when the
-/// client goes away.
-pub(crate) fn async_stream<T, F, Fut>(produce: F) -> Pin<Box<dyn Stream<Item = T> + Send>>
-where
-    T: Send + 'static,
-    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(produce(tx));
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
 /// `herald.v1.Agents`.

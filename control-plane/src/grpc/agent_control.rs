@@ -28,7 +28,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::admin::async_stream;
+use super::Streams;
 use crate::access::{Identity, caller};
 use crate::agent_trust::{self, Refusal};
 use crate::attempts::{AttemptLog, PendingFollowup};
@@ -63,7 +63,8 @@ pub struct AgentControlService {
     log: AttemptLog,
     health: Health,
     metrics: Metrics,
-    shutdown: CancellationToken,
+    /// Where the config and report streams run; they end at shutdown.
+    streams: Streams,
     /// Turns to send a snapshot (see [`send_snapshot`]).
     snapshot_turns: Arc<Semaphore>,
     /// The most body bytes the log keeps of a request as sent (`--log-body-limit`).
@@ -83,7 +84,7 @@ pub struct ConfigFeeds {
 }
 
 impl AgentControlService {
-    /// The service; streams end on `shutdown`.
+    /// The service; its streams run in `streams`.
     pub fn new(
         ConfigFeeds {
             hub,
@@ -95,7 +96,7 @@ impl AgentControlService {
         log: AttemptLog,
         health: Health,
         metrics: Metrics,
-        shutdown: CancellationToken,
+        streams: Streams,
     ) -> Self {
         AgentControlService {
             hub,
@@ -105,7 +106,7 @@ impl AgentControlService {
             log,
             health,
             metrics,
-            shutdown,
+            streams,
             snapshot_turns: Arc::new(Semaphore::new(SNAPSHOTS_AT_ONCE)),
             log_body_limit,
         }
@@ -142,7 +143,7 @@ impl AgentControl for AgentControlService {
             schemas: self.schemas.clone(),
             fleet: self.fleet.clone(),
             metrics: self.metrics.clone(),
-            shutdown: self.shutdown.clone(),
+            shutdown: self.streams.shutdown().clone(),
             snapshot_turns: self.snapshot_turns.clone(),
             log_body_limit: self.log_body_limit,
         };
@@ -166,7 +167,7 @@ impl AgentControl for AgentControlService {
         let agent = hello.agent_id;
         let resume_from = hello.last_revision;
         let checks_schemas = hello.checks_schemas;
-        let stream = async_stream(move |tx| async move {
+        let stream = self.streams.stream(move |tx| async move {
             let session = Session {
                 agent: &agent,
                 resume_from,
@@ -191,27 +192,26 @@ impl AgentControl for AgentControlService {
     ) -> Result<Response<Self::ReportAttemptsStream>, Status> {
         let who = caller(&request);
         let mut inbound = request.into_inner();
-        let (log, health, shutdown) =
-            (self.log.clone(), self.health.clone(), self.shutdown.clone());
+        let (log, health, streams) = (self.log.clone(), self.health.clone(), self.streams.clone());
         let (hub, registry) = (self.hub.clone(), self.registry.clone());
         let reactions = health.reactions();
         let metrics = self.metrics.clone();
         let body_limit = self.log_body_limit as usize;
-        let stream = async_stream(move |tx| async move {
+        let stream = self.streams.stream(move |tx| async move {
             // The follow-ups of stored batches (disabling, recovery events) are acted on by a
             // task of their own, in order, while the next batch is stored; a short queue keeps
             // it close behind. A follow-up not acted on stays in the log for the sweep.
             let (to_act, mut acting) = mpsc::channel::<Vec<PendingFollowup>>(FOLLOWUP_QUEUE);
             // When the stream ends the queue closes, and the task finishes what it holds.
             let events = health.events().clone();
-            tokio::spawn(async move {
+            streams.spawn(async move {
                 while let Some(followups) = acting.recv().await {
                     health.act(followups).await;
                 }
             });
             loop {
                 let batch = tokio::select! {
-                    () = shutdown.cancelled() => return,
+                    () = streams.shutdown().cancelled() => return,
                     batch = inbound.message() => batch,
                 };
                 let batch = match batch {

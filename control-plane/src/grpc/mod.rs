@@ -6,9 +6,11 @@ mod agent_control;
 mod audit;
 mod event_types;
 mod portal;
+mod streams;
 
 pub use admin::{AgentsService, DeliveriesService, SubscriptionsService};
 pub use agent_control::{AgentControlService, ConfigFeeds};
 pub use audit::AuditService;
 pub use event_types::EventTypesService;
 pub use portal::PortalService;
+pub use streams::Streams;
