@@ -18,8 +18,10 @@
 //! The delivery state machine ([`machine`]) holds the rules — accept and dedup, the bounds,
 //! ordering-key lines, retries, replays, report acks, the sweep — as functions of a [`view`]
 //! of one transaction. The storage engine ([`writer`], [`wal`], [`tables`], [`memtable`])
-//! groups commands into commits and makes their changes durable; the scheduler's index of
-//! lanes ([`lanes`]) and the counts of waiting work ([`pending`]) are kept in memory beside it.
+//! groups commands into commits and makes their changes durable, and [`open`] makes a file
+//! ready (recovery, one-time rewrites); the scheduler's index of lanes ([`lanes`]) and the
+//! counts of waiting work ([`pending`]) are kept in memory beside it, and [`due`] reads what
+//! is due. The records' byte layout is in [`records`], the errors in [`error`].
 //!
 //! Event ids are unique per tenant, so an event's key is its tenant and id ([`EventKey`],
 //! `tenant/id`): the same id sent by two tenants is two events. An id is a duplicate within
@@ -91,17 +93,22 @@
 //! the scheduler's reach until a commit succeeds (at most one extra delivery, never a loop).
 //! Nothing already accepted is lost.
 
+mod due;
+mod error;
 mod lanes;
 mod lease;
 mod machine;
 mod memtable;
+mod open;
 mod pending;
 mod recent;
+mod records;
 mod tables;
 mod view;
 mod wal;
 mod writer;
 
+pub use error::QueueError;
 pub use lease::Lease;
 pub use pending::Tally;
 
@@ -115,7 +122,13 @@ use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use self::due::{DueRead, LaneDue, lane_tasks, lanes_of};
+use self::error::storage;
 use self::memtable::{Memtable, Overlay};
+use self::open::{index_lanes, prepare};
+use self::records::{
+    decode_event, decode_task, decode_waiting, encode_event, encode_task, encode_waiting,
+};
 use self::writer::Command;
 
 const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
@@ -209,141 +222,6 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// The default [`QueueConfig::durable_lag`]: a crash repeats at most this much of the attempts
 /// made just before it.
 pub const DURABLE_LAG: Duration = Duration::from_millis(50);
-
-/// Why the queue refused or failed.
-#[derive(Clone, Debug, thiserror::Error)]
-pub enum QueueError {
-    /// The queue is at its configured bound.
-    #[error("the agent's queue is full ({0}); retry later")]
-    Full(String),
-    /// The disk is full (or the quota reached): nothing more is written until space is freed.
-    #[error("the agent's queue cannot write, the disk is full: {0}")]
-    DiskFull(String),
-    /// Reading or writing the queue's files failed (an I/O error).
-    #[error("the agent's queue cannot write, an I/O error: {0}")]
-    Io(String),
-    /// A record is not as the queue wrote it, or the store refused an operation.
-    #[error("the agent's queue failed: {0}")]
-    Storage(String),
-    /// The write-ahead log holds a record that was synced but does not read back whole;
-    /// records written after it (perhaps acknowledged) would be lost by replaying only what
-    /// precedes it.
-    #[error(
-        "queue.wal: the record at offset {offset} does not read back whole, and {following} \
-         records written after it follow (some may have been acknowledged); restart with \
-         --recover-truncate to keep what precedes it and drop them"
-    )]
-    DamagedLog {
-        /// The damaged record's offset in the file.
-        offset: u64,
-        /// The whole records after it.
-        following: u64,
-    },
-    /// The queue is shutting down.
-    #[error("the agent's queue is closed")]
-    Closed,
-}
-
-impl QueueError {
-    /// Whether the disk refused a write (full, or failing): the files' state is unknown after
-    /// it, so the writer stops writing.
-    pub fn is_disk_fault(&self) -> bool {
-        matches!(self, QueueError::DiskFull(_) | QueueError::Io(_))
-    }
-}
-
-impl From<QueueError> for tonic::Status {
-    fn from(err: QueueError) -> Self {
-        match &err {
-            QueueError::Full(_) | QueueError::DiskFull(_) => {
-                tonic::Status::resource_exhausted(err.to_string())
-            }
-            QueueError::Io(_)
-            | QueueError::Storage(_)
-            | QueueError::DamagedLog { .. }
-            | QueueError::Closed => tonic::Status::unavailable(err.to_string()),
-        }
-    }
-}
-
-/// An error the queue meets, as a [`QueueError`] that keeps what kind of fault it is.
-trait Fault {
-    fn into_queue_error(self) -> QueueError;
-}
-
-impl Fault for std::io::Error {
-    fn into_queue_error(self) -> QueueError {
-        const ENOSPC: i32 = 28;
-        const EDQUOT: i32 = 122;
-        let full = matches!(self.raw_os_error(), Some(ENOSPC | EDQUOT))
-            || matches!(
-                self.kind(),
-                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-            );
-        if full {
-            QueueError::DiskFull(self.to_string())
-        } else {
-            QueueError::Io(self.to_string())
-        }
-    }
-}
-
-impl Fault for redb::StorageError {
-    fn into_queue_error(self) -> QueueError {
-        match self {
-            redb::StorageError::Io(err) => err.into_queue_error(),
-            redb::StorageError::PreviousIo => {
-                QueueError::Io("an earlier write to the queue file failed".into())
-            }
-            other => QueueError::Storage(other.to_string()),
-        }
-    }
-}
-
-/// redb's error types, each either a storage error or a refusal.
-macro_rules! redb_fault {
-    ($($kind:ty),*) => {$(
-        impl Fault for $kind {
-            fn into_queue_error(self) -> QueueError {
-                match redb::Error::from(self) {
-                    redb::Error::Io(err) => err.into_queue_error(),
-                    redb::Error::PreviousIo => redb::StorageError::PreviousIo.into_queue_error(),
-                    other => QueueError::Storage(other.to_string()),
-                }
-            }
-        }
-    )*};
-}
-redb_fault!(
-    redb::Error,
-    redb::TransactionError,
-    redb::CommitError,
-    redb::TableError,
-    redb::DatabaseError,
-    redb::SetDurabilityError
-);
-
-impl Fault for &str {
-    fn into_queue_error(self) -> QueueError {
-        QueueError::Storage(self.to_owned())
-    }
-}
-
-impl Fault for String {
-    fn into_queue_error(self) -> QueueError {
-        QueueError::Storage(self)
-    }
-}
-
-impl Fault for prost::DecodeError {
-    fn into_queue_error(self) -> QueueError {
-        QueueError::Storage(self.to_string())
-    }
-}
-
-fn storage(err: impl Fault) -> QueueError {
-    err.into_queue_error()
-}
 
 /// Which event a record is about. Ids are unique per tenant (two shops may both send
 /// `order-42`), so an event is known by its tenant and id, kept as `tenant/id`: neither
@@ -1138,361 +1016,6 @@ pub fn now_ms() -> u64 {
 pub fn to_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn encode_event(accepted_ms: u64, matched: u32, event: &pb::Event) -> Vec<u8> {
-    let mut out = Vec::with_capacity(12 + event.encoded_len());
-    out.extend_from_slice(&accepted_ms.to_le_bytes());
-    out.extend_from_slice(&matched.to_le_bytes());
-    event.encode(&mut out).expect("a Vec grows as needed");
-    out
-}
-
-fn decode_event(bytes: &[u8]) -> Result<(u64, u32, pb::Event), QueueError> {
-    let (accepted, rest) = bytes
-        .split_first_chunk::<8>()
-        .ok_or_else(|| storage("event record truncated"))?;
-    let (matched, rest) = rest
-        .split_first_chunk::<4>()
-        .ok_or_else(|| storage("event record truncated"))?;
-    let event = pb::Event::decode(rest).map_err(storage)?;
-    Ok((
-        u64::from_le_bytes(*accepted),
-        u32::from_le_bytes(*matched),
-        event,
-    ))
-}
-
-/// Separates a task's event key from its ordering key; event keys never contain it.
-const KEY_SEPARATOR: u8 = 0;
-
-fn encode_task(attempts: u32, event: &EventKey, ordering_key: &str) -> Vec<u8> {
-    let event = event.as_str();
-    let mut out = Vec::with_capacity(5 + event.len() + ordering_key.len());
-    out.extend_from_slice(&attempts.to_le_bytes());
-    out.extend_from_slice(event.as_bytes());
-    if !ordering_key.is_empty() {
-        out.push(KEY_SEPARATOR);
-        out.extend_from_slice(ordering_key.as_bytes());
-    }
-    out
-}
-
-fn decode_task(key: (&str, u64, u64), bytes: &[u8]) -> Result<Task, QueueError> {
-    let (attempts, rest) = bytes
-        .split_first_chunk::<4>()
-        .ok_or_else(|| storage("task record truncated"))?;
-    let (event_id, ordering_key) = match rest.iter().position(|b| *b == KEY_SEPARATOR) {
-        Some(at) => (&rest[..at], &rest[at + 1..]),
-        None => (rest, &[][..]),
-    };
-    let text = |bytes: &[u8]| {
-        String::from_utf8(bytes.to_vec()).map_err(|_| storage("task record is not UTF-8"))
-    };
-    Ok(Task {
-        subscription_id: key.0.to_owned(),
-        due: key.1,
-        seq: key.2,
-        event: EventKey::stored(text(event_id)?),
-        attempts: u32::from_le_bytes(*attempts),
-        ordering_key: text(ordering_key)?,
-    })
-}
-
-/// An `ordered` entry's value: when the delivery was due, and its event.
-fn encode_waiting(due: u64, event: &EventKey) -> Vec<u8> {
-    let event = event.as_str();
-    let mut out = Vec::with_capacity(8 + event.len());
-    out.extend_from_slice(&due.to_le_bytes());
-    out.extend_from_slice(event.as_bytes());
-    out
-}
-
-fn decode_waiting(bytes: &[u8]) -> Result<(u64, EventKey), QueueError> {
-    let (due, event) = bytes
-        .split_first_chunk::<8>()
-        .ok_or_else(|| storage("ordered record truncated"))?;
-    let event =
-        String::from_utf8(event.to_vec()).map_err(|_| storage("ordered record is not UTF-8"))?;
-    Ok((u64::from_le_bytes(*due), EventKey::stored(event)))
-}
-
-/// Rewrites a queue written before events were keyed by tenant: each event, its place in the
-/// retention order, and the deliveries that name it get the key of its tenant and id
-/// ([`EventKey`]). One durable commit, once (`meta.event_keys` says it was done); returns how
-/// many events were rekeyed.
-fn migrate_event_keys(db: &Database) -> Result<usize, QueueError> {
-    use redb::ReadableTable;
-    let txn = db.begin_write().map_err(storage)?;
-    let rekeyed;
-    {
-        let mut meta = txn.open_table(META).map_err(storage)?;
-        if meta.get(META_EVENT_KEYS).map_err(storage)?.is_some() {
-            return Ok(0);
-        }
-        let mut events = txn.open_table(EVENTS).map_err(storage)?;
-        let mut renamed: std::collections::HashMap<String, EventKey> = Default::default();
-        let mut moved = Vec::new();
-        for entry in events.iter().map_err(storage)? {
-            let (key, value) = entry.map_err(storage)?;
-            let old = key.value().to_owned();
-            if old.contains('/') {
-                continue;
-            }
-            let (_, _, event) = decode_event(value.value())?;
-            moved.push((old.clone(), value.value().to_vec()));
-            renamed.insert(old, EventKey::of(&event));
-        }
-        for (old, value) in &moved {
-            events.remove(old.as_str()).map_err(storage)?;
-            events
-                .insert(renamed[old].as_str(), value.as_slice())
-                .map_err(storage)?;
-        }
-        let rename = |text: &str| renamed.get(text).cloned();
-        let mut accepted = txn.open_table(ACCEPTED).map_err(storage)?;
-        let mut old_order = Vec::new();
-        for entry in accepted.iter().map_err(storage)? {
-            let (key, _) = entry.map_err(storage)?;
-            let (at, id) = key.value();
-            if let Some(new) = rename(id) {
-                old_order.push((at, id.to_owned(), new));
-            }
-        }
-        for (at, old, new) in old_order {
-            accepted.remove((at, old.as_str())).map_err(storage)?;
-            accepted.insert((at, new.as_str()), ()).map_err(storage)?;
-        }
-        let mut tasks = txn.open_table(TASKS).map_err(storage)?;
-        let mut retasked = Vec::new();
-        for entry in tasks.iter().map_err(storage)? {
-            let (key, value) = entry.map_err(storage)?;
-            let (lane, due, seq) = key.value();
-            let task = decode_task((lane, due, seq), value.value())?;
-            if let Some(new) = rename(task.event.as_str()) {
-                let value = encode_task(task.attempts, &new, &task.ordering_key);
-                retasked.push(((lane.to_owned(), due, seq), value));
-            }
-        }
-        for ((lane, due, seq), value) in retasked {
-            tasks
-                .insert((lane.as_str(), due, seq), value.as_slice())
-                .map_err(storage)?;
-        }
-        let mut ordered = txn.open_table(ORDERED).map_err(storage)?;
-        let mut reordered = Vec::new();
-        for entry in ordered.iter().map_err(storage)? {
-            let (key, value) = entry.map_err(storage)?;
-            let (due, event) = decode_waiting(value.value())?;
-            if let Some(new) = rename(event.as_str()) {
-                let (lane, ordering_key, seq) = key.value();
-                let key = (lane.to_owned(), ordering_key.to_owned(), seq);
-                reordered.push((key, encode_waiting(due, &new)));
-            }
-        }
-        for ((lane, ordering_key, seq), value) in reordered {
-            ordered
-                .insert(
-                    (lane.as_str(), ordering_key.as_str(), seq),
-                    value.as_slice(),
-                )
-                .map_err(storage)?;
-        }
-        meta.insert(META_EVENT_KEYS, 1).map_err(storage)?;
-        rekeyed = moved.len();
-    }
-    txn.commit().map_err(storage)?;
-    Ok(rekeyed)
-}
-
-/// Counts the outbox's bytes into `meta.outbox_bytes` at every open: the state machine keeps
-/// the count from then on, but a file an older agent wrote to (or one written before the
-/// count existed) may hold reports it did not count. The outbox is bounded, so this reads at
-/// most `max_pending_report_bytes`.
-fn count_outbox_bytes(db: &Database) -> Result<(), QueueError> {
-    use redb::ReadableTable;
-    let txn = db.begin_write().map_err(storage)?;
-    {
-        let mut meta = txn.open_table(META).map_err(storage)?;
-        let outbox = txn.open_table(OUTBOX).map_err(storage)?;
-        let mut bytes = 0;
-        for entry in outbox.iter().map_err(storage)? {
-            bytes += entry.map_err(storage)?.1.value().len() as u64;
-        }
-        let counted = meta
-            .get(META_OUTBOX_BYTES)
-            .map_err(storage)?
-            .map(|v| v.value());
-        if counted == Some(bytes) {
-            return Ok(());
-        }
-        meta.insert(META_OUTBOX_BYTES, bytes).map_err(storage)?;
-    }
-    txn.commit().map_err(storage)
-}
-
-/// The file's tasks table, as a read transaction sees it.
-type TaskTable = redb::ReadOnlyTable<(&'static str, u64, u64), &'static [u8]>;
-
-/// A task read from the file or the memtable.
-type TaskEntry<'a> = (
-    memtable::Slot,
-    memtable::Value<'a, redb::AccessGuard<'a, &'static [u8]>>,
-);
-
-/// A lane with work due by its hint, as the scheduler weighs it.
-struct LaneDue {
-    /// Its hint.
-    due: u64,
-    /// The lane (subscription).
-    lane: String,
-    /// Its attempts under way.
-    in_flight: usize,
-}
-
-/// What one [`Queue::due`] call reads: a snapshot of the file and the memtable, at `now_ms`,
-/// for at most `limit` tasks.
-struct DueRead<'a> {
-    tasks: &'a TaskTable,
-    memtable: &'a Memtable,
-    now_ms: u64,
-    limit: usize,
-}
-
-impl DueRead<'_> {
-    /// One visit of `lane`: takes its due tasks while the lane (`room` more) and `out` have
-    /// room, then leaves the lane's hint and scan start where the visit ended.
-    fn visit(
-        &self,
-        lanes: &mut lanes::Lanes,
-        lane: &str,
-        mut room: usize,
-        out: &mut Vec<Task>,
-    ) -> Result<(), QueueError> {
-        let mut hint = None;
-        // Every task before `from` is taken; so is every one visited before the break.
-        let from = lanes.scan_from(lane);
-        let mut taken_up_to = None;
-        for entry in lane_tasks(self.tasks, self.memtable, lane, from)? {
-            let ((due, seq), value) = entry.map_err(storage)?;
-            if lanes.is_taken(seq) {
-                taken_up_to = Some((due, seq));
-                continue;
-            }
-            if due > self.now_ms || room == 0 || out.len() >= self.limit {
-                hint = Some(due);
-                break;
-            }
-            let task = decode_task((lane, due, seq), value.bytes())?;
-            lanes.take(lane, seq);
-            taken_up_to = Some((due, seq));
-            room -= 1;
-            out.push(task);
-        }
-        if let Some((due, seq)) = taken_up_to {
-            lanes.set_scan_from(lane, (due, seq + 1));
-        }
-        lanes.set_hint(lane, hint);
-        Ok(())
-    }
-}
-
-/// A lane's tasks from `from` on, in order: the file's and the memtable's.
-fn lane_tasks<'a>(
-    tasks: &'a TaskTable,
-    memtable: &'a Memtable,
-    lane: &'a str,
-    from: memtable::Slot,
-) -> Result<impl Iterator<Item = Result<TaskEntry<'a>, redb::StorageError>> + 'a, QueueError> {
-    let file = tasks
-        .range((lane, from.0, from.1)..=(lane, u64::MAX, u64::MAX))
-        .map_err(storage)?
-        .map(|entry| {
-            entry.map(|(key, value)| {
-                let (_, due, seq) = key.value();
-                ((due, seq), value)
-            })
-        });
-    Ok(Overlay::new(file, memtable.lane_from(lane, from)))
-}
-
-/// Every lane that may hold a task: those with tasks in the file or in the memtable, in order.
-fn lanes_of(tasks: &TaskTable, memtable: &Memtable) -> Result<Vec<String>, QueueError> {
-    let mut lanes: std::collections::BTreeSet<String> =
-        memtable.lanes().map(str::to_owned).collect();
-    let mut from = String::new();
-    while let Some(entry) = tasks
-        .range((from.as_str(), 0, 0)..)
-        .map_err(storage)?
-        .next()
-    {
-        let (key, _) = entry.map_err(storage)?;
-        let lane = key.value().0.to_owned();
-        // The smallest key after every key of this lane.
-        from = format!("{lane}\0");
-        lanes.insert(lane);
-    }
-    Ok(lanes.into_iter().collect())
-}
-
-/// Gives `index` a hint for each lane of the file: its earliest task, one seek per lane. (An
-/// index in use keeps its taken tasks; hints it already had may be early, as hints may.)
-fn index_lanes(db: &Database, index: &mut lanes::Lanes) -> Result<(), QueueError> {
-    use std::ops::Bound;
-    let txn = db.begin_read().map_err(storage)?;
-    let Ok(tasks) = txn.open_table(TASKS) else {
-        return Ok(());
-    };
-    let mut after: Option<String> = None;
-    loop {
-        let start = match &after {
-            Some(lane) => Bound::Excluded((lane.as_str(), u64::MAX, u64::MAX)),
-            None => Bound::Unbounded,
-        };
-        let mut range = tasks
-            .range::<(&str, u64, u64)>((start, Bound::Unbounded))
-            .map_err(storage)?;
-        let Some(entry) = range.next() else { break };
-        let (key, _) = entry.map_err(storage)?;
-        let (lane, due, seq) = key.value();
-        index.added(lane, due, seq);
-        after = Some(lane.to_owned());
-    }
-    Ok(())
-}
-
-/// Makes an opened queue file and log ready for use: creates the tables, replays the log
-/// ([`writer::recover`]) and rekeys old events. Returns the log at the start of its new
-/// epoch.
-fn prepare(
-    db: &Database,
-    wal: Box<dyn redb::StorageBackend>,
-    recover_truncate: bool,
-) -> Result<(wal::Wal, u64), QueueError> {
-    let txn = db.begin_write().map_err(storage)?;
-    {
-        txn.open_table(EVENTS).map_err(storage)?;
-        txn.open_table(ACCEPTED).map_err(storage)?;
-        txn.open_table(TASKS).map_err(storage)?;
-        txn.open_table(ORDERED).map_err(storage)?;
-        txn.open_table(OUTBOX).map_err(storage)?;
-        txn.open_table(META).map_err(storage)?;
-    }
-    txn.commit().map_err(storage)?;
-    let mut wal = wal::Wal::open(wal).map_err(storage)?;
-    let (epoch, replayed) = writer::recover(db, &mut wal, recover_truncate)?;
-    if replayed > 0 {
-        tracing::info!(
-            commits = replayed,
-            "queue recovered from its write-ahead log"
-        );
-    }
-    let rekeyed = migrate_event_keys(db)?;
-    if rekeyed > 0 {
-        tracing::info!(events = rekeyed, "queued events keyed by tenant and id");
-    }
-    count_outbox_bytes(db)?;
-    Ok((wal, epoch))
 }
 
 #[cfg(test)]

@@ -1,0 +1,139 @@
+//! Why the queue refused or failed ([`QueueError`]), and how the faults it meets (I/O, redb,
+//! undecodable records) become one, keeping what kind of fault each is: a full disk and an
+//! I/O error are answered differently, and no caller reads an error's text to tell them apart.
+
+/// Why the queue refused or failed.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The queue is at its configured bound.
+    #[error("the agent's queue is full ({0}); retry later")]
+    Full(String),
+    /// The disk is full (or the quota reached): nothing more is written until space is freed.
+    #[error("the agent's queue cannot write, the disk is full: {0}")]
+    DiskFull(String),
+    /// Reading or writing the queue's files failed (an I/O error).
+    #[error("the agent's queue cannot write, an I/O error: {0}")]
+    Io(String),
+    /// A record is not as the queue wrote it, or the store refused an operation.
+    #[error("the agent's queue failed: {0}")]
+    Storage(String),
+    /// The write-ahead log holds a record that was synced but does not read back whole;
+    /// records written after it (perhaps acknowledged) would be lost by replaying only what
+    /// precedes it.
+    #[error(
+        "queue.wal: the record at offset {offset} does not read back whole, and {following} \
+         records written after it follow (some may have been acknowledged); restart with \
+         --recover-truncate to keep what precedes it and drop them"
+    )]
+    DamagedLog {
+        /// The damaged record's offset in the file.
+        offset: u64,
+        /// The whole records after it.
+        following: u64,
+    },
+    /// The queue is shutting down.
+    #[error("the agent's queue is closed")]
+    Closed,
+}
+
+impl QueueError {
+    /// Whether the disk refused a write (full, or failing): the files' state is unknown after
+    /// it, so the writer stops writing.
+    pub fn is_disk_fault(&self) -> bool {
+        matches!(self, QueueError::DiskFull(_) | QueueError::Io(_))
+    }
+}
+
+impl From<QueueError> for tonic::Status {
+    fn from(err: QueueError) -> Self {
+        match &err {
+            QueueError::Full(_) | QueueError::DiskFull(_) => {
+                tonic::Status::resource_exhausted(err.to_string())
+            }
+            QueueError::Io(_)
+            | QueueError::Storage(_)
+            | QueueError::DamagedLog { .. }
+            | QueueError::Closed => tonic::Status::unavailable(err.to_string()),
+        }
+    }
+}
+
+/// An error the queue meets, as a [`QueueError`] that keeps what kind of fault it is.
+pub(super) trait Fault {
+    fn into_queue_error(self) -> QueueError;
+}
+
+impl Fault for std::io::Error {
+    fn into_queue_error(self) -> QueueError {
+        const ENOSPC: i32 = 28;
+        const EDQUOT: i32 = 122;
+        let full = matches!(self.raw_os_error(), Some(ENOSPC | EDQUOT))
+            || matches!(
+                self.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            );
+        if full {
+            QueueError::DiskFull(self.to_string())
+        } else {
+            QueueError::Io(self.to_string())
+        }
+    }
+}
+
+impl Fault for redb::StorageError {
+    fn into_queue_error(self) -> QueueError {
+        match self {
+            redb::StorageError::Io(err) => err.into_queue_error(),
+            redb::StorageError::PreviousIo => {
+                QueueError::Io("an earlier write to the queue file failed".into())
+            }
+            other => QueueError::Storage(other.to_string()),
+        }
+    }
+}
+
+/// redb's error types, each either a storage error or a refusal.
+macro_rules! redb_fault {
+    ($($kind:ty),*) => {$(
+        impl Fault for $kind {
+            fn into_queue_error(self) -> QueueError {
+                match redb::Error::from(self) {
+                    redb::Error::Io(err) => err.into_queue_error(),
+                    redb::Error::PreviousIo => redb::StorageError::PreviousIo.into_queue_error(),
+                    other => QueueError::Storage(other.to_string()),
+                }
+            }
+        }
+    )*};
+}
+redb_fault!(
+    redb::Error,
+    redb::TransactionError,
+    redb::CommitError,
+    redb::TableError,
+    redb::DatabaseError,
+    redb::SetDurabilityError
+);
+
+impl Fault for &str {
+    fn into_queue_error(self) -> QueueError {
+        QueueError::Storage(self.to_owned())
+    }
+}
+
+impl Fault for String {
+    fn into_queue_error(self) -> QueueError {
+        QueueError::Storage(self)
+    }
+}
+
+impl Fault for prost::DecodeError {
+    fn into_queue_error(self) -> QueueError {
+        QueueError::Storage(self.to_string())
+    }
+}
+
+/// Any fault the queue meets, as a [`QueueError`] of its kind.
+pub(super) fn storage(err: impl Fault) -> QueueError {
+    err.into_queue_error()
+}

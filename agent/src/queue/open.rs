@@ -1,0 +1,186 @@
+//! Making an opened queue file ready for use: its tables created, the write-ahead log
+//! replayed ([`super::writer::recover`]), the one-time rewrite of events keyed before tenants
+//! were part of their keys, the outbox's byte count checked, and the scheduler's index of
+//! lanes given its hints.
+
+use redb::{Database, ReadableDatabase};
+
+use super::records::{decode_event, decode_task, decode_waiting, encode_task, encode_waiting};
+use super::{
+    ACCEPTED, EVENTS, EventKey, META, META_EVENT_KEYS, META_OUTBOX_BYTES, ORDERED, OUTBOX,
+    QueueError, TASKS, lanes, storage, wal, writer,
+};
+
+/// Rewrites a queue written before events were keyed by tenant: each event, its place in the
+/// retention order, and the deliveries that name it get the key of its tenant and id
+/// ([`EventKey`]). One durable commit, once (`meta.event_keys` says it was done); returns how
+/// many events were rekeyed.
+pub(super) fn migrate_event_keys(db: &Database) -> Result<usize, QueueError> {
+    use redb::ReadableTable;
+    let txn = db.begin_write().map_err(storage)?;
+    let rekeyed;
+    {
+        let mut meta = txn.open_table(META).map_err(storage)?;
+        if meta.get(META_EVENT_KEYS).map_err(storage)?.is_some() {
+            return Ok(0);
+        }
+        let mut events = txn.open_table(EVENTS).map_err(storage)?;
+        let mut renamed: std::collections::HashMap<String, EventKey> = Default::default();
+        let mut moved = Vec::new();
+        for entry in events.iter().map_err(storage)? {
+            let (key, value) = entry.map_err(storage)?;
+            let old = key.value().to_owned();
+            if old.contains('/') {
+                continue;
+            }
+            let (_, _, event) = decode_event(value.value())?;
+            moved.push((old.clone(), value.value().to_vec()));
+            renamed.insert(old, EventKey::of(&event));
+        }
+        for (old, value) in &moved {
+            events.remove(old.as_str()).map_err(storage)?;
+            events
+                .insert(renamed[old].as_str(), value.as_slice())
+                .map_err(storage)?;
+        }
+        let rename = |text: &str| renamed.get(text).cloned();
+        let mut accepted = txn.open_table(ACCEPTED).map_err(storage)?;
+        let mut old_order = Vec::new();
+        for entry in accepted.iter().map_err(storage)? {
+            let (key, _) = entry.map_err(storage)?;
+            let (at, id) = key.value();
+            if let Some(new) = rename(id) {
+                old_order.push((at, id.to_owned(), new));
+            }
+        }
+        for (at, old, new) in old_order {
+            accepted.remove((at, old.as_str())).map_err(storage)?;
+            accepted.insert((at, new.as_str()), ()).map_err(storage)?;
+        }
+        let mut tasks = txn.open_table(TASKS).map_err(storage)?;
+        let mut retasked = Vec::new();
+        for entry in tasks.iter().map_err(storage)? {
+            let (key, value) = entry.map_err(storage)?;
+            let (lane, due, seq) = key.value();
+            let task = decode_task((lane, due, seq), value.value())?;
+            if let Some(new) = rename(task.event.as_str()) {
+                let value = encode_task(task.attempts, &new, &task.ordering_key);
+                retasked.push(((lane.to_owned(), due, seq), value));
+            }
+        }
+        for ((lane, due, seq), value) in retasked {
+            tasks
+                .insert((lane.as_str(), due, seq), value.as_slice())
+                .map_err(storage)?;
+        }
+        let mut ordered = txn.open_table(ORDERED).map_err(storage)?;
+        let mut reordered = Vec::new();
+        for entry in ordered.iter().map_err(storage)? {
+            let (key, value) = entry.map_err(storage)?;
+            let (due, event) = decode_waiting(value.value())?;
+            if let Some(new) = rename(event.as_str()) {
+                let (lane, ordering_key, seq) = key.value();
+                let key = (lane.to_owned(), ordering_key.to_owned(), seq);
+                reordered.push((key, encode_waiting(due, &new)));
+            }
+        }
+        for ((lane, ordering_key, seq), value) in reordered {
+            ordered
+                .insert(
+                    (lane.as_str(), ordering_key.as_str(), seq),
+                    value.as_slice(),
+                )
+                .map_err(storage)?;
+        }
+        meta.insert(META_EVENT_KEYS, 1).map_err(storage)?;
+        rekeyed = moved.len();
+    }
+    txn.commit().map_err(storage)?;
+    Ok(rekeyed)
+}
+
+/// Counts the outbox's bytes into `meta.outbox_bytes` at every open: the state machine keeps
+/// the count from then on, but a file an older agent wrote to (or one written before the
+/// count existed) may hold reports it did not count. The outbox is bounded, so this reads at
+/// most `max_pending_report_bytes`.
+pub(super) fn count_outbox_bytes(db: &Database) -> Result<(), QueueError> {
+    use redb::ReadableTable;
+    let txn = db.begin_write().map_err(storage)?;
+    {
+        let mut meta = txn.open_table(META).map_err(storage)?;
+        let outbox = txn.open_table(OUTBOX).map_err(storage)?;
+        let mut bytes = 0;
+        for entry in outbox.iter().map_err(storage)? {
+            bytes += entry.map_err(storage)?.1.value().len() as u64;
+        }
+        let counted = meta
+            .get(META_OUTBOX_BYTES)
+            .map_err(storage)?
+            .map(|v| v.value());
+        if counted == Some(bytes) {
+            return Ok(());
+        }
+        meta.insert(META_OUTBOX_BYTES, bytes).map_err(storage)?;
+    }
+    txn.commit().map_err(storage)
+}
+
+/// Gives `index` a hint for each lane of the file: its earliest task, one seek per lane. (An
+/// index in use keeps its taken tasks; hints it already had may be early, as hints may.)
+pub(super) fn index_lanes(db: &Database, index: &mut lanes::Lanes) -> Result<(), QueueError> {
+    use std::ops::Bound;
+    let txn = db.begin_read().map_err(storage)?;
+    let Ok(tasks) = txn.open_table(TASKS) else {
+        return Ok(());
+    };
+    let mut after: Option<String> = None;
+    loop {
+        let start = match &after {
+            Some(lane) => Bound::Excluded((lane.as_str(), u64::MAX, u64::MAX)),
+            None => Bound::Unbounded,
+        };
+        let mut range = tasks
+            .range::<(&str, u64, u64)>((start, Bound::Unbounded))
+            .map_err(storage)?;
+        let Some(entry) = range.next() else { break };
+        let (key, _) = entry.map_err(storage)?;
+        let (lane, due, seq) = key.value();
+        index.added(lane, due, seq);
+        after = Some(lane.to_owned());
+    }
+    Ok(())
+}
+
+/// Makes an opened queue file and log ready for use: creates the tables, replays the log
+/// ([`writer::recover`]) and rekeys old events. Returns the log at the start of its new
+/// epoch.
+pub(super) fn prepare(
+    db: &Database,
+    wal: Box<dyn redb::StorageBackend>,
+    recover_truncate: bool,
+) -> Result<(wal::Wal, u64), QueueError> {
+    let txn = db.begin_write().map_err(storage)?;
+    {
+        txn.open_table(EVENTS).map_err(storage)?;
+        txn.open_table(ACCEPTED).map_err(storage)?;
+        txn.open_table(TASKS).map_err(storage)?;
+        txn.open_table(ORDERED).map_err(storage)?;
+        txn.open_table(OUTBOX).map_err(storage)?;
+        txn.open_table(META).map_err(storage)?;
+    }
+    txn.commit().map_err(storage)?;
+    let mut wal = wal::Wal::open(wal).map_err(storage)?;
+    let (epoch, replayed) = writer::recover(db, &mut wal, recover_truncate)?;
+    if replayed > 0 {
+        tracing::info!(
+            commits = replayed,
+            "queue recovered from its write-ahead log"
+        );
+    }
+    let rekeyed = migrate_event_keys(db)?;
+    if rekeyed > 0 {
+        tracing::info!(events = rekeyed, "queued events keyed by tenant and id");
+    }
+    count_outbox_bytes(db)?;
+    Ok((wal, epoch))
+}
