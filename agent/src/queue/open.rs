@@ -1,14 +1,17 @@
 //! Making an opened queue file ready for use: its tables created, the write-ahead log
-//! replayed ([`super::writer::recover`]), the one-time rewrite of events keyed before tenants
+//! replayed ([`recover`]), the one-time rewrite of events keyed before tenants
 //! were part of their keys, the outbox's byte count checked, and the scheduler's index of
 //! lanes given its hints.
 
-use redb::{Database, ReadableDatabase};
+use redb::{Database, ReadableDatabase, ReadableTable};
 
 use super::records::{decode_event, decode_task, decode_waiting, encode_task, encode_waiting};
+use super::tables::Tables;
+use super::view::View;
+use super::wal::Wal;
 use super::{
-    ACCEPTED, EVENTS, EventKey, META, META_EVENT_KEYS, META_OUTBOX_BYTES, ORDERED, OUTBOX,
-    QueueError, TASKS, lanes, storage, wal, writer,
+    ACCEPTED, EVENTS, EventKey, META, META_EPOCH, META_EVENT_KEYS, META_OUTBOX_BYTES, ORDERED,
+    OUTBOX, QueueError, TASKS, lanes, storage, wal,
 };
 
 /// Rewrites a queue written before events were keyed by tenant: each event, its place in the
@@ -16,7 +19,6 @@ use super::{
 /// ([`EventKey`]). One durable commit, once (`meta.event_keys` says it was done); returns how
 /// many events were rekeyed.
 pub(super) fn migrate_event_keys(db: &Database) -> Result<usize, QueueError> {
-    use redb::ReadableTable;
     let txn = db.begin_write().map_err(storage)?;
     let rekeyed;
     {
@@ -104,7 +106,6 @@ pub(super) fn migrate_event_keys(db: &Database) -> Result<usize, QueueError> {
 /// count existed) may hold reports it did not count. The outbox is bounded, so this reads at
 /// most `max_pending_report_bytes`.
 pub(super) fn count_outbox_bytes(db: &Database) -> Result<(), QueueError> {
-    use redb::ReadableTable;
     let txn = db.begin_write().map_err(storage)?;
     {
         let mut meta = txn.open_table(META).map_err(storage)?;
@@ -152,7 +153,7 @@ pub(super) fn index_lanes(db: &Database, index: &mut lanes::Lanes) -> Result<(),
 }
 
 /// Makes an opened queue file and log ready for use: creates the tables, replays the log
-/// ([`writer::recover`]) and rekeys old events. Returns the log at the start of its new
+/// ([`recover`]) and rekeys old events. Returns the log at the start of its new
 /// epoch.
 pub(super) fn prepare(
     db: &Database,
@@ -170,7 +171,7 @@ pub(super) fn prepare(
     }
     txn.commit().map_err(storage)?;
     let mut wal = wal::Wal::open(wal).map_err(storage)?;
-    let (epoch, replayed) = writer::recover(db, &mut wal, recover_truncate)?;
+    let (epoch, replayed) = recover(db, &mut wal, recover_truncate)?;
     if replayed > 0 {
         tracing::info!(
             commits = replayed,
@@ -183,4 +184,44 @@ pub(super) fn prepare(
     }
     count_outbox_bytes(db)?;
     Ok((wal, epoch))
+}
+
+/// Replays the log's records of the epoch the queue file names, if any, then makes a
+/// checkpoint that starts a new epoch (so nothing left in the log from before can ever be
+/// read as part of it). Returns the new epoch and how many records were replayed.
+fn recover(db: &Database, wal: &mut Wal, truncate: bool) -> Result<(u64, usize), QueueError> {
+    let txn = db.begin_write().map_err(storage)?;
+    let epoch = {
+        let meta = txn.open_table(META).map_err(storage)?;
+        meta.get(META_EPOCH)
+            .map_err(storage)?
+            .map_or(0, |v| v.value())
+    };
+    let read = wal.read_epoch(epoch).map_err(storage)?;
+    if let Some(damage) = read.damaged {
+        if !truncate {
+            return Err(QueueError::DamagedLog {
+                offset: damage.offset,
+                following: damage.following,
+            });
+        }
+        tracing::error!(
+            offset = damage.offset,
+            dropped = damage.following,
+            "the queue's write-ahead log has a damaged record: as --recover-truncate asks, what \
+             precedes it is kept and the records after it are dropped"
+        );
+    }
+    let bodies = read.bodies;
+    {
+        // Every change goes into the file directly: this commit is a checkpoint.
+        let mut tables = Tables::open(&txn, None)?;
+        for body in &bodies {
+            tables.replay(body)?;
+        }
+        tables.put_meta(META_EPOCH, epoch + 1)?;
+    }
+    txn.commit().map_err(storage)?;
+    wal.start_epoch(epoch + 1);
+    Ok((epoch + 1, bodies.len()))
 }

@@ -27,14 +27,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use redb::{Database, Durability, ReadableTable};
+use redb::Durability;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::machine::{self, Done, Effects, Placed, Work};
 use super::pending::Pending;
 use super::tables::Tables;
-use super::view::View;
 use super::wal::Wal;
 use super::{
     Accepted, File, MAX_GROUP, META, META_EPOCH, NewEvent, Next, OpenFiles, QueueConfig,
@@ -109,50 +108,6 @@ const LINGER_BELOW: usize = 64;
 /// The largest group changes written to the log; a larger group makes a checkpoint instead
 /// (its own fsync is then shared by many events, and the log stays small).
 pub(super) const MAX_LOGGED: usize = 64 * 1024;
-
-/// Replays the log's records of the epoch the queue file names, if any, then makes a
-/// checkpoint that starts a new epoch (so nothing left in the log from before can ever be
-/// read as part of it). Returns the new epoch and how many records were replayed.
-pub(super) fn recover(
-    db: &Database,
-    wal: &mut Wal,
-    truncate: bool,
-) -> Result<(u64, usize), QueueError> {
-    let txn = db.begin_write().map_err(storage)?;
-    let epoch = {
-        let meta = txn.open_table(META).map_err(storage)?;
-        meta.get(META_EPOCH)
-            .map_err(storage)?
-            .map_or(0, |v| v.value())
-    };
-    let read = wal.read_epoch(epoch).map_err(storage)?;
-    if let Some(damage) = read.damaged {
-        if !truncate {
-            return Err(QueueError::DamagedLog {
-                offset: damage.offset,
-                following: damage.following,
-            });
-        }
-        tracing::error!(
-            offset = damage.offset,
-            dropped = damage.following,
-            "the queue's write-ahead log has a damaged record: as --recover-truncate asks, what \
-             precedes it is kept and the records after it are dropped"
-        );
-    }
-    let bodies = read.bodies;
-    {
-        // Every change goes into the file directly: this commit is a checkpoint.
-        let mut tables = Tables::open(&txn, None)?;
-        for body in &bodies {
-            tables.replay(body)?;
-        }
-        tables.put_meta(META_EPOCH, epoch + 1)?;
-    }
-    txn.commit().map_err(storage)?;
-    wal.start_epoch(epoch + 1);
-    Ok((epoch + 1, bodies.len()))
-}
 
 /// Starts the writer thread. `wal` is the log positioned at the start of `epoch`.
 pub(super) fn spawn(
