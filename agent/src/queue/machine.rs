@@ -20,7 +20,7 @@ use super::{
     META_SEQ, NewEvent, Next, QueueConfig, QueueError, Replay, StoredEvent, Task, decode_waiting,
     encode_event, encode_task, encode_waiting,
 };
-use crate::delivery::classify::ErrorKind;
+use herald_core::error_kind::ErrorKind;
 
 /// Events removed by one sweep at most, so a sweep never makes one huge commit.
 pub(super) const SWEEP_BATCH: usize = 10_000;

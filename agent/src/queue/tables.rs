@@ -33,13 +33,8 @@
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::memtable::{Change, Memtable};
-use super::view::{EventRecord, View, Visit};
+use super::view::{EventRecord, OrderedKey, TaskKey, View, Visit};
 use super::{ACCEPTED, EVENTS, META, ORDERED, OUTBOX, QueueError, TASKS, storage};
-
-/// A task's key: (lane, due ms, seq).
-pub(super) type TaskKey<'a> = (&'a str, u64, u64);
-/// An `ordered` key: (subscription, ordering key, seq).
-pub(super) type OrderedKey<'a> = (&'a str, &'a str, u64);
 
 /// The open tables of a write transaction, and the redo record of what was changed.
 pub(super) struct Tables<'txn, 'm> {

@@ -5,8 +5,12 @@
 //! in-memory [`MemoryView`] (tests only) is another, so the state machine's rules are tested
 //! without a disk. Both hold the same encoded records (`encode_event`, `encode_task`, …).
 
-use super::tables::{OrderedKey, TaskKey};
 use super::{QueueError, decode_event};
+
+/// A task's key: (lane, due ms, seq).
+pub(super) type TaskKey<'a> = (&'a str, u64, u64);
+/// An `ordered` key: (subscription, ordering key, seq).
+pub(super) type OrderedKey<'a> = (&'a str, &'a str, u64);
 
 /// What the state machine needs of a stored event record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
