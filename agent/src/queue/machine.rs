@@ -14,6 +14,7 @@ use herald_proto::v1 as pb;
 use prost::Message;
 
 use super::pending::{Pending, Tally};
+use super::records::WaitingValue;
 use super::view::View;
 use super::{
     Accepted, EventKey, FastMap, FastSet, META_BYTES, META_EVENTS, META_EVICTED, META_OUTBOX_BYTES,
@@ -297,19 +298,23 @@ fn add_delivery(
 /// delivery in it (if any) gets its task, which is returned.
 fn next_in_order(view: &mut impl View, task: &Task) -> Result<Option<Placed>, QueueError> {
     let (sub, key) = (task.subscription_id.as_str(), task.ordering_key.as_str());
-    let mut line: Vec<(u64, (u64, EventKey))> = Vec::new();
+    // The line's entries: (seq, what waits).
+    let mut line: Vec<(u64, WaitingValue)> = Vec::new();
     view.each_ordered(sub, key, &mut |seq, value| {
         line.push((seq, decode_waiting(value)?));
         // The head and the one after it are all this needs (the head is normally first).
-        Ok(line.len() < 2 || !line.iter().any(|(_, (_, event))| *event == task.event))
+        Ok(line.len() < 2 || !line.iter().any(|(_, waiting)| waiting.event == task.event))
     })?;
-    let Some(at) = line.iter().position(|(_, (_, event))| *event == task.event) else {
+    let Some(at) = line
+        .iter()
+        .position(|(_, waiting)| waiting.event == task.event)
+    else {
         // Not in the line (written before ordering keys were kept): nothing waits on it.
         return Ok(None);
     };
     let (head_seq, _) = line.remove(at);
     view.remove_ordered((sub, key, head_seq))?;
-    let Some((seq, (due, event))) = line.into_iter().next() else {
+    let Some((seq, WaitingValue { due, event })) = line.into_iter().next() else {
         return Ok(None);
     };
     view.put_task((sub, due, seq), &encode_task(0, &event, key))?;

@@ -68,7 +68,7 @@ fn recount(view: &MemoryView) -> (Tally, BTreeMap<String, Tally>) {
     }
     for value in view.ordered.values() {
         *left
-            .entry(decode_waiting(value).expect("ordered").1)
+            .entry(decode_waiting(value).expect("ordered").event)
             .or_default() += 1;
     }
     let mut total = Tally::default();
@@ -120,7 +120,7 @@ fn check(view: &MemoryView, pending: &Pending, model: &Model, at: &str) {
     // Each ordering line has one task: its head's.
     let mut lines: BTreeMap<(String, String), Vec<EventKey>> = BTreeMap::new();
     for ((sub, key, _), value) in &view.ordered {
-        let event = decode_waiting(value).expect("ordered").1;
+        let event = decode_waiting(value).expect("ordered").event;
         lines
             .entry((sub.clone(), key.clone()))
             .or_default()
@@ -155,7 +155,7 @@ fn check(view: &MemoryView, pending: &Pending, model: &Model, at: &str) {
         }
     }
     for ((sub, _, _), value) in &view.ordered {
-        let event = decode_waiting(value).expect("ordered").1;
+        let event = decode_waiting(value).expect("ordered").event;
         *found.entry((event, sub.clone())).or_default() += 1;
     }
     assert_eq!(found, model.deliveries, "{at}: deliveries to make");

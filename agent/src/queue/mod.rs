@@ -767,7 +767,7 @@ impl Queue {
             let (slot, value) = entry.map_err(storage)?;
             let task = decode_task((&lane, slot.0, slot.1), value.bytes())?;
             if let Some(event) = stored.get(task.event.as_str()).map_err(storage)? {
-                let accepted = decode_event(event.value())?.0;
+                let accepted = decode_event(event.value())?.accepted_ms;
                 oldest_accepted_ms = Some(oldest_accepted_ms.map_or(accepted, |o| o.min(accepted)));
             }
         }
@@ -796,8 +796,11 @@ impl Queue {
         let Some(value) = events.get(key.as_str()).map_err(storage)? else {
             return Ok(None);
         };
-        let (accepted_ms, _, event) = decode_event(value.value())?;
-        Ok(Some(Arc::new(StoredEvent { event, accepted_ms })))
+        let stored = decode_event(value.value())?;
+        Ok(Some(Arc::new(StoredEvent {
+            event: stored.event,
+            accepted_ms: stored.accepted_ms,
+        })))
     }
 
     /// Records the outcome of an attempt of `task` and its report, in one commit. The task

@@ -35,7 +35,7 @@ pub(super) fn migrate_event_keys(db: &Database) -> Result<usize, QueueError> {
             if old.contains('/') {
                 continue;
             }
-            let (_, _, event) = decode_event(value.value())?;
+            let event = decode_event(value.value())?.event;
             moved.push((old.clone(), value.value().to_vec()));
             renamed.insert(old, EventKey::of(&event));
         }
@@ -79,11 +79,11 @@ pub(super) fn migrate_event_keys(db: &Database) -> Result<usize, QueueError> {
         let mut reordered = Vec::new();
         for entry in ordered.iter().map_err(storage)? {
             let (key, value) = entry.map_err(storage)?;
-            let (due, event) = decode_waiting(value.value())?;
-            if let Some(new) = rename(event.as_str()) {
+            let waiting = decode_waiting(value.value())?;
+            if let Some(new) = rename(waiting.event.as_str()) {
                 let (lane, ordering_key, seq) = key.value();
                 let key = (lane.to_owned(), ordering_key.to_owned(), seq);
-                reordered.push((key, encode_waiting(due, &new)));
+                reordered.push((key, encode_waiting(waiting.due, &new)));
             }
         }
         for ((lane, ordering_key, seq), value) in reordered {

@@ -227,7 +227,7 @@ impl Pending {
         let ordered = txn.open_table(ORDERED).map_err(storage)?;
         for entry in ordered.iter().map_err(storage)? {
             let (key, value) = entry.map_err(storage)?;
-            let (_, event) = decode_waiting(value.value())?;
+            let event = decode_waiting(value.value())?.event;
             *left.entry(event).or_default() += 1;
             *pending
                 .subscriptions
@@ -240,7 +240,7 @@ impl Pending {
             let left = match events.get(event.as_str()).map_err(storage)? {
                 Some(value) => Left {
                     deliveries,
-                    bytes: decode_event(value.value())?.2.payload.len() as u64,
+                    bytes: decode_event(value.value())?.event.payload.len() as u64,
                     swept: false,
                 },
                 None => Left {

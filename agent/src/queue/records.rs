@@ -7,6 +7,23 @@ use prost::Message;
 
 use super::{EventKey, QueueError, Task, storage};
 
+/// An `events` value: the event, when it was accepted (ms since the epoch) and how many
+/// subscriptions it matched.
+#[derive(Debug)]
+pub(super) struct EventValue {
+    pub accepted_ms: u64,
+    pub matched: u32,
+    pub event: pb::Event,
+}
+
+/// An `ordered` value: when the delivery was due (ms since the epoch), and its event.
+#[derive(Debug)]
+pub(super) struct WaitingValue {
+    pub due: u64,
+    pub event: EventKey,
+}
+
+/// An `events` value's bytes.
 pub(super) fn encode_event(accepted_ms: u64, matched: u32, event: &pb::Event) -> Vec<u8> {
     let mut out = Vec::with_capacity(12 + event.encoded_len());
     out.extend_from_slice(&accepted_ms.to_le_bytes());
@@ -15,7 +32,8 @@ pub(super) fn encode_event(accepted_ms: u64, matched: u32, event: &pb::Event) ->
     out
 }
 
-pub(super) fn decode_event(bytes: &[u8]) -> Result<(u64, u32, pb::Event), QueueError> {
+/// Reads an `events` value.
+pub(super) fn decode_event(bytes: &[u8]) -> Result<EventValue, QueueError> {
     let (accepted, rest) = bytes
         .split_first_chunk::<8>()
         .ok_or_else(|| storage("event record truncated"))?;
@@ -23,16 +41,17 @@ pub(super) fn decode_event(bytes: &[u8]) -> Result<(u64, u32, pb::Event), QueueE
         .split_first_chunk::<4>()
         .ok_or_else(|| storage("event record truncated"))?;
     let event = pb::Event::decode(rest).map_err(storage)?;
-    Ok((
-        u64::from_le_bytes(*accepted),
-        u32::from_le_bytes(*matched),
+    Ok(EventValue {
+        accepted_ms: u64::from_le_bytes(*accepted),
+        matched: u32::from_le_bytes(*matched),
         event,
-    ))
+    })
 }
 
 /// Separates a task's event key from its ordering key; event keys never contain it.
 const KEY_SEPARATOR: u8 = 0;
 
+/// A task's value: its attempts so far, its event and its ordering key.
 pub(super) fn encode_task(attempts: u32, event: &EventKey, ordering_key: &str) -> Vec<u8> {
     let event = event.as_str();
     let mut out = Vec::with_capacity(5 + event.len() + ordering_key.len());
@@ -45,6 +64,7 @@ pub(super) fn encode_task(attempts: u32, event: &EventKey, ordering_key: &str) -
     out
 }
 
+/// Reads the task stored under `key` (lane, due ms, seq).
 pub(super) fn decode_task(key: (&str, u64, u64), bytes: &[u8]) -> Result<Task, QueueError> {
     let (attempts, rest) = bytes
         .split_first_chunk::<4>()
@@ -75,11 +95,15 @@ pub(super) fn encode_waiting(due: u64, event: &EventKey) -> Vec<u8> {
     out
 }
 
-pub(super) fn decode_waiting(bytes: &[u8]) -> Result<(u64, EventKey), QueueError> {
+/// Reads an `ordered` entry's value.
+pub(super) fn decode_waiting(bytes: &[u8]) -> Result<WaitingValue, QueueError> {
     let (due, event) = bytes
         .split_first_chunk::<8>()
         .ok_or_else(|| storage("ordered record truncated"))?;
     let event =
         String::from_utf8(event.to_vec()).map_err(|_| storage("ordered record is not UTF-8"))?;
-    Ok((u64::from_le_bytes(*due), EventKey::stored(event)))
+    Ok(WaitingValue {
+        due: u64::from_le_bytes(*due),
+        event: EventKey::stored(event),
+    })
 }

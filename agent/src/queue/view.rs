@@ -26,11 +26,11 @@ pub(super) struct EventRecord {
 impl EventRecord {
     /// Reads an `events` value.
     pub fn decode(value: &[u8]) -> Result<Self, QueueError> {
-        let (accepted_ms, matched, event) = decode_event(value)?;
+        let stored = decode_event(value)?;
         Ok(EventRecord {
-            accepted_ms,
-            matched,
-            payload_bytes: event.payload.len() as u64,
+            accepted_ms: stored.accepted_ms,
+            matched: stored.matched,
+            payload_bytes: stored.event.payload.len() as u64,
         })
     }
 }
