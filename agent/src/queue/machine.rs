@@ -582,7 +582,8 @@ fn sweep(
     })?;
     for (at, id) in &old {
         view.remove_accepted(*at, id)?;
-        if let Some(stored) = view.event(id)? {
+        // Only the record this entry names: a later event of the same id has its own entry.
+        if let Some(stored) = view.event(id)?.filter(|stored| stored.accepted_ms == *at) {
             let key = EventKey::stored(id.clone());
             view.remove_event(id)?;
             counters.pending.forget(&key);

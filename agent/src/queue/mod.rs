@@ -8,7 +8,7 @@
 //! | table | key | value |
 //! | --- | --- | --- |
 //! | `events` | event key | accepted-at (u64 ms, LE) · matched count (u32, LE) · `herald.v1.Event` |
-//! | `accepted` | (accepted-at ms, event key) | () — the retention sweep's order |
+//! | `accepted_at` | (accepted-at ms, bucket number) | the keys of the events one commit accepted then, sorted, each followed by a NUL byte — the retention sweep's order |
 //! | `lanes` | (subscription id, due ms, seq) | attempts made (u32, LE) · event key · (NUL · ordering key, when it has one) |
 //! | `ordered` | (subscription id, ordering key, seq) | due ms (u64, LE) · event key |
 //! | `outbox` | seq | `herald.v1.Attempt` |
@@ -127,12 +127,18 @@ use self::error::storage;
 use self::memtable::{Memtable, Overlay};
 use self::open::{index_lanes, prepare};
 use self::records::{
-    decode_event, decode_task, decode_waiting, encode_event, encode_task, encode_waiting,
+    decode_bucket, decode_event, decode_task, decode_waiting, encode_bucket, encode_event,
+    encode_task, encode_waiting,
 };
 use self::writer::Command;
 
 const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
-const ACCEPTED: TableDefinition<(u64, &str), ()> = TableDefinition::new("accepted");
+/// The retention order: per time, the events accepted then, one bucket per commit
+/// ([`tables`]).
+const ACCEPTED: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("accepted_at");
+/// The retention order as it was kept before (one entry per event), rewritten into
+/// [`ACCEPTED`] when a queue opens ([`open::migrate_accepted`]).
+const ACCEPTED_BY_EVENT: TableDefinition<(u64, &str), ()> = TableDefinition::new("accepted");
 const TASKS: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("lanes");
 const ORDERED: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("ordered");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");

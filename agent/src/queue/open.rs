@@ -1,17 +1,20 @@
-//! Making an opened queue file ready for use: its tables created, the write-ahead log
-//! replayed ([`recover`]), the one-time rewrite of events keyed before tenants
-//! were part of their keys, the outbox's byte count checked, and the scheduler's index of
+//! Making an opened queue file ready for use: its tables created, the one-time rewrites of a
+//! retention order kept per event and of events keyed before tenants were part of their
+//! keys, the write-ahead log replayed ([`recover`]), the outbox's byte count checked, and the scheduler's index of
 //! lanes given its hints.
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 
-use super::records::{decode_event, decode_task, decode_waiting, encode_task, encode_waiting};
+use super::records::{
+    decode_bucket, decode_event, decode_task, decode_waiting, encode_bucket, encode_task,
+    encode_waiting,
+};
 use super::tables::Tables;
 use super::view::View;
 use super::wal::Wal;
 use super::{
-    ACCEPTED, EVENTS, EventKey, META, META_EPOCH, META_EVENT_KEYS, META_OUTBOX_BYTES, ORDERED,
-    OUTBOX, QueueError, TASKS, lanes, storage, wal,
+    ACCEPTED, ACCEPTED_BY_EVENT, EVENTS, EventKey, META, META_EPOCH, META_EVENT_KEYS,
+    META_OUTBOX_BYTES, ORDERED, OUTBOX, QueueError, TASKS, lanes, storage, wal,
 };
 
 /// Rewrites a queue written before events were keyed by tenant: each event, its place in the
@@ -47,17 +50,23 @@ pub(super) fn migrate_event_keys(db: &Database) -> Result<usize, QueueError> {
         }
         let rename = |text: &str| renamed.get(text).cloned();
         let mut accepted = txn.open_table(ACCEPTED).map_err(storage)?;
-        let mut old_order = Vec::new();
+        let mut rebucketed = Vec::new();
         for entry in accepted.iter().map_err(storage)? {
-            let (key, _) = entry.map_err(storage)?;
-            let (at, id) = key.value();
-            if let Some(new) = rename(id) {
-                old_order.push((at, id.to_owned(), new));
+            let (key, value) = entry.map_err(storage)?;
+            let keys = decode_bucket(value.value())?;
+            if keys.iter().any(|id| rename(id).is_some()) {
+                let mut keys: Vec<String> = keys
+                    .into_iter()
+                    .map(|id| {
+                        rename(id).map_or_else(|| id.to_owned(), |new| new.as_str().to_owned())
+                    })
+                    .collect();
+                keys.sort_unstable();
+                rebucketed.push((key.value(), encode_bucket(keys.iter().map(String::as_str))));
             }
         }
-        for (at, old, new) in old_order {
-            accepted.remove((at, old.as_str())).map_err(storage)?;
-            accepted.insert((at, new.as_str()), ()).map_err(storage)?;
+        for (key, value) in rebucketed {
+            accepted.insert(key, value.as_slice()).map_err(storage)?;
         }
         let mut tasks = txn.open_table(TASKS).map_err(storage)?;
         let mut retasked = Vec::new();
@@ -99,6 +108,33 @@ pub(super) fn migrate_event_keys(db: &Database) -> Result<usize, QueueError> {
     }
     txn.commit().map_err(storage)?;
     Ok(rekeyed)
+}
+
+/// Rewrites the retention order of a queue written when it had one entry per event into
+/// buckets of the events accepted at the same time, in `txn`; returns how many entries were
+/// rewritten. Done before the log is replayed, whose records change the buckets.
+pub(super) fn migrate_accepted(txn: &redb::WriteTransaction) -> Result<usize, QueueError> {
+    let mut by_time: std::collections::BTreeMap<u64, Vec<String>> = Default::default();
+    {
+        let old = txn.open_table(ACCEPTED_BY_EVENT).map_err(storage)?;
+        for entry in old.iter().map_err(storage)? {
+            let (key, _) = entry.map_err(storage)?;
+            let (at, id) = key.value();
+            by_time.entry(at).or_default().push(id.to_owned());
+        }
+    }
+    txn.delete_table(ACCEPTED_BY_EVENT).map_err(storage)?;
+    let mut accepted = txn.open_table(ACCEPTED).map_err(storage)?;
+    let mut moved = 0;
+    for (at, mut keys) in by_time {
+        moved += keys.len();
+        keys.sort_unstable();
+        let value = encode_bucket(keys.iter().map(String::as_str));
+        accepted
+            .insert((at, 0), value.as_slice())
+            .map_err(storage)?;
+    }
+    Ok(moved)
 }
 
 /// Counts the outbox's bytes into `meta.outbox_bytes` at every open: the state machine keeps
@@ -152,8 +188,9 @@ pub(super) fn index_lanes(db: &Database, index: &mut lanes::Lanes) -> Result<(),
     Ok(())
 }
 
-/// Makes an opened queue file and log ready for use: creates the tables, replays the log
-/// ([`recover`]) and rekeys old events. Returns the log at the start of its new
+/// Makes an opened queue file and log ready for use: creates the tables, rewrites an old
+/// retention order ([`migrate_accepted`]), replays the log ([`recover`]) and rekeys old
+/// events. Returns the log at the start of its new
 /// epoch.
 pub(super) fn prepare(
     db: &Database,
@@ -169,7 +206,14 @@ pub(super) fn prepare(
         txn.open_table(OUTBOX).map_err(storage)?;
         txn.open_table(META).map_err(storage)?;
     }
+    let moved = migrate_accepted(&txn)?;
     txn.commit().map_err(storage)?;
+    if moved > 0 {
+        tracing::info!(
+            events = moved,
+            "the queue's retention order rewritten into buckets"
+        );
+    }
     let mut wal = wal::Wal::open(wal).map_err(storage)?;
     let (epoch, replayed) = recover(db, &mut wal, recover_truncate)?;
     if replayed > 0 {
@@ -220,6 +264,7 @@ fn recover(db: &Database, wal: &mut Wal, truncate: bool) -> Result<(u64, usize),
             tables.replay(body)?;
         }
         tables.put_meta(META_EPOCH, epoch + 1)?;
+        tables.finish()?;
     }
     txn.commit().map_err(storage)?;
     wal.start_epoch(epoch + 1);

@@ -1,5 +1,6 @@
 //! The byte layout of the queue's records (see the table layout in [`super`]): an event with
-//! when it was accepted and how many subscriptions it matched, a task, an `ordered` entry.
+//! when it was accepted and how many subscriptions it matched, a task, an `ordered` entry, a
+//! bucket of the retention order.
 //! The storage engine and the state machine both read and write them through these.
 
 use herald_proto::v1 as pb;
@@ -106,4 +107,23 @@ pub(super) fn decode_waiting(bytes: &[u8]) -> Result<WaitingValue, QueueError> {
         due: u64::from_le_bytes(*due),
         event: EventKey::stored(event),
     })
+}
+
+/// An `accepted_at` value: event keys, in order, each followed by [`KEY_SEPARATOR`].
+pub(super) fn encode_bucket<'a>(keys: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for key in keys {
+        out.extend_from_slice(key.as_bytes());
+        out.push(KEY_SEPARATOR);
+    }
+    out
+}
+
+/// Reads an `accepted_at` value.
+pub(super) fn decode_bucket(bytes: &[u8]) -> Result<Vec<&str>, QueueError> {
+    bytes
+        .split(|b| *b == KEY_SEPARATOR)
+        .filter(|key| !key.is_empty())
+        .map(|key| std::str::from_utf8(key).map_err(|_| storage("accepted record is not UTF-8")))
+        .collect()
 }

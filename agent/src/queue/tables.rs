@@ -25,23 +25,36 @@
 //!
 //! Every change sets a key (or a range) to a value or to nothing, whatever was there before.
 //!
+//! The retention order is kept in buckets: the events a commit accepted at one time are one
+//! `accepted_at` entry, not one entry each, so that a commit of many events writes one entry
+//! (an entry per event was a tenth of the writer's work). Changes to it are collected and
+//! written once, when the commit's changes are done ([`Tables::finish`]); the log still
+//! records them one by one (tags 3 and 4).
+//!
 //! With a [`Memtable`], new tasks and reports are not written to the file's tables: they are
 //! collected as [`Change`]s for the memtable, as are removals of the memtable's own, and reach
 //! the file only at a checkpoint ([`Tables::write_through`]). Without one (recovery), every
 //! change is made to the file.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::memtable::{Change, Memtable};
 use super::view::{EventRecord, OrderedKey, TaskKey, View, Visit};
-use super::{ACCEPTED, EVENTS, META, ORDERED, OUTBOX, QueueError, TASKS, storage};
+use super::{
+    ACCEPTED, EVENTS, FastSet, META, ORDERED, OUTBOX, QueueError, TASKS, decode_bucket,
+    encode_bucket, storage,
+};
 
 /// The open tables of a write transaction, and the redo record of what was changed.
 pub(super) struct Tables<'txn, 'm> {
     /// Events by id.
     events: Table<'txn, &'static str, &'static [u8]>,
-    /// Events by acceptance time.
-    accepted: Table<'txn, (u64, &'static str), ()>,
+    /// Buckets of events by acceptance time.
+    accepted: Table<'txn, (u64, u64), &'static [u8]>,
+    /// Changes to the retention order not yet written into its buckets, by time.
+    accepted_edits: BTreeMap<u64, AcceptedEdit>,
     /// Tasks by lane and due time (those not in the memtable).
     tasks: Table<'txn, (&'static str, u64, u64), &'static [u8]>,
     /// Deliveries with an ordering key, in order.
@@ -66,6 +79,7 @@ impl<'txn, 'm> Tables<'txn, 'm> {
         Ok(Tables {
             events: txn.open_table(EVENTS).map_err(storage)?,
             accepted: txn.open_table(ACCEPTED).map_err(storage)?,
+            accepted_edits: BTreeMap::new(),
             tasks: txn.open_table(TASKS).map_err(storage)?,
             ordered: txn.open_table(ORDERED).map_err(storage)?,
             outbox: txn.open_table(OUTBOX).map_err(storage)?,
@@ -76,9 +90,56 @@ impl<'txn, 'm> Tables<'txn, 'm> {
         })
     }
 
-    /// The redo record of the changes made so far (and a fresh one begins).
-    pub fn take_redo(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.redo)
+    /// Writes what is still collected (the retention order's buckets) and returns the redo
+    /// record of the changes made so far (a fresh one begins). Called once the commit's
+    /// changes are made, before it is committed.
+    pub fn finish(&mut self) -> Result<Vec<u8>, QueueError> {
+        for (at, edit) in std::mem::take(&mut self.accepted_edits) {
+            self.write_bucket(at, edit)?;
+        }
+        Ok(std::mem::take(&mut self.redo))
+    }
+
+    /// Applies one time's changes to the buckets of that time: removed keys leave the buckets
+    /// that hold them, added ones not in any yet make a new bucket.
+    fn write_bucket(&mut self, at: u64, mut edit: AcceptedEdit) -> Result<(), QueueError> {
+        let mut rewritten = Vec::new();
+        let mut next = 0;
+        for entry in self
+            .accepted
+            .range((at, 0)..=(at, u64::MAX))
+            .map_err(storage)?
+        {
+            let (key, value) = entry.map_err(storage)?;
+            let number = key.value().1;
+            next = number + 1;
+            let keys = decode_bucket(value.value())?;
+            for key in &keys {
+                // Already there (a log record replayed twice): not added again.
+                edit.added.remove(*key);
+            }
+            if keys.iter().any(|key| edit.removed.contains(*key)) {
+                let kept: Vec<&str> = keys
+                    .into_iter()
+                    .filter(|key| !edit.removed.contains(*key))
+                    .collect();
+                rewritten.push((number, (!kept.is_empty()).then(|| encode_bucket(kept))));
+            }
+        }
+        for (number, value) in rewritten {
+            match value {
+                Some(value) => self.accepted.insert((at, number), value.as_slice()),
+                None => self.accepted.remove((at, number)),
+            }
+            .map_err(storage)?;
+        }
+        if !edit.added.is_empty() {
+            let value = encode_bucket(edit.added.iter().map(String::as_str));
+            self.accepted
+                .insert((at, next), value.as_slice())
+                .map_err(storage)?;
+        }
+        Ok(())
     }
 
     /// The task and report changes made so far, in order (and a fresh list begins).
@@ -181,14 +242,41 @@ impl View for Tables<'_, '_> {
         before: u64,
         visit: &mut dyn FnMut(u64, &str) -> Result<bool, QueueError>,
     ) -> Result<(), QueueError> {
-        for entry in self.accepted.range(..(before, "")).map_err(storage)? {
-            let (key, _) = entry.map_err(storage)?;
-            let (at, id) = key.value();
-            if !visit(at, id)? {
-                break;
+        // The file's buckets, time by time, with this commit's changes not yet written.
+        let mut file = self.accepted.range(..(before, 0)).map_err(storage)?;
+        let mut next_in_file = file.next().transpose().map_err(storage)?;
+        let mut edits = self.accepted_edits.range(..before).peekable();
+        loop {
+            let in_file = next_in_file.as_ref().map(|(key, _)| key.value().0);
+            let edited = edits.peek().map(|(at, _)| **at);
+            let at = match (in_file, edited) {
+                (None, None) => return Ok(()),
+                (Some(at), None) | (None, Some(at)) => at,
+                (Some(f), Some(e)) => f.min(e),
+            };
+            let mut keys: Vec<String> = Vec::new();
+            while let Some((key, value)) = next_in_file.take() {
+                if key.value().0 != at {
+                    next_in_file = Some((key, value));
+                    break;
+                }
+                keys.extend(decode_bucket(value.value())?.into_iter().map(str::to_owned));
+                next_in_file = file.next().transpose().map_err(storage)?;
+            }
+            if edited == Some(at)
+                && let Some((_, edit)) = edits.next()
+            {
+                keys.retain(|key| !edit.removed.contains(key));
+                keys.extend(edit.added.iter().cloned());
+            }
+            keys.sort_unstable();
+            keys.dedup();
+            for key in &keys {
+                if !visit(at, key)? {
+                    return Ok(());
+                }
             }
         }
-        Ok(())
     }
 
     fn each_ordered(
@@ -238,14 +326,18 @@ impl View for Tables<'_, '_> {
 
     /// Indexes an event by its acceptance time.
     fn put_accepted(&mut self, at: u64, id: &str) -> Result<(), QueueError> {
-        self.accepted.insert((at, id), ()).map_err(storage)?;
+        let edit = self.accepted_edits.entry(at).or_default();
+        edit.removed.remove(id);
+        edit.added.insert(id.to_owned());
         self.tag(3).number(at).text(id);
         Ok(())
     }
 
     /// Removes an event from the acceptance-time index.
     fn remove_accepted(&mut self, at: u64, id: &str) -> Result<(), QueueError> {
-        self.accepted.remove((at, id)).map_err(storage)?;
+        let edit = self.accepted_edits.entry(at).or_default();
+        edit.added.remove(id);
+        edit.removed.insert(id.to_owned());
         self.tag(4).number(at).text(id);
         Ok(())
     }
@@ -376,6 +468,15 @@ impl View for Tables<'_, '_> {
     }
 }
 
+/// One time's changes to the retention order within a commit, written by [`Tables::finish`].
+#[derive(Default)]
+struct AcceptedEdit {
+    /// Event keys added.
+    added: BTreeSet<String>,
+    /// Event keys removed from the file's buckets.
+    removed: FastSet<String>,
+}
+
 /// Reads the fields of a redo record.
 struct Reader<'a>(&'a [u8]);
 
@@ -419,6 +520,56 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
     use crate::queue::view::View;
+
+    fn order(tables: &Tables<'_, '_>, before: u64) -> Vec<(u64, String)> {
+        let mut seen = Vec::new();
+        tables
+            .each_accepted(before, &mut |at, id| {
+                seen.push((at, id.to_owned()));
+                Ok(true)
+            })
+            .expect("read");
+        seen
+    }
+
+    fn entry(at: u64, id: &str) -> (u64, String) {
+        (at, id.to_owned())
+    }
+
+    #[test]
+    fn the_retention_order_reads_this_commits_changes_before_they_are_written() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = redb::Database::create(dir.path().join("queue.redb")).expect("db");
+        let txn = db.begin_write().expect("write");
+        let mut tables = Tables::open(&txn, None).expect("tables");
+        for (at, id) in [(5, "c"), (5, "a"), (7, "b")] {
+            tables.put_accepted(at, id).expect("put");
+        }
+        tables.finish().expect("finish");
+        // A later commit (the same transaction will do): one removed, one added at a time
+        // the file has, one at a new time, one added and removed again.
+        tables.remove_accepted(5, "a").expect("remove");
+        tables.put_accepted(5, "b").expect("put");
+        tables.put_accepted(6, "d").expect("put");
+        tables.put_accepted(9, "e").expect("put");
+        tables.remove_accepted(9, "e").expect("remove");
+        let expected = vec![entry(5, "b"), entry(5, "c"), entry(6, "d"), entry(7, "b")];
+        assert_eq!(order(&tables, u64::MAX), expected);
+        assert_eq!(order(&tables, 6), expected[..2]);
+        tables.finish().expect("finish");
+        assert_eq!(order(&tables, u64::MAX), expected, "the same once written");
+        // A log record replayed on a file that has it already adds nothing twice.
+        tables.put_accepted(5, "c").expect("put again");
+        tables.finish().expect("finish");
+        assert_eq!(order(&tables, u64::MAX), expected);
+        // Emptied buckets go.
+        for (at, id) in &expected {
+            tables.remove_accepted(*at, id).expect("remove");
+        }
+        tables.finish().expect("finish");
+        use redb::ReadableTableMetadata as _;
+        assert_eq!(tables.accepted.len().expect("len"), 0);
+    }
 
     #[test]
     fn removed_reports_are_counted_once_wherever_they_are() {

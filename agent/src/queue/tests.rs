@@ -1119,7 +1119,7 @@ async fn a_queue_written_before_events_were_keyed_by_tenant_is_rekeyed_when_it_o
             let mut events = txn.open_table(EVENTS).expect("events");
             let value = encode_event(accepted_ms, 1, &event("evt_old", 10));
             events.insert("evt_old", value.as_slice()).expect("event");
-            let mut accepted = txn.open_table(ACCEPTED).expect("accepted");
+            let mut accepted = txn.open_table(ACCEPTED_BY_EVENT).expect("accepted");
             accepted
                 .insert((accepted_ms, "evt_old"), ())
                 .expect("order");
@@ -1697,5 +1697,89 @@ async fn a_sweep_removes_every_event_past_retention_however_many_batches_that_ta
     }
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(queue.sweep().await.expect("sweep"), total as u64);
+    assert_eq!(queue.stats().expect("stats").events, 0);
+}
+
+#[tokio::test]
+async fn a_retention_order_kept_per_event_is_rewritten_into_buckets_and_still_sweeps() {
+    let dir = tempfile::tempdir().expect("dir");
+    let accepted_ms = now_ms();
+    {
+        // The file as an earlier agent left it: one retention-order entry per event.
+        let db = redb::Database::create(dir.path().join("queue.redb")).expect("create");
+        let txn = db.begin_write().expect("write");
+        {
+            let mut events = txn.open_table(EVENTS).expect("events");
+            let mut accepted = txn.open_table(ACCEPTED_BY_EVENT).expect("accepted");
+            for (id, at) in [
+                ("a", accepted_ms),
+                ("b", accepted_ms),
+                ("c", accepted_ms + 1),
+            ] {
+                let value = encode_event(at, 0, &event(id, 10));
+                let key = EventKey::new("t", id);
+                events
+                    .insert(key.as_str(), value.as_slice())
+                    .expect("event");
+                accepted.insert((at, key.as_str()), ()).expect("order");
+            }
+            let mut meta = txn.open_table(META).expect("meta");
+            meta.insert(META_EVENT_KEYS, 1).expect("keyed");
+            meta.insert(META_EVENTS, 3).expect("events");
+            meta.insert(META_BYTES, 30).expect("bytes");
+        }
+        txn.commit().expect("commit");
+    }
+    let short = QueueConfig {
+        retention: Duration::from_millis(1),
+        dedup_window: Duration::from_millis(1),
+        ..config()
+    };
+    let queue = Queue::open(dir.path(), short).expect("open");
+    {
+        use redb::ReadableTableMetadata as _;
+        let db = queue.shared.db().expect("file open");
+        let txn = db.begin_read().expect("read");
+        let buckets = txn.open_table(ACCEPTED).expect("buckets");
+        assert_eq!(buckets.len().expect("len"), 2, "one bucket per time");
+        assert!(
+            txn.open_table(ACCEPTED_BY_EVENT).is_err(),
+            "the old table is gone"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(queue.sweep().await.expect("sweep"), 3);
+    assert_eq!(queue.stats().expect("stats").events, 0);
+}
+
+#[tokio::test]
+async fn a_commit_of_many_events_keeps_their_retention_order_in_one_entry() {
+    let dir = tempfile::tempdir().expect("dir");
+    let short = QueueConfig {
+        retention: Duration::from_millis(1),
+        dedup_window: Duration::from_millis(1),
+        max_events: 1000,
+        ..config()
+    };
+    let queue = Queue::open(dir.path(), short.clone()).expect("open");
+    let batch = (0..100)
+        .map(|i| NewEvent {
+            event: event(&format!("evt_{i}"), 10),
+            subscriptions: Vec::new(),
+            parked: Vec::new(),
+        })
+        .collect();
+    queue.accept(batch).await.expect("accept");
+    queue.close().await;
+    let queue = Queue::open(dir.path(), short).expect("reopen");
+    {
+        use redb::ReadableTableMetadata as _;
+        let db = queue.shared.db().expect("file open");
+        let txn = db.begin_read().expect("read");
+        let buckets = txn.open_table(ACCEPTED).expect("buckets");
+        assert_eq!(buckets.len().expect("len"), 1);
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(queue.sweep().await.expect("sweep"), 100);
     assert_eq!(queue.stats().expect("stats").events, 0);
 }

@@ -474,7 +474,7 @@ impl Writer {
                     &mut self.pending,
                     &mut effects,
                 )?;
-                let redo = tables.take_redo();
+                let redo = tables.finish()?;
                 let changes = tables.take_changes();
                 let checkpoint = closing
                     || self.last_checkpoint.elapsed() >= self.config.checkpoint_every
