@@ -239,7 +239,7 @@ pub struct EventKey(Arc<str>);
 impl EventKey {
     /// The key of `tenant`'s event `id`.
     pub fn new(tenant: &str, id: &str) -> Self {
-        EventKey(format!("{tenant}/{id}").into())
+        EventKey([tenant, "/", id].concat().into())
     }
 
     /// The key of `event`.
