@@ -11,7 +11,32 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, LazyLock};
 
-use crate::auth::Role;
+/// What a caller may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The read-only operator API.
+    Read,
+    /// The whole operator API.
+    Admin,
+    /// The agent streams.
+    Agent,
+}
+
+impl Role {
+    /// The role's name in the tokens file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Admin => "admin",
+            Role::Agent => "agent",
+        }
+    }
+
+    /// Whether this role may call a method that needs `needed`.
+    pub(crate) fn covers(self, needed: Role) -> bool {
+        self == needed || (self == Role::Admin && needed == Role::Read)
+    }
+}
 
 /// A set of names an identity is limited to (tenants, regions), or no limit.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -134,7 +134,7 @@ pub fn check_report(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::Role;
+    use crate::access::Role;
 
     fn agent(tenants: Scope, regions: Scope) -> Identity {
         Identity {

@@ -30,7 +30,7 @@ mod certificates;
 
 pub use certificates::CertificateIdentities;
 
-use crate::access::{Caller, Identity, Scope};
+use crate::access::{Caller, Identity, Role, Scope};
 
 /// The longest token accepted.
 const MAX_TOKEN_LEN: usize = 512;
@@ -42,33 +42,6 @@ const MAX_TOKENS: usize = 10_000;
 pub const MAX_SCOPE_NAMES: usize = 1000;
 /// The longest token name.
 const MAX_NAME_LEN: usize = 64;
-
-/// What a caller may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// The read-only operator API.
-    Read,
-    /// The whole operator API.
-    Admin,
-    /// The agent streams.
-    Agent,
-}
-
-impl Role {
-    /// The role's name in the tokens file.
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Read => "read",
-            Role::Admin => "admin",
-            Role::Agent => "agent",
-        }
-    }
-
-    /// Whether this role may call a method that needs `needed`.
-    pub(crate) fn covers(self, needed: Role) -> bool {
-        self == needed || (self == Role::Admin && needed == Role::Read)
-    }
-}
 
 /// Where the tokens come from (flags of the control plane).
 #[derive(Clone, Default, clap::Args)]

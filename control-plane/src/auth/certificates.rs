@@ -91,7 +91,7 @@ pub fn common_name(der: &CertificateDer<'_>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::Role;
+    use crate::access::Role;
 
     fn certificate(common_name: &str) -> CertificateDer<'static> {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");

@@ -35,7 +35,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::access::Caller;
-use crate::auth::{Authenticator, Role};
+use crate::access::Role;
+use crate::auth::Authenticator;
 use crate::grpc::{
     AgentsService, AuditService, DeliveriesService, EventTypesService, PortalService,
     SubscriptionsService,

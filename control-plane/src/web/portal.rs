@@ -38,8 +38,8 @@ use super::session::{read_form, same_origin};
 use super::views::{
     self, AttemptRow, EventAttempt, HealthView, SecretView, Setting, SubscriptionRow,
 };
+use crate::access::Role;
 use crate::access::{Identity, Scope};
-use crate::auth::Role;
 use crate::rest::Authorized;
 
 /// How the portal looks and where it may be embedded.

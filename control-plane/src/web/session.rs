@@ -24,7 +24,7 @@ use super::form::FormData;
 use super::page::PageError;
 use super::sealed_token::{self, Purpose};
 use crate::access::Identity;
-use crate::auth::Role;
+use crate::access::Role;
 use crate::rest::Authorized;
 
 /// The session cookie's name.
