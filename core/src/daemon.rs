@@ -9,20 +9,12 @@ use std::fmt::Display;
 use std::future::Future;
 use std::process::ExitCode;
 
+use crate::telemetry::LogFormat;
+
 /// The exit code for bad configuration.
 pub const EXIT_USAGE: u8 = 64;
 /// The exit code for data the daemon will not use as it is (`EX_DATAERR`).
 pub const EXIT_DATA: u8 = 65;
-
-/// How a daemon writes its logs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// One human-readable line per event.
-    #[default]
-    Text,
-    /// One JSON object per line, for log collectors.
-    Json,
-}
 
 /// The logging flags every daemon takes.
 #[derive(Clone, Debug, clap::Args)]
