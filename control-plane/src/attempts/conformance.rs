@@ -12,7 +12,7 @@ use herald_proto::v1 as pb;
 
 use super::{AttemptLog, Filter, LogStore, Reactions, SentQuery};
 use crate::access::Scope;
-use crate::audit::AuditFilter;
+use crate::audit::query::AuditFilter;
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 

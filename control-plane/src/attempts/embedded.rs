@@ -46,7 +46,7 @@ use herald_core::event_type::EventPattern;
 
 use super::sent::{Expunged, SentPage, SentQuery, take_requests};
 use super::{Filter, LogError, LogStore, Page, Stored, TAIL_BUFFER, page_size, storage};
-use crate::audit::{AuditFilter, AuditPage};
+use crate::audit::query::{AuditFilter, AuditPage};
 
 mod audit;
 mod sent;

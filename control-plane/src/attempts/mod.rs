@@ -26,7 +26,7 @@ use herald_proto::v1 as pb;
 use tokio::sync::broadcast;
 
 use crate::access::Scope;
-use crate::audit::{AuditFilter, AuditPage};
+use crate::audit::query::{AuditFilter, AuditPage};
 
 pub mod conformance;
 pub mod derived;

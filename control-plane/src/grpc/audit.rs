@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use crate::access::caller;
 use crate::attempts::AttemptLog;
-use crate::audit::AuditFilter;
+use crate::audit::query::AuditFilter;
 
 /// `herald.v1.Audit`.
 pub struct AuditService {

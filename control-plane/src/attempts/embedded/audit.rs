@@ -11,7 +11,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{MAX_SCAN, SWEEP_BATCH, storage};
 use crate::attempts::{LogError, page_size};
-use crate::audit::{AuditFilter, AuditPage};
+use crate::audit::query::{AuditFilter, AuditPage};
 
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 

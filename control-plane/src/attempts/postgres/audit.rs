@@ -10,7 +10,7 @@ use tokio_postgres::types::ToSql;
 
 use super::PageToken;
 use crate::attempts::page_size;
-use crate::audit::{AuditFilter, AuditPage};
+use crate::audit::query::{AuditFilter, AuditPage};
 
 /// Schema version 3: the audit log.
 pub const MIGRATION: &str = r#"

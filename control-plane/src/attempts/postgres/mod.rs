@@ -54,7 +54,7 @@ use tokio_util::sync::CancellationToken;
 use super::derived::{PendingFollowup, Reactions};
 use super::sent::{Expunged, SentPage, SentQuery, take_requests};
 use super::{Filter, LogError, LogStore, Page, Stored, TAIL_BUFFER, page_size};
-use crate::audit::{AuditFilter, AuditPage};
+use crate::audit::query::{AuditFilter, AuditPage};
 
 mod audit;
 mod database_url;

@@ -1,0 +1,75 @@
+//! Reading the audit log: a query (what the asker asked for, within the tenants it may see)
+//! and a page of entries. Both log stores answer it ([`crate::attempts::LogStore`]).
+
+use std::time::SystemTime;
+
+use herald_proto::convert::system_time;
+use herald_proto::v1 as pb;
+
+use crate::access::Scope;
+
+/// A query of the audit log, with times converted once, and the tenants the asker may see.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    wire: pb::AuditFilter,
+    since: Option<SystemTime>,
+    until: Option<SystemTime>,
+    tenants: Scope,
+}
+
+impl AuditFilter {
+    /// A wire filter for a caller who may see the entries of `tenants` (an identity scoped to
+    /// some tenants sees no entry of what every tenant shares).
+    pub fn within(wire: pb::AuditFilter, tenants: &Scope) -> Self {
+        AuditFilter {
+            since: wire.since.as_ref().map(system_time),
+            until: wire.until.as_ref().map(system_time),
+            wire,
+            tenants: tenants.clone(),
+        }
+    }
+
+    /// The filter as sent.
+    pub fn wire(&self) -> &pb::AuditFilter {
+        &self.wire
+    }
+
+    /// Entries at or after this time.
+    pub fn since(&self) -> Option<SystemTime> {
+        self.since
+    }
+
+    /// Entries before this time.
+    pub fn until(&self) -> Option<SystemTime> {
+        self.until
+    }
+
+    /// The tenants an entry must belong to, when the asker is scoped.
+    pub fn tenants(&self) -> Option<Vec<&str>> {
+        self.tenants
+            .names()
+            .map(|names| names.iter().map(String::as_str).collect())
+    }
+
+    /// Whether an entry passes.
+    pub fn matches(&self, entry: &pb::AuditEntry) -> bool {
+        let f = &self.wire;
+        let at = entry.at.as_ref().map(system_time);
+        (f.tenant.is_empty() || f.tenant == entry.tenant)
+            && (f.actor.is_empty() || f.actor == entry.actor)
+            && self.tenants.allows(&entry.tenant)
+            && self
+                .since
+                .is_none_or(|since| at.is_some_and(|t| t >= since))
+            && self.until.is_none_or(|until| at.is_some_and(|t| t < until))
+    }
+}
+
+/// A page of audit entries, newest first.
+#[derive(Debug, Default)]
+pub struct AuditPage {
+    /// The entries.
+    pub entries: Vec<pb::AuditEntry>,
+    /// Where the next page starts; empty on the last.
+    pub next_page_token: String,
+}
