@@ -178,7 +178,7 @@ impl Subscriptions {
             .unwrap_or_default();
         // The client certificate parses, its key matches, and its expiry is recorded.
         sub.client_cert_expires_at = match &domain.client_identity {
-            Some(identity) => Some(timestamp(crate::client_certs::check(
+            Some(identity) => Some(timestamp(crate::client_certs::pem::check(
                 identity.cert_pem(),
                 identity.key_pem(),
             )?)),
