@@ -1783,3 +1783,46 @@ async fn a_commit_of_many_events_keeps_their_retention_order_in_one_entry() {
     assert_eq!(queue.sweep().await.expect("sweep"), 100);
     assert_eq!(queue.stats().expect("stats").events, 0);
 }
+
+#[tokio::test]
+async fn sweeps_replayed_after_a_power_loss_leave_the_retention_order_as_it_was() {
+    let short = QueueConfig {
+        retention: Duration::from_millis(1),
+        dedup_window: Duration::from_millis(1),
+        max_events: 1000,
+        // No checkpoint until the restart: every change below is replayed from the log.
+        checkpoint_every: CHECKPOINT_EVERY * 3600,
+        ..config()
+    };
+    let batch = |prefix: &str, n: usize| -> Vec<NewEvent> {
+        (0..n)
+            .map(|i| NewEvent {
+                event: event(&format!("{prefix}_{i}"), 10),
+                subscriptions: Vec::new(),
+                parked: Vec::new(),
+            })
+            .collect()
+    };
+    let mut rng = Rng(7);
+    let disk = PowerLossDisk::default();
+    let queue = disk.start(short.clone());
+    // Two commits at two times: two buckets, in the file once the queue closes.
+    queue.accept(batch("a", 5)).await.expect("accept");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    queue.accept(batch("b", 5)).await.expect("accept");
+    queue.close().await;
+    let queue = disk.start(short.clone());
+    // Both swept whole: the file's buckets are emptied by the log's records.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(queue.sweep().await.expect("sweep"), 10);
+    queue.accept(batch("c", 3)).await.expect("accept");
+    let disk = disk.after_power_loss(&mut rng);
+    let queue = disk.start(short);
+    assert_eq!(queue.stats().expect("stats").events, 3, "only c_* are left");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(queue.sweep().await.expect("sweep"), 3, "each entry once");
+    assert_eq!(queue.stats().expect("stats").events, 0);
+    // A swept id is free again.
+    let again = queue.accept(batch("a", 1)).await.expect("accept");
+    assert!(!again[0].duplicate);
+}
