@@ -611,6 +611,7 @@ fn evict(
         return Ok(0);
     }
     let mut victims = Vec::new();
+    let mut stale = Vec::new();
     let read = &*view;
     read.each_accepted(u64::MAX, &mut |at, id| {
         if retained <= config.max_retained_bytes {
@@ -620,11 +621,19 @@ fn evict(
         if counters.pending.is_waiting(&event) {
             return Ok(true);
         }
-        let bytes = read.event(id)?.map_or(0, |stored| stored.payload_bytes);
-        retained = retained.saturating_sub(bytes);
-        victims.push((at, event, bytes));
-        Ok(victims.len() < SWEEP_BATCH)
+        // Only the record this entry names; an entry without one goes alone.
+        match read.event(id)?.filter(|stored| stored.accepted_ms == at) {
+            Some(stored) => {
+                retained = retained.saturating_sub(stored.payload_bytes);
+                victims.push((at, event, stored.payload_bytes));
+            }
+            None => stale.push((at, event)),
+        }
+        Ok(victims.len() + stale.len() < SWEEP_BATCH)
     })?;
+    for (at, event) in &stale {
+        view.remove_accepted(*at, event.as_str())?;
+    }
     for (at, event, bytes) in &victims {
         view.remove_accepted(*at, event.as_str())?;
         view.remove_event(event.as_str())?;

@@ -496,3 +496,44 @@ fn the_state_machine_keeps_its_rules_under_random_work_and_failed_commits() {
         run(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     }
 }
+
+#[test]
+fn evicting_an_entry_whose_event_was_accepted_again_later_keeps_that_event_and_its_entry() {
+    use crate::queue::{META_BYTES, META_EVENTS, encode_event};
+    let event = |id: &str| pb::Event {
+        id: id.into(),
+        tenant: "t".into(),
+        payload: vec![b'x'; 200],
+        ..Default::default()
+    };
+    let mut view = MemoryView::default();
+    // "t/a" was accepted at 10; an entry at 5 is left from an earlier acceptance of its id.
+    view.events
+        .insert("t/a".into(), encode_event(10, 0, &event("a")));
+    view.accepted.insert((5, "t/a".into()), ());
+    view.accepted.insert((10, "t/a".into()), ());
+    view.events
+        .insert("t/b".into(), encode_event(20, 0, &event("b")));
+    view.accepted.insert((20, "t/b".into()), ());
+    view.meta.insert(META_EVENTS.into(), 2);
+    view.meta.insert(META_BYTES.into(), 400);
+    let mut pending = Pending::default();
+    let mut effects = Effects::default();
+    // Retention is far off; the kept events' 400 bytes are past the 300 kept at most.
+    apply(
+        &mut view,
+        &config(),
+        30,
+        vec![Work::Sweep],
+        &mut pending,
+        &mut effects,
+    )
+    .expect("apply");
+    assert!(matches!(effects.outcomes[..], [Done::Swept(1)]));
+    assert_eq!(view.events.keys().collect::<Vec<_>>(), ["t/b"]);
+    assert_eq!(
+        view.accepted.keys().cloned().collect::<Vec<_>>(),
+        [(20, "t/b".to_owned())],
+        "the stale entry and the evicted event's own entry are both gone"
+    );
+}

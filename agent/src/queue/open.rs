@@ -9,7 +9,7 @@ use super::records::{
     decode_bucket, decode_event, decode_task, decode_waiting, encode_bucket, encode_task,
     encode_waiting,
 };
-use super::tables::Tables;
+use super::tables::{Tables, put_buckets};
 use super::view::View;
 use super::wal::Wal;
 use super::{
@@ -129,10 +129,9 @@ pub(super) fn migrate_accepted(txn: &redb::WriteTransaction) -> Result<usize, Qu
     for (at, mut keys) in by_time {
         moved += keys.len();
         keys.sort_unstable();
-        let value = encode_bucket(keys.iter().map(String::as_str));
-        accepted
-            .insert((at, 0), value.as_slice())
-            .map_err(storage)?;
+        // After any bucket the time has already (a file an older agent wrote to again).
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        put_buckets(&mut accepted, at, &keys)?;
     }
     Ok(moved)
 }

@@ -104,7 +104,6 @@ impl<'txn, 'm> Tables<'txn, 'm> {
     /// that hold them, added ones not in any yet make a new bucket.
     fn write_bucket(&mut self, at: u64, mut edit: AcceptedEdit) -> Result<(), QueueError> {
         let mut rewritten = Vec::new();
-        let mut next = 0;
         for entry in self
             .accepted
             .range((at, 0)..=(at, u64::MAX))
@@ -112,7 +111,6 @@ impl<'txn, 'm> Tables<'txn, 'm> {
         {
             let (key, value) = entry.map_err(storage)?;
             let number = key.value().1;
-            next = number + 1;
             let keys = decode_bucket(value.value())?;
             for key in &keys {
                 // Already there (a log record replayed twice): not added again.
@@ -133,13 +131,8 @@ impl<'txn, 'm> Tables<'txn, 'm> {
             }
             .map_err(storage)?;
         }
-        if !edit.added.is_empty() {
-            let value = encode_bucket(edit.added.iter().map(String::as_str));
-            self.accepted
-                .insert((at, next), value.as_slice())
-                .map_err(storage)?;
-        }
-        Ok(())
+        let added: Vec<&str> = edit.added.iter().map(String::as_str).collect();
+        put_buckets(&mut self.accepted, at, &added)
     }
 
     /// The task and report changes made so far, in order (and a fresh list begins).
@@ -466,6 +459,37 @@ impl View for Tables<'_, '_> {
         self.tag(11).text(name).number(value);
         Ok(())
     }
+}
+
+/// The most event keys one bucket holds: removing one key rewrites its bucket, so buckets
+/// stay small enough for that to be cheap (a commit of more events at one time gets more).
+const MAX_BUCKET_KEYS: usize = 1024;
+
+/// Adds `keys` (in order) to the retention order at time `at`, in new buckets after those the
+/// time has.
+pub(super) fn put_buckets(
+    table: &mut Table<'_, (u64, u64), &'static [u8]>,
+    at: u64,
+    keys: &[&str],
+) -> Result<(), QueueError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let next = match table
+        .range((at, 0)..=(at, u64::MAX))
+        .map_err(storage)?
+        .next_back()
+    {
+        Some(last) => last.map_err(storage)?.0.value().1 + 1,
+        None => 0,
+    };
+    for (number, chunk) in (next..).zip(keys.chunks(MAX_BUCKET_KEYS)) {
+        let value = encode_bucket(chunk.iter().copied());
+        table
+            .insert((at, number), value.as_slice())
+            .map_err(storage)?;
+    }
+    Ok(())
 }
 
 /// One time's changes to the retention order within a commit, written by [`Tables::finish`].

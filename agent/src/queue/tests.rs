@@ -1723,10 +1723,21 @@ async fn a_retention_order_kept_per_event_is_rewritten_into_buckets_and_still_sw
                     .expect("event");
                 accepted.insert((at, key.as_str()), ()).expect("order");
             }
+            // And a bucket of the same time that a later agent wrote to the same file.
+            let value = encode_event(accepted_ms, 0, &event("d", 10));
+            let key = EventKey::new("t", "d");
+            events
+                .insert(key.as_str(), value.as_slice())
+                .expect("event");
+            let mut buckets = txn.open_table(ACCEPTED).expect("buckets");
+            let bucket = encode_bucket([key.as_str()]);
+            buckets
+                .insert((accepted_ms, 0), bucket.as_slice())
+                .expect("bucket");
             let mut meta = txn.open_table(META).expect("meta");
             meta.insert(META_EVENT_KEYS, 1).expect("keyed");
-            meta.insert(META_EVENTS, 3).expect("events");
-            meta.insert(META_BYTES, 30).expect("bytes");
+            meta.insert(META_EVENTS, 4).expect("events");
+            meta.insert(META_BYTES, 40).expect("bytes");
         }
         txn.commit().expect("commit");
     }
@@ -1741,19 +1752,23 @@ async fn a_retention_order_kept_per_event_is_rewritten_into_buckets_and_still_sw
         let db = queue.shared.db().expect("file open");
         let txn = db.begin_read().expect("read");
         let buckets = txn.open_table(ACCEPTED).expect("buckets");
-        assert_eq!(buckets.len().expect("len"), 2, "one bucket per time");
+        assert_eq!(
+            buckets.len().expect("len"),
+            3,
+            "the later bucket kept beside two new"
+        );
         assert!(
             txn.open_table(ACCEPTED_BY_EVENT).is_err(),
             "the old table is gone"
         );
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(queue.sweep().await.expect("sweep"), 3);
+    assert_eq!(queue.sweep().await.expect("sweep"), 4);
     assert_eq!(queue.stats().expect("stats").events, 0);
 }
 
 #[tokio::test]
-async fn a_commit_of_many_events_keeps_their_retention_order_in_one_entry() {
+async fn a_commit_of_many_events_keeps_their_retention_order_in_few_entries() {
     let dir = tempfile::tempdir().expect("dir");
     let short = QueueConfig {
         retention: Duration::from_millis(1),
@@ -1762,7 +1777,7 @@ async fn a_commit_of_many_events_keeps_their_retention_order_in_one_entry() {
         ..config()
     };
     let queue = Queue::open(dir.path(), short.clone()).expect("open");
-    let batch = (0..100)
+    let batch = (0..2500)
         .map(|i| NewEvent {
             event: event(&format!("evt_{i}"), 10),
             subscriptions: Vec::new(),
@@ -1777,10 +1792,14 @@ async fn a_commit_of_many_events_keeps_their_retention_order_in_one_entry() {
         let db = queue.shared.db().expect("file open");
         let txn = db.begin_read().expect("read");
         let buckets = txn.open_table(ACCEPTED).expect("buckets");
-        assert_eq!(buckets.len().expect("len"), 1);
+        assert_eq!(
+            buckets.len().expect("len"),
+            3,
+            "at most 1,024 keys a bucket"
+        );
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(queue.sweep().await.expect("sweep"), 100);
+    assert_eq!(queue.sweep().await.expect("sweep"), 2500);
     assert_eq!(queue.stats().expect("stats").events, 0);
 }
 
