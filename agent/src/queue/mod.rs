@@ -8,7 +8,7 @@
 //! | table | key | value |
 //! | --- | --- | --- |
 //! | `events` | event key | accepted-at (u64 ms, LE) · matched count (u32, LE) · `herald.v1.Event` |
-//! | `accepted_at` | (accepted-at ms, bucket number) | the keys of the events one commit accepted then, sorted, each followed by a NUL byte — the retention sweep's order |
+//! | `accepted_at` | (accepted-at ms, bucket number) | the keys of events one commit accepted then (up to 1,024), sorted, each followed by a NUL byte — the retention sweep's order |
 //! | `lanes` | (subscription id, due ms, seq) | attempts made (u32, LE) · event key · (NUL · ordering key, when it has one) |
 //! | `ordered` | (subscription id, ordering key, seq) | due ms (u64, LE) · event key |
 //! | `outbox` | seq | `herald.v1.Attempt` |
@@ -133,8 +133,8 @@ use self::records::{
 use self::writer::Command;
 
 const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
-/// The retention order: per time, the events accepted then, one bucket per commit
-/// ([`tables`]).
+/// The retention order: per time, the events accepted then, in buckets of up to 1,024 keys
+/// per commit ([`tables`]).
 const ACCEPTED: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("accepted_at");
 /// The retention order as it was kept before (one entry per event), rewritten into
 /// [`ACCEPTED`] when a queue opens ([`open::migrate_accepted`]).

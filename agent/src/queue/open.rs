@@ -1,7 +1,7 @@
 //! Making an opened queue file ready for use: its tables created, the one-time rewrites of a
 //! retention order kept per event and of events keyed before tenants were part of their
-//! keys, the write-ahead log replayed ([`recover`]), the outbox's byte count checked, and the scheduler's index of
-//! lanes given its hints.
+//! keys, the write-ahead log replayed ([`recover`]), the outbox's byte count checked, and the
+//! scheduler's index of lanes given its hints.
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 
@@ -189,8 +189,7 @@ pub(super) fn index_lanes(db: &Database, index: &mut lanes::Lanes) -> Result<(),
 
 /// Makes an opened queue file and log ready for use: creates the tables, rewrites an old
 /// retention order ([`migrate_accepted`]), replays the log ([`recover`]) and rekeys old
-/// events. Returns the log at the start of its new
-/// epoch.
+/// events. Returns the log at the start of its new epoch.
 pub(super) fn prepare(
     db: &Database,
     wal: Box<dyn redb::StorageBackend>,

@@ -25,9 +25,9 @@
 //!
 //! Every change sets a key (or a range) to a value or to nothing, whatever was there before.
 //!
-//! The retention order is kept in buckets: the events a commit accepted at one time are one
-//! `accepted_at` entry, not one entry each, so that a commit of many events writes one entry
-//! (an entry per event was a tenth of the writer's work). Changes to it are collected and
+//! The retention order is kept in buckets: the events a commit accepted at one time share
+//! `accepted_at` entries of up to 1,024 keys, not one entry each, so that a commit of many
+//! events writes few entries (an entry per event was a tenth of the writer's work). Changes to it are collected and
 //! written once, when the commit's changes are done ([`Tables::finish`]); the log still
 //! records them one by one (tags 3 and 4).
 //!
