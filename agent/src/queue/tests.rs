@@ -1747,16 +1747,14 @@ async fn a_retention_order_kept_per_event_is_rewritten_into_buckets_and_still_sw
         ..config()
     };
     let queue = Queue::open(dir.path(), short).expect("open");
+    assert_eq!(
+        retention_buckets(&queue),
+        3,
+        "the later bucket kept beside two new"
+    );
     {
-        use redb::ReadableTableMetadata as _;
         let db = queue.shared.db().expect("file open");
         let txn = db.begin_read().expect("read");
-        let buckets = txn.open_table(ACCEPTED).expect("buckets");
-        assert_eq!(
-            buckets.len().expect("len"),
-            3,
-            "the later bucket kept beside two new"
-        );
         assert!(
             txn.open_table(ACCEPTED_BY_EVENT).is_err(),
             "the old table is gone"
@@ -1787,17 +1785,7 @@ async fn a_commit_of_many_events_keeps_their_retention_order_in_few_entries() {
     queue.accept(batch).await.expect("accept");
     queue.close().await;
     let queue = Queue::open(dir.path(), short).expect("reopen");
-    {
-        use redb::ReadableTableMetadata as _;
-        let db = queue.shared.db().expect("file open");
-        let txn = db.begin_read().expect("read");
-        let buckets = txn.open_table(ACCEPTED).expect("buckets");
-        assert_eq!(
-            buckets.len().expect("len"),
-            3,
-            "at most 1,024 keys a bucket"
-        );
-    }
+    assert_eq!(retention_buckets(&queue), 3, "at most 1,024 keys a bucket");
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(queue.sweep().await.expect("sweep"), 2500);
     assert_eq!(queue.stats().expect("stats").events, 0);
@@ -1844,4 +1832,15 @@ async fn sweeps_replayed_after_a_power_loss_leave_the_retention_order_as_it_was(
     // A swept id is free again.
     let again = queue.accept(batch("a", 1)).await.expect("accept");
     assert!(!again[0].duplicate);
+}
+
+/// How many entries (buckets) the queue file's retention order holds.
+fn retention_buckets(queue: &Queue) -> u64 {
+    use redb::ReadableTableMetadata as _;
+    let db = queue.shared.db().expect("file open");
+    let txn = db.begin_read().expect("read");
+    txn.open_table(ACCEPTED)
+        .expect("buckets")
+        .len()
+        .expect("len")
 }
