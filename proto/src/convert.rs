@@ -33,11 +33,38 @@ pub fn timestamp(time: SystemTime) -> prost_types::Timestamp {
     }
 }
 
-/// The system time of a wire timestamp (negative or malformed values clamp to the epoch).
+/// The last second RFC 3339 can write: 9999-12-31T23:59:59Z. Every time shown or sent (log
+/// lines, JSON, webhook bodies) is written in RFC 3339, so no stored time goes past it.
+pub const LATEST_SECONDS: i64 = 253_402_300_799;
+
+/// The system time of a wire timestamp. Negative or malformed values clamp to the epoch, and
+/// times after 9999 to [`LATEST_SECONDS`], so whatever a client, an agent or a raw record
+/// holds can be written as RFC 3339 (which panics past year 9999) and added to.
 pub fn system_time(ts: &prost_types::Timestamp) -> SystemTime {
-    let secs = u64::try_from(ts.seconds).unwrap_or(0);
+    let secs = u64::try_from(ts.seconds.min(LATEST_SECONDS)).unwrap_or(0);
     let nanos = u32::try_from(ts.nanos).unwrap_or(0).min(999_999_999);
     UNIX_EPOCH + Duration::new(secs, nanos)
+}
+
+/// Checks a timestamp a client sets: from 1970 to the end of 9999 (what RFC 3339 writes),
+/// with nanoseconds within the second.
+pub fn validate_timestamp(
+    field: &'static str,
+    ts: &prost_types::Timestamp,
+) -> Result<(), ValidationError> {
+    if !(0..=LATEST_SECONDS).contains(&ts.seconds) {
+        return Err(ValidationError::new(
+            field,
+            "must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z",
+        ));
+    }
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        return Err(ValidationError::new(
+            field,
+            "nanos must be from 0 to 999,999,999",
+        ));
+    }
+    Ok(())
 }
 
 /// A wire duration.
@@ -451,7 +478,7 @@ pub fn exponential_policy(backoff: &Exponential) -> pb::RetryPolicy {
 }
 
 /// Checks an emitted event: its id (when given), tenant, type, payload (a JSON document of at
-/// most `max_payload_bytes`), ordering key, trace context and attributes.
+/// most `max_payload_bytes`), ordering key, time of occurrence, trace context and attributes.
 pub fn validate_event(event: &pb::Event, max_payload_bytes: usize) -> Result<(), ValidationError> {
     if !event.id.is_empty() {
         validate::event_id(&event.id)?;
@@ -460,6 +487,9 @@ pub fn validate_event(event: &pb::Event, max_payload_bytes: usize) -> Result<(),
     validate_event_type(&event.r#type)?;
     validate::json_payload(&event.payload, max_payload_bytes)?;
     validate::ordering_key(&event.ordering_key)?;
+    if let Some(occurred_at) = &event.occurred_at {
+        validate_timestamp("occurred_at", occurred_at)?;
+    }
     if !event.traceparent.is_empty() {
         TraceParent::parse(&event.traceparent)
             .map_err(|e| ValidationError::new("traceparent", e.to_string()))?;
@@ -618,9 +648,46 @@ mod tests {
         let mut bad = good.clone();
         bad.r#type = "order".into();
         assert_eq!(validate_event(&bad, 1024).unwrap_err().field, "type");
-        let mut big = good;
+        let mut big = good.clone();
         big.payload = vec![b' '; 2048];
         assert_eq!(validate_event(&big, 1024).unwrap_err().field, "payload");
+        // Times RFC 3339 cannot write are refused, not delivered.
+        for (seconds, nanos) in [
+            (LATEST_SECONDS + 1, 0),
+            (-1, 0),
+            (0, -1),
+            (0, 1_000_000_000),
+        ] {
+            let mut bad = good.clone();
+            bad.occurred_at = Some(prost_types::Timestamp { seconds, nanos });
+            assert_eq!(
+                validate_event(&bad, 1024).unwrap_err().field,
+                "occurred_at",
+                "{seconds}.{nanos}"
+            );
+        }
+        let mut last = good;
+        last.occurred_at = Some(prost_types::Timestamp {
+            seconds: LATEST_SECONDS,
+            nanos: 999_999_999,
+        });
+        validate_event(&last, 1024).expect("the last second of 9999");
+    }
+
+    #[test]
+    fn times_past_9999_clamp_so_they_can_be_written() {
+        for seconds in [LATEST_SECONDS + 1, 300_000_000_000, i64::MAX] {
+            let time = system_time(&prost_types::Timestamp { seconds, nanos: 0 });
+            assert_eq!(
+                humantime::format_rfc3339_seconds(time).to_string(),
+                "9999-12-31T23:59:59Z"
+            );
+        }
+        let before = system_time(&prost_types::Timestamp {
+            seconds: -5,
+            nanos: 0,
+        });
+        assert_eq!(before, UNIX_EPOCH);
     }
 
     #[test]

@@ -14,7 +14,8 @@ pub struct Event {
     /// A JSON document, delivered as-is (or rendered as XML for XML subscriptions).
     #[prost(bytes = "vec", tag = "4")]
     pub payload: ::prost::alloc::vec::Vec<u8>,
-    /// When it happened; set to the time of receipt when absent.
+    /// When it happened; set to the time of receipt when absent. From 1970 to the end of 9999
+    /// (what RFC 3339 writes); outside that, Emit answers INVALID_ARGUMENT.
     #[prost(message, optional, tag = "5")]
     pub occurred_at: ::core::option::Option<::prost_types::Timestamp>,
     /// Optional: events with the same key are delivered in order per subscription.
@@ -628,8 +629,8 @@ pub struct AttemptFilter {
     #[prost(string, tag = "8")]
     pub status: ::prost::alloc::string::String,
     /// Why attempts failed: `timeout`, `connect`, `tls`, `dns`, `http_status` (or `status`),
-    /// `proxy`, `proxy_auth`, `oauth2`, `request`, `render`, `policy`, `skipped`, `storage`;
-    /// empty means any.
+    /// `proxy`, `proxy_auth`, `oauth2`, `request`, `render`, `policy`, `skipped`, `storage`,
+    /// `internal`; empty means any.
     #[prost(string, tag = "9")]
     pub error_kind: ::prost::alloc::string::String,
 }

@@ -178,3 +178,46 @@ async fn subscriptions_stored_before_envelopes_keep_the_bodies_they_had() -> any
     assert_eq!(registry.upgrade_all("herald").await?, 0);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_time_of_occurrence_rfc_3339_cannot_write_is_refused_at_emit() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    let sub = world
+        .control_plane
+        .create(subscription(
+            "shop-1",
+            &world.receiver.url("/json"),
+            &["order.*"],
+        ))
+        .await?;
+    world.control_plane.wait_applied(sub.revision, WAIT).await?;
+    let payload = json!({"order_id": 7});
+
+    // Year 11476 and 1969: refused, naming the field, and nothing is delivered.
+    let mut events = world.agent.events().await?;
+    for seconds in [300_000_000_000, -1] {
+        let mut order = event("shop-1", "order.created", &payload);
+        order.occurred_at = Some(prost_types::Timestamp { seconds, nanos: 0 });
+        let status = events
+            .emit(pb::EmitRequest { event: Some(order) })
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{seconds}");
+        assert!(status.message().contains("occurred_at"), "{status:?}");
+    }
+
+    // The last second RFC 3339 can write goes out, in the envelope, verified.
+    let mut last = event("shop-1", "order.created", &payload);
+    last.occurred_at = Some(prost_types::Timestamp {
+        seconds: herald_proto::convert::LATEST_SECONDS,
+        nanos: 0,
+    });
+    world.agent.emit(last).await?;
+    let requests = world.receiver.wait_for_requests(1, WAIT).await?;
+    verify(&requests[0], &secret_of(&sub))?;
+    assert_eq!(
+        requests[0].json(),
+        json!({"type": "order.created", "timestamp": "9999-12-31T23:59:59.000Z", "data": payload})
+    );
+    Ok(())
+}
