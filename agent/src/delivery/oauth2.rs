@@ -21,6 +21,9 @@ use super::transport::HttpClient;
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 /// How long a token without `expires_in` is kept.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(5 * 60);
+/// The longest a token is kept, whatever `expires_in` says: a day, after which a new one is
+/// fetched (and no endpoint's answer can push the expiry past what a clock can hold).
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// The most a token is refreshed ahead of its expiry (a tenth of its life when shorter).
 const MAX_MARGIN: Duration = Duration::from_secs(60);
 /// Credentials whose tokens are kept at once; past it, those not in use are forgotten.
@@ -212,7 +215,8 @@ fn parse_token(body: &[u8], now: Instant) -> Result<Token, String> {
     }
     let lifetime = answer["expires_in"]
         .as_u64()
-        .map_or(DEFAULT_LIFETIME, Duration::from_secs);
+        .map_or(DEFAULT_LIFETIME, Duration::from_secs)
+        .min(MAX_LIFETIME);
     let margin = (lifetime / 10).min(MAX_MARGIN);
     Ok(Token {
         value: value.to_owned(),
@@ -236,6 +240,12 @@ mod tests {
         assert_eq!(token.good_until, now + Duration::from_secs(3540));
         let short = parse_token(br#"{"access_token":"t","expires_in":10}"#, now).expect("ok");
         assert_eq!(short.good_until, now + Duration::from_secs(9));
+        // An endpoint's `expires_in` is kept to a day.
+        for huge in [86_401_u64, u64::MAX] {
+            let answer = format!(r#"{{"access_token":"t","expires_in":{huge}}}"#);
+            let token = parse_token(answer.as_bytes(), now).expect("ok");
+            assert_eq!(token.good_until, now + MAX_LIFETIME - MAX_MARGIN);
+        }
         let unknown = parse_token(br#"{"access_token":"t"}"#, now).expect("ok");
         assert_eq!(
             unknown.good_until,
