@@ -193,8 +193,8 @@ pub struct Config {
     /// unchecked, and the control plane sends this agent no schemas.
     #[arg(long, env = "HERALD_CHECK_SCHEMAS", default_value_t = true, action = clap::ArgAction::Set)]
     pub check_schemas: bool,
-    /// How long shutdown waits for attempts in flight and report flushing.
-    #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    /// How long shutdown waits for attempts in flight and report flushing (at most 1 h).
+    #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "30s", value_parser = herald_core::shutdown::parse_grace)]
     pub shutdown_grace: Duration,
     /// Who may call Emit.
     #[command(flatten)]
@@ -541,7 +541,7 @@ pub async fn run(
         tracing::warn!(error = %err, "queue flush failed");
     }
     reports_stop.cancel();
-    let _ = tokio::time::timeout(grace + Duration::from_secs(1), reporter).await;
+    let _ = tokio::time::timeout(grace.saturating_add(Duration::from_secs(1)), reporter).await;
     watcher.abort();
     background.close();
     Ok(())

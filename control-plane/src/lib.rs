@@ -91,8 +91,8 @@ pub struct Config {
     /// comma-separated CIDRs.
     #[arg(long, env = "HERALD_ALLOW_TARGETS", value_delimiter = ',', value_parser = herald_core::target::parse_cidr)]
     pub allow_targets: Vec<ipnet::IpNet>,
-    /// How long shutdown waits for open calls and streams to finish.
-    #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    /// How long shutdown waits for open calls and streams to finish (at most 1 h).
+    #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "30s", value_parser = herald_core::shutdown::parse_grace)]
     pub shutdown_grace: Duration,
     /// Where the delivery log is kept: `embedded` (a file in --data-dir, for one replica) or
     /// `postgres://USER[:PASS]@HOST:PORT/DB`, one database every replica shares.
