@@ -226,6 +226,8 @@ impl Subscriptions {
             created_at: Some(timestamp(now)),
             updated_at: Some(timestamp(now)),
             revision: 0,
+            // Read-only: only an enable sets it.
+            skip_parked_before: None,
             ..request
         };
         self.check(&mut sub).await?;
@@ -879,6 +881,35 @@ mod tests {
             )
             .await;
         assert!(matches!(foreign, Err(SubscriptionError::Invalid(_))));
+    }
+
+    #[tokio::test]
+    async fn a_create_cannot_set_what_only_the_control_plane_sets() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::embedded(dir.path()).await.expect("a store");
+        let keyring = Keyring::parse(&Keyring::generate_entry("k1").expect("a key")).expect("ok");
+        let registry =
+            Subscriptions::new(store, TargetPolicy::new(false, vec![]), Arc::new(keyring));
+        // A time no RFC 3339 text can hold, and one that would skip every parked delivery.
+        let far = prost_types::Timestamp {
+            seconds: 300_000_000_000,
+            nanos: 0,
+        };
+        let created = registry
+            .create(pb::Subscription {
+                tenant: "shop-a".into(),
+                url: "https://93.184.215.14/hook".into(),
+                event_types: vec!["order.*".into()],
+                skip_parked_before: Some(far),
+                disabled_at: Some(far),
+                ..Default::default()
+            })
+            .await
+            .expect("created");
+        let stored = registry.get(&created.id).await.expect("stored");
+        assert_eq!(stored.skip_parked_before, None);
+        assert_eq!(stored.disabled_at, None);
+        assert!(stored.enabled);
     }
 
     #[tokio::test]
