@@ -31,6 +31,9 @@ pub enum ErrorKind {
     Skipped,
     /// The agent could not read the event from its queue.
     Storage,
+    /// The agent failed while making the attempt (a fault in Herald, not in the receiver):
+    /// the delivery is retried on its schedule, never at once.
+    Internal,
 }
 
 impl ErrorKind {
@@ -50,13 +53,14 @@ impl ErrorKind {
             ErrorKind::HttpStatus => "http_status",
             ErrorKind::Skipped => "skipped",
             ErrorKind::Storage => "storage",
+            ErrorKind::Internal => "internal",
         }
     }
 }
 
 impl ErrorKind {
     /// Every kind, in the order the help texts list them.
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 14] = [
         ErrorKind::Timeout,
         ErrorKind::Connect,
         ErrorKind::Tls,
@@ -70,6 +74,7 @@ impl ErrorKind {
         ErrorKind::Policy,
         ErrorKind::Skipped,
         ErrorKind::Storage,
+        ErrorKind::Internal,
     ];
 
     /// The kind a filter names: its log name, or `status` for `http_status`.

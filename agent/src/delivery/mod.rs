@@ -20,9 +20,11 @@ pub mod oauth2;
 pub mod rate;
 pub mod transport;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::FutureExt as _;
 use herald_core::limits::bound_attempt_text;
 use herald_core::retry::{JITTER, jittered};
 use herald_core::subscription::{DEFAULT_MAX_IN_FLIGHT, Subscription};
@@ -45,6 +47,8 @@ use crate::queue::{Lease, Queue, Task, now_ms, to_ms};
 
 /// How soon a delivery is tried again after its event could not be read from the queue.
 const STORAGE_RETRY: Duration = Duration::from_secs(5);
+/// The soonest a delivery is tried again after its attempt failed inside the agent.
+const INTERNAL_RETRY: Duration = Duration::from_secs(60);
 use crate::routes::Routes;
 
 /// The most tasks taken from the queue in one read.
@@ -261,7 +265,15 @@ impl Inner {
             return;
         }
         let number = lease.attempts + 1;
-        let (outcome, report) = self.attempt(&lease, number).await;
+        // A fault in the attempt must not hand the task straight back (due at once, to fail
+        // the same way in a loop): it is an attempt that failed, retried on its schedule.
+        let attempted = AssertUnwindSafe(self.attempt(&lease, number))
+            .catch_unwind()
+            .await;
+        let (outcome, report) = match attempted {
+            Ok(attempted) => attempted,
+            Err(panic) => self.attempt_failed_internally(&lease, number, &*panic),
+        };
         let took = report
             .duration
             .as_ref()
@@ -272,6 +284,27 @@ impl Inner {
             tracing::error!(error = %err, "cannot record an attempt");
         }
         drop(permit);
+    }
+
+    /// The outcome of an attempt that panicked: logged at ERROR, reported with error kind
+    /// `internal`, and retried on the subscription's schedule (exhausted at its end).
+    fn attempt_failed_internally(
+        &self,
+        task: &Task,
+        number: u32,
+        panic: &(dyn std::any::Any + Send),
+    ) -> (Outcome, pb::Attempt) {
+        let message = panic_message(panic);
+        tracing::error!(event = %task.event.id(), subscription = %task.subscription_id, attempt = number, panic = %message, "the agent failed during an attempt");
+        let sub = self.routes.borrow().get(&task.subscription_id).cloned();
+        let sub = sub.as_deref();
+        let outcome = internal_failure_outcome(sub, number, SystemTime::now());
+        let report = Report {
+            error_kind: Some(ErrorKind::Internal),
+            outcome,
+            ..skipped(&format!("the agent failed during the attempt: {message}"))
+        };
+        (outcome, self.report(task, None, sub, number, report))
     }
 
     async fn attempt(&self, task: &Task, number: u32) -> (Outcome, pb::Attempt) {
@@ -551,11 +584,99 @@ fn skipped(reason: &str) -> Report {
     }
 }
 
+/// When a delivery whose attempt `number` failed inside the agent goes next: the
+/// subscription's schedule, no sooner than [`INTERNAL_RETRY`] (exhausted at the schedule's
+/// end); in [`INTERNAL_RETRY`] when the subscription is unknown (that attempt skips it).
+fn internal_failure_outcome(sub: Option<&Subscription>, number: u32, now: SystemTime) -> Outcome {
+    match sub.map(|sub| sub.retry.delay_after(number)) {
+        Some(None) => Outcome::Exhausted,
+        Some(Some(delay)) => Outcome::RetryAt(now + delay.max(INTERNAL_RETRY)),
+        None => Outcome::RetryAt(now + INTERNAL_RETRY),
+    }
+}
+
+/// The text of a panic's payload (a `&str` or `String` for `panic!` with a message).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
 /// A delivery refused for good without an attempt.
 fn refused(reason: &str) -> Report {
     Report {
         error_kind: Some(ErrorKind::Policy),
         outcome: Outcome::Refused,
         ..skipped(reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::retry::DEFAULT_DELAYS;
+
+    fn subscription() -> Subscription {
+        let wire = pb::Subscription {
+            id: "sub_1".into(),
+            tenant: "shop-1".into(),
+            url: "https://example.com/hooks".into(),
+            event_types: vec!["order.*".into()],
+            secrets: vec![pb::SigningSecret {
+                secret: herald_core::signing::SigningSecret::generate().expose(),
+                ..Default::default()
+            }],
+            enabled: true,
+            ..Default::default()
+        };
+        herald_proto::convert::subscription(&wire, true).expect("a subscription")
+    }
+
+    #[test]
+    fn an_attempt_that_failed_inside_the_agent_waits_for_its_schedule() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let sub = subscription();
+        // The first retry of the default schedule is 5 s: never sooner than a minute.
+        assert_eq!(
+            internal_failure_outcome(Some(&sub), 1, now),
+            Outcome::RetryAt(now + INTERNAL_RETRY)
+        );
+        assert_eq!(
+            internal_failure_outcome(Some(&sub), 2, now),
+            Outcome::RetryAt(now + DEFAULT_DELAYS[1])
+        );
+        // At the schedule's end, exhausted: no loop, however often it fails.
+        let last = u32::try_from(DEFAULT_DELAYS.len()).expect("small") + 1;
+        assert_eq!(
+            internal_failure_outcome(Some(&sub), last, now),
+            Outcome::Exhausted
+        );
+        assert_eq!(
+            internal_failure_outcome(None, 1, now),
+            Outcome::RetryAt(now + INTERNAL_RETRY)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_attempt_is_caught_with_its_message() {
+        for attempt in [
+            AssertUnwindSafe(async { panic!("boom") })
+                .catch_unwind()
+                .await,
+            AssertUnwindSafe(async { panic!("{} {}", "formatted", 42) })
+                .catch_unwind()
+                .await,
+        ] {
+            let panic = attempt.expect_err("it panicked");
+            let message = panic_message(&*panic);
+            assert!(message == "boom" || message == "formatted 42", "{message}");
+        }
+        let panic = AssertUnwindSafe(async { std::panic::panic_any(7_u8) })
+            .catch_unwind()
+            .await
+            .expect_err("it panicked");
+        assert_eq!(panic_message(&*panic), "a panic without a message");
     }
 }
