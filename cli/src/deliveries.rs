@@ -120,7 +120,7 @@ pub struct FilterArgs {
     status: Option<String>,
     /// Only attempts that failed this way: timeout, connect, tls, dns, status (an HTTP
     /// status that is not 2xx), proxy, proxy_auth, oauth2, request, render, policy, skipped,
-    /// storage.
+    /// storage, internal.
     #[arg(long, value_name = "KIND", value_parser = parse_error_kind)]
     error_kind: Option<String>,
 }

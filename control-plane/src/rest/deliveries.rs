@@ -109,7 +109,7 @@ pub struct AttemptQuery {
     status: Option<String>,
     /// Only attempts that failed this way: `timeout`, `connect`, `tls`, `dns`, `http_status`
     /// (or `status`), `proxy`, `proxy_auth`, `oauth2`, `request`, `render`, `policy`,
-    /// `skipped`, `storage`.
+    /// `skipped`, `storage`, `internal`.
     error_kind: Option<String>,
 }
 
