@@ -59,6 +59,16 @@ impl ErrorKind {
 }
 
 impl ErrorKind {
+    /// Whether a failure of this kind was the agent's own (it could not read the event, or
+    /// failed while making the attempt) or no attempt at all: it says nothing about the
+    /// endpoint, so it never counts toward disabling a subscription.
+    pub fn is_agent_side(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Skipped | ErrorKind::Storage | ErrorKind::Internal
+        )
+    }
+
     /// Every kind, in the order the help texts list them.
     pub const ALL: [ErrorKind; 14] = [
         ErrorKind::Timeout,

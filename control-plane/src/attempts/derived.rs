@@ -21,6 +21,7 @@
 
 use std::collections::BTreeMap;
 
+use herald_core::error_kind::ErrorKind;
 use herald_proto::convert::{system_time, timestamp};
 use herald_proto::v1 as pb;
 
@@ -176,12 +177,13 @@ pub fn derive(
     derived
 }
 
-/// Whether an attempt counts as a failure of its endpoint.
+/// Whether an attempt counts as a failure of its endpoint: it failed, and not on the agent's
+/// side (an agent whose disk fails must not disable a receiver that is fine).
 fn is_failure(attempt: &pb::Attempt) -> bool {
     matches!(
         pb::Outcome::try_from(attempt.outcome),
         Ok(pb::Outcome::Retrying | pb::Outcome::Failed)
-    )
+    ) && !ErrorKind::parse(&attempt.error_kind).is_ok_and(ErrorKind::is_agent_side)
 }
 
 /// Counts `attempts` (in start order) into a record, one by one.
@@ -292,6 +294,25 @@ mod tests {
         // Skipped attempts say nothing about the endpoint.
         apply(&mut health, &attempt(60, pb::Outcome::Skipped));
         assert_eq!(health.consecutive_failures, 0);
+        // Nor do failures on the agent's side: its queue could not be read, or it failed
+        // while making the attempt.
+        for (ms, kind) in [(70, "storage"), (80, "internal")] {
+            let failed = pb::Attempt {
+                error_kind: kind.into(),
+                status_code: 0,
+                ..attempt(ms, pb::Outcome::Retrying)
+            };
+            apply(&mut health, &failed);
+            assert_eq!(health.consecutive_failures, 0, "{kind}");
+        }
+        // A failure of the endpoint's own still counts.
+        let timed_out = pb::Attempt {
+            error_kind: "timeout".into(),
+            status_code: 0,
+            ..attempt(90, pb::Outcome::Retrying)
+        };
+        apply(&mut health, &timed_out);
+        assert_eq!(health.consecutive_failures, 1);
     }
 
     #[test]
