@@ -9,9 +9,12 @@
 //!   knows (now, or deleted within the last day), lies within the token's scope, and belongs
 //!   to the attempt's tenant. Others are refused, counted by [`Refusal`] and logged, and the
 //!   rest of the batch is stored: a forged 410 for another tenant's endpoint disables
-//!   nothing.
+//!   nothing. So is an attempt whose event id, type, URL, error kind or agent id breaks the
+//!   limits every agent keeps (the log indexes them).
 
 use herald_core::interest::MAX_INTEREST;
+use herald_core::limits::{MAX_EVENT_TYPE_LEN, MAX_URL_LEN};
+use herald_core::validate;
 use herald_proto::v1 as pb;
 use prometheus_client::encoding::EncodeLabelValue;
 use tonic::Status;
@@ -109,6 +112,23 @@ pub enum Refusal {
     foreign_subscription,
     /// The attempt names another tenant than its subscription's.
     tenant_mismatch,
+    /// A field the log finds attempts by (event id, event type, URL, error kind, agent id)
+    /// breaks the API's limits; no agent of this version sends one.
+    malformed,
+}
+
+/// The longest error kind name an attempt may report (the known ones are much shorter; a
+/// newer agent's kinds are kept as they come).
+pub const MAX_ERROR_KIND_LEN: usize = 32;
+
+/// Whether the fields the log finds `attempt` by are within the limits every agent keeps:
+/// an event id as `Emit` accepts them, and types, URLs and names no longer than theirs.
+fn well_formed(attempt: &pb::Attempt) -> bool {
+    validate::event_id(&attempt.event_id).is_ok()
+        && attempt.event_type.len() <= MAX_EVENT_TYPE_LEN
+        && attempt.url.len() <= MAX_URL_LEN
+        && attempt.error_kind.len() <= MAX_ERROR_KIND_LEN
+        && attempt.agent_id.len() <= MAX_HELLO_FIELD
 }
 
 /// Whether an agent calling as `who` may report `attempt`, made for `sub` (`None`: no such
@@ -118,6 +138,9 @@ pub fn check_report(
     sub: Option<&pb::Subscription>,
     attempt: &pb::Attempt,
 ) -> Result<(), Refusal> {
+    if !well_formed(attempt) {
+        return Err(Refusal::malformed);
+    }
     let Some(sub) = sub else {
         return Err(Refusal::unknown_subscription);
     };
@@ -212,6 +235,7 @@ mod tests {
             ..Default::default()
         };
         let attempt = |tenant: &str| pb::Attempt {
+            event_id: "evt_1".into(),
             subscription_id: "sub_1".into(),
             tenant: tenant.into(),
             ..Default::default()
@@ -244,5 +268,38 @@ mod tests {
             check_report(&who, Some(&sub("shop-a", &[])), &attempt("shop-b")),
             Err(Refusal::tenant_mismatch)
         );
+        // Fields the log indexes stay within the limits agents keep.
+        let long = "x".repeat(4096);
+        for malformed in [
+            pb::Attempt {
+                event_id: long.clone(),
+                ..attempt("shop-a")
+            },
+            pb::Attempt {
+                event_id: String::new(),
+                ..attempt("shop-a")
+            },
+            pb::Attempt {
+                event_type: long.clone(),
+                ..attempt("shop-a")
+            },
+            pb::Attempt {
+                url: format!("https://shop.example/{long}"),
+                ..attempt("shop-a")
+            },
+            pb::Attempt {
+                error_kind: long.clone(),
+                ..attempt("shop-a")
+            },
+            pb::Attempt {
+                agent_id: long.clone(),
+                ..attempt("shop-a")
+            },
+        ] {
+            assert_eq!(
+                check_report(&who, Some(&sub("shop-a", &[])), &malformed),
+                Err(Refusal::malformed)
+            );
+        }
     }
 }
