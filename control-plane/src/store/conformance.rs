@@ -205,6 +205,10 @@ async fn listing_and_paging(store: &Store, prefix: &str) {
     let keys: Vec<_> = all.iter().map(|kv| kv.key.clone()).collect();
     let expected: Vec<_> = (0..7).map(|i| format!("{prefix}k{i}")).collect();
     assert_eq!(keys, expected);
+    assert_eq!(store.count(prefix).await.expect("count"), 7);
+    assert_eq!(store.keys(prefix).await.expect("keys"), expected);
+    let none = format!("{prefix}none/");
+    assert_eq!(store.count(&none).await.expect("count"), 0);
 
     let mut paged = Vec::new();
     let mut after: Option<String> = None;

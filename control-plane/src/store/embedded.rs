@@ -170,6 +170,44 @@ impl EmbeddedStore {
         .await
     }
 
+    pub(super) async fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let inner = self.inner.clone();
+        let prefix = prefix.to_owned();
+        blocking(move || {
+            let txn = inner.db.begin_read().map_err(embedded)?;
+            let table = txn.open_table(KV).map_err(embedded)?;
+            let mut keys = Vec::new();
+            for entry in table.range(prefix.as_str()..).map_err(embedded)? {
+                let (key, _) = entry.map_err(embedded)?;
+                if !key.value().starts_with(&prefix) {
+                    break;
+                }
+                keys.push(key.value().to_owned());
+            }
+            Ok(keys)
+        })
+        .await
+    }
+
+    pub(super) async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
+        let inner = self.inner.clone();
+        let prefix = prefix.to_owned();
+        blocking(move || {
+            let txn = inner.db.begin_read().map_err(embedded)?;
+            let table = txn.open_table(KV).map_err(embedded)?;
+            let mut count = 0;
+            for entry in table.range(prefix.as_str()..).map_err(embedded)? {
+                let (key, _) = entry.map_err(embedded)?;
+                if !key.value().starts_with(&prefix) {
+                    break;
+                }
+                count += 1;
+            }
+            Ok(count)
+        })
+        .await
+    }
+
     pub(super) async fn list_page(
         &self,
         prefix: &str,

@@ -175,6 +175,47 @@ impl EtcdStore {
         Ok((kvs, revision))
     }
 
+    pub(super) async fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let resp = self
+            .reaching_a_member(|client| {
+                let prefix = prefix.to_owned();
+                async move {
+                    client
+                        .kv_client()
+                        .get(
+                            prefix,
+                            Some(
+                                GetOptions::new()
+                                    .with_prefix()
+                                    .with_keys_only()
+                                    .with_sort(SortTarget::Key, SortOrder::Ascend),
+                            ),
+                        )
+                        .await
+                }
+            })
+            .await?;
+        resp.kvs().iter().map(|kv| key_string(kv.key())).collect()
+    }
+
+    pub(super) async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
+        let resp = self
+            .reaching_a_member(|client| {
+                let prefix = prefix.to_owned();
+                async move {
+                    client
+                        .kv_client()
+                        .get(
+                            prefix,
+                            Some(GetOptions::new().with_prefix().with_count_only()),
+                        )
+                        .await
+                }
+            })
+            .await?;
+        Ok(u64::try_from(resp.count()).unwrap_or(0))
+    }
+
     pub(super) async fn list_page(
         &self,
         prefix: &str,

@@ -216,6 +216,22 @@ impl Store {
         }
     }
 
+    /// The keys under `prefix`, in key order, without their values.
+    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Etcd(s) => s.keys(prefix).await,
+            Store::Embedded(s) => s.keys(prefix).await,
+        }
+    }
+
+    /// How many keys lie under `prefix`, without reading their values.
+    pub async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
+        match self {
+            Store::Etcd(s) => s.count(prefix).await,
+            Store::Embedded(s) => s.count(prefix).await,
+        }
+    }
+
     /// Lists up to `limit` keys under `prefix` that sort after `after` (exclusive; `None` starts
     /// at the beginning), in key order.
     pub async fn list_page(
