@@ -21,7 +21,7 @@ use std::time::SystemTime;
 use herald_core::ValidationError;
 use herald_core::event_schema::EventSchema;
 use herald_core::event_type::{EventPattern, validate_event_type};
-use herald_core::limits::MAX_DESCRIPTION_LEN;
+use herald_core::limits::{MAX_DESCRIPTION_LEN, MAX_EVENT_PATTERNS};
 use herald_proto::convert::timestamp;
 use herald_proto::v1 as pb;
 use prost::Message;
@@ -231,11 +231,13 @@ impl EventTypes {
         Ok(types)
     }
 
+    /// The registered names, read from the keys alone (a type's value holds its schema and
+    /// example, up to 128 KiB).
     async fn names(&self) -> Result<Vec<String>, EventTypeError> {
-        let (kvs, _) = self.store.list(EVENT_TYPES).await?;
-        Ok(kvs
+        let keys = self.store.keys(EVENT_TYPES).await?;
+        Ok(keys
             .iter()
-            .filter_map(|kv| kv.key.strip_prefix(EVENT_TYPES).map(str::to_owned))
+            .filter_map(|key| key.strip_prefix(EVENT_TYPES).map(str::to_owned))
             .collect())
     }
 
@@ -249,6 +251,17 @@ impl EventTypes {
         kept: &[String],
         allow_unregistered: bool,
     ) -> Result<(), EventTypeError> {
+        // Before any matching: each pattern is matched against the whole catalogue.
+        if patterns.len() > MAX_EVENT_PATTERNS {
+            return Err(ValidationError::new(
+                "event_types",
+                format!(
+                    "{} patterns, more than the limit of {MAX_EVENT_PATTERNS}",
+                    patterns.len()
+                ),
+            )
+            .into());
+        }
         if self.mode == RegistryMode::Off {
             return Ok(());
         }
@@ -380,6 +393,25 @@ mod tests {
         let orders = closest("order.*", &registered);
         assert_eq!(orders[..2], names(&["order.created", "order.updated"]));
         assert_eq!(closest("x.y", &registered).len(), MAX_SUGGESTIONS);
+    }
+
+    #[tokio::test]
+    async fn too_many_patterns_are_refused_before_any_matching() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::embedded(dir.path()).await.expect("a store");
+        let registry = EventTypes::new(store, RegistryMode::Off);
+        let many: Vec<String> = (0..=MAX_EVENT_PATTERNS)
+            .map(|i| format!("order.t{i}"))
+            .collect();
+        let refused = registry.check(&many, &[], true).await;
+        assert!(
+            matches!(&refused, Err(EventTypeError::Invalid(e)) if e.field == "event_types"),
+            "{refused:?}"
+        );
+        registry
+            .check(&many[..MAX_EVENT_PATTERNS], &[], true)
+            .await
+            .expect("at the limit");
     }
 
     #[test]
