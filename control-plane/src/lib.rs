@@ -91,6 +91,10 @@ pub struct Config {
     /// comma-separated CIDRs.
     #[arg(long, env = "HERALD_ALLOW_TARGETS", value_delimiter = ',', value_parser = herald_core::target::parse_cidr)]
     pub allow_targets: Vec<ipnet::IpNet>,
+    /// The most subscriptions one tenant may have; a create past it is refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "HERALD_MAX_SUBSCRIPTIONS_PER_TENANT", default_value_t = subscriptions::DEFAULT_MAX_PER_TENANT, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_subscriptions_per_tenant: u64,
     /// How long shutdown waits for open calls and streams to finish (at most 1 h).
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "30s", value_parser = herald_core::shutdown::parse_grace)]
     pub shutdown_grace: Duration,
@@ -203,6 +207,7 @@ impl Config {
             data_dir,
             allow_http: false,
             allow_targets: vec![],
+            max_subscriptions_per_tenant: subscriptions::DEFAULT_MAX_PER_TENANT,
             shutdown_grace: Duration::from_secs(30),
             log_store: attempts::LogStoreFlag::new("embedded"),
             log_retention: DEFAULT_LOG_RETENTION,
@@ -369,7 +374,8 @@ pub async fn run(
 
     let policy =
         herald_core::target::TargetPolicy::new(config.allow_http, config.allow_targets.clone());
-    let registry = Subscriptions::new(store.clone(), policy, keyring.clone());
+    let registry = Subscriptions::new(store.clone(), policy, keyring.clone())
+        .with_max_per_tenant(config.max_subscriptions_per_tenant);
     let upgraded = registry
         .upgrade_all(&config.system_tenant)
         .await

@@ -52,6 +52,17 @@ pub enum SubscriptionError {
         /// What is stored.
         actual: i64,
     },
+    /// The tenant has as many subscriptions as it may.
+    #[error(
+        "tenant {tenant} has {limit} subscriptions, the most it may have; delete one first \
+         (the control plane's --max-subscriptions-per-tenant)"
+    )]
+    TenantFull {
+        /// The tenant.
+        tenant: String,
+        /// Its limit.
+        limit: u64,
+    },
     /// Concurrent writers kept winning.
     #[error("subscription {0} is being changed concurrently; try again")]
     Contended(String),
@@ -84,6 +95,7 @@ impl From<SubscriptionError> for tonic::Status {
             SubscriptionError::NotFound(_) => Status::not_found(err.to_string()),
             SubscriptionError::StaleRevision { .. } => Status::failed_precondition(err.to_string()),
             SubscriptionError::Contended(_) => Status::aborted(err.to_string()),
+            SubscriptionError::TenantFull { .. } => Status::resource_exhausted(err.to_string()),
             SubscriptionError::Store(store) if store.is_unavailable() => {
                 Status::unavailable(store.unavailable_message())
             }
@@ -102,7 +114,14 @@ pub struct Subscriptions {
     keyring: Arc<Keyring>,
     /// Which endpoint addresses are admitted (the SSRF guard's first check).
     policy: TargetPolicy,
+    /// The most subscriptions one tenant may have.
+    max_per_tenant: u64,
 }
+
+/// The most subscriptions one tenant may have unless the operator sets another limit: every
+/// replica and agent holds every subscription in memory, and a tenant's portal link may
+/// create them.
+pub const DEFAULT_MAX_PER_TENANT: u64 = 1000;
 
 /// A page of subscriptions.
 pub struct Page {
@@ -125,7 +144,14 @@ impl Subscriptions {
             store,
             keyring,
             policy,
+            max_per_tenant: DEFAULT_MAX_PER_TENANT,
         }
+    }
+
+    /// The same registry, allowing each tenant at most `limit` subscriptions.
+    pub fn with_max_per_tenant(mut self, limit: u64) -> Self {
+        self.max_per_tenant = limit;
+        self
     }
 
     /// Brings every stored record up to date at start, and returns how many were rewritten:
@@ -231,6 +257,17 @@ impl Subscriptions {
             ..request
         };
         self.check(&mut sub).await?;
+        // Counted before the write: creates racing at the limit may pass it by as many as race.
+        let held = self
+            .store
+            .count(&keys::tenant_subscriptions(&sub.tenant))
+            .await?;
+        if held >= self.max_per_tenant {
+            return Err(SubscriptionError::TenantFull {
+                tenant: sub.tenant,
+                limit: self.max_per_tenant,
+            });
+        }
         let key = keys::subscription(&sub.tenant, &sub.id);
         let index = keys::subscription_id(&sub.id);
         let txn = Txn::default()
@@ -881,6 +918,42 @@ mod tests {
             )
             .await;
         assert!(matches!(foreign, Err(SubscriptionError::Invalid(_))));
+    }
+
+    #[tokio::test]
+    async fn a_tenant_holds_at_most_its_limit_of_subscriptions() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::embedded(dir.path()).await.expect("a store");
+        let keyring = Keyring::parse(&Keyring::generate_entry("k1").expect("a key")).expect("ok");
+        let registry =
+            Subscriptions::new(store, TargetPolicy::new(false, vec![]), Arc::new(keyring))
+                .with_max_per_tenant(2);
+        let create = |tenant: &str| {
+            registry.create(pb::Subscription {
+                tenant: tenant.into(),
+                url: "https://93.184.215.14/hook".into(),
+                event_types: vec!["order.*".into()],
+                ..Default::default()
+            })
+        };
+        let first = create("shop-a").await.expect("created");
+        create("shop-a").await.expect("created");
+        let full = create("shop-a").await.expect_err("full");
+        assert!(matches!(
+            &full,
+            SubscriptionError::TenantFull { limit: 2, .. }
+        ));
+        assert_eq!(
+            tonic::Status::from(full).code(),
+            tonic::Code::ResourceExhausted
+        );
+        // Another tenant is not held back; a delete makes room.
+        create("shop-ab").await.expect("another tenant");
+        registry
+            .delete(&first.id, first.revision)
+            .await
+            .expect("deleted");
+        create("shop-a").await.expect("room again");
     }
 
     #[tokio::test]
