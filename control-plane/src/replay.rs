@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use herald_core::validate;
 use herald_proto::v1 as pb;
 
 use crate::access::Scope;
@@ -67,6 +68,14 @@ pub async fn replay(
     request: pb::ReplayDeliveriesRequest,
     tenants: &Scope,
 ) -> Result<Replayed, ReplayError> {
+    if !request.event_id.is_empty() {
+        validate::event_id(&request.event_id)
+            .map_err(|e| ReplayError::Invalid(format!("event_id: {}", e.reason)))?;
+    }
+    if !request.subscription_id.is_empty() {
+        validate::subscription_id(&request.subscription_id)
+            .map_err(|e| ReplayError::Invalid(e.to_string()))?;
+    }
     let by_range = request.event_id.is_empty();
     if by_range && (request.subscription_id.is_empty() || request.since.is_none()) {
         return Err(ReplayError::Invalid(

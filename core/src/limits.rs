@@ -20,6 +20,8 @@ pub const MAX_DESCRIPTION_LEN: usize = 1024;
 pub const MAX_HEADERS: usize = 32;
 /// Longest value of one custom header.
 pub const MAX_HEADER_VALUE_LEN: usize = 1024;
+/// Longest name of a subscription's custom header, in bytes.
+pub const MAX_HEADER_NAME_LEN: usize = 256;
 /// Default largest event payload; operators may configure another limit.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 /// The largest payload limit an operator may configure: webhooks far beyond this belong in a

@@ -10,8 +10,8 @@ pub use crate::limits;
 
 use limits::{
     MAX_ATTRIBUTE_KEY_LEN, MAX_ATTRIBUTE_VALUE_LEN, MAX_ATTRIBUTES, MAX_DESCRIPTION_LEN,
-    MAX_EVENT_ID_LEN, MAX_HEADER_VALUE_LEN, MAX_HEADERS, MAX_ORDERING_KEY_LEN, MAX_TENANT_LEN,
-    MAX_URL_LEN,
+    MAX_EVENT_ID_LEN, MAX_HEADER_NAME_LEN, MAX_HEADER_VALUE_LEN, MAX_HEADERS, MAX_ORDERING_KEY_LEN,
+    MAX_TENANT_LEN, MAX_URL_LEN,
 };
 
 /// A field that breaks one of Herald's rules: which field, and why.
@@ -77,6 +77,15 @@ pub fn region(value: &str) -> Result<(), ValidationError> {
 pub fn event_id(value: &str) -> Result<(), ValidationError> {
     identifier("id", value, MAX_EVENT_ID_LEN, |c| {
         c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')
+    })
+}
+
+/// Checks a subscription id as a caller names one (`sub_…`, assigned by the control plane):
+/// at most [`MAX_EVENT_ID_LEN`] bytes of the characters ids are made of, so that an id no
+/// subscription can have is refused before it reaches a store or an audit entry.
+pub fn subscription_id(value: &str) -> Result<(), ValidationError> {
+    identifier("subscription_id", value, MAX_EVENT_ID_LEN, |c| {
+        c.is_ascii_alphanumeric() || matches!(c, '_' | '-')
     })
 }
 
@@ -234,8 +243,8 @@ impl<'de> serde::de::Visitor<'de> for ReadThrough {
 
 /// Checks a subscription's custom headers.
 ///
-/// At most [`MAX_HEADERS`] headers; names are HTTP token names made of ASCII letters, digits and
-/// `-`, not reserved (Herald's own `webhook-*` headers, `content-type`, hop-by-hop headers, ...,
+/// At most [`MAX_HEADERS`] headers; names are HTTP token names of at most
+/// [`MAX_HEADER_NAME_LEN`] bytes made of ASCII letters, digits and `-`, not reserved (Herald's own `webhook-*` headers, `content-type`, hop-by-hop headers, ...,
 /// compared case-insensitively) and not repeated; values are visible ASCII or spaces (so no CR or
 /// LF) and at most [`MAX_HEADER_VALUE_LEN`] bytes. Values are never echoed: they often hold
 /// credentials.
@@ -253,6 +262,12 @@ pub fn custom_headers<'a>(
         }
         if name.is_empty() {
             return Err(ValidationError::new(FIELD, "a header name is empty"));
+        }
+        if name.len() > MAX_HEADER_NAME_LEN {
+            return Err(ValidationError::new(
+                FIELD,
+                format!("a header name is longer than {MAX_HEADER_NAME_LEN} bytes"),
+            ));
         }
         if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
             return Err(ValidationError::new(
@@ -548,6 +563,12 @@ mod tests {
         let headers = names.iter().map(|n| (n.as_str(), "v"));
         assert!(custom_headers(headers.clone().take(MAX_HEADERS)).is_ok());
         assert!(custom_headers(headers).is_err());
+        // And each name's length.
+        let longest = "x".repeat(MAX_HEADER_NAME_LEN);
+        assert!(custom_headers([(longest.as_str(), "v")]).is_ok());
+        let longer = format!("{longest}y");
+        let refused = custom_headers([(longer.as_str(), "v")]).expect_err("too long");
+        assert!(!refused.to_string().contains(&longer), "{refused}");
     }
 
     #[test]

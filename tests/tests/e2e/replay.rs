@@ -108,6 +108,28 @@ async fn a_failed_delivery_is_replayed_with_the_same_webhook_id() -> anyhow::Res
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    // So is one naming an id no event or subscription can have (nothing is written of it).
+    for request in [
+        pb::ReplayDeliveriesRequest {
+            event_id: "e".repeat(100_000),
+            ..Default::default()
+        },
+        pb::ReplayDeliveriesRequest {
+            subscription_id: "sub 1; drop".into(),
+            since: Some(herald_proto::convert::timestamp(
+                std::time::SystemTime::now(),
+            )),
+            ..Default::default()
+        },
+    ] {
+        let refused = deliveries.replay_deliveries(request).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert!(
+            refused.message().starts_with("event_id:")
+                || refused.message().starts_with("subscription_id:"),
+            "{refused:?}"
+        );
+    }
 
     // With its agent gone, the event is reported, not skipped.
     let World {
