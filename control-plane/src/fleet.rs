@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 
 use herald_core::interest::Interest;
+use herald_core::limits::MAX_EVENT_ID_LEN;
 use herald_proto::convert::timestamp;
 use herald_proto::v1 as pb;
 
@@ -69,6 +70,27 @@ fn answer<T>(pending: &mut HashMap<u64, Pending<T>>, agent: &str, order_id: u64,
         && let Some(order) = pending.remove(&order_id)
     {
         let _ = order.answer.send(result);
+    }
+}
+
+/// The longest reason an agent may give for a delivery it could not replay.
+const MAX_MISS_REASON: usize = 256;
+
+/// Keeps an agent's answer to a replay order within what an order can ask (at most
+/// [`crate::replay::MAX_REPLAY`] deliveries) and its texts short: the answer goes back to the
+/// caller and, relayed between replicas, into the config store.
+fn bound_replay_result(result: &mut pb::ReplayResult) {
+    result.missed.truncate(crate::replay::MAX_REPLAY);
+    let bound = |text: &mut String, max: usize| {
+        if text.len() > max {
+            *text = crate::agent_trust::cut(text, max).to_owned();
+        }
+    };
+    for miss in &mut result.missed {
+        bound(&mut miss.event_id, MAX_EVENT_ID_LEN);
+        bound(&mut miss.subscription_id, MAX_EVENT_ID_LEN);
+        bound(&mut miss.agent_id, crate::agent_trust::MAX_HELLO_FIELD);
+        bound(&mut miss.reason, MAX_MISS_REASON);
     }
 }
 
@@ -238,13 +260,18 @@ impl Fleet {
         let order_id = self.next_order.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = oneshot::channel();
         let lock = || pending.lock().unwrap_or_else(|e| e.into_inner());
-        lock().insert(
+        let mut waiting = lock();
+        // Orders whose askers stopped waiting (timed out, or went) get no answer: forget
+        // them, so an agent that never answers cannot grow this map.
+        waiting.retain(|_, order| !order.answer.is_closed());
+        waiting.insert(
             order_id,
             Pending {
                 agent: agent.to_owned(),
                 answer: tx,
             },
         );
+        drop(waiting);
         if orders.try_send(make(order_id)).is_err() {
             lock().remove(&order_id);
             return None;
@@ -319,7 +346,8 @@ impl Fleet {
 
     /// Hands the answer of `agent` to the replay order's caller; an answer to an order sent to
     /// another agent is ignored.
-    pub fn replay_answered(&self, agent: &str, result: pb::ReplayResult) {
+    pub fn replay_answered(&self, agent: &str, mut result: pb::ReplayResult) {
+        bound_replay_result(&mut result);
         answer(&mut self.pending(), agent, result.order_id, result);
     }
 
@@ -440,5 +468,49 @@ mod tests {
         };
         fleet.replay_answered("agt_1", real);
         assert_eq!(answer.await.expect("answered").queued, 1);
+    }
+
+    #[tokio::test]
+    async fn orders_nobody_waits_for_are_forgotten_and_answers_are_bounded() {
+        let fleet = Fleet::new("replica-a");
+        let mut orders = fleet
+            .connected(&hello("agt_1"), "eu-agents")
+            .expect("taken");
+        // Askers that gave up (their receivers dropped) leave nothing behind once the next
+        // order is sent.
+        for _ in 0..5 {
+            let gave_up = fleet
+                .send_replay("agt_1", vec![pb::ReplayItem::default()])
+                .expect("sent");
+            drop(gave_up);
+            orders.recv().await.expect("an order");
+        }
+        let answer = fleet
+            .send_replay("agt_1", vec![pb::ReplayItem::default()])
+            .expect("sent");
+        assert_eq!(fleet.pending().len(), 1);
+        let order_id = match orders.recv().await.expect("an order") {
+            Order::Replay(order) => order.order_id,
+            Order::Emit(_) | Order::Test(_) => panic!("a replay order"),
+        };
+        // An answer cannot carry more than an order can ask, nor long texts.
+        let miss = pb::ReplayMiss {
+            event_id: "e".repeat(10_000),
+            reason: "r".repeat(10_000),
+            ..Default::default()
+        };
+        fleet.replay_answered(
+            "agt_1",
+            pb::ReplayResult {
+                order_id,
+                queued: 0,
+                missed: vec![miss; crate::replay::MAX_REPLAY + 5],
+            },
+        );
+        let answered = answer.await.expect("answered");
+        assert_eq!(answered.missed.len(), crate::replay::MAX_REPLAY);
+        assert_eq!(answered.missed[0].event_id.len(), MAX_EVENT_ID_LEN);
+        assert_eq!(answered.missed[0].reason.len(), MAX_MISS_REASON);
+        assert!(fleet.pending().is_empty());
     }
 }
