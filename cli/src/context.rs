@@ -114,16 +114,14 @@ pub fn load() -> anyhow::Result<Config> {
     let Some(path) = path() else {
         return Ok(Config::default());
     };
-    match std::fs::metadata(&path) {
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
-        Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
-        Ok(meta) if meta.len() > MAX_FILE => {
-            anyhow::bail!("{} is larger than {MAX_FILE} bytes", path.display())
+    let text = match herald_core::read_limited::read_text_file_limited(&path, MAX_FILE) {
+        Err(herald_core::read_limited::ReadError::Io(err))
+            if err.kind() == std::io::ErrorKind::NotFound =>
+        {
+            return Ok(Config::default());
         }
-        Ok(_) => {}
-    }
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        read => read.with_context(|| format!("reading {}", path.display()))?,
+    };
     toml::from_str(&text).with_context(|| {
         format!(
             "{} is not a valid herald config (fix or remove it)",

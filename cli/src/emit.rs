@@ -1,6 +1,5 @@
 //! `herald emit`: sends one event through an agent, as an application would.
 
-use anyhow::Context;
 use herald_proto::v1 as pb;
 use herald_proto::v1::events_client::EventsClient;
 use serde_json::json;
@@ -32,24 +31,7 @@ pub struct Args {
 
 pub async fn run(args: Args, agent: &Server, format: Format) -> anyhow::Result<()> {
     let payload = match args.data.strip_prefix('@') {
-        Some("-") => {
-            let mut buf = Vec::new();
-            std::io::Read::read_to_end(
-                &mut std::io::Read::take(std::io::stdin(), MAX_FILE_BYTES),
-                &mut buf,
-            )
-            .context("reading standard input")?;
-            buf
-        }
-        Some(path) => {
-            let len = std::fs::metadata(path)
-                .with_context(|| format!("reading {path}"))?
-                .len();
-            if len > MAX_FILE_BYTES {
-                anyhow::bail!("{path} is {len} bytes; the limit is {MAX_FILE_BYTES}");
-            }
-            std::fs::read(path).with_context(|| format!("reading {path}"))?
-        }
+        Some(file) => crate::input::read_bytes(file, MAX_FILE_BYTES)?,
         None => args.data.into_bytes(),
     };
     let mut client = EventsClient::new(agent.channel().await?);

@@ -98,15 +98,7 @@ fn event_type(t: &pb::EventType) -> Value {
 /// A JSON document given inline or as @path.
 fn document(text: &str) -> anyhow::Result<Vec<u8>> {
     match text.strip_prefix('@') {
-        Some(path) => {
-            let len = std::fs::metadata(path)
-                .with_context(|| format!("reading {path}"))?
-                .len();
-            if len > MAX_DOCUMENT_FILE {
-                anyhow::bail!("{path} is {len} bytes; the limit is {MAX_DOCUMENT_FILE}");
-            }
-            std::fs::read(path).with_context(|| format!("reading {path}"))
-        }
+        Some(path) => crate::input::read_bytes(path, MAX_DOCUMENT_FILE),
         None => Ok(text.as_bytes().to_vec()),
     }
 }
@@ -192,7 +184,7 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                 .delete_event_type(pb::DeleteEventTypeRequest { name: name.clone() })
                 .await
                 .map_err(status_error)?;
-            output::note(&format!("deleted {name}"));
+            output::object(format, &serde_json::json!({ "deleted": name }))?;
         }
         Command::Import { file } => import(&mut client, &file, format).await?,
         Command::Get { name } => {

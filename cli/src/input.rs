@@ -1,20 +1,23 @@
 //! Reading what a command is given in a file (or on standard input), within a limit.
 
 use anyhow::Context as _;
+use herald_core::read_limited::{read_limited, read_text_file_limited, read_text_limited};
 
-/// The text of `file` (`-`: standard input), refused when larger than `limit` bytes.
+/// The text of `file` (`-`: standard input), refused when larger than `limit` bytes (never
+/// cut: a cut file could still parse, as fewer entries).
 pub fn read_text(file: &str, limit: u64) -> anyhow::Result<String> {
     if file == "-" {
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::Read::take(std::io::stdin(), limit), &mut text)
-            .context("reading standard input")?;
-        return Ok(text);
+        return read_text_limited(std::io::stdin(), limit).context("reading standard input");
     }
-    let len = std::fs::metadata(file)
-        .with_context(|| format!("reading {file}"))?
-        .len();
-    if len > limit {
-        anyhow::bail!("{file} is {len} bytes; the limit is {limit}");
+    read_text_file_limited(std::path::Path::new(file), limit)
+        .with_context(|| format!("reading {file}"))
+}
+
+/// The bytes of `file` (`-`: standard input), refused when larger than `limit` bytes.
+pub fn read_bytes(file: &str, limit: u64) -> anyhow::Result<Vec<u8>> {
+    if file == "-" {
+        return read_limited(std::io::stdin(), limit).context("reading standard input");
     }
-    std::fs::read_to_string(file).with_context(|| format!("reading {file}"))
+    herald_core::read_limited::read_file_limited(std::path::Path::new(file), limit)
+        .with_context(|| format!("reading {file}"))
 }

@@ -15,6 +15,7 @@
 //! - [`error_kind`]: why attempts fail, and the log's filters by status and error kind.
 //! - [`event_schema`]: the JSON Schemas of event types.
 //! - [`trace`]: W3C trace context carried from `Emit` to every delivery.
+//! - [`read_limited`]: reading files and streams whole, within a limit.
 
 pub mod daemon;
 pub mod egress;
@@ -28,6 +29,7 @@ pub mod interest;
 pub mod limits;
 pub mod metrics;
 pub mod payload_filter;
+pub mod read_limited;
 pub mod retry;
 pub mod shutdown;
 pub mod signing;

@@ -22,11 +22,10 @@ pub fn read_pem(path: &Path) -> Result<Vec<u8>, TlsFileError> {
         path: path.to_owned(),
         source,
     };
-    let len = std::fs::metadata(path).map_err(fail)?.len();
-    if len > MAX_PEM_BYTES {
-        return Err(fail(std::io::Error::other(format!(
-            "{len} bytes, more than a PEM file of {MAX_PEM_BYTES} should be"
-        ))));
-    }
-    std::fs::read(path).map_err(fail)
+    crate::read_limited::read_file_limited(path, MAX_PEM_BYTES).map_err(|err| match err {
+        crate::read_limited::ReadError::Io(err) => fail(err),
+        other => fail(std::io::Error::other(format!(
+            "{other}: more than a PEM file should be"
+        ))),
+    })
 }

@@ -252,7 +252,8 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, ClientErro
             path: path.display().to_string(),
             reason,
         };
-        let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+        let pem =
+            herald_core::tls_files::read_pem(path).map_err(|e| ca_error(e.source.to_string()))?;
         let mut added = 0;
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
             let cert = cert.map_err(|e| ca_error(e.to_string()))?;

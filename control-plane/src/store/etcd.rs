@@ -59,8 +59,8 @@ impl EtcdStore {
         }
         if let Some(ca) = &auth.etcd_ca_file {
             let read = |path: &std::path::Path| {
-                std::fs::read(path).map_err(|e| {
-                    StoreError::Invalid(format!("etcd TLS file {}: {e}", path.display()))
+                herald_core::tls_files::read_pem(path).map_err(|e| {
+                    StoreError::Invalid(format!("etcd TLS file {}: {}", path.display(), e.source))
                 })
             };
             let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read(ca)?));

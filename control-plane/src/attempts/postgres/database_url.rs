@@ -111,7 +111,8 @@ impl DatabaseUrl {
         let invalid = |reason: String| {
             LogError::Storage(format!("{self}: sslrootcert {}: {reason}", path.display()))
         };
-        let pem = std::fs::read(path).map_err(|e| invalid(e.to_string()))?;
+        let pem =
+            herald_core::tls_files::read_pem(path).map_err(|e| invalid(e.source.to_string()))?;
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
             let cert = cert.map_err(|e| invalid(e.to_string()))?;
