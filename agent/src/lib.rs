@@ -60,7 +60,7 @@ pub struct Config {
     pub control_plane: Vec<String>,
     /// Token the agent presents to the control plane (a token of role `agent`), when the
     /// control plane checks tokens.
-    #[arg(long, env = "HERALD_CONTROL_PLANE_TOKEN", hide_env_values = true, value_parser = herald_proto::bearer::Bearer::parse)]
+    #[arg(long, env = "HERALD_CONTROL_PLANE_TOKEN", hide_env_values = true, value_parser = herald_proto::bearer::Bearer::parser())]
     pub control_plane_token: Option<herald_proto::bearer::Bearer>,
     /// Send the control-plane token over plain http:// to hosts other than this one's
     /// loopback (refused by default: use https:// and --control-plane-ca-file).
@@ -280,9 +280,9 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
-    /// A TLS file could not be read.
+    /// The control plane's TLS settings could not be used (a file, or half a setting).
     #[error(transparent)]
-    TlsFile(#[from] herald_core::tls_files::TlsFileError),
+    TlsFile(#[from] herald_proto::client_tls::ClientTlsError),
     /// The interest names more tenants and prefixes than the control plane takes.
     #[error(
         "--tenants and --event-type-prefixes name {0} entries together; at most {max}",

@@ -57,10 +57,10 @@ struct Cli {
     #[arg(long, global = true, env = "HERALD_CONTEXT")]
     context: Option<String>,
     /// API token for the control plane (roles: read, admin).
-    #[arg(long, global = true, env = "HERALD_TOKEN", hide_env_values = true, value_parser = Bearer::parse)]
+    #[arg(long, global = true, env = "HERALD_TOKEN", hide_env_values = true, value_parser = Bearer::parser())]
     token: Option<Bearer>,
     /// Token for the agent's Emit, when the agent requires one.
-    #[arg(long, global = true, env = "HERALD_AGENT_TOKEN", hide_env_values = true, value_parser = herald_proto::bearer::Bearer::parse)]
+    #[arg(long, global = true, env = "HERALD_AGENT_TOKEN", hide_env_values = true, value_parser = herald_proto::bearer::Bearer::parser())]
     agent_token: Option<herald_proto::bearer::Bearer>,
     /// Output format.
     #[arg(short = 'o', long, global = true, env = "HERALD_OUTPUT", value_enum, default_value_t = Style::Table)]
@@ -169,7 +169,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         file(cli.tls_ca_file, &context.tls_ca_file).as_deref(),
         file(cli.tls_cert_file, &context.tls_cert_file).as_deref(),
         file(cli.tls_key_file, &context.tls_key_file).as_deref(),
-    )?;
+    )
+    .map_err(|err| match err {
+        // Half a setting is the caller's mistake (exit 2); an unreadable file is not.
+        herald_proto::client_tls::ClientTlsError::File(_) => anyhow::Error::new(err),
+        half => usage::usage(format!(
+            "{half} (--tls-ca-file, --tls-cert-file, --tls-key-file)"
+        )),
+    })?;
     let control_plane = Server {
         url: cli
             .control_plane

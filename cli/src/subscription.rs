@@ -36,7 +36,7 @@ pub enum Command {
         #[arg(long)]
         tenant: Option<String>,
         /// Subscriptions per page (at most 1000).
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
         page_size: u32,
         /// Continue from a previous page.
         #[arg(long, default_value = "")]
@@ -236,11 +236,8 @@ fn parse_payload_filter(text: &str) -> Result<String, String> {
 
 /// A text file of at most `limit` bytes.
 fn read_small_file(path: &str, limit: usize) -> Result<String, String> {
-    let metadata = std::fs::metadata(path).map_err(|e| format!("{path}: {e}"))?;
-    if metadata.len() > limit as u64 {
-        return Err(format!("{path}: larger than {limit} bytes"));
-    }
-    std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))
+    herald_core::read_limited::read_text_file_limited(std::path::Path::new(path), limit as u64)
+        .map_err(|e| format!("{path}: {e}"))
 }
 
 fn parse_egress_proxy(text: &str) -> Result<Egress, String> {
@@ -627,28 +624,57 @@ fn entry_flags(entry: &serde_json::Value) -> anyhow::Result<Vec<String>> {
         match value {
             serde_json::Value::Null | serde_json::Value::Bool(false) => {}
             serde_json::Value::Bool(true) => flags.push(flag),
+            // Each value joined to its flag (`--flag=value`), so that a value starting with `-`
+            // is read as the value, not as another flag.
             serde_json::Value::Array(items) if key == "events" || key == "regions" => {
                 let items: Vec<String> = items.iter().map(scalar).collect::<Result<_, _>>()?;
-                flags.extend([flag, items.join(",")]);
+                flags.push(format!("{flag}={}", items.join(",")));
             }
             serde_json::Value::Array(items) => {
                 for item in items {
-                    flags.extend([flag.clone(), scalar(item)?]);
+                    flags.push(format!("{flag}={}", scalar(item)?));
                 }
             }
             // A filter written as a map in the file is the filter's JSON.
             serde_json::Value::Object(_) if key == "filter" => {
-                flags.extend([flag, value.to_string()]);
+                flags.push(format!("{flag}={value}"));
             }
             serde_json::Value::Object(pairs) if key == "header" || key == "headers" => {
                 for (name, value) in pairs {
-                    flags.extend(["--header".into(), format!("{name}={}", scalar(value)?)]);
+                    flags.push(format!("--header={name}={}", scalar(value)?));
                 }
             }
-            other => flags.extend([flag, scalar(other)?]),
+            other => flags.push(format!("{flag}={}", scalar(other)?)),
         }
     }
     Ok(flags)
+}
+
+/// `text` (an error about `entry`) with the entry's secret values hidden: clap repeats the
+/// value it refuses, and a proxy URL holds its password, a header value an API key.
+fn hide_secrets(text: &str, entry: &serde_json::Value) -> String {
+    let mut secrets: Vec<String> = ["egress_proxy", "oauth2_client_secret"]
+        .iter()
+        .filter_map(|key| entry[*key].as_str().map(str::to_owned))
+        .collect();
+    for key in ["header", "headers"] {
+        match &entry[key] {
+            serde_json::Value::Object(pairs) => {
+                secrets.extend(pairs.values().filter_map(|v| v.as_str().map(str::to_owned)))
+            }
+            serde_json::Value::Array(items) => secrets.extend(items.iter().filter_map(|item| {
+                item.as_str()
+                    .and_then(|h| h.split_once('='))
+                    .map(|(_, value)| value.to_owned())
+            })),
+            _ => {}
+        }
+    }
+    let mut text = text.to_owned();
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        text = text.replace(secret.as_str(), "(hidden)");
+    }
+    text
 }
 
 /// `herald subscription import FILE`.
@@ -672,8 +698,9 @@ async fn import(
     for (index, entry) in entries.iter().enumerate() {
         let outcome = async {
             let flags = entry_flags(entry)?;
-            let parsed = <ImportEntry as clap::Parser>::try_parse_from(&flags)
-                .map_err(|e| anyhow::anyhow!("{}", e.render().to_string().trim()))?;
+            let parsed = <ImportEntry as clap::Parser>::try_parse_from(&flags).map_err(|e| {
+                anyhow::anyhow!("{}", hide_secrets(e.render().to_string().trim(), entry))
+            })?;
             let created = client
                 .create_subscription(parsed.args.into_request()?)
                 .await
@@ -716,4 +743,43 @@ async fn import(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(entry: &serde_json::Value) -> Result<ImportEntry, String> {
+        let flags = entry_flags(entry).map_err(|e| e.to_string())?;
+        <ImportEntry as clap::Parser>::try_parse_from(&flags)
+            .map_err(|e| hide_secrets(e.render().to_string().trim(), entry))
+    }
+
+    #[test]
+    fn an_import_value_starting_with_a_dash_is_a_value() {
+        let entry = serde_json::json!({
+            "tenant": "shop-1",
+            "url": "https://shop.example/hooks",
+            "events": ["order.*"],
+            "description": "-- legacy feed",
+        });
+        let parsed = parse(&entry).expect("parsed");
+        assert_eq!(
+            parsed.args.fields.description.as_deref(),
+            Some("-- legacy feed")
+        );
+    }
+
+    #[test]
+    fn an_import_error_hides_the_entrys_secrets() {
+        let entry = serde_json::json!({
+            "tenant": "shop-1",
+            "url": "https://shop.example/hooks",
+            "events": ["order.*"],
+            "egress_proxy": "ftp://user:hunter2@proxy.example:8080",
+        });
+        let err = parse(&entry).err().expect("refused");
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains("egress-proxy"), "{err}");
+    }
 }

@@ -35,6 +35,12 @@ impl Bearer {
         }
     }
 
+    /// A command-line parser for tokens ([`TokenParser`]): use it as the flag's
+    /// `value_parser`, so that a refused token is never repeated in the error.
+    pub fn parser() -> TokenParser {
+        TokenParser
+    }
+
     /// Parses a token given on the command line or in the environment.
     pub fn parse(token: &str) -> Result<Self, InvalidToken> {
         Bearer::new(Some(token))
@@ -43,6 +49,36 @@ impl Bearer {
     /// `channel` with this token on every call.
     pub fn wrap(&self, channel: Channel) -> AuthedChannel {
         InterceptedService::new(channel, self.clone())
+    }
+}
+
+/// Parses a flag's token as [`Bearer::parse`] does. clap's own errors repeat the value they
+/// refuse (`invalid value '<value>' for '--token'`), which would put a token with a stray
+/// space on stderr and into CI logs; this one names the flag and the rule only.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenParser;
+
+impl clap::builder::TypedValueParser for TokenParser {
+    type Value = Bearer;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Bearer, clap::Error> {
+        value
+            .to_str()
+            .ok_or(InvalidToken)
+            .and_then(Bearer::parse)
+            .map_err(|err| {
+                let flag = arg.map_or_else(|| "the token".to_owned(), ToString::to_string);
+                clap::Error::raw(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!("invalid value for {flag}: {err} (the value is not shown)\n"),
+                )
+                .with_cmd(cmd)
+            })
     }
 }
 
@@ -77,5 +113,25 @@ mod tests {
         assert!(request.metadata().get("authorization").is_none());
         assert!(Bearer::new(Some("with space")).is_err());
         assert!(Bearer::new(Some("line\nbreak")).is_err());
+    }
+
+    #[test]
+    fn a_refused_token_is_never_repeated_in_the_error() {
+        let cmd = clap::Command::new("herald").arg(
+            clap::Arg::new("token")
+                .long("token")
+                .value_parser(Bearer::parser()),
+        );
+        let err = cmd
+            .clone()
+            .try_get_matches_from(["herald", "--token", "s3cret-value with-space"])
+            .expect_err("refused");
+        let text = err.to_string();
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("--token"), "{text}");
+        let ok = cmd
+            .try_get_matches_from(["herald", "--token", "tok-1"])
+            .expect("accepted");
+        assert!(ok.get_one::<Bearer>("token").is_some());
     }
 }
