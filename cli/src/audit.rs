@@ -33,7 +33,7 @@ pub enum Command {
         #[arg(long, value_parser = when)]
         until: Option<SystemTime>,
         /// Changes per page (at most 1000).
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
         page_size: u32,
         /// Continue from a previous page.
         #[arg(long, default_value = "")]

@@ -17,7 +17,7 @@ pub enum Command {
         #[command(flatten)]
         filter: FilterArgs,
         /// Attempts per page (at most 1000).
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
         page_size: u32,
         /// Continue from a previous page.
         #[arg(long, default_value = "")]
@@ -240,7 +240,15 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                     .map_err(status_error)?
                     .into_inner();
                 attempts.extend(page.attempts);
-                if page.next_page_token.is_empty() || attempts.len() >= MAX_EVENT_ATTEMPTS {
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                if attempts.len() >= MAX_EVENT_ATTEMPTS {
+                    output::note(&format!(
+                        "event {event} has more than {MAX_EVENT_ATTEMPTS} attempts: the newest \
+                         {MAX_EVENT_ATTEMPTS} are shown (narrow with --subscription, or use \
+                         `deliveries list --event`)"
+                    ));
                     break;
                 }
                 page_token = page.next_page_token;
@@ -268,7 +276,14 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                     .map_err(status_error)?
                     .into_inner();
                 requests.extend(page.requests);
-                if page.next_page_token.is_empty() || requests.len() >= MAX_EVENT_ATTEMPTS {
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                if requests.len() >= MAX_EVENT_ATTEMPTS {
+                    output::note(&format!(
+                        "event {event} has more than {MAX_EVENT_ATTEMPTS} requests kept: the \
+                         first {MAX_EVENT_ATTEMPTS} are shown (narrow with --subscription)"
+                    ));
                     break;
                 }
                 page_token = page.next_page_token;

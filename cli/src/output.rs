@@ -41,6 +41,31 @@ pub fn write_bytes(bytes: &[u8]) -> Result<(), OutputError> {
         })
 }
 
+/// `bytes` as a terminal may show them: control characters (escape sequences could move the
+/// cursor, retitle the window or rewrite what was shown) written as `\x1b`, except newlines,
+/// tabs and the carriage return of a CRLF; C1 controls (U+0080 to U+009F) too.
+pub fn terminal_safe(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let crlf = b == b'\r' && bytes.get(i + 1) == Some(&b'\n');
+        let c1 = b == 0xc2 && bytes.get(i + 1).is_some_and(|n| (0x80..=0x9f).contains(n));
+        if c1 {
+            out.extend_from_slice(format!("\\u{{{:04x}}}", bytes[i + 1]).as_bytes());
+            i += 2;
+            continue;
+        }
+        if (b < 0x20 && b != b'\n' && b != b'\t' && !crlf) || b == 0x7f {
+            out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+        } else {
+            out.push(b);
+        }
+        i += 1;
+    }
+    out
+}
+
 /// Writes a line to standard error, for progress and messages beside the output. Standard
 /// error that cannot be written is no reason to fail a command, so errors are dropped.
 pub fn note(text: &str) {
@@ -410,6 +435,16 @@ pub fn sent_requests(
         return object(format, &doc);
     }
     list(format, "attempts", attempts, columns, "")?;
+    // Bodies and header values come from whoever emitted the event: on a terminal, their
+    // control characters are shown, not obeyed. Piped, they go out byte for byte.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let shown = |bytes: &[u8]| -> Vec<u8> {
+        if terminal {
+            terminal_safe(bytes)
+        } else {
+            bytes.to_vec()
+        }
+    };
     for r in requests {
         let mut head = format!(
             "\n--- request to {} (attempt {}, {} bytes) ---\n{} {}\n",
@@ -419,8 +454,8 @@ pub fn sent_requests(
             let _ = writeln!(head, "{}: {}", h.name, h.value);
         }
         head.push('\n');
-        write(&head)?;
-        write_bytes(&r.body)?;
+        write_bytes(&shown(head.as_bytes()))?;
+        write_bytes(&shown(&r.body))?;
         write("\n")?;
         if herald_proto::sent_request::is_cut(r) {
             note(&format!(
@@ -444,7 +479,7 @@ pub fn agent(a: &pb::AgentInfo) -> Value {
         "connected": a.connected,
         "replica": a.replica,
         "applied_revision": a.applied_revision,
-        "lag": (a.current_revision - a.applied_revision).max(0),
+        "lag": a.current_revision.saturating_sub(a.applied_revision).max(0),
         "last_nack": a.last_nack,
         "connected_since": time(a.connected_since.as_ref()),
         "last_seen": time(a.last_seen.as_ref()),
@@ -471,4 +506,26 @@ pub fn replay(r: &pb::ReplayDeliveriesResponse) -> Value {
             }))
             .collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed_on_a_terminal() {
+        assert_eq!(
+            terminal_safe(b"{\"a\":1}\r\n\tok"),
+            b"{\"a\":1}\r\n\tok".to_vec()
+        );
+        assert_eq!(
+            terminal_safe(b"\x1b]0;owned\x07 \x1b[2J\rx\x7f"),
+            br"\x1b]0;owned\x07 \x1b[2J\x0dx\x7f".to_vec()
+        );
+        assert_eq!(
+            terminal_safe("a\u{9b}b".as_bytes()),
+            br"a\u{009b}b".to_vec()
+        );
+        assert_eq!(terminal_safe("zażółć".as_bytes()), "zażółć".as_bytes());
+    }
 }

@@ -63,7 +63,7 @@ async fn agents(State(state): State<WebState>, console: Console) -> Result<Respo
                 region: a.region.clone(),
                 version: a.version.clone(),
                 applied: a.applied_revision,
-                lag: (a.current_revision - a.applied_revision).max(0),
+                lag: a.current_revision.saturating_sub(a.applied_revision).max(0),
                 connected: a.connected,
                 since: when(a.connected_since.as_ref()),
                 last_seen: when(a.last_seen.as_ref()),
