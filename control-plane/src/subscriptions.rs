@@ -821,6 +821,18 @@ pub fn redact(mut sub: pb::Subscription) -> pb::Subscription {
     without_write_only(sub)
 }
 
+/// The subscription as a rotation answers it: with its signing secrets (the new one is what
+/// the caller asked for), and every other secret value hidden as reads without
+/// `show_secrets` hide it (header values, the proxy's password, the OAuth2 client secret, the
+/// client key).
+pub fn with_signing_secrets_only(sub: pb::Subscription) -> pb::Subscription {
+    let secrets = sub.secrets.clone();
+    pb::Subscription {
+        secrets,
+        ..redact(sub)
+    }
+}
+
 /// The subscription without what no read returns, even with `show_secrets`: the client
 /// certificate's private key.
 pub fn without_write_only(mut sub: pb::Subscription) -> pb::Subscription {
@@ -918,6 +930,29 @@ mod tests {
             )
             .await;
         assert!(matches!(foreign, Err(SubscriptionError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_rotation_answers_its_signing_secrets_and_hides_the_rest() {
+        let sub = pb::Subscription {
+            secrets: vec![wire_secret(&SigningSecret::generate(), SystemTime::now())],
+            headers: [("X-Api-Key".to_owned(), "key-123".to_owned())].into(),
+            egress_proxy: "http://user:pw-456@proxy.example:3128".into(),
+            oauth2: Some(pb::OAuth2 {
+                client_secret: "oauth-789".into(),
+                ..Default::default()
+            }),
+            client_key: "-----BEGIN PRIVATE KEY-----".into(),
+            ..Default::default()
+        };
+        let answer = with_signing_secrets_only(sub.clone());
+        assert_eq!(answer.secrets, sub.secrets);
+        assert!(answer.secrets[0].secret.starts_with("whsec_"));
+        let text = format!("{answer:?}");
+        for hidden in ["key-123", "pw-456", "oauth-789", "PRIVATE KEY"] {
+            assert!(!text.contains(hidden), "{hidden} in {text}");
+        }
+        assert!(answer.header_values_hidden);
     }
 
     #[tokio::test]

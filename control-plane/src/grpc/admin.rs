@@ -24,7 +24,7 @@ use crate::hub::ConfigHub;
 use crate::presence;
 use crate::relay::Relay;
 use crate::store::Store;
-use crate::subscriptions::{Subscriptions, redact, without_write_only};
+use crate::subscriptions::{Subscriptions, redact, with_signing_secrets_only, without_write_only};
 use crate::test_send::Testers;
 
 /// `herald.v1.Subscriptions`.
@@ -341,7 +341,7 @@ impl SubscriptionsApi for SubscriptionsService {
         tracing::info!(id = %sub.id, "subscription secret rotated");
         self.audited(&who, Action::SubscriptionRotateSecret, &sub, String::new())
             .await;
-        Ok(Response::new(sub))
+        Ok(Response::new(with_signing_secrets_only(sub)))
     }
 }
 

@@ -433,6 +433,19 @@ async fn subscriptions_and_the_catalogue_are_managed_over_http_as_over_grpc() ->
     .await?;
     assert_eq!(rotated["secrets"].as_array().map(Vec::len), Some(2));
     assert!(rotated["secrets"][1]["expires_at"].is_string(), "{rotated}");
+    // A rotation answers the signing secrets it made, not the other secret values.
+    assert!(!rotated.to_string().contains("k-123"), "{rotated}");
+    // An empty action posted from another site's page is refused (a browser may attach
+    // credentials of its own); the same from a client that names no site is taken.
+    let forged = client
+        .post(format!("{base}{path}/disable"))
+        .bearer_auth(SHOP_B_ADMIN)
+        .header("origin", "https://evil.example")
+        .send()
+        .await?;
+    assert_eq!(forged.status().as_u16(), 403);
+    let (status, _, still) = send(Method::GET, &path, SHOP_B, None).await?;
+    assert_eq!((status, &still["enabled"]), (200, &json!(true)));
     let (status, _, health) = send(Method::GET, &format!("{path}/health"), SHOP_B, None).await?;
     assert_eq!((status, &health["consecutive_failures"]), (200, &json!(0)));
 
