@@ -358,6 +358,22 @@ fn is_form_error(status: &tonic::Status) -> bool {
     )
 }
 
+/// The fields of `sub` a tenant sets through the portal's form; everything else as a new
+/// subscription has it by default.
+fn portal_fields(sub: pb::Subscription) -> pb::Subscription {
+    pb::Subscription {
+        tenant: sub.tenant,
+        url: sub.url,
+        event_types: sub.event_types,
+        payload_filter: sub.payload_filter,
+        format: sub.format,
+        envelope: sub.envelope,
+        headers: sub.headers,
+        description: sub.description,
+        ..Default::default()
+    }
+}
+
 async fn create(
     State(state): State<WebState>,
     Change { holder, form }: Change,
@@ -366,8 +382,10 @@ async fn create(
     // The link's tenant, whatever the form says; the platform's catalogue decides the types.
     form.tenant = holder.tenant.clone();
     form.allow_unregistered = false;
+    // Only what the portal's form shows (as an edit keeps): the rest (egress, regions, limits,
+    // retries, OAuth2, client certificates) is the platform's to set, never its tenant's.
     let subscription = match form.to_wire(String::new()) {
-        Ok(sub) => sub,
+        Ok(sub) => portal_fields(sub),
         Err(err) => return form_page(&state, &holder, None, form, err.0).await,
     };
     let request = holder.caller.request(pb::CreateSubscriptionRequest {

@@ -244,6 +244,56 @@ async fn a_shop_manages_its_endpoints_in_its_portal_and_sees_no_other_shop() -> 
     assert_eq!(forged.status().as_u16(), 403);
     assert!(control_plane.get(&id).await?.enabled);
 
+    // A form posted with fields the portal never shows sets none of them: egress, regions,
+    // limits and labels are the platform's to set.
+    let crafted_url = receiver.url("/shop-a-crafted");
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("url", crafted_url.as_str()),
+            ("event_types", "order.created"),
+            ("format", "json"),
+            ("egress", "direct"),
+            ("regions", "eu"),
+            ("max_in_flight", "3"),
+            ("labels", "owner=shop"),
+            ("disable_after", "100"),
+        ])
+        .finish();
+    let posted = client
+        .post(format!("{}endpoints", minted.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await?;
+    assert!(posted.status().is_success(), "{}", posted.status());
+    let listed = control_plane
+        .subscriptions()
+        .await?
+        .list_subscriptions(pb::ListSubscriptionsRequest {
+            tenant: "shop-a".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let crafted = listed
+        .subscriptions
+        .iter()
+        .find(|s| s.url == crafted_url)
+        .expect("created");
+    assert_eq!(
+        crafted.egress,
+        pb::Egress::AgentDefault as i32,
+        "{crafted:?}"
+    );
+    assert!(
+        crafted.regions.is_empty() && crafted.labels.is_empty(),
+        "{crafted:?}"
+    );
+    assert!(
+        crafted.max_in_flight != 3 && crafted.disable_after != 100,
+        "{crafted:?}"
+    );
+
     // An expired link and a forged one say so, and show nothing.
     let keyring = Keyring::parse(herald_tests::herald::shared_keyring())?;
     let grant = Grant {
