@@ -572,7 +572,11 @@ pub async fn run(
                 authenticator.clone(),
                 keyring.clone(),
                 web::WebSettings {
-                    secure_cookies: tls.is_some(),
+                    // Behind a TLS-terminating proxy the pages are https too.
+                    secure_cookies: tls.is_some()
+                        || public_url
+                            .as_deref()
+                            .is_some_and(|url| url.starts_with("https://")),
                     portal: config.portal.clone(),
                 },
             ));

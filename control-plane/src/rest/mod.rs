@@ -244,6 +244,14 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for ActionBod
             .await
             .map_err(|e| ApiError::invalid(e.body_text()))?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
+            // A page on another site can post an empty form here, and the browser may add
+            // credentials of its own (a client certificate) or none be needed (an open API):
+            // an action without a body is taken only from a client that names no other site.
+            if crate::web::session::from_another_site(&parts.headers) {
+                return Err(ApiError(tonic::Status::permission_denied(
+                    "a request from another site's page must send its action as JSON",
+                )));
+            }
             return Ok(ActionBody(T::default()));
         }
         let ApiJson(value) =

@@ -34,7 +34,8 @@ use crate::sealing::Keyring;
 /// How the web pages present themselves; from the control plane's flags.
 #[derive(Clone, Debug, Default)]
 pub struct WebSettings {
-    /// Cookies only over HTTPS (the HTTP listener speaks TLS).
+    /// Cookies only over HTTPS (the HTTP listener speaks TLS, or `--public-url` is https://
+    /// behind a proxy that terminates it).
     pub secure_cookies: bool,
     /// The tenant portal's look and where it may be embedded.
     pub portal: portal::Branding,

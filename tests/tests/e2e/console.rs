@@ -197,6 +197,11 @@ async fn an_operator_manages_a_failing_endpoint_from_the_console() -> anyhow::Re
         !page.contains("Rotate secret") && !page.contains("Edit"),
         "{page}"
     );
+    // It may still sign out.
+    browser.click(".signout button").await?;
+    browser.wait_url("/login").await?;
+    browser.open(&format!("{base}/subscriptions/{id}")).await?;
+    browser.wait_url("/login").await?;
     browser.close().await?;
     Ok(())
 }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use super::WebState;
 use super::page::{PageError, render, render_with};
-use super::session::{self, Console, ConsoleChange};
+use super::session::{self, Console};
 
 /// The console's routes.
 pub fn routes() -> Router<WebState> {
@@ -69,7 +69,14 @@ struct LoginQuery {
 /// Where to go after signing in: a page of this console only.
 fn local_path(next: Option<&str>) -> String {
     match next {
-        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => {
+        // Browsers drop tabs and newlines from URLs (`/\t/evil.example` is `//evil.example`)
+        // and read `\` as `/`: a path holding any control character or backslash is refused.
+        Some(path)
+            if path.starts_with('/')
+                && !path.starts_with("//")
+                && !path.contains('\\')
+                && !path.chars().any(char::is_control) =>
+        {
             path.to_owned()
         }
         _ => "/subscriptions".to_owned(),
@@ -107,11 +114,13 @@ async fn login(State(state): State<WebState>, request: Request) -> Result<Respon
         .into_response())
 }
 
+/// Signs out any session, read-only ones too (which may post nothing else): clearing the
+/// cookie needs no rights, only a post from this site.
 async fn logout(
     State(state): State<WebState>,
-    change: ConsoleChange,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, PageError> {
-    drop(change);
+    session::same_origin(&headers)?;
     Ok((
         StatusCode::SEE_OTHER,
         [(header::SET_COOKIE, session::sign_out(&state)?)],
@@ -128,4 +137,29 @@ fn after_change(path: &str, done: &str) -> Response {
         super::page::query_value(done)
     ))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_in_goes_on_to_pages_of_this_console_only() {
+        assert_eq!(local_path(Some("/deliveries?x=1")), "/deliveries?x=1");
+        for elsewhere in [
+            "//evil.example",
+            "/\\evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "https://evil.example",
+            "",
+        ] {
+            assert_eq!(
+                local_path(Some(elsewhere)),
+                "/subscriptions",
+                "{elsewhere:?}"
+            );
+        }
+        assert_eq!(local_path(None), "/subscriptions");
+    }
 }
