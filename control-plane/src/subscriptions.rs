@@ -875,13 +875,23 @@ fn merged_headers(
 mod tests {
     use super::*;
 
+    /// A registry on an embedded store in `dir` (keyring `k1`, no special targets), and the
+    /// store, for tests that read its raw records.
+    async fn registry_in(dir: &tempfile::TempDir) -> (Subscriptions, Store) {
+        let store = Store::embedded(dir.path()).await.expect("a store");
+        let keyring = Keyring::parse(&Keyring::generate_entry("k1").expect("a key")).expect("ok");
+        let registry = Subscriptions::new(
+            store.clone(),
+            TargetPolicy::new(false, vec![]),
+            Arc::new(keyring),
+        );
+        (registry, store)
+    }
+
     #[tokio::test]
     async fn a_scoped_listing_pages_through_its_tenants_only() {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let store = Store::embedded(dir.path()).await.expect("a store");
-        let keyring = Keyring::parse(&Keyring::generate_entry("k1").expect("a key")).expect("ok");
-        let registry =
-            Subscriptions::new(store, TargetPolicy::new(false, vec![]), Arc::new(keyring));
+        let (registry, _) = registry_in(&dir).await;
         for (tenant, n) in [("shop-a", 3), ("shop-b", 2), ("shop-c", 2)] {
             for _ in 0..n {
                 registry
@@ -958,11 +968,7 @@ mod tests {
     #[tokio::test]
     async fn a_tenant_holds_at_most_its_limit_of_subscriptions() {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let store = Store::embedded(dir.path()).await.expect("a store");
-        let keyring = Keyring::parse(&Keyring::generate_entry("k1").expect("a key")).expect("ok");
-        let registry =
-            Subscriptions::new(store, TargetPolicy::new(false, vec![]), Arc::new(keyring))
-                .with_max_per_tenant(2);
+        let registry = registry_in(&dir).await.0.with_max_per_tenant(2);
         let create = |tenant: &str| {
             registry.create(pb::Subscription {
                 tenant: tenant.into(),
@@ -994,10 +1000,7 @@ mod tests {
     #[tokio::test]
     async fn a_create_cannot_set_what_only_the_control_plane_sets() {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let store = Store::embedded(dir.path()).await.expect("a store");
-        let keyring = Keyring::parse(&Keyring::generate_entry("k1").expect("a key")).expect("ok");
-        let registry =
-            Subscriptions::new(store, TargetPolicy::new(false, vec![]), Arc::new(keyring));
+        let (registry, _) = registry_in(&dir).await;
         // A time no RFC 3339 text can hold, and one that would skip every parked delivery.
         let far = prost_types::Timestamp {
             seconds: 300_000_000_000,
@@ -1023,13 +1026,7 @@ mod tests {
     #[tokio::test]
     async fn a_subscription_proxy_is_sealed_masked_on_reads_and_kept_by_a_masked_update() {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let store = Store::embedded(dir.path()).await.expect("a store");
-        let keyring = Keyring::parse(&Keyring::generate_entry("k1").expect("a key")).expect("ok");
-        let registry = Subscriptions::new(
-            store.clone(),
-            TargetPolicy::new(false, vec![]),
-            Arc::new(keyring),
-        );
+        let (registry, store) = registry_in(&dir).await;
         let created = registry
             .create(pb::Subscription {
                 tenant: "shop-1".into(),
@@ -1086,13 +1083,7 @@ mod tests {
     #[tokio::test]
     async fn header_values_written_in_the_clear_are_sealed_at_start() {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let store = Store::embedded(dir.path()).await.expect("a store");
-        let keyring = Keyring::parse(&Keyring::generate_entry("k1").expect("a key")).expect("ok");
-        let registry = Subscriptions::new(
-            store.clone(),
-            TargetPolicy::new(false, vec![]),
-            Arc::new(keyring),
-        );
+        let (registry, store) = registry_in(&dir).await;
         // A record as an earlier version wrote it: header values in the clear.
         let legacy = pb::Subscription {
             id: "sub_01LEGACY".into(),

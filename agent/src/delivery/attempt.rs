@@ -437,16 +437,16 @@ fn error_kind(err: &hyper_util::client::legacy::Error) -> ErrorKind {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use herald_core::egress::Egress;
     use herald_core::target::TargetPolicy;
 
     use super::super::transport::Transport;
     use super::*;
 
-    #[test]
-    fn the_logs_copy_masks_every_credential_and_keeps_the_body_up_to_its_limit() {
-        let wire = pb::Subscription {
+    /// An enabled subscription of shop-1 to `order.*`, with a fresh signing secret.
+    pub(in crate::delivery) fn sample_subscription() -> pb::Subscription {
+        pb::Subscription {
             id: "sub_1".into(),
             tenant: "shop-1".into(),
             url: "https://example.com/hooks".into(),
@@ -455,9 +455,16 @@ mod tests {
                 secret: herald_core::signing::SigningSecret::generate().expose(),
                 ..Default::default()
             }],
-            headers: [("X-Api-Key".to_owned(), "k-secret".to_owned())].into(),
             enabled: true,
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_logs_copy_masks_every_credential_and_keeps_the_body_up_to_its_limit() {
+        let wire = pb::Subscription {
+            headers: [("X-Api-Key".to_owned(), "k-secret".to_owned())].into(),
+            ..sample_subscription()
         };
         let sub = herald_proto::convert::subscription(&wire, true).expect("a subscription");
         let event = EventRef {

@@ -619,19 +619,8 @@ mod tests {
     use herald_core::retry::DEFAULT_DELAYS;
 
     fn subscription() -> Subscription {
-        let wire = pb::Subscription {
-            id: "sub_1".into(),
-            tenant: "shop-1".into(),
-            url: "https://example.com/hooks".into(),
-            event_types: vec!["order.*".into()],
-            secrets: vec![pb::SigningSecret {
-                secret: herald_core::signing::SigningSecret::generate().expose(),
-                ..Default::default()
-            }],
-            enabled: true,
-            ..Default::default()
-        };
-        herald_proto::convert::subscription(&wire, true).expect("a subscription")
+        herald_proto::convert::subscription(&attempt::tests::sample_subscription(), true)
+            .expect("a subscription")
     }
 
     #[test]

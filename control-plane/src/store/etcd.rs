@@ -154,17 +154,23 @@ impl EtcdStore {
         Ok(found)
     }
 
+    /// One range read from `key` with `options`, from whichever member answers.
+    async fn read_range(
+        &self,
+        key: &str,
+        options: GetOptions,
+    ) -> Result<etcd_client::GetResponse, StoreError> {
+        self.reaching_a_member(|client| {
+            let (key, options) = (key.to_owned(), options.clone());
+            async move { client.kv_client().get(key, Some(options)).await }
+        })
+        .await
+        .map_err(StoreError::from)
+    }
+
     pub(super) async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64), StoreError> {
         let resp = self
-            .reaching_a_member(|client| {
-                let prefix = prefix.to_owned();
-                async move {
-                    client
-                        .kv_client()
-                        .get(prefix, Some(GetOptions::new().with_prefix()))
-                        .await
-                }
-            })
+            .read_range(prefix, GetOptions::new().with_prefix())
             .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         let kvs = resp
@@ -176,42 +182,17 @@ impl EtcdStore {
     }
 
     pub(super) async fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let resp = self
-            .reaching_a_member(|client| {
-                let prefix = prefix.to_owned();
-                async move {
-                    client
-                        .kv_client()
-                        .get(
-                            prefix,
-                            Some(
-                                GetOptions::new()
-                                    .with_prefix()
-                                    .with_keys_only()
-                                    .with_sort(SortTarget::Key, SortOrder::Ascend),
-                            ),
-                        )
-                        .await
-                }
-            })
-            .await?;
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_keys_only()
+            .with_sort(SortTarget::Key, SortOrder::Ascend);
+        let resp = self.read_range(prefix, options).await?;
         resp.kvs().iter().map(|kv| key_string(kv.key())).collect()
     }
 
     pub(super) async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
         let resp = self
-            .reaching_a_member(|client| {
-                let prefix = prefix.to_owned();
-                async move {
-                    client
-                        .kv_client()
-                        .get(
-                            prefix,
-                            Some(GetOptions::new().with_prefix().with_count_only()),
-                        )
-                        .await
-                }
-            })
+            .read_range(prefix, GetOptions::new().with_prefix().with_count_only())
             .await?;
         Ok(u64::try_from(resp.count()).unwrap_or(0))
     }
@@ -231,12 +212,7 @@ impl EtcdStore {
             .with_range(prefix_end(prefix))
             .with_sort(SortTarget::Key, SortOrder::Ascend)
             .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
-        let resp = self
-            .reaching_a_member(|client| {
-                let (start, options) = (start.clone(), options.clone());
-                async move { client.kv_client().get(start, Some(options)).await }
-            })
-            .await?;
+        let resp = self.read_range(&start, options).await?;
         resp.kvs().iter().map(to_key_value).collect()
     }
 
