@@ -156,12 +156,22 @@ fn save(config: &Config) -> anyhow::Result<PathBuf> {
 impl Config {
     /// The context to use: `named` (which must exist), else the current one, else none.
     pub fn pick(&self, named: Option<&str>) -> anyhow::Result<Entry> {
-        match named.or(self.current.as_deref()) {
-            None => Ok(Entry::default()),
-            Some(name) => self.contexts.get(name).cloned().with_context(|| {
-                format!("no context {name:?}: see `herald context list`, or create it with `herald context set {name} --url …`")
-            }),
-        }
+        let Some(name) = named.or(self.current.as_deref()) else {
+            return Ok(Entry::default());
+        };
+        self.contexts.get(name).cloned().ok_or_else(|| {
+            let message = format!(
+                "no context {name:?}: see `herald context list`, or create it with `herald \
+                 context set {name} --url …`"
+            );
+            // Named on the command line: called wrongly (exit 2); the file's current one: the
+            // file is wrong (exit 1).
+            if named.is_some() {
+                crate::usage::usage(message)
+            } else {
+                anyhow::anyhow!(message)
+            }
+        })
     }
 }
 

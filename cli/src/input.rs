@@ -1,23 +1,69 @@
 //! Reading what a command is given in a file (or on standard input), within a limit.
+//!
+//! A file the command line names that cannot be used (absent, unreadable, too large, not
+//! text) is a usage error (exit 2), as clap's own checks of `@file` flags are; a failure to
+//! read one that exists is the operation failing (exit 1).
 
-use anyhow::Context as _;
-use herald_core::read_limited::{read_limited, read_text_file_limited, read_text_limited};
+use std::io::ErrorKind;
+use std::path::Path;
+
+use herald_core::read_limited::{self, ReadError};
+
+use crate::usage;
 
 /// The text of `file` (`-`: standard input), refused when larger than `limit` bytes (never
 /// cut: a cut file could still parse, as fewer entries).
 pub fn read_text(file: &str, limit: u64) -> anyhow::Result<String> {
-    if file == "-" {
-        return read_text_limited(std::io::stdin(), limit).context("reading standard input");
-    }
-    read_text_file_limited(std::path::Path::new(file), limit)
-        .with_context(|| format!("reading {file}"))
+    let read = if file == "-" {
+        read_limited::read_text_limited(std::io::stdin(), limit)
+    } else {
+        read_limited::read_text_file_limited(Path::new(file), limit)
+    };
+    read.map_err(|err| refused(file, err))
 }
 
 /// The bytes of `file` (`-`: standard input), refused when larger than `limit` bytes.
 pub fn read_bytes(file: &str, limit: u64) -> anyhow::Result<Vec<u8>> {
-    if file == "-" {
-        return read_limited(std::io::stdin(), limit).context("reading standard input");
+    let read = if file == "-" {
+        read_limited::read_limited(std::io::stdin(), limit)
+    } else {
+        read_limited::read_file_limited(Path::new(file), limit)
+    };
+    read.map_err(|err| refused(file, err))
+}
+
+/// The error for `file` that could not be read: a usage error when the file given is not one
+/// the command can take.
+fn refused(file: &str, err: ReadError) -> anyhow::Error {
+    let name = if file == "-" { "standard input" } else { file };
+    match &err {
+        ReadError::TooLarge { .. } | ReadError::NotText => usage::usage(format!("{name}: {err}")),
+        ReadError::Io(io)
+            if matches!(io.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied) =>
+        {
+            usage::usage(format!("{name}: {err}"))
+        }
+        ReadError::Io(_) => anyhow::Error::new(err).context(format!("reading {name}")),
     }
-    herald_core::read_limited::read_file_limited(std::path::Path::new(file), limit)
-        .with_context(|| format!("reading {file}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_the_command_cannot_take_is_a_usage_error() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let big = dir.path().join("big.json");
+        std::fs::write(&big, "x".repeat(100)).expect("written");
+        let big = big.to_str().expect("utf-8");
+        for err in [
+            read_bytes(big, 10).expect_err("too large"),
+            read_text("/nonexistent/file.yaml", 10).expect_err("absent"),
+            read_bytes("/dev/zero", 4096).expect_err("endless"),
+        ] {
+            assert!(err.downcast_ref::<usage::UsageError>().is_some(), "{err:#}");
+        }
+        assert_eq!(read_bytes(big, 100).expect("read").len(), 100);
+    }
 }

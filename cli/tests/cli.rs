@@ -737,11 +737,12 @@ async fn contexts_remember_a_control_plane_and_its_token() -> anyhow::Result<()>
     run(&["context", "use", "elsewhere"]).await?;
     let unreachable = run(&["subscription", "list"]).await?;
     assert_eq!(unreachable.status.code(), Some(1));
-    // --context picks one for a single command; an unknown one says what to do.
+    // --context picks one for a single command; an unknown one says what to do, as a usage
+    // error (exit 2: called wrongly).
     let picked = json(&run(&["--context", "local", "subscription", "list", "-o", "json"]).await?);
     assert!(picked["subscriptions"].is_array());
     let unknown = run(&["--context", "nope", "subscription", "list"]).await?;
-    assert_eq!(unknown.status.code(), Some(1));
+    assert_eq!(unknown.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("herald context list"));
     Ok(())
 }
