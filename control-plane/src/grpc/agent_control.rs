@@ -194,6 +194,12 @@ impl AgentControl for AgentControlService {
         let mut inbound = request.into_inner();
         let (log, health, streams) = (self.log.clone(), self.health.clone(), self.streams.clone());
         let (hub, registry) = (self.hub.clone(), self.registry.clone());
+        // Reports are checked against the hub's subscriptions: before it has loaded them (a
+        // replica just started) every report would look unknown, and be refused and acked.
+        tokio::select! {
+            () = hub.ready() => {}
+            () = streams.shutdown().cancelled() => return Err(Status::unavailable("shutting down")),
+        }
         let reactions = health.reactions();
         let metrics = self.metrics.clone();
         let body_limit = self.log_body_limit as usize;
