@@ -537,15 +537,36 @@ pub async fn run(
     if drained.is_err() {
         tracing::warn!(?grace, "grace period over with attempts still in flight");
     }
-    if let Err(err) = queue.flush().await {
-        tracing::warn!(error = %err, "queue flush failed");
+    // Bounded: a disk that hangs must not hold the process past its stop timeout.
+    match tokio::time::timeout(grace, queue.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "queue flush failed"),
+        Err(_) => tracing::warn!(?grace, "queue flush did not finish in time"),
     }
     reports_stop.cancel();
     let _ = tokio::time::timeout(grace.saturating_add(Duration::from_secs(1)), reporter).await;
     watcher.abort();
+    // The config cache's writer, the sweep, the metrics endpoint and the health reporter stop
+    // on the signals above (or once the watcher is gone): wait for them, briefly.
     background.close();
+    if tokio::time::timeout(BACKGROUND_STOP, background.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("background tasks still running at exit");
+    }
+    // A last checkpoint: the next start has no log to replay.
+    if tokio::time::timeout(grace, queue.close()).await.is_err() {
+        tracing::warn!(
+            ?grace,
+            "the queue did not close in time; the next start replays its log"
+        );
+    }
     Ok(())
 }
+
+/// How long shutdown waits for the background tasks (cache, sweep, metrics, health) to stop.
+const BACKGROUND_STOP: Duration = Duration::from_secs(2);
 
 /// gRPC's usual limit on one request message.
 const DEFAULT_MAX_MESSAGE: usize = 4 << 20;
