@@ -348,9 +348,16 @@ impl EtcdStore {
             })
             .await?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        // The task ends with the watch: when etcd ends it, or when the receiver is dropped
+        // (checked while waiting too, so a watch of a key nobody writes does not outlive its
+        // reader).
         tokio::spawn(async move {
             loop {
-                let item = match stream.message().await {
+                let message = tokio::select! {
+                    message = stream.message() => message,
+                    () = tx.closed() => return,
+                };
+                let item = match message {
                     Ok(Some(resp)) if resp.compact_revision() > 0 => Err(StoreError::Compacted {
                         requested: from_revision,
                         compacted: resp.compact_revision(),
