@@ -126,15 +126,32 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     ));
 
     herald_core::shutdown::signal().await;
-    say("stopping…");
-    stop_agent.cancel();
-    let agent = agent.await;
-    stop.cancel();
-    let (cp, receiver) = tokio::join!(control_plane, receiver);
-    agent.context("agent task")??;
-    cp.context("control plane task")??;
-    receiver.context("receiver task")??;
-    Ok(())
+    say("stopping… (Ctrl-C again to stop at once)");
+    let stopping = async {
+        stop_agent.cancel();
+        let agent = agent.await;
+        stop.cancel();
+        // The receiver waits for its open requests; a client holding one open must not hold
+        // Herald: it gets the grace period.
+        let receiver = async {
+            match tokio::time::timeout(GRACE, receiver).await {
+                Ok(done) => anyhow::Ok(done.context("receiver task")??),
+                Err(_) => Ok(()),
+            }
+        };
+        let (cp, receiver) = tokio::join!(control_plane, receiver);
+        agent.context("agent task")??;
+        cp.context("control plane task")??;
+        receiver?;
+        anyhow::Ok(())
+    };
+    tokio::select! {
+        stopped = stopping => stopped,
+        () = herald_core::shutdown::signal() => {
+            say("stopped at once");
+            Ok(())
+        }
+    }
 }
 
 /// Prints `text` for the person watching. With nobody reading (`herald dev | head`), Herald

@@ -1714,6 +1714,17 @@ async fn dev_session(stdout: std::process::Stdio) -> anyhow::Result<Output> {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ttl"));
 
+    // A client in the middle of a request to the receiver (its body never finished) does
+    // not hold Herald past the grace period.
+    let held = {
+        use tokio::io::AsyncWriteExt as _;
+        let mut stream = tokio::net::TcpStream::connect(&receiver).await?;
+        stream
+            .write_all(b"POST /hooks/orders HTTP/1.1\r\nHost: dev\r\nContent-Length: 100\r\n\r\n{")
+            .await?;
+        stream
+    };
+
     let pid = dev.id().context("dev is running")?.to_string();
     let interrupted = tokio::process::Command::new("kill")
         .args(["-INT", &pid])
@@ -1723,6 +1734,7 @@ async fn dev_session(stdout: std::process::Stdio) -> anyhow::Result<Output> {
     let stopped = tokio::time::timeout(Duration::from_secs(20), dev.wait_with_output())
         .await
         .context("herald dev did not stop within 20 s of Ctrl-C")??;
+    drop(held);
     Ok(stopped)
 }
 
