@@ -44,7 +44,7 @@ pub fn write_bytes(bytes: &[u8]) -> Result<(), OutputError> {
 /// `bytes` as a terminal may show them: control characters (escape sequences could move the
 /// cursor, retitle the window or rewrite what was shown) written as `\x1b`, except newlines,
 /// tabs and the carriage return of a CRLF; C1 controls (U+0080 to U+009F) too.
-pub fn terminal_safe(bytes: &[u8]) -> Vec<u8> {
+fn terminal_safe(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -438,11 +438,11 @@ pub fn sent_requests(
     // Bodies and header values come from whoever emitted the event: on a terminal, their
     // control characters are shown, not obeyed. Piped, they go out byte for byte.
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let shown = |bytes: &[u8]| -> Vec<u8> {
+    let show = |bytes: &[u8]| {
         if terminal {
-            terminal_safe(bytes)
+            write_bytes(&terminal_safe(bytes))
         } else {
-            bytes.to_vec()
+            write_bytes(bytes)
         }
     };
     for r in requests {
@@ -454,8 +454,8 @@ pub fn sent_requests(
             let _ = writeln!(head, "{}: {}", h.name, h.value);
         }
         head.push('\n');
-        write_bytes(&shown(head.as_bytes()))?;
-        write_bytes(&shown(&r.body))?;
+        show(head.as_bytes())?;
+        show(&r.body)?;
         write("\n")?;
         if herald_proto::sent_request::is_cut(r) {
             note(&format!(

@@ -20,8 +20,8 @@ use std::time::SystemTime;
 
 use herald_core::ValidationError;
 use herald_core::event_schema::EventSchema;
-use herald_core::event_type::{EventPattern, validate_event_type};
-use herald_core::limits::{MAX_DESCRIPTION_LEN, MAX_EVENT_PATTERNS};
+use herald_core::event_type::{EventFilter, EventPattern, validate_event_type};
+use herald_core::limits::MAX_DESCRIPTION_LEN;
 use herald_proto::convert::timestamp;
 use herald_proto::v1 as pb;
 use prost::Message;
@@ -251,17 +251,9 @@ impl EventTypes {
         kept: &[String],
         allow_unregistered: bool,
     ) -> Result<(), EventTypeError> {
-        // Before any matching: each pattern is matched against the whole catalogue.
-        if patterns.len() > MAX_EVENT_PATTERNS {
-            return Err(ValidationError::new(
-                "event_types",
-                format!(
-                    "{} patterns, more than the limit of {MAX_EVENT_PATTERNS}",
-                    patterns.len()
-                ),
-            )
-            .into());
-        }
+        // The list's own rules (its length first) before any matching: each pattern is
+        // matched against the whole catalogue.
+        EventFilter::parse(patterns)?;
         if self.mode == RegistryMode::Off {
             return Ok(());
         }
@@ -397,6 +389,7 @@ mod tests {
 
     #[tokio::test]
     async fn too_many_patterns_are_refused_before_any_matching() {
+        use herald_core::limits::MAX_EVENT_PATTERNS;
         let dir = tempfile::tempdir().expect("a temp dir");
         let store = Store::embedded(dir.path()).await.expect("a store");
         let registry = EventTypes::new(store, RegistryMode::Off);

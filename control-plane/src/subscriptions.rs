@@ -825,8 +825,8 @@ pub fn redact(mut sub: pb::Subscription) -> pb::Subscription {
 /// the caller asked for), and every other secret value hidden as reads without
 /// `show_secrets` hide it (header values, the proxy's password, the OAuth2 client secret, the
 /// client key).
-pub fn with_signing_secrets_only(sub: pb::Subscription) -> pb::Subscription {
-    let secrets = sub.secrets.clone();
+pub fn with_signing_secrets_only(mut sub: pb::Subscription) -> pb::Subscription {
+    let secrets = std::mem::take(&mut sub.secrets);
     pb::Subscription {
         secrets,
         ..redact(sub)
