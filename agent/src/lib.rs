@@ -330,6 +330,18 @@ pub async fn run(
         return Err(Error::Interest(entries));
     }
     tracing::info!(agent = %id, region = %config.region, listen = %config.listen, "agent starting");
+    // Bound before anything is opened or spawned: a start that fails here leaves nothing behind.
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Metrics { addr, source })?,
+        ),
+        None => None,
+    };
+    let reflection = [tonic_health::pb::FILE_DESCRIPTOR_SET];
+    let reflection_v1 = herald_proto::discovery::reflection_v1(&reflection)?;
+    let reflection_v1alpha = herald_proto::discovery::reflection_v1alpha(&reflection)?;
     let policy = TargetPolicy::new(config.allow_http, config.allow_targets.clone());
     let transport = delivery::transport::Transport::build(
         config.ca_file.as_deref(),
@@ -444,11 +456,10 @@ pub async fn run(
         },
         stop.clone(),
     ));
-    if let Some(addr) = config.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Metrics { addr, source })?;
-        tracing::info!(%addr, "serving metrics");
+    if let Some(listener) = metrics_listener {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "serving metrics");
+        }
         let (queue, routes, metrics) = (queue.clone(), routes.clone(), metrics.clone());
         let metrics_stop = reports_stop.clone();
         let render = move || metrics.render(&queue, &routes.borrow());
@@ -486,12 +497,11 @@ pub async fn run(
         health.clone(),
         draining.clone(),
     ));
-    let reflection = [tonic_health::pb::FILE_DESCRIPTOR_SET];
     let serving = stop.clone();
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(herald_proto::discovery::reflection_v1(&reflection)?)
-        .add_service(herald_proto::discovery::reflection_v1alpha(&reflection)?)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(service);
     let server = async move {
         match listener {
@@ -516,9 +526,14 @@ pub async fn run(
     };
     tokio::pin!(server);
     herald_core::daemon::notify_ready();
-    tokio::select! {
-        result = &mut server => result?,
-        () = shutdown => {}
+    // A server that fails (its listener broke) stops the agent as a signal would, through the
+    // same drain, and the failure is returned at the end.
+    let failed = tokio::select! {
+        result = &mut server => Some(result),
+        () = shutdown => None,
+    };
+    if let Some(Err(err)) = &failed {
+        tracing::error!(error = %err, "the Emit server failed; stopping");
     }
     tracing::info!("shutting down: no new events; finishing attempts in flight");
     herald_core::daemon::notify_stopping();
@@ -530,7 +545,9 @@ pub async fn run(
     stop.cancel();
     let grace = config.shutdown_grace;
     let drained = tokio::time::timeout(grace, async {
-        let _ = (&mut server).await;
+        if failed.is_none() {
+            let _ = (&mut server).await;
+        }
         dispatcher.drain().await;
     })
     .await;
@@ -562,7 +579,10 @@ pub async fn run(
             "the queue did not close in time; the next start replays its log"
         );
     }
-    Ok(())
+    match failed {
+        Some(Err(err)) => Err(err.into()),
+        _ => Ok(()),
+    }
 }
 
 /// How long shutdown waits for the background tasks (cache, sweep, metrics, health) to stop.

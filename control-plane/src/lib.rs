@@ -352,6 +352,9 @@ pub async fn run(
         );
     }
     let stop = CancellationToken::new();
+    // A start that fails after this point (a listener that cannot bind, unusable TLS files)
+    // returns early: the work already spawned stops with it.
+    let _stop_on_return = stop.clone().drop_guard();
     // The replica's background work (the log's sweep, watches, relays, side listeners):
     // stopped by `stop`, and drained with the calls at shutdown, within the grace period.
     let background = TaskTracker::new();
@@ -476,6 +479,7 @@ pub async fn run(
         )
         .await;
     let log_watch_stop = CancellationToken::new();
+    let _log_watch_stop_on_return = log_watch_stop.clone().drop_guard();
     let log_watch = tokio::spawn(log_health::watch(
         log.clone(),
         health_reporter.clone(),
@@ -637,9 +641,14 @@ pub async fn run(
     herald_core::daemon::notify_ready();
 
     tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => return result.map_err(Error::from),
-        () = shutdown => {}
+    // A server that fails (its listener broke) stops the replica as a signal would, through
+    // the same drain, and the failure is returned at the end.
+    let failed = tokio::select! {
+        result = &mut server => Some(result),
+        () = shutdown => None,
+    };
+    if let Some(Err(err)) = &failed {
+        tracing::error!(error = %err, "the gRPC server failed; stopping");
     }
     tracing::info!("shutting down: draining calls and streams");
     herald_core::daemon::notify_stopping();
@@ -674,7 +683,10 @@ pub async fn run(
         .await;
     stop.cancel();
     let drained = async {
-        let served = server.await;
+        let served = match failed {
+            None => server.await,
+            Some(_) => Ok(()),
+        };
         if let Some(http) = http {
             let _ = http.await;
         }
@@ -686,7 +698,10 @@ pub async fn run(
         Ok(result) => result?,
         Err(_) => tracing::warn!(grace = ?config.shutdown_grace, "grace period over; closing"),
     }
-    Ok(())
+    match failed {
+        Some(Err(err)) => Err(err.into()),
+        _ => Ok(()),
+    }
 }
 
 /// A replica name: part of the keys of the orders relayed to it, so no `/`.

@@ -1,11 +1,13 @@
 //! The agent keeps delivering when everything around it fails: the control plane down for
-//! 30 s, a restart with no control plane, a full queue.
+//! 30 s, a restart with no control plane, a full queue, a start that fails half-way.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use herald_proto::v1 as pb;
-use herald_tests::{AgentOptions, HeldPort, World, event, eventually, subscription};
+use herald_tests::{
+    AgentOptions, ConfigStore, ControlPlane, HeldPort, World, event, eventually, subscription,
+};
 
 use crate::metrics::{scrape, value};
 use serde_json::json;
@@ -372,5 +374,106 @@ async fn a_disabled_subscription_keeps_a_bounded_number_of_parked_deliveries() -
         Ok(Some(()))
     })
     .await?;
+    Ok(())
+}
+
+/// A start that fails (here: the metrics port is taken) leaves nothing running behind it: the
+/// same data directory starts at once afterwards and delivers.
+#[tokio::test]
+async fn a_failed_start_leaves_the_data_directory_free_for_the_next() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    let sub = world
+        .control_plane
+        .create(subscription(
+            "shop-1",
+            &world.receiver.url("/restarted"),
+            &["order.*"],
+        ))
+        .await?;
+    world.control_plane.wait_applied(sub.revision, WAIT).await?;
+    let data = tempfile::tempdir()?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let mut failed = world
+        .another_agent(AgentOptions {
+            data_dir: Some(data.path().to_owned()),
+            metrics_listen: Some(taken.local_addr()?),
+            ..Default::default()
+        })
+        .await?;
+    let err = failed.pause().await.expect_err("the metrics port is taken");
+    assert!(
+        matches!(
+            err.downcast_ref::<herald_agent::Error>(),
+            Some(herald_agent::Error::Metrics { .. })
+        ),
+        "{err:#}"
+    );
+
+    let agent = world
+        .another_agent(AgentOptions {
+            data_dir: Some(data.path().to_owned()),
+            ..Default::default()
+        })
+        .await?;
+    let emitted = eventually(WAIT, "the second start accepting events", || async {
+        Ok(agent
+            .emit(event("shop-1", "order.created", &json!({ "n": 1 })))
+            .await
+            .ok()
+            .filter(|e| e.matched == 1))
+    })
+    .await?;
+    let arrived = world.receiver.wait_for_requests(1, WAIT).await?;
+    assert_eq!(
+        arrived[0].header("webhook-id"),
+        Some(emitted.event_id.as_str())
+    );
+    Ok(())
+}
+
+/// The same for a control plane: one whose start fails after its stores opened (the metrics
+/// port is taken) stops what it started, so the same data directory serves again.
+#[tokio::test]
+async fn a_control_plane_that_fails_to_start_frees_its_data_directory() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let metrics = taken.local_addr()?;
+    let mut failed = ControlPlane::start_configured(ConfigStore::Embedded, |config| {
+        config.data_dir = data.path().to_owned();
+        config.metrics_listen = Some(metrics);
+    })
+    .await?;
+    let err = failed.pause().await.expect_err("the metrics port is taken");
+    assert!(
+        matches!(
+            err.downcast_ref::<herald_control_plane::Error>(),
+            Some(herald_control_plane::Error::Metrics { .. })
+        ),
+        "{err:#}"
+    );
+
+    // What the failed start spawned lets go of the files as it stops: the next start finds
+    // them free within moments (a start that still finds them held fails, and is tried again).
+    let created = eventually(WAIT, "a second start serving the same data", || async {
+        let control_plane = ControlPlane::start_configured(ConfigStore::Embedded, |config| {
+            config.data_dir = data.path().to_owned();
+        })
+        .await?;
+        let created = control_plane
+            .create(subscription(
+                "shop-1",
+                "https://127.0.0.1:9/hooks",
+                &["order.*"],
+            ))
+            .await
+            .ok();
+        Ok(created.map(|sub| (control_plane, sub)))
+    })
+    .await;
+    let (control_plane, sub) = created?;
+    assert_eq!(
+        control_plane.get(&sub.id).await?.url,
+        "https://127.0.0.1:9/hooks"
+    );
     Ok(())
 }
