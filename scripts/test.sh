@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs Herald's whole test suite on a fresh Debian machine with a Rust toolchain: installs what
-# the tests need (real etcd and PostgreSQL servers), checks formatting and lints, then runs
-# every test.
+# the tests need (real etcd and PostgreSQL servers, a browser, a proxy, a Python gRPC client),
+# checks formatting and lints, then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +28,20 @@ fi
 # Deliveries through an egress proxy are tested against a real one.
 if [ ! -x /usr/bin/tinyproxy ]; then
   missing="$missing tinyproxy"
+fi
+# Herald is also driven by a Python client generated from proto/ with Google's protoc and the
+# gRPC Python plugin: a client in another language, with another HTTP/2 stack.
+if [ ! -x /usr/bin/protoc ]; then
+  missing="$missing protobuf-compiler"
+fi
+if [ ! -f /usr/include/google/protobuf/timestamp.proto ]; then
+  missing="$missing libprotobuf-dev"
+fi
+if [ ! -x /usr/bin/grpc_python_plugin ]; then
+  missing="$missing protobuf-compiler-grpc"
+fi
+if ! /usr/bin/python3 -c "import grpc, google.protobuf" >/dev/null 2>&1; then
+  missing="$missing python3-grpcio python3-protobuf"
 fi
 if [ -n "$missing" ]; then
   echo "== installing$missing (the end-to-end tests run them for real)"

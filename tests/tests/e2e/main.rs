@@ -18,6 +18,7 @@ mod event_types;
 mod fleet;
 mod full_disk;
 mod health;
+mod interop;
 mod metrics;
 mod mtls;
 mod oauth2;

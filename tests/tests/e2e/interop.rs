@@ -1,0 +1,100 @@
+//! Herald as a client in another language sees it: Python code generated from `proto/` by
+//! Google's `protoc` and the gRPC Python plugin (Debian's `protobuf-compiler`,
+//! `protobuf-compiler-grpc`, `python3-grpcio`), run by `tests/interop/client.py` against a real
+//! control plane and agent. Neither Herald's own generated code nor its HTTP/2 stack is on the
+//! client's side.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use herald_tests::World;
+use tokio::process::Command;
+
+/// How long the Python client may take in all.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A text field of what `client.py` printed (`a.b` reaches into an object).
+fn text<'a>(seen: &'a serde_json::Value, path: &str) -> &'a str {
+    path.split('.')
+        .fold(seen, |value, key| &value[key])
+        .as_str()
+        .unwrap_or_default()
+}
+
+fn tests_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Generates the Python modules of `proto/herald/v1/herald.proto` into `out`.
+async fn generate_python(out: &Path) -> anyhow::Result<()> {
+    let proto_root = tests_dir().join("../proto");
+    let output = Command::new("/usr/bin/protoc")
+        .arg(format!("-I{}", proto_root.display()))
+        // Debian's libprotobuf-dev: the well-known types (Timestamp, Duration).
+        .arg("-I/usr/include")
+        .arg(format!("--python_out={}", out.display()))
+        .arg(format!("--grpc_python_out={}", out.display()))
+        .arg("--plugin=protoc-gen-grpc_python=/usr/bin/grpc_python_plugin")
+        .arg("herald/v1/herald.proto")
+        .current_dir(&proto_root)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        output.status.success(),
+        "protoc refuses proto/: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// `http://127.0.0.1:PORT` → `127.0.0.1:PORT`, as gRPC's Python client takes it.
+fn host_port(url: &str) -> &str {
+    url.trim_start_matches("http://")
+}
+
+#[tokio::test]
+async fn a_python_grpc_client_generated_from_proto_drives_herald() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    let generated = tempfile::tempdir()?;
+    generate_python(generated.path()).await?;
+
+    let run = Command::new("/usr/bin/python3")
+        .arg(tests_dir().join("interop/client.py"))
+        .arg(host_port(world.control_plane.url()))
+        .arg(host_port(world.agent.url()))
+        .arg(world.receiver.url("/py-orders"))
+        .env("PYTHONPATH", generated.path())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(CLIENT_TIMEOUT, run).await??;
+    anyhow::ensure!(
+        output.status.success(),
+        "client.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+
+    assert!(text(&seen, "subscription_id").starts_with("sub_"), "{seen}");
+    // The event arrived, signed with the secret the client was given, as the Standard
+    // Webhooks reference library checks it.
+    let requests = world
+        .receiver
+        .wait_for_requests(1, Duration::from_secs(10))
+        .await?;
+    let request = &requests[0];
+    assert_eq!(request.path, "/py-orders");
+    assert_eq!(request.header("webhook-id"), Some(text(&seen, "event_id")));
+    standardwebhooks::Webhook::new(text(&seen, "secret"))
+        .map_err(|e| anyhow::anyhow!("the library refuses the secret: {e}"))?
+        .verify(&request.body, &request.headers)
+        .map_err(|e| anyhow::anyhow!("the webhook does not verify: {e}"))?;
+    // The log's tail streamed the attempt that delivered it.
+    assert_eq!(text(&seen, "attempt.event_id"), text(&seen, "event_id"));
+    let status = seen["attempt"]["status_code"].as_u64().unwrap_or_default();
+    assert!((200..300).contains(&status), "{seen}");
+    assert_eq!(text(&seen, "attempt.outcome"), "OUTCOME_DELIVERED");
+    // Bad calls get the statuses the proto's comments promise.
+    assert_eq!(text(&seen, "emit_without_type"), "INVALID_ARGUMENT");
+    assert_eq!(text(&seen, "get_unknown_subscription"), "NOT_FOUND");
+    Ok(())
+}
