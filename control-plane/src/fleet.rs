@@ -17,12 +17,24 @@ use herald_core::limits::MAX_EVENT_ID_LEN;
 use herald_proto::convert::timestamp;
 use herald_proto::v1 as pb;
 
+/// The most agent ids one identity (an agent token or certificate name) may have known to a
+/// replica, connected or departed. A new id past it takes the place of the identity's agent
+/// that departed longest ago; when all are connected it is refused. So one identity (one
+/// tenant's agents, or a fleet that makes a new id at every restart) cannot grow the
+/// registry, and the presence records in the config store, without bound.
+pub const MAX_AGENTS_PER_IDENTITY: usize = 10_000;
+
 /// Agents known to this replica; cloning shares it.
 #[derive(Clone, Default)]
 pub struct Fleet {
     /// This replica's name, stamped on its agents' entries.
     replica: Arc<str>,
+    /// [`MAX_AGENTS_PER_IDENTITY`], or a test's smaller bound.
+    max_per_identity: usize,
     agents: Arc<Mutex<BTreeMap<String, Entry>>>,
+    /// Departed agents forgotten to make room (see [`MAX_AGENTS_PER_IDENTITY`]) whose
+    /// presence records are still to be deleted.
+    evicted: Arc<Mutex<Vec<String>>>,
     /// Agents whose entry changed since [`Fleet::take_changed`] last ran.
     changed: Arc<Mutex<BTreeSet<String>>>,
     /// Replay orders sent and not yet answered, by order id.
@@ -61,6 +73,15 @@ pub enum HelloError {
     IdTaken {
         /// The id.
         agent_id: String,
+    },
+    /// The identity has as many agents connected as it may have.
+    #[error(
+        "this identity already has {limit} agents connected, the most it may have; \
+         give some of them another token"
+    )]
+    TooManyAgents {
+        /// [`MAX_AGENTS_PER_IDENTITY`].
+        limit: usize,
     },
 }
 
@@ -115,10 +136,56 @@ struct Entry {
 impl Fleet {
     /// An empty registry of the replica named `replica`.
     pub fn new(replica: &str) -> Self {
+        Self::with_limit(replica, MAX_AGENTS_PER_IDENTITY)
+    }
+
+    /// [`Fleet::new`] with at most `max_per_identity` agents per identity.
+    pub fn with_limit(replica: &str, max_per_identity: usize) -> Self {
         Fleet {
             replica: replica.into(),
+            max_per_identity,
             ..Default::default()
         }
+    }
+
+    /// Makes room for a new agent id of `owner`: when it has as many ids known as it may, the one departed longest ago is forgotten (and queued for its record's
+    /// deletion); refused when all of them are connected.
+    fn make_room(
+        &self,
+        agents: &mut BTreeMap<String, Entry>,
+        owner: &str,
+    ) -> Result<(), HelloError> {
+        let mut known = 0;
+        let mut oldest_departed: Option<(SystemTime, &String)> = None;
+        for (id, entry) in agents.iter().filter(|(_, entry)| entry.owner == owner) {
+            known += 1;
+            if entry.streams == 0 {
+                let seen = entry
+                    .info
+                    .last_seen
+                    .as_ref()
+                    .map_or(SystemTime::UNIX_EPOCH, herald_proto::convert::system_time);
+                if oldest_departed.is_none_or(|(oldest, _)| seen < oldest) {
+                    oldest_departed = Some((seen, id));
+                }
+            }
+        }
+        if known < self.max_per_identity {
+            return Ok(());
+        }
+        let Some((_, id)) = oldest_departed else {
+            return Err(HelloError::TooManyAgents {
+                limit: self.max_per_identity,
+            });
+        };
+        let id = id.clone();
+        agents.remove(&id);
+        tracing::info!(agent = %id, "a departed agent forgotten to make room for a new one of its identity");
+        self.evicted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(id);
+        Ok(())
     }
 
     /// Records the hello of an agent calling as `owner`; replay orders for the agent arrive on
@@ -131,6 +198,9 @@ impl Fleet {
         let now = Some(timestamp(SystemTime::now()));
         let (orders, receiver) = mpsc::channel(ORDER_BUFFER);
         let mut agents = self.lock();
+        if !agents.contains_key(&hello.agent_id) {
+            self.make_room(&mut agents, owner)?;
+        }
         let entry = agents
             .entry(hello.agent_id.clone())
             .or_insert_with(|| Entry {
@@ -191,8 +261,17 @@ impl Fleet {
             .collect()
     }
 
-    /// Forgets agents disconnected for longer than `keep`; their ids.
+    /// Forgets agents disconnected for longer than `keep`; their ids, with those of agents
+    /// forgotten since the last call to make room for new ones (their records go too).
     pub fn forget_departed(&self, keep: Duration) -> Vec<String> {
+        let mut departed =
+            std::mem::take(&mut *self.evicted.lock().unwrap_or_else(|e| e.into_inner()));
+        departed.extend(self.forget_departed_before(keep));
+        departed
+    }
+
+    /// The agents disconnected for longer than `keep`, forgotten.
+    fn forget_departed_before(&self, keep: Duration) -> Vec<String> {
         let Some(cutoff) = SystemTime::now().checked_sub(keep) else {
             return vec![];
         };
@@ -426,6 +505,50 @@ mod tests {
             agent_id: agent_id.into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn an_identity_has_a_bounded_number_of_agents_and_new_ones_replace_the_longest_departed() {
+        let fleet = Fleet::with_limit("replica-a", 3);
+        let first = fleet.connected(&hello("agt_1"), "eu-agents").expect("room");
+        let second = fleet.connected(&hello("agt_2"), "eu-agents").expect("room");
+        let _third = fleet.connected(&hello("agt_3"), "eu-agents").expect("room");
+        // All three connected: a fourth id is refused, whatever its name.
+        let refused = fleet.connected(&hello("agt_4"), "eu-agents").unwrap_err();
+        assert!(
+            matches!(refused, HelloError::TooManyAgents { limit: 3 }),
+            "{refused}"
+        );
+        // Another identity has room of its own, and a known id may always reconnect.
+        let _other = fleet
+            .connected(&hello("agt_9"), "shop-a-agents")
+            .expect("its own room");
+        let _again = fleet
+            .connected(&hello("agt_3"), "eu-agents")
+            .expect("a reconnect");
+
+        // Two depart, agt_2 first: the next new id takes agt_2's place, the one after agt_1's.
+        drop((first, second));
+        fleet.disconnected("agt_2");
+        std::thread::sleep(Duration::from_millis(5));
+        fleet.disconnected("agt_1");
+        let _fourth = fleet
+            .connected(&hello("agt_4"), "eu-agents")
+            .expect("room made");
+        let ids = |fleet: &Fleet| -> Vec<String> {
+            fleet.list(0).into_iter().map(|info| info.id).collect()
+        };
+        assert_eq!(ids(&fleet), ["agt_1", "agt_3", "agt_4", "agt_9"]);
+        let _fifth = fleet
+            .connected(&hello("agt_5"), "eu-agents")
+            .expect("room made");
+        assert_eq!(ids(&fleet), ["agt_3", "agt_4", "agt_5", "agt_9"]);
+        // Their presence records are deleted with the departed ones'.
+        assert_eq!(
+            fleet.forget_departed(Duration::from_secs(3600)),
+            ["agt_2", "agt_1"]
+        );
+        assert!(fleet.forget_departed(Duration::from_secs(3600)).is_empty());
     }
 
     #[tokio::test]

@@ -32,7 +32,7 @@ use super::Streams;
 use crate::access::{Identity, caller};
 use crate::agent_trust::{self, Refusal};
 use crate::attempts::{AttemptLog, PendingFollowup};
-use crate::fleet::{Fleet, Order};
+use crate::fleet::{Fleet, HelloError, Order};
 use crate::health::Health;
 use crate::hub::{Change, ConfigHub, Resume, Snapshot, Unreadable};
 use crate::metrics::Metrics;
@@ -162,7 +162,10 @@ impl AgentControl for AgentControlService {
         let mut orders = shared
             .fleet
             .connected(&hello, &who.name)
-            .map_err(|err| Status::permission_denied(err.to_string()))?;
+            .map_err(|err| match err {
+                HelloError::IdTaken { .. } => Status::permission_denied(err.to_string()),
+                HelloError::TooManyAgents { .. } => Status::resource_exhausted(err.to_string()),
+            })?;
         tracing::info!(agent = %hello.agent_id, region = %hello.region, "agent connected");
         let agent = hello.agent_id;
         let resume_from = hello.last_revision;
