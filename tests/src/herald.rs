@@ -169,6 +169,11 @@ impl ControlPlane {
         &self.url
     }
 
+    /// The gRPC address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.port.addr()
+    }
+
     /// A `Subscriptions` client (with the operator token, if any).
     pub async fn subscriptions(&self) -> anyhow::Result<SubscriptionsClient<AuthedChannel>> {
         Ok(SubscriptionsClient::new(self.channel().await?))

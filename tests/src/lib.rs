@@ -10,6 +10,7 @@
 //! - [`AgentProcess`], [`ControlPlaneProcess`]: daemons as child processes, for `kill -9`
 //!   ([`process`]);
 //! - [`HeldPort`]: a loopback port kept for a server while it restarts ([`port`]);
+//! - [`Relay`]: a TCP relay that can go silent, as a vanished host does ([`relay`]);
 //! - [`World`]: all of the above started together ([`world`]);
 //! - [`eventually`]: waiting for a condition with a deadline ([`wait`]).
 //!
@@ -26,6 +27,7 @@ pub mod postgres;
 pub mod process;
 pub mod proxy;
 pub mod receiver;
+pub mod relay;
 pub mod tls;
 pub mod wait;
 pub mod world;
@@ -41,6 +43,7 @@ pub use postgres::Postgres;
 pub use process::{AgentProcess, ControlPlaneProcess, DaemonProcess, ServiceRun, run_as_service};
 pub use proxy::EgressProxy;
 pub use receiver::{ReceivedRequest, Receiver, Response};
+pub use relay::Relay;
 pub use tls::TestCa;
 pub use wait::eventually;
 pub use world::{World, secret_of, signature_verifies};

@@ -8,8 +8,8 @@ use std::time::Duration;
 use herald_control_plane::store::{Op, Store, Txn};
 use herald_proto::v1 as pb;
 use herald_tests::{
-    Agent, AgentOptions, ConfigStore, ControlPlane, Etcd, Receiver, TestCa, event, eventually,
-    subscription,
+    Agent, AgentOptions, ConfigStore, ControlPlane, Etcd, Receiver, Relay, TestCa, event,
+    eventually, subscription,
 };
 use prost::Message as _;
 
@@ -431,5 +431,39 @@ async fn an_agent_receives_only_what_its_interest_reaches_and_refuses_other_even
             refused.message()
         );
     }
+    Ok(())
+}
+
+/// An agent whose host vanishes (no FIN, no RST, no answers: here a relay that goes silent)
+/// is listed as disconnected within two keepalive intervals, as the control plane's pings go
+/// unanswered, instead of staying "connected" for as long as nothing is sent to it.
+#[tokio::test]
+async fn an_agent_whose_host_vanishes_is_listed_as_disconnected() -> anyhow::Result<()> {
+    let control_plane = ControlPlane::start_configured(ConfigStore::Embedded, |config| {
+        config.keepalive_interval = Duration::from_secs(1);
+    })
+    .await?;
+    let relay = Relay::start(control_plane.addr()).await?;
+    let _agent = Agent::start(&relay.url(), AgentOptions::default()).await?;
+    eventually(Duration::from_secs(10), "the agent connected", || async {
+        let agents = control_plane.list_agents().await?;
+        Ok(matches!(&agents[..], [agent] if agent.connected).then_some(()))
+    })
+    .await?;
+
+    relay.freeze();
+    let gone = eventually(
+        Duration::from_secs(10),
+        "the agent listed as gone",
+        || async {
+            let agents = control_plane.list_agents().await?;
+            Ok(match &agents[..] {
+                [agent] if !agent.connected => Some(agent.clone()),
+                _ => None,
+            })
+        },
+    )
+    .await?;
+    assert!(gone.last_seen.is_some());
     Ok(())
 }
