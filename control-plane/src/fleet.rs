@@ -24,6 +24,11 @@ use herald_proto::v1 as pb;
 /// registry, and the presence records in the config store, without bound.
 pub const MAX_AGENTS_PER_IDENTITY: usize = 10_000;
 
+/// The most config streams one agent id may have open at a replica. An agent needs one; a
+/// few more cover reconnects while the old stream has not yet been seen to end (at most two
+/// keepalive intervals, see `--keepalive-interval`).
+pub const MAX_STREAMS_PER_AGENT: u32 = 4;
+
 /// Agents known to this replica; cloning shares it.
 #[derive(Clone, Default)]
 pub struct Fleet {
@@ -82,6 +87,15 @@ pub enum HelloError {
     TooManyAgents {
         /// [`MAX_AGENTS_PER_IDENTITY`].
         limit: usize,
+    },
+    /// The agent id has as many config streams open as it may.
+    #[error(
+        "agent id {agent_id} already has {MAX_STREAMS_PER_AGENT} config streams open; \
+         is another agent using this id?"
+    )]
+    TooManyStreams {
+        /// The id.
+        agent_id: String,
     },
 }
 
@@ -212,6 +226,11 @@ impl Fleet {
             });
         if entry.owner != owner {
             return Err(HelloError::IdTaken {
+                agent_id: hello.agent_id.clone(),
+            });
+        }
+        if entry.streams >= MAX_STREAMS_PER_AGENT {
+            return Err(HelloError::TooManyStreams {
                 agent_id: hello.agent_id.clone(),
             });
         }
@@ -549,6 +568,25 @@ mod tests {
             ["agt_2", "agt_1"]
         );
         assert!(fleet.forget_departed(Duration::from_secs(3600)).is_empty());
+    }
+
+    #[test]
+    fn an_agent_id_has_a_bounded_number_of_config_streams() {
+        let fleet = Fleet::new("replica-a");
+        let mut open: Vec<_> = (0..MAX_STREAMS_PER_AGENT)
+            .map(|_| fleet.connected(&hello("agt_1"), "eu-agents").expect("room"))
+            .collect();
+        let refused = fleet.connected(&hello("agt_1"), "eu-agents").unwrap_err();
+        assert!(
+            matches!(refused, HelloError::TooManyStreams { .. }),
+            "{refused}"
+        );
+        // One ends: room for one more.
+        open.pop();
+        fleet.disconnected("agt_1");
+        let _reconnected = fleet
+            .connected(&hello("agt_1"), "eu-agents")
+            .expect("room again");
     }
 
     #[tokio::test]

@@ -164,7 +164,9 @@ impl AgentControl for AgentControlService {
             .connected(&hello, &who.name)
             .map_err(|err| match err {
                 HelloError::IdTaken { .. } => Status::permission_denied(err.to_string()),
-                HelloError::TooManyAgents { .. } => Status::resource_exhausted(err.to_string()),
+                HelloError::TooManyAgents { .. } | HelloError::TooManyStreams { .. } => {
+                    Status::resource_exhausted(err.to_string())
+                }
             })?;
         tracing::info!(agent = %hello.agent_id, region = %hello.region, "agent connected");
         let agent = hello.agent_id;
