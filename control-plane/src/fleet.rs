@@ -162,8 +162,9 @@ impl Fleet {
         }
     }
 
-    /// Makes room for a new agent id of `owner`: when it has as many ids known as it may, the one departed longest ago is forgotten (and queued for its record's
-    /// deletion); refused when all of them are connected.
+    /// Makes room for a new agent id of `owner`: when it has as many ids known as it may,
+    /// the one departed longest ago is forgotten (and queued for its record's deletion);
+    /// refused when all of them are connected.
     fn make_room(
         &self,
         agents: &mut BTreeMap<String, Entry>,
