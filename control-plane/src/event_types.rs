@@ -84,12 +84,8 @@ impl From<EventTypeError> for tonic::Status {
             EventTypeError::Exists(_) => Status::already_exists(err.to_string()),
             EventTypeError::Changed(_) => Status::aborted(err.to_string()),
             EventTypeError::Full => Status::resource_exhausted(err.to_string()),
-            EventTypeError::Store(store) if store.is_unavailable() => {
-                Status::unavailable(store.unavailable_message())
-            }
-            EventTypeError::Store(_) | EventTypeError::Corrupt(_) => {
-                Status::internal(err.to_string())
-            }
+            EventTypeError::Store(store) => store.status(),
+            EventTypeError::Corrupt(_) => Status::internal(err.to_string()),
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod operator_events;
 pub mod presence;
 pub mod recent;
+pub mod redb_file;
 pub mod relay;
 pub mod replay;
 pub mod rest;

@@ -96,12 +96,10 @@ impl From<SubscriptionError> for tonic::Status {
             SubscriptionError::StaleRevision { .. } => Status::failed_precondition(err.to_string()),
             SubscriptionError::Contended(_) => Status::aborted(err.to_string()),
             SubscriptionError::TenantFull { .. } => Status::resource_exhausted(err.to_string()),
-            SubscriptionError::Store(store) if store.is_unavailable() => {
-                Status::unavailable(store.unavailable_message())
+            SubscriptionError::Store(store) => store.status(),
+            SubscriptionError::Corrupt { .. } | SubscriptionError::Sealing { .. } => {
+                Status::internal(err.to_string())
             }
-            SubscriptionError::Store(_)
-            | SubscriptionError::Corrupt { .. }
-            | SubscriptionError::Sealing { .. } => Status::internal(err.to_string()),
         }
     }
 }

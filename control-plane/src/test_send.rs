@@ -91,7 +91,7 @@ impl From<TestError> for tonic::Status {
             TestError::NoAnswer { .. } | TestError::NoReplicaAnswer { .. } => {
                 tonic::Status::deadline_exceeded(err.to_string())
             }
-            TestError::Store(err) => tonic::Status::unavailable(err.unavailable_message()),
+            TestError::Store(err) => err.status(),
             TestError::Catalogue(err) => err.into(),
         }
     }

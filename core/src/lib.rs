@@ -16,8 +16,10 @@
 //! - [`event_schema`]: the JSON Schemas of event types.
 //! - [`trace`]: W3C trace context carried from `Emit` to every delivery.
 //! - [`read_limited`]: reading files and streams whole, within a limit.
+//! - [`disk_fault`]: whether a failed write means a full disk or a failing one.
 
 pub mod daemon;
+pub mod disk_fault;
 pub mod egress;
 pub mod error_kind;
 pub mod error_text;

@@ -62,7 +62,13 @@ pub struct Etcd {
 impl Etcd {
     /// Starts a fresh single-member etcd and waits until it answers `/health`.
     pub async fn start() -> anyhow::Result<Etcd> {
-        Self::start_with(None).await
+        Self::start_with(None, None).await
+    }
+
+    /// Starts one whose backend may hold at most `bytes` (`--quota-backend-bytes`): past it
+    /// etcd raises its NOSPACE alarm and refuses writes, as a full etcd in production does.
+    pub async fn start_with_quota(bytes: u64) -> anyhow::Result<Etcd> {
+        Self::start_with(None, Some(bytes)).await
     }
 
     /// Starts one that speaks TLS to clients with a certificate from `ca` and requires client
@@ -76,10 +82,10 @@ impl Etcd {
             ca: ca.write_ca_pem(dir.path())?,
             _dir: Arc::new(dir),
         };
-        Self::start_with(Some(tls)).await
+        Self::start_with(Some(tls), None).await
     }
 
-    async fn start_with(tls: Option<EtcdTls>) -> anyhow::Result<Etcd> {
+    async fn start_with(tls: Option<EtcdTls>, quota: Option<u64>) -> anyhow::Result<Etcd> {
         let binary = etcd_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("herald-etcd-")
@@ -98,6 +104,7 @@ impl Etcd {
                 metrics_port,
                 _held: held,
                 tls: tls.clone(),
+                quota,
                 data_dir: dir.path().join("data"),
                 log_path: dir.path().join("etcd.log"),
                 initial_cluster: String::new(),
@@ -180,6 +187,7 @@ impl EtcdCluster {
                     metrics_port,
                     _held: held,
                     tls: None,
+                    quota: None,
                     data_dir: dir.path().join(format!("data-{n}")),
                     log_path: dir.path().join(format!("etcd-{n}.log")),
                     initial_cluster: String::new(),
@@ -269,6 +277,8 @@ struct Member {
     _held: [HeldPort; 3],
     /// Client TLS, when the member speaks it.
     tls: Option<EtcdTls>,
+    /// `--quota-backend-bytes`, when not etcd's default.
+    quota: Option<u64>,
     data_dir: PathBuf,
     /// etcd's stdout and stderr, appended to across restarts.
     log_path: PathBuf,
@@ -336,6 +346,9 @@ impl Member {
                 .arg("--trusted-ca-file")
                 .arg(&tls.ca)
                 .arg("--client-cert-auth");
+        }
+        if let Some(quota) = self.quota {
+            command.arg(format!("--quota-backend-bytes={quota}"));
         }
         let child = command
             .arg("--name")

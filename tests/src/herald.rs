@@ -528,6 +528,21 @@ pub async fn connect(url: &str) -> anyhow::Result<Channel> {
         .with_context(|| format!("connecting to {url}"))
 }
 
+/// The gRPC health of `service` (`""`: the server as a whole) at `url`.
+pub async fn serving_status(
+    url: &str,
+    service: &str,
+) -> anyhow::Result<tonic_health::pb::health_check_response::ServingStatus> {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(connect(url).await?);
+    let answer = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await?
+        .into_inner();
+    Ok(answer.status())
+}
+
 /// Connects to `url` over TLS with `tls`.
 pub async fn connect_tls(
     url: &str,

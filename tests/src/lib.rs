@@ -11,6 +11,7 @@
 //!   ([`process`]);
 //! - [`HeldPort`]: a loopback port kept for a server while it restarts ([`port`]);
 //! - [`Relay`]: a TCP relay that can go silent, as a vanished host does ([`relay`]);
+//! - [`Tmpfs`]: a small real disk to fill up ([`tmpfs`]);
 //! - [`World`]: all of the above started together ([`world`]);
 //! - [`eventually`]: waiting for a condition with a deadline ([`wait`]).
 //!
@@ -29,6 +30,7 @@ pub mod proxy;
 pub mod receiver;
 pub mod relay;
 pub mod tls;
+pub mod tmpfs;
 pub mod wait;
 pub mod world;
 
@@ -45,5 +47,6 @@ pub use proxy::EgressProxy;
 pub use receiver::{ReceivedRequest, Receiver, Response};
 pub use relay::Relay;
 pub use tls::TestCa;
+pub use tmpfs::Tmpfs;
 pub use wait::eventually;
 pub use world::{World, secret_of, signature_verifies};

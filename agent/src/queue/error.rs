@@ -2,6 +2,8 @@
 //! undecodable records) become one, keeping what kind of fault each is: a full disk and an
 //! I/O error are answered differently, and no caller reads an error's text to tell them apart.
 
+use herald_core::disk_fault::DiskFault;
+
 /// Why the queue refused or failed.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum QueueError {
@@ -65,17 +67,9 @@ pub(super) trait Fault {
 
 impl Fault for std::io::Error {
     fn into_queue_error(self) -> QueueError {
-        const ENOSPC: i32 = 28;
-        const EDQUOT: i32 = 122;
-        let full = matches!(self.raw_os_error(), Some(ENOSPC | EDQUOT))
-            || matches!(
-                self.kind(),
-                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-            );
-        if full {
-            QueueError::DiskFull(self.to_string())
-        } else {
-            QueueError::Io(self.to_string())
+        match DiskFault::of_io(&self) {
+            DiskFault::Full(text) => QueueError::DiskFull(text),
+            DiskFault::Io(text) => QueueError::Io(text),
         }
     }
 }

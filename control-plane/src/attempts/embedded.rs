@@ -47,6 +47,7 @@ use herald_core::event_type::EventPattern;
 use super::sent::{Expunged, SentPage, SentQuery, take_requests};
 use super::{Filter, LogError, LogStore, Page, Stored, TAIL_BUFFER, page_size, storage};
 use crate::audit::query::{AuditFilter, AuditPage};
+use crate::redb_file::RedbFile;
 
 mod audit;
 mod sent;
@@ -73,6 +74,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// ([`u64::MAX`]: all of them, and every new one is added as it is stored). Logs made before
 /// the filter indexes recorded `by_tenant_indexed_through` instead, for [`BY_TENANT`] alone.
 const INDEXED: &str = "indexes_v2_indexed_through";
+/// `meta` key written by the health probe after a disk fault: when it last wrote.
+const PROBED: &str = "probed_at";
 /// The most event types (or statuses) one pattern (or class) merges; beyond it a query
 /// walks the log newest first instead.
 const MAX_MERGED: usize = 1024;
@@ -110,24 +113,17 @@ impl LogStore for EmbeddedLog {
     }
 
     async fn sent_requests(&self, query: SentQuery) -> Result<SentPage, LogError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || sent::list(&db, &query))
-            .await
-            .map_err(storage)?
+        self.blocking(false, move |db| sent::list(db, &query)).await
     }
 
     async fn expunge(&self, query: SentQuery) -> Result<Expunged, LogError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || sent::expunge(&db, &query))
+        self.blocking(true, move |db| sent::expunge(db, &query))
             .await
-            .map_err(storage)?
     }
 
     async fn record_change(&self, entry: pb::AuditEntry) -> Result<(), LogError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || audit::record(&db, &entry))
+        self.blocking(true, move |db| audit::record(db, &entry))
             .await
-            .map_err(storage)?
     }
 
     async fn changes(
@@ -136,14 +132,13 @@ impl LogStore for EmbeddedLog {
         page_size: u32,
         page_token: &str,
     ) -> Result<AuditPage, LogError> {
-        let (db, token) = (self.db.clone(), page_token.to_owned());
-        tokio::task::spawn_blocking(move || audit::list(&db, &filter, page_size, &token))
+        let token = page_token.to_owned();
+        self.blocking(false, move |db| audit::list(db, &filter, page_size, &token))
             .await
-            .map_err(storage)?
     }
 
     async fn len(&self) -> Result<u64, LogError> {
-        EmbeddedLog::len(self)
+        self.blocking(false, count_attempts).await
     }
 
     fn follow(&self) -> broadcast::Receiver<Arc<pb::Attempt>> {
@@ -151,22 +146,41 @@ impl LogStore for EmbeddedLog {
     }
 
     async fn ping(&self) -> Result<(), LogError> {
-        self.db.begin_read().map_err(storage)?;
-        Ok(())
+        if self.file.fault().is_none() {
+            return self
+                .blocking(false, |db| db.begin_read().map(drop).map_err(storage))
+                .await;
+        }
+        // After a disk fault the log answers once it can write again.
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.write(move |txn| {
+            txn.open_table(META)
+                .map_err(storage)?
+                .insert(PROBED, now)
+                .map_err(storage)?;
+            Ok(())
+        })
+        .await
     }
 
     async fn health(
         &self,
         subscription_id: &str,
     ) -> Result<Option<pb::SubscriptionHealth>, LogError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(HEALTH).map_err(storage)?;
-        let Some(value) = table.get(subscription_id).map_err(storage)? else {
-            return Ok(None);
-        };
-        pb::SubscriptionHealth::decode(value.value())
-            .map(Some)
-            .map_err(storage)
+        let id = subscription_id.to_owned();
+        self.blocking(false, move |db| {
+            let txn = db.begin_read().map_err(storage)?;
+            let table = txn.open_table(HEALTH).map_err(storage)?;
+            let Some(value) = table.get(id.as_str()).map_err(storage)? else {
+                return Ok(None);
+            };
+            pb::SubscriptionHealth::decode(value.value())
+                .map(Some)
+                .map_err(storage)
+        })
+        .await
     }
 
     async fn forget_health(&self, subscription_id: &str) -> Result<(), LogError> {
@@ -187,29 +201,32 @@ impl LogStore for EmbeddedLog {
         limit: usize,
     ) -> Result<Vec<PendingFollowup>, LogError> {
         let cutoff = super::before_now(older_than);
-        let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(FOLLOWUPS).map_err(storage)?;
-        let mut found = Vec::new();
-        for entry in table.iter().map_err(storage)? {
-            let (id, value) = entry.map_err(storage)?;
-            let followup = Followup::decode(value.value()).map_err(storage)?;
-            if followup
-                .recorded_at
-                .as_ref()
-                .is_some_and(|t| system_time(t) > cutoff)
-            {
-                // Numbered in the order they were written: the rest are newer still.
-                break;
+        self.blocking(false, move |db| {
+            let txn = db.begin_read().map_err(storage)?;
+            let table = txn.open_table(FOLLOWUPS).map_err(storage)?;
+            let mut found = Vec::new();
+            for entry in table.iter().map_err(storage)? {
+                let (id, value) = entry.map_err(storage)?;
+                let followup = Followup::decode(value.value()).map_err(storage)?;
+                if followup
+                    .recorded_at
+                    .as_ref()
+                    .is_some_and(|t| system_time(t) > cutoff)
+                {
+                    // Numbered in the order they were written: the rest are newer still.
+                    break;
+                }
+                found.push(PendingFollowup {
+                    id: id.value() as i64,
+                    followup,
+                });
+                if found.len() == limit {
+                    break;
+                }
             }
-            found.push(PendingFollowup {
-                id: id.value() as i64,
-                followup,
-            });
-            if found.len() == limit {
-                break;
-            }
-        }
-        Ok(found)
+            Ok(found)
+        })
+        .await
     }
 
     async fn settle(&self, ids: &[i64]) -> Result<(), LogError> {
@@ -230,14 +247,17 @@ impl LogStore for EmbeddedLog {
     }
 
     async fn outbox(&self, limit: usize) -> Result<Vec<pb::Event>, LogError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(OUTBOX).map_err(storage)?;
-        let mut events = Vec::new();
-        for entry in table.iter().map_err(storage)?.take(limit) {
-            let (_, value) = entry.map_err(storage)?;
-            events.push(pb::Event::decode(value.value()).map_err(storage)?);
-        }
-        Ok(events)
+        self.blocking(false, move |db| {
+            let txn = db.begin_read().map_err(storage)?;
+            let table = txn.open_table(OUTBOX).map_err(storage)?;
+            let mut events = Vec::new();
+            for entry in table.iter().map_err(storage)?.take(limit) {
+                let (_, value) = entry.map_err(storage)?;
+                events.push(pb::Event::decode(value.value()).map_err(storage)?);
+            }
+            Ok(events)
+        })
+        .await
     }
 
     async fn emitted(&self, ids: &[String]) -> Result<(), LogError> {
@@ -269,7 +289,8 @@ fn put_events(txn: &redb::WriteTransaction, events: &[pb::Event]) -> Result<(), 
 /// The delivery log in a local redb file; cloning shares it.
 #[derive(Clone)]
 pub struct EmbeddedLog {
-    db: Arc<Database>,
+    /// `attempts.redb`, opened again by itself after a disk fault.
+    file: Arc<RedbFile>,
     tail: broadcast::Sender<Arc<pb::Attempt>>,
 }
 
@@ -277,40 +298,26 @@ impl EmbeddedLog {
     /// Opens (or creates) `dir/attempts.redb`.
     pub fn open(dir: &Path) -> Result<Self, LogError> {
         std::fs::create_dir_all(dir).map_err(|e| storage(format!("{}: {e}", dir.display())))?;
-        let db = Database::create(dir.join("attempts.redb")).map_err(storage)?;
-        let txn = db.begin_write().map_err(storage)?;
-        let indexed_through;
-        {
-            Indexes::open(&txn)?;
-            let records = txn.open_table(ATTEMPTS).map_err(storage)?;
-            let mut meta = txn.open_table(META).map_err(storage)?;
-            let progress = meta.get(INDEXED).map_err(storage)?.map(|v| v.value());
-            indexed_through = match progress {
-                Some(seq) => seq,
-                // A new log: every attempt will be indexed as it is stored.
-                None if records.is_empty().map_err(storage)? => {
-                    meta.insert(INDEXED, u64::MAX).map_err(storage)?;
-                    u64::MAX
-                }
-                // A log made before the index.
-                None => 0,
-            };
-            txn.open_table(ATTEMPT_IDS).map_err(storage)?;
-            txn.open_table(BY_EVENT).map_err(storage)?;
-            txn.open_table(HEALTH).map_err(storage)?;
-            txn.open_table(FOLLOWUPS).map_err(storage)?;
-            txn.open_table(OUTBOX).map_err(storage)?;
-            sent::create(&txn)?;
-        }
-        txn.commit().map_err(storage)?;
-        if indexed_through != u64::MAX {
-            backfill_indexes(&db, indexed_through)?;
-        }
+        let file = RedbFile::create(&dir.join("attempts.redb")).map_err(storage)?;
+        file.run(true, init)?;
         let (tail, _) = broadcast::channel(TAIL_BUFFER);
         Ok(EmbeddedLog {
-            db: Arc::new(db),
+            file: Arc::new(file),
             tail,
         })
+    }
+
+    /// Runs `work` on the file off the async threads ([`RedbFile::run`]); `write` when it
+    /// writes, so that its success clears a disk fault.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        write: bool,
+        work: impl FnOnce(&Database) -> Result<T, LogError> + Send + 'static,
+    ) -> Result<T, LogError> {
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || file.run(write, work))
+            .await
+            .map_err(storage)?
     }
 
     /// Stores a batch durably, skipping attempts already stored, with what it derives
@@ -321,11 +328,11 @@ impl EmbeddedLog {
         reactions: Arc<dyn Reactions>,
     ) -> Result<Stored, LogError> {
         let requests = take_requests(&mut attempts);
-        let db = self.db.clone();
-        let (new, followups) =
-            tokio::task::spawn_blocking(move || insert_batch(&db, attempts, requests, &*reactions))
-                .await
-                .map_err(storage)??;
+        let (new, followups) = self
+            .blocking(true, move |db| {
+                insert_batch(db, attempts, requests, &*reactions)
+            })
+            .await?;
         let new: Vec<Arc<pb::Attempt>> = new.into_iter().map(Arc::new).collect();
         for attempt in &new {
             // No tail listening is fine.
@@ -342,14 +349,12 @@ impl EmbeddedLog {
         &self,
         change: impl FnOnce(&redb::WriteTransaction) -> Result<(), LogError> + Send + 'static,
     ) -> Result<(), LogError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
+        self.blocking(true, move |db| {
             let txn = db.begin_write().map_err(storage)?;
             change(&txn)?;
             txn.commit().map_err(storage)
         })
         .await
-        .map_err(storage)?
     }
 
     /// Attempts matching `filter`, newest first, a page at a time.
@@ -374,10 +379,8 @@ impl EmbeddedLog {
                 next_page_token: String::new(),
             });
         }
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || query(&db, &filter, before, size))
+        self.blocking(false, move |db| query(db, &filter, before, size))
             .await
-            .map_err(storage)?
     }
 
     /// Removes attempts that started more than `max_age` ago, and the oldest beyond
@@ -388,10 +391,9 @@ impl EmbeddedLog {
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let mut removed = 0;
         loop {
-            let db = self.db.clone();
-            let n = tokio::task::spawn_blocking(move || sweep_batch(&db, cutoff, max_attempts))
-                .await
-                .map_err(storage)??;
+            let n = self
+                .blocking(true, move |db| sweep_batch(db, cutoff, max_attempts))
+                .await?;
             removed += n as u64;
             if n < SWEEP_BATCH {
                 break;
@@ -399,10 +401,9 @@ impl EmbeddedLog {
         }
         // Audit entries are kept as long as attempts (and are not attempts: not counted).
         loop {
-            let db = self.db.clone();
-            let n = tokio::task::spawn_blocking(move || audit::sweep_batch(&db, cutoff))
-                .await
-                .map_err(storage)??;
+            let n = self
+                .blocking(true, move |db| audit::sweep_batch(db, cutoff))
+                .await?;
             if n > 0 {
                 tracing::info!(removed = n, "audit log: entries past retention removed");
             }
@@ -414,11 +415,7 @@ impl EmbeddedLog {
 
     /// How many attempts the log holds.
     pub fn len(&self) -> Result<u64, LogError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        txn.open_table(ATTEMPTS)
-            .map_err(storage)?
-            .len()
-            .map_err(storage)
+        self.file.run(false, count_attempts)
     }
 
     /// Whether the log holds no attempt.
@@ -430,6 +427,48 @@ impl EmbeddedLog {
     pub fn follow(&self) -> broadcast::Receiver<Arc<pb::Attempt>> {
         self.tail.subscribe()
     }
+}
+
+/// Makes the log's tables in a new file, and indexes a log made before the indexes.
+fn init(db: &Database) -> Result<(), LogError> {
+    let txn = db.begin_write().map_err(storage)?;
+    let indexed_through;
+    {
+        Indexes::open(&txn)?;
+        let records = txn.open_table(ATTEMPTS).map_err(storage)?;
+        let mut meta = txn.open_table(META).map_err(storage)?;
+        let progress = meta.get(INDEXED).map_err(storage)?.map(|v| v.value());
+        indexed_through = match progress {
+            Some(seq) => seq,
+            // A new log: every attempt will be indexed as it is stored.
+            None if records.is_empty().map_err(storage)? => {
+                meta.insert(INDEXED, u64::MAX).map_err(storage)?;
+                u64::MAX
+            }
+            // A log made before the index.
+            None => 0,
+        };
+        txn.open_table(ATTEMPT_IDS).map_err(storage)?;
+        txn.open_table(BY_EVENT).map_err(storage)?;
+        txn.open_table(HEALTH).map_err(storage)?;
+        txn.open_table(FOLLOWUPS).map_err(storage)?;
+        txn.open_table(OUTBOX).map_err(storage)?;
+        sent::create(&txn)?;
+    }
+    txn.commit().map_err(storage)?;
+    if indexed_through != u64::MAX {
+        backfill_indexes(db, indexed_through)?;
+    }
+    Ok(())
+}
+
+/// How many attempts the log holds.
+fn count_attempts(db: &Database) -> Result<u64, LogError> {
+    let txn = db.begin_read().map_err(storage)?;
+    txn.open_table(ATTEMPTS)
+        .map_err(storage)?
+        .len()
+        .map_err(storage)
 }
 
 fn attempt_id(a: &pb::Attempt) -> String {

@@ -19,6 +19,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use herald_core::disk_fault::DiskFault;
 use herald_core::error_kind::{ErrorKind, StatusFilter};
 use herald_core::event_type::EventPattern;
 use herald_proto::convert::system_time;
@@ -27,6 +28,7 @@ use tokio::sync::broadcast;
 
 use crate::access::Scope;
 use crate::audit::query::{AuditFilter, AuditPage};
+use crate::redb_file::{Failure, IntoFailure};
 
 pub mod conformance;
 pub mod derived;
@@ -55,6 +57,10 @@ pub enum LogError {
     /// The store cannot be reached now (a database that is down); callers may try again.
     #[error("delivery log unavailable: {0}")]
     Unavailable(String),
+    /// The disk under the log's file is full or failing: nothing is written until it is
+    /// back ([`crate::redb_file`]), and callers may try again.
+    #[error("delivery log: {0}")]
+    Disk(#[from] DiskFault),
     /// A query's arguments are wrong.
     #[error("{0}")]
     InvalidQuery(String),
@@ -75,7 +81,12 @@ impl From<LogError> for tonic::Status {
     fn from(err: LogError) -> Self {
         match err {
             LogError::InvalidQuery(_) => tonic::Status::invalid_argument(err.to_string()),
-            LogError::Unavailable(_) => tonic::Status::unavailable(err.to_string()),
+            LogError::Unavailable(_) | LogError::Disk(DiskFault::Io(_)) => {
+                tonic::Status::unavailable(err.to_string())
+            }
+            LogError::Disk(DiskFault::Full(_)) => {
+                tonic::Status::resource_exhausted(err.to_string())
+            }
             LogError::Storage(_) | LogError::NewerSchema { .. } => {
                 tonic::Status::internal(err.to_string())
             }
@@ -83,8 +94,21 @@ impl From<LogError> for tonic::Status {
     }
 }
 
-fn storage(err: impl std::fmt::Display) -> LogError {
-    LogError::Storage(err.to_string())
+impl crate::redb_file::Fault for LogError {
+    fn disk_fault(&self) -> Option<&DiskFault> {
+        match self {
+            LogError::Disk(fault) => Some(fault),
+            _ => None,
+        }
+    }
+}
+
+/// Any failure of the log's store, as a [`LogError`] of its kind.
+fn storage(err: impl IntoFailure) -> LogError {
+    match err.into_failure() {
+        Failure::Disk(fault) => LogError::Disk(fault),
+        Failure::Other(text) => LogError::Storage(text),
+    }
 }
 
 /// What storing a batch did.

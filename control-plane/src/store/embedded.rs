@@ -23,8 +23,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, mpsc};
+
+use crate::redb_file::{Failure, IntoFailure, RedbFile};
 
 use super::{
     Compare, KeyValue, LeaseId, Op, StoreError, Txn, TxnOutcome, WatchBatch, WatchEvent,
@@ -56,7 +58,8 @@ pub struct EmbeddedStore {
 }
 
 struct Inner {
-    db: Database,
+    /// `config.redb`, opened again by itself after a disk fault.
+    file: RedbFile,
     /// Held across commit and broadcast so watchers receive revisions in order.
     commit_lock: Mutex<()>,
     /// Every committed revision's changes, unfiltered.
@@ -73,18 +76,20 @@ impl EmbeddedStore {
         blocking(move || {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| embedded(format!("{}: {e}", dir.display())))?;
-            let db = Database::create(dir.join("config.redb")).map_err(embedded)?;
-            let txn = db.begin_write().map_err(embedded)?;
-            {
-                txn.open_table(KV).map_err(embedded)?;
-                txn.open_table(LOG).map_err(embedded)?;
-                txn.open_table(META).map_err(embedded)?;
-                txn.open_table(LEASED).map_err(embedded)?;
-            }
-            txn.commit().map_err(embedded)?;
+            let file = RedbFile::create(&dir.join("config.redb")).map_err(embedded)?;
+            file.run(true, |db| {
+                let txn = db.begin_write().map_err(embedded)?;
+                {
+                    txn.open_table(KV).map_err(embedded)?;
+                    txn.open_table(LOG).map_err(embedded)?;
+                    txn.open_table(META).map_err(embedded)?;
+                    txn.open_table(LEASED).map_err(embedded)?;
+                }
+                txn.commit().map_err(embedded)
+            })?;
             let (changes, _) = broadcast::channel(BROADCAST_BUFFER);
             let inner = Inner {
-                db,
+                file,
                 commit_lock: Mutex::new(()),
                 changes,
                 leases: Mutex::new(HashMap::new()),
@@ -130,10 +135,11 @@ impl EmbeddedStore {
         let inner = self.inner.clone();
         let key = key.to_owned();
         blocking(move || {
-            let txn = inner.db.begin_read().map_err(embedded)?;
-            let table = txn.open_table(KV).map_err(embedded)?;
-            let value = table.get(key.as_str()).map_err(embedded)?;
-            value.map(|v| decode_kv(&key, v.value())).transpose()
+            inner.read(|txn| {
+                let table = txn.open_table(KV).map_err(embedded)?;
+                let value = table.get(key.as_str()).map_err(embedded)?;
+                value.map(|v| decode_kv(&key, v.value())).transpose()
+            })
         })
         .await
     }
@@ -145,14 +151,15 @@ impl EmbeddedStore {
         let inner = self.inner.clone();
         let keys = keys.to_vec();
         blocking(move || {
-            let txn = inner.db.begin_read().map_err(embedded)?;
-            let table = txn.open_table(KV).map_err(embedded)?;
-            keys.iter()
-                .map(|key| {
-                    let value = table.get(key.as_str()).map_err(embedded)?;
-                    value.map(|v| decode_kv(key, v.value())).transpose()
-                })
-                .collect()
+            inner.read(|txn| {
+                let table = txn.open_table(KV).map_err(embedded)?;
+                keys.iter()
+                    .map(|key| {
+                        let value = table.get(key.as_str()).map_err(embedded)?;
+                        value.map(|v| decode_kv(key, v.value())).transpose()
+                    })
+                    .collect()
+            })
         })
         .await
     }
@@ -161,11 +168,12 @@ impl EmbeddedStore {
         let inner = self.inner.clone();
         let prefix = prefix.to_owned();
         blocking(move || {
-            let txn = inner.db.begin_read().map_err(embedded)?;
-            let revision = current_revision(&txn.open_table(META).map_err(embedded)?)?;
-            let table = txn.open_table(KV).map_err(embedded)?;
-            let kvs = scan(&table, &prefix, None, usize::MAX)?;
-            Ok((kvs, revision))
+            inner.read(|txn| {
+                let revision = current_revision(&txn.open_table(META).map_err(embedded)?)?;
+                let table = txn.open_table(KV).map_err(embedded)?;
+                let kvs = scan(&table, &prefix, None, usize::MAX)?;
+                Ok((kvs, revision))
+            })
         })
         .await
     }
@@ -174,17 +182,18 @@ impl EmbeddedStore {
         let inner = self.inner.clone();
         let prefix = prefix.to_owned();
         blocking(move || {
-            let txn = inner.db.begin_read().map_err(embedded)?;
-            let table = txn.open_table(KV).map_err(embedded)?;
-            let mut keys = Vec::new();
-            for entry in table.range(prefix.as_str()..).map_err(embedded)? {
-                let (key, _) = entry.map_err(embedded)?;
-                if !key.value().starts_with(&prefix) {
-                    break;
+            inner.read(|txn| {
+                let table = txn.open_table(KV).map_err(embedded)?;
+                let mut keys = Vec::new();
+                for entry in table.range(prefix.as_str()..).map_err(embedded)? {
+                    let (key, _) = entry.map_err(embedded)?;
+                    if !key.value().starts_with(&prefix) {
+                        break;
+                    }
+                    keys.push(key.value().to_owned());
                 }
-                keys.push(key.value().to_owned());
-            }
-            Ok(keys)
+                Ok(keys)
+            })
         })
         .await
     }
@@ -204,9 +213,10 @@ impl EmbeddedStore {
         let prefix = prefix.to_owned();
         let after = after.map(str::to_owned);
         blocking(move || {
-            let txn = inner.db.begin_read().map_err(embedded)?;
-            let table = txn.open_table(KV).map_err(embedded)?;
-            scan(&table, &prefix, after.as_deref(), limit)
+            inner.read(|txn| {
+                let table = txn.open_table(KV).map_err(embedded)?;
+                scan(&table, &prefix, after.as_deref(), limit)
+            })
         })
         .await
     }
@@ -352,61 +362,67 @@ impl Inner {
             .commit_lock
             .lock()
             .map_err(|_| embedded("commit lock poisoned"))?;
-        let write = self.db.begin_write().map_err(embedded)?;
-        let batch = {
-            let mut kv = write.open_table(KV).map_err(embedded)?;
-            let mut leased = write.open_table(LEASED).map_err(embedded)?;
-            let Some(ops) = decide(&kv, &leased)? else {
-                return Ok(None);
-            };
-            let mut meta = write.open_table(META).map_err(embedded)?;
-            let revision = current_revision(&meta)? + 1;
-            let mut events = Vec::with_capacity(ops.len());
-            for op in ops {
-                let (key, value, lease) = match op {
-                    Op::Put(key, value) => (key, Some(value), None),
-                    Op::PutLeased(key, value, lease) => (key, Some(value), Some(lease)),
-                    Op::Delete(key) => (key, None, None),
+        let batch = self.file.run(true, |db| -> Result<_, StoreError> {
+            let write = db.begin_write().map_err(embedded)?;
+            let batch = {
+                let mut kv = write.open_table(KV).map_err(embedded)?;
+                let mut leased = write.open_table(LEASED).map_err(embedded)?;
+                let Some(ops) = decide(&kv, &leased)? else {
+                    return Ok(None);
                 };
-                match lease {
-                    Some(lease) => leased.insert(key.as_str(), lease).map_err(embedded)?,
-                    None => leased.remove(key.as_str()).map_err(embedded)?,
-                };
-                match value {
-                    Some(value) => {
-                        kv.insert(key.as_str(), encode_kv(revision, &value).as_slice())
-                            .map_err(embedded)?;
-                        events.push(WatchEvent::Put(KeyValue {
-                            key,
-                            value,
-                            mod_revision: revision,
-                        }));
-                    }
-                    None => {
-                        if kv.remove(key.as_str()).map_err(embedded)?.is_some() {
-                            events.push(WatchEvent::Delete { key });
+                let mut meta = write.open_table(META).map_err(embedded)?;
+                let revision = current_revision(&meta)? + 1;
+                let mut events = Vec::with_capacity(ops.len());
+                for op in ops {
+                    let (key, value, lease) = match op {
+                        Op::Put(key, value) => (key, Some(value), None),
+                        Op::PutLeased(key, value, lease) => (key, Some(value), Some(lease)),
+                        Op::Delete(key) => (key, None, None),
+                    };
+                    match lease {
+                        Some(lease) => leased.insert(key.as_str(), lease).map_err(embedded)?,
+                        None => leased.remove(key.as_str()).map_err(embedded)?,
+                    };
+                    match value {
+                        Some(value) => {
+                            kv.insert(key.as_str(), encode_kv(revision, &value).as_slice())
+                                .map_err(embedded)?;
+                            events.push(WatchEvent::Put(KeyValue {
+                                key,
+                                value,
+                                mod_revision: revision,
+                            }));
+                        }
+                        None => {
+                            if kv.remove(key.as_str()).map_err(embedded)?.is_some() {
+                                events.push(WatchEvent::Delete { key });
+                            }
                         }
                     }
                 }
-            }
-            let rev = revision as u64;
-            let mut log = write.open_table(LOG).map_err(embedded)?;
-            log.insert(rev, encode_changes(&events).as_slice())
-                .map_err(embedded)?;
-            meta.insert(META_REVISION, rev).map_err(embedded)?;
-            let compacted = meta
-                .get(META_COMPACTED)
-                .map_err(embedded)?
-                .map_or(1, |v| v.value());
-            if rev.saturating_sub(compacted) >= LOG_KEEP + LOG_TRIM {
-                let keep_from = compacted + LOG_TRIM;
-                log.retain_in(compacted..keep_from, |_, _| false)
+                let rev = revision as u64;
+                let mut log = write.open_table(LOG).map_err(embedded)?;
+                log.insert(rev, encode_changes(&events).as_slice())
                     .map_err(embedded)?;
-                meta.insert(META_COMPACTED, keep_from).map_err(embedded)?;
-            }
-            WatchBatch { revision, events }
+                meta.insert(META_REVISION, rev).map_err(embedded)?;
+                let compacted = meta
+                    .get(META_COMPACTED)
+                    .map_err(embedded)?
+                    .map_or(1, |v| v.value());
+                if rev.saturating_sub(compacted) >= LOG_KEEP + LOG_TRIM {
+                    let keep_from = compacted + LOG_TRIM;
+                    log.retain_in(compacted..keep_from, |_, _| false)
+                        .map_err(embedded)?;
+                    meta.insert(META_COMPACTED, keep_from).map_err(embedded)?;
+                }
+                WatchBatch { revision, events }
+            };
+            write.commit().map_err(embedded)?;
+            Ok(Some(batch))
+        })?;
+        let Some(batch) = batch else {
+            return Ok(None);
         };
-        write.commit().map_err(embedded)?;
         let revision = batch.revision;
         // No receivers is fine: nobody is watching.
         let _ = self.changes.send(Arc::new(batch));
@@ -415,7 +431,23 @@ impl Inner {
 
     /// The logged changes under `prefix` from revision `from` on (revisions with none omitted).
     fn read_log(&self, prefix: &str, from: u64) -> Result<Vec<WatchBatch>, StoreError> {
-        let txn = self.db.begin_read().map_err(embedded)?;
+        self.read(|txn| Self::log_of(txn, prefix, from))
+    }
+
+    /// Runs `read` in a read transaction ([`RedbFile::run`]).
+    fn read<T>(
+        &self,
+        read: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.file
+            .run(false, |db| read(&db.begin_read().map_err(embedded)?))
+    }
+
+    fn log_of(
+        txn: &redb::ReadTransaction,
+        prefix: &str,
+        from: u64,
+    ) -> Result<Vec<WatchBatch>, StoreError> {
         let meta = txn.open_table(META).map_err(embedded)?;
         let compacted = meta
             .get(META_COMPACTED)
@@ -599,8 +631,12 @@ fn decode_changes(mut bytes: &[u8], revision: i64) -> Result<Vec<WatchEvent>, St
     Ok(events)
 }
 
-fn embedded(err: impl std::fmt::Display) -> StoreError {
-    StoreError::Embedded(err.to_string())
+/// Any failure of the store's file, as a [`StoreError`] of its kind.
+fn embedded(err: impl IntoFailure) -> StoreError {
+    match err.into_failure() {
+        Failure::Disk(fault) => StoreError::Disk(fault),
+        Failure::Other(text) => StoreError::Embedded(text),
+    }
 }
 
 /// Runs blocking file work off the async threads.

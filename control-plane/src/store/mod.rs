@@ -18,6 +18,7 @@ mod etcd;
 use std::path::Path;
 use std::time::Duration;
 
+use herald_core::disk_fault::DiskFault;
 use tokio::sync::mpsc;
 
 pub use self::embedded::EmbeddedStore;
@@ -122,9 +123,13 @@ pub enum StoreError {
     /// etcd could not be reached or refused the request.
     #[error("etcd: {}", etcd_reason(.0))]
     Etcd(#[from] etcd_client::Error),
-    /// The embedded store's file could not be read or written.
+    /// The embedded store failed (a record it cannot read, a broken rule of its own).
     #[error("embedded store: {0}")]
     Embedded(String),
+    /// The disk under the embedded store's file is full or failing: nothing is written until
+    /// it is back ([`crate::redb_file`]).
+    #[error("embedded store: {0}")]
+    Disk(#[from] DiskFault),
     /// The history a watch asked for is gone.
     #[error("revision {requested} is compacted (oldest kept: {compacted})")]
     Compacted {
@@ -139,18 +144,50 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// True when the failure is the store being unreachable, so a retry may succeed.
-    pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Etcd(_))
-    }
-
     /// What an API caller is told when the store is unavailable: what failed and the usual
     /// causes.
-    pub fn unavailable_message(&self) -> String {
+    fn unavailable_message(&self) -> String {
         format!(
             "config store unavailable (etcd unreachable, or fewer than a quorum of its members \
              up); try again when it is back: {self}"
         )
+    }
+
+    /// The gRPC status an API call that met this error answers: `UNAVAILABLE` when trying
+    /// again later may succeed (etcd unreachable, a failing disk), `RESOURCE_EXHAUSTED` when
+    /// space must be freed first (etcd's space quota, a full disk), `INTERNAL` otherwise.
+    pub fn status(&self) -> tonic::Status {
+        use tonic::Status;
+        match self {
+            StoreError::Etcd(etcd_client::Error::GRpcStatus(status))
+                if status.code() == tonic::Code::ResourceExhausted =>
+            {
+                Status::resource_exhausted(format!(
+                    "etcd refused for want of resources (its space quota reached, alarm \
+                     NOSPACE: compact and defragment it, then disarm the alarm; or too many \
+                     requests): {self}"
+                ))
+            }
+            StoreError::Etcd(_) => Status::unavailable(self.unavailable_message()),
+            StoreError::Disk(DiskFault::Full(_)) => Status::resource_exhausted(format!(
+                "config store full: {self}; writes resume once space is freed"
+            )),
+            StoreError::Disk(DiskFault::Io(_)) => {
+                Status::unavailable(format!("config store unavailable: {self}; try again later"))
+            }
+            StoreError::Embedded(_) | StoreError::Compacted { .. } | StoreError::Invalid(_) => {
+                Status::internal(self.to_string())
+            }
+        }
+    }
+}
+
+impl crate::redb_file::Fault for StoreError {
+    fn disk_fault(&self) -> Option<&DiskFault> {
+        match self {
+            StoreError::Disk(fault) => Some(fault),
+            _ => None,
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use herald_control_plane::attempts::{
 };
 use herald_control_plane::log_health::LOG_SERVICE;
 use herald_proto::v1 as pb;
+use herald_tests::herald::serving_status;
 use herald_tests::{
     Agent, AgentOptions, ConfigStore, ControlPlane, Etcd, Postgres, Receiver, TestCa, World, event,
     eventually, subscription,
@@ -503,23 +504,6 @@ async fn a_tail_misses_nothing_stored_while_its_replica_was_not_listening() -> a
     }
     assert_eq!(followed, ["evt_gap_2", "evt_gap_3"]);
     Ok(())
-}
-
-/// The gRPC health of `service` on the control plane at `url`.
-async fn serving_status(
-    url: &str,
-    service: &str,
-) -> anyhow::Result<tonic_health::pb::health_check_response::ServingStatus> {
-    let mut health = tonic_health::pb::health_client::HealthClient::new(
-        herald_tests::herald::connect(url).await?,
-    );
-    let answer = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: service.into(),
-        })
-        .await?
-        .into_inner();
-    Ok(answer.status())
 }
 
 #[tokio::test]

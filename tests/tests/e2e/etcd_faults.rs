@@ -118,3 +118,40 @@ async fn a_three_member_cluster_rides_out_member_failures() -> anyhow::Result<()
     assert_eq!(paths, ["/orders", "/invoices", "/orders", "/stock"]);
     Ok(())
 }
+
+/// An etcd past its space quota (alarm NOSPACE) refuses writes; Herald answers a change with
+/// RESOURCE_EXHAUSTED that says what to do, not with an "unreachable" UNAVAILABLE, and reads
+/// keep working.
+#[tokio::test]
+async fn an_etcd_past_its_space_quota_refuses_changes_as_resource_exhausted() -> anyhow::Result<()>
+{
+    let etcd = herald_tests::Etcd::start_with_quota(256 * 1024).await?;
+    let control_plane = ControlPlane::start(ConfigStore::Etcd(vec![etcd.endpoint()])).await?;
+    let mut created = 0;
+    let refused = eventually(Duration::from_secs(120), "a change refused", || {
+        created += 1;
+        let url = format!("https://127.0.0.1:9/{created}/{}", "p".repeat(1500));
+        let control_plane = &control_plane;
+        async move {
+            Ok(control_plane
+                .create(subscription("shop-1", &url, &["order.*"]))
+                .await
+                .err())
+        }
+    })
+    .await?;
+    let status = refused
+        .downcast_ref::<tonic::Status>()
+        .ok_or_else(|| anyhow::anyhow!("not a gRPC status: {refused}"))?;
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("NOSPACE"), "{}", status.message());
+    assert!(created > 1, "the first change was refused: {status:?}");
+    let listed = control_plane
+        .subscriptions()
+        .await?
+        .list_subscriptions(pb::ListSubscriptionsRequest::default())
+        .await?
+        .into_inner();
+    assert!(!listed.subscriptions.is_empty());
+    Ok(())
+}

@@ -1,84 +1,22 @@
-//! An agent whose disk fills up: Emit answers RESOURCE_EXHAUSTED and health NOT_SERVING, no
+//! Disks that fill up. An agent's: Emit answers RESOURCE_EXHAUSTED and health NOT_SERVING, no
 //! receiver is flooded, and once space is freed the agent writes, serves and delivers again by
-//! itself, without a restart. The disk is a real 48 MiB tmpfs the test mounts (skipped only
-//! where mounting is not permitted), filled with `dd`.
+//! itself, without a restart. A control plane's (its embedded stores): changes are refused,
+//! reports wait in the agent, and all of them are stored once space is back. Each disk is a
+//! real tmpfs the test mounts (skipped only where mounting is not permitted), filled with `dd`.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use herald_control_plane::log_health::LOG_SERVICE;
 use herald_proto::v1 as pb;
-use herald_tests::{AgentOptions, World, event, eventually, subscription};
+use herald_tests::herald::serving_status;
+use herald_tests::{
+    Agent, AgentOptions, ConfigStore, ControlPlane, Receiver, TestCa, Tmpfs, World, event,
+    eventually, subscription,
+};
 use serde_json::json;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A tmpfs of `size` mounted on a temp dir; unmounted when dropped.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// Mounts one, or `None` where this process may not mount.
-    fn mount(size: &str) -> anyhow::Result<Option<Tmpfs>> {
-        let dir = tempfile::tempdir()?;
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output();
-        match mounted {
-            Ok(out) if out.status.success() => Ok(Some(Tmpfs { dir })),
-            Ok(out) => {
-                eprintln!(
-                    "skipped: cannot mount a tmpfs here: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-                Ok(None)
-            }
-            Err(err) => {
-                eprintln!("skipped: no mount command: {err}");
-                Ok(None)
-            }
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Fills what is left with `dd` (which stops when the disk is full).
-    fn fill(&self) -> anyhow::Result<PathBuf> {
-        let filler = self.path().join("filler");
-        let _ = std::process::Command::new("dd")
-            .arg("if=/dev/zero")
-            .arg(format!("of={}", filler.display()))
-            .args(["bs=1M", "status=none"])
-            .status()?;
-        Ok(filler)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
-async fn health(url: &str) -> anyhow::Result<ServingStatus> {
-    let mut client = tonic_health::pb::health_client::HealthClient::new(
-        herald_tests::herald::connect(url).await?,
-    );
-    Ok(client
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
-        .await?
-        .into_inner()
-        .status())
-}
 
 #[tokio::test]
 async fn a_full_disk_refuses_events_floods_no_receiver_and_recovers_by_itself() -> anyhow::Result<()>
@@ -135,7 +73,7 @@ async fn a_full_disk_refuses_events_floods_no_receiver_and_recovers_by_itself() 
         status.message()
     );
     eventually(WAIT, "health NOT_SERVING", || async {
-        Ok((health(agent.url()).await? == ServingStatus::NotServing).then_some(()))
+        Ok((serving_status(agent.url(), "").await? == ServingStatus::NotServing).then_some(()))
     })
     .await?;
     // No receiver is flooded meanwhile: nothing is sent again and again.
@@ -150,7 +88,7 @@ async fn a_full_disk_refuses_events_floods_no_receiver_and_recovers_by_itself() 
     // Space is freed: the agent writes again by itself, serves, and delivers.
     std::fs::remove_file(&filler)?;
     eventually(Duration::from_secs(60), "health SERVING again", || async {
-        Ok((health(agent.url()).await? == ServingStatus::Serving).then_some(()))
+        Ok((serving_status(agent.url(), "").await? == ServingStatus::Serving).then_some(()))
     })
     .await?;
     let accepted = emit(2).await?.into_inner();
@@ -163,5 +101,120 @@ async fn a_full_disk_refuses_events_floods_no_receiver_and_recovers_by_itself() 
     })
     .await?;
     assert!(!requests.is_empty());
+    Ok(())
+}
+
+/// A control plane on its embedded stores (config and delivery log in one data directory)
+/// whose disk fills up: changes are refused with RESOURCE_EXHAUSTED and the log's health is
+/// NOT_SERVING, while agents go on delivering and keep their reports. Once space is freed it
+/// writes again by itself, without a restart, and every report held meanwhile reaches the log.
+#[tokio::test]
+async fn a_control_plane_whose_disk_fills_refuses_changes_loses_no_report_and_recovers()
+-> anyhow::Result<()> {
+    let Some(disk) = Tmpfs::mount("32m")? else {
+        return Ok(());
+    };
+    let control_plane = ControlPlane::start_configured(ConfigStore::Embedded, |config| {
+        config.data_dir = disk.path().join("control-plane");
+    })
+    .await?;
+    let ca = TestCa::new();
+    let receiver = Receiver::start(&ca).await?;
+    let agent = Agent::start(
+        control_plane.url(),
+        AgentOptions {
+            trusted_ca: Some(ca.ca_pem()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let sub = control_plane
+        .create(subscription(
+            "shop-1",
+            &receiver.url("/orders"),
+            &["order.*"],
+        ))
+        .await?;
+    control_plane.wait_applied(sub.revision, WAIT).await?;
+    // Bodies of 16 KiB, which the log keeps: a few of them outgrow what its file has free.
+    let order = |n: u32| json!({ "n": n, "note": "x".repeat(16 * 1024) });
+    agent
+        .emit(event("shop-1", "order.created", &order(0)))
+        .await?;
+    let by_sub = pb::AttemptFilter {
+        subscription_id: sub.id.clone(),
+        ..Default::default()
+    };
+    control_plane.wait_logged(by_sub.clone(), WAIT).await?;
+
+    // The disk fills up: a change is refused as the disk being full, not as an internal error.
+    let filler = disk.fill()?;
+    let mut n = 0;
+    let refused = eventually(WAIT, "a change refused", || {
+        n += 1;
+        let url = receiver.url(&format!("/more/{n}"));
+        let control_plane = &control_plane;
+        async move {
+            Ok(control_plane
+                .create(subscription("shop-2", &url, &["order.*"]))
+                .await
+                .err())
+        }
+    })
+    .await?;
+    let status = refused
+        .downcast_ref::<tonic::Status>()
+        .ok_or_else(|| anyhow::anyhow!("not a gRPC status: {refused}"))?;
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("disk is full"),
+        "{}",
+        status.message()
+    );
+
+    // Webhooks still go out; their reports cannot be stored, and the log says so.
+    for n in 1..=20 {
+        agent
+            .emit(event("shop-1", "order.created", &order(n)))
+            .await?;
+    }
+    receiver.wait_for_requests(21, WAIT).await?;
+    eventually(WAIT, "the log NOT_SERVING", || async {
+        Ok(
+            (serving_status(control_plane.url(), LOG_SERVICE).await? == ServingStatus::NotServing)
+                .then_some(()),
+        )
+    })
+    .await?;
+
+    // Space is freed: the log answers again and every attempt held meanwhile is stored, once.
+    std::fs::remove_file(&filler)?;
+    eventually(Duration::from_secs(60), "the log SERVING again", || async {
+        Ok(
+            (serving_status(control_plane.url(), LOG_SERVICE).await? == ServingStatus::Serving)
+                .then_some(()),
+        )
+    })
+    .await?;
+    let logged = eventually(
+        Duration::from_secs(60),
+        "all 21 attempts logged",
+        || async {
+            let logged = control_plane.attempts(by_sub.clone()).await?;
+            Ok((logged.len() >= 21).then_some(logged))
+        },
+    )
+    .await?;
+    let mut events: Vec<&str> = logged.iter().map(|a| a.event_id.as_str()).collect();
+    events.sort_unstable();
+    events.dedup();
+    assert_eq!((logged.len(), events.len()), (21, 21), "{logged:?}");
+    control_plane
+        .create(subscription(
+            "shop-2",
+            &receiver.url("/after"),
+            &["order.*"],
+        ))
+        .await?;
     Ok(())
 }

@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use herald_core::disk_fault::DiskFault;
 use herald_core::error_kind::StatusFilter;
 use herald_core::error_text;
 use herald_core::event_type::EventPattern;
@@ -332,10 +333,17 @@ impl PostgresLog {
         Ok((written.new, followups))
     }
 
-    /// A database error as a log error: unavailable when the connection is gone.
+    /// A database error as a log error: unavailable when the connection is gone, a disk fault
+    /// when the database's disk is full (SQLSTATE 53100).
     fn error(&self, err: tokio_postgres::Error) -> LogError {
         if err.is_closed() || err.as_db_error().is_none() {
             unavailable(&self.url, err)
+        } else if err.code() == Some(&SqlState::DISK_FULL) {
+            LogError::Disk(DiskFault::Full(format!(
+                "{}: {}",
+                self.url,
+                error_text::chain(&err)
+            )))
         } else {
             LogError::Storage(format!("{}: {}", self.url, error_text::chain(&err)))
         }

@@ -1,0 +1,54 @@
+//! Whether a failed read or write means the disk is full or failing. The two are answered
+//! differently (a full disk with `RESOURCE_EXHAUSTED` until space is freed, an I/O error with
+//! `UNAVAILABLE`), so every store on local files tells them apart by the same rule, from the
+//! error's kind and never from its text.
+
+use std::io;
+
+/// A fault of the disk under a store's files.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DiskFault {
+    /// The disk (or the process's quota on it) is full: writes fail until space is freed.
+    #[error("the disk is full: {0}")]
+    Full(String),
+    /// Reading or writing failed for another reason (a failing disk, a file removed).
+    #[error("an I/O error: {0}")]
+    Io(String),
+}
+
+impl DiskFault {
+    /// The fault an I/O error is: full for ENOSPC and EDQUOT, an I/O error otherwise.
+    pub fn of_io(err: &io::Error) -> DiskFault {
+        const ENOSPC: i32 = 28;
+        const EDQUOT: i32 = 122;
+        let full = matches!(err.raw_os_error(), Some(ENOSPC | EDQUOT))
+            || matches!(
+                err.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            );
+        if full {
+            DiskFault::Full(err.to_string())
+        } else {
+            DiskFault::Io(err.to_string())
+        }
+    }
+
+    /// Whether the disk is full (rather than failing).
+    pub fn is_full(&self) -> bool {
+        matches!(self, DiskFault::Full(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_and_a_quota_are_full_and_other_errors_are_io() {
+        assert!(DiskFault::of_io(&io::Error::from_raw_os_error(28)).is_full());
+        assert!(DiskFault::of_io(&io::Error::from_raw_os_error(122)).is_full());
+        assert!(DiskFault::of_io(&io::Error::from(io::ErrorKind::StorageFull)).is_full());
+        let eio = DiskFault::of_io(&io::Error::from_raw_os_error(5));
+        assert!(matches!(eio, DiskFault::Io(_)), "{eio:?}");
+    }
+}
