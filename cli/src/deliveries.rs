@@ -342,6 +342,14 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                 .map_err(status_error)?
                 .into_inner();
             output::object(format, &output::replay(&result))?;
+            if !result.not_replayable.is_empty() {
+                // As an import that refused some entries: the rest is done, the user must act.
+                anyhow::bail!(
+                    "{} of the deliveries could not be replayed (see above); {} were queued",
+                    result.not_replayable.len(),
+                    result.queued
+                );
+            }
         }
     }
     Ok(())

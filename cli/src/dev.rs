@@ -67,6 +67,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // receiver and its attempt reports into the control plane, then the other two.
     let stop_agent = CancellationToken::new();
     let stop = CancellationToken::new();
+    // Cancelled when any of the three ends by itself (it failed to start, or failed later):
+    // the others are stopped then, and its error is what `herald dev` exits with.
+    let ended = CancellationToken::new();
     let cp_config = herald_control_plane::Config {
         allow_http: true,
         allow_targets: loopback.clone(),
@@ -77,10 +80,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             args.data_dir.join("control-plane"),
         )
     };
-    let control_plane = tokio::spawn(herald_control_plane::run(
-        cp_config,
-        cp_listener,
-        stop.clone().cancelled_owned(),
+    let control_plane = tokio::spawn(watched(
+        ended.clone(),
+        herald_control_plane::run(cp_config, cp_listener, stop.clone().cancelled_owned()),
     ));
     let agent_config = herald_agent::Config {
         region: "dev".into(),
@@ -94,21 +96,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             args.data_dir.join("agent"),
         )
     };
-    let agent = tokio::spawn(herald_agent::run(
-        agent_config,
-        Listener::Tcp(agent_listener),
-        stop_agent.clone().cancelled_owned(),
+    let agent = tokio::spawn(watched(
+        ended.clone(),
+        herald_agent::run(
+            agent_config,
+            Listener::Tcp(agent_listener),
+            stop_agent.clone().cancelled_owned(),
+        ),
     ));
     let inspector = Arc::new(Inspector {
         control_plane: control_plane_url.clone(),
         port: args.receiver_listen.port(),
     });
     let app = axum::Router::new().fallback(inspect).with_state(inspector);
-    let receiver = tokio::spawn(
+    let receiver = tokio::spawn(watched(
+        ended.clone(),
         axum::serve(receiver_listener, app)
             .with_graceful_shutdown(stop.clone().cancelled_owned())
             .into_future(),
-    );
+    ));
 
     let receiver_url = format!("http://{}/hooks/orders", args.receiver_listen);
     let agent_url = format!("http://{}", args.agent_listen);
@@ -125,8 +131,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         http = args.http_listen,
     ));
 
-    herald_core::shutdown::signal().await;
-    say("stopping… (Ctrl-C again to stop at once)");
+    tokio::select! {
+        () = herald_core::shutdown::signal() => say("stopping… (Ctrl-C again to stop at once)"),
+        () = ended.cancelled() => say("a part of Herald dev stopped; stopping the others…"),
+    }
     let stopping = async {
         stop_agent.cancel();
         let agent = agent.await;
@@ -152,6 +160,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Runs `part` and cancels `ended` when it ends, however it ends.
+async fn watched<T>(ended: CancellationToken, part: impl Future<Output = T>) -> T {
+    let _ended = ended.drop_guard();
+    part.await
 }
 
 /// Prints `text` for the person watching. With nobody reading (`herald dev | head`), Herald

@@ -684,6 +684,53 @@ async fn replay_needs_a_target_and_reports_what_it_did() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn a_replay_that_cannot_reach_the_agent_says_so_and_exits_1() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    subscribe_to_orders(&world, &world.receiver.url("/orders")).await?;
+    let emitted = json(&emit_order(&world).await);
+    let event = emitted["event_id"]
+        .as_str()
+        .context("an event id")?
+        .to_owned();
+    world
+        .control_plane
+        .wait_logged(
+            herald_proto::v1::AttemptFilter {
+                event_id: event.clone(),
+                ..Default::default()
+            },
+            WAIT,
+        )
+        .await?;
+    let World {
+        agent,
+        control_plane,
+        receiver: _receiver,
+        etcd: _etcd,
+        ..
+    } = world;
+    agent.stop().await?;
+    let replay = herald_command()
+        .args(["--control-plane", control_plane.url()])
+        .args(["deliveries", "replay", "--event", &event, "-o", "json"])
+        .output()
+        .await?;
+    assert_eq!(replay.status.code(), Some(1), "{replay:?}");
+    let stderr = String::from_utf8_lossy(&replay.stderr);
+    assert!(
+        stderr.contains("1 of the deliveries could not be replayed"),
+        "{stderr}"
+    );
+    let answer: Value = serde_json::from_slice(&replay.stdout)?;
+    assert_eq!(answer["queued"], 0);
+    let reason = answer["not_replayable"][0]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.contains("not connected"), "{answer}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn contexts_remember_a_control_plane_and_its_token() -> anyhow::Result<()> {
     use herald_tests::{ConfigStore, ControlPlane};
     const ADMIN: &str = "admin-3b9e1c7d5a2f";
@@ -1597,24 +1644,9 @@ async fn subscriptions_and_health_show_what_is_in_force() -> anyhow::Result<()> 
 /// Runs `herald dev` with standard output `stdout`: subscribes its receiver, emits until a
 /// delivery is in the log, then presses Ctrl-C; what it printed and how it ended.
 async fn dev_session(stdout: std::process::Stdio) -> anyhow::Result<Output> {
-    use herald_tests::HeldPort;
-    let ports = [
-        HeldPort::new()?,
-        HeldPort::new()?,
-        HeldPort::new()?,
-        HeldPort::new()?,
-    ];
-    let [control_plane, agent, receiver, http] = ports.each_ref().map(|p| p.addr().to_string());
     let dir = tempfile::tempdir()?;
-    let dev = herald_command()
-        .args(["dev", "--control-plane-listen", &control_plane])
-        .args(["--agent-listen", &agent, "--receiver-listen", &receiver])
-        .args(["--http-listen", &http])
-        .env("HERALD_DEV_DATA_DIR", dir.path())
-        .stdout(stdout)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
+    let (ports, dev) = start_dev(dir.path(), stdout)?;
+    let [control_plane, agent, receiver, http] = ports.each_ref().map(|p| p.addr().to_string());
     let run = |args: &[&str]| {
         herald_command()
             .args(["--control-plane", &format!("http://{control_plane}")])
@@ -1736,6 +1768,56 @@ async fn dev_session(stdout: std::process::Stdio) -> anyhow::Result<Output> {
         .context("herald dev did not stop within 20 s of Ctrl-C")??;
     drop(held);
     Ok(stopped)
+}
+
+/// `herald dev` on free ports (control plane, agent, receiver, HTTP API) keeping its state in
+/// `dir`; the ports and the running process.
+fn start_dev(
+    dir: &std::path::Path,
+    stdout: std::process::Stdio,
+) -> anyhow::Result<([herald_tests::HeldPort; 4], tokio::process::Child)> {
+    use herald_tests::HeldPort;
+    let ports = [
+        HeldPort::new()?,
+        HeldPort::new()?,
+        HeldPort::new()?,
+        HeldPort::new()?,
+    ];
+    let [control_plane, agent, receiver, http] = ports.each_ref().map(|p| p.addr().to_string());
+    let dev = herald_command()
+        .args(["dev", "--control-plane-listen", &control_plane])
+        .args(["--agent-listen", &agent, "--receiver-listen", &receiver])
+        .args(["--http-listen", &http])
+        .env("HERALD_DEV_DATA_DIR", dir)
+        .stdout(stdout)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    Ok((ports, dev))
+}
+
+#[tokio::test]
+async fn a_second_dev_on_the_same_state_stops_at_once_and_says_why() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ports, _first) = start_dev(dir.path(), std::process::Stdio::null())?;
+    let control_plane = format!("http://{}", ports[0].addr());
+    eventually(WAIT, "the first herald dev answering", || async {
+        let out = herald_command()
+            .args(["--control-plane", &control_plane, "subscription", "list"])
+            .output()
+            .await?;
+        Ok(out.status.success().then_some(()))
+    })
+    .await?;
+
+    let (_, second) = start_dev(dir.path(), std::process::Stdio::null())?;
+    let ended = tokio::time::timeout(Duration::from_secs(20), second.wait_with_output())
+        .await
+        .context("a second herald dev on the same state kept running")??;
+    let stderr = String::from_utf8_lossy(&ended.stderr);
+    assert_eq!(ended.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is open in another process"), "{stderr}");
+    Ok(())
 }
 
 #[tokio::test]

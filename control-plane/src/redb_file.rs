@@ -3,8 +3,10 @@
 //!
 //! Once a write to a redb file fails with an I/O error (the disk full, or failing), redb refuses
 //! every later transaction until the file is closed and opened again. [`RedbFile`] does that by
-//! itself on the next use (at most once every [`REOPEN_EVERY`]), so a control plane whose disk
-//! filled up writes again as soon as space is freed, without a restart. Until a write succeeds
+//! itself on the next use, so a control plane whose disk filled up writes again soon after
+//! space is freed, without a restart. Opening again may mean a repair (redb checks a file
+//! that was not closed cleanly), so while writes keep failing it is tried less and less often:
+//! at once, then after [`REOPEN_FIRST`] and twice as long each time, up to [`REOPEN_MAX`]. Until a write succeeds
 //! again the fault is kept ([`RedbFile::fault`]) for health checks to report.
 //!
 //! Errors keep what kind of fault they are ([`Fault`]): a full disk is answered with
@@ -18,8 +20,10 @@ use herald_core::disk_fault::DiskFault;
 use redb::Database;
 use tokio::time::Instant;
 
-/// How often a faulted file is opened again at most.
-pub const REOPEN_EVERY: Duration = Duration::from_secs(1);
+/// How long after a fault the file is first opened again.
+pub const REOPEN_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two openings while writes keep failing.
+pub const REOPEN_MAX: Duration = Duration::from_secs(30);
 /// How long opening again waits for the reads still using the old handle to finish.
 const READERS_WAIT: Duration = Duration::from_millis(200);
 
@@ -38,6 +42,8 @@ struct Slot {
     broken: bool,
     /// When the next attempt to open again may be made.
     next_try: Instant,
+    /// The wait before the next opening after this one, doubled while writes keep failing.
+    backoff: Duration,
 }
 
 /// What the file's errors are: either a disk fault or another failure.
@@ -48,8 +54,8 @@ pub trait Fault {
 
 impl RedbFile {
     /// Opens (or creates) the file at `path`.
-    pub fn create(path: &Path) -> Result<Self, redb::DatabaseError> {
-        let db = Database::create(path)?;
+    pub fn create(path: &Path) -> Result<Self, Failure> {
+        let db = Database::create(path).map_err(|err| not_opened(path, err))?;
         Ok(RedbFile {
             path: path.to_owned(),
             slot: Mutex::new(Slot {
@@ -57,6 +63,7 @@ impl RedbFile {
                 fault: None,
                 broken: false,
                 next_try: Instant::now(),
+                backoff: REOPEN_FIRST,
             }),
         })
     }
@@ -103,7 +110,8 @@ impl RedbFile {
         if now < slot.next_try {
             return Err(fault);
         }
-        slot.next_try = now + REOPEN_EVERY;
+        slot.next_try = now + slot.backoff;
+        slot.backoff = (slot.backoff * 2).min(REOPEN_MAX);
         if let Some(old) = slot.db.take() {
             // redb locks its file: it opens again only once every read still using the old
             // handle has let go of it.
@@ -145,6 +153,7 @@ impl RedbFile {
         if let Some(fault) = slot.fault.take() {
             tracing::info!(file = %self.path.display(), %fault, "writes succeed again after a disk fault");
         }
+        slot.backoff = REOPEN_FIRST;
     }
 
     fn slot(&self) -> MutexGuard<'_, Slot> {
@@ -152,8 +161,34 @@ impl RedbFile {
     }
 }
 
+/// Why the file at `path` did not open, naming it.
+fn not_opened(path: &Path, err: redb::DatabaseError) -> Failure {
+    let at = path.display();
+    match err {
+        redb::DatabaseError::DatabaseAlreadyOpen => Failure::Other(format!(
+            "{at} is open in another process: is another control plane (or herald dev) \
+             running on this --data-dir?"
+        )),
+        redb::DatabaseError::Storage(redb::StorageError::Io(err))
+            if err.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            Failure::Other(format!(
+                "{at} is damaged or not one of Herald's files: {err}"
+            ))
+        }
+        other => match other.into_failure() {
+            Failure::Disk(DiskFault::Full(e)) => {
+                Failure::Disk(DiskFault::Full(format!("{at}: {e}")))
+            }
+            Failure::Disk(DiskFault::Io(e)) => Failure::Disk(DiskFault::Io(format!("{at}: {e}"))),
+            Failure::Other(e) => Failure::Other(format!("{at}: {e}")),
+        },
+    }
+}
+
 /// A failure met on a redb file: a disk fault, or another failure (a record that does not
 /// decode, a task that died, a store that breaks its own rules) told by its text.
+#[derive(Debug)]
 pub enum Failure {
     /// The disk is full or failing.
     Disk(DiskFault),
@@ -191,6 +226,12 @@ redb_failure!(
     redb::TableError,
     redb::DatabaseError
 );
+
+impl IntoFailure for Failure {
+    fn into_failure(self) -> Failure {
+        self
+    }
+}
 
 impl IntoFailure for std::io::Error {
     fn into_failure(self) -> Failure {
@@ -278,6 +319,43 @@ mod tests {
         assert!(file.fault().is_some(), "a read does not clear the fault");
         put(&file, 2).expect("written again");
         assert_eq!(file.fault(), None);
+    }
+
+    #[test]
+    fn while_writes_keep_failing_the_file_is_opened_again_less_often() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let file = RedbFile::create(&dir.path().join("f.redb")).expect("created");
+        let full = || DiskFault::Full("ENOSPC".into());
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            let _ = file.run::<(), TestError>(true, |_| Err(full().into()));
+            file.slot().next_try = Instant::now();
+            // This use opens the file again and sets when the next opening may be.
+            let _ = file.run::<(), TestError>(false, |_| Ok(()));
+            waits.push(file.slot().backoff);
+        }
+        let secs: Vec<u64> = waits.iter().map(Duration::as_secs).collect();
+        assert_eq!(secs, [2, 4, 8, 16, 30, 30, 30]);
+        put(&file, 1).expect("written");
+        assert_eq!(file.slot().backoff, REOPEN_FIRST);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_or_is_in_use_is_named_and_explained() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let garbage = dir.path().join("garbage.redb");
+        std::fs::write(&garbage, vec![0x5a; 8192]).expect("written");
+        let Err(Failure::Other(text)) = RedbFile::create(&garbage) else {
+            panic!("garbage opened, or as a disk fault");
+        };
+        assert!(text.contains("garbage.redb is damaged"), "{text}");
+
+        let path = dir.path().join("f.redb");
+        let _open = RedbFile::create(&path).expect("created");
+        let Err(Failure::Other(text)) = RedbFile::create(&path) else {
+            panic!("opened twice");
+        };
+        assert!(text.contains("f.redb is open in another process"), "{text}");
     }
 
     #[test]

@@ -494,10 +494,26 @@ impl Queue {
         let dir = dir.to_owned();
         let cache_bytes = config.cache_bytes;
         let files: OpenFiles = Box::new(move || {
+            let path = dir.join("queue.redb");
             let db = redb::Builder::new()
                 .set_cache_size(cache_bytes)
-                .create(dir.join("queue.redb"))
-                .map_err(storage)?;
+                .create(&path)
+                .map_err(|err| match err {
+                    redb::DatabaseError::DatabaseAlreadyOpen => QueueError::Storage(format!(
+                        "{} is open in another process: is another agent (or herald dev) \
+                         running on this --data-dir?",
+                        path.display()
+                    )),
+                    redb::DatabaseError::Storage(redb::StorageError::Io(err))
+                        if err.kind() == std::io::ErrorKind::InvalidData =>
+                    {
+                        QueueError::Storage(format!(
+                            "{} is damaged or not one of Herald's files: {err}",
+                            path.display()
+                        ))
+                    }
+                    other => storage(other),
+                })?;
             let wal = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)

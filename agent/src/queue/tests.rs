@@ -1844,3 +1844,23 @@ fn retention_buckets(queue: &Queue) -> u64 {
         .len()
         .expect("len")
 }
+
+#[tokio::test]
+async fn a_queue_file_that_is_damaged_or_in_use_is_named_and_explained() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    std::fs::write(dir.path().join("queue.redb"), vec![0x5a; 8192]).expect("written");
+    let Err(QueueError::Storage(text)) = Queue::open(dir.path(), config()) else {
+        panic!("a damaged file opened, or failed as something else");
+    };
+    assert!(text.contains("queue.redb is damaged"), "{text}");
+
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let _open = Queue::open(dir.path(), config()).expect("open");
+    let Err(QueueError::Storage(text)) = Queue::open(dir.path(), config()) else {
+        panic!("opened twice, or failed as something else");
+    };
+    assert!(
+        text.contains("queue.redb is open in another process"),
+        "{text}"
+    );
+}

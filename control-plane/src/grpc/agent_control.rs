@@ -31,7 +31,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::Streams;
 use crate::access::{Identity, caller};
 use crate::agent_trust::{self, Refusal};
-use crate::attempts::{AttemptLog, PendingFollowup};
+use crate::attempts::{AttemptLog, LogError, PendingFollowup};
 use crate::fleet::{Fleet, HelloError, Order};
 use crate::health::Health;
 use crate::hub::{Change, ConfigHub, Resume, Snapshot, Unreadable};
@@ -41,6 +41,7 @@ use crate::subscriptions::{SubscriptionError, Subscriptions};
 
 /// How long an agent has to say hello after opening its config stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+use herald_core::disk_fault::DiskFault;
 use herald_core::limits::MAX_REPORT_BATCH;
 /// The most unacknowledged changes per stream whose convergence time is measured.
 const MAX_UNACKED_TIMED: usize = 1024;
@@ -267,7 +268,13 @@ impl AgentControl for AgentControlService {
                     Ok(stored) => stored,
                     Err(err) => {
                         tracing::error!(error = %err, "cannot store attempt reports");
-                        let status = Status::unavailable(format!("cannot store reports: {err}"));
+                        // UNAVAILABLE, or RESOURCE_EXHAUSTED for a full disk: either way the
+                        // agent keeps the batch and sends it again.
+                        let code = match err {
+                            LogError::Disk(DiskFault::Full(_)) => tonic::Code::ResourceExhausted,
+                            _ => tonic::Code::Unavailable,
+                        };
+                        let status = Status::new(code, format!("cannot store reports: {err}"));
                         let _ = tx.send(Err(status)).await;
                         return;
                     }
