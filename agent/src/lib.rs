@@ -196,6 +196,11 @@ pub struct Config {
     /// How long shutdown waits for attempts in flight and report flushing (at most 1 h).
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "30s", value_parser = herald_core::shutdown::parse_grace)]
     pub shutdown_grace: Duration,
+    /// How often the Emit API pings each connection (HTTP/2 PING); one that does not answer
+    /// within the same time is closed, so an application whose host or pod vanished does not
+    /// hold its connection open for good (1 s to 10 min).
+    #[arg(long, env = "HERALD_KEEPALIVE_INTERVAL", default_value = "20s", value_parser = herald_core::keepalive::parse_interval)]
+    pub keepalive_interval: Duration,
     /// Who may call Emit.
     #[command(flatten)]
     pub emit_access: emit_access::EmitAccess,
@@ -245,6 +250,7 @@ impl Config {
             fsync: true,
             check_schemas: true,
             shutdown_grace: Duration::from_secs(30),
+            keepalive_interval: herald_core::keepalive::DEFAULT_INTERVAL,
             emit_access: emit_access::EmitAccess::default(),
             metrics_listen: None,
         }
@@ -499,6 +505,10 @@ pub async fn run(
     ));
     let serving = stop.clone();
     let router = tonic::transport::Server::builder()
+        // An application that stops answering (its host gone without closing the connection)
+        // is cut off instead of holding a connection for good.
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_interval))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

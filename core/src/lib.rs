@@ -9,6 +9,7 @@
 //! - [`retry`]: retry schedules and jitter.
 //! - [`daemon`]: flag parsing, logs and exit codes every daemon shares.
 //! - [`shutdown`]: the signals every binary stops on.
+//! - [`keepalive`]: the pings that close connections whose peer vanished.
 //! - [`target`]: which addresses webhooks may be sent to (the SSRF guard).
 //! - [`subscription`]: a validated subscription, as the delivery path uses it.
 //! - [`payload_filter`]: which events a subscription receives by what their payload says.
@@ -28,6 +29,7 @@ pub mod event_type;
 pub mod format;
 pub mod ids;
 pub mod interest;
+pub mod keepalive;
 pub mod limits;
 pub mod metrics;
 pub mod payload_filter;

@@ -358,6 +358,8 @@ pub struct AgentOptions {
     pub egress_proxy: Option<String>,
     /// Whether emitted payloads are checked against their type's schema (default yes).
     pub check_schemas: Option<bool>,
+    /// How often the Emit API pings its connections (default the agent's).
+    pub keepalive_interval: Option<Duration>,
 }
 
 /// An agent running in-process.
@@ -423,6 +425,9 @@ impl Agent {
             control_plane_cert_file: options.control_plane_tls.as_ref().map(|t| t.1.clone()),
             control_plane_key_file: options.control_plane_tls.as_ref().map(|t| t.2.clone()),
             check_schemas: options.check_schemas.unwrap_or(true),
+            keepalive_interval: options
+                .keepalive_interval
+                .unwrap_or(herald_core::keepalive::DEFAULT_INTERVAL),
             queue_min_free_bytes: options
                 .queue_min_free_bytes
                 .unwrap_or(herald_agent::queue::DEFAULT_MIN_FREE_BYTES),
@@ -474,6 +479,11 @@ impl Agent {
     /// The gRPC URL.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The gRPC address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.port.addr()
     }
 
     /// An `Events` client.

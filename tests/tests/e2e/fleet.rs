@@ -1,7 +1,8 @@
 //! The fleet side of config distribution: an agent given several control-plane replicas fails
 //! over to another when its replica dies and receives the changes made meanwhile (deletions
 //! included); a change the agent refuses leaves it on its last good config and shows in the
-//! agents list.
+//! agents list. A peer whose host vanishes is cut off: an agent by its control plane, an
+//! application by its agent.
 
 use std::time::Duration;
 
@@ -465,5 +466,37 @@ async fn an_agent_whose_host_vanishes_is_listed_as_disconnected() -> anyhow::Res
     )
     .await?;
     assert!(gone.last_seen.is_some());
+    Ok(())
+}
+
+/// An application whose host (or pod) vanishes while connected to its agent, frozen behind a
+/// relay: the agent's pings go unanswered and it closes the connection within two keepalive
+/// intervals, instead of holding it, and what it holds, for good.
+#[tokio::test]
+async fn an_application_whose_host_vanishes_is_cut_off_by_its_agent() -> anyhow::Result<()> {
+    let control_plane = ControlPlane::start(ConfigStore::Embedded).await?;
+    let agent = Agent::start(
+        control_plane.url(),
+        AgentOptions {
+            keepalive_interval: Some(Duration::from_secs(1)),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let relay = Relay::start(agent.addr()).await?;
+    let channel = herald_tests::herald::connect(&relay.url()).await?;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await?;
+    assert_eq!(relay.open_upstreams(), 1);
+
+    relay.freeze();
+    eventually(
+        Duration::from_secs(10),
+        "the agent closing the silent connection",
+        || async { Ok((relay.open_upstreams() == 0).then_some(())) },
+    )
+    .await?;
     Ok(())
 }
