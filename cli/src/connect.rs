@@ -1,9 +1,31 @@
 //! gRPC channels to the control plane and the agent, over TCP (`http://host:port`) or a Unix
 //! socket (`unix:/path`).
 
+use std::time::Duration;
+
 use anyhow::Context;
 use herald_proto::bearer::{AuthedChannel, Bearer};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Uri};
+
+/// How long the CLI waits for a TCP connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the CLI pings the server while a call is open; a server that does not answer a
+/// ping within [`PING_TIMEOUT`] (a host gone, a port that accepts and never speaks gRPC) ends
+/// the command with an error instead of holding it forever. A slow call on a live server
+/// (a test send, a replay, `deliveries tail`) is not cut short: the server answers pings.
+const PING_EVERY: Duration = Duration::from_secs(5);
+/// How long the CLI waits for the answer to a ping.
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `url` with the CLI's connection settings.
+fn endpoint(url: &str) -> anyhow::Result<Endpoint> {
+    Ok(Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("{url} is not a valid URL"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(PING_EVERY)
+        .keep_alive_timeout(PING_TIMEOUT)
+        .keep_alive_while_idle(true))
+}
 
 /// A server the CLI calls, with the caller's token and TLS settings.
 pub struct Server {
@@ -19,11 +41,9 @@ impl Server {
     /// Connects; every call on the channel carries the token.
     pub async fn channel(&self) -> anyhow::Result<AuthedChannel> {
         let channel = match &self.tls {
-            Some(tls) if !self.url.starts_with("unix:") => Endpoint::from_shared(self.url.clone())
-                .with_context(|| format!("{} is not a valid URL", self.url))?
+            Some(tls) if !self.url.starts_with("unix:") => endpoint(&self.url)?
                 .tls_config(tls.clone())
                 .with_context(|| format!("TLS settings for {}", self.url))?
-                .connect_timeout(std::time::Duration::from_secs(5))
                 .connect()
                 .await
                 .with_context(|| format!("cannot connect to {}", self.url))?,
@@ -38,8 +58,7 @@ pub async fn channel(url: &str) -> anyhow::Result<Channel> {
     if let Some(path) = url.strip_prefix("unix:") {
         let path = path.to_owned();
         // The URI is required by the API but unused: the connector dials the socket.
-        let endpoint = Endpoint::try_from("http://[::1]:0")?;
-        return endpoint
+        return endpoint("http://[::1]:0")?
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let path = path.clone();
                 async move {
@@ -50,9 +69,7 @@ pub async fn channel(url: &str) -> anyhow::Result<Channel> {
             .await
             .with_context(|| format!("cannot connect to {url}"));
     }
-    Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("{url} is not a valid URL"))?
-        .connect_timeout(std::time::Duration::from_secs(5))
+    endpoint(url)?
         .connect()
         .await
         .with_context(|| format!("cannot connect to {url}"))
@@ -84,5 +101,13 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
         tonic::Code::DeadlineExceeded => "deadline exceeded",
         _ => "error",
     };
-    anyhow::anyhow!("{code}: {}", status.message())
+    // A transport failure says what broke only in its causes ("http2 error" alone does not).
+    match std::error::Error::source(&status) {
+        Some(cause) if status.code() == tonic::Code::Unavailable => anyhow::anyhow!(
+            "{code}: {}: {} (is the server up, and speaking gRPC on that address?)",
+            status.message(),
+            herald_core::error_text::chain(cause)
+        ),
+        _ => anyhow::anyhow!("{code}: {}", status.message()),
+    }
 }

@@ -658,6 +658,34 @@ async fn output_styles_and_completions() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A control plane that accepts connections and never answers (a hung process, a black hole
+/// behind a load balancer): the command ends with an error naming it, instead of waiting
+/// for good.
+#[tokio::test]
+async fn a_server_that_never_answers_ends_the_command_with_an_error() -> anyhow::Result<()> {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", silent.local_addr()?);
+    let holding = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let ended = tokio::time::timeout(
+        Duration::from_secs(60),
+        herald_command()
+            .args(["--control-plane", &url, "subscription", "list"])
+            .output(),
+    )
+    .await
+    .context("the command waited on a silent server for a minute")??;
+    holding.abort();
+    let stderr = String::from_utf8_lossy(&ended.stderr);
+    assert_eq!(ended.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("keep-alive timed out"), "{stderr}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn replay_needs_a_target_and_reports_what_it_did() -> anyhow::Result<()> {
     use herald_tests::{ConfigStore, ControlPlane};
