@@ -229,6 +229,25 @@ impl ControlPlane {
             .into_inner())
     }
 
+    /// Creates subscriptions of `tenant` for events `order.*`, the n-th (from 1) to
+    /// `url_of(n)`, until one is refused or `timeout` passes: the refusal, and how many were
+    /// tried. For stores that fill up.
+    pub async fn create_until_refused(
+        &self,
+        tenant: &str,
+        url_of: impl Fn(u32) -> String,
+        timeout: Duration,
+    ) -> anyhow::Result<(tonic::Status, u32)> {
+        let mut tried = 0;
+        let refused = crate::eventually(timeout, "a subscription refused", || {
+            tried += 1;
+            let sub = subscription(tenant, &url_of(tried), &["order.*"]);
+            async move { Ok(self.create(sub).await.err()) }
+        })
+        .await?;
+        Ok((status_of(&refused)?.clone(), tried))
+    }
+
     /// Every stored attempt matching `filter`, newest first.
     pub async fn attempts(&self, filter: pb::AttemptFilter) -> anyhow::Result<Vec<pb::Attempt>> {
         let mut client = self.deliveries().await?;
@@ -536,6 +555,12 @@ pub async fn connect(url: &str) -> anyhow::Result<Channel> {
         .connect()
         .await
         .with_context(|| format!("connecting to {url}"))
+}
+
+/// The gRPC status an error of a helper above carries.
+pub fn status_of(err: &anyhow::Error) -> anyhow::Result<&tonic::Status> {
+    err.downcast_ref::<tonic::Status>()
+        .ok_or_else(|| anyhow::anyhow!("not a gRPC status: {err:#}"))
 }
 
 /// The gRPC health of `service` (`""`: the server as a whole) at `url`.

@@ -127,25 +127,16 @@ async fn an_etcd_past_its_space_quota_refuses_changes_as_resource_exhausted() ->
 {
     let etcd = herald_tests::Etcd::start_with_quota(256 * 1024).await?;
     let control_plane = ControlPlane::start(ConfigStore::Etcd(vec![etcd.endpoint()])).await?;
-    let mut created = 0;
-    let refused = eventually(Duration::from_secs(120), "a change refused", || {
-        created += 1;
-        let url = format!("https://127.0.0.1:9/{created}/{}", "p".repeat(1500));
-        let control_plane = &control_plane;
-        async move {
-            Ok(control_plane
-                .create(subscription("shop-1", &url, &["order.*"]))
-                .await
-                .err())
-        }
-    })
-    .await?;
-    let status = refused
-        .downcast_ref::<tonic::Status>()
-        .ok_or_else(|| anyhow::anyhow!("not a gRPC status: {refused}"))?;
+    let (status, tried) = control_plane
+        .create_until_refused(
+            "shop-1",
+            |n| format!("https://127.0.0.1:9/{n}/{}", "p".repeat(1500)),
+            Duration::from_secs(120),
+        )
+        .await?;
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("NOSPACE"), "{}", status.message());
-    assert!(created > 1, "the first change was refused: {status:?}");
+    assert!(tried > 1, "the first change was refused: {status:?}");
     let listed = control_plane
         .subscriptions()
         .await?

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use herald_control_plane::log_health::LOG_SERVICE;
 use herald_proto::v1 as pb;
-use herald_tests::herald::serving_status;
+use herald_tests::herald::{serving_status, status_of};
 use herald_tests::{
     Agent, AgentOptions, ConfigStore, ControlPlane, Receiver, TestCa, Tmpfs, World, event,
     eventually, subscription,
@@ -63,9 +63,7 @@ async fn a_full_disk_refuses_events_floods_no_receiver_and_recovers_by_itself() 
         Ok(emit(1).await.err())
     })
     .await?;
-    let status = refused
-        .downcast_ref::<tonic::Status>()
-        .ok_or_else(|| anyhow::anyhow!("not a gRPC status: {refused}"))?;
+    let status = status_of(&refused)?;
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     assert!(
         status.message().contains("disk is full"),
@@ -149,22 +147,9 @@ async fn a_control_plane_whose_disk_fills_refuses_changes_loses_no_report_and_re
 
     // The disk fills up: a change is refused as the disk being full, not as an internal error.
     let filler = disk.fill()?;
-    let mut n = 0;
-    let refused = eventually(WAIT, "a change refused", || {
-        n += 1;
-        let url = receiver.url(&format!("/more/{n}"));
-        let control_plane = &control_plane;
-        async move {
-            Ok(control_plane
-                .create(subscription("shop-2", &url, &["order.*"]))
-                .await
-                .err())
-        }
-    })
-    .await?;
-    let status = refused
-        .downcast_ref::<tonic::Status>()
-        .ok_or_else(|| anyhow::anyhow!("not a gRPC status: {refused}"))?;
+    let (status, _) = control_plane
+        .create_until_refused("shop-2", |n| receiver.url(&format!("/more/{n}")), WAIT)
+        .await?;
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     assert!(
         status.message().contains("disk is full"),
