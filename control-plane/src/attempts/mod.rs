@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime};
 use herald_core::disk_fault::DiskFault;
 use herald_core::error_kind::{ErrorKind, StatusFilter};
 use herald_core::event_type::EventPattern;
+use herald_core::validate;
 use herald_proto::convert::system_time;
 use herald_proto::v1 as pb;
 use tokio::sync::broadcast;
@@ -320,6 +321,18 @@ impl Filter {
     /// Prepares a wire filter for a caller who may see only the attempts of `tenants`.
     pub fn within(wire: pb::AttemptFilter, tenants: &Scope) -> Result<Self, LogError> {
         let invalid = |err: herald_core::ValidationError| LogError::InvalidQuery(err.to_string());
+        // Names no tenant, subscription or event could have are refused, not looked for.
+        if !wire.tenant.is_empty() {
+            validate::tenant(&wire.tenant).map_err(invalid)?;
+        }
+        if !wire.subscription_id.is_empty() {
+            validate::subscription_id(&wire.subscription_id).map_err(invalid)?;
+        }
+        if !wire.event_id.is_empty() {
+            validate::event_id(&wire.event_id).map_err(|e| {
+                invalid(herald_core::ValidationError::new("event_id", e.reason))
+            })?;
+        }
         let event_type = match wire.event_type.as_str() {
             "" => None,
             text => match EventPattern::parse(text)
@@ -404,5 +417,43 @@ impl Filter {
             && self
                 .until
                 .is_none_or(|until| started.is_some_and(|t| t < until))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(wire: pb::AttemptFilter) -> String {
+        match Filter::new(wire) {
+            Err(LogError::InvalidQuery(text)) => text,
+            other => panic!("not refused as a bad query: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn names_no_tenant_subscription_or_event_could_have_are_refused() {
+        let text = refused(pb::AttemptFilter {
+            tenant: "a".repeat(5000),
+            ..Default::default()
+        });
+        assert!(text.starts_with("tenant:"), "{text}");
+        let text = refused(pb::AttemptFilter {
+            subscription_id: "sub 1; drop".into(),
+            ..Default::default()
+        });
+        assert!(text.starts_with("subscription_id:"), "{text}");
+        let text = refused(pb::AttemptFilter {
+            event_id: "evt/../x".into(),
+            ..Default::default()
+        });
+        assert!(text.starts_with("event_id:"), "{text}");
+        Filter::new(pb::AttemptFilter {
+            tenant: "shop-1".into(),
+            subscription_id: "sub_01M94R7PQSNQCG2EM0M5GP6K83".into(),
+            event_id: "order-42".into(),
+            ..Default::default()
+        })
+        .expect("names a caller may use");
     }
 }
