@@ -329,9 +329,8 @@ impl Filter {
             validate::subscription_id(&wire.subscription_id).map_err(invalid)?;
         }
         if !wire.event_id.is_empty() {
-            validate::event_id(&wire.event_id).map_err(|e| {
-                invalid(herald_core::ValidationError::new("event_id", e.reason))
-            })?;
+            validate::event_id(&wire.event_id)
+                .map_err(|e| invalid(herald_core::ValidationError::new("event_id", e.reason)))?;
         }
         let event_type = match wire.event_type.as_str() {
             "" => None,
