@@ -671,7 +671,11 @@ async fn audit_entries_are_listed_newest_first_within_scope_and_swept(log: &dyn 
     }
     let list = |wire: pb::AuditFilter, tenants: Scope| async move {
         let page = log
-            .changes(AuditFilter::within(wire, &tenants), 100, "")
+            .changes(
+                AuditFilter::within(wire, &tenants).expect("a valid filter"),
+                100,
+                "",
+            )
             .await
             .expect("listed");
         page.entries

@@ -7,6 +7,7 @@ use herald_proto::convert::system_time;
 use herald_proto::v1 as pb;
 
 use crate::access::Scope;
+use crate::attempts::LogError;
 
 /// A query of the audit log, with times converted once, and the tenants the asker may see.
 #[derive(Clone, Debug, Default)]
@@ -20,13 +21,19 @@ pub struct AuditFilter {
 impl AuditFilter {
     /// A wire filter for a caller who may see the entries of `tenants` (an identity scoped to
     /// some tenants sees no entry of what every tenant shares).
-    pub fn within(wire: pb::AuditFilter, tenants: &Scope) -> Self {
-        AuditFilter {
+    /// A tenant no tenant could be named is refused ([`LogError::InvalidQuery`]), not looked
+    /// for.
+    pub fn within(wire: pb::AuditFilter, tenants: &Scope) -> Result<Self, LogError> {
+        if !wire.tenant.is_empty() {
+            herald_core::validate::tenant(&wire.tenant)
+                .map_err(|err| LogError::InvalidQuery(err.to_string()))?;
+        }
+        Ok(AuditFilter {
             since: wire.since.as_ref().map(system_time),
             until: wire.until.as_ref().map(system_time),
             wire,
             tenants: tenants.clone(),
-        }
+        })
     }
 
     /// The filter as sent.
@@ -72,4 +79,24 @@ pub struct AuditPage {
     pub entries: Vec<pb::AuditEntry>,
     /// Where the next page starts; empty on the last.
     pub next_page_token: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_no_tenant_could_be_named_is_refused() {
+        let wire = |tenant: &str| pb::AuditFilter {
+            tenant: tenant.into(),
+            ..Default::default()
+        };
+        let refused = AuditFilter::within(wire(&"a".repeat(5000)), &Scope::All);
+        assert!(
+            matches!(&refused, Err(LogError::InvalidQuery(text)) if text.starts_with("tenant:")),
+            "{refused:?}"
+        );
+        AuditFilter::within(wire("shop-1"), &Scope::All).expect("a tenant's name");
+        AuditFilter::within(wire(""), &Scope::All).expect("any tenant");
+    }
 }

@@ -28,7 +28,7 @@ impl Audit for AuditService {
     ) -> Result<Response<pb::ListAuditEntriesResponse>, Status> {
         let who = caller(&request);
         let request = request.into_inner();
-        let filter = AuditFilter::within(request.filter.unwrap_or_default(), &who.tenants);
+        let filter = AuditFilter::within(request.filter.unwrap_or_default(), &who.tenants)?;
         let page = self
             .log
             .changes(filter, request.page_size, &request.page_token)
