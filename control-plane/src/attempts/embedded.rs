@@ -146,23 +146,27 @@ impl LogStore for EmbeddedLog {
     }
 
     async fn ping(&self) -> Result<(), LogError> {
-        if self.file.fault().is_none() {
-            return self
-                .blocking(false, |db| db.begin_read().map(drop).map_err(storage))
-                .await;
-        }
-        // After a disk fault the log answers once it can write again.
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        self.write(move |txn| {
-            txn.open_table(META)
-                .map_err(storage)?
-                .insert(PROBED, now)
-                .map_err(storage)?;
-            Ok(())
+        let file = self.file.clone();
+        // Off the async threads: after a fault the file may be held while it is opened again.
+        tokio::task::spawn_blocking(move || {
+            if file.fault().is_none() {
+                return file.run(false, |db| db.begin_read().map(drop).map_err(storage));
+            }
+            // After a disk fault the log answers once it can write again.
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            file.run(true, |db| {
+                let txn = db.begin_write().map_err(storage)?;
+                txn.open_table(META)
+                    .map_err(storage)?
+                    .insert(PROBED, now)
+                    .map_err(storage)?;
+                txn.commit().map_err(storage)
+            })
         })
         .await
+        .map_err(storage)?
     }
 
     async fn health(
