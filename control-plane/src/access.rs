@@ -11,6 +11,8 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, LazyLock};
 
+use herald_core::validate::quoted;
+
 /// What a caller may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -137,8 +139,10 @@ impl Identity {
             return Ok(());
         }
         Err(tonic::Status::permission_denied(format!(
-            "{} may act only for the tenants {}, not for {tenant:?}",
-            self.name, self.tenants
+            "{} may act only for the tenants {}, not for {}",
+            self.name,
+            self.tenants,
+            quoted(tenant)
         )))
     }
 

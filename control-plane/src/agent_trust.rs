@@ -14,7 +14,7 @@
 
 use herald_core::interest::MAX_INTEREST;
 use herald_core::limits::{MAX_EVENT_TYPE_LEN, MAX_URL_LEN};
-use herald_core::validate;
+use herald_core::validate::{self, quoted};
 use herald_proto::v1 as pb;
 use prometheus_client::encoding::EncodeLabelValue;
 use tonic::Status;
@@ -66,8 +66,10 @@ pub fn admit_hello(who: &Identity, mut hello: pb::AgentHello) -> Result<pb::Agen
     }
     if !who.regions.allows(&hello.region) {
         return Err(Status::permission_denied(format!(
-            "{} serves the regions {}, not {:?}",
-            who.name, who.regions, hello.region
+            "{} serves the regions {}, not {}",
+            who.name,
+            who.regions,
+            quoted(&hello.region)
         )));
     }
     match &who.tenants {
@@ -79,8 +81,10 @@ pub fn admit_hello(who: &Identity, mut hello: pb::AgentHello) -> Result<pb::Agen
         Scope::Only(_) => {
             if let Some(outside) = hello.tenants.iter().find(|t| !who.sees(t)) {
                 return Err(Status::permission_denied(format!(
-                    "{} serves the tenants {}, not {outside:?}",
-                    who.name, who.tenants
+                    "{} serves the tenants {}, not {}",
+                    who.name,
+                    who.tenants,
+                    quoted(outside)
                 )));
             }
         }

@@ -90,6 +90,12 @@ impl From<EventTypeError> for tonic::Status {
     }
 }
 
+/// Checks that `name` could be an event type's, so that a name nothing could have is refused
+/// as such (and not echoed back whole in a "not registered").
+fn check_name(name: &str) -> Result<(), EventTypeError> {
+    validate_event_type(name).map_err(|e| ValidationError::new("name", e.reason).into())
+}
+
 /// The registry over a config store; cloning shares it.
 #[derive(Clone)]
 pub struct EventTypes {
@@ -108,8 +114,7 @@ impl EventTypes {
         &self,
         mut event_type: pb::EventType,
     ) -> Result<pb::EventType, EventTypeError> {
-        validate_event_type(&event_type.name)
-            .map_err(|e| ValidationError::new("name", e.reason))?;
+        check_name(&event_type.name)?;
         if built_in(&event_type.name).is_some() {
             return Err(EventTypeError::Exists(event_type.name));
         }
@@ -172,6 +177,7 @@ impl EventTypes {
         if built_in(name).is_some() {
             return Err(ValidationError::new("name", format!("{name} is built in")).into());
         }
+        check_name(name)?;
         let key = format!("{EVENT_TYPES}{name}");
         self.store
             .get(&key)
@@ -204,6 +210,7 @@ impl EventTypes {
         if let Some(event_type) = built_in(name) {
             return Ok(event_type);
         }
+        check_name(name)?;
         let kv = self
             .store
             .get(&format!("{EVENT_TYPES}{name}"))
@@ -381,6 +388,33 @@ mod tests {
         let orders = closest("order.*", &registered);
         assert_eq!(orders[..2], names(&["order.created", "order.updated"]));
         assert_eq!(closest("x.y", &registered).len(), MAX_SUGGESTIONS);
+    }
+
+    #[tokio::test]
+    async fn a_name_no_type_could_have_is_refused_not_looked_up() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::embedded(dir.path()).await.expect("a store");
+        let registry = EventTypes::new(store, RegistryMode::On);
+        fn is_bad_name<T>(result: &Result<T, EventTypeError>) -> bool {
+            matches!(result, Err(EventTypeError::Invalid(e)) if e.field == "name")
+        }
+        for name in [
+            "y".repeat(70_000),
+            "Order.Created".to_owned(),
+            String::new(),
+        ] {
+            let got = registry.get(&name).await;
+            assert!(is_bad_name(&got), "get {:.20}: {got:?}", name);
+            let deleted = registry.delete(&name).await;
+            assert!(is_bad_name(&deleted), "delete {:.20}: {deleted:?}", name);
+            let deprecated = registry.deprecate(&name, true).await;
+            assert!(is_bad_name(&deprecated), "deprecate {:.20}", name);
+        }
+        let unknown = registry.get("order.created").await;
+        assert!(
+            matches!(unknown, Err(EventTypeError::NotFound(_))),
+            "{unknown:?}"
+        );
     }
 
     #[tokio::test]

@@ -83,6 +83,12 @@ pub async fn replay(
                 .into(),
         ));
     }
+    // The outcome is checked with the rest of the filter, but applied to each delivery's
+    // latest attempt, not to every attempt.
+    Filter::new(pb::AttemptFilter {
+        outcome: request.outcome,
+        ..Default::default()
+    })?;
     let filter = Filter::within(
         pb::AttemptFilter {
             event_id: request.event_id.clone(),

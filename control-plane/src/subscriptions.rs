@@ -379,6 +379,18 @@ impl Subscriptions {
         if !request.tenant.is_empty() && request.tenant != current.tenant {
             return Err(ValidationError::new("tenant", "cannot change").into());
         }
+        // The scheme is chosen at creation: every secret, and every receiver's verifier,
+        // follows it. Sent back as read (or left unspecified) it stays.
+        if request.signature_scheme != pb::SignatureScheme::Unspecified as i32
+            && signature_scheme(request.signature_scheme)?
+                != signature_scheme(current.signature_scheme)?
+        {
+            return Err(ValidationError::new(
+                "signature_scheme",
+                "cannot change: create a new subscription with the other scheme",
+            )
+            .into());
+        }
         if kv.mod_revision != expected_revision {
             return Err(SubscriptionError::StaleRevision {
                 id: current.id,
@@ -938,6 +950,51 @@ mod tests {
             )
             .await;
         assert!(matches!(foreign, Err(SubscriptionError::Invalid(_))));
+    }
+
+    #[tokio::test]
+    async fn an_update_keeps_the_signature_scheme_or_refuses_to_change_it() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (registry, _) = registry_in(&dir).await;
+        let created = registry
+            .create(pb::Subscription {
+                tenant: "shop-a".into(),
+                url: "https://93.184.215.14/hook".into(),
+                event_types: vec!["order.*".into()],
+                signature_scheme: pb::SignatureScheme::Ed25519 as i32,
+                ..Default::default()
+            })
+            .await
+            .expect("created");
+        let update = |scheme: i32, revision: i64| {
+            registry.update(
+                pb::Subscription {
+                    signature_scheme: scheme,
+                    description: "edited".into(),
+                    ..created.clone()
+                },
+                revision,
+            )
+        };
+        for refused in [pb::SignatureScheme::HmacSha256 as i32, 99] {
+            let err = update(refused, created.revision)
+                .await
+                .expect_err("refused");
+            assert!(
+                matches!(&err, SubscriptionError::Invalid(e) if e.field == "signature_scheme"),
+                "{refused}: {err:?}"
+            );
+        }
+        let kept = update(pb::SignatureScheme::Ed25519 as i32, created.revision)
+            .await
+            .expect("sent back as read");
+        let unspecified = update(pb::SignatureScheme::Unspecified as i32, kept.revision)
+            .await
+            .expect("left unspecified");
+        assert_eq!(
+            unspecified.signature_scheme,
+            pb::SignatureScheme::Ed25519 as i32
+        );
     }
 
     #[test]

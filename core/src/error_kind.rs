@@ -99,7 +99,8 @@ impl ErrorKind {
                 crate::ValidationError::new(
                     "error_kind",
                     format!(
-                        "{name:?} is not an error kind (one of {})",
+                        "{} is not an error kind (one of {})",
+                        crate::validate::quoted(name),
                         ErrorKind::ALL.map(ErrorKind::as_str).join(", ")
                     ),
                 )
@@ -122,7 +123,10 @@ impl StatusFilter {
         let bad = || {
             crate::ValidationError::new(
                 "status",
-                format!("{text:?} is neither an HTTP status (100 to 599) nor a class such as 5xx"),
+                format!(
+                    "{} is neither an HTTP status (100 to 599) nor a class such as 5xx",
+                    crate::validate::quoted(text)
+                ),
             )
         };
         let text = text.trim();

@@ -14,7 +14,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::validate::ValidationError;
+use crate::validate::{ValidationError, quoted};
 
 /// Most delays a schedule may hold.
 pub const MAX_DELAYS: usize = 50;
@@ -104,7 +104,7 @@ impl RetrySchedule {
             .map(|part| {
                 let part = part.trim();
                 humantime::parse_duration(part).map_err(|e| {
-                    ValidationError::new(FIELD, format!("{part:?} is not a duration: {e}"))
+                    ValidationError::new(FIELD, format!("{} is not a duration: {e}", quoted(part)))
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -209,14 +209,16 @@ impl Exponential {
     pub fn parse(text: &str) -> Result<Self, ValidationError> {
         let (mut base, mut factor, mut cap, mut attempts) = (None, None, None, None);
         for part in text.split(',') {
-            let (key, value) = part
-                .trim()
-                .split_once('=')
-                .ok_or_else(|| ValidationError::new(FIELD, format!("{part:?} is not KEY=VALUE")))?;
+            let (key, value) = part.trim().split_once('=').ok_or_else(|| {
+                ValidationError::new(FIELD, format!("{} is not KEY=VALUE", quoted(part)))
+            })?;
             let value = value.trim();
             let duration = || {
                 humantime::parse_duration(value).map_err(|e| {
-                    ValidationError::new(FIELD, format!("{key}: {value:?} is not a duration: {e}"))
+                    ValidationError::new(
+                        FIELD,
+                        format!("{key}: {} is not a duration: {e}", quoted(value)),
+                    )
                 })
             };
             match key.trim() {
@@ -224,18 +226,27 @@ impl Exponential {
                 "cap" => cap = Some(duration()?),
                 "factor" => {
                     factor = Some(value.parse::<f64>().map_err(|_| {
-                        ValidationError::new(FIELD, format!("factor: {value:?} is not a number"))
+                        ValidationError::new(
+                            FIELD,
+                            format!("factor: {} is not a number", quoted(value)),
+                        )
                     })?);
                 }
                 "attempts" => {
                     attempts = Some(value.parse::<u32>().map_err(|_| {
-                        ValidationError::new(FIELD, format!("attempts: {value:?} is not a count"))
+                        ValidationError::new(
+                            FIELD,
+                            format!("attempts: {} is not a count", quoted(value)),
+                        )
                     })?);
                 }
                 other => {
                     return Err(ValidationError::new(
                         FIELD,
-                        format!("unknown key {other:?}: expected base, factor, cap, attempts"),
+                        format!(
+                            "unknown key {}: expected base, factor, cap, attempts",
+                            quoted(other)
+                        ),
                     ));
                 }
             }

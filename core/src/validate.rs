@@ -24,13 +24,39 @@ pub struct ValidationError {
     pub reason: String,
 }
 
+/// The longest reason an error keeps: it travels back in a gRPC status (a header, which
+/// clients limit to a few KiB) and into logs, so a reason that quotes a caller's value can
+/// never grow with it.
+pub const MAX_REASON_LEN: usize = 1024;
+
+/// How many characters of a caller's value [`quoted`] shows.
+const QUOTED_CHARS: usize = 64;
+
 impl ValidationError {
-    /// Builds an error for `field` explaining `reason`.
+    /// Builds an error for `field` explaining `reason`, cut to [`MAX_REASON_LEN`] bytes.
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        let mut reason = reason.into();
+        if reason.len() > MAX_REASON_LEN {
+            let mut end = MAX_REASON_LEN;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+            reason.push('…');
+        }
         Self {
             field: field.into(),
-            reason: reason.into(),
+            reason,
         }
+    }
+}
+
+/// A caller's value as an error shows it: quoted and escaped, and when long, its first
+/// characters and its length, so that refusing a 70 KB value does not echo it.
+pub fn quoted(value: &str) -> String {
+    match value.char_indices().nth(QUOTED_CHARS) {
+        None => format!("{value:?}"),
+        Some((end, _)) => format!("{:?}… ({} bytes)", &value[..end], value.len()),
     }
 }
 
@@ -377,6 +403,18 @@ mod tests {
     fn error_message_names_the_field() {
         let err = ValidationError::new("tenant", "must not be empty");
         assert_eq!(err.to_string(), "tenant: must not be empty");
+    }
+
+    #[test]
+    fn a_refusal_never_echoes_a_long_value_whole() {
+        assert_eq!(quoted("order.x"), "\"order.x\"");
+        let long = "é".repeat(70_000);
+        let shown = quoted(&long);
+        assert!(shown.ends_with("… (140000 bytes)"), "{shown}");
+        assert!(shown.len() < 200, "{shown}");
+        let err = ValidationError::new("status", long.clone());
+        assert!(err.reason.len() <= MAX_REASON_LEN + '…'.len_utf8());
+        assert!(err.reason.ends_with('…'));
     }
 
     #[test]

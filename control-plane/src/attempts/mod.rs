@@ -332,6 +332,12 @@ impl Filter {
             validate::event_id(&wire.event_id)
                 .map_err(|e| invalid(herald_core::ValidationError::new("event_id", e.reason)))?;
         }
+        if pb::Outcome::try_from(wire.outcome).is_err() {
+            return Err(invalid(herald_core::ValidationError::new(
+                "outcome",
+                format!("{} is not an outcome", wire.outcome),
+            )));
+        }
         let event_type = match wire.event_type.as_str() {
             "" => None,
             text => match EventPattern::parse(text)
@@ -447,6 +453,19 @@ mod tests {
             ..Default::default()
         });
         assert!(text.starts_with("event_id:"), "{text}");
+        let text = refused(pb::AttemptFilter {
+            outcome: 99,
+            ..Default::default()
+        });
+        assert!(text.starts_with("outcome:"), "{text}");
+        let text = refused(pb::AttemptFilter {
+            status: "9".repeat(70_000),
+            ..Default::default()
+        });
+        assert!(
+            text.starts_with("status:") && text.len() < 200,
+            "a refusal quotes a long value in part: {text}"
+        );
         Filter::new(pb::AttemptFilter {
             tenant: "shop-1".into(),
             subscription_id: "sub_01M94R7PQSNQCG2EM0M5GP6K83".into(),

@@ -95,20 +95,15 @@ impl SentQuery {
         tenants: &Scope,
         page_token: &str,
     ) -> Result<Self, LogError> {
-        if page_token.len() > herald_core::limits::MAX_EVENT_ID_LEN {
+        // A page token is the last subscription id of the page before.
+        if !page_token.is_empty() && herald_core::validate::subscription_id(page_token).is_err() {
             return Err(LogError::InvalidQuery(
                 "page_token: is not from this listing".into(),
             ));
         }
         herald_core::validate::event_id(event_id)
             .map_err(|e| LogError::InvalidQuery(e.to_string()))?;
-        if subscription_id.len() > herald_core::limits::MAX_EVENT_ID_LEN
-            || tenant.len() > herald_core::limits::MAX_TENANT_LEN
-        {
-            return Err(LogError::InvalidQuery(
-                "subscription_id or tenant: too long".into(),
-            ));
-        }
+        // The filter checks the subscription id and the tenant.
         let wire = pb::AttemptFilter {
             event_id: event_id.to_owned(),
             subscription_id: subscription_id.to_owned(),

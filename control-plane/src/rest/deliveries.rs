@@ -8,6 +8,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::{Stream, StreamExt as _};
+use herald_core::validate::quoted;
 use herald_proto::v1 as pb;
 use herald_proto::v1::deliveries_server::Deliveries as _;
 use herald_proto::words;
@@ -136,7 +137,8 @@ impl AttemptQuery {
 fn parse_outcome(word: &str) -> Result<pb::Outcome, ApiError> {
     words::parse_outcome(word).ok_or_else(|| {
         ApiError::invalid(format!(
-            "outcome: {word:?} is none of delivered, retrying, failed, skipped"
+            "outcome: {} is none of delivered, retrying, failed, skipped",
+            quoted(word)
         ))
     })
 }

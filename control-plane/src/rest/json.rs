@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use herald_core::validate::quoted;
 use herald_proto::convert::{duration, std_duration, system_time, timestamp};
 
 use super::problem::ApiError;
@@ -21,7 +22,9 @@ pub fn parse_time(
     text.map(|text| {
         humantime::parse_rfc3339_weak(text)
             .map(timestamp)
-            .map_err(|_| ApiError::invalid(format!("{field}: {text:?} is not an RFC 3339 time")))
+            .map_err(|_| {
+                ApiError::invalid(format!("{field}: {} is not an RFC 3339 time", quoted(text)))
+            })
     })
     .transpose()
 }
@@ -35,7 +38,7 @@ pub fn duration_text(d: Option<&prost_types::Duration>) -> Option<String> {
 /// The duration `text` (`15s`, `1h 30m`) given for `field`.
 pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ApiError> {
     humantime::parse_duration(text)
-        .map_err(|e| ApiError::invalid(format!("{field}: {text:?} is not a duration: {e}")))
+        .map_err(|e| ApiError::invalid(format!("{field}: {} is not a duration: {e}", quoted(text))))
 }
 
 /// The wire form of an optional duration given for `field`.

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use herald_core::validate::quoted;
 use herald_proto::convert::{duration, std_duration};
 use herald_proto::v1 as pb;
 use herald_proto::words;
@@ -402,7 +403,7 @@ impl SubscriptionSpec {
         let signature = match self.signature.as_deref() {
             None => pb::SignatureScheme::Unspecified,
             Some(word) => words::parse_signature(word).ok_or_else(|| {
-                ApiError::invalid(format!("signature: {word:?} is neither v1 nor v1a"))
+                ApiError::invalid(format!("signature: {} is neither v1 nor v1a", quoted(word)))
             })?,
         };
         let mut wire = pb::Subscription {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use herald_core::format::{Envelope, PayloadFormat};
 use herald_core::retry::{Exponential, RetrySchedule};
+use herald_core::validate::quoted;
 use herald_proto::convert::{
     duration, exponential_policy, retry_policy, std_duration, wire_envelope, wire_format,
 };
@@ -300,8 +301,12 @@ impl SubscriptionForm {
         };
         let signature = match self.signature.as_str() {
             "" => pb::SignatureScheme::Unspecified,
-            word => words::parse_signature(word)
-                .ok_or_else(|| bad("signature", format!("{word:?} is neither v1 nor v1a")))?,
+            word => words::parse_signature(word).ok_or_else(|| {
+                bad(
+                    "signature",
+                    format!("{} is neither v1 nor v1a", quoted(word)),
+                )
+            })?,
         };
         let duration_of = |field: &str, text: &str| {
             if text.is_empty() {
@@ -309,14 +314,14 @@ impl SubscriptionForm {
             }
             humantime::parse_duration(text)
                 .map(|d| Some(duration(d)))
-                .map_err(|e| bad(field, format!("{text:?} is not a duration: {e}")))
+                .map_err(|e| bad(field, format!("{} is not a duration: {e}", quoted(text))))
         };
         let count = |field: &str, text: &str| {
             if text.is_empty() {
                 return Ok(0);
             }
             text.parse::<u32>()
-                .map_err(|_| bad(field, format!("{text:?} is not a whole number")))
+                .map_err(|_| bad(field, format!("{} is not a whole number", quoted(text))))
         };
         let retry = match (
             self.retry_schedule.as_str(),
@@ -340,14 +345,14 @@ impl SubscriptionForm {
         for line in self.headers.lines().filter(|l| !l.trim().is_empty()) {
             let (name, value) = line
                 .split_once(':')
-                .ok_or_else(|| bad("headers", format!("{line:?} is not `Name: value`")))?;
+                .ok_or_else(|| bad("headers", format!("{} is not `Name: value`", quoted(line))))?;
             headers.insert(name.trim().to_owned(), value.trim().to_owned());
         }
         let mut labels = std::collections::HashMap::new();
         for line in self.labels.lines().filter(|l| !l.trim().is_empty()) {
             let (key, value) = line
                 .split_once('=')
-                .ok_or_else(|| bad("labels", format!("{line:?} is not `key=value`")))?;
+                .ok_or_else(|| bad("labels", format!("{} is not `key=value`", quoted(line))))?;
             labels.insert(key.trim().to_owned(), value.trim().to_owned());
         }
         let egress = herald_proto::words::parse_egress(&self.egress)

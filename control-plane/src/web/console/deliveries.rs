@@ -6,6 +6,7 @@ use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::routing::{get, post};
+use herald_core::validate::quoted;
 use herald_proto::v1 as pb;
 use herald_proto::v1::deliveries_server::Deliveries as _;
 use herald_proto::v1::subscriptions_server::Subscriptions as _;
@@ -64,7 +65,10 @@ impl LogQuery {
         let outcome = match self.outcome.as_str() {
             "" => pb::Outcome::Unspecified,
             word => herald_proto::words::parse_outcome(word).ok_or_else(|| {
-                tonic::Status::invalid_argument(format!("outcome: {word:?} is not an outcome"))
+                tonic::Status::invalid_argument(format!(
+                    "outcome: {} is not an outcome",
+                    quoted(word)
+                ))
             })?,
         };
         let since = match self.since.trim() {
@@ -117,7 +121,8 @@ fn since(text: &str) -> Result<std::time::SystemTime, tonic::Status> {
     }
     humantime::parse_rfc3339_weak(text).map_err(|_| {
         tonic::Status::invalid_argument(format!(
-            "since: {text:?} is neither a duration (1h) nor a time (2026-01-02T15:04:05Z)"
+            "since: {} is neither a duration (1h) nor a time (2026-01-02T15:04:05Z)",
+            quoted(text)
         ))
     })
 }

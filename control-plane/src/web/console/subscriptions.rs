@@ -7,6 +7,7 @@ use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::routing::{get, post};
+use herald_core::validate::quoted;
 use herald_proto::v1 as pb;
 use herald_proto::v1::deliveries_server::Deliveries as _;
 use herald_proto::v1::event_types_server::EventTypes as _;
@@ -493,7 +494,10 @@ pub async fn rotate_as(
         "" => None,
         text => Some(herald_proto::convert::duration(
             humantime::parse_duration(text).map_err(|e| {
-                tonic::Status::invalid_argument(format!("grace: {text:?} is not a duration: {e}"))
+                tonic::Status::invalid_argument(format!(
+                    "grace: {} is not a duration: {e}",
+                    quoted(text)
+                ))
             })?,
         )),
     };
