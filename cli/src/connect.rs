@@ -99,7 +99,9 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
         }
         tonic::Code::ResourceExhausted => "resource exhausted",
         tonic::Code::DeadlineExceeded => "deadline exceeded",
-        _ => "error",
+        tonic::Code::DataLoss => "damaged data",
+        tonic::Code::Internal => "internal error",
+        _ => "server error",
     };
     // A transport failure says what broke only in its causes ("http2 error" alone does not).
     match std::error::Error::source(&status) {

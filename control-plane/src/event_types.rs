@@ -70,8 +70,11 @@ pub enum EventTypeError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A stored record could not be decoded.
-    #[error("stored event type {0} is corrupt")]
+    /// A stored record could not be decoded: deleting it is the way out.
+    #[error(
+        "stored event type {0} is damaged (it does not decode): delete it \
+         (herald event-types delete {0}) and register it again"
+    )]
     Corrupt(String),
 }
 
@@ -85,7 +88,7 @@ impl From<EventTypeError> for tonic::Status {
             EventTypeError::Changed(_) => Status::aborted(err.to_string()),
             EventTypeError::Full => Status::resource_exhausted(err.to_string()),
             EventTypeError::Store(store) => store.status(),
-            EventTypeError::Corrupt(_) => Status::internal(err.to_string()),
+            EventTypeError::Corrupt(_) => Status::data_loss(err.to_string()),
         }
     }
 }
@@ -225,8 +228,10 @@ impl EventTypes {
         let mut types = kvs
             .iter()
             .map(|kv| {
-                pb::EventType::decode(kv.value.as_slice())
-                    .map_err(|_| EventTypeError::Corrupt(kv.key.clone()))
+                pb::EventType::decode(kv.value.as_slice()).map_err(|_| {
+                    let name = kv.key.strip_prefix(EVENT_TYPES).unwrap_or(&kv.key);
+                    EventTypeError::Corrupt(name.to_owned())
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         types.extend(OPERATOR_EVENT_TYPES.iter().filter_map(|t| built_in(t.name)));

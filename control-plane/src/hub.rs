@@ -23,7 +23,7 @@ use crate::follow::{self, FollowError, Run};
 use crate::keys;
 use crate::sealing::Keyring;
 use crate::store::{Store, WatchEvent};
-use crate::subscriptions::decode;
+use crate::subscriptions::{SubscriptionError, decode};
 
 /// Changes kept for streams that fall behind and for agents that resume from a revision; a
 /// stream or agent further behind gets a fresh snapshot.
@@ -69,16 +69,36 @@ struct State {
     history_from: i64,
     /// Subscriptions deleted lately.
     departed: Departed,
-    /// Stored subscriptions this replica cannot open (sealed with a key it lacks), by id, with
-    /// why: while any is, agents are refused a config that would silently lack it.
-    unreadable: BTreeMap<String, String>,
+    /// Stored subscriptions this replica cannot open, by id, with why: while any is, agents
+    /// are refused a config that would silently lack it.
+    unreadable: BTreeMap<String, Unopened>,
+}
+
+/// Why a stored subscription does not open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Unopened {
+    /// The record does not decode: no replica can open it, an operator must delete it.
+    damaged: bool,
+    /// The error, for the log.
+    reason: String,
+}
+
+impl From<&SubscriptionError> for Unopened {
+    fn from(err: &SubscriptionError) -> Self {
+        Unopened {
+            damaged: matches!(err, SubscriptionError::Corrupt { .. }),
+            reason: err.to_string(),
+        }
+    }
 }
 
 /// Stored subscriptions the hub cannot open.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unreadable {
-    /// How many.
-    pub count: usize,
+    /// How many do not decode (no replica can open them).
+    pub damaged: usize,
+    /// How many are sealed with a key this replica's keyring lacks (another may open them).
+    pub sealed: usize,
     /// One of them.
     pub example: String,
     /// Why that one does not open.
@@ -214,11 +234,13 @@ impl ConfigHub {
     /// The stored subscriptions this replica cannot open, if any.
     pub fn unreadable(&self) -> Option<Unreadable> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        let (example, reason) = state.unreadable.iter().next()?;
+        let (example, why) = state.unreadable.iter().next()?;
+        let damaged = state.unreadable.values().filter(|u| u.damaged).count();
         Some(Unreadable {
-            count: state.unreadable.len(),
+            damaged,
+            sealed: state.unreadable.len() - damaged,
             example: example.clone(),
-            reason: reason.clone(),
+            reason: why.reason.clone(),
         })
     }
 
@@ -282,7 +304,7 @@ impl ConfigHub {
                 Err(err) => {
                     tracing::error!(error = %err, "cannot open a stored subscription");
                     let id = keys::id_of_subscription_key(&kv.key).unwrap_or(&kv.key);
-                    unreadable.insert(id.to_owned(), err.to_string());
+                    unreadable.insert(id.to_owned(), Unopened::from(&err));
                 }
             }
         }
@@ -320,7 +342,7 @@ impl ConfigHub {
                 seen_at: tokio::time::Instant::now(),
             };
             // Each record the batch wrote or deleted, by id: why it does not open, or `None`.
-            let mut unopened: BTreeMap<String, Option<String>> = BTreeMap::new();
+            let mut unopened: BTreeMap<String, Option<Unopened>> = BTreeMap::new();
             for event in batch.events {
                 match event {
                     WatchEvent::Put(kv) => match decode(&kv, &self.keyring) {
@@ -331,7 +353,7 @@ impl ConfigHub {
                         Err(err) => {
                             tracing::error!(error = %err, "cannot open a stored subscription");
                             let id = keys::id_of_subscription_key(&kv.key).unwrap_or(&kv.key);
-                            unopened.insert(id.to_owned(), Some(err.to_string()));
+                            unopened.insert(id.to_owned(), Some(Unopened::from(&err)));
                         }
                     },
                     WatchEvent::Delete { key } => {

@@ -446,7 +446,8 @@ pub async fn run(
             .map_err(|source| Error::Metrics { addr, source })?;
         tracing::info!(%addr, "serving metrics");
         let (hub, fleet, metrics) = (hub.clone(), fleet.clone(), metrics.clone());
-        let render = move || metrics.render(fleet.streams(), hub.revision());
+        let render =
+            move || metrics.render(fleet.streams(), hub.revision(), hub.unreadable().as_ref());
         let shutdown = stop.clone().cancelled_owned();
         background.spawn(async move {
             if let Err(err) = herald_core::metrics::serve(listener, render, shutdown).await {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use herald_proto::metric_labels::OutcomeLabel;
 
 use crate::agent_trust::Refusal;
+use crate::hub::Unreadable;
 use herald_proto::v1 as pb;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -59,7 +60,23 @@ struct Inner {
     convergence: Histogram,
     streams: Gauge,
     revision: Gauge,
+    unopened: Family<UnopenedLabel, Gauge>,
     log_up: Gauge,
+}
+
+/// Why stored subscriptions do not open on this replica.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+enum UnopenedReason {
+    /// The record does not decode.
+    damaged,
+    /// Sealed with a key this replica's keyring lacks.
+    sealed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UnopenedLabel {
+    reason: UnopenedReason,
 }
 
 impl Default for Metrics {
@@ -108,6 +125,13 @@ impl Default for Metrics {
             "The config store revision this replica has caught up to",
             revision.clone(),
         );
+        let unopened = Family::<UnopenedLabel, Gauge>::default();
+        registry.register(
+            "herald_config_unopened_subscriptions",
+            "Stored subscriptions this replica cannot open, by reason (damaged, sealed); while \
+             any is, agents' config streams are refused",
+            unopened.clone(),
+        );
         let log_up = Gauge::default();
         registry.register(
             "herald_delivery_log_up",
@@ -124,6 +148,7 @@ impl Default for Metrics {
                 convergence,
                 streams,
                 revision,
+                unopened,
                 log_up,
             }),
         }
@@ -172,13 +197,22 @@ impl Metrics {
         self.inner.convergence.observe(took.as_secs_f64());
     }
 
-    /// The metrics in the OpenMetrics text format, with the open `streams` and the `revision`
-    /// read now.
-    pub fn render(&self, streams: usize, revision: i64) -> String {
+    /// The metrics in the OpenMetrics text format, with the open `streams`, the `revision`
+    /// and the stored subscriptions that do not open here read now.
+    pub fn render(&self, streams: usize, revision: i64, unopened: Option<&Unreadable>) -> String {
         self.inner
             .streams
             .set(i64::try_from(streams).unwrap_or(i64::MAX));
         self.inner.revision.set(revision);
+        for (reason, count) in [
+            (UnopenedReason::damaged, unopened.map_or(0, |u| u.damaged)),
+            (UnopenedReason::sealed, unopened.map_or(0, |u| u.sealed)),
+        ] {
+            self.inner
+                .unopened
+                .get_or_create(&UnopenedLabel { reason })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
         let mut text = String::new();
         if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &self.inner.registry)
         {

@@ -97,11 +97,23 @@ impl From<SubscriptionError> for tonic::Status {
             SubscriptionError::Contended(_) => Status::aborted(err.to_string()),
             SubscriptionError::TenantFull { .. } => Status::resource_exhausted(err.to_string()),
             SubscriptionError::Store(store) => store.status(),
-            SubscriptionError::Corrupt { .. } | SubscriptionError::Sealing { .. } => {
-                Status::internal(err.to_string())
+            SubscriptionError::Corrupt { key, .. } => {
+                let remedy = keys::id_of_subscription_key(key).map_or(String::new(), |id| {
+                    format!(": delete it (herald subscription delete {id}) and create it again")
+                });
+                Status::data_loss(format!("{err}{remedy}"))
             }
+            SubscriptionError::Sealing { .. } => Status::internal(err.to_string()),
         }
     }
+}
+
+/// A subscription's stored record, found by id and not yet opened.
+struct Located {
+    /// The tenant it belongs to, as the id index says.
+    tenant: String,
+    /// The record.
+    kv: KeyValue,
 }
 
 /// The subscription registry over a config store.
@@ -166,7 +178,16 @@ impl Subscriptions {
                 .list_page(keys::SUBSCRIPTIONS, after.as_deref(), MAX_PAGE_SIZE)
                 .await?;
             for kv in &kvs {
-                let (sub, stale) = open_record(kv, &self.keyring)?;
+                let (sub, stale) = match open_record(kv, &self.keyring) {
+                    Ok(opened) => opened,
+                    // A damaged record opens on no replica: it is left for an operator to
+                    // delete (the config hub names and counts it), and the others go on.
+                    Err(err @ SubscriptionError::Corrupt { .. }) => {
+                        tracing::error!(error = %err, "a stored subscription is damaged; left as it is");
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                };
                 if stale || sub.envelope == pb::Envelope::Unspecified as i32 {
                     let change = |sub: &mut pb::Subscription, _| {
                         if sub.envelope == pb::Envelope::Unspecified as i32 {
@@ -455,7 +476,22 @@ impl Subscriptions {
     /// Deletes a subscription; with a non-zero `expected_revision`, only if it still matches.
     /// Returns the store revision of the deletion.
     pub async fn delete(&self, id: &str, expected_revision: i64) -> Result<i64, SubscriptionError> {
-        let (current, kv) = self.read(id).await?;
+        self.delete_within(&Scope::All, id, expected_revision)
+            .await
+            .map(|deleted| deleted.revision)
+    }
+
+    /// Removes a subscription of one of `tenants` (one outside is
+    /// [`SubscriptionError::NotFound`]). The record is not opened, so a damaged one, or one
+    /// sealed with a key this replica lacks, can be removed too: deleting is how an operator
+    /// clears it. Answers the id, tenant and the revision of the deletion.
+    pub async fn delete_within(
+        &self,
+        tenants: &Scope,
+        id: &str,
+        expected_revision: i64,
+    ) -> Result<pb::Subscription, SubscriptionError> {
+        let Located { tenant, kv } = self.locate_within(tenants, id).await?;
         if expected_revision != 0 && kv.mod_revision != expected_revision {
             return Err(SubscriptionError::StaleRevision {
                 id: id.to_owned(),
@@ -466,11 +502,16 @@ impl Subscriptions {
         let txn = Txn::default()
             .when(Compare::ModRevision(kv.key.clone(), kv.mod_revision))
             .then(Op::Delete(kv.key))
-            .then(Op::Delete(keys::subscription_id(&current.id)))
-            .then(Op::Delete(keys::health(&current.id)))
-            .then(Op::Delete(keys::certificate_warning(&current.id)));
+            .then(Op::Delete(keys::subscription_id(id)))
+            .then(Op::Delete(keys::health(id)))
+            .then(Op::Delete(keys::certificate_warning(id)));
         match self.store.txn(txn).await? {
-            TxnOutcome::Committed { revision } => Ok(revision),
+            TxnOutcome::Committed { revision } => Ok(pb::Subscription {
+                id: id.to_owned(),
+                tenant,
+                revision,
+                ..Default::default()
+            }),
             TxnOutcome::Conflict => Err(SubscriptionError::Contended(id.to_owned())),
         }
     }
@@ -594,6 +635,13 @@ impl Subscriptions {
         tenants: &Scope,
         id: &str,
     ) -> Result<(pb::Subscription, KeyValue), SubscriptionError> {
+        let Located { kv, .. } = self.locate_within(tenants, id).await?;
+        Ok((decode(&kv, &self.keyring)?, kv))
+    }
+
+    /// Finds the stored record of subscription `id` if its tenant lies within `tenants`,
+    /// without opening it.
+    async fn locate_within(&self, tenants: &Scope, id: &str) -> Result<Located, SubscriptionError> {
         herald_core::validate::event_id(id).map_err(|e| ValidationError::new("id", e.reason))?;
         let not_found = || SubscriptionError::NotFound(id.to_owned());
         let index = self
@@ -613,7 +661,7 @@ impl Subscriptions {
             .get(&keys::subscription(&tenant, id))
             .await?
             .ok_or_else(not_found)?;
-        Ok((decode(&kv, &self.keyring)?, kv))
+        Ok(Located { tenant, kv })
     }
 
     /// Writes `sub` over `kv` if `kv` is still current; `None` when it is not. With

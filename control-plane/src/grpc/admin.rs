@@ -204,15 +204,11 @@ impl SubscriptionsApi for SubscriptionsService {
     ) -> Result<Response<pb::DeleteSubscriptionResponse>, Status> {
         let who = caller(&request);
         let request = request.into_inner();
-        let deleted = self.visible(&who, &request.id).await?;
-        let revision = self
+        // Not opened first: a damaged record can be deleted too.
+        let deleted = self
             .registry
-            .delete(&request.id, request.expected_revision)
+            .delete_within(&who.tenants, &request.id, request.expected_revision)
             .await?;
-        let deleted = pb::Subscription {
-            revision,
-            ..deleted
-        };
         self.audited(&who, Action::SubscriptionDelete, &deleted, String::new())
             .await;
         if let Err(err) = self.health.reset(&request.id).await {

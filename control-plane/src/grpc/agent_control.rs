@@ -307,15 +307,30 @@ impl AgentControl for AgentControlService {
 fn cannot_serve(unreadable: &Unreadable) -> Status {
     // The answer names no subscription (it may be another tenant's); this log does.
     tracing::warn!(
-        count = unreadable.count,
+        damaged = unreadable.damaged,
+        sealed = unreadable.sealed,
         example = %unreadable.example,
         reason = %unreadable.reason,
         "an agent's config stream refused: stored subscriptions do not open here"
     );
+    let mut why = vec![];
+    if unreadable.damaged > 0 {
+        why.push(format!(
+            "{} stored subscription(s) are damaged and open nowhere: an operator must delete \
+             them (the control plane's log names them)",
+            unreadable.damaged
+        ));
+    }
+    if unreadable.sealed > 0 {
+        why.push(format!(
+            "{} stored subscription(s) are sealed with a key this control plane's keyring \
+             lacks: connect to another replica",
+            unreadable.sealed
+        ));
+    }
     Status::unavailable(format!(
-        "this control plane cannot open {} stored subscription(s): its keyring lacks a key \
-         that sealed them. Connect to another replica.",
-        unreadable.count
+        "this control plane cannot serve a complete config: {}",
+        why.join("; ")
     ))
 }
 

@@ -146,3 +146,127 @@ async fn an_etcd_past_its_space_quota_refuses_changes_as_resource_exhausted() ->
     assert!(!listed.subscriptions.is_empty());
     Ok(())
 }
+
+/// A subscription record damaged in etcd (an operator's `etcdctl put` of something else) is
+/// named with the way out, keeps agents from a config that would lack it (they deliver on the
+/// one they hold), shows in the metrics, and an operator deletes it through the API.
+#[tokio::test]
+async fn a_damaged_subscription_record_is_named_counted_and_deleted() -> anyhow::Result<()> {
+    let etcd = herald_tests::Etcd::start().await?;
+    let metrics = herald_tests::HeldPort::new()?;
+    let mut control_plane =
+        ControlPlane::start_configured(ConfigStore::Etcd(vec![etcd.endpoint()]), |config| {
+            config.metrics_listen = Some(metrics.addr())
+        })
+        .await?;
+    let ca = TestCa::new();
+    let agent = Agent::start(
+        control_plane.url(),
+        AgentOptions {
+            trusted_ca: Some(ca.ca_pem()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let receiver = Receiver::start(&ca).await?;
+    let kept = control_plane
+        .create(subscription("shop-1", &receiver.url("/kept"), &["order.*"]))
+        .await?;
+    let damaged = control_plane
+        .create(subscription(
+            "shop-1",
+            &receiver.url("/damaged"),
+            &["invoice.*"],
+        ))
+        .await?;
+    control_plane.wait_applied(damaged.revision, WAIT).await?;
+
+    let raw = herald_control_plane::store::Store::etcd(&[etcd.endpoint()]).await?;
+    raw.txn(herald_control_plane::store::Txn::default().then(
+        herald_control_plane::store::Op::Put(
+            format!("/herald/v1/subscriptions/shop-1/{}", damaged.id),
+            b"not a subscription {{{".to_vec(),
+        ),
+    ))
+    .await?;
+    // A replica restarted meanwhile starts: the damaged record does not hold up the others.
+    control_plane.pause().await?;
+    control_plane.resume().await?;
+
+    // Reads name the record and the way out, as damaged data.
+    let mut admin = control_plane.subscriptions().await?;
+    let refused = eventually(WAIT, "the damaged record to be read", || {
+        let mut admin = admin.clone();
+        async move {
+            // (UNAVAILABLE while the replica restarts.)
+            Ok(admin
+                .list_subscriptions(pb::ListSubscriptionsRequest::default())
+                .await
+                .err()
+                .filter(|status| status.code() != tonic::Code::Unavailable))
+        }
+    })
+    .await?;
+    assert_eq!(refused.code(), tonic::Code::DataLoss, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains(&format!("herald subscription delete {}", damaged.id)),
+        "{}",
+        refused.message()
+    );
+    eventually(WAIT, "the damaged record to be counted", || async {
+        let samples = crate::metrics::scrape(metrics.addr()).await?;
+        let damaged = crate::metrics::value(
+            &samples,
+            "herald_config_unopened_subscriptions{reason=damaged}",
+        );
+        Ok((damaged == 1.0).then_some(()))
+    })
+    .await?;
+
+    // The agent delivers on the config it holds.
+    agent
+        .emit(event("shop-1", "order.created", &json!({"n": 1})))
+        .await?;
+    receiver.wait_for_requests(1, WAIT).await?;
+
+    // Deleted through the API without being opened; config flows again.
+    admin
+        .delete_subscription(pb::DeleteSubscriptionRequest {
+            id: damaged.id.clone(),
+            expected_revision: 0,
+        })
+        .await?;
+    let later = control_plane
+        .create(subscription(
+            "shop-1",
+            &receiver.url("/later"),
+            &["invoice.*"],
+        ))
+        .await?;
+    control_plane.wait_applied(later.revision, WAIT).await?;
+    agent
+        .emit(event("shop-1", "invoice.created", &json!({"n": 2})))
+        .await?;
+    let requests = receiver.wait_for_requests(2, WAIT).await?;
+    let paths: Vec<&str> = requests.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["/kept", "/later"]);
+    let listed = admin
+        .list_subscriptions(pb::ListSubscriptionsRequest::default())
+        .await?
+        .into_inner()
+        .subscriptions;
+    let ids: Vec<&str> = listed.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.contains(&kept.id.as_str()) && ids.contains(&later.id.as_str()));
+    let samples = crate::metrics::scrape(metrics.addr()).await?;
+    assert_eq!(
+        crate::metrics::value(
+            &samples,
+            "herald_config_unopened_subscriptions{reason=damaged}"
+        ),
+        0.0
+    );
+    Ok(())
+}
