@@ -705,7 +705,31 @@ async fn replay_needs_a_target_and_reports_what_it_did() -> anyhow::Result<()> {
     let stderr = String::from_utf8_lossy(&aimless.stderr);
     assert!(stderr.contains("--event"), "{stderr}");
 
-    let nothing = json(&run(&["deliveries", "replay", "--event", "evt_none", "-o", "json"]).await?);
+    let unknown = run(&["deliveries", "replay", "--event", "evt_none"]).await?;
+    assert_eq!(
+        unknown.status.code(),
+        Some(1),
+        "an unknown event is an error"
+    );
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        stderr.contains("not found: no delivery of event evt_none is logged"),
+        "{stderr}"
+    );
+
+    let nothing = json(
+        &run(&[
+            "deliveries",
+            "replay",
+            "--subscription",
+            "sub_none",
+            "--since",
+            "1h",
+            "-o",
+            "json",
+        ])
+        .await?,
+    );
     assert_eq!(nothing["queued"], 0);
     assert_eq!(nothing["not_replayable"], serde_json::json!([]));
     Ok(())

@@ -27,6 +27,12 @@ pub enum ReplayError {
     /// The request names no deliveries, or too many.
     #[error("{0}")]
     Invalid(String),
+    /// The event named has no delivery in the log (that the caller may see).
+    #[error(
+        "no delivery of event {0} is logged: check the id (herald deliveries list --event), \
+         or it is past the log's retention"
+    )]
+    EventNotFound(String),
     /// The log could not be read.
     #[error(transparent)]
     Log(#[from] LogError),
@@ -36,6 +42,7 @@ impl From<ReplayError> for tonic::Status {
     fn from(err: ReplayError) -> Self {
         match err {
             ReplayError::Invalid(_) => tonic::Status::invalid_argument(err.to_string()),
+            ReplayError::EventNotFound(_) => tonic::Status::not_found(err.to_string()),
             ReplayError::Log(log) => log.into(),
         }
     }
@@ -100,6 +107,11 @@ pub async fn replay(
         tenants,
     )?;
     let deliveries = latest_attempts(log, filter).await?;
+    // A named event with nothing logged is a wrong id (or one past retention), which
+    // "nothing queued" would hide; a time range may well hold nothing.
+    if !by_range && deliveries.is_empty() {
+        return Err(ReplayError::EventNotFound(request.event_id));
+    }
     let deliveries: BTreeMap<(String, String), Latest> = deliveries
         .into_iter()
         .filter(|(_, latest)| request.outcome == 0 || latest.outcome == request.outcome)

@@ -102,6 +102,20 @@ async fn a_failed_delivery_is_replayed_with_the_same_webhook_id() -> anyhow::Res
     assert_eq!(none.queued, 0);
     assert!(none.not_replayable.is_empty(), "{none:?}");
 
+    // An event the log holds nothing of is not found, not "nothing queued".
+    let unknown = deliveries
+        .replay_deliveries(pb::ReplayDeliveriesRequest {
+            event_id: "order-never-emitted".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
+    assert!(
+        unknown.message().contains("order-never-emitted"),
+        "{unknown:?}"
+    );
+
     // A request naming nothing is refused.
     let refused = deliveries
         .replay_deliveries(pb::ReplayDeliveriesRequest::default())

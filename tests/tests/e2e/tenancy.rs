@@ -321,22 +321,31 @@ async fn a_token_scoped_to_one_tenant_neither_sees_nor_changes_another() -> anyh
     }
     covered.insert("Deliveries/ListAttempts".into());
 
-    // A replay of shop A's deliveries finds nothing to replay, and says nothing of them.
-    for request in [
-        pb::ReplayDeliveriesRequest {
-            event_id: emitted_a.event_id.clone(),
-            ..Default::default()
-        },
-        pb::ReplayDeliveriesRequest {
+    // A replay of shop A's deliveries finds nothing to replay, and says nothing of them:
+    // shop A's event is not found, as an id nobody has…
+    refused(
+        &mut covered,
+        "Deliveries/ReplayDeliveries",
+        b.deliveries
+            .replay_deliveries(pb::ReplayDeliveriesRequest {
+                event_id: emitted_a.event_id.clone(),
+                ..Default::default()
+            })
+            .await,
+        Code::NotFound,
+    );
+    // …and shop A's subscription over a time range has nothing in it.
+    let replayed = b
+        .deliveries
+        .replay_deliveries(pb::ReplayDeliveriesRequest {
             subscription_id: id.clone(),
             since: Some(herald_proto::convert::timestamp(std::time::UNIX_EPOCH)),
             ..Default::default()
-        },
-    ] {
-        let replayed = b.deliveries.replay_deliveries(request).await?.into_inner();
-        assert_eq!(replayed.queued, 0);
-        assert!(replayed.not_replayable.is_empty(), "{replayed:?}");
-    }
+        })
+        .await?
+        .into_inner();
+    assert_eq!(replayed.queued, 0);
+    assert!(replayed.not_replayable.is_empty(), "{replayed:?}");
     covered.insert("Deliveries/ReplayDeliveries".into());
 
     // Shop A's request as sent is not found for shop B, whatever tenant it names, and not
