@@ -50,7 +50,8 @@ pub fn chart(attempts: &[pb::Attempt], now: SystemTime) -> Chart {
     let hour = Duration::from_secs(3600);
     let start = now - hour * HOURS as u32;
     let mut buckets: Vec<(usize, usize, Vec<Duration>)> = vec![(0, 0, Vec::new()); HOURS];
-    for attempt in attempts {
+    // Test-sends count toward no health, so not toward its chart either.
+    for attempt in attempts.iter().filter(|a| !a.test) {
         let Some(at) = attempt.started_at.as_ref().map(system_time) else {
             continue;
         };

@@ -17,6 +17,7 @@ pub mod portal;
 pub mod portal_link;
 pub mod sealed_token;
 pub mod session;
+mod test_card;
 mod views;
 
 use std::sync::Arc;

@@ -35,6 +35,7 @@ use super::page::{PageError, form_status, query_value, render, render_with, when
 use super::portal_link;
 use super::sealed_token::TokenError;
 use super::session::{read_form, same_origin};
+use super::test_card::{self, TestCard, Tested};
 use super::views::{
     self, AttemptRow, EventAttempt, HealthView, SecretView, Setting, SubscriptionRow,
 };
@@ -123,6 +124,7 @@ pub fn routes() -> Router<WebState> {
         .route("/portal/{link}/endpoints/{id}/enable", post(enable))
         .route("/portal/{link}/endpoints/{id}/disable", post(disable))
         .route("/portal/{link}/endpoints/{id}/rotate-secret", post(rotate))
+        .route("/portal/{link}/endpoints/{id}/test", post(test))
         .route("/portal/{link}/deliveries", get(deliveries))
         .route("/portal/{link}/deliveries/rows", get(delivery_rows))
         .route("/portal/{link}/events/{event_id}", get(event))
@@ -438,6 +440,8 @@ struct EndpointPage {
     rows: Vec<AttemptRow>,
     base: String,
     note: String,
+    /// The test-send card, unless the link may only look.
+    test: Option<TestCard>,
 }
 
 #[derive(Deserialize)]
@@ -455,8 +459,6 @@ async fn endpoint(
     Query(query): Query<EndpointQuery>,
 ) -> Result<Response, PageError> {
     let show_secrets = query.show_secrets && !holder.read_only;
-    let endpoint = Endpoint::load(&state, &holder.caller, path.id, show_secrets).await?;
-    let sub = &endpoint.subscription;
     let note = match query.done.as_str() {
         "created" => "Endpoint added. Use its signing secret to verify each request.",
         "updated" => "Saved.",
@@ -464,6 +466,44 @@ async fn endpoint(
         "disabled" => "Disabled: deliveries wait until it is enabled again.",
         "rotated" => "A new secret signs from now on; the old one until its expiry.",
         _ => "",
+    };
+    endpoint_page(
+        &state,
+        &holder,
+        path.id,
+        show_secrets,
+        note,
+        Tested::default(),
+    )
+    .await
+}
+
+/// Sends a test event and shows the endpoint's page with what it answered.
+async fn test(
+    State(state): State<WebState>,
+    Path(path): Path<EndpointPath>,
+    Change { holder, form }: Change,
+) -> Result<Response, PageError> {
+    let tested = test_card::send_as(&state, &holder.caller, path.id.clone(), &form).await?;
+    endpoint_page(&state, &holder, path.id, false, "", tested).await
+}
+
+/// The endpoint's page, with `note` on top and what a test just sent gave.
+async fn endpoint_page(
+    state: &WebState,
+    holder: &Holder,
+    id: String,
+    show_secrets: bool,
+    note: &str,
+    tested: Tested,
+) -> Result<Response, PageError> {
+    let endpoint = Endpoint::load(state, &holder.caller, id, show_secrets).await?;
+    let sub = &endpoint.subscription;
+    let test = if holder.read_only {
+        None
+    } else {
+        let action = format!("{}/endpoints/{}/test#test-send", holder.base, sub.id);
+        Some(TestCard::load(state, &holder.caller, sub, action, String::new(), tested).await?)
     };
     Ok(render(&EndpointPage {
         frame: holder.frame("endpoints"),
@@ -486,6 +526,7 @@ async fn endpoint(
         rows: endpoint.rows,
         base: holder.base.clone(),
         note: note.to_owned(),
+        test,
     }))
 }
 

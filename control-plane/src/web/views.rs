@@ -273,6 +273,8 @@ pub struct AttemptRow {
     pub response_excerpt: String,
     pub url: String,
     pub agent: String,
+    /// A test-send's attempt (no delivery of an emitted event).
+    pub test: bool,
 }
 
 impl From<&pb::Attempt> for AttemptRow {
@@ -301,6 +303,7 @@ impl From<&pb::Attempt> for AttemptRow {
             response_excerpt: a.response_excerpt.clone(),
             url: a.url.clone(),
             agent: a.agent_id.clone(),
+            test: a.test,
         }
     }
 }

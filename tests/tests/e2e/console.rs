@@ -147,6 +147,32 @@ async fn an_operator_manages_a_failing_endpoint_from_the_console() -> anyhow::Re
         .wait_for_requests(before + 1, Duration::from_secs(10))
         .await?;
 
+    // A test event from the subscription's page (a type its pattern selects, typed in: the
+    // catalogue is empty) says what the endpoint answered, and is logged as a test.
+    let before = receiver.requests().len();
+    browser.open(&format!("{base}/subscriptions/{id}")).await?;
+    browser.fill("#test-type", "order.paid").await?;
+    browser.click("#send-test").await?;
+    browser
+        .wait_url(&format!("/subscriptions/{id}/test"))
+        .await?;
+    let result = browser.text("#test-result").await?;
+    assert!(
+        result.contains("(order.paid) delivered") && result.contains("answered 200"),
+        "{result}"
+    );
+    let requests = receiver
+        .wait_for_requests(before + 1, Duration::from_secs(10))
+        .await?;
+    assert_eq!(requests[before].headers["webhook-event-type"], "order.paid");
+    let tests = control_plane
+        .attempts(herald_tests::attempts_of(&id))
+        .await?
+        .into_iter()
+        .filter(|a| a.test && a.event_type == "order.paid")
+        .count();
+    assert_eq!(tests, 1);
+
     // A change posted without the session's CSRF token, or from another site, is refused.
     let cookie = browser.client.get_named_cookie("herald_session").await?;
     let client = reqwest::Client::new();
@@ -194,7 +220,9 @@ async fn an_operator_manages_a_failing_endpoint_from_the_console() -> anyhow::Re
     let page = browser.page_text().await?;
     assert!(page.contains("orders to the ERP"), "{page}");
     assert!(
-        !page.contains("Rotate secret") && !page.contains("Edit"),
+        !page.contains("Rotate secret")
+            && !page.contains("Edit")
+            && !page.contains("Send a test event"),
         "{page}"
     );
     // It may still sign out.

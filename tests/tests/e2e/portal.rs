@@ -174,6 +174,27 @@ async fn a_shop_manages_its_endpoints_in_its_portal_and_sees_no_other_shop() -> 
         "{page}"
     );
 
+    // A test event shows at once what the endpoint answers (500 here), signed as
+    // deliveries are.
+    browser
+        .open(&format!("{}endpoints/{id}", minted.url))
+        .await?;
+    browser
+        .click("#test-type option[value='order.created']")
+        .await?;
+    browser.click("#send-test").await?;
+    browser.wait_url(&format!("/endpoints/{id}/test")).await?;
+    let result = browser.text("#test-result").await?;
+    assert!(
+        result.contains("not delivered") && result.contains("answered 500"),
+        "{result}"
+    );
+    let tested = receiver
+        .wait_for_requests(1, Duration::from_secs(10))
+        .await?;
+    assert_eq!(tested[0].path, "/shop-a");
+    assert_eq!(tested[0].headers["webhook-event-type"], "order.created");
+
     // A failing request shows with its error, on the list and on its own page.
     let emitted = agent
         .emit(event(
@@ -231,7 +252,7 @@ async fn a_shop_manages_its_endpoints_in_its_portal_and_sees_no_other_shop() -> 
         .await?;
     let page = browser.page_text().await?;
     assert!(page.contains(&receiver.url("/shop-a")), "{page}");
-    for change in ["#reveal", "#disable", "#edit", "#rotate"] {
+    for change in ["#reveal", "#disable", "#edit", "#rotate", "#send-test"] {
         assert!(
             !browser.has(change).await,
             "read-only, yet {change} is offered"

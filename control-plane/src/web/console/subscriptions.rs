@@ -23,6 +23,7 @@ use crate::web::chart::{CHART_ATTEMPTS, Chart, RECENT_ROWS, chart};
 use crate::web::form::{FormData, SubscriptionForm};
 use crate::web::page::{PageError, form_status, query_value, render, render_with};
 use crate::web::session::{Console, ConsoleChange};
+use crate::web::test_card::{self, TestCard, Tested};
 use crate::web::views::{self, AttemptRow, HealthView, SecretView, Setting, SubscriptionRow};
 
 pub fn routes() -> Router<WebState> {
@@ -34,6 +35,7 @@ pub fn routes() -> Router<WebState> {
         .route("/subscriptions/{id}/enable", post(enable))
         .route("/subscriptions/{id}/disable", post(disable))
         .route("/subscriptions/{id}/rotate-secret", post(rotate))
+        .route("/subscriptions/{id}/test", post(test))
         .route("/subscriptions/{id}/delete", post(delete))
 }
 
@@ -338,6 +340,8 @@ struct ShowPage {
     /// Where links in the rows start (the console's root).
     base: &'static str,
     note: String,
+    /// The test-send card, for those who may send.
+    test: Option<TestCard>,
 }
 
 #[derive(Deserialize)]
@@ -354,8 +358,6 @@ async fn show(
     Path(id): Path<String>,
     Query(query): Query<ShowQuery>,
 ) -> Result<Response, PageError> {
-    let endpoint = Endpoint::load(&state, &console.caller, id, query.show_secrets).await?;
-    let sub = &endpoint.subscription;
     let note = match query.done.as_str() {
         "created" => "Subscription created. Give its signing secret to the receiver.",
         "updated" => "Saved.",
@@ -364,8 +366,47 @@ async fn show(
         "rotated" => "A new secret signs from now on; the old one until its expiry.",
         _ => "",
     };
+    show_page(
+        &state,
+        &console,
+        id,
+        query.show_secrets,
+        note,
+        Tested::default(),
+    )
+    .await
+}
+
+/// Sends a test event and shows the subscription's page with what the receiver answered.
+async fn test(
+    State(state): State<WebState>,
+    Path(id): Path<String>,
+    ConsoleChange { console, form }: ConsoleChange,
+) -> Result<Response, PageError> {
+    let tested = test_card::send_as(&state, &console.caller, id.clone(), &form).await?;
+    show_page(&state, &console, id, false, "", tested).await
+}
+
+/// The subscription's page, with `note` on top and what a test just sent gave.
+async fn show_page(
+    state: &WebState,
+    console: &Console,
+    id: String,
+    show_secrets: bool,
+    note: &str,
+    tested: Tested,
+) -> Result<Response, PageError> {
+    let endpoint = Endpoint::load(state, &console.caller, id, show_secrets).await?;
+    let sub = &endpoint.subscription;
+    let test = if console.admin {
+        let action = format!("/subscriptions/{}/test#test-send", sub.id);
+        let csrf = console.csrf.clone();
+        Some(TestCard::load(state, &console.caller, sub, action, csrf, tested).await?)
+    } else {
+        None
+    };
     Ok(render(&ShowPage {
-        chrome: Chrome::new(&console, "subscriptions"),
+        chrome: Chrome::new(console, "subscriptions"),
         id: sub.id.clone(),
         enabled: sub.enabled,
         disabled_reason: sub.disabled_reason.clone(),
@@ -373,12 +414,13 @@ async fn show(
         revision: sub.revision,
         settings: views::settings(sub),
         secrets: views::secrets(sub),
-        secrets_shown: query.show_secrets,
+        secrets_shown: show_secrets,
         health: endpoint.health,
         chart: endpoint.chart,
         rows: endpoint.rows,
         base: "",
         note: note.to_owned(),
+        test,
     }))
 }
 

@@ -1,0 +1,164 @@
+//! The "send a test event" card of a subscription's page, in the console and in the portal: a
+//! platform (or its shop) checks an endpoint before going live, or before enabling it again,
+//! and sees at once what the receiver answered. The test goes through `TestSubscription`
+//! (see `crate::test_send`), so it is signed and sent as deliveries are, and logged with
+//! `test` set.
+
+use herald_core::event_type::EventFilter;
+use herald_proto::v1 as pb;
+use herald_proto::v1::event_types_server::EventTypes as _;
+use herald_proto::v1::subscriptions_server::Subscriptions as _;
+
+use super::WebState;
+use super::form::FormData;
+use super::page::PageError;
+use super::views::AttemptRow;
+use crate::rest::Authorized;
+
+/// The most event types the card offers.
+const MAX_TYPES: usize = 200;
+
+/// What the card shows: where it posts, the types to choose from, and the outcome of the
+/// test just sent from it, if any.
+pub struct TestCard {
+    /// Where the form posts.
+    pub action: String,
+    /// The console's CSRF token (empty in the portal, whose link is its credential).
+    pub csrf: String,
+    /// The event types a test may be, as the subscription selects them.
+    pub types: Vec<String>,
+    /// The attempt the test made.
+    pub attempt: Option<AttemptRow>,
+    /// Why no attempt was made (no agent connected, a type it does not select, …).
+    pub error: String,
+}
+
+/// What sending a test gave.
+#[derive(Default)]
+pub struct Tested {
+    /// The attempt made.
+    pub attempt: Option<AttemptRow>,
+    /// Why none was made.
+    pub error: String,
+}
+
+impl TestCard {
+    /// The card for `sub` as `caller` sees it, posting to `action`, with what `tested` gave.
+    pub async fn load(
+        state: &WebState,
+        caller: &Authorized,
+        sub: &pb::Subscription,
+        action: String,
+        csrf: String,
+        tested: Tested,
+    ) -> Result<TestCard, PageError> {
+        let catalogue = state
+            .services
+            .event_types
+            .list_event_types(caller.request(pb::ListEventTypesRequest {}))
+            .await?
+            .into_inner()
+            .event_types;
+        Ok(TestCard {
+            action,
+            csrf,
+            types: test_types(&sub.event_types, &catalogue),
+            attempt: tested.attempt,
+            error: tested.error,
+        })
+    }
+}
+
+/// The event types a test to a subscription of `patterns` may be: the catalogue's types they
+/// select (not built in, not deprecated), then the exact types they name that the catalogue
+/// lacks; at most [`MAX_TYPES`]. Empty when the patterns select nothing named: the control
+/// plane then picks.
+fn test_types(patterns: &[String], catalogue: &[pb::EventType]) -> Vec<String> {
+    let Ok(filter) = EventFilter::parse(patterns) else {
+        return vec![];
+    };
+    let mut types: Vec<String> = catalogue
+        .iter()
+        .filter(|t| !t.built_in && !t.deprecated && filter.matches(&t.name))
+        .map(|t| t.name.clone())
+        .collect();
+    for pattern in patterns {
+        let exact = !pattern.contains('*');
+        if exact && !types.contains(pattern) {
+            types.push(pattern.clone());
+        }
+    }
+    types.truncate(MAX_TYPES);
+    types
+}
+
+/// Sends a test of the type the form names (or the control plane's choice) to subscription
+/// `id` as `caller`. A test that could not be made is an answer to show, not a failed page.
+pub async fn send_as(
+    state: &WebState,
+    caller: &Authorized,
+    id: String,
+    form: &FormData,
+) -> Result<Tested, PageError> {
+    let answer = state
+        .services
+        .subscriptions
+        .test_subscription(caller.request(pb::TestSubscriptionRequest {
+            id,
+            event_type: form.text("event_type").trim().to_owned(),
+            payload: vec![],
+        }))
+        .await;
+    match answer {
+        Ok(answer) => Ok(Tested {
+            attempt: answer.into_inner().attempt.as_ref().map(AttemptRow::from),
+            error: String::new(),
+        }),
+        Err(status)
+            if matches!(
+                status.code(),
+                tonic::Code::InvalidArgument
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+            ) =>
+        {
+            Ok(Tested {
+                attempt: None,
+                error: status.message().to_owned(),
+            })
+        }
+        Err(status) => Err(status.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registered(name: &str, built_in: bool, deprecated: bool) -> pb::EventType {
+        pb::EventType {
+            name: name.into(),
+            built_in,
+            deprecated,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_test_offers_the_types_the_subscription_selects() {
+        let catalogue = [
+            registered("herald.subscription.disabled", true, false),
+            registered("invoice.created", false, false),
+            registered("order.created", false, false),
+            registered("order.legacy", false, true),
+            registered("order.paid", false, false),
+        ];
+        let patterns = ["order.*".to_owned(), "stock.changed".to_owned()];
+        assert_eq!(
+            test_types(&patterns, &catalogue),
+            ["order.created", "order.paid", "stock.changed"]
+        );
+        assert!(test_types(&["*".to_owned()], &[]).is_empty());
+    }
+}
