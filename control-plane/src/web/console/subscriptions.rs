@@ -401,7 +401,7 @@ async fn show_page(
     let test = if console.admin {
         let action = format!("/subscriptions/{}/test#test-send", sub.id);
         let csrf = console.csrf.clone();
-        Some(TestCard::load(state, &console.caller, sub, action, csrf, tested).await?)
+        Some(TestCard::load(state, &console.caller, sub, action, csrf, tested).await)
     } else {
         None
     };
