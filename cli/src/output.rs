@@ -268,6 +268,10 @@ pub fn subscription(sub: &pb::Subscription, show_secrets: bool) -> Value {
                 (name.clone(), Value::from(shown))
             })
             .collect::<serde_json::Map<_, _>>(),
+        "labels": sub
+            .labels
+            .iter()
+            .collect::<std::collections::BTreeMap<_, _>>(),
         "timeout": humantime::format_duration(
             sub.timeout.as_ref().and_then(std_duration).unwrap_or(DEFAULT_TIMEOUT)
         ).to_string(),

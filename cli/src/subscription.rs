@@ -133,9 +133,18 @@ pub struct Fields {
     /// Remove the payload filter: receive every event of the subscribed types.
     #[arg(long)]
     no_filter: bool,
-    /// An extra request header, NAME=VALUE (repeatable).
+    /// An extra request header, NAME=VALUE (repeatable); replaces one of the same name.
     #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_header)]
     headers: Vec<(String, String)>,
+    /// Stop sending this extra request header (repeatable).
+    #[arg(long = "remove-header", value_name = "NAME")]
+    remove_headers: Vec<String>,
+    /// A label for operators, KEY=VALUE (repeatable); replaces one of the same key.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Remove this label (repeatable).
+    #[arg(long = "remove-label", value_name = "KEY")]
+    remove_labels: Vec<String>,
     /// The delays between attempts, e.g. 5s,5m,30m (attempts = delays + 1).
     #[arg(long, conflicts_with = "retry_exponential", value_parser = parse_schedule)]
     retry_schedule: Option<RetrySchedule>,
@@ -252,6 +261,17 @@ fn parse_envelope(text: &str) -> Result<Envelope, String> {
     Envelope::parse(text).map_err(|e| e.reason)
 }
 
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| "expected KEY=VALUE".to_owned())?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err("the key is empty".to_owned());
+    }
+    Ok((key.to_owned(), value.trim().to_owned()))
+}
+
 fn parse_header(text: &str) -> Result<(String, String), String> {
     let (name, value) = text
         .split_once('=')
@@ -342,8 +362,20 @@ impl Fields {
         if self.no_filter {
             sub.payload_filter.clear();
         }
+        // Header names are matched as HTTP matches them, without case.
+        let same_name = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+        sub.headers.retain(|name, _| {
+            !self.remove_headers.iter().any(|gone| same_name(gone, name))
+                && !self.headers.iter().any(|(given, _)| same_name(given, name))
+        });
         for (name, value) in self.headers {
             sub.headers.insert(name, value);
+        }
+        for key in &self.remove_labels {
+            sub.labels.remove(key);
+        }
+        for (key, value) in self.labels {
+            sub.labels.insert(key, value);
         }
         if let Some(schedule) = self.retry_schedule {
             sub.retry = Some(retry_policy(&schedule));
@@ -644,6 +676,11 @@ fn entry_flags(entry: &serde_json::Value) -> anyhow::Result<Vec<String>> {
                     flags.push(format!("--header={name}={}", scalar(value)?));
                 }
             }
+            serde_json::Value::Object(pairs) if key == "label" || key == "labels" => {
+                for (name, value) in pairs {
+                    flags.push(format!("--label={name}={}", scalar(value)?));
+                }
+            }
             other => flags.push(format!("{flag}={}", scalar(other)?)),
         }
     }
@@ -768,6 +805,21 @@ mod tests {
             parsed.args.fields.description.as_deref(),
             Some("-- legacy feed")
         );
+    }
+
+    #[test]
+    fn an_import_entry_sets_labels_as_a_map() {
+        let entry = serde_json::json!({
+            "tenant": "shop-1",
+            "url": "https://shop.example/hooks",
+            "events": ["order.*"],
+            "labels": {"erp": "sap", "team": "orders"},
+        });
+        let parsed = parse(&entry).expect("parsed");
+        let mut sub = pb::Subscription::default();
+        parsed.args.fields.apply(&mut sub);
+        assert_eq!(sub.labels.len(), 2);
+        assert_eq!(sub.labels["erp"], "sap");
     }
 
     #[test]

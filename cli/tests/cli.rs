@@ -263,6 +263,14 @@ async fn delivery_options_are_set_from_the_command_line() -> anyhow::Result<()> 
                 "50",
                 "--trace-context",
                 "on",
+                "--header",
+                "X-Api-Key=k-1",
+                "--header",
+                "X-Shop=one",
+                "--label",
+                "team=stock",
+                "--label",
+                "erp=sap",
                 "-o",
                 "json",
             ],
@@ -270,6 +278,10 @@ async fn delivery_options_are_set_from_the_command_line() -> anyhow::Result<()> 
         .await,
     );
     let id = created["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        created["labels"],
+        serde_json::json!({"erp": "sap", "team": "stock"})
+    );
     assert!(
         created["secret"]
             .as_str()
@@ -308,11 +320,38 @@ async fn delivery_options_are_set_from_the_command_line() -> anyhow::Result<()> 
                 "1h",
                 "--trace-context",
                 "off",
+                "--remove-header",
+                "x-api-key",
+                "--remove-label",
+                "erp",
+                "--label",
+                "team=inventory",
                 "-o",
                 "json",
             ],
         )
         .await,
+    );
+    // Removed and replaced; the other header kept its (hidden) value.
+    assert_eq!(updated["labels"], serde_json::json!({"team": "inventory"}));
+    let headers = updated["headers"].as_object().expect("headers");
+    assert!(
+        headers.contains_key("X-Shop") && headers.len() == 1,
+        "{updated}"
+    );
+    let stored = world
+        .control_plane
+        .subscriptions()
+        .await?
+        .get_subscription(herald_proto::v1::GetSubscriptionRequest {
+            id: id.clone(),
+            show_secrets: true,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        stored.headers.get("X-Shop").map(String::as_str),
+        Some("one")
     );
     assert_eq!(updated["disable_after"], 5);
     assert_eq!(updated["trace_context"], false);
