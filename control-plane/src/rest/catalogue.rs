@@ -20,11 +20,10 @@ pub struct EventType {
     pub name: String,
     /// What it means, for the people choosing it.
     pub description: String,
-    /// An example payload.
-    #[schema(value_type = Object)]
+    /// An example payload (any JSON); null when it has none.
     pub example: Option<serde_json::Value>,
-    /// The JSON Schema (draft 2020-12) its payloads must satisfy; none: any JSON.
-    #[schema(value_type = Object)]
+    /// The JSON Schema (draft 2020-12) its payloads must satisfy; null: any JSON.
+    #[schema(value_type = Option<Object>)]
     pub schema: Option<serde_json::Value>,
     /// Still delivered, flagged for the people choosing types.
     pub deprecated: bool,
@@ -70,7 +69,6 @@ pub struct NewEventType {
     description: String,
     /// An example payload (any JSON; it must satisfy the schema).
     #[serde(default)]
-    #[schema(value_type = Object)]
     example: Option<serde_json::Value>,
     /// A JSON Schema (draft 2020-12) its payloads must satisfy.
     #[serde(default)]
@@ -85,9 +83,8 @@ pub struct EditedEventType {
     /// What it means.
     #[serde(default)]
     description: String,
-    /// An example payload.
+    /// An example payload (any JSON).
     #[serde(default)]
-    #[schema(value_type = Object)]
     example: Option<serde_json::Value>,
     /// A JSON Schema (draft 2020-12).
     #[serde(default)]

@@ -108,7 +108,9 @@ pub fn api(services: Services, authenticator: Authenticator) -> (Router, utoipa:
         services,
         authenticator,
     };
-    let (router, openapi) = routes().with_state(state).split_for_parts();
+    let (router, mut openapi) = routes().with_state(state).split_for_parts();
+    // Once every route is in: each gets the problems every route may answer.
+    utoipa::Modify::modify(&problem::CommonProblems, &mut openapi);
     let document = openapi.clone();
     let router = router
         .route(
@@ -357,5 +359,32 @@ mod tests {
         // Every operator method has its route.
         operations.sort();
         assert_eq!(operations, methods.into_iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn every_operation_documents_the_problems_any_route_may_answer() {
+        let (_, mut openapi) = routes().split_for_parts();
+        utoipa::Modify::modify(&problem::CommonProblems, &mut openapi);
+        let json = serde_json::to_value(&openapi).expect("serializes");
+        for (path, item) in json["paths"].as_object().expect("paths") {
+            for (verb, operation) in item.as_object().expect("an item") {
+                for status in ["400", "401", "403", "429", "500", "503"] {
+                    let problem = &operation["responses"][status]["content"]["application/problem+json"]
+                        ["schema"]["$ref"];
+                    assert_eq!(
+                        problem, "#/components/schemas/Problem",
+                        "{verb} {path} {status}"
+                    );
+                }
+            }
+        }
+        // A type without a schema answers null for it, as the document says it may.
+        let schema = &json["components"]["schemas"]["EventType"]["properties"]["schema"];
+        assert!(
+            schema["type"]
+                .as_array()
+                .is_some_and(|types| types.contains(&serde_json::json!("null"))),
+            "{schema}"
+        );
     }
 }

@@ -42,6 +42,66 @@ pub fn http_status(code: Code) -> StatusCode {
     }
 }
 
+/// The problems any operation may answer, whatever else it documents: the same validation,
+/// authentication and store failures reach every route.
+const COMMON_PROBLEMS: [(&str, &str); 6] = [
+    ("400", "The request breaks a rule: a field and why"),
+    ("401", "No token, or one this control plane does not know"),
+    ("403", "The token's role or tenants do not allow it"),
+    (
+        "429",
+        "A limit is reached: a tenant's subscriptions, or a store's disk is full",
+    ),
+    (
+        "500",
+        "Stored data that does not decode, or a fault of the control plane",
+    ),
+    (
+        "503",
+        "A store (etcd, the delivery log) does not answer; retry",
+    ),
+];
+
+/// Documents [`COMMON_PROBLEMS`] on every operation that does not name them itself, so that a
+/// client generated from the document expects every answer it may get.
+pub struct CommonProblems;
+
+impl utoipa::Modify for CommonProblems {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let problem = || {
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                for (status, description) in COMMON_PROBLEMS {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| {
+                            RefOr::T(
+                                ResponseBuilder::new()
+                                    .description(description)
+                                    .content("application/problem+json", problem())
+                                    .build(),
+                            )
+                        });
+                }
+            }
+        }
+    }
+}
+
 /// The name of a gRPC code, as `google.rpc.Code` spells it.
 fn code_name(code: Code) -> &'static str {
     match code {
