@@ -97,13 +97,22 @@ pub fn region(value: &str) -> Result<(), ValidationError> {
     })
 }
 
-/// Checks an event id: 1 to [`MAX_EVENT_ID_LEN`] characters of `[A-Za-z0-9_.:-]`.
+/// Checks an event id: 1 to [`MAX_EVENT_ID_LEN`] characters of `[A-Za-z0-9_.:-]`, and not
+/// `.` or `..`.
 ///
 /// The id is sent as the `webhook-id` header and signed, so it stays plain ASCII.
 pub fn event_id(value: &str) -> Result<(), ValidationError> {
     identifier("id", value, MAX_EVENT_ID_LEN, |c| {
         c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')
-    })
+    })?;
+    // An event is named in URL paths (`/events/{id}`), where these two mean something else.
+    if value == "." || value == ".." {
+        return Err(ValidationError::new(
+            "id",
+            format!("{value:?} cannot name an event in a URL path"),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a subscription id as a caller names one (`sub_…`, assigned by the control plane):
@@ -437,10 +446,23 @@ mod tests {
 
     #[test]
     fn event_id_rules() {
-        for ok in ["evt_01J", "order:42.v1-a", &"x".repeat(MAX_EVENT_ID_LEN)] {
+        for ok in [
+            "evt_01J",
+            "order:42.v1-a",
+            "...",
+            &"x".repeat(MAX_EVENT_ID_LEN),
+        ] {
             assert_eq!(event_id(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "a/b", "a b", "a\nb", &"x".repeat(MAX_EVENT_ID_LEN + 1)] {
+        for bad in [
+            "",
+            "a/b",
+            "a b",
+            "a\nb",
+            ".",
+            "..",
+            &"x".repeat(MAX_EVENT_ID_LEN + 1),
+        ] {
             assert_eq!(event_id(bad).unwrap_err().field, "id", "{bad:?}");
         }
     }
