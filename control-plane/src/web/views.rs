@@ -5,6 +5,68 @@ use herald_proto::words;
 
 use super::page::{millis, when};
 
+/// `bytes` (a JSON document) pretty-printed with its keys in their order (as a receiver gets
+/// them); empty when they are not JSON (or empty).
+pub fn pretty_json(bytes: &[u8]) -> String {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::with_capacity(text.len() * 2);
+    let mut depth = 0_usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut chars = text.chars().peekable();
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        out.extend(std::iter::repeat_n("  ", depth));
+    };
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                // An empty object or array stays on its line.
+                while chars.peek().is_some_and(|n| n.is_whitespace()) {
+                    chars.next();
+                }
+                if chars.peek().is_some_and(|&n| n == '}' || n == ']') {
+                    out.extend(chars.next());
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c if c.is_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// A subscription in a list.
 pub struct SubscriptionRow {
     pub id: String,
@@ -416,6 +478,19 @@ pub fn sent_headers(a: &pb::Attempt, sub: Option<&pb::Subscription>) -> Vec<Sent
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pretty_json_keeps_the_order_and_the_strings() {
+        let shown =
+            pretty_json(br#"{"type":"a.b","data":{"z":[1, 2],"a":{},"s":"x, {y}: \"q\""},"e":[]}"#);
+        assert_eq!(
+            shown,
+            "{\n  \"type\": \"a.b\",\n  \"data\": {\n    \"z\": [\n      1,\n      2\n    ],\n    \
+             \"a\": {},\n    \"s\": \"x, {y}: \\\"q\\\"\"\n  },\n  \"e\": []\n}"
+        );
+        assert_eq!(pretty_json(b"not json"), "");
+        assert_eq!(pretty_json(b""), "");
+    }
 
     #[test]
     fn the_headers_sent_follow_the_subscription_and_hide_what_is_secret() {

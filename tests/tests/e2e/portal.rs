@@ -65,15 +65,20 @@ async fn a_shop_manages_its_endpoints_in_its_portal_and_sees_no_other_shop() -> 
     let receiver = Receiver::start(&ca).await?;
     receiver.respond_with(500);
     let mut catalogue = EventTypesClient::new(control_plane.channel().await?);
-    for (name, description) in [
-        ("order.created", "An order was placed"),
-        ("invoice.created", "An invoice was issued"),
+    for (name, description, example) in [
+        ("order.created", "An order was placed", ""),
+        (
+            "invoice.created",
+            "An invoice was issued",
+            r#"{"invoice": "F-2026-7", "total": "19.99"}"#,
+        ),
     ] {
         catalogue
             .create_event_type(pb::CreateEventTypeRequest {
                 event_type: Some(pb::EventType {
                     name: name.into(),
                     description: description.into(),
+                    example: example.as_bytes().to_vec(),
                     ..Default::default()
                 }),
             })
@@ -134,6 +139,24 @@ async fn a_shop_manages_its_endpoints_in_its_portal_and_sees_no_other_shop() -> 
         "{home}"
     );
     assert!(!home.contains("shop-b"), "{home}");
+
+    // The event types it may subscribe to, with an example body as its endpoint gets it;
+    // Herald's own types are not among them.
+    browser.click("a[href$='/event-types']").await?;
+    browser.wait_url("/event-types").await?;
+    let types = browser.page_text().await?;
+    assert!(
+        types.contains("order.created")
+            && types.contains("An invoice was issued")
+            && !types.contains("herald."),
+        "{types}"
+    );
+    let invoice = browser.text("#type-invoice\\.created .json-body").await?;
+    assert!(
+        invoice.contains("\"type\": \"invoice.created\"") && invoice.contains("F-2026-7"),
+        "{invoice}"
+    );
+    browser.open(&minted.url).await?;
 
     // Add an endpoint with event types picked from the catalogue, in XML.
     browser.click("#add-endpoint").await?;

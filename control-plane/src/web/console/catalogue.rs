@@ -15,6 +15,7 @@ use super::{Chrome, after_change};
 use crate::web::WebState;
 use crate::web::page::{PageError, render_with};
 use crate::web::session::{Console, ConsoleChange};
+use crate::web::views::pretty_json;
 
 pub fn routes() -> Router<WebState> {
     Router::new().route("/event-types", get(list).post(create))
@@ -71,10 +72,7 @@ async fn page(
                 .into_iter()
                 .map(|t| TypeRow {
                     example: String::from_utf8_lossy(&t.example).into_owned(),
-                    schema: serde_json::from_slice::<serde_json::Value>(&t.schema)
-                        .ok()
-                        .and_then(|v| serde_json::to_string_pretty(&v).ok())
-                        .unwrap_or_default(),
+                    schema: pretty_json(&t.schema),
                     deprecated: t.deprecated,
                     name: t.name,
                     description: t.description,

@@ -1,13 +1,16 @@
 //! The tenant portal at `/portal/{link}/`: what a platform shows each of its users (a shop)
 //! by handing it a link (`herald portal link`, or `POST /api/v1/portal-links`) or embedding
 //! that link in an iframe. It shows one tenant: its endpoints (add, edit, disable,
-//! re-enable, rotate and reveal the secret), its delivery log with each request's error, and
-//! replay; a read-only link shows the same and changes nothing.
+//! re-enable, rotate and reveal the secret, send a test), its delivery log with each
+//! request's error, and replay, and the event types it may subscribe to ([`catalogue`]); a
+//! read-only link shows the same and changes nothing.
 //!
 //! The link's token is in the path, so the portal needs no cookie (it works inside another
 //! site's iframe) and no other site can post to it without the link. Its holder acts as
 //! `portal:<tenant>`, an identity scoped to that tenant, through the same services as every
 //! other caller; an expired or forged link shows a page that says so, and no data.
+
+mod catalogue;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -125,6 +128,7 @@ pub fn routes() -> Router<WebState> {
         .route("/portal/{link}/endpoints/{id}/disable", post(disable))
         .route("/portal/{link}/endpoints/{id}/rotate-secret", post(rotate))
         .route("/portal/{link}/endpoints/{id}/test", post(test))
+        .route("/portal/{link}/event-types", get(catalogue::event_types))
         .route("/portal/{link}/deliveries", get(deliveries))
         .route("/portal/{link}/deliveries/rows", get(delivery_rows))
         .route("/portal/{link}/events/{event_id}", get(event))
