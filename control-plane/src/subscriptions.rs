@@ -642,7 +642,8 @@ impl Subscriptions {
     /// Finds the stored record of subscription `id` if its tenant lies within `tenants`,
     /// without opening it.
     async fn locate_within(&self, tenants: &Scope, id: &str) -> Result<Located, SubscriptionError> {
-        herald_core::validate::event_id(id).map_err(|e| ValidationError::new("id", e.reason))?;
+        herald_core::validate::subscription_id(id)
+            .map_err(|e| ValidationError::new("id", e.reason))?;
         let not_found = || SubscriptionError::NotFound(id.to_owned());
         let index = self
             .store
