@@ -547,6 +547,7 @@ pub async fn run(
         relay,
         recorder.clone(),
         grpc::Streams::new(stop.clone(), &background),
+        metrics.clone(),
     ));
     // Where people reach the web pages, for the links handed out.
     let public_url = config.http_listen.map(|addr| {

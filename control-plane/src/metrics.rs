@@ -45,6 +45,15 @@ struct RefusalLabel {
     reason: Refusal,
 }
 
+/// A delivery-log tail counted as open (see [`Metrics::open_tail`]); dropping it closes it.
+pub struct OpenTail(Gauge);
+
+impl Drop for OpenTail {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// The control plane's metrics; cloning shares them.
 #[derive(Clone)]
 pub struct Metrics {
@@ -61,6 +70,7 @@ struct Inner {
     streams: Gauge,
     revision: Gauge,
     unopened: Family<UnopenedLabel, Gauge>,
+    tails: Gauge,
     log_up: Gauge,
 }
 
@@ -132,6 +142,13 @@ impl Default for Metrics {
              any is, agents' config streams are refused",
             unopened.clone(),
         );
+        let tails = Gauge::default();
+        registry.register(
+            "herald_log_tails",
+            "Delivery-log tails open on this replica (TailAttempts, /api/v1/attempts/live, the \
+             console's live log)",
+            tails.clone(),
+        );
         let log_up = Gauge::default();
         registry.register(
             "herald_delivery_log_up",
@@ -149,6 +166,7 @@ impl Default for Metrics {
                 streams,
                 revision,
                 unopened,
+                tails,
                 log_up,
             }),
         }
@@ -187,6 +205,17 @@ impl Metrics {
         self.inner.audit_failures.inc();
     }
 
+    /// Counts a delivery-log tail as open until the answer is dropped; `None` when `max` are
+    /// open already.
+    pub fn open_tail(&self, max: usize) -> Option<OpenTail> {
+        let before = self.inner.tails.inc();
+        if before >= i64::try_from(max).unwrap_or(i64::MAX) {
+            self.inner.tails.dec();
+            return None;
+        }
+        Some(OpenTail(self.inner.tails.clone()))
+    }
+
     /// Whether the delivery log's store answers.
     pub fn log_up(&self, up: bool) {
         self.inner.log_up.set(i64::from(up));
@@ -219,5 +248,22 @@ impl Metrics {
             tracing::warn!(error = %err, "cannot encode metrics");
         }
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tails_are_counted_and_bounded() {
+        let metrics = Metrics::default();
+        let first = metrics.open_tail(2).expect("room");
+        let second = metrics.open_tail(2).expect("room");
+        assert!(metrics.open_tail(2).is_none(), "a third is past the bound");
+        drop(first);
+        let third = metrics.open_tail(2).expect("room again");
+        drop((second, third));
+        assert!(metrics.render(0, 0, None).contains("herald_log_tails 0"));
     }
 }

@@ -21,6 +21,7 @@ use crate::event_types::EventTypes;
 use crate::fleet::Fleet;
 use crate::health::Health;
 use crate::hub::ConfigHub;
+use crate::metrics::Metrics;
 use crate::presence;
 use crate::relay::Relay;
 use crate::store::Store;
@@ -353,7 +354,12 @@ pub struct DeliveriesService {
     relay: Relay,
     /// Where tails run; they end at shutdown.
     streams: Streams,
+    /// Counts open tails.
+    metrics: Metrics,
 }
+
+/// The most delivery-log tails one replica serves at once.
+const MAX_TAILS: usize = 1000;
 
 impl DeliveriesService {
     /// The service over the delivery log, replaying through the agents in `fleet` (and those
@@ -365,6 +371,7 @@ impl DeliveriesService {
         relay: Relay,
         audit: Recorder,
         streams: Streams,
+        metrics: Metrics,
     ) -> Self {
         DeliveriesService {
             log,
@@ -373,6 +380,7 @@ impl DeliveriesService {
             fleet,
             relay,
             streams,
+            metrics,
         }
     }
 }
@@ -526,12 +534,22 @@ impl Deliveries for DeliveriesService {
             request.into_inner().filter.unwrap_or_default(),
             &who.tenants,
         )?;
+        let open = self.metrics.open_tail(MAX_TAILS).ok_or_else(|| {
+            Status::resource_exhausted(format!(
+                "{MAX_TAILS} tails of the delivery log are open on this replica, its limit: \
+                 close one, or list attempts with ListAttempts"
+            ))
+        })?;
         let mut attempts = self.log.follow();
         let shutdown = self.streams.shutdown().clone();
         let stream = self.streams.stream(move |tx| async move {
+            let _open = open;
             loop {
                 let attempt = tokio::select! {
                     () = shutdown.cancelled() => return,
+                    // The client went away: nothing is left to wait for, even while no
+                    // attempt matches its filter.
+                    () = tx.closed() => return,
                     next = attempts.recv() => next,
                 };
                 match attempt {

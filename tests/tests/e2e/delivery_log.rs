@@ -604,3 +604,41 @@ async fn postgresql_restarted_mid_traffic_loses_and_doubles_no_attempt() -> anyh
     .await?;
     Ok(())
 }
+
+/// A tail whose client goes away ends at once, even when no attempt ever matches its filter:
+/// months of dashboards opened and closed leave nothing running behind them.
+#[tokio::test]
+async fn a_tail_ends_when_its_client_goes_away_though_nothing_matches() -> anyhow::Result<()> {
+    let metrics = herald_tests::HeldPort::new()?;
+    let control_plane = ControlPlane::start_configured(ConfigStore::Embedded, |config| {
+        config.metrics_listen = Some(metrics.addr())
+    })
+    .await?;
+    let open_tails = || async {
+        let samples = crate::metrics::scrape(metrics.addr()).await?;
+        anyhow::Ok(crate::metrics::value(&samples, "herald_log_tails"))
+    };
+    let mut deliveries = control_plane.deliveries().await?;
+    let tails = [
+        deliveries
+            .tail_attempts(pb::TailAttemptsRequest {
+                filter: Some(pb::AttemptFilter {
+                    tenant: "shop-nobody".into(),
+                    ..Default::default()
+                }),
+            })
+            .await?
+            .into_inner(),
+        deliveries
+            .tail_attempts(pb::TailAttemptsRequest { filter: None })
+            .await?
+            .into_inner(),
+    ];
+    assert_eq!(open_tails().await?, 2.0);
+    drop(tails);
+    eventually(WAIT, "the tails to end", || async {
+        Ok((open_tails().await? == 0.0).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
