@@ -2,7 +2,8 @@
 /// Something that happened in the emitting application.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Event {
-    /// Idempotency key, sent as `webhook-id`. Assigned (`evt_…`) when empty.
+    /// Idempotency key, sent as `webhook-id`. Assigned (`evt_…`) when empty. Up to 128
+    /// characters of A-Z, a-z, 0-9, `_`, `.`, `:` and `-`; not `.` or `..`.
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
     /// Owner of the subscriptions that may receive the event.
