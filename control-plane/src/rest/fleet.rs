@@ -136,11 +136,7 @@ pub async fn create_portal_link(
     super::ApiJson(body): super::ApiJson<NewPortalLink>,
 ) -> Result<Json<PortalLink>, ApiError> {
     use herald_proto::v1::portal_server::Portal as _;
-    let ttl = body
-        .ttl
-        .as_deref()
-        .map(|t| super::json::parse_duration("ttl", t).map(herald_proto::convert::duration))
-        .transpose()?;
+    let ttl = super::json::wire_duration("ttl", body.ttl.as_deref())?;
     let link = state
         .services
         .portal

@@ -14,19 +14,21 @@ pub fn time(ts: Option<&prost_types::Timestamp>) -> Option<String> {
     ts.map(|ts| humantime::format_rfc3339_millis(system_time(ts)).to_string())
 }
 
-/// The wire timestamp of RFC 3339 `text` given for `field`.
+/// The wire timestamp of RFC 3339 `text` given for `field`; an empty text (`?since=`, as
+/// forms and query builders send a field left blank) is none.
 pub fn parse_time(
     field: &str,
     text: Option<&str>,
 ) -> Result<Option<prost_types::Timestamp>, ApiError> {
-    text.map(|text| {
-        humantime::parse_rfc3339_weak(text)
-            .map(timestamp)
-            .map_err(|_| {
-                ApiError::invalid(format!("{field}: {} is not an RFC 3339 time", quoted(text)))
-            })
-    })
-    .transpose()
+    text.filter(|text| !text.is_empty())
+        .map(|text| {
+            humantime::parse_rfc3339_weak(text)
+                .map(timestamp)
+                .map_err(|_| {
+                    ApiError::invalid(format!("{field}: {} is not an RFC 3339 time", quoted(text)))
+                })
+        })
+        .transpose()
 }
 
 /// `15s`-style text of a wire duration.
@@ -41,12 +43,13 @@ pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ApiError> {
         .map_err(|e| ApiError::invalid(format!("{field}: {} is not a duration: {e}", quoted(text))))
 }
 
-/// The wire form of an optional duration given for `field`.
+/// The wire form of an optional duration given for `field`; an empty text is none.
 pub fn wire_duration(
     field: &str,
     text: Option<&str>,
 ) -> Result<Option<prost_types::Duration>, ApiError> {
-    text.map(|text| parse_duration(field, text).map(duration))
+    text.filter(|text| !text.is_empty())
+        .map(|text| parse_duration(field, text).map(duration))
         .transpose()
 }
 
@@ -76,5 +79,8 @@ mod tests {
         assert_eq!(duration_text(d.as_ref()).as_deref(), Some("1m 30s"));
         assert_eq!(millis(d.as_ref()), 90_000.0);
         assert!(parse_duration("grace", "soon").is_err());
+        // A field left blank is a field not given.
+        assert_eq!(parse_time("since", Some("")).expect("blank"), None);
+        assert_eq!(wire_duration("timeout", Some("")).expect("blank"), None);
     }
 }
