@@ -1,7 +1,8 @@
 //! What the control plane counts for Prometheus (`--metrics-listen`): attempt reports stored by
 //! outcome, subscriptions disabled by the control plane, how long agents take to apply a
-//! config change, whether the delivery log's store answers, and — read at each scrape — open
-//! agent streams and the config revision.
+//! config change, whether the delivery log's store answers, open delivery-log tails, and —
+//! read at each scrape — open agent streams, the config revision and the stored
+//! subscriptions that do not open.
 //! Labels are bounded (outcome, reason); never subscription ids, tenants or URLs.
 
 use std::sync::Arc;

@@ -12,7 +12,7 @@ use herald_core::validate;
 use herald_proto::v1 as pb;
 
 use crate::access::Scope;
-use crate::attempts::{AttemptLog, Filter, LogError};
+use crate::attempts::{AttemptLog, Filter, LogError, check_outcome};
 use crate::fleet::Fleet;
 use crate::relay::{AGENT_TIMEOUT, Relay, Relayed};
 
@@ -90,12 +90,8 @@ pub async fn replay(
                 .into(),
         ));
     }
-    // The outcome is checked with the rest of the filter, but applied to each delivery's
-    // latest attempt, not to every attempt.
-    Filter::new(pb::AttemptFilter {
-        outcome: request.outcome,
-        ..Default::default()
-    })?;
+    // The outcome is applied to each delivery's latest attempt, not through the filter.
+    check_outcome(request.outcome)?;
     let filter = Filter::within(
         pb::AttemptFilter {
             event_id: request.event_id.clone(),

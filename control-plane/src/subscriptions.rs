@@ -473,16 +473,9 @@ impl Subscriptions {
         })
     }
 
-    /// Deletes a subscription; with a non-zero `expected_revision`, only if it still matches.
-    /// Returns the store revision of the deletion.
-    pub async fn delete(&self, id: &str, expected_revision: i64) -> Result<i64, SubscriptionError> {
-        self.delete_within(&Scope::All, id, expected_revision)
-            .await
-            .map(|deleted| deleted.revision)
-    }
-
-    /// Removes a subscription of one of `tenants` (one outside is
-    /// [`SubscriptionError::NotFound`]). The record is not opened, so a damaged one, or one
+    /// Deletes a subscription of one of `tenants` (one outside is
+    /// [`SubscriptionError::NotFound`]); with a non-zero `expected_revision`, only if it still
+    /// matches. The record is not opened, so a damaged one, or one
     /// sealed with a key this replica lacks, can be removed too: deleting is how an operator
     /// clears it. Answers the id, tenant and the revision of the deletion.
     pub async fn delete_within(
@@ -1095,7 +1088,7 @@ mod tests {
         // Another tenant is not held back; a delete makes room.
         create("shop-ab").await.expect("another tenant");
         registry
-            .delete(&first.id, first.revision)
+            .delete_within(&Scope::All, &first.id, first.revision)
             .await
             .expect("deleted");
         create("shop-a").await.expect("room again");

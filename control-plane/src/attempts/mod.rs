@@ -294,6 +294,17 @@ fn page_size(asked: u32) -> usize {
     }
 }
 
+/// Refuses an outcome that is not in the enum (from a newer client, or made up) as a query
+/// that matches nothing would hide it.
+pub fn check_outcome(outcome: i32) -> Result<(), LogError> {
+    match pb::Outcome::try_from(outcome) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(LogError::InvalidQuery(format!(
+            "outcome: {outcome} is not an outcome"
+        ))),
+    }
+}
+
 /// A query filter, with times, pattern, status and error kind parsed once, and the tenants
 /// the asker may see.
 #[derive(Clone, Debug, Default)]
@@ -332,12 +343,7 @@ impl Filter {
             validate::event_id(&wire.event_id)
                 .map_err(|e| invalid(herald_core::ValidationError::new("event_id", e.reason)))?;
         }
-        if pb::Outcome::try_from(wire.outcome).is_err() {
-            return Err(invalid(herald_core::ValidationError::new(
-                "outcome",
-                format!("{} is not an outcome", wire.outcome),
-            )));
-        }
+        check_outcome(wire.outcome)?;
         let event_type = match wire.event_type.as_str() {
             "" => None,
             text => match EventPattern::parse(text)
