@@ -234,7 +234,7 @@ pub async fn tail_attempts(
                 false,
                 Event::default()
                     .event("error")
-                    .json_data(ApiError(status).problem()),
+                    .json_data(ApiError::from(status).problem()),
             ),
         })
         // The error event is the last.

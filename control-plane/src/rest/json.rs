@@ -71,9 +71,9 @@ mod tests {
         assert_eq!(time(Some(&at)).as_deref(), Some("2026-01-02T03:04:05.678Z"));
         let err = parse_time("since", Some("yesterday")).expect_err("no time");
         assert!(
-            err.0.message().starts_with("since: "),
+            err.status.message().starts_with("since: "),
             "{}",
-            err.0.message()
+            err.status.message()
         );
         let d = wire_duration("timeout", Some("1m 30s")).expect("reads");
         assert_eq!(duration_text(d.as_ref()).as_deref(), Some("1m 30s"));

@@ -117,7 +117,7 @@ pub fn api(services: Services, authenticator: Authenticator) -> (Router, utoipa:
             "/api/v1/openapi.json",
             axum::routing::get(move || async move { Json(document) }),
         )
-        .fallback(|| async { ApiError(tonic::Status::not_found("no such route")) })
+        .fallback(|| async { ApiError::from(tonic::Status::not_found("no such route")) })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES));
     (router, openapi)
 }
@@ -228,7 +228,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         }
         let Json(value) = Json::<T>::from_request(request, state)
             .await
-            .map_err(|e| ApiError::invalid(e.body_text()))?;
+            .map_err(|e| ApiError::unreadable_body(e.status(), e.body_text()))?;
         Ok(ApiJson(value))
     }
 }
@@ -244,13 +244,13 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for ActionBod
         let (parts, body) = request.into_parts();
         let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), state)
             .await
-            .map_err(|e| ApiError::invalid(e.body_text()))?;
+            .map_err(|e| ApiError::unreadable_body(e.status(), e.body_text()))?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             // A page on another site can post an empty form here, and the browser may add
             // credentials of its own (a client certificate) or none be needed (an open API):
             // an action without a body is taken only from a client that names no other site.
             if crate::web::session::from_another_site(&parts.headers) {
-                return Err(ApiError(tonic::Status::permission_denied(
+                return Err(ApiError::from(tonic::Status::permission_denied(
                     "a request from another site's page must send its action as JSON",
                 )));
             }
@@ -376,6 +376,12 @@ mod tests {
                         "{verb} {path} {status}"
                     );
                 }
+                // A body over the limit is answered where a body is read.
+                assert_eq!(
+                    operation["responses"].get("413").is_some(),
+                    operation.get("requestBody").is_some(),
+                    "{verb} {path}"
+                );
             }
         }
         // A type without a schema answers null for it, as the document says it may.

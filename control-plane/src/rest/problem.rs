@@ -62,8 +62,12 @@ const COMMON_PROBLEMS: [(&str, &str); 6] = [
     ),
 ];
 
-/// Documents [`COMMON_PROBLEMS`] on every operation that does not name them itself, so that a
-/// client generated from the document expects every answer it may get.
+/// The problem of an operation that reads a body, when the body is over the API's limit.
+const TOO_LARGE: (&str, &str) = ("413", "The request body is larger than the limit, 1 MiB");
+
+/// Documents [`COMMON_PROBLEMS`] on every operation that does not name them itself, and
+/// [`TOO_LARGE`] on those that read a body, so that a client generated from the document
+/// expects every answer it may get.
 pub struct CommonProblems;
 
 impl utoipa::Modify for CommonProblems {
@@ -83,7 +87,8 @@ impl utoipa::Modify for CommonProblems {
                 &mut item.patch,
             ];
             for operation in operations.into_iter().flatten() {
-                for (status, description) in COMMON_PROBLEMS {
+                let reads_body = operation.request_body.is_some().then_some(TOO_LARGE);
+                for (status, description) in COMMON_PROBLEMS.into_iter().chain(reads_body) {
                     operation
                         .responses
                         .responses
@@ -127,51 +132,74 @@ fn code_name(code: Code) -> &'static str {
 
 /// A gRPC status as the HTTP API answers it.
 #[derive(Debug)]
-pub struct ApiError(pub tonic::Status);
+pub struct ApiError {
+    /// The refusal as the gRPC API words it: its code and message are the problem's.
+    pub status: tonic::Status,
+    /// The HTTP status: the code's (see [`http_status`]), or a finer one HTTP has.
+    http: StatusCode,
+}
 
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
-        ApiError(status)
+        let http = http_status(status.code());
+        ApiError { status, http }
     }
 }
 
 impl ApiError {
     /// A request the HTTP layer itself cannot read (query, JSON).
     pub fn invalid(detail: impl Into<String>) -> Self {
-        ApiError(tonic::Status::invalid_argument(detail.into()))
+        tonic::Status::invalid_argument(detail.into()).into()
     }
 
     /// A value refused by the shared validation rules, worded as gRPC words it.
     pub fn validation(err: herald_core::validate::ValidationError) -> Self {
-        ApiError(herald_proto::convert::invalid_argument(err))
+        herald_proto::convert::invalid_argument(err).into()
     }
-}
 
-impl ApiError {
+    /// A request body over the API's `limit` of bytes: `413 Content Too Large`, and
+    /// `RESOURCE_EXHAUSTED` as gRPC answers a message over its limit.
+    pub fn too_large(limit: usize) -> Self {
+        ApiError {
+            status: tonic::Status::resource_exhausted(format!(
+                "the request body is larger than the limit of {limit} bytes"
+            )),
+            http: StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    /// A body an extractor could not read, from the rejection's HTTP `status` and `reason`:
+    /// a body over the API's limit is [`Self::too_large`], any other `INVALID_ARGUMENT`.
+    pub fn unreadable_body(status: StatusCode, reason: String) -> Self {
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::too_large(super::MAX_BODY_BYTES)
+        } else {
+            Self::invalid(reason)
+        }
+    }
+
     /// The problem document that describes it.
     pub fn problem(&self) -> Problem {
-        let status = http_status(self.0.code());
         Problem {
             kind: "about:blank",
-            title: status.canonical_reason().unwrap_or("Error").to_owned(),
-            status: status.as_u16(),
-            detail: self.0.message().to_owned(),
-            code: code_name(self.0.code()).to_owned(),
+            title: self.http.canonical_reason().unwrap_or("Error").to_owned(),
+            status: self.http.as_u16(),
+            detail: self.status.message().to_owned(),
+            code: code_name(self.status.code()).to_owned(),
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = http_status(self.0.code());
         let problem = self.problem();
-        let mut response = (status, axum::Json(problem)).into_response();
+        let mut response = (self.http, axum::Json(problem)).into_response();
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if status == StatusCode::UNAUTHORIZED {
+        if self.http == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
@@ -193,7 +221,7 @@ mod tests {
             http_status(Code::Unavailable),
             StatusCode::SERVICE_UNAVAILABLE
         );
-        let response = ApiError(tonic::Status::unauthenticated("no token")).into_response();
+        let response = ApiError::from(tonic::Status::unauthenticated("no token")).into_response();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(
             response.headers()[header::CONTENT_TYPE],

@@ -551,9 +551,9 @@ mod tests {
         .expect("reads");
         let err = spec.to_wire(String::new()).expect_err("no duration");
         assert!(
-            err.0.message().starts_with("timeout: "),
+            err.status.message().starts_with("timeout: "),
             "{}",
-            err.0.message()
+            err.status.message()
         );
         let spec: SubscriptionSpec = serde_json::from_value(serde_json::json!({
             "url": "https://x.example", "event_types": ["a.b"], "signature": "v2"

@@ -389,6 +389,19 @@ async fn subscriptions_and_the_catalogue_are_managed_over_http_as_over_grpc() ->
         .send()
         .await?;
     assert_eq!(response.status().as_u16(), 400);
+    // A body over the API's limit (1 MiB): 413, as gRPC answers a message over its limit.
+    let description = "x".repeat(2 * 1024 * 1024);
+    let response = client
+        .post(format!("{base}/api/v1/subscriptions"))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/json")
+        .body(json!({"tenant": "shop-b", "description": description}).to_string())
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 413);
+    let problem: serde_json::Value = serde_json::from_slice(&response.bytes().await?)?;
+    assert_eq!(problem["code"], "RESOURCE_EXHAUSTED", "{problem}");
+    assert_eq!(problem["status"], 413, "{problem}");
 
     // Update: a read sent back with one change keeps the rest, header values included.
     let (_, _, mut read) = send(Method::GET, &path, SHOP_B_ADMIN, None).await?;
