@@ -480,7 +480,7 @@ pub async fn run(
     let max_message = config
         .max_payload_bytes
         .saturating_add(MESSAGE_OVERHEAD)
-        .max(DEFAULT_MAX_MESSAGE);
+        .max(herald_proto::message_limit::DEFAULT_MAX_MESSAGE_BYTES);
     let service = tonic::service::interceptor::InterceptedService::new(
         EventsServer::new(EmitService::new(
             routes,
@@ -509,6 +509,8 @@ pub async fn run(
         // is cut off instead of holding a connection for good.
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_interval))
+        // A message over the limit is RESOURCE_EXHAUSTED, as gRPC's status table says.
+        .layer(herald_proto::message_limit::layer(max_message))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -598,8 +600,6 @@ pub async fn run(
 /// How long shutdown waits for the background tasks (cache, sweep, metrics, health) to stop.
 const BACKGROUND_STOP: Duration = Duration::from_secs(2);
 
-/// gRPC's usual limit on one request message.
-const DEFAULT_MAX_MESSAGE: usize = 4 << 20;
 /// Room in an `Emit` request for the event's fields besides its payload.
 const MESSAGE_OVERHEAD: usize = 64 << 10;
 

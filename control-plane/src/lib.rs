@@ -615,6 +615,10 @@ pub async fn run(
         // off: its streams end, and its agent is listed as disconnected.
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_interval))
+        // A message over the limit is RESOURCE_EXHAUSTED, as gRPC's status table says.
+        .layer(herald_proto::message_limit::layer(
+            herald_proto::message_limit::DEFAULT_MAX_MESSAGE_BYTES,
+        ))
         .layer(AuthLayer::new(authenticator.clone()))
         .add_service(health_service)
         .add_service(herald_proto::discovery::reflection_v1(&reflection)?)

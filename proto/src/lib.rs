@@ -12,6 +12,7 @@ pub mod bearer;
 pub mod client_tls;
 pub mod convert;
 pub mod discovery;
+pub mod message_limit;
 pub mod metric_labels;
 pub mod sent_request;
 pub mod words;

@@ -111,6 +111,33 @@ def main():
                 pb.GetSubscriptionRequest(id="sub_does_not_exist"), timeout=TIMEOUT
             )
         )
+        # A message over the servers' limit (4 MiB), to each server.
+        over = 5 * 1024 * 1024
+        seen["emit_over_the_limit"] = code_of(
+            lambda: events.Emit(
+                pb.EmitRequest(
+                    event=pb.Event(
+                        tenant=TENANT,
+                        type="order.created",
+                        payload=b'"' + b"x" * over + b'"',
+                    )
+                ),
+                timeout=TIMEOUT,
+            )
+        )
+        seen["create_over_the_limit"] = code_of(
+            lambda: subscriptions.CreateSubscription(
+                pb.CreateSubscriptionRequest(
+                    subscription=pb.Subscription(
+                        tenant=TENANT,
+                        url=url,
+                        event_types=["order.*"],
+                        description="x" * over,
+                    )
+                ),
+                timeout=TIMEOUT,
+            )
+        )
     print(json.dumps(seen))
 
 

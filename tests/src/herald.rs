@@ -379,6 +379,8 @@ pub struct AgentOptions {
     pub check_schemas: Option<bool>,
     /// How often the Emit API pings its connections (default the agent's).
     pub keepalive_interval: Option<Duration>,
+    /// The largest payload Emit takes (default the agent's, 256 KiB).
+    pub max_payload_bytes: Option<usize>,
 }
 
 /// An agent running in-process.
@@ -450,6 +452,9 @@ impl Agent {
             queue_min_free_bytes: options
                 .queue_min_free_bytes
                 .unwrap_or(herald_agent::queue::DEFAULT_MIN_FREE_BYTES),
+            max_payload_bytes: options
+                .max_payload_bytes
+                .unwrap_or(herald_core::limits::DEFAULT_MAX_PAYLOAD_BYTES),
             ..herald_agent::Config::new(
                 control_plane,
                 ListenAddr::Tcp(addr),

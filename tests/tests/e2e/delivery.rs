@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use herald_proto::v1 as pb;
+use herald_tests::herald::AgentOptions;
 use herald_tests::{World, event, eventually, secret_of, signature_verifies, subscription};
 use serde_json::json;
 
@@ -393,5 +394,62 @@ async fn disabled_and_deleted_subscriptions_stop_receiving_within_a_second() -> 
         .await
         .expect_err("deleted");
     assert_eq!(status.code(), tonic::Code::NotFound);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_agent_given_room_for_large_payloads_takes_them_and_refuses_larger_batches()
+-> anyhow::Result<()> {
+    const MIB: usize = 1024 * 1024;
+    let world = World::start().await?;
+    let sub = world
+        .control_plane
+        .create(subscription(
+            "shop-1",
+            &world.receiver.url("/exports"),
+            &["export.*"],
+        ))
+        .await?;
+    let agent = world
+        .another_agent(AgentOptions {
+            max_payload_bytes: Some(5 * MIB),
+            ..Default::default()
+        })
+        .await?;
+    world.control_plane.wait_applied(sub.revision, WAIT).await?;
+
+    // A payload past gRPC's usual 4 MiB message limit, within the agent's 5 MiB.
+    let large = |bytes: usize| {
+        event(
+            "shop-1",
+            "export.ready",
+            &json!({ "data": "x".repeat(bytes) }),
+        )
+    };
+    let emitted = agent.emit(large(4 * MIB + MIB / 2)).await?;
+    assert_eq!(emitted.matched, 1);
+    let requests = world.receiver.wait_for_requests(1, WAIT).await?;
+    assert!(requests[0].body.len() > 4 * MIB + MIB / 2);
+
+    // A batch whose message is over the agent's limit, though each payload is within it:
+    // RESOURCE_EXHAUSTED, as gRPC says of a message over the limit; split it.
+    let refused = agent
+        .events()
+        .await?
+        .emit_batch(pb::EmitBatchRequest {
+            events: vec![large(3 * MIB), large(3 * MIB)],
+        })
+        .await
+        .expect_err("6 MiB in one message");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("over the limit"),
+        "{}",
+        refused.message()
+    );
     Ok(())
 }

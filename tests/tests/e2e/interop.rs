@@ -96,5 +96,8 @@ async fn a_python_grpc_client_generated_from_proto_drives_herald() -> anyhow::Re
     // Bad calls get the statuses the proto's comments promise.
     assert_eq!(text(&seen, "emit_without_type"), "INVALID_ARGUMENT");
     assert_eq!(text(&seen, "get_unknown_subscription"), "NOT_FOUND");
+    // A message over the limit, as gRPC's status table says of it.
+    assert_eq!(text(&seen, "emit_over_the_limit"), "RESOURCE_EXHAUSTED");
+    assert_eq!(text(&seen, "create_over_the_limit"), "RESOURCE_EXHAUSTED");
     Ok(())
 }
