@@ -3,24 +3,29 @@
 //! cannot overwrite each other silently. Every record is validated by
 //! `herald_proto::convert::subscription` before it is written.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use herald_core::ValidationError;
-use herald_core::egress::ProxyUrl;
 use herald_core::ids::new_subscription_id;
 use herald_core::signing::SigningSecret;
 use herald_core::subscription::{DEFAULT_ROTATION_GRACE, MAX_SECRETS};
 use herald_core::target::TargetPolicy;
 use herald_proto::convert::{self, signature_scheme, system_time, timestamp, wire_secret};
 use herald_proto::v1 as pb;
-use prost::Message;
 
 use crate::access::Scope;
 use crate::keys;
 use crate::sealing::{Keyring, SealingError};
 use crate::store::{Compare, KeyValue, Op, Store, StoreError, Txn, TxnOutcome};
+
+mod masking;
+mod record;
+
+use masking::{merged_egress_proxy, merged_headers};
+pub use masking::{redact, with_signing_secrets_only, without_write_only};
+pub use record::decode;
+use record::{encode, legacy_envelope, open_record};
 
 /// The largest page a list call returns.
 pub const MAX_PAGE_SIZE: usize = 1000;
@@ -702,229 +707,10 @@ impl Subscriptions {
     }
 }
 
-/// The envelope a record stored before envelopes existed keeps: its receivers got the bare
-/// payload, except the system tenant's, whose operator events were already shaped
-/// `{"type", "timestamp", "data"}`.
-fn legacy_envelope(tenant: &str, system_tenant: &str) -> pb::Envelope {
-    if tenant == system_tenant {
-        pb::Envelope::Standard
-    } else {
-        pb::Envelope::Raw
-    }
-}
-
-/// Decodes a stored record, opening its secrets and setting its revision from the store.
-pub fn decode(kv: &KeyValue, keyring: &Keyring) -> Result<pb::Subscription, SubscriptionError> {
-    Ok(open_record(kv, keyring)?.0)
-}
-
-/// Decodes a stored record and says whether it should be resealed: a secret stored in the
-/// clear (written before sealing) or sealed with a key that no longer seals.
-fn open_record(
-    kv: &KeyValue,
-    keyring: &Keyring,
-) -> Result<(pb::Subscription, bool), SubscriptionError> {
-    let mut sub =
-        pb::Subscription::decode(kv.value.as_slice()).map_err(|e| SubscriptionError::Corrupt {
-            key: kv.key.clone(),
-            reason: e.to_string(),
-        })?;
-    sub.revision = kv.mod_revision;
-    let mut stale = false;
-    let sealing_failed = |id: &str| {
-        let id = id.to_owned();
-        move |source| SubscriptionError::Sealing { id, source }
-    };
-    for secret in &mut sub.secrets {
-        match secret.sealed.take() {
-            Some(sealed) => {
-                stale |= sealed.key_id != keyring.sealing_key_id();
-                secret.secret = keyring
-                    .open(&sub.id, &sealed)
-                    .map_err(sealing_failed(&sub.id))?;
-            }
-            None => stale |= !secret.secret.is_empty(),
-        }
-    }
-    // Header values in the clear were written before they were sealed.
-    stale |= !sub.headers.is_empty();
-    for (name, sealed) in std::mem::take(&mut sub.sealed_headers) {
-        stale |= sealed.key_id != keyring.sealing_key_id();
-        let value = keyring
-            .open(&header_record(&sub.id, &name), &sealed)
-            .map_err(sealing_failed(&sub.id))?;
-        sub.headers.insert(name, value);
-    }
-    // A proxy URL or client key in the clear was written before they were sealed.
-    stale |= !sub.egress_proxy.is_empty() || !sub.client_key.is_empty();
-    if let Some(oauth2) = &sub.oauth2 {
-        stale |= !oauth2.client_secret.is_empty();
-    }
-    if let Some(sealed) = sub.sealed_oauth2_client_secret.take() {
-        stale |= sealed.key_id != keyring.sealing_key_id();
-        let secret = keyring
-            .open(&oauth2_secret_record(&sub.id), &sealed)
-            .map_err(sealing_failed(&sub.id))?;
-        if let Some(oauth2) = &mut sub.oauth2 {
-            oauth2.client_secret = secret;
-        }
-    }
-    if let Some(sealed) = sub.sealed_client_key.take() {
-        stale |= sealed.key_id != keyring.sealing_key_id();
-        sub.client_key = keyring
-            .open(&client_key_record(&sub.id), &sealed)
-            .map_err(sealing_failed(&sub.id))?;
-    }
-    if let Some(sealed) = sub.sealed_egress_proxy.take() {
-        stale |= sealed.key_id != keyring.sealing_key_id();
-        sub.egress_proxy = keyring
-            .open(&egress_proxy_record(&sub.id), &sealed)
-            .map_err(sealing_failed(&sub.id))?;
-    }
-    sub.header_values_hidden = false;
-    Ok((sub, stale))
-}
-
-/// The stored form of a record: its secrets sealed, never in the clear.
-fn encode(sub: &pb::Subscription, keyring: &Keyring) -> Result<Vec<u8>, SubscriptionError> {
-    let mut stored = sub.clone();
-    stored.revision = 0;
-    stored.header_values_hidden = false;
-    let sealing_failed = |source| SubscriptionError::Sealing {
-        id: sub.id.clone(),
-        source,
-    };
-    for secret in &mut stored.secrets {
-        if !secret.secret.is_empty() {
-            secret.sealed = Some(
-                keyring
-                    .seal(&sub.id, &secret.secret)
-                    .map_err(sealing_failed)?,
-            );
-            secret.secret.clear();
-        }
-    }
-    stored.sealed_headers = std::mem::take(&mut stored.headers)
-        .into_iter()
-        .map(|(name, value)| {
-            let sealed = keyring
-                .seal(&header_record(&sub.id, &name), &value)
-                .map_err(sealing_failed)?;
-            Ok((name, sealed))
-        })
-        .collect::<Result<_, SubscriptionError>>()?;
-    // The other secret values, each sealed when set.
-    let seal = |record: String, value: String| -> Result<_, SubscriptionError> {
-        if value.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(keyring.seal(&record, &value).map_err(sealing_failed)?))
-    };
-    let oauth2_secret = stored
-        .oauth2
-        .as_mut()
-        .map(|o| std::mem::take(&mut o.client_secret))
-        .unwrap_or_default();
-    stored.sealed_oauth2_client_secret = seal(oauth2_secret_record(&sub.id), oauth2_secret)?;
-    let client_key = std::mem::take(&mut stored.client_key);
-    stored.sealed_client_key = seal(client_key_record(&sub.id), client_key)?;
-    let proxy = std::mem::take(&mut stored.egress_proxy);
-    stored.sealed_egress_proxy = seal(egress_proxy_record(&sub.id), proxy)?;
-    Ok(stored.encode_to_vec())
-}
-
-/// What a subscription's sealed OAuth2 client secret is bound to.
-fn oauth2_secret_record(subscription_id: &str) -> String {
-    format!("{subscription_id}\0oauth2_client_secret")
-}
-
-/// What a subscription's sealed client key is bound to.
-fn client_key_record(subscription_id: &str) -> String {
-    format!("{subscription_id}\0client_key")
-}
-
-/// What a subscription's sealed proxy URL is bound to.
-fn egress_proxy_record(subscription_id: &str) -> String {
-    format!("{subscription_id}\0egress_proxy")
-}
-
-/// What a header's sealed value is bound to: its subscription and name, so a sealed value
-/// copied to another header, subscription or secret does not open.
-fn header_record(subscription_id: &str, name: &str) -> String {
-    format!("{subscription_id}\0header\0{name}")
-}
-
-/// The subscription with its secret values blanked (times kept) and its header values blank
-/// (names kept, `header_values_hidden` set), for answers that must not reveal them.
-pub fn redact(mut sub: pb::Subscription) -> pb::Subscription {
-    for secret in &mut sub.secrets {
-        secret.secret.clear();
-    }
-    if !sub.headers.is_empty() {
-        sub.headers.values_mut().for_each(String::clear);
-        sub.header_values_hidden = true;
-    }
-    if let Ok(proxy) = ProxyUrl::parse(&sub.egress_proxy) {
-        sub.egress_proxy = proxy.masked();
-    }
-    if let Some(oauth2) = &mut sub.oauth2 {
-        oauth2.client_secret.clear();
-    }
-    without_write_only(sub)
-}
-
-/// The subscription as a rotation answers it: with its signing secrets (the new one is what
-/// the caller asked for), and every other secret value hidden as reads without
-/// `show_secrets` hide it (header values, the proxy's password, the OAuth2 client secret, the
-/// client key).
-pub fn with_signing_secrets_only(mut sub: pb::Subscription) -> pb::Subscription {
-    let secrets = std::mem::take(&mut sub.secrets);
-    pb::Subscription {
-        secrets,
-        ..redact(sub)
-    }
-}
-
-/// The subscription without what no read returns, even with `show_secrets`: the client
-/// certificate's private key.
-pub fn without_write_only(mut sub: pb::Subscription) -> pb::Subscription {
-    sub.client_key.clear();
-    sub
-}
-
-/// The proxy URL an update writes: the one it sends, except that the masked form of the
-/// stored URL (as reads without `show_secrets` give it) keeps the stored URL.
-fn merged_egress_proxy(sent: String, stored: &str) -> String {
-    match ProxyUrl::parse(stored) {
-        Ok(proxy) if proxy.is_masked_form(&sent) => stored.to_owned(),
-        _ => sent,
-    }
-}
-
-/// The headers an update writes: those it sends, where one sent with a blank value keeps its
-/// stored value (names compared without case). Reads without `show_secrets` blank the values,
-/// so any read-modify-write, by a client that knows `header_values_hidden` or not, keeps them;
-/// a header is removed by leaving it out.
-fn merged_headers(
-    sent: HashMap<String, String>,
-    stored: &HashMap<String, String>,
-) -> HashMap<String, String> {
-    sent.into_iter()
-        .map(|(name, value)| {
-            let kept = stored
-                .iter()
-                .find(|(stored_name, _)| stored_name.eq_ignore_ascii_case(&name))
-                .map(|(_, kept)| kept);
-            match kept {
-                Some(kept) if value.is_empty() => (name, kept.clone()),
-                _ => (name, value),
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
+    use prost::Message;
+
     use super::*;
 
     /// A registry on an embedded store in `dir` (keyring `k1`, no special targets), and the
@@ -1037,29 +823,6 @@ mod tests {
             unspecified.signature_scheme,
             pb::SignatureScheme::Ed25519 as i32
         );
-    }
-
-    #[test]
-    fn a_rotation_answers_its_signing_secrets_and_hides_the_rest() {
-        let sub = pb::Subscription {
-            secrets: vec![wire_secret(&SigningSecret::generate(), SystemTime::now())],
-            headers: [("X-Api-Key".to_owned(), "key-123".to_owned())].into(),
-            egress_proxy: "http://user:pw-456@proxy.example:3128".into(),
-            oauth2: Some(pb::OAuth2 {
-                client_secret: "oauth-789".into(),
-                ..Default::default()
-            }),
-            client_key: "-----BEGIN PRIVATE KEY-----".into(),
-            ..Default::default()
-        };
-        let answer = with_signing_secrets_only(sub.clone());
-        assert_eq!(answer.secrets, sub.secrets);
-        assert!(answer.secrets[0].secret.starts_with("whsec_"));
-        let text = format!("{answer:?}");
-        for hidden in ["key-123", "pw-456", "oauth-789", "PRIVATE KEY"] {
-            assert!(!text.contains(hidden), "{hidden} in {text}");
-        }
-        assert!(answer.header_values_hidden);
     }
 
     #[tokio::test]
