@@ -1661,11 +1661,39 @@ async fn the_tours_files_ship_and_work() -> anyhow::Result<()> {
     assert!(envelopes.contains(&("raw", "json")), "{envelopes:?}");
     assert!(envelopes.contains(&("standard", "xml")), "{envelopes:?}");
 
-    // The tour's event file is one JSON payload an agent takes.
+    // The tour's event file is one JSON payload an agent takes, before the shop catalogue is
+    // imported and after (it satisfies the catalogue's schema of `order.created`).
     let world = World::start().await?;
     let order = format!("@{}", examples.join("order.json").display());
-    let emitted = json(
-        &herald(
+    let emit_args = [
+        "emit",
+        "--tenant",
+        "shop-1",
+        "--type",
+        "order.created",
+        "--data",
+        &order,
+        "-o",
+        "json",
+    ];
+    let emit_order = || herald(&world, &emit_args);
+    let emitted = json(&emit_order().await);
+    assert!(
+        emitted["event_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("evt_"))
+    );
+    let catalogue = examples.join("catalog/ecommerce.yaml");
+    let imported = herald(
+        &world,
+        &["event-types", "import", &catalogue.display().to_string()],
+    )
+    .await;
+    assert!(imported.status.success(), "{imported:?}");
+    // Once the agent checks the catalogue's schemas (a payload without `lines` is refused),
+    // the tour's file still goes through.
+    eventually(WAIT, "the catalogue's schemas at the agent", || async {
+        let probe = herald(
             &world,
             &[
                 "emit",
@@ -1674,17 +1702,18 @@ async fn the_tours_files_ship_and_work() -> anyhow::Result<()> {
                 "--type",
                 "order.created",
                 "--data",
-                &order,
-                "-o",
-                "json",
+                r#"{"order_id": "ord_1", "total": "1.00", "currency": "EUR"}"#,
             ],
         )
-        .await,
-    );
+        .await;
+        Ok((!probe.status.success()).then_some(()))
+    })
+    .await?;
+    let emitted = emit_order().await;
     assert!(
-        emitted["event_id"]
-            .as_str()
-            .is_some_and(|id| id.starts_with("evt_"))
+        emitted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&emitted.stderr)
     );
     Ok(())
 }
