@@ -15,7 +15,9 @@
 //! - A plain value means `$eq`; an object of operators applies each of them (all must hold).
 //! - Operators: `$eq $neq $gt $gte $lt $lte $in $nin $exist $startsWith $endsWith $not`.
 //!   Comparisons work on numbers with numbers and on strings with strings, byte by byte (so
-//!   RFC 3339 times in UTC written with the same precision compare as times). A field holding an array matches when one of its elements does (`$eq`,
+//!   RFC 3339 times in UTC written with the same precision compare as times); a number bound
+//!   also orders a string that holds a decimal number, as money is often sent
+//!   (`{"total": {"$gte": 100}}` matches `"total": "129.90"`). A field holding an array matches when one of its elements does (`$eq`,
 //!   `$in`, comparisons, prefixes); `$neq`, `$nin` and `$exist: false` are the negations of
 //!   `$eq`, `$in` and `$exist: true`, so they also match a missing field.
 //! - Logic at any level: `$and` and `$or` take a non-empty array of filters, `$not` one filter.
@@ -438,21 +440,61 @@ fn same(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// How `value` orders against `bound`, when they are of one kind (numbers or strings).
+/// How `value` orders against `bound`, when they are of one kind (numbers or strings), or
+/// when a number bound meets a string holding a decimal number (money sent as `"129.90"`).
 fn compare(value: &Value, bound: &Bound) -> Option<Ordering> {
     match (value, bound) {
         (Value::Number(n), Bound::Number(b)) => n.as_f64()?.partial_cmp(b),
+        (Value::String(s), Bound::Number(b)) => decimal(s)?.partial_cmp(b),
         (Value::String(s), Bound::Text(b)) => Some(s.as_str().cmp(b.as_str())),
         _ => None,
     }
+}
+
+/// The number a string such as `"129.90"` or `"-5"` writes: digits, with an optional sign and
+/// fraction, nothing else (no exponent, no spaces); `None` for any other string.
+fn decimal(text: &str) -> Option<f64> {
+    const MAX_DIGITS: usize = 40;
+    let unsigned = text.strip_prefix('-').unwrap_or(text);
+    let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, "0"));
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    if unsigned.len() > MAX_DIGITS || !digits(whole) || !digits(fraction) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[test]
+    fn only_plain_decimal_strings_read_as_numbers() {
+        for (text, number) in [("129.90", 129.9), ("-5", -5.0), ("0.5", 0.5), ("007", 7.0)] {
+            assert_eq!(decimal(text), Some(number), "{text}");
+        }
+        for text in [
+            "",
+            "-",
+            ".5",
+            "5.",
+            "1e3",
+            " 1",
+            "1 ",
+            "+1",
+            "inf",
+            "NaN",
+            "1.2.3",
+            "0x10",
+            "1_000",
+            &"9".repeat(41),
+        ] {
+            assert_eq!(decimal(text), None, "{text}");
+        }
+    }
+
     const ORDER: &str = r#"{
-        "id": "ord_1", "total": 149.5, "quantity": 3, "currency": "EUR",
+        "id": "ord_1", "total": 149.5, "quantity": 3, "currency": "EUR", "net": "129.90",
         "status": "paid", "created_at": "2026-12-05T10:00:00Z",
         "tags": ["vip", "b2b"],
         "customer": {"country": "PL", "email": "jan@shop.example", "vat_id": null},
@@ -494,6 +536,13 @@ mod tests {
             (r#"{"total": {"$gte": 100, "$lt": 150}}"#, true),
             (r#"{"total": {"$gte": 100, "$lt": 120}}"#, false),
             (r#"{"total": {"$gt": "100"}}"#, false),
+            // A number bound orders a decimal string; other strings never match it.
+            (r#"{"net": {"$gte": 100}}"#, true),
+            (r#"{"net": {"$lt": 129.9}}"#, false),
+            (r#"{"net": {"$lte": 129.9, "$gt": 129}}"#, true),
+            (r#"{"net": {"$gt": "13"}}"#, false),
+            (r#"{"status": {"$gt": 0}}"#, false),
+            (r#"{"id": {"$lt": 0}}"#, false),
             (r#"{"created_at": {"$gte": "2026-12-01T00:00:00Z"}}"#, true),
             (r#"{"created_at": {"$lt": "2026-12-01T00:00:00Z"}}"#, false),
             // $in and $nin.

@@ -101,6 +101,25 @@ async fn each_endpoint_receives_only_the_events_its_filter_matches() -> anyhow::
             "pos",
             1,
         ),
+        // Money as a decimal string, as shops often send it: big, then small, from the web.
+        (
+            event(
+                tenant,
+                "order.created",
+                &json!({"id": 5, "total": "129.90", "currency": "EUR"}),
+            ),
+            "web",
+            2,
+        ),
+        (
+            event(
+                tenant,
+                "order.created",
+                &json!({"id": 6, "total": "19.99", "currency": "EUR"}),
+            ),
+            "web",
+            1,
+        ),
     ];
     for (event, channel, matched) in emitted {
         let answer = world
@@ -109,7 +128,7 @@ async fn each_endpoint_receives_only_the_events_its_filter_matches() -> anyhow::
             .await?;
         assert_eq!(answer.matched, matched, "{answer:?}");
     }
-    world.receiver.wait_for_requests(8, WAIT).await?;
+    world.receiver.wait_for_requests(11, WAIT).await?;
     // Nothing more arrives: the refused events made no deliveries.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut got: Vec<(String, u64)> = world
@@ -127,8 +146,11 @@ async fn each_endpoint_receives_only_the_events_its_filter_matches() -> anyhow::
         ("/all", 2),
         ("/all", 3),
         ("/all", 4),
+        ("/all", 5),
+        ("/all", 6),
         ("/big", 1),
         ("/big", 3),
+        ("/big", 5),
         ("/pos", 2),
         ("/pos", 3),
     ]
