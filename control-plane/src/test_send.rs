@@ -2,8 +2,8 @@
 //! now, so a platform can check an endpoint before going live or before enabling it again.
 //!
 //! The control plane picks the event type (the one asked for, which the subscription must
-//! select; else its first exact type, or the first catalogued type its patterns select, not
-//! built in nor deprecated) and the payload (the one given, checked against the type's schema
+//! select; else its first exact type, or the first catalogued type, by name, of the first of its
+//! patterns that selects one, not built in nor deprecated) and the payload (the one given, checked against the type's schema
 //! when it has one; else the type's catalogue example, else `{}`), hands a test order
 //! to a connected agent that delivers the subscription, and waits for the attempt, at most the
 //! subscription's timeout and [`ANSWER_MARGIN`]. When no such agent is connected to this
@@ -232,7 +232,7 @@ async fn store(log: &AttemptLog, attempt: pb::Attempt) -> Result<(), LogError> {
 }
 
 /// The event type a test sends: `requested` when the subscription selects it; else its first
-/// exact type; else the first catalogued type its patterns select.
+/// exact type; else the first catalogued type (by name) of its first pattern that selects one.
 async fn chosen_type(
     sub: &pb::Subscription,
     requested: &str,
@@ -261,17 +261,29 @@ async fn chosen_type(
     {
         return Ok(exact.clone());
     }
-    event_types
+    // The catalogue is listed by name; the patterns are tried in the subscription's order, so
+    // `order.*,invoice.*` tests an order type.
+    let catalogued: Vec<String> = event_types
         .list()
         .await?
         .into_iter()
         .filter(|t| !t.built_in && !t.deprecated)
         .map(|t| t.name)
-        .find(|name| filter.matches(name))
+        .collect();
+    filter
+        .patterns()
+        .iter()
+        .find_map(|pattern| catalogued.iter().find(|name| pattern.matches(name)))
+        .cloned()
         .ok_or_else(|| {
             ValidationError::new(
                 "event_type",
-                "name one: the subscription selects patterns only, and no catalogued type matches them",
+                format!(
+                    "name the type to send (herald subscription test --type): subscription {} \
+                     selects patterns only ({}), and no catalogued type matches them",
+                    sub.id,
+                    sub.event_types.join(", ")
+                ),
             )
             .into()
         })

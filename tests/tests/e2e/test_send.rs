@@ -113,9 +113,19 @@ async fn a_failing_or_disabled_endpoint_is_tested_without_touching_its_health() 
         .create(subscription(
             "shop-test",
             &world.receiver.url("/hooks"),
-            &["order.*"],
+            &["order.*", "invoice.*"],
         ))
         .await?;
+    // Patterns only and nothing catalogued: the caller is told to name a type.
+    let unnamed = test_send(&world, &sub.id, "", "")
+        .await
+        .expect_err("no type to pick");
+    assert_eq!(unnamed.code(), Code::InvalidArgument);
+    assert!(
+        unnamed.message().contains("--type"),
+        "{}",
+        unnamed.message()
+    );
     let mut types = EventTypesClient::new(world.control_plane.channel().await?);
     types
         .create_event_type(pb::CreateEventTypeRequest {
@@ -124,6 +134,15 @@ async fn a_failing_or_disabled_endpoint_is_tested_without_touching_its_health() 
                 description: "An order was paid.".into(),
                 example: br#"{"order_id":"ord_example","total":"10.00"}"#.to_vec(),
                 schema: br#"{"type":"object","required":["order_id"],"properties":{"order_id":{"type":"string"}}}"#.to_vec(),
+                ..Default::default()
+            }),
+        })
+        .await?;
+    types
+        .create_event_type(pb::CreateEventTypeRequest {
+            event_type: Some(pb::EventType {
+                name: "invoice.issued".into(),
+                description: "An invoice was issued.".into(),
                 ..Default::default()
             }),
         })
@@ -155,7 +174,8 @@ async fn a_failing_or_disabled_endpoint_is_tested_without_touching_its_health() 
         failed.response_excerpt.contains("maintenance"),
         "{failed:?}"
     );
-    // No exact type, so the catalogue's first type the pattern selects, with its example.
+    // No exact type, so the catalogue's first type that the first pattern selects (an order,
+    // though an invoice type comes first by name), with its example.
     assert_eq!(failed.event_type, "order.paid");
     let requests = world.receiver.wait_for_requests(1, WAIT).await?;
     assert_eq!(
