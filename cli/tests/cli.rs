@@ -1628,6 +1628,14 @@ async fn the_tours_files_ship_and_work() -> anyhow::Result<()> {
         config.allow_targets = herald_tests::herald::loopback();
     })
     .await?;
+    // The tour imports the shop catalogue first: the subscriptions file's types are in it.
+    let catalogue = herald_command()
+        .args(["--control-plane", control_plane.url()])
+        .args(["event-types", "import"])
+        .arg(examples.join("catalog/ecommerce.yaml"))
+        .output()
+        .await?;
+    assert!(catalogue.status.success(), "{catalogue:?}");
     let subscriptions = examples.join("subscriptions.yaml");
     let imported = herald_command()
         .args(["--control-plane", control_plane.url()])
