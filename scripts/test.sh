@@ -43,6 +43,13 @@ fi
 if ! /usr/bin/python3 -c "import grpc, google.protobuf" >/dev/null 2>&1; then
   missing="$missing python3-grpcio python3-protobuf"
 fi
+# ...and Go code is generated from it with the Go plugins (protoc-gen-go, protoc-gen-go-grpc).
+if [ ! -x /usr/bin/protoc-gen-go ]; then
+  missing="$missing protoc-gen-go"
+fi
+if [ ! -x /usr/bin/protoc-gen-go-grpc ]; then
+  missing="$missing protoc-gen-go-grpc"
+fi
 if [ -n "$missing" ]; then
   echo "== installing$missing (the end-to-end tests run them for real)"
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi

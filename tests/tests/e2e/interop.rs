@@ -2,7 +2,7 @@
 //! Google's `protoc` and the gRPC Python plugin (Debian's `protobuf-compiler`,
 //! `protobuf-compiler-grpc`, `python3-grpcio`), run by `tests/interop/client.py` against a real
 //! control plane and agent. Neither Herald's own generated code nor its HTTP/2 stack is on the
-//! client's side.
+//! client's side. Go code is generated from the same file by Google's Go plugins.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,16 +25,14 @@ fn tests_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Generates the Python modules of `proto/herald/v1/herald.proto` into `out`.
-async fn generate_python(out: &Path) -> anyhow::Result<()> {
+/// Runs Google's `protoc` on `proto/herald/v1/herald.proto` with the output `flags` given.
+async fn protoc(flags: &[String]) -> anyhow::Result<()> {
     let proto_root = tests_dir().join("../proto");
     let output = Command::new("/usr/bin/protoc")
         .arg(format!("-I{}", proto_root.display()))
         // Debian's libprotobuf-dev: the well-known types (Timestamp, Duration).
         .arg("-I/usr/include")
-        .arg(format!("--python_out={}", out.display()))
-        .arg(format!("--grpc_python_out={}", out.display()))
-        .arg("--plugin=protoc-gen-grpc_python=/usr/bin/grpc_python_plugin")
+        .args(flags)
         .arg("herald/v1/herald.proto")
         .current_dir(&proto_root)
         .output()
@@ -45,6 +43,16 @@ async fn generate_python(out: &Path) -> anyhow::Result<()> {
         String::from_utf8_lossy(&output.stderr)
     );
     Ok(())
+}
+
+/// Generates the Python modules of `proto/herald/v1/herald.proto` into `out`.
+async fn generate_python(out: &Path) -> anyhow::Result<()> {
+    protoc(&[
+        format!("--python_out={}", out.display()),
+        format!("--grpc_python_out={}", out.display()),
+        "--plugin=protoc-gen-grpc_python=/usr/bin/grpc_python_plugin".into(),
+    ])
+    .await
 }
 
 /// `http://127.0.0.1:PORT` → `127.0.0.1:PORT`, as gRPC's Python client takes it.
@@ -99,5 +107,34 @@ async fn a_python_grpc_client_generated_from_proto_drives_herald() -> anyhow::Re
     // A message over the limit, as gRPC's status table says of it.
     assert_eq!(text(&seen, "emit_over_the_limit"), "RESOURCE_EXHAUSTED");
     assert_eq!(text(&seen, "create_over_the_limit"), "RESOURCE_EXHAUSTED");
+    Ok(())
+}
+
+#[tokio::test]
+async fn go_code_is_generated_from_proto_by_the_go_plugins() -> anyhow::Result<()> {
+    // Debian's protoc-gen-go and protoc-gen-go-grpc, as a Go team would run them: the proto
+    // names its Go import path, so no `M` flag is needed.
+    let out = tempfile::tempdir()?;
+    protoc(&[
+        format!("--go_out={}", out.path().display()),
+        "--go_opt=paths=source_relative".into(),
+        format!("--go-grpc_out={}", out.path().display()),
+        "--go-grpc_opt=paths=source_relative".into(),
+        "--plugin=protoc-gen-go=/usr/bin/protoc-gen-go".into(),
+        "--plugin=protoc-gen-go-grpc=/usr/bin/protoc-gen-go-grpc".into(),
+    ])
+    .await?;
+    let generated = out.path().join("herald/v1");
+    let messages = std::fs::read_to_string(generated.join("herald.pb.go"))?;
+    assert!(messages.contains("package heraldv1"), "the package name");
+    assert!(messages.contains("type EmitRequest struct"), "the messages");
+    let services = std::fs::read_to_string(generated.join("herald_grpc.pb.go"))?;
+    for client in [
+        "NewEventsClient",
+        "NewSubscriptionsClient",
+        "NewDeliveriesClient",
+    ] {
+        assert!(services.contains(&format!("func {client}(")), "{client}");
+    }
     Ok(())
 }
