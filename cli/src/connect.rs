@@ -97,6 +97,20 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
                 status.message()
             );
         }
+        tonic::Code::Unimplemented => {
+            return anyhow::anyhow!(
+                "not served at this address: {} (operator commands call the control plane's \
+                 gRPC address, --control-plane, 7700 by default; emit calls the agent's, --agent, \
+                 7701 by default)",
+                or_nothing_said(status.message())
+            );
+        }
+        tonic::Code::Unknown => {
+            return anyhow::anyhow!(
+                "unexpected answer: {} (is the address that of Herald's gRPC API?)",
+                or_nothing_said(status.message())
+            );
+        }
         tonic::Code::ResourceExhausted => "resource exhausted",
         tonic::Code::DeadlineExceeded => "deadline exceeded",
         tonic::Code::DataLoss => "damaged data",
@@ -111,5 +125,14 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
             herald_core::error_text::chain(cause)
         ),
         _ => anyhow::anyhow!("{code}: {}", status.message()),
+    }
+}
+
+/// A server's message, or words saying it gave none.
+fn or_nothing_said(message: &str) -> &str {
+    if message.is_empty() {
+        "the server gave no reason"
+    } else {
+        message
     }
 }

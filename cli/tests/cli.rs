@@ -697,6 +697,33 @@ async fn output_styles_and_completions() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Addresses mixed up (the agent's given for the control plane's, and the other way round):
+/// the error says which address each command calls.
+#[tokio::test]
+async fn a_command_sent_to_the_wrong_server_says_which_address_it_needs() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    let listed = herald_command()
+        .args(["--control-plane", world.agent.url(), "subscription", "list"])
+        .output()
+        .await?;
+    let emitted = herald_command()
+        .args(["--agent", world.control_plane.url()])
+        .args(["emit", "--tenant", "shop-1", "--type", "order.created"])
+        .args(["--data", "{}"])
+        .output()
+        .await?;
+    for output in [listed, emitted] {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("not served at this address"), "{stderr}");
+        assert!(
+            stderr.contains("--control-plane") && stderr.contains("--agent"),
+            "{stderr}"
+        );
+    }
+    Ok(())
+}
+
 /// A control plane that accepts connections and never answers (a hung process, a black hole
 /// behind a load balancer): the command ends with an error naming it, instead of waiting
 /// for good.

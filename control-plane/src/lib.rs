@@ -594,7 +594,9 @@ pub async fn run(
                 },
             ));
             let (api, _) = rest::api(services, authenticator.clone());
-            let api = pages.merge(api);
+            let api = pages
+                .merge(api)
+                .layer(axum::middleware::from_fn(rest::refuse_grpc));
             tracing::info!(%addr, tls = tls.is_some(), "serving the HTTP API");
             Some(match &tls {
                 Some(tls) => {

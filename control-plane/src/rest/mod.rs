@@ -262,6 +262,28 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for ActionBod
     }
 }
 
+/// Answers a gRPC call sent to the HTTP listener (a client given the console's address for the
+/// gRPC API's) as gRPC says "no such service here", naming where the gRPC API is, instead of
+/// with an HTTP page the client cannot read; passes every other request on.
+pub async fn refuse_grpc(
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let is_grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if !is_grpc {
+        return next.run(request).await;
+    }
+    let status = tonic::Status::unimplemented(
+        "this is the control plane's HTTP listener (console, portal, REST API); its gRPC API \
+         is on the address of --listen (127.0.0.1:7700 by default)",
+    );
+    status.into_http()
+}
+
 /// Serves `router` on the connections of `incoming` until `stop`, then lets open
 /// connections finish their requests (the caller bounds how long it waits).
 pub async fn serve<S, IO>(router: Router, incoming: S, stop: CancellationToken)

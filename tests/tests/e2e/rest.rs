@@ -208,6 +208,23 @@ async fn the_http_api_answers_as_grpc_does() -> anyhow::Result<()> {
         (status, content_type.as_str()),
         (404, "application/problem+json")
     );
+
+    // A gRPC client given this address instead of the gRPC API's is told so, in gRPC.
+    let mut misdirected = herald_proto::v1::subscriptions_client::SubscriptionsClient::new(
+        tonic::transport::Endpoint::from_shared(base.clone())?
+            .connect()
+            .await?,
+    );
+    let refused = misdirected
+        .list_subscriptions(herald_proto::v1::ListSubscriptionsRequest::default())
+        .await
+        .expect_err("not the gRPC API");
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+    assert!(
+        refused.message().contains("--listen"),
+        "{}",
+        refused.message()
+    );
     Ok(())
 }
 
