@@ -43,6 +43,10 @@ fi
 if ! /usr/bin/python3 -c "import grpc, google.protobuf" >/dev/null 2>&1; then
   missing="$missing python3-grpcio python3-protobuf"
 fi
+# The portal's sample receiver for ed25519 endpoints is run as a shop would run it.
+if ! /usr/bin/python3 -c "import cryptography" >/dev/null 2>&1; then
+  missing="$missing python3-cryptography"
+fi
 # ...and Go code is generated from it with the Go plugins (protoc-gen-go, protoc-gen-go-grpc).
 if [ ! -x /usr/bin/protoc-gen-go ]; then
   missing="$missing protoc-gen-go"

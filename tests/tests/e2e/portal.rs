@@ -167,9 +167,11 @@ async fn a_shop_manages_its_endpoints_in_its_portal_and_sees_no_other_shop() -> 
     browser.wait_url("done=created").await?;
     let secret = browser.text("code.secret").await?;
     assert!(secret.starts_with("whsec_"), "{secret}");
+    let snippet = browser.text("#snippet").await?;
+    assert!(snippet.contains(&secret), "the sample receiver has it");
     assert!(
-        browser.text("#snippet").await?.contains(&secret),
-        "the sample receiver has it"
+        snippet.contains("json_parse=False"),
+        "an XML body is not read as JSON: {snippet}"
     );
     let id = browser
         .url()
@@ -369,5 +371,128 @@ async fn a_shop_manages_its_endpoints_in_its_portal_and_sees_no_other_shop() -> 
     let status = client.get(&tampered).send().await?.status().as_u16();
     assert_eq!(status, 403);
     browser.close().await?;
+    Ok(())
+}
+
+/// The text an HTML text node shows (the page's code has no markup, only entities).
+fn text_of_html(html: &str) -> String {
+    [
+        ("&lt;", "<"),
+        ("&gt;", ">"),
+        ("&quot;", "\""),
+        ("&#34;", "\""),
+        ("&#39;", "'"),
+        ("&#x27;", "'"),
+        ("&amp;", "&"),
+    ]
+    .iter()
+    .fold(html.to_owned(), |text, (entity, character)| {
+        text.replace(entity, character)
+    })
+}
+
+/// Runs the Python receiver code of an endpoint's portal page on `request` as it arrived,
+/// and on the same request with one byte of its body changed; what `receive` answered each.
+async fn run_sample_receiver(
+    snippet: &str,
+    request: &herald_tests::ReceivedRequest,
+) -> anyhow::Result<String> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("receiver.py"), snippet)?;
+    std::fs::write(dir.path().join("body"), &request.body)?;
+    let headers: serde_json::Map<String, serde_json::Value> = request
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            let value = value.to_str().unwrap_or_default();
+            (name.as_str().to_owned(), value.into())
+        })
+        .collect();
+    std::fs::write(
+        dir.path().join("headers.json"),
+        serde_json::to_vec(&headers)?,
+    )?;
+    let harness = r#"
+import json, sys, types
+sys.path.insert(0, ".")
+import receiver
+body = open("body", "rb").read()
+headers = json.load(open("headers.json"))
+genuine = receiver.receive(types.SimpleNamespace(body=body, headers=headers))
+changed = body[:-1] + bytes([body[-1] ^ 1])
+forged = receiver.receive(types.SimpleNamespace(body=changed, headers=headers))
+print(genuine, forged)
+"#;
+    let output = tokio::process::Command::new("/usr/bin/python3")
+        .args(["-c", harness])
+        .current_dir(dir.path())
+        .output()
+        .await?;
+    anyhow::ensure!(
+        output.status.success(),
+        "the sample receiver failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?.trim().to_owned())
+}
+
+#[tokio::test]
+async fn an_ed25519_endpoints_sample_receiver_verifies_its_requests_in_python() -> anyhow::Result<()>
+{
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = HeldPort::new()?;
+    let control_plane = ControlPlane::start_configured(ConfigStore::Embedded, |config| {
+        config.http_listen = Some(http.addr());
+    })
+    .await?;
+    let ca = TestCa::new();
+    let agent = Agent::start(
+        control_plane.url(),
+        AgentOptions {
+            trusted_ca: Some(ca.ca_pem()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let receiver = Receiver::start(&ca).await?;
+    let mut sub = subscription("shop-ed", &receiver.url("/erp"), &["invoice.*"]);
+    sub.signature_scheme = pb::SignatureScheme::Ed25519 as i32;
+    sub.format = pb::Format::Xml as i32;
+    let sub = control_plane.create(sub).await?;
+    control_plane
+        .wait_applied(sub.revision, Duration::from_secs(10))
+        .await?;
+    agent
+        .emit(event(
+            "shop-ed",
+            "invoice.created",
+            &serde_json::json!({"invoice": "F-2026-7", "total": "19.99"}),
+        ))
+        .await?;
+    let requests = receiver
+        .wait_for_requests(1, Duration::from_secs(10))
+        .await?;
+
+    // The page's receiver code holds the public key (never the signing key), reads XML, and
+    // run as a shop would run it, takes the request and refuses it changed.
+    let page_url = format!(
+        "{}endpoints/{}",
+        link(&control_plane, "shop-ed", false).await?.url,
+        sub.id
+    );
+    let page = reqwest::get(&page_url).await?.text().await?;
+    let snippet = page
+        .split_once(r#"<pre class="excerpt" id="snippet">"#)
+        .and_then(|(_, rest)| rest.split_once("</pre>"))
+        .map(|(code, _)| text_of_html(code))
+        .ok_or_else(|| anyhow::anyhow!("no receiver code on the page"))?;
+    let public_key = &sub.secrets[0].public_key;
+    assert!(snippet.contains(public_key.as_str()), "{snippet}");
+    assert!(!snippet.contains("whsk_"), "{snippet}");
+    assert!(snippet.contains("ElementTree"), "{snippet}");
+    assert_eq!(
+        run_sample_receiver(&snippet, &requests[0]).await?,
+        "204 401"
+    );
     Ok(())
 }

@@ -11,6 +11,7 @@
 //! other caller; an expired or forged link shows a page that says so, and no data.
 
 mod catalogue;
+mod receiver;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -433,12 +434,11 @@ struct EndpointPage {
     enabled: bool,
     disabled_reason: String,
     disabled_at: String,
-    signature: &'static str,
     settings: Vec<Setting>,
     secrets: Vec<SecretView>,
     secrets_shown: bool,
-    /// The newest secret, for the receiver snippet (empty unless shown).
-    snippet_secret: String,
+    /// The receiver code's variables.
+    receiver: receiver::Receiver,
     health: HealthView,
     chart: Chart,
     rows: Vec<AttemptRow>,
@@ -516,15 +516,10 @@ async fn endpoint_page(
         enabled: sub.enabled,
         disabled_reason: sub.disabled_reason.clone(),
         disabled_at: when(sub.disabled_at.as_ref()),
-        signature: herald_proto::words::signature(sub.signature_scheme),
         settings: views::settings(sub),
         secrets: views::secrets(sub),
         secrets_shown: show_secrets,
-        snippet_secret: sub
-            .secrets
-            .first()
-            .map(|s| s.secret.clone())
-            .unwrap_or_default(),
+        receiver: receiver::Receiver::of(sub),
         health: endpoint.health,
         chart: endpoint.chart,
         rows: endpoint.rows,
