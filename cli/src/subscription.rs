@@ -70,7 +70,7 @@ pub enum Command {
         /// Subscription id.
         id: String,
         /// The event type (default: the subscription's first exact type, or the first
-        /// catalogued type it selects).
+        /// catalogued type its first pattern selecting any selects).
         #[arg(long = "type", value_name = "TYPE")]
         event_type: Option<String>,
         /// The payload: JSON, or @FILE (default: the event type's catalogue example).

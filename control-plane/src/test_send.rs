@@ -231,8 +231,28 @@ async fn store(log: &AttemptLog, attempt: pb::Attempt) -> Result<(), LogError> {
     Ok(())
 }
 
-/// The event type a test sends: `requested` when the subscription selects it; else its first
-/// exact type; else the first catalogued type (by name) of its first pattern that selects one.
+/// The types a test to a subscription of `patterns` (parsed as `filter`) may send, in the order
+/// a test that names none picks from: the exact types the patterns name, then for each
+/// pattern in turn the `catalogued` types it selects, by name; each once. The web pages offer
+/// them in this order, so their first choice is the control plane's.
+pub fn test_types(filter: &EventFilter, patterns: &[String], catalogued: &[String]) -> Vec<String> {
+    let exact = patterns.iter().filter(|p| !p.contains('*'));
+    let selected = filter
+        .patterns()
+        .iter()
+        .flat_map(|pattern| catalogued.iter().filter(move |name| pattern.matches(name)));
+    let mut types: Vec<String> = Vec::new();
+    for name in exact.chain(selected) {
+        if !types.contains(name) {
+            types.push(name.clone());
+        }
+    }
+    types
+}
+
+/// The event type a test sends: `requested` when the subscription selects it; else the first of
+/// [`test_types`] (its first exact type, read without the catalogue, or the first catalogued
+/// type of its first pattern that selects one).
 async fn chosen_type(
     sub: &pb::Subscription,
     requested: &str,
@@ -254,15 +274,9 @@ async fn chosen_type(
         }
         return Ok(requested.to_owned());
     }
-    if let Some(exact) = sub
-        .event_types
-        .iter()
-        .find(|p| !p.contains('*') && validate_event_type(p).is_ok())
-    {
+    if let Some(exact) = sub.event_types.iter().find(|p| !p.contains('*')) {
         return Ok(exact.clone());
     }
-    // The catalogue is listed by name; the patterns are tried in the subscription's order, so
-    // `order.*,invoice.*` tests an order type.
     let catalogued: Vec<String> = event_types
         .list()
         .await?
@@ -270,11 +284,9 @@ async fn chosen_type(
         .filter(|t| !t.built_in && !t.deprecated)
         .map(|t| t.name)
         .collect();
-    filter
-        .patterns()
-        .iter()
-        .find_map(|pattern| catalogued.iter().find(|name| pattern.matches(name)))
-        .cloned()
+    test_types(&filter, &sub.event_types, &catalogued)
+        .into_iter()
+        .next()
         .ok_or_else(|| {
             ValidationError::new(
                 "event_type",

@@ -363,7 +363,7 @@ pub async fn rotate_secret(
 #[serde(deny_unknown_fields)]
 pub struct TestBody {
     /// The event type; default: the subscription's first exact type, or the first catalogued
-    /// type it selects.
+    /// type its first pattern selecting any selects.
     #[serde(default)]
     event_type: Option<String>,
     /// The payload; default: the event type's catalogue example.

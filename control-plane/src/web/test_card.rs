@@ -75,25 +75,20 @@ impl TestCard {
     }
 }
 
-/// The event types a test to a subscription of `patterns` may be: the catalogue's types they
-/// select (not built in, not deprecated), then the exact types they name that the catalogue
-/// lacks; at most [`MAX_TYPES`]. Empty when the patterns select nothing named: the control
-/// plane then picks.
+/// The event types a test to a subscription of `patterns` may be, as the control plane orders
+/// them ([`crate::test_send::test_types`]), from the catalogue's types neither built in nor
+/// deprecated; at most [`MAX_TYPES`]. Empty when the patterns select nothing named: the
+/// control plane then picks.
 fn test_types(patterns: &[String], catalogue: &[pb::EventType]) -> Vec<String> {
     let Ok(filter) = EventFilter::parse(patterns) else {
         return vec![];
     };
-    let mut types: Vec<String> = catalogue
+    let catalogued: Vec<String> = catalogue
         .iter()
-        .filter(|t| !t.built_in && !t.deprecated && filter.matches(&t.name))
+        .filter(|t| !t.built_in && !t.deprecated)
         .map(|t| t.name.clone())
         .collect();
-    for pattern in patterns {
-        let exact = !pattern.contains('*');
-        if exact && !types.contains(pattern) {
-            types.push(pattern.clone());
-        }
-    }
+    let mut types = crate::test_send::test_types(&filter, patterns, &catalogued);
     types.truncate(MAX_TYPES);
     types
 }
@@ -160,10 +155,17 @@ mod tests {
             registered("order.legacy", false, true),
             registered("order.paid", false, false),
         ];
+        // The exact type first (the control plane's own choice), then each pattern's types.
         let patterns = ["order.*".to_owned(), "stock.changed".to_owned()];
         assert_eq!(
             test_types(&patterns, &catalogue),
-            ["order.created", "order.paid", "stock.changed"]
+            ["stock.changed", "order.created", "order.paid"]
+        );
+        // Patterns in the subscription's order, though an invoice type comes first by name.
+        let patterns = ["order.*".to_owned(), "invoice.*".to_owned()];
+        assert_eq!(
+            test_types(&patterns, &catalogue),
+            ["order.created", "order.paid", "invoice.created"]
         );
         assert!(test_types(&["*".to_owned()], &[]).is_empty());
     }

@@ -272,7 +272,7 @@ pub struct TestSubscriptionRequest {
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
     /// The event type to send; one the subscription selects. Empty: its first exact type, or
-    /// the first type of the catalogue its patterns select.
+    /// the first type of the catalogue (by name) that its first pattern selecting any selects.
     #[prost(string, tag = "2")]
     pub event_type: ::prost::alloc::string::String,
     /// The payload (a JSON document). Empty: the event type's example from the catalogue, or
