@@ -239,6 +239,9 @@ async fn a_shop_manages_its_endpoints_in_its_portal_and_sees_no_other_shop() -> 
         },
     )
     .await?;
+    // Each request names the endpoint it went to (a shop may have several).
+    let rows = browser.text("#attempts").await?;
+    assert!(rows.contains(&receiver.url("/shop-a")), "{rows}");
     assert!(!browser.page_text().await?.contains("shop-b-secret-hook"));
     browser
         .click(&format!("a[href$='/events/{}']", emitted.event_id))

@@ -164,6 +164,8 @@ struct LogPage {
     outcomes: Vec<(&'static str, bool)>,
     /// Where links in the rows start (the console's root).
     base: &'static str,
+    /// The rows name their endpoint (always, on the log of every endpoint).
+    endpoint_column: bool,
 }
 
 async fn log(
@@ -178,6 +180,7 @@ async fn log(
         live: query.page_token.is_empty(),
         outcomes: outcome_choices(&query.outcome),
         base: "",
+        endpoint_column: true,
         next_page: if next.is_empty() {
             String::new()
         } else {
@@ -197,6 +200,8 @@ pub struct Rows {
     pub rows: Vec<AttemptRow>,
     /// Where links in the rows start.
     pub base: String,
+    /// The rows name their endpoint: the log's rows always do.
+    pub endpoint_column: bool,
 }
 
 /// The first page's rows alone, for the live update.
@@ -209,6 +214,7 @@ async fn rows(
     Ok(render(&Rows {
         rows,
         base: String::new(),
+        endpoint_column: true,
     }))
 }
 
