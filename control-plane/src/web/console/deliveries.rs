@@ -164,8 +164,6 @@ struct LogPage {
     outcomes: Vec<(&'static str, bool)>,
     /// Where links in the rows start (the console's root).
     base: &'static str,
-    /// The rows name their endpoint (always, on the log of every endpoint).
-    endpoint_column: bool,
 }
 
 async fn log(
@@ -180,7 +178,6 @@ async fn log(
         live: query.page_token.is_empty(),
         outcomes: outcome_choices(&query.outcome),
         base: "",
-        endpoint_column: true,
         next_page: if next.is_empty() {
             String::new()
         } else {
@@ -192,16 +189,14 @@ async fn log(
     }))
 }
 
-/// The log's rows alone (the live update); shared with the portal.
+/// The log's rows alone (the live update), each naming its endpoint; shared with the portal.
 #[derive(Template)]
-#[template(path = "console/attempt_rows.html")]
+#[template(path = "console/log_rows.html")]
 pub struct Rows {
     /// The attempts.
     pub rows: Vec<AttemptRow>,
     /// Where links in the rows start.
     pub base: String,
-    /// The rows name their endpoint: the log's rows always do.
-    pub endpoint_column: bool,
 }
 
 /// The first page's rows alone, for the live update.
@@ -214,7 +209,6 @@ async fn rows(
     Ok(render(&Rows {
         rows,
         base: String::new(),
-        endpoint_column: true,
     }))
 }
 

@@ -339,8 +339,6 @@ struct ShowPage {
     rows: Vec<AttemptRow>,
     /// Where links in the rows start (the console's root).
     base: &'static str,
-    /// The rows name no endpoint: they are all this subscription's.
-    endpoint_column: bool,
     note: String,
     /// The test-send card, for those who may send.
     test: Option<TestCard>,
@@ -421,7 +419,6 @@ async fn show_page(
         chart: endpoint.chart,
         rows: endpoint.rows,
         base: "",
-        endpoint_column: false,
         note: note.to_owned(),
         test,
     }))

@@ -443,8 +443,6 @@ struct EndpointPage {
     chart: Chart,
     rows: Vec<AttemptRow>,
     base: String,
-    /// The rows name no endpoint: they are all this one's.
-    endpoint_column: bool,
     note: String,
     /// The test-send card, unless the link may only look.
     test: Option<TestCard>,
@@ -526,7 +524,6 @@ async fn endpoint_page(
         chart: endpoint.chart,
         rows: endpoint.rows,
         base: holder.base.clone(),
-        endpoint_column: false,
         note: note.to_owned(),
         test,
     }))
@@ -667,8 +664,6 @@ struct DeliveriesPage {
     next_page: String,
     live: bool,
     base: String,
-    /// The rows name their endpoint (a shop may have several).
-    endpoint_column: bool,
 }
 
 /// The log query of a portal page: always the link's tenant.
@@ -716,7 +711,6 @@ async fn deliveries(
         },
         outcomes: outcome_choices(&query.outcome),
         endpoints,
-        endpoint_column: true,
         filters,
         query,
         rows,
@@ -734,7 +728,6 @@ async fn delivery_rows(
     Ok(render(&Rows {
         rows,
         base: holder.base.clone(),
-        endpoint_column: true,
     }))
 }
 
