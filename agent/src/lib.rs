@@ -28,6 +28,7 @@ use std::time::Duration;
 use herald_core::egress::ProxyUrl;
 use herald_core::limits::DEFAULT_MAX_PAYLOAD_BYTES;
 use herald_core::target::TargetPolicy;
+use herald_proto::request_budget::{self, RequestBudget};
 use herald_proto::v1::events_server::EventsServer;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +47,29 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7701";
 /// The default `--max-pending-report-bytes`: an outage of the control plane fills at most
 /// this much of the agent's disk with reports (half of it with copies of requests).
 pub const DEFAULT_MAX_PENDING_REPORT_BYTES: u64 = 512 << 20;
+/// The default `--max-emit-bytes-in-flight`: room for one request of the largest size gRPC
+/// allows by default, or hundreds of ordinary ones. A decoded request takes a few times its
+/// bytes on the wire; with 4 MiB a burst of large batches was also answered sooner than with
+/// 16 MiB or none (BENCHMARKS.md).
+pub const DEFAULT_MAX_EMIT_BYTES_IN_FLIGHT: usize = 4 << 20;
+/// The least `--max-emit-bytes-in-flight`.
+const MIN_EMIT_BYTES_IN_FLIGHT: usize = 64 << 10;
+
+/// Parses `--max-emit-bytes-in-flight`: 64 KiB to 4 GiB (less one byte).
+fn parse_emit_budget(text: &str) -> Result<usize, String> {
+    let bytes: usize = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of bytes"))?;
+    let most = u32::MAX as usize;
+    if (MIN_EMIT_BYTES_IN_FLIGHT..=most).contains(&bytes) {
+        Ok(bytes)
+    } else {
+        Err(format!(
+            "must be {MIN_EMIT_BYTES_IN_FLIGHT} to {most} bytes"
+        ))
+    }
+}
 
 /// Agent settings; every flag is also an environment variable.
 #[derive(Clone, Debug, clap::Args)]
@@ -129,6 +153,11 @@ pub struct Config {
     /// The largest event payload accepted, in bytes.
     #[arg(long, env = "HERALD_MAX_PAYLOAD_BYTES", default_value_t = DEFAULT_MAX_PAYLOAD_BYTES, value_parser = herald_core::limits::parse_payload_limit)]
     pub max_payload_bytes: usize,
+    /// The most bytes of `Emit` and `EmitBatch` requests read and held at once; callers beyond
+    /// it wait for room (HTTP/2 flow control holds their bytes back), so a burst of large
+    /// concurrent calls cannot grow the agent's memory without bound.
+    #[arg(long, env = "HERALD_MAX_EMIT_BYTES_IN_FLIGHT", default_value_t = DEFAULT_MAX_EMIT_BYTES_IN_FLIGHT, value_parser = parse_emit_budget)]
+    pub max_emit_bytes_in_flight: usize,
     /// Attempts in flight at once, across all subscriptions (0 pauses delivery).
     #[arg(long, env = "HERALD_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
@@ -234,6 +263,7 @@ impl Config {
             allow_http: false,
             allow_targets: vec![],
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            max_emit_bytes_in_flight: DEFAULT_MAX_EMIT_BYTES_IN_FLIGHT,
             max_in_flight: 1024,
             dedup_window: Duration::from_secs(24 * 60 * 60),
             retention: Duration::from_secs(72 * 60 * 60),
@@ -462,13 +492,15 @@ pub async fn run(
         },
         stop.clone(),
     ));
+    let emit_budget = RequestBudget::new(config.max_emit_bytes_in_flight);
     if let Some(listener) = metrics_listener {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "serving metrics");
         }
         let (queue, routes, metrics) = (queue.clone(), routes.clone(), metrics.clone());
         let metrics_stop = reports_stop.clone();
-        let render = move || metrics.render(&queue, &routes.borrow());
+        let requests = emit_budget.clone();
+        let render = move || metrics.render(&queue, &routes.borrow(), &requests);
         background.spawn(async move {
             let shutdown = metrics_stop.cancelled_owned();
             if let Err(err) = herald_core::metrics::serve(listener, render, shutdown).await {
@@ -511,6 +543,12 @@ pub async fn run(
         .http2_keepalive_timeout(Some(config.keepalive_interval))
         // A message over the limit is RESOURCE_EXHAUSTED, as gRPC's status table says.
         .layer(herald_proto::message_limit::layer(max_message))
+        // Within it, requests are read only while their bytes fit the budget, and the HTTP/2
+        // windows leave room for those being read beside those waiting.
+        .layer(emit_budget.layer())
+        .max_concurrent_streams(request_budget::MAX_STREAMS_PER_CONNECTION)
+        .initial_stream_window_size(request_budget::STREAM_WINDOW)
+        .initial_connection_window_size(request_budget::CONNECTION_WINDOW)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -716,6 +754,19 @@ fn agent_id(dir: &Path) -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_emit_budget_is_a_number_of_bytes_within_its_range() {
+        assert_eq!(
+            parse_emit_budget("4194304"),
+            Ok(DEFAULT_MAX_EMIT_BYTES_IN_FLIGHT)
+        );
+        assert_eq!(parse_emit_budget("65536"), Ok(65536));
+        assert_eq!(parse_emit_budget("4294967295"), Ok(4_294_967_295));
+        for refused in ["65535", "4294967296", "0", "4MiB", "-1", ""] {
+            assert!(parse_emit_budget(refused).is_err(), "{refused:?}");
+        }
+    }
 
     #[test]
     fn new_holds_the_flags_defaults() {

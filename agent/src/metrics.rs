@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_proto::metric_labels::{OutcomeLabel, OutcomeValue};
+use herald_proto::request_budget::RequestBudget;
 use herald_proto::v1 as pb;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -48,6 +49,8 @@ struct Inner {
     requests_dropped: Gauge,
     oldest_age: Gauge<f64, AtomicU64>,
     config_revision: Gauge,
+    emit_bytes: Gauge,
+    emit_waiting: Gauge,
 }
 
 impl Default for Metrics {
@@ -148,6 +151,17 @@ impl Default for Metrics {
             "herald_config_revision",
             "The config revision this agent has applied",
         );
+        let emit_bytes = gauge(
+            &mut registry,
+            "herald_emit_bytes_in_flight",
+            "Bytes of Emit and EmitBatch requests being read or handled (at most \
+             --max-emit-bytes-in-flight)",
+        );
+        let emit_waiting = gauge(
+            &mut registry,
+            "herald_emit_requests_waiting",
+            "Emit and EmitBatch requests waiting for room in --max-emit-bytes-in-flight",
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -168,6 +182,8 @@ impl Default for Metrics {
                 requests_dropped,
                 oldest_age,
                 config_revision,
+                emit_bytes,
+                emit_waiting,
             }),
         }
     }
@@ -189,10 +205,17 @@ impl Metrics {
         }
     }
 
-    /// The metrics in the OpenMetrics text format, with the gauges read now from `queue` and
-    /// the applied `routes` (their revision, and which subscriptions are disabled).
-    pub fn render(&self, queue: &Queue, routes: &Routes) -> String {
+    /// The metrics in the OpenMetrics text format, with the gauges read now from `queue`, the
+    /// applied `routes` (their revision, and which subscriptions are disabled) and the budget
+    /// of `Emit` `requests`.
+    pub fn render(&self, queue: &Queue, routes: &Routes, requests: &RequestBudget) -> String {
         let inner = &self.inner;
+        inner
+            .emit_bytes
+            .set(i64::try_from(requests.held_bytes()).unwrap_or(i64::MAX));
+        inner
+            .emit_waiting
+            .set(i64::try_from(requests.waiting()).unwrap_or(i64::MAX));
         match queue.stats() {
             Ok(stats) => {
                 let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);

@@ -14,6 +14,7 @@ pub mod convert;
 pub mod discovery;
 pub mod message_limit;
 pub mod metric_labels;
+pub mod request_budget;
 pub mod sent_request;
 pub mod words;
 

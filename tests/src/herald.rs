@@ -381,6 +381,8 @@ pub struct AgentOptions {
     pub keepalive_interval: Option<Duration>,
     /// The largest payload Emit takes (default the agent's, 256 KiB).
     pub max_payload_bytes: Option<usize>,
+    /// The bytes of Emit requests it holds at once (default the agent's, 4 MiB).
+    pub max_emit_bytes_in_flight: Option<usize>,
 }
 
 /// An agent running in-process.
@@ -455,6 +457,9 @@ impl Agent {
             max_payload_bytes: options
                 .max_payload_bytes
                 .unwrap_or(herald_core::limits::DEFAULT_MAX_PAYLOAD_BYTES),
+            max_emit_bytes_in_flight: options
+                .max_emit_bytes_in_flight
+                .unwrap_or(herald_agent::DEFAULT_MAX_EMIT_BYTES_IN_FLIGHT),
             ..herald_agent::Config::new(
                 control_plane,
                 ListenAddr::Tcp(addr),

@@ -453,3 +453,61 @@ async fn an_agent_given_room_for_large_payloads_takes_them_and_refuses_larger_ba
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_burst_of_large_batches_through_a_small_emit_budget_is_all_accepted_and_delivered()
+-> anyhow::Result<()> {
+    const KIB: usize = 1024;
+    const CALLS: usize = 40;
+    const EVENTS: usize = 20;
+    let world = World::start().await?;
+    let sub = world
+        .control_plane
+        .create(subscription(
+            "shop-1",
+            &world.receiver.url("/exports"),
+            &["export.*"],
+        ))
+        .await?;
+    // Room for about three of these 500 KiB batches at once: the others wait their turn, and
+    // their bytes wait on the callers' side, on the same connection as those being read.
+    let agent = world
+        .another_agent(AgentOptions {
+            max_emit_bytes_in_flight: Some(1536 * KIB),
+            ..Default::default()
+        })
+        .await?;
+    world.control_plane.wait_applied(sub.revision, WAIT).await?;
+
+    let events = agent.events().await?;
+    let calls = (0..CALLS).map(|call| {
+        let mut events = events.clone();
+        async move {
+            let batch = (0..EVENTS)
+                .map(|i| {
+                    event(
+                        "shop-1",
+                        "export.ready",
+                        &json!({ "call": call, "i": i, "data": "x".repeat(25 * KIB) }),
+                    )
+                })
+                .collect();
+            events
+                .emit_batch(pb::EmitBatchRequest { events: batch })
+                .await
+        }
+    });
+    let answers = tokio::time::timeout(WAIT, futures_util::future::join_all(calls))
+        .await
+        .map_err(|_| anyhow::anyhow!("the burst did not finish: requests stalled each other"))?;
+    for answer in answers {
+        let accepted = answer?.into_inner();
+        assert_eq!(accepted.results.len(), EVENTS);
+    }
+    let requests = world
+        .receiver
+        .wait_for_requests(CALLS * EVENTS, Duration::from_secs(60))
+        .await?;
+    assert_eq!(requests.len(), CALLS * EVENTS, "each event once");
+    Ok(())
+}

@@ -27,6 +27,9 @@
 //! `bench web`: the web console's and portal's pages and the REST API over a large delivery
 //! log (see `web.rs`).
 //!
+//! `bench burst`: a `herald-agent` process's memory through a burst of large concurrent
+//! `EmitBatch` calls, with and without its budget of request bytes (see `burst.rs`).
+//!
 //! `bench rss`: the resident memory of a `herald-agent` process (the release binary next to
 //! this one) connected to a control plane with one subscription: idle, then at 10,000
 //! events/s with the subscription at the default width and as wide as `bench deliver`'s.
@@ -37,6 +40,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod burst;
 mod fleet;
 mod log;
 mod schema;
@@ -72,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
     match std::env::args().nth(1).as_deref() {
         Some("emit") => emit().await,
         Some("rss") => rss().await,
+        Some("burst") => burst::run().await,
         Some("soak") => {
             let minutes = std::env::args()
                 .nth(2)
@@ -98,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
             emit_case(arg(2)?, arg(3)?, fsync).await
         }
         _ => anyhow::bail!(
-            "usage: bench emit|deliver|log|fleet|web|schema|rss|soak [MINUTES]|emit-case CALLERS BATCH [off]"
+            "usage: bench emit|deliver|log|fleet|web|schema|rss|burst|soak [MINUTES]|emit-case CALLERS BATCH [off]"
         ),
     }
 }

@@ -93,13 +93,17 @@ impl AgentProcess {
 
     /// The agent's resident memory (MB).
     pub fn rss_mb(&self) -> anyhow::Result<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("VmRSS")?;
-        Ok(kb as f64 / 1024.0)
+        rss_mb(self.pid)
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// A client of the agent's `Events` API.
+    pub fn events(&self) -> EventsClient<tonic::transport::Channel> {
+        self.events.clone()
     }
 
     /// The bytes the agent's data directory takes on disk (allocated blocks).
@@ -158,6 +162,17 @@ impl AgentProcess {
             .await?;
         Ok(())
     }
+}
+
+/// The resident memory (MB) of process `pid`.
+pub fn rss_mb(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS")?;
+    Ok(kb as f64 / 1024.0)
 }
 
 /// Events a second during the soak: steady, and well within what the receiver takes.
