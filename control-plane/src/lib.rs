@@ -500,6 +500,7 @@ pub async fn run(
             .map_err(|source| Error::HealthListen { addr, source })?;
         tracing::info!(%addr, "serving health checks in plain text");
         let health = tonic::transport::Server::builder()
+            .max_concurrent_streams(herald_proto::MAX_STREAMS_PER_CONNECTION)
             .add_service(health_service.clone())
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener),
@@ -617,6 +618,7 @@ pub async fn run(
         // off: its streams end, and its agent is listed as disconnected.
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_interval))
+        .max_concurrent_streams(herald_proto::MAX_STREAMS_PER_CONNECTION)
         // A message over the limit is RESOURCE_EXHAUSTED, as gRPC's status table says.
         .layer(herald_proto::message_limit::layer(
             herald_proto::message_limit::DEFAULT_MAX_MESSAGE_BYTES,

@@ -18,6 +18,10 @@ pub mod request_budget;
 pub mod sent_request;
 pub mod words;
 
+/// Calls one HTTP/2 connection carries at once on a Herald gRPC server, at most: gRPC clients
+/// queue the others until one ends. It bounds what one connection can make a server hold.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+
 /// The encoded `FileDescriptorSet` of `herald/v1/herald.proto` and the well-known types it
 /// imports: what gRPC reflection serves, so `grpcurl` and other clients can discover the API.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("gen/herald.v1.bin");

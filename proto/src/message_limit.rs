@@ -27,7 +27,13 @@ pub fn layer(
 }
 
 /// The length-prefix of a gRPC message: a compressed flag and a big-endian `u32` length.
-const PREFIX_BYTES: usize = 5;
+pub(crate) const PREFIX_BYTES: usize = 5;
+
+/// The length a message's prefix declares.
+pub(crate) fn declared_length(prefix: [u8; PREFIX_BYTES]) -> usize {
+    let [_, a, b, c, d] = prefix;
+    u32::from_be_bytes([a, b, c, d]) as usize
+}
 
 /// A request body read as a stream of length-prefixed gRPC messages, each at most `limit`
 /// bytes; the first longer one ends the body with `RESOURCE_EXHAUSTED`.
@@ -71,8 +77,7 @@ impl<B> LimitedMessages<B> {
             data = &data[taken..];
             if self.prefix_read == PREFIX_BYTES {
                 self.prefix_read = 0;
-                let [_, a, b, c, d] = self.prefix;
-                let length = u32::from_be_bytes([a, b, c, d]) as usize;
+                let length = declared_length(self.prefix);
                 if length > self.limit {
                     return Err(tonic::Status::resource_exhausted(format!(
                         "a message of {length} bytes is over the limit of {} bytes",

@@ -26,19 +26,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
-/// Requests in flight on one HTTP/2 connection at once, at most (callers queue beyond it).
-pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+use crate::message_limit::{PREFIX_BYTES, declared_length};
+
+pub use crate::MAX_STREAMS_PER_CONNECTION;
 /// The HTTP/2 window of one request: what it may send ahead of being read (HTTP/2's default).
 pub const STREAM_WINDOW: u32 = 64 * 1024;
 /// The HTTP/2 window of one connection: room for every request's window twice over.
 pub const CONNECTION_WINDOW: u32 = 2 * MAX_STREAMS_PER_CONNECTION * STREAM_WINDOW;
-
-/// The length-prefix of a gRPC message: a compressed flag and a big-endian `u32` length.
-const PREFIX_BYTES: usize = 5;
 
 /// The bytes of requests a server holds at once, shared by every connection; cloning shares
 /// it.
@@ -187,7 +185,8 @@ struct Prefix {
 /// Reads `body` until its first message's length prefix is in (usually the first frame).
 async fn read_prefix(mut body: tonic::body::Body) -> (Prefix, tonic::body::Body) {
     let mut frames = Vec::new();
-    let mut prefix = BytesMut::new();
+    let mut prefix = [0u8; PREFIX_BYTES];
+    let mut prefix_read = 0;
     loop {
         let next = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
         let frame = match next {
@@ -204,13 +203,13 @@ async fn read_prefix(mut body: tonic::body::Body) -> (Prefix, tonic::body::Body)
             break;
         }
         if let Some(data) = data {
-            let want = PREFIX_BYTES - prefix.len();
-            prefix.extend_from_slice(&data[..want.min(data.len())]);
-            if prefix.len() == PREFIX_BYTES {
-                let length = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]);
+            let taken = (PREFIX_BYTES - prefix_read).min(data.len());
+            prefix[prefix_read..prefix_read + taken].copy_from_slice(&data[..taken]);
+            prefix_read += taken;
+            if prefix_read == PREFIX_BYTES {
                 let read = Prefix {
                     frames,
-                    length: Some(length as usize),
+                    length: Some(declared_length(prefix)),
                 };
                 return (read, body);
             }

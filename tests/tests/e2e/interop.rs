@@ -138,3 +138,96 @@ async fn go_code_is_generated_from_proto_by_the_go_plugins() -> anyhow::Result<(
     }
     Ok(())
 }
+
+/// What a Herald gRPC server at `addr` tells a new HTTP/2 client, read off the wire: its
+/// SETTINGS (identifier → value) and the window its connection opens with.
+async fn http2_preamble(addr: std::net::SocketAddr) -> anyhow::Result<Preamble> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    const SETTINGS: u8 = 0x4;
+    const WINDOW_UPDATE: u8 = 0x8;
+    const ACK: u8 = 0x1;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+    // An empty SETTINGS frame: a client's side of the preface.
+    tcp.write_all(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0]).await?;
+    let mut preamble = Preamble {
+        settings: std::collections::BTreeMap::new(),
+        // RFC 9113 §6.9.2: every connection starts with a 65,535-byte window.
+        connection_window: 65_535,
+    };
+    // Read until both came (the window's update may follow the SETTINGS' acknowledgement).
+    let mut settings_seen = false;
+    let mut window_seen = false;
+    let read = async {
+        while !(settings_seen && window_seen) {
+            let mut header = [0u8; 9];
+            tcp.read_exact(&mut header).await?;
+            let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let (kind, flags) = (header[3], header[4]);
+            let stream =
+                u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & !(1 << 31);
+            let mut payload = vec![0u8; length];
+            tcp.read_exact(&mut payload).await?;
+            match kind {
+                SETTINGS if flags & ACK == 0 => {
+                    for setting in payload.chunks_exact(6) {
+                        let id = u16::from_be_bytes([setting[0], setting[1]]);
+                        let value =
+                            u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
+                        preamble.settings.insert(id, value);
+                    }
+                    settings_seen = true;
+                }
+                WINDOW_UPDATE if stream == 0 => {
+                    let increment =
+                        u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                    preamble.connection_window += u64::from(increment & !(1 << 31));
+                    window_seen = true;
+                }
+                _ => {}
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(5), read).await??;
+    Ok(preamble)
+}
+
+/// What an HTTP/2 server says first.
+struct Preamble {
+    settings: std::collections::BTreeMap<u16, u32>,
+    connection_window: u64,
+}
+
+/// RFC 9113 §6.5.2 setting identifiers.
+const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
+
+#[tokio::test]
+async fn both_grpc_servers_bound_the_calls_one_connection_carries() -> anyhow::Result<()> {
+    let world = World::start().await?;
+
+    let agent = http2_preamble(world.agent.addr()).await?;
+    assert_eq!(
+        agent.settings.get(&SETTINGS_MAX_CONCURRENT_STREAMS),
+        Some(&128),
+        "{:?}",
+        agent.settings
+    );
+    // Each call may send 64 KiB ahead of being read, and the connection 16 MiB: what calls
+    // waiting for the agent's Emit budget hold back never fills the room of those being read.
+    assert_eq!(
+        agent.settings.get(&SETTINGS_INITIAL_WINDOW_SIZE),
+        Some(&65_536)
+    );
+    assert_eq!(agent.connection_window, 16 << 20);
+
+    let control_plane = http2_preamble(world.control_plane.addr()).await?;
+    assert_eq!(
+        control_plane.settings.get(&SETTINGS_MAX_CONCURRENT_STREAMS),
+        Some(&128),
+        "{:?}",
+        control_plane.settings
+    );
+    Ok(())
+}
