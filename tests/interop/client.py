@@ -138,6 +138,22 @@ def main():
                 timeout=TIMEOUT,
             )
         )
+        # A burst: 200 concurrent batches of 100 KB on one channel, 20 MB in all, five times
+        # the agent's budget of request bytes held at once. The calls beyond it wait their
+        # turn; each is answered OK. (The type matches no subscription: nothing is sent.)
+        batch = pb.EmitBatchRequest(
+            events=[
+                pb.Event(
+                    tenant=TENANT,
+                    type="invoice.created",
+                    payload=b'{"padding": "' + b"x" * (10 * 1024) + b'"}',
+                )
+                for _ in range(10)
+            ]
+        )
+        calls = [events.EmitBatch.future(batch, timeout=TIMEOUT) for _ in range(200)]
+        codes = [code_of(call.result) for call in calls]
+        seen["burst"] = {"calls": len(calls), "ok": codes.count("OK"), "codes": sorted(set(codes))}
     print(json.dumps(seen))
 
 
