@@ -54,6 +54,18 @@ fi
 if [ ! -x /usr/bin/protoc-gen-go-grpc ]; then
   missing="$missing protoc-gen-go-grpc"
 fi
+# ...and a Go client is built from that code against Debian's grpc-go. Generated code of
+# today needs the protobuf runtime's v1.5 layer; v1.3 cannot read it (they conflict: apt
+# replaces one with the other).
+if [ ! -x /usr/bin/go ]; then
+  missing="$missing golang-go"
+fi
+if [ ! -f /usr/share/gocode/src/google.golang.org/grpc/server.go ]; then
+  missing="$missing golang-google-grpc-dev"
+fi
+if [ ! -f /usr/share/gocode/src/github.com/golang/protobuf/proto/registry.go ]; then
+  missing="$missing golang-github-golang-protobuf-1-5-dev"
+fi
 if [ -n "$missing" ]; then
   echo "== installing$missing (the end-to-end tests run them for real)"
   if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi

@@ -2,7 +2,8 @@
 //! Google's `protoc` and the gRPC Python plugin (Debian's `protobuf-compiler`,
 //! `protobuf-compiler-grpc`, `python3-grpcio`), run by `tests/interop/client.py` against a real
 //! control plane and agent. Neither Herald's own generated code nor its HTTP/2 stack is on the
-//! client's side. Go code is generated from the same file by Google's Go plugins.
+//! client's side. A Go client is generated from the same file by Google's Go plugins and built
+//! against Debian's grpc-go (`golang-go`, `golang-google-grpc-dev`): `tests/interop/client.go`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -114,31 +115,87 @@ async fn a_python_grpc_client_generated_from_proto_drives_herald() -> anyhow::Re
 }
 
 #[tokio::test]
-async fn go_code_is_generated_from_proto_by_the_go_plugins() -> anyhow::Result<()> {
-    // Debian's protoc-gen-go and protoc-gen-go-grpc, as a Go team would run them: the proto
-    // names its Go import path, so no `M` flag is needed.
-    let out = tempfile::tempdir()?;
+async fn a_go_grpc_client_generated_from_proto_drives_herald() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    // A GOPATH, as Debian lays Go libraries out (`/usr/share/gocode`): the generated package
+    // under its import path, the client beside it. Debian's protoc-gen-go and
+    // protoc-gen-go-grpc, as a Go team would run them: the proto names its Go import path, so
+    // no `M` flag is needed.
+    let gopath = tempfile::tempdir()?;
+    let src = gopath.path().join("src");
+    std::fs::create_dir_all(&src)?;
     protoc(&[
-        format!("--go_out={}", out.path().display()),
-        "--go_opt=paths=source_relative".into(),
-        format!("--go-grpc_out={}", out.path().display()),
-        "--go-grpc_opt=paths=source_relative".into(),
+        format!("--go_out={}", src.display()),
+        format!("--go-grpc_out={}", src.display()),
         "--plugin=protoc-gen-go=/usr/bin/protoc-gen-go".into(),
         "--plugin=protoc-gen-go-grpc=/usr/bin/protoc-gen-go-grpc".into(),
     ])
     .await?;
-    let generated = out.path().join("herald/v1");
+    let generated = src.join("example.invalid/herald/proto/herald/v1");
     let messages = std::fs::read_to_string(generated.join("herald.pb.go"))?;
     assert!(messages.contains("package heraldv1"), "the package name");
-    assert!(messages.contains("type EmitRequest struct"), "the messages");
-    let services = std::fs::read_to_string(generated.join("herald_grpc.pb.go"))?;
-    for client in [
-        "NewEventsClient",
-        "NewSubscriptionsClient",
-        "NewDeliveriesClient",
-    ] {
-        assert!(services.contains(&format!("func {client}(")), "{client}");
-    }
+    let client_dir = src.join("heraldclient");
+    std::fs::create_dir_all(&client_dir)?;
+    std::fs::copy(
+        tests_dir().join("interop/client.go"),
+        client_dir.join("main.go"),
+    )?;
+    let go_env = |command: &mut Command| {
+        command
+            .current_dir(&client_dir)
+            .env("GO111MODULE", "off")
+            .env(
+                "GOPATH",
+                format!("{}:/usr/share/gocode", gopath.path().display()),
+            )
+            .env("GOCACHE", gopath.path().join("cache"))
+            .env("GOFLAGS", "")
+            .kill_on_drop(true);
+    };
+    let binary = gopath.path().join("client");
+    let mut build = Command::new("/usr/bin/go");
+    build.arg("build").arg("-o").arg(&binary).arg(".");
+    go_env(&mut build);
+    let built = tokio::time::timeout(CLIENT_TIMEOUT, build.output()).await??;
+    anyhow::ensure!(
+        built.status.success(),
+        "go build failed: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+
+    let run = Command::new(&binary)
+        .arg(host_port(world.control_plane.url()))
+        .arg(host_port(world.agent.url()))
+        .arg(world.receiver.url("/go-orders"))
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(CLIENT_TIMEOUT, run).await??;
+    anyhow::ensure!(
+        output.status.success(),
+        "the Go client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    assert!(text(&seen, "subscription_id").starts_with("sub_"), "{seen}");
+    let requests = world
+        .receiver
+        .wait_for_requests(1, Duration::from_secs(10))
+        .await?;
+    assert_eq!(requests[0].path, "/go-orders");
+    assert_eq!(
+        requests[0].header("webhook-id"),
+        Some(text(&seen, "event_id"))
+    );
+    standardwebhooks::Webhook::new(text(&seen, "secret"))
+        .map_err(|e| anyhow::anyhow!("the library refuses the secret: {e}"))?
+        .verify(&requests[0].body, &requests[0].headers)
+        .map_err(|e| anyhow::anyhow!("the webhook does not verify: {e}"))?;
+    assert_eq!(text(&seen, "get_unknown_subscription"), "NOT_FOUND");
+    assert_eq!(text(&seen, "emit_without_type"), "INVALID_ARGUMENT");
+    assert_eq!(text(&seen, "emit_over_the_limit"), "RESOURCE_EXHAUSTED");
+    // grpc-go queues calls beyond the 128 a connection carries, and every batch of the
+    // burst waits its turn in the agent's budget and is taken.
+    assert_eq!(seen["burst"], serde_json::json!({ "OK": 200 }), "{seen}");
     Ok(())
 }
 
