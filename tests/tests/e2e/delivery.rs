@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use herald_proto::v1 as pb;
-use herald_tests::herald::AgentOptions;
+use herald_tests::herald::{Agent, AgentOptions};
 use herald_tests::{World, event, eventually, secret_of, signature_verifies, subscription};
 use serde_json::json;
 
@@ -397,11 +397,9 @@ async fn disabled_and_deleted_subscriptions_stop_receiving_within_a_second() -> 
     Ok(())
 }
 
-#[tokio::test]
-async fn an_agent_given_room_for_large_payloads_takes_them_and_refuses_larger_batches()
--> anyhow::Result<()> {
-    const MIB: usize = 1024 * 1024;
-    let world = World::start().await?;
+/// Another agent of `world`'s, started with `options`, once it holds shop-1's subscription
+/// to `export.*` (at the receiver's `/exports`).
+async fn exports_agent(world: &World, options: AgentOptions) -> anyhow::Result<Agent> {
     let sub = world
         .control_plane
         .create(subscription(
@@ -410,13 +408,24 @@ async fn an_agent_given_room_for_large_payloads_takes_them_and_refuses_larger_ba
             &["export.*"],
         ))
         .await?;
-    let agent = world
-        .another_agent(AgentOptions {
+    let agent = world.another_agent(options).await?;
+    world.control_plane.wait_applied(sub.revision, WAIT).await?;
+    Ok(agent)
+}
+
+#[tokio::test]
+async fn an_agent_given_room_for_large_payloads_takes_them_and_refuses_larger_batches()
+-> anyhow::Result<()> {
+    const MIB: usize = 1024 * 1024;
+    let world = World::start().await?;
+    let agent = exports_agent(
+        &world,
+        AgentOptions {
             max_payload_bytes: Some(5 * MIB),
             ..Default::default()
-        })
-        .await?;
-    world.control_plane.wait_applied(sub.revision, WAIT).await?;
+        },
+    )
+    .await?;
 
     // A payload past gRPC's usual 4 MiB message limit, within the agent's 5 MiB.
     let large = |bytes: usize| {
@@ -461,23 +470,16 @@ async fn a_burst_of_large_batches_through_a_small_emit_budget_is_all_accepted_an
     const CALLS: usize = 40;
     const EVENTS: usize = 20;
     let world = World::start().await?;
-    let sub = world
-        .control_plane
-        .create(subscription(
-            "shop-1",
-            &world.receiver.url("/exports"),
-            &["export.*"],
-        ))
-        .await?;
     // Room for about three of these 500 KiB batches at once: the others wait their turn, and
     // their bytes wait on the callers' side, on the same connection as those being read.
-    let agent = world
-        .another_agent(AgentOptions {
+    let agent = exports_agent(
+        &world,
+        AgentOptions {
             max_emit_bytes_in_flight: Some(1536 * KIB),
             ..Default::default()
-        })
-        .await?;
-    world.control_plane.wait_applied(sub.revision, WAIT).await?;
+        },
+    )
+    .await?;
 
     let events = agent.events().await?;
     let calls = (0..CALLS).map(|call| {

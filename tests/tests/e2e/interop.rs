@@ -61,52 +61,69 @@ fn host_port(url: &str) -> &str {
     url.trim_start_matches("http://")
 }
 
+/// Runs a client in another language (`client`, given the control plane's and the agent's
+/// addresses and a receiver URL ending in `path`) against `world`, checks what every client
+/// must see, and returns the rest of what it printed.
+///
+/// Every client creates a subscription and emits one event to it: the event must arrive,
+/// signed with the secret the client was given, as the Standard Webhooks reference library
+/// checks it. Its bad calls must get the statuses the proto's comments promise, and a message
+/// over the agent's limit the one gRPC's status table gives.
+async fn drive(
+    world: &World,
+    mut client: Command,
+    path: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let run = client
+        .arg(host_port(world.control_plane.url()))
+        .arg(host_port(world.agent.url()))
+        .arg(world.receiver.url(path))
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(CLIENT_TIMEOUT, run).await??;
+    anyhow::ensure!(
+        output.status.success(),
+        "the client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+
+    assert!(text(&seen, "subscription_id").starts_with("sub_"), "{seen}");
+    let requests = world
+        .receiver
+        .wait_for_requests(1, Duration::from_secs(10))
+        .await?;
+    let request = &requests[0];
+    assert_eq!(request.path, path);
+    assert_eq!(request.header("webhook-id"), Some(text(&seen, "event_id")));
+    standardwebhooks::Webhook::new(text(&seen, "secret"))
+        .map_err(|e| anyhow::anyhow!("the library refuses the secret: {e}"))?
+        .verify(&request.body, &request.headers)
+        .map_err(|e| anyhow::anyhow!("the webhook does not verify: {e}"))?;
+
+    assert_eq!(text(&seen, "emit_without_type"), "INVALID_ARGUMENT");
+    assert_eq!(text(&seen, "get_unknown_subscription"), "NOT_FOUND");
+    assert_eq!(text(&seen, "emit_over_the_limit"), "RESOURCE_EXHAUSTED");
+    Ok(seen)
+}
+
 #[tokio::test]
 async fn a_python_grpc_client_generated_from_proto_drives_herald() -> anyhow::Result<()> {
     let world = World::start().await?;
     let generated = tempfile::tempdir()?;
     generate_python(generated.path()).await?;
 
-    let run = Command::new("/usr/bin/python3")
+    let mut client = Command::new("/usr/bin/python3");
+    client
         .arg(tests_dir().join("interop/client.py"))
-        .arg(host_port(world.control_plane.url()))
-        .arg(host_port(world.agent.url()))
-        .arg(world.receiver.url("/py-orders"))
-        .env("PYTHONPATH", generated.path())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(CLIENT_TIMEOUT, run).await??;
-    anyhow::ensure!(
-        output.status.success(),
-        "client.py failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-
-    assert!(text(&seen, "subscription_id").starts_with("sub_"), "{seen}");
-    // The event arrived, signed with the secret the client was given, as the Standard
-    // Webhooks reference library checks it.
-    let requests = world
-        .receiver
-        .wait_for_requests(1, Duration::from_secs(10))
-        .await?;
-    let request = &requests[0];
-    assert_eq!(request.path, "/py-orders");
-    assert_eq!(request.header("webhook-id"), Some(text(&seen, "event_id")));
-    standardwebhooks::Webhook::new(text(&seen, "secret"))
-        .map_err(|e| anyhow::anyhow!("the library refuses the secret: {e}"))?
-        .verify(&request.body, &request.headers)
-        .map_err(|e| anyhow::anyhow!("the webhook does not verify: {e}"))?;
+        .env("PYTHONPATH", generated.path());
+    let seen = drive(&world, client, "/py-orders").await?;
     // The log's tail streamed the attempt that delivered it.
     assert_eq!(text(&seen, "attempt.event_id"), text(&seen, "event_id"));
     let status = seen["attempt"]["status_code"].as_u64().unwrap_or_default();
     assert!((200..300).contains(&status), "{seen}");
     assert_eq!(text(&seen, "attempt.outcome"), "OUTCOME_DELIVERED");
-    // Bad calls get the statuses the proto's comments promise.
-    assert_eq!(text(&seen, "emit_without_type"), "INVALID_ARGUMENT");
-    assert_eq!(text(&seen, "get_unknown_subscription"), "NOT_FOUND");
-    // A message over the limit, as gRPC's status table says of it.
-    assert_eq!(text(&seen, "emit_over_the_limit"), "RESOURCE_EXHAUSTED");
+    // A message over the control plane's limit too.
     assert_eq!(text(&seen, "create_over_the_limit"), "RESOURCE_EXHAUSTED");
     // A burst past the agent's budget of request bytes: every call waited its turn and was
     // taken, gRPC C-core queueing beyond the 128 calls a connection carries.
@@ -163,36 +180,7 @@ async fn a_go_grpc_client_generated_from_proto_drives_herald() -> anyhow::Result
         String::from_utf8_lossy(&built.stderr)
     );
 
-    let run = Command::new(&binary)
-        .arg(host_port(world.control_plane.url()))
-        .arg(host_port(world.agent.url()))
-        .arg(world.receiver.url("/go-orders"))
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(CLIENT_TIMEOUT, run).await??;
-    anyhow::ensure!(
-        output.status.success(),
-        "the Go client failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    assert!(text(&seen, "subscription_id").starts_with("sub_"), "{seen}");
-    let requests = world
-        .receiver
-        .wait_for_requests(1, Duration::from_secs(10))
-        .await?;
-    assert_eq!(requests[0].path, "/go-orders");
-    assert_eq!(
-        requests[0].header("webhook-id"),
-        Some(text(&seen, "event_id"))
-    );
-    standardwebhooks::Webhook::new(text(&seen, "secret"))
-        .map_err(|e| anyhow::anyhow!("the library refuses the secret: {e}"))?
-        .verify(&requests[0].body, &requests[0].headers)
-        .map_err(|e| anyhow::anyhow!("the webhook does not verify: {e}"))?;
-    assert_eq!(text(&seen, "get_unknown_subscription"), "NOT_FOUND");
-    assert_eq!(text(&seen, "emit_without_type"), "INVALID_ARGUMENT");
-    assert_eq!(text(&seen, "emit_over_the_limit"), "RESOURCE_EXHAUSTED");
+    let seen = drive(&world, Command::new(&binary), "/go-orders").await?;
     // grpc-go queues calls beyond the 128 a connection carries, and every batch of the
     // burst waits its turn in the agent's budget and is taken.
     assert_eq!(seen["burst"], serde_json::json!({ "OK": 200 }), "{seen}");
