@@ -157,23 +157,23 @@ async fn a_go_grpc_client_generated_from_proto_drives_herald() -> anyhow::Result
         tests_dir().join("interop/client.go"),
         client_dir.join("main.go"),
     )?;
-    let go_env = |command: &mut Command| {
-        command
-            .current_dir(&client_dir)
-            .env("GO111MODULE", "off")
-            .env(
-                "GOPATH",
-                format!("{}:/usr/share/gocode", gopath.path().display()),
-            )
-            .env("GOCACHE", gopath.path().join("cache"))
-            .env("GOFLAGS", "")
-            .kill_on_drop(true);
-    };
+    // GOPATH mode: Debian's libraries, no module downloads.
     let binary = gopath.path().join("client");
-    let mut build = Command::new("/usr/bin/go");
-    build.arg("build").arg("-o").arg(&binary).arg(".");
-    go_env(&mut build);
-    let built = tokio::time::timeout(CLIENT_TIMEOUT, build.output()).await??;
+    let build = Command::new("/usr/bin/go")
+        .args(["build", "-o"])
+        .arg(&binary)
+        .arg(".")
+        .current_dir(&client_dir)
+        .env("GO111MODULE", "off")
+        .env(
+            "GOPATH",
+            format!("{}:/usr/share/gocode", gopath.path().display()),
+        )
+        .env("GOCACHE", gopath.path().join("cache"))
+        .env("GOFLAGS", "")
+        .kill_on_drop(true)
+        .output();
+    let built = tokio::time::timeout(CLIENT_TIMEOUT, build).await??;
     anyhow::ensure!(
         built.status.success(),
         "go build failed: {}",

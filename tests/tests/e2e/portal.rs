@@ -11,8 +11,8 @@ use herald_proto::v1 as pb;
 use herald_proto::v1::event_types_client::EventTypesClient;
 use herald_proto::v1::portal_client::PortalClient;
 use herald_tests::{
-    Agent, AgentOptions, Browser, ConfigStore, ControlPlane, HeldPort, Receiver, TestCa, event,
-    eventually, subscription,
+    Agent, AgentOptions, Browser, ConfigStore, ControlPlane, HeldPort, Receiver, TestCa, World,
+    event, eventually, subscription,
 };
 
 const ADMIN: &str = "admin-portal-3b7d9e1f5a2c";
@@ -444,20 +444,13 @@ async fn an_ed25519_endpoints_sample_receiver_verifies_its_requests_in_python() 
 {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = HeldPort::new()?;
-    let control_plane = ControlPlane::start_configured(ConfigStore::Embedded, |config| {
-        config.http_listen = Some(http.addr());
-    })
-    .await?;
-    let ca = TestCa::new();
-    let agent = Agent::start(
-        control_plane.url(),
-        AgentOptions {
-            trusted_ca: Some(ca.ca_pem()),
-            ..Default::default()
-        },
-    )
-    .await?;
-    let receiver = Receiver::start(&ca).await?;
+    let world = World::start_configured(|config| config.http_listen = Some(http.addr())).await?;
+    let World {
+        control_plane,
+        agent,
+        receiver,
+        ..
+    } = &world;
     let mut sub = subscription("shop-ed", &receiver.url("/erp"), &["invoice.*"]);
     sub.signature_scheme = pb::SignatureScheme::Ed25519 as i32;
     sub.format = pb::Format::Xml as i32;
@@ -480,7 +473,7 @@ async fn an_ed25519_endpoints_sample_receiver_verifies_its_requests_in_python() 
     // run as a shop would run it, takes the request and refuses it changed.
     let page_url = format!(
         "{}endpoints/{}",
-        link(&control_plane, "shop-ed", false).await?.url,
+        link(control_plane, "shop-ed", false).await?.url,
         sub.id
     );
     let page = reqwest::get(&page_url).await?.text().await?;
