@@ -57,18 +57,7 @@ const MIN_EMIT_BYTES_IN_FLIGHT: usize = 64 << 10;
 
 /// Parses `--max-emit-bytes-in-flight`: 64 KiB to 4 GiB (less one byte).
 fn parse_emit_budget(text: &str) -> Result<usize, String> {
-    let bytes: usize = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of bytes"))?;
-    let most = u32::MAX as usize;
-    if (MIN_EMIT_BYTES_IN_FLIGHT..=most).contains(&bytes) {
-        Ok(bytes)
-    } else {
-        Err(format!(
-            "must be {MIN_EMIT_BYTES_IN_FLIGHT} to {most} bytes"
-        ))
-    }
+    herald_core::limits::parse_bytes_in(text, MIN_EMIT_BYTES_IN_FLIGHT..=u32::MAX as usize)
 }
 
 /// Agent settings; every flag is also an environment variable.

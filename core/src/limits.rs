@@ -30,16 +30,26 @@ pub const MAX_PAYLOAD_LIMIT: usize = 16 * 1024 * 1024;
 
 /// Parses a configured payload limit (1 byte to [`MAX_PAYLOAD_LIMIT`]).
 pub fn parse_payload_limit(text: &str) -> Result<usize, String> {
+    parse_bytes_in(text, 1..=MAX_PAYLOAD_LIMIT)
+}
+
+/// Parses a configured number of bytes that must lie in `range` (a flag's value).
+pub fn parse_bytes_in(text: &str, range: std::ops::RangeInclusive<usize>) -> Result<usize, String> {
     let bytes: usize = text
         .trim()
         .parse()
         .map_err(|_| format!("{text:?} is not a number of bytes"))?;
-    if (1..=MAX_PAYLOAD_LIMIT).contains(&bytes) {
+    if range.contains(&bytes) {
         Ok(bytes)
     } else {
-        Err(format!("must be 1 to {MAX_PAYLOAD_LIMIT} bytes"))
+        Err(format!(
+            "must be {} to {} bytes",
+            range.start(),
+            range.end()
+        ))
     }
 }
+
 /// The request body bytes the delivery log keeps of each delivery by default
 /// (`--log-body-limit`).
 pub const DEFAULT_LOG_BODY_LIMIT: usize = 64 * 1024;

@@ -13,6 +13,7 @@ pub mod client_tls;
 pub mod convert;
 pub mod discovery;
 pub mod message_limit;
+pub mod message_shares;
 pub mod metric_labels;
 pub mod request_budget;
 pub mod sent_request;

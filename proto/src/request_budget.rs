@@ -19,7 +19,8 @@
 //!
 //! Only the first message of a request is counted: meant for unary calls (the agent's `Emit`
 //! and `EmitBatch`), where it is the whole request. A request never holds more than one share,
-//! and waits holding none, so requests cannot block each other in a cycle.
+//! and waits holding none, so requests cannot block each other in a cycle. Streams of requests
+//! count each message instead ([`crate::message_shares`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -76,13 +77,13 @@ impl RequestBudget {
     }
 
     /// The share of the budget a first message of `length` bytes takes.
-    fn share(&self, length: usize) -> u32 {
+    pub(crate) fn share(&self, length: usize) -> u32 {
         u32::try_from(length).unwrap_or(u32::MAX).min(self.total)
     }
 
     /// Takes `share` bytes of the budget, waiting (counted in [`RequestBudget::waiting`]) while
     /// they are not free.
-    async fn take(&self, share: u32) -> Result<OwnedSemaphorePermit, AcquireError> {
+    pub(crate) async fn take(&self, share: u32) -> Result<OwnedSemaphorePermit, AcquireError> {
         if let Ok(permit) = self.permits.clone().try_acquire_many_owned(share) {
             return Ok(permit);
         }
