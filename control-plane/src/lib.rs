@@ -43,6 +43,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_proto::request_budget::RequestBudget;
 use herald_proto::v1::agent_control_server::AgentControlServer;
 use herald_proto::v1::agents_server::AgentsServer;
 use herald_proto::v1::audit_server::AuditServer;
@@ -119,6 +120,18 @@ pub struct Config {
     /// keeps none (agents then report none).
     #[arg(long, env = "HERALD_LOG_BODY_LIMIT", default_value_t = DEFAULT_LOG_BODY_LIMIT, value_parser = herald_core::limits::parse_log_body_limit)]
     pub log_body_limit: usize,
+    /// The most bytes of agents' attempt reports read and held at once, across every report
+    /// stream. A report batch beyond it waits for room while HTTP/2 flow control holds its
+    /// bytes back on the agent, so agents reconnecting together with full batches cannot grow
+    /// the replica's memory without bound.
+    #[arg(long, env = "HERALD_MAX_REPORT_BYTES_IN_FLIGHT", default_value_t = DEFAULT_MAX_REPORT_BYTES_IN_FLIGHT, value_parser = parse_report_budget)]
+    pub max_report_bytes_in_flight: usize,
+    /// The HTTP/2 window of each gRPC call: what a client may send ahead of being read. It
+    /// bounds what a report stream waiting for room holds here, and how fast one streams: a
+    /// window per round trip (the default, over 100 ms, is 2.5 MB/s: about 1,000 attempts a
+    /// second with 2 KiB bodies kept). Raise it for agents far away (64 KiB to 16 MiB).
+    #[arg(long, env = "HERALD_GRPC_STREAM_WINDOW", default_value_t = DEFAULT_GRPC_STREAM_WINDOW, value_parser = parse_stream_window)]
+    pub grpc_stream_window: usize,
     /// The keys that seal signing secrets in the config store.
     #[command(flatten)]
     pub secrets: KeyringSource,
@@ -220,6 +233,8 @@ impl Config {
             log_retention: DEFAULT_LOG_RETENTION,
             log_max_attempts: DEFAULT_LOG_MAX_ATTEMPTS,
             log_body_limit: DEFAULT_LOG_BODY_LIMIT,
+            max_report_bytes_in_flight: DEFAULT_MAX_REPORT_BYTES_IN_FLIGHT,
+            grpc_stream_window: DEFAULT_GRPC_STREAM_WINDOW,
             secrets: KeyringSource::default(),
             auth: TokenSource::default(),
             tls: ServerTls::default(),
@@ -239,6 +254,27 @@ impl Config {
 pub const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 /// The most attempts the delivery log keeps by default.
 pub const DEFAULT_LOG_MAX_ATTEMPTS: u64 = 100_000_000;
+/// The default `--max-report-bytes-in-flight`: sixteen of the largest report batches an agent
+/// sends. A decoded batch takes a few times its bytes on the wire while it is stored.
+pub const DEFAULT_MAX_REPORT_BYTES_IN_FLIGHT: usize = 32 << 20;
+/// The default `--grpc-stream-window`.
+pub const DEFAULT_GRPC_STREAM_WINDOW: usize = 256 << 10;
+
+/// Parses `--max-report-bytes-in-flight`: 64 KiB to 4 GiB (less one byte).
+fn parse_report_budget(text: &str) -> Result<usize, String> {
+    herald_core::limits::parse_bytes_in(text, 64 << 10..=u32::MAX as usize)
+}
+
+/// The HTTP/2 window of `--grpc-stream-window` (clamped to its range, for in-process
+/// configs that skip the parser).
+fn stream_window(bytes: usize) -> u32 {
+    u32::try_from(bytes.clamp(64 << 10, 16 << 20)).unwrap_or(16 << 20)
+}
+
+/// Parses `--grpc-stream-window`: 64 KiB (HTTP/2's own default) to 16 MiB.
+fn parse_stream_window(text: &str) -> Result<usize, String> {
+    herald_core::limits::parse_bytes_in(text, 64 << 10..=16 << 20)
+}
 
 /// How often the delivery log is swept for attempts past retention.
 const LOG_SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -440,14 +476,18 @@ pub async fn run(
         events,
     );
     background.spawn(health.clone().run(stop.clone()));
+    let report_budget = RequestBudget::new(config.max_report_bytes_in_flight);
     if let Some(addr) = config.metrics_listen {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| Error::Metrics { addr, source })?;
         tracing::info!(%addr, "serving metrics");
         let (hub, fleet, metrics) = (hub.clone(), fleet.clone(), metrics.clone());
-        let render =
-            move || metrics.render(fleet.streams(), hub.revision(), hub.unreadable().as_ref());
+        let reports = report_budget.clone();
+        let render = move || {
+            let unopened = hub.unreadable();
+            metrics.render(fleet.streams(), hub.revision(), unopened.as_ref(), &reports)
+        };
         let shutdown = stop.clone().cancelled_owned();
         background.spawn(async move {
             if let Err(err) = herald_core::metrics::serve(listener, render, shutdown).await {
@@ -619,11 +659,17 @@ pub async fn run(
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_interval))
         .max_concurrent_streams(herald_proto::MAX_STREAMS_PER_CONNECTION)
+        .initial_stream_window_size(stream_window(config.grpc_stream_window))
+        // Room for a few calls' windows: a report stream waiting for room in the budget
+        // leaves the agent's other calls on the connection room to go on.
+        .initial_connection_window_size(stream_window(config.grpc_stream_window).saturating_mul(4))
         // A message over the limit is RESOURCE_EXHAUSTED, as gRPC's status table says.
         .layer(herald_proto::message_limit::layer(
             herald_proto::message_limit::DEFAULT_MAX_MESSAGE_BYTES,
         ))
         .layer(AuthLayer::new(authenticator.clone()))
+        // Each report batch is read only once its bytes fit the budget of reports in flight.
+        .layer(report_budget.per_message_layer(grpc::BUDGETED_ROUTES))
         .add_service(health_service)
         .add_service(herald_proto::discovery::reflection_v1(&reflection)?)
         .add_service(herald_proto::discovery::reflection_v1alpha(&reflection)?)
@@ -784,5 +830,28 @@ mod tests {
         let parsed = Config::from_arg_matches(&matches).expect("a config");
         let made = Config::new("127.0.0.1:7700".parse().expect("an address"), "/d".into());
         assert_eq!(format!("{parsed:?}"), format!("{made:?}"));
+    }
+
+    #[test]
+    fn the_report_budget_and_stream_window_are_bytes_within_their_ranges() {
+        assert_eq!(
+            parse_report_budget("33554432"),
+            Ok(DEFAULT_MAX_REPORT_BYTES_IN_FLIGHT)
+        );
+        assert_eq!(parse_report_budget("4294967295"), Ok(4_294_967_295));
+        assert_eq!(
+            parse_stream_window("262144"),
+            Ok(DEFAULT_GRPC_STREAM_WINDOW)
+        );
+        assert_eq!(parse_stream_window("16777216"), Ok(16 << 20));
+        for refused in ["65535", "4294967296", "0", "32MiB", "-1", ""] {
+            assert!(parse_report_budget(refused).is_err(), "{refused:?}");
+        }
+        for refused in ["65535", "16777217", "256KiB"] {
+            assert!(parse_stream_window(refused).is_err(), "{refused:?}");
+        }
+        // What an in-process config sets past the range is held to it.
+        assert_eq!(stream_window(0), 64 << 10);
+        assert_eq!(stream_window(usize::MAX), 16 << 20);
     }
 }

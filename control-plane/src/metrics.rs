@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_proto::metric_labels::OutcomeLabel;
+use herald_proto::request_budget::RequestBudget;
 
 use crate::agent_trust::Refusal;
 use crate::hub::Unreadable;
@@ -73,6 +74,8 @@ struct Inner {
     unopened: Family<UnopenedLabel, Gauge>,
     tails: Gauge,
     log_up: Gauge,
+    report_bytes: Gauge,
+    reports_waiting: Gauge,
 }
 
 /// Why stored subscriptions do not open on this replica.
@@ -156,6 +159,19 @@ impl Default for Metrics {
             "1 while the delivery log's store answers this replica, 0 while it does not",
             log_up.clone(),
         );
+        let report_bytes = Gauge::default();
+        registry.register(
+            "herald_report_bytes_in_flight",
+            "Bytes of agents' attempt reports being read or stored (at most \
+             --max-report-bytes-in-flight)",
+            report_bytes.clone(),
+        );
+        let reports_waiting = Gauge::default();
+        registry.register(
+            "herald_report_streams_waiting",
+            "Report streams whose next batch waits for room in --max-report-bytes-in-flight",
+            reports_waiting.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -169,6 +185,8 @@ impl Default for Metrics {
                 unopened,
                 tails,
                 log_up,
+                report_bytes,
+                reports_waiting,
             }),
         }
     }
@@ -227,9 +245,22 @@ impl Metrics {
         self.inner.convergence.observe(took.as_secs_f64());
     }
 
-    /// The metrics in the OpenMetrics text format, with the open `streams`, the `revision`
-    /// and the stored subscriptions that do not open here read now.
-    pub fn render(&self, streams: usize, revision: i64, unopened: Option<&Unreadable>) -> String {
+    /// The metrics in the OpenMetrics text format, with the open `streams`, the `revision`,
+    /// the stored subscriptions that do not open here and the budget of `reports` in flight
+    /// read now.
+    pub fn render(
+        &self,
+        streams: usize,
+        revision: i64,
+        unopened: Option<&Unreadable>,
+        reports: &RequestBudget,
+    ) -> String {
+        self.inner
+            .report_bytes
+            .set(i64::try_from(reports.held_bytes()).unwrap_or(i64::MAX));
+        self.inner
+            .reports_waiting
+            .set(i64::try_from(reports.waiting()).unwrap_or(i64::MAX));
         self.inner
             .streams
             .set(i64::try_from(streams).unwrap_or(i64::MAX));
@@ -265,6 +296,10 @@ mod tests {
         drop(first);
         let third = metrics.open_tail(2).expect("room again");
         drop((second, third));
-        assert!(metrics.render(0, 0, None).contains("herald_log_tails 0"));
+        assert!(
+            metrics
+                .render(0, 0, None, &RequestBudget::new(1))
+                .contains("herald_log_tails 0")
+        );
     }
 }

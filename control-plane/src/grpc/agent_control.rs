@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_proto::message_shares::MessageShares;
 use herald_proto::sent_request;
 use herald_proto::v1 as pb;
 use herald_proto::v1::agent_control_server::AgentControl;
@@ -41,6 +42,9 @@ use crate::subscriptions::{SubscriptionError, Subscriptions};
 
 /// How long an agent has to say hello after opening its config stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The calls whose every message is counted against the budget of reports in flight
+/// (`--max-report-bytes-in-flight`): the attempt reports agents stream.
+pub const BUDGETED_ROUTES: &[&str] = &["/herald.v1.AgentControl/ReportAttempts"];
 use herald_core::disk_fault::DiskFault;
 use herald_core::limits::MAX_REPORT_BATCH;
 /// The most unacknowledged changes per stream whose convergence time is measured.
@@ -197,6 +201,7 @@ impl AgentControl for AgentControlService {
         request: Request<Streaming<pb::ReportBatch>>,
     ) -> Result<Response<Self::ReportAttemptsStream>, Status> {
         let who = caller(&request);
+        let shares = MessageShares::of(&request);
         let mut inbound = request.into_inner();
         let (log, health, streams) = (self.log.clone(), self.health.clone(), self.streams.clone());
         let (hub, registry) = (self.hub.clone(), self.registry.clone());
@@ -230,6 +235,9 @@ impl AgentControl for AgentControlService {
                     Ok(Some(batch)) => batch,
                     Ok(None) | Err(_) => return,
                 };
+                // The batch's share of the replica's budget of reports in flight, given back
+                // once it is stored: then the next waiting batch is read.
+                let share = shares.next();
                 if batch.attempts.len() > MAX_REPORT_BATCH {
                     let status = Status::invalid_argument(format!(
                         "a report batch carries at most {MAX_REPORT_BATCH} attempts"
@@ -287,13 +295,16 @@ impl AgentControl for AgentControlService {
                 {
                     events.wake();
                 }
+                // Stored: the batch and its share go before the ack, which waits on the agent.
+                let followups = stored.followups;
+                drop((stored.attempts, share));
                 let ack = pb::ReportAck {
                     batch_id: batch.batch_id,
                 };
                 if tx.send(Ok(ack)).await.is_err() {
                     return;
                 }
-                if !stored.followups.is_empty() && to_act.send(stored.followups).await.is_err() {
+                if !followups.is_empty() && to_act.send(followups).await.is_err() {
                     return;
                 }
             }

@@ -12,9 +12,11 @@ use herald_control_plane::log_health::LOG_SERVICE;
 use herald_proto::v1 as pb;
 use herald_tests::herald::serving_status;
 use herald_tests::{
-    Agent, AgentOptions, ConfigStore, ControlPlane, Etcd, Postgres, Receiver, TestCa, World, event,
-    eventually, subscription,
+    Agent, AgentOptions, ConfigStore, ControlPlane, Etcd, HeldPort, Postgres, Receiver, TestCa,
+    World, event, eventually, subscription,
 };
+
+use crate::metrics::{scrape, value};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -609,14 +611,14 @@ async fn postgresql_restarted_mid_traffic_loses_and_doubles_no_attempt() -> anyh
 /// months of dashboards opened and closed leave nothing running behind them.
 #[tokio::test]
 async fn a_tail_ends_when_its_client_goes_away_though_nothing_matches() -> anyhow::Result<()> {
-    let metrics = herald_tests::HeldPort::new()?;
+    let metrics = HeldPort::new()?;
     let control_plane = ControlPlane::start_configured(ConfigStore::Embedded, |config| {
         config.metrics_listen = Some(metrics.addr())
     })
     .await?;
     let open_tails = || async {
-        let samples = crate::metrics::scrape(metrics.addr()).await?;
-        anyhow::Ok(crate::metrics::value(&samples, "herald_log_tails"))
+        let samples = scrape(metrics.addr()).await?;
+        anyhow::Ok(value(&samples, "herald_log_tails"))
     };
     let mut deliveries = control_plane.deliveries().await?;
     let tails = [
@@ -641,4 +643,127 @@ async fn a_tail_ends_when_its_client_goes_away_though_nothing_matches() -> anyho
     })
     .await?;
     Ok(())
+}
+
+/// Agents reconnecting together with full report batches do not have a replica read them all
+/// at once: a batch that does not fit its budget of reports in flight waits, its bytes held
+/// back on the agent's side, until the batch holding the budget is done with.
+#[tokio::test]
+async fn a_report_batch_waits_while_others_hold_the_replicas_budget_of_reports()
+-> anyhow::Result<()> {
+    let metrics = HeldPort::new()?;
+    let control_plane = ControlPlane::start_configured(ConfigStore::Embedded, |config| {
+        config.max_report_bytes_in_flight = 64 << 10;
+        config.metrics_listen = Some(metrics.addr());
+    })
+    .await?;
+    let sub = control_plane
+        .create(subscription(
+            "shop-1",
+            "https://127.0.0.1:9/hook",
+            &["order.*"],
+        ))
+        .await?;
+    let budget = |samples: &std::collections::BTreeMap<String, f64>| {
+        (
+            value(samples, "herald_report_bytes_in_flight"),
+            value(samples, "herald_report_streams_waiting"),
+        )
+    };
+
+    // A report stream (as an agent on a slow link would) has sent the first 1,000 bytes of a
+    // 60,000-byte batch: the replica holds that much of its budget for it.
+    let mut stalled = half_sent_report(control_plane.addr(), 60_000, 1_000).await?;
+    eventually(WAIT, "the stalled batch's share", || async {
+        let samples = scrape(metrics.addr()).await?;
+        Ok((budget(&samples) == (60_000.0, 0.0)).then_some(()))
+    })
+    .await?;
+
+    // An agent's batch of some 10 KB does not fit beside it: it waits, unread and unstored.
+    let attempts = (0..20)
+        .map(|n| pb::Attempt {
+            event_id: format!("evt_{n}"),
+            subscription_id: sub.id.clone(),
+            tenant: "shop-1".into(),
+            event_type: "order.created".into(),
+            attempt: 1,
+            agent_id: "agt_1".into(),
+            started_at: Some(herald_proto::convert::timestamp(
+                std::time::SystemTime::now(),
+            )),
+            status_code: 200,
+            outcome: pb::Outcome::Delivered as i32,
+            response_excerpt: "x".repeat(500),
+            ..Default::default()
+        })
+        .collect();
+    let batch = pb::ReportBatch {
+        batch_id: 1,
+        agent_id: "agt_1".into(),
+        attempts,
+    };
+    let mut agent =
+        pb::agent_control_client::AgentControlClient::new(control_plane.channel().await?);
+    let mut acks = agent
+        .report_attempts(futures_util::StreamExt::chain(
+            futures_util::stream::iter([batch]),
+            futures_util::stream::pending(),
+        ))
+        .await?
+        .into_inner();
+    // (What was left of the budget is set aside for it meanwhile: the whole budget is held.)
+    eventually(WAIT, "the batch to wait for room", || async {
+        let samples = scrape(metrics.addr()).await?;
+        Ok((budget(&samples) == (65_536.0, 1.0)).then_some(()))
+    })
+    .await?;
+    assert!(
+        control_plane
+            .attempts(pb::AttemptFilter::default())
+            .await?
+            .is_empty(),
+        "nothing of the waiting batch is stored"
+    );
+
+    // The stalled stream gives up: its share goes back, and the waiting batch is stored.
+    stalled.send_reset(h2::Reason::CANCEL);
+    let ack = tokio::time::timeout(WAIT, acks.message())
+        .await??
+        .expect("an ack");
+    assert_eq!(ack.batch_id, 1);
+    assert_eq!(
+        control_plane
+            .attempts(pb::AttemptFilter::default())
+            .await?
+            .len(),
+        20
+    );
+    let samples = scrape(metrics.addr()).await?;
+    assert_eq!(budget(&samples), (0.0, 0.0), "every share given back");
+    Ok(())
+}
+
+/// Opens a report stream to the control plane at `addr` and sends `sent` bytes of a batch
+/// declaring `length`, then nothing more.
+async fn half_sent_report(
+    addr: std::net::SocketAddr,
+    length: u32,
+    sent: usize,
+) -> anyhow::Result<h2::SendStream<bytes::Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let (client, connection) = h2::client::handshake(tcp).await?;
+    tokio::spawn(connection);
+    let request = http::Request::post(format!(
+        "http://{addr}/herald.v1.AgentControl/ReportAttempts"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())?;
+    let (_response, mut stream) = client.ready().await?.send_request(request, false)?;
+    let mut bytes = vec![0];
+    bytes.extend_from_slice(&length.to_be_bytes());
+    bytes.resize(5 + sent, 0x0a);
+    stream.send_data(bytes.into(), false)?;
+    Ok(stream)
 }

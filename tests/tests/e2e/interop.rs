@@ -277,5 +277,12 @@ async fn both_grpc_servers_bound_the_calls_one_connection_carries() -> anyhow::R
         "{:?}",
         control_plane.settings
     );
+    // A report stream waiting for the replica's budget of reports holds at most 256 KiB
+    // unread, and leaves the agent's other calls on its connection room to go on.
+    assert_eq!(
+        control_plane.settings.get(&SETTINGS_INITIAL_WINDOW_SIZE),
+        Some(&(256 << 10))
+    );
+    assert_eq!(control_plane.connection_window, 1 << 20);
     Ok(())
 }

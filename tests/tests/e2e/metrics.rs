@@ -160,6 +160,9 @@ async fn both_daemons_count_what_happened() -> anyhow::Result<()> {
         value(&samples, "herald_config_convergence_seconds") >= 1.0,
         "the subscription's creation reached the agent: {samples:#?}"
     );
+    // Every report batch stored: none of their bytes held, none waiting.
+    assert_eq!(samples.get("herald_report_bytes_in_flight"), Some(&0.0));
+    assert_eq!(samples.get("herald_report_streams_waiting"), Some(&0.0));
 
     // Bounded labels: no tenant, URL or id in either endpoint's output.
     for addr in [agent_metrics.addr(), cp_metrics.addr()] {
