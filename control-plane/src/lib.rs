@@ -112,6 +112,10 @@ pub struct Config {
     /// How long the delivery log keeps attempts.
     #[arg(long, env = "HERALD_LOG_RETENTION", default_value = "30days", value_parser = humantime::parse_duration)]
     pub log_retention: Duration,
+    /// The page cache of the embedded delivery log, in bytes: memory the control plane keeps
+    /// for the log's recent pages, however large the log grows.
+    #[arg(long, env = "HERALD_LOG_CACHE_BYTES", default_value_t = attempts::embedded::DEFAULT_CACHE_BYTES)]
+    pub log_cache_bytes: usize,
     /// The most attempts the delivery log keeps; the oldest go first.
     #[arg(long, env = "HERALD_LOG_MAX_ATTEMPTS", default_value_t = 100_000_000)]
     pub log_max_attempts: u64,
@@ -232,6 +236,7 @@ impl Config {
             log_store: attempts::LogStoreFlag::new("embedded"),
             log_retention: DEFAULT_LOG_RETENTION,
             log_max_attempts: DEFAULT_LOG_MAX_ATTEMPTS,
+            log_cache_bytes: attempts::embedded::DEFAULT_CACHE_BYTES,
             log_body_limit: DEFAULT_LOG_BODY_LIMIT,
             max_report_bytes_in_flight: DEFAULT_MAX_REPORT_BYTES_IN_FLIGHT,
             grpc_stream_window: DEFAULT_GRPC_STREAM_WINDOW,
@@ -385,7 +390,13 @@ pub async fn run(
         );
     }
     let log_store = config.log_store.parse().map_err(Error::LogStore)?;
-    let log = attempts::open(&log_store, &config.data_dir, config.log_retention).await?;
+    let log = attempts::open(
+        &log_store,
+        &config.data_dir,
+        config.log_retention,
+        config.log_cache_bytes,
+    )
+    .await?;
     tracing::info!(store = ?log_store, "delivery log opened");
     if !etcd.is_empty() && log_store == attempts::LogStoreUrl::Embedded {
         tracing::warn!(

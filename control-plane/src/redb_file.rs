@@ -30,6 +30,8 @@ const READERS_WAIT: Duration = Duration::from_millis(200);
 /// A redb file that is opened again after a disk fault. Shared by reference (`Arc`).
 pub struct RedbFile {
     path: PathBuf,
+    /// redb's page cache, in bytes (redb's own default is 1 GiB).
+    cache_bytes: usize,
     slot: Mutex<Slot>,
 }
 
@@ -53,11 +55,12 @@ pub trait Fault {
 }
 
 impl RedbFile {
-    /// Opens (or creates) the file at `path`.
-    pub fn create(path: &Path) -> Result<Self, Failure> {
-        let db = Database::create(path).map_err(|err| not_opened(path, err))?;
+    /// Opens (or creates) the file at `path`, with a page cache of `cache_bytes`.
+    pub fn create(path: &Path, cache_bytes: usize) -> Result<Self, Failure> {
+        let db = open(path, cache_bytes).map_err(|err| not_opened(path, err))?;
         Ok(RedbFile {
             path: path.to_owned(),
+            cache_bytes,
             slot: Mutex::new(Slot {
                 db: Some(Arc::new(db)),
                 fault: None,
@@ -124,7 +127,7 @@ impl RedbFile {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
-        match Database::create(&self.path) {
+        match open(&self.path, self.cache_bytes) {
             Ok(db) => {
                 tracing::info!(file = %self.path.display(), %fault, "opened again after a disk fault");
                 let db = Arc::new(db);
@@ -162,6 +165,11 @@ impl RedbFile {
 }
 
 /// Why the file at `path` did not open, naming it.
+/// Opens (or creates) the redb file at `path` with a page cache of `cache_bytes`.
+fn open(path: &Path, cache_bytes: usize) -> Result<Database, redb::DatabaseError> {
+    Database::builder().set_cache_size(cache_bytes).create(path)
+}
+
 fn not_opened(path: &Path, err: redb::DatabaseError) -> Failure {
     let at = path.display();
     match err {
@@ -255,6 +263,8 @@ other_failure!(String, &str, prost::DecodeError, tokio::task::JoinError);
 mod tests {
     use super::*;
 
+    const TEST_CACHE: usize = 1 << 20;
+
     #[derive(Debug)]
     enum TestError {
         Disk(DiskFault),
@@ -294,7 +304,7 @@ mod tests {
     #[test]
     fn a_disk_fault_reopens_the_file_and_a_write_clears_it() {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let file = RedbFile::create(&dir.path().join("f.redb")).expect("created");
+        let file = RedbFile::create(&dir.path().join("f.redb"), TEST_CACHE).expect("created");
         put(&file, 1).expect("written");
         assert_eq!(file.fault(), None);
 
@@ -324,7 +334,7 @@ mod tests {
     #[test]
     fn while_writes_keep_failing_the_file_is_opened_again_less_often() {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let file = RedbFile::create(&dir.path().join("f.redb")).expect("created");
+        let file = RedbFile::create(&dir.path().join("f.redb"), TEST_CACHE).expect("created");
         let full = || DiskFault::Full("ENOSPC".into());
         let mut waits = Vec::new();
         for _ in 0..7 {
@@ -345,14 +355,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temp dir");
         let garbage = dir.path().join("garbage.redb");
         std::fs::write(&garbage, vec![0x5a; 8192]).expect("written");
-        let Err(Failure::Other(text)) = RedbFile::create(&garbage) else {
+        let Err(Failure::Other(text)) = RedbFile::create(&garbage, TEST_CACHE) else {
             panic!("garbage opened, or as a disk fault");
         };
         assert!(text.contains("garbage.redb is damaged"), "{text}");
 
         let path = dir.path().join("f.redb");
-        let _open = RedbFile::create(&path).expect("created");
-        let Err(Failure::Other(text)) = RedbFile::create(&path) else {
+        let _open = RedbFile::create(&path, TEST_CACHE).expect("created");
+        let Err(Failure::Other(text)) = RedbFile::create(&path, TEST_CACHE) else {
             panic!("opened twice");
         };
         assert!(text.contains("f.redb is open in another process"), "{text}");
@@ -361,7 +371,7 @@ mod tests {
     #[test]
     fn a_reader_holding_the_old_handle_delays_opening_again_without_blocking() {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let file = RedbFile::create(&dir.path().join("f.redb")).expect("created");
+        let file = RedbFile::create(&dir.path().join("f.redb"), TEST_CACHE).expect("created");
         let held = file.db().expect("open");
         let fault = DiskFault::Io("EIO".into());
         let _ = file.run::<(), TestError>(true, |_| Err(fault.clone().into()));

@@ -290,6 +290,10 @@ fn put_events(txn: &redb::WriteTransaction, events: &[pb::Event]) -> Result<(), 
     Ok(())
 }
 
+/// The default page cache of the log file (`--log-cache-bytes`): the recent pages attempts
+/// are added to, without growing with the log (redb's own default is 1 GiB).
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
 /// The delivery log in a local redb file; cloning shares it.
 #[derive(Clone)]
 pub struct EmbeddedLog {
@@ -299,10 +303,15 @@ pub struct EmbeddedLog {
 }
 
 impl EmbeddedLog {
-    /// Opens (or creates) `dir/attempts.redb`.
+    /// Opens (or creates) `dir/attempts.redb` with the default page cache.
     pub fn open(dir: &Path) -> Result<Self, LogError> {
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) `dir/attempts.redb` with a page cache of `cache_bytes`.
+    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Self, LogError> {
         std::fs::create_dir_all(dir).map_err(|e| storage(format!("{}: {e}", dir.display())))?;
-        let file = RedbFile::create(&dir.join("attempts.redb")).map_err(storage)?;
+        let file = RedbFile::create(&dir.join("attempts.redb"), cache_bytes).map_err(storage)?;
         file.run(true, init)?;
         let (tail, _) = broadcast::channel(TAIL_BUFFER);
         Ok(EmbeddedLog {

@@ -257,15 +257,17 @@ impl LogStoreUrl {
     }
 }
 
-/// Opens the log `url` names: the embedded one in `data_dir`, or the PostgreSQL database (its
-/// schema migrated, its partitions made for `retention`).
+/// Opens the log `url` names: the embedded one in `data_dir` (with a page cache of
+/// `cache_bytes`), or the PostgreSQL database (its schema migrated, its partitions made for
+/// `retention`).
 pub async fn open(
     url: &LogStoreUrl,
     data_dir: &std::path::Path,
     retention: Duration,
+    cache_bytes: usize,
 ) -> Result<AttemptLog, LogError> {
     Ok(match url {
-        LogStoreUrl::Embedded => Arc::new(EmbeddedLog::open(data_dir)?),
+        LogStoreUrl::Embedded => Arc::new(EmbeddedLog::open_with_cache(data_dir, cache_bytes)?),
         LogStoreUrl::Postgres(url) => Arc::new(PostgresLog::open(url, retention).await?),
     })
 }

@@ -48,6 +48,9 @@ const LOG_TRIM: u64 = 1_000;
 const WATCH_BUFFER: usize = 256;
 /// Batches kept for watchers that fall behind before they re-read the log.
 const BROADCAST_BUFFER: usize = 1024;
+/// The file's page cache: the control plane keeps the whole config in memory besides (the
+/// hub), so the file is read mostly at start.
+const CACHE_BYTES: usize = 16 << 20;
 /// How often expired leases are looked for.
 const REAP_EVERY: Duration = Duration::from_millis(250);
 
@@ -76,7 +79,7 @@ impl EmbeddedStore {
         blocking(move || {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| embedded(format!("{}: {e}", dir.display())))?;
-            let file = RedbFile::create(&dir.join("config.redb")).map_err(embedded)?;
+            let file = RedbFile::create(&dir.join("config.redb"), CACHE_BYTES).map_err(embedded)?;
             file.run(true, |db| {
                 let txn = db.begin_write().map_err(embedded)?;
                 {
