@@ -199,13 +199,13 @@ mod tests {
         let small: Vec<_> = (1..=1500).map(|seq| (seq, report(10))).collect();
         assert_eq!(batch_len(&small), MAX_REPORT_BATCH);
         assert_eq!(batch_len(&small[..7]), 7);
-        // 100 KiB each: 20 fit in 2 MiB, not 21.
+        // 100 KiB each: as many as fit in a batch's bytes, and not one more.
         let large: Vec<_> = (1..=50).map(|seq| (seq, report(100 * 1024))).collect();
-        assert_eq!(batch_len(&large), 20);
-        let total: usize = large[..20].iter().map(|(_, a)| a.encoded_len() + 8).sum();
-        assert!(total <= MAX_REPORT_BATCH_BYTES);
+        let fit = MAX_REPORT_BATCH_BYTES / (large[0].1.encoded_len() + 8);
+        assert_eq!(fit, 5);
+        assert_eq!(batch_len(&large), fit);
         // One report larger than a batch still goes, alone.
-        let huge = vec![(1, report(3 * 1024 * 1024))];
+        let huge = vec![(1, report(MAX_REPORT_BATCH_BYTES + 1))];
         assert_eq!(batch_len(&huge), 1);
     }
 }

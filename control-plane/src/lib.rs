@@ -259,8 +259,9 @@ impl Config {
 pub const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 /// The most attempts the delivery log keeps by default.
 pub const DEFAULT_LOG_MAX_ATTEMPTS: u64 = 100_000_000;
-/// The default `--max-report-bytes-in-flight`: sixteen of the largest report batches an agent
-/// sends. A decoded batch takes a few times its bytes on the wire while it is stored.
+/// The default `--max-report-bytes-in-flight`: 64 of the largest report batches an agent sends
+/// (512 KiB), 16 of the largest message the server reads. A decoded batch takes a few times
+/// its bytes on the wire while it is stored.
 pub const DEFAULT_MAX_REPORT_BYTES_IN_FLIGHT: usize = 32 << 20;
 /// The default `--grpc-stream-window`.
 pub const DEFAULT_GRPC_STREAM_WINDOW: usize = 256 << 10;

@@ -53,8 +53,8 @@ pub fn parse_bytes_in(text: &str, range: std::ops::RangeInclusive<usize>) -> Res
 /// The request body bytes the delivery log keeps of each delivery by default
 /// (`--log-body-limit`).
 pub const DEFAULT_LOG_BODY_LIMIT: usize = 64 * 1024;
-/// The largest `--log-body-limit`: a report carrying a request this large still fits a report
-/// batch ([`MAX_REPORT_BATCH_BYTES`]) with room to spare.
+/// The largest `--log-body-limit`: a report carrying a request this large goes in a report
+/// batch of its own, well under the 4 MiB a gRPC server reads in one message.
 pub const MAX_LOG_BODY_LIMIT: usize = 1024 * 1024;
 
 /// Parses a configured log body limit (0, which keeps no bodies, to [`MAX_LOG_BODY_LIMIT`]).
@@ -86,9 +86,12 @@ pub const MAX_LABELS: usize = 32;
 pub const MAX_ATTEMPT_TEXT_LEN: usize = 4096;
 /// Most attempts one report batch (agent → control plane) carries.
 pub const MAX_REPORT_BATCH: usize = 1000;
-/// Most encoded bytes of attempts one report batch carries: well under the 4 MiB a gRPC
-/// server accepts in one message by default, whatever the attempts hold.
-pub const MAX_REPORT_BATCH_BYTES: usize = 2 * 1024 * 1024;
+/// Most encoded bytes of attempts one report batch carries (a report larger than that goes in
+/// a batch of its own). The control plane's decoder keeps, for each report stream, a buffer the
+/// size of the largest batch the stream has sent until the stream ends (tonic's decoder never
+/// gives capacity back), so this bounds what each connected agent costs a replica; 512 KiB is
+/// still hundreds of attempts a commit.
+pub const MAX_REPORT_BATCH_BYTES: usize = 512 * 1024;
 
 /// Cuts an attempt's excerpt or error text to [`MAX_ATTEMPT_TEXT_LEN`] bytes, at a character
 /// boundary.
