@@ -30,6 +30,9 @@
 //! `bench burst`: a `herald-agent` process's memory through a burst of large concurrent
 //! `EmitBatch` calls, with and without its budget of request bytes (see `burst.rs`).
 //!
+//! `bench report-burst`: a `herald-control-plane` process's memory while 300 agents' report
+//! streams each send it a full batch at once (see `report_burst.rs`).
+//!
 //! `bench rss`: the resident memory of a `herald-agent` process (the release binary next to
 //! this one) connected to a control plane with one subscription: idle, then at 10,000
 //! events/s with the subscription at the default width and as wide as `bench deliver`'s.
@@ -43,6 +46,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod burst;
 mod fleet;
 mod log;
+mod report_burst;
 mod schema;
 mod soak;
 mod web;
@@ -77,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
         Some("emit") => emit().await,
         Some("rss") => rss().await,
         Some("burst") => burst::run().await,
+        Some("report-burst") => report_burst::run().await,
         Some("soak") => {
             let minutes = std::env::args()
                 .nth(2)
@@ -103,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
             emit_case(arg(2)?, arg(3)?, fsync).await
         }
         _ => anyhow::bail!(
-            "usage: bench emit|deliver|log|fleet|web|schema|rss|burst|soak [MINUTES]|emit-case CALLERS BATCH [off]"
+            "usage: bench emit|deliver|log|fleet|web|schema|rss|burst|report-burst|soak [MINUTES]|emit-case CALLERS BATCH [off]"
         ),
     }
 }
