@@ -287,6 +287,9 @@ impl AgentControl for AgentControlService {
                         return;
                     }
                 };
+                // Stored: the next waiting batch may be read (and the gauge says so before the
+                // count of stored attempts does).
+                drop(share);
                 metrics.stored(&stored.attempts);
                 if stored
                     .attempts
@@ -295,9 +298,9 @@ impl AgentControl for AgentControlService {
                 {
                     events.wake();
                 }
-                // Stored: the batch and its share go before the ack, which waits on the agent.
+                // The batch goes before the ack, which waits on the agent.
                 let followups = stored.followups;
-                drop((stored.attempts, share));
+                drop(stored.attempts);
                 let ack = pb::ReportAck {
                     batch_id: batch.batch_id,
                 };
