@@ -60,6 +60,16 @@ fn parse_emit_budget(text: &str) -> Result<usize, String> {
     herald_core::limits::parse_bytes_in(text, MIN_EMIT_BYTES_IN_FLIGHT..=u32::MAX as usize)
 }
 
+/// Parses `--report-stream-idle`: a duration of 1 s to 1 h.
+fn parse_report_stream_idle(text: &str) -> Result<Duration, String> {
+    let idle = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
+    if (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&idle) {
+        Ok(idle)
+    } else {
+        Err("must be 1s to 1h".into())
+    }
+}
+
 /// Agent settings; every flag is also an environment variable.
 #[derive(Clone, Debug, clap::Args)]
 pub struct Config {
@@ -211,6 +221,11 @@ pub struct Config {
     /// unchecked, and the control plane sends this agent no schemas.
     #[arg(long, env = "HERALD_CHECK_SCHEMAS", default_value_t = true, action = clap::ArgAction::Set)]
     pub check_schemas: bool,
+    /// How long the report stream to the control plane stays open with nothing to report
+    /// (1 s to 1 h); the next report opens it again. A replica keeps a read buffer for each
+    /// open report stream, so idle agents then cost it nothing.
+    #[arg(long, env = "HERALD_REPORT_STREAM_IDLE", default_value = "30s", value_parser = parse_report_stream_idle)]
+    pub report_stream_idle: Duration,
     /// How long shutdown waits for attempts in flight and report flushing (at most 1 h).
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "30s", value_parser = herald_core::shutdown::parse_grace)]
     pub shutdown_grace: Duration,
@@ -253,6 +268,7 @@ impl Config {
             allow_targets: vec![],
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             max_emit_bytes_in_flight: DEFAULT_MAX_EMIT_BYTES_IN_FLIGHT,
+            report_stream_idle: Duration::from_secs(30),
             max_in_flight: 1024,
             dedup_window: Duration::from_secs(24 * 60 * 60),
             retention: Duration::from_secs(72 * 60 * 60),
@@ -456,6 +472,7 @@ pub async fn run(
         queue.clone(),
         reports_stop.clone(),
         config.shutdown_grace,
+        config.report_stream_idle,
     ));
     background.spawn(sweep(queue.clone(), stop.clone()));
     let dispatcher = Dispatcher::start(
@@ -754,6 +771,18 @@ mod tests {
         assert_eq!(parse_emit_budget("4294967295"), Ok(4_294_967_295));
         for refused in ["65535", "4294967296", "0", "4MiB", "-1", ""] {
             assert!(parse_emit_budget(refused).is_err(), "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn the_report_stream_idle_is_a_duration_within_its_range() {
+        assert_eq!(parse_report_stream_idle("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(
+            parse_report_stream_idle("1h"),
+            Ok(Duration::from_secs(3600))
+        );
+        for refused in ["0s", "500ms", "61min", "30", ""] {
+            assert!(parse_report_stream_idle(refused).is_err(), "{refused:?}");
         }
     }
 

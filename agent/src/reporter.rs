@@ -8,6 +8,11 @@
 //! never refuses one for its size, whatever the reports hold. After a broken
 //! stream it starts again from the oldest unacked report; the control plane stores attempts
 //! idempotently, so a resent report is not a duplicate in the central log.
+//!
+//! A stream with nothing to send and nothing unacked for the idle time is closed, with its
+//! connection, and the next report opens a new one: a replica holds a read buffer for each
+//! open report stream (the size of the largest batch it carried), so idle agents cost it
+//! nothing.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -34,14 +39,28 @@ const WINDOW: usize = 8;
 /// How often the outbox is looked at even without a wake-up.
 const POLL: Duration = Duration::from_secs(1);
 
+/// How long closing an idle stream waits for the control plane to end it in turn.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// How a report stream ended without an error.
+#[derive(Debug, PartialEq)]
+enum Ended {
+    /// After shutdown, with the outbox empty.
+    Flushed,
+    /// Closed after `idle` with nothing to send.
+    Idle,
+}
+
 /// Runs the reporter until `shutdown`; then keeps sending until the outbox is empty or `grace`
-/// has passed (what remains stays in the outbox for the next start).
+/// has passed (what remains stays in the outbox for the next start). A stream idle for `idle`
+/// is closed until there is something to report.
 pub async fn run(
     control_plane: ControlPlane,
     agent_id: String,
     queue: Queue,
     shutdown: CancellationToken,
     grace: Duration,
+    idle: Duration,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let deadline = async {
@@ -54,13 +73,27 @@ pub async fn run(
         if shutdown.is_cancelled() && queue.pending_reports().is_ok_and(|n| n == 0) {
             break;
         }
-        let session = session(&control_plane, &agent_id, &queue, &shutdown, &mut backoff);
+        let session = session(
+            &control_plane,
+            &agent_id,
+            &queue,
+            &shutdown,
+            &mut backoff,
+            idle,
+        );
         let result = tokio::select! {
             () = &mut deadline => break,
             result = session => result,
         };
         match result {
-            Ok(()) => break,
+            Ok(Ended::Flushed) => break,
+            Ok(Ended::Idle) => {
+                tracing::debug!("report stream idle: closed until there is something to report");
+                tokio::select! {
+                    () = &mut deadline => break,
+                    () = something_to_report(&queue, &shutdown) => continue,
+                }
+            }
             Err(err) if backoff.should_warn() => {
                 tracing::warn!(error = %err, "report stream lost; reconnecting");
             }
@@ -82,14 +115,32 @@ pub async fn run(
     }
 }
 
-/// One report stream, until it breaks (error) or, after shutdown, the outbox is empty (ok).
+/// Returns once the outbox holds a report (or cannot be read, for the next stream to say
+/// why), or at shutdown.
+async fn something_to_report(queue: &Queue, shutdown: &CancellationToken) {
+    loop {
+        if !queue.pending_reports().is_ok_and(|n| n == 0) {
+            return;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = queue.reports_added() => {}
+            // A report added between the count and the wait is seen here.
+            () = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
+
+/// One report stream, until it breaks (error), it has been idle for `idle`, or, after
+/// shutdown, the outbox is empty.
 async fn session(
     control_plane: &ControlPlane,
     agent_id: &str,
     queue: &Queue,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
-) -> Result<(), String> {
+    idle: Duration,
+) -> Result<Ended, String> {
     let (url, channel) = control_plane.connect().await?;
     let (tx, out) = mpsc::channel(WINDOW);
     let mut acks = AgentControlClient::new(channel)
@@ -104,6 +155,8 @@ async fn session(
     let mut sent_up_to = 0;
     // Since when reports have been waiting for a fuller batch.
     let mut waiting_since: Option<Instant> = None;
+    // Since when the stream has had nothing to send and nothing unacked.
+    let mut idle_since = Instant::now();
     loop {
         while unacked.len() < WINDOW {
             if read.len() < MAX_REPORT_BATCH {
@@ -145,10 +198,24 @@ async fn session(
             sent_up_to = last;
         }
         if shutdown.is_cancelled() && unacked.is_empty() {
-            return Ok(());
+            return Ok(Ended::Flushed);
         }
-        // A batch lingering for more is sent when its time is up.
-        let wait = waiting_since.map_or(POLL, |since| LINGER.saturating_sub(since.elapsed()));
+        let quiet = unacked.is_empty() && read.is_empty();
+        if !quiet {
+            idle_since = Instant::now();
+        } else if idle_since.elapsed() >= idle {
+            // Half-closed: the control plane ends the stream in turn once it has read it all.
+            drop(tx);
+            let _ = tokio::time::timeout(CLOSE_WAIT, acks.message()).await;
+            return Ok(Ended::Idle);
+        }
+        // A batch lingering for more is sent when its time is up; an idle stream is closed
+        // when its time is.
+        let wait = match waiting_since {
+            Some(since) => LINGER.saturating_sub(since.elapsed()),
+            None if quiet => POLL.min(idle.saturating_sub(idle_since.elapsed())),
+            None => POLL,
+        };
         tokio::select! {
             ack = acks.message() => match ack {
                 Ok(Some(ack)) => {

@@ -47,10 +47,10 @@ struct RefusalLabel {
     reason: Refusal,
 }
 
-/// A delivery-log tail counted as open (see [`Metrics::open_tail`]); dropping it closes it.
-pub struct OpenTail(Gauge);
+/// Something counted as open in a gauge (a delivery-log tail, a report stream) until dropped.
+pub struct Open(Gauge);
 
-impl Drop for OpenTail {
+impl Drop for Open {
     fn drop(&mut self) {
         self.0.dec();
     }
@@ -74,6 +74,7 @@ struct Inner {
     unopened: Family<UnopenedLabel, Gauge>,
     tails: Gauge,
     log_up: Gauge,
+    report_streams: Gauge,
     report_bytes: Gauge,
     reports_waiting: Gauge,
 }
@@ -159,6 +160,12 @@ impl Default for Metrics {
             "1 while the delivery log's store answers this replica, 0 while it does not",
             log_up.clone(),
         );
+        let report_streams = Gauge::default();
+        registry.register(
+            "herald_report_streams",
+            "Agents' attempt-report streams open on this replica (agents close theirs when idle)",
+            report_streams.clone(),
+        );
         let report_bytes = Gauge::default();
         registry.register(
             "herald_report_bytes_in_flight",
@@ -185,6 +192,7 @@ impl Default for Metrics {
                 unopened,
                 tails,
                 log_up,
+                report_streams,
                 report_bytes,
                 reports_waiting,
             }),
@@ -226,13 +234,19 @@ impl Metrics {
 
     /// Counts a delivery-log tail as open until the answer is dropped; `None` when `max` are
     /// open already.
-    pub fn open_tail(&self, max: usize) -> Option<OpenTail> {
+    pub fn open_tail(&self, max: usize) -> Option<Open> {
         let before = self.inner.tails.inc();
         if before >= i64::try_from(max).unwrap_or(i64::MAX) {
             self.inner.tails.dec();
             return None;
         }
-        Some(OpenTail(self.inner.tails.clone()))
+        Some(Open(self.inner.tails.clone()))
+    }
+
+    /// Counts an agent's report stream as open until the answer is dropped.
+    pub fn report_stream(&self) -> Open {
+        self.inner.report_streams.inc();
+        Open(self.inner.report_streams.clone())
     }
 
     /// Whether the delivery log's store answers.

@@ -383,6 +383,8 @@ pub struct AgentOptions {
     pub max_payload_bytes: Option<usize>,
     /// The bytes of Emit requests it holds at once (default the agent's, 4 MiB).
     pub max_emit_bytes_in_flight: Option<usize>,
+    /// How long its report stream stays open with nothing to report (default the agent's).
+    pub report_stream_idle: Option<Duration>,
 }
 
 /// An agent running in-process.
@@ -460,6 +462,9 @@ impl Agent {
             max_emit_bytes_in_flight: options
                 .max_emit_bytes_in_flight
                 .unwrap_or(herald_agent::DEFAULT_MAX_EMIT_BYTES_IN_FLIGHT),
+            report_stream_idle: options
+                .report_stream_idle
+                .unwrap_or(Duration::from_secs(30)),
             ..herald_agent::Config::new(
                 control_plane,
                 ListenAddr::Tcp(addr),

@@ -215,6 +215,7 @@ impl AgentControl for AgentControlService {
         let metrics = self.metrics.clone();
         let body_limit = self.log_body_limit as usize;
         let stream = self.streams.stream(move |tx| async move {
+            let _open = metrics.report_stream();
             // The follow-ups of stored batches (disabling, recovery events) are acted on by a
             // task of their own, in order, while the next batch is stored; a short queue keeps
             // it close behind. A follow-up not acted on stays in the log for the sweep.

@@ -767,3 +767,57 @@ async fn half_sent_report(
     stream.send_data(bytes.into(), false)?;
     Ok(stream)
 }
+
+/// An agent with nothing to report closes its report stream, so the replica holds nothing for
+/// it, and opens one again for its next report.
+#[tokio::test]
+async fn an_idle_agent_closes_its_report_stream_and_opens_one_for_the_next_report()
+-> anyhow::Result<()> {
+    let metrics = HeldPort::new()?;
+    let control_plane = ControlPlane::start_configured(ConfigStore::Embedded, |config| {
+        config.metrics_listen = Some(metrics.addr());
+    })
+    .await?;
+    let ca = TestCa::new();
+    let agent = Agent::start(
+        control_plane.url(),
+        AgentOptions {
+            trusted_ca: Some(ca.ca_pem()),
+            report_stream_idle: Some(Duration::from_secs(1)),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let receiver = Receiver::start(&ca).await?;
+    let sub = control_plane
+        .create(subscription("shop-1", &receiver.url("/hook"), &["order.*"]))
+        .await?;
+    control_plane.wait_applied(sub.revision, WAIT).await?;
+    let open_streams = || async {
+        let samples = scrape(metrics.addr()).await?;
+        anyhow::Ok(value(&samples, "herald_report_streams"))
+    };
+
+    for n in 1..=2 {
+        let mut e = event("shop-1", "order.created", &json!({ "n": n }));
+        e.id = format!("evt-{n}");
+        agent.emit(e).await?;
+        let logged = control_plane
+            .wait_logged(
+                pb::AttemptFilter {
+                    event_id: format!("evt-{n}"),
+                    ..Default::default()
+                },
+                WAIT,
+            )
+            .await?;
+        assert_eq!(logged[0].outcome(), pb::Outcome::Delivered);
+        // A second after its report is acknowledged, the stream is closed.
+        eventually(WAIT, "the idle report stream to close", || async {
+            Ok((open_streams().await? == 0.0).then_some(()))
+        })
+        .await?;
+    }
+    receiver.wait_for_requests(2, WAIT).await?;
+    Ok(())
+}
