@@ -681,7 +681,7 @@ pub async fn run(
         ))
         .layer(AuthLayer::new(authenticator.clone()))
         // Each report batch is read only once its bytes fit the budget of reports in flight.
-        .layer(report_budget.per_message_layer(grpc::BUDGETED_ROUTES))
+        .layer(report_budget.per_message_layer(grpc::BUDGETED_ROUTES, grpc::BATCH_ARRIVAL))
         .add_service(health_service)
         .add_service(herald_proto::discovery::reflection_v1(&reflection)?)
         .add_service(herald_proto::discovery::reflection_v1alpha(&reflection)?)

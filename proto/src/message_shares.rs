@@ -16,11 +16,17 @@
 //!
 //! Only the routes the layer is given are counted; their handlers must take every share, or the
 //! shares of messages received but not taken stay held until the stream ends.
+//!
+//! A message granted its share must then arrive whole within the layer's time limit; one that
+//! does not (a client stalled mid-message, or sending a byte at a time) ends its stream with
+//! `DEADLINE_EXCEEDED`, so that it cannot keep its share, and the other streams from the
+//! budget, for as long as its connection lives.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
@@ -67,11 +73,17 @@ impl MessageShares {
 
 impl RequestBudget {
     /// The tower layer that counts each message of the requests to `routes` (gRPC paths such
-    /// as `/herald.v1.AgentControl/ReportAttempts`) against this budget.
-    pub fn per_message_layer(&self, routes: &'static [&'static str]) -> PerMessageLayer {
+    /// as `/herald.v1.AgentControl/ReportAttempts`) against this budget; a message must arrive
+    /// whole within `arrival` of being granted its share.
+    pub fn per_message_layer(
+        &self,
+        routes: &'static [&'static str],
+        arrival: Duration,
+    ) -> PerMessageLayer {
         PerMessageLayer {
             budget: self.clone(),
             routes,
+            arrival,
         }
     }
 }
@@ -81,6 +93,7 @@ impl RequestBudget {
 pub struct PerMessageLayer {
     budget: RequestBudget,
     routes: &'static [&'static str],
+    arrival: Duration,
 }
 
 impl<S> tower::Layer<S> for PerMessageLayer {
@@ -120,7 +133,8 @@ where
         let shares = MessageShares::default();
         let (mut parts, body) = request.into_parts();
         parts.extensions.insert(shares.clone());
-        let body = SharedMessages::new(body, self.layer.budget.clone(), shares);
+        let body = SharedMessages::new(body, self.layer.budget.clone(), shares)
+            .arriving_within(self.layer.arrival);
         self.inner.call(http::Request::from_parts(
             parts,
             tonic::body::Body::new(body),
@@ -142,6 +156,10 @@ struct SharedMessages {
     message_left: usize,
     /// The share the message at the start of `held` is waiting for.
     taking: Option<Taking>,
+    /// How long a message granted its share has to arrive whole.
+    arrival: Duration,
+    /// When the message being handed on must have arrived whole.
+    due: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The body has ended; `last` is what ended it (trailers or an error), handed on after
     /// what is held.
     ended: bool,
@@ -157,9 +175,17 @@ impl SharedMessages {
             held: Bytes::new(),
             message_left: 0,
             taking: None,
+            arrival: Duration::MAX,
+            due: None,
             ended: false,
             last: None,
         }
+    }
+
+    /// The same body, each message granted its share given `arrival` to arrive whole.
+    fn arriving_within(mut self, arrival: Duration) -> Self {
+        self.arrival = arrival;
+        self
     }
 
     /// Reads the next frame: data joins what is held; anything else ends the body.
@@ -203,6 +229,9 @@ impl Body for SharedMessages {
                 let permit = ready!(taking.as_mut().poll(cx)).ok();
                 this.taking = None;
                 this.shares.push(Share(permit));
+                this.due = tokio::time::Instant::now()
+                    .checked_add(this.arrival)
+                    .map(|due| Box::pin(tokio::time::sleep_until(due)));
             }
             if this.message_left == 0 && !this.held.is_empty() {
                 if this.held.len() < PREFIX_BYTES && !this.ended {
@@ -229,10 +258,24 @@ impl Body for SharedMessages {
             if !this.held.is_empty() {
                 let handed = this.message_left.min(this.held.len());
                 this.message_left -= handed;
+                if this.message_left == 0 {
+                    this.due = None;
+                }
                 return Poll::Ready(Some(Ok(Frame::data(this.held.split_to(handed)))));
             }
             if this.ended {
                 return Poll::Ready(this.last.take());
+            }
+            if let Some(due) = &mut this.due
+                && due.as_mut().poll(cx).is_ready()
+            {
+                this.due = None;
+                this.ended = true;
+                return Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(format!(
+                    "a message was not whole {:?} after it was let in: the stream is ended so \
+                     that it does not keep its share of the server's budget",
+                    this.arrival
+                )))));
             }
             ready!(this.poll_read(cx));
         }
@@ -251,8 +294,6 @@ impl Body for SharedMessages {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use tokio::sync::mpsc;
 
     use super::*;
@@ -398,6 +439,43 @@ mod tests {
         read(&mut body, PREFIX_BYTES + 6).await;
         assert_eq!(budget.held_bytes(), 10);
         drop((tx, body, shares));
+        assert_eq!(budget.held_bytes(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_that_stops_arriving_ends_its_stream_and_gives_its_share_back() {
+        let budget = RequestBudget::new(100);
+        let (tx, body, shares) = stream(&budget);
+        let mut body = body.arriving_within(Duration::from_secs(60));
+        // Slow but steady: 40 s between the halves of the first message is within the limit.
+        let first = message(20);
+        tx.send(Bytes::copy_from_slice(&first[..10])).expect("fed");
+        assert_eq!(next(&mut body).await.as_deref(), Some(&first[..10]));
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        tx.send(Bytes::copy_from_slice(&first[10..])).expect("fed");
+        assert_eq!(next(&mut body).await.as_deref(), Some(&first[10..]));
+        drop(shares.next());
+
+        // The second stops halfway: its share is held until the limit, then the stream ends.
+        let second = message(80);
+        tx.send(Bytes::copy_from_slice(&second[..30])).expect("fed");
+        assert_eq!(next(&mut body).await.as_deref(), Some(&second[..30]));
+        assert_eq!(budget.held_bytes(), 80);
+        tokio::time::sleep(Duration::from_secs(58)).await;
+        // (Waiting a second more for a frame: 59 s, still within the limit.)
+        assert!(next(&mut body).await.is_none(), "still within the limit");
+        let ended = tokio::time::timeout(
+            Duration::from_secs(5),
+            std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)),
+        )
+        .await
+        .expect("the stream ends at the limit");
+        let status = ended.expect("an end").expect_err("an error");
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        let after = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        assert!(after.is_none(), "nothing more is read");
+        // The handler, seeing the error, ends: the share goes with the stream.
+        drop((body, shares));
         assert_eq!(budget.held_bytes(), 0);
     }
 

@@ -45,6 +45,9 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The calls whose every message is counted against the budget of reports in flight
 /// (`--max-report-bytes-in-flight`): the attempt reports agents stream.
 pub const BUDGETED_ROUTES: &[&str] = &["/herald.v1.AgentControl/ReportAttempts"];
+/// How long a report batch let into that budget has to arrive whole: a stream stalled
+/// mid-batch is ended rather than keep its share. (A batch is at most 512 KiB: 9 KB/s.)
+pub const BATCH_ARRIVAL: Duration = Duration::from_secs(60);
 use herald_core::disk_fault::DiskFault;
 use herald_core::limits::MAX_REPORT_BATCH;
 /// The most unacknowledged changes per stream whose convergence time is measured.
@@ -234,7 +237,13 @@ impl AgentControl for AgentControlService {
                 };
                 let batch = match batch {
                     Ok(Some(batch)) => batch,
-                    Ok(None) | Err(_) => return,
+                    Ok(None) => return,
+                    Err(status) => {
+                        // The agent is told why (a batch too large or too slow to arrive), if
+                        // it is still there.
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
                 };
                 // The batch's share of the replica's budget of reports in flight, given back
                 // once it is stored: then the next waiting batch is read.

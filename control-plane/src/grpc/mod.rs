@@ -9,7 +9,7 @@ mod portal;
 mod streams;
 
 pub use admin::{AgentsService, DeliveriesService, SubscriptionsService};
-pub use agent_control::{AgentControlService, BUDGETED_ROUTES, ConfigFeeds};
+pub use agent_control::{AgentControlService, BATCH_ARRIVAL, BUDGETED_ROUTES, ConfigFeeds};
 pub use audit::AuditService;
 pub use event_types::EventTypesService;
 pub use portal::PortalService;
