@@ -9,6 +9,8 @@
 //! (agents make their reports on their own machines). Three rounds of 100,000 attempts,
 //! median reported. On PostgreSQL, dropping a day's partition is timed while ingest runs.
 //!
+//! `HERALD_LOG_CACHE_BYTES` sets the embedded log's page cache, as it does the control plane's.
+//!
 //! Queries: the log is filled to `HERALD_BENCH_LOG_ATTEMPTS` attempts (default 10,000,000;
 //! 1,000 subscriptions, 100 tenants, 8 event types of 4 groups, 2% failed: four in five of
 //! those answered 500, one in five timed out) and a control plane serves `ListAttempts` for a
@@ -149,6 +151,7 @@ async fn control_plane(
         shutdown_grace: Duration::from_secs(1),
         log_store: store.clone(),
         log_retention: YEAR,
+        log_cache_bytes: cache_bytes(),
         ..herald_control_plane::Config::new(addr, dir.to_owned())
     };
     let stop = stop.clone();
@@ -274,10 +277,19 @@ impl Store {
     /// embedded store, the same database for PostgreSQL.
     async fn open(&self, dir: &std::path::Path) -> anyhow::Result<AttemptLog> {
         Ok(match self {
-            Store::Embedded => Arc::new(EmbeddedLog::open(dir)?),
+            Store::Embedded => Arc::new(EmbeddedLog::open_with_cache(dir, cache_bytes())?),
             Store::Postgres(pg) => Arc::new(PostgresLog::open(&database(pg)?, YEAR).await?),
         })
     }
+}
+
+/// The embedded log's page cache: `HERALD_LOG_CACHE_BYTES`, as for the control plane, else
+/// its default.
+fn cache_bytes() -> usize {
+    std::env::var("HERALD_LOG_CACHE_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(herald_control_plane::attempts::embedded::DEFAULT_CACHE_BYTES)
 }
 
 fn database(pg: &herald_tests::Postgres) -> anyhow::Result<DatabaseUrl> {
@@ -345,7 +357,7 @@ pub async fn run() -> anyhow::Result<()> {
     let log: AttemptLog = match &store {
         Store::Embedded => {
             herald_tests::eventually(Duration::from_secs(10), "the log to be free", || async {
-                Ok(EmbeddedLog::open(dir.path()).ok())
+                Ok(EmbeddedLog::open_with_cache(dir.path(), cache_bytes()).ok())
             })
             .await
             .map(|log| Arc::new(log) as AttemptLog)?
