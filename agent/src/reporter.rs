@@ -43,7 +43,6 @@ const POLL: Duration = Duration::from_secs(1);
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// How a report stream ended without an error.
-#[derive(Debug, PartialEq)]
 enum Ended {
     /// After shutdown, with the outbox empty.
     Flushed,

@@ -79,66 +79,20 @@ impl RequestBudget {
         &self,
         routes: &'static [&'static str],
         arrival: Duration,
-    ) -> PerMessageLayer {
-        PerMessageLayer {
-            budget: self.clone(),
-            routes,
-            arrival,
-        }
-    }
-}
-
-/// The layer of [`RequestBudget::per_message_layer`].
-#[derive(Clone)]
-pub struct PerMessageLayer {
-    budget: RequestBudget,
-    routes: &'static [&'static str],
-    arrival: Duration,
-}
-
-impl<S> tower::Layer<S> for PerMessageLayer {
-    type Service = PerMessage<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        PerMessage {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-/// A service whose counted routes read each message only once it has its share.
-#[derive(Clone)]
-pub struct PerMessage<S> {
-    inner: S,
-    layer: PerMessageLayer,
-}
-
-impl<S> tower::Service<http::Request<tonic::body::Body>> for PerMessage<S>
-where
-    S: tower::Service<http::Request<tonic::body::Body>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        if !self.layer.routes.contains(&request.uri().path()) {
-            return self.inner.call(request);
-        }
-        let shares = MessageShares::default();
-        let (mut parts, body) = request.into_parts();
-        parts.extensions.insert(shares.clone());
-        let body = SharedMessages::new(body, self.layer.budget.clone(), shares)
-            .arriving_within(self.layer.arrival);
-        self.inner.call(http::Request::from_parts(
-            parts,
-            tonic::body::Body::new(body),
-        ))
+    ) -> tower::util::MapRequestLayer<
+        impl FnMut(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> + Clone + use<>,
+    > {
+        let budget = self.clone();
+        tower::util::MapRequestLayer::new(move |request: http::Request<tonic::body::Body>| {
+            if !routes.contains(&request.uri().path()) {
+                return request;
+            }
+            let shares = MessageShares::default();
+            let (mut parts, body) = request.into_parts();
+            parts.extensions.insert(shares.clone());
+            let body = SharedMessages::new(body, budget.clone(), shares).arriving_within(arrival);
+            http::Request::from_parts(parts, tonic::body::Body::new(body))
+        })
     }
 }
 
