@@ -12,7 +12,8 @@
 //! - [`HeldPort`]: a loopback port kept for a server while it restarts ([`port`]);
 //! - [`Relay`]: a TCP relay that can go silent, as a vanished host does ([`relay`]);
 //! - [`Tmpfs`]: a small real disk to fill up ([`tmpfs`]);
-//! - [`World`]: all of the above started together ([`world`]);
+//! - [`World`]: all of the above started together, and [`AgentAndReceiver`]: its agent and
+//!   receiver alone ([`world`]);
 //! - [`eventually`]: waiting for a condition with a deadline ([`wait`]).
 //!
 //! Scenarios live in `tests/tests/` and read like stories built from these handles.
@@ -49,4 +50,4 @@ pub use relay::Relay;
 pub use tls::TestCa;
 pub use tmpfs::Tmpfs;
 pub use wait::eventually;
-pub use world::{World, secret_of, signature_verifies};
+pub use world::{AgentAndReceiver, World, secret_of, signature_verifies};

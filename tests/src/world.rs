@@ -1,12 +1,12 @@
 //! A whole Herald in one value: a real etcd, a control plane on it, an agent connected to the
 //! control plane and trusting a test CA, and an HTTPS receiver with a certificate from that CA.
-//! Most scenarios start one of these and then tell their story.
+//! Most scenarios start one of these and then tell their story; those that start their own
+//! control planes add an [`AgentAndReceiver`] to them.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use herald_core::signing::{self, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, SigningSecret};
 use herald_proto::v1 as pb;
-use tempfile::TempDir;
 
 use crate::{
     Agent, AgentOptions, ConfigStore, ControlPlane, Etcd, ReceivedRequest, Receiver, TestCa,
@@ -24,7 +24,39 @@ pub struct World {
     pub ca: TestCa,
     /// etcd (kept last so it outlives the servers using it).
     pub etcd: Etcd,
-    _ca_dir: TempDir,
+}
+
+/// An agent connected to a control plane and an HTTPS receiver whose certificate is from a
+/// test CA the agent trusts: what delivers in a scenario that starts its control planes itself.
+pub struct AgentAndReceiver {
+    /// The agent.
+    pub agent: Agent,
+    /// The webhook receiver.
+    pub receiver: Receiver,
+    /// The CA behind the receiver's certificate.
+    pub ca: TestCa,
+}
+
+impl AgentAndReceiver {
+    /// Starts a receiver, and an agent connected to `control_plane` with `options` that
+    /// trusts the receiver's CA.
+    pub async fn start(control_plane: &str, options: AgentOptions) -> anyhow::Result<Self> {
+        let ca = TestCa::new();
+        let receiver = Receiver::start(&ca).await?;
+        let agent = Agent::start(
+            control_plane,
+            AgentOptions {
+                trusted_ca: Some(ca.ca_pem()),
+                ..options
+            },
+        )
+        .await?;
+        Ok(AgentAndReceiver {
+            agent,
+            receiver,
+            ca,
+        })
+    }
 }
 
 impl World {
@@ -64,18 +96,11 @@ impl World {
         let etcd = Etcd::start().await?;
         let store = ConfigStore::Etcd(vec![etcd.endpoint()]);
         let control_plane = ControlPlane::start_configured(store, configure).await?;
-        let ca = TestCa::new();
-        let ca_dir = tempfile::tempdir()?;
-        let ca_file = ca.write_ca_pem(ca_dir.path())?;
-        let agent = Agent::start(
-            control_plane.url(),
-            AgentOptions {
-                ca_file: Some(ca_file),
-                ..Default::default()
-            },
-        )
-        .await?;
-        let receiver = Receiver::start(&ca).await?;
+        let AgentAndReceiver {
+            agent,
+            receiver,
+            ca,
+        } = AgentAndReceiver::start(control_plane.url(), AgentOptions::default()).await?;
         // The agent has config once it acked any revision (an empty etcd still has one).
         control_plane
             .wait_applied(0, std::time::Duration::from_secs(10))
@@ -86,7 +111,6 @@ impl World {
             receiver,
             ca,
             etcd,
-            _ca_dir: ca_dir,
         })
     }
 }

@@ -11,7 +11,7 @@ use herald_proto::v1::event_types_client::EventTypesClient;
 use herald_proto::v1::subscriptions_client::SubscriptionsClient;
 use herald_tests::herald::connect;
 use herald_tests::{
-    Agent, AgentOptions, ConfigStore, ControlPlane, Receiver, TestCa, event, subscription,
+    AgentAndReceiver, AgentOptions, ConfigStore, ControlPlane, event, subscription,
 };
 
 const OPS: &str = "admin-ops-6c1e9a4f2b7d";
@@ -25,12 +25,11 @@ async fn every_change_is_recorded_with_its_actor() -> anyhow::Result<()> {
     );
     let control_plane =
         ControlPlane::start_with_tokens(ConfigStore::Embedded, &tokens, OPS).await?;
-    let ca = TestCa::new();
-    let receiver = Receiver::start(&ca).await?;
-    let agent = Agent::start(
+    let AgentAndReceiver {
+        agent, receiver, ..
+    } = AgentAndReceiver::start(
         control_plane.url(),
         AgentOptions {
-            trusted_ca: Some(ca.ca_pem()),
             control_plane_token: Some(AGENT.into()),
             ..Default::default()
         },

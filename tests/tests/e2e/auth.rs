@@ -9,7 +9,7 @@ use herald_proto::v1::agent_control_client::AgentControlClient;
 use herald_proto::v1::subscriptions_client::SubscriptionsClient;
 use herald_tests::herald::connect;
 use herald_tests::{
-    Agent, AgentOptions, ConfigStore, ControlPlane, Etcd, Receiver, TestCa, event, subscription,
+    Agent, AgentAndReceiver, AgentOptions, ConfigStore, ControlPlane, Etcd, event, subscription,
 };
 use tonic::Code;
 
@@ -119,17 +119,16 @@ async fn an_agent_with_its_token_gets_config_and_delivers() -> anyhow::Result<()
     let control_plane =
         ControlPlane::start_with_tokens(ConfigStore::Etcd(vec![etcd.endpoint()]), &tokens(), ADMIN)
             .await?;
-    let ca = TestCa::new();
-    let agent = Agent::start(
+    let AgentAndReceiver {
+        agent, receiver, ..
+    } = AgentAndReceiver::start(
         control_plane.url(),
         AgentOptions {
-            trusted_ca: Some(ca.ca_pem()),
             control_plane_token: Some(AGENT.into()),
             ..Default::default()
         },
     )
     .await?;
-    let receiver = Receiver::start(&ca).await?;
     let created = control_plane
         .create(subscription("shop-1", &receiver.url("/hook"), &["order.*"]))
         .await?;

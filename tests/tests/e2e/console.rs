@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use herald_tests::{
-    Agent, AgentOptions, Browser, ConfigStore, ControlPlane, HeldPort, Receiver, TestCa, event,
-    eventually,
+    AgentAndReceiver, AgentOptions, Browser, ConfigStore, ControlPlane, HeldPort, event, eventually,
 };
 
 const ADMIN: &str = "admin-console-5c1e8a2f7b3d";
@@ -23,17 +22,16 @@ async fn an_operator_manages_a_failing_endpoint_from_the_console() -> anyhow::Re
         |config| config.http_listen = Some(http.addr()),
     )
     .await?;
-    let ca = TestCa::new();
-    let agent = Agent::start(
+    let AgentAndReceiver {
+        agent, receiver, ..
+    } = AgentAndReceiver::start(
         control_plane.url(),
         AgentOptions {
-            trusted_ca: Some(ca.ca_pem()),
             control_plane_token: Some("agent-console-token".into()),
             ..Default::default()
         },
     )
     .await?;
-    let receiver = Receiver::start(&ca).await?;
     receiver.respond_with(500);
     let base = format!("http://{}", http.addr());
     let browser = Browser::start().await?;

@@ -12,7 +12,7 @@ use herald_control_plane::log_health::LOG_SERVICE;
 use herald_proto::v1 as pb;
 use herald_tests::herald::serving_status;
 use herald_tests::{
-    Agent, AgentOptions, ConfigStore, ControlPlane, Etcd, HeldPort, Postgres, Receiver, TestCa,
+    AgentAndReceiver, AgentOptions, ConfigStore, ControlPlane, Etcd, HeldPort, Postgres, TestCa,
     World, event, eventually, subscription,
 };
 
@@ -219,16 +219,9 @@ async fn every_replica_lists_and_follows_what_any_replica_stored() -> anyhow::Re
     };
     let a = start(shared.clone()).await?;
     let b = start(shared).await?;
-    let ca = TestCa::new();
-    let receiver = Receiver::start(&ca).await?;
-    let agent = Agent::start(
-        a.url(),
-        AgentOptions {
-            trusted_ca: Some(ca.ca_pem()),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let AgentAndReceiver {
+        agent, receiver, ..
+    } = AgentAndReceiver::start(a.url(), AgentOptions::default()).await?;
     let sub = b
         .create(subscription(
             "shop-1",
@@ -778,17 +771,16 @@ async fn an_idle_agent_closes_its_report_stream_and_opens_one_for_the_next_repor
         config.metrics_listen = Some(metrics.addr());
     })
     .await?;
-    let ca = TestCa::new();
-    let agent = Agent::start(
+    let AgentAndReceiver {
+        agent, receiver, ..
+    } = AgentAndReceiver::start(
         control_plane.url(),
         AgentOptions {
-            trusted_ca: Some(ca.ca_pem()),
             report_stream_idle: Some(Duration::from_secs(1)),
             ..Default::default()
         },
     )
     .await?;
-    let receiver = Receiver::start(&ca).await?;
     let sub = control_plane
         .create(subscription("shop-1", &receiver.url("/hook"), &["order.*"]))
         .await?;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use herald_proto::v1 as pb;
 use herald_tests::{
-    Agent, AgentOptions, ConfigStore, ControlPlane, EtcdCluster, Receiver, TestCa, event,
-    eventually, subscription,
+    AgentAndReceiver, AgentOptions, ConfigStore, ControlPlane, EtcdCluster, event, eventually,
+    subscription,
 };
 use serde_json::json;
 
@@ -18,16 +18,9 @@ const WAIT: Duration = Duration::from_secs(30);
 async fn a_three_member_cluster_rides_out_member_failures() -> anyhow::Result<()> {
     let mut etcd = EtcdCluster::start(3).await?;
     let control_plane = ControlPlane::start(ConfigStore::Etcd(etcd.endpoints())).await?;
-    let ca = TestCa::new();
-    let agent = Agent::start(
-        control_plane.url(),
-        AgentOptions {
-            trusted_ca: Some(ca.ca_pem()),
-            ..Default::default()
-        },
-    )
-    .await?;
-    let receiver = Receiver::start(&ca).await?;
+    let AgentAndReceiver {
+        agent, receiver, ..
+    } = AgentAndReceiver::start(control_plane.url(), AgentOptions::default()).await?;
     let orders = control_plane
         .create(subscription(
             "shop-1",
@@ -159,16 +152,9 @@ async fn a_damaged_subscription_record_is_named_counted_and_deleted() -> anyhow:
             config.metrics_listen = Some(metrics.addr())
         })
         .await?;
-    let ca = TestCa::new();
-    let agent = Agent::start(
-        control_plane.url(),
-        AgentOptions {
-            trusted_ca: Some(ca.ca_pem()),
-            ..Default::default()
-        },
-    )
-    .await?;
-    let receiver = Receiver::start(&ca).await?;
+    let AgentAndReceiver {
+        agent, receiver, ..
+    } = AgentAndReceiver::start(control_plane.url(), AgentOptions::default()).await?;
     let kept = control_plane
         .create(subscription("shop-1", &receiver.url("/kept"), &["order.*"]))
         .await?;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use herald_control_plane::store::{Op, Store, Txn};
 use herald_proto::v1 as pb;
 use herald_tests::{
-    Agent, AgentOptions, ConfigStore, ControlPlane, Etcd, Receiver, Relay, TestCa, event,
+    Agent, AgentAndReceiver, AgentOptions, ConfigStore, ControlPlane, Etcd, Relay, event,
     eventually, subscription,
 };
 use prost::Message as _;
@@ -25,17 +25,16 @@ async fn an_agent_fails_over_to_another_replica_and_misses_no_change() -> anyhow
     let store = ConfigStore::Etcd(vec![etcd.endpoint()]);
     let first = ControlPlane::start_configured(store.clone(), replica("replica-a")).await?;
     let second = ControlPlane::start_configured(store, replica("replica-b")).await?;
-    let ca = TestCa::new();
-    let agent = Agent::start(
+    let AgentAndReceiver {
+        agent, receiver, ..
+    } = AgentAndReceiver::start(
         first.url(),
         AgentOptions {
-            trusted_ca: Some(ca.ca_pem()),
             more_control_planes: vec![second.url().to_owned()],
             ..Default::default()
         },
     )
     .await?;
-    let receiver = Receiver::start(&ca).await?;
     let old = first
         .create(subscription("shop-1", &receiver.url("/old"), &["order.*"]))
         .await?;
@@ -109,16 +108,9 @@ async fn a_refused_change_keeps_the_last_good_config_and_shows_in_the_agents_lis
 -> anyhow::Result<()> {
     let etcd = Etcd::start().await?;
     let control_plane = ControlPlane::start(ConfigStore::Etcd(vec![etcd.endpoint()])).await?;
-    let ca = TestCa::new();
-    let agent = Agent::start(
-        control_plane.url(),
-        AgentOptions {
-            trusted_ca: Some(ca.ca_pem()),
-            ..Default::default()
-        },
-    )
-    .await?;
-    let receiver = Receiver::start(&ca).await?;
+    let AgentAndReceiver {
+        agent, receiver, ..
+    } = AgentAndReceiver::start(control_plane.url(), AgentOptions::default()).await?;
     let good = control_plane
         .create(subscription("shop-1", &receiver.url("/hook"), &["order.*"]))
         .await?;
@@ -365,11 +357,11 @@ async fn an_agent_receives_only_what_its_interest_reaches_and_refuses_other_even
 -> anyhow::Result<()> {
     let etcd = Etcd::start().await?;
     let control_plane = ControlPlane::start(ConfigStore::Etcd(vec![etcd.endpoint()])).await?;
-    let ca = TestCa::new();
-    let agent = Agent::start(
+    let AgentAndReceiver {
+        agent, receiver, ..
+    } = AgentAndReceiver::start(
         control_plane.url(),
         AgentOptions {
-            trusted_ca: Some(ca.ca_pem()),
             interest: herald_core::interest::Interest {
                 tenants: vec!["shop-a".into()],
                 event_type_prefixes: vec!["order.".into()],
@@ -378,7 +370,6 @@ async fn an_agent_receives_only_what_its_interest_reaches_and_refuses_other_even
         },
     )
     .await?;
-    let receiver = Receiver::start(&ca).await?;
     let url = receiver.url("/hook");
     let orders = control_plane
         .create(subscription("shop-a", &url, &["order.*"]))

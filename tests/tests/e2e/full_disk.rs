@@ -10,8 +10,8 @@ use herald_control_plane::log_health::LOG_SERVICE;
 use herald_proto::v1 as pb;
 use herald_tests::herald::{serving_status, status_of};
 use herald_tests::{
-    Agent, AgentOptions, ConfigStore, ControlPlane, Receiver, TestCa, Tmpfs, World, event,
-    eventually, subscription,
+    AgentAndReceiver, AgentOptions, ConfigStore, ControlPlane, Tmpfs, World, event, eventually,
+    subscription,
 };
 use serde_json::json;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -116,16 +116,9 @@ async fn a_control_plane_whose_disk_fills_refuses_changes_loses_no_report_and_re
         config.data_dir = disk.path().join("control-plane");
     })
     .await?;
-    let ca = TestCa::new();
-    let receiver = Receiver::start(&ca).await?;
-    let agent = Agent::start(
-        control_plane.url(),
-        AgentOptions {
-            trusted_ca: Some(ca.ca_pem()),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let AgentAndReceiver {
+        agent, receiver, ..
+    } = AgentAndReceiver::start(control_plane.url(), AgentOptions::default()).await?;
     let sub = control_plane
         .create(subscription(
             "shop-1",

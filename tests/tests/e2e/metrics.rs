@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use herald_tests::{
-    Agent, AgentOptions, ConfigStore, ControlPlane, Etcd, HeldPort, Receiver, TestCa, event,
-    eventually, subscription,
+    AgentAndReceiver, AgentOptions, ConfigStore, ControlPlane, Etcd, HeldPort, event, eventually,
+    subscription,
 };
 
 /// Scrapes `addr` and returns every sample as `name{labels}` → value.
@@ -71,18 +71,17 @@ async fn both_daemons_count_what_happened() -> anyhow::Result<()> {
             config.metrics_listen = Some(cp_metrics.addr())
         })
         .await?;
-    let ca = TestCa::new();
     let agent_metrics = HeldPort::new()?;
-    let agent = Agent::start(
+    let AgentAndReceiver {
+        agent, receiver, ..
+    } = AgentAndReceiver::start(
         control_plane.url(),
         AgentOptions {
-            trusted_ca: Some(ca.ca_pem()),
             metrics_listen: Some(agent_metrics.addr()),
             ..Default::default()
         },
     )
     .await?;
-    let receiver = Receiver::start(&ca).await?;
     control_plane
         .wait_applied(0, Duration::from_secs(10))
         .await?;

@@ -11,8 +11,8 @@ use herald_proto::v1 as pb;
 use herald_proto::v1::event_types_client::EventTypesClient;
 use herald_proto::v1::portal_client::PortalClient;
 use herald_tests::{
-    Agent, AgentOptions, Browser, ConfigStore, ControlPlane, HeldPort, Receiver, TestCa, World,
-    event, eventually, subscription,
+    AgentAndReceiver, AgentOptions, Browser, ConfigStore, ControlPlane, HeldPort, World, event,
+    eventually, subscription,
 };
 
 const ADMIN: &str = "admin-portal-3b7d9e1f5a2c";
@@ -52,17 +52,16 @@ async fn a_shop_manages_its_endpoints_in_its_portal_and_sees_no_other_shop() -> 
         },
     )
     .await?;
-    let ca = TestCa::new();
-    let agent = Agent::start(
+    let AgentAndReceiver {
+        agent, receiver, ..
+    } = AgentAndReceiver::start(
         control_plane.url(),
         AgentOptions {
-            trusted_ca: Some(ca.ca_pem()),
             control_plane_token: Some("agent-portal-token".into()),
             ..Default::default()
         },
     )
     .await?;
-    let receiver = Receiver::start(&ca).await?;
     receiver.respond_with(500);
     let mut catalogue = EventTypesClient::new(control_plane.channel().await?);
     for (name, description, example) in [

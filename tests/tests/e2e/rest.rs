@@ -6,7 +6,7 @@ use herald_tests::tls::CertUse;
 use std::time::Duration;
 
 use herald_tests::{
-    Agent, AgentOptions, ConfigStore, ControlPlane, HeldPort, Receiver, TestCa, event, eventually,
+    AgentAndReceiver, AgentOptions, ConfigStore, ControlPlane, HeldPort, TestCa, event, eventually,
     subscription,
 };
 use reqwest::Method;
@@ -575,16 +575,9 @@ async fn the_delivery_log_is_listed_followed_live_and_replayed_over_http() -> an
         config.http_listen = Some(http.addr());
     })
     .await?;
-    let ca = TestCa::new();
-    let agent = Agent::start(
-        control_plane.url(),
-        AgentOptions {
-            trusted_ca: Some(ca.ca_pem()),
-            ..Default::default()
-        },
-    )
-    .await?;
-    let receiver = Receiver::start(&ca).await?;
+    let AgentAndReceiver {
+        agent, receiver, ..
+    } = AgentAndReceiver::start(control_plane.url(), AgentOptions::default()).await?;
     receiver.respond_with(503);
     let mut sub = subscription("shop-a", &receiver.url("/hook"), &["order.*"]);
     sub.retry = Some(herald_proto::convert::retry_policy(

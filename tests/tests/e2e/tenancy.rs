@@ -15,7 +15,8 @@ use herald_proto::v1::event_types_client::EventTypesClient;
 use herald_proto::v1::subscriptions_client::SubscriptionsClient;
 use herald_tests::herald::connect;
 use herald_tests::{
-    Agent, AgentOptions, ConfigStore, ControlPlane, HeldPort, Receiver, TestCa, event, subscription,
+    Agent, AgentAndReceiver, AgentOptions, ConfigStore, ControlPlane, HeldPort, Receiver, TestCa,
+    event, subscription,
 };
 use prost::Message as _;
 use tonic::{Code, Status};
@@ -101,12 +102,11 @@ fn refused<T: std::fmt::Debug>(
 async fn a_token_scoped_to_one_tenant_neither_sees_nor_changes_another() -> anyhow::Result<()> {
     let control_plane =
         ControlPlane::start_with_tokens(ConfigStore::Embedded, &tokens(), ADMIN).await?;
-    let ca = TestCa::new();
-    let receiver = Receiver::start(&ca).await?;
-    let agent = Agent::start(
+    let AgentAndReceiver {
+        agent, receiver, ..
+    } = AgentAndReceiver::start(
         control_plane.url(),
         AgentOptions {
-            trusted_ca: Some(ca.ca_pem()),
             control_plane_token: Some(AGENT.into()),
             ..Default::default()
         },
