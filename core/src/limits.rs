@@ -28,6 +28,32 @@ pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 /// link to the data, not in the request.
 pub const MAX_PAYLOAD_LIMIT: usize = 16 * 1024 * 1024;
 
+/// The bytes of items one page of a list answer holds, about: a page ends before the first
+/// item that would go past it (its first item always fits). So an answer stays well under the
+/// 4 MiB message that gRPC clients accept by default, whatever page size was asked for; the
+/// rest comes on the next page.
+pub const MAX_PAGE_BYTES: usize = 2 * 1024 * 1024;
+
+/// The bytes of a page's items so far, against [`MAX_PAGE_BYTES`].
+#[derive(Debug, Default)]
+pub struct PageBytes {
+    used: usize,
+    items: usize,
+}
+
+impl PageBytes {
+    /// Counts an item of `len` bytes into the page if it fits (the first item always does);
+    /// false when the page is full and the item belongs on the next one.
+    pub fn fits(&mut self, len: usize) -> bool {
+        if self.items > 0 && self.used.saturating_add(len) > MAX_PAGE_BYTES {
+            return false;
+        }
+        self.used = self.used.saturating_add(len);
+        self.items += 1;
+        true
+    }
+}
+
 /// Parses a configured payload limit (1 byte to [`MAX_PAYLOAD_LIMIT`]).
 pub fn parse_payload_limit(text: &str) -> Result<usize, String> {
     parse_bytes_in(text, 1..=MAX_PAYLOAD_LIMIT)
@@ -108,6 +134,24 @@ pub fn bound_attempt_text(text: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_takes_items_until_its_bytes_are_spent_and_always_its_first() {
+        let mut page = PageBytes::default();
+        assert!(
+            page.fits(MAX_PAGE_BYTES * 3),
+            "the first item, however large"
+        );
+        assert!(!page.fits(1));
+        let mut page = PageBytes::default();
+        assert!(page.fits(0), "an empty first item");
+        assert!(page.fits(MAX_PAGE_BYTES));
+        assert!(!page.fits(1), "one byte past the page");
+        let mut page = PageBytes::default();
+        assert!(page.fits(MAX_PAGE_BYTES / 2));
+        assert!(page.fits(MAX_PAGE_BYTES / 2));
+        assert!(!page.fits(1));
+    }
 
     #[test]
     fn payload_limits_are_bounded() {

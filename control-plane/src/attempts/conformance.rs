@@ -6,9 +6,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use herald_core::limits::{MAX_ATTEMPT_TEXT_LEN, MAX_PAGE_BYTES};
 use herald_proto::convert::timestamp;
 use herald_proto::prost_types;
 use herald_proto::v1 as pb;
+use prost::Message as _;
 
 use super::{AttemptLog, Filter, LogStore, Reactions, SentQuery};
 use crate::access::Scope;
@@ -32,6 +34,52 @@ pub async fn check_all(log: &AttemptLog) {
     the_outbox_keeps_an_event_once_until_emitted(log.as_ref()).await;
     audit_entries_are_listed_newest_first_within_scope_and_swept(log.as_ref()).await;
     requests_as_sent_are_kept_once_per_delivery_within_scope(log.as_ref()).await;
+    // Last: its thousand attempts would be the newest in the other checks' listings.
+    pages_end_within_their_bytes(log.as_ref()).await;
+}
+
+/// 1,000 attempts with the longest error and excerpt are more than a page of bytes: pages hold
+/// fewer than asked, each within [`MAX_PAGE_BYTES`], and together every attempt once.
+async fn pages_end_within_their_bytes(log: &dyn LogStore) {
+    let long = "x".repeat(MAX_ATTEMPT_TEXT_LEN);
+    let batch: Vec<pb::Attempt> = (0..1000)
+        .map(|n| pb::Attempt {
+            error: long.clone(),
+            response_excerpt: long.clone(),
+            ..attempt(
+                &format!("evt_b{n:04}"),
+                "sub_bytes",
+                1,
+                pb::Outcome::Retrying,
+                Duration::from_secs(1000 - n),
+            )
+        })
+        .collect();
+    log.insert(batch).await.expect("stored");
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = log
+            .list(
+                Filter::new(by_subscription("sub_bytes")).expect("a valid filter"),
+                1000,
+                &token,
+            )
+            .await
+            .expect("a page");
+        let bytes: usize = page.attempts.iter().map(|a| a.encoded_len() + 4).sum();
+        assert!(bytes <= MAX_PAGE_BYTES, "a page of {bytes} bytes");
+        pages += 1;
+        seen.extend(page.attempts.iter().map(|a| a.event_id.clone()));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert!(pages >= 4, "{pages} pages of 8 KiB attempts");
+    let expected: Vec<String> = (0..1000).rev().map(|n| format!("evt_b{n:04}")).collect();
+    assert_eq!(seen, expected, "every attempt once, newest first");
 }
 
 /// Raises an event for each failed attempt, as the control plane does; knows no policy.

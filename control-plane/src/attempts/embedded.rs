@@ -34,7 +34,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use herald_core::limits::bound_attempt_text;
+use herald_core::limits::{PageBytes, bound_attempt_text};
 use herald_proto::convert::system_time;
 use herald_proto::v1 as pb;
 use prost::Message;
@@ -898,24 +898,28 @@ fn query(db: &Database, filter: &Filter, before: u64, size: usize) -> Result<Pag
         }
     };
     let mut attempts = Vec::new();
+    let mut bytes = PageBytes::default();
     let mut last_seen = None;
+    // More may follow: continue after the last attempt seen next time.
+    let more = |attempts, last_seen: Option<u64>| Page {
+        attempts,
+        next_page_token: last_seen.map(|s| s.to_string()).unwrap_or_default(),
+    };
     for (scanned, seq) in seqs.enumerate() {
         let seq = seq?;
         if attempts.len() == size || scanned == MAX_SCAN {
-            // More may follow: continue from here next time.
-            return Ok(Page {
-                attempts,
-                next_page_token: last_seen.map(|s: u64| s.to_string()).unwrap_or_default(),
-            });
+            return Ok(more(attempts, last_seen));
+        }
+        if let Some(record) = records.get(seq).map_err(storage)? {
+            let attempt = pb::Attempt::decode(record.value()).map_err(storage)?;
+            if filter.matches(&attempt) {
+                if !bytes.fits(record.value().len()) {
+                    return Ok(more(attempts, last_seen));
+                }
+                attempts.push(attempt);
+            }
         }
         last_seen = Some(seq);
-        let Some(record) = records.get(seq).map_err(storage)? else {
-            continue;
-        };
-        let attempt = pb::Attempt::decode(record.value()).map_err(storage)?;
-        if filter.matches(&attempt) {
-            attempts.push(attempt);
-        }
     }
     Ok(Page {
         attempts,

@@ -11,6 +11,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::SystemTime;
 
+use herald_core::limits::PageBytes;
 use herald_proto::convert::system_time;
 use herald_proto::v1 as pb;
 
@@ -20,7 +21,7 @@ use crate::access::Scope;
 /// The body bytes a page of requests holds, about: a page stops at the first request that
 /// goes past it, and a request holds at most [`herald_core::limits::MAX_LOG_BODY_LIMIT`], so
 /// a page stays well under gRPC's usual 4 MiB message limit.
-pub const PAGE_BYTES: usize = 2 * 1024 * 1024;
+pub const PAGE_BYTES: usize = herald_core::limits::MAX_PAGE_BYTES;
 /// What a request's fields but its body take in a page, at most (its headers are bounded:
 /// [`herald_proto::sent_request`]).
 pub const REQUEST_OVERHEAD: usize = 512;
@@ -47,15 +48,14 @@ pub struct SentPage {
 #[derive(Debug, Default)]
 pub struct PageFill {
     page: SentPage,
-    bytes: usize,
+    bytes: PageBytes,
 }
 
 impl PageFill {
     /// Adds `request` unless the page is full (the first request always fits); false when
     /// full, and the page then says where the next one starts.
     pub fn add(&mut self, request: pb::SentRequest) -> bool {
-        let size = request.body.len() + REQUEST_OVERHEAD;
-        if !self.page.requests.is_empty() && self.bytes + size > PAGE_BYTES {
+        if !self.bytes.fits(request.body.len() + REQUEST_OVERHEAD) {
             self.page.next_page_token = self
                 .page
                 .requests
@@ -64,7 +64,6 @@ impl PageFill {
                 .unwrap_or_default();
             return false;
         }
-        self.bytes += size;
         self.page.requests.push(request);
         true
     }

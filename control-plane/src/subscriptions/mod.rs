@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use herald_core::ValidationError;
 use herald_core::ids::new_subscription_id;
+use herald_core::limits::PageBytes;
 use herald_core::signing::SigningSecret;
 use herald_core::subscription::{DEFAULT_ROTATION_GRACE, MAX_SECRETS};
 use herald_core::target::TargetPolicy;
@@ -374,8 +375,14 @@ impl Subscriptions {
                 break;
             }
         }
+        // Within the page's bytes too: the rest comes on the next page.
+        let mut bytes = PageBytes::default();
+        let full = kvs.iter().position(|kv| !bytes.fits(kv.value.len()));
+        if let Some(full) = full {
+            kvs.truncate(full);
+        }
         let next_page_token = match kvs.last() {
-            Some(last) if kvs.len() == size => last.key.clone(),
+            Some(last) if kvs.len() == size || full.is_some() => last.key.clone(),
             _ => String::new(),
         };
         let subscriptions = kvs
@@ -778,6 +785,54 @@ mod tests {
             )
             .await;
         assert!(matches!(foreign, Err(SubscriptionError::Invalid(_))));
+    }
+
+    #[tokio::test]
+    async fn a_page_ends_within_its_bytes_and_the_next_goes_on_from_there() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (registry, _) = registry_in(&dir).await;
+        // 80 subscriptions of some 33 KB each (32 custom headers of 1 KiB): 2.6 MB in all.
+        let headers: std::collections::HashMap<String, String> = (0
+            ..herald_core::limits::MAX_HEADERS)
+            .map(|n| {
+                let value = "v".repeat(herald_core::limits::MAX_HEADER_VALUE_LEN);
+                (format!("x-shop-{n}"), value)
+            })
+            .collect();
+        for _ in 0..80 {
+            registry
+                .create(pb::Subscription {
+                    tenant: "shop-a".into(),
+                    url: "https://93.184.215.14/hook".into(),
+                    event_types: vec!["order.*".into()],
+                    headers: headers.clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect("created");
+        }
+        let mut ids = Vec::new();
+        let mut token = String::new();
+        let mut pages = 0;
+        loop {
+            let page = registry.list("", 1000, &token).await.expect("a page");
+            let bytes: usize = page.subscriptions.iter().map(|s| s.encoded_len()).sum();
+            assert!(
+                bytes <= herald_core::limits::MAX_PAGE_BYTES,
+                "{bytes} bytes"
+            );
+            ids.extend(page.subscriptions.into_iter().map(|s| s.id));
+            pages += 1;
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!(pages, 2);
+        let mut distinct = ids.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!((ids.len(), distinct.len()), (80, 80), "each once");
     }
 
     #[tokio::test]

@@ -369,7 +369,9 @@ pub struct ListSubscriptionsRequest {
     /// Only this tenant's subscriptions; empty lists all tenants.
     #[prost(string, tag = "1")]
     pub tenant: ::prost::alloc::string::String,
-    /// At most 1000; 0 means 100.
+    /// At most 1000; 0 means 100. A page also ends before it would pass about 2 MiB (well
+    /// under the 4 MiB message gRPC clients accept by default): a page may hold fewer than
+    /// asked, and only an empty next_page_token means the last.
     #[prost(uint32, tag = "2")]
     pub page_size: u32,
     #[prost(string, tag = "3")]
@@ -639,7 +641,9 @@ pub struct AttemptFilter {
 pub struct ListAttemptsRequest {
     #[prost(message, optional, tag = "1")]
     pub filter: ::core::option::Option<AttemptFilter>,
-    /// At most 1000; 0 means 100.
+    /// At most 1000; 0 means 100. A page also ends before it would pass about 2 MiB (well
+    /// under the 4 MiB message gRPC clients accept by default): a page may hold fewer than
+    /// asked, and only an empty next_page_token means the last.
     #[prost(uint32, tag = "2")]
     pub page_size: u32,
     #[prost(string, tag = "3")]
@@ -673,7 +677,8 @@ pub struct AuditEntry {
     pub tenant: ::prost::alloc::string::String,
     /// What was done: `subscription.create`, `subscription.update`, `subscription.delete`,
     /// `subscription.enable`, `subscription.disable`, `subscription.rotate_secret`,
-    /// `event_type.create`, `deliveries.replay`, `portal.link`.
+    /// `subscription.test`, `event_type.create`, `event_type.update`, `event_type.deprecate`,
+    /// `event_type.delete`, `deliveries.replay`, `deliveries.expunge`, `portal.link`.
     #[prost(string, tag = "4")]
     pub action: ::prost::alloc::string::String,
     /// What it was done to: a subscription id, an event type's name, or what a replay named.

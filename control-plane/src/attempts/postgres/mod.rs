@@ -42,7 +42,7 @@ use herald_core::disk_fault::DiskFault;
 use herald_core::error_kind::StatusFilter;
 use herald_core::error_text;
 use herald_core::event_type::EventPattern;
-use herald_core::limits::bound_attempt_text;
+use herald_core::limits::{PageBytes, bound_attempt_text};
 use herald_proto::convert::system_time;
 use herald_proto::v1 as pb;
 use prost::Message as _;
@@ -523,12 +523,17 @@ impl LogStore for PostgresLog {
             .query(sql.as_str(), &refs)
             .await
             .map_err(|e| self.error(e))?;
-        let more = rows.len() > size;
+        let mut more = rows.len() > size;
         let mut attempts = Vec::with_capacity(size.min(rows.len()));
+        let mut bytes = PageBytes::default();
         let mut last = None;
         for row in rows.iter().take(size) {
-            let record: Vec<u8> = row.get(2);
-            attempts.push(pb::Attempt::decode(record.as_slice()).map_err(super::storage)?);
+            let record: &[u8] = row.get(2);
+            if !bytes.fits(record.len()) {
+                more = true;
+                break;
+            }
+            attempts.push(pb::Attempt::decode(record).map_err(super::storage)?);
             last = Some(PageToken {
                 seq: row.get(0),
                 started_at: row.get(1),
