@@ -277,13 +277,15 @@ async fn chosen_type(
     if let Some(exact) = sub.event_types.iter().find(|p| !p.contains('*')) {
         return Ok(exact.clone());
     }
-    let catalogued: Vec<String> = event_types
+    // The platform's own types first; Herald's built-in ones for `herald.*` subscriptions.
+    let (mut catalogued, built_in): (Vec<_>, Vec<_>) = event_types
         .list()
         .await?
         .into_iter()
-        .filter(|t| !t.built_in && !t.deprecated)
-        .map(|t| t.name)
-        .collect();
+        .filter(|t| !t.deprecated)
+        .partition(|t| !t.built_in);
+    catalogued.extend(built_in);
+    let catalogued: Vec<String> = catalogued.into_iter().map(|t| t.name).collect();
     test_types(&filter, &sub.event_types, &catalogued)
         .into_iter()
         .next()
@@ -299,4 +301,42 @@ async fn chosen_type(
             )
             .into()
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event_types::RegistryMode;
+    use crate::store::Store;
+
+    fn selecting(patterns: &[&str]) -> pb::Subscription {
+        pb::Subscription {
+            id: "sub_test".into(),
+            event_types: patterns.iter().map(|p| (*p).to_owned()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_test_takes_the_platforms_types_first_and_herald_s_own_for_herald_patterns() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::embedded(dir.path()).await.expect("a store");
+        let registry = EventTypes::new(store, RegistryMode::On);
+        registry
+            .create(pb::EventType {
+                name: "order.created".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("registered");
+        let chosen = |patterns: &'static [&'static str]| {
+            let registry = &registry;
+            async move { chosen_type(&selecting(patterns), "", registry).await }
+        };
+        assert_eq!(chosen(&["*"]).await.expect("a type"), "order.created");
+        assert_eq!(chosen(&["order.*"]).await.expect("a type"), "order.created");
+        let own = chosen(&["herald.*"]).await.expect("a built-in type");
+        assert!(own.starts_with("herald."), "{own}");
+        assert!(chosen(&["invoice.*"]).await.is_err(), "nothing catalogued");
+    }
 }
