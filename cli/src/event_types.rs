@@ -196,12 +196,24 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
             output::object(format, &event_type(&found))?;
         }
         Command::List => {
-            let types = client
-                .list_event_types(pb::ListEventTypesRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .event_types;
+            // The whole catalogue, a page (of about 2 MiB at most) at a time.
+            let mut types = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .list_event_types(pb::ListEventTypesRequest {
+                        page_size: 0,
+                        page_token,
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                types.extend(page.event_types);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
             let items: Vec<Value> = types.iter().map(event_type).collect();
             output::list(
                 format,

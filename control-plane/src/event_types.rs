@@ -16,12 +16,13 @@
 //! - a caller may pass `allow_unregistered` (`--allow-unregistered`) for types not registered
 //!   yet, and `--event-type-registry advisory` logs what `on` would refuse and lets it through.
 
+use std::collections::VecDeque;
 use std::time::SystemTime;
 
 use herald_core::ValidationError;
 use herald_core::event_schema::EventSchema;
 use herald_core::event_type::{EventFilter, EventPattern, validate_event_type};
-use herald_core::limits::MAX_DESCRIPTION_LEN;
+use herald_core::limits::{MAX_DESCRIPTION_LEN, PageBytes};
 use herald_proto::convert::timestamp;
 use herald_proto::v1 as pb;
 use prost::Message;
@@ -36,6 +37,19 @@ pub const MAX_EXAMPLE_BYTES: usize = 64 * 1024;
 pub const MAX_EVENT_TYPES: usize = 10_000;
 /// How many registered types a refusal names as what a pattern could mean.
 const MAX_SUGGESTIONS: usize = 5;
+/// The largest page of event types a listing asks for.
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// How many stored types a listing reads at once.
+const READ_CHUNK: usize = 16;
+
+/// A page of event types, by name.
+#[derive(Debug, Default)]
+pub struct EventTypePage {
+    /// The types.
+    pub event_types: Vec<pb::EventType>,
+    /// Where the next page starts (the last type's name); empty on the last page.
+    pub next_page_token: String,
+}
 
 /// Whether subscriptions are checked against the registry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -222,21 +236,82 @@ impl EventTypes {
         pb::EventType::decode(kv.value.as_slice()).map_err(|_| EventTypeError::Corrupt(name.into()))
     }
 
-    /// Every registered event type and the built-in ones, by name.
-    pub async fn list(&self) -> Result<Vec<pb::EventType>, EventTypeError> {
-        let (kvs, _) = self.store.list(EVENT_TYPES).await?;
-        let mut types = kvs
+    /// A page of the registered event types and the built-in ones, by name, after the type
+    /// `page_token` names (the first page when empty): at most `page_size` of them (0: as many
+    /// as fit) and within [`herald_core::limits::MAX_PAGE_BYTES`]. Types are read from the store a few at a time (a
+    /// type holds up to 128 KiB), so a page costs about its own size.
+    pub async fn list_page(
+        &self,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<EventTypePage, EventTypeError> {
+        if page_token.len() > herald_core::limits::MAX_EVENT_TYPE_LEN {
+            return Err(ValidationError::new("page_token", "is not from this listing").into());
+        }
+        let size = match page_size as usize {
+            0 => usize::MAX,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let mut built_ins: VecDeque<pb::EventType> = OPERATOR_EVENT_TYPES
             .iter()
-            .map(|kv| {
-                pb::EventType::decode(kv.value.as_slice()).map_err(|_| {
-                    let name = kv.key.strip_prefix(EVENT_TYPES).unwrap_or(&kv.key);
-                    EventTypeError::Corrupt(name.to_owned())
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        types.extend(OPERATOR_EVENT_TYPES.iter().filter_map(|t| built_in(t.name)));
-        types.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(types)
+            .filter(|t| t.name > page_token)
+            .filter_map(|t| built_in(t.name))
+            .collect();
+        built_ins
+            .make_contiguous()
+            .sort_by(|a, b| a.name.cmp(&b.name));
+        let mut stored: VecDeque<pb::EventType> = VecDeque::new();
+        let mut read_after = (!page_token.is_empty()).then(|| format!("{EVENT_TYPES}{page_token}"));
+        let mut all_read = false;
+        let mut page = EventTypePage::default();
+        let mut bytes = PageBytes::default();
+        loop {
+            if stored.is_empty() && !all_read {
+                let kvs = self
+                    .store
+                    .list_page(EVENT_TYPES, read_after.as_deref(), READ_CHUNK)
+                    .await?;
+                all_read = kvs.len() < READ_CHUNK;
+                read_after = kvs.last().map(|kv| kv.key.clone()).or(read_after);
+                for kv in &kvs {
+                    stored.push_back(decode(kv)?);
+                }
+            }
+            // The next type by name, stored or built in.
+            let next = match (stored.front(), built_ins.front()) {
+                (Some(s), Some(b)) if b.name < s.name => built_ins.pop_front(),
+                (Some(_), _) => stored.pop_front(),
+                (None, _) => built_ins.pop_front(),
+            };
+            let Some(next) = next else {
+                break;
+            };
+            if page.event_types.len() == size || !bytes.fits(next.encoded_len()) {
+                // It starts the next page.
+                page.next_page_token = page
+                    .event_types
+                    .last()
+                    .map(|t| t.name.clone())
+                    .unwrap_or_default();
+                return Ok(page);
+            }
+            page.event_types.push(next);
+        }
+        Ok(page)
+    }
+
+    /// Every registered event type and the built-in ones, by name: every page.
+    pub async fn list(&self) -> Result<Vec<pb::EventType>, EventTypeError> {
+        let mut all = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = self.list_page(0, &token).await?;
+            all.extend(page.event_types);
+            if page.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            token = page.next_page_token;
+        }
     }
 
     /// The registered names, read from the keys alone (a type's value holds its schema and
@@ -336,6 +411,14 @@ fn check_contents(event_type: &mut pb::EventType) -> Result<(), ValidationError>
 }
 
 /// The built-in event type `name`, if it is one.
+/// A stored event type, or which one is damaged.
+fn decode(kv: &KeyValue) -> Result<pb::EventType, EventTypeError> {
+    pb::EventType::decode(kv.value.as_slice()).map_err(|_| {
+        let name = kv.key.strip_prefix(EVENT_TYPES).unwrap_or(&kv.key);
+        EventTypeError::Corrupt(name.to_owned())
+    })
+}
+
 fn built_in(name: &str) -> Option<pb::EventType> {
     OPERATOR_EVENT_TYPES
         .iter()
@@ -419,6 +502,66 @@ mod tests {
         assert!(
             matches!(unknown, Err(EventTypeError::NotFound(_))),
             "{unknown:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_catalogue_pages_by_name_within_its_bytes_built_in_types_among_the_rest() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::embedded(dir.path()).await.expect("a store");
+        let registry = EventTypes::new(store, RegistryMode::On);
+        // 40 types of some 120 KB each (example and schema near their limits): 4.8 MB.
+        let schema = serde_json::json!({"type": "object", "description": "y".repeat(60_000)});
+        let example = serde_json::json!({"p": "x".repeat(60_000)});
+        for (group, n) in [("invoice", 20), ("order", 20)] {
+            for i in 0..n {
+                registry
+                    .create(pb::EventType {
+                        name: format!("{group}.t{i:02}"),
+                        schema: schema.to_string().into_bytes(),
+                        example: example.to_string().into_bytes(),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("registered");
+            }
+        }
+        let pages = |size: u32| {
+            let registry = &registry;
+            async move {
+                let mut pages: Vec<Vec<String>> = vec![];
+                let mut token = String::new();
+                loop {
+                    let page = registry.list_page(size, &token).await.expect("a page");
+                    let bytes: usize = page.event_types.iter().map(|t| t.encoded_len()).sum();
+                    assert!(
+                        bytes <= herald_core::limits::MAX_PAGE_BYTES,
+                        "{bytes} bytes"
+                    );
+                    pages.push(page.event_types.into_iter().map(|t| t.name).collect());
+                    if page.next_page_token.is_empty() {
+                        return pages;
+                    }
+                    token = page.next_page_token;
+                }
+            }
+        };
+        let mut expected: Vec<String> = (0..20)
+            .flat_map(|i| [format!("invoice.t{i:02}"), format!("order.t{i:02}")])
+            .chain(OPERATOR_EVENT_TYPES.iter().map(|t| t.name.to_owned()))
+            .collect();
+        expected.sort();
+        let by_bytes = pages(0).await;
+        assert!(by_bytes.len() >= 3, "{} pages", by_bytes.len());
+        assert_eq!(by_bytes.concat(), expected, "each type once, by name");
+        let by_count = pages(7).await;
+        assert!(by_count.iter().all(|page| page.len() <= 7));
+        assert_eq!(by_count.concat(), expected);
+        assert_eq!(registry.list().await.expect("all").len(), expected.len());
+        let refused = registry.list_page(0, &"x".repeat(200)).await;
+        assert!(
+            matches!(refused, Err(EventTypeError::Invalid(_))),
+            "{refused:?}"
         );
     }
 

@@ -21,6 +21,12 @@ impl EventTypesService {
         EventTypesService { registry, audit }
     }
 
+    /// The whole catalogue, every page of it, for the web pages that show or offer all of it
+    /// (reading the catalogue asks no permission of an authenticated caller).
+    pub async fn catalogue(&self) -> Result<Vec<pb::EventType>, Status> {
+        Ok(self.registry.list().await?)
+    }
+
     /// Records a catalogue change by `who`.
     async fn audited(&self, who: &Identity, action: Action, name: &str, detail: String) {
         let change = Change {
@@ -136,10 +142,16 @@ impl EventTypesApi for EventTypesService {
 
     async fn list_event_types(
         &self,
-        _request: Request<pb::ListEventTypesRequest>,
+        request: Request<pb::ListEventTypesRequest>,
     ) -> Result<Response<pb::ListEventTypesResponse>, Status> {
+        let request = request.into_inner();
+        let page = self
+            .registry
+            .list_page(request.page_size, &request.page_token)
+            .await?;
         Ok(Response::new(pb::ListEventTypesResponse {
-            event_types: self.registry.list().await?,
+            event_types: page.event_types,
+            next_page_token: page.next_page_token,
         }))
     }
 }

@@ -7,11 +7,11 @@ use axum::response::IntoResponse;
 use herald_proto::v1 as pb;
 use herald_proto::v1::event_types_server::EventTypes as _;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::json::time;
 use super::problem::{ApiError, Problem};
-use super::{ApiJson, ApiState, Authorized};
+use super::{ApiJson, ApiQuery, ApiState, Authorized};
 
 /// An event type.
 #[derive(Debug, Serialize, ToSchema)]
@@ -51,11 +51,23 @@ impl From<pb::EventType> for EventType {
     }
 }
 
-/// The catalogue.
+/// A page of the catalogue.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventTypeList {
-    /// Every type, Herald's own included.
+    /// Types by name, Herald's own among them.
     pub event_types: Vec<EventType>,
+    /// Where the next page starts; empty on the last page.
+    pub next_page_token: String,
+}
+
+/// Paging of the catalogue.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CatalogueQuery {
+    /// At most 1000; 0 or none means as many as fit in a page of about 2 MiB.
+    page_size: Option<u32>,
+    /// Where the previous page ended.
+    page_token: Option<String>,
 }
 
 /// A type to register.
@@ -119,29 +131,36 @@ fn json_bytes(value: Option<&serde_json::Value>) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-/// Lists the catalogue.
+/// Lists the catalogue, a page at a time.
 #[utoipa::path(
     get,
     path = "/api/v1/event-types",
     operation_id = "ListEventTypes",
     tag = "Event types",
+    params(CatalogueQuery),
     responses(
         (status = 200, body = EventTypeList),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json")
     )
 )]
 pub async fn list_event_types(
     State(state): State<ApiState>,
     caller: Authorized,
+    ApiQuery(query): ApiQuery<CatalogueQuery>,
 ) -> Result<Json<EventTypeList>, ApiError> {
     let list = state
         .services
         .event_types
-        .list_event_types(caller.request(pb::ListEventTypesRequest {}))
+        .list_event_types(caller.request(pb::ListEventTypesRequest {
+            page_size: query.page_size.unwrap_or_default(),
+            page_token: query.page_token.unwrap_or_default(),
+        }))
         .await?
         .into_inner();
     Ok(Json(EventTypeList {
         event_types: list.event_types.into_iter().map(Into::into).collect(),
+        next_page_token: list.next_page_token,
     }))
 }
 

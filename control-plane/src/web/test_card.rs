@@ -6,7 +6,6 @@
 
 use herald_core::event_type::EventFilter;
 use herald_proto::v1 as pb;
-use herald_proto::v1::event_types_server::EventTypes as _;
 use herald_proto::v1::subscriptions_server::Subscriptions as _;
 
 use super::WebState;
@@ -43,23 +42,17 @@ pub struct Tested {
 }
 
 impl TestCard {
-    /// The card for `sub` as `caller` sees it, posting to `action`, with what `tested` gave.
+    /// The card for `sub`, posting to `action`, with what `tested` gave.
     /// A catalogue that cannot be read leaves the type to be typed in: the page still shows.
     pub async fn load(
         state: &WebState,
-        caller: &Authorized,
         sub: &pb::Subscription,
         action: String,
         csrf: String,
         tested: Tested,
     ) -> TestCard {
-        let catalogue = match state
-            .services
-            .event_types
-            .list_event_types(caller.request(pb::ListEventTypesRequest {}))
-            .await
-        {
-            Ok(answer) => answer.into_inner().event_types,
+        let catalogue = match state.services.event_types.catalogue().await {
+            Ok(catalogue) => catalogue,
             Err(status) => {
                 tracing::warn!(error = %status.message(), "the test card cannot read the catalogue");
                 vec![]

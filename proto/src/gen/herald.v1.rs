@@ -781,12 +781,25 @@ pub struct GetEventTypeRequest {
     #[prost(string, tag = "1")]
     pub name: ::prost::alloc::string::String,
 }
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct ListEventTypesRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListEventTypesRequest {
+    /// At most 1000; 0 means as many as fit. A page also ends before it would pass about 2 MiB
+    /// (a type holds up to 128 KiB of schema and example): only an empty next_page_token means
+    /// the last page.
+    #[prost(uint32, tag = "1")]
+    pub page_size: u32,
+    /// The previous page's next_page_token; empty for the first page.
+    #[prost(string, tag = "2")]
+    pub page_token: ::prost::alloc::string::String,
+}
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ListEventTypesResponse {
+    /// By name, the built-in `herald.*` types among them.
     #[prost(message, repeated, tag = "1")]
     pub event_types: ::prost::alloc::vec::Vec<EventType>,
+    /// Empty on the last page.
+    #[prost(string, tag = "2")]
+    pub next_page_token: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CreatePortalLinkRequest {

@@ -46,7 +46,7 @@ async fn subscriptions_select_registered_types_once_the_catalogue_has_any() -> a
             .await?;
     }
     let listed = types
-        .list_event_types(pb::ListEventTypesRequest {})
+        .list_event_types(pb::ListEventTypesRequest::default())
         .await?
         .into_inner()
         .event_types;
@@ -300,7 +300,7 @@ async fn types_carry_schemas_their_examples_satisfy_and_are_updated_deprecated_a
         .into_inner();
     assert!(deprecated.deprecated);
     let listed = types
-        .list_event_types(pb::ListEventTypesRequest {})
+        .list_event_types(pb::ListEventTypesRequest::default())
         .await?
         .into_inner();
     assert!(

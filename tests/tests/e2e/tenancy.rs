@@ -477,7 +477,7 @@ async fn a_token_scoped_to_one_tenant_neither_sees_nor_changes_another() -> anyh
         Code::PermissionDenied,
     );
     b.event_types
-        .list_event_types(pb::ListEventTypesRequest {})
+        .list_event_types(pb::ListEventTypesRequest::default())
         .await?;
     covered.insert("EventTypes/ListEventTypes".into());
     b.event_types

@@ -57,13 +57,7 @@ async fn page(
     error: String,
     (name, description, example): (String, String, String),
 ) -> Result<Response, PageError> {
-    let types = state
-        .services
-        .event_types
-        .list_event_types(console.caller.request(pb::ListEventTypesRequest {}))
-        .await?
-        .into_inner()
-        .event_types;
+    let types = state.services.event_types.catalogue().await?;
     Ok(render_with(
         status,
         &CataloguePage {

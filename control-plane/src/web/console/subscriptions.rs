@@ -10,7 +10,6 @@ use axum::routing::{get, post};
 use herald_core::validate::quoted;
 use herald_proto::v1 as pb;
 use herald_proto::v1::deliveries_server::Deliveries as _;
-use herald_proto::v1::event_types_server::EventTypes as _;
 use herald_proto::v1::subscriptions_server::Subscriptions as _;
 use serde::Deserialize;
 
@@ -150,17 +149,10 @@ struct FormPage {
 /// beyond them.
 pub async fn choices(
     state: &WebState,
-    caller: &Authorized,
     form: &SubscriptionForm,
 ) -> Result<(Vec<Choice>, String), PageError> {
     let chosen = form.chosen_event_types();
-    let catalogue = state
-        .services
-        .event_types
-        .list_event_types(caller.request(pb::ListEventTypesRequest {}))
-        .await?
-        .into_inner()
-        .event_types;
+    let catalogue = state.services.event_types.catalogue().await?;
     // Deprecated types are offered only to endpoints that have them already.
     let choices: Vec<Choice> = catalogue
         .iter()
@@ -191,7 +183,7 @@ async fn form_page(
     form: SubscriptionForm,
     error: String,
 ) -> Result<Response, PageError> {
-    let (choices, other_patterns) = choices(state, &console.caller, &form).await?;
+    let (choices, other_patterns) = choices(state, &form).await?;
     Ok(render_with(
         form_status(&error),
         &FormPage {
@@ -401,7 +393,7 @@ async fn show_page(
     let test = if console.admin {
         let action = format!("/subscriptions/{}/test#test-send", sub.id);
         let csrf = console.csrf.clone();
-        Some(TestCard::load(state, &console.caller, sub, action, csrf, tested).await)
+        Some(TestCard::load(state, sub, action, csrf, tested).await)
     } else {
         None
     };

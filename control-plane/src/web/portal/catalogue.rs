@@ -9,7 +9,6 @@ use axum::extract::State;
 use axum::response::Response;
 use herald_core::format::{Envelope, EventBody, PayloadFormat, render_body};
 use herald_proto::v1 as pb;
-use herald_proto::v1::event_types_server::EventTypes as _;
 
 use super::{Frame, Holder};
 use crate::web::WebState;
@@ -65,13 +64,7 @@ pub(super) async fn event_types(
     State(state): State<WebState>,
     holder: Holder,
 ) -> Result<Response, PageError> {
-    let types = state
-        .services
-        .event_types
-        .list_event_types(holder.caller.request(pb::ListEventTypesRequest {}))
-        .await?
-        .into_inner()
-        .event_types;
+    let types = state.services.event_types.catalogue().await?;
     let now = SystemTime::now();
     Ok(render(&EventTypesPage {
         frame: holder.frame("event-types"),

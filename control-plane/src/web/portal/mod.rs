@@ -330,7 +330,7 @@ async fn form_page(
     form: SubscriptionForm,
     error: String,
 ) -> Result<Response, PageError> {
-    let (choices, other_patterns) = choices(state, &holder.caller, &form).await?;
+    let (choices, other_patterns) = choices(state, &form).await?;
     Ok(render_with(
         form_status(&error),
         &FormPage {
@@ -507,7 +507,7 @@ async fn endpoint_page(
         None
     } else {
         let action = format!("{}/endpoints/{}/test#test-send", holder.base, sub.id);
-        Some(TestCard::load(state, &holder.caller, sub, action, String::new(), tested).await)
+        Some(TestCard::load(state, sub, action, String::new(), tested).await)
     };
     Ok(render(&EndpointPage {
         frame: holder.frame("endpoints"),
