@@ -75,11 +75,15 @@ pub fn duration(value: Duration) -> prost_types::Duration {
     }
 }
 
-/// The duration of a wire duration; `None` when negative.
+/// The duration of a wire duration; `None` when negative, or not a valid
+/// `google.protobuf.Duration` (nanos beyond ±999,999,999, or of the other sign than seconds),
+/// which a client could otherwise use to pass a bound.
 pub fn std_duration(value: &prost_types::Duration) -> Option<Duration> {
     let secs = u64::try_from(value.seconds).ok()?;
-    let nanos = u32::try_from(value.nanos).ok()?;
-    Some(Duration::new(secs, nanos.min(999_999_999)))
+    let nanos = u32::try_from(value.nanos)
+        .ok()
+        .filter(|n| *n < 1_000_000_000)?;
+    Some(Duration::new(secs, nanos))
 }
 
 /// The domain format of a wire format (unspecified means JSON).
@@ -696,5 +700,19 @@ mod tests {
         assert_eq!(system_time(&timestamp(now)), now);
         let d = Duration::from_millis(1500);
         assert_eq!(std_duration(&duration(d)), Some(d));
+    }
+
+    #[test]
+    fn only_a_valid_non_negative_duration_is_a_duration() {
+        let wire = |seconds, nanos| prost_types::Duration { seconds, nanos };
+        assert_eq!(
+            std_duration(&wire(1, 999_999_999)),
+            Some(Duration::new(1, 999_999_999))
+        );
+        // Not normalised: 119 s and 1.5 s more would pass a bound of 120 s.
+        assert_eq!(std_duration(&wire(119, 1_500_000_000)), None);
+        assert_eq!(std_duration(&wire(1, 2_000_000_000)), None);
+        assert_eq!(std_duration(&wire(120, -5)), None, "signs differ");
+        assert_eq!(std_duration(&wire(-1, 0)), None, "negative");
     }
 }
