@@ -119,6 +119,14 @@ impl ProxyUrl {
         self.render(false)
     }
 
+    /// Whether its password is [`MASKED_PASSWORD`]: a masked URL sent where no stored one
+    /// stands behind it, which would otherwise become the password.
+    pub fn has_masked_password(&self) -> bool {
+        self.credentials
+            .as_ref()
+            .is_some_and(|c| c.password == MASKED_PASSWORD)
+    }
+
     /// Whether `text` is this URL as [`ProxyUrl::masked`] shows it: an update that sends the
     /// masked form back keeps the stored password.
     pub fn is_masked_form(&self, text: &str) -> bool {
@@ -224,6 +232,12 @@ mod tests {
         assert!(proxy.is_masked_form("http://egress:%2A%2A%2A%2A@proxy.internal:3128"));
         assert!(!proxy.is_masked_form("http://other:****@proxy.internal:3128"));
         assert!(!proxy.is_masked_form("http://egress:other@proxy.internal:3128"));
+        assert!(!proxy.has_masked_password());
+        assert!(
+            ProxyUrl::parse(&proxy.masked())
+                .unwrap()
+                .has_masked_password()
+        );
 
         let plain = ProxyUrl::parse("http://[::1]").unwrap();
         assert_eq!((plain.host(), plain.port()), ("::1", 80));

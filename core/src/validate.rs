@@ -153,7 +153,9 @@ fn identifier(
 ///
 /// The URL must be at most [`MAX_URL_LEN`] bytes, use `https` (or `http` when `allow_http`),
 /// name a host, and carry neither credentials (`user:pass@`, which would leak into logs) nor a
-/// fragment (which is never sent to the server).
+/// fragment (which is never sent to the server), nor spaces or control characters. The parsed
+/// URL is the normal form (host in lower case, default port dropped, `..` resolved) to store:
+/// the one requests go to.
 pub fn url(value: &str, allow_http: bool) -> Result<url::Url, ValidationError> {
     const FIELD: &str = "url";
     if value.len() > MAX_URL_LEN {
@@ -164,6 +166,19 @@ pub fn url(value: &str, allow_http: bool) -> Result<url::Url, ValidationError> {
                 value.len()
             ),
         ));
+    }
+    // A URL parser drops spaces and control characters, and reads `https:///host` as
+    // `https://host`: refused, so that what is stored is what is delivered to.
+    if let Some(bad) = value.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ValidationError::new(
+            FIELD,
+            format!("contains the character {bad:?}: percent-encode it"),
+        ));
+    }
+    if let Some((_, rest)) = value.split_once("://")
+        && rest.starts_with(['/', '\\'])
+    {
+        return Err(ValidationError::new(FIELD, "must name a host after ://"));
     }
     let parsed = url::Url::parse(value)
         .map_err(|e| ValidationError::new(FIELD, format!("is not a valid URL: {e}")))?;
@@ -491,9 +506,29 @@ mod tests {
             "https://example.com/#",
             "unix:/run/sock",
             long.as_str(),
+            // What a parser would quietly change into another address.
+            "http:///x",
+            "https:////example.com/",
+            "https://\\example.com/",
+            "  https://example.com/",
+            "https://example.com/h\nx",
+            "https://example.com/h\tx",
+            "https://example.com/h\0x",
+            "https://127.0.\t0.1/h",
+            "https://example.com/a b",
         ] {
-            assert_eq!(url(bad, true).unwrap_err().field, "url", "{bad}");
+            assert_eq!(url(bad, true).unwrap_err().field, "url", "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_url_parses_to_the_address_requests_go_to() {
+        let parsed = url("https://Shop.Example:443/a/../hooks", false).unwrap();
+        assert_eq!(parsed.as_str(), "https://shop.example/hooks");
+        assert_eq!(
+            url("https://shop.example", false).unwrap().as_str(),
+            "https://shop.example/"
+        );
     }
 
     #[test]

@@ -54,6 +54,33 @@ pub(super) fn merged_egress_proxy(sent: String, stored: &str) -> String {
     }
 }
 
+/// The OAuth2 settings an update writes: those it sends, where a blank client secret keeps the
+/// stored one, but only for the same token endpoint and client id: a secret is never sent to
+/// an endpoint its owner did not give it for.
+pub(super) fn merged_oauth2(
+    sent: Option<pb::OAuth2>,
+    stored: Option<&pb::OAuth2>,
+) -> Option<pb::OAuth2> {
+    let mut sent = sent?;
+    if sent.client_secret.is_empty()
+        && let Some(stored) = stored
+        && sent.client_id == stored.client_id
+        && same_url(&sent.token_url, &stored.token_url)
+    {
+        sent.client_secret.clone_from(&stored.client_secret);
+    }
+    Some(sent)
+}
+
+/// Whether two URLs are the same address (as parsed, so `HTTPS://Host:443/t` is
+/// `https://host/t`).
+fn same_url(a: &str, b: &str) -> bool {
+    match (url::Url::parse(a), url::Url::parse(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
 /// The headers an update writes: those it sends, where one sent with a blank value keeps its
 /// stored value (names compared without case). Reads without `show_secrets` blank the values,
 /// so any read-modify-write, by a client that knows `header_values_hidden` or not, keeps them;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use herald_core::ValidationError;
+use herald_core::egress::{MASKED_PASSWORD, ProxyUrl};
 use herald_core::ids::new_subscription_id;
 use herald_core::limits::PageBytes;
 use herald_core::signing::SigningSecret;
@@ -23,7 +24,7 @@ use crate::store::{Compare, KeyValue, Op, Store, StoreError, Txn, TxnOutcome};
 mod masking;
 mod record;
 
-use masking::{merged_egress_proxy, merged_headers};
+use masking::{merged_egress_proxy, merged_headers, merged_oauth2};
 pub use masking::{redact, with_signing_secrets_only, without_write_only};
 pub use record::decode;
 use record::{encode, legacy_envelope, open_record};
@@ -221,6 +222,23 @@ impl Subscriptions {
     /// agent checks the addresses it connects to at every delivery.
     async fn check(&self, sub: &mut pb::Subscription) -> Result<(), SubscriptionError> {
         let domain = convert::subscription(sub, self.policy.allow_http)?;
+        // A masked proxy URL that kept no stored password (another user, host or port, or a
+        // new subscription) would make `****` the password.
+        if ProxyUrl::parse(&sub.egress_proxy).is_ok_and(|proxy| proxy.has_masked_password()) {
+            return Err(ValidationError::new(
+                "egress_proxy",
+                format!(
+                    "carries the masked password {MASKED_PASSWORD}: send the proxy's password \
+                     (a masked URL keeps the stored one only for the same user, host and port)"
+                ),
+            )
+            .into());
+        }
+        // URLs are stored in the form requests go to (`validate::url`).
+        sub.url = domain.url.to_string();
+        if let (Some(checked), Some(wire)) = (&domain.oauth2, sub.oauth2.as_mut()) {
+            wire.token_url = checked.token_url.to_string();
+        }
         // Stored as checked: canonical JSON, so reads show one form whatever was written.
         sub.payload_filter = domain
             .payload_filter
@@ -449,14 +467,7 @@ impl Subscriptions {
             },
             client_cert: request.client_cert,
             // Reads without secrets blank the client secret: sent back blank, it stays.
-            oauth2: request.oauth2.map(|mut sent| {
-                if sent.client_secret.is_empty()
-                    && let Some(stored) = &current.oauth2
-                {
-                    sent.client_secret.clone_from(&stored.client_secret);
-                }
-                sent
-            }),
+            oauth2: merged_oauth2(request.oauth2, current.oauth2.as_ref()),
             timeout: request.timeout,
             retry: request.retry,
             description: request.description,
@@ -785,6 +796,118 @@ mod tests {
             )
             .await;
         assert!(matches!(foreign, Err(SubscriptionError::Invalid(_))));
+    }
+
+    #[tokio::test]
+    async fn a_url_is_stored_as_requests_go_to_it_and_one_a_parser_would_change_is_refused() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (registry, _) = registry_in(&dir).await;
+        let at = |url: &str| pb::Subscription {
+            tenant: "shop-a".into(),
+            url: url.into(),
+            event_types: vec!["order.*".into()],
+            ..Default::default()
+        };
+        let created = registry
+            .create(at("https://93.184.215.14:443/shop/../hooks"))
+            .await
+            .expect("created");
+        assert_eq!(created.url, "https://93.184.215.14/hooks");
+        assert_eq!(
+            registry.get(&created.id).await.expect("read").url,
+            "https://93.184.215.14/hooks"
+        );
+        for bad in [
+            "https:///93.184.215.14/h",
+            " https://93.184.215.14/h",
+            "https://93.184.215.14/h\nx",
+        ] {
+            let refused = registry.create(at(bad)).await;
+            assert!(
+                matches!(&refused, Err(SubscriptionError::Invalid(e)) if e.field == "url"),
+                "{bad:?}: {refused:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn masked_secrets_sent_back_keep_the_stored_ones_only_where_they_were_given() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (registry, _) = registry_in(&dir).await;
+        let created = registry
+            .create(pb::Subscription {
+                tenant: "shop-a".into(),
+                url: "https://93.184.215.14/hook".into(),
+                event_types: vec!["order.*".into()],
+                egress: pb::Egress::Proxy as i32,
+                egress_proxy: "http://egress:pw-1@93.184.215.15:3128".into(),
+                oauth2: Some(pb::OAuth2 {
+                    token_url: "https://93.184.215.16/token".into(),
+                    client_id: "shop".into(),
+                    client_secret: "oauth-1".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("created");
+        let read = redact(registry.get(&created.id).await.expect("read"));
+        assert_eq!(read.egress_proxy, "http://egress:****@93.184.215.15:3128");
+
+        // Sent back as read: both stay.
+        let kept = registry
+            .update(read.clone(), created.revision)
+            .await
+            .expect("updated");
+        assert_eq!(kept.egress_proxy, "http://egress:pw-1@93.184.215.15:3128");
+        assert_eq!(
+            kept.oauth2.as_ref().map(|o| o.client_secret.as_str()),
+            Some("oauth-1")
+        );
+
+        // The masked password for another host is refused, not stored as the password.
+        let other_host = registry
+            .update(
+                pb::Subscription {
+                    egress_proxy: "http://egress:****@93.184.215.17:3128".into(),
+                    ..read.clone()
+                },
+                kept.revision,
+            )
+            .await;
+        assert!(
+            matches!(&other_host, Err(SubscriptionError::Invalid(e)) if e.field == "egress_proxy"),
+            "{other_host:?}"
+        );
+        // A blank client secret for another token endpoint is not the stored one.
+        let other_endpoint = registry
+            .update(
+                pb::Subscription {
+                    oauth2: read.oauth2.clone().map(|o| pb::OAuth2 {
+                        token_url: "https://93.184.215.18/token".into(),
+                        ..o
+                    }),
+                    ..read.clone()
+                },
+                kept.revision,
+            )
+            .await;
+        assert!(
+            matches!(&other_endpoint, Err(SubscriptionError::Invalid(e)) if e.field.starts_with("oauth2")),
+            "{other_endpoint:?}"
+        );
+        // A new subscription cannot start with a masked password either.
+        let masked = registry
+            .create(pb::Subscription {
+                id: String::new(),
+                oauth2: None,
+                ..read
+            })
+            .await;
+        assert!(
+            matches!(&masked, Err(SubscriptionError::Invalid(e)) if e.field == "egress_proxy"),
+            "{masked:?}"
+        );
     }
 
     #[tokio::test]
