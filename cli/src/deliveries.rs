@@ -168,15 +168,22 @@ impl OutcomeArg {
     }
 }
 
-/// `1h` (that long ago) or an RFC 3339 time.
+/// `1h` (that long ago) or an RFC 3339 time (`Z` or an offset such as `+01:00`; without
+/// either, UTC).
 pub(crate) fn when(text: &str) -> Result<SystemTime, String> {
     if let Ok(ago) = humantime::parse_duration(text) {
         return Ok(SystemTime::now()
             .checked_sub(ago)
             .unwrap_or(SystemTime::UNIX_EPOCH));
     }
-    humantime::parse_rfc3339_weak(text)
-        .map_err(|_| "neither a duration (1h) nor a time (2026-01-02T15:04:05Z)".to_owned())
+    if let Ok(time) =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+    {
+        return Ok(time.into());
+    }
+    humantime::parse_rfc3339_weak(text).map_err(|_| {
+        "neither a duration (1h) nor a time (2026-01-02T15:04:05Z or +01:00)".to_owned()
+    })
 }
 
 impl FilterArgs {
@@ -306,6 +313,7 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
             )?;
         }
         Command::Tail { filter } => {
+            let ends = filter.until.is_some();
             let mut stream = client
                 .tail_attempts(pb::TailAttemptsRequest {
                     filter: Some(filter.into_wire()),
@@ -315,6 +323,10 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                 .into_inner();
             while let Some(attempt) = stream.message().await.map_err(status_error)? {
                 output::line(format, &output::attempt(&attempt), &COLUMNS)?;
+            }
+            // A tail ends by itself only at --until; otherwise the server ended it.
+            if !ends {
+                anyhow::bail!("the control plane ended the tail: run it again");
             }
         }
         Command::Replay {
@@ -353,4 +365,27 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_time_is_a_duration_ago_or_rfc_3339_with_any_offset() {
+        let utc = when("2026-12-06T16:00:00Z").expect("UTC");
+        assert_eq!(when("2026-12-06T17:00:00+01:00"), Ok(utc));
+        assert_eq!(when("2026-12-06T11:30:00-04:30"), Ok(utc));
+        assert_eq!(when("2026-12-06T16:00:00"), Ok(utc), "no offset: UTC");
+        assert_eq!(
+            when("2026-12-06T16:00:00.250Z"),
+            Ok(utc + std::time::Duration::from_millis(250))
+        );
+        let ago = when("1h").expect("a duration");
+        let expected = SystemTime::now() - std::time::Duration::from_secs(3600);
+        assert!(
+            expected.duration_since(ago).unwrap_or_default() < std::time::Duration::from_secs(5)
+        );
+        assert!(when("yesterday-ish").is_err());
+    }
 }

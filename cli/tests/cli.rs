@@ -212,6 +212,17 @@ async fn the_tour_works_from_the_command_line() -> anyhow::Result<()> {
         .context("the tail ended")?;
     let attempt: Value = serde_json::from_str(&line)?;
     assert_eq!(attempt["subscription_id"], id.as_str());
+    // A tail ends by itself at --until: at once, and well, when that has passed.
+    let past = tokio::time::timeout(
+        Duration::from_secs(10),
+        herald(
+            &world,
+            &["deliveries", "tail", "--until", "2026-01-01T01:00:00+01:00"],
+        ),
+    )
+    .await
+    .context("a tail until a past moment ends")?;
+    assert_eq!(past.status.code(), Some(0), "{past:?}");
 
     // Errors: the reason on stderr, exit code 1.
     let bad = herald(

@@ -331,6 +331,11 @@ impl Filter {
         Self::within(wire, &Scope::All)
     }
 
+    /// The moment attempts asked for start before, if any.
+    pub fn until(&self) -> Option<SystemTime> {
+        self.until
+    }
+
     /// Prepares a wire filter for a caller who may see only the attempts of `tenants`.
     pub fn within(wire: pb::AttemptFilter, tenants: &Scope) -> Result<Self, LogError> {
         let invalid = |err: herald_core::ValidationError| LogError::InvalidQuery(err.to_string());

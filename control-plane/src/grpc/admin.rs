@@ -542,14 +542,35 @@ impl Deliveries for DeliveriesService {
         })?;
         let mut attempts = self.log.follow();
         let shutdown = self.streams.shutdown().clone();
+        // A tail with `until` ends (OK) once that moment has passed: at once when it has.
+        let until = filter.until();
         let stream = self.streams.stream(move |tx| async move {
             let _open = open;
+            let past_until = async move {
+                match until {
+                    Some(until) => {
+                        let left = until.duration_since(SystemTime::now()).unwrap_or_default();
+                        tokio::time::sleep(left).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(past_until);
             loop {
                 let attempt = tokio::select! {
-                    () = shutdown.cancelled() => return,
+                    () = shutdown.cancelled() => {
+                        // Not the end of what was asked for: the client should tail again.
+                        let status = Status::unavailable(
+                            "this control plane is shutting down: tail again (every replica \
+                             tails the same log)",
+                        );
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
                     // The client went away: nothing is left to wait for, even while no
                     // attempt matches its filter.
                     () = tx.closed() => return,
+                    () = &mut past_until => return,
                     next = attempts.recv() => next,
                 };
                 match attempt {

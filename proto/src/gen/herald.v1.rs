@@ -2778,7 +2778,9 @@ pub mod deliveries_client {
                 .insert(GrpcMethod::new("herald.v1.Deliveries", "ListAttempts"));
             self.inner.unary(req, path, codec).await
         }
-        /// Streams attempts as they are reported, filtered like ListAttempts.
+        /// Streams attempts as they are reported, filtered like ListAttempts. Ends (OK) once the
+        /// filter's `until` has passed, at once when it has; a replica shutting down ends it with
+        /// UNAVAILABLE (tail again: every replica follows the same log).
         pub async fn tail_attempts(
             &mut self,
             request: impl tonic::IntoRequest<super::TailAttemptsRequest>,
@@ -2910,7 +2912,9 @@ pub mod deliveries_server {
             >
             + std::marker::Send
             + 'static;
-        /// Streams attempts as they are reported, filtered like ListAttempts.
+        /// Streams attempts as they are reported, filtered like ListAttempts. Ends (OK) once the
+        /// filter's `until` has passed, at once when it has; a replica shutting down ends it with
+        /// UNAVAILABLE (tail again: every replica follows the same log).
         async fn tail_attempts(
             &self,
             request: tonic::Request<super::TailAttemptsRequest>,

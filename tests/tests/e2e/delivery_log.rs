@@ -638,6 +638,40 @@ async fn a_tail_ends_when_its_client_goes_away_though_nothing_matches() -> anyho
     Ok(())
 }
 
+/// A tail ends by itself only at its `until` (at once when that has passed); a replica that
+/// shuts down ends its tails with UNAVAILABLE, so that a client tails again rather than take
+/// the end for the end of what it asked for.
+#[tokio::test]
+async fn a_tail_ends_at_its_until_and_a_replica_shutting_down_ends_it_unavailable()
+-> anyhow::Result<()> {
+    let control_plane = ControlPlane::start(ConfigStore::Embedded).await?;
+    let mut deliveries = control_plane.deliveries().await?;
+    let mut past = deliveries
+        .tail_attempts(pb::TailAttemptsRequest {
+            filter: Some(pb::AttemptFilter {
+                until: Some(herald_proto::convert::timestamp(
+                    std::time::SystemTime::now() - Duration::from_secs(60),
+                )),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    let ended = tokio::time::timeout(WAIT, past.message()).await?;
+    assert!(matches!(ended, Ok(None)), "{ended:?}");
+
+    let mut open = deliveries
+        .tail_attempts(pb::TailAttemptsRequest { filter: None })
+        .await?
+        .into_inner();
+    let stopping = tokio::spawn(control_plane.stop());
+    let ended = tokio::time::timeout(WAIT, open.message()).await?;
+    let status = ended.expect_err("ended with a status");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    stopping.await??;
+    Ok(())
+}
+
 /// Agents reconnecting together with full report batches do not have a replica read them all
 /// at once: a batch that does not fit its budget of reports in flight waits, its bytes held
 /// back on the agent's side, until the batch holding the budget is done with.
