@@ -107,9 +107,9 @@ enum Command {
 }
 
 /// The control plane's URL when neither a flag, the environment nor a context names one.
-const DEFAULT_CONTROL_PLANE: &str = "http://127.0.0.1:7700";
+pub(crate) const DEFAULT_CONTROL_PLANE: &str = "http://127.0.0.1:7700";
 /// The agent's URL when neither a flag, the environment nor a context names one.
-const DEFAULT_AGENT: &str = "http://127.0.0.1:7701";
+pub(crate) const DEFAULT_AGENT: &str = "http://127.0.0.1:7701";
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

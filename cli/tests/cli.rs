@@ -1996,6 +1996,12 @@ async fn dev_stops_on_ctrl_c_with_every_report_delivered() -> anyhow::Result<()>
         stdout.contains("webhook received") && stdout.contains("webhook-event-type: order.created"),
         "{stdout}"
     );
+    // On ports other than the defaults, the commands it suggests are pointed at it.
+    assert!(
+        stdout.contains("export HERALD_CONTROL_PLANE=http://127.0.0.1:")
+            && stdout.contains(" HERALD_AGENT=http://127.0.0.1:"),
+        "{stdout}"
+    );
     for sign in [
         "report stream lost",
         "left in the outbox",
