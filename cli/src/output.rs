@@ -189,10 +189,12 @@ pub fn list(
             for row in rows {
                 line(row);
             }
+            write(&text)?;
+            // Beside the rows, not among them: a script reading rows never reads it.
             if !next_page_token.is_empty() {
-                let _ = writeln!(text, "(more: --page-token {next_page_token})");
+                note(&format!("(more: --page-token {next_page_token})"));
             }
-            write(&text)
+            Ok(())
         }
     }
 }

@@ -693,6 +693,26 @@ async fn output_styles_and_completions() -> anyhow::Result<()> {
     let bare = String::from_utf8(run(&["subscription", "list", "--no-headers"]).await?.stdout)?;
     assert_eq!(bare.lines().count(), 1, "{bare}");
     assert!(bare.starts_with(&id), "{bare}");
+    // Where more pages follow, the hint goes beside the rows (stderr), never among them.
+    let second = run(&[
+        "subscription",
+        "create",
+        "--tenant",
+        "shop-7",
+        "--url",
+        "https://127.0.0.1:9/other",
+        "--events",
+        "order.*",
+    ])
+    .await?;
+    assert!(second.status.success());
+    let paged = run(&["subscription", "list", "--no-headers", "--page-size", "1"]).await?;
+    let rows = String::from_utf8(paged.stdout)?;
+    assert_eq!(rows.lines().count(), 1, "{rows}");
+    assert!(
+        String::from_utf8(paged.stderr)?.contains("(more: --page-token "),
+        "the next page named"
+    );
 
     for shell in ["bash", "zsh", "fish"] {
         let script = run(&["completion", shell]).await?;
