@@ -27,6 +27,25 @@ fn endpoint(url: &str) -> anyhow::Result<Endpoint> {
         .keep_alive_while_idle(true))
 }
 
+/// Checks the address given for a server (`flag` names where it came from): an `http://`,
+/// `https://` or `unix:` URL, and `https://` when TLS settings are given, which is what they
+/// are for; a usage error otherwise.
+pub fn check_address(url: &str, flag: &str, tls: bool) -> anyhow::Result<()> {
+    let scheme = url
+        .split_once(':')
+        .map(|(scheme, _)| scheme.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("https") | Some("unix") => Ok(()),
+        Some("http") if tls => Err(crate::usage::usage(format!(
+            "{flag} {url}: TLS settings are given (--tls-ca-file), so use https://"
+        ))),
+        Some("http") => Ok(()),
+        _ => Err(crate::usage::usage(format!(
+            "{flag} {url}: use http://host:port, https://host:port or unix:/path"
+        ))),
+    }
+}
+
 /// A server the CLI calls, with the caller's token and TLS settings.
 pub struct Server {
     /// `http://host:port`, `https://host:port` or `unix:/path`.

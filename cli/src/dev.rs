@@ -119,13 +119,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let receiver_url = format!("http://{}/hooks/orders", args.receiver_listen);
     let agent_url = format!("http://{}", args.agent_listen);
     // Commands copied from here reach this Herald, on whatever addresses it was given.
-    let point_at = if control_plane_url == crate::DEFAULT_CONTROL_PLANE
-        && agent_url == crate::DEFAULT_AGENT
-    {
-        String::new()
-    } else {
-        format!("\n  export HERALD_CONTROL_PLANE={control_plane_url} HERALD_AGENT={agent_url}")
-    };
+    let point_at =
+        if control_plane_url == crate::DEFAULT_CONTROL_PLANE && agent_url == crate::DEFAULT_AGENT {
+            String::new()
+        } else {
+            format!("\n  export HERALD_CONTROL_PLANE={control_plane_url} HERALD_AGENT={agent_url}")
+        };
     say(&format!(
         "Herald dev is running (state in {dir}; Ctrl-C to stop)\n\
          \n  control plane  {control_plane_url}\n  web console    http://{http}/\n  HTTP API       http://{http}/api/v1/ (OpenAPI: /api/v1/openapi.json)\n  agent (Emit)   {agent_url}\n  receiver       http://{receiver} — prints every webhook it gets\n\

@@ -185,6 +185,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         bearer: bearer(cli.token, context.token.as_deref())?,
         tls,
     };
+    if !matches!(command, Command::Emit(_)) {
+        connect::check_address(
+            &control_plane.url,
+            "--control-plane",
+            control_plane.tls.is_some(),
+        )?;
+    }
     match command {
         Command::Subscription(cmd) => subscription::run(*cmd, &control_plane, format).await,
         Command::Deliveries(cmd) => deliveries::run(cmd, &control_plane, format).await,
@@ -201,6 +208,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 bearer: bearer(cli.agent_token, context.agent_token.as_deref())?,
                 tls: None,
             };
+            connect::check_address(&agent.url, "--agent", false)?;
             emit::run(args, &agent, format).await
         }
         Command::Context(_) | Command::Completion { .. } | Command::Dev(_) => {

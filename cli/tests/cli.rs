@@ -728,6 +728,61 @@ async fn output_styles_and_completions() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An address that is no Herald URL, or an http:// one with TLS settings (which would go
+/// unused), is bad usage (exit 2) before anything is called.
+#[tokio::test]
+async fn an_address_of_another_scheme_or_tls_settings_for_http_are_bad_usage() -> anyhow::Result<()>
+{
+    let ca_file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    for (args, says) in [
+        (
+            vec![
+                "--control-plane",
+                "ftp://127.0.0.1:7700",
+                "subscription",
+                "list",
+            ],
+            "use http://host:port",
+        ),
+        (
+            vec![
+                "--agent",
+                "127.0.0.1:7701",
+                "emit",
+                "--tenant",
+                "t",
+                "--type",
+                "a.b",
+                "--data",
+                "{}",
+            ],
+            "use http://host:port",
+        ),
+        (
+            vec![
+                "--control-plane",
+                "http://127.0.0.1:7700",
+                "--tls-ca-file",
+                ca_file.to_str().expect("a UTF-8 path"),
+                "subscription",
+                "list",
+            ],
+            "so use https://",
+        ),
+    ] {
+        let output = herald_command()
+            .env_remove("HERALD_CONTROL_PLANE")
+            .env_remove("HERALD_AGENT")
+            .args(&args)
+            .output()
+            .await?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    Ok(())
+}
+
 /// Addresses mixed up (the agent's given for the control plane's, and the other way round):
 /// the error says which address each command calls.
 #[tokio::test]
