@@ -164,8 +164,11 @@ pub struct Fields {
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
     /// Regions whose agents deliver it, comma-separated (default: all).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "all_regions")]
     regions: Option<Vec<String>>,
+    /// Delivered by the agents of every region again (clears --regions).
+    #[arg(long)]
+    all_regions: bool,
     /// Attempts in flight to this endpoint at once, per agent (default 16).
     #[arg(long)]
     max_in_flight: Option<u32>,
@@ -397,6 +400,9 @@ impl Fields {
         }
         if let Some(regions) = self.regions {
             sub.regions = regions;
+        }
+        if self.all_regions {
+            sub.regions.clear();
         }
         if let Some(max) = self.max_in_flight {
             sub.max_in_flight = max;

@@ -374,6 +374,36 @@ async fn delivery_options_are_set_from_the_command_line() -> anyhow::Result<()> 
     assert_eq!(updated["retry_exponential"], Value::Null);
     assert_eq!(updated["rate_limit"], 0);
 
+    // Regions are set, and cleared again for every region.
+    let regional = json(
+        &herald(
+            &world,
+            &[
+                "subscription",
+                "update",
+                &id,
+                "--regions",
+                "eu-1,eu-2",
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(regional["regions"], serde_json::json!(["eu-1", "eu-2"]));
+    let everywhere = herald(
+        &world,
+        &["subscription", "update", &id, "--all-regions", "-o", "json"],
+    )
+    .await;
+    let everywhere = json(&everywhere);
+    assert!(
+        everywhere["regions"]
+            .as_array()
+            .is_none_or(|regions| regions.is_empty()),
+        "{everywhere}"
+    );
+
     // Both forms at once, and a bad backoff, are refused before anything is sent.
     for bad in [
         &[
