@@ -155,7 +155,7 @@ pub struct Fields {
     #[arg(long)]
     rate_limit: Option<u32>,
     /// Disable the subscription after this many consecutive failed attempts (default 10).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_at_least_one)]
     disable_after: Option<u32>,
     /// ...and only once the failures have gone on this long, e.g. 1h (0s: no minimum).
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -170,7 +170,7 @@ pub struct Fields {
     #[arg(long)]
     all_regions: bool,
     /// Attempts in flight to this endpoint at once, per agent (default 16).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_at_least_one)]
     max_in_flight: Option<u32>,
     /// Send the emitter's W3C traceparent on to the endpoint: on or off (default off).
     #[arg(long, value_name = "on|off", value_parser = clap::builder::BoolishValueParser::new())]
@@ -283,7 +283,20 @@ fn parse_header(text: &str) -> Result<(String, String), String> {
 }
 
 fn parse_schedule(text: &str) -> Result<RetrySchedule, String> {
+    // An empty list on the wire means the default schedule, not "no retries".
+    if text.trim().is_empty() {
+        return Err("name the delays, e.g. 5s,5m,30m".into());
+    }
     RetrySchedule::parse(text).map_err(|e| e.reason)
+}
+
+/// A count that must be at least 1 (on the wire, 0 means the default).
+fn parse_at_least_one(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<u32>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{text:?} is not a whole number")),
+    }
 }
 
 fn parse_exponential(text: &str) -> Result<Exponential, String> {

@@ -404,7 +404,8 @@ async fn delivery_options_are_set_from_the_command_line() -> anyhow::Result<()> 
         "{everywhere}"
     );
 
-    // Both forms at once, and a bad backoff, are refused before anything is sent.
+    // Both forms at once, a bad backoff, and values the wire would read as "the default"
+    // (0 in flight, 0 failures, no delays), are refused before anything is sent.
     for bad in [
         &[
             "--retry-schedule",
@@ -413,11 +414,14 @@ async fn delivery_options_are_set_from_the_command_line() -> anyhow::Result<()> 
             "base=1s,factor=2,cap=1m,attempts=3",
         ][..],
         &["--retry-exponential", "base=1s,factor=20,cap=1m,attempts=3"][..],
+        &["--max-in-flight", "0"][..],
+        &["--disable-after", "0"][..],
+        &["--retry-schedule", ""][..],
     ] {
         let mut args = vec!["subscription", "update", &id];
         args.extend_from_slice(bad);
         let output = herald(&world, &args).await;
-        assert!(!output.status.success(), "{bad:?} was accepted");
+        assert_eq!(output.status.code(), Some(2), "{bad:?} was accepted");
         assert!(!String::from_utf8_lossy(&output.stderr).is_empty());
     }
 
