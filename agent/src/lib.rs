@@ -381,8 +381,13 @@ pub async fn run(
         None => None,
     };
     let reflection = [tonic_health::pb::FILE_DESCRIPTOR_SET];
-    let reflection_v1 = herald_proto::discovery::reflection_v1(&reflection)?;
-    let reflection_v1alpha = herald_proto::discovery::reflection_v1alpha(&reflection)?;
+    // What this server serves, and nothing of the control plane's.
+    let served = [
+        herald_proto::v1::events_server::SERVICE_NAME,
+        tonic_health::pb::health_server::SERVICE_NAME,
+    ];
+    let reflection_v1 = herald_proto::discovery::reflection_v1(&reflection, &served)?;
+    let reflection_v1alpha = herald_proto::discovery::reflection_v1alpha(&reflection, &served)?;
     let policy = TargetPolicy::new(config.allow_http, config.allow_targets.clone());
     let transport = delivery::transport::Transport::build(
         config.ca_file.as_deref(),

@@ -565,6 +565,17 @@ pub async fn run(
         });
     }
     let reflection = [tonic_health::pb::FILE_DESCRIPTOR_SET];
+    // What reflection lists: this server's services, and nothing of the agent's.
+    const SERVED: [&str; 8] = [
+        tonic_health::pb::health_server::SERVICE_NAME,
+        herald_proto::v1::subscriptions_server::SERVICE_NAME,
+        herald_proto::v1::event_types_server::SERVICE_NAME,
+        herald_proto::v1::deliveries_server::SERVICE_NAME,
+        herald_proto::v1::audit_server::SERVICE_NAME,
+        herald_proto::v1::agents_server::SERVICE_NAME,
+        herald_proto::v1::portal_server::SERVICE_NAME,
+        herald_proto::v1::agent_control_server::SERVICE_NAME,
+    ];
     let tls = match config.tls.files() {
         Some(files) => {
             let tls = server_tls::ReloadingTls::load(files)?;
@@ -683,8 +694,14 @@ pub async fn run(
         // Each report batch is read only once its bytes fit the budget of reports in flight.
         .layer(report_budget.per_message_layer(grpc::BUDGETED_ROUTES, grpc::BATCH_ARRIVAL))
         .add_service(health_service)
-        .add_service(herald_proto::discovery::reflection_v1(&reflection)?)
-        .add_service(herald_proto::discovery::reflection_v1alpha(&reflection)?)
+        .add_service(herald_proto::discovery::reflection_v1(
+            &reflection,
+            &SERVED,
+        )?)
+        .add_service(herald_proto::discovery::reflection_v1alpha(
+            &reflection,
+            &SERVED,
+        )?)
         .add_service(SubscriptionsServer::from_arc(subscriptions_service))
         .add_service(EventTypesServer::from_arc(event_types_service))
         .add_service(DeliveriesServer::from_arc(deliveries_service))

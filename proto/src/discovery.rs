@@ -11,25 +11,41 @@ use tonic_reflection::server::v1alpha::{
 /// Why the reflection services could not be built (the checked-in descriptors are broken).
 pub type ReflectionError = tonic_reflection::server::Error;
 
-/// Reflection (v1) over `herald.v1` and the descriptors in `extra` (for example the health
-/// service's).
+/// Reflection (v1) listing `services` (the fully-qualified names of what this server serves,
+/// whose descriptors are in `herald.v1` or `extra`, for example the health service's) and the
+/// reflection services: a client lists only what it can call here.
 pub fn reflection_v1(
     extra: &[&'static [u8]],
+    services: &[&str],
 ) -> Result<ServerReflectionServer<impl ServerReflection>, ReflectionError> {
-    builder(extra).build_v1()
+    builder(extra, services).build_v1()
 }
 
-/// Reflection (v1alpha) over the same descriptors as [`reflection_v1`].
+/// Reflection (v1alpha) over the same services as [`reflection_v1`].
 pub fn reflection_v1alpha(
     extra: &[&'static [u8]],
+    services: &[&str],
 ) -> Result<ServerReflectionAlphaServer<impl ServerReflectionAlpha>, ReflectionError> {
-    builder(extra).build_v1alpha()
+    builder(extra, services).build_v1alpha()
 }
 
-fn builder(extra: &[&'static [u8]]) -> tonic_reflection::server::Builder<'static> {
-    extra.iter().fold(
+/// The reflection services' own names, listed beside the server's services.
+const REFLECTION_SERVICES: [&str; 2] = [
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+fn builder(
+    extra: &[&'static [u8]],
+    services: &[&str],
+) -> tonic_reflection::server::Builder<'static> {
+    let builder = extra.iter().fold(
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET),
         |builder, set| builder.register_encoded_file_descriptor_set(set),
-    )
+    );
+    services
+        .iter()
+        .chain(&REFLECTION_SERVICES)
+        .fold(builder, |builder, name| builder.with_service_name(*name))
 }

@@ -72,24 +72,38 @@ async fn both_servers_answer_health_checks_and_reflection() -> anyhow::Result<()
         Err(tonic::Code::NotFound)
     );
 
-    let listed = services_v1(agent).await?;
-    for service in ["herald.v1.Events", "grpc.health.v1.Health"] {
-        assert!(
-            listed.iter().any(|s| s == service),
-            "{service} in {listed:?}"
-        );
-    }
+    // Each lists what it serves, and only that: a client calls nothing that is not there.
+    let mut listed = services_v1(agent).await?;
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "herald.v1.Events",
+        ]
+    );
     let listed = services_v1(control_plane).await?;
     for service in [
         "herald.v1.Subscriptions",
         "herald.v1.Deliveries",
         "herald.v1.Agents",
+        "herald.v1.EventTypes",
+        "herald.v1.Audit",
+        "herald.v1.Portal",
+        "herald.v1.AgentControl",
+        "grpc.health.v1.Health",
     ] {
         assert!(
             listed.iter().any(|s| s == service),
             "{service} in {listed:?}"
         );
     }
+    assert!(
+        !listed.iter().any(|s| s == "herald.v1.Events"),
+        "the agent's service on the control plane: {listed:?}"
+    );
 
     // The older protocol, which some clients still speak, and a symbol lookup that needs the
     // imported well-known types.
