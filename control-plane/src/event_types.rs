@@ -22,7 +22,7 @@ use std::time::SystemTime;
 use herald_core::ValidationError;
 use herald_core::event_schema::EventSchema;
 use herald_core::event_type::{EventFilter, EventPattern, validate_event_type};
-use herald_core::limits::{MAX_DESCRIPTION_LEN, PageBytes};
+use herald_core::limits::PageBytes;
 use herald_proto::convert::timestamp;
 use herald_proto::v1 as pb;
 use prost::Message;
@@ -39,6 +39,8 @@ pub const MAX_EVENT_TYPES: usize = 10_000;
 const MAX_SUGGESTIONS: usize = 5;
 /// The largest page of event types a listing asks for.
 pub const MAX_PAGE_SIZE: usize = 1000;
+/// The names of Herald's own operator events; no registered type may take one.
+const RESERVED_PREFIX: &str = "herald.";
 /// How many stored types a listing reads at once.
 const READ_CHUNK: usize = 16;
 
@@ -134,6 +136,16 @@ impl EventTypes {
         check_name(&event_type.name)?;
         if built_in(&event_type.name).is_some() {
             return Err(EventTypeError::Exists(event_type.name));
+        }
+        if event_type.name.starts_with(RESERVED_PREFIX) {
+            return Err(ValidationError::new(
+                "name",
+                format!(
+                    "{RESERVED_PREFIX}* names are Herald's own operator events: name the type \
+                     after your platform's groups (order.created)"
+                ),
+            )
+            .into());
         }
         check_contents(&mut event_type)?;
         event_type.built_in = false;
@@ -379,12 +391,7 @@ impl EventTypes {
 /// Checks a type's description, example and schema (the schema compiles; the example, when
 /// both are given, satisfies it) and stores the schema in canonical form.
 fn check_contents(event_type: &mut pb::EventType) -> Result<(), ValidationError> {
-    if event_type.description.len() > MAX_DESCRIPTION_LEN {
-        return Err(ValidationError::new(
-            "description",
-            format!("is longer than {MAX_DESCRIPTION_LEN} bytes"),
-        ));
-    }
+    herald_core::validate::description(&event_type.description)?;
     if event_type.example.len() > MAX_EXAMPLE_BYTES {
         return Err(ValidationError::new(
             "example",
@@ -563,6 +570,31 @@ mod tests {
             matches!(refused, Err(EventTypeError::Invalid(_))),
             "{refused:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn herald_s_own_names_are_not_registered() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::embedded(dir.path()).await.expect("a store");
+        let registry = EventTypes::new(store, RegistryMode::On);
+        let named = |name: &str| pb::EventType {
+            name: name.into(),
+            ..Default::default()
+        };
+        let reserved = registry.create(named("herald.order.created")).await;
+        assert!(
+            matches!(&reserved, Err(EventTypeError::Invalid(e)) if e.field == "name"),
+            "{reserved:?}"
+        );
+        let built_in = registry.create(named("herald.delivery.exhausted")).await;
+        assert!(
+            matches!(built_in, Err(EventTypeError::Exists(_))),
+            "{built_in:?}"
+        );
+        registry
+            .create(named("heraldry.created"))
+            .await
+            .expect("only herald.* is reserved");
     }
 
     #[tokio::test]

@@ -360,9 +360,28 @@ pub fn custom_headers<'a>(
     Ok(())
 }
 
-/// Checks a subscription description: at most [`MAX_DESCRIPTION_LEN`] bytes.
+/// Checks a subscription description: at most [`MAX_DESCRIPTION_LEN`] bytes of [`shown_text`].
 pub fn description(value: &str) -> Result<(), ValidationError> {
-    max_len("description", value, MAX_DESCRIPTION_LEN)
+    shown_text("description", value, MAX_DESCRIPTION_LEN)
+}
+
+/// Checks text that people read in lists, pages and the audit log (a description, a disable
+/// reason): at most `max` bytes, with no character that hides or reorders what is shown
+/// (control characters but newline and tab, and the bidirectional overrides and isolates of
+/// "Trojan Source").
+pub fn shown_text(field: &str, value: &str, max: usize) -> Result<(), ValidationError> {
+    max_len(field, value, max)?;
+    let hides = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    };
+    if let Some(bad) = value.chars().find(|&c| hides(c)) {
+        return Err(ValidationError::new(
+            field,
+            format!("contains the character {bad:?}, which would hide or reorder what is shown"),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks an event's ordering key: at most [`MAX_ORDERING_KEY_LEN`] bytes (empty means none).
@@ -529,6 +548,21 @@ mod tests {
             url("https://shop.example", false).unwrap().as_str(),
             "https://shop.example/"
         );
+    }
+
+    #[test]
+    fn shown_text_keeps_lines_and_refuses_what_hides_or_reorders_them() {
+        shown_text("d", "Orders for the ERP\n\tsee the runbook — zażółć", 100).expect("fine");
+        for bad in [
+            "a\0b",
+            "a\u{1b}[31mred",
+            "abc\u{202e}cba",
+            "x\u{2066}y",
+            "z\u{85}",
+        ] {
+            assert_eq!(shown_text("d", bad, 100).unwrap_err().field, "d", "{bad:?}");
+        }
+        assert!(shown_text("d", "long", 3).is_err());
     }
 
     #[test]

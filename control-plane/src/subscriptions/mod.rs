@@ -558,10 +558,18 @@ impl Subscriptions {
         id: &str,
         reason: &str,
     ) -> Result<pb::Subscription, SubscriptionError> {
-        let reason = match reason.trim() {
+        let reason = reason.trim();
+        herald_core::validate::shown_text("reason", reason, 256)?;
+        let reason = match reason {
             "" => "manual".to_owned(),
-            r if r.len() > 256 => {
-                return Err(ValidationError::new("reason", "at most 256 bytes").into());
+            // What Herald writes when it disables one itself: an operator's reason cannot pass
+            // for it in the list or the audit log.
+            r if r.starts_with("auto:") || r.starts_with("gone (") => {
+                return Err(ValidationError::new(
+                    "reason",
+                    "'auto:' and 'gone (' begin the reasons Herald records itself: word yours otherwise",
+                )
+                .into());
             }
             r => r.to_owned(),
         };
@@ -908,6 +916,37 @@ mod tests {
             matches!(&masked, Err(SubscriptionError::Invalid(e)) if e.field == "egress_proxy"),
             "{masked:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_operator_s_disable_reason_cannot_pass_for_herald_s_own() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (registry, _) = registry_in(&dir).await;
+        let created = registry
+            .create(pb::Subscription {
+                tenant: "shop-a".into(),
+                url: "https://93.184.215.14/hook".into(),
+                event_types: vec!["order.*".into()],
+                ..Default::default()
+            })
+            .await
+            .expect("created");
+        for spoofed in [
+            "auto: 3 consecutive failures",
+            "gone (410)",
+            "moved\u{202e}",
+        ] {
+            let refused = registry.disable(&created.id, spoofed).await;
+            assert!(
+                matches!(&refused, Err(SubscriptionError::Invalid(e)) if e.field == "reason"),
+                "{spoofed:?}: {refused:?}"
+            );
+        }
+        let disabled = registry
+            .disable(&created.id, "shop closed for inventory")
+            .await
+            .expect("disabled");
+        assert_eq!(disabled.disabled_reason, "shop closed for inventory");
     }
 
     #[tokio::test]
