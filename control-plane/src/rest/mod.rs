@@ -118,6 +118,7 @@ pub fn api(services: Services, authenticator: Authenticator) -> (Router, utoipa:
             axum::routing::get(move || async move { Json(document) }),
         )
         .fallback(|| async { ApiError::from(tonic::Status::not_found("no such route")) })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES));
     (router, openapi)
 }

@@ -168,6 +168,17 @@ impl ApiError {
         }
     }
 
+    /// A route asked with a method it does not have: `405 Method Not Allowed`, and
+    /// `UNIMPLEMENTED` as gRPC answers a method it does not serve.
+    pub fn method_not_allowed() -> Self {
+        ApiError {
+            status: tonic::Status::unimplemented(
+                "this route has no such method: see /api/v1/openapi.json for the ones it has",
+            ),
+            http: StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
     /// A body an extractor could not read, from the rejection's HTTP `status` and `reason`:
     /// a body over the API's limit is [`Self::too_large`], any other `INVALID_ARGUMENT`.
     pub fn unreadable_body(status: StatusCode, reason: String) -> Self {

@@ -208,6 +208,20 @@ async fn the_http_api_answers_as_grpc_does() -> anyhow::Result<()> {
         (status, content_type.as_str()),
         (404, "application/problem+json")
     );
+    // So is a method a route does not have.
+    let (status, content_type, problem) = call(
+        &client,
+        reqwest::Method::PATCH,
+        &base,
+        "/api/v1/subscriptions",
+        Some(ADMIN),
+        None,
+    )
+    .await?;
+    assert_eq!(
+        (status, content_type.as_str(), problem["code"].as_str()),
+        (405, "application/problem+json", Some("UNIMPLEMENTED"))
+    );
 
     // A gRPC client given this address instead of the gRPC API's is told so, in gRPC.
     let mut misdirected = herald_proto::v1::subscriptions_client::SubscriptionsClient::new(
