@@ -121,12 +121,29 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// An error and its causes, as `{:#}` joins them, but without a cause that only repeats what
+/// the one before it says (transport errors nest the same words several times over).
+fn error_text(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if parts
+            .last()
+            .is_some_and(|last| last.ends_with(text.as_str()))
+        {
+            continue;
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
+}
+
 /// The exit code for a failed command, after telling the user why.
 fn exit_code(err: &anyhow::Error) -> std::process::ExitCode {
     if let Some(OutputError::Closed) = err.downcast_ref::<OutputError>() {
         return std::process::ExitCode::SUCCESS;
     }
-    output::note(&format!("error: {err:#}"));
+    output::note(&format!("error: {}", error_text(err)));
     if err.downcast_ref::<usage::UsageError>().is_some() {
         std::process::ExitCode::from(2)
     } else {
@@ -214,5 +231,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Context(_) | Command::Completion { .. } | Command::Dev(_) => {
             unreachable!("handled above")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_that_repeats_the_one_before_is_said_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("{0}")]
+        struct Said(&'static str, #[source] Option<Box<Said>>);
+        let nested = Said(
+            "tcp connect error",
+            Some(Box::new(Said(
+                "tcp connect error",
+                Some(Box::new(Said("Connection refused (os error 111)", None))),
+            ))),
+        );
+        let err = anyhow::Error::new(nested).context("cannot connect to http://127.0.0.1:1");
+        assert_eq!(
+            error_text(&err),
+            "cannot connect to http://127.0.0.1:1: tcp connect error: Connection refused (os error 111)"
+        );
     }
 }
