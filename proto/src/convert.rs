@@ -447,10 +447,17 @@ pub fn retry_schedule(policy: Option<&pb::RetryPolicy>) -> Result<RetrySchedule,
 
 /// The exponential backoff of a wire message; bounds are checked when it is expanded.
 pub fn exponential_backoff(wire: &pb::ExponentialBackoff) -> Result<Exponential, ValidationError> {
-    let delay = |name: &str, d: Option<&prost_types::Duration>| {
-        d.and_then(std_duration).ok_or_else(|| {
-            ValidationError::new("retry_schedule", format!("exponential {name} is required"))
-        })
+    let delay = |name: &str, d: Option<&prost_types::Duration>| match d {
+        None => Err(ValidationError::new(
+            "retry_schedule",
+            format!("exponential {name} is required"),
+        )),
+        Some(d) => std_duration(d).ok_or_else(|| {
+            ValidationError::new(
+                "retry_schedule",
+                format!("exponential {name} must be a duration of 0 or more"),
+            )
+        }),
     };
     Ok(Exponential {
         base: delay("base", wire.base.as_ref())?,

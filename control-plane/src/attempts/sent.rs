@@ -101,7 +101,7 @@ impl SentQuery {
             ));
         }
         herald_core::validate::event_id(event_id)
-            .map_err(|e| LogError::InvalidQuery(e.to_string()))?;
+            .map_err(|e| LogError::InvalidQuery(format!("event_id: {}", e.reason)))?;
         // The filter checks the subscription id and the tenant.
         let wire = pb::AttemptFilter {
             event_id: event_id.to_owned(),

@@ -1927,7 +1927,9 @@ pub mod subscriptions_client {
                 );
             self.inner.unary(req, path, codec).await
         }
-        /// Adds a new signing secret; the previous ones stay valid for the grace period.
+        /// Adds a new signing secret; the previous ones stay valid for the grace period. A
+        /// subscription keeps at most 8 secrets: rotating while 8 are valid ends the oldest one's
+        /// grace at once.
         pub async fn rotate_secret(
             &mut self,
             request: impl tonic::IntoRequest<super::RotateSecretRequest>,
@@ -2056,7 +2058,9 @@ pub mod subscriptions_server {
             &self,
             request: tonic::Request<super::DisableSubscriptionRequest>,
         ) -> std::result::Result<tonic::Response<super::Subscription>, tonic::Status>;
-        /// Adds a new signing secret; the previous ones stay valid for the grace period.
+        /// Adds a new signing secret; the previous ones stay valid for the grace period. A
+        /// subscription keeps at most 8 secrets: rotating while 8 are valid ends the oldest one's
+        /// grace at once.
         async fn rotate_secret(
             &self,
             request: tonic::Request<super::RotateSecretRequest>,
