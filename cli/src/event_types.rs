@@ -1,7 +1,6 @@
 //! `herald event-types …`: the catalogue of event types subscribers choose from, with a
 //! description, an example and a JSON Schema each.
 
-use anyhow::Context as _;
 use herald_proto::v1 as pb;
 use herald_proto::v1::event_types_client::EventTypesClient;
 use serde_json::{Value, json};
@@ -275,11 +274,11 @@ async fn import(
     format: Format,
 ) -> anyhow::Result<()> {
     let text = crate::input::read_text(file, MAX_IMPORT_BYTES)?;
-    let catalogue: Catalogue = serde_yaml_ng::from_str(&text).with_context(|| {
-        format!(
-            "{file} is not a catalogue (event_types: a list of name, description, example, schema)"
-        )
-    })?;
+    let catalogue: Catalogue = crate::input::parse_yaml(
+        file,
+        &text,
+        "a catalogue (event_types: a list of name, description, example, schema)",
+    )?;
     let total = catalogue.event_types.len();
     if total > MAX_IMPORT_TYPES {
         anyhow::bail!("{file} has {total} types; one import takes at most {MAX_IMPORT_TYPES}");

@@ -740,8 +740,8 @@ async fn import(
     format: Format,
 ) -> anyhow::Result<()> {
     let text = crate::input::read_text(file, MAX_IMPORT_BYTES)?;
-    let entries: Vec<serde_json::Value> = serde_yaml_ng::from_str(&text)
-        .with_context(|| format!("{file} is not a YAML or JSON list of subscriptions"))?;
+    let entries: Vec<serde_json::Value> =
+        crate::input::parse_yaml(file, &text, "a YAML or JSON list of subscriptions")?;
     if entries.len() > MAX_IMPORT_ENTRIES {
         anyhow::bail!(
             "{file} has {} entries; one import takes at most {MAX_IMPORT_ENTRIES}",
@@ -754,9 +754,8 @@ async fn import(
     for (index, entry) in entries.iter().enumerate() {
         let outcome = async {
             let flags = entry_flags(entry)?;
-            let parsed = <ImportEntry as clap::Parser>::try_parse_from(&flags).map_err(|e| {
-                anyhow::anyhow!("{}", hide_secrets(e.render().to_string().trim(), entry))
-            })?;
+            let parsed = <ImportEntry as clap::Parser>::try_parse_from(&flags)
+                .map_err(|e| anyhow::anyhow!("{}", entry_error(&e, entry)))?;
             let created = client
                 .create_subscription(parsed.args.into_request()?)
                 .await
@@ -793,6 +792,9 @@ async fn import(
         "",
     )?;
     output::note(&format!("{} created, {refused} refused", total - refused));
+    if refused == total && total > 0 {
+        anyhow::bail!("all {total} entries were refused (see above); none was created");
+    }
     if refused > 0 {
         anyhow::bail!(
             "{refused} of {total} entries were refused (see above); the others were created"
@@ -801,14 +803,21 @@ async fn import(
     Ok(())
 }
 
+/// What was wrong with an entry, in the one line clap's error starts with (its usage text
+/// would name the parser, not the file), secrets hidden.
+fn entry_error(err: &clap::Error, entry: &serde_json::Value) -> String {
+    let rendered = err.render().to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    hide_secrets(first.trim_start_matches("error: ").trim(), entry)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(entry: &serde_json::Value) -> Result<ImportEntry, String> {
         let flags = entry_flags(entry).map_err(|e| e.to_string())?;
-        <ImportEntry as clap::Parser>::try_parse_from(&flags)
-            .map_err(|e| hide_secrets(e.render().to_string().trim(), entry))
+        <ImportEntry as clap::Parser>::try_parse_from(&flags).map_err(|e| entry_error(&e, entry))
     }
 
     #[test]
@@ -852,5 +861,22 @@ mod tests {
         let err = parse(&entry).err().expect("refused");
         assert!(!err.contains("hunter2"), "{err}");
         assert!(err.contains("egress-proxy"), "{err}");
+    }
+
+    #[test]
+    fn an_import_error_is_one_line_about_the_entry() {
+        let entry = serde_json::json!({
+            "tenant": "shop-1",
+            "url": "https://shop.example/hooks",
+            "events": ["order.*"],
+            "colour": "blue",
+        });
+        let err = parse(&entry).err().expect("refused");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("colour"), "{err}");
+        assert!(
+            !err.contains("Usage") && !err.contains("herald-cli"),
+            "{err}"
+        );
     }
 }
