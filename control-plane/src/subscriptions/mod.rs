@@ -752,21 +752,23 @@ mod tests {
         (registry, store)
     }
 
+    /// A subscription of `tenant` to its order events, at a public address.
+    fn orders_of(tenant: &str) -> pb::Subscription {
+        pb::Subscription {
+            tenant: tenant.into(),
+            url: "https://93.184.215.14/hook".into(),
+            event_types: vec!["order.*".into()],
+            ..Default::default()
+        }
+    }
+
     #[tokio::test]
     async fn a_scoped_listing_pages_through_its_tenants_only() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let (registry, _) = registry_in(&dir).await;
         for (tenant, n) in [("shop-a", 3), ("shop-b", 2), ("shop-c", 2)] {
             for _ in 0..n {
-                registry
-                    .create(pb::Subscription {
-                        tenant: tenant.into(),
-                        url: "https://93.184.215.14/hook".into(),
-                        event_types: vec!["order.*".into()],
-                        ..Default::default()
-                    })
-                    .await
-                    .expect("created");
+                registry.create(orders_of(tenant)).await.expect("created");
             }
         }
         let scope = Scope::Only(["shop-a".to_owned(), "shop-c".to_owned()].into());
@@ -844,9 +846,6 @@ mod tests {
         let (registry, _) = registry_in(&dir).await;
         let created = registry
             .create(pb::Subscription {
-                tenant: "shop-a".into(),
-                url: "https://93.184.215.14/hook".into(),
-                event_types: vec!["order.*".into()],
                 egress: pb::Egress::Proxy as i32,
                 egress_proxy: "http://egress:pw-1@93.184.215.15:3128".into(),
                 oauth2: Some(pb::OAuth2 {
@@ -855,7 +854,7 @@ mod tests {
                     client_secret: "oauth-1".into(),
                     ..Default::default()
                 }),
-                ..Default::default()
+                ..orders_of("shop-a")
             })
             .await
             .expect("created");
@@ -922,15 +921,7 @@ mod tests {
     async fn an_operator_s_disable_reason_cannot_pass_for_herald_s_own() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let (registry, _) = registry_in(&dir).await;
-        let created = registry
-            .create(pb::Subscription {
-                tenant: "shop-a".into(),
-                url: "https://93.184.215.14/hook".into(),
-                event_types: vec!["order.*".into()],
-                ..Default::default()
-            })
-            .await
-            .expect("created");
+        let created = registry.create(orders_of("shop-a")).await.expect("created");
         for spoofed in [
             "auto: 3 consecutive failures",
             "gone (410)",
@@ -964,11 +955,8 @@ mod tests {
         for _ in 0..80 {
             registry
                 .create(pb::Subscription {
-                    tenant: "shop-a".into(),
-                    url: "https://93.184.215.14/hook".into(),
-                    event_types: vec!["order.*".into()],
                     headers: headers.clone(),
-                    ..Default::default()
+                    ..orders_of("shop-a")
                 })
                 .await
                 .expect("created");
@@ -1003,11 +991,8 @@ mod tests {
         let (registry, _) = registry_in(&dir).await;
         let created = registry
             .create(pb::Subscription {
-                tenant: "shop-a".into(),
-                url: "https://93.184.215.14/hook".into(),
-                event_types: vec!["order.*".into()],
                 signature_scheme: pb::SignatureScheme::Ed25519 as i32,
-                ..Default::default()
+                ..orders_of("shop-a")
             })
             .await
             .expect("created");
@@ -1046,14 +1031,7 @@ mod tests {
     async fn a_tenant_holds_at_most_its_limit_of_subscriptions() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let registry = registry_in(&dir).await.0.with_max_per_tenant(2);
-        let create = |tenant: &str| {
-            registry.create(pb::Subscription {
-                tenant: tenant.into(),
-                url: "https://93.184.215.14/hook".into(),
-                event_types: vec!["order.*".into()],
-                ..Default::default()
-            })
-        };
+        let create = |tenant: &str| registry.create(orders_of(tenant));
         let first = create("shop-a").await.expect("created");
         create("shop-a").await.expect("created");
         let full = create("shop-a").await.expect_err("full");
@@ -1085,12 +1063,9 @@ mod tests {
         };
         let created = registry
             .create(pb::Subscription {
-                tenant: "shop-a".into(),
-                url: "https://93.184.215.14/hook".into(),
-                event_types: vec!["order.*".into()],
                 skip_parked_before: Some(far),
                 disabled_at: Some(far),
-                ..Default::default()
+                ..orders_of("shop-a")
             })
             .await
             .expect("created");
@@ -1106,12 +1081,9 @@ mod tests {
         let (registry, store) = registry_in(&dir).await;
         let created = registry
             .create(pb::Subscription {
-                tenant: "shop-1".into(),
-                url: "https://93.184.215.14/hook".into(),
-                event_types: vec!["order.*".into()],
                 egress: pb::Egress::Proxy as i32,
                 egress_proxy: "http://egress:pa55-word@10.1.2.3:3128".into(),
-                ..Default::default()
+                ..orders_of("shop-1")
             })
             .await
             .expect("created");
