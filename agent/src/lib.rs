@@ -533,7 +533,10 @@ pub async fn run(
             config.system_tenant.clone(),
             metrics,
         ))
-        .max_decoding_message_size(max_message),
+        .max_decoding_message_size(max_message)
+        // Applications that compress their calls (gzip) are read, each message still held
+        // to the limit once decompressed.
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
         config.emit_access.interceptor(),
     );
 

@@ -565,6 +565,10 @@ pub async fn run(
         });
     }
     let reflection = [tonic_health::pb::FILE_DESCRIPTOR_SET];
+    // Clients that compress their requests (grpc-java's and grpc-go's gzip, say) are read;
+    // a message is still held to its limit once decompressed. Agents' own calls
+    // (AgentControl) are not compressed, and their report budget counts bytes as sent.
+    const GZIP: tonic::codec::CompressionEncoding = tonic::codec::CompressionEncoding::Gzip;
     // What reflection lists: this server's services, and nothing of the agent's.
     const SERVED: [&str; 8] = [
         tonic_health::pb::health_server::SERVICE_NAME,
@@ -702,12 +706,12 @@ pub async fn run(
             &reflection,
             &SERVED,
         )?)
-        .add_service(SubscriptionsServer::from_arc(subscriptions_service))
-        .add_service(EventTypesServer::from_arc(event_types_service))
-        .add_service(DeliveriesServer::from_arc(deliveries_service))
-        .add_service(AuditServer::from_arc(audit_service))
-        .add_service(AgentsServer::from_arc(agents_service))
-        .add_service(PortalServer::from_arc(portal_service))
+        .add_service(SubscriptionsServer::from_arc(subscriptions_service).accept_compressed(GZIP))
+        .add_service(EventTypesServer::from_arc(event_types_service).accept_compressed(GZIP))
+        .add_service(DeliveriesServer::from_arc(deliveries_service).accept_compressed(GZIP))
+        .add_service(AuditServer::from_arc(audit_service).accept_compressed(GZIP))
+        .add_service(AgentsServer::from_arc(agents_service).accept_compressed(GZIP))
+        .add_service(PortalServer::from_arc(portal_service).accept_compressed(GZIP))
         .add_service(AgentControlServer::new(grpc::AgentControlService::new(
             grpc::ConfigFeeds {
                 hub,

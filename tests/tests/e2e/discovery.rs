@@ -133,3 +133,57 @@ async fn both_servers_answer_health_checks_and_reflection() -> anyhow::Result<()
     }
     Ok(())
 }
+
+/// A client that compresses its calls with gzip (as grpc-java's and grpc-go's can) is served
+/// by both servers; a compressed message is held to the limit once decompressed.
+#[tokio::test]
+async fn calls_compressed_with_gzip_are_read() -> anyhow::Result<()> {
+    use herald_proto::v1 as pb;
+    use tonic::codec::CompressionEncoding::Gzip;
+    let world = World::start().await?;
+    let mut subscriptions = pb::subscriptions_client::SubscriptionsClient::new(
+        connect(world.control_plane.url()).await?,
+    )
+    .send_compressed(Gzip);
+    let created = subscriptions
+        .create_subscription(pb::CreateSubscriptionRequest {
+            subscription: Some(herald_tests::subscription(
+                "shop-1",
+                &world.receiver.url("/gzip"),
+                &["order.*"],
+            )),
+            allow_unregistered: true,
+        })
+        .await?
+        .into_inner();
+    world
+        .control_plane
+        .wait_applied(created.revision, std::time::Duration::from_secs(10))
+        .await?;
+    let mut events = pb::events_client::EventsClient::new(connect(world.agent.url()).await?)
+        .send_compressed(Gzip);
+    let emitted = events
+        .emit(pb::EmitRequest {
+            event: Some(herald_tests::event(
+                "shop-1",
+                "order.created",
+                &serde_json::json!({"note": "x".repeat(10_000)}),
+            )),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(emitted.matched, 1);
+
+    // 8 MB of zeros compress to a few KiB: still refused as what they decompress to.
+    let bomb = events
+        .emit(pb::EmitRequest {
+            event: Some(pb::Event {
+                payload: vec![b' '; 8 << 20],
+                ..herald_tests::event("shop-1", "order.created", &serde_json::json!({}))
+            }),
+        })
+        .await
+        .expect_err("over the limit once decompressed");
+    assert_eq!(bomb.code(), tonic::Code::ResourceExhausted, "{bomb:?}");
+    Ok(())
+}
