@@ -391,7 +391,11 @@ impl EventTypes {
 /// Checks a type's description, example and schema (the schema compiles; the example, when
 /// both are given, satisfies it) and stores the schema in canonical form.
 fn check_contents(event_type: &mut pb::EventType) -> Result<(), ValidationError> {
-    herald_core::validate::description(&event_type.description)?;
+    herald_core::validate::shown_text(
+        "description",
+        &event_type.description,
+        herald_core::limits::MAX_DESCRIPTION_LEN,
+    )?;
     if event_type.example.len() > MAX_EXAMPLE_BYTES {
         return Err(ValidationError::new(
             "example",

@@ -75,15 +75,55 @@ pub fn duration(value: Duration) -> prost_types::Duration {
     }
 }
 
-/// The duration of a wire duration; `None` when negative, or not a valid
-/// `google.protobuf.Duration` (nanos beyond ±999,999,999, or of the other sign than seconds),
-/// which a client could otherwise use to pass a bound.
+/// The duration of a stored wire duration; `None` when negative. Nanos past 999,999,999 (a
+/// record written before callers' durations were checked, [`valid_duration`]) are read as
+/// 999,999,999.
 pub fn std_duration(value: &prost_types::Duration) -> Option<Duration> {
+    let secs = u64::try_from(value.seconds).ok()?;
+    let nanos = u32::try_from(value.nanos).ok()?;
+    Some(Duration::new(secs, nanos.min(999_999_999)))
+}
+
+/// The duration of a wire duration a caller gives; `None` when negative, or not a valid
+/// `google.protobuf.Duration` (nanos beyond ±999,999,999, or of the other sign than seconds),
+/// which could otherwise pass a bound (119 s and 1.5e9 ns past one of 120 s).
+pub fn valid_duration(value: &prost_types::Duration) -> Option<Duration> {
     let secs = u64::try_from(value.seconds).ok()?;
     let nanos = u32::try_from(value.nanos)
         .ok()
         .filter(|n| *n < 1_000_000_000)?;
     Some(Duration::new(secs, nanos))
+}
+
+/// Checks every duration of a subscription a caller gives ([`valid_duration`]); their bounds
+/// are checked when it is read ([`subscription`]).
+pub fn check_given_durations(wire: &pb::Subscription) -> Result<(), ValidationError> {
+    let retry = wire.retry.as_ref();
+    let exponential = retry.and_then(|r| r.exponential.as_ref());
+    let given = [
+        ("timeout", wire.timeout.as_ref()),
+        ("disable_min_failing", wire.disable_min_failing.as_ref()),
+        ("retry_schedule", exponential.and_then(|e| e.base.as_ref())),
+        ("retry_schedule", exponential.and_then(|e| e.cap.as_ref())),
+    ]
+    .into_iter()
+    .chain(
+        retry
+            .into_iter()
+            .flat_map(|r| r.delays.iter().map(|d| ("retry_schedule", Some(d)))),
+    );
+    for (field, duration) in given {
+        if let Some(duration) = duration
+            && duration.seconds >= 0
+            && valid_duration(duration).is_none()
+        {
+            return Err(ValidationError::new(
+                field,
+                "is not a valid Duration: nanos must be 0 to 999,999,999, of the sign of seconds",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The domain format of a wire format (unspecified means JSON).
@@ -710,16 +750,38 @@ mod tests {
     }
 
     #[test]
-    fn only_a_valid_non_negative_duration_is_a_duration() {
+    fn only_a_valid_non_negative_duration_is_a_given_duration() {
         let wire = |seconds, nanos| prost_types::Duration { seconds, nanos };
         assert_eq!(
-            std_duration(&wire(1, 999_999_999)),
+            valid_duration(&wire(1, 999_999_999)),
             Some(Duration::new(1, 999_999_999))
         );
         // Not normalised: 119 s and 1.5 s more would pass a bound of 120 s.
-        assert_eq!(std_duration(&wire(119, 1_500_000_000)), None);
-        assert_eq!(std_duration(&wire(1, 2_000_000_000)), None);
-        assert_eq!(std_duration(&wire(120, -5)), None, "signs differ");
-        assert_eq!(std_duration(&wire(-1, 0)), None, "negative");
+        assert_eq!(valid_duration(&wire(119, 1_500_000_000)), None);
+        assert_eq!(valid_duration(&wire(1, 2_000_000_000)), None);
+        assert_eq!(valid_duration(&wire(120, -5)), None, "signs differ");
+        assert_eq!(valid_duration(&wire(-1, 0)), None, "negative");
+        // A stored one is still read, as before.
+        assert_eq!(
+            std_duration(&wire(119, 1_500_000_000)),
+            Some(Duration::new(119, 999_999_999))
+        );
+        let given = pb::Subscription {
+            timeout: Some(wire(119, 1_500_000_000)),
+            ..Default::default()
+        };
+        assert_eq!(check_given_durations(&given).unwrap_err().field, "timeout");
+        let delays = pb::Subscription {
+            retry: Some(pb::RetryPolicy {
+                delays: vec![wire(5, 0), wire(1, 2_000_000_000)],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            check_given_durations(&delays).unwrap_err().field,
+            "retry_schedule"
+        );
+        check_given_durations(&pb::Subscription::default()).expect("none given");
     }
 }

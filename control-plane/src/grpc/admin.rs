@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::time::SystemTime;
 
 use futures_util::Stream;
-use herald_proto::convert::std_duration;
+use herald_proto::convert::valid_duration;
 use herald_proto::v1 as pb;
 use herald_proto::v1::agents_server::Agents;
 use herald_proto::v1::deliveries_server::Deliveries;
@@ -329,10 +329,9 @@ impl SubscriptionsApi for SubscriptionsService {
         self.visible(&who, &request.id).await?;
         let grace = match &request.grace {
             None => None,
-            Some(d) => Some(
-                std_duration(d)
-                    .ok_or_else(|| Status::invalid_argument("grace: must not be negative"))?,
-            ),
+            Some(d) => Some(valid_duration(d).ok_or_else(|| {
+                Status::invalid_argument("grace: must be a valid duration of 0 or more")
+            })?),
         };
         let sub = self.registry.rotate_secret(&request.id, grace).await?;
         tracing::info!(id = %sub.id, "subscription secret rotated");

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use herald_proto::convert::{std_duration, timestamp};
+use herald_proto::convert::{timestamp, valid_duration};
 use herald_proto::v1 as pb;
 use herald_proto::v1::portal_server::Portal;
 use tonic::{Request, Response, Status};
@@ -46,7 +46,7 @@ impl Portal for PortalService {
         who.may_act_for(&request.tenant)?;
         let ttl = match &request.ttl {
             None => DEFAULT_TTL,
-            Some(ttl) => std_duration(ttl)
+            Some(ttl) => valid_duration(ttl)
                 .filter(|ttl| (MIN_TTL..=MAX_TTL).contains(ttl))
                 .ok_or_else(|| Status::invalid_argument("ttl: must be 1 minute to 7 days"))?,
         };

@@ -6,13 +6,14 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use herald_core::ValidationError;
 use herald_core::egress::{MASKED_PASSWORD, ProxyUrl};
 use herald_core::ids::new_subscription_id;
+use herald_core::limits::MAX_DESCRIPTION_LEN;
 use herald_core::limits::PageBytes;
 use herald_core::signing::SigningSecret;
 use herald_core::subscription::{DEFAULT_ROTATION_GRACE, MAX_SECRETS};
 use herald_core::target::TargetPolicy;
+use herald_core::{ValidationError, validate};
 use herald_proto::convert::{self, signature_scheme, system_time, timestamp, wire_secret};
 use herald_proto::v1 as pb;
 
@@ -221,6 +222,14 @@ impl Subscriptions {
     /// or what the host resolves to now. A host that does not resolve here is admitted: the
     /// agent checks the addresses it connects to at every delivery.
     async fn check(&self, sub: &mut pb::Subscription) -> Result<(), SubscriptionError> {
+        // What a caller gives is held to more than a stored record is read with: a record
+        // stored before these checks still delivers, and is refused only when sent again.
+        validate::url_as_given("url", &sub.url)?;
+        if let Some(oauth2) = &sub.oauth2 {
+            validate::url_as_given("oauth2.token_url", &oauth2.token_url)?;
+        }
+        validate::shown_text("description", &sub.description, MAX_DESCRIPTION_LEN)?;
+        convert::check_given_durations(sub)?;
         let domain = convert::subscription(sub, self.policy.allow_http)?;
         // A masked proxy URL that kept no stored password (another user, host or port, or a
         // new subscription) would make `****` the password.
@@ -1127,6 +1136,52 @@ mod tests {
                 "{refused:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_record_stored_before_the_stricter_checks_still_delivers_and_changes() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (registry, store) = registry_in(&dir).await;
+        // What earlier versions accepted: a tab in the URL (parsers drop it), an escape in the
+        // description, a timeout whose nanos are not normalised.
+        let legacy = pb::Subscription {
+            id: "sub_01OLDER".into(),
+            url: "https://93.184.215.14/h\tx".into(),
+            description: "\u{1b}[31mred".into(),
+            timeout: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 2_000_000_000,
+            }),
+            envelope: pb::Envelope::Standard as i32,
+            secrets: vec![wire_secret(&SigningSecret::generate(), SystemTime::now())],
+            enabled: true,
+            ..orders_of("shop-1")
+        };
+        let txn = Txn::default()
+            .then(Op::Put(
+                keys::subscription("shop-1", "sub_01OLDER"),
+                encode(&legacy, &registry.keyring).expect("encoded"),
+            ))
+            .then(Op::Put(
+                keys::subscription_id("sub_01OLDER"),
+                b"shop-1".to_vec(),
+            ));
+        store.txn(txn).await.expect("written");
+        // Agents read it; sealing upgrades, disabling and enabling go through.
+        let read = registry.get("sub_01OLDER").await.expect("read");
+        convert::subscription(&read, false).expect("an agent reads it");
+        registry.upgrade_all("herald").await.expect("upgraded");
+        let disabled = registry
+            .disable("sub_01OLDER", "shop closed")
+            .await
+            .expect("disabled");
+        assert!(!disabled.enabled);
+        // Sent again as it is, it is held to today's checks, which say what to fix.
+        let refused = registry.update(read, disabled.revision).await;
+        assert!(
+            matches!(&refused, Err(SubscriptionError::Invalid(e)) if e.field == "url"),
+            "{refused:?}"
+        );
     }
 
     #[tokio::test]
