@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use futures_util::Stream;
 use herald_proto::convert::valid_duration;
@@ -541,37 +541,45 @@ impl Deliveries for DeliveriesService {
         })?;
         let mut attempts = self.log.follow();
         let shutdown = self.streams.shutdown().clone();
-        // A tail with `until` ends (OK) once that moment has passed: at once when it has.
-        let until = filter.until();
+        // A tail with `until` ends (OK) once every attempt started before it has had time to
+        // be reported: TAIL_REPORT_LAG after it (at once when that has passed).
+        let ends_at = filter.until().map(|until| until + TAIL_REPORT_LAG);
+        let past = move || ends_at.is_some_and(|end| SystemTime::now() >= end);
         let stream = self.streams.stream(move |tx| async move {
             let _open = open;
-            let past_until = async move {
-                match until {
-                    Some(until) => {
-                        let left = until.duration_since(SystemTime::now()).unwrap_or_default();
+            let ended = async move {
+                match ends_at {
+                    Some(end) => {
+                        let left = end.duration_since(SystemTime::now()).unwrap_or_default();
                         tokio::time::sleep(left).await;
                     }
                     None => std::future::pending().await,
                 }
             };
-            tokio::pin!(past_until);
+            tokio::pin!(ended);
             loop {
                 let attempt = tokio::select! {
+                    // What is stored is sent before the end is noticed.
+                    biased;
                     () = shutdown.cancelled() => {
-                        // Not the end of what was asked for: the client should tail again.
+                        // Not the end of what was asked for: the client should tail again. A
+                        // client that stopped reading does not hold the shutdown up.
                         let status = Status::unavailable(
                             "this control plane is shutting down: tail again (every replica \
                              tails the same log)",
                         );
-                        let _ = tx.send(Err(status)).await;
+                        let _ = tx.try_send(Err(status));
                         return;
                     }
                     // The client went away: nothing is left to wait for, even while no
                     // attempt matches its filter.
                     () = tx.closed() => return,
-                    () = &mut past_until => return,
                     next = attempts.recv() => next,
+                    () = &mut ended => return,
                 };
+                if past() {
+                    return;
+                }
                 match attempt {
                     Ok(attempt) if filter.matches(&attempt) => {
                         if tx.send(Ok((*attempt).clone())).await.is_err() {
@@ -593,6 +601,12 @@ impl Deliveries for DeliveriesService {
         Ok(Response::new(stream))
     }
 }
+
+/// How long after a tail's `until` attempts started before it may still be reported: the
+/// longest attempt, and the agents' report batching and retries after it.
+const TAIL_REPORT_LAG: Duration = Duration::from_secs(
+    herald_core::subscription::MAX_TIMEOUT.as_secs() + 30,
+);
 
 /// `herald.v1.Agents`.
 pub struct AgentsService {

@@ -2782,9 +2782,10 @@ pub mod deliveries_client {
                 .insert(GrpcMethod::new("herald.v1.Deliveries", "ListAttempts"));
             self.inner.unary(req, path, codec).await
         }
-        /// Streams attempts as they are reported, filtered like ListAttempts. Ends (OK) once the
-        /// filter's `until` has passed, at once when it has; a replica shutting down ends it with
-        /// UNAVAILABLE (tail again: every replica follows the same log).
+        /// Streams attempts as they are reported, filtered like ListAttempts. With the filter's
+        /// `until`, ends (OK) 150 s after it, once the attempts started before it have been reported
+        /// (at once when that has passed); a replica shutting down ends it with UNAVAILABLE (tail
+        /// again: every replica follows the same log).
         pub async fn tail_attempts(
             &mut self,
             request: impl tonic::IntoRequest<super::TailAttemptsRequest>,
@@ -2916,9 +2917,10 @@ pub mod deliveries_server {
             >
             + std::marker::Send
             + 'static;
-        /// Streams attempts as they are reported, filtered like ListAttempts. Ends (OK) once the
-        /// filter's `until` has passed, at once when it has; a replica shutting down ends it with
-        /// UNAVAILABLE (tail again: every replica follows the same log).
+        /// Streams attempts as they are reported, filtered like ListAttempts. With the filter's
+        /// `until`, ends (OK) 150 s after it, once the attempts started before it have been reported
+        /// (at once when that has passed); a replica shutting down ends it with UNAVAILABLE (tail
+        /// again: every replica follows the same log).
         async fn tail_attempts(
             &self,
             request: tonic::Request<super::TailAttemptsRequest>,

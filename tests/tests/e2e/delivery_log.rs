@@ -638,7 +638,7 @@ async fn a_tail_ends_when_its_client_goes_away_though_nothing_matches() -> anyho
     Ok(())
 }
 
-/// A tail ends by itself only at its `until` (at once when that has passed); a replica that
+/// A tail ends by itself only after its `until` (at once when that is long past); a replica that
 /// shuts down ends its tails with UNAVAILABLE, so that a client tails again rather than take
 /// the end for the end of what it asked for.
 #[tokio::test]
@@ -650,7 +650,7 @@ async fn a_tail_ends_at_its_until_and_a_replica_shutting_down_ends_it_unavailabl
         .tail_attempts(pb::TailAttemptsRequest {
             filter: Some(pb::AttemptFilter {
                 until: Some(herald_proto::convert::timestamp(
-                    std::time::SystemTime::now() - Duration::from_secs(60),
+                    std::time::SystemTime::now() - Duration::from_secs(3600),
                 )),
                 ..Default::default()
             }),
