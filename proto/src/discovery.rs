@@ -12,32 +12,29 @@ use tonic_reflection::server::v1alpha::{
 pub type ReflectionError = tonic_reflection::server::Error;
 
 /// Reflection (v1) listing `services` (the fully-qualified names of what this server serves,
-/// whose descriptors are in `herald.v1` or `extra`, for example the health service's) and the
-/// reflection services: a client lists only what it can call here.
+/// whose descriptors are in `herald.v1` or `extra`, for example the health service's) and
+/// itself: a client lists only what it can call, and describe, here.
 pub fn reflection_v1(
     extra: &[&'static [u8]],
     services: &[&str],
 ) -> Result<ServerReflectionServer<impl ServerReflection>, ReflectionError> {
-    builder(extra, services).build_v1()
+    builder(extra, services, "grpc.reflection.v1.ServerReflection").build_v1()
 }
 
-/// Reflection (v1alpha) over the same services as [`reflection_v1`].
+/// Reflection (v1alpha) over the same services as [`reflection_v1`], listing itself.
 pub fn reflection_v1alpha(
     extra: &[&'static [u8]],
     services: &[&str],
 ) -> Result<ServerReflectionAlphaServer<impl ServerReflectionAlpha>, ReflectionError> {
-    builder(extra, services).build_v1alpha()
+    builder(extra, services, "grpc.reflection.v1alpha.ServerReflection").build_v1alpha()
 }
 
-/// The reflection services' own names, listed beside the server's services.
-const REFLECTION_SERVICES: [&str; 2] = [
-    "grpc.reflection.v1.ServerReflection",
-    "grpc.reflection.v1alpha.ServerReflection",
-];
-
+/// The builder over herald.v1 and `extra`, listing `services` and `reflection`: the reflection
+/// service of the protocol version it answers, the one whose descriptor it holds.
 fn builder(
     extra: &[&'static [u8]],
     services: &[&str],
+    reflection: &str,
 ) -> tonic_reflection::server::Builder<'static> {
     let builder = extra.iter().fold(
         tonic_reflection::server::Builder::configure()
@@ -46,6 +43,7 @@ fn builder(
     );
     services
         .iter()
-        .chain(&REFLECTION_SERVICES)
-        .fold(builder, |builder, name| builder.with_service_name(*name))
+        .copied()
+        .chain([reflection])
+        .fold(builder, |builder, name| builder.with_service_name(name))
 }

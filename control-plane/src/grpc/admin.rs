@@ -604,9 +604,8 @@ impl Deliveries for DeliveriesService {
 
 /// How long after a tail's `until` attempts started before it may still be reported: the
 /// longest attempt, and the agents' report batching and retries after it.
-const TAIL_REPORT_LAG: Duration = Duration::from_secs(
-    herald_core::subscription::MAX_TIMEOUT.as_secs() + 30,
-);
+const TAIL_REPORT_LAG: Duration =
+    Duration::from_secs(herald_core::subscription::MAX_TIMEOUT.as_secs() + 30);
 
 /// `herald.v1.Agents`.
 pub struct AgentsService {

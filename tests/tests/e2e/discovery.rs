@@ -80,7 +80,6 @@ async fn both_servers_answer_health_checks_and_reflection() -> anyhow::Result<()
         [
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
-            "grpc.reflection.v1alpha.ServerReflection",
             "herald.v1.Events",
         ]
     );
