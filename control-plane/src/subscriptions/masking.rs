@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use herald_core::ValidationError;
 use herald_core::egress::ProxyUrl;
 use herald_proto::v1 as pb;
 
@@ -84,11 +85,13 @@ fn same_url(a: &str, b: &str) -> bool {
 /// The headers an update writes: those it sends, where one sent with a blank value keeps its
 /// stored value (names compared without case). Reads without `show_secrets` blank the values,
 /// so any read-modify-write, by a client that knows `header_values_hidden` or not, keeps them;
-/// a header is removed by leaving it out.
+/// a header is removed by leaving it out. A stored value goes only where it was given for: to
+/// another origin (`to_same_origin` false), a header sent blank is refused, not filled in.
 pub(super) fn merged_headers(
     sent: HashMap<String, String>,
     stored: &HashMap<String, String>,
-) -> HashMap<String, String> {
+    to_same_origin: bool,
+) -> Result<HashMap<String, String>, ValidationError> {
     sent.into_iter()
         .map(|(name, value)| {
             let kept = stored
@@ -96,11 +99,28 @@ pub(super) fn merged_headers(
                 .find(|(stored_name, _)| stored_name.eq_ignore_ascii_case(&name))
                 .map(|(_, kept)| kept);
             match kept {
-                Some(kept) if value.is_empty() => (name, kept.clone()),
-                _ => (name, value),
+                Some(kept) if value.is_empty() && !kept.is_empty() && !to_same_origin => {
+                    Err(ValidationError::new(
+                        "headers",
+                        format!(
+                            "{name} is sent without its value for a new address: send the value \
+                             again (a stored value goes only to the origin it was given for)"
+                        ),
+                    ))
+                }
+                Some(kept) if value.is_empty() => Ok((name, kept.clone())),
+                _ => Ok((name, value)),
             }
         })
         .collect()
+}
+
+/// Whether two URLs have the same origin (scheme, host and port), as parsed.
+pub(super) fn same_origin(a: &str, b: &str) -> bool {
+    match (url::Url::parse(a), url::Url::parse(b)) {
+        (Ok(a), Ok(b)) => a.origin() == b.origin(),
+        _ => a == b,
+    }
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use crate::store::{Compare, KeyValue, Op, Store, StoreError, Txn, TxnOutcome};
 mod masking;
 mod record;
 
-use masking::{merged_egress_proxy, merged_headers, merged_oauth2};
+use masking::{merged_egress_proxy, merged_headers, merged_oauth2, same_origin};
 pub use masking::{redact, with_signing_secrets_only, without_write_only};
 pub use record::decode;
 use record::{encode, legacy_envelope, open_record};
@@ -458,12 +458,13 @@ impl Subscriptions {
                 actual: kv.mod_revision,
             });
         }
+        let to_same_origin = same_origin(&request.url, &current.url);
         let updated = pb::Subscription {
             url: request.url,
             event_types: request.event_types,
             payload_filter: request.payload_filter,
             format: request.format,
-            headers: merged_headers(request.headers, &current.headers),
+            headers: merged_headers(request.headers, &current.headers, to_same_origin)?,
             egress: request.egress,
             egress_proxy: merged_egress_proxy(request.egress_proxy, &current.egress_proxy),
             // The key is never read back: the same certificate sent without one keeps it.
@@ -923,6 +924,63 @@ mod tests {
         assert!(
             matches!(&masked, Err(SubscriptionError::Invalid(e)) if e.field == "egress_proxy"),
             "{masked:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_header_value_sent_back_blank_is_kept_only_for_the_same_origin() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (registry, _) = registry_in(&dir).await;
+        let created = registry
+            .create(pb::Subscription {
+                headers: [("X-Api-Key".to_owned(), "key-1".to_owned())].into(),
+                ..orders_of("shop-a")
+            })
+            .await
+            .expect("created");
+        let read = redact(registry.get(&created.id).await.expect("read"));
+        assert_eq!(read.headers["X-Api-Key"], "");
+        // Another path of the same origin: the value stays.
+        let moved = registry
+            .update(
+                pb::Subscription {
+                    url: "https://93.184.215.14/other".into(),
+                    ..read.clone()
+                },
+                created.revision,
+            )
+            .await
+            .expect("updated");
+        let stored = registry.get(&moved.id).await.expect("read");
+        assert_eq!(stored.headers["X-Api-Key"], "key-1");
+        // Another host: the stored value is not sent there unless given again.
+        let elsewhere = registry
+            .update(
+                pb::Subscription {
+                    url: "https://93.184.215.20/hook".into(),
+                    ..read.clone()
+                },
+                moved.revision,
+            )
+            .await;
+        assert!(
+            matches!(&elsewhere, Err(SubscriptionError::Invalid(e)) if e.field == "headers"),
+            "{elsewhere:?}"
+        );
+        let given = registry
+            .update(
+                pb::Subscription {
+                    url: "https://93.184.215.20/hook".into(),
+                    headers: [("X-Api-Key".to_owned(), "key-2".to_owned())].into(),
+                    ..read
+                },
+                moved.revision,
+            )
+            .await
+            .expect("given again");
+        assert_eq!(
+            registry.get(&given.id).await.expect("read").headers["X-Api-Key"],
+            "key-2"
         );
     }
 
