@@ -342,6 +342,27 @@ async fn a_shop_manages_its_endpoints_in_its_portal_and_sees_no_other_shop() -> 
         "{crafted:?}"
     );
 
+    // An endpoint the platform subscribed with a pattern keeps it when the shop edits
+    // something else: the form shows the pattern beside the catalogue's types.
+    let patterned = control_plane
+        .create(subscription(
+            "shop-a",
+            &receiver.url("/shop-a-orders"),
+            &["order.*"],
+        ))
+        .await?;
+    browser
+        .open(&format!("{}endpoints/{}/edit", minted.url, patterned.id))
+        .await?;
+    browser.fill("#description", "all orders").await?;
+    browser.click("#save").await?;
+    browser.wait_url("done=updated").await?;
+    let edited = control_plane.get(&patterned.id).await?;
+    assert_eq!(
+        (edited.description.as_str(), edited.event_types.as_slice()),
+        ("all orders", ["order.*".to_owned()].as_slice())
+    );
+
     // An expired link and a forged one say so, and show nothing.
     let keyring = Keyring::parse(herald_tests::herald::shared_keyring())?;
     let grant = Grant {

@@ -318,7 +318,8 @@ struct FormPage {
     form: SubscriptionForm,
     choices: Vec<Choice>,
     other_patterns: String,
-    /// Patterns may be typed only while the catalogue is empty.
+    /// Patterns may be typed while the catalogue is empty, and shown (and kept, or changed)
+    /// where the endpoint has some already, such as `order.*`.
     free_patterns: bool,
     error: String,
 }
@@ -336,7 +337,7 @@ async fn form_page(
         &FormPage {
             frame: holder.frame("endpoints"),
             id,
-            free_patterns: choices.is_empty(),
+            free_patterns: choices.is_empty() || !other_patterns.is_empty(),
             form,
             choices,
             other_patterns,
