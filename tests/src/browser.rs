@@ -102,6 +102,20 @@ impl Browser {
         .await
     }
 
+    /// The attribute `name` of the element `css` selects, once the page has it (empty when
+    /// the element has no such attribute).
+    pub async fn attribute(&self, css: &str, name: &str) -> anyhow::Result<String> {
+        crate::eventually(
+            Duration::from_secs(10),
+            &format!("an element {css}"),
+            || async {
+                let element = self.client.find(Locator::Css(css)).await?;
+                Ok(Some(element.attr(name).await?.unwrap_or_default()))
+            },
+        )
+        .await
+    }
+
     /// Whether the page shows an element `css` selects (now, without waiting).
     pub async fn has(&self, css: &str) -> bool {
         self.client.find(Locator::Css(css)).await.is_ok()

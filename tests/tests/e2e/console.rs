@@ -205,6 +205,39 @@ async fn an_operator_manages_a_failing_endpoint_from_the_console() -> anyhow::Re
         "nothing forged went through"
     );
 
+    // An edit the API refuses comes back with what was typed, the tenant shown, and the
+    // delivery options open, where the refused field is.
+    browser
+        .open(&format!("{base}/subscriptions/{id}/edit"))
+        .await?;
+    browser.click("details summary").await?;
+    browser.fill("#timeout", "banana").await?;
+    browser.click("#save").await?;
+    let refusal = browser.text("#form-error").await?;
+    assert!(refusal.contains("timeout"), "{refusal}");
+    let form = browser.page_text().await?;
+    assert!(form.contains("Tenant: shop-a"), "{form}");
+    assert!(browser.has("details[open] #timeout").await, "{form}");
+
+    // Deleting asks for the box to be ticked; a post without it deletes nothing.
+    let unconfirmed = client
+        .post(format!("{base}/subscriptions/{id}/delete"))
+        .header("cookie", format!("herald_session={}", cookie.value()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "csrf={}&revision={}",
+            browser.attribute("input[name=csrf]", "value").await?,
+            control_plane.get(&id).await?.revision
+        ))
+        .send()
+        .await?;
+    assert!(
+        !unconfirmed.status().is_success(),
+        "{}",
+        unconfirmed.status()
+    );
+    assert!(control_plane.get(&id).await.is_ok(), "still there");
+
     // Signing out ends the session.
     browser.click(".signout button").await?;
     browser.wait_url("/login").await?;

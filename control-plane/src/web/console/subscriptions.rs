@@ -578,6 +578,13 @@ async fn delete(
     Path(id): Path<String>,
     ConsoleChange { console, form }: ConsoleChange,
 ) -> Result<Response, PageError> {
+    // The box the page asks to tick: a deletion cannot be undone.
+    if !form.checked("confirm") {
+        return Err(tonic::Status::failed_precondition(
+            "tick the box to confirm the deletion: it cannot be undone",
+        )
+        .into());
+    }
     let expected_revision = form.text("revision").parse().unwrap_or(0);
     state
         .services
