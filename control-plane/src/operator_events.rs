@@ -81,7 +81,7 @@ pub const DELIVERY_EXHAUSTED: OperatorEventType = OperatorEventType {
 pub const CERTIFICATE_EXPIRING: OperatorEventType = OperatorEventType {
     name: "herald.subscription.certificate_expiring",
     description: "A subscription's client certificate (mutual TLS to its receiver) expires \
-                  within 14 days: renew it with `herald subscription update --client-cert`.",
+                  within 14 days: renew it with herald subscription update --client-cert.",
     example: r#"{"subscription_id":"sub_01JEXAMPLE","tenant":"shop-1","url":"https://erp.example/hooks","expires_at":"2026-12-18T00:00:00.000Z"}"#,
 };
 /// Every operator event type: built into the event-type catalogue.

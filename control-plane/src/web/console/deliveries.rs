@@ -238,7 +238,12 @@ impl EventQuery {
         if self.done != "replayed" {
             return String::new();
         }
-        let mut note = format!("Replay: {} delivery(ies) queued again.", self.queued);
+        let deliveries = if self.queued == 1 {
+            "delivery"
+        } else {
+            "deliveries"
+        };
+        let mut note = format!("Replay: {} {deliveries} queued again.", self.queued);
         if self.missed > 0 {
             note.push_str(&format!(
                 " {} could not be (their agent is gone or no longer holds the event).",
