@@ -44,7 +44,12 @@ pub fn load(dir: &Path) -> Option<Routes> {
         }
     };
     match Routes::default().apply(&update) {
-        Ok(routes) => Some(routes),
+        Ok(applied) => {
+            if let Some(reason) = applied.refusal_reason() {
+                tracing::warn!(path = %path.display(), reason, "config cache: subscriptions left out");
+            }
+            Some(applied.routes)
+        }
         Err(err) => {
             tracing::warn!(path = %path.display(), error = %err, "config cache invalid; ignoring it");
             None

@@ -234,7 +234,24 @@ async fn follow(
         }
         let applied = routes.borrow().apply(&update);
         let reply = match applied {
-            Ok(table) => {
+            Ok(applied) => {
+                if let Some(reason) = applied.refusal_reason() {
+                    // The rest of the update is applied and acked; the operator sees these
+                    // in the agents list.
+                    tracing::warn!(
+                        revision = update.revision,
+                        reason,
+                        "subscriptions refused; each keeps its previous version"
+                    );
+                    let nack = pb::ConfigNack {
+                        revision: update.revision,
+                        reason,
+                    };
+                    tx.send(send(Kind::Nack(nack)))
+                        .await
+                        .map_err(|_| "config stream closed")?;
+                }
+                let table = applied.routes;
                 let revision = table.revision;
                 let count = table.len();
                 routes.send_replace(Arc::new(table));

@@ -12,18 +12,9 @@ use herald_proto::v1 as pb;
 use crate::schemas::SchemaSet;
 use herald_core::limits::{DEFAULT_LOG_BODY_LIMIT, MAX_LOG_BODY_LIMIT};
 
-/// Why a config update was refused.
+/// Why a config update was refused as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    /// A subscription in the update is invalid; the agent keeps its previous table.
-    #[error("subscription {id} is invalid: {source}")]
-    Invalid {
-        /// The subscription.
-        id: String,
-        /// What is wrong.
-        #[source]
-        source: herald_core::ValidationError,
-    },
     /// A delta does not follow the revision the agent holds.
     #[error("update to revision {update} is older than the applied revision {applied}")]
     Stale {
@@ -32,6 +23,50 @@ pub enum ApplyError {
         /// The agent's revision.
         applied: i64,
     },
+}
+
+/// A subscription in an update that this agent cannot read (a record written by a newer
+/// control plane, or damaged in the store). It alone keeps its previous version, or stays out
+/// of the table when it had none: one bad record does not hold back every other change.
+#[derive(Debug, thiserror::Error)]
+#[error("subscription {id} is invalid: {source}")]
+pub struct RefusedSubscription {
+    /// The subscription.
+    pub id: String,
+    /// What is wrong with it.
+    #[source]
+    pub source: herald_core::ValidationError,
+}
+
+/// A config update applied: the new table, and the subscriptions in the update it left at
+/// their previous version.
+#[derive(Debug)]
+pub struct Applied {
+    /// The table after the update.
+    pub routes: Routes,
+    /// The upserts this agent could not read, in the update's order.
+    pub refused: Vec<RefusedSubscription>,
+}
+
+impl Applied {
+    /// The refusals in one line for the control plane's agents list (the first few named).
+    pub fn refusal_reason(&self) -> Option<String> {
+        const NAMED: usize = 3;
+        let (first, rest) = self.refused.split_at(self.refused.len().min(NAMED));
+        let mut reason = first
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        if reason.is_empty() {
+            return None;
+        }
+        if !rest.is_empty() {
+            reason.push_str(&format!("; and {} more", rest.len()));
+        }
+        reason.push_str(" (each kept at its previous version, if any)");
+        Some(reason)
+    }
 }
 
 /// Subscriptions by id and by tenant, at one revision.
@@ -152,8 +187,9 @@ impl Routes {
             .unwrap_or_default()
     }
 
-    /// The table after `update`, or why the update is refused (the caller keeps this one).
-    pub fn apply(&self, update: &pb::ConfigUpdate) -> Result<Routes, ApplyError> {
+    /// The table after `update`, with the upserts it could not read left at their version in
+    /// this table; or why the whole update is refused (the caller keeps this table).
+    pub fn apply(&self, update: &pb::ConfigUpdate) -> Result<Applied, ApplyError> {
         if !update.snapshot && update.revision < self.revision {
             return Err(ApplyError::Stale {
                 update: update.revision,
@@ -169,15 +205,24 @@ impl Routes {
             by_id.remove(id);
             wire.remove(id);
         }
+        let mut refused = Vec::new();
         for wire_sub in &update.upserts {
             // URL scheme and target policy are the delivery's to enforce; here, the record.
-            let sub =
-                convert::subscription(wire_sub, true).map_err(|source| ApplyError::Invalid {
-                    id: wire_sub.id.clone(),
-                    source,
-                })?;
-            wire.insert(sub.id.clone(), Arc::new(wire_sub.clone()));
-            by_id.insert(sub.id.clone(), Arc::new(sub));
+            match convert::subscription(wire_sub, true) {
+                Ok(sub) => {
+                    wire.insert(sub.id.clone(), Arc::new(wire_sub.clone()));
+                    by_id.insert(sub.id.clone(), Arc::new(sub));
+                }
+                Err(source) => {
+                    let id = wire_sub.id.clone();
+                    // A snapshot starts from nothing: the version this table holds stays.
+                    if let (Some(sub), Some(record)) = (self.by_id.get(&id), self.wire.get(&id)) {
+                        by_id.insert(id.clone(), sub.clone());
+                        wire.insert(id.clone(), record.clone());
+                    }
+                    refused.push(RefusedSubscription { id, source });
+                }
+            }
         }
         // A saved table carries its schemas; the stream sends them on their own.
         let schemas = match &update.schemas {
@@ -186,7 +231,7 @@ impl Routes {
         };
         let mut routes = Routes::new(update.revision, by_id, wire, schemas);
         routes.log_body_limit = update.log_body_limit.or(self.log_body_limit);
-        Ok(routes)
+        Ok(Applied { routes, refused })
     }
 
     /// The whole table as a snapshot update, as the control plane would send it, with the
@@ -249,7 +294,7 @@ mod tests {
             log_body_limit: Some(1024),
         };
         assert_eq!(Routes::default().log_body_limit(), DEFAULT_LOG_BODY_LIMIT);
-        let routes = Routes::default().apply(&snapshot).expect("snapshot");
+        let routes = Routes::default().apply(&snapshot).expect("snapshot").routes;
         assert_eq!(routes.log_body_limit(), 1024);
         let ids =
             |subs: Vec<Arc<Subscription>>| subs.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
@@ -271,7 +316,7 @@ mod tests {
             schemas: None,
             log_body_limit: None,
         };
-        let next = routes.apply(&delta).expect("delta");
+        let next = routes.apply(&delta).expect("delta").routes;
         // The control plane's body limit holds until it says another, and is saved.
         assert_eq!(next.log_body_limit(), 1024);
         assert_eq!(next.to_snapshot().log_body_limit, Some(1024));
@@ -285,7 +330,8 @@ mod tests {
         // A saved table restores to the same table.
         let restored = Routes::default()
             .apply(&next.to_snapshot())
-            .expect("restore");
+            .expect("restore")
+            .routes;
         assert_eq!(restored.revision, 6);
         assert_eq!(restored.to_snapshot(), next.to_snapshot());
 
@@ -294,11 +340,100 @@ mod tests {
             ..delta.clone()
         };
         assert!(matches!(next.apply(&stale), Err(ApplyError::Stale { .. })));
+    }
 
-        let mut bad = delta;
-        bad.revision = 7;
-        bad.upserts = vec![wire("sub_d", "t1", &["Not A Type"])];
-        assert!(matches!(next.apply(&bad), Err(ApplyError::Invalid { .. })));
+    #[test]
+    fn an_unreadable_subscription_keeps_its_previous_version_and_holds_back_nothing_else() {
+        let snapshot = pb::ConfigUpdate {
+            revision: 5,
+            snapshot: true,
+            upserts: vec![wire("sub_a", "t1", &["order.*"])],
+            ..Default::default()
+        };
+        let routes = Routes::default().apply(&snapshot).expect("snapshot").routes;
+
+        // One delta: sub_a changed to a pattern that is not one, sub_b new and sound, sub_c
+        // new and unreadable.
+        let delta = pb::ConfigUpdate {
+            revision: 7,
+            upserts: vec![
+                wire("sub_a", "t1", &["Not A Type"]),
+                wire("sub_b", "t1", &["product.created"]),
+                wire("sub_c", "t1", &["order..x"]),
+            ],
+            ..Default::default()
+        };
+        let applied = routes.apply(&delta).expect("delta");
+        let refused: Vec<_> = applied.refused.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(refused, ["sub_a", "sub_c"]);
+        let reason = applied.refusal_reason().expect("a reason");
+        assert!(
+            reason.contains("sub_a") && reason.contains("sub_c"),
+            "{reason}"
+        );
+        let next = applied.routes;
+        assert_eq!(next.revision, 7);
+        assert!(
+            next.get("sub_a")
+                .expect("kept")
+                .accepts("t1", "order.created")
+        );
+        assert!(next.get("sub_b").is_some());
+        assert!(next.get("sub_c").is_none());
+        // What is saved is what is delivered with: the previous record of sub_a.
+        assert_eq!(next.to_snapshot().upserts[0], wire_of(&routes, "sub_a"));
+
+        // A snapshot holding the same three records (a reconnect): the same table.
+        let snapshot = pb::ConfigUpdate {
+            revision: 8,
+            snapshot: true,
+            upserts: delta.upserts.clone(),
+            ..Default::default()
+        };
+        let resnapped = next.apply(&snapshot).expect("snapshot");
+        assert_eq!(resnapped.refused.len(), 2);
+        assert_eq!(
+            resnapped.routes.to_snapshot().upserts,
+            next.to_snapshot().upserts
+        );
+
+        // From nothing (an agent's first snapshot), the unreadable ones are left out.
+        let first = Routes::default().apply(&snapshot).expect("snapshot");
+        assert_eq!(first.routes.len(), 1);
+        assert!(first.routes.get("sub_b").is_some());
+
+        // An update refusing nothing says nothing.
+        let fine = Routes::default()
+            .apply(&next.to_snapshot())
+            .expect("snapshot");
+        assert!(fine.refused.is_empty() && fine.refusal_reason().is_none());
+    }
+
+    #[test]
+    fn a_refusal_of_many_names_a_few() {
+        let upserts = (0..10)
+            .map(|i| wire(&format!("sub_{i}"), "t1", &["Bad Type"]))
+            .collect();
+        let update = pb::ConfigUpdate {
+            revision: 1,
+            snapshot: true,
+            upserts,
+            ..Default::default()
+        };
+        let reason = Routes::default()
+            .apply(&update)
+            .expect("snapshot")
+            .refusal_reason()
+            .expect("a reason");
+        assert!(
+            reason.contains("sub_2") && !reason.contains("sub_3"),
+            "{reason}"
+        );
+        assert!(reason.contains("and 7 more"), "{reason}");
+    }
+
+    fn wire_of(routes: &Routes, id: &str) -> pb::Subscription {
+        (**routes.wire.get(id).expect("a record")).clone()
     }
 
     #[test]
@@ -320,7 +455,7 @@ mod tests {
             upserts: vec![wire("sub_a", "t1", &["order.*"])],
             ..Default::default()
         };
-        let routes = early.apply(&snapshot).expect("snapshot");
+        let routes = early.apply(&snapshot).expect("snapshot").routes;
         assert!(routes.schemas().check("order.created", b"{}").is_err());
         // The same set again (every reconnect) is the same set: nothing to save.
         let again = routes.with_schemas(&schemas);
@@ -328,7 +463,8 @@ mod tests {
 
         let restored = Routes::default()
             .apply(&routes.to_snapshot())
-            .expect("restore");
+            .expect("restore")
+            .routes;
         assert_eq!(restored.len(), 1);
         assert!(restored.schemas().check("order.created", b"{}").is_err());
         assert!(

@@ -1011,7 +1011,9 @@ pub struct ConfigAck {
     #[prost(int64, tag = "1")]
     pub revision: i64,
 }
-/// The agent refused the update at `revision` and keeps its previous config.
+/// The agent refused the update at `revision` and keeps its previous config; or, when it
+/// then acks the same revision, it refused only the subscriptions `reason` names, each kept
+/// at its previous version.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ConfigNack {
     #[prost(int64, tag = "1")]

@@ -1,12 +1,12 @@
 //! The fleet side of config distribution: an agent given several control-plane replicas fails
 //! over to another when its replica dies and receives the changes made meanwhile (deletions
-//! included); a change the agent refuses leaves it on its last good config and shows in the
-//! agents list. A peer whose host vanishes is cut off: an agent by its control plane, an
+//! included); a record the agent cannot read is refused alone, keeps nothing else back, and
+//! shows in the agents list. A peer whose host vanishes is cut off: an agent by its control plane, an
 //! application by its agent.
 
 use std::time::Duration;
 
-use herald_control_plane::store::{Op, Store, Txn};
+use herald_control_plane::store::{Op, Store, Txn, TxnOutcome};
 use herald_proto::v1 as pb;
 use herald_tests::{
     Agent, AgentAndReceiver, AgentOptions, ConfigStore, ControlPlane, Etcd, Relay, event,
@@ -104,7 +104,7 @@ async fn listed_on(control_plane: &ControlPlane, revision: i64) -> anyhow::Resul
 }
 
 #[tokio::test]
-async fn a_refused_change_keeps_the_last_good_config_and_shows_in_the_agents_list()
+async fn a_record_the_agent_cannot_read_is_refused_alone_and_shows_in_the_agents_list()
 -> anyhow::Result<()> {
     let etcd = Etcd::start().await?;
     let control_plane = ControlPlane::start(ConfigStore::Etcd(vec![etcd.endpoint()])).await?;
@@ -118,8 +118,9 @@ async fn a_refused_change_keeps_the_last_good_config_and_shows_in_the_agents_lis
         .wait_applied(good.revision, Duration::from_secs(10))
         .await?;
 
-    // A record the API would never write (no signing secret, a pattern that is not one), put
-    // straight into etcd as a broken tool might.
+    // One write, as a broken tool might make it straight into etcd: a record the API would
+    // never write (no signing secret, a pattern that is not one) beside a sound change to the
+    // good subscription (its URL moved). The agent receives both in one delta.
     let broken = pb::Subscription {
         id: "sub_broken".into(),
         tenant: "shop-1".into(),
@@ -129,19 +130,33 @@ async fn a_refused_change_keeps_the_last_good_config_and_shows_in_the_agents_lis
         ..Default::default()
     };
     let store = Store::etcd(&[etcd.endpoint()]).await?;
-    store
-        .txn(Txn::default().then(Op::Put(
-            "/herald/v1/subscriptions/shop-1/sub_broken".into(),
-            broken.encode_to_vec(),
-        )))
-        .await?;
+    let good_key = format!("/herald/v1/subscriptions/shop-1/{}", good.id);
+    let stored = store.get(&good_key).await?.expect("the good record");
+    let mut moved = pb::Subscription::decode(stored.value.as_slice())?;
+    moved.url = receiver.url("/moved");
+    let TxnOutcome::Committed { revision } = store
+        .txn(
+            Txn::default()
+                .then(Op::Put(
+                    "/herald/v1/subscriptions/shop-1/sub_broken".into(),
+                    broken.encode_to_vec(),
+                ))
+                .then(Op::Put(good_key, moved.encode_to_vec())),
+        )
+        .await?
+    else {
+        anyhow::bail!("the write conflicted");
+    };
 
+    // The bad record is named, and the rest of the change is applied all the same.
     let nacked = eventually(
         Duration::from_secs(10),
-        "the agent to refuse it",
+        "the agent to refuse the bad record and apply the rest",
         || async {
             let agents = control_plane.list_agents().await?;
-            Ok(agents.into_iter().find(|a| !a.last_nack.is_empty()))
+            Ok(agents
+                .into_iter()
+                .find(|a| !a.last_nack.is_empty() && a.applied_revision >= revision))
         },
     )
     .await?;
@@ -150,9 +165,6 @@ async fn a_refused_change_keeps_the_last_good_config_and_shows_in_the_agents_lis
         "{}",
         nacked.last_nack
     );
-    assert!(nacked.applied_revision >= good.revision);
-
-    // The good subscription still delivers.
     let emitted = agent
         .emit(event(
             "shop-1",
@@ -160,10 +172,11 @@ async fn a_refused_change_keeps_the_last_good_config_and_shows_in_the_agents_lis
             &serde_json::json!({"id": 2}),
         ))
         .await?;
-    assert_eq!(emitted.matched, 1);
-    receiver
+    assert_eq!(emitted.matched, 1, "the bad record matches nothing");
+    let requests = receiver
         .wait_for_requests(1, Duration::from_secs(10))
         .await?;
+    assert_eq!(requests[0].path, "/moved", "the sound change was applied");
     Ok(())
 }
 
