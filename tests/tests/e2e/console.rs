@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use herald_proto::v1 as pb;
 use herald_tests::{
     AgentAndReceiver, AgentOptions, Browser, ConfigStore, ControlPlane, HeldPort, event, eventually,
 };
@@ -98,6 +99,20 @@ async fn an_operator_manages_a_failing_endpoint_from_the_console() -> anyhow::Re
         },
     )
     .await?;
+    // A filter that does not read is said at the form that holds it, the filters kept.
+    browser.open(&format!("{log}&since=yesterday")).await?;
+    let refusal = browser.text("#filter-error").await?;
+    assert!(refusal.contains("since"), "{refusal}");
+    assert_eq!(
+        browser.attribute("input[name=since]", "value").await?,
+        "yesterday"
+    );
+    assert_eq!(
+        browser
+            .attribute("input[name=subscription_id]", "value")
+            .await?,
+        id
+    );
     browser
         .open(&format!("{base}/events/{}", emitted.event_id))
         .await?;
@@ -262,5 +277,115 @@ async fn an_operator_manages_a_failing_endpoint_from_the_console() -> anyhow::Re
     browser.open(&format!("{base}/subscriptions/{id}")).await?;
     browser.wait_url("/login").await?;
     browser.close().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_event_with_more_attempts_than_its_page_shows_links_to_the_rest() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = HeldPort::new()?;
+    let control_plane = ControlPlane::start_configured(ConfigStore::Embedded, |config| {
+        config.http_listen = Some(http.addr())
+    })
+    .await?;
+    let base = format!("http://{}", http.addr());
+    let sub = control_plane
+        .create(herald_tests::subscription(
+            "shop-1",
+            "https://127.0.0.1:9/orders",
+            &["order.*"],
+        ))
+        .await?;
+
+    // One event retried 250 times, as its agent would report the attempts.
+    let attempts = (1..=250)
+        .map(|n| pb::Attempt {
+            event_id: "evt_retried".into(),
+            subscription_id: sub.id.clone(),
+            tenant: "shop-1".into(),
+            event_type: "order.created".into(),
+            attempt: n,
+            agent_id: "agt_1".into(),
+            started_at: Some(herald_proto::convert::timestamp(
+                std::time::SystemTime::now(),
+            )),
+            status_code: 500,
+            outcome: pb::Outcome::Retrying as i32,
+            ..Default::default()
+        })
+        .collect();
+    let batch = pb::ReportBatch {
+        batch_id: 1,
+        agent_id: "agt_1".into(),
+        attempts,
+    };
+    let mut acks =
+        pb::agent_control_client::AgentControlClient::new(control_plane.channel().await?)
+            .report_attempts(futures_util::StreamExt::chain(
+                futures_util::stream::iter([batch]),
+                futures_util::stream::pending(),
+            ))
+            .await?
+            .into_inner();
+    let ack = tokio::time::timeout(Duration::from_secs(10), acks.message())
+        .await??
+        .expect("an ack");
+    assert_eq!(ack.batch_id, 1);
+
+    // The console (open here: signing in takes no token) shows the first 200 in full and
+    // links to the log filtered by the event, where all of them page.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let signed_in = client
+        .post(format!("{base}/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token=&next=%2Fsubscriptions")
+        .send()
+        .await?;
+    let cookie = signed_in
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    let page = |url: String| {
+        let request = client.get(url).header("cookie", cookie.clone());
+        async move {
+            let response = request.send().await?;
+            anyhow::ensure!(response.status().is_success(), "{}", response.status());
+            anyhow::Ok(response.text().await?)
+        }
+    };
+    let event = page(format!("{base}/events/evt_retried")).await?;
+    assert_eq!(event.matches("<article class=\"card attempt").count(), 200);
+    assert!(event.contains("id=\"more-attempts\""), "{event}");
+    assert!(
+        event.contains("href=\"/deliveries?event_id=evt_retried\""),
+        "{event}"
+    );
+
+    // The shop's portal likewise, within the link.
+    let link = herald_proto::v1::portal_client::PortalClient::new(control_plane.channel().await?)
+        .create_portal_link(pb::CreatePortalLinkRequest {
+            tenant: "shop-1".into(),
+            ttl: None,
+            read_only: true,
+        })
+        .await?
+        .into_inner();
+    let portal_event = page(format!("{}events/evt_retried", link.url)).await?;
+    assert_eq!(
+        portal_event
+            .matches("<article class=\"card attempt")
+            .count(),
+        200
+    );
+    let path = link.url.trim_start_matches(&base).trim_end_matches('/');
+    assert!(
+        portal_event.contains(&format!("href=\"{path}/deliveries?event_id=evt_retried\"")),
+        "{portal_event}"
+    );
     Ok(())
 }

@@ -250,6 +250,15 @@ async fn a_shop_manages_its_endpoints_in_its_portal_and_sees_no_other_shop() -> 
         .await?;
     assert!(browser.page_text().await?.contains("http_status"));
 
+    // A filter that does not read is said at the form that holds it.
+    browser.open(&format!("{log}?since=yesterday")).await?;
+    let refusal = browser.text("#filter-error").await?;
+    assert!(refusal.contains("since"), "{refusal}");
+    assert_eq!(
+        browser.attribute("input[name=since]", "value").await?,
+        "yesterday"
+    );
+
     // Disable, re-enable, and send the failed one again once the server is fixed.
     browser
         .open(&format!("{}endpoints/{id}", minted.url))

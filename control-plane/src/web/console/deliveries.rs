@@ -17,7 +17,7 @@ use axum::response::IntoResponse as _;
 use super::Chrome;
 use crate::rest::Authorized;
 use crate::web::WebState;
-use crate::web::page::{PageError, query_value, render};
+use crate::web::page::{PageError, query_value, render, render_with};
 use crate::web::session::{Console, ConsoleChange};
 use crate::web::views::{AttemptRow, EventAttempt, sent_headers};
 
@@ -149,6 +149,47 @@ pub async fn page_of(
     ))
 }
 
+/// What a log page shows: a page of rows, or why its filters do not read (shown above the
+/// form that holds them, so they can be corrected).
+pub struct Shown {
+    /// The rows.
+    pub rows: Vec<AttemptRow>,
+    /// The next page's token; empty on the last page.
+    pub next_page_token: String,
+    /// Why the filters were refused; empty when they were not.
+    pub refusal: String,
+}
+
+impl Shown {
+    /// The page's HTTP status: 400 for filters refused.
+    pub fn status(&self) -> axum::http::StatusCode {
+        crate::web::page::form_status(&self.refusal)
+    }
+}
+
+/// [`page_of`], with filters refused as the page's refusal rather than an error page.
+pub async fn shown_page(
+    state: &WebState,
+    caller: &Authorized,
+    query: &LogQuery,
+) -> Result<Shown, PageError> {
+    match page_of(state, caller, query).await {
+        Ok((rows, next_page_token)) => Ok(Shown {
+            rows,
+            next_page_token,
+            refusal: String::new(),
+        }),
+        Err(PageError::Status(status)) if status.code() == tonic::Code::InvalidArgument => {
+            Ok(Shown {
+                rows: Vec::new(),
+                next_page_token: String::new(),
+                refusal: status.message().to_owned(),
+            })
+        }
+        Err(err) => Err(err),
+    }
+}
+
 #[derive(Template)]
 #[template(path = "console/deliveries.html")]
 struct LogPage {
@@ -164,6 +205,8 @@ struct LogPage {
     outcomes: Vec<(&'static str, bool)>,
     /// Where links in the rows start (the console's root).
     base: &'static str,
+    /// Why the filters were refused; empty when they were not.
+    error: String,
 }
 
 async fn log(
@@ -171,22 +214,27 @@ async fn log(
     console: Console,
     Query(query): Query<LogQuery>,
 ) -> Result<Response, PageError> {
-    let (rows, next) = page_of(&state, &console.caller, &query).await?;
+    let shown = shown_page(&state, &console.caller, &query).await?;
     let filters = query.query_string();
-    Ok(render(&LogPage {
-        chrome: Chrome::new(&console, "deliveries"),
-        live: query.page_token.is_empty(),
-        outcomes: outcome_choices(&query.outcome),
-        base: "",
-        next_page: if next.is_empty() {
-            String::new()
-        } else {
-            format!("/deliveries?{filters}&page_token={}", query_value(&next))
+    let next = &shown.next_page_token;
+    Ok(render_with(
+        shown.status(),
+        &LogPage {
+            chrome: Chrome::new(&console, "deliveries"),
+            live: query.page_token.is_empty() && shown.refusal.is_empty(),
+            outcomes: outcome_choices(&query.outcome),
+            base: "",
+            next_page: if next.is_empty() {
+                String::new()
+            } else {
+                format!("/deliveries?{filters}&page_token={}", query_value(next))
+            },
+            filters,
+            query,
+            rows: shown.rows,
+            error: shown.refusal,
         },
-        filters,
-        query,
-        rows,
-    }))
+    ))
 }
 
 /// The log's rows alone (the live update), each naming its endpoint; shared with the portal.
@@ -218,6 +266,10 @@ struct EventPage {
     chrome: Chrome,
     event_id: String,
     attempts: Vec<EventAttempt>,
+    /// Whether the log holds more attempts than those shown.
+    more: bool,
+    /// The log filtered by this event.
+    log: String,
     note: String,
 }
 
@@ -254,14 +306,27 @@ impl EventQuery {
     }
 }
 
-/// Every attempt of `event_id` that `caller` may see, each with the headers its request
-/// carried; `NOT_FOUND` when there is none.
+/// Attempts an event's page shows in full at most; the rest are in the log, filtered by the
+/// event (an event sent to hundreds of endpoints, each retried, has thousands).
+const EVENT_ATTEMPTS: u32 = 200;
+
+/// An event's attempts as its page shows them.
+pub struct EventAttempts {
+    /// The first [`EVENT_ATTEMPTS`] (or fewer) the log lists, with the headers each request
+    /// carried.
+    pub attempts: Vec<EventAttempt>,
+    /// Whether the log holds more than these.
+    pub more: bool,
+}
+
+/// The attempts of `event_id` that `caller` may see (the first [`EVENT_ATTEMPTS`]), each with
+/// the headers its request carried; `NOT_FOUND` when there is none.
 pub async fn event_attempts(
     state: &WebState,
     caller: &Authorized,
     event_id: &str,
-) -> Result<Vec<EventAttempt>, PageError> {
-    let attempts = state
+) -> Result<EventAttempts, PageError> {
+    let page = state
         .services
         .deliveries
         .list_attempts(caller.request(pb::ListAttemptsRequest {
@@ -269,12 +334,12 @@ pub async fn event_attempts(
                 event_id: event_id.to_owned(),
                 ..Default::default()
             }),
-            page_size: 1000,
+            page_size: EVENT_ATTEMPTS,
             page_token: String::new(),
         }))
         .await?
-        .into_inner()
-        .attempts;
+        .into_inner();
+    let attempts = page.attempts;
     if attempts.is_empty() {
         return Err(tonic::Status::not_found(format!("no attempts of event {event_id}")).into());
     }
@@ -296,7 +361,7 @@ pub async fn event_attempts(
             .map(tonic::Response::into_inner);
         subscriptions.insert(attempt.subscription_id.clone(), found);
     }
-    Ok(attempts
+    let attempts = attempts
         .iter()
         .map(|a| EventAttempt {
             row: AttemptRow::from(a),
@@ -307,7 +372,11 @@ pub async fn event_attempts(
                     .and_then(Option::as_ref),
             ),
         })
-        .collect())
+        .collect();
+    Ok(EventAttempts {
+        attempts,
+        more: !page.next_page_token.is_empty(),
+    })
 }
 
 async fn event(
@@ -316,11 +385,14 @@ async fn event(
     Path(event_id): Path<String>,
     Query(query): Query<EventQuery>,
 ) -> Result<Response, PageError> {
-    let attempts = event_attempts(&state, &console.caller, &event_id).await?;
+    let EventAttempts { attempts, more } =
+        event_attempts(&state, &console.caller, &event_id).await?;
     Ok(render(&EventPage {
         chrome: Chrome::new(&console, "deliveries"),
+        log: format!("/deliveries?event_id={}", query_value(&event_id)),
         event_id,
         attempts,
+        more,
         note: query.note(),
     }))
 }

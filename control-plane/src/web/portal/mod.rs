@@ -31,7 +31,8 @@ use serde::Deserialize;
 use super::WebState;
 use super::chart::Chart;
 use super::console::deliveries::{
-    EventQuery, LogQuery, Rows, event_attempts, outcome_choices, page_of, replay_as,
+    EventAttempts, EventQuery, LogQuery, Rows, event_attempts, outcome_choices, page_of, replay_as,
+    shown_page,
 };
 use super::console::subscriptions::{Choice, Endpoint, choices, disable_as, enable_as, rotate_as};
 use super::form::{FormData, SubscriptionForm};
@@ -665,6 +666,8 @@ struct DeliveriesPage {
     next_page: String,
     live: bool,
     base: String,
+    /// Why the filters were refused; empty when they were not.
+    error: String,
 }
 
 /// The log query of a portal page: always the link's tenant.
@@ -673,50 +676,78 @@ fn tenant_query(holder: &Holder, mut query: LogQuery) -> LogQuery {
     query
 }
 
+/// Endpoints the sent-requests filter offers at most (a longer list is no use to pick from;
+/// an endpoint past it can still be chosen from its own page).
+const ENDPOINT_CHOICES: usize = 1000;
+
+/// The link's endpoints to filter by, as (id, URL, whether `chosen`), read page by page; the
+/// chosen one is offered even when it is past [`ENDPOINT_CHOICES`].
+async fn endpoint_choices(
+    state: &WebState,
+    holder: &Holder,
+    chosen: &str,
+) -> Result<Vec<(String, String, bool)>, PageError> {
+    let mut choices = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = state
+            .services
+            .subscriptions
+            .list_subscriptions(holder.caller.request(pb::ListSubscriptionsRequest {
+                tenant: holder.tenant.clone(),
+                page_size: (ENDPOINT_CHOICES - choices.len()) as u32,
+                page_token,
+            }))
+            .await?
+            .into_inner();
+        choices.extend(page.subscriptions.into_iter().map(|s| {
+            let is_chosen = s.id == chosen;
+            (s.id, s.url, is_chosen)
+        }));
+        page_token = page.next_page_token;
+        if page_token.is_empty() || choices.len() >= ENDPOINT_CHOICES {
+            break;
+        }
+    }
+    if !chosen.is_empty() && !choices.iter().any(|(id, _, _)| id == chosen) {
+        choices.push((chosen.to_owned(), chosen.to_owned(), true));
+    }
+    Ok(choices)
+}
+
 async fn deliveries(
     State(state): State<WebState>,
     holder: Holder,
     Query(query): Query<LogQuery>,
 ) -> Result<Response, PageError> {
     let query = tenant_query(&holder, query);
-    let (rows, next) = page_of(&state, &holder.caller, &query).await?;
-    let endpoints = state
-        .services
-        .subscriptions
-        .list_subscriptions(holder.caller.request(pb::ListSubscriptionsRequest {
-            tenant: holder.tenant.clone(),
-            page_size: 1000,
-            page_token: String::new(),
-        }))
-        .await?
-        .into_inner()
-        .subscriptions
-        .into_iter()
-        .map(|s| {
-            let chosen = s.id == query.subscription_id;
-            (s.id, s.url, chosen)
-        })
-        .collect();
+    let shown = shown_page(&state, &holder.caller, &query).await?;
+    let next = &shown.next_page_token;
+    let endpoints = endpoint_choices(&state, &holder, &query.subscription_id).await?;
     let filters = query.query_string();
-    Ok(render(&DeliveriesPage {
-        frame: holder.frame("deliveries"),
-        live: query.page_token.is_empty(),
-        next_page: if next.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "{}/deliveries?{filters}&page_token={}",
-                holder.base,
-                query_value(&next)
-            )
+    Ok(render_with(
+        shown.status(),
+        &DeliveriesPage {
+            frame: holder.frame("deliveries"),
+            live: query.page_token.is_empty() && shown.refusal.is_empty(),
+            next_page: if next.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "{}/deliveries?{filters}&page_token={}",
+                    holder.base,
+                    query_value(next)
+                )
+            },
+            outcomes: outcome_choices(&query.outcome),
+            endpoints,
+            filters,
+            query,
+            rows: shown.rows,
+            base: holder.base.clone(),
+            error: shown.refusal,
         },
-        outcomes: outcome_choices(&query.outcome),
-        endpoints,
-        filters,
-        query,
-        rows,
-        base: holder.base.clone(),
-    }))
+    ))
 }
 
 async fn delivery_rows(
@@ -745,6 +776,10 @@ struct EventPage {
     frame: Frame,
     event_id: String,
     attempts: Vec<EventAttempt>,
+    /// Whether the log holds more attempts than those shown.
+    more: bool,
+    /// The sent requests filtered by this event.
+    log: String,
     note: String,
 }
 
@@ -755,11 +790,18 @@ async fn event(
     Query(query): Query<EventQuery>,
 ) -> Result<Response, PageError> {
     // The holder's identity is scoped to its tenant: another tenant's event has no attempts.
-    let attempts = event_attempts(&state, &holder.caller, &path.event_id).await?;
+    let EventAttempts { attempts, more } =
+        event_attempts(&state, &holder.caller, &path.event_id).await?;
     Ok(render(&EventPage {
         frame: holder.frame("deliveries"),
+        log: format!(
+            "{}/deliveries?event_id={}",
+            holder.base,
+            query_value(&path.event_id)
+        ),
         event_id: path.event_id,
         attempts,
+        more,
         note: query.note(),
     }))
 }
