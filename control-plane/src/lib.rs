@@ -664,6 +664,7 @@ pub async fn run(
             let (api, _) = rest::api(services, authenticator.clone());
             let api = pages
                 .merge(api)
+                .fallback(web::not_found)
                 .layer(axum::middleware::from_fn(rest::refuse_grpc));
             tracing::info!(%addr, tls = tls.is_some(), "serving the HTTP API");
             Some(match &tls {

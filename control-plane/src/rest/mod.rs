@@ -117,10 +117,17 @@ pub fn api(services: Services, authenticator: Authenticator) -> (Router, utoipa:
             "/api/v1/openapi.json",
             axum::routing::get(move || async move { Json(document) }),
         )
-        .fallback(|| async { ApiError::from(tonic::Status::not_found("no such route")) })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES));
     (router, openapi)
+}
+
+/// The answer to a path no route serves, as a problem document (the web pages' fallback
+/// answers browsers with a page instead: [`crate::web::not_found`]).
+pub fn no_such_route() -> axum::response::Response {
+    axum::response::IntoResponse::into_response(ApiError::from(tonic::Status::not_found(
+        "no such route",
+    )))
 }
 
 /// Every route, each registered with its OpenAPI operation (so none is served undocumented).

@@ -85,8 +85,29 @@ pub fn router(state: WebState) -> Router {
     Router::new()
         .route("/assets/htmx.min.js", axum::routing::get(htmx))
         .route("/assets/herald.css", axum::routing::get(stylesheet))
+        .route("/assets/favicon.svg", axum::routing::get(favicon))
+        .route("/favicon.ico", axum::routing::get(favicon))
         .merge(console)
         .merge(portal)
+}
+
+/// The answer to a path nothing serves: a page for a browser asking outside the API, the
+/// API's problem document for everyone else (the HTTP API and the pages share one listener).
+pub async fn not_found(uri: axum::http::Uri, headers: axum::http::HeaderMap) -> Response {
+    let wants_page = !uri.path().starts_with("/api/")
+        && headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .any(|accept| accept.contains("text/html"));
+    if wants_page {
+        page::PageError::Status(tonic::Status::not_found(
+            "There is no page at this address.",
+        ))
+        .into_response()
+    } else {
+        crate::rest::no_such_route()
+    }
 }
 
 /// The vendored htmx (2.0, BSD Zero Clause licence: `assets/htmx.LICENSE`).
@@ -100,6 +121,14 @@ async fn htmx() -> Response {
 
 async fn stylesheet() -> Response {
     asset("text/css; charset=utf-8", CSS)
+}
+
+/// The pages' icon (also at `/favicon.ico`, where browsers look for it unasked: SVG is
+/// read there by every current browser).
+const FAVICON: &str = include_str!("../../assets/favicon.svg");
+
+async fn favicon() -> Response {
+    asset("image/svg+xml", FAVICON)
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {

@@ -208,6 +208,52 @@ async fn the_http_api_answers_as_grpc_does() -> anyhow::Result<()> {
         (status, content_type.as_str()),
         (404, "application/problem+json")
     );
+    // Outside the API, a browser is shown a page and any other client the problem.
+    let (status, content_type, _) = get(&client, &base, "/nothing", Some(ADMIN)).await?;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (404, "application/problem+json")
+    );
+    let page = client
+        .get(format!("{base}/nothing"))
+        .header("accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+        .send()
+        .await?;
+    assert_eq!(page.status(), 404);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()?
+            .starts_with("text/html"),
+        "{:?}",
+        page.headers()
+    );
+    assert!(
+        page.text()
+            .await?
+            .contains("There is no page at this address.")
+    );
+    // Where browsers look for an icon unasked, there is one.
+    let icon = client.get(format!("{base}/favicon.ico")).send().await?;
+    assert_eq!(
+        (
+            icon.status().as_u16(),
+            icon.headers()["content-type"].to_str()?
+        ),
+        (200, "image/svg+xml")
+    );
+    let api = client
+        .get(format!("{base}/api/v1/nothing"))
+        .header("accept", "text/html,*/*")
+        .send()
+        .await?;
+    assert_eq!(
+        (
+            api.status().as_u16(),
+            api.headers()["content-type"].to_str()?
+        ),
+        (404, "application/problem+json"),
+        "the API's paths answer as the API"
+    );
     // So is a method a route does not have.
     let (status, content_type, problem) = call(
         &client,
