@@ -98,7 +98,9 @@ impl From<EventTypeError> for tonic::Status {
     fn from(err: EventTypeError) -> Self {
         use tonic::Status;
         match &err {
-            EventTypeError::Invalid(_) => Status::invalid_argument(err.to_string()),
+            EventTypeError::Invalid(invalid) => {
+                herald_proto::convert::invalid_argument(invalid.clone())
+            }
             EventTypeError::NotFound(_) => Status::not_found(err.to_string()),
             EventTypeError::Exists(_) => Status::already_exists(err.to_string()),
             EventTypeError::Changed(_) => Status::aborted(err.to_string()),

@@ -84,7 +84,7 @@ pub enum TestError {
 impl From<TestError> for tonic::Status {
     fn from(err: TestError) -> Self {
         match err {
-            TestError::Invalid(_) => tonic::Status::invalid_argument(err.to_string()),
+            TestError::Invalid(invalid) => herald_proto::convert::invalid_argument(invalid),
             TestError::NoAgent(_) | TestError::NotMade { .. } => {
                 tonic::Status::failed_precondition(err.to_string())
             }

@@ -554,9 +554,29 @@ pub fn validate_event(event: &pb::Event, max_payload_bytes: usize) -> Result<(),
     Ok(())
 }
 
-/// The gRPC status for invalid input: `INVALID_ARGUMENT` naming the field.
+/// The gRPC status for invalid input: `INVALID_ARGUMENT` naming the field, in its message
+/// and, for clients that read the standard error model, as a `google.rpc.BadRequest` field
+/// violation in the status details.
 pub fn invalid_argument(err: ValidationError) -> tonic::Status {
-    tonic::Status::invalid_argument(err.to_string())
+    use tonic_types::{ErrorDetails, StatusExt as _};
+    let message = err.to_string();
+    tonic::Status::with_error_details(
+        tonic::Code::InvalidArgument,
+        message,
+        ErrorDetails::with_bad_request_violation(err.field, err.reason),
+    )
+}
+
+/// The field an `INVALID_ARGUMENT` status names in its details, and why it was refused
+/// (`None` for a status without a field violation).
+pub fn refused_field(status: &tonic::Status) -> Option<ValidationError> {
+    use tonic_types::StatusExt as _;
+    let violation = status
+        .get_details_bad_request()?
+        .field_violations
+        .into_iter()
+        .next()?;
+    Some(ValidationError::new(violation.field, violation.description))
 }
 
 #[cfg(test)]

@@ -380,9 +380,9 @@ impl EmbeddedLog {
         let before = if page_token.is_empty() {
             u64::MAX
         } else {
-            page_token.parse::<u64>().map_err(|_| {
-                LogError::InvalidQuery("page_token: is not from this listing".into())
-            })?
+            page_token
+                .parse::<u64>()
+                .map_err(|_| LogError::InvalidQuery(crate::attempts::not_from_this_listing()))?
         };
         let size = page_size(page_size_asked);
         if filter.tenants().is_some_and(|t| t.is_empty()) {

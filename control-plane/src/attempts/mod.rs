@@ -63,8 +63,8 @@ pub enum LogError {
     #[error("delivery log: {0}")]
     Disk(#[from] DiskFault),
     /// A query's arguments are wrong.
-    #[error("{0}")]
-    InvalidQuery(String),
+    #[error(transparent)]
+    InvalidQuery(herald_core::ValidationError),
     /// The store's schema is newer than this control plane understands.
     #[error(
         "the delivery log's schema is version {found}, newer than this control plane's \
@@ -81,7 +81,9 @@ pub enum LogError {
 impl From<LogError> for tonic::Status {
     fn from(err: LogError) -> Self {
         match err {
-            LogError::InvalidQuery(_) => tonic::Status::invalid_argument(err.to_string()),
+            LogError::InvalidQuery(invalid) => {
+                herald_proto::convert::invalid_argument(invalid.clone())
+            }
             LogError::Unavailable(_) | LogError::Disk(DiskFault::Io(_)) => {
                 tonic::Status::unavailable(err.to_string())
             }
@@ -296,13 +298,19 @@ fn page_size(asked: u32) -> usize {
     }
 }
 
+/// The refusal of a page token that no page of this listing handed out.
+pub fn not_from_this_listing() -> herald_core::ValidationError {
+    herald_core::ValidationError::new("page_token", "is not from this listing")
+}
+
 /// Refuses an outcome that is not in the enum (from a newer client, or made up) as a query
 /// that matches nothing would hide it.
 pub fn check_outcome(outcome: i32) -> Result<(), LogError> {
     match pb::Outcome::try_from(outcome) {
         Ok(_) => Ok(()),
-        Err(_) => Err(LogError::InvalidQuery(format!(
-            "outcome: {outcome} is not an outcome"
+        Err(_) => Err(LogError::InvalidQuery(herald_core::ValidationError::new(
+            "outcome",
+            format!("{outcome} is not an outcome"),
         ))),
     }
 }
@@ -338,7 +346,7 @@ impl Filter {
 
     /// Prepares a wire filter for a caller who may see only the attempts of `tenants`.
     pub fn within(wire: pb::AttemptFilter, tenants: &Scope) -> Result<Self, LogError> {
-        let invalid = |err: herald_core::ValidationError| LogError::InvalidQuery(err.to_string());
+        let invalid = LogError::InvalidQuery;
         // Names no tenant, subscription or event could have are refused, not looked for.
         if !wire.tenant.is_empty() {
             validate::tenant(&wire.tenant).map_err(invalid)?;
@@ -444,7 +452,7 @@ mod tests {
 
     fn refused(wire: pb::AttemptFilter) -> String {
         match Filter::new(wire) {
-            Err(LogError::InvalidQuery(text)) => text,
+            Err(LogError::InvalidQuery(invalid)) => invalid.to_string(),
             other => panic!("not refused as a bad query: {other:?}"),
         }
     }

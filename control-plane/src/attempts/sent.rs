@@ -96,12 +96,14 @@ impl SentQuery {
     ) -> Result<Self, LogError> {
         // A page token is the last subscription id of the page before.
         if !page_token.is_empty() && herald_core::validate::subscription_id(page_token).is_err() {
-            return Err(LogError::InvalidQuery(
-                "page_token: is not from this listing".into(),
-            ));
+            return Err(LogError::InvalidQuery(herald_core::ValidationError::new(
+                "page_token",
+                "is not from this listing",
+            )));
         }
-        herald_core::validate::event_id(event_id)
-            .map_err(|e| LogError::InvalidQuery(format!("event_id: {}", e.reason)))?;
+        herald_core::validate::event_id(event_id).map_err(|e| {
+            LogError::InvalidQuery(herald_core::ValidationError::new("event_id", e.reason))
+        })?;
         // The filter checks the subscription id and the tenant.
         let wire = pb::AttemptFilter {
             event_id: event_id.to_owned(),

@@ -21,6 +21,11 @@ pub struct Problem {
     pub detail: String,
     /// The gRPC status code's name (`NOT_FOUND`, `INVALID_ARGUMENT`, …).
     pub code: String,
+    /// For `INVALID_ARGUMENT`, the field refused, as a dot-separated path of the request's
+    /// JSON names (`url`, `oauth2.token_url`), when one field is to blame; as gRPC gives it
+    /// in a `google.rpc.BadRequest` detail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 /// The HTTP status of a gRPC code (google.rpc.Code's mapping; a stale revision, the only
@@ -197,6 +202,7 @@ impl ApiError {
             status: self.http.as_u16(),
             detail: self.status.message().to_owned(),
             code: code_name(self.status.code()).to_owned(),
+            field: herald_proto::convert::refused_field(&self.status).map(|invalid| invalid.field),
         }
     }
 }

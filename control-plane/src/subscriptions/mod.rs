@@ -99,7 +99,9 @@ impl From<SubscriptionError> for tonic::Status {
     fn from(err: SubscriptionError) -> Self {
         use tonic::Status;
         match &err {
-            SubscriptionError::Invalid(_) => Status::invalid_argument(err.to_string()),
+            SubscriptionError::Invalid(invalid) => {
+                herald_proto::convert::invalid_argument(invalid.clone())
+            }
             SubscriptionError::NotFound(_) => Status::not_found(err.to_string()),
             SubscriptionError::StaleRevision { .. } => Status::failed_precondition(err.to_string()),
             SubscriptionError::Contended(_) => Status::aborted(err.to_string()),

@@ -51,9 +51,87 @@ impl FormData {
     }
 }
 
-/// A form's refusal: which field, and why, for people.
+/// A form's refusal: the field to blame, as the API names it (`url`, `oauth2.token_url`),
+/// and why.
 #[derive(Debug)]
-pub struct FieldError(pub String);
+pub struct FieldError {
+    /// The field.
+    pub field: String,
+    /// What is wrong with its value.
+    pub reason: String,
+}
+
+impl FieldError {
+    /// `field` refused for `reason`.
+    pub fn new(field: &str, reason: impl Into<String>) -> Self {
+        FieldError {
+            field: field.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The field an API refusal names (its `google.rpc.BadRequest` detail), if it names one.
+    pub fn of_status(status: &tonic::Status) -> Option<Self> {
+        herald_proto::convert::refused_field(status).map(|invalid| FieldError {
+            field: invalid.field,
+            reason: invalid.reason,
+        })
+    }
+
+    /// For people: the field by the label the forms give it, then why.
+    pub fn text(&self) -> String {
+        match label(&self.field) {
+            Some(label) => format!("{label}: {}", self.reason),
+            None => format!("{}: {}", self.field, self.reason),
+        }
+    }
+}
+
+/// What a form says when the API refuses it: the field by its label when the API named
+/// one, else the API's own words.
+pub fn refusal(status: &tonic::Status) -> String {
+    FieldError::of_status(status).map_or_else(|| status.message().to_owned(), |err| err.text())
+}
+
+/// The label the subscription and event-type forms show for an API field.
+fn label(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "tenant" => "Tenant",
+        "url" => "Endpoint URL",
+        "event_types" => "Events",
+        "filter" | "payload_filter" => "Payload filter",
+        "format" => "Format",
+        "envelope" => "Body",
+        "headers" => "Extra headers",
+        "description" => "Description",
+        "signature" | "signature_scheme" => "Signature",
+        "secrets" => "Signing secrets",
+        "timeout" => "Timeout per attempt",
+        "retry" | "retry_schedule" => "Retry delays",
+        "retry_exponential" => "Exponential backoff",
+        "max_in_flight" => "Attempts in flight per agent",
+        "rate_limit" => "Requests per second per agent",
+        "disable_after" => "Disable after",
+        "disable_min_failing" => "Disable once failing for",
+        "regions" => "Regions",
+        "labels" => "Labels",
+        "egress" | "egress_proxy" => "Egress",
+        "client_cert" => "Client certificate",
+        "client_key" => "Client key",
+        "oauth2.token_url" | "token_url" => "OAuth2 token URL",
+        "oauth2.client_id" => "OAuth2 client id",
+        "oauth2.client_secret" => "OAuth2 client secret",
+        "oauth2.scope" => "OAuth2 scope",
+        "oauth2.audience" => "OAuth2 audience",
+        "name" => "Name",
+        "example" => "Example payload",
+        "schema" => "Schema",
+        "event_type" => "Event type",
+        "payload" => "Payload",
+        "revision" | "expected_revision" => "Revision",
+        _ => return None,
+    })
+}
 
 /// The subscription form, as text.
 #[derive(Debug, Default, Clone)]
@@ -290,7 +368,7 @@ impl SubscriptionForm {
     /// The wire subscription the form describes (with `id` for an edit). Values are checked
     /// here only as far as reading them; the control plane's rules check the rest.
     pub fn to_wire(&self, id: String) -> Result<pb::Subscription, FieldError> {
-        let bad = |field: &str, why: String| FieldError(format!("{field}: {why}"));
+        let bad = |field: &str, why: String| FieldError::new(field, why);
         let format = match self.format.as_str() {
             "" => pb::Format::Unspecified,
             word => wire_format(PayloadFormat::parse(word).map_err(|e| bad("format", e.reason))?),
@@ -329,10 +407,10 @@ impl SubscriptionForm {
         ) {
             ("", "") => None,
             (schedule, "") => Some(retry_policy(
-                &RetrySchedule::parse(schedule).map_err(|e| bad("retry schedule", e.reason))?,
+                &RetrySchedule::parse(schedule).map_err(|e| bad("retry_schedule", e.reason))?,
             )),
             ("", exponential) => Some(exponential_policy(
-                &Exponential::parse(exponential).map_err(|e| bad("exponential retry", e.reason))?,
+                &Exponential::parse(exponential).map_err(|e| bad("retry_exponential", e.reason))?,
             )),
             _ => {
                 return Err(bad(
@@ -372,10 +450,10 @@ impl SubscriptionForm {
             description: self.description.clone(),
             labels,
             regions: split_list(&self.regions),
-            max_in_flight: count("max in flight", &self.max_in_flight)?,
-            rate_limit: count("rate limit", &self.rate_limit)?,
-            disable_after: count("disable after", &self.disable_after)?,
-            disable_min_failing: duration_of("disable min failing", &self.disable_min_failing)?,
+            max_in_flight: count("max_in_flight", &self.max_in_flight)?,
+            rate_limit: count("rate_limit", &self.rate_limit)?,
+            disable_after: count("disable_after", &self.disable_after)?,
+            disable_min_failing: duration_of("disable_min_failing", &self.disable_min_failing)?,
             send_trace_context: self.send_trace_context,
             ..Default::default()
         };
@@ -396,7 +474,7 @@ impl SubscriptionForm {
     pub fn expected_revision(&self) -> Result<i64, FieldError> {
         self.revision
             .parse()
-            .map_err(|_| FieldError("revision: missing; reload the page".into()))
+            .map_err(|_| FieldError::new("revision", "missing; reload the page"))
     }
 }
 
@@ -441,7 +519,12 @@ mod tests {
     fn a_bad_value_names_its_field() {
         let form = SubscriptionForm::from_form(&FormData::parse(b"url=x&timeout=soon"));
         let err = form.to_wire(String::new()).expect_err("no duration");
-        assert!(err.0.starts_with("timeout: "), "{}", err.0);
+        assert_eq!(err.field, "timeout");
+        assert!(
+            err.text().starts_with("Timeout per attempt: "),
+            "{}",
+            err.text()
+        );
         let form = SubscriptionForm::from_form(&FormData::parse(b"headers=no-colon"));
         assert!(form.to_wire(String::new()).is_err());
     }

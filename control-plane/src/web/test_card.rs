@@ -9,7 +9,7 @@ use herald_proto::v1 as pb;
 use herald_proto::v1::subscriptions_server::Subscriptions as _;
 
 use super::WebState;
-use super::form::FormData;
+use super::form::{FormData, refusal};
 use super::page::PageError;
 use super::views::AttemptRow;
 use crate::rest::Authorized;
@@ -119,7 +119,7 @@ pub async fn send_as(
         {
             Ok(Tested {
                 attempt: None,
-                error: status.message().to_owned(),
+                error: refusal(&status),
             })
         }
         Err(status) => Err(status.into()),

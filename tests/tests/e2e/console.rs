@@ -229,10 +229,16 @@ async fn an_operator_manages_a_failing_endpoint_from_the_console() -> anyhow::Re
     browser.fill("#timeout", "banana").await?;
     browser.click("#save").await?;
     let refusal = browser.text("#form-error").await?;
-    assert!(refusal.contains("timeout"), "{refusal}");
+    assert!(refusal.starts_with("Timeout per attempt: "), "{refusal}");
     let form = browser.page_text().await?;
     assert!(form.contains("Tenant: shop-a"), "{form}");
     assert!(browser.has("details[open] #timeout").await, "{form}");
+    // A refusal of the API's own rules names the field by its label too.
+    browser.fill("#timeout", "").await?;
+    browser.fill("#url", "ftp://shop-a.example/orders").await?;
+    browser.click("#save").await?;
+    let refusal = browser.text("#form-error").await?;
+    assert!(refusal.starts_with("Endpoint URL: "), "{refusal}");
 
     // Deleting asks for the box to be ticked; a post without it deletes nothing.
     let unconfirmed = client

@@ -191,6 +191,25 @@ async fn the_http_api_answers_as_grpc_does() -> anyhow::Result<()> {
         (status, bad["code"].as_str()),
         (400, Some("INVALID_ARGUMENT"))
     );
+    // A value the shared rules refuse names its field.
+    let (status, _, refused) = call(
+        &client,
+        reqwest::Method::POST,
+        &base,
+        "/api/v1/subscriptions",
+        Some(ADMIN),
+        Some(&serde_json::json!({
+            "tenant": "shop-a",
+            "url": "ftp://shop-a.example/hooks",
+            "event_types": ["order.created"],
+        })),
+    )
+    .await?;
+    assert_eq!(
+        (status, refused["code"].as_str(), refused["field"].as_str()),
+        (400, Some("INVALID_ARGUMENT"), Some("url")),
+        "{refused}"
+    );
 
     // The audit log, filtered and scoped as on gRPC.
     let (status, _, audit) = get(&client, &base, "/api/v1/audit?actor=ops", Some(ADMIN)).await?;

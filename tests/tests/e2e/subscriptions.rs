@@ -69,6 +69,11 @@ async fn invalid_input_is_refused_with_invalid_argument_naming_the_field() -> an
             "{field}: {}",
             status.message()
         );
+        assert_eq!(
+            violated_field(&status).as_deref(),
+            Some(field),
+            "{status:?}"
+        );
     }
     let missing = admin
         .create_subscription(pb::CreateSubscriptionRequest {
@@ -284,6 +289,11 @@ async fn emit_refuses_invalid_events() -> anyhow::Result<()> {
             "{field}: {}",
             status.message()
         );
+        assert_eq!(
+            violated_field(&status).as_deref(),
+            Some(field),
+            "{status:?}"
+        );
     }
     let batch = events
         .emit_batch(pb::EmitBatchRequest {
@@ -304,4 +314,16 @@ async fn emit_refuses_invalid_events() -> anyhow::Result<()> {
         batch.message()
     );
     Ok(())
+}
+
+/// The field a status's `google.rpc.BadRequest` detail names, as a client of gRPC's standard
+/// error model reads it.
+fn violated_field(status: &tonic::Status) -> Option<String> {
+    use tonic_types::StatusExt as _;
+    let bad_request = status.get_details_bad_request()?;
+    bad_request
+        .field_violations
+        .into_iter()
+        .next()
+        .map(|violation| violation.field)
 }

@@ -40,7 +40,7 @@ pub(super) fn list(
     } else {
         page_token
             .parse::<u64>()
-            .map_err(|_| LogError::InvalidQuery("page_token: is not from this listing".into()))?
+            .map_err(|_| LogError::InvalidQuery(crate::attempts::not_from_this_listing()))?
     };
     let size = page_size(page_size_asked);
     let txn = db.begin_read().map_err(storage)?;

@@ -792,7 +792,7 @@ impl PageToken {
         if text.is_empty() {
             return Ok(None);
         }
-        let bad = || LogError::InvalidQuery("page_token: is not from this listing".into());
+        let bad = || LogError::InvalidQuery(crate::attempts::not_from_this_listing());
         let (micros, seq) = text.split_once(':').ok_or_else(bad)?;
         let micros: u64 = micros.parse().map_err(|_| bad())?;
         Ok(Some(PageToken {

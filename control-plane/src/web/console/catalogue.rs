@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::{Chrome, after_change};
 use crate::web::WebState;
+use crate::web::form::refusal;
 use crate::web::page::{PageError, render_with};
 use crate::web::session::{Console, ConsoleChange};
 use crate::web::views::pretty_json;
@@ -128,7 +129,7 @@ async fn create(
                 tonic::Code::InvalidArgument | tonic::Code::AlreadyExists
             ) =>
         {
-            let error = status.message().to_owned();
+            let error = refusal(&status);
             page(&state, &console, StatusCode::BAD_REQUEST, "", error, fields).await
         }
         Err(status) => Err(status.into()),

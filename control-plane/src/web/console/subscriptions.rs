@@ -19,7 +19,7 @@ use std::time::SystemTime;
 
 use crate::web::WebState;
 use crate::web::chart::{CHART_ATTEMPTS, Chart, RECENT_ROWS, chart};
-use crate::web::form::{FormData, SubscriptionForm};
+use crate::web::form::{FormData, SubscriptionForm, refusal};
 use crate::web::page::{PageError, form_status, query_value, render, render_with};
 use crate::web::session::{Console, ConsoleChange};
 use crate::web::test_card::{self, TestCard, Tested};
@@ -215,7 +215,7 @@ async fn create(
     let form = SubscriptionForm::from_form(&form);
     let subscription = match form.to_wire(String::new()) {
         Ok(sub) => sub,
-        Err(err) => return form_page(&state, &console, None, form, err.0).await,
+        Err(err) => return form_page(&state, &console, None, form, err.text()).await,
     };
     let request = console.caller.request(pb::CreateSubscriptionRequest {
         subscription: Some(subscription),
@@ -232,7 +232,7 @@ async fn create(
             "created",
         )),
         Err(status) if is_form_error(&status) => {
-            form_page(&state, &console, None, form, status.message().to_owned()).await
+            form_page(&state, &console, None, form, refusal(&status)).await
         }
         Err(status) => Err(status.into()),
     }
@@ -455,7 +455,7 @@ async fn edit(
             })
         }
         (Err(err), _) | (_, Err(err)) => {
-            return form_page(&state, &console, Some(id), form, err.0).await;
+            return form_page(&state, &console, Some(id), form, err.text()).await;
         }
     };
     match state
@@ -473,7 +473,7 @@ async fn edit(
                     status.message()
                 )
             } else {
-                status.message().to_owned()
+                refusal(&status)
             };
             form_page(&state, &console, Some(id), form, message).await
         }

@@ -35,7 +35,7 @@ use super::console::deliveries::{
     shown_page,
 };
 use super::console::subscriptions::{Choice, Endpoint, choices, disable_as, enable_as, rotate_as};
-use super::form::{FormData, SubscriptionForm};
+use super::form::{FormData, SubscriptionForm, refusal};
 use super::page::{PageError, form_status, query_value, render, render_with, when};
 use super::portal_link;
 use super::sealed_token::TokenError;
@@ -395,7 +395,7 @@ async fn create(
     // retries, OAuth2, client certificates) is the platform's to set, never its tenant's.
     let subscription = match form.to_wire(String::new()) {
         Ok(sub) => portal_fields(sub),
-        Err(err) => return form_page(&state, &holder, None, form, err.0).await,
+        Err(err) => return form_page(&state, &holder, None, form, err.text()).await,
     };
     let request = holder.caller.request(pb::CreateSubscriptionRequest {
         subscription: Some(subscription),
@@ -414,7 +414,7 @@ async fn create(
         ))
         .into_response()),
         Err(status) if is_form_error(&status) => {
-            form_page(&state, &holder, None, form, status.message().to_owned()).await
+            form_page(&state, &holder, None, form, refusal(&status)).await
         }
         Err(status) => Err(status.into()),
     }
@@ -591,7 +591,7 @@ async fn edit(
             revision,
         ),
         (Err(err), _) | (_, Err(err)) => {
-            return form_page(&state, &holder, Some(id), form, err.0).await;
+            return form_page(&state, &holder, Some(id), form, err.text()).await;
         }
     };
     let request = holder.caller.request(pb::UpdateSubscriptionRequest {
@@ -609,7 +609,7 @@ async fn edit(
             Redirect::to(&format!("{}/endpoints/{id}?done=updated", holder.base)).into_response(),
         ),
         Err(status) if is_form_error(&status) => {
-            form_page(&state, &holder, Some(id), form, status.message().to_owned()).await
+            form_page(&state, &holder, Some(id), form, refusal(&status)).await
         }
         Err(status) => Err(status.into()),
     }
