@@ -35,7 +35,7 @@ use crate::output::{Format, OutputError, Style};
 
 /// Herald: signed webhook delivery with retries and central logs.
 #[derive(Parser)]
-#[command(name = "herald", version, about)]
+#[command(name = "herald", version, about, next_help_heading = "Global options")]
 struct Cli {
     /// The control plane's gRPC URL [default: the context's, else http://127.0.0.1:7700].
     #[arg(long, global = true, env = "HERALD_CONTROL_PLANE")]
