@@ -124,6 +124,18 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
                 or_nothing_said(status.message())
             );
         }
+        // A connection that broke mid-call (the server killed or restarted) surfaces as
+        // UNKNOWN with the transport's error as its cause, not as an answer.
+        tonic::Code::Unknown if std::error::Error::source(&status).is_some() => {
+            let cause = std::error::Error::source(&status).map(herald_core::error_text::chain);
+            return anyhow::anyhow!(
+                "the connection broke during the call: {}: {} (the server may have stopped or \
+                 restarted; check it is up, then try again: a change may or may not have been \
+                 made, so read it back first)",
+                or_nothing_said(status.message()),
+                cause.unwrap_or_default()
+            );
+        }
         tonic::Code::Unknown => {
             return anyhow::anyhow!(
                 "unexpected answer: {} (is the address that of Herald's gRPC API?)",
@@ -153,5 +165,31 @@ fn or_nothing_said(message: &str) -> &str {
         "the server gave no reason"
     } else {
         message
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_connection_is_not_blamed_on_the_address() {
+        let broken =
+            tonic::Status::from_error(Box::new(std::io::Error::other("connection reset by peer")));
+        assert_eq!(broken.code(), tonic::Code::Unknown);
+        let text = status_error(broken).to_string();
+        assert!(
+            text.starts_with("the connection broke during the call")
+                && text.contains("connection reset by peer")
+                && !text.contains("is the address"),
+            "{text}"
+        );
+        // An UNKNOWN the server itself answered still asks about the address.
+        let answered = tonic::Status::unknown("");
+        let text = status_error(answered).to_string();
+        assert!(
+            text.contains("is the address that of Herald's gRPC API"),
+            "{text}"
+        );
     }
 }
