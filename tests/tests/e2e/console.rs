@@ -372,6 +372,21 @@ async fn an_event_with_more_attempts_than_its_page_shows_links_to_the_rest() -> 
         "{event}"
     );
 
+    // The log pages back and forth: a later page links to the newest again.
+    let first = page(format!("{base}/deliveries?event_id=evt_retried")).await?;
+    assert!(
+        !first.contains("id=\"newest\""),
+        "the first page is the newest"
+    );
+    let older = link_of(&first, "older").expect("a link to older attempts");
+    let second = page(format!("{base}{older}")).await?;
+    let newest = link_of(&second, "newest").expect("a link back to the newest");
+    assert!(
+        newest.starts_with("/deliveries?") && newest.contains("event_id=evt_retried"),
+        "{newest}"
+    );
+    assert!(!newest.contains("page_token"), "{newest}");
+
     // The shop's portal likewise, within the link.
     let link = herald_proto::v1::portal_client::PortalClient::new(control_plane.channel().await?)
         .create_portal_link(pb::CreatePortalLinkRequest {
@@ -394,4 +409,11 @@ async fn an_event_with_more_attempts_than_its_page_shows_links_to_the_rest() -> 
         "{portal_event}"
     );
     Ok(())
+}
+
+/// The address of the link with this `id` in `html` (its entities read).
+fn link_of(html: &str, id: &str) -> Option<String> {
+    let end = html.find(&format!("\" id=\"{id}\""))?;
+    let start = html[..end].rfind("href=\"")? + "href=\"".len();
+    Some(html[start..end].replace("&#38;", "&").replace("&amp;", "&"))
 }

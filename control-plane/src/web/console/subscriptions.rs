@@ -51,6 +51,8 @@ struct ListPage {
     tenant: String,
     rows: Vec<SubscriptionRow>,
     next_page: String,
+    /// The first page of the same search, when this is a later one.
+    first_page: String,
     note: String,
 }
 
@@ -113,8 +115,18 @@ async fn list(
         "deleted" => "Subscription deleted.".to_owned(),
         _ => String::new(),
     };
+    let first_page = if query.page_token.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "/subscriptions?q={}&tenant={}",
+            query_value(&q),
+            query_value(&query.tenant)
+        )
+    };
     Ok(render(&ListPage {
         chrome: Chrome::new(&console, "subscriptions"),
+        first_page,
         q,
         tenant: query.tenant,
         rows,

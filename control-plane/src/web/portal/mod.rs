@@ -260,6 +260,8 @@ struct EndpointsPage {
     frame: Frame,
     rows: Vec<SubscriptionRow>,
     next_page: String,
+    /// Whether this is a later page than the first.
+    later: bool,
     note: String,
 }
 
@@ -276,6 +278,7 @@ async fn endpoints(
     holder: Holder,
     Query(query): Query<PageQuery>,
 ) -> Result<Response, PageError> {
+    let later = !query.page_token.is_empty();
     let page = state
         .services
         .subscriptions
@@ -303,6 +306,7 @@ async fn endpoints(
             .map(SubscriptionRow::from)
             .collect(),
         next_page,
+        later,
         note: if query.done == "deleted" {
             "Endpoint removed.".into()
         } else {
