@@ -14,6 +14,28 @@ use tokio::process::{Child, Command};
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/lib/chromium/chromium";
 
+/// Signs in to the console at `http_base` as a page's form would, where the API needs no
+/// token (signing in then takes none): the session cookie, `name=value`, for plain HTTP
+/// clients to send.
+pub async fn open_console_session(http_base: &str) -> anyhow::Result<String> {
+    // The answer is a redirect whose cookie is wanted, not followed.
+    let signed_in = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?
+        .post(format!("{http_base}/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token=&next=%2Fsubscriptions")
+        .send()
+        .await?;
+    signed_in
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no session cookie from {http_base}/login"))
+}
+
 /// A headless Chromium session.
 pub struct Browser {
     /// The WebDriver session.

@@ -636,6 +636,25 @@ pub fn attempts_of(subscription_id: &str) -> pb::AttemptFilter {
     }
 }
 
+/// Sends `batch` on a new report stream, as an agent reports attempts, and waits (up to
+/// 10 s) for the control plane's ack; the stream stays open until then.
+pub async fn report(
+    client: &mut herald_proto::v1::agent_control_client::AgentControlClient<AuthedChannel>,
+    batch: pb::ReportBatch,
+) -> anyhow::Result<pb::ReportAck> {
+    let mut acks = client
+        .report_attempts(tokio_stream::StreamExt::chain(
+            tokio_stream::iter([batch]),
+            tokio_stream::pending(),
+        ))
+        .await?
+        .into_inner();
+    tokio::time::timeout(Duration::from_secs(10), acks.message())
+        .await
+        .context("no ack within 10 s")??
+        .context("the report stream ended without an ack")
+}
+
 /// A subscription request: `tenant` receives `events` at `url`.
 pub fn subscription(tenant: &str, url: &str, events: &[&str]) -> pb::Subscription {
     pb::Subscription {

@@ -35,10 +35,10 @@ pub mod tmpfs;
 pub mod wait;
 pub mod world;
 
-pub use browser::Browser;
+pub use browser::{Browser, open_console_session};
 pub use etcd::{Etcd, EtcdCluster};
 pub use herald::{
-    Agent, AgentOptions, ConfigStore, ControlPlane, attempts_of, event, subscription,
+    Agent, AgentOptions, ConfigStore, ControlPlane, attempts_of, event, report, subscription,
 };
 pub use oauth2::TokenEndpoint;
 pub use port::HeldPort;

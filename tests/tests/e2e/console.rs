@@ -325,37 +325,15 @@ async fn an_event_with_more_attempts_than_its_page_shows_links_to_the_rest() -> 
         agent_id: "agt_1".into(),
         attempts,
     };
-    let mut acks =
-        pb::agent_control_client::AgentControlClient::new(control_plane.channel().await?)
-            .report_attempts(futures_util::StreamExt::chain(
-                futures_util::stream::iter([batch]),
-                futures_util::stream::pending(),
-            ))
-            .await?
-            .into_inner();
-    let ack = tokio::time::timeout(Duration::from_secs(10), acks.message())
-        .await??
-        .expect("an ack");
+    let mut agent_control =
+        pb::agent_control_client::AgentControlClient::new(control_plane.channel().await?);
+    let ack = herald_tests::report(&mut agent_control, batch).await?;
     assert_eq!(ack.batch_id, 1);
 
     // The console (open here: signing in takes no token) shows the first 200 in full and
     // links to the log filtered by the event, where all of them page.
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
-    let signed_in = client
-        .post(format!("{base}/login"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("token=&next=%2Fsubscriptions")
-        .send()
-        .await?;
-    let cookie = signed_in
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .expect("a session cookie")
-        .to_owned();
+    let client = reqwest::Client::new();
+    let cookie = herald_tests::open_console_session(&base).await?;
     let page = |url: String| {
         let request = client.get(url).header("cookie", cookie.clone());
         async move {

@@ -671,16 +671,7 @@ async fn an_agent_token_is_trusted_only_for_its_tenants_and_regions() -> anyhow:
             },
         ],
     };
-    let mut acks = b
-        .report_attempts(futures_util::StreamExt::chain(
-            futures_util::stream::iter([batch]),
-            futures_util::stream::pending(),
-        ))
-        .await?
-        .into_inner();
-    let ack = tokio::time::timeout(Duration::from_secs(10), acks.message())
-        .await??
-        .expect("an ack");
+    let ack = herald_tests::report(&mut b, batch).await?;
     assert_eq!(
         ack.batch_id, 7,
         "the batch is acknowledged: the agent does not resend it"

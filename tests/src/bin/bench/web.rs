@@ -211,23 +211,8 @@ pub async fn run() -> anyhow::Result<()> {
 
     let server = start(dir.path()).await?;
     let client = reqwest::Client::builder().http1_only().build()?;
-    // The API is open here: signing in takes no token. The answer is a redirect whose
-    // cookie is wanted, not followed.
-    let signed_in = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?
-        .post(format!("{}/login", server.http))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("token=&next=%2Fsubscriptions")
-        .send()
-        .await?;
-    let cookie = signed_in
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .ok_or_else(|| anyhow::anyhow!("no session cookie"))?
-        .to_owned();
+    // The API is open here: signing in takes no token.
+    let cookie = herald_tests::open_console_session(&server.http).await?;
     let link = PortalClient::new(connect(&server.grpc).await?)
         .create_portal_link(pb::CreatePortalLinkRequest {
             tenant: subs[7].tenant.clone(),
