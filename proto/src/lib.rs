@@ -15,6 +15,7 @@ pub mod discovery;
 pub mod message_limit;
 pub mod message_shares;
 pub mod metric_labels;
+pub mod refusal;
 pub mod request_budget;
 pub mod sent_request;
 pub mod words;

@@ -49,9 +49,8 @@ impl QueueError {
 impl From<QueueError> for tonic::Status {
     fn from(err: QueueError) -> Self {
         match &err {
-            QueueError::Full(_) | QueueError::DiskFull(_) => {
-                tonic::Status::resource_exhausted(err.to_string())
-            }
+            QueueError::Full(_) => tonic::Status::resource_exhausted(err.to_string()),
+            QueueError::DiskFull(_) => herald_proto::refusal::disk_full(err.to_string()),
             QueueError::Io(_)
             | QueueError::Storage(_)
             | QueueError::DamagedLog { .. }

@@ -87,9 +87,7 @@ impl From<LogError> for tonic::Status {
             LogError::Unavailable(_) | LogError::Disk(DiskFault::Io(_)) => {
                 tonic::Status::unavailable(err.to_string())
             }
-            LogError::Disk(DiskFault::Full(_)) => {
-                tonic::Status::resource_exhausted(err.to_string())
-            }
+            LogError::Disk(DiskFault::Full(_)) => herald_proto::refusal::disk_full(err.to_string()),
             LogError::Storage(_) | LogError::NewerSchema { .. } => {
                 tonic::Status::internal(err.to_string())
             }

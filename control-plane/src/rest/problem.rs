@@ -49,13 +49,13 @@ pub fn http_status(code: Code) -> StatusCode {
 
 /// The problems any operation may answer, whatever else it documents: the same validation,
 /// authentication and store failures reach every route.
-const COMMON_PROBLEMS: [(&str, &str); 6] = [
+const COMMON_PROBLEMS: [(&str, &str); 7] = [
     ("400", "The request breaks a rule: a field and why"),
     ("401", "No token, or one this control plane does not know"),
     ("403", "The token's role or tenants do not allow it"),
     (
         "429",
-        "A limit is reached: a tenant's subscriptions, or a store's disk is full",
+        "A limit is reached, such as a tenant's subscriptions",
     ),
     (
         "500",
@@ -64,6 +64,10 @@ const COMMON_PROBLEMS: [(&str, &str); 6] = [
     (
         "503",
         "A store (etcd, the delivery log) does not answer; retry",
+    ),
+    (
+        "507",
+        "A store's disk is full (code RESOURCE_EXHAUSTED): writes resume once space is freed",
     ),
 ];
 
@@ -146,7 +150,11 @@ pub struct ApiError {
 
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
-        let http = http_status(status.code());
+        let http = match herald_proto::refusal::Reason::of(&status) {
+            // Not a limit to back off from (429) but space an operator must free.
+            Some(herald_proto::refusal::Reason::DiskFull) => StatusCode::INSUFFICIENT_STORAGE,
+            None => http_status(status.code()),
+        };
         ApiError { status, http }
     }
 }
@@ -226,6 +234,15 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_is_insufficient_storage_and_a_limit_too_many_requests() {
+        let disk = ApiError::from(herald_proto::refusal::disk_full("the disk is full"));
+        assert_eq!(disk.problem().status, 507);
+        assert_eq!(disk.problem().code, "RESOURCE_EXHAUSTED");
+        let limit = ApiError::from(tonic::Status::resource_exhausted("the tenant is full"));
+        assert_eq!(limit.problem().status, 429);
+    }
 
     #[test]
     fn statuses_map_as_google_rpc_says() {

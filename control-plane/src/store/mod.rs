@@ -169,7 +169,7 @@ impl StoreError {
                 ))
             }
             StoreError::Etcd(_) => Status::unavailable(self.unavailable_message()),
-            StoreError::Disk(DiskFault::Full(_)) => Status::resource_exhausted(format!(
+            StoreError::Disk(DiskFault::Full(_)) => herald_proto::refusal::disk_full(format!(
                 "config store full: {self}; writes resume once space is freed"
             )),
             StoreError::Disk(DiskFault::Io(_)) => {

@@ -197,6 +197,11 @@ async fn a_full_queue_answers_resource_exhausted_and_loses_nothing_before() -> a
         .expect_err("the sixth does not fit");
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("full"), "{}", status.message());
+    assert_eq!(
+        herald_proto::refusal::Reason::of(&status),
+        None,
+        "a full queue is a limit to back off from, not a full disk"
+    );
 
     // The receiver is back: every accepted event arrives, and the queue has room again.
     world.receiver.respond_with(200);

@@ -70,6 +70,11 @@ async fn a_full_disk_refuses_events_floods_no_receiver_and_recovers_by_itself() 
         "{}",
         status.message()
     );
+    assert_eq!(
+        herald_proto::refusal::Reason::of(status),
+        Some(herald_proto::refusal::Reason::DiskFull),
+        "a program tells a full disk from a full queue: {status:?}"
+    );
     eventually(WAIT, "health NOT_SERVING", || async {
         Ok((serving_status(agent.url(), "").await? == ServingStatus::NotServing).then_some(()))
     })
@@ -148,6 +153,11 @@ async fn a_control_plane_whose_disk_fills_refuses_changes_loses_no_report_and_re
         status.message().contains("disk is full"),
         "{}",
         status.message()
+    );
+    assert_eq!(
+        herald_proto::refusal::Reason::of(&status),
+        Some(herald_proto::refusal::Reason::DiskFull),
+        "a program tells a full disk from a full queue: {status:?}"
     );
 
     // Webhooks still go out; their reports cannot be stored, and the log says so.
