@@ -104,6 +104,9 @@ pub async fn run(
             () = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }
+    // Acks are applied by the queue's writer after they are handed to it: counted before
+    // they are, the last batches acknowledged would be said to be left.
+    let _ = tokio::time::timeout(CLOSE_WAIT, queue.flush()).await;
     match queue.pending_reports() {
         Ok(0) => tracing::debug!("attempt reports flushed"),
         Ok(n) => tracing::warn!(

@@ -291,6 +291,12 @@ async fn sigterm_drains_and_exits_within_the_grace_period() -> anyhow::Result<()
     assert_eq!(code, Some(0), "a clean exit");
     let refused = connect(&agent.url()).await;
     assert!(refused.is_err(), "no longer accepting Emit");
+    // With the control plane up, every attempt made was reported and acknowledged first.
+    let log = agent.log();
+    assert!(
+        !log.contains("attempt reports left in the outbox"),
+        "reports left although the control plane was up: {log}"
+    );
 
     // Whatever was not sent before the exit is pending in the queue, and goes out on restart.
     receiver.respond_with(200);
