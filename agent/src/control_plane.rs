@@ -20,6 +20,15 @@ pub enum TransportError {
         /// Why.
         reason: String,
     },
+    /// TLS settings were given for a URL that is not https: they would be ignored.
+    #[error(
+        "--control-plane {url} is plain http, but --control-plane-ca-file turns TLS on: use \
+         https:// (or drop the TLS settings)"
+    )]
+    TlsOverHttp {
+        /// The URL.
+        url: String,
+    },
     /// The token would cross the network in clear.
     #[error(
         "--control-plane {url} is plain http to another host: the agent's token would cross \
@@ -38,6 +47,7 @@ pub fn check_transport(
     endpoints: &[String],
     has_token: bool,
     allow_insecure: bool,
+    tls: bool,
 ) -> Result<(), TransportError> {
     for url in endpoints {
         let parsed = reqwest::Url::parse(url).map_err(|e| TransportError::NotAUrl {
@@ -45,6 +55,9 @@ pub fn check_transport(
             reason: e.to_string(),
         })?;
         let plain = parsed.scheme() != "https";
+        if plain && tls {
+            return Err(TransportError::TlsOverHttp { url: url.clone() });
+        }
         let loopback = match parsed.host() {
             Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
             Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
@@ -142,7 +155,14 @@ mod tests {
     use super::*;
 
     fn check(url: &str, has_token: bool, allow: bool) -> Result<(), TransportError> {
-        check_transport(&[url.to_owned()], has_token, allow)
+        check_transport(&[url.to_owned()], has_token, allow, false)
+    }
+
+    #[test]
+    fn tls_settings_are_refused_for_a_plain_http_url() {
+        let refused = check_transport(&["http://127.0.0.1:7700".into()], false, false, true);
+        assert!(matches!(refused, Err(TransportError::TlsOverHttp { .. })));
+        assert!(check_transport(&["https://cp.internal:7700".into()], true, false, true).is_ok());
     }
 
     #[test]
@@ -171,7 +191,12 @@ mod tests {
             check("http://cp.internal:7700", true, true).is_ok(),
             "allowed"
         );
-        let one_bad = check_transport(&["https://a:1".into(), "http://b:1".into()], true, false);
+        let one_bad = check_transport(
+            &["https://a:1".into(), "http://b:1".into()],
+            true,
+            false,
+            false,
+        );
         assert!(matches!(one_bad, Err(TransportError::Insecure { url }) if url == "http://b:1"));
     }
 }

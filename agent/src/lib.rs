@@ -113,13 +113,13 @@ pub struct Config {
     #[arg(long, env = "HERALD_DATA_DIR", default_value = "herald-data/agent")]
     pub data_dir: PathBuf,
     /// Agent id; by default one is made on first start and kept in --data-dir.
-    #[arg(long, env = "HERALD_AGENT_ID")]
+    #[arg(long, env = "HERALD_AGENT_ID", value_parser = agent_id_arg)]
     pub id: Option<String>,
-    /// The region this agent runs in.
-    #[arg(long, env = "HERALD_REGION", default_value = "default")]
+    /// The region this agent runs in (`[A-Za-z0-9_.-]`, as subscriptions name regions).
+    #[arg(long, env = "HERALD_REGION", default_value = "default", value_parser = region_arg)]
     pub region: String,
     /// The node this agent runs on.
-    #[arg(long, env = "HERALD_NODE", default_value = "local")]
+    #[arg(long, env = "HERALD_NODE", default_value = "local", value_parser = node_arg)]
     pub node: String,
     /// Tenants this agent emits for, comma-separated (default: all). It receives only their
     /// subscriptions and refuses other tenants' events with FAILED_PRECONDITION.
@@ -338,6 +338,23 @@ pub enum Error {
     Transport(#[from] control_plane::TransportError),
 }
 
+impl Error {
+    /// Whether the error is a setting that cannot be used (a file, an address, a directory):
+    /// the start fails the way a bad flag does (exit code 64), since starting again without
+    /// changing the configuration fails again.
+    pub fn is_setting(&self) -> bool {
+        match self {
+            Error::DataDir { .. }
+            | Error::Client(_)
+            | Error::Metrics { .. }
+            | Error::TlsFile(_)
+            | Error::Interest(_)
+            | Error::Transport(_) => true,
+            Error::Queue(_) | Error::Serve(_) | Error::Reflection(_) => false,
+        }
+    }
+}
+
 impl Config {
     /// Checks that no control-plane URL would carry the agent's token in clear.
     pub fn check_control_plane_transport(&self) -> Result<(), control_plane::TransportError> {
@@ -345,6 +362,7 @@ impl Config {
             &self.control_plane,
             self.control_plane_token.is_some(),
             self.allow_insecure_control_plane,
+            self.control_plane_ca_file.is_some(),
         )
     }
 }
@@ -542,7 +560,14 @@ pub async fn run(
 
     // Standard health checks (NOT_SERVING once draining) and reflection beside Events.
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<EventsServer<EmitService>>().await;
+    if *queue.writable().borrow() {
+        health.set_serving::<EventsServer<EmitService>>().await;
+    } else {
+        health.set_not_serving::<EventsServer<EmitService>>().await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    }
     let draining = CancellationToken::new();
     background.spawn(report_writable(
         queue.writable(),
@@ -722,6 +747,27 @@ fn egress_proxy(text: &str) -> Result<ProxyUrl, String> {
 }
 
 /// A `--tenants` entry: a valid tenant name.
+/// `--id`: empty means none given (one is made and kept in the data directory).
+fn agent_id_arg(text: &str) -> Result<String, String> {
+    let id = text.trim();
+    if !id.is_empty() {
+        herald_core::validate::agent_id(id).map_err(|e| e.to_string())?;
+    }
+    Ok(id.to_owned())
+}
+
+/// `--region`: named as subscriptions' regions are, so that they can name it.
+fn region_arg(text: &str) -> Result<String, String> {
+    herald_core::validate::region(text.trim()).map_err(|e| e.to_string())?;
+    Ok(text.trim().to_owned())
+}
+
+/// `--node`.
+fn node_arg(text: &str) -> Result<String, String> {
+    herald_core::validate::node(text.trim()).map_err(|e| e.to_string())?;
+    Ok(text.trim().to_owned())
+}
+
 fn tenant(text: &str) -> Result<String, String> {
     herald_core::validate::tenant(text.trim()).map_err(|e| e.to_string())?;
     Ok(text.trim().to_owned())

@@ -50,6 +50,7 @@ async fn main() -> std::process::ExitCode {
                 herald_agent::Error::Queue(damaged @ QueueError::DamagedLog { .. }) => {
                     Failure::Data(format!("{}: {damaged}", data_dir.display()))
                 }
+                setting if setting.is_setting() => Failure::Usage(setting.to_string()),
                 other => Failure::Run(other),
             })
     })

@@ -143,7 +143,7 @@ impl Default for Metrics {
         let oldest_age = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "herald_queue_oldest_age_seconds",
-            "Age of the oldest event among each subscription's next delivery (0 when idle)",
+            "Age of the oldest event among each enabled subscription's next delivery (0 when idle; deliveries parked for a disabled subscription are in herald_queue_deliveries_parked)",
             oldest_age.clone(),
         );
         let config_revision = gauge(
@@ -216,7 +216,8 @@ impl Metrics {
         inner
             .emit_waiting
             .set(i64::try_from(requests.waiting()).unwrap_or(i64::MAX));
-        match queue.stats() {
+        let disabled: std::collections::HashSet<&str> = routes.disabled().collect();
+        match queue.stats_beside_parked(|subscription| disabled.contains(subscription)) {
             Ok(stats) => {
                 let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
                 inner.queue_events.set(int(stats.events));

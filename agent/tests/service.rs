@@ -51,3 +51,51 @@ async fn listening_beyond_loopback_needs_the_flag_and_a_token() -> anyhow::Resul
     assert!(stderr.contains("--emit-token is required"), "{stderr}");
     Ok(())
 }
+
+#[tokio::test]
+async fn settings_that_cannot_be_used_stop_the_start_with_exit_code_64() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data").display().to_string();
+    let not_pem = dir.path().join("hostname");
+    std::fs::write(&not_pem, "not a certificate\n")?;
+    let not_pem = not_pem.display().to_string();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let taken = taken.local_addr()?.to_string();
+    let long_id = "x".repeat(129);
+    let cases: [(&[&str], &str); 6] = [
+        (&["--id", &long_id], "agent_id"),
+        (&["--region", "bad region!"], "region"),
+        (&["--ca-file", "/nonexistent/ca.pem"], "ca file"),
+        (
+            &[
+                "--control-plane",
+                "https://127.0.0.1:9",
+                "--control-plane-ca-file",
+                &not_pem,
+            ],
+            "holds no PEM certificate",
+        ),
+        (
+            &[
+                "--control-plane",
+                "http://127.0.0.1:9",
+                "--control-plane-ca-file",
+                &not_pem,
+            ],
+            "plain http",
+        ),
+        (&["--metrics-listen", &taken], "metrics-listen"),
+    ];
+    for (flags, said) in cases {
+        let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-agent"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir", &data])
+            .args(flags)
+            .env_remove("HERALD_AGENT_ID")
+            .output()
+            .await?;
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(64), "{flags:?}: {stderr}");
+        assert!(stderr.contains(said), "{flags:?}: {stderr}");
+    }
+    Ok(())
+}

@@ -22,7 +22,7 @@ use tonic::Status;
 use crate::access::{Identity, Scope};
 
 /// The longest agent id, node, region and version an agent may send.
-pub const MAX_HELLO_FIELD: usize = 128;
+pub const MAX_HELLO_FIELD: usize = herald_core::validate::MAX_AGENT_FIELD_LEN;
 /// The longest reason of a refused config change that is kept (longer ones are cut).
 pub const MAX_NACK_REASON: usize = 1024;
 /// The longest event-type prefix of an interest.

@@ -97,6 +97,27 @@ pub fn region(value: &str) -> Result<(), ValidationError> {
     })
 }
 
+/// Checks an agent's id as it names itself (`--id`): 1 to [`MAX_AGENT_FIELD_LEN`] characters
+/// of `[A-Za-z0-9_.:-]`, as the ids agents make for themselves (`agt_…`) are. The control
+/// plane lists agents by it and refuses a longer one.
+pub fn agent_id(value: &str) -> Result<(), ValidationError> {
+    identifier("agent_id", value, MAX_AGENT_FIELD_LEN, |c| {
+        c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')
+    })
+}
+
+/// Checks the name of the node an agent runs on: 1 to [`MAX_AGENT_FIELD_LEN`] bytes, shown
+/// as given (no control characters).
+pub fn node(value: &str) -> Result<(), ValidationError> {
+    if value.is_empty() {
+        return Err(ValidationError::new("node", "must not be empty"));
+    }
+    shown_text("node", value, MAX_AGENT_FIELD_LEN)
+}
+
+/// The longest agent id, node, region and version an agent may name itself by.
+pub const MAX_AGENT_FIELD_LEN: usize = 128;
+
 /// Checks an event id: 1 to [`MAX_EVENT_ID_LEN`] characters of `[A-Za-z0-9_.:-]`, and not
 /// `.` or `..`.
 ///

@@ -21,6 +21,42 @@ pub enum ClientTlsError {
     /// token) would go nowhere, or in plain text.
     #[error("a client certificate needs the server's CA file too (TLS is off without it)")]
     IdentityWithoutCa,
+    /// A file that reads but holds no PEM block of what it should: TLS would fail at every
+    /// connection, long after the start.
+    #[error("{path}: holds no PEM {what}")]
+    NotPem {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What it should hold: `certificate` or `private key`.
+        what: &'static str,
+    },
+}
+
+/// The PEM certificates in `path`, refused when it holds none.
+fn read_certificates(path: &Path) -> Result<Vec<u8>, ClientTlsError> {
+    let pem = read_pem(path)?;
+    let certificates = rustls_pemfile::certs(&mut pem.as_slice())
+        .filter_map(Result::ok)
+        .count();
+    if certificates == 0 {
+        return Err(ClientTlsError::NotPem {
+            path: path.to_owned(),
+            what: "certificate",
+        });
+    }
+    Ok(pem)
+}
+
+/// The PEM private key in `path`, refused when it holds none.
+fn read_key(path: &Path) -> Result<Vec<u8>, ClientTlsError> {
+    let pem = read_pem(path)?;
+    match rustls_pemfile::private_key(&mut pem.as_slice()) {
+        Ok(Some(_)) => Ok(pem),
+        _ => Err(ClientTlsError::NotPem {
+            path: path.to_owned(),
+            what: "private key",
+        }),
+    }
 }
 
 /// The TLS settings for `ca` (turns TLS on) and, when given, the client certificate `cert`
@@ -42,9 +78,10 @@ pub fn config(
             None => Ok(None),
         };
     };
-    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_pem(ca)?));
+    let mut config =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_certificates(ca)?));
     if let Some((cert, key)) = identity {
-        config = config.identity(Identity::from_pem(read_pem(cert)?, read_pem(key)?));
+        config = config.identity(Identity::from_pem(read_certificates(cert)?, read_key(key)?));
     }
     Ok(Some(config))
 }
@@ -73,6 +110,20 @@ mod tests {
         assert!(matches!(
             config(Some(ca), None, None),
             Err(ClientTlsError::File(_))
+        ));
+    }
+
+    #[test]
+    fn a_file_without_its_pem_block_is_refused() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let text = dir.path().join("hostname");
+        std::fs::write(&text, "not a certificate\n").expect("written");
+        assert!(matches!(
+            config(Some(&text), None, None),
+            Err(ClientTlsError::NotPem {
+                what: "certificate",
+                ..
+            })
         ));
     }
 }

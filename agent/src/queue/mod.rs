@@ -546,6 +546,17 @@ impl Queue {
                 .map_err(storage)?
                 .map_or(0, |v| v.value())
         };
+        // A disk already below the margin: not writable (and health says so) from the start,
+        // not from the first refused commit on; the writer tries until there is room.
+        let room_at_open = space.as_ref().is_none_or(writer::SpaceGuard::has_room);
+        if let (false, Some(space)) = (room_at_open, &space) {
+            tracing::error!(
+                dir = %space.dir.display(),
+                min_free_bytes = space.min_free,
+                "the queue's disk has less free space than the queue keeps: not writing \
+                 until there is room"
+            );
+        }
         let shared = Arc::new(Shared {
             db: RwLock::new(File::Open(Arc::new(db))),
             lanes: Mutex::new(lanes),
@@ -557,7 +568,7 @@ impl Queue {
             writer_thread: std::sync::OnceLock::new(),
             memtable: RwLock::new(Memtable::default()),
             recent: Mutex::new(recent::RecentEvents::default()),
-            writable: tokio::sync::watch::Sender::new(true),
+            writable: tokio::sync::watch::Sender::new(room_at_open),
             waiting_events: AtomicU64::new(pending.total().events),
             waiting_bytes: AtomicU64::new(pending.total().bytes),
             subscription_deliveries: Mutex::new(pending.subscriptions()),
@@ -747,6 +758,16 @@ impl Queue {
 
     /// How full the queue is, for monitoring.
     pub fn stats(&self) -> Result<QueueStats, QueueError> {
+        self.stats_beside_parked(|_| false)
+    }
+
+    /// [`Queue::stats`], with the deliveries of the subscriptions `parked` names (disabled
+    /// ones, whose deliveries wait on purpose) left out of the oldest delivery's age, so that
+    /// an alert on it fires for deliveries falling behind, not for a subscription switched off.
+    pub fn stats_beside_parked(
+        &self,
+        parked: impl Fn(&str) -> bool,
+    ) -> Result<QueueStats, QueueError> {
         let memtable = self.shared.read_memtable();
         let txn = self.shared.db()?.begin_read().map_err(storage)?;
         let meta = txn.open_table(META).map_err(storage)?;
@@ -783,6 +804,9 @@ impl Queue {
         let stored = txn.open_table(EVENTS).map_err(storage)?;
         let mut oldest_accepted_ms: Option<u64> = None;
         for lane in lanes_of(&tasks, &memtable)? {
+            if parked(&lane) {
+                continue;
+            }
             let Some(entry) = lane_tasks(&tasks, &memtable, &lane, (0, 0))?.next() else {
                 continue;
             };

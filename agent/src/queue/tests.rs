@@ -1864,3 +1864,46 @@ async fn a_queue_file_that_is_damaged_or_in_use_is_named_and_explained() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_disk_below_the_margin_at_open_is_not_writable_from_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let short = QueueConfig {
+        min_free_bytes: u64::MAX,
+        ..config()
+    };
+    let queue = Queue::open(dir.path(), short).expect("open");
+    assert!(
+        !*queue.writable().borrow(),
+        "health hears of it before any write is refused"
+    );
+    let refused = queue.flush().await.expect_err("no room");
+    assert!(matches!(refused, QueueError::DiskFull(_)), "{refused:?}");
+    queue.close().await;
+
+    let queue = Queue::open(dir.path(), config()).expect("open with room");
+    assert!(*queue.writable().borrow());
+    queue.close().await;
+}
+
+#[tokio::test]
+async fn the_oldest_delivery_leaves_out_subscriptions_parked_on_purpose() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = Queue::open(dir.path(), config()).expect("open");
+    queue
+        .accept(vec![NewEvent {
+            event: event("evt_parked", 10),
+            subscriptions: vec!["sub_off".into()],
+            parked: Vec::new(),
+        }])
+        .await
+        .expect("accept");
+    let stats = queue.stats().expect("stats");
+    assert!(stats.oldest_pending_accepted_ms.is_some());
+    let beside = queue
+        .stats_beside_parked(|subscription| subscription == "sub_off")
+        .expect("stats");
+    assert_eq!(beside.oldest_pending_accepted_ms, None);
+    assert_eq!(beside.pending_deliveries, 1, "still counted as pending");
+    queue.close().await;
+}
