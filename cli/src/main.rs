@@ -182,8 +182,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let file = |flag: Option<std::path::PathBuf>, stored: &Option<String>| {
         flag.or_else(|| stored.as_ref().map(std::path::PathBuf::from))
     };
+    let ca_file = file(cli.tls_ca_file, &context.tls_ca_file);
+    let control_plane_url = cli
+        .control_plane
+        .or(context.control_plane.clone())
+        .unwrap_or_else(|| DEFAULT_CONTROL_PLANE.into());
+    // The address first: TLS files for an http:// address are refused as such, whatever
+    // they hold.
+    if !matches!(command, Command::Emit(_)) {
+        connect::check_address(&control_plane_url, "--control-plane", ca_file.is_some())?;
+    }
     let tls = herald_proto::client_tls::config(
-        file(cli.tls_ca_file, &context.tls_ca_file).as_deref(),
+        ca_file.as_deref(),
         file(cli.tls_cert_file, &context.tls_cert_file).as_deref(),
         file(cli.tls_key_file, &context.tls_key_file).as_deref(),
     )
@@ -195,20 +205,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         )),
     })?;
     let control_plane = Server {
-        url: cli
-            .control_plane
-            .or(context.control_plane.clone())
-            .unwrap_or_else(|| DEFAULT_CONTROL_PLANE.into()),
+        url: control_plane_url,
         bearer: bearer(cli.token, context.token.as_deref())?,
         tls,
     };
-    if !matches!(command, Command::Emit(_)) {
-        connect::check_address(
-            &control_plane.url,
-            "--control-plane",
-            control_plane.tls.is_some(),
-        )?;
-    }
     match command {
         Command::Subscription(cmd) => subscription::run(*cmd, &control_plane, format).await,
         Command::Deliveries(cmd) => deliveries::run(cmd, &control_plane, format).await,

@@ -109,8 +109,8 @@ pub struct Config {
     /// `postgres://USER[:PASS]@HOST:PORT/DB`, one database every replica shares.
     #[arg(long, env = "HERALD_LOG_STORE", default_value = "embedded", value_parser = attempts::LogStoreFlag::from_arg, hide_env_values = true, hide_default_value = false)]
     pub log_store: attempts::LogStoreFlag,
-    /// How long the delivery log keeps attempts.
-    #[arg(long, env = "HERALD_LOG_RETENTION", default_value = "30days", value_parser = humantime::parse_duration)]
+    /// How long the delivery log keeps attempts (and the audit log its entries): at least 1 h.
+    #[arg(long, env = "HERALD_LOG_RETENTION", default_value = "30days", value_parser = log_retention)]
     pub log_retention: Duration,
     /// The page cache of the embedded delivery log, in bytes: memory the control plane keeps
     /// for the log's recent pages, however large the log grows.
@@ -803,6 +803,19 @@ pub async fn run(
         Some(Err(err)) => Err(err.into()),
         _ => Ok(()),
     }
+}
+
+/// The shortest `--log-retention`: less would empty the logs (the audit log included) at the
+/// first sweep, which is never what an operator means.
+const MIN_LOG_RETENTION: Duration = Duration::from_secs(3600);
+
+/// A `--log-retention`: a duration of at least [`MIN_LOG_RETENTION`].
+fn log_retention(text: &str) -> Result<Duration, String> {
+    let retention = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if retention < MIN_LOG_RETENTION {
+        return Err(format!("{text:?} is shorter than the least allowed, 1h"));
+    }
+    Ok(retention)
 }
 
 /// A replica name: part of the keys of the orders relayed to it, so no `/`.

@@ -57,6 +57,10 @@ async fn main() -> std::process::ExitCode {
                 // Restarting with the same keyring will not help.
                 err @ (herald_control_plane::Error::KeyringCheck(_)
                 | herald_control_plane::Error::Auth(_)) => Failure::Usage(err.to_string()),
+                // Nor with a database that refuses the login or the rights it needs.
+                err @ herald_control_plane::Error::Log(
+                    herald_control_plane::attempts::LogError::Refused(_),
+                ) => Failure::Usage(err.to_string()),
                 other => Failure::Run(other),
             })
     })

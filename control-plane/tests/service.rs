@@ -33,6 +33,8 @@ async fn a_refused_log_store_is_a_usage_error_that_never_shows_the_password() ->
         "postgres://herald:s3cret-pw@db.internal:5432/herald?sslmode=require",
         "postgres://herald:s3cret-pw@db.internal:5432/",
         "mysql://herald:s3cret-pw@db.internal/herald",
+        // The password `s3cret-pw/x@y` typed without its escapes.
+        "postgres://herald:s3cret-pw/x@y@db.internal:5432/herald",
     ] {
         let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-control-plane"))
             .args(["--listen", "127.0.0.1:0", "--log-store", store])
@@ -47,6 +49,31 @@ async fn a_refused_log_store_is_a_usage_error_that_never_shows_the_password() ->
             !stderr.contains("s3cret-pw"),
             "the password leaked: {stderr}"
         );
+    }
+    Ok(())
+}
+
+/// A database that refuses the login (no such role, no such database) stops the start as a
+/// configuration error: a restart would fail the same way, so service managers should not
+/// retry it (their units stop restarting on 64).
+#[tokio::test]
+async fn a_database_that_refuses_the_login_stops_the_start_with_exit_code_64() -> anyhow::Result<()>
+{
+    let postgres = herald_tests::Postgres::start().await?;
+    let dir = tempfile::tempdir()?;
+    for store in [
+        format!("postgres://nobody@127.0.0.1:{}/herald", postgres.port()),
+        format!("postgres://herald@127.0.0.1:{}/nosuchdb", postgres.port()),
+    ] {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-control-plane"))
+            .args(["--listen", "127.0.0.1:0", "--log-store", &store])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .await?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{store}: {stderr}");
+        assert!(stderr.contains("delivery log refused"), "{stderr}");
     }
     Ok(())
 }

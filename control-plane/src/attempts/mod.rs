@@ -58,6 +58,11 @@ pub enum LogError {
     /// The store cannot be reached now (a database that is down); callers may try again.
     #[error("delivery log unavailable: {0}")]
     Unavailable(String),
+    /// The database refuses this control plane: its login (a wrong password, a database
+    /// that does not exist) or the rights it needs (to create its tables). Trying again does
+    /// not help; the configuration or the database's grants must change.
+    #[error("delivery log refused: {0}")]
+    Refused(String),
     /// The disk under the log's file is full or failing: nothing is written until it is
     /// back ([`crate::redb_file`]), and callers may try again.
     #[error("delivery log: {0}")]
@@ -81,10 +86,8 @@ pub enum LogError {
 impl From<LogError> for tonic::Status {
     fn from(err: LogError) -> Self {
         match err {
-            LogError::InvalidQuery(invalid) => {
-                herald_proto::convert::invalid_argument(invalid.clone())
-            }
-            LogError::Unavailable(_) | LogError::Disk(DiskFault::Io(_)) => {
+            LogError::InvalidQuery(invalid) => herald_proto::convert::invalid_argument(invalid),
+            LogError::Unavailable(_) | LogError::Refused(_) | LogError::Disk(DiskFault::Io(_)) => {
                 tonic::Status::unavailable(err.to_string())
             }
             LogError::Disk(DiskFault::Full(_)) => herald_proto::refusal::disk_full(err.to_string()),

@@ -41,8 +41,19 @@ impl DatabaseUrl {
     /// checked against `sslrootcert` and its name. Modes that encrypt without checking who
     /// answers (`require`, `prefer`, …) are refused.
     pub fn parse(text: &str) -> Result<Self, String> {
+        // The parser's own words never quote the URL, so they cannot show the password.
         let mut url =
-            url::Url::parse(text).map_err(|_| "is not a valid postgres:// URL".to_owned())?;
+            url::Url::parse(text).map_err(|e| format!("is not a valid postgres:// URL: {e}"))?;
+        // A password with `/` or `@` left as typed ends the host early: the rest of the
+        // password would become the database's name, and be shown in messages.
+        let database = url.path().trim_start_matches('/');
+        if database.contains('/') || database.contains('@') {
+            return Err(
+                "its database name holds '/' or '@': percent-encode those characters \
+                 in the password (%2F, %40; also ':' as %3A and '#' as %23)"
+                    .into(),
+            );
+        }
         let mut mode = None;
         let mut root_cert = None;
         let mut rest: Vec<(String, String)> = Vec::new();
@@ -72,10 +83,17 @@ impl DatabaseUrl {
         if !rest.is_empty() {
             url.query_pairs_mut().extend_pairs(&rest);
         }
-        let mut config: tokio_postgres::Config = url
-            .as_str()
-            .parse()
-            .map_err(|_| "is not a valid postgres:// URL".to_owned())?;
+        let options: Vec<&str> = rest.iter().map(|(key, _)| key.as_str()).collect();
+        let mut config: tokio_postgres::Config = url.as_str().parse().map_err(|_| {
+            if options.is_empty() {
+                "is not a valid postgres:// URL".to_owned()
+            } else {
+                format!(
+                    "is not a valid postgres:// URL (check its options: {})",
+                    options.join(", ")
+                )
+            }
+        })?;
         config.ssl_mode(if root_cert.is_some() {
             tokio_postgres::config::SslMode::Require
         } else {
@@ -169,5 +187,21 @@ mod tests {
         ] {
             assert!(DatabaseUrl::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_password_typed_without_its_escapes_is_refused_unshown() {
+        // The password `a@b/TOPSECRET` as typed: the host ends at the first '@'.
+        let refused = DatabaseUrl::parse("postgres://herald:a@b/TOPSECRET@db.internal:5432/log")
+            .expect_err("refused");
+        assert!(refused.contains("percent-encode"), "{refused}");
+        assert!(!refused.contains("TOPSECRET"), "{refused}");
+        // Escaped, the same password is taken.
+        let url = DatabaseUrl::parse("postgres://herald:a%40b%2FTOPSECRET@db.internal:5432/log")
+            .expect("escaped");
+        assert_eq!(url.to_string(), "PostgreSQL at db.internal:5432/log");
+        let port = DatabaseUrl::parse("postgres://herald@db.internal:99999/log")
+            .expect_err("no such port");
+        assert!(port.contains("port"), "{port}");
     }
 }

@@ -194,8 +194,10 @@ impl PostgresLog {
         };
         log.migrate().await?;
         let today = day_of(SystemTime::now());
-        log.ensure_partitions((today - 1..=today + DAYS_AHEAD).collect())
-            .await?;
+        log.ensure_partitions(
+            (first_kept_day(SystemTime::now(), retention)..=today + DAYS_AHEAD).collect(),
+        )
+        .await?;
         let (listening, mut listens) = tokio::sync::watch::channel(false);
         let follower = follow::Follower {
             url: url.clone(),
@@ -215,9 +217,14 @@ impl PostgresLog {
         Ok(log)
     }
 
-    /// A pooled connection, or why the database cannot be reached.
+    /// A pooled connection, or why the database cannot be reached (or refuses the login).
     async fn client(&self) -> Result<deadpool_postgres::Object, LogError> {
-        self.pool.get().await.map_err(|e| unavailable(&self.url, e))
+        self.pool.get().await.map_err(|e| match &e {
+            deadpool_postgres::PoolError::Backend(err) if refuses_us(err) => {
+                LogError::Refused(format!("{}: {}", self.url, error_text::chain(&e)))
+            }
+            _ => unavailable(&self.url, e),
+        })
     }
 
     /// Applies the migrations this database has not had, under the migration lock.
@@ -338,6 +345,8 @@ impl PostgresLog {
     fn error(&self, err: tokio_postgres::Error) -> LogError {
         if err.is_closed() || err.as_db_error().is_none() {
             unavailable(&self.url, err)
+        } else if refuses_us(&err) {
+            LogError::Refused(format!("{}: {}", self.url, error_text::chain(&err)))
         } else if err.code() == Some(&SqlState::DISK_FULL) {
             LogError::Disk(DiskFault::Full(format!(
                 "{}: {}",
@@ -637,8 +646,8 @@ impl LogStore for PostgresLog {
             );
         }
         drop(client);
-        let today = day_of(SystemTime::now());
-        self.ensure_partitions((today - 1..=today + DAYS_AHEAD).collect())
+        let now = SystemTime::now();
+        self.ensure_partitions((first_kept_day(now, max_age)..=day_of(now) + DAYS_AHEAD).collect())
             .await?;
         Ok(removed)
     }
@@ -846,6 +855,29 @@ fn partition_day(name: &str) -> Option<i64> {
     humantime::parse_rfc3339(&text).ok().map(day_of)
 }
 
+/// The oldest day whose partition is made ahead: yesterday (attempts started before midnight
+/// are reported after it), unless the retention is shorter than that: a day wholly past it
+/// would be dropped by the next sweep and made again, every minute.
+fn first_kept_day(now: SystemTime, retention: Duration) -> i64 {
+    let cutoff = now.checked_sub(retention).unwrap_or(UNIX_EPOCH);
+    (day_of(now) - 1).max(day_of(cutoff))
+}
+
+/// Whether the database refuses this control plane's login or the rights it needs, by
+/// SQLSTATE: a wrong password (28P01) or role (28000), a database that does not exist
+/// (3D000), no right to act (42501) or no schema to create tables in (3F000).
+fn refuses_us(err: &tokio_postgres::Error) -> bool {
+    [
+        SqlState::INVALID_PASSWORD,
+        SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+        SqlState::INVALID_CATALOG_NAME,
+        SqlState::INSUFFICIENT_PRIVILEGE,
+        SqlState::INVALID_SCHEMA_NAME,
+    ]
+    .iter()
+    .any(|state| err.code() == Some(state))
+}
+
 fn unavailable(url: &DatabaseUrl, err: impl std::error::Error) -> LogError {
     LogError::Unavailable(format!("{url}: {}", error_text::chain(&err)))
 }
@@ -853,6 +885,26 @@ fn unavailable(url: &DatabaseUrl, err: impl std::error::Error) -> LogError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partitions_are_made_only_for_days_the_retention_keeps() {
+        let noon = UNIX_EPOCH + Duration::from_secs(1_796_385_600); // 2026-12-04T12:00:00Z
+        let today = day_of(noon);
+        let hour = Duration::from_secs(3600);
+        assert_eq!(first_kept_day(noon, 30 * 24 * hour), today - 1);
+        assert_eq!(first_kept_day(noon, 24 * hour), today - 1);
+        assert_eq!(
+            first_kept_day(noon, hour),
+            today,
+            "yesterday is past a 1 h retention"
+        );
+        let past_midnight = day_start(today) + Duration::from_secs(1800);
+        assert_eq!(
+            first_kept_day(past_midnight, hour),
+            today - 1,
+            "at 00:30, a 1 h retention still keeps 23:30"
+        );
+    }
 
     #[test]
     fn days_and_partition_names_round_trip() {
