@@ -345,6 +345,30 @@ pub enum Error {
     Reflection(#[from] herald_proto::discovery::ReflectionError),
 }
 
+impl Error {
+    /// Whether the error is a setting that cannot be used (a listen address, a TLS file, the
+    /// tokens or keyring, a database that refuses the login): the start fails the way a bad
+    /// flag does (exit code 64), since starting again unchanged fails again.
+    pub fn is_setting(&self) -> bool {
+        match self {
+            Error::LogStore(_)
+            | Error::HttpListen { .. }
+            | Error::HealthListen { .. }
+            | Error::Metrics { .. }
+            | Error::Tls(_)
+            | Error::Auth(_)
+            | Error::Keyring(_)
+            | Error::KeyringCheck(_)
+            | Error::Log(LogError::Refused(_)) => true,
+            Error::Store(_)
+            | Error::Log(_)
+            | Error::Serve(_)
+            | Error::Reseal(_)
+            | Error::Reflection(_) => false,
+        }
+    }
+}
+
 /// Opens the stores and serves on `listener` until `shutdown` completes, then drains open
 /// calls and streams for at most the configured grace period.
 pub async fn run(

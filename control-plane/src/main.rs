@@ -51,18 +51,14 @@ async fn main() -> std::process::ExitCode {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|err| Failure::Usage(format!("listen={listen} is not usable: {err}")))?;
-        run(args.config, listener, signal())
-            .await
-            .map_err(|err| match err {
-                // Restarting with the same keyring will not help.
-                err @ (herald_control_plane::Error::KeyringCheck(_)
-                | herald_control_plane::Error::Auth(_)) => Failure::Usage(err.to_string()),
-                // Nor with a database that refuses the login or the rights it needs.
-                err @ herald_control_plane::Error::Log(
-                    herald_control_plane::attempts::LogError::Refused(_),
-                ) => Failure::Usage(err.to_string()),
-                other => Failure::Run(other),
-            })
+        run(args.config, listener, signal()).await.map_err(|err| {
+            // Restarting with the same settings will not help.
+            if err.is_setting() {
+                Failure::Usage(err.to_string())
+            } else {
+                Failure::Run(err)
+            }
+        })
     })
     .await
 }

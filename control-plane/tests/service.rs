@@ -53,6 +53,27 @@ async fn a_refused_log_store_is_a_usage_error_that_never_shows_the_password() ->
     Ok(())
 }
 
+/// An address already taken for the HTTP API, health checks or metrics stops the start as a
+/// configuration error, as the gRPC address does.
+#[tokio::test]
+async fn an_address_in_use_stops_the_start_with_exit_code_64() -> anyhow::Result<()> {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let taken = taken.local_addr()?.to_string();
+    for flag in ["--http-listen", "--health-listen", "--metrics-listen"] {
+        let dir = tempfile::tempdir()?;
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-control-plane"))
+            .args(["--listen", "127.0.0.1:0", flag, &taken])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .await?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{flag}: {stderr}");
+        assert!(stderr.contains(&flag[2..]), "{flag}: {stderr}");
+    }
+    Ok(())
+}
+
 /// A database that refuses the login (no such role, no such database) stops the start as a
 /// configuration error: a restart would fail the same way, so service managers should not
 /// retry it (their units stop restarting on 64).
