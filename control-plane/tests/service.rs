@@ -25,10 +25,26 @@ async fn the_control_plane_notifies_readiness_and_logs_json_lines() -> anyhow::R
     Ok(())
 }
 
+/// Starts the control plane with `flags` (on a free port, in a fresh data directory),
+/// expecting it to refuse to start: its exit code and what it wrote to stderr.
+async fn refused_start(flags: &[&str]) -> anyhow::Result<(Option<i32>, String)> {
+    let dir = tempfile::tempdir()?;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-control-plane"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(flags)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .await?;
+    Ok((
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
 #[tokio::test]
 async fn a_refused_log_store_is_a_usage_error_that_never_shows_the_password() -> anyhow::Result<()>
 {
-    let dir = tempfile::tempdir()?;
     for store in [
         "postgres://herald:s3cret-pw@db.internal:5432/herald?sslmode=require",
         "postgres://herald:s3cret-pw@db.internal:5432/",
@@ -36,14 +52,8 @@ async fn a_refused_log_store_is_a_usage_error_that_never_shows_the_password() ->
         // The password `s3cret-pw/x@y` typed without its escapes.
         "postgres://herald:s3cret-pw/x@y@db.internal:5432/herald",
     ] {
-        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-control-plane"))
-            .args(["--listen", "127.0.0.1:0", "--log-store", store])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .output()
-            .await?;
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(64), "{store}: {stderr}");
+        let (code, stderr) = refused_start(&["--log-store", store]).await?;
+        assert_eq!(code, Some(64), "{store}: {stderr}");
         assert!(stderr.contains("log-store"), "{stderr}");
         assert!(
             !stderr.contains("s3cret-pw"),
@@ -60,15 +70,8 @@ async fn an_address_in_use_stops_the_start_with_exit_code_64() -> anyhow::Result
     let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
     let taken = taken.local_addr()?.to_string();
     for flag in ["--http-listen", "--health-listen", "--metrics-listen"] {
-        let dir = tempfile::tempdir()?;
-        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-control-plane"))
-            .args(["--listen", "127.0.0.1:0", flag, &taken])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .output()
-            .await?;
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(64), "{flag}: {stderr}");
+        let (code, stderr) = refused_start(&[flag, &taken]).await?;
+        assert_eq!(code, Some(64), "{flag}: {stderr}");
         assert!(stderr.contains(&flag[2..]), "{flag}: {stderr}");
     }
     Ok(())
@@ -81,19 +84,12 @@ async fn an_address_in_use_stops_the_start_with_exit_code_64() -> anyhow::Result
 async fn a_database_that_refuses_the_login_stops_the_start_with_exit_code_64() -> anyhow::Result<()>
 {
     let postgres = herald_tests::Postgres::start().await?;
-    let dir = tempfile::tempdir()?;
     for store in [
         format!("postgres://nobody@127.0.0.1:{}/herald", postgres.port()),
         format!("postgres://herald@127.0.0.1:{}/nosuchdb", postgres.port()),
     ] {
-        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-control-plane"))
-            .args(["--listen", "127.0.0.1:0", "--log-store", &store])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .output()
-            .await?;
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(64), "{store}: {stderr}");
+        let (code, stderr) = refused_start(&["--log-store", &store]).await?;
+        assert_eq!(code, Some(64), "{store}: {stderr}");
         assert!(stderr.contains("delivery log refused"), "{stderr}");
     }
     Ok(())
