@@ -422,7 +422,7 @@ pub async fn run(
         config.log_cache_bytes,
     )
     .await?;
-    tracing::info!(store = ?log_store, "delivery log opened");
+    tracing::info!(store = %log_store, "delivery log opened");
     if !etcd.is_empty() && log_store == attempts::LogStoreUrl::Embedded {
         tracing::warn!(
             "the delivery log is embedded in this replica: other replicas on the same etcd keep \

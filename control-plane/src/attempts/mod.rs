@@ -247,6 +247,16 @@ pub enum LogStoreUrl {
     Postgres(Box<postgres::DatabaseUrl>),
 }
 
+impl std::fmt::Display for LogStoreUrl {
+    /// For logs: `embedded`, or `PostgreSQL at host:port/db` (never the password).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogStoreUrl::Embedded => f.write_str("embedded"),
+            LogStoreUrl::Postgres(url) => write!(f, "{url}"),
+        }
+    }
+}
+
 impl LogStoreUrl {
     /// Parses `embedded` or `postgres://USER[:PASS]@HOST[:PORT]/DB[?sslmode=disable]`.
     pub fn parse(text: &str) -> Result<Self, String> {

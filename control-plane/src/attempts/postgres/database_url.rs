@@ -46,6 +46,14 @@ impl DatabaseUrl {
             url::Url::parse(text).map_err(|e| format!("is not a valid postgres:// URL: {e}"))?;
         // A password with `/` or `@` left as typed ends the host early: the rest of the
         // password would become the database's name, and be shown in messages.
+        // A `%` that starts no escape would be taken as typed, and the login fail for it.
+        if malformed_escape(url.username()) || url.password().is_some_and(malformed_escape) {
+            return Err(
+                "its user or password holds a '%' that starts no escape: write a \
+                 '%' in them as %25"
+                    .into(),
+            );
+        }
         let database = url.path().trim_start_matches('/');
         if database.contains('/') || database.contains('@') {
             return Err(
@@ -149,6 +157,17 @@ impl DatabaseUrl {
     }
 }
 
+/// Whether `text` (a URL's user or password as written) holds a `%` not followed by two hex
+/// digits.
+fn malformed_escape(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.iter().enumerate().any(|(at, byte)| {
+        *byte == b'%'
+            && !(bytes.get(at + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(at + 2).is_some_and(u8::is_ascii_hexdigit))
+    })
+}
+
 /// How connections to the database are secured.
 #[derive(Clone)]
 pub(super) enum Tls {
@@ -203,5 +222,12 @@ mod tests {
         let port = DatabaseUrl::parse("postgres://herald@db.internal:99999/log")
             .expect_err("no such port");
         assert!(port.contains("port"), "{port}");
+        let escape = DatabaseUrl::parse("postgres://herald:SEK%ZZRIT@db.internal/log")
+            .expect_err("not an escape");
+        assert!(
+            escape.contains("%25") && !escape.contains("SEK"),
+            "{escape}"
+        );
+        assert!(DatabaseUrl::parse("postgres://herald:50%25off@db.internal/log").is_ok());
     }
 }
