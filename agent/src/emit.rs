@@ -226,6 +226,13 @@ pub(crate) async fn accept(
 
 /// A refusal of the batch's event at `index`, saying which.
 fn of_event(index: usize, status: Status) -> Status {
+    // A field named in the details gets the event's place too: events[3].type.
+    if let Some(invalid) = herald_proto::convert::refused_field(&status) {
+        return herald_proto::convert::invalid_argument(herald_core::ValidationError::new(
+            format!("events[{index}].{}", invalid.field),
+            invalid.reason,
+        ));
+    }
     match status.code() {
         // Validation errors start with the field: events[3].type: …
         tonic::Code::InvalidArgument => {

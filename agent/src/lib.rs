@@ -344,8 +344,18 @@ impl Error {
     /// changing the configuration fails again.
     pub fn is_setting(&self) -> bool {
         match self {
-            Error::DataDir { .. }
-            | Error::Client(_)
+            // A directory that cannot be made or used is a setting; a disk that is full or
+            // failing under it may recover.
+            Error::DataDir { source, .. } => {
+                !matches!(
+                    source.kind(),
+                    std::io::ErrorKind::StorageFull
+                        | std::io::ErrorKind::Interrupted
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Other
+                ) && source.raw_os_error() != Some(rustix::io::Errno::IO.raw_os_error())
+            }
+            Error::Client(_)
             | Error::Metrics { .. }
             | Error::TlsFile(_)
             | Error::Interest(_)
@@ -375,6 +385,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     config.check_control_plane_transport()?;
+    // Made first, so that a directory that cannot be made is said as such, id given or not.
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
     // An empty id (`HERALD_AGENT_ID=`) means none given.
     let id = match config.id.as_deref().map(str::trim) {
         Some(id) if !id.is_empty() => id.to_owned(),
@@ -560,7 +575,9 @@ pub async fn run(
 
     // Standard health checks (NOT_SERVING once draining) and reflection beside Events.
     let (health, health_service) = tonic_health::server::health_reporter();
-    if *queue.writable().borrow() {
+    // Subscribed before the first look: a change after it is still seen by the reporter.
+    let mut writable = queue.writable();
+    if *writable.borrow_and_update() {
         health.set_serving::<EventsServer<EmitService>>().await;
     } else {
         health.set_not_serving::<EventsServer<EmitService>>().await;
@@ -569,11 +586,7 @@ pub async fn run(
             .await;
     }
     let draining = CancellationToken::new();
-    background.spawn(report_writable(
-        queue.writable(),
-        health.clone(),
-        draining.clone(),
-    ));
+    background.spawn(report_writable(writable, health.clone(), draining.clone()));
     let serving = stop.clone();
     let router = tonic::transport::Server::builder()
         // An application that stops answering (its host gone without closing the connection)

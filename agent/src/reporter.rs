@@ -39,6 +39,10 @@ const WINDOW: usize = 8;
 /// How often the outbox is looked at even without a wake-up.
 const POLL: Duration = Duration::from_secs(1);
 
+/// How long the count of reports left at shutdown waits for the last acks to be applied:
+/// short, as shutdown waits for the reporter only a second past its grace.
+const COUNT_WAIT: Duration = Duration::from_millis(500);
+
 /// How long closing an idle stream waits for the control plane to end it in turn.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
@@ -106,7 +110,7 @@ pub async fn run(
     }
     // Acks are applied by the queue's writer after they are handed to it: counted before
     // they are, the last batches acknowledged would be said to be left.
-    let _ = tokio::time::timeout(CLOSE_WAIT, queue.flush()).await;
+    let _ = tokio::time::timeout(COUNT_WAIT, queue.flush()).await;
     match queue.pending_reports() {
         Ok(0) => tracing::debug!("attempt reports flushed"),
         Ok(n) => tracing::warn!(

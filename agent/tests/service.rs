@@ -62,7 +62,7 @@ async fn settings_that_cannot_be_used_stop_the_start_with_exit_code_64() -> anyh
     let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
     let taken = taken.local_addr()?.to_string();
     let long_id = "x".repeat(129);
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--id", &long_id], "agent_id"),
         (&["--region", "bad region!"], "region"),
         (&["--ca-file", "/nonexistent/ca.pem"], "ca file"),
@@ -85,11 +85,14 @@ async fn settings_that_cannot_be_used_stop_the_start_with_exit_code_64() -> anyh
             "plain http",
         ),
         (&["--metrics-listen", &taken], "metrics-listen"),
+        (&["--data-dir", "/proc/herald", "--id", "agt_1"], "data dir"),
     ];
     for (flags, said) in cases {
         let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-agent"))
-            .args(["--listen", "127.0.0.1:0", "--data-dir", &data])
+            .args(["--listen", "127.0.0.1:0"])
             .args(flags)
+            // Where a case names none, a usable one.
+            .env("HERALD_DATA_DIR", &data)
             .env_remove("HERALD_AGENT_ID")
             .output()
             .await?;

@@ -357,9 +357,13 @@ impl Error {
             | Error::Metrics { .. }
             | Error::Tls(_)
             | Error::Auth(_)
-            | Error::Keyring(_)
-            | Error::KeyringCheck(_)
             | Error::Log(LogError::Refused(_)) => true,
+            // A key file that cannot be written (a full or failing disk) may be written later.
+            Error::Keyring(sealing) => !matches!(sealing, SealingError::Io { .. }),
+            // A store that does not answer the check now may answer it later.
+            Error::KeyringCheck(check) => {
+                !matches!(check, keyring_check::KeyringCheckError::Store(_))
+            }
             Error::Store(_)
             | Error::Log(_)
             | Error::Serve(_)

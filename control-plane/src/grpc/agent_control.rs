@@ -288,11 +288,13 @@ impl AgentControl for AgentControlService {
                         tracing::error!(error = %err, "cannot store attempt reports");
                         // UNAVAILABLE, or RESOURCE_EXHAUSTED for a full disk: either way the
                         // agent keeps the batch and sends it again.
-                        let code = match err {
-                            LogError::Disk(DiskFault::Full(_)) => tonic::Code::ResourceExhausted,
-                            _ => tonic::Code::Unavailable,
+                        let message = format!("cannot store reports: {err}");
+                        let status = match err {
+                            LogError::Disk(DiskFault::Full(_)) => {
+                                herald_proto::refusal::disk_full(message)
+                            }
+                            _ => Status::unavailable(message),
                         };
-                        let status = Status::new(code, format!("cannot store reports: {err}"));
                         let _ = tx.send(Err(status)).await;
                         return;
                     }

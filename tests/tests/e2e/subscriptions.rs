@@ -308,6 +308,11 @@ async fn emit_refuses_invalid_events() -> anyhow::Result<()> {
         .await
         .expect_err("one bad event rejects the batch");
     assert_eq!(batch.code(), Code::InvalidArgument);
+    assert_eq!(
+        violated_field(&batch).as_deref(),
+        Some("events[1].type"),
+        "{batch:?}"
+    );
     assert!(
         batch.message().starts_with("events[1]"),
         "{}",

@@ -58,7 +58,7 @@ impl DatabaseUrl {
         if database.contains('/') || database.contains('@') {
             return Err(
                 "its database name holds '/' or '@': percent-encode those characters \
-                 in the password (%2F, %40; also ':' as %3A and '#' as %23)"
+                 in the password (%2F, %40; also ':' as %3A, '?' as %3F and '#' as %23)"
                     .into(),
             );
         }
@@ -81,25 +81,28 @@ impl DatabaseUrl {
                 "sslmode=verify-full needs sslrootcert=FILE (the CA of the server's certificate)"
                     .to_owned()
             })?),
-            Some(other) => {
-                return Err(format!(
-                    "sslmode={other}: use verify-full (TLS with the server checked) or disable"
-                ));
+            // Not quoted: with a '?' unescaped in the password, the "mode" is part of it.
+            Some(_) => {
+                return Err(
+                    "sslmode is neither verify-full (TLS with the server checked) nor disable"
+                        .into(),
+                );
             }
         };
         url.set_query(None);
         if !rest.is_empty() {
             url.query_pairs_mut().extend_pairs(&rest);
         }
-        let options: Vec<&str> = rest.iter().map(|(key, _)| key.as_str()).collect();
+        // The options are not quoted: with a '?' unescaped in the password, they are the rest
+        // of it.
+        let has_options = !rest.is_empty();
         let mut config: tokio_postgres::Config = url.as_str().parse().map_err(|_| {
-            if options.is_empty() {
-                "is not a valid postgres:// URL".to_owned()
+            if has_options {
+                "is not a valid postgres:// URL (check its options after '?', and that a '?' \
+                 in the password is written %3F)"
+                    .to_owned()
             } else {
-                format!(
-                    "is not a valid postgres:// URL (check its options: {})",
-                    options.join(", ")
-                )
+                "is not a valid postgres:// URL".to_owned()
             }
         })?;
         config.ssl_mode(if root_cert.is_some() {
@@ -229,5 +232,13 @@ mod tests {
             "{escape}"
         );
         assert!(DatabaseUrl::parse("postgres://herald:50%25off@db.internal/log").is_ok());
+        // A '?' unescaped ends the host: what follows is the password's rest, never shown.
+        for leaky in [
+            "postgres://herald:?hunter2@db.internal/log",
+            "postgres://herald:12?sslmode=hunter2@db.internal/log",
+        ] {
+            let refused = DatabaseUrl::parse(leaky).expect_err("refused");
+            assert!(!refused.contains("hunter2"), "{leaky}: {refused}");
+        }
     }
 }
