@@ -44,11 +44,11 @@ pub fn load(dir: &Path) -> Option<Routes> {
         }
     };
     match Routes::default().apply(&update) {
-        Ok(applied) => {
-            if let Some(reason) = applied.refusal_reason() {
+        Ok(routes) => {
+            if let Some(reason) = routes.refusal_reason() {
                 tracing::warn!(path = %path.display(), reason, "config cache: subscriptions left out");
             }
-            Some(applied.routes)
+            Some(routes)
         }
         Err(err) => {
             tracing::warn!(path = %path.display(), error = %err, "config cache invalid; ignoring it");

@@ -234,24 +234,10 @@ async fn follow(
         }
         let applied = routes.borrow().apply(&update);
         let reply = match applied {
-            Ok(applied) => {
-                if let Some(reason) = applied.refusal_reason() {
-                    // The rest of the update is applied and acked; the operator sees these
-                    // in the agents list.
-                    tracing::warn!(
-                        revision = update.revision,
-                        reason,
-                        "subscriptions refused; each keeps its previous version"
-                    );
-                    let nack = pb::ConfigNack {
-                        revision: update.revision,
-                        reason,
-                    };
-                    tx.send(send(Kind::Nack(nack)))
-                        .await
-                        .map_err(|_| "config stream closed")?;
-                }
-                let table = applied.routes;
+            Ok(table) => {
+                let refusal = table.refusal_reason();
+                // The last complete revision: a table holding refusals is resumed from before
+                // them, so that a stream opened again sends the refused records again.
                 let revision = table.revision;
                 let count = table.len();
                 routes.send_replace(Arc::new(table));
@@ -274,7 +260,23 @@ async fn follow(
                     snapshot = update.snapshot,
                     "config applied"
                 );
-                Kind::Ack(pb::ConfigAck { revision })
+                match refusal {
+                    // The rest of the update is applied, but the agent is not current: it
+                    // says so (the agents list shows it) at every update until the records
+                    // read or go.
+                    Some(reason) => {
+                        tracing::warn!(
+                            revision = update.revision,
+                            reason,
+                            "subscriptions refused; each keeps its previous version"
+                        );
+                        Kind::Nack(pb::ConfigNack {
+                            revision: update.revision,
+                            reason,
+                        })
+                    }
+                    None => Kind::Ack(pb::ConfigAck { revision }),
+                }
             }
             Err(err) => {
                 tracing::warn!(revision = update.revision, error = %err, "config refused; keeping the last good config");

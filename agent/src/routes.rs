@@ -2,7 +2,7 @@
 //! at one config revision, and the schemas it checks emitted payloads against. Immutable: a config update builds a new table, which replaces the
 //! old one atomically in the `watch` channel every reader borrows from.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use herald_core::subscription::Subscription;
@@ -25,50 +25,6 @@ pub enum ApplyError {
     },
 }
 
-/// A subscription in an update that this agent cannot read (a record written by a newer
-/// control plane, or damaged in the store). It alone keeps its previous version, or stays out
-/// of the table when it had none: one bad record does not hold back every other change.
-#[derive(Debug, thiserror::Error)]
-#[error("subscription {id} is invalid: {source}")]
-pub struct RefusedSubscription {
-    /// The subscription.
-    pub id: String,
-    /// What is wrong with it.
-    #[source]
-    pub source: herald_core::ValidationError,
-}
-
-/// A config update applied: the new table, and the subscriptions in the update it left at
-/// their previous version.
-#[derive(Debug)]
-pub struct Applied {
-    /// The table after the update.
-    pub routes: Routes,
-    /// The upserts this agent could not read, in the update's order.
-    pub refused: Vec<RefusedSubscription>,
-}
-
-impl Applied {
-    /// The refusals in one line for the control plane's agents list (the first few named).
-    pub fn refusal_reason(&self) -> Option<String> {
-        const NAMED: usize = 3;
-        let (first, rest) = self.refused.split_at(self.refused.len().min(NAMED));
-        let mut reason = first
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ");
-        if reason.is_empty() {
-            return None;
-        }
-        if !rest.is_empty() {
-            reason.push_str(&format!("; and {} more", rest.len()));
-        }
-        reason.push_str(" (each kept at its previous version, if any)");
-        Some(reason)
-    }
-}
-
 /// Subscriptions by id and by tenant, at one revision.
 #[derive(Debug, Default)]
 pub struct Routes {
@@ -85,6 +41,11 @@ pub struct Routes {
     /// The most request-body bytes the control plane's log keeps ([`Self::log_body_limit`]);
     /// `None` until a control plane said.
     log_body_limit: Option<u32>,
+    /// The subscriptions whose newest record this agent cannot read (written by a newer
+    /// control plane, or damaged in the store), with why. Each keeps the version the table
+    /// held before (or stays out), so one bad record holds back no other change; while any
+    /// is here the table is not complete, and `revision` stays at the last revision it was.
+    refused: BTreeMap<String, herald_core::ValidationError>,
 }
 
 impl Routes {
@@ -113,7 +74,34 @@ impl Routes {
             wire,
             schemas,
             log_body_limit: None,
+            refused: BTreeMap::new(),
         }
+    }
+
+    /// Whether the table holds every subscription's newest record: no refusal outstanding.
+    pub fn is_complete(&self) -> bool {
+        self.refused.is_empty()
+    }
+
+    /// The refusals outstanding in one line, for the control plane's agents list (the first
+    /// few named); `None` when there is none.
+    pub fn refusal_reason(&self) -> Option<String> {
+        const NAMED: usize = 3;
+        if self.refused.is_empty() {
+            return None;
+        }
+        let mut reason = self
+            .refused
+            .iter()
+            .take(NAMED)
+            .map(|(id, why)| format!("subscription {id} is invalid: {why}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        if self.refused.len() > NAMED {
+            reason.push_str(&format!("; and {} more", self.refused.len() - NAMED));
+        }
+        reason.push_str(" (each kept at its previous version, if any)");
+        Some(reason)
     }
 
     /// The subscription with this id.
@@ -151,6 +139,7 @@ impl Routes {
             wire: self.wire.clone(),
             schemas,
             log_body_limit: self.log_body_limit,
+            refused: self.refused.clone(),
         }
     }
 
@@ -188,28 +177,33 @@ impl Routes {
     }
 
     /// The table after `update`, with the upserts it could not read left at their version in
-    /// this table; or why the whole update is refused (the caller keeps this table).
-    pub fn apply(&self, update: &pb::ConfigUpdate) -> Result<Applied, ApplyError> {
+    /// this table (and [refused](Self::refusal_reason) until a readable record or a removal
+    /// replaces them); or why the whole update is refused (the caller keeps this table).
+    ///
+    /// A table with refusals outstanding keeps the revision of the last complete one, so that
+    /// a stream resumed from it is sent the refused records again.
+    pub fn apply(&self, update: &pb::ConfigUpdate) -> Result<Routes, ApplyError> {
         if !update.snapshot && update.revision < self.revision {
             return Err(ApplyError::Stale {
                 update: update.revision,
                 applied: self.revision,
             });
         }
-        let (mut by_id, mut wire) = if update.snapshot {
-            (HashMap::new(), HashMap::new())
+        let (mut by_id, mut wire, mut refused) = if update.snapshot {
+            (HashMap::new(), HashMap::new(), BTreeMap::new())
         } else {
-            (self.by_id.clone(), self.wire.clone())
+            (self.by_id.clone(), self.wire.clone(), self.refused.clone())
         };
         for id in &update.removals {
             by_id.remove(id);
             wire.remove(id);
+            refused.remove(id);
         }
-        let mut refused = Vec::new();
         for wire_sub in &update.upserts {
             // URL scheme and target policy are the delivery's to enforce; here, the record.
             match convert::subscription(wire_sub, true) {
                 Ok(sub) => {
+                    refused.remove(&sub.id);
                     wire.insert(sub.id.clone(), Arc::new(wire_sub.clone()));
                     by_id.insert(sub.id.clone(), Arc::new(sub));
                 }
@@ -220,7 +214,7 @@ impl Routes {
                         by_id.insert(id.clone(), sub.clone());
                         wire.insert(id.clone(), record.clone());
                     }
-                    refused.push(RefusedSubscription { id, source });
+                    refused.insert(id, source);
                 }
             }
         }
@@ -229,9 +223,15 @@ impl Routes {
             Some(schemas) => Arc::new(self.schemas.apply(schemas)),
             None => self.schemas.clone(),
         };
-        let mut routes = Routes::new(update.revision, by_id, wire, schemas);
+        let revision = if refused.is_empty() {
+            update.revision
+        } else {
+            self.revision
+        };
+        let mut routes = Routes::new(revision, by_id, wire, schemas);
         routes.log_body_limit = update.log_body_limit.or(self.log_body_limit);
-        Ok(Applied { routes, refused })
+        routes.refused = refused;
+        Ok(routes)
     }
 
     /// The whole table as a snapshot update, as the control plane would send it, with the
@@ -294,7 +294,7 @@ mod tests {
             log_body_limit: Some(1024),
         };
         assert_eq!(Routes::default().log_body_limit(), DEFAULT_LOG_BODY_LIMIT);
-        let routes = Routes::default().apply(&snapshot).expect("snapshot").routes;
+        let routes = Routes::default().apply(&snapshot).expect("snapshot");
         assert_eq!(routes.log_body_limit(), 1024);
         let ids =
             |subs: Vec<Arc<Subscription>>| subs.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
@@ -316,7 +316,7 @@ mod tests {
             schemas: None,
             log_body_limit: None,
         };
-        let next = routes.apply(&delta).expect("delta").routes;
+        let next = routes.apply(&delta).expect("delta");
         // The control plane's body limit holds until it says another, and is saved.
         assert_eq!(next.log_body_limit(), 1024);
         assert_eq!(next.to_snapshot().log_body_limit, Some(1024));
@@ -330,8 +330,7 @@ mod tests {
         // A saved table restores to the same table.
         let restored = Routes::default()
             .apply(&next.to_snapshot())
-            .expect("restore")
-            .routes;
+            .expect("restore");
         assert_eq!(restored.revision, 6);
         assert_eq!(restored.to_snapshot(), next.to_snapshot());
 
@@ -350,7 +349,8 @@ mod tests {
             upserts: vec![wire("sub_a", "t1", &["order.*"])],
             ..Default::default()
         };
-        let routes = Routes::default().apply(&snapshot).expect("snapshot").routes;
+        let routes = Routes::default().apply(&snapshot).expect("snapshot");
+        assert!(routes.is_complete());
 
         // One delta: sub_a changed to a pattern that is not one, sub_b new and sound, sub_c
         // new and unreadable.
@@ -363,16 +363,17 @@ mod tests {
             ],
             ..Default::default()
         };
-        let applied = routes.apply(&delta).expect("delta");
-        let refused: Vec<_> = applied.refused.iter().map(|r| r.id.as_str()).collect();
-        assert_eq!(refused, ["sub_a", "sub_c"]);
-        let reason = applied.refusal_reason().expect("a reason");
+        let next = routes.apply(&delta).expect("delta");
+        assert!(!next.is_complete());
+        let reason = next.refusal_reason().expect("a reason");
         assert!(
-            reason.contains("sub_a") && reason.contains("sub_c"),
+            reason.contains("sub_a") && reason.contains("sub_c") && !reason.contains("sub_b"),
             "{reason}"
         );
-        let next = applied.routes;
-        assert_eq!(next.revision, 7);
+        assert_eq!(
+            next.revision, 5,
+            "resumed from the last complete revision, so the refused records come again"
+        );
         assert!(
             next.get("sub_a")
                 .expect("kept")
@@ -383,30 +384,51 @@ mod tests {
         // What is saved is what is delivered with: the previous record of sub_a.
         assert_eq!(next.to_snapshot().upserts[0], wire_of(&routes, "sub_a"));
 
-        // A snapshot holding the same three records (a reconnect): the same table.
-        let snapshot = pb::ConfigUpdate {
+        // A later delta that leaves them alone: still refused, still not complete.
+        let later = pb::ConfigUpdate {
             revision: 8,
+            upserts: vec![wire("sub_d", "t1", &["stock.*"])],
+            ..Default::default()
+        };
+        let later = next.apply(&later).expect("delta");
+        assert!(later.get("sub_d").is_some());
+        assert_eq!(
+            (later.revision, later.refusal_reason()),
+            (5, Some(reason.clone()))
+        );
+
+        // A snapshot holding the same records (a reconnect): the same table.
+        let snapshot = pb::ConfigUpdate {
+            revision: 9,
             snapshot: true,
             upserts: delta.upserts.clone(),
             ..Default::default()
         };
         let resnapped = next.apply(&snapshot).expect("snapshot");
-        assert_eq!(resnapped.refused.len(), 2);
-        assert_eq!(
-            resnapped.routes.to_snapshot().upserts,
-            next.to_snapshot().upserts
-        );
+        assert_eq!(resnapped.refusal_reason(), Some(reason));
+        assert_eq!(resnapped.to_snapshot().upserts, next.to_snapshot().upserts);
 
         // From nothing (an agent's first snapshot), the unreadable ones are left out.
         let first = Routes::default().apply(&snapshot).expect("snapshot");
-        assert_eq!(first.routes.len(), 1);
-        assert!(first.routes.get("sub_b").is_some());
+        assert_eq!(first.len(), 1);
+        assert!(first.get("sub_b").is_some());
 
-        // An update refusing nothing says nothing.
-        let fine = Routes::default()
-            .apply(&next.to_snapshot())
-            .expect("snapshot");
-        assert!(fine.refused.is_empty() && fine.refusal_reason().is_none());
+        // sub_a readable again and sub_c removed: complete, at the update's revision.
+        let fixed = pb::ConfigUpdate {
+            revision: 10,
+            upserts: vec![wire("sub_a", "t1", &["order.paid"])],
+            removals: vec!["sub_c".into()],
+            ..Default::default()
+        };
+        let fixed = later.apply(&fixed).expect("delta");
+        assert!(fixed.is_complete() && fixed.refusal_reason().is_none());
+        assert_eq!(fixed.revision, 10);
+        assert!(
+            !fixed
+                .get("sub_a")
+                .expect("a")
+                .accepts("t1", "order.created")
+        );
     }
 
     #[test]
@@ -455,7 +477,7 @@ mod tests {
             upserts: vec![wire("sub_a", "t1", &["order.*"])],
             ..Default::default()
         };
-        let routes = early.apply(&snapshot).expect("snapshot").routes;
+        let routes = early.apply(&snapshot).expect("snapshot");
         assert!(routes.schemas().check("order.created", b"{}").is_err());
         // The same set again (every reconnect) is the same set: nothing to save.
         let again = routes.with_schemas(&schemas);
@@ -463,8 +485,7 @@ mod tests {
 
         let restored = Routes::default()
             .apply(&routes.to_snapshot())
-            .expect("restore")
-            .routes;
+            .expect("restore");
         assert_eq!(restored.len(), 1);
         assert!(restored.schemas().check("order.created", b"{}").is_err());
         assert!(

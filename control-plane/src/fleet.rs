@@ -456,7 +456,12 @@ impl Fleet {
 
     /// Records an acknowledged revision.
     pub fn acked(&self, agent_id: &str, revision: i64) {
-        self.update(agent_id, |info| info.applied_revision = revision);
+        self.update(agent_id, |info| {
+            info.applied_revision = revision;
+            // An ack says the agent holds the whole config: what it refused before is
+            // resolved (an agent holding a refusal nacks every update instead).
+            info.last_nack.clear();
+        });
     }
 
     /// Records a refused revision.

@@ -853,7 +853,8 @@ pub struct AgentInfo {
     pub connected_since: ::core::option::Option<::prost_types::Timestamp>,
     #[prost(message, optional, tag = "8")]
     pub last_seen: ::core::option::Option<::prost_types::Timestamp>,
-    /// The last config change the agent refused, with its reason.
+    /// The last config change the agent refused, with its reason; empty once it acknowledges
+    /// one (it then holds the whole config).
     #[prost(string, tag = "9")]
     pub last_nack: ::prost::alloc::string::String,
     #[prost(bool, tag = "10")]
@@ -1011,9 +1012,10 @@ pub struct ConfigAck {
     #[prost(int64, tag = "1")]
     pub revision: i64,
 }
-/// The agent refused the update at `revision` and keeps its previous config; or, when it
-/// then acks the same revision, it refused only the subscriptions `reason` names, each kept
-/// at its previous version.
+/// The agent refused the update at `revision`: as a whole, keeping its previous config; or
+/// only the subscriptions `reason` names, each kept at its previous version while the rest
+/// of the update is applied. An agent holding such refusals nacks every update (and resumes
+/// a stream from before them) until the records read or go; then it acks again.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ConfigNack {
     #[prost(int64, tag = "1")]

@@ -148,15 +148,13 @@ async fn a_record_the_agent_cannot_read_is_refused_alone_and_shows_in_the_agents
         anyhow::bail!("the write conflicted");
     };
 
-    // The bad record is named, and the rest of the change is applied all the same.
+    // The bad record is named, and the agent is not listed as current while it holds it.
     let nacked = eventually(
         Duration::from_secs(10),
-        "the agent to refuse the bad record and apply the rest",
+        "the agent to refuse the bad record",
         || async {
             let agents = control_plane.list_agents().await?;
-            Ok(agents
-                .into_iter()
-                .find(|a| !a.last_nack.is_empty() && a.applied_revision >= revision))
+            Ok(agents.into_iter().find(|a| !a.last_nack.is_empty()))
         },
     )
     .await?;
@@ -165,6 +163,8 @@ async fn a_record_the_agent_cannot_read_is_refused_alone_and_shows_in_the_agents
         "{}",
         nacked.last_nack
     );
+    assert!(nacked.applied_revision < revision, "{nacked:?}");
+    // The rest of the change is applied all the same.
     let emitted = agent
         .emit(event(
             "shop-1",
@@ -177,6 +177,27 @@ async fn a_record_the_agent_cannot_read_is_refused_alone_and_shows_in_the_agents
         .wait_for_requests(1, Duration::from_secs(10))
         .await?;
     assert_eq!(requests[0].path, "/moved", "the sound change was applied");
+
+    // The record goes: the agent holds the whole config again, and says so.
+    let TxnOutcome::Committed { revision: gone } = store
+        .txn(Txn::default().then(Op::Delete(
+            "/herald/v1/subscriptions/shop-1/sub_broken".into(),
+        )))
+        .await?
+    else {
+        anyhow::bail!("the delete conflicted");
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the agent current, its refusal cleared",
+        || async {
+            let agents = control_plane.list_agents().await?;
+            Ok(agents
+                .into_iter()
+                .find(|a| a.last_nack.is_empty() && a.applied_revision >= gone))
+        },
+    )
+    .await?;
     Ok(())
 }
 
