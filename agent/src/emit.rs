@@ -160,7 +160,7 @@ impl Events for EmitService {
         let event = request
             .into_inner()
             .event
-            .ok_or_else(|| Status::invalid_argument("event: is required"))?;
+            .ok_or_else(|| herald_proto::convert::invalid_field("event", "is required"))?;
         self.check(&event)?;
         let routes = self.loaded_routes()?;
         Self::check_schema(&event, &routes)?;

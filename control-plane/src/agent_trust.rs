@@ -38,13 +38,17 @@ pub fn admit_hello(who: &Identity, mut hello: pb::AgentHello) -> Result<pb::Agen
         ("version", &hello.version),
     ] {
         if value.len() > MAX_HELLO_FIELD {
-            return Err(Status::invalid_argument(format!(
-                "{field}: at most {MAX_HELLO_FIELD} bytes"
-            )));
+            return Err(herald_proto::convert::invalid_field(
+                field,
+                format!("at most {MAX_HELLO_FIELD} bytes"),
+            ));
         }
     }
     if hello.agent_id.is_empty() {
-        return Err(Status::invalid_argument("agent_id: is required"));
+        return Err(herald_proto::convert::invalid_field(
+            "agent_id",
+            "is required",
+        ));
     }
     if hello.tenants.len() + hello.event_type_prefixes.len() > MAX_INTEREST {
         return Err(Status::invalid_argument(format!(

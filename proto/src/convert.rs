@@ -567,6 +567,16 @@ pub fn invalid_argument(err: ValidationError) -> tonic::Status {
     )
 }
 
+/// `INVALID_ARGUMENT` for `field` refused for `reason`, as [`invalid_argument`] words it.
+pub fn invalid_field(field: &str, reason: impl Into<String>) -> tonic::Status {
+    invalid_argument(ValidationError::new(field, reason))
+}
+
+/// `value`, or `INVALID_ARGUMENT` saying `field` is required (a message field left unset).
+pub fn required<T>(value: Option<T>, field: &str) -> Result<T, tonic::Status> {
+    value.ok_or_else(|| invalid_field(field, "is required"))
+}
+
 /// The field an `INVALID_ARGUMENT` status names in its details, and why it was refused
 /// (`None` for a status without a field violation).
 pub fn refused_field(status: &tonic::Status) -> Option<ValidationError> {

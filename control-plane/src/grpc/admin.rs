@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
 use futures_util::Stream;
-use herald_proto::convert::valid_duration;
+use herald_proto::convert::{required, valid_duration};
 use herald_proto::v1 as pb;
 use herald_proto::v1::agents_server::Agents;
 use herald_proto::v1::deliveries_server::Deliveries;
@@ -92,10 +92,6 @@ impl SubscriptionsService {
         };
         self.audit.record(who, change).await;
     }
-}
-
-fn required<T>(value: Option<T>, field: &str) -> Result<T, Status> {
-    value.ok_or_else(|| Status::invalid_argument(format!("{field}: is required")))
 }
 
 impl SubscriptionsService {
@@ -330,7 +326,10 @@ impl SubscriptionsApi for SubscriptionsService {
         let grace = match &request.grace {
             None => None,
             Some(d) => Some(valid_duration(d).ok_or_else(|| {
-                Status::invalid_argument("grace: must be a valid duration of 0 or more")
+                herald_proto::convert::invalid_field(
+                    "grace",
+                    "must be a valid duration of 0 or more",
+                )
             })?),
         };
         let sub = self.registry.rotate_secret(&request.id, grace).await?;

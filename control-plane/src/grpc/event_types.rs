@@ -52,7 +52,7 @@ impl EventTypesApi for EventTypesService {
         let event_type = request
             .into_inner()
             .event_type
-            .ok_or_else(|| Status::invalid_argument("event_type: is required"))?;
+            .ok_or_else(|| herald_proto::convert::invalid_field("event_type", "is required"))?;
         let created = self.registry.create(event_type).await?;
         tracing::info!(name = %created.name, "event type registered");
         self.audited(
@@ -74,7 +74,7 @@ impl EventTypesApi for EventTypesService {
         let event_type = request
             .into_inner()
             .event_type
-            .ok_or_else(|| Status::invalid_argument("event_type: is required"))?;
+            .ok_or_else(|| herald_proto::convert::invalid_field("event_type", "is required"))?;
         let updated = self.registry.update(event_type).await?;
         tracing::info!(name = %updated.name, "event type updated");
         let detail = format!(

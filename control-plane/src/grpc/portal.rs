@@ -48,7 +48,9 @@ impl Portal for PortalService {
             None => DEFAULT_TTL,
             Some(ttl) => valid_duration(ttl)
                 .filter(|ttl| (MIN_TTL..=MAX_TTL).contains(ttl))
-                .ok_or_else(|| Status::invalid_argument("ttl: must be 1 minute to 7 days"))?,
+                .ok_or_else(|| {
+                    herald_proto::convert::invalid_field("ttl", "must be 1 minute to 7 days")
+                })?,
         };
         let Some(public_url) = &self.public_url else {
             return Err(Status::failed_precondition(

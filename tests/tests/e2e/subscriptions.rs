@@ -83,6 +83,11 @@ async fn invalid_input_is_refused_with_invalid_argument_naming_the_field() -> an
         .await
         .expect_err("no subscription");
     assert_eq!(missing.code(), Code::InvalidArgument);
+    assert_eq!(
+        violated_field(&missing).as_deref(),
+        Some("subscription"),
+        "{missing:?}"
+    );
     Ok(())
 }
 
