@@ -577,14 +577,8 @@ pub async fn run(
     let (health, health_service) = tonic_health::server::health_reporter();
     // Subscribed before the first look: a change after it is still seen by the reporter.
     let mut writable = queue.writable();
-    if *writable.borrow_and_update() {
-        health.set_serving::<EventsServer<EmitService>>().await;
-    } else {
-        health.set_not_serving::<EventsServer<EmitService>>().await;
-        health
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
-    }
+    let writable_now = *writable.borrow_and_update();
+    set_health(&health, serving_if(writable_now)).await;
     let draining = CancellationToken::new();
     background.spawn(report_writable(writable, health.clone(), draining.clone()));
     let serving = stop.clone();
@@ -640,10 +634,7 @@ pub async fn run(
     tracing::info!("shutting down: no new events; finishing attempts in flight");
     herald_core::daemon::notify_stopping();
     draining.cancel();
-    health.set_not_serving::<EventsServer<EmitService>>().await;
-    health
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
+    set_health(&health, tonic_health::ServingStatus::NotServing).await;
     stop.cancel();
     let grace = config.shutdown_grace;
     let drained = tokio::time::timeout(grace, async {
@@ -710,21 +701,36 @@ async fn report_writable(
         if draining.is_cancelled() {
             return;
         }
-        let status = if ok {
+        if ok {
             tracing::info!("the queue writes again: serving");
-            tonic_health::ServingStatus::Serving
         } else {
             tracing::error!("the queue cannot write (disk full or failing): not serving");
-            tonic_health::ServingStatus::NotServing
-        };
-        health.set_service_status("", status).await;
-        health
-            .set_service_status(
-                <EventsServer<EmitService> as tonic::server::NamedService>::NAME,
-                status,
-            )
-            .await;
+        }
+        set_health(&health, serving_if(ok)).await;
     }
+}
+
+/// `SERVING` when `ok`, else `NOT_SERVING`.
+fn serving_if(ok: bool) -> tonic_health::ServingStatus {
+    if ok {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    }
+}
+
+/// Sets the health of the whole agent and of `herald.v1.Events`, which always agree.
+async fn set_health(
+    health: &tonic_health::server::HealthReporter,
+    status: tonic_health::ServingStatus,
+) {
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(
+            <EventsServer<EmitService> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
 }
 
 /// How often events past retention are removed.
@@ -808,7 +814,7 @@ fn agent_id(dir: &Path) -> Result<String, Error> {
         path: dir.display().to_string(),
         source,
     };
-    std::fs::create_dir_all(dir).map_err(fail)?;
+    // The directory is made by `run` before anything else.
     let path = dir.join("agent-id");
     match std::fs::read_to_string(&path) {
         Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
