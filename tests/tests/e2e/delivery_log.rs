@@ -847,3 +847,55 @@ async fn an_idle_agent_closes_its_report_stream_and_opens_one_for_the_next_repor
     receiver.wait_for_requests(2, WAIT).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_log_over_its_limit_drops_a_full_day_once_and_leaves_the_empty_one_made_again()
+-> anyhow::Result<()> {
+    let postgres = Postgres::start().await?;
+    let log = PostgresLog::open(&database(&postgres)?, YEAR).await?;
+    let (client, connection) =
+        tokio_postgres::connect(&postgres.url(), tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+    let yesterday = humantime::format_rfc3339(std::time::SystemTime::now() - DAY).to_string();
+    let partition = format!("attempts_{}", yesterday[..10].replace('-', ""));
+    let attempts = [
+        ("evt_y1", DAY),
+        ("evt_y2", DAY),
+        ("evt_t1", Duration::ZERO),
+        ("evt_t2", Duration::ZERO),
+    ]
+    .map(|(id, age)| conformance::attempt(id, "sub_limit", 1, pb::Outcome::Delivered, age));
+    assert_eq!(log.insert(attempts.to_vec()).await?.len(), 4);
+    // The sweep reads the planner's sizes, as autovacuum would keep them.
+    client.batch_execute("ANALYZE attempts").await?;
+
+    assert_eq!(log.sweep(YEAR, 1).await?, 2, "yesterday's two attempts go");
+    assert_eq!(log.len().await?, 2);
+    let made_again = partition_oid(&client, &partition)
+        .await?
+        .expect("yesterday made again: within retention");
+    client.batch_execute("ANALYZE attempts").await?;
+    assert_eq!(log.sweep(YEAR, 1).await?, 0, "still over by today alone");
+    assert_eq!(
+        partition_oid(&client, &partition).await?,
+        Some(made_again),
+        "the empty day is left alone, not dropped and made again at every sweep"
+    );
+    Ok(())
+}
+
+/// The catalogue's id of the table named `partition`, if there is one: a table dropped and made
+/// again has a new one.
+async fn partition_oid(
+    client: &tokio_postgres::Client,
+    partition: &str,
+) -> anyhow::Result<Option<i64>> {
+    let rows = client
+        .query(
+            "SELECT oid::bigint FROM pg_class WHERE relname = $1",
+            &[&partition],
+        )
+        .await?;
+    Ok(rows.first().map(|row| row.get::<_, i64>(0)))
+}
