@@ -28,6 +28,7 @@ pub mod redb_file;
 pub mod relay;
 pub mod replay;
 pub mod rest;
+pub mod run_to_end;
 pub mod schema_feed;
 pub mod sealing;
 pub mod server_tls;
@@ -693,6 +694,7 @@ pub async fn run(
             let api = pages
                 .merge(api)
                 .fallback(web::not_found)
+                .layer(run_to_end::RunToEndLayer::new(&background))
                 .layer(axum::middleware::from_fn(rest::refuse_grpc));
             tracing::info!(%addr, tls = tls.is_some(), "serving the HTTP API");
             Some(match &tls {
@@ -726,6 +728,8 @@ pub async fn run(
         .layer(AuthLayer::new(authenticator.clone()))
         // Each report batch is read only once its bytes fit the budget of reports in flight.
         .layer(report_budget.per_message_layer(grpc::BUDGETED_ROUTES, grpc::BATCH_ARRIVAL))
+        // A change whose caller gives up half-way is still made whole, its audit entry too.
+        .layer(run_to_end::RunToEndLayer::new(&background))
         .add_service(health_service)
         .add_service(herald_proto::discovery::reflection_v1(
             &reflection,

@@ -5,8 +5,9 @@
 //!
 //! An entry is written after the change succeeded. The config store and the log store are two
 //! stores, so the two writes cannot be one commit: a change whose entry cannot be written is
-//! kept, logged at ERROR and counted (`herald_audit_failures_total`), never undone. Reading
-//! the log is [`query`].
+//! kept, logged at ERROR and counted (`herald_audit_failures_total`), never undone. A caller
+//! that gives up half-way (a deadline, a closed tab) does not stop the two writes: calls run to
+//! their end ([`crate::run_to_end`]). Reading the log is [`query`].
 
 use std::time::SystemTime;
 

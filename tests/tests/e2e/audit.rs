@@ -11,7 +11,7 @@ use herald_proto::v1::event_types_client::EventTypesClient;
 use herald_proto::v1::subscriptions_client::SubscriptionsClient;
 use herald_tests::herald::connect;
 use herald_tests::{
-    AgentAndReceiver, AgentOptions, ConfigStore, ControlPlane, event, subscription,
+    AgentAndReceiver, AgentOptions, ConfigStore, ControlPlane, Etcd, event, subscription,
 };
 
 const OPS: &str = "admin-ops-6c1e9a4f2b7d";
@@ -209,5 +209,97 @@ async fn every_change_is_recorded_with_its_actor() -> anyhow::Result<()> {
     let scoped = list(SHOP_B, pb::AuditFilter::default()).await?;
     assert_eq!(scoped.len(), 1);
     assert_eq!(scoped[0].tenant, "shop-b");
+    Ok(())
+}
+
+/// A caller that gives up (its deadline expires, it goes away) may or may not have made its
+/// change; a change that was made has its entry all the same.
+#[tokio::test]
+async fn a_change_whose_caller_gave_up_is_recorded_too() -> anyhow::Result<()> {
+    // On etcd a change takes a few round trips and a sync: callers give up half-way through.
+    let etcd = Etcd::start().await?;
+    let control_plane = ControlPlane::start(ConfigStore::Etcd(vec![etcd.endpoint()])).await?;
+    let channel = control_plane.channel().await?;
+    let mut subs = SubscriptionsClient::new(channel.clone());
+    let mut gave_up = 0;
+    // Deadlines from 0.1 ms up: the short ones expire before the change, the long ones after it,
+    // and some in between, while the change is being written.
+    for step in 1..=80 {
+        let deadline = Duration::from_micros(100 * step);
+        let mut request = tonic::Request::new(pb::CreateSubscriptionRequest {
+            subscription: Some(subscription(
+                "shop-late",
+                // An address, not a name: nothing waits on a name server.
+                "https://127.0.0.1:9/hooks",
+                &["order.*"],
+            )),
+            allow_unregistered: true,
+        });
+        request.set_timeout(deadline);
+        match tokio::time::timeout(deadline, subs.create_subscription(request)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(status)) => {
+                assert!(
+                    matches!(
+                        status.code(),
+                        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+                    ),
+                    "{status:?}"
+                );
+                gave_up += 1;
+            }
+            Err(_) => gave_up += 1,
+        }
+    }
+    assert!(gave_up > 0, "some callers gave up");
+    // Changes still running when their callers gave up end within moments.
+    let made_and_recorded = || {
+        let (mut subs, mut audit) = (subs.clone(), AuditClient::new(channel.clone()));
+        async move {
+            let created = subs
+                .list_subscriptions(pb::ListSubscriptionsRequest {
+                    tenant: "shop-late".into(),
+                    page_size: 1000,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .subscriptions;
+            let entries = audit
+                .list_audit_entries(pb::ListAuditEntriesRequest {
+                    filter: Some(pb::AuditFilter {
+                        tenant: "shop-late".into(),
+                        ..Default::default()
+                    }),
+                    page_size: 1000,
+                    page_token: String::new(),
+                })
+                .await?
+                .into_inner()
+                .entries;
+            let mut made: Vec<String> = created.into_iter().map(|s| s.id).collect();
+            let mut recorded: Vec<String> = entries.into_iter().map(|e| e.object).collect();
+            made.sort();
+            recorded.sort();
+            anyhow::Ok((made, recorded))
+        }
+    };
+    let settled = herald_tests::eventually(
+        Duration::from_secs(10),
+        "an entry for each change made",
+        || async {
+            let (made, recorded) = made_and_recorded().await?;
+            Ok((!made.is_empty() && made == recorded).then_some(()))
+        },
+    )
+    .await;
+    if settled.is_err() {
+        let (made, recorded) = made_and_recorded().await?;
+        panic!(
+            "{} changes made, {} recorded: {made:?} against {recorded:?}",
+            made.len(),
+            recorded.len()
+        );
+    }
     Ok(())
 }
