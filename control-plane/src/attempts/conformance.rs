@@ -866,6 +866,24 @@ async fn requests_as_sent_are_kept_once_per_delivery_within_scope(log: &dyn LogS
         ["sub_sent_2"]
     );
 
+    // Another tenant's delivery of an event with the same id: a caller who may see every
+    // tenant and names one reads that tenant's alone, and expunges that tenant's alone.
+    let theirs = with_request(
+        pb::Attempt {
+            tenant: "shop-3".into(),
+            ..attempt("evt_sent", "sub_sent_3", 1, pb::Outcome::Delivered, ms(40))
+        },
+        "{\"theirs\":1}",
+    );
+    log.insert(vec![theirs]).await.expect("theirs");
+    let named = |tenant: &str| SentQuery::new("evt_sent", "", tenant, all).expect("valid");
+    let of_shop_1 = log.sent_requests(named("shop-1")).await.expect("listed");
+    assert_eq!(subs(of_shop_1.requests), ["sub_sent_1", "sub_sent_2"]);
+    let expunged = log.expunge(named("shop-3")).await.expect("expunge");
+    assert_eq!(expunged.removed, 1, "shop-3's request alone");
+    assert_eq!(expunged.tenants.into_iter().collect::<Vec<_>>(), ["shop-3"]);
+    assert_eq!(sent_requests(log, "evt_sent", "", all).await.len(), 2);
+
     // Another tenant's caller reads none, and expunges none.
     let shop_2 = Scope::Only(["shop-2".to_owned()].into());
     assert!(sent_requests(log, "evt_sent", "", &shop_2).await.is_empty());

@@ -421,7 +421,10 @@ impl Filter {
     /// The tenants an attempt must belong to: `None` for any, else a list (with the
     /// filter's own tenant, when it names one, the only candidate).
     pub fn tenants(&self) -> Option<Vec<&str>> {
-        let names = self.tenants.names()?;
+        let Some(names) = self.tenants.names() else {
+            // A caller who may see every tenant and names one sees that one.
+            return (!self.wire.tenant.is_empty()).then(|| vec![self.wire.tenant.as_str()]);
+        };
         Some(if self.wire.tenant.is_empty() {
             names.iter().map(String::as_str).collect()
         } else {
