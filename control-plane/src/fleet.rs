@@ -314,18 +314,55 @@ impl Fleet {
         departed
     }
 
-    /// Sends a replay order to a connected agent; the receiver gets its result. `None` when
+    /// Sends a replay order to a connected agent; the future gives its result. `None` when
     /// the agent is not connected to this replica (or its stream cannot take more orders).
+    ///
+    /// Only the items of tenants the agent delivers for are sent (every tenant when its hello
+    /// named none): an agent id says nothing of whose deliveries it may hear of, since whoever
+    /// says hello with it first on a replica holds it there. The others are answered as
+    /// missed.
     pub fn send_replay(
         &self,
         agent_id: &str,
         items: Vec<pb::ReplayItem>,
-    ) -> Option<oneshot::Receiver<pb::ReplayResult>> {
-        let orders = self.lock().get(agent_id)?.orders.clone()?;
-        let (_, answer) = self.send_order(&self.pending, agent_id, &orders, |order_id| {
-            Order::Replay(pb::ReplayOrder { order_id, items })
-        })?;
-        Some(answer)
+    ) -> Option<impl Future<Output = Result<pb::ReplayResult, oneshot::error::RecvError>> + use<>>
+    {
+        let (tenants, orders) = {
+            let agents = self.lock();
+            let entry = agents.get(agent_id)?;
+            (entry.interest.tenants.clone(), entry.orders.clone()?)
+        };
+        let (items, refused): (Vec<_>, Vec<_>) = items
+            .into_iter()
+            .partition(|item| tenants.is_empty() || tenants.contains(&item.tenant));
+        let answer = if items.is_empty() {
+            None
+        } else {
+            let (_, answer) = self.send_order(&self.pending, agent_id, &orders, |order_id| {
+                Order::Replay(pb::ReplayOrder { order_id, items })
+            })?;
+            Some(answer)
+        };
+        let missed: Vec<pb::ReplayMiss> = refused
+            .into_iter()
+            .map(|item| pb::ReplayMiss {
+                reason: format!(
+                    "its agent does not deliver for tenant {:?} any more",
+                    item.tenant
+                ),
+                event_id: item.event_id,
+                subscription_id: item.subscription_id,
+                agent_id: agent_id.to_owned(),
+            })
+            .collect();
+        Some(async move {
+            let mut result = match answer {
+                Some(answer) => answer.await?,
+                None => pb::ReplayResult::default(),
+            };
+            result.missed.extend(missed);
+            Ok(result)
+        })
     }
 
     /// One of the connected agents `eligible` admits, taking turns: its id and order stream.
@@ -679,5 +716,51 @@ mod tests {
         assert_eq!(answered.missed[0].event_id.len(), MAX_EVENT_ID_LEN);
         assert_eq!(answered.missed[0].reason.len(), MAX_MISS_REASON);
         assert!(fleet.pending().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_agent_hears_of_the_deliveries_of_its_own_tenants_alone() {
+        let fleet = Fleet::new("replica-a");
+        let shop_a = pb::AgentHello {
+            tenants: vec!["shop-a".into()],
+            ..hello("agt_1")
+        };
+        let mut orders = fleet.connected(&shop_a, "shop-a-agents").expect("taken");
+        let item = |tenant: &str| pb::ReplayItem {
+            event_id: format!("evt_{tenant}"),
+            subscription_id: format!("sub_{tenant}"),
+            next_attempt: 2,
+            tenant: tenant.into(),
+        };
+        let answer = fleet
+            .send_replay("agt_1", vec![item("shop-a"), item("shop-b")])
+            .expect("sent");
+        let order = match orders.recv().await.expect("an order") {
+            Order::Replay(order) => order,
+            Order::Emit(_) | Order::Test(_) => panic!("a replay order"),
+        };
+        assert_eq!(order.items, [item("shop-a")], "nothing of shop-b's is sent");
+        fleet.replay_answered(
+            "agt_1",
+            pb::ReplayResult {
+                order_id: order.order_id,
+                queued: 1,
+                ..Default::default()
+            },
+        );
+        let answered = answer.await.expect("answered");
+        assert_eq!(answered.queued, 1);
+        let [missed] = answered.missed.as_slice() else {
+            panic!("shop-b's item missed: {answered:?}");
+        };
+        assert_eq!(missed.event_id, "evt_shop-b");
+        assert!(missed.reason.contains("shop-b"), "{}", missed.reason);
+
+        // Only another tenant's: no order at all.
+        let answer = fleet
+            .send_replay("agt_1", vec![item("shop-b")])
+            .expect("answered here");
+        assert_eq!(answer.await.expect("answered").missed.len(), 1);
+        assert!(orders.try_recv().is_err(), "no order sent");
     }
 }

@@ -128,6 +128,7 @@ pub async fn replay(
                 event_id,
                 subscription_id,
                 next_attempt: latest.attempt + 1,
+                tenant: latest.tenant,
             });
     }
     let mut response = pb::ReplayDeliveriesResponse::default();

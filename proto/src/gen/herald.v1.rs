@@ -927,6 +927,10 @@ pub struct ReplayItem {
     /// every attempt.
     #[prost(uint32, tag = "3")]
     pub next_attempt: u32,
+    /// The subscription's tenant. A control plane sends an agent only the items of tenants it
+    /// delivers for (all of them when its hello named none).
+    #[prost(string, tag = "4")]
+    pub tenant: ::prost::alloc::string::String,
 }
 /// A replay order one control-plane replica hands another through the config store
 /// (`/herald/v1/replay-orders/<replica>/<id>`), for an agent whose config stream the other
