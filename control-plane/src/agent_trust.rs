@@ -121,7 +121,9 @@ pub enum Refusal {
     /// The attempt names another tenant than its subscription's.
     tenant_mismatch,
     /// A field the log finds attempts by (event id, event type, URL, error kind, agent id)
-    /// breaks the API's limits; no agent of this version sends one.
+    /// breaks the API's limits, or the attempt is not one an agent makes (no known outcome,
+    /// no HTTP status, no number, no start, or one a day or more ahead, a negative or
+    /// day-long duration); no agent of this version sends one.
     malformed,
 }
 
@@ -129,14 +131,37 @@ pub enum Refusal {
 /// newer agent's kinds are kept as they come).
 pub const MAX_ERROR_KIND_LEN: usize = 32;
 
-/// Whether the fields the log finds `attempt` by are within the limits every agent keeps:
-/// an event id as `Emit` accepts them, and types, URLs and names no longer than theirs.
-fn well_formed(attempt: &pb::Attempt) -> bool {
+/// The longest an attempt may say it took: far past any subscription's timeout.
+const MAX_ATTEMPT_DURATION: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+/// How far ahead of this replica's clock an attempt may say it started (an agent's clock may
+/// run ahead a little; a date in the future would skew endpoint health and the log's days).
+const MAX_CLOCK_AHEAD: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
+/// Whether `attempt` is one an agent makes: the fields the log finds it by within the limits
+/// every agent keeps (an event id as `Emit` accepts them; types, URLs and names no longer than
+/// theirs), and an outcome, HTTP status, number, start and duration that can be.
+fn well_formed(attempt: &pb::Attempt, now: std::time::SystemTime) -> bool {
+    let outcome = pb::Outcome::try_from(attempt.outcome);
+    let started = attempt
+        .started_at
+        .as_ref()
+        .filter(|t| herald_proto::convert::validate_timestamp("started_at", t).is_ok())
+        .map(herald_proto::convert::system_time);
+    // None: an attempt that sent nothing.
+    let took = attempt
+        .duration
+        .as_ref()
+        .map(herald_proto::convert::valid_duration);
     validate::event_id(&attempt.event_id).is_ok()
         && attempt.event_type.len() <= MAX_EVENT_TYPE_LEN
         && attempt.url.len() <= MAX_URL_LEN
         && attempt.error_kind.len() <= MAX_ERROR_KIND_LEN
         && attempt.agent_id.len() <= MAX_HELLO_FIELD
+        && outcome.is_ok_and(|o| o != pb::Outcome::Unspecified)
+        && (attempt.status_code == 0 || (100..=599).contains(&attempt.status_code))
+        && attempt.attempt >= 1
+        && started.is_some_and(|t| t <= now + MAX_CLOCK_AHEAD)
+        && took.is_none_or(|d| d.is_some_and(|d| d <= MAX_ATTEMPT_DURATION))
 }
 
 /// Whether an agent calling as `who` may report `attempt`, made for `sub` (`None`: no such
@@ -146,7 +171,7 @@ pub fn check_report(
     sub: Option<&pb::Subscription>,
     attempt: &pb::Attempt,
 ) -> Result<(), Refusal> {
-    if !well_formed(attempt) {
+    if !well_formed(attempt, std::time::SystemTime::now()) {
         return Err(Refusal::malformed);
     }
     let Some(sub) = sub else {
@@ -242,10 +267,18 @@ mod tests {
             regions: regions.iter().map(|r| r.to_string()).collect(),
             ..Default::default()
         };
+        let now = std::time::SystemTime::now();
         let attempt = |tenant: &str| pb::Attempt {
             event_id: "evt_1".into(),
             subscription_id: "sub_1".into(),
             tenant: tenant.into(),
+            attempt: 1,
+            outcome: pb::Outcome::Failed as i32,
+            status_code: 503,
+            started_at: Some(herald_proto::convert::timestamp(now)),
+            duration: Some(herald_proto::convert::duration(
+                std::time::Duration::from_millis(40),
+            )),
             ..Default::default()
         };
         assert_eq!(
@@ -301,6 +334,54 @@ mod tests {
             },
             pb::Attempt {
                 agent_id: long.clone(),
+                ..attempt("shop-a")
+            },
+            // Nothing an agent reports: what would skew endpoint health and the log's days.
+            pb::Attempt {
+                outcome: 99,
+                ..attempt("shop-a")
+            },
+            pb::Attempt {
+                outcome: pb::Outcome::Unspecified as i32,
+                ..attempt("shop-a")
+            },
+            pb::Attempt {
+                status_code: 99_999,
+                ..attempt("shop-a")
+            },
+            pb::Attempt {
+                attempt: 0,
+                ..attempt("shop-a")
+            },
+            pb::Attempt {
+                started_at: None,
+                ..attempt("shop-a")
+            },
+            pb::Attempt {
+                started_at: Some(prost_types::Timestamp {
+                    seconds: 253_402_300_800,
+                    nanos: 0,
+                }),
+                ..attempt("shop-a")
+            },
+            pb::Attempt {
+                started_at: Some(herald_proto::convert::timestamp(
+                    now + std::time::Duration::from_secs(3 * 24 * 3600),
+                )),
+                ..attempt("shop-a")
+            },
+            pb::Attempt {
+                started_at: Some(prost_types::Timestamp {
+                    seconds: 1_700_000_000,
+                    nanos: -1,
+                }),
+                ..attempt("shop-a")
+            },
+            pb::Attempt {
+                duration: Some(prost_types::Duration {
+                    seconds: -100,
+                    nanos: 0,
+                }),
                 ..attempt("shop-a")
             },
         ] {

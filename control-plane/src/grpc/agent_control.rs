@@ -255,7 +255,18 @@ impl AgentControl for AgentControlService {
                     let _ = tx.send(Err(status)).await;
                     return;
                 }
-                let attempts = match admitted(&who, &hub, &registry, batch.attempts).await {
+                // An attempt is the batch's agent's, whatever it says: replays of it are sent
+                // to that agent, which must serve its tenant (`Fleet::send_replay`).
+                let mut attempts = batch.attempts;
+                if !batch.agent_id.is_empty() {
+                    let agent = agent_trust::cut(&batch.agent_id, agent_trust::MAX_HELLO_FIELD);
+                    for attempt in &mut attempts {
+                        if attempt.agent_id != agent {
+                            agent.clone_into(&mut attempt.agent_id);
+                        }
+                    }
+                }
+                let attempts = match admitted(&who, &hub, &registry, attempts).await {
                     Ok(mut admitted) => {
                         for attempt in &mut admitted.attempts {
                             sent_request::bound(&mut attempt.request, body_limit);
@@ -270,7 +281,8 @@ impl AgentControl for AgentControlService {
                                 refused = admitted.refused.len(),
                                 first_reason = ?admitted.refused[0],
                                 "attempt reports refused: their subscriptions are unknown or \
-                                 outside the agent token's scope"
+                                 outside the agent token's scope, or they are malformed \
+                                 (first_reason)"
                             );
                         }
                         admitted.attempts

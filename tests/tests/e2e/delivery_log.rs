@@ -719,6 +719,7 @@ async fn a_report_batch_waits_while_others_hold_the_replicas_budget_of_reports()
             started_at: Some(herald_proto::convert::timestamp(
                 std::time::SystemTime::now(),
             )),
+            duration: Some(herald_proto::convert::duration(Duration::from_millis(5))),
             status_code: 200,
             outcome: pb::Outcome::Delivered as i32,
             response_excerpt: "x".repeat(500),

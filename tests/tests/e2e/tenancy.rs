@@ -663,10 +663,12 @@ async fn an_agent_token_is_trusted_only_for_its_tenants_and_regions() -> anyhow:
             attempt("evt_forged", &sub_a.id, "shop-a"),
             attempt("evt_forged", &sub_a.id, "shop-b"),
             attempt("evt_forged", "sub_01NOSUCHSUBSCRIPTION00000", "shop-b"),
+            // Its own, though it names another agent: stored as the batch's agent's.
             pb::Attempt {
                 status_code: 200,
                 error_kind: String::new(),
                 outcome: pb::Outcome::Delivered as i32,
+                agent_id: "agt_someone_else".into(),
                 ..attempt("evt_true", &sub_b.id, "shop-b")
             },
         ],
@@ -677,11 +679,17 @@ async fn an_agent_token_is_trusted_only_for_its_tenants_and_regions() -> anyhow:
         "the batch is acknowledged: the agent does not resend it"
     );
     let stored = control_plane.attempts(pb::AttemptFilter::default()).await?;
-    let stored: Vec<(&str, &str)> = stored
+    let stored: Vec<(&str, &str, &str)> = stored
         .iter()
-        .map(|a| (a.event_id.as_str(), a.subscription_id.as_str()))
+        .map(|a| {
+            (
+                a.event_id.as_str(),
+                a.subscription_id.as_str(),
+                a.agent_id.as_str(),
+            )
+        })
         .collect();
-    assert_eq!(stored, [("evt_true", sub_b.id.as_str())]);
+    assert_eq!(stored, [("evt_true", sub_b.id.as_str(), "agt_b_eu")]);
     let still = control_plane
         .subscriptions()
         .await?
