@@ -6,7 +6,7 @@
 //! connected to any replica, does not answer, or no longer holds the event is reported as not
 //! replayable, never skipped silently.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use herald_core::validate;
 use herald_proto::v1 as pb;
@@ -62,8 +62,18 @@ struct Latest {
 pub struct Replayed {
     /// The answer to the caller.
     pub response: pb::ReplayDeliveriesResponse,
-    /// The tenants of the deliveries it named.
-    pub tenants: BTreeSet<String>,
+    /// Per tenant whose deliveries it named, what came of them: an audit entry of one tenant
+    /// tells nothing of another's.
+    pub tenants: BTreeMap<String, TenantCount>,
+}
+
+/// What a replay did with one tenant's deliveries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TenantCount {
+    /// Deliveries queued again.
+    pub queued: u32,
+    /// Deliveries that could not be queued.
+    pub not_replayable: u32,
 }
 
 /// Finds the deliveries `request` names in `log` among those of `tenants` (the caller's
@@ -112,7 +122,11 @@ pub async fn replay(
         .into_iter()
         .filter(|(_, latest)| request.outcome == 0 || latest.outcome == request.outcome)
         .collect();
-    let named: BTreeSet<String> = deliveries.values().map(|l| l.tenant.clone()).collect();
+    // Whose each delivery is, to count per tenant what came of it.
+    let tenant_of: BTreeMap<(String, String), String> = deliveries
+        .iter()
+        .map(|(key, latest)| (key.clone(), latest.tenant.clone()))
+        .collect();
     if deliveries.len() > MAX_REPLAY {
         return Err(ReplayError::Invalid(format!(
             "{} deliveries match; one replay covers at most {MAX_REPLAY}: narrow the time range",
@@ -184,10 +198,28 @@ pub async fn replay(
                 .extend(missed_all(&items, "its agent did not answer in time")),
         }
     }
-    Ok(Replayed {
-        response,
-        tenants: named,
-    })
+    let tenants = count_by_tenant(&tenant_of, &response.not_replayable);
+    Ok(Replayed { response, tenants })
+}
+
+/// Per tenant, of the deliveries `tenant_of` names (by event and subscription), how many were
+/// queued and how many `missed`.
+fn count_by_tenant(
+    tenant_of: &BTreeMap<(String, String), String>,
+    missed: &[pb::ReplayMiss],
+) -> BTreeMap<String, TenantCount> {
+    let mut tenants: BTreeMap<String, TenantCount> = BTreeMap::new();
+    for tenant in tenant_of.values() {
+        tenants.entry(tenant.clone()).or_default().queued += 1;
+    }
+    for miss in missed {
+        let key = (miss.event_id.clone(), miss.subscription_id.clone());
+        if let Some(count) = tenant_of.get(&key).and_then(|t| tenants.get_mut(t)) {
+            count.queued = count.queued.saturating_sub(1);
+            count.not_replayable += 1;
+        }
+    }
+    tenants
 }
 
 /// Adds what `agent_id` did with its order to `response`.
@@ -247,5 +279,45 @@ async fn latest_attempts(
             )));
         }
         token = page.next_page_token;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_tenant_is_told_its_own_counts() {
+        let key = |event: &str, sub: &str| (event.to_owned(), sub.to_owned());
+        let tenant_of = BTreeMap::from([
+            (key("evt_1", "sub_a1"), "shop-a".to_owned()),
+            (key("evt_1", "sub_a2"), "shop-a".to_owned()),
+            (key("evt_1", "sub_b1"), "shop-b".to_owned()),
+        ]);
+        let missed = [pb::ReplayMiss {
+            event_id: "evt_1".into(),
+            subscription_id: "sub_a2".into(),
+            ..Default::default()
+        }];
+        let counts = count_by_tenant(&tenant_of, &missed);
+        assert_eq!(
+            counts,
+            BTreeMap::from([
+                (
+                    "shop-a".to_owned(),
+                    TenantCount {
+                        queued: 1,
+                        not_replayable: 1
+                    }
+                ),
+                (
+                    "shop-b".to_owned(),
+                    TenantCount {
+                        queued: 1,
+                        not_replayable: 0
+                    }
+                ),
+            ])
+        );
     }
 }

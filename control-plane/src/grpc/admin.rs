@@ -430,30 +430,22 @@ impl Deliveries for DeliveriesService {
                 .await?;
         let response = replayed.response;
         // One entry per tenant whose deliveries it named (one, but for an event id that
-        // several tenants use); none named: one entry of no tenant.
-        let tenants: Vec<String> = if replayed.tenants.is_empty() {
-            vec![String::new()]
-        } else {
-            replayed.tenants.into_iter().collect()
-        };
-        // The counts cover every tenant the replay named: an entry of one of several tenants
-        // does not tell another tenant's.
-        let detail = if tenants.len() == 1 {
-            format!(
-                "{} queued, {} not replayable",
-                response.queued,
-                response.not_replayable.len()
-            )
-        } else {
-            "a replay across tenants".to_owned()
-        };
-        for tenant in &tenants {
+        // several tenants use), with that tenant's counts alone; none named: one entry of no
+        // tenant.
+        let mut tenants = replayed.tenants;
+        if tenants.is_empty() {
+            tenants.insert(String::new(), Default::default());
+        }
+        for (tenant, count) in &tenants {
             let change = Change {
                 action: Action::DeliveriesReplay,
                 tenant,
                 object: &named,
                 revision: 0,
-                detail: detail.clone(),
+                detail: format!(
+                    "{} queued, {} not replayable",
+                    count.queued, count.not_replayable
+                ),
             };
             self.audit.record(&who, change).await;
         }
