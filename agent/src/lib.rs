@@ -795,17 +795,7 @@ fn tenant(text: &str) -> Result<String, String> {
 /// An `--event-type-prefixes` entry: the start of event types, e.g. `order.` or `order.created`.
 fn event_type_prefix(text: &str) -> Result<String, String> {
     let prefix = text.trim();
-    let valid = !prefix.is_empty()
-        && prefix.len() <= herald_core::limits::MAX_EVENT_TYPE_LEN
-        && prefix
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.');
-    if !valid {
-        return Err(format!(
-            "{prefix:?}: an event-type prefix is 1 to {} characters of a-z, 0-9, _ and . (e.g. order.)",
-            herald_core::limits::MAX_EVENT_TYPE_LEN
-        ));
-    }
+    herald_core::validate::event_type_prefix(prefix).map_err(|e| e.reason)?;
     Ok(prefix.to_owned())
 }
 

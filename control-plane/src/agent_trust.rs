@@ -4,7 +4,8 @@
 //! - **Hello**: the agent's region must lie within the token's regions; the tenants it names
 //!   must lie within the token's tenants, and a hello that names none (all tenants) is
 //!   narrowed to the token's. The config stream, emit orders and the agents list then all see
-//!   the narrowed interest. Every field of the hello is bounded.
+//!   the narrowed interest. Every field of the hello is checked as an agent checks its own
+//!   flags, and a revision it claims beyond what it was sent counts for nothing.
 //! - **Reports**: an attempt is stored only when its subscription is one the control plane
 //!   knows (now, or deleted within the last day), lies within the token's scope, and belongs
 //!   to the attempt's tenant. Others are refused, counted by [`Refusal`] and logged, and the
@@ -25,49 +26,11 @@ use crate::access::{Identity, Scope};
 pub const MAX_HELLO_FIELD: usize = herald_core::validate::MAX_AGENT_FIELD_LEN;
 /// The longest reason of a refused config change that is kept (longer ones are cut).
 pub const MAX_NACK_REASON: usize = 1024;
-/// The longest event-type prefix of an interest.
-const MAX_PREFIX: usize = 256;
 
 /// The hello as the control plane takes it from an agent calling as `who`: checked against
 /// the token's scope and narrowed to it.
 pub fn admit_hello(who: &Identity, mut hello: pb::AgentHello) -> Result<pb::AgentHello, Status> {
-    for (field, value) in [
-        ("agent_id", &hello.agent_id),
-        ("node", &hello.node),
-        ("region", &hello.region),
-        ("version", &hello.version),
-    ] {
-        if value.len() > MAX_HELLO_FIELD {
-            return Err(herald_proto::convert::invalid_field(
-                field,
-                format!("at most {MAX_HELLO_FIELD} bytes"),
-            ));
-        }
-    }
-    if hello.agent_id.is_empty() {
-        return Err(herald_proto::convert::invalid_field(
-            "agent_id",
-            "is required",
-        ));
-    }
-    if hello.tenants.len() + hello.event_type_prefixes.len() > MAX_INTEREST {
-        return Err(Status::invalid_argument(format!(
-            "interest: at most {MAX_INTEREST} tenants and prefixes"
-        )));
-    }
-    for tenant in &hello.tenants {
-        herald_core::validate::tenant(tenant)
-            .map_err(|e| Status::invalid_argument(format!("interest: {e}")))?;
-    }
-    if hello
-        .event_type_prefixes
-        .iter()
-        .any(|p| p.len() > MAX_PREFIX)
-    {
-        return Err(Status::invalid_argument(format!(
-            "interest: an event-type prefix is at most {MAX_PREFIX} bytes"
-        )));
-    }
+    check_hello(&hello).map_err(herald_proto::convert::invalid_argument)?;
     if !who.regions.allows(&hello.region) {
         return Err(Status::permission_denied(format!(
             "{} serves the regions {}, not {}",
@@ -94,6 +57,43 @@ pub fn admit_hello(who: &Identity, mut hello: pb::AgentHello) -> Result<pb::Agen
         }
     }
     Ok(hello)
+}
+
+/// Checks a hello's fields as an agent checks its own flags (`--id`, `--node`, `--region`,
+/// `--tenants`, `--event-type-prefixes`): an id of the characters agent ids use, a node and
+/// version shown as given, a region as subscriptions name them (or none), tenants as the API
+/// names them, and bounded lists of them.
+fn check_hello(hello: &pb::AgentHello) -> Result<(), validate::ValidationError> {
+    use validate::ValidationError;
+    if hello.agent_id.is_empty() {
+        return Err(ValidationError::new("agent_id", "is required"));
+    }
+    validate::agent_id(&hello.agent_id)?;
+    validate::shown_text("node", &hello.node, MAX_HELLO_FIELD)?;
+    if !hello.region.is_empty() {
+        validate::region(&hello.region)?;
+    }
+    validate::shown_text("version", &hello.version, MAX_HELLO_FIELD)?;
+    if hello.tenants.len() + hello.event_type_prefixes.len() > MAX_INTEREST {
+        let field = if hello.tenants.len() > hello.event_type_prefixes.len() {
+            "tenants"
+        } else {
+            "event_type_prefixes"
+        };
+        return Err(ValidationError::new(
+            field,
+            format!("at most {MAX_INTEREST} tenants and prefixes together"),
+        ));
+    }
+    for (i, tenant) in hello.tenants.iter().enumerate() {
+        validate::tenant(tenant)
+            .map_err(|e| ValidationError::new(format!("tenants[{i}]"), e.reason))?;
+    }
+    for (i, prefix) in hello.event_type_prefixes.iter().enumerate() {
+        validate::event_type_prefix(prefix)
+            .map_err(|e| ValidationError::new(format!("event_type_prefixes[{i}]"), e.reason))?;
+    }
+    Ok(())
 }
 
 /// `reason` cut to at most [`MAX_NACK_REASON`] bytes.
@@ -254,6 +254,58 @@ mod tests {
         }
         let bad_tenant = admit_hello(&fleet, hello("", &["a/b"])).unwrap_err();
         assert_eq!(bad_tenant.code(), tonic::Code::InvalidArgument);
+        // Fields as an agent checks its own flags, each refusal naming its field.
+        let refused_field = |h: pb::AgentHello| {
+            let status = admit_hello(&fleet, h).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+            herald_proto::convert::refused_field(&status)
+                .expect("a field violation")
+                .field
+        };
+        assert_eq!(refused_field(hello("", &["shop-a", "a/b"])), "tenants[1]");
+        assert_eq!(
+            refused_field(pb::AgentHello {
+                agent_id: "a b".into(),
+                ..hello("", &[])
+            }),
+            "agent_id"
+        );
+        assert_eq!(
+            refused_field(pb::AgentHello {
+                agent_id: String::new(),
+                ..hello("", &[])
+            }),
+            "agent_id"
+        );
+        assert_eq!(refused_field(hello("EU West", &[])), "region");
+        assert_eq!(
+            refused_field(pb::AgentHello {
+                node: "node\u{1b}[2J".into(),
+                ..hello("", &[])
+            }),
+            "node"
+        );
+        assert_eq!(
+            refused_field(pb::AgentHello {
+                event_type_prefixes: vec!["order.".into(), "Order!".into()],
+                ..hello("", &[])
+            }),
+            "event_type_prefixes[1]"
+        );
+        assert_eq!(
+            refused_field(pb::AgentHello {
+                tenants: vec!["shop".into(); MAX_INTEREST + 1],
+                ..hello("", &[])
+            }),
+            "tenants"
+        );
+        let as_agents_send_it = pb::AgentHello {
+            node: "node-1".into(),
+            version: "0.1.0".into(),
+            event_type_prefixes: vec!["order.".into()],
+            ..hello("eu-west-1", &["shop-a"])
+        };
+        assert!(admit_hello(&fleet, as_agents_send_it).is_ok());
         assert_eq!(bounded_reason(&"é".repeat(1000)).len(), MAX_NACK_REASON);
         assert_eq!(bounded_reason("short"), "short");
     }

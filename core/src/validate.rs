@@ -10,8 +10,8 @@ pub use crate::limits;
 
 use limits::{
     MAX_ATTRIBUTE_KEY_LEN, MAX_ATTRIBUTE_VALUE_LEN, MAX_ATTRIBUTES, MAX_DESCRIPTION_LEN,
-    MAX_EVENT_ID_LEN, MAX_HEADER_NAME_LEN, MAX_HEADER_VALUE_LEN, MAX_HEADERS, MAX_ORDERING_KEY_LEN,
-    MAX_TENANT_LEN, MAX_URL_LEN,
+    MAX_EVENT_ID_LEN, MAX_EVENT_TYPE_LEN, MAX_HEADER_NAME_LEN, MAX_HEADER_VALUE_LEN, MAX_HEADERS,
+    MAX_ORDERING_KEY_LEN, MAX_TENANT_LEN, MAX_URL_LEN,
 };
 
 /// A field that breaks one of Herald's rules: which field, and why.
@@ -113,6 +113,29 @@ pub fn node(value: &str) -> Result<(), ValidationError> {
         return Err(ValidationError::new("node", "must not be empty"));
     }
     shown_text("node", value, MAX_AGENT_FIELD_LEN)
+}
+
+/// Checks an event-type prefix of an agent's interest (`--event-type-prefixes`): the start of
+/// event types, such as `order.` or `order.created`, 1 to [`MAX_EVENT_TYPE_LEN`] characters of
+/// `a-z`, `0-9`, `_` and `.`.
+pub fn event_type_prefix(value: &str) -> Result<(), ValidationError> {
+    let valid = !value.is_empty()
+        && value.len() <= MAX_EVENT_TYPE_LEN
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.');
+    if valid {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            "event_type_prefix",
+            format!(
+                "{}: an event-type prefix is 1 to {MAX_EVENT_TYPE_LEN} characters of a-z, 0-9, _ \
+                 and . (e.g. order.)",
+                quoted(value)
+            ),
+        ))
+    }
 }
 
 /// The longest agent id, node, region and version an agent may name itself by.

@@ -144,7 +144,7 @@ impl AgentControl for AgentControlService {
                 "the first message must be a hello",
             ));
         };
-        let hello = agent_trust::admit_hello(&who, hello)?;
+        let mut hello = agent_trust::admit_hello(&who, hello)?;
         let interest = Interest::new(&hello);
         let shared = Shared {
             hub: self.hub.clone(),
@@ -166,6 +166,12 @@ impl AgentControl for AgentControlService {
         }
         if let Some(unreadable) = shared.hub.unreadable() {
             return Err(cannot_serve(&unreadable));
+        }
+        // A revision ahead of the store's is none this replica's config came from (a store
+        // restored from an older backup, or an agent's mistake): the agent gets a snapshot, and
+        // is listed as holding nothing until it acks one.
+        if !(0..=shared.hub.revision()).contains(&hello.last_revision) {
+            hello.last_revision = 0;
         }
         let mut orders = shared
             .fleet
@@ -517,12 +523,14 @@ async fn follow(shared: &Shared, session: Session<'_>) {
             () = shutdown.cancelled() => return,
             message = inbound.message() => match message {
                 Ok(Some(pb::ConfigRequest { kind: Some(Kind::Ack(ack)) })) => {
-                    acked = acked.max(ack.revision);
+                    // An agent cannot have applied more than it was sent.
+                    let revision = ack.revision.min(sent);
+                    acked = acked.max(revision);
                     // Changes filtered out while this ack was on its way count as applied.
-                    let current = if acked >= sent { newest.max(acked) } else { ack.revision };
+                    let current = if acked >= sent { newest.max(acked) } else { revision };
                     fleet.acked(agent, current);
-                    while let Some((revision, seen_at)) = unacked.front().copied() {
-                        if revision > ack.revision {
+                    while let Some((pending, seen_at)) = unacked.front().copied() {
+                        if pending > revision {
                             break;
                         }
                         metrics.converged(seen_at.elapsed());
