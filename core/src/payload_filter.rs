@@ -42,7 +42,7 @@ pub const MAX_FILTER_DEPTH: usize = 8;
 pub const MAX_IN_VALUES: usize = 256;
 
 /// The field name callers know the filter by in errors.
-const FIELD: &str = "filter";
+const FIELD: &str = "payload_filter";
 
 /// A checked payload filter, ready to evaluate.
 #[derive(Debug, Clone)]
@@ -641,48 +641,54 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             (
                 r#"{"total": {"$gtx": 1}}"#,
-                "filter: total.$gtx: unknown operator",
+                "payload_filter: total.$gtx: unknown operator",
             ),
-            (r#"{"$nor": []}"#, "filter: $nor: unknown operator here"),
+            (
+                r#"{"$nor": []}"#,
+                "payload_filter: $nor: unknown operator here",
+            ),
             (
                 r#"{"total": {"$gte": true}}"#,
-                "filter: total.$gte: must be a number or a string",
+                "payload_filter: total.$gte: must be a number or a string",
             ),
             (
                 r#"{"a": {"$in": "x"}}"#,
-                "filter: a.$in: must be an array of values",
+                "payload_filter: a.$in: must be an array of values",
             ),
             (
                 r#"{"a": {"$exist": 1}}"#,
-                "filter: a.$exist: must be true or false",
+                "payload_filter: a.$exist: must be true or false",
             ),
             (
                 r#"{"a": {"$startsWith": 1}}"#,
-                "filter: a.$startsWith: must be a string",
+                "payload_filter: a.$startsWith: must be a string",
             ),
             (
                 r#"{"$or": []}"#,
-                "filter: $or: must be a non-empty array of filters",
+                "payload_filter: $or: must be a non-empty array of filters",
             ),
             (
                 r#"{"$and": {"a": 1}}"#,
-                "filter: $and: must be a non-empty array of filters",
+                "payload_filter: $and: must be a non-empty array of filters",
             ),
             (
                 r#"{"$or": [{"a": 1}, 2]}"#,
-                "filter: $or[1]: must be an object",
+                "payload_filter: $or[1]: must be an object",
             ),
             (
                 r#"{"c": {"$attributes": {"a": "b"}}}"#,
-                "filter: c.$attributes: is allowed at the top level only",
+                "payload_filter: c.$attributes: is allowed at the top level only",
             ),
             (
                 r#"{"c": {"$eq": 1, "d": 2}}"#,
-                "filter: c: mixes operators and fields",
+                "payload_filter: c: mixes operators and fields",
             ),
-            (r#"{"a..b": 1}"#, "filter: a..b: is not a field name"),
-            (r#"[1]"#, "filter: (top): must be an object"),
-            (r#"{"a": "#, "filter: is not a valid JSON document"),
+            (
+                r#"{"a..b": 1}"#,
+                "payload_filter: a..b: is not a field name",
+            ),
+            (r#"[1]"#, "payload_filter: (top): must be an object"),
+            (r#"{"a": "#, "payload_filter: is not a valid JSON document"),
         ];
         for (filter, expected) in cases {
             let err = PayloadFilter::parse(filter).expect_err(filter).to_string();

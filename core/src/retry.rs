@@ -39,7 +39,7 @@ pub const DEFAULT_DELAYS: [Duration; 7] = [
 /// an outage are not hit by every retry at the same instant.
 pub const JITTER: f64 = 0.2;
 
-const FIELD: &str = "retry_schedule";
+const FIELD: &str = "retry";
 
 /// A validated list of delays between delivery attempts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -362,7 +362,7 @@ mod tests {
             too_many.as_str(),
         ] {
             let err = RetrySchedule::parse(bad).unwrap_err();
-            assert_eq!(err.field, "retry_schedule", "{bad}");
+            assert_eq!(err.field, "retry", "{bad}");
         }
         assert!(RetrySchedule::new(vec![Duration::ZERO]).is_err());
         assert!(RetrySchedule::new(vec![MAX_DELAY + Duration::from_nanos(1)]).is_err());
@@ -422,7 +422,7 @@ mod tests {
             "base=soon,factor=2,cap=1h,attempts=3",
         ] {
             let err = Exponential::parse(bad).unwrap_err();
-            assert_eq!(err.field, "retry_schedule", "{bad}");
+            assert_eq!(err.field, "retry", "{bad}");
         }
     }
 }

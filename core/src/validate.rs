@@ -441,39 +441,68 @@ pub fn ordering_key(value: &str) -> Result<(), ValidationError> {
 }
 
 /// Checks an event's attributes: at most [`MAX_ATTRIBUTES`] entries, keys 1 to
-/// [`MAX_ATTRIBUTE_KEY_LEN`] bytes, values at most [`MAX_ATTRIBUTE_VALUE_LEN`] bytes.
+/// [`MAX_ATTRIBUTE_KEY_LEN`] bytes, values at most [`MAX_ATTRIBUTE_VALUE_LEN`] bytes, neither
+/// with a character that hides or reorders what is shown ([`shown_text`]).
 pub fn attributes<'a>(
     attributes: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Result<(), ValidationError> {
-    const FIELD: &str = "attributes";
-    for (count, (key, value)) in attributes.into_iter().enumerate() {
+    string_map("attributes", "attribute", attributes)
+}
+
+/// Checks a subscription's labels by the rules of [`attributes`] (their count is checked
+/// apart, against the labels' own limit).
+pub fn labels<'a>(
+    labels: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<(), ValidationError> {
+    string_map("labels", "label", labels)
+}
+
+/// Checks a map of short texts named `field`, each entry a `noun`.
+fn string_map<'a>(
+    field: &str,
+    noun: &str,
+    entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<(), ValidationError> {
+    for (count, (key, value)) in entries.into_iter().enumerate() {
         if count == MAX_ATTRIBUTES {
             return Err(ValidationError::new(
-                FIELD,
-                format!("more than {MAX_ATTRIBUTES} attributes"),
+                field,
+                format!("more than {MAX_ATTRIBUTES} {noun}s"),
             ));
         }
         if key.is_empty() {
-            return Err(ValidationError::new(FIELD, "an attribute key is empty"));
+            return Err(ValidationError::new(
+                field,
+                format!("a {noun} key is empty"),
+            ));
         }
         if key.len() > MAX_ATTRIBUTE_KEY_LEN {
             return Err(ValidationError::new(
-                FIELD,
+                field,
                 format!(
-                    "an attribute key is {} bytes, longer than the limit of {MAX_ATTRIBUTE_KEY_LEN}",
+                    "a {noun} key is {} bytes, longer than the limit of {MAX_ATTRIBUTE_KEY_LEN}",
                     key.len()
                 ),
             ));
         }
         if value.len() > MAX_ATTRIBUTE_VALUE_LEN {
             return Err(ValidationError::new(
-                FIELD,
+                field,
                 format!(
-                    "value of attribute {key:?} is {} bytes, longer than the limit of {MAX_ATTRIBUTE_VALUE_LEN}",
+                    "value of {noun} {} is {} bytes, longer than the limit of {MAX_ATTRIBUTE_VALUE_LEN}",
+                    quoted(key),
                     value.len()
                 ),
             ));
         }
+        shown_text(field, key, MAX_ATTRIBUTE_KEY_LEN)
+            .map_err(|e| ValidationError::new(field, format!("a {noun} key {}", e.reason)))?;
+        shown_text(field, value, MAX_ATTRIBUTE_VALUE_LEN).map_err(|e| {
+            ValidationError::new(
+                field,
+                format!("value of {noun} {} {}", quoted(key), e.reason),
+            )
+        })?;
     }
     Ok(())
 }
@@ -803,5 +832,19 @@ mod tests {
         let all = keys.iter().map(|k| (k.as_str(), "v"));
         assert!(attributes(all.clone().take(MAX_ATTRIBUTES)).is_ok());
         assert!(attributes(all).is_err());
+        // Nothing that hides what is shown, in keys or values; lines and tabs in values pass.
+        for (k, v) in [
+            ("k\0", "v"),
+            ("k", "v\0"),
+            ("a\u{202E}b", "v"),
+            ("k", "\x1b[2J"),
+        ] {
+            assert!(attributes([(k, v)]).is_err(), "{k:?} {v:?}");
+        }
+        assert!(attributes([("k", "two\nlines\tand a tab")]).is_ok());
+        // Labels by the same rules, named as labels.
+        let refused = labels([("", "x")]).unwrap_err();
+        assert_eq!(refused.field, "labels");
+        assert_eq!(refused.reason, "a label key is empty");
     }
 }

@@ -103,14 +103,14 @@ pub fn check_given_durations(wire: &pb::Subscription) -> Result<(), ValidationEr
     let given = [
         ("timeout", wire.timeout.as_ref()),
         ("disable_min_failing", wire.disable_min_failing.as_ref()),
-        ("retry_schedule", exponential.and_then(|e| e.base.as_ref())),
-        ("retry_schedule", exponential.and_then(|e| e.cap.as_ref())),
+        ("retry", exponential.and_then(|e| e.base.as_ref())),
+        ("retry", exponential.and_then(|e| e.cap.as_ref())),
     ]
     .into_iter()
     .chain(
         retry
             .into_iter()
-            .flat_map(|r| r.delays.iter().map(|d| ("retry_schedule", Some(d)))),
+            .flat_map(|r| r.delays.iter().map(|d| ("retry", Some(d)))),
     );
     for (field, duration) in given {
         if let Some(duration) = duration
@@ -223,8 +223,7 @@ pub fn subscription(
             format!("at most {MAX_LABELS} labels"),
         ));
     }
-    validate::attributes(wire.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .map_err(|e| ValidationError::new("labels", e.reason))?;
+    validate::labels(wire.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
     let timeout = match &wire.timeout {
         None => DEFAULT_TIMEOUT,
         Some(t) => std_duration(t)
@@ -471,15 +470,14 @@ pub fn retry_schedule(policy: Option<&pb::RetryPolicy>) -> Result<RetrySchedule,
             let delays = delays
                 .iter()
                 .map(|d| {
-                    std_duration(d).ok_or_else(|| {
-                        ValidationError::new("retry_schedule", "delays must not be negative")
-                    })
+                    std_duration(d)
+                        .ok_or_else(|| ValidationError::new("retry", "delays must not be negative"))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             RetrySchedule::new(delays)
         }
         (_, Some(_)) => Err(ValidationError::new(
-            "retry_schedule",
+            "retry",
             "set delays or exponential, not both",
         )),
     }
@@ -489,12 +487,12 @@ pub fn retry_schedule(policy: Option<&pb::RetryPolicy>) -> Result<RetrySchedule,
 pub fn exponential_backoff(wire: &pb::ExponentialBackoff) -> Result<Exponential, ValidationError> {
     let delay = |name: &str, d: Option<&prost_types::Duration>| match d {
         None => Err(ValidationError::new(
-            "retry_schedule",
+            "retry",
             format!("exponential {name} is required"),
         )),
         Some(d) => std_duration(d).ok_or_else(|| {
             ValidationError::new(
-                "retry_schedule",
+                "retry",
                 format!("exponential {name} must be a duration of 0 or more"),
             )
         }),
@@ -651,7 +649,7 @@ mod tests {
                 Box::new(|s| s.signature_scheme = pb::SignatureScheme::Ed25519 as i32),
             ),
             (
-                "retry_schedule",
+                "retry",
                 Box::new(|s| {
                     let mut both = exponential_policy(&Exponential {
                         base: Duration::from_secs(1),
@@ -664,7 +662,7 @@ mod tests {
                 }),
             ),
             (
-                "retry_schedule",
+                "retry",
                 Box::new(|s| {
                     s.retry = Some(pb::RetryPolicy {
                         delays: vec![],
@@ -808,10 +806,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(
-            check_given_durations(&delays).unwrap_err().field,
-            "retry_schedule"
-        );
+        assert_eq!(check_given_durations(&delays).unwrap_err().field, "retry");
         check_given_durations(&pb::Subscription::default()).expect("none given");
     }
 }

@@ -210,8 +210,18 @@ impl ApiError {
             status: self.http.as_u16(),
             detail: self.status.message().to_owned(),
             code: code_name(self.status.code()).to_owned(),
-            field: herald_proto::convert::refused_field(&self.status).map(|invalid| invalid.field),
+            field: herald_proto::convert::refused_field(&self.status)
+                .map(|invalid| json_field(invalid.field)),
         }
+    }
+}
+
+/// A field as the gRPC API names it, as this API's JSON does: the payload filter is `filter`
+/// here; every other name is the same.
+fn json_field(field: String) -> String {
+    match field.strip_prefix("payload_filter") {
+        Some(rest) if rest.is_empty() || rest.starts_with('.') => format!("filter{rest}"),
+        _ => field,
     }
 }
 
@@ -262,5 +272,24 @@ mod tests {
             "application/problem+json"
         );
         assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
+    }
+
+    #[test]
+    fn a_refused_field_is_named_as_this_apis_json_names_it() {
+        let refused = |field: &str| {
+            ApiError::from(herald_proto::convert::invalid_field(field, "is wrong"))
+                .problem()
+                .field
+        };
+        assert_eq!(refused("payload_filter").as_deref(), Some("filter"));
+        assert_eq!(refused("retry").as_deref(), Some("retry"));
+        assert_eq!(
+            refused("oauth2.token_url").as_deref(),
+            Some("oauth2.token_url")
+        );
+        assert_eq!(
+            refused("payload_filters").as_deref(),
+            Some("payload_filters")
+        );
     }
 }

@@ -197,13 +197,19 @@ async fn bad_filters_are_refused_naming_the_bad_part() -> anyhow::Result<()> {
     for (filter, expected) in [
         (
             r#"{"total": {"$gtx": 100}}"#,
-            "filter: total.$gtx: unknown operator",
+            "payload_filter: total.$gtx: unknown operator",
         ),
-        (r#"{"$or": []}"#, "filter: $or: must be a non-empty array"),
-        (r#"{"total": "#, "filter: is not a valid JSON document"),
+        (
+            r#"{"$or": []}"#,
+            "payload_filter: $or: must be a non-empty array",
+        ),
+        (
+            r#"{"total": "#,
+            "payload_filter: is not a valid JSON document",
+        ),
         (
             &format!(r#"{{"a": "{}"}}"#, "x".repeat(9000)),
-            "filter: is 9009 bytes, larger than the limit of 8192 bytes",
+            "payload_filter: is 9009 bytes, larger than the limit of 8192 bytes",
         ),
     ] {
         let status = subscriptions
@@ -219,6 +225,9 @@ async fn bad_filters_are_refused_naming_the_bad_part() -> anyhow::Result<()> {
             "{expected}: {}",
             status.message()
         );
+        // The field as the proto names it.
+        let refused = herald_proto::convert::refused_field(&status).expect("a field violation");
+        assert_eq!(refused.field, "payload_filter");
     }
     Ok(())
 }
