@@ -181,10 +181,10 @@ impl Events for EmitService {
         let trace = call_trace(&request);
         let events = request.into_inner().events;
         if events.len() > MAX_BATCH {
-            return Err(Status::invalid_argument(format!(
-                "events: at most {MAX_BATCH} events per batch, got {}",
-                events.len()
-            )));
+            return Err(herald_proto::convert::invalid_field(
+                "events",
+                format!("at most {MAX_BATCH} events per batch, got {}", events.len()),
+            ));
         }
         for (index, event) in events.iter().enumerate() {
             self.check(event).map_err(|s| of_event(index, s))?;

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use herald_core::validate;
+use herald_core::validate::{self, ValidationError};
 use herald_proto::v1 as pb;
 
 use crate::access::Scope;
@@ -24,9 +24,12 @@ const MAX_ATTEMPTS_READ: usize = 200_000;
 /// Why a replay request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    /// The request names no deliveries, or too many.
+    /// A field of the request is wrong, or missing.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The request names more deliveries than one replay covers.
     #[error("{0}")]
-    Invalid(String),
+    TooMany(String),
     /// The event named has no delivery in the log (that the caller may see).
     #[error(
         "no delivery of event {0} is logged: check the id (herald deliveries list --event), \
@@ -41,7 +44,8 @@ pub enum ReplayError {
 impl From<ReplayError> for tonic::Status {
     fn from(err: ReplayError) -> Self {
         match err {
-            ReplayError::Invalid(_) => tonic::Status::invalid_argument(err.to_string()),
+            ReplayError::Invalid(invalid) => herald_proto::convert::invalid_argument(invalid),
+            ReplayError::TooMany(_) => tonic::Status::invalid_argument(err.to_string()),
             ReplayError::EventNotFound(_) => tonic::Status::not_found(err.to_string()),
             ReplayError::Log(log) => log.into(),
         }
@@ -87,18 +91,26 @@ pub async fn replay(
 ) -> Result<Replayed, ReplayError> {
     if !request.event_id.is_empty() {
         validate::event_id(&request.event_id)
-            .map_err(|e| ReplayError::Invalid(format!("event_id: {}", e.reason)))?;
+            .map_err(|e| ValidationError::new("event_id", e.reason))?;
     }
     if !request.subscription_id.is_empty() {
-        validate::subscription_id(&request.subscription_id)
-            .map_err(|e| ReplayError::Invalid(e.to_string()))?;
+        validate::subscription_id(&request.subscription_id)?;
     }
     let by_range = request.event_id.is_empty();
-    if by_range && (request.subscription_id.is_empty() || request.since.is_none()) {
-        return Err(ReplayError::Invalid(
-            "name an event (event_id), or a subscription and a start time (subscription_id, since)"
-                .into(),
-        ));
+    if by_range && request.subscription_id.is_empty() {
+        return Err(ValidationError::new(
+            "event_id",
+            "is required: name an event (event_id), or a subscription and a start time \
+             (subscription_id, since)",
+        )
+        .into());
+    }
+    if by_range && request.since.is_none() {
+        return Err(ValidationError::new(
+            "since",
+            "is required with subscription_id (the start of the time range to replay)",
+        )
+        .into());
     }
     // The outcome is applied to each delivery's latest attempt, not through the filter.
     check_outcome(request.outcome)?;
@@ -128,7 +140,7 @@ pub async fn replay(
         .map(|(key, latest)| (key.clone(), latest.tenant.clone()))
         .collect();
     if deliveries.len() > MAX_REPLAY {
-        return Err(ReplayError::Invalid(format!(
+        return Err(ReplayError::TooMany(format!(
             "{} deliveries match; one replay covers at most {MAX_REPLAY}: narrow the time range",
             deliveries.len()
         )));
@@ -274,7 +286,7 @@ async fn latest_attempts(
             return Ok(latest);
         }
         if read > MAX_ATTEMPTS_READ {
-            return Err(ReplayError::Invalid(format!(
+            return Err(ReplayError::TooMany(format!(
                 "more than {MAX_ATTEMPTS_READ} attempts match: narrow the time range"
             )));
         }

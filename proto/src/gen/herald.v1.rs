@@ -1420,8 +1420,12 @@ pub mod events_client {
             req.extensions_mut().insert(GrpcMethod::new("herald.v1.Events", "Emit"));
             self.inner.unary(req, path, codec).await
         }
-        /// Emit for many events at once; each event is answered in order. The whole batch is
-        /// validated first: one invalid event rejects the batch with INVALID_ARGUMENT naming its index.
+        /// Emit for many events at once (at most 1000); each event is answered in order. The whole
+        /// batch is checked first, and nothing of it is stored when one event is refused: with
+        /// INVALID_ARGUMENT for an invalid event (its field violation names it: `events[3].type`), or
+        /// the status Emit answers that event with (PERMISSION_DENIED for the reserved tenant
+        /// `herald`, FAILED_PRECONDITION outside the agent's interest), its message starting with
+        /// `events[3]`.
         pub async fn emit_batch(
             &mut self,
             request: impl tonic::IntoRequest<super::EmitBatchRequest>,
@@ -1466,8 +1470,12 @@ pub mod events_server {
             &self,
             request: tonic::Request<super::EmitRequest>,
         ) -> std::result::Result<tonic::Response<super::EmitResponse>, tonic::Status>;
-        /// Emit for many events at once; each event is answered in order. The whole batch is
-        /// validated first: one invalid event rejects the batch with INVALID_ARGUMENT naming its index.
+        /// Emit for many events at once (at most 1000); each event is answered in order. The whole
+        /// batch is checked first, and nothing of it is stored when one event is refused: with
+        /// INVALID_ARGUMENT for an invalid event (its field violation names it: `events[3].type`), or
+        /// the status Emit answers that event with (PERMISSION_DENIED for the reserved tenant
+        /// `herald`, FAILED_PRECONDITION outside the agent's interest), its message starting with
+        /// `events[3]`.
         async fn emit_batch(
             &self,
             request: tonic::Request<super::EmitBatchRequest>,

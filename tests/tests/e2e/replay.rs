@@ -138,12 +138,28 @@ async fn a_failed_delivery_is_replayed_with_the_same_webhook_id() -> anyhow::Res
     ] {
         let refused = deliveries.replay_deliveries(request).await.unwrap_err();
         assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        let field = herald_proto::convert::refused_field(&refused)
+            .expect("a field violation")
+            .field;
         assert!(
-            refused.message().starts_with("event_id:")
-                || refused.message().starts_with("subscription_id:"),
+            ["event_id", "subscription_id"].contains(&field.as_str())
+                && refused.message().starts_with(&format!("{field}:")),
             "{refused:?}"
         );
     }
+    // A subscription without a start names the start.
+    let refused = deliveries
+        .replay_deliveries(pb::ReplayDeliveriesRequest {
+            subscription_id: "sub_01M9ZZZZZZZZZZZZZZZZZZZZZZ".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        herald_proto::convert::refused_field(&refused).map(|f| f.field),
+        Some("since".to_owned()),
+        "{refused:?}"
+    );
 
     // With its agent gone, the event is reported, not skipped.
     let World {
