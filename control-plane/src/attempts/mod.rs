@@ -326,6 +326,46 @@ pub fn check_outcome(outcome: i32) -> Result<(), LogError> {
     }
 }
 
+/// The times a listing is bounded by: from `since` (included) to `until` (excluded).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimeRange {
+    /// The first time listed; `None`: from the oldest.
+    pub since: Option<SystemTime>,
+    /// The time listing stops before; `None`: to the newest.
+    pub until: Option<SystemTime>,
+}
+
+impl TimeRange {
+    /// The range a caller's `since` and `until` give: each a valid timestamp (1970 to 9999,
+    /// nanoseconds within the second), and `until` not before `since`.
+    pub fn checked(
+        since: Option<&prost_types::Timestamp>,
+        until: Option<&prost_types::Timestamp>,
+    ) -> Result<Self, LogError> {
+        let read = |field: &'static str, ts: Option<&prost_types::Timestamp>| {
+            ts.map(|ts| {
+                herald_proto::convert::validate_timestamp(field, ts)
+                    .map(|()| system_time(ts))
+                    .map_err(LogError::InvalidQuery)
+            })
+            .transpose()
+        };
+        let range = TimeRange {
+            since: read("since", since)?,
+            until: read("until", until)?,
+        };
+        if let (Some(since), Some(until)) = (range.since, range.until)
+            && until < since
+        {
+            return Err(LogError::InvalidQuery(herald_core::ValidationError::new(
+                "until",
+                "is before since",
+            )));
+        }
+        Ok(range)
+    }
+}
+
 /// A query filter, with times, pattern, status and error kind parsed once, and the tenants
 /// the asker may see.
 #[derive(Clone, Debug, Default)]
@@ -387,9 +427,10 @@ impl Filter {
             "" => None,
             text => Some(ErrorKind::parse(text).map_err(invalid)?),
         };
+        let range = TimeRange::checked(wire.since.as_ref(), wire.until.as_ref())?;
         Ok(Filter {
-            since: wire.since.as_ref().map(system_time),
-            until: wire.until.as_ref().map(system_time),
+            since: range.since,
+            until: range.until,
             event_type,
             status,
             error_kind,
@@ -469,6 +510,31 @@ mod tests {
             Err(LogError::InvalidQuery(invalid)) => invalid.to_string(),
             other => panic!("not refused as a bad query: {other:?}"),
         }
+    }
+
+    #[test]
+    fn times_no_timestamp_can_hold_and_backwards_ranges_are_refused() {
+        let at = |seconds: i64, nanos: i32| Some(prost_types::Timestamp { seconds, nanos });
+        for (since, until, field) in [
+            (at(1_700_000_000, -1), None, "since"),
+            (None, at(253_402_300_800, 0), "until"),
+            (at(-5, 0), None, "since"),
+            (at(1_700_000_100, 0), at(1_700_000_000, 0), "until"),
+        ] {
+            let text = refused(pb::AttemptFilter {
+                since,
+                until,
+                ..Default::default()
+            });
+            assert!(text.starts_with(&format!("{field}:")), "{text}");
+        }
+        let day = Filter::new(pb::AttemptFilter {
+            since: at(1_700_000_000, 0),
+            until: at(1_700_086_400, 0),
+            ..Default::default()
+        })
+        .expect("a day");
+        assert!(day.until() > Some(std::time::UNIX_EPOCH));
     }
 
     #[test]

@@ -27,9 +27,10 @@ impl AuditFilter {
         if !wire.tenant.is_empty() {
             herald_core::validate::tenant(&wire.tenant).map_err(LogError::InvalidQuery)?;
         }
+        let range = crate::attempts::TimeRange::checked(wire.since.as_ref(), wire.until.as_ref())?;
         Ok(AuditFilter {
-            since: wire.since.as_ref().map(system_time),
-            until: wire.until.as_ref().map(system_time),
+            since: range.since,
+            until: range.until,
             wire,
             tenants: tenants.clone(),
         })

@@ -431,11 +431,12 @@ impl Subscriptions {
         expected_revision: i64,
     ) -> Result<pb::Subscription, SubscriptionError> {
         if expected_revision <= 0 {
-            return Err(ValidationError::new(
-                "expected_revision",
-                "is required: send the revision you read",
-            )
-            .into());
+            let reason = if expected_revision == 0 {
+                "is required: send the revision you read"
+            } else {
+                "must be the revision you read, which is positive"
+            };
+            return Err(ValidationError::new("expected_revision", reason).into());
         }
         let (current, kv) = self.read(&request.id).await?;
         if !request.tenant.is_empty() && request.tenant != current.tenant {
@@ -519,6 +520,13 @@ impl Subscriptions {
         id: &str,
         expected_revision: i64,
     ) -> Result<pb::Subscription, SubscriptionError> {
+        if expected_revision < 0 {
+            return Err(ValidationError::new(
+                "expected_revision",
+                "must be 0 (whatever is stored) or the revision you read",
+            )
+            .into());
+        }
         let Located { tenant, kv } = self.locate_within(tenants, id).await?;
         if expected_revision != 0 && kv.mod_revision != expected_revision {
             return Err(SubscriptionError::StaleRevision {
