@@ -231,6 +231,17 @@ impl Subscriptions {
             validate::url_as_given("oauth2.token_url", &oauth2.token_url)?;
         }
         validate::shown_text("description", &sub.description, MAX_DESCRIPTION_LEN)?;
+        let mut regions = std::collections::BTreeSet::new();
+        if let Some(twice) = sub.regions.iter().find(|r| !regions.insert(r.as_str())) {
+            return Err(ValidationError::new(
+                "regions",
+                format!(
+                    "region {} is listed more than once",
+                    validate::quoted(twice)
+                ),
+            )
+            .into());
+        }
         convert::check_given_durations(sub)?;
         let domain = convert::subscription(sub, self.policy.allow_http)?;
         // A masked proxy URL that kept no stored password (another user, host or port, or a
@@ -296,8 +307,14 @@ impl Subscriptions {
             0 => pb::Envelope::Standard as i32,
             given => given,
         };
+        // Read back as what it is: no scheme named is HMAC-SHA256.
+        let signature_scheme = match request.signature_scheme {
+            0 => pb::SignatureScheme::HmacSha256 as i32,
+            given => given,
+        };
         let mut sub = pb::Subscription {
             envelope,
+            signature_scheme,
             id: new_subscription_id(),
             secrets: vec![wire_secret(&SigningSecret::generate_for(scheme), now)],
             enabled: true,
@@ -934,6 +951,28 @@ mod tests {
         assert!(
             matches!(&masked, Err(SubscriptionError::Invalid(e)) if e.field == "egress_proxy"),
             "{masked:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_subscription_reads_back_its_scheme_and_names_each_region_once() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (registry, _) = registry_in(&dir).await;
+        let created = registry.create(orders_of("shop-a")).await.expect("created");
+        assert_eq!(
+            created.signature_scheme,
+            pb::SignatureScheme::HmacSha256 as i32,
+            "no scheme named is HMAC-SHA256, and reads back so"
+        );
+        let twice = registry
+            .create(pb::Subscription {
+                regions: vec!["eu".into(), "us".into(), "eu".into()],
+                ..orders_of("shop-a")
+            })
+            .await;
+        assert!(
+            matches!(&twice, Err(SubscriptionError::Invalid(e)) if e.field == "regions"),
+            "{twice:?}"
         );
     }
 
