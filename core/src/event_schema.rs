@@ -77,8 +77,12 @@ impl EventSchema {
         }
         let validator = jsonschema::draft202012::options()
             .should_validate_formats(true)
+            // Patterns by the `regex` crate's rules: no backreferences or look-around, so a
+            // pattern is refused here rather than a payload timing out on it later, and
+            // checking a payload takes time in proportion to it.
+            .with_pattern_options(jsonschema::PatternOptions::regex())
             .build(&schema)
-            .map_err(|e| ValidationError::new(FIELD, format!("does not compile: {e}")))?;
+            .map_err(|e| ValidationError::new(FIELD, does_not_compile(&e)))?;
         Ok(Some(EventSchema {
             validator,
             canonical: schema.to_string(),
@@ -115,6 +119,23 @@ impl EventSchema {
             ))
         }
     }
+}
+
+/// Why a schema does not compile, in the catalogue's words.
+fn does_not_compile(err: &jsonschema::ValidationError<'_>) -> String {
+    use jsonschema::error::ValidationErrorKind;
+    let mut problem = match err.kind() {
+        ValidationErrorKind::Referencing(jsonschema::ReferencingError::Unretrievable {
+            uri,
+            ..
+        }) => format!(
+            "refers to {uri}, which Herald does not fetch: put what it refers to in the \
+             schema's $defs and refer to it as #/$defs/…"
+        ),
+        _ => format!("does not compile: {err}"),
+    };
+    cut(&mut problem);
+    problem
 }
 
 /// Cuts a problem's text to [`MAX_PROBLEM_LEN`] bytes, at a character boundary.
@@ -210,6 +231,15 @@ mod tests {
             ),
             (
                 br#"{"$ref": "https://example.com/order.json"}"#,
+                "refers to https://example.com/order.json, which Herald does not fetch",
+            ),
+            (
+                br#"{"$ref": "file:///etc/passwd"}"#,
+                "which Herald does not fetch",
+            ),
+            // A pattern whose check could take time out of proportion to the payload.
+            (
+                br#"{"properties": {"a": {"type": "string", "pattern": "^(a*)*\\1b$"}}}"#,
                 "does not compile",
             ),
         ] {
@@ -221,6 +251,17 @@ mod tests {
                 String::from_utf8_lossy(text)
             );
         }
+        let remote = EventSchema::parse(br#"{"$ref": "https://example.com/order.json"}"#)
+            .expect_err("refused");
+        assert!(!remote.reason.contains("feature"), "{remote}");
+        // Patterns of the common kind compile and check.
+        let sku = EventSchema::parse(
+            br#"{"properties": {"sku": {"type": "string", "pattern": "^[A-Z]{2,8}-\\d+$"}}}"#,
+        )
+        .expect("compiles")
+        .expect("a schema");
+        assert!(sku.check(&serde_json::json!({"sku": "TSHIRT-42"})).is_ok());
+        assert!(sku.check(&serde_json::json!({"sku": "tshirt"})).is_err());
         assert!(EventSchema::parse(b"").expect("empty").is_none());
         let big = format!("{{\"description\": \"{}\"}}", "x".repeat(MAX_SCHEMA_BYTES));
         assert!(EventSchema::parse(big.as_bytes()).is_err());
