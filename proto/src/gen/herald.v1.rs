@@ -6,23 +6,28 @@ pub struct Event {
     /// characters of A-Z, a-z, 0-9, `_`, `.`, `:` and `-`; not `.` or `..`.
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
-    /// Owner of the subscriptions that may receive the event.
+    /// Owner of the subscriptions that may receive the event: 1 to 128 characters of A-Z, a-z,
+    /// 0-9, `_`, `.` and `-`.
     #[prost(string, tag = "2")]
     pub tenant: ::prost::alloc::string::String,
-    /// `<group>.<action>`, e.g. `order.created`.
+    /// `<group>.<action>`, e.g. `order.created`; at most 128 bytes.
     #[prost(string, tag = "3")]
     pub r#type: ::prost::alloc::string::String,
-    /// A JSON document, delivered as-is (or rendered as XML for XML subscriptions).
+    /// A JSON document, delivered as-is (or rendered as XML for XML subscriptions). At most the
+    /// agent's `--max-payload-bytes` (256 KiB by default).
     #[prost(bytes = "vec", tag = "4")]
     pub payload: ::prost::alloc::vec::Vec<u8>,
     /// When it happened; set to the time of receipt when absent. From 1970 to the end of 9999
     /// (what RFC 3339 writes); outside that, Emit answers INVALID_ARGUMENT.
     #[prost(message, optional, tag = "5")]
     pub occurred_at: ::core::option::Option<::prost_types::Timestamp>,
-    /// Optional: events with the same key are delivered in order per subscription.
+    /// Optional: events with the same key are delivered in order per subscription. At most 256
+    /// bytes.
     #[prost(string, tag = "6")]
     pub ordering_key: ::prost::alloc::string::String,
-    /// Free-form string attributes.
+    /// Free-form string attributes: at most 32, keys 1 to 64 bytes, values at most 1024 bytes,
+    /// neither with control characters (but newline and tab in values) or bidirectional
+    /// overrides.
     #[prost(map = "string, string", tag = "7")]
     pub attributes: ::std::collections::HashMap<
         ::prost::alloc::string::String,
@@ -69,10 +74,11 @@ pub struct Subscription {
     pub id: ::prost::alloc::string::String,
     #[prost(string, tag = "2")]
     pub tenant: ::prost::alloc::string::String,
-    /// https:// URL (http:// only where the operator allows it).
+    /// https:// URL (http:// only where the operator allows it); at most 2048 bytes.
     #[prost(string, tag = "3")]
     pub url: ::prost::alloc::string::String,
-    /// Exact event types and patterns: `order.created`, `order.*`, `*`.
+    /// Exact event types and patterns: `order.created`, `order.*`, `*`; 1 to 64 of them, each
+    /// once.
     #[prost(string, repeated, tag = "4")]
     pub event_types: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(enumeration = "Format", tag = "5")]
@@ -83,13 +89,14 @@ pub struct Subscription {
     /// Extra request headers. Their values often hold receivers' credentials (`X-Api-Key`), so
     /// they are sealed at rest like signing secrets, and reads show them only with
     /// `show_secrets`: other reads return each header's name with a blank value and set
-    /// `header_values_hidden`.
+    /// `header_values_hidden`. At most 32; names up to 256 bytes, values up to 1024 bytes of
+    /// visible ASCII and spaces.
     #[prost(map = "string, string", tag = "7")]
     pub headers: ::std::collections::HashMap<
         ::prost::alloc::string::String,
         ::prost::alloc::string::String,
     >,
-    /// Per-attempt timeout; default 15 s.
+    /// Per-attempt timeout: more than 0 and at most 120 s; default 15 s.
     #[prost(message, optional, tag = "8")]
     pub timeout: ::core::option::Option<::prost_types::Duration>,
     /// When to try again; unset or empty means the default schedule.
@@ -103,8 +110,12 @@ pub struct Subscription {
     pub disabled_reason: ::prost::alloc::string::String,
     #[prost(message, optional, tag = "12")]
     pub disabled_at: ::core::option::Option<::prost_types::Timestamp>,
+    /// At most 1024 bytes, with no control characters (but newline and tab) or bidirectional
+    /// overrides.
     #[prost(string, tag = "13")]
     pub description: ::prost::alloc::string::String,
+    /// By the rules of an event's attributes: at most 32, keys 1 to 64 bytes, values at most
+    /// 1024 bytes.
     #[prost(map = "string, string", tag = "14")]
     pub labels: ::std::collections::HashMap<
         ::prost::alloc::string::String,
@@ -117,24 +128,27 @@ pub struct Subscription {
     /// The store revision of this version of the subscription (read-only).
     #[prost(int64, tag = "17")]
     pub revision: i64,
-    /// Regions whose agents deliver it; empty means every region.
+    /// Regions whose agents deliver it; empty means every region. At most 32, each named once
+    /// (1 to 128 characters of A-Z, a-z, 0-9, `_`, `.` and `-`).
     #[prost(string, repeated, tag = "18")]
     pub regions: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
-    /// Attempts in flight to this endpoint at once, per agent; 0 means the default (16).
+    /// Attempts in flight to this endpoint at once, per agent; 0 means the default (16). At
+    /// most 1024.
     #[prost(uint32, tag = "19")]
     pub max_in_flight: u32,
-    /// Most requests per second to this endpoint, per agent; 0 means no limit.
+    /// Most requests per second to this endpoint, per agent; 0 means no limit. At most 100,000.
     #[prost(uint32, tag = "20")]
     pub rate_limit: u32,
     /// How requests are signed. Set at create; a rotation keeps the scheme.
     #[prost(enumeration = "SignatureScheme", tag = "21")]
     pub signature_scheme: i32,
     /// Consecutive failed attempts (across all agents) after which the control plane disables
-    /// the subscription (reason `auto: N consecutive failures`); 0 means the default, 10.
+    /// the subscription (reason `auto: N consecutive failures`); 0 means the default, 10. At
+    /// most 100,000.
     #[prost(uint32, tag = "22")]
     pub disable_after: u32,
     /// When set, the failures must also span at least this long before the subscription is
-    /// disabled.
+    /// disabled; at most 30 days.
     #[prost(message, optional, tag = "23")]
     pub disable_min_failing: ::core::option::Option<::prost_types::Duration>,
     /// Set by an enable without `replay_parked`: deliveries of events accepted before this time,
@@ -323,7 +337,8 @@ pub struct SealedSecret {
 /// When to try again after a failed attempt.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RetryPolicy {
-    /// The delays after the first attempt; the number of attempts is one more.
+    /// The delays after the first attempt; the number of attempts is one more. At most 50, each
+    /// from 1 ms to 7 days.
     #[prost(message, repeated, tag = "1")]
     pub delays: ::prost::alloc::vec::Vec<::prost_types::Duration>,
     /// Instead of `delays` (set one or neither): delays growing by a factor up to a cap.
@@ -420,7 +435,8 @@ pub struct EnableSubscriptionRequest {
 pub struct DisableSubscriptionRequest {
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
-    /// Recorded as the disabled reason; `manual` when empty.
+    /// Recorded as the disabled reason; `manual` when empty. At most 256 bytes, with no control
+    /// characters (but newline and tab) or bidirectional overrides.
     #[prost(string, tag = "2")]
     pub reason: ::prost::alloc::string::String,
 }
@@ -428,7 +444,7 @@ pub struct DisableSubscriptionRequest {
 pub struct RotateSecretRequest {
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
-    /// How long the previous secrets keep signing; default 24 h.
+    /// How long the previous secrets keep signing; default 24 h, at most 30 days.
     #[prost(message, optional, tag = "2")]
     pub grace: ::core::option::Option<::prost_types::Duration>,
 }
@@ -730,7 +746,7 @@ pub struct EventType {
     /// What it means, for the people choosing it.
     #[prost(string, tag = "2")]
     pub description: ::prost::alloc::string::String,
-    /// An example payload (a JSON document).
+    /// An example payload (a JSON document, at most 64 KiB).
     #[prost(bytes = "vec", tag = "3")]
     pub example: ::prost::alloc::vec::Vec<u8>,
     #[prost(message, optional, tag = "4")]
