@@ -253,6 +253,7 @@ impl Fleet {
             last_nack: entry.info.last_nack.clone(),
             connected: true,
             replica: self.replica.to_string(),
+            identity: owner.to_owned(),
         };
         drop(agents);
         self.mark_changed([hello.agent_id.as_str()]);

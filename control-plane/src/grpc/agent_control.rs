@@ -23,6 +23,7 @@ use herald_proto::sent_request;
 use herald_proto::v1 as pb;
 use herald_proto::v1::agent_control_server::AgentControl;
 use herald_proto::v1::config_request::Kind;
+use prost::Message as _;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Semaphore, mpsc};
@@ -38,6 +39,7 @@ use crate::health::Health;
 use crate::hub::{Change, ConfigHub, Resume, Snapshot, Unreadable};
 use crate::metrics::Metrics;
 use crate::schema_feed::{SchemaChange, SchemaFeed, whole_set};
+use crate::store::Store;
 use crate::subscriptions::{SubscriptionError, Subscriptions};
 
 /// How long an agent has to say hello after opening its config stream.
@@ -173,6 +175,8 @@ impl AgentControl for AgentControlService {
         if !(0..=shared.hub.revision()).contains(&hello.last_revision) {
             hello.last_revision = 0;
         }
+        // Held by another identity on another replica (or on this one before a restart)?
+        holder_elsewhere(self.registry.store(), &hello.agent_id, &who.name).await?;
         let mut orders = shared
             .fleet
             .connected(&hello, &who.name)
@@ -344,6 +348,31 @@ impl AgentControl for AgentControlService {
         });
         Ok(Response::new(stream))
     }
+}
+
+/// Refuses a hello with `agent_id` from `identity` when the agent's presence record says
+/// another identity holds the id: replicas share the binding of ids to identities through
+/// those records, so an identity cannot take over another's agent id (and with it the
+/// agent's place in the list and the orders sent to it) on a replica the agent is not on.
+async fn holder_elsewhere(store: &Store, agent_id: &str, identity: &str) -> Result<(), Status> {
+    let record = store
+        .get(&crate::keys::agent(agent_id))
+        .await
+        .map_err(|err| Status::unavailable(format!("cannot read the agent's record: {err}")))?;
+    let holder = record
+        .and_then(|kv| pb::AgentInfo::decode(kv.value.as_slice()).ok())
+        .map(|info| info.identity)
+        .unwrap_or_default();
+    // A record of an older replica names no identity: nothing to compare.
+    if !holder.is_empty() && holder != identity {
+        return Err(Status::permission_denied(
+            HelloError::IdTaken {
+                agent_id: agent_id.to_owned(),
+            }
+            .to_string(),
+        ));
+    }
+    Ok(())
 }
 
 /// The refusal of a config stream while this replica cannot open some stored subscriptions:

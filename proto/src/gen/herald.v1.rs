@@ -879,6 +879,11 @@ pub struct AgentInfo {
     /// --replica-name. Every replica lists every agent (from the presence records in the store).
     #[prost(string, tag = "11")]
     pub replica: ::prost::alloc::string::String,
+    /// The identity (token or certificate name) the agent says hello with. An agent id is held
+    /// by the identity that said hello with it: on every replica, while its record is listed,
+    /// a hello with that id from another identity is PERMISSION_DENIED.
+    #[prost(string, tag = "12")]
+    pub identity: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ConfigRequest {

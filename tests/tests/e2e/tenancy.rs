@@ -15,8 +15,8 @@ use herald_proto::v1::event_types_client::EventTypesClient;
 use herald_proto::v1::subscriptions_client::SubscriptionsClient;
 use herald_tests::herald::connect;
 use herald_tests::{
-    Agent, AgentAndReceiver, AgentOptions, ConfigStore, ControlPlane, HeldPort, Receiver, TestCa,
-    event, subscription,
+    Agent, AgentAndReceiver, AgentOptions, ConfigStore, ControlPlane, Etcd, HeldPort, Receiver,
+    TestCa, event, eventually, subscription,
 };
 use prost::Message as _;
 use tonic::{Code, Status};
@@ -591,6 +591,74 @@ async fn first_update(
         .await
         .map_err(|_| Status::deadline_exceeded("no snapshot"))??;
     update.ok_or_else(|| Status::unavailable("the stream ended"))
+}
+
+#[tokio::test]
+async fn an_agent_id_is_held_by_its_identity_on_every_replica() -> anyhow::Result<()> {
+    let tokens = format!(
+        "admin {ADMIN}\n\
+         agent {AGENT} name=fleet-agents\n\
+         agent {AGENT_A} name=shop-a-agents tenants=shop-a\n"
+    );
+    let etcd = Etcd::start().await?;
+    let store = || ConfigStore::Etcd(vec![etcd.endpoint()]);
+    let first = ControlPlane::start_with_tokens(store(), &tokens, ADMIN).await?;
+    let second = ControlPlane::start_with_tokens(store(), &tokens, ADMIN).await?;
+    let hello = pb::AgentHello {
+        agent_id: "agt_node_1".into(),
+        region: "eu".into(),
+        ..Default::default()
+    };
+    // The fleet's agent says hello on the first replica; the record reaches the store.
+    let mut fleet = agent_control(first.url(), AGENT).await?;
+    let requests = futures_util::StreamExt::chain(
+        futures_util::stream::iter([pb::ConfigRequest {
+            kind: Some(Kind::Hello(hello.clone())),
+        }]),
+        futures_util::stream::pending(),
+    );
+    let mut held = fleet.stream_config(requests).await?.into_inner();
+    held.message().await?.expect("a snapshot");
+    let mut agents = AgentsClient::new(second.channel().await?);
+    let listed = eventually(Duration::from_secs(10), "the agent listed", || {
+        let mut agents = agents.clone();
+        async move {
+            let list = agents
+                .list_agents(pb::ListAgentsRequest::default())
+                .await?
+                .into_inner();
+            Ok(list.agents.into_iter().find(|a| a.id == "agt_node_1"))
+        }
+    })
+    .await?;
+    assert_eq!(listed.identity, "fleet-agents");
+
+    // Shop A's token takes that id on the other replica: refused, on either replica.
+    for replica in [&second, &first] {
+        let mut squatter = agent_control(replica.url(), AGENT_A).await?;
+        let refused = first_update(&mut squatter, hello.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        assert!(refused.message().contains("agt_node_1"), "{refused:?}");
+    }
+    // The agent itself may reconnect anywhere.
+    let mut again = agent_control(second.url(), AGENT).await?;
+    first_update(&mut again, hello).await?;
+    let still = agents
+        .list_agents(pb::ListAgentsRequest::default())
+        .await?
+        .into_inner();
+    assert!(
+        still
+            .agents
+            .iter()
+            .filter(|a| a.id == "agt_node_1")
+            .all(|a| a.identity == "fleet-agents"),
+        "{still:?}"
+    );
+    drop(held);
+    Ok(())
 }
 
 #[tokio::test]
