@@ -379,8 +379,8 @@ impl EventTypes {
                 "event_types",
                 format!(
                     "{text:?} selects no registered event type; registered types closest to it: \
-                     {}. Register it with `herald event-types create`, or pass \
-                     --allow-unregistered to subscribe before it is registered",
+                     {}. Register it (`herald event-types create`), or set allow_unregistered \
+                     (`--allow-unregistered`) to subscribe before it is registered",
                     closest(text, &names).join(", ")
                 ),
             )

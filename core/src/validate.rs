@@ -253,6 +253,9 @@ pub fn url(value: &str, allow_http: bool) -> Result<url::Url, ValidationError> {
 /// URL would be delivered elsewhere than it reads. Refused on the way in; a stored one is still
 /// read as the parser reads it.
 pub fn url_as_given(field: &str, value: &str) -> Result<(), ValidationError> {
+    if value.is_empty() {
+        return Err(ValidationError::new(field, "must not be empty"));
+    }
     if let Some(bad) = value.chars().find(|c| c.is_whitespace() || c.is_control()) {
         return Err(ValidationError::new(
             field,

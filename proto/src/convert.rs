@@ -490,10 +490,15 @@ pub fn exponential_backoff(wire: &pb::ExponentialBackoff) -> Result<Exponential,
             "retry",
             format!("exponential {name} is required"),
         )),
+        // A negative delay is out of the same range as any other: 1 ms to 7 days.
         Some(d) => std_duration(d).ok_or_else(|| {
             ValidationError::new(
                 "retry",
-                format!("exponential {name} must be a duration of 0 or more"),
+                format!(
+                    "{name} is negative, outside {}ms to {}days",
+                    herald_core::retry::MIN_DELAY.as_millis(),
+                    herald_core::retry::MAX_DELAY.as_secs() / (24 * 60 * 60)
+                ),
             )
         }),
     };
