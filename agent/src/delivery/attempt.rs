@@ -222,7 +222,7 @@ async fn send_in(
         }
         let response = match tokio::time::timeout_at(deadline, client.request(request)).await {
             Ok(Ok(response)) => response,
-            Ok(Err(err)) => return failed(error_kind(&err), error_text::chain(&err)),
+            Ok(Err(err)) => return failed(error_kind(&err), transport_error_text(&err)),
             Err(_) => {
                 return failed(
                     ErrorKind::Timeout,
@@ -400,8 +400,8 @@ fn never_indexed(value: &str) -> http::HeaderValue {
     value
 }
 
-/// The kind of a transport error, told by the types in its chain of sources.
-fn error_kind(err: &hyper_util::client::legacy::Error) -> ErrorKind {
+/// A transport error and every error beneath it.
+fn error_chain(err: &hyper_util::client::legacy::Error) -> Vec<&(dyn std::error::Error + 'static)> {
     let mut chain: Vec<&(dyn std::error::Error + 'static)> = Vec::new();
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
@@ -416,6 +416,25 @@ fn error_kind(err: &hyper_util::client::legacy::Error) -> ErrorKind {
         }
         source = e.source();
     }
+    chain
+}
+
+/// What a transport error says to the people reading the log: why no connection was made,
+/// when that is the error (`connect to 203.0.113.7:443: Connection refused (os error 111)`),
+/// without the HTTP client's own wrapping; otherwise the whole chain.
+fn transport_error_text(err: &hyper_util::client::legacy::Error) -> String {
+    match error_chain(err)
+        .into_iter()
+        .find_map(|e| e.downcast_ref::<ConnectError>())
+    {
+        Some(connect) => error_text::chain(connect),
+        None => error_text::chain(err),
+    }
+}
+
+/// The kind of a transport error, told by the types in its chain of sources.
+fn error_kind(err: &hyper_util::client::legacy::Error) -> ErrorKind {
+    let chain = error_chain(err);
     if let Some(connect) = chain.iter().find_map(|e| e.downcast_ref::<ConnectError>()) {
         return connect.kind();
     }
@@ -506,17 +525,20 @@ pub(super) mod tests {
     }
 
     async fn kind_of(url: &str, policy: TargetPolicy) -> ErrorKind {
+        error_kind(&failure_of(url, policy).await)
+    }
+
+    async fn failure_of(url: &str, policy: TargetPolicy) -> hyper_util::client::legacy::Error {
         let transport = Transport::build(None, policy, None).expect("transport");
         let request = http::Request::post(url)
             .body(Full::new(Bytes::new()))
             .expect("request");
-        let err = transport
+        transport
             .client(&Egress::AgentDefault, None)
             .expect("the common route")
             .request(request)
             .await
-            .expect_err("no receiver there");
-        error_kind(&err)
+            .expect_err("no receiver there")
     }
 
     #[tokio::test]
@@ -539,9 +561,13 @@ pub(super) mod tests {
             allowed: vec!["127.0.0.0/8".parse().expect("net")],
             ..TargetPolicy::default()
         };
-        assert_eq!(
-            kind_of(&format!("https://127.0.0.1:{port}/hook"), open).await,
-            ErrorKind::Connect
+        let refused = failure_of(&format!("https://127.0.0.1:{port}/hook"), open).await;
+        assert_eq!(error_kind(&refused), ErrorKind::Connect);
+        // Said without the HTTP client's wrapping.
+        let text = transport_error_text(&refused);
+        assert!(
+            text.starts_with(&format!("connect to 127.0.0.1:{port}: ")),
+            "{text}"
         );
     }
 }
