@@ -442,6 +442,8 @@ pub async fn run(
     // The replica's background work (the log's sweep, watches, relays, side listeners):
     // stopped by `stop`, and drained with the calls at shutdown, within the grace period.
     let background = TaskTracker::new();
+    // Calls that change something finish when their callers give up ([`run_to_end`]).
+    let run_to_end = run_to_end::RunToEndLayer::new(&background);
     background.spawn(sweep_log(
         log.clone(),
         config.log_retention,
@@ -694,7 +696,7 @@ pub async fn run(
             let api = pages
                 .merge(api)
                 .fallback(web::not_found)
-                .layer(run_to_end::RunToEndLayer::new(&background))
+                .layer(run_to_end.clone())
                 .layer(axum::middleware::from_fn(rest::refuse_grpc));
             tracing::info!(%addr, tls = tls.is_some(), "serving the HTTP API");
             Some(match &tls {
@@ -728,8 +730,6 @@ pub async fn run(
         .layer(AuthLayer::new(authenticator.clone()))
         // Each report batch is read only once its bytes fit the budget of reports in flight.
         .layer(report_budget.per_message_layer(grpc::BUDGETED_ROUTES, grpc::BATCH_ARRIVAL))
-        // A change whose caller gives up half-way is still made whole, its audit entry too.
-        .layer(run_to_end::RunToEndLayer::new(&background))
         .add_service(health_service)
         .add_service(herald_proto::discovery::reflection_v1(
             &reflection,
@@ -739,12 +739,24 @@ pub async fn run(
             &reflection,
             &SERVED,
         )?)
-        .add_service(SubscriptionsServer::from_arc(subscriptions_service).accept_compressed(GZIP))
-        .add_service(EventTypesServer::from_arc(event_types_service).accept_compressed(GZIP))
-        .add_service(DeliveriesServer::from_arc(deliveries_service).accept_compressed(GZIP))
+        // The services that change something: a change whose caller gives up half-way is still
+        // made whole, its audit entry too.
+        .add_service(
+            run_to_end
+                .wrap(SubscriptionsServer::from_arc(subscriptions_service).accept_compressed(GZIP)),
+        )
+        .add_service(
+            run_to_end
+                .wrap(EventTypesServer::from_arc(event_types_service).accept_compressed(GZIP)),
+        )
+        .add_service(
+            run_to_end.wrap(DeliveriesServer::from_arc(deliveries_service).accept_compressed(GZIP)),
+        )
         .add_service(AuditServer::from_arc(audit_service).accept_compressed(GZIP))
         .add_service(AgentsServer::from_arc(agents_service).accept_compressed(GZIP))
-        .add_service(PortalServer::from_arc(portal_service).accept_compressed(GZIP))
+        .add_service(
+            run_to_end.wrap(PortalServer::from_arc(portal_service).accept_compressed(GZIP)),
+        )
         .add_service(AgentControlServer::new(grpc::AgentControlService::new(
             grpc::ConfigFeeds {
                 hub,

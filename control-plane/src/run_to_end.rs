@@ -1,31 +1,55 @@
-//! Calls that run to their end once started, whoever stops waiting for them.
+//! Calls that change something run to their end once started, whoever stops waiting.
 //!
 //! A server drops a call's handler when its caller goes away: a gRPC deadline that expires, a
 //! cancelled call, a closed browser tab. A handler dropped between its two writes (the change
 //! in the config store, then its audit entry in the log) leaves a change made without its
-//! entry. Under [`RunToEndLayer`] each call's handler is a task of its own, owned by the
+//! entry. Under [`RunToEndLayer`] each such call's handler is a task of its own, owned by the
 //! replica's task tracker (drained within the grace period at shutdown): the caller may stop
-//! waiting, the handler does not stop working. Streams are unaffected: a handler returns their
-//! response at once, and the stream's body ends when its caller goes.
+//! waiting, the handler does not stop working.
+//!
+//! Only what can change something is run so: the operator API's gRPC services that write
+//! (each wrapped on its own; the agents' streams are not), and HTTP requests other than `GET`,
+//! `HEAD` and `OPTIONS` (reads, pages and event streams are dropped with their caller as
+//! before). At most [`MAX_DETACHED`] run at once on a replica: a caller that opens and
+//! abandons calls in a loop waits for room like any other, and a call abandoned while it
+//! waits never starts.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-/// Runs each call of the services it wraps as a task of `tasks`.
+/// Calls that run to their end at once on a replica; more wait for room.
+pub const MAX_DETACHED: usize = 256;
+
+/// Runs each call that changes something as a task of `tasks`.
 #[derive(Clone)]
 pub struct RunToEndLayer {
     tasks: TaskTracker,
+    room: Arc<Semaphore>,
 }
 
 impl RunToEndLayer {
-    /// Calls become tasks of `tasks`.
+    /// Calls become tasks of `tasks`, at most [`MAX_DETACHED`] at once (shared by every
+    /// service this layer wraps).
     pub fn new(tasks: &TaskTracker) -> Self {
+        Self::with_room(tasks, MAX_DETACHED)
+    }
+
+    /// `service`, its calls that change something run to their end.
+    pub fn wrap<S>(&self, service: S) -> RunToEnd<S> {
+        tower::Layer::layer(self, service)
+    }
+
+    /// [`RunToEndLayer::new`] with room for `room` calls at once.
+    fn with_room(tasks: &TaskTracker, room: usize) -> Self {
         RunToEndLayer {
             tasks: tasks.clone(),
+            room: Arc::new(Semaphore::new(room)),
         }
     }
 }
@@ -37,20 +61,26 @@ impl<S> tower::Layer<S> for RunToEndLayer {
         RunToEnd {
             inner,
             tasks: self.tasks.clone(),
+            room: self.room.clone(),
         }
     }
 }
 
-/// A service whose calls run to their end; see [`RunToEndLayer`].
+/// A service whose calls that change something run to their end; see [`RunToEndLayer`].
 #[derive(Clone)]
 pub struct RunToEnd<S> {
     inner: S,
     tasks: TaskTracker,
+    room: Arc<Semaphore>,
 }
 
-impl<S, R> tower::Service<R> for RunToEnd<S>
+impl<S: tonic::server::NamedService> tonic::server::NamedService for RunToEnd<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tower::Service<http::Request<B>> for RunToEnd<S>
 where
-    S: tower::Service<R, Error = Infallible>,
+    S: tower::Service<http::Request<B>, Error = Infallible>,
     S::Future: Send + 'static,
     S::Response: Send + 'static,
 {
@@ -62,9 +92,26 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: R) -> Self::Future {
-        let call = self.tasks.spawn(self.inner.call(request));
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let reads = matches!(
+            *request.method(),
+            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+        );
+        // Not started until polled: a call dropped before then does nothing.
+        let call = self.inner.call(request);
+        if reads {
+            return Box::pin(call);
+        }
+        let (tasks, room) = (self.tasks.clone(), self.room.clone());
         Box::pin(async move {
+            let Ok(permit) = room.acquire_owned().await else {
+                // The semaphore is never closed.
+                return std::future::pending().await;
+            };
+            let call = tasks.spawn(async move {
+                let _permit = permit;
+                call.await
+            });
             match call.await {
                 Ok(response) => response,
                 // The handler's panic goes on where it would have without this layer.
@@ -80,47 +127,124 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tower::{Layer as _, Service as _, ServiceExt as _};
 
-    #[tokio::test]
-    async fn a_call_whose_caller_stops_waiting_still_ends() {
-        let tasks = TaskTracker::new();
-        let finished = Arc::new(AtomicBool::new(false));
-        let release = Arc::new(tokio::sync::Notify::new());
-        let handler = {
+    /// A handler that counts the calls that end, each once `release` lets it.
+    fn handler(
+        finished: Arc<AtomicUsize>,
+        release: Arc<tokio::sync::Notify>,
+    ) -> impl tower::Service<
+        http::Request<()>,
+        Response = &'static str,
+        Error = Infallible,
+        Future = impl Future<Output = Result<&'static str, Infallible>> + Send + 'static,
+    > + Clone {
+        tower::service_fn(move |_: http::Request<()>| {
             let (finished, release) = (finished.clone(), release.clone());
-            tower::service_fn(move |()| {
-                let (finished, release) = (finished.clone(), release.clone());
-                async move {
-                    release.notified().await;
-                    finished.store(true, Ordering::SeqCst);
-                    Ok::<_, Infallible>("done")
-                }
-            })
-        };
-        let mut service = RunToEndLayer::new(&tasks).layer(handler);
-        let call = service.ready().await.expect("ready").call(());
-        // The caller goes away before the handler is done.
+            async move {
+                release.notified().await;
+                finished.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, Infallible>("done")
+            }
+        })
+    }
+
+    fn request(method: http::Method) -> http::Request<()> {
+        http::Request::builder()
+            .method(method)
+            .uri("/")
+            .body(())
+            .expect("a request")
+    }
+
+    /// Polls `call` once, as a server does before its caller can go away, then drops it.
+    async fn abandon<F: Future + Unpin>(mut call: F) {
+        assert!(futures_util::poll!(&mut call).is_pending(), "not done yet");
         drop(call);
+    }
+
+    #[tokio::test]
+    async fn a_call_that_changes_something_runs_to_its_end_when_its_caller_goes() {
+        let tasks = TaskTracker::new();
+        let finished = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let mut service =
+            RunToEndLayer::new(&tasks).layer(handler(finished.clone(), release.clone()));
+        let call = service
+            .ready()
+            .await
+            .expect("ready")
+            .call(request(http::Method::POST));
+        abandon(call).await;
         release.notify_one();
         tasks.close();
         tasks.wait().await;
-        assert!(
+        assert_eq!(
             finished.load(Ordering::SeqCst),
+            1,
             "the handler ran to its end"
         );
     }
 
     #[tokio::test]
+    async fn a_read_goes_with_its_caller() {
+        let tasks = TaskTracker::new();
+        let finished = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let mut service =
+            RunToEndLayer::new(&tasks).layer(handler(finished.clone(), release.clone()));
+        let call = service
+            .ready()
+            .await
+            .expect("ready")
+            .call(request(http::Method::GET));
+        abandon(call).await;
+        release.notify_one();
+        tasks.close();
+        tasks.wait().await;
+        tokio::task::yield_now().await;
+        assert_eq!(
+            finished.load(Ordering::SeqCst),
+            0,
+            "dropped, as without the layer"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_call_abandoned_while_it_waits_for_room_never_starts() {
+        let tasks = TaskTracker::new();
+        let finished = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let mut service =
+            RunToEndLayer::with_room(&tasks, 1).layer(handler(finished.clone(), release.clone()));
+        let first = service
+            .ready()
+            .await
+            .expect("ready")
+            .call(request(http::Method::POST));
+        abandon(first).await;
+        let second = service
+            .ready()
+            .await
+            .expect("ready")
+            .call(request(http::Method::DELETE));
+        // No room: it waits, and is abandoned while waiting.
+        abandon(second).await;
+        release.notify_one();
+        tasks.close();
+        tasks.wait().await;
+        assert_eq!(finished.load(Ordering::SeqCst), 1, "only the first ran");
+    }
+
+    #[tokio::test]
     async fn a_call_answers_as_its_handler_does() {
         let tasks = TaskTracker::new();
-        let mut service =
-            RunToEndLayer::new(&tasks).layer(tower::service_fn(|n: u32| async move {
-                Ok::<_, Infallible>(n + 1)
-            }));
-        let answer = service.ready().await.expect("ready").call(41).await;
+        let mut service = RunToEndLayer::new(&tasks).layer(tower::service_fn(
+            |request: http::Request<u32>| async move { Ok::<_, Infallible>(request.body() + 1) },
+        ));
+        let post = http::Request::post("/").body(41).expect("a request");
+        let answer = service.ready().await.expect("ready").call(post).await;
         assert_eq!(answer, Ok(42));
     }
 }
