@@ -122,8 +122,8 @@ pub enum Refusal {
     tenant_mismatch,
     /// A field the log finds attempts by (event id, event type, URL, error kind, agent id)
     /// breaks the API's limits, or the attempt is not one an agent makes (no known outcome,
-    /// no HTTP status, no number, no start, or one a day or more ahead, a negative or
-    /// day-long duration); no agent of this version sends one.
+    /// a status outside 100 to 999, no number, no start, or one a day or more ahead, a
+    /// negative or day-long duration); no agent of this version sends one.
     malformed,
 }
 
@@ -158,7 +158,8 @@ fn well_formed(attempt: &pb::Attempt, now: std::time::SystemTime) -> bool {
         && attempt.error_kind.len() <= MAX_ERROR_KIND_LEN
         && attempt.agent_id.len() <= MAX_HELLO_FIELD
         && outcome.is_ok_and(|o| o != pb::Outcome::Unspecified)
-        && (attempt.status_code == 0 || (100..=599).contains(&attempt.status_code))
+        // Whatever status line a receiver answers with, as the HTTP client reads it.
+        && (attempt.status_code == 0 || (100..=999).contains(&attempt.status_code))
         && attempt.attempt >= 1
         && started.is_some_and(|t| t <= now + MAX_CLOCK_AHEAD)
         && took.is_none_or(|d| d.is_some_and(|d| d <= MAX_ATTEMPT_DURATION))
@@ -337,6 +338,15 @@ mod tests {
             check_report(&who, Some(&sub("shop-a", &[])), &attempt("shop-a")),
             Ok(())
         );
+        // A receiver may answer any status line the HTTP client reads.
+        let odd_status = pb::Attempt {
+            status_code: 799,
+            ..attempt("shop-a")
+        };
+        assert_eq!(
+            check_report(&who, Some(&sub("shop-a", &[])), &odd_status),
+            Ok(())
+        );
         assert_eq!(
             check_report(
                 &who,
@@ -398,7 +408,7 @@ mod tests {
                 ..attempt("shop-a")
             },
             pb::Attempt {
-                status_code: 99_999,
+                status_code: 1000,
                 ..attempt("shop-a")
             },
             pb::Attempt {
