@@ -333,9 +333,11 @@ impl Fleet {
             let entry = agents.get(agent_id)?;
             (entry.interest.tenants.clone(), entry.orders.clone()?)
         };
-        let (items, refused): (Vec<_>, Vec<_>) = items
-            .into_iter()
-            .partition(|item| tenants.is_empty() || tenants.contains(&item.tenant));
+        // An item of no tenant was relayed by a replica of an older version: the agent's own
+        // config decides (it replays only subscriptions it holds).
+        let (items, refused): (Vec<_>, Vec<_>) = items.into_iter().partition(|item| {
+            item.tenant.is_empty() || tenants.is_empty() || tenants.contains(&item.tenant)
+        });
         let answer = if items.is_empty() {
             None
         } else {
@@ -348,7 +350,7 @@ impl Fleet {
             .into_iter()
             .map(|item| pb::ReplayMiss {
                 reason: format!(
-                    "its agent does not deliver for tenant {:?} any more",
+                    "the agent that made its last attempt does not deliver for tenant {:?}",
                     item.tenant
                 ),
                 event_id: item.event_id,

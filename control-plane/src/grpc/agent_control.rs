@@ -169,9 +169,10 @@ impl AgentControl for AgentControlService {
         if let Some(unreadable) = shared.hub.unreadable() {
             return Err(cannot_serve(&unreadable));
         }
-        // A revision ahead of the store's is none this replica's config came from (a store
-        // restored from an older backup, or an agent's mistake): the agent gets a snapshot, and
-        // is listed as holding nothing until it acks one.
+        // A revision ahead of what this replica's hub reflects (another replica's newer
+        // change, a store restored from an older backup, an agent's mistake) cannot be
+        // resumed from here: the agent gets a snapshot, and is listed as holding nothing until
+        // it acks one.
         if !(0..=shared.hub.revision()).contains(&hello.last_revision) {
             hello.last_revision = 0;
         }
@@ -269,10 +270,15 @@ impl AgentControl for AgentControlService {
                 // to that agent, which must serve its tenant (`Fleet::send_replay`).
                 let mut attempts = batch.attempts;
                 if !batch.agent_id.is_empty() {
-                    let agent = agent_trust::cut(&batch.agent_id, agent_trust::MAX_HELLO_FIELD);
+                    if let Err(invalid) = herald_core::validate::agent_id(&batch.agent_id) {
+                        let _ = tx
+                            .send(Err(herald_proto::convert::invalid_argument(invalid)))
+                            .await;
+                        return;
+                    }
                     for attempt in &mut attempts {
-                        if attempt.agent_id != agent {
-                            agent.clone_into(&mut attempt.agent_id);
+                        if attempt.agent_id != batch.agent_id {
+                            attempt.agent_id.clone_from(&batch.agent_id);
                         }
                     }
                 }
@@ -355,10 +361,15 @@ impl AgentControl for AgentControlService {
 /// those records, so an identity cannot take over another's agent id (and with it the
 /// agent's place in the list and the orders sent to it) on a replica the agent is not on.
 async fn holder_elsewhere(store: &Store, agent_id: &str, identity: &str) -> Result<(), Status> {
-    let record = store
-        .get(&crate::keys::agent(agent_id))
-        .await
-        .map_err(|err| Status::unavailable(format!("cannot read the agent's record: {err}")))?;
+    let record = match store.get(&crate::keys::agent(agent_id)).await {
+        Ok(record) => record,
+        Err(err) => {
+            // The config may still be served from memory: this replica's own binding of ids
+            // to identities (`Fleet::connected`) is checked next.
+            tracing::warn!(agent = %agent_id, error = %err, "cannot read the agent's presence record; its id is checked against this replica's agents only");
+            None
+        }
+    };
     let holder = record
         .and_then(|kv| pb::AgentInfo::decode(kv.value.as_slice()).ok())
         .map(|info| info.identity)
