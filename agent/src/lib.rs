@@ -304,6 +304,17 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The data directory's `agent-id` file holds no usable agent id.
+    #[error(
+        "{path} holds no usable agent id ({reason}): correct it, remove it for a new id, or \
+         pass --id"
+    )]
+    AgentIdFile {
+        /// The file.
+        path: String,
+        /// What is wrong with the id.
+        reason: String,
+    },
     /// The durable queue could not be opened.
     #[error(transparent)]
     Queue(#[from] queue::QueueError),
@@ -356,6 +367,7 @@ impl Error {
                 ) && source.raw_os_error() != Some(rustix::io::Errno::IO.raw_os_error())
             }
             Error::Client(_)
+            | Error::AgentIdFile { .. }
             | Error::Metrics { .. }
             | Error::TlsFile(_)
             | Error::Interest(_)
@@ -807,7 +819,15 @@ fn agent_id(dir: &Path) -> Result<String, Error> {
     // The directory is made by `run` before anything else.
     let path = dir.join("agent-id");
     match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(id) if !id.trim().is_empty() => {
+            // Checked as `--id` is: the control plane refuses any other.
+            let id = id.trim();
+            herald_core::validate::agent_id(id).map_err(|invalid| Error::AgentIdFile {
+                path: path.display().to_string(),
+                reason: invalid.reason,
+            })?;
+            return Ok(id.to_owned());
+        }
         Ok(_) => {}
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => return Err(fail(err)),
@@ -823,6 +843,18 @@ fn agent_id(dir: &Path) -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agent_id_file_is_made_once_and_read_as_an_id_must_be() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let made = agent_id(dir.path()).expect("made");
+        assert!(herald_core::validate::agent_id(&made).is_ok(), "{made}");
+        assert_eq!(agent_id(dir.path()).expect("read"), made);
+        std::fs::write(dir.path().join("agent-id"), "node 1\n").expect("written");
+        let refused = agent_id(dir.path()).unwrap_err();
+        assert!(matches!(refused, Error::AgentIdFile { .. }), "{refused}");
+        assert!(refused.is_setting(), "exit 64: restarting does not help");
+    }
 
     #[test]
     fn the_emit_budget_is_a_number_of_bytes_within_its_range() {
