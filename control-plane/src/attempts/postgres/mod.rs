@@ -608,6 +608,8 @@ impl LogStore for PostgresLog {
             if rows == 0 && !expired {
                 // An empty day within retention frees nothing; dropping it would only have it
                 // made again below, and again at every sweep while the log is over its limit.
+                // (Its estimate, if stale, counts for nothing either.)
+                total = total.saturating_sub(estimate);
                 continue;
             }
             let txn = self.partition_change(&mut client).await?;
