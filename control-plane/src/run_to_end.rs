@@ -128,119 +128,93 @@ where
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tower::{Layer as _, Service as _, ServiceExt as _};
+    use tower::{Service as _, ServiceExt as _};
 
-    /// A handler that counts the calls that end, each once `release` lets it.
-    fn handler(
+    /// A service under the layer whose handler ends each call once `release` lets it, and
+    /// counts the calls that ended.
+    struct Held {
+        tasks: TaskTracker,
         finished: Arc<AtomicUsize>,
         release: Arc<tokio::sync::Notify>,
-    ) -> impl tower::Service<
-        http::Request<()>,
-        Response = &'static str,
-        Error = Infallible,
-        Future = impl Future<Output = Result<&'static str, Infallible>> + Send + 'static,
-    > + Clone {
-        tower::service_fn(move |_: http::Request<()>| {
-            let (finished, release) = (finished.clone(), release.clone());
-            async move {
-                release.notified().await;
-                finished.fetch_add(1, Ordering::SeqCst);
-                Ok::<_, Infallible>("done")
+        service:
+            RunToEnd<tower::util::BoxCloneSyncService<http::Request<()>, &'static str, Infallible>>,
+    }
+
+    impl Held {
+        fn new(room: usize) -> Self {
+            let tasks = TaskTracker::new();
+            let finished = Arc::new(AtomicUsize::new(0));
+            let release = Arc::new(tokio::sync::Notify::new());
+            let handler = {
+                let (finished, release) = (finished.clone(), release.clone());
+                tower::service_fn(move |_: http::Request<()>| {
+                    let (finished, release) = (finished.clone(), release.clone());
+                    async move {
+                        release.notified().await;
+                        finished.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, Infallible>("done")
+                    }
+                })
+            };
+            let service = RunToEndLayer::with_room(&tasks, room)
+                .wrap(tower::util::BoxCloneSyncService::new(handler));
+            Held {
+                tasks,
+                finished,
+                release,
+                service,
             }
-        })
-    }
+        }
 
-    fn request(method: http::Method) -> http::Request<()> {
-        http::Request::builder()
-            .method(method)
-            .uri("/")
-            .body(())
-            .expect("a request")
-    }
+        /// Calls with `method`, polls the call once (as a server does before its caller can
+        /// go away), then drops it.
+        async fn abandon(&mut self, method: http::Method) {
+            let request = http::Request::builder()
+                .method(method)
+                .uri("/")
+                .body(())
+                .expect("a request");
+            let mut call = self.service.ready().await.expect("ready").call(request);
+            assert!(futures_util::poll!(&mut call).is_pending(), "not done yet");
+        }
 
-    /// Polls `call` once, as a server does before its caller can go away, then drops it.
-    async fn abandon<F: Future + Unpin>(mut call: F) {
-        assert!(futures_util::poll!(&mut call).is_pending(), "not done yet");
-        drop(call);
+        /// Lets a handler end, waits for every task, and counts the calls that ended.
+        async fn ended(self) -> usize {
+            self.release.notify_one();
+            self.tasks.close();
+            self.tasks.wait().await;
+            tokio::task::yield_now().await;
+            self.finished.load(Ordering::SeqCst)
+        }
     }
 
     #[tokio::test]
     async fn a_call_that_changes_something_runs_to_its_end_when_its_caller_goes() {
-        let tasks = TaskTracker::new();
-        let finished = Arc::new(AtomicUsize::new(0));
-        let release = Arc::new(tokio::sync::Notify::new());
-        let mut service =
-            RunToEndLayer::new(&tasks).layer(handler(finished.clone(), release.clone()));
-        let call = service
-            .ready()
-            .await
-            .expect("ready")
-            .call(request(http::Method::POST));
-        abandon(call).await;
-        release.notify_one();
-        tasks.close();
-        tasks.wait().await;
-        assert_eq!(
-            finished.load(Ordering::SeqCst),
-            1,
-            "the handler ran to its end"
-        );
+        let mut held = Held::new(MAX_DETACHED);
+        held.abandon(http::Method::POST).await;
+        assert_eq!(held.ended().await, 1, "the handler ran to its end");
     }
 
     #[tokio::test]
     async fn a_read_goes_with_its_caller() {
-        let tasks = TaskTracker::new();
-        let finished = Arc::new(AtomicUsize::new(0));
-        let release = Arc::new(tokio::sync::Notify::new());
-        let mut service =
-            RunToEndLayer::new(&tasks).layer(handler(finished.clone(), release.clone()));
-        let call = service
-            .ready()
-            .await
-            .expect("ready")
-            .call(request(http::Method::GET));
-        abandon(call).await;
-        release.notify_one();
-        tasks.close();
-        tasks.wait().await;
-        tokio::task::yield_now().await;
-        assert_eq!(
-            finished.load(Ordering::SeqCst),
-            0,
-            "dropped, as without the layer"
-        );
+        let mut held = Held::new(MAX_DETACHED);
+        held.abandon(http::Method::GET).await;
+        assert_eq!(held.ended().await, 0, "dropped, as without the layer");
     }
 
     #[tokio::test]
     async fn a_call_abandoned_while_it_waits_for_room_never_starts() {
-        let tasks = TaskTracker::new();
-        let finished = Arc::new(AtomicUsize::new(0));
-        let release = Arc::new(tokio::sync::Notify::new());
-        let mut service =
-            RunToEndLayer::with_room(&tasks, 1).layer(handler(finished.clone(), release.clone()));
-        let first = service
-            .ready()
-            .await
-            .expect("ready")
-            .call(request(http::Method::POST));
-        abandon(first).await;
-        let second = service
-            .ready()
-            .await
-            .expect("ready")
-            .call(request(http::Method::DELETE));
+        let mut held = Held::new(1);
+        held.abandon(http::Method::POST).await;
         // No room: it waits, and is abandoned while waiting.
-        abandon(second).await;
-        release.notify_one();
-        tasks.close();
-        tasks.wait().await;
-        assert_eq!(finished.load(Ordering::SeqCst), 1, "only the first ran");
+        held.abandon(http::Method::DELETE).await;
+        assert_eq!(held.ended().await, 1, "only the first ran");
     }
 
     #[tokio::test]
     async fn a_call_answers_as_its_handler_does() {
         let tasks = TaskTracker::new();
-        let mut service = RunToEndLayer::new(&tasks).layer(tower::service_fn(
+        let mut service = RunToEndLayer::new(&tasks).wrap(tower::service_fn(
             |request: http::Request<u32>| async move { Ok::<_, Infallible>(request.body() + 1) },
         ));
         let post = http::Request::post("/").body(41).expect("a request");
