@@ -11,7 +11,8 @@
 //!   to the attempt's tenant. Others are refused, counted by [`Refusal`] and logged, and the
 //!   rest of the batch is stored: a forged 410 for another tenant's endpoint disables
 //!   nothing. So is an attempt whose event id, type, URL, error kind or agent id breaks the
-//!   limits every agent keeps (the log indexes them).
+//!   limits every agent keeps (the log indexes them). A batch under an agent id another
+//!   identity holds is refused as a hello with it would be.
 
 use herald_core::interest::MAX_INTEREST;
 use herald_core::limits::{MAX_EVENT_TYPE_LEN, MAX_URL_LEN};

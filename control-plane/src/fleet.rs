@@ -529,6 +529,12 @@ impl Fleet {
         self.mark_changed([agent_id]);
     }
 
+    /// The identity that holds `agent_id` on this replica (the one whose hello it was), if
+    /// an agent of that id has said hello here.
+    pub fn holder(&self, agent_id: &str) -> Option<String> {
+        self.lock().get(agent_id).map(|entry| entry.owner.clone())
+    }
+
     /// Config streams open on this replica.
     pub fn streams(&self) -> usize {
         self.lock()

@@ -218,7 +218,7 @@ impl AgentControl for AgentControlService {
         let shares = MessageShares::of(&request);
         let mut inbound = request.into_inner();
         let (log, health, streams) = (self.log.clone(), self.health.clone(), self.streams.clone());
-        let (hub, registry) = (self.hub.clone(), self.registry.clone());
+        let (hub, registry, fleet) = (self.hub.clone(), self.registry.clone(), self.fleet.clone());
         // Reports are checked against the hub's subscriptions: before it has loaded them (a
         // replica just started) every report would look unknown, and be refused and acked.
         tokio::select! {
@@ -230,6 +230,9 @@ impl AgentControl for AgentControlService {
         let body_limit = self.log_body_limit as usize;
         let stream = self.streams.stream(move |tx| async move {
             let _open = metrics.report_stream();
+            // The agent id this stream's batches were found to be the caller's (checked once,
+            // then again only if a batch names another).
+            let mut own_id: Option<String> = None;
             // The follow-ups of stored batches (disabling, recovery events) are acted on by a
             // task of their own, in order, while the next batch is stored; a short queue keeps
             // it close behind. A follow-up not acted on stays in the log for the sweep.
@@ -275,6 +278,17 @@ impl AgentControl for AgentControlService {
                             .send(Err(herald_proto::convert::invalid_argument(invalid)))
                             .await;
                         return;
+                    }
+                    // Attempts are stored as the agent's: an identity may not report them
+                    // under an id another identity holds, as it may not say hello with it.
+                    if own_id.as_deref() != Some(batch.agent_id.as_str()) {
+                        if let Err(status) =
+                            held_by(&fleet, registry.store(), &batch.agent_id, &who.name).await
+                        {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                        own_id = Some(batch.agent_id.clone());
                     }
                     for attempt in &mut attempts {
                         if attempt.agent_id != batch.agent_id {
@@ -354,6 +368,28 @@ impl AgentControl for AgentControlService {
         });
         Ok(Response::new(stream))
     }
+}
+
+/// Refuses reports under `agent_id` from `identity` when another identity holds the id, on
+/// this replica ([`Fleet::holder`]) or, by its presence record, on another.
+async fn held_by(
+    fleet: &Fleet,
+    store: &Store,
+    agent_id: &str,
+    identity: &str,
+) -> Result<(), Status> {
+    if fleet
+        .holder(agent_id)
+        .is_some_and(|holder| holder != identity)
+    {
+        return Err(Status::permission_denied(
+            HelloError::IdTaken {
+                agent_id: agent_id.to_owned(),
+            }
+            .to_string(),
+        ));
+    }
+    holder_elsewhere(store, agent_id, identity).await
 }
 
 /// Refuses a hello with `agent_id` from `identity` when the agent's presence record says

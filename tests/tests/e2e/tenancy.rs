@@ -16,7 +16,7 @@ use herald_proto::v1::subscriptions_client::SubscriptionsClient;
 use herald_tests::herald::connect;
 use herald_tests::{
     Agent, AgentAndReceiver, AgentOptions, ConfigStore, ControlPlane, Etcd, HeldPort, Receiver,
-    TestCa, event, eventually, subscription,
+    TestCa, event, eventually, report, subscription,
 };
 use prost::Message as _;
 use tonic::{Code, Status};
@@ -642,9 +642,24 @@ async fn an_agent_id_is_held_by_its_identity_on_every_replica() -> anyhow::Resul
         assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
         assert!(refused.message().contains("agt_node_1"), "{refused:?}");
     }
-    // The agent itself may reconnect anywhere.
+    // Nor may it report attempts under that id (the log would name the fleet's agent as
+    // their sender), on either replica.
+    let batch = pb::ReportBatch {
+        batch_id: 1,
+        agent_id: "agt_node_1".into(),
+        attempts: vec![],
+    };
+    for replica in [&second, &first] {
+        let mut squatter = agent_control(replica.url(), AGENT_A).await?;
+        let refused = report(&mut squatter, batch.clone()).await.unwrap_err();
+        let status = refused.downcast_ref::<Status>().expect("a gRPC status");
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert!(status.message().contains("agt_node_1"), "{status:?}");
+    }
+    // The agent itself may reconnect and report anywhere.
     let mut again = agent_control(second.url(), AGENT).await?;
     first_update(&mut again, hello).await?;
+    report(&mut agent_control(second.url(), AGENT).await?, batch).await?;
     let still = agents
         .list_agents(pb::ListAgentsRequest::default())
         .await?
