@@ -26,6 +26,13 @@ pub enum Command {
         #[arg(long)]
         read_only: bool,
     },
+    /// End every link into one tenant's portal made until now, on every replica (for a link
+    /// that leaked, or a user who left). Links made afterwards work.
+    ExpireLinks {
+        /// The tenant whose links end.
+        #[arg(long)]
+        tenant: String,
+    },
 }
 
 pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Result<()> {
@@ -57,6 +64,25 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                         "read_only": link.read_only,
                         "expires_at": output::time(link.expires_at.as_ref()),
                     }),
+                )?;
+            }
+        }
+        Command::ExpireLinks { tenant } => {
+            let expired = client
+                .expire_portal_links(pb::ExpirePortalLinksRequest { tenant })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let before = output::time(expired.before.as_ref());
+            if format.style == output::Style::Table {
+                output::write(&format!(
+                    "{}'s portal links made until {before} no longer open\n",
+                    expired.tenant
+                ))?;
+            } else {
+                output::object(
+                    format,
+                    &json!({ "tenant": expired.tenant, "expired_before": before }),
                 )?;
             }
         }

@@ -2004,19 +2004,45 @@ async fn dev_session(stdout: std::process::Stdio) -> anyhow::Result<Output> {
         .filter(|path| path.starts_with("/portal/"))
         .with_context(|| format!("a portal link: {link}"))?
         .to_owned();
-    let portal = {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut stream = tokio::net::TcpStream::connect(&http).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: dev\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).await?;
-        answer
+    let page = |path: String| {
+        let http = http.clone();
+        async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let mut stream = tokio::net::TcpStream::connect(&http).await?;
+            let request = format!("GET {path} HTTP/1.1\r\nHost: dev\r\nConnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await?;
+            anyhow::Ok(answer)
+        }
     };
+    let portal = page(path.clone()).await?;
     assert!(
         portal.starts_with("HTTP/1.1 200") && portal.contains("/hooks/orders"),
         "{portal}"
     );
+    // Expiring shop-1's links ends that one; a link made afterwards opens.
+    let out = run(&["portal", "expire-links", "--tenant", "shop-1"]).await?;
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("shop-1's portal links made until"),
+        "{out:?}"
+    );
+    let ended = page(path).await?;
+    assert!(
+        ended.starts_with("HTTP/1.1 403")
+            && ended.contains("withdrawn")
+            && !ended.contains("/hooks/orders"),
+        "{ended}"
+    );
+    let out = run(&["portal", "link", "--tenant", "shop-1", "--ttl", "10m"]).await?;
+    let link = String::from_utf8(out.stdout)?.trim().to_owned();
+    let path = link
+        .strip_prefix(&format!("http://{http}"))
+        .with_context(|| format!("a portal link: {link}"))?
+        .to_owned();
+    let portal = page(path).await?;
+    assert!(portal.starts_with("HTTP/1.1 200"), "{portal}");
     let out = run(&["portal", "link", "--tenant", "shop-1", "--ttl", "30days"]).await?;
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ttl"));

@@ -26,6 +26,8 @@
 //!   is the same key (see `keyring_check.rs`).
 //! - `/herald/v1/operator-event-key` → a `herald.v1.SealedSecret`: the secret operator event ids
 //!   are derived with, made once and shared by every replica (see `operator_events.rs`).
+//! - `/herald/v1/portal-links-expired/<tenant>` → a `herald.v1.PortalLinksExpired`: the
+//!   tenant's portal links made until then no longer open (see `portal_links.rs`).
 
 /// The root of every Herald key.
 pub const ROOT: &str = "/herald/v1/";
@@ -114,6 +116,11 @@ pub fn id_of_subscription_key(key: &str) -> Option<&str> {
     key.strip_prefix(SUBSCRIPTIONS)?
         .rsplit_once('/')
         .map(|(_, id)| id)
+}
+
+/// The record that ends a tenant's portal links made until a time.
+pub fn portal_links_expired(tenant: &str) -> String {
+    format!("{ROOT}portal-links-expired/{tenant}")
 }
 
 #[cfg(test)]

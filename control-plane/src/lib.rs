@@ -22,6 +22,7 @@ pub mod keys;
 pub mod log_health;
 pub mod metrics;
 pub mod operator_events;
+pub mod portal_links;
 pub mod presence;
 pub mod recent;
 pub mod redb_file;
@@ -510,7 +511,7 @@ pub async fn run(
         events.clone(),
         stop.clone(),
     ));
-    let presence_store = store;
+    let presence_store = store.clone();
     let health = Health::new(
         log.clone(),
         registry.clone(),
@@ -658,6 +659,7 @@ pub async fn run(
     let portal_service = Arc::new(grpc::PortalService::new(
         keyring.clone(),
         public_url.clone(),
+        portal_links::PortalLinks::new(store),
         recorder.clone(),
     ));
     let agents_service = Arc::new(grpc::AgentsService::new(

@@ -54,6 +54,8 @@ pub enum Action {
     DeliveriesExpunge,
     /// A tenant portal link was handed out.
     PortalLink,
+    /// A tenant's portal links made until then were ended.
+    PortalLinksExpire,
 }
 
 impl Action {
@@ -74,6 +76,7 @@ impl Action {
             Action::DeliveriesReplay => "deliveries.replay",
             Action::DeliveriesExpunge => "deliveries.expunge",
             Action::PortalLink => "portal.link",
+            Action::PortalLinksExpire => "portal.expire_links",
         }
     }
 }

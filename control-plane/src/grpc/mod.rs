@@ -12,5 +12,5 @@ pub use admin::{AgentsService, DeliveriesService, SubscriptionsService};
 pub use agent_control::{AgentControlService, BATCH_ARRIVAL, BUDGETED_ROUTES, ConfigFeeds};
 pub use audit::AuditService;
 pub use event_types::EventTypesService;
-pub use portal::PortalService;
+pub use portal::{LinkRefusal, PortalService};
 pub use streams::Streams;

@@ -154,3 +154,54 @@ pub async fn create_portal_link(
         read_only: link.read_only,
     }))
 }
+
+/// A tenant whose portal links end.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LinksToExpire {
+    /// The tenant.
+    tenant: String,
+}
+
+/// Until when a tenant's portal links are ended.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PortalLinksExpired {
+    /// The tenant.
+    pub tenant: String,
+    /// Its links made until then no longer open.
+    pub expired_before: Option<String>,
+}
+
+/// Ends every link into one tenant's portal made until now, on every replica (an `admin` of
+/// that tenant may): for a link that leaked, or a user who left. Links made afterwards work.
+#[utoipa::path(
+    post,
+    path = "/api/v1/portal-links/expire",
+    operation_id = "ExpirePortalLinks",
+    tag = "Portal",
+    request_body = LinksToExpire,
+    responses(
+        (status = 200, body = PortalLinksExpired),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json")
+    )
+)]
+pub async fn expire_portal_links(
+    State(state): State<ApiState>,
+    caller: Authorized,
+    super::ApiJson(body): super::ApiJson<LinksToExpire>,
+) -> Result<Json<PortalLinksExpired>, ApiError> {
+    use herald_proto::v1::portal_server::Portal as _;
+    let expired = state
+        .services
+        .portal
+        .expire_portal_links(caller.request(pb::ExpirePortalLinksRequest {
+            tenant: body.tenant,
+        }))
+        .await?
+        .into_inner();
+    Ok(Json(PortalLinksExpired {
+        tenant: expired.tenant,
+        expired_before: time(expired.before.as_ref()),
+    }))
+}

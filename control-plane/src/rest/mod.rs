@@ -166,6 +166,7 @@ fn routes() -> OpenApiRouter<ApiState> {
         ))
         .routes(routes!(fleet::list_agents))
         .routes(routes!(fleet::create_portal_link))
+        .routes(routes!(fleet::expire_portal_links))
         .routes(routes!(audit::list_audit_entries))
 }
 

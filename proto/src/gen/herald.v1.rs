@@ -694,7 +694,8 @@ pub struct AuditEntry {
     /// What was done: `subscription.create`, `subscription.update`, `subscription.delete`,
     /// `subscription.enable`, `subscription.disable`, `subscription.rotate_secret`,
     /// `subscription.test`, `event_type.create`, `event_type.update`, `event_type.deprecate`,
-    /// `event_type.delete`, `deliveries.replay`, `deliveries.expunge`, `portal.link`.
+    /// `event_type.delete`, `deliveries.replay`, `deliveries.expunge`, `portal.link`,
+    /// `portal.expire_links`.
     #[prost(string, tag = "4")]
     pub action: ::prost::alloc::string::String,
     /// What it was done to: a subscription id, an event type's name, or what a replay named.
@@ -816,6 +817,20 @@ pub struct ListEventTypesResponse {
     /// Empty on the last page.
     #[prost(string, tag = "2")]
     pub next_page_token: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ExpirePortalLinksRequest {
+    #[prost(string, tag = "1")]
+    pub tenant: ::prost::alloc::string::String,
+}
+/// A tenant's portal links made at or before `before` no longer open. Kept in the config
+/// store at /herald/v1/portal-links-expired/<tenant>.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PortalLinksExpired {
+    #[prost(string, tag = "1")]
+    pub tenant: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub before: ::core::option::Option<::prost_types::Timestamp>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CreatePortalLinkRequest {
@@ -4429,6 +4444,33 @@ pub mod portal_client {
                 .insert(GrpcMethod::new("herald.v1.Portal", "CreatePortalLink"));
             self.inner.unary(req, path, codec).await
         }
+        /// Ends every link into one tenant's portal made until now, on every replica (an `admin`
+        /// of that tenant may): for a link that leaked, or a user who left. Links made afterwards
+        /// work. Idempotent.
+        pub async fn expire_portal_links(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ExpirePortalLinksRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PortalLinksExpired>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/herald.v1.Portal/ExpirePortalLinks",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("herald.v1.Portal", "ExpirePortalLinks"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -4449,6 +4491,16 @@ pub mod portal_server {
             &self,
             request: tonic::Request<super::CreatePortalLinkRequest>,
         ) -> std::result::Result<tonic::Response<super::PortalLink>, tonic::Status>;
+        /// Ends every link into one tenant's portal made until now, on every replica (an `admin`
+        /// of that tenant may): for a link that leaked, or a user who left. Links made afterwards
+        /// work. Idempotent.
+        async fn expire_portal_links(
+            &self,
+            request: tonic::Request<super::ExpirePortalLinksRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PortalLinksExpired>,
+            tonic::Status,
+        >;
     }
     /// Links into the tenant portal: the web pages (served with --http-listen) where one tenant
     /// manages its own endpoints and reads its delivery log, for platforms to hand to their users
@@ -4559,6 +4611,51 @@ pub mod portal_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = CreatePortalLinkSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/herald.v1.Portal/ExpirePortalLinks" => {
+                    #[allow(non_camel_case_types)]
+                    struct ExpirePortalLinksSvc<T: Portal>(pub Arc<T>);
+                    impl<
+                        T: Portal,
+                    > tonic::server::UnaryService<super::ExpirePortalLinksRequest>
+                    for ExpirePortalLinksSvc<T> {
+                        type Response = super::PortalLinksExpired;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ExpirePortalLinksRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Portal>::expire_portal_links(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ExpirePortalLinksSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -11,8 +11,8 @@ use herald_proto::v1 as pb;
 use herald_proto::v1::event_types_client::EventTypesClient;
 use herald_proto::v1::portal_client::PortalClient;
 use herald_tests::{
-    AgentAndReceiver, AgentOptions, Browser, ConfigStore, ControlPlane, HeldPort, World, event,
-    eventually, subscription,
+    AgentAndReceiver, AgentOptions, Browser, ConfigStore, ControlPlane, Etcd, HeldPort, World,
+    event, eventually, subscription,
 };
 
 const ADMIN: &str = "admin-portal-3b7d9e1f5a2c";
@@ -403,6 +403,124 @@ async fn a_shop_manages_its_endpoints_in_its_portal_and_sees_no_other_shop() -> 
     let status = client.get(&tampered).send().await?.status().as_u16();
     assert_eq!(status, 403);
     browser.close().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn expiring_a_tenants_links_ends_them_on_every_replica() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let etcd = Etcd::start().await?;
+    let tokens =
+        format!("admin {ADMIN} name=platform\nadmin {SHOP_B_ADMIN} name=shop-b tenants=shop-b\n");
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let http = HeldPort::new()?;
+        let control_plane = ControlPlane::start_with_tokens_configured(
+            ConfigStore::Etcd(vec![etcd.endpoint()]),
+            &tokens,
+            ADMIN,
+            |config| config.http_listen = Some(http.addr()),
+        )
+        .await?;
+        replicas.push((control_plane, http));
+    }
+    let (first, second) = (&replicas[0].0, &replicas[1].0);
+    let client = reqwest::Client::new();
+    // A page of a link, as opened on `replica`: its status and text.
+    let open = |replica: usize, url: &str| {
+        let (client, first_base) = (client.clone(), format!("http://{}", replicas[0].1.addr()));
+        let url = url.replace(
+            &first_base,
+            &format!("http://{}", replicas[replica].1.addr()),
+        );
+        async move {
+            let response = client.get(url).send().await?;
+            anyhow::Ok((response.status().as_u16(), response.text().await?))
+        }
+    };
+    let shop_a = link(first, "shop-a", false).await?;
+    let shop_a_read_only = link(first, "shop-a", true).await?;
+    let shop_b = link(first, "shop-b", false).await?;
+    for replica in [0, 1] {
+        for minted in [&shop_a, &shop_a_read_only, &shop_b] {
+            let (status, _) = open(replica, &minted.url).await?;
+            assert_eq!(status, 200, "{} on replica {replica}", minted.tenant);
+        }
+    }
+
+    // Shop B's own admin may end only shop B's links.
+    let mut shop_b_admin = PortalClient::new(
+        herald_proto::bearer::Bearer::new(Some(SHOP_B_ADMIN))?
+            .wrap(herald_tests::herald::connect(second.url()).await?),
+    );
+    let refused = shop_b_admin
+        .expire_portal_links(pb::ExpirePortalLinksRequest {
+            tenant: "shop-a".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let refused = shop_b_admin
+        .expire_portal_links(pb::ExpirePortalLinksRequest {
+            tenant: "Shop A!".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+
+    // The platform ends shop A's links on the second replica: both replicas refuse them,
+    // read-only or not; shop B's still open, and a link made afterwards opens.
+    let expired = PortalClient::new(second.channel().await?)
+        .expire_portal_links(pb::ExpirePortalLinksRequest {
+            tenant: "shop-a".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(expired.tenant, "shop-a");
+    assert!(expired.before.is_some());
+    for replica in [0, 1] {
+        for minted in [&shop_a, &shop_a_read_only] {
+            let (status, page) = open(replica, &minted.url).await?;
+            assert_eq!(status, 403, "replica {replica}: {page}");
+            assert!(
+                page.contains("withdrawn") && !page.contains("shop-a"),
+                "replica {replica}: {page}"
+            );
+        }
+        let (status, _) = open(replica, &shop_b.url).await?;
+        assert_eq!(status, 200, "shop B's link on replica {replica}");
+    }
+    let fresh = link(first, "shop-a", false).await?;
+    for replica in [0, 1] {
+        let (status, _) = open(replica, &fresh.url).await?;
+        assert_eq!(status, 200, "a new link on replica {replica}");
+    }
+    // Ending them again is harmless, and moves the time on.
+    let again = PortalClient::new(first.channel().await?)
+        .expire_portal_links(pb::ExpirePortalLinksRequest {
+            tenant: "shop-a".into(),
+        })
+        .await?
+        .into_inner();
+    let at = |t: &Option<prost_types::Timestamp>| t.map(|t| (t.seconds, t.nanos));
+    assert!(at(&again.before) >= at(&expired.before));
+    assert_eq!(open(1, &fresh.url).await?.0, 403);
+
+    // Each expiry is in the audit log of the replica it was made on (each keeps its own
+    // here), by whom and for which tenant.
+    for replica in [first, second] {
+        let entries = herald_proto::v1::audit_client::AuditClient::new(replica.channel().await?)
+            .list_audit_entries(pb::ListAuditEntriesRequest::default())
+            .await?
+            .into_inner()
+            .entries;
+        let expiries: Vec<_> = entries
+            .iter()
+            .filter(|e| e.action == "portal.expire_links")
+            .map(|e| (e.actor.as_str(), e.tenant.as_str()))
+            .collect();
+        assert_eq!(expiries, [("platform", "shop-a")]);
+    }
     Ok(())
 }
 

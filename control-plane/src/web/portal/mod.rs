@@ -15,7 +15,6 @@ mod receiver;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use askama::Template;
 use axum::Router;
@@ -37,7 +36,6 @@ use super::console::deliveries::{
 use super::console::subscriptions::{Choice, Endpoint, choices, disable_as, enable_as, rotate_as};
 use super::form::{FormData, SubscriptionForm, refusal};
 use super::page::{PageError, form_status, query_value, render, render_with, when};
-use super::portal_link;
 use super::sealed_token::TokenError;
 use super::session::{read_form, same_origin};
 use super::test_card::{self, TestCard, Tested};
@@ -46,6 +44,7 @@ use super::views::{
 };
 use crate::access::Role;
 use crate::access::{Identity, Scope};
+use crate::grpc::LinkRefusal;
 use crate::rest::Authorized;
 
 /// How the portal looks and where it may be embedded.
@@ -171,17 +170,33 @@ impl FromRequestParts<WebState> for Holder {
             .strip_prefix("/portal/")
             .and_then(|rest| rest.split('/').next())
             .unwrap_or_default();
-        let grant = portal_link::open(&state.keyring, token, SystemTime::now()).map_err(|err| {
-            PageError::Link {
-                message: match err {
-                    TokenError::Expired => {
-                        "This link has expired. Open the webhooks page again from where you \
-                         found this link to get a new one."
-                    }
-                    _ => "This link is not a valid webhooks link.",
-                },
+        let grant = match state.services.portal.open_link(token).await {
+            Ok(link) => link.grant,
+            Err(LinkRefusal::Token(TokenError::Expired)) => {
+                return Err(PageError::Link {
+                    message: "This link has expired. Open the webhooks page again from where \
+                              you found this link to get a new one.",
+                });
             }
-        })?;
+            Err(LinkRefusal::Ended) => {
+                return Err(PageError::Link {
+                    message: "This link no longer works: its links were withdrawn. Open the \
+                              webhooks page again from where you found this link to get a \
+                              new one.",
+                });
+            }
+            Err(LinkRefusal::Token(_)) => {
+                return Err(PageError::Link {
+                    message: "This link is not a valid webhooks link.",
+                });
+            }
+            Err(LinkRefusal::Unchecked(err)) => {
+                tracing::warn!(error = %err, "cannot tell whether a portal link was withdrawn");
+                return Err(PageError::Status(tonic::Status::unavailable(
+                    "this link cannot be checked right now; try again in a moment",
+                )));
+            }
+        };
         if parts.method != Method::GET && parts.method != Method::HEAD {
             same_origin(&parts.headers)?;
             if grant.read_only {
