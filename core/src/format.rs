@@ -87,13 +87,12 @@ pub fn render_body(
             body.push(b'}');
             Ok(body)
         }
-        (PayloadFormat::Xml, envelope) => {
-            let value = serde_json::from_slice(event.payload).map_err(RenderError::InvalidJson)?;
-            Ok(match envelope {
-                Envelope::Raw => xml::render(&value),
-                Envelope::Standard => xml::render_envelope(event.event_type, &timestamp(), &value),
-            })
-        }
+        (PayloadFormat::Xml, Envelope::Raw) => Ok(xml::render(event.payload)?),
+        (PayloadFormat::Xml, Envelope::Standard) => Ok(xml::render_envelope(
+            event.event_type,
+            &timestamp(),
+            event.payload,
+        )?),
     }
 }
 
@@ -113,6 +112,18 @@ pub enum RenderError {
     /// The payload is not a JSON document, so it has no XML form.
     #[error("payload is not valid JSON")]
     InvalidJson(#[source] serde_json::Error),
+    /// The payload could not be written as XML.
+    #[error("payload has no XML form")]
+    Xml(#[source] xml::XmlError),
+}
+
+impl From<xml::XmlError> for RenderError {
+    fn from(err: xml::XmlError) -> Self {
+        match err {
+            xml::XmlError::Json(err) => RenderError::InvalidJson(err),
+            err @ xml::XmlError::Write(_) => RenderError::Xml(err),
+        }
+    }
 }
 
 impl PayloadFormat {
@@ -224,15 +235,11 @@ mod tests {
     fn xml_bodies_are_rendered_with_or_without_the_envelope() {
         let payload = br#"{"a":1}"#;
         let raw = render_body(PayloadFormat::Xml, Envelope::Raw, &event(payload)).unwrap();
-        assert_eq!(raw, xml::render(&serde_json::json!({"a": 1})));
+        assert_eq!(raw, xml::render(payload).unwrap());
         let wrapped = render_body(PayloadFormat::Xml, Envelope::Standard, &event(payload)).unwrap();
         assert_eq!(
             wrapped,
-            xml::render_envelope(
-                "order.created",
-                "2025-12-04T12:00:00.123Z",
-                &serde_json::json!({"a": 1})
-            )
+            xml::render_envelope("order.created", "2025-12-04T12:00:00.123Z", payload).unwrap()
         );
         assert!(matches!(
             render_body(PayloadFormat::Xml, Envelope::Raw, &event(b"{oops")),

@@ -5,24 +5,29 @@
 //! - The output is UTF-8: `<?xml version="1.0" encoding="UTF-8"?>` then one root element
 //!   `<payload>` holding the JSON document. No whitespace is added between elements.
 //! - An **object** becomes one child element per key, in ascending byte order of the keys (the
-//!   same input always gives the same bytes). A key that is a plain XML name (ASCII letters,
-//!   digits, `_`, `-` and `.`; starting with a letter or `_`; not starting with `xml` in any case)
-//!   is the element's name. Any other key becomes `<entry key="the original key">`.
+//!   same input always gives the same bytes); a key given more than once becomes one element
+//!   each time, in the order given. A key that is a plain XML name (ASCII letters, digits, `_`,
+//!   `-` and `.`; starting with a letter or `_`; not starting with `xml` in any case) is the
+//!   element's name. Any other key becomes `<entry key="the original key">`, a tab, line feed
+//!   or carriage return in it written as a character reference (`&#9;`, `&#10;`, `&#13;`) so
+//!   that it reads back as itself.
 //! - An **array** becomes one `<item>` child per element, in order.
-//! - A **string** becomes the element's text, escaped (`<`, `>`, `&`, `'`, `"` as entities).
-//! - A **number** becomes its JSON text as `serde_json` writes it (`42`, `-1.5`, `1e+100`).
+//! - A **string** becomes the element's text, escaped (`<`, `>`, `&`, `'`, `"` as entities, a
+//!   carriage return as `&#13;` so that it does not read back as a line feed).
+//! - A **number** becomes its text as written in the payload (`42`, `-1.5`, `1E2`, `19.990`,
+//!   `12345678901234567890123`): no digit is lost or rewritten.
 //! - A **boolean** becomes `true` or `false`.
 //! - **null** becomes an empty element with the attribute `null="true"`.
 //! - An empty object, empty array or empty string becomes an empty element (`<tags/>`).
 //!
 //! No other attributes are written: the type of a value is not recorded, so `"42"` and `42`
-//! render alike. Characters XML 1.0 cannot carry at all (control characters other than tab, line
-//! feed and carriage return; U+FFFE; U+FFFF) are replaced by U+FFFD in text and keys. Receivers'
-//! XML parsers apply the usual normalisation: a carriage return in text reads back as a line
-//! feed, and tabs and line breaks in a `key` attribute read back as spaces.
+//! render alike. Characters XML 1.0 cannot carry at all, not even as references (control
+//! characters other than tab, line feed and carriage return; U+FFFE; U+FFFF), are replaced by
+//! U+FFFD in text and keys: a receiver that needs them byte for byte takes JSON.
 //!
-//! Rendering recurses once per level of nesting; documents parsed by `serde_json` are at most 128
-//! levels deep.
+//! Each level of nesting is parsed as it is written (its members kept as text), so a document
+//! is read about as many times as it is deep; payloads the agent accepts are at most 128 levels
+//! deep.
 //!
 //! **The envelope.** A subscription with the Standard Webhooks envelope (the default) gets the
 //! event's type and time beside its payload, as the JSON envelope
@@ -39,95 +44,168 @@
 //! only in the `webhook-event-type` header (which every request carries).
 
 use std::borrow::Cow;
+use std::fmt;
 use std::io;
 
 use quick_xml::Writer;
+use quick_xml::events::attributes::Attribute;
 use quick_xml::events::{BytesDecl, BytesStart, BytesText, Event};
-use serde_json::Value;
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
-/// Renders `value` as an XML document under a `<payload>` root, following the module's mapping.
-pub fn render(value: &Value) -> Vec<u8> {
-    let mut writer = Writer::new(Vec::new());
-    write_document(&mut writer, value).expect("writing to a Vec<u8> cannot fail");
-    writer.into_inner()
+/// Why a payload has no XML form.
+#[derive(Debug, thiserror::Error)]
+pub enum XmlError {
+    /// The payload is not one JSON document.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// Writing failed (it writes to memory, so only through a bug).
+    #[error(transparent)]
+    Write(#[from] io::Error),
 }
 
-/// Renders `data` inside the Standard Webhooks envelope: a `<webhook>` root holding `<type>`,
-/// `<timestamp>` and `<data>`, as the module's doc describes.
-pub fn render_envelope(event_type: &str, timestamp: &str, data: &Value) -> Vec<u8> {
+/// Renders the JSON document `json` as an XML document under a `<payload>` root, following
+/// the module's mapping.
+pub fn render(json: &[u8]) -> Result<Vec<u8>, XmlError> {
+    let value: &RawValue = serde_json::from_slice(json)?;
     let mut writer = Writer::new(Vec::new());
-    write_envelope(&mut writer, event_type, timestamp, data)
-        .expect("writing to a Vec<u8> cannot fail");
-    writer.into_inner()
+    writer.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)))?;
+    write_element(&mut writer, BytesStart::new("payload"), value.get())?;
+    Ok(writer.into_inner())
 }
 
-fn write_envelope(
-    writer: &mut Writer<Vec<u8>>,
+/// Renders the JSON document `data` inside the Standard Webhooks envelope: a `<webhook>` root
+/// holding `<type>`, `<timestamp>` and `<data>`, as the module's doc describes.
+pub fn render_envelope(
     event_type: &str,
     timestamp: &str,
-    data: &Value,
-) -> io::Result<()> {
+    data: &[u8],
+) -> Result<Vec<u8>, XmlError> {
+    let data: &RawValue = serde_json::from_slice(data)?;
+    let mut writer = Writer::new(Vec::new());
     writer.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)))?;
     let root = BytesStart::new("webhook");
     writer.write_event(Event::Start(root.borrow()))?;
     for (name, text) in [("type", event_type), ("timestamp", timestamp)] {
-        write_element(
-            writer,
-            BytesStart::new(name),
-            &Value::String(text.to_owned()),
-        )?;
+        write_text(&mut writer, BytesStart::new(name), text)?;
     }
-    write_element(writer, BytesStart::new("data"), data)?;
-    writer.write_event(Event::End(root.to_end()))
+    write_element(&mut writer, BytesStart::new("data"), data.get())?;
+    writer.write_event(Event::End(root.to_end()))?;
+    Ok(writer.into_inner())
 }
 
-/// Writes the declaration and the root element.
-fn write_document(writer: &mut Writer<Vec<u8>>, value: &Value) -> io::Result<()> {
-    writer.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)))?;
-    write_element(writer, BytesStart::new("payload"), value)
-}
-
-/// Writes `value` as the element opened by `start`.
-fn write_element(writer: &mut Writer<Vec<u8>>, start: BytesStart, value: &Value) -> io::Result<()> {
-    let text = match value {
-        Value::Null => {
-            let start = start.with_attributes([("null", "true")]);
-            return writer.write_event(Event::Empty(start));
+/// Writes the JSON value `json` (its exact text) as the element opened by `start`. Objects
+/// and arrays are parsed one level at a time, their members kept as text, so numbers keep
+/// their digits and repeated keys are all kept.
+fn write_element(
+    writer: &mut Writer<Vec<u8>>,
+    start: BytesStart,
+    json: &str,
+) -> Result<(), XmlError> {
+    match json.as_bytes().first() {
+        Some(b'{') => {
+            let Members(mut members) = serde_json::from_str(json)?;
+            if members.is_empty() {
+                writer.write_event(Event::Empty(start))?;
+                return Ok(());
+            }
+            // A stable sort: repeated keys stay in the order they came.
+            members.sort_by(|a, b| a.0.cmp(&b.0));
+            writer.write_event(Event::Start(start.borrow()))?;
+            for (key, child) in &members {
+                let child_start = if is_plain_name(key) {
+                    BytesStart::new(key.as_ref())
+                } else {
+                    let key = escaped(key, Place::Attribute);
+                    let mut entry = BytesStart::new("entry");
+                    entry.push_attribute(Attribute::from((b"key".as_slice(), key.as_bytes())));
+                    entry
+                };
+                write_element(writer, child_start, child.get())?;
+            }
+            writer.write_event(Event::End(start.to_end()))?;
         }
-        Value::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
-        Value::Number(n) => Cow::Owned(n.to_string()),
-        Value::String(s) => xml_chars(s),
-        Value::Array(items) if !items.is_empty() => {
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(json)?;
+            if items.is_empty() {
+                writer.write_event(Event::Empty(start))?;
+                return Ok(());
+            }
             writer.write_event(Event::Start(start.borrow()))?;
             for item in items {
-                write_element(writer, BytesStart::new("item"), item)?;
+                write_element(writer, BytesStart::new("item"), item.get())?;
             }
-            return writer.write_event(Event::End(start.to_end()));
+            writer.write_event(Event::End(start.to_end()))?;
         }
-        Value::Object(map) if !map.is_empty() => {
-            writer.write_event(Event::Start(start.borrow()))?;
-            // Sorted here rather than trusting the map's order, which changes when any crate in
-            // the build enables serde_json's `preserve_order` feature.
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            for (key, child) in entries {
-                let child_start = if is_plain_name(key) {
-                    BytesStart::new(key.as_str())
-                } else {
-                    BytesStart::new("entry").with_attributes([("key", xml_chars(key).as_ref())])
-                };
-                write_element(writer, child_start, child)?;
-            }
-            return writer.write_event(Event::End(start.to_end()));
+        Some(b'"') => {
+            let text: String = serde_json::from_str(json)?;
+            write_text(writer, start, &text)?;
         }
-        Value::Array(_) | Value::Object(_) => Cow::Borrowed(""),
-    };
+        Some(b'n') => {
+            writer.write_event(Event::Empty(start.with_attributes([("null", "true")])))?;
+        }
+        // `true`, `false` and numbers, as written.
+        _ => write_text(writer, start, json)?,
+    }
+    Ok(())
+}
+
+/// Writes `text` as the element opened by `start` (an empty element when there is none).
+fn write_text(writer: &mut Writer<Vec<u8>>, start: BytesStart, text: &str) -> io::Result<()> {
     if text.is_empty() {
         return writer.write_event(Event::Empty(start));
     }
     writer.write_event(Event::Start(start.borrow()))?;
-    writer.write_event(Event::Text(BytesText::new(&text)))?;
+    writer.write_event(Event::Text(BytesText::from_escaped(escaped(
+        text,
+        Place::Text,
+    ))))?;
     writer.write_event(Event::End(start.to_end()))
+}
+
+/// An object's members in the order written, repeated keys included.
+struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MembersVisitor;
+        impl<'de> Visitor<'de> for MembersVisitor {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                let mut members = Vec::new();
+                while let Some((Key(key), value)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                    members.push((key, value));
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(MembersVisitor)
+    }
+}
+
+/// A member's key, borrowed from the document unless it holds escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(key)))
+            }
+            fn visit_str<E>(self, key: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(key.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
 }
 
 /// Whether `key` can be an element name as it is: ASCII letters, digits, `_`, `-`, `.`, starting
@@ -145,32 +223,49 @@ fn is_plain_name(key: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
-/// `text` with every character XML 1.0 cannot carry replaced by U+FFFD.
-fn xml_chars(text: &str) -> Cow<'_, str> {
-    let allowed = |c: char| {
-        matches!(c, '\t' | '\n' | '\r') || (c >= ' ' && c != '\u{FFFE}' && c != '\u{FFFF}')
+/// Where escaped text goes: parsers normalise line breaks everywhere, and tabs and line
+/// breaks in attribute values to spaces, unless they are written as character references.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Text,
+    Attribute,
+}
+
+/// `text` escaped for `place`: the five predefined entities, a carriage return (and in an
+/// attribute a tab or line feed) as a character reference so that it reads back as itself,
+/// and every character XML 1.0 cannot carry at all replaced by U+FFFD.
+fn escaped(text: &str, place: Place) -> Cow<'_, str> {
+    let needs = |c: char| match c {
+        '&' | '<' | '>' | '"' | '\'' | '\r' => true,
+        '\t' | '\n' => place == Place::Attribute,
+        c => c < ' ' || c == '\u{FFFE}' || c == '\u{FFFF}',
     };
-    if text.chars().all(allowed) {
-        Cow::Borrowed(text)
-    } else {
-        Cow::Owned(
-            text.chars()
-                .map(|c| {
-                    if allowed(c) {
-                        c
-                    } else {
-                        char::REPLACEMENT_CHARACTER
-                    }
-                })
-                .collect(),
-        )
+    if !text.chars().any(needs) {
+        return Cow::Borrowed(text);
     }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\r' => out.push_str("&#13;"),
+            '\t' if place == Place::Attribute => out.push_str("&#9;"),
+            '\n' if place == Place::Attribute => out.push_str("&#10;"),
+            '\t' | '\n' => out.push(c),
+            c if needs(c) => out.push(char::REPLACEMENT_CHARACTER),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
 mod tests {
     use quick_xml::Reader;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 
@@ -179,8 +274,17 @@ mod tests {
     /// Renders `value` and returns what follows the declaration, after checking that the whole
     /// output is well-formed and rendering is repeatable.
     fn body(value: Value) -> String {
-        let bytes = render(&value);
-        assert_eq!(bytes, render(&value), "rendering is not deterministic");
+        body_of(&serde_json::to_string(&value).unwrap())
+    }
+
+    /// [`body`] of a payload as written.
+    fn body_of(json: &str) -> String {
+        let bytes = render(json.as_bytes()).expect("renders");
+        assert_eq!(
+            bytes,
+            render(json.as_bytes()).expect("renders"),
+            "rendering is not deterministic"
+        );
         assert_well_formed(&bytes);
         let text = String::from_utf8(bytes).unwrap();
         text.strip_prefix(DECL).expect(&text).to_owned()
@@ -219,7 +323,7 @@ mod tests {
 
     #[test]
     fn starts_with_the_declaration() {
-        assert!(render(&json!({})).starts_with(DECL.as_bytes()));
+        assert!(render(b"{}").expect("renders").starts_with(DECL.as_bytes()));
     }
 
     #[test]
@@ -263,12 +367,79 @@ mod tests {
     }
 
     #[test]
-    fn numbers_keep_their_json_text() {
+    fn numbers_keep_their_text_as_written() {
         assert_eq!(
-            body(json!([0, -7, 1.5, 1e100, u64::MAX, i64::MIN])),
-            "<payload><item>0</item><item>-7</item><item>1.5</item><item>1e+100</item>\
-             <item>18446744073709551615</item><item>-9223372036854775808</item></payload>"
+            body_of(
+                "[0, -7, 1.5, 1e100, 1E2, 19.990, -0, 18446744073709551615, \
+                 -9223372036854775808, 12345678901234567890123, 0.1000000000000000055511151231257827]"
+            ),
+            "<payload><item>0</item><item>-7</item><item>1.5</item><item>1e100</item>\
+             <item>1E2</item><item>19.990</item><item>-0</item>\
+             <item>18446744073709551615</item><item>-9223372036854775808</item>\
+             <item>12345678901234567890123</item>\
+             <item>0.1000000000000000055511151231257827</item></payload>"
         );
+    }
+
+    #[test]
+    fn a_repeated_key_is_kept_each_time_in_order() {
+        assert_eq!(
+            body_of(r#"{"dup": 1, "b": true, "dup": {"x": 2}, "dup": null}"#),
+            r#"<payload><b>true</b><dup>1</dup><dup><x>2</x></dup><dup null="true"/></payload>"#
+        );
+    }
+
+    #[test]
+    fn line_breaks_and_tabs_read_back_as_written() {
+        let xml = body_of(r#"{"s": "a\r\nb\rc\td", "k\ney": 1, "k\tey": 2, "k\rey": 3}"#);
+        assert_eq!(
+            xml,
+            "<payload><entry key=\"k&#9;ey\">2</entry><entry key=\"k&#10;ey\">1</entry>\
+             <entry key=\"k&#13;ey\">3</entry><s>a&#13;\nb&#13;c\td</s></payload>"
+        );
+        // What a parser reads: the keys and the text as they were.
+        let mut reader = Reader::from_str(&xml);
+        let (mut keys, mut texts) = (vec![], vec![]);
+        loop {
+            match reader.read_event().expect("well-formed") {
+                Event::Start(e) => {
+                    for attr in e.attributes() {
+                        keys.push(attr.unwrap().unescape_value().unwrap().into_owned());
+                    }
+                }
+                Event::Text(t) => texts.push(t.decode().unwrap().into_owned()),
+                Event::GeneralRef(r) => {
+                    let c = r
+                        .resolve_char_ref()
+                        .unwrap()
+                        .expect("a character reference");
+                    texts.push(c.to_string());
+                }
+                Event::Eof => break,
+                _ => {}
+            }
+        }
+        assert_eq!(keys, ["k\tey", "k\ney", "k\rey"]);
+        assert_eq!(texts.concat(), "213a\r\nb\rc\td");
+    }
+
+    #[test]
+    fn the_receivers_guide_shows_what_is_sent() {
+        // docs/xml.md's example: its JSON block rendered is its XML block.
+        let guide = include_str!("../../docs/xml.md");
+        let block = |fence: &str| {
+            let start = guide.find(fence).expect("the example") + fence.len();
+            guide[start..].split("```").next().expect("a block").trim()
+        };
+        let payload = block("```json\n");
+        let xml = String::from_utf8(render(payload.as_bytes()).expect("renders")).unwrap();
+        assert_eq!(xml, block("```xml\n").replace('\n', ""));
+    }
+
+    #[test]
+    fn a_payload_that_is_not_json_has_no_xml_form() {
+        assert!(matches!(render(b"{\"a\": "), Err(XmlError::Json(_))));
+        assert!(matches!(render(b"1 2"), Err(XmlError::Json(_))));
     }
 
     #[test]
@@ -345,8 +516,9 @@ mod tests {
         let bytes = render_envelope(
             "order.created",
             "2026-12-04T12:00:00.123Z",
-            &json!({"order_id": 42, "note": "<&>"}),
-        );
+            br#"{"order_id": 42, "note": "<&>"}"#,
+        )
+        .expect("renders");
         let text = String::from_utf8(bytes).expect("utf-8");
         assert_eq!(
             text,
