@@ -71,6 +71,11 @@ impl RedbFile {
         })
     }
 
+    /// The directory the file is in.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
     /// The fault seen since the last write that succeeded, if any.
     pub fn fault(&self) -> Option<DiskFault> {
         self.slot().fault.clone()

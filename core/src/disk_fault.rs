@@ -4,6 +4,7 @@
 //! error's kind and never from its text.
 
 use std::io;
+use std::path::Path;
 
 /// A fault of the disk under a store's files.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -39,6 +40,15 @@ impl DiskFault {
     }
 }
 
+/// Whether the file system holding `dir` has at least `min_free` bytes free for the process's
+/// writes. A file system whose space cannot be read is taken to have them: the writes
+/// themselves will tell.
+pub fn has_room(dir: &Path, min_free: u64) -> bool {
+    rustix::fs::statvfs(dir)
+        .map(|stat| stat.f_bavail.saturating_mul(stat.f_frsize) >= min_free)
+        .unwrap_or(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,5 +60,12 @@ mod tests {
         assert!(DiskFault::of_io(&io::Error::from(io::ErrorKind::StorageFull)).is_full());
         let eio = DiskFault::of_io(&io::Error::from_raw_os_error(5));
         assert!(matches!(eio, DiskFault::Io(_)), "{eio:?}");
+    }
+
+    #[test]
+    fn room_is_the_free_space_of_the_directorys_file_system() {
+        let dir = std::env::temp_dir();
+        assert!(has_room(&dir, 0));
+        assert!(!has_room(&dir, u64::MAX), "no file system has 16 EiB free");
     }
 }

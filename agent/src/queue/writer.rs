@@ -573,9 +573,7 @@ impl SpaceGuard {
     /// Whether the disk has the free space kept now (a disk whose space cannot be read is
     /// taken to have it: the writes themselves will tell).
     pub fn has_room(&self) -> bool {
-        rustix::fs::statvfs(&self.dir)
-            .map(|stat| stat.f_bavail.saturating_mul(stat.f_frsize) >= self.min_free)
-            .unwrap_or(true)
+        herald_core::disk_fault::has_room(&self.dir, self.min_free)
     }
 
     /// Keeps `min_free` bytes free on the disk of `dir`.

@@ -174,6 +174,17 @@ async fn a_control_plane_whose_disk_fills_refuses_changes_loses_no_report_and_re
         )
     })
     .await?;
+    // And it stays so while the disk is full, though a probe's small write may fit in pages
+    // the log's file has free (it is probed every 2 s; reports keep failing meanwhile).
+    let watched_until = tokio::time::Instant::now() + Duration::from_secs(7);
+    while tokio::time::Instant::now() < watched_until {
+        assert_eq!(
+            serving_status(control_plane.url(), LOG_SERVICE).await?,
+            ServingStatus::NotServing,
+            "the log said it answers while every report batch fails"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 
     // Space is freed: the log answers again and every attempt held meanwhile is stored, once.
     std::fs::remove_file(&filler)?;
