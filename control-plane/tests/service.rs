@@ -73,6 +73,9 @@ async fn an_address_in_use_stops_the_start_with_exit_code_64() -> anyhow::Result
         let (code, stderr) = refused_start(&[flag, &taken]).await?;
         assert_eq!(code, Some(64), "{flag}: {stderr}");
         assert!(stderr.contains(&flag[2..]), "{flag}: {stderr}");
+        // Its log lines, read from a pipe (as by a log file or the journal), are plain text.
+        assert!(stderr.contains("INFO"), "{stderr}");
+        assert!(!stderr.contains('\x1b'), "colour codes in a log: {stderr:?}");
     }
     Ok(())
 }

@@ -98,11 +98,19 @@ pub fn init_logs_as(default: &str, format: LogFormat) {
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colours());
     match format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().with_current_span(false).init(),
     }
+}
+
+/// Whether text logs are coloured: only when stderr is a terminal (log files and the journal
+/// get plain text) and `NO_COLOR` is not set.
+pub fn colours() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Tells the service manager the daemon serves (systemd `Type=notify`; nothing happens when

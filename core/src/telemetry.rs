@@ -83,6 +83,7 @@ pub fn init(
     let logs = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(crate::daemon::colours())
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
