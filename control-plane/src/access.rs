@@ -109,6 +109,15 @@ static OPEN: LazyLock<Arc<Identity>> = LazyLock::new(|| {
     })
 });
 
+/// Herald itself, as the audit log names it for the changes it makes on its own (an endpoint
+/// disabled for its failures or for answering 410 Gone).
+pub static HERALD: LazyLock<Identity> = LazyLock::new(|| Identity {
+    name: "herald".into(),
+    role: Role::Admin,
+    tenants: Scope::All,
+    regions: Scope::All,
+});
+
 /// The authenticated caller, put into each request's extensions by the auth layer.
 #[derive(Clone, Debug)]
 pub struct Caller(pub Arc<Identity>);

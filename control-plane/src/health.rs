@@ -9,7 +9,8 @@
 //! - a run of [`RECOVERY_MIN_FAILURES`] or more that ended with a delivery is told to operators
 //!   (`herald.subscription.recovered`).
 //!
-//! The config stream tells every agent of a disabling. A follow-up is settled (removed from
+//! The config stream tells every agent of a disabling, and the audit log records it as
+//! Herald's (actor `herald`). A follow-up is settled (removed from
 //! the log) once acted on; one left behind by a replica that was killed first, or that met an
 //! unreachable config store, is picked up by [`Health::run`] on any replica. Acting twice on
 //! one follow-up changes nothing: a subscription is disabled once, and an operator event's id
@@ -22,8 +23,10 @@ use herald_proto::convert::{disable_policy, system_time};
 use herald_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::HERALD;
 use crate::attempts::derived::RECOVERY_MIN_FAILURES;
 use crate::attempts::{AttemptLog, Followup, LogError, PendingFollowup, Reactions};
+use crate::audit::{Action, Change, Recorder};
 use crate::hub::ConfigHub;
 use crate::metrics::{DisableReason, Metrics};
 use crate::operator_events::OperatorEvents;
@@ -58,19 +61,23 @@ pub struct Health {
     hub: ConfigHub,
     metrics: Metrics,
     events: OperatorEvents,
+    audit: Recorder,
 }
 
 impl Health {
     /// Health over the records in `log`, disabling through `registry` (counted in `metrics`,
-    /// told as operator `events`); `hub` holds the subscriptions' policies.
+    /// told as operator `events`, recorded in `audit` as Herald's); `hub` holds the
+    /// subscriptions' policies.
     pub fn new(
         log: AttemptLog,
         registry: Subscriptions,
         hub: ConfigHub,
         metrics: Metrics,
         events: OperatorEvents,
+        audit: Recorder,
     ) -> Self {
         Health {
+            audit,
             log,
             registry,
             hub,
@@ -200,6 +207,14 @@ impl Health {
             Some(disabled) => {
                 self.metrics.disabled(why);
                 tracing::warn!(subscription = %sub.id, reason, "subscription disabled");
+                let change = Change {
+                    action: Action::SubscriptionDisable,
+                    tenant: &disabled.tenant,
+                    object: &disabled.id,
+                    revision: disabled.revision,
+                    detail: reason.to_owned(),
+                };
+                self.audit.record(&HERALD, change).await;
                 self.events.subscription_disabled(&disabled).await?;
             }
             None if !sub.enabled && sub.disabled_reason == reason => {

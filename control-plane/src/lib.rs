@@ -512,12 +512,14 @@ pub async fn run(
         stop.clone(),
     ));
     let presence_store = store.clone();
+    let recorder = audit::Recorder::new(log.clone(), metrics.clone());
     let health = Health::new(
         log.clone(),
         registry.clone(),
         hub.clone(),
         metrics.clone(),
         events,
+        recorder.clone(),
     );
     background.spawn(health.clone().run(stop.clone()));
     let report_budget = RequestBudget::new(config.max_report_bytes_in_flight);
@@ -624,7 +626,6 @@ pub async fn run(
         }
         None => None,
     };
-    let recorder = audit::Recorder::new(log.clone(), metrics.clone());
     // Shared by the gRPC server and the HTTP API.
     let subscriptions_service = Arc::new(grpc::SubscriptionsService::new(
         registry.clone(),

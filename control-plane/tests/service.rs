@@ -75,7 +75,10 @@ async fn an_address_in_use_stops_the_start_with_exit_code_64() -> anyhow::Result
         assert!(stderr.contains(&flag[2..]), "{flag}: {stderr}");
         // Its log lines, read from a pipe (as by a log file or the journal), are plain text.
         assert!(stderr.contains("INFO"), "{stderr}");
-        assert!(!stderr.contains('\x1b'), "colour codes in a log: {stderr:?}");
+        assert!(
+            !stderr.contains('\x1b'),
+            "colour codes in a log: {stderr:?}"
+        );
     }
     Ok(())
 }

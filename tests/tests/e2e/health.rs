@@ -199,6 +199,27 @@ async fn a_success_ends_the_run_and_the_limit_is_per_subscription() -> anyhow::R
         .trim_end_matches(" consecutive failures")
         .parse()?;
     assert!(failures >= 3, "{}", disabled.disabled_reason);
+    // The audit log says Herald did it, and why.
+    let entry = eventually(WAIT, "the disabling in the audit log", || async {
+        let entries =
+            herald_proto::v1::audit_client::AuditClient::new(world.control_plane.channel().await?)
+                .list_audit_entries(pb::ListAuditEntriesRequest::default())
+                .await?
+                .into_inner()
+                .entries;
+        Ok(entries
+            .into_iter()
+            .find(|e| e.action == "subscription.disable" && e.object == sub.id))
+    })
+    .await?;
+    assert_eq!(
+        (
+            entry.actor.as_str(),
+            entry.tenant.as_str(),
+            entry.detail.as_str()
+        ),
+        ("herald", "shop-1", disabled.disabled_reason.as_str())
+    );
     Ok(())
 }
 
