@@ -101,7 +101,8 @@ pub enum Command {
     RotateSecret {
         /// Subscription id.
         id: String,
-        /// How long the old secret keeps signing.
+        /// How long the old secrets keep signing at most (0: end them now). A subscription
+        /// holds at most 8 secrets.
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         grace: Duration,
     },

@@ -71,6 +71,18 @@ pub enum SubscriptionError {
         /// Its limit.
         limit: u64,
     },
+    /// A rotation would end a secret before the grace it was given.
+    #[error(
+        "subscription {id} holds {MAX_SECRETS} signing secrets, the most it may; the oldest \
+         verifies until {until}: rotate again after then, or with a grace of 0, which ends \
+         every earlier secret now"
+    )]
+    TooManySecrets {
+        /// The subscription.
+        id: String,
+        /// When its oldest secret stops verifying (RFC 3339).
+        until: String,
+    },
     /// Concurrent writers kept winning.
     #[error("subscription {0} is being changed concurrently; try again")]
     Contended(String),
@@ -105,6 +117,9 @@ impl From<SubscriptionError> for tonic::Status {
             SubscriptionError::NotFound(_) => Status::not_found(err.to_string()),
             SubscriptionError::StaleRevision { .. } => Status::failed_precondition(err.to_string()),
             SubscriptionError::Contended(_) => Status::aborted(err.to_string()),
+            SubscriptionError::TooManySecrets { .. } => {
+                Status::failed_precondition(err.to_string())
+            }
             SubscriptionError::TenantFull { .. } => Status::resource_exhausted(err.to_string()),
             SubscriptionError::Store(store) => store.status(),
             SubscriptionError::Corrupt { key, .. } => {
@@ -645,7 +660,10 @@ impl Subscriptions {
         Err(SubscriptionError::Contended(id.to_owned()))
     }
 
-    /// Adds a new signing secret; the current ones keep signing for `grace`, then expire.
+    /// Adds a new signing secret; the secrets in force keep signing for `grace` at most (one
+    /// already in a shorter grace keeps its own), then expire. A grace of 0 ends them all now.
+    /// Refused when the subscription would hold more than [`MAX_SECRETS`]: no secret ends
+    /// before the grace it was given.
     pub async fn rotate_secret(
         &self,
         id: &str,
@@ -656,19 +674,32 @@ impl Subscriptions {
             return Err(ValidationError::new("grace", "at most 30 days").into());
         }
         self.modify(id, move |sub, now| {
-            let expires = timestamp(now + grace);
-            // Drop secrets already expired; give current ones the grace period.
+            let ends = now + grace;
+            for old in &mut sub.secrets {
+                let until = old
+                    .expires_at
+                    .as_ref()
+                    .map_or(ends, |at| system_time(at).min(ends));
+                old.expires_at = Some(timestamp(until));
+            }
+            // Secrets whose time is up go.
             sub.secrets
                 .retain(|s| s.expires_at.as_ref().is_none_or(|at| system_time(at) > now));
-            for old in &mut sub.secrets {
-                if old.expires_at.is_none() {
-                    old.expires_at = Some(expires);
-                }
+            if sub.secrets.len() >= MAX_SECRETS {
+                let oldest = sub
+                    .secrets
+                    .iter()
+                    .filter_map(|s| s.expires_at.as_ref().map(system_time))
+                    .min()
+                    .unwrap_or(ends);
+                return Err(SubscriptionError::TooManySecrets {
+                    id: sub.id.clone(),
+                    until: humantime::format_rfc3339_seconds(oldest).to_string(),
+                });
             }
             let scheme = signature_scheme(sub.signature_scheme)?;
             sub.secrets
                 .insert(0, wire_secret(&SigningSecret::generate_for(scheme), now));
-            sub.secrets.truncate(MAX_SECRETS);
             sub.updated_at = Some(timestamp(now));
             Ok(())
         })

@@ -444,7 +444,9 @@ pub struct DisableSubscriptionRequest {
 pub struct RotateSecretRequest {
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
-    /// How long the previous secrets keep signing; default 24 h, at most 30 days.
+    /// How long the previous secrets keep signing at most (one already in a shorter grace keeps
+    /// its own); default 24 h, at most 30 days; 0 ends them all now. A subscription holds at
+    /// most 8 secrets: a rotation that would end one before its grace is FAILED_PRECONDITION.
     #[prost(message, optional, tag = "2")]
     pub grace: ::core::option::Option<::prost_types::Duration>,
 }

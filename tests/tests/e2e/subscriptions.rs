@@ -204,6 +204,31 @@ async fn revisions_guard_updates_and_unknown_ids_are_not_found() -> anyhow::Resu
     assert_eq!(rotated.secrets[1].secret, created.secrets[0].secret);
     assert!(rotated.secrets[1].expires_at.is_some());
 
+    // Up to 8 secrets at once: a rotation that would end one before its grace is refused and
+    // says when the oldest ends; a grace of 0 ends every earlier secret now.
+    let rotate = |grace: Option<prost_types::Duration>| {
+        let mut admin = admin.clone();
+        let id = created.id.clone();
+        async move {
+            admin
+                .rotate_secret(pb::RotateSecretRequest { id, grace })
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    for held in 3..=8 {
+        assert_eq!(rotate(None).await?.secrets.len(), held);
+    }
+    let refused = rotate(None).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("8 signing secrets") && refused.message().contains("grace of 0"),
+        "{refused:?}"
+    );
+    let fresh = rotate(Some(prost_types::Duration::default())).await?;
+    assert_eq!(fresh.secrets.len(), 1, "{:?}", fresh.secrets);
+    assert!(fresh.secrets[0].expires_at.is_none());
+
     // Listing pages through every subscription of a tenant.
     for i in 0..5 {
         cp.create(subscription(
