@@ -208,12 +208,18 @@ async fn a_control_plane_whose_disk_fills_refuses_changes_loses_no_report_and_re
     events.sort_unstable();
     events.dedup();
     assert_eq!((logged.len(), events.len()), (21, 21), "{logged:?}");
-    control_plane
-        .create(subscription(
-            "shop-2",
-            &receiver.url("/after"),
-            &["order.*"],
-        ))
-        .await?;
+    // The config store takes changes again too, once its file is opened again (tried less
+    // often the longer writes kept failing: up to every 30 s).
+    eventually(Duration::from_secs(60), "a change taken again", || async {
+        let created = control_plane
+            .create(subscription(
+                "shop-2",
+                &receiver.url("/after"),
+                &["order.*"],
+            ))
+            .await;
+        Ok(created.ok())
+    })
+    .await?;
     Ok(())
 }
