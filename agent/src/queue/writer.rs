@@ -248,7 +248,6 @@ impl Writer {
             // Nothing is written: the group is refused whole, as by a full disk, before a write
             // could fail half-way and leave the file unusable. The next group tries again.
             self.refused(&completing_of(&works));
-            tracing::warn!(error = %low, "queue commit refused");
             answer(slots, Vec::new(), Some(&low));
             return;
         }
@@ -410,13 +409,23 @@ impl Writer {
         };
         guard.ok = free >= guard.min_free;
         if guard.ok {
+            if guard.refusing {
+                tracing::info!(free, dir = %guard.dir.display(), "the queue's disk has room again: commits resume");
+                guard.refusing = false;
+            }
             Ok(())
         } else {
-            Err(QueueError::DiskFull(format!(
+            let low = QueueError::DiskFull(format!(
                 "{free} bytes free on {}, below the {} the queue keeps free",
                 guard.dir.display(),
                 guard.min_free
-            )))
+            ));
+            // Once, not once per refused call: the disk is full already.
+            if !guard.refusing {
+                tracing::warn!(error = %low, "queue commits refused until the disk has room again");
+                guard.refusing = true;
+            }
+            Err(low)
         }
     }
 
@@ -567,6 +576,8 @@ pub(super) struct SpaceGuard {
     pub min_free: u64,
     checked_at: Instant,
     ok: bool,
+    /// Commits are being refused for want of space, and the log has said so once.
+    refusing: bool,
 }
 
 impl SpaceGuard {
@@ -583,6 +594,7 @@ impl SpaceGuard {
             min_free,
             checked_at: Instant::now(),
             ok: false,
+            refusing: false,
         }
     }
 }
