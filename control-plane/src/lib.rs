@@ -19,7 +19,6 @@ pub mod health;
 pub mod hub;
 pub mod keyring_check;
 pub mod keys;
-pub mod log_health;
 pub mod metrics;
 pub mod operator_events;
 pub mod portal_links;
@@ -34,6 +33,7 @@ pub mod schema_feed;
 pub mod sealing;
 pub mod server_tls;
 pub mod store;
+pub mod store_health;
 pub mod subscriptions;
 pub mod test_send;
 pub mod web;
@@ -564,18 +564,21 @@ pub async fn run(
     health_reporter
         .set_serving::<AgentControlServer<grpc::AgentControlService>>()
         .await;
-    // The log answered as it opened: so it says from the first call on, until the watch's
-    // probes tell otherwise.
-    health_reporter
-        .set_service_status(
-            log_health::LOG_SERVICE,
-            tonic_health::ServingStatus::Serving,
-        )
-        .await;
+    // The log and the config store answered as they opened: so they say from the first call
+    // on, until the watch's probes tell otherwise.
+    for store_service in [
+        store_health::LOG_SERVICE,
+        store_health::CONFIG_STORE_SERVICE,
+    ] {
+        health_reporter
+            .set_service_status(store_service, tonic_health::ServingStatus::Serving)
+            .await;
+    }
     let log_watch_stop = CancellationToken::new();
     let _log_watch_stop_on_return = log_watch_stop.clone().drop_guard();
-    let log_watch = tokio::spawn(log_health::watch(
+    let log_watch = tokio::spawn(store_health::watch(
         log.clone(),
+        store.clone(),
         health_reporter.clone(),
         metrics.clone(),
         log_watch_stop.clone(),
@@ -802,12 +805,14 @@ pub async fn run(
     herald_core::daemon::notify_stopping();
     log_watch_stop.cancel();
     let _ = log_watch.await;
-    health_reporter
-        .set_service_status(
-            log_health::LOG_SERVICE,
-            tonic_health::ServingStatus::NotServing,
-        )
-        .await;
+    for store_service in [
+        store_health::LOG_SERVICE,
+        store_health::CONFIG_STORE_SERVICE,
+    ] {
+        health_reporter
+            .set_service_status(store_service, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;

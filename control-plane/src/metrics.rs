@@ -74,6 +74,7 @@ struct Inner {
     unopened: Family<UnopenedLabel, Gauge>,
     tails: Gauge,
     log_up: Gauge,
+    config_store_up: Gauge,
     report_streams: Gauge,
     report_bytes: Gauge,
     reports_waiting: Gauge,
@@ -160,6 +161,13 @@ impl Default for Metrics {
             "1 while the delivery log's store answers this replica, 0 while it does not",
             log_up.clone(),
         );
+        let config_store_up = Gauge::default();
+        registry.register(
+            "herald_config_store_up",
+            "1 while the config store (etcd, or the embedded store) answers this replica, 0 \
+             while it does not",
+            config_store_up.clone(),
+        );
         let report_streams = Gauge::default();
         registry.register(
             "herald_report_streams",
@@ -192,6 +200,7 @@ impl Default for Metrics {
                 unopened,
                 tails,
                 log_up,
+                config_store_up,
                 report_streams,
                 report_bytes,
                 reports_waiting,
@@ -252,6 +261,11 @@ impl Metrics {
     /// Whether the delivery log's store answers.
     pub fn log_up(&self, up: bool) {
         self.inner.log_up.set(i64::from(up));
+    }
+
+    /// Whether the config store answers.
+    pub fn config_store_up(&self, up: bool) {
+        self.inner.config_store_up.set(i64::from(up));
     }
 
     /// Records how long an agent took to apply a change.

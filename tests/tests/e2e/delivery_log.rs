@@ -8,7 +8,7 @@ use herald_control_plane::attempts::postgres::{DatabaseUrl, FOLLOWER_APPLICATION
 use herald_control_plane::attempts::{
     AttemptLog, EmbeddedLog, LogError, LogStore, LogStoreFlag, PostgresLog, conformance,
 };
-use herald_control_plane::log_health::LOG_SERVICE;
+use herald_control_plane::store_health::LOG_SERVICE;
 use herald_proto::v1 as pb;
 use herald_tests::herald::serving_status;
 use herald_tests::{

@@ -5,12 +5,15 @@
 
 use std::time::Duration;
 
+use herald_control_plane::store_health::{CONFIG_STORE_SERVICE, LOG_SERVICE};
 use herald_proto::v1 as pb;
+use herald_tests::herald::serving_status;
 use herald_tests::{
     AgentAndReceiver, AgentOptions, ConfigStore, ControlPlane, EtcdCluster, event, eventually,
     subscription,
 };
 use serde_json::json;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -80,6 +83,21 @@ async fn a_three_member_cluster_rides_out_member_failures() -> anyhow::Result<()
         .emit(event("shop-1", "order.created", &json!({"n": 3})))
         .await?;
     receiver.wait_for_requests(3, WAIT).await?;
+    // Health checks say so: the config store and the services that need it are NOT_SERVING,
+    // the delivery log is not.
+    let status_of = |service: &'static str| {
+        let url = control_plane.url().to_owned();
+        async move { serving_status(&url, service).await }
+    };
+    eventually(WAIT, "the config store NOT_SERVING", || async {
+        Ok((status_of(CONFIG_STORE_SERVICE).await? == ServingStatus::NotServing).then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        status_of("herald.v1.Subscriptions").await?,
+        ServingStatus::NotServing
+    );
+    assert_eq!(status_of(LOG_SERVICE).await?, ServingStatus::Serving);
 
     // Both members back: the same control plane and agent carry on, no restart needed.
     etcd.restart_all(&[0, 1]).await?;
@@ -103,6 +121,10 @@ async fn a_three_member_cluster_rides_out_member_failures() -> anyhow::Result<()
     })
     .await?;
     control_plane.wait_applied(stock.revision, WAIT).await?;
+    eventually(WAIT, "the config store SERVING again", || async {
+        Ok((status_of(CONFIG_STORE_SERVICE).await? == ServingStatus::Serving).then_some(()))
+    })
+    .await?;
     agent
         .emit(event("shop-1", "product.stock_changed", &json!({"n": 4})))
         .await?;

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use herald_control_plane::log_health::LOG_SERVICE;
+use herald_control_plane::store_health::LOG_SERVICE;
 use herald_proto::v1 as pb;
 use herald_tests::herald::{serving_status, status_of};
 use herald_tests::{
