@@ -586,6 +586,20 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                 .map_err(status_error)?
                 .into_inner();
             output::object(format, &output::subscription(&sub, false))?;
+            // Parked deliveries skipped are logged as such, and can still be sent: say how,
+            // when this call turned delivery on (it set the time, as the change's).
+            if let Some(at) = sub.skip_parked_before.as_ref()
+                && sub.updated_at.as_ref() == Some(at)
+            {
+                let since =
+                    humantime::format_rfc3339_millis(herald_proto::convert::system_time(at));
+                output::note(&format!(
+                    "deliveries parked while {id} was disabled are skipped (logged as skipped); \
+                     to send them after all: herald deliveries replay --subscription {id} \
+                     --since {since} --outcome skipped",
+                    id = sub.id,
+                ));
+            }
         }
         Command::Test {
             id,

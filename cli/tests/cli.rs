@@ -873,6 +873,41 @@ async fn a_server_that_never_answers_ends_the_command_with_an_error() -> anyhow:
 }
 
 #[tokio::test]
+async fn enabling_without_the_parked_deliveries_says_how_to_send_them_after_all()
+-> anyhow::Result<()> {
+    let world = World::start().await?;
+    let created = subscribe_to_orders(&world, &world.receiver.url("/hooks/orders")).await?;
+    let id = created["id"].as_str().expect("id");
+    let disabled = herald(&world, &["subscription", "disable", id]).await;
+    assert!(disabled.status.success(), "{disabled:?}");
+    let enabled = herald(&world, &["subscription", "enable", id]).await;
+    assert!(enabled.status.success(), "{enabled:?}");
+    let hint = String::from_utf8_lossy(&enabled.stderr);
+    assert!(
+        hint.contains("are skipped")
+            && hint.contains(&format!(
+                "herald deliveries replay --subscription {id} --since 20"
+            ))
+            && hint.contains("--outcome skipped"),
+        "{hint}"
+    );
+    // Enabled already: nothing skipped now, nothing said.
+    let again = herald(&world, &["subscription", "enable", id]).await;
+    assert!(
+        again.status.success() && again.stderr.is_empty(),
+        "{again:?}"
+    );
+    // Sending them: nothing to say either.
+    herald(&world, &["subscription", "disable", id]).await;
+    let replayed = herald(&world, &["subscription", "enable", id, "--replay-parked"]).await;
+    assert!(
+        replayed.status.success() && replayed.stderr.is_empty(),
+        "{replayed:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn replay_needs_a_target_and_reports_what_it_did() -> anyhow::Result<()> {
     use herald_tests::{ConfigStore, ControlPlane};
     let control_plane = ControlPlane::start(ConfigStore::Embedded).await?;
