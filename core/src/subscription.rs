@@ -66,7 +66,8 @@ pub struct Subscription {
     /// Disabled subscriptions receive nothing: their deliveries are parked.
     pub enabled: bool,
     /// Parked deliveries of events accepted before this time are skipped, not sent (the
-    /// subscription was enabled without replaying them).
+    /// subscription was enabled without replaying them); deliveries queued after it (a
+    /// replay) are sent.
     pub skip_parked_before: Option<SystemTime>,
     /// Regions whose agents deliver it; empty means all.
     pub regions: Vec<String>,

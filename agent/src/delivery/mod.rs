@@ -359,9 +359,10 @@ impl Inner {
                 self.report(task, Some(event), Some(&sub), number, report),
             );
         }
+        // Waiting since before the enable: parked. A replay queued after it is sent.
         if sub
             .skip_parked_before
-            .is_some_and(|before| stored.accepted_ms < to_ms(before))
+            .is_some_and(|before| stored.accepted_ms < to_ms(before) && task.due < to_ms(before))
         {
             let report = skipped(
                 "parked while the subscription was disabled; it was enabled without replaying",

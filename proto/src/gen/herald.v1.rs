@@ -153,7 +153,8 @@ pub struct Subscription {
     pub disable_min_failing: ::core::option::Option<::prost_types::Duration>,
     /// Set by an enable without `replay_parked`: deliveries of events accepted before this time,
     /// parked while the subscription was disabled, are not sent (they are logged as skipped, and
-    /// the events stay in the agents' queues for their retention). Read-only.
+    /// the events stay in the agents' queues for their retention: a replay made after this time
+    /// sends them). Read-only.
     #[prost(message, optional, tag = "24")]
     pub skip_parked_before: ::core::option::Option<::prost_types::Timestamp>,
     /// Send the W3C `traceparent` of the Emit call on to this endpoint (naming the delivery

@@ -367,6 +367,26 @@ async fn disabled_and_deleted_subscriptions_stop_receiving_within_a_second() -> 
         skipped.error
     );
     assert_eq!(world.receiver.request_count(), 1);
+    // It can still be sent: a replay of the skipped since the enable (what `herald
+    // subscription enable` says to run).
+    let replayed = herald_proto::v1::deliveries_client::DeliveriesClient::new(
+        world.control_plane.channel().await?,
+    )
+    .replay_deliveries(pb::ReplayDeliveriesRequest {
+        subscription_id: sub.id.clone(),
+        since: enabled.skip_parked_before,
+        outcome: pb::Outcome::Skipped as i32,
+        ..Default::default()
+    })
+    .await?
+    .into_inner();
+    assert_eq!(replayed.queued, 1, "{replayed:?}");
+    let requests = world.receiver.wait_for_requests(2, WAIT).await?;
+    assert_eq!(
+        requests[1].header("webhook-id"),
+        Some(parked.event_id.as_str()),
+        "the parked event, sent after all"
+    );
 
     admin
         .delete_subscription(pb::DeleteSubscriptionRequest {
