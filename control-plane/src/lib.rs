@@ -566,10 +566,7 @@ pub async fn run(
         .await;
     // The log and the config store answered as they opened: so they say from the first call
     // on, until the watch's probes tell otherwise.
-    for store_service in [
-        store_health::LOG_SERVICE,
-        store_health::CONFIG_STORE_SERVICE,
-    ] {
+    for store_service in store_health::STORE_SERVICES {
         health_reporter
             .set_service_status(store_service, tonic_health::ServingStatus::Serving)
             .await;
@@ -805,10 +802,7 @@ pub async fn run(
     herald_core::daemon::notify_stopping();
     log_watch_stop.cancel();
     let _ = log_watch.await;
-    for store_service in [
-        store_health::LOG_SERVICE,
-        store_health::CONFIG_STORE_SERVICE,
-    ] {
+    for store_service in store_health::STORE_SERVICES {
         health_reporter
             .set_service_status(store_service, tonic_health::ServingStatus::NotServing)
             .await;

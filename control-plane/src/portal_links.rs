@@ -8,9 +8,9 @@
 //! links back), and a record that cannot be read ends every link of its tenant until an
 //! expiry writes it again.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use herald_proto::convert::timestamp;
+use herald_proto::convert::{system_time, timestamp};
 use herald_proto::v1 as pb;
 use prost::Message as _;
 
@@ -54,10 +54,7 @@ pub struct PortalLinks {
 /// A tenant's record as stored: `None` when it cannot be decoded.
 fn decode(value: &[u8]) -> Option<SystemTime> {
     let record = pb::PortalLinksExpired::decode(value).ok()?;
-    let before = record.before?;
-    let seconds = u64::try_from(before.seconds).ok()?;
-    let nanos = u32::try_from(before.nanos).ok()?;
-    UNIX_EPOCH.checked_add(Duration::new(seconds, nanos))
+    record.before.as_ref().map(system_time)
 }
 
 impl PortalLinks {
@@ -88,19 +85,15 @@ impl PortalLinks {
             {
                 return Ok(earlier);
             }
-            // Millisecond precision, as links say when they were made.
-            let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-            let before = UNIX_EPOCH
-                + Duration::from_millis(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX));
             let record = pb::PortalLinksExpired {
                 tenant: tenant.to_owned(),
-                before: Some(timestamp(before)),
+                before: Some(timestamp(now)),
             };
             let txn = Txn::default()
                 .when(compare)
                 .then(Op::Put(key.clone(), record.encode_to_vec()));
             if let TxnOutcome::Committed { .. } = self.store.txn(txn).await? {
-                return Ok(before);
+                return Ok(now);
             }
         }
         Err(PortalLinksError::Contended {
@@ -130,6 +123,8 @@ impl PortalLinks {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
     use super::*;
     use crate::web::portal_link::Grant;
 

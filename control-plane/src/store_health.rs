@@ -31,6 +31,8 @@ use crate::store::Store;
 pub const LOG_SERVICE: &str = "herald.DeliveryLog";
 /// The health-check name of the config store itself.
 pub const CONFIG_STORE_SERVICE: &str = "herald.ConfigStore";
+/// The health-check names of the stores themselves.
+pub const STORE_SERVICES: [&str; 2] = [LOG_SERVICE, CONFIG_STORE_SERVICE];
 /// How often each store is probed.
 const PROBE_EVERY: Duration = Duration::from_secs(2);
 

@@ -382,14 +382,19 @@ async fn held_by(
         .holder(agent_id)
         .is_some_and(|holder| holder != identity)
     {
-        return Err(Status::permission_denied(
-            HelloError::IdTaken {
-                agent_id: agent_id.to_owned(),
-            }
-            .to_string(),
-        ));
+        return Err(id_taken(agent_id));
     }
     holder_elsewhere(store, agent_id, identity).await
+}
+
+/// The refusal of an agent id another identity holds.
+fn id_taken(agent_id: &str) -> Status {
+    Status::permission_denied(
+        HelloError::IdTaken {
+            agent_id: agent_id.to_owned(),
+        }
+        .to_string(),
+    )
 }
 
 /// Refuses a hello with `agent_id` from `identity` when the agent's presence record says
@@ -412,12 +417,7 @@ async fn holder_elsewhere(store: &Store, agent_id: &str, identity: &str) -> Resu
         .unwrap_or_default();
     // A record of an older replica names no identity: nothing to compare.
     if !holder.is_empty() && holder != identity {
-        return Err(Status::permission_denied(
-            HelloError::IdTaken {
-                agent_id: agent_id.to_owned(),
-            }
-            .to_string(),
-        ));
+        return Err(id_taken(agent_id));
     }
     Ok(())
 }
