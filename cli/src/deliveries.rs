@@ -219,7 +219,11 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            let items: Vec<_> = page.attempts.iter().map(output::attempt).collect();
+            let items: Vec<_> = page
+                .attempts
+                .iter()
+                .map(|a| output::attempt_row(format, a))
+                .collect();
             output::list(format, "attempts", &items, &COLUMNS, &page.next_page_token)?;
         }
         Command::Get {
@@ -264,7 +268,10 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                 anyhow::bail!("no attempts logged for event {event:?}");
             }
             attempts.reverse();
-            let items: Vec<_> = attempts.iter().map(output::attempt).collect();
+            let items: Vec<_> = attempts
+                .iter()
+                .map(|a| output::attempt_row(format, a))
+                .collect();
             if !show_body {
                 output::list(format, "attempts", &items, &COLUMNS, "")?;
                 return Ok(());
@@ -322,7 +329,7 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                 .map_err(status_error)?
                 .into_inner();
             while let Some(attempt) = stream.message().await.map_err(status_error)? {
-                output::line(format, &output::attempt(&attempt), &COLUMNS)?;
+                output::line(format, &output::attempt_row(format, &attempt), &COLUMNS)?;
             }
             // A tail ends by itself only at --until; otherwise the server ended it.
             if !ends {

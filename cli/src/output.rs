@@ -396,6 +396,40 @@ pub fn attempt(a: &pb::Attempt) -> Value {
     })
 }
 
+/// Most characters of a receiver's answer shown in a table's `error` cell.
+const EXCERPT_CELL_CHARS: usize = 60;
+
+/// An attempt as a row of `format`: for a table, an attempt the receiver answered with a
+/// failing status shows the start of that answer in its `error` cell (the cell is otherwise
+/// empty: nothing went wrong in sending); JSON and YAML keep the fields as the log holds them.
+pub fn attempt_row(format: Format, a: &pb::Attempt) -> Value {
+    let mut value = attempt(a);
+    if format.style == Style::Table
+        && a.error.is_empty()
+        && a.status_code != 0
+        && !(200..300).contains(&a.status_code)
+    {
+        value["error"] = json!(excerpt_cell(&a.response_excerpt));
+    }
+    value
+}
+
+/// A receiver's answer in one short line: whitespace runs as one space, other control
+/// characters (which a terminal would obey) as `\u{fffd}`, cut with `…`.
+fn excerpt_cell(excerpt: &str) -> String {
+    let words: Vec<&str> = excerpt.split_whitespace().collect();
+    let line: String = words
+        .join(" ")
+        .chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect();
+    if line.chars().count() <= EXCERPT_CELL_CHARS {
+        return line;
+    }
+    let cut: String = line.chars().take(EXCERPT_CELL_CHARS - 1).collect();
+    format!("{}…", cut.trim_end())
+}
+
 /// A request as sent: its body as text when it is UTF-8 (`body`), else in base64
 /// (`body_base64`: a body cut by the log's limit may end inside a character).
 pub fn sent_request(r: &pb::SentRequest) -> Value {
@@ -517,6 +551,53 @@ pub fn replay(r: &pb::ReplayDeliveriesResponse) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failing_answer_shows_in_the_error_cell_of_a_table_only() {
+        let failed = pb::Attempt {
+            status_code: 503,
+            error_kind: "http_status".into(),
+            response_excerpt: "<html>\n  <title>Service\tUnavailable</title>\x1b[2J ".into(),
+            ..Default::default()
+        };
+        let table = Format {
+            style: Style::Table,
+            headers: true,
+        };
+        let json = Format {
+            style: Style::Json,
+            headers: true,
+        };
+        assert_eq!(
+            attempt_row(table, &failed)["error"],
+            "<html> <title>Service Unavailable</title>\u{fffd}[2J"
+        );
+        assert_eq!(attempt_row(json, &failed)["error"], "");
+        let long = pb::Attempt {
+            response_excerpt: "x".repeat(500),
+            ..failed.clone()
+        };
+        let cell = attempt_row(table, &long)["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(cell.chars().count(), EXCERPT_CELL_CHARS);
+        assert!(cell.ends_with('…'));
+        let delivered = pb::Attempt {
+            status_code: 200,
+            response_excerpt: "ok".into(),
+            ..Default::default()
+        };
+        assert_eq!(attempt_row(table, &delivered)["error"], "");
+        let refused = pb::Attempt {
+            error: "connecting: connection refused".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            attempt_row(table, &refused)["error"],
+            "connecting: connection refused"
+        );
+    }
 
     #[test]
     fn control_characters_are_shown_not_obeyed_on_a_terminal() {
