@@ -2,7 +2,8 @@
 //! input answers `INVALID_ARGUMENT` naming the field, and nothing is kept; a payload that does
 //! not satisfy its type's schema names where it fails), given an id when it has none, matched
 //! to subscriptions by tenant, type and payload filter, and written with one delivery task per
-//! match to the durable queue; only then does the call answer. A full queue answers
+//! match to the durable queue; only then does the call answer. An event of a tenant the caller's
+//! Emit token does not cover is refused with `PERMISSION_DENIED`. A full queue answers
 //! `RESOURCE_EXHAUSTED`; nothing is dropped silently. The call's W3C `traceparent` metadata is
 //! kept with events that do not carry their own.
 
@@ -20,6 +21,7 @@ use tonic::{Request, Response, Status};
 
 use tracing::Instrument as _;
 
+use crate::emit_access::EmitGrant;
 use crate::metrics::Metrics;
 use crate::queue::{NewEvent, Queue};
 use crate::routes::Routes;
@@ -59,8 +61,12 @@ impl EmitService {
         }
     }
 
-    fn check(&self, event: &pb::Event) -> Result<(), Status> {
+    /// Whether `event` may be emitted by a caller holding `grant` (none: no tokens are set).
+    fn check(&self, event: &pb::Event, grant: Option<&EmitGrant>) -> Result<(), Status> {
         validate_event(event, self.max_payload_bytes).map_err(invalid_argument)?;
+        if let Some(why) = grant.and_then(|g| g.refusal(&event.tenant)) {
+            return Err(Status::permission_denied(why));
+        }
         if event.tenant == self.system_tenant {
             // Only the control plane raises operator events (through its emit orders).
             return Err(Status::permission_denied(format!(
@@ -157,11 +163,12 @@ impl Events for EmitService {
     ) -> Result<Response<pb::EmitResponse>, Status> {
         let trace = call_trace(&request);
         let span = emit_span(1, trace.as_ref());
+        let grant = request.extensions().get::<Arc<EmitGrant>>().cloned();
         let event = request
             .into_inner()
             .event
             .ok_or_else(|| herald_proto::convert::invalid_field("event", "is required"))?;
-        self.check(&event)?;
+        self.check(&event, grant.as_deref())?;
         let routes = self.loaded_routes()?;
         Self::check_schema(&event, &routes)?;
         let mut results = self
@@ -179,6 +186,7 @@ impl Events for EmitService {
         request: Request<pb::EmitBatchRequest>,
     ) -> Result<Response<pb::EmitBatchResponse>, Status> {
         let trace = call_trace(&request);
+        let grant = request.extensions().get::<Arc<EmitGrant>>().cloned();
         let events = request.into_inner().events;
         if events.len() > MAX_BATCH {
             return Err(herald_proto::convert::invalid_field(
@@ -187,7 +195,8 @@ impl Events for EmitService {
             ));
         }
         for (index, event) in events.iter().enumerate() {
-            self.check(event).map_err(|s| of_event(index, s))?;
+            self.check(event, grant.as_deref())
+                .map_err(|s| of_event(index, s))?;
         }
         let routes = self.loaded_routes()?;
         for (index, event) in events.iter().enumerate() {

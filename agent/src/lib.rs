@@ -347,6 +347,9 @@ pub enum Error {
     /// A control-plane URL would carry the token in clear (a configuration error).
     #[error(transparent)]
     Transport(#[from] control_plane::TransportError),
+    /// The Emit tokens could not be used (a file, a line, the flag).
+    #[error(transparent)]
+    EmitTokens(#[from] emit_access::EmitTokensError),
 }
 
 impl Error {
@@ -371,7 +374,8 @@ impl Error {
             | Error::Metrics { .. }
             | Error::TlsFile(_)
             | Error::Interest(_)
-            | Error::Transport(_) => true,
+            | Error::Transport(_)
+            | Error::EmitTokens(_) => true,
             Error::Queue(_) | Error::Serve(_) | Error::Reflection(_) => false,
         }
     }
@@ -397,6 +401,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     config.check_control_plane_transport()?;
+    let emit_guard = config.emit_access.guard()?;
     // Made first, so that a directory that cannot be made is said as such, id given or not.
     std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir {
         path: config.data_dir.display().to_string(),
@@ -582,7 +587,7 @@ pub async fn run(
         // Applications that compress their calls (gzip) are read, each message still held
         // to the limit once decompressed.
         .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
-        config.emit_access.interceptor(),
+        emit_guard,
     );
 
     // Standard health checks (NOT_SERVING once draining) and reflection beside Events.

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use sha2::{Digest, Sha256};
+use herald_core::token_file::{self, MAX_TOKENS, TokenDigest};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 mod certificates;
@@ -31,17 +31,6 @@ mod certificates;
 pub use certificates::CertificateIdentities;
 
 use crate::access::{Caller, Identity, Role, Scope};
-
-/// The longest token accepted.
-const MAX_TOKEN_LEN: usize = 512;
-/// The shortest token accepted (guessable tokens are refused at load).
-const MIN_TOKEN_LEN: usize = 16;
-/// The most tokens a file holds.
-const MAX_TOKENS: usize = 10_000;
-/// The most tenants (or regions) one token may be scoped to.
-pub const MAX_SCOPE_NAMES: usize = 1000;
-/// The longest token name.
-const MAX_NAME_LEN: usize = 64;
 
 /// Where the tokens come from (flags of the control plane).
 #[derive(Clone, Default, clap::Args)]
@@ -161,17 +150,13 @@ pub enum AuthError {
 /// The accepted tokens and the identities they stand for.
 #[derive(Clone)]
 pub struct Tokens {
-    by_digest: Arc<HashMap<[u8; 32], Arc<Identity>>>,
+    by_digest: Arc<HashMap<TokenDigest, Arc<Identity>>>,
 }
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Tokens({} tokens)", self.by_digest.len())
     }
-}
-
-fn digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
 }
 
 /// The identity of `role` that a line's options (`name=`, `tenants=`, `regions=`) give,
@@ -199,13 +184,7 @@ fn identity<'a>(
         }
         match key {
             "name" => {
-                let fits =
-                    |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@' | ':');
-                if value.is_empty() || value.len() > MAX_NAME_LEN || !value.chars().all(fits) {
-                    return Err(format!(
-                        "name= takes 1 to {MAX_NAME_LEN} letters, digits, '.', '_', '-', '@' or ':'"
-                    ));
-                }
+                token_file::check_name(value)?;
                 identity.name = value.to_owned();
             }
             "tenants" => {
@@ -240,10 +219,9 @@ fn parse_lines<K: std::hash::Hash + Eq>(
             line: index + 1,
             reason,
         };
-        let line = line.split('#').next().unwrap_or_default().trim();
-        if line.is_empty() {
+        let Some(line) = token_file::content(line) else {
             continue;
-        }
+        };
         let mut fields = line.split_whitespace();
         let (Some(role), Some(key)) = (fields.next(), fields.next()) else {
             return Err(invalid(format!(
@@ -285,40 +263,16 @@ fn scope(
     value: &str,
     check: fn(&str) -> Result<(), herald_core::validate::ValidationError>,
 ) -> Result<Scope, String> {
-    let mut names = BTreeSet::new();
-    for name in value.split(',') {
-        check(name).map_err(|e| e.to_string())?;
-        names.insert(name.to_owned());
-    }
-    if names.len() > MAX_SCOPE_NAMES {
-        return Err(format!("at most {MAX_SCOPE_NAMES} names in a scope"));
-    }
-    Ok(Scope::Only(names))
+    token_file::scope_names(value, check).map(Scope::Only)
 }
 
 impl Tokens {
     /// Parses `ROLE TOKEN [name=NAME] [tenants=T1,T2] [regions=R1,R2]` lines.
     pub fn parse(text: &str) -> Result<Tokens, AuthError> {
         let by_digest = parse_lines(text, "TOKEN", |role, token| {
-            if !(MIN_TOKEN_LEN..=MAX_TOKEN_LEN).contains(&token.len()) {
-                return Err(format!(
-                    "a token must be {MIN_TOKEN_LEN} to {MAX_TOKEN_LEN} characters"
-                ));
-            }
-            if !token.chars().all(|c| c.is_ascii_graphic()) {
-                return Err("a token must be printable ASCII".into());
-            }
-            let digest = digest(token);
-            // The role and the digest's first four bytes: stable, and telling nothing of it.
-            let default_name = format!(
-                "{}-{}",
-                role.name(),
-                digest[..4]
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-            );
-            Ok((digest, default_name))
+            token_file::check_token(token)?;
+            let digest = token_file::digest(token);
+            Ok((digest, token_file::default_name(role.name(), &digest)))
         })?;
         if by_digest.is_empty() {
             return Err(AuthError::Invalid {
@@ -357,7 +311,7 @@ impl Tokens {
                 tonic::Status::unauthenticated("the authorization header is not `Bearer TOKEN`")
             })?;
         self.by_digest
-            .get(&digest(token))
+            .get(&token_file::digest(token))
             .cloned()
             .ok_or_else(|| tonic::Status::unauthenticated("the token is not recognised"))
     }

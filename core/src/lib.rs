@@ -41,6 +41,7 @@ pub mod subscription;
 pub mod target;
 pub mod telemetry;
 pub mod tls_files;
+pub mod token_file;
 pub mod trace;
 pub mod validate;
 pub mod xml;

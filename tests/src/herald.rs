@@ -362,6 +362,8 @@ pub struct AgentOptions {
     pub control_plane_token: Option<String>,
     /// The token Emit callers must present.
     pub emit_token: Option<String>,
+    /// The file of tenant-scoped Emit tokens (`--emit-tokens`).
+    pub emit_tokens_file: Option<PathBuf>,
     /// Where the agent serves `/metrics`.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// TLS to the control plane: its CA, and the agent's certificate and key.
@@ -443,6 +445,7 @@ impl Agent {
             shutdown_grace: GRACE,
             emit_access: herald_agent::emit_access::EmitAccess {
                 emit_token: options.emit_token,
+                emit_tokens_file: options.emit_tokens_file,
                 ..Default::default()
             },
             metrics_listen: options.metrics_listen,

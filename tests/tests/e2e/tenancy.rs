@@ -883,3 +883,118 @@ async fn applications_may_not_emit_into_the_system_tenant() -> anyhow::Result<()
         .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_emit_token_emits_only_for_its_own_tenants() -> anyhow::Result<()> {
+    const SHOP_A_APP: &str = "emit-shop-a-6f2d9b4e1a7c";
+    const SHOP_B_APP: &str = "emit-shop-b-1c8e5a3f9d2b";
+    // One agent on a shared node serves the applications of two shops, each with its token.
+    let dir = tempfile::tempdir()?;
+    let tokens = dir.path().join("emit-tokens");
+    std::fs::write(
+        &tokens,
+        format!(
+            "{SHOP_A_APP} name=shop-a-app tenants=shop-a\n{SHOP_B_APP} name=shop-b-app tenants=shop-b\n"
+        ),
+    )?;
+    let control_plane = ControlPlane::start(ConfigStore::Embedded).await?;
+    let AgentAndReceiver {
+        agent, receiver, ..
+    } = AgentAndReceiver::start(
+        control_plane.url(),
+        AgentOptions {
+            emit_tokens_file: Some(tokens),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let mut revision = 0;
+    for shop in ["shop-a", "shop-b"] {
+        let created = control_plane
+            .create(subscription(
+                shop,
+                &receiver.url(&format!("/{shop}")),
+                &["order.*"],
+            ))
+            .await?;
+        revision = created.revision;
+    }
+    control_plane
+        .wait_applied(revision, Duration::from_secs(10))
+        .await?;
+    let order = |shop: &str, id: &str| {
+        let mut order = event(shop, "order.created", &serde_json::json!({ "shop": shop }));
+        order.id = id.to_owned();
+        order
+    };
+    let events_of = |token: &'static str| {
+        let url = agent.url().to_owned();
+        async move {
+            anyhow::Ok(pb::events_client::EventsClient::new(
+                Bearer::new(Some(token))?.wrap(connect(&url).await?),
+            ))
+        }
+    };
+    let mut shop_a_app = events_of(SHOP_A_APP).await?;
+
+    // Shop A's application cannot emit as shop B, alone or inside a batch: nothing is kept.
+    let refused = shop_a_app
+        .emit(pb::EmitRequest {
+            event: Some(order("shop-b", "forged-1")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("\"shop-a-app\"") && refused.message().contains("\"shop-b\""),
+        "{refused:?}"
+    );
+    let refused = shop_a_app
+        .emit_batch(pb::EmitBatchRequest {
+            events: vec![order("shop-a", "order-1"), order("shop-b", "forged-2")],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().starts_with("events[1]"), "{refused:?}");
+
+    // Each emits its own shop's orders, which arrive at that shop's URL only.
+    let emitted = shop_a_app
+        .emit(pb::EmitRequest {
+            event: Some(order("shop-a", "order-1")),
+        })
+        .await?
+        .into_inner();
+    assert!(!emitted.duplicate, "the refused batch kept nothing");
+    assert_eq!(emitted.matched, 1);
+    events_of(SHOP_B_APP)
+        .await?
+        .emit(pb::EmitRequest {
+            event: Some(order("shop-b", "order-1")),
+        })
+        .await?;
+    let arrived = receiver
+        .wait_for_requests(2, Duration::from_secs(10))
+        .await?;
+    let mut paths: Vec<(String, String)> = arrived
+        .iter()
+        .map(|r| {
+            let body = String::from_utf8_lossy(&r.body);
+            let shop = ["shop-a", "shop-b"]
+                .into_iter()
+                .find(|shop| body.contains(&format!("\"shop\":\"{shop}\"")))
+                .unwrap_or("neither");
+            (r.path.clone(), shop.to_owned())
+        })
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            ("/shop-a".to_owned(), "shop-a".to_owned()),
+            ("/shop-b".to_owned(), "shop-b".to_owned())
+        ]
+    );
+    assert_eq!(receiver.request_count(), 2, "no forged event was delivered");
+    Ok(())
+}
