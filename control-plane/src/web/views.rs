@@ -115,6 +115,17 @@ impl SubscriptionRow {
 pub struct Setting {
     pub label: &'static str,
     pub value: String,
+    /// Whether only the operator sees it: how the operator's network reaches the endpoint and
+    /// the operator's own notes, which the tenant's portal does not show.
+    pub operator_only: bool,
+}
+
+/// The settings of `sub` the tenant's portal shows: all but the operator's own.
+pub fn tenant_settings(sub: &pb::Subscription) -> Vec<Setting> {
+    settings(sub)
+        .into_iter()
+        .filter(|setting| !setting.operator_only)
+        .collect()
 }
 
 /// The settings of `sub` shown on its page.
@@ -157,30 +168,37 @@ pub fn settings(sub: &pb::Subscription) -> Vec<Setting> {
     vec![
         Setting {
             label: "Tenant",
+            operator_only: false,
             value: sub.tenant.clone(),
         },
         Setting {
             label: "URL",
+            operator_only: false,
             value: sub.url.clone(),
         },
         Setting {
             label: "Event types",
+            operator_only: false,
             value: sub.event_types.join(", "),
         },
         Setting {
             label: "Format",
+            operator_only: false,
             value: words::format(sub.format).to_owned(),
         },
         Setting {
             label: "Envelope",
+            operator_only: false,
             value: words::envelope(sub.envelope).to_owned(),
         },
         Setting {
             label: "Signature",
+            operator_only: false,
             value: words::signature(sub.signature_scheme).to_owned(),
         },
         Setting {
             label: "Egress",
+            operator_only: true,
             // Its proxy's password is never shown on a page, even to those who may read it.
             value: match words::parse_egress(&words::egress(sub)) {
                 Ok(herald_core::egress::Egress::Proxy(proxy)) => {
@@ -192,6 +210,7 @@ pub fn settings(sub: &pb::Subscription) -> Vec<Setting> {
         },
         Setting {
             label: "OAuth2",
+            operator_only: false,
             value: match &sub.oauth2 {
                 Some(o) => format!(
                     "bearer tokens from {} as {}{}",
@@ -208,6 +227,7 @@ pub fn settings(sub: &pb::Subscription) -> Vec<Setting> {
         },
         Setting {
             label: "Client certificate",
+            operator_only: false,
             value: match sub.client_cert_expires_at.as_ref() {
                 Some(expires) if !sub.client_cert.is_empty() => format!(
                     "presented for mutual TLS; expires {}",
@@ -218,26 +238,32 @@ pub fn settings(sub: &pb::Subscription) -> Vec<Setting> {
         },
         Setting {
             label: "Headers",
+            operator_only: false,
             value: list(headers),
         },
         Setting {
             label: "Timeout",
+            operator_only: false,
             value: duration(sub.timeout.as_ref()).unwrap_or_else(|| "15s".to_owned()),
         },
         Setting {
             label: "Retry delays",
+            operator_only: false,
             value: schedule,
         },
         Setting {
             label: "Attempts in flight per agent",
+            operator_only: false,
             value: or(sub.max_in_flight, "16"),
         },
         Setting {
             label: "Rate limit per agent",
+            operator_only: false,
             value: or(sub.rate_limit, "none"),
         },
         Setting {
             label: "Disable after",
+            operator_only: false,
             value: format!(
                 "{} failures in a row{}",
                 or(sub.disable_after, "10"),
@@ -248,6 +274,7 @@ pub fn settings(sub: &pb::Subscription) -> Vec<Setting> {
         },
         Setting {
             label: "Payload filter",
+            operator_only: false,
             value: if sub.payload_filter.is_empty() {
                 "none: every event of its types".to_owned()
             } else {
@@ -256,6 +283,7 @@ pub fn settings(sub: &pb::Subscription) -> Vec<Setting> {
         },
         Setting {
             label: "Regions",
+            operator_only: true,
             value: if sub.regions.is_empty() {
                 "all".to_owned()
             } else {
@@ -264,26 +292,32 @@ pub fn settings(sub: &pb::Subscription) -> Vec<Setting> {
         },
         Setting {
             label: "Trace context sent",
+            operator_only: false,
             value: if sub.send_trace_context { "yes" } else { "no" }.to_owned(),
         },
         Setting {
             label: "Labels",
+            operator_only: true,
             value: list(labels),
         },
         Setting {
             label: "Description",
+            operator_only: false,
             value: sub.description.clone(),
         },
         Setting {
             label: "Created",
+            operator_only: false,
             value: when(sub.created_at.as_ref()),
         },
         Setting {
             label: "Updated",
+            operator_only: false,
             value: when(sub.updated_at.as_ref()),
         },
         Setting {
             label: "Revision",
+            operator_only: false,
             value: sub.revision.to_string(),
         },
     ]
@@ -478,6 +512,32 @@ pub fn sent_headers(a: &pb::Attempt, sub: Option<&pb::Subscription>) -> Vec<Sent
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_portal_shows_no_operator_notes_or_network() {
+        let sub = pb::Subscription {
+            labels: [("internal-note".to_owned(), "on probation".to_owned())].into(),
+            regions: vec!["eu-west".into()],
+            description: "orders to the ERP".into(),
+            ..Default::default()
+        };
+        let shown = |settings: Vec<Setting>| -> Vec<String> {
+            settings
+                .into_iter()
+                .map(|s| format!("{}: {}", s.label, s.value))
+                .collect()
+        };
+        let console = shown(settings(&sub));
+        let portal = shown(tenant_settings(&sub));
+        for operator_only in ["Labels: internal-note=on probation", "Regions: eu-west"] {
+            assert!(console.iter().any(|s| s == operator_only), "{console:?}");
+            assert!(!portal.iter().any(|s| s == operator_only), "{portal:?}");
+        }
+        assert!(console.iter().any(|s| s.starts_with("Egress")));
+        assert!(!portal.iter().any(|s| s.starts_with("Egress")));
+        assert!(portal.iter().any(|s| s == "Description: orders to the ERP"));
+        assert_eq!(portal.len() + 3, console.len());
+    }
 
     #[test]
     fn pretty_json_keeps_the_order_and_the_strings() {
