@@ -123,6 +123,11 @@ pub fn portal_links_expired(tenant: &str) -> String {
     format!("{ROOT}portal-links-expired/{tenant}")
 }
 
+/// The record that a console sign-in was signed out of (kept until it would have expired).
+pub fn console_session_ended(session: &str) -> String {
+    format!("{ROOT}console-sessions-ended/{session}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@ pub mod attempts;
 pub mod audit;
 pub mod auth;
 pub mod client_certs;
+pub mod console_sessions;
 pub mod event_types;
 pub mod fleet;
 pub mod follow;
@@ -660,7 +661,7 @@ pub async fn run(
     let portal_service = Arc::new(grpc::PortalService::new(
         keyring.clone(),
         public_url.clone(),
-        portal_links::PortalLinks::new(store),
+        portal_links::PortalLinks::new(store.clone()),
         recorder.clone(),
     ));
     let agents_service = Arc::new(grpc::AgentsService::new(
@@ -686,6 +687,7 @@ pub async fn run(
                 services.clone(),
                 authenticator.clone(),
                 keyring.clone(),
+                console_sessions::ConsoleSessions::new(store.clone()),
                 web::WebSettings {
                     // Behind a TLS-terminating proxy the pages are https too.
                     secure_cookies: tls.is_some()

@@ -1,5 +1,6 @@
-//! Sortable unique ids for events (`evt_…`), subscriptions (`sub_…`), agents (`agt_…`) and
-//! replay orders relayed between control-plane replicas (`rpl_…`).
+//! Sortable unique ids for events (`evt_…`), subscriptions (`sub_…`), agents (`agt_…`),
+//! replay orders relayed between control-plane replicas (`rpl_…`) and console sign-ins
+//! (`ses_…`).
 //!
 //! An id is a type prefix followed by a ULID: 48 bits of milliseconds then 80 random bits, in
 //! Crockford base32, so ids sort by creation time as plain strings. All ids of one process come
@@ -31,6 +32,12 @@ pub fn new_agent_id() -> String {
 /// A new relayed replay order id, `rpl_<ULID>`.
 pub fn new_replay_order_id() -> String {
     format!("rpl_{}", next_ulid())
+}
+
+/// A new console sign-in id, `ses_<ULID>` (it names a session so that signing out can end it
+/// on every replica; it is sealed in the session's cookie, never shown).
+pub fn new_session_id() -> String {
+    format!("ses_{}", next_ulid())
 }
 
 /// The next ULID from the process-wide generator.

@@ -189,6 +189,20 @@ impl Browser {
         .await
     }
 
+    /// The browser's cookie `name` as a `Cookie` header holds it (`name=value`), if it has one:
+    /// a copy of a session, for a plain HTTP client to use as someone holding it would.
+    pub async fn cookie(&self, name: &str) -> anyhow::Result<Option<String>> {
+        match self.client.get_named_cookie(name).await {
+            Ok(cookie) => Ok(Some(format!("{}={}", cookie.name(), cookie.value()))),
+            Err(fantoccini::error::CmdError::Standard(e))
+                if e.error == fantoccini::error::ErrorStatus::NoSuchCookie =>
+            {
+                Ok(None)
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
     /// The current URL.
     pub async fn url(&self) -> anyhow::Result<String> {
         Ok(self.client.current_url().await?.to_string())

@@ -29,6 +29,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::Authenticator;
+use crate::console_sessions::ConsoleSessions;
 use crate::rest::Services;
 use crate::sealing::Keyring;
 
@@ -48,22 +49,25 @@ pub struct WebState {
     services: Services,
     authenticator: Authenticator,
     keyring: Arc<Keyring>,
+    sessions: ConsoleSessions,
     settings: Arc<WebSettings>,
 }
 
 impl WebState {
     /// The state of the pages: the services they call, who may sign in, the keyring that
-    /// seals sessions and portal links, and the settings.
+    /// seals sessions and portal links, the sessions signed out of, and the settings.
     pub fn new(
         services: Services,
         authenticator: Authenticator,
         keyring: Arc<Keyring>,
+        sessions: ConsoleSessions,
         settings: WebSettings,
     ) -> Self {
         WebState {
             services,
             authenticator,
             keyring,
+            sessions,
             settings: Arc::new(settings),
         }
     }

@@ -38,8 +38,11 @@ pub fn form_status(error: &str) -> StatusCode {
 pub enum PageError {
     /// Not signed in (or the session ended): to the sign-in page, then back to `next`.
     SignIn {
-        /// The page asked for.
+        /// The page to come back to.
         next: String,
+        /// Whether the request was for part of a page (a live update): the whole page then
+        /// goes to the sign-in, rather than the sign-in page into the part.
+        partial: bool,
     },
     /// A change without this session's CSRF token, or posted from another site.
     Csrf,
@@ -78,9 +81,17 @@ struct ErrorPage<'a> {
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         let (status, title, message, sign_in) = match &self {
-            PageError::SignIn { next } => {
+            PageError::SignIn { next, partial } => {
                 let next: String = url::form_urlencoded::byte_serialize(next.as_bytes()).collect();
-                return Redirect::to(&format!("/login?next={next}")).into_response();
+                let login = format!("/login?next={next}");
+                if *partial {
+                    // htmx sends the whole window there.
+                    return match header::HeaderValue::from_str(&login) {
+                        Ok(to) => (StatusCode::OK, [("hx-redirect", to)]).into_response(),
+                        Err(_) => StatusCode::UNAUTHORIZED.into_response(),
+                    };
+                }
+                return Redirect::to(&login).into_response();
             }
             PageError::Csrf => (
                 StatusCode::FORBIDDEN,

@@ -5,8 +5,9 @@
 //! so any replica reads it, and it is `HttpOnly` (no script reads it), `SameSite=Strict` and,
 //! behind TLS, `Secure`. Each request is authorized with the token inside, as the API
 //! authorizes it, so a token removed from the tokens file stops working in the console too.
-//! Every form carries a CSRF token derived from the cookie; a change without it, or from a
-//! page of another origin, is refused.
+//! Signing out ends the session on every replica ([`crate::console_sessions`]), so a copy of
+//! the cookie does not outlive it. Every form carries a CSRF token derived from the cookie; a
+//! change without it, or from a page of another origin, is refused.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -39,6 +40,8 @@ struct Claims {
     /// The API token signed in with (empty while the API is open, or for a caller known by
     /// its client certificate).
     token: String,
+    /// Which sign-in this is, so that signing out ends it everywhere.
+    session: String,
 }
 
 /// The `Set-Cookie` value of a new session for `token`.
@@ -48,6 +51,7 @@ pub fn sign_in(state: &WebState, token: &str) -> Result<HeaderValue, PageError> 
         Purpose::ConsoleSession,
         Claims {
             token: token.to_owned(),
+            session: herald_core::ids::new_session_id(),
         },
         SystemTime::now(),
         SESSION_TTL,
@@ -56,8 +60,30 @@ pub fn sign_in(state: &WebState, token: &str) -> Result<HeaderValue, PageError> 
     cookie(state, &value, SESSION_TTL.as_secs())
 }
 
-/// The `Set-Cookie` value that ends the session.
-pub fn sign_out(state: &WebState) -> Result<HeaderValue, PageError> {
+/// Ends the session of `headers`' cookie on every replica, and answers the `Set-Cookie`
+/// value that clears the browser's copy. A cookie that no longer opens needs no ending.
+pub async fn sign_out(state: &WebState, headers: &HeaderMap) -> Result<HeaderValue, PageError> {
+    let claims = cookie_value(headers).and_then(|cookie| {
+        sealed_token::open::<Claims>(
+            &state.keyring,
+            Purpose::ConsoleSession,
+            cookie,
+            SystemTime::now(),
+        )
+        .ok()
+    });
+    if let Some(claims) = claims {
+        state
+            .sessions
+            .end(&claims.session, SESSION_TTL)
+            .await
+            .map_err(|err| {
+                PageError::from(tonic::Status::unavailable(format!(
+                    "the sign-out could not be recorded, so the session would still work \
+                     elsewhere: {err}. Try again."
+                )))
+            })?;
+    }
     cookie(state, "", 0)
 }
 
@@ -131,11 +157,8 @@ impl FromRequestParts<WebState> for Console {
 
     async fn from_request_parts(parts: &mut Parts, state: &WebState) -> Result<Self, PageError> {
         let sign_in_again = || PageError::SignIn {
-            next: parts
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_owned(),
+            next: return_to(parts),
+            partial: is_partial(&parts.headers),
         };
         let Some(cookie) = cookie_value(&parts.headers) else {
             return Err(sign_in_again());
@@ -148,6 +171,14 @@ impl FromRequestParts<WebState> for Console {
         ) else {
             return Err(sign_in_again());
         };
+        let ended = state.sessions.ended(&claims.session).await.map_err(|err| {
+            PageError::from(tonic::Status::unavailable(format!(
+                "cannot tell whether this session was signed out of: {err}"
+            )))
+        })?;
+        if ended {
+            return Err(sign_in_again());
+        }
         let identity =
             check_token(state, &claims.token, &parts.extensions).map_err(|_| sign_in_again())?;
         let role = identity.as_ref().map_or(Role::Admin, |i| i.role);
@@ -166,6 +197,38 @@ impl FromRequestParts<WebState> for Console {
             csrf: csrf_of(cookie),
         })
     }
+}
+
+/// Whether a request is htmx's for a part of a page (a live update), not a page.
+pub(crate) fn is_partial(headers: &HeaderMap) -> bool {
+    headers.contains_key("hx-request")
+}
+
+/// The page to come back to after signing in: the page asked for; for a live update, the page
+/// it updates; for a change, the page it was posted from (what was posted is not posted again,
+/// and its address answers no GET).
+fn return_to(parts: &Parts) -> String {
+    let page_of = |name: &str| {
+        let url = parts.headers.get(name)?.to_str().ok()?;
+        let url = url::Url::parse(url).ok()?;
+        Some(match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_owned(),
+        })
+    };
+    if is_partial(&parts.headers)
+        && let Some(page) = page_of("hx-current-url")
+    {
+        return page;
+    }
+    if parts.method != Method::GET && parts.method != Method::HEAD {
+        return page_of(header::REFERER.as_str()).unwrap_or_else(|| "/".to_owned());
+    }
+    parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned()
 }
 
 /// A change posted from a console page: the signed-in admin and the form, whose CSRF token

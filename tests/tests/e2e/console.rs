@@ -403,3 +403,164 @@ fn link_of(html: &str, id: &str) -> Option<String> {
     let start = html[..end].rfind("href=\"")? + "href=\"".len();
     Some(html[start..end].replace("&#38;", "&").replace("&amp;", "&"))
 }
+
+#[tokio::test]
+async fn signing_out_ends_the_session_everywhere_and_the_live_log_pages_without_gaps()
+-> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = HeldPort::new()?;
+    let control_plane = ControlPlane::start_with_tokens_configured(
+        ConfigStore::Embedded,
+        &format!("admin {ADMIN} name=ops\nagent agent-console-token\n"),
+        ADMIN,
+        |config| config.http_listen = Some(http.addr()),
+    )
+    .await?;
+    let AgentAndReceiver {
+        agent, receiver, ..
+    } = AgentAndReceiver::start(
+        control_plane.url(),
+        AgentOptions {
+            control_plane_token: Some("agent-console-token".into()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let created = control_plane
+        .create(herald_tests::subscription(
+            "shop-a",
+            &receiver.url("/orders"),
+            &["order.*"],
+        ))
+        .await?;
+    control_plane
+        .wait_applied(created.revision, Duration::from_secs(10))
+        .await?;
+    let emit = |from: usize, to: usize| {
+        let agent = &agent;
+        async move {
+            for n in from..to {
+                let mut order = event("shop-a", "order.created", &serde_json::json!({ "n": n }));
+                order.id = format!("order-{n:03}");
+                agent.emit(order).await?;
+            }
+            anyhow::Ok(())
+        }
+    };
+    let base = format!("http://{}", http.addr());
+    let log = format!("{base}/deliveries?tenant=shop-a");
+    let logged = |n: usize| {
+        let control_plane = &control_plane;
+        async move {
+            eventually(Duration::from_secs(20), "the attempts logged", || async {
+                let page = control_plane
+                    .deliveries()
+                    .await?
+                    .list_attempts(pb::ListAttemptsRequest {
+                        filter: Some(pb::AttemptFilter {
+                            tenant: "shop-a".into(),
+                            ..Default::default()
+                        }),
+                        page_size: 1000,
+                        page_token: String::new(),
+                    })
+                    .await?
+                    .into_inner();
+                Ok((page.attempts.len() >= n).then_some(()))
+            })
+            .await
+        }
+    };
+    emit(0, 60).await?;
+    logged(60).await?;
+
+    let browser = Browser::start().await?;
+    browser.open(&log).await?;
+    browser.fill("#token", ADMIN).await?;
+    browser.click("#sign-in").await?;
+    browser.wait_url("/deliveries").await?;
+    let older_at_load = browser.attribute("#older", "href").await?;
+
+    // Newer attempts arrive while the first page is open: the live update brings them and the
+    // link to older ones with them, so paging on shows every attempt once.
+    emit(60, 75).await?;
+    logged(75).await?;
+    eventually(Duration::from_secs(15), "the live update", || async {
+        let older = browser.attribute("#older", "href").await?;
+        Ok((older != older_at_load).then_some(()))
+    })
+    .await?;
+    let mut seen = std::collections::BTreeSet::new();
+    loop {
+        let rows = browser.text("#attempts").await?;
+        for word in rows.split_whitespace() {
+            if word.starts_with("order-") {
+                assert!(seen.insert(word.to_owned()), "{word} shown twice");
+            }
+        }
+        if !browser.has("#older").await {
+            break;
+        }
+        browser.click("#older").await?;
+        browser.wait_url("page_token").await?;
+    }
+    assert_eq!(seen.len(), 75, "every attempt shown once: {seen:?}");
+
+    // A copy of the session's cookie works until the session is signed out of, then nowhere.
+    browser.open(&log).await?;
+    browser.text("#attempts").await?;
+    let cookie = browser
+        .cookie("herald_session")
+        .await?
+        .expect("a session cookie");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let get = |path: &str| {
+        client
+            .get(format!("{base}{path}"))
+            .header("cookie", &cookie)
+            .send()
+    };
+    assert_eq!(get("/subscriptions").await?.status(), 200);
+    let signed_out = client
+        .post(format!("{base}/logout"))
+        .header("cookie", &cookie)
+        .send()
+        .await?;
+    assert_eq!(signed_out.status(), 303);
+    let refused = get("/subscriptions").await?;
+    assert_eq!(refused.status(), 303, "the copy no longer opens pages");
+    assert!(
+        refused.headers()["location"]
+            .to_str()?
+            .starts_with("/login"),
+        "{refused:?}"
+    );
+
+    // The open page's next live update takes the whole window to the sign-in, to come back to
+    // the log, rather than the sign-in page into the table.
+    let url = browser.wait_url("/login").await?;
+    assert!(url.contains("next=%2Fdeliveries"), "{url}");
+    assert!(
+        !browser.has("#attempts").await,
+        "no log in the sign-in page"
+    );
+
+    // A change posted with the ended session comes back to the page it was posted from.
+    let posted = client
+        .post(format!("{base}/subscriptions/{}/disable", created.id))
+        .header("cookie", &cookie)
+        .header("referer", format!("{base}/subscriptions/{}", created.id))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("reason=x")
+        .send()
+        .await?;
+    assert_eq!(posted.status(), 303);
+    assert_eq!(
+        posted.headers()["location"].to_str()?,
+        format!("/login?next=%2Fsubscriptions%2F{}", created.id)
+    );
+    assert!(control_plane.get(&created.id).await?.enabled);
+    browser.close().await
+}

@@ -198,6 +198,9 @@ struct LogPage {
     rows: Vec<AttemptRow>,
     /// The query string of the filters, for the live rows and the next page.
     filters: String,
+    /// The link to the newest page; empty on it.
+    newest: String,
+    /// The link to the next page; empty on the last.
     next_page: String,
     /// Whether the rows refresh themselves (the first page only).
     live: bool,
@@ -205,6 +208,10 @@ struct LogPage {
     outcomes: Vec<(&'static str, bool)>,
     /// Where links in the rows start (the console's root).
     base: &'static str,
+    /// The first column's heading.
+    first_heading: &'static str,
+    /// What the paging links call the rows.
+    noun: &'static str,
     /// Why the filters were refused; empty when they were not.
     error: String,
 }
@@ -216,7 +223,6 @@ async fn log(
 ) -> Result<Response, PageError> {
     let shown = shown_page(&state, &console.caller, &query).await?;
     let filters = query.query_string();
-    let next = &shown.next_page_token;
     Ok(render_with(
         shown.status(),
         &LogPage {
@@ -224,11 +230,10 @@ async fn log(
             live: query.page_token.is_empty() && shown.refusal.is_empty(),
             outcomes: outcome_choices(&query.outcome),
             base: "",
-            next_page: if next.is_empty() {
-                String::new()
-            } else {
-                format!("/deliveries?{filters}&page_token={}", query_value(next))
-            },
+            first_heading: CONSOLE_LOG.first_heading,
+            noun: CONSOLE_LOG.noun,
+            newest: CONSOLE_LOG.newest("", &filters, &query.page_token),
+            next_page: CONSOLE_LOG.next_page("", &filters, &shown.next_page_token),
             filters,
             query,
             rows: shown.rows,
@@ -237,27 +242,94 @@ async fn log(
     ))
 }
 
-/// The log's rows alone (the live update), each naming its endpoint; shared with the portal.
-#[derive(Template)]
-#[template(path = "console/log_rows.html")]
-pub struct Rows {
-    /// The attempts.
-    pub rows: Vec<AttemptRow>,
-    /// Where links in the rows start.
-    pub base: String,
+/// What a log's table is called where it is shown: the console's attempts, the portal's
+/// requests.
+pub struct LogWords {
+    /// The first column's heading.
+    pub first_heading: &'static str,
+    /// What the paging links call the rows.
+    pub noun: &'static str,
 }
 
-/// The first page's rows alone, for the live update.
+/// The console's log.
+const CONSOLE_LOG: LogWords = LogWords {
+    first_heading: "Started",
+    noun: "attempts",
+};
+
+impl LogWords {
+    /// The link to the log's newest page under `base`, when `page_token` is of a later page.
+    pub fn newest(&self, base: &str, filters: &str, page_token: &str) -> String {
+        if page_token.is_empty() {
+            String::new()
+        } else {
+            format!("{base}/deliveries?{filters}")
+        }
+    }
+
+    /// The link to the page `next_page_token` starts, under `base`; empty on the last page.
+    pub fn next_page(&self, base: &str, filters: &str, next_page_token: &str) -> String {
+        if next_page_token.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "{base}/deliveries?{filters}&page_token={}",
+                query_value(next_page_token)
+            )
+        }
+    }
+
+    /// The first page's table alone, with the link to the page after it: the live update.
+    pub fn live_table(
+        &self,
+        rows: Vec<AttemptRow>,
+        base: &str,
+        filters: &str,
+        next_page_token: &str,
+    ) -> LogTable {
+        LogTable {
+            rows,
+            base: base.to_owned(),
+            first_heading: self.first_heading,
+            noun: self.noun,
+            newest: String::new(),
+            next_page: self.next_page(base, filters, next_page_token),
+        }
+    }
+}
+
+/// The log's table and its paging links alone (the live update, swapped whole so that "Older"
+/// continues from the rows shown); shared with the portal.
+#[derive(Template)]
+#[template(path = "console/log_table.html")]
+pub struct LogTable {
+    /// The attempts.
+    rows: Vec<AttemptRow>,
+    /// Where links in the rows start.
+    base: String,
+    /// The first column's heading.
+    first_heading: &'static str,
+    /// What the paging links call the rows.
+    noun: &'static str,
+    /// The link to the newest page; empty on it.
+    newest: String,
+    /// The link to the next page; empty on the last.
+    next_page: String,
+}
+
+/// The first page's table alone, for the live update.
 async fn rows(
     State(state): State<WebState>,
     console: Console,
     Query(query): Query<LogQuery>,
 ) -> Result<Response, PageError> {
-    let (rows, _) = page_of(&state, &console.caller, &query).await?;
-    Ok(render(&Rows {
+    let (rows, next_page_token) = page_of(&state, &console.caller, &query).await?;
+    Ok(render(&CONSOLE_LOG.live_table(
         rows,
-        base: String::new(),
-    }))
+        "",
+        &query.query_string(),
+        &next_page_token,
+    )))
 }
 
 #[derive(Template)]

@@ -114,8 +114,9 @@ async fn login(State(state): State<WebState>, request: Request) -> Result<Respon
         .into_response())
 }
 
-/// Signs out any session, read-only ones too (which may post nothing else): clearing the
-/// cookie needs no rights, only a post from this site.
+/// Signs out any session, read-only ones too (which may post nothing else): ending it needs no
+/// rights, only a post from this site. The session ends on every replica, not only in this
+/// browser.
 async fn logout(
     State(state): State<WebState>,
     headers: axum::http::HeaderMap,
@@ -123,7 +124,10 @@ async fn logout(
     session::same_origin(&headers)?;
     Ok((
         StatusCode::SEE_OTHER,
-        [(header::SET_COOKIE, session::sign_out(&state)?)],
+        [(
+            header::SET_COOKIE,
+            session::sign_out(&state, &headers).await?,
+        )],
         [(header::LOCATION, "/login")],
     )
         .into_response())

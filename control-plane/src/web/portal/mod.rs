@@ -30,8 +30,8 @@ use serde::Deserialize;
 use super::WebState;
 use super::chart::Chart;
 use super::console::deliveries::{
-    EventAttempts, EventQuery, LogQuery, Rows, event_attempts, outcome_choices, page_of, replay_as,
-    shown_page,
+    EventAttempts, EventQuery, LogQuery, LogWords, event_attempts, outcome_choices, page_of,
+    replay_as, shown_page,
 };
 use super::console::subscriptions::{Choice, Endpoint, choices, disable_as, enable_as, rotate_as};
 use super::form::{FormData, SubscriptionForm, refusal};
@@ -537,7 +537,7 @@ async fn endpoint_page(
         enabled: sub.enabled,
         disabled_reason: sub.disabled_reason.clone(),
         disabled_at: when(sub.disabled_at.as_ref()),
-        settings: views::settings(sub),
+        settings: views::tenant_settings(sub),
         secrets: views::secrets(sub),
         secrets_shown: show_secrets,
         receiver: receiver::Receiver::of(sub),
@@ -682,12 +682,25 @@ struct DeliveriesPage {
     outcomes: Vec<(&'static str, bool)>,
     rows: Vec<AttemptRow>,
     filters: String,
+    /// The link to the newest page; empty on it.
+    newest: String,
+    /// The link to the next page; empty on the last.
     next_page: String,
     live: bool,
     base: String,
+    /// The first column's heading.
+    first_heading: &'static str,
+    /// What the paging links call the rows.
+    noun: &'static str,
     /// Why the filters were refused; empty when they were not.
     error: String,
 }
+
+/// The portal's log: the requests sent to the tenant's endpoints.
+const PORTAL_LOG: LogWords = LogWords {
+    first_heading: "Sent",
+    noun: "requests",
+};
 
 /// The log query of a portal page: always the link's tenant.
 fn tenant_query(holder: &Holder, mut query: LogQuery) -> LogQuery {
@@ -741,7 +754,6 @@ async fn deliveries(
 ) -> Result<Response, PageError> {
     let query = tenant_query(&holder, query);
     let shown = shown_page(&state, &holder.caller, &query).await?;
-    let next = &shown.next_page_token;
     let endpoints = endpoint_choices(&state, &holder, &query.subscription_id).await?;
     let filters = query.query_string();
     Ok(render_with(
@@ -749,15 +761,10 @@ async fn deliveries(
         &DeliveriesPage {
             frame: holder.frame("deliveries"),
             live: query.page_token.is_empty() && shown.refusal.is_empty(),
-            next_page: if next.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "{}/deliveries?{filters}&page_token={}",
-                    holder.base,
-                    query_value(next)
-                )
-            },
+            newest: PORTAL_LOG.newest(&holder.base, &filters, &query.page_token),
+            next_page: PORTAL_LOG.next_page(&holder.base, &filters, &shown.next_page_token),
+            first_heading: PORTAL_LOG.first_heading,
+            noun: PORTAL_LOG.noun,
             outcomes: outcome_choices(&query.outcome),
             endpoints,
             filters,
@@ -775,11 +782,13 @@ async fn delivery_rows(
     Query(query): Query<LogQuery>,
 ) -> Result<Response, PageError> {
     let query = tenant_query(&holder, query);
-    let (rows, _) = page_of(&state, &holder.caller, &query).await?;
-    Ok(render(&Rows {
+    let (rows, next_page_token) = page_of(&state, &holder.caller, &query).await?;
+    Ok(render(&PORTAL_LOG.live_table(
         rows,
-        base: holder.base.clone(),
-    }))
+        &holder.base,
+        &query.query_string(),
+        &next_page_token,
+    )))
 }
 
 #[derive(Deserialize)]
