@@ -123,19 +123,19 @@ impl ControlPlane {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
         let url = self.endpoints[index].clone();
         let mut endpoint = Endpoint::from_shared(url.clone()).map_err(|e| format!("{url}: {e}"))?;
+        let mut tls: Option<ClientTlsConfig> = None;
         if let Some(paths) = &self.tls {
             let (cert, key) = match &paths.identity {
                 Some((cert, key)) => (Some(cert.as_path()), Some(key.as_path())),
                 None => (None, None),
             };
-            let tls: Option<ClientTlsConfig> =
-                herald_proto::client_tls::config(Some(&paths.ca), cert, key)
-                    .map_err(|e| e.to_string())?;
-            if let Some(tls) = tls {
-                endpoint = endpoint
-                    .tls_config(tls)
-                    .map_err(|e| format!("{url}: {e}"))?;
-            }
+            tls = herald_proto::client_tls::config(Some(&paths.ca), cert, key)
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some(tls) = herald_proto::client_tls::for_url(&url, tls) {
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| format!("{url}: {e}"))?;
         }
         let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)

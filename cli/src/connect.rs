@@ -59,9 +59,10 @@ pub struct Server {
 impl Server {
     /// Connects; every call on the channel carries the token.
     pub async fn channel(&self) -> anyhow::Result<AuthedChannel> {
-        let channel = match &self.tls {
+        let tls = herald_proto::client_tls::for_url(&self.url, self.tls.clone());
+        let channel = match tls {
             Some(tls) if !self.url.starts_with("unix:") => endpoint(&self.url)?
-                .tls_config(tls.clone())
+                .tls_config(tls)
                 .with_context(|| format!("TLS settings for {}", self.url))?
                 .connect()
                 .await
@@ -103,12 +104,9 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
         tonic::Code::FailedPrecondition => "failed precondition",
         tonic::Code::Aborted => "aborted",
         tonic::Code::Unavailable => "unavailable",
-        tonic::Code::PermissionDenied => {
-            return anyhow::anyhow!(
-                "permission denied: {} (ask for a token with a role that may do this)",
-                status.message()
-            );
-        }
+        // The server says what was refused and why (a role, a tenant scope, a reserved
+        // tenant): no hint here could be right for all of them.
+        tonic::Code::PermissionDenied => "permission denied",
         tonic::Code::Unauthenticated => {
             return anyhow::anyhow!(
                 "unauthenticated: {} (pass --token or HERALD_TOKEN for the control plane, \
@@ -152,6 +150,14 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
     match std::error::Error::source(&status) {
         Some(cause) if status.code() == tonic::Code::Unavailable => anyhow::anyhow!(
             "{code}: {}: {} (is the server up, and speaking gRPC on that address?)",
+            status.message(),
+            herald_core::error_text::chain(cause)
+        ),
+        // The connection itself failed inside HTTP/2, before any answer: most often plain
+        // http:// to a server that speaks TLS.
+        Some(cause) if status.code() == tonic::Code::Internal => anyhow::anyhow!(
+            "the connection failed: {}: {} (if the server speaks TLS, use https://, with \
+             --tls-ca-file unless its certificate is from a CA this system trusts)",
             status.message(),
             herald_core::error_text::chain(cause)
         ),

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::output::{self, Format};
 
 /// The config file's contents.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Default, Serialize, Deserialize)]
 pub struct Config {
     /// The context used when none is named.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -26,7 +26,7 @@ pub struct Config {
 }
 
 /// One context.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct Entry {
     /// The control plane's gRPC URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,6 +49,34 @@ pub struct Entry {
     /// The client certificate's key (PEM path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key_file: Option<String>,
+}
+
+impl Entry {
+    /// Refuses settings that could not be used (an address that is not one, half a TLS
+    /// setting, a PEM file that cannot be read): said now, not at the next command, where the
+    /// mistake would look like that command's.
+    fn check(&self, name: &str) -> anyhow::Result<()> {
+        let tls = self.tls_ca_file.is_some();
+        if let Some(url) = &self.control_plane {
+            crate::connect::check_address(url, &format!("context {name:?} --url"), tls)?;
+        }
+        if let Some(url) = &self.agent {
+            crate::connect::check_address(url, &format!("context {name:?} --agent-url"), false)?;
+        }
+        let path = |file: &Option<String>| file.as_ref().map(std::path::PathBuf::from);
+        herald_proto::client_tls::config(
+            path(&self.tls_ca_file).as_deref(),
+            path(&self.tls_cert_file).as_deref(),
+            path(&self.tls_key_file).as_deref(),
+        )
+        .map_err(|err| {
+            crate::usage::usage(format!(
+                "context {name:?}: {err} (--set-tls-ca-file, --set-tls-cert-file, \
+                 --set-tls-key-file)"
+            ))
+        })?;
+        Ok(())
+    }
 }
 
 /// `herald context …`.
@@ -207,6 +235,7 @@ pub fn run(cmd: Command, format: Format) -> anyhow::Result<()> {
             set(&mut entry.tls_ca_file, set_tls_ca_file);
             set(&mut entry.tls_cert_file, set_tls_cert_file);
             set(&mut entry.tls_key_file, set_tls_key_file);
+            entry.check(&name)?;
             if config.current.is_none() {
                 config.current = Some(name.clone());
             }
@@ -215,9 +244,9 @@ pub fn run(cmd: Command, format: Format) -> anyhow::Result<()> {
         }
         Command::Use { name } => {
             if !config.contexts.contains_key(&name) {
-                anyhow::bail!(
+                return Err(crate::usage::usage(format!(
                     "no context {name:?}: create it with `herald context set {name} --url …`"
-                );
+                )));
             }
             config.current = Some(name.clone());
             save(&config)?;

@@ -30,10 +30,18 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, agent: &Server, format: Format) -> anyhow::Result<()> {
+    let given = match args.data.strip_prefix('@') {
+        Some(file) => format!("--data @{file}"),
+        None => "--data".to_owned(),
+    };
     let payload = match args.data.strip_prefix('@') {
         Some(file) => crate::input::read_bytes(file, MAX_FILE_BYTES)?,
         None => args.data.into_bytes(),
     };
+    // Checked here as `subscription test --data` is: a payload that is not JSON is the
+    // command line's mistake (exit 2), not the agent's refusal.
+    herald_core::validate::json_payload(&payload, MAX_FILE_BYTES as usize)
+        .map_err(|err| crate::usage::usage(format!("{given}: {}", err.reason)))?;
     let mut client = EventsClient::new(agent.channel().await?);
     let response = client
         .emit(pb::EmitRequest {

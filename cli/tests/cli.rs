@@ -1064,6 +1064,99 @@ async fn contexts_remember_a_control_plane_and_its_token() -> anyhow::Result<()>
     let unknown = run(&["--context", "nope", "subscription", "list"]).await?;
     assert_eq!(unknown.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("herald context list"));
+    let unknown = run(&["context", "use", "nope"]).await?;
+    assert_eq!(unknown.status.code(), Some(2));
+
+    // Settings that could not be used are refused when set, and nothing is saved.
+    let before = std::fs::read_to_string(&config)?;
+    for (args, says) in [
+        (vec!["--url", "bogus"], "use http://host:port"),
+        (
+            vec!["--set-tls-cert-file", "/nonexistent/client.pem"],
+            "certificate and its key go together",
+        ),
+        (
+            vec![
+                "--url",
+                "https://127.0.0.1:9",
+                "--set-tls-ca-file",
+                "/nonexistent/ca.pem",
+            ],
+            "/nonexistent/ca.pem",
+        ),
+    ] {
+        let mut set = vec!["context", "set", "bad"];
+        set.extend(&args);
+        let refused = run(&set).await?;
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    assert_eq!(std::fs::read_to_string(&config)?, before);
+    Ok(())
+}
+
+/// Plain http:// to a server that speaks TLS: the error says to use https://.
+#[tokio::test]
+async fn plain_http_to_a_tls_server_says_to_use_https() -> anyhow::Result<()> {
+    use herald_tests::tls::CertUse;
+    use herald_tests::{ConfigStore, ControlPlane, TestCa};
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir()?;
+    let (cert, key) = ca.write_pair(dir.path(), "control-plane", CertUse::Server)?;
+    let control_plane = ControlPlane::start_configured(ConfigStore::Embedded, |config| {
+        config.tls = herald_control_plane::ServerTls {
+            tls_cert_file: Some(cert),
+            tls_key_file: Some(key),
+            tls_client_ca_file: None,
+        };
+    })
+    .await?;
+    let list = |url: String| {
+        herald_command()
+            .args(["--control-plane", &url, "subscription", "list"])
+            .env_remove("HERALD_TLS_CA_FILE")
+            .output()
+    };
+    let plain = list(control_plane.url().replacen("https://", "http://", 1)).await?;
+    let stderr = String::from_utf8_lossy(&plain.stderr);
+    assert_eq!(plain.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("use https://"), "{stderr}");
+    // https:// without a CA file trusts the system's CAs, which do not know the test CA.
+    let untrusted = list(control_plane.url().to_owned()).await?;
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert_eq!(untrusted.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("certificate") && !stderr.contains("without TLS"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+/// A payload that is not JSON is the command line's mistake, said before anything is sent.
+#[tokio::test]
+async fn emit_refuses_data_that_is_not_json_as_bad_usage() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let binary = dir.path().join("binary.json");
+    std::fs::write(&binary, b"{\"a\":\"\xff\"}")?;
+    let binary = format!("@{}", binary.display());
+    for data in ["not json", binary.as_str()] {
+        let output = herald_command()
+            // No agent listens there: the refusal comes first.
+            .args([
+                "--agent",
+                "http://127.0.0.1:9",
+                "emit",
+                "--tenant",
+                "shop-1",
+            ])
+            .args(["--type", "order.created", "--data", data])
+            .output()
+            .await?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{data}: {stderr}");
+        assert!(stderr.contains("--data"), "{data}: {stderr}");
+    }
     Ok(())
 }
 

@@ -86,9 +86,32 @@ pub fn config(
     Ok(Some(config))
 }
 
+/// The TLS settings to reach `url` with: `configured` when given; for an `https://` URL without
+/// them, the system's trusted CAs (a control plane behind a certificate of a public or
+/// company CA needs no CA file); none for any other URL.
+pub fn for_url(url: &str, configured: Option<ClientTlsConfig>) -> Option<ClientTlsConfig> {
+    let https = url
+        .split_once("://")
+        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("https"));
+    match configured {
+        Some(config) => Some(config),
+        None if https => Some(ClientTlsConfig::new().with_native_roots()),
+        None => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn https_without_settings_trusts_the_system() {
+        assert!(for_url("https://cp.example.com:7700", None).is_some());
+        assert!(for_url("HTTPS://cp.example.com:7700", None).is_some());
+        assert!(for_url("http://127.0.0.1:7700", None).is_none());
+        assert!(for_url("unix:/run/herald.sock", None).is_none());
+        assert!(for_url("http://127.0.0.1:7700", Some(ClientTlsConfig::new())).is_some());
+    }
 
     #[test]
     fn half_a_setting_is_refused() {
