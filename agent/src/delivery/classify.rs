@@ -70,6 +70,25 @@ pub enum Outcome {
     Parked(SystemTime),
 }
 
+/// As logs say it: `retry at 2026-12-07T05:01:02.345Z`, `gone`, …
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Delivered => f.write_str("delivered"),
+            Outcome::RetryAt(at) => {
+                write!(f, "retry at {}", humantime::format_rfc3339_millis(*at))
+            }
+            Outcome::Gone => f.write_str("gone"),
+            Outcome::Refused => f.write_str("refused"),
+            Outcome::Exhausted => f.write_str("exhausted"),
+            Outcome::Skipped => f.write_str("skipped"),
+            Outcome::Parked(at) => {
+                write!(f, "parked until {}", humantime::format_rfc3339_millis(*at))
+            }
+        }
+    }
+}
+
 impl Outcome {
     /// The queue's next step for the delivery.
     pub fn next(self) -> Next {
@@ -176,6 +195,20 @@ mod tests {
     }
 
     const SCHEDULED: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn outcomes_read_plainly_in_logs() {
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(1_796_000_000_123);
+        assert_eq!(
+            Outcome::RetryAt(at).to_string(),
+            "retry at 2026-11-30T00:53:20.123Z"
+        );
+        assert_eq!(
+            Outcome::Parked(at).to_string(),
+            "parked until 2026-11-30T00:53:20.123Z"
+        );
+        assert_eq!(Outcome::Gone.to_string(), "gone");
+    }
 
     #[test]
     fn statuses_and_errors() {

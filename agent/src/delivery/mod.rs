@@ -410,7 +410,7 @@ impl Inner {
         if outcome == Outcome::Delivered {
             tracing::debug!(event = %event.id, subscription = %sub.id, attempt = number, "delivered");
         } else {
-            tracing::info!(event = %event.id, subscription = %sub.id, attempt = number, outcome = ?outcome, error = %report.error, "attempt failed");
+            tracing::info!(event = %event.id, subscription = %sub.id, attempt = number, outcome = %outcome, error = %report.error, "attempt failed");
         }
         (
             outcome,
