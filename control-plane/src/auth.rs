@@ -297,7 +297,7 @@ impl Tokens {
     fn identity(&self, authorization: Option<&[u8]>) -> Result<Arc<Identity>, tonic::Status> {
         let Some(value) = authorization else {
             return Err(tonic::Status::unauthenticated(
-                "missing bearer token: pass --token or set HERALD_TOKEN",
+                "missing bearer token: send `authorization: Bearer TOKEN`",
             ));
         };
         let token = std::str::from_utf8(value)
