@@ -17,6 +17,9 @@ use herald_core::{ValidationError, validate};
 use herald_proto::convert::{self, signature_scheme, system_time, timestamp, wire_secret};
 use herald_proto::v1 as pb;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
 use crate::access::Scope;
 use crate::keys;
 use crate::sealing::{Keyring, SealingError};
@@ -414,15 +417,17 @@ impl Subscriptions {
             (tenant, _) if tenants.allows(tenant) => vec![keys::tenant_subscriptions(tenant)],
             _ => vec![],
         };
-        // A token is the last key of the previous page: start in the range holding it.
-        let (start, after) = if page_token.is_empty() {
-            (0, None)
-        } else {
-            let index = prefixes
-                .iter()
-                .position(|p| page_token.starts_with(p.as_str()))
-                .ok_or_else(|| ValidationError::new("page_token", "is not from this listing"))?;
-            (index, Some(page_token))
+        // A token holds the last key of the previous page: start in the range holding it.
+        let last_key = page_token_key(page_token)?;
+        let (start, after) = match &last_key {
+            None => (0, None),
+            Some(last_key) => {
+                let index = prefixes
+                    .iter()
+                    .position(|p| last_key.starts_with(p.as_str()))
+                    .ok_or_else(not_from_this_listing)?;
+                (index, Some(last_key.as_str()))
+            }
         };
         let mut kvs = Vec::new();
         for (i, prefix) in prefixes.iter().enumerate().skip(start) {
@@ -443,7 +448,9 @@ impl Subscriptions {
             kvs.truncate(full);
         }
         let next_page_token = match kvs.last() {
-            Some(last) if kvs.len() == size || full.is_some() => last.key.clone(),
+            Some(last) if kvs.len() == size || full.is_some() => {
+                URL_SAFE_NO_PAD.encode(last.key.as_bytes())
+            }
             _ => String::new(),
         };
         let subscriptions = kvs
@@ -801,6 +808,26 @@ impl Subscriptions {
     }
 }
 
+/// The refusal of a page token no listing of this kind handed out.
+fn not_from_this_listing() -> ValidationError {
+    ValidationError::new("page_token", "is not from this listing")
+}
+
+/// The last key of the page before the one `page_token` asks for (`None`: the first page).
+/// Tokens are opaque to callers (the key, base64url-encoded), so the store's layout is no part
+/// of the API.
+fn page_token_key(page_token: &str) -> Result<Option<String>, ValidationError> {
+    if page_token.is_empty() {
+        return Ok(None);
+    }
+    let bytes = URL_SAFE_NO_PAD
+        .decode(page_token)
+        .map_err(|_| not_from_this_listing())?;
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| not_from_this_listing())
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message;
@@ -854,6 +881,11 @@ mod tests {
             if page.next_page_token.is_empty() {
                 break;
             }
+            assert!(
+                !page.next_page_token.contains('/'),
+                "tokens show nothing of the store's keys: {}",
+                page.next_page_token
+            );
             token = page.next_page_token;
         }
         assert_eq!(tenants, ["shop-a", "shop-a", "shop-a", "shop-c", "shop-c"]);
@@ -874,6 +906,13 @@ mod tests {
             )
             .await;
         assert!(matches!(foreign, Err(SubscriptionError::Invalid(_))));
+        for made_up in ["/herald/v1/subscriptions/shop-a/", "%%%", "_w"] {
+            let refused = registry.list_within(&scope, "", 2, made_up).await;
+            assert!(
+                matches!(refused, Err(SubscriptionError::Invalid(_))),
+                "{made_up}"
+            );
+        }
     }
 
     #[tokio::test]
