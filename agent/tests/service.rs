@@ -48,7 +48,21 @@ async fn listening_beyond_loopback_needs_the_flag_and_a_token() -> anyhow::Resul
     let refused = agent(&["--allow-remote-emit"]).await?;
     assert_eq!(refused.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("--emit-token is required"), "{stderr}");
+    assert!(
+        stderr.contains("--emit-token or --emit-tokens is required"),
+        "{stderr}"
+    );
+    // A tokens file that does not read as one stops the start too, naming the line.
+    let tokens = dir.path().join("emit-tokens");
+    std::fs::write(&tokens, "# apps\nshop-a-token-0123456789 tenant=shop-a\n")?;
+    let tokens = tokens.display().to_string();
+    let refused = agent(&["--allow-remote-emit", "--emit-tokens", &tokens]).await?;
+    assert_eq!(refused.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("line 2") && stderr.contains("tenant="),
+        "{stderr}"
+    );
     Ok(())
 }
 

@@ -530,7 +530,7 @@ mod tests {
         );
         let missing = tokens.identity(None).unwrap_err();
         assert_eq!(missing.code(), tonic::Code::Unauthenticated);
-        assert!(missing.message().contains("--token"));
+        assert!(missing.message().contains("authorization: Bearer"));
         let wrong = tokens
             .identity(Some(&bearer("nope-0123456789abcdef")))
             .unwrap_err();

@@ -93,6 +93,15 @@ pub fn router(state: WebState) -> Router {
         .route("/favicon.ico", axum::routing::get(favicon))
         .merge(console)
         .merge(portal)
+        .method_not_allowed_fallback(|| async { page::PageError::WrongMethod.into_response() })
+}
+
+/// The answer to a visit to a test send's address (a reload, a bookmark, Back past the
+/// answer): the page the test was sent from, without sending another.
+pub(crate) async fn to_the_tested_page(uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    let page = path.strip_suffix("/test").unwrap_or(path);
+    axum::response::Redirect::to(page).into_response()
 }
 
 /// The answer to a path nothing serves: a page for a browser asking outside the API, the

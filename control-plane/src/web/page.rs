@@ -53,6 +53,8 @@ pub enum PageError {
         /// What to tell the holder.
         message: &'static str,
     },
+    /// A form's address opened as a page (a bookmark, a reload of a post's answer).
+    WrongMethod,
 }
 
 impl PageError {
@@ -112,6 +114,13 @@ impl IntoResponse for PageError {
             PageError::Link { message } => {
                 (StatusCode::FORBIDDEN, "Link not valid", *message, false)
             }
+            PageError::WrongMethod => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Not a page",
+                "This address takes a form posted from its page, not a visit. Go back to that \
+                 page and use its button.",
+                false,
+            ),
         };
         let page = ErrorPage {
             title,

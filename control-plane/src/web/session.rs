@@ -184,9 +184,7 @@ impl FromRequestParts<WebState> for Console {
         let role = identity.as_ref().map_or(Role::Admin, |i| i.role);
         let admin = role.covers(Role::Admin);
         if parts.method != Method::GET && parts.method != Method::HEAD && !admin {
-            return Err(PageError::from(tonic::Status::permission_denied(
-                "this sign-in may read, not change: sign in with an admin token",
-            )));
+            return Err(read_only());
         }
         Ok(Console {
             name: identity
@@ -229,6 +227,21 @@ fn return_to(parts: &Parts) -> String {
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned()
+}
+
+/// The refusal of a change (or of a form to make one) to a sign-in that may only read.
+fn read_only() -> PageError {
+    PageError::from(tonic::Status::permission_denied(
+        "this sign-in may read, not change: sign in with an admin token",
+    ))
+}
+
+impl Console {
+    /// Refuses a form page to a sign-in that could not save it: said before anything is
+    /// typed, not after.
+    pub fn may_change(&self) -> Result<(), PageError> {
+        if self.admin { Ok(()) } else { Err(read_only()) }
+    }
 }
 
 /// A change posted from a console page: the signed-in admin and the form, whose CSRF token

@@ -285,7 +285,17 @@ async fn an_operator_manages_a_failing_endpoint_from_the_console() -> anyhow::Re
             && !page.contains("Send a test event"),
         "{page}"
     );
+    // Nor is it handed a form it could not save.
+    browser
+        .open(&format!("{base}/subscriptions/{id}/edit"))
+        .await?;
+    let page = browser.page_text().await?;
+    assert!(
+        page.contains("may read, not change") && !browser.has("#save").await,
+        "{page}"
+    );
     // It may still sign out.
+    browser.open(&format!("{base}/subscriptions/{id}")).await?;
     browser.click(".signout button").await?;
     browser.wait_url("/login").await?;
     browser.open(&format!("{base}/subscriptions/{id}")).await?;
@@ -523,6 +533,22 @@ async fn signing_out_ends_the_session_everywhere_and_the_live_log_pages_without_
             .send()
     };
     assert_eq!(get("/subscriptions").await?.status(), 200);
+    // A test send's address, visited (a reload, Back), leads to its page and sends nothing;
+    // another form's address says it is no page.
+    let visited = get(&format!("/subscriptions/{}/test", created.id)).await?;
+    assert_eq!(visited.status(), 303);
+    assert_eq!(
+        visited.headers()["location"].to_str()?,
+        format!("/subscriptions/{}", created.id)
+    );
+    let wrong = client
+        .get(format!("{base}/subscriptions/{}/disable", created.id))
+        .header("cookie", &cookie)
+        .header("accept", "text/html")
+        .send()
+        .await?;
+    assert_eq!(wrong.status(), 405);
+    assert!(wrong.text().await?.contains("Not a page"));
     let signed_out = client
         .post(format!("{base}/logout"))
         .header("cookie", &cookie)

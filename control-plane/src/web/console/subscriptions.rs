@@ -34,7 +34,10 @@ pub fn routes() -> Router<WebState> {
         .route("/subscriptions/{id}/enable", post(enable))
         .route("/subscriptions/{id}/disable", post(disable))
         .route("/subscriptions/{id}/rotate-secret", post(rotate))
-        .route("/subscriptions/{id}/test", post(test))
+        .route(
+            "/subscriptions/{id}/test",
+            get(super::super::to_the_tested_page).post(test),
+        )
         .route("/subscriptions/{id}/delete", post(delete))
 }
 
@@ -211,6 +214,7 @@ async fn form_page(
 }
 
 async fn new_form(State(state): State<WebState>, console: Console) -> Result<Response, PageError> {
+    console.may_change()?;
     let form = SubscriptionForm {
         format: "json".into(),
         envelope: "standard".into(),
@@ -433,6 +437,7 @@ async fn edit_form(
     console: Console,
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
+    console.may_change()?;
     let sub = state
         .services
         .subscriptions

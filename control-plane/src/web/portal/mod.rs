@@ -128,7 +128,10 @@ pub fn routes() -> Router<WebState> {
         .route("/portal/{link}/endpoints/{id}/enable", post(enable))
         .route("/portal/{link}/endpoints/{id}/disable", post(disable))
         .route("/portal/{link}/endpoints/{id}/rotate-secret", post(rotate))
-        .route("/portal/{link}/endpoints/{id}/test", post(test))
+        .route(
+            "/portal/{link}/endpoints/{id}/test",
+            get(super::to_the_tested_page).post(test),
+        )
         .route("/portal/{link}/event-types", get(catalogue::event_types))
         .route("/portal/{link}/deliveries", get(deliveries))
         .route("/portal/{link}/deliveries/rows", get(delivery_rows))
