@@ -1,5 +1,6 @@
 //! `herald subscription …`: create, read, change and remove webhook endpoints.
 
+use herald_core::subscription::{MAX_DISABLE_AFTER, MAX_MAX_IN_FLIGHT, MAX_RATE_LIMIT};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -153,10 +154,10 @@ pub struct Fields {
     #[arg(long, value_name = "base=D,factor=F,cap=D,attempts=N", value_parser = parse_exponential)]
     retry_exponential: Option<Exponential>,
     /// Most requests per second to this endpoint, per agent (0: no limit).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_RATE_LIMIT)))]
     rate_limit: Option<u32>,
     /// Disable the subscription after this many consecutive failed attempts (default 10).
-    #[arg(long, value_parser = parse_at_least_one)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_DISABLE_AFTER)))]
     disable_after: Option<u32>,
     /// ...and only once the failures have gone on this long, e.g. 1h (0s: no minimum).
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -171,7 +172,7 @@ pub struct Fields {
     #[arg(long)]
     all_regions: bool,
     /// Attempts in flight to this endpoint at once, per agent (default 16).
-    #[arg(long, value_parser = parse_at_least_one)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_MAX_IN_FLIGHT)))]
     max_in_flight: Option<u32>,
     /// Send the emitter's W3C traceparent on to the endpoint: on or off (default off).
     #[arg(long, value_name = "on|off", value_parser = clap::builder::BoolishValueParser::new())]
@@ -289,15 +290,6 @@ fn parse_schedule(text: &str) -> Result<RetrySchedule, String> {
         return Err("name the delays, e.g. 5s,5m,30m".into());
     }
     RetrySchedule::parse(text).map_err(|e| e.reason)
-}
-
-/// A count that must be at least 1 (on the wire, 0 means the default).
-fn parse_at_least_one(text: &str) -> Result<u32, String> {
-    match text.trim().parse::<u32>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(_) => Err(format!("{text:?} is not a whole number")),
-    }
 }
 
 fn parse_exponential(text: &str) -> Result<Exponential, String> {
