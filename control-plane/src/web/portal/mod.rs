@@ -543,7 +543,7 @@ async fn endpoint_page(
         settings: views::tenant_settings(sub),
         secrets: views::secrets(sub),
         secrets_shown: show_secrets,
-        receiver: receiver::Receiver::of(sub),
+        receiver: receiver::Receiver::of(sub, !holder.read_only),
         health: endpoint.health,
         chart: endpoint.chart,
         rows: endpoint.rows,

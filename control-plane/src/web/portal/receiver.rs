@@ -21,13 +21,20 @@ pub struct Receiver {
     pub xml: bool,
 }
 
-/// Shown in place of a secret the page does not reveal.
+/// Shown in place of a secret the page can reveal and has not.
 const HIDDEN_SECRET: &str = "whsec_… (reveal the secret above)";
+/// Shown in place of a secret the page never reveals (a read-only link).
+const WITHHELD_SECRET: &str = "whsec_… (the endpoint's signing secret)";
 
 impl Receiver {
     /// The receiver code's variables for `sub`, whose newest secret is in clear only when the
-    /// page reveals it.
-    pub fn of(sub: &pb::Subscription) -> Receiver {
+    /// page reveals it; `can_reveal`: whether the page offers to.
+    pub fn of(sub: &pb::Subscription, can_reveal: bool) -> Receiver {
+        let placeholder = if can_reveal {
+            HIDDEN_SECRET
+        } else {
+            WITHHELD_SECRET
+        };
         let newest = sub.secrets.first();
         let key = if sub.signature_scheme() == pb::SignatureScheme::Ed25519 {
             ReceiverKey::PublicKey(newest.map(|s| s.public_key.clone()).unwrap_or_default())
@@ -36,7 +43,7 @@ impl Receiver {
                 newest
                     .map(|s| s.secret.clone())
                     .filter(|secret| !secret.is_empty())
-                    .unwrap_or_else(|| HIDDEN_SECRET.to_owned()),
+                    .unwrap_or_else(|| placeholder.to_owned()),
             )
         };
         Receiver {
@@ -64,17 +71,19 @@ mod tests {
             secrets: vec![secret("", "")],
             ..Default::default()
         };
-        let hidden = Receiver::of(&sub);
+        let hidden = Receiver::of(&sub, true);
         assert!(matches!(&hidden.key, ReceiverKey::Secret(s) if s == HIDDEN_SECRET));
         assert!(!hidden.xml);
+        let withheld = Receiver::of(&sub, false);
+        assert!(matches!(&withheld.key, ReceiverKey::Secret(s) if s == WITHHELD_SECRET));
         sub.secrets = vec![secret("whsec_new", ""), secret("whsec_old", "")];
         sub.format = pb::Format::Xml as i32;
-        let shown = Receiver::of(&sub);
+        let shown = Receiver::of(&sub, true);
         assert!(matches!(&shown.key, ReceiverKey::Secret(s) if s == "whsec_new"));
         assert!(shown.xml);
         sub.signature_scheme = pb::SignatureScheme::Ed25519 as i32;
         sub.secrets = vec![secret("whsk_signing", "whpk_public")];
-        let ed25519 = Receiver::of(&sub);
+        let ed25519 = Receiver::of(&sub, false);
         assert!(matches!(&ed25519.key, ReceiverKey::PublicKey(k) if k == "whpk_public"));
     }
 }
