@@ -142,6 +142,16 @@ async fn an_operator_manages_a_failing_endpoint_from_the_console() -> anyhow::Re
     browser.wait_url("done=disabled").await?;
     assert_eq!(browser.text("#state").await?, "disabled");
     assert!(!control_plane.get(&id).await?.enabled);
+    // The event's page says its delivery waits parked, not at its last attempt's retry time.
+    browser
+        .open(&format!("{base}/events/{}", emitted.event_id))
+        .await?;
+    let detail = browser.page_text().await?;
+    assert!(
+        detail.contains("parked: the subscription is disabled"),
+        "{detail}"
+    );
+    browser.open(&format!("{base}/subscriptions/{id}")).await?;
     browser.click("#replay-parked").await?;
     browser.click("#enable").await?;
     browser.wait_url("done=enabled").await?;

@@ -433,16 +433,25 @@ pub async fn event_attempts(
             .map(tonic::Response::into_inner);
         subscriptions.insert(attempt.subscription_id.clone(), found);
     }
+    // The newest attempt of each delivery (attempts come newest first) whose subscription is
+    // disabled now waits parked, not at the time its attempt named.
+    let mut latest_seen = std::collections::HashSet::new();
     let attempts = attempts
         .iter()
-        .map(|a| EventAttempt {
-            row: AttemptRow::from(a),
-            headers: sent_headers(
-                a,
-                subscriptions
-                    .get(&a.subscription_id)
-                    .and_then(Option::as_ref),
-            ),
+        .map(|a| {
+            let subscription = subscriptions
+                .get(&a.subscription_id)
+                .and_then(Option::as_ref);
+            let mut row = AttemptRow::from(a);
+            let latest = latest_seen.insert(a.subscription_id.clone());
+            if latest && !row.next_attempt.is_empty() && subscription.is_some_and(|s| !s.enabled) {
+                row.next_attempt =
+                    "parked: the subscription is disabled; sent once it is enabled".to_owned();
+            }
+            EventAttempt {
+                row,
+                headers: sent_headers(a, subscription),
+            }
         })
         .collect();
     Ok(EventAttempts {
