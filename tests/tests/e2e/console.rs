@@ -12,29 +12,60 @@ use herald_tests::{
 const ADMIN: &str = "admin-console-5c1e8a2f7b3d";
 const READER: &str = "read-console-8f2b6d1c4a9e";
 
+/// A control plane serving the console (tokens for an admin `ops`, a reader `auditor` and
+/// the agent), its agent and a receiver.
+struct Console {
+    control_plane: ControlPlane,
+    agent: herald_tests::Agent,
+    receiver: herald_tests::Receiver,
+    /// The console's address, `http://host:port`.
+    base: String,
+    _http: HeldPort,
+}
+
+impl Console {
+    async fn start() -> anyhow::Result<Console> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = HeldPort::new()?;
+        let control_plane = ControlPlane::start_with_tokens_configured(
+            ConfigStore::Embedded,
+            &format!(
+                "admin {ADMIN} name=ops\nread {READER} name=auditor\nagent agent-console-token\n"
+            ),
+            ADMIN,
+            |config| config.http_listen = Some(http.addr()),
+        )
+        .await?;
+        let AgentAndReceiver {
+            agent, receiver, ..
+        } = AgentAndReceiver::start(
+            control_plane.url(),
+            AgentOptions {
+                control_plane_token: Some("agent-console-token".into()),
+                ..Default::default()
+            },
+        )
+        .await?;
+        Ok(Console {
+            base: format!("http://{}", http.addr()),
+            control_plane,
+            agent,
+            receiver,
+            _http: http,
+        })
+    }
+}
+
 #[tokio::test]
 async fn an_operator_manages_a_failing_endpoint_from_the_console() -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = HeldPort::new()?;
-    let control_plane = ControlPlane::start_with_tokens_configured(
-        ConfigStore::Embedded,
-        &format!("admin {ADMIN} name=ops\nread {READER} name=auditor\nagent agent-console-token\n"),
-        ADMIN,
-        |config| config.http_listen = Some(http.addr()),
-    )
-    .await?;
-    let AgentAndReceiver {
-        agent, receiver, ..
-    } = AgentAndReceiver::start(
-        control_plane.url(),
-        AgentOptions {
-            control_plane_token: Some("agent-console-token".into()),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let Console {
+        control_plane,
+        agent,
+        receiver,
+        base,
+        _http,
+    } = Console::start().await?;
     receiver.respond_with(500);
-    let base = format!("http://{}", http.addr());
     let browser = Browser::start().await?;
 
     // Any page asks for a sign-in first; a wrong token is refused with a reason.
@@ -427,25 +458,13 @@ fn link_of(html: &str, id: &str) -> Option<String> {
 #[tokio::test]
 async fn signing_out_ends_the_session_everywhere_and_the_live_log_pages_without_gaps()
 -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = HeldPort::new()?;
-    let control_plane = ControlPlane::start_with_tokens_configured(
-        ConfigStore::Embedded,
-        &format!("admin {ADMIN} name=ops\nagent agent-console-token\n"),
-        ADMIN,
-        |config| config.http_listen = Some(http.addr()),
-    )
-    .await?;
-    let AgentAndReceiver {
-        agent, receiver, ..
-    } = AgentAndReceiver::start(
-        control_plane.url(),
-        AgentOptions {
-            control_plane_token: Some("agent-console-token".into()),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let Console {
+        control_plane,
+        agent,
+        receiver,
+        base,
+        _http,
+    } = Console::start().await?;
     let created = control_plane
         .create(herald_tests::subscription(
             "shop-a",
@@ -467,7 +486,6 @@ async fn signing_out_ends_the_session_everywhere_and_the_live_log_pages_without_
             anyhow::Ok(())
         }
     };
-    let base = format!("http://{}", http.addr());
     let log = format!("{base}/deliveries?tenant=shop-a");
     let logged = |n: usize| {
         let control_plane = &control_plane;
