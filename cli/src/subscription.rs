@@ -175,7 +175,7 @@ pub struct Fields {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_MAX_IN_FLIGHT)))]
     max_in_flight: Option<u32>,
     /// Send the emitter's W3C traceparent on to the endpoint: on or off (default off).
-    #[arg(long, value_name = "on|off", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, value_parser = on_off(), num_args = 0..=1, default_missing_value = "on")]
     trace_context: Option<bool>,
     /// Deliver through this HTTP proxy, http://[user:password@]host:port (for receivers that
     /// accept traffic only from known addresses); `agent` for the agent's --egress-proxy (the
@@ -290,6 +290,16 @@ fn parse_schedule(text: &str) -> Result<RetrySchedule, String> {
         return Err("name the delays, e.g. 5s,5m,30m".into());
     }
     RetrySchedule::parse(text).map_err(|e| e.reason)
+}
+
+/// A switch's value: `on` or `off` (`true`/`yes`, `false`/`no` too).
+fn on_off() -> impl clap::builder::TypedValueParser<Value = bool> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _};
+    PossibleValuesParser::new([
+        PossibleValue::new("on").aliases(["true", "yes"]),
+        PossibleValue::new("off").aliases(["false", "no"]),
+    ])
+    .map(|value| value == "on")
 }
 
 fn parse_exponential(text: &str) -> Result<Exponential, String> {
@@ -813,6 +823,21 @@ async fn import(
 /// What was wrong with an entry, in the one line clap's error starts with (its usage text
 /// would name the parser, not the file), secrets hidden.
 fn entry_error(err: &clap::Error, entry: &serde_json::Value) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    // A key no flag of create's has: said in the file's words, not as a flag.
+    if err.kind() == ErrorKind::UnknownArgument
+        && let Some(ContextValue::String(flag)) = err.get(ContextKind::InvalidArg)
+    {
+        let key = flag.trim_start_matches('-');
+        let key = key.split_once('=').map_or(key, |(key, _)| key);
+        return hide_secrets(
+            &format!(
+                "unknown key {key:?}: the keys are `herald subscription create`'s flags \
+                 (tenant, url, events, format, header, …)"
+            ),
+            entry,
+        );
+    }
     let rendered = err.render().to_string();
     let first = rendered.lines().next().unwrap_or_default();
     hide_secrets(first.trim_start_matches("error: ").trim(), entry)
@@ -825,6 +850,25 @@ mod tests {
     fn parse(entry: &serde_json::Value) -> Result<ImportEntry, String> {
         let flags = entry_flags(entry).map_err(|e| e.to_string())?;
         <ImportEntry as clap::Parser>::try_parse_from(&flags).map_err(|e| entry_error(&e, entry))
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_as_the_file_has_it() {
+        let entry = serde_json::json!({
+            "tenant": "shop-1",
+            "url": "https://shop.example/hooks",
+            "events": ["order.*"],
+            "bogus_key": "x",
+        });
+        let err = parse(&entry).err().unwrap_or_default();
+        assert!(err.starts_with("unknown key \"bogus-key\""), "{err}");
+        let on = serde_json::json!({
+            "tenant": "shop-1",
+            "url": "https://shop.example/hooks",
+            "events": ["order.*"],
+            "trace_context": true,
+        });
+        assert_eq!(parse(&on).map(|p| p.args.fields.trace_context), Ok(Some(true)));
     }
 
     #[test]
