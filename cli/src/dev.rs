@@ -125,6 +125,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         } else {
             format!("\n  export HERALD_CONTROL_PLANE={control_plane_url} HERALD_AGENT={agent_url}")
         };
+    // Said once both answer: a part that cannot start (another herald dev holding the data
+    // directory) is said as such, with no banner claiming it runs.
+    let parts = [control_plane_url.as_str(), agent_url.as_str()];
+    tokio::select! {
+        () = ended.cancelled() => {}
+        () = serving(&parts) => {}
+    }
+    if ended.is_cancelled() {
+        return stop_after_failure(stop_agent, stop, agent, control_plane, receiver).await;
+    }
     say(&format!(
         "Herald dev is running (state in {dir}; Ctrl-C to stop)\n\
          \n  control plane  {control_plane_url}\n  web console    http://{http}/\n  HTTP API       http://{http}/api/v1/ (OpenAPI: /api/v1/openapi.json)\n  agent (Emit)   {agent_url}\n  receiver       http://{receiver} — prints every webhook it gets\n\
@@ -167,6 +177,48 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Returns once every gRPC server at `urls` says it is serving (standard health checks).
+async fn serving(urls: &[&str]) {
+    for url in urls {
+        loop {
+            let answer = async {
+                let mut health =
+                    tonic_health::pb::health_client::HealthClient::new(channel(url).await?);
+                let status = health
+                    .check(tonic_health::pb::HealthCheckRequest::default())
+                    .await?
+                    .into_inner()
+                    .status;
+                anyhow::Ok(
+                    status
+                        == tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+                )
+            };
+            if matches!(answer.await, Ok(true)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Stops what still runs after a part failed to start, and answers that part's error.
+async fn stop_after_failure(
+    stop_agent: CancellationToken,
+    stop: CancellationToken,
+    agent: tokio::task::JoinHandle<Result<(), herald_agent::Error>>,
+    control_plane: tokio::task::JoinHandle<Result<(), herald_control_plane::Error>>,
+    receiver: tokio::task::JoinHandle<std::io::Result<()>>,
+) -> anyhow::Result<()> {
+    stop_agent.cancel();
+    stop.cancel();
+    let (agent, control_plane, receiver) = tokio::join!(agent, control_plane, receiver);
+    control_plane.context("control plane task")??;
+    agent.context("agent task")??;
+    receiver.context("receiver task")??;
+    Ok(())
 }
 
 /// Runs `part` and cancels `ended` when it ends, however it ends.

@@ -868,7 +868,10 @@ mod tests {
             "events": ["order.*"],
             "trace_context": true,
         });
-        assert_eq!(parse(&on).map(|p| p.args.fields.trace_context), Ok(Some(true)));
+        assert_eq!(
+            parse(&on).map(|p| p.args.fields.trace_context),
+            Ok(Some(true))
+        );
     }
 
     #[test]
