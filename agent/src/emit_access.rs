@@ -123,7 +123,7 @@ impl EmitAccess {
             );
         }
         if let Some(path) = &self.emit_tokens_file {
-            let text = std::fs::read_to_string(path).map_err(|source| EmitTokensError::Io {
+            let bytes = std::fs::read(path).map_err(|source| EmitTokensError::Io {
                 path: path.clone(),
                 source,
             })?;
@@ -132,13 +132,23 @@ impl EmitAccess {
                 line,
                 reason,
             };
-            let from_file = parse_tokens(&text).map_err(|(line, reason)| invalid(line, reason))?;
+            let text = String::from_utf8(bytes).map_err(|err| {
+                let line = 1 + err.as_bytes()[..err.utf8_error().valid_up_to()]
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count();
+                invalid(line, "is not UTF-8 text".into())
+            })?;
+            let from_file = parse_tokens(&text).map_err(|err| invalid(err.line, err.reason))?;
             if from_file.is_empty() {
                 return Err(invalid(0, "no token given".into()));
             }
-            for (digest, grant) in from_file {
+            for (digest, FileGrant { line, grant }) in from_file {
                 if grants.insert(digest, grant).is_some() {
-                    return Err(invalid(0, "a token is also given as --emit-token".into()));
+                    return Err(invalid(
+                        line,
+                        "the token is also given as --emit-token".into(),
+                    ));
                 }
             }
         }
@@ -209,14 +219,29 @@ impl EmitGrant {
 }
 
 /// Parses `TOKEN [name=NAME] [tenants=T1,T2]` lines; an error names its line.
-fn parse_tokens(text: &str) -> Result<HashMap<TokenDigest, Arc<EmitGrant>>, (usize, String)> {
+/// A token of the file: what it grants, and the line it is on.
+struct FileGrant {
+    line: usize,
+    grant: Arc<EmitGrant>,
+}
+
+/// Why a line of the file is refused.
+struct LineError {
+    line: usize,
+    reason: String,
+}
+
+fn parse_tokens(text: &str) -> Result<HashMap<TokenDigest, FileGrant>, LineError> {
     let mut grants = HashMap::new();
     let mut names = BTreeSet::new();
     for (index, line) in text.lines().enumerate() {
         let Some(line) = token_file::content(line) else {
             continue;
         };
-        let invalid = |reason: String| (index + 1, reason);
+        let invalid = |reason: String| LineError {
+            line: index + 1,
+            reason,
+        };
         let mut fields = line.split_whitespace();
         let token = fields.next().unwrap_or_default();
         token_file::check_token(token).map_err(invalid)?;
@@ -229,8 +254,9 @@ fn parse_tokens(text: &str) -> Result<HashMap<TokenDigest, Arc<EmitGrant>>, (usi
         for option in fields {
             let Some((key, value)) = option.split_once('=') else {
                 return Err(invalid(format!(
-                    "{option:?} is not an option: use name=NAME or tenants=T1,T2 (format: \
-                     TOKEN [name=NAME] [tenants=T1,T2])"
+                    "{}: use name=NAME or tenants=T1,T2 (format: TOKEN [name=NAME] \
+                     [tenants=T1,T2])",
+                    token_file::option_named(option)
                 )));
             };
             if !seen.insert(key) {
@@ -247,9 +273,10 @@ fn parse_tokens(text: &str) -> Result<HashMap<TokenDigest, Arc<EmitGrant>>, (usi
                             .map_err(invalid)?,
                     );
                 }
-                other => {
+                _ => {
                     return Err(invalid(format!(
-                        "unknown option {other}=: use name= or tenants="
+                        "{}: use name= or tenants=",
+                        token_file::option_named(option)
                     )));
                 }
             }
@@ -260,7 +287,13 @@ fn parse_tokens(text: &str) -> Result<HashMap<TokenDigest, Arc<EmitGrant>>, (usi
         if !names.insert(grant.name.clone()) {
             return Err(invalid(format!("the name {:?} is given twice", grant.name)));
         }
-        grants.insert(digest, Arc::new(grant));
+        grants.insert(
+            digest,
+            FileGrant {
+                line: index + 1,
+                grant: Arc::new(grant),
+            },
+        );
         if grants.len() > MAX_TOKENS {
             return Err(invalid(format!("more than {MAX_TOKENS} tokens")));
         }
@@ -440,7 +473,19 @@ mod tests {
             ("a-token-0123456789abc tenants=", "line 1: tenant"),
             (
                 "a-token-0123456789abc shop-a",
-                "line 1: \"shop-a\" is not an option",
+                "line 1: a field after the token is not an option",
+            ),
+            (
+                "a-token-0123456789abc SECRET-0123456789abcdefXYZ",
+                "line 1: a field after the token is not an option",
+            ),
+            (
+                "abcdefghijklmnop#qrsTUV tenants=shop-a",
+                "line 1: a token must not hold '#'",
+            ),
+            (
+                "name=app-0123456789abc a-token-0123456789abc",
+                "line 1: the token must come before the options",
             ),
             (
                 "a-token-0123456789abc\na-token-0123456789abc",
@@ -454,7 +499,33 @@ mod tests {
         ] {
             let err = load(text).unwrap_or_else(|| panic!("{text:?} was accepted"));
             assert!(err.contains(says), "{text:?}: {err}");
+            assert!(!err.contains("SECRET") && !err.contains("qrsTUV"), "{err}");
         }
+        std::fs::write(
+            &path,
+            b"ok-token-0123456789abc\nbad-\xff-token-0123456789\n",
+        )
+        .unwrap();
+        let not_text = EmitAccess {
+            emit_tokens_file: Some(path.clone()),
+            ..EmitAccess::default()
+        }
+        .guard()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(not_text.contains("line 2: is not UTF-8 text"), "{not_text}");
+        std::fs::write(&path, "# apps\nshared-token-0123456789\n").unwrap();
+        let twice = EmitAccess {
+            emit_tokens_file: Some(path.clone()),
+            emit_token: Some("shared-token-0123456789".into()),
+            ..EmitAccess::default()
+        }
+        .guard()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(twice.contains("line 2: the token is also given"), "{twice}");
         let missing = EmitAccess {
             emit_tokens_file: Some(dir.path().join("absent")),
             ..EmitAccess::default()

@@ -176,7 +176,8 @@ fn identity<'a>(
     for option in options {
         let Some((key, value)) = option.split_once('=') else {
             return Err(format!(
-                "{option:?} is not an option: use name=NAME, tenants=T1,T2 or regions=R1,R2"
+                "{}: use name=NAME, tenants=T1,T2 or regions=R1,R2",
+                token_file::option_named(option)
             ));
         };
         if !seen.insert(key) {
@@ -194,9 +195,10 @@ fn identity<'a>(
                 identity.regions = scope(value, herald_core::validate::region)?;
             }
             "regions" => return Err("regions= applies to agent tokens only".into()),
-            other => {
+            _ => {
                 return Err(format!(
-                    "unknown option {other}=: use name=, tenants= or regions="
+                    "{}: use name=, tenants= or regions=",
+                    token_file::option_named(option)
                 ));
             }
         }
@@ -588,9 +590,21 @@ mod tests {
             ("admin abcdefghijklmnop regions=eu", "agent tokens only"),
             ("admin abcdefghijklmnop name=", "name="),
             ("admin abcdefghijklmnop name=has/slash", "name="),
+            // A token holding '#' was cut there, leaving an all-tenant token of its start.
+            ("read abcdefghijklmnop#qrsTUV tenants=shop-a", "'#'"),
+            // Options before the token: the token would have been read as an option.
+            (
+                "admin name=operator-console-admin SECRET-0123456789abcdef",
+                "the token must come before the options",
+            ),
+            (
+                "admin abcdefghijklmnop SECRET-0123456789abcdef",
+                "not an option",
+            ),
         ] {
             let err = Tokens::parse(text).unwrap_err().to_string();
             assert!(err.contains(why), "{text:?}: {err}");
+            assert!(!err.contains("SECRET") && !err.contains("qrsTUV"), "{err}");
         }
         let twice = format!("admin {ADMIN}\nread {ADMIN}");
         let err = Tokens::parse(&twice).unwrap_err().to_string();

@@ -1,19 +1,38 @@
 //! Signing out of the console on every replica. A session is a sealed cookie that every
 //! replica opens by itself, so clearing the browser's copy would leave any other copy working
-//! until its time is up. Signing out therefore also writes a record naming the session, kept
-//! in the config store for as long as a session lasts (a lease of that length, so records go by
-//! themselves), and every console request looks for it: a copy of the cookie taken before the
-//! sign-out stops working at once, everywhere.
+//! until its time is up. Signing out therefore also writes a record naming the session and
+//! when it would have expired anyway, kept in the config store, and every console request
+//! looks for it: a copy of the cookie taken before the sign-out stops working at once,
+//! everywhere, restarts included.
+//!
+//! Records are plain keys (the embedded store drops leased keys when it opens, which would
+//! bring ended sessions back after a restart); each sign-out removes the records whose
+//! sessions have expired by then, so they stay as few as the sign-outs of one session's time.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::keys;
 use crate::store::{Op, Store, StoreError, Txn};
+
+/// Expired records removed per sign-out at most (the rest go with later sign-outs).
+const SWEEP_AT_MOST: usize = 100;
 
 /// The config store's records of signed-out console sessions.
 #[derive(Clone)]
 pub struct ConsoleSessions {
     store: Store,
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Until when a record ends its session: `None` when the record does not read (it then ends
+/// the session for good: a damaged record must not let a session back in).
+fn until(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 impl ConsoleSessions {
@@ -22,28 +41,35 @@ impl ConsoleSessions {
         ConsoleSessions { store }
     }
 
-    /// Ends the session `id` for good; the record is kept for `lasts` (how long a session
-    /// can be used), after which the session's cookie has expired anyway.
-    pub async fn end(&self, id: &str, lasts: Duration) -> Result<(), StoreError> {
-        let lease = self.store.grant_lease(lasts).await?;
-        let record = Op::PutLeased(
+    /// Ends the session `id` for good, as of `now`; a session lasts at most `lasts`, so the
+    /// record is needed until then. Records of sessions expired by `now` are removed.
+    pub async fn end(&self, id: &str, now: SystemTime, lasts: Duration) -> Result<(), StoreError> {
+        let record = Op::Put(
             keys::console_session_ended(id),
-            b"signed out".to_vec(),
-            lease,
+            unix_ms(now + lasts).to_string().into_bytes(),
         );
-        self.store
-            .txn(Txn::default().then(record))
-            .await
-            .map(|_| ())
+        self.store.txn(Txn::default().then(record)).await?;
+        let (records, _) = self.store.list(keys::CONSOLE_SESSIONS_ENDED).await?;
+        let expired: Vec<Op> = records
+            .iter()
+            .filter(|kv| until(&kv.value).is_some_and(|until| until <= unix_ms(now)))
+            .take(SWEEP_AT_MOST)
+            .map(|kv| Op::Delete(kv.key.clone()))
+            .collect();
+        if !expired.is_empty() {
+            let mut sweep = Txn::default();
+            for op in expired {
+                sweep = sweep.then(op);
+            }
+            self.store.txn(sweep).await?;
+        }
+        Ok(())
     }
 
-    /// Whether the session `id` was signed out of.
-    pub async fn ended(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .store
-            .get(&keys::console_session_ended(id))
-            .await?
-            .is_some())
+    /// Whether the session `id` was signed out of (as of `now`).
+    pub async fn ended(&self, id: &str, now: SystemTime) -> Result<bool, StoreError> {
+        let record = self.store.get(&keys::console_session_ended(id)).await?;
+        Ok(record.is_some_and(|kv| until(&kv.value).is_none_or(|until| until > unix_ms(now))))
     }
 }
 
@@ -51,17 +77,51 @@ impl ConsoleSessions {
 mod tests {
     use super::*;
 
+    const HOUR: Duration = Duration::from_secs(3600);
+
     #[tokio::test]
-    async fn a_session_signed_out_of_stays_ended_and_others_do_not() -> anyhow::Result<()> {
+    async fn a_session_signed_out_of_stays_ended_across_restarts_and_others_do_not()
+    -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
+        let now = SystemTime::now();
+        {
+            let sessions = ConsoleSessions::new(Store::embedded(dir.path()).await?);
+            assert!(!sessions.ended("ses_a", now).await?);
+            sessions.end("ses_a", now, HOUR).await?;
+            assert!(sessions.ended("ses_a", now).await?);
+            assert!(!sessions.ended("ses_b", now).await?);
+            // Signing out twice (two tabs) is no error.
+            sessions.end("ses_a", now, HOUR).await?;
+        }
         let sessions = ConsoleSessions::new(Store::embedded(dir.path()).await?);
-        assert!(!sessions.ended("ses_a").await?);
-        sessions.end("ses_a", Duration::from_secs(60)).await?;
-        assert!(sessions.ended("ses_a").await?);
-        assert!(!sessions.ended("ses_b").await?);
-        // Signing out twice (two tabs) is no error.
-        sessions.end("ses_a", Duration::from_secs(60)).await?;
-        assert!(sessions.ended("ses_a").await?);
+        assert!(sessions.ended("ses_a", now).await?, "ended after a restart");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn records_of_expired_sessions_go_with_the_next_sign_out() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::embedded(dir.path()).await?;
+        let sessions = ConsoleSessions::new(store.clone());
+        let now = SystemTime::now();
+        sessions.end("ses_old", now, HOUR).await?;
+        let later = now + 2 * HOUR;
+        assert!(
+            !sessions.ended("ses_old", later).await?,
+            "its cookie expired anyway"
+        );
+        sessions.end("ses_new", later, HOUR).await?;
+        let (left, _) = store.list(keys::CONSOLE_SESSIONS_ENDED).await?;
+        let left: Vec<&str> = left.iter().map(|kv| kv.key.as_str()).collect();
+        assert_eq!(left, [keys::console_session_ended("ses_new")]);
+        // A record that does not read ends its session for good.
+        store
+            .txn(Txn::default().then(Op::Put(
+                keys::console_session_ended("ses_damaged"),
+                b"\xff".to_vec(),
+            )))
+            .await?;
+        assert!(sessions.ended("ses_damaged", later + HOUR).await?);
         Ok(())
     }
 }

@@ -123,9 +123,12 @@ pub fn portal_links_expired(tenant: &str) -> String {
     format!("{ROOT}portal-links-expired/{tenant}")
 }
 
+/// Where the records of signed-out console sessions are.
+pub const CONSOLE_SESSIONS_ENDED: &str = "/herald/v1/console-sessions-ended/";
+
 /// The record that a console sign-in was signed out of (kept until it would have expired).
 pub fn console_session_ended(session: &str) -> String {
-    format!("{ROOT}console-sessions-ended/{session}")
+    format!("{CONSOLE_SESSIONS_ENDED}{session}")
 }
 
 #[cfg(test)]

@@ -28,8 +28,13 @@ pub fn digest(token: &str) -> TokenDigest {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// Refuses a token too short to be unguessable, too long, or holding characters a header
-/// cannot carry.
+/// The options a token line may carry after its token.
+const OPTION_KEYS: [&str; 3] = ["name", "tenants", "regions"];
+
+/// Refuses a token too short to be unguessable, too long, holding characters a header cannot
+/// carry or `#` (which starts a comment in the files), or that is an option (`name=…` where
+/// the token should be: the token itself would then be read as an option). No message quotes
+/// the token.
 pub fn check_token(token: &str) -> Result<(), String> {
     if !(MIN_TOKEN_LEN..=MAX_TOKEN_LEN).contains(&token.len()) {
         return Err(format!(
@@ -39,7 +44,32 @@ pub fn check_token(token: &str) -> Result<(), String> {
     if !token.chars().all(|c| c.is_ascii_graphic()) {
         return Err("a token must be printable ASCII".into());
     }
+    if token.contains('#') {
+        return Err("a token must not hold '#' (it starts a comment)".into());
+    }
+    if OPTION_KEYS.iter().any(|key| {
+        token
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.starts_with('='))
+    }) {
+        return Err("the token must come before the options (name=, tenants=, regions=)".into());
+    }
     Ok(())
+}
+
+/// How an option that is not one is named in an error: its key when it is one of the
+/// options' shape (a misspelt `tenant=`), else not at all, since a token misplaced among the
+/// options must not be shown in an error or a log.
+pub fn option_named(option: &str) -> String {
+    let key = option.split_once('=').map_or(option, |(key, _)| key);
+    let word = !key.is_empty()
+        && key.len() <= 16
+        && key.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+    if word && option.contains('=') {
+        format!("unknown option {key}=")
+    } else {
+        "a field after the token is not an option (a token, or a word without =?)".to_owned()
+    }
 }
 
 /// Refuses a `name=` no log line or audit entry could show plainly.
@@ -77,10 +107,20 @@ pub fn scope_names(
     Ok(names)
 }
 
-/// The meaningful part of a line: without its comment and surrounding blanks; `None` when
-/// nothing is left.
+/// The meaningful part of a line: without its comment (from a `#` that starts the line or
+/// follows a blank) and surrounding blanks; `None` when nothing is left. A `#` inside a field
+/// is kept, for the field's own check to refuse.
 pub fn content(line: &str) -> Option<&str> {
-    let line = line.split('#').next().unwrap_or_default().trim();
+    let mut end = line.len();
+    let mut after_blank = true;
+    for (at, c) in line.char_indices() {
+        if c == '#' && after_blank {
+            end = at;
+            break;
+        }
+        after_blank = c.is_whitespace();
+    }
+    let line = line[..end].trim();
     (!line.is_empty()).then_some(line)
 }
 
@@ -95,6 +135,22 @@ mod tests {
         assert!(check_token(&"x".repeat(MAX_TOKEN_LEN + 1)).is_err());
         assert!(check_token("0123456789abcdef ghi").is_err());
         assert!(check_token("0123456789abcdéf").is_err());
+        let hash = check_token("abcdefghijklmnop#qrsTUV").unwrap_err();
+        assert!(hash.contains('#') && !hash.contains("abcdef"), "{hash}");
+        let misplaced = check_token("name=shop-a-application").unwrap_err();
+        assert!(!misplaced.contains("shop-a"), "{misplaced}");
+        assert!(check_token("tenantsx=0123456789abcdef").is_ok());
+    }
+
+    #[test]
+    fn misplaced_options_are_named_without_what_may_be_a_token() {
+        assert_eq!(option_named("tenant=shop-a"), "unknown option tenant=");
+        assert!(!option_named("SECRET-0123456789abcdefXYZ").contains("SECRET"));
+        assert!(!option_named("Sq9=0123456789abcdef").contains("Sq9"));
+        assert!(
+            !option_named("tenants").contains("tenants"),
+            "a word without ="
+        );
     }
 
     #[test]
@@ -116,5 +172,11 @@ mod tests {
         assert!(scope_names("", crate::validate::tenant).is_err());
         assert_eq!(content("  admin tok # note"), Some("admin tok"));
         assert_eq!(content("   # only a note"), None);
+        assert_eq!(content("#note"), None);
+        assert_eq!(
+            content("abcdefghijklmnop#qrsTUV tenants=shop-a"),
+            Some("abcdefghijklmnop#qrsTUV tenants=shop-a"),
+            "a # inside the token is the token's, refused by check_token"
+        );
     }
 }

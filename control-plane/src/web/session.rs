@@ -75,7 +75,7 @@ pub async fn sign_out(state: &WebState, headers: &HeaderMap) -> Result<HeaderVal
     if let Some(claims) = claims {
         state
             .sessions
-            .end(&claims.session, SESSION_TTL)
+            .end(&claims.session, SystemTime::now(), SESSION_TTL)
             .await
             .map_err(|err| {
                 PageError::from(tonic::Status::unavailable(format!(
@@ -171,11 +171,15 @@ impl FromRequestParts<WebState> for Console {
         ) else {
             return Err(sign_in_again());
         };
-        let ended = state.sessions.ended(&claims.session).await.map_err(|err| {
-            PageError::from(tonic::Status::unavailable(format!(
-                "cannot tell whether this session was signed out of: {err}"
-            )))
-        })?;
+        let ended = state
+            .sessions
+            .ended(&claims.session, SystemTime::now())
+            .await
+            .map_err(|err| {
+                PageError::from(tonic::Status::unavailable(format!(
+                    "cannot tell whether this session was signed out of: {err}"
+                )))
+            })?;
         if ended {
             return Err(sign_in_again());
         }
