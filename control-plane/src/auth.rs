@@ -2,7 +2,8 @@
 //! service.
 //!
 //! Tokens come from `--auth-tokens FILE` (or `HERALD_AUTH_TOKENS`): one token a line,
-//! `ROLE TOKEN [name=NAME] [tenants=T1,T2] [regions=R1,R2]`, `#` starts a comment. `name=` is
+//! `ROLE TOKEN [name=NAME] [tenants=T1,T2] [regions=R1,R2]`, `#` starts a comment (rules in
+//! [`herald_core::token_file`]). `name=` is
 //! what the caller is recorded as (default: the role and the start of the token's digest);
 //! `tenants=` limits the token to those tenants ([`crate::access`]; without it, every tenant);
 //! `regions=` limits an agent token to agents of those regions. Roles:
@@ -207,7 +208,7 @@ fn identity<'a>(
 }
 
 /// Parses the lines of a tokens or identities file, `ROLE KEY [name=NAME] [tenants=T1,T2]
-/// [regions=R1,R2]` (`#` starts a comment), into identities by the key `admit` makes of each
+/// [regions=R1,R2]` (a `#` at the start or after a blank starts a comment), into identities by the key `admit` makes of each
 /// line's role and `KEY` (`key_name` in messages), with the name they have without `name=`.
 fn parse_lines<K: std::hash::Hash + Eq>(
     text: &str,
