@@ -64,7 +64,6 @@ impl std::fmt::Debug for EmitAccess {
                 &self.emit_token.as_ref().map(|_| "<redacted>"),
             )
             .field("emit_tokens_file", &self.emit_tokens_file)
-            .field("emit_tokens_file", &self.emit_tokens_file)
             .field("socket_mode", &format_args!("{:o}", self.socket_mode))
             .finish()
     }
@@ -108,8 +107,12 @@ impl EmitAccess {
         Ok(())
     }
 
-    /// The check for each `Emit` call, with the tokens of `--emit-token` and `--emit-tokens`.
+    /// The check for each `Emit` call, with the tokens of `--emit-token` or `--emit-tokens`
+    /// (not both: a shared token beside scoped ones would still emit for every tenant).
     pub fn guard(&self) -> Result<EmitGuard, EmitTokensError> {
+        if self.emit_token.is_some() && self.emit_tokens_file.is_some() {
+            return Err(EmitTokensError::Both);
+        }
         let mut grants = HashMap::new();
         if let Some(token) = &self.emit_token {
             token_file::check_token(token).map_err(|reason| EmitTokensError::Flag { reason })?;
@@ -143,14 +146,7 @@ impl EmitAccess {
             if from_file.is_empty() {
                 return Err(invalid(0, "no token given".into()));
             }
-            for (digest, FileGrant { line, grant }) in from_file {
-                if grants.insert(digest, grant).is_some() {
-                    return Err(invalid(
-                        line,
-                        "the token is also given as --emit-token".into(),
-                    ));
-                }
-            }
+            grants.extend(from_file);
         }
         Ok(EmitGuard {
             grants: (!grants.is_empty()).then(|| Arc::new(grants)),
@@ -161,6 +157,14 @@ impl EmitAccess {
 /// Why the Emit tokens could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum EmitTokensError {
+    /// `--emit-token` beside `--emit-tokens`: the one token would emit for every tenant, so
+    /// the scoped ones would isolate nothing.
+    #[error(
+        "--emit-token and --emit-tokens are given together: the --emit-token would still emit for \
+         every tenant. Give the applications tokens of their own tenants in the file (a line \
+         without tenants= is a token for every tenant) and drop --emit-token"
+    )]
+    Both,
     /// `--emit-token` is not a usable token.
     #[error("emit-token: {reason}")]
     Flag {
@@ -218,20 +222,14 @@ impl EmitGrant {
     }
 }
 
-/// Parses `TOKEN [name=NAME] [tenants=T1,T2]` lines; an error names its line.
-/// A token of the file: what it grants, and the line it is on.
-struct FileGrant {
-    line: usize,
-    grant: Arc<EmitGrant>,
-}
-
 /// Why a line of the file is refused.
 struct LineError {
     line: usize,
     reason: String,
 }
 
-fn parse_tokens(text: &str) -> Result<HashMap<TokenDigest, FileGrant>, LineError> {
+/// Parses `TOKEN [name=NAME] [tenants=T1,T2]` lines; an error names its line.
+fn parse_tokens(text: &str) -> Result<HashMap<TokenDigest, Arc<EmitGrant>>, LineError> {
     let mut grants = HashMap::new();
     let mut names = BTreeSet::new();
     for (index, line) in text.lines().enumerate() {
@@ -287,13 +285,7 @@ fn parse_tokens(text: &str) -> Result<HashMap<TokenDigest, FileGrant>, LineError
         if !names.insert(grant.name.clone()) {
             return Err(invalid(format!("the name {:?} is given twice", grant.name)));
         }
-        grants.insert(
-            digest,
-            FileGrant {
-                line: index + 1,
-                grant: Arc::new(grant),
-            },
-        );
+        grants.insert(digest, Arc::new(grant));
         if grants.len() > MAX_TOKENS {
             return Err(invalid(format!("more than {MAX_TOKENS} tokens")));
         }
@@ -406,16 +398,11 @@ mod tests {
         .unwrap();
         let files = EmitAccess {
             emit_tokens_file: Some(path.clone()),
-            ..access(true, Some(TOKEN))
+            ..access(true, None)
         };
         let remote: ListenAddr = "0.0.0.0:7701".parse().unwrap();
         assert!(
-            EmitAccess {
-                emit_token: None,
-                ..files.clone()
-            }
-            .check(&remote)
-            .is_ok(),
+            files.check(&remote).is_ok(),
             "a tokens file protects a remote listener as --emit-token does"
         );
         let mut guard = files.guard().unwrap();
@@ -444,7 +431,6 @@ mod tests {
                 .refusal("any"),
             None
         );
-        assert_eq!(grant(&mut guard, TOKEN).unwrap().refusal("any"), None);
         let unknown = grant(&mut guard, "nobody-0123456789abcdef").unwrap_err();
         assert_eq!(unknown.code(), tonic::Code::Unauthenticated);
     }
@@ -516,16 +502,16 @@ mod tests {
         .unwrap_or_default();
         assert!(not_text.contains("line 2: is not UTF-8 text"), "{not_text}");
         std::fs::write(&path, "# apps\nshared-token-0123456789\n").unwrap();
-        let twice = EmitAccess {
+        let both = EmitAccess {
             emit_tokens_file: Some(path.clone()),
-            emit_token: Some("shared-token-0123456789".into()),
+            emit_token: Some("other-token-0123456789".into()),
             ..EmitAccess::default()
         }
         .guard()
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
-        assert!(twice.contains("line 2: the token is also given"), "{twice}");
+        assert!(both.contains("given together"), "{both}");
         let missing = EmitAccess {
             emit_tokens_file: Some(dir.path().join("absent")),
             ..EmitAccess::default()

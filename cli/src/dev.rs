@@ -128,11 +128,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Said once both answer: a part that cannot start (another herald dev holding the data
     // directory) is said as such, with no banner claiming it runs.
     let parts = [control_plane_url.as_str(), agent_url.as_str()];
-    tokio::select! {
-        () = ended.cancelled() => {}
-        () = serving(&parts) => {}
-    }
-    if ended.is_cancelled() {
+    let ready = tokio::select! {
+        () = ended.cancelled() => false,
+        () = herald_core::shutdown::signal() => false,
+        () = serving(&parts) => true,
+        () = tokio::time::sleep(READY_WITHIN) => {
+            say(&format!(
+                "the control plane or the agent is still not serving after {}s (a full disk \
+                 under {}?); going on",
+                READY_WITHIN.as_secs(),
+                args.data_dir.display()
+            ));
+            true
+        }
+    };
+    if !ready {
         return stop_after_failure(stop_agent, stop, agent, control_plane, receiver).await;
     }
     say(&format!(
@@ -179,6 +189,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
+/// How long `herald dev` waits for its parts to serve before it says they do not.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
 /// Returns once every gRPC server at `urls` says it is serving (standard health checks).
 async fn serving(urls: &[&str]) {
     for url in urls {
@@ -204,7 +217,8 @@ async fn serving(urls: &[&str]) {
     }
 }
 
-/// Stops what still runs after a part failed to start, and answers that part's error.
+/// Stops what still runs after a part failed to start (or a stop was asked for before all
+/// served), and answers a part's error, if one failed.
 async fn stop_after_failure(
     stop_agent: CancellationToken,
     stop: CancellationToken,

@@ -299,7 +299,8 @@ fn on_off() -> impl clap::builder::TypedValueParser<Value = bool> {
         PossibleValue::new("on").aliases(["true", "yes"]),
         PossibleValue::new("off").aliases(["false", "no"]),
     ])
-    .map(|value| value == "on")
+    // The parser hands back what was typed, an alias included.
+    .map(|value| matches!(value.as_str(), "on" | "true" | "yes"))
 }
 
 fn parse_exponential(text: &str) -> Result<Exponential, String> {
@@ -828,8 +829,13 @@ fn entry_error(err: &clap::Error, entry: &serde_json::Value) -> String {
     if err.kind() == ErrorKind::UnknownArgument
         && let Some(ContextValue::String(flag)) = err.get(ContextKind::InvalidArg)
     {
-        let key = flag.trim_start_matches('-');
-        let key = key.split_once('=').map_or(key, |(key, _)| key);
+        let flag = flag.trim_start_matches('-');
+        let flag = flag.split_once('=').map_or(flag, |(flag, _)| flag);
+        // The key as the file spells it (`bogus_key` or `bogus-key`).
+        let key = entry
+            .as_object()
+            .and_then(|map| map.keys().find(|key| key.replace('_', "-") == flag))
+            .map_or(flag, String::as_str);
         return hide_secrets(
             &format!(
                 "unknown key {key:?}: the keys are `herald subscription create`'s flags \
@@ -861,7 +867,7 @@ mod tests {
             "bogus_key": "x",
         });
         let err = parse(&entry).err().unwrap_or_default();
-        assert!(err.starts_with("unknown key \"bogus-key\""), "{err}");
+        assert!(err.starts_with("unknown key \"bogus_key\""), "{err}");
         let on = serde_json::json!({
             "tenant": "shop-1",
             "url": "https://shop.example/hooks",
@@ -872,6 +878,26 @@ mod tests {
             parse(&on).map(|p| p.args.fields.trace_context),
             Ok(Some(true))
         );
+        for (given, meant) in [
+            ("on", true),
+            ("true", true),
+            ("yes", true),
+            ("off", false),
+            ("false", false),
+            ("no", false),
+        ] {
+            let entry = serde_json::json!({
+                "tenant": "shop-1",
+                "url": "https://shop.example/hooks",
+                "events": ["order.*"],
+                "trace_context": given,
+            });
+            assert_eq!(
+                parse(&entry).map(|p| p.args.fields.trace_context),
+                Ok(Some(meant)),
+                "{given}"
+            );
+        }
     }
 
     #[test]

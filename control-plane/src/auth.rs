@@ -257,7 +257,11 @@ fn parse_role(text: &str) -> Result<Role, String> {
         "read" => Ok(Role::Read),
         "admin" => Ok(Role::Admin),
         "agent" => Ok(Role::Agent),
-        other => Err(format!("unknown role {other:?}: use read, admin or agent")),
+        // A token written where the role goes must not be shown: only a word is quoted.
+        other if token_file::is_word(other) => {
+            Err(format!("unknown role {other:?}: use read, admin or agent"))
+        }
+        _ => Err("the line must start with its role: read, admin or agent".into()),
     }
 }
 
@@ -579,6 +583,7 @@ mod tests {
             ("", "no token"),
             ("admin", "ROLE TOKEN"),
             ("root abcdefghijklmnopqrstuvwxyz", "unknown role"),
+            ("SECRET-0123456789abcdef admin", "must start with its role"),
             ("admin short", "16 to"),
             ("admin abcdefghijklmnop extra", "not an option"),
             (

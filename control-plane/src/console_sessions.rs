@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::keys;
 use crate::store::{Op, Store, StoreError, Txn};
 
-/// Expired records removed per sign-out at most (the rest go with later sign-outs).
+/// Records looked at for removal per sign-out (the rest go with later sign-outs).
 const SWEEP_AT_MOST: usize = 100;
 
 /// The config store's records of signed-out console sessions.
@@ -42,25 +42,37 @@ impl ConsoleSessions {
     }
 
     /// Ends the session `id` for good, as of `now`; a session lasts at most `lasts`, so the
-    /// record is needed until then. Records of sessions expired by `now` are removed.
+    /// record is needed until then. Then removes some records of sessions expired by `now`
+    /// (best effort: the sign-out holds either way).
     pub async fn end(&self, id: &str, now: SystemTime, lasts: Duration) -> Result<(), StoreError> {
         let record = Op::Put(
             keys::console_session_ended(id),
             unix_ms(now + lasts).to_string().into_bytes(),
         );
         self.store.txn(Txn::default().then(record)).await?;
-        let (records, _) = self.store.list(keys::CONSOLE_SESSIONS_ENDED).await?;
-        let expired: Vec<Op> = records
+        if let Err(err) = self.sweep(now).await {
+            tracing::warn!(error = %err, "cannot remove the records of expired console sessions; a later sign-out will");
+        }
+        Ok(())
+    }
+
+    /// Removes records of sessions expired by `now`, among the oldest [`SWEEP_AT_MOST`]
+    /// (session ids sort by when they were made, so the expired come first).
+    async fn sweep(&self, now: SystemTime) -> Result<(), StoreError> {
+        let oldest = self
+            .store
+            .list_page(keys::CONSOLE_SESSIONS_ENDED, None, SWEEP_AT_MOST)
+            .await?;
+        let mut sweep = Txn::default();
+        let mut any = false;
+        for kv in oldest
             .iter()
             .filter(|kv| until(&kv.value).is_some_and(|until| until <= unix_ms(now)))
-            .take(SWEEP_AT_MOST)
-            .map(|kv| Op::Delete(kv.key.clone()))
-            .collect();
-        if !expired.is_empty() {
-            let mut sweep = Txn::default();
-            for op in expired {
-                sweep = sweep.then(op);
-            }
+        {
+            sweep = sweep.then(Op::Delete(kv.key.clone()));
+            any = true;
+        }
+        if any {
             self.store.txn(sweep).await?;
         }
         Ok(())

@@ -62,10 +62,7 @@ pub fn check_token(token: &str) -> Result<(), String> {
 /// options must not be shown in an error or a log.
 pub fn option_named(option: &str) -> String {
     let key = option.split_once('=').map_or(option, |(key, _)| key);
-    let word = !key.is_empty()
-        && key.len() <= 16
-        && key.chars().all(|c| c.is_ascii_lowercase() || c == '_');
-    if word && option.contains('=') {
+    if is_word(key) && option.contains('=') {
         format!("unknown option {key}=")
     } else {
         "a field after the token is not an option (a token, or a word without =?)".to_owned()
@@ -105,6 +102,14 @@ pub fn scope_names(
         return Err(format!("at most {MAX_SCOPE_NAMES} names in a scope"));
     }
     Ok(names)
+}
+
+/// Whether `field` is a short lowercase word (a role, an option's key, misspelt or not), which
+/// an error may quote: anything else may be a token.
+pub fn is_word(field: &str) -> bool {
+    !field.is_empty()
+        && field.len() <= 16
+        && field.chars().all(|c| c.is_ascii_lowercase() || c == '_')
 }
 
 /// The meaningful part of a line: without its comment (from a `#` that starts the line or

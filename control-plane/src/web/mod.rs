@@ -77,11 +77,13 @@ impl WebState {
 pub fn router(state: WebState) -> Router {
     let frame_ancestors = state.settings.portal.frame_ancestors.clone();
     let console = console::routes()
+        .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn(|request, next| {
             secure_headers(request, next, "'none'".to_owned())
         }))
         .with_state(state.clone());
     let portal = portal::routes()
+        .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn(move |request, next| {
             secure_headers(request, next, frame_ancestors.clone())
         }))
@@ -93,7 +95,12 @@ pub fn router(state: WebState) -> Router {
         .route("/favicon.ico", axum::routing::get(favicon))
         .merge(console)
         .merge(portal)
-        .method_not_allowed_fallback(|| async { page::PageError::WrongMethod.into_response() })
+}
+
+/// The answer to a page's address asked with a method it does not take (a form's address
+/// opened as a page), with the pages' security headers as every page has them.
+async fn wrong_method() -> Response {
+    page::PageError::WrongMethod.into_response()
 }
 
 /// The answer to a visit to a test send's address (a reload, a bookmark, Back past the
