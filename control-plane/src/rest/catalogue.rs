@@ -1,7 +1,7 @@
 //! `/api/v1/event-types`: the catalogue of event types subscribers choose from.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use herald_proto::v1 as pb;
@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::json::time;
 use super::problem::{ApiError, Problem};
-use super::{ApiJson, ApiQuery, ApiState, Authorized};
+use super::{ApiJson, ApiPath, ApiQuery, ApiState, Authorized};
 
 /// An event type.
 #[derive(Debug, Serialize, ToSchema)]
@@ -179,7 +179,7 @@ pub async fn list_event_types(
 pub async fn get_event_type(
     State(state): State<ApiState>,
     caller: Authorized,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<EventType>, ApiError> {
     let found = state
         .services
@@ -249,7 +249,7 @@ pub async fn create_event_type(
 pub async fn update_event_type(
     State(state): State<ApiState>,
     caller: Authorized,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<EditedEventType>,
 ) -> Result<Json<EventType>, ApiError> {
     let request = caller.request(pb::UpdateEventTypeRequest {
@@ -286,7 +286,7 @@ pub async fn update_event_type(
 pub async fn deprecate_event_type(
     State(state): State<ApiState>,
     caller: Authorized,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     super::ActionBody(body): super::ActionBody<Deprecation>,
 ) -> Result<Json<EventType>, ApiError> {
     let request = caller.request(pb::DeprecateEventTypeRequest {
@@ -317,7 +317,7 @@ pub async fn deprecate_event_type(
 pub async fn delete_event_type(
     State(state): State<ApiState>,
     caller: Authorized,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     state
         .services

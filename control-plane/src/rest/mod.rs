@@ -217,33 +217,71 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Api
     }
 }
 
-/// A JSON request body read as `T`: it must be sent as `application/json`; one that does not
-/// read is `INVALID_ARGUMENT` naming what is wrong, as problem+json.
+/// A path's parameters read as `T`; one that does not read (bytes that are not UTF-8) is
+/// `INVALID_ARGUMENT` as problem+json, as every other refusal of the API is.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path(value) = axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::invalid(e.body_text()))?;
+        Ok(ApiPath(value))
+    }
+}
+
+/// A JSON request body read as `T`: it must be sent as `application/json` and be a JSON
+/// object (as every body the API documents is: serde would otherwise read an array as the
+/// fields in order, past the refusal of unknown fields); one that does not read is
+/// `INVALID_ARGUMENT` naming what is wrong, as problem+json.
 pub struct ApiJson<T>(T);
+
+/// Whether `headers` say the body is JSON.
+fn sent_as_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"))
+}
+
+/// The body's JSON text without the blanks around it.
+fn trimmed(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |at| at + 1);
+    &bytes[start..end.max(start)]
+}
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let is_json = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim_start().starts_with("application/json"));
-        if !is_json {
+        if !sent_as_json(request.headers()) {
             return Err(ApiError::invalid(
                 "the body must be JSON, sent with Content-Type: application/json",
             ));
         }
-        let Json(value) = Json::<T>::from_request(request, state)
+        let bytes = Bytes::from_request(request, state)
             .await
+            .map_err(|e| ApiError::unreadable_body(e.status(), e.body_text()))?;
+        if trimmed(&bytes).first() != Some(&b'{') {
+            return Err(ApiError::invalid("the body must be a JSON object ({…})"));
+        }
+        let Json(value) = Json::<T>::from_bytes(&bytes)
             .map_err(|e| ApiError::unreadable_body(e.status(), e.body_text()))?;
         Ok(ApiJson(value))
     }
 }
 
 /// The body of an action (enable, disable, rotate): JSON as [`ApiJson`] reads it, or nothing
-/// for the action's defaults.
+/// (or JSON `null`) for the action's defaults.
 pub struct ActionBody<T>(T);
 
 impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for ActionBody<T> {
@@ -263,6 +301,9 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for ActionBod
                     "a request from another site's page must send its action as JSON",
                 )));
             }
+            return Ok(ActionBody(T::default()));
+        }
+        if sent_as_json(&parts.headers) && trimmed(&bytes) == b"null" {
             return Ok(ActionBody(T::default()));
         }
         let ApiJson(value) =

@@ -28,8 +28,9 @@ pub struct Problem {
     pub field: Option<String>,
 }
 
-/// The HTTP status of a gRPC code (google.rpc.Code's mapping; a stale revision, the only
-/// FAILED_PRECONDITION Herald answers, is the version conflict 409 names).
+/// The HTTP status of a gRPC code (google.rpc.Code's mapping: a stale revision, another
+/// change at the same time and a state that refuses the change, such as a ninth signing
+/// secret, are all the conflict 409 names).
 pub fn http_status(code: Code) -> StatusCode {
     match code {
         Code::Ok => StatusCode::OK,
@@ -49,7 +50,7 @@ pub fn http_status(code: Code) -> StatusCode {
 
 /// The problems any operation may answer, whatever else it documents: the same validation,
 /// authentication and store failures reach every route.
-const COMMON_PROBLEMS: [(&str, &str); 7] = [
+const COMMON_PROBLEMS: [(&str, &str); 8] = [
     ("400", "The request breaks a rule: a field and why"),
     ("401", "No token, or one this control plane does not know"),
     ("403", "The token's role or tenants do not allow it"),
@@ -66,10 +67,22 @@ const COMMON_PROBLEMS: [(&str, &str); 7] = [
         "A store (etcd, the delivery log) does not answer; retry",
     ),
     (
+        "504",
+        "What the call waited for (an agent, a replica) did not answer in time",
+    ),
+    (
         "507",
         "A store's disk is full (code RESOURCE_EXHAUSTED): writes resume once space is freed",
     ),
 ];
+
+/// The problem of an operation that changes something: the object changed meanwhile (a
+/// stale revision, or another change at the same time), or its state refuses the change.
+const CONFLICT: (&str, &str) = (
+    "409",
+    "The object changed meanwhile (ABORTED, or a stale revision: read it again and retry), or \
+     its state refuses the change (FAILED_PRECONDITION, e.g. too many signing secrets)",
+);
 
 /// The problem of an operation that reads a body, when the body is over the API's limit.
 const TOO_LARGE: (&str, &str) = ("413", "The request body is larger than the limit, 1 MiB");
@@ -89,15 +102,23 @@ impl utoipa::Modify for CommonProblems {
         };
         for item in openapi.paths.paths.values_mut() {
             let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
+                (&mut item.get, false),
+                (&mut item.put, true),
+                (&mut item.post, true),
+                (&mut item.delete, true),
+                (&mut item.patch, true),
             ];
-            for operation in operations.into_iter().flatten() {
+            for (operation, changes) in operations {
+                let Some(operation) = operation else {
+                    continue;
+                };
                 let reads_body = operation.request_body.is_some().then_some(TOO_LARGE);
-                for (status, description) in COMMON_PROBLEMS.into_iter().chain(reads_body) {
+                let conflict = changes.then_some(CONFLICT);
+                for (status, description) in COMMON_PROBLEMS
+                    .into_iter()
+                    .chain(reads_body)
+                    .chain(conflict)
+                {
                     operation
                         .responses
                         .responses
@@ -216,13 +237,24 @@ impl ApiError {
     }
 }
 
-/// A field as the gRPC API names it, as this API's JSON does: the payload filter is `filter`
-/// here; every other name is the same.
+/// A field as the gRPC API names it, as this API's JSON does: the payload filter is `filter`,
+/// the expected revision `revision` and the signature scheme `signature` here; every other
+/// name is the same.
 fn json_field(field: String) -> String {
-    match field.strip_prefix("payload_filter") {
-        Some(rest) if rest.is_empty() || rest.starts_with('.') => format!("filter{rest}"),
-        _ => field,
+    // The gRPC fields the JSON names otherwise, and what JSON calls them.
+    const RENAMED: [(&str, &str); 3] = [
+        ("payload_filter", "filter"),
+        ("expected_revision", "revision"),
+        ("signature_scheme", "signature"),
+    ];
+    for (grpc, json) in RENAMED {
+        if let Some(rest) = field.strip_prefix(grpc)
+            && (rest.is_empty() || rest.starts_with('.'))
+        {
+            return format!("{json}{rest}");
+        }
     }
+    field
 }
 
 impl IntoResponse for ApiError {

@@ -2,7 +2,7 @@
 //! the log keeps them (`GetSentRequests`), and their removal (`ExpungeSentRequests`).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use base64::Engine as _;
 use herald_proto::v1 as pb;
 use herald_proto::v1::deliveries_server::Deliveries as _;
@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::json::time;
 use super::problem::{ApiError, Problem};
-use super::{ApiQuery, ApiState, Authorized};
+use super::{ApiPath, ApiQuery, ApiState, Authorized};
 
 /// One request header as sent.
 #[derive(Debug, Serialize, ToSchema)]
@@ -132,7 +132,7 @@ pub struct Expunged {
 pub async fn get_sent_requests(
     State(state): State<ApiState>,
     caller: Authorized,
-    Path(event_id): Path<String>,
+    ApiPath(event_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<SentQuery>,
 ) -> Result<Json<SentRequests>, ApiError> {
     let request = caller.request(pb::GetSentRequestsRequest {
@@ -178,7 +178,7 @@ pub struct ExpungeQuery {
 pub async fn expunge_sent_requests(
     State(state): State<ApiState>,
     caller: Authorized,
-    Path(event_id): Path<String>,
+    ApiPath(event_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<ExpungeQuery>,
 ) -> Result<Json<Expunged>, ApiError> {
     let request = caller.request(pb::ExpungeSentRequestsRequest {

@@ -235,8 +235,10 @@ impl From<pb::Subscription> for Subscription {
     }
 }
 
-/// OAuth2 client credentials (client credentials grant).
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+/// OAuth2 client credentials (client credentials grant). Unknown fields are refused, so a
+/// misspelt `client_secret` on an update is said, not dropped.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct OAuth2 {
     /// The token endpoint.
     pub token_url: String,
@@ -251,6 +253,22 @@ pub struct OAuth2 {
     /// The token request's `audience`.
     #[serde(default)]
     pub audience: String,
+}
+
+/// Shows no client secret.
+impl std::fmt::Debug for OAuth2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuth2")
+            .field("token_url", &self.token_url)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &(!self.client_secret.is_empty()).then_some("<redacted>"),
+            )
+            .field("scope", &self.scope)
+            .field("audience", &self.audience)
+            .finish()
+    }
 }
 
 impl From<pb::OAuth2> for OAuth2 {

@@ -2,7 +2,7 @@
 //! secret) and their health.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use herald_proto::convert::duration;
@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::problem::{ApiError, Problem};
 use super::subscription_json::{Health, Subscription, SubscriptionPage, SubscriptionSpec};
-use super::{ActionBody, ApiJson, ApiQuery, ApiState, Authorized, json};
+use super::{ActionBody, ApiJson, ApiPath, ApiQuery, ApiState, Authorized, json};
 
 /// Paging of a list.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -134,7 +134,7 @@ pub struct GetQuery {
 pub async fn get_subscription(
     State(state): State<ApiState>,
     caller: Authorized,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<GetQuery>,
 ) -> Result<Json<Subscription>, ApiError> {
     let request = caller.request(pb::GetSubscriptionRequest {
@@ -169,7 +169,7 @@ pub async fn get_subscription(
 pub async fn update_subscription(
     State(state): State<ApiState>,
     caller: Authorized,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<WriteQuery>,
     ApiJson(spec): ApiJson<SubscriptionSpec>,
 ) -> Result<Json<Subscription>, ApiError> {
@@ -216,7 +216,7 @@ pub struct DeleteQuery {
 pub async fn delete_subscription(
     State(state): State<ApiState>,
     caller: Authorized,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
     let request = caller.request(pb::DeleteSubscriptionRequest {
@@ -256,7 +256,7 @@ pub struct EnableBody {
 pub async fn enable_subscription(
     State(state): State<ApiState>,
     caller: Authorized,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ActionBody(body): ActionBody<EnableBody>,
 ) -> Result<Json<Subscription>, ApiError> {
     let request = caller.request(pb::EnableSubscriptionRequest {
@@ -297,7 +297,7 @@ pub struct DisableBody {
 pub async fn disable_subscription(
     State(state): State<ApiState>,
     caller: Authorized,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ActionBody(body): ActionBody<DisableBody>,
 ) -> Result<Json<Subscription>, ApiError> {
     let request = caller.request(pb::DisableSubscriptionRequest {
@@ -340,7 +340,7 @@ pub struct RotateBody {
 pub async fn rotate_secret(
     State(state): State<ApiState>,
     caller: Authorized,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ActionBody(body): ActionBody<RotateBody>,
 ) -> Result<Json<Subscription>, ApiError> {
     let grace = body
@@ -392,7 +392,7 @@ pub struct TestBody {
 pub async fn test_subscription(
     State(state): State<ApiState>,
     caller: Authorized,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ActionBody(body): ActionBody<TestBody>,
 ) -> Result<Json<super::deliveries::Attempt>, ApiError> {
     let request = caller.request(pb::TestSubscriptionRequest {
@@ -429,7 +429,7 @@ pub async fn test_subscription(
 pub async fn get_subscription_health(
     State(state): State<ApiState>,
     caller: Authorized,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Health>, ApiError> {
     let request = caller.request(pb::GetSubscriptionHealthRequest { id });
     let health = state

@@ -875,3 +875,101 @@ async fn every_route_refuses_callers_without_a_token_or_the_role() -> anyhow::Re
     assert!(checked >= 18, "only {checked} operations documented");
     Ok(())
 }
+
+/// Bodies, paths and answers as the OpenAPI document says: a body is a JSON object (an array
+/// is not read as the fields in order), an action takes `null` for its defaults, a path that
+/// is not UTF-8 and an unknown OAuth2 field are refused as problems naming the field in this
+/// API's words, and conflicts are documented.
+#[tokio::test]
+async fn the_http_api_reads_and_refuses_as_its_document_says() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = HeldPort::new()?;
+    let control_plane = ControlPlane::start_with_tokens_configured(
+        ConfigStore::Embedded,
+        &tokens(),
+        ADMIN,
+        |config| config.http_listen = Some(http.addr()),
+    )
+    .await?;
+    let created = control_plane
+        .create(subscription(
+            "shop-a",
+            "https://127.0.0.1:9/a",
+            &["order.*"],
+        ))
+        .await?;
+    let base = format!("http://{}", http.addr());
+    let client = plain_client();
+    let post = |path: String, body: &'static str| {
+        client
+            .post(format!("{base}{path}"))
+            .bearer_auth(ADMIN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    // An array where an object goes is refused, and nothing is made.
+    let array = post(
+        "/api/v1/subscriptions".into(),
+        r#"["shop-a","https://127.0.0.1:9/arr",["order.*"]]"#,
+    )
+    .await?;
+    assert_eq!(array.status(), 400);
+    let problem: Value = serde_json::from_str(&array.text().await?)?;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("JSON object")),
+        "{problem}"
+    );
+    let (_, _, listed) = get(&client, &base, "/api/v1/subscriptions", Some(ADMIN)).await?;
+    assert_eq!(listed["subscriptions"].as_array().map(Vec::len), Some(1));
+    let action = |verb: &str| format!("/api/v1/subscriptions/{}/{verb}", created.id);
+    assert_eq!(post(action("disable"), r#"["x"]"#).await?.status(), 400);
+
+    // `null` is an action's defaults, as the document says.
+    assert_eq!(post(action("disable"), "null").await?.status(), 200);
+    assert_eq!(post(action("enable"), " null ").await?.status(), 200);
+
+    // A path that is not UTF-8 is a problem document, not plain text.
+    let (status, content_type, problem) =
+        get(&client, &base, "/api/v1/subscriptions/%FF", Some(ADMIN)).await?;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (400, "application/problem+json"),
+        "{problem}"
+    );
+    assert_eq!(problem["code"], "INVALID_ARGUMENT");
+
+    // An OAuth2 field misspelt is refused, not dropped.
+    let misspelt = post(
+        "/api/v1/subscriptions".into(),
+        r#"{"tenant":"shop-a","url":"https://127.0.0.1:9/o","event_types":["order.*"],
+            "oauth2":{"token_url":"https://127.0.0.1:9/t","client_id":"c","client_secert":"s"}}"#,
+    )
+    .await?;
+    assert_eq!(misspelt.status(), 400);
+
+    // A refused revision is named as this API names it.
+    let (status, _, problem) = call(
+        &client,
+        Method::DELETE,
+        &base,
+        &format!("/api/v1/subscriptions/{}?revision=-5", created.id),
+        Some(ADMIN),
+        None,
+    )
+    .await?;
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(problem["field"], "revision", "{problem}");
+
+    // Every change documents the conflict it may answer, every call the timeout.
+    let (_, _, openapi) = get(&client, &base, "/api/v1/openapi.json", None).await?;
+    let rotate = &openapi["paths"]["/api/v1/subscriptions/{id}/rotate-secret"]["post"];
+    assert!(rotate["responses"]["409"].is_object(), "{rotate}");
+    assert!(rotate["responses"]["504"].is_object(), "{rotate}");
+    let read = &openapi["paths"]["/api/v1/subscriptions/{id}"]["get"];
+    assert!(read["responses"]["409"].is_null(), "reads change nothing");
+    Ok(())
+}
