@@ -203,6 +203,16 @@ impl Config {
     }
 }
 
+/// Says what a change did: the sentence on standard error for people (tables), the
+/// `record` on standard output for scripts (`-o json`, `-o yaml`).
+fn done(format: Format, sentence: &str, record: serde_json::Value) -> anyhow::Result<()> {
+    match format.style {
+        output::Style::Table => output::note(sentence),
+        output::Style::Json | output::Style::Yaml => output::object(format, &record)?,
+    }
+    Ok(())
+}
+
 /// Runs `herald context …`.
 pub fn run(cmd: Command, format: Format) -> anyhow::Result<()> {
     let mut config = load()?;
@@ -240,7 +250,12 @@ pub fn run(cmd: Command, format: Format) -> anyhow::Result<()> {
                 config.current = Some(name.clone());
             }
             let path = save(&config)?;
-            output::note(&format!("context {name:?} saved in {}", path.display()));
+            let current = config.current.as_deref() == Some(name.as_str());
+            done(
+                format,
+                &format!("context {name:?} saved in {}", path.display()),
+                serde_json::json!({ "saved": name, "file": path.display().to_string(), "current": current }),
+            )?;
         }
         Command::Use { name } => {
             if !config.contexts.contains_key(&name) {
@@ -250,7 +265,11 @@ pub fn run(cmd: Command, format: Format) -> anyhow::Result<()> {
             }
             config.current = Some(name.clone());
             save(&config)?;
-            output::note(&format!("now using context {name:?}"));
+            done(
+                format,
+                &format!("now using context {name:?}"),
+                serde_json::json!({ "current": name }),
+            )?;
         }
         Command::Delete { name } => {
             if config.contexts.remove(&name).is_none() {
@@ -260,6 +279,11 @@ pub fn run(cmd: Command, format: Format) -> anyhow::Result<()> {
                 config.current = None;
             }
             save(&config)?;
+            done(
+                format,
+                &format!("context {name:?} deleted"),
+                serde_json::json!({ "deleted": name }),
+            )?;
         }
         Command::List => {
             let items: Vec<serde_json::Value> = config

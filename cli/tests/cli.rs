@@ -1053,8 +1053,23 @@ async fn contexts_remember_a_control_plane_and_its_token() -> anyhow::Result<()>
         "{contexts}"
     );
 
-    run(&["context", "set", "elsewhere", "--url", "http://127.0.0.1:9"]).await?;
-    run(&["context", "use", "elsewhere"]).await?;
+    // Scripts read what a change did on standard output.
+    let saved = json(
+        &run(&[
+            "context",
+            "set",
+            "elsewhere",
+            "--url",
+            "http://127.0.0.1:9",
+            "-o",
+            "json",
+        ])
+        .await?,
+    );
+    assert_eq!(saved["saved"], "elsewhere");
+    assert_eq!(saved["current"], false, "local stays the current one");
+    let used = json(&run(&["context", "use", "elsewhere", "-o", "json"]).await?);
+    assert_eq!(used["current"], "elsewhere");
     let unreachable = run(&["subscription", "list"]).await?;
     assert_eq!(unreachable.status.code(), Some(1));
     // --context picks one for a single command; an unknown one says what to do, as a usage
@@ -1093,6 +1108,8 @@ async fn contexts_remember_a_control_plane_and_its_token() -> anyhow::Result<()>
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
     assert_eq!(std::fs::read_to_string(&config)?, before);
+    let deleted = json(&run(&["context", "delete", "elsewhere", "-o", "json"]).await?);
+    assert_eq!(deleted["deleted"], "elsewhere");
     Ok(())
 }
 

@@ -65,7 +65,7 @@ pub struct AuditQuery {
     since: Option<String>,
     /// Entries before this time (RFC 3339).
     until: Option<String>,
-    /// At most 1000; 0 or none means 100.
+    /// How many to answer at most: 0 or none means 100; more than 1000 means 1000.
     page_size: Option<u32>,
     /// Where the previous page ended.
     page_token: Option<String>,

@@ -64,7 +64,8 @@ pub struct EventTypeList {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct CatalogueQuery {
-    /// At most 1000; 0 or none means as many as fit in a page of about 2 MiB.
+    /// How many to answer at most: 0 or none means as many as fit in a page of about 2 MiB;
+    /// more than 1000 means 1000.
     page_size: Option<u32>,
     /// Where the previous page ended.
     page_token: Option<String>,

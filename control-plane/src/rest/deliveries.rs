@@ -136,10 +136,13 @@ impl AttemptQuery {
 
 fn parse_outcome(word: &str) -> Result<pb::Outcome, ApiError> {
     words::parse_outcome(word).ok_or_else(|| {
-        ApiError::invalid(format!(
-            "outcome: {} is none of delivered, retrying, failed, skipped",
-            quoted(word)
-        ))
+        ApiError::invalid_field(
+            "outcome",
+            format!(
+                "{} is none of delivered, retrying, failed, skipped",
+                quoted(word)
+            ),
+        )
     })
 }
 
@@ -147,7 +150,7 @@ fn parse_outcome(word: &str) -> Result<pb::Outcome, ApiError> {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
-    /// At most 1000; 0 or none means 100.
+    /// How many to answer at most: 0 or none means 100; more than 1000 means 1000.
     page_size: Option<u32>,
     /// Where the previous page ended.
     page_token: Option<String>,

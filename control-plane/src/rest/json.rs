@@ -25,7 +25,10 @@ pub fn parse_time(
             humantime::parse_rfc3339_weak(text)
                 .map(timestamp)
                 .map_err(|_| {
-                    ApiError::invalid(format!("{field}: {} is not an RFC 3339 time", quoted(text)))
+                    ApiError::invalid_field(
+                        field,
+                        format!("{} is not an RFC 3339 time", quoted(text)),
+                    )
                 })
         })
         .transpose()
@@ -39,8 +42,9 @@ pub fn duration_text(d: Option<&prost_types::Duration>) -> Option<String> {
 
 /// The duration `text` (`15s`, `1h 30m`) given for `field`.
 pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ApiError> {
-    humantime::parse_duration(text)
-        .map_err(|e| ApiError::invalid(format!("{field}: {} is not a duration: {e}", quoted(text))))
+    humantime::parse_duration(text).map_err(|e| {
+        ApiError::invalid_field(field, format!("{} is not a duration: {e}", quoted(text)))
+    })
 }
 
 /// The wire form of an optional duration given for `field`; an empty text is none.
@@ -75,6 +79,9 @@ mod tests {
             "{}",
             err.status.message()
         );
+        assert_eq!(err.problem().field.as_deref(), Some("since"));
+        let err = parse_duration("retry.delays", "soon").expect_err("no duration");
+        assert_eq!(err.problem().field.as_deref(), Some("retry.delays"));
         let d = wire_duration("timeout", Some("1m 30s")).expect("reads");
         assert_eq!(duration_text(d.as_ref()).as_deref(), Some("1m 30s"));
         assert_eq!(millis(d.as_ref()), 90_000.0);

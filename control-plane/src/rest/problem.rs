@@ -186,6 +186,12 @@ impl ApiError {
         tonic::Status::invalid_argument(detail.into()).into()
     }
 
+    /// A `field` of the request (its JSON name) the HTTP layer itself refuses for `reason`:
+    /// `INVALID_ARGUMENT` naming it, in the problem's `field` too.
+    pub fn invalid_field(field: &str, reason: impl Into<String>) -> Self {
+        herald_proto::convert::invalid_field(field, reason).into()
+    }
+
     /// A value refused by the shared validation rules, worded as gRPC words it.
     pub fn validation(err: herald_core::validate::ValidationError) -> Self {
         herald_proto::convert::invalid_argument(err).into()

@@ -371,35 +371,46 @@ pub struct SubscriptionSpec {
     #[serde(default)]
     pub revision: Option<i64>,
     // The read-only fields a read shows: taken and ignored, so a read can be sent back.
+    // The document lists them as read-only, so a validator passes such a round trip.
+    /// Read-only: what a read shows; ignored here.
     #[serde(default, rename = "id")]
-    #[schema(ignore)]
+    #[schema(value_type = String, read_only)]
     _id: Option<serde::de::IgnoredAny>,
+    /// Read-only: what a read shows; ignored here.
     #[serde(default, rename = "secrets")]
-    #[schema(ignore)]
+    #[schema(value_type = Vec<Object>, read_only)]
     _secrets: Option<serde::de::IgnoredAny>,
+    /// Read-only: what a read shows; ignored here.
     #[serde(default, rename = "header_values_hidden")]
-    #[schema(ignore)]
+    #[schema(value_type = bool, read_only)]
     _header_values_hidden: Option<serde::de::IgnoredAny>,
+    /// Read-only: what a read shows; ignored here.
     #[serde(default, rename = "client_cert_expires_at")]
-    #[schema(ignore)]
+    #[schema(value_type = Option<String>, read_only)]
     _client_cert_expires_at: Option<serde::de::IgnoredAny>,
+    /// Read-only: what a read shows; ignored here.
     #[serde(default, rename = "enabled")]
-    #[schema(ignore)]
+    #[schema(value_type = bool, read_only)]
     _enabled: Option<serde::de::IgnoredAny>,
+    /// Read-only: what a read shows; ignored here.
     #[serde(default, rename = "disabled_reason")]
-    #[schema(ignore)]
+    #[schema(value_type = String, read_only)]
     _disabled_reason: Option<serde::de::IgnoredAny>,
+    /// Read-only: what a read shows; ignored here.
     #[serde(default, rename = "disabled_at")]
-    #[schema(ignore)]
+    #[schema(value_type = Option<String>, read_only)]
     _disabled_at: Option<serde::de::IgnoredAny>,
+    /// Read-only: what a read shows; ignored here.
     #[serde(default, rename = "skip_parked_before")]
-    #[schema(ignore)]
+    #[schema(value_type = Option<String>, read_only)]
     _skip_parked_before: Option<serde::de::IgnoredAny>,
+    /// Read-only: what a read shows; ignored here.
     #[serde(default, rename = "created_at")]
-    #[schema(ignore)]
+    #[schema(value_type = Option<String>, read_only)]
     _created_at: Option<serde::de::IgnoredAny>,
+    /// Read-only: what a read shows; ignored here.
     #[serde(default, rename = "updated_at")]
-    #[schema(ignore)]
+    #[schema(value_type = Option<String>, read_only)]
     _updated_at: Option<serde::de::IgnoredAny>,
 }
 
@@ -421,7 +432,10 @@ impl SubscriptionSpec {
         let signature = match self.signature.as_deref() {
             None => pb::SignatureScheme::Unspecified,
             Some(word) => words::parse_signature(word).ok_or_else(|| {
-                ApiError::invalid(format!("signature: {} is neither v1 nor v1a", quoted(word)))
+                ApiError::invalid_field(
+                    "signature",
+                    format!("{} is neither v1 nor v1a", quoted(word)),
+                )
             })?,
         };
         let mut wire = pb::Subscription {
@@ -465,8 +479,8 @@ impl SubscriptionSpec {
         };
         if let Some(word) = self.egress.as_deref() {
             // A masked URL (as reads show it) is passed on: the update keeps the stored password.
-            let egress =
-                words::parse_egress(word).map_err(|e| ApiError::invalid(format!("egress: {e}")))?;
+            let egress = words::parse_egress(word)
+                .map_err(|e| ApiError::invalid_field("egress", e.to_string()))?;
             herald_proto::convert::set_egress(&mut wire, &egress);
         }
         Ok(wire)

@@ -21,7 +21,7 @@ use super::{ActionBody, ApiJson, ApiPath, ApiQuery, ApiState, Authorized, json};
 pub struct ListQuery {
     /// Only this tenant's.
     tenant: Option<String>,
-    /// At most 1000; 0 or none means 100.
+    /// How many to answer at most: 0 or none means 100; more than 1000 means 1000.
     page_size: Option<u32>,
     /// Where the previous page ended.
     page_token: Option<String>,
@@ -175,7 +175,7 @@ pub async fn update_subscription(
 ) -> Result<Json<Subscription>, ApiError> {
     let expected_revision = spec
         .revision
-        .ok_or_else(|| ApiError::invalid("revision: required (the revision you read)"))?;
+        .ok_or_else(|| ApiError::invalid_field("revision", "required (the revision you read)"))?;
     // A spec without a tenant keeps the stored one (the tenant cannot change).
     let subscription = spec.to_wire(id)?;
     let request = caller.request(pb::UpdateSubscriptionRequest {

@@ -963,9 +963,41 @@ async fn the_http_api_reads_and_refuses_as_its_document_says() -> anyhow::Result
     .await?;
     assert_eq!(status, 400, "{problem}");
     assert_eq!(problem["field"], "revision", "{problem}");
+    // So are values the HTTP layer itself reads: durations, the signature, the egress.
+    for (body, field) in [
+        (
+            r#"{"tenant":"shop-a","url":"https://127.0.0.1:9/d","event_types":["order.*"],"timeout":"soon"}"#,
+            "timeout",
+        ),
+        (
+            r#"{"tenant":"shop-a","url":"https://127.0.0.1:9/s","event_types":["order.*"],"signature":"v9"}"#,
+            "signature",
+        ),
+        (
+            r#"{"tenant":"shop-a","url":"https://127.0.0.1:9/e","event_types":["order.*"],"egress":"ftp://x"}"#,
+            "egress",
+        ),
+    ] {
+        let refused = post("/api/v1/subscriptions".into(), body).await?;
+        assert_eq!(refused.status(), 400);
+        let problem: Value = serde_json::from_str(&refused.text().await?)?;
+        assert_eq!(problem["field"], field, "{problem}");
+    }
 
     // Every change documents the conflict it may answer, every call the timeout.
     let (_, _, openapi) = get(&client, &base, "/api/v1/openapi.json", None).await?;
+    // A read sent back as an update passes a validator of the document: the read-only fields
+    // it carries are listed as such.
+    let spec = &openapi["components"]["schemas"]["SubscriptionSpec"]["properties"];
+    assert_eq!(spec["id"]["readOnly"], true, "{spec}");
+    assert_eq!(spec["created_at"]["readOnly"], true, "{spec}");
+    let required = &openapi["components"]["schemas"]["SubscriptionSpec"]["required"];
+    assert!(
+        !required
+            .as_array()
+            .is_some_and(|r| r.iter().any(|f| f == "id" || f == "enabled")),
+        "{required}"
+    );
     let rotate = &openapi["paths"]["/api/v1/subscriptions/{id}/rotate-secret"]["post"];
     assert!(rotate["responses"]["409"].is_object(), "{rotate}");
     assert!(rotate["responses"]["504"].is_object(), "{rotate}");
