@@ -279,7 +279,8 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
             let mut requests = Vec::new();
             let mut page_token = String::new();
             loop {
-                let page = client
+                let first = page_token.is_empty();
+                let page = match client
                     .get_sent_requests(pb::GetSentRequestsRequest {
                         event_id: event.clone(),
                         subscription_id: subscription.clone().unwrap_or_default(),
@@ -287,8 +288,20 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                         page_token,
                     })
                     .await
-                    .map_err(status_error)?
-                    .into_inner();
+                {
+                    Ok(page) => page.into_inner(),
+                    // No request kept (expunged, past retention, bodies not kept): the
+                    // attempts are still shown to people, then the call fails as asked.
+                    Err(status)
+                        if first
+                            && status.code() == tonic::Code::NotFound
+                            && format.style == output::Style::Table =>
+                    {
+                        output::list(format, "attempts", &items, &COLUMNS, "")?;
+                        return Err(status_error(status));
+                    }
+                    Err(status) => return Err(status_error(status)),
+                };
                 requests.extend(page.requests);
                 if page.next_page_token.is_empty() {
                     break;

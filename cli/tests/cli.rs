@@ -1633,6 +1633,12 @@ async fn show_body_prints_the_request_as_the_receiver_got_it_until_expunged() ->
         stderr.contains("not found") && stderr.contains("no request is stored"),
         "{stderr}"
     );
+    // The attempts are still shown, above the error.
+    let stdout = String::from_utf8_lossy(&gone.stdout);
+    assert!(
+        stdout.contains("delivered") && !stdout.contains("--- request to"),
+        "{stdout}"
+    );
     Ok(())
 }
 
