@@ -4,13 +4,16 @@
 //! (see `crate::test_send`), so it is signed and sent as deliveries are, and logged with
 //! `test` set.
 
+use axum::response::{IntoResponse as _, Redirect, Response};
 use herald_core::event_type::EventFilter;
 use herald_proto::v1 as pb;
+use herald_proto::v1::deliveries_server::Deliveries as _;
 use herald_proto::v1::subscriptions_server::Subscriptions as _;
+use serde::Deserialize;
 
 use super::WebState;
 use super::form::{FormData, refusal};
-use super::page::PageError;
+use super::page::{PageError, query_value};
 use super::views::AttemptRow;
 use crate::rest::Authorized;
 
@@ -87,8 +90,72 @@ fn test_types(patterns: &[String], catalogue: &[pb::EventType]) -> Vec<String> {
 }
 
 /// Sends a test of the type the form names (or the control plane's choice) to subscription
+/// `id` as `caller`, and answers what the page shows next: an attempt made is shown from the
+/// log at its own address ([`tested_page`]), so a reload or Back sends nothing again; a test
+/// that could not be made (nothing was sent) is shown at once, on the page the post answers.
+pub async fn send_from_page(
+    state: &WebState,
+    caller: &Authorized,
+    id: String,
+    form: &FormData,
+    page: &str,
+) -> Result<Result<Response, Tested>, PageError> {
+    let tested = send_as(state, caller, id, form).await?;
+    Ok(match &tested.attempt {
+        Some(attempt) => Ok(Redirect::to(&tested_page(page, &attempt.event_id)).into_response()),
+        None => Err(tested),
+    })
+}
+
+/// The address that shows the test `event_id` sent from the subscription's `page`.
+fn tested_page(page: &str, event_id: &str) -> String {
+    format!("{page}/test?event={}#test-send", query_value(event_id))
+}
+
+/// What the address of a test sent names: the test event shown there.
+#[derive(Deserialize)]
+pub struct TestedQuery {
+    #[serde(default)]
+    event: String,
+}
+
+/// The test event `query` names, sent to subscription `id`, as the log holds its attempt;
+/// `None` when there is none that `caller` may see (an address typed in, a log that did not
+/// keep it): the page then shows without a result.
+pub async fn tested(
+    state: &WebState,
+    caller: &Authorized,
+    id: &str,
+    query: &TestedQuery,
+) -> Option<Tested> {
+    if query.event.is_empty() {
+        return None;
+    }
+    let page = state
+        .services
+        .deliveries
+        .list_attempts(caller.request(pb::ListAttemptsRequest {
+            filter: Some(pb::AttemptFilter {
+                event_id: query.event.clone(),
+                subscription_id: id.to_owned(),
+                ..Default::default()
+            }),
+            page_size: 1,
+            page_token: String::new(),
+        }))
+        .await
+        .ok()?
+        .into_inner();
+    let attempt = page.attempts.first().filter(|a| a.test)?;
+    Some(Tested {
+        attempt: Some(AttemptRow::from(attempt)),
+        error: String::new(),
+    })
+}
+
+/// Sends a test of the type the form names (or the control plane's choice) to subscription
 /// `id` as `caller`. A test that could not be made is an answer to show, not a failed page.
-pub async fn send_as(
+async fn send_as(
     state: &WebState,
     caller: &Authorized,
     id: String,

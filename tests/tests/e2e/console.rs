@@ -227,6 +227,18 @@ async fn an_operator_manages_a_failing_endpoint_from_the_console() -> anyhow::Re
         .filter(|a| a.test && a.event_type == "order.paid")
         .count();
     assert_eq!(tests, 1);
+    // The result has an address of its own: a reload shows it again and sends nothing.
+    let shown = browser.url().await?;
+    assert!(shown.contains("/test?event=evt_"), "{shown}");
+    browser.open(&shown).await?;
+    assert_eq!(browser.text("#test-result").await?, result);
+    let tests = control_plane
+        .attempts(herald_tests::attempts_of(&id))
+        .await?
+        .into_iter()
+        .filter(|a| a.test)
+        .count();
+    assert_eq!(tests, 1, "a reload sends no other test");
 
     // A change posted without the session's CSRF token, or from another site, is refused.
     let cookie = browser.client.get_named_cookie("herald_session").await?;
@@ -570,6 +582,13 @@ async fn signing_out_ends_the_session_everywhere_and_the_live_log_pages_without_
         visited.headers()["location"].to_str()?,
         format!("/subscriptions/{}", created.id)
     );
+    // So does one naming an event that was no test of it.
+    let visited = get(&format!(
+        "/subscriptions/{}/test?event=evt_01NOSUCHEVENT0000000000000",
+        created.id
+    ))
+    .await?;
+    assert_eq!(visited.status(), 303);
     let wrong = client
         .get(format!("{base}/subscriptions/{}/disable", created.id))
         .header("cookie", &cookie)

@@ -218,6 +218,11 @@ async fn a_shop_manages_its_endpoints_in_its_portal_and_sees_no_other_shop() -> 
         .await?;
     assert_eq!(tested[0].path, "/shop-a");
     assert_eq!(tested[0].headers["webhook-event-type"], "order.created");
+    // A reload of the result shows it again and sends nothing.
+    let shown = browser.url().await?;
+    browser.open(&shown).await?;
+    assert_eq!(browser.text("#test-result").await?, result);
+    assert_eq!(receiver.requests().len(), 1, "a reload sends no other test");
 
     // A failing request shows with its error, on the list and on its own page.
     let emitted = agent

@@ -34,10 +34,7 @@ pub fn routes() -> Router<WebState> {
         .route("/subscriptions/{id}/enable", post(enable))
         .route("/subscriptions/{id}/disable", post(disable))
         .route("/subscriptions/{id}/rotate-secret", post(rotate))
-        .route(
-            "/subscriptions/{id}/test",
-            get(super::super::to_the_tested_page).post(test),
-        )
+        .route("/subscriptions/{id}/test", get(tested).post(test))
         .route("/subscriptions/{id}/delete", post(delete))
 }
 
@@ -385,14 +382,33 @@ async fn show(
     .await
 }
 
-/// Sends a test event and shows the subscription's page with what the receiver answered.
+/// Sends a test event; the attempt made is shown at the test's own address ([`tested`]),
+/// a test that could not be made at once on the subscription's page.
 async fn test(
     State(state): State<WebState>,
     Path(id): Path<String>,
     ConsoleChange { console, form }: ConsoleChange,
 ) -> Result<Response, PageError> {
-    let tested = test_card::send_as(&state, &console.caller, id.clone(), &form).await?;
-    show_page(&state, &console, id, false, "", tested).await
+    let page = format!("/subscriptions/{}", query_value(&id));
+    match test_card::send_from_page(&state, &console.caller, id.clone(), &form, &page).await? {
+        Ok(shown) => Ok(shown),
+        Err(not_made) => show_page(&state, &console, id, false, "", not_made).await,
+    }
+}
+
+/// The subscription's page with what the test the address names gave; without one (a test
+/// send's address reloaded from before, typed in), the page itself.
+async fn tested(
+    State(state): State<WebState>,
+    Path(id): Path<String>,
+    console: Console,
+    Query(query): Query<test_card::TestedQuery>,
+    uri: axum::http::Uri,
+) -> Result<Response, PageError> {
+    match test_card::tested(&state, &console.caller, &id, &query).await {
+        Some(tested) => show_page(&state, &console, id, false, "", tested).await,
+        None => Ok(crate::web::to_the_tested_page(uri).await),
+    }
 }
 
 /// The subscription's page, with `note` on top and what a test just sent gave.

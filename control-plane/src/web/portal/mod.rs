@@ -128,10 +128,7 @@ pub fn routes() -> Router<WebState> {
         .route("/portal/{link}/endpoints/{id}/enable", post(enable))
         .route("/portal/{link}/endpoints/{id}/disable", post(disable))
         .route("/portal/{link}/endpoints/{id}/rotate-secret", post(rotate))
-        .route(
-            "/portal/{link}/endpoints/{id}/test",
-            get(super::to_the_tested_page).post(test),
-        )
+        .route("/portal/{link}/endpoints/{id}/test", get(tested).post(test))
         .route("/portal/{link}/event-types", get(catalogue::event_types))
         .route("/portal/{link}/deliveries", get(deliveries))
         .route("/portal/{link}/deliveries/rows", get(delivery_rows))
@@ -506,14 +503,33 @@ async fn endpoint(
     .await
 }
 
-/// Sends a test event and shows the endpoint's page with what it answered.
+/// Sends a test event; the attempt made is shown at the test's own address ([`tested`]),
+/// a test that could not be made at once on the endpoint's page.
 async fn test(
     State(state): State<WebState>,
     Path(path): Path<EndpointPath>,
     Change { holder, form }: Change,
 ) -> Result<Response, PageError> {
-    let tested = test_card::send_as(&state, &holder.caller, path.id.clone(), &form).await?;
-    endpoint_page(&state, &holder, path.id, false, "", tested).await
+    let page = format!("{}/endpoints/{}", holder.base, query_value(&path.id));
+    match test_card::send_from_page(&state, &holder.caller, path.id.clone(), &form, &page).await? {
+        Ok(shown) => Ok(shown),
+        Err(not_made) => endpoint_page(&state, &holder, path.id, false, "", not_made).await,
+    }
+}
+
+/// The endpoint's page with what the test the address names gave; without one, the page
+/// itself.
+async fn tested(
+    State(state): State<WebState>,
+    Path(path): Path<EndpointPath>,
+    holder: Holder,
+    Query(query): Query<test_card::TestedQuery>,
+    uri: axum::http::Uri,
+) -> Result<Response, PageError> {
+    match test_card::tested(&state, &holder.caller, &path.id, &query).await {
+        Some(tested) => endpoint_page(&state, &holder, path.id, false, "", tested).await,
+        None => Ok(super::to_the_tested_page(uri).await),
+    }
 }
 
 /// The endpoint's page, with `note` on top and what a test just sent gave.
