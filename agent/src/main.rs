@@ -50,6 +50,9 @@ async fn main() -> std::process::ExitCode {
                 herald_agent::Error::Queue(damaged @ QueueError::DamagedLog { .. }) => {
                     Failure::Data(format!("{}: {damaged}", data_dir.display()))
                 }
+                herald_agent::Error::Queue(damaged @ QueueError::DamagedFile(_)) => {
+                    Failure::Data(damaged.to_string())
+                }
                 setting if setting.is_setting() => Failure::Usage(setting.to_string()),
                 other => Failure::Run(other),
             })

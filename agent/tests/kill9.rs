@@ -371,6 +371,51 @@ async fn a_config_acknowledged_before_kill_9_survives_it() -> anyhow::Result<()>
     Ok(())
 }
 
+/// The last record of the queue's log, synced (its Emit answered) and then damaged: nothing
+/// of the epoch follows it but the seal written after its sync, which is enough to tell it
+/// from a crash's torn tail. The agent refuses to start (exit code 65).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_last_log_record_stops_the_agent_too() -> anyhow::Result<()> {
+    let servers = Servers::start().await?;
+    let (cp, ca_file) = (&servers.cp, &servers.ca_file);
+    let binary = Path::new(env!("CARGO_BIN_EXE_herald-agent"));
+    let mut agent = AgentProcess::start(binary, cp.url(), ca_file, &[]).await?;
+    cp.wait_applied(0, Duration::from_secs(20)).await?;
+    // Past the first checkpoint's second: the first Emit below is a checkpoint, the second
+    // the fresh epoch's only record.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let mut client = EventsClient::new(connect(&agent.url()).await?);
+    for n in 0..2 {
+        client
+            .emit(pb::EmitRequest {
+                event: Some(pb::Event {
+                    id: format!("evt_last_record_{n}"),
+                    tenant: "shop-9".into(),
+                    r#type: "order.created".into(),
+                    payload: b"{}".to_vec(),
+                    ..Default::default()
+                }),
+            })
+            .await?;
+    }
+    agent.kill9().await?;
+
+    let wal = agent.data_dir().join("queue.wal");
+    let mut bytes = std::fs::read(&wal)?;
+    let inside_first = 24 + 9 + 1;
+    bytes[inside_first] ^= 0xff;
+    std::fs::write(&wal, &bytes)?;
+
+    let (code, said) = agent.run_expecting_exit(Duration::from_secs(20)).await?;
+    assert_eq!(code, Some(65), "{said}");
+    assert!(
+        said.contains("queue.wal: the record at offset 0 does not read back whole")
+            && said.contains("0 records written after it follow"),
+        "{said}"
+    );
+    Ok(())
+}
+
 /// A record of the queue's log that was synced and then damaged (a bit flipped on disk): the
 /// agent refuses to start, naming the offset and how many records follow (exit code 65),
 /// rather than silently dropping acknowledged events; `--recover-truncate` starts it, keeping

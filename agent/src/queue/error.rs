@@ -23,9 +23,9 @@ pub enum QueueError {
     /// records written after it (perhaps acknowledged) would be lost by replaying only what
     /// precedes it.
     #[error(
-        "queue.wal: the record at offset {offset} does not read back whole, and {following} \
-         records written after it follow (some may have been acknowledged); restart with \
-         --recover-truncate to keep what precedes it and drop them"
+        "queue.wal: the record at offset {offset} does not read back whole although it was \
+         synced (so it may have been acknowledged), and {following} records written after it \
+         follow; restart with --recover-truncate to keep what precedes it and drop the rest"
     )]
     DamagedLog {
         /// The damaged record's offset in the file.
@@ -33,6 +33,13 @@ pub enum QueueError {
         /// The whole records after it.
         following: u64,
     },
+    /// The queue file does not read as the queue wrote it (damaged on disk, or not Herald's):
+    /// the events it holds cannot be read, and no restart changes that.
+    #[error(
+        "{0}: its events cannot be read; restore it from a backup, or move it aside to start \
+         with an empty queue (what it held is then lost)"
+    )]
+    DamagedFile(String),
     /// The queue is shutting down.
     #[error("the agent's queue is closed")]
     Closed,
@@ -54,6 +61,7 @@ impl From<QueueError> for tonic::Status {
             QueueError::Io(_)
             | QueueError::Storage(_)
             | QueueError::DamagedLog { .. }
+            | QueueError::DamagedFile(_)
             | QueueError::Closed => tonic::Status::unavailable(err.to_string()),
         }
     }

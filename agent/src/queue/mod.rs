@@ -507,10 +507,13 @@ impl Queue {
                     redb::DatabaseError::Storage(redb::StorageError::Io(err))
                         if err.kind() == std::io::ErrorKind::InvalidData =>
                     {
-                        QueueError::Storage(format!(
-                            "{} is damaged or not one of Herald's files: {err}",
+                        QueueError::DamagedFile(format!(
+                            "{} is damaged or not one of Herald's files ({err})",
                             path.display()
                         ))
+                    }
+                    redb::DatabaseError::Storage(redb::StorageError::Corrupted(why)) => {
+                        QueueError::DamagedFile(format!("{} is damaged ({why})", path.display()))
                     }
                     other => storage(other),
                 })?;

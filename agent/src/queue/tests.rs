@@ -1849,10 +1849,14 @@ fn retention_buckets(queue: &Queue) -> u64 {
 async fn a_queue_file_that_is_damaged_or_in_use_is_named_and_explained() {
     let dir = tempfile::tempdir().expect("a temp dir");
     std::fs::write(dir.path().join("queue.redb"), vec![0x5a; 8192]).expect("written");
-    let Err(QueueError::Storage(text)) = Queue::open(dir.path(), config()) else {
+    let Err(damaged @ QueueError::DamagedFile(_)) = Queue::open(dir.path(), config()) else {
         panic!("a damaged file opened, or failed as something else");
     };
-    assert!(text.contains("queue.redb is damaged"), "{text}");
+    let text = damaged.to_string();
+    assert!(
+        text.contains("queue.redb is damaged") && text.contains("move it aside"),
+        "{text}"
+    );
 
     let dir = tempfile::tempdir().expect("a temp dir");
     let _open = Queue::open(dir.path(), config()).expect("open");

@@ -27,12 +27,14 @@
 //! are replayed in order or not at all. Because every open starts a new epoch, leftovers of an
 //! older epoch — even ones at the very offset and index a new record would have — never match.
 //!
-//! A damaged record that was synced is another matter: the records after it may have been
-//! acknowledged. Each record's body starts with the index of the last record synced before it
-//! was written ([`SYNCED_TAG`]), so when reading stops, the whole records of the epoch that
-//! follow tell whether the one it stopped at was synced ([`EpochRead::damaged`]): then the
-//! queue refuses to open, naming the offset and how many records follow, unless told to drop
-//! them (`--recover-truncate`).
+//! A damaged record that was synced is another matter: it, and the records after it, may have
+//! been acknowledged. Each record's body starts with the index of the last record synced
+//! before it was written ([`SYNCED_TAG`]), and each sync is followed by a *seal*, a record with
+//! that mark and no changes, written where the next record goes (which overwrites it). So when
+//! reading stops, the whole records of the epoch that follow, the seal included, tell whether
+//! the one it stopped at was synced ([`EpochRead::damaged`]), even when it was the last: then
+//! the queue refuses to open, naming the offset and how many records follow, unless told to
+//! drop them (`--recover-truncate`).
 
 use redb::StorageBackend;
 
@@ -50,6 +52,8 @@ const FILL_CHUNK: usize = 64 * 1024;
 pub(super) const SYNCED_TAG: u8 = 14;
 /// A record's synced mark: the tag and the index.
 const SYNCED_MARK: usize = 1 + 8;
+/// A seal: a record with the synced mark alone (see [`Wal::sync`]).
+const SEAL: usize = HEADER + SYNCED_MARK;
 
 /// The records of an epoch as read back.
 #[derive(Debug, Default)]
@@ -119,11 +123,17 @@ impl Wal {
         let len = self.file.len()?;
         let mut read = EpochRead::default();
         let mut at = 0u64;
-        while let Some((body, end)) = self.record_at(at, epoch, read.bodies.len() as u64, len)? {
-            read.bodies.push(strip_mark(body).1);
+        let mut index = 0;
+        while let Some((body, end)) = self.record_at(at, epoch, index, len)? {
+            // A seal (no changes) says what was synced; there is nothing in it to replay.
+            let changes = strip_mark(body).1;
+            if !changes.is_empty() {
+                read.bodies.push(changes);
+            }
+            index += 1;
             at = end;
         }
-        let stopped_at = read.bodies.len() as u64;
+        let stopped_at = index;
         let (following, synced) = self.after(at, epoch, stopped_at, len)?;
         if synced {
             read.damaged = Some(Damage {
@@ -185,19 +195,23 @@ impl Wal {
             let Some((_, index, (body, end))) = next else {
                 break;
             };
-            following += 1;
             next_index = index + 1;
-            if strip_mark(body).0.is_some_and(|through| through >= stopped) {
-                synced = true;
-            }
+            let mut count = |body: Vec<u8>| {
+                let (through, changes) = strip_mark(body);
+                // A seal is no commit of its own.
+                if !changes.is_empty() {
+                    following += 1;
+                }
+                if through.is_some_and(|through| through >= stopped) {
+                    synced = true;
+                }
+            };
+            count(body);
             // Records of the epoch follow one another from here.
             let mut at_end = end;
             while let Some((body, end)) = self.record_at(at_end, epoch, next_index, len)? {
-                following += 1;
+                count(body);
                 next_index += 1;
-                if strip_mark(body).0.is_some_and(|through| through >= stopped) {
-                    synced = true;
-                }
                 at_end = end;
             }
             at = at_end;
@@ -261,9 +275,10 @@ impl Wal {
         self.synced_through = None;
     }
 
-    /// Whether a record with a body of `len` bytes fits in the room left.
+    /// Whether a record with a body of `len` bytes fits in the room left, with the seal that
+    /// follows it once synced.
     pub fn has_room(&self, len: usize) -> bool {
-        self.offset + (HEADER + SYNCED_MARK + len) as u64 <= WAL_BYTES
+        self.offset + (HEADER + SYNCED_MARK + len) as u64 + SEAL as u64 <= WAL_BYTES
     }
 
     /// Appends a record (not synced yet). The caller checks [`Wal::has_room`] first.
@@ -272,6 +287,17 @@ impl Wal {
         if !self.has_room(body.len()) {
             return Err(storage("the write-ahead log is full"));
         }
+        let record = self.record(body)?;
+        let written = self.file.write(self.offset, &record);
+        self.fail_on(written)?;
+        self.offset += record.len() as u64;
+        self.next_index += 1;
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// The next record, with `body`, as written: header, synced mark, body.
+    fn record(&self, body: &[u8]) -> Result<Vec<u8>, QueueError> {
         let mut record = Vec::with_capacity(HEADER + SYNCED_MARK + body.len());
         let len = u32::try_from(SYNCED_MARK + body.len())
             .map_err(|_| storage("a log record over 4 GiB"))?;
@@ -284,15 +310,10 @@ impl Wal {
         record.extend_from_slice(body);
         let crc = crc32fast::hash(&record[8..]);
         record[4..8].copy_from_slice(&crc.to_le_bytes());
-        let written = self.file.write(self.offset, &record);
-        self.fail_on(written)?;
-        self.offset += record.len() as u64;
-        self.next_index += 1;
-        self.unsynced = true;
-        Ok(())
+        Ok(record)
     }
 
-    /// Makes every appended record durable.
+    /// Makes every appended record durable, then seals them.
     pub fn sync(&mut self) -> Result<(), QueueError> {
         self.check()?;
         if self.unsynced {
@@ -300,8 +321,26 @@ impl Wal {
             self.fail_on(synced)?;
             self.unsynced = false;
             self.synced_through = self.next_index.checked_sub(1);
+            self.seal();
         }
         Ok(())
+    }
+
+    /// Writes the seal after the records just synced: a record without changes saying they
+    /// were, where the next record will go (which overwrites it, saying the same). So a
+    /// damaged last record, synced and acknowledged, is told from a crash's torn tail too:
+    /// the seal follows it. Not synced itself: after a process crash the kernel still holds
+    /// it, and a power loss leaves the synced records whole. Best effort: a failing disk is
+    /// reported by the next append or sync.
+    fn seal(&mut self) {
+        let Ok(seal) = self.record(&[]) else {
+            return;
+        };
+        if self.offset + seal.len() as u64 <= WAL_BYTES
+            && let Err(err) = self.file.write(self.offset, &seal)
+        {
+            tracing::warn!(error = %err, "cannot seal the write-ahead log's synced records");
+        }
     }
 
     fn check(&self) -> Result<(), QueueError> {
@@ -402,10 +441,8 @@ mod tests {
         }
         wal.sync().expect("sync");
         let read = open(&file).read_epoch(7).expect("read");
-        assert_eq!(
-            read.bodies,
-            vec![b"one".to_vec(), vec![], b"three".to_vec()]
-        );
+        // A record without changes (as a seal is) has nothing to replay.
+        assert_eq!(read.bodies, vec![b"one".to_vec(), b"three".to_vec()]);
         assert_eq!(read.damaged, None);
         assert!(open(&file).read_epoch(8).expect("read").bodies.is_empty());
     }
@@ -452,6 +489,43 @@ mod tests {
                 following: 2,
             })
         );
+    }
+
+    #[test]
+    fn a_damaged_last_record_that_was_synced_is_told_by_its_seal() {
+        let file = Memory::default();
+        let mut wal = open(&file);
+        wal.start_epoch(4);
+        wal.append(b"first").expect("append");
+        wal.sync().expect("sync");
+        wal.append(b"last").expect("append");
+        wal.sync().expect("sync");
+        // A bit flips in the last record, synced and so acknowledged: nothing but the seal
+        // follows it.
+        let last = (HEADER + SYNCED_MARK + 5) as u64;
+        file.write(last + (HEADER + SYNCED_MARK) as u64, b"X")
+            .expect("flip");
+        let read = open(&file).read_epoch(4).expect("read");
+        assert_eq!(read.bodies, vec![b"first".to_vec()]);
+        assert_eq!(
+            read.damaged,
+            Some(Damage {
+                offset: last,
+                following: 0,
+            })
+        );
+        // The same record torn before its sync (no seal after it) is a crash's tail.
+        let file = Memory::default();
+        let mut wal = open(&file);
+        wal.start_epoch(4);
+        wal.append(b"first").expect("append");
+        wal.sync().expect("sync");
+        wal.append(b"last").expect("append");
+        file.write(last + (HEADER + SYNCED_MARK) as u64, b"X")
+            .expect("tear");
+        let read = open(&file).read_epoch(4).expect("read");
+        assert_eq!(read.bodies, vec![b"first".to_vec()]);
+        assert_eq!(read.damaged, None);
     }
 
     #[test]
