@@ -14,8 +14,9 @@
 //!   limits every agent keeps (the log indexes them). A batch under an agent id another
 //!   identity holds is refused as a hello with it would be.
 
+use herald_core::event_type::validate_event_type;
 use herald_core::interest::MAX_INTEREST;
-use herald_core::limits::{MAX_EVENT_TYPE_LEN, MAX_URL_LEN};
+use herald_core::limits::{MAX_ATTEMPT_NUMBER, MAX_URL_LEN};
 use herald_core::validate::{self, quoted};
 use herald_proto::v1 as pb;
 use prometheus_client::encoding::EncodeLabelValue;
@@ -123,7 +124,8 @@ pub enum Refusal {
     tenant_mismatch,
     /// A field the log finds attempts by (event id, event type, URL, error kind, agent id)
     /// breaks the API's limits, or the attempt is not one an agent makes (no known outcome,
-    /// a status outside 100 to 999, no number, no start, or one a day or more ahead, a
+    /// a status outside 100 to 999, no number or one past `MAX_ATTEMPT_NUMBER`, no start, or
+    /// one a day or more ahead, a
     /// negative or day-long duration); no agent of this version sends one.
     malformed,
 }
@@ -154,14 +156,14 @@ fn well_formed(attempt: &pb::Attempt, now: std::time::SystemTime) -> bool {
         .as_ref()
         .map(herald_proto::convert::valid_duration);
     validate::event_id(&attempt.event_id).is_ok()
-        && attempt.event_type.len() <= MAX_EVENT_TYPE_LEN
+        && (attempt.event_type.is_empty() || validate_event_type(&attempt.event_type).is_ok())
         && attempt.url.len() <= MAX_URL_LEN
         && attempt.error_kind.len() <= MAX_ERROR_KIND_LEN
         && attempt.agent_id.len() <= MAX_HELLO_FIELD
         && outcome.is_ok_and(|o| o != pb::Outcome::Unspecified)
         // Whatever status line a receiver answers with, as the HTTP client reads it.
         && (attempt.status_code == 0 || (100..=999).contains(&attempt.status_code))
-        && attempt.attempt >= 1
+        && (1..=MAX_ATTEMPT_NUMBER).contains(&attempt.attempt)
         && started.is_some_and(|t| t <= now + MAX_CLOCK_AHEAD)
         && took.is_none_or(|d| d.is_some_and(|d| d <= MAX_ATTEMPT_DURATION))
 }
@@ -413,7 +415,15 @@ mod tests {
                 ..attempt("shop-a")
             },
             pb::Attempt {
+                event_type: "NOT A TYPE".into(),
+                ..attempt("shop-a")
+            },
+            pb::Attempt {
                 attempt: 0,
+                ..attempt("shop-a")
+            },
+            pb::Attempt {
+                attempt: u32::MAX,
                 ..attempt("shop-a")
             },
             pb::Attempt {

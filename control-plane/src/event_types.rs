@@ -259,7 +259,10 @@ impl EventTypes {
         page_size: u32,
         page_token: &str,
     ) -> Result<EventTypePage, EventTypeError> {
-        if page_token.len() > herald_core::limits::MAX_EVENT_TYPE_LEN {
+        // A page token is the last type of the page before: a name as types are named.
+        if !page_token.is_empty()
+            && herald_core::event_type::validate_event_type(page_token).is_err()
+        {
             return Err(ValidationError::new("page_token", "is not from this listing").into());
         }
         let size = match page_size as usize {
@@ -571,11 +574,17 @@ mod tests {
         assert!(by_count.iter().all(|page| page.len() <= 7));
         assert_eq!(by_count.concat(), expected);
         assert_eq!(registry.list().await.expect("all").len(), expected.len());
-        let refused = registry.list_page(0, &"x".repeat(200)).await;
-        assert!(
-            matches!(refused, Err(EventTypeError::Invalid(_))),
-            "{refused:?}"
-        );
+        for garbage in [
+            "x".repeat(200),
+            "zzz".to_owned(),
+            "Order.Created".to_owned(),
+        ] {
+            let refused = registry.list_page(0, &garbage).await;
+            assert!(
+                matches!(refused, Err(EventTypeError::Invalid(_))),
+                "{garbage}: {refused:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -8,6 +8,10 @@
 //!   `event_types.rs`); its schemas reach agents through `schema_feed.rs`.
 //! - `/herald/v1/subscription-ids/<id>` → the tenant, so a subscription is found by id alone.
 //!   Written in the same transaction as the record.
+//! - `/herald/v1/tenant-creates/<tenant>` → the id of the tenant's latest subscription created:
+//!   every create rewrites it, and commits only if it is unchanged since the create counted the
+//!   tenant's subscriptions, so creates racing at `--max-subscriptions-per-tenant` cannot pass
+//!   it together.
 //! - `/herald/v1/health/<id>`: where earlier versions kept endpoint health; it lives in the
 //!   delivery log now, counted in the commit that stores the attempts. Removed with the
 //!   subscription.
@@ -104,6 +108,11 @@ pub fn subscription(tenant: &str, id: &str) -> String {
 /// The prefix of one tenant's subscriptions.
 pub fn tenant_subscriptions(tenant: &str) -> String {
     format!("{SUBSCRIPTIONS}{tenant}/")
+}
+
+/// The key every create of `tenant`'s subscriptions rewrites (see the module's list).
+pub fn tenant_creates(tenant: &str) -> String {
+    format!("{ROOT}tenant-creates/{tenant}")
 }
 
 /// The id-index key of a subscription.

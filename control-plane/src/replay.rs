@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use herald_core::limits::MAX_ATTEMPT_NUMBER;
 use herald_core::validate::{self, ValidationError};
 use herald_proto::v1 as pb;
 
@@ -146,7 +147,20 @@ pub async fn replay(
         )));
     }
     let mut by_agent: BTreeMap<String, Vec<pb::ReplayItem>> = BTreeMap::new();
+    let mut response = pb::ReplayDeliveriesResponse::default();
     for ((event_id, subscription_id), latest) in deliveries {
+        if latest.attempt >= MAX_ATTEMPT_NUMBER {
+            response.not_replayable.push(pb::ReplayMiss {
+                event_id,
+                subscription_id,
+                agent_id: latest.agent_id,
+                reason: format!(
+                    "it has made {} attempts, the most a delivery may",
+                    latest.attempt
+                ),
+            });
+            continue;
+        }
         by_agent
             .entry(latest.agent_id)
             .or_default()
@@ -157,7 +171,6 @@ pub async fn replay(
                 tenant: latest.tenant,
             });
     }
-    let mut response = pb::ReplayDeliveriesResponse::default();
     for (agent_id, items) in by_agent {
         let missed_all = |items: &[pb::ReplayItem], reason: &str| -> Vec<pb::ReplayMiss> {
             items

@@ -12,6 +12,10 @@ pub const MAX_EVENT_TYPE_LEN: usize = 128;
 pub const MAX_EVENT_ID_LEN: usize = 128;
 /// Longest subscription URL.
 pub const MAX_URL_LEN: usize = 2048;
+/// The highest number an attempt of one delivery may carry: far past any retry schedule (51
+/// attempts at most) and the replays that may follow it, and far from where counting on
+/// would overflow.
+pub const MAX_ATTEMPT_NUMBER: u32 = 1_000_000;
 /// Most event-type patterns one subscription may list.
 pub const MAX_EVENT_PATTERNS: usize = 64;
 /// Longest subscription description.

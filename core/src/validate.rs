@@ -444,8 +444,9 @@ pub fn ordering_key(value: &str) -> Result<(), ValidationError> {
 }
 
 /// Checks an event's attributes: at most [`MAX_ATTRIBUTES`] entries, keys 1 to
-/// [`MAX_ATTRIBUTE_KEY_LEN`] bytes, values at most [`MAX_ATTRIBUTE_VALUE_LEN`] bytes, neither
-/// with a character that hides or reorders what is shown ([`shown_text`]).
+/// [`MAX_ATTRIBUTE_KEY_LEN`] bytes without control characters, values at most
+/// [`MAX_ATTRIBUTE_VALUE_LEN`] bytes, neither with a character that hides or reorders what is
+/// shown ([`shown_text`]).
 pub fn attributes<'a>(
     attributes: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Result<(), ValidationError> {
@@ -500,6 +501,15 @@ fn string_map<'a>(
         }
         shown_text(field, key, MAX_ATTRIBUTE_KEY_LEN)
             .map_err(|e| ValidationError::new(field, format!("a {noun} key {}", e.reason)))?;
+        // A value may run over lines; a key is one name.
+        if let Some(bad) = key.chars().find(|c| c.is_control()) {
+            return Err(ValidationError::new(
+                field,
+                format!(
+                    "a {noun} key contains the character {bad:?}: keys hold no control characters"
+                ),
+            ));
+        }
         shown_text(field, value, MAX_ATTRIBUTE_VALUE_LEN).map_err(|e| {
             ValidationError::new(
                 field,
@@ -841,6 +851,8 @@ mod tests {
             ("k", "v\0"),
             ("a\u{202E}b", "v"),
             ("k", "\x1b[2J"),
+            ("k\n", "v"),
+            ("a\tb", "v"),
         ] {
             assert!(attributes([(k, v)]).is_err(), "{k:?} {v:?}");
         }
@@ -849,5 +861,6 @@ mod tests {
         let refused = labels([("", "x")]).unwrap_err();
         assert_eq!(refused.field, "labels");
         assert_eq!(refused.reason, "a label key is empty");
+        assert!(labels([("k\n", "v")]).is_err());
     }
 }

@@ -17,8 +17,8 @@ const CREDENTIALS: [&str; 3] = ["webhook-signature", "authorization", "proxy-aut
 /// Keeps at most `limit` bytes of the request's body (`body_size` still tells the whole size),
 /// or drops the request when `limit` is 0 (the log keeps no bodies). Whoever reported it, the
 /// rest is bounded too: at most [`MAX_HEADERS`] headers, names, values and the URL cut to
-/// [`MAX_FIELD_LEN`] with no NUL character (which no HTTP header holds), and the credentials'
-/// values masked.
+/// [`MAX_FIELD_LEN`] with no control character but tabs (which no HTTP header holds), and the
+/// credentials' values masked.
 pub fn bound(request: &mut Option<pb::SentRequest>, limit: usize) {
     if limit == 0 {
         *request = None;
@@ -46,10 +46,12 @@ pub fn bound(request: &mut Option<pb::SentRequest>, limit: usize) {
     bound_text(&mut request.method);
 }
 
-/// Cuts `text` to [`MAX_FIELD_LEN`] bytes at a character boundary, without NUL characters.
+/// Cuts `text` to [`MAX_FIELD_LEN`] bytes at a character boundary, without control
+/// characters but tabs: no request line or header an HTTP client sends holds one, and a
+/// line break in a name or value would show as a header of its own.
 fn bound_text(text: &mut String) {
-    if text.contains('\0') {
-        *text = text.replace('\0', "");
+    if text.chars().any(|c| c.is_control() && c != '\t') {
+        text.retain(|c| !c.is_control() || c == '\t');
     }
     if text.len() > MAX_FIELD_LEN {
         let mut end = MAX_FIELD_LEN;
@@ -113,10 +115,12 @@ mod tests {
                 header("Authorization", "Bearer t0ken"),
                 header("webhook-signature", "v1,abc"),
                 header("x-note", "a\0b"),
+                header("x-forged\nx-extra", "c\r\nd\te"),
             ]
             .into_iter()
             .chain((0..100).map(|i| header(&format!("x-{i}"), "v")))
             .collect(),
+            method: "P\0OST".into(),
             ..Default::default()
         });
         bound(&mut reported, 1024);
@@ -126,5 +130,9 @@ mod tests {
         assert_eq!(kept.headers[0].value, MASKED);
         assert_eq!(kept.headers[1].value, MASKED);
         assert_eq!(kept.headers[2].value, "ab");
+        // No line break makes a header of its own when the request is shown.
+        assert_eq!(kept.headers[3].name, "x-forgedx-extra");
+        assert_eq!(kept.headers[3].value, "cd\te");
+        assert_eq!(kept.method, "POST");
     }
 }

@@ -161,6 +161,10 @@ pub struct Subscriptions {
 /// create them.
 pub const DEFAULT_MAX_PER_TENANT: u64 = 1000;
 
+/// How many times a create counts its tenant's subscriptions again when other creates of the
+/// tenant commit first, before it answers `ABORTED` (retry): each round one of them commits.
+const MAX_CREATE_ROUNDS: usize = 100;
+
 /// A page of subscriptions.
 pub struct Page {
     /// The subscriptions, in key order.
@@ -346,32 +350,41 @@ impl Subscriptions {
             ..request
         };
         self.check(&mut sub).await?;
-        // Counted before the write: creates racing at the limit may pass it by as many as race.
-        let held = self
-            .store
-            .count(&keys::tenant_subscriptions(&sub.tenant))
-            .await?;
-        if held >= self.max_per_tenant {
-            return Err(SubscriptionError::TenantFull {
-                tenant: sub.tenant,
-                limit: self.max_per_tenant,
-            });
-        }
         let key = keys::subscription(&sub.tenant, &sub.id);
         let index = keys::subscription_id(&sub.id);
-        let txn = Txn::default()
-            .when(Compare::Absent(key.clone()))
-            .when(Compare::Absent(index.clone()))
-            .then(Op::Put(key, encode(&sub, &self.keyring)?))
-            .then(Op::Put(index, sub.tenant.clone().into_bytes()));
-        match self.store.txn(txn).await? {
-            TxnOutcome::Committed { revision } => {
-                sub.revision = revision;
-                Ok(sub)
+        let guard = keys::tenant_creates(&sub.tenant);
+        for _ in 0..MAX_CREATE_ROUNDS {
+            // The guard first, then the count: a create of the tenant that commits after the
+            // guard was read changes it (and this one counts again), one before it is counted.
+            let guard_holds = match self.store.get(&guard).await? {
+                Some(kv) => Compare::ModRevision(guard.clone(), kv.mod_revision),
+                None => Compare::Absent(guard.clone()),
+            };
+            let held = self
+                .store
+                .count(&keys::tenant_subscriptions(&sub.tenant))
+                .await?;
+            if held >= self.max_per_tenant {
+                return Err(SubscriptionError::TenantFull {
+                    tenant: sub.tenant,
+                    limit: self.max_per_tenant,
+                });
             }
-            // A fresh ULID id collides only if the clock and randomness both repeat.
-            TxnOutcome::Conflict => Err(SubscriptionError::Contended(sub.id)),
+            let txn = Txn::default()
+                .when(guard_holds)
+                .when(Compare::Absent(key.clone()))
+                .when(Compare::Absent(index.clone()))
+                .then(Op::Put(key.clone(), encode(&sub, &self.keyring)?))
+                .then(Op::Put(index.clone(), sub.tenant.clone().into_bytes()))
+                .then(Op::Put(guard.clone(), sub.id.clone().into_bytes()));
+            if let TxnOutcome::Committed { revision } = self.store.txn(txn).await? {
+                sub.revision = revision;
+                return Ok(sub);
+            }
+            // Another create of the tenant came first (a fresh ULID id collides only if the
+            // clock and randomness both repeat): count again.
         }
+        Err(SubscriptionError::Contended(sub.id))
     }
 
     /// Reads a subscription by id.
@@ -1236,6 +1249,23 @@ mod tests {
             .await
             .expect("deleted");
         create("shop-a").await.expect("room again");
+    }
+
+    #[tokio::test]
+    async fn creates_racing_at_the_limit_do_not_pass_it_together() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let registry = registry_in(&dir).await.0.with_max_per_tenant(5);
+        let racing = (0..30).map(|_| registry.create(orders_of("shop-a")));
+        let answers = futures_util::future::join_all(racing).await;
+        let created = answers.iter().filter(|a| a.is_ok()).count();
+        assert_eq!(created, 5, "{answers:?}");
+        assert!(
+            answers
+                .iter()
+                .all(|a| matches!(a, Ok(_) | Err(SubscriptionError::TenantFull { .. })))
+        );
+        let listed = registry.list("shop-a", 100, "").await.expect("listed");
+        assert_eq!(listed.subscriptions.len(), 5);
     }
 
     #[tokio::test]

@@ -1983,8 +1983,8 @@ pub mod subscriptions_client {
             self.inner.unary(req, path, codec).await
         }
         /// Adds a new signing secret; the previous ones stay valid for the grace period. A
-        /// subscription keeps at most 8 secrets: rotating while 8 are valid ends the oldest one's
-        /// grace at once.
+        /// subscription holds at most 8 secrets: rotating while 8 are valid is FAILED_PRECONDITION
+        /// (the oldest would end before its grace), unless `grace` is 0, which ends them all now.
         pub async fn rotate_secret(
             &mut self,
             request: impl tonic::IntoRequest<super::RotateSecretRequest>,
@@ -2114,8 +2114,8 @@ pub mod subscriptions_server {
             request: tonic::Request<super::DisableSubscriptionRequest>,
         ) -> std::result::Result<tonic::Response<super::Subscription>, tonic::Status>;
         /// Adds a new signing secret; the previous ones stay valid for the grace period. A
-        /// subscription keeps at most 8 secrets: rotating while 8 are valid ends the oldest one's
-        /// grace at once.
+        /// subscription holds at most 8 secrets: rotating while 8 are valid is FAILED_PRECONDITION
+        /// (the oldest would end before its grace), unless `grace` is 0, which ends them all now.
         async fn rotate_secret(
             &self,
             request: tonic::Request<super::RotateSecretRequest>,
