@@ -374,6 +374,13 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                 .map_err(status_error)?
                 .into_inner();
             output::object(format, &output::replay(&result))?;
+            if result.parked > 0 {
+                output::note(&format!(
+                    "{} of the deliveries queued wait parked: their subscription is disabled \
+                     (herald subscription enable sends them)",
+                    result.parked
+                ));
+            }
             if !result.not_replayable.is_empty() {
                 // As an import that refused some entries: the rest is done, the user must act.
                 anyhow::bail!(

@@ -530,6 +530,7 @@ pub fn agent(a: &pb::AgentInfo) -> Value {
 pub fn replay(r: &pb::ReplayDeliveriesResponse) -> Value {
     json!({
         "queued": r.queued,
+        "parked": r.parked,
         "agents": r
             .agents
             .iter()

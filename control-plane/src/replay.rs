@@ -70,6 +70,8 @@ pub struct Replayed {
     /// Per tenant whose deliveries it named, what came of them: an audit entry of one tenant
     /// tells nothing of another's.
     pub tenants: BTreeMap<String, TenantCount>,
+    /// The subscription of each delivery queued, once per delivery.
+    pub queued_to: Vec<String>,
 }
 
 /// What a replay did with one tenant's deliveries.
@@ -224,7 +226,21 @@ pub async fn replay(
         }
     }
     let tenants = count_by_tenant(&tenant_of, &response.not_replayable);
-    Ok(Replayed { response, tenants })
+    let missed: std::collections::BTreeSet<(&str, &str)> = response
+        .not_replayable
+        .iter()
+        .map(|m| (m.event_id.as_str(), m.subscription_id.as_str()))
+        .collect();
+    let queued_to = tenant_of
+        .keys()
+        .filter(|(event, sub)| !missed.contains(&(event.as_str(), sub.as_str())))
+        .map(|(_, sub)| sub.clone())
+        .collect();
+    Ok(Replayed {
+        response,
+        tenants,
+        queued_to,
+    })
 }
 
 /// Per tenant, of the deliveries `tenant_of` names (by event and subscription), how many were

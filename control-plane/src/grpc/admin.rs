@@ -428,7 +428,14 @@ impl Deliveries for DeliveriesService {
         let replayed =
             crate::replay::replay(&self.log, &self.fleet, &self.relay, request, &who.tenants)
                 .await?;
-        let response = replayed.response;
+        let mut response = replayed.response;
+        // A disabled subscription's deliveries wait parked until it is enabled.
+        let parked = replayed
+            .queued_to
+            .iter()
+            .filter(|sub| self.hub.get(sub).is_some_and(|s| !s.enabled))
+            .count();
+        response.parked = u32::try_from(parked).unwrap_or(u32::MAX);
         // One entry per tenant whose deliveries it named (one, but for an event id that
         // several tenants use), with that tenant's counts alone; none named: one entry of no
         // tenant.

@@ -281,6 +281,9 @@ pub struct ReplayResult {
     pub agents: Vec<AgentReplayCount>,
     /// Deliveries that could not be queued, with the reason.
     pub not_replayable: Vec<ReplayMiss>,
+    /// Of those queued, the ones whose subscription is disabled: they wait parked, and go out
+    /// once it is enabled again.
+    pub parked: u32,
 }
 
 /// How many deliveries one agent queued.
@@ -343,6 +346,7 @@ pub async fn replay_deliveries(
         .into_inner();
     Ok(Json(ReplayResult {
         queued: result.queued,
+        parked: result.parked,
         agents: result
             .agents
             .into_iter()

@@ -562,6 +562,10 @@ pub struct ReplayDeliveriesResponse {
     /// Deliveries that could not be queued, with the reason.
     #[prost(message, repeated, tag = "3")]
     pub not_replayable: ::prost::alloc::vec::Vec<ReplayMiss>,
+    /// Of those queued, the ones whose subscription is disabled: they wait parked, and go out
+    /// once it is enabled again.
+    #[prost(uint32, tag = "4")]
+    pub parked: u32,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct AgentReplayCount {

@@ -86,6 +86,45 @@ async fn a_failed_delivery_is_replayed_with_the_same_webhook_id() -> anyhow::Res
         delivered.attempt, 3,
         "attempt numbers continue after the logged ones"
     );
+    assert_eq!(replayed.parked, 0, "{replayed:?}");
+
+    // Replayed while its subscription is disabled, the delivery is queued and said to wait
+    // parked.
+    let disabled = world
+        .control_plane
+        .subscriptions()
+        .await?
+        .disable_subscription(pb::DisableSubscriptionRequest {
+            id: sub.id.clone(),
+            reason: "maintenance".into(),
+        })
+        .await?
+        .into_inner();
+    world
+        .control_plane
+        .wait_applied(disabled.revision, Duration::from_secs(10))
+        .await?;
+    let parked = deliveries
+        .replay_deliveries(pb::ReplayDeliveriesRequest {
+            event_id: id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!((parked.queued, parked.parked), (1, 1), "{parked:?}");
+    world
+        .control_plane
+        .subscriptions()
+        .await?
+        .enable_subscription(pb::EnableSubscriptionRequest {
+            id: sub.id.clone(),
+            replay_parked: true,
+        })
+        .await?;
+    world
+        .receiver
+        .wait_for_requests(4, Duration::from_secs(10))
+        .await?;
 
     // Replaying what is now delivered, filtered to failed deliveries, finds nothing.
     let none = deliveries

@@ -345,13 +345,15 @@ struct EventPage {
     note: String,
 }
 
-/// What an event's page is told after a replay (`done=replayed&queued=N&missed=M`).
+/// What an event's page is told after a replay (`done=replayed&queued=N&parked=P&missed=M`).
 #[derive(Deserialize)]
 pub struct EventQuery {
     #[serde(default)]
     done: String,
     #[serde(default)]
     queued: u32,
+    #[serde(default)]
+    parked: u32,
     #[serde(default)]
     missed: u32,
 }
@@ -368,6 +370,13 @@ impl EventQuery {
             "deliveries"
         };
         let mut note = format!("Replay: {} {deliveries} queued again.", self.queued);
+        if self.parked > 0 {
+            note.push_str(&format!(
+                " {} of them wait parked: their subscription is disabled, and they go out once \
+                 it is enabled.",
+                self.parked
+            ));
+        }
         if self.missed > 0 {
             note.push_str(&format!(
                 " {} could not be (their agent is gone or no longer holds the event).",
@@ -497,8 +506,9 @@ pub async fn replay_as(
         .await?
         .into_inner();
     Ok(format!(
-        "done=replayed&queued={}&missed={}",
+        "done=replayed&queued={}&parked={}&missed={}",
         replayed.queued,
+        replayed.parked,
         replayed.not_replayable.len()
     ))
 }
@@ -519,4 +529,28 @@ async fn replay(
         axum::response::Redirect::to(&format!("/events/{}?{outcome}", query_value(&event_id)))
             .into_response(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_note_says_what_waits_parked_and_takes_no_text_from_the_link() {
+        let query = |query: &str| -> EventQuery {
+            let uri: axum::http::Uri = format!("/events/evt_1?{query}").parse().expect("a uri");
+            Query::try_from_uri(&uri).expect("a replay's query").0
+        };
+        assert_eq!(
+            query("done=replayed&queued=1&parked=0&missed=0").note(),
+            "Replay: 1 delivery queued again."
+        );
+        let parked = query("done=replayed&queued=3&parked=2&missed=1").note();
+        assert!(
+            parked.starts_with("Replay: 3 deliveries queued again. 2 of them wait parked")
+                && parked.contains("1 could not be"),
+            "{parked}"
+        );
+        assert_eq!(query("done=%3Cb%3Ehi%3C%2Fb%3E&queued=1").note(), "");
+    }
 }
