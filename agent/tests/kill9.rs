@@ -10,8 +10,8 @@ use std::time::Duration;
 use herald_proto::v1 as pb;
 use herald_proto::v1::events_client::EventsClient;
 use herald_tests::{
-    AgentProcess, ConfigStore, ControlPlane, Etcd, Receiver, TestCa, eventually, herald::connect,
-    subscription,
+    AgentProcess, ConfigStore, ControlPlane, DaemonProcess, Etcd, Receiver, TestCa, eventually,
+    herald::connect, subscription,
 };
 
 const EVENTS: usize = 10_000;
@@ -371,25 +371,25 @@ async fn a_config_acknowledged_before_kill_9_survives_it() -> anyhow::Result<()>
     Ok(())
 }
 
-/// The last record of the queue's log, synced (its Emit answered) and then damaged: nothing
-/// of the epoch follows it but the seal written after its sync, which is enough to tell it
-/// from a crash's torn tail. The agent refuses to start (exit code 65).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_damaged_last_log_record_stops_the_agent_too() -> anyhow::Result<()> {
+/// An agent whose log's fresh epoch holds `records` records, each synced before its Emit was
+/// answered, killed with `kill -9`, then a bit flipped inside the first record; and its
+/// control plane (the agent restarts against it).
+async fn an_agent_whose_first_log_record_is_damaged(
+    records: usize,
+) -> anyhow::Result<(Servers, DaemonProcess)> {
     let servers = Servers::start().await?;
-    let (cp, ca_file) = (&servers.cp, &servers.ca_file);
     let binary = Path::new(env!("CARGO_BIN_EXE_herald-agent"));
-    let mut agent = AgentProcess::start(binary, cp.url(), ca_file, &[]).await?;
-    cp.wait_applied(0, Duration::from_secs(20)).await?;
-    // Past the first checkpoint's second: the first Emit below is a checkpoint, the second
-    // the fresh epoch's only record.
+    let mut agent = AgentProcess::start(binary, servers.cp.url(), &servers.ca_file, &[]).await?;
+    servers.cp.wait_applied(0, Duration::from_secs(20)).await?;
+    // Past the first checkpoint's second: the first Emit below is a checkpoint, those after
+    // it records of a fresh log epoch.
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     let mut client = EventsClient::new(connect(&agent.url()).await?);
-    for n in 0..2 {
+    for n in 0..=records {
         client
             .emit(pb::EmitRequest {
                 event: Some(pb::Event {
-                    id: format!("evt_last_record_{n}"),
+                    id: format!("evt_damaged_{n}"),
                     tenant: "shop-9".into(),
                     r#type: "order.created".into(),
                     payload: b"{}".to_vec(),
@@ -399,13 +399,20 @@ async fn a_damaged_last_log_record_stops_the_agent_too() -> anyhow::Result<()> {
             .await?;
     }
     agent.kill9().await?;
-
     let wal = agent.data_dir().join("queue.wal");
     let mut bytes = std::fs::read(&wal)?;
     let inside_first = 24 + 9 + 1;
     bytes[inside_first] ^= 0xff;
     std::fs::write(&wal, &bytes)?;
+    Ok((servers, agent))
+}
 
+/// The last record of the queue's log, synced (its Emit answered) and then damaged: nothing
+/// of the epoch follows it but the seal written after its sync, which is enough to tell it
+/// from a crash's torn tail. The agent refuses to start (exit code 65).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_last_log_record_stops_the_agent_too() -> anyhow::Result<()> {
+    let (_servers, mut agent) = an_agent_whose_first_log_record_is_damaged(1).await?;
     let (code, said) = agent.run_expecting_exit(Duration::from_secs(20)).await?;
     assert_eq!(code, Some(65), "{said}");
     assert!(
@@ -422,37 +429,7 @@ async fn a_damaged_last_log_record_stops_the_agent_too() -> anyhow::Result<()> {
 /// what precedes the record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_log_record_stops_the_agent_unless_told_to_truncate() -> anyhow::Result<()> {
-    let servers = Servers::start().await?;
-    let (cp, ca_file) = (&servers.cp, &servers.ca_file);
-    let binary = Path::new(env!("CARGO_BIN_EXE_herald-agent"));
-    let mut agent = AgentProcess::start(binary, cp.url(), ca_file, &[]).await?;
-    cp.wait_applied(0, Duration::from_secs(20)).await?;
-    // Past the first checkpoint's second, so the next commit is one and those after it are
-    // records of a fresh log epoch, each synced before its Emit is answered.
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
-    let mut client = EventsClient::new(connect(&agent.url()).await?);
-    for n in 0..4 {
-        client
-            .emit(pb::EmitRequest {
-                event: Some(pb::Event {
-                    id: format!("evt_damaged_{n}"),
-                    tenant: "shop-9".into(),
-                    r#type: "order.created".into(),
-                    payload: b"{}".to_vec(),
-                    ..Default::default()
-                }),
-            })
-            .await?;
-    }
-    agent.kill9().await?;
-
-    // A bit flips inside the log's first record.
-    let wal = agent.data_dir().join("queue.wal");
-    let mut bytes = std::fs::read(&wal)?;
-    let inside_first = 24 + 9 + 1;
-    bytes[inside_first] ^= 0xff;
-    std::fs::write(&wal, &bytes)?;
-
+    let (_servers, mut agent) = an_agent_whose_first_log_record_is_damaged(3).await?;
     let (code, said) = agent.run_expecting_exit(Duration::from_secs(20)).await?;
     assert_eq!(code, Some(65), "{said}");
     assert!(
