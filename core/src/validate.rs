@@ -76,6 +76,43 @@ const RESERVED_HEADERS: [&str; 11] = [
     "traceparent",
 ];
 
+/// Header names of the connection, or of how the body is framed or sent on, that a caller may
+/// not give a subscription: a receiver (or a proxy on the way) would read the request by them,
+/// and `Content-Encoding: gzip` on a plain body fails every attempt. Refused when given
+/// ([`headers_as_given`]); a record stored before they were still loads and sends them.
+const CONNECTION_HEADERS: [&str; 8] = [
+    "content-encoding",
+    "expect",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Checks the header names a caller gives a subscription beyond [`custom_headers`]: none of
+/// [`CONNECTION_HEADERS`].
+pub fn headers_as_given<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<(), ValidationError> {
+    for name in names {
+        if CONNECTION_HEADERS
+            .iter()
+            .any(|reserved| reserved.eq_ignore_ascii_case(name))
+        {
+            return Err(ValidationError::new(
+                "headers",
+                format!(
+                    "header {name:?} belongs to the connection or to how the body is sent, \
+                     which herald sets"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The tenant Herald's own operator events (`herald.subscription.disabled`, …) belong to unless
 /// `--system-tenant` names another; applications may not emit into it.
 pub const DEFAULT_SYSTEM_TENANT: &str = "herald";
@@ -450,15 +487,33 @@ pub fn ordering_key(value: &str) -> Result<(), ValidationError> {
 pub fn attributes<'a>(
     attributes: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Result<(), ValidationError> {
-    string_map("attributes", "attribute", attributes)
+    string_map("attributes", "attribute", attributes, KeyLines::One)
 }
 
-/// Checks a subscription's labels by the rules of [`attributes`] (their count is checked
-/// apart, against the labels' own limit).
+/// Checks a stored subscription's labels by the rules of [`attributes`] but a key's lines
+/// (their count is checked apart, against the labels' own limit): a record stored before keys
+/// were held to one line still loads. What a caller gives is checked by [`labels_as_given`].
 pub fn labels<'a>(
     labels: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Result<(), ValidationError> {
-    string_map("labels", "label", labels)
+    string_map("labels", "label", labels, KeyLines::Any)
+}
+
+/// Checks the labels a caller gives by the rules of [`attributes`], keys on one line included.
+pub fn labels_as_given<'a>(
+    labels: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<(), ValidationError> {
+    string_map("labels", "label", labels, KeyLines::One)
+}
+
+/// Whether a map's keys may hold line breaks and tabs (as keys stored before they were
+/// refused do).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeyLines {
+    /// No control character at all.
+    One,
+    /// Line breaks and tabs, as values may.
+    Any,
 }
 
 /// Checks a map of short texts named `field`, each entry a `noun`.
@@ -466,6 +521,7 @@ fn string_map<'a>(
     field: &str,
     noun: &str,
     entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+    key_lines: KeyLines,
 ) -> Result<(), ValidationError> {
     for (count, (key, value)) in entries.into_iter().enumerate() {
         if count == MAX_ATTRIBUTES {
@@ -502,7 +558,11 @@ fn string_map<'a>(
         shown_text(field, key, MAX_ATTRIBUTE_KEY_LEN)
             .map_err(|e| ValidationError::new(field, format!("a {noun} key {}", e.reason)))?;
         // A value may run over lines; a key is one name.
-        if let Some(bad) = key.chars().find(|c| c.is_control()) {
+        if let Some(bad) = key
+            .chars()
+            .find(|c| c.is_control())
+            .filter(|_| key_lines == KeyLines::One)
+        {
             return Err(ValidationError::new(
                 field,
                 format!(
@@ -688,6 +748,18 @@ mod tests {
     }
 
     #[test]
+    fn json_payloads_nest_at_most_127_levels_as_documented() {
+        for open in ["[", "{\"a\":"] {
+            let close = if open == "[" { "]" } else { "}" };
+            let nested = |levels: usize| {
+                format!("{}1{}", open.repeat(levels), close.repeat(levels)).into_bytes()
+            };
+            assert!(json_payload(&nested(127), 1 << 20).is_ok(), "{open}");
+            assert!(json_payload(&nested(128), 1 << 20).is_err(), "{open}");
+        }
+    }
+
+    #[test]
     fn json_payload_refuses_what_a_full_parse_refuses() {
         // serde_json refuses nesting deeper than 128.
         let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
@@ -764,6 +836,18 @@ mod tests {
             assert!(err.reason.contains("reserved"), "{err}");
         }
         assert!(custom_headers([("Webhook-Signature", "v1,x")]).is_err());
+        for given in [
+            "Content-Encoding",
+            "expect",
+            "Upgrade",
+            "TE",
+            "Proxy-Authorization",
+        ] {
+            assert!(headers_as_given([given]).is_err(), "{given}");
+            // A record stored before they were refused still loads.
+            assert!(custom_headers([(given, "x")]).is_ok(), "{given}");
+        }
+        assert!(headers_as_given(["X-Shop", "Authorization", "Cookie"]).is_ok());
     }
 
     #[test]
@@ -861,6 +945,8 @@ mod tests {
         let refused = labels([("", "x")]).unwrap_err();
         assert_eq!(refused.field, "labels");
         assert_eq!(refused.reason, "a label key is empty");
-        assert!(labels([("k\n", "v")]).is_err());
+        assert!(labels_as_given([("k\n", "v")]).is_err());
+        // A stored record's label keys still load as they were kept.
+        assert!(labels([("k\n", "v")]).is_ok());
     }
 }

@@ -26,7 +26,7 @@
 //! U+FFFD in text and keys: a receiver that needs them byte for byte takes JSON.
 //!
 //! Each level of nesting is parsed as it is written (its members kept as text), so a document
-//! is read about as many times as it is deep; payloads the agent accepts are at most 128 levels
+//! is read about as many times as it is deep; payloads the agent accepts are at most 127 levels
 //! deep.
 //!
 //! **The envelope.** A subscription with the Standard Webhooks envelope (the default) gets the

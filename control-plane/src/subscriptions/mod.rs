@@ -253,6 +253,8 @@ impl Subscriptions {
             validate::url_as_given("oauth2.token_url", &oauth2.token_url)?;
         }
         validate::shown_text("description", &sub.description, MAX_DESCRIPTION_LEN)?;
+        validate::labels_as_given(sub.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+        validate::headers_as_given(sub.headers.keys().map(String::as_str))?;
         let mut regions = std::collections::BTreeSet::new();
         if let Some(twice) = sub.regions.iter().find(|r| !regions.insert(r.as_str())) {
             return Err(ValidationError::new(
@@ -1249,6 +1251,30 @@ mod tests {
             .await
             .expect("deleted");
         create("shop-a").await.expect("room again");
+    }
+
+    #[tokio::test]
+    async fn connection_headers_and_multi_line_label_keys_are_refused_when_given() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (registry, _) = registry_in(&dir).await;
+        let with_header = pb::Subscription {
+            headers: [("Content-Encoding".to_owned(), "gzip".to_owned())].into(),
+            ..orders_of("shop-a")
+        };
+        let refused = registry.create(with_header).await.expect_err("refused");
+        assert!(
+            matches!(&refused, SubscriptionError::Invalid(e) if e.field == "headers"),
+            "{refused:?}"
+        );
+        let with_label = pb::Subscription {
+            labels: [("team\nops".to_owned(), "x".to_owned())].into(),
+            ..orders_of("shop-a")
+        };
+        let refused = registry.create(with_label).await.expect_err("refused");
+        assert!(
+            matches!(&refused, SubscriptionError::Invalid(e) if e.field == "labels"),
+            "{refused:?}"
+        );
     }
 
     #[tokio::test]
