@@ -12,6 +12,12 @@ use tonic::transport::{ClientTlsConfig, Endpoint};
 /// Why the agent will not call a control-plane URL.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
+    /// The token cannot be one the control plane accepts (its tokens files hold none such).
+    #[error("--control-plane-token: {reason}")]
+    Token {
+        /// Why (never the token).
+        reason: String,
+    },
     /// The URL is not one.
     #[error("--control-plane {url}: not a URL: {reason}")]
     NotAUrl {

@@ -17,6 +17,7 @@ use herald_proto::convert::{invalid_argument, timestamp, validate_event};
 use herald_proto::v1 as pb;
 use herald_proto::v1::events_server::Events;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use tracing::Instrument as _;
@@ -39,6 +40,9 @@ pub struct EmitService {
     /// The tenant of Herald's operator events, which applications may not emit into.
     system_tenant: String,
     metrics: Metrics,
+    /// Cancelled when the agent starts shutting down: events are refused from then on, while
+    /// attempts in flight finish and health says `NOT_SERVING`.
+    draining: CancellationToken,
 }
 
 impl EmitService {
@@ -50,6 +54,7 @@ impl EmitService {
         interest: Interest,
         system_tenant: String,
         metrics: Metrics,
+        draining: CancellationToken,
     ) -> Self {
         EmitService {
             routes,
@@ -58,6 +63,7 @@ impl EmitService {
             interest,
             system_tenant,
             metrics,
+            draining,
         }
     }
 
@@ -144,7 +150,14 @@ impl EmitService {
         Ok(responses)
     }
 
+    /// The routes events are matched with, once the agent has a config and while it is not
+    /// shutting down.
     fn loaded_routes(&self) -> Result<Arc<Routes>, Status> {
+        if self.draining.is_cancelled() {
+            return Err(Status::unavailable(
+                "the agent is shutting down: emit to another agent, or again once it is back",
+            ));
+        }
         let routes = self.routes.borrow().clone();
         if !routes.loaded {
             return Err(Status::unavailable(

@@ -384,6 +384,10 @@ impl Error {
 impl Config {
     /// Checks that no control-plane URL would carry the agent's token in clear.
     pub fn check_control_plane_transport(&self) -> Result<(), control_plane::TransportError> {
+        if let Some(token) = self.control_plane_token.as_ref().and_then(|t| t.token()) {
+            herald_core::token_file::check_token(token)
+                .map_err(|reason| control_plane::TransportError::Token { reason })?;
+        }
         control_plane::check_transport(
             &self.control_plane,
             self.control_plane_token.is_some(),
@@ -574,6 +578,9 @@ pub async fn run(
         .max_payload_bytes
         .saturating_add(MESSAGE_OVERHEAD)
         .max(herald_proto::message_limit::DEFAULT_MAX_MESSAGE_BYTES);
+    // Cancelled at shutdown: Emit refuses and health says NOT_SERVING while attempts in flight
+    // finish; the listener closes after them.
+    let draining = CancellationToken::new();
     let service = tonic::service::interceptor::InterceptedService::new(
         EventsServer::new(EmitService::new(
             routes,
@@ -582,6 +589,7 @@ pub async fn run(
             interest,
             config.system_tenant.clone(),
             metrics,
+            draining.clone(),
         ))
         .max_decoding_message_size(max_message)
         // Applications that compress their calls (gzip) are read, each message still held
@@ -596,9 +604,9 @@ pub async fn run(
     let mut writable = queue.writable();
     let writable_now = *writable.borrow_and_update();
     set_health(&health, serving_if(writable_now)).await;
-    let draining = CancellationToken::new();
     background.spawn(report_writable(writable, health.clone(), draining.clone()));
-    let serving = stop.clone();
+    let serving = CancellationToken::new();
+    let listening = serving.clone();
     let router = tonic::transport::Server::builder()
         // An application that stops answering (its host gone without closing the connection)
         // is cut off instead of holding a connection for good.
@@ -622,7 +630,7 @@ pub async fn run(
                 router
                     .serve_with_incoming_shutdown(
                         tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
-                        serving.cancelled_owned(),
+                        listening.cancelled_owned(),
                     )
                     .await
             }
@@ -631,7 +639,7 @@ pub async fn run(
                 router
                     .serve_with_incoming_shutdown(
                         tokio_stream::wrappers::UnixListenerStream::new(l),
-                        serving.cancelled_owned(),
+                        listening.cancelled_owned(),
                     )
                     .await
             }
@@ -654,13 +662,22 @@ pub async fn run(
     set_health(&health, tonic_health::ServingStatus::NotServing).await;
     stop.cancel();
     let grace = config.shutdown_grace;
+    // The listener stays open while attempts finish, so health checks see NOT_SERVING and
+    // callers are told the agent is shutting down; then it closes.
     let drained = tokio::time::timeout(grace, async {
+        let drain = async {
+            dispatcher.drain().await;
+            serving.cancel();
+        };
         if failed.is_none() {
-            let _ = (&mut server).await;
+            // The server keeps answering (health, refusals) while the attempts finish.
+            let _ = tokio::join!(drain, &mut server);
+        } else {
+            drain.await;
         }
-        dispatcher.drain().await;
     })
     .await;
+    serving.cancel();
     if drained.is_err() {
         tracing::warn!(?grace, "grace period over with attempts still in flight");
     }

@@ -69,6 +69,7 @@ impl Default for Metrics {
             duplicates.clone(),
         );
         let attempts = Family::<OutcomeLabel, Counter>::default();
+        OutcomeLabel::start_each(&attempts);
         registry.register(
             "herald_delivery_attempts",
             "Delivery attempts by outcome",

@@ -13,6 +13,7 @@ use herald_tests::{
     AgentProcess, ConfigStore, ControlPlane, DaemonProcess, Etcd, Receiver, TestCa, eventually,
     herald::connect, subscription,
 };
+use tonic_health::pb::health_check_response::ServingStatus;
 
 const EVENTS: usize = 10_000;
 const BATCH: usize = 25;
@@ -267,9 +268,10 @@ async fn kill_9_in_a_burst_loses_no_acknowledged_event() -> anyhow::Result<()> {
 async fn sigterm_drains_and_exits_within_the_grace_period() -> anyhow::Result<()> {
     let servers = Servers::start().await?;
     let (cp, receiver, ca_file) = (&servers.cp, &servers.receiver, &servers.ca_file);
-    // A slow receiver, so attempts are in flight when SIGTERM arrives.
-    receiver
-        .respond_with_response(herald_tests::Response::new(200).delay(Duration::from_millis(500)));
+    // A slow receiver, so attempts are in flight when SIGTERM arrives (and for a while after).
+    receiver.respond_with_response(
+        herald_tests::Response::new(200).delay(Duration::from_millis(2_000)),
+    );
     let sub = cp
         .create(subscription("shop-1", &receiver.url("/slow"), &["order.*"]))
         .await?;
@@ -286,8 +288,31 @@ async fn sigterm_drains_and_exits_within_the_grace_period() -> anyhow::Result<()
         .wait_for_requests(1, Duration::from_secs(10))
         .await?;
 
+    // While attempts finish, health says NOT_SERVING and Emit says why it refuses.
+    agent.send_term().await?;
+    eventually(Duration::from_secs(2), "health NOT_SERVING", || async {
+        let status = herald_tests::herald::serving_status(&agent.url(), "").await;
+        Ok(status
+            .is_ok_and(|s| s == ServingStatus::NotServing)
+            .then_some(()))
+    })
+    .await?;
+    let refused = EventsClient::new(connect(&agent.url()).await?)
+        .emit(pb::EmitRequest {
+            event: Some(pb::Event {
+                tenant: "shop-1".into(),
+                r#type: "order.created".into(),
+                payload: b"{}".to_vec(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect_err("refused while draining");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("shutting down"), "{refused:?}");
+
     // Grace is 5 s (set by the harness): the agent must be gone well within it plus start-up slack.
-    let code = agent.terminate(Duration::from_secs(8)).await?;
+    let code = agent.wait_exit(Duration::from_secs(8)).await?;
     assert_eq!(code, Some(0), "a clean exit");
     let refused = connect(&agent.url()).await;
     assert!(refused.is_err(), "no longer accepting Emit");

@@ -76,7 +76,7 @@ async fn settings_that_cannot_be_used_stop_the_start_with_exit_code_64() -> anyh
     let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
     let taken = taken.local_addr()?.to_string();
     let long_id = "x".repeat(129);
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 8] = [
         (&["--id", &long_id], "agent_id"),
         (&["--region", "bad region!"], "region"),
         (&["--ca-file", "/nonexistent/ca.pem"], "ca file"),
@@ -100,6 +100,11 @@ async fn settings_that_cannot_be_used_stop_the_start_with_exit_code_64() -> anyh
         ),
         (&["--metrics-listen", &taken], "metrics-listen"),
         (&["--data-dir", "/proc/herald", "--id", "agt_1"], "data dir"),
+        // No control plane holds a token this short: said at start, not as refusals forever.
+        (
+            &["--control-plane-token", "short"],
+            "--control-plane-token: a token must be",
+        ),
     ];
     for (flags, said) in cases {
         let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-agent"))

@@ -130,6 +130,16 @@ pub enum Refusal {
     malformed,
 }
 
+impl Refusal {
+    /// Every reason.
+    pub const ALL: [Refusal; 4] = [
+        Refusal::unknown_subscription,
+        Refusal::foreign_subscription,
+        Refusal::tenant_mismatch,
+        Refusal::malformed,
+    ];
+}
+
 /// The longest error kind name an attempt may report (the known ones are much shorter; a
 /// newer agent's kinds are kept as they come).
 pub const MAX_ERROR_KIND_LEN: usize = 32;

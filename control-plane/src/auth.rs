@@ -139,7 +139,7 @@ pub enum AuthError {
         source: std::io::Error,
     },
     /// A line is malformed.
-    #[error("auth tokens line {line}: {reason}")]
+    #[error("line {line}: {reason}")]
     Invalid {
         /// The line number, from 1.
         line: usize,

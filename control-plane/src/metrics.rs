@@ -99,18 +99,26 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
         let attempts = Family::<OutcomeLabel, Counter>::default();
+        OutcomeLabel::start_each(&attempts);
         registry.register(
             "herald_attempts_stored",
             "Attempt reports stored in the delivery log, by outcome (each attempt once)",
             attempts.clone(),
         );
         let disabled = Family::<ReasonLabel, Counter>::default();
+        // Every reason's series from the start, so an alert on one has something to watch.
+        for reason in [DisableReason::failures, DisableReason::gone] {
+            let _ = disabled.get_or_create(&ReasonLabel { reason });
+        }
         registry.register(
             "herald_subscriptions_disabled",
             "Subscriptions this replica disabled, by reason",
             disabled.clone(),
         );
         let refused = Family::<RefusalLabel, Counter>::default();
+        for reason in Refusal::ALL {
+            let _ = refused.get_or_create(&RefusalLabel { reason });
+        }
         registry.register(
             "herald_reports_refused",
             "Attempt reports refused: unknown subscription, one outside the agent token's \

@@ -6,13 +6,15 @@
 //!   `herald_delivery_log_up` is 0. Config streams and subscription changes do not need the
 //!   log, and agents keep their reports until it is back.
 //! - the config store (etcd, or the embedded store): while it does not answer,
-//!   [`CONFIG_STORE_SERVICE`], `herald.v1.Subscriptions` and `herald.v1.EventTypes` are
+//!   [`CONFIG_STORE_SERVICE`], `herald.v1.Subscriptions`, `herald.v1.EventTypes` and
+//!   `herald.v1.Agents` (which lists every replica's agents from the store) are
 //!   `NOT_SERVING`, and `herald_config_store_up` is 0. Agents keep delivering on the config
 //!   they hold, and the delivery log keeps taking their reports.
 
 use std::future::Future;
 use std::time::Duration;
 
+use herald_proto::v1::agents_server::AgentsServer;
 use herald_proto::v1::deliveries_server::DeliveriesServer;
 use herald_proto::v1::event_types_server::EventTypesServer;
 use herald_proto::v1::subscriptions_server::SubscriptionsServer;
@@ -22,7 +24,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::attempts::AttemptLog;
-use crate::grpc::{DeliveriesService, EventTypesService, SubscriptionsService};
+use crate::grpc::{AgentsService, DeliveriesService, EventTypesService, SubscriptionsService};
 use crate::keys;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -67,6 +69,7 @@ pub async fn watch(
                 CONFIG_STORE_SERVICE,
                 SubscriptionsServer::<SubscriptionsService>::NAME,
                 EventTypesServer::<EventTypesService>::NAME,
+                AgentsServer::<AgentsService>::NAME,
             ],
         },
         || {

@@ -63,6 +63,47 @@ async fn a_refused_log_store_is_a_usage_error_that_never_shows_the_password() ->
     Ok(())
 }
 
+/// etcd settings that cannot work stop the start as configuration errors (exit 64, naming the
+/// flag), where they used to exit 1 and be restarted again and again by a service manager.
+#[tokio::test]
+async fn unusable_etcd_settings_stop_the_start_with_exit_code_64() -> anyhow::Result<()> {
+    for (flags, says) in [
+        (vec!["--etcd", "::bad::"], "--etcd"),
+        (
+            vec![
+                "--etcd",
+                "https://127.0.0.1:9",
+                "--etcd-ca-file",
+                "/nonexistent/ca.pem",
+            ],
+            "--etcd-ca-file /nonexistent/ca.pem",
+        ),
+        // A TLS file without etcd would be ignored in silence.
+        (vec!["--etcd-ca-file", "/nonexistent/ca.pem"], "--etcd"),
+    ] {
+        let (code, stderr) = refused_start(&flags).await?;
+        assert_eq!(code, Some(64), "{flags:?}: {stderr}");
+        assert!(stderr.contains(says), "{flags:?}: {stderr}");
+    }
+    // A data directory that cannot be made is named as such.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-control-plane"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            "/proc/herald-not-here",
+        ])
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("data dir /proc/herald-not-here"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
 /// An address already taken for the HTTP API, health checks or metrics stops the start as a
 /// configuration error, as the gRPC address does.
 #[tokio::test]

@@ -35,6 +35,15 @@ impl Bearer {
         }
     }
 
+    /// The token itself, if one is set (for checks against the rules tokens follow; never to
+    /// be shown).
+    pub fn token(&self) -> Option<&str> {
+        self.0
+            .as_ref()
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+    }
+
     /// A command-line parser for tokens ([`TokenParser`]): use it as the flag's
     /// `value_parser`, so that a refused token is never repeated in the error.
     pub fn parser() -> TokenParser {

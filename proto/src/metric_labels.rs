@@ -2,6 +2,8 @@
 //! `herald_delivery_attempts_total{outcome}` series carry the same bounded set of values.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 use crate::v1 as pb;
 
@@ -24,6 +26,24 @@ pub enum OutcomeValue {
 pub struct OutcomeLabel {
     /// The attempt's outcome.
     pub outcome: OutcomeValue,
+}
+
+impl OutcomeLabel {
+    /// Every outcome.
+    pub const ALL: [OutcomeValue; 4] = [
+        OutcomeValue::delivered,
+        OutcomeValue::retrying,
+        OutcomeValue::failed,
+        OutcomeValue::skipped,
+    ];
+
+    /// Puts every outcome's series in `family` at 0, so a rate or an alert on one has a
+    /// series from the start rather than from its first count.
+    pub fn start_each(family: &Family<OutcomeLabel, Counter>) {
+        for outcome in Self::ALL {
+            let _ = family.get_or_create(&OutcomeLabel { outcome });
+        }
+    }
 }
 
 impl From<pb::Outcome> for OutcomeLabel {

@@ -149,17 +149,32 @@ impl DaemonProcess {
         Ok(())
     }
 
-    /// SIGTERM, then waits for the process to exit; returns its exit code.
-    pub async fn terminate(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
-        let Some(mut child) = self.child.take() else {
-            anyhow::bail!("the {} is not running", self.name);
-        };
-        let pid = child.id().context("the process has a pid")?;
+    /// SIGTERM, without waiting: the process drains meanwhile ([`Self::terminate`] waits).
+    pub async fn send_term(&self) -> anyhow::Result<()> {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(tokio::process::Child::id)
+            .with_context(|| format!("the {} is not running", self.name))?;
         let sent = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status()
             .await?;
         anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for the process to exit; returns its exit code.
+    pub async fn terminate(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        self.send_term().await?;
+        self.wait_exit(timeout).await
+    }
+
+    /// Waits for the process to exit (after [`Self::send_term`]); returns its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        let Some(mut child) = self.child.take() else {
+            anyhow::bail!("the {} is not running", self.name);
+        };
         let status = tokio::time::timeout(timeout, child.wait())
             .await
             .with_context(|| {

@@ -410,7 +410,9 @@ impl Inner {
         if outcome == Outcome::Delivered {
             tracing::debug!(event = %event.id, subscription = %sub.id, attempt = number, "delivered");
         } else {
-            tracing::info!(event = %event.id, subscription = %sub.id, attempt = number, outcome = %outcome, error = %report.error, "attempt failed");
+            // The receiver's status says why when it answered; the error when it did not.
+            let status = (report.status_code != 0).then_some(report.status_code);
+            tracing::info!(event = %event.id, subscription = %sub.id, attempt = number, outcome = %outcome, status, error = %report.error, "attempt failed");
         }
         (
             outcome,

@@ -632,15 +632,19 @@ impl Agents for AgentsService {
         // Every replica's records, then this replica's own entries over them where they are
         // fresher: agents connected here (the record trails by up to a second), and agents the
         // store has no record of yet.
-        let mut agents: BTreeMap<String, pb::AgentInfo> = match presence::read_all(&self.store)
-            .await
-        {
-            Ok(records) => records.into_iter().map(|a| (a.id.clone(), a)).collect(),
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot read agent presence; listing this replica's agents only");
-                BTreeMap::new()
-            }
-        };
+        // Without them the list would be this replica's agents alone, which reads as the
+        // fleet: say so instead.
+        let mut agents: BTreeMap<String, pb::AgentInfo> =
+            match presence::read_all(&self.store).await {
+                Ok(records) => records.into_iter().map(|a| (a.id.clone(), a)).collect(),
+                Err(err) => {
+                    let here = self.fleet.list(current).len();
+                    return Err(Status::unavailable(format!(
+                        "the agents' presence records cannot be read ({err}): only this replica's \
+                     {here} agents are known here; retry once the config store answers"
+                    )));
+                }
+            };
         for local in self.fleet.list(current) {
             if local.connected || !agents.contains_key(&local.id) {
                 agents.insert(local.id.clone(), local);

@@ -357,16 +357,21 @@ pub mod conformance;
 #[derive(Clone, Default, clap::Args)]
 pub struct EtcdAuth {
     /// CA certificate (PEM) that etcd's server certificate is checked against; turns on TLS.
-    #[arg(long, env = "HERALD_ETCD_CA_FILE")]
+    #[arg(long, env = "HERALD_ETCD_CA_FILE", requires = "etcd")]
     pub etcd_ca_file: Option<std::path::PathBuf>,
     /// Client certificate (PEM) presented to etcd.
-    #[arg(long, env = "HERALD_ETCD_CERT_FILE", requires = "etcd_key_file")]
+    #[arg(
+        long,
+        env = "HERALD_ETCD_CERT_FILE",
+        requires = "etcd_key_file",
+        requires = "etcd"
+    )]
     pub etcd_cert_file: Option<std::path::PathBuf>,
     /// The client certificate's private key (PEM).
     #[arg(long, env = "HERALD_ETCD_KEY_FILE", requires = "etcd_cert_file")]
     pub etcd_key_file: Option<std::path::PathBuf>,
     /// etcd user name, when etcd has authentication enabled.
-    #[arg(long, env = "HERALD_ETCD_USER")]
+    #[arg(long, env = "HERALD_ETCD_USER", requires = "etcd")]
     pub etcd_user: Option<String>,
     /// The etcd user's password (prefer the environment variable).
     #[arg(
@@ -376,6 +381,44 @@ pub struct EtcdAuth {
         requires = "etcd_user"
     )]
     pub etcd_password: Option<String>,
+}
+
+impl EtcdAuth {
+    /// Checks that `endpoints` are addresses etcd can be reached at (`host:port`, or
+    /// `http(s)://host:port`) and that the TLS files given read as PEM, so that a mistyped
+    /// setting stops the control plane at start (exit 64) rather than each time it connects.
+    pub fn check(&self, endpoints: &[String]) -> Result<(), String> {
+        for endpoint in endpoints {
+            let uri = if endpoint.contains("://") {
+                endpoint.clone()
+            } else {
+                format!("http://{endpoint}")
+            };
+            let parsed = uri.parse::<http::Uri>().ok();
+            let usable = parsed.as_ref().is_some_and(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.host().is_some_and(|host| !host.is_empty())
+                    && uri.path() == "/"
+            });
+            if !usable {
+                return Err(format!(
+                    "--etcd {endpoint:?} is not an etcd address: use host:port or \
+                     http(s)://host:port"
+                ));
+            }
+        }
+        for (flag, file) in [
+            ("--etcd-ca-file", &self.etcd_ca_file),
+            ("--etcd-cert-file", &self.etcd_cert_file),
+            ("--etcd-key-file", &self.etcd_key_file),
+        ] {
+            if let Some(path) = file {
+                herald_core::tls_files::read_pem(path)
+                    .map_err(|e| format!("{flag} {}: {}", path.display(), e.source))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for EtcdAuth {

@@ -54,7 +54,11 @@ async fn a_full_disk_refuses_events_floods_no_receiver_and_recovers_by_itself() 
                 .map_err(anyhow::Error::from)
         }
     };
-    emit(0).await?;
+    // wait_applied counts the agents connected so far: this one may not have said hello yet.
+    eventually(WAIT, "the agent's first config", || async {
+        Ok(emit(0).await.ok())
+    })
+    .await?;
     world.receiver.wait_for_requests(1, WAIT).await?;
 
     // The disk fills up.

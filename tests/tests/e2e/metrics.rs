@@ -134,6 +134,11 @@ async fn both_daemons_count_what_happened() -> anyhow::Result<()> {
     );
     assert_eq!(value(&samples, "herald_events_duplicate_total"), 1.0);
     assert_eq!(
+        samples.get("herald_delivery_attempts_total{outcome=failed}"),
+        Some(&0.0),
+        "a series from the start: {samples:#?}"
+    );
+    assert_eq!(
         value(&samples, "herald_delivery_duration_seconds"),
         3.0,
         "{samples:#?}"
@@ -159,6 +164,14 @@ async fn both_daemons_count_what_happened() -> anyhow::Result<()> {
         value(&samples, "herald_config_convergence_seconds") >= 1.0,
         "the subscription's creation reached the agent: {samples:#?}"
     );
+    // Series an alert watches are there before their first count.
+    for series in [
+        "herald_attempts_stored_total{outcome=failed}",
+        "herald_subscriptions_disabled_total{reason=failures}",
+        "herald_reports_refused_total{reason=malformed}",
+    ] {
+        assert_eq!(samples.get(series), Some(&0.0), "{series}: {samples:#?}");
+    }
     // Every report batch stored: none of their bytes held, none waiting.
     assert_eq!(samples.get("herald_report_bytes_in_flight"), Some(&0.0));
     assert_eq!(samples.get("herald_report_streams_waiting"), Some(&0.0));
