@@ -645,7 +645,9 @@ pub async fn run(
             }
         }
     };
-    tokio::pin!(server);
+    // Boxed rather than pinned in place, so that it can be dropped (its listener closed) once
+    // the drain is over, whether it finished in time or not.
+    let mut server = Box::pin(server);
     herald_core::daemon::notify_ready();
     // A server that fails (its listener broke) stops the agent as a signal would, through the
     // same drain, and the failure is returned at the end.
@@ -678,6 +680,9 @@ pub async fn run(
     })
     .await;
     serving.cancel();
+    // Past the grace period the server is polled no more: closed here, so that callers are
+    // refused at once rather than left waiting in the backlog while the rest shuts down.
+    drop(server);
     if drained.is_err() {
         tracing::warn!(?grace, "grace period over with attempts still in flight");
     }

@@ -377,7 +377,8 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
             if result.parked > 0 {
                 output::note(&format!(
                     "{} of the deliveries queued wait parked: their subscription is disabled \
-                     (herald subscription enable sends them)",
+                     (herald subscription enable --replay-parked sends them; without \
+                     --replay-parked they are skipped)",
                     result.parked
                 ));
             }

@@ -222,6 +222,16 @@ impl ServerTls {
 }
 
 impl Config {
+    /// The etcd endpoints given, trimmed; `HERALD_ETCD=` (empty) means none, as leaving it
+    /// out does: the embedded store.
+    pub fn etcd_endpoints(&self) -> Vec<String> {
+        self.etcd
+            .iter()
+            .map(|e| e.trim().to_owned())
+            .filter(|e| !e.is_empty())
+            .collect()
+    }
+
     /// The defaults of every flag (as `--help` shows them), listening on `listen` with the
     /// delivery log (and the embedded store) in `data_dir`: what in-process users (`herald
     /// dev`, tests, benchmarks) start from before changing what they need.
@@ -397,13 +407,7 @@ pub async fn run(
         ),
     }
     let keyring = Arc::new(config.secrets.load(&config.data_dir)?);
-    // `HERALD_ETCD=` (empty) means no etcd, as leaving it out does.
-    let etcd: Vec<String> = config
-        .etcd
-        .iter()
-        .map(|e| e.trim().to_owned())
-        .filter(|e| !e.is_empty())
-        .collect();
+    let etcd = config.etcd_endpoints();
     let store = if etcd.is_empty() {
         let dir = config.data_dir.join("config");
         tracing::info!(dir = %dir.display(), "using the embedded config store (no --etcd given)");

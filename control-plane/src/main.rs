@@ -31,12 +31,9 @@ impl daemon::DaemonArgs for Args {
 async fn main() -> std::process::ExitCode {
     daemon::main("control plane", |args: Args| async move {
         // Unusable tokens or keys are configuration errors (exit 64): restarting will not help.
-        let data_dir = &args.config.data_dir;
-        std::fs::create_dir_all(data_dir)
-            .map_err(|err| Failure::Usage(format!("data dir {}: {err}", data_dir.display())))?;
         args.config
             .etcd_auth
-            .check(&args.config.etcd)
+            .check(&args.config.etcd_endpoints())
             .map_err(|err| Failure::Usage(format!("etcd settings are not usable: {err}")))?;
         args.config
             .auth

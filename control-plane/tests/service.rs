@@ -85,22 +85,23 @@ async fn unusable_etcd_settings_stop_the_start_with_exit_code_64() -> anyhow::Re
         assert_eq!(code, Some(64), "{flags:?}: {stderr}");
         assert!(stderr.contains(says), "{flags:?}: {stderr}");
     }
-    // A data directory that cannot be made is named as such.
+    // `HERALD_ETCD=` (empty) is no etcd, as documented: TLS files then say what is missing.
+    let dir = tempfile::tempdir()?;
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-control-plane"))
         .args([
             "--listen",
             "127.0.0.1:0",
-            "--data-dir",
-            "/proc/herald-not-here",
+            "--etcd-ca-file",
+            "/nonexistent/ca.pem",
         ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("HERALD_ETCD", "")
         .output()
         .await?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(64), "{stderr}");
-    assert!(
-        stderr.contains("data dir /proc/herald-not-here"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("no --etcd endpoint"), "{stderr}");
     Ok(())
 }
 

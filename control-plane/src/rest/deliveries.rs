@@ -282,7 +282,7 @@ pub struct ReplayResult {
     /// Deliveries that could not be queued, with the reason.
     pub not_replayable: Vec<ReplayMiss>,
     /// Of those queued, the ones whose subscription is disabled: they wait parked, and go out
-    /// once it is enabled again.
+    /// when it is enabled with `replay_parked` (an enable without it skips them).
     pub parked: u32,
 }
 

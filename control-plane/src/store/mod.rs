@@ -388,6 +388,18 @@ impl EtcdAuth {
     /// `http(s)://host:port`) and that the TLS files given read as PEM, so that a mistyped
     /// setting stops the control plane at start (exit 64) rather than each time it connects.
     pub fn check(&self, endpoints: &[String]) -> Result<(), String> {
+        let given = [
+            ("--etcd-ca-file", self.etcd_ca_file.is_some()),
+            ("--etcd-cert-file", self.etcd_cert_file.is_some()),
+            ("--etcd-user", self.etcd_user.is_some()),
+        ];
+        if endpoints.is_empty()
+            && let Some((flag, _)) = given.iter().find(|(_, set)| *set)
+        {
+            return Err(format!(
+                "{flag} is for etcd, but no --etcd endpoint is given (the embedded store is used)"
+            ));
+        }
         for endpoint in endpoints {
             let uri = if endpoint.contains("://") {
                 endpoint.clone()

@@ -100,9 +100,17 @@ pub async fn send_from_page(
     form: &FormData,
     page: &str,
 ) -> Result<Result<Response, Tested>, PageError> {
-    let tested = send_as(state, caller, id, form).await?;
-    Ok(match &tested.attempt {
-        Some(attempt) => Ok(Redirect::to(&tested_page(page, &attempt.event_id)).into_response()),
+    let tested = send_as(state, caller, id.clone(), form).await?;
+    let Some(attempt) = &tested.attempt else {
+        return Ok(Err(tested));
+    };
+    // Only an attempt the log holds can be shown at its address (its entry may be missing:
+    // a log that could not store it is told in the control plane's log, not here).
+    let query = TestedQuery {
+        event: attempt.event_id.clone(),
+    };
+    Ok(match self::tested(state, caller, &id, &query).await {
+        Some(_) => Ok(Redirect::to(&tested_page(page, &attempt.event_id)).into_response()),
         None => Err(tested),
     })
 }

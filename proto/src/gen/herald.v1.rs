@@ -563,7 +563,7 @@ pub struct ReplayDeliveriesResponse {
     #[prost(message, repeated, tag = "3")]
     pub not_replayable: ::prost::alloc::vec::Vec<ReplayMiss>,
     /// Of those queued, the ones whose subscription is disabled: they wait parked, and go out
-    /// once it is enabled again.
+    /// when it is enabled with `replay_parked` (an enable without it skips them).
     #[prost(uint32, tag = "4")]
     pub parked: u32,
 }

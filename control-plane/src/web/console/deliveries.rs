@@ -372,8 +372,8 @@ impl EventQuery {
         let mut note = format!("Replay: {} {deliveries} queued again.", self.queued);
         if self.parked > 0 {
             note.push_str(&format!(
-                " {} of them wait parked: their subscription is disabled, and they go out once \
-                 it is enabled.",
+                " {} of them wait parked: their subscription is disabled, and they go out when \
+                 it is enabled with the parked deliveries sent (otherwise they are skipped).",
                 self.parked
             ));
         }
