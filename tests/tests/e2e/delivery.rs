@@ -428,9 +428,7 @@ async fn exports_agent(world: &World, options: AgentOptions) -> anyhow::Result<A
             &["export.*"],
         ))
         .await?;
-    let agent = world.another_agent(options).await?;
-    world.control_plane.wait_applied(sub.revision, WAIT).await?;
-    Ok(agent)
+    world.another_agent_applied(options, sub.revision).await
 }
 
 #[tokio::test]

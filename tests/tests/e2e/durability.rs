@@ -171,13 +171,15 @@ async fn a_full_queue_answers_resource_exhausted_and_loses_nothing_before() -> a
     orders.retry = Some(herald_proto::convert::retry_policy(&schedule));
     let sub = world.control_plane.create(orders).await?;
     let small = world
-        .another_agent(AgentOptions {
-            max_queue_events: Some(5),
-            max_queue_share: Some(1.0),
-            ..Default::default()
-        })
+        .another_agent_applied(
+            AgentOptions {
+                max_queue_events: Some(5),
+                max_queue_share: Some(1.0),
+                ..Default::default()
+            },
+            sub.revision,
+        )
         .await?;
-    world.control_plane.wait_applied(sub.revision, WAIT).await?;
     let mut accepted = Vec::new();
     for i in 0..5 {
         accepted.push(
@@ -247,12 +249,14 @@ async fn a_queue_bounded_at_200_takes_1000_events_the_receiver_keeps_up_with() -
         ))
         .await?;
     let small = world
-        .another_agent(AgentOptions {
-            max_queue_events: Some(200),
-            ..Default::default()
-        })
+        .another_agent_applied(
+            AgentOptions {
+                max_queue_events: Some(200),
+                ..Default::default()
+            },
+            sub.revision,
+        )
         .await?;
-    world.control_plane.wait_applied(sub.revision, WAIT).await?;
     // In steps of 50 (a quarter of the bound, half of one tenant's share), each step once
     // the one before is delivered: the pace of a receiver that keeps up.
     for step in 0..20 {

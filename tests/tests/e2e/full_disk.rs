@@ -34,13 +34,15 @@ async fn a_full_disk_refuses_events_floods_no_receiver_and_recovers_by_itself() 
         ))
         .await?;
     let agent = world
-        .another_agent(AgentOptions {
-            data_dir: Some(disk.path().join("agent")),
-            queue_min_free_bytes: Some(4 * 1024 * 1024),
-            ..Default::default()
-        })
+        .another_agent_applied(
+            AgentOptions {
+                data_dir: Some(disk.path().join("agent")),
+                queue_min_free_bytes: Some(4 * 1024 * 1024),
+                ..Default::default()
+            },
+            sub.revision,
+        )
         .await?;
-    world.control_plane.wait_applied(sub.revision, WAIT).await?;
     let emit = |n: u32| {
         let agent = &agent;
         async move {
@@ -54,11 +56,7 @@ async fn a_full_disk_refuses_events_floods_no_receiver_and_recovers_by_itself() 
                 .map_err(anyhow::Error::from)
         }
     };
-    // wait_applied counts the agents connected so far: this one may not have said hello yet.
-    eventually(WAIT, "the agent's first config", || async {
-        Ok(emit(0).await.ok())
-    })
-    .await?;
+    emit(0).await?;
     world.receiver.wait_for_requests(1, WAIT).await?;
 
     // The disk fills up.
