@@ -216,6 +216,33 @@ impl ControlPlane {
             .into_inner())
     }
 
+    /// Disables subscription `id` for `reason`; returns it as stored.
+    pub async fn disable(&self, id: &str, reason: &str) -> anyhow::Result<pb::Subscription> {
+        Ok(self
+            .subscriptions()
+            .await?
+            .disable_subscription(pb::DisableSubscriptionRequest {
+                id: id.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Enables subscription `id`, sending its parked deliveries when `replay_parked` (else
+    /// they are skipped); returns it as stored.
+    pub async fn enable(&self, id: &str, replay_parked: bool) -> anyhow::Result<pb::Subscription> {
+        Ok(self
+            .subscriptions()
+            .await?
+            .enable_subscription(pb::EnableSubscriptionRequest {
+                id: id.to_owned(),
+                replay_parked,
+            })
+            .await?
+            .into_inner())
+    }
+
     /// Creates a subscription and returns it (with its secret).
     pub async fn create(&self, sub: pb::Subscription) -> anyhow::Result<pb::Subscription> {
         Ok(self

@@ -126,16 +126,7 @@ async fn two_agents_on_two_replicas_failing_one_endpoint_disable_it_once() -> an
     // The receiver recovers; re-enabled by hand with the parked deliveries replayed: every
     // one arrives, and the count starts again from zero.
     world.receiver.respond_with(200);
-    let enabled = world
-        .control_plane
-        .subscriptions()
-        .await?
-        .enable_subscription(pb::EnableSubscriptionRequest {
-            id: sub.id.clone(),
-            replay_parked: true,
-        })
-        .await?
-        .into_inner();
+    let enabled = world.control_plane.enable(&sub.id, true).await?;
     assert!(enabled.enabled && enabled.disabled_reason.is_empty());
     assert!(enabled.skip_parked_before.is_none());
     assert_eq!(health(&world, &sub.id).await?.consecutive_failures, 0);

@@ -90,16 +90,7 @@ async fn a_failed_delivery_is_replayed_with_the_same_webhook_id() -> anyhow::Res
 
     // Replayed while its subscription is disabled, the delivery is queued and said to wait
     // parked.
-    let disabled = world
-        .control_plane
-        .subscriptions()
-        .await?
-        .disable_subscription(pb::DisableSubscriptionRequest {
-            id: sub.id.clone(),
-            reason: "maintenance".into(),
-        })
-        .await?
-        .into_inner();
+    let disabled = world.control_plane.disable(&sub.id, "maintenance").await?;
     world
         .control_plane
         .wait_applied(disabled.revision, Duration::from_secs(10))
@@ -112,15 +103,7 @@ async fn a_failed_delivery_is_replayed_with_the_same_webhook_id() -> anyhow::Res
         .await?
         .into_inner();
     assert_eq!((parked.queued, parked.parked), (1, 1), "{parked:?}");
-    world
-        .control_plane
-        .subscriptions()
-        .await?
-        .enable_subscription(pb::EnableSubscriptionRequest {
-            id: sub.id.clone(),
-            replay_parked: true,
-        })
-        .await?;
+    world.control_plane.enable(&sub.id, true).await?;
     world
         .receiver
         .wait_for_requests(4, Duration::from_secs(10))

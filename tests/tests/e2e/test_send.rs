@@ -149,14 +149,8 @@ async fn a_failing_or_disabled_endpoint_is_tested_without_touching_its_health() 
         .await?;
     let disabled = world
         .control_plane
-        .subscriptions()
-        .await?
-        .disable_subscription(pb::DisableSubscriptionRequest {
-            id: sub.id.clone(),
-            reason: "checking it first".into(),
-        })
-        .await?
-        .into_inner();
+        .disable(&sub.id, "checking it first")
+        .await?;
     world
         .control_plane
         .wait_applied(disabled.revision, WAIT)
