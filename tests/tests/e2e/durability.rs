@@ -298,11 +298,14 @@ async fn a_disabled_subscription_keeps_a_bounded_number_of_parked_deliveries() -
         .await?;
     let agent_metrics = HeldPort::new()?;
     let agent = world
-        .another_agent(AgentOptions {
-            max_parked_deliveries: Some(3),
-            metrics_listen: Some(agent_metrics.addr()),
-            ..Default::default()
-        })
+        .another_agent_applied(
+            AgentOptions {
+                max_parked_deliveries: Some(3),
+                metrics_listen: Some(agent_metrics.addr()),
+                ..Default::default()
+            },
+            0,
+        )
         .await?;
     let mut admin = world.control_plane.subscriptions().await?;
     let disabled = admin

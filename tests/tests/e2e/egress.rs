@@ -19,14 +19,17 @@ async fn deliveries_leave_through_the_proxy_to_the_address_the_agent_checked() -
     let world = World::start().await?;
     let proxy = EgressProxy::start(Some(("egress", "s3cret"))).await?;
     let agent = world
-        .another_agent(AgentOptions {
-            egress_proxy: Some(proxy.url()),
-            interest: herald_core::interest::Interest {
-                tenants: vec!["shop-egress".into()],
-                event_type_prefixes: vec![],
+        .another_agent_applied(
+            AgentOptions {
+                egress_proxy: Some(proxy.url()),
+                interest: herald_core::interest::Interest {
+                    tenants: vec!["shop-egress".into()],
+                    event_type_prefixes: vec![],
+                },
+                ..Default::default()
             },
-            ..Default::default()
-        })
+            0,
+        )
         .await?;
     let port = world.receiver.addr().port();
 
@@ -95,15 +98,18 @@ async fn a_refused_target_stays_refused_and_proxy_failures_have_their_own_kinds(
     let proxy = EgressProxy::start(Some(("egress", "s3cret"))).await?;
     // This agent refuses loopback targets; its proxy (set by its operator) is trusted.
     let guarded = world
-        .another_agent(AgentOptions {
-            egress_proxy: Some(proxy.url()),
-            allow_targets: Some(vec![]),
-            interest: herald_core::interest::Interest {
-                tenants: vec!["shop-guarded".into()],
-                event_type_prefixes: vec![],
+        .another_agent_applied(
+            AgentOptions {
+                egress_proxy: Some(proxy.url()),
+                allow_targets: Some(vec![]),
+                interest: herald_core::interest::Interest {
+                    tenants: vec!["shop-guarded".into()],
+                    event_type_prefixes: vec![],
+                },
+                ..Default::default()
             },
-            ..Default::default()
-        })
+            0,
+        )
         .await?;
     let refused = world
         .control_plane
@@ -147,17 +153,16 @@ async fn a_refused_target_stays_refused_and_proxy_failures_have_their_own_kinds(
     sub.egress_proxy = proxy.url();
     let nothing_behind = world.control_plane.create(sub).await?;
     let agent = world
-        .another_agent(AgentOptions {
-            interest: herald_core::interest::Interest {
-                tenants: vec!["shop-egress-2".into()],
-                event_type_prefixes: vec![],
+        .another_agent_applied(
+            AgentOptions {
+                interest: herald_core::interest::Interest {
+                    tenants: vec!["shop-egress-2".into()],
+                    event_type_prefixes: vec![],
+                },
+                ..Default::default()
             },
-            ..Default::default()
-        })
-        .await?;
-    world
-        .control_plane
-        .wait_applied(nothing_behind.revision, WAIT)
+            nothing_behind.revision,
+        )
         .await?;
     agent
         .emit(event("shop-egress-2", "order.created", &json!({"id": 3})))
