@@ -67,6 +67,9 @@ struct State {
     /// The latest changes, oldest first: every change after `history_from`.
     history: VecDeque<Arc<Change>>,
     history_from: i64,
+    /// The revision of the newest subscription change the hub holds (see
+    /// [`ConfigHub::changed_revision`]).
+    changed_revision: i64,
     /// Subscriptions deleted lately.
     departed: Departed,
     /// Stored subscriptions this replica cannot open, by id, with why: while any is, agents
@@ -213,6 +216,16 @@ impl ConfigHub {
         *self.revision.borrow()
     }
 
+    /// The revision of the newest change to the subscriptions the hub holds: the last write
+    /// or deletion it followed, or at its first listing the newest record's last write (a
+    /// deletion made before this replica started is not seen). The store's other writes
+    /// (agents' presence, guards) raise [`ConfigHub::revision`] and not this, so an agent
+    /// that applied this revision holds every subscription as the hub does.
+    pub fn changed_revision(&self) -> i64 {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        state.changed_revision
+    }
+
     /// The subscription `id` as the hub holds it now.
     pub fn get(&self, id: &str) -> Option<Arc<pb::Subscription>> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
@@ -318,6 +331,12 @@ impl ConfigHub {
             };
             state.unreadable = unreadable;
             let changed = !change.upserts.is_empty() || !change.removals.is_empty();
+            let newest_write = kvs.iter().map(|kv| kv.mod_revision).max().unwrap_or(0);
+            state.changed_revision = if changed && !first {
+                revision
+            } else {
+                state.changed_revision.max(newest_write)
+            };
             if first {
                 // History starts here.
                 state.history.clear();
@@ -378,6 +397,7 @@ impl ConfigHub {
                 }
             }
             state.snapshot.revision = change.revision;
+            state.changed_revision = change.revision;
             for sub in &change.upserts {
                 state
                     .snapshot

@@ -84,6 +84,64 @@ async fn an_agent_fails_over_to_another_replica_and_misses_no_change() -> anyhow
     Ok(())
 }
 
+/// A replica started after the agent applied its config elsewhere lists it as current: the
+/// store's other writes since the last change (presence records, guards) are not lag.
+#[tokio::test]
+async fn a_replica_started_later_lists_an_agent_current_elsewhere_as_current() -> anyhow::Result<()>
+{
+    let etcd = Etcd::start().await?;
+    let store = ConfigStore::Etcd(vec![etcd.endpoint()]);
+    let first = ControlPlane::start(store.clone()).await?;
+    let AgentAndReceiver {
+        agent: _agent,
+        receiver,
+        ..
+    } = AgentAndReceiver::start(first.url(), AgentOptions::default()).await?;
+    let sub = first
+        .create(subscription("shop-1", &receiver.url("/hook"), &["order.*"]))
+        .await?;
+    first
+        .wait_applied(sub.revision, Duration::from_secs(10))
+        .await?;
+    // A write beside the subscriptions, as presence records and guards make all the time.
+    let raw = Store::etcd(&[etcd.endpoint()]).await?;
+    let TxnOutcome::Committed { revision } = raw
+        .txn(Txn::default().then(Op::Put("/herald/v1/elsewhere".into(), b"x".to_vec())))
+        .await?
+    else {
+        anyhow::bail!("the write conflicted");
+    };
+    assert!(revision > sub.revision);
+
+    let later = ControlPlane::start(store).await?;
+    let agent = eventually(
+        Duration::from_secs(10),
+        "the later replica to list the agent",
+        || async {
+            let agents = later.list_agents().await?;
+            Ok(agents.into_iter().find(|a| a.connected))
+        },
+    )
+    .await?;
+    assert!(
+        agent.current_revision >= revision,
+        "the later replica is at the store's revision: {agent:?}"
+    );
+    assert_eq!(
+        agent.applied_revision, agent.current_revision,
+        "no lag for an agent that holds every subscription: {agent:?}"
+    );
+
+    // A subscription change the agent has not applied yet is lag again, until it applies it.
+    let moved = later
+        .create(subscription("shop-1", &receiver.url("/more"), &["order.*"]))
+        .await?;
+    later
+        .wait_applied(moved.revision, Duration::from_secs(10))
+        .await?;
+    Ok(())
+}
+
 /// The replica the only agent is listed on by `control_plane`, once the list shows it
 /// connected with `revision` applied.
 async fn listed_on(control_plane: &ControlPlane, revision: i64) -> anyhow::Result<String> {
