@@ -66,11 +66,57 @@ impl Server {
                 .with_context(|| format!("TLS settings for {}", self.url))?
                 .connect()
                 .await
-                .with_context(|| format!("cannot connect to {}", self.url))?,
+                .map_err(|err| {
+                    let hint = tls_hint(&err)
+                        .map(|h| format!(" ({h})"))
+                        .unwrap_or_default();
+                    anyhow::Error::new(err).context(format!("cannot connect to {}{hint}", self.url))
+                })?,
             _ => channel(&self.url).await?,
         };
         Ok(self.bearer.wrap(channel))
     }
+}
+
+/// What to do about a TLS handshake that failed the way `err` (or one of its causes) says,
+/// for the mistakes a `https://` address commonly hides: a server that speaks plain HTTP,
+/// and a certificate from a CA the CLI was not given.
+fn tls_hint(err: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut next = Some(err);
+    while let Some(err) = next {
+        // An I/O error leaves the error it wraps out of its sources: look inside.
+        let inner = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        for candidate in [Some(err), inner].into_iter().flatten() {
+            match candidate.downcast_ref::<rustls::Error>() {
+                Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => {
+                    return Some("the server does not speak TLS at this address: use http://");
+                }
+                Some(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::UnknownIssuer,
+                )) => {
+                    return Some(
+                        "the server's certificate is from a CA this system does not trust: \
+                         give that CA's certificate with --tls-ca-file",
+                    );
+                }
+                Some(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName
+                    | rustls::CertificateError::NotValidForNameContext { .. },
+                )) => {
+                    return Some(
+                        "the server's certificate does not name the host in this address: use \
+                         a name it was issued for",
+                    );
+                }
+                _ => {}
+            }
+        }
+        next = err.source();
+    }
+    None
 }
 
 /// Connects to `url`.
@@ -128,8 +174,9 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
             let cause = std::error::Error::source(&status).map(herald_core::error_text::chain);
             return anyhow::anyhow!(
                 "the connection broke during the call: {}: {} (the server may have stopped or \
-                 restarted; check it is up, then try again: a change may or may not have been \
-                 made, so read it back first)",
+                 restarted, or it speaks TLS: then use https://; check, then try again: if \
+                 the call made a change, it may or may not have been made, so read it back \
+                 first)",
                 or_nothing_said(status.message()),
                 cause.unwrap_or_default()
             );

@@ -1113,7 +1113,8 @@ async fn contexts_remember_a_control_plane_and_its_token() -> anyhow::Result<()>
     Ok(())
 }
 
-/// Plain http:// to a server that speaks TLS: the error says to use https://.
+/// Plain http:// to a server that speaks TLS: the error says to use https://; https:// to one
+/// that does not, or to one whose CA was not given, says what to do.
 #[tokio::test]
 async fn plain_http_to_a_tls_server_says_to_use_https() -> anyhow::Result<()> {
     use herald_tests::tls::CertUse;
@@ -1144,7 +1145,17 @@ async fn plain_http_to_a_tls_server_says_to_use_https() -> anyhow::Result<()> {
     let stderr = String::from_utf8_lossy(&untrusted.stderr);
     assert_eq!(untrusted.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("certificate") && !stderr.contains("without TLS"),
+        stderr.contains("certificate")
+            && stderr.contains("give that CA's certificate with --tls-ca-file"),
+        "{stderr}"
+    );
+    // https:// to a server that speaks plain HTTP/2 says to use http://.
+    let plain_server = ControlPlane::start(ConfigStore::Embedded).await?;
+    let tls_to_plain = list(plain_server.url().replacen("http://", "https://", 1)).await?;
+    let stderr = String::from_utf8_lossy(&tls_to_plain.stderr);
+    assert_eq!(tls_to_plain.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("does not speak TLS at this address: use http://"),
         "{stderr}"
     );
     Ok(())

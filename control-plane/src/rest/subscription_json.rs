@@ -364,7 +364,8 @@ pub struct SubscriptionSpec {
     /// Its private key (PEM): write-only. Empty with the same certificate keeps the stored key.
     #[serde(default)]
     pub client_key: String,
-    /// OAuth2 client credentials; a blank secret on update keeps the stored one.
+    /// OAuth2 client credentials; a blank secret on update keeps the stored one, except for a
+    /// URL moved to another origin (the tokens it gets go only to the origin it was given for).
     #[serde(default)]
     pub oauth2: Option<OAuth2>,
     /// On update: the revision the caller read (required there; a stale one is 409).

@@ -57,20 +57,32 @@ pub(super) fn merged_egress_proxy(sent: String, stored: &str) -> String {
 
 /// The OAuth2 settings an update writes: those it sends, where a blank client secret keeps the
 /// stored one, but only for the same token endpoint and client id: a secret is never sent to
-/// an endpoint its owner did not give it for.
+/// an endpoint its owner did not give it for. Nor is the token it gets: for a subscription
+/// moving to another origin (`to_same_origin` false), a blank secret is refused, as a blank
+/// header value is.
 pub(super) fn merged_oauth2(
     sent: Option<pb::OAuth2>,
     stored: Option<&pb::OAuth2>,
-) -> Option<pb::OAuth2> {
-    let mut sent = sent?;
+    to_same_origin: bool,
+) -> Result<Option<pb::OAuth2>, ValidationError> {
+    let Some(mut sent) = sent else {
+        return Ok(None);
+    };
     if sent.client_secret.is_empty()
         && let Some(stored) = stored
         && sent.client_id == stored.client_id
         && same_url(&sent.token_url, &stored.token_url)
     {
+        if !to_same_origin {
+            return Err(ValidationError::new(
+                "oauth2.client_secret",
+                "is sent blank for a new address: send it again (the access tokens it gets go \
+                 only to the origin it was given for)",
+            ));
+        }
         sent.client_secret.clone_from(&stored.client_secret);
     }
-    Some(sent)
+    Ok(Some(sent))
 }
 
 /// Whether two URLs are the same address (as parsed, so `HTTPS://Host:443/t` is
@@ -116,7 +128,7 @@ pub(super) fn merged_headers(
 }
 
 /// Whether two URLs have the same origin (scheme, host and port), as parsed.
-pub(super) fn same_origin(a: &str, b: &str) -> bool {
+pub fn same_origin(a: &str, b: &str) -> bool {
     match (url::Url::parse(a), url::Url::parse(b)) {
         (Ok(a), Ok(b)) => a.origin() == b.origin(),
         _ => a == b,

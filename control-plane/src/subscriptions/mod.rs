@@ -28,8 +28,8 @@ use crate::store::{Compare, KeyValue, Op, Store, StoreError, Txn, TxnOutcome};
 mod masking;
 mod record;
 
-use masking::{merged_egress_proxy, merged_headers, merged_oauth2, same_origin};
-pub use masking::{redact, with_signing_secrets_only, without_write_only};
+use masking::{merged_egress_proxy, merged_headers, merged_oauth2};
+pub use masking::{redact, same_origin, with_signing_secrets_only, without_write_only};
 pub use record::decode;
 use record::{encode, legacy_envelope, open_record};
 
@@ -534,7 +534,7 @@ impl Subscriptions {
             },
             client_cert: request.client_cert,
             // Reads without secrets blank the client secret: sent back blank, it stays.
-            oauth2: merged_oauth2(request.oauth2, current.oauth2.as_ref()),
+            oauth2: merged_oauth2(request.oauth2, current.oauth2.as_ref(), to_same_origin)?,
             timeout: request.timeout,
             retry: request.retry,
             description: request.description,
@@ -638,7 +638,7 @@ impl Subscriptions {
             "" => "manual".to_owned(),
             // What Herald writes when it disables one itself: an operator's reason cannot pass
             // for it in the list or the audit log.
-            r if r.starts_with("auto:") || r.starts_with("gone (") => {
+            r if passes_for_heralds_own(r) => {
                 return Err(ValidationError::new(
                     "reason",
                     "'auto:' and 'gone (' begin the reasons Herald records itself: word yours otherwise",
@@ -824,6 +824,18 @@ impl Subscriptions {
 }
 
 /// The refusal of a page token no listing of this kind handed out.
+/// Whether an operator's disable `reason` would read as one Herald records itself (`auto: N
+/// consecutive failures`, `gone (410)`), in any case and whatever spacing or invisible
+/// characters sit between its letters.
+fn passes_for_heralds_own(reason: &str) -> bool {
+    let skeleton: String = reason
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ':' | '('))
+        .flat_map(char::to_lowercase)
+        .collect();
+    skeleton.starts_with("auto:") || skeleton.starts_with("gone(")
+}
+
 fn not_from_this_listing() -> ValidationError {
     ValidationError::new("page_token", "is not from this listing")
 }
@@ -1119,6 +1131,80 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_oauth2_secret_sent_back_blank_is_kept_only_for_the_same_origin() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (registry, _) = registry_in(&dir).await;
+        let created = registry
+            .create(pb::Subscription {
+                oauth2: Some(pb::OAuth2 {
+                    token_url: "https://93.184.215.14/token".into(),
+                    client_id: "platform".into(),
+                    client_secret: "client-secret-1".into(),
+                    ..Default::default()
+                }),
+                ..orders_of("shop-a")
+            })
+            .await
+            .expect("created");
+        let read = redact(registry.get(&created.id).await.expect("read"));
+        assert_eq!(read.oauth2.as_ref().expect("oauth2").client_secret, "");
+        // Another path of the same origin: the secret stays.
+        let moved = registry
+            .update(
+                pb::Subscription {
+                    url: "https://93.184.215.14/other".into(),
+                    ..read.clone()
+                },
+                created.revision,
+            )
+            .await
+            .expect("updated");
+        let stored = registry.get(&moved.id).await.expect("read");
+        assert_eq!(
+            stored.oauth2.expect("oauth2").client_secret,
+            "client-secret-1"
+        );
+        // Another host: the tokens the stored secret gets would go there, so it must be given
+        // again, as the owner of the new address would have it.
+        let elsewhere = registry
+            .update(
+                pb::Subscription {
+                    url: "https://93.184.215.20/hook".into(),
+                    ..read.clone()
+                },
+                moved.revision,
+            )
+            .await;
+        assert!(
+            matches!(&elsewhere, Err(SubscriptionError::Invalid(e)) if e.field == "oauth2.client_secret"),
+            "{elsewhere:?}"
+        );
+        let mut oauth2 = read.oauth2.clone().expect("oauth2");
+        oauth2.client_secret = "client-secret-2".into();
+        let given = registry
+            .update(
+                pb::Subscription {
+                    url: "https://93.184.215.20/hook".into(),
+                    oauth2: Some(oauth2),
+                    ..read
+                },
+                moved.revision,
+            )
+            .await
+            .expect("given again");
+        assert_eq!(
+            registry
+                .get(&given.id)
+                .await
+                .expect("read")
+                .oauth2
+                .expect("oauth2")
+                .client_secret,
+            "client-secret-2"
+        );
+    }
+
+    #[tokio::test]
     async fn an_operator_s_disable_reason_cannot_pass_for_herald_s_own() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let (registry, _) = registry_in(&dir).await;
@@ -1127,6 +1213,9 @@ mod tests {
             "auto: 3 consecutive failures",
             "gone (410)",
             "moved\u{202e}",
+            "Auto: 10 consecutive failures",
+            "auto\u{200b}: 3 consecutive failures",
+            " GONE(410)",
         ] {
             let refused = registry.disable(&created.id, spoofed).await;
             assert!(

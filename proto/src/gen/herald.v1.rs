@@ -233,7 +233,10 @@ pub struct OAuth2 {
     #[prost(string, tag = "2")]
     pub client_id: ::prost::alloc::string::String,
     /// Sealed at rest; reads show it only with `show_secrets` (blank otherwise), and an update
-    /// that sends it blank keeps the stored one.
+    /// that sends it blank keeps the stored one for the same token endpoint and client id; an
+    /// update moving the subscription's URL to another origin (scheme, host, port) that sends
+    /// it blank is INVALID_ARGUMENT (field `oauth2.client_secret`): the tokens it gets go only
+    /// to the origin it was given for.
     #[prost(string, tag = "3")]
     pub client_secret: ::prost::alloc::string::String,
     /// Optional `scope` and `audience` parameters of the token request.

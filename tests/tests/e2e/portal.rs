@@ -377,6 +377,40 @@ async fn a_shop_manages_its_endpoints_in_its_portal_and_sees_no_other_shop() -> 
         ("all orders", ["order.*".to_owned()].as_slice())
     );
 
+    // An endpoint that signs in with the platform's OAuth2 client keeps its origin: the
+    // tokens that client gets go only where the platform sent them.
+    let signed_in = control_plane
+        .create(pb::Subscription {
+            oauth2: Some(pb::OAuth2 {
+                token_url: receiver.url("/token"),
+                client_id: "platform".into(),
+                client_secret: "platform-client-secret".into(),
+                ..Default::default()
+            }),
+            ..subscription("shop-a", &receiver.url("/shop-a-signed-in"), &["order.*"])
+        })
+        .await?;
+    browser
+        .open(&format!("{}endpoints/{}/edit", minted.url, signed_in.id))
+        .await?;
+    browser
+        .fill("#url", "https://collector.example/elsewhere")
+        .await?;
+    browser.click("#save").await?;
+    eventually(Duration::from_secs(10), "the move refused", || async {
+        Ok(browser
+            .page_text()
+            .await?
+            .contains("only the platform can move it")
+            .then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        control_plane.get(&signed_in.id).await?.url,
+        signed_in.url,
+        "not moved"
+    );
+
     // An expired link and a forged one say so, and show nothing.
     let keyring = Keyring::parse(herald_tests::herald::shared_keyring())?;
     let grant = Grant {

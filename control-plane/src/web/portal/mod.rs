@@ -615,6 +615,18 @@ async fn edit(
         .await?
         .into_inner();
     let wire = match (form.to_wire(id.clone()), form.expected_revision()) {
+        // The access tokens got with the platform's OAuth2 client go only to the origin the
+        // platform gave them for; the portal cannot give the client secret again.
+        (Ok(edited), Ok(_))
+            if current.oauth2.is_some()
+                && !crate::subscriptions::same_origin(&edited.url, &current.url) =>
+        {
+            let error = "This endpoint signs in to its receiver with the platform's OAuth2 \
+                         client: only the platform can move it to another address (scheme, \
+                         host or port). Keep the address, or add a new endpoint."
+                .to_owned();
+            return form_page(&state, &holder, Some(id), form, error).await;
+        }
         (Ok(edited), Ok(revision)) => (
             pb::Subscription {
                 url: edited.url,
