@@ -557,10 +557,21 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                 .map_err(status_error)?
                 .into_inner();
             let expected_revision = args.revision.unwrap_or(sub.revision);
+            let read = sub.clone();
             if let Some(url) = args.url {
                 sub.url = url;
             }
             let allow_unregistered = args.fields.apply(&mut sub);
+            if sub == read {
+                // Nothing given, or only what it holds: no new revision, no audit entry, no
+                // change sent to every agent.
+                output::object(format, &output::subscription(&sub, false))?;
+                output::note(&format!(
+                    "nothing to change: {} already holds what was given (no update made)",
+                    sub.id
+                ));
+                return Ok(());
+            }
             let updated = client
                 .update_subscription(pb::UpdateSubscriptionRequest {
                     subscription: Some(sub),

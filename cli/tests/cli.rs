@@ -404,6 +404,24 @@ async fn delivery_options_are_set_from_the_command_line() -> anyhow::Result<()> 
         "{everywhere}"
     );
 
+    // An update that changes nothing (no field, or only what it holds) writes nothing: the
+    // revision stays, and the CLI says so.
+    for unchanged in [&[][..], &["--all-regions"][..]] {
+        let mut args = vec!["subscription", "update", id.as_str()];
+        args.extend_from_slice(unchanged);
+        let output = herald_command()
+            .args(["--control-plane", world.control_plane.url()])
+            .args(&args)
+            .args(["-o", "json"])
+            .output()
+            .await?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{stderr}");
+        assert!(stderr.contains("nothing to change"), "{stderr}");
+        let same: Value = serde_json::from_slice(&output.stdout)?;
+        assert_eq!(same["revision"], everywhere["revision"], "{same}");
+    }
+
     // Both forms at once, a bad backoff, and values the wire would read as "the default"
     // (0 in flight, 0 failures, no delays), are refused before anything is sent.
     for bad in [

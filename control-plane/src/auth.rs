@@ -84,14 +84,25 @@ impl TokenSource {
         if let Some(path) = &self.auth_tokens_file {
             text = read(path)?;
         }
+        // The file's lines, then the value's entries: each named where it was given.
+        let file_lines = text.lines().count();
         if let Some(inline) = &self.auth_tokens {
-            text.push('\n');
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
             text.push_str(&inline.replace(';', "\n"));
         }
         if self.auth_tokens_file.is_none() && self.auth_tokens.is_none() {
             return Ok(None);
         }
-        Tokens::parse(&text).map(Some)
+        let place = |n: usize| match &self.auth_tokens_file {
+            Some(path) if n <= file_lines => format!("{} line {n}", path.display()),
+            _ => format!(
+                "HERALD_AUTH_TOKENS (or --auth-tokens-value) entry {}",
+                n - file_lines
+            ),
+        };
+        Tokens::parse_placed(&text, &place).map(Some)
     }
 
     /// Loads the certificate identities; `None` when none are configured. No identity may
@@ -100,7 +111,13 @@ impl TokenSource {
         let Some(path) = &self.auth_identities_file else {
             return Ok(None);
         };
-        let identities = CertificateIdentities::parse(&read(path)?)?;
+        let identities = CertificateIdentities::parse(&read(path)?).map_err(|err| match err {
+            AuthError::Invalid { place, reason } => AuthError::Invalid {
+                place: format!("{} {place}", path.display()),
+                reason,
+            },
+            other => other,
+        })?;
         if let Some(tokens) = self.load()? {
             let names: BTreeSet<&str> = identities.names().collect();
             if let Some(shared) = tokens.names().find(|name| names.contains(name)) {
@@ -139,13 +156,18 @@ pub enum AuthError {
         source: std::io::Error,
     },
     /// A line is malformed.
-    #[error("line {line}: {reason}")]
+    #[error("{place}: {reason}")]
     Invalid {
-        /// The line number, from 1.
-        line: usize,
+        /// Where: the line (from 1), and the file or variable holding it when known.
+        place: String,
         /// What is wrong.
         reason: String,
     },
+    /// Only blank lines and comments were given.
+    #[error(
+        "no token given: the tokens file and HERALD_AUTH_TOKENS hold only blank lines and comments"
+    )]
+    NoTokens,
 }
 
 /// The accepted tokens and the identities they stand for.
@@ -210,16 +232,18 @@ fn identity<'a>(
 /// Parses the lines of a tokens or identities file, `ROLE KEY [name=NAME] [tenants=T1,T2]
 /// [regions=R1,R2]` (a `#` at the start or after a blank starts a comment), into identities by the key `admit` makes of each
 /// line's role and `KEY` (`key_name` in messages), with the name they have without `name=`.
+/// `place` names line `n` (from 1) in errors.
 fn parse_lines<K: std::hash::Hash + Eq>(
     text: &str,
     key_name: &str,
+    place: &dyn Fn(usize) -> String,
     admit: impl Fn(Role, &str) -> Result<(K, String), String>,
 ) -> Result<HashMap<K, Arc<Identity>>, AuthError> {
     let mut by_key = HashMap::new();
     let mut names = BTreeSet::new();
     for (index, line) in text.lines().enumerate() {
         let invalid = |reason: String| AuthError::Invalid {
-            line: index + 1,
+            place: place(index + 1),
             reason,
         };
         let Some(line) = token_file::content(line) else {
@@ -276,16 +300,18 @@ fn scope(
 impl Tokens {
     /// Parses `ROLE TOKEN [name=NAME] [tenants=T1,T2] [regions=R1,R2]` lines.
     pub fn parse(text: &str) -> Result<Tokens, AuthError> {
-        let by_digest = parse_lines(text, "TOKEN", |role, token| {
+        Self::parse_placed(text, &|n| format!("line {n}"))
+    }
+
+    /// As [`Tokens::parse`], with `place` naming line `n` in errors.
+    fn parse_placed(text: &str, place: &dyn Fn(usize) -> String) -> Result<Tokens, AuthError> {
+        let by_digest = parse_lines(text, "TOKEN", place, |role, token| {
             token_file::check_token(token)?;
             let digest = token_file::digest(token);
             Ok((digest, token_file::default_name(role.name(), &digest)))
         })?;
         if by_digest.is_empty() {
-            return Err(AuthError::Invalid {
-                line: 0,
-                reason: "no token given".into(),
-            });
+            return Err(AuthError::NoTokens);
         }
         Ok(Tokens {
             by_digest: Arc::new(by_digest),
@@ -657,5 +683,37 @@ mod tests {
         };
         let tokens = source.load().unwrap().unwrap();
         assert_eq!(tokens.by_digest.len(), 3);
+
+        // A mistake is named where it was made: the file's line, or the value's entry.
+        let bad_value = TokenSource {
+            auth_tokens: Some(format!("read {READER};admin short")),
+            ..source.clone()
+        };
+        let err = bad_value.load().unwrap_err().to_string();
+        assert!(
+            err.starts_with("HERALD_AUTH_TOKENS (or --auth-tokens-value) entry 2:"),
+            "{err}"
+        );
+        let alone = TokenSource {
+            auth_tokens_file: None,
+            auth_tokens: Some("admin short".into()),
+            auth_identities_file: None,
+        };
+        let err = alone.load().unwrap_err().to_string();
+        assert!(err.contains("entry 1:"), "{err}");
+        let bad_file = dir.path().join("bad");
+        std::fs::write(&bad_file, format!("# ops\nadmin {ADMIN}\nadmin short")).unwrap();
+        let in_file = TokenSource {
+            auth_tokens_file: Some(bad_file.clone()),
+            ..source
+        };
+        let err = in_file.load().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{} line 3: a token must be 16 to 512 characters",
+                bad_file.display()
+            )
+        );
     }
 }

@@ -36,14 +36,19 @@ impl std::fmt::Debug for CertificateIdentities {
 impl CertificateIdentities {
     /// Parses `ROLE COMMON_NAME [options]` lines.
     pub fn parse(text: &str) -> Result<Self, AuthError> {
-        let by_common_name = parse_lines(text, "COMMON_NAME", |_, common_name| {
-            if common_name.len() > MAX_COMMON_NAME || common_name.contains('=') {
-                return Err(format!(
-                    "{common_name:?} is not a common name (at most {MAX_COMMON_NAME} bytes, no '=')"
-                ));
-            }
-            Ok((common_name.to_owned(), common_name.to_owned()))
-        })?;
+        let by_common_name = parse_lines(
+            text,
+            "COMMON_NAME",
+            &|n| format!("line {n}"),
+            |_, common_name| {
+                if common_name.len() > MAX_COMMON_NAME || common_name.contains('=') {
+                    return Err(format!(
+                        "{common_name:?} is not a common name (at most {MAX_COMMON_NAME} bytes, no '=')"
+                    ));
+                }
+                Ok((common_name.to_owned(), common_name.to_owned()))
+            },
+        )?;
         Ok(CertificateIdentities {
             by_common_name: Arc::new(by_common_name),
         })

@@ -823,7 +823,6 @@ impl Subscriptions {
     }
 }
 
-/// The refusal of a page token no listing of this kind handed out.
 /// Whether an operator's disable `reason` would read as one Herald records itself (`auto: N
 /// consecutive failures`, `gone (410)`), in any case and whatever spacing or invisible
 /// characters sit between its letters.
@@ -836,6 +835,7 @@ fn passes_for_heralds_own(reason: &str) -> bool {
     skeleton.starts_with("auto:") || skeleton.starts_with("gone(")
 }
 
+/// The refusal of a page token no listing of this kind handed out.
 fn not_from_this_listing() -> ValidationError {
     ValidationError::new("page_token", "is not from this listing")
 }
