@@ -62,7 +62,7 @@ fn parse_emit_budget(text: &str) -> Result<usize, String> {
 
 /// Parses `--report-stream-idle`: a duration of 1 s to 1 h.
 fn parse_report_stream_idle(text: &str) -> Result<Duration, String> {
-    let idle = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
+    let idle = herald_core::duration::parse(text)?;
     if (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&idle) {
         Ok(idle)
     } else {
@@ -161,10 +161,10 @@ pub struct Config {
     #[arg(long, env = "HERALD_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
     /// How long an event id is remembered to drop duplicates.
-    #[arg(long, env = "HERALD_DEDUP_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "HERALD_DEDUP_WINDOW", default_value = "24h", value_parser = herald_core::duration::parse)]
     pub dedup_window: Duration,
     /// How long accepted events are kept (for replay), delivered or not.
-    #[arg(long, env = "HERALD_RETENTION", default_value = "72h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "HERALD_RETENTION", default_value = "72h", value_parser = herald_core::duration::parse)]
     pub retention: Duration,
     /// The most events with deliveries still to make (parked ones included); past it Emit
     /// answers RESOURCE_EXHAUSTED. Delivered events kept for replay do not count.

@@ -20,7 +20,7 @@ pub enum Command {
         #[arg(long)]
         tenant: String,
         /// How long the link works (1m to 7d).
-        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "1h", value_parser = herald_core::duration::parse)]
         ttl: Duration,
         /// The portal shows and changes nothing (no secrets, no forms).
         #[arg(long)]

@@ -104,7 +104,7 @@ pub enum Command {
         id: String,
         /// How long the old secrets keep signing at most (0: end them now). A subscription
         /// holds at most 8 secrets.
-        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "24h", value_parser = herald_core::duration::parse)]
         grace: Duration,
     },
 }
@@ -160,10 +160,10 @@ pub struct Fields {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_DISABLE_AFTER)))]
     disable_after: Option<u32>,
     /// ...and only once the failures have gone on this long, e.g. 1h (0s: no minimum).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = herald_core::duration::parse)]
     disable_min_failing: Option<Duration>,
     /// Per-attempt timeout, e.g. 15s.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = herald_core::duration::parse)]
     timeout: Option<Duration>,
     /// Regions whose agents deliver it, comma-separated (default: all).
     #[arg(long, value_delimiter = ',', conflicts_with = "all_regions")]

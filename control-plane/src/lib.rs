@@ -115,6 +115,12 @@ pub struct Config {
     /// How long the delivery log keeps attempts (and the audit log its entries): at least 1 h.
     #[arg(long, env = "HERALD_LOG_RETENTION", default_value = "30days", value_parser = log_retention)]
     pub log_retention: Duration,
+    /// How long one operation on a PostgreSQL delivery log (a report batch stored, a page
+    /// listed) may take before the database counts as not answering: the call is then
+    /// UNAVAILABLE (agents send their reports again) and the pool's idle connections are
+    /// closed (1 s to 10 min).
+    #[arg(long, env = "HERALD_LOG_ANSWER_TIMEOUT", default_value = "30s", value_parser = log_answer_timeout)]
+    pub log_answer_timeout: Duration,
     /// The page cache of the embedded delivery log, in bytes: memory the control plane keeps
     /// for the log's recent pages, however large the log grows.
     #[arg(long, env = "HERALD_LOG_CACHE_BYTES", default_value_t = attempts::embedded::DEFAULT_CACHE_BYTES)]
@@ -250,6 +256,7 @@ impl Config {
             log_retention: DEFAULT_LOG_RETENTION,
             log_max_attempts: DEFAULT_LOG_MAX_ATTEMPTS,
             log_cache_bytes: attempts::embedded::DEFAULT_CACHE_BYTES,
+            log_answer_timeout: attempts::postgres::DEFAULT_ANSWER_TIMEOUT,
             log_body_limit: DEFAULT_LOG_BODY_LIMIT,
             max_report_bytes_in_flight: DEFAULT_MAX_REPORT_BYTES_IN_FLIGHT,
             grpc_stream_window: DEFAULT_GRPC_STREAM_WINDOW,
@@ -426,12 +433,13 @@ pub async fn run(
         );
     }
     let log_store = config.log_store.parse().map_err(Error::LogStore)?;
-    let log = attempts::open(
-        &log_store,
-        &config.data_dir,
-        config.log_retention,
-        config.log_cache_bytes,
-    )
+    let log = attempts::open(attempts::OpenLog {
+        url: &log_store,
+        data_dir: &config.data_dir,
+        retention: config.log_retention,
+        cache_bytes: config.log_cache_bytes,
+        answer_timeout: config.log_answer_timeout,
+    })
     .await?;
     tracing::info!(store = %log_store, "delivery log opened");
     if !etcd.is_empty() && log_store == attempts::LogStoreUrl::Embedded {
@@ -862,8 +870,16 @@ pub async fn run(
 const MIN_LOG_RETENTION: Duration = Duration::from_secs(3600);
 
 /// A `--log-retention`: a duration of at least [`MIN_LOG_RETENTION`].
+fn log_answer_timeout(text: &str) -> Result<Duration, String> {
+    let limit = herald_core::duration::parse(text)?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&limit) {
+        return Err(format!("{text:?} is not between 1s and 10m"));
+    }
+    Ok(limit)
+}
+
 fn log_retention(text: &str) -> Result<Duration, String> {
-    let retention = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    let retention = herald_core::duration::parse(text)?;
     if retention < MIN_LOG_RETENTION {
         return Err(format!("{text:?} is shorter than the least allowed, 1h"));
     }

@@ -36,18 +36,22 @@ impl Interest {
         if self.admits(tenant, event_type) {
             return None;
         }
-        let list = |items: &[String]| {
-            if items.is_empty() {
-                "all".to_owned()
-            } else {
-                items.join(",")
-            }
+        let tenants = if self.tenants.is_empty() {
+            "every tenant".to_owned()
+        } else {
+            format!("tenants {}", self.tenants.join(","))
+        };
+        let types = if self.event_type_prefixes.is_empty() {
+            "every event type".to_owned()
+        } else {
+            format!(
+                "event types starting with {}",
+                self.event_type_prefixes.join(",")
+            )
         };
         Some(format!(
-            "this agent emits for tenants {} and event types starting with {} only \
-             (--tenants, --event-type-prefixes); event {tenant}/{event_type} is outside",
-            list(&self.tenants),
-            list(&self.event_type_prefixes)
+            "this agent emits for {tenants} and {types} only (--tenants, \
+             --event-type-prefixes); event {tenant}/{event_type} is outside"
         ))
     }
 

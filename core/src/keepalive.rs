@@ -15,7 +15,7 @@ pub const RANGE: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::f
 
 /// Parses `--keepalive-interval` (`20s`, `2m`), within [`RANGE`].
 pub fn parse_interval(text: &str) -> Result<Duration, String> {
-    let interval = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    let interval = crate::duration::parse(text)?;
     if !RANGE.contains(&interval) {
         return Err(format!("{text:?} is not between 1s and 10m"));
     }

@@ -21,6 +21,7 @@
 
 pub mod daemon;
 pub mod disk_fault;
+pub mod duration;
 pub mod egress;
 pub mod error_kind;
 pub mod error_text;

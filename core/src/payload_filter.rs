@@ -323,7 +323,10 @@ fn parse_operators(value: &Value, at: &str) -> Result<Vec<Operator>, Refusal> {
                 _ => {
                     return Err(refuse(
                         &here,
-                        format!("unknown operator (expected one of {OPERATORS})"),
+                        format!(
+                            "unknown operator (a field takes {OPERATORS}; $and and $or combine \
+                             whole filters, beside the fields)"
+                        ),
                     ));
                 }
             })

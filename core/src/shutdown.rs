@@ -29,7 +29,7 @@ pub const MAX_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Parses a shutdown grace period (`30s`, `2m`): at most [`MAX_GRACE`], since a service
 /// manager stops waiting long before, and a longer one only hides a stuck drain.
 pub fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
-    let grace = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    let grace = crate::duration::parse(text)?;
     if grace > MAX_GRACE {
         return Err(format!(
             "{text:?} is longer than the most allowed, {}",

@@ -256,7 +256,8 @@ pub fn url(value: &str, allow_http: bool) -> Result<url::Url, ValidationError> {
         "http" => {
             return Err(ValidationError::new(
                 FIELD,
-                "must use https (http is not allowed here)",
+                "must use https (http is allowed only where the operator started the control \
+                 plane with --allow-http, for development)",
             ));
         }
         other => {

@@ -110,6 +110,8 @@ pub struct Postgres {
     durable: bool,
     /// The postmaster, while running.
     child: Option<Child>,
+    /// Whether [`Postgres::freeze`] stopped its processes (thawed again before it is shut down).
+    frozen: bool,
     /// Holds the data dir, socket dir and log. `Drop` shuts the server down before any field is
     /// dropped, so it is removed after the process died.
     dir: TempDir,
@@ -196,6 +198,7 @@ impl Postgres {
             tls,
             durable,
             child: None,
+            frozen: false,
             dir,
         };
         pg.initdb().await?;
@@ -254,6 +257,9 @@ impl Postgres {
         let Some(pid) = self.child.as_ref().map(Child::id) else {
             return Ok(());
         };
+        if self.frozen {
+            self.thaw().await?;
+        }
         // The child stays in `self.child` across every await, so a cancelled stop still leaves
         // it to `Drop`.
         let signalled = send_signal(pid, "INT").await;
@@ -287,6 +293,37 @@ impl Postgres {
             }
             tokio::time::sleep(READY_POLL).await;
         }
+    }
+
+    /// Freezes the server as a host that hangs would: the postmaster and every backend stop
+    /// (SIGSTOP) with their connections open, so clients wait for answers that do not come.
+    /// [`Postgres::thaw`] resumes them; a frozen server is thawed before it is shut down.
+    pub async fn freeze(&mut self) -> anyhow::Result<()> {
+        let pid = self
+            .child
+            .as_ref()
+            .map(Child::id)
+            .context("PostgreSQL is not running")?;
+        // The postmaster first, so it starts no backend the loop would miss.
+        send_signal(pid, "STOP").await?;
+        self.frozen = true;
+        for child in children_of(pid) {
+            send_signal(child, "STOP").await?;
+        }
+        Ok(())
+    }
+
+    /// Resumes a server [`Postgres::freeze`] stopped.
+    pub async fn thaw(&mut self) -> anyhow::Result<()> {
+        let Some(pid) = self.child.as_ref().map(Child::id) else {
+            return Ok(());
+        };
+        for child in children_of(pid) {
+            send_signal(child, "CONT").await?;
+        }
+        send_signal(pid, "CONT").await?;
+        self.frozen = false;
+        Ok(())
     }
 
     /// Starts the server again on the same data dir and port, and waits until it accepts
@@ -519,6 +556,18 @@ impl Postgres {
             return;
         };
         let pid = child.id();
+        if std::mem::take(&mut self.frozen) {
+            // Stopped processes do not act on signals, and backends left stopped would outlive
+            // their postmaster.
+            for process in children_of(pid).into_iter().chain([pid]) {
+                let _ = Command::new("kill")
+                    .args(["-s", "CONT", "--", &process.to_string()])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
         let quit = Command::new("kill")
             .args(["-s", "QUIT", "--", &pid.to_string()])
             .stdin(Stdio::null())
@@ -632,6 +681,27 @@ async fn id(args: &[&str]) -> anyhow::Result<u32> {
 }
 
 /// Sends signal `name` (e.g. `INT`) to process `pid` with the `kill` command.
+/// The processes whose parent is `pid` (from `/proc`).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return vec![];
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|candidate| {
+            // `/proc/<pid>/stat`: "pid (comm) state ppid …"; comm may hold spaces and parens.
+            fs::read_to_string(format!("/proc/{candidate}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let after = &stat[stat.rfind(')')? + 1..];
+                    after.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
 async fn send_signal(pid: u32, name: &str) -> anyhow::Result<()> {
     let output = tokio::process::Command::new("kill")
         .args(["-s", name, "--", &pid.to_string()])

@@ -270,18 +270,33 @@ impl LogStoreUrl {
     }
 }
 
-/// Opens the log `url` names: the embedded one in `data_dir` (with a page cache of
-/// `cache_bytes`), or the PostgreSQL database (its schema migrated, its partitions made for
-/// `retention`).
-pub async fn open(
-    url: &LogStoreUrl,
-    data_dir: &std::path::Path,
-    retention: Duration,
-    cache_bytes: usize,
-) -> Result<AttemptLog, LogError> {
-    Ok(match url {
-        LogStoreUrl::Embedded => Arc::new(EmbeddedLog::open_with_cache(data_dir, cache_bytes)?),
-        LogStoreUrl::Postgres(url) => Arc::new(PostgresLog::open(url, retention).await?),
+/// How to open the delivery log: where, and the settings of each kind.
+#[derive(Debug)]
+pub struct OpenLog<'a> {
+    /// Which log.
+    pub url: &'a LogStoreUrl,
+    /// The embedded log's directory.
+    pub data_dir: &'a std::path::Path,
+    /// How long attempts are kept (PostgreSQL makes its partitions for it).
+    pub retention: Duration,
+    /// The embedded log's page cache, in bytes.
+    pub cache_bytes: usize,
+    /// How long one PostgreSQL operation may take before the database counts as not
+    /// answering.
+    pub answer_timeout: Duration,
+}
+
+/// Opens the log `open.url` names: the embedded one in its data dir, or the PostgreSQL
+/// database (its schema migrated, its partitions made for the retention).
+pub async fn open(open: OpenLog<'_>) -> Result<AttemptLog, LogError> {
+    Ok(match open.url {
+        LogStoreUrl::Embedded => Arc::new(EmbeddedLog::open_with_cache(
+            open.data_dir,
+            open.cache_bytes,
+        )?),
+        LogStoreUrl::Postgres(url) => {
+            Arc::new(PostgresLog::open_with(url, open.retention, open.answer_timeout).await?)
+        }
     })
 }
 

@@ -208,6 +208,69 @@ async fn a_database_that_goes_away_is_unavailable_until_it_returns() -> anyhow::
     Ok(())
 }
 
+/// A database that stops answering without closing its connections (a host that hangs, a
+/// network that drops packets) makes each call UNAVAILABLE within the answer timeout, instead
+/// of holding it for as long as TCP waits; once it answers again, so does the log, on fresh
+/// connections.
+#[tokio::test]
+async fn a_database_that_stops_answering_is_unavailable_within_the_answer_timeout()
+-> anyhow::Result<()> {
+    let mut postgres = Postgres::start().await?;
+    let limit = Duration::from_secs(2);
+    let log = PostgresLog::open_with(&database(&postgres)?, YEAR, limit).await?;
+    // Connections in the pool, each able to hang on the frozen server.
+    let first = conformance::attempt(
+        "evt_a",
+        "sub_frozen",
+        1,
+        pb::Outcome::Delivered,
+        Duration::ZERO,
+    );
+    assert_eq!(log.insert(vec![first]).await?.len(), 1);
+    let (a, b) = tokio::join!(
+        log.list(Default::default(), 10, ""),
+        log.list(Default::default(), 10, "")
+    );
+    a?;
+    b?;
+
+    postgres.freeze().await?;
+    let during = conformance::attempt(
+        "evt_b",
+        "sub_frozen",
+        1,
+        pb::Outcome::Delivered,
+        Duration::ZERO,
+    );
+    for call in 0..3 {
+        let started = std::time::Instant::now();
+        let stored =
+            tokio::time::timeout(Duration::from_secs(20), log.insert(vec![during.clone()]))
+                .await
+                .map_err(|_| anyhow::anyhow!("call {call} held past 20 s by a frozen database"))?;
+        assert!(
+            matches!(stored, Err(LogError::Unavailable(_))),
+            "call {call}: {stored:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "call {call}: {:?}",
+            started.elapsed()
+        );
+    }
+
+    postgres.thaw().await?;
+    let stored = eventually(WAIT, "the database answering again", || async {
+        Ok(log.insert(vec![during.clone()]).await.ok())
+    })
+    .await?;
+    assert!(stored.len() <= 1, "stored once at most: {stored:?}");
+    let page = log.list(Default::default(), 10, "").await?;
+    let ids: Vec<&str> = page.attempts.iter().map(|a| a.event_id.as_str()).collect();
+    assert_eq!(ids, ["evt_b", "evt_a"]);
+    Ok(())
+}
+
 #[tokio::test]
 async fn every_replica_lists_and_follows_what_any_replica_stored() -> anyhow::Result<()> {
     let etcd = Etcd::start().await?;

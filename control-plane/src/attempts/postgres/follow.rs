@@ -89,7 +89,7 @@ impl Follower {
         stop: &CancellationToken,
     ) -> Result<(), LogError> {
         let connected = |e| unavailable(&self.url, e);
-        let mut config = self.url.config.clone();
+        let mut config = super::with_tcp_timeouts(self.url.config.clone());
         config.application_name(FOLLOWER_APPLICATION);
         match &self.tls {
             Tls::Off => {

@@ -137,6 +137,16 @@ const DDL_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '2s'";
 const POOL_SIZE: usize = 16;
 /// How long a query waits for a connection, or for a new one to be made.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one operation on the log (a batch stored, a page listed) may take before the
+/// database counts as not answering, by default (`--log-answer-timeout`): the call is
+/// UNAVAILABLE (an agent sends its reports again) rather than held for as long as TCP waits.
+pub const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The same for the retention sweep, which may delete many rows.
+const SWEEP_TIMEOUT: Duration = Duration::from_secs(600);
+/// A connection idle this long is probed (TCP keepalive), and one whose data goes
+/// unacknowledged this long is closed (TCP user timeout): a lost host ends its connections
+/// in about this time, not the kernel's 15 minutes.
+const TCP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The notification channel of stored attempts.
 const CHANNEL: &str = "herald_attempts";
 const DAY_SECS: i64 = 24 * 60 * 60;
@@ -151,6 +161,8 @@ pub struct PostgresLog {
     partitions: Mutex<BTreeSet<i64>>,
     /// How long attempts are kept: older ones are not stored.
     retention: Duration,
+    /// How long one operation may take before the database counts as not answering.
+    answer_timeout: Duration,
     /// Ends the follower when the log is dropped.
     stop: CancellationToken,
 }
@@ -163,17 +175,26 @@ impl Drop for PostgresLog {
 
 impl PostgresLog {
     /// Connects, migrates the schema, makes the partitions ahead and starts following the
-    /// attempts every replica stores.
+    /// attempts every replica stores; operations time out after [`DEFAULT_ANSWER_TIMEOUT`].
     pub async fn open(url: &DatabaseUrl, retention: Duration) -> Result<Self, LogError> {
+        Self::open_with(url, retention, DEFAULT_ANSWER_TIMEOUT).await
+    }
+
+    /// As [`PostgresLog::open`]; an operation that takes longer than `answer_timeout` is
+    /// [`LogError::Unavailable`].
+    pub async fn open_with(
+        url: &DatabaseUrl,
+        retention: Duration,
+        answer_timeout: Duration,
+    ) -> Result<Self, LogError> {
         let recycling = || ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
         let tls = url.tls()?;
+        let config = with_tcp_timeouts(url.config.clone());
         let manager = match &tls {
-            Tls::Off => Manager::from_config(url.config.clone(), NoTls, recycling()),
-            Tls::Verified(connect) => {
-                Manager::from_config(url.config.clone(), connect.clone(), recycling())
-            }
+            Tls::Off => Manager::from_config(config, NoTls, recycling()),
+            Tls::Verified(connect) => Manager::from_config(config, connect.clone(), recycling()),
         };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
@@ -190,6 +211,7 @@ impl PostgresLog {
             tail,
             partitions: Mutex::new(BTreeSet::new()),
             retention,
+            answer_timeout,
             stop: CancellationToken::new(),
         };
         log.migrate().await?;
@@ -366,59 +388,63 @@ impl LogStore for PostgresLog {
         attempts: Vec<pb::Attempt>,
         reactions: Arc<dyn Reactions>,
     ) -> Result<Stored, LogError> {
-        let now = SystemTime::now();
-        let oldest = day_of(now.checked_sub(self.retention).unwrap_or(UNIX_EPOCH));
-        let newest = day_of(now) + MAX_DAYS_AHEAD;
-        let mut kept = Vec::with_capacity(attempts.len());
-        for mut attempt in attempts {
-            let started = attempt.started_at.as_ref().map_or(now, system_time);
-            let day = day_of(started);
-            if day < oldest || day > newest {
-                tracing::warn!(
-                    event = %attempt.event_id,
-                    subscription = %attempt.subscription_id,
-                    started_at = %humantime::format_rfc3339_millis(started),
-                    "attempt outside the delivery log's retention or too far ahead; not stored"
-                );
-                continue;
-            }
-            bound_attempt_text(&mut attempt.response_excerpt);
-            bound_attempt_text(&mut attempt.error);
-            kept.push((started, attempt));
-        }
-        if kept.is_empty() {
-            return Ok(Stored::default());
-        }
-        let requests = take_requests(kept.iter_mut().map(|(_, a)| a));
-        self.ensure_partitions(kept.iter().map(|(t, _)| day_of(*t)).collect())
-            .await?;
-
-        let days: BTreeSet<i64> = kept.iter().map(|(t, _)| day_of(*t)).collect();
-        let mut client = self.client().await?;
-        let (new, followups) =
-            match Self::store_batch(&mut client, &kept, &requests, &*reactions).await {
-                // A day's partition this replica believed in is gone (dropped by another replica's
-                // size limit, or lost in a failover): make it again, once.
-                Err(err) if err.code() == Some(&SqlState::CHECK_VIOLATION) => {
-                    self.partitions
-                        .lock()
-                        .expect("partitions lock")
-                        .retain(|day| !days.contains(day));
-                    self.ensure_partitions(days).await?;
-                    Self::store_batch(&mut client, &kept, &requests, &*reactions).await
+        self.bounded(self.answer_timeout, async {
+            let now = SystemTime::now();
+            let oldest = day_of(now.checked_sub(self.retention).unwrap_or(UNIX_EPOCH));
+            let newest = day_of(now) + MAX_DAYS_AHEAD;
+            let mut kept = Vec::with_capacity(attempts.len());
+            for mut attempt in attempts {
+                let started = attempt.started_at.as_ref().map_or(now, system_time);
+                let day = day_of(started);
+                if day < oldest || day > newest {
+                    tracing::warn!(
+                        event = %attempt.event_id,
+                        subscription = %attempt.subscription_id,
+                        started_at = %humantime::format_rfc3339_millis(started),
+                        "attempt outside the delivery log's retention or too far ahead; not stored"
+                    );
+                    continue;
                 }
-                other => other,
+                bound_attempt_text(&mut attempt.response_excerpt);
+                bound_attempt_text(&mut attempt.error);
+                kept.push((started, attempt));
             }
-            .map_err(|e| self.error(e))?;
-        let mut kept: Vec<Option<pb::Attempt>> = kept.into_iter().map(|(_, a)| Some(a)).collect();
-        Ok(Stored {
-            attempts: new
-                .into_iter()
-                .filter_map(|i| kept[i].take())
-                .map(Arc::new)
-                .collect(),
-            followups,
+            if kept.is_empty() {
+                return Ok(Stored::default());
+            }
+            let requests = take_requests(kept.iter_mut().map(|(_, a)| a));
+            self.ensure_partitions(kept.iter().map(|(t, _)| day_of(*t)).collect())
+                .await?;
+
+            let days: BTreeSet<i64> = kept.iter().map(|(t, _)| day_of(*t)).collect();
+            let mut client = self.client().await?;
+            let (new, followups) =
+                match Self::store_batch(&mut client, &kept, &requests, &*reactions).await {
+                    // A day's partition this replica believed in is gone (dropped by another replica's
+                    // size limit, or lost in a failover): make it again, once.
+                    Err(err) if err.code() == Some(&SqlState::CHECK_VIOLATION) => {
+                        self.partitions
+                            .lock()
+                            .expect("partitions lock")
+                            .retain(|day| !days.contains(day));
+                        self.ensure_partitions(days).await?;
+                        Self::store_batch(&mut client, &kept, &requests, &*reactions).await
+                    }
+                    other => other,
+                }
+                .map_err(|e| self.error(e))?;
+            let mut kept: Vec<Option<pb::Attempt>> =
+                kept.into_iter().map(|(_, a)| Some(a)).collect();
+            Ok(Stored {
+                attempts: new
+                    .into_iter()
+                    .filter_map(|i| kept[i].take())
+                    .map(Arc::new)
+                    .collect(),
+                followups,
+            })
         })
+        .await
     }
 
     async fn list(
@@ -427,255 +453,270 @@ impl LogStore for PostgresLog {
         page_size_asked: u32,
         page_token: &str,
     ) -> Result<Page, LogError> {
-        let size = page_size(page_size_asked);
-        let after = PageToken::parse(page_token)?;
-        let mut conditions: Vec<String> = Vec::new();
-        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
-        let param = |value: Box<dyn ToSql + Sync + Send>, params: &mut Vec<_>| {
-            params.push(value);
-            format!("${}", params.len())
-        };
-        for (column, value) in [
-            ("subscription_id", &filter.wire().subscription_id),
-            ("tenant", &filter.wire().tenant),
-            ("event_id", &filter.wire().event_id),
-        ] {
-            if !value.is_empty() {
-                let p = param(Box::new(value.clone()), &mut params);
-                conditions.push(format!("{column} = {p}"));
+        self.bounded(self.answer_timeout, async {
+            let size = page_size(page_size_asked);
+            let after = PageToken::parse(page_token)?;
+            let mut conditions: Vec<String> = Vec::new();
+            let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+            let param = |value: Box<dyn ToSql + Sync + Send>, params: &mut Vec<_>| {
+                params.push(value);
+                format!("${}", params.len())
+            };
+            for (column, value) in [
+                ("subscription_id", &filter.wire().subscription_id),
+                ("tenant", &filter.wire().tenant),
+                ("event_id", &filter.wire().event_id),
+            ] {
+                if !value.is_empty() {
+                    let p = param(Box::new(value.clone()), &mut params);
+                    conditions.push(format!("{column} = {p}"));
+                }
             }
-        }
-        match filter.tenants() {
-            None => {}
-            Some(tenants) if tenants.is_empty() => {
-                // None of the tenants asked for may be shown.
-                return Ok(Page {
-                    attempts: vec![],
-                    next_page_token: String::new(),
+            match filter.tenants() {
+                None => {}
+                Some(tenants) if tenants.is_empty() => {
+                    // None of the tenants asked for may be shown.
+                    return Ok(Page {
+                        attempts: vec![],
+                        next_page_token: String::new(),
+                    });
+                }
+                Some(tenants) => {
+                    let tenants: Vec<String> = tenants.into_iter().map(str::to_owned).collect();
+                    let p = param(Box::new(tenants), &mut params);
+                    conditions.push(format!("tenant = ANY({p})"));
+                }
+            }
+            if filter.wire().outcome != pb::Outcome::Unspecified as i32 {
+                let p = param(Box::new(filter.wire().outcome as i16), &mut params);
+                conditions.push(format!("outcome = {p}"));
+            }
+            match filter.event_type() {
+                None | Some(EventPattern::All) => {}
+                Some(EventPattern::Exact(event_type)) => {
+                    let p = param(Box::new(event_type.clone()), &mut params);
+                    conditions.push(format!(r#"(event_type COLLATE "C") = {p}"#));
+                }
+                Some(EventPattern::Prefix(prefix)) => {
+                    // The types below `prefix.`: from `prefix.` up to `prefix/` ('/' follows '.').
+                    let low = param(Box::new(format!("{prefix}.")), &mut params);
+                    let high = param(Box::new(format!("{prefix}/")), &mut params);
+                    conditions.push(format!(
+                        r#"(event_type COLLATE "C") > {low} AND (event_type COLLATE "C") < {high}"#
+                    ));
+                }
+            }
+            match filter.status() {
+                None => {}
+                Some(StatusFilter::Code(code)) => {
+                    let p = param(Box::new(i32::from(code)), &mut params);
+                    conditions.push(format!("status_code = {p}"));
+                    if code / 100 != 2 {
+                        conditions.push(NOT_SUCCESS.to_owned());
+                    }
+                }
+                Some(StatusFilter::Class(class)) => {
+                    let p = param(Box::new(i32::from(class)), &mut params);
+                    conditions.push(format!("(status_code / 100) = {p}"));
+                    if class != 2 {
+                        conditions.push(NOT_SUCCESS.to_owned());
+                    }
+                }
+            }
+            if let Some(kind) = filter.error_kind() {
+                let p = param(Box::new(kind.to_owned()), &mut params);
+                // The literal lets the planner use the partial index.
+                conditions.push(format!("error_kind = {p} AND error_kind <> ''"));
+            }
+            if let Some(since) = filter.since {
+                let p = param(Box::new(since), &mut params);
+                conditions.push(format!("started_at >= {p}"));
+            }
+            if let Some(until) = filter.until {
+                let p = param(Box::new(until), &mut params);
+                conditions.push(format!("started_at < {p}"));
+            }
+            if let Some(after) = &after {
+                let t = param(Box::new(after.started_at), &mut params);
+                let s = param(Box::new(after.seq), &mut params);
+                conditions.push(format!("(started_at, seq) < ({t}, {s})"));
+            }
+            let limit = param(Box::new(size as i64 + 1), &mut params);
+            let sql = format!(
+                "SELECT seq, started_at, record FROM attempts {} ORDER BY started_at DESC, seq DESC LIMIT {limit}",
+                if conditions.is_empty() {
+                    String::new()
+                } else {
+                    format!("WHERE {}", conditions.join(" AND "))
+                }
+            );
+            let refs: Vec<&(dyn ToSql + Sync)> = params
+                .iter()
+                .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                .collect();
+            let client = self.client().await?;
+            let rows = client
+                .query(sql.as_str(), &refs)
+                .await
+                .map_err(|e| self.error(e))?;
+            let mut more = rows.len() > size;
+            let mut attempts = Vec::with_capacity(size.min(rows.len()));
+            let mut bytes = PageBytes::default();
+            let mut last = None;
+            for row in rows.iter().take(size) {
+                let record: &[u8] = row.get(2);
+                if !bytes.fits(record.len()) {
+                    more = true;
+                    break;
+                }
+                attempts.push(pb::Attempt::decode(record).map_err(super::storage)?);
+                last = Some(PageToken {
+                    seq: row.get(0),
+                    started_at: row.get(1),
                 });
             }
-            Some(tenants) => {
-                let tenants: Vec<String> = tenants.into_iter().map(str::to_owned).collect();
-                let p = param(Box::new(tenants), &mut params);
-                conditions.push(format!("tenant = ANY({p})"));
-            }
-        }
-        if filter.wire().outcome != pb::Outcome::Unspecified as i32 {
-            let p = param(Box::new(filter.wire().outcome as i16), &mut params);
-            conditions.push(format!("outcome = {p}"));
-        }
-        match filter.event_type() {
-            None | Some(EventPattern::All) => {}
-            Some(EventPattern::Exact(event_type)) => {
-                let p = param(Box::new(event_type.clone()), &mut params);
-                conditions.push(format!(r#"(event_type COLLATE "C") = {p}"#));
-            }
-            Some(EventPattern::Prefix(prefix)) => {
-                // The types below `prefix.`: from `prefix.` up to `prefix/` ('/' follows '.').
-                let low = param(Box::new(format!("{prefix}.")), &mut params);
-                let high = param(Box::new(format!("{prefix}/")), &mut params);
-                conditions.push(format!(
-                    r#"(event_type COLLATE "C") > {low} AND (event_type COLLATE "C") < {high}"#
-                ));
-            }
-        }
-        match filter.status() {
-            None => {}
-            Some(StatusFilter::Code(code)) => {
-                let p = param(Box::new(i32::from(code)), &mut params);
-                conditions.push(format!("status_code = {p}"));
-                if code / 100 != 2 {
-                    conditions.push(NOT_SUCCESS.to_owned());
-                }
-            }
-            Some(StatusFilter::Class(class)) => {
-                let p = param(Box::new(i32::from(class)), &mut params);
-                conditions.push(format!("(status_code / 100) = {p}"));
-                if class != 2 {
-                    conditions.push(NOT_SUCCESS.to_owned());
-                }
-            }
-        }
-        if let Some(kind) = filter.error_kind() {
-            let p = param(Box::new(kind.to_owned()), &mut params);
-            // The literal lets the planner use the partial index.
-            conditions.push(format!("error_kind = {p} AND error_kind <> ''"));
-        }
-        if let Some(since) = filter.since {
-            let p = param(Box::new(since), &mut params);
-            conditions.push(format!("started_at >= {p}"));
-        }
-        if let Some(until) = filter.until {
-            let p = param(Box::new(until), &mut params);
-            conditions.push(format!("started_at < {p}"));
-        }
-        if let Some(after) = &after {
-            let t = param(Box::new(after.started_at), &mut params);
-            let s = param(Box::new(after.seq), &mut params);
-            conditions.push(format!("(started_at, seq) < ({t}, {s})"));
-        }
-        let limit = param(Box::new(size as i64 + 1), &mut params);
-        let sql = format!(
-            "SELECT seq, started_at, record FROM attempts {} ORDER BY started_at DESC, seq DESC LIMIT {limit}",
-            if conditions.is_empty() {
-                String::new()
-            } else {
-                format!("WHERE {}", conditions.join(" AND "))
-            }
-        );
-        let refs: Vec<&(dyn ToSql + Sync)> = params
-            .iter()
-            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-            .collect();
-        let client = self.client().await?;
-        let rows = client
-            .query(sql.as_str(), &refs)
-            .await
-            .map_err(|e| self.error(e))?;
-        let mut more = rows.len() > size;
-        let mut attempts = Vec::with_capacity(size.min(rows.len()));
-        let mut bytes = PageBytes::default();
-        let mut last = None;
-        for row in rows.iter().take(size) {
-            let record: &[u8] = row.get(2);
-            if !bytes.fits(record.len()) {
-                more = true;
-                break;
-            }
-            attempts.push(pb::Attempt::decode(record).map_err(super::storage)?);
-            last = Some(PageToken {
-                seq: row.get(0),
-                started_at: row.get(1),
-            });
-        }
-        Ok(Page {
-            attempts,
-            next_page_token: match (more, last) {
-                (true, Some(last)) => last.to_string(),
-                _ => String::new(),
-            },
+            Ok(Page {
+                attempts,
+                next_page_token: match (more, last) {
+                    (true, Some(last)) => last.to_string(),
+                    _ => String::new(),
+                },
+            })
         })
+        .await
     }
 
     async fn sweep(&self, max_age: Duration, max_attempts: u64) -> Result<u64, LogError> {
-        let cutoff = SystemTime::now().checked_sub(max_age).unwrap_or(UNIX_EPOCH);
-        let today = day_of(SystemTime::now());
-        let mut client = self.client().await?;
-        let partitions: Vec<(String, i64)> = client
-            .query(
-                "SELECT c.relname FROM pg_inherits i \
-                 JOIN pg_class c ON c.oid = i.inhrelid \
-                 JOIN pg_class p ON p.oid = i.inhparent \
-                 WHERE p.oid = 'attempts'::regclass ORDER BY c.relname",
-                &[],
-            )
-            .await
-            .map_err(|e| self.error(e))?
-            .iter()
-            .filter_map(|row| {
-                let name: String = row.get(0);
-                partition_day(&name).map(|day| (name, day))
-            })
-            .collect();
-        // Whole days past retention go; then, while the log holds more than its limit, the
-        // oldest days (never today's). Sizes are the planner's estimates (kept by autovacuum),
-        // so a sweep never scans the log; a partition that is dropped is counted first.
-        let mut counts = Vec::with_capacity(partitions.len());
-        for (name, day) in &partitions {
-            let row = client
-                .query_one(
-                    "SELECT GREATEST(reltuples, 0)::bigint FROM pg_class WHERE oid = $1::text::regclass",
-                    &[name],
+        self.bounded(SWEEP_TIMEOUT, async {
+            let cutoff = SystemTime::now().checked_sub(max_age).unwrap_or(UNIX_EPOCH);
+            let today = day_of(SystemTime::now());
+            let mut client = self.client().await?;
+            let partitions: Vec<(String, i64)> = client
+                .query(
+                    "SELECT c.relname FROM pg_inherits i \
+                     JOIN pg_class c ON c.oid = i.inhrelid \
+                     JOIN pg_class p ON p.oid = i.inhparent \
+                     WHERE p.oid = 'attempts'::regclass ORDER BY c.relname",
+                    &[],
                 )
                 .await
-                .map_err(|e| self.error(e))?;
-            counts.push((name.clone(), *day, row.get::<_, i64>(0) as u64));
-        }
-        let mut total: u64 = counts.iter().map(|(_, _, n)| n).sum();
-        let mut removed = 0;
-        let mut dropped = BTreeSet::new();
-        for (name, day, estimate) in counts {
-            let expired = day_start(day + 1) <= cutoff;
-            let over = total > max_attempts && day < today;
-            if !(expired || over) {
-                continue;
-            }
-            let rows = client
-                .query_one(&format!("SELECT count(*) FROM {name}"), &[])
-                .await
                 .map_err(|e| self.error(e))?
-                .get::<_, i64>(0) as u64;
-            if rows == 0 && !expired {
-                // An empty day within retention frees nothing; dropping it would only have it
-                // made again below, and again at every sweep while the log is over its limit.
-                // (Its estimate, if stale, counts for nothing either.)
-                total = total.saturating_sub(estimate);
-                continue;
+                .iter()
+                .filter_map(|row| {
+                    let name: String = row.get(0);
+                    partition_day(&name).map(|day| (name, day))
+                })
+                .collect();
+            // Whole days past retention go; then, while the log holds more than its limit, the
+            // oldest days (never today's). Sizes are the planner's estimates (kept by autovacuum),
+            // so a sweep never scans the log; a partition that is dropped is counted first.
+            let mut counts = Vec::with_capacity(partitions.len());
+            for (name, day) in &partitions {
+                let row = client
+                    .query_one(
+                        "SELECT GREATEST(reltuples, 0)::bigint FROM pg_class WHERE oid = $1::text::regclass",
+                        &[name],
+                    )
+                    .await
+                    .map_err(|e| self.error(e))?;
+                counts.push((name.clone(), *day, row.get::<_, i64>(0) as u64));
             }
-            let txn = self.partition_change(&mut client).await?;
-            txn.batch_execute(&format!("DROP TABLE IF EXISTS {name}"))
+            let mut total: u64 = counts.iter().map(|(_, _, n)| n).sum();
+            let mut removed = 0;
+            let mut dropped = BTreeSet::new();
+            for (name, day, estimate) in counts {
+                let expired = day_start(day + 1) <= cutoff;
+                let over = total > max_attempts && day < today;
+                if !(expired || over) {
+                    continue;
+                }
+                let rows = client
+                    .query_one(&format!("SELECT count(*) FROM {name}"), &[])
+                    .await
+                    .map_err(|e| self.error(e))?
+                    .get::<_, i64>(0) as u64;
+                if rows == 0 && !expired {
+                    // An empty day within retention frees nothing; dropping it would only have it
+                    // made again below, and again at every sweep while the log is over its limit.
+                    // (Its estimate, if stale, counts for nothing either.)
+                    total = total.saturating_sub(estimate);
+                    continue;
+                }
+                let txn = self.partition_change(&mut client).await?;
+                txn.batch_execute(&format!("DROP TABLE IF EXISTS {name}"))
+                    .await
+                    .map_err(|e| self.error(e))?;
+                txn.commit().await.map_err(|e| self.error(e))?;
+                self.partitions
+                    .lock()
+                    .expect("partitions lock")
+                    .remove(&day);
+                tracing::info!(partition = %name, attempts = rows, "delivery log: a day's partition dropped");
+                dropped.insert(day);
+                total = total.saturating_sub(estimate);
+                removed += rows;
+            }
+            // Requests as sent go once every attempt that sent them is gone: when they were last
+            // sent before the oldest day still held.
+            let oldest_held = partitions
+                .iter()
+                .map(|(_, day)| *day)
+                .filter(|day| !dropped.contains(day))
+                .min()
+                .unwrap_or(today - 1);
+            let requests = sent::sweep(&client, day_start(oldest_held))
                 .await
                 .map_err(|e| self.error(e))?;
-            txn.commit().await.map_err(|e| self.error(e))?;
-            self.partitions
-                .lock()
-                .expect("partitions lock")
-                .remove(&day);
-            tracing::info!(partition = %name, attempts = rows, "delivery log: a day's partition dropped");
-            dropped.insert(day);
-            total = total.saturating_sub(estimate);
-            removed += rows;
-        }
-        // Requests as sent go once every attempt that sent them is gone: when they were last
-        // sent before the oldest day still held.
-        let oldest_held = partitions
-            .iter()
-            .map(|(_, day)| *day)
-            .filter(|day| !dropped.contains(day))
-            .min()
-            .unwrap_or(today - 1);
-        let requests = sent::sweep(&client, day_start(oldest_held))
-            .await
-            .map_err(|e| self.error(e))?;
-        if requests > 0 {
-            tracing::info!(
-                removed = requests,
-                "delivery log: requests as sent past retention removed"
-            );
-        }
-        let audited = audit::sweep(&client, cutoff)
-            .await
-            .map_err(|e| self.error(e))?;
-        if audited > 0 {
-            tracing::info!(
-                removed = audited,
-                "audit log: entries past retention removed"
-            );
-        }
-        drop(client);
-        let now = SystemTime::now();
-        self.ensure_partitions((first_kept_day(now, max_age)..=day_of(now) + DAYS_AHEAD).collect())
-            .await?;
-        Ok(removed)
+            if requests > 0 {
+                tracing::info!(
+                    removed = requests,
+                    "delivery log: requests as sent past retention removed"
+                );
+            }
+            let audited = audit::sweep(&client, cutoff)
+                .await
+                .map_err(|e| self.error(e))?;
+            if audited > 0 {
+                tracing::info!(
+                    removed = audited,
+                    "audit log: entries past retention removed"
+                );
+            }
+            drop(client);
+            let now = SystemTime::now();
+            self.ensure_partitions((first_kept_day(now, max_age)..=day_of(now) + DAYS_AHEAD).collect())
+                .await?;
+            Ok(removed)
+        })
+        .await
     }
 
     async fn sent_requests(&self, query: SentQuery) -> Result<SentPage, LogError> {
-        let client = self.client().await?;
-        sent::list(&client, &query).await.map_err(|e| self.error(e))
+        self.bounded(self.answer_timeout, async {
+            let client = self.client().await?;
+            sent::list(&client, &query).await.map_err(|e| self.error(e))
+        })
+        .await
     }
 
     async fn expunge(&self, query: SentQuery) -> Result<Expunged, LogError> {
-        let client = self.client().await?;
-        sent::expunge(&client, &query)
-            .await
-            .map_err(|e| self.error(e))
+        self.bounded(self.answer_timeout, async {
+            let client = self.client().await?;
+            sent::expunge(&client, &query)
+                .await
+                .map_err(|e| self.error(e))
+        })
+        .await
     }
 
     async fn record_change(&self, entry: pb::AuditEntry) -> Result<(), LogError> {
-        let client = self.client().await?;
-        audit::record(&client, &entry)
-            .await
-            .map_err(|e| self.error(e))
+        self.bounded(self.answer_timeout, async {
+            let client = self.client().await?;
+            audit::record(&client, &entry)
+                .await
+                .map_err(|e| self.error(e))
+        })
+        .await
     }
 
     async fn changes(
@@ -684,20 +725,26 @@ impl LogStore for PostgresLog {
         page_size: u32,
         page_token: &str,
     ) -> Result<AuditPage, LogError> {
-        let after = PageToken::parse(page_token)?;
-        let client = self.client().await?;
-        audit::list(&client, &filter, page_size, after)
-            .await
-            .map_err(|e| self.error(e))
+        self.bounded(self.answer_timeout, async {
+            let after = PageToken::parse(page_token)?;
+            let client = self.client().await?;
+            audit::list(&client, &filter, page_size, after)
+                .await
+                .map_err(|e| self.error(e))
+        })
+        .await
     }
 
     async fn len(&self) -> Result<u64, LogError> {
-        let client = self.client().await?;
-        let row = client
-            .query_one("SELECT count(*) FROM attempts", &[])
-            .await
-            .map_err(|e| self.error(e))?;
-        Ok(row.get::<_, i64>(0) as u64)
+        self.bounded(self.answer_timeout, async {
+            let client = self.client().await?;
+            let row = client
+                .query_one("SELECT count(*) FROM attempts", &[])
+                .await
+                .map_err(|e| self.error(e))?;
+            Ok(row.get::<_, i64>(0) as u64)
+        })
+        .await
     }
 
     fn follow(&self) -> broadcast::Receiver<Arc<pb::Attempt>> {
@@ -705,29 +752,38 @@ impl LogStore for PostgresLog {
     }
 
     async fn ping(&self) -> Result<(), LogError> {
-        self.execute("SELECT 1", &[]).await
+        self.bounded(self.answer_timeout, async {
+            self.execute("SELECT 1", &[]).await
+        })
+        .await
     }
 
     async fn health(
         &self,
         subscription_id: &str,
     ) -> Result<Option<pb::SubscriptionHealth>, LogError> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT record FROM subscription_health WHERE subscription_id = $1",
-                &[&subscription_id],
-            )
-            .await
-            .map_err(|e| self.error(e))?;
-        Ok(row.map(|row| derived::decode_health(subscription_id, row.get(0))))
+        self.bounded(self.answer_timeout, async {
+            let client = self.client().await?;
+            let row = client
+                .query_opt(
+                    "SELECT record FROM subscription_health WHERE subscription_id = $1",
+                    &[&subscription_id],
+                )
+                .await
+                .map_err(|e| self.error(e))?;
+            Ok(row.map(|row| derived::decode_health(subscription_id, row.get(0))))
+        })
+        .await
     }
 
     async fn forget_health(&self, subscription_id: &str) -> Result<(), LogError> {
-        self.execute(
-            "DELETE FROM subscription_health WHERE subscription_id = $1",
-            &[&subscription_id],
-        )
+        self.bounded(self.answer_timeout, async {
+            self.execute(
+                "DELETE FROM subscription_health WHERE subscription_id = $1",
+                &[&subscription_id],
+            )
+            .await
+        })
         .await
     }
 
@@ -736,56 +792,95 @@ impl LogStore for PostgresLog {
         older_than: Duration,
         limit: usize,
     ) -> Result<Vec<PendingFollowup>, LogError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT id, record FROM health_followups WHERE recorded_at <= $1 \
-                 ORDER BY id LIMIT $2",
-                &[&super::before_now(older_than), &(limit as i64)],
-            )
-            .await
-            .map_err(|e| self.error(e))?;
-        Ok(rows
-            .iter()
-            .map(|row| derived::decode_followup(row.get(0), row.get(1)))
-            .collect())
+        self.bounded(self.answer_timeout, async {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT id, record FROM health_followups WHERE recorded_at <= $1 \
+                     ORDER BY id LIMIT $2",
+                    &[&super::before_now(older_than), &(limit as i64)],
+                )
+                .await
+                .map_err(|e| self.error(e))?;
+            Ok(rows
+                .iter()
+                .map(|row| derived::decode_followup(row.get(0), row.get(1)))
+                .collect())
+        })
+        .await
     }
 
     async fn settle(&self, ids: &[i64]) -> Result<(), LogError> {
-        self.execute("DELETE FROM health_followups WHERE id = ANY($1)", &[&ids])
-            .await
+        self.bounded(self.answer_timeout, async {
+            self.execute("DELETE FROM health_followups WHERE id = ANY($1)", &[&ids])
+                .await
+        })
+        .await
     }
 
     async fn raise(&self, events: &[pb::Event]) -> Result<(), LogError> {
-        let mut client = self.client().await?;
-        let txn = client.transaction().await.map_err(|e| self.error(e))?;
-        derived::put_events(&txn, events)
-            .await
-            .map_err(|e| self.error(e))?;
-        txn.commit().await.map_err(|e| self.error(e))
+        self.bounded(self.answer_timeout, async {
+            let mut client = self.client().await?;
+            let txn = client.transaction().await.map_err(|e| self.error(e))?;
+            derived::put_events(&txn, events)
+                .await
+                .map_err(|e| self.error(e))?;
+            txn.commit().await.map_err(|e| self.error(e))
+        })
+        .await
     }
 
     async fn outbox(&self, limit: usize) -> Result<Vec<pb::Event>, LogError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT record FROM operator_events ORDER BY seq LIMIT $1",
-                &[&(limit as i64)],
-            )
-            .await
-            .map_err(|e| self.error(e))?;
-        rows.iter()
-            .map(|row| pb::Event::decode(row.get::<_, &[u8]>(0)).map_err(super::storage))
-            .collect()
+        self.bounded(self.answer_timeout, async {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT record FROM operator_events ORDER BY seq LIMIT $1",
+                    &[&(limit as i64)],
+                )
+                .await
+                .map_err(|e| self.error(e))?;
+            rows.iter()
+                .map(|row| pb::Event::decode(row.get::<_, &[u8]>(0)).map_err(super::storage))
+                .collect()
+        })
+        .await
     }
 
     async fn emitted(&self, ids: &[String]) -> Result<(), LogError> {
-        self.execute("DELETE FROM operator_events WHERE id = ANY($1)", &[&ids])
-            .await
+        self.bounded(self.answer_timeout, async {
+            self.execute("DELETE FROM operator_events WHERE id = ANY($1)", &[&ids])
+                .await
+        })
+        .await
     }
 }
 
 impl PostgresLog {
+    /// `work`, or [`LogError::Unavailable`] once it has taken `limit`: a server that stopped
+    /// answering (a frozen or lost host, a network dropping packets) otherwise holds the call,
+    /// and the connection, for as long as TCP waits. The connections idle in the pool then go
+    /// too (the one `work` held among them: it may wait on that server forever), so the next
+    /// call connects afresh.
+    async fn bounded<T>(
+        &self,
+        limit: Duration,
+        work: impl std::future::Future<Output = Result<T, LogError>>,
+    ) -> Result<T, LogError> {
+        match tokio::time::timeout(limit, work).await {
+            Ok(done) => done,
+            Err(_) => {
+                let dropped = self.pool.retain(|_, _| false).removed.len();
+                tracing::warn!(database = %self.url, dropped, "delivery log: no answer in time; idle connections closed");
+                Err(LogError::Unavailable(format!(
+                    "{}: no answer within {}",
+                    self.url,
+                    humantime::format_duration(limit)
+                )))
+            }
+        }
+    }
+
     /// Runs one statement on a pooled connection.
     async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<(), LogError> {
         let client = self.client().await?;
@@ -883,6 +978,18 @@ fn refuses_us(err: &tokio_postgres::Error) -> bool {
     ]
     .iter()
     .any(|state| err.code() == Some(state))
+}
+
+/// `config` with TCP keepalives and a user timeout of [`TCP_TIMEOUT`], unless the URL sets
+/// its own.
+pub(crate) fn with_tcp_timeouts(mut config: tokio_postgres::Config) -> tokio_postgres::Config {
+    if config.get_keepalives_idle() > TCP_TIMEOUT {
+        config.keepalives_idle(TCP_TIMEOUT);
+    }
+    if config.get_tcp_user_timeout().is_none_or(Duration::is_zero) {
+        config.tcp_user_timeout(TCP_TIMEOUT);
+    }
+    config
 }
 
 fn unavailable(url: &DatabaseUrl, err: impl std::error::Error) -> LogError {
