@@ -501,22 +501,14 @@ pub async fn run(
     let metrics = metrics::Metrics::default();
     let event_types = event_types::EventTypes::new(store.clone(), config.event_type_registry);
     let event_ids = operator_events::IdKey::load(&store, &keyring).await?;
+    // Its drain first moves what waits in the config store into the log's outbox.
     let events = operator_events::OperatorEvents::new(
         log.clone(),
+        store.clone(),
         fleet.clone(),
         &config.system_tenant,
         event_ids,
     );
-    match events.adopt_config_store_outbox(&store).await {
-        Ok(0) => {}
-        Ok(moved) => tracing::info!(
-            moved,
-            "operator events moved from the config store's outbox to the delivery log's"
-        ),
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot move the config store's old operator-event outbox yet")
-        }
-    }
     background.spawn(events.clone().run(stop.clone()));
     background.spawn(client_certs::watch(
         registry.clone(),

@@ -24,10 +24,14 @@
 //! secret every replica shares ([`IdKey`], made once and sealed in the config store), so no
 //! one outside can tell an event's id before it is raised.
 //!
-//! Earlier versions kept the outbox in the config store (`/herald/v1/operator-events/<id>`);
-//! [`OperatorEvents::adopt_config_store_outbox`] moves what is left there at start.
+//! An event raised while the delivery log does not answer (its database down) waits in the
+//! config store instead (`/herald/v1/operator-events/<id>`, where earlier versions kept the
+//! whole outbox), and [`OperatorEvents::adopt_config_store_outbox`] moves it into the log's
+//! outbox once the log answers (and at every start), so an operator's disable or enable
+//! during the outage still tells operators.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use herald_proto::convert::timestamp;
@@ -196,22 +200,29 @@ impl IdKey {
 #[derive(Clone)]
 pub struct OperatorEvents {
     log: AttemptLog,
+    /// Where events wait while the log does not answer.
+    store: Store,
     fleet: Fleet,
     tenant: Arc<str>,
     ids: IdKey,
     wake: Arc<Notify>,
+    /// Whether the config store may hold events to move into the log's outbox (at start, and
+    /// after one was kept there).
+    in_store: Arc<AtomicBool>,
 }
 
 impl OperatorEvents {
-    /// Events of tenant `tenant`, kept in `log`'s outbox until an agent of `fleet` takes them,
-    /// their ids derived with `ids`.
-    pub fn new(log: AttemptLog, fleet: Fleet, tenant: &str, ids: IdKey) -> Self {
+    /// Events of tenant `tenant`, kept in `log`'s outbox (in `store` while the log does not
+    /// answer) until an agent of `fleet` takes them, their ids derived with `ids`.
+    pub fn new(log: AttemptLog, store: Store, fleet: Fleet, tenant: &str, ids: IdKey) -> Self {
         OperatorEvents {
             log,
+            store,
             fleet,
             tenant: tenant.into(),
             ids,
             wake: Arc::new(Notify::new()),
+            in_store: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -312,7 +323,9 @@ impl OperatorEvents {
         }
     }
 
-    /// Writes the event to the outbox (once per id) and wakes the drain.
+    /// Writes the event to the outbox (once per id) and wakes the drain. While the log does
+    /// not take it, the event waits in the config store; the log's error is returned only
+    /// when neither takes it.
     async fn raise(
         &self,
         event_type: &str,
@@ -320,15 +333,29 @@ impl OperatorEvents {
         payload: serde_json::Value,
     ) -> Result<(), LogError> {
         let event = self.event(event_type, key, payload);
-        self.log.raise(std::slice::from_ref(&event)).await?;
-        tracing::info!(id = %event.id, event_type, "operator event raised");
+        match self.log.raise(std::slice::from_ref(&event)).await {
+            Ok(()) => tracing::info!(id = %event.id, event_type, "operator event raised"),
+            Err(err) => {
+                let put = Txn::default().then(Op::Put(
+                    keys::operator_event(&event.id),
+                    event.encode_to_vec(),
+                ));
+                if let Err(store_err) = self.store.txn(put).await {
+                    tracing::error!(id = %event.id, event_type, error = %store_err, "cannot keep the operator event in the config store either");
+                    return Err(err);
+                }
+                self.in_store.store(true, Ordering::SeqCst);
+                tracing::warn!(id = %event.id, event_type, error = %err, "operator event waits in the config store until the delivery log answers");
+            }
+        }
         self.wake.notify_one();
         Ok(())
     }
 
-    /// Moves the operator events an earlier version left in the config store's outbox into
-    /// the delivery log's; how many moved.
-    pub async fn adopt_config_store_outbox(&self, store: &Store) -> Result<usize, AdoptError> {
+    /// Moves the operator events waiting in the config store (raised while the log did not
+    /// answer, or left by an earlier version) into the delivery log's outbox; how many moved.
+    pub async fn adopt_config_store_outbox(&self) -> Result<usize, AdoptError> {
+        let store = &self.store;
         let mut moved = 0;
         loop {
             let kvs = store
@@ -352,9 +379,23 @@ impl OperatorEvents {
         }
     }
 
-    /// Hands outbox entries to connected agents until `shutdown`.
+    /// Hands outbox entries to connected agents until `shutdown`, first moving those waiting
+    /// in the config store into the log.
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
+            if self.in_store.swap(false, Ordering::SeqCst) {
+                match self.adopt_config_store_outbox().await {
+                    Ok(0) => {}
+                    Ok(moved) => tracing::info!(
+                        moved,
+                        "operator events moved from the config store into the delivery log's outbox"
+                    ),
+                    Err(err) => {
+                        self.in_store.store(true, Ordering::SeqCst);
+                        tracing::warn!(error = %err, "operator events wait in the config store");
+                    }
+                }
+            }
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = self.wake.notified() => {}

@@ -223,12 +223,23 @@ impl SubscriptionsApi for SubscriptionsService {
         let who = caller(&request);
         let request = request.into_inner();
         let was_disabled = !self.visible(&who, &request.id).await?.enabled;
+        // A fresh start: earlier failures no longer count towards disabling it again. Reset
+        // before it is enabled, so an enable the log cannot reset (its database down) changes
+        // nothing, rather than enable an endpoint the next failure disables again.
+        self.health.reset(&request.id).await.map_err(|err| {
+            let status = Status::from(err);
+            Status::new(
+                status.code(),
+                format!(
+                    "not enabled: its failure count could not be reset: {}",
+                    status.message()
+                ),
+            )
+        })?;
         let sub = self
             .registry
             .enable(&request.id, request.replay_parked)
             .await?;
-        // A fresh start: earlier failures no longer count towards disabling it again.
-        self.health.reset(&sub.id).await?;
         if was_disabled
             && let Err(err) = self
                 .health

@@ -243,7 +243,7 @@ async fn a_database_that_stops_answering_is_unavailable_within_the_answer_timeou
         Duration::ZERO,
     );
     for call in 0..3 {
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let stored =
             tokio::time::timeout(Duration::from_secs(20), log.insert(vec![during.clone()]))
                 .await

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use herald_proto::v1 as pb;
-use herald_tests::{Receiver, World, event, subscription};
+use herald_tests::herald::status_of;
+use herald_tests::{Postgres, Receiver, World, event, subscription};
 use serde_json::Value;
 
 /// The operator events `receiver` got so far, by type.
@@ -100,5 +101,72 @@ async fn operators_hear_of_exhausted_deliveries_disables_and_recoveries() -> any
             .iter()
             .all(|r| herald_tests::signature_verifies(r, &[&secret]))
     );
+    Ok(())
+}
+
+/// While the delivery log's database is down, an operator's disable still works and its
+/// event waits in the config store until the log answers, then reaches operators; an enable
+/// the log cannot reset the failure count of changes nothing and says why.
+#[tokio::test]
+async fn a_disable_during_a_log_outage_is_told_once_the_log_answers() -> anyhow::Result<()> {
+    let mut postgres = Postgres::start().await?;
+    let world = World::start_with_log(Some(postgres.url())).await?;
+    let operators = Receiver::start(&world.ca).await?;
+    let ops = world
+        .control_plane
+        .create(subscription(
+            "herald",
+            &operators.url("/ops"),
+            &["herald.*"],
+        ))
+        .await?;
+    let shop = world
+        .control_plane
+        .create(subscription(
+            "shop-1",
+            &world.receiver.url("/hook"),
+            &["order.*"],
+        ))
+        .await?;
+    world
+        .control_plane
+        .wait_applied(shop.revision.max(ops.revision), Duration::from_secs(10))
+        .await?;
+
+    postgres.stop().await?;
+    let disabled = world
+        .control_plane
+        .disable(&shop.id, "shop moving hosts")
+        .await?;
+    assert!(!disabled.enabled);
+    let refused = world
+        .control_plane
+        .enable(&shop.id, false)
+        .await
+        .expect_err("the failure count cannot be reset");
+    let status = status_of(&refused)?;
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().starts_with("not enabled"), "{status:?}");
+    assert!(
+        !world.control_plane.get(&shop.id).await?.enabled,
+        "nothing changed"
+    );
+
+    postgres.start_again().await?;
+    let told = herald_tests::eventually(
+        Duration::from_secs(30),
+        "the disabled event after the outage",
+        || async {
+            Ok(events(&operators)
+                .into_iter()
+                .find(|e| e["type"] == "herald.subscription.disabled"))
+        },
+    )
+    .await?;
+    assert_eq!(told["data"]["subscription_id"], shop.id.as_str());
+    assert_eq!(told["data"]["reason"], "shop moving hosts");
+    let enabled = world.control_plane.enable(&shop.id, false).await?;
+    assert!(enabled.enabled);
+    wait_for_type(&operators, "herald.subscription.recovered").await?;
     Ok(())
 }
