@@ -291,11 +291,12 @@ pub fn run(cmd: Command, format: Format) -> anyhow::Result<()> {
                 .iter()
                 .map(|(name, entry)| {
                     serde_json::json!({
-                        "current": if config.current.as_deref() == Some(name.as_str()) { "*" } else { "" },
+                        "current": config.current.as_deref() == Some(name.as_str()),
                         "name": name,
                         "control_plane": entry.control_plane,
                         "agent": entry.agent,
-                        "token": if entry.token.is_some() { "set" } else { "" },
+                        // Never the token itself: whether the context has one.
+                        "has_token": entry.token.is_some(),
                     })
                 })
                 .collect();
@@ -303,7 +304,7 @@ pub fn run(cmd: Command, format: Format) -> anyhow::Result<()> {
                 format,
                 "contexts",
                 &items,
-                &["current", "name", "control_plane", "agent", "token"],
+                &["current", "name", "control_plane", "agent", "has_token"],
                 "",
             )?;
         }

@@ -1070,6 +1070,10 @@ async fn contexts_remember_a_control_plane_and_its_token() -> anyhow::Result<()>
         contexts.contains("local") && !contexts.contains(ADMIN),
         "{contexts}"
     );
+    let listed = json(&run(&["context", "list", "-o", "json"]).await?);
+    assert_eq!(listed["contexts"][0]["name"], "local", "{listed}");
+    assert_eq!(listed["contexts"][0]["current"], true, "{listed}");
+    assert_eq!(listed["contexts"][0]["has_token"], true, "{listed}");
 
     // Scripts read what a change did on standard output.
     let saved = json(

@@ -172,7 +172,8 @@ pub struct Config {
     /// probes that do not speak TLS (kubelet's); none by default.
     #[arg(long, env = "HERALD_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
-    /// Check subscriptions against the event-type registry (while it holds any type): on or off.
+    /// Check subscriptions against the event-type registry (while it holds any type): on
+    /// (refuse a pattern no registered type matches), advisory (log it, refuse nothing) or off.
     #[arg(long, env = "HERALD_EVENT_TYPE_REGISTRY", value_enum, default_value_t = event_types::RegistryMode::On)]
     pub event_type_registry: event_types::RegistryMode,
     /// The tenant of operator events (herald.subscription.disabled, …).

@@ -671,11 +671,20 @@ impl Agents for AgentsService {
                 agents.insert(local.id.clone(), local);
             }
         }
+        // A connected agent is seen now: its stream is open and answers the replica's pings
+        // (a host gone is cut off within the keepalive interval). A disconnected one was last
+        // seen when it went.
+        let now = herald_proto::convert::timestamp(SystemTime::now());
         Ok(Response::new(pb::ListAgentsResponse {
             agents: agents
                 .into_values()
                 .map(|agent| pb::AgentInfo {
                     current_revision: current,
+                    last_seen: if agent.connected {
+                        Some(now)
+                    } else {
+                        agent.last_seen
+                    },
                     ..agent
                 })
                 .collect(),

@@ -892,6 +892,8 @@ pub struct AgentInfo {
     pub current_revision: i64,
     #[prost(message, optional, tag = "7")]
     pub connected_since: ::core::option::Option<::prost_types::Timestamp>,
+    /// Now for a connected agent (its stream is open and answers the control plane's pings);
+    /// when it disconnected otherwise.
     #[prost(message, optional, tag = "8")]
     pub last_seen: ::core::option::Option<::prost_types::Timestamp>,
     /// The last config change the agent refused, with its reason; empty once it acknowledges
