@@ -4,8 +4,9 @@
 //! from inside the operator's network, so by default Herald refuses every address that is not
 //! a public unicast address: loopback, private (RFC 1918, IPv6 unique-local), link-local
 //! (including the cloud metadata address 169.254.169.254), CGNAT (100.64.0.0/10), multicast,
-//! documentation and benchmarking ranges, unspecified, broadcast and reserved ranges, and IPv6
-//! forms that embed such an IPv4 address (mapped, NAT64, 6to4). An operator allowlist of CIDRs
+//! documentation and benchmarking ranges, unspecified, broadcast and reserved ranges, the 6to4
+//! relay range, local-use NAT64 and SRv6, and IPv6 forms that embed such an IPv4 address
+//! (mapped, translated, NAT64, 6to4). An operator allowlist of CIDRs
 //! (`--allow-targets`) admits chosen ranges; `http://` needs `--allow-http`.
 //!
 //! The check runs twice: when a subscription is written (on the URL's literal address or what
@@ -121,6 +122,12 @@ fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     if let Some(v4) = v6.to_ipv4_mapped() {
         return Some(v4);
     }
+    // IPv4-translated ::ffff:0:a.b.c.d (RFC 2765).
+    if s[0..6] == [0, 0, 0, 0, 0xffff, 0] {
+        return Some(Ipv4Addr::new(
+            octets[12], octets[13], octets[14], octets[15],
+        ));
+    }
     // NAT64 well-known prefix 64:ff9b::/96.
     if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
         return Some(Ipv4Addr::new(
@@ -158,6 +165,7 @@ fn v4_kind(ip: Ipv4Addr) -> Option<&'static str> {
         (100, 64..=127, _) => "shared (CGNAT)",
         (0, _, _) => "\"this network\"",
         (192, 0, 0) => "IETF protocol",
+        (192, 88, 99) => "6to4 relay (deprecated)",
         (192, 0, 2) | (198, 51, 100) | (203, 0, 113) => "documentation",
         (198, 18..=19, _) => "benchmarking",
         (224..=239, _, _) => "multicast",
@@ -176,6 +184,10 @@ fn v6_kind(ip: Ipv6Addr) -> Option<&'static str> {
         0xfec0..=0xfeff => "site-local",
         0xff00..=0xffff => "multicast",
         0x2001 if s[1] == 0x0db8 => "documentation",
+        0x3fff if s[1] < 0x1000 => "documentation",
+        // Local-use NAT64 (RFC 8215): a gateway of this network may map it to any IPv4 address.
+        0x0064 if s[1] == 0xff9b && s[2] == 1 => "local NAT64",
+        0x5f00 => "segment routing (SRv6)",
         0x2001 if s[1] < 0x0200 => "IETF protocol",
         0x0100 if s[1..4] == [0, 0, 0] => "discard",
         _ => return None,
@@ -218,6 +230,11 @@ mod tests {
             ("http://[::ffff:a9fe:a9fe]/", "metadata"),
             ("https://[64:ff9b::a00:1]/", "private"),
             ("https://[2002:c0a8:101::1]/", "private"),
+            ("https://[::ffff:0:7f00:1]/", "loopback"),
+            ("https://[64:ff9b:1::7f00:1]/", "local NAT64"),
+            ("https://[3fff::1]/", "documentation"),
+            ("https://[5f00::1]/", "segment routing"),
+            ("https://192.88.99.1/", "6to4 relay"),
         ] {
             let err = refused(&policy, url).unwrap_or_else(|| panic!("{url} must be refused"));
             assert!(err.contains(kind), "{url}: {err}");

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::TestCa;
 
-/// A token endpoint on `127.0.0.1:0`; stopped when dropped.
+/// A token endpoint on a free loopback port; stopped when dropped.
 pub struct TokenEndpoint {
     url: String,
     shared: Arc<Shared>,
@@ -38,7 +38,19 @@ impl TokenEndpoint {
         client_secret: &str,
         expires_in: u64,
     ) -> anyhow::Result<TokenEndpoint> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on("127.0.0.1", ca, client_id, client_secret, expires_in).await
+    }
+
+    /// The same on another loopback address `ip` (`127.0.0.2`: one an agent's policy may
+    /// refuse while it admits `127.0.0.1`).
+    pub async fn start_on(
+        ip: &str,
+        ca: &TestCa,
+        client_id: &str,
+        client_secret: &str,
+        expires_in: u64,
+    ) -> anyhow::Result<TokenEndpoint> {
+        let listener = TcpListener::bind((ip, 0)).await?;
         let url = format!("https://{}/oauth/token", listener.local_addr()?);
         let shared = Arc::new(Shared {
             client_id: client_id.to_owned(),

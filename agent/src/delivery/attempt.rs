@@ -191,7 +191,7 @@ async fn send_in(
         None => None,
         Some(oauth2) => match tokens.token(client, oauth2, deadline).await {
             Ok(token) => Some(token),
-            Err(err) => return failed(ErrorKind::OAuth2, err.to_string()),
+            Err(err) => return failed(err.kind(), err.to_string()),
         },
     };
     let mut refetched = false;
@@ -242,7 +242,7 @@ async fn send_in(
                 tokens.forget(oauth2, refused).await;
                 token = match tokens.token(client, oauth2, deadline).await {
                     Ok(fresh) => Some(fresh),
-                    Err(err) => return failed(ErrorKind::OAuth2, err.to_string()),
+                    Err(err) => return failed(err.kind(), err.to_string()),
                 };
                 refetched = true;
             }
@@ -433,7 +433,7 @@ fn transport_error_text(err: &hyper_util::client::legacy::Error) -> String {
 }
 
 /// The kind of a transport error, told by the types in its chain of sources.
-fn error_kind(err: &hyper_util::client::legacy::Error) -> ErrorKind {
+pub(super) fn error_kind(err: &hyper_util::client::legacy::Error) -> ErrorKind {
     let chain = error_chain(err);
     if let Some(connect) = chain.iter().find_map(|e| e.downcast_ref::<ConnectError>()) {
         return connect.kind();

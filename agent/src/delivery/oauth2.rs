@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
+use herald_core::error_kind::ErrorKind;
 use herald_core::error_text;
 use herald_core::subscription::OAuth2Client;
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -64,6 +65,25 @@ pub enum TokenError {
         /// The endpoint.
         url: String,
     },
+    /// The agent's target policy refuses the endpoint's address: no later try can differ.
+    #[error("token endpoint {url}: {reason}")]
+    Refused {
+        /// The endpoint.
+        url: String,
+        /// Which address, and why it is refused.
+        reason: String,
+    },
+}
+
+impl TokenError {
+    /// How the attempt that needed the token failed: `policy` (for good) when the target
+    /// policy refuses the endpoint, as it would refuse a receiver; `oauth2` otherwise.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            TokenError::Refused { .. } => ErrorKind::Policy,
+            _ => ErrorKind::OAuth2,
+        }
+    }
 }
 
 /// A bearer token and until when it is used.
@@ -176,10 +196,16 @@ async fn fetch(http: &HttpClient, client: &OAuth2Client) -> Result<Token, TokenE
         .header(http::header::AUTHORIZATION, authorization)
         .body(Full::new(Bytes::from(form)))
         .map_err(|e| request_failed(e.to_string()))?;
-    let response = http
-        .request(request)
-        .await
-        .map_err(|e| request_failed(error_text::chain(&e)))?;
+    let response = http.request(request).await.map_err(|e| {
+        let reason = error_text::chain(&e);
+        match super::attempt::error_kind(&e) {
+            ErrorKind::Policy => TokenError::Refused {
+                url: url.clone(),
+                reason,
+            },
+            _ => request_failed(reason),
+        }
+    })?;
     let status = response.status().as_u16();
     let body = Limited::new(response.into_body(), MAX_TOKEN_RESPONSE)
         .collect()

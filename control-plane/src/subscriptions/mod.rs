@@ -299,21 +299,50 @@ impl Subscriptions {
             )?)),
             None => None,
         };
-        let refuse =
-            |err: herald_core::target::TargetError| ValidationError::new("url", err.to_string());
-        self.policy.check_url(&domain.url).map_err(refuse)?;
+        // Every address a delivery may connect to, as the agent's policy will check it: the
+        // receiver, the OAuth2 token endpoint and the subscription's own proxy.
+        let refuse = |field: &'static str| {
+            move |err: herald_core::target::TargetError| {
+                ValidationError::new(field, err.to_string())
+            }
+        };
+        self.policy.check_url(&domain.url).map_err(refuse("url"))?;
+        self.check_resolved("url", &domain.url).await?;
         if let Some(oauth2) = &domain.oauth2 {
             self.policy
                 .check_url(&oauth2.token_url)
-                .map_err(|err| ValidationError::new("oauth2.token_url", err.to_string()))?;
+                .map_err(refuse("oauth2.token_url"))?;
+            self.check_resolved("oauth2.token_url", &oauth2.token_url)
+                .await?;
         }
-        if let Some(url::Host::Domain(host)) = domain.url.host() {
-            let port = domain.url.port_or_known_default().unwrap_or(443);
-            let lookup = tokio::net::lookup_host((host, port));
-            if let Ok(Ok(addrs)) = tokio::time::timeout(DNS_TIMEOUT, lookup).await {
-                for addr in addrs {
-                    self.policy.check_ip(host, addr.ip()).map_err(refuse)?;
-                }
+        if let herald_core::egress::Egress::Proxy(proxy) = &domain.egress {
+            // A proxy speaks http:// whatever the receivers do: its address alone is checked.
+            let host = proxy.host();
+            let addrs = match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => vec![ip],
+                Err(_) => resolve(host, proxy.port()).await,
+            };
+            for ip in addrs {
+                self.policy
+                    .check_ip(host, ip)
+                    .map_err(refuse("egress_proxy"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks what the host of `url` (`field`) resolves to now, when it is a name.
+    async fn check_resolved(
+        &self,
+        field: &'static str,
+        url: &url::Url,
+    ) -> Result<(), ValidationError> {
+        if let Some(url::Host::Domain(host)) = url.host() {
+            let port = url.port_or_known_default().unwrap_or(443);
+            for ip in resolve(host, port).await {
+                self.policy
+                    .check_ip(host, ip)
+                    .map_err(|err| ValidationError::new(field, err.to_string()))?;
             }
         }
         Ok(())
@@ -820,6 +849,16 @@ impl Subscriptions {
             }
         }
         Err(SubscriptionError::Contended(id.to_owned()))
+    }
+}
+
+/// What `host` resolves to now (nothing when it does not resolve within [`DNS_TIMEOUT`]: a
+/// name this replica cannot resolve may still be one the agents can, and they check every
+/// address they connect to).
+async fn resolve(host: &str, port: u16) -> Vec<std::net::IpAddr> {
+    match tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host((host, port))).await {
+        Ok(Ok(addrs)) => addrs.map(|addr| addr.ip()).collect(),
+        _ => vec![],
     }
 }
 
@@ -1407,13 +1446,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_address_a_delivery_connects_to_is_held_to_the_target_policy() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (registry, _) = registry_in(&dir).await;
+        let refused = |result: Result<pb::Subscription, SubscriptionError>, field: &str| {
+            assert!(
+                matches!(&result, Err(SubscriptionError::Invalid(e)) if e.field == field),
+                "{field}: {result:?}"
+            );
+        };
+        // The subscription's own proxy: a literal address, and a name resolving to one.
+        for proxy in ["http://169.254.169.254:80", "http://localhost:3128"] {
+            let result = registry
+                .create(pb::Subscription {
+                    egress: pb::Egress::Proxy as i32,
+                    egress_proxy: proxy.into(),
+                    ..orders_of("shop-1")
+                })
+                .await;
+            refused(result, "egress_proxy");
+        }
+        // The OAuth2 token endpoint by a name that resolves to loopback, as the URL would be.
+        let result = registry
+            .create(pb::Subscription {
+                oauth2: Some(pb::OAuth2 {
+                    token_url: "https://localhost:8443/token".into(),
+                    client_id: "platform".into(),
+                    client_secret: "client-secret".into(),
+                    ..Default::default()
+                }),
+                ..orders_of("shop-1")
+            })
+            .await;
+        refused(result, "oauth2.token_url");
+    }
+
+    #[tokio::test]
     async fn a_subscription_proxy_is_sealed_masked_on_reads_and_kept_by_a_masked_update() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let (registry, store) = registry_in(&dir).await;
         let created = registry
             .create(pb::Subscription {
                 egress: pb::Egress::Proxy as i32,
-                egress_proxy: "http://egress:pa55-word@10.1.2.3:3128".into(),
+                egress_proxy: "http://egress:pa55-word@93.184.215.16:3128".into(),
                 ..orders_of("shop-1")
             })
             .await
@@ -1422,7 +1497,7 @@ mod tests {
         let raw = store.get(&key).await.expect("read").expect("there");
         assert!(!String::from_utf8_lossy(&raw.value).contains("pa55-word"));
         let read = redact(registry.get(&created.id).await.expect("read"));
-        assert_eq!(read.egress_proxy, "http://egress:****@10.1.2.3:3128");
+        assert_eq!(read.egress_proxy, "http://egress:****@93.184.215.16:3128");
         // Sent back as read, with another change: the password stays.
         let updated = registry
             .update(
@@ -1436,12 +1511,12 @@ mod tests {
             .expect("updated");
         assert_eq!(
             updated.egress_proxy,
-            "http://egress:pa55-word@10.1.2.3:3128"
+            "http://egress:pa55-word@93.184.215.16:3128"
         );
         // A proxy URL without EGRESS_PROXY, or a bad one, is refused naming the field.
         for (egress, url) in [
-            (pb::Egress::Direct, "http://10.1.2.3:3128"),
-            (pb::Egress::Proxy, "https://10.1.2.3:3128"),
+            (pb::Egress::Direct, "http://93.184.215.16:3128"),
+            (pb::Egress::Proxy, "https://93.184.215.16:3128"),
         ] {
             let refused = registry
                 .update(

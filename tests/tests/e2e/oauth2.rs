@@ -1,12 +1,13 @@
 //! OAuth2 client credentials to receivers: the agent fetches a bearer token from the
 //! subscription's token endpoint, keeps it across deliveries until shortly before it expires,
 //! fetches anew once when a receiver answers 401, and logs token-endpoint failures with error
-//! kind `oauth2`. The client secret is sealed and read back only with secrets.
+//! kind `oauth2` (`policy`, for good, when the agent's target policy refuses the endpoint's
+//! address). The client secret is sealed and read back only with secrets.
 
 use std::time::Duration;
 
 use herald_proto::v1 as pb;
-use herald_tests::{Response, TokenEndpoint, World, event, subscription};
+use herald_tests::{AgentOptions, Response, TokenEndpoint, World, event, subscription};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -205,5 +206,67 @@ async fn an_expired_token_is_replaced_and_token_endpoint_failures_are_logged() -
         2,
         "nothing sent without a token"
     );
+    Ok(())
+}
+
+/// A token endpoint at an address the agent's target policy refuses fails the attempt for
+/// good with error kind `policy`, as a refused receiver does: no retry can differ, and the
+/// platform's client secret is never sent there.
+#[tokio::test]
+async fn a_token_endpoint_the_policy_refuses_fails_for_good_as_policy() -> anyhow::Result<()> {
+    let world = World::start().await?;
+    let elsewhere =
+        TokenEndpoint::start_on("127.0.0.2", &world.ca, "herald-agent", "s3cret-value", 3600)
+            .await?;
+    let agent = world
+        .another_agent_applied(
+            AgentOptions {
+                allow_targets: Some(vec!["127.0.0.1/32".parse()?]),
+                interest: herald_core::interest::Interest {
+                    tenants: vec!["shop-policy".into()],
+                    event_type_prefixes: vec![],
+                },
+                ..Default::default()
+            },
+            0,
+        )
+        .await?;
+    let mut sub = with_oauth2(
+        "shop-policy",
+        &world.receiver.url("/erp"),
+        &elsewhere,
+        "s3cret-value",
+    );
+    sub.retry = Some(herald_proto::convert::retry_policy(
+        &herald_core::retry::RetrySchedule::parse("50ms,50ms")?,
+    ));
+    let sub = world.control_plane.create(sub).await?;
+    world.control_plane.wait_applied(sub.revision, WAIT).await?;
+    agent
+        .emit(event("shop-policy", "order.created", &json!({"id": 1})))
+        .await?;
+    let logged = world
+        .control_plane
+        .wait_logged(
+            pb::AttemptFilter {
+                subscription_id: sub.id.clone(),
+                ..Default::default()
+            },
+            WAIT,
+        )
+        .await?;
+    assert_eq!(logged[0].error_kind, "policy", "{:?}", logged[0]);
+    assert_eq!(logged[0].outcome(), pb::Outcome::Failed, "{:?}", logged[0]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = world
+        .control_plane
+        .attempts(pb::AttemptFilter {
+            subscription_id: sub.id.clone(),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(again.len(), 1, "not tried again: {again:?}");
+    assert_eq!(elsewhere.issued(), 0);
+    assert!(world.receiver.requests().is_empty());
     Ok(())
 }
