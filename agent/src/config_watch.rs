@@ -125,11 +125,11 @@ async fn follow(
     tx.send(send(Kind::Hello(hello)))
         .await
         .map_err(|_| "config stream closed")?;
-    let mut updates = AgentControlClient::new(channel)
-        .stream_config(ReceiverStream::new(rx))
-        .await
-        .map_err(|s| format!("{url}: {}", s.message()))?
-        .into_inner();
+    let mut updates = crate::control_plane::opened(
+        &url,
+        AgentControlClient::new(channel).stream_config(ReceiverStream::new(rx)),
+    )
+    .await?;
     tracing::info!(control_plane = %url, "config stream open");
     let mut parts = SnapshotParts::default();
     let mut schema_parts = SchemaParts::default();

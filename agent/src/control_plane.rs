@@ -77,8 +77,27 @@ pub fn check_transport(
     Ok(())
 }
 
-/// How long to wait for a connection to a control-plane replica.
+/// How long to wait for a connection to a control-plane replica, and for its answer to a
+/// stream being opened.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The stream `open` opens on `url` once the control plane answers, or why not, naming
+/// `url`: one that does not answer within [`CONNECT_TIMEOUT`] (a port that accepts and never
+/// speaks, a replica that hangs) is passed over, rather than waited on until the connection's
+/// keepalive gives up.
+pub async fn opened<T>(
+    url: &str,
+    open: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, open).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(format!("{url}: {}", status.message())),
+        Err(_) => Err(format!(
+            "{url}: no answer within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        )),
+    }
+}
 
 /// The control-plane endpoints, tried round-robin.
 #[derive(Clone, Debug)]
@@ -119,6 +138,13 @@ impl ControlPlane {
             next: Arc::new(AtomicUsize::new(0)),
             ..self.clone()
         }
+    }
+
+    /// Makes the next connection go to the first endpoint again: for a stream that ended
+    /// cleanly (a report stream closed while idle), which then prefers the first URL as a
+    /// new one does, rather than move on to the next.
+    pub fn start_over(&self) {
+        self.next.store(0, Ordering::Relaxed);
     }
 
     /// Connects to the next endpoint in turn; the error names it.

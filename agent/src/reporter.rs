@@ -92,6 +92,8 @@ pub async fn run(
             Ok(Ended::Flushed) => break,
             Ok(Ended::Idle) => {
                 tracing::debug!("report stream idle: closed until there is something to report");
+                // Nothing failed: the next stream prefers the first URL, as the first did.
+                control_plane.start_over();
                 tokio::select! {
                     () = &mut deadline => break,
                     () = something_to_report(&queue, &shutdown) => continue,
@@ -149,11 +151,11 @@ async fn session(
 ) -> Result<Ended, String> {
     let (url, channel) = control_plane.connect().await?;
     let (tx, out) = mpsc::channel(WINDOW);
-    let mut acks = AgentControlClient::new(channel)
-        .report_attempts(ReceiverStream::new(out))
-        .await
-        .map_err(|s| format!("{url}: {}", s.message()))?
-        .into_inner();
+    let mut acks = crate::control_plane::opened(
+        &url,
+        AgentControlClient::new(channel).report_attempts(ReceiverStream::new(out)),
+    )
+    .await?;
     // Batch id (its last sequence number) → its first sequence number.
     let mut unacked: BTreeMap<u64, u64> = BTreeMap::new();
     // Reports read from the outbox and not sent yet, in order.

@@ -72,6 +72,9 @@ struct State {
     changed_revision: i64,
     /// Subscriptions deleted lately.
     departed: Departed,
+    /// Subscriptions whose regions changed lately, as they were before: an agent of a region
+    /// they left may still report the attempts it made, or skipped, for them.
+    moved: Departed,
     /// Stored subscriptions this replica cannot open, by id, with why: while any is, agents
     /// are refused a config that would silently lack it.
     unreadable: BTreeMap<String, Unopened>,
@@ -126,6 +129,10 @@ struct Departure {
 impl Departed {
     fn remember(&mut self, sub: Arc<pb::Subscription>) {
         let now = tokio::time::Instant::now();
+        if self.by_id.contains_key(&sub.id) {
+            // Remembered again: its earlier entry must not take this one away when it ages.
+            self.order.retain(|d| d.id != sub.id);
+        }
         while let Some(oldest) = self.order.front()
             && (self.order.len() >= DEPARTED_MAX || now.duration_since(oldest.at) > DEPARTED_KEEP)
         {
@@ -146,6 +153,13 @@ impl State {
         for id in &change.removals {
             if let Some(last) = change.previous.get(id) {
                 self.departed.remember(last.clone());
+            }
+        }
+        for sub in &change.upserts {
+            if let Some(before) = change.previous.get(&sub.id)
+                && before.regions != sub.regions
+            {
+                self.moved.remember(before.clone());
             }
         }
         if self.history.len() == CHANGE_BUFFER
@@ -242,6 +256,13 @@ impl ConfigHub {
             .get(id)
             .or_else(|| state.departed.by_id.get(id))
             .cloned()
+    }
+
+    /// Subscription `id` as it was before its regions last changed, within the last day:
+    /// whose agents may still report attempts for it.
+    pub fn before_move(&self, id: &str) -> Option<Arc<pb::Subscription>> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        state.moved.by_id.get(id).cloned()
     }
 
     /// The stored subscriptions this replica cannot open, if any.
@@ -489,6 +510,41 @@ mod tests {
         );
         assert_eq!(state.departed.by_id.len(), DEPARTED_MAX);
         assert_eq!(state.departed.order.len(), DEPARTED_MAX);
+    }
+
+    #[test]
+    fn a_subscription_moved_to_other_regions_is_remembered_as_it_was() {
+        let mut state = State::default();
+        let before = Arc::new(pb::Subscription {
+            id: "moving".into(),
+            regions: vec!["eu".into()],
+            ..Default::default()
+        });
+        let after = Arc::new(pb::Subscription {
+            regions: vec!["us".into()],
+            ..(*before).clone()
+        });
+        let described = Arc::new(pb::Subscription {
+            description: "only words".into(),
+            ..(*after).clone()
+        });
+        state.record(Arc::new(Change {
+            revision: 5,
+            upserts: vec![after.clone()],
+            removals: vec![],
+            previous: [("moving".to_owned(), before.clone())].into(),
+            seen_at: tokio::time::Instant::now(),
+        }));
+        // A change that moves nothing forgets nothing, and remembers nothing new.
+        state.record(Arc::new(Change {
+            revision: 6,
+            upserts: vec![described],
+            removals: vec![],
+            previous: [("moving".to_owned(), after)].into(),
+            seen_at: tokio::time::Instant::now(),
+        }));
+        assert_eq!(state.moved.by_id.get("moving"), Some(&before));
+        assert_eq!(state.moved.order.len(), 1);
     }
 
     #[test]

@@ -656,19 +656,19 @@ impl Agents for AgentsService {
                     )));
                 }
             };
-        // Another replica's agent that holds every subscription change this replica knows
-        // of is current here too, however far the store's other writes (presence records,
-        // guards) moved this replica's revision past it: as a replica counts its own agents
-        // current at revisions that changed nothing they may see.
+        for local in self.fleet.list(current) {
+            if local.connected || !agents.contains_key(&local.id) {
+                agents.insert(local.id.clone(), local);
+            }
+        }
+        // An agent that holds every subscription change this replica knows of is current,
+        // however far the store's other writes (presence records, guards) or a listing again
+        // after an outage moved this replica's revision past it: as a replica counts its own
+        // agents current at revisions that changed nothing they may see.
         let changed = self.hub.changed_revision();
         for agent in agents.values_mut() {
             if agent.applied_revision >= changed && agent.last_nack.is_empty() {
                 agent.applied_revision = agent.applied_revision.max(current);
-            }
-        }
-        for local in self.fleet.list(current) {
-            if local.connected || !agents.contains_key(&local.id) {
-                agents.insert(local.id.clone(), local);
             }
         }
         // A connected agent is seen now: its stream is open and answers the replica's pings

@@ -495,7 +495,16 @@ async fn admitted(
                 sub = found;
             }
         }
-        match agent_trust::check_report(who, sub.as_deref(), &attempt) {
+        let checked = match agent_trust::check_report(who, sub.as_deref(), &attempt) {
+            // Moved out of the agent's regions lately: the attempts it made, or skipped, while
+            // the subscription was its own are still its to report.
+            Err(Refusal::foreign_subscription) => match hub.before_move(&attempt.subscription_id) {
+                Some(before) => agent_trust::check_report(who, Some(&before), &attempt),
+                None => Err(Refusal::foreign_subscription),
+            },
+            checked => checked,
+        };
+        match checked {
             Ok(()) => admitted.attempts.push(attempt),
             Err(refusal) => admitted.refused.push(refusal),
         }

@@ -142,6 +142,40 @@ async fn a_replica_started_later_lists_an_agent_current_elsewhere_as_current() -
     Ok(())
 }
 
+/// A control-plane URL that accepts connections and never answers is passed over within
+/// seconds, as docs/regions.md says, not once the connection's keepalive gives up (30 s).
+#[tokio::test]
+async fn a_control_plane_that_never_answers_is_passed_over_within_seconds() -> anyhow::Result<()> {
+    let control_plane = ControlPlane::start(ConfigStore::Embedded).await?;
+    // Bound and never accepted: the kernel completes each connection, nothing ever answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let silent_url = format!("http://{}", silent.local_addr()?);
+    let started = tokio::time::Instant::now();
+    let _agent = Agent::start(
+        &silent_url,
+        AgentOptions {
+            more_control_planes: vec![control_plane.url().to_owned()],
+            ..Default::default()
+        },
+    )
+    .await?;
+    eventually(
+        Duration::from_secs(40),
+        "the agent on the replica that answers",
+        || async {
+            let agents = control_plane.list_agents().await?;
+            Ok(agents.into_iter().find(|a| a.connected))
+        },
+    )
+    .await?;
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "passed over after {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
 /// The replica the only agent is listed on by `control_plane`, once the list shows it
 /// connected with `revision` applied.
 async fn listed_on(control_plane: &ControlPlane, revision: i64) -> anyhow::Result<String> {

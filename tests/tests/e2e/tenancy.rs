@@ -795,6 +795,56 @@ async fn an_agent_token_is_trusted_only_for_its_tenants_and_regions() -> anyhow:
         assert!(text.contains(line), "{line} in\n{text}");
     }
 
+    // A subscription moved out of the token's regions lately: what its agents made, or
+    // skipped, while it was theirs is still stored; one that never was theirs is not.
+    let mut moving = subscription("shop-b", &receiver.url("/moving"), &["order.*"]);
+    moving.regions = vec!["eu".into()];
+    let moving = control_plane.create(moving).await?;
+    control_plane
+        .subscriptions()
+        .await?
+        .update_subscription(pb::UpdateSubscriptionRequest {
+            subscription: Some(pb::Subscription {
+                regions: vec!["us".into()],
+                ..moving.clone()
+            }),
+            expected_revision: moving.revision,
+            allow_unregistered: false,
+        })
+        .await?;
+    let mut elsewhere = subscription("shop-b", &receiver.url("/us"), &["order.*"]);
+    elsewhere.regions = vec!["us".into()];
+    let elsewhere = control_plane.create(elsewhere).await?;
+    let skipped = pb::Attempt {
+        status_code: 0,
+        error_kind: String::new(),
+        outcome: pb::Outcome::Skipped as i32,
+        ..attempt("evt_moving", &moving.id, "shop-b")
+    };
+    let batch = pb::ReportBatch {
+        batch_id: 8,
+        agent_id: "agt_b_eu".into(),
+        attempts: vec![skipped, attempt("evt_elsewhere", &elsewhere.id, "shop-b")],
+    };
+    // The replica's hub follows the store: report again until it has seen the move.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let stored = loop {
+        herald_tests::report(&mut b, batch.clone()).await?;
+        let log = control_plane.attempts(pb::AttemptFilter::default()).await?;
+        if log.iter().any(|a| a.event_id == "evt_moving") {
+            break log;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the skip of a moved subscription was not stored"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(
+        !stored.iter().any(|a| a.event_id == "evt_elsewhere"),
+        "never in the token's regions: refused"
+    );
+
     // A real agent with shop A's token delivers shop A's events, and its reports are stored.
     let agent = Agent::start(
         url,
