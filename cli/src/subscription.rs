@@ -562,7 +562,8 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
                 sub.url = url;
             }
             let allow_unregistered = args.fields.apply(&mut sub);
-            if sub == read {
+            // (A stale --revision still goes to the server, to be told so.)
+            if sub == read && args.revision.is_none_or(|given| given == read.revision) {
                 // Nothing given, or only what it holds: no new revision, no audit entry, no
                 // change sent to every agent.
                 output::object(format, &output::subscription(&sub, false))?;

@@ -72,8 +72,9 @@ struct State {
     changed_revision: i64,
     /// Subscriptions deleted lately.
     departed: Departed,
-    /// Subscriptions whose regions changed lately, as they were before: an agent of a region
-    /// they left may still report the attempts it made, or skipped, for them.
+    /// Subscriptions whose regions changed lately, as they were before, with every region
+    /// they were in lately: an agent of a region they left may still report the attempts it
+    /// made, or skipped, for them.
     moved: Departed,
     /// Stored subscriptions this replica cannot open, by id, with why: while any is, agents
     /// are refused a config that would silently lack it.
@@ -159,7 +160,20 @@ impl State {
             if let Some(before) = change.previous.get(&sub.id)
                 && before.regions != sub.regions
             {
-                self.moved.remember(before.clone());
+                // Every region it was in lately (none listed: every region).
+                let mut held = (**before).clone();
+                if let Some(earlier) = self.moved.by_id.get(&sub.id) {
+                    if earlier.regions.is_empty() {
+                        held.regions.clear();
+                    } else if !held.regions.is_empty() {
+                        for region in &earlier.regions {
+                            if !held.regions.contains(region) {
+                                held.regions.push(region.clone());
+                            }
+                        }
+                    }
+                }
+                self.moved.remember(Arc::new(held));
             }
         }
         if self.history.len() == CHANGE_BUFFER
@@ -258,8 +272,8 @@ impl ConfigHub {
             .cloned()
     }
 
-    /// Subscription `id` as it was before its regions last changed, within the last day:
-    /// whose agents may still report attempts for it.
+    /// Subscription `id` as it was before its regions last changed, within the last day, with
+    /// every region it was in over that time: whose agents may still report attempts for it.
     pub fn before_move(&self, id: &str) -> Option<Arc<pb::Subscription>> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         state.moved.by_id.get(id).cloned()
@@ -544,6 +558,25 @@ mod tests {
             seen_at: tokio::time::Instant::now(),
         }));
         assert_eq!(state.moved.by_id.get("moving"), Some(&before));
+        assert_eq!(state.moved.order.len(), 1);
+        // Moved again: the regions it was in before either move still count.
+        let again = Arc::new(pb::Subscription {
+            regions: vec!["ap".into()],
+            ..(*before).clone()
+        });
+        let at_us = Arc::new(pb::Subscription {
+            regions: vec!["us".into()],
+            ..(*before).clone()
+        });
+        state.record(Arc::new(Change {
+            revision: 7,
+            upserts: vec![again],
+            removals: vec![],
+            previous: [("moving".to_owned(), at_us)].into(),
+            seen_at: tokio::time::Instant::now(),
+        }));
+        let held = &state.moved.by_id["moving"].regions;
+        assert_eq!(held, &["us".to_owned(), "eu".to_owned()]);
         assert_eq!(state.moved.order.len(), 1);
     }
 

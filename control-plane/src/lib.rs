@@ -862,7 +862,7 @@ pub async fn run(
 /// first sweep, which is never what an operator means.
 const MIN_LOG_RETENTION: Duration = Duration::from_secs(3600);
 
-/// A `--log-retention`: a duration of at least [`MIN_LOG_RETENTION`].
+/// A `--log-answer-timeout`: a duration of 1 s to 10 min.
 fn log_answer_timeout(text: &str) -> Result<Duration, String> {
     let limit = herald_core::duration::parse(text)?;
     if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&limit) {
@@ -871,6 +871,7 @@ fn log_answer_timeout(text: &str) -> Result<Duration, String> {
     Ok(limit)
 }
 
+/// A `--log-retention`: a duration of at least [`MIN_LOG_RETENTION`].
 fn log_retention(text: &str) -> Result<Duration, String> {
     let retention = herald_core::duration::parse(text)?;
     if retention < MIN_LOG_RETENTION {

@@ -103,6 +103,9 @@ const DRAIN_BATCH: usize = 100;
 const DRAIN_EVERY: Duration = Duration::from_secs(2);
 /// How long an agent has to accept an emit order.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Every this many drain rounds (about a minute), the config store is looked at for events
+/// any replica left there.
+const ADOPT_EVERY: u32 = 30;
 
 /// The secret operator event ids are derived with: 32 random bytes made by the first replica,
 /// kept sealed in the config store ([`keys::OPERATOR_EVENT_KEY`]) and read by every replica at
@@ -382,7 +385,13 @@ impl OperatorEvents {
     /// Hands outbox entries to connected agents until `shutdown`, first moving those waiting
     /// in the config store into the log.
     pub async fn run(self, shutdown: CancellationToken) {
+        let mut rounds: u32 = 0;
         loop {
+            // Another replica may have left events there before it stopped: look now and then.
+            rounds = rounds.wrapping_add(1);
+            if rounds.is_multiple_of(ADOPT_EVERY) {
+                self.in_store.store(true, Ordering::SeqCst);
+            }
             if self.in_store.swap(false, Ordering::SeqCst) {
                 match self.adopt_config_store_outbox().await {
                     Ok(0) => {}

@@ -108,7 +108,8 @@ pub fn parse_allowlist(text: &str) -> Result<Vec<IpNet>, String> {
         .collect()
 }
 
-/// The IPv4 address an IPv6 address stands for (mapped, NAT64, 6to4), else the address itself.
+/// The IPv4 address an IPv6 address stands for (mapped, translated, NAT64, 6to4, compatible),
+/// else the address itself.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => embedded_v4(v6).map_or(ip, IpAddr::V4),

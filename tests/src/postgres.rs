@@ -680,7 +680,6 @@ async fn id(args: &[&str]) -> anyhow::Result<u32> {
         .with_context(|| format!("{shown} printed {printed:?}"))
 }
 
-/// Sends signal `name` (e.g. `INT`) to process `pid` with the `kill` command.
 /// The processes whose parent is `pid` (from `/proc`).
 fn children_of(pid: u32) -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {
@@ -702,6 +701,7 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Sends signal `name` (e.g. `INT`) to process `pid` with the `kill` command.
 async fn send_signal(pid: u32, name: &str) -> anyhow::Result<()> {
     let output = tokio::process::Command::new("kill")
         .args(["-s", name, "--", &pid.to_string()])

@@ -30,10 +30,10 @@ const MAX_MARGIN: Duration = Duration::from_secs(60);
 /// Credentials whose tokens are kept at once; past it, those not in use are forgotten.
 const MAX_CREDENTIALS: usize = 4096;
 
-/// Why no token could be had; the attempt fails with error kind `oauth2`.
+/// Why no token could be had; the attempt fails with the error kind [`TokenError::kind`] says.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    /// The request to the token endpoint failed (connection, TLS, target policy, …).
+    /// The request to the token endpoint failed (connection, TLS, …).
     #[error("token endpoint {url}: {reason}")]
     Request {
         /// The endpoint.

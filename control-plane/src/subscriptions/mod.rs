@@ -245,7 +245,15 @@ impl Subscriptions {
     /// Validates a record and checks its URL against the target policy: the literal address,
     /// or what the host resolves to now. A host that does not resolve here is admitted: the
     /// agent checks the addresses it connects to at every delivery.
-    async fn check(&self, sub: &mut pb::Subscription) -> Result<(), SubscriptionError> {
+    /// Checks what a caller gives, `stored` being the record it changes (none: a new one).
+    /// The receiver's URL is held to the target policy every time; the OAuth2 token endpoint's
+    /// DNS answer and the subscription's own proxy only when new or changed, so a record an
+    /// earlier version admitted (an internal proxy the agents allow) still takes other changes.
+    async fn check(
+        &self,
+        sub: &mut pb::Subscription,
+        stored: Option<&pb::Subscription>,
+    ) -> Result<(), SubscriptionError> {
         // What a caller gives is held to more than a stored record is read with: a record
         // stored before these checks still delivers, and is refused only when sent again.
         validate::url_as_given("url", &sub.url)?;
@@ -312,10 +320,20 @@ impl Subscriptions {
             self.policy
                 .check_url(&oauth2.token_url)
                 .map_err(refuse("oauth2.token_url"))?;
-            self.check_resolved("oauth2.token_url", &oauth2.token_url)
-                .await?;
+            let same_endpoint = stored
+                .and_then(|s| s.oauth2.as_ref())
+                .zip(sub.oauth2.as_ref())
+                .is_some_and(|(before, now)| before.token_url == now.token_url);
+            if !same_endpoint {
+                self.check_resolved("oauth2.token_url", &oauth2.token_url)
+                    .await?;
+            }
         }
-        if let herald_core::egress::Egress::Proxy(proxy) = &domain.egress {
+        let same_proxy =
+            stored.is_some_and(|s| s.egress == sub.egress && s.egress_proxy == sub.egress_proxy);
+        if let herald_core::egress::Egress::Proxy(proxy) = &domain.egress
+            && !same_proxy
+        {
             // A proxy speaks http:// whatever the receivers do: its address alone is checked.
             let host = proxy.host();
             let addrs = match host.parse::<std::net::IpAddr>() {
@@ -380,7 +398,7 @@ impl Subscriptions {
             skip_parked_before: None,
             ..request
         };
-        self.check(&mut sub).await?;
+        self.check(&mut sub, None).await?;
         let key = keys::subscription(&sub.tenant, &sub.id);
         let index = keys::subscription_id(&sub.id);
         let guard = keys::tenant_creates(&sub.tenant);
@@ -545,6 +563,7 @@ impl Subscriptions {
             });
         }
         let to_same_origin = same_origin(&request.url, &current.url);
+        let stored = current.clone();
         let updated = pb::Subscription {
             url: request.url,
             event_types: request.event_types,
@@ -582,14 +601,16 @@ impl Subscriptions {
             updated_at: Some(timestamp(SystemTime::now())),
             ..current
         };
-        self.write(updated, &kv, true).await?.ok_or_else(|| {
-            // Someone wrote between our read and our write.
-            SubscriptionError::StaleRevision {
-                id: request.id,
-                expected: expected_revision,
-                actual: expected_revision + 1,
-            }
-        })
+        self.write(updated, &kv, Some(&stored))
+            .await?
+            .ok_or_else(|| {
+                // Someone wrote between our read and our write.
+                SubscriptionError::StaleRevision {
+                    id: request.id,
+                    expected: expected_revision,
+                    actual: expected_revision + 1,
+                }
+            })
     }
 
     /// Deletes a subscription of one of `tenants` (one outside is
@@ -704,7 +725,7 @@ impl Subscriptions {
             sub.disabled_reason = reason.to_owned();
             sub.disabled_at = Some(timestamp(now));
             sub.updated_at = Some(timestamp(now));
-            if let Some(written) = self.write(sub, &kv, false).await? {
+            if let Some(written) = self.write(sub, &kv, None).await? {
                 return Ok(Some(written));
             }
         }
@@ -808,20 +829,22 @@ impl Subscriptions {
         Ok(Located { tenant, kv })
     }
 
-    /// Writes `sub` over `kv` if `kv` is still current; `None` when it is not. With
-    /// `check_target`, the URL goes through the target policy too (for changes that may move
-    /// it); state changes (disable, rotate) only need the record to be valid.
+    /// Writes `sub` over `kv` if `kv` is still current; `None` when it is not. A change a
+    /// caller gives of the record `given_over` is checked as given (addresses through the
+    /// target policy too); state changes (disable, rotate: `None`) only need the record to
+    /// be valid.
     async fn write(
         &self,
         mut sub: pb::Subscription,
         kv: &KeyValue,
-        check_target: bool,
+        given_over: Option<&pb::Subscription>,
     ) -> Result<Option<pb::Subscription>, SubscriptionError> {
         sub.revision = 0;
-        if check_target {
-            self.check(&mut sub).await?;
-        } else {
-            convert::subscription(&sub, true)?;
+        match given_over {
+            Some(stored) => self.check(&mut sub, Some(stored)).await?,
+            None => {
+                convert::subscription(&sub, true)?;
+            }
         }
         let txn = Txn::default()
             .when(Compare::ModRevision(kv.key.clone(), kv.mod_revision))
@@ -844,7 +867,7 @@ impl Subscriptions {
         for _ in 0..MAX_CAS_ATTEMPTS {
             let (mut sub, kv) = self.read(id).await?;
             change(&mut sub, SystemTime::now())?;
-            if let Some(written) = self.write(sub, &kv, false).await? {
+            if let Some(written) = self.write(sub, &kv, None).await? {
                 return Ok(written);
             }
         }
@@ -1479,6 +1502,55 @@ mod tests {
             })
             .await;
         refused(result, "oauth2.token_url");
+    }
+
+    #[tokio::test]
+    async fn a_proxy_admitted_before_is_not_checked_again_until_it_changes() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::embedded(dir.path()).await.expect("a store");
+        let keyring =
+            Arc::new(Keyring::parse(&Keyring::generate_entry("k1").expect("a key")).expect("ok"));
+        // Written while the policy admitted the internal proxy (an earlier version, or an
+        // operator's wider --allow-targets then).
+        let wide = Subscriptions::new(
+            store.clone(),
+            TargetPolicy::new(false, vec!["10.0.0.0/8".parse().expect("a range")]),
+            keyring.clone(),
+        );
+        let created = wide
+            .create(pb::Subscription {
+                egress: pb::Egress::Proxy as i32,
+                egress_proxy: "http://10.1.2.3:3128".into(),
+                ..orders_of("shop-1")
+            })
+            .await
+            .expect("created");
+        let strict = Subscriptions::new(store, TargetPolicy::new(false, vec![]), keyring);
+        let read = redact(strict.get(&created.id).await.expect("read"));
+        let described = strict
+            .update(
+                pb::Subscription {
+                    description: "still through the internal proxy".into(),
+                    ..read.clone()
+                },
+                read.revision,
+            )
+            .await
+            .expect("another change goes through");
+        let revision = described.revision;
+        let moved = strict
+            .update(
+                pb::Subscription {
+                    egress_proxy: "http://10.9.9.9:3128".into(),
+                    ..redact(described)
+                },
+                revision,
+            )
+            .await;
+        assert!(
+            matches!(&moved, Err(SubscriptionError::Invalid(e)) if e.field == "egress_proxy"),
+            "a new proxy is checked: {moved:?}"
+        );
     }
 
     #[tokio::test]

@@ -132,7 +132,7 @@ async fn a_replica_started_later_lists_an_agent_current_elsewhere_as_current() -
         "no lag for an agent that holds every subscription: {agent:?}"
     );
 
-    // A subscription change the agent has not applied yet is lag again, until it applies it.
+    // A subscription change made through the later replica reaches the agent on the first.
     let moved = later
         .create(subscription("shop-1", &receiver.url("/more"), &["order.*"]))
         .await?;

@@ -191,7 +191,18 @@ impl PostgresLog {
             recycling_method: RecyclingMethod::Fast,
         };
         let tls = url.tls()?;
-        let config = with_tcp_timeouts(url.config.clone());
+        let mut config = with_tcp_timeouts(url.config.clone());
+        // The server ends a statement the replica gave up on (a second after it did), so a
+        // slow database is not left running what nobody waits for.
+        let statement_timeout = format!(
+            "-c statement_timeout={}",
+            (answer_timeout + Duration::from_secs(1)).as_millis()
+        );
+        let options = match config.get_options() {
+            Some(given) if !given.is_empty() => format!("{given} {statement_timeout}"),
+            _ => statement_timeout,
+        };
+        config.options(options);
         let manager = match &tls {
             Tls::Off => Manager::from_config(config, NoTls, recycling()),
             Tls::Verified(connect) => Manager::from_config(config, connect.clone(), recycling()),
@@ -253,6 +264,10 @@ impl PostgresLog {
     async fn migrate(&self) -> Result<(), LogError> {
         let mut client = self.client().await?;
         let txn = client.transaction().await.map_err(|e| self.error(e))?;
+        // A migration may rebuild a large table: it is not held to the answer timeout.
+        txn.batch_execute("SET LOCAL statement_timeout = 0")
+            .await
+            .map_err(|e| self.error(e))?;
         txn.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(|e| self.error(e))?;
@@ -362,10 +377,14 @@ impl PostgresLog {
         Ok((written.new, followups))
     }
 
-    /// A database error as a log error: unavailable when the connection is gone, a disk fault
-    /// when the database's disk is full (SQLSTATE 53100).
+    /// A database error as a log error: unavailable when the connection is gone or the
+    /// statement ran past its limit (SQLSTATE 57014), a disk fault when the database's disk
+    /// is full (SQLSTATE 53100).
     fn error(&self, err: tokio_postgres::Error) -> LogError {
-        if err.is_closed() || err.as_db_error().is_none() {
+        if err.is_closed()
+            || err.as_db_error().is_none()
+            || err.code() == Some(&SqlState::QUERY_CANCELED)
+        {
             unavailable(&self.url, err)
         } else if refuses_us(&err) {
             LogError::Refused(format!("{}: {}", self.url, error_text::chain(&err)))
@@ -591,6 +610,14 @@ impl LogStore for PostgresLog {
             let cutoff = SystemTime::now().checked_sub(max_age).unwrap_or(UNIX_EPOCH);
             let today = day_of(SystemTime::now());
             let mut client = self.client().await?;
+            // The sweep may delete many rows: its statements have the sweep's own limit.
+            client
+                .batch_execute(&format!(
+                    "SET statement_timeout = {}",
+                    SWEEP_TIMEOUT.as_millis()
+                ))
+                .await
+                .map_err(|e| self.error(e))?;
             let partitions: Vec<(String, i64)> = client
                 .query(
                     "SELECT c.relname FROM pg_inherits i \
@@ -682,6 +709,11 @@ impl LogStore for PostgresLog {
                     "audit log: entries past retention removed"
                 );
             }
+            // Back to the connection's own limit before it returns to the pool.
+            client
+                .batch_execute("RESET statement_timeout")
+                .await
+                .map_err(|e| self.error(e))?;
             drop(client);
             let now = SystemTime::now();
             self.ensure_partitions((first_kept_day(now, max_age)..=day_of(now) + DAYS_AHEAD).collect())
@@ -980,8 +1012,8 @@ fn refuses_us(err: &tokio_postgres::Error) -> bool {
     .any(|state| err.code() == Some(state))
 }
 
-/// `config` with TCP keepalives and a user timeout of [`TCP_TIMEOUT`], unless the URL sets
-/// its own.
+/// `config` with TCP keepalives probing after at most [`TCP_TIMEOUT`] idle, and a TCP user
+/// timeout of [`TCP_TIMEOUT`] unless the URL sets a non-zero one.
 pub(crate) fn with_tcp_timeouts(mut config: tokio_postgres::Config) -> tokio_postgres::Config {
     if config.get_keepalives_idle() > TCP_TIMEOUT {
         config.keepalives_idle(TCP_TIMEOUT);
