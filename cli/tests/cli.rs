@@ -454,10 +454,10 @@ async fn delivery_options_are_set_from_the_command_line() -> anyhow::Result<()> 
             json(&herald(world, &all).await)["egress"].clone()
         }
     };
-    let own = egress(&["--egress-proxy", "http://egress:pa55@10.9.8.7:3128"]).await;
-    assert_eq!(own, "http://egress:****@10.9.8.7:3128");
+    let own = egress(&["--egress-proxy", "http://egress:pa55@127.0.0.9:3128"]).await;
+    assert_eq!(own, "http://egress:****@127.0.0.9:3128");
     let shown = json(&herald(&world, &["subscription", "get", &id, "-o", "json"]).await);
-    assert_eq!(shown["egress"], "http://egress:****@10.9.8.7:3128");
+    assert_eq!(shown["egress"], "http://egress:****@127.0.0.9:3128");
     assert_eq!(egress(&["--no-egress-proxy"]).await, "direct");
     assert_eq!(egress(&["--egress-proxy", "agent"]).await, "agent");
     let output = herald(
