@@ -254,12 +254,13 @@ async fn follow(
                 if update.snapshot {
                     backoff.reset();
                 }
-                tracing::debug!(
-                    revision,
-                    subscriptions = count,
-                    snapshot = update.snapshot,
-                    "config applied"
-                );
+                // A whole config (a stream's first, or one after falling behind) is worth an
+                // operator's eye; each change after it is not.
+                if update.snapshot {
+                    tracing::info!(revision, subscriptions = count, "config snapshot applied");
+                } else {
+                    tracing::debug!(revision, subscriptions = count, "config change applied");
+                }
                 match refusal {
                     // The rest of the update is applied, but the agent is not current: it
                     // says so (the agents list shows it) at every update until the records

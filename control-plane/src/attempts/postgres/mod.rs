@@ -256,6 +256,12 @@ impl PostgresLog {
             deadpool_postgres::PoolError::Backend(err) if refuses_us(err) => {
                 LogError::Refused(format!("{}: {}", self.url, error_text::chain(&e)))
             }
+            // The pool's own words ("Timeout occurred while creating a new object") say less.
+            deadpool_postgres::PoolError::Timeout(_) => LogError::Unavailable(format!(
+                "{}: no connection within {} s",
+                self.url,
+                CONNECT_TIMEOUT.as_secs()
+            )),
             _ => unavailable(&self.url, e),
         })
     }
