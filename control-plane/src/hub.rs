@@ -112,8 +112,9 @@ pub struct Unreadable {
     pub reason: String,
 }
 
-/// Subscriptions deleted in the last [`DEPARTED_KEEP`] (at most [`DEPARTED_MAX`]), as they
-/// were last: reports of attempts made for them are still theirs.
+/// Subscriptions as they were before a change the hub saw in the last [`DEPARTED_KEEP`] (at
+/// most [`DEPARTED_MAX`]): deleted ones, or ones moved out of regions, whose agents' reports of
+/// attempts made for them are still theirs.
 #[derive(Default)]
 struct Departed {
     by_id: HashMap<String, Arc<pb::Subscription>>,
@@ -121,7 +122,7 @@ struct Departed {
     order: VecDeque<Departure>,
 }
 
-/// A subscription's deletion, as the hub saw it.
+/// When the hub saw a subscription's change (its deletion, or its move).
 struct Departure {
     at: tokio::time::Instant,
     id: String,

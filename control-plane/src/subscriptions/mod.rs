@@ -335,33 +335,44 @@ impl Subscriptions {
             && !same_proxy
         {
             // A proxy speaks http:// whatever the receivers do: its address alone is checked.
-            let host = proxy.host();
-            let addrs = match host.parse::<std::net::IpAddr>() {
-                Ok(ip) => vec![ip],
-                Err(_) => resolve(host, proxy.port()).await,
-            };
-            for ip in addrs {
-                self.policy
-                    .check_ip(host, ip)
-                    .map_err(refuse("egress_proxy"))?;
-            }
+            self.check_host("egress_proxy", proxy.host(), proxy.port())
+                .await?;
         }
         Ok(())
     }
 
-    /// Checks what the host of `url` (`field`) resolves to now, when it is a name.
+    /// Checks what the host of `url` (`field`) resolves to now, when it is a name (the
+    /// policy's `check_url` has checked a literal address).
     async fn check_resolved(
         &self,
         field: &'static str,
         url: &url::Url,
     ) -> Result<(), ValidationError> {
-        if let Some(url::Host::Domain(host)) = url.host() {
-            let port = url.port_or_known_default().unwrap_or(443);
-            for ip in resolve(host, port).await {
-                self.policy
-                    .check_ip(host, ip)
-                    .map_err(|err| ValidationError::new(field, err.to_string()))?;
+        match url.host() {
+            Some(url::Host::Domain(host)) => {
+                let port = url.port_or_known_default().unwrap_or(443);
+                self.check_host(field, host, port).await
             }
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks every address `host` (`field`) stands for now: itself when it is an address,
+    /// else what it resolves to.
+    async fn check_host(
+        &self,
+        field: &'static str,
+        host: &str,
+        port: u16,
+    ) -> Result<(), ValidationError> {
+        let addrs = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => vec![ip],
+            Err(_) => resolve(host, port).await,
+        };
+        for ip in addrs {
+            self.policy
+                .check_ip(host, ip)
+                .map_err(|err| ValidationError::new(field, err.to_string()))?;
         }
         Ok(())
     }
