@@ -22,6 +22,7 @@ pub mod keyring_check;
 pub mod keys;
 pub mod metrics;
 pub mod operator_events;
+pub mod page_tokens;
 pub mod portal_links;
 pub mod presence;
 pub mod recent;
@@ -31,6 +32,7 @@ pub mod replay;
 pub mod rest;
 pub mod run_to_end;
 pub mod schema_feed;
+pub mod sealed_token;
 pub mod sealing;
 pub mod server_tls;
 pub mod store;
@@ -645,7 +647,8 @@ pub async fn run(
         },
         recorder.clone(),
     ));
-    let audit_service = Arc::new(grpc::AuditService::new(log.clone()));
+    let page_tokens = page_tokens::PageTokens::new(keyring.clone());
+    let audit_service = Arc::new(grpc::AuditService::new(log.clone(), page_tokens.clone()));
     let event_types_service = Arc::new(grpc::EventTypesService::new(event_types, recorder.clone()));
     let deliveries_service = Arc::new(grpc::DeliveriesService::new(
         log.clone(),
@@ -655,6 +658,7 @@ pub async fn run(
         recorder.clone(),
         grpc::Streams::new(stop.clone(), &background),
         metrics.clone(),
+        page_tokens,
     ));
     // Where people reach the web pages, for the links handed out.
     let public_url = config.http_listen.map(|addr| {

@@ -22,6 +22,7 @@ use crate::fleet::Fleet;
 use crate::health::Health;
 use crate::hub::ConfigHub;
 use crate::metrics::Metrics;
+use crate::page_tokens::{Listing, PageTokens};
 use crate::presence;
 use crate::relay::Relay;
 use crate::store::Store;
@@ -365,6 +366,8 @@ pub struct DeliveriesService {
     streams: Streams,
     /// Counts open tails.
     metrics: Metrics,
+    /// Seals the log's positions into the page tokens callers see.
+    pages: PageTokens,
 }
 
 /// The most delivery-log tails one replica serves at once.
@@ -372,7 +375,9 @@ const MAX_TAILS: usize = 1000;
 
 impl DeliveriesService {
     /// The service over the delivery log, replaying through the agents in `fleet` (and those
-    /// of other replicas through `relay`); tails run in `streams`.
+    /// of other replicas through `relay`); tails run in `streams`; page tokens are sealed by
+    /// `pages`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         log: AttemptLog,
         hub: ConfigHub,
@@ -381,6 +386,7 @@ impl DeliveriesService {
         audit: Recorder,
         streams: Streams,
         metrics: Metrics,
+        pages: PageTokens,
     ) -> Self {
         DeliveriesService {
             log,
@@ -390,6 +396,7 @@ impl DeliveriesService {
             relay,
             streams,
             metrics,
+            pages,
         }
     }
 }
@@ -415,13 +422,14 @@ impl Deliveries for DeliveriesService {
             return Ok(Response::new(pb::ListAttemptsResponse::default()));
         }
         let filter = Filter::within(wire, &who.tenants)?;
-        let page = self
-            .log
-            .list(filter, request.page_size, &request.page_token)
-            .await?;
+        let after = self
+            .pages
+            .open(Listing::Attempts, &request.page_token)
+            .map_err(herald_proto::convert::invalid_argument)?;
+        let page = self.log.list(filter, request.page_size, &after).await?;
         Ok(Response::new(pb::ListAttemptsResponse {
             attempts: page.attempts,
-            next_page_token: page.next_page_token,
+            next_page_token: self.pages.seal(Listing::Attempts, &page.next_page_token)?,
         }))
     }
 
@@ -481,12 +489,16 @@ impl Deliveries for DeliveriesService {
     ) -> Result<Response<pb::GetSentRequestsResponse>, Status> {
         let who = caller(&request);
         let request = request.into_inner();
+        let after = self
+            .pages
+            .open(Listing::SentRequests, &request.page_token)
+            .map_err(herald_proto::convert::invalid_argument)?;
         let query = SentQuery::page(
             &request.event_id,
             &request.subscription_id,
             &request.tenant,
             &who.tenants,
-            &request.page_token,
+            &after,
         )?;
         let page = self.log.sent_requests(query).await?;
         if page.requests.is_empty() && request.page_token.is_empty() {
@@ -503,7 +515,9 @@ impl Deliveries for DeliveriesService {
         }
         Ok(Response::new(pb::GetSentRequestsResponse {
             requests: page.requests,
-            next_page_token: page.next_page_token,
+            next_page_token: self
+                .pages
+                .seal(Listing::SentRequests, &page.next_page_token)?,
         }))
     }
 

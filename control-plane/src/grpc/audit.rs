@@ -7,16 +7,19 @@ use tonic::{Request, Response, Status};
 use crate::access::caller;
 use crate::attempts::AttemptLog;
 use crate::audit::query::AuditFilter;
+use crate::page_tokens::{Listing, PageTokens};
 
 /// `herald.v1.Audit`.
 pub struct AuditService {
     log: AttemptLog,
+    /// Seals the log's positions into the page tokens callers see.
+    pages: PageTokens,
 }
 
 impl AuditService {
-    /// The service over the entries in `log`.
-    pub fn new(log: AttemptLog) -> Self {
-        AuditService { log }
+    /// The service over the entries in `log`, its page tokens sealed by `pages`.
+    pub fn new(log: AttemptLog, pages: PageTokens) -> Self {
+        AuditService { log, pages }
     }
 }
 
@@ -29,13 +32,16 @@ impl Audit for AuditService {
         let who = caller(&request);
         let request = request.into_inner();
         let filter = AuditFilter::within(request.filter.unwrap_or_default(), &who.tenants)?;
-        let page = self
-            .log
-            .changes(filter, request.page_size, &request.page_token)
-            .await?;
+        let after = self
+            .pages
+            .open(Listing::AuditEntries, &request.page_token)
+            .map_err(herald_proto::convert::invalid_argument)?;
+        let page = self.log.changes(filter, request.page_size, &after).await?;
         Ok(Response::new(pb::ListAuditEntriesResponse {
             entries: page.entries,
-            next_page_token: page.next_page_token,
+            next_page_token: self
+                .pages
+                .seal(Listing::AuditEntries, &page.next_page_token)?,
         }))
     }
 }

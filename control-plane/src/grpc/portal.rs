@@ -11,9 +11,9 @@ use tonic::{Request, Response, Status};
 use crate::access::caller;
 use crate::audit::{Action, Change, Recorder};
 use crate::portal_links::{PortalLinks, PortalLinksError};
+use crate::sealed_token::TokenError;
 use crate::sealing::Keyring;
 use crate::web::portal_link::{self, DEFAULT_TTL, Grant, Link, MAX_TTL, MIN_TTL};
-use crate::web::sealed_token::TokenError;
 
 /// `herald.v1.Portal`.
 pub struct PortalService {

@@ -15,7 +15,6 @@ pub mod form;
 pub mod page;
 pub mod portal;
 pub mod portal_link;
-pub mod sealed_token;
 pub mod session;
 mod test_card;
 mod views;

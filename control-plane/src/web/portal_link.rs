@@ -1,12 +1,12 @@
 //! Tenant portal links: a tenant's name and whether the link may change anything, sealed
-//! with the keyring into the link's path ([`sealed_token`](super::sealed_token)). Any
+//! with the keyring into the link's path ([`sealed_token`](crate::sealed_token)). Any
 //! replica with the keyring opens them; nobody can forge one or stretch its time.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::sealed_token::{self, Purpose, TokenError};
+use crate::sealed_token::{self, Purpose, TokenError};
 use crate::sealing::Keyring;
 
 /// The shortest and longest a link may last.

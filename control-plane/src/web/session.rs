@@ -1,7 +1,7 @@
 //! Console sign-in: an API token exchanged for a session cookie, and the CSRF check on every
 //! change.
 //!
-//! The cookie holds the token sealed with the keyring ([`sealed_token`](super::sealed_token)),
+//! The cookie holds the token sealed with the keyring ([`sealed_token`](crate::sealed_token)),
 //! so any replica reads it, and it is `HttpOnly` (no script reads it), `SameSite=Strict` and,
 //! behind TLS, `Secure`. Each request is authorized with the token inside, as the API
 //! authorizes it, so a token removed from the tokens file stops working in the console too.
@@ -23,10 +23,10 @@ use sha2::Digest as _;
 use super::WebState;
 use super::form::FormData;
 use super::page::PageError;
-use super::sealed_token::{self, Purpose};
 use crate::access::Identity;
 use crate::access::Role;
 use crate::rest::Authorized;
+use crate::sealed_token::{self, Purpose};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "herald_session";

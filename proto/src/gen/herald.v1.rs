@@ -474,7 +474,7 @@ pub struct GetSentRequestsResponse {
     /// One per subscription, ordered by subscription id; a page holds about 2 MiB of bodies.
     #[prost(message, repeated, tag = "1")]
     pub requests: ::prost::alloc::vec::Vec<SentRequest>,
-    /// Empty on the last page.
+    /// Empty on the last page. Sealed like ListAttemptsResponse's: this call only, for a day.
     #[prost(string, tag = "2")]
     pub next_page_token: ::prost::alloc::string::String,
 }
@@ -680,7 +680,8 @@ pub struct ListAttemptsResponse {
     /// Newest first.
     #[prost(message, repeated, tag = "1")]
     pub attempts: ::prost::alloc::vec::Vec<Attempt>,
-    /// Empty on the last page.
+    /// Empty on the last page. Sealed by the control plane: it tells nothing of the log, works
+    /// only with this call and lasts a day (then INVALID_ARGUMENT: list from the first page).
     #[prost(string, tag = "2")]
     pub next_page_token: ::prost::alloc::string::String,
 }
@@ -745,7 +746,7 @@ pub struct ListAuditEntriesResponse {
     /// Newest first.
     #[prost(message, repeated, tag = "1")]
     pub entries: ::prost::alloc::vec::Vec<AuditEntry>,
-    /// Empty on the last page.
+    /// Empty on the last page. Sealed like ListAttemptsResponse's: this call only, for a day.
     #[prost(string, tag = "2")]
     pub next_page_token: ::prost::alloc::string::String,
 }

@@ -1053,3 +1053,113 @@ async fn an_emit_token_emits_only_for_its_own_tenants() -> anyhow::Result<()> {
     assert_eq!(receiver.request_count(), 2, "no forged event was delivered");
     Ok(())
 }
+
+#[tokio::test]
+async fn page_tokens_are_sealed_so_they_neither_tell_nor_take_a_position() -> anyhow::Result<()> {
+    let control_plane =
+        ControlPlane::start_with_tokens(ConfigStore::Embedded, &tokens(), ADMIN).await?;
+    let AgentAndReceiver {
+        agent, receiver, ..
+    } = AgentAndReceiver::start(
+        control_plane.url(),
+        AgentOptions {
+            control_plane_token: Some(AGENT.into()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    // Shop B has two endpoints (two audit entries) and two attempts in the log.
+    let mut b = Clients::new(control_plane.url(), ADMIN_B).await?;
+    let mut last = 0;
+    for path in ["/b1", "/b2"] {
+        last = b
+            .subscriptions
+            .create_subscription(pb::CreateSubscriptionRequest {
+                subscription: Some(subscription("shop-b", &receiver.url(path), &["order.*"])),
+                allow_unregistered: false,
+            })
+            .await?
+            .into_inner()
+            .revision;
+    }
+    control_plane
+        .wait_applied(last, Duration::from_secs(10))
+        .await?;
+    let emitted = agent
+        .emit(event("shop-b", "order.created", &serde_json::json!({})))
+        .await?;
+    let by_event = pb::AttemptFilter {
+        event_id: emitted.event_id.clone(),
+        ..Default::default()
+    };
+    eventually(Duration::from_secs(10), "both attempts logged", || async {
+        Ok((control_plane.attempts(by_event.clone()).await?.len() == 2).then_some(()))
+    })
+    .await?;
+
+    // A page of one attempt hands out a token that leads to the other…
+    let list = |page_token: String| pb::ListAttemptsRequest {
+        filter: Some(by_event.clone()),
+        page_size: 1,
+        page_token,
+    };
+    let first = b
+        .deliveries
+        .list_attempts(list(String::new()))
+        .await?
+        .into_inner();
+    assert_eq!(first.attempts.len(), 1);
+    let second = b
+        .deliveries
+        .list_attempts(list(first.next_page_token.clone()))
+        .await?
+        .into_inner();
+    assert_eq!(second.attempts.len(), 1);
+    assert_ne!(second.attempts[0], first.attempts[0]);
+    // …but made-up positions (the store's sequence numbers and times) are refused, as is
+    // another listing's token.
+    let audit = b
+        .audit
+        .list_audit_entries(pb::ListAuditEntriesRequest {
+            filter: None,
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(audit.entries.len(), 1);
+    for forged in ["1", "2", "3", "1764892800000000:2", &audit.next_page_token] {
+        let refused = b
+            .deliveries
+            .list_attempts(list(forged.to_owned()))
+            .await
+            .expect_err(forged);
+        assert_eq!(
+            refused.code(),
+            Code::InvalidArgument,
+            "{forged}: {refused:?}"
+        );
+        assert!(refused.message().contains("page_token"), "{refused:?}");
+    }
+    let refused = b
+        .audit
+        .list_audit_entries(pb::ListAuditEntriesRequest {
+            filter: None,
+            page_size: 1,
+            page_token: "1".into(),
+        })
+        .await
+        .expect_err("a made-up audit position");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    let refused = b
+        .deliveries
+        .get_sent_requests(pb::GetSentRequestsRequest {
+            event_id: emitted.event_id.clone(),
+            page_token: first.attempts[0].subscription_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a subscription id as the position");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    Ok(())
+}

@@ -36,7 +36,6 @@ use super::console::deliveries::{
 use super::console::subscriptions::{Choice, Endpoint, choices, disable_as, enable_as, rotate_as};
 use super::form::{FormData, SubscriptionForm, refusal};
 use super::page::{PageError, form_status, query_value, render, render_with, when};
-use super::sealed_token::TokenError;
 use super::session::{read_form, same_origin};
 use super::test_card::{self, TestCard, Tested};
 use super::views::{
@@ -46,6 +45,7 @@ use crate::access::Role;
 use crate::access::{Identity, Scope};
 use crate::grpc::LinkRefusal;
 use crate::rest::Authorized;
+use crate::sealed_token::TokenError;
 
 /// How the portal looks and where it may be embedded.
 #[derive(Clone, Debug, clap::Args)]

@@ -1,7 +1,7 @@
 //! Short tokens the web pages hand out and read back: claims sealed with the control plane's
 //! keyring (AES-256-GCM), so every replica with the same keyring reads them, nobody else can
 //! read or forge them, and one made for one purpose (a console session) is refused for
-//! another (a portal link).
+//! another (a portal link). The API's page tokens are made the same way ([`crate::page_tokens`]).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,6 +11,7 @@ use prost::Message as _;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::page_tokens::Listing;
 use crate::sealing::Keyring;
 
 /// What a token is for; part of what it is sealed with.
@@ -20,6 +21,8 @@ pub enum Purpose {
     ConsoleSession,
     /// A tenant portal link.
     PortalLink,
+    /// Where a page of one of the API's listings goes on.
+    Page(Listing),
 }
 
 impl Purpose {
@@ -27,6 +30,9 @@ impl Purpose {
         match self {
             Purpose::ConsoleSession => "herald:console-session",
             Purpose::PortalLink => "herald:portal-link",
+            Purpose::Page(Listing::Attempts) => "herald:page:attempts",
+            Purpose::Page(Listing::AuditEntries) => "herald:page:audit-entries",
+            Purpose::Page(Listing::SentRequests) => "herald:page:sent-requests",
         }
     }
 }

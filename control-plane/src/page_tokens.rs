@@ -1,0 +1,144 @@
+//! The page tokens the API hands out for the delivery log's listings (attempts, audit
+//! entries, requests as sent). The log's own position in a listing is a store-wide sequence
+//! number and a time, which would let a caller scoped to one tenant count every other tenant's
+//! deliveries and changes between two pages, and would let a caller make up positions. So the
+//! API seals the position with the keyring ([`crate::sealed_token`]): callers see an opaque
+//! token that every replica with the same keyring reads, that opens only for the listing that
+//! made it, and that lasts [`PAGE_TOKEN_TTL`].
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use herald_core::ValidationError;
+use tonic::Status;
+
+use crate::sealed_token::{self, Purpose, TokenError};
+use crate::sealing::Keyring;
+
+/// How long a page token leads on: long enough for any walk through a listing, short enough
+/// that a token kept in a bookmark does not outlive the rows it points between.
+pub const PAGE_TOKEN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The listings whose positions are sealed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listing {
+    /// `Deliveries.ListAttempts`.
+    Attempts,
+    /// `Audit.ListAuditEntries`.
+    AuditEntries,
+    /// `Deliveries.GetSentRequests`.
+    SentRequests,
+}
+
+/// Seals and opens page tokens with the control plane's keyring; cloning shares it.
+#[derive(Clone)]
+pub struct PageTokens {
+    keyring: Arc<Keyring>,
+}
+
+impl PageTokens {
+    /// Page tokens sealed with `keyring` (the one that seals signing secrets).
+    pub fn new(keyring: Arc<Keyring>) -> Self {
+        PageTokens { keyring }
+    }
+
+    /// The log's position that `token` holds for `listing`: empty for an empty token (the
+    /// first page); refused when the token is not one of this listing's or has expired.
+    pub fn open(&self, listing: Listing, token: &str) -> Result<String, ValidationError> {
+        self.open_at(listing, token, SystemTime::now())
+    }
+
+    fn open_at(
+        &self,
+        listing: Listing,
+        token: &str,
+        now: SystemTime,
+    ) -> Result<String, ValidationError> {
+        if token.is_empty() {
+            return Ok(String::new());
+        }
+        sealed_token::open(&self.keyring, Purpose::Page(listing), token, now).map_err(|err| {
+            match err {
+                TokenError::Expired => ValidationError::new(
+                    "page_token",
+                    "has expired (a page token lasts a day): list again from the first page",
+                ),
+                TokenError::Invalid | TokenError::Seal(_) => {
+                    crate::attempts::not_from_this_listing()
+                }
+            }
+        })
+    }
+
+    /// The token callers get for the log's `position` in `listing`: empty for an empty
+    /// position (the last page).
+    pub fn seal(&self, listing: Listing, position: &str) -> Result<String, Status> {
+        self.seal_at(listing, position, SystemTime::now())
+    }
+
+    fn seal_at(&self, listing: Listing, position: &str, now: SystemTime) -> Result<String, Status> {
+        if position.is_empty() {
+            return Ok(String::new());
+        }
+        sealed_token::seal(
+            &self.keyring,
+            Purpose::Page(listing),
+            position,
+            now,
+            PAGE_TOKEN_TTL,
+        )
+        .map_err(|err| Status::internal(err.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens() -> PageTokens {
+        let entry = Keyring::generate_entry("k1").expect("a key");
+        PageTokens::new(Arc::new(Keyring::parse(&entry).expect("a keyring")))
+    }
+
+    #[test]
+    fn a_position_comes_back_from_its_own_listing_only_and_never_shows() {
+        let tokens = tokens();
+        let now = SystemTime::now();
+        let token = tokens
+            .seal_at(Listing::Attempts, "1764892800000000:4711", now)
+            .expect("sealed");
+        assert!(!token.contains("4711"), "the position is not readable");
+        assert_eq!(
+            tokens
+                .open_at(Listing::Attempts, &token, now)
+                .expect("opens"),
+            "1764892800000000:4711"
+        );
+        let other = tokens
+            .open_at(Listing::AuditEntries, &token, now)
+            .expect_err("another listing's token");
+        assert_eq!(other.field, "page_token");
+        assert_eq!(other.reason, "is not from this listing");
+        assert!(
+            tokens.open_at(Listing::Attempts, "4711", now).is_err(),
+            "a made-up position"
+        );
+        assert!(
+            self::tokens()
+                .open_at(Listing::Attempts, &token, now)
+                .is_err(),
+            "another keyring"
+        );
+        let late = tokens
+            .open_at(Listing::Attempts, &token, now + PAGE_TOKEN_TTL)
+            .expect_err("expired");
+        assert!(late.reason.contains("expired"), "{late:?}");
+    }
+
+    #[test]
+    fn the_first_and_last_pages_have_empty_tokens() {
+        let tokens = tokens();
+        assert_eq!(tokens.seal(Listing::SentRequests, "").expect("sealed"), "");
+        assert_eq!(tokens.open(Listing::SentRequests, "").expect("opened"), "");
+    }
+}
