@@ -320,6 +320,7 @@ impl SnapshotParts {
         }
         joined.upserts.extend(update.upserts);
         joined.log_body_limit = update.log_body_limit.or(joined.log_body_limit);
+        joined.admitted_tenants = update.admitted_tenants.or(joined.admitted_tenants);
         if update.more {
             self.pending = Some(joined);
             return Ok(None);

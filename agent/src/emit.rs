@@ -86,8 +86,12 @@ impl EmitService {
         }
     }
 
-    /// Whether the event's payload satisfies its type's schema, if the type has one.
-    fn check_schema(event: &pb::Event, routes: &Routes) -> Result<(), Status> {
+    /// Whether the event may be emitted with the agent's config: the control plane admitted
+    /// the agent for its tenant, and its payload satisfies its type's schema, if it has one.
+    fn check_with(event: &pb::Event, routes: &Routes) -> Result<(), Status> {
+        if let Some(why) = routes.emit_refusal(&event.tenant) {
+            return Err(Status::failed_precondition(why));
+        }
         routes
             .schemas()
             .check(&event.r#type, &event.payload)
@@ -183,7 +187,7 @@ impl Events for EmitService {
             .ok_or_else(|| herald_proto::convert::invalid_field("event", "is required"))?;
         self.check(&event, grant.as_deref())?;
         let routes = self.loaded_routes()?;
-        Self::check_schema(&event, &routes)?;
+        Self::check_with(&event, &routes)?;
         let mut results = self
             .store(&routes, vec![event], trace)
             .instrument(span)
@@ -213,7 +217,7 @@ impl Events for EmitService {
         }
         let routes = self.loaded_routes()?;
         for (index, event) in events.iter().enumerate() {
-            Self::check_schema(event, &routes).map_err(|s| of_event(index, s))?;
+            Self::check_with(event, &routes).map_err(|s| of_event(index, s))?;
         }
         let span = emit_span(events.len(), trace.as_ref());
         let results = self.store(&routes, events, trace).instrument(span).await?;

@@ -41,6 +41,9 @@ pub struct Routes {
     /// The most request-body bytes the control plane's log keeps ([`Self::log_body_limit`]);
     /// `None` until a control plane said.
     log_body_limit: Option<u32>,
+    /// The tenants the control plane admitted this agent for ([`Self::emit_refusal`]); `None`
+    /// until one said.
+    admitted_tenants: Option<pb::AdmittedTenants>,
     /// The subscriptions whose newest record this agent cannot read (written by a newer
     /// control plane, or damaged in the store), with why. Each keeps the version the table
     /// held before (or stays out), so one bad record holds back no other change; while any
@@ -74,6 +77,7 @@ impl Routes {
             wire,
             schemas,
             log_body_limit: None,
+            admitted_tenants: None,
             refused: BTreeMap::new(),
         }
     }
@@ -122,6 +126,22 @@ impl Routes {
             .min(MAX_LOG_BODY_LIMIT)
     }
 
+    /// Why an event of `tenant` may not be emitted here although the agent's own flags allow
+    /// it: the control plane admitted the agent for other tenants only (its token's, when the
+    /// agent named none), so no subscription of `tenant` ever reaches it. `None` when it may.
+    pub fn emit_refusal(&self, tenant: &str) -> Option<String> {
+        let admitted = &self.admitted_tenants.as_ref()?.tenants;
+        if admitted.is_empty() || admitted.iter().any(|t| t == tenant) {
+            return None;
+        }
+        Some(format!(
+            "the control plane admitted this agent for tenants {} only (its token's scope), \
+             so no subscription of tenant {tenant:?} reaches it: emit through an agent whose \
+             token covers that tenant",
+            admitted.join(",")
+        ))
+    }
+
     /// The same table with the schemas after `update` (the same set, when it changes
     /// nothing: the config cache is saved again only for a change).
     pub fn with_schemas(&self, update: &pb::SchemaUpdate) -> Routes {
@@ -139,6 +159,7 @@ impl Routes {
             wire: self.wire.clone(),
             schemas,
             log_body_limit: self.log_body_limit,
+            admitted_tenants: self.admitted_tenants.clone(),
             refused: self.refused.clone(),
         }
     }
@@ -230,6 +251,10 @@ impl Routes {
         };
         let mut routes = Routes::new(revision, by_id, wire, schemas);
         routes.log_body_limit = update.log_body_limit.or(self.log_body_limit);
+        routes.admitted_tenants = update
+            .admitted_tenants
+            .clone()
+            .or_else(|| self.admitted_tenants.clone());
         routes.refused = refused;
         Ok(routes)
     }
@@ -251,6 +276,7 @@ impl Routes {
             more: false,
             schemas: (!self.schemas.is_empty()).then(|| self.schemas.to_update()),
             log_body_limit: self.log_body_limit,
+            admitted_tenants: self.admitted_tenants.clone(),
         }
     }
 }
@@ -292,8 +318,12 @@ mod tests {
             more: false,
             schemas: None,
             log_body_limit: Some(1024),
+            admitted_tenants: Some(pb::AdmittedTenants {
+                tenants: vec!["t1".into(), "t2".into()],
+            }),
         };
         assert_eq!(Routes::default().log_body_limit(), DEFAULT_LOG_BODY_LIMIT);
+        assert_eq!(Routes::default().emit_refusal("t3"), None, "none said yet");
         let routes = Routes::default().apply(&snapshot).expect("snapshot");
         assert_eq!(routes.log_body_limit(), 1024);
         let ids =
@@ -315,11 +345,20 @@ mod tests {
             more: false,
             schemas: None,
             log_body_limit: None,
+            admitted_tenants: None,
         };
         let next = routes.apply(&delta).expect("delta");
-        // The control plane's body limit holds until it says another, and is saved.
+        // The control plane's body limit and admitted tenants hold until it says others, and
+        // are saved.
         assert_eq!(next.log_body_limit(), 1024);
         assert_eq!(next.to_snapshot().log_body_limit, Some(1024));
+        assert_eq!(next.emit_refusal("t2"), None);
+        let refusal = next.emit_refusal("t3").expect("outside the admitted tenants");
+        assert!(refusal.contains("tenants t1,t2 only"), "{refusal}");
+        let saved = Routes::default()
+            .apply(&next.to_snapshot())
+            .expect("the saved table");
+        assert!(saved.emit_refusal("t3").is_some());
         // Still matched (its deliveries are parked), but known to be disabled.
         let matched = next.matching("t1", "order.created");
         assert_eq!(ids(matched.clone()), ["sub_a"]);

@@ -581,6 +581,7 @@ async fn follow(shared: &Shared, session: Session<'_>) {
             if resume.revision >= resume_from {
                 let update = pb::ConfigUpdate {
                     log_body_limit: Some(*log_body_limit),
+                    admitted_tenants: Some(interest.admitted_tenants()),
                     ..interest.merged(&resume)
                 };
                 if tx.send(Ok(update)).await.is_err() {
@@ -798,6 +799,7 @@ async fn send_snapshot(
         for part in interest.snapshot(&snapshot) {
             let part = pb::ConfigUpdate {
                 log_body_limit: Some(log_body_limit),
+                admitted_tenants: Some(interest.admitted_tenants()),
                 ..part
             };
             tx.send(Ok(part)).await.map_err(|_| ())?;
@@ -827,6 +829,13 @@ impl Interest {
                 event_type_prefixes: hello.event_type_prefixes.clone(),
             },
             region: hello.region.clone(),
+        }
+    }
+
+    /// The tenants the agent was admitted for, as it is told ([`pb::AdmittedTenants`]).
+    fn admitted_tenants(&self) -> pb::AdmittedTenants {
+        pb::AdmittedTenants {
+            tenants: self.emits.tenants.clone(),
         }
     }
 

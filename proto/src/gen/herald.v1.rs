@@ -1118,6 +1118,18 @@ pub struct ConfigUpdate {
     /// older control plane): the agent keeps its default, 64 KiB.
     #[prost(uint32, optional, tag = "10")]
     pub log_body_limit: ::core::option::Option<u32>,
+    /// Set with `log_body_limit`: the tenants the control plane admitted the agent's hello for.
+    /// A hello that named none under a token scoped to tenants is narrowed to the token's, and
+    /// the agent refuses to emit for others (their subscriptions never reach it). Unset (an
+    /// older control plane): the agent goes by its own --tenants.
+    #[prost(message, optional, tag = "11")]
+    pub admitted_tenants: ::core::option::Option<AdmittedTenants>,
+}
+/// The tenants an agent emits for; empty: every tenant.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AdmittedTenants {
+    #[prost(string, repeated, tag = "1")]
+    pub tenants: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// The schemas of the event-type catalogue, as agents check emitted payloads against them.
 #[derive(Clone, PartialEq, ::prost::Message)]

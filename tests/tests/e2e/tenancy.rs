@@ -875,16 +875,28 @@ async fn an_agent_token_is_trusted_only_for_its_tenants_and_regions() -> anyhow:
         },
     )
     .await?;
+    // It named no tenants, so the control plane narrowed it to its token's: an event of shop
+    // B, whose endpoints never reach it, is refused rather than kept undelivered.
     let not_served = agent
-        .emit(event(
-            "shop-b",
-            "order.created",
-            &serde_json::json!({"n": 2}),
-        ))
-        .await?;
+        .events()
+        .await?
+        .emit(pb::EmitRequest {
+            event: Some(event(
+                "shop-b",
+                "order.created",
+                &serde_json::json!({"n": 2}),
+            )),
+        })
+        .await
+        .expect_err("shop B's event");
     assert_eq!(
-        not_served.matched, 0,
-        "shop B's endpoint is not in its config"
+        not_served.code(),
+        Code::FailedPrecondition,
+        "{not_served:?}"
+    );
+    assert!(
+        not_served.message().contains("tenants shop-a only"),
+        "{not_served:?}"
     );
     control_plane
         .wait_logged(
