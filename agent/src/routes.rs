@@ -353,7 +353,9 @@ mod tests {
         assert_eq!(next.log_body_limit(), 1024);
         assert_eq!(next.to_snapshot().log_body_limit, Some(1024));
         assert_eq!(next.emit_refusal("t2"), None);
-        let refusal = next.emit_refusal("t3").expect("outside the admitted tenants");
+        let refusal = next
+            .emit_refusal("t3")
+            .expect("outside the admitted tenants");
         assert!(refusal.contains("tenants t1,t2 only"), "{refusal}");
         let saved = Routes::default()
             .apply(&next.to_snapshot())

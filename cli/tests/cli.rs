@@ -2168,7 +2168,7 @@ async fn dev_session(stdout: std::process::Stdio) -> anyhow::Result<Output> {
         let mut stream = tokio::net::TcpStream::connect(&http).await?;
         stream
             .write_all(
-                b"GET /api/v1/subscriptions HTTP/1.1\r\nHost: dev\r\nConnection: close\r\n\r\n",
+                b"GET /api/v1/subscriptions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
             )
             .await?;
         let mut answer = String::new();
@@ -2193,7 +2193,8 @@ async fn dev_session(stdout: std::process::Stdio) -> anyhow::Result<Output> {
         async move {
             use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
             let mut stream = tokio::net::TcpStream::connect(&http).await?;
-            let request = format!("GET {path} HTTP/1.1\r\nHost: dev\r\nConnection: close\r\n\r\n");
+            let request =
+                format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
             stream.write_all(request.as_bytes()).await?;
             let mut answer = String::new();
             stream.read_to_string(&mut answer).await?;

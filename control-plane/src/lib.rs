@@ -707,10 +707,17 @@ pub async fn run(
                 },
             ));
             let (api, _) = rest::api(services, authenticator.clone());
+            let site = Arc::new(rest::hosts::Site::new(
+                config.public_url.as_deref(),
+                !authenticator.is_open(),
+            ));
             let api = pages
                 .merge(api)
                 .fallback(web::not_found)
                 .layer(run_to_end.clone())
+                .layer(axum::middleware::from_fn(move |request, next| {
+                    rest::hosts::guard(site.clone(), request, next)
+                }))
                 .layer(axum::middleware::from_fn(rest::refuse_grpc));
             tracing::info!(%addr, tls = tls.is_some(), "serving the HTTP API");
             Some(match &tls {

@@ -14,6 +14,7 @@ pub mod audit;
 pub mod catalogue;
 pub mod deliveries;
 pub mod fleet;
+pub mod hosts;
 pub mod json;
 pub mod problem;
 pub mod sent_requests;
@@ -296,7 +297,7 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for ActionBod
             // A page on another site can post an empty form here, and the browser may add
             // credentials of its own (a client certificate) or none be needed (an open API):
             // an action without a body is taken only from a client that names no other site.
-            if crate::web::session::from_another_site(&parts.headers) {
+            if crate::web::session::from_another_site(&parts.headers, &parts.extensions) {
                 return Err(ApiError::from(tonic::Status::permission_denied(
                     "a request from another site's page must send its action as JSON",
                 )));

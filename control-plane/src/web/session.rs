@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::http::{Extensions, HeaderMap, HeaderValue, Method, header};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,7 @@ use super::page::PageError;
 use crate::access::Identity;
 use crate::access::Role;
 use crate::rest::Authorized;
+use crate::rest::hosts::Site;
 use crate::sealed_token::{self, Purpose};
 
 /// The session cookie's name.
@@ -262,7 +263,7 @@ impl FromRequest<WebState> for ConsoleChange {
 
     async fn from_request(request: Request, state: &WebState) -> Result<Self, PageError> {
         let (mut parts, body) = request.into_parts();
-        same_origin(&parts.headers)?;
+        same_origin(&parts.headers, &parts.extensions)?;
         let console = Console::from_request_parts(&mut parts, state).await?;
         let form = read_form(Request::from_parts(parts, body), state).await?;
         if form.text("csrf") != console.csrf {
@@ -281,8 +282,8 @@ pub async fn read_form(request: Request, state: &WebState) -> Result<FormData, P
 }
 
 /// Refuses a post whose `Origin` names another site (browsers send it on every post).
-pub fn same_origin(headers: &HeaderMap) -> Result<(), PageError> {
-    if from_another_site(headers) {
+pub fn same_origin(headers: &HeaderMap, extensions: &Extensions) -> Result<(), PageError> {
+    if from_another_site(headers, extensions) {
         Err(PageError::Csrf)
     } else {
         Ok(())
@@ -290,12 +291,20 @@ pub fn same_origin(headers: &HeaderMap) -> Result<(), PageError> {
 }
 
 /// Whether a browser sent the request from a page of another origin: browsers name the
-/// page's origin on every cross-site POST; API clients (the CLI, curl, SDKs) send none.
-pub(crate) fn from_another_site(headers: &HeaderMap) -> bool {
+/// page's origin on every cross-site POST; API clients (the CLI, curl, SDKs) send none. The
+/// listener's own origin is the request's `Host`, or its public URL's behind a proxy that
+/// sends another `Host` ([`crate::rest::hosts`]).
+pub(crate) fn from_another_site(headers: &HeaderMap, extensions: &Extensions) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return false;
     };
     let origin = origin.to_str().unwrap_or("\u{0}");
+    if extensions
+        .get::<Arc<Site>>()
+        .is_some_and(|site| site.is_public_origin(origin))
+    {
+        return false;
+    }
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -325,21 +334,42 @@ mod tests {
 
     #[test]
     fn posts_from_another_origin_are_refused() {
+        let none = Extensions::new();
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, HeaderValue::from_static("127.0.0.1:7703"));
         assert!(
-            same_origin(&headers).is_ok(),
+            same_origin(&headers, &none).is_ok(),
             "no Origin: not a browser's cross-site post"
         );
         headers.insert(
             header::ORIGIN,
             HeaderValue::from_static("http://127.0.0.1:7703"),
         );
-        assert!(same_origin(&headers).is_ok());
+        assert!(same_origin(&headers, &none).is_ok());
         headers.insert(
             header::ORIGIN,
             HeaderValue::from_static("https://evil.example"),
         );
-        assert!(matches!(same_origin(&headers), Err(PageError::Csrf)));
+        assert!(matches!(same_origin(&headers, &none), Err(PageError::Csrf)));
+        // Behind a proxy that sends its own Host, the public URL's origin is this site's.
+        let mut behind = Extensions::new();
+        behind.insert(Arc::new(Site::new(
+            Some("https://herald.example.com"),
+            true,
+        )));
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://herald.example.com"),
+        );
+        assert!(matches!(same_origin(&headers, &none), Err(PageError::Csrf)));
+        assert!(same_origin(&headers, &behind).is_ok());
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.example"),
+        );
+        assert!(matches!(
+            same_origin(&headers, &behind),
+            Err(PageError::Csrf)
+        ));
     }
 }

@@ -1005,3 +1005,69 @@ async fn the_http_api_reads_and_refuses_as_its_document_says() -> anyhow::Result
     assert!(read["responses"]["409"].is_null(), "reads change nothing");
     Ok(())
 }
+
+#[tokio::test]
+async fn an_open_listener_answers_no_name_a_rebinding_page_could_have() -> anyhow::Result<()> {
+    let http = HeldPort::new()?;
+    let control_plane = ControlPlane::start_configured(ConfigStore::Embedded, |config| {
+        config.http_listen = Some(http.addr());
+        config.public_url = Some("https://herald.example.com".into());
+    })
+    .await?;
+    let base = format!("http://{}", http.addr());
+    let client = plain_client();
+    let create = json!({"tenant": "shop-a", "url": "https://127.0.0.1:9/a", "event_types": ["*"]});
+    let post = |host: &str, origin: Option<&str>| {
+        let mut request = client
+            .post(format!("{base}/api/v1/subscriptions"))
+            .header("host", host)
+            .header("content-type", "application/json")
+            .body(create.to_string());
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send()
+    };
+    // A page of evil.example, its name rebound to the listener's address, is refused...
+    let port = http.addr().port();
+    let rebound = post(
+        &format!("evil.example:{port}"),
+        Some(&format!("http://evil.example:{port}")),
+    )
+    .await?;
+    assert_eq!(rebound.status(), 403);
+    let problem: Value = serde_json::from_str(&rebound.text().await?)?;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("DNS rebinding"),
+        "{problem}"
+    );
+    let page = client
+        .get(format!("{base}/subscriptions"))
+        .header("host", "evil.example")
+        .send()
+        .await?;
+    assert_eq!(page.status(), 403, "the console too");
+    // ...while its address, localhost and the public name are answered, and a post from the
+    // public URL's page is this site's even when a proxy sends its own Host.
+    for host in [
+        http.addr().to_string(),
+        format!("localhost:{port}"),
+        "herald.example.com".to_owned(),
+    ] {
+        assert_eq!(post(&host, None).await?.status(), 201, "{host}");
+    }
+    let sign_out = |origin: &str| {
+        client
+            .post(format!("{base}/logout"))
+            .header("host", http.addr().to_string())
+            .header("origin", origin)
+            .send()
+    };
+    assert_ne!(sign_out("https://herald.example.com").await?.status(), 403);
+    assert_eq!(sign_out("https://evil.example").await?.status(), 403);
+    drop(control_plane);
+    Ok(())
+}

@@ -92,7 +92,7 @@ async fn login_page(State(state): State<WebState>, Query(query): Query<LoginQuer
 }
 
 async fn login(State(state): State<WebState>, request: Request) -> Result<Response, PageError> {
-    session::same_origin(request.headers())?;
+    session::same_origin(request.headers(), request.extensions())?;
     let extensions = request.extensions().clone();
     let form = session::read_form(request, &state).await?;
     let token = form.text("token");
@@ -120,8 +120,9 @@ async fn login(State(state): State<WebState>, request: Request) -> Result<Respon
 async fn logout(
     State(state): State<WebState>,
     headers: axum::http::HeaderMap,
+    extensions: axum::http::Extensions,
 ) -> Result<Response, PageError> {
-    session::same_origin(&headers)?;
+    session::same_origin(&headers, &extensions)?;
     Ok((
         StatusCode::SEE_OTHER,
         [(

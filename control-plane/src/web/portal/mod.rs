@@ -198,7 +198,7 @@ impl FromRequestParts<WebState> for Holder {
             }
         };
         if parts.method != Method::GET && parts.method != Method::HEAD {
-            same_origin(&parts.headers)?;
+            same_origin(&parts.headers, &parts.extensions)?;
             if grant.read_only {
                 return Err(PageError::from(tonic::Status::permission_denied(
                     "this link may look, not change",
