@@ -47,9 +47,9 @@ async fn main() -> std::process::ExitCode {
         run(args.config, listener, signal())
             .await
             .map_err(|err| match err {
-                herald_agent::Error::Queue(damaged @ QueueError::DamagedLog { .. }) => {
-                    Failure::Data(format!("{}: {damaged}", data_dir.display()))
-                }
+                herald_agent::Error::Queue(
+                    damaged @ (QueueError::DamagedLog { .. } | QueueError::CutLog { .. }),
+                ) => Failure::Data(format!("{}: {damaged}", data_dir.display())),
                 herald_agent::Error::Queue(damaged @ QueueError::DamagedFile(_)) => {
                     Failure::Data(damaged.to_string())
                 }

@@ -402,6 +402,20 @@ async fn a_config_acknowledged_before_kill_9_survives_it() -> anyhow::Result<()>
 async fn an_agent_whose_first_log_record_is_damaged(
     records: usize,
 ) -> anyhow::Result<(Servers, DaemonProcess)> {
+    let (servers, agent) = an_agent_killed_with_log_records(records).await?;
+    let wal = agent.data_dir().join("queue.wal");
+    let mut bytes = std::fs::read(&wal)?;
+    let inside_first = 24 + 9 + 1;
+    bytes[inside_first] ^= 0xff;
+    std::fs::write(&wal, &bytes)?;
+    Ok((servers, agent))
+}
+
+/// An agent whose log's fresh epoch holds `records` records, each synced before its Emit was
+/// answered, killed with `kill -9`; and its control plane.
+async fn an_agent_killed_with_log_records(
+    records: usize,
+) -> anyhow::Result<(Servers, DaemonProcess)> {
     let servers = Servers::start().await?;
     let binary = Path::new(env!("CARGO_BIN_EXE_herald-agent"));
     let mut agent = AgentProcess::start(binary, servers.cp.url(), &servers.ca_file, &[]).await?;
@@ -424,12 +438,39 @@ async fn an_agent_whose_first_log_record_is_damaged(
             .await?;
     }
     agent.kill9().await?;
-    let wal = agent.data_dir().join("queue.wal");
-    let mut bytes = std::fs::read(&wal)?;
-    let inside_first = 24 + 9 + 1;
-    bytes[inside_first] ^= 0xff;
-    std::fs::write(&wal, &bytes)?;
     Ok((servers, agent))
+}
+
+/// The queue's log cut short (a copy or restore that lost its end, a file system's repair):
+/// the records after the cut, acknowledged ones among them, leave nothing to count. The agent
+/// refuses to start (exit code 65) every time it is started so, until `--recover-truncate`
+/// keeps what precedes the cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_cut_short_stops_the_agent_unless_told_to_truncate() -> anyhow::Result<()> {
+    let (_servers, mut agent) = an_agent_killed_with_log_records(3).await?;
+    let wal = std::fs::OpenOptions::new()
+        .write(true)
+        .open(agent.data_dir().join("queue.wal"))?;
+    // Inside the second record: the first reads back whole, nothing after it is there.
+    wal.set_len(24 + 9 + 40)?;
+    drop(wal);
+    for _ in 0..2 {
+        let (code, said) = agent.run_expecting_exit(Duration::from_secs(20)).await?;
+        assert_eq!(code, Some(65), "{said}");
+        assert!(
+            said.contains("queue.wal is 73 bytes long, cut short")
+                && said.contains("--recover-truncate"),
+            "{said}"
+        );
+    }
+    agent.add_flags(&["--recover-truncate"]);
+    agent.restart().await?;
+    eventually(Duration::from_secs(20), "the cut logged", || async {
+        Ok(agent.log().contains("was cut short").then_some(()))
+    })
+    .await?;
+    assert!(agent.exit_status().is_none(), "it runs");
+    Ok(())
 }
 
 /// The last record of the queue's log, synced (its Emit answered) and then damaged: nothing

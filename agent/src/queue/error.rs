@@ -33,6 +33,18 @@ pub enum QueueError {
         /// The whole records after it.
         following: u64,
     },
+    /// The write-ahead log is shorter than it was made (it is preallocated): records written
+    /// after the cut, perhaps acknowledged, are gone.
+    #[error(
+        "queue.wal is {len} bytes long, cut short of the {} it was made with, so the records \
+         written after byte {len} (perhaps acknowledged) are lost; restart with \
+         --recover-truncate to keep the records before the cut",
+        super::wal::WAL_BYTES
+    )]
+    CutLog {
+        /// The file's length as found.
+        len: u64,
+    },
     /// The queue file does not read as the queue wrote it (damaged on disk, or not Herald's):
     /// the events it holds cannot be read, and no restart changes that.
     #[error(
@@ -61,6 +73,7 @@ impl From<QueueError> for tonic::Status {
             QueueError::Io(_)
             | QueueError::Storage(_)
             | QueueError::DamagedLog { .. }
+            | QueueError::CutLog { .. }
             | QueueError::DamagedFile(_)
             | QueueError::Closed => tonic::Status::unavailable(err.to_string()),
         }

@@ -239,7 +239,23 @@ fn recover(db: &Database, wal: &mut Wal, truncate: bool) -> Result<(u64, usize),
             .map_err(storage)?
             .map_or(0, |v| v.value())
     };
+    // The log is preallocated before its first epoch starts: once the queue file names an
+    // epoch, a shorter log was cut, and the records after the cut (perhaps acknowledged) are
+    // gone without a trace to count.
+    if let Some(len) = wal.cut_short()
+        && epoch > 0
+    {
+        if !truncate {
+            return Err(QueueError::CutLog { len });
+        }
+        tracing::error!(
+            len,
+            "the queue's write-ahead log was cut short: as --recover-truncate asks, the records \
+             before the cut are kept and those after it are lost"
+        );
+    }
     let read = wal.read_epoch(epoch).map_err(storage)?;
+    wal.preallocate().map_err(storage)?;
     if let Some(damage) = read.damaged {
         if !truncate {
             return Err(QueueError::DamagedLog {

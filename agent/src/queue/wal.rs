@@ -87,23 +87,16 @@ pub(super) struct Wal {
     /// The first I/O failure: the log's state on disk is unknown after it, so every later
     /// write fails with it until the queue is opened again.
     failed: Option<QueueError>,
+    /// The file's length when it was opened (until it is preallocated).
+    found_len: u64,
 }
 
 impl Wal {
-    /// Opens the log on `file`, growing it to [`WAL_BYTES`] of zeros first if it is shorter.
-    /// The log starts without an epoch; call [`Wal::start_epoch`] before appending.
+    /// Opens the log on `file` as it is: a log cut short stays so until [`Wal::preallocate`],
+    /// so that recovery can tell ([`Wal::cut_short`]). The log starts without an epoch; call
+    /// [`Wal::start_epoch`] before appending.
     pub fn open(file: Box<dyn StorageBackend>) -> std::io::Result<Wal> {
-        let len = file.len()?;
-        if len < WAL_BYTES {
-            let zeros = vec![0u8; FILL_CHUNK];
-            let mut at = len;
-            while at < WAL_BYTES {
-                let n = usize::try_from(WAL_BYTES - at).map_or(FILL_CHUNK, |n| n.min(FILL_CHUNK));
-                file.write(at, &zeros[..n])?;
-                at += n as u64;
-            }
-            file.sync_data()?;
-        }
+        let found_len = file.len()?;
         Ok(Wal {
             file,
             epoch: 0,
@@ -112,7 +105,31 @@ impl Wal {
             unsynced: false,
             synced_through: None,
             failed: None,
+            found_len,
         })
+    }
+
+    /// The file's length when opened, if it was shorter than [`WAL_BYTES`]: new, its first
+    /// preallocation interrupted, or cut (then the records after the cut are gone).
+    pub fn cut_short(&self) -> Option<u64> {
+        (self.found_len < WAL_BYTES).then_some(self.found_len)
+    }
+
+    /// Grows the file to [`WAL_BYTES`] of zeros if it is shorter, and syncs it.
+    pub fn preallocate(&mut self) -> std::io::Result<()> {
+        let len = self.file.len()?;
+        if len < WAL_BYTES {
+            let zeros = vec![0u8; FILL_CHUNK];
+            let mut at = len;
+            while at < WAL_BYTES {
+                let n = usize::try_from(WAL_BYTES - at).map_or(FILL_CHUNK, |n| n.min(FILL_CHUNK));
+                self.file.write(at, &zeros[..n])?;
+                at += n as u64;
+            }
+            self.file.sync_data()?;
+        }
+        self.found_len = WAL_BYTES;
+        Ok(())
     }
 
     /// The bodies of `epoch`'s records, in order, up to the first that is missing or torn;
@@ -427,7 +444,9 @@ mod tests {
     }
 
     fn open(file: &Memory) -> Wal {
-        Wal::open(Box::new(file.clone())).expect("open")
+        let mut wal = Wal::open(Box::new(file.clone())).expect("open");
+        wal.preallocate().expect("preallocated");
+        wal
     }
 
     #[test]
