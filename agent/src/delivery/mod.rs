@@ -150,6 +150,9 @@ impl Dispatcher {
     }
 }
 
+/// How long the scheduler waits after the queue could not be read before reading again.
+const READ_RETRY: Duration = Duration::from_millis(500);
+
 impl Inner {
     async fn schedule(self: Arc<Self>) {
         if self.max_in_flight == 0 {
@@ -163,7 +166,19 @@ impl Inner {
             () = self.shutdown.cancelled() => return,
             loaded = routes.wait_for(|r| r.loaded) => if loaded.is_err() { return },
         }
+        let mut writable = self.queue.writable();
         loop {
+            // While the queue cannot write (a full or failing disk), no attempt starts: its
+            // outcome could not be recorded, and it would be made again once the disk allows.
+            if !*writable.borrow_and_update() {
+                tracing::warn!("the queue cannot write: deliveries wait until it can");
+                tokio::select! {
+                    () = self.shutdown.cancelled() => return,
+                    able = writable.wait_for(|able| *able) => if able.is_err() { return },
+                }
+                tracing::info!("the queue writes again: deliveries resume");
+                continue;
+            }
             let permit = tokio::select! {
                 () = self.shutdown.cancelled() => return,
                 permit = self.permits.clone().acquire_owned() => match permit {
@@ -183,7 +198,14 @@ impl Inner {
                 Ok(due) => due,
                 Err(err) => {
                     tracing::error!(error = %err, "cannot read the queue");
-                    Vec::new()
+                    // Not again at once: a queue being opened again after a disk fault
+                    // answers the same until it is.
+                    drop(permit);
+                    tokio::select! {
+                        () = self.shutdown.cancelled() => return,
+                        () = tokio::time::sleep(READ_RETRY) => {}
+                    }
+                    continue;
                 }
             };
             if due.is_empty() {

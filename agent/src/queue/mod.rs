@@ -580,6 +580,7 @@ impl Queue {
         });
         let (tx, rx) = mpsc::channel(WRITER_CHANNEL);
         let lag = config.durable_lag;
+        let space_watched = space.as_ref().map(|g| (g.dir.clone(), g.min_free));
         writer::spawn(
             files,
             config,
@@ -589,7 +590,7 @@ impl Queue {
             shared.clone(),
         );
         tokio::spawn(persist(tx.downgrade(), shared.clone(), lag));
-        tokio::spawn(retry_writes(tx.downgrade(), shared.clone()));
+        tokio::spawn(retry_writes(tx.downgrade(), shared.clone(), space_watched));
         Ok(Queue { writer: tx, shared })
     }
 
@@ -1032,28 +1033,57 @@ const RETRY_WRITES_FIRST: Duration = Duration::from_secs(1);
 /// The longest wait between tries.
 const RETRY_WRITES_MOST: Duration = Duration::from_secs(30);
 
+/// How often a queue that writes looks at its disk's free space while nothing is written (a
+/// commit looks each time): health checks hear of a disk filled by something else within it.
+const SPACE_POLL: Duration = Duration::from_secs(1);
+
 /// While the queue cannot write, tries a commit with growing pauses, so that it writes again
 /// by itself (and says so to health checks) once space is back, even with no work coming in.
-/// It ends when the queue's writer is gone.
-async fn retry_writes(writer: mpsc::WeakSender<Command>, shared: Arc<Shared>) {
+/// While it writes, looks at the free space of the disk (`space`: its directory and the
+/// margin kept) every [`SPACE_POLL`], and has the writer refuse once it is below the margin,
+/// even with nothing to write. It ends when the queue's writer is gone.
+async fn retry_writes(
+    writer: mpsc::WeakSender<Command>,
+    shared: Arc<Shared>,
+    space: Option<(std::path::PathBuf, u64)>,
+) {
     let mut writable = shared.writable.subscribe();
     drop(shared);
+    let flush = |writer: &mpsc::WeakSender<Command>| {
+        let writer = writer.upgrade();
+        async move {
+            let Some(writer) = writer else {
+                return false;
+            };
+            let (reply, answer) = oneshot::channel();
+            if writer.send(Command::Flush { reply }).await.is_err() {
+                return false;
+            }
+            drop(writer);
+            let _ = answer.await;
+            true
+        }
+    };
     loop {
-        if writable.wait_for(|ok| !*ok).await.is_err() {
-            return;
+        while *writable.borrow_and_update() {
+            tokio::select! {
+                changed = writable.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(SPACE_POLL) => {
+                    let low = space.as_ref().is_some_and(|(dir, min_free)| {
+                        !herald_core::disk_fault::has_room(dir, *min_free)
+                    });
+                    if low && !flush(&writer).await {
+                        return;
+                    }
+                }
+            }
         }
         let mut pause = RETRY_WRITES_FIRST;
         while !*writable.borrow() {
             tokio::time::sleep(pause).await;
-            let Some(writer) = writer.upgrade() else {
-                return;
-            };
-            let (reply, answer) = oneshot::channel();
-            if writer.send(Command::Flush { reply }).await.is_err() {
+            if !flush(&writer).await {
                 return;
             }
-            drop(writer);
-            let _ = answer.await;
             pause = (pause * 2).min(RETRY_WRITES_MOST);
         }
     }

@@ -133,6 +133,7 @@ pub(super) fn spawn(
             last_durable: Instant::now(),
             last_checkpoint: Instant::now(),
             unpersisted: false,
+            reopen: ReopenPause::default(),
         };
         while let Some(first) = rx.blocking_recv() {
             // Everything waiting joins this group, up to a Close (handled after it).
@@ -221,6 +222,37 @@ struct Writer {
     last_checkpoint: Instant,
     /// Whether a commit since then was made without being durable.
     unpersisted: bool,
+    /// When to try opening the files again after a disk fault.
+    reopen: ReopenPause,
+}
+
+/// The pause between tries to open the queue's files again after a disk fault: doubling
+/// from [`REOPEN_FIRST_PAUSE`] to [`REOPEN_MOST_PAUSE`] while they fail.
+struct ReopenPause {
+    next_try: Instant,
+    pause: Duration,
+}
+
+/// The first pause after a failed try to open the files again.
+const REOPEN_FIRST_PAUSE: Duration = Duration::from_secs(1);
+/// The longest.
+const REOPEN_MOST_PAUSE: Duration = Duration::from_secs(30);
+
+impl Default for ReopenPause {
+    fn default() -> Self {
+        ReopenPause {
+            next_try: Instant::now(),
+            pause: REOPEN_FIRST_PAUSE,
+        }
+    }
+}
+
+impl ReopenPause {
+    /// After a failed try: the next after the pause, which doubles.
+    fn failed(&mut self) {
+        self.next_try = Instant::now() + self.pause;
+        self.pause = (self.pause * 2).min(REOPEN_MOST_PAUSE);
+    }
 }
 
 impl Writer {
@@ -235,14 +267,35 @@ impl Writer {
     /// Applies, commits and answers one group; `closing` makes its commit a checkpoint.
     fn apply_group(&mut self, group: Vec<Command>, closing: bool) {
         let (works, slots): (Vec<Work>, Vec<Slot>) = group.into_iter().map(split).unzip();
-        if self.first_io_failure.is_some()
-            && let Err(err) = self.reopen()
-        {
-            tracing::warn!(error = %err, "the queue's files cannot be opened again yet");
-            let failure = self.first_io_failure.clone().unwrap_or(err);
-            self.refused(&completing_of(&works));
-            answer(slots, Vec::new(), Some(&failure));
-            return;
+        if let Some(first) = &self.first_io_failure {
+            // Opening the files again is tried by a flush (the queue's own retries, growing
+            // from 1 s to 30 s, or a caller's), or once the last try's pause is over; other
+            // work in between is refused at once rather than trying it on every commit.
+            let asked = slots.iter().any(|s| matches!(s, Slot::Flush(_)));
+            let failure = if !asked && Instant::now() < self.reopen.next_try {
+                Some(first.clone())
+            } else {
+                match self.reopen() {
+                    Ok(()) => {
+                        self.reopen = ReopenPause::default();
+                        None
+                    }
+                    Err(err) => {
+                        tracing::warn!(
+                            error = %err,
+                            retry_in = ?self.reopen.pause,
+                            "the queue's files cannot be opened again yet"
+                        );
+                        self.reopen.failed();
+                        Some(self.first_io_failure.clone().unwrap_or(err))
+                    }
+                }
+            };
+            if let Some(failure) = failure {
+                self.refused(&completing_of(&works));
+                answer(slots, Vec::new(), Some(&failure));
+                return;
+            }
         }
         if let Err(low) = self.space_left() {
             // Nothing is written: the group is refused whole, as by a full disk, before a write

@@ -59,8 +59,12 @@ async fn a_full_disk_refuses_events_floods_no_receiver_and_recovers_by_itself() 
     emit(0).await?;
     world.receiver.wait_for_requests(1, WAIT).await?;
 
-    // The disk fills up.
+    // The disk fills up: health says so before anything is written (nothing is emitted).
     let filler = disk.fill()?;
+    eventually(WAIT, "health NOT_SERVING with nothing written", || async {
+        Ok((serving_status(agent.url(), "").await? == ServingStatus::NotServing).then_some(()))
+    })
+    .await?;
     let refused = eventually(WAIT, "Emit refused for a full disk", || async {
         Ok(emit(1).await.err())
     })
