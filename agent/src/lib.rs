@@ -855,15 +855,31 @@ fn agent_id(dir: &Path) -> Result<String, Error> {
             })?;
             return Ok(id.to_owned());
         }
-        Ok(_) => {}
+        Ok(_) => {
+            // Never written so (the file is synced before it is put in place): a file system
+            // repaired after a crash, or a hand. The old id is not known any more.
+            tracing::warn!(
+                path = %path.display(),
+                "the agent id file is empty: a new id is made, and the agents list shows \
+                 the old one as disconnected (give --id to keep an id whatever the file)"
+            );
+        }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => return Err(fail(err)),
     }
     let id = herald_core::ids::new_agent_id();
-    // Written to a temporary file and renamed, so a crash never leaves half an id.
+    // Written to a temporary file, synced and renamed, so that neither a crash nor a power
+    // loss leaves half an id, or none.
     let tmp = dir.join("agent-id.tmp");
-    std::fs::write(&tmp, &id).map_err(fail)?;
+    {
+        let mut file = std::fs::File::create(&tmp).map_err(fail)?;
+        std::io::Write::write_all(&mut file, id.as_bytes()).map_err(fail)?;
+        file.sync_all().map_err(fail)?;
+    }
     std::fs::rename(&tmp, &path).map_err(fail)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(fail)?;
     Ok(id)
 }
 
