@@ -612,6 +612,8 @@ pub async fn run(
         // is cut off instead of holding a connection for good.
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_interval))
+        // A call past its deadline is DEADLINE_EXCEEDED (tonic's own answer is CANCELLED).
+        .layer(herald_proto::deadline::DeadlineLayer)
         // A message over the limit is RESOURCE_EXHAUSTED, as gRPC's status table says.
         .layer(herald_proto::message_limit::layer(max_message))
         // Within it, requests are read only while their bytes fit the budget, and the HTTP/2

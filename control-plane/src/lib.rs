@@ -744,6 +744,8 @@ pub async fn run(
         // Room for a few calls' windows: a report stream waiting for room in the budget
         // leaves the agent's other calls on the connection room to go on.
         .initial_connection_window_size(stream_window(config.grpc_stream_window).saturating_mul(4))
+        // A call past its deadline is DEADLINE_EXCEEDED (tonic's own answer is CANCELLED).
+        .layer(herald_proto::deadline::DeadlineLayer)
         // A message over the limit is RESOURCE_EXHAUSTED, as gRPC's status table says.
         .layer(herald_proto::message_limit::layer(
             herald_proto::message_limit::DEFAULT_MAX_MESSAGE_BYTES,

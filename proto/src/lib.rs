@@ -11,6 +11,7 @@ pub mod v1 {
 pub mod bearer;
 pub mod client_tls;
 pub mod convert;
+pub mod deadline;
 pub mod discovery;
 pub mod message_limit;
 pub mod message_shares;
