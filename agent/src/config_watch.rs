@@ -177,6 +177,7 @@ async fn follow(
                     order_id,
                     attempt: None,
                     error: format!("the agent is running {MAX_TESTS} test attempts already"),
+                    busy: true,
                 };
                 tx.send(send(Kind::TestResult(busy)))
                     .await
@@ -193,12 +194,12 @@ async fn follow(
                     Ok(attempt) => pb::TestResult {
                         order_id,
                         attempt: Some(attempt),
-                        error: String::new(),
+                        ..Default::default()
                     },
                     Err(error) => pb::TestResult {
                         order_id,
-                        attempt: None,
                         error,
+                        ..Default::default()
                     },
                 };
                 // A closed stream: the control plane has stopped waiting.

@@ -129,6 +129,22 @@ fn bound_replay_result(result: &mut pb::ReplayResult) {
     }
 }
 
+/// Keeps an agent's answer to a test order as short as an attempt it reports is kept (its
+/// error and the response's start), and its reason for making none: the answer goes back to
+/// the caller, into the log and, relayed between replicas, into the config store.
+fn bound_test_result(result: &mut pb::TestResult) {
+    let bound = |text: &mut String, max: usize| {
+        if text.len() > max {
+            *text = crate::agent_trust::cut(text, max).to_owned();
+        }
+    };
+    bound(&mut result.error, MAX_MISS_REASON);
+    if let Some(attempt) = &mut result.attempt {
+        herald_core::limits::bound_attempt_text(&mut attempt.error);
+        herald_core::limits::bound_attempt_text(&mut attempt.response_excerpt);
+    }
+}
+
 /// Replay orders a config stream may hold before the sender is told the agent is busy.
 const ORDER_BUFFER: usize = 16;
 
@@ -460,7 +476,8 @@ impl Fleet {
 
     /// Hands the answer of `agent` to a test order's caller; an answer to an order sent to
     /// another agent is ignored.
-    pub fn test_answered(&self, agent: &str, result: pb::TestResult) {
+    pub fn test_answered(&self, agent: &str, mut result: pb::TestResult) {
+        bound_test_result(&mut result);
         answer(&mut self.pending_tests(), agent, result.order_id, result);
     }
 
@@ -570,6 +587,44 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agents_test_answer_is_kept_as_short_as_its_reports() {
+        let long = "x".repeat(100_000);
+        let mut result = pb::TestResult {
+            order_id: 1,
+            attempt: Some(pb::Attempt {
+                error: long.clone(),
+                response_excerpt: long.clone(),
+                ..Default::default()
+            }),
+            error: long,
+            busy: false,
+        };
+        bound_test_result(&mut result);
+        let attempt = result.attempt.expect("the attempt");
+        assert_eq!(
+            attempt.error.len(),
+            herald_core::limits::MAX_ATTEMPT_TEXT_LEN
+        );
+        assert_eq!(
+            attempt.response_excerpt.len(),
+            herald_core::limits::MAX_ATTEMPT_TEXT_LEN
+        );
+        assert_eq!(result.error.len(), MAX_MISS_REASON);
+    }
+
+    #[test]
+    fn a_busy_agent_is_resource_exhausted_for_the_caller() {
+        let busy = crate::test_send::TestError::Busy {
+            agent: "agt_1".into(),
+            reason: "the agent is running 16 test attempts already".into(),
+        };
+        assert_eq!(
+            tonic::Status::from(busy).code(),
+            tonic::Code::ResourceExhausted
+        );
+    }
 
     fn hello(agent_id: &str) -> pb::AgentHello {
         pb::AgentHello {

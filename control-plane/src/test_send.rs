@@ -68,6 +68,14 @@ pub enum TestError {
         /// What it said.
         reason: String,
     },
+    /// The agent runs as many test attempts as it makes at once.
+    #[error("agent {agent} made no attempt: {reason}; try again in a moment")]
+    Busy {
+        /// The agent asked.
+        agent: String,
+        /// What it said.
+        reason: String,
+    },
     /// The agent did not answer in time.
     #[error("agent {agent} did not answer within {}s", .waited.as_secs())]
     NoAnswer {
@@ -88,6 +96,7 @@ impl From<TestError> for tonic::Status {
             TestError::NoAgent(_) | TestError::NotMade { .. } => {
                 tonic::Status::failed_precondition(err.to_string())
             }
+            TestError::Busy { .. } => tonic::Status::resource_exhausted(err.to_string()),
             TestError::NoAnswer { .. } | TestError::NoReplicaAnswer { .. } => {
                 tonic::Status::deadline_exceeded(err.to_string())
             }
@@ -190,15 +199,18 @@ pub async fn test_send(
         return Err(TestError::NoAnswer { agent, waited });
     };
     let Some(mut attempt) = result.attempt else {
-        return Err(TestError::NotMade {
-            agent,
-            reason: result.error,
+        let reason = result.error;
+        return Err(if result.busy {
+            TestError::Busy { agent, reason }
+        } else {
+            TestError::NotMade { agent, reason }
         });
     };
-    // Whatever the agent says, this record is a test of this subscription.
+    // Whatever the agent says, this record is a test of this subscription, to its URL.
     attempt.test = true;
     attempt.subscription_id.clone_from(&sub.id);
     attempt.tenant.clone_from(&sub.tenant);
+    attempt.url.clone_from(&sub.url);
     // The request as sent is kept by the log alone (as much as it keeps); the answer carries
     // the attempt.
     let mut request = attempt.request.take();

@@ -325,6 +325,11 @@ fn request(
         .headers_mut()
         .expect("the builder holds no error: every value above is valid");
     for (name, value) in &sub.headers {
+        if bearer.is_some() && name.eq_ignore_ascii_case(http::header::AUTHORIZATION.as_str()) {
+            // The OAuth2 token is the authorization (a record stored before both were
+            // refused together): a request carries one, never two.
+            continue;
+        }
         let invalid = || RequestError::Header(name.clone());
         headers.append(
             http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid())?,

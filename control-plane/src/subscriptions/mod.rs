@@ -263,6 +263,22 @@ impl Subscriptions {
         validate::shown_text("description", &sub.description, MAX_DESCRIPTION_LEN)?;
         validate::labels_as_given(sub.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
         validate::headers_as_given(sub.headers.keys().map(String::as_str))?;
+        if sub.oauth2.is_some()
+            && let Some(name) = sub
+                .headers
+                .keys()
+                .find(|n| n.eq_ignore_ascii_case("authorization"))
+        {
+            return Err(ValidationError::new(
+                "headers",
+                format!(
+                    "header {} is what the OAuth2 client (oauth2) sends its token in: give \
+                     one or the other",
+                    validate::quoted(name)
+                ),
+            )
+            .into());
+        }
         let mut regions = std::collections::BTreeSet::new();
         if let Some(twice) = sub.regions.iter().find(|r| !regions.insert(r.as_str())) {
             return Err(ValidationError::new(
@@ -1513,6 +1529,20 @@ mod tests {
             })
             .await;
         refused(result, "oauth2.token_url");
+        // A header of its own named as the one the OAuth2 token goes in: two would be sent.
+        let result = registry
+            .create(pb::Subscription {
+                oauth2: Some(pb::OAuth2 {
+                    token_url: "https://93.184.216.34/token".into(),
+                    client_id: "platform".into(),
+                    client_secret: "client-secret".into(),
+                    ..Default::default()
+                }),
+                headers: [("Authorization".to_owned(), "Bearer static".to_owned())].into(),
+                ..orders_of("shop-1")
+            })
+            .await;
+        refused(result, "headers");
     }
 
     #[tokio::test]

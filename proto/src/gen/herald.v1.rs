@@ -1178,8 +1178,13 @@ pub struct TestResult {
     pub order_id: u64,
     #[prost(message, optional, tag = "2")]
     pub attempt: ::core::option::Option<Attempt>,
+    /// Why no attempt was made, when none was.
     #[prost(string, tag = "3")]
     pub error: ::prost::alloc::string::String,
+    /// No attempt was made because the agent runs as many test attempts as it makes at once:
+    /// the caller may try again (RESOURCE_EXHAUSTED).
+    #[prost(bool, tag = "4")]
+    pub busy: bool,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ReportBatch {
