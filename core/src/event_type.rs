@@ -14,7 +14,7 @@ use crate::validate::ValidationError;
 
 /// Checks that `value` is a valid event type such as `order.created`.
 pub fn validate_event_type(value: &str) -> Result<(), ValidationError> {
-    check_segments(value, 2).map_err(|reason| {
+    check_segments(value, 2, value).map_err(|reason| {
         ValidationError::new(
             "type",
             format!("{reason}; event types look like order.created"),
@@ -23,8 +23,9 @@ pub fn validate_event_type(value: &str) -> Result<(), ValidationError> {
 }
 
 /// Checks that `value` is at most [`MAX_EVENT_TYPE_LEN`] bytes and made of at least
-/// `min_segments` valid segments; the error is a reason without a field name.
-fn check_segments(value: &str, min_segments: usize) -> Result<(), String> {
+/// `min_segments` valid segments; the error is a reason without a field name, quoting `given`
+/// (what the caller wrote: `value` itself, or the pattern it is the start of).
+fn check_segments(value: &str, min_segments: usize, given: &str) -> Result<(), String> {
     if value.is_empty() {
         return Err("must not be empty".to_owned());
     }
@@ -41,7 +42,7 @@ fn check_segments(value: &str, min_segments: usize) -> Result<(), String> {
         let rest_valid = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if !starts_with_letter || !rest_valid {
             return Err(format!(
-                "{value:?} has segment {segment:?}, but segments must be lowercase letters, \
+                "{given:?} has segment {segment:?}, but segments must be lowercase letters, \
                  digits and '_', starting with a letter"
             ));
         }
@@ -49,7 +50,7 @@ fn check_segments(value: &str, min_segments: usize) -> Result<(), String> {
     }
     if count < min_segments {
         return Err(format!(
-            "{value:?} needs at least {min_segments} dot-separated segments"
+            "{given:?} needs at least {min_segments} dot-separated segments"
         ));
     }
     Ok(())
@@ -87,11 +88,11 @@ impl EventPattern {
         }
         match value.strip_suffix(".*") {
             Some(prefix) => {
-                check_segments(prefix, 1).map_err(invalid)?;
+                check_segments(prefix, 1, value).map_err(invalid)?;
                 Ok(Self::Prefix(prefix.to_owned()))
             }
             None => {
-                check_segments(value, 2).map_err(invalid)?;
+                check_segments(value, 2, value).map_err(invalid)?;
                 Ok(Self::Exact(value.to_owned()))
             }
         }
@@ -186,6 +187,17 @@ mod tests {
             &format!("a.{}", "b".repeat(MAX_EVENT_TYPE_LEN - 2)),
         ] {
             assert_eq!(validate_event_type(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn a_refused_pattern_is_quoted_as_written() {
+        for bad in ["order.*.*", "*.*", "*.x.*"] {
+            let err = EventPattern::parse(bad).unwrap_err();
+            assert!(
+                err.reason.starts_with(&format!("{bad:?} has segment")),
+                "{err}"
+            );
         }
     }
 

@@ -254,6 +254,7 @@ impl Subscriptions {
         sub: &mut pb::Subscription,
         stored: Option<&pb::Subscription>,
     ) -> Result<(), SubscriptionError> {
+        record::clear_storage_only(sub);
         // What a caller gives is held to more than a stored record is read with: a record
         // stored before these checks still delivers, and is refused only when sent again.
         validate::url_as_given("url", &sub.url)?;
@@ -1543,6 +1544,31 @@ mod tests {
             })
             .await;
         refused(result, "headers");
+    }
+
+    #[tokio::test]
+    async fn sealed_values_a_caller_sends_are_neither_taken_nor_answered() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (registry, _) = registry_in(&dir).await;
+        let sealed = pb::SealedSecret {
+            key_id: "k1".into(),
+            ..Default::default()
+        };
+        let created = registry
+            .create(pb::Subscription {
+                sealed_headers: [("x-evil".to_owned(), sealed.clone())].into(),
+                sealed_egress_proxy: Some(sealed.clone()),
+                sealed_client_key: Some(sealed.clone()),
+                sealed_oauth2_client_secret: Some(sealed),
+                ..orders_of("shop-1")
+            })
+            .await
+            .expect("created");
+        assert!(created.sealed_headers.is_empty());
+        assert!(created.sealed_egress_proxy.is_none());
+        assert!(created.sealed_client_key.is_none());
+        assert!(created.sealed_oauth2_client_secret.is_none());
+        assert!(created.secrets.iter().all(|s| s.sealed.is_none()));
     }
 
     #[tokio::test]

@@ -93,6 +93,18 @@ pub(super) fn open_record(
     Ok((sub, stale))
 }
 
+/// `sub` as a caller may give it: without the fields only the store holds (sealed values),
+/// which the API neither takes nor answers with.
+pub(super) fn clear_storage_only(sub: &mut pb::Subscription) {
+    sub.sealed_headers.clear();
+    sub.sealed_egress_proxy = None;
+    sub.sealed_client_key = None;
+    sub.sealed_oauth2_client_secret = None;
+    for secret in &mut sub.secrets {
+        secret.sealed = None;
+    }
+}
+
 /// The stored form of a record: its secrets sealed, never in the clear.
 pub(super) fn encode(
     sub: &pb::Subscription,
