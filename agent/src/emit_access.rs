@@ -309,15 +309,18 @@ impl tonic::service::Interceptor for EmitGuard {
         let Some(grants) = &self.grants else {
             return Ok(request);
         };
-        let presented = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        let Some(token) = presented else {
+        let Some(header) = request.metadata().get("authorization") else {
             return Err(tonic::Status::unauthenticated(
                 "this agent requires a bearer token for Emit (authorization: Bearer TOKEN)",
+            ));
+        };
+        let Some(token) = header
+            .to_str()
+            .ok()
+            .and_then(herald_proto::bearer::Bearer::presented)
+        else {
+            return Err(tonic::Status::unauthenticated(
+                "the authorization header is not `Bearer TOKEN`",
             ));
         };
         match grants.get(&token_file::digest(token)) {

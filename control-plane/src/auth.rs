@@ -335,11 +335,7 @@ impl Tokens {
         };
         let token = std::str::from_utf8(value)
             .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+            .and_then(herald_proto::bearer::Bearer::presented)
             .ok_or_else(|| {
                 tonic::Status::unauthenticated("the authorization header is not `Bearer TOKEN`")
             })?;

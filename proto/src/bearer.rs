@@ -44,6 +44,16 @@ impl Bearer {
             .and_then(|value| value.strip_prefix("Bearer "))
     }
 
+    /// The token an `authorization` header's value presents: `Bearer TOKEN`, the scheme in
+    /// any case (RFC 7235); `None` for any other.
+    pub fn presented(value: &str) -> Option<&str> {
+        let (scheme, token) = value.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim())
+            .filter(|token| !token.is_empty())
+    }
+
     /// A command-line parser for tokens ([`TokenParser`]): use it as the flag's
     /// `value_parser`, so that a refused token is never repeated in the error.
     pub fn parser() -> TokenParser {
@@ -108,6 +118,16 @@ impl Interceptor for Bearer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_presented_token_is_read_whatever_the_schemes_case() {
+        for header in ["Bearer t0k", "bearer t0k", "BEARER  t0k "] {
+            assert_eq!(Bearer::presented(header), Some("t0k"), "{header:?}");
+        }
+        for header in ["Basic dXNlcg==", "Bearer", "Bearer ", "t0k", ""] {
+            assert_eq!(Bearer::presented(header), None, "{header:?}");
+        }
+    }
 
     #[test]
     fn the_token_goes_into_the_authorization_header() {
