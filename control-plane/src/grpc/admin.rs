@@ -439,6 +439,25 @@ impl Deliveries for DeliveriesService {
     ) -> Result<Response<pb::ReplayDeliveriesResponse>, Status> {
         let who = caller(&request);
         let request = request.into_inner();
+        if request.event_id.is_empty() && !request.subscription_id.is_empty() {
+            herald_core::validate::subscription_id(&request.subscription_id)
+                .map_err(herald_proto::convert::invalid_argument)?;
+        }
+        if request.event_id.is_empty()
+            && !request.subscription_id.is_empty()
+            && request.since.is_some()
+            && !self
+                .hub
+                .get_or_departed(&request.subscription_id)
+                .is_some_and(|sub| who.sees(&sub.tenant))
+        {
+            // As an event nobody emitted is: a subscription that is not there (for this
+            // caller) has nothing to replay, and the answer says so rather than "none queued".
+            return Err(Status::not_found(format!(
+                "subscription {} not found",
+                herald_core::validate::quoted(&request.subscription_id)
+            )));
+        }
         let named = if request.event_id.is_empty() {
             request.subscription_id.clone()
         } else {

@@ -334,19 +334,23 @@ async fn a_token_scoped_to_one_tenant_neither_sees_nor_changes_another() -> anyh
             .await,
         Code::NotFound,
     );
-    // …and shop A's subscription over a time range has nothing in it.
-    let replayed = b
-        .deliveries
-        .replay_deliveries(pb::ReplayDeliveriesRequest {
-            subscription_id: id.clone(),
-            since: Some(herald_proto::convert::timestamp(std::time::UNIX_EPOCH)),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    assert_eq!(replayed.queued, 0);
-    assert!(replayed.not_replayable.is_empty(), "{replayed:?}");
-    covered.insert("Deliveries/ReplayDeliveries".into());
+    // …and shop A's subscription over a time range is not found either, as one nobody has.
+    for subscription_id in [id.clone(), "sub_01NOSUCHSUBSCRIPTION00000".to_owned()] {
+        let refused = b
+            .deliveries
+            .replay_deliveries(pb::ReplayDeliveriesRequest {
+                subscription_id: subscription_id.clone(),
+                since: Some(herald_proto::convert::timestamp(std::time::UNIX_EPOCH)),
+                ..Default::default()
+            })
+            .await
+            .expect_err("not found");
+        assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+        assert_eq!(
+            refused.message().replace(&subscription_id, "ID"),
+            "subscription \"ID\" not found"
+        );
+    }
 
     // Shop A's request as sent is not found for shop B, whatever tenant it names, and not
     // expunged by it: the operator still reads it.
