@@ -476,9 +476,17 @@ pub fn shown_text(field: &str, value: &str, max: usize) -> Result<(), Validation
     Ok(())
 }
 
-/// Checks an event's ordering key: at most [`MAX_ORDERING_KEY_LEN`] bytes (empty means none).
+/// Checks an event's ordering key: at most [`MAX_ORDERING_KEY_LEN`] bytes (empty means none),
+/// without control characters (it is shown, and logged, as the name of a line of deliveries).
 pub fn ordering_key(value: &str) -> Result<(), ValidationError> {
-    max_len("ordering_key", value, MAX_ORDERING_KEY_LEN)
+    max_len("ordering_key", value, MAX_ORDERING_KEY_LEN)?;
+    if let Some(bad) = value.chars().find(|c| c.is_control()) {
+        return Err(ValidationError::new(
+            "ordering_key",
+            format!("contains the control character {bad:?}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks an event's attributes: at most [`MAX_ATTRIBUTES`] entries, keys 1 to
@@ -903,6 +911,8 @@ mod tests {
             "description"
         );
         assert!(ordering_key("").is_ok());
+        assert!(ordering_key("k\u{0}\u{1}").is_err());
+        assert!(ordering_key("customer 42/ß").is_ok());
         assert!(ordering_key(&"k".repeat(MAX_ORDERING_KEY_LEN)).is_ok());
         assert_eq!(
             ordering_key(&"k".repeat(MAX_ORDERING_KEY_LEN + 1))

@@ -9,6 +9,9 @@ use herald_proto::v1 as pb;
 use crate::access::Scope;
 use crate::attempts::LogError;
 
+/// The longest actor a filter names: past any token's or certificate identity's name.
+const MAX_ACTOR_FILTER_LEN: usize = 256;
+
 /// A query of the audit log, with times converted once, and the tenants the asker may see.
 #[derive(Clone, Debug, Default)]
 pub struct AuditFilter {
@@ -26,6 +29,15 @@ impl AuditFilter {
     pub fn within(wire: pb::AuditFilter, tenants: &Scope) -> Result<Self, LogError> {
         if !wire.tenant.is_empty() {
             herald_core::validate::tenant(&wire.tenant).map_err(LogError::InvalidQuery)?;
+        }
+        if wire.actor.len() > MAX_ACTOR_FILTER_LEN {
+            return Err(LogError::InvalidQuery(herald_core::ValidationError::new(
+                "actor",
+                format!(
+                    "is {} bytes, longer than any actor's name (at most {MAX_ACTOR_FILTER_LEN})",
+                    wire.actor.len()
+                ),
+            )));
         }
         let range = crate::attempts::TimeRange::checked(wire.since.as_ref(), wire.until.as_ref())?;
         Ok(AuditFilter {

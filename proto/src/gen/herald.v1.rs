@@ -22,7 +22,7 @@ pub struct Event {
     #[prost(message, optional, tag = "5")]
     pub occurred_at: ::core::option::Option<::prost_types::Timestamp>,
     /// Optional: events with the same key are delivered in order per subscription. At most 256
-    /// bytes.
+    /// bytes, without control characters.
     #[prost(string, tag = "6")]
     pub ordering_key: ::prost::alloc::string::String,
     /// Free-form string attributes: at most 32, keys 1 to 64 bytes, values at most 1024 bytes,
