@@ -306,6 +306,33 @@ async fn a_shop_manages_its_endpoints_in_its_portal_and_sees_no_other_shop() -> 
     assert_eq!(forged.status().as_u16(), 403);
     assert!(control_plane.get(&id).await?.enabled);
 
+    // Event types it is not offered are refused in words for a shop: Herald's own, and one
+    // the platform never registered (no talk of registering it).
+    for (types, said) in [
+        ("herald.*", "own events, which endpoints here do not receive"),
+        ("secret.thing", "an event type on the Event types page"),
+    ] {
+        let form = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([
+                ("url", receiver.url("/shop-a-other").as_str()),
+                ("event_types", types),
+                ("format", "json"),
+            ])
+            .finish();
+        let page = client
+            .post(format!("{}endpoints", minted.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+            .await?
+            .text()
+            .await?;
+        assert!(
+            page.contains(said) && !page.contains("event-types create"),
+            "{types}: {page}"
+        );
+    }
+
     // A form posted with fields the portal never shows sets none of them: egress, regions,
     // limits and labels are the platform's to set.
     let crafted_url = receiver.url("/shop-a-crafted");

@@ -34,7 +34,7 @@ use super::console::deliveries::{
     replay_as, shown_page,
 };
 use super::console::subscriptions::{Choice, Endpoint, choices, disable_as, enable_as, rotate_as};
-use super::form::{FormData, SubscriptionForm, refusal};
+use super::form::{FieldError, FormData, SubscriptionForm, refusal};
 use super::page::{PageError, form_status, query_value, render, render_with, when};
 use super::session::{read_form, same_origin};
 use super::test_card::{self, TestCard, Tested};
@@ -412,7 +412,7 @@ async fn create(
     form.allow_unregistered = false;
     // Only what the portal's form shows (as an edit keeps): the rest (egress, regions, limits,
     // retries, OAuth2, client certificates) is the platform's to set, never its tenant's.
-    let subscription = match form.to_wire(String::new()) {
+    let subscription = match form.to_wire(String::new()).and_then(offered) {
         Ok(sub) => portal_fields(sub),
         Err(err) => return form_page(&state, &holder, None, form, err.text()).await,
     };
@@ -433,9 +433,38 @@ async fn create(
         ))
         .into_response()),
         Err(status) if is_form_error(&status) => {
-            form_page(&state, &holder, None, form, refusal(&status)).await
+            form_page(&state, &holder, None, form, shop_refusal(&status)).await
         }
         Err(status) => Err(status.into()),
+    }
+}
+
+/// `sub` if it asks only for event types the portal offers: `herald.*` are the platform's own
+/// events, which no tenant's endpoint receives.
+fn offered(sub: pb::Subscription) -> Result<pb::Subscription, FieldError> {
+    match sub.event_types.iter().find(|t| t.starts_with("herald.")) {
+        Some(own) => Err(FieldError::new(
+            "event_types",
+            format!(
+                "{own} names the platform's own events, which endpoints here do not receive: \
+                 choose among the event types on the Event types page"
+            ),
+        )),
+        None => Ok(sub),
+    }
+}
+
+/// What a shop is told of a refused endpoint: the API's words, but for event types, which it
+/// chooses from the platform's catalogue (the API's words speak of registering types).
+fn shop_refusal(status: &tonic::Status) -> String {
+    match FieldError::of_status(status) {
+        Some(err) if err.field == "event_types" => FieldError::new(
+            "event_types",
+            "each must be an event type on the Event types page, or a pattern of them \
+             such as order.*",
+        )
+        .text(),
+        _ => refusal(status),
     }
 }
 
@@ -614,7 +643,10 @@ async fn edit(
         }))
         .await?
         .into_inner();
-    let wire = match (form.to_wire(id.clone()), form.expected_revision()) {
+    let wire = match (
+        form.to_wire(id.clone()).and_then(offered),
+        form.expected_revision(),
+    ) {
         // The access tokens got with the platform's OAuth2 client go only to the origin the
         // platform gave them for; the portal cannot give the client secret again.
         (Ok(edited), Ok(_))
@@ -659,7 +691,7 @@ async fn edit(
             Redirect::to(&format!("{}/endpoints/{id}?done=updated", holder.base)).into_response(),
         ),
         Err(status) if is_form_error(&status) => {
-            form_page(&state, &holder, Some(id), form, refusal(&status)).await
+            form_page(&state, &holder, Some(id), form, shop_refusal(&status)).await
         }
         Err(status) => Err(status.into()),
     }
