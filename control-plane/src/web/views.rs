@@ -438,12 +438,39 @@ impl From<&pb::SubscriptionHealth> for HealthView {
     }
 }
 
-/// One attempt of an event on its page: the row, and the request's headers.
+/// One attempt of an event on its page: the row, the request's headers, and its body as the
+/// log keeps it.
 pub struct EventAttempt {
     pub row: AttemptRow,
     /// Name and value of each header the request carried, as the subscription's settings
     /// make them (the signature masked, custom header values hidden).
     pub headers: Vec<SentHeader>,
+    /// The body sent to the attempt's subscription, when the log keeps it (`--log-body-limit`).
+    pub body: Option<SentBody>,
+}
+
+/// The body of a request as sent, as the pages show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SentBody {
+    /// The bytes kept, as text (bytes that are not UTF-8 shown as U+FFFD).
+    pub text: String,
+    /// How many bytes are kept.
+    pub kept: usize,
+    /// The whole body's size in bytes.
+    pub size: u64,
+    /// Whether the log keeps only the start of it.
+    pub cut: bool,
+}
+
+impl From<&pb::SentRequest> for SentBody {
+    fn from(r: &pb::SentRequest) -> Self {
+        SentBody {
+            text: String::from_utf8_lossy(&r.body).into_owned(),
+            kept: r.body.len(),
+            size: r.body_size,
+            cut: herald_proto::sent_request::is_cut(r),
+        }
+    }
 }
 
 /// One header of a request as the pages show it.

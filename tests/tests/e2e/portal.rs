@@ -254,6 +254,13 @@ async fn a_shop_manages_its_endpoints_in_its_portal_and_sees_no_other_shop() -> 
         .wait_url(&format!("/events/{}", emitted.event_id))
         .await?;
     assert!(browser.page_text().await?.contains("http_status"));
+    // With the body it was sent, as the log keeps it (XML, as the endpoint asked).
+    browser.click("details.body summary").await?;
+    let body = browser.text("details.body pre").await?;
+    assert!(
+        body.starts_with("<?xml") && body.contains("order.created"),
+        "{body}"
+    );
 
     // A filter that does not read is said at the form that holds it.
     browser.open(&format!("{log}?since=yesterday")).await?;
@@ -309,7 +316,10 @@ async fn a_shop_manages_its_endpoints_in_its_portal_and_sees_no_other_shop() -> 
     // Event types it is not offered are refused in words for a shop: Herald's own, and one
     // the platform never registered (no talk of registering it).
     for (types, said) in [
-        ("herald.*", "own events, which endpoints here do not receive"),
+        (
+            "herald.*",
+            "own events, which endpoints here do not receive",
+        ),
         ("secret.thing", "an event type on the Event types page"),
     ] {
         let form = url::form_urlencoded::Serializer::new(String::new())

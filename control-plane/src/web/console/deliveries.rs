@@ -19,7 +19,7 @@ use crate::rest::Authorized;
 use crate::web::WebState;
 use crate::web::page::{PageError, query_value, render, render_with};
 use crate::web::session::{Console, ConsoleChange};
-use crate::web::views::{AttemptRow, EventAttempt, sent_headers};
+use crate::web::views::{AttemptRow, EventAttempt, SentBody, sent_headers};
 
 pub fn routes() -> Router<WebState> {
     Router::new()
@@ -442,6 +442,24 @@ pub async fn event_attempts(
             .map(tonic::Response::into_inner);
         subscriptions.insert(attempt.subscription_id.clone(), found);
     }
+    // The bodies sent, one per subscription, as far as the log keeps them (none while its
+    // --log-body-limit is 0: NOT_FOUND then, and the page shows none).
+    let bodies: std::collections::HashMap<String, SentBody> = state
+        .services
+        .deliveries
+        .get_sent_requests(caller.request(pb::GetSentRequestsRequest {
+            event_id: event_id.to_owned(),
+            ..Default::default()
+        }))
+        .await
+        .map(|sent| {
+            sent.into_inner()
+                .requests
+                .iter()
+                .map(|r| (r.subscription_id.clone(), SentBody::from(r)))
+                .collect()
+        })
+        .unwrap_or_default();
     // The newest attempt of each delivery (attempts come newest first) whose subscription is
     // disabled now waits parked, not at the time its attempt named.
     let mut latest_seen = std::collections::HashSet::new();
@@ -460,6 +478,7 @@ pub async fn event_attempts(
             EventAttempt {
                 row,
                 headers: sent_headers(a, subscription),
+                body: bodies.get(&a.subscription_id).cloned(),
             }
         })
         .collect();
