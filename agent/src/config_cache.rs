@@ -81,6 +81,13 @@ pub fn save(dir: &Path, routes: &Routes) -> std::io::Result<()> {
     Ok(())
 }
 
+/// What the control plane's stream says of the table beside its subscriptions (the log's body
+/// limit, the tenants the agent was admitted for): saved when they change, at the same
+/// revision too.
+fn settings(table: &Routes) -> (usize, Option<pb::AdmittedTenants>) {
+    (table.log_body_limit(), table.admitted_tenants().cloned())
+}
+
 /// Saves every new table until the routes channel closes, at once (the newest of those
 /// applied meanwhile when a save was under way), and publishes on `saved_tx` the revision of
 /// each table once its save is over (said in the log when it failed): the agent acknowledges
@@ -90,21 +97,26 @@ pub async fn keep_saved(
     mut routes: watch::Receiver<Arc<Routes>>,
     saved_tx: watch::Sender<i64>,
 ) {
-    let (mut saved, mut saved_schemas) = {
+    let (mut saved, mut saved_schemas, mut saved_settings) = {
         let table = routes.borrow();
-        (table.revision, table.schemas().clone())
+        (table.revision, table.schemas().clone(), settings(&table))
     };
     while routes.changed().await.is_ok() {
         let table = routes.borrow_and_update().clone();
         let same_schemas = Arc::ptr_eq(table.schemas(), &saved_schemas);
-        if !table.loaded || (table.revision == saved && saved != 0 && same_schemas) {
+        let same_settings = settings(&table) == saved_settings;
+        if !table.loaded || (table.revision == saved && saved != 0 && same_schemas && same_settings)
+        {
             continue;
         }
         let dir = dir.clone();
         let revision = table.revision;
         let schemas = table.schemas().clone();
+        let table_settings = settings(&table);
         match tokio::task::spawn_blocking(move || save(&dir, &table)).await {
-            Ok(Ok(())) => (saved, saved_schemas) = (revision, schemas),
+            Ok(Ok(())) => {
+                (saved, saved_schemas, saved_settings) = (revision, schemas, table_settings)
+            }
             Ok(Err(err)) => tracing::warn!(error = %err, "cannot save the config cache"),
             Err(err) => tracing::warn!(error = %err, "config cache task failed"),
         }

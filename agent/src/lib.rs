@@ -879,9 +879,10 @@ fn agent_id(dir: &Path) -> Result<String, Error> {
         file.sync_all().map_err(fail)?;
     }
     std::fs::rename(&tmp, &path).map_err(fail)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(fail)?;
+    if let Err(err) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        // Some file systems cannot sync a directory; the id is written all the same.
+        tracing::warn!(dir = %dir.display(), error = %err, "cannot sync the data directory");
+    }
     Ok(id)
 }
 

@@ -126,6 +126,11 @@ impl Routes {
             .min(MAX_LOG_BODY_LIMIT)
     }
 
+    /// The tenants the control plane admitted this agent for, as it last said.
+    pub fn admitted_tenants(&self) -> Option<&pb::AdmittedTenants> {
+        self.admitted_tenants.as_ref()
+    }
+
     /// Why an event of `tenant` may not be emitted here although the agent's own flags allow
     /// it: the control plane admitted the agent for other tenants only (its token's, when the
     /// agent named none), so no subscription of `tenant` ever reaches it. `None` when it may.
@@ -251,10 +256,16 @@ impl Routes {
         };
         let mut routes = Routes::new(revision, by_id, wire, schemas);
         routes.log_body_limit = update.log_body_limit.or(self.log_body_limit);
-        routes.admitted_tenants = update
-            .admitted_tenants
-            .clone()
-            .or_else(|| self.admitted_tenants.clone());
+        // A snapshot says it (or not: an older control plane, which narrows nothing); a change
+        // keeps what the stream's snapshot said.
+        routes.admitted_tenants = if update.snapshot {
+            update.admitted_tenants.clone()
+        } else {
+            update
+                .admitted_tenants
+                .clone()
+                .or_else(|| self.admitted_tenants.clone())
+        };
         routes.refused = refused;
         Ok(routes)
     }
@@ -361,6 +372,15 @@ mod tests {
             .apply(&next.to_snapshot())
             .expect("the saved table");
         assert!(saved.emit_refusal("t3").is_some());
+        // A snapshot of an older control plane says nothing of it: the agent's own flags rule.
+        let older = pb::ConfigUpdate {
+            admitted_tenants: None,
+            ..next.to_snapshot()
+        };
+        assert_eq!(
+            next.apply(&older).expect("snapshot").emit_refusal("t3"),
+            None
+        );
         // Still matched (its deliveries are parked), but known to be disabled.
         let matched = next.matching("t1", "order.created");
         assert_eq!(ids(matched.clone()), ["sub_a"]);

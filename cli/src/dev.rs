@@ -43,6 +43,11 @@ pub struct Args {
     /// Control-plane HTTP API address (REST under /api/v1/).
     #[arg(long, default_value = "127.0.0.1:7703")]
     http_listen: SocketAddr,
+    /// Where people reach that address, when not by it (a name for this machine): the start
+    /// of portal links, and a name the pages answer to. Without it they answer only IP
+    /// addresses and localhost, so a page of another site cannot use them (DNS rebinding).
+    #[arg(long, value_parser = herald_control_plane::public_url)]
+    public_url: Option<String>,
     /// Where dev state is kept (subscriptions and the delivery log survive restarts).
     #[arg(long, env = "HERALD_DEV_DATA_DIR", default_value = ".herald-dev")]
     data_dir: PathBuf,
@@ -75,6 +80,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         allow_targets: loopback.clone(),
         shutdown_grace: GRACE,
         http_listen: Some(args.http_listen),
+        public_url: args.public_url.clone(),
         ..herald_control_plane::Config::new(
             args.control_plane_listen,
             args.data_dir.join("control-plane"),

@@ -956,21 +956,25 @@ async fn replay_needs_a_target_and_reports_what_it_did() -> anyhow::Result<()> {
         "{stderr}"
     );
 
-    let nothing = json(
-        &run(&[
-            "deliveries",
-            "replay",
-            "--subscription",
-            "sub_none",
-            "--since",
-            "1h",
-            "-o",
-            "json",
-        ])
-        .await?,
+    let unknown = run(&[
+        "deliveries",
+        "replay",
+        "--subscription",
+        "sub_none",
+        "--since",
+        "1h",
+    ])
+    .await?;
+    assert_eq!(
+        unknown.status.code(),
+        Some(1),
+        "an unknown subscription is an error too"
     );
-    assert_eq!(nothing["queued"], 0);
-    assert_eq!(nothing["not_replayable"], serde_json::json!([]));
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        stderr.contains("not found: subscription \"sub_none\" not found"),
+        "{stderr}"
+    );
     Ok(())
 }
 

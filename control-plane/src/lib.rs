@@ -187,7 +187,8 @@ pub struct Config {
     pub replica_name: Option<String>,
 }
 
-fn public_url(text: &str) -> Result<String, String> {
+/// `--public-url`: an http:// or https:// URL, kept without a trailing slash.
+pub fn public_url(text: &str) -> Result<String, String> {
     match url::Url::parse(text) {
         Ok(url) if matches!(url.scheme(), "http" | "https") => {
             Ok(text.trim_end_matches('/').to_owned())

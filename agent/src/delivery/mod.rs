@@ -186,6 +186,11 @@ impl Inner {
                     Err(_) => return,
                 },
             };
+            if !*writable.borrow() {
+                // The queue stopped writing while the permit was awaited.
+                drop(permit);
+                continue;
+            }
             if self.permits.available_permits() < MIN_TAKE {
                 // Busy: let the attempts ending now return their permits first, so that one
                 // read of the queue starts several attempts rather than one per ended attempt.

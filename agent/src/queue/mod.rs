@@ -524,6 +524,11 @@ impl Queue {
                 .truncate(false)
                 .open(dir.join("queue.wal"))
                 .map_err(storage)?;
+            // Both files' names on disk before the queue file names a log epoch: a log lost
+            // with its directory entry would read as one cut short.
+            if let Err(err) = std::fs::File::open(&dir).and_then(|d| d.sync_all()) {
+                tracing::warn!(dir = %dir.display(), error = %err, "cannot sync the queue's directory");
+            }
             let wal = redb::backends::FileBackend::new(wal).map_err(storage)?;
             Ok((db, Box::new(wal) as Box<dyn redb::StorageBackend>))
         });

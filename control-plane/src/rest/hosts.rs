@@ -83,21 +83,29 @@ fn host_name(host: &str) -> &str {
 }
 
 /// Refuses requests to a name the listener does not answer ([`Site::answers`]), and gives
-/// the others the listener's [`Site`].
+/// the others the listener's [`Site`] (and a `Host` header, from HTTP/2's `:authority`).
 pub async fn guard(site: Arc<Site>, mut request: Request, next: Next) -> Response {
+    if !request.headers().contains_key(header::HOST)
+        && let Some(authority) = request
+            .uri()
+            .authority()
+            .and_then(|a| axum::http::HeaderValue::from_str(a.as_str()).ok())
+    {
+        // HTTP/2 names the host in `:authority`, not `Host`: the pages' checks read `Host`.
+        request.headers_mut().insert(header::HOST, authority);
+    }
     let host = request
         .headers()
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
-        .or_else(|| request.uri().authority().map(|a| a.as_str()))
         .unwrap_or_default()
         .to_owned();
     if !site.answers(&host) {
         return ApiError::from(tonic::Status::permission_denied(format!(
             "this control plane runs without tokens, so it answers only requests addressed to \
              an IP address, localhost or --public-url's host, not {:?} (a page of another \
-             site could otherwise use it through DNS rebinding): give --public-url, or \
-             --auth-tokens",
+             site could otherwise use it through DNS rebinding): give --public-url (herald \
+             dev takes it too), or --auth-tokens",
             host_name(&host)
         )))
         .into_response();

@@ -442,6 +442,11 @@ async fn create(
 /// `sub` if it asks only for event types the portal offers: `herald.*` are the platform's own
 /// events, which no tenant's endpoint receives.
 fn offered(sub: pb::Subscription) -> Result<pb::Subscription, FieldError> {
+    // Patterns that do not read (or too many, or twice) are said in the API's words; a
+    // refusal of the API's for patterns that read is then one of the catalogue's
+    // ([`shop_refusal`]).
+    herald_core::event_type::EventFilter::parse(&sub.event_types)
+        .map_err(|err| FieldError::new("event_types", err.reason))?;
     match sub.event_types.iter().find(|t| t.starts_with("herald.")) {
         Some(own) => Err(FieldError::new(
             "event_types",
@@ -455,7 +460,8 @@ fn offered(sub: pb::Subscription) -> Result<pb::Subscription, FieldError> {
 }
 
 /// What a shop is told of a refused endpoint: the API's words, but for event types, which it
-/// chooses from the platform's catalogue (the API's words speak of registering types).
+/// chooses from the platform's catalogue (the API's words speak of registering types). The
+/// patterns were read already ([`offered`]): what the API refuses of them is the catalogue's.
 fn shop_refusal(status: &tonic::Status) -> String {
     match FieldError::of_status(status) {
         Some(err) if err.field == "event_types" => FieldError::new(
