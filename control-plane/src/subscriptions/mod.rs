@@ -89,6 +89,9 @@ pub enum SubscriptionError {
     /// Concurrent writers kept winning.
     #[error("subscription {0} is being changed concurrently; try again")]
     Contended(String),
+    /// Concurrent creates of the same tenant kept winning.
+    #[error("other subscriptions of tenant {0} were being created at the same time; try again")]
+    CreatesContended(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -119,7 +122,9 @@ impl From<SubscriptionError> for tonic::Status {
             }
             SubscriptionError::NotFound(_) => Status::not_found(err.to_string()),
             SubscriptionError::StaleRevision { .. } => Status::failed_precondition(err.to_string()),
-            SubscriptionError::Contended(_) => Status::aborted(err.to_string()),
+            SubscriptionError::Contended(_) | SubscriptionError::CreatesContended(_) => {
+                Status::aborted(err.to_string())
+            }
             SubscriptionError::TooManySecrets { .. } => {
                 Status::failed_precondition(err.to_string())
             }
@@ -461,7 +466,7 @@ impl Subscriptions {
             // Another create of the tenant came first (a fresh ULID id collides only if the
             // clock and randomness both repeat): count again.
         }
-        Err(SubscriptionError::Contended(sub.id))
+        Err(SubscriptionError::CreatesContended(sub.tenant))
     }
 
     /// Reads a subscription by id.

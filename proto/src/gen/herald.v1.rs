@@ -1764,7 +1764,9 @@ pub mod subscriptions_client {
     )]
     use tonic::codegen::*;
     use tonic::codegen::http::Uri;
-    /// Manages webhook endpoints. Writes are checked against the stored revision.
+    /// Manages webhook endpoints. Writes are checked against the stored revision. A write that
+    /// keeps losing to concurrent writes of the same subscription (or creates of the same tenant)
+    /// answers ABORTED: try it again.
     #[derive(Debug, Clone)]
     pub struct SubscriptionsClient<T> {
         inner: tonic::client::Grpc<T>,
@@ -2169,7 +2171,9 @@ pub mod subscriptions_server {
             tonic::Status,
         >;
     }
-    /// Manages webhook endpoints. Writes are checked against the stored revision.
+    /// Manages webhook endpoints. Writes are checked against the stored revision. A write that
+    /// keeps losing to concurrent writes of the same subscription (or creates of the same tenant)
+    /// answers ABORTED: try it again.
     #[derive(Debug)]
     pub struct SubscriptionsServer<T> {
         inner: Arc<T>,
