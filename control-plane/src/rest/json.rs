@@ -42,9 +42,7 @@ pub fn duration_text(d: Option<&prost_types::Duration>) -> Option<String> {
 
 /// The duration `text` (`15s`, `1h 30m`) given for `field`.
 pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ApiError> {
-    humantime::parse_duration(text).map_err(|e| {
-        ApiError::invalid_field(field, format!("{} is not a duration: {e}", quoted(text)))
-    })
+    herald_core::duration::parse(text).map_err(|reason| ApiError::invalid_field(field, reason))
 }
 
 /// The wire form of an optional duration given for `field`; an empty text is none.

@@ -390,9 +390,9 @@ impl SubscriptionForm {
             if text.is_empty() {
                 return Ok(None);
             }
-            humantime::parse_duration(text)
+            herald_core::duration::parse(text)
                 .map(|d| Some(duration(d)))
-                .map_err(|e| bad(field, format!("{} is not a duration: {e}", quoted(text))))
+                .map_err(|reason| bad(field, reason))
         };
         let count = |field: &str, text: &str| {
             if text.is_empty() {

@@ -7,7 +7,6 @@ use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::routing::{get, post};
-use herald_core::validate::quoted;
 use herald_proto::v1 as pb;
 use herald_proto::v1::deliveries_server::Deliveries as _;
 use herald_proto::v1::subscriptions_server::Subscriptions as _;
@@ -560,10 +559,9 @@ pub async fn rotate_as(
     let grace = match form.text("grace").as_str() {
         "" => None,
         text => Some(herald_proto::convert::duration(
-            humantime::parse_duration(text).map_err(|e| {
-                tonic::Status::invalid_argument(format!(
-                    "grace: {} is not a duration: {e}",
-                    quoted(text)
+            herald_core::duration::parse(text).map_err(|reason| {
+                herald_proto::convert::invalid_argument(herald_core::ValidationError::new(
+                    "grace", reason,
                 ))
             })?,
         )),
