@@ -14,6 +14,7 @@ pub mod emit;
 pub mod emit_access;
 pub mod listen;
 pub mod metrics;
+pub mod opening;
 pub mod queue;
 pub mod reporter;
 pub mod routes;
@@ -448,26 +449,6 @@ pub async fn run(
         policy.clone(),
         config.egress_proxy.clone(),
     )?;
-    let queue = Queue::open(
-        &config.data_dir,
-        QueueConfig {
-            max_events: config.max_queue_events,
-            max_bytes: config.max_queue_bytes,
-            max_share: config.max_queue_share,
-            max_retained_bytes: config.max_retained_bytes,
-            min_free_bytes: config.queue_min_free_bytes,
-            recover_truncate: config.recover_truncate,
-            max_pending_reports: config.max_pending_reports,
-            max_pending_report_bytes: config.max_pending_report_bytes,
-            max_parked_deliveries: config.max_parked_deliveries,
-            cache_bytes: config.queue_cache_bytes,
-            retention: config.retention,
-            dedup_window: config.dedup_window,
-            durable: config.fsync,
-            durable_lag: queue::DURABLE_LAG,
-            checkpoint_every: queue::CHECKPOINT_EVERY,
-        },
-    )?;
     // Read once now, so unusable files fail the start; again at every connection after.
     herald_proto::client_tls::config(
         config.control_plane_ca_file.as_deref(),
@@ -484,6 +465,92 @@ pub async fn run(
                 .clone()
                 .zip(config.control_plane_key_file.clone()),
         });
+    let queue_config = QueueConfig {
+        max_events: config.max_queue_events,
+        max_bytes: config.max_queue_bytes,
+        max_share: config.max_queue_share,
+        max_retained_bytes: config.max_retained_bytes,
+        min_free_bytes: config.queue_min_free_bytes,
+        recover_truncate: config.recover_truncate,
+        max_pending_reports: config.max_pending_reports,
+        max_pending_report_bytes: config.max_pending_report_bytes,
+        max_parked_deliveries: config.max_parked_deliveries,
+        cache_bytes: config.queue_cache_bytes,
+        retention: config.retention,
+        dedup_window: config.dedup_window,
+        durable: config.fsync,
+        durable_lag: queue::DURABLE_LAG,
+        checkpoint_every: queue::CHECKPOINT_EVERY,
+    };
+    // gRPC's default 4 MiB message limit would cap larger configured payloads silently.
+    let max_message = config
+        .max_payload_bytes
+        .saturating_add(MESSAGE_OVERHEAD)
+        .max(herald_proto::message_limit::DEFAULT_MAX_MESSAGE_BYTES);
+    // Cancelled at shutdown: Emit refuses and health says NOT_SERVING while attempts in flight
+    // finish; the listener closes after them.
+    let draining = CancellationToken::new();
+    let emit_budget = RequestBudget::new(config.max_emit_bytes_in_flight);
+    // Events is served from the start; until the queue is open its calls are refused with why.
+    let events = opening::EventsOnceOpen::default();
+    let service = tonic::service::interceptor::InterceptedService::new(events.clone(), emit_guard);
+    // Standard health checks (NOT_SERVING until the queue is open, and once draining) and
+    // reflection beside Events.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, tonic_health::ServingStatus::NotServing).await;
+    let serving = CancellationToken::new();
+    let listening = serving.clone();
+    let router = tonic::transport::Server::builder()
+        // An application that stops answering (its host gone without closing the connection)
+        // is cut off instead of holding a connection for good.
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_interval))
+        // A call past its deadline is DEADLINE_EXCEEDED (tonic's own answer is CANCELLED).
+        .layer(herald_proto::deadline::DeadlineLayer)
+        // A message over the limit is RESOURCE_EXHAUSTED, as gRPC's status table says.
+        .layer(herald_proto::message_limit::layer(max_message))
+        // Within it, requests are read only while their bytes fit the budget, and the HTTP/2
+        // windows leave room for those being read beside those waiting.
+        .layer(emit_budget.layer())
+        .max_concurrent_streams(request_budget::MAX_STREAMS_PER_CONNECTION)
+        .initial_stream_window_size(request_budget::STREAM_WINDOW)
+        .initial_connection_window_size(request_budget::CONNECTION_WINDOW)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(service);
+    let server = async move {
+        match listener {
+            Listener::Tcp(l) => {
+                router
+                    .serve_with_incoming_shutdown(
+                        tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
+                        listening.cancelled_owned(),
+                    )
+                    .await
+            }
+            #[cfg(unix)]
+            Listener::Unix(l) => {
+                router
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::UnixListenerStream::new(l),
+                        listening.cancelled_owned(),
+                    )
+                    .await
+            }
+        }
+    };
+    // Boxed rather than pinned in place, so that it can be dropped (its listener closed) once
+    // the drain is over, whether it finished in time or not.
+    let mut server = Box::pin(server);
+    herald_core::daemon::notify_ready();
+    let mut shutdown = std::pin::pin!(shutdown);
+    // A disk without room to open the queue in is waited for, serving meanwhile.
+    let queue = tokio::select! {
+        opened = opening::open_queue(&config.data_dir, queue_config, &events) => opened?,
+        result = &mut server => return result.map_err(Error::from),
+        () = &mut shutdown => return Ok(()),
+    };
     let control_plane = ControlPlane::new(
         config.control_plane.clone(),
         config.control_plane_token.clone().unwrap_or_default(),
@@ -557,7 +624,6 @@ pub async fn run(
         },
         stop.clone(),
     ));
-    let emit_budget = RequestBudget::new(config.max_emit_bytes_in_flight);
     if let Some(listener) = metrics_listener {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "serving metrics");
@@ -573,15 +639,7 @@ pub async fn run(
             }
         });
     }
-    // gRPC's default 4 MiB message limit would cap larger configured payloads silently.
-    let max_message = config
-        .max_payload_bytes
-        .saturating_add(MESSAGE_OVERHEAD)
-        .max(herald_proto::message_limit::DEFAULT_MAX_MESSAGE_BYTES);
-    // Cancelled at shutdown: Emit refuses and health says NOT_SERVING while attempts in flight
-    // finish; the listener closes after them.
-    let draining = CancellationToken::new();
-    let service = tonic::service::interceptor::InterceptedService::new(
+    events.open(
         EventsServer::new(EmitService::new(
             routes,
             queue.clone(),
@@ -595,67 +653,17 @@ pub async fn run(
         // Applications that compress their calls (gzip) are read, each message still held
         // to the limit once decompressed.
         .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
-        emit_guard,
     );
-
-    // Standard health checks (NOT_SERVING once draining) and reflection beside Events.
-    let (health, health_service) = tonic_health::server::health_reporter();
     // Subscribed before the first look: a change after it is still seen by the reporter.
     let mut writable = queue.writable();
     let writable_now = *writable.borrow_and_update();
     set_health(&health, serving_if(writable_now)).await;
     background.spawn(report_writable(writable, health.clone(), draining.clone()));
-    let serving = CancellationToken::new();
-    let listening = serving.clone();
-    let router = tonic::transport::Server::builder()
-        // An application that stops answering (its host gone without closing the connection)
-        // is cut off instead of holding a connection for good.
-        .http2_keepalive_interval(Some(config.keepalive_interval))
-        .http2_keepalive_timeout(Some(config.keepalive_interval))
-        // A call past its deadline is DEADLINE_EXCEEDED (tonic's own answer is CANCELLED).
-        .layer(herald_proto::deadline::DeadlineLayer)
-        // A message over the limit is RESOURCE_EXHAUSTED, as gRPC's status table says.
-        .layer(herald_proto::message_limit::layer(max_message))
-        // Within it, requests are read only while their bytes fit the budget, and the HTTP/2
-        // windows leave room for those being read beside those waiting.
-        .layer(emit_budget.layer())
-        .max_concurrent_streams(request_budget::MAX_STREAMS_PER_CONNECTION)
-        .initial_stream_window_size(request_budget::STREAM_WINDOW)
-        .initial_connection_window_size(request_budget::CONNECTION_WINDOW)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(service);
-    let server = async move {
-        match listener {
-            Listener::Tcp(l) => {
-                router
-                    .serve_with_incoming_shutdown(
-                        tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
-                        listening.cancelled_owned(),
-                    )
-                    .await
-            }
-            #[cfg(unix)]
-            Listener::Unix(l) => {
-                router
-                    .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::UnixListenerStream::new(l),
-                        listening.cancelled_owned(),
-                    )
-                    .await
-            }
-        }
-    };
-    // Boxed rather than pinned in place, so that it can be dropped (its listener closed) once
-    // the drain is over, whether it finished in time or not.
-    let mut server = Box::pin(server);
-    herald_core::daemon::notify_ready();
     // A server that fails (its listener broke) stops the agent as a signal would, through the
     // same drain, and the failure is returned at the end.
     let failed = tokio::select! {
         result = &mut server => Some(result),
-        () = shutdown => None,
+        () = &mut shutdown => None,
     };
     if let Some(Err(err)) = &failed {
         tracing::error!(error = %err, "the Emit server failed; stopping");

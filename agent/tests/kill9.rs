@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use herald_proto::v1 as pb;
 use herald_proto::v1::events_client::EventsClient;
+use herald_tests::herald::{connect, serving_status};
 use herald_tests::{
-    AgentProcess, ConfigStore, ControlPlane, DaemonProcess, Etcd, Receiver, TestCa, eventually,
-    herald::connect, subscription,
+    AgentProcess, ConfigStore, ControlPlane, DaemonProcess, Etcd, Receiver, TestCa, Tmpfs,
+    eventually, subscription,
 };
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -532,5 +533,101 @@ async fn a_damaged_log_record_stops_the_agent_unless_told_to_truncate() -> anyho
         })
         .await?;
     assert!(agent.exit_status().is_none(), "it runs");
+    Ok(())
+}
+
+/// An agent killed while its disk is full cannot open its queue again until space is freed:
+/// recovery writes (the log replayed into the queue file, the file repaired). It starts
+/// anyway and says so, health `NOT_SERVING` and `Emit` refused as a full disk refuses it,
+/// instead of exiting into its supervisor's restart loop; once space is freed it opens the
+/// queue by itself and delivers, what it acknowledged before the kill among it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_on_a_full_disk_starts_and_waits_for_room() -> anyhow::Result<()> {
+    let Some(disk) = Tmpfs::mount("48m")? else {
+        return Ok(());
+    };
+    let servers = Servers::start().await?;
+    let sub = servers
+        .cp
+        .create(subscription(
+            "shop-1",
+            &servers.receiver.url("/orders"),
+            &["order.*"],
+        ))
+        .await?;
+    let binary = Path::new(env!("CARGO_BIN_EXE_herald-agent"));
+    let mut agent = AgentProcess::start_in(
+        binary,
+        servers.cp.url(),
+        &servers.ca_file,
+        &disk.path().join("agent"),
+        &["--queue-min-free-bytes", "4194304"],
+    )
+    .await?;
+    servers
+        .cp
+        .wait_applied(sub.revision, Duration::from_secs(20))
+        .await?;
+    let url = agent.url();
+    let emit = |n: usize| {
+        let url = url.clone();
+        async move {
+            EventsClient::new(connect(&url).await?)
+                .emit(pb::EmitRequest {
+                    event: Some(pb::Event {
+                        id: format!("evt_full_{n}"),
+                        tenant: "shop-1".into(),
+                        r#type: "order.created".into(),
+                        payload: format!(r#"{{"n":{n}}}"#).into_bytes(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .map_err(anyhow::Error::from)
+        }
+    };
+    for n in 0..20 {
+        emit(n).await?;
+    }
+    let filler = disk.fill()?;
+    agent.restart().await?;
+
+    let refused = eventually(
+        Duration::from_secs(20),
+        "Emit refused for a full disk",
+        || async { Ok(emit(20).await.err()) },
+    )
+    .await?;
+    let status = herald_tests::herald::status_of(&refused)?;
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert_eq!(
+        herald_proto::refusal::Reason::of(status),
+        Some(herald_proto::refusal::Reason::DiskFull),
+        "{status:?}"
+    );
+    assert_eq!(
+        serving_status(&agent.url(), "").await?,
+        ServingStatus::NotServing
+    );
+    assert!(agent.exit_status().is_none(), "{}", agent.log());
+
+    std::fs::remove_file(&filler)?;
+    eventually(Duration::from_secs(60), "health SERVING", || async {
+        Ok((serving_status(&agent.url(), "").await? == ServingStatus::Serving).then_some(()))
+    })
+    .await?;
+    emit(20).await?;
+    eventually(Duration::from_secs(20), "every event delivered", || async {
+        let delivered: HashSet<String> = servers
+            .receiver
+            .requests()
+            .iter()
+            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+            .collect();
+        Ok((0..=20)
+            .all(|n| delivered.contains(&format!("evt_full_{n}")))
+            .then_some(()))
+    })
+    .await?;
     Ok(())
 }

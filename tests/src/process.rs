@@ -22,7 +22,9 @@ pub struct DaemonProcess {
     envs: Vec<(String, String)>,
     /// The agent's port, kept while it is down so a restart finds it free.
     port: HeldPort,
+    /// Its log, and its data unless given a directory elsewhere.
     dir: TempDir,
+    data_dir: PathBuf,
     child: Option<Child>,
 }
 
@@ -41,6 +43,19 @@ impl AgentProcess {
         Self::start_with_env(binary, control_plane, ca_file, extra, &[]).await
     }
 
+    /// Like [`AgentProcess::start`], with its data in `data_dir` (on a disk of the test's own)
+    /// instead of a temp dir.
+    pub async fn start_in(
+        binary: &Path,
+        control_plane: &str,
+        ca_file: &Path,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<DaemonProcess> {
+        let args = Self::args(control_plane, ca_file, extra);
+        DaemonProcess::start_in("agent", binary, Some(data_dir), args, &[]).await
+    }
+
     /// Like [`AgentProcess::start`], with `envs` added to the environment.
     pub async fn start_with_env(
         binary: &Path,
@@ -49,6 +64,12 @@ impl AgentProcess {
         extra: &[&str],
         envs: &[(&str, &str)],
     ) -> anyhow::Result<DaemonProcess> {
+        let args = Self::args(control_plane, ca_file, extra);
+        DaemonProcess::start("agent", binary, args, envs).await
+    }
+
+    /// The flags every test agent gets, then `extra`.
+    fn args(control_plane: &str, ca_file: &Path, extra: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = vec![
             "--control-plane".into(),
             control_plane.into(),
@@ -60,7 +81,7 @@ impl AgentProcess {
             "127.0.0.0/8".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        DaemonProcess::start("agent", binary, args, envs).await
+        args
     }
 }
 
@@ -103,13 +124,25 @@ impl DaemonProcess {
         args: Vec<String>,
         envs: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
+        Self::start_in(name, binary, None, args, envs).await
+    }
+
+    /// Like [`DaemonProcess::start`], with `--data-dir` `data_dir` when given.
+    async fn start_in(
+        name: &'static str,
+        binary: &Path,
+        data_dir: Option<&Path>,
+        args: Vec<String>,
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
+        let data_dir = data_dir.unwrap_or(dir.path()).to_owned();
         let port = HeldPort::new()?;
         let mut all: Vec<String> = vec![
             "--listen".into(),
             port.addr().to_string(),
             "--data-dir".into(),
-            dir.path().display().to_string(),
+            data_dir.display().to_string(),
         ];
         all.extend(args);
         let mut process = DaemonProcess {
@@ -122,6 +155,7 @@ impl DaemonProcess {
                 .collect(),
             port,
             dir,
+            data_dir,
             child: None,
         };
         process.spawn().await?;
@@ -135,7 +169,7 @@ impl DaemonProcess {
 
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
-        self.dir.path()
+        &self.data_dir
     }
 
     /// SIGKILL: no shutdown code runs.

@@ -52,6 +52,9 @@ pub enum QueueError {
          with an empty queue (what it held is then lost)"
     )]
     DamagedFile(String),
+    /// The queue is being opened (its log replayed into its file): the agent is starting.
+    #[error("the agent is starting: its queue is being opened; retry shortly")]
+    Opening,
     /// The queue is shutting down.
     #[error("the agent's queue is closed")]
     Closed,
@@ -75,6 +78,7 @@ impl From<QueueError> for tonic::Status {
             | QueueError::DamagedLog { .. }
             | QueueError::CutLog { .. }
             | QueueError::DamagedFile(_)
+            | QueueError::Opening
             | QueueError::Closed => tonic::Status::unavailable(err.to_string()),
         }
     }
