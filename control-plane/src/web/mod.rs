@@ -81,8 +81,12 @@ pub fn router(state: WebState) -> Router {
             secure_headers(request, next, "'none'".to_owned())
         }))
         .with_state(state.clone());
+    let brand = state.settings.portal.clone();
     let portal = portal::routes()
         .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::from_fn(move |request, next| {
+            portal::branded_errors(request, next, brand.clone())
+        }))
         .layer(axum::middleware::from_fn(move |request, next| {
             secure_headers(request, next, frame_ancestors.clone())
         }))

@@ -71,6 +71,16 @@ impl From<tonic::Status> for PageError {
     }
 }
 
+/// A refusal as its page showed it, kept on the response so that the portal can show it again
+/// in its own look ([`super::portal::branded_errors`]).
+#[derive(Clone, Debug)]
+pub struct ShownError {
+    /// The page's heading.
+    pub title: String,
+    /// What it says.
+    pub message: String,
+}
+
 /// The page every refusal is shown on.
 #[derive(Template)]
 #[template(path = "error.html")]
@@ -136,6 +146,10 @@ impl IntoResponse for PageError {
             header::CACHE_CONTROL,
             header::HeaderValue::from_static("no-store"),
         );
+        response.extensions_mut().insert(ShownError {
+            title: title.to_owned(),
+            message: message.to_owned(),
+        });
         response
     }
 }

@@ -466,6 +466,9 @@ async fn a_shop_manages_its_endpoints_in_its_portal_and_sees_no_other_shop() -> 
         page.contains("This link has expired") && !page.contains("shop-a"),
         "{page}"
     );
+    // In the portal's look, the platform's name, not Herald's, and no console sign-in.
+    assert_eq!(browser.text(".brand").await?, "Acme Shops");
+    assert!(!browser.has("a[href='/login']").await, "{page}");
     let mut tampered = minted.url.clone();
     let at = base.len() + "/portal/".len() + 5;
     let swap = if &tampered[at..at + 1] == "A" {
@@ -476,8 +479,17 @@ async fn a_shop_manages_its_endpoints_in_its_portal_and_sees_no_other_shop() -> 
     tampered.replace_range(at..at + 1, swap);
     browser.open(&tampered).await?;
     assert!(browser.page_text().await?.contains("not a valid"));
-    let status = client.get(&tampered).send().await?.status().as_u16();
-    assert_eq!(status, 403);
+    let refused = client.get(&tampered).send().await?;
+    assert_eq!(refused.status().as_u16(), 403);
+    assert_eq!(
+        refused.headers().get("cache-control").map(|v| v.as_bytes()),
+        Some(&b"no-store"[..])
+    );
+    let html = refused.text().await?;
+    assert!(
+        html.contains("<title>Link not valid · Acme Shops</title>") && !html.contains("Herald"),
+        "{html}"
+    );
     browser.close().await?;
     Ok(())
 }

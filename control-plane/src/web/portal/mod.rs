@@ -35,7 +35,7 @@ use super::console::deliveries::{
 };
 use super::console::subscriptions::{Choice, Endpoint, choices, disable_as, enable_as, rotate_as};
 use super::form::{FieldError, FormData, SubscriptionForm, refusal};
-use super::page::{PageError, form_status, query_value, render, render_with, when};
+use super::page::{PageError, ShownError, form_status, query_value, render, render_with, when};
 use super::session::{read_form, same_origin};
 use super::test_card::{self, TestCard, Tested};
 use super::views::{
@@ -147,6 +147,46 @@ async fn theme(State(state): State<WebState>) -> Response {
         format!(":root {{ --accent: {}; }}\n", state.settings.portal.color),
     )
         .into_response()
+}
+
+/// A refusal in the portal's look: a shop sees the platform's name, the page's heading and
+/// what it says, and neither Herald's name nor the operators' console sign-in.
+#[derive(Template)]
+#[template(path = "portal/error.html")]
+struct ErrorPage {
+    name: String,
+    logo_url: String,
+    title: String,
+    message: String,
+}
+
+/// Shows the portal's refusals ([`PageError`]s: an expired link, a service's refusal) in the
+/// portal's look instead of the console's, keeping their status and headers.
+pub async fn branded_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+    brand: Branding,
+) -> Response {
+    let mut response = next.run(request).await;
+    let Some(shown) = response.extensions_mut().remove::<ShownError>() else {
+        return response;
+    };
+    let page = ErrorPage {
+        name: brand.name,
+        logo_url: brand.logo_url,
+        title: shown.title,
+        message: shown.message,
+    };
+    match page.render() {
+        Ok(html) => {
+            let (parts, _) = response.into_parts();
+            Response::from_parts(parts, axum::body::Body::from(html))
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "the portal's error page failed");
+            response
+        }
+    }
 }
 
 /// The holder of a portal link.
