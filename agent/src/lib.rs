@@ -498,6 +498,45 @@ pub async fn run(
     // reflection beside Events.
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, tonic_health::ServingStatus::NotServing).await;
+    let metrics = Metrics::default();
+    let cached = config_cache::load(&config.data_dir).map(|routes| {
+        if config.check_schemas {
+            routes
+        } else {
+            // Saved while checks were on.
+            routes.with_schemas(&herald_proto::v1::SchemaUpdate {
+                whole: true,
+                ..Default::default()
+            })
+        }
+    });
+    if let Some(routes) = &cached {
+        tracing::info!(
+            revision = routes.revision,
+            subscriptions = routes.len(),
+            "delivering with the cached config until the control plane answers"
+        );
+    }
+    let (routes_tx, routes) = watch::channel(Arc::new(cached.unwrap_or_default()));
+    let background = TaskTracker::new();
+    let reports_stop = CancellationToken::new();
+    // Metrics are served from the start too, those of the queue once it is open.
+    let opened: Arc<std::sync::OnceLock<Queue>> = Arc::default();
+    if let Some(listener) = metrics_listener {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "serving metrics");
+        }
+        let (queue, routes, metrics) = (opened.clone(), routes.clone(), metrics.clone());
+        let metrics_stop = reports_stop.clone();
+        let requests = emit_budget.clone();
+        let render = move || metrics.render(queue.get(), &routes.borrow(), &requests);
+        background.spawn(async move {
+            let shutdown = metrics_stop.cancelled_owned();
+            if let Err(err) = herald_core::metrics::serve(listener, render, shutdown).await {
+                tracing::warn!(error = %err, "metrics endpoint failed");
+            }
+        });
+    }
     let serving = CancellationToken::new();
     let listening = serving.clone();
     let router = tonic::transport::Server::builder()
@@ -546,37 +585,38 @@ pub async fn run(
     herald_core::daemon::notify_ready();
     let mut shutdown = std::pin::pin!(shutdown);
     // A disk without room to open the queue in is waited for, serving meanwhile.
-    let queue = tokio::select! {
-        opened = opening::open_queue(&config.data_dir, queue_config, &events) => opened?,
-        result = &mut server => return result.map_err(Error::from),
-        () = &mut shutdown => return Ok(()),
+    let waited = tokio::select! {
+        opened = opening::open_queue(&config.data_dir, queue_config, &events) => Ok(opened),
+        result = &mut server => Err(result.err()),
+        () = &mut shutdown => Err(None),
     };
+    let queue = match waited {
+        Ok(Ok(queue)) => queue,
+        stopped => {
+            match &stopped {
+                // Said by the caller.
+                Ok(Err(_)) => {}
+                Err(Some(err)) => tracing::error!(error = %err, "the Emit server failed; stopping"),
+                _ => tracing::info!("shutting down before the queue opened"),
+            }
+            herald_core::daemon::notify_stopping();
+            reports_stop.cancel();
+            background.close();
+            let _ = tokio::time::timeout(BACKGROUND_STOP, background.wait()).await;
+            return match stopped {
+                Ok(Err(err)) => Err(err.into()),
+                Err(Some(err)) => Err(err.into()),
+                _ => Ok(()),
+            };
+        }
+    };
+    let _ = opened.set(queue.clone());
     let control_plane = ControlPlane::new(
         config.control_plane.clone(),
         config.control_plane_token.clone().unwrap_or_default(),
         tls,
     );
     let stop = CancellationToken::new();
-    let metrics = Metrics::default();
-    let cached = config_cache::load(&config.data_dir).map(|routes| {
-        if config.check_schemas {
-            routes
-        } else {
-            // Saved while checks were on.
-            routes.with_schemas(&herald_proto::v1::SchemaUpdate {
-                whole: true,
-                ..Default::default()
-            })
-        }
-    });
-    if let Some(routes) = &cached {
-        tracing::info!(
-            revision = routes.revision,
-            subscriptions = routes.len(),
-            "delivering with the cached config until the control plane answers"
-        );
-    }
-    let (routes_tx, routes) = watch::channel(Arc::new(cached.unwrap_or_default()));
     let identity = Identity {
         id: id.clone(),
         node: config.node.clone(),
@@ -584,14 +624,12 @@ pub async fn run(
         interest: interest.clone(),
         checks_schemas: config.check_schemas,
     };
-    let background = TaskTracker::new();
     let (saved_tx, saved) = watch::channel(routes.borrow().revision);
     background.spawn(config_cache::keep_saved(
         config.data_dir.clone(),
         routes.clone(),
         saved_tx,
     ));
-    let reports_stop = CancellationToken::new();
     let reporter = tokio::spawn(reporter::run(
         control_plane.own_turns(),
         id.clone(),
@@ -624,21 +662,6 @@ pub async fn run(
         },
         stop.clone(),
     ));
-    if let Some(listener) = metrics_listener {
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "serving metrics");
-        }
-        let (queue, routes, metrics) = (queue.clone(), routes.clone(), metrics.clone());
-        let metrics_stop = reports_stop.clone();
-        let requests = emit_budget.clone();
-        let render = move || metrics.render(&queue, &routes.borrow(), &requests);
-        background.spawn(async move {
-            let shutdown = metrics_stop.cancelled_owned();
-            if let Err(err) = herald_core::metrics::serve(listener, render, shutdown).await {
-                tracing::warn!(error = %err, "metrics endpoint failed");
-            }
-        });
-    }
     events.open(
         EventsServer::new(EmitService::new(
             routes,

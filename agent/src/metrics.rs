@@ -206,10 +206,15 @@ impl Metrics {
         }
     }
 
-    /// The metrics in the OpenMetrics text format, with the gauges read now from `queue`, the
-    /// applied `routes` (their revision, and which subscriptions are disabled) and the budget
-    /// of `Emit` `requests`.
-    pub fn render(&self, queue: &Queue, routes: &Routes, requests: &RequestBudget) -> String {
+    /// The metrics in the OpenMetrics text format, with the gauges read now from `queue` (left
+    /// as they are while it is not open yet), the applied `routes` (their revision, and which
+    /// subscriptions are disabled) and the budget of `Emit` `requests`.
+    pub fn render(
+        &self,
+        queue: Option<&Queue>,
+        routes: &Routes,
+        requests: &RequestBudget,
+    ) -> String {
         let inner = &self.inner;
         inner
             .emit_bytes
@@ -217,6 +222,19 @@ impl Metrics {
         inner
             .emit_waiting
             .set(i64::try_from(requests.waiting()).unwrap_or(i64::MAX));
+        if let Some(queue) = queue {
+            Self::render_queue(inner, queue, routes);
+        }
+        inner.config_revision.set(routes.revision);
+        let mut text = String::new();
+        if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &inner.registry) {
+            tracing::warn!(error = %err, "cannot encode metrics");
+        }
+        text
+    }
+
+    /// Sets the queue's gauges.
+    fn render_queue(inner: &Inner, queue: &Queue, routes: &Routes) {
         let disabled: std::collections::HashSet<&str> = routes.disabled().collect();
         match queue.stats_beside_parked(|subscription| disabled.contains(subscription)) {
             Ok(stats) => {
@@ -242,11 +260,5 @@ impl Metrics {
         }
         let parked = queue.deliveries_to(routes.disabled());
         inner.parked.set(i64::try_from(parked).unwrap_or(i64::MAX));
-        inner.config_revision.set(routes.revision);
-        let mut text = String::new();
-        if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &inner.registry) {
-            tracing::warn!(error = %err, "cannot encode metrics");
-        }
-        text
     }
 }

@@ -119,7 +119,13 @@ pub async fn open_queue<S>(
     let mut waits = Backoff::new(FIRST_WAIT, MOST_WAIT);
     let mut refused = false;
     loop {
-        match Queue::open(dir, config.clone()) {
+        // Off the runtime's threads: a long log to replay must not hold up the server, which
+        // answers callers and health checks meanwhile.
+        let (at, with) = (dir.to_owned(), config.clone());
+        let opened = tokio::task::spawn_blocking(move || Queue::open(&at, with))
+            .await
+            .unwrap_or_else(|err| Err(QueueError::Storage(format!("opening the queue: {err}"))));
+        match opened {
             Ok(queue) => {
                 if refused {
                     tracing::warn!("the queue's disk lets it write again: the agent starts");

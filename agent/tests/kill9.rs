@@ -11,8 +11,8 @@ use herald_proto::v1 as pb;
 use herald_proto::v1::events_client::EventsClient;
 use herald_tests::herald::{connect, serving_status};
 use herald_tests::{
-    AgentProcess, ConfigStore, ControlPlane, DaemonProcess, Etcd, Receiver, TestCa, Tmpfs,
-    eventually, subscription,
+    AgentProcess, ConfigStore, ControlPlane, DaemonProcess, Etcd, Receiver, Response, TestCa,
+    Tmpfs, eventually, subscription,
 };
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -540,21 +540,17 @@ async fn a_damaged_log_record_stops_the_agent_unless_told_to_truncate() -> anyho
 /// recovery writes (the log replayed into the queue file, the file repaired). It starts
 /// anyway and says so, health `NOT_SERVING` and `Emit` refused as a full disk refuses it,
 /// instead of exiting into its supervisor's restart loop; once space is freed it opens the
-/// queue by itself and delivers, what it acknowledged before the kill among it.
+/// queue by itself and delivers what it acknowledged before the kill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_on_a_full_disk_starts_and_waits_for_room() -> anyhow::Result<()> {
     let Some(disk) = Tmpfs::mount("48m")? else {
         return Ok(());
     };
     let servers = Servers::start().await?;
-    let sub = servers
-        .cp
-        .create(subscription(
-            "shop-1",
-            &servers.receiver.url("/orders"),
-            &["order.*"],
-        ))
-        .await?;
+    // One attempt at a time, so that a receiver that holds it holds back the rest.
+    let mut sub = subscription("shop-1", &servers.receiver.url("/orders"), &["order.*"]);
+    sub.max_in_flight = 1;
+    let sub = servers.cp.create(sub).await?;
     let binary = Path::new(env!("CARGO_BIN_EXE_herald-agent"));
     let mut agent = AgentProcess::start_in(
         binary,
@@ -586,16 +582,35 @@ async fn an_agent_killed_on_a_full_disk_starts_and_waits_for_room() -> anyhow::R
                 .map_err(anyhow::Error::from)
         }
     };
+    // Acknowledged and not delivered at the kill: the receiver holds the first attempt.
+    servers
+        .receiver
+        .respond_with_response(Response::new(204).delay(Duration::from_secs(60)));
     for n in 0..20 {
         emit(n).await?;
     }
+    servers
+        .receiver
+        .wait_for_requests(1, Duration::from_secs(20))
+        .await?;
     let filler = disk.fill()?;
     agent.restart().await?;
 
+    // UNAVAILABLE ("the agent is starting") until the first try to open the queue fails.
     let refused = eventually(
         Duration::from_secs(20),
         "Emit refused for a full disk",
-        || async { Ok(emit(20).await.err()) },
+        || async {
+            Ok(match emit(20).await {
+                Err(err)
+                    if herald_tests::herald::status_of(&err)?.code()
+                        != tonic::Code::Unavailable =>
+                {
+                    Some(err)
+                }
+                _ => None,
+            })
+        },
     )
     .await?;
     let status = herald_tests::herald::status_of(&refused)?;
@@ -610,17 +625,22 @@ async fn an_agent_killed_on_a_full_disk_starts_and_waits_for_room() -> anyhow::R
         ServingStatus::NotServing
     );
     assert!(agent.exit_status().is_none(), "{}", agent.log());
+    assert!(
+        agent.log().contains("cannot open the queue"),
+        "{}",
+        agent.log()
+    );
 
+    let before = servers.receiver.request_count();
+    servers.receiver.respond_with(204);
     std::fs::remove_file(&filler)?;
     eventually(Duration::from_secs(60), "health SERVING", || async {
         Ok((serving_status(&agent.url(), "").await? == ServingStatus::Serving).then_some(()))
     })
     .await?;
     emit(20).await?;
-    eventually(Duration::from_secs(20), "every event delivered", || async {
-        let delivered: HashSet<String> = servers
-            .receiver
-            .requests()
+    eventually(Duration::from_secs(30), "every event delivered", || async {
+        let delivered: HashSet<String> = servers.receiver.requests()[before..]
             .iter()
             .filter_map(|r| r.header("webhook-id").map(str::to_owned))
             .collect();
