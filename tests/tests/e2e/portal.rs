@@ -479,6 +479,16 @@ async fn a_shop_manages_its_endpoints_in_its_portal_and_sees_no_other_shop() -> 
     tampered.replace_range(at..at + 1, swap);
     browser.open(&tampered).await?;
     assert!(browser.page_text().await?.contains("not a valid"));
+    let nowhere = client
+        .get(format!("{}no-such-page", minted.url))
+        .send()
+        .await?;
+    assert_eq!(nowhere.status().as_u16(), 404);
+    let html = nowhere.text().await?;
+    assert!(
+        html.contains("<title>Not Found · Acme Shops</title>") && !html.contains("Herald"),
+        "{html}"
+    );
     let refused = client.get(&tampered).send().await?;
     assert_eq!(refused.status().as_u16(), 403);
     assert_eq!(

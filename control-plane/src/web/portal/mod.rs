@@ -134,6 +134,15 @@ pub fn routes() -> Router<WebState> {
         .route("/portal/{link}/deliveries/rows", get(delivery_rows))
         .route("/portal/{link}/events/{event_id}", get(event))
         .route("/portal/{link}/events/{event_id}/replay", post(replay))
+        .route("/portal/{link}/{*rest}", get(no_such_page))
+}
+
+/// An address under a portal link that is no page of it: said in the portal's look, once the
+/// link is known to be one.
+async fn no_such_page(_holder: Holder) -> PageError {
+    PageError::Status(tonic::Status::not_found(
+        "There is no such page here. Use the links at the top of the page.",
+    ))
 }
 
 /// The accent colour of the portal, from `--portal-color` (a stylesheet, since the CSP
