@@ -377,7 +377,8 @@ impl Error {
             | Error::Interest(_)
             | Error::Transport(_)
             | Error::EmitTokens(_) => true,
-            Error::Queue(_) | Error::Serve(_) | Error::Reflection(_) => false,
+            Error::Queue(err) => matches!(err, queue::QueueError::Unusable(_)),
+            Error::Serve(_) | Error::Reflection(_) => false,
         }
     }
 }
@@ -410,7 +411,12 @@ pub async fn run(
     // Made first, so that a directory that cannot be made is said as such, id given or not.
     std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir {
         path: config.data_dir.display().to_string(),
-        source,
+        // "File exists" would say the opposite of what is wrong.
+        source: if config.data_dir.exists() && !config.data_dir.is_dir() {
+            std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory")
+        } else {
+            source
+        },
     })?;
     // An empty id (`HERALD_AGENT_ID=`) means none given.
     let id = match config.id.as_deref().map(str::trim) {
@@ -584,6 +590,16 @@ pub async fn run(
     let mut server = Box::pin(server);
     herald_core::daemon::notify_ready();
     let mut shutdown = std::pin::pin!(shutdown);
+    // A directory used before (its config cache is there) that lost its queue file: whatever
+    // that file held is gone, which only the operator can know to be expected.
+    if !config.data_dir.join("queue.redb").exists() && config_cache::path(&config.data_dir).exists()
+    {
+        tracing::warn!(
+            dir = %config.data_dir.display(),
+            "queue.redb is missing from a data dir used before: starting with an empty queue; \
+             any events it held are gone"
+        );
+    }
     // A disk without room to open the queue in is waited for, serving meanwhile.
     let waited = tokio::select! {
         opened = opening::open_queue(&config.data_dir, queue_config, &events) => Ok(opened),

@@ -651,3 +651,30 @@ async fn an_agent_killed_on_a_full_disk_starts_and_waits_for_room() -> anyhow::R
     .await?;
     Ok(())
 }
+
+/// A data dir used before that lost its queue file (removed by a hand, a clean-up script):
+/// the agent starts with an empty queue, and says that whatever the file held is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_file_lost_from_a_used_data_dir_is_warned_about() -> anyhow::Result<()> {
+    let servers = Servers::start().await?;
+    let binary = Path::new(env!("CARGO_BIN_EXE_herald-agent"));
+    let mut agent = AgentProcess::start(binary, servers.cp.url(), &servers.ca_file, &[]).await?;
+    servers.cp.wait_applied(0, Duration::from_secs(20)).await?;
+    let cache = agent.data_dir().join("config-cache.pb");
+    eventually(Duration::from_secs(20), "the config cached", || async {
+        Ok(cache.exists().then_some(()))
+    })
+    .await?;
+    agent.kill9().await?;
+    std::fs::remove_file(agent.data_dir().join("queue.redb"))?;
+    agent.restart().await?;
+    eventually(Duration::from_secs(20), "the loss said", || async {
+        Ok(agent
+            .log()
+            .contains("queue.redb is missing from a data dir used before")
+            .then_some(()))
+    })
+    .await?;
+    assert!(agent.exit_status().is_none(), "it runs");
+    Ok(())
+}

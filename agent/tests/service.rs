@@ -76,7 +76,11 @@ async fn settings_that_cannot_be_used_stop_the_start_with_exit_code_64() -> anyh
     let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
     let taken = taken.local_addr()?.to_string();
     let long_id = "x".repeat(129);
-    let cases: [(&[&str], &str); 8] = [
+    // A queue file the agent can never open, whatever the disk does: a directory in its place.
+    let blocked = dir.path().join("blocked");
+    std::fs::create_dir_all(blocked.join("queue.redb"))?;
+    let blocked = blocked.display().to_string();
+    let cases: [(&[&str], &str); 10] = [
         (&["--id", &long_id], "agent_id"),
         (&["--region", "bad region!"], "region"),
         (&["--ca-file", "/nonexistent/ca.pem"], "ca file"),
@@ -100,6 +104,8 @@ async fn settings_that_cannot_be_used_stop_the_start_with_exit_code_64() -> anyh
         ),
         (&["--metrics-listen", &taken], "metrics-listen"),
         (&["--data-dir", "/proc/herald", "--id", "agt_1"], "data dir"),
+        (&["--data-dir", &not_pem], "hostname: not a directory"),
+        (&["--data-dir", &blocked], "queue.redb: Is a directory"),
         // No control plane holds a token this short: said at start, not as refusals forever.
         (
             &["--control-plane-token", "short"],

@@ -52,6 +52,10 @@ pub enum QueueError {
          with an empty queue (what it held is then lost)"
     )]
     DamagedFile(String),
+    /// A queue file the agent can never use, whatever the disk does (one it may not open for
+    /// writing, or one that is not a regular file): a setting to correct, not a fault to wait out.
+    #[error("{0}")]
+    Unusable(String),
     /// The queue is being opened (its log replayed into its file): the agent is starting.
     #[error("the agent is starting: its queue is being opened; retry shortly")]
     Opening,
@@ -78,6 +82,7 @@ impl From<QueueError> for tonic::Status {
             | QueueError::DamagedLog { .. }
             | QueueError::CutLog { .. }
             | QueueError::DamagedFile(_)
+            | QueueError::Unusable(_)
             | QueueError::Opening
             | QueueError::Closed => tonic::Status::unavailable(err.to_string()),
         }

@@ -478,6 +478,38 @@ impl Shared {
     }
 }
 
+/// Refuses a queue file the agent could never use, whatever the disk does: one it may not open
+/// for reading and writing, or one that is not a regular file. (A full or failing disk is a
+/// fault the agent waits out; these are not.) Makes the file, empty, if there is none.
+fn usable(path: &Path) -> Result<(), QueueError> {
+    let unusable =
+        |why: &dyn std::fmt::Display| QueueError::Unusable(format!("{}: {why}", path.display()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path);
+    match file {
+        Ok(file) => match file.metadata() {
+            Ok(meta) if meta.is_file() => Ok(()),
+            Ok(_) => Err(unusable(&"not a regular file")),
+            Err(err) => Err(storage(err)),
+        },
+        Err(err)
+            if matches!(
+                err.kind(),
+                std::io::ErrorKind::PermissionDenied
+                    | std::io::ErrorKind::IsADirectory
+                    | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Err(unusable(&err))
+        }
+        Err(err) => Err(storage(err)),
+    }
+}
+
 impl Queue {
     /// Opens (or creates) `dir/queue.redb` and `dir/queue.wal`, replays the log, and starts
     /// the writer.
@@ -490,6 +522,9 @@ impl Queue {
                 other => other,
             }
         })?;
+        for name in ["queue.redb", "queue.wal"] {
+            usable(&dir.join(name))?;
+        }
         let space = writer::SpaceGuard::new(dir.to_owned(), config.min_free_bytes);
         let dir = dir.to_owned();
         let cache_bytes = config.cache_bytes;

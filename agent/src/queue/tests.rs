@@ -1911,3 +1911,29 @@ async fn the_oldest_delivery_leaves_out_subscriptions_parked_on_purpose() {
     assert_eq!(beside.pending_deliveries, 1, "still counted as pending");
     queue.close().await;
 }
+
+#[tokio::test]
+async fn a_queue_file_that_can_never_be_used_is_refused_as_a_setting_not_waited_for() {
+    for (name, what) in [("queue.redb", "directory"), ("queue.wal", "fifo")] {
+        let dir = tempfile::tempdir().expect("a dir");
+        let path = dir.path().join(name);
+        match what {
+            "directory" => std::fs::create_dir(&path).expect("a directory"),
+            _ => {
+                let made = std::process::Command::new("mkfifo")
+                    .arg(&path)
+                    .status()
+                    .expect("mkfifo");
+                assert!(made.success());
+            }
+        }
+        let Err(err) = Queue::open(dir.path(), config()) else {
+            panic!("a {what} in place of {name} was taken");
+        };
+        assert!(
+            matches!(&err, QueueError::Unusable(why) if why.contains(name)),
+            "{err:?}"
+        );
+        assert!(!err.is_disk_fault(), "not waited for as a disk fault");
+    }
+}
