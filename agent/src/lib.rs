@@ -694,10 +694,10 @@ pub async fn run(
         .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
     );
     // Subscribed before the first look: a change after it is still seen by the reporter.
-    let mut writable = queue.writable();
-    let writable_now = *writable.borrow_and_update();
-    set_health(&health, serving_if(writable_now)).await;
-    background.spawn(report_writable(writable, health.clone(), draining.clone()));
+    let mut accepting = queue.accepting();
+    let accepting_now = *accepting.borrow_and_update();
+    set_health(&health, serving_if(accepting_now)).await;
+    background.spawn(report_writable(accepting, health.clone(), draining.clone()));
     // A server that fails (its listener broke) stops the agent as a signal would, through the
     // same drain, and the failure is returned at the end.
     let failed = tokio::select! {
@@ -773,8 +773,9 @@ const BACKGROUND_STOP: Duration = Duration::from_secs(2);
 const MESSAGE_OVERHEAD: usize = 64 << 10;
 
 /// Shows the queue's disk faults in the health checks: `NOT_SERVING` (the whole agent and
-/// `herald.v1.Events`) while the queue cannot write, `SERVING` again once a commit succeeds;
-/// until `draining`, when shutdown takes the health checks over.
+/// `herald.v1.Events`) while the queue takes no new events (it cannot write, or its disk is
+/// below the margin), `SERVING` again once it does; until `draining`, when shutdown takes the
+/// health checks over.
 async fn report_writable(
     mut writable: tokio::sync::watch::Receiver<bool>,
     health: tonic_health::server::HealthReporter,

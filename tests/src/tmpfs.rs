@@ -51,6 +51,32 @@ impl Tmpfs {
     }
 }
 
+impl Tmpfs {
+    /// Fills it until about `left` bytes are free (to the MiB below); the filler file.
+    pub fn fill_leaving(&self, left: u64) -> anyhow::Result<PathBuf> {
+        let out = std::process::Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(self.path())
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let avail: u64 = text
+            .lines()
+            .nth(1)
+            .ok_or_else(|| anyhow::anyhow!("df said {text:?}"))?
+            .trim()
+            .parse()?;
+        let filler = self.path().join("filler");
+        let status = std::process::Command::new("dd")
+            .arg("if=/dev/zero")
+            .arg(format!("of={}", filler.display()))
+            .args(["bs=1M", "status=none"])
+            .arg(format!("count={}", avail.saturating_sub(left) >> 20))
+            .status()?;
+        anyhow::ensure!(status.success(), "dd failed");
+        Ok(filler)
+    }
+}
+
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount")

@@ -53,6 +53,12 @@ impl Work {
     pub fn may_be_undone(&self) -> bool {
         matches!(self, Work::Complete { .. } | Work::AckReports { .. })
     }
+
+    /// Whether this work adds deliveries to make (new events, replays): refused while the
+    /// disk is below its margin, which is kept for finishing the work already taken.
+    pub fn adds_deliveries(&self) -> bool {
+        matches!(self, Work::Accept(_) | Work::Replay(_))
+    }
 }
 
 /// What one piece of work produced, for its caller.

@@ -87,7 +87,9 @@
 //! of that ([`pending`]); delivered events kept for replay and dedup never cause a refusal,
 //! and are bounded by `max_retained_bytes` (the oldest go first). It refuses with
 //! [`QueueError::DiskFull`] or [`QueueError::Io`] when the disk refuses writes, and says so to
-//! health checks ([`Queue::writable`]); after an I/O error the writer opens the files again
+//! health checks ([`Queue::accepting`]) and the scheduler ([`Queue::writable`]). Below the
+//! disk's margin only new deliveries (events, replays) are refused: outcomes, acks and the
+//! sweep spend the margin, so deliveries already taken go on. After an I/O error the writer opens the files again
 //! (redb refuses everything after one) and replays the log, so writes resume once the disk
 //! allows, without a restart. An attempt whose outcome the disk refused stays out of
 //! the scheduler's reach until a commit succeeds (at most one extra delivery, never a loop).
@@ -423,7 +425,10 @@ struct Shared {
     /// Events accepted moments ago, for their first attempts ([`recent`]).
     recent: Mutex<recent::RecentEvents>,
     /// Whether the last commit succeeded: false once the disk refused one (full or failing).
+    /// Attempts start only while it is true.
     writable: tokio::sync::watch::Sender<bool>,
+    /// Whether new events are taken: while the queue writes and its disk is above the margin.
+    accepting: tokio::sync::watch::Sender<bool>,
     /// The events with deliveries to make, and their payload bytes, as of the last commit
     /// ([`pending`]; the writer keeps the counts).
     waiting_events: AtomicU64,
@@ -589,15 +594,15 @@ impl Queue {
                 .map_err(storage)?
                 .map_or(0, |v| v.value())
         };
-        // A disk already below the margin: not writable (and health says so) from the start,
-        // not from the first refused commit on; the writer tries until there is room.
+        // A disk already below the margin: no new events (and health says so) from the start,
+        // not from the first refused one on; deliveries go on, spending the margin.
         let room_at_open = space.as_ref().is_none_or(writer::SpaceGuard::has_room);
         if let (false, Some(space)) = (room_at_open, &space) {
             tracing::error!(
                 dir = %space.dir.display(),
                 min_free_bytes = space.min_free,
-                "the queue's disk has less free space than the queue keeps: not writing \
-                 until there is room"
+                "the queue's disk has less free space than the queue keeps: new events are \
+                 refused until there is room"
             );
         }
         let shared = Arc::new(Shared {
@@ -611,7 +616,8 @@ impl Queue {
             writer_thread: std::sync::OnceLock::new(),
             memtable: RwLock::new(Memtable::default()),
             recent: Mutex::new(recent::RecentEvents::default()),
-            writable: tokio::sync::watch::Sender::new(room_at_open),
+            writable: tokio::sync::watch::Sender::new(true),
+            accepting: tokio::sync::watch::Sender::new(room_at_open),
             waiting_events: AtomicU64::new(pending.total().events),
             waiting_bytes: AtomicU64::new(pending.total().bytes),
             subscription_deliveries: Mutex::new(pending.subscriptions()),
@@ -978,9 +984,16 @@ impl Queue {
     }
 
     /// Whether the queue can write now: false from a disk fault (a full or failing disk) on,
-    /// for health checks; the receiver sees every change.
+    /// for the scheduler, which starts no attempt whose outcome could not be written; the
+    /// receiver sees every change.
     pub fn writable(&self) -> tokio::sync::watch::Receiver<bool> {
         self.shared.writable.subscribe()
+    }
+
+    /// Whether the queue takes new events now: false while it cannot write and while its
+    /// disk is below the margin it keeps (`--queue-min-free-bytes`), for health checks.
+    pub fn accepting(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shared.accepting.subscribe()
     }
 
     /// Waits until tasks were added or finished.
@@ -1088,6 +1101,7 @@ async fn retry_writes(
     space: Option<(std::path::PathBuf, u64)>,
 ) {
     let mut writable = shared.writable.subscribe();
+    let accepting = shared.accepting.subscribe();
     drop(shared);
     let flush = |writer: &mpsc::WeakSender<Command>| {
         let writer = writer.upgrade();
@@ -1112,7 +1126,9 @@ async fn retry_writes(
                     let low = space.as_ref().is_some_and(|(dir, min_free)| {
                         !herald_core::disk_fault::has_room(dir, *min_free)
                     });
-                    if low && !flush(&writer).await {
+                    // Below the margin, or back above it while events are still refused: a
+                    // flush makes the writer look again and say so.
+                    if (low || !*accepting.borrow()) && !flush(&writer).await {
                         return;
                     }
                 }

@@ -1870,23 +1870,49 @@ async fn a_queue_file_that_is_damaged_or_in_use_is_named_and_explained() {
 }
 
 #[tokio::test]
-async fn a_disk_below_the_margin_at_open_is_not_writable_from_the_start() {
+async fn below_the_disk_margin_new_events_are_refused_and_deliveries_go_on() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let queue = Queue::open(dir.path(), config()).expect("open");
+    accept_one(&queue, event("evt_1", 5), &["sub_a"]).await;
+    queue.close().await;
+
     let short = QueueConfig {
         min_free_bytes: u64::MAX,
         ..config()
     };
     let queue = Queue::open(dir.path(), short).expect("open");
     assert!(
-        !*queue.writable().borrow(),
-        "health hears of it before any write is refused"
+        !*queue.accepting().borrow(),
+        "health hears of it before any event is refused"
     );
-    let refused = queue.flush().await.expect_err("no room");
+    assert!(*queue.writable().borrow(), "attempts go on");
+    let refused = queue
+        .accept(vec![NewEvent {
+            event: event("evt_2", 5),
+            subscriptions: vec!["sub_a".into()],
+            parked: Vec::new(),
+        }])
+        .await
+        .expect_err("no room for new events");
     assert!(matches!(refused, QueueError::DiskFull(_)), "{refused:?}");
+    let task = queue
+        .due(now_ms(), 10, room(16))
+        .expect("due")
+        .pop()
+        .expect("the event taken before");
+    task.finish(Next::Done, pb::Attempt::default())
+        .await
+        .expect("its outcome is written, spending the margin");
+    queue.flush().await.expect("a flush adds nothing");
+    assert!(!*queue.accepting().borrow(), "still no room");
     queue.close().await;
 
     let queue = Queue::open(dir.path(), config()).expect("open with room");
-    assert!(*queue.writable().borrow());
+    assert!(*queue.accepting().borrow());
+    assert!(
+        queue.due(now_ms(), 10, room(16)).expect("due").is_empty(),
+        "the delivery's outcome was kept"
+    );
     queue.close().await;
 }
 

@@ -297,11 +297,26 @@ impl Writer {
                 return;
             }
         }
-        if let Err(low) = self.space_left() {
-            // Nothing is written: the group is refused whole, as by a full disk, before a write
-            // could fail half-way and leave the file unusable. The next group tries again.
-            self.refused(&completing_of(&works));
-            answer(slots, Vec::new(), Some(&low));
+        let (works, slots): (Vec<Work>, Vec<Slot>) = match self.space_left() {
+            Ok(()) => (works, slots),
+            Err(low) => {
+                // Below the margin new deliveries (events, replays) are refused, before anything
+                // is written; the rest (outcomes, report acks, the sweep) spends the margin
+                // kept for it, so that the deliveries already taken go on and drain. A disk
+                // that does fill up refuses those too, as a fault.
+                let (refused, kept): (Vec<_>, Vec<_>) = works
+                    .into_iter()
+                    .zip(slots)
+                    .partition(|(work, _)| work.adds_deliveries());
+                answer(
+                    refused.into_iter().map(|(_, slot)| slot).collect(),
+                    Vec::new(),
+                    Some(&low),
+                );
+                kept.into_iter().unzip()
+            }
+        };
+        if works.is_empty() {
             return;
         }
         let durable = self.durable(&works);
@@ -352,9 +367,7 @@ impl Writer {
                         );
                     }
                 }
-                self.shared
-                    .writable
-                    .send_if_modified(|writable| !std::mem::replace(writable, true));
+                self.able(true);
                 (applied.outcomes, None)
             }
             Err((err, completing)) => {
@@ -440,9 +453,20 @@ impl Writer {
     /// health checks hear that the queue cannot write.
     fn refused(&mut self, completing: &[Placed]) {
         self.release(completing, &[], true);
+        self.able(false);
+    }
+
+    /// Says whether the queue writes (for the scheduler) and whether it takes new events
+    /// (for health checks and callers): only while it writes and the disk is above its margin.
+    fn able(&self, writes: bool) {
+        let room = self.space.as_ref().is_none_or(|guard| guard.ok);
         self.shared
             .writable
-            .send_if_modified(|writable| std::mem::replace(writable, false));
+            .send_if_modified(|writable| std::mem::replace(writable, writes) != writes);
+        let takes = writes && room;
+        self.shared
+            .accepting
+            .send_if_modified(|accepting| std::mem::replace(accepting, takes) != takes);
     }
 
     /// Whether the queue's disk has the free space it keeps; checked at most every
@@ -463,7 +487,7 @@ impl Writer {
         guard.ok = free >= guard.min_free;
         if guard.ok {
             if guard.refusing {
-                tracing::info!(free, dir = %guard.dir.display(), "the queue's disk has room again: commits resume");
+                tracing::info!(free, dir = %guard.dir.display(), "the queue's disk has room again: new events are taken");
                 guard.refusing = false;
             }
             Ok(())
@@ -475,9 +499,15 @@ impl Writer {
             ));
             // Once, not once per refused call: the disk is full already.
             if !guard.refusing {
-                tracing::warn!(error = %low, "queue commits refused until the disk has room again");
+                tracing::warn!(
+                    error = %low,
+                    "new events refused until the disk has room again; deliveries go on"
+                );
                 guard.refusing = true;
             }
+            self.shared
+                .accepting
+                .send_if_modified(|accepting| std::mem::replace(accepting, false));
             Err(low)
         }
     }
@@ -625,7 +655,7 @@ const SPACE_CHECK_EVERY: Duration = Duration::from_millis(100);
 pub(super) struct SpaceGuard {
     /// A directory on that disk.
     pub dir: std::path::PathBuf,
-    /// Below this many free bytes, commits are refused.
+    /// Below this many free bytes, new events are refused.
     pub min_free: u64,
     checked_at: Instant,
     ok: bool,

@@ -10,8 +10,8 @@ use herald_control_plane::store_health::LOG_SERVICE;
 use herald_proto::v1 as pb;
 use herald_tests::herald::{serving_status, status_of};
 use herald_tests::{
-    AgentAndReceiver, AgentOptions, ConfigStore, ControlPlane, Tmpfs, World, event, eventually,
-    subscription,
+    AgentAndReceiver, AgentOptions, ConfigStore, ControlPlane, Response, Tmpfs, World, event,
+    eventually, subscription,
 };
 use serde_json::json;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -110,6 +110,94 @@ async fn a_full_disk_refuses_events_floods_no_receiver_and_recovers_by_itself() 
     })
     .await?;
     assert!(!requests.is_empty());
+    Ok(())
+}
+
+/// A disk nearly full, below the margin the queue keeps but not full: new events are refused
+/// and health says NOT_SERVING, while the deliveries already taken go on, their outcomes
+/// written in the margin kept for them, so every event acknowledged before reaches its
+/// receiver. Once space is freed new events are taken again.
+#[tokio::test]
+async fn below_the_margin_new_events_wait_and_those_taken_are_delivered() -> anyhow::Result<()> {
+    let Some(disk) = Tmpfs::mount("48m")? else {
+        return Ok(());
+    };
+    let world = World::start().await?;
+    // One attempt at a time, each answered after a while: a backlog when the disk fills.
+    let mut sub = subscription("shop-1", &world.receiver.url("/orders"), &["order.*"]);
+    sub.max_in_flight = 1;
+    let sub = world.control_plane.create(sub).await?;
+    world
+        .receiver
+        .respond_with_response(Response::new(204).delay(Duration::from_millis(500)));
+    let agent = world
+        .another_agent_applied(
+            AgentOptions {
+                data_dir: Some(disk.path().join("agent")),
+                queue_min_free_bytes: Some(8 * 1024 * 1024),
+                ..Default::default()
+            },
+            sub.revision,
+        )
+        .await?;
+    let emit = |n: u32| {
+        let agent = &agent;
+        async move {
+            agent
+                .events()
+                .await?
+                .emit(pb::EmitRequest {
+                    event: Some(event("shop-1", "order.created", &json!({ "n": n }))),
+                })
+                .await
+                .map_err(anyhow::Error::from)
+        }
+    };
+    let mut taken = Vec::new();
+    for n in 0..6 {
+        taken.push(emit(n).await?.into_inner().event_id);
+    }
+    world.receiver.wait_for_requests(1, WAIT).await?;
+
+    let filler = disk.fill_leaving(4 * 1024 * 1024)?;
+    let refused = eventually(WAIT, "Emit refused below the margin", || async {
+        Ok(emit(100).await.err())
+    })
+    .await?;
+    let status = status_of(&refused)?;
+    assert_eq!(
+        herald_proto::refusal::Reason::of(status),
+        Some(herald_proto::refusal::Reason::DiskFull),
+        "{status:?}"
+    );
+    assert_eq!(
+        serving_status(agent.url(), "").await?,
+        ServingStatus::NotServing
+    );
+    eventually(WAIT, "every event taken before delivered", || async {
+        let requests = world.receiver.requests();
+        Ok(taken
+            .iter()
+            .all(|id| {
+                requests
+                    .iter()
+                    .any(|r| r.header("webhook-id") == Some(id.as_str()))
+            })
+            .then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        serving_status(agent.url(), "").await?,
+        ServingStatus::NotServing,
+        "still below the margin"
+    );
+
+    std::fs::remove_file(&filler)?;
+    eventually(WAIT, "health SERVING again", || async {
+        Ok((serving_status(agent.url(), "").await? == ServingStatus::Serving).then_some(()))
+    })
+    .await?;
+    emit(200).await?;
     Ok(())
 }
 
