@@ -10,13 +10,45 @@ use herald_control_plane::store_health::LOG_SERVICE;
 use herald_proto::v1 as pb;
 use herald_tests::herald::{serving_status, status_of};
 use herald_tests::{
-    AgentAndReceiver, AgentOptions, ConfigStore, ControlPlane, Response, Tmpfs, World, event,
-    eventually, subscription,
+    Agent, AgentAndReceiver, AgentOptions, ConfigStore, ControlPlane, Response, Tmpfs, World,
+    event, eventually, subscription,
 };
 use serde_json::json;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 const WAIT: Duration = Duration::from_secs(20);
+
+/// An agent of `world` keeping its queue on `disk` with `min_free` bytes kept free, once it
+/// applied the config at `revision`.
+async fn agent_on(
+    world: &World,
+    disk: &Tmpfs,
+    min_free: u64,
+    revision: i64,
+) -> anyhow::Result<Agent> {
+    world
+        .another_agent_applied(
+            AgentOptions {
+                data_dir: Some(disk.path().join("agent")),
+                queue_min_free_bytes: Some(min_free),
+                ..Default::default()
+            },
+            revision,
+        )
+        .await
+}
+
+/// Emits order `n` of shop-1 to `agent`, once.
+async fn emit_to(agent: &Agent, n: u32) -> anyhow::Result<tonic::Response<pb::EmitResponse>> {
+    agent
+        .events()
+        .await?
+        .emit(pb::EmitRequest {
+            event: Some(event("shop-1", "order.created", &json!({ "n": n }))),
+        })
+        .await
+        .map_err(anyhow::Error::from)
+}
 
 #[tokio::test]
 async fn a_full_disk_refuses_events_floods_no_receiver_and_recovers_by_itself() -> anyhow::Result<()>
@@ -33,29 +65,8 @@ async fn a_full_disk_refuses_events_floods_no_receiver_and_recovers_by_itself() 
             &["order.*"],
         ))
         .await?;
-    let agent = world
-        .another_agent_applied(
-            AgentOptions {
-                data_dir: Some(disk.path().join("agent")),
-                queue_min_free_bytes: Some(4 * 1024 * 1024),
-                ..Default::default()
-            },
-            sub.revision,
-        )
-        .await?;
-    let emit = |n: u32| {
-        let agent = &agent;
-        async move {
-            agent
-                .events()
-                .await?
-                .emit(pb::EmitRequest {
-                    event: Some(event("shop-1", "order.created", &json!({ "n": n }))),
-                })
-                .await
-                .map_err(anyhow::Error::from)
-        }
-    };
+    let agent = agent_on(&world, &disk, 4 * 1024 * 1024, sub.revision).await?;
+    let emit = |n: u32| emit_to(&agent, n);
     emit(0).await?;
     world.receiver.wait_for_requests(1, WAIT).await?;
 
@@ -130,29 +141,8 @@ async fn below_the_margin_new_events_wait_and_those_taken_are_delivered() -> any
     world
         .receiver
         .respond_with_response(Response::new(204).delay(Duration::from_millis(500)));
-    let agent = world
-        .another_agent_applied(
-            AgentOptions {
-                data_dir: Some(disk.path().join("agent")),
-                queue_min_free_bytes: Some(8 * 1024 * 1024),
-                ..Default::default()
-            },
-            sub.revision,
-        )
-        .await?;
-    let emit = |n: u32| {
-        let agent = &agent;
-        async move {
-            agent
-                .events()
-                .await?
-                .emit(pb::EmitRequest {
-                    event: Some(event("shop-1", "order.created", &json!({ "n": n }))),
-                })
-                .await
-                .map_err(anyhow::Error::from)
-        }
-    };
+    let agent = agent_on(&world, &disk, 8 * 1024 * 1024, sub.revision).await?;
+    let emit = |n: u32| emit_to(&agent, n);
     let mut taken = Vec::new();
     for n in 0..6 {
         taken.push(emit(n).await?.into_inner().event_id);
