@@ -48,6 +48,7 @@ struct Inner {
     pending_report_bytes: Gauge,
     requests_dropped: Gauge,
     oldest_age: Gauge<f64, AtomicU64>,
+    queue_readable: Gauge,
     config_revision: Gauge,
     emit_bytes: Gauge,
     emit_waiting: Gauge,
@@ -147,6 +148,13 @@ impl Default for Metrics {
             "Age of the oldest event among each enabled subscription's next delivery (0 when idle; deliveries parked for a disabled subscription are in herald_queue_deliveries_parked)",
             oldest_age.clone(),
         );
+        let queue_readable = gauge(
+            &mut registry,
+            "herald_queue_readable",
+            "1 when this scrape read the queue's gauges; 0 while the queue cannot be read (not \
+             open yet, or a disk fault), when the other herald_queue_ gauges keep their last \
+             values (0 before the first read)",
+        );
         let config_revision = gauge(
             &mut registry,
             "herald_config_revision",
@@ -182,6 +190,7 @@ impl Default for Metrics {
                 pending_report_bytes,
                 requests_dropped,
                 oldest_age,
+                queue_readable,
                 config_revision,
                 emit_bytes,
                 emit_waiting,
@@ -222,9 +231,8 @@ impl Metrics {
         inner
             .emit_waiting
             .set(i64::try_from(requests.waiting()).unwrap_or(i64::MAX));
-        if let Some(queue) = queue {
-            Self::render_queue(inner, queue, routes);
-        }
+        let read = queue.is_some_and(|queue| Self::render_queue(inner, queue, routes));
+        inner.queue_readable.set(i64::from(read));
         inner.config_revision.set(routes.revision);
         let mut text = String::new();
         if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &inner.registry) {
@@ -233,8 +241,8 @@ impl Metrics {
         text
     }
 
-    /// Sets the queue's gauges.
-    fn render_queue(inner: &Inner, queue: &Queue, routes: &Routes) {
+    /// Sets the queue's gauges; whether they could be read.
+    fn render_queue(inner: &Inner, queue: &Queue, routes: &Routes) -> bool {
         let disabled: std::collections::HashSet<&str> = routes.disabled().collect();
         match queue.stats_beside_parked(|subscription| disabled.contains(subscription)) {
             Ok(stats) => {
@@ -256,9 +264,13 @@ impl Metrics {
                     .map_or(0, |accepted| now_ms().saturating_sub(accepted));
                 inner.oldest_age.set(age_ms as f64 / 1000.0);
             }
-            Err(err) => tracing::warn!(error = %err, "cannot read queue stats for metrics"),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read queue stats for metrics");
+                return false;
+            }
         }
         let parked = queue.deliveries_to(routes.disabled());
         inner.parked.set(i64::try_from(parked).unwrap_or(i64::MAX));
+        true
     }
 }

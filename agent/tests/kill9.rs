@@ -543,6 +543,7 @@ async fn a_damaged_log_record_stops_the_agent_unless_told_to_truncate() -> anyho
 /// queue by itself and delivers what it acknowledged before the kill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_on_a_full_disk_starts_and_waits_for_room() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let Some(disk) = Tmpfs::mount("48m")? else {
         return Ok(());
     };
@@ -552,14 +553,33 @@ async fn an_agent_killed_on_a_full_disk_starts_and_waits_for_room() -> anyhow::R
     sub.max_in_flight = 1;
     let sub = servers.cp.create(sub).await?;
     let binary = Path::new(env!("CARGO_BIN_EXE_herald-agent"));
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let metrics_at = metrics.to_string();
     let mut agent = AgentProcess::start_in(
         binary,
         servers.cp.url(),
         &servers.ca_file,
         &disk.path().join("agent"),
-        &["--queue-min-free-bytes", "4194304"],
+        &[
+            "--queue-min-free-bytes",
+            "4194304",
+            "--metrics-listen",
+            &metrics_at,
+        ],
     )
     .await?;
+    // Whether the queue's gauges could be read, as a scrape sees it.
+    let readable = || async move {
+        let text = reqwest::get(format!("http://{metrics}/metrics"))
+            .await?
+            .text()
+            .await?;
+        let line = text
+            .lines()
+            .find(|line| line.starts_with("herald_queue_readable "))
+            .ok_or_else(|| anyhow::anyhow!("no herald_queue_readable in {text}"))?;
+        anyhow::Ok(line.ends_with(" 1"))
+    };
     servers
         .cp
         .wait_applied(sub.revision, Duration::from_secs(20))
@@ -630,6 +650,10 @@ async fn an_agent_killed_on_a_full_disk_starts_and_waits_for_room() -> anyhow::R
         "{}",
         agent.log()
     );
+    assert!(
+        !readable().await?,
+        "metrics answer, and say the queue is not read"
+    );
 
     let before = servers.receiver.request_count();
     servers.receiver.respond_with(204);
@@ -639,6 +663,7 @@ async fn an_agent_killed_on_a_full_disk_starts_and_waits_for_room() -> anyhow::R
     })
     .await?;
     emit(20).await?;
+    assert!(readable().await?);
     eventually(Duration::from_secs(30), "every event delivered", || async {
         let delivered: HashSet<String> = servers.receiver.requests()[before..]
             .iter()

@@ -145,6 +145,7 @@ async fn both_daemons_count_what_happened() -> anyhow::Result<()> {
     );
     assert_eq!(value(&samples, "herald_queue_events"), 3.0);
     assert_eq!(value(&samples, "herald_queue_oldest_age_seconds"), 0.0);
+    assert_eq!(value(&samples, "herald_queue_readable"), 1.0);
     assert!(value(&samples, "herald_config_revision") >= created.revision as f64);
     // Every Emit answered: none of their bytes held, none waiting.
     assert_eq!(samples.get("herald_emit_bytes_in_flight"), Some(&0.0));
