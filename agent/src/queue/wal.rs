@@ -109,6 +109,25 @@ impl Wal {
         })
     }
 
+    /// A log on no file, failed: holds the writer's place while the queue's files are closed
+    /// after a disk fault, so that no handle of the queue keeps a failing file system busy
+    /// (one remounted read-only must be unmounted for its repair), and refuses every write
+    /// until the files are opened again.
+    pub fn detached() -> Wal {
+        Wal {
+            file: Box::new(redb::backends::InMemoryBackend::new()),
+            epoch: 0,
+            next_index: 0,
+            offset: 0,
+            unsynced: false,
+            synced_through: None,
+            failed: Some(QueueError::Io(
+                "the write-ahead log is closed until the queue's files are opened again".into(),
+            )),
+            found_len: 0,
+        }
+    }
+
     /// The file's length when opened, if it was shorter than [`WAL_BYTES`]: new, its first
     /// preallocation interrupted, or cut (then the records after the cut are gone).
     pub fn cut_short(&self) -> Option<u64> {

@@ -412,6 +412,9 @@ impl Writer {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
+        // Neither file stays open while they cannot be opened again: a failing file system
+        // (remounted read-only, say) can then be unmounted and repaired under a running agent.
+        self.wal = Wal::detached();
         let (db, wal) = (self.files)()?;
         let (wal, epoch) = prepare(&db, wal, self.config.recover_truncate)?;
         self.pending = Pending::count(&db)?;

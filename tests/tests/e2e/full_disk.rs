@@ -191,6 +191,69 @@ async fn below_the_margin_new_events_wait_and_those_taken_are_delivered() -> any
     Ok(())
 }
 
+/// The queue files this test process holds open under `dir`.
+fn queue_files_open(dir: &std::path::Path) -> anyhow::Result<usize> {
+    let mut open = 0;
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let Ok(target) = std::fs::read_link(entry?.path()) else {
+            continue;
+        };
+        let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if target.starts_with(dir) && name.starts_with("queue.") {
+            open += 1;
+        }
+    }
+    Ok(open)
+}
+
+/// A disk that fills up for good (no margin kept): once a write fails, the queue's files are
+/// closed while they cannot be opened again, so that a failing file system (remounted
+/// read-only, say) can be unmounted and repaired under a running agent; once space is back
+/// the agent opens them again by itself and takes events.
+#[tokio::test]
+async fn a_queue_that_cannot_write_holds_no_file_open() -> anyhow::Result<()> {
+    let Some(disk) = Tmpfs::mount("48m")? else {
+        return Ok(());
+    };
+    let world = World::start().await?;
+    let sub = world
+        .control_plane
+        .create(subscription(
+            "shop-1",
+            &world.receiver.url("/orders"),
+            &["order.*"],
+        ))
+        .await?;
+    let agent = agent_on(&world, &disk, 0, sub.revision).await?;
+    emit_to(&agent, 0).await?;
+    world.receiver.wait_for_requests(1, WAIT).await?;
+    let dir = disk.path().join("agent");
+    assert!(queue_files_open(&dir)? > 0, "the queue's files are open");
+
+    let filler = disk.fill()?;
+    let mut n = 1;
+    eventually(WAIT, "a write refused", || {
+        n += 1;
+        let agent = &agent;
+        let n = n;
+        async move { Ok(emit_to(agent, n).await.err()) }
+    })
+    .await?;
+    eventually(WAIT, "no queue file held open", || async {
+        Ok((queue_files_open(&dir)? == 0).then_some(()))
+    })
+    .await?;
+
+    std::fs::remove_file(&filler)?;
+    eventually(Duration::from_secs(60), "health SERVING again", || async {
+        Ok((serving_status(agent.url(), "").await? == ServingStatus::Serving).then_some(()))
+    })
+    .await?;
+    emit_to(&agent, 1_000).await?;
+    assert!(queue_files_open(&dir)? > 0, "open again");
+    Ok(())
+}
+
 /// A control plane on its embedded stores (config and delivery log in one data directory)
 /// whose disk fills up: changes are refused with RESOURCE_EXHAUSTED and the log's health is
 /// NOT_SERVING, while agents go on delivering and keep their reports. Once space is freed it
