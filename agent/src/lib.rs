@@ -409,15 +409,20 @@ pub async fn run(
     config.check_control_plane_transport()?;
     let emit_guard = config.emit_access.guard()?;
     // Made first, so that a directory that cannot be made is said as such, id given or not.
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir {
-        path: config.data_dir.display().to_string(),
-        // "File exists" would say the opposite of what is wrong.
-        source: if config.data_dir.exists() && !config.data_dir.is_dir() {
-            std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory")
-        } else {
-            source
-        },
-    })?;
+    // One that exists is only looked at: making it again writes (`mkdir` waits for a frozen
+    // file system to thaw, even for a directory that is there), and the server would not
+    // answer until then.
+    if !config.data_dir.is_dir() {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir {
+            path: config.data_dir.display().to_string(),
+            // "File exists" would say the opposite of what is wrong.
+            source: if config.data_dir.exists() {
+                std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory")
+            } else {
+                source
+            },
+        })?;
+    }
     // An empty id (`HERALD_AGENT_ID=`) means none given.
     let id = match config.id.as_deref().map(str::trim) {
         Some(id) if !id.is_empty() => id.to_owned(),

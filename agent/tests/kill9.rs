@@ -11,8 +11,8 @@ use herald_proto::v1 as pb;
 use herald_proto::v1::events_client::EventsClient;
 use herald_tests::herald::{connect, serving_status};
 use herald_tests::{
-    AgentProcess, ConfigStore, ControlPlane, DaemonProcess, Etcd, Receiver, Response, TestCa,
-    Tmpfs, eventually, subscription,
+    AgentProcess, ConfigStore, ControlPlane, DaemonProcess, Etcd, FreezableDisk, Receiver,
+    Response, TestCa, Tmpfs, eventually, subscription,
 };
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -671,6 +671,101 @@ async fn an_agent_killed_on_a_full_disk_starts_and_waits_for_room() -> anyhow::R
             .collect();
         Ok((0..=20)
             .all(|n| delivered.contains(&format!("evt_full_{n}")))
+            .then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+/// An agent started while its disk is frozen (a storage snapshot, a stuck volume: writes wait
+/// without failing) answers from the start, health `NOT_SERVING` and `Emit` `UNAVAILABLE`
+/// ("the agent is starting"), instead of leaving callers and health checks unanswered until
+/// the thaw; once the disk thaws it opens its queue and delivers what it acknowledged before
+/// it was killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_started_on_a_frozen_disk_answers_and_starts_at_the_thaw() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let Some(disk) = FreezableDisk::mount("64M")? else {
+        return Ok(());
+    };
+    let servers = Servers::start().await?;
+    // One attempt at a time, so that a receiver that holds it holds back the rest.
+    let mut sub = subscription("shop-1", &servers.receiver.url("/orders"), &["order.*"]);
+    sub.max_in_flight = 1;
+    let sub = servers.cp.create(sub).await?;
+    let binary = Path::new(env!("CARGO_BIN_EXE_herald-agent"));
+    let mut agent = AgentProcess::start_in(
+        binary,
+        servers.cp.url(),
+        &servers.ca_file,
+        &disk.path().join("agent"),
+        &[],
+    )
+    .await?;
+    servers
+        .cp
+        .wait_applied(sub.revision, Duration::from_secs(20))
+        .await?;
+    let url = agent.url();
+    let emit = |n: usize| {
+        let url = url.clone();
+        async move {
+            EventsClient::new(connect(&url).await?)
+                .emit(pb::EmitRequest {
+                    event: Some(pb::Event {
+                        id: format!("evt_frozen_{n}"),
+                        tenant: "shop-1".into(),
+                        r#type: "order.created".into(),
+                        payload: format!(r#"{{"n":{n}}}"#).into_bytes(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .map_err(anyhow::Error::from)
+        }
+    };
+    // Acknowledged and not delivered at the kill: the receiver holds the first attempt.
+    servers
+        .receiver
+        .respond_with_response(Response::new(204).delay(Duration::from_secs(60)));
+    for n in 0..5 {
+        emit(n).await?;
+    }
+    servers
+        .receiver
+        .wait_for_requests(1, Duration::from_secs(20))
+        .await?;
+    agent.kill9().await?;
+    disk.freeze()?;
+    agent.restart().await?;
+
+    eventually(Duration::from_secs(20), "health NOT_SERVING", || async {
+        Ok((serving_status(&agent.url(), "").await? == ServingStatus::NotServing).then_some(()))
+    })
+    .await?;
+    let refused = emit(5)
+        .await
+        .expect_err("refused while the queue cannot open");
+    let status = herald_tests::herald::status_of(&refused)?;
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("starting"), "{status:?}");
+    assert!(agent.exit_status().is_none(), "{}", agent.log());
+
+    let before = servers.receiver.request_count();
+    servers.receiver.respond_with(204);
+    disk.thaw()?;
+    eventually(Duration::from_secs(60), "health SERVING", || async {
+        Ok((serving_status(&agent.url(), "").await? == ServingStatus::Serving).then_some(()))
+    })
+    .await?;
+    emit(5).await?;
+    eventually(Duration::from_secs(30), "every event delivered", || async {
+        let delivered: HashSet<String> = servers.receiver.requests()[before..]
+            .iter()
+            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+            .collect();
+        Ok((0..=5)
+            .all(|n| delivered.contains(&format!("evt_frozen_{n}")))
             .then_some(()))
     })
     .await?;

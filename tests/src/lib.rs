@@ -22,6 +22,7 @@
 
 pub mod browser;
 pub mod etcd;
+pub mod frozen;
 pub mod herald;
 pub mod oauth2;
 pub mod port;
@@ -37,6 +38,7 @@ pub mod world;
 
 pub use browser::{Browser, open_console_session};
 pub use etcd::{Etcd, EtcdCluster};
+pub use frozen::FreezableDisk;
 pub use herald::{
     Agent, AgentOptions, ConfigStore, ControlPlane, attempts_of, event, report, subscription,
 };
