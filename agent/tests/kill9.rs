@@ -110,6 +110,46 @@ impl Servers {
     }
 }
 
+/// Emits order `n` of shop-1, with id `{prefix}_{n}`, to the agent at `url`.
+async fn emit_order(
+    url: &str,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<tonic::Response<pb::EmitResponse>> {
+    EventsClient::new(connect(url).await?)
+        .emit(pb::EmitRequest {
+            event: Some(pb::Event {
+                id: format!("{prefix}_{n}"),
+                tenant: "shop-1".into(),
+                r#type: "order.created".into(),
+                payload: format!(r#"{{"n":{n}}}"#).into_bytes(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .map_err(anyhow::Error::from)
+}
+
+/// Waits until `receiver` got orders `{prefix}_0` to `{prefix}_{last}` after its first
+/// `before` requests.
+async fn wait_delivered(
+    receiver: &Receiver,
+    before: usize,
+    prefix: &str,
+    last: usize,
+) -> anyhow::Result<()> {
+    eventually(Duration::from_secs(30), "every event delivered", || async {
+        let delivered: HashSet<String> = receiver.requests()[before..]
+            .iter()
+            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+            .collect();
+        Ok((0..=last)
+            .all(|n| delivered.contains(&format!("{prefix}_{n}")))
+            .then_some(()))
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_in_a_burst_loses_no_acknowledged_event() -> anyhow::Result<()> {
     let servers = Servers::start().await?;
@@ -585,23 +625,7 @@ async fn an_agent_killed_on_a_full_disk_starts_and_waits_for_room() -> anyhow::R
         .wait_applied(sub.revision, Duration::from_secs(20))
         .await?;
     let url = agent.url();
-    let emit = |n: usize| {
-        let url = url.clone();
-        async move {
-            EventsClient::new(connect(&url).await?)
-                .emit(pb::EmitRequest {
-                    event: Some(pb::Event {
-                        id: format!("evt_full_{n}"),
-                        tenant: "shop-1".into(),
-                        r#type: "order.created".into(),
-                        payload: format!(r#"{{"n":{n}}}"#).into_bytes(),
-                        ..Default::default()
-                    }),
-                })
-                .await
-                .map_err(anyhow::Error::from)
-        }
-    };
+    let emit = |n: usize| emit_order(&url, "evt_full", n);
     // Acknowledged and not delivered at the kill: the receiver holds the first attempt.
     servers
         .receiver
@@ -664,16 +688,7 @@ async fn an_agent_killed_on_a_full_disk_starts_and_waits_for_room() -> anyhow::R
     .await?;
     emit(20).await?;
     assert!(readable().await?);
-    eventually(Duration::from_secs(30), "every event delivered", || async {
-        let delivered: HashSet<String> = servers.receiver.requests()[before..]
-            .iter()
-            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
-            .collect();
-        Ok((0..=20)
-            .all(|n| delivered.contains(&format!("evt_full_{n}")))
-            .then_some(()))
-    })
-    .await?;
+    wait_delivered(&servers.receiver, before, "evt_full", 20).await?;
     Ok(())
 }
 
@@ -707,23 +722,7 @@ async fn an_agent_started_on_a_frozen_disk_answers_and_starts_at_the_thaw() -> a
         .wait_applied(sub.revision, Duration::from_secs(20))
         .await?;
     let url = agent.url();
-    let emit = |n: usize| {
-        let url = url.clone();
-        async move {
-            EventsClient::new(connect(&url).await?)
-                .emit(pb::EmitRequest {
-                    event: Some(pb::Event {
-                        id: format!("evt_frozen_{n}"),
-                        tenant: "shop-1".into(),
-                        r#type: "order.created".into(),
-                        payload: format!(r#"{{"n":{n}}}"#).into_bytes(),
-                        ..Default::default()
-                    }),
-                })
-                .await
-                .map_err(anyhow::Error::from)
-        }
-    };
+    let emit = |n: usize| emit_order(&url, "evt_frozen", n);
     // Acknowledged and not delivered at the kill: the receiver holds the first attempt.
     servers
         .receiver
@@ -759,16 +758,86 @@ async fn an_agent_started_on_a_frozen_disk_answers_and_starts_at_the_thaw() -> a
     })
     .await?;
     emit(5).await?;
-    eventually(Duration::from_secs(30), "every event delivered", || async {
-        let delivered: HashSet<String> = servers.receiver.requests()[before..]
-            .iter()
-            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
-            .collect();
-        Ok((0..=5)
-            .all(|n| delivered.contains(&format!("evt_frozen_{n}")))
+    wait_delivered(&servers.receiver, before, "evt_frozen", 5).await?;
+    Ok(())
+}
+
+/// Queue files removed under a running agent (a clean-up script, a hand). Its log: the agent
+/// puts what the log held into its queue file and makes the log again, so a `kill -9` after
+/// loses nothing. Its queue file: what the agent would write there is lost at the next start,
+/// so new events are refused (`UNAVAILABLE`, health `NOT_SERVING`) until the file is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_files_removed_under_a_running_agent_lose_no_acknowledged_event() -> anyhow::Result<()>
+{
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let servers = Servers::start().await?;
+    // One attempt at a time, so that a receiver that holds it holds back the rest.
+    let mut sub = subscription("shop-1", &servers.receiver.url("/orders"), &["order.*"]);
+    sub.max_in_flight = 1;
+    let sub = servers.cp.create(sub).await?;
+    let binary = Path::new(env!("CARGO_BIN_EXE_herald-agent"));
+    let mut agent = AgentProcess::start(binary, servers.cp.url(), &servers.ca_file, &[]).await?;
+    servers
+        .cp
+        .wait_applied(sub.revision, Duration::from_secs(20))
+        .await?;
+    let url = agent.url();
+    let emit = |n: usize| emit_order(&url, "evt_removed", n);
+    servers
+        .receiver
+        .respond_with_response(Response::new(204).delay(Duration::from_secs(60)));
+    for n in 0..5 {
+        emit(n).await?;
+    }
+    servers
+        .receiver
+        .wait_for_requests(1, Duration::from_secs(20))
+        .await?;
+
+    // The log removed: made again, events still taken.
+    let log = agent.data_dir().join("queue.wal");
+    std::fs::remove_file(&log)?;
+    eventually(Duration::from_secs(20), "queue.wal made again", || async {
+        Ok(std::fs::metadata(&log)
+            .is_ok_and(|m| m.len() == 8 * 1024 * 1024)
             .then_some(()))
     })
     .await?;
+    for n in 5..10 {
+        emit(n).await?;
+    }
+
+    // The queue file moved away: new events refused until it is back.
+    let (file, aside) = (
+        agent.data_dir().join("queue.redb"),
+        agent.data_dir().join("queue.redb.aside"),
+    );
+    std::fs::rename(&file, &aside)?;
+    eventually(Duration::from_secs(20), "health NOT_SERVING", || async {
+        Ok((serving_status(&agent.url(), "").await? == ServingStatus::NotServing).then_some(()))
+    })
+    .await?;
+    let refused = emit(10)
+        .await
+        .expect_err("refused while queue.redb is away");
+    let status = herald_tests::herald::status_of(&refused)?;
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("queue.redb was removed"),
+        "{status:?}"
+    );
+    std::fs::rename(&aside, &file)?;
+    eventually(Duration::from_secs(20), "health SERVING", || async {
+        Ok((serving_status(&agent.url(), "").await? == ServingStatus::Serving).then_some(()))
+    })
+    .await?;
+    emit(10).await?;
+
+    // What a kill -9 leaves holds every acknowledged event.
+    let before = servers.receiver.request_count();
+    servers.receiver.respond_with(204);
+    agent.restart().await?;
+    wait_delivered(&servers.receiver, before, "evt_removed", 10).await?;
     Ok(())
 }
 

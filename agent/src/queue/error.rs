@@ -56,6 +56,10 @@ pub enum QueueError {
     /// writing, or one that is not a regular file): a setting to correct, not a fault to wait out.
     #[error("{0}")]
     Unusable(String),
+    /// A queue file was removed or replaced under the running agent: what is written through
+    /// its open handle would not survive a restart, so new events are refused until it is back.
+    #[error("{0}")]
+    Displaced(String),
     /// The queue is being opened (its log replayed into its file): the agent is starting.
     #[error("the agent is starting: its queue is being opened; retry shortly")]
     Opening,
@@ -83,6 +87,7 @@ impl From<QueueError> for tonic::Status {
             | QueueError::CutLog { .. }
             | QueueError::DamagedFile(_)
             | QueueError::Unusable(_)
+            | QueueError::Displaced(_)
             | QueueError::Opening
             | QueueError::Closed => tonic::Status::unavailable(err.to_string()),
         }

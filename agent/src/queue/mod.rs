@@ -97,6 +97,7 @@
 
 mod due;
 mod error;
+mod in_place;
 mod lanes;
 mod lease;
 mod machine;
@@ -527,14 +528,15 @@ impl Queue {
                 other => other,
             }
         })?;
-        for name in ["queue.redb", "queue.wal"] {
+        for name in [in_place::QUEUE_FILE, in_place::LOG_FILE] {
             usable(&dir.join(name))?;
         }
         let space = writer::SpaceGuard::new(dir.to_owned(), config.min_free_bytes);
+        let placement = Arc::new(in_place::Placement::new(dir.to_owned()));
         let dir = dir.to_owned();
         let cache_bytes = config.cache_bytes;
         let files: OpenFiles = Box::new(move || {
-            let path = dir.join("queue.redb");
+            let path = dir.join(in_place::QUEUE_FILE);
             let db = redb::Builder::new()
                 .set_cache_size(cache_bytes)
                 .create(&path)
@@ -562,7 +564,7 @@ impl Queue {
                 .write(true)
                 .create(true)
                 .truncate(false)
-                .open(dir.join("queue.wal"))
+                .open(dir.join(in_place::LOG_FILE))
                 .map_err(storage)?;
             // Both files' names on disk before the queue file names a log epoch: a log lost
             // with its directory entry would read as one cut short.
@@ -572,17 +574,22 @@ impl Queue {
             let wal = redb::backends::FileBackend::new(wal).map_err(storage)?;
             Ok((db, Box::new(wal) as Box<dyn redb::StorageBackend>))
         });
-        Self::start(files, config, Some(space))
+        Self::start(files, config, Some(space), Some(placement))
     }
 
-    /// Opens the queue's files with `files` and starts the queue on them.
+    /// Opens the queue's files with `files` and starts the queue on them; `space` and
+    /// `placement` watch the disk and names of a queue on files (a test backend has neither).
     fn start(
         files: OpenFiles,
         config: QueueConfig,
         space: Option<writer::SpaceGuard>,
+        placement: Option<Arc<in_place::Placement>>,
     ) -> Result<Self, QueueError> {
         let (db, wal) = files()?;
         let (wal, epoch) = prepare(&db, wal, config.recover_truncate)?;
+        if let Some(placement) = &placement {
+            placement.remember();
+        }
         let pending = pending::Pending::count(&db)?;
         let mut lanes = lanes::Lanes::default();
         index_lanes(&db, &mut lanes)?;
@@ -631,12 +638,17 @@ impl Queue {
             files,
             config,
             (wal, epoch),
-            (space, pending),
+            (space, placement.clone(), pending),
             rx,
             shared.clone(),
         );
         tokio::spawn(persist(tx.downgrade(), shared.clone(), lag));
-        tokio::spawn(retry_writes(tx.downgrade(), shared.clone(), space_watched));
+        tokio::spawn(retry_writes(
+            tx.downgrade(),
+            shared.clone(),
+            space_watched,
+            placement,
+        ));
         Ok(Queue { writer: tx, shared })
     }
 
@@ -1093,12 +1105,14 @@ const SPACE_POLL: Duration = Duration::from_secs(1);
 /// While the queue cannot write, tries a commit with growing pauses, so that it writes again
 /// by itself (and says so to health checks) once space is back, even with no work coming in.
 /// While it writes, looks at the free space of the disk (`space`: its directory and the
-/// margin kept) every [`SPACE_POLL`], and has the writer refuse once it is below the margin,
-/// even with nothing to write. It ends when the queue's writer is gone.
+/// margin kept) and at its files' names (`placement`) every [`SPACE_POLL`], and has the
+/// writer refuse once it is below the margin or a file is gone, even with nothing to write.
+/// It ends when the queue's writer is gone.
 async fn retry_writes(
     writer: mpsc::WeakSender<Command>,
     shared: Arc<Shared>,
     space: Option<(std::path::PathBuf, u64)>,
+    placement: Option<Arc<in_place::Placement>>,
 ) {
     let mut writable = shared.writable.subscribe();
     let accepting = shared.accepting.subscribe();
@@ -1126,9 +1140,12 @@ async fn retry_writes(
                     let low = space.as_ref().is_some_and(|(dir, min_free)| {
                         !herald_core::disk_fault::has_room(dir, *min_free)
                     });
-                    // Below the margin, or back above it while events are still refused: a
-                    // flush makes the writer look again and say so.
-                    if (low || !*accepting.borrow()) && !flush(&writer).await {
+                    let moved = placement
+                        .as_ref()
+                        .is_some_and(|p| p.look() != in_place::Found::InPlace);
+                    // Below the margin, a file removed, or back in order while events are
+                    // still refused: a flush makes the writer look again and say so.
+                    if (low || moved || !*accepting.borrow()) && !flush(&writer).await {
                         return;
                     }
                 }

@@ -532,7 +532,7 @@ impl PowerLossDisk {
                 .map_err(storage)?;
             Ok((db, disk.log()))
         });
-        Queue::start(files, config, None).expect("start")
+        Queue::start(files, config, None, None).expect("start")
     }
 }
 
@@ -1962,4 +1962,93 @@ async fn a_queue_file_that_can_never_be_used_is_refused_as_a_setting_not_waited_
         );
         assert!(!err.is_disk_fault(), "not waited for as a disk fault");
     }
+}
+
+/// What a `kill -9` would leave of the queue in `dir` now: its two files as written.
+fn image_of(dir: &Path) -> tempfile::TempDir {
+    let image = tempfile::tempdir().expect("tempdir");
+    for name in [in_place::QUEUE_FILE, in_place::LOG_FILE] {
+        std::fs::copy(dir.join(name), image.path().join(name)).expect("copy");
+    }
+    image
+}
+
+#[tokio::test]
+async fn a_removed_log_is_made_again_after_a_checkpoint_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = Queue::open(dir.path(), config()).expect("open");
+    // In the log only: no checkpoint since.
+    accept_one(&queue, event("evt_1", 5), &["sub_a"]).await;
+    let log = dir.path().join(in_place::LOG_FILE);
+    std::fs::remove_file(&log).expect("rm queue.wal");
+
+    queue.flush().await.expect("a checkpoint, then a new log");
+    assert_eq!(
+        std::fs::metadata(&log).expect("made again").len(),
+        wal::WAL_BYTES
+    );
+    assert!(!dir.path().join("queue.wal.new").exists());
+    assert!(*queue.accepting().borrow(), "events are still taken");
+    accept_one(&queue, event("evt_2", 5), &["sub_a"]).await;
+
+    let image = image_of(dir.path());
+    queue.close().await;
+    let after_kill = Queue::open(image.path(), config()).expect("what a kill -9 leaves opens");
+    for id in ["evt_1", "evt_2"] {
+        assert!(
+            after_kill
+                .event(&EventKey::new("t", id))
+                .expect("read")
+                .is_some(),
+            "{id} kept"
+        );
+    }
+    after_kill.close().await;
+}
+
+#[tokio::test]
+async fn a_removed_queue_file_stops_new_events_until_it_is_back_and_deliveries_go_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = Queue::open(dir.path(), config()).expect("open");
+    accept_one(&queue, event("evt_1", 5), &["sub_a"]).await;
+    let (file, aside) = (
+        dir.path().join(in_place::QUEUE_FILE),
+        dir.path().join("aside.redb"),
+    );
+    std::fs::rename(&file, &aside).expect("move queue.redb away");
+
+    queue.flush().await.expect("a flush looks at the files");
+    assert!(!*queue.accepting().borrow(), "health hears of it");
+    assert!(*queue.writable().borrow(), "attempts go on");
+    let refused = queue
+        .accept(vec![NewEvent {
+            event: event("evt_2", 5),
+            subscriptions: vec!["sub_a".into()],
+            parked: Vec::new(),
+        }])
+        .await
+        .expect_err("not kept where a restart finds it");
+    assert!(
+        matches!(&refused, QueueError::Displaced(why) if why.contains("removed")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        tonic::Status::from(refused).code(),
+        tonic::Code::Unavailable
+    );
+    let task = queue
+        .due(now_ms(), 10, room(16))
+        .expect("due")
+        .pop()
+        .expect("the event taken before");
+    task.finish(Next::Done, pb::Attempt::default())
+        .await
+        .expect("its outcome is written");
+
+    // The same file back: events are taken again.
+    std::fs::rename(&aside, &file).expect("move it back");
+    queue.flush().await.expect("flush");
+    assert!(*queue.accepting().borrow());
+    accept_one(&queue, event("evt_3", 5), &["sub_a"]).await;
+    queue.close().await;
 }

@@ -31,6 +31,7 @@ use redb::Durability;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::in_place::{self, Found, Placement};
 use super::machine::{self, Done, Effects, Placed, Work};
 use super::pending::Pending;
 use super::tables::Tables;
@@ -114,7 +115,7 @@ pub(super) fn spawn(
     files: OpenFiles,
     config: QueueConfig,
     (wal, epoch): (Wal, u64),
-    (space, pending): (Option<SpaceGuard>, Pending),
+    (space, placement, pending): (Option<SpaceGuard>, Option<Arc<Placement>>, Pending),
     mut rx: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
 ) {
@@ -129,6 +130,11 @@ pub(super) fn spawn(
             first_io_failure: None,
             stranded: Vec::new(),
             space,
+            placement,
+            displaced: None,
+            log_gone: false,
+            make_log: false,
+            files_checked_at: Instant::now(),
             pending,
             last_durable: Instant::now(),
             last_checkpoint: Instant::now(),
@@ -214,6 +220,16 @@ struct Writer {
     stranded: Vec<Placed>,
     /// The free space kept on the queue's disk (none for a queue on a test backend).
     space: Option<SpaceGuard>,
+    /// The files' names, looked at with the free space (none for a queue on a test backend).
+    placement: Option<Arc<Placement>>,
+    /// Why new events are refused while a queue file is removed or replaced.
+    displaced: Option<QueueError>,
+    /// The log's name is gone: every commit is a checkpoint until the log is made again.
+    log_gone: bool,
+    /// Make the log again after the next checkpoint (once per look at the files).
+    make_log: bool,
+    /// When the files' names were last looked at.
+    files_checked_at: Instant,
     /// The events with deliveries to make ([`super::pending`]).
     pending: Pending,
     /// When everything committed was last made durable.
@@ -297,13 +313,17 @@ impl Writer {
                 return;
             }
         }
-        let (works, slots): (Vec<Work>, Vec<Slot>) = match self.space_left() {
-            Ok(()) => (works, slots),
-            Err(low) => {
+        let low = self.space_left().err();
+        // A flush looks at once: the queue's poll asks for one when it sees a file moved.
+        self.look_at_files(slots.iter().any(|s| matches!(s, Slot::Flush(_))));
+        let (works, slots): (Vec<Work>, Vec<Slot>) = match self.displaced.clone().or(low) {
+            None => (works, slots),
+            Some(refusal) => {
                 // Below the margin new deliveries (events, replays) are refused, before anything
                 // is written; the rest (outcomes, report acks, the sweep) spends the margin
                 // kept for it, so that the deliveries already taken go on and drain. A disk
-                // that does fill up refuses those too, as a fault.
+                // that does fill up refuses those too, as a fault. The same while a queue file
+                // is displaced: what is taken is delivered from the file still open.
                 let (refused, kept): (Vec<_>, Vec<_>) = works
                     .into_iter()
                     .zip(slots)
@@ -311,7 +331,7 @@ impl Writer {
                 answer(
                     refused.into_iter().map(|(_, slot)| slot).collect(),
                     Vec::new(),
-                    Some(&low),
+                    Some(&refusal),
                 );
                 kept.into_iter().unzip()
             }
@@ -433,6 +453,9 @@ impl Writer {
         self.wal = wal;
         self.epoch = epoch;
         self.last_checkpoint = Instant::now();
+        if let Some(placement) = &self.placement {
+            placement.remember();
+        }
         self.publish_waiting();
         tracing::info!(
             fault = %self.first_io_failure.take().map(|e| e.to_string()).unwrap_or_default(),
@@ -460,9 +483,10 @@ impl Writer {
     }
 
     /// Says whether the queue writes (for the scheduler) and whether it takes new events
-    /// (for health checks and callers): only while it writes and the disk is above its margin.
+    /// (for health checks and callers): only while it writes, the disk is above its margin
+    /// and its files are in place.
     fn able(&self, writes: bool) {
-        let room = self.space.as_ref().is_none_or(|guard| guard.ok);
+        let room = self.space.as_ref().is_none_or(|guard| guard.ok) && self.displaced.is_none();
         self.shared
             .writable
             .send_if_modified(|writable| std::mem::replace(writable, writes) != writes);
@@ -515,6 +539,76 @@ impl Writer {
         }
     }
 
+    /// Looks at the files' names, at most every [`SPACE_CHECK_EVERY`] unless `asked`
+    /// ([`super::in_place`]): a log that is gone is made again after the next commit, which is
+    /// a checkpoint (nothing it held is lost); a queue file gone or replaced stops new events
+    /// until it is back.
+    fn look_at_files(&mut self, asked: bool) {
+        let Some(placement) = &self.placement else {
+            return;
+        };
+        if !asked && self.files_checked_at.elapsed() < SPACE_CHECK_EVERY {
+            return;
+        }
+        self.files_checked_at = Instant::now();
+        match placement.look() {
+            Found::InPlace => {
+                self.log_gone = false;
+                if self.displaced.take().is_some() {
+                    tracing::warn!(
+                        dir = %placement.dir().display(),
+                        "the queue's files are in place again: new events are taken"
+                    );
+                }
+            }
+            Found::LogGone => {
+                if !self.log_gone {
+                    tracing::warn!(
+                        dir = %placement.dir().display(),
+                        "queue.wal was removed while the agent runs: what it held goes into \
+                         queue.redb with the next commit, and the log is made again"
+                    );
+                }
+                self.log_gone = true;
+                self.make_log = true;
+            }
+            Found::Lost(why) => {
+                if self.displaced.is_none() {
+                    tracing::error!(error = %why, "a queue file was displaced");
+                }
+                self.displaced = Some(QueueError::Displaced(why));
+            }
+        }
+        // Read first: the watch's lock is not held while `able` changes it.
+        let writes = *self.shared.writable.borrow();
+        self.able(writes);
+    }
+
+    /// After a checkpoint, with the log's name gone: a new log under it, starting the epoch
+    /// the checkpoint named. While it cannot be made, every commit stays a checkpoint.
+    fn make_log_again(&mut self) {
+        self.make_log = false;
+        let Some(placement) = &self.placement else {
+            return;
+        };
+        match in_place::make_log(placement.dir()) {
+            Ok(mut wal) => {
+                wal.start_epoch(self.epoch);
+                self.wal = wal;
+                placement.remember_log();
+                self.log_gone = false;
+                tracing::warn!(
+                    dir = %placement.dir().display(),
+                    "queue.wal made again; nothing it held was lost"
+                );
+            }
+            Err(err) => tracing::error!(
+                error = %err,
+                "queue.wal cannot be made again yet: every commit is a checkpoint meanwhile"
+            ),
+        }
+    }
+
     /// Updates the lane index after a commit: tasks whose outcome was written are no longer
     /// taken, and lanes learn of the tasks added. After a failed commit the tasks whose outcome
     /// was lost stay taken ([`Writer::stranded`]); the next commit that succeeds hands them
@@ -553,6 +647,7 @@ impl Writer {
         let mut effects = Effects::default();
         // Each finished attempt adds its report.
         let reports_added = works.iter().any(|w| matches!(w, Work::Complete { .. }));
+        let mut checkpointed = false;
         let result = (|| -> Result<(u64, bool), QueueError> {
             let db = self.shared.db()?;
             let mut txn = db.begin_write().map_err(storage)?;
@@ -572,6 +667,7 @@ impl Writer {
                 let redo = tables.finish()?;
                 let changes = tables.take_changes();
                 let checkpoint = closing
+                    || self.log_gone
                     || self.last_checkpoint.elapsed() >= self.config.checkpoint_every
                     || redo.len() > MAX_LOGGED
                     || !wal.has_room(redo.len());
@@ -593,6 +689,7 @@ impl Writer {
                 self.last_checkpoint = Instant::now();
                 // Only now: until this commit, readers find these in the memtable.
                 self.shared.write_memtable().clear();
+                checkpointed = true;
                 return Ok((seq, true));
             }
             // The log record first: a crash after it replays the commit; before it, the group
@@ -622,6 +719,9 @@ impl Writer {
                     .unwrap_or_else(|e| e.into_inner()),
             ),
             Err(_) => self.pending.rollback(),
+        }
+        if checkpointed && self.make_log {
+            self.make_log_again();
         }
         self.publish_waiting();
         match result {
