@@ -40,6 +40,12 @@ impl DiskFault {
     }
 }
 
+/// The free space a disk that filled up must have again before a store says it takes new
+/// work: a store's small write may fit in pages its file has free while every larger one
+/// still fails, and answering between them would flap. Room for a few batches with the
+/// bodies they carry, and the file's growth.
+pub const RECOVERY_ROOM: u64 = 16 * 1024 * 1024;
+
 /// Whether the file system holding `dir` has at least `min_free` bytes free for the process's
 /// writes. A file system whose space cannot be read is taken to have them: the writes
 /// themselves will tell.

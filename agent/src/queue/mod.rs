@@ -106,6 +106,7 @@ mod open;
 mod pending;
 mod recent;
 mod records;
+mod space;
 mod tables;
 mod view;
 mod wal;
@@ -531,7 +532,7 @@ impl Queue {
         for name in [in_place::QUEUE_FILE, in_place::LOG_FILE] {
             usable(&dir.join(name))?;
         }
-        let space = writer::SpaceGuard::new(dir.to_owned(), config.min_free_bytes);
+        let space = space::SpaceGuard::new(dir.to_owned(), config.min_free_bytes);
         let placement = Arc::new(in_place::Placement::new(dir.to_owned()));
         let dir = dir.to_owned();
         let cache_bytes = config.cache_bytes;
@@ -582,7 +583,7 @@ impl Queue {
     fn start(
         files: OpenFiles,
         config: QueueConfig,
-        space: Option<writer::SpaceGuard>,
+        space: Option<space::SpaceGuard>,
         placement: Option<Arc<in_place::Placement>>,
     ) -> Result<Self, QueueError> {
         let (db, wal) = files()?;
@@ -603,7 +604,7 @@ impl Queue {
         };
         // A disk already below the margin: no new events (and health says so) from the start,
         // not from the first refused one on; deliveries go on, spending the margin.
-        let room_at_open = space.as_ref().is_none_or(writer::SpaceGuard::has_room);
+        let room_at_open = space.as_ref().is_none_or(space::SpaceGuard::has_room);
         if let (false, Some(space)) = (room_at_open, &space) {
             tracing::error!(
                 dir = %space.dir.display(),

@@ -34,6 +34,7 @@ use tokio::time::Instant;
 use super::in_place::{self, Found, Placement};
 use super::machine::{self, Done, Effects, Placed, Work};
 use super::pending::Pending;
+use super::space::{SPACE_CHECK_EVERY, SpaceGuard};
 use super::tables::Tables;
 use super::wal::Wal;
 use super::{
@@ -396,6 +397,9 @@ impl Writer {
                     // "previous I/O error" that follows it.
                     Some(first) if err.is_disk_fault() => first.clone(),
                     None if err.is_disk_fault() => {
+                        if let (QueueError::DiskFull(_), Some(guard)) = (&err, &mut self.space) {
+                            guard.filled_up();
+                        }
                         self.first_io_failure = Some(err.clone());
                         err
                     }
@@ -486,7 +490,7 @@ impl Writer {
     /// (for health checks and callers): only while it writes, the disk is above its margin
     /// and its files are in place.
     fn able(&self, writes: bool) {
-        let room = self.space.as_ref().is_none_or(|guard| guard.ok) && self.displaced.is_none();
+        let room = self.space.as_ref().is_none_or(SpaceGuard::had_room) && self.displaced.is_none();
         self.shared
             .writable
             .send_if_modified(|writable| std::mem::replace(writable, writes) != writes);
@@ -496,47 +500,19 @@ impl Writer {
             .send_if_modified(|accepting| std::mem::replace(accepting, takes) != takes);
     }
 
-    /// Whether the queue's disk has the free space it keeps; checked at most every
-    /// [`SPACE_CHECK_EVERY`] while it has.
+    /// Whether the queue's disk has the free space it keeps ([`SpaceGuard::check`]); new
+    /// events are refused while it has not.
     fn space_left(&mut self) -> Result<(), QueueError> {
         let Some(guard) = &mut self.space else {
             return Ok(());
         };
-        if guard.ok && guard.checked_at.elapsed() < SPACE_CHECK_EVERY {
-            return Ok(());
-        }
-        guard.checked_at = Instant::now();
-        let free = match rustix::fs::statvfs(&guard.dir) {
-            Ok(stat) => stat.f_bavail.saturating_mul(stat.f_frsize),
-            // Not knowable here: the writes themselves will tell.
-            Err(_) => u64::MAX,
-        };
-        guard.ok = free >= guard.min_free;
-        if guard.ok {
-            if guard.refusing {
-                tracing::info!(free, dir = %guard.dir.display(), "the queue's disk has room again: new events are taken");
-                guard.refusing = false;
-            }
-            Ok(())
-        } else {
-            let low = QueueError::DiskFull(format!(
-                "{free} bytes free on {}, below the {} the queue keeps free",
-                guard.dir.display(),
-                guard.min_free
-            ));
-            // Once, not once per refused call: the disk is full already.
-            if !guard.refusing {
-                tracing::warn!(
-                    error = %low,
-                    "new events refused until the disk has room again; deliveries go on"
-                );
-                guard.refusing = true;
-            }
+        let low = guard.check();
+        if low.is_err() {
             self.shared
                 .accepting
                 .send_if_modified(|accepting| std::mem::replace(accepting, false));
-            Err(low)
         }
+        low
     }
 
     /// Looks at the files' names, at most every [`SPACE_CHECK_EVERY`] unless `asked`
@@ -749,40 +725,6 @@ fn completing_of(works: &[Work]) -> Vec<Placed> {
             _ => None,
         })
         .collect()
-}
-
-/// How often the free space is looked at while there is enough.
-const SPACE_CHECK_EVERY: Duration = Duration::from_millis(100);
-
-/// The free space the queue keeps on its disk.
-pub(super) struct SpaceGuard {
-    /// A directory on that disk.
-    pub dir: std::path::PathBuf,
-    /// Below this many free bytes, new events are refused.
-    pub min_free: u64,
-    checked_at: Instant,
-    ok: bool,
-    /// Commits are being refused for want of space, and the log has said so once.
-    refusing: bool,
-}
-
-impl SpaceGuard {
-    /// Whether the disk has the free space kept now (a disk whose space cannot be read is
-    /// taken to have it: the writes themselves will tell).
-    pub fn has_room(&self) -> bool {
-        herald_core::disk_fault::has_room(&self.dir, self.min_free)
-    }
-
-    /// Keeps `min_free` bytes free on the disk of `dir`.
-    pub fn new(dir: std::path::PathBuf, min_free: u64) -> Self {
-        SpaceGuard {
-            dir,
-            min_free,
-            checked_at: Instant::now(),
-            ok: false,
-            refusing: false,
-        }
-    }
 }
 
 /// Every caller hears back: the failure, or what its work produced.

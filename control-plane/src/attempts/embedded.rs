@@ -68,9 +68,6 @@ const BY_STATUS: TableDefinition<(u32, u64), ()> = TableDefinition::new("by_stat
 const BY_ERROR_KIND: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_error_kind");
 /// Attempts indexed in one commit when a log made before the indexes opens.
 const BACKFILL_BATCH: usize = 100_000;
-/// The free space a full disk must have again before the log says it answers: room for a
-/// few report batches with the bodies they carry, and the file's growth.
-const RECOVERY_ROOM: u64 = 16 * 1024 * 1024;
 /// Facts about the log file itself.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// In [`META`]: the attempts up to this sequence number are in every index of [`Indexes`]
@@ -158,7 +155,12 @@ impl LogStore for EmbeddedLog {
             // After a disk fault the log answers once it can write again. A full disk needs
             // room for report batches first: the probe's small write alone may fit in pages
             // the file has free while every batch still fails.
-            if fault.is_full() && !herald_core::disk_fault::has_room(file.dir(), RECOVERY_ROOM) {
+            if fault.is_full()
+                && !herald_core::disk_fault::has_room(
+                    file.dir(),
+                    herald_core::disk_fault::RECOVERY_ROOM,
+                )
+            {
                 return Err(LogError::Disk(fault));
             }
             let now = SystemTime::now()
