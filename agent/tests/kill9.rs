@@ -413,6 +413,12 @@ async fn a_config_acknowledged_before_kill_9_survives_it() -> anyhow::Result<()>
     servers.cp.stop().await?;
 
     agent.restart().await?;
+    // It listens before its queue is open (Emit is UNAVAILABLE until then): as a client's
+    // health check would, wait for SERVING.
+    eventually(Duration::from_secs(20), "health SERVING", || async {
+        Ok((serving_status(&agent.url(), "").await? == ServingStatus::Serving).then_some(()))
+    })
+    .await?;
     let mut client = EventsClient::new(connect(&agent.url()).await?);
     let response = client
         .emit(pb::EmitRequest {

@@ -41,7 +41,12 @@ impl Tmpfs {
     /// Fills what is left with `dd` (which stops when the disk is full); the filler file,
     /// to remove when space should come back.
     pub fn fill(&self) -> anyhow::Result<PathBuf> {
-        let filler = self.path().join("filler");
+        self.fill_as("filler")
+    }
+
+    /// Fills what is left into the file `name` (beside another filler, say).
+    pub fn fill_as(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let filler = self.path().join(name);
         let _ = std::process::Command::new("dd")
             .arg("if=/dev/zero")
             .arg(format!("of={}", filler.display()))

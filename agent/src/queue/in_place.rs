@@ -3,9 +3,10 @@
 //! open handle, but nothing written there survives the next start: the agent would
 //! acknowledge events that a `kill -9` then loses. So the writer looks at both names whenever
 //! it looks at the disk's free space ([`Placement::look`]; the queue's poll does too, every
-//! second, while nothing is written): a log that is gone is made again after a checkpoint
-//! (nothing is lost), and a queue file that is gone or replaced stops new events until it
-//! is back.
+//! second, while nothing is written): a log that is gone is made again from the one still
+//! open (nothing is lost), and a queue file that is gone or replaced stops new events until
+//! it is back. After a disk fault the files are opened again by name only while the names
+//! are the files the queue wrote.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -125,12 +126,13 @@ impl Placement {
     }
 }
 
-/// A new log in `dir`, made beside the log's name, filled to its size and synced, then put
-/// under the name (the directory synced after): the log after a checkpoint, when the old one
-/// was removed. On failure nothing is left under either name.
-pub(super) fn make_log(dir: &Path) -> Result<Wal, QueueError> {
+/// Makes the log again under its name in `dir` after it was removed, from `wal`, the log
+/// still open: copied beside the name and synced, then put under it (the directory synced
+/// after), and written on from then on. Every record stays where recovery reads it, so
+/// nothing is lost. On failure nothing is left under either name and `wal` is unchanged.
+pub(super) fn make_log_again(dir: &Path, wal: &mut Wal) -> Result<(), QueueError> {
     let (path, made) = (dir.join(LOG_FILE), dir.join(NEW_LOG_FILE));
-    let result = (|| {
+    let copied = (|| {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -139,19 +141,24 @@ pub(super) fn make_log(dir: &Path) -> Result<Wal, QueueError> {
             .open(&made)
             .map_err(storage)?;
         let backend = redb::backends::FileBackend::new(file).map_err(storage)?;
-        let mut wal = Wal::open(Box::new(backend)).map_err(storage)?;
-        wal.preallocate().map_err(storage)?;
+        wal.copy_into(&backend).map_err(storage)?;
         std::fs::rename(&made, &path).map_err(storage)?;
-        if let Err(err) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
-            // Some file systems cannot sync a directory; the log is in place all the same.
-            tracing::warn!(dir = %dir.display(), error = %err, "cannot sync the queue's directory");
-        }
-        Ok(wal)
+        Ok(backend)
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&made);
+    match copied {
+        Ok(backend) => {
+            if let Err(err) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+                // Some file systems cannot sync a directory; the log is in place all the same.
+                tracing::warn!(dir = %dir.display(), error = %err, "cannot sync the queue's directory");
+            }
+            wal.use_file(Box::new(backend));
+            Ok(())
+        }
+        Err(err) => {
+            let _ = std::fs::remove_file(&made);
+            Err(err)
+        }
     }
-    result
 }
 
 #[cfg(test)]

@@ -89,6 +89,8 @@ pub(super) struct Wal {
     failed: Option<QueueError>,
     /// The file's length when it was opened (until it is preallocated).
     found_len: u64,
+    /// On no file ([`Wal::detached`]).
+    detached: bool,
 }
 
 impl Wal {
@@ -106,6 +108,7 @@ impl Wal {
             synced_through: None,
             failed: None,
             found_len,
+            detached: false,
         })
     }
 
@@ -125,7 +128,34 @@ impl Wal {
                 "the write-ahead log is closed until the queue's files are opened again".into(),
             )),
             found_len: 0,
+            detached: true,
         }
+    }
+
+    /// Whether the log is on no file ([`Wal::detached`]): what it held is not in reach.
+    pub fn is_detached(&self) -> bool {
+        self.detached
+    }
+
+    /// Copies the log as it is, records synced or not, into `to`, and syncs `to`: the same
+    /// log on another file, to write on with [`Wal::use_file`] (the log's file was removed
+    /// while open, say).
+    pub fn copy_into(&self, to: &dyn StorageBackend) -> std::io::Result<()> {
+        let len = self.file.len()?;
+        let mut chunk = vec![0u8; FILL_CHUNK];
+        let mut at = 0;
+        while at < len {
+            let n = usize::try_from(len - at).map_or(FILL_CHUNK, |n| n.min(FILL_CHUNK));
+            self.file.read(at, &mut chunk[..n])?;
+            to.write(at, &chunk[..n])?;
+            at += n as u64;
+        }
+        to.sync_data()
+    }
+
+    /// Writes on `file` from now on: a copy of this log made with [`Wal::copy_into`].
+    pub fn use_file(&mut self, file: Box<dyn StorageBackend>) {
+        self.file = file;
     }
 
     /// The file's length when opened, if it was shorter than [`WAL_BYTES`]: new, its first

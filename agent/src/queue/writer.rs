@@ -12,7 +12,8 @@
 //!   before it.
 //! - **Checkpoint**: a durable redb commit, which also starts a new log epoch. Made at least
 //!   every [`super::CHECKPOINT_EVERY`], when a group's changes are too large for the log
-//!   ([`MAX_LOGGED`]) or do not fit in the room left, and when the queue closes.
+//!   ([`MAX_LOGGED`]) or do not fit in the room left, when the queue closes, and for every
+//!   commit while the log was removed and cannot be made again ([`super::in_place`]).
 //!
 //! A small group of outcomes and acks only waits up to [`LINGER`] for more before it is
 //! applied, so that one commit carries many (most of a commit's cost is the same for one
@@ -134,7 +135,6 @@ pub(super) fn spawn(
             placement,
             displaced: None,
             log_gone: false,
-            make_log: false,
             files_checked_at: Instant::now(),
             pending,
             last_durable: Instant::now(),
@@ -225,10 +225,9 @@ struct Writer {
     placement: Option<Arc<Placement>>,
     /// Why new events are refused while a queue file is removed or replaced.
     displaced: Option<QueueError>,
-    /// The log's name is gone: every commit is a checkpoint until the log is made again.
+    /// The log's name is gone and the log could not be made again: every commit is a
+    /// checkpoint until it is, so that what is committed is in the queue file.
     log_gone: bool,
-    /// Make the log again after the next checkpoint (once per look at the files).
-    make_log: bool,
     /// When the files' names were last looked at.
     files_checked_at: Instant,
     /// The events with deliveries to make ([`super::pending`]).
@@ -304,7 +303,11 @@ impl Writer {
                             "the queue's files cannot be opened again yet"
                         );
                         self.reopen.failed();
-                        Some(self.first_io_failure.clone().unwrap_or(err))
+                        // Callers hear of the disk's fault, or of a file displaced meanwhile.
+                        match err {
+                            QueueError::Displaced(_) => Some(err),
+                            err => Some(self.first_io_failure.clone().unwrap_or(err)),
+                        }
                     }
                 }
             };
@@ -422,6 +425,8 @@ impl Writer {
     /// counts of waiting work are made again, and lanes get hints for the file's tasks. Tasks
     /// handed out stay taken. Readers meanwhile hear that the file is being opened.
     fn reopen(&mut self) -> Result<(), QueueError> {
+        // Before the queue file is let go of: one removed lives on only through its handle.
+        self.files_in_place()?;
         if let Some(old) = self.shared.take_db(File::Reopening) {
             // Readers hold the file for one read each; the file can only be opened again once
             // the last of them has let go of it.
@@ -457,15 +462,38 @@ impl Writer {
         self.wal = wal;
         self.epoch = epoch;
         self.last_checkpoint = Instant::now();
-        if let Some(placement) = &self.placement {
-            placement.remember();
-        }
         self.publish_waiting();
         tracing::info!(
             fault = %self.first_io_failure.take().map(|e| e.to_string()).unwrap_or_default(),
             "the queue's files were opened again after a disk fault; writes resume"
         );
         Ok(())
+    }
+
+    /// Before the files are opened again by name after a disk fault: whether the names are
+    /// the files the queue wrote. A queue file gone or replaced would be opened empty (or
+    /// stale) and taken for the queue, and a log gone would be made anew, empty: the files
+    /// stay closed and writes stopped until they are back. A log gone while still open is
+    /// made again from it first.
+    fn files_in_place(&mut self) -> Result<(), QueueError> {
+        let Some(placement) = &self.placement else {
+            return Ok(());
+        };
+        match placement.look() {
+            Found::InPlace => Ok(()),
+            Found::LogGone if !self.wal.is_detached() => {
+                in_place::make_log_again(placement.dir(), &mut self.wal)?;
+                placement.remember_log();
+                Ok(())
+            }
+            Found::LogGone => Err(QueueError::Displaced(format!(
+                "{} was removed while the queue's files were closed after a disk fault: the \
+                 records it held since the last checkpoint are gone; restart the agent with \
+                 --recover-truncate to go on without them",
+                placement.dir().join(in_place::LOG_FILE).display()
+            ))),
+            Found::Lost(why) => Err(QueueError::Displaced(why)),
+        }
     }
 
     /// Tells readers the counts of waiting work.
@@ -516,9 +544,9 @@ impl Writer {
     }
 
     /// Looks at the files' names, at most every [`SPACE_CHECK_EVERY`] unless `asked`
-    /// ([`super::in_place`]): a log that is gone is made again after the next commit, which is
-    /// a checkpoint (nothing it held is lost); a queue file gone or replaced stops new events
-    /// until it is back.
+    /// ([`super::in_place`]): a log that is gone is made again from the one still open
+    /// (nothing it held is lost); a queue file gone or replaced, or a log that cannot be made
+    /// again, stops new events until it is back.
     fn look_at_files(&mut self, asked: bool) {
         let Some(placement) = &self.placement else {
             return;
@@ -527,29 +555,42 @@ impl Writer {
             return;
         }
         self.files_checked_at = Instant::now();
-        match placement.look() {
-            Found::InPlace => {
-                self.log_gone = false;
-                if self.displaced.take().is_some() {
+        let (displaced, log_gone) = match placement.look() {
+            Found::InPlace => (None, false),
+            Found::LogGone => match in_place::make_log_again(placement.dir(), &mut self.wal) {
+                Ok(()) => {
+                    placement.remember_log();
                     tracing::warn!(
                         dir = %placement.dir().display(),
-                        "the queue's files are in place again: new events are taken"
+                        "queue.wal was removed while the agent runs: made again from the log \
+                         still open; nothing it held was lost"
                     );
+                    (None, false)
                 }
+                Err(err) => (
+                    Some(format!(
+                        "{} was removed while the agent runs and cannot be made again yet \
+                         ({err}): new events are refused and every commit goes into queue.redb \
+                         until it is",
+                        placement.dir().join(in_place::LOG_FILE).display()
+                    )),
+                    true,
+                ),
+            },
+            Found::Lost(why) => (Some(why), false),
+        };
+        self.log_gone = log_gone;
+        match (displaced, self.displaced.is_some()) {
+            (None, true) => {
+                self.displaced = None;
+                tracing::warn!(
+                    dir = %placement.dir().display(),
+                    "the queue's files are in place again: new events are taken"
+                );
             }
-            Found::LogGone => {
-                if !self.log_gone {
-                    tracing::warn!(
-                        dir = %placement.dir().display(),
-                        "queue.wal was removed while the agent runs: what it held goes into \
-                         queue.redb with the next commit, and the log is made again"
-                    );
-                }
-                self.log_gone = true;
-                self.make_log = true;
-            }
-            Found::Lost(why) => {
-                if self.displaced.is_none() {
+            (None, false) => {}
+            (Some(why), was) => {
+                if !was {
                     tracing::error!(error = %why, "a queue file was displaced");
                 }
                 self.displaced = Some(QueueError::Displaced(why));
@@ -558,31 +599,6 @@ impl Writer {
         // Read first: the watch's lock is not held while `able` changes it.
         let writes = *self.shared.writable.borrow();
         self.able(writes);
-    }
-
-    /// After a checkpoint, with the log's name gone: a new log under it, starting the epoch
-    /// the checkpoint named. While it cannot be made, every commit stays a checkpoint.
-    fn make_log_again(&mut self) {
-        self.make_log = false;
-        let Some(placement) = &self.placement else {
-            return;
-        };
-        match in_place::make_log(placement.dir()) {
-            Ok(mut wal) => {
-                wal.start_epoch(self.epoch);
-                self.wal = wal;
-                placement.remember_log();
-                self.log_gone = false;
-                tracing::warn!(
-                    dir = %placement.dir().display(),
-                    "queue.wal made again; nothing it held was lost"
-                );
-            }
-            Err(err) => tracing::error!(
-                error = %err,
-                "queue.wal cannot be made again yet: every commit is a checkpoint meanwhile"
-            ),
-        }
     }
 
     /// Updates the lane index after a commit: tasks whose outcome was written are no longer
@@ -623,7 +639,6 @@ impl Writer {
         let mut effects = Effects::default();
         // Each finished attempt adds its report.
         let reports_added = works.iter().any(|w| matches!(w, Work::Complete { .. }));
-        let mut checkpointed = false;
         let result = (|| -> Result<(u64, bool), QueueError> {
             let db = self.shared.db()?;
             let mut txn = db.begin_write().map_err(storage)?;
@@ -665,7 +680,6 @@ impl Writer {
                 self.last_checkpoint = Instant::now();
                 // Only now: until this commit, readers find these in the memtable.
                 self.shared.write_memtable().clear();
-                checkpointed = true;
                 return Ok((seq, true));
             }
             // The log record first: a crash after it replays the commit; before it, the group
@@ -695,9 +709,6 @@ impl Writer {
                     .unwrap_or_else(|e| e.into_inner()),
             ),
             Err(_) => self.pending.rollback(),
-        }
-        if checkpointed && self.make_log {
-            self.make_log_again();
         }
         self.publish_waiting();
         match result {
