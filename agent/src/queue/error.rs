@@ -33,14 +33,9 @@ pub enum QueueError {
         /// The whole records after it.
         following: u64,
     },
-    /// The write-ahead log is shorter than it was made (it is preallocated): records written
-    /// after the cut, perhaps acknowledged, are gone.
-    #[error(
-        "queue.wal is {len} bytes long, cut short of the {} it was made with, so the records \
-         written after byte {len} (perhaps acknowledged) are lost; restart with \
-         --recover-truncate to keep the records before the cut",
-        super::wal::WAL_BYTES
-    )]
+    /// The write-ahead log is shorter than it was made (it is preallocated), or gone: records
+    /// written after the cut, perhaps acknowledged, are lost.
+    #[error("{}", cut_log(*len))]
     CutLog {
         /// The file's length as found.
         len: u64,
@@ -66,6 +61,24 @@ pub enum QueueError {
     /// The queue is shutting down.
     #[error("the agent's queue is closed")]
     Closed,
+}
+
+/// What [`QueueError::CutLog`] says: a log of no bytes was most likely removed (the agent
+/// makes a missing one empty), not cut.
+fn cut_log(len: u64) -> String {
+    if len == 0 {
+        "queue.wal is missing or empty, though queue.redb names a log it wrote: the records \
+         written since queue.redb's last checkpoint (perhaps acknowledged) are lost; restart \
+         with --recover-truncate to go on with what queue.redb holds"
+            .to_owned()
+    } else {
+        format!(
+            "queue.wal is {len} bytes long, cut short of the {} it was made with, so the \
+             records written after byte {len} (perhaps acknowledged) are lost; restart with \
+             --recover-truncate to keep the records before the cut",
+            super::wal::WAL_BYTES
+        )
+    }
 }
 
 impl QueueError {

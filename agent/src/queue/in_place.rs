@@ -107,7 +107,7 @@ impl Placement {
                  not a copy), or let the queue drain (herald_queue_events 0) before a restart",
                 queue.display(),
                 if queue_now.is_none() {
-                    "removed"
+                    "removed (or moved away)"
                 } else {
                     "replaced"
                 },

@@ -2052,3 +2052,26 @@ async fn a_removed_queue_file_stops_new_events_until_it_is_back_and_deliveries_g
     accept_one(&queue, event("evt_3", 5), &["sub_a"]).await;
     queue.close().await;
 }
+
+#[test]
+fn a_log_missing_at_start_is_said_to_be_missing_not_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let queue = Queue::open(dir.path(), config()).expect("open");
+        accept_one(&queue, event("evt_1", 5), &["sub_a"]).await;
+        queue.close().await;
+    });
+    std::fs::remove_file(dir.path().join(in_place::LOG_FILE)).expect("rm queue.wal");
+    let refused = runtime
+        .block_on(async { Queue::open(dir.path(), config()) })
+        .err()
+        .expect("the log's records since the last checkpoint may be lost");
+    assert!(
+        matches!(refused, QueueError::CutLog { len: 0 })
+            && refused
+                .to_string()
+                .contains("queue.wal is missing or empty"),
+        "{refused}"
+    );
+}
