@@ -318,8 +318,12 @@ impl Writer {
             }
         }
         let low = self.space_left().err();
-        // A flush looks at once: the queue's poll asks for one when it sees a file moved.
-        self.look_at_files(slots.iter().any(|s| matches!(s, Slot::Flush(_))));
+        // A flush looks at once (the queue's poll asks for one when it sees a file moved), and
+        // so does new work to acknowledge: it is never written only into a log already removed.
+        self.look_at_files(
+            slots.iter().any(|s| matches!(s, Slot::Flush(_)))
+                || works.iter().any(Work::adds_deliveries),
+        );
         let (works, slots): (Vec<Work>, Vec<Slot>) = match self.displaced.clone().or(low) {
             None => (works, slots),
             Some(refusal) => {
