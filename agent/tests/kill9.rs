@@ -150,6 +150,43 @@ async fn wait_delivered(
     .await
 }
 
+/// An agent with `flags` in `data_dir` (a temp dir of its own when `None`) whose one
+/// subscription, shop-1's orders one attempt at a time, the receiver holds: orders
+/// `{prefix}_0` to `{prefix}_{held - 1}` are emitted and acknowledged, the first is being
+/// attempted and none is delivered.
+async fn agent_holding(
+    servers: &Servers,
+    data_dir: Option<&Path>,
+    flags: &[&str],
+    prefix: &str,
+    held: usize,
+) -> anyhow::Result<DaemonProcess> {
+    let mut sub = subscription("shop-1", &servers.receiver.url("/orders"), &["order.*"]);
+    sub.max_in_flight = 1;
+    let sub = servers.cp.create(sub).await?;
+    let binary = Path::new(env!("CARGO_BIN_EXE_herald-agent"));
+    let (cp, ca) = (servers.cp.url(), &servers.ca_file);
+    let agent = match data_dir {
+        Some(dir) => AgentProcess::start_in(binary, cp, ca, dir, flags).await?,
+        None => AgentProcess::start(binary, cp, ca, flags).await?,
+    };
+    servers
+        .cp
+        .wait_applied(sub.revision, Duration::from_secs(20))
+        .await?;
+    servers
+        .receiver
+        .respond_with_response(Response::new(204).delay(Duration::from_secs(60)));
+    for n in 0..held {
+        emit_order(&agent.url(), prefix, n).await?;
+    }
+    servers
+        .receiver
+        .wait_for_requests(1, Duration::from_secs(20))
+        .await?;
+    Ok(agent)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_in_a_burst_loses_no_acknowledged_event() -> anyhow::Result<()> {
     let servers = Servers::start().await?;
@@ -594,24 +631,20 @@ async fn an_agent_killed_on_a_full_disk_starts_and_waits_for_room() -> anyhow::R
         return Ok(());
     };
     let servers = Servers::start().await?;
-    // One attempt at a time, so that a receiver that holds it holds back the rest.
-    let mut sub = subscription("shop-1", &servers.receiver.url("/orders"), &["order.*"]);
-    sub.max_in_flight = 1;
-    let sub = servers.cp.create(sub).await?;
-    let binary = Path::new(env!("CARGO_BIN_EXE_herald-agent"));
     let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let metrics_at = metrics.to_string();
-    let mut agent = AgentProcess::start_in(
-        binary,
-        servers.cp.url(),
-        &servers.ca_file,
-        &disk.path().join("agent"),
+    // Acknowledged and not delivered at the kill: the receiver holds the first attempt.
+    let mut agent = agent_holding(
+        &servers,
+        Some(&disk.path().join("agent")),
         &[
             "--queue-min-free-bytes",
             "4194304",
             "--metrics-listen",
             &metrics_at,
         ],
+        "evt_full",
+        20,
     )
     .await?;
     // Whether the queue's gauges could be read, as a scrape sees it.
@@ -626,23 +659,8 @@ async fn an_agent_killed_on_a_full_disk_starts_and_waits_for_room() -> anyhow::R
             .ok_or_else(|| anyhow::anyhow!("no herald_queue_readable in {text}"))?;
         anyhow::Ok(line.ends_with(" 1"))
     };
-    servers
-        .cp
-        .wait_applied(sub.revision, Duration::from_secs(20))
-        .await?;
     let url = agent.url();
     let emit = |n: usize| emit_order(&url, "evt_full", n);
-    // Acknowledged and not delivered at the kill: the receiver holds the first attempt.
-    servers
-        .receiver
-        .respond_with_response(Response::new(204).delay(Duration::from_secs(60)));
-    for n in 0..20 {
-        emit(n).await?;
-    }
-    servers
-        .receiver
-        .wait_for_requests(1, Duration::from_secs(20))
-        .await?;
     let filler = disk.fill()?;
     agent.restart().await?;
 
@@ -710,36 +728,17 @@ async fn an_agent_started_on_a_frozen_disk_answers_and_starts_at_the_thaw() -> a
         return Ok(());
     };
     let servers = Servers::start().await?;
-    // One attempt at a time, so that a receiver that holds it holds back the rest.
-    let mut sub = subscription("shop-1", &servers.receiver.url("/orders"), &["order.*"]);
-    sub.max_in_flight = 1;
-    let sub = servers.cp.create(sub).await?;
-    let binary = Path::new(env!("CARGO_BIN_EXE_herald-agent"));
-    let mut agent = AgentProcess::start_in(
-        binary,
-        servers.cp.url(),
-        &servers.ca_file,
-        &disk.path().join("agent"),
+    // Acknowledged and not delivered at the kill: the receiver holds the first attempt.
+    let mut agent = agent_holding(
+        &servers,
+        Some(&disk.path().join("agent")),
         &[],
+        "evt_frozen",
+        5,
     )
     .await?;
-    servers
-        .cp
-        .wait_applied(sub.revision, Duration::from_secs(20))
-        .await?;
     let url = agent.url();
     let emit = |n: usize| emit_order(&url, "evt_frozen", n);
-    // Acknowledged and not delivered at the kill: the receiver holds the first attempt.
-    servers
-        .receiver
-        .respond_with_response(Response::new(204).delay(Duration::from_secs(60)));
-    for n in 0..5 {
-        emit(n).await?;
-    }
-    servers
-        .receiver
-        .wait_for_requests(1, Duration::from_secs(20))
-        .await?;
     agent.kill9().await?;
     disk.freeze()?;
     agent.restart().await?;
@@ -777,28 +776,9 @@ async fn queue_files_removed_under_a_running_agent_lose_no_acknowledged_event() 
 {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let servers = Servers::start().await?;
-    // One attempt at a time, so that a receiver that holds it holds back the rest.
-    let mut sub = subscription("shop-1", &servers.receiver.url("/orders"), &["order.*"]);
-    sub.max_in_flight = 1;
-    let sub = servers.cp.create(sub).await?;
-    let binary = Path::new(env!("CARGO_BIN_EXE_herald-agent"));
-    let mut agent = AgentProcess::start(binary, servers.cp.url(), &servers.ca_file, &[]).await?;
-    servers
-        .cp
-        .wait_applied(sub.revision, Duration::from_secs(20))
-        .await?;
+    let mut agent = agent_holding(&servers, None, &[], "evt_removed", 5).await?;
     let url = agent.url();
     let emit = |n: usize| emit_order(&url, "evt_removed", n);
-    servers
-        .receiver
-        .respond_with_response(Response::new(204).delay(Duration::from_secs(60)));
-    for n in 0..5 {
-        emit(n).await?;
-    }
-    servers
-        .receiver
-        .wait_for_requests(1, Duration::from_secs(20))
-        .await?;
 
     // The log removed: made again, events still taken.
     let log = agent.data_dir().join("queue.wal");
