@@ -1886,23 +1886,10 @@ async fn below_the_disk_margin_new_events_are_refused_and_deliveries_go_on() {
         "health hears of it before any event is refused"
     );
     assert!(*queue.writable().borrow(), "attempts go on");
-    let refused = queue
-        .accept(vec![NewEvent {
-            event: event("evt_2", 5),
-            subscriptions: vec!["sub_a".into()],
-            parked: Vec::new(),
-        }])
-        .await
-        .expect_err("no room for new events");
+    let refused = refused_new_event(&queue).await;
     assert!(matches!(refused, QueueError::DiskFull(_)), "{refused:?}");
-    let task = queue
-        .due(now_ms(), 10, room(16))
-        .expect("due")
-        .pop()
-        .expect("the event taken before");
-    task.finish(Next::Done, pb::Attempt::default())
-        .await
-        .expect("its outcome is written, spending the margin");
+    // Its outcome spends the margin.
+    deliver_taken(&queue).await;
     queue.flush().await.expect("a flush adds nothing");
     assert!(!*queue.accepting().borrow(), "still no room");
     queue.close().await;
@@ -1964,6 +1951,30 @@ async fn a_queue_file_that_can_never_be_used_is_refused_as_a_setting_not_waited_
     }
 }
 
+/// Why `queue` refuses a new event for `sub_a` (it must).
+async fn refused_new_event(queue: &Queue) -> QueueError {
+    queue
+        .accept(vec![NewEvent {
+            event: event("evt_refused", 5),
+            subscriptions: vec!["sub_a".into()],
+            parked: Vec::new(),
+        }])
+        .await
+        .expect_err("new events refused")
+}
+
+/// Takes the delivery due first and writes its outcome, delivered (it must be written).
+async fn deliver_taken(queue: &Queue) {
+    let task = queue
+        .due(now_ms(), 10, room(16))
+        .expect("due")
+        .pop()
+        .expect("a delivery taken before");
+    task.finish(Next::Done, pb::Attempt::default())
+        .await
+        .expect("its outcome is written");
+}
+
 /// What a `kill -9` would leave of the queue in `dir` now: its two files as written.
 fn image_of(dir: &Path) -> tempfile::TempDir {
     let image = tempfile::tempdir().expect("tempdir");
@@ -2020,14 +2031,8 @@ async fn a_removed_queue_file_stops_new_events_until_it_is_back_and_deliveries_g
     queue.flush().await.expect("a flush looks at the files");
     assert!(!*queue.accepting().borrow(), "health hears of it");
     assert!(*queue.writable().borrow(), "attempts go on");
-    let refused = queue
-        .accept(vec![NewEvent {
-            event: event("evt_2", 5),
-            subscriptions: vec!["sub_a".into()],
-            parked: Vec::new(),
-        }])
-        .await
-        .expect_err("not kept where a restart finds it");
+    // Not kept where a restart finds it.
+    let refused = refused_new_event(&queue).await;
     assert!(
         matches!(&refused, QueueError::Displaced(why) if why.contains("removed")),
         "{refused:?}"
@@ -2036,14 +2041,7 @@ async fn a_removed_queue_file_stops_new_events_until_it_is_back_and_deliveries_g
         tonic::Status::from(refused).code(),
         tonic::Code::Unavailable
     );
-    let task = queue
-        .due(now_ms(), 10, room(16))
-        .expect("due")
-        .pop()
-        .expect("the event taken before");
-    task.finish(Next::Done, pb::Attempt::default())
-        .await
-        .expect("its outcome is written");
+    deliver_taken(&queue).await;
 
     // The same file back: events are taken again.
     std::fs::rename(&aside, &file).expect("move it back");
