@@ -480,16 +480,12 @@ impl Writer {
     /// stay closed and writes stopped until they are back. A log gone while still open is
     /// made again from it first.
     fn files_in_place(&mut self) -> Result<(), QueueError> {
-        let Some(placement) = &self.placement else {
+        let Some(placement) = self.placement.clone() else {
             return Ok(());
         };
         match placement.look() {
             Found::InPlace => Ok(()),
-            Found::LogGone if !self.wal.is_detached() => {
-                in_place::make_log_again(placement.dir(), &mut self.wal)?;
-                placement.remember_log();
-                Ok(())
-            }
+            Found::LogGone if !self.wal.is_detached() => self.make_log_again(&placement),
             Found::LogGone => Err(QueueError::Displaced(format!(
                 "{} was removed while the queue's files were closed after a disk fault: the \
                  records it held since the last checkpoint are gone; restart the agent with \
@@ -498,6 +494,19 @@ impl Writer {
             ))),
             Found::Lost(why) => Err(QueueError::Displaced(why)),
         }
+    }
+
+    /// Makes the log again under its name, from the one still open, after it was removed
+    /// ([`in_place::make_log_again`]).
+    fn make_log_again(&mut self, placement: &Placement) -> Result<(), QueueError> {
+        in_place::make_log_again(placement.dir(), &mut self.wal)?;
+        placement.remember_log();
+        tracing::warn!(
+            dir = %placement.dir().display(),
+            "queue.wal was removed while the agent runs: made again from the log still open; \
+             nothing it held was lost"
+        );
+        Ok(())
     }
 
     /// Tells readers the counts of waiting work.
@@ -552,7 +561,7 @@ impl Writer {
     /// (nothing it held is lost); a queue file gone or replaced, or a log that cannot be made
     /// again, stops new events until it is back.
     fn look_at_files(&mut self, asked: bool) {
-        let Some(placement) = &self.placement else {
+        let Some(placement) = self.placement.clone() else {
             return;
         };
         if !asked && self.files_checked_at.elapsed() < SPACE_CHECK_EVERY {
@@ -561,16 +570,8 @@ impl Writer {
         self.files_checked_at = Instant::now();
         let (displaced, log_gone) = match placement.look() {
             Found::InPlace => (None, false),
-            Found::LogGone => match in_place::make_log_again(placement.dir(), &mut self.wal) {
-                Ok(()) => {
-                    placement.remember_log();
-                    tracing::warn!(
-                        dir = %placement.dir().display(),
-                        "queue.wal was removed while the agent runs: made again from the log \
-                         still open; nothing it held was lost"
-                    );
-                    (None, false)
-                }
+            Found::LogGone => match self.make_log_again(&placement) {
+                Ok(()) => (None, false),
                 Err(err) => (
                     Some(format!(
                         "{} was removed while the agent runs and cannot be made again yet \

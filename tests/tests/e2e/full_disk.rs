@@ -19,13 +19,19 @@ use tonic_health::pb::health_check_response::ServingStatus;
 const WAIT: Duration = Duration::from_secs(20);
 
 /// An agent of `world` keeping its queue on `disk` with `min_free` bytes kept free, once it
-/// applied the config at `revision`.
+/// applied shop-1's subscription to the receiver's `/orders` (`max_in_flight` attempts at a
+/// time when given).
 async fn agent_on(
     world: &World,
     disk: &Tmpfs,
     min_free: u64,
-    revision: i64,
+    max_in_flight: Option<u32>,
 ) -> anyhow::Result<Agent> {
+    let mut sub = subscription("shop-1", &world.receiver.url("/orders"), &["order.*"]);
+    if let Some(width) = max_in_flight {
+        sub.max_in_flight = width;
+    }
+    let revision = world.control_plane.create(sub).await?.revision;
     world
         .another_agent_applied(
             AgentOptions {
@@ -57,15 +63,7 @@ async fn a_full_disk_refuses_events_floods_no_receiver_and_recovers_by_itself() 
         return Ok(());
     };
     let world = World::start().await?;
-    let sub = world
-        .control_plane
-        .create(subscription(
-            "shop-1",
-            &world.receiver.url("/orders"),
-            &["order.*"],
-        ))
-        .await?;
-    let agent = agent_on(&world, &disk, 4 * 1024 * 1024, sub.revision).await?;
+    let agent = agent_on(&world, &disk, 4 * 1024 * 1024, None).await?;
     let emit = |n: u32| emit_to(&agent, n);
     emit(0).await?;
     world.receiver.wait_for_requests(1, WAIT).await?;
@@ -135,13 +133,10 @@ async fn below_the_margin_new_events_wait_and_those_taken_are_delivered() -> any
     };
     let world = World::start().await?;
     // One attempt at a time, each answered after a while: a backlog when the disk fills.
-    let mut sub = subscription("shop-1", &world.receiver.url("/orders"), &["order.*"]);
-    sub.max_in_flight = 1;
-    let sub = world.control_plane.create(sub).await?;
     world
         .receiver
         .respond_with_response(Response::new(204).delay(Duration::from_millis(500)));
-    let agent = agent_on(&world, &disk, 8 * 1024 * 1024, sub.revision).await?;
+    let agent = agent_on(&world, &disk, 8 * 1024 * 1024, Some(1)).await?;
     let emit = |n: u32| emit_to(&agent, n);
     let mut taken = Vec::new();
     for n in 0..6 {
@@ -217,15 +212,7 @@ async fn a_queue_that_cannot_write_holds_no_file_open() -> anyhow::Result<()> {
         return Ok(());
     };
     let world = World::start().await?;
-    let sub = world
-        .control_plane
-        .create(subscription(
-            "shop-1",
-            &world.receiver.url("/orders"),
-            &["order.*"],
-        ))
-        .await?;
-    let agent = agent_on(&world, &disk, 0, sub.revision).await?;
+    let agent = agent_on(&world, &disk, 0, None).await?;
     emit_to(&agent, 0).await?;
     world.receiver.wait_for_requests(1, WAIT).await?;
     let dir = disk.path().join("agent");
