@@ -576,6 +576,47 @@ impl Agent {
         .await
     }
 
+    /// The agent's id, from the `agent-id` file it writes as it starts.
+    pub async fn id(&self) -> anyhow::Result<String> {
+        let path = self.config.data_dir.join("agent-id");
+        crate::eventually(Duration::from_secs(10), "the agent to write its id", || {
+            let path = path.clone();
+            async move {
+                match tokio::fs::read_to_string(&path).await {
+                    Ok(id) if !id.trim().is_empty() => Ok(Some(id.trim().to_owned())),
+                    Ok(_) => Ok(None),
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(err) => Err(err.into()),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Waits until this agent is connected to `control_plane` and has applied at least
+    /// `revision`: [`ControlPlane::wait_applied`] looks only at agents already connected, which
+    /// an agent started a moment ago may not be yet.
+    pub async fn wait_applied(
+        &self,
+        control_plane: &ControlPlane,
+        revision: i64,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let id = self.id().await?;
+        crate::eventually(
+            timeout,
+            &format!("agent {id} to apply revision {revision}"),
+            || async {
+                let agents = control_plane.list_agents().await?;
+                Ok(agents
+                    .iter()
+                    .any(|a| a.id == id && a.connected && a.applied_revision >= revision)
+                    .then_some(()))
+            },
+        )
+        .await
+    }
+
     /// Stops gracefully and reports how the agent ended.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.stop.cancel();

@@ -74,36 +74,19 @@ impl World {
     }
 
     /// Another agent, started with `options`, once it is connected and has applied
-    /// `revision` (as every agent connected before it has). `ControlPlane::wait_applied`
-    /// alone counts the agents connected so far, which the new one may not be yet.
+    /// `revision`, as every agent connected before it has. `ControlPlane::wait_applied`
+    /// alone looks at the agents connected so far, which the new one may not be yet.
     pub async fn another_agent_applied(
         &self,
         options: AgentOptions,
         revision: i64,
     ) -> anyhow::Result<Agent> {
-        let connected = || async {
-            let agents = self.control_plane.list_agents().await?;
-            Ok::<_, anyhow::Error>(
-                agents
-                    .into_iter()
-                    .filter(|a| a.connected)
-                    .collect::<Vec<_>>(),
-            )
-        };
-        let before = connected().await?.len();
+        let wait = std::time::Duration::from_secs(20);
         let agent = self.another_agent(options).await?;
-        crate::eventually(
-            std::time::Duration::from_secs(20),
-            &format!("the new agent to connect and apply revision {revision}"),
-            || async {
-                let now = connected().await?;
-                Ok(
-                    (now.len() > before && now.iter().all(|a| a.applied_revision >= revision))
-                        .then_some(()),
-                )
-            },
-        )
-        .await?;
+        agent
+            .wait_applied(&self.control_plane, revision, wait)
+            .await?;
+        self.control_plane.wait_applied(revision, wait).await?;
         Ok(agent)
     }
 

@@ -236,9 +236,8 @@ async fn a_hanging_endpoint_does_not_delay_deliveries_to_others() -> anyhow::Res
             &["order.*"],
         ))
         .await?;
-    world
-        .control_plane
-        .wait_applied(fast.revision.max(slow.revision), WAIT)
+    agent
+        .wait_applied(&world.control_plane, fast.revision.max(slow.revision), WAIT)
         .await?;
 
     let mut backlog = Vec::new();

@@ -64,7 +64,7 @@ async fn two_agents_on_two_replicas_failing_one_endpoint_disable_it_once() -> an
     let sub = world.control_plane.create(request).await?;
     assert_eq!(sub.disable_after, 0, "the default applies");
     world.control_plane.wait_applied(sub.revision, WAIT).await?;
-    replica.wait_applied(sub.revision, WAIT).await?;
+    second.wait_applied(&replica, sub.revision, WAIT).await?;
 
     // Seven attempts per event, from each agent: 14 failures in all, more than 10.
     world

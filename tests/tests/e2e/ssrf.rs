@@ -90,9 +90,9 @@ async fn the_agent_refuses_special_targets_at_delivery_even_after_dns() -> anyho
             &["order.*"],
         ))
         .await?;
-    world
-        .control_plane
+    guarded
         .wait_applied(
+            &world.control_plane,
             named.revision.max(literal.revision),
             Duration::from_secs(10),
         )
