@@ -17,7 +17,9 @@
 //!   Comparisons work on numbers with numbers and on strings with strings, byte by byte (so
 //!   RFC 3339 times in UTC written with the same precision compare as times); a number bound
 //!   also orders a string that holds a decimal number, as money is often sent
-//!   (`{"total": {"$gte": 100}}` matches `"total": "129.90"`). A field holding an array matches when one of its elements does (`$eq`,
+//!   (`{"total": {"$gte": 100}}` matches `"total": "129.90"`). Integers compare exactly, also
+//!   past 2^53 where floats skip whole numbers (`{"order_no": {"$gt": 9007199254740992}}`
+//!   matches `9007199254740993`). A field holding an array matches when one of its elements does (`$eq`,
 //!   `$in`, comparisons, prefixes); `$neq`, `$nin` and `$exist: false` are the negations of
 //!   `$eq`, `$in` and `$exist: true`, so they also match a missing field.
 //! - Logic at any level: `$and` and `$or` take a non-empty array of filters, `$not` one filter.
@@ -101,8 +103,52 @@ enum Operator {
 /// The other side of `$gt`, `$gte`, `$lt` and `$lte`.
 #[derive(Debug, Clone)]
 enum Bound {
-    Number(f64),
+    Number(Number),
     Text(String),
+}
+
+/// A JSON number as written: integers are kept whole, so that ids and amounts in minor units
+/// past 2^53 (where a float's steps grow past 1) compare exactly.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Number {
+    Integer(i128),
+    Float(f64),
+}
+
+impl Number {
+    /// The number a JSON number holds; `None` for one that is not finite.
+    fn of(n: &serde_json::Number) -> Option<Number> {
+        if let Some(i) = n.as_i64() {
+            Some(Number::Integer(i.into()))
+        } else if let Some(u) = n.as_u64() {
+            Some(Number::Integer(u.into()))
+        } else {
+            n.as_f64().filter(|f| f.is_finite()).map(Number::Float)
+        }
+    }
+
+    /// How `self` orders against `other`, exactly even between an integer and a float.
+    fn order(self, other: Number) -> Option<Ordering> {
+        match (self, other) {
+            (Number::Integer(a), Number::Integer(b)) => Some(a.cmp(&b)),
+            (Number::Float(a), Number::Float(b)) => a.partial_cmp(&b),
+            (Number::Integer(a), Number::Float(b)) => integer_against_float(a, b),
+            (Number::Float(a), Number::Integer(b)) => {
+                integer_against_float(b, a).map(Ordering::reverse)
+            }
+        }
+    }
+}
+
+/// How integer `i` orders against float `f`, exactly. Rounding `i` to a float keeps the order
+/// whenever the two differ after it; when they are equal, `f` is `i` rounded, which is a whole
+/// number (floats past 2^53 all are, and below it `i` rounds to itself), so the whole numbers
+/// are compared.
+fn integer_against_float(i: i128, f: f64) -> Option<Ordering> {
+    match (i as f64).partial_cmp(&f)? {
+        Ordering::Equal => Some(i.cmp(&(f as i128))),
+        unequal => Some(unequal),
+    }
 }
 
 /// The operators a field's object may use, for error messages.
@@ -297,8 +343,7 @@ fn parse_operators(value: &Value, at: &str) -> Result<Vec<Operator>, Refusal> {
                 _ => Err(refuse(&here, "must be an array of values")),
             };
             let bound = || match operand {
-                Value::Number(n) => n
-                    .as_f64()
+                Value::Number(n) => Number::of(n)
                     .map(Bound::Number)
                     .ok_or_else(|| refuse(&here, "is not a finite number")),
                 Value::String(s) => Ok(Bound::Text(s.clone())),
@@ -427,9 +472,9 @@ fn operator_holds(op: &Operator, found: &[&Value]) -> bool {
 /// JSON equality with numbers compared by value (`100` equals `100.0`).
 fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
-            (Some(x), Some(y)) => x == y,
-            _ => x.as_f64() == y.as_f64(),
+        (Value::Number(x), Value::Number(y)) => match (Number::of(x), Number::of(y)) {
+            (Some(x), Some(y)) => x.order(y) == Some(Ordering::Equal),
+            _ => false,
         },
         (Value::Array(x), Value::Array(y)) => {
             x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y))
@@ -447,24 +492,36 @@ fn same(a: &Value, b: &Value) -> bool {
 /// when a number bound meets a string holding a decimal number (money sent as `"129.90"`).
 fn compare(value: &Value, bound: &Bound) -> Option<Ordering> {
     match (value, bound) {
-        (Value::Number(n), Bound::Number(b)) => n.as_f64()?.partial_cmp(b),
-        (Value::String(s), Bound::Number(b)) => decimal(s)?.partial_cmp(b),
+        (Value::Number(n), Bound::Number(b)) => Number::of(n)?.order(*b),
+        (Value::String(s), Bound::Number(b)) => decimal(s)?.order(*b),
         (Value::String(s), Bound::Text(b)) => Some(s.as_str().cmp(b.as_str())),
         _ => None,
     }
 }
 
 /// The number a string such as `"129.90"` or `"-5"` writes: digits, with an optional sign and
-/// fraction, nothing else (no exponent, no spaces); `None` for any other string.
-fn decimal(text: &str) -> Option<f64> {
+/// fraction, nothing else (no exponent, no spaces); `None` for any other string. Whole numbers
+/// are kept whole, as JSON integers are.
+fn decimal(text: &str) -> Option<Number> {
     const MAX_DIGITS: usize = 40;
     let unsigned = text.strip_prefix('-').unwrap_or(text);
-    let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, "0"));
+    let (whole, fraction) = match unsigned.split_once('.') {
+        Some((whole, fraction)) => (whole, Some(fraction)),
+        None => (unsigned, None),
+    };
     let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
-    if unsigned.len() > MAX_DIGITS || !digits(whole) || !digits(fraction) {
+    if unsigned.len() > MAX_DIGITS || !digits(whole) || !fraction.is_none_or(digits) {
         return None;
     }
-    text.parse().ok()
+    match fraction {
+        // Up to 39 digits fit an i128; longer whole numbers are read as floats.
+        None => text
+            .parse()
+            .map(Number::Integer)
+            .or_else(|_| text.parse().map(Number::Float))
+            .ok(),
+        Some(_) => text.parse().ok().map(Number::Float),
+    }
 }
 
 #[cfg(test)]
@@ -473,7 +530,13 @@ mod tests {
 
     #[test]
     fn only_plain_decimal_strings_read_as_numbers() {
-        for (text, number) in [("129.90", 129.9), ("-5", -5.0), ("0.5", 0.5), ("007", 7.0)] {
+        for (text, number) in [
+            ("129.90", Number::Float(129.9)),
+            ("-5", Number::Integer(-5)),
+            ("0.5", Number::Float(0.5)),
+            ("007", Number::Integer(7)),
+            ("9007199254740993", Number::Integer(9_007_199_254_740_993)),
+        ] {
             assert_eq!(decimal(text), Some(number), "{text}");
         }
         for text in [
@@ -514,6 +577,74 @@ mod tests {
             .unwrap_or_else(|e| panic!("{filter}: {e}"))
             .expect("a filter")
             .matches(&payload, &attributes)
+    }
+
+    #[test]
+    fn integers_past_a_floats_precision_compare_exactly() {
+        let payload = serde_json::json!({
+            "order_no": 9_007_199_254_740_993_u64,
+            "largest": u64::MAX,
+            "smallest": i64::MIN,
+            "reference": "9007199254740993",
+            "quantity": 3,
+        });
+        let cases: &[(&str, bool)] = &[
+            (r#"{"order_no": 9007199254740993}"#, true),
+            (r#"{"order_no": 9007199254740992}"#, false),
+            (r#"{"order_no": {"$gt": 9007199254740992}}"#, true),
+            (r#"{"order_no": {"$lte": 9007199254740992}}"#, false),
+            (r#"{"order_no": {"$in": [9007199254740992, 1]}}"#, false),
+            (r#"{"order_no": {"$nin": [9007199254740992]}}"#, true),
+            // A float is the number it holds: 2^53 exactly, one less than the order's.
+            (r#"{"order_no": 9007199254740992.0}"#, false),
+            (r#"{"order_no": {"$gt": 9007199254740992.0}}"#, true),
+            (r#"{"order_no": {"$lt": 9007199254740994.0}}"#, true),
+            (r#"{"largest": 18446744073709551615}"#, true),
+            (r#"{"largest": 18446744073709551614}"#, false),
+            (r#"{"largest": {"$gt": 18446744073709551614}}"#, true),
+            (r#"{"smallest": {"$lt": -9223372036854775807}}"#, true),
+            (r#"{"smallest": {"$lt": -9223372036854775808}}"#, false),
+            (r#"{"reference": {"$gt": 9007199254740992}}"#, true),
+            (r#"{"reference": {"$gte": 9007199254740994}}"#, false),
+            (r#"{"quantity": 3.0}"#, true),
+            (r#"{"quantity": {"$gt": 2.5, "$lt": 3.5}}"#, true),
+        ];
+        let mut wrong = Vec::new();
+        for (filter, expected) in cases {
+            let got = PayloadFilter::parse(filter)
+                .unwrap_or_else(|e| panic!("{filter}: {e}"))
+                .expect("a filter")
+                .matches(&payload, &HashMap::new());
+            if got != *expected {
+                wrong.push(format!("{filter}: expected {expected}, got {got}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    #[test]
+    fn an_integer_orders_against_a_float_exactly() {
+        let two_to_63 = 1_i128 << 63;
+        for (i, f, expected) in [
+            (two_to_63, 9.223_372_036_854_776e18, Ordering::Equal),
+            (two_to_63 + 1, 9.223_372_036_854_776e18, Ordering::Greater),
+            (two_to_63 - 1, 9.223_372_036_854_776e18, Ordering::Less),
+            (3, 2.5, Ordering::Greater),
+            (-3, -2.5, Ordering::Less),
+            (0, -0.0, Ordering::Equal),
+            (i128::from(u64::MAX), 1e300, Ordering::Less),
+        ] {
+            assert_eq!(
+                Number::Integer(i).order(Number::Float(f)),
+                Some(expected),
+                "{i} against {f}"
+            );
+            assert_eq!(
+                Number::Float(f).order(Number::Integer(i)),
+                Some(expected.reverse()),
+                "{f} against {i}"
+            );
+        }
     }
 
     #[test]
