@@ -5,6 +5,7 @@
 //!
 //! [`run`] is the whole agent; `main` only parses [`Config`] and calls it.
 
+pub mod agent_id;
 pub mod backoff;
 pub mod config_cache;
 pub mod config_watch;
@@ -22,7 +23,7 @@ pub mod schemas;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -361,15 +362,7 @@ impl Error {
         match self {
             // A directory that cannot be made or used is a setting; a disk that is full or
             // failing under it may recover.
-            Error::DataDir { source, .. } => {
-                !matches!(
-                    source.kind(),
-                    std::io::ErrorKind::StorageFull
-                        | std::io::ErrorKind::Interrupted
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Other
-                ) && source.raw_os_error() != Some(rustix::io::Errno::IO.raw_os_error())
-            }
+            Error::DataDir { source, .. } => !disk_may_recover(source),
             Error::Client(_)
             | Error::AgentIdFile { .. }
             | Error::Metrics { .. }
@@ -381,6 +374,20 @@ impl Error {
             Error::Serve(_) | Error::Reflection(_) => false,
         }
     }
+}
+
+/// Whether a failed write in the data directory is the disk's (full, over quota, failing),
+/// which may pass without a change of settings, rather than the directory's (not one, not
+/// writable, on a read-only file system).
+pub(crate) fn disk_may_recover(err: &std::io::Error) -> bool {
+    herald_core::disk_fault::DiskFault::of_io(err).is_full()
+        || matches!(
+            err.kind(),
+            std::io::ErrorKind::Interrupted
+                | std::io::ErrorKind::TimedOut
+                | std::io::ErrorKind::Other
+        )
+        || err.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error())
 }
 
 impl Config {
@@ -423,10 +430,11 @@ pub async fn run(
             },
         })?;
     }
-    // An empty id (`HERALD_AGENT_ID=`) means none given.
-    let id = match config.id.as_deref().map(str::trim) {
-        Some(id) if !id.is_empty() => id.to_owned(),
-        _ => agent_id(&config.data_dir)?,
+    // An empty id (`HERALD_AGENT_ID=`) means none given. A new id is made as the queue is
+    // opened, serving meanwhile: writing it waits for a disk with room, as the queue does.
+    let kept_id = match config.id.as_deref().map(str::trim) {
+        Some(id) if !id.is_empty() => Some(id.to_owned()),
+        _ => agent_id::read(&config.data_dir)?,
     };
     let interest = herald_core::interest::Interest {
         tenants: config.tenants.clone(),
@@ -436,7 +444,14 @@ pub async fn run(
     if entries > herald_core::interest::MAX_INTEREST {
         return Err(Error::Interest(entries));
     }
-    tracing::info!(agent = %id, region = %config.region, listen = %config.listen, "agent starting");
+    match &kept_id {
+        Some(id) => {
+            tracing::info!(agent = %id, region = %config.region, listen = %config.listen, "agent starting");
+        }
+        None => {
+            tracing::info!(region = %config.region, listen = %config.listen, "agent starting with a new id");
+        }
+    }
     // Bound before anything is opened or spawned: a start that fails here leaves nothing behind.
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(
@@ -606,13 +621,21 @@ pub async fn run(
         );
     }
     // A disk without room to open the queue in is waited for, serving meanwhile.
+    let opening = async {
+        let id = match kept_id {
+            Some(id) => id,
+            None => opening::make_agent_id(&config.data_dir, &events).await?,
+        };
+        let queue = opening::open_queue(&config.data_dir, queue_config, &events).await?;
+        Ok::<_, Error>((id, queue))
+    };
     let waited = tokio::select! {
-        opened = opening::open_queue(&config.data_dir, queue_config, &events) => Ok(opened),
+        opened = opening => Ok(opened),
         result = &mut server => Err(result.err()),
         () = &mut shutdown => Err(None),
     };
-    let queue = match waited {
-        Ok(Ok(queue)) => queue,
+    let (id, queue) = match waited {
+        Ok(Ok(opened)) => opened,
         stopped => {
             match &stopped {
                 // Said by the caller.
@@ -625,7 +648,7 @@ pub async fn run(
             background.close();
             let _ = tokio::time::timeout(BACKGROUND_STOP, background.wait()).await;
             return match stopped {
-                Ok(Err(err)) => Err(err.into()),
+                Ok(Err(err)) => Err(err),
                 Err(Some(err)) => Err(err.into()),
                 _ => Ok(()),
             };
@@ -845,7 +868,6 @@ async fn sweep(queue: Queue, stop: CancellationToken) {
     }
 }
 
-/// The agent's id from `dir/agent-id`, made and saved on first start.
 /// `--max-queue-share`: a fraction above 0, at most 1.
 fn share(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
@@ -893,67 +915,9 @@ fn event_type_prefix(text: &str) -> Result<String, String> {
     Ok(prefix.to_owned())
 }
 
-fn agent_id(dir: &Path) -> Result<String, Error> {
-    let fail = |source| Error::DataDir {
-        path: dir.display().to_string(),
-        source,
-    };
-    // The directory is made by `run` before anything else.
-    let path = dir.join("agent-id");
-    match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => {
-            // Checked as `--id` is: the control plane refuses any other.
-            let id = id.trim();
-            herald_core::validate::agent_id(id).map_err(|invalid| Error::AgentIdFile {
-                path: path.display().to_string(),
-                reason: invalid.reason,
-            })?;
-            return Ok(id.to_owned());
-        }
-        Ok(_) => {
-            // Never written so (the file is synced before it is put in place): a file system
-            // repaired after a crash, or a hand. The old id is not known any more.
-            tracing::warn!(
-                path = %path.display(),
-                "the agent id file is empty: a new id is made, and the agents list shows \
-                 the old one as disconnected (give --id to keep an id whatever the file)"
-            );
-        }
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-        Err(err) => return Err(fail(err)),
-    }
-    let id = herald_core::ids::new_agent_id();
-    // Written to a temporary file, synced and renamed, so that neither a crash nor a power
-    // loss leaves half an id, or none.
-    let tmp = dir.join("agent-id.tmp");
-    {
-        let mut file = std::fs::File::create(&tmp).map_err(fail)?;
-        std::io::Write::write_all(&mut file, id.as_bytes()).map_err(fail)?;
-        file.sync_all().map_err(fail)?;
-    }
-    std::fs::rename(&tmp, &path).map_err(fail)?;
-    if let Err(err) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
-        // Some file systems cannot sync a directory; the id is written all the same.
-        tracing::warn!(dir = %dir.display(), error = %err, "cannot sync the data directory");
-    }
-    Ok(id)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_agent_id_file_is_made_once_and_read_as_an_id_must_be() {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let made = agent_id(dir.path()).expect("made");
-        assert!(herald_core::validate::agent_id(&made).is_ok(), "{made}");
-        assert_eq!(agent_id(dir.path()).expect("read"), made);
-        std::fs::write(dir.path().join("agent-id"), "node 1\n").expect("written");
-        let refused = agent_id(dir.path()).unwrap_err();
-        assert!(matches!(refused, Error::AgentIdFile { .. }), "{refused}");
-        assert!(refused.is_setting(), "exit 64: restarting does not help");
-    }
 
     #[test]
     fn the_emit_budget_is_a_number_of_bytes_within_its_range() {

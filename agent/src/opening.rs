@@ -1,9 +1,10 @@
 //! Starting on a disk without room. Opening the queue writes (recovery replays the log into
-//! the queue file, and a file left by `kill -9` is repaired), so an agent restarted while its
-//! disk is full or failing cannot open it. Instead of exiting into a supervisor's restart
-//! loop, the agent serves meanwhile: health `NOT_SERVING`, and every `herald.v1.Events` call
-//! refused as a full disk refuses it later (`RESOURCE_EXHAUSTED` with reason `DISK_FULL`, or
-//! `UNAVAILABLE` for an I/O error); it tries again by itself and starts once the disk lets it.
+//! the queue file, and a file left by `kill -9` is repaired), and a first start writes the
+//! agent's new id, so an agent started while its disk is full or failing cannot do either.
+//! Instead of exiting into a supervisor's restart loop, the agent serves meanwhile: health
+//! `NOT_SERVING`, and every `herald.v1.Events` call refused as a full disk refuses it later
+//! (`RESOURCE_EXHAUSTED` with reason `DISK_FULL`, or `UNAVAILABLE` for an I/O error); it tries
+//! again by itself and starts once the disk lets it.
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -15,8 +16,11 @@ use futures_util::future::{Either, Ready, ready};
 use tower::ServiceExt;
 use tower::util::Oneshot;
 
+use herald_core::disk_fault::DiskFault;
+
 use crate::backoff::Backoff;
 use crate::queue::{Queue, QueueConfig, QueueError};
+use crate::{Error, agent_id, disk_may_recover};
 
 /// The first wait before opening the queue again, doubling up to [`MOST_WAIT`].
 const FIRST_WAIT: Duration = Duration::from_secs(1);
@@ -104,6 +108,46 @@ where
         match self.shared.service.get() {
             Some(service) => Either::Left(service.clone().oneshot(request)),
             None => Either::Right(ready(Ok(self.refusal().into_http()))),
+        }
+    }
+}
+
+/// Makes the agent's id and keeps it in `dir` ([`agent_id::make`]) on its first start. While
+/// the disk refuses (full, or failing) the refusal is logged and told to `events`' callers, and
+/// the id is made again after a wait, as [`open_queue`] does; a directory that refuses it for
+/// good (not writable, on a read-only file system) is returned.
+pub async fn make_agent_id<S>(dir: &Path, events: &EventsOnceOpen<S>) -> Result<String, Error> {
+    let mut waits = Backoff::new(FIRST_WAIT, MOST_WAIT);
+    loop {
+        let at = dir.to_owned();
+        let made = tokio::task::spawn_blocking(move || agent_id::make(&at))
+            .await
+            .unwrap_or_else(|err| Err(std::io::Error::other(err)));
+        match made {
+            Ok(id) => {
+                tracing::info!(agent = %id, "agent id made");
+                return Ok(id);
+            }
+            Err(err) if disk_may_recover(&err) => {
+                let wait = waits.next_delay();
+                tracing::error!(
+                    error = %err,
+                    retry_in = ?wait,
+                    "cannot keep the agent's new id: its disk refuses to write; serving \
+                     NOT_SERVING and refusing events until it can"
+                );
+                events.refuse_for(match DiskFault::of_io(&err) {
+                    DiskFault::Full(text) => QueueError::DiskFull(text),
+                    DiskFault::Io(text) => QueueError::Io(text),
+                });
+                tokio::time::sleep(wait).await;
+            }
+            Err(source) => {
+                return Err(Error::DataDir {
+                    path: dir.display().to_string(),
+                    source,
+                });
+            }
         }
     }
 }

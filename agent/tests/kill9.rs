@@ -716,6 +716,84 @@ async fn an_agent_killed_on_a_full_disk_starts_and_waits_for_room() -> anyhow::R
     Ok(())
 }
 
+/// An agent started for the first time on a full disk cannot keep the id it makes: instead of
+/// exiting into a supervisor's restart loop, it serves (health `NOT_SERVING`, `Emit` refused
+/// for a full disk), keeps its id once space is freed, and delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_first_started_on_a_full_disk_waits_for_room_to_keep_its_id() -> anyhow::Result<()>
+{
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let Some(disk) = Tmpfs::mount("48m")? else {
+        return Ok(());
+    };
+    let servers = Servers::start().await?;
+    let sub = servers
+        .cp
+        .create(subscription(
+            "shop-1",
+            &servers.receiver.url("/orders"),
+            &["order.*"],
+        ))
+        .await?;
+    let data_dir = disk.path().join("agent");
+    std::fs::create_dir(&data_dir)?;
+    let filler = disk.fill()?;
+    let binary = Path::new(env!("CARGO_BIN_EXE_herald-agent"));
+    let mut agent =
+        AgentProcess::start_in(binary, servers.cp.url(), &servers.ca_file, &data_dir, &[]).await?;
+    let url = agent.url();
+    let emit = |n: usize| emit_order(&url, "evt_first", n);
+
+    let refused = eventually(
+        Duration::from_secs(20),
+        "Emit refused for a full disk",
+        || async {
+            Ok(match emit(0).await {
+                Err(err)
+                    if herald_tests::herald::status_of(&err)?.code()
+                        != tonic::Code::Unavailable =>
+                {
+                    Some(err)
+                }
+                _ => None,
+            })
+        },
+    )
+    .await?;
+    let status = herald_tests::herald::status_of(&refused)?;
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert_eq!(
+        serving_status(&agent.url(), "").await?,
+        ServingStatus::NotServing
+    );
+    assert!(agent.exit_status().is_none(), "{}", agent.log());
+    assert!(
+        agent.log().contains("cannot keep the agent's new id"),
+        "{}",
+        agent.log()
+    );
+    assert!(!data_dir.join("agent-id").exists());
+
+    std::fs::remove_file(&filler)?;
+    eventually(Duration::from_secs(60), "health SERVING", || async {
+        Ok((serving_status(&agent.url(), "").await? == ServingStatus::Serving).then_some(()))
+    })
+    .await?;
+    let id = std::fs::read_to_string(data_dir.join("agent-id"))?;
+    servers
+        .cp
+        .wait_applied(sub.revision, Duration::from_secs(20))
+        .await?;
+    let agents = servers.cp.list_agents().await?;
+    assert!(
+        agents.iter().any(|a| a.id == id && a.connected),
+        "{id} in {agents:?}"
+    );
+    emit(0).await?;
+    wait_delivered(&servers.receiver, 0, "evt_first", 0).await?;
+    Ok(())
+}
+
 /// An agent started while its disk is frozen (a storage snapshot, a stuck volume: writes wait
 /// without failing) answers from the start, health `NOT_SERVING` and `Emit` `UNAVAILABLE`
 /// ("the agent is starting"), instead of leaving callers and health checks unanswered until
