@@ -319,6 +319,11 @@ pub struct CreateArgs {
     /// signing key, and a whpk_ public key for receivers).
     #[arg(long, default_value = "v1", value_parser = ["v1", "v1a"])]
     signature: String,
+    /// Makes the create safe to run again (after a timeout, from a script run twice): the same
+    /// tenant, key and flags within 24 hours answer the subscription the first run made
+    /// instead of making another. Up to 255 printable ASCII characters.
+    #[arg(long, default_value = "")]
+    idempotency_key: String,
     #[command(flatten)]
     fields: Fields,
 }
@@ -357,6 +362,7 @@ impl CreateArgs {
         Ok(pb::CreateSubscriptionRequest {
             subscription: Some(sub),
             allow_unregistered,
+            idempotency_key: self.idempotency_key,
         })
     }
 }
@@ -781,11 +787,16 @@ async fn import(
     let total = entries.len();
     let mut results = Vec::with_capacity(total);
     let mut refused = 0;
+    let mut keys = ImportKeys::default();
     for (index, entry) in entries.iter().enumerate() {
+        let key = keys.next(entry);
         let outcome = async {
             let flags = entry_flags(entry)?;
-            let parsed = <ImportEntry as clap::Parser>::try_parse_from(&flags)
+            let mut parsed = <ImportEntry as clap::Parser>::try_parse_from(&flags)
                 .map_err(|e| anyhow::anyhow!("{}", entry_error(&e, entry)))?;
+            if parsed.args.idempotency_key.is_empty() {
+                parsed.args.idempotency_key = key;
+            }
             let created = client
                 .create_subscription(parsed.args.into_request()?)
                 .await
@@ -831,6 +842,28 @@ async fn import(
         );
     }
     Ok(())
+}
+
+/// The idempotency keys an import gives its entries that name none, so that running an import
+/// again (after fixing an entry it refused, or after a run cut short) makes no second
+/// subscription for the entries already created: a digest of the entry, and which of the
+/// file's identical entries it is.
+#[derive(Default)]
+struct ImportKeys {
+    seen: std::collections::HashMap<String, usize>,
+}
+
+impl ImportKeys {
+    fn next(&mut self, entry: &serde_json::Value) -> String {
+        use sha2::Digest as _;
+        let digest: String = sha2::Sha256::digest(entry.to_string().as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let nth = self.seen.entry(digest.clone()).or_default();
+        *nth += 1;
+        format!("import-{digest}-{nth}")
+    }
 }
 
 /// What was wrong with an entry, in the one line clap's error starts with (its usage text

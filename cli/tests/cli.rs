@@ -1350,6 +1350,32 @@ async fn import_creates_many_shows_progress_and_names_the_refused() -> anyhow::R
         .find(|s| s["tenant"] == "shop-3")
         .expect("shop-3");
     assert_eq!(stock["max_in_flight"], 4);
+
+    // The refused entry fixed and the file imported again: the entries created the first time
+    // are not created twice.
+    let fixed = std::fs::read_to_string(&file)?.replace("not a url", "https://127.0.0.1:9/all");
+    std::fs::write(&file, fixed)?;
+    let again = run(&[
+        "subscription",
+        "import",
+        file.to_str().unwrap(),
+        "-o",
+        "json",
+    ])
+    .await?;
+    assert_eq!(again.status.code(), Some(0), "{again:?}");
+    let results: Value = serde_json::from_slice(&again.stdout)?;
+    assert_eq!(results["results"][0]["id"], orders["id"]);
+    assert_eq!(results["results"][2]["id"], stock["id"]);
+    let listed = json(&run(&["subscription", "list", "-o", "json"]).await?);
+    let tenants: Vec<&str> = listed["subscriptions"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|s| s["tenant"].as_str())
+        .collect();
+    assert_eq!(tenants.len(), 3, "{listed}");
+    assert!(tenants.contains(&"shop-2"), "{listed}");
     Ok(())
 }
 

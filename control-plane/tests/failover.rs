@@ -103,6 +103,7 @@ async fn a_killed_replicas_agents_move_to_another_and_miss_no_change() -> anyhow
         .create_subscription(pb::CreateSubscriptionRequest {
             subscription: Some(subscription("shop-1", &receiver.url("/old"), &["order.*"])),
             allow_unregistered: false,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -122,6 +123,7 @@ async fn a_killed_replicas_agents_move_to_another_and_miss_no_change() -> anyhow
         .create_subscription(pb::CreateSubscriptionRequest {
             subscription: Some(subscription("shop-1", &receiver.url("/new"), &["order.*"])),
             allow_unregistered: false,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -164,6 +166,7 @@ async fn a_replica_killed_mid_traffic_loses_and_doubles_no_attempt_count_or_even
     let create = |sub| pb::CreateSubscriptionRequest {
         subscription: Some(sub),
         allow_unregistered: false,
+        ..Default::default()
     };
     let down = a.create_subscription(create(down)).await?.into_inner();
     let ops = a

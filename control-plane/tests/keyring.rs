@@ -59,6 +59,7 @@ async fn a_replica_with_another_key_of_the_same_id_exits_64() -> anyhow::Result<
         .create_subscription(pb::CreateSubscriptionRequest {
             subscription: Some(subscription("shop-1", &receiver.url("/hook"), &["order.*"])),
             allow_unregistered: false,
+            ..Default::default()
         })
         .await?
         .into_inner();

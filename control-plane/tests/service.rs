@@ -186,6 +186,7 @@ async fn sigterm_ends_every_open_stream_and_the_replica_exits_within_its_grace()
                 &["order.*"],
             )),
             allow_unregistered: false,
+            ..Default::default()
         })
         .await?;
     let mut tail = DeliveriesClient::new(connect(&replica.url()).await?)

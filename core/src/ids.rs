@@ -1,6 +1,6 @@
 //! Sortable unique ids for events (`evt_…`), subscriptions (`sub_…`), agents (`agt_…`),
-//! replay orders relayed between control-plane replicas (`rpl_…`) and console sign-ins
-//! (`ses_…`).
+//! replay orders relayed between control-plane replicas (`rpl_…`), console sign-ins (`ses_…`)
+//! and the web forms that create subscriptions (`frm_…`).
 //!
 //! An id is a type prefix followed by a ULID: 48 bits of milliseconds then 80 random bits, in
 //! Crockford base32, so ids sort by creation time as plain strings. All ids of one process come
@@ -38,6 +38,12 @@ pub fn new_replay_order_id() -> String {
 /// on every replica; it is sealed in the session's cookie, never shown).
 pub fn new_session_id() -> String {
     format!("ses_{}", next_ulid())
+}
+
+/// A new web form key, `frm_<ULID>`: a create form carries it as its idempotency key, so a
+/// form posted twice (a double click, a page reloaded) makes one subscription.
+pub fn new_form_key() -> String {
+    format!("frm_{}", next_ulid())
 }
 
 /// The next ULID from the process-wide generator.

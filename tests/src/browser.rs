@@ -203,6 +203,26 @@ impl Browser {
         }
     }
 
+    /// Posts the form `css` selects twice at once, as it stands, without leaving the page (a
+    /// double click, a page reloaded, a user's impatience); fails unless both posts were
+    /// answered with a redirect, as a form taken is.
+    pub async fn post_form_twice(&self, css: &str) -> anyhow::Result<()> {
+        let script = "const form = document.querySelector(arguments[0]);
+            const post = () => fetch(form.action, {
+                method: 'POST', body: new URLSearchParams(new FormData(form)), redirect: 'manual',
+            }).then(r => r.type);
+            return Promise.all([post(), post()]);";
+        let answered = self
+            .client
+            .execute(script, vec![serde_json::Value::from(css)])
+            .await?;
+        anyhow::ensure!(
+            answered == serde_json::json!(["opaqueredirect", "opaqueredirect"]),
+            "the form {css} posted twice was answered {answered}"
+        );
+        Ok(())
+    }
+
     /// The current URL.
     pub async fn url(&self) -> anyhow::Result<String> {
         Ok(self.client.current_url().await?.to_string())

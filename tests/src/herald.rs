@@ -251,6 +251,7 @@ impl ControlPlane {
             .create_subscription(pb::CreateSubscriptionRequest {
                 subscription: Some(sub),
                 allow_unregistered: false,
+                ..Default::default()
             })
             .await?
             .into_inner())

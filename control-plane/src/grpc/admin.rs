@@ -26,7 +26,10 @@ use crate::page_tokens::{Listing, PageTokens};
 use crate::presence;
 use crate::relay::Relay;
 use crate::store::Store;
-use crate::subscriptions::{Subscriptions, redact, with_signing_secrets_only, without_write_only};
+use crate::subscriptions::create_key::CreateKey;
+use crate::subscriptions::{
+    Created, Subscriptions, redact, with_signing_secrets_only, without_write_only,
+};
 use crate::test_send::Testers;
 
 /// `herald.v1.Subscriptions`.
@@ -111,14 +114,37 @@ impl SubscriptionsApi for SubscriptionsService {
     ) -> Result<Response<pb::Subscription>, Status> {
         let who = caller(&request);
         let request = request.into_inner();
+        let key = CreateKey::of(&request).map_err(herald_proto::convert::invalid_argument)?;
         let sub = required(request.subscription, "subscription")?;
         if !sub.tenant.is_empty() {
             who.may_act_for(&sub.tenant)?;
         }
-        self.event_types
-            .check(&sub.event_types, &[], request.allow_unregistered)
-            .await?;
-        let created = self.registry.create(sub).await?;
+        // Sent again: answered as the first was, whatever changed since in the catalogue.
+        let first = match &key {
+            Some(key) => self.registry.created_with(&sub.tenant, key).await?,
+            None => None,
+        };
+        let made = match first {
+            Some(first) => Created::Replayed(first),
+            None => {
+                self.event_types
+                    .check(&sub.event_types, &[], request.allow_unregistered)
+                    .await?;
+                self.registry.create_keyed(sub, key.as_ref()).await?
+            }
+        };
+        let created = match made {
+            Created::New(created) => created,
+            Created::Replayed(first) => {
+                tracing::info!(
+                    id = %first.id,
+                    tenant = %first.tenant,
+                    "subscription create sent again with its idempotency key: answered with \
+                     the subscription it made"
+                );
+                return Ok(Response::new(without_write_only(first)));
+            }
+        };
         tracing::info!(id = %created.id, tenant = %created.tenant, "subscription created");
         self.audited(
             &who,

@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use herald_proto::convert::duration;
 use herald_proto::v1 as pb;
@@ -70,13 +70,22 @@ pub struct WriteQuery {
     allow_unregistered: Option<bool>,
 }
 
-/// Creates a subscription; the answer holds its id and its signing secret.
+/// Creates a subscription; the answer holds its id and its signing secret. With an
+/// `Idempotency-Key`, the same request sent again within 24 hours makes no second
+/// subscription and answers the first (a different request with that key: 409).
 #[utoipa::path(
     post,
     path = "/api/v1/subscriptions",
     operation_id = "CreateSubscription",
     tag = "Subscriptions",
-    params(WriteQuery),
+    params(
+        WriteQuery,
+        (
+            "Idempotency-Key" = Option<String>,
+            Header,
+            description = "Makes the create safe to send again: up to 255 printable ASCII characters, kept per tenant for 24 hours"
+        )
+    ),
     request_body = SubscriptionSpec,
     responses(
         (status = 201, body = Subscription, headers(("location" = String))),
@@ -89,11 +98,25 @@ pub async fn create_subscription(
     State(state): State<ApiState>,
     caller: Authorized,
     ApiQuery(query): ApiQuery<WriteQuery>,
+    headers: HeaderMap,
     ApiJson(spec): ApiJson<SubscriptionSpec>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let idempotency_key = match headers.get("idempotency-key") {
+        Some(value) => value
+            .to_str()
+            .map_err(|_| {
+                ApiError::invalid_field(
+                    "Idempotency-Key",
+                    "may hold only printable ASCII characters",
+                )
+            })?
+            .to_owned(),
+        None => String::new(),
+    };
     let request = caller.request(pb::CreateSubscriptionRequest {
         subscription: Some(spec.to_wire(String::new())?),
         allow_unregistered: query.allow_unregistered.unwrap_or(false),
+        idempotency_key,
     });
     let created = state
         .services

@@ -23,11 +23,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crate::access::Scope;
 use crate::keys;
 use crate::sealing::{Keyring, SealingError};
-use crate::store::{Compare, KeyValue, Op, Store, StoreError, Txn, TxnOutcome};
+use crate::store::{Compare, KeyValue, LeaseId, Op, Store, StoreError, Txn, TxnOutcome};
 
+pub mod create_key;
 mod masking;
 mod record;
 
+use create_key::{CreateKey, KeptCreate};
 use masking::{merged_egress_proxy, merged_headers, merged_oauth2};
 pub use masking::{redact, same_origin, with_signing_secrets_only, without_write_only};
 pub use record::decode;
@@ -86,6 +88,16 @@ pub enum SubscriptionError {
         /// When its oldest secret stops verifying (RFC 3339).
         until: String,
     },
+    /// A create named an idempotency key that an earlier create of the tenant, asking for
+    /// something else, used within the key's 24 hours.
+    #[error(
+        "idempotency key {0:?} was used by another create of this tenant, with another request, \
+         within the last 24 hours: use a new key for a new subscription"
+    )]
+    KeyReused(String),
+    /// A create sent again with its idempotency key, whose subscription was deleted since.
+    #[error("subscription {0}, which the create with this idempotency key made, was deleted")]
+    KeyedCreateDeleted(String),
     /// Concurrent writers kept winning.
     #[error("subscription {0} is being changed concurrently; try again")]
     Contended(String),
@@ -120,7 +132,10 @@ impl From<SubscriptionError> for tonic::Status {
             SubscriptionError::Invalid(invalid) => {
                 herald_proto::convert::invalid_argument(invalid.clone())
             }
-            SubscriptionError::NotFound(_) => Status::not_found(err.to_string()),
+            SubscriptionError::NotFound(_) | SubscriptionError::KeyedCreateDeleted(_) => {
+                Status::not_found(err.to_string())
+            }
+            SubscriptionError::KeyReused(_) => Status::already_exists(err.to_string()),
             SubscriptionError::StaleRevision { .. } => Status::failed_precondition(err.to_string()),
             SubscriptionError::Contended(_) | SubscriptionError::CreatesContended(_) => {
                 Status::aborted(err.to_string())
@@ -139,6 +154,31 @@ impl From<SubscriptionError> for tonic::Status {
             SubscriptionError::Sealing { .. } => Status::internal(err.to_string()),
         }
     }
+}
+
+/// What a create answers.
+#[derive(Debug)]
+pub enum Created {
+    /// A new subscription, as written.
+    New(pb::Subscription),
+    /// The subscription an earlier create with the same idempotency key made, as it is now.
+    Replayed(pb::Subscription),
+}
+
+impl Created {
+    /// The subscription, new or made before.
+    pub fn subscription(&self) -> &pb::Subscription {
+        match self {
+            Created::New(sub) | Created::Replayed(sub) => sub,
+        }
+    }
+}
+
+/// A create that names an idempotency key: its record, and the lease the record is bound to.
+struct KeyedCreate<'a> {
+    key: &'a CreateKey,
+    store_key: String,
+    lease: LeaseId,
 }
 
 /// A subscription's stored record, found by id and not yet opened.
@@ -404,6 +444,18 @@ impl Subscriptions {
         &self,
         request: pb::Subscription,
     ) -> Result<pb::Subscription, SubscriptionError> {
+        match self.create_keyed(request, None).await? {
+            Created::New(sub) | Created::Replayed(sub) => Ok(sub),
+        }
+    }
+
+    /// Like [`Subscriptions::create`], for a create that may name an idempotency key: one
+    /// sent again with the same key and request answers the subscription the first made.
+    pub async fn create_keyed(
+        &self,
+        request: pb::Subscription,
+        key: Option<&CreateKey>,
+    ) -> Result<Created, SubscriptionError> {
         let now = SystemTime::now();
         let scheme = signature_scheme(request.signature_scheme)?;
         // New subscriptions get the Standard Webhooks envelope unless they ask for raw bodies.
@@ -432,6 +484,62 @@ impl Subscriptions {
             ..request
         };
         self.check(&mut sub, None).await?;
+        let Some(key) = key else {
+            return self.create_rounds(sub, None).await;
+        };
+        // The key's record goes when its lease does; a lease a create ends up not using is
+        // given back.
+        let keyed = KeyedCreate {
+            key,
+            store_key: key.store_key(&sub.tenant),
+            lease: self.store.grant_lease(create_key::KEPT_FOR).await?,
+        };
+        let made = self.create_rounds(sub, Some(&keyed)).await;
+        if !matches!(made, Ok(Created::New(_)))
+            && let Err(err) = self.store.revoke_lease(keyed.lease).await
+        {
+            tracing::debug!(error = %err, "an unused create-key lease is left to expire");
+        }
+        made
+    }
+
+    /// The subscription a create of `tenant` with `key` made within the key's 24 hours, if
+    /// one did: a create sent again answers it, instead of making another.
+    pub async fn created_with(
+        &self,
+        tenant: &str,
+        key: &CreateKey,
+    ) -> Result<Option<pb::Subscription>, SubscriptionError> {
+        let store_key = key.store_key(tenant);
+        let Some(kv) = self.store.get(&store_key).await? else {
+            return Ok(None);
+        };
+        let record = <pb::CreateKeyRecord as prost::Message>::decode(kv.value.as_slice()).map_err(
+            |err| SubscriptionError::Corrupt {
+                key: store_key,
+                reason: err.to_string(),
+            },
+        )?;
+        match key.judge(&record) {
+            KeptCreate::OtherRequest => Err(SubscriptionError::KeyReused(key.text().to_owned())),
+            KeptCreate::Same(id) => match self.get(&id).await {
+                Ok(sub) => Ok(Some(sub)),
+                Err(SubscriptionError::NotFound(_)) => {
+                    Err(SubscriptionError::KeyedCreateDeleted(id))
+                }
+                Err(err) => Err(err),
+            },
+        }
+    }
+
+    /// Writes `sub` as a new subscription, with `keyed`'s record when the create names a key,
+    /// counting the tenant's subscriptions again whenever another create of it came first. A
+    /// create with the same key that came first is answered instead.
+    async fn create_rounds(
+        &self,
+        mut sub: pb::Subscription,
+        keyed: Option<&KeyedCreate<'_>>,
+    ) -> Result<Created, SubscriptionError> {
         let key = keys::subscription(&sub.tenant, &sub.id);
         let index = keys::subscription_id(&sub.id);
         let guard = keys::tenant_creates(&sub.tenant);
@@ -452,16 +560,31 @@ impl Subscriptions {
                     limit: self.max_per_tenant,
                 });
             }
-            let txn = Txn::default()
+            let mut txn = Txn::default()
                 .when(guard_holds)
                 .when(Compare::Absent(key.clone()))
                 .when(Compare::Absent(index.clone()))
                 .then(Op::Put(key.clone(), encode(&sub, &self.keyring)?))
                 .then(Op::Put(index.clone(), sub.tenant.clone().into_bytes()))
                 .then(Op::Put(guard.clone(), sub.id.clone().into_bytes()));
+            if let Some(keyed) = keyed {
+                txn = txn
+                    .when(Compare::Absent(keyed.store_key.clone()))
+                    .then(Op::PutLeased(
+                        keyed.store_key.clone(),
+                        keyed.key.record(&sub.id),
+                        keyed.lease,
+                    ));
+            }
             if let TxnOutcome::Committed { revision } = self.store.txn(txn).await? {
                 sub.revision = revision;
-                return Ok(sub);
+                return Ok(Created::New(sub));
+            }
+            // A create with the same key came first: its subscription is the answer.
+            if let Some(keyed) = keyed
+                && let Some(first) = self.created_with(&sub.tenant, keyed.key).await?
+            {
+                return Ok(Created::Replayed(first));
             }
             // Another create of the tenant came first (a fresh ULID id collides only if the
             // clock and randomness both repeat): count again.

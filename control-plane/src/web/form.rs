@@ -194,6 +194,9 @@ pub struct SubscriptionForm {
     pub allow_unregistered: bool,
     /// The revision read (edit only).
     pub revision: String,
+    /// The key the create form was shown with, sent as the create's idempotency key (create
+    /// only): the form posted twice makes one subscription.
+    pub create_key: String,
 }
 
 /// PEM as a form posts it: line ends as `\n`, no blank edges.
@@ -212,6 +215,7 @@ impl SubscriptionForm {
     pub fn from_form(form: &FormData) -> Self {
         SubscriptionForm {
             tenant: form.text("tenant"),
+            create_key: form.text("create_key"),
             url: form.text("url"),
             // Checkboxes (the portal's catalogue) and a text field (the console) both count.
             event_types: form
@@ -282,6 +286,8 @@ impl SubscriptionForm {
         };
         let number = |n: u32| if n == 0 { String::new() } else { n.to_string() };
         SubscriptionForm {
+            // Edits only: an edit has no create to repeat.
+            create_key: String::new(),
             tenant: sub.tenant.clone(),
             url: sub.url.clone(),
             event_types: sub.event_types.join(","),

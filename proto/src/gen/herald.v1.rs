@@ -374,6 +374,13 @@ pub struct CreateSubscriptionRequest {
     /// otherwise, while it holds any type).
     #[prost(bool, tag = "2")]
     pub allow_unregistered: bool,
+    /// Makes a create safe to send again (after a timeout, a lost answer, an import run twice):
+    /// a create of the same tenant with the same key within 24 hours makes no new subscription
+    /// and answers the one the first made, as it is now (NOT_FOUND once it is deleted); the same
+    /// key with another request answers ALREADY_EXISTS. Up to 255 printable ASCII characters;
+    /// empty: none.
+    #[prost(string, tag = "3")]
+    pub idempotency_key: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetSubscriptionRequest {
@@ -833,6 +840,18 @@ pub struct ListEventTypesResponse {
 pub struct ExpirePortalLinksRequest {
     #[prost(string, tag = "1")]
     pub tenant: ::prost::alloc::string::String,
+}
+/// A create that named an idempotency key, kept in the config store at
+/// /herald/v1/create-keys/<tenant>/<sha256 of the key> for 24 hours (bound to a lease).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CreateKeyRecord {
+    /// The subscription the create made.
+    #[prost(string, tag = "1")]
+    pub subscription_id: ::prost::alloc::string::String,
+    /// SHA-256 of the request (the subscription as asked for and allow_unregistered), so that the
+    /// key sent again with another request is told apart.
+    #[prost(bytes = "vec", tag = "2")]
+    pub request_sha256: ::prost::alloc::vec::Vec<u8>,
 }
 /// A tenant's portal links made at or before `before` no longer open. Kept in the config
 /// store at /herald/v1/portal-links-expired/<tenant>.

@@ -124,6 +124,7 @@ async fn every_change_is_recorded_with_its_actor() -> anyhow::Result<()> {
             subscription: Some(subscription("shop-b", &receiver.url("/b"), &["order.*"])),
             // The catalogue holds invoice.added now; order.* is not registered.
             allow_unregistered: true,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -234,6 +235,7 @@ async fn a_change_whose_caller_gave_up_is_recorded_too() -> anyhow::Result<()> {
                 &["order.*"],
             )),
             allow_unregistered: true,
+            ..Default::default()
         });
         request.set_timeout(deadline);
         match tokio::time::timeout(deadline, subs.create_subscription(request)).await {

@@ -67,6 +67,7 @@ async fn calls_without_a_valid_token_or_the_right_role_are_refused() -> anyhow::
             &["order.*"],
         )),
         allow_unregistered: false,
+        ..Default::default()
     };
     let refused = reader
         .create_subscription(create.clone())

@@ -125,6 +125,7 @@ async fn a_receiver_that_requires_a_client_certificate_gets_the_subscriptions() 
         .create_subscription(pb::CreateSubscriptionRequest {
             subscription: Some(mismatched),
             allow_unregistered: false,
+            ..Default::default()
         })
         .await
         .expect_err("a foreign key");

@@ -92,6 +92,9 @@ async fn an_operator_manages_a_failing_endpoint_from_the_console() -> anyhow::Re
     browser.fill("#url", &receiver.url("/orders")).await?;
     browser.fill("#other_patterns", "order.*").await?;
     browser.fill("#description", "orders to the ERP").await?;
+    // The form posted twice at once before the click (a double click, a page reloaded): the
+    // three posts make one subscription.
+    browser.post_form_twice("form.form").await?;
     browser.click("#save").await?;
     browser.wait_url("show_secrets").await?;
     let page = browser.page_text().await?;
@@ -107,6 +110,16 @@ async fn an_operator_manages_a_failing_endpoint_from_the_console() -> anyhow::Re
         .to_owned();
     let created = control_plane.get(&id).await?;
     assert_eq!(created.description, "orders to the ERP");
+    let listed = control_plane
+        .subscriptions()
+        .await?
+        .list_subscriptions(pb::ListSubscriptionsRequest {
+            tenant: "shop-a".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(listed.subscriptions.len(), 1, "{listed:?}");
     control_plane
         .wait_applied(created.revision, Duration::from_secs(10))
         .await?;

@@ -152,6 +152,7 @@ async fn calls_compressed_with_gzip_are_read() -> anyhow::Result<()> {
                 &["order.*"],
             )),
             allow_unregistered: true,
+            ..Default::default()
         })
         .await?
         .into_inner();

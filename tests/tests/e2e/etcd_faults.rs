@@ -63,6 +63,7 @@ async fn a_three_member_cluster_rides_out_member_failures() -> anyhow::Result<()
                 &["product.stock_changed"],
             )),
             allow_unregistered: false,
+            ..Default::default()
         })
         .await
         .expect_err("no quorum, no write");
@@ -113,6 +114,7 @@ async fn a_three_member_cluster_rides_out_member_failures() -> anyhow::Result<()
                         &["product.*"],
                     )),
                     allow_unregistered: false,
+                    ..Default::default()
                 })
                 .await
                 .ok()

@@ -120,6 +120,7 @@ async fn subscriptions_select_registered_types_once_the_catalogue_has_any() -> a
         .create_subscription(pb::CreateSubscriptionRequest {
             subscription: Some(subscription("shop-1", url, &["ordr.created"])),
             allow_unregistered: false,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -135,6 +136,7 @@ async fn subscriptions_select_registered_types_once_the_catalogue_has_any() -> a
     subs.create_subscription(pb::CreateSubscriptionRequest {
         subscription: Some(subscription("shop-1", url, &["shipment.created"])),
         allow_unregistered: true,
+        ..Default::default()
     })
     .await?;
 

@@ -216,6 +216,7 @@ async fn bad_filters_are_refused_naming_the_bad_part() -> anyhow::Result<()> {
             .create_subscription(pb::CreateSubscriptionRequest {
                 subscription: Some(filtered("shop-bad", &world.receiver.url("/x"), filter)),
                 allow_unregistered: true,
+                ..Default::default()
             })
             .await
             .expect_err("refused");

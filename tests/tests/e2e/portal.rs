@@ -162,6 +162,8 @@ async fn a_shop_manages_its_endpoints_in_its_portal_and_sees_no_other_shop() -> 
     browser.fill("#url", &receiver.url("/shop-a")).await?;
     browser.click("input[value='order.created']").await?;
     browser.click("#format option[value='xml']").await?;
+    // Posted twice at once before the click: one endpoint all the same.
+    browser.post_form_twice("form.form").await?;
     browser.click("#save").await?;
     browser.wait_url("done=created").await?;
     let secret = browser.text("code.secret").await?;
@@ -183,6 +185,21 @@ async fn a_shop_manages_its_endpoints_in_its_portal_and_sees_no_other_shop() -> 
     let created = control_plane.get(&id).await?;
     assert_eq!(created.tenant, "shop-a");
     assert_eq!(created.event_types, ["order.created"]);
+    let shop_a = control_plane
+        .subscriptions()
+        .await?
+        .list_subscriptions(pb::ListSubscriptionsRequest {
+            tenant: "shop-a".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .subscriptions;
+    assert_eq!(
+        shop_a.iter().filter(|s| s.url == created.url).count(),
+        1,
+        "{shop_a:?}"
+    );
     assert_eq!(created.format, pb::Format::Xml as i32);
     control_plane
         .wait_applied(created.revision, Duration::from_secs(10))

@@ -1071,3 +1071,64 @@ async fn an_open_listener_answers_no_name_a_rebinding_page_could_have() -> anyho
     drop(control_plane);
     Ok(())
 }
+
+/// `Idempotency-Key` on the HTTP API's create: sent again, the same subscription; another body
+/// with the key, 409.
+#[tokio::test]
+async fn a_create_sent_again_with_an_idempotency_key_makes_one_subscription() -> anyhow::Result<()>
+{
+    let http = HeldPort::new()?;
+    let control_plane = ControlPlane::start_with_tokens_configured(
+        ConfigStore::Embedded,
+        &tokens(),
+        ADMIN,
+        |config| config.http_listen = Some(http.addr()),
+    )
+    .await?;
+    let base = format!("http://{}", http.addr());
+    let client = plain_client();
+    let post = |body: Value, key: &'static str| {
+        let request = client
+            .post(format!("{base}/api/v1/subscriptions"))
+            .bearer_auth(ADMIN)
+            .header("idempotency-key", key)
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        async move {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            let body: Value = serde_json::from_str(&response.text().await?)?;
+            anyhow::Ok((status, body))
+        }
+    };
+    let body = json!({
+        "tenant": "shop-a",
+        "url": "https://127.0.0.1:9/orders",
+        "event_types": ["order.created"],
+    });
+    let (status, first) = post(body.clone(), "erp-sync-7").await?;
+    assert_eq!(status, 201, "{first}");
+    let (status, again) = post(body.clone(), "erp-sync-7").await?;
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(again["id"], first["id"]);
+    let listed = control_plane
+        .subscriptions()
+        .await?
+        .list_subscriptions(herald_proto::v1::ListSubscriptionsRequest {
+            tenant: "shop-a".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(listed.subscriptions.len(), 1);
+
+    let mut other = body;
+    other["url"] = json!("https://127.0.0.1:9/stock");
+    let (status, refused) = post(other, "erp-sync-7").await?;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (409, Some("ALREADY_EXISTS")),
+        "{refused}"
+    );
+    Ok(())
+}

@@ -29,6 +29,7 @@ async fn the_control_plane_refuses_special_targets_unless_allowed() -> anyhow::R
             .create_subscription(pb::CreateSubscriptionRequest {
                 subscription: Some(subscription("shop-1", url, &["order.*"])),
                 allow_unregistered: false,
+                ..Default::default()
             })
             .await
             .expect_err(url);

@@ -60,6 +60,7 @@ async fn invalid_input_is_refused_with_invalid_argument_naming_the_field() -> an
             .create_subscription(pb::CreateSubscriptionRequest {
                 subscription: Some(bad),
                 allow_unregistered: false,
+                ..Default::default()
             })
             .await
             .expect_err(field);
@@ -79,6 +80,7 @@ async fn invalid_input_is_refused_with_invalid_argument_naming_the_field() -> an
         .create_subscription(pb::CreateSubscriptionRequest {
             subscription: None,
             allow_unregistered: false,
+            ..Default::default()
         })
         .await
         .expect_err("no subscription");
@@ -361,4 +363,96 @@ fn violated_field(status: &tonic::Status) -> Option<String> {
         .into_iter()
         .next()
         .map(|violation| violation.field)
+}
+
+/// A platform's create that timed out is sent again with its idempotency key: one
+/// subscription, the same answer (its secret included), whether the two are sent one after
+/// the other or at once; the key is the tenant's own, and it cannot be reused for another
+/// subscription.
+#[tokio::test]
+async fn a_create_sent_again_with_its_idempotency_key_makes_one_subscription() -> anyhow::Result<()>
+{
+    let etcd = Etcd::start().await?;
+    let cp = ControlPlane::start(ConfigStore::Etcd(vec![etcd.endpoint()])).await?;
+    let mut admin = cp.subscriptions().await?;
+    let create = |tenant: &str, url: &str, key: &str| pb::CreateSubscriptionRequest {
+        subscription: Some(subscription(tenant, url, &["order.*"])),
+        allow_unregistered: false,
+        idempotency_key: key.into(),
+    };
+    let lister = admin.clone();
+    let count = |tenant: &'static str| {
+        let mut admin = lister.clone();
+        async move {
+            let listed = admin
+                .list_subscriptions(pb::ListSubscriptionsRequest {
+                    tenant: tenant.into(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            anyhow::Ok(listed.subscriptions.len())
+        }
+    };
+
+    let first = admin
+        .create_subscription(create("shop-1", "https://shop.example/a", "sync-42"))
+        .await?
+        .into_inner();
+    let again = admin
+        .create_subscription(create("shop-1", "https://shop.example/a", "sync-42"))
+        .await?
+        .into_inner();
+    assert_eq!(again.id, first.id);
+    assert_eq!(again.secrets, first.secrets, "the answer holds the secret");
+    assert_eq!(count("shop-1").await?, 1);
+
+    // Another request with the key is refused; another tenant's key of the same name is its own.
+    let reused = admin
+        .create_subscription(create("shop-1", "https://shop.example/b", "sync-42"))
+        .await
+        .expect_err("another request with the key");
+    assert_eq!(reused.code(), Code::AlreadyExists, "{reused:?}");
+    let other_tenant = admin
+        .create_subscription(create("shop-2", "https://shop.example/a", "sync-42"))
+        .await?
+        .into_inner();
+    assert_ne!(other_tenant.id, first.id);
+
+    // Sent eight times at once: one subscription, one answer.
+    let mut racing = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let mut admin = admin.clone();
+        let request = create("shop-1", "https://shop.example/c", "sync-43");
+        racing.spawn(async move { admin.create_subscription(request).await });
+    }
+    let mut ids = std::collections::HashSet::new();
+    while let Some(answer) = racing.join_next().await {
+        ids.insert(answer??.into_inner().id);
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(count("shop-1").await?, 2);
+
+    // Deleted since: the key does not make it again.
+    admin
+        .delete_subscription(pb::DeleteSubscriptionRequest {
+            id: first.id.clone(),
+            ..Default::default()
+        })
+        .await?;
+    let gone = admin
+        .create_subscription(create("shop-1", "https://shop.example/a", "sync-42"))
+        .await
+        .expect_err("deleted since");
+    assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
+    assert!(gone.message().contains(&first.id), "{gone:?}");
+
+    // Checked as any field is.
+    let bad = admin
+        .create_subscription(create("shop-1", "https://shop.example/d", "tab\tkey"))
+        .await
+        .expect_err("not printable");
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+    assert_eq!(violated_field(&bad).as_deref(), Some("idempotency_key"));
+    Ok(())
 }

@@ -146,6 +146,7 @@ async fn a_token_scoped_to_one_tenant_neither_sees_nor_changes_another() -> anyh
         .create_subscription(pb::CreateSubscriptionRequest {
             subscription: Some(subscription("shop-b", &receiver.url("/b"), &["order.*"])),
             allow_unregistered: false,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -156,6 +157,7 @@ async fn a_token_scoped_to_one_tenant_neither_sees_nor_changes_another() -> anyh
             .create_subscription(pb::CreateSubscriptionRequest {
                 subscription: Some(subscription("shop-a", &receiver.url("/x"), &["order.*"])),
                 allow_unregistered: false,
+                ..Default::default()
             })
             .await,
         Code::PermissionDenied,
@@ -1093,6 +1095,7 @@ async fn page_tokens_are_sealed_so_they_neither_tell_nor_take_a_position() -> an
             .create_subscription(pb::CreateSubscriptionRequest {
                 subscription: Some(subscription("shop-b", &receiver.url(path), &["order.*"])),
                 allow_unregistered: false,
+                ..Default::default()
             })
             .await?
             .into_inner()

@@ -215,6 +215,7 @@ async fn new_form(State(state): State<WebState>, console: Console) -> Result<Res
         format: "json".into(),
         envelope: "standard".into(),
         signature: "v1".into(),
+        create_key: herald_core::ids::new_form_key(),
         ..Default::default()
     };
     form_page(&state, &console, None, form, String::new()).await
@@ -232,6 +233,7 @@ async fn create(
     let request = console.caller.request(pb::CreateSubscriptionRequest {
         subscription: Some(subscription),
         allow_unregistered: form.allow_unregistered,
+        idempotency_key: form.create_key.clone(),
     });
     match state
         .services

@@ -422,6 +422,7 @@ async fn new_form(State(state): State<WebState>, holder: Holder) -> Result<Respo
     let form = SubscriptionForm {
         format: "json".into(),
         envelope: "standard".into(),
+        create_key: herald_core::ids::new_form_key(),
         ..Default::default()
     };
     form_page(&state, &holder, None, form, String::new()).await
@@ -468,6 +469,7 @@ async fn create(
     let request = holder.caller.request(pb::CreateSubscriptionRequest {
         subscription: Some(subscription),
         allow_unregistered: false,
+        idempotency_key: form.create_key.clone(),
     });
     match state
         .services

@@ -77,6 +77,7 @@ pub async fn run() -> anyhow::Result<()> {
                 &["order.*"],
             )),
             allow_unregistered: false,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -321,6 +322,7 @@ async fn create_many(admin: &SubscriptionsClient<Channel>, count: usize) -> anyh
                             &["order.*", "invoice.created"],
                         )),
                         allow_unregistered: false,
+                        ..Default::default()
                     })
                     .await?
                     .into_inner();

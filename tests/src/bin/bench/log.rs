@@ -68,6 +68,7 @@ async fn make_targets(url: &str) -> anyhow::Result<()> {
                     ..Default::default()
                 }),
                 allow_unregistered: true,
+                ..Default::default()
             })
             .await?
             .into_inner();

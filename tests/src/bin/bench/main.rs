@@ -152,6 +152,7 @@ async fn control_plane(stop: &CancellationToken) -> anyhow::Result<(String, temp
                 &["order.*"],
             )),
             allow_unregistered: false,
+            ..Default::default()
         })
         .await?;
     Ok((url, dir))
@@ -554,6 +555,7 @@ async fn deliver() -> anyhow::Result<()> {
                     .create_subscription(pb::CreateSubscriptionRequest {
                         subscription: Some(sub),
                         allow_unregistered: false,
+                        ..Default::default()
                     })
                     .await?;
             }
@@ -631,6 +633,7 @@ async fn deliver() -> anyhow::Result<()> {
                 &["order.*"],
             )),
             allow_unregistered: false,
+            ..Default::default()
         })
         .await?;
     herald_tests::eventually(Duration::from_secs(30), "the latency subscription", || {
@@ -710,6 +713,7 @@ async fn create_and_wait(
         .create_subscription(pb::CreateSubscriptionRequest {
             subscription: Some(sub),
             allow_unregistered: false,
+            ..Default::default()
         })
         .await?;
     herald_tests::eventually(

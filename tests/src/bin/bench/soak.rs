@@ -133,6 +133,7 @@ impl AgentProcess {
             .create_subscription(pb::CreateSubscriptionRequest {
                 subscription: Some(subscription),
                 allow_unregistered: false,
+                ..Default::default()
             })
             .await?;
         let events = self.events.clone();

@@ -176,6 +176,7 @@ pub async fn run() -> anyhow::Result<()> {
                     ..Default::default()
                 }),
                 allow_unregistered: true,
+                ..Default::default()
             })
             .await?
             .into_inner();
