@@ -120,9 +120,14 @@ pub async fn make_agent_id<S>(dir: &Path, events: &EventsOnceOpen<S>) -> Result<
     let mut waits = Backoff::new(FIRST_WAIT, MOST_WAIT);
     loop {
         let at = dir.to_owned();
+        let fail = |source| Error::DataDir {
+            path: dir.display().to_string(),
+            source,
+        };
+        // A thread that failed is not the disk's doing: not waited out.
         let made = tokio::task::spawn_blocking(move || agent_id::make(&at))
             .await
-            .unwrap_or_else(|err| Err(std::io::Error::other(err)));
+            .map_err(|err| fail(std::io::Error::other(err)))?;
         match made {
             Ok(id) => {
                 tracing::info!(agent = %id, "agent id made");
@@ -142,12 +147,7 @@ pub async fn make_agent_id<S>(dir: &Path, events: &EventsOnceOpen<S>) -> Result<
                 });
                 tokio::time::sleep(wait).await;
             }
-            Err(source) => {
-                return Err(Error::DataDir {
-                    path: dir.display().to_string(),
-                    source,
-                });
-            }
+            Err(source) => return Err(fail(source)),
         }
     }
 }

@@ -789,18 +789,29 @@ async fn import(
     let mut refused = 0;
     let mut keys = ImportKeys::default();
     for (index, entry) in entries.iter().enumerate() {
-        let key = keys.next(entry);
         let outcome = async {
             let flags = entry_flags(entry)?;
             let mut parsed = <ImportEntry as clap::Parser>::try_parse_from(&flags)
                 .map_err(|e| anyhow::anyhow!("{}", entry_error(&e, entry)))?;
-            if parsed.args.idempotency_key.is_empty() {
-                parsed.args.idempotency_key = key;
+            let keyed_here = parsed.args.idempotency_key.is_empty();
+            if keyed_here {
+                parsed.args.idempotency_key = keys.next(&parsed.args);
             }
             let created = client
                 .create_subscription(parsed.args.into_request()?)
                 .await
-                .map_err(status_error)?
+                .map_err(|status| {
+                    if keyed_here && status.code() == tonic::Code::AlreadyExists {
+                        anyhow::anyhow!(
+                            "an entry of this tenant, URL and event types was imported within \
+                             the last 24 hours with other fields (see it with subscription \
+                             list); give this one an idempotency-key of its own to create \
+                             another"
+                        )
+                    } else {
+                        status_error(status)
+                    }
+                })?
                 .into_inner();
             anyhow::Ok(created)
         }
@@ -846,20 +857,25 @@ async fn import(
 
 /// The idempotency keys an import gives its entries that name none, so that running an import
 /// again (after fixing an entry it refused, or after a run cut short) makes no second
-/// subscription for the entries already created: a digest of the entry, and which of the
-/// file's identical entries it is.
+/// subscription for the entries already created: a digest of what names the entry (its
+/// tenant, URL and event types; never its secrets, such as header values), and which of the
+/// file's entries so named it is. An entry changed in another field since it was created is
+/// refused as the key's other request.
 #[derive(Default)]
 struct ImportKeys {
     seen: std::collections::HashMap<String, usize>,
 }
 
 impl ImportKeys {
-    fn next(&mut self, entry: &serde_json::Value) -> String {
+    fn next(&mut self, args: &CreateArgs) -> String {
         use sha2::Digest as _;
-        let digest: String = sha2::Sha256::digest(entry.to_string().as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let mut hash = sha2::Sha256::new();
+        let events = args.fields.events.as_deref().unwrap_or_default();
+        for part in [&args.tenant, &args.url].into_iter().chain(events) {
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part.as_bytes());
+        }
+        let digest: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
         let nth = self.seen.entry(digest.clone()).or_default();
         *nth += 1;
         format!("import-{digest}-{nth}")

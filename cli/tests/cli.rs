@@ -1376,6 +1376,19 @@ async fn import_creates_many_shows_progress_and_names_the_refused() -> anyhow::R
         .collect();
     assert_eq!(tenants.len(), 3, "{listed}");
     assert!(tenants.contains(&"shop-2"), "{listed}");
+
+    // An entry created since, changed in another field: refused, saying why, not made twice.
+    let changed = std::fs::read_to_string(&file)?.replace("max_in_flight: 4", "max_in_flight: 8");
+    std::fs::write(&file, changed)?;
+    let refused = run(&["subscription", "import", file.to_str().unwrap()]).await?;
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("[3/3] refused") && stderr.contains("imported within the last 24 hours"),
+        "{stderr}"
+    );
+    let listed = json(&run(&["subscription", "list", "-o", "json"]).await?);
+    assert_eq!(listed["subscriptions"].as_array().map(Vec::len), Some(3));
     Ok(())
 }
 

@@ -1,9 +1,9 @@
 //! Idempotency keys of creates: a create that names a key and is sent again (after a timeout,
 //! a lost answer, an import run twice) makes no second subscription. The first create keeps,
 //! in the same transaction as the subscription, which subscription it made and a digest of
-//! what it asked for, bound to a lease of [`KEPT_FOR`]; a create of the same tenant with the
-//! same key finds it and answers that subscription, or refuses when it asks for something
-//! else.
+//! what it asked for (sealed, as the request holds secrets), bound to a lease of
+//! [`KEPT_FOR`]; a create of the same tenant with the same key finds it and answers that
+//! subscription, or refuses when it asks for something else.
 
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 use crate::keys;
+use crate::sealing::{Keyring, SealingError};
 
 /// How long a create's key is kept: a create sent again within it makes nothing new.
 pub const KEPT_FOR: Duration = Duration::from_secs(24 * 60 * 60);
@@ -27,8 +28,8 @@ pub struct CreateKey {
     text: String,
     /// The key's SHA-256 in hex: where its record is kept.
     key_sha256: String,
-    /// The request's digest ([`request_digest`]).
-    request_sha256: [u8; 32],
+    /// The request's digest ([`request_digest`]), in hex.
+    request_sha256: String,
 }
 
 impl CreateKey {
@@ -56,7 +57,7 @@ impl CreateKey {
         Ok(Some(CreateKey {
             text: key.to_owned(),
             key_sha256: hex(&Sha256::digest(key.as_bytes())),
-            request_sha256: request_digest(request),
+            request_sha256: hex(&request_digest(request)),
         }))
     }
 
@@ -70,23 +71,34 @@ impl CreateKey {
         keys::create_key(tenant, &self.key_sha256)
     }
 
-    /// The record to keep once the create made `subscription_id`.
-    pub fn record(&self, subscription_id: &str) -> Vec<u8> {
-        pb::CreateKeyRecord {
+    /// The record to keep once the create made `subscription_id`, its digest sealed with
+    /// `keyring`.
+    pub fn record(
+        &self,
+        subscription_id: &str,
+        keyring: &Keyring,
+    ) -> Result<Vec<u8>, SealingError> {
+        Ok(pb::CreateKeyRecord {
             subscription_id: subscription_id.to_owned(),
-            request_sha256: self.request_sha256.to_vec(),
+            request_sha256: Some(keyring.seal(subscription_id, &self.request_sha256)?),
         }
-        .encode_to_vec()
+        .encode_to_vec())
     }
 
     /// What a kept record says of a create with this key: the subscription to answer with, or
     /// that the key came with another request.
-    pub fn judge(&self, record: &pb::CreateKeyRecord) -> KeptCreate {
-        if record.request_sha256 == self.request_sha256 {
+    pub fn judge(
+        &self,
+        record: &pb::CreateKeyRecord,
+        keyring: &Keyring,
+    ) -> Result<KeptCreate, SealingError> {
+        let sealed = record.request_sha256.clone().unwrap_or_default();
+        let kept = keyring.open(&record.subscription_id, &sealed)?;
+        Ok(if kept == self.request_sha256 {
             KeptCreate::Same(record.subscription_id.clone())
         } else {
             KeptCreate::OtherRequest
-        }
+        })
     }
 }
 
@@ -167,6 +179,10 @@ mod tests {
         }
     }
 
+    fn keyring() -> Keyring {
+        Keyring::parse(&Keyring::generate_entry("test").expect("a key")).expect("a keyring")
+    }
+
     #[test]
     fn the_same_request_is_told_from_another_whatever_its_maps_order() {
         let many: Vec<(String, String)> = (0..50)
@@ -181,19 +197,26 @@ mod tests {
         let again = CreateKey::of(&request("k1", &backward))
             .unwrap()
             .expect("a key");
-        let record =
-            pb::CreateKeyRecord::decode(first.record("sub_1").as_slice()).expect("decodes");
-        assert_eq!(again.judge(&record), KeptCreate::Same("sub_1".into()));
+        let keyring = keyring();
+        let bytes = first.record("sub_1", &keyring).expect("sealed");
+        let record = pb::CreateKeyRecord::decode(bytes.as_slice()).expect("decodes");
+        let judged = |key: &CreateKey| key.judge(&record, &keyring).expect("opens");
+        assert_eq!(judged(&again), KeptCreate::Same("sub_1".into()));
+        // Sealed: the digest is not in the record as it is.
+        let digest = first.request_sha256.as_bytes();
+        assert!(!bytes.windows(digest.len()).any(|w| w == digest));
+        let raw = request_digest(&request("k1", &forward));
+        assert!(!bytes.windows(raw.len()).any(|w| w == raw));
         assert_eq!(first.store_key("shop-1"), again.store_key("shop-1"));
 
         let other = CreateKey::of(&request("k1", &[("x-h0", "changed")]))
             .unwrap()
             .expect("a key");
-        assert_eq!(other.judge(&record), KeptCreate::OtherRequest);
+        assert_eq!(judged(&other), KeptCreate::OtherRequest);
         let mut unregistered = request("k1", &forward);
         unregistered.allow_unregistered = true;
         let unregistered = CreateKey::of(&unregistered).unwrap().expect("a key");
-        assert_eq!(unregistered.judge(&record), KeptCreate::OtherRequest);
+        assert_eq!(judged(&unregistered), KeptCreate::OtherRequest);
         // A header's name and value are not run together.
         let a = CreateKey::of(&request("k", &[("ab", "c")]))
             .unwrap()

@@ -495,9 +495,14 @@ impl Subscriptions {
             lease: self.store.grant_lease(create_key::KEPT_FOR).await?,
         };
         let made = self.create_rounds(sub, Some(&keyed)).await;
-        if !matches!(made, Ok(Created::New(_)))
-            && let Err(err) = self.store.revoke_lease(keyed.lease).await
-        {
+        // Given back only when this create surely wrote nothing: after a store error the
+        // write may have been applied, and its record must stay (a lease left unused costs
+        // nothing until it expires).
+        let unused = match &made {
+            Ok(Created::New(_)) | Err(SubscriptionError::Store(_)) => false,
+            Ok(Created::Replayed(_)) | Err(_) => true,
+        };
+        if unused && let Err(err) = self.store.revoke_lease(keyed.lease).await {
             tracing::debug!(error = %err, "an unused create-key lease is left to expire");
         }
         made
@@ -520,7 +525,13 @@ impl Subscriptions {
                 reason: err.to_string(),
             },
         )?;
-        match key.judge(&record) {
+        let judged =
+            key.judge(&record, &self.keyring)
+                .map_err(|source| SubscriptionError::Sealing {
+                    id: record.subscription_id.clone(),
+                    source,
+                })?;
+        match judged {
             KeptCreate::OtherRequest => Err(SubscriptionError::KeyReused(key.text().to_owned())),
             KeptCreate::Same(id) => match self.get(&id).await {
                 Ok(sub) => Ok(Some(sub)),
@@ -555,6 +566,12 @@ impl Subscriptions {
                 .count(&keys::tenant_subscriptions(&sub.tenant))
                 .await?;
             if held >= self.max_per_tenant {
+                // A create with the same key may have taken the last place meanwhile.
+                if let Some(keyed) = keyed
+                    && let Some(first) = self.created_with(&sub.tenant, keyed.key).await?
+                {
+                    return Ok(Created::Replayed(first));
+                }
                 return Err(SubscriptionError::TenantFull {
                     tenant: sub.tenant,
                     limit: self.max_per_tenant,
@@ -572,7 +589,12 @@ impl Subscriptions {
                     .when(Compare::Absent(keyed.store_key.clone()))
                     .then(Op::PutLeased(
                         keyed.store_key.clone(),
-                        keyed.key.record(&sub.id),
+                        keyed.key.record(&sub.id, &self.keyring).map_err(|source| {
+                            SubscriptionError::Sealing {
+                                id: sub.id.clone(),
+                                source,
+                            }
+                        })?,
                         keyed.lease,
                     ));
             }
@@ -580,11 +602,17 @@ impl Subscriptions {
                 sub.revision = revision;
                 return Ok(Created::New(sub));
             }
-            // A create with the same key came first: its subscription is the answer.
+            // A create with the same key came first: its subscription is the answer. Or this
+            // one did, its write applied although the store's answer was lost and a later
+            // create of the tenant made the retry's guard fail: then it is this create's.
             if let Some(keyed) = keyed
                 && let Some(first) = self.created_with(&sub.tenant, keyed.key).await?
             {
-                return Ok(Created::Replayed(first));
+                return Ok(if first.id == sub.id {
+                    Created::New(first)
+                } else {
+                    Created::Replayed(first)
+                });
             }
             // Another create of the tenant came first (a fresh ULID id collides only if the
             // clock and randomness both repeat): count again.

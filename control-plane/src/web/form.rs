@@ -211,6 +211,23 @@ fn normalized_pem(text: &str) -> String {
 }
 
 impl SubscriptionForm {
+    /// What to say when a create from this form was refused for its key (the form sent before,
+    /// from the browser's history, with other values, or after the subscription it made was
+    /// deleted): the form takes a new key, so that sending it again creates another.
+    pub fn key_refusal(&mut self, status: &tonic::Status) -> Option<String> {
+        let used = !self.create_key.is_empty()
+            && matches!(
+                status.code(),
+                tonic::Code::AlreadyExists | tonic::Code::NotFound
+            );
+        used.then(|| {
+            self.create_key = herald_core::ids::new_form_key();
+            "This form was sent before and made a subscription (perhaps deleted since). \
+             Send it again to create another."
+                .to_owned()
+        })
+    }
+
     /// The form as posted.
     pub fn from_form(form: &FormData) -> Self {
         SubscriptionForm {
@@ -495,6 +512,34 @@ fn split_list(text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_create_form_refused_for_its_key_takes_a_new_one() {
+        let mut form = SubscriptionForm {
+            create_key: "frm_1".into(),
+            ..Default::default()
+        };
+        assert!(
+            form.key_refusal(&tonic::Status::invalid_argument("url: no"))
+                .is_none()
+        );
+        assert_eq!(form.create_key, "frm_1");
+        for code in [tonic::Code::AlreadyExists, tonic::Code::NotFound] {
+            let said = form.key_refusal(&tonic::Status::new(code, "used"));
+            assert!(
+                said.is_some_and(|s| s.contains("Send it again")),
+                "{code:?}"
+            );
+            assert!(form.create_key.starts_with("frm_") && form.create_key != "frm_1");
+            form.create_key = "frm_1".into();
+        }
+        // An edit's form has no key: its refusals are the page's.
+        let mut edit = SubscriptionForm::default();
+        assert!(
+            edit.key_refusal(&tonic::Status::not_found("gone"))
+                .is_none()
+        );
+    }
 
     #[test]
     fn a_stored_subscription_round_trips_through_the_form() {

@@ -848,10 +848,12 @@ pub struct CreateKeyRecord {
     /// The subscription the create made.
     #[prost(string, tag = "1")]
     pub subscription_id: ::prost::alloc::string::String,
-    /// SHA-256 of the request (the subscription as asked for and allow_unregistered), so that the
-    /// key sent again with another request is told apart.
-    #[prost(bytes = "vec", tag = "2")]
-    pub request_sha256: ::prost::alloc::vec::Vec<u8>,
+    /// SHA-256 of the request (the subscription as asked for and allow_unregistered) in hex, so
+    /// that the key sent again with another request is told apart. Sealed with the secrets
+    /// keyring (the subscription id as associated data), as signing secrets are: the request
+    /// holds secrets, and a plain digest would let a guess of them be checked.
+    #[prost(message, optional, tag = "2")]
+    pub request_sha256: ::core::option::Option<SealedSecret>,
 }
 /// A tenant's portal links made at or before `before` no longer open. Kept in the config
 /// store at /herald/v1/portal-links-expired/<tenant>.

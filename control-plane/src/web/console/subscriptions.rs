@@ -225,7 +225,7 @@ async fn create(
     State(state): State<WebState>,
     ConsoleChange { console, form }: ConsoleChange,
 ) -> Result<Response, PageError> {
-    let form = SubscriptionForm::from_form(&form);
+    let mut form = SubscriptionForm::from_form(&form);
     let subscription = match form.to_wire(String::new()) {
         Ok(sub) => sub,
         Err(err) => return form_page(&state, &console, None, form, err.text()).await,
@@ -248,7 +248,10 @@ async fn create(
         Err(status) if is_form_error(&status) => {
             form_page(&state, &console, None, form, refusal(&status)).await
         }
-        Err(status) => Err(status.into()),
+        Err(status) => match form.key_refusal(&status) {
+            Some(said) => form_page(&state, &console, None, form, said).await,
+            None => Err(status.into()),
+        },
     }
 }
 

@@ -486,7 +486,10 @@ async fn create(
         Err(status) if is_form_error(&status) => {
             form_page(&state, &holder, None, form, shop_refusal(&status)).await
         }
-        Err(status) => Err(status.into()),
+        Err(status) => match form.key_refusal(&status) {
+            Some(said) => form_page(&state, &holder, None, form, said).await,
+            None => Err(status.into()),
+        },
     }
 }
 
