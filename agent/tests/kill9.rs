@@ -150,6 +150,50 @@ async fn wait_delivered(
     .await
 }
 
+/// Checks that `agent`, started on a full disk, serves without starting: `emit` is refused for
+/// a full disk (after `UNAVAILABLE`, "the agent is starting", until its first try fails),
+/// health says `NOT_SERVING`, the process runs on, and its log says `why`.
+async fn starting_on_a_full_disk<F, Fut>(
+    agent: &mut DaemonProcess,
+    emit: F,
+    why: &str,
+) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<tonic::Response<pb::EmitResponse>>>,
+{
+    let refused = eventually(
+        Duration::from_secs(20),
+        "Emit refused for a full disk",
+        || async {
+            Ok(match emit().await {
+                Err(err)
+                    if herald_tests::herald::status_of(&err)?.code()
+                        != tonic::Code::Unavailable =>
+                {
+                    Some(err)
+                }
+                _ => None,
+            })
+        },
+    )
+    .await?;
+    let status = herald_tests::herald::status_of(&refused)?;
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert_eq!(
+        herald_proto::refusal::Reason::of(status),
+        Some(herald_proto::refusal::Reason::DiskFull),
+        "{status:?}"
+    );
+    assert_eq!(
+        serving_status(&agent.url(), "").await?,
+        ServingStatus::NotServing
+    );
+    assert!(agent.exit_status().is_none(), "{}", agent.log());
+    assert!(agent.log().contains(why), "{}", agent.log());
+    Ok(())
+}
+
 /// An agent with `flags` in `data_dir` (a temp dir of its own when `None`) whose one
 /// subscription, shop-1's orders one attempt at a time, the receiver holds: orders
 /// `{prefix}_0` to `{prefix}_{held - 1}` are emitted and acknowledged, the first is being
@@ -664,40 +708,7 @@ async fn an_agent_killed_on_a_full_disk_starts_and_waits_for_room() -> anyhow::R
     let filler = disk.fill()?;
     agent.restart().await?;
 
-    // UNAVAILABLE ("the agent is starting") until the first try to open the queue fails.
-    let refused = eventually(
-        Duration::from_secs(20),
-        "Emit refused for a full disk",
-        || async {
-            Ok(match emit(20).await {
-                Err(err)
-                    if herald_tests::herald::status_of(&err)?.code()
-                        != tonic::Code::Unavailable =>
-                {
-                    Some(err)
-                }
-                _ => None,
-            })
-        },
-    )
-    .await?;
-    let status = herald_tests::herald::status_of(&refused)?;
-    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
-    assert_eq!(
-        herald_proto::refusal::Reason::of(status),
-        Some(herald_proto::refusal::Reason::DiskFull),
-        "{status:?}"
-    );
-    assert_eq!(
-        serving_status(&agent.url(), "").await?,
-        ServingStatus::NotServing
-    );
-    assert!(agent.exit_status().is_none(), "{}", agent.log());
-    assert!(
-        agent.log().contains("cannot open the queue"),
-        "{}",
-        agent.log()
-    );
+    starting_on_a_full_disk(&mut agent, || emit(20), "cannot open the queue").await?;
     assert!(
         !readable().await?,
         "metrics answer, and say the queue is not read"
@@ -744,34 +755,7 @@ async fn an_agent_first_started_on_a_full_disk_waits_for_room_to_keep_its_id() -
     let url = agent.url();
     let emit = |n: usize| emit_order(&url, "evt_first", n);
 
-    let refused = eventually(
-        Duration::from_secs(20),
-        "Emit refused for a full disk",
-        || async {
-            Ok(match emit(0).await {
-                Err(err)
-                    if herald_tests::herald::status_of(&err)?.code()
-                        != tonic::Code::Unavailable =>
-                {
-                    Some(err)
-                }
-                _ => None,
-            })
-        },
-    )
-    .await?;
-    let status = herald_tests::herald::status_of(&refused)?;
-    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
-    assert_eq!(
-        serving_status(&agent.url(), "").await?,
-        ServingStatus::NotServing
-    );
-    assert!(agent.exit_status().is_none(), "{}", agent.log());
-    assert!(
-        agent.log().contains("cannot keep the agent's new id"),
-        "{}",
-        agent.log()
-    );
+    starting_on_a_full_disk(&mut agent, || emit(0), "cannot keep the agent's new id").await?;
     assert!(!data_dir.join("agent-id").exists());
 
     std::fs::remove_file(&filler)?;

@@ -870,8 +870,17 @@ impl ImportKeys {
     fn next(&mut self, args: &CreateArgs) -> String {
         use sha2::Digest as _;
         let mut hash = sha2::Sha256::new();
-        let events = args.fields.events.as_deref().unwrap_or_default();
-        for part in [&args.tenant, &args.url].into_iter().chain(events) {
+        // The set of event types, however the entry spells the list.
+        let mut events: Vec<&str> = (args.fields.events.iter().flatten())
+            .map(|e| e.trim())
+            .filter(|e| !e.is_empty())
+            .collect();
+        events.sort_unstable();
+        events.dedup();
+        for part in [args.tenant.as_str(), args.url.as_str()]
+            .into_iter()
+            .chain(events)
+        {
             hash.update((part.len() as u64).to_be_bytes());
             hash.update(part.as_bytes());
         }

@@ -13,7 +13,7 @@
 //!   tenant's subscriptions, so creates racing at `--max-subscriptions-per-tenant` cannot pass
 //!   it together.
 //! - `/herald/v1/create-keys/<tenant>/<sha256 of the key>` → a `herald.v1.CreateKeyRecord`:
-//!   the subscription a create naming that idempotency key made, bound to a 24-hour lease
+//!   the subscription a create naming that idempotency key made, for 24 hours, then swept
 //!   (see `subscriptions/create_key.rs`).
 //! - `/herald/v1/health/<id>`: where earlier versions kept endpoint health; it lives in the
 //!   delivery log now, counted in the commit that stores the attempts. Removed with the
@@ -118,10 +118,13 @@ pub fn tenant_creates(tenant: &str) -> String {
     format!("{ROOT}tenant-creates/{tenant}")
 }
 
+/// The prefix of every create's idempotency-key record, which the sweep walks.
+pub const CREATE_KEYS: &str = "/herald/v1/create-keys/";
+
 /// The record of a create of `tenant` that named an idempotency key (`key_sha256`: the key's
 /// SHA-256 in hex, so that any key is one path segment of fixed length).
 pub fn create_key(tenant: &str, key_sha256: &str) -> String {
-    format!("{ROOT}create-keys/{tenant}/{key_sha256}")
+    format!("{CREATE_KEYS}{tenant}/{key_sha256}")
 }
 
 /// The id-index key of a subscription.

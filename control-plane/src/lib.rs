@@ -309,6 +309,9 @@ fn parse_stream_window(text: &str) -> Result<usize, String> {
 /// How often the delivery log is swept for attempts past retention.
 const LOG_SWEEP_EVERY: Duration = Duration::from_secs(60);
 
+/// How often the creates' idempotency-key records past their 24 hours are swept.
+const CREATE_KEY_SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
 /// Why the control plane stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -483,6 +486,7 @@ pub async fn run(
         herald_core::target::TargetPolicy::new(config.allow_http, config.allow_targets.clone());
     let registry = Subscriptions::new(store.clone(), policy, keyring.clone())
         .with_max_per_tenant(config.max_subscriptions_per_tenant);
+    background.spawn(sweep_create_keys(registry.clone(), stop.clone()));
     let upgraded = registry
         .upgrade_all(&config.system_tenant)
         .await
@@ -929,6 +933,27 @@ async fn sweep_log(
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(LOG_SWEEP_EVERY) => {}
+        }
+    }
+}
+
+/// Sweeps the creates' idempotency-key records past their time, now and every hour, until
+/// `stop` (every replica does; a record is removed once, whoever comes first).
+async fn sweep_create_keys(registry: Subscriptions, stop: CancellationToken) {
+    loop {
+        match registry
+            .sweep_create_keys(std::time::SystemTime::now())
+            .await
+        {
+            Ok(0) => {}
+            Ok(removed) => {
+                tracing::debug!(removed, "create idempotency keys past 24 hours removed")
+            }
+            Err(err) => tracing::warn!(error = %err, "sweeping create idempotency keys failed"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(CREATE_KEY_SWEEP_EVERY) => {}
         }
     }
 }

@@ -315,6 +315,20 @@ impl ControlPlane {
         .await
     }
 
+    /// The subscriptions of `tenant` (its first page: up to 100).
+    pub async fn subscriptions_of(&self, tenant: &str) -> anyhow::Result<Vec<pb::Subscription>> {
+        Ok(self
+            .subscriptions()
+            .await?
+            .list_subscriptions(pb::ListSubscriptionsRequest {
+                tenant: tenant.into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .subscriptions)
+    }
+
     /// The agents this control plane lists.
     pub async fn list_agents(&self) -> anyhow::Result<Vec<pb::AgentInfo>> {
         Ok(self

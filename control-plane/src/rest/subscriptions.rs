@@ -91,7 +91,19 @@ pub struct WriteQuery {
         (status = 201, body = Subscription, headers(("location" = String))),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json")
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (
+            status = 404,
+            description = "The subscription this Idempotency-Key's create made was deleted since (NOT_FOUND)",
+            body = Problem,
+            content_type = "application/problem+json"
+        ),
+        (
+            status = 409,
+            description = "This Idempotency-Key was used within 24 hours by a create with another body (ALREADY_EXISTS)",
+            body = Problem,
+            content_type = "application/problem+json"
+        )
     )
 )]
 pub async fn create_subscription(
@@ -101,6 +113,12 @@ pub async fn create_subscription(
     headers: HeaderMap,
     ApiJson(spec): ApiJson<SubscriptionSpec>,
 ) -> Result<impl IntoResponse, ApiError> {
+    if headers.get_all("idempotency-key").iter().count() > 1 {
+        return Err(ApiError::invalid_field(
+            "Idempotency-Key",
+            "is given more than once: send one key",
+        ));
+    }
     let idempotency_key = match headers.get("idempotency-key") {
         Some(value) => value
             .to_str()

@@ -1,11 +1,13 @@
 //! Idempotency keys of creates: a create that names a key and is sent again (after a timeout,
 //! a lost answer, an import run twice) makes no second subscription. The first create keeps,
 //! in the same transaction as the subscription, which subscription it made and a digest of
-//! what it asked for (sealed, as the request holds secrets), bound to a lease of
-//! [`KEPT_FOR`]; a create of the same tenant with the same key finds it and answers that
-//! subscription, or refuses when it asks for something else.
+//! what it asked for (sealed, as the request holds secrets), kept for [`KEPT_FOR`] (then
+//! taken for none, and swept); a create of the same tenant with the same key finds it and
+//! answers that subscription, or refuses when it asks for something else. The record is a
+//! plain key with its time inside, not one bound to a lease: the embedded store's leases end
+//! with its process, and a create sent again after a restart is the case keys are for.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use herald_core::ValidationError;
 use herald_proto::v1 as pb;
@@ -71,16 +73,18 @@ impl CreateKey {
         keys::create_key(tenant, &self.key_sha256)
     }
 
-    /// The record to keep once the create made `subscription_id`, its digest sealed with
-    /// `keyring`.
+    /// The record to keep once the create made `subscription_id` at `now`, its digest sealed
+    /// with `keyring`.
     pub fn record(
         &self,
         subscription_id: &str,
+        now: SystemTime,
         keyring: &Keyring,
     ) -> Result<Vec<u8>, SealingError> {
         Ok(pb::CreateKeyRecord {
             subscription_id: subscription_id.to_owned(),
             request_sha256: Some(keyring.seal(subscription_id, &self.request_sha256)?),
+            kept_until: Some(herald_proto::convert::timestamp(now + KEPT_FOR)),
         }
         .encode_to_vec())
     }
@@ -102,6 +106,14 @@ impl CreateKey {
     }
 }
 
+/// Whether `record` still answers creates with its key at `now`.
+pub fn kept(record: &pb::CreateKeyRecord, now: SystemTime) -> bool {
+    record
+        .kept_until
+        .as_ref()
+        .is_some_and(|until| now < herald_proto::convert::system_time(until))
+}
+
 /// What an earlier create with the same key says of this one.
 #[derive(Debug, PartialEq, Eq)]
 pub enum KeptCreate {
@@ -115,6 +127,13 @@ pub enum KeptCreate {
 /// (headers, labels) happen to be ordered on the wire.
 fn request_digest(request: &pb::CreateSubscriptionRequest) -> [u8; 32] {
     let mut sub = request.subscription.clone().unwrap_or_default();
+    // Read as a create reads them: no scheme is HMAC-SHA256, no envelope the standard one.
+    if sub.signature_scheme == pb::SignatureScheme::Unspecified as i32 {
+        sub.signature_scheme = pb::SignatureScheme::HmacSha256 as i32;
+    }
+    if sub.envelope == pb::Envelope::Unspecified as i32 {
+        sub.envelope = pb::Envelope::Standard as i32;
+    }
     let mut hash = Sha256::new();
     let entry = |hash: &mut Sha256, key: &str, value: &[u8]| {
         for part in [key.as_bytes(), value] {
@@ -198,10 +217,15 @@ mod tests {
             .unwrap()
             .expect("a key");
         let keyring = keyring();
-        let bytes = first.record("sub_1", &keyring).expect("sealed");
+        let now = SystemTime::now();
+        let bytes = first.record("sub_1", now, &keyring).expect("sealed");
         let record = pb::CreateKeyRecord::decode(bytes.as_slice()).expect("decodes");
         let judged = |key: &CreateKey| key.judge(&record, &keyring).expect("opens");
         assert_eq!(judged(&again), KeptCreate::Same("sub_1".into()));
+        assert!(kept(&record, now));
+        assert!(kept(&record, now + KEPT_FOR - Duration::from_secs(1)));
+        assert!(!kept(&record, now + KEPT_FOR), "24 hours, no more");
+        assert!(!kept(&pb::CreateKeyRecord::default(), now), "no time: none");
         // Sealed: the digest is not in the record as it is.
         let digest = first.request_sha256.as_bytes();
         assert!(!bytes.windows(digest.len()).any(|w| w == digest));

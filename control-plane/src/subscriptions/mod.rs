@@ -23,7 +23,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crate::access::Scope;
 use crate::keys;
 use crate::sealing::{Keyring, SealingError};
-use crate::store::{Compare, KeyValue, LeaseId, Op, Store, StoreError, Txn, TxnOutcome};
+use crate::store::{Compare, KeyValue, Op, Store, StoreError, Txn, TxnOutcome};
 
 pub mod create_key;
 mod masking;
@@ -174,11 +174,14 @@ impl Created {
     }
 }
 
-/// A create that names an idempotency key: its record, and the lease the record is bound to.
-struct KeyedCreate<'a> {
-    key: &'a CreateKey,
-    store_key: String,
-    lease: LeaseId,
+/// A create record as stored.
+fn decode_create_key(kv: &KeyValue) -> Result<pb::CreateKeyRecord, SubscriptionError> {
+    <pb::CreateKeyRecord as prost::Message>::decode(kv.value.as_slice()).map_err(|err| {
+        SubscriptionError::Corrupt {
+            key: kv.key.clone(),
+            reason: err.to_string(),
+        }
+    })
 }
 
 /// A subscription's stored record, found by id and not yet opened.
@@ -484,28 +487,7 @@ impl Subscriptions {
             ..request
         };
         self.check(&mut sub, None).await?;
-        let Some(key) = key else {
-            return self.create_rounds(sub, None).await;
-        };
-        // The key's record goes when its lease does; a lease a create ends up not using is
-        // given back.
-        let keyed = KeyedCreate {
-            key,
-            store_key: key.store_key(&sub.tenant),
-            lease: self.store.grant_lease(create_key::KEPT_FOR).await?,
-        };
-        let made = self.create_rounds(sub, Some(&keyed)).await;
-        // Given back only when this create surely wrote nothing: after a store error the
-        // write may have been applied, and its record must stay (a lease left unused costs
-        // nothing until it expires).
-        let unused = match &made {
-            Ok(Created::New(_)) | Err(SubscriptionError::Store(_)) => false,
-            Ok(Created::Replayed(_)) | Err(_) => true,
-        };
-        if unused && let Err(err) = self.store.revoke_lease(keyed.lease).await {
-            tracing::debug!(error = %err, "an unused create-key lease is left to expire");
-        }
-        made
+        self.create_rounds(sub, key, now).await
     }
 
     /// The subscription a create of `tenant` with `key` made within the key's 24 hours, if
@@ -515,18 +497,37 @@ impl Subscriptions {
         tenant: &str,
         key: &CreateKey,
     ) -> Result<Option<pb::Subscription>, SubscriptionError> {
+        match self.kept_create(tenant, key, SystemTime::now()).await?.0 {
+            Some(record) => Ok(Some(self.made_by(&record, key).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The record a create of `tenant` with `key` left, while it is kept at `now`, and the
+    /// condition a new record's write needs: none there, or the one past its time unchanged.
+    async fn kept_create(
+        &self,
+        tenant: &str,
+        key: &CreateKey,
+        now: SystemTime,
+    ) -> Result<(Option<pb::CreateKeyRecord>, Compare), SubscriptionError> {
         let store_key = key.store_key(tenant);
         let Some(kv) = self.store.get(&store_key).await? else {
-            return Ok(None);
+            return Ok((None, Compare::Absent(store_key)));
         };
-        let record = <pb::CreateKeyRecord as prost::Message>::decode(kv.value.as_slice()).map_err(
-            |err| SubscriptionError::Corrupt {
-                key: store_key,
-                reason: err.to_string(),
-            },
-        )?;
+        let record = decode_create_key(&kv)?;
+        let unchanged = Compare::ModRevision(store_key, kv.mod_revision);
+        Ok((create_key::kept(&record, now).then_some(record), unchanged))
+    }
+
+    /// The subscription a kept create record names, for a create with `key` sent again.
+    async fn made_by(
+        &self,
+        record: &pb::CreateKeyRecord,
+        key: &CreateKey,
+    ) -> Result<pb::Subscription, SubscriptionError> {
         let judged =
-            key.judge(&record, &self.keyring)
+            key.judge(record, &self.keyring)
                 .map_err(|source| SubscriptionError::Sealing {
                     id: record.subscription_id.clone(),
                     source,
@@ -534,27 +535,71 @@ impl Subscriptions {
         match judged {
             KeptCreate::OtherRequest => Err(SubscriptionError::KeyReused(key.text().to_owned())),
             KeptCreate::Same(id) => match self.get(&id).await {
-                Ok(sub) => Ok(Some(sub)),
                 Err(SubscriptionError::NotFound(_)) => {
                     Err(SubscriptionError::KeyedCreateDeleted(id))
                 }
-                Err(err) => Err(err),
+                found => found,
             },
         }
     }
 
-    /// Writes `sub` as a new subscription, with `keyed`'s record when the create names a key,
+    /// Removes the create records past their time at `now` (each only if unchanged since it
+    /// was read); how many it removed. A record that does not decode is removed too: nothing
+    /// can use it.
+    pub async fn sweep_create_keys(&self, now: SystemTime) -> Result<u64, SubscriptionError> {
+        let (records, _) = self.store.list(keys::CREATE_KEYS).await?;
+        let mut removed = 0;
+        for kv in records {
+            if decode_create_key(&kv).is_ok_and(|record| create_key::kept(&record, now)) {
+                continue;
+            }
+            let txn = Txn::default()
+                .when(Compare::ModRevision(kv.key.clone(), kv.mod_revision))
+                .then(Op::Delete(kv.key));
+            if let TxnOutcome::Committed { .. } = self.store.txn(txn).await? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Writes `sub` as a new subscription, with a record of `key` when the create names one,
     /// counting the tenant's subscriptions again whenever another create of it came first. A
     /// create with the same key that came first is answered instead.
     async fn create_rounds(
         &self,
         mut sub: pb::Subscription,
-        keyed: Option<&KeyedCreate<'_>>,
+        key: Option<&CreateKey>,
+        now: SystemTime,
     ) -> Result<Created, SubscriptionError> {
-        let key = keys::subscription(&sub.tenant, &sub.id);
+        let record_key = keys::subscription(&sub.tenant, &sub.id);
         let index = keys::subscription_id(&sub.id);
         let guard = keys::tenant_creates(&sub.tenant);
         for _ in 0..MAX_CREATE_ROUNDS {
+            let keyed = match key {
+                Some(key) => {
+                    let (kept, unchanged) = self.kept_create(&sub.tenant, key, now).await?;
+                    // A create with the same key came first: its subscription is the answer.
+                    // Or this one did, its write applied although the store's answer was lost:
+                    // then it is this create's.
+                    if let Some(record) = kept {
+                        let first = self.made_by(&record, key).await?;
+                        return Ok(if first.id == sub.id {
+                            Created::New(first)
+                        } else {
+                            Created::Replayed(first)
+                        });
+                    }
+                    let record = key.record(&sub.id, now, &self.keyring).map_err(|source| {
+                        SubscriptionError::Sealing {
+                            id: sub.id.clone(),
+                            source,
+                        }
+                    })?;
+                    Some((unchanged, key.store_key(&sub.tenant), record))
+                }
+                None => None,
+            };
             // The guard first, then the count: a create of the tenant that commits after the
             // guard was read changes it (and this one counts again), one before it is counted.
             let guard_holds = match self.store.get(&guard).await? {
@@ -567,8 +612,8 @@ impl Subscriptions {
                 .await?;
             if held >= self.max_per_tenant {
                 // A create with the same key may have taken the last place meanwhile.
-                if let Some(keyed) = keyed
-                    && let Some(first) = self.created_with(&sub.tenant, keyed.key).await?
+                if let Some(key) = key
+                    && let Some(first) = self.created_with(&sub.tenant, key).await?
                 {
                     return Ok(Created::Replayed(first));
                 }
@@ -579,43 +624,20 @@ impl Subscriptions {
             }
             let mut txn = Txn::default()
                 .when(guard_holds)
-                .when(Compare::Absent(key.clone()))
+                .when(Compare::Absent(record_key.clone()))
                 .when(Compare::Absent(index.clone()))
-                .then(Op::Put(key.clone(), encode(&sub, &self.keyring)?))
+                .then(Op::Put(record_key.clone(), encode(&sub, &self.keyring)?))
                 .then(Op::Put(index.clone(), sub.tenant.clone().into_bytes()))
                 .then(Op::Put(guard.clone(), sub.id.clone().into_bytes()));
-            if let Some(keyed) = keyed {
-                txn = txn
-                    .when(Compare::Absent(keyed.store_key.clone()))
-                    .then(Op::PutLeased(
-                        keyed.store_key.clone(),
-                        keyed.key.record(&sub.id, &self.keyring).map_err(|source| {
-                            SubscriptionError::Sealing {
-                                id: sub.id.clone(),
-                                source,
-                            }
-                        })?,
-                        keyed.lease,
-                    ));
+            if let Some((unchanged, store_key, record)) = keyed {
+                txn = txn.when(unchanged).then(Op::Put(store_key, record));
             }
             if let TxnOutcome::Committed { revision } = self.store.txn(txn).await? {
                 sub.revision = revision;
                 return Ok(Created::New(sub));
             }
-            // A create with the same key came first: its subscription is the answer. Or this
-            // one did, its write applied although the store's answer was lost and a later
-            // create of the tenant made the retry's guard fail: then it is this create's.
-            if let Some(keyed) = keyed
-                && let Some(first) = self.created_with(&sub.tenant, keyed.key).await?
-            {
-                return Ok(if first.id == sub.id {
-                    Created::New(first)
-                } else {
-                    Created::Replayed(first)
-                });
-            }
             // Another create of the tenant came first (a fresh ULID id collides only if the
-            // clock and randomness both repeat): count again.
+            // clock and randomness both repeat), perhaps with the same key: look again.
         }
         Err(SubscriptionError::CreatesContended(sub.tenant))
     }
@@ -1118,6 +1140,70 @@ mod tests {
             Arc::new(keyring),
         );
         (registry, store)
+    }
+
+    /// A create's key outlives a restart of the embedded store (a create sent again after the
+    /// control plane crashed is what keys are for), answers for 24 hours, and is swept after.
+    #[tokio::test]
+    async fn a_create_key_outlives_a_restart_and_is_swept_after_its_day() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let keyring =
+            Arc::new(Keyring::parse(&Keyring::generate_entry("k1").expect("a key")).expect("ok"));
+        let open = |keyring: Arc<Keyring>| {
+            let path = dir.path().to_owned();
+            async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                let store = loop {
+                    match Store::embedded(&path).await {
+                        Ok(store) => break store,
+                        // The dropped handle's tasks let go of the file within moments.
+                        Err(err) if tokio::time::Instant::now() < deadline => {
+                            tracing::debug!(error = %err, "the file is still held");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(err) => panic!("reopen: {err:?}"),
+                    }
+                };
+                Subscriptions::new(store, TargetPolicy::new(false, vec![]), keyring)
+            }
+        };
+        let request = pb::CreateSubscriptionRequest {
+            subscription: Some(orders_of("shop-a")),
+            idempotency_key: "erp-7".into(),
+            ..Default::default()
+        };
+        let key = CreateKey::of(&request).expect("valid").expect("a key");
+        let registry = open(keyring.clone()).await;
+        let first = match registry
+            .create_keyed(orders_of("shop-a"), Some(&key))
+            .await
+            .expect("created")
+        {
+            Created::New(sub) => sub,
+            replayed => panic!("{replayed:?}"),
+        };
+        drop(registry);
+
+        let registry = open(keyring).await;
+        match registry
+            .create_keyed(orders_of("shop-a"), Some(&key))
+            .await
+            .expect("answered")
+        {
+            Created::Replayed(sub) => assert_eq!(sub.id, first.id),
+            made => panic!("a second subscription after a restart: {made:?}"),
+        }
+        let now = SystemTime::now();
+        assert_eq!(registry.sweep_create_keys(now).await.expect("swept"), 0);
+        let later = now + create_key::KEPT_FOR + Duration::from_secs(1);
+        assert_eq!(registry.sweep_create_keys(later).await.expect("swept"), 1);
+        assert!(
+            registry
+                .created_with("shop-a", &key)
+                .await
+                .expect("read")
+                .is_none()
+        );
     }
 
     /// A subscription of `tenant` to its order events, at a public address.

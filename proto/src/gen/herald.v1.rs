@@ -842,7 +842,8 @@ pub struct ExpirePortalLinksRequest {
     pub tenant: ::prost::alloc::string::String,
 }
 /// A create that named an idempotency key, kept in the config store at
-/// /herald/v1/create-keys/<tenant>/<sha256 of the key> for 24 hours (bound to a lease).
+/// /herald/v1/create-keys/<tenant>/<sha256 of the key> until `kept_until` (24 hours), then
+/// taken for none and swept.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CreateKeyRecord {
     /// The subscription the create made.
@@ -854,6 +855,9 @@ pub struct CreateKeyRecord {
     /// holds secrets, and a plain digest would let a guess of them be checked.
     #[prost(message, optional, tag = "2")]
     pub request_sha256: ::core::option::Option<SealedSecret>,
+    /// Until when a create with the key answers the subscription.
+    #[prost(message, optional, tag = "3")]
+    pub kept_until: ::core::option::Option<::prost_types::Timestamp>,
 }
 /// A tenant's portal links made at or before `before` no longer open. Kept in the config
 /// store at /herald/v1/portal-links-expired/<tenant>.

@@ -110,16 +110,8 @@ async fn an_operator_manages_a_failing_endpoint_from_the_console() -> anyhow::Re
         .to_owned();
     let created = control_plane.get(&id).await?;
     assert_eq!(created.description, "orders to the ERP");
-    let listed = control_plane
-        .subscriptions()
-        .await?
-        .list_subscriptions(pb::ListSubscriptionsRequest {
-            tenant: "shop-a".into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    assert_eq!(listed.subscriptions.len(), 1, "{listed:?}");
+    let listed = control_plane.subscriptions_of("shop-a").await?;
+    assert_eq!(listed.len(), 1, "{listed:?}");
     control_plane
         .wait_applied(created.revision, Duration::from_secs(10))
         .await?;

@@ -185,16 +185,7 @@ async fn a_shop_manages_its_endpoints_in_its_portal_and_sees_no_other_shop() -> 
     let created = control_plane.get(&id).await?;
     assert_eq!(created.tenant, "shop-a");
     assert_eq!(created.event_types, ["order.created"]);
-    let shop_a = control_plane
-        .subscriptions()
-        .await?
-        .list_subscriptions(pb::ListSubscriptionsRequest {
-            tenant: "shop-a".into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .subscriptions;
+    let shop_a = control_plane.subscriptions_of("shop-a").await?;
     assert_eq!(
         shop_a.iter().filter(|s| s.url == created.url).count(),
         1,
@@ -382,17 +373,8 @@ async fn a_shop_manages_its_endpoints_in_its_portal_and_sees_no_other_shop() -> 
         .send()
         .await?;
     assert!(posted.status().is_success(), "{}", posted.status());
-    let listed = control_plane
-        .subscriptions()
-        .await?
-        .list_subscriptions(pb::ListSubscriptionsRequest {
-            tenant: "shop-a".into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
+    let listed = control_plane.subscriptions_of("shop-a").await?;
     let crafted = listed
-        .subscriptions
         .iter()
         .find(|s| s.url == crafted_url)
         .expect("created");

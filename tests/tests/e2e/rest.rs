@@ -1111,24 +1111,26 @@ async fn a_create_sent_again_with_an_idempotency_key_makes_one_subscription() ->
     let (status, again) = post(body.clone(), "erp-sync-7").await?;
     assert_eq!(status, 201, "{again}");
     assert_eq!(again["id"], first["id"]);
-    let listed = control_plane
-        .subscriptions()
-        .await?
-        .list_subscriptions(herald_proto::v1::ListSubscriptionsRequest {
-            tenant: "shop-a".into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    assert_eq!(listed.subscriptions.len(), 1);
+    assert_eq!(control_plane.subscriptions_of("shop-a").await?.len(), 1);
 
     let mut other = body;
     other["url"] = json!("https://127.0.0.1:9/stock");
-    let (status, refused) = post(other, "erp-sync-7").await?;
+    let (status, refused) = post(other.clone(), "erp-sync-7").await?;
     assert_eq!(
         (status, refused["code"].as_str()),
         (409, Some("ALREADY_EXISTS")),
         "{refused}"
     );
+    // Two keys on one request: which one is meant cannot be told.
+    let twice = client
+        .post(format!("{base}/api/v1/subscriptions"))
+        .bearer_auth(ADMIN)
+        .header("idempotency-key", "a")
+        .header("idempotency-key", "b")
+        .header("content-type", "application/json")
+        .body(other.to_string())
+        .send()
+        .await?;
+    assert_eq!(twice.status().as_u16(), 400);
     Ok(())
 }

@@ -380,19 +380,9 @@ async fn a_create_sent_again_with_its_idempotency_key_makes_one_subscription() -
         allow_unregistered: false,
         idempotency_key: key.into(),
     };
-    let lister = admin.clone();
     let count = |tenant: &'static str| {
-        let mut admin = lister.clone();
-        async move {
-            let listed = admin
-                .list_subscriptions(pb::ListSubscriptionsRequest {
-                    tenant: tenant.into(),
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            anyhow::Ok(listed.subscriptions.len())
-        }
+        let cp = &cp;
+        async move { anyhow::Ok(cp.subscriptions_of(tenant).await?.len()) }
     };
 
     let first = admin
