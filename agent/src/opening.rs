@@ -118,12 +118,12 @@ where
 /// good (not writable, on a read-only file system) is returned.
 pub async fn make_agent_id<S>(dir: &Path, events: &EventsOnceOpen<S>) -> Result<String, Error> {
     let mut waits = Backoff::new(FIRST_WAIT, MOST_WAIT);
+    let fail = |source| Error::DataDir {
+        path: dir.display().to_string(),
+        source,
+    };
     loop {
         let at = dir.to_owned();
-        let fail = |source| Error::DataDir {
-            path: dir.display().to_string(),
-            source,
-        };
         // A thread that failed is not the disk's doing: not waited out.
         let made = tokio::task::spawn_blocking(move || agent_id::make(&at))
             .await
@@ -141,10 +141,7 @@ pub async fn make_agent_id<S>(dir: &Path, events: &EventsOnceOpen<S>) -> Result<
                     "cannot keep the agent's new id: its disk refuses to write; serving \
                      NOT_SERVING and refusing events until it can"
                 );
-                events.refuse_for(match DiskFault::of_io(&err) {
-                    DiskFault::Full(text) => QueueError::DiskFull(text),
-                    DiskFault::Io(text) => QueueError::Io(text),
-                });
+                events.refuse_for(DiskFault::of_io(&err).into());
                 tokio::time::sleep(wait).await;
             }
             Err(source) => return Err(fail(source)),

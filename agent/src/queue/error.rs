@@ -112,12 +112,18 @@ pub(super) trait Fault {
     fn into_queue_error(self) -> QueueError;
 }
 
-impl Fault for std::io::Error {
-    fn into_queue_error(self) -> QueueError {
-        match DiskFault::of_io(&self) {
+impl From<DiskFault> for QueueError {
+    fn from(fault: DiskFault) -> Self {
+        match fault {
             DiskFault::Full(text) => QueueError::DiskFull(text),
             DiskFault::Io(text) => QueueError::Io(text),
         }
+    }
+}
+
+impl Fault for std::io::Error {
+    fn into_queue_error(self) -> QueueError {
+        DiskFault::of_io(&self).into()
     }
 }
 

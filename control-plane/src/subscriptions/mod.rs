@@ -165,15 +165,6 @@ pub enum Created {
     Replayed(pb::Subscription),
 }
 
-impl Created {
-    /// The subscription, new or made before.
-    pub fn subscription(&self) -> &pb::Subscription {
-        match self {
-            Created::New(sub) | Created::Replayed(sub) => sub,
-        }
-    }
-}
-
 /// A create record as stored.
 fn decode_create_key(kv: &KeyValue) -> Result<pb::CreateKeyRecord, SubscriptionError> {
     <pb::CreateKeyRecord as prost::Message>::decode(kv.value.as_slice()).map_err(|err| {
