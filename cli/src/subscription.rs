@@ -483,11 +483,19 @@ pub async fn run(cmd: Command, server: &Server, format: Format) -> anyhow::Resul
     let mut client = SubscriptionsClient::new(server.channel().await?);
     match cmd {
         Command::Create(args) => {
-            let created = client
+            let answer = client
                 .create_subscription(args.into_request()?)
                 .await
-                .map_err(status_error)?
-                .into_inner();
+                .map_err(status_error)?;
+            let replayed = herald_proto::idempotency::was_replayed(&answer);
+            let created = answer.into_inner();
+            if replayed {
+                output::note(&format!(
+                    "{} was made by an earlier create with this idempotency key: nothing new \
+                     was created (shown as it is now)",
+                    created.id
+                ));
+            }
             output::object(format, &output::subscription(&created, true))?;
         }
         Command::Import { file } => import(&mut client, &file, format).await?,
@@ -787,6 +795,8 @@ async fn import(
     let total = entries.len();
     let mut results = Vec::with_capacity(total);
     let mut refused = 0;
+    // Entries an earlier run (or create) with their key had made already.
+    let mut kept = 0;
     let mut keys = ImportKeys::default();
     for (index, entry) in entries.iter().enumerate() {
         let outcome = async {
@@ -797,7 +807,7 @@ async fn import(
             if keyed_here {
                 parsed.args.idempotency_key = keys.next(&parsed.args);
             }
-            let created = client
+            let answer = client
                 .create_subscription(parsed.args.into_request()?)
                 .await
                 .map_err(|status| {
@@ -811,27 +821,35 @@ async fn import(
                     } else {
                         status_error(status)
                     }
-                })?
-                .into_inner();
-            anyhow::Ok(created)
+                })?;
+            // Answered from an earlier import's create (or any create with the entry's key).
+            let done = if herald_proto::idempotency::was_replayed(&answer) {
+                "already created"
+            } else {
+                "created"
+            };
+            anyhow::Ok((done, answer.into_inner()))
         }
         .await;
         let number = index + 1;
         match outcome {
-            Ok(created) => {
+            Ok((done, created)) => {
+                if done != "created" {
+                    kept += 1;
+                }
                 output::note(&format!(
-                    "[{number}/{total}] created {} ({})",
+                    "[{number}/{total}] {done} {} ({})",
                     created.id, created.url
                 ));
                 results.push(serde_json::json!({
-                    "entry": number, "id": created.id, "tenant": created.tenant, "url": created.url, "error": "",
+                    "entry": number, "done": done, "id": created.id, "tenant": created.tenant, "url": created.url, "error": "",
                 }));
             }
             Err(err) => {
                 refused += 1;
                 output::note(&format!("[{number}/{total}] refused: {err:#}"));
                 results.push(serde_json::json!({
-                    "entry": number, "id": "", "tenant": entry["tenant"], "url": entry["url"], "error": format!("{err:#}"),
+                    "entry": number, "done": "", "id": "", "tenant": entry["tenant"], "url": entry["url"], "error": format!("{err:#}"),
                 }));
             }
         }
@@ -840,10 +858,13 @@ async fn import(
         format,
         "results",
         &results,
-        &["entry", "id", "tenant", "url", "error"],
+        &["entry", "done", "id", "tenant", "url", "error"],
         "",
     )?;
-    output::note(&format!("{} created, {refused} refused", total - refused));
+    output::note(&format!(
+        "{} created, {kept} already created, {refused} refused",
+        total - refused - kept
+    ));
     if refused == total && total > 0 {
         anyhow::bail!("all {total} entries were refused (see above); none was created");
     }

@@ -1367,6 +1367,20 @@ async fn import_creates_many_shows_progress_and_names_the_refused() -> anyhow::R
     let results: Value = serde_json::from_slice(&again.stdout)?;
     assert_eq!(results["results"][0]["id"], orders["id"]);
     assert_eq!(results["results"][2]["id"], stock["id"]);
+    let done: Vec<&str> = (0..3)
+        .map(|i| results["results"][i]["done"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        done,
+        ["already created", "created", "already created"],
+        "{results}"
+    );
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains("1 created, 2 already created, 0 refused"),
+        "{stderr}"
+    );
+
     let listed = json(&run(&["subscription", "list", "-o", "json"]).await?);
     let tenants: Vec<&str> = listed["subscriptions"]
         .as_array()
@@ -1389,6 +1403,36 @@ async fn import_creates_many_shows_progress_and_names_the_refused() -> anyhow::R
     );
     let listed = json(&run(&["subscription", "list", "-o", "json"]).await?);
     assert_eq!(listed["subscriptions"].as_array().map(Vec::len), Some(3));
+
+    // A create sent again with its key says that nothing new was made.
+    let create = [
+        "subscription",
+        "create",
+        "--tenant",
+        "shop-4",
+        "--url",
+        "https://127.0.0.1:9/shop-4",
+        "--events",
+        "order.*",
+        "--idempotency-key",
+        "shop-4-setup",
+        "-o",
+        "json",
+    ];
+    let made = run(&create).await?;
+    assert_eq!(made.status.code(), Some(0), "{made:?}");
+    assert!(
+        !String::from_utf8_lossy(&made.stderr).contains("earlier create"),
+        "{made:?}"
+    );
+    let again = run(&create).await?;
+    assert_eq!(again.status.code(), Some(0), "{again:?}");
+    assert_eq!(json(&again)["id"], json(&made)["id"]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains("made by an earlier create with this idempotency key"),
+        "{stderr}"
+    );
     Ok(())
 }
 

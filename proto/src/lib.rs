@@ -13,6 +13,7 @@ pub mod client_tls;
 pub mod convert;
 pub mod deadline;
 pub mod discovery;
+pub mod idempotency;
 pub mod message_limit;
 pub mod message_shares;
 pub mod metric_labels;

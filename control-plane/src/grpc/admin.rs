@@ -142,7 +142,9 @@ impl SubscriptionsApi for SubscriptionsService {
                     "subscription create sent again with its idempotency key: answered with \
                      the subscription it made"
                 );
-                return Ok(Response::new(without_write_only(first)));
+                let mut response = Response::new(without_write_only(first));
+                herald_proto::idempotency::mark_replayed(&mut response);
+                return Ok(response);
             }
         };
         tracing::info!(id = %created.id, tenant = %created.tenant, "subscription created");

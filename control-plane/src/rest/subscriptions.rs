@@ -72,7 +72,8 @@ pub struct WriteQuery {
 
 /// Creates a subscription; the answer holds its id and its signing secret. With an
 /// `Idempotency-Key`, the same request sent again within 24 hours makes no second
-/// subscription and answers the first (a different request with that key: 409).
+/// subscription and answers the first, as it is now, with `Idempotent-Replayed: true` (a
+/// different request with that key: 409).
 #[utoipa::path(
     post,
     path = "/api/v1/subscriptions",
@@ -88,7 +89,17 @@ pub struct WriteQuery {
     ),
     request_body = SubscriptionSpec,
     responses(
-        (status = 201, body = Subscription, headers(("location" = String))),
+        (
+            status = 201,
+            body = Subscription,
+            headers(
+                ("location" = String),
+                (
+                    "idempotent-replayed" = String,
+                    description = "`true` when an earlier create with the same Idempotency-Key made the subscription: nothing new was made"
+                )
+            )
+        ),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
@@ -136,18 +147,27 @@ pub async fn create_subscription(
         allow_unregistered: query.allow_unregistered.unwrap_or(false),
         idempotency_key,
     });
-    let created = state
+    let answer = state
         .services
         .subscriptions
         .create_subscription(request)
-        .await?
-        .into_inner();
+        .await?;
+    let replayed = herald_proto::idempotency::was_replayed(&answer);
+    let created = answer.into_inner();
     let location = format!("/api/v1/subscriptions/{}", created.id);
-    Ok((
+    let mut response = (
         StatusCode::CREATED,
         [(header::LOCATION, location)],
         Json(Subscription::from(created)),
-    ))
+    )
+        .into_response();
+    if replayed {
+        response.headers_mut().insert(
+            herald_proto::idempotency::REPLAYED,
+            header::HeaderValue::from_static("true"),
+        );
+    }
+    Ok(response)
 }
 
 /// Whether to show secret values.

@@ -378,7 +378,8 @@ pub struct CreateSubscriptionRequest {
     /// a create of the same tenant with the same key within 24 hours makes no new subscription
     /// and answers the one the first made, as it is now (NOT_FOUND once it is deleted); the same
     /// key with another request answers ALREADY_EXISTS. Up to 255 printable ASCII characters;
-    /// empty: none.
+    /// empty: none. An answer from an earlier create carries the response metadata
+    /// `idempotent-replayed: true` (nothing new was made); a create that made one carries none.
     #[prost(string, tag = "3")]
     pub idempotency_key: ::prost::alloc::string::String,
 }

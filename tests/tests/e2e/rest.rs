@@ -1097,7 +1097,10 @@ async fn a_create_sent_again_with_an_idempotency_key_makes_one_subscription() ->
         async move {
             let response = request.send().await?;
             let status = response.status().as_u16();
-            let body: Value = serde_json::from_str(&response.text().await?)?;
+            let replayed = response.headers().get("idempotent-replayed").cloned();
+            let mut body: Value = serde_json::from_str(&response.text().await?)?;
+            body["(replayed header)"] =
+                json!(replayed.map(|v| v.to_str().unwrap_or("?").to_owned()));
             anyhow::Ok((status, body))
         }
     };
@@ -1108,9 +1111,11 @@ async fn a_create_sent_again_with_an_idempotency_key_makes_one_subscription() ->
     });
     let (status, first) = post(body.clone(), "erp-sync-7").await?;
     assert_eq!(status, 201, "{first}");
+    assert_eq!(first["(replayed header)"], Value::Null, "made: {first}");
     let (status, again) = post(body.clone(), "erp-sync-7").await?;
     assert_eq!(status, 201, "{again}");
     assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["(replayed header)"], "true", "{again}");
     assert_eq!(control_plane.subscriptions_of("shop-a").await?.len(), 1);
 
     let mut other = body;

@@ -1,5 +1,6 @@
 //! The subscription API: validation, revisions, not-found, secrets; and `Emit`'s validation.
 
+use herald_proto::idempotency::was_replayed;
 use herald_proto::v1 as pb;
 use herald_tests::{ConfigStore, ControlPlane, Etcd, World, event, subscription};
 use serde_json::json;
@@ -387,12 +388,14 @@ async fn a_create_sent_again_with_its_idempotency_key_makes_one_subscription() -
 
     let first = admin
         .create_subscription(create("shop-1", "https://shop.example/a", "sync-42"))
-        .await?
-        .into_inner();
+        .await?;
+    assert!(!was_replayed(&first), "the first create made it");
+    let first = first.into_inner();
     let again = admin
         .create_subscription(create("shop-1", "https://shop.example/a", "sync-42"))
-        .await?
-        .into_inner();
+        .await?;
+    assert!(was_replayed(&again), "the answer says nothing new was made");
+    let again = again.into_inner();
     assert_eq!(again.id, first.id);
     assert_eq!(again.secrets, first.secrets, "the answer holds the secret");
     assert_eq!(count("shop-1").await?, 1);
@@ -417,10 +420,14 @@ async fn a_create_sent_again_with_its_idempotency_key_makes_one_subscription() -
         racing.spawn(async move { admin.create_subscription(request).await });
     }
     let mut ids = std::collections::HashSet::new();
+    let mut made = 0;
     while let Some(answer) = racing.join_next().await {
-        ids.insert(answer??.into_inner().id);
+        let answer = answer??;
+        made += usize::from(!was_replayed(&answer));
+        ids.insert(answer.into_inner().id);
     }
     assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(made, 1, "one answer made it, the others say they did not");
     assert_eq!(count("shop-1").await?, 2);
 
     // Deleted since: the key does not make it again.
