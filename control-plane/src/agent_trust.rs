@@ -123,7 +123,8 @@ pub enum Refusal {
     /// The attempt names another tenant than its subscription's.
     tenant_mismatch,
     /// A field the log finds attempts by (event id, event type, URL, error kind, agent id)
-    /// breaks the API's limits, or the attempt is not one an agent makes (no known outcome,
+    /// breaks the API's limits or holds a control character (so does the request it sent),
+    /// or the attempt is not one an agent makes (no known outcome,
     /// a status outside 100 to 999, no number or one past `MAX_ATTEMPT_NUMBER`, no start, or
     /// one a day or more ahead, a
     /// negative or day-long duration); no agent of this version sends one.
@@ -170,12 +171,34 @@ fn well_formed(attempt: &pb::Attempt, now: std::time::SystemTime) -> bool {
         && attempt.url.len() <= MAX_URL_LEN
         && attempt.error_kind.len() <= MAX_ERROR_KIND_LEN
         && attempt.agent_id.len() <= MAX_HELLO_FIELD
+        && [&attempt.url, &attempt.error_kind, &attempt.agent_id]
+            .into_iter()
+            .all(|field| plain(field))
+        && attempt.request.as_ref().is_none_or(sent_as_http_allows)
         && outcome.is_ok_and(|o| o != pb::Outcome::Unspecified)
         // Whatever status line a receiver answers with, as the HTTP client reads it.
         && (attempt.status_code == 0 || (100..=999).contains(&attempt.status_code))
         && (1..=MAX_ATTEMPT_NUMBER).contains(&attempt.attempt)
         && started.is_some_and(|t| t <= now + MAX_CLOCK_AHEAD)
         && took.is_none_or(|d| d.is_some_and(|d| d <= MAX_ATTEMPT_DURATION))
+}
+
+/// Whether `text` holds no control character: URLs, names and kinds an agent reports never
+/// do (and PostgreSQL's text refuses NUL).
+fn plain(text: &str) -> bool {
+    !text.chars().any(char::is_control)
+}
+
+/// Whether a request an attempt reports could have been sent: a method and URL without
+/// control characters, header names without them and values without NUL (HTTP allows tabs
+/// and bytes past ASCII in values, never NUL).
+fn sent_as_http_allows(request: &pb::SentRequest) -> bool {
+    plain(&request.method)
+        && plain(&request.url)
+        && request
+            .headers
+            .iter()
+            .all(|header| plain(&header.name) && !header.value.contains('\0'))
 }
 
 /// Whether an agent calling as `who` may report `attempt`, made for `sub` (`None`: no such
@@ -351,6 +374,25 @@ mod tests {
             check_report(&who, Some(&sub("shop-a", &[])), &attempt("shop-a")),
             Ok(())
         );
+        // The request as sent, and an error text holding what a receiver answered (NUL is
+        // shown as U+FFFD when stored).
+        let with_request = pb::Attempt {
+            error: "token endpoint answered 500: bad\0body".into(),
+            request: Some(pb::SentRequest {
+                method: "POST".into(),
+                url: "https://shop.example/hooks".into(),
+                headers: vec![pb::Header {
+                    name: "x-note".into(),
+                    value: "tab\there é".into(),
+                }],
+                ..Default::default()
+            }),
+            ..attempt("shop-a")
+        };
+        assert_eq!(
+            check_report(&who, Some(&sub("shop-a", &[])), &with_request),
+            Ok(())
+        );
         // A receiver may answer any status line the HTTP client reads.
         let odd_status = pb::Attempt {
             status_code: 799,
@@ -464,6 +506,37 @@ mod tests {
                 duration: Some(prost_types::Duration {
                     seconds: -100,
                     nanos: 0,
+                }),
+                ..attempt("shop-a")
+            },
+            // Control characters where no agent sends them (PostgreSQL's text refuses NUL).
+            pb::Attempt {
+                url: "https://shop.example/\0".into(),
+                ..attempt("shop-a")
+            },
+            pb::Attempt {
+                error_kind: "status\0".into(),
+                ..attempt("shop-a")
+            },
+            pb::Attempt {
+                agent_id: "agent\n1".into(),
+                ..attempt("shop-a")
+            },
+            pb::Attempt {
+                request: Some(pb::SentRequest {
+                    method: "POST".into(),
+                    headers: vec![pb::Header {
+                        name: "x-shop".into(),
+                        value: "a\0b".into(),
+                    }],
+                    ..Default::default()
+                }),
+                ..attempt("shop-a")
+            },
+            pb::Attempt {
+                request: Some(pb::SentRequest {
+                    method: "PO\rST".into(),
+                    ..Default::default()
                 }),
                 ..attempt("shop-a")
             },

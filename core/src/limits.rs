@@ -123,9 +123,13 @@ pub const MAX_REPORT_BATCH: usize = 1000;
 /// still hundreds of attempts a commit.
 pub const MAX_REPORT_BATCH_BYTES: usize = 512 * 1024;
 
-/// Cuts an attempt's excerpt or error text to [`MAX_ATTEMPT_TEXT_LEN`] bytes, at a character
-/// boundary.
+/// Makes an attempt's excerpt or error text one every delivery log keeps: NUL characters (a
+/// receiver's or token endpoint's answer may hold them; PostgreSQL's text refuses them) shown
+/// as U+FFFD, then cut to [`MAX_ATTEMPT_TEXT_LEN`] bytes at a character boundary.
 pub fn bound_attempt_text(text: &mut String) {
+    if text.contains('\0') {
+        *text = text.replace('\0', "\u{FFFD}");
+    }
     if text.len() > MAX_ATTEMPT_TEXT_LEN {
         let mut end = MAX_ATTEMPT_TEXT_LEN;
         while !text.is_char_boundary(end) {
@@ -182,5 +186,16 @@ mod tests {
         let mut short = String::from("fine");
         bound_attempt_text(&mut short);
         assert_eq!(short, "fine");
+    }
+
+    #[test]
+    fn attempt_texts_keep_no_nul() {
+        let mut answer = String::from("bad\0\u{FFFD}\u{FFFD} nul body\0");
+        bound_attempt_text(&mut answer);
+        assert_eq!(answer, "bad\u{FFFD}\u{FFFD}\u{FFFD} nul body\u{FFFD}");
+        // Shown as three bytes each, and still cut to the limit.
+        let mut nuls = "\0".repeat(MAX_ATTEMPT_TEXT_LEN);
+        bound_attempt_text(&mut nuls);
+        assert!(nuls.len() <= MAX_ATTEMPT_TEXT_LEN && !nuls.contains('\0'));
     }
 }

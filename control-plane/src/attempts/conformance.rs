@@ -34,6 +34,7 @@ pub async fn check_all(log: &AttemptLog) {
     the_outbox_keeps_an_event_once_until_emitted(log.as_ref()).await;
     audit_entries_are_listed_newest_first_within_scope_and_swept(log.as_ref()).await;
     requests_as_sent_are_kept_once_per_delivery_within_scope(log.as_ref()).await;
+    texts_holding_nul_are_stored_and_the_batch_with_them(log.as_ref()).await;
     // Last: its thousand attempts would be the newest in the other checks' listings.
     pages_end_within_their_bytes(log.as_ref()).await;
 }
@@ -778,6 +779,27 @@ async fn audit_entries_are_listed_newest_first_within_scope_and_swept(log: &dyn 
         list(pb::AuditFilter::default(), Scope::All).await,
         ["order.created", "sub_b", "sub_a"]
     );
+}
+
+/// An error text or excerpt holding NUL (a token endpoint's or receiver's answer quoted) is
+/// stored with U+FFFD in its place, and so is the rest of its batch: PostgreSQL's text refuses
+/// NUL, and one such answer must not keep an agent's reports out of the log.
+async fn texts_holding_nul_are_stored_and_the_batch_with_them(log: &dyn LogStore) {
+    let quoted = pb::Attempt {
+        error: "token endpoint answered 500: bad\0 nul body".into(),
+        response_excerpt: "\0\0".into(),
+        ..attempt("evt_nul", "sub_nul", 1, pb::Outcome::Retrying, DAY / 24)
+    };
+    let beside = attempt("evt_nul2", "sub_nul", 1, pb::Outcome::Delivered, DAY / 48);
+    log.insert(vec![quoted, beside]).await.expect("stored");
+    let listed = listed_of(log, "sub_nul").await;
+    let errors: Vec<&str> = listed.attempts.iter().map(|a| a.error.as_str()).collect();
+    assert_eq!(
+        errors,
+        ["", "token endpoint answered 500: bad\u{FFFD} nul body"],
+        "newest first, both stored"
+    );
+    assert_eq!(listed.attempts[1].response_excerpt, "\u{FFFD}\u{FFFD}");
 }
 
 /// The first page of `sub`'s attempts.
