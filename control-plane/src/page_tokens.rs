@@ -4,14 +4,17 @@
 //! deliveries and changes between two pages, and would let a caller make up positions. So the
 //! API seals the position with the keyring ([`crate::sealed_token`]): callers see an opaque
 //! token that every replica with the same keyring reads, that opens only for the listing that
-//! made it, and that lasts [`PAGE_TOKEN_TTL`].
+//! made it and a caller who sees the same tenants (a token copied from another tenant's
+//! listing would say where that tenant's page ended), and that lasts [`PAGE_TOKEN_TTL`].
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use herald_core::ValidationError;
+use sha2::{Digest as _, Sha256};
 use tonic::Status;
 
+use crate::access::Scope;
 use crate::sealed_token::{self, Purpose, TokenError};
 use crate::sealing::Keyring;
 
@@ -42,23 +45,30 @@ impl PageTokens {
         PageTokens { keyring }
     }
 
-    /// The log's position that `token` holds for `listing`: empty for an empty token (the
-    /// first page); refused when the token is not one of this listing's or has expired.
-    pub fn open(&self, listing: Listing, token: &str) -> Result<String, ValidationError> {
-        self.open_at(listing, token, SystemTime::now())
+    /// The log's position that `token` holds for `listing`, asked by a caller who sees
+    /// `tenants`: empty for an empty token (the first page); refused when the token is not
+    /// one of this listing's for a caller seeing those tenants, or has expired.
+    pub fn open(
+        &self,
+        listing: Listing,
+        tenants: &Scope,
+        token: &str,
+    ) -> Result<String, ValidationError> {
+        self.open_at(listing, tenants, token, SystemTime::now())
     }
 
     fn open_at(
         &self,
         listing: Listing,
+        tenants: &Scope,
         token: &str,
         now: SystemTime,
     ) -> Result<String, ValidationError> {
         if token.is_empty() {
             return Ok(String::new());
         }
-        sealed_token::open(&self.keyring, Purpose::Page(listing), token, now).map_err(|err| {
-            match err {
+        let sealed: String = sealed_token::open(&self.keyring, Purpose::Page(listing), token, now)
+            .map_err(|err| match err {
                 TokenError::Expired => ValidationError::new(
                     "page_token",
                     "has expired (a page token lasts a day): list again from the first page",
@@ -66,29 +76,65 @@ impl PageTokens {
                 TokenError::Invalid | TokenError::Seal(_) => {
                     crate::attempts::not_from_this_listing()
                 }
+            })?;
+        match sealed.split_once(':') {
+            Some((seen_by, position)) if seen_by == scope_digest(tenants) => {
+                Ok(position.to_owned())
             }
-        })
+            _ => Err(crate::attempts::not_from_this_listing()),
+        }
     }
 
-    /// The token callers get for the log's `position` in `listing`: empty for an empty
-    /// position (the last page).
-    pub fn seal(&self, listing: Listing, position: &str) -> Result<String, Status> {
-        self.seal_at(listing, position, SystemTime::now())
+    /// The token a caller who sees `tenants` gets for the log's `position` in `listing`:
+    /// empty for an empty position (the last page).
+    pub fn seal(
+        &self,
+        listing: Listing,
+        tenants: &Scope,
+        position: &str,
+    ) -> Result<String, Status> {
+        self.seal_at(listing, tenants, position, SystemTime::now())
     }
 
-    fn seal_at(&self, listing: Listing, position: &str, now: SystemTime) -> Result<String, Status> {
+    fn seal_at(
+        &self,
+        listing: Listing,
+        tenants: &Scope,
+        position: &str,
+        now: SystemTime,
+    ) -> Result<String, Status> {
         if position.is_empty() {
             return Ok(String::new());
         }
         sealed_token::seal(
             &self.keyring,
             Purpose::Page(listing),
-            position,
+            format!("{}:{position}", scope_digest(tenants)),
             now,
             PAGE_TOKEN_TTL,
         )
         .map_err(|err| Status::internal(err.to_string()))
     }
+}
+
+/// What a token remembers of the tenants its caller sees: a digest of their names (`*` for
+/// every tenant), so that the token stays short however many there are.
+fn scope_digest(tenants: &Scope) -> String {
+    let mut digest = Sha256::new();
+    match tenants.names() {
+        None => digest.update(b"*"),
+        Some(names) => {
+            for name in names {
+                // Tenant names hold no NUL: it separates them.
+                digest.update(name.as_bytes());
+                digest.update([0]);
+            }
+        }
+    }
+    digest.finalize()[..16]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -105,40 +151,79 @@ mod tests {
         let tokens = tokens();
         let now = SystemTime::now();
         let token = tokens
-            .seal_at(Listing::Attempts, "1764892800000000:4711", now)
+            .seal_at(Listing::Attempts, &Scope::All, "1764892800000000:4711", now)
             .expect("sealed");
         assert!(!token.contains("4711"), "the position is not readable");
         assert_eq!(
             tokens
-                .open_at(Listing::Attempts, &token, now)
+                .open_at(Listing::Attempts, &Scope::All, &token, now)
                 .expect("opens"),
             "1764892800000000:4711"
         );
         let other = tokens
-            .open_at(Listing::AuditEntries, &token, now)
+            .open_at(Listing::AuditEntries, &Scope::All, &token, now)
             .expect_err("another listing's token");
         assert_eq!(other.field, "page_token");
         assert_eq!(other.reason, "is not from this listing");
         assert!(
-            tokens.open_at(Listing::Attempts, "4711", now).is_err(),
+            tokens
+                .open_at(Listing::Attempts, &Scope::All, "4711", now)
+                .is_err(),
             "a made-up position"
         );
         assert!(
             self::tokens()
-                .open_at(Listing::Attempts, &token, now)
+                .open_at(Listing::Attempts, &Scope::All, &token, now)
                 .is_err(),
             "another keyring"
         );
         let late = tokens
-            .open_at(Listing::Attempts, &token, now + PAGE_TOKEN_TTL)
+            .open_at(Listing::Attempts, &Scope::All, &token, now + PAGE_TOKEN_TTL)
             .expect_err("expired");
         assert!(late.reason.contains("expired"), "{late:?}");
     }
 
     #[test]
+    fn a_position_comes_back_only_to_a_caller_seeing_the_same_tenants() {
+        let tokens = tokens();
+        let now = SystemTime::now();
+        let only = |names: &[&str]| Scope::Only(names.iter().map(|n| n.to_string()).collect());
+        let shop_b = tokens
+            .seal_at(Listing::Attempts, &only(&["shop-b"]), "17:42", now)
+            .expect("sealed");
+        assert_eq!(
+            tokens
+                .open_at(Listing::Attempts, &only(&["shop-b"]), &shop_b, now)
+                .expect("the same tenants"),
+            "17:42"
+        );
+        for other in [only(&["shop-a"]), only(&["shop-a", "shop-b"]), Scope::All] {
+            let refused = tokens
+                .open_at(Listing::Attempts, &other, &shop_b, now)
+                .expect_err("another caller's token");
+            assert_eq!(refused.reason, "is not from this listing", "{other:?}");
+        }
+        // Names are told apart however they would run together.
+        assert_ne!(
+            scope_digest(&only(&["ab", "c"])),
+            scope_digest(&only(&["a", "bc"]))
+        );
+    }
+
+    #[test]
     fn the_first_and_last_pages_have_empty_tokens() {
         let tokens = tokens();
-        assert_eq!(tokens.seal(Listing::SentRequests, "").expect("sealed"), "");
-        assert_eq!(tokens.open(Listing::SentRequests, "").expect("opened"), "");
+        assert_eq!(
+            tokens
+                .seal(Listing::SentRequests, &Scope::All, "")
+                .expect("sealed"),
+            ""
+        );
+        assert_eq!(
+            tokens
+                .open(Listing::SentRequests, &Scope::All, "")
+                .expect("opened"),
+            ""
+        );
     }
 }

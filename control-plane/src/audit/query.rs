@@ -39,6 +39,13 @@ impl AuditFilter {
                 ),
             )));
         }
+        // No actor's name holds one (and PostgreSQL's text refuses NUL).
+        if let Some(bad) = wire.actor.chars().find(|c| c.is_control()) {
+            return Err(LogError::InvalidQuery(herald_core::ValidationError::new(
+                "actor",
+                format!("contains the control character {bad:?}, which no actor's name holds"),
+            )));
+        }
         let range = crate::attempts::TimeRange::checked(wire.since.as_ref(), wire.until.as_ref())?;
         Ok(AuditFilter {
             since: range.since,

@@ -452,12 +452,16 @@ impl Deliveries for DeliveriesService {
         let filter = Filter::within(wire, &who.tenants)?;
         let after = self
             .pages
-            .open(Listing::Attempts, &request.page_token)
+            .open(Listing::Attempts, &who.tenants, &request.page_token)
             .map_err(herald_proto::convert::invalid_argument)?;
         let page = self.log.list(filter, request.page_size, &after).await?;
         Ok(Response::new(pb::ListAttemptsResponse {
             attempts: page.attempts,
-            next_page_token: self.pages.seal(Listing::Attempts, &page.next_page_token)?,
+            next_page_token: self.pages.seal(
+                Listing::Attempts,
+                &who.tenants,
+                &page.next_page_token,
+            )?,
         }))
     }
 
@@ -538,7 +542,7 @@ impl Deliveries for DeliveriesService {
         let request = request.into_inner();
         let after = self
             .pages
-            .open(Listing::SentRequests, &request.page_token)
+            .open(Listing::SentRequests, &who.tenants, &request.page_token)
             .map_err(herald_proto::convert::invalid_argument)?;
         let query = SentQuery::page(
             &request.event_id,
@@ -562,9 +566,11 @@ impl Deliveries for DeliveriesService {
         }
         Ok(Response::new(pb::GetSentRequestsResponse {
             requests: page.requests,
-            next_page_token: self
-                .pages
-                .seal(Listing::SentRequests, &page.next_page_token)?,
+            next_page_token: self.pages.seal(
+                Listing::SentRequests,
+                &who.tenants,
+                &page.next_page_token,
+            )?,
         }))
     }
 

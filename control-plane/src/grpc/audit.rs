@@ -34,14 +34,16 @@ impl Audit for AuditService {
         let filter = AuditFilter::within(request.filter.unwrap_or_default(), &who.tenants)?;
         let after = self
             .pages
-            .open(Listing::AuditEntries, &request.page_token)
+            .open(Listing::AuditEntries, &who.tenants, &request.page_token)
             .map_err(herald_proto::convert::invalid_argument)?;
         let page = self.log.changes(filter, request.page_size, &after).await?;
         Ok(Response::new(pb::ListAuditEntriesResponse {
             entries: page.entries,
-            next_page_token: self
-                .pages
-                .seal(Listing::AuditEntries, &page.next_page_token)?,
+            next_page_token: self.pages.seal(
+                Listing::AuditEntries,
+                &who.tenants,
+                &page.next_page_token,
+            )?,
         }))
     }
 }

@@ -24,11 +24,16 @@ pub fn parse_time(
         .map(|text| {
             humantime::parse_rfc3339_weak(text)
                 .map(timestamp)
-                .map_err(|_| {
-                    ApiError::invalid_field(
-                        field,
-                        format!("{} is not an RFC 3339 time", quoted(text)),
-                    )
+                .map_err(|err| {
+                    let reason = match err {
+                        // Before the Unix epoch (or past 9999): written right, out of reach.
+                        humantime::TimestampError::OutOfRange => format!(
+                            "{} lies outside 1970-01-01 to 9999-12-31, the times the API takes",
+                            quoted(text)
+                        ),
+                        _ => format!("{} is not an RFC 3339 time", quoted(text)),
+                    };
+                    ApiError::invalid_field(field, reason)
                 })
         })
         .transpose()

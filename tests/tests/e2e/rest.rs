@@ -220,6 +220,30 @@ async fn the_http_api_answers_as_grpc_does() -> anyhow::Result<()> {
     assert_eq!(scoped["entries"].as_array().map(Vec::len), Some(1));
     let (status, _, _) = get(&client, &base, "/api/v1/audit?since=yesterday", Some(ADMIN)).await?;
     assert_eq!(status, 400);
+    // No actor's name holds a control character (PostgreSQL's text refuses NUL): refused on
+    // either log, naming the field.
+    let (status, _, refused) =
+        get(&client, &base, "/api/v1/audit?actor=a%00b", Some(ADMIN)).await?;
+    assert_eq!(
+        (status, refused["field"].as_str()),
+        (400, Some("actor")),
+        "{refused}"
+    );
+    // A time written right but before 1970 is refused for what it is.
+    let (status, _, refused) = get(
+        &client,
+        &base,
+        "/api/v1/audit?since=0001-01-01T00:00:00Z",
+        Some(ADMIN),
+    )
+    .await?;
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("outside 1970-01-01")),
+        "{refused}"
+    );
 
     // A route that does not exist is a problem too.
     let (status, content_type, _) = get(&client, &base, "/api/v1/nothing", Some(ADMIN)).await?;

@@ -24,6 +24,7 @@ use tonic::{Code, Status};
 const ADMIN: &str = "admin-9d3f6b1e8a2c";
 const ADMIN_B: &str = "admin-b-5e8a2c7f1d4b";
 const READ_B: &str = "read-b-3c9e1a6d8f2b";
+const READ_A: &str = "read-a-8e2d5b9c1f7a";
 const AGENT: &str = "agent-7b2e9d4a1c6f";
 const AGENT_A: &str = "agent-a-4d1f8b3e6c2a";
 const AGENT_B_EU: &str = "agent-b-eu-9a6c3f1e7d2b";
@@ -42,6 +43,7 @@ fn tokens() -> String {
         "admin {ADMIN} name=ops\n\
          admin {ADMIN_B} name=shop-b-admin tenants=shop-b\n\
          read {READ_B} name=shop-b-reader tenants=shop-b\n\
+         read {READ_A} name=shop-a-reader tenants=shop-a\n\
          agent {AGENT}\n"
     )
 }
@@ -1135,6 +1137,28 @@ async fn page_tokens_are_sealed_so_they_neither_tell_nor_take_a_position() -> an
         .into_inner();
     assert_eq!(second.attempts.len(), 1);
     assert_ne!(second.attempts[0], first.attempts[0]);
+    // It leads on for a caller who sees the same tenants, and for no other: shop B's token
+    // would tell shop A (or anyone seeing more) where B's page ended.
+    let mut read_b = Clients::new(control_plane.url(), READ_B).await?;
+    let again = read_b
+        .deliveries
+        .list_attempts(list(first.next_page_token.clone()))
+        .await?
+        .into_inner();
+    assert_eq!(again.attempts, second.attempts);
+    for other in [READ_A, ADMIN] {
+        let mut other = Clients::new(control_plane.url(), other).await?;
+        let refused = other
+            .deliveries
+            .list_attempts(list(first.next_page_token.clone()))
+            .await
+            .expect_err("another caller's token");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(
+            refused.message().contains("not from this listing"),
+            "{refused:?}"
+        );
+    }
     // …but made-up positions (the store's sequence numbers and times) are refused, as is
     // another listing's token.
     let audit = b
