@@ -308,7 +308,14 @@ pub fn url_as_given(field: &str, value: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
-/// Checks an event payload: at most `max_bytes` bytes, and one JSON document (any JSON value).
+/// The deepest an event payload may nest (arrays and objects within each other). The Standard
+/// Webhooks envelope puts the payload one level down (`{"data": …}`), and the body a receiver
+/// gets must stay within what its JSON parser reads: serde_json, the strictest common one,
+/// stops at 128 levels.
+pub const MAX_PAYLOAD_DEPTH: usize = 126;
+
+/// Checks an event payload: at most `max_bytes` bytes, and one JSON document (any JSON value)
+/// nesting at most [`MAX_PAYLOAD_DEPTH`] levels.
 ///
 /// The size is checked before parsing so an oversized payload costs nothing to refuse. The
 /// document is read as strictly as a full parse reads it (UTF-8, escapes, surrogate pairs,
@@ -324,61 +331,113 @@ pub fn json_payload(bytes: &[u8], max_bytes: usize) -> Result<(), ValidationErro
             ),
         ));
     }
-    serde_json::from_slice::<ReadThrough>(bytes)
-        .map(|_| ())
-        .map_err(|e| ValidationError::new(FIELD, format!("is not a valid JSON document: {e}")))
-}
-
-/// Any JSON value, read through and dropped. Unlike `serde::de::IgnoredAny`, which skips
-/// strings without checking their bytes or escapes, every part is parsed as a full
-/// `serde_json::Value` parse would parse it, without allocating for it.
-struct ReadThrough;
-
-impl<'de> serde::Deserialize<'de> for ReadThrough {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(ReadThrough)
+    let too_deep = std::cell::Cell::new(false);
+    let mut reader = serde_json::Deserializer::from_slice(bytes);
+    let read = serde::de::DeserializeSeed::deserialize(
+        ReadThrough {
+            levels_left: MAX_PAYLOAD_DEPTH,
+            too_deep: &too_deep,
+        },
+        &mut reader,
+    )
+    .and_then(|()| reader.end());
+    match read {
+        Ok(()) => Ok(()),
+        Err(_) if too_deep.get() => Err(ValidationError::new(
+            FIELD,
+            format!(
+                "nests deeper than {MAX_PAYLOAD_DEPTH} levels of arrays and objects (the \
+                 envelope adds one, and receivers' JSON parsers stop at 128)"
+            ),
+        )),
+        Err(e) => Err(ValidationError::new(
+            FIELD,
+            format!("is not a valid JSON document: {e}"),
+        )),
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for ReadThrough {
-    type Value = ReadThrough;
+/// Any JSON value within `levels_left` levels of nesting, read through and dropped. Unlike
+/// `serde::de::IgnoredAny`, which skips strings without checking their bytes or escapes, every
+/// part is parsed as a full `serde_json::Value` parse would parse it, without allocating for
+/// it.
+#[derive(Clone, Copy)]
+struct ReadThrough<'a> {
+    /// How many more arrays or objects may open.
+    levels_left: usize,
+    /// Set when a value nests deeper: the parse's error is that, not bad JSON.
+    too_deep: &'a std::cell::Cell<bool>,
+}
+
+impl ReadThrough<'_> {
+    /// The reader of the values one level down, or the error when none may open.
+    fn inner<E: serde::de::Error>(self) -> Result<Self, E> {
+        match self.levels_left.checked_sub(1) {
+            Some(levels_left) => Ok(ReadThrough {
+                levels_left,
+                ..self
+            }),
+            None => {
+                self.too_deep.set(true);
+                Err(E::custom(format_args!(
+                    "nests deeper than {MAX_PAYLOAD_DEPTH} levels"
+                )))
+            }
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ReadThrough<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ReadThrough<'_> {
+    type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("any JSON value")
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
-        Ok(self)
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
-        Ok(self)
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
-        Ok(self)
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
-        Ok(self)
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
-        Ok(self)
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_unit<E>(self) -> Result<Self, E> {
-        Ok(self)
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
-        while seq.next_element::<ReadThrough>()?.is_some() {}
-        Ok(self)
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = self.inner()?;
+        while seq.next_element_seed(inner)?.is_some() {}
+        Ok(())
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
-        while map.next_entry::<ReadThrough, ReadThrough>()?.is_some() {}
-        Ok(self)
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self.inner()?;
+        while map.next_key_seed(inner)?.is_some() {
+            map.next_value_seed(inner)?;
+        }
+        Ok(())
     }
 }
 
@@ -757,15 +816,33 @@ mod tests {
     }
 
     #[test]
-    fn json_payloads_nest_at_most_127_levels_as_documented() {
+    fn json_payloads_nest_at_most_126_levels_so_enveloped_bodies_parse() {
         for open in ["[", "{\"a\":"] {
             let close = if open == "[" { "]" } else { "}" };
             let nested = |levels: usize| {
                 format!("{}1{}", open.repeat(levels), close.repeat(levels)).into_bytes()
             };
-            assert!(json_payload(&nested(127), 1 << 20).is_ok(), "{open}");
-            assert!(json_payload(&nested(128), 1 << 20).is_err(), "{open}");
+            assert!(json_payload(&nested(126), 1 << 20).is_ok(), "{open}");
+            // One level down in the envelope, the deepest payload still parses.
+            let enveloped = format!(
+                r#"{{"type":"order.created","data":{}}}"#,
+                String::from_utf8(nested(126)).expect("text")
+            );
+            assert!(serde_json::from_str::<serde_json::Value>(&enveloped).is_ok());
+            let refused = json_payload(&nested(127), 1 << 20).expect_err("too deep");
+            assert!(
+                refused.reason.starts_with("nests deeper than 126"),
+                "{refused:?}"
+            );
+            assert!(json_payload(&nested(10_000), 1 << 20).is_err(), "{open}");
         }
+        // Bad JSON at any depth is said to be bad JSON.
+        let bad = format!("{}x{}", "[".repeat(5), "]".repeat(5));
+        let refused = json_payload(bad.as_bytes(), 1 << 20).expect_err("bad");
+        assert!(
+            refused.reason.starts_with("is not a valid JSON"),
+            "{refused:?}"
+        );
     }
 
     #[test]

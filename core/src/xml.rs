@@ -26,8 +26,8 @@
 //! U+FFFD in text and keys: a receiver that needs them byte for byte takes JSON.
 //!
 //! Each level of nesting is parsed as it is written (its members kept as text), so a document
-//! is read about as many times as it is deep; payloads the agent accepts are at most 127 levels
-//! deep.
+//! is read about as many times as it is deep; payloads the agent accepts are at most 126 levels
+//! deep ([`crate::validate::MAX_PAYLOAD_DEPTH`]).
 //!
 //! **The envelope.** A subscription with the Standard Webhooks envelope (the default) gets the
 //! event's type and time beside its payload, as the JSON envelope
