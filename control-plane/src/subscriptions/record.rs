@@ -26,6 +26,17 @@ pub fn decode(kv: &KeyValue, keyring: &Keyring) -> Result<pb::Subscription, Subs
     Ok(open_record(kv, keyring)?.0)
 }
 
+/// Leaves out the secrets whose grace ended by `now`: they sign nothing (agents drop them at
+/// their time), so reads do not show them, and the next write of the record does not keep them.
+fn drop_expired_secrets(sub: &mut pb::Subscription, now: std::time::SystemTime) {
+    sub.secrets.retain(|secret| {
+        secret
+            .expires_at
+            .as_ref()
+            .is_none_or(|at| herald_proto::convert::system_time(at) > now)
+    });
+}
+
 /// Decodes a stored record and says whether it should be resealed: a secret stored in the
 /// clear (written before sealing) or sealed with a key that no longer seals.
 pub(super) fn open_record(
@@ -54,6 +65,7 @@ pub(super) fn open_record(
             None => stale |= !secret.secret.is_empty(),
         }
     }
+    drop_expired_secrets(&mut sub, std::time::SystemTime::now());
     // Header values in the clear were written before they were sealed.
     stale |= !sub.headers.is_empty();
     for (name, sealed) in std::mem::take(&mut sub.sealed_headers) {
@@ -175,4 +187,45 @@ fn egress_proxy_record(subscription_id: &str) -> String {
 /// copied to another header, subscription or secret does not open.
 fn header_record(subscription_id: &str, name: &str) -> String {
     format!("{subscription_id}\0header\0{name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use herald_proto::convert::timestamp;
+
+    use super::*;
+
+    #[test]
+    fn a_secret_is_read_until_its_grace_ends_and_not_after() {
+        let rotated = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let secret = |name: &str, expires: Option<SystemTime>| pb::SigningSecret {
+            secret: name.into(),
+            expires_at: expires.map(timestamp),
+            ..Default::default()
+        };
+        let stored = pb::Subscription {
+            secrets: vec![
+                secret("new", None),
+                secret("old", Some(rotated + Duration::from_secs(5))),
+            ],
+            ..Default::default()
+        };
+        let names = |at: SystemTime| {
+            let mut sub = stored.clone();
+            drop_expired_secrets(&mut sub, at);
+            sub.secrets
+                .into_iter()
+                .map(|s| s.secret)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(rotated), ["new", "old"], "within the grace");
+        assert_eq!(
+            names(rotated + Duration::from_secs(5)),
+            ["new"],
+            "at its end"
+        );
+        assert_eq!(names(rotated + Duration::from_secs(540)), ["new"]);
+    }
 }
