@@ -41,6 +41,12 @@ const MAX_SUGGESTIONS: usize = 5;
 pub const MAX_PAGE_SIZE: usize = 1000;
 /// The names of Herald's own operator events; no registered type may take one.
 const RESERVED_PREFIX: &str = "herald.";
+
+/// Whether `name` is one of Herald's own operator events (`herald.…`), which only the system
+/// tenant's subscriptions receive.
+pub fn is_heralds_own(name: &str) -> bool {
+    name.starts_with(RESERVED_PREFIX)
+}
 /// How many stored types a listing reads at once.
 const READ_CHUNK: usize = 16;
 

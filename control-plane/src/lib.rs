@@ -649,6 +649,7 @@ pub async fn run(
             fleet: fleet.clone(),
             relay: relay.clone(),
             log_body_limit: config.log_body_limit,
+            system_tenant: config.system_tenant.clone(),
         },
         recorder.clone(),
     ));

@@ -27,7 +27,7 @@ use herald_proto::sent_request;
 use herald_proto::v1 as pb;
 
 use crate::attempts::{AttemptLog, LogError, NoReactions};
-use crate::event_types::{EventTypeError, EventTypes};
+use crate::event_types::{EventTypeError, EventTypes, is_heralds_own};
 use crate::fleet::Fleet;
 use crate::relay::{Relay, RelayedTest};
 use crate::store::StoreError;
@@ -115,6 +115,9 @@ pub struct Testers {
     pub relay: Relay,
     /// The most body bytes the log keeps of a request as sent (`--log-body-limit`).
     pub log_body_limit: usize,
+    /// The tenant Herald's own operator events (`herald.…`) go to (`--system-tenant`): only
+    /// its subscriptions are sent those types.
+    pub system_tenant: String,
 }
 
 /// Makes one test attempt to `sub` as `request` asks, and logs it.
@@ -129,8 +132,11 @@ pub async fn test_send(
         fleet,
         relay,
         log_body_limit,
+        system_tenant,
     } = testers;
-    let event_type = chosen_type(sub, &request.event_type, event_types).await?;
+    let receives_heralds_own = sub.tenant == *system_tenant;
+    let event_type =
+        chosen_type(sub, &request.event_type, event_types, receives_heralds_own).await?;
     let known = match event_types.get(&event_type).await {
         Ok(known) => Some(known),
         Err(EventTypeError::NotFound(_)) => None,
@@ -262,17 +268,31 @@ pub fn test_types(filter: &EventFilter, patterns: &[String], catalogued: &[Strin
     types
 }
 
-/// The event type a test sends: `requested` when the subscription selects it; else the first of
-/// [`test_types`] (its first exact type, read without the catalogue, or the first catalogued
-/// type of its first pattern that selects one).
+/// The event type a test sends: `requested` when the subscription receives it; else the first
+/// of [`test_types`] (its first exact type, read without the catalogue, or the first catalogued
+/// type of its first pattern that selects one). Herald's own types (`herald.…`) are sent only
+/// to a subscription that `receives_heralds_own` (the system tenant's): no other receives them,
+/// whatever its patterns select.
 async fn chosen_type(
     sub: &pb::Subscription,
     requested: &str,
     event_types: &EventTypes,
+    receives_heralds_own: bool,
 ) -> Result<String, TestError> {
     let filter = EventFilter::parse(&sub.event_types)?;
     if !requested.is_empty() {
         validate_event_type(requested).map_err(|e| ValidationError::new("event_type", e.reason))?;
+        if is_heralds_own(requested) && !receives_heralds_own {
+            return Err(ValidationError::new(
+                "event_type",
+                format!(
+                    "{requested} is one of Herald's own operator events, which only the system \
+                     tenant's subscriptions receive: subscription {} never gets it",
+                    sub.id
+                ),
+            )
+            .into());
+        }
         if !filter.matches(requested) {
             return Err(ValidationError::new(
                 "event_type",
@@ -296,7 +316,9 @@ async fn chosen_type(
         .into_iter()
         .filter(|t| !t.deprecated)
         .partition(|t| !t.built_in);
-    catalogued.extend(built_in);
+    if receives_heralds_own {
+        catalogued.extend(built_in);
+    }
     let catalogued: Vec<String> = catalogued.into_iter().map(|t| t.name).collect();
     test_types(&filter, &sub.event_types, &catalogued)
         .into_iter()
@@ -343,12 +365,27 @@ mod tests {
             .expect("registered");
         let chosen = |patterns: &'static [&'static str]| {
             let registry = &registry;
-            async move { chosen_type(&selecting(patterns), "", registry).await }
+            async move { chosen_type(&selecting(patterns), "", registry, true).await }
         };
         assert_eq!(chosen(&["*"]).await.expect("a type"), "order.created");
         assert_eq!(chosen(&["order.*"]).await.expect("a type"), "order.created");
         let own = chosen(&["herald.*"]).await.expect("a built-in type");
         assert!(own.starts_with("herald."), "{own}");
         assert!(chosen(&["invoice.*"]).await.is_err(), "nothing catalogued");
+
+        // Another tenant's subscription never gets Herald's own types, whatever it selects.
+        let shop = |patterns: &'static [&'static str], requested: &'static str| {
+            let registry = &registry;
+            async move { chosen_type(&selecting(patterns), requested, registry, false).await }
+        };
+        let refused = shop(&["*"], "herald.subscription.disabled")
+            .await
+            .expect_err("not the system tenant's");
+        assert!(
+            matches!(&refused, TestError::Invalid(e) if e.field == "event_type"),
+            "{refused:?}"
+        );
+        assert!(shop(&["herald.*"], "").await.is_err(), "none offered");
+        assert_eq!(shop(&["*"], "").await.expect("a type"), "order.created");
     }
 }

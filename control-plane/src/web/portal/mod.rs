@@ -501,7 +501,11 @@ fn offered(sub: pb::Subscription) -> Result<pb::Subscription, FieldError> {
     // ([`shop_refusal`]).
     herald_core::event_type::EventFilter::parse(&sub.event_types)
         .map_err(|err| FieldError::new("event_types", err.reason))?;
-    match sub.event_types.iter().find(|t| t.starts_with("herald.")) {
+    match sub
+        .event_types
+        .iter()
+        .find(|t| crate::event_types::is_heralds_own(t))
+    {
         Some(own) => Err(FieldError::new(
             "event_types",
             format!(
