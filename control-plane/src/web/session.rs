@@ -149,6 +149,9 @@ pub struct Console {
     pub name: String,
     /// Whether the caller may change things (forms are shown only then).
     pub admin: bool,
+    /// Whether the caller sees every tenant: what tenants share (the event-type catalogue's
+    /// changes, the fleet of agents) is offered only then.
+    pub every_tenant: bool,
     /// Goes in every form.
     pub csrf: String,
 }
@@ -195,6 +198,7 @@ impl FromRequestParts<WebState> for Console {
             name: identity
                 .as_ref()
                 .map_or_else(|| "anonymous".to_owned(), |i| i.name.clone()),
+            every_tenant: identity.as_ref().is_none_or(|i| i.tenants.is_all()),
             caller: Authorized(identity),
             admin,
             csrf: csrf_of(cookie),

@@ -11,9 +11,10 @@ use herald_tests::{
 
 const ADMIN: &str = "admin-console-5c1e8a2f7b3d";
 const READER: &str = "read-console-8f2b6d1c4a9e";
+const SHOP_ADMIN: &str = "admin-shop-console-2d7f9b4e1a6c";
 
-/// A control plane serving the console (tokens for an admin `ops`, a reader `auditor` and
-/// the agent), its agent and a receiver.
+/// A control plane serving the console (tokens for an admin `ops`, a reader `auditor`, an
+/// admin of tenant `shop-1` and the agent), its agent and a receiver.
 struct Console {
     control_plane: ControlPlane,
     agent: herald_tests::Agent,
@@ -30,7 +31,8 @@ impl Console {
         let control_plane = ControlPlane::start_with_tokens_configured(
             ConfigStore::Embedded,
             &format!(
-                "admin {ADMIN} name=ops\nread {READER} name=auditor\nagent agent-console-token\n"
+                "admin {ADMIN} name=ops\nread {READER} name=auditor\n\
+                 admin {SHOP_ADMIN} name=shop-ops tenants=shop-1\nagent agent-console-token\n"
             ),
             ADMIN,
             |config| config.http_listen = Some(http.addr()),
@@ -368,6 +370,24 @@ async fn an_operator_manages_a_failing_endpoint_from_the_console() -> anyhow::Re
     browser.wait_url("/login").await?;
     browser.open(&format!("{base}/subscriptions/{id}")).await?;
     browser.wait_url("/login").await?;
+
+    // What every tenant shares (the agents, changes to the catalogue) is offered to an admin
+    // of every tenant, not to one of some tenants, whom the API would refuse.
+    for (token, every_tenant) in [(SHOP_ADMIN, false), (ADMIN, true)] {
+        browser.open(&format!("{base}/event-types")).await?;
+        browser.wait_url("/login").await?;
+        browser.fill("#token", token).await?;
+        browser.click("#sign-in").await?;
+        browser.wait_url("/event-types").await?;
+        assert_eq!(browser.has("#register").await, every_tenant, "{token}");
+        assert_eq!(
+            browser.has("a[href='/agents']").await,
+            every_tenant,
+            "{token}"
+        );
+        browser.click(".signout button").await?;
+        browser.wait_url("/login").await?;
+    }
     browser.close().await?;
     Ok(())
 }

@@ -38,6 +38,8 @@ pub struct Chrome {
     pub csrf: String,
     /// Whether change forms are shown.
     pub admin: bool,
+    /// Whether what every tenant shares is offered (the agents, the catalogue's changes).
+    pub every_tenant: bool,
     /// The section of the navigation to mark.
     pub section: &'static str,
 }
@@ -48,6 +50,7 @@ impl Chrome {
             user: console.name.clone(),
             csrf: console.csrf.clone(),
             admin: console.admin,
+            every_tenant: console.every_tenant,
             section,
         }
     }
