@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use herald_core::event_type::{HERALDS_OWN_PREFIX, is_heralds_own};
 use herald_core::ids::new_event_id;
 use herald_core::interest::Interest;
 use herald_core::trace::{self, TraceParent};
@@ -78,6 +79,14 @@ impl EmitService {
             return Err(Status::permission_denied(format!(
                 "tenant {:?} is reserved for Herald's operator events",
                 event.tenant
+            )));
+        }
+        if is_heralds_own(&event.r#type) {
+            // Nor may an application pass its events off as Herald's to its own receivers.
+            return Err(Status::permission_denied(format!(
+                "type {:?}: {HERALDS_OWN_PREFIX}* types are Herald's operator events, which \
+                 only the control plane raises: name your events otherwise",
+                event.r#type
             )));
         }
         match self.interest.refusal(&event.tenant, &event.r#type) {

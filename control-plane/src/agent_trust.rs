@@ -154,7 +154,7 @@ const MAX_CLOCK_AHEAD: std::time::Duration = std::time::Duration::from_secs(24 *
 /// Whether `attempt` is one an agent makes: the fields the log finds it by within the limits
 /// every agent keeps (an event id as `Emit` accepts them; types, URLs and names no longer than
 /// theirs), and an outcome, HTTP status, number, start and duration that can be.
-fn well_formed(attempt: &pb::Attempt, now: std::time::SystemTime) -> bool {
+pub fn well_formed(attempt: &pb::Attempt, now: std::time::SystemTime) -> bool {
     let outcome = pb::Outcome::try_from(attempt.outcome);
     let started = attempt
         .started_at
@@ -174,6 +174,8 @@ fn well_formed(attempt: &pb::Attempt, now: std::time::SystemTime) -> bool {
         && [&attempt.url, &attempt.error_kind, &attempt.agent_id]
             .into_iter()
             .all(|field| plain(field))
+        // A URL as requests go to it is ASCII (anything else percent-encoded).
+        && attempt.url.is_ascii()
         && attempt.request.as_ref().is_none_or(sent_as_http_allows)
         && outcome.is_ok_and(|o| o != pb::Outcome::Unspecified)
         // Whatever status line a receiver answers with, as the HTTP client reads it.
@@ -195,6 +197,7 @@ fn plain(text: &str) -> bool {
 fn sent_as_http_allows(request: &pb::SentRequest) -> bool {
     plain(&request.method)
         && plain(&request.url)
+        && request.url.is_ascii()
         && request
             .headers
             .iter()
@@ -520,6 +523,11 @@ mod tests {
             },
             pb::Attempt {
                 agent_id: "agent\n1".into(),
+                ..attempt("shop-a")
+            },
+            // A URL as sent is ASCII: a bidirectional override can only be a forgery.
+            pb::Attempt {
+                url: "https://shop.example/\u{202E}gpj.exe".into(),
                 ..attempt("shop-a")
             },
             pb::Attempt {

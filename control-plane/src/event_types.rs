@@ -40,13 +40,7 @@ const MAX_SUGGESTIONS: usize = 5;
 /// The largest page of event types a listing asks for.
 pub const MAX_PAGE_SIZE: usize = 1000;
 /// The names of Herald's own operator events; no registered type may take one.
-const RESERVED_PREFIX: &str = "herald.";
-
-/// Whether `name` is one of Herald's own operator events (`herald.…`), which only the system
-/// tenant's subscriptions receive.
-pub fn is_heralds_own(name: &str) -> bool {
-    name.starts_with(RESERVED_PREFIX)
-}
+const RESERVED_PREFIX: &str = herald_core::event_type::HERALDS_OWN_PREFIX;
 /// How many stored types a listing reads at once.
 const READ_CHUNK: usize = 16;
 
@@ -415,10 +409,15 @@ fn check_contents(event_type: &mut pb::EventType) -> Result<(), ValidationError>
     }
     let example = match event_type.example.is_empty() {
         true => None,
-        false => Some(
-            serde_json::from_slice::<serde_json::Value>(&event_type.example)
-                .map_err(|_| ValidationError::new("example", "is not a JSON document"))?,
-        ),
+        false => {
+            // Held to what a payload is held to: a test send delivers it as one.
+            herald_core::validate::json_payload(&event_type.example, MAX_EXAMPLE_BYTES)
+                .map_err(|e| ValidationError::new("example", e.reason))?;
+            Some(
+                serde_json::from_slice::<serde_json::Value>(&event_type.example)
+                    .map_err(|_| ValidationError::new("example", "is not a JSON document"))?,
+            )
+        }
     };
     let schema = EventSchema::parse(&event_type.schema)?;
     if let (Some(schema), Some(example)) = (&schema, &example) {
@@ -525,6 +524,21 @@ mod tests {
             matches!(unknown, Err(EventTypeError::NotFound(_))),
             "{unknown:?}"
         );
+    }
+
+    #[test]
+    fn an_example_nests_no_deeper_than_a_payload_may() {
+        let nested = |levels: usize| format!("{}1{}", "[".repeat(levels), "]".repeat(levels));
+        let with_example = |example: String| pb::EventType {
+            name: "deep.example".into(),
+            example: example.into_bytes(),
+            ..Default::default()
+        };
+        let depth = herald_core::validate::MAX_PAYLOAD_DEPTH;
+        assert!(check_contents(&mut with_example(nested(depth))).is_ok());
+        let refused = check_contents(&mut with_example(nested(depth + 1))).expect_err("deeper");
+        assert_eq!(refused.field, "example");
+        assert!(refused.reason.starts_with("nests deeper"), "{refused:?}");
     }
 
     #[tokio::test]

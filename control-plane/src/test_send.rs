@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use herald_core::ValidationError;
 use herald_core::event_schema::EventSchema;
-use herald_core::event_type::{EventFilter, validate_event_type};
+use herald_core::event_type::{EventFilter, is_heralds_own, validate_event_type};
 use herald_core::ids::new_event_id;
 use herald_core::limits::DEFAULT_MAX_PAYLOAD_BYTES;
 use herald_core::subscription::DEFAULT_TIMEOUT;
@@ -27,7 +27,7 @@ use herald_proto::sent_request;
 use herald_proto::v1 as pb;
 
 use crate::attempts::{AttemptLog, LogError, NoReactions};
-use crate::event_types::{EventTypeError, EventTypes, is_heralds_own};
+use crate::event_types::{EventTypeError, EventTypes};
 use crate::fleet::Fleet;
 use crate::relay::{Relay, RelayedTest};
 use crate::store::StoreError;
@@ -76,6 +76,13 @@ pub enum TestError {
         /// What it said.
         reason: String,
     },
+    /// The agent answered with an attempt no agent makes (a field past the limits agents
+    /// keep, or holding a control character): neither logged nor shown.
+    #[error("agent {agent} answered with an attempt no agent of this version makes")]
+    Malformed {
+        /// The agent asked.
+        agent: String,
+    },
     /// The agent did not answer in time.
     #[error("agent {agent} did not answer within {}s", .waited.as_secs())]
     NoAnswer {
@@ -96,6 +103,7 @@ impl From<TestError> for tonic::Status {
             TestError::NoAgent(_) | TestError::NotMade { .. } => {
                 tonic::Status::failed_precondition(err.to_string())
             }
+            TestError::Malformed { .. } => tonic::Status::internal(err.to_string()),
             TestError::Busy { .. } => tonic::Status::resource_exhausted(err.to_string()),
             TestError::NoAnswer { .. } | TestError::NoReplicaAnswer { .. } => {
                 tonic::Status::deadline_exceeded(err.to_string())
@@ -171,6 +179,8 @@ pub async fn test_send(
         occurred_at: Some(timestamp(SystemTime::now())),
         ..Default::default()
     };
+    // What the log records of the attempt is the event sent, whatever the agent says.
+    let (event_id, event_type) = (event.id.clone(), event.r#type.clone());
     let waited = sub
         .timeout
         .as_ref()
@@ -212,11 +222,21 @@ pub async fn test_send(
             TestError::NotMade { agent, reason }
         });
     };
-    // Whatever the agent says, this record is a test of this subscription, to its URL.
+    // Whatever the agent says, this record is a test of this subscription, to its URL, of the
+    // event sent; the rest is held to what any agent's report is held to.
     attempt.test = true;
     attempt.subscription_id.clone_from(&sub.id);
     attempt.tenant.clone_from(&sub.tenant);
-    attempt.url.clone_from(&sub.url);
+    // As requests go to it (a record stored before URLs were kept so may differ).
+    attempt.url = url::Url::parse(&sub.url).map_or_else(|_| sub.url.clone(), String::from);
+    attempt.event_id = event_id;
+    attempt.event_type = event_type;
+    if !crate::agent_trust::well_formed(&attempt, SystemTime::now()) {
+        tracing::warn!(subscription = %sub.id, %agent, "a test attempt's answer is malformed; not logged");
+        return Err(TestError::Malformed { agent });
+    }
+    herald_core::limits::bound_attempt_text(&mut attempt.error);
+    herald_core::limits::bound_attempt_text(&mut attempt.response_excerpt);
     // The request as sent is kept by the log alone (as much as it keeps); the answer carries
     // the attempt.
     let mut request = attempt.request.take();

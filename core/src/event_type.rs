@@ -12,6 +12,15 @@ use std::fmt;
 use crate::limits::{MAX_EVENT_PATTERNS, MAX_EVENT_TYPE_LEN};
 use crate::validate::ValidationError;
 
+/// The first segment of Herald's own operator events (`herald.subscription.disabled`, …): the
+/// control plane raises them to the system tenant's subscriptions, and no one else may.
+pub const HERALDS_OWN_PREFIX: &str = "herald.";
+
+/// Whether `name` is one of Herald's own operator events (`herald.…`).
+pub fn is_heralds_own(name: &str) -> bool {
+    name.starts_with(HERALDS_OWN_PREFIX)
+}
+
 /// Checks that `value` is a valid event type such as `order.created`.
 pub fn validate_event_type(value: &str) -> Result<(), ValidationError> {
     check_segments(value, 2, value).map_err(|reason| {

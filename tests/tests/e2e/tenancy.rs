@@ -919,7 +919,8 @@ async fn an_agent_token_is_trusted_only_for_its_tenants_and_regions() -> anyhow:
 }
 
 #[tokio::test]
-async fn applications_may_not_emit_into_the_system_tenant() -> anyhow::Result<()> {
+async fn applications_may_not_emit_into_the_system_tenant_nor_herald_s_types() -> anyhow::Result<()>
+{
     let control_plane = ControlPlane::start(ConfigStore::Embedded).await?;
     let agent = Agent::start(control_plane.url(), AgentOptions::default()).await?;
     control_plane
@@ -952,6 +953,18 @@ async fn applications_may_not_emit_into_the_system_tenant() -> anyhow::Result<()
         .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     assert!(refused.message().starts_with("events[1]"), "{refused:?}");
+    // Nor may an application pass its own tenant's events off as Herald's.
+    let refused = events
+        .emit(pb::EmitRequest {
+            event: Some(event(
+                "shop-1",
+                "herald.subscription.disabled",
+                &serde_json::json!({"subscription_id": "sub_01JEXAMPLE"}),
+            )),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     // Other tenants emit as before.
     agent
         .emit(event("shop-1", "order.created", &serde_json::json!({})))

@@ -504,7 +504,7 @@ fn offered(sub: pb::Subscription) -> Result<pb::Subscription, FieldError> {
     match sub
         .event_types
         .iter()
-        .find(|t| crate::event_types::is_heralds_own(t))
+        .find(|t| herald_core::event_type::is_heralds_own(t))
     {
         Some(own) => Err(FieldError::new(
             "event_types",
