@@ -169,20 +169,19 @@ impl OutcomeArg {
 }
 
 /// `1h` (that long ago) or an RFC 3339 time (`Z` or an offset such as `+01:00`; without
-/// either, UTC).
+/// either, UTC) from 1970 to 9999 ([`herald_core::time_text`]).
 pub(crate) fn when(text: &str) -> Result<SystemTime, String> {
+    use herald_core::time_text::{self, TimeTextError};
     if let Ok(ago) = humantime::parse_duration(text) {
         return Ok(SystemTime::now()
             .checked_sub(ago)
             .unwrap_or(SystemTime::UNIX_EPOCH));
     }
-    if let Ok(time) =
-        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-    {
-        return Ok(time.into());
-    }
-    humantime::parse_rfc3339_weak(text).map_err(|_| {
-        "neither a duration (1h) nor a time (2026-01-02T15:04:05Z or +01:00)".to_owned()
+    time_text::parse(text).map_err(|err| match err {
+        TimeTextError::Unreadable => {
+            "neither a duration (1h) nor a time (2026-01-02T15:04:05Z or +01:00)".to_owned()
+        }
+        TimeTextError::OutOfRange => err.to_string(),
     })
 }
 

@@ -1986,6 +1986,14 @@ async fn usage_errors_exit_2_wherever_they_are_found() -> anyhow::Result<()> {
             "yesterday",
         ),
         (vec!["deliveries", "tail", "--until", "soon"], "soon"),
+        (
+            vec!["deliveries", "list", "--since", "0001-01-01T00:00:00Z"],
+            "outside 1970-01-01",
+        ),
+        (
+            vec!["audit", "list", "--since", "1969-12-31T23:59:59Z"],
+            "outside 1970-01-01",
+        ),
         (vec!["deliveries", "replay"], "--event"),
         (with(&[]), "--events is required"),
         (with(&["--events", "order.*", "--format", "yaml"]), "yaml"),

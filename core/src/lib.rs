@@ -18,6 +18,7 @@
 //! - [`trace`]: W3C trace context carried from `Emit` to every delivery.
 //! - [`read_limited`]: reading files and streams whole, within a limit.
 //! - [`disk_fault`]: whether a failed write means a full disk or a failing one.
+//! - [`time_text`]: times as people and scripts write them (RFC 3339, 1970 to 9999).
 
 pub mod daemon;
 pub mod disk_fault;
@@ -41,6 +42,7 @@ pub mod signing;
 pub mod subscription;
 pub mod target;
 pub mod telemetry;
+pub mod time_text;
 pub mod tls_files;
 pub mod token_file;
 pub mod trace;

@@ -69,7 +69,10 @@ impl RetrySchedule {
                 ),
             ));
         }
-        if let Some(bad) = delays.iter().find(|d| !(MIN_DELAY..=MAX_DELAY).contains(d)) {
+        if let Some(bad) = delays
+            .iter()
+            .find(|d| !(MIN_DELAY..=MAX_DELAY).contains(*d))
+        {
             return Err(ValidationError::new(
                 FIELD,
                 format!(

@@ -14,27 +14,18 @@ pub fn time(ts: Option<&prost_types::Timestamp>) -> Option<String> {
     ts.map(|ts| humantime::format_rfc3339_millis(system_time(ts)).to_string())
 }
 
-/// The wire timestamp of RFC 3339 `text` given for `field`; an empty text (`?since=`, as
-/// forms and query builders send a field left blank) is none.
+/// The wire timestamp of RFC 3339 `text` given for `field` ([`herald_core::time_text`]: `Z`
+/// or an offset, 1970 to 9999); an empty text (`?since=`, as forms and query builders send a
+/// field left blank) is none.
 pub fn parse_time(
     field: &str,
     text: Option<&str>,
 ) -> Result<Option<prost_types::Timestamp>, ApiError> {
     text.filter(|text| !text.is_empty())
         .map(|text| {
-            humantime::parse_rfc3339_weak(text)
+            herald_core::time_text::parse(text)
                 .map(timestamp)
-                .map_err(|err| {
-                    let reason = match err {
-                        // Before the Unix epoch (or past 9999): written right, out of reach.
-                        humantime::TimestampError::OutOfRange => format!(
-                            "{} lies outside 1970-01-01 to 9999-12-31, the times the API takes",
-                            quoted(text)
-                        ),
-                        _ => format!("{} is not an RFC 3339 time", quoted(text)),
-                    };
-                    ApiError::invalid_field(field, reason)
-                })
+                .map_err(|err| ApiError::invalid_field(field, format!("{} {err}", quoted(text))))
         })
         .transpose()
 }

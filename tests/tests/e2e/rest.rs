@@ -229,6 +229,16 @@ async fn the_http_api_answers_as_grpc_does() -> anyhow::Result<()> {
         (400, Some("actor")),
         "{refused}"
     );
+    // RFC 3339 times take an offset (`+` percent-encoded in a query).
+    let (status, _, offset) = get(
+        &client,
+        &base,
+        "/api/v1/audit?actor=ops&since=2000-01-01T01:00:00%2B01:00",
+        Some(ADMIN),
+    )
+    .await?;
+    assert_eq!(status, 200, "{offset}");
+    assert_eq!(offset["entries"].as_array().map(Vec::len), Some(2));
     // A time written right but before 1970 is refused for what it is.
     let (status, _, refused) = get(
         &client,

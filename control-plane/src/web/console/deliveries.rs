@@ -112,18 +112,22 @@ pub fn outcome_choices(chosen: &str) -> Vec<(&'static str, bool)> {
         .collect()
 }
 
-/// `1h` (that long ago) or an RFC 3339 time.
+/// `1h` (that long ago) or an RFC 3339 time ([`herald_core::time_text`]).
 fn since(text: &str) -> Result<std::time::SystemTime, tonic::Status> {
+    use herald_core::time_text::{self, TimeTextError};
     if let Ok(ago) = humantime::parse_duration(text) {
         return Ok(std::time::SystemTime::now()
             .checked_sub(ago)
             .unwrap_or(std::time::UNIX_EPOCH));
     }
-    humantime::parse_rfc3339_weak(text).map_err(|_| {
-        tonic::Status::invalid_argument(format!(
-            "since: {} is neither a duration (1h) nor a time (2026-01-02T15:04:05Z)",
-            quoted(text)
-        ))
+    time_text::parse(text).map_err(|err| {
+        tonic::Status::invalid_argument(match err {
+            TimeTextError::Unreadable => format!(
+                "since: {} is neither a duration (1h) nor a time (2026-01-02T15:04:05Z)",
+                quoted(text)
+            ),
+            TimeTextError::OutOfRange => format!("since: {} {err}", quoted(text)),
+        })
     })
 }
 
