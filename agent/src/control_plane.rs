@@ -28,8 +28,8 @@ pub enum TransportError {
     },
     /// TLS settings were given for a URL that is not https: they would be ignored.
     #[error(
-        "--control-plane {url} is plain http, but --control-plane-ca-file turns TLS on: use \
-         https:// (or drop the TLS settings)"
+        "--control-plane {url} is plain http, but TLS settings are given \
+         (--control-plane-ca-file, --control-plane-cert-file): use https:// (or drop them)"
     )]
     TlsOverHttp {
         /// The URL.
@@ -114,8 +114,8 @@ pub struct ControlPlane {
 /// The PEM files of TLS to the control plane.
 #[derive(Clone, Debug)]
 pub struct TlsPaths {
-    /// The CA of the control plane's certificate.
-    pub ca: PathBuf,
+    /// The CA of the control plane's certificate (none: the system's CAs).
+    pub ca: Option<PathBuf>,
     /// The agent's certificate and key, for mutual TLS.
     pub identity: Option<(PathBuf, PathBuf)>,
 }
@@ -161,7 +161,7 @@ impl ControlPlane {
                 Some((cert, key)) => (Some(cert.as_path()), Some(key.as_path())),
                 None => (None, None),
             };
-            tls = herald_proto::client_tls::config(Some(&paths.ca), cert, key)
+            tls = herald_proto::client_tls::config(paths.ca.as_deref(), cert, key)
                 .map_err(|e| e.to_string())?;
         }
         if let Some(tls) = herald_proto::client_tls::for_url(&url, tls) {
@@ -174,10 +174,12 @@ impl ControlPlane {
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
+        // With its causes: "transport error" alone does not say that the server's certificate
+        // was refused, or the connection.
         let channel = endpoint
             .connect()
             .await
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| format!("{url}: {}", herald_core::error_text::chain(&e)))?;
         Ok((url, self.bearer.wrap(channel)))
     }
 }

@@ -401,7 +401,7 @@ impl Config {
             &self.control_plane,
             self.control_plane_token.is_some(),
             self.allow_insecure_control_plane,
-            self.control_plane_ca_file.is_some(),
+            self.control_plane_ca_file.is_some() || self.control_plane_cert_file.is_some(),
         )
     }
 }
@@ -481,16 +481,16 @@ pub async fn run(
         config.control_plane_cert_file.as_deref(),
         config.control_plane_key_file.as_deref(),
     )?;
-    let tls = config
-        .control_plane_ca_file
+    let identity = config
+        .control_plane_cert_file
         .clone()
-        .map(|ca| control_plane::TlsPaths {
-            ca,
-            identity: config
-                .control_plane_cert_file
-                .clone()
-                .zip(config.control_plane_key_file.clone()),
-        });
+        .zip(config.control_plane_key_file.clone());
+    let tls = (config.control_plane_ca_file.is_some() || identity.is_some()).then(|| {
+        control_plane::TlsPaths {
+            ca: config.control_plane_ca_file.clone(),
+            identity,
+        }
+    });
     let queue_config = QueueConfig {
         max_events: config.max_queue_events,
         max_bytes: config.max_queue_bytes,

@@ -37,7 +37,8 @@ pub fn check_address(url: &str, flag: &str, tls: bool) -> anyhow::Result<()> {
     match scheme.as_deref() {
         Some("https") | Some("unix") => Ok(()),
         Some("http") if tls => Err(crate::usage::usage(format!(
-            "{flag} {url}: TLS settings are given (--tls-ca-file), so use https://"
+            "{flag} {url}: TLS settings are given (--tls-ca-file or --tls-cert-file), so use \
+             https://"
         ))),
         Some("http") => Ok(()),
         _ => Err(crate::usage::usage(format!(

@@ -56,7 +56,7 @@ impl Entry {
     /// setting, a PEM file that cannot be read): said now, not at the next command, where the
     /// mistake would look like that command's.
     fn check(&self, name: &str) -> anyhow::Result<()> {
-        let tls = self.tls_ca_file.is_some();
+        let tls = self.tls_ca_file.is_some() || self.tls_cert_file.is_some();
         if let Some(url) = &self.control_plane {
             crate::connect::check_address(url, &format!("context {name:?} --url"), tls)?;
         }

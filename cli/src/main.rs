@@ -183,6 +183,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         flag.or_else(|| stored.as_ref().map(std::path::PathBuf::from))
     };
     let ca_file = file(cli.tls_ca_file, &context.tls_ca_file);
+    let cert_file = file(cli.tls_cert_file, &context.tls_cert_file);
     let (control_plane_url, given_by) = match (cli.control_plane, &context.control_plane) {
         (Some(url), _) => (url, "--control-plane"),
         (None, Some(url)) => (url.clone(), "the context's --url"),
@@ -191,11 +192,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // The address first: TLS files for an http:// address are refused as such, whatever
     // they hold.
     if !matches!(command, Command::Emit(_)) {
-        connect::check_address(&control_plane_url, given_by, ca_file.is_some())?;
+        connect::check_address(
+            &control_plane_url,
+            given_by,
+            ca_file.is_some() || cert_file.is_some(),
+        )?;
     }
     let tls = herald_proto::client_tls::config(
         ca_file.as_deref(),
-        file(cli.tls_cert_file, &context.tls_cert_file).as_deref(),
+        cert_file.as_deref(),
         file(cli.tls_key_file, &context.tls_key_file).as_deref(),
     )
     .map_err(|err| match err {

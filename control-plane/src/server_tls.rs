@@ -100,10 +100,15 @@ impl TlsFiles {
             .map_err(|e| invalid("key", e))?
             .ok_or_else(|| invalid("key", "no private key in the file"))?;
         let provider = provider();
-        let signing = provider
-            .key_provider
-            .load_private_key(key)
-            .map_err(|e| invalid("key", e))?;
+        // The key is read, and checked to be the certificate's: a renewal that has written one
+        // file and not yet the other is refused (the previous pair stays in use), not served.
+        let key = CertifiedKey::from_der(certs, key, &provider).map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => invalid(
+                "key",
+                "does not belong to the certificate (its public key differs)",
+            ),
+            e => invalid("key", e),
+        })?;
         let verifier = match &self.client_ca {
             None => None,
             Some(ca) => {
@@ -122,7 +127,7 @@ impl TlsFiles {
             }
         };
         Ok(Material {
-            key: Arc::new(CertifiedKey::new(certs, signing)),
+            key: Arc::new(key),
             verifier,
         })
     }
@@ -310,5 +315,41 @@ impl ClientCertVerifier for Verifier {
         self.inner()
             .map(|v| v.supported_verify_schemes())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate for `localhost` and its key, written to `dir` as `name`.
+    fn pair(dir: &std::path::Path, name: &str) -> (PathBuf, PathBuf) {
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("a cert");
+        let (cert_file, key_file) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}-key.pem")),
+        );
+        std::fs::write(&cert_file, cert.pem()).expect("written");
+        std::fs::write(&key_file, signing_key.serialize_pem()).expect("written");
+        (cert_file, key_file)
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_certificate_s_is_refused() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (cert, key) = pair(dir.path(), "one");
+        let (_, other_key) = pair(dir.path(), "two");
+        let files = |key: &PathBuf| TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: None,
+        };
+        assert!(files(&key).load().is_ok(), "the pair");
+        let refused = files(&other_key).load().err().expect("another key");
+        assert!(
+            matches!(&refused, TlsError::Invalid(why) if why.contains("does not belong")),
+            "{refused:?}"
+        );
     }
 }

@@ -17,10 +17,6 @@ pub enum ClientTlsError {
     /// would silently be off.
     #[error("a client certificate and its key go together: give both files or neither")]
     HalfIdentity,
-    /// A client certificate without the CA file that turns TLS on: the certificate (and any
-    /// token) would go nowhere, or in plain text.
-    #[error("a client certificate needs the server's CA file too (TLS is off without it)")]
-    IdentityWithoutCa,
     /// A file that reads but holds no PEM block of what it should: TLS would fail at every
     /// connection, long after the start.
     #[error("{path}: holds no PEM {what}")]
@@ -59,9 +55,10 @@ fn read_key(path: &Path) -> Result<Vec<u8>, ClientTlsError> {
     }
 }
 
-/// The TLS settings for `ca` (turns TLS on) and, when given, the client certificate `cert`
-/// with its `key`; `None` without a CA. Half a setting (a certificate without its key, or
-/// either without a CA) is refused rather than quietly dropped.
+/// The TLS settings for `ca` and, when given, the client certificate `cert` with its `key`;
+/// a certificate without a CA trusts the system's CAs for the server's, as an `https://` URL
+/// without settings does; `None` without either. Half an identity (a certificate without its
+/// key, or a key without its certificate) is refused rather than quietly dropped.
 pub fn config(
     ca: Option<&Path>,
     cert: Option<&Path>,
@@ -72,14 +69,13 @@ pub fn config(
         (None, None) => None,
         _ => return Err(ClientTlsError::HalfIdentity),
     };
-    let Some(ca) = ca else {
-        return match identity {
-            Some(_) => Err(ClientTlsError::IdentityWithoutCa),
-            None => Ok(None),
-        };
+    let mut config = match (ca, identity) {
+        (Some(ca), _) => {
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_certificates(ca)?))
+        }
+        (None, Some(_)) => ClientTlsConfig::new().with_native_roots(),
+        (None, None) => return Ok(None),
     };
-    let mut config =
-        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_certificates(ca)?));
     if let Some((cert, key)) = identity {
         config = config.identity(Identity::from_pem(read_certificates(cert)?, read_key(key)?));
     }
@@ -125,9 +121,10 @@ mod tests {
             config(Some(ca), None, Some(key)),
             Err(ClientTlsError::HalfIdentity)
         ));
+        // A certificate alone trusts the system's CAs: its files are read.
         assert!(matches!(
             config(None, Some(cert), Some(key)),
-            Err(ClientTlsError::IdentityWithoutCa)
+            Err(ClientTlsError::File(_))
         ));
         // The files are read only for a whole setting: this one names a missing CA file.
         assert!(matches!(
