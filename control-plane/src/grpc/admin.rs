@@ -142,7 +142,7 @@ impl SubscriptionsApi for SubscriptionsService {
                     "subscription create sent again with its idempotency key: answered with \
                      the subscription it made"
                 );
-                let mut response = Response::new(without_write_only(first));
+                let mut response = Response::new(with_signing_secrets_only(first));
                 herald_proto::idempotency::mark_replayed(&mut response);
                 return Ok(response);
             }
@@ -156,7 +156,7 @@ impl SubscriptionsApi for SubscriptionsService {
         )
         .await;
         self.warn_if_expiring(&created).await;
-        Ok(Response::new(without_write_only(created)))
+        Ok(Response::new(with_signing_secrets_only(created)))
     }
 
     async fn get_subscription(

@@ -1873,6 +1873,9 @@ pub mod subscriptions_client {
             self.inner = self.inner.max_encoding_message_size(limit);
             self
         }
+        /// Answers the subscription with its signing secret (the caller's to hand to its receiver);
+        /// the secret values the caller gave (header values, the proxy's password, the OAuth2 client
+        /// secret) are hidden as reads without `show_secrets` hide them.
         pub async fn create_subscription(
             &mut self,
             request: impl tonic::IntoRequest<super::CreateSubscriptionRequest>,
@@ -2133,6 +2136,9 @@ pub mod subscriptions_server {
     /// Generated trait containing gRPC methods that should be implemented for use with SubscriptionsServer.
     #[async_trait]
     pub trait Subscriptions: std::marker::Send + std::marker::Sync + 'static {
+        /// Answers the subscription with its signing secret (the caller's to hand to its receiver);
+        /// the secret values the caller gave (header values, the proxy's password, the OAuth2 client
+        /// secret) are hidden as reads without `show_secrets` hide them.
         async fn create_subscription(
             &self,
             request: tonic::Request<super::CreateSubscriptionRequest>,
