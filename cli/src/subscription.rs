@@ -870,7 +870,8 @@ async fn import(
     }
     if refused > 0 {
         anyhow::bail!(
-            "{refused} of {total} entries were refused (see above); the others were created"
+            "{refused} of {total} entries were refused (see above); the others exist (created \
+             now or before)"
         );
     }
     Ok(())
