@@ -107,7 +107,8 @@ impl TlsFiles {
                 "key",
                 "does not belong to the certificate (its public key differs)",
             ),
-            e => invalid("key", e),
+            // The key does not load, or the certificate does not parse.
+            e => invalid("certificate and key", e),
         })?;
         let verifier = match &self.client_ca {
             None => None,

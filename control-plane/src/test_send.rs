@@ -151,11 +151,23 @@ pub async fn test_send(
         Err(err) => return Err(err.into()),
     };
     let payload = if request.payload.is_empty() {
-        known
+        let example = known
             .as_ref()
             .map(|t| t.example.clone())
             .filter(|example| !example.is_empty())
-            .unwrap_or_else(|| b"{}".to_vec())
+            .unwrap_or_else(|| b"{}".to_vec());
+        // An example stored before examples were held to a payload's limits is held to them
+        // here.
+        validate::json_payload(&example, DEFAULT_MAX_PAYLOAD_BYTES).map_err(|e| {
+            ValidationError::new(
+                "payload",
+                format!(
+                    "the type's example {}: send a payload of your own",
+                    e.reason
+                ),
+            )
+        })?;
+        example
     } else {
         validate::json_payload(&request.payload, DEFAULT_MAX_PAYLOAD_BYTES)?;
         // A payload its type's schema refuses is refused here, before anything is sent.
@@ -326,7 +338,11 @@ async fn chosen_type(
         }
         return Ok(requested.to_owned());
     }
-    if let Some(exact) = sub.event_types.iter().find(|p| !p.contains('*')) {
+    if let Some(exact) = sub
+        .event_types
+        .iter()
+        .find(|p| !p.contains('*') && (receives_heralds_own || !is_heralds_own(p)))
+    {
         return Ok(exact.clone());
     }
     // The platform's own types first; Herald's built-in ones for `herald.*` subscriptions.
@@ -342,7 +358,7 @@ async fn chosen_type(
     let catalogued: Vec<String> = catalogued.into_iter().map(|t| t.name).collect();
     test_types(&filter, &sub.event_types, &catalogued)
         .into_iter()
-        .next()
+        .find(|t| receives_heralds_own || !is_heralds_own(t))
         .ok_or_else(|| {
             ValidationError::new(
                 "event_type",
@@ -406,6 +422,13 @@ mod tests {
             "{refused:?}"
         );
         assert!(shop(&["herald.*"], "").await.is_err(), "none offered");
+        assert_eq!(
+            shop(&["herald.subscription.disabled", "*"], "")
+                .await
+                .expect("a type"),
+            "order.created",
+            "an exact herald.* pattern is passed over"
+        );
         assert_eq!(shop(&["*"], "").await.expect("a type"), "order.created");
     }
 }

@@ -20,6 +20,18 @@ pub fn parse(text: &str) -> Result<SystemTime, TimeTextError> {
     use time::format_description::well_known::Rfc3339;
     let read = |text: &str| time::OffsetDateTime::parse(text, &Rfc3339).ok();
     // Without an offset, UTC; a space may stand for the `T`.
+    // A `+` in a URL's query reads as a space: `…T23:00:00 01:00` is `…T23:00:00+01:00`.
+    let text = match text.rsplit_once(' ') {
+        Some((time, offset))
+            if time.len() >= 19
+                && offset.len() == 5
+                && offset.as_bytes()[2] == b':'
+                && offset.bytes().filter(u8::is_ascii_digit).count() == 4 =>
+        {
+            format!("{time}+{offset}")
+        }
+        _ => text.to_owned(),
+    };
     let text = match text.split_at_checked(10) {
         Some((date, rest)) if rest.starts_with(' ') => format!("{date}T{}", &rest[1..]),
         _ => text.to_owned(),
@@ -52,6 +64,8 @@ mod tests {
             ("2026-12-07T23:00:00", at(1_796_684_400)),
             ("2026-12-07 23:00:00", at(1_796_684_400)),
             ("2026-12-07 23:00:00+01:00", at(1_796_680_800)),
+            ("2026-12-07T23:00:00 01:00", at(1_796_680_800)),
+            ("2026-12-07 23:00:00 01:00", at(1_796_680_800)),
             (
                 "2026-12-07T23:00:00.250Z",
                 at(1_796_684_400) + Duration::from_millis(250),
