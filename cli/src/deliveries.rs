@@ -172,12 +172,7 @@ impl OutcomeArg {
 /// either, UTC) from 1970 to 9999 ([`herald_core::time_text`]).
 pub(crate) fn when(text: &str) -> Result<SystemTime, String> {
     use herald_core::time_text::{self, TimeTextError};
-    if let Ok(ago) = humantime::parse_duration(text) {
-        return Ok(SystemTime::now()
-            .checked_sub(ago)
-            .unwrap_or(SystemTime::UNIX_EPOCH));
-    }
-    time_text::parse(text).map_err(|err| match err {
+    time_text::ago_or_time(text, SystemTime::now()).map_err(|err| match err {
         TimeTextError::Unreadable => {
             "neither a duration (1h) nor a time (2026-01-02T15:04:05Z or +01:00)".to_owned()
         }

@@ -48,6 +48,17 @@ pub fn parse(text: &str) -> Result<SystemTime, TimeTextError> {
     Ok(time)
 }
 
+/// A duration (`1h`: that long before `now`, at the earliest 1970) or a time as [`parse`]
+/// reads it: how the CLI's and the console's `since` and `until` are written.
+pub fn ago_or_time(text: &str, now: SystemTime) -> Result<SystemTime, TimeTextError> {
+    match humantime::parse_duration(text) {
+        Ok(ago) => Ok(now
+            .checked_sub(ago)
+            .map_or(SystemTime::UNIX_EPOCH, |t| t.max(SystemTime::UNIX_EPOCH))),
+        Err(_) => parse(text),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -82,6 +93,10 @@ mod tests {
         ] {
             assert_eq!(parse(out), Err(TimeTextError::OutOfRange), "{out}");
         }
+        let now = at(1_796_684_400);
+        assert_eq!(ago_or_time("1h", now), Ok(at(1_796_680_800)));
+        assert_eq!(ago_or_time("100years", now), Ok(at(0)));
+        assert_eq!(ago_or_time("1970-01-01T00:00:00Z", now), Ok(at(0)));
         for bad in [
             "yesterday",
             "2026-13-01T00:00:00Z",

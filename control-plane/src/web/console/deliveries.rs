@@ -115,12 +115,7 @@ pub fn outcome_choices(chosen: &str) -> Vec<(&'static str, bool)> {
 /// `1h` (that long ago) or an RFC 3339 time ([`herald_core::time_text`]).
 fn since(text: &str) -> Result<std::time::SystemTime, tonic::Status> {
     use herald_core::time_text::{self, TimeTextError};
-    if let Ok(ago) = humantime::parse_duration(text) {
-        return Ok(std::time::SystemTime::now()
-            .checked_sub(ago)
-            .unwrap_or(std::time::UNIX_EPOCH));
-    }
-    time_text::parse(text).map_err(|err| {
+    time_text::ago_or_time(text, std::time::SystemTime::now()).map_err(|err| {
         tonic::Status::invalid_argument(match err {
             TimeTextError::Unreadable => format!(
                 "since: {} is neither a duration (1h) nor a time (2026-01-02T15:04:05Z)",
