@@ -5,6 +5,8 @@ use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
 use futures_util::Stream;
+use herald_core::event_type::is_heralds_own;
+use herald_core::validate::ValidationError;
 use herald_proto::convert::{required, valid_duration};
 use herald_proto::v1 as pb;
 use herald_proto::v1::agents_server::Agents;
@@ -79,6 +81,37 @@ impl SubscriptionsService {
         }
     }
 
+    /// Refuses a pattern naming Herald's own `herald.*` operator events that `patterns` adds to
+    /// a subscription of `tenant` (beside the `kept` ones it already had) unless `tenant` is the
+    /// system tenant: no other tenant's endpoint is ever sent them, so such a pattern could
+    /// only look like a subscription that never fires.
+    fn receives_own_types_only_if_system(
+        &self,
+        tenant: &str,
+        patterns: &[String],
+        kept: &[String],
+    ) -> Result<(), Status> {
+        if tenant == self.testers.system_tenant {
+            return Ok(());
+        }
+        match patterns
+            .iter()
+            .find(|p| !kept.contains(p) && is_heralds_own(p))
+        {
+            Some(own) => Err(herald_proto::convert::invalid_argument(
+                ValidationError::new(
+                    "event_types",
+                    format!(
+                        "{own:?} names Herald's own operator events, which only subscriptions of \
+                     the system tenant {:?} receive",
+                        self.testers.system_tenant
+                    ),
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Records a change `who` made to `sub`.
     async fn audited(
         &self,
@@ -127,6 +160,7 @@ impl SubscriptionsApi for SubscriptionsService {
         let made = match first {
             Some(first) => Created::Replayed(first),
             None => {
+                self.receives_own_types_only_if_system(&sub.tenant, &sub.event_types, &[])?;
                 self.event_types
                     .check(&sub.event_types, &[], request.allow_unregistered)
                     .await?;
@@ -209,6 +243,11 @@ impl SubscriptionsApi for SubscriptionsService {
         // Only patterns the subscription does not have yet are checked: a stored pattern never
         // blocks a change to something else.
         let current = self.visible(&who, &sub.id).await?;
+        self.receives_own_types_only_if_system(
+            &current.tenant,
+            &sub.event_types,
+            &current.event_types,
+        )?;
         self.event_types
             .check(
                 &sub.event_types,

@@ -151,6 +151,39 @@ async fn subscriptions_select_registered_types_once_the_catalogue_has_any() -> a
             &["herald.subscription.disabled"],
         ))
         .await?;
+    // ...and only for the system tenant: no shop's endpoint is ever sent them, so a shop's
+    // pattern naming them is refused, on create and when an update adds it.
+    for asked in [
+        &["herald.*"][..],
+        &["order.created", "herald.subscription.disabled"],
+    ] {
+        let refused = subs
+            .create_subscription(pb::CreateSubscriptionRequest {
+                subscription: Some(subscription("shop-1", url, asked)),
+                allow_unregistered: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{asked:?}");
+        assert!(
+            refused.message().contains("herald.") && refused.message().contains("system tenant"),
+            "{}",
+            refused.message()
+        );
+    }
+    let own_added = subs
+        .update_subscription(pb::UpdateSubscriptionRequest {
+            subscription: Some(pb::Subscription {
+                event_types: vec!["order.created".into(), "herald.*".into()],
+                ..early.clone()
+            }),
+            expected_revision: early.revision,
+            allow_unregistered: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(own_added.code(), Code::InvalidArgument);
 
     // A stored pattern that selects no registered type never blocks a change to something
     // else...
