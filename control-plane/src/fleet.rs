@@ -51,6 +51,8 @@ pub struct Fleet {
     next_order: Arc<AtomicU64>,
     /// Turns for choosing an agent to emit through.
     next_emitter: Arc<AtomicU64>,
+    /// The next config stream's [`StreamId`].
+    next_stream: Arc<AtomicU64>,
 }
 
 /// Work the control plane hands an agent over its config stream.
@@ -148,19 +150,69 @@ fn bound_test_result(result: &mut pb::TestResult) {
 /// Replay orders a config stream may hold before the sender is told the agent is busy.
 const ORDER_BUFFER: usize = 16;
 
+/// One config stream of an agent id open at this replica, as its hello described it.
+#[derive(Clone)]
+struct OpenStream {
+    id: StreamId,
+    /// Where orders sent through this stream go.
+    orders: mpsc::Sender<Order>,
+    /// What its hello said of the agent, restored to the entry when a newer stream ends first.
+    said: Said,
+}
+
+/// What a hello says of the agent behind a stream.
+#[derive(Clone)]
+struct Said {
+    node: String,
+    region: String,
+    version: String,
+    interest: Interest,
+    connected_since: Option<prost_types::Timestamp>,
+}
+
+/// Names one config stream of an agent at this replica, so that its end is told apart from
+/// the end of another stream of the same agent id (a reconnect that overlaps the old stream,
+/// or two processes given the same id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamId(u64);
+
+/// A config stream taken in by [`Fleet::connected`].
+#[derive(Debug)]
+pub struct Joined {
+    /// What [`Fleet::disconnected`] is told when the stream ends.
+    pub stream: StreamId,
+    /// The orders (replay, emit, test) routed to the agent through this stream.
+    pub orders: mpsc::Receiver<Order>,
+}
+
 #[derive(Clone)]
 struct Entry {
     info: pb::AgentInfo,
-    /// Streams open for this agent id; it is connected while any is.
-    streams: u32,
-    /// Where orders for this agent go: its newest stream.
-    orders: Option<mpsc::Sender<Order>>,
-    /// The tenants and event types it emits for (from its hello): emit orders go only to an
-    /// agent that admits their events.
+    /// Streams open for this agent id, oldest first; it is connected while any is, and orders
+    /// go to the newest.
+    streams: Vec<OpenStream>,
+    /// The tenants and event types it emits for (from its newest open stream's hello): emit
+    /// orders go only to an agent that admits their events.
     interest: Interest,
     /// The identity (token or certificate name) that said hello with this id: another may not
     /// take it over (and with it the orders for this agent).
     owner: String,
+}
+
+impl Entry {
+    /// Where orders for this agent go: its newest open stream.
+    fn orders(&self) -> Option<mpsc::Sender<Order>> {
+        self.streams.last().map(|open| open.orders.clone())
+    }
+
+    /// Lists the agent as the hello of the stream that now receives its orders described it.
+    fn take_on(&mut self, said: Said) {
+        self.info.node = said.node;
+        self.info.region = said.region;
+        self.info.version = said.version;
+        self.info.connected_since = said.connected_since;
+        self.interest = said.interest;
+    }
 }
 
 impl Fleet {
@@ -190,7 +242,7 @@ impl Fleet {
         let mut oldest_departed: Option<(SystemTime, &String)> = None;
         for (id, entry) in agents.iter().filter(|(_, entry)| entry.owner == owner) {
             known += 1;
-            if entry.streams == 0 {
+            if entry.streams.is_empty() {
                 let seen = entry
                     .info
                     .last_seen
@@ -219,15 +271,13 @@ impl Fleet {
         Ok(())
     }
 
-    /// Records the hello of an agent calling as `owner`; replay orders for the agent arrive on
-    /// the returned receiver (its newest stream's). An id another identity holds is refused.
-    pub fn connected(
-        &self,
-        hello: &pb::AgentHello,
-        owner: &str,
-    ) -> Result<mpsc::Receiver<Order>, HelloError> {
+    /// Records the hello of an agent calling as `owner` on a new config stream; orders for the
+    /// agent arrive on the returned receiver while it is the agent's newest open stream. An id
+    /// another identity holds is refused.
+    pub fn connected(&self, hello: &pb::AgentHello, owner: &str) -> Result<Joined, HelloError> {
         let now = Some(timestamp(SystemTime::now()));
         let (orders, receiver) = mpsc::channel(ORDER_BUFFER);
+        let stream = StreamId(self.next_stream.fetch_add(1, Ordering::Relaxed));
         let mut agents = self.lock();
         if !agents.contains_key(&hello.agent_id) {
             self.make_room(&mut agents, owner)?;
@@ -236,8 +286,7 @@ impl Fleet {
             .entry(hello.agent_id.clone())
             .or_insert_with(|| Entry {
                 info: pb::AgentInfo::default(),
-                streams: 0,
-                orders: None,
+                streams: Vec::new(),
                 interest: Interest::default(),
                 owner: owner.to_owned(),
             });
@@ -246,34 +295,44 @@ impl Fleet {
                 agent_id: hello.agent_id.clone(),
             });
         }
-        if entry.streams >= MAX_STREAMS_PER_AGENT {
+        if entry.streams.len() >= MAX_STREAMS_PER_AGENT as usize {
             return Err(HelloError::TooManyStreams {
                 agent_id: hello.agent_id.clone(),
             });
         }
-        entry.streams += 1;
-        entry.orders = Some(orders);
-        entry.interest = Interest {
-            tenants: hello.tenants.clone(),
-            event_type_prefixes: hello.event_type_prefixes.clone(),
-        };
-        entry.info = pb::AgentInfo {
-            id: hello.agent_id.clone(),
+        let said = Said {
             node: hello.node.clone(),
             region: hello.region.clone(),
             version: hello.version.clone(),
+            interest: Interest {
+                tenants: hello.tenants.clone(),
+                event_type_prefixes: hello.event_type_prefixes.clone(),
+            },
+            connected_since: now,
+        };
+        entry.streams.push(OpenStream {
+            id: stream,
+            orders,
+            said: said.clone(),
+        });
+        entry.info = pb::AgentInfo {
+            id: hello.agent_id.clone(),
             applied_revision: hello.last_revision,
             current_revision: 0,
-            connected_since: now,
             last_seen: now,
             last_nack: entry.info.last_nack.clone(),
             connected: true,
             replica: self.replica.to_string(),
             identity: owner.to_owned(),
+            ..Default::default()
         };
+        entry.take_on(said);
         drop(agents);
         self.mark_changed([hello.agent_id.as_str()]);
-        Ok(receiver)
+        Ok(Joined {
+            stream,
+            orders: receiver,
+        })
     }
 
     /// Marks agents' entries as changed, for the next presence write.
@@ -316,7 +375,7 @@ impl Fleet {
         let departed: Vec<String> = agents
             .iter()
             .filter(|(_, entry)| {
-                entry.streams == 0
+                entry.streams.is_empty()
                     && entry
                         .info
                         .last_seen
@@ -347,7 +406,7 @@ impl Fleet {
         let (tenants, orders) = {
             let agents = self.lock();
             let entry = agents.get(agent_id)?;
-            (entry.interest.tenants.clone(), entry.orders.clone()?)
+            (entry.interest.tenants.clone(), entry.orders()?)
         };
         // An item of no tenant was relayed by a replica of an older version: the agent's own
         // config decides (it replays only subscriptions it holds).
@@ -393,7 +452,7 @@ impl Fleet {
             .lock()
             .iter()
             .filter(|(_, entry)| eligible(entry))
-            .filter_map(|(id, entry)| Some((id.clone(), entry.orders.clone()?)))
+            .filter_map(|(id, entry)| Some((id.clone(), entry.orders()?)))
             .collect();
         if senders.is_empty() {
             return None;
@@ -528,17 +587,23 @@ impl Fleet {
         });
     }
 
-    /// Records that an agent's stream ended.
-    pub fn disconnected(&self, agent_id: &str) {
+    /// Records that the agent's config stream `stream` ended. Its other open streams (if any)
+    /// carry on: orders go to the newest of them, which the agent is listed as again.
+    pub fn disconnected(&self, agent_id: &str, stream: StreamId) {
         let mut agents = self.lock();
         if let Some(entry) = agents.get_mut(agent_id) {
-            entry.streams = entry.streams.saturating_sub(1);
-            entry.info.connected = entry.streams > 0;
-            if entry.streams == 0 {
-                entry.orders = None;
-                // Its test orders will not be answered: their callers learn it now.
-                self.pending_tests()
-                    .retain(|_, pending| pending.agent != agent_id);
+            entry.streams.retain(|open| open.id != stream);
+            entry.info.connected = !entry.streams.is_empty();
+            match entry.streams.last() {
+                Some(newest) => {
+                    let said = newest.said.clone();
+                    entry.take_on(said);
+                }
+                None => {
+                    // Its test orders will not be answered: their callers learn it now.
+                    self.pending_tests()
+                        .retain(|_, pending| pending.agent != agent_id);
+                }
             }
             entry.info.last_seen = Some(timestamp(SystemTime::now()));
         }
@@ -554,10 +619,7 @@ impl Fleet {
 
     /// Config streams open on this replica.
     pub fn streams(&self) -> usize {
-        self.lock()
-            .values()
-            .map(|entry| entry.streams as usize)
-            .sum()
+        self.lock().values().map(|entry| entry.streams.len()).sum()
     }
 
     /// Every known agent, with the current revision filled in.
@@ -654,10 +716,9 @@ mod tests {
             .expect("a reconnect");
 
         // Two depart, agt_2 first: the next new id takes agt_2's place, the one after agt_1's.
-        drop((first, second));
-        fleet.disconnected("agt_2");
+        fleet.disconnected("agt_2", second.stream);
         std::thread::sleep(Duration::from_millis(5));
-        fleet.disconnected("agt_1");
+        fleet.disconnected("agt_1", first.stream);
         let _fourth = fleet
             .connected(&hello("agt_4"), "eu-agents")
             .expect("room made");
@@ -689,11 +750,47 @@ mod tests {
             "{refused}"
         );
         // One ends: room for one more.
-        open.pop();
-        fleet.disconnected("agt_1");
+        let ended = open.pop().expect("open");
+        fleet.disconnected("agt_1", ended.stream);
         let _reconnected = fleet
             .connected(&hello("agt_1"), "eu-agents")
             .expect("room again");
+    }
+
+    #[tokio::test]
+    async fn when_the_newest_of_an_agents_streams_ends_first_orders_go_to_the_one_still_open() {
+        let fleet = Fleet::new("replica-a");
+        let live_hello = pb::AgentHello {
+            node: "node-1".into(),
+            last_revision: 7,
+            ..hello("agt_1")
+        };
+        let mut live = fleet.connected(&live_hello, "eu-agents").expect("taken");
+        // A second stream of the same id (a reconnect that overlaps the old stream, or a
+        // process given the same id) says hello and ends at once.
+        let brief = fleet
+            .connected(&hello("agt_1"), "eu-agents")
+            .expect("its own");
+        drop(brief.orders);
+        fleet.disconnected("agt_1", brief.stream);
+
+        let listed = fleet.list(0);
+        assert!(listed[0].connected);
+        assert_eq!(listed[0].node, "node-1", "listed as the stream still open");
+        let answer = fleet.send_replay("agt_1", vec![pb::ReplayItem::default()]);
+        assert!(answer.is_some(), "an order reaches the agent");
+        assert!(matches!(
+            live.orders.recv().await.expect("an order"),
+            Order::Replay(_)
+        ));
+        // Once the last one ends, the agent is gone.
+        fleet.disconnected("agt_1", live.stream);
+        assert!(!fleet.list(0)[0].connected);
+        assert!(
+            fleet
+                .send_replay("agt_1", vec![pb::ReplayItem::default()])
+                .is_none()
+        );
     }
 
     #[tokio::test]
@@ -701,7 +798,8 @@ mod tests {
         let fleet = Fleet::new("replica-a");
         let mut orders = fleet
             .connected(&hello("agt_1"), "eu-agents")
-            .expect("taken");
+            .expect("taken")
+            .orders;
         let taken = fleet
             .connected(&hello("agt_1"), "shop-a-agents")
             .unwrap_err();
@@ -713,7 +811,8 @@ mod tests {
         drop(orders);
         orders = fleet
             .connected(&hello("agt_1"), "eu-agents")
-            .expect("its own");
+            .expect("its own")
+            .orders;
 
         // Only the agent an order went to answers it.
         let answer = fleet
@@ -743,7 +842,8 @@ mod tests {
         let fleet = Fleet::new("replica-a");
         let mut orders = fleet
             .connected(&hello("agt_1"), "eu-agents")
-            .expect("taken");
+            .expect("taken")
+            .orders;
         // Askers that gave up (their receivers dropped) leave nothing behind once the next
         // order is sent.
         for _ in 0..5 {
@@ -789,7 +889,10 @@ mod tests {
             tenants: vec!["shop-a".into()],
             ..hello("agt_1")
         };
-        let mut orders = fleet.connected(&shop_a, "shop-a-agents").expect("taken");
+        let mut orders = fleet
+            .connected(&shop_a, "shop-a-agents")
+            .expect("taken")
+            .orders;
         let item = |tenant: &str| pb::ReplayItem {
             event_id: format!("evt_{tenant}"),
             subscription_id: format!("sub_{tenant}"),

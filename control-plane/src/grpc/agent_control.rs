@@ -178,7 +178,7 @@ impl AgentControl for AgentControlService {
         }
         // Held by another identity on another replica (or on this one before a restart)?
         holder_elsewhere(self.registry.store(), &hello.agent_id, &who.name).await?;
-        let mut orders = shared
+        let joined = shared
             .fleet
             .connected(&hello, &who.name)
             .map_err(|err| match err {
@@ -191,6 +191,8 @@ impl AgentControl for AgentControlService {
         let agent = hello.agent_id;
         let resume_from = hello.last_revision;
         let checks_schemas = hello.checks_schemas;
+        let stream_id = joined.stream;
+        let mut orders = joined.orders;
         let stream = self.streams.stream(move |tx| async move {
             let session = Session {
                 agent: &agent,
@@ -202,7 +204,7 @@ impl AgentControl for AgentControlService {
                 tx: &tx,
             };
             follow(&shared, session).await;
-            shared.fleet.disconnected(&agent);
+            shared.fleet.disconnected(&agent, stream_id);
             tracing::info!(agent = %agent, "agent disconnected");
         });
         Ok(Response::new(stream))
