@@ -66,11 +66,13 @@ fn terminal_safe(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Writes a line to standard error, for progress and messages beside the output. Standard
-/// error that cannot be written is no reason to fail a command, so errors are dropped.
+/// Writes a line to standard error, for progress and messages beside the output (which may
+/// quote a server: its control characters are shown, not obeyed). Standard error that cannot
+/// be written is no reason to fail a command, so errors are dropped.
 pub fn note(text: &str) {
     let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "{text}");
+    let _ = err.write_all(&terminal_safe(text.as_bytes()));
+    let _ = writeln!(err);
 }
 
 /// The output style.
@@ -168,7 +170,7 @@ pub fn list(
                 .enumerate()
                 .map(|(i, c)| {
                     rows.iter()
-                        .map(|r| r[i].len())
+                        .map(|r| r[i].chars().count())
                         .chain([c.len()])
                         .max()
                         .unwrap_or(0)
@@ -214,7 +216,7 @@ fn cell(value: &Value) -> String {
     match value {
         Value::Null => "-".into(),
         Value::String(s) if s.is_empty() => "-".into(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => shown(s),
         Value::Array(items) if items.iter().any(Value::is_object) => {
             items.iter().map(cell).collect::<Vec<_>>().join("; ")
         }
@@ -227,6 +229,15 @@ fn cell(value: &Value) -> String {
             .join(", "),
         other => other.to_string(),
     }
+}
+
+/// Text from the server as a terminal may show it: a control character (an escape sequence a
+/// receiver's answer or an agent's report carried, a line break that would split a row) shows
+/// as `\u{fffd}` instead of being obeyed. JSON and YAML output escape them instead.
+fn shown(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
 }
 
 /// RFC 3339 text of a wire timestamp.
@@ -418,11 +429,7 @@ pub fn attempt_row(format: Format, a: &pb::Attempt) -> Value {
 /// characters (which a terminal would obey) as `\u{fffd}`, cut with `…`.
 fn excerpt_cell(excerpt: &str) -> String {
     let words: Vec<&str> = excerpt.split_whitespace().collect();
-    let line: String = words
-        .join(" ")
-        .chars()
-        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
-        .collect();
+    let line = shown(&words.join(" "));
     if line.chars().count() <= EXCERPT_CELL_CHARS {
         return line;
     }
@@ -597,6 +604,19 @@ mod tests {
         assert_eq!(
             attempt_row(table, &refused)["error"],
             "connecting: connection refused"
+        );
+    }
+
+    #[test]
+    fn a_tables_cells_show_control_characters_instead_of_obeying_them() {
+        let agent = json!({"last_nack": "\x1b[31mred\x00", "version": "1\n2", "node": "żółw"});
+        assert_eq!(cell(&agent["last_nack"]), "\u{fffd}[31mred\u{fffd}");
+        assert_eq!(cell(&agent["version"]), "1\u{fffd}2");
+        assert_eq!(cell(&agent["node"]), "żółw");
+        assert_eq!(
+            cell(&json!([{"secret": "a\rb"}])),
+            "secret: a\u{fffd}b",
+            "inside records too"
         );
     }
 

@@ -71,11 +71,11 @@ fn check_hello(hello: &pb::AgentHello) -> Result<(), validate::ValidationError> 
         return Err(ValidationError::new("agent_id", "is required"));
     }
     validate::agent_id(&hello.agent_id)?;
-    validate::shown_text("node", &hello.node, MAX_HELLO_FIELD)?;
+    validate::label("node", &hello.node, MAX_HELLO_FIELD)?;
     if !hello.region.is_empty() {
         validate::region(&hello.region)?;
     }
-    validate::shown_text("version", &hello.version, MAX_HELLO_FIELD)?;
+    validate::label("version", &hello.version, MAX_HELLO_FIELD)?;
     if hello.tenants.len() + hello.event_type_prefixes.len() > MAX_INTEREST {
         let field = if hello.tenants.len() > hello.event_type_prefixes.len() {
             "tenants"
@@ -98,9 +98,14 @@ fn check_hello(hello: &pb::AgentHello) -> Result<(), validate::ValidationError> 
     Ok(())
 }
 
-/// `reason` cut to at most [`MAX_NACK_REASON`] bytes.
-pub fn bounded_reason(reason: &str) -> &str {
+/// `reason` cut to at most [`MAX_NACK_REASON`] bytes, on one line: a control character (a
+/// line break, an escape sequence a terminal would obey) as U+FFFD. Operators read it in
+/// agent lists and logs.
+pub fn bounded_reason(reason: &str) -> String {
     cut(reason, MAX_NACK_REASON)
+        .chars()
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect()
 }
 
 /// `text` cut to at most `max` bytes, at a character boundary.
@@ -325,6 +330,21 @@ mod tests {
             }),
             "node"
         );
+        // Shown on one line of a list: no line break either.
+        assert_eq!(
+            refused_field(pb::AgentHello {
+                node: "node\nfake row".into(),
+                ..hello("", &[])
+            }),
+            "node"
+        );
+        assert_eq!(
+            refused_field(pb::AgentHello {
+                version: "1\n2".into(),
+                ..hello("", &[])
+            }),
+            "version"
+        );
         assert_eq!(
             refused_field(pb::AgentHello {
                 event_type_prefixes: vec!["order.".into(), "Order!".into()],
@@ -348,6 +368,10 @@ mod tests {
         assert!(admit_hello(&fleet, as_agents_send_it).is_ok());
         assert_eq!(bounded_reason(&"é".repeat(1000)).len(), MAX_NACK_REASON);
         assert_eq!(bounded_reason("short"), "short");
+        assert_eq!(
+            bounded_reason("\x1b[31mred\x00\nnext"),
+            "\u{FFFD}[31mred\u{FFFD}\u{FFFD}next"
+        );
     }
 
     #[test]

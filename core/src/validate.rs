@@ -126,6 +126,20 @@ pub fn tenant(value: &str) -> Result<(), ValidationError> {
     })
 }
 
+/// Checks a tenant a caller names for a new subscription: as [`tenant`], and not `.` or `..`,
+/// which cannot name it in the URL paths of its portal and the HTTP API (a record stored before
+/// this check is still read).
+pub fn tenant_as_given(value: &str) -> Result<(), ValidationError> {
+    tenant(value)?;
+    if value == "." || value == ".." {
+        return Err(ValidationError::new(
+            "tenant",
+            format!("{value:?} cannot name a tenant in a URL path"),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a region name: 1 to [`MAX_TENANT_LEN`] characters of `[A-Za-z0-9_.-]`, like a
 /// tenant (regions name agents' places: `eu-west-1`, `dc2`).
 pub fn region(value: &str) -> Result<(), ValidationError> {
@@ -144,12 +158,25 @@ pub fn agent_id(value: &str) -> Result<(), ValidationError> {
 }
 
 /// Checks the name of the node an agent runs on: 1 to [`MAX_AGENT_FIELD_LEN`] bytes, shown
-/// as given (no control characters).
+/// as given on one line ([`label`]).
 pub fn node(value: &str) -> Result<(), ValidationError> {
     if value.is_empty() {
         return Err(ValidationError::new("node", "must not be empty"));
     }
-    shown_text("node", value, MAX_AGENT_FIELD_LEN)
+    label("node", value, MAX_AGENT_FIELD_LEN)
+}
+
+/// Checks a short name shown in one cell of a list (a node, a version, an OAuth2 client id):
+/// at most `max` bytes, as [`shown_text`] with no line break or tab either.
+pub fn label(field: &str, value: &str, max: usize) -> Result<(), ValidationError> {
+    shown_text(field, value, max)?;
+    if let Some(bad) = value.chars().find(|c| c.is_control()) {
+        return Err(ValidationError::new(
+            field,
+            format!("contains the control character {bad:?}: it is shown on one line"),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks an event-type prefix of an agent's interest (`--event-type-prefixes`): the start of
@@ -304,6 +331,12 @@ pub fn url_as_given(field: &str, value: &str) -> Result<(), ValidationError> {
         && rest.starts_with(['/', '\\'])
     {
         return Err(ValidationError::new(field, "must name a host after ://"));
+    }
+    if url::Url::parse(value).is_ok_and(|parsed| parsed.port() == Some(0)) {
+        return Err(ValidationError::new(
+            field,
+            "port 0 names no port anything listens on",
+        ));
     }
     Ok(())
 }
@@ -683,7 +716,7 @@ mod tests {
 
     #[test]
     fn tenant_rules() {
-        for ok in ["acme", "Acme_EU-1.prod", &"a".repeat(MAX_TENANT_LEN)] {
+        for ok in ["acme", "Acme_EU-1.prod", "...", &"a".repeat(MAX_TENANT_LEN)] {
             assert_eq!(tenant(ok), Ok(()), "{ok}");
         }
         for bad in [
@@ -696,6 +729,11 @@ mod tests {
         ] {
             let err = tenant(bad).unwrap_err();
             assert_eq!(err.field, "tenant", "{bad}");
+        }
+        for named_in_paths in [".", ".."] {
+            assert_eq!(tenant(named_in_paths), Ok(()), "a stored one is read");
+            let err = tenant_as_given(named_in_paths).unwrap_err();
+            assert_eq!(err.field, "tenant");
         }
     }
 
@@ -760,6 +798,8 @@ mod tests {
             "https://example.com/h\0x",
             "https://127.0.\t0.1/h",
             "https://example.com/a b",
+            "http://127.0.0.1:0/",
+            "https://example.com:0/hooks",
         ] {
             assert_eq!(
                 url_as_given("url", bad).unwrap_err().field,

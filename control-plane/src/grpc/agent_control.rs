@@ -637,7 +637,7 @@ async fn follow(shared: &Shared, session: Session<'_>) {
                 Ok(Some(pb::ConfigRequest { kind: Some(Kind::Nack(nack)) })) => {
                     let reason = agent_trust::bounded_reason(&nack.reason);
                     tracing::warn!(agent, revision = nack.revision, reason, "agent refused config");
-                    fleet.nacked(agent, nack.revision, reason);
+                    fleet.nacked(agent, nack.revision, &reason);
                 }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => return,

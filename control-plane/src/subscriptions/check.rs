@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use herald_core::egress::{MASKED_PASSWORD, ProxyUrl};
 use herald_core::limits::MAX_DESCRIPTION_LEN;
+use herald_core::subscription::MAX_OAUTH2_FIELD_BYTES;
 use herald_core::{ValidationError, validate};
 use herald_proto::convert::{self, timestamp};
 use herald_proto::v1 as pb;
@@ -29,9 +30,19 @@ impl Subscriptions {
         record::clear_storage_only(sub);
         // What a caller gives is held to more than a stored record is read with: a record
         // stored before these checks still delivers, and is refused only when sent again.
+        if stored.is_none() {
+            validate::tenant_as_given(&sub.tenant)?;
+        }
         validate::url_as_given("url", &sub.url)?;
         if let Some(oauth2) = &sub.oauth2 {
             validate::url_as_given("oauth2.token_url", &oauth2.token_url)?;
+            for (field, value) in [
+                ("oauth2.client_id", &oauth2.client_id),
+                ("oauth2.scope", &oauth2.scope),
+                ("oauth2.audience", &oauth2.audience),
+            ] {
+                validate::label(field, value, MAX_OAUTH2_FIELD_BYTES)?;
+            }
         }
         validate::shown_text("description", &sub.description, MAX_DESCRIPTION_LEN)?;
         validate::labels_as_given(sub.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;

@@ -171,6 +171,7 @@ async fn a_url_is_stored_as_requests_go_to_it_and_one_a_parser_would_change_is_r
         "https:///93.184.215.14/h",
         " https://93.184.215.14/h",
         "https://93.184.215.14/h\nx",
+        "https://93.184.215.14:0/h",
     ] {
         let refused = registry.create(at(bad)).await;
         assert!(
@@ -334,6 +335,43 @@ async fn a_header_value_sent_back_blank_is_kept_only_for_the_same_origin() {
         registry.get(&given.id).await.expect("read").headers["X-Api-Key"],
         "key-2"
     );
+}
+
+#[tokio::test]
+async fn oauth2_texts_are_one_line_and_a_tenant_is_never_a_path_step() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (registry, _) = registry_in(&dir).await;
+    let with = |scope: &str, audience: &str, client_id: &str| pb::Subscription {
+        oauth2: Some(pb::OAuth2 {
+            token_url: "https://93.184.215.14/token".into(),
+            client_id: client_id.into(),
+            client_secret: "client-secret-1".into(),
+            scope: scope.into(),
+            audience: audience.into(),
+        }),
+        ..orders_of("shop-a")
+    };
+    for (sub, field) in [
+        (with("webhooks\nX-Other: 1", "", "platform"), "oauth2.scope"),
+        (with("", "api\u{1b}[2J", "platform"), "oauth2.audience"),
+        (with("", "", "platform\u{0}"), "oauth2.client_id"),
+        (orders_of(".."), "tenant"),
+        (orders_of("."), "tenant"),
+    ] {
+        let refused = registry.create(sub).await;
+        assert!(
+            matches!(&refused, Err(SubscriptionError::Invalid(e)) if e.field == field),
+            "{field}: {refused:?}"
+        );
+    }
+    registry
+        .create(with(
+            "webhooks read",
+            "https://api.shop.example",
+            "platform",
+        ))
+        .await
+        .expect("one line each");
 }
 
 #[tokio::test]
@@ -799,6 +837,13 @@ async fn a_record_stored_before_the_stricter_checks_still_delivers_and_changes()
         id: "sub_01OLDER".into(),
         url: "https://93.184.215.14/h\tx".into(),
         description: "\u{1b}[31mred".into(),
+        oauth2: Some(pb::OAuth2 {
+            token_url: "https://93.184.215.14/token".into(),
+            client_id: "herald".into(),
+            client_secret: "s3cret".into(),
+            scope: "webhooks\nread".into(),
+            audience: String::new(),
+        }),
         timeout: Some(prost_types::Duration {
             seconds: 1,
             nanos: 2_000_000_000,
