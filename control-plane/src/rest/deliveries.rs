@@ -17,7 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::json::{millis, parse_time, time};
 use super::problem::{ApiError, Problem};
-use super::{ApiJson, ApiQuery, ApiState, Authorized};
+use super::{ApiJson, ApiQueries, ApiQuery, ApiState, Authorized};
 
 /// One HTTP attempt to deliver one event to one subscription.
 #[derive(Debug, Serialize, ToSchema)]
@@ -172,8 +172,7 @@ pub struct PageQuery {
 pub async fn list_attempts(
     State(state): State<ApiState>,
     caller: Authorized,
-    ApiQuery(filter): ApiQuery<AttemptQuery>,
-    ApiQuery(page): ApiQuery<PageQuery>,
+    ApiQueries(filter, page): ApiQueries<AttemptQuery, PageQuery>,
 ) -> Result<Json<AttemptPage>, ApiError> {
     let request = caller.request(pb::ListAttemptsRequest {
         filter: Some(filter.to_wire()?),

@@ -204,18 +204,81 @@ impl Authorized {
     }
 }
 
-/// A query string read as `T`; one that does not read is `INVALID_ARGUMENT` as problem+json.
+/// A query string read as `T`; one that does not read, or names a parameter `T` does not
+/// have (a misspelt filter would otherwise list everything), is `INVALID_ARGUMENT` as
+/// problem+json.
 pub struct ApiQuery<T>(T);
 
-impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+impl<T: DeserializeOwned + utoipa::IntoParams, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Query(query) = Query::<T>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::invalid(e.body_text()))?;
-        Ok(ApiQuery(query))
+        only_known_parameters(parts, &parameter_names::<T>())?;
+        Ok(ApiQuery(read_query(parts, state).await?))
     }
+}
+
+/// A query string read as two parts (the filter and the page of a listing), under the same
+/// rules as [`ApiQuery`]: a parameter neither part has is refused.
+pub struct ApiQueries<A, B>(A, B);
+
+impl<A, B, S> FromRequestParts<S> for ApiQueries<A, B>
+where
+    A: DeserializeOwned + utoipa::IntoParams + Send,
+    B: DeserializeOwned + utoipa::IntoParams + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let mut known = parameter_names::<A>();
+        known.extend(parameter_names::<B>());
+        only_known_parameters(parts, &known)?;
+        Ok(ApiQueries(
+            read_query(parts, state).await?,
+            read_query(parts, state).await?,
+        ))
+    }
+}
+
+/// The query parameters `T` documents (and reads).
+fn parameter_names<T: utoipa::IntoParams>() -> Vec<String> {
+    T::into_params(|| Some(utoipa::openapi::path::ParameterIn::Query))
+        .into_iter()
+        .map(|parameter| parameter.name)
+        .collect()
+}
+
+/// Refuses a query parameter not among `known`, naming it.
+fn only_known_parameters(parts: &Parts, known: &[String]) -> Result<(), ApiError> {
+    let query = parts.uri.query().unwrap_or_default();
+    match url::form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| !known.iter().any(|k| k == name))
+    {
+        Some((name, _)) => Err(ApiError::invalid_field(
+            &name,
+            if known.is_empty() {
+                "is not a parameter of this call, which takes none".to_owned()
+            } else {
+                format!(
+                    "is not a parameter of this call; it takes {}",
+                    known.join(", ")
+                )
+            },
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The query string read as `T`.
+async fn read_query<T: DeserializeOwned, S: Send + Sync>(
+    parts: &mut Parts,
+    state: &S,
+) -> Result<T, ApiError> {
+    let Query(query) = Query::<T>::from_request_parts(parts, state)
+        .await
+        .map_err(|e| ApiError::invalid(e.body_text()))?;
+    Ok(query)
 }
 
 /// A path's parameters read as `T`; one that does not read (bytes that are not UTF-8) is

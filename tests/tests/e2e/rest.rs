@@ -976,6 +976,28 @@ async fn the_http_api_reads_and_refuses_as_its_document_says() -> anyhow::Result
     );
     assert_eq!(problem["code"], "INVALID_ARGUMENT");
 
+    // A misspelt filter is refused naming it, not dropped (it would list every tenant's),
+    // in listings that page too.
+    for path in [
+        "/api/v1/subscriptions?tenat=shop-a",
+        "/api/v1/attempts?tenant=shop-a&page_size=5&evnt_id=e1",
+    ] {
+        let (status, _, problem) = get(&client, &base, path, Some(ADMIN)).await?;
+        assert_eq!(status, 400, "{path}: {problem}");
+        assert!(
+            problem["field"] == "tenat" || problem["field"] == "evnt_id",
+            "{problem}"
+        );
+    }
+    let (status, _, _) = get(
+        &client,
+        &base,
+        "/api/v1/attempts?tenant=shop-a&page_size=5",
+        Some(ADMIN),
+    )
+    .await?;
+    assert_eq!(status, 200, "a filter and a page together");
+
     // An OAuth2 field misspelt is refused, not dropped.
     let misspelt = post(
         "/api/v1/subscriptions".into(),
