@@ -33,6 +33,24 @@ pub enum Listing {
     SentRequests,
 }
 
+/// Who asks for a page of a listing, and with what filter: a token opens only for the same.
+pub struct Asked<'a> {
+    tenants: &'a Scope,
+    /// The filter's wire form (what the caller leaves out of it, such as its times, may change
+    /// from page to page).
+    filter: Vec<u8>,
+}
+
+impl<'a> Asked<'a> {
+    /// A caller who sees `tenants` asking with `filter`.
+    pub fn new(tenants: &'a Scope, filter: &impl prost::Message) -> Self {
+        Asked {
+            tenants,
+            filter: filter.encode_to_vec(),
+        }
+    }
+}
+
 /// Seals and opens page tokens with the control plane's keyring; cloning shares it.
 #[derive(Clone)]
 pub struct PageTokens {
@@ -45,22 +63,22 @@ impl PageTokens {
         PageTokens { keyring }
     }
 
-    /// The log's position that `token` holds for `listing`, asked by a caller who sees
-    /// `tenants`: empty for an empty token (the first page); refused when the token is not
-    /// one of this listing's for a caller seeing those tenants, or has expired.
+    /// The log's position that `token` holds for `listing` as `asked`: empty for an empty
+    /// token (the first page); refused when the token is not one of this listing's asked the
+    /// same way (a caller seeing the same tenants, the same filter), or has expired.
     pub fn open(
         &self,
         listing: Listing,
-        tenants: &Scope,
+        asked: &Asked<'_>,
         token: &str,
     ) -> Result<String, ValidationError> {
-        self.open_at(listing, tenants, token, SystemTime::now())
+        self.open_at(listing, asked, token, SystemTime::now())
     }
 
     fn open_at(
         &self,
         listing: Listing,
-        tenants: &Scope,
+        asked: &Asked<'_>,
         token: &str,
         now: SystemTime,
     ) -> Result<String, ValidationError> {
@@ -78,28 +96,26 @@ impl PageTokens {
                 }
             })?;
         match sealed.split_once(':') {
-            Some((seen_by, position)) if seen_by == scope_digest(tenants) => {
-                Ok(position.to_owned())
-            }
+            Some((seen_by, position)) if seen_by == digest(asked) => Ok(position.to_owned()),
             _ => Err(crate::attempts::not_from_this_listing()),
         }
     }
 
-    /// The token a caller who sees `tenants` gets for the log's `position` in `listing`:
-    /// empty for an empty position (the last page).
+    /// The token a caller gets for the log's `position` in `listing` as `asked`: empty for an
+    /// empty position (the last page).
     pub fn seal(
         &self,
         listing: Listing,
-        tenants: &Scope,
+        asked: &Asked<'_>,
         position: &str,
     ) -> Result<String, Status> {
-        self.seal_at(listing, tenants, position, SystemTime::now())
+        self.seal_at(listing, asked, position, SystemTime::now())
     }
 
     fn seal_at(
         &self,
         listing: Listing,
-        tenants: &Scope,
+        asked: &Asked<'_>,
         position: &str,
         now: SystemTime,
     ) -> Result<String, Status> {
@@ -109,7 +125,7 @@ impl PageTokens {
         sealed_token::seal(
             &self.keyring,
             Purpose::Page(listing),
-            format!("{}:{position}", scope_digest(tenants)),
+            format!("{}:{position}", digest(asked)),
             now,
             PAGE_TOKEN_TTL,
         )
@@ -117,11 +133,12 @@ impl PageTokens {
     }
 }
 
-/// What a token remembers of the tenants its caller sees: a digest of their names (`*` for
-/// every tenant), so that the token stays short however many there are.
-fn scope_digest(tenants: &Scope) -> String {
+/// What a token remembers of how it was asked for: a digest of the names of the tenants its
+/// caller sees (`*` for every tenant) and of the filter, so that the token stays short however
+/// many there are.
+fn digest(asked: &Asked<'_>) -> String {
     let mut digest = Sha256::new();
-    match tenants.names() {
+    match asked.tenants.names() {
         None => digest.update(b"*"),
         Some(names) => {
             for name in names {
@@ -131,6 +148,9 @@ fn scope_digest(tenants: &Scope) -> String {
             }
         }
     }
+    // Nor 0xFF (no UTF-8 text holds it): it separates the names from the filter.
+    digest.update([0xFF]);
+    digest.update(&asked.filter);
     digest.finalize()[..16]
         .iter()
         .map(|byte| format!("{byte:02x}"))
@@ -140,6 +160,51 @@ fn scope_digest(tenants: &Scope) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use herald_proto::v1 as pb;
+
+    fn all() -> Asked<'static> {
+        Asked::new(&Scope::All, &())
+    }
+
+    #[test]
+    fn a_position_comes_back_only_to_the_filter_it_was_asked_with() {
+        let tokens = tokens();
+        let now = SystemTime::now();
+        let of = |tenant: &str| pb::AttemptFilter {
+            tenant: tenant.into(),
+            ..Default::default()
+        };
+        let token = tokens
+            .seal_at(
+                Listing::Attempts,
+                &Asked::new(&Scope::All, &of("shop-a")),
+                "17:42",
+                now,
+            )
+            .expect("sealed");
+        assert_eq!(
+            tokens
+                .open_at(
+                    Listing::Attempts,
+                    &Asked::new(&Scope::All, &of("shop-a")),
+                    &token,
+                    now
+                )
+                .expect("the same filter"),
+            "17:42"
+        );
+        for other in [of("shop-b"), of("")] {
+            let refused = tokens
+                .open_at(
+                    Listing::Attempts,
+                    &Asked::new(&Scope::All, &other),
+                    &token,
+                    now,
+                )
+                .expect_err("another filter");
+            assert_eq!(refused.reason, "is not from this listing", "{other:?}");
+        }
+    }
 
     fn tokens() -> PageTokens {
         let entry = Keyring::generate_entry("k1").expect("a key");
@@ -151,34 +216,34 @@ mod tests {
         let tokens = tokens();
         let now = SystemTime::now();
         let token = tokens
-            .seal_at(Listing::Attempts, &Scope::All, "1764892800000000:4711", now)
+            .seal_at(Listing::Attempts, &all(), "1764892800000000:4711", now)
             .expect("sealed");
         assert!(!token.contains("4711"), "the position is not readable");
         assert_eq!(
             tokens
-                .open_at(Listing::Attempts, &Scope::All, &token, now)
+                .open_at(Listing::Attempts, &all(), &token, now)
                 .expect("opens"),
             "1764892800000000:4711"
         );
         let other = tokens
-            .open_at(Listing::AuditEntries, &Scope::All, &token, now)
+            .open_at(Listing::AuditEntries, &all(), &token, now)
             .expect_err("another listing's token");
         assert_eq!(other.field, "page_token");
         assert_eq!(other.reason, "is not from this listing");
         assert!(
             tokens
-                .open_at(Listing::Attempts, &Scope::All, "4711", now)
+                .open_at(Listing::Attempts, &all(), "4711", now)
                 .is_err(),
             "a made-up position"
         );
         assert!(
             self::tokens()
-                .open_at(Listing::Attempts, &Scope::All, &token, now)
+                .open_at(Listing::Attempts, &all(), &token, now)
                 .is_err(),
             "another keyring"
         );
         let late = tokens
-            .open_at(Listing::Attempts, &Scope::All, &token, now + PAGE_TOKEN_TTL)
+            .open_at(Listing::Attempts, &all(), &token, now + PAGE_TOKEN_TTL)
             .expect_err("expired");
         assert!(late.reason.contains("expired"), "{late:?}");
     }
@@ -189,24 +254,34 @@ mod tests {
         let now = SystemTime::now();
         let only = |names: &[&str]| Scope::Only(names.iter().map(|n| n.to_string()).collect());
         let shop_b = tokens
-            .seal_at(Listing::Attempts, &only(&["shop-b"]), "17:42", now)
+            .seal_at(
+                Listing::Attempts,
+                &Asked::new(&only(&["shop-b"]), &()),
+                "17:42",
+                now,
+            )
             .expect("sealed");
         assert_eq!(
             tokens
-                .open_at(Listing::Attempts, &only(&["shop-b"]), &shop_b, now)
+                .open_at(
+                    Listing::Attempts,
+                    &Asked::new(&only(&["shop-b"]), &()),
+                    &shop_b,
+                    now
+                )
                 .expect("the same tenants"),
             "17:42"
         );
         for other in [only(&["shop-a"]), only(&["shop-a", "shop-b"]), Scope::All] {
             let refused = tokens
-                .open_at(Listing::Attempts, &other, &shop_b, now)
+                .open_at(Listing::Attempts, &Asked::new(&other, &()), &shop_b, now)
                 .expect_err("another caller's token");
             assert_eq!(refused.reason, "is not from this listing", "{other:?}");
         }
         // Names are told apart however they would run together.
         assert_ne!(
-            scope_digest(&only(&["ab", "c"])),
-            scope_digest(&only(&["a", "bc"]))
+            digest(&Asked::new(&only(&["ab", "c"]), &())),
+            digest(&Asked::new(&only(&["a", "bc"]), &()))
         );
     }
 
@@ -215,13 +290,13 @@ mod tests {
         let tokens = tokens();
         assert_eq!(
             tokens
-                .seal(Listing::SentRequests, &Scope::All, "")
+                .seal(Listing::SentRequests, &all(), "")
                 .expect("sealed"),
             ""
         );
         assert_eq!(
             tokens
-                .open(Listing::SentRequests, &Scope::All, "")
+                .open(Listing::SentRequests, &all(), "")
                 .expect("opened"),
             ""
         );

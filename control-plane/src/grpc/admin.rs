@@ -24,7 +24,7 @@ use crate::fleet::Fleet;
 use crate::health::Health;
 use crate::hub::ConfigHub;
 use crate::metrics::Metrics;
-use crate::page_tokens::{Listing, PageTokens};
+use crate::page_tokens::{Asked, Listing, PageTokens};
 use crate::presence;
 use crate::relay::Relay;
 use crate::store::Store;
@@ -488,19 +488,26 @@ impl Deliveries for DeliveriesService {
             // token that would tell it from an unknown id.
             return Ok(Response::new(pb::ListAttemptsResponse::default()));
         }
+        // Its times left out: a relative `--since 1h` is another time on the next page.
+        let asked = Asked::new(
+            &who.tenants,
+            &pb::AttemptFilter {
+                since: None,
+                until: None,
+                ..wire.clone()
+            },
+        );
         let filter = Filter::within(wire, &who.tenants)?;
         let after = self
             .pages
-            .open(Listing::Attempts, &who.tenants, &request.page_token)
+            .open(Listing::Attempts, &asked, &request.page_token)
             .map_err(herald_proto::convert::invalid_argument)?;
         let page = self.log.list(filter, request.page_size, &after).await?;
         Ok(Response::new(pb::ListAttemptsResponse {
             attempts: page.attempts,
-            next_page_token: self.pages.seal(
-                Listing::Attempts,
-                &who.tenants,
-                &page.next_page_token,
-            )?,
+            next_page_token: self
+                .pages
+                .seal(Listing::Attempts, &asked, &page.next_page_token)?,
         }))
     }
 
@@ -579,9 +586,16 @@ impl Deliveries for DeliveriesService {
     ) -> Result<Response<pb::GetSentRequestsResponse>, Status> {
         let who = caller(&request);
         let request = request.into_inner();
+        let asked = Asked::new(
+            &who.tenants,
+            &pb::GetSentRequestsRequest {
+                page_token: String::new(),
+                ..request.clone()
+            },
+        );
         let after = self
             .pages
-            .open(Listing::SentRequests, &who.tenants, &request.page_token)
+            .open(Listing::SentRequests, &asked, &request.page_token)
             .map_err(herald_proto::convert::invalid_argument)?;
         let query = SentQuery::page(
             &request.event_id,
@@ -607,7 +621,7 @@ impl Deliveries for DeliveriesService {
             requests: page.requests,
             next_page_token: self.pages.seal(
                 Listing::SentRequests,
-                &who.tenants,
+                &asked,
                 &page.next_page_token,
             )?,
         }))

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use crate::access::caller;
 use crate::attempts::AttemptLog;
 use crate::audit::query::AuditFilter;
-use crate::page_tokens::{Listing, PageTokens};
+use crate::page_tokens::{Asked, Listing, PageTokens};
 
 /// `herald.v1.Audit`.
 pub struct AuditService {
@@ -31,17 +31,27 @@ impl Audit for AuditService {
     ) -> Result<Response<pb::ListAuditEntriesResponse>, Status> {
         let who = caller(&request);
         let request = request.into_inner();
-        let filter = AuditFilter::within(request.filter.unwrap_or_default(), &who.tenants)?;
+        let wire = request.filter.unwrap_or_default();
+        // Its times left out: a relative `--since 1h` is another time on the next page.
+        let asked = Asked::new(
+            &who.tenants,
+            &pb::AuditFilter {
+                since: None,
+                until: None,
+                ..wire.clone()
+            },
+        );
+        let filter = AuditFilter::within(wire, &who.tenants)?;
         let after = self
             .pages
-            .open(Listing::AuditEntries, &who.tenants, &request.page_token)
+            .open(Listing::AuditEntries, &asked, &request.page_token)
             .map_err(herald_proto::convert::invalid_argument)?;
         let page = self.log.changes(filter, request.page_size, &after).await?;
         Ok(Response::new(pb::ListAuditEntriesResponse {
             entries: page.entries,
             next_page_token: self.pages.seal(
                 Listing::AuditEntries,
-                &who.tenants,
+                &asked,
                 &page.next_page_token,
             )?,
         }))

@@ -689,7 +689,8 @@ pub struct ListAttemptsResponse {
     #[prost(message, repeated, tag = "1")]
     pub attempts: ::prost::alloc::vec::Vec<Attempt>,
     /// Empty on the last page. Sealed by the control plane: it tells nothing of the log, works
-    /// only with this call and lasts a day (then INVALID_ARGUMENT: list from the first page).
+    /// only with this call and the same filter (its since and until may move) and lasts a day
+    /// (then INVALID_ARGUMENT: list from the first page).
     #[prost(string, tag = "2")]
     pub next_page_token: ::prost::alloc::string::String,
 }
