@@ -265,9 +265,9 @@ fn recover(db: &Database, wal: &mut Wal, truncate: bool) -> Result<(u64, usize),
         }
         tracing::error!(
             offset = damage.offset,
-            dropped = damage.following,
+            dropped = damage.following + 1,
             "the queue's write-ahead log has a damaged record: as --recover-truncate asks, what \
-             precedes it is kept and the records after it are dropped"
+             precedes it is kept, and it and the records after it are dropped"
         );
     }
     let bodies = read.bodies;

@@ -237,26 +237,29 @@ impl Wal {
     /// and whether one of them says `stopped` had been synced.
     ///
     /// Most opens stop at the epoch's clean end: zeros, or a record of an earlier epoch left
-    /// over (epochs only grow), and there is nothing after it to look for. Otherwise the
-    /// stopped record's successor is where its header says it ends (a torn or damaged body
-    /// keeps its header), and records follow one another from there; only where a header is
-    /// itself damaged is the rest of the file searched, a chunk at a time, for the next record
-    /// of the epoch.
+    /// over (epochs only grow). A synced record zeroed or overwritten looks the same, so the
+    /// rest of the file is searched, a chunk at a time, for later records of the epoch all the
+    /// same (a few milliseconds for the whole log, once per open). Otherwise the stopped
+    /// record's successor is where its header says it ends (a torn or damaged body keeps its
+    /// header), and records follow one another from there; where a header is itself damaged
+    /// the rest of the file is searched too.
     fn after(&self, from: u64, epoch: u64, stopped: u64, len: u64) -> std::io::Result<(u64, bool)> {
         let (mut following, mut synced) = (0, false);
         let mut next_index = stopped + 1;
         let mut at = from;
         while let Some(header) = self.header_at(at, len)? {
             let header_epoch = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
-            // Zeros: the log was never written this far (a record's header never is all zeros).
-            if header_epoch < epoch || header == [0u8; HEADER] {
-                break;
-            }
-            let body_len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as u64;
-            let natural = at + HEADER as u64 + body_len;
-            let next = match self.record_at(natural, epoch, next_index, len)? {
-                Some(found) => Some((natural, next_index, found)),
-                None => self.search(at + 1, epoch, next_index, len)?,
+            // Zeros (a record's header never is all zeros) or an earlier epoch's leftover: the
+            // epoch's end, unless a record of it turns up further on.
+            let next = if header_epoch < epoch || header == [0u8; HEADER] {
+                self.search(at + 1, epoch, next_index, len)?
+            } else {
+                let body_len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as u64;
+                let natural = at + HEADER as u64 + body_len;
+                match self.record_at(natural, epoch, next_index, len)? {
+                    Some(found) => Some((natural, next_index, found)),
+                    None => self.search(at + 1, epoch, next_index, len)?,
+                }
             };
             let Some((_, index, (body, end))) = next else {
                 break;
@@ -594,6 +597,41 @@ mod tests {
         let read = open(&file).read_epoch(4).expect("read");
         assert_eq!(read.bodies, vec![b"first".to_vec()]);
         assert_eq!(read.damaged, None);
+    }
+
+    #[test]
+    fn a_synced_record_zeroed_or_given_another_epoch_is_told_as_damage() {
+        for (what, overwrite) in [
+            ("zeroed", vec![0u8; HEADER + SYNCED_MARK + 6]),
+            ("an earlier epoch", 1u64.to_le_bytes().to_vec()),
+        ] {
+            let file = Memory::default();
+            let mut wal = open(&file);
+            wal.start_epoch(5);
+            for body in [&b"first"[..], b"second"] {
+                wal.append(body).expect("append");
+            }
+            wal.sync().expect("sync");
+            for body in [&b"third"[..], b"fourth"] {
+                wal.append(body).expect("append");
+            }
+            wal.sync().expect("sync");
+            let second = (HEADER + SYNCED_MARK + 5) as u64;
+            // Zeros over the whole second record, or its epoch's bytes made older.
+            let at = if overwrite.len() == 8 {
+                second + 8
+            } else {
+                second
+            };
+            file.write(at, &overwrite).expect("overwrite");
+            let read = open(&file).read_epoch(5).expect("read");
+            assert_eq!(read.bodies, vec![b"first".to_vec()], "{what}");
+            assert_eq!(
+                read.damaged.map(|d| d.offset),
+                Some(second),
+                "{what}: acknowledged records are missing"
+            );
+        }
     }
 
     #[test]
