@@ -36,6 +36,11 @@ pub fn load(dir: &Path) -> Option<Routes> {
         return None;
     }
     let bytes = std::fs::read(&path).ok()?;
+    if bytes.is_empty() {
+        // Every save writes a snapshot, which is never empty: this file was cut.
+        tracing::warn!(path = %path.display(), "config cache empty; ignoring it");
+        return None;
+    }
     let update = match pb::ConfigUpdate::decode(bytes.as_slice()) {
         Ok(update) => update,
         Err(err) => {
@@ -44,7 +49,9 @@ pub fn load(dir: &Path) -> Option<Routes> {
         }
     };
     match Routes::default().apply(&update) {
-        Ok(routes) => {
+        Ok(mut routes) => {
+            // What the control plane says since this save is not known yet.
+            routes.confirmed = false;
             if let Some(reason) = routes.refusal_reason() {
                 tracing::warn!(path = %path.display(), reason, "config cache: subscriptions left out");
             }
@@ -88,10 +95,15 @@ fn settings(table: &Routes) -> (usize, Option<pb::AdmittedTenants>) {
     (table.log_body_limit(), table.admitted_tenants().cloned())
 }
 
+/// How soon a save that failed (a full disk) is tried again when no newer table comes first.
+const SAVE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Saves every new table until the routes channel closes, at once (the newest of those
 /// applied meanwhile when a save was under way), and publishes on `saved_tx` the revision of
 /// each table once its save is over (said in the log when it failed): the agent acknowledges
-/// a config to the control plane only then.
+/// a config to the control plane only then. A save that failed is tried again every
+/// [`SAVE_RETRY`] until one succeeds, so that a cache is not left older than the table in use
+/// once the disk has room again.
 pub async fn keep_saved(
     dir: PathBuf,
     mut routes: watch::Receiver<Arc<Routes>>,
@@ -101,11 +113,21 @@ pub async fn keep_saved(
         let table = routes.borrow();
         (table.revision, table.schemas().clone(), settings(&table))
     };
-    while routes.changed().await.is_ok() {
+    let mut failed = false;
+    loop {
+        if failed {
+            tokio::select! {
+                changed = routes.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(SAVE_RETRY) => {}
+            }
+        } else if routes.changed().await.is_err() {
+            return;
+        }
         let table = routes.borrow_and_update().clone();
         let same_schemas = Arc::ptr_eq(table.schemas(), &saved_schemas);
         let same_settings = settings(&table) == saved_settings;
-        if !table.loaded || (table.revision == saved && saved != 0 && same_schemas && same_settings)
+        if !table.loaded
+            || (!failed && table.revision == saved && saved != 0 && same_schemas && same_settings)
         {
             continue;
         }
@@ -113,13 +135,25 @@ pub async fn keep_saved(
         let revision = table.revision;
         let schemas = table.schemas().clone();
         let table_settings = settings(&table);
-        match tokio::task::spawn_blocking(move || save(&dir, &table)).await {
+        failed = match tokio::task::spawn_blocking(move || save(&dir, &table)).await {
             Ok(Ok(())) => {
-                (saved, saved_schemas, saved_settings) = (revision, schemas, table_settings)
+                if failed {
+                    tracing::info!(revision, "config cache saved again");
+                }
+                (saved, saved_schemas, saved_settings) = (revision, schemas, table_settings);
+                false
             }
-            Ok(Err(err)) => tracing::warn!(error = %err, "cannot save the config cache"),
-            Err(err) => tracing::warn!(error = %err, "config cache task failed"),
-        }
+            Ok(Err(err)) => {
+                if !failed {
+                    tracing::warn!(error = %err, retry_in = ?SAVE_RETRY, "cannot save the config cache");
+                }
+                true
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "config cache task failed");
+                true
+            }
+        };
         saved_tx.send_replace(revision);
     }
 }
@@ -144,5 +178,50 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(load(dir.path()).is_some(), "the saved table reads back");
+    }
+
+    #[test]
+    fn an_empty_cache_is_no_table() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(path(dir.path()), b"").unwrap();
+        assert!(
+            load(dir.path()).is_none(),
+            "not a table without subscriptions"
+        );
+        save(dir.path(), &Routes::default()).unwrap();
+        let read = load(dir.path()).expect("a saved table reads back");
+        assert!(!read.confirmed, "not the control plane's word in this run");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_save_that_failed_is_made_again_once_it_can_be() {
+        let dir = tempfile::tempdir().unwrap();
+        // The temporary file's name taken by a directory: every save fails, as on a full disk.
+        let blocked = path(dir.path()).with_extension("pb.tmp");
+        std::fs::create_dir(&blocked).unwrap();
+        let (routes_tx, routes) = watch::channel(Arc::new(Routes::default()));
+        let (saved_tx, mut saved) = watch::channel(0);
+        let saver = tokio::spawn(keep_saved(dir.path().to_owned(), routes, saved_tx));
+        // The saver takes the table it starts with as saved: a new one comes after.
+        tokio::task::yield_now().await;
+        let update = pb::ConfigUpdate {
+            revision: 7,
+            snapshot: true,
+            ..Default::default()
+        };
+        routes_tx.send_replace(Arc::new(Routes::default().apply(&update).unwrap()));
+        saved.wait_for(|revision| *revision == 7).await.unwrap();
+        assert!(!path(dir.path()).exists(), "the first save failed");
+        // Room again, and no newer table: the save is made all the same.
+        std::fs::remove_dir(&blocked).unwrap();
+        for _ in 0..100 {
+            if path(dir.path()).exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        assert_eq!(load(dir.path()).expect("saved").revision, 7);
+        drop(routes_tx);
+        saver.await.unwrap();
     }
 }

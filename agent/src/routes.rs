@@ -32,6 +32,11 @@ pub struct Routes {
     pub revision: i64,
     /// False until the first snapshot (from the control plane or the disk cache) arrived.
     pub loaded: bool,
+    /// Whether the table came from the control plane in this run. One read from the disk
+    /// cache may be older than the subscriptions queued deliveries were made for (its last
+    /// save failed, say): a delivery to a subscription it does not hold waits for the control
+    /// plane's table rather than being skipped as removed.
+    pub confirmed: bool,
     by_id: HashMap<String, Arc<Subscription>>,
     by_tenant: HashMap<String, Vec<Arc<Subscription>>>,
     /// The records as received, so the table can be saved and restored (static stability).
@@ -72,6 +77,7 @@ impl Routes {
         Routes {
             revision,
             loaded: true,
+            confirmed: true,
             by_id,
             by_tenant,
             wire,
@@ -159,6 +165,7 @@ impl Routes {
         Routes {
             revision: self.revision,
             loaded: self.loaded,
+            confirmed: self.confirmed,
             by_id: self.by_id.clone(),
             by_tenant: self.by_tenant.clone(),
             wire: self.wire.clone(),

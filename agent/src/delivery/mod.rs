@@ -251,25 +251,23 @@ impl Inner {
     }
 
     /// How many more attempts to `subscription` may start, with `in_flight` under way: its
-    /// lane's width (one while its breaker is tripped; the default for a subscription this
-    /// agent no longer knows, whose tasks are only skipped) less those in flight, and no more
-    /// than its rate limit allows now.
+    /// lane's width (one while its breaker is tripped; the default for a subscription the
+    /// control plane's table no longer holds, whose tasks are only skipped, but none while the
+    /// table is only the disk cache's, which may be older than those tasks) less those in
+    /// flight, and no more than its rate limit allows now.
     fn lane_room(&self, subscription: &str, in_flight: usize) -> usize {
-        let (width, rate) =
-            self.routes
-                .borrow()
-                .get(subscription)
-                .map_or((DEFAULT_MAX_IN_FLIGHT, None), |s| {
-                    // Disabled: parked.
-                    let width = if s.enabled {
-                        s.max_in_flight as usize
-                    } else {
-                        0
-                    };
-                    (width, s.rate_limit)
-                });
+        let (width, rate) = {
+            let routes = self.routes.borrow();
+            match routes.get(subscription) {
+                // Disabled: parked.
+                Some(s) if !s.enabled => (0, None),
+                Some(s) => (s.max_in_flight as usize, s.rate_limit),
+                None if routes.confirmed => (DEFAULT_MAX_IN_FLIGHT, None),
+                None => (0, None),
+            }
+        };
         let width = if self.breakers.is_tripped(subscription) {
-            1
+            width.min(1)
         } else {
             width
         };

@@ -162,6 +162,47 @@ async fn an_agent_started_without_a_control_plane_delivers_with_its_cached_confi
 }
 
 #[tokio::test]
+async fn deliveries_a_stale_cached_config_does_not_hold_wait_for_the_control_plane()
+-> anyhow::Result<()> {
+    let mut world = World::start().await?;
+    // The receiver fails at first: the delivery stays queued, retried every second.
+    world.receiver.respond_with(503);
+    let mut orders = subscription("shop-1", &world.receiver.url("/orders"), &["order.*"]);
+    let schedule = herald_core::retry::RetrySchedule::parse(&["1s"; 20].join(","))?;
+    orders.retry = Some(herald_proto::convert::retry_policy(&schedule));
+    let sub = world.control_plane.create(orders).await?;
+    world.control_plane.wait_applied(sub.revision, WAIT).await?;
+    world
+        .agent
+        .emit(event("shop-1", "order.created", &json!({"id": 42})))
+        .await?;
+    world.receiver.wait_for_requests(1, WAIT).await?;
+
+    // The agent stops; its config cache is older than the subscription (a save that failed
+    // on a full disk, say), and the control plane is away when it starts again.
+    world.agent.pause().await?;
+    let stale = herald_agent::routes::Routes::default().apply(&pb::ConfigUpdate {
+        revision: 1,
+        snapshot: true,
+        ..Default::default()
+    })?;
+    herald_agent::config_cache::save(world.agent.data_dir(), &stale)?;
+    world.control_plane.pause().await?;
+    world.receiver.respond_with(200);
+    let before = world.receiver.requests().len();
+    world.agent.resume().await?;
+    // Past the delivery's next due time (a second) with only the stale table.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(world.receiver.requests().len(), before);
+
+    // The subscription it does not know is not taken for removed: once the control plane is
+    // back, the delivery is made (skipped, it never would be).
+    world.control_plane.resume().await?;
+    world.receiver.wait_for_requests(before + 1, WAIT).await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_full_queue_answers_resource_exhausted_and_loses_nothing_before() -> anyhow::Result<()> {
     let world = World::start().await?;
     // The receiver is down: the events wait for their retries, and fill the queue.
