@@ -139,6 +139,13 @@ pub fn id_of_subscription_key(key: &str) -> Option<&str> {
         .map(|(_, id)| id)
 }
 
+/// The tenant a subscription's key names (`…/subscriptions/{tenant}/{id}`).
+pub fn tenant_of_subscription_key(key: &str) -> Option<&str> {
+    key.strip_prefix(SUBSCRIPTIONS)?
+        .rsplit_once('/')
+        .map(|(tenant, _)| tenant)
+}
+
 /// The record that ends a tenant's portal links made until a time.
 pub fn portal_links_expired(tenant: &str) -> String {
     format!("{ROOT}portal-links-expired/{tenant}")

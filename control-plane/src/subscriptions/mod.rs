@@ -351,7 +351,11 @@ impl Subscriptions {
             )
             .into());
         }
-        let Located { tenant, kv } = self.locate_within(tenants, id).await?;
+        let Located { tenant, kv } = match self.locate_within(tenants, id).await {
+            // A record written into the store by other means has no id entry: found by its key.
+            Err(SubscriptionError::NotFound(_)) => self.locate_unindexed(tenants, id).await?,
+            located => located?,
+        };
         if expected_revision != 0 && kv.mod_revision != expected_revision {
             return Err(SubscriptionError::StaleRevision {
                 id: id.to_owned(),
@@ -546,6 +550,30 @@ impl Subscriptions {
             .get(&keys::subscription(&tenant, id))
             .await?
             .ok_or_else(not_found)?;
+        Ok(Located { tenant, kv })
+    }
+
+    /// Finds a stored record whose key names subscription `id` of one of `tenants` though no
+    /// id entry points at it (one written straight into etcd, say), without opening it: the
+    /// keys of every subscription are read, so only a delete that found no id entry looks.
+    async fn locate_unindexed(
+        &self,
+        tenants: &Scope,
+        id: &str,
+    ) -> Result<Located, SubscriptionError> {
+        let not_found = || SubscriptionError::NotFound(id.to_owned());
+        let keys = self.store.keys(keys::SUBSCRIPTIONS).await?;
+        let key = keys
+            .into_iter()
+            .find(|key| {
+                keys::id_of_subscription_key(key) == Some(id)
+                    && keys::tenant_of_subscription_key(key).is_some_and(|t| tenants.allows(t))
+            })
+            .ok_or_else(not_found)?;
+        let tenant = keys::tenant_of_subscription_key(&key)
+            .ok_or_else(not_found)?
+            .to_owned();
+        let kv = self.store.get(&key).await?.ok_or_else(not_found)?;
         Ok(Located { tenant, kv })
     }
 

@@ -48,6 +48,18 @@ pub(super) fn open_record(
             key: kv.key.clone(),
             reason: e.to_string(),
         })?;
+    // A record under another subscription's key (copied there by hand, or a restore gone
+    // wrong) would stand in for that subscription while its own key's deletion removed the
+    // other: damaged, as a record that does not decode is.
+    if kv.key != crate::keys::subscription(&sub.tenant, &sub.id) {
+        return Err(SubscriptionError::Corrupt {
+            key: kv.key.clone(),
+            reason: format!(
+                "it holds subscription {:?} of tenant {:?}, which is stored under another key",
+                sub.id, sub.tenant
+            ),
+        });
+    }
     sub.revision = kv.mod_revision;
     let mut stale = false;
     let sealing_failed = |id: &str| {

@@ -914,3 +914,51 @@ async fn header_values_written_in_the_clear_are_sealed_at_start() {
     let redacted = redact(read);
     assert!(redacted.header_values_hidden && redacted.headers["X-Api-Key"].is_empty());
 }
+
+#[tokio::test]
+async fn a_record_under_another_subscriptions_key_is_damaged() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (registry, store) = registry_in(&dir).await;
+    let created = registry.create(orders_of("shop-1")).await.expect("created");
+    let stored = registry.get(&created.id).await.expect("read");
+    let value = encode(&stored, &registry.keyring).expect("encoded");
+    let at = |key: String| KeyValue {
+        key,
+        value: value.clone(),
+        mod_revision: 7,
+    };
+    record::decode(&at(keys::subscription("shop-1", &created.id)), &registry.keyring)
+        .expect("its own key");
+    for elsewhere in [
+        keys::subscription("shop-9", "sub_01FAKEFAKEFAKEFAKEFAKEFAKE"),
+        keys::subscription("shop-9", &created.id),
+        keys::subscription("shop-1", "sub_01FAKEFAKEFAKEFAKEFAKEFAKE"),
+    ] {
+        let refused = record::decode(&at(elsewhere.clone()), &registry.keyring);
+        assert!(
+            matches!(&refused, Err(SubscriptionError::Corrupt { key, .. }) if *key == elsewhere),
+            "{elsewhere}: {refused:?}"
+        );
+    }
+    // Such a record, written straight into the store, has no id entry: a delete by the id its
+    // key names still clears it (within the caller's tenants), as the damage report says to.
+    let fake = keys::subscription("shop-9", "sub_01FAKEFAKEFAKEFAKEFAKEFAKE");
+    store
+        .txn(Txn::default().then(Op::Put(fake.clone(), value.clone())))
+        .await
+        .expect("written");
+    let shop_1_only = Scope::Only(["shop-1".to_owned()].into());
+    assert!(matches!(
+        registry
+            .delete_within(&shop_1_only, "sub_01FAKEFAKEFAKEFAKEFAKEFAKE", 0)
+            .await,
+        Err(SubscriptionError::NotFound(_))
+    ));
+    let deleted = registry
+        .delete_within(&Scope::All, "sub_01FAKEFAKEFAKEFAKEFAKEFAKE", 0)
+        .await
+        .expect("deleted");
+    assert_eq!(deleted.tenant, "shop-9");
+    assert!(store.get(&fake).await.expect("read").is_none());
+    registry.get(&created.id).await.expect("the real one stays");
+}
