@@ -927,8 +927,11 @@ async fn a_record_under_another_subscriptions_key_is_damaged() {
         value: value.clone(),
         mod_revision: 7,
     };
-    record::decode(&at(keys::subscription("shop-1", &created.id)), &registry.keyring)
-        .expect("its own key");
+    record::decode(
+        &at(keys::subscription("shop-1", &created.id)),
+        &registry.keyring,
+    )
+    .expect("its own key");
     for elsewhere in [
         keys::subscription("shop-9", "sub_01FAKEFAKEFAKEFAKEFAKEFAKE"),
         keys::subscription("shop-9", &created.id),

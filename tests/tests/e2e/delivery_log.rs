@@ -660,6 +660,25 @@ async fn postgresql_restarted_mid_traffic_loses_and_doubles_no_attempt() -> anyh
         Ok((status == ServingStatus::Serving).then_some(()))
     })
     .await?;
+
+    // A database that answers without the log's tables (renamed by hand) stores nothing: it
+    // is down as far as health checks go, until they are back.
+    let (client, connection) =
+        tokio_postgres::connect(&postgres.url(), tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    for (from, to, status) in [
+        ("attempts", "attempts_hidden", ServingStatus::NotServing),
+        ("attempts_hidden", "attempts", ServingStatus::Serving),
+    ] {
+        client
+            .batch_execute(&format!("ALTER TABLE {from} RENAME TO {to}"))
+            .await?;
+        eventually(WAIT, "health checks to follow the table", || async {
+            let now = serving_status(&cp, LOG_SERVICE).await?;
+            Ok((now == status).then_some(()))
+        })
+        .await?;
+    }
     Ok(())
 }
 

@@ -790,8 +790,16 @@ impl LogStore for PostgresLog {
     }
 
     async fn ping(&self) -> Result<(), LogError> {
+        // The tables a report batch writes, not only the server: a database that answers
+        // without them (a table renamed or dropped by hand, a restore into another schema)
+        // stores nothing. Planned, never read (LIMIT 0).
         self.bounded(self.answer_timeout, async {
-            self.execute("SELECT 1", &[]).await
+            self.execute(
+                "SELECT 1 FROM attempts, sent_requests, subscription_health, health_followups, \
+                 operator_events LIMIT 0",
+                &[],
+            )
+            .await
         })
         .await
     }
