@@ -488,6 +488,30 @@ impl Shared {
 /// Refuses a queue file the agent could never use, whatever the disk does: one it may not open
 /// for reading and writing, or one that is not a regular file. (A full or failing disk is a
 /// fault the agent waits out; these are not.) Makes the file, empty, if there is none.
+/// Refuses a `queue.redb` that is there but empty while `queue.wal` holds a record: redb
+/// would make it a new, empty queue, and the events it held would be gone without a word (a
+/// file cut to nothing by a repair or a copy). An empty file beside an empty log is a first
+/// start cut short; a missing one is the operator's doing, and said at start.
+fn emptied(dir: &Path) -> Result<(), QueueError> {
+    let queue = dir.join(in_place::QUEUE_FILE);
+    if !std::fs::metadata(&queue).is_ok_and(|meta| meta.is_file() && meta.len() == 0) {
+        return Ok(());
+    }
+    let mut head = [0u8; 24];
+    let log_written = std::fs::File::open(dir.join(in_place::LOG_FILE))
+        .and_then(|mut log| std::io::Read::read_exact(&mut log, &mut head))
+        .is_ok_and(|()| head != [0u8; 24]);
+    if log_written {
+        return Err(QueueError::DamagedFile(format!(
+            "{} is empty, though {} holds records written into it: restore it from a backup, \
+             or move both files away to start with an empty queue",
+            queue.display(),
+            in_place::LOG_FILE
+        )));
+    }
+    Ok(())
+}
+
 fn usable(path: &Path) -> Result<(), QueueError> {
     let unusable =
         |why: &dyn std::fmt::Display| QueueError::Unusable(format!("{}: {why}", path.display()));
@@ -529,6 +553,7 @@ impl Queue {
                 other => other,
             }
         })?;
+        emptied(dir)?;
         for name in [in_place::QUEUE_FILE, in_place::LOG_FILE] {
             usable(&dir.join(name))?;
         }

@@ -2073,3 +2073,31 @@ fn a_log_missing_at_start_is_said_to_be_missing_not_cut() {
         "{refused}"
     );
 }
+
+#[test]
+fn a_queue_file_cut_to_nothing_is_damage_not_a_new_queue() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let queue = Queue::open(dir.path(), config()).expect("open");
+        accept_one(&queue, event("evt_1", 5), &["sub_a"]).await;
+        queue.close().await;
+    });
+    let file = dir.path().join(in_place::QUEUE_FILE);
+    std::fs::File::create(&file).expect("cut to nothing");
+    let refused = runtime
+        .block_on(async { Queue::open(dir.path(), config()) })
+        .err()
+        .expect("the events it held would be gone");
+    assert!(
+        matches!(&refused, QueueError::DamagedFile(why) if why.contains("is empty")),
+        "{refused}"
+    );
+    // Moved away with its log, it starts empty; so does a first start cut short (an empty
+    // file beside no log).
+    std::fs::remove_file(dir.path().join(in_place::LOG_FILE)).expect("rm queue.wal");
+    runtime.block_on(async {
+        let queue = Queue::open(dir.path(), config()).expect("a new queue");
+        queue.close().await;
+    });
+}
