@@ -537,3 +537,58 @@ fn evicting_an_entry_whose_event_was_accepted_again_later_keeps_that_event_and_i
         "the stale entry and the evicted event's own entry are both gone"
     );
 }
+
+#[test]
+fn a_disk_short_of_space_takes_the_oldest_delivered_events_kept_and_never_waiting_ones() {
+    use crate::queue::{META_BYTES, META_EVENTS, encode_event};
+    let event = |id: &str| pb::Event {
+        id: id.into(),
+        tenant: "t".into(),
+        payload: vec![b'x'; 10],
+        ..Default::default()
+    };
+    let mut view = MemoryView::default();
+    // Three events within every bound: two delivered and kept, the oldest still waiting.
+    for (at, id) in [(5, "waiting"), (10, "old"), (20, "new")] {
+        view.events
+            .insert(format!("t/{id}"), encode_event(at, 0, &event(id)));
+        view.accepted.insert((at, format!("t/{id}")), ());
+    }
+    view.meta.insert(META_EVENTS.into(), 3);
+    view.meta.insert(META_BYTES.into(), 30);
+    let mut pending = Pending::default();
+    pending.add_deliveries(&EventKey::stored("t/waiting".into()), 1, 10);
+    let mut effects = Effects::default();
+    apply(
+        &mut view,
+        &config(),
+        30,
+        vec![Work::Sweep],
+        &mut pending,
+        &mut effects,
+    )
+    .expect("apply");
+    assert_eq!(
+        view.events.len(),
+        3,
+        "within --max-retained-bytes: a sweep keeps them"
+    );
+    let mut effects = Effects::default();
+    apply(
+        &mut view,
+        &config(),
+        30,
+        vec![Work::MakeRoom],
+        &mut pending,
+        &mut effects,
+    )
+    .expect("apply");
+    assert!(matches!(effects.outcomes[..], [Done::Swept(2)]));
+    assert_eq!(
+        view.events.keys().collect::<Vec<_>>(),
+        ["t/waiting"],
+        "the delivered ones go, the one with a delivery to make stays"
+    );
+    assert_eq!(view.meta[META_EVENTS], 1);
+    assert_eq!(view.meta[META_BYTES], 10);
+}

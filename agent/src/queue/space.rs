@@ -72,8 +72,11 @@ impl SpaceGuard {
     }
 
     /// Whether the disk has the free space needed for new events; looked at at most every
-    /// [`SPACE_CHECK_EVERY`] while it has, and each time while it has not.
-    pub fn check(&mut self) -> Result<(), QueueError> {
+    /// [`SPACE_CHECK_EVERY`] while it has, and each time while it has not. Below it, the pages
+    /// the queue's file has free (`file_free`, looked at only then: events removed leave them,
+    /// and new ones are written there without the file growing) count as free space too, so
+    /// that a file grown by events since removed does not keep new ones out for good.
+    pub fn check(&mut self, file_free: impl FnOnce() -> u64) -> Result<(), QueueError> {
         if self.ok && self.checked_at.elapsed() < SPACE_CHECK_EVERY {
             return Ok(());
         }
@@ -82,6 +85,11 @@ impl SpaceGuard {
             Ok(stat) => stat.f_bavail.saturating_mul(stat.f_frsize),
             // Not knowable here: the writes themselves will tell.
             Err(_) => u64::MAX,
+        };
+        let free = if free < self.needed() {
+            free.saturating_add(file_free())
+        } else {
+            free
         };
         self.judge(free)
     }
