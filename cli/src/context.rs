@@ -122,6 +122,22 @@ pub enum Command {
     },
 }
 
+/// `file` (a path given to `context set`) made absolute from the current directory; empty
+/// (which removes the setting) and none stay as they are.
+fn absolute(file: Option<String>) -> anyhow::Result<Option<String>> {
+    match file {
+        Some(file) if !file.is_empty() => {
+            let path =
+                std::path::absolute(&file).map_err(|err| anyhow::anyhow!("file {file}: {err}"))?;
+            let text = path
+                .to_str()
+                .ok_or_else(|| anyhow::anyhow!("file {file}: the path is not UTF-8"))?;
+            Ok(Some(text.to_owned()))
+        }
+        other => Ok(other),
+    }
+}
+
 /// Where the config file is.
 pub fn path() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("HERALD_CONFIG").filter(|p| !p.is_empty()) {
@@ -242,9 +258,10 @@ pub fn run(cmd: Command, format: Format) -> anyhow::Result<()> {
             set(&mut entry.agent, agent_url);
             set(&mut entry.token, set_token);
             set(&mut entry.agent_token, set_agent_token);
-            set(&mut entry.tls_ca_file, set_tls_ca_file);
-            set(&mut entry.tls_cert_file, set_tls_cert_file);
-            set(&mut entry.tls_key_file, set_tls_key_file);
+            // Files are kept as absolute paths: a context is used from any directory.
+            set(&mut entry.tls_ca_file, absolute(set_tls_ca_file)?);
+            set(&mut entry.tls_cert_file, absolute(set_tls_cert_file)?);
+            set(&mut entry.tls_key_file, absolute(set_tls_key_file)?);
             entry.check(&name)?;
             if config.current.is_none() {
                 config.current = Some(name.clone());

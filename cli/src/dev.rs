@@ -364,7 +364,9 @@ async fn inspect(
             .unwrap_or("-")
             .to_owned()
     };
-    let text = String::from_utf8_lossy(&body[..body.len().min(MAX_PRINTED_BODY)]).into_owned();
+    // A request that is no webhook may carry anything: shown, not obeyed by the terminal.
+    let shown = crate::output::terminal_safe(&body[..body.len().min(MAX_PRINTED_BODY)]);
+    let text = String::from_utf8_lossy(&shown).into_owned();
     let body_text = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| serde_json::to_string_pretty(&v).ok())

@@ -44,7 +44,7 @@ pub fn write_bytes(bytes: &[u8]) -> Result<(), OutputError> {
 /// `bytes` as a terminal may show them: control characters (escape sequences could move the
 /// cursor, retitle the window or rewrite what was shown) written as `\x1b`, except newlines,
 /// tabs and the carriage return of a CRLF; C1 controls (U+0080 to U+009F) too.
-fn terminal_safe(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn terminal_safe(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {

@@ -219,6 +219,25 @@ pub struct Fields {
     allow_unregistered: bool,
 }
 
+impl Fields {
+    /// The first flag given that only undoes something a subscription has (`--no-filter`,
+    /// `--remove-header`, …): meaningless for a new one, so `create` refuses it rather than
+    /// leave the caller believing it did something.
+    fn changes_only(&self) -> Option<&'static str> {
+        [
+            (self.no_filter, "--no-filter"),
+            (!self.remove_headers.is_empty(), "--remove-header"),
+            (!self.remove_labels.is_empty(), "--remove-label"),
+            (self.all_regions, "--all-regions"),
+            (self.no_egress_proxy, "--no-egress-proxy"),
+            (self.no_client_cert, "--no-client-cert"),
+            (self.no_oauth2, "--no-oauth2"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag))
+    }
+}
+
 /// A PEM file's text, read as the command line is parsed (at most 64 KiB).
 fn read_pem_file(path: &str) -> Result<String, String> {
     read_small_file(path, 64 * 1024)
@@ -349,6 +368,11 @@ impl CreateArgs {
             return Err(usage(
                 "--events is required: the event types to receive, e.g. 'order.*'",
             ));
+        }
+        if let Some(flag) = self.fields.changes_only() {
+            return Err(usage(format!(
+                "{flag} changes an existing subscription: give it to `subscription update`"
+            )));
         }
         let signature_scheme = herald_proto::words::parse_signature(&self.signature)
             .unwrap_or(pb::SignatureScheme::HmacSha256);

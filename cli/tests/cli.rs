@@ -1107,6 +1107,24 @@ async fn contexts_remember_a_control_plane_and_its_token() -> anyhow::Result<()>
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("herald context list"));
     let unknown = run(&["context", "use", "nope"]).await?;
     assert_eq!(unknown.status.code(), Some(2));
+    // A file named relative to where `set` ran is kept absolute: the context works anywhere.
+    let conf = home.path().join("conf");
+    std::fs::create_dir_all(&conf)?;
+    std::fs::write(conf.join("ca.pem"), herald_tests::TestCa::new().ca_pem())?;
+    let relative = herald_command()
+        .args(["context", "set", "tls", "--url", "https://127.0.0.1:9"])
+        .args(["--set-tls-ca-file", "conf/ca.pem"])
+        .current_dir(home.path())
+        .env("HERALD_CONFIG", &config)
+        .output()
+        .await?;
+    assert!(relative.status.success(), "{relative:?}");
+    let saved = std::fs::read_to_string(&config)?;
+    let expected = home.path().join("conf").join("ca.pem");
+    assert!(
+        saved.contains(&format!("{:?}", expected.display().to_string())),
+        "{saved}"
+    );
 
     // Settings that could not be used are refused when set, and nothing is saved.
     let before = std::fs::read_to_string(&config)?;
@@ -1997,6 +2015,14 @@ async fn usage_errors_exit_2_wherever_they_are_found() -> anyhow::Result<()> {
         (vec!["deliveries", "replay"], "--event"),
         (with(&[]), "--events is required"),
         (with(&["--events", "order.*", "--format", "yaml"]), "yaml"),
+        (
+            with(&["--events", "order.*", "--remove-header", "X-A"]),
+            "--remove-header changes an existing subscription",
+        ),
+        (
+            with(&["--events", "order.*", "--no-oauth2"]),
+            "subscription update",
+        ),
         (with(&["--events", "order.*", "--envelope", "bare"]), "bare"),
         (
             with(&["--events", "order.*", "--header", "X-Key"]),
