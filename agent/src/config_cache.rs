@@ -78,8 +78,13 @@ pub fn save(dir: &Path, routes: &Routes) -> std::io::Result<()> {
         // A leftover from a crash may have other permissions: start from a new file.
         let _ = std::fs::remove_file(&tmp);
         let mut file = options.open(&tmp)?;
-        std::io::Write::write_all(&mut file, &bytes)?;
-        file.sync_all()?;
+        let written = std::io::Write::write_all(&mut file, &bytes).and_then(|()| file.sync_all());
+        if let Err(err) = written {
+            // Not left to hold the disk's last bytes (a full disk, say) until the next try.
+            drop(file);
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err);
+        }
     }
     std::fs::rename(&tmp, &path)?;
     if let Ok(dir) = std::fs::File::open(dir) {

@@ -42,23 +42,16 @@ pub(super) enum Work {
     Replay(Vec<Replay>),
     /// Drop events past retention, and kept events past their byte bound.
     Sweep,
-    /// The disk is short of the space the queue keeps free: drop some of the oldest delivered
-    /// events kept for replay and duplicate detection (at most [`MAKE_ROOM_BATCH`]), whose
-    /// pages new events then use. What is kept is never a reason to refuse new events.
-    MakeRoom,
     /// Nothing (a flush: only the commit matters).
     Nothing,
 }
 
 impl Work {
     /// Whether a crash may undo this work safely once done, so no caller waits for it to be
-    /// durable: an attempt's outcome (the attempt is made again), a report ack (the report
-    /// is sent again) or room made (delivered events come back, to be removed again).
+    /// durable: an attempt's outcome (the attempt is made again) or a report ack (the report
+    /// is sent again).
     pub fn may_be_undone(&self) -> bool {
-        matches!(
-            self,
-            Work::Complete { .. } | Work::AckReports { .. } | Work::MakeRoom
-        )
+        matches!(self, Work::Complete { .. } | Work::AckReports { .. })
     }
 
     /// Whether this work adds deliveries to make (new events, replays): refused while the
@@ -170,7 +163,6 @@ pub(super) fn apply(
                 Done::Nothing
             }
             Work::Sweep => Done::Swept(sweep(view, &mut counters, config, now, effects)?),
-            Work::MakeRoom => Done::Swept(evict(view, &mut counters, Keep::ShortOfSpace, effects)?),
             Work::Nothing => Done::Nothing,
         };
         effects.outcomes.push(done);
@@ -606,46 +598,29 @@ fn sweep(
             counters.bytes = counters.bytes.saturating_sub(stored.payload_bytes);
         }
     }
-    let bound = Keep::Bytes(config.max_retained_bytes);
-    Ok(old.len() as u64 + evict(view, counters, bound, effects)?)
-}
-
-/// The most delivered events one [`Work::MakeRoom`] removes.
-pub(super) const MAKE_ROOM_BATCH: usize = 1_000;
-
-/// How many of the delivered events kept for replay and duplicate detection may stay.
-#[derive(Clone, Copy, Debug)]
-enum Keep {
-    /// Those holding at most this many payload bytes (`max_retained_bytes`).
-    Bytes(u64),
-    /// Fewer: the disk is short of the space the queue keeps free.
-    ShortOfSpace,
+    Ok(old.len() as u64 + evict(view, counters, config, effects)?)
 }
 
 /// Removes the oldest delivered events while those kept (for replay and duplicate detection)
-/// hold more than `keep` allows, at most [`SWEEP_BATCH`] ([`MAKE_ROOM_BATCH`] when short of
-/// space); events with deliveries to make stay. Returns how many went.
+/// hold more than `max_retained_bytes`, at most [`SWEEP_BATCH`]; events with deliveries to
+/// make stay. Returns how many went.
 fn evict(
     view: &mut impl View,
     counters: &mut Counters<'_>,
-    keep: Keep,
+    config: &QueueConfig,
     effects: &mut Effects,
 ) -> Result<u64, QueueError> {
     let mut retained = counters
         .bytes
         .saturating_sub(counters.pending.total().bytes);
-    let (limit, batch) = match keep {
-        Keep::Bytes(limit) => (limit, SWEEP_BATCH),
-        Keep::ShortOfSpace => (0, MAKE_ROOM_BATCH),
-    };
-    if retained <= limit {
+    if retained <= config.max_retained_bytes {
         return Ok(0);
     }
     let mut victims = Vec::new();
     let mut stale = Vec::new();
     let read = &*view;
     read.each_accepted(u64::MAX, &mut |at, id| {
-        if retained <= limit {
+        if retained <= config.max_retained_bytes {
             return Ok(false);
         }
         let event = EventKey::stored(id.to_owned());
@@ -660,7 +635,7 @@ fn evict(
             }
             None => stale.push((at, event)),
         }
-        Ok(victims.len() + stale.len() < batch)
+        Ok(victims.len() + stale.len() < SWEEP_BATCH)
     })?;
     for (at, event) in &stale {
         view.remove_accepted(*at, event.as_str())?;
@@ -674,19 +649,11 @@ fn evict(
         counters.evicted += 1;
     }
     if !victims.is_empty() {
-        match keep {
-            Keep::Bytes(limit) => tracing::info!(
-                events = victims.len(),
-                limit,
-                "delivered events removed before their retention: the kept ones reached \
-                 --max-retained-bytes"
-            ),
-            Keep::ShortOfSpace => tracing::warn!(
-                events = victims.len(),
-                "delivered events removed before their retention: the disk is short of the \
-                 space the queue keeps free (--queue-min-free-bytes)"
-            ),
-        }
+        tracing::info!(
+            events = victims.len(),
+            limit = config.max_retained_bytes,
+            "delivered events removed before their retention: the kept ones reached --max-retained-bytes"
+        );
     }
     Ok(victims.len() as u64)
 }

@@ -544,7 +544,7 @@ fn usable(path: &Path) -> Result<(), QueueError> {
 impl Queue {
     /// Opens (or creates) `dir/queue.redb` and `dir/queue.wal`, replays the log, and starts
     /// the writer.
-    pub fn open(dir: &Path, config: QueueConfig) -> Result<Self, QueueError> {
+    pub fn open(dir: &Path, mut config: QueueConfig) -> Result<Self, QueueError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             let at = dir.display();
             match storage(e) {
@@ -556,6 +556,19 @@ impl Queue {
         emptied(dir)?;
         for name in [in_place::QUEUE_FILE, in_place::LOG_FILE] {
             usable(&dir.join(name))?;
+        }
+        if let Ok(stat) = rustix::fs::statvfs(dir) {
+            let disk = stat.f_blocks.saturating_mul(stat.f_frsize);
+            let bound = space::retained_bound(config.max_retained_bytes, disk);
+            if bound < config.max_retained_bytes {
+                tracing::info!(
+                    max_retained_bytes = bound,
+                    disk_bytes = disk,
+                    "delivered events kept for replay and dedup are bounded by the disk's size \
+                     (an eighth of it), below --max-retained-bytes"
+                );
+                config.max_retained_bytes = bound;
+            }
         }
         let space = space::SpaceGuard::new(dir.to_owned(), config.min_free_bytes);
         let placement = Arc::new(in_place::Placement::new(dir.to_owned()));

@@ -14,6 +14,19 @@ use herald_core::disk_fault::RECOVERY_ROOM;
 
 use super::QueueError;
 
+/// The payload bytes of delivered events kept for replay and dedup on a disk of `disk_bytes`:
+/// `configured`, but no more than an eighth of the disk. Kept events take about three times
+/// their payload in the queue's file, which does not shrink once grown: on a small disk, a
+/// bound made for a large one would fill it with events nobody waits for, and new ones would
+/// be refused for the disk's margin although every receiver keeps up.
+pub(super) fn retained_bound(configured: u64, disk_bytes: u64) -> u64 {
+    if disk_bytes == 0 {
+        // Not knowable: the flag alone.
+        return configured;
+    }
+    configured.min(disk_bytes / 8)
+}
+
 /// How often the free space is looked at while there is enough.
 pub(super) const SPACE_CHECK_EVERY: Duration = Duration::from_millis(100);
 
@@ -72,11 +85,8 @@ impl SpaceGuard {
     }
 
     /// Whether the disk has the free space needed for new events; looked at at most every
-    /// [`SPACE_CHECK_EVERY`] while it has, and each time while it has not. Below it, the pages
-    /// the queue's file has free (`file_free`, looked at only then: events removed leave them,
-    /// and new ones are written there without the file growing) count as free space too, so
-    /// that a file grown by events since removed does not keep new ones out for good.
-    pub fn check(&mut self, file_free: impl FnOnce() -> u64) -> Result<(), QueueError> {
+    /// [`SPACE_CHECK_EVERY`] while it has, and each time while it has not.
+    pub fn check(&mut self) -> Result<(), QueueError> {
         if self.ok && self.checked_at.elapsed() < SPACE_CHECK_EVERY {
             return Ok(());
         }
@@ -85,11 +95,6 @@ impl SpaceGuard {
             Ok(stat) => stat.f_bavail.saturating_mul(stat.f_frsize),
             // Not knowable here: the writes themselves will tell.
             Err(_) => u64::MAX,
-        };
-        let free = if free < self.needed() {
-            free.saturating_add(file_free())
-        } else {
-            free
         };
         self.judge(free)
     }
@@ -132,6 +137,18 @@ impl SpaceGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delivered_events_kept_take_at_most_an_eighth_of_a_small_disk() {
+        const GIB: u64 = 1 << 30;
+        assert_eq!(
+            retained_bound(GIB, 100 * GIB),
+            GIB,
+            "a large disk: the flag"
+        );
+        assert_eq!(retained_bound(GIB, 48 << 20), 6 << 20, "48 MiB: 6 MiB");
+        assert_eq!(retained_bound(GIB, 0), GIB, "a size not known: the flag");
+    }
 
     #[test]
     fn after_the_disk_filled_up_new_events_wait_for_the_recovery_room() {

@@ -136,7 +136,6 @@ pub(super) fn spawn(
             displaced: None,
             log_gone: false,
             files_checked_at: Instant::now(),
-            room_made_at: Instant::now(),
             pending,
             last_durable: Instant::now(),
             last_checkpoint: Instant::now(),
@@ -231,9 +230,6 @@ struct Writer {
     log_gone: bool,
     /// When the files' names were last looked at.
     files_checked_at: Instant,
-    /// When delivered events last made room on a disk short of space (at most every
-    /// [`SPACE_CHECK_EVERY`], not at every refused call).
-    room_made_at: Instant,
     /// The events with deliveries to make ([`super::pending`]).
     pending: Pending,
     /// When everything committed was last made durable.
@@ -244,26 +240,6 @@ struct Writer {
     unpersisted: bool,
     /// When to try opening the files again after a disk fault.
     reopen: ReopenPause,
-}
-
-/// The bytes of the queue file's pages that hold nothing (left by events removed), which
-/// later commits use before the file grows; 0 when that cannot be read.
-fn file_free_bytes(shared: &Shared, path: &std::path::Path) -> u64 {
-    let Ok(db) = shared.db() else {
-        return 0;
-    };
-    let Ok(len) = std::fs::metadata(path).map(|meta| meta.len()) else {
-        return 0;
-    };
-    let used = db.begin_write().and_then(|txn| {
-        let stats = txn.stats();
-        txn.abort()?;
-        Ok(stats?)
-    });
-    match used {
-        Ok(stats) => len.saturating_sub(stats.allocated_pages() * stats.page_size() as u64),
-        Err(_) => 0,
-    }
 }
 
 /// The pause between tries to open the queue's files again after a disk fault: doubling
@@ -342,7 +318,6 @@ impl Writer {
             }
         }
         let low = self.space_left().err();
-        let short_of_space = low.is_some();
         // A flush looks at once (the queue's poll asks for one when it sees a file moved), and
         // so does new work to acknowledge: it is never written only into a log already removed.
         self.look_at_files(
@@ -368,18 +343,6 @@ impl Writer {
                 );
                 kept.into_iter().unzip()
             }
-        };
-        // Below the margin, delivered events kept for replay and dedup make room for new
-        // ones (their pages count as free space at the next look): what is kept never keeps
-        // new events out for good.
-        let (works, slots) = if short_of_space && self.room_made_at.elapsed() >= SPACE_CHECK_EVERY {
-            self.room_made_at = Instant::now();
-            let (mut works, mut slots) = (works, slots);
-            works.push(Work::MakeRoom);
-            slots.push(Slot::None);
-            (works, slots)
-        } else {
-            (works, slots)
         };
         if works.is_empty() {
             return;
@@ -584,9 +547,7 @@ impl Writer {
         let Some(guard) = &mut self.space else {
             return Ok(());
         };
-        let shared = &self.shared;
-        let file = guard.dir.join(super::in_place::QUEUE_FILE);
-        let low = guard.check(|| file_free_bytes(shared, &file));
+        let low = guard.check();
         if low.is_err() {
             self.shared
                 .accepting

@@ -186,44 +186,6 @@ async fn below_the_margin_new_events_wait_and_those_taken_are_delivered() -> any
     Ok(())
 }
 
-/// Delivered events kept for replay and duplicate detection never keep new events out for
-/// good: on a disk short of the margin, the oldest of them are removed, and the pages left
-/// free in the queue's file count as room, though the file does not shrink and the disk
-/// stays as full as it was.
-#[tokio::test]
-async fn delivered_events_kept_make_room_for_new_ones_on_a_disk_short_of_space()
--> anyhow::Result<()> {
-    let Some(disk) = Tmpfs::mount("96m")? else {
-        return Ok(());
-    };
-    let world = World::start().await?;
-    let agent = agent_on(&world, &disk, 16 * 1024 * 1024, None).await?;
-    // About 20 MB of delivered events, kept (retention and --max-retained-bytes are far).
-    let large = |n: u32| {
-        let mut order = event("shop-1", "order.created", &json!({ "n": n }));
-        order.payload =
-            serde_json::to_vec(&json!({ "n": n, "pad": "x".repeat(200_000) })).expect("JSON");
-        order
-    };
-    for n in 0..100 {
-        agent.emit(large(n)).await?;
-    }
-    world.receiver.wait_for_requests(100, WAIT).await?;
-
-    // The disk is filled to 2 MiB free, far below the 16 MiB margin, and stays so: the queue's
-    // file holds the room new events need.
-    let _filler = disk.fill_leaving(2 * 1024 * 1024)?;
-    eventually(Duration::from_secs(60), "new events taken", || async {
-        Ok(emit_to(&agent, 1000).await.ok())
-    })
-    .await?;
-    eventually(WAIT, "health SERVING", || async {
-        Ok((serving_status(agent.url(), "").await? == ServingStatus::Serving).then_some(()))
-    })
-    .await?;
-    Ok(())
-}
-
 /// The queue files this test process holds open under `dir`.
 fn queue_files_open(dir: &std::path::Path) -> anyhow::Result<usize> {
     let mut open = 0;
