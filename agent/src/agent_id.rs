@@ -34,6 +34,21 @@ pub fn read(dir: &Path) -> Result<Option<String>, Error> {
             Ok(None)
         }
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+        // The file is there but holds no text, or is no file: said of the file.
+        Err(err)
+            if matches!(
+                err.kind(),
+                io::ErrorKind::InvalidData | io::ErrorKind::IsADirectory
+            ) =>
+        {
+            Err(Error::AgentIdFile {
+                path: path.display().to_string(),
+                reason: match err.kind() {
+                    io::ErrorKind::InvalidData => "is not UTF-8 text".to_owned(),
+                    _ => "is a directory, not a file".to_owned(),
+                },
+            })
+        }
         Err(source) => Err(Error::DataDir {
             path: dir.display().to_string(),
             source,
@@ -84,5 +99,16 @@ mod tests {
         let refused = read(dir.path()).unwrap_err();
         assert!(matches!(refused, Error::AgentIdFile { .. }), "{refused}");
         assert!(refused.is_setting(), "exit 64: restarting does not help");
+        // Bytes that are no text, or a directory in the file's place: said of the file.
+        std::fs::write(dir.path().join(FILE), b"agt_\xff\xfe").expect("written");
+        let refused = read(dir.path()).unwrap_err();
+        assert!(
+            matches!(&refused, Error::AgentIdFile { path, .. } if path.ends_with(FILE)),
+            "{refused}"
+        );
+        std::fs::remove_file(dir.path().join(FILE)).expect("removed");
+        std::fs::create_dir(dir.path().join(FILE)).expect("a directory");
+        let refused = read(dir.path()).unwrap_err();
+        assert!(refused.to_string().contains("is a directory"), "{refused}");
     }
 }
