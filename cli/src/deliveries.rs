@@ -49,7 +49,8 @@ pub enum Command {
         #[arg(long)]
         tenant: Option<String>,
     },
-    /// Follow attempts as they are stored (Ctrl-C stops); one line each.
+    /// Follow attempts as they are stored (Ctrl-C stops); one line each (with `-o json`, one
+    /// JSON object a line; no header, as rows come one at a time).
     Tail {
         #[command(flatten)]
         filter: FilterArgs,

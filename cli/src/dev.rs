@@ -156,7 +156,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
          \n  control plane  {control_plane_url}\n  web console    http://{http}/\n  HTTP API       http://{http}/api/v1/ (OpenAPI: /api/v1/openapi.json)\n  agent (Emit)   {agent_url}\n  receiver       http://{receiver} — prints every webhook it gets\n\
          \nIn another terminal, try:\n{point_at}\
          \n  herald subscription create --tenant shop-1 --url {receiver_url} --events 'order.*' --format json\
-         \n  herald emit --tenant shop-1 --type order.created --data '{{\"order_id\": 42, \"total\": \"19.99\"}}'\
+         \n  herald emit --tenant shop-1 --type order.created --data '{{\"order_id\": \"42\", \"total\": \"19.99\", \"currency\": \"EUR\", \"lines\": [{{\"sku\": \"MUG-01\", \"qty\": 1, \"price\": \"19.99\"}}]}}'\
          \n  herald deliveries list --tenant shop-1\n\
          \n(`herald` is `cargo run -q --bin herald --` from the repository.)\n",
         dir = args.data_dir.display(),
@@ -364,14 +364,18 @@ async fn inspect(
             .unwrap_or("-")
             .to_owned()
     };
-    // A request that is no webhook may carry anything: shown, not obeyed by the terminal.
-    let shown = crate::output::terminal_safe(&body[..body.len().min(MAX_PRINTED_BODY)]);
-    let text = String::from_utf8_lossy(&shown).into_owned();
+    let text = String::from_utf8_lossy(&body[..body.len().min(MAX_PRINTED_BODY)]).into_owned();
     let body_text = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| serde_json::to_string_pretty(&v).ok())
         .filter(|t| t.len() <= MAX_PRINTED_BODY)
         .unwrap_or(text);
+    // A request that is no webhook may carry anything (so may a JSON string, which serde
+    // leaves C1 controls in): shown, not obeyed by the terminal.
+    let body_text =
+        String::from_utf8_lossy(&crate::output::terminal_safe(body_text.as_bytes())).into_owned();
+    let verdict =
+        String::from_utf8_lossy(&crate::output::terminal_safe(verdict.as_bytes())).into_owned();
     say(&format!(
         "── webhook received: {method} {uri}\n   webhook-id: {}\n   webhook-event-type: {}\n   content-type: {}\n   {verdict}\n{}\n",
         show(HEADER_ID),

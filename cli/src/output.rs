@@ -78,11 +78,11 @@ pub fn note(text: &str) {
 /// The output style.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Style {
-    /// Aligned columns.
+    /// Aligned columns (a stream, such as `deliveries tail`: columns two spaces apart).
     Table,
-    /// One JSON document.
+    /// One JSON document (a stream: one compact JSON object a line).
     Json,
-    /// One YAML document.
+    /// One YAML document (a stream: one document per item, each after `---`).
     Yaml,
 }
 
@@ -233,7 +233,8 @@ fn cell(value: &Value) -> String {
 
 /// Text from the server as a terminal may show it: a control character (an escape sequence a
 /// receiver's answer or an agent's report carried, a line break that would split a row) shows
-/// as `\u{fffd}` instead of being obeyed. JSON and YAML output escape them instead.
+/// as `\u{fffd}` instead of being obeyed. JSON and YAML output, for programs, keep the text as
+/// it is (JSON escapes C0 controls; C1 controls and DEL pass as they are).
 fn shown(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() { '\u{fffd}' } else { c })
