@@ -318,6 +318,18 @@ pub enum Error {
     /// The config store could not be opened.
     #[error("config store: {0}")]
     Store(#[from] StoreError),
+    /// etcd did not answer at start (exit code 1: a service manager starts the replica again,
+    /// and it answers once etcd does).
+    #[error(
+        "config store: etcd at {endpoints} does not answer ({source}): is it running, and reachable from here?"
+    )]
+    EtcdUnreachable {
+        /// The endpoints tried, comma-separated.
+        endpoints: String,
+        /// What the client library said.
+        #[source]
+        source: StoreError,
+    },
     /// The delivery log could not be opened.
     #[error(transparent)]
     Log(#[from] LogError),
@@ -392,6 +404,7 @@ impl Error {
                 !matches!(check, keyring_check::KeyringCheckError::Store(_))
             }
             Error::Store(_)
+            | Error::EtcdUnreachable { .. }
             | Error::Log(_)
             | Error::Serve(_)
             | Error::Reseal(_)
@@ -428,7 +441,12 @@ pub async fn run(
         Store::embedded(&dir).await?
     } else {
         tracing::info!(endpoints = ?etcd, "using etcd");
-        Store::etcd_with(&etcd, &config.etcd_auth).await?
+        Store::etcd_with(&etcd, &config.etcd_auth)
+            .await
+            .map_err(|source| Error::EtcdUnreachable {
+                endpoints: etcd.join(","),
+                source,
+            })?
     };
     let checked = keyring_check::verify(&store, &keyring).await?;
     if !checked.foreign.is_empty() {

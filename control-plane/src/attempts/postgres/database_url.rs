@@ -42,8 +42,12 @@ impl DatabaseUrl {
     /// answers (`require`, `prefer`, …) are refused.
     pub fn parse(text: &str) -> Result<Self, String> {
         // The parser's own words never quote the URL, so they cannot show the password.
-        let mut url =
-            url::Url::parse(text).map_err(|e| format!("is not a valid postgres:// URL: {e}"))?;
+        let mut url = url::Url::parse(text).map_err(|e| {
+            format!(
+                "is not a valid postgres:// URL: {e} (a password holding '/', ':', '?' or '#' \
+                 must percent-encode them: %2F, %3A, %3F, %23)"
+            )
+        })?;
         // A password with `/` or `@` left as typed ends the host early: the rest of the
         // password would become the database's name, and be shown in messages.
         // A `%` that starts no escape would be taken as typed, and the login fail for it.
