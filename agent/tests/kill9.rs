@@ -648,17 +648,28 @@ async fn a_damaged_log_record_stops_the_agent_unless_told_to_truncate() -> anyho
         },
     )
     .await?;
-    let mut client = EventsClient::new(connect(&agent.url()).await?);
-    client
-        .emit(pb::EmitRequest {
-            event: Some(pb::Event {
-                tenant: "shop-9".into(),
-                r#type: "order.created".into(),
-                payload: b"{}".to_vec(),
-                ..Default::default()
-            }),
-        })
-        .await?;
+    // The line is logged before the queue is open: Emit answers UNAVAILABLE ("the agent is
+    // starting") until it is.
+    let client = EventsClient::new(connect(&agent.url()).await?);
+    eventually(Duration::from_secs(20), "an event taken", || async {
+        let taken = client
+            .clone()
+            .emit(pb::EmitRequest {
+                event: Some(pb::Event {
+                    tenant: "shop-9".into(),
+                    r#type: "order.created".into(),
+                    payload: b"{}".to_vec(),
+                    ..Default::default()
+                }),
+            })
+            .await;
+        match taken {
+            Ok(_) => Ok(Some(())),
+            Err(status) if status.code() == tonic::Code::Unavailable => Ok(None),
+            Err(status) => Err(status.into()),
+        }
+    })
+    .await?;
     assert!(agent.exit_status().is_none(), "it runs");
     Ok(())
 }

@@ -555,14 +555,24 @@ impl Subscriptions {
 
     /// Finds a stored record whose key names subscription `id` of one of `tenants` though no
     /// id entry points at it (one written straight into etcd, say), without opening it: the
-    /// keys of every subscription are read, so only a delete that found no id entry looks.
+    /// keys of the caller's tenants' subscriptions (of every one, for a caller who sees all)
+    /// are read, so only a delete that found no id entry looks.
     async fn locate_unindexed(
         &self,
         tenants: &Scope,
         id: &str,
     ) -> Result<Located, SubscriptionError> {
         let not_found = || SubscriptionError::NotFound(id.to_owned());
-        let keys = self.store.keys(keys::SUBSCRIPTIONS).await?;
+        let keys = match tenants.names() {
+            None => self.store.keys(keys::SUBSCRIPTIONS).await?,
+            Some(names) => {
+                let mut keys = Vec::new();
+                for tenant in names {
+                    keys.extend(self.store.keys(&keys::tenant_subscriptions(tenant)).await?);
+                }
+                keys
+            }
+        };
         let key = keys
             .into_iter()
             .find(|key| {
