@@ -485,9 +485,6 @@ impl Shared {
     }
 }
 
-/// Refuses a queue file the agent could never use, whatever the disk does: one it may not open
-/// for reading and writing, or one that is not a regular file. (A full or failing disk is a
-/// fault the agent waits out; these are not.) Makes the file, empty, if there is none.
 /// Refuses a `queue.redb` that is there but empty while `queue.wal` holds a record: redb
 /// would make it a new, empty queue, and the events it held would be gone without a word (a
 /// file cut to nothing by a repair or a copy). An empty file beside an empty log is a first
@@ -497,10 +494,11 @@ fn emptied(dir: &Path) -> Result<(), QueueError> {
     if !std::fs::metadata(&queue).is_ok_and(|meta| meta.is_file() && meta.len() == 0) {
         return Ok(());
     }
-    let mut head = [0u8; 24];
+    // The first record's header: zeros in a log never written.
+    let mut head = [0u8; wal::HEADER];
     let log_written = std::fs::File::open(dir.join(in_place::LOG_FILE))
         .and_then(|mut log| std::io::Read::read_exact(&mut log, &mut head))
-        .is_ok_and(|()| head != [0u8; 24]);
+        .is_ok_and(|()| head != [0u8; wal::HEADER]);
     if log_written {
         return Err(QueueError::DamagedFile(format!(
             "{} is empty, though {} holds records written into it: restore it from a backup, \
@@ -512,6 +510,9 @@ fn emptied(dir: &Path) -> Result<(), QueueError> {
     Ok(())
 }
 
+/// Refuses a queue file the agent could never use, whatever the disk does: one it may not open
+/// for reading and writing, or one that is not a regular file. (A full or failing disk is a
+/// fault the agent waits out; these are not.) Makes the file, empty, if there is none.
 fn usable(path: &Path) -> Result<(), QueueError> {
     let unusable =
         |why: &dyn std::fmt::Display| QueueError::Unusable(format!("{}: {why}", path.display()));

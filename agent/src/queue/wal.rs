@@ -44,7 +44,7 @@ use super::{QueueError, storage};
 /// instead.
 pub const WAL_BYTES: u64 = 8 * 1024 * 1024;
 /// A record's header: length, checksum, epoch, index.
-const HEADER: usize = 4 + 4 + 8 + 8;
+pub(super) const HEADER: usize = 4 + 4 + 8 + 8;
 /// Zeros written per call while preallocating.
 const FILL_CHUNK: usize = 64 * 1024;
 /// The change that starts each record's body: "records up to this index were synced before
